@@ -1,0 +1,4 @@
+"""Setuptools shim: the metadata lives in pyproject.toml."""
+from setuptools import setup
+
+setup()
