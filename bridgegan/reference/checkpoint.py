@@ -1,0 +1,157 @@
+"""Checkpoints: a folder holding ``config.json`` and ``model.safetensors`` (no pickles).
+
+Writes are atomic at the folder level: everything is written and fsynced into a sibling
+temporary folder which then replaces the target, so a killed run leaves either the old
+checkpoint or the new one, never a mix. Loading checks the config and every tensor name
+and shape, and names each mismatch.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .config import BridgeGANConfig
+from .model import BridgeGAN
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+FORMAT = "bridgegan-checkpoint/1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, corrupt, or does not match the expected model."""
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def write_folder_atomic(path: str | os.PathLike, writers: Mapping[str, Callable[[Path], None]]) -> Path:
+    """Create folder ``path`` holding one file per ``writers`` entry (name -> fn(file_path)).
+
+    The files are written into a temporary sibling folder first; the old folder, if any,
+    is swapped out only once every file is complete on disk.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        for name, write in writers.items():
+            write(tmp / name)
+            _fsync_file(tmp / name)
+        old = None
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+            os.replace(path, old / "ckpt")
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module,
+                    dtype: torch.dtype | None = None,
+                    extra: Mapping[str, Callable[[Path], None]] | None = None) -> Path:
+    """Save ``model`` (a BridgeGAN) as config.json + model.safetensors, atomically.
+
+    ``dtype`` casts floating tensors (e.g. torch.float16 for a small shipped file);
+    ``extra`` adds more files to the same folder (training state, eval numbers).
+    """
+    config: BridgeGANConfig = model.config
+    tensors = {}
+    for k, v in model.state_dict().items():
+        v = v.detach().cpu()
+        if dtype is not None and v.is_floating_point():
+            v = v.to(dtype)
+        tensors[k] = v.contiguous()
+    writers = {
+        CONFIG_FILE: lambda p: p.write_text(config.to_json() + "\n"),
+        WEIGHTS_FILE: lambda p: save_file(tensors, str(p), metadata={"format": FORMAT}),
+    }
+    writers.update(extra or {})
+    return write_folder_atomic(path, writers)
+
+
+def read_config(path: str | os.PathLike) -> BridgeGANConfig:
+    """The configuration stored in checkpoint folder ``path``."""
+    path = Path(path)
+    cfg_path = path / CONFIG_FILE
+    if not path.is_dir() or not cfg_path.is_file():
+        raise CheckpointError(
+            f"no checkpoint at {path}: expected a folder holding {CONFIG_FILE} and {WEIGHTS_FILE}"
+        )
+    try:
+        return BridgeGANConfig.from_json(cfg_path.read_text())
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"{cfg_path} is not a valid BridgeGAN config: {exc}") from None
+
+
+def read_tensors(file: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file, with a clear error for corrupt or truncated files."""
+    file = Path(file)
+    if not file.is_file():
+        raise CheckpointError(f"missing checkpoint file {file}")
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, RuntimeError) as exc:
+        raise CheckpointError(f"{file} is corrupt or truncated: {exc}") from None
+
+
+def _list(names: list[str], limit: int = 8) -> str:
+    more = f" ... and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def load_state(model: torch.nn.Module, tensors: Mapping[str, torch.Tensor], source: str) -> None:
+    """Copy ``tensors`` into ``model`` after checking names and shapes; name every mismatch."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    shapes = sorted(
+        f"{k}: checkpoint {tuple(tensors[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in set(expected) & set(tensors) if tensors[k].shape != expected[k].shape
+    )
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing tensor(s): {_list(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected tensor(s): {_list(unexpected)}")
+    if shapes:
+        problems.append(f"{len(shapes)} shape mismatch(es): {_list(shapes)}")
+    if problems:
+        raise CheckpointError(f"{source} does not match the model: " + "; ".join(problems))
+    with torch.no_grad():
+        for k, v in expected.items():
+            v.copy_(tensors[k])
+
+
+def load_checkpoint(path: str | os.PathLike, expected_config: BridgeGANConfig | None = None,
+                    map_location: str | torch.device = "cpu"):
+    """Build a BridgeGAN from checkpoint folder ``path`` (float32, eval mode).
+
+    With ``expected_config`` the stored config must equal it; each differing field is named.
+    """
+    path = Path(path)
+    config = read_config(path)
+    if expected_config is not None:
+        diffs = expected_config.differences(config)
+        if diffs:
+            raise CheckpointError(
+                f"checkpoint {path} has another configuration than expected: " + "; ".join(diffs)
+            )
+    model = BridgeGAN(config)
+    load_state(model, read_tensors(path / WEIGHTS_FILE), str(path / WEIGHTS_FILE))
+    return model.to(map_location).eval()

@@ -1,0 +1,154 @@
+"""BridgeGAN: G, E, M, D and the inference modes of spec section 7.
+
+All image tensors are (N, 3, S, S) in [-1, 1]; labels are (N, A) 0/1 floats in the order
+of ``config.attributes``. A target may be given as a label tensor or as a dict of
+attribute name -> 0/1 applied to the source labels with the conflict rules.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Union
+
+import torch
+from torch import nn
+
+from .attributes import apply_edits
+from .config import BridgeGANConfig
+from .layers import LatentMix
+from .networks import Discriminator, Encoder, Generator, Mapping as MappingNet
+
+Target = Union[torch.Tensor, Mapping[str, float]]
+References = Union[torch.Tensor, Sequence[torch.Tensor]]
+
+DEFAULT_STRENGTH = 1.5  # the official test scales d by 1.5 at inference
+
+
+class BridgeGAN(nn.Module):
+    def __init__(self, config: BridgeGANConfig | None = None):
+        super().__init__()
+        self.config = config or BridgeGANConfig.paper()
+        self.generator = Generator(self.config)
+        self.encoder = Encoder(self.config)
+        self.mapping = MappingNet(self.config)
+        self.discriminator = Discriminator(self.config)
+
+    # ----- inputs --------------------------------------------------------------------
+    def check_images(self, x: torch.Tensor, what: str = "images") -> None:
+        s = self.config.image_size
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1:] != (3, s, s):
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"{what} must be a tensor of shape (N, 3, {s}, {s}), got {shape}")
+
+    def target_labels(self, source: torch.Tensor, target: Target) -> torch.Tensor:
+        """Target labels from a tensor, or from a dict name -> 0/1 with the conflict rules."""
+        if isinstance(target, Mapping):
+            return apply_edits(source, self.config.attributes, target)
+        if target.shape != source.shape:
+            raise ValueError(
+                f"target labels must have shape {tuple(source.shape)} "
+                f"(N, {self.config.n_attrs}: {', '.join(self.config.attributes)}), "
+                f"got {tuple(target.shape)}"
+            )
+        return target.to(source)
+
+    def difference(self, source: torch.Tensor, target: Target, strength: float) -> torch.Tensor:
+        """d = strength * (y_t - y_s)."""
+        if source.dim() != 2 or source.shape[1] != self.config.n_attrs:
+            raise ValueError(
+                f"source labels must have shape (N, {self.config.n_attrs}), "
+                f"got {tuple(source.shape)}"
+            )
+        return strength * (self.target_labels(source, target) - source)
+
+    def sample_noise(self, n: int, generator: torch.Generator | None = None,
+                     like: torch.Tensor | None = None) -> torch.Tensor:
+        device = like.device if like is not None else None
+        dtype = like.dtype if like is not None else None
+        r = torch.randn(n, self.config.noise_dim, generator=generator,
+                        device=generator.device if generator is not None else device)
+        return r.to(device=device, dtype=dtype)
+
+    # ----- latent codes (spec section 4) ---------------------------------------------
+    def label_code(self, x: torch.Tensor, d: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """S_rand = M(r, d) + E(X_s, -d)."""
+        return self.mapping(noise, d) + self.encoder(x, -d)
+
+    def reference_code(self, x: torch.Tensor, references: References,
+                       d: torch.Tensor) -> torch.Tensor:
+        """S_ref = mean_k E(X_r^k, d) + E(X_s, -d); one reference or several averaged."""
+        refs = [references] if isinstance(references, torch.Tensor) else list(references)
+        if not refs:
+            raise ValueError("at least one reference batch is needed")
+        for r in refs:
+            self.check_images(r, "references")
+            if r.shape[0] != x.shape[0]:
+                raise ValueError(
+                    f"each reference batch must hold one reference per source image "
+                    f"({x.shape[0]}), got {r.shape[0]}"
+                )
+        target = torch.stack([self.encoder(r, d) for r in refs]).mean(0)
+        return target + self.encoder(x, -d)
+
+    # ----- inference modes (spec section 7) ------------------------------------------
+    def translate(self, x: torch.Tensor, source: torch.Tensor, target: Target,
+                  noise: torch.Tensor | None = None, strength: float = DEFAULT_STRENGTH,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+        """Label-based translation towards ``target`` with noise r ~ N(0, 1)."""
+        self.check_images(x)
+        d = self.difference(source, target, strength)
+        if noise is None:
+            noise = self.sample_noise(x.shape[0], generator, like=x)
+        return self.generator(x, self.label_code(x, d, noise))
+
+    def reconstruct(self, x: torch.Tensor, noise: torch.Tensor | None = None,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+        """Label-based mode with d = 0."""
+        self.check_images(x)
+        d = x.new_zeros(x.shape[0], self.config.n_attrs)
+        if noise is None:
+            noise = self.sample_noise(x.shape[0], generator, like=x)
+        return self.generator(x, self.label_code(x, d, noise))
+
+    def translate_reference(self, x: torch.Tensor, references: References,
+                            source: torch.Tensor, target: Target,
+                            strength: float = DEFAULT_STRENGTH) -> torch.Tensor:
+        """Reference-based translation; several reference batches are averaged in S."""
+        self.check_images(x)
+        d = self.difference(source, target, strength)
+        return self.generator(x, self.reference_code(x, references, d))
+
+    def interpolate(self, x: torch.Tensor, references: References, source: torch.Tensor,
+                    target: Target, alpha: float | torch.Tensor,
+                    noise: torch.Tensor | None = None, strength: float = DEFAULT_STRENGTH,
+                    level: str = "latent",
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+        """Blend label-based (alpha = 1) and reference-based (alpha = 0) translation.
+
+        level="latent": S_int = a S_rand + (1 - a) S_ref (the training form);
+        level="spade": every SPADE layer blends its outputs under S_rand and S_ref (the
+        official test's form).
+        """
+        self.check_images(x)
+        d = self.difference(source, target, strength)
+        if noise is None:
+            noise = self.sample_noise(x.shape[0], generator, like=x)
+        s_rand = self.label_code(x, d, noise)
+        s_ref = self.reference_code(x, references, d)
+        if isinstance(alpha, torch.Tensor):
+            alpha = alpha.to(x).view(-1)
+        if level == "latent":
+            a = alpha.view(-1, 1, 1, 1) if isinstance(alpha, torch.Tensor) else alpha
+            return self.generator(x, a * s_rand + (1 - a) * s_ref)
+        if level == "spade":
+            return self.generator(x, LatentMix((s_rand, s_ref), (alpha, 1 - alpha)))
+        raise ValueError(f"level must be 'latent' or 'spade', got {level!r}")
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        """Source labels estimated by D's attribute head (0/1)."""
+        self.check_images(x)
+        return (self.discriminator(x)[1] > 0).to(x.dtype)
+
+    def inference_modules(self) -> nn.ModuleDict:
+        """The networks inference needs (no D is needed when labels are given)."""
+        return nn.ModuleDict(dict(generator=self.generator, encoder=self.encoder,
+                                  mapping=self.mapping))

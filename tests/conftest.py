@@ -1,0 +1,43 @@
+"""Shared fixtures: small seeded configurations and models."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bridgegan.reference import BridgeGAN, BridgeGANConfig
+
+SMALL_ATTRS = ("Black_Hair", "Blond_Hair", "Brown_Hair", "Male", "Young", "Bangs")
+
+
+def small_config(size: int = 32, **kw) -> BridgeGANConfig:
+    """A narrow configuration with the paper's structure, fast on a CPU."""
+    base = dict(image_size=size, attributes=SMALL_ATTRS, g_width=8, g_downs=3, e_width=4,
+                e_blocks=1, latent_channels=8, spade_hidden=16, mapping_channels=16,
+                noise_dim=8, d_width=4, d_downs=3 if size < 64 else 4)
+    base.update(kw)
+    return BridgeGANConfig(**base)
+
+
+def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Perturb every parameter (norm scales/shifts start at 1/0) so tests see all paths."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+    return model
+
+
+@pytest.fixture
+def small_model() -> BridgeGAN:
+    torch.manual_seed(0)
+    return randomize(BridgeGAN(small_config())).eval()
+
+
+def images(n: int, size: int, seed: int = 0, dtype=torch.float32) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(n, 3, size, size, generator=g) * 2 - 1).to(dtype)
+
+
+def labels(n: int, a: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed + 1000)
+    return torch.randint(0, 2, (n, a), generator=g).float()

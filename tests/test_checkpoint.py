@@ -1,0 +1,95 @@
+"""Checkpoints: bit-identical round trip, atomic writes, and named failures."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from bridgegan.reference import BridgeGAN, CheckpointError, load_checkpoint, save_checkpoint
+from conftest import images, labels, randomize, small_config
+
+
+def outputs(model):
+    cfg = model.config
+    x, ys = images(2, cfg.image_size, 11), labels(2, cfg.n_attrs, 11)
+    noise = torch.randn(2, cfg.noise_dim, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        return model.translate(x, ys, 1 - ys, noise=noise), model.discriminator(x)[1]
+
+
+def test_round_trip_is_bit_identical(small_model, tmp_path):
+    save_checkpoint(tmp_path / "ck", small_model)
+    loaded = load_checkpoint(tmp_path / "ck", expected_config=small_model.config)
+    assert loaded.config == small_model.config
+    for a, b in zip(outputs(small_model), outputs(loaded)):
+        assert torch.equal(a, b)
+
+
+def test_overwrite_is_atomic_and_leaves_no_temporaries(small_model, tmp_path):
+    save_checkpoint(tmp_path / "ck", small_model)
+    other = randomize(BridgeGAN(small_model.config), seed=5).eval()
+    save_checkpoint(tmp_path / "ck", other)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
+    assert torch.equal(outputs(load_checkpoint(tmp_path / "ck"))[0], outputs(other)[0])
+
+
+def test_failed_write_keeps_the_old_checkpoint(small_model, tmp_path):
+    save_checkpoint(tmp_path / "ck", small_model)
+
+    def boom(path):
+        path.write_text("partial")
+        raise RuntimeError("killed mid-write")
+
+    with pytest.raises(RuntimeError):
+        save_checkpoint(tmp_path / "ck", small_model, extra={"z.bin": boom})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
+    assert torch.equal(outputs(load_checkpoint(tmp_path / "ck"))[0], outputs(small_model)[0])
+
+
+def test_fp16_checkpoint_loads_as_float32(small_model, tmp_path):
+    save_checkpoint(tmp_path / "ck", small_model, dtype=torch.float16)
+    assert load_file(tmp_path / "ck" / "model.safetensors")["generator.stem.weight"].dtype == torch.float16
+    loaded = load_checkpoint(tmp_path / "ck")
+    assert next(loaded.parameters()).dtype == torch.float32
+    torch.testing.assert_close(outputs(loaded)[0], outputs(small_model)[0], atol=2e-2, rtol=0)
+
+
+def test_other_configuration_is_named(small_model, tmp_path):
+    save_checkpoint(tmp_path / "ck", small_model)
+    with pytest.raises(CheckpointError, match=r"g_width: 16 != 8"):
+        load_checkpoint(tmp_path / "ck", expected_config=small_model.config.replace(g_width=16))
+    # config.json edited to another width: the tensors no longer fit, each is named
+    cfg = json.loads((tmp_path / "ck" / "config.json").read_text())
+    cfg["spade_hidden"] = 32
+    (tmp_path / "ck" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=r"shape mismatch.*shared.weight: checkpoint \(16, 8, 3, 3\) vs model \(32, 8, 3, 3\)"):
+        load_checkpoint(tmp_path / "ck")
+
+
+def test_truncated_file_is_named(small_model, tmp_path):
+    save_checkpoint(tmp_path / "ck", small_model)
+    weights = tmp_path / "ck" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="model.safetensors is corrupt or truncated"):
+        load_checkpoint(tmp_path / "ck")
+
+
+def test_missing_tensor_is_named(small_model, tmp_path):
+    save_checkpoint(tmp_path / "ck", small_model)
+    weights = tmp_path / "ck" / "model.safetensors"
+    tensors = load_file(weights)
+    del tensors["mapping.fc.bias"]
+    save_file(tensors, weights)
+    with pytest.raises(CheckpointError, match=r"1 missing tensor\(s\): mapping.fc.bias"):
+        load_checkpoint(tmp_path / "ck")
+
+
+def test_missing_folder_and_bad_config(tmp_path):
+    with pytest.raises(CheckpointError, match="expected a folder holding config.json"):
+        load_checkpoint(tmp_path / "nothing")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not a valid BridgeGAN config"):
+        load_checkpoint(tmp_path / "bad")
