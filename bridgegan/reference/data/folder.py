@@ -1,0 +1,145 @@
+"""A folder of images with a CSV of 0/1 attribute labels.
+
+    PATH/attributes.csv     header: filename,<attribute names>...  one row per image
+    PATH/<filename>         the images; ``filename`` is a path relative to PATH (so
+                            "images/0001.png" works), and a bare name not found there
+                            is looked up in PATH/images/
+
+Attribute columns must carry CelebA names (bridgegan.reference.attributes); the requested
+attributes must all be columns (other columns are ignored). Values are 0 or 1. An
+optional column "split" (train / val / test) assigns rows to splits; without it every
+split (and split="all") holds all rows.
+
+Images of any size and mode are converted to RGB (transparency composited onto white),
+centre-cropped to a square and resized (bicubic) to ``size``, scaled to [-1, 1].
+"""
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..attributes import CELEBA_ATTRIBUTES, resolve_attributes
+from .image import center_crop_square, open_rgb, pil_to_tensor, resize
+
+CSV_NAME = "attributes.csv"
+SPLIT_COLUMN = "split"
+SPLIT_NAMES = ("train", "val", "test", "all")
+
+
+class FolderFormatError(ValueError):
+    """attributes.csv does not have the expected format."""
+
+
+class ImageFolderDataset(Dataset):
+    """Images listed in PATH/attributes.csv with their 0/1 labels (see the module docstring)."""
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        size: int = 128,
+        attributes: str | Sequence[str] | None = None,
+        split: str = "all",
+        check_files: bool = True,
+    ) -> None:
+        root = os.fspath(root)
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise ValueError(f"size must be a positive integer, got {size!r}")
+        if split not in SPLIT_NAMES:
+            raise ValueError(f"split must be one of {SPLIT_NAMES}, got {split!r}")
+        if not os.path.isdir(root):
+            raise FileNotFoundError(f"image folder not found: {root}")
+        csv_path = os.path.join(root, CSV_NAME)
+        if not os.path.isfile(csv_path):
+            raise FileNotFoundError(
+                f"attribute file not found: {csv_path} (expected a CSV with header "
+                f"'filename,<CelebA attribute names>...' and one 0/1 row per image)"
+            )
+        self.root, self.size, self.split = root, size, split
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.reader(f))
+        if not rows or not any(c.strip() for c in rows[0]):
+            raise FolderFormatError(f"{csv_path}, line 1: missing header 'filename,<attributes>...'")
+        header = [c.strip() for c in rows[0]]
+        if header[0].lower() != "filename":
+            raise FolderFormatError(
+                f"{csv_path}, line 1: the first column must be 'filename', got {header[0]!r}"
+            )
+        if len(set(header)) != len(header):
+            raise FolderFormatError(f"{csv_path}, line 1: duplicate column names in {header}")
+        columns = header[1:]
+        attr_columns = [c for c in columns if c != SPLIT_COLUMN]
+        if attributes is None:
+            unknown = [c for c in attr_columns if c not in CELEBA_ATTRIBUTES]
+            if unknown:
+                raise FolderFormatError(
+                    f"{csv_path}, line 1: column(s) {unknown} are not CelebA attribute names; "
+                    f"valid names: {', '.join(CELEBA_ATTRIBUTES)}"
+                )
+            attributes = attr_columns
+        self.attributes = resolve_attributes(attributes)
+        absent = [n for n in self.attributes if n not in attr_columns]
+        if absent:
+            raise ValueError(
+                f"{csv_path}: requested attribute(s) {absent} are not columns of the CSV; "
+                f"its attribute columns are: {', '.join(attr_columns) or '(none)'}"
+            )
+        col_idx = [header.index(n) for n in self.attributes]
+        split_idx = header.index(SPLIT_COLUMN) if SPLIT_COLUMN in header else None
+
+        files: list[str] = []
+        labels: list[list[float]] = []
+        for lineno, row in enumerate(rows[1:], start=2):
+            if not row or all(not c.strip() for c in row):
+                continue
+            if len(row) != len(header):
+                raise FolderFormatError(
+                    f"{csv_path}, line {lineno}: expected {len(header)} fields "
+                    f"({', '.join(header)}), got {len(row)}"
+                )
+            cells = [c.strip() for c in row]
+            if not cells[0]:
+                raise FolderFormatError(f"{csv_path}, line {lineno}: empty filename")
+            for j, c in enumerate(cells[1:], start=1):
+                if j == split_idx:
+                    if c not in ("train", "val", "test"):
+                        raise FolderFormatError(
+                            f"{csv_path}, line {lineno}: split {c!r} is not train, val or test"
+                        )
+                elif c not in ("0", "1"):
+                    raise FolderFormatError(
+                        f"{csv_path}, line {lineno}: value {c!r} for {header[j]} is not 0 or 1"
+                    )
+            if split != "all" and split_idx is not None and cells[split_idx] != split:
+                continue
+            files.append(cells[0])
+            labels.append([float(cells[j]) for j in col_idx])
+        if not files:
+            raise ValueError(f"{csv_path}: no images for split {split!r}")
+        self.files = files
+        self.labels = torch.from_numpy(np.array(labels, dtype=np.float32)).reshape(
+            len(files), len(self.attributes))
+        self._paths = [self._resolve(f, csv_path, check_files) for f in files]
+
+    def _resolve(self, name: str, csv_path: str, check: bool) -> str:
+        p = os.path.join(self.root, name)
+        if not check or os.path.exists(p):
+            return p
+        alt = os.path.join(self.root, "images", name)
+        if os.path.exists(alt):
+            return alt
+        raise FileNotFoundError(f"image missing: {p} (listed in {csv_path}; also looked for {alt})")
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def path(self, index: int) -> str:
+        return self._paths[index]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        im = center_crop_square(open_rgb(self._paths[index]))
+        return pil_to_tensor(resize(im, self.size)), self.labels[index]
