@@ -1,0 +1,184 @@
+"""Triton kernels for instance norm + modulation + activation (forward only).
+
+This module imports triton at import time; :mod:`bridgegan.kernels.norm_act` imports it
+lazily so that ``import bridgegan.kernels`` works without triton.
+
+Every kernel sees a tensor as a 3-D strided view ``[N][HW][C]`` (element ``(n, p, c)`` at
+``n * s_n + p * s_hw + c * s_c``), so one set of kernels serves both memory formats:
+
+* NCHW: ``s_hw = 1``, ``s_c = H*W``; tiles are ``[BLOCK_HW, BLOCK_C]`` with the
+  contiguous axis 0 (a tile holds ``BLOCK_C`` whole planes, often just one);
+* channels_last: ``s_c = 1``, ``s_hw = C``; tiles hold ``BLOCK_HW`` pixels of ``BLOCK_C``
+  neighbouring channels, so each row of a tile is one contiguous run of memory.
+
+Kernels:
+
+``_fused_kernel``
+    One program per (n, block of channels) holding the whole H*W extent in registers:
+    x is read from memory exactly once, mean and variance are computed two-pass on the
+    registers (mean first, then the mean of squared deviations), then the tile is
+    modulated and written. Used when ``next_pow2(H*W) * BLOCK_C`` fits the register
+    budget.
+``_stats_kernel`` + ``_apply_kernel``
+    Split path for large planes: the H*W axis is cut into chunks; the first kernel
+    writes per-chunk (mean, M2) partials (each chunk combines its tiles with Chan's
+    parallel formula, each tile computed two-pass), the second kernel merges the
+    partials of its channels (Chan again) and normalises its chunk. x is read twice.
+
+Statistics are float32 whatever the storage dtype; the output is cast to the output
+pointer's dtype. All arithmetic on masked-off lanes is zeroed before reductions so a NaN
+or Inf in the data propagates exactly like the torch reference (a NaN or Inf in a plane
+makes that plane's mean/variance NaN) and nothing else.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+ACT_CODES = {"none": 0, "relu": 1, "leaky_relu": 2}
+
+
+@triton.jit
+def _modulate_act(d, rstd, offs_g, offs_b, cols, cmask, mask, g_ptr, b_ptr, w_ptr, bias_ptr,
+                  slope, HAS_G: tl.constexpr, HAS_BETA: tl.constexpr, HAS_W: tl.constexpr,
+                  HAS_BIAS: tl.constexpr, ACT: tl.constexpr):
+    # Same operation order as the reference: x_hat = (x - mean) * rstd, then
+    # x_hat * (1 + gamma) + beta (SPADE) or x_hat * weight + bias (IN affine).
+    y = d * rstd[None, :]
+    if HAS_G:
+        g = tl.load(g_ptr + offs_g, mask=mask, other=0.0).to(tl.float32)
+        y = y * (1.0 + g)
+    if HAS_W:
+        w = tl.load(w_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+        y = y * w[None, :]
+    if HAS_BETA:
+        b = tl.load(b_ptr + offs_b, mask=mask, other=0.0).to(tl.float32)
+        y = y + b
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+        y = y + bias[None, :]
+    # `where(y < 0, ...)` keeps NaN as NaN (max(y, 0) may map NaN to 0 on GPU).
+    if ACT == 1:
+        y = tl.where(y < 0.0, 0.0, y)
+    elif ACT == 2:
+        y = tl.where(y < 0.0, y * slope, y)
+    return y
+
+
+@triton.jit
+def _fused_kernel(x_ptr, g_ptr, b_ptr, w_ptr, bias_ptr, out_ptr,
+                  C, HW, n_cblocks,
+                  sxn, sxhw, sxc, sgn, sghw, sgc, sbn, sbhw, sbc, son, sohw, soc,
+                  inv_hw, eps, slope,
+                  HAS_G: tl.constexpr, HAS_BETA: tl.constexpr, HAS_W: tl.constexpr,
+                  HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
+                  BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
+    pid = tl.program_id(0)
+    n = (pid // n_cblocks).to(tl.int64)
+    cb = pid % n_cblocks
+    rows = tl.arange(0, BLOCK_HW)
+    cols = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cols < C
+    mask = (rows[:, None] < HW) & cmask[None, :]
+
+    x = tl.load(x_ptr + n * sxn + rows[:, None] * sxhw + cols[None, :] * sxc,
+                mask=mask, other=0.0).to(tl.float32)
+    mean = tl.sum(x, axis=0) * inv_hw
+    d = tl.where(mask, x - mean[None, :], 0.0)
+    var = tl.sum(d * d, axis=0) * inv_hw
+    rstd = tl.rsqrt(var + eps)
+
+    offs_g = n * sgn + rows[:, None] * sghw + cols[None, :] * sgc
+    offs_b = n * sbn + rows[:, None] * sbhw + cols[None, :] * sbc
+    y = _modulate_act(d, rstd, offs_g, offs_b, cols, cmask, mask, g_ptr, b_ptr, w_ptr,
+                      bias_ptr, slope, HAS_G, HAS_BETA, HAS_W, HAS_BIAS, ACT)
+    tl.store(out_ptr + n * son + rows[:, None] * sohw + cols[None, :] * soc,
+             y.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _stats_kernel(x_ptr, mean_ptr, m2_ptr,
+                  C, HW, n_cblocks, CHUNK, n_chunks,
+                  sxn, sxhw, sxc,
+                  BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
+    pid = tl.program_id(0)
+    chunk = tl.program_id(1)
+    n = (pid // n_cblocks).to(tl.int64)
+    cb = pid % n_cblocks
+    cols = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cols < C
+    start = chunk * CHUNK
+    end = tl.minimum(start + CHUNK, HW)
+
+    acc_mean = tl.zeros([BLOCK_C], dtype=tl.float32)
+    acc_m2 = tl.zeros([BLOCK_C], dtype=tl.float32)
+    for off in range(start, end, BLOCK_HW):
+        rows = off + tl.arange(0, BLOCK_HW)
+        rmask = rows < end
+        mask = rmask[:, None] & cmask[None, :]
+        x = tl.load(x_ptr + n * sxn + rows[:, None] * sxhw + cols[None, :] * sxc,
+                    mask=mask, other=0.0).to(tl.float32)
+        r = tl.sum(tl.where(rmask, 1.0, 0.0), axis=0)          # rows in this tile
+        t_mean = tl.sum(x, axis=0) / r
+        d = tl.where(mask, x - t_mean[None, :], 0.0)
+        t_m2 = tl.sum(d * d, axis=0)
+        # Chan et al.: merge (n_a, acc_mean, acc_m2) with (r, t_mean, t_m2).
+        n_a = (off - start) * 1.0
+        n_ab = n_a + r
+        delta = t_mean - acc_mean
+        acc_mean = acc_mean + delta * (r / n_ab)
+        acc_m2 = acc_m2 + t_m2 + delta * delta * (n_a * r / n_ab)
+
+    poffs = (n * n_chunks + chunk) * C + cols
+    tl.store(mean_ptr + poffs, acc_mean, mask=cmask)
+    tl.store(m2_ptr + poffs, acc_m2, mask=cmask)
+
+
+@triton.jit
+def _apply_kernel(x_ptr, g_ptr, b_ptr, w_ptr, bias_ptr, out_ptr, mean_ptr, m2_ptr,
+                  C, HW, n_cblocks, CHUNK, n_chunks,
+                  sxn, sxhw, sxc, sgn, sghw, sgc, sbn, sbhw, sbc, son, sohw, soc,
+                  inv_hw, eps, slope,
+                  HAS_G: tl.constexpr, HAS_BETA: tl.constexpr, HAS_W: tl.constexpr,
+                  HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
+                  BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr, NCHUNK_P2: tl.constexpr):
+    pid = tl.program_id(0)
+    chunk = tl.program_id(1)
+    n = (pid // n_cblocks).to(tl.int64)
+    cb = pid % n_cblocks
+    cols = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cols < C
+
+    # Merge the per-chunk partials of these channels (Chan's formula, all chunks).
+    k = tl.arange(0, NCHUNK_P2)
+    kmask = k < n_chunks
+    pmask = kmask[:, None] & cmask[None, :]
+    poffs = (n * n_chunks + k[:, None]) * C + cols[None, :]
+    p_mean = tl.load(mean_ptr + poffs, mask=pmask, other=0.0)
+    p_m2 = tl.load(m2_ptr + poffs, mask=pmask, other=0.0)
+    cnt = tl.where(kmask, tl.minimum(HW - k * CHUNK, CHUNK), 0).to(tl.float32)
+    mean = tl.sum(cnt[:, None] * p_mean, axis=0) * inv_hw
+    dm = tl.where(pmask, p_mean - mean[None, :], 0.0)
+    var = tl.sum(p_m2 + cnt[:, None] * dm * dm, axis=0) * inv_hw
+    rstd = tl.rsqrt(var + eps)
+
+    start = chunk * CHUNK
+    end = tl.minimum(start + CHUNK, HW)
+    for off in range(start, end, BLOCK_HW):
+        rows = off + tl.arange(0, BLOCK_HW)
+        mask = (rows[:, None] < end) & cmask[None, :]
+        x = tl.load(x_ptr + n * sxn + rows[:, None] * sxhw + cols[None, :] * sxc,
+                    mask=mask, other=0.0).to(tl.float32)
+        d = tl.where(mask, x - mean[None, :], 0.0)
+        offs_g = n * sgn + rows[:, None] * sghw + cols[None, :] * sgc
+        offs_b = n * sbn + rows[:, None] * sbhw + cols[None, :] * sbc
+        y = _modulate_act(d, rstd, offs_g, offs_b, cols, cmask, mask, g_ptr, b_ptr, w_ptr,
+                          bias_ptr, slope, HAS_G, HAS_BETA, HAS_W, HAS_BIAS, ACT)
+        tl.store(out_ptr + n * son + rows[:, None] * sohw + cols[None, :] * soc,
+                 y.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def is_interpreted() -> bool:
+    """True when these kernels were defined under TRITON_INTERPRET=1 (CPU interpreter)."""
+    return type(_fused_kernel).__name__ == "InterpretedFunction"

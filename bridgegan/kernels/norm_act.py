@@ -1,0 +1,553 @@
+"""Fused instance norm + modulation + activation: SPADE and IN blocks.
+
+Two public ops, each one entry point with a torch reference path beside the Triton path:
+
+``spade_modulate(x, gamma, beta=None, act, eps, negative_slope, impl)``
+    ``act(instance_norm(x) * (1 + gamma) + beta)``; gamma/beta are (N, C, H, W) like x,
+    or gamma alone is the (N, 2C, H, W) output of a merged gamma/beta convolution (first
+    C channels gamma, next C beta).
+``instance_norm_act(x, weight, bias, act, eps, negative_slope, impl)``
+    ``act(instance_norm(x) * weight[c] + bias[c])`` (weight/bias may be None).
+
+instance_norm is without affine parameters, biased variance over H*W per (n, c).
+act is one of "none", "relu", "leaky_relu" (``negative_slope`` for the last).
+
+impl:
+  ``"ref"``    plain torch ops (mean, sub, mul, rsqrt, add, relu/leaky_relu) in float32
+               for fp16/bf16/fp32 storage (float64 stays float64), cast back to the input
+               dtype. This is the oracle and it is what ONNX export traces.
+  ``"triton"`` the fused kernels in :mod:`._triton_norm`; needs a CUDA tensor, or a CPU
+               tensor with TRITON_INTERPRET=1 set before this package is imported
+               (the CPU interpreter, how CI tests the kernels). fp16/bf16/fp32 only.
+  ``"auto"``   Triton for CUDA tensors when triton imports; otherwise the reference, with
+               one :class:`KernelFallbackWarning` per process. While tracing / exporting
+               to ONNX it always takes the reference, silently.
+
+Numerics: statistics are float32 whatever the storage dtype (mean first, then the mean of
+squared deviations; Chan's formula where a plane is cut into tiles), the output is the
+input dtype and keeps the input's memory format (NCHW or channels_last; a non-dense input
+gives a dense output in the format its strides suggest). NaN/Inf propagate as in the
+reference: a NaN or Inf in an (n, c) plane makes that whole output plane NaN.
+
+Autograd: the Triton path is forward-only kernels wrapped in a ``torch.autograd.Function``
+whose backward recomputes the reference math with torch ops (float32 statistics) and
+differentiates it. That keeps the backward exactly the reference's gradient at the cost of
+one recomputation; this engine is inference-first, so no backward kernels are written.
+The reference path is plain differentiable torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "ACTS",
+    "IMPLS",
+    "KernelFallbackWarning",
+    "LaunchPlan",
+    "instance_norm_act",
+    "plan_launch",
+    "spade_modulate",
+    "triton_available",
+    "triton_interpreted",
+]
+
+ACTS = ("none", "relu", "leaky_relu")
+IMPLS = ("auto", "triton", "ref")
+TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+REF_DTYPES = TRITON_DTYPES + (torch.float64,)
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+_INT32_MAX = 2**31 - 1
+
+
+class KernelFallbackWarning(RuntimeWarning):
+    """impl="auto" could not run a Triton kernel and used the torch reference instead."""
+
+
+# ----------------------------------------------------------------------------- triton import
+
+_TRITON = None  # (module or None, reason or None) once looked up
+
+
+def _triton_module():
+    """The kernel module, or (None, why it cannot be used). Imported lazily, once."""
+    global _TRITON
+    if _TRITON is None:
+        try:
+            from . import _triton_norm as tn
+
+            _TRITON = (tn, None)
+        except Exception as exc:  # ImportError, or a broken triton install
+            _TRITON = (None, f"triton does not import ({type(exc).__name__}: {exc})")
+    return _TRITON
+
+
+def triton_available() -> bool:
+    """Whether the Triton kernels can be imported (says nothing about a GPU)."""
+    return _triton_module()[0] is not None
+
+
+def triton_interpreted() -> bool:
+    """Whether the kernels run in the CPU interpreter (TRITON_INTERPRET=1 at import)."""
+    tn = _triton_module()[0]
+    return tn is not None and tn.is_interpreted()
+
+
+_FALLBACK_WARNED = False
+
+
+def _warn_fallback(op: str, reason: str) -> None:
+    global _FALLBACK_WARNED
+    if _FALLBACK_WARNED:
+        return
+    _FALLBACK_WARNED = True
+    warnings.warn(
+        f"bridgegan.kernels.{op}(impl='auto') is using the torch reference path: {reason}. "
+        "Results are correct but not fused. (Shown once per process.)",
+        KernelFallbackWarning,
+        stacklevel=4,
+    )
+
+
+def _reset_fallback_warning() -> None:
+    """Forget that the fallback warning was shown (for tests)."""
+    global _FALLBACK_WARNED
+    _FALLBACK_WARNED = False
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _fail(op: str, msg: str) -> None:
+    raise ValueError(f"{op}: {msg}")
+
+
+def _dtype_name(dt: torch.dtype) -> str:
+    return str(dt).replace("torch.", "")
+
+
+def _check_x(op: str, x) -> None:
+    if not isinstance(x, torch.Tensor):
+        _fail(op, f"x must be a torch.Tensor of shape (N, C, H, W), got {type(x).__name__}")
+    if x.dim() != 4:
+        _fail(op, f"x must be 4-D (N, C, H, W), got {x.dim()}-D shape {tuple(x.shape)}")
+    if x.dtype not in REF_DTYPES:
+        _fail(op, f"x has dtype {_dtype_name(x.dtype)}; accepted: float16, bfloat16, float32 "
+                  "(and float64 on the reference path)")
+
+
+def _check_map(op: str, name: str, t, x: torch.Tensor, channels: tuple[int, ...]) -> None:
+    """A spatial tensor (gamma/beta/out): 4-D, x's dtype and device, (N, c, H, W)."""
+    if not isinstance(t, torch.Tensor):
+        _fail(op, f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    n, c, h, w = x.shape
+    want = " or ".join(str((n, k, h, w)) for k in channels)
+    if t.dim() != 4 or t.shape[0] != n or t.shape[2:] != x.shape[2:] or t.shape[1] not in channels:
+        _fail(op, f"{name} has shape {tuple(t.shape)}; accepted: {want} for x of shape "
+                  f"{tuple(x.shape)}")
+    if t.dtype != x.dtype:
+        _fail(op, f"{name} has dtype {_dtype_name(t.dtype)} but x is {_dtype_name(x.dtype)}; "
+                  "they must match")
+    if t.device != x.device:
+        _fail(op, f"{name} is on {t.device} but x is on {x.device}; they must match")
+
+
+def _check_vec(op: str, name: str, t, x: torch.Tensor) -> None:
+    if t is None:
+        return
+    if not isinstance(t, torch.Tensor):
+        _fail(op, f"{name} must be a torch.Tensor of shape ({x.shape[1]},) or None, "
+                  f"got {type(t).__name__}")
+    if t.dim() != 1 or t.shape[0] != x.shape[1]:
+        _fail(op, f"{name} has shape {tuple(t.shape)}; accepted: ({x.shape[1]},) (one value "
+                  "per channel) or None")
+    if not t.is_floating_point():
+        _fail(op, f"{name} has dtype {_dtype_name(t.dtype)}; it must be a floating dtype")
+    if t.device != x.device:
+        _fail(op, f"{name} is on {t.device} but x is on {x.device}; they must match")
+
+
+def _check_common(op: str, act, eps, negative_slope, impl) -> None:
+    if act not in ACTS:
+        _fail(op, f"unknown act {act!r}; accepted: {', '.join(repr(a) for a in ACTS)}")
+    if impl not in IMPLS:
+        _fail(op, f"unknown impl {impl!r}; accepted: {', '.join(repr(i) for i in IMPLS)}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
+        _fail(op, f"eps must be a finite number >= 0, got {eps!r}")
+    if (isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float))
+            or not math.isfinite(negative_slope)):
+        _fail(op, f"negative_slope must be a finite number, got {negative_slope!r}")
+
+
+# ----------------------------------------------------------------------------- reference
+
+
+def _reference(x, gamma, beta, weight, bias, act, eps, negative_slope):
+    """The oracle: exact torch math, float32 statistics for fp16/bf16, ONNX-traceable.
+
+    gamma may be the merged (N, 2C, H, W) tensor when beta is None.
+    """
+    cdt = torch.float32 if x.dtype in _LOW_PRECISION else x.dtype
+    xf = x.to(cdt)
+    mean = xf.mean(dim=(2, 3), keepdim=True)
+    d = xf - mean
+    var = (d * d).mean(dim=(2, 3), keepdim=True)
+    y = d * torch.rsqrt(var + eps)
+    if gamma is not None:
+        c = x.shape[1]
+        if beta is None and gamma.shape[1] == 2 * c:
+            gamma, beta = gamma[:, :c], gamma[:, c:]
+        y = y * (1 + gamma.to(cdt))
+    if weight is not None:
+        y = y * weight.to(cdt).reshape(1, -1, 1, 1)
+    if beta is not None:
+        y = y + beta.to(cdt)
+    if bias is not None:
+        y = y + bias.to(cdt).reshape(1, -1, 1, 1)
+    if act == "relu":
+        y = F.relu(y)
+    elif act == "leaky_relu":
+        y = F.leaky_relu(y, negative_slope)
+    return y.to(x.dtype)
+
+
+# ----------------------------------------------------------------------------- launch plan
+
+FUSED_MAX_ELEMS = 16384      # a program keeps at most this many values of a tile in registers
+FUSED_TILE_TARGET = 4096     # small planes: pack planes/channels into tiles of about this size
+SPLIT_TILE = 4096            # split path: elements per loop tile
+SPLIT_TARGET_PROGRAMS = 1024 # split path: cut H*W into chunks until about this many programs
+MAX_CHUNKS = 256
+CL_MIN_BLOCK_C = 16          # channels_last: at least this many channels per row (>= 32 bytes)
+CL_SPLIT_BLOCK_C = 32
+
+
+def _next_pow2(v: int) -> int:
+    return 1 if v <= 1 else 1 << (v - 1).bit_length()
+
+
+def _prev_pow2(v: int) -> int:
+    return 1 if v <= 1 else 1 << (v.bit_length() - 1)
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """How one call is launched. path "fused": x read once, whole H*W in registers;
+    "split": stats kernel over H*W chunks, then an apply kernel (x read twice)."""
+
+    path: str
+    block_hw: int
+    block_c: int
+    num_warps: int
+    n_cblocks: int
+    chunk: int = 0
+    n_chunks: int = 1
+
+    @property
+    def grid(self) -> tuple[int, ...]:
+        return (self.n_cblocks,) if self.path == "fused" else (self.n_cblocks, self.n_chunks)
+
+
+def _warps_for(elems: int) -> int:
+    return max(1, min(16, _prev_pow2(max(1, elems // 512))))
+
+
+def plan_launch(n: int, c: int, hw: int, channels_last: bool, config: dict | None = None) -> LaunchPlan:
+    """Choose the kernel path, tile and warps for an (n, c, hw) problem.
+
+    ``config`` overrides: ``max_fused`` (largest register tile, elements; a small value
+    forces the split path), ``fused_tile`` (packing target for small planes),
+    ``split_tile``, ``block_c``, ``num_warps``, ``target_programs``, ``path``
+    ("fused"/"split", to force one when it is legal).
+    """
+    cfg = dict(config or {})
+    unknown = set(cfg) - {"max_fused", "fused_tile", "split_tile", "block_c", "num_warps",
+                          "target_programs", "path"}
+    if unknown:
+        raise ValueError(f"plan_launch: unknown config keys {sorted(unknown)}")
+    max_fused = int(cfg.get("max_fused", FUSED_MAX_ELEMS))
+    fused_tile = int(cfg.get("fused_tile", FUSED_TILE_TARGET))
+    split_tile = int(cfg.get("split_tile", SPLIT_TILE))
+    target = int(cfg.get("target_programs", SPLIT_TARGET_PROGRAMS))
+    hw_p2, c_p2 = _next_pow2(hw), _next_pow2(c)
+    bc_min = min(c_p2, CL_MIN_BLOCK_C) if channels_last else 1
+    if "block_c" in cfg:
+        bc_min = min(c_p2, _next_pow2(int(cfg["block_c"])))
+    fused_ok = hw_p2 * bc_min <= max_fused
+    path = cfg.get("path", "fused" if fused_ok else "split")
+    if path == "fused" and not fused_ok:
+        path = "split"
+    if path == "fused":
+        bc = bc_min
+        if "block_c" not in cfg:
+            while bc * 2 <= c_p2 and hw_p2 * bc * 2 <= min(max_fused, fused_tile):
+                bc *= 2
+        n_cb = -(-c // bc)
+        nw = int(cfg.get("num_warps", _warps_for(hw_p2 * bc)))
+        return LaunchPlan("fused", hw_p2, bc, nw, n * n_cb)
+    if "block_c" in cfg:
+        bc = bc_min
+    else:
+        bc = min(c_p2, CL_SPLIT_BLOCK_C) if channels_last else 1
+    bhw = max(1, min(hw_p2, _prev_pow2(max(1, split_tile // bc)), _prev_pow2(max(1, max_fused // bc))))
+    n_cb = -(-c // bc)
+    tiles = -(-hw // bhw)
+    n_chunks = max(1, min(-(-target // (n * n_cb)), tiles, MAX_CHUNKS))
+    chunk = -(-tiles // n_chunks) * bhw
+    n_chunks = -(-hw // chunk)
+    nw = int(cfg.get("num_warps", _warps_for(bhw * bc)))
+    return LaunchPlan("split", bhw, bc, nw, n * n_cb, chunk, n_chunks)
+
+
+# ----------------------------------------------------------------------------- triton path
+
+
+def _is_channels_last(t: torch.Tensor) -> bool:
+    if t.is_contiguous():
+        return False
+    if t.is_contiguous(memory_format=torch.channels_last):
+        return True
+    _, c, h, w = t.shape
+    if c == 1:
+        return False
+    sc = t.stride(1)
+    spatial = [t.stride(d) for d, size in ((2, h), (3, w)) if size > 1]
+    return all(sc < s for s in spatial)
+
+
+def _hw_strides(t: torch.Tensor):
+    """(s_n, s_hw, s_c) of t viewed as [N][H*W][C], or None if H, W do not flatten."""
+    _, _, h, w = t.shape
+    sn, sc, sh, sw = t.stride()
+    if h == 1:
+        shw = sw
+    elif w == 1 or sh == w * sw:
+        shw = sw if w > 1 else sh
+    else:
+        return None
+    return sn, shw, sc
+
+
+def _flattenable(t: torch.Tensor | None, fmt) -> torch.Tensor | None:
+    if t is None or _hw_strides(t) is not None:
+        return t
+    return t.contiguous(memory_format=fmt)
+
+
+def _triton_forward(op, x, gamma, beta, weight, bias, act, eps, slope, out, config):
+    tn, why = _triton_module()
+    if tn is None:
+        raise RuntimeError(f"bridgegan.kernels.{op}(impl='triton'): {why}")
+    n, c, h, w = x.shape
+    hw = h * w
+    cl = _is_channels_last(x)
+    fmt = torch.channels_last if cl else torch.contiguous_format
+    x = _flattenable(x, fmt)
+    def same_order(t):
+        # Maps in the other memory format than x are copied into x's, so that every load
+        # of a tile walks memory in the same order (correct either way, just slower).
+        if t is not None and hw > 1 and _is_channels_last(t) != cl:
+            t = t.contiguous(memory_format=fmt)
+        return _flattenable(t, fmt)
+
+    if gamma is not None and beta is None and gamma.shape[1] == 2 * c:
+        gamma = same_order(gamma)
+        gamma, beta = gamma[:, :c], gamma[:, c:]   # views: strides carry the split
+    else:
+        gamma, beta = same_order(gamma), same_order(beta)
+    if out is None:
+        out = torch.empty_like(x, memory_format=fmt)
+    weight = weight.contiguous() if weight is not None else None
+    bias = bias.contiguous() if bias is not None else None
+
+    plan = plan_launch(n, c, hw, cl, config)
+    sx = _hw_strides(x)
+    so = _hw_strides(out)
+    sg = _hw_strides(gamma) if gamma is not None else (0, 0, 0)
+    sb = _hw_strides(beta) if beta is not None else (0, 0, 0)
+    flags = dict(HAS_G=gamma is not None, HAS_BETA=beta is not None, HAS_W=weight is not None,
+                 HAS_BIAS=bias is not None, ACT=tn.ACT_CODES[act])
+    ptrs = tuple(t if t is not None else x for t in (gamma, beta, weight, bias))
+    inv_hw = 1.0 / hw
+    n_cb = plan.n_cblocks // n
+    guard = torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
+    with guard:
+        if plan.path == "fused":
+            tn._fused_kernel[plan.grid](
+                x, *ptrs, out, c, hw, n_cb, *sx, *sg, *sb, *so,
+                inv_hw, float(eps), float(slope), **flags,
+                BLOCK_HW=plan.block_hw, BLOCK_C=plan.block_c, num_warps=plan.num_warps)
+        else:
+            p_mean = torch.empty((n, plan.n_chunks, c), dtype=torch.float32, device=x.device)
+            p_m2 = torch.empty_like(p_mean)
+            tn._stats_kernel[plan.grid](
+                x, p_mean, p_m2, c, hw, n_cb, plan.chunk, plan.n_chunks, *sx,
+                BLOCK_HW=plan.block_hw, BLOCK_C=plan.block_c, num_warps=plan.num_warps)
+            tn._apply_kernel[plan.grid](
+                x, *ptrs, out, p_mean, p_m2, c, hw, n_cb, plan.chunk, plan.n_chunks,
+                *sx, *sg, *sb, *so, inv_hw, float(eps), float(slope), **flags,
+                BLOCK_HW=plan.block_hw, BLOCK_C=plan.block_c,
+                NCHUNK_P2=_next_pow2(plan.n_chunks), num_warps=plan.num_warps)
+    return out
+
+
+class _NormActFunction(torch.autograd.Function):
+    """Triton forward; backward = autograd of the reference math (recomputed)."""
+
+    @staticmethod
+    def forward(ctx, x, gamma, beta, weight, bias, spec):
+        op, act, eps, slope, config = spec
+        ctx.spec = spec
+        ctx.save_for_backward(x, gamma, beta, weight, bias)
+        return _triton_forward(op, x, gamma, beta, weight, bias, act, eps, slope, None, config)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        _, act, eps, slope, _ = ctx.spec
+        saved = ctx.saved_tensors
+        needs = ctx.needs_input_grad[:5]
+        with torch.enable_grad():
+            leaves = [t.detach().requires_grad_(bool(nd)) if t is not None else None
+                      for t, nd in zip(saved, needs)]
+            y = _reference(*leaves, act, eps, slope)
+            wrt = [t for t, nd in zip(leaves, needs) if nd and t is not None]
+            grads = iter(torch.autograd.grad(y, wrt, grad_out) if wrt else ())
+        return (*[next(grads) if (nd and t is not None) else None for t, nd in zip(saved, needs)],
+                None)
+
+
+# ----------------------------------------------------------------------------- dispatch
+
+
+def _tracing() -> bool:
+    if torch.jit.is_tracing() or torch.jit.is_scripting():
+        return True
+    try:
+        if torch.onnx.is_in_onnx_export():
+            return True
+    except Exception:  # pragma: no cover - older/newer onnx module layouts
+        pass
+    try:
+        import torch.compiler
+
+        return bool(torch.compiler.is_compiling())
+    except Exception:  # pragma: no cover
+        return False
+
+
+def _choose_impl(op: str, x: torch.Tensor, impl: str) -> str:
+    if impl == "ref":
+        return "ref"
+    per_sample = x[0].numel() if x.shape[0] else 0
+    if impl == "triton":
+        tn, why = _triton_module()
+        if tn is None:
+            raise RuntimeError(f"{op}(impl='triton'): {why}; install triton or use impl='ref'")
+        if x.dtype not in TRITON_DTYPES:
+            _fail(op, f"impl='triton' accepts float16, bfloat16, float32; x is "
+                      f"{_dtype_name(x.dtype)} (use impl='ref' for float64)")
+        if not x.is_cuda and not tn.is_interpreted():
+            raise RuntimeError(
+                f"{op}(impl='triton'): x is on {x.device}; the Triton path needs a CUDA tensor, "
+                "or TRITON_INTERPRET=1 set in the environment before bridgegan.kernels is "
+                "imported (CPU interpreter, slow; for tests)")
+        if per_sample > _INT32_MAX:
+            _fail(op, f"impl='triton' supports at most {_INT32_MAX} elements per sample, "
+                      f"x has {per_sample}")
+        return "triton"
+    # auto
+    if _tracing():
+        return "ref"
+    tn, why = _triton_module()
+    if not x.is_cuda:
+        reason = f"x is on {x.device}, the Triton kernels need a CUDA tensor"
+    elif tn is None:
+        reason = why
+    elif x.dtype not in TRITON_DTYPES:
+        reason = f"{_dtype_name(x.dtype)} has no Triton kernel (float16/bfloat16/float32 do)"
+    elif per_sample > _INT32_MAX:
+        reason = f"{per_sample} elements per sample exceed the kernels' int32 indexing"
+    else:
+        return "triton"
+    _warn_fallback(op, reason)
+    return "ref"
+
+
+def _run(op, x, gamma, beta, weight, bias, act, eps, slope, impl, out, config):
+    if out is not None:
+        _check_map(op, "out", out, x, (x.shape[1],))
+    if x.numel() == 0:
+        return out if out is not None else torch.empty_like(x)
+    tensors = (x, gamma, beta, weight, bias)
+    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    if grad and out is not None:
+        _fail(op, "out= does not support autograd; pass out=None when inputs require grad")
+    chosen = _choose_impl(op, x, impl)
+    if chosen == "ref":
+        y = _reference(x, gamma, beta, weight, bias, act, eps, slope)
+        fmt = torch.channels_last if _is_channels_last(x) else torch.contiguous_format
+        if not _tracing() and not y.is_contiguous(memory_format=fmt):
+            y = y.contiguous(memory_format=fmt)
+        if out is not None:
+            out.copy_(y)
+            return out
+        return y
+    if out is not None and _hw_strides(out) is None:
+        _fail(op, "out must have H and W that flatten into one axis (NCHW or channels_last "
+                  f"dense rows); got strides {out.stride()}")
+    if grad:
+        return _NormActFunction.apply(x, gamma, beta, weight, bias,
+                                      (op, act, float(eps), float(slope), config))
+    return _triton_forward(op, x, gamma, beta, weight, bias, act, eps, slope, out, config)
+
+
+def spade_modulate(x, gamma, beta=None, act="none", eps=1e-5, negative_slope=0.2,
+                   impl="auto", *, out=None, config=None):
+    """``act(instance_norm(x) * (1 + gamma) + beta)`` (SPADE modulation, fused).
+
+    Args:
+        x: (N, C, H, W) float16/bfloat16/float32 (float64 on the reference path), NCHW or
+            channels_last, any strides.
+        gamma: (N, C, H, W) like x; or, with ``beta=None``, (N, 2C, H, W): the output of a
+            merged gamma/beta convolution, first C channels gamma, next C beta.
+        beta: (N, C, H, W) like x, or None (no shift; or merged into gamma).
+        act: "none", "relu" or "leaky_relu" (slope ``negative_slope``).
+        eps: added to the variance (biased, over H*W, float32).
+        impl: "auto", "triton" or "ref" (see the module docstring).
+        out: optional output tensor (x's shape, dtype, device); written and returned.
+        config: launch overrides for the Triton path (see :func:`plan_launch`); tuning and
+            tests only.
+
+    Returns the result in x's dtype and memory format.
+    """
+    op = "spade_modulate"
+    _check_common(op, act, eps, negative_slope, impl)
+    _check_x(op, x)
+    c = x.shape[1]
+    if beta is None:
+        _check_map(op, "gamma", gamma, x, (c, 2 * c))
+    else:
+        _check_map(op, "gamma", gamma, x, (c,))
+        _check_map(op, "beta", beta, x, (c,))
+    return _run(op, x, gamma, beta, None, None, act, eps, negative_slope, impl, out, config)
+
+
+def instance_norm_act(x, weight=None, bias=None, act="none", eps=1e-5, negative_slope=0.2,
+                      impl="auto", *, out=None, config=None):
+    """``act(instance_norm(x) * weight[c] + bias[c])`` (IN block, fused).
+
+    weight/bias: (C,) floating tensors on x's device, or None (no scale / no shift).
+    Other arguments as in :func:`spade_modulate`.
+    """
+    op = "instance_norm_act"
+    _check_common(op, act, eps, negative_slope, impl)
+    _check_x(op, x)
+    _check_vec(op, "weight", weight, x)
+    _check_vec(op, "bias", bias, x)
+    return _run(op, x, None, None, weight, bias, act, eps, negative_slope, impl, out, config)
