@@ -1,0 +1,241 @@
+"""The BridgeGAN training objective (spec section 5), as plain functions and two modules.
+
+``DiscriminatorObjective`` (holds D) and ``GeneratorObjective`` (holds G, E, M) compute a
+whole loss in their ``forward`` so that each can be wrapped in DistributedDataParallel
+and trained with one forward and one backward per step. Both return
+``(loss, terms)`` where ``terms`` maps a name to a detached scalar tensor for logging.
+
+Shapes: images (N, 3, S, S) in [-1, 1]; labels (N, A) 0/1; noise (N, noise_dim).
+Every L1 / BCE term is a mean over all elements, as in the official code.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MODE_SEEKING_EPS = 1e-5
+
+# A function that averages a 1-D tensor of scalars over the processes of a distributed
+# run (identity in one process).
+Reduce = Callable[[torch.Tensor], torch.Tensor]
+# refine(r0, target_code, d, mapping) -> refined noise (no gradient), see noise_memory.py.
+Refine = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, nn.Module], torch.Tensor]
+
+
+def _identity(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Weights of every term; the defaults are the paper's / official code's."""
+
+    adv: float = 1.0            # generator adversarial term
+    attr: float = 10.0          # generator attribute BCE on the three fakes
+    rec: float = 100.0          # reconstruction (both forms, d = 0)
+    latent: float = 50.0        # latent similarity L1(S_rand, S_ref)
+    cycle: float = 50.0         # the three cycle terms
+    mode_seeking: float = 0.005  # mode seeking with fresh r1
+    gp: float = 10.0            # gradient penalty in the discriminator loss
+    d_attr: float = 1.0         # attribute BCE on real images in the discriminator loss
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or v != v or v < 0:
+                raise ValueError(f"loss weight {f.name} must be a number >= 0, got {v!r}")
+
+    def to_dict(self) -> dict[str, float]:
+        return {k: float(v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "LossWeights":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown loss weight(s) {unknown}; known: {sorted(known)}")
+        return cls(**data)
+
+
+# ----- small pieces -------------------------------------------------------------------
+def l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference over all elements (float32 accumulation)."""
+    return (a.float() - b.float()).abs().mean()
+
+
+def bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Sigmoid cross-entropy, mean over all elements."""
+    return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+
+
+def cycle_sign(y_s: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """o = (1 - |d|) * (1 - 2 y_s): +-1 on the unchanged attributes, 0 on the changed ones.
+
+    +1 where the source lacks an unchanged attribute, -1 where it has it.
+    """
+    return (1 - d.abs()) * (1 - 2 * y_s)
+
+
+def gradient_penalty(critic: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor,
+                     fakes: Sequence[torch.Tensor], eps: torch.Tensor,
+                     scale: float = 1.0) -> torch.Tensor:
+    """WGAN-GP: mean over the fakes of mean_i (||d critic / dx (x_hat_i)|| - 1)^2.
+
+    x_hat = eps * real + (1 - eps) * fake with one eps per sample and fake
+    (``eps`` has shape (len(fakes), N)). The fakes are detached. The interpolations and
+    the penalty are float32 even under autocast; ``scale`` (a GradScaler's current scale
+    for fp16) multiplies the critic output before the inner gradient, which is then
+    divided by it again, so small gradients do not underflow in half precision.
+    """
+    k, n = len(fakes), real.shape[0]
+    if eps.shape != (k, n):
+        raise ValueError(f"eps must have shape ({k}, {n}), got {tuple(eps.shape)}")
+    real = real.detach().float()
+    e = eps.to(real).view(k, n, 1, 1, 1)
+    fake = torch.stack([f.detach().float() for f in fakes])
+    x_hat = (e * real.unsqueeze(0) + (1 - e) * fake).flatten(0, 1).requires_grad_(True)
+    out = critic(x_hat)
+    (grad,) = torch.autograd.grad(out.float().sum() * scale, x_hat, create_graph=True)
+    grad = grad.float() / scale
+    norm = torch.linalg.vector_norm(grad.flatten(1), dim=1)
+    return ((norm - 1) ** 2).mean()
+
+
+def mode_seeking(r1: torch.Tensor, r: torch.Tensor, x1: torch.Tensor, x_l: torch.Tensor,
+                 reduce: Reduce = _identity, eps: float = MODE_SEEKING_EPS) -> torch.Tensor:
+    """mean|r1 - r| / (mean|stopgrad(x1) - x_l| + eps), gradient through ``x_l`` only.
+
+    Written as value + coef * (den - stopgrad(den)) with coef = -num / (den + eps)^2, so
+    that when the means are averaged over the processes of a distributed run by
+    ``reduce`` (num and den of the GLOBAL batch), averaging the per-process gradients
+    gives exactly the gradient of the global ratio. In one process this is the plain
+    ratio (same value, same gradient).
+    """
+    num = l1(r1.detach(), r.detach())
+    den = l1(x1.detach(), x_l)
+    num_g, den_g = reduce(torch.stack([num.detach(), den.detach()])).unbind(0)
+    value = num_g / (den_g + eps)
+    coef = -num_g / (den_g + eps) ** 2
+    return value + coef * (den - den.detach())
+
+
+# ----- the two objectives -------------------------------------------------------------
+class DiscriminatorObjective(nn.Module):
+    """L_D = -(mean D(X_s) - mean over the 3 fakes of mean D(fake)) + w_gp GP
+    + w_d_attr BCE(D_cls(X_s), y_s)."""
+
+    def __init__(self, discriminator: nn.Module, weights: LossWeights):
+        super().__init__()
+        self.discriminator = discriminator
+        self.weights = weights
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, fakes: Sequence[torch.Tensor],
+                gp_eps: torch.Tensor, gp_scale: float = 1.0
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        w = self.weights
+        n = x.shape[0]
+        adv, cls = self.discriminator(torch.cat([x, *[f.detach() for f in fakes]]))
+        adv = adv.float()
+        wd = adv[:n].mean() - adv[n:].mean()  # the fakes have equal sizes: mean of means
+        attr = bce(cls[:n], y)
+        gp = gradient_penalty(lambda t: self.discriminator(t)[0], x, fakes, gp_eps, gp_scale)
+        loss = -wd + w.gp * gp + w.d_attr * attr
+        terms = {"d/adv": -wd, "d/gp": gp, "d/attr": attr, "d/total": loss}
+        return loss, {k: v.detach() for k, v in terms.items()}
+
+
+def encode_targets(encoder: nn.Module, x: torch.Tensor, xr: torch.Tensor, d: torch.Tensor,
+                   with_zero: bool = False) -> list[torch.Tensor]:
+    """E(X_s, -d), E(X_r, d) [, E(X_s, 0), E(X_r, 0)] in one encoder call."""
+    zero = torch.zeros_like(d)
+    xs = [x, xr] + ([x, xr] if with_zero else [])
+    ds = [-d, d] + ([zero, zero] if with_zero else [])
+    return list(encoder(torch.cat(xs), torch.cat(ds)).chunk(len(xs)))
+
+
+def make_fakes(generator: nn.Module, encoder: nn.Module, mapping: nn.Module,
+               x: torch.Tensor, y: torch.Tensor, xr: torch.Tensor, yr: torch.Tensor,
+               noise: torch.Tensor, alpha: torch.Tensor, refine: Refine | None = None
+               ) -> tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """(X_l, X_ref, X_int) for the discriminator step, without gradients, and the noise r.
+
+    ``noise`` is fresh noise, or the stored r0 of each reference when ``refine`` is given.
+    """
+    d = yr - y
+    with torch.no_grad():
+        s_s, e_r = encode_targets(encoder, x, xr, d)
+    r = refine(noise, e_r, d, mapping) if refine is not None else noise
+    with torch.no_grad():
+        s_rand = mapping(r, d) + s_s
+        s_ref = e_r + s_s
+        a = alpha.to(s_rand.dtype).view(-1, 1, 1, 1)
+        s_int = a * s_rand + (1 - a) * s_ref
+        h = generator.trunk(x)
+        n = x.shape[0]
+        out = generator.decode(h.repeat(3, 1, 1, 1), torch.cat([s_rand, s_ref, s_int]))
+    return tuple(out.split(n)), r
+
+
+class GeneratorObjective(nn.Module):
+    """The generator loss of spec section 5 for G, E, M (D is passed in, frozen).
+
+    forward returns (loss, terms, r): r is the noise actually used for X_l (the refined
+    memory noise when ``refine`` is given), to be written back into the noise memory.
+    """
+
+    def __init__(self, generator: nn.Module, encoder: nn.Module, mapping: nn.Module,
+                 weights: LossWeights):
+        super().__init__()
+        self.generator = generator
+        self.encoder = encoder
+        self.mapping = mapping
+        self.weights = weights
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, xr: torch.Tensor, yr: torch.Tensor,
+                noise: torch.Tensor, r1: torch.Tensor, alpha: torch.Tensor,
+                critic: nn.Module, refine: Refine | None = None,
+                reduce: Reduce = _identity
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        G, E, M, w = self.generator, self.encoder, self.mapping, self.weights
+        n = x.shape[0]
+        d = yr - y                                     # y_t = y_r: the reference's labels
+        zero = torch.zeros_like(d)
+        s_s, e_r, e_s0, e_r0 = encode_targets(E, x, xr, d, with_zero=True)
+        r = refine(noise, e_r.detach(), d, M) if refine is not None else noise.detach()
+        m, m0, m1 = M(torch.cat([r, r, r1]), torch.cat([d, zero, d])).chunk(3)
+        s_rand = m + s_s                               # LEM
+        s_ref = e_r + s_s                              # REM
+        a = alpha.to(s_rand.dtype).view(-1, 1, 1, 1)
+        s_int = a * s_rand + (1 - a) * s_ref
+        s_rec_l = m0 + e_s0                            # reconstruction, label form (d = 0)
+        s_rec_r = e_r0 + e_s0                          # reconstruction, reference form
+        s_1 = m1 + s_s                                 # mode seeking, fresh r1
+        h = G.trunk(x)
+        out = G.decode(h.repeat(6, 1, 1, 1), torch.cat([s_rand, s_ref, s_int, s_rec_l, s_rec_r, s_1]))
+        x_l, x_ref, x_int, x_rec_l, x_rec_r, x_1 = out.split(n)
+
+        adv, cls = critic(torch.cat([x_l, x_ref, x_int]))
+        loss_adv = -adv.float().mean()
+        loss_attr = bce(cls, yr.repeat(3, 1))
+        loss_rec = (l1(x, x_rec_l) + l1(x, x_rec_r)) / 2
+        loss_latent = l1(s_rand, s_ref)
+        o = cycle_sign(y, d)
+        c_l, c_ref, c_l_o, c_s_o = E(
+            torch.cat([x_l.detach(), x_ref.detach(), x_l, x]), torch.cat([d, d, o, o])
+        ).chunk(4)
+        loss_cycle = (l1(s_rand, c_l + s_s) + l1(s_ref, c_ref + s_s) + l1(c_l_o, c_s_o)) / 3
+        loss_ms = mode_seeking(r1, r, x_1, x_l, reduce)
+        loss = (w.adv * loss_adv + w.attr * loss_attr + w.rec * loss_rec
+                + w.latent * loss_latent + w.cycle * loss_cycle + w.mode_seeking * loss_ms)
+        terms = {
+            "g/adv": loss_adv, "g/attr": loss_attr, "g/rec": loss_rec,
+            "g/latent": loss_latent, "g/cycle": loss_cycle, "g/mode_seeking": loss_ms,
+            "g/total": loss, "noise/r_mean": r.float().mean(),
+            "noise/r_abs_mean": r.float().abs().mean(),
+        }
+        return loss, {k: v.detach() for k, v in terms.items()}, r.detach()
