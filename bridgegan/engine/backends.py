@@ -1,0 +1,84 @@
+"""Backends: how the engine's stages (trunk, encode, map, decode) are executed.
+
+- ``reference``: the unmodified model, for comparison;
+- ``torch``: the rewritten graph in PyTorch ops;
+- ``triton``: the rewritten graph with the fused Triton SPADE / instance-norm kernels;
+- ``compile``: torch.compile of the rewritten graph;
+- ``onnxruntime`` and ``tensorrt``: the exported graph (the export issue).
+"""
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ..reference.layers import LatentMix
+from ..reference.model import BridgeGAN
+from .graph import InferenceGraph, Rewrites
+
+BACKENDS = ("reference", "torch", "triton", "compile", "onnxruntime", "tensorrt")
+
+
+class BackendUnavailable(RuntimeError):
+    """The requested backend cannot run here; the message says what it needs."""
+
+
+@dataclass
+class Stages:
+    """The four stage functions the engine composes, plus the module holding weights."""
+
+    trunk: Callable[[torch.Tensor], torch.Tensor]
+    encode: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    map: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    decode: Callable[[torch.Tensor, torch.Tensor | LatentMix], torch.Tensor]
+    module: torch.nn.Module
+    stateful: bool = False  # shared state between calls (compiled code): serialise calls
+
+
+def check_backend(backend: str, device: torch.device) -> None:
+    """Raise BackendUnavailable naming what to install or which device is needed."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; backends are {', '.join(BACKENDS)}")
+    if backend == "triton":
+        if importlib.util.find_spec("triton") is None:
+            raise BackendUnavailable("backend 'triton' needs triton: pip install 'bridgegan[triton]'")
+        import os
+
+        if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+            raise BackendUnavailable(
+                "backend 'triton' needs a CUDA device (device='cuda'); on a CPU it runs only "
+                "under the Triton interpreter (TRITON_INTERPRET=1, slow, for testing)")
+    if backend in ("onnxruntime", "tensorrt"):
+        raise BackendUnavailable(
+            f"backend {backend!r} runs an exported graph: export one with "
+            f"`bridgegan export onnx` (ONNX / TensorRT export is not in this release yet)")
+
+
+def build_stages(model: BridgeGAN, backend: str, rewrites: Rewrites, dtype: torch.dtype,
+                 device: torch.device, channels_last: bool) -> Stages:
+    """Move/convert the model for ``backend`` and return its stage functions."""
+    check_backend(backend, device)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    if backend == "reference":
+        m = model.inference_modules().to(device=device, dtype=dtype, memory_format=fmt).eval()
+        g = m["generator"]
+        return Stages(g.trunk, m["encoder"], m["mapping"], g.decode, m)
+    impl = "triton" if backend == "triton" else "ref"
+    graph = InferenceGraph(model, rewrites, impl=impl).to(device=device, dtype=dtype,
+                                                          memory_format=fmt).eval()
+    if backend != "compile":
+        return Stages(graph.trunk, graph.encode, graph.map, graph.decode, graph)
+    mode = "max-autotune" if device.type == "cuda" else None
+
+    def compiled(fn):
+        return torch.compile(fn, mode=mode, dynamic=False)
+
+    decode_c = compiled(graph.decode)
+
+    def decode(h, s):  # LatentMix (SPADE-level interpolation) stays eager
+        return graph.decode(h, s) if isinstance(s, LatentMix) else decode_c(h, s)
+
+    return Stages(compiled(graph.trunk), compiled(graph.encode), compiled(graph.map), decode,
+                  graph, stateful=True)

@@ -1,0 +1,275 @@
+"""The Engine: a trained BridgeGAN behind a batched translation API on a chosen backend.
+
+Images go in as tensors in [-1, 1] or PIL images / files (see ``io`` for the size and mode
+policy) and come out as float32 tensors (N, 3, S, S) in [-1, 1] on the engine's device.
+Source labels come from the caller or, when not given, from the discriminator's
+attribute head (a logit above 0 means the attribute is present). Noise is drawn on the CPU
+from ``seed`` so that one seed gives the same images on every backend and device.
+"""
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..reference.attributes import apply_edits, check_names
+from ..reference.checkpoint import load_checkpoint
+from ..reference.config import BridgeGANConfig
+from ..reference.layers import LatentMix
+from ..reference.model import DEFAULT_STRENGTH, BridgeGAN
+from .backends import BACKENDS, build_stages
+from .cudagraphs import CudaGraphed
+from .graph import Rewrites
+from .io import Images, as_batch
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
+          "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def cpu_has_amx() -> bool:
+    """True when this CPU has AMX bf16 tiles (Linux /proc/cpuinfo)."""
+    try:
+        return "amx_bf16" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """"auto" means fp16 on CUDA, bf16 on CPUs with AMX, float32 otherwise."""
+    if isinstance(dtype, torch.dtype):
+        if dtype not in DTYPES.values():
+            raise ValueError(f"dtype must be float32, float16 or bfloat16, got {dtype}")
+        return dtype
+    if dtype == "auto":
+        if device.type == "cuda":
+            return torch.float16
+        return torch.bfloat16 if cpu_has_amx() else torch.float32
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; accepted: auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+@dataclass
+class EditStrip:
+    """One source's reconstruction, every single-attribute flip, and noise samples."""
+
+    images: torch.Tensor  # (K, 3, S, S)
+    captions: list[str]
+
+
+class Engine:
+    def __init__(self, model: BridgeGAN, backend: str = "torch", dtype: str | torch.dtype = "float32",
+                 device: str | torch.device = "cpu", channels_last: bool | None = None,
+                 cuda_graphs: bool | None = None, rewrites: Rewrites | None = None):
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; backends are {', '.join(BACKENDS)}")
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("device 'cuda' requested but torch sees no CUDA device")
+        self.config: BridgeGANConfig = model.config
+        self.backend = backend
+        self.dtype = resolve_dtype(dtype, self.device)
+        if channels_last is None:
+            channels_last = self.device.type == "cuda" or self.dtype != torch.float32
+        self.channels_last = channels_last
+        self.rewrites = rewrites or Rewrites()
+        self.stages = build_stages(model, backend, self.rewrites, self.dtype, self.device,
+                                   channels_last)
+        self.classifier = model.discriminator.to(self.device).float().eval()
+        if cuda_graphs is None:
+            cuda_graphs = self.device.type == "cuda" and backend in ("torch", "triton")
+        if cuda_graphs and self.device.type != "cuda":
+            raise ValueError("cuda_graphs needs device='cuda'")
+        self.cuda_graphs = cuda_graphs
+        self._label = CudaGraphed(self._label_program) if cuda_graphs else self._label_program
+        self._reference = (CudaGraphed(self._reference_program) if cuda_graphs
+                           else self._reference_program)
+        self._lock = threading.Lock() if self.stages.stateful else nullcontext()
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, backend: str = "torch",
+                        dtype: str | torch.dtype = "float32", device: str | torch.device = "cpu",
+                        expected_config: BridgeGANConfig | None = None, **kw) -> "Engine":
+        """Load a checkpoint folder (see bridgegan.reference.checkpoint) onto a backend."""
+        return cls(load_checkpoint(path, expected_config), backend, dtype, device, **kw)
+
+    # ----- inputs --------------------------------------------------------------------
+    @property
+    def attributes(self) -> tuple[str, ...]:
+        return self.config.attributes
+
+    def _images(self, images: Images, what: str = "images") -> torch.Tensor:
+        return as_batch(images, self.config.image_size, what).to(self.device)
+
+    def _cast(self, x: torch.Tensor) -> torch.Tensor:
+        fmt = torch.channels_last if self.channels_last and x.dim() == 4 else torch.contiguous_format
+        return x.to(device=self.device, dtype=self.dtype).contiguous(memory_format=fmt)
+
+    @torch.inference_mode()
+    def classify(self, images: Images) -> torch.Tensor:
+        """Source labels (N, A) from the discriminator's attribute head."""
+        return (self.classifier(self._images(images))[1] > 0).float()
+
+    def _labels(self, labels, n: int, what: str) -> torch.Tensor:
+        labels = torch.as_tensor(labels, dtype=torch.float32, device=self.device)
+        if labels.dim() == 1:
+            labels = labels.expand(n, -1)
+        a = self.config.n_attrs
+        if labels.shape != (n, a):
+            raise ValueError(f"{what} must have shape ({n}, {a}) or ({a},) for the attributes "
+                             f"{', '.join(self.attributes)}; got {tuple(labels.shape)}")
+        if not torch.isfinite(labels).all():
+            raise ValueError(f"{what} contain NaN or Inf")
+        return labels
+
+    def _source(self, x: torch.Tensor, source) -> torch.Tensor:
+        if source is None:
+            with torch.inference_mode():
+                return (self.classifier(x)[1] > 0).float()
+        return self._labels(source, x.shape[0], "source labels")
+
+    def _target(self, source: torch.Tensor, target) -> torch.Tensor:
+        if isinstance(target, Mapping):
+            return apply_edits(source, self.attributes, target)
+        return self._labels(target, source.shape[0], "target labels")
+
+    def _noise(self, n: int, noise, seed: int | None) -> torch.Tensor:
+        if noise is None:
+            gen = torch.Generator().manual_seed(seed) if seed is not None else None
+            noise = torch.randn(n, self.config.noise_dim, generator=gen)
+        noise = torch.as_tensor(noise, dtype=torch.float32)
+        if noise.shape != (n, self.config.noise_dim):
+            raise ValueError(f"noise must have shape ({n}, {self.config.noise_dim}), "
+                             f"got {tuple(noise.shape)}")
+        if not torch.isfinite(noise).all():
+            raise ValueError("noise contains NaN or Inf")
+        return noise.to(self.device)
+
+    def _reference_batches(self, references, n: int) -> torch.Tensor:
+        """(K, N, 3, S, S): K reference batches, each of N or 1 (broadcast) images."""
+        several = isinstance(references, (list, tuple)) and references and all(
+            isinstance(r, (list, tuple)) or (isinstance(r, torch.Tensor) and r.dim() == 4)
+            for r in references)
+        batches = [self._images(r, "references") for r in (references if several else [references])]
+        out = []
+        for b in batches:
+            if b.shape[0] not in (1, n):
+                raise ValueError(f"references: expected 1 or {n} images (one per source), "
+                                 f"got {b.shape[0]}")
+            out.append(b.expand(n, -1, -1, -1))
+        return torch.stack(out)
+
+    # ----- programs (fixed-shape functions of tensors; CUDA-graphed on GPU) -----------
+    def _label_program(self, x, d, r):
+        st = self.stages
+        return st.decode(st.trunk(x), st.map(r, d) + st.encode(x, -d))
+
+    def _reference_program(self, x, refs, d):
+        st = self.stages
+        k, n = refs.shape[:2]
+        target = st.encode(refs.flatten(0, 1), d.repeat(k, 1)).unflatten(0, (k, n)).mean(0)
+        return st.decode(st.trunk(x), target + st.encode(x, -d))
+
+    def _run(self, fn, *args) -> torch.Tensor:
+        with torch.inference_mode(), self._lock:
+            return fn(*(self._cast(a) for a in args)).float()
+
+    # ----- API -----------------------------------------------------------------------
+    def translate(self, images: Images, target, noise=None, strength: float = DEFAULT_STRENGTH,
+                  source=None, seed: int | None = None) -> torch.Tensor:
+        """Label-based translation. ``target``: labels (N, A) / (A,) or a dict name -> 0/1
+        applied to the source labels with the conflict rules."""
+        x = self._images(images)
+        y_s = self._source(x, source)
+        d = strength * (self._target(y_s, target) - y_s)
+        return self._run(self._label, x, d, self._noise(x.shape[0], noise, seed))
+
+    def reconstruct(self, images: Images, noise=None, seed: int | None = None) -> torch.Tensor:
+        x = self._images(images)
+        d = x.new_zeros(x.shape[0], self.config.n_attrs)
+        return self._run(self._label, x, d, self._noise(x.shape[0], noise, seed))
+
+    def translate_reference(self, images: Images, references, attributes: Sequence[str] | None = None,
+                            source=None, reference_labels=None,
+                            strength: float = DEFAULT_STRENGTH) -> torch.Tensor:
+        """Reference-based translation: the target takes ``attributes`` (default: all) from
+        the references' labels (given, or from the attribute head). ``references`` is one
+        batch of N or 1 images, or a list of such batches averaged in the latent code."""
+        x = self._images(images)
+        refs = self._reference_batches(references, x.shape[0])
+        y_s = self._source(x, source)
+        y_t = self._reference_target(y_s, refs, attributes, reference_labels)
+        return self._run(self._reference, x, refs, strength * (y_t - y_s))
+
+    def _reference_target(self, y_s, refs, attributes, reference_labels) -> torch.Tensor:
+        if reference_labels is None:
+            y_r = torch.stack([self._source(r, None) for r in refs]).mean(0).round()
+        else:
+            y_r = self._labels(reference_labels, y_s.shape[0], "reference labels")
+        if attributes is None:
+            return y_r
+        check_names(list(attributes), self.attributes)
+        index = [self.attributes.index(n) for n in attributes]
+        y_t = y_s.clone()
+        y_t[:, index] = y_r[:, index]
+        return y_t
+
+    def interpolate(self, images: Images, references, target, alphas: Sequence[float],
+                    noise=None, seed: int | None = None, level: str = "latent", source=None,
+                    strength: float = DEFAULT_STRENGTH) -> torch.Tensor:
+        """(len(alphas), N, 3, S, S): alpha = 1 is label-based, 0 reference-based.
+        level "latent" blends the codes, "spade" blends every SPADE layer's output."""
+        if level not in ("latent", "spade"):
+            raise ValueError(f"level must be 'latent' or 'spade', got {level!r}")
+        x = self._images(images)
+        refs = self._reference_batches(references, x.shape[0])
+        y_s = self._source(x, source)
+        d = strength * (self._target(y_s, target) - y_s)
+        r = self._noise(x.shape[0], noise, seed)
+        st = self.stages
+        with torch.inference_mode(), self._lock:
+            xc, dc, rc, refc = (self._cast(t) for t in (x, d, r, refs))
+            h, s_src = st.trunk(xc), st.encode(xc, -dc)
+            s_rand = st.map(rc, dc) + s_src
+            k, n = refc.shape[:2]
+            s_ref = st.encode(refc.flatten(0, 1), dc.repeat(k, 1)).unflatten(0, (k, n)).mean(0) + s_src
+            outs = []
+            for a in alphas:
+                s = (a * s_rand + (1 - a) * s_ref if level == "latent"
+                     else LatentMix((s_rand, s_ref), (a, 1 - a)))
+                outs.append(st.decode(h, s).float())
+        return torch.stack(outs)
+
+    def edit_strip(self, image: Images, samples: int = 4, seed: int = 0, source=None,
+                   sample_target: Mapping[str, float] | None = None,
+                   strength: float = DEFAULT_STRENGTH, cache: bool = True) -> EditStrip:
+        """Reconstruction, every single-attribute flip (conflict rules applied), and
+        ``samples`` noise samples of ``sample_target`` (default: the first flip), for one
+        source image. With ``cache`` the source-only trunk runs once for the whole strip."""
+        x = self._images(image)
+        if x.shape[0] != 1:
+            raise ValueError(f"edit_strip takes one image, got {x.shape[0]}")
+        y_s = self._source(x, source)
+        flips = [{n: 1 - int(y_s[0, i].item())} for i, n in enumerate(self.attributes)]
+        sample_target = sample_target or flips[0]
+        targets = [y_s] + [apply_edits(y_s, self.attributes, f) for f in flips]
+        targets += [apply_edits(y_s, self.attributes, sample_target)] * samples
+        captions = ["reconstruction"] + [f"{n}={v}" for f in flips for n, v in f.items()]
+        captions += [f"sample {i + 1}: " + ",".join(f"{n}={v}" for n, v in sample_target.items())
+                     for i in range(samples)]
+        y_t = torch.cat(targets)
+        d = strength * (y_t - y_s)
+        d[0] = 0
+        k = y_t.shape[0]
+        r = self._noise(k, None, seed)
+        st = self.stages
+        with torch.inference_mode(), self._lock:
+            xc, dc, rc = self._cast(x), self._cast(d), self._cast(r)
+            xk = self._cast(xc.expand(k, -1, -1, -1))
+            h = self._cast(st.trunk(xc).expand(k, -1, -1, -1)) if cache else st.trunk(xk)
+            out = st.decode(h, st.map(rc, dc) + st.encode(xk, -dc)).float()
+        return EditStrip(out, captions)

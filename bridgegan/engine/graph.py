@@ -1,0 +1,303 @@
+"""The inference graph: G, E and M of a trained BridgeGAN rewritten for speed.
+
+Every rewrite is exact up to float rounding (tests check each alone and all together
+against the reference model):
+
+- ``merge_gamma_beta``: a SPADE layer's gamma and beta convolutions become one
+  convolution of 2C outputs; the fused kernel reads gamma and beta from that one tensor.
+- ``batch_hidden``: the SPADE hidden convolutions that read the same resized latent at one
+  resolution run as one convolution (their weights concatenated); all SPADE modulations
+  are computed from S before the decoder runs.
+- ``four_phase``: a 3x3 convolution after a nearest 2x upsample equals four 2x2
+  convolutions at the low resolution, one per output phase (2.25x fewer FLOPs, and the
+  upsampled tensor is never built); used by the up blocks of G and M and by the SPADE
+  hidden convolution at the full image size.
+- ``fold_bias``: the bias of a convolution followed directly by instance normalisation
+  cancels in the mean subtraction and is dropped.
+- ``low_res_shortcut``: a 1x1 shortcut convolution commutes with nearest upsampling and
+  with 2x2 average pooling, so it runs at the low resolution.
+
+The graph exposes the stages the engine composes: ``trunk(x)`` (source-only, cacheable
+across edits), ``encode(x, d)``, ``map(r, d)``, ``modulations(S)`` and ``decode(h, S)``.
+``impl`` chooses the SPADE / instance-norm ops: "ref" (torch ops, also what ONNX export
+traces) or "triton" (the fused kernels).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..kernels import instance_norm_act, spade_modulate
+from ..reference.layers import SPADE, InstanceNorm, LatentMix, ResBlk
+from ..reference.model import BridgeGAN
+from ..reference.networks import tile_labels
+
+
+@dataclass(frozen=True)
+class Rewrites:
+    merge_gamma_beta: bool = True
+    batch_hidden: bool = True
+    four_phase: bool = True
+    fold_bias: bool = True
+    low_res_shortcut: bool = True
+
+    @classmethod
+    def none(cls) -> "Rewrites":
+        return cls(**{f.name: False for f in fields(cls)})
+
+    @classmethod
+    def only(cls, name: str) -> "Rewrites":
+        names = [f.name for f in fields(cls)]
+        if name not in names:
+            raise ValueError(f"unknown rewrite {name!r}; rewrites are {names}")
+        return cls(**{n: n == name for n in names})
+
+    def enabled(self) -> list[str]:
+        return [f.name for f in fields(self) if getattr(self, f.name)]
+
+
+def four_phase_weight(w: torch.Tensor) -> torch.Tensor:
+    """(O, I, 3, 3) -> (4 O, I, 2, 2): the 2x2 kernel of each output phase (a, b), stacked
+    phase-major. Phase a = 0 reads low-res rows (i-1, i) with taps (w0, w1 + w2); a = 1
+    reads rows (i, i+1) with taps (w0 + w1, w2); likewise for columns."""
+    r = w.new_tensor([[[1, 0, 0], [0, 1, 1]], [[1, 1, 0], [0, 0, 1]]])  # (phase, tap, row)
+    k = torch.einsum("apu,bqv,oiuv->aboipq", r, r, w)
+    return k.reshape(4 * w.shape[0], w.shape[1], 2, 2)
+
+
+class Conv(nn.Module):
+    """A frozen convolution: "same" k x k, or four-phase (a 3x3 after a nearest 2x up)."""
+
+    def __init__(self, conv: nn.Conv2d, four_phase: bool = False, bias: bool = True,
+                 weight: torch.Tensor | None = None, bias_tensor: torch.Tensor | None = None):
+        super().__init__()
+        w = (conv.weight if weight is None else weight).detach().clone()
+        b = (conv.bias if bias_tensor is None else bias_tensor) if bias else None
+        b = None if b is None else b.detach().clone()
+        self.four_phase = four_phase
+        self.out_channels = w.shape[0]
+        if four_phase:
+            if w.shape[-1] != 3:
+                raise ValueError("four-phase applies to 3x3 convolutions only")
+            w = four_phase_weight(w)
+            b = None if b is None else b.repeat(4)
+        self.padding = w.shape[-1] // 2 if not four_phase else 0
+        self.register_buffer("weight", w)
+        self.register_buffer("bias", b)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.four_phase:
+            return F.conv2d(x, self.weight, self.bias, padding=self.padding)
+        n, _, h, w = x.shape
+        o = self.out_channels
+        y = F.conv2d(F.pad(x, (1, 1, 1, 1)), self.weight, self.bias)  # (N, 4 O, H+1, W+1)
+        y = y.permute(0, 2, 3, 1).reshape(n, h + 1, w + 1, 2, 2, o)  # NHWC view when CL
+        rows = [torch.stack([y[:, a:a + h, b:b + w, a, b] for b in (0, 1)], dim=3)
+                for a in (0, 1)]  # each (N, H, W, 2, O)
+        out = torch.stack(rows, dim=2).reshape(n, 2 * h, 2 * w, o)  # (N, H, 2, W, 2, O)
+        return out.permute(0, 3, 1, 2)  # channels_last layout, NCHW logical order
+
+
+def _up(x: torch.Tensor) -> torch.Tensor:
+    return F.interpolate(x, scale_factor=2, mode="nearest")
+
+
+class Block(nn.Module):
+    """A ResBlk with the rewrites applied. SPADE blocks take their two modulations."""
+
+    def __init__(self, blk: ResBlk, rw: Rewrites):
+        super().__init__()
+        self.kind, self.resample = blk.norm_kind, blk.resample
+        self.slope = 0.2 if isinstance(blk.act, nn.LeakyReLU) else None
+        self.act = "relu" if self.slope is None else "leaky_relu"
+        normed = self.kind in ("in", "spade")
+        self.up_inside = self.resample == "up" and rw.four_phase
+        self.conv1 = Conv(blk.conv1, four_phase=self.up_inside,
+                          bias=not (rw.fold_bias and normed))
+        self.conv2 = Conv(blk.conv2)
+        self.shortcut = Conv(blk.shortcut) if blk.shortcut is not None else None
+        self.low_res_shortcut = rw.low_res_shortcut
+        if self.kind == "in":
+            for i, norm in ((1, blk.norm1), (2, blk.norm2)):
+                self.register_buffer(f"n{i}_weight", norm.weight.detach().clone())
+                self.register_buffer(f"n{i}_bias", norm.bias.detach().clone())
+        self.eps = blk.norm1.eps if normed else 0.0
+
+    def _norm_act(self, x, i: int, mod, impl: str) -> torch.Tensor:
+        if self.kind == "in":
+            return instance_norm_act(x, getattr(self, f"n{i}_weight"), getattr(self, f"n{i}_bias"),
+                                     act=self.act, eps=self.eps, impl=impl)
+        if self.kind == "spade":
+            gamma, beta = mod if isinstance(mod, tuple) else (mod, None)
+            return spade_modulate(x, gamma, beta, act=self.act, eps=self.eps, impl=impl)
+        return F.leaky_relu(x, self.slope) if self.slope is not None else F.relu(x)
+
+    def forward(self, x: torch.Tensor, mods=(None, None), impl: str = "ref") -> torch.Tensor:
+        h = self._norm_act(x, 1, mods[0], impl)
+        if self.resample == "up" and not self.up_inside:
+            h = _up(h)
+        h = self.conv2(self._norm_act(self.conv1(h), 2, mods[1], impl))
+        if self.resample == "down":
+            h = F.avg_pool2d(h, 2)
+        sc = x
+        if self.shortcut is not None and self.low_res_shortcut:
+            if self.resample == "down":
+                sc = F.avg_pool2d(sc, 2)
+            sc = self.shortcut(sc)
+            if self.resample == "up":
+                sc = _up(sc)
+        elif self.shortcut is not None:
+            sc = _up(sc) if self.resample == "up" else sc
+            sc = self.shortcut(sc)
+            sc = F.avg_pool2d(sc, 2) if self.resample == "down" else sc
+        return h + sc
+
+
+class SpadeGroup(nn.Module):
+    """The SPADE layers that read S at one resolution: hidden convolutions (batched or
+    not) and their gamma/beta convolutions (merged or not)."""
+
+    def __init__(self, layers: list[SPADE], size: int, latent_size: int, rw: Rewrites):
+        super().__init__()
+        self.size, self.latent_size = size, latent_size
+        self.hidden = layers[0].shared.out_channels
+        phase = rw.four_phase and size == 2 * latent_size
+        self.resize = size != latent_size and not phase
+        if rw.batch_hidden:
+            w = torch.cat([l.shared.weight for l in layers])
+            b = torch.cat([l.shared.bias for l in layers])
+            self.shared = nn.ModuleList([Conv(layers[0].shared, phase, weight=w, bias_tensor=b)])
+        else:
+            self.shared = nn.ModuleList(Conv(l.shared, phase) for l in layers)
+        self.merged = rw.merge_gamma_beta
+        if self.merged:
+            self.gb = nn.ModuleList(
+                Conv(l.gamma, weight=torch.cat([l.gamma.weight, l.beta.weight]),
+                     bias_tensor=torch.cat([l.gamma.bias, l.beta.bias]))
+                for l in layers)
+        else:
+            self.gamma = nn.ModuleList(Conv(l.gamma) for l in layers)
+            self.beta = nn.ModuleList(Conv(l.beta) for l in layers)
+
+    def forward(self, s: torch.Tensor) -> list:
+        if self.resize:
+            s = F.interpolate(s, size=(self.size, self.size), mode="nearest")
+        hidden = [F.relu(conv(s)) for conv in self.shared]
+        if len(hidden) == 1:  # batched (or a single layer): one slice per layer
+            hidden = hidden[0].split(self.hidden, dim=1)
+        if self.merged:
+            return [gb(h) for gb, h in zip(self.gb, hidden)]
+        return [(g(h), b(h)) for g, b, h in zip(self.gamma, self.beta, hidden)]
+
+
+def _blend(mods_list: list[list], weights) -> list:
+    """Blend per-layer modulations (tensors or (gamma, beta) pairs) with weights."""
+    def w_of(w, like):
+        return w.to(like.dtype).view(-1, 1, 1, 1) if isinstance(w, torch.Tensor) else w
+
+    out = []
+    for per_code in zip(*mods_list):
+        if isinstance(per_code[0], tuple):
+            out.append(tuple(sum(w_of(w, m[k]) * m[k] for w, m in zip(weights, per_code))
+                             for k in (0, 1)))
+        else:
+            out.append(sum(w_of(w, m) * m for w, m in zip(weights, per_code)))
+    return out
+
+
+class InferenceGraph(nn.Module):
+    """G, E and M of ``model`` rewritten for inference (see the module docstring)."""
+
+    def __init__(self, model: BridgeGAN, rewrites: Rewrites = Rewrites(), impl: str = "ref"):
+        super().__init__()
+        if impl not in ("ref", "triton"):
+            raise ValueError(f"impl must be 'ref' or 'triton', got {impl!r}")
+        self.config, self.rewrites, self.impl = model.config, rewrites, impl
+        g, e, m = model.generator, model.encoder, model.mapping
+        rw = rewrites
+        # generator
+        self.stem = Conv(g.stem)
+        self.down = nn.ModuleList(Block(b, rw) for b in g.down)
+        self.mid_in = Block(g.mid_in, rw)
+        self.mid_spade = Block(g.mid_spade, rw)
+        self.up = nn.ModuleList(Block(b, rw) for b in g.up)
+        self.to_rgb = Conv(g.to_rgb)
+        # SPADE layers in execution order with their resolutions, grouped by resolution
+        bottleneck = self.config.image_size // 2 ** self.config.g_downs
+        layers = [(g.mid_spade.norm1, bottleneck), (g.mid_spade.norm2, bottleneck)]
+        for i, b in enumerate(g.up):
+            layers += [(b.norm1, bottleneck * 2 ** i), (b.norm2, bottleneck * 2 ** (i + 1))]
+        sizes = sorted({s for _, s in layers})
+        self.groups = nn.ModuleList(
+            SpadeGroup([l for l, s in layers if s == size], size, self.config.latent_size, rw)
+            for size in sizes)
+        # position of each layer's modulation in the concatenated group outputs
+        order = [(sizes.index(s), [l for l, t in layers if t == s].index(l)) for l, s in layers]
+        offsets = [sum(len([1 for _, t in layers if t == s]) for s in sizes[:gi])
+                   for gi in range(len(sizes))]
+        self.layer_index = [offsets[gi] + k for gi, k in order]
+        # encoder and mapping
+        self.e_stem = Conv(e.stem)
+        self.e_blocks = nn.ModuleList(Block(b, rw) for b in e.blocks)
+        self.e_head = _Head(e.head, rw)
+        self.register_buffer("m_fc_weight", m.fc.weight.detach().clone())
+        self.register_buffer("m_fc_bias", m.fc.bias.detach().clone())
+        self.m_start = m.start_channels
+        self.m_blocks = nn.ModuleList(Block(b, rw) for b in m.blocks)
+        self.m_head = _Head(m.head, rw)
+
+    # ----- stages ------------------------------------------------------------------
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        for blk in self.down:
+            h = blk(h, impl=self.impl)
+        return self.mid_in(h, impl=self.impl)
+
+    def encode(self, x: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        h = self.e_stem(torch.cat([x, tile_labels(d.to(x.dtype), x.shape[-1])], dim=1))
+        for blk in self.e_blocks:
+            h = blk(h, impl=self.impl)
+        return self.e_head(h, self.impl)
+
+    def map(self, r: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        z = F.linear(torch.cat([r, d.to(r.dtype)], dim=1), self.m_fc_weight, self.m_fc_bias)
+        h = z.view(-1, self.m_start, 4, 4)
+        for blk in self.m_blocks:
+            h = blk(h, impl=self.impl)
+        return self.m_head(h, self.impl)
+
+    def modulations(self, s: torch.Tensor | LatentMix) -> list:
+        """Every SPADE layer's modulation, in execution order; LatentMix blends them."""
+        if isinstance(s, LatentMix):
+            return _blend([self.modulations(c) for c in s.codes], s.weights)
+        per_group = [m for grp in self.groups for m in grp(s)]
+        return [per_group[i] for i in self.layer_index]
+
+    def decode(self, h: torch.Tensor, s: torch.Tensor | LatentMix) -> torch.Tensor:
+        mods = self.modulations(s)
+        h = self.mid_spade(h, (mods[0], mods[1]), self.impl)
+        for i, blk in enumerate(self.up):
+            h = blk(h, (mods[2 + 2 * i], mods[3 + 2 * i]), self.impl)
+        return torch.tanh(self.to_rgb(F.relu(h)))
+
+    def forward(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.trunk(x), s)
+
+
+class _Head(nn.Module):
+    """ReLU, conv1x1, IN, ReLU (the tail of E and M); the conv bias folds into the IN."""
+
+    def __init__(self, head, rw: Rewrites):
+        super().__init__()
+        norm: InstanceNorm = head.norm
+        self.conv = Conv(head.conv, bias=not rw.fold_bias)
+        self.register_buffer("weight", norm.weight.detach().clone())
+        self.register_buffer("bias", norm.bias.detach().clone())
+        self.eps = norm.eps
+
+    def forward(self, h: torch.Tensor, impl: str) -> torch.Tensor:
+        return instance_norm_act(self.conv(F.relu(h)), self.weight, self.bias, act="relu",
+                                 eps=self.eps, impl=impl)

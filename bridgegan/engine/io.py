@@ -1,0 +1,113 @@
+"""Turning what callers pass (tensors, PIL images, files) into checked image batches.
+
+Policy, documented in the README:
+- PIL images and files of any size are centre-cropped to a square and resized (bicubic)
+  to the model's size; greyscale and palette images become RGB, RGBA is composited on
+  white.
+- Tensors are taken as they are: (N, C, S, S) or (C, S, S) in [-1, 1] at the model's size
+  S; another size is refused (resizing a caller's tensor silently would hide bugs); one
+  channel is replicated to RGB and four channels (RGBA, alpha in [-1, 1]) are composited
+  on white.
+- Empty batches and NaN / Inf values are refused.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+ImageLike = Union[torch.Tensor, Image.Image, str, os.PathLike]
+Images = Union[ImageLike, Sequence[ImageLike]]
+
+
+def load_image(path: str | os.PathLike) -> Image.Image:
+    """Open an image file fully, with an error naming the file when it cannot be read."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.copy()
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise ValueError(f"cannot read image file {path}: {exc}") from None
+
+
+def pil_to_tensor(im: Image.Image, size: int) -> torch.Tensor:
+    """(3, size, size) float32 in [-1, 1]: RGB conversion, centre crop, bicubic resize."""
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(white, rgba)
+    im = im.convert("RGB")
+    w, h = im.size
+    side = min(w, h)
+    if (w, h) != (size, size):
+        left, top = (w - side) // 2, (h - side) // 2
+        im = im.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)
+    arr = np.asarray(im, dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+
+def tensor_to_pil(x: torch.Tensor) -> Image.Image:
+    """(3, S, S) in [-1, 1] -> RGB PIL image."""
+    arr = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return Image.fromarray(arr.permute(1, 2, 0).numpy())
+
+
+def _fix_channels(x: torch.Tensor, what: str) -> torch.Tensor:
+    c = x.shape[1]
+    if c == 3:
+        return x
+    if c == 1:
+        return x.expand(-1, 3, -1, -1)
+    if c == 4:
+        alpha = (x[:, 3:4] + 1) / 2
+        return x[:, :3] * alpha + (1 - alpha)
+    raise ValueError(f"{what}: expected 1 (grey), 3 (RGB) or 4 (RGBA) channels, got {c}")
+
+
+def as_batch(images: Images, size: int, what: str = "images") -> torch.Tensor:
+    """A float32 (N, 3, size, size) CPU-or-device tensor in [-1, 1], checked."""
+    if isinstance(images, torch.Tensor):
+        x = images
+        if x.dim() == 3:
+            x = x.unsqueeze(0)
+        if x.dim() != 4:
+            raise ValueError(f"{what}: expected a tensor (N, C, H, W) or (C, H, W), "
+                             f"got shape {tuple(images.shape)}")
+        if not x.is_floating_point():
+            raise ValueError(f"{what}: expected a floating-point tensor in [-1, 1], got {x.dtype}")
+    else:
+        items = [images] if isinstance(images, (Image.Image, str, os.PathLike)) else list(images)
+        if items and all(isinstance(i, torch.Tensor) for i in items):
+            return as_batch(torch.stack([i if i.dim() == 3 else i[0] for i in items]), size, what)
+        tensors = []
+        for item in items:
+            if isinstance(item, (str, os.PathLike)):
+                item = load_image(item)
+            if not isinstance(item, Image.Image):
+                raise ValueError(f"{what}: expected tensors, PIL images or file paths, "
+                                 f"got {type(item).__name__}")
+            tensors.append(pil_to_tensor(item, size))
+        x = torch.stack(tensors) if tensors else torch.empty(0, 3, size, size)
+    if x.shape[0] == 0:
+        raise ValueError(f"{what}: empty batch; at least one image is needed")
+    if x.shape[-2:] != (size, size):
+        raise ValueError(
+            f"{what}: tensors must be {size}x{size} (the model's size), got "
+            f"{x.shape[-2]}x{x.shape[-1]}; pass PIL images or files to have them centre-cropped "
+            f"and resized, or resize the tensors yourself")
+    x = _fix_channels(x.float(), what)
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{what}: contain NaN or Inf values")
+    lo, hi = x.min().item(), x.max().item()
+    if lo < -1.001 or hi > 1.001:
+        raise ValueError(f"{what}: values must lie in [-1, 1], got [{lo:.3g}, {hi:.3g}] "
+                         f"(map 0..255 images with x / 127.5 - 1)")
+    return x.contiguous()

@@ -1,0 +1,241 @@
+"""The inference engine against the reference model: each rewrite alone and all together,
+the trunk cache, every backend that runs here, bad input, and concurrent callers."""
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import fields
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bridgegan.engine import BackendUnavailable, Engine, InferenceGraph, Rewrites
+from bridgegan.engine.graph import four_phase_weight
+from bridgegan.reference import BridgeGAN, save_checkpoint
+from conftest import images, labels, randomize, small_config
+
+ATOL = 1e-4  # design.md: end-to-end float32 images, max abs
+
+
+@pytest.fixture(scope="module", params=[32, 64], ids=["s32", "s64"])
+def model(request):
+    torch.manual_seed(request.param)
+    return randomize(BridgeGAN(small_config(request.param)), seed=request.param).eval()
+
+
+def reference_translation(m, x, d, r):
+    with torch.no_grad():
+        return m.generator(x, m.mapping(r, d) + m.encoder(x, -d))
+
+
+@pytest.mark.parametrize("rewrite", ["none"] + [f.name for f in fields(Rewrites)] + ["all"])
+def test_each_rewrite_matches_the_reference(model, rewrite):
+    cfg = model.config
+    rw = {"none": Rewrites.none(), "all": Rewrites()}.get(rewrite) or Rewrites.only(rewrite)
+    x, ys = images(3, cfg.image_size, 1), labels(3, cfg.n_attrs, 1)
+    d, r = 1.5 * (1 - 2 * ys), torch.randn(3, cfg.noise_dim, generator=torch.Generator().manual_seed(2))
+    ref = reference_translation(model, x, d, r)
+    g = InferenceGraph(model, rw).eval()
+    with torch.no_grad():
+        out = g.decode(g.trunk(x), g.map(r, d) + g.encode(x, -d))
+    assert torch.isfinite(out).all()
+    assert (out - ref).abs().max().item() <= ATOL
+
+
+def test_four_phase_weight_equals_conv_after_upsample():
+    g = torch.Generator().manual_seed(3)
+    x, w = torch.randn(2, 5, 6, 7, generator=g), torch.randn(4, 5, 3, 3, generator=g)
+    conv = torch.nn.Conv2d(5, 4, 3, padding=1)
+    with torch.no_grad():
+        conv.weight.copy_(w)
+    from bridgegan.engine.graph import Conv
+
+    want = conv(torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest"))
+    got = Conv(conv, four_phase=True)(x)
+    assert four_phase_weight(w).shape == (16, 5, 2, 2)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    got_cl = Conv(conv, four_phase=True)(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(got_cl, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch"])
+def test_engine_modes_match_the_reference_model(model, backend):
+    cfg = model.config
+    eng = Engine(model, backend=backend)
+    x, r = images(2, cfg.image_size, 5), images(2, cfg.image_size, 6)
+    ys = labels(2, cfg.n_attrs, 5)
+    noise = torch.randn(2, cfg.noise_dim, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        lab = model.translate(x, ys, 1 - ys, noise=noise)
+        ref = model.translate_reference(x, r, ys, 1 - ys)
+        two = model.translate_reference(x, [r, images(2, cfg.image_size, 8)], ys, 1 - ys)
+        mid = model.interpolate(x, r, ys, 1 - ys, 0.4, noise=noise, level="spade")
+        rec = model.reconstruct(x, noise=noise)
+    assert (eng.translate(x, 1 - ys, noise=noise, source=ys) - lab).abs().max() <= ATOL
+    out = eng.translate_reference(x, r, source=ys, reference_labels=1 - ys)
+    assert (out - ref).abs().max() <= ATOL
+    out = eng.translate_reference(x, [r, images(2, cfg.image_size, 8)], source=ys,
+                                  reference_labels=1 - ys)
+    assert (out - two).abs().max() <= ATOL
+    out = eng.interpolate(x, r, 1 - ys, [0.4], noise=noise, level="spade", source=ys)
+    assert out.shape == (1, 2, 3, cfg.image_size, cfg.image_size)
+    assert (out[0] - mid).abs().max() <= ATOL
+    assert (eng.reconstruct(x, noise=noise) - rec).abs().max() <= ATOL
+
+
+def test_named_targets_and_reference_attributes(model):
+    cfg = model.config
+    eng = Engine(model)
+    x, r, ys = images(2, cfg.image_size, 9), images(2, cfg.image_size, 10), labels(2, cfg.n_attrs, 9)
+    by_name = eng.translate(x, {"Blond_Hair": 1, "Male": 0}, source=ys, seed=1)
+    y_t = ys.clone()
+    y_t[:, :4] = 0  # hair colours are exclusive; Bangs (index 5) is kept
+    y_t[:, 1], y_t[:, 3] = 1, 0
+    assert torch.equal(by_name, eng.translate(x, y_t, source=ys, seed=1))
+    ry = labels(2, cfg.n_attrs, 11)
+    only_male = eng.translate_reference(x, r, attributes=["Male"], source=ys, reference_labels=ry)
+    y_t = ys.clone()
+    y_t[:, 3] = ry[:, 3]
+    with torch.no_grad():
+        want = model.translate_reference(x, r, ys, y_t)
+    assert (only_male - want).abs().max() <= ATOL
+
+
+def test_edit_strip_cache_equals_uncached(model):
+    cfg = model.config
+    eng = Engine(model)
+    x, ys = images(1, cfg.image_size, 12), labels(1, cfg.n_attrs, 12)
+    cached = eng.edit_strip(x, samples=3, seed=4, source=ys)
+    plain = eng.edit_strip(x, samples=3, seed=4, source=ys, cache=False)
+    assert cached.images.shape == (1 + cfg.n_attrs + 3, 3, cfg.image_size, cfg.image_size)
+    assert len(cached.captions) == cached.images.shape[0]
+    assert (cached.images - plain.images).abs().max() <= ATOL  # batch-size rounding only
+    # the rows are the single translations they claim to be
+    noise = torch.randn(cached.images.shape[0], cfg.noise_dim, generator=torch.Generator().manual_seed(4))
+    flip = ys.clone()
+    flip[0, 2] = 1 - flip[0, 2]
+    one = eng.translate(x, flip, noise=noise[3:4], source=ys)
+    assert (cached.images[3:4] - one).abs().max() <= ATOL
+    assert (cached.images[0:1] - eng.reconstruct(x, noise=noise[0:1])).abs().max() <= ATOL
+    assert cached.images[-1].sub(cached.images[-2]).abs().max() > 1e-3  # noise samples differ
+
+
+def test_same_seed_same_images_on_every_cpu_backend(tmp_path):
+    torch.manual_seed(1)
+    m = randomize(BridgeGAN(small_config(32)), seed=1).eval()
+    save_checkpoint(tmp_path / "ck", m)
+    x, ys = images(2, 32, 13), labels(2, m.config.n_attrs, 13)
+    outs = {}
+    for backend in ("reference", "torch", "triton", "compile"):
+        try:
+            eng = Engine.from_checkpoint(tmp_path / "ck", backend=backend)
+        except BackendUnavailable as exc:
+            assert backend == "triton" and "TRITON_INTERPRET" in str(exc)
+            continue
+        outs[backend] = eng.translate(x, {"Male": 1}, source=ys, seed=3)
+    assert {"reference", "torch", "compile"} <= set(outs)
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        assert "triton" in outs
+    for name, out in outs.items():
+        assert (out - outs["reference"]).abs().max() <= ATOL, name
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+@pytest.mark.parametrize("size", [32, 64])
+def test_reduced_precision_psnr_against_float32(size, dtype):
+    """design.md: fp16 / bf16 images >= 40 dB against float32. Weights at their initial
+    scale (the perturbed test models amplify rounding far beyond a trained model)."""
+    torch.manual_seed(size)
+    m = BridgeGAN(small_config(size)).eval()
+    x, ys = images(2, size, 14), labels(2, m.config.n_attrs, 14)
+    want = Engine(m).translate(x, 1 - ys, source=ys, seed=5)
+    got = Engine(m, dtype=dtype, channels_last=True).translate(x, 1 - ys, source=ys, seed=5)
+    mse = (got - want).pow(2).mean().item()
+    psnr = 10 * np.log10(4.0 / max(mse, 1e-20))  # peak-to-peak 2 for [-1, 1]
+    assert psnr >= 40, psnr
+
+
+def test_source_labels_default_to_the_attribute_head(model):
+    cfg = model.config
+    eng = Engine(model)
+    x = images(2, cfg.image_size, 15)
+    with torch.no_grad():
+        ys = (model.discriminator(x)[1] > 0).float()
+    assert torch.equal(eng.classify(x), ys)
+    assert torch.equal(eng.translate(x, {"Young": 1}, seed=2),
+                       eng.translate(x, {"Young": 1}, seed=2, source=ys))
+
+
+def test_pil_inputs_modes_and_sizes(model):
+    cfg = model.config
+    eng = Engine(model)
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray(rng.integers(0, 256, (50, 70, 3), dtype=np.uint8))
+    grey, rgba = rgb.convert("L"), rgb.convert("RGBA")
+    out = eng.translate([rgb, grey, rgba], {"Male": 1}, seed=0)
+    assert out.shape == (3, 3, cfg.image_size, cfg.image_size)
+    # greyscale becomes RGB with equal channels; opaque RGBA equals RGB
+    assert torch.equal(eng.translate(rgba, {"Male": 1}, seed=0), eng.translate(rgb, {"Male": 1}, seed=0))
+    t = images(1, cfg.image_size, 16)
+    assert torch.equal(eng.translate(t[:, :1], {"Male": 1}, seed=0),
+                       eng.translate(t[:, :1].expand(-1, 3, -1, -1), {"Male": 1}, seed=0))
+
+
+def test_bad_input_is_named(model, tmp_path):
+    cfg = model.config
+    eng = Engine(model)
+    x = images(2, cfg.image_size, 17)
+    with pytest.raises(ValueError, match="Black_Hair, Blond_Hair"):
+        eng.translate(x, {"Blue_Hair": 1})
+    with pytest.raises(ValueError, match=f"must be {cfg.image_size}x{cfg.image_size}"):
+        eng.translate(images(1, 2 * cfg.image_size), {"Male": 1})
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    with pytest.raises(ValueError, match="cannot read image file .*broken.png"):
+        eng.translate([bad], {"Male": 1})
+    nan = x.clone()
+    nan[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        eng.translate(nan, {"Male": 1})
+    with pytest.raises(ValueError, match="empty batch"):
+        eng.translate(x[:0], {"Male": 1})
+    with pytest.raises(ValueError, match=r"values must lie in \[-1, 1\]"):
+        eng.translate(x * 255, {"Male": 1})
+    with pytest.raises(ValueError, match="target labels must have shape"):
+        eng.translate(x, torch.ones(2, 3))
+    with pytest.raises(ValueError, match="expected 1 \\(grey\\), 3 \\(RGB\\) or 4"):
+        eng.translate(x[:, :2], {"Male": 1})
+    with pytest.raises(ValueError, match="unknown backend"):
+        Engine(model, backend="tensorflow")
+    with pytest.raises(BackendUnavailable, match="bridgegan export onnx"):
+        Engine(model, backend="onnxruntime")
+
+
+def test_checkpoint_of_another_configuration(model, tmp_path):
+    save_checkpoint(tmp_path / "ck", model)
+    from bridgegan.reference import CheckpointError
+
+    other = model.config.replace(spade_hidden=32)
+    with pytest.raises(CheckpointError, match="spade_hidden"):
+        Engine.from_checkpoint(tmp_path / "ck", expected_config=other)
+
+
+def test_threads_get_the_serial_results(model):
+    cfg = model.config
+    eng = Engine(model)
+    xs = [images(2, cfg.image_size, 20 + i) for i in range(6)]
+    serial = [eng.translate(x, {"Male": 1}, seed=i) for i, x in enumerate(xs)]
+    results: dict[int, torch.Tensor] = {}
+
+    def work(i):
+        results[i] = eng.translate(xs[i], {"Male": 1}, seed=i)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in range(6):
+        assert torch.equal(results[i], serial[i])
