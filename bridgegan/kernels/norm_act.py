@@ -433,12 +433,9 @@ def _tracing() -> bool:
             return True
     except Exception:  # pragma: no cover - older/newer onnx module layouts
         pass
-    try:
-        import torch.compiler
-
-        return bool(torch.compiler.is_compiling())
-    except Exception:  # pragma: no cover
-        return False
+    compiler = getattr(torch, "compiler", None)
+    is_compiling = getattr(compiler, "is_compiling", None)
+    return bool(is_compiling()) if is_compiling is not None else False
 
 
 def _choose_impl(op: str, x: torch.Tensor, impl: str) -> str:
