@@ -69,7 +69,7 @@ def read_attr_file(path: str) -> tuple[list[str], tuple[str, ...], np.ndarray]:
         )
     n_attr = len(header)
     names: list[str] = []
-    rows: list[list[str]] = []
+    rows: list[str] = []
     ok = {"1", "-1"}
     for lineno, line in enumerate(lines[2:], start=3):
         parts = line.split()
@@ -87,7 +87,7 @@ def read_attr_file(path: str) -> tuple[list[str], tuple[str, ...], np.ndarray]:
                 f"{path}, line {lineno}: value {vals[j]!r} for {header[j]} is not -1 or 1"
             )
         names.append(parts[0])
-        rows.append(vals)
+        rows.append(" ".join(vals))
     if len(names) != declared:
         raise CelebAFormatError(
             f"{path}, line 1: declares {declared} images but the file lists {len(names)}"
@@ -98,7 +98,11 @@ def read_attr_file(path: str) -> tuple[list[str], tuple[str, ...], np.ndarray]:
             if n in seen:
                 raise CelebAFormatError(f"{path}, line {lineno}: duplicate file name {n!r}")
             seen.add(n)
-    values = np.where(np.array(rows, dtype=str) == "1", 1, -1).astype(np.int8)
+    # every token was checked above, so the fast text parser cannot misread any
+    if rows:
+        values = np.fromstring(" ".join(rows), dtype=np.int8, sep=" ")
+    else:
+        values = np.zeros(0, dtype=np.int8)
     values = values.reshape(len(names), n_attr)
     return names, header, values
 

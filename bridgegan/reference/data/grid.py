@@ -62,6 +62,7 @@ def save_png(array: np.ndarray, path: str | os.PathLike) -> None:
             Image.fromarray(array).save(f, format="PNG", optimize=True)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
         os.replace(tmp, path)
     except BaseException:
         try:

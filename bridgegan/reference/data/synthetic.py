@@ -293,7 +293,7 @@ def render_face(labels: np.ndarray, params: np.ndarray, size: int) -> np.ndarray
         hl_y = cy - 0.62 * b
         line_y = hl_y + (temple_y - hl_y) * np.abs(s_) ** 3
         if on["Receding_Hairline"]:
-            line_y = line_y - 0.30 * b * np.exp(-(((np.abs(s_) - 0.58) / 0.2) ** 2)) - 0.05 * b
+            line_y = line_y - 0.26 * b * np.exp(-(((np.abs(s_) - 0.58) / 0.2) ** 2)) - 0.05 * b
         hairline = list(zip(cx + s_ * 0.96 * a, line_y))
         poly = outer + [(cx + 0.98 * a, side_y)] + hairline + [(cx - 0.98 * a, side_y)]
         d.polygon(pts(poly), fill=hair)
