@@ -22,6 +22,7 @@ import argparse
 import json
 import sys
 import time
+import warnings
 
 import torch
 
@@ -45,6 +46,10 @@ GPU_CASES = [
     ((64, 64, 64, 64), None, False),
     ((3, 5, 7, 5), None, False),        # odd sizes
     ((2, 8, 256, 256), None, False),    # large planes: split path in both layouts
+    ((3, 5, 7, 5), {"max_fused": 16, "target_programs": 16}, False),  # split forced, chunks
+    ((3, 4, 1, 1), None, False),        # H*W = 1
+    ((1, 17, 3, 3), None, False),       # N = 1, C = 17 (partial channel block)
+    ((1, 1, 7, 5), None, False),        # C = 1
 ]
 
 
@@ -92,6 +97,42 @@ def compare(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
     denom = r[torch.isfinite(r)].norm().item()
     rel = diff.norm().item() / denom if denom > 0 else diff.norm().item()
     return max_abs, rel
+
+
+def _nan_rows(device, impl, gen, verbose):
+    """NaN/Inf in x poison exactly their planes, NaN/Inf in gamma/beta their element,
+    like the reference; checked on both kernel paths."""
+    rows = []
+    shape = (2, 3, 7, 5)
+    for dtype in TOLERANCES:
+        for layout in LAYOUTS:
+            for config in (None, {"max_fused": 16, "target_programs": 16}):
+                x, kw = _make_inputs("spade_modulate", shape, dtype, layout, device, gen)
+                x[0, 1, 2, 3] = float("nan")
+                x[1, 0, 0, 0] = float("inf")
+                kw["gamma"][0, 0, 1, 1] = float("nan")
+                kw["beta"][1, 2, 3, 2] = float("-inf")
+                with warnings.catch_warnings():  # numpy under the interpreter
+                    warnings.filterwarnings("ignore", "invalid value encountered", RuntimeWarning)
+                    out = _call("spade_modulate", x, kw, "relu", impl, config)
+                ref = _ref64(x, kw, "relu")
+                same = bool(torch.equal(torch.isnan(out.double()), torch.isnan(ref))
+                            and torch.equal(torch.isinf(out.double()), torch.isinf(ref)))
+                max_abs, rel = compare(out, ref)
+                tol = TOLERANCES[dtype]
+                ok = same and rel <= tol
+                path = "ref" if impl == "ref" else ("split" if config else "fused")
+                row = dict(op="spade_modulate[nan]", dtype=DTYPE_NAMES[dtype], layout=layout,
+                           act="relu", shape="x".join(map(str, shape)), impl=impl, path=path,
+                           max_abs=max_abs, rel_err=rel, tol=tol, ok=ok, device=str(device),
+                           seconds=0.0)
+                rows.append(row)
+                if verbose:
+                    print(f"{row['op']:<20} {row['dtype']:<5} {layout:<13} {'relu':<10} "
+                          f"{row['shape']:<18} {impl + '/' + path:<13} {max_abs:9.2e} {rel:9.2e} "
+                          f"{tol:7.0e}  {'PASS' if ok else 'FAIL'}"
+                          + ("" if same else "  (NaN/Inf pattern differs from the reference)"))
+    return rows
 
 
 def _default_impl(device: torch.device) -> tuple[str, str]:
@@ -156,6 +197,7 @@ def run_parity(device=None, verbose=True, quick=False, impl=None) -> list[dict]:
                             print(f"{op:<20} {row['dtype']:<5} {layout:<13} {act:<10} "
                                   f"{row['shape']:<18} {impl + '/' + path:<13} {max_abs:9.2e} "
                                   f"{rel:9.2e} {tol:7.0e}  {'PASS' if ok else 'FAIL'}")
+    rows += _nan_rows(device, impl, gen, verbose)
     if verbose:
         bad = sum(not r["ok"] for r in rows)
         print(f"{len(rows) - bad}/{len(rows)} rows pass" + (f", {bad} FAIL" if bad else ""))

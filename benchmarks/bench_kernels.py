@@ -1,0 +1,289 @@
+#!/usr/bin/env python
+"""Speed of the fused SPADE kernel at the generator's real shapes (128x128 images, batch 64).
+
+    python benchmarks/bench_kernels.py --out DIR            # GPU: fp16+bf16, NCHW+channels_last
+    python benchmarks/bench_kernels.py --out DIR --parity   # GPU parity table first
+    python benchmarks/bench_kernels.py --out DIR --sweep    # + launch-config sweep, hot shape
+    python benchmarks/bench_kernels.py --dry-run --out DIR  # CPU, tiny shapes, ref impl (CI)
+
+The 8 SPADE layers of G at 128x128 (spec section 3) normalise: middle block 256@16x16
+(x2), up block 1 256@16 and 128@32, up block 2 128@32 and 64@64, up block 3 64@64 and
+32@128 (the hottest). Each distinct shape is measured once; the "generator" rows sum
+the 8 layers.
+
+Backends per shape:
+  triton  spade_modulate(x, gamma, beta, act="relu", impl="triton")
+  eager   torch.relu(F.instance_norm(x) * (1 + gamma) + beta), same dtype (what a plain
+          PyTorch SPADE layer does)
+  ref     the reference path (float32 upcast torch ops; what CPU / ONNX use)
+
+Timing: triton.testing.do_bench (it clears L2 before every call), median with p20/p80,
+and the inputs are rotated over several buffer sets so no call reuses another's data.
+Bytes model: ideal = read x, gamma, beta once + write out once = 4 * N*C*H*W * itemsize;
+GB/s = ideal / time; share = GB/s over a device-to-device copy measured in the same run
+(bytes read + written). Targets: >= 80% of copy bandwidth, >= 2.5x over eager.
+
+Every row: what, backend, dtype, layout, batch, resolution, channels, metric, unit, p50,
+p20, p80, device, torch, triton, commit, date (+ path, ideal_bytes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as _dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from bridgegan.kernels import norm_act  # noqa: E402
+
+IMAGE_RES = 128
+BATCH = 64
+# (channels, spatial size) of every SPADE normalisation in G at 128x128, in order.
+GEN_LAYERS = [(256, 16), (256, 16), (256, 16), (128, 32), (128, 32), (64, 64), (64, 64), (32, 128)]
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+LAYOUTS = ("nchw", "channels_last")
+FIELDS = ["what", "backend", "dtype", "layout", "batch", "resolution", "channels", "metric",
+          "unit", "p50", "p20", "p80", "path", "ideal_bytes", "device", "torch", "triton",
+          "commit", "date"]
+SWEEP = [  # launch-config variants tried at the hot shape with --sweep
+    {"num_warps": 4}, {"num_warps": 8}, {"num_warps": 16}, {"num_warps": 32},
+    {"path": "split"}, {"path": "split", "num_warps": 4}, {"path": "split", "split_tile": 8192},
+    {"path": "split", "target_programs": 512}, {"path": "split", "target_programs": 2048},
+    {"path": "split", "block_c": 16}, {"path": "split", "block_c": 64},
+]
+
+
+def _unique_layers():
+    seen = {}
+    for c, h in GEN_LAYERS:
+        seen[(c, h)] = seen.get((c, h), 0) + 1
+    return list(seen.items())
+
+
+def _env():
+    try:
+        import triton
+
+        tv = triton.__version__
+    except Exception:
+        tv = "none"
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
+                                capture_output=True, timeout=10).stdout.strip() or "unknown"
+    except Exception:
+        commit = "unknown"
+    dev = torch.cuda.get_device_name() if torch.cuda.is_available() else (platform.processor() or "cpu")
+    return dict(device=dev, torch=torch.__version__, triton=tv, commit=commit,
+                date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+
+
+def _quantiles_cpu(fn, reps):
+    fn()
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        ts.append((time.perf_counter() - t0) * 1e3)
+    ts.sort()
+
+    def q(p):
+        return ts[min(len(ts) - 1, int(round(p * (len(ts) - 1))))]
+
+    return q(0.5), q(0.2), q(0.8)
+
+
+def _timer(device, quick):
+    if device.type == "cuda":
+        import triton.testing
+
+        def timed(fn):
+            res = triton.testing.do_bench(fn, warmup=10 if quick else 25, rep=40 if quick else 100,
+                                          quantiles=[0.5, 0.2, 0.8])
+            return tuple(float(v) for v in res)
+        return timed
+    return lambda fn: _quantiles_cpu(fn, 3 if quick else 7)
+
+
+def _rotating(sets):
+    """A callable-maker that feeds the next buffer set on every call."""
+    state = {"i": 0}
+
+    def wrap(fn):
+        def call():
+            s = sets[state["i"] % len(sets)]
+            state["i"] += 1
+            return fn(*s)
+        return call
+    return wrap
+
+
+def measure_copy_bandwidth(device, timed, nbytes):
+    src = torch.empty(nbytes // 2, dtype=torch.float16, device=device).normal_()
+    dst = torch.empty_like(src)
+    p50, p20, p80 = timed(lambda: dst.copy_(src))
+    moved = 2 * src.numel() * src.element_size()
+    return {"p50": moved / p50 / 1e6, "p20": moved / p80 / 1e6, "p80": moved / p20 / 1e6}
+
+
+def _eager(x, g, b):
+    return torch.relu(F.instance_norm(x, eps=1e-5) * (1 + g) + b)
+
+
+def run(out_dir, dry_run=False, sweep=False, parity=False, quick=False, dtypes=None, layouts=None):
+    """Run the benchmark; write kernels.json / kernels.csv under out_dir; return the rows."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cuda = torch.cuda.is_available() and not dry_run
+    device = torch.device("cuda" if cuda else "cpu")
+    if not cuda and not dry_run:
+        raise SystemExit("bench_kernels: no CUDA device; use --dry-run for the CPU smoke run")
+    env = _env()
+    rows: list[dict] = []
+
+    if parity:
+        from bridgegan.kernels.parity import run_parity
+
+        prow = run_parity(device=device, verbose=True, quick=quick or dry_run,
+                          impl="ref" if dry_run else None)
+        (out / "parity.json").write_text(json.dumps(prow, indent=1))
+        print(f"parity: {sum(r['ok'] for r in prow)}/{len(prow)} pass")
+
+    timed = _timer(device, quick or dry_run)
+    batch = 2 if dry_run else BATCH
+    impl = "ref" if dry_run else "triton"
+    layers = [((max(1, c // 16), max(2, h // 8)), k) for (c, h), k in _unique_layers()] if dry_run \
+        else _unique_layers()
+    copy_bw = measure_copy_bandwidth(device, timed, (1 << 20) * (8 if dry_run else 1024))
+    print(f"device {env['device']}: copy bandwidth {copy_bw['p50']:.0f} GB/s (read+write)")
+    base = dict(batch=batch, device=env["device"], torch=env["torch"], triton=env["triton"],
+                commit=env["commit"], date=env["date"])
+    rows.append(dict(base, what="device_copy", backend="torch", dtype="fp16", layout="-",
+                     resolution=0, channels=0, metric="bandwidth", unit="GB/s", path="-",
+                     ideal_bytes=0, **copy_bw))
+    gen = torch.Generator(device=device).manual_seed(0)
+    totals: dict = {}
+
+    for dname in dtypes or DTYPES:
+        dtype = DTYPES[dname]
+        for layout in layouts or LAYOUTS:
+            fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+            for (c, h), count in layers:
+                numel = batch * c * h * h
+                ideal = 4 * numel * torch.finfo(dtype).bits // 8
+                n_sets = max(2, min(6, -(-(3 * 64 << 20) // ideal))) if cuda else 1
+
+                def mk(scale):
+                    return (scale * torch.randn(batch, c, h, h, device=device, generator=gen)).to(
+                        dtype).contiguous(memory_format=fmt)
+                sets = [(mk(1.0), mk(0.5), mk(0.5)) for _ in range(n_sets)]
+                rot = _rotating(sets)
+                cl = layout == "channels_last"
+                plan = norm_act.plan_launch(batch, c, h * h, cl)
+                backends = {
+                    "triton": (rot(lambda x, g, b: norm_act.spade_modulate(x, g, b, act="relu", impl=impl)),
+                               plan.path if impl == "triton" else "ref"),
+                    "eager": (rot(_eager), "eager"),
+                    "ref": (rot(lambda x, g, b: norm_act.spade_modulate(x, g, b, act="relu", impl="ref")),
+                            "ref"),
+                }
+                if sweep and not dry_run and (c, h) == (32, 128):
+                    for cfg in SWEEP:
+                        tag = ",".join(f"{k}={v}" for k, v in cfg.items())
+                        p = norm_act.plan_launch(batch, c, h * h, cl, cfg)
+                        backends[f"triton[{tag}]"] = (rot(
+                            lambda x, g, b, cfg=cfg: norm_act.spade_modulate(
+                                x, g, b, act="relu", impl="triton", config=cfg)),
+                            f"{p.path}:bhw={p.block_hw},bc={p.block_c},w={p.num_warps}")
+                times = {}
+                for name, (fn, path) in backends.items():
+                    with torch.no_grad():
+                        try:
+                            times[name] = timed(fn)
+                        except Exception as exc:  # a sweep variant that does not compile
+                            print(f"  {name}: failed: {type(exc).__name__}: {exc}")
+                            continue
+                    t50, t20, t80 = times[name]
+                    what = f"spade_modulate C={c} {h}x{h}"
+                    common = dict(base, what=what, backend=name, dtype=dname, layout=layout,
+                                  resolution=h, channels=c, path=path, ideal_bytes=ideal)
+                    bw = {"p50": ideal / t50 / 1e6, "p20": ideal / t80 / 1e6, "p80": ideal / t20 / 1e6}
+                    rows.append(dict(common, metric="time", unit="ms", p50=t50, p20=t20, p80=t80))
+                    rows.append(dict(common, metric="bandwidth", unit="GB/s", **bw))
+                    rows.append(dict(common, metric="copy_bw_share", unit="%",
+                                     **{k: 100 * v / copy_bw["p50"] for k, v in bw.items()}))
+                    if name != "eager" and "eager" in times:
+                        e = times["eager"]
+                        rows.append(dict(common, metric="speedup_vs_eager", unit="x",
+                                         p50=e[0] / t50, p20=e[1] / t20, p80=e[2] / t80))
+                    if name in ("triton", "eager", "ref"):
+                        tot = totals.setdefault((dname, layout, name), [0.0, 0.0, 0.0, 0])
+                        for i in range(3):
+                            tot[i] += count * times[name][i]
+                        tot[3] += count * ideal
+                t, e = times.get("triton"), times.get("eager")
+                if t:
+                    print(f"{dname} {layout:<13} C={c:<3} {h:>3}x{h:<3} x{count}: triton {t[0]*1e3:8.1f} us "
+                          f"({ideal / t[0] / 1e6:6.0f} GB/s, {100 * ideal / t[0] / 1e6 / copy_bw['p50']:5.1f}% "
+                          f" of copy, {backends['triton'][1]})" + (f", eager {e[0]*1e3:8.1f} us, x{e[0] / t[0]:.2f}" if e else ""))
+                    for name in backends:
+                        if name.startswith("triton[") and name in times:
+                            print(f"    {name:<44} {times[name][0]*1e3:8.1f} us")
+                del sets
+    for (dname, layout, name), (t50, t20, t80, nbytes) in totals.items():
+        common = dict(base, what=f"generator SPADE layers ({len(GEN_LAYERS)}, {IMAGE_RES}px)",
+                      backend=name, dtype=dname, layout=layout, resolution=IMAGE_RES, channels=0,
+                      path="-", ideal_bytes=nbytes)
+        rows.append(dict(common, metric="time", unit="ms", p50=t50, p20=t20, p80=t80))
+        rows.append(dict(common, metric="copy_bw_share", unit="%",
+                         p50=100 * nbytes / t50 / 1e6 / copy_bw["p50"],
+                         p20=100 * nbytes / t80 / 1e6 / copy_bw["p50"],
+                         p80=100 * nbytes / t20 / 1e6 / copy_bw["p50"]))
+        e = totals.get((dname, layout, "eager"))
+        if name != "eager" and e:
+            rows.append(dict(common, metric="speedup_vs_eager", unit="x",
+                             p50=e[0] / t50, p20=e[1] / t20, p80=e[2] / t80))
+            if name == "triton":
+                print(f"generator {dname} {layout}: triton {t50:.3f} ms vs eager {e[0]:.3f} ms "
+                      f"= x{e[0] / t50:.2f}, {100 * nbytes / t50 / 1e6 / copy_bw['p50']:.1f}% of copy bw")
+
+    (out / "kernels.json").write_text(json.dumps({"env": env, "rows": rows}, indent=1))
+    with open(out / "kernels.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    print(f"wrote {len(rows)} rows to {out / 'kernels.json'} and {out / 'kernels.csv'}")
+    return rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="runs/bench_kernels", help="folder for kernels.json / kernels.csv")
+    p.add_argument("--dry-run", action="store_true", help="CPU, tiny shapes, ref impl (CI smoke run)")
+    p.add_argument("--sweep", action="store_true", help="also time launch-config variants (hot shape)")
+    p.add_argument("--parity", action="store_true", help="run the kernel parity table first")
+    p.add_argument("--quick", action="store_true", help="shorter timing runs")
+    p.add_argument("--dtype", choices=sorted(DTYPES), action="append", help="default: fp16 and bf16")
+    p.add_argument("--layout", choices=LAYOUTS, action="append", help="default: both")
+    args = p.parse_args(argv)
+    if args.dry_run:
+        os.environ.pop("TRITON_INTERPRET", None)
+    rows = run(args.out, dry_run=args.dry_run, sweep=args.sweep, parity=args.parity,
+               quick=args.quick, dtypes=args.dtype, layouts=args.layout)
+    return 0 if rows else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
