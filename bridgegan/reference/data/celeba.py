@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ..attributes import CELEBA_ATTRIBUTES, PRESETS, resolve_attributes
+from ..attributes import CELEBA_ATTRIBUTES, resolve_attributes
 from .image import CELEBA_CROP_BOX, CELEBA_IMAGE_SIZE, open_rgb, pil_to_tensor
 
 ATTR_FILE = "list_attr_celeba.txt"
@@ -227,4 +227,4 @@ class CelebA(Dataset):
         return pil_to_tensor(im), self.labels[index]
 
 
-__all__ = ["CelebA", "CelebAFormatError", "read_attr_file", "read_partition_file", "PRESETS"]
+__all__ = ["CelebA", "CelebAFormatError", "read_attr_file", "read_partition_file"]

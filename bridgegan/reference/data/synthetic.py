@@ -258,7 +258,8 @@ def render_face(labels: np.ndarray, params: np.ndarray, size: int) -> np.ndarray
                 curve([ox, ox + sgn * 0.13 * a], [eye_y + dy * b, eye_y + dy * 2.2 * b], wl, line_c)
             # eye bags
             xs = np.linspace(cx + sgn * eye_dx - eye_rx, cx + sgn * eye_dx + eye_rx, 6)
-            curve(xs, eye_y + eye_ry + 0.05 * b + 0.05 * b * (1 - ((xs - cx - sgn * eye_dx) / eye_rx) ** 2),
+            bag = 1 - ((xs - cx - sgn * eye_dx) / eye_rx) ** 2
+            curve(xs, eye_y + eye_ry + 0.05 * b + 0.05 * b * bag,
                   wl, line_c)
 
     # ---- beard (semi-transparent, under the mouth) -------------------------------------
@@ -358,7 +359,8 @@ def render_face(labels: np.ndarray, params: np.ndarray, size: int) -> np.ndarray
 
     # ---- nose ------------------------------------------------------------------------
     nw = 0.12 * a
-    curve([cx + 0.03 * a, cx + 0.07 * a, cx + nw], [eye_y + 0.08 * b, nose_y - 0.12 * b, nose_y - 0.02 * b],
+    curve([cx + 0.03 * a, cx + 0.07 * a, cx + nw],
+          [eye_y + 0.08 * b, nose_y - 0.12 * b, nose_y - 0.02 * b],
           0.007, skin_shade)
     xs = np.linspace(cx - nw, cx + nw, 7)
     curve(xs, nose_y + 0.03 * b * (1 - ((xs - cx) / nw) ** 2), 0.008, line_c)
@@ -394,7 +396,8 @@ def render_face(labels: np.ndarray, params: np.ndarray, size: int) -> np.ndarray
         else:
             xs = np.linspace(cx - mw, cx + mw, 9)
             q = 1 - ((xs - cx) / mw) ** 2
-            d.polygon(pts(list(zip(xs, mouth_y - 0.05 * b * q)) + list(zip(xs[::-1], (mouth_y + 0.06 * b * q)[::-1]))),
+            upper, lower = mouth_y - 0.05 * b * q, mouth_y + 0.06 * b * q
+            d.polygon(pts(list(zip(xs, upper)) + list(zip(xs[::-1], lower[::-1]))),
                       fill=lip)
             curve(xs, mouth_y + 0.015 * b * q, 0.009, lip_dark)
     if on["Mustache"]:
@@ -602,7 +605,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows.append(imgs)
         images = torch.cat(rows)
         nrow = rows[0].shape[0]
-        print("columns:", ", ".join(caps))
+        print("columns: original, then each attribute flipped (a set hair colour goes to "
+              "the next one):", ", ".join(PROCEDURAL_ATTRIBUTES))
     else:
         images, _ = procedural_batch(args.count, args.size, args.seed)
         nrow = args.nrow or 8
