@@ -1,0 +1,91 @@
+"""torch.distributed helpers for training launched by torchrun (env RANK / WORLD_SIZE).
+
+The trainer works on GLOBAL batches: every rank loads its slice, the slices are
+all-gathered so each rank sees the whole batch (references are drawn from the whole
+batch), and the per-step random draws are made for the whole batch from a generator
+seeded identically on every rank and sliced per rank. With mean losses and equal slices,
+DistributedDataParallel's gradient average then equals the one-process gradient.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def launched_by_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def current() -> DistInfo:
+    """The process group's view (one process when none is initialised)."""
+    if dist.is_available() and dist.is_initialized():
+        return DistInfo(dist.get_rank(), dist.get_world_size(),
+                        int(os.environ.get("LOCAL_RANK", dist.get_rank())))
+    return DistInfo()
+
+
+def init_from_env(device: str = "cpu", backend: str | None = None,
+                  timeout_s: float = 1800.0) -> DistInfo:
+    """Initialise the default process group from torchrun's environment, if launched so.
+
+    backend: "nccl" for CUDA, "gloo" for CPU unless given. On CUDA each process uses GPU
+    LOCAL_RANK. Returns DistInfo() (one process) when not launched by torchrun.
+    """
+    if not launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) <= 1:
+        return current()
+    if not dist.is_initialized():
+        if backend is None:
+            backend = "nccl" if device.startswith("cuda") else "gloo"
+        if device.startswith("cuda"):
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group(backend=backend,
+                                timeout=datetime.timedelta(seconds=timeout_s))
+    return current()
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_gather_cat(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Concatenate equal-shaped tensors of every rank along dim 0, in rank order."""
+    if not info.enabled:
+        return t
+    t = t.contiguous()
+    parts = [torch.empty_like(t) for _ in range(info.world_size)]
+    dist.all_gather(parts, t)
+    return torch.cat(parts)
+
+
+def all_reduce_mean(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Mean over the ranks (a new tensor; identity in one process)."""
+    if not info.enabled:
+        return t
+    t = t.detach().clone()
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t / info.world_size
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        dist.barrier()

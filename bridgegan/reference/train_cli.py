@@ -1,0 +1,279 @@
+"""`bridgegan train`: train BridgeGAN on CelebA, a folder of images or the procedural faces.
+
+Wired into bridgegan/cli.py through ``add_arguments(parser)`` and ``run(args)``; also
+runnable as ``python -m bridgegan.reference.train_cli`` (which is what torchrun launches:
+``torchrun --nproc_per_node=4 -m bridgegan.reference.train_cli --data celeba:... ``).
+See docs/TRAINING.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from .noise_memory import MODES as NOISE_MODES
+
+# Options that define the architecture (None = not given).
+_ARCH_OPTIONS = {
+    "g_width": "generator base width (paper 32)",
+    "g_downs": "generator down/up blocks (paper 3)",
+    "e_width": "encoder base width (paper 16)",
+    "e_blocks": "encoder middle blocks (paper 3)",
+    "latent_channels": "channels of the latent code S (paper 32)",
+    "spade_hidden": "SPADE hidden channels (paper 128)",
+    "mapping_channels": "channels of the mapping net's 4x4 start (paper 64)",
+    "noise_dim": "noise vector size (paper 16)",
+    "d_width": "discriminator base width (paper 16)",
+    "d_downs": "discriminator down blocks (paper 4)",
+}
+# TrainConfig fields settable from the command line: option dest -> field.
+_TRAIN_OPTIONS = ("batch", "n_d", "steps", "lr", "beta1", "beta2", "noise_memory", "ema",
+                  "seed", "ckpt_every", "sample_every", "log_every", "keep_checkpoints",
+                  "n_samples", "sample_edits")
+_WEIGHT_OPTIONS = {
+    "w_adv": ("adv", "generator adversarial term (default 1)"),
+    "w_attr": ("attr", "generator attribute BCE on the fakes (default 10)"),
+    "w_rec": ("rec", "reconstruction L1 (default 100)"),
+    "w_latent": ("latent", "latent similarity L1(S_rand, S_ref) (default 50)"),
+    "w_cycle": ("cycle", "latent cycle terms (default 50)"),
+    "w_ms": ("mode_seeking", "mode seeking (default 0.005)"),
+    "w_gp": ("gp", "WGAN-GP gradient penalty (default 10)"),
+    "w_d_attr": ("d_attr", "discriminator attribute BCE on real images (default 1)"),
+}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Add the training options to ``p``."""
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default="synthetic",
+                   help="training data: 'synthetic' or 'synthetic:COUNT' (procedural faces), "
+                        "'celeba:PATH' (CelebA in its original layout), 'folder:PATH' "
+                        "(PATH/attributes.csv + images) (default: synthetic)")
+    g.add_argument("--attributes", default=None,
+                   help="attribute preset (bridgegan, stargan, attgan) or comma-separated "
+                        "CelebA names (default: the dataset's default list)")
+    g.add_argument("--split-mode", choices=("index", "official"), default="index",
+                   help="CelebA split: 'index' = first 182,000 images for training as in the "
+                        "official code, 'official' = list_eval_partition.txt (default: index)")
+    g.add_argument("--workers", type=int, default=4,
+                   help="DataLoader worker processes per training process (default: 4)")
+
+    g = p.add_argument_group("model")
+    g.add_argument("--resolution", type=int, default=None,
+                   help="image size, a power of two >= 16 (default 128; presets 64/128/256 "
+                        "use the paper widths)")
+    g.add_argument("--config", default=None,
+                   help="model configuration: a JSON file (e.g. a checkpoint's config.json) or "
+                        "a JSON string; --resolution and width options override its fields")
+    for name, text in _ARCH_OPTIONS.items():
+        g.add_argument("--" + name.replace("_", "-"), type=int, default=None, help=text)
+
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--batch", type=int, default=None,
+                   help="GLOBAL batch size, split evenly over the processes (default: 60)")
+    g.add_argument("--n-d", type=int, default=None,
+                   help="discriminator steps per generator step, each on a fresh batch "
+                        "(default: 5)")
+    g.add_argument("--steps", type=int, default=None,
+                   help="total generator steps to reach (also on resume; default: 50500, "
+                        "about 100 epochs of CelebA at batch 60)")
+    g.add_argument("--lr", type=float, default=None, help="Adam learning rate for G/E/M and D (default: 2e-4)")
+    g.add_argument("--beta1", type=float, default=None, help="Adam beta1 (default: 0.5)")
+    g.add_argument("--beta2", type=float, default=None, help="Adam beta2 (default: 0.999)")
+    g.add_argument("--ema", type=float, default=None,
+                   help="EMA decay of G/E/M used for samples and model.safetensors; 0 turns "
+                        "EMA off (default: 0.999)")
+    g.add_argument("--noise-memory", choices=NOISE_MODES, default=None,
+                   help="LEM noise: 'official' = per-image memory refined by the official "
+                        "(ascent) step, 'descent' = the same with the step sign flipped, "
+                        "'off' = fresh N(0,1) noise (default: official)")
+    g.add_argument("--seed", type=int, default=None,
+                   help="seed of the initialisation, data order and all per-step draws (default: 0)")
+
+    g = p.add_argument_group("loss weights")
+    for name, (_, text) in _WEIGHT_OPTIONS.items():
+        g.add_argument("--" + name.replace("_", "-"), type=float, default=None, help=text)
+
+    g = p.add_argument_group("output")
+    g.add_argument("--out", default="runs/bridgegan",
+                   help="output folder: checkpoints/, samples/, metrics.jsonl (default: runs/bridgegan)")
+    g.add_argument("--resume", default=None,
+                   help="checkpoint folder to resume from, or 'auto' for the latest checkpoint "
+                        "under --out (starts fresh when there is none)")
+    g.add_argument("--ckpt-every", type=int, default=None,
+                   help="checkpoint every N generator steps, 0 = only at the end (default: 1000)")
+    g.add_argument("--keep-checkpoints", type=int, default=None,
+                   help="numbered checkpoints to keep, 0 = all (default: 3)")
+    g.add_argument("--sample-every", type=int, default=None,
+                   help="write a sample grid every N generator steps, 0 = never (default: 500)")
+    g.add_argument("--n-samples", type=int, default=None,
+                   help="images (columns) in the sample grids (default: 8)")
+    g.add_argument("--sample-edits", type=int, default=None,
+                   help="attributes flipped in the sample grids, one row each (default: 4)")
+    g.add_argument("--log-every", type=int, default=None,
+                   help="append averaged losses to metrics.jsonl every N steps (default: 50)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    g = p.add_argument_group("hardware")
+    g.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="cpu or cuda (under torchrun each process takes GPU LOCAL_RANK; default: cpu)")
+    g.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none",
+                   help="autocast dtype: bf16, fp16 (CUDA only, with gradient scaling) or none; "
+                        "the gradient penalty is always computed in float32 (default: none)")
+    g.add_argument("--backend", choices=("nccl", "gloo"), default=None,
+                   help="torch.distributed backend under torchrun (default: nccl on cuda, gloo on cpu)")
+    g.add_argument("--deterministic", action="store_true",
+                   help="torch.use_deterministic_algorithms(True) (bit-reproducible runs and "
+                        "resumes; slower on GPU)")
+
+
+def _base_config(args: argparse.Namespace):
+    """The configuration from --config / --resolution / width options (default attributes)."""
+    from .checkpoint import read_config
+    from .config import BridgeGANConfig
+
+    if args.config:
+        text = args.config
+        if not text.lstrip().startswith("{"):
+            path = Path(text)
+            if path.is_dir():
+                return read_config(path)
+            if not path.is_file():
+                raise ValueError(f"--config {text!r} is neither a JSON file nor a JSON string")
+            text = path.read_text()
+        cfg = BridgeGANConfig.from_json(text)
+    else:
+        cfg = BridgeGANConfig(image_size=args.resolution or 128)
+    changes = {k: getattr(args, k) for k in _ARCH_OPTIONS if getattr(args, k) is not None}
+    if args.resolution is not None:
+        changes["image_size"] = args.resolution
+    return cfg.replace(**changes)
+
+
+def _arch_given(args: argparse.Namespace) -> bool:
+    return bool(args.config or args.resolution is not None
+                or any(getattr(args, k) is not None for k in _ARCH_OPTIONS))
+
+
+def _train_config(args: argparse.Namespace, base: dict | None):
+    from .losses import LossWeights
+    from .trainer import TrainConfig
+
+    data = dict(base) if base else TrainConfig().to_dict()
+    for name in _TRAIN_OPTIONS:
+        v = getattr(args, name)
+        if v is not None:
+            data[name] = v
+    weights = dict(data.get("weights") or LossWeights().to_dict())
+    for opt, (field_name, _) in _WEIGHT_OPTIONS.items():
+        v = getattr(args, opt)
+        if v is not None:
+            weights[field_name] = v
+    data["weights"] = weights
+    data["device"] = args.device
+    data["amp"] = args.amp
+    data["workers"] = args.workers
+    return TrainConfig.from_dict(data)
+
+
+def _make_datasets(args, size: int, attributes):
+    from .data import make_dataset
+
+    kw = {"split_mode": args.split_mode} if args.data.strip().lower().startswith("celeba") else {}
+    train = make_dataset(args.data, size, attributes, split="train", **kw)
+    samples = None
+    try:
+        samples = make_dataset(args.data, size, attributes, split="val", **kw)
+        if len(samples) == 0:
+            samples = None
+    except (ValueError, OSError):
+        samples = None
+    return train, samples
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train; returns a process exit status."""
+    import torch
+
+    from . import distributed
+    from .checkpoint import CheckpointError, read_config
+    from .trainer import STATE_JSON, Trainer, latest_checkpoint
+
+    if args.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda but CUDA is not available", file=sys.stderr)
+        return 2
+    info = distributed.init_from_env(args.device, args.backend)
+    try:
+        out = Path(args.out)
+        resume = None
+        if args.resume == "auto":
+            resume = latest_checkpoint(out)
+        elif args.resume:
+            resume = Path(args.resume)
+            if not (resume / STATE_JSON).is_file():
+                raise CheckpointError(f"--resume {resume}: no training checkpoint there "
+                                      f"(expected {STATE_JSON})")
+        base_train, ckpt_cfg = None, None
+        if resume is not None:
+            ckpt_cfg = read_config(resume)
+            base_train = json.loads((resume / STATE_JSON).read_text())["train_config"]
+        if ckpt_cfg is not None and not _arch_given(args):
+            model_cfg = ckpt_cfg
+        else:
+            model_cfg = _base_config(args)
+        attrs = args.attributes or (ckpt_cfg.attributes if ckpt_cfg is not None else None)
+        train_set, sample_set = _make_datasets(args, model_cfg.image_size, attrs)
+        model_cfg = model_cfg.replace(attributes=tuple(train_set.attributes))
+        if ckpt_cfg is not None:
+            diffs = ckpt_cfg.differences(model_cfg)
+            if diffs:
+                raise CheckpointError(f"the model options differ from the checkpoint's "
+                                      f"configuration: {'; '.join(diffs)}")
+        config = _train_config(args, base_train)
+        device = args.device
+        if device == "cuda" and info.enabled:
+            device = f"cuda:{info.local_rank}"
+        config.device = device
+        trainer = Trainer(model_cfg, config, train_set, out_dir=out, dist=info,
+                          sample_set=sample_set, progress=not args.no_progress)
+        if resume is not None:
+            trainer.load(resume)
+        if info.is_main:
+            n = {k: sum(p.numel() for p in getattr(trainer.model, k).parameters())
+                 for k in ("generator", "encoder", "mapping", "discriminator")}
+            where = f"{info.world_size} processes" if info.enabled else "1 process"
+            print(f"bridgegan train: {len(train_set)} images ({args.data}), "
+                  f"{model_cfg.image_size}px, {model_cfg.n_attrs} attributes, {where} on "
+                  f"{device}, amp {config.amp}; params G {n['generator']:,} E {n['encoder']:,} "
+                  f"M {n['mapping']:,} D {n['discriminator']:,}", file=sys.stderr)
+            if resume is not None:
+                print(f"resumed from {resume} at step {trainer.step}", file=sys.stderr)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "run.json").write_text(json.dumps(
+                {"argv": sys.argv, "model_config": model_cfg.to_dict(),
+                 "train_config": config.to_dict(), "world_size": info.world_size}, indent=1) + "\n")
+        trainer.train()
+        if info.is_main:
+            print(f"done: step {trainer.step}, checkpoints in {out / 'checkpoints'}", file=sys.stderr)
+        return 0
+    except (ValueError, CheckpointError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        distributed.shutdown()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bridgegan train", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
