@@ -58,12 +58,18 @@ LAYOUTS = ("nchw", "channels_last")
 FIELDS = ["what", "backend", "dtype", "layout", "batch", "resolution", "channels", "metric",
           "unit", "p50", "p20", "p80", "path", "ideal_bytes", "device", "torch", "triton",
           "commit", "date"]
-SWEEP = [  # launch-config variants tried at the hot shape with --sweep
-    {"num_warps": 4}, {"num_warps": 8}, {"num_warps": 16}, {"num_warps": 32},
-    {"path": "split"}, {"path": "split", "num_warps": 4}, {"path": "split", "split_tile": 8192},
-    {"path": "split", "target_programs": 512}, {"path": "split", "target_programs": 2048},
-    {"path": "split", "block_c": 16}, {"path": "split", "block_c": 64},
-]
+SWEEP = {  # launch-config variants tried with --sweep (fp16 only, every shape)
+    "nchw": [{"fused_tile": 1024}, {"fused_tile": 2048}, {"fused_tile": 8192},
+             {"fused_tile": 16384}, {"num_warps": 2}, {"num_warps": 4}, {"num_warps": 8},
+             {"num_warps": 16}, {"path": "split"}],
+    "channels_last": [{"fused_tile": 8192}, {"fused_tile": 16384}, {"num_warps": 4},
+                      {"num_warps": 8}, {"num_warps": 16}, {"path": "split"},
+                      {"path": "split", "target_programs": 2048},
+                      {"path": "split", "split_tile": 2048}, {"path": "split", "split_tile": 8192},
+                      {"path": "split", "block_c": 16}, {"path": "split", "num_warps": 4},
+                      {"path": "split", "num_warps": 16},
+                      {"max_fused": 32768, "block_c": 8}, {"max_fused": 65536, "block_c": 4}],
+}
 
 
 def _unique_layers():
@@ -162,6 +168,7 @@ def run(out_dir, dry_run=False, sweep=False, parity=False, quick=False, dtypes=N
         print(f"parity: {sum(r['ok'] for r in prow)}/{len(prow)} pass")
 
     timed = _timer(device, quick or dry_run)
+    quick_timed = _timer(device, True)
     batch = 2 if dry_run else BATCH
     impl = "ref" if dry_run else "triton"
     layers = [((max(1, c // 16), max(2, h // 8)), k) for (c, h), k in _unique_layers()] if dry_run \
@@ -199,8 +206,8 @@ def run(out_dir, dry_run=False, sweep=False, parity=False, quick=False, dtypes=N
                     "ref": (rot(lambda x, g, b: norm_act.spade_modulate(x, g, b, act="relu", impl="ref")),
                             "ref"),
                 }
-                if sweep and not dry_run and (c, h) == (32, 128):
-                    for cfg in SWEEP:
+                if sweep and not dry_run and dname == "fp16":
+                    for cfg in SWEEP[layout]:
                         tag = ",".join(f"{k}={v}" for k, v in cfg.items())
                         p = norm_act.plan_launch(batch, c, h * h, cl, cfg)
                         backends[f"triton[{tag}]"] = (rot(
@@ -211,7 +218,7 @@ def run(out_dir, dry_run=False, sweep=False, parity=False, quick=False, dtypes=N
                 for name, (fn, path) in backends.items():
                     with torch.no_grad():
                         try:
-                            times[name] = timed(fn)
+                            times[name] = (quick_timed if name.startswith("triton[") else timed)(fn)
                         except Exception as exc:  # a sweep variant that does not compile
                             print(f"  {name}: failed: {type(exc).__name__}: {exc}")
                             continue
@@ -237,10 +244,10 @@ def run(out_dir, dry_run=False, sweep=False, parity=False, quick=False, dtypes=N
                 if t:
                     print(f"{dname} {layout:<13} C={c:<3} {h:>3}x{h:<3} x{count}: triton {t[0]*1e3:8.1f} us "
                           f"({ideal / t[0] / 1e6:6.0f} GB/s, {100 * ideal / t[0] / 1e6 / copy_bw['p50']:5.1f}% "
-                          f" of copy, {backends['triton'][1]})" + (f", eager {e[0]*1e3:8.1f} us, x{e[0] / t[0]:.2f}" if e else ""))
+                          f"of copy, {backends['triton'][1]})" + (f", eager {e[0]*1e3:8.1f} us, x{e[0] / t[0]:.2f}" if e else ""))
                     for name in backends:
                         if name.startswith("triton[") and name in times:
-                            print(f"    {name:<44} {times[name][0]*1e3:8.1f} us")
+                            print(f"    {name:<44} {times[name][0]*1e3:8.1f} us  {backends[name][1]}")
                 del sets
     for (dname, layout, name), (t50, t20, t80, nbytes) in totals.items():
         common = dict(base, what=f"generator SPADE layers ({len(GEN_LAYERS)}, {IMAGE_RES}px)",

@@ -6,10 +6,14 @@ lazily so that ``import bridgegan.kernels`` works without triton.
 Every kernel sees a tensor as a 3-D strided view ``[N][HW][C]`` (element ``(n, p, c)`` at
 ``n * s_n + p * s_hw + c * s_c``), so one set of kernels serves both memory formats:
 
-* NCHW: ``s_hw = 1``, ``s_c = H*W``; tiles are ``[BLOCK_HW, BLOCK_C]`` with the
-  contiguous axis 0 (a tile holds ``BLOCK_C`` whole planes, often just one);
-* channels_last: ``s_c = 1``, ``s_hw = C``; tiles hold ``BLOCK_HW`` pixels of ``BLOCK_C``
-  neighbouring channels, so each row of a tile is one contiguous run of memory.
+* NCHW (``HW_MAJOR``): ``s_hw = 1``, ``s_c = H*W``; tiles are ``[BLOCK_C, BLOCK_HW]``
+  (``BLOCK_C`` whole planes, often just one), reductions along axis 1;
+* channels_last: ``s_c = 1``, ``s_hw = C``; tiles are ``[BLOCK_HW, BLOCK_C]``: pixels of
+  ``BLOCK_C`` neighbouring channels, reductions along axis 0.
+
+Either way the contiguous memory axis is the tile's last axis, which is the order of
+Triton's default blocked layout, so loads/stores need no layout conversion (a [HW, C]
+tile over NCHW memory measured 2-4x slower on an H100).
 
 Kernels:
 
@@ -40,24 +44,64 @@ ACT_CODES = {"none": 0, "relu": 1, "leaky_relu": 2}
 
 
 @triton.jit
+def _tile(rows, cols, s_hw, s_c, HW_MAJOR: tl.constexpr):
+    """2-D offsets of a tile: [cols, rows] when HW_MAJOR, else [rows, cols]."""
+    if HW_MAJOR:
+        offs = cols[:, None] * s_c + rows[None, :] * s_hw
+    else:
+        offs = rows[:, None] * s_hw + cols[None, :] * s_c
+    return offs
+
+
+@triton.jit
+def _tile_mask(rmask, cmask, HW_MAJOR: tl.constexpr):
+    if HW_MAJOR:
+        m = cmask[:, None] & rmask[None, :]
+    else:
+        m = rmask[:, None] & cmask[None, :]
+    return m
+
+
+@triton.jit
+def _sum_hw(x, HW_MAJOR: tl.constexpr):
+    """Sum a tile over its pixel axis -> one value per channel."""
+    if HW_MAJOR:
+        r = tl.sum(x, axis=1)
+    else:
+        r = tl.sum(x, axis=0)
+    return r
+
+
+@triton.jit
+def _per_c(v, HW_MAJOR: tl.constexpr):
+    """Broadcast a per-channel vector over the pixel axis of a tile."""
+    if HW_MAJOR:
+        b = v[:, None]
+    else:
+        b = v[None, :]
+    return b
+
+
+
+@triton.jit
 def _modulate_act(d, rstd, offs_g, offs_b, cols, cmask, mask, g_ptr, b_ptr, w_ptr, bias_ptr,
                   slope, HAS_G: tl.constexpr, HAS_BETA: tl.constexpr, HAS_W: tl.constexpr,
-                  HAS_BIAS: tl.constexpr, ACT: tl.constexpr):
+                  HAS_BIAS: tl.constexpr, ACT: tl.constexpr, HW_MAJOR: tl.constexpr):
     # Same operation order as the reference: x_hat = (x - mean) * rstd, then
     # x_hat * (1 + gamma) + beta (SPADE) or x_hat * weight + bias (IN affine).
-    y = d * rstd[None, :]
+    y = d * _per_c(rstd, HW_MAJOR)
     if HAS_G:
         g = tl.load(g_ptr + offs_g, mask=mask, other=0.0).to(tl.float32)
         y = y * (1.0 + g)
     if HAS_W:
         w = tl.load(w_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
-        y = y * w[None, :]
+        y = y * _per_c(w, HW_MAJOR)
     if HAS_BETA:
         b = tl.load(b_ptr + offs_b, mask=mask, other=0.0).to(tl.float32)
         y = y + b
     if HAS_BIAS:
         bias = tl.load(bias_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
-        y = y + bias[None, :]
+        y = y + _per_c(bias, HW_MAJOR)
     # `where(y < 0, ...)` keeps NaN as NaN (max(y, 0) may map NaN to 0 on GPU).
     if ACT == 1:
         y = tl.where(y < 0.0, 0.0, y)
@@ -72,7 +116,7 @@ def _fused_kernel(x_ptr, g_ptr, b_ptr, w_ptr, bias_ptr, out_ptr,
                   sxn, sxhw, sxc, sgn, sghw, sgc, sbn, sbhw, sbc, son, sohw, soc,
                   inv_hw, eps, slope,
                   HAS_G: tl.constexpr, HAS_BETA: tl.constexpr, HAS_W: tl.constexpr,
-                  HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
+                  HAS_BIAS: tl.constexpr, ACT: tl.constexpr, HW_MAJOR: tl.constexpr,
                   BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
     pid = tl.program_id(0)
     n = (pid // n_cblocks).to(tl.int64)
@@ -80,20 +124,20 @@ def _fused_kernel(x_ptr, g_ptr, b_ptr, w_ptr, bias_ptr, out_ptr,
     rows = tl.arange(0, BLOCK_HW)
     cols = cb * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cols < C
-    mask = (rows[:, None] < HW) & cmask[None, :]
+    mask = _tile_mask(rows < HW, cmask, HW_MAJOR)
 
-    x = tl.load(x_ptr + n * sxn + rows[:, None] * sxhw + cols[None, :] * sxc,
+    x = tl.load(x_ptr + n * sxn + _tile(rows, cols, sxhw, sxc, HW_MAJOR),
                 mask=mask, other=0.0).to(tl.float32)
-    mean = tl.sum(x, axis=0) * inv_hw
-    d = tl.where(mask, x - mean[None, :], 0.0)
-    var = tl.sum(d * d, axis=0) * inv_hw
+    mean = _sum_hw(x, HW_MAJOR) * inv_hw
+    d = tl.where(mask, x - _per_c(mean, HW_MAJOR), 0.0)
+    var = _sum_hw(d * d, HW_MAJOR) * inv_hw
     rstd = tl.rsqrt(var + eps)
 
-    offs_g = n * sgn + rows[:, None] * sghw + cols[None, :] * sgc
-    offs_b = n * sbn + rows[:, None] * sbhw + cols[None, :] * sbc
+    offs_g = n * sgn + _tile(rows, cols, sghw, sgc, HW_MAJOR)
+    offs_b = n * sbn + _tile(rows, cols, sbhw, sbc, HW_MAJOR)
     y = _modulate_act(d, rstd, offs_g, offs_b, cols, cmask, mask, g_ptr, b_ptr, w_ptr,
-                      bias_ptr, slope, HAS_G, HAS_BETA, HAS_W, HAS_BIAS, ACT)
-    tl.store(out_ptr + n * son + rows[:, None] * sohw + cols[None, :] * soc,
+                      bias_ptr, slope, HAS_G, HAS_BETA, HAS_W, HAS_BIAS, ACT, HW_MAJOR)
+    tl.store(out_ptr + n * son + _tile(rows, cols, sohw, soc, HW_MAJOR),
              y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -101,7 +145,7 @@ def _fused_kernel(x_ptr, g_ptr, b_ptr, w_ptr, bias_ptr, out_ptr,
 def _stats_kernel(x_ptr, mean_ptr, m2_ptr,
                   C, HW, n_cblocks, CHUNK, n_chunks,
                   sxn, sxhw, sxc,
-                  BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
+                  HW_MAJOR: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
     pid = tl.program_id(0)
     chunk = tl.program_id(1)
     n = (pid // n_cblocks).to(tl.int64)
@@ -116,13 +160,13 @@ def _stats_kernel(x_ptr, mean_ptr, m2_ptr,
     for off in range(start, end, BLOCK_HW):
         rows = off + tl.arange(0, BLOCK_HW)
         rmask = rows < end
-        mask = rmask[:, None] & cmask[None, :]
-        x = tl.load(x_ptr + n * sxn + rows[:, None] * sxhw + cols[None, :] * sxc,
+        mask = _tile_mask(rmask, cmask, HW_MAJOR)
+        x = tl.load(x_ptr + n * sxn + _tile(rows, cols, sxhw, sxc, HW_MAJOR),
                     mask=mask, other=0.0).to(tl.float32)
         r = tl.sum(tl.where(rmask, 1.0, 0.0), axis=0)          # rows in this tile
-        t_mean = tl.sum(x, axis=0) / r
-        d = tl.where(mask, x - t_mean[None, :], 0.0)
-        t_m2 = tl.sum(d * d, axis=0)
+        t_mean = _sum_hw(x, HW_MAJOR) / r
+        d = tl.where(mask, x - _per_c(t_mean, HW_MAJOR), 0.0)
+        t_m2 = _sum_hw(d * d, HW_MAJOR)
         # Chan et al.: merge (n_a, acc_mean, acc_m2) with (r, t_mean, t_m2).
         n_a = (off - start) * 1.0
         n_ab = n_a + r
@@ -141,7 +185,7 @@ def _apply_kernel(x_ptr, g_ptr, b_ptr, w_ptr, bias_ptr, out_ptr, mean_ptr, m2_pt
                   sxn, sxhw, sxc, sgn, sghw, sgc, sbn, sbhw, sbc, son, sohw, soc,
                   inv_hw, eps, slope,
                   HAS_G: tl.constexpr, HAS_BETA: tl.constexpr, HAS_W: tl.constexpr,
-                  HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
+                  HAS_BIAS: tl.constexpr, ACT: tl.constexpr, HW_MAJOR: tl.constexpr,
                   BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr, NCHUNK_P2: tl.constexpr):
     pid = tl.program_id(0)
     chunk = tl.program_id(1)
@@ -167,15 +211,15 @@ def _apply_kernel(x_ptr, g_ptr, b_ptr, w_ptr, bias_ptr, out_ptr, mean_ptr, m2_pt
     end = tl.minimum(start + CHUNK, HW)
     for off in range(start, end, BLOCK_HW):
         rows = off + tl.arange(0, BLOCK_HW)
-        mask = (rows[:, None] < end) & cmask[None, :]
-        x = tl.load(x_ptr + n * sxn + rows[:, None] * sxhw + cols[None, :] * sxc,
+        mask = _tile_mask(rows < end, cmask, HW_MAJOR)
+        x = tl.load(x_ptr + n * sxn + _tile(rows, cols, sxhw, sxc, HW_MAJOR),
                     mask=mask, other=0.0).to(tl.float32)
-        d = tl.where(mask, x - mean[None, :], 0.0)
-        offs_g = n * sgn + rows[:, None] * sghw + cols[None, :] * sgc
-        offs_b = n * sbn + rows[:, None] * sbhw + cols[None, :] * sbc
+        d = tl.where(mask, x - _per_c(mean, HW_MAJOR), 0.0)
+        offs_g = n * sgn + _tile(rows, cols, sghw, sgc, HW_MAJOR)
+        offs_b = n * sbn + _tile(rows, cols, sbhw, sbc, HW_MAJOR)
         y = _modulate_act(d, rstd, offs_g, offs_b, cols, cmask, mask, g_ptr, b_ptr, w_ptr,
-                          bias_ptr, slope, HAS_G, HAS_BETA, HAS_W, HAS_BIAS, ACT)
-        tl.store(out_ptr + n * son + rows[:, None] * sohw + cols[None, :] * soc,
+                          bias_ptr, slope, HAS_G, HAS_BETA, HAS_W, HAS_BIAS, ACT, HW_MAJOR)
+        tl.store(out_ptr + n * son + _tile(rows, cols, sohw, soc, HW_MAJOR),
                  y.to(out_ptr.dtype.element_ty), mask=mask)
 
 

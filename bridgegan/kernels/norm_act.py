@@ -242,6 +242,7 @@ class LaunchPlan:
     "split": stats kernel over H*W chunks, then an apply kernel (x read twice)."""
 
     path: str
+    hw_major: bool  # tiles are [channels, pixels] (NCHW) rather than [pixels, channels]
     block_hw: int
     block_c: int
     num_warps: int
@@ -276,6 +277,8 @@ def plan_launch(n: int, c: int, hw: int, channels_last: bool, config: dict | Non
     split_tile = int(cfg.get("split_tile", SPLIT_TILE))
     target = int(cfg.get("target_programs", SPLIT_TARGET_PROGRAMS))
     hw_p2, c_p2 = _next_pow2(hw), _next_pow2(c)
+    # H*W = 1: the channels are the contiguous axis whatever the format: channel tiles.
+    channels_last = channels_last or hw == 1
     bc_min = min(c_p2, CL_MIN_BLOCK_C) if channels_last else 1
     if "block_c" in cfg:
         bc_min = min(c_p2, _next_pow2(int(cfg["block_c"])))
@@ -290,7 +293,7 @@ def plan_launch(n: int, c: int, hw: int, channels_last: bool, config: dict | Non
                 bc *= 2
         n_cb = -(-c // bc)
         nw = int(cfg.get("num_warps", _warps_for(hw_p2 * bc)))
-        return LaunchPlan("fused", hw_p2, bc, nw, n * n_cb)
+        return LaunchPlan("fused", not channels_last, hw_p2, bc, nw, n * n_cb)
     if "block_c" in cfg:
         bc = bc_min
     else:
@@ -302,7 +305,7 @@ def plan_launch(n: int, c: int, hw: int, channels_last: bool, config: dict | Non
     chunk = -(-tiles // n_chunks) * bhw
     n_chunks = -(-hw // chunk)
     nw = int(cfg.get("num_warps", _warps_for(bhw * bc)))
-    return LaunchPlan("split", bhw, bc, nw, n * n_cb, chunk, n_chunks)
+    return LaunchPlan("split", not channels_last, bhw, bc, nw, n * n_cb, chunk, n_chunks)
 
 
 # ----------------------------------------------------------------------------- triton path
@@ -381,18 +384,18 @@ def _triton_forward(op, x, gamma, beta, weight, bias, act, eps, slope, out, conf
         if plan.path == "fused":
             tn._fused_kernel[plan.grid](
                 x, *ptrs, out, c, hw, n_cb, *sx, *sg, *sb, *so,
-                inv_hw, float(eps), float(slope), **flags,
+                inv_hw, float(eps), float(slope), **flags, HW_MAJOR=plan.hw_major,
                 BLOCK_HW=plan.block_hw, BLOCK_C=plan.block_c, num_warps=plan.num_warps)
         else:
             p_mean = torch.empty((n, plan.n_chunks, c), dtype=torch.float32, device=x.device)
             p_m2 = torch.empty_like(p_mean)
             tn._stats_kernel[plan.grid](
                 x, p_mean, p_m2, c, hw, n_cb, plan.chunk, plan.n_chunks, *sx,
-                BLOCK_HW=plan.block_hw, BLOCK_C=plan.block_c, num_warps=plan.num_warps)
+                HW_MAJOR=plan.hw_major, BLOCK_HW=plan.block_hw, BLOCK_C=plan.block_c, num_warps=plan.num_warps)
             tn._apply_kernel[plan.grid](
                 x, *ptrs, out, p_mean, p_m2, c, hw, n_cb, plan.chunk, plan.n_chunks,
                 *sx, *sg, *sb, *so, inv_hw, float(eps), float(slope), **flags,
-                BLOCK_HW=plan.block_hw, BLOCK_C=plan.block_c,
+                HW_MAJOR=plan.hw_major, BLOCK_HW=plan.block_hw, BLOCK_C=plan.block_c,
                 NCHUNK_P2=_next_pow2(plan.n_chunks), num_warps=plan.num_warps)
     return out
 
