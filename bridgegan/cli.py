@@ -21,17 +21,28 @@ def _info(args: argparse.Namespace) -> int:
 
 def _parity(args: argparse.Namespace) -> int:
     if not (args.ops or args.backends):
-        args.ops = True
+        args.ops = args.backends = True
     status = 0
     if args.ops:
         from .kernels.parity import main as ops_main
 
-        status |= ops_main(["--device", args.device] if args.device else [])
+        argv = (["--device", args.device] if args.device else [])
+        argv += ["--json", args.json + ".ops.json"] if args.json else []
+        status |= ops_main(argv)
     if args.backends:
         from .engine.parity import main as backends_main
 
         status |= backends_main(args)
     return status
+
+
+def _lazy(module: str, func: str):
+    def run(args: argparse.Namespace) -> int:
+        import importlib
+
+        return getattr(importlib.import_module(module, __package__), func)(args)
+
+    return run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,18 +53,73 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
+    p = sub.add_parser("demo", help="the main job: translate procedural faces with the shipped "
+                                    "model and write one grid PNG")
+    p.add_argument("--checkpoint", help="checkpoint folder (default: the shipped model)")
+    p.add_argument("--input", nargs="+", help="source images (default: procedural faces)")
+    p.add_argument("--out", default="bridgegan-demo", help="output folder (default: %(default)s)")
+    p.add_argument("--samples", type=int, default=3, help="noise samples per source")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--no-bench", action="store_true", help="skip the throughput line")
+    p.set_defaults(func=_lazy(".demo", "run"))
+
+    p = sub.add_parser("translate", help="edit images by attribute (label-based) and/or copy "
+                                         "attributes from reference images")
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder")
+    p.add_argument("--input", nargs="+", required=True, help="source image files")
+    p.add_argument("--set", action="append", metavar="NAME=0|1",
+                   help="target attribute (repeatable); conflict rules apply")
+    p.add_argument("--reference", nargs="+", help="reference image(s), averaged in the latent code")
+    p.add_argument("--attributes", help="comma list of attributes taken from the references "
+                                        "(default: all)")
+    p.add_argument("--samples", type=int, default=1, help="noise samples per label edit")
+    p.add_argument("--strength", type=float, default=1.5, help="edit strength (d scale)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--backend", default="torch",
+                   help="reference, torch, triton, compile (default: %(default)s)")
+    p.add_argument("--dtype", default="float32", help="float32, fp16, bf16 or auto")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=_lazy(".engine.commands", "translate"))
+
+    p = sub.add_parser("bench", help="throughput / latency matrix of backend x dtype x batch x "
+                                     "resolution x workload; CSV, JSON and a PNG plot")
+    p.add_argument("--variants", default="reference:float32,torch:float32,torch:bf16:cl",
+                   help="comma list of backend:dtype[:cl][:graphs] (default: %(default)s)")
+    p.add_argument("--batches", default="1,8", help="comma list (default: %(default)s)")
+    p.add_argument("--resolutions", default="128", help="comma list of 64/128/256")
+    p.add_argument("--workloads", default="translate,strip,strip_nocache",
+                   help="translate, reference, strip, strip_nocache (default: %(default)s)")
+    p.add_argument("--checkpoint", help="time this checkpoint (default: seeded paper-width weights)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--reps", type=int, default=10)
+    p.add_argument("--min-seconds", type=float, default=0.0, help="time each row at least this long")
+    p.add_argument("--out", default="bench-results", help="output folder (default: %(default)s)")
+    p.set_defaults(func=_lazy(".engine.commands", "bench"))
+
+    p = sub.add_parser("parity", help="check kernels (--ops) and backends (--backends) against "
+                                      "a float64 reference; exit status 1 when any fails")
+    p.add_argument("--ops", action="store_true", help="the fused SPADE / instance-norm kernels")
+    p.add_argument("--backends", action="store_true", help="every available engine backend")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--resolution", type=int, choices=(64, 128, 256), default=None,
+                   help="backend parity model size (default: the paper's 128)")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--json", help="write rows to this path (.ops.json for the kernels)")
+    p.set_defaults(func=_parity)
+
+    p = sub.add_parser("train", help="train BridgeGAN (procedural faces, CelebA or a folder)")
+    from .reference.train_cli import add_arguments
+
+    add_arguments(p)
+    p.set_defaults(func=_lazy(".reference.train_cli", "run"))
+
     p = sub.add_parser("info", help="print a configuration and its parameter counts")
     p.add_argument("--checkpoint", help="checkpoint folder (default: the paper configuration)")
     p.add_argument("--resolution", type=int, default=128, choices=(64, 128, 256))
     p.set_defaults(func=_info)
-
-    p = sub.add_parser("parity", help="check kernels / backends against a float64 reference; "
-                                      "exit status 1 when any result is outside tolerance")
-    p.add_argument("--ops", action="store_true", help="the fused SPADE / instance-norm kernels")
-    p.add_argument("--backends", action="store_true", help="every available engine backend")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.set_defaults(func=_parity)
-
     return parser
 
 
@@ -65,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"bridgegan {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

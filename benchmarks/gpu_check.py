@@ -1,0 +1,140 @@
+#!/usr/bin/env python
+"""The one-shot GPU check (run through benchmarks/gpu_check.sh OUTDIR [--dry-run]).
+
+Stages, each a subprocess with its own time limit so one failure or stall cannot sink the
+rest, all within five minutes on an H100:
+  1. kernel parity on the GPU (bridgegan.kernels.parity)
+  2. backend parity on the GPU (bridgegan parity --backends), 128x128 paper model
+  3. kernel speed (benchmarks/bench_kernels.py): GB/s vs copy bandwidth, vs eager
+  4. the engine speed table (bridgegan bench) at 128x128, batch 1, 8, 64, 256
+  5. torch.compile max-autotune at batch 64 (slow to compile: its own stage)
+  6. the edit strip with and without the trunk cache
+Writes into OUTDIR: gpu_check.json (every stage's rows and status), bench.csv (engine rows),
+bench.png, kernels.csv, gpu_check.log. --dry-run runs the same stages at tiny sizes on the
+CPU (CI runs it, so the script cannot rot).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+ENGINE_VARIANTS = ("reference:float32,reference:fp16,torch:fp16:cl,triton:fp16:cl,"
+                   "triton:fp16:cl:graphs,triton:bf16:cl,triton:bf16:cl:graphs")
+
+
+def stages(work: Path, dry: bool) -> list[tuple[str, list[str], int]]:
+    py = sys.executable
+    cli = [py, "-m", "bridgegan.cli"]
+    if dry:
+        dev, res, batches, reps = "cpu", "64", "1,2", ["--reps", "1", "--warmup", "0"]
+        variants = "reference:float32,torch:float32,torch:bf16:cl"
+    else:
+        dev, res, batches, reps = "cuda", "128", "1,8,64,256", ["--reps", "10", "--warmup", "2"]
+        variants = ENGINE_VARIANTS
+    out = [
+        ("parity_ops", [py, "-m", "bridgegan.kernels.parity", "--device", dev,
+                        "--json", str(work / "parity_ops.json")] + (["--quick"] if dry else []), 60),
+        ("parity_backends", cli + ["parity", "--backends", "--device", dev, "--json",
+                                   str(work / "parity_backends.json")]
+         + (["--resolution", "64", "--batch", "1"] if dry else []), 60),
+        ("bench_kernels", [py, str(ROOT / "benchmarks" / "bench_kernels.py"), "--out",
+                           str(work / "kernels")] + (["--dry-run"] if dry else ["--quick"]), 45),
+        ("bench_engine", cli + ["bench", "--device", dev, "--variants", variants, "--batches",
+                                batches, "--resolutions", res, "--workloads", "translate",
+                                "--out", str(work / "engine")] + reps, 110),
+        ("bench_strip", cli + ["bench", "--device", dev, "--variants",
+                               "reference:float32,torch:float32" if dry else
+                               "reference:fp16,triton:fp16:cl", "--batches", "22" if dry else "32",
+                               "--resolutions", res, "--workloads", "strip,strip_nocache",
+                               "--out", str(work / "strip")] + reps, 30),
+    ]
+    if not dry:  # compile is exercised on the CPU by the engine tests; here it is timed
+        out.append(("bench_compile", cli + ["bench", "--device", dev, "--variants",
+                                            "compile:fp16:cl", "--batches", "64", "--resolutions",
+                                            res, "--workloads", "translate", "--out",
+                                            str(work / "compile")] + reps, 75))
+    return out
+
+
+def _read_csv(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("out", help="output folder")
+    p.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="gpu_check-"))
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               PYTHONUNBUFFERED="1")
+    env.pop("TRITON_INTERPRET", None)
+    results, t_all = [], time.perf_counter()
+    with open(out / "gpu_check.log", "w") as log:
+        for name, cmd, limit in stages(work, args.dry_run):
+            t0 = time.perf_counter()
+            print(f"== {name} (limit {limit} s)", flush=True)
+            log.write(f"== {name}: {' '.join(cmd)}\n")
+            log.flush()
+            try:
+                proc = subprocess.run(cmd, cwd=ROOT, env=env, timeout=limit, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                status, text = proc.returncode, proc.stdout
+            except subprocess.TimeoutExpired as exc:
+                status, text = "timeout", (exc.stdout or b"").decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+            log.write(text + f"\n== {name}: status {status}, {time.perf_counter() - t0:.1f} s\n")
+            log.flush()
+            tail = "\n".join(l for l in text.splitlines() if "it/s]" not in l and "row/s" not in l)
+            print(tail[-2500:])
+            print(f"== {name}: status {status} in {time.perf_counter() - t0:.1f} s", flush=True)
+            results.append({"stage": name, "status": status, "seconds": round(time.perf_counter() - t0, 1)})
+    engine_rows = []
+    for sub in ("engine", "strip", "compile"):
+        engine_rows += _read_csv(work / sub / "bench.csv")
+    report = {"stages": results, "seconds": round(time.perf_counter() - t_all, 1)}
+    for key, path in (("parity_ops", work / "parity_ops.json"),
+                      ("parity_backends", work / "parity_backends.json"),
+                      ("kernels", work / "kernels" / "kernels.json"),
+                      ("engine_peaks", work / "engine" / "bench.json")):
+        if path.is_file():
+            data = json.loads(path.read_text())
+            report[key] = data.get("peaks", data) if key == "engine_peaks" else data
+    report["engine"] = engine_rows
+    (out / "gpu_check.json").write_text(json.dumps(report, indent=1, default=str))
+    if engine_rows:
+        with open(out / "bench.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(engine_rows[0]))
+            w.writeheader()
+            w.writerows(engine_rows)
+        from bridgegan.engine.bench import plot
+
+        for r in engine_rows:
+            r["batch"], r["resolution"] = int(r["batch"]), int(r["resolution"])
+            r["images_per_s"] = float(r["images_per_s"])
+        plot(engine_rows, out / "bench.png", f"bridgegan gpu_check on {engine_rows[0]['device']}")
+    if (work / "kernels" / "kernels.csv").is_file():
+        shutil.copy(work / "kernels" / "kernels.csv", out / "kernels.csv")
+    shutil.rmtree(work, ignore_errors=True)
+    print(f"gpu_check finished in {report['seconds']} s: " +
+          ", ".join(f"{r['stage']}={r['status']}" for r in results))
+    return int(any(r["status"] != 0 for r in results))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

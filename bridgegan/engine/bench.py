@@ -1,0 +1,265 @@
+"""`bridgegan bench`: a matrix of backend x dtype x batch x resolution x workload.
+
+Each variant is timed after warm-up with device-side timing on GPU (CUDA events) and a
+monotonic clock on CPU; rows give p20 / p50 / p80 latency, images per second, peak
+memory, the ratio to the reference model measured in the same run (float32, and the
+same dtype where measured), and the roofline share (reference FLOPs per second over the
+measured matrix-product peak). Results go to CSV + JSON, and a PNG plot.
+
+Workloads: ``translate`` (label-based, the public API on device tensors), ``reference``
+(one reference per source), ``strip`` and ``strip_nocache`` (one source's edit strip with
+and without the trunk cache; its batch is the strip length).
+"""
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+import platform
+import resource
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..reference.config import BridgeGANConfig
+from ..reference.model import BridgeGAN
+from . import roofline
+from .backends import BackendUnavailable
+from .engine import Engine, resolve_dtype
+
+FIELDS = ["what", "backend", "dtype", "batch", "resolution", "metric", "unit", "p50", "p20",
+          "p80", "images_per_s", "peak_mem_mb", "vs_reference_fp32", "vs_reference_same_dtype",
+          "roofline_share", "gflop_per_image", "variant", "device", "torch", "triton",
+          "commit", "date"]
+WORKLOADS = ("translate", "reference", "strip", "strip_nocache")
+
+
+@dataclass(frozen=True)
+class Variant:
+    backend: str
+    dtype: str
+    channels_last: bool = False
+    cuda_graphs: bool = False
+
+    @property
+    def name(self) -> str:
+        tags = [self.backend, self.dtype]
+        tags += ["cl"] if self.channels_last else []
+        tags += ["graphs"] if self.cuda_graphs else []
+        return "-".join(tags)
+
+    @classmethod
+    def parse(cls, text: str) -> "Variant":
+        """backend:dtype[:cl][:graphs], e.g. triton:fp16:cl:graphs."""
+        parts = text.split(":")
+        if len(parts) < 2 or any(p not in ("cl", "graphs") for p in parts[2:]):
+            raise ValueError(f"variant {text!r}: expected backend:dtype[:cl][:graphs]")
+        return cls(parts[0], parts[1], "cl" in parts[2:], "graphs" in parts[2:])
+
+
+def environment(device: torch.device) -> dict:
+    """device name and versions carried by every row."""
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = "absent"
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, cwd=Path(__file__).parent, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    name = (torch.cuda.get_device_name(device) if device.type == "cuda"
+            else f"{platform.processor() or platform.machine()} x{torch.get_num_threads()} threads")
+    return {"device": name, "torch": torch.__version__, "triton": triton_version,
+            "commit": commit or "unknown", "date": dt.date.today().isoformat()}
+
+
+def time_call(fn, device: torch.device, warmup: int, reps: int, min_seconds: float = 0.0) -> list[float]:
+    """Latencies in ms of ``fn()`` after ``warmup`` calls (CUDA events on GPU)."""
+    for _ in range(warmup):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    times: list[float] = []
+    start_all = time.perf_counter()
+    while len(times) < reps or time.perf_counter() - start_all < min_seconds:
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def _peak_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS
+
+
+def _workload_fn(eng: Engine, workload: str, batch: int, seed: int):
+    cfg = eng.config
+    gen = torch.Generator().manual_seed(seed)
+    x = (torch.rand(batch, 3, cfg.image_size, cfg.image_size, generator=gen) * 2 - 1).to(eng.device)
+    refs = (torch.rand(batch, 3, cfg.image_size, cfg.image_size, generator=gen) * 2 - 1).to(eng.device)
+    ys = torch.randint(0, 2, (batch, cfg.n_attrs), generator=gen).float()
+    noise = torch.randn(batch, cfg.noise_dim, generator=gen)
+    if workload == "translate":
+        return lambda: eng.translate(x, 1 - ys, noise=noise, source=ys), batch
+    if workload == "reference":
+        return lambda: eng.translate_reference(x, refs, source=ys, reference_labels=1 - ys), batch
+    if workload in ("strip", "strip_nocache"):
+        samples = max(batch - 1 - cfg.n_attrs, 0)
+        n = 1 + cfg.n_attrs + samples
+        cache = workload == "strip"
+        return lambda: eng.edit_strip(x[:1], samples=samples, source=ys[:1], cache=cache), n
+    raise ValueError(f"unknown workload {workload!r}; workloads: {', '.join(WORKLOADS)}")
+
+
+def _flops_per_image(cfg: BridgeGANConfig, workload: str, n: int) -> float:
+    if workload.startswith("strip"):
+        return roofline.strip_flops(cfg, n, cached=True) / n  # useful work
+    return roofline.workload_flops(cfg, workload)
+
+
+def run_matrix(variants: list[Variant], batches: list[int], resolutions: list[int],
+               workloads: list[str], device: str = "cpu", checkpoint: str | None = None,
+               warmup: int = 2, reps: int = 10, min_seconds: float = 0.0, quick_peaks: bool = False,
+               config_overrides: dict | None = None, progress: bool = True) -> tuple[list[dict], dict]:
+    """Measure every combination; returns (rows, peaks). Unavailable variants are reported
+    once and skipped."""
+    from tqdm import tqdm
+
+    dev = torch.device(device)
+    env = environment(dev)
+    peak_dtype = resolve_dtype(variants[-1].dtype if dev.type == "cuda" else "float32", dev)
+    peaks = roofline.measure_peaks(dev, peak_dtype, quick=quick_peaks)
+    peaks.update(env)
+    rows: list[dict] = []
+    combos = [(r, v) for r in resolutions for v in variants]
+    bar = tqdm(total=len(combos) * len(workloads) * len(batches), disable=not progress,
+               desc="bench", unit="row")
+    for res in resolutions:
+        if checkpoint:
+            from ..reference.checkpoint import load_checkpoint
+
+            model = load_checkpoint(checkpoint)
+        else:
+            torch.manual_seed(res)
+            model = BridgeGAN(BridgeGANConfig(image_size=res, **(config_overrides or {}))).eval()
+        cfg = model.config
+        for v in variants:
+            try:
+                eng = Engine(model, backend=v.backend, dtype=v.dtype, device=dev,
+                             channels_last=v.channels_last, cuda_graphs=v.cuda_graphs)
+            except (BackendUnavailable, RuntimeError, ValueError) as exc:
+                bar.write(f"skip {v.name}: {exc}")
+                bar.update(len(workloads) * len(batches))
+                continue
+            for workload in workloads:
+                for batch in batches:
+                    bar.set_postfix_str(f"{res}px {v.name} {workload} b{batch}")
+                    fn, n = _workload_fn(eng, workload, batch, seed=batch)
+                    if dev.type == "cuda":
+                        torch.cuda.reset_peak_memory_stats(dev)
+                    try:
+                        ms = time_call(fn, dev, warmup, reps, min_seconds)
+                    except torch.OutOfMemoryError:
+                        bar.write(f"skip {v.name} {workload} b{batch}: out of memory")
+                        bar.update()
+                        continue
+                    p20, p50, p80 = np.percentile(ms, [20, 50, 80])
+                    flop = _flops_per_image(cfg, workload, n)
+                    rows.append(dict(
+                        what=workload, backend=v.backend, dtype=v.dtype, batch=n, resolution=res,
+                        metric="latency", unit="ms", p50=round(p50, 4), p20=round(p20, 4),
+                        p80=round(p80, 4), images_per_s=round(n / (p50 / 1e3), 2),
+                        peak_mem_mb=round(_peak_mb(dev), 1),
+                        roofline_share=round(flop * n / (p50 / 1e3) / peaks["matmul_flops"], 4),
+                        gflop_per_image=round(flop / 1e9, 3), variant=v.name, **env))
+                    bar.update()
+            del eng
+    bar.close()
+    _add_ratios(rows)
+    return rows, peaks
+
+
+def _add_ratios(rows: list[dict]) -> None:
+    def key(r):
+        return (r["what"], r["batch"], r["resolution"])
+
+    ref = {(key(r), r["dtype"]): r["p50"] for r in rows
+           if r["backend"] == "reference" and not r["variant"].endswith("graphs")}
+    fp32 = {"float32", "fp32"}
+    for r in rows:
+        base = next((ref[(key(r), d)] for d in fp32 if (key(r), d) in ref), None)
+        same = ref.get((key(r), r["dtype"]))
+        r["vs_reference_fp32"] = round(base / r["p50"], 3) if base else ""
+        r["vs_reference_same_dtype"] = round(same / r["p50"], 3) if same else ""
+
+
+def write_results(rows: list[dict], peaks: dict, out: str | Path, title: str = "") -> list[Path]:
+    """CSV + JSON + PNG plot of images/s against batch, one line per variant and workload."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "bench.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=FIELDS)
+        w.writeheader()
+        w.writerows({k: r.get(k, "") for k in FIELDS} for r in rows)
+    (out / "bench.json").write_text(json.dumps({"peaks": peaks, "rows": rows}, indent=1))
+    plot(rows, out / "bench.png", title or f"bridgegan bench on {peaks.get('device', '?')}")
+    return [out / "bench.csv", out / "bench.json", out / "bench.png"]
+
+
+def plot(rows: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["what"], r["resolution"], r["variant"]), []).append(r)
+    whats = sorted({(g[0], g[1]) for g in groups})
+    fig, axes = plt.subplots(1, len(whats), figsize=(5.5 * len(whats), 4.2), squeeze=False)
+    for ax, (what, res) in zip(axes[0], whats):
+        for (w, r_, variant), rs in sorted(groups.items()):
+            if (w, r_) != (what, res):
+                continue
+            rs = sorted(rs, key=lambda r: r["batch"])
+            ax.plot([r["batch"] for r in rs], [r["images_per_s"] for r in rs], marker="o",
+                    label=variant)
+        ax.set(xscale="log", yscale="log", xlabel="batch (images per call)",
+               ylabel="images / s", title=f"{what} @ {res}x{res}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def format_table(rows: list[dict]) -> str:
+    head = (f"{'what':14s} {'variant':24s} {'res':>4s} {'batch':>5s} {'p50 ms':>9s} "
+            f"{'img/s':>9s} {'x ref32':>8s} {'x ref':>7s} {'roof':>6s} {'mem MB':>8s}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(
+            f"{r['what']:14s} {r['variant']:24s} {r['resolution']:>4d} {r['batch']:>5d} "
+            f"{r['p50']:>9.3f} {r['images_per_s']:>9.1f} {str(r['vs_reference_fp32']):>8s} "
+            f"{str(r['vs_reference_same_dtype']):>7s} {r['roofline_share']:>6.3f} {r['peak_mem_mb']:>8.0f}")
+    return "\n".join(lines)

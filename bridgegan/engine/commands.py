@@ -1,0 +1,72 @@
+"""The engine's CLI commands: `bridgegan translate` and `bridgegan bench`."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from ..reference.data.grid import save_grid
+from .io import load_image, tensor_to_pil
+
+
+def parse_sets(items: list[str]) -> dict[str, int]:
+    """["Blond_Hair=1", "Male=0"] -> {"Blond_Hair": 1, "Male": 0}."""
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or value.strip() not in ("0", "1"):
+            raise ValueError(f"--set expects NAME=0 or NAME=1, got {item!r}")
+        out[name.strip()] = int(value)
+    return out
+
+
+def translate(args: argparse.Namespace) -> int:
+    from .engine import Engine
+
+    edits = parse_sets(args.set or [])
+    if not edits and not args.reference:
+        raise ValueError("nothing to do: give --set NAME=0|1 (label-based) and/or --reference")
+    eng = Engine.from_checkpoint(args.checkpoint, backend=args.backend, dtype=args.dtype,
+                                 device=args.device)
+    sources = [load_image(p) for p in args.input]
+    x = eng._images(sources)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    columns = [x.cpu()]
+    if edits:
+        for k in range(args.samples):
+            y = eng.translate(x, edits, strength=args.strength, seed=args.seed + k).cpu()
+            columns.append(y)
+            for p, img in zip(args.input, y):
+                tensor_to_pil(img).save(out / f"{Path(p).stem}_edit{k + 1}.png")
+    if args.reference:
+        refs = [[load_image(r)] for r in args.reference]  # each reference: a batch of 1
+        attrs = [a for a in args.attributes.split(",") if a] if args.attributes else None
+        y = eng.translate_reference(x, refs, attributes=attrs, strength=args.strength).cpu()
+        columns.append(y)
+        for p, img in zip(args.input, y):
+            tensor_to_pil(img).save(out / f"{Path(p).stem}_reference.png")
+    grid = torch.stack(columns, dim=1).flatten(0, 1)  # one row per input
+    save_grid(grid, out / "grid.png", nrow=len(columns))
+    print(f"wrote {len(args.input) * (len(columns) - 1)} images and {out / 'grid.png'} "
+          f"(columns: source" + (f", {args.samples} label edit(s) {edits}" if edits else "")
+          + (", reference" if args.reference else "") + ")")
+    return 0
+
+
+def bench(args: argparse.Namespace) -> int:
+    from .bench import Variant, format_table, run_matrix, write_results
+
+    variants = [Variant.parse(v) for v in args.variants.split(",")]
+    rows, peaks = run_matrix(
+        variants, [int(b) for b in args.batches.split(",")],
+        [int(r) for r in args.resolutions.split(",")], args.workloads.split(","),
+        device=args.device, checkpoint=args.checkpoint, warmup=args.warmup, reps=args.reps,
+        min_seconds=args.min_seconds)
+    print(f"peaks on {peaks['device']}: matmul {peaks['matmul_flops'] / 1e12:.2f} TFLOP/s "
+          f"({peaks['matmul_dtype']}), copy {peaks['copy_bytes_per_s'] / 1e9:.1f} GB/s")
+    print(format_table(rows))
+    files = write_results(rows, peaks, args.out)
+    print("wrote " + ", ".join(str(f) for f in files))
+    return 0

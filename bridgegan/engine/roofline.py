@@ -1,0 +1,138 @@
+"""Roofline: the work one translation must do, computed from the configuration, and the
+card's measured peaks (a large matrix product, a large copy).
+
+FLOPs count multiply-adds as 2 and cover convolutions and linear layers of the reference
+model (what torch's FLOP counter counts); norms and activations are bytes, not FLOPs.
+The rewritten graph does less than this (four-phase convolutions, low-resolution
+shortcuts): a row's roofline share is the reference work per second over the peak.
+Minimum bytes per call: the input images read once, the output images written once, and
+every weight of G, E and M read once.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from ..reference.config import BridgeGANConfig
+
+
+def _conv(cin: int, cout: int, k: int, size: int) -> int:
+    return 2 * cin * cout * k * k * size * size
+
+
+def _spade(cfg: BridgeGANConfig, c: int, size: int) -> int:
+    h = cfg.spade_hidden
+    return _conv(cfg.latent_channels, h, 3, size) + 2 * _conv(h, c, 3, size)
+
+
+def _resblk(cin: int, cout: int, size_in: int, resample: str | None, spade_cfg=None) -> int:
+    """A ResBlk's convolutions; ``size_in`` is the input resolution."""
+    size = 2 * size_in if resample == "up" else size_in
+    f = _conv(cin, cout, 3, size) + _conv(cout, cout, 3, size)
+    if cin != cout or resample:
+        f += _conv(cin, cout, 1, size)
+    if spade_cfg is not None:
+        f += _spade(spade_cfg, cin, size_in) + _spade(spade_cfg, cout, size)
+    return f
+
+
+def generator_trunk_flops(cfg: BridgeGANConfig) -> int:
+    ch, s = cfg.g_channels(), cfg.image_size
+    f = _conv(3, ch[0], 1, s)
+    for i in range(cfg.g_downs):
+        f += _resblk(ch[i], ch[i + 1], s // 2 ** i, "down")
+    return f + _resblk(ch[-1], ch[-1], s // 2 ** cfg.g_downs, None)
+
+
+def generator_decode_flops(cfg: BridgeGANConfig) -> int:
+    ch, s = cfg.g_channels(), cfg.image_size
+    b = s // 2 ** cfg.g_downs
+    f = _resblk(ch[-1], ch[-1], b, None, cfg)
+    for j, i in enumerate(reversed(range(cfg.g_downs))):
+        f += _resblk(ch[i + 1], ch[i], b * 2 ** j, "up", cfg)
+    return f + _conv(ch[0], 3, 1, s)
+
+
+def encoder_flops(cfg: BridgeGANConfig) -> int:
+    s, w = cfg.image_size, cfg.e_width
+    f = _conv(3 + cfg.n_attrs, w, 1, s) + _resblk(w, 2 * w, s, "down")
+    f += cfg.e_blocks * _resblk(2 * w, 2 * w, s // 2, None)
+    return f + _conv(2 * w, cfg.latent_channels, 1, s // 2)
+
+
+def mapping_flops(cfg: BridgeGANConfig) -> int:
+    c = cfg.latent_channels
+    f = 2 * (cfg.noise_dim + cfg.n_attrs) * cfg.mapping_channels * 16
+    for i in range(cfg.mapping_ups):
+        f += _resblk(cfg.mapping_channels if i == 0 else c, c, 4 * 2 ** i, "up")
+    return f + _conv(c, c, 1, cfg.latent_size)
+
+
+def workload_flops(cfg: BridgeGANConfig, workload: str, references: int = 1) -> int:
+    """Reference FLOPs per output image of a workload.
+
+    translate: trunk + decode + E(x, -d) + M; reference: trunk + decode + (1 + k) E;
+    strip: decode + E + M per image, with the trunk once per strip of
+    ``strip_size(cfg, samples)`` images (see ``strip_flops``).
+    """
+    g = generator_trunk_flops(cfg) + generator_decode_flops(cfg)
+    if workload == "translate":
+        return g + encoder_flops(cfg) + mapping_flops(cfg)
+    if workload == "reference":
+        return g + (1 + references) * encoder_flops(cfg)
+    raise ValueError(f"unknown workload {workload!r}; use translate, reference or strip_flops()")
+
+
+def strip_flops(cfg: BridgeGANConfig, images: int, cached: bool) -> int:
+    """FLOPs of one edit strip of ``images`` outputs, with or without the trunk cache."""
+    per = generator_decode_flops(cfg) + encoder_flops(cfg) + mapping_flops(cfg)
+    trunk = generator_trunk_flops(cfg) * (1 if cached else images)
+    return images * per + trunk
+
+
+def weight_bytes(cfg: BridgeGANConfig, itemsize: int) -> int:
+    from ..reference.model import BridgeGAN
+
+    with torch.device("meta"):
+        m = BridgeGAN(cfg)
+    return itemsize * sum(p.numel() for p in m.inference_modules().parameters())
+
+
+def min_bytes(cfg: BridgeGANConfig, batch: int, itemsize: int, inputs_per_image: int = 1) -> int:
+    """Input images read once, output images written once, weights read once."""
+    image = 3 * cfg.image_size ** 2 * itemsize
+    return batch * (inputs_per_image + 1) * image + weight_bytes(cfg, itemsize)
+
+
+def _median_seconds(fn, device: torch.device, reps: int) -> float:
+    fn()
+    times = []
+    for _ in range(reps):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+def measure_peaks(device: torch.device, dtype: torch.dtype, quick: bool = False) -> dict:
+    """Measured matrix-product FLOP/s in ``dtype`` and copy bandwidth (bytes read+written)."""
+    n = 8192 if device.type == "cuda" and not quick else (512 if quick else 2048)
+    gen = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(n, n, device=device, generator=gen).to(dtype)
+    b = torch.randn(n, n, device=device, generator=gen).to(dtype)
+    t_mm = _median_seconds(lambda: a @ b, device, 5 if quick else 10)
+    elems = (1 << 28 if device.type == "cuda" else 1 << 25) >> (4 if quick else 0)
+    src = torch.randn(elems, device=device, generator=gen)
+    dst = torch.empty_like(src)
+    t_copy = _median_seconds(lambda: dst.copy_(src), device, 5 if quick else 10)
+    return {"matmul_flops": 2 * n ** 3 / t_mm, "matmul_dtype": str(dtype).replace("torch.", ""),
+            "copy_bytes_per_s": 2 * src.numel() * src.element_size() / t_copy}
