@@ -44,26 +44,26 @@ def stages(work: Path, dry: bool) -> list[tuple[str, list[str], int]]:
         variants = ENGINE_VARIANTS
     out = [
         ("parity_ops", [py, "-m", "bridgegan.kernels.parity", "--device", dev,
-                        "--json", str(work / "parity_ops.json")] + (["--quick"] if dry else []), 60),
+                        "--json", str(work / "parity_ops.json")] + (["--quick"] if dry else []), 45),
         ("parity_backends", cli + ["parity", "--backends", "--device", dev, "--json",
                                    str(work / "parity_backends.json")]
-         + (["--resolution", "64", "--batch", "1"] if dry else []), 60),
+         + (["--resolution", "64", "--batch", "1"] if dry else []), 45),
         ("bench_kernels", [py, str(ROOT / "benchmarks" / "bench_kernels.py"), "--out",
-                           str(work / "kernels")] + (["--dry-run"] if dry else ["--quick"]), 45),
+                           str(work / "kernels")] + (["--dry-run"] if dry else ["--quick"]), 40),
         ("bench_engine", cli + ["bench", "--device", dev, "--variants", variants, "--batches",
                                 batches, "--resolutions", res, "--workloads", "translate",
-                                "--out", str(work / "engine")] + reps, 110),
+                                "--out", str(work / "engine")] + reps, 100),
         ("bench_strip", cli + ["bench", "--device", dev, "--variants",
                                "reference:float32,torch:float32" if dry else
                                "reference:fp16,triton:fp16:cl", "--batches", "22" if dry else "32",
                                "--resolutions", res, "--workloads", "strip,strip_nocache",
-                               "--out", str(work / "strip")] + reps, 30),
+                               "--out", str(work / "strip")] + reps, 25),
     ]
     if not dry:  # compile is exercised on the CPU by the engine tests; here it is timed
         out.append(("bench_compile", cli + ["bench", "--device", dev, "--variants",
                                             "compile:fp16:cl", "--batches", "64", "--resolutions",
                                             res, "--workloads", "translate", "--out",
-                                            str(work / "compile")] + reps, 75))
+                                            str(work / "compile")] + reps, 60))
     return out
 
 
