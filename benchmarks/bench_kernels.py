@@ -4,6 +4,7 @@
     python benchmarks/bench_kernels.py --out DIR            # GPU: fp16+bf16, NCHW+channels_last
     python benchmarks/bench_kernels.py --out DIR --parity   # GPU parity table first
     python benchmarks/bench_kernels.py --out DIR --sweep    # + launch-config sweep, hot shape
+    python benchmarks/bench_kernels.py --tune               # compare launch-config candidates
     python benchmarks/bench_kernels.py --dry-run --out DIR  # CPU, tiny shapes, ref impl (CI)
 
 The 8 SPADE layers of G at 128x128 (spec section 3) normalise: middle block 256@16x16
@@ -86,11 +87,12 @@ def _env():
         tv = triton.__version__
     except Exception:
         tv = "none"
+    commit = os.environ.get("BRIDGEGAN_COMMIT", "")
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
+        commit = commit or subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
                                 capture_output=True, timeout=10).stdout.strip() or "unknown"
     except Exception:
-        commit = "unknown"
+        commit = commit or "unknown"
     dev = torch.cuda.get_device_name() if torch.cuda.is_available() else (platform.processor() or "cpu")
     return dict(device=dev, torch=torch.__version__, triton=tv, commit=commit,
                 date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
@@ -146,6 +148,41 @@ def measure_copy_bandwidth(device, timed, nbytes):
 
 def _eager(x, g, b):
     return torch.relu(F.instance_norm(x, eps=1e-5) * (1 + g) + b)
+
+
+TUNE = [  # (C, H, layout, configs) compared with --tune, interleaved, each timed twice
+    (256, 16, "nchw", [{}, {"fused_tile": 1024}, {"fused_tile": 2048}, {"num_warps": 16},
+                       {"fused_tile": 1024, "num_warps": 4}]),
+    (128, 32, "nchw", [{}, {"fused_tile": 1024}, {"fused_tile": 2048}]),
+    (256, 16, "channels_last", [{}, {"num_warps": 4}]),
+    (64, 64, "channels_last", [{}, {"num_warps": 4}, {"split_tile": 2048}, {"block_c": 16}]),
+    (32, 128, "channels_last", [{}, {"num_warps": 4}, {"split_tile": 2048}, {"block_c": 16},
+                                {"block_c": 16, "num_warps": 4}]),
+]
+
+
+def tune(rounds=2):
+    """Time launch-config candidates at the shapes listed in TUNE (GPU only)."""
+    import triton.testing
+
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    for dname in ("fp16", "bf16"):
+        for c, h, layout, cfgs in TUNE:
+            fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+            sets = [tuple((s * torch.randn(BATCH, c, h, h, device="cuda", generator=gen)).to(
+                DTYPES[dname]).contiguous(memory_format=fmt) for s in (1.0, 0.5, 0.5)) for _ in range(3)]
+            rot = _rotating(sets)
+            res = {i: [] for i in range(len(cfgs))}
+            for _ in range(rounds):
+                for i, cfg in enumerate(cfgs):
+                    fn = rot(lambda x, g, b, cfg=cfg: norm_act.spade_modulate(
+                        x, g, b, act="relu", impl="triton", config=cfg or None))
+                    res[i].append(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
+            for i, cfg in enumerate(cfgs):
+                p = norm_act.plan_launch(BATCH, c, h * h, layout == "channels_last", cfg or None)
+                print(f"tune {dname} {layout:<13} C={c:<3} {h:>3}: {str(cfg):<40} "
+                      + " ".join(f"{t * 1e3:7.1f}" for t in res[i])
+                      + f" us  {p.path}:bhw={p.block_hw},bc={p.block_c},w={p.num_warps}")
 
 
 def run(out_dir, dry_run=False, sweep=False, parity=False, quick=False, dtypes=None, layouts=None):
@@ -282,11 +319,15 @@ def main(argv=None) -> int:
     p.add_argument("--sweep", action="store_true", help="also time launch-config variants (hot shape)")
     p.add_argument("--parity", action="store_true", help="run the kernel parity table first")
     p.add_argument("--quick", action="store_true", help="shorter timing runs")
+    p.add_argument("--tune", action="store_true", help="only compare launch-config candidates (TUNE)")
     p.add_argument("--dtype", choices=sorted(DTYPES), action="append", help="default: fp16 and bf16")
     p.add_argument("--layout", choices=LAYOUTS, action="append", help="default: both")
     args = p.parse_args(argv)
     if args.dry_run:
         os.environ.pop("TRITON_INTERPRET", None)
+    if args.tune:
+        tune()
+        return 0
     rows = run(args.out, dry_run=args.dry_run, sweep=args.sweep, parity=args.parity,
                quick=args.quick, dtypes=args.dtype, layouts=args.layout)
     return 0 if rows else 1

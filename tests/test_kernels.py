@@ -453,6 +453,7 @@ def test_launch_plans_for_generator_shapes():
     # hottest layer, NCHW: one program per plane, whole plane in registers, x read once
     p = plan_launch(64, 32, 128 * 128, False)
     assert (p.path, p.block_hw, p.block_c, p.num_warps, p.grid) == ("fused", 16384, 1, 16, (2048,))
+    assert p.hw_major  # NCHW tiles are [channels, pixels]: pixels on the contiguous axis
     # channels_last 128x128: a plane does not fit with >= 16 channels per row -> split
     p = plan_launch(64, 32, 128 * 128, True)
     assert p.path == "split" and p.block_c == 32 and p.n_chunks * p.chunk >= 16384
@@ -461,7 +462,9 @@ def test_launch_plans_for_generator_shapes():
     p = plan_launch(64, 256, 256, False)
     assert p.path == "fused" and p.block_c > 1 and p.block_hw == 256
     p = plan_launch(64, 256, 256, True)
-    assert p.path == "fused" and p.block_c >= 16
+    assert p.path == "fused" and p.block_c >= 16 and not p.hw_major
+    # H*W = 1: channels are contiguous in either format -> channel tiles
+    assert not plan_launch(8, 64, 1, False).hw_major
     # large planes: split in both layouts
     assert plan_launch(1, 3, 512 * 512, False).path == "split"
     # config can force the split path

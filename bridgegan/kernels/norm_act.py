@@ -39,6 +39,7 @@ The reference path is plain differentiable torch.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import warnings
 from dataclasses import dataclass
@@ -308,6 +309,11 @@ def plan_launch(n: int, c: int, hw: int, channels_last: bool, config: dict | Non
     return LaunchPlan("split", not channels_last, bhw, bc, nw, n * n_cb, chunk, n_chunks)
 
 
+@functools.lru_cache(maxsize=256)
+def _cached_plan(n: int, c: int, hw: int, channels_last: bool) -> LaunchPlan:
+    return plan_launch(n, c, hw, channels_last)
+
+
 # ----------------------------------------------------------------------------- triton path
 
 
@@ -369,7 +375,7 @@ def _triton_forward(op, x, gamma, beta, weight, bias, act, eps, slope, out, conf
     weight = weight.contiguous() if weight is not None else None
     bias = bias.contiguous() if bias is not None else None
 
-    plan = plan_launch(n, c, hw, cl, config)
+    plan = _cached_plan(n, c, hw, cl) if config is None else plan_launch(n, c, hw, cl, config)
     sx = _hw_strides(x)
     so = _hw_strides(out)
     sg = _hw_strides(gamma) if gamma is not None else (0, 0, 0)
