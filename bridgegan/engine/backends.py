@@ -70,7 +70,9 @@ def build_stages(model: BridgeGAN, backend: str, rewrites: Rewrites, dtype: torc
                                                           memory_format=fmt).eval()
     if backend != "compile":
         return Stages(graph.trunk, graph.encode, graph.map, graph.decode, graph)
-    mode = "max-autotune" if device.type == "cuda" else None
+    # CUDA graphs come from the engine's own capture (CudaGraphed), which graphs the whole
+    # program; inductor's cudagraph trees would graph each stage and recycle its outputs.
+    mode = "max-autotune-no-cudagraphs" if device.type == "cuda" else None
 
     def compiled(fn):
         return torch.compile(fn, mode=mode, dynamic=False)

@@ -81,7 +81,7 @@ class Engine:
                                    channels_last)
         self.classifier = model.discriminator.to(self.device).float().eval()
         if cuda_graphs is None:
-            cuda_graphs = self.device.type == "cuda" and backend in ("torch", "triton")
+            cuda_graphs = self.device.type == "cuda" and backend in ("torch", "triton", "compile")
         if cuda_graphs and self.device.type != "cuda":
             raise ValueError("cuda_graphs needs device='cuda'")
         self.cuda_graphs = cuda_graphs
