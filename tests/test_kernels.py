@@ -510,7 +510,7 @@ def test_reference_exports_to_onnx(tmp_path):
             torch.onnx.export(M(), (x, kw["gamma"]), str(path), opset_version=17)
     model = onnx.load(str(path))
     ops = {n.op_type for n in model.graph.node}
-    assert "ReduceMean" in ops and "LeakyRelu" in ops, ops
+    assert "InstanceNormalization" in ops and "LeakyRelu" in ops, ops  # TensorRT pins IN to fp32
     ort = pytest.importorskip("onnxruntime")
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = [i.name for i in sess.get_inputs()]

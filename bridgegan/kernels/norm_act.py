@@ -195,22 +195,24 @@ def _reference(x, gamma, beta, weight, bias, act, eps, negative_slope):
     gamma may be the merged (N, 2C, H, W) tensor when beta is None.
     """
     cdt = torch.float32 if x.dtype in _LOW_PRECISION else x.dtype
+    # torch's own instance norm: one pass for the statistics and one to normalise
+    # (and an InstanceNormalization node in ONNX), on the float32 upcast.
     xf = x.to(cdt)
-    mean = xf.mean(dim=(2, 3), keepdim=True)
-    d = xf - mean
-    var = (d * d).mean(dim=(2, 3), keepdim=True)
-    y = d * torch.rsqrt(var + eps)
+    w = None if weight is None else weight.to(cdt)
+    b = None if bias is None else bias.to(cdt)
+    if x.shape[-2] * x.shape[-1] > 1:
+        y = F.instance_norm(xf, weight=w, bias=b, eps=eps)
+    else:  # torch refuses one-pixel planes; x - mean is 0 there (NaN for NaN / Inf)
+        y = xf - xf
+        y = y if w is None else y * w.reshape(1, -1, 1, 1)
+        y = y if b is None else y + b.reshape(1, -1, 1, 1)
     if gamma is not None:
         c = x.shape[1]
         if beta is None and gamma.shape[1] == 2 * c:
             gamma, beta = gamma[:, :c], gamma[:, c:]
-        y = y * (1 + gamma.to(cdt))
-    if weight is not None:
-        y = y * weight.to(cdt).reshape(1, -1, 1, 1)
+        y = torch.addcmul(y, y, gamma.to(cdt))  # y * (1 + gamma)
     if beta is not None:
         y = y + beta.to(cdt)
-    if bias is not None:
-        y = y + bias.to(cdt).reshape(1, -1, 1, 1)
     if act == "relu":
         y = F.relu(y)
     elif act == "leaky_relu":
