@@ -1,0 +1,113 @@
+"""The `bridgegan` command end to end: demo, translate, bench, parity, the GPU-check dry run."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bridgegan.cli import main
+from bridgegan.reference import BridgeGAN, save_checkpoint
+from conftest import randomize, small_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_help_lists_the_commands(capsys):
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    for cmd in ("demo", "translate", "bench", "parity", "train", "info"):
+        assert cmd in out
+
+
+def test_demo_end_to_end(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path), "--samples", "2"]) == 0
+    out = capsys.readouterr().out
+    grid = tmp_path / "demo_grid.png"
+    assert str(grid) in out and "images/s" in out
+    im = Image.open(grid)
+    cols = (tmp_path / "demo_grid.txt").read_text().count("|") + 1
+    assert im.size[0] > cols * 64 and im.size[1] > 4 * 64  # 4 rows of 64 px tiles
+    assert np.asarray(im).std() > 10  # not a blank image
+
+
+def test_translate_writes_results_and_grid(tmp_path, capsys):
+    torch.manual_seed(0)
+    m = randomize(BridgeGAN(small_config(32))).eval()
+    save_checkpoint(tmp_path / "ck", m)
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, mode in enumerate(("RGB", "L", "RGBA")):
+        p = tmp_path / f"in{i}.png"
+        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).convert(mode).save(p)
+        paths.append(str(p))
+    out = tmp_path / "out"
+    code = main(["translate", "--checkpoint", str(tmp_path / "ck"), "--input", *paths,
+                 "--set", "Blond_Hair=1", "--set", "Male=0", "--samples", "2",
+                 "--reference", paths[0], "--out", str(out)])
+    assert code == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert "grid.png" in names and "in1_edit2.png" in names and "in2_reference.png" in names
+    assert Image.open(out / "in0_edit1.png").size == (32, 32)
+    assert Image.open(out / "grid.png").size[0] > 4 * 32  # source + 2 edits + reference
+    # bad input: an unknown attribute and a malformed --set both fail with status 2
+    assert main(["translate", "--checkpoint", str(tmp_path / "ck"), "--input", paths[0],
+                 "--set", "Blue_Hair=1", "--out", str(out)]) == 2
+    assert main(["translate", "--checkpoint", str(tmp_path / "ck"), "--input", paths[0],
+                 "--set", "Male", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "Blue_Hair" in err and "Black_Hair" in err and "NAME=0 or NAME=1" in err
+
+
+def test_bench_writes_rows_with_ratios(tmp_path, monkeypatch):
+    from bridgegan.engine import bench
+
+    rows, peaks = bench.run_matrix(
+        [bench.Variant("reference", "float32"), bench.Variant("torch", "float32")], [1, 2], [64],
+        ["translate", "strip", "strip_nocache"], reps=1, warmup=0, quick_peaks=True,
+        config_overrides=dict(attributes=small_config().attributes, g_width=8, e_width=4,
+                              latent_channels=8, spade_hidden=16, mapping_channels=16),
+        progress=False)
+    files = bench.write_results(rows, peaks, tmp_path)
+    assert [f.name for f in files] == ["bench.csv", "bench.json", "bench.png"]
+    with open(tmp_path / "bench.csv") as f:
+        got = list(csv.DictReader(f))
+    # translate at batch 1 and 2; each strip has one size (1 + A, no samples) per variant
+    assert len(got) == 2 * (2 + 1 + 1)
+    for col in ("what", "backend", "dtype", "batch", "resolution", "metric", "unit", "p50",
+                "p20", "p80", "device", "torch", "triton", "commit", "date"):
+        assert all(r[col] != "" for r in got), col
+    for r in got:
+        assert float(r["p20"]) <= float(r["p50"]) <= float(r["p80"])
+        assert r["vs_reference_fp32"] != ""
+        if r["backend"] == "reference":
+            assert float(r["vs_reference_fp32"]) == 1.0
+    assert json.loads((tmp_path / "bench.json").read_text())["peaks"]["matmul_flops"] > 0
+
+
+def test_parity_backends_passes_on_cpu(tmp_path):
+    rc = main(["parity", "--backends", "--device", "cpu", "--resolution", "64", "--batch", "1",
+               "--json", str(tmp_path / "p.json")])
+    rows = json.loads((tmp_path / "p.json").read_text())
+    assert rc == 0 and rows and all(r["status"] in ("PASS", "SKIP") for r in rows)
+    assert any(r["status"] == "PASS" and r["dtype"] == "float32" for r in rows)
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), str(tmp_path),
+                           "--dry-run"], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert [s["status"] for s in report["stages"]] == [0] * len(report["stages"])
+    assert {"bench.csv", "bench.png", "kernels.csv", "gpu_check.log"} <= {
+        p.name for p in tmp_path.iterdir()}
+    assert report["engine"] and report["parity_backends"]
