@@ -63,14 +63,19 @@ class LossWeights:
 
 
 # ----- small pieces -------------------------------------------------------------------
+def f32(t: torch.Tensor) -> torch.Tensor:
+    """At least float32: half precision is upcast, float64 stays float64."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
 def l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Mean absolute difference over all elements (float32 accumulation)."""
-    return (a.float() - b.float()).abs().mean()
+    return (f32(a) - f32(b)).abs().mean()
 
 
 def bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Sigmoid cross-entropy, mean over all elements."""
-    return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+    return F.binary_cross_entropy_with_logits(f32(logits), f32(labels).to(f32(logits).dtype))
 
 
 def cycle_sign(y_s: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
@@ -95,13 +100,13 @@ def gradient_penalty(critic: Callable[[torch.Tensor], torch.Tensor], real: torch
     k, n = len(fakes), real.shape[0]
     if eps.shape != (k, n):
         raise ValueError(f"eps must have shape ({k}, {n}), got {tuple(eps.shape)}")
-    real = real.detach().float()
+    real = f32(real.detach())
     e = eps.to(real).view(k, n, 1, 1, 1)
-    fake = torch.stack([f.detach().float() for f in fakes])
+    fake = torch.stack([f.detach().to(real.dtype) for f in fakes])
     x_hat = (e * real.unsqueeze(0) + (1 - e) * fake).flatten(0, 1).requires_grad_(True)
     out = critic(x_hat)
-    (grad,) = torch.autograd.grad(out.float().sum() * scale, x_hat, create_graph=True)
-    grad = grad.float() / scale
+    (grad,) = torch.autograd.grad(f32(out).sum() * scale, x_hat, create_graph=True)
+    grad = f32(grad) / scale
     norm = torch.linalg.vector_norm(grad.flatten(1), dim=1)
     return ((norm - 1) ** 2).mean()
 
@@ -139,8 +144,8 @@ class DiscriminatorObjective(nn.Module):
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         w = self.weights
         n = x.shape[0]
-        adv, cls = self.discriminator(torch.cat([x, *[f.detach() for f in fakes]]))
-        adv = adv.float()
+        adv, cls = self.discriminator(torch.cat([x, *[f.detach().to(x.dtype) for f in fakes]]))
+        adv = f32(adv)
         wd = adv[:n].mean() - adv[n:].mean()  # the fakes have equal sizes: mean of means
         attr = bce(cls[:n], y)
         gp = gradient_penalty(lambda t: self.discriminator(t)[0], x, fakes, gp_eps, gp_scale)
@@ -220,7 +225,7 @@ class GeneratorObjective(nn.Module):
         x_l, x_ref, x_int, x_rec_l, x_rec_r, x_1 = out.split(n)
 
         adv, cls = critic(torch.cat([x_l, x_ref, x_int]))
-        loss_adv = -adv.float().mean()
+        loss_adv = -f32(adv).mean()
         loss_attr = bce(cls, yr.repeat(3, 1))
         loss_rec = (l1(x, x_rec_l) + l1(x, x_rec_r)) / 2
         loss_latent = l1(s_rand, s_ref)
@@ -235,7 +240,7 @@ class GeneratorObjective(nn.Module):
         terms = {
             "g/adv": loss_adv, "g/attr": loss_attr, "g/rec": loss_rec,
             "g/latent": loss_latent, "g/cycle": loss_cycle, "g/mode_seeking": loss_ms,
-            "g/total": loss, "noise/r_mean": r.float().mean(),
-            "noise/r_abs_mean": r.float().abs().mean(),
+            "g/total": loss, "noise/r_mean": f32(r).mean(),
+            "noise/r_abs_mean": f32(r).abs().mean(),
         }
         return loss, {k: v.detach() for k, v in terms.items()}, r.detach()

@@ -22,6 +22,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .losses import f32
+
 MODES = ("off", "official", "descent")
 STEP_NORMALISED = 0.9
 STEP_RAW = 5.0
@@ -36,9 +38,9 @@ def check_mode(mode: str) -> str:
 
 def refinement_step(r0: torch.Tensor, g: torch.Tensor, sign: float = 1.0) -> torch.Tensor:
     """clip(r0 + sign * (0.9 / rms(g) + 5) * g, -1, 1) with rms over each row of g."""
-    rms = g.float().pow(2).mean(dim=1, keepdim=True).sqrt().clamp_min(1e-30)
-    step = (STEP_NORMALISED / rms + STEP_RAW) * g.float()
-    return (r0.float() + sign * step).clamp(-CLIP, CLIP)
+    rms = f32(g).pow(2).mean(dim=1, keepdim=True).sqrt().clamp_min(1e-30)
+    step = (STEP_NORMALISED / rms + STEP_RAW) * f32(g)
+    return (f32(r0) + sign * step).clamp(-CLIP, CLIP)
 
 
 def noise_gradient(r0: torch.Tensor, target: torch.Tensor, d: torch.Tensor, mapping: nn.Module,
@@ -49,9 +51,9 @@ def noise_gradient(r0: torch.Tensor, target: torch.Tensor, d: torch.Tensor, mapp
     """
     device_type = r0.device.type
     with torch.enable_grad(), torch.autocast(device_type=device_type, enabled=False):
-        r = r0.detach().float().requires_grad_(True)
-        pred = mapping(r, d.float())
-        se = (target.detach().float() - pred.float()).pow(2).sum()
+        r = f32(r0.detach()).requires_grad_(True)
+        pred = mapping(r, d.to(r.dtype))
+        se = (f32(target.detach()) - f32(pred)).pow(2).sum()
         mse = se / (denominator if denominator is not None else pred.numel())
         (g,) = torch.autograd.grad(mse, r)
     return g
@@ -64,13 +66,13 @@ class NoiseMemory:
     """
 
     def __init__(self, size: int, dim: int, mode: str = "official", seed: int = 0,
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
         self.mode = check_mode(mode)
         self.size, self.dim = int(size), int(dim)
         self.table: torch.Tensor | None = None
         if self.mode != "off":
             gen = torch.Generator().manual_seed(seed)
-            self.table = torch.randn(self.size, self.dim, generator=gen).to(device)
+            self.table = torch.randn(self.size, self.dim, generator=gen).to(device, dtype)
 
     @property
     def enabled(self) -> bool:

@@ -122,6 +122,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none",
                    help="autocast dtype: bf16, fp16 (CUDA only, with gradient scaling) or none; "
                         "the gradient penalty is always computed in float32 (default: none)")
+    g.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                   help="training precision: float32, or float64 for numerical reference runs "
+                        "(slow; e.g. checking DDP against one process) (default: float32)")
     g.add_argument("--backend", choices=("nccl", "gloo"), default=None,
                    help="torch.distributed backend under torchrun (default: nccl on cuda, gloo on cpu)")
     g.add_argument("--deterministic", action="store_true",
@@ -174,6 +177,7 @@ def _train_config(args: argparse.Namespace, base: dict | None):
     data["weights"] = weights
     data["device"] = args.device
     data["amp"] = args.amp
+    data["dtype"] = args.dtype
     data["workers"] = args.workers
     return TrainConfig.from_dict(data)
 

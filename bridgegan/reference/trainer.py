@@ -11,9 +11,9 @@ process on the same global batch.
 Checkpoint folder (written atomically, see checkpoint.write_folder_atomic):
 
     config.json               the model configuration
-    model.safetensors         the weights for inference: EMA G/E/M with the raw D when EMA
-                              is on (TrainConfig.ema > 0), otherwise the raw networks;
-                              loadable with checkpoint.load_checkpoint
+    model.safetensors         the weights for inference (float32): EMA G/E/M with the raw D
+                              when EMA is on (TrainConfig.ema > 0), otherwise the raw
+                              networks; loadable with checkpoint.load_checkpoint
     train_state.safetensors   raw.* (all raw networks), ema.* (EMA G/E/M), opt_g.* and
                               opt_d.* (Adam state), noise_memory, rng.* (torch CPU / CUDA,
                               NumPy key array)
@@ -58,6 +58,7 @@ STATE_JSON = "train_state.json"
 STATE_FORMAT = "bridgegan-train-state/1"
 METRICS_FILE = "metrics.jsonl"
 AMP_MODES = ("none", "bf16", "fp16")
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
 _CKPT_RE = re.compile(r"^step-(\d+)$")
 
 
@@ -85,6 +86,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     device: str = "cpu"
     amp: str = "none"
+    dtype: str = "float32"
     workers: int = 4
     n_samples: int = 8
     sample_edits: int = 4
@@ -111,6 +113,10 @@ class TrainConfig:
             raise ValueError(f"noise_memory must be one of {NOISE_MODES}, got {self.noise_memory!r}")
         if self.amp not in AMP_MODES:
             raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if self.dtype == "float64" and self.amp != "none":
+            raise ValueError("amp needs dtype float32 (float64 is for numerical reference runs)")
         if not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
             raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
 
@@ -169,7 +175,8 @@ class Trainer:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(config.seed, STREAM_INIT))
             self.model = BridgeGAN(model_config)
-        self.model.to(self.device)
+        self.dtype = DTYPES[config.dtype]
+        self.model.to(self.device, self.dtype)
         m = self.model
         self.gen_params = [p for mod in (m.generator, m.encoder, m.mapping) for p in mod.parameters()]
         self.ema: BridgeGAN | None = None
@@ -184,7 +191,8 @@ class Trainer:
         self.opt_g = torch.optim.Adam(self.gen_params, lr=config.lr, betas=betas)
         self.opt_d = torch.optim.Adam(m.discriminator.parameters(), lr=config.lr, betas=betas)
         self.memory = NoiseMemory(len(dataset), model_config.noise_dim, config.noise_memory,
-                                  seed=derive_seed(config.seed, STREAM_MEMORY), device=self.device)
+                                  seed=derive_seed(config.seed, STREAM_MEMORY), device=self.device,
+                                  dtype=self.dtype)
 
         self.g_objective: nn.Module = GeneratorObjective(m.generator, m.encoder, m.mapping, config.weights)
         self.d_objective: nn.Module = DiscriminatorObjective(m.discriminator, config.weights)
@@ -192,8 +200,8 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.g_objective = DDP(self.g_objective, device_ids=ids, broadcast_buffers=False)
-            self.d_objective = DDP(self.d_objective, device_ids=ids, broadcast_buffers=False)
+            self.g_objective = DDP(self.g_objective, device_ids=ids)
+            self.d_objective = DDP(self.d_objective, device_ids=ids)
 
         fp16 = config.amp == "fp16"
         self.scaler_g = torch.amp.GradScaler(self.device.type, enabled=fp16)
@@ -264,8 +272,8 @@ class Trainer:
         x, y, idx = next(self._loader_iter)
         self.batches += 1
         nb = self.device.type == "cuda"
-        x = x.to(self.device, non_blocking=nb)
-        y = y.to(self.device, torch.float32, non_blocking=nb)
+        x = x.to(self.device, non_blocking=nb).to(self.dtype)
+        y = y.to(self.device, non_blocking=nb).to(self.dtype)
         idx = idx.to(self.device, non_blocking=nb)
         if self.dist.enabled:
             x, y, idx = (all_gather_cat(t, self.dist) for t in (x, y, idx))
@@ -282,7 +290,8 @@ class Trainer:
             "r1": torch.randn(B, nd, generator=g),
             "gp_eps": torch.rand(3, B, generator=g),
         }
-        return {k: v.to(self.device) for k, v in draws.items()}
+        return {k: v.to(self.device, dtype=self.dtype) if v.is_floating_point() else v.to(self.device)
+                for k, v in draws.items()}
 
     def _local(self, batch, draws) -> dict[str, torch.Tensor]:
         """This rank's sources, their references (from the whole batch) and draws."""
@@ -339,7 +348,7 @@ class Trainer:
             D.requires_grad_(True)
         if self.memory.enabled:
             self.memory.write(all_gather_cat(p["ref_index"], self.dist),
-                              all_gather_cat(r.float(), self.dist))
+                              all_gather_cat(r.to(self.dtype), self.dist))
         return terms
 
     @torch.no_grad()
@@ -438,10 +447,10 @@ class Trainer:
         cfg, mc = self.config, self.model_config
         n = min(max(cfg.n_samples, 1), len(self.sample_set))
         items = [self.sample_set[i] for i in range(n)]
-        x = torch.stack([it[0] for it in items]).to(self.device)
-        y = torch.stack([torch.as_tensor(it[1]) for it in items]).float().to(self.device)
+        x = torch.stack([it[0] for it in items]).to(self.device, self.dtype)
+        y = torch.stack([torch.as_tensor(it[1]) for it in items]).to(self.device, self.dtype)
         g = generator(cfg.seed, STREAM_SAMPLES)
-        noise = torch.randn(n, mc.noise_dim, generator=g).to(self.device)
+        noise = torch.randn(n, mc.noise_dim, generator=g).to(self.device, self.dtype)
         model = self.inference_model()
         rows = [x, model.reconstruct(x, noise=noise)]
         k = min(cfg.sample_edits, mc.n_attrs)
@@ -511,7 +520,7 @@ class Trainer:
             STATE_TENSORS: lambda p: save_file(tensors, str(p), metadata={"format": STATE_FORMAT}),
             STATE_JSON: lambda p: p.write_text(json.dumps(meta, indent=1) + "\n"),
         }
-        path = save_checkpoint(path, self.inference_model(), extra=extra)
+        path = save_checkpoint(path, self.inference_model(), dtype=torch.float32, extra=extra)
         if self.out_dir is not None and path.parent == self.out_dir / "checkpoints":
             self._prune_checkpoints()
         return path

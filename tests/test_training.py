@@ -1,0 +1,237 @@
+"""Training: every parameter moves, the reconstruction loss falls, resume is bit-exact,
+checkpoints hold no pickles, the CLI trains and resumes."""
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from bridgegan.reference import load_checkpoint
+from bridgegan.reference.checkpoint import read_tensors
+from bridgegan.reference.data import make_dataset
+from bridgegan.reference.train_data import ResumableBatchSampler, epoch_order
+from bridgegan.reference.trainer import (STATE_JSON, STATE_TENSORS, TrainConfig, Trainer,
+                                         latest_checkpoint)
+from conftest import small_config
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def faces():
+    return make_dataset("synthetic:48", SIZE)
+
+
+def tiny(dataset, **kw):
+    return small_config(SIZE, attributes=dataset.attributes, **kw)
+
+
+def train_config(**kw) -> TrainConfig:
+    base = dict(batch=8, n_d=1, steps=4, workers=0, log_every=0, sample_every=0, ckpt_every=0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: multi-threaded oneDNN kernels were seen to differ in the last
+    bits on their first call, which would break the bit-exact comparisons, and spinning
+    OpenMP threads slow these tiny workloads down badly on a loaded 2-core machine."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture
+def deterministic():
+    old = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    yield
+    torch.use_deterministic_algorithms(old)
+
+
+def test_one_step_updates_every_parameter_and_only_the_references_memory_rows(faces):
+    t = Trainer(tiny(faces), train_config(n_d=2), faces, progress=False)
+    before = {k: v.detach().clone() for k, v in t.model.named_parameters()}
+    ema_before = {k: v.detach().clone() for k, v in t.ema.generator.named_parameters()}
+    table = t.memory.table.clone()
+    terms = t.train_step()
+    for net in ("generator", "encoder", "mapping", "discriminator"):
+        params = [(k, v) for k, v in t.model.named_parameters() if k.startswith(net + ".")]
+        assert params
+        unchanged = [k for k, v in params if torch.equal(v, before[k])]
+        assert not unchanged, f"{net}: parameters not updated: {unchanged}"
+    # EMA moved towards the new weights, by (1 - decay) of the step
+    for k, v in t.ema.generator.named_parameters():
+        raw = dict(t.model.generator.named_parameters())[k]
+        assert torch.allclose(v, ema_before[k] + 0.001 * (raw - ema_before[k]), atol=1e-7)
+    # the memory rows written are exactly the generator batch's references (the whole
+    # batch: the permutation is a bijection); the D batches' rows are not written
+    changed = (t.memory.table != table).any(1).nonzero().flatten()
+    g_batch = t.sampler.global_batch_indices(2)  # batches 0, 1 fed D, batch 2 fed G
+    assert torch.equal(changed.sort().values, g_batch.sort().values)
+    assert t.memory.table[g_batch].abs().max() <= 1  # refined rows are clipped
+    assert t.step == 1 and t.batches == 3
+    assert all(torch.isfinite(v) for v in terms.values())
+    assert {"d/adv", "d/gp", "d/attr", "g/adv", "g/attr", "g/rec", "g/latent", "g/cycle",
+            "g/mode_seeking", "g/total"} <= set(terms)
+
+
+def test_reconstruction_loss_decreases_on_procedural_faces():
+    data = make_dataset("synthetic:64", SIZE)
+    t = Trainer(tiny(data), train_config(n_d=1, lr=5e-4, seed=1), data, progress=False)
+    rec = [t.train_step()["g/rec"].item() for _ in range(36)]
+    first, last = sum(rec[:6]) / 6, sum(rec[-6:]) / 6
+    assert last < 0.88 * first, (first, last, rec)
+
+
+def _state(t: Trainer) -> dict[str, torch.Tensor]:
+    tensors, meta = t.state_tensors()
+    return {k: v for k, v in tensors.items() if not k.startswith("rng.")}
+
+
+def test_resume_is_bit_identical_to_an_uninterrupted_run(faces, tmp_path, deterministic):
+    # n_d = 2: three batches per step, 48 / 8 = 6 batches per epoch: the interruption at
+    # step 3 (batch 9) falls mid-epoch and the run crosses epoch boundaries.
+    cfg, tc = tiny(faces), train_config(n_d=2, steps=5, seed=3)
+    full = Trainer(cfg, tc, faces, progress=False)
+    full.train(5)
+
+    first = Trainer(cfg, tc, faces, out_dir=tmp_path / "a", progress=False)
+    first.train(3)  # writes the final checkpoint step-00000003
+    ckpt = latest_checkpoint(tmp_path / "a")
+    assert ckpt is not None and ckpt.name == "step-00000003"
+    del first
+    resumed = Trainer(cfg, tc, faces, out_dir=tmp_path / "a", progress=False)
+    resumed.load(ckpt)
+    assert resumed.step == 3 and resumed.batches == 9
+    resumed.train(5)
+
+    a, b = _state(full), _state(resumed)
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, different[:10]
+    assert any(k.startswith("ema.") for k in a) and "noise_memory" in a
+    assert any(k.startswith("opt_g.") for k in a) and any(k.startswith("opt_d.") for k in a)
+
+
+def test_checkpoint_folder_contents(faces, tmp_path):
+    t = Trainer(tiny(faces), train_config(steps=2, ckpt_every=1, keep_checkpoints=1, log_every=1,
+                                          sample_every=2), faces, out_dir=tmp_path, progress=False)
+    t.train()
+    ckpts = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert ckpts == ["step-00000002"]  # pruned to keep_checkpoints
+    ck = tmp_path / "checkpoints" / "step-00000002"
+    assert sorted(p.name for p in ck.iterdir()) == sorted(
+        ["config.json", "model.safetensors", STATE_TENSORS, STATE_JSON])
+    # model.safetensors = EMA G/E/M + raw D, loadable for inference
+    model = load_checkpoint(ck)
+    for name in ("generator", "encoder", "mapping"):
+        for (k, v), (_, e) in zip(getattr(model, name).state_dict().items(),
+                                  getattr(t.ema, name).state_dict().items()):
+            assert torch.equal(v, e), k
+    for (k, v), (_, r) in zip(model.discriminator.state_dict().items(),
+                              t.model.discriminator.state_dict().items()):
+        assert torch.equal(v, r), k
+    meta = json.loads((ck / STATE_JSON).read_text())
+    assert meta["step"] == 2 and meta["batches"] == 4 and meta["train_config"]["batch"] == 8
+    tensors = read_tensors(ck / STATE_TENSORS)
+    assert tensors["noise_memory"].shape == (len(faces), t.model_config.noise_dim)
+    assert "rng.torch_cpu" in tensors and "rng.numpy_keys" in tensors
+    # no pickles anywhere: every file is JSON or safetensors
+    for p in ck.iterdir():
+        assert p.suffix in (".json", ".safetensors")
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [1, 2]
+    assert "g/rec" in json.loads(lines[0]) and "images_per_sec" in json.loads(lines[0])
+    # sample grid: 8 columns; rows: source, reconstruction, 4 edits, references, ref edits
+    im = Image.open(tmp_path / "samples" / "step-00000002.png")
+    assert im.size == (8 * SIZE + 9 * 2, 8 * SIZE + 9 * 2)
+
+
+def test_resume_rejects_another_dataset_or_config(faces, tmp_path):
+    t = Trainer(tiny(faces), train_config(steps=1), faces, out_dir=tmp_path, progress=False)
+    t.train()
+    ck = latest_checkpoint(tmp_path)
+    other = make_dataset("synthetic:40", SIZE)
+    with pytest.raises(ValueError, match="dataset of 48 items"):
+        Trainer(tiny(other), train_config(), other, progress=False).load(ck)
+    with pytest.raises(ValueError, match="g_width"):
+        Trainer(tiny(faces, g_width=4), train_config(), faces, progress=False).load(ck)
+
+
+def test_sampler_order_sharding_and_resume():
+    s = ResumableBatchSampler(20, 8, seed=5)
+    it = iter(s)
+    batches = [next(it) for _ in range(5)]  # 2 batches per epoch, tail of 4 dropped
+    assert batches[0] + batches[1] == epoch_order(20, 5, 0)[:16].tolist()
+    assert batches[2] == epoch_order(20, 5, 1)[:8].tolist()
+    ranks = [iter(ResumableBatchSampler(20, 8, 5, rank=r, world_size=2, start=3)) for r in (0, 1)]
+    assert next(ranks[0]) + next(ranks[1]) == batches[3]
+    with pytest.raises(ValueError, match="multiple"):
+        ResumableBatchSampler(20, 7, 0, world_size=2)
+
+
+def test_train_config_validation():
+    with pytest.raises(ValueError, match="noise_memory"):
+        TrainConfig(noise_memory="ascent")
+    with pytest.raises(ValueError, match="amp"):
+        TrainConfig(amp="fp8")
+    with pytest.raises(ValueError, match="ema"):
+        TrainConfig(ema=1.0)
+    assert TrainConfig.from_dict(TrainConfig(lr=1e-3).to_dict()) == TrainConfig(lr=1e-3)
+
+
+@pytest.mark.parametrize("mode", ["off", "descent"])
+def test_noise_memory_modes_train(faces, mode):
+    t = Trainer(tiny(faces), train_config(noise_memory=mode, ema=0.0), faces, progress=False)
+    terms = t.train_step()
+    assert all(torch.isfinite(v) for v in terms.values())
+    assert (t.memory.table is None) == (mode == "off") and t.ema is None
+
+
+def test_bf16_autocast_on_cpu_runs(faces):
+    t = Trainer(tiny(faces), train_config(amp="bf16"), faces, progress=False)
+    terms = t.train_step()
+    assert all(torch.isfinite(v) for v in terms.values())
+
+
+def _cli(argv):
+    from bridgegan.reference import train_cli
+
+    p = argparse.ArgumentParser()
+    train_cli.add_arguments(p)
+    return train_cli.run(p.parse_args(argv))
+
+
+TINY_ARCH = ["--resolution", "32", "--g-width", "8", "--e-width", "4", "--e-blocks", "1",
+             "--latent-channels", "8", "--spade-hidden", "16", "--mapping-channels", "16",
+             "--noise-dim", "8", "--d-width", "4", "--d-downs", "3"]
+
+
+def test_cli_trains_and_resumes(tmp_path, capsys):
+    out = tmp_path / "run"
+    common = ["--data", "synthetic:24", "--batch", "4", "--n-d", "1", "--workers", "0",
+              "--out", str(out), "--no-progress", "--log-every", "1", "--sample-every", "0",
+              "--attributes", "Black_Hair,Blond_Hair,Male,Young"]
+    assert _cli(common + TINY_ARCH + ["--steps", "2", "--w-ms", "0.01"]) == 0
+    assert latest_checkpoint(out).name == "step-00000002"
+    meta = json.loads((latest_checkpoint(out) / STATE_JSON).read_text())
+    assert meta["train_config"]["weights"]["mode_seeking"] == 0.01
+    # resume: architecture, attributes and weights come from the checkpoint
+    assert _cli(["--data", "synthetic:24", "--workers", "0", "--out", str(out), "--no-progress",
+                 "--resume", "auto", "--steps", "3"]) == 0
+    assert latest_checkpoint(out).name == "step-00000003"
+    meta = json.loads((latest_checkpoint(out) / STATE_JSON).read_text())
+    assert meta["train_config"]["weights"]["mode_seeking"] == 0.01 and meta["step"] == 3
+    steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]
+    # conflicting architecture on resume, and bad input, fail with a message
+    assert _cli(common + TINY_ARCH[:2] + ["--resume", "auto", "--steps", "4"]) == 2
+    assert "differ from the checkpoint" in capsys.readouterr().err
+    assert _cli(["--data", "nowhere:x", "--out", str(tmp_path / "x"), "--no-progress"]) == 2
+    assert "bad dataset spec" in capsys.readouterr().err
