@@ -116,6 +116,33 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(p)
     p.set_defaults(func=_lazy(".reference.train_cli", "run"))
 
+    p = sub.add_parser("train-classifier", help="train the attribute classifier that `eval` "
+                                                "uses to judge edits")
+    p.add_argument("--data", default="synthetic", help="synthetic[:COUNT], celeba:PATH or folder:PATH")
+    p.add_argument("--attributes", default=None, help="preset or comma list (default: the dataset's)")
+    p.add_argument("--resolution", type=int, default=64)
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--workers", type=int, default=0, help="data-loader worker processes")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=_lazy(".evaluate", "run_train_classifier"))
+
+    p = sub.add_parser("eval", help="edit accuracy, preservation, reconstruction PSNR / SSIM "
+                                    "and diversity of a checkpoint")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--classifier", required=True, help="folder written by train-classifier")
+    p.add_argument("--data", default="synthetic", help="synthetic[:COUNT], celeba:PATH or folder:PATH")
+    p.add_argument("--split", default="test")
+    p.add_argument("--n", type=int, default=200, help="number of source images")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--backend", default="torch")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", help="also write the metrics here")
+    p.set_defaults(func=_lazy(".evaluate", "run_eval"))
+
     p = sub.add_parser("info", help="print a configuration and its parameter counts")
     p.add_argument("--checkpoint", help="checkpoint folder (default: the paper configuration)")
     p.add_argument("--resolution", type=int, default=128, choices=(64, 128, 256))

@@ -1,0 +1,182 @@
+"""Evaluation of a trained model with the project's attribute classifier.
+
+For label-based and reference-based translation of held-out sources:
+- edit accuracy: the classifier finds each edited attribute at its target;
+- preservation: attributes the edit does not touch (after the conflict rules) keep the
+  classifier's verdict on the source;
+- reconstruction PSNR and SSIM at d = 0 (label-based, one noise draw);
+- diversity: mean pairwise L1 distance (images in [-1, 1]) between outputs of one edit
+  under different noise.
+Edits are single-attribute flips (label-based) and single attributes copied from a
+reference whose label differs (reference-based), with the conflict rules applied.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .reference.attributes import apply_edits
+from .reference.classifier import AttributeClassifier, train_classifier
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per image, for images in [-1, 1] (peak-to-peak 2)."""
+    mse = (a - b).pow(2).flatten(1).mean(1)
+    return 10 * torch.log10(4.0 / mse.clamp_min(1e-12))
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """Per-image SSIM (Wang et al. 2004: Gaussian window, K1 0.01, K2 0.03) on images in
+    [-1, 1] mapped to [0, 1], averaged over channels."""
+    a, b = (a + 1) / 2, (b + 1) / 2
+    c = a.shape[1]
+    t = torch.arange(window, dtype=a.dtype) - window // 2
+    g = torch.exp(-t ** 2 / (2 * sigma ** 2))
+    g = (g / g.sum()).to(a.device)
+    kernel = (g[:, None] * g[None, :]).expand(c, 1, window, window)
+
+    def blur(x):
+        return F.conv2d(x, kernel, groups=c)
+
+    mu_a, mu_b = blur(a), blur(b)
+    var_a, var_b = blur(a * a) - mu_a ** 2, blur(b * b) - mu_b ** 2
+    cov = blur(a * b) - mu_a * mu_b
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
+    return s.flatten(1).mean(1)
+
+
+def _scores(pred: torch.Tensor, target: torch.Tensor, changed: torch.Tensor,
+            src_pred: torch.Tensor) -> tuple[float, float, int, int]:
+    """(edit hits, kept hits, edited count, kept count) for one batch of edits."""
+    edit_hits = ((pred == target) & changed).sum().item()
+    kept_hits = ((pred == src_pred) & ~changed).sum().item()
+    return edit_hits, kept_hits, changed.sum().item(), (~changed).sum().item()
+
+
+def _targets(labels: torch.Tensor, attrs, i: int, values: torch.Tensor) -> torch.Tensor:
+    """Each row of ``labels`` with attribute i set to ``values[row]``, conflict rules applied."""
+    return torch.cat([apply_edits(labels[k:k + 1], attrs, {attrs[i]: int(values[k])})
+                      for k in range(labels.shape[0])])
+
+
+@torch.no_grad()
+def evaluate(engine, classifier: AttributeClassifier, images: torch.Tensor, labels: torch.Tensor,
+             diversity_samples: int = 4, seed: int = 0, strength: float = 1.5,
+             progress: bool = True) -> dict:
+    """Metrics of ``engine`` (a bridgegan.engine.Engine) on sources ``images`` with true
+    ``labels``; the reference of each source is the next source (rolled by one)."""
+    from tqdm import tqdm
+
+    attrs = engine.attributes
+    if tuple(classifier.attributes) != tuple(attrs):
+        raise ValueError(f"classifier attributes {classifier.attributes} differ from the "
+                         f"model's {attrs}")
+    n, a = labels.shape
+    src_pred = classifier.predict(images)
+    refs, ref_labels = images.roll(1, 0), labels.roll(1, 0)
+    totals = {m: [0, 0, 0, 0] for m in ("label", "reference")}
+    per_attr = {m: torch.zeros(a, 2) for m in ("label", "reference")}
+    for i in tqdm(range(a), desc="eval", disable=not progress):
+        # label-based: flip attribute i of every source
+        target = _targets(labels, attrs, i, 1 - labels[:, i])
+        out = engine.translate(images, target, source=labels, strength=strength, seed=seed + i)
+        runs = [("label", torch.arange(n), target, out)]
+        # reference-based: take attribute i from references whose label differs
+        idx = (ref_labels[:, i] != labels[:, i]).nonzero().squeeze(1)
+        if idx.numel():
+            target = _targets(labels[idx], attrs, i, ref_labels[idx, i])
+            out = engine.translate_reference(images[idx], refs[idx], source=labels[idx],
+                                             reference_labels=target, strength=strength)
+            runs.append(("reference", idx, target, out))
+        for mode, rows, target, out in runs:
+            pred = classifier.predict(out.cpu())
+            changed = target != labels[rows]
+            hits = _scores(pred, target, changed, src_pred[rows])
+            totals[mode] = [x + y for x, y in zip(totals[mode], hits)]
+            per_attr[mode][i] += torch.tensor([(pred[:, i] == target[:, i]).sum().item(),
+                                               len(rows)], dtype=torch.float)
+    rec = engine.reconstruct(images, seed=seed).cpu()
+    div = []
+    for k in range(n):
+        i = k % a
+        edit = {attrs[i]: 1 - int(labels[k, i])}
+        outs = engine.translate(images[k:k + 1].expand(diversity_samples, -1, -1, -1), edit,
+                                source=labels[k:k + 1].expand(diversity_samples, -1),
+                                strength=strength, seed=seed + 1000 + k).cpu()
+        div += [(outs[p] - outs[q]).abs().mean().item()
+                for p, q in itertools.combinations(range(diversity_samples), 2)]
+    report = {"sources": n, "classifier_accuracy_on_sources":
+              round((src_pred == labels).float().mean().item(), 4)}
+    for mode, (eh, kh, ec, kc) in totals.items():
+        report[f"{mode}_edit_accuracy"] = round(eh / max(ec, 1), 4)
+        report[f"{mode}_preservation"] = round(kh / max(kc, 1), 4)
+        report[f"{mode}_edit_accuracy_per_attribute"] = {
+            attrs[i]: round(h / c, 4) if c else None for i, (h, c) in enumerate(per_attr[mode].tolist())}
+    report["reconstruction_psnr_db"] = round(psnr(rec, images).mean().item(), 2)
+    report["reconstruction_ssim"] = round(ssim(rec, images).mean().item(), 4)
+    report["diversity_l1"] = round(sum(div) / len(div), 4) if div else math.nan
+    return report
+
+
+def format_report(report: dict) -> str:
+    rows = [("edit accuracy", "label_edit_accuracy", "reference_edit_accuracy"),
+            ("preservation", "label_preservation", "reference_preservation")]
+    lines = [f"{'metric':22s} {'label-based':>12s} {'reference':>12s}"]
+    for title, lk, rk in rows:
+        lines.append(f"{title:22s} {report[lk]:>12.1%} {report[rk]:>12.1%}")
+    lines.append(f"{'reconstruction PSNR':22s} {report['reconstruction_psnr_db']:>10.2f} dB")
+    lines.append(f"{'reconstruction SSIM':22s} {report['reconstruction_ssim']:>12.4f}")
+    lines.append(f"{'diversity (L1)':22s} {report['diversity_l1']:>12.4f}")
+    lines.append(f"{'classifier on sources':22s} {report['classifier_accuracy_on_sources']:>12.1%}")
+    return "\n".join(lines)
+
+
+def _sources(data: str, size: int, attributes, split: str, n: int, seed: int):
+    from .reference.data import make_dataset
+
+    ds = make_dataset(data, size, attributes, split=split, **({"seed": seed} if data.startswith("synthetic") else {}))
+    n = min(n, len(ds))
+    xs, ys = zip(*(ds[i] for i in range(n)))
+    return torch.stack(xs), torch.stack(ys)
+
+
+def run_train_classifier(args) -> int:
+    """`bridgegan train-classifier`."""
+    import json
+
+    from .reference.data import make_dataset
+
+    kw = {"seed": args.seed} if args.data.startswith("synthetic") else {}
+    train = make_dataset(args.data, args.resolution, args.attributes, split="train", **kw)
+    val = make_dataset(args.data, args.resolution, args.attributes, split="val", **kw)
+    model, report = train_classifier(train, val, steps=args.steps, batch=args.batch, lr=args.lr,
+                                     device=args.device, seed=args.seed, workers=args.workers)
+    model.save(args.out)
+    (Path(args.out) / "report.json").write_text(json.dumps(report, indent=2))
+    print(f"validation accuracy {report['val_accuracy_mean']:.1%} "
+          f"(worst: {min(report['val_accuracy'].items(), key=lambda kv: kv[1])}); wrote {args.out}")
+    return 0
+
+
+def run_eval(args) -> int:
+    """`bridgegan eval`: the metrics table, and JSON with --json."""
+    import json
+
+    from .engine import Engine
+
+    eng = Engine.from_checkpoint(args.checkpoint, backend=args.backend, device=args.device)
+    clf = AttributeClassifier.load(args.classifier)
+    x, y = _sources(args.data, eng.config.image_size, list(eng.attributes), args.split, args.n,
+                    args.seed)
+    report = evaluate(eng, clf, x, y, seed=args.seed)
+    report.update(checkpoint=str(args.checkpoint), data=args.data, split=args.split)
+    print(format_report(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.json}")
+    return 0
