@@ -235,3 +235,18 @@ def test_cli_trains_and_resumes(tmp_path, capsys):
     assert "differ from the checkpoint" in capsys.readouterr().err
     assert _cli(["--data", "nowhere:x", "--out", str(tmp_path / "x"), "--no-progress"]) == 2
     assert "bad dataset spec" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("amp", ["none", "bf16", "fp16"])
+def test_cuda_training_steps(faces, tmp_path, amp):
+    t = Trainer(tiny(faces), train_config(steps=2, device="cuda", amp=amp, ckpt_every=2,
+                                          sample_every=2), faces, out_dir=tmp_path, progress=False)
+    last = t.train()
+    assert all(v == v and abs(v) != float("inf") for v in last.values())
+    assert t.memory.table.device.type == "cuda"
+    resumed = Trainer(tiny(faces), train_config(steps=3, device="cuda", amp=amp), faces,
+                      progress=False)
+    resumed.load(latest_checkpoint(tmp_path))
+    assert resumed.step == 2
+    resumed.train(3)

@@ -65,8 +65,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="image size, a power of two >= 16 (default 128; presets 64/128/256 "
                         "use the paper widths)")
     g.add_argument("--config", default=None,
-                   help="model configuration: a JSON file (e.g. a checkpoint's config.json) or "
-                        "a JSON string; --resolution and width options override its fields")
+                   help="model configuration: a JSON file (e.g. a checkpoint's config.json), a "
+                        "checkpoint folder or a JSON string; --resolution and width options "
+                        "override its fields")
     for name, text in _ARCH_OPTIONS.items():
         g.add_argument("--" + name.replace("_", "-"), type=int, default=None, help=text)
 
@@ -139,14 +140,15 @@ def _base_config(args: argparse.Namespace):
 
     if args.config:
         text = args.config
-        if not text.lstrip().startswith("{"):
-            path = Path(text)
-            if path.is_dir():
-                return read_config(path)
-            if not path.is_file():
-                raise ValueError(f"--config {text!r} is neither a JSON file nor a JSON string")
-            text = path.read_text()
-        cfg = BridgeGANConfig.from_json(text)
+        if not text.lstrip().startswith("{") and Path(text).is_dir():
+            cfg = read_config(text)
+        else:
+            if not text.lstrip().startswith("{"):
+                if not Path(text).is_file():
+                    raise ValueError(f"--config {text!r} is neither a JSON file, a checkpoint "
+                                     f"folder nor a JSON string")
+                text = Path(text).read_text()
+            cfg = BridgeGANConfig.from_json(text)
     else:
         cfg = BridgeGANConfig(image_size=args.resolution or 128)
     changes = {k: getattr(args, k) for k in _ARCH_OPTIONS if getattr(args, k) is not None}
