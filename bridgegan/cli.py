@@ -143,6 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="also write the metrics here")
     p.set_defaults(func=_lazy(".evaluate", "run_eval"))
 
+    from .engine.export.cli import register as register_export
+
+    register_export(sub)
+
     p = sub.add_parser("info", help="print a configuration and its parameter counts")
     p.add_argument("--checkpoint", help="checkpoint folder (default: the paper configuration)")
     p.add_argument("--resolution", type=int, default=128, choices=(64, 128, 256))

@@ -4,7 +4,11 @@
 - ``torch``: the rewritten graph in PyTorch ops;
 - ``triton``: the rewritten graph with the fused Triton SPADE / instance-norm kernels;
 - ``compile``: torch.compile of the rewritten graph;
-- ``onnxruntime`` and ``tensorrt``: the exported graph (the export issue).
+- ``onnxruntime``: the exported ONNX stage graphs in onnxruntime sessions;
+- ``tensorrt``: TensorRT plans built from the exported stage graphs (CUDA).
+
+The exported backends export (and build) into a cache folder on first use; see
+``bridgegan.engine.export``.
 """
 from __future__ import annotations
 
@@ -33,7 +37,7 @@ class Stages:
     encode: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     map: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     decode: Callable[[torch.Tensor, torch.Tensor | LatentMix], torch.Tensor]
-    module: torch.nn.Module
+    module: torch.nn.Module | None  # None for exported graphs
     stateful: bool = False  # shared state between calls (compiled code): serialise calls
 
 
@@ -50,16 +54,31 @@ def check_backend(backend: str, device: torch.device) -> None:
             raise BackendUnavailable(
                 "backend 'triton' needs a CUDA device (device='cuda'); on a CPU it runs only "
                 "under the Triton interpreter (TRITON_INTERPRET=1, slow, for testing)")
-    if backend in ("onnxruntime", "tensorrt"):
-        raise BackendUnavailable(
-            f"backend {backend!r} runs an exported graph: export one with "
-            f"`bridgegan export onnx` (ONNX / TensorRT export is not in this release yet)")
+    if backend == "onnxruntime" and not all(
+            importlib.util.find_spec(m) for m in ("onnx", "onnxruntime")):
+        raise BackendUnavailable("backend 'onnxruntime' needs onnx and onnxruntime: "
+                                 "pip install 'bridgegan[onnx]'")
+    if backend == "tensorrt":
+        if importlib.util.find_spec("tensorrt") is None:
+            raise BackendUnavailable("backend 'tensorrt' needs TensorRT 10 on a CUDA machine: "
+                                     "pip install 'bridgegan[tensorrt]'")
+        if device.type != "cuda":
+            raise BackendUnavailable("backend 'tensorrt' needs a CUDA device (device='cuda')")
 
 
 def build_stages(model: BridgeGAN, backend: str, rewrites: Rewrites, dtype: torch.dtype,
-                 device: torch.device, channels_last: bool) -> Stages:
-    """Move/convert the model for ``backend`` and return its stage functions."""
+                 device: torch.device, channels_last: bool, onnx_dir=None) -> Stages:
+    """Move/convert the model for ``backend`` and return its stage functions.
+    ``onnx_dir``: the export folder of the exported backends (default: a cache folder)."""
     check_backend(backend, device)
+    if backend == "onnxruntime":
+        from .export.onnx_export import ort_stages
+
+        return ort_stages(model, rewrites, dtype, device, onnx_dir)
+    if backend == "tensorrt":
+        from .export.trt_runtime import trt_stages
+
+        return trt_stages(model, rewrites, dtype, device, onnx_dir)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     if backend == "reference":
         m = model.inference_modules().to(device=device, dtype=dtype, memory_format=fmt).eval()

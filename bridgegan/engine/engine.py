@@ -64,7 +64,8 @@ class EditStrip:
 class Engine:
     def __init__(self, model: BridgeGAN, backend: str = "torch", dtype: str | torch.dtype = "float32",
                  device: str | torch.device = "cpu", channels_last: bool | None = None,
-                 cuda_graphs: bool | None = None, rewrites: Rewrites | None = None):
+                 cuda_graphs: bool | None = None, rewrites: Rewrites | None = None,
+                 onnx_dir: str | Path | None = None):
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; backends are {', '.join(BACKENDS)}")
         self.device = torch.device(device)
@@ -77,8 +78,10 @@ class Engine:
             channels_last = self.device.type == "cuda" or self.dtype != torch.float32
         self.channels_last = channels_last
         self.rewrites = rewrites or Rewrites()
+        if cuda_graphs and backend in ("onnxruntime", "tensorrt"):
+            raise ValueError(f"cuda_graphs applies to the torch backends, not {backend!r}")
         self.stages = build_stages(model, backend, self.rewrites, self.dtype, self.device,
-                                   channels_last)
+                                   channels_last, onnx_dir)
         self.classifier = model.discriminator.to(self.device).float().eval()
         if cuda_graphs is None:
             cuda_graphs = self.device.type == "cuda" and backend in ("torch", "triton", "compile")
@@ -94,7 +97,8 @@ class Engine:
     def from_checkpoint(cls, path: str | Path, backend: str = "torch",
                         dtype: str | torch.dtype = "float32", device: str | torch.device = "cpu",
                         expected_config: BridgeGANConfig | None = None, **kw) -> "Engine":
-        """Load a checkpoint folder (see bridgegan.reference.checkpoint) onto a backend."""
+        """Load a checkpoint folder (see bridgegan.reference.checkpoint) onto a backend.
+        ``onnx_dir=`` (onnxruntime, tensorrt): the export folder to use or fill."""
         return cls(load_checkpoint(path, expected_config), backend, dtype, device, **kw)
 
     # ----- inputs --------------------------------------------------------------------

@@ -1,0 +1,89 @@
+"""`bridgegan export onnx | tensorrt | triton-repo`: argument parsing; the work lives in
+the modules named for each target (imported when the command runs)."""
+from __future__ import annotations
+
+import argparse
+
+from .onnx_export import GRAPHS, OPSET, PRECISIONS
+
+
+def _onnx(args: argparse.Namespace) -> int:
+    from ...reference.config import BridgeGANConfig
+    from .onnx_export import export_onnx
+
+    expected = None
+    if args.expect_config:
+        with open(args.expect_config) as f:
+            expected = BridgeGANConfig.from_json(f.read())
+    out = export_onnx(args.checkpoint, args.out, args.graphs, args.precision, args.opset,
+                      expected)
+    print(f"wrote {', '.join(sorted(p.name for p in out.iterdir() if p.suffix in ('.onnx', '.json')))} "
+          f"to {out}")
+    return 0
+
+
+def _tensorrt(args: argparse.Namespace) -> int:
+    from .tensorrt_build import build_config, build_plan
+
+    cfg = build_config(args.onnx, args.precision, (args.min_batch, args.opt_batch, args.max_batch),
+                       args.workspace_gb)
+    plan = build_plan(cfg, args.out, args.timing_cache)
+    print(f"wrote {plan} ({cfg.precision}, batch {args.min_batch}..{args.max_batch}, "
+          f"{len(cfg.fp32_layers)} layers pinned to float32) and {plan}.json")
+    return 0
+
+
+def _triton(args: argparse.Namespace) -> int:
+    from .triton_repo import write_triton_repo
+
+    folders = write_triton_repo(args.checkpoint, args.dir, args.plan or (), args.precision,
+                                args.onnx_dir, args.max_batch, args.preferred_batch,
+                                args.queue_delay_us)
+    print(f"wrote {', '.join(f.name for f in folders)} to {args.dir}; serve with: "
+          f"tritonserver --model-repository {args.dir}")
+    return 0
+
+
+def register(sub) -> None:
+    """Add the `export` command and its targets to an argparse subparsers object."""
+    p = sub.add_parser("export", help="export ONNX graphs, build TensorRT plans, write a "
+                                      "Triton Inference Server model repository")
+    targets = p.add_subparsers(dest="target", metavar="TARGET", required=True)
+
+    t = targets.add_parser("onnx", help="the inference graph as ONNX (whole programs and "
+                                        "stages, fp32 and fp16) plus manifest.json")
+    t.add_argument("checkpoint", help="checkpoint folder")
+    t.add_argument("out", help="export folder (new, empty, or an export of this checkpoint)")
+    t.add_argument("--precision", nargs="+", choices=list(PRECISIONS), default=list(PRECISIONS))
+    t.add_argument("--graphs", nargs="+", choices=GRAPHS, default=list(GRAPHS))
+    t.add_argument("--opset", type=int, default=OPSET, help="%(default)s or newer")
+    t.add_argument("--expect-config", metavar="CONFIG_JSON",
+                   help="refuse a checkpoint whose configuration differs from this config.json")
+    t.set_defaults(func=_onnx)
+
+    t = targets.add_parser("tensorrt", help="a TensorRT plan (+ JSON sidecar) from an ONNX "
+                                            "graph; needs TensorRT 10 and a CUDA device")
+    t.add_argument("onnx", help="an ONNX file from `bridgegan export onnx` (float32 variant)")
+    t.add_argument("out", help="plan file to write (the sidecar is OUT.json)")
+    t.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp16")
+    t.add_argument("--min-batch", type=int, default=1)
+    t.add_argument("--opt-batch", type=int, default=8)
+    t.add_argument("--max-batch", type=int, default=64)
+    t.add_argument("--workspace-gb", type=float, default=4.0)
+    t.add_argument("--timing-cache", help="timing cache file (default: timing.cache beside OUT)")
+    t.set_defaults(func=_tensorrt)
+
+    t = targets.add_parser("triton-repo", help="a Triton model repository serving "
+                                               "translate_label and translate_reference")
+    t.add_argument("checkpoint", help="checkpoint folder")
+    t.add_argument("dir", help="model repository folder")
+    t.add_argument("--plan", action="append", help="a TensorRT plan replacing the ONNX model of "
+                                                   "the graph its sidecar names (repeatable)")
+    t.add_argument("--precision", choices=list(PRECISIONS), default="fp32",
+                   help="ONNX variant to serve (default: %(default)s)")
+    t.add_argument("--onnx-dir", help="export folder to take the graphs from or export into "
+                                      "(default: the export cache)")
+    t.add_argument("--max-batch", type=int, default=64)
+    t.add_argument("--preferred-batch", type=int, nargs="+", default=[4, 8, 16, 32])
+    t.add_argument("--queue-delay-us", type=int, default=1000)
+    t.set_defaults(func=_triton)

@@ -1,0 +1,426 @@
+"""ONNX export of the rewritten inference graph, and the engine's ``onnxruntime`` backend.
+
+``bridgegan export onnx CKPT OUT`` traces the :class:`~bridgegan.engine.graph.InferenceGraph`
+(every rewrite) through the reference ops (``impl="ref"``, never a Triton kernel) with
+torch's TorchScript exporter (``dynamo=False``), opset 17 or newer, dynamic batch. The
+graphs hold G, E and M only (D never: source labels are the caller's business).
+
+Graphs. Whole programs, for deployment (Triton server, TensorRT):
+
+- ``translate_label(image, d, noise) -> output``
+- ``translate_reference(image, reference, d) -> output``: one reference per source.
+
+``image`` / ``reference`` are (N, 3, S, S) in [-1, 1], ``d = strength * (y_t - y_s)``
+(N, A) is computed by the caller (labels, attribute conflict rules and the strength stay
+in Python), ``noise`` is (N, noise_dim) N(0, 1). Averaging several references happens in
+the latent code, so it needs the stage graphs, which the engine's ``onnxruntime`` and
+``tensorrt`` backends compose exactly as they compose the torch stages (trunk reuse in
+edit strips, several references, interpolation) with no special case in the engine:
+
+- ``trunk(image) -> h``, ``encode(image, d) -> s``, ``map(noise, d) -> s``,
+  ``decode(h, s) -> output``, and ``decode_mix(h, s, s2, alpha) -> output`` (SPADE-level
+  interpolation: each SPADE layer blends the modulations of s and s2 with weights alpha
+  and 1 - alpha, alpha of shape (N,)).
+
+Precision. Each graph comes in ``fp32`` (``<graph>.onnx``) and ``fp16``
+(``<graph>_fp16.onnx``): fp16 weights and activations inside, float32 inputs and outputs
+(casts at the edges), so clients and Triton configs are the same for both. Instance-norm
+statistics are float32 in both: the reference path upcasts, giving InstanceNormalization
+nodes on float32 tensors (TensorRT builds pin them to float32).
+
+Folder. An export folder holds the ``.onnx`` files and ``manifest.json`` (format, config,
+attributes, versions, opset, rewrites, every graph's inputs and outputs, and a key: a
+hash over the weights and export settings). Each file's metadata also carries the config
+JSON, the attribute names and the package version. A folder belongs to one model:
+exporting another configuration or other weights into it is refused (a cache never
+silently serves another model). Files are written atomically; missing graphs are added.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ... import __version__
+from ...reference.checkpoint import CheckpointError, load_checkpoint
+from ...reference.config import BridgeGANConfig
+from ...reference.layers import LatentMix
+from ...reference.model import BridgeGAN
+from ..backends import BackendUnavailable, Stages
+from ..graph import InferenceGraph, Rewrites
+
+OPSET = 17
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
+PROGRAMS = ("translate_label", "translate_reference")
+STAGES = ("trunk", "encode", "map", "decode", "decode_mix")
+GRAPHS = PROGRAMS + STAGES
+MANIFEST = "manifest.json"
+FORMAT = "bridgegan-onnx/1"
+
+# graph -> (input names, output name, function of an InferenceGraph and the inputs)
+_GRAPHS: dict[str, tuple[tuple[str, ...], str, Callable]] = {
+    "translate_label": (("image", "d", "noise"), "output",
+                        lambda g, x, d, r: g.decode(g.trunk(x), g.map(r, d) + g.encode(x, -d))),
+    "translate_reference": (("image", "reference", "d"), "output",
+                            lambda g, x, ref, d: g.decode(g.trunk(x), g.encode(ref, d) + g.encode(x, -d))),
+    "trunk": (("image",), "h", lambda g, x: g.trunk(x)),
+    "encode": (("image", "d"), "s", lambda g, x, d: g.encode(x, d)),
+    "map": (("noise", "d"), "s", lambda g, r, d: g.map(r, d)),
+    "decode": (("h", "s"), "output", lambda g, h, s: g.decode(h, s)),
+    "decode_mix": (("h", "s", "s2", "alpha"), "output",
+                   lambda g, h, s, s2, a: g.decode(h, LatentMix((s, s2), (a, 1 - a)))),
+}
+
+
+class OnnxFileError(ValueError):
+    """A file is missing, is not an ONNX model, or cannot be loaded."""
+
+
+def file_name(graph: str, precision: str) -> str:
+    return f"{graph}.onnx" if precision == "fp32" else f"{graph}_{precision}.onnx"
+
+
+def port_shapes(config: BridgeGANConfig) -> dict[str, tuple[int, ...]]:
+    """Each input / output name's shape without the batch dimension."""
+    s, low, half = config.image_size, config.image_size // 2 ** config.g_downs, config.latent_size
+    latent = (config.latent_channels, half, half)
+    return {"image": (3, s, s), "reference": (3, s, s), "d": (config.n_attrs,),
+            "noise": (config.noise_dim,), "h": (config.g_channels()[-1], low, low), "s": latent,
+            "s2": latent, "alpha": (), "output": (3, s, s)}
+
+
+# ----------------------------------------------------------------------------- tracing
+
+class _Traced(torch.nn.Module):
+    """One graph: float32 inputs cast to the graph's dtype, the output cast to float32."""
+
+    def __init__(self, graph: InferenceGraph, name: str):
+        super().__init__()
+        self.graph, self.fn = graph, _GRAPHS[name][2]
+        self.dtype = next(graph.buffers()).dtype
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.fn(self.graph, *(t.to(self.dtype) for t in inputs)).float()
+
+
+def _instance_norm(g, x, weight, bias, running_mean, running_var, use_input_stats, momentum,
+                   eps, cudnn_enabled):
+    """aten::instance_norm -> InstanceNormalization. Unlike torch's own symbolic it needs no
+    channel count at export time (the four-phase reshape hides it from the tracer): a
+    missing scale / shift is ConstantOfShape(Shape(x)[1]), folded later by ``_finish``."""
+    def fill(value: float):
+        channels = g.op("Shape", x, start_i=1, end_i=2)
+        return g.op("ConstantOfShape", channels, value_t=torch.tensor([value]))
+
+    from torch.onnx import symbolic_helper as sh
+
+    weight = fill(1.0) if sh._is_none(weight) else weight
+    bias = fill(0.0) if sh._is_none(bias) else bias
+    return g.op("InstanceNormalization", x, weight, bias, epsilon_f=eps)
+
+
+@contextlib.contextmanager
+def _exporting(opset: int):
+    """The instance-norm symbolic registered, exporter chatter silenced (tracer warnings
+    about Python branches on shapes: those depend only on the fixed non-batch sizes or
+    are input checks; the legacy-exporter notice; constant-folding notes)."""
+    from torch.onnx import symbolic_helper as sh
+
+    symbolic = sh.parse_args("v", "v", "v", "v", "v", "b", "f", "f", "b")(_instance_norm)
+    torch.onnx.register_custom_op_symbolic("aten::instance_norm", symbolic, opset)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        torch.onnx.unregister_custom_op_symbolic("aten::instance_norm", opset)
+
+
+def _finish(model):
+    """Resolve every non-batch dimension (ONNX shape inference with data propagation),
+    turn ConstantOfShape instance-norm scales / shifts into initializers and drop the
+    nodes that computed them."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    graph = model.graph
+    types = {v.name: v.type.tensor_type for v in graph.value_info}
+    producers = {out: node for node in graph.node for out in node.output}
+    for node in graph.node:
+        if node.op_type != "InstanceNormalization":
+            continue
+        channels = types[node.input[0]].shape.dim[1].dim_value
+        for k, part in ((1, "scale"), (2, "bias")):
+            src = producers.get(node.input[k])
+            if src is None or src.op_type != "ConstantOfShape":
+                continue
+            if not channels:
+                raise RuntimeError(f"ONNX export: cannot resolve the channels of {node.name}")
+            value = numpy_helper.to_array(src.attribute[0].t).reshape(-1)[0]
+            name = f"{node.name}.{part}"
+            graph.initializer.append(
+                numpy_helper.from_array(np.full(channels, value, dtype=value.dtype), name))
+            node.input[k] = name
+    while True:  # drop the nodes nothing reads any more
+        used = {i for node in graph.node for i in node.input} | {o.name for o in graph.output}
+        dead = [node for node in graph.node if not any(o in used for o in node.output)]
+        if not dead:
+            break
+        for node in dead:
+            graph.node.remove(node)
+    del graph.value_info[:]
+    spec = io_spec(model)
+    unresolved = [p["name"] for p in spec["inputs"] + spec["outputs"]
+                  if not all(isinstance(d, int) and d > 0 for d in p["shape"][1:])]
+    if unresolved:
+        raise RuntimeError(f"ONNX export: unresolved dimensions in {unresolved}")
+    return model
+
+
+def export_graph(graph: InferenceGraph, name: str, opset: int = OPSET, batch: int = 2):
+    """Trace graph ``name`` of ``graph`` (float32 or float16, impl "ref", on the CPU) at
+    ``batch`` into a checked ``onnx.ModelProto`` whose batch dimension is dynamic."""
+    import onnx
+
+    if graph.impl != "ref":
+        raise ValueError("ONNX export traces the reference ops: build the InferenceGraph "
+                         "with impl='ref' (never a Triton kernel)")
+    if opset < OPSET:
+        raise ValueError(f"opset must be {OPSET} or newer, got {opset}")
+    if name not in _GRAPHS:
+        raise ValueError(f"unknown graph {name!r}; graphs are {', '.join(GRAPHS)}")
+    precision = {v: k for k, v in PRECISIONS.items()}[next(graph.buffers()).dtype]
+    inputs, output, _ = _GRAPHS[name]
+    shapes = port_shapes(graph.config)
+    gen = torch.Generator().manual_seed(0)
+    args = tuple(torch.rand((batch, *shapes[n]), generator=gen) for n in inputs)
+    buf = io.BytesIO()
+    with _exporting(opset):
+        torch.onnx.export(_Traced(graph, name).eval(), args, buf, dynamo=False,
+                          opset_version=opset, input_names=list(inputs), output_names=[output],
+                          dynamic_axes={n: {0: "batch"} for n in (*inputs, output)})
+    model = _finish(onnx.load_from_string(buf.getvalue()))
+    cfg = graph.config
+    onnx.helper.set_model_props(model, {
+        "bridgegan.version": __version__, "bridgegan.graph": name, "bridgegan.precision": precision,
+        "bridgegan.config": cfg.to_json(), "bridgegan.attributes": json.dumps(list(cfg.attributes))})
+    model.doc_string = (f"BridgeGAN {name} ({precision} inside, float32 inputs and outputs); "
+                        f"attributes: {', '.join(cfg.attributes)}")
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+# ----------------------------------------------------------------------------- files
+
+def io_spec(model) -> dict[str, list[dict]]:
+    """{"inputs": [...], "outputs": [...]}, each {"name", "dtype", "shape"}; a dynamic
+    dimension is its name (the batch: "batch")."""
+    import onnx
+
+    def port(v) -> dict:
+        t = v.type.tensor_type
+        return {"name": v.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name,
+                "shape": [d.dim_param or d.dim_value for d in t.shape.dim]}
+
+    weights = {i.name for i in model.graph.initializer}
+    return {"inputs": [port(v) for v in model.graph.input if v.name not in weights],
+            "outputs": [port(v) for v in model.graph.output]}
+
+
+def load_onnx(path: str | os.PathLike):
+    """Load and check an ONNX file; an OnnxFileError naming the file otherwise."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    path = Path(path)
+    if not path.is_file():
+        raise OnnxFileError(f"no ONNX file at {path}")
+    try:
+        model = onnx.load(str(path))
+        onnx.checker.check_model(model)
+    except (DecodeError, onnx.checker.ValidationError, OSError, ValueError) as exc:
+        raise OnnxFileError(f"{path} is not a valid ONNX model: {exc}") from None
+    if not model.graph.node:
+        raise OnnxFileError(f"{path} is not a valid ONNX model: its graph is empty")
+    return model
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def export_key(model: BridgeGAN, rewrites: Rewrites, opset: int) -> str:
+    """sha256 over the G / E / M tensors and the export settings."""
+    settings = {"config": {k: v for k, v in model.config.to_dict().items() if k != "extra"},
+                "rewrites": rewrites.enabled(), "opset": opset}
+    h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    for k, v in sorted(model.inference_modules().state_dict().items()):
+        h.update(f"{k}:{v.dtype}:{tuple(v.shape)}".encode())
+        h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def default_onnx_dir(key: str) -> Path:
+    """$BRIDGEGAN_CACHE (default ~/.cache/bridgegan, or under $XDG_CACHE_HOME) /onnx/<key>."""
+    root = os.environ.get("BRIDGEGAN_CACHE") or (
+        Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bridgegan")
+    return Path(root) / "onnx" / key[:16]
+
+
+def read_manifest(folder: str | os.PathLike) -> dict | None:
+    """The manifest of export folder ``folder``, None when it has none."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except (ValueError, OSError) as exc:
+        raise CheckpointError(f"{path} is corrupt: {exc}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a bridgegan ONNX export manifest "
+                              f"(format {FORMAT!r} expected)")
+    return manifest
+
+
+def _check_same_model(manifest: dict, folder: Path, config: BridgeGANConfig, key: str) -> None:
+    diffs = config.differences(BridgeGANConfig.from_dict(manifest["config"]))
+    if diffs:
+        raise CheckpointError(f"{folder} holds an ONNX export of another configuration "
+                              f"(model vs export: {'; '.join(diffs)}); remove it or use another folder")
+    if manifest["key"] != key:
+        raise CheckpointError(f"{folder} holds an ONNX export of other weights or export "
+                              f"settings (rewrites, opset); remove it or use another folder")
+
+
+def export_model(model: BridgeGAN, out: str | os.PathLike | None = None,
+                 graphs: Iterable[str] = GRAPHS, precisions: Iterable[str] = tuple(PRECISIONS),
+                 rewrites: Rewrites | None = None, opset: int = OPSET) -> Path:
+    """Export into folder ``out`` the ``graphs`` x ``precisions`` it lacks and return it.
+
+    ``out`` None: the cache folder named by the model's export key (``default_onnx_dir``).
+    A folder holding another model's export, or files but no manifest, is refused.
+    """
+    graphs, precisions = list(graphs), list(precisions)
+    for kind, given, known in (("graph", graphs, GRAPHS), ("precision", precisions, PRECISIONS)):
+        unknown = [g for g in given if g not in known]
+        if unknown:
+            raise ValueError(f"unknown {kind}(s) {unknown}; accepted: {', '.join(known)}")
+    rewrites = rewrites or Rewrites()
+    key = export_key(model, rewrites, opset)
+    out = Path(out) if out is not None else default_onnx_dir(key)
+    manifest = read_manifest(out)
+    if manifest is None:
+        if out.is_dir() and any(out.iterdir()):
+            raise CheckpointError(f"{out} is not empty and holds no {MANIFEST}: not an ONNX "
+                                  f"export folder; give a new or empty folder")
+        cfg = model.config
+        manifest = {"format": FORMAT, "key": key, "bridgegan_version": __version__,
+                    "torch_version": torch.__version__, "opset": opset,
+                    "rewrites": rewrites.enabled(), "attributes": list(cfg.attributes),
+                    "config": cfg.to_dict(), "graphs": {}}
+    else:
+        _check_same_model(manifest, out, model.config, key)
+    out.mkdir(parents=True, exist_ok=True)
+    for precision in precisions:
+        todo = [g for g in graphs if not (out / file_name(g, precision)).is_file()]
+        if not todo:
+            continue
+        graph = InferenceGraph(model, rewrites).to("cpu", PRECISIONS[precision]).eval()
+        for name in todo:
+            onnx_model = export_graph(graph, name, opset)
+            write_atomic(out / file_name(name, precision), onnx_model.SerializeToString())
+            entry = manifest["graphs"].setdefault(name, io_spec(onnx_model))
+            entry.setdefault("files", {})[precision] = file_name(name, precision)
+    write_atomic(out / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+    return out
+
+
+def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike,
+                graphs: Iterable[str] = GRAPHS, precisions: Iterable[str] = tuple(PRECISIONS),
+                opset: int = OPSET, expected_config: BridgeGANConfig | None = None) -> Path:
+    """``bridgegan export onnx``: export checkpoint folder ``checkpoint`` into ``out``."""
+    return export_model(load_checkpoint(checkpoint, expected_config), out, graphs, precisions,
+                        opset=opset)
+
+
+# ----------------------------------------------------------------------------- engine backend
+
+def exported_stages(graphs: Mapping[str, Callable], stateful: bool = False) -> Stages:
+    """Engine stages over the stage graphs; each callable takes the graph's inputs as
+    tensors, in order, and returns its outputs."""
+    def stage(name: str):
+        return lambda *args: graphs[name](*args)[0]
+
+    decode, mix = stage("decode"), stage("decode_mix")
+
+    def decode_any(h: torch.Tensor, s) -> torch.Tensor:
+        if not isinstance(s, LatentMix):
+            return decode(h, s)
+        if len(s.codes) != 2:
+            raise ValueError(f"exported graphs blend two codes (decode_mix), got {len(s.codes)}")
+        a, b = (torch.as_tensor(w, dtype=torch.float32, device=h.device).expand(h.shape[0])
+                for w in s.weights)
+        if not torch.allclose(a + b, torch.ones_like(a)):
+            raise ValueError("exported graphs blend two codes with weights summing to 1")
+        return mix(h, *s.codes, a)
+
+    return Stages(stage("trunk"), stage("encode"), stage("map"), decode_any, None, stateful)
+
+
+class OrtGraph:
+    """An ONNX file in an onnxruntime session (CPU, or CUDA for a CUDA ``device``), called
+    with torch tensors in the graph's input order; returns float32 tensors on ``device``."""
+
+    def __init__(self, path: str | os.PathLike, device: torch.device):
+        import onnxruntime as ort
+
+        providers = ["CPUExecutionProvider"]
+        if device.type == "cuda":
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise BackendUnavailable("this onnxruntime has no CUDAExecutionProvider: "
+                                         "pip install onnxruntime-gpu, or use device='cpu'")
+            providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
+        try:
+            self.session = ort.InferenceSession(str(path), providers=providers)
+        except Exception as exc:  # onnxruntime raises its own pybind exception types
+            raise OnnxFileError(f"onnxruntime cannot load {path}: {exc}") from None
+        self.inputs = [i.name for i in self.session.get_inputs()]
+        self.device = device
+
+    def __call__(self, *args: torch.Tensor) -> list[torch.Tensor]:
+        feeds = {n: a.detach().to("cpu", torch.float32).contiguous().numpy()
+                 for n, a in zip(self.inputs, args)}
+        return [torch.from_numpy(o).to(self.device) for o in self.session.run(None, feeds)]
+
+
+def ort_stages(model: BridgeGAN, rewrites: Rewrites, dtype: torch.dtype, device: torch.device,
+               onnx_dir: str | os.PathLike | None = None) -> Stages:
+    """The ``onnxruntime`` backend: the stage graphs of ``model`` (exported into
+    ``onnx_dir``, by default the cache folder of the model's export key) in sessions."""
+    precision = {v: k for k, v in PRECISIONS.items()}.get(dtype)
+    if precision is None:
+        raise ValueError(f"backend 'onnxruntime' runs float32 or float16 graphs, got {dtype}")
+    folder = export_model(model, onnx_dir, STAGES, (precision,), rewrites)
+    return exported_stages({n: OrtGraph(folder / file_name(n, precision), device) for n in STAGES})

@@ -1,0 +1,177 @@
+"""TensorRT plans from the exported ONNX graphs: ``bridgegan export tensorrt ONNX OUT``.
+
+Two halves. :func:`build_config` computes the whole build as plain data from the ONNX
+file with the ``onnx`` package, so tests check it without TensorRT:
+
+- an optimisation profile: every input's (min, opt, max) shape over a batch range;
+- builder flags: ``FP16`` or ``BF16`` with ``OBEY_PRECISION_CONSTRAINTS``; float32 plans
+  clear ``TF32`` (they must meet the float32 image tolerance);
+- the layers pinned to float32 in fp16 / bf16 plans: the graph's InstanceNormalization
+  nodes (their statistics overflow in fp16; design.md keeps statistics in float32).
+
+:func:`build_plan` applies it with the TensorRT 10 Python API (network from the ONNX
+parser with native instance norm, pinned layers get ``precision`` and output types
+float32, the profile, a timing cache file loaded and saved) and writes the plan with a
+JSON sidecar ``<plan>.json``: TensorRT version, GPU name, compute capability, precision,
+profile, pinned layers, the source graph and its sha256. Plans only run on the GPU and
+TensorRT version they were built with; the runtime (``trt_runtime``) checks the sidecar.
+
+Build from the float32 graphs: the flag chooses the reduced precision, TensorRT picks
+per layer, and the pinned layers stay float32.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ... import __version__
+from ..backends import BackendUnavailable
+from .onnx_export import io_spec, load_onnx, write_atomic
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+TRT_EXTRA = "pip install 'bridgegan[tensorrt]'"
+TIMING_CACHE = "timing.cache"
+
+
+@dataclass(frozen=True)
+class TrtBuildConfig:
+    """Everything a plan build needs, as data."""
+
+    onnx: str
+    graph: str  # the bridgegan graph name from the ONNX metadata
+    precision: str
+    profile: dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
+    flags: tuple[str, ...]  # trt.BuilderFlag names to set
+    clear_flags: tuple[str, ...]  # ... and to clear
+    fp32_layers: tuple[str, ...]  # ONNX node names pinned to float32
+    workspace_bytes: int
+
+    @property
+    def batch_range(self) -> tuple[int, int]:
+        shapes = next(iter(self.profile.values()))
+        return shapes[0][0], shapes[2][0]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def build_config(onnx_path: str | os.PathLike, precision: str = "fp16",
+                 batch: tuple[int, int, int] = (1, 8, 64),
+                 workspace_gb: float = 4.0) -> TrtBuildConfig:
+    """The build of ``onnx_path`` at ``precision`` over batch sizes (min, opt, max)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    lo, opt, hi = batch
+    if not 1 <= lo <= opt <= hi:
+        raise ValueError(f"batch range must satisfy 1 <= min <= opt <= max, got {tuple(batch)}")
+    model = load_onnx(onnx_path)
+    profile = {}
+    for port in io_spec(model)["inputs"]:
+        dims = port["shape"]
+        if not dims or not isinstance(dims[0], str) or not all(
+                isinstance(d, int) and d > 0 for d in dims[1:]):
+            raise ValueError(f"{onnx_path}: input {port['name']!r} has shape {dims}; expected a "
+                             f"dynamic batch dimension, then fixed sizes (`bridgegan export onnx`)")
+        profile[port["name"]] = tuple((b, *dims[1:]) for b in (lo, opt, hi))
+    reduced = precision != "fp32"
+    pinned = tuple(n.name for n in model.graph.node
+                   if n.op_type == "InstanceNormalization") if reduced else ()
+    meta = {p.key: p.value for p in model.metadata_props}
+    return TrtBuildConfig(
+        onnx=str(onnx_path), graph=meta.get("bridgegan.graph", Path(onnx_path).stem),
+        precision=precision, profile=profile,
+        flags=(precision.upper(), "OBEY_PRECISION_CONSTRAINTS") if reduced else (),
+        clear_flags=() if reduced else ("TF32",), fp32_layers=pinned,
+        workspace_bytes=int(workspace_gb * 2**30))
+
+
+def import_tensorrt():
+    """The tensorrt module (version 10 or newer), or BackendUnavailable naming the extra."""
+    try:
+        import tensorrt as trt
+    except ImportError:
+        raise BackendUnavailable(f"TensorRT is not installed: {TRT_EXTRA} "
+                                 f"(TensorRT 10, on a CUDA machine)") from None
+    if int(trt.__version__.split(".")[0]) < 10:
+        raise BackendUnavailable(f"TensorRT {trt.__version__} is too old; this build uses the "
+                                 f"TensorRT 10 API: {TRT_EXTRA}")
+    return trt
+
+
+def device_info(trt) -> dict[str, str]:
+    """What a plan is tied to: TensorRT version, GPU name, compute capability."""
+    import torch
+
+    major, minor = torch.cuda.get_device_capability()
+    return {"tensorrt_version": trt.__version__, "gpu_name": torch.cuda.get_device_name(),
+            "compute_capability": f"{major}.{minor}"}
+
+
+def sidecar_path(plan: str | os.PathLike) -> Path:
+    return Path(f"{plan}.json")
+
+
+def _pin_float32(network, names: tuple[str, ...], trt) -> None:
+    """Pin the normalisation layers (and any layer named after a pinned node) to float32."""
+    if not names:
+        return
+    found = 0
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        if layer.type == trt.LayerType.NORMALIZATION or layer.name in names:
+            layer.precision = trt.float32
+            for k in range(layer.num_outputs):
+                layer.set_output_type(k, trt.float32)
+            found += layer.type == trt.LayerType.NORMALIZATION
+    if found < len(names):
+        raise RuntimeError(f"expected {len(names)} instance-norm layers to pin to float32, the "
+                           f"parsed network has {found} normalisation layers")
+
+
+def build_plan(cfg: TrtBuildConfig, plan: str | os.PathLike,
+               timing_cache: str | os.PathLike | None = None) -> Path:
+    """Build ``cfg`` into ``plan`` (+ sidecar); ``timing_cache`` (default: timing.cache
+    beside the plan) is loaded when present and saved after the build."""
+    trt = import_tensorrt()
+    import torch
+
+    if not torch.cuda.is_available():
+        raise BackendUnavailable("building a TensorRT plan needs a CUDA device")
+    plan = Path(plan)
+    plan.parent.mkdir(parents=True, exist_ok=True)
+    cache_file = Path(timing_cache) if timing_cache else plan.parent / TIMING_CACHE
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    parser = trt.OnnxParser(network, logger)
+    parser.set_flag(trt.OnnxParserFlag.NATIVE_INSTANCENORM)
+    if not parser.parse_from_file(cfg.onnx):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise RuntimeError(f"TensorRT cannot parse {cfg.onnx}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, cfg.workspace_bytes)
+    for flag in cfg.flags:
+        config.set_flag(getattr(trt.BuilderFlag, flag))
+    for flag in cfg.clear_flags:
+        config.clear_flag(getattr(trt.BuilderFlag, flag))
+    _pin_float32(network, cfg.fp32_layers, trt)
+    profile = builder.create_optimization_profile()
+    for name, (lo, opt, hi) in cfg.profile.items():
+        profile.set_shape(name, lo, opt, hi)
+    config.add_optimization_profile(profile)
+    cache = config.create_timing_cache(cache_file.read_bytes() if cache_file.is_file() else b"")
+    if not config.set_timing_cache(cache, ignore_mismatch=False):  # from another device
+        config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise RuntimeError(f"TensorRT could not build a plan from {cfg.onnx} (see its log)")
+    write_atomic(plan, bytes(serialized))
+    write_atomic(cache_file, bytes(config.get_timing_cache().serialize()))
+    sidecar = {**device_info(trt), **cfg.to_dict(), "bridgegan_version": __version__,
+               "onnx_sha256": hashlib.sha256(Path(cfg.onnx).read_bytes()).hexdigest()}
+    write_atomic(sidecar_path(plan), (json.dumps(sidecar, indent=2) + "\n").encode())
+    return plan

@@ -1,0 +1,103 @@
+"""A Triton Inference Server model repository: ``bridgegan export triton-repo CKPT DIR``.
+
+One model per whole-program graph (``translate_label``, ``translate_reference``; see
+``onnx_export`` for their inputs)::
+
+    DIR/translate_label/config.pbtxt
+    DIR/translate_label/bridgegan.json      config, attributes, versions (for clients)
+    DIR/translate_label/1/model.onnx        or 1/model.plan for a TensorRT plan
+
+``config.pbtxt``: platform ``onnxruntime_onnx`` (``tensorrt_plan`` for a plan), inputs and
+outputs with the ONNX graph's names, types and dims without the batch dimension,
+``max_batch_size`` (the plan profile's max for plans) and dynamic batching (preferred batch
+sizes, queue delay). A plan (``--plan``, repeatable) replaces the ONNX model of the graph
+its sidecar names; it must have been built on the GPU type and TensorRT version the server
+runs. Serve with ``tritonserver --model-repository DIR``.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from ... import __version__
+from ...reference.checkpoint import load_checkpoint, write_folder_atomic
+from ...reference.config import BridgeGANConfig
+from .onnx_export import PROGRAMS, export_model, file_name, read_manifest
+from .trt_runtime import read_sidecar
+
+TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16"}
+
+
+def model_config(name: str, spec: dict, platform: str, max_batch_size: int,
+                 preferred: Iterable[int], queue_delay_us: int) -> str:
+    """config.pbtxt text for one model; ``spec`` is ``onnx_export.io_spec`` of its graph."""
+    def ports(kind: str) -> str:
+        items = [f'  {{\n    name: "{p["name"]}"\n    data_type: {TRITON_TYPES[p["dtype"]]}\n'
+                 f'    dims: [ {", ".join(str(d) for d in p["shape"][1:])} ]\n  }}'
+                 for p in spec[kind + "s"]]
+        return f"{kind} [\n" + ",\n".join(items) + "\n]"
+
+    sizes = ", ".join(str(b) for b in preferred if b <= max_batch_size)
+    return "\n".join([
+        f'name: "{name}"', f'platform: "{platform}"', f"max_batch_size: {max_batch_size}",
+        ports("input"), ports("output"),
+        "dynamic_batching {", f"  preferred_batch_size: [ {sizes} ]",
+        f"  max_queue_delay_microseconds: {queue_delay_us}", "}"]) + "\n"
+
+
+def _plans_by_graph(plans: Iterable[str | os.PathLike], manifest: dict) -> dict[str, tuple]:
+    """graph -> (plan path, max batch), after checking each plan against its graph."""
+    out = {}
+    for plan in plans:
+        sidecar = read_sidecar(plan)
+        graph = sidecar.get("graph")
+        if graph not in PROGRAMS:
+            raise ValueError(f"{plan} is a plan of graph {graph!r}; the repository serves "
+                             f"{', '.join(PROGRAMS)}")
+        want = {p["name"]: p["shape"][1:] for p in manifest["graphs"][graph]["inputs"]}
+        got = {k: list(v[0][1:]) for k, v in sidecar["profile"].items()}
+        if got != want:
+            raise ValueError(f"{plan} was built for inputs {got}, the checkpoint's {graph} has "
+                             f"{want}: a plan of another configuration")
+        out[graph] = (Path(plan), next(iter(sidecar["profile"].values()))[2][0])
+    return out
+
+
+def _bytes(data: bytes):
+    def write(path: Path) -> None:
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(data)
+    return write
+
+
+def write_triton_repo(checkpoint: str | os.PathLike, out: str | os.PathLike,
+                      plans: Iterable[str | os.PathLike] = (), precision: str = "fp32",
+                      onnx_dir: str | os.PathLike | None = None, max_batch_size: int = 64,
+                      preferred: Iterable[int] = (4, 8, 16, 32), queue_delay_us: int = 1000,
+                      expected_config: BridgeGANConfig | None = None) -> list[Path]:
+    """Write one model folder per program graph under ``out`` (each replaced atomically);
+    the ONNX graphs come from ``onnx_dir`` (exported there when missing; default: the
+    export cache). Returns the model folders."""
+    model = load_checkpoint(checkpoint, expected_config)
+    folder = export_model(model, onnx_dir, PROGRAMS, (precision,))
+    manifest = read_manifest(folder)
+    plans = _plans_by_graph(plans, manifest)
+    info = {k: manifest[k] for k in ("config", "attributes", "opset", "rewrites")}
+    written = []
+    for name in PROGRAMS:
+        if name in plans:
+            plan, top = plans[name]
+            platform, file, data = "tensorrt_plan", "model.plan", plan.read_bytes()
+        else:
+            top = max_batch_size
+            platform, file = "onnxruntime_onnx", "model.onnx"
+            data = (folder / file_name(name, precision)).read_bytes()
+        text = model_config(name, manifest["graphs"][name], platform, top, preferred,
+                            queue_delay_us)
+        meta = {**info, "graph": name, "platform": platform, "bridgegan_version": __version__}
+        written.append(write_folder_atomic(Path(out) / name, {
+            "config.pbtxt": _bytes(text.encode()), "bridgegan.json": _bytes(
+                (json.dumps(meta, indent=2) + "\n").encode()), f"1/{file}": _bytes(data)}))
+    return written
