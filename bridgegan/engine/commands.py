@@ -7,7 +7,8 @@ from pathlib import Path
 import torch
 
 from ..reference.data.grid import save_grid
-from .io import load_image, tensor_to_pil
+from ..reference.data.image import open_rgb
+from .io import tensor_to_pil
 
 
 def parse_sets(items: list[str]) -> dict[str, int]:
@@ -29,7 +30,7 @@ def translate(args: argparse.Namespace) -> int:
         raise ValueError("nothing to do: give --set NAME=0|1 (label-based) and/or --reference")
     eng = Engine.from_checkpoint(args.checkpoint, backend=args.backend, dtype=args.dtype,
                                  device=args.device)
-    sources = [load_image(p) for p in args.input]
+    sources = [open_rgb(p) for p in args.input]
     x = eng._images(sources)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -41,7 +42,7 @@ def translate(args: argparse.Namespace) -> int:
             for p, img in zip(args.input, y):
                 tensor_to_pil(img).save(out / f"{Path(p).stem}_edit{k + 1}.png")
     if args.reference:
-        refs = [[load_image(r)] for r in args.reference]  # each reference: a batch of 1
+        refs = [[open_rgb(r)] for r in args.reference]  # each reference: a batch of 1
         attrs = [a for a in args.attributes.split(",") if a] if args.attributes else None
         y = eng.translate_reference(x, refs, attributes=attrs, strength=args.strength).cpu()
         columns.append(y)

@@ -14,50 +14,25 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Union
 
-import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
+
+from ..reference.data import image
 
 ImageLike = Union[torch.Tensor, Image.Image, str, os.PathLike]
 Images = Union[ImageLike, Sequence[ImageLike]]
 
 
-def load_image(path: str | os.PathLike) -> Image.Image:
-    """Open an image file fully, with an error naming the file when it cannot be read."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image file not found: {path}")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return im.copy()
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise ValueError(f"cannot read image file {path}: {exc}") from None
-
-
 def pil_to_tensor(im: Image.Image, size: int) -> torch.Tensor:
     """(3, size, size) float32 in [-1, 1]: RGB conversion, centre crop, bicubic resize."""
-    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-        rgba = im.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        im = Image.alpha_composite(white, rgba)
-    im = im.convert("RGB")
-    w, h = im.size
-    side = min(w, h)
-    if (w, h) != (size, size):
-        left, top = (w - side) // 2, (h - side) // 2
-        im = im.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)
-    arr = np.asarray(im, dtype=np.float32) / 127.5 - 1.0
-    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+    return image.pil_to_tensor(image.resize(image.center_crop_square(image.to_rgb(im)), size))
 
 
 def tensor_to_pil(x: torch.Tensor) -> Image.Image:
     """(3, S, S) in [-1, 1] -> RGB PIL image."""
-    arr = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return Image.fromarray(arr.permute(1, 2, 0).numpy())
+    return Image.fromarray(image.tensor_to_uint8(x))
 
 
 def _fix_channels(x: torch.Tensor, what: str) -> torch.Tensor:
@@ -90,7 +65,7 @@ def as_batch(images: Images, size: int, what: str = "images") -> torch.Tensor:
         tensors = []
         for item in items:
             if isinstance(item, (str, os.PathLike)):
-                item = load_image(item)
+                item = image.open_rgb(item)
             if not isinstance(item, Image.Image):
                 raise ValueError(f"{what}: expected tensors, PIL images or file paths, "
                                  f"got {type(item).__name__}")

@@ -16,25 +16,27 @@ CELEBA_IMAGE_SIZE = (178, 218)
 CELEBA_CROP_BOX = (3, 26, 3 + 170, 26 + 170)  # (left, top, right, bottom) for PIL
 
 
-def open_rgb(path: str | os.PathLike) -> Image.Image:
-    """Open an image file and return it as RGB, with a clear error naming the file.
+def to_rgb(im: Image.Image) -> Image.Image:
+    """RGB copy of a PIL image: greyscale and palette images are converted; images with
+    transparency (RGBA, LA, P with a transparency entry) are composited onto white."""
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "PA"):
+        im = im.convert("RGBA")
+        white = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, im).convert("RGB")
+    return im.convert("RGB")
 
-    Greyscale and palette images are converted; images with transparency (RGBA, LA,
-    P with a transparency entry) are composited onto white.
-    """
+
+def open_rgb(path: str | os.PathLike) -> Image.Image:
+    """Open an image file as RGB (see ``to_rgb``), with a clear error naming the file."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"image file not found: {path}")
     try:
         with Image.open(path) as im:
             im.load()
-            if im.mode == "P" and "transparency" in im.info:
-                im = im.convert("RGBA")
-            if im.mode in ("RGBA", "LA", "PA"):
-                im = im.convert("RGBA")
-                white = Image.new("RGBA", im.size, (255, 255, 255, 255))
-                return Image.alpha_composite(white, im).convert("RGB")
-            return im.convert("RGB")
+            return to_rgb(im)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ValueError(f"cannot read image file {path}: {exc}") from exc
 
