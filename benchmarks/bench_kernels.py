@@ -32,11 +32,8 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime as _dt
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -48,6 +45,7 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from bridgegan.engine.bench import environment  # noqa: E402
 from bridgegan.kernels import norm_act  # noqa: E402
 
 IMAGE_RES = 128
@@ -81,21 +79,7 @@ def _unique_layers():
 
 
 def _env():
-    try:
-        import triton
-
-        tv = triton.__version__
-    except Exception:
-        tv = "none"
-    commit = os.environ.get("BRIDGEGAN_COMMIT", "")
-    try:
-        commit = commit or subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
-                                capture_output=True, timeout=10).stdout.strip() or "unknown"
-    except Exception:
-        commit = commit or "unknown"
-    dev = torch.cuda.get_device_name() if torch.cuda.is_available() else (platform.processor() or "cpu")
-    return dict(device=dev, torch=torch.__version__, triton=tv, commit=commit,
-                date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    return environment(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def _quantiles_cpu(fn, reps):
