@@ -128,14 +128,15 @@ def test_same_seed_same_images_on_every_cpu_backend(tmp_path):
     save_checkpoint(tmp_path / "ck", m)
     x, ys = images(2, 32, 13), labels(2, m.config.n_attrs, 13)
     outs = {}
-    for backend in ("reference", "torch", "triton", "compile"):
+    for backend in ("reference", "torch", "triton", "compile", "onnxruntime"):
         try:
-            eng = Engine.from_checkpoint(tmp_path / "ck", backend=backend)
+            eng = Engine.from_checkpoint(tmp_path / "ck", backend=backend,
+                                         onnx_dir=tmp_path / "onnx")
         except BackendUnavailable as exc:
             assert backend == "triton" and "TRITON_INTERPRET" in str(exc)
             continue
         outs[backend] = eng.translate(x, {"Male": 1}, source=ys, seed=3)
-    assert {"reference", "torch", "compile"} <= set(outs)
+    assert {"reference", "torch", "compile", "onnxruntime"} <= set(outs)
     if os.environ.get("TRITON_INTERPRET") == "1":
         assert "triton" in outs
     for name, out in outs.items():
@@ -209,8 +210,8 @@ def test_bad_input_is_named(model, tmp_path):
         eng.translate(x[:, :2], {"Male": 1})
     with pytest.raises(ValueError, match="unknown backend"):
         Engine(model, backend="tensorflow")
-    with pytest.raises(BackendUnavailable, match="bridgegan export onnx"):
-        Engine(model, backend="onnxruntime")
+    with pytest.raises(BackendUnavailable, match=r"bridgegan\[tensorrt\]|CUDA device"):
+        Engine(model, backend="tensorrt")
 
 
 def test_checkpoint_of_another_configuration(model, tmp_path):

@@ -17,8 +17,8 @@ def _onnx(args: argparse.Namespace) -> int:
             expected = BridgeGANConfig.from_json(f.read())
     out = export_onnx(args.checkpoint, args.out, args.graphs, args.precision, args.opset,
                       expected)
-    print(f"wrote {', '.join(sorted(p.name for p in out.iterdir() if p.suffix in ('.onnx', '.json')))} "
-          f"to {out}")
+    files = sorted(p.name for p in out.iterdir() if p.suffix in (".onnx", ".json"))
+    print(f"wrote {', '.join(files)} to {out}")
     return 0
 
 

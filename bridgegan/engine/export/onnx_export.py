@@ -49,6 +49,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.onnx import symbolic_helper
 
 from ... import __version__
 from ...reference.checkpoint import CheckpointError, load_checkpoint
@@ -60,6 +61,7 @@ from ..graph import InferenceGraph, Rewrites
 
 OPSET = 17
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
+PRECISION_OF = {v: k for k, v in PRECISIONS.items()}
 PROGRAMS = ("translate_label", "translate_reference")
 STAGES = ("trunk", "encode", "map", "decode", "decode_mix")
 GRAPHS = PROGRAMS + STAGES
@@ -71,7 +73,8 @@ _GRAPHS: dict[str, tuple[tuple[str, ...], str, Callable]] = {
     "translate_label": (("image", "d", "noise"), "output",
                         lambda g, x, d, r: g.decode(g.trunk(x), g.map(r, d) + g.encode(x, -d))),
     "translate_reference": (("image", "reference", "d"), "output",
-                            lambda g, x, ref, d: g.decode(g.trunk(x), g.encode(ref, d) + g.encode(x, -d))),
+                            lambda g, x, ref, d: g.decode(g.trunk(x),
+                                                          g.encode(ref, d) + g.encode(x, -d))),
     "trunk": (("image",), "h", lambda g, x: g.trunk(x)),
     "encode": (("image", "d"), "s", lambda g, x, d: g.encode(x, d)),
     "map": (("noise", "d"), "s", lambda g, r, d: g.map(r, d)),
@@ -89,7 +92,7 @@ def file_name(graph: str, precision: str) -> str:
     return f"{graph}.onnx" if precision == "fp32" else f"{graph}_{precision}.onnx"
 
 
-def port_shapes(config: BridgeGANConfig) -> dict[str, tuple[int, ...]]:
+def _port_shapes(config: BridgeGANConfig) -> dict[str, tuple[int, ...]]:
     """Each input / output name's shape without the batch dimension."""
     s, low, half = config.image_size, config.image_size // 2 ** config.g_downs, config.latent_size
     latent = (config.latent_channels, half, half)
@@ -112,6 +115,7 @@ class _Traced(torch.nn.Module):
         return self.fn(self.graph, *(t.to(self.dtype) for t in inputs)).float()
 
 
+@symbolic_helper.parse_args("v", "v", "v", "v", "v", "b", "f", "f", "b")
 def _instance_norm(g, x, weight, bias, running_mean, running_var, use_input_stats, momentum,
                    eps, cudnn_enabled):
     """aten::instance_norm -> InstanceNormalization. Unlike torch's own symbolic it needs no
@@ -121,10 +125,8 @@ def _instance_norm(g, x, weight, bias, running_mean, running_var, use_input_stat
         channels = g.op("Shape", x, start_i=1, end_i=2)
         return g.op("ConstantOfShape", channels, value_t=torch.tensor([value]))
 
-    from torch.onnx import symbolic_helper as sh
-
-    weight = fill(1.0) if sh._is_none(weight) else weight
-    bias = fill(0.0) if sh._is_none(bias) else bias
+    weight = fill(1.0) if symbolic_helper._is_none(weight) else weight
+    bias = fill(0.0) if symbolic_helper._is_none(bias) else bias
     return g.op("InstanceNormalization", x, weight, bias, epsilon_f=eps)
 
 
@@ -133,16 +135,13 @@ def _exporting(opset: int):
     """The instance-norm symbolic registered, exporter chatter silenced (tracer warnings
     about Python branches on shapes: those depend only on the fixed non-batch sizes or
     are input checks; the legacy-exporter notice; constant-folding notes)."""
-    from torch.onnx import symbolic_helper as sh
-
-    symbolic = sh.parse_args("v", "v", "v", "v", "v", "b", "f", "f", "b")(_instance_norm)
-    torch.onnx.register_custom_op_symbolic("aten::instance_norm", symbolic, opset)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.register_custom_op_symbolic("aten::instance_norm", _instance_norm, opset)
+        try:
             yield
-    finally:
-        torch.onnx.unregister_custom_op_symbolic("aten::instance_norm", opset)
+        finally:
+            torch.onnx.unregister_custom_op_symbolic("aten::instance_norm", opset)
 
 
 def _finish(model):
@@ -199,9 +198,9 @@ def export_graph(graph: InferenceGraph, name: str, opset: int = OPSET, batch: in
         raise ValueError(f"opset must be {OPSET} or newer, got {opset}")
     if name not in _GRAPHS:
         raise ValueError(f"unknown graph {name!r}; graphs are {', '.join(GRAPHS)}")
-    precision = {v: k for k, v in PRECISIONS.items()}[next(graph.buffers()).dtype]
+    precision = PRECISION_OF[next(graph.buffers()).dtype]
     inputs, output, _ = _GRAPHS[name]
-    shapes = port_shapes(graph.config)
+    shapes = _port_shapes(graph.config)
     gen = torch.Generator().manual_seed(0)
     args = tuple(torch.rand((batch, *shapes[n]), generator=gen) for n in inputs)
     buf = io.BytesIO()
@@ -212,8 +211,9 @@ def export_graph(graph: InferenceGraph, name: str, opset: int = OPSET, batch: in
     model = _finish(onnx.load_from_string(buf.getvalue()))
     cfg = graph.config
     onnx.helper.set_model_props(model, {
-        "bridgegan.version": __version__, "bridgegan.graph": name, "bridgegan.precision": precision,
-        "bridgegan.config": cfg.to_json(), "bridgegan.attributes": json.dumps(list(cfg.attributes))})
+        "bridgegan.version": __version__, "bridgegan.graph": name,
+        "bridgegan.precision": precision, "bridgegan.config": cfg.to_json(),
+        "bridgegan.attributes": json.dumps(list(cfg.attributes))})
     model.doc_string = (f"BridgeGAN {name} ({precision} inside, float32 inputs and outputs); "
                         f"attributes: {', '.join(cfg.attributes)}")
     onnx.checker.check_model(model, full_check=True)
@@ -307,8 +307,8 @@ def read_manifest(folder: str | os.PathLike) -> dict | None:
 def _check_same_model(manifest: dict, folder: Path, config: BridgeGANConfig, key: str) -> None:
     diffs = config.differences(BridgeGANConfig.from_dict(manifest["config"]))
     if diffs:
-        raise CheckpointError(f"{folder} holds an ONNX export of another configuration "
-                              f"(model vs export: {'; '.join(diffs)}); remove it or use another folder")
+        raise CheckpointError(f"{folder} holds an ONNX export of another configuration (model "
+                              f"vs export: {'; '.join(diffs)}); remove it or use another folder")
     if manifest["key"] != key:
         raise CheckpointError(f"{folder} holds an ONNX export of other weights or export "
                               f"settings (rewrites, opset); remove it or use another folder")
@@ -331,6 +331,7 @@ def export_model(model: BridgeGAN, out: str | os.PathLike | None = None,
     key = export_key(model, rewrites, opset)
     out = Path(out) if out is not None else default_onnx_dir(key)
     manifest = read_manifest(out)
+    changed = manifest is None
     if manifest is None:
         if out.is_dir() and any(out.iterdir()):
             raise CheckpointError(f"{out} is not empty and holds no {MANIFEST}: not an ONNX "
@@ -353,7 +354,9 @@ def export_model(model: BridgeGAN, out: str | os.PathLike | None = None,
             write_atomic(out / file_name(name, precision), onnx_model.SerializeToString())
             entry = manifest["graphs"].setdefault(name, io_spec(onnx_model))
             entry.setdefault("files", {})[precision] = file_name(name, precision)
-    write_atomic(out / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+            changed = True
+    if changed:
+        write_atomic(out / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
     return out
 
 
@@ -402,8 +405,11 @@ class OrtGraph:
                 raise BackendUnavailable("this onnxruntime has no CUDAExecutionProvider: "
                                          "pip install onnxruntime-gpu, or use device='cpu'")
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
+        options = ort.SessionOptions()
+        # no busy-waiting threads between runs: torch work (D, glue) runs in between
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            self.session = ort.InferenceSession(str(path), providers=providers)
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own pybind exception types
             raise OnnxFileError(f"onnxruntime cannot load {path}: {exc}") from None
         self.inputs = [i.name for i in self.session.get_inputs()]
@@ -419,7 +425,7 @@ def ort_stages(model: BridgeGAN, rewrites: Rewrites, dtype: torch.dtype, device:
                onnx_dir: str | os.PathLike | None = None) -> Stages:
     """The ``onnxruntime`` backend: the stage graphs of ``model`` (exported into
     ``onnx_dir``, by default the cache folder of the model's export key) in sessions."""
-    precision = {v: k for k, v in PRECISIONS.items()}.get(dtype)
+    precision = PRECISION_OF.get(dtype)
     if precision is None:
         raise ValueError(f"backend 'onnxruntime' runs float32 or float16 graphs, got {dtype}")
     folder = export_model(model, onnx_dir, STAGES, (precision,), rewrites)

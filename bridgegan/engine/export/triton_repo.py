@@ -39,12 +39,12 @@ def model_config(name: str, spec: dict, platform: str, max_batch_size: int,
                  for p in spec[kind + "s"]]
         return f"{kind} [\n" + ",\n".join(items) + "\n]"
 
-    sizes = ", ".join(str(b) for b in preferred if b <= max_batch_size)
+    sizes = [str(b) for b in preferred if b <= max_batch_size]
+    batching = ([f"  preferred_batch_size: [ {', '.join(sizes)} ]"] if sizes else []) + [
+        f"  max_queue_delay_microseconds: {queue_delay_us}"]
     return "\n".join([
         f'name: "{name}"', f'platform: "{platform}"', f"max_batch_size: {max_batch_size}",
-        ports("input"), ports("output"),
-        "dynamic_batching {", f"  preferred_batch_size: [ {sizes} ]",
-        f"  max_queue_delay_microseconds: {queue_delay_us}", "}"]) + "\n"
+        ports("input"), ports("output"), "dynamic_batching {", *batching, "}"]) + "\n"
 
 
 def _plans_by_graph(plans: Iterable[str | os.PathLike], manifest: dict) -> dict[str, tuple]:

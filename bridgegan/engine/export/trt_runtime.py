@@ -21,11 +21,11 @@ import torch
 from ...reference.model import BridgeGAN
 from ..backends import Stages
 from ..graph import Rewrites
-from .onnx_export import STAGES, export_model, exported_stages, file_name
+from .onnx_export import PRECISION_OF, STAGES, export_model, exported_stages, file_name
 from .tensorrt_build import build_config, build_plan, device_info, import_tensorrt, sidecar_path
 
 MATCH_KEYS = ("tensorrt_version", "gpu_name", "compute_capability")
-PRECISION_OF = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+PLAN_PRECISION_OF = {**PRECISION_OF, torch.bfloat16: "bf16"}
 
 
 class PlanMismatch(RuntimeError):
@@ -109,7 +109,7 @@ def trt_stages(model: BridgeGAN, rewrites: Rewrites, dtype: torch.dtype, device:
                batch: tuple[int, int, int] = (1, 8, 64)) -> Stages:
     """The ``tensorrt`` backend: one plan per stage graph, built on first use."""
     trt = import_tensorrt()
-    precision = PRECISION_OF[dtype]
+    precision = PLAN_PRECISION_OF[dtype]
     folder = export_model(model, onnx_dir, STAGES, ("fp32",), rewrites)
     plans = {}
     with torch.cuda.device(device):

@@ -1,0 +1,325 @@
+"""Export: ONNX graphs against the reference model (other batch sizes than the traced one,
+fp16 variant), what the graphs hold, the onnxruntime backend, the TensorRT build
+configuration as data, plan sidecar checks, the Triton model repository, bad input."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from importlib.util import find_spec
+
+import numpy as np
+import pytest
+import torch
+
+from bridgegan import __version__
+from bridgegan.cli import main
+from bridgegan.engine import BackendUnavailable, Engine, InferenceGraph
+from bridgegan.engine.graph import Block, Conv
+from bridgegan.reference import BridgeGAN, BridgeGANConfig, CheckpointError, save_checkpoint
+from conftest import images, labels, randomize, small_config
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from bridgegan.engine.export.onnx_export import (GRAPHS, PROGRAMS, OnnxFileError,  # noqa: E402
+                                                 export_model, export_onnx)
+from bridgegan.engine.export.tensorrt_build import build_config, import_tensorrt  # noqa: E402
+from bridgegan.engine.export.trt_runtime import (PlanMismatch, check_sidecar,  # noqa: E402
+                                                 sidecar_problems)
+from bridgegan.engine.export.triton_repo import write_triton_repo  # noqa: E402
+
+ATOL = 1e-4  # design.md: end-to-end float32 images, max abs
+# what an exported inference graph may contain: no training-only ops, no control flow
+ALLOWED_OPS = {"Conv", "InstanceNormalization", "Relu", "Tanh", "Gemm", "Add", "Sub", "Mul",
+               "Neg", "AveragePool", "Resize", "Pad", "Split", "Slice", "Gather", "Concat",
+               "Reshape", "Transpose", "Unsqueeze", "Expand", "Shape", "Constant",
+               "ConstantOfShape", "Cast", "Equal", "Where", "Identity"}
+ONNX_TO_TRITON = {onnx.TensorProto.FLOAT: "TYPE_FP32", onnx.TensorProto.FLOAT16: "TYPE_FP16"}
+HAVE_TRT = find_spec("tensorrt") is not None
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(2)
+    return randomize(BridgeGAN(small_config(32)), seed=2).eval()
+
+
+@pytest.fixture(scope="module")
+def ckpt(model, tmp_path_factory):
+    return save_checkpoint(tmp_path_factory.mktemp("ck") / "ck", model)
+
+
+@pytest.fixture(scope="module")
+def exported(ckpt, tmp_path_factory):
+    """Every graph, float32, traced at batch 2."""
+    return export_onnx(ckpt, tmp_path_factory.mktemp("onnx") / "out", precisions=("fp32",))
+
+
+def run(path, **feeds) -> torch.Tensor:
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return torch.from_numpy(sess.run(None, {k: v.numpy() for k, v in feeds.items()})[0])
+
+
+def graph_inputs(m) -> list:
+    weights = {i.name for i in m.graph.initializer}
+    return [v for v in m.graph.input if v.name not in weights]
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    return 10 * np.log10(4.0 / max((a - b).pow(2).mean().item(), 1e-20))  # [-1, 1] images
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_programs_match_the_reference_model(model, exported, n):
+    cfg = model.config
+    x, ref = images(n, 32, 30 + n), images(n, 32, 40 + n)
+    ys = labels(n, cfg.n_attrs, n)
+    d = 1.5 * (1 - 2 * ys)
+    noise = torch.randn(n, cfg.noise_dim, generator=torch.Generator().manual_seed(n))
+    with torch.no_grad():
+        want_label = model.generator(x, model.mapping(noise, d) + model.encoder(x, -d))
+        want_ref = model.generator(x, model.encoder(ref, d) + model.encoder(x, -d))
+    got = run(exported / "translate_label.onnx", image=x, d=d, noise=noise)
+    assert got.shape == (n, 3, 32, 32) and torch.isfinite(got).all()
+    assert (got - want_label).abs().max() <= ATOL
+    got = run(exported / "translate_reference.onnx", image=x, reference=ref, d=d)
+    assert (got - want_ref).abs().max() <= ATOL
+
+
+def test_graphs_hold_the_inference_graph_only(model, exported):
+    m = onnx.load(str(exported / "translate_label.onnx"))
+    onnx.checker.check_model(m, full_check=True)
+    assert max(o.version for o in m.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    ops = [n.op_type for n in m.graph.node]
+    assert set(ops) <= ALLOWED_OPS, set(ops) - ALLOWED_OPS
+    assert len(ops) < 1500
+    graph = InferenceGraph(model)
+    blocks = [b for b in graph.modules() if isinstance(b, Block)]
+    assert ops.count("Conv") == sum(isinstance(c, Conv) for c in graph.modules())
+    norms = 2 + 2 * sum(b.kind in ("in", "spade") for b in blocks)  # + the heads of E and M
+    assert ops.count("InstanceNormalization") == norms
+    # the weights are the rewritten G / E / M (plus instance-norm scales), never D
+    sizes = [onnx.numpy_helper.to_array(i).size for i in m.graph.initializer]
+    want = sum(b.numel() for b in graph.buffers())
+    d_size = sum(p.numel() for p in model.discriminator.parameters())
+    assert d_size > 0.01 * want and 0 <= sum(sizes) - want < 0.01 * want
+    assert not any("discriminator" in i.name for i in m.graph.initializer)
+    props = {p.key: p.value for p in m.metadata_props}
+    assert BridgeGANConfig.from_json(props["bridgegan.config"]) == model.config
+    assert json.loads(props["bridgegan.attributes"]) == list(model.config.attributes)
+    assert props["bridgegan.version"] == __version__
+    assert props["bridgegan.graph"] == "translate_label"
+    shapes = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in [*graph_inputs(m), *m.graph.output]}
+    assert shapes == {"image": ["batch", 3, 32, 32], "d": ["batch", 6], "noise": ["batch", 8],
+                      "output": ["batch", 3, 32, 32]}
+    manifest = json.loads((exported / "manifest.json").read_text())
+    assert set(manifest["graphs"]) == set(GRAPHS) and manifest["opset"] >= 17
+    assert manifest["graphs"]["decode_mix"]["files"] == {"fp32": "decode_mix.onnx"}
+
+
+def test_fp16_variant_from_the_cli(tmp_path):
+    """Default-initialised weights, as in test_engine's reduced-precision test."""
+    torch.manual_seed(3)
+    m = BridgeGAN(small_config(32)).eval()
+    save_checkpoint(tmp_path / "ck", m)
+    out = tmp_path / "out"
+    assert main(["export", "onnx", str(tmp_path / "ck"), str(out), "--precision", "fp16",
+                 "--graphs", "translate_label"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "translate_label_fp16.onnx"]
+    g = onnx.load(str(out / "translate_label_fp16.onnx"))
+    assert all(v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+               for v in [*graph_inputs(g), *g.graph.output])
+    kinds = {i.name: i.data_type for i in g.graph.initializer}
+    convs = [n for n in g.graph.node if n.op_type == "Conv"]
+    assert all(kinds[n.input[1]] == onnx.TensorProto.FLOAT16 for n in convs)
+    types = {v.name: v.type.tensor_type.elem_type
+             for v in onnx.shape_inference.infer_shapes(g).graph.value_info}
+    norms = [n for n in g.graph.node if n.op_type == "InstanceNormalization"]  # float32 stats
+    assert norms and all(types[n.output[0]] == onnx.TensorProto.FLOAT for n in norms)
+    x, ys = images(3, 32, 50), labels(3, 6, 50)
+    d, noise = 1.5 * (1 - 2 * ys), torch.randn(3, 8, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        want = m.generator(x, m.mapping(noise, d) + m.encoder(x, -d))
+    got = run(out / "translate_label_fp16.onnx", image=x, d=d, noise=noise)
+    assert torch.isfinite(got).all() and psnr(got, want) >= 40
+
+
+def test_engine_onnxruntime_backend(model, ckpt, exported):
+    eng = Engine.from_checkpoint(ckpt, backend="onnxruntime", onnx_dir=exported)
+    want = Engine(model, backend="reference")
+    x, r, r2 = images(2, 32, 60), images(2, 32, 61), images(1, 32, 62)
+    ys = labels(2, 6, 60)
+    for fn in (lambda e: e.translate(x, {"Male": 1}, source=ys, seed=3),
+               lambda e: e.translate_reference(x, [r, r2], source=ys, reference_labels=1 - ys),
+               lambda e: e.interpolate(x, r, {"Young": 1}, [0.25, 1.0], level="spade", seed=4,
+                                       source=ys),
+               lambda e: e.edit_strip(x[:1], samples=2, seed=5, source=ys[:1]).images):
+        assert (fn(eng) - fn(want)).abs().max() <= ATOL
+
+
+def test_export_folder_of_another_model_is_refused(model, ckpt, exported, tmp_path):
+    other = model.config.replace(spade_hidden=32)
+    save_checkpoint(tmp_path / "other", BridgeGAN(other))
+    with pytest.raises(CheckpointError, match="another configuration .*spade_hidden"):
+        Engine.from_checkpoint(tmp_path / "other", backend="onnxruntime", onnx_dir=exported)
+    retrained = randomize(BridgeGAN(model.config), seed=9).eval()
+    with pytest.raises(CheckpointError, match="other weights"):
+        Engine(retrained, backend="onnxruntime", onnx_dir=exported)
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "notes.txt").write_text("mine")
+    with pytest.raises(CheckpointError, match="not an ONNX export folder"):
+        export_model(model, tmp_path / "junk", ["trunk"], ["fp32"])
+    with pytest.raises(CheckpointError, match="another configuration than expected.*spade_hidden"):
+        export_onnx(ckpt, tmp_path / "x", expected_config=other)
+    (tmp_path / "other.json").write_text(other.to_json())
+    assert main(["export", "onnx", str(ckpt), str(tmp_path / "x"), "--expect-config",
+                 str(tmp_path / "other.json")]) == 2
+    assert not (tmp_path / "x").exists()
+
+
+def test_files_that_are_not_onnx(exported, ckpt, tmp_path, capsys):
+    bad = tmp_path / "model.onnx"
+    bad.write_bytes(b"this is not an ONNX model")
+    with pytest.raises(OnnxFileError, match="model.onnx is not a valid ONNX model"):
+        build_config(bad)
+    with pytest.raises(OnnxFileError, match="no ONNX file at .*missing.onnx"):
+        build_config(tmp_path / "missing.onnx")
+    assert main(["export", "tensorrt", str(bad), str(tmp_path / "m.plan")]) == 2
+    assert "model.onnx is not a valid ONNX model" in capsys.readouterr().err
+    copy = shutil.copytree(exported, tmp_path / "copy")
+    (copy / "trunk.onnx").write_bytes(b"\x08\x07garbage")
+    with pytest.raises(OnnxFileError, match="trunk.onnx"):
+        Engine.from_checkpoint(ckpt, backend="onnxruntime", onnx_dir=copy)
+
+
+def test_tensorrt_build_configuration_is_data(exported):
+    cfg = build_config(exported / "translate_label.onnx", "fp16", (1, 4, 16))
+    assert cfg.graph == "translate_label" and cfg.batch_range == (1, 16)
+    assert cfg.profile == {
+        "image": ((1, 3, 32, 32), (4, 3, 32, 32), (16, 3, 32, 32)),
+        "d": ((1, 6), (4, 6), (16, 6)), "noise": ((1, 8), (4, 8), (16, 8))}
+    assert set(cfg.flags) == {"FP16", "OBEY_PRECISION_CONSTRAINTS"} and cfg.clear_flags == ()
+    g = onnx.load(cfg.onnx)
+    norms = [n.name for n in g.graph.node if n.op_type == "InstanceNormalization"]
+    assert len(norms) == len(set(norms)) == 26 and all(norms)
+    assert cfg.fp32_layers == tuple(norms)
+    assert json.loads(json.dumps(cfg.to_dict()))["precision"] == "fp16"
+    bf16 = build_config(exported / "decode_mix.onnx", "bf16", (2, 2, 8))
+    assert set(bf16.flags) == {"BF16", "OBEY_PRECISION_CONSTRAINTS"}
+    assert bf16.profile["alpha"] == ((2,), (2,), (8,)) and len(bf16.fp32_layers) == 8
+    fp32 = build_config(exported / "trunk.onnx", "fp32")
+    assert fp32.flags == () and fp32.clear_flags == ("TF32",) and fp32.fp32_layers == ()
+    with pytest.raises(ValueError, match="precision must be one of fp32, fp16, bf16"):
+        build_config(exported / "trunk.onnx", "int8")
+    with pytest.raises(ValueError, match="1 <= min <= opt <= max"):
+        build_config(exported / "trunk.onnx", "fp16", (4, 2, 8))
+
+
+def test_plan_sidecar_check():
+    built = {"tensorrt_version": "10.3.0", "gpu_name": "NVIDIA H100 80GB HBM3",
+             "compute_capability": "9.0", "precision": "fp16"}
+    assert sidecar_problems(built, dict(built)) == []
+    here = {**built, "gpu_name": "NVIDIA A10G", "compute_capability": "8.6"}
+    problems = sidecar_problems(built, here)
+    assert len(problems) == 2 and "NVIDIA A10G" in problems[0] and "'9.0'" in problems[1]
+    with pytest.raises(PlanMismatch, match="x.plan was built for another GPU.*A10G.*rebuild"):
+        check_sidecar(built, here, "x.plan")
+    with pytest.raises(PlanMismatch, match="tensorrt_version: plan '10.3.0', here '10.8.0'"):
+        check_sidecar(built, {**built, "tensorrt_version": "10.8.0"}, "x.plan")
+
+
+@pytest.mark.skipif(HAVE_TRT, reason="checks the message shown without tensorrt")
+def test_tensorrt_missing_names_the_extra(model, exported, tmp_path, capsys):
+    with pytest.raises(BackendUnavailable, match=r"pip install 'bridgegan\[tensorrt\]'"):
+        import_tensorrt()
+    with pytest.raises(BackendUnavailable, match=r"pip install 'bridgegan\[tensorrt\]'"):
+        Engine(model, backend="tensorrt", device="cpu")
+    assert main(["export", "tensorrt", str(exported / "trunk.onnx"), str(tmp_path / "t.plan")]) == 2
+    assert "bridgegan[tensorrt]" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not (HAVE_TRT and torch.cuda.is_available()),
+                    reason="needs tensorrt (TensorRT 10) and a CUDA device")
+def test_tensorrt_plan_matches_the_reference(model, exported, tmp_path):
+    from bridgegan.engine.export.tensorrt_build import build_plan
+    from bridgegan.engine.export.trt_runtime import TrtPlan
+
+    plan = build_plan(build_config(exported / "translate_label.onnx", "fp32", (1, 2, 4)),
+                      tmp_path / "label.plan")
+    sidecar = json.loads((tmp_path / "label.plan.json").read_text())
+    assert sidecar["gpu_name"] == torch.cuda.get_device_name()
+    assert (tmp_path / "timing.cache").is_file()
+    x, ys = images(3, 32, 70), labels(3, 6, 70)
+    d, noise = 1.5 * (1 - 2 * ys), torch.randn(3, 8, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        want = model.generator(x, model.mapping(noise, d) + model.encoder(x, -d))
+    got = TrtPlan(plan)(x.cuda(), d.cuda(), noise.cuda())[0]
+    torch.cuda.synchronize()
+    assert (got.cpu() - want).abs().max() <= ATOL
+
+
+def parse_config(text: str) -> dict:
+    """The fields of a generated config.pbtxt that the test checks."""
+    def ports(kind):
+        block = re.search(kind + r" \[\n(.*?)\n\]", text, re.S).group(1)
+        return [(n, t, [int(v) for v in dims.replace(",", " ").split()]) for n, t, dims in
+                re.findall(r'name: "(\w+)"\s+data_type: (\w+)\s+dims: \[([\d, ]*)\]', block)]
+
+    return {"name": re.search(r'^name: "(\w+)"', text, re.M).group(1),
+            "platform": re.search(r'^platform: "(\w+)"', text, re.M).group(1),
+            "max_batch_size": int(re.search(r"^max_batch_size: (\d+)", text, re.M).group(1)),
+            "preferred": [int(v) for v in re.search(r"preferred_batch_size: \[([\d, ]*)\]",
+                                                    text).group(1).replace(",", " ").split()],
+            "delay": int(re.search(r"max_queue_delay_microseconds: (\d+)", text).group(1)),
+            "input": ports("input"), "output": ports("output")}
+
+
+def onnx_ports(path) -> tuple[list, list]:
+    g = onnx.load(str(path))
+
+    def port(v):
+        dims = v.type.tensor_type.shape.dim
+        assert dims[0].dim_param  # dynamic batch: Triton batches on it
+        return v.name, ONNX_TO_TRITON[v.type.tensor_type.elem_type], [d.dim_value for d in dims[1:]]
+
+    return [port(v) for v in graph_inputs(g)], [port(v) for v in g.graph.output]
+
+
+def test_triton_model_repository(ckpt, exported, tmp_path):
+    repo = tmp_path / "repo"
+    assert main(["export", "triton-repo", str(ckpt), str(repo), "--onnx-dir", str(exported)]) == 0
+    assert sorted(p.name for p in repo.iterdir()) == sorted(PROGRAMS)
+    for name in PROGRAMS:
+        folder = repo / name
+        assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()) == [
+            "1/model.onnx", "bridgegan.json", "config.pbtxt"]
+        assert (folder / "1/model.onnx").read_bytes() == (exported / f"{name}.onnx").read_bytes()
+        cfg = parse_config((folder / "config.pbtxt").read_text())
+        assert (cfg["name"], cfg["platform"]) == (name, "onnxruntime_onnx")
+        assert cfg["max_batch_size"] == 64
+        assert cfg["preferred"] == [4, 8, 16, 32] and cfg["delay"] == 1000
+        assert (cfg["input"], cfg["output"]) == onnx_ports(folder / "1/model.onnx")
+        assert json.loads((folder / "bridgegan.json").read_text())["attributes"][0] == "Black_Hair"
+    # a plan replaces the ONNX model of the graph its sidecar names (sidecar as data here)
+    plan = tmp_path / "label.plan"
+    plan.write_bytes(b"serialized engine")
+    sidecar = {**build_config(exported / "translate_label.onnx", "fp16", (1, 8, 16)).to_dict(),
+               "tensorrt_version": "10.3.0", "gpu_name": "NVIDIA H100", "compute_capability": "9.0"}
+    (tmp_path / "label.plan.json").write_text(json.dumps(sidecar))
+    write_triton_repo(ckpt, repo, plans=[plan], onnx_dir=exported)
+    cfg = parse_config((repo / "translate_label/config.pbtxt").read_text())
+    assert (cfg["platform"], cfg["max_batch_size"]) == ("tensorrt_plan", 16)
+    assert cfg["preferred"] == [4, 8, 16]
+    assert (repo / "translate_label/1/model.plan").read_bytes() == b"serialized engine"
+    assert not (repo / "translate_label/1/model.onnx").exists()
+    other = parse_config((repo / "translate_reference/config.pbtxt").read_text())
+    assert other["platform"] == "onnxruntime_onnx"
+    sidecar["profile"]["image"] = [[1, 3, 64, 64]] * 3
+    (tmp_path / "label.plan.json").write_text(json.dumps(sidecar))
+    with pytest.raises(ValueError, match="a plan of another configuration"):
+        write_triton_repo(ckpt, repo, plans=[plan], onnx_dir=exported)
+    (tmp_path / "label.plan.json").write_text(json.dumps({**sidecar, "graph": "trunk"}))
+    with pytest.raises(ValueError, match="plan of graph 'trunk'"):
+        write_triton_repo(ckpt, repo, plans=[plan], onnx_dir=exported)
