@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = model.config
     eng = Engine(model, backend="torch", device=args.device)
     if args.input:
-        sources = eng._images(args.input)
+        sources = eng.load_images(args.input)
     else:
         sources, _ = procedural_batch(4, cfg.image_size, seed=args.seed + 1000,
                                       attributes=cfg.attributes)

@@ -31,7 +31,7 @@ def translate(args: argparse.Namespace) -> int:
     eng = Engine.from_checkpoint(args.checkpoint, backend=args.backend, dtype=args.dtype,
                                  device=args.device)
     sources = [open_rgb(p) for p in args.input]
-    x = eng._images(sources)
+    x = eng.load_images(sources)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     columns = [x.cpu()]

@@ -106,7 +106,8 @@ class Engine:
     def attributes(self) -> tuple[str, ...]:
         return self.config.attributes
 
-    def _images(self, images: Images, what: str = "images") -> torch.Tensor:
+    def load_images(self, images: Images, what: str = "images") -> torch.Tensor:
+        """Checked float32 batch (N, 3, S, S) on the engine's device (policy: ``io``)."""
         return as_batch(images, self.config.image_size, what).to(self.device)
 
     def _cast(self, x: torch.Tensor) -> torch.Tensor:
@@ -116,7 +117,7 @@ class Engine:
     @torch.inference_mode()
     def classify(self, images: Images) -> torch.Tensor:
         """Source labels (N, A) from the discriminator's attribute head."""
-        return (self.classifier(self._images(images))[1] > 0).float()
+        return (self.classifier(self.load_images(images))[1] > 0).float()
 
     def _labels(self, labels, n: int, what: str) -> torch.Tensor:
         labels = torch.as_tensor(labels, dtype=torch.float32, device=self.device)
@@ -158,7 +159,7 @@ class Engine:
         several = isinstance(references, (list, tuple)) and references and all(
             isinstance(r, (list, tuple)) or (isinstance(r, torch.Tensor) and r.dim() == 4)
             for r in references)
-        batches = [self._images(r, "references") for r in (references if several else [references])]
+        batches = [self.load_images(r, "references") for r in (references if several else [references])]
         out = []
         for b in batches:
             if b.shape[0] not in (1, n):
@@ -168,15 +169,21 @@ class Engine:
         return torch.stack(out)
 
     # ----- programs (fixed-shape functions of tensors; CUDA-graphed on GPU) -----------
+    def _label_code(self, x, d, r):
+        """S_rand = M(r, d) + E(x, -d)."""
+        return self.stages.map(r, d) + self.stages.encode(x, -d)
+
+    def _reference_code(self, x, refs, d):
+        """S_ref = mean_k E(refs[k], d) + E(x, -d), the K reference batches in one call."""
+        k, n = refs.shape[:2]
+        target = self.stages.encode(refs.flatten(0, 1), d.repeat(k, 1)).unflatten(0, (k, n))
+        return target.mean(0) + self.stages.encode(x, -d)
+
     def _label_program(self, x, d, r):
-        st = self.stages
-        return st.decode(st.trunk(x), st.map(r, d) + st.encode(x, -d))
+        return self.stages.decode(self.stages.trunk(x), self._label_code(x, d, r))
 
     def _reference_program(self, x, refs, d):
-        st = self.stages
-        k, n = refs.shape[:2]
-        target = st.encode(refs.flatten(0, 1), d.repeat(k, 1)).unflatten(0, (k, n)).mean(0)
-        return st.decode(st.trunk(x), target + st.encode(x, -d))
+        return self.stages.decode(self.stages.trunk(x), self._reference_code(x, refs, d))
 
     def _run(self, fn, *args) -> torch.Tensor:
         with torch.inference_mode(), self._lock:
@@ -187,13 +194,13 @@ class Engine:
                   source=None, seed: int | None = None) -> torch.Tensor:
         """Label-based translation. ``target``: labels (N, A) / (A,) or a dict name -> 0/1
         applied to the source labels with the conflict rules."""
-        x = self._images(images)
+        x = self.load_images(images)
         y_s = self._source(x, source)
         d = strength * (self._target(y_s, target) - y_s)
         return self._run(self._label, x, d, self._noise(x.shape[0], noise, seed))
 
     def reconstruct(self, images: Images, noise=None, seed: int | None = None) -> torch.Tensor:
-        x = self._images(images)
+        x = self.load_images(images)
         d = x.new_zeros(x.shape[0], self.config.n_attrs)
         return self._run(self._label, x, d, self._noise(x.shape[0], noise, seed))
 
@@ -203,7 +210,7 @@ class Engine:
         """Reference-based translation: the target takes ``attributes`` (default: all) from
         the references' labels (given, or from the attribute head). ``references`` is one
         batch of N or 1 images, or a list of such batches averaged in the latent code."""
-        x = self._images(images)
+        x = self.load_images(images)
         refs = self._reference_batches(references, x.shape[0])
         y_s = self._source(x, source)
         y_t = self._reference_target(y_s, refs, attributes, reference_labels)
@@ -229,7 +236,7 @@ class Engine:
         level "latent" blends the codes, "spade" blends every SPADE layer's output."""
         if level not in ("latent", "spade"):
             raise ValueError(f"level must be 'latent' or 'spade', got {level!r}")
-        x = self._images(images)
+        x = self.load_images(images)
         refs = self._reference_batches(references, x.shape[0])
         y_s = self._source(x, source)
         d = strength * (self._target(y_s, target) - y_s)
@@ -237,10 +244,8 @@ class Engine:
         st = self.stages
         with torch.inference_mode(), self._lock:
             xc, dc, rc, refc = (self._cast(t) for t in (x, d, r, refs))
-            h, s_src = st.trunk(xc), st.encode(xc, -dc)
-            s_rand = st.map(rc, dc) + s_src
-            k, n = refc.shape[:2]
-            s_ref = st.encode(refc.flatten(0, 1), dc.repeat(k, 1)).unflatten(0, (k, n)).mean(0) + s_src
+            h = st.trunk(xc)
+            s_rand, s_ref = self._label_code(xc, dc, rc), self._reference_code(xc, refc, dc)
             outs = []
             for a in alphas:
                 s = (a * s_rand + (1 - a) * s_ref if level == "latent"
@@ -254,7 +259,7 @@ class Engine:
         """Reconstruction, every single-attribute flip (conflict rules applied), and
         ``samples`` noise samples of ``sample_target`` (default: the first flip), for one
         source image. With ``cache`` the source-only trunk runs once for the whole strip."""
-        x = self._images(image)
+        x = self.load_images(image)
         if x.shape[0] != 1:
             raise ValueError(f"edit_strip takes one image, got {x.shape[0]}")
         y_s = self._source(x, source)
@@ -275,5 +280,5 @@ class Engine:
             xc, dc, rc = self._cast(x), self._cast(d), self._cast(r)
             xk = self._cast(xc.expand(k, -1, -1, -1))
             h = self._cast(st.trunk(xc).expand(k, -1, -1, -1)) if cache else st.trunk(xk)
-            out = st.decode(h, st.map(rc, dc) + st.encode(xk, -dc)).float()
+            out = st.decode(h, self._label_code(xk, dc, rc)).float()
         return EditStrip(out, captions)

@@ -45,8 +45,10 @@ def default_cases(device: torch.device) -> list[tuple[str, str, bool]]:
     if device.type == "cuda":
         return [("torch", "float32", False), ("triton", "float32", False),
                 ("torch", "fp16", True), ("triton", "fp16", False), ("triton", "fp16", True),
-                ("triton", "bf16", True), ("reference", "fp16", False)]
-    return [("torch", "float32", False), ("triton", "float32", False), ("torch", "bf16", False)]
+                ("triton", "bf16", True), ("reference", "fp16", False),
+                ("onnxruntime", "float32", False)]
+    return [("torch", "float32", False), ("triton", "float32", False), ("torch", "bf16", False),
+            ("onnxruntime", "float32", False)]
 
 
 def run_parity(device: str | None = None, config: BridgeGANConfig | None = None, batch: int = 4,
