@@ -114,10 +114,9 @@ class Engine:
         fmt = torch.channels_last if self.channels_last and x.dim() == 4 else torch.contiguous_format
         return x.to(device=self.device, dtype=self.dtype).contiguous(memory_format=fmt)
 
-    @torch.inference_mode()
     def classify(self, images: Images) -> torch.Tensor:
-        """Source labels (N, A) from the discriminator's attribute head."""
-        return (self.classifier(self.load_images(images))[1] > 0).float()
+        """Source labels (N, A) from the discriminator's attribute head (logit > 0)."""
+        return self._source(self.load_images(images), None)
 
     def _labels(self, labels, n: int, what: str) -> torch.Tensor:
         labels = torch.as_tensor(labels, dtype=torch.float32, device=self.device)
