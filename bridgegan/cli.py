@@ -146,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .engine.export.cli import register as register_export
 
     register_export(sub)
+    from .serve.cli import register as register_serve
+
+    register_serve(sub)
 
     p = sub.add_parser("info", help="print a configuration and its parameter counts")
     p.add_argument("--checkpoint", help="checkpoint folder (default: the paper configuration)")

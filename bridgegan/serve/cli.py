@@ -1,0 +1,64 @@
+"""`bridgegan serve`: argument parsing; the work lives in ``server`` (PyTriton) and
+``repo_python`` (python-backend model repository), imported when the command runs."""
+from __future__ import annotations
+
+import argparse
+
+
+def _serve(args: argparse.Namespace) -> int:
+    if args.repository:
+        from .repo_python import run_tritonserver
+
+        return run_tritonserver(args.repository, host=args.host, http_port=args.http_port,
+                                grpc_port=args.grpc_port, metrics_port=args.metrics_port,
+                                exit_timeout_secs=args.exit_timeout_secs)
+    if not args.checkpoint:
+        raise ValueError("give --checkpoint CKPT (serve it, or write a model repository "
+                         "with --write-repository) or --repository DIR")
+    if args.write_repository:
+        from .repo_python import write_python_repo
+
+        folders = write_python_repo(args.checkpoint, args.write_repository, args.max_batch,
+                                    args.max_queue_delay_us, args.device, args.backend,
+                                    args.dtype)
+        print(f"wrote {', '.join(f.name for f in folders)} to {args.write_repository}; serve "
+              f"with: tritonserver --model-repository {args.write_repository}")
+        return 0
+    from ..engine import Engine
+    from .server import import_pytriton, serve
+
+    import_pytriton()  # before loading the model: a missing extra fails fast
+    engine = Engine.from_checkpoint(args.checkpoint, backend=args.backend, dtype=args.dtype,
+                                    device=args.device)
+    serve(engine, args.host, args.http_port, args.grpc_port, args.metrics_port, args.max_batch,
+          args.max_queue_delay_us, args.exit_timeout_secs)
+    return 0
+
+
+def register(sub) -> None:
+    """Add the `serve` command to an argparse subparsers object."""
+    p = sub.add_parser("serve", help="serve the engine on Triton Inference Server (PyTriton, "
+                                     "dynamic batching), or write / serve a python-backend "
+                                     "model repository; needs bridgegan[serve]")
+    p.add_argument("--checkpoint", help="checkpoint folder to serve")
+    p.add_argument("--backend", default="torch", help="engine backend (default: %(default)s)")
+    p.add_argument("--dtype", default="float32", help="float32, fp16, bf16 or auto")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--max-batch", type=int, default=64, help="largest batch Triton forms and "
+                                                             "accepts (default: %(default)s)")
+    p.add_argument("--max-queue-delay-us", type=int, default=1000,
+                   help="how long a request may wait for others to batch with "
+                        "(default: %(default)s)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default: %(default)s; 0.0.0.0 for every interface)")
+    p.add_argument("--http-port", type=int, default=8000)
+    p.add_argument("--grpc-port", type=int, default=8001)
+    p.add_argument("--metrics-port", type=int, default=8002)
+    p.add_argument("--exit-timeout-secs", type=int, default=30,
+                   help="how long shutdown waits for in-flight requests and open clients")
+    p.add_argument("--write-repository", metavar="DIR",
+                   help="write a python-backend model repository of --checkpoint to DIR and "
+                        "exit (--device cuda: GPU instances)")
+    p.add_argument("--repository", metavar="DIR",
+                   help="run PyTriton's bundled tritonserver, plain, on this model repository")
+    p.set_defaults(func=_serve)

@@ -1,0 +1,183 @@
+"""The served models: their inputs and outputs, and how one batch of requests runs on the
+engine. Shared by ``bridgegan serve`` (PyTriton) and the python-backend model repository
+(``repo_python``); imports neither.
+
+Every input and output is batch-first (the batch dimension is not listed here):
+
+- ``translate_label``: ``image`` (3, S, S) float32 in [-1, 1], ``target`` (A,) target labels;
+  optional ``noise`` (noise_dim,) N(0, 1) (drawn by the server when absent), ``source``
+  (A,) source labels (the discriminator's attribute head when absent), ``strength`` (1,)
+  (1.5 when absent).
+- ``translate_reference``: ``image``, ``reference`` (3, S, S): one reference per source;
+  optional ``attributes`` (A,) bool: which attributes come from the reference (all when
+  absent), ``source``, ``strength``.
+- ``reconstruct``: ``image``; optional ``noise``.
+- output of each: ``output`` (3, S, S) float32 in [-1, 1].
+
+A batch mixes requests freely: rows that differ in ``strength`` or ``attributes`` run as
+separate engine calls. Each request is checked on its own (the engine's image checks,
+finite labels and noise); a bad request yields a ``ValueError`` in its slot and the others
+still run.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..reference.config import BridgeGANConfig
+from ..reference.model import DEFAULT_STRENGTH
+
+MODELS = ("translate_label", "translate_reference", "reconstruct")
+IMAGE_INPUTS = ("image", "reference")  # checked by the engine: NaN / Inf, range [-1, 1]
+NUMPY_TYPES = {"FP32": np.float32, "BOOL": np.bool_}
+
+
+@dataclass(frozen=True)
+class Port:
+    """One input or output: Triton data type name, shape without the batch dimension."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    optional: bool = False
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    inputs: tuple[Port, ...]
+    outputs: tuple[Port, ...]
+
+
+def model_specs(config: BridgeGANConfig) -> dict[str, ModelSpec]:
+    """The three served models of a configuration, by name."""
+    s, a = config.image_size, config.n_attrs
+    image, out = Port("image", "FP32", (3, s, s)), (Port("output", "FP32", (3, s, s)),)
+    noise = Port("noise", "FP32", (config.noise_dim,), optional=True)
+    source = Port("source", "FP32", (a,), optional=True)
+    strength = Port("strength", "FP32", (1,), optional=True)
+    return {
+        "translate_label": ModelSpec("translate_label", (
+            image, Port("target", "FP32", (a,)), noise, source, strength), out),
+        "translate_reference": ModelSpec("translate_reference", (
+            image, Port("reference", "FP32", (3, s, s)), Port("attributes", "BOOL", (a,), True),
+            source, strength), out),
+        "reconstruct": ModelSpec("reconstruct", (image, noise), out),
+    }
+
+
+def _prepare(engine, spec: ModelSpec, request: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """One request's inputs as CPU tensors, checked, with the optional ones filled in."""
+    ports = {p.name: p for p in spec.inputs}
+    unknown = set(request) - set(ports)
+    if unknown:
+        raise ValueError(f"unknown input(s) {', '.join(sorted(unknown))}; {spec.name} takes "
+                         f"{', '.join(ports)}")
+    n = None
+    out = {}
+    for port in spec.inputs:
+        value = request.get(port.name)
+        if value is None:
+            if not port.optional:
+                raise ValueError(f"missing input {port.name!r}")
+            continue
+        value = np.asarray(value)
+        if value.ndim != len(port.shape) + 1 or value.shape[1:] != port.shape:
+            raise ValueError(f"input {port.name!r} must have shape (N, "
+                             f"{', '.join(map(str, port.shape))}), got {value.shape}")
+        n = value.shape[0] if n is None else n
+        if value.shape[0] != n:
+            raise ValueError(f"input {port.name!r} has {value.shape[0]} rows, the others {n}")
+        if port.dtype == "BOOL":
+            out[port.name] = torch.tensor(value.astype(bool))
+            continue
+        t = torch.tensor(value, dtype=torch.float32)
+        if port.name in IMAGE_INPUTS:
+            out[port.name] = engine.load_images(t, port.name).cpu()
+        elif not torch.isfinite(t).all():
+            raise ValueError(f"input {port.name!r} contains NaN or Inf")
+        else:
+            out[port.name] = t
+    if n == 0:
+        raise ValueError("empty request")
+    a = engine.config.n_attrs
+    if "noise" in ports and "noise" not in out:
+        out["noise"] = torch.randn(n, engine.config.noise_dim)
+    if "source" in ports:
+        out["has_source"] = torch.full((n,), "source" in out)
+        out.setdefault("source", torch.zeros(n, a))
+    if "strength" in ports:
+        out.setdefault("strength", torch.full((n, 1), DEFAULT_STRENGTH))
+    if "attributes" in ports:
+        out.setdefault("attributes", torch.ones(n, a, dtype=torch.bool))
+    return out
+
+
+def _by_key(key: torch.Tensor, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+            n: int, size: int) -> torch.Tensor:
+    """Run ``fn(rows, key value)`` once per distinct row of ``key`` and scatter the results."""
+    values, inverse = torch.unique(key, dim=0, return_inverse=True)
+    out = torch.empty(n, 3, size, size)
+    for k, value in enumerate(values):
+        rows = (inverse == k).nonzero().flatten()
+        out[rows] = fn(rows, value).cpu()
+    return out
+
+
+def _sources(engine, b: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Given source labels, or the attribute head's where a request gave none."""
+    src, need = b["source"].clone(), b["has_source"].logical_not()
+    if need.any():
+        src[need] = engine.classify(b["image"][need]).cpu()
+    return src
+
+
+def _translate_label(engine, b):
+    src = _sources(engine, b)
+    return _by_key(b["strength"], lambda r, s: engine.translate(
+        b["image"][r], b["target"][r], noise=b["noise"][r], strength=s.item(), source=src[r]),
+        len(src), engine.config.image_size)
+
+
+def _translate_reference(engine, b):
+    src = _sources(engine, b)
+    names = engine.attributes
+
+    def run(r, key):
+        attrs = [n for n, take in zip(names, key[1:].tolist()) if take]
+        return engine.translate_reference(b["image"][r], b["reference"][r], attributes=attrs,
+                                          source=src[r], strength=key[0].item())
+
+    key = torch.cat([b["strength"], b["attributes"].float()], dim=1)
+    return _by_key(key, run, len(src), engine.config.image_size)
+
+
+def _reconstruct(engine, b):
+    return engine.reconstruct(b["image"], noise=b["noise"])
+
+
+_RUN = {"translate_label": _translate_label, "translate_reference": _translate_reference,
+        "reconstruct": _reconstruct}
+
+
+def run_requests(engine, name: str, requests: Sequence[Mapping[str, np.ndarray]]
+                 ) -> list[dict[str, np.ndarray] | ValueError]:
+    """Run a batch of requests of model ``name`` in one engine call per distinct
+    strength / attribute mask; each slot holds that request's outputs or its error."""
+    spec = model_specs(engine.config)[name]
+    results: list = [None] * len(requests)
+    good = []
+    for i, request in enumerate(requests):
+        try:
+            good.append((i, _prepare(engine, spec, request)))
+        except ValueError as exc:
+            results[i] = exc
+    if good:
+        batch = {k: torch.cat([p[k] for _, p in good]) for k in good[0][1]}
+        out = _RUN[name](engine, batch).float().cpu()
+        for (i, p), chunk in zip(good, out.split([len(p["image"]) for _, p in good])):
+            results[i] = {"output": chunk.numpy()}
+    return results

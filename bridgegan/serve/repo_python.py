@@ -1,0 +1,177 @@
+"""A Triton model repository of python-backend models that load the engine: the same
+models, inputs and outputs as ``bridgegan serve`` (``models``), served by a plain
+``tritonserver --model-repository DIR`` (NVIDIA's container, or the binary PyTriton
+bundles: ``tritonserver_command``)::
+
+    DIR/<model>/config.pbtxt       backend "python", inputs / outputs, dynamic batching,
+                                   instance group, engine backend and dtype as parameters
+    DIR/<model>/bridgegan.json     config and attribute names (for clients)
+    DIR/<model>/1/model.py         imports TritonPythonModel from this module
+    DIR/<model>/1/checkpoint/      config.json + model.safetensors (hard links to the
+                                   first model's copy where the file system allows)
+
+The server's Python needs this package and torch installed (``pip install bridgegan``).
+Unlike PyTriton, the python backend answers each request of a batch on its own: an
+invalid request gets its error and the rest of its batch runs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from .. import __version__
+from ..reference.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_checkpoint, write_folder_atomic
+from .models import MODELS, ModelSpec, model_specs, run_requests
+
+MODEL_PY = "from bridgegan.serve.repo_python import TritonPythonModel  # noqa: F401\n"
+INSTANCE_KINDS = {"cpu": "KIND_CPU", "cuda": "KIND_GPU"}
+
+
+def python_model_config(spec: ModelSpec, max_batch: int, queue_delay_us: int, device: str,
+                        backend: str, dtype: str) -> str:
+    """config.pbtxt text of one python-backend model."""
+    def ports(kind: str, items) -> str:
+        body = ",\n".join(
+            f'  {{\n    name: "{p.name}"\n    data_type: TYPE_{p.dtype}\n'
+            f'    dims: [ {", ".join(map(str, p.shape))} ]' +
+            ("\n    optional: true" if p.optional else "") + "\n  }" for p in items)
+        return f"{kind} [\n{body}\n]"
+
+    def parameter(key: str, value: str) -> str:
+        return f'parameters: {{\n  key: "{key}"\n  value: {{ string_value: "{value}" }}\n}}'
+
+    return "\n".join([
+        f'name: "{spec.name}"', 'backend: "python"', f"max_batch_size: {max_batch}",
+        ports("input", spec.inputs), ports("output", spec.outputs),
+        f"dynamic_batching {{\n  max_queue_delay_microseconds: {queue_delay_us}\n}}",
+        f"instance_group [\n  {{\n    count: 1\n    kind: {INSTANCE_KINDS[device]}\n  }}\n]",
+        parameter("engine_backend", backend), parameter("engine_dtype", dtype)]) + "\n"
+
+
+def _link_or_copy(source: Path):
+    def write(path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(source, path)
+        except OSError:
+            shutil.copyfile(source, path)
+    return write
+
+
+def _text(text: str):
+    def write(path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return write
+
+
+def write_python_repo(checkpoint: str | os.PathLike, out: str | os.PathLike,
+                      max_batch: int = 64, queue_delay_us: int = 1000, device: str = "cpu",
+                      backend: str = "torch", dtype: str = "float32") -> list[Path]:
+    """Write one python-backend model folder per served model under ``out`` (each replaced
+    atomically). ``device`` "cuda" gives GPU instances; ``backend`` / ``dtype`` are the
+    engine's. Returns the model folders."""
+    if device not in INSTANCE_KINDS:
+        raise ValueError(f"device must be one of {', '.join(INSTANCE_KINDS)}, got {device!r}")
+    config = load_checkpoint(checkpoint).config  # checks every tensor before copying
+    specs = model_specs(config)
+    info = {"config": json.loads(config.to_json()), "attributes": list(config.attributes),
+            "bridgegan_version": __version__}
+    source, written = Path(checkpoint), []
+    for name in MODELS:
+        text = python_model_config(specs[name], max_batch, queue_delay_us, device, backend, dtype)
+        meta = {**info, "model": name, "backend": "python",
+                "inputs": [vars(p) for p in specs[name].inputs]}
+        folder = write_folder_atomic(Path(out) / name, {
+            "config.pbtxt": _text(text), "bridgegan.json": _text(json.dumps(meta, indent=2) + "\n"),
+            "1/model.py": _text(MODEL_PY),
+            **{f"1/checkpoint/{f}": _link_or_copy(source / f) for f in (CONFIG_FILE, WEIGHTS_FILE)}})
+        written.append(folder)
+        source = folder / "1" / "checkpoint"
+    return written
+
+
+class TritonPythonModel:
+    """Triton python-backend model: loads the engine from the version folder's checkpoint
+    (engine backend and dtype from the config parameters; a GPU instance runs on its
+    device) and answers each request, or its error, separately."""
+
+    def initialize(self, args: dict) -> None:
+        import triton_python_backend_utils as pb_utils
+
+        from ..engine import Engine
+
+        self.pb = pb_utils
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        device = (f"cuda:{args['model_instance_device_id']}"
+                  if args["model_instance_kind"] == "GPU" else "cpu")
+        folder = Path(args["model_repository"]) / args["model_version"] / "checkpoint"
+        self.name = args["model_name"]
+        self.engine = Engine.from_checkpoint(folder, backend=params.get("engine_backend", "torch"),
+                                             dtype=params.get("engine_dtype", "float32"),
+                                             device=device)
+        self.inputs = [p.name for p in model_specs(self.engine.config)[self.name].inputs]
+
+    def execute(self, requests):
+        pb = self.pb
+        data = []
+        for request in requests:
+            tensors = {n: pb.get_input_tensor_by_name(request, n) for n in self.inputs}
+            data.append({n: t.as_numpy() for n, t in tensors.items() if t is not None})
+        return [pb.InferenceResponse(error=pb.TritonError(f"{self.name}: invalid input: {r}",
+                                                          pb.TritonError.INVALID_ARG))
+                if isinstance(r, Exception) else
+                pb.InferenceResponse([pb.Tensor(k, v) for k, v in r.items()])
+                for r in run_requests(self.engine, self.name, data)]
+
+
+def tritonserver_command(repository: str | os.PathLike, workdir: str | os.PathLike,
+                         host: str = "127.0.0.1", http_port: int = 8000, grpc_port: int = 8001,
+                         metrics_port: int = 8002, exit_timeout_secs: int = 30
+                         ) -> tuple[list[str], dict]:
+    """argv and environment that run PyTriton's bundled tritonserver, plain, on a model
+    repository: a backend directory under ``workdir`` holding the python backend and the
+    stub for this Python version, this interpreter's libpython first on the library path
+    and its bin folder first on PATH (the stub's Python finds this environment's
+    packages through it)."""
+    from .server import import_pytriton, prefer_own_libpython
+
+    import_pytriton()
+    from pytriton.utils.distribution import get_libs_path, get_root_module_path, get_stub_path
+
+    dist = get_root_module_path() / "tritonserver"
+    backend = Path(workdir) / "backends" / "python"
+    backend.mkdir(parents=True, exist_ok=True)
+    for target in [*(dist / "backends" / "python").glob("*.*"),
+                   get_stub_path(f"{sys.version_info[0]}.{sys.version_info[1]}")]:
+        link = backend / target.name
+        if not link.exists():
+            link.symlink_to(target)
+    env = prefer_own_libpython(dict(os.environ))
+    env["LD_LIBRARY_PATH"] += ":" + str(get_libs_path())
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    argv = [str(dist / "bin" / "tritonserver"), f"--model-repository={repository}",
+            f"--backend-directory={backend.parent}", f"--http-address={host}",
+            f"--http-port={http_port}", f"--grpc-address={host}", f"--grpc-port={grpc_port}",
+            f"--metrics-address={host}", f"--metrics-port={metrics_port}",
+            f"--exit-timeout-secs={exit_timeout_secs}"]
+    return argv, env
+
+
+def run_tritonserver(repository: str | os.PathLike, **kw) -> int:
+    """Run the bundled tritonserver on ``repository`` until it exits; its exit status."""
+    import signal
+    import subprocess
+
+    with tempfile.TemporaryDirectory(prefix="bridgegan-tritonserver-") as workdir:
+        argv, env = tritonserver_command(repository, workdir, **kw)
+        print(" ".join(argv), flush=True)
+        proc = subprocess.Popen(argv, env=env)
+        for sig in (signal.SIGINT, signal.SIGTERM):  # the server shuts down itself
+            signal.signal(sig, lambda s, _: proc.send_signal(s))
+        return proc.wait()
