@@ -55,7 +55,8 @@ def register(sub) -> None:
     p.add_argument("--grpc-port", type=int, default=8001)
     p.add_argument("--metrics-port", type=int, default=8002)
     p.add_argument("--exit-timeout-secs", type=int, default=30,
-                   help="how long shutdown waits for in-flight requests and open clients")
+                   help="how long shutdown waits for in-flight requests, open clients and "
+                        "the models to unload (about 3 s; default: %(default)s)")
     p.add_argument("--write-repository", metavar="DIR",
                    help="write a python-backend model repository of --checkpoint to DIR and "
                         "exit (--device cuda: GPU instances)")

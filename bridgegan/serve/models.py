@@ -101,8 +101,6 @@ def _prepare(engine, spec: ModelSpec, request: Mapping[str, np.ndarray]) -> dict
             raise ValueError(f"input {port.name!r} contains NaN or Inf")
         else:
             out[port.name] = t
-    if n == 0:
-        raise ValueError("empty request")
     a = engine.config.n_attrs
     if "noise" in ports and "noise" not in out:
         out["noise"] = torch.randn(n, engine.config.noise_dim)

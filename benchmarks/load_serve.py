@@ -1,0 +1,185 @@
+"""Bounded load test of `bridgegan serve`: requests per second, p50 / p99 latency, errors,
+and the batch sizes the server formed.
+
+    python benchmarks/load_serve.py [--checkpoint CKPT | --resolution 128] \\
+        [--model translate_label] [--protocol http|grpc] [--concurrency 8] \\
+        [--requests 400] [--duration 30] [--max-queue-delay-us 2000] [--json out.json]
+    python benchmarks/load_serve.py --url 127.0.0.1:8000 ...   # a server already running
+
+Without --url it starts `bridgegan serve` on free loopback ports (OMP_NUM_THREADS=1 unless
+set) with the checkpoint, or seeded weights of the preset configuration, and stops it
+afterwards. Each of --concurrency client threads sends single-image requests (its own
+client, random inputs: images in [-1, 1], 0/1 labels, N(0, 1) noise; optional inputs
+omitted) until --requests have been sent or --duration seconds have passed, whichever
+comes first. Only loopback / the given address is contacted. Needs bridgegan[serve].
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+DTYPES = {"TYPE_FP32": ("FP32", np.float32), "TYPE_BOOL": ("BOOL", np.bool_)}
+
+
+def model_inputs(http: str, model: str) -> list[dict]:
+    """The required inputs of ``model`` from the server's model configuration."""
+    with urllib.request.urlopen(f"http://{http}/v2/models/{model}/config", timeout=10) as r:
+        config = json.load(r)
+    return [p for p in config["input"] if not p.get("optional")]
+
+
+def stats(http: str, model: str) -> tuple[int, int]:
+    """(inference count, execution count) of ``model`` so far."""
+    with urllib.request.urlopen(f"http://{http}/v2/models/{model}/stats", timeout=10) as r:
+        s = json.load(r)["model_stats"][0]
+    return int(s["inference_count"]), int(s["execution_count"])
+
+
+def random_inputs(ports: list[dict], rows: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    out = {}
+    for p in ports:
+        shape = (rows, *map(int, p["dims"]))
+        if p["data_type"] == "TYPE_BOOL":
+            out[p["name"]] = rng.random(shape) < 0.5
+        elif len(shape) == 4:  # an image
+            out[p["name"]] = rng.uniform(-1, 1, shape).astype(np.float32)
+        elif p["name"] in ("target", "source"):
+            out[p["name"]] = rng.integers(0, 2, shape).astype(np.float32)
+        else:
+            out[p["name"]] = rng.standard_normal(shape).astype(np.float32)
+    return out
+
+
+def run_load(http: str, grpc: str, model: str = "translate_label", protocol: str = "http",
+             concurrency: int = 8, max_requests: int = 400, duration: float = 30.0,
+             rows: int = 1, seed: int = 0) -> dict:
+    """Send the bounded load; returns the counts, rates and latency percentiles."""
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+
+    mod, url = (httpclient, http) if protocol == "http" else (grpcclient, grpc)
+    ports = model_inputs(http, model)
+    before = stats(http, model)
+    latencies: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    sent = [0]
+    deadline = time.monotonic() + duration
+
+    def worker(k: int) -> None:
+        rng = np.random.default_rng(seed + k)
+        client = mod.InferenceServerClient(url)
+        try:
+            while time.monotonic() < deadline:
+                with lock:
+                    if sent[0] >= max_requests:
+                        return
+                    sent[0] += 1
+                inputs = []
+                for name, a in random_inputs(ports, rows, rng).items():
+                    dtype = "BOOL" if a.dtype == np.bool_ else "FP32"
+                    inputs.append(mod.InferInput(name, list(a.shape), dtype))
+                    inputs[-1].set_data_from_numpy(a)
+                t0 = time.perf_counter()
+                try:
+                    client.infer(model, inputs)
+                    ok = True
+                except Exception as exc:  # counted, the load goes on
+                    ok, msg = False, str(exc)
+                dt = time.perf_counter() - t0
+                with lock:
+                    if ok:
+                        latencies.append(dt)
+                    else:
+                        errors.append(msg)
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(concurrency)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    seconds = time.perf_counter() - start
+    after = stats(http, model)
+    done = len(latencies) + len(errors)
+    ms = np.array(latencies) * 1e3 if latencies else np.array([np.nan])
+    executions = after[1] - before[1]
+    return {"model": model, "protocol": protocol, "concurrency": concurrency, "rows": rows,
+            "requests": done, "errors": len(errors), "first_error": errors[0] if errors else None,
+            "seconds": round(seconds, 2), "requests_per_s": round(done / seconds, 2),
+            "images_per_s": round(done * rows / seconds, 2),
+            "p50_ms": round(float(np.percentile(ms, 50)), 1),
+            "p99_ms": round(float(np.percentile(ms, 99)), 1),
+            "mean_batch": round((after[0] - before[0]) / executions, 2) if executions else None}
+
+
+def _checkpoint(args, tmp: str) -> str:
+    if args.checkpoint:
+        return args.checkpoint
+    import torch
+
+    from bridgegan.reference import BridgeGAN, BridgeGANConfig, save_checkpoint
+
+    torch.manual_seed(0)
+    model = BridgeGAN(BridgeGANConfig.preset(args.resolution)).eval()
+    return str(save_checkpoint(Path(tmp) / "ckpt", model))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--url", help="HTTP address of a running server (default: start one)")
+    p.add_argument("--grpc-url", help="its gRPC address (with --url and --protocol grpc)")
+    p.add_argument("--checkpoint", help="checkpoint to serve (default: seeded weights)")
+    p.add_argument("--resolution", type=int, default=128, choices=(64, 128, 256))
+    p.add_argument("--model", default="translate_label",
+                   choices=("translate_label", "translate_reference", "reconstruct"))
+    p.add_argument("--protocol", default="http", choices=("http", "grpc"))
+    p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--requests", type=int, default=400, help="at most this many requests")
+    p.add_argument("--duration", type=float, default=30.0, help="at most this many seconds")
+    p.add_argument("--rows", type=int, default=1, help="images per request")
+    p.add_argument("--max-batch", type=int, default=64)
+    p.add_argument("--max-queue-delay-us", type=int, default=2000)
+    p.add_argument("--json", help="also write the result here")
+    args = p.parse_args(argv)
+    load = dict(model=args.model, protocol=args.protocol, concurrency=args.concurrency,
+                max_requests=args.requests, duration=args.duration, rows=args.rows)
+    server = {"omp_threads": os.environ.get("OMP_NUM_THREADS", "1")}
+    if args.url:
+        result = run_load(args.url, args.grpc_url or args.url, **load)
+    else:
+        from bridgegan.serve.process import ServerProcess
+
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = _checkpoint(args, tmp)
+            serve_args = ["--checkpoint", ckpt, "--max-batch", str(args.max_batch),
+                          "--max-queue-delay-us", str(args.max_queue_delay_us),
+                          "--exit-timeout-secs", "10"]
+            with ServerProcess(serve_args, Path(tmp) / "serve.log") as srv:
+                run_load(srv.http, srv.grpc, **{**load, "max_requests": 2 * args.concurrency,
+                                                 "duration": 60.0})  # warm-up
+                result = run_load(srv.http, srv.grpc, **load)
+        server.update(checkpoint=args.checkpoint or f"seeded preset {args.resolution}",
+                      max_batch=args.max_batch, max_queue_delay_us=args.max_queue_delay_us)
+    result.update(server=server, machine=f"{platform.processor() or platform.machine()}, "
+                  f"{os.cpu_count()} cores", python=platform.python_version())
+    print(json.dumps(result, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0 if result["errors"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
