@@ -60,6 +60,18 @@ def test_four_phase_weight_equals_conv_after_upsample():
     torch.testing.assert_close(got_cl, want, rtol=1e-5, atol=1e-5)
 
 
+def test_pooled_weight_equals_conv_then_average_pool():
+    from bridgegan.engine.graph import Conv
+
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 5, 8, 6, generator=g)
+    conv = torch.nn.Conv2d(5, 4, 3, padding=1)
+    want = torch.nn.functional.avg_pool2d(conv(x), 2)
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        got = Conv(conv, pooled=True)(x.contiguous(memory_format=fmt))
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("backend", ["reference", "torch"])
 def test_engine_modes_match_the_reference_model(model, backend):
     cfg = model.config

@@ -3,8 +3,8 @@ card's measured peaks (a large matrix product, a large copy).
 
 FLOPs count multiply-adds as 2 and cover convolutions and linear layers of the reference
 model (what torch's FLOP counter counts); norms and activations are bytes, not FLOPs.
-The rewritten graph does less than this (four-phase convolutions, low-resolution
-shortcuts): a row's roofline share is the reference work per second over the peak.
+The rewritten graph does less than this (four-phase and pooled convolutions,
+low-resolution shortcuts): a row's roofline share is the reference work per second over the peak.
 Minimum bytes per call: the input images read once, the output images written once, and
 every weight of G, E and M read once.
 """
