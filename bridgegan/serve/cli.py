@@ -12,6 +12,8 @@ def _serve(args: argparse.Namespace) -> int:
         return run_tritonserver(args.repository, host=args.host, http_port=args.http_port,
                                 grpc_port=args.grpc_port, metrics_port=args.metrics_port,
                                 exit_timeout_secs=args.exit_timeout_secs)
+    if args.max_batch < 1:
+        raise ValueError(f"--max-batch must be at least 1, got {args.max_batch}")
     if not args.checkpoint:
         raise ValueError("give --checkpoint CKPT (serve it, or write a model repository "
                          "with --write-repository) or --repository DIR")

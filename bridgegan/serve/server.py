@@ -74,8 +74,6 @@ def serve(engine, host: str = "127.0.0.1", http_port: int = 8000, grpc_port: int
     from pytriton.triton import (DEFAULT_PROTECTED_ENDPOINTS, Triton, TritonConfig,
                                  TritonSecurityConfig)
 
-    if not 1 <= max_batch:
-        raise ValueError(f"max_batch must be at least 1, got {max_batch}")
     prefer_own_libpython()
     config = TritonConfig(http_address=host, http_port=http_port, grpc_address=host,
                           grpc_port=grpc_port, metrics_address=host, metrics_port=metrics_port,
