@@ -29,7 +29,8 @@ from bridgegan.serve.models import MODELS, model_specs, run_requests
 from conftest import images, labels, randomize, small_config
 
 ATOL = 1e-4  # design.md: end-to-end float32 images, max abs
-MISSING = [pkg for module, pkg in (("pytriton", "nvidia-pytriton"), ("tritonclient", "tritonclient"))
+MISSING = [pkg for module, pkg in (("pytriton", "nvidia-pytriton"),
+                                   ("tritonclient", "tritonclient"))
            if importlib.util.find_spec(module) is None]
 needs_serve = pytest.mark.skipif(bool(MISSING), reason=f"needs {' and '.join(MISSING)}: pip "
                                  "install 'bridgegan[serve]' (numpy<2, a separate environment)")
@@ -113,7 +114,8 @@ def test_bad_requests_fail_alone(engine):
     bad = [({"image": nan, "target": t}, "image: contain NaN or Inf"),
            ({"image": 2 * x, "target": t}, r"values must lie in \[-1, 1\]"),
            ({"image": x, "target": np.full_like(t, np.inf)}, "'target' contains NaN or Inf"),
-           ({"image": x, "target": np.ones((1, 7), np.float32)}, r"'target' must have shape \(N, 6\)"),
+           ({"image": x, "target": np.ones((1, 7), np.float32)},
+            r"'target' must have shape \(N, 6\)"),
            ({"image": x[:, :, :16, :16], "target": t}, r"'image' must have shape \(N, 3, 32, 32\)"),
            ({"image": x}, "missing input 'target'"),
            ({"image": x, "target": t, "seed": t}, "unknown input"),
@@ -358,7 +360,8 @@ def bundled_tritonserver_problem() -> str | None:
                                  timeout=60)
         except (OSError, subprocess.SubprocessError) as exc:
             return str(exc)
-    return None if "--model-repository" in out.stdout + out.stderr else (out.stderr or out.stdout)[-500:]
+    text = out.stdout + out.stderr
+    return None if "--model-repository" in text else text[-500:]
 
 
 @needs_serve

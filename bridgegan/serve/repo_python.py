@@ -89,7 +89,8 @@ def write_python_repo(checkpoint: str | os.PathLike, out: str | os.PathLike,
         folder = write_folder_atomic(Path(out) / name, {
             "config.pbtxt": _text(text), "bridgegan.json": _text(json.dumps(meta, indent=2) + "\n"),
             "1/model.py": _text(MODEL_PY),
-            **{f"1/checkpoint/{f}": _link_or_copy(source / f) for f in (CONFIG_FILE, WEIGHTS_FILE)}})
+            **{f"1/checkpoint/{f}": _link_or_copy(source / f)
+               for f in (CONFIG_FILE, WEIGHTS_FILE)}})
         written.append(folder)
         source = folder / "1" / "checkpoint"
     return written
