@@ -83,7 +83,8 @@ def pooled_weight(w: torch.Tensor) -> torch.Tensor:
 
 
 class Conv(nn.Module):
-    """A frozen convolution: "same" k x k, or four-phase (a 3x3 after a nearest 2x up)."""
+    """A frozen convolution: "same" k x k, four-phase (a 3x3 after a nearest 2x upsample)
+    or pooled (a 3x3 before a 2x2 average pool)."""
 
     def __init__(self, conv: nn.Conv2d, four_phase: bool = False, bias: bool = True,
                  weight: torch.Tensor | None = None, bias_tensor: torch.Tensor | None = None,
