@@ -25,9 +25,6 @@ def test_round_trip_is_bit_identical(small_model, tmp_path):
     assert loaded.config == small_model.config
     want = small_model.state_dict()
     assert all(torch.equal(v, want[k]) for k, v in loaded.state_dict().items())
-    # oneDNN's first convolution call in a process may differ from later ones in the last
-    # bits (multi-threaded CPU); compare outputs after one warm-up call
-    outputs(small_model)
     for a, b in zip(outputs(small_model), outputs(loaded)):
         assert torch.equal(a, b)
 
