@@ -33,7 +33,7 @@ MISSING = [pkg for module, pkg in (("pytriton", "nvidia-pytriton"),
                                    ("tritonclient", "tritonclient"))
            if importlib.util.find_spec(module) is None]
 needs_serve = pytest.mark.skipif(bool(MISSING), reason=f"needs {' and '.join(MISSING)}: pip "
-                                 "install 'bridgegan[serve]' (numpy<2, a separate environment)")
+                                 "install 'bridgegan[serve]' (it pins numpy<2)")
 
 
 @pytest.fixture(scope="module")

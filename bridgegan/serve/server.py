@@ -20,8 +20,7 @@ import sysconfig
 
 from .models import NUMPY_TYPES, model_specs, run_requests
 
-EXTRA_HINT = ("pip install 'bridgegan[serve]' (nvidia-pytriton 0.7 needs numpy<2: use a "
-              "separate environment)")
+EXTRA_HINT = "pip install 'bridgegan[serve]' (nvidia-pytriton 0.7 needs numpy<2; the extra pins it)"
 
 
 def import_pytriton():
