@@ -7,11 +7,13 @@ rest, all within five minutes on an H100:
   2. backend parity on the GPU (bridgegan parity --backends), 128x128 paper model
   3. kernel speed (benchmarks/bench_kernels.py): GB/s vs copy bandwidth, vs eager
   4. the engine speed table (bridgegan bench) at 128x128, batch 1, 8, 64, 256
-  5. torch.compile max-autotune at batch 64 (slow to compile: its own stage)
+  5. torch.compile max-autotune at batch 64 (autotuning takes minutes: its own stage,
+     last, so that the rest is in even if it runs out of time)
   6. the edit strip with and without the trunk cache
 Writes into OUTDIR: gpu_check.json (every stage's rows and status), bench.csv (engine rows),
 bench.png, kernels.csv, gpu_check.log. --dry-run runs the same stages at tiny sizes on the
-CPU (CI runs it, so the script cannot rot).
+CPU (CI runs it, so the script cannot rot). A copy of the tree without .git (a lent
+machine) records the commit given as BRIDGEGAN_COMMIT=<hash>.
 """
 from __future__ import annotations
 
@@ -30,7 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 ENGINE_VARIANTS = ("reference:float32,reference:fp16,torch:fp16:cl,triton:fp16:cl,"
-                   "triton:fp16:cl:graphs,triton:bf16:cl,triton:bf16:cl:graphs")
+                   "triton:fp16:cl:graphs,triton:fp16:graphs,triton:bf16:cl,"
+                   "triton:bf16:cl:graphs")  # triton:fp16:graphs = NCHW (the kernels' best layout)
 
 
 def stages(work: Path, dry: bool) -> list[tuple[str, list[str], int]]:
@@ -63,7 +66,7 @@ def stages(work: Path, dry: bool) -> list[tuple[str, list[str], int]]:
         out.append(("bench_compile", cli + ["bench", "--device", dev, "--variants",
                                             "compile:fp16:cl", "--batches", "64", "--resolutions",
                                             res, "--workloads", "translate", "--out",
-                                            str(work / "compile")] + reps, 60))
+                                            str(work / "compile")] + reps, 180))
     return out
 
 
