@@ -190,7 +190,11 @@ def test_pil_inputs_modes_and_sizes(model):
     out = eng.translate([rgb, grey, rgba], {"Male": 1}, seed=0)
     assert out.shape == (3, 3, cfg.image_size, cfg.image_size)
     # greyscale becomes RGB with equal channels; opaque RGBA equals RGB
+    assert torch.equal(out, eng.translate([rgb, grey.convert("RGB"), rgba], {"Male": 1}, seed=0))
     assert torch.equal(eng.translate(rgba, {"Male": 1}, seed=0), eng.translate(rgb, {"Male": 1}, seed=0))
+    # a list of batches is concatenated, never truncated
+    t2 = images(2, cfg.image_size, 18)
+    assert eng.translate([t2, t2[:1]], {"Male": 1}, seed=0).shape[0] == 3
     t = images(1, cfg.image_size, 16)
     assert torch.equal(eng.translate(t[:, :1], {"Male": 1}, seed=0),
                        eng.translate(t[:, :1].expand(-1, 3, -1, -1), {"Male": 1}, seed=0))
@@ -224,6 +228,14 @@ def test_bad_input_is_named(model, tmp_path):
         Engine(model, backend="tensorflow")
     with pytest.raises(BackendUnavailable, match=r"bridgegan\[tensorrt\]|CUDA device"):
         Engine(model, backend="tensorrt")
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch"])
+def test_engine_leaves_the_callers_model_alone(model, backend):
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    Engine(model, backend=backend, dtype="bf16", channels_last=True)
+    after = model.state_dict()
+    assert all(after[k].dtype == v.dtype and torch.equal(after[k], v) for k, v in before.items())
 
 
 def test_checkpoint_of_another_configuration(model, tmp_path):

@@ -2,6 +2,8 @@
 edit accuracy / preservation / diversity on engines whose answers are known."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -31,6 +33,7 @@ class Identity:
     """An 'engine' that returns its sources unchanged (and ignores noise)."""
 
     attributes = PROCEDURAL_ATTRIBUTES
+    config = SimpleNamespace(image_size=32)
 
     def translate(self, images, target, source=None, strength=1.5, seed=None):
         return images.clone()
@@ -76,5 +79,5 @@ def test_evaluate_a_model_through_the_engine(classifier):
     assert report["diversity_l1"] > 0  # noise changes an (untrained) model's output
     assert set(report["label_edit_accuracy_per_attribute"]) == set(PROCEDURAL_ATTRIBUTES)
     with pytest.raises(ValueError, match="classifier attributes"):
-        evaluate(Engine(BridgeGAN(small_config(32)).eval()), classifier, x[:, :], y[:, :6],
+        evaluate(Engine(BridgeGAN(small_config(32)).eval()), classifier, x, y[:, :6],
                  progress=False)

@@ -12,6 +12,7 @@ The exported backends export (and build) into a cache folder on first use; see
 """
 from __future__ import annotations
 
+import copy
 import importlib.util
 from dataclasses import dataclass
 from typing import Callable
@@ -37,7 +38,6 @@ class Stages:
     encode: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     map: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     decode: Callable[[torch.Tensor, torch.Tensor | LatentMix], torch.Tensor]
-    module: torch.nn.Module | None  # None for exported graphs
     stateful: bool = False  # shared state between calls (compiled code): serialise calls
 
 
@@ -81,14 +81,15 @@ def build_stages(model: BridgeGAN, backend: str, rewrites: Rewrites, dtype: torc
         return trt_stages(model, rewrites, dtype, device, onnx_dir)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     if backend == "reference":
-        m = model.inference_modules().to(device=device, dtype=dtype, memory_format=fmt).eval()
+        m = copy.deepcopy(model.inference_modules())  # never convert the caller's model
+        m = m.to(device=device, dtype=dtype, memory_format=fmt).eval()
         g = m["generator"]
-        return Stages(g.trunk, m["encoder"], m["mapping"], g.decode, m)
+        return Stages(g.trunk, m["encoder"], m["mapping"], g.decode)
     impl = "triton" if backend == "triton" else "ref"
     graph = InferenceGraph(model, rewrites, impl=impl).to(device=device, dtype=dtype,
                                                           memory_format=fmt).eval()
     if backend != "compile":
-        return Stages(graph.trunk, graph.encode, graph.map, graph.decode, graph)
+        return Stages(graph.trunk, graph.encode, graph.map, graph.decode)
     # CUDA graphs come from the engine's own capture (CudaGraphed), which graphs the whole
     # program; inductor's cudagraph trees would graph each stage and recycle its outputs.
     mode = "max-autotune-no-cudagraphs" if device.type == "cuda" else None
@@ -102,4 +103,4 @@ def build_stages(model: BridgeGAN, backend: str, rewrites: Rewrites, dtype: torc
         return graph.decode(h, s) if isinstance(s, LatentMix) else decode_c(h, s)
 
     return Stages(compiled(graph.trunk), compiled(graph.encode), compiled(graph.map), decode,
-                  graph, stateful=True)
+                  stateful=True)

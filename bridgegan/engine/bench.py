@@ -159,6 +159,9 @@ def run_matrix(variants: list[Variant], batches: list[int], resolutions: list[in
             from ..reference.checkpoint import load_checkpoint
 
             model = load_checkpoint(checkpoint)
+            if model.config.image_size != res:
+                raise ValueError(f"{checkpoint} makes {model.config.image_size} px images; "
+                                 f"--resolutions must be {model.config.image_size}")
         else:
             torch.manual_seed(res)
             model = BridgeGAN(BridgeGANConfig(image_size=res, **(config_overrides or {}))).eval()

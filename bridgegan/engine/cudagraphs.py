@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from typing import Callable
 
 import torch
@@ -11,13 +12,15 @@ class CudaGraphed:
     """Calls ``fn(*tensors)`` through a CUDA graph captured once per input signature.
 
     Inputs are copied into static buffers and the static output is cloned, so callers
-    never see buffers a later replay overwrites. A lock serialises replays: the static
-    buffers are shared by every caller.
+    never see buffers a later replay overwrites. At most ``max_graphs`` signatures are
+    kept (least recently used first out), each holding its own memory pool. The lock
+    serialises replays of the shared buffers; callers that also run other CUDA work
+    concurrently must serialise around captures themselves (the Engine does).
     """
 
-    def __init__(self, fn: Callable[..., torch.Tensor], warmup: int = 2):
-        self.fn, self.warmup = fn, warmup
-        self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, list[torch.Tensor], torch.Tensor]] = {}
+    def __init__(self, fn: Callable[..., torch.Tensor], warmup: int = 2, max_graphs: int = 8):
+        self.fn, self.warmup, self.max_graphs = fn, warmup, max_graphs
+        self.graphs: OrderedDict[tuple, tuple] = OrderedDict()
         self.lock = threading.Lock()
 
     def _capture(self, args: tuple[torch.Tensor, ...]):
@@ -29,15 +32,18 @@ class CudaGraphed:
                 self.fn(*static)
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             out = self.fn(*static)
         return graph, static, out
 
     def __call__(self, *args: torch.Tensor) -> torch.Tensor:
-        key = tuple((a.shape, a.dtype, a.stride()) for a in args)
-        with self.lock:
+        key = tuple((a.shape, a.dtype, a.stride(), a.device) for a in args)
+        with self.lock, torch.cuda.device(args[0].device):
             if key not in self.graphs:
                 self.graphs[key] = self._capture(args)
+                while len(self.graphs) > self.max_graphs:
+                    self.graphs.popitem(last=False)
+            self.graphs.move_to_end(key)
             graph, static, out = self.graphs[key]
             for s, a in zip(static, args):
                 s.copy_(a)

@@ -8,6 +8,8 @@ from ``seed`` so that one seed gives the same images on every backend and device
 """
 from __future__ import annotations
 
+import copy
+import functools
 import threading
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
@@ -53,6 +55,15 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     return DTYPES[dtype]
 
 
+def _serialised(method):
+    """Run the whole call under the engine's lock (a no-op for stateless backends)."""
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+    return call
+
+
 @dataclass
 class EditStrip:
     """One source's reconstruction, every single-attribute flip, and noise samples."""
@@ -80,18 +91,20 @@ class Engine:
         self.rewrites = rewrites or Rewrites()
         if cuda_graphs and backend in ("onnxruntime", "tensorrt"):
             raise ValueError(f"cuda_graphs applies to the torch backends, not {backend!r}")
-        self.stages = build_stages(model, backend, self.rewrites, self.dtype, self.device,
-                                   channels_last, onnx_dir)
-        self.classifier = model.discriminator.to(self.device).float().eval()
-        if cuda_graphs is None:
-            cuda_graphs = self.device.type == "cuda" and backend in ("torch", "triton", "compile")
         if cuda_graphs and self.device.type != "cuda":
             raise ValueError("cuda_graphs needs device='cuda'")
+        if cuda_graphs is None:
+            cuda_graphs = self.device.type == "cuda" and backend in ("torch", "triton", "compile")
         self.cuda_graphs = cuda_graphs
+        self.stages = build_stages(model, backend, self.rewrites, self.dtype, self.device,
+                                   channels_last, onnx_dir)
+        self.classifier = copy.deepcopy(model.discriminator).to(self.device).float().eval()
         self._label = CudaGraphed(self._label_program) if cuda_graphs else self._label_program
         self._reference = (CudaGraphed(self._reference_program) if cuda_graphs
                            else self._reference_program)
-        self._lock = threading.Lock() if self.stages.stateful else nullcontext()
+        # Calls that share state (compiled code, CUDA-graph buffers and captures, which must
+        # not meet other work on the device) run one at a time, whole.
+        self._lock = threading.RLock() if self.stages.stateful or cuda_graphs else nullcontext()
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, backend: str = "torch",
@@ -114,6 +127,7 @@ class Engine:
         fmt = torch.channels_last if self.channels_last and x.dim() == 4 else torch.contiguous_format
         return x.to(device=self.device, dtype=self.dtype).contiguous(memory_format=fmt)
 
+    @_serialised
     def classify(self, images: Images) -> torch.Tensor:
         """Source labels (N, A) from the discriminator's attribute head (logit > 0)."""
         return self._source(self.load_images(images), None)
@@ -185,10 +199,11 @@ class Engine:
         return self.stages.decode(self.stages.trunk(x), self._reference_code(x, refs, d))
 
     def _run(self, fn, *args) -> torch.Tensor:
-        with torch.inference_mode(), self._lock:
+        with torch.inference_mode():
             return fn(*(self._cast(a) for a in args)).float()
 
     # ----- API -----------------------------------------------------------------------
+    @_serialised
     def translate(self, images: Images, target, noise=None, strength: float = DEFAULT_STRENGTH,
                   source=None, seed: int | None = None) -> torch.Tensor:
         """Label-based translation. ``target``: labels (N, A) / (A,) or a dict name -> 0/1
@@ -198,11 +213,13 @@ class Engine:
         d = strength * (self._target(y_s, target) - y_s)
         return self._run(self._label, x, d, self._noise(x.shape[0], noise, seed))
 
+    @_serialised
     def reconstruct(self, images: Images, noise=None, seed: int | None = None) -> torch.Tensor:
         x = self.load_images(images)
         d = x.new_zeros(x.shape[0], self.config.n_attrs)
         return self._run(self._label, x, d, self._noise(x.shape[0], noise, seed))
 
+    @_serialised
     def translate_reference(self, images: Images, references, attributes: Sequence[str] | None = None,
                             source=None, reference_labels=None,
                             strength: float = DEFAULT_STRENGTH) -> torch.Tensor:
@@ -228,6 +245,7 @@ class Engine:
         y_t[:, index] = y_r[:, index]
         return y_t
 
+    @_serialised
     def interpolate(self, images: Images, references, target, alphas: Sequence[float],
                     noise=None, seed: int | None = None, level: str = "latent", source=None,
                     strength: float = DEFAULT_STRENGTH) -> torch.Tensor:
@@ -241,7 +259,7 @@ class Engine:
         d = strength * (self._target(y_s, target) - y_s)
         r = self._noise(x.shape[0], noise, seed)
         st = self.stages
-        with torch.inference_mode(), self._lock:
+        with torch.inference_mode():
             xc, dc, rc, refc = (self._cast(t) for t in (x, d, r, refs))
             h = st.trunk(xc)
             s_rand, s_ref = self._label_code(xc, dc, rc), self._reference_code(xc, refc, dc)
@@ -252,6 +270,7 @@ class Engine:
                 outs.append(st.decode(h, s).float())
         return torch.stack(outs)
 
+    @_serialised
     def edit_strip(self, image: Images, samples: int = 4, seed: int = 0, source=None,
                    sample_target: Mapping[str, float] | None = None,
                    strength: float = DEFAULT_STRENGTH, cache: bool = True) -> EditStrip:
@@ -271,11 +290,10 @@ class Engine:
                      for i in range(samples)]
         y_t = torch.cat(targets)
         d = strength * (y_t - y_s)
-        d[0] = 0
         k = y_t.shape[0]
         r = self._noise(k, None, seed)
         st = self.stages
-        with torch.inference_mode(), self._lock:
+        with torch.inference_mode():
             xc, dc, rc = self._cast(x), self._cast(d), self._cast(r)
             xk = self._cast(xc.expand(k, -1, -1, -1))
             h = self._cast(st.trunk(xc).expand(k, -1, -1, -1)) if cache else st.trunk(xk)

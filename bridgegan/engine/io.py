@@ -61,7 +61,7 @@ def as_batch(images: Images, size: int, what: str = "images") -> torch.Tensor:
     else:
         items = [images] if isinstance(images, (Image.Image, str, os.PathLike)) else list(images)
         if items and all(isinstance(i, torch.Tensor) for i in items):
-            return as_batch(torch.stack([i if i.dim() == 3 else i[0] for i in items]), size, what)
+            return as_batch(torch.cat([i if i.dim() == 4 else i[None] for i in items]), size, what)
         tensors = []
         for item in items:
             if isinstance(item, (str, os.PathLike)):

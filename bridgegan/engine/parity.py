@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
+from ..evaluate import psnr
 from ..reference.config import BridgeGANConfig
 from ..reference.model import BridgeGAN
 from .backends import BackendUnavailable
@@ -32,12 +32,6 @@ def no_tf32():
         yield
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
-
-
-def psnr(out: torch.Tensor, ref: torch.Tensor) -> float:
-    """PSNR for images in [-1, 1] (peak-to-peak 2)."""
-    mse = (out.double() - ref.double()).pow(2).mean().item()
-    return math.inf if mse == 0 else 10 * math.log10(4.0 / mse)
 
 
 def default_cases(device: torch.device) -> list[tuple[str, str, bool]]:
@@ -81,7 +75,7 @@ def run_parity(device: str | None = None, config: BridgeGANConfig | None = None,
             out = eng.translate(x, 1 - ys, noise=noise, source=ys).cpu()
         max_abs = (out.double() - want).abs().max().item()
         rel = ((out.double() - want).norm() / want.norm()).item()
-        p = psnr(out, want)
+        p = psnr(out.double().flatten()[None], want.flatten()[None]).item()
         fp32 = eng.dtype == torch.float32
         ok = bool(torch.isfinite(out).all()) and (max_abs <= F32_MAX_ABS if fp32 else p >= LOW_PSNR_DB)
         limit = f"max abs <= {F32_MAX_ABS:g}" if fp32 else f"PSNR >= {LOW_PSNR_DB:g} dB"

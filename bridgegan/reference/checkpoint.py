@@ -52,7 +52,13 @@ def write_folder_atomic(path: str | os.PathLike, writers: Mapping[str, Callable[
         if path.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
             os.replace(path, old / "ckpt")
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            if old is not None:  # put the old checkpoint back
+                os.replace(old / "ckpt", path)
+                old.rmdir()
+            raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:

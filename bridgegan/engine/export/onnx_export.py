@@ -389,7 +389,7 @@ def exported_stages(graphs: Mapping[str, Callable], stateful: bool = False) -> S
             raise ValueError("exported graphs blend two codes with weights summing to 1")
         return mix(h, *s.codes, a)
 
-    return Stages(stage("trunk"), stage("encode"), stage("map"), decode_any, None, stateful)
+    return Stages(stage("trunk"), stage("encode"), stage("map"), decode_any, stateful)
 
 
 class OrtGraph:
