@@ -147,7 +147,9 @@ def run_matrix(variants: list[Variant], batches: list[int], resolutions: list[in
 
     dev = torch.device(device)
     env = environment(dev)
-    peak_dtype = resolve_dtype(variants[-1].dtype if dev.type == "cuda" else "float32", dev)
+    # roofline against the fastest matrix unit any variant uses (bf16 / fp16 on GPU)
+    low = [v.dtype for v in variants if resolve_dtype(v.dtype, dev) != torch.float32]
+    peak_dtype = resolve_dtype(low[0] if low and dev.type == "cuda" else "float32", dev)
     peaks = roofline.measure_peaks(dev, peak_dtype, quick=quick_peaks)
     peaks.update(env)
     rows: list[dict] = []
