@@ -264,3 +264,44 @@ def test_threads_get_the_serial_results(model):
         t.join()
     for i in range(6):
         assert torch.equal(results[i], serial[i])
+
+
+def test_stateful_backends_run_one_call_at_a_time(model, monkeypatch):
+    """Backends with shared state (compiled code, CUDA graphs) must never see two calls at
+    once; the engine serialises whole calls for them."""
+    import time
+    from dataclasses import replace
+
+    from bridgegan.engine import engine as engine_module
+
+    active, peak = [0], [0]
+    real_build = engine_module.build_stages
+
+    def build(*args, **kw):
+        st = real_build(*args, **kw)
+
+        def trunk(x):
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+            time.sleep(0.02)  # widen the window in which a second call could enter
+            try:
+                return st.trunk(x)
+            finally:
+                active[0] -= 1
+
+        return replace(st, trunk=trunk, stateful=True)
+
+    monkeypatch.setattr(engine_module, "build_stages", build)
+    eng = Engine(model)
+    cfg = model.config
+    xs = [images(1, cfg.image_size, 40 + i) for i in range(6)]
+    serial = [eng.translate(x, {"Male": 1}, seed=i) for i, x in enumerate(xs)]
+    results = {}
+    threads = [threading.Thread(target=lambda i=i: results.__setitem__(
+        i, eng.translate(xs[i], {"Male": 1}, seed=i))) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert peak[0] == 1
+    assert all(torch.equal(results[i], serial[i]) for i in range(6))
