@@ -23,12 +23,12 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..attributes import CELEBA_ATTRIBUTES, resolve_attributes
-from .image import CELEBA_CROP_BOX, CELEBA_IMAGE_SIZE, open_rgb, pil_to_tensor
+from .image import (CELEBA_CROP_BOX, CELEBA_IMAGE_SIZE, check_size_and_split, open_rgb,
+                    pil_to_tensor)
 
 ATTR_FILE = "list_attr_celeba.txt"
 PARTITION_FILE = "list_eval_partition.txt"
 IMAGE_DIR = "img_align_celeba"
-SPLIT_NAMES = ("train", "val", "test", "all")
 SPLIT_MODES = ("index", "official")
 
 
@@ -144,10 +144,7 @@ class CelebA(Dataset):
         check_files: bool = True,
     ) -> None:
         root = os.fspath(root)
-        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-            raise ValueError(f"size must be a positive integer, got {size!r}")
-        if split not in SPLIT_NAMES:
-            raise ValueError(f"split must be one of {SPLIT_NAMES}, got {split!r}")
+        check_size_and_split(size, split)
         if split_mode not in SPLIT_MODES:
             raise ValueError(f"split_mode must be one of {SPLIT_MODES}, got {split_mode!r}")
         if train_count < 0 or val_count < 0:

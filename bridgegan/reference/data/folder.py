@@ -24,11 +24,10 @@ import torch
 from torch.utils.data import Dataset
 
 from ..attributes import CELEBA_ATTRIBUTES, resolve_attributes
-from .image import center_crop_square, open_rgb, pil_to_tensor, resize
+from .image import center_crop_square, check_size_and_split, open_rgb, pil_to_tensor, resize
 
 CSV_NAME = "attributes.csv"
 SPLIT_COLUMN = "split"
-SPLIT_NAMES = ("train", "val", "test", "all")
 
 
 class FolderFormatError(ValueError):
@@ -47,10 +46,7 @@ class ImageFolderDataset(Dataset):
         check_files: bool = True,
     ) -> None:
         root = os.fspath(root)
-        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-            raise ValueError(f"size must be a positive integer, got {size!r}")
-        if split not in SPLIT_NAMES:
-            raise ValueError(f"split must be one of {SPLIT_NAMES}, got {split!r}")
+        check_size_and_split(size, split)
         if not os.path.isdir(root):
             raise FileNotFoundError(f"image folder not found: {root}")
         csv_path = os.path.join(root, CSV_NAME)

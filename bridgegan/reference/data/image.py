@@ -16,6 +16,17 @@ CELEBA_IMAGE_SIZE = (178, 218)
 CELEBA_CROP_BOX = (3, 26, 3 + 170, 26 + 170)  # (left, top, right, bottom) for PIL
 
 
+SPLIT_NAMES = ("train", "val", "test", "all")
+
+
+def check_size_and_split(size: int, split: str) -> None:
+    """The arguments every image-file dataset takes: a positive image size and a split."""
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise ValueError(f"size must be a positive integer, got {size!r}")
+    if split not in SPLIT_NAMES:
+        raise ValueError(f"split must be one of {SPLIT_NAMES}, got {split!r}")
+
+
 def to_rgb(im: Image.Image) -> Image.Image:
     """RGB copy of a PIL image: greyscale and palette images are converted; images with
     transparency (RGBA, LA, P with a transparency entry) are composited onto white."""
