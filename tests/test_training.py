@@ -89,6 +89,30 @@ def test_reconstruction_loss_decreases_on_procedural_faces():
     assert last < 0.88 * first, (first, last, rec)
 
 
+def test_attribute_warm_up_trains_only_the_discriminator_and_is_kept_on_resume(tmp_path):
+    data = make_dataset("synthetic:64", SIZE)
+    t = Trainer(tiny(data), train_config(d_attr_warmup=30, lr=1e-3, seed=2), data,
+                out_dir=tmp_path, progress=False)
+    gen = {k: v.detach().clone() for k, v in t.model.named_parameters()
+           if not k.startswith("discriminator.")}
+    x, y = torch.stack([data[i][0] for i in range(32)]), torch.stack([data[i][1] for i in range(32)])
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    with torch.no_grad():
+        before = bce(t.model.discriminator(x)[1], y).item()
+    record = t.warm_up()
+    assert t.step == 0 and t.warmup_done == 30 and t.batches == 30
+    assert set(record) >= {"warmup/d_attr", "warmup/d_acc"}
+    assert all(torch.equal(v, dict(t.model.named_parameters())[k]) for k, v in gen.items())
+    with torch.no_grad():
+        after = bce(t.model.discriminator(x)[1], y).item()
+    assert after < 0.9 * before, (before, after)
+    assert t.warm_up() == {}  # nothing left to do
+    t.train(1)
+    resumed = Trainer(tiny(data), train_config(d_attr_warmup=30, seed=2), data, progress=False)
+    resumed.load(latest_checkpoint(tmp_path))
+    assert resumed.warmup_done == 30 and resumed.warm_up() == {}
+
+
 def _state(t: Trainer) -> dict[str, torch.Tensor]:
     tensors, meta = t.state_tensors()
     return {k: v for k, v in tensors.items() if not k.startswith("rng.")}

@@ -132,7 +132,11 @@ def mode_seeking(r1: torch.Tensor, r: torch.Tensor, x1: torch.Tensor, x_l: torch
 # ----- the two objectives -------------------------------------------------------------
 class DiscriminatorObjective(nn.Module):
     """L_D = -(mean D(X_s) - mean over the 3 fakes of mean D(fake)) + w_gp GP
-    + w_d_attr BCE(D_cls(X_s), y_s)."""
+    + w_d_attr BCE(D_cls(X_s), y_s).
+
+    With no fakes it is the attribute warm-up loss w_d_attr BCE(D_cls(X_s), y_s) alone (the
+    adversarial head enters times zero so that DDP sees every parameter used).
+    """
 
     def __init__(self, discriminator: nn.Module, weights: LossWeights):
         super().__init__()
@@ -140,10 +144,16 @@ class DiscriminatorObjective(nn.Module):
         self.weights = weights
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, fakes: Sequence[torch.Tensor],
-                gp_eps: torch.Tensor, gp_scale: float = 1.0
+                gp_eps: torch.Tensor | None = None, gp_scale: float = 1.0
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         w = self.weights
         n = x.shape[0]
+        if not fakes:
+            adv, cls = self.discriminator(x)
+            attr = bce(cls, y)
+            loss = w.d_attr * attr + 0.0 * f32(adv).sum()
+            return loss, {"warmup/d_attr": attr.detach(),
+                          "warmup/d_acc": ((cls > 0) == (y > 0.5)).float().mean().detach()}
         adv, cls = self.discriminator(torch.cat([x, *[f.detach().to(x.dtype) for f in fakes]]))
         adv = f32(adv)
         wd = adv[:n].mean() - adv[n:].mean()  # the fakes have equal sizes: mean of means

@@ -31,7 +31,7 @@ _ARCH_OPTIONS = {
 # TrainConfig fields settable from the command line: option dest -> field.
 _TRAIN_OPTIONS = ("batch", "n_d", "steps", "lr", "beta1", "beta2", "noise_memory", "ema",
                   "seed", "ckpt_every", "sample_every", "log_every", "keep_checkpoints",
-                  "n_samples", "sample_edits")
+                  "n_samples", "sample_edits", "d_attr_warmup")
 _WEIGHT_OPTIONS = {
     "w_adv": ("adv", "generator adversarial term (default 1)"),
     "w_attr": ("attr", "generator attribute BCE on the fakes (default 10)"),
@@ -90,6 +90,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="LEM noise: 'official' = per-image memory refined by the official "
                         "(ascent) step, 'descent' = the same with the step sign flipped, "
                         "'off' = fresh N(0,1) noise (default: official)")
+    g.add_argument("--d-attr-warmup", type=int, default=None,
+                   help="updates of D on the real-image attribute loss alone before the first "
+                        "generator step; not in the paper, helps small batches (default: 0)")
     g.add_argument("--seed", type=int, default=None,
                    help="seed of the initialisation, data order and all per-step draws (default: 0)")
 

@@ -67,7 +67,10 @@ class TrainConfig:
     """Everything about a training run except the architecture (BridgeGANConfig).
 
     ``batch`` is the GLOBAL batch (split over the processes of a DDP run); ``steps`` counts
-    generator steps; ``ema`` is the EMA decay (0 disables EMA).
+    generator steps; ``ema`` is the EMA decay (0 disables EMA). ``d_attr_warmup``: updates of
+    D on the real-image attribute loss alone before the first generator step (not in the
+    paper; 0 = off): with a small batch D's attribute head otherwise stays near chance while
+    the latent terms pull E and M towards an input-independent code.
     """
 
     batch: int = 60
@@ -90,6 +93,7 @@ class TrainConfig:
     workers: int = 4
     n_samples: int = 8
     sample_edits: int = 4
+    d_attr_warmup: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.weights, dict):
@@ -99,7 +103,7 @@ class TrainConfig:
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
         for name in ("n_d", "ckpt_every", "sample_every", "log_every", "keep_checkpoints",
-                     "workers", "n_samples", "sample_edits"):
+                     "workers", "n_samples", "sample_edits", "d_attr_warmup"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
@@ -210,6 +214,7 @@ class Trainer:
 
         self.step = 0          # generator steps done
         self.batches = 0       # global batches consumed
+        self.warmup_done = 0   # discriminator attribute warm-up updates done
         self.sampler = ResumableBatchSampler(len(dataset), config.batch, config.seed,
                                              self.dist.rank, self.dist.world_size)
         self._loader_iter = None
@@ -331,6 +336,39 @@ class Trainer:
         self.scaler_d.update()
         return terms
 
+    def _d_attr_step(self) -> dict[str, torch.Tensor]:
+        """One warm-up update of D on BCE(D_cls(X_s), y_s) alone."""
+        p = self._local(self._next_batch(), self._draws(0))
+        with self._autocast():
+            loss, terms = self.d_objective(p["x"], p["y"], ())
+        self.opt_d.zero_grad(set_to_none=True)
+        self.scaler_d.scale(loss).backward()
+        self.scaler_d.step(self.opt_d)
+        self.scaler_d.update()
+        return terms
+
+    def warm_up(self) -> dict[str, float]:
+        """Run the remaining ``d_attr_warmup`` updates (before the first generator step);
+        logs their mean terms to metrics.jsonl with step 0."""
+        todo = self.config.d_attr_warmup - self.warmup_done if self.step == 0 else 0
+        if todo <= 0:
+            return {}
+        bar = None
+        if self.progress and self.is_main:
+            from tqdm import tqdm
+
+            bar = tqdm(total=todo, desc="D attribute warm-up", unit="step", dynamic_ncols=True)
+        try:
+            for _ in range(todo):
+                self._accumulate(self._d_attr_step())
+                self.warmup_done += 1
+                if bar is not None:
+                    bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
+        return self.log()
+
     def _g_step(self, sub: int) -> dict[str, torch.Tensor]:
         p = self._local(self._next_batch(), self._draws(sub))
         D = self.model.discriminator
@@ -382,6 +420,7 @@ class Trainer:
         last: dict[str, float] = {}
         self._log_t0, self._log_step0 = time.perf_counter(), self.step
         saved_at = None
+        self.warm_up()
         try:
             while self.step < target:
                 terms = self.train_step()
@@ -425,8 +464,9 @@ class Trainer:
         record: dict[str, Any] = {"step": self.step, "epoch": round(self.epoch, 4),
                                   "images": self.batches * self.config.batch}
         record.update({k: v for k, v in zip(keys, values)})
-        record["sec_per_step"] = dt / max(steps, 1)
-        record["images_per_sec"] = steps * (self.config.n_d + 1) * self.config.batch / max(dt, 1e-9)
+        if steps:
+            record["sec_per_step"] = dt / steps
+            record["images_per_sec"] = steps * (self.config.n_d + 1) * self.config.batch / max(dt, 1e-9)
         self._acc, self._acc_n = {}, 0
         self._log_t0, self._log_step0 = now, self.step
         if self.is_main and self.out_dir is not None:
@@ -496,6 +536,7 @@ class Trainer:
         tensors.update(t_rng)
         meta = {
             "format": STATE_FORMAT, "step": self.step, "batches": self.batches,
+            "warmup_done": self.warmup_done,
             "epoch": self.epoch, "batches_per_epoch": self.sampler.batches_per_epoch,
             "dataset_size": len(self.dataset), "world_size": self.dist.world_size,
             "train_config": self.config.to_dict(), "opt_g": meta_g, "opt_d": meta_d,
@@ -592,6 +633,7 @@ class Trainer:
             self.scaler_d.load_state_dict(meta["scaler_d"])
         self.step = int(meta["step"])
         self.batches = int(meta["batches"])
+        self.warmup_done = int(meta.get("warmup_done", 0))
         self._loader_iter = None
         if restore_rng_states:
             restore_rng(tensors, meta.get("rng", {}))
