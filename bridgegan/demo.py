@@ -70,17 +70,19 @@ def run(args: argparse.Namespace) -> int:
     eng = Engine(model, backend="torch", device=args.device)
     if args.input:
         sources = eng.load_images(args.input)
-    else:
-        sources, _ = procedural_batch(4, cfg.image_size, seed=args.seed + 1000,
-                                      attributes=cfg.attributes)
-    references = torch.roll(sources, 1, dims=0)
+        labels = eng.classify(sources)  # the attribute head's estimate
+    else:  # procedural faces come with their true labels
+        sources, labels = procedural_batch(4, cfg.image_size, seed=args.seed + 1000,
+                                           attributes=cfg.attributes)
+    references, ref_labels = torch.roll(sources, 1, dims=0), torch.roll(labels, 1, dims=0)
     rows = []
     for i in range(sources.shape[0]):
         x, r = sources[i:i + 1], references[i:i + 1]
-        strip = eng.edit_strip(x, samples=args.samples, seed=args.seed + i)
-        ref_edit = eng.translate_reference(x, r)
-        y_r = eng.classify(r)
-        inter = eng.interpolate(x, r, y_r, alphas=[0.0, 0.5, 1.0], seed=args.seed + i)[:, 0]
+        y, y_r = labels[i:i + 1], ref_labels[i:i + 1]
+        strip = eng.edit_strip(x, samples=args.samples, seed=args.seed + i, source=y)
+        ref_edit = eng.translate_reference(x, r, source=y, reference_labels=y_r)
+        inter = eng.interpolate(x, r, y_r, alphas=[0.0, 0.5, 1.0], seed=args.seed + i,
+                                source=y)[:, 0]
         rows.append(torch.cat([x.to(strip.images), strip.images, r.to(strip.images), ref_edit,
                                inter]))
     ncol = rows[0].shape[0]
