@@ -113,6 +113,13 @@ def test_attribute_warm_up_trains_only_the_discriminator_and_is_kept_on_resume(t
     assert resumed.warmup_done == 30 and resumed.warm_up() == {}
 
 
+def test_time_limit_stops_with_a_final_checkpoint(faces, tmp_path):
+    t = Trainer(tiny(faces), train_config(), faces, out_dir=tmp_path, progress=False)
+    t.train(steps=100_000, time_limit=1.0)
+    assert 0 < t.step < 100_000
+    assert latest_checkpoint(tmp_path).name == f"step-{t.step:08d}"
+
+
 def _state(t: Trainer) -> dict[str, torch.Tensor]:
     tensors, meta = t.state_tensors()
     return {k: v for k, v in tensors.items() if not k.startswith("rng.")}

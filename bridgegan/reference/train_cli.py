@@ -119,6 +119,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--log-every", type=int, default=None,
                    help="append averaged losses to metrics.jsonl every N steps (default: 50)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--time-limit", type=float, default=None,
+                   help="stop after this many seconds of training (warm-up included) with a "
+                        "final checkpoint; resume with --resume auto (default: none)")
 
     g = p.add_argument_group("hardware")
     g.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
@@ -267,7 +270,7 @@ def run(args: argparse.Namespace) -> int:
             (out / "run.json").write_text(json.dumps(
                 {"argv": sys.argv, "model_config": model_cfg.to_dict(),
                  "train_config": config.to_dict(), "world_size": info.world_size}, indent=1) + "\n")
-        trainer.train()
+        trainer.train(time_limit=args.time_limit)
         if info.is_main:
             print(f"done: step {trainer.step}, checkpoints in {out / 'checkpoints'}", file=sys.stderr)
         return 0

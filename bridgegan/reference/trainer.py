@@ -407,10 +407,19 @@ class Trainer:
         return terms
 
     # ----- the loop ----------------------------------------------------------------------
-    def train(self, steps: int | None = None) -> dict[str, float]:
-        """Train until ``steps`` generator steps are done (default config.steps), with logs,
-        samples and checkpoints at their intervals and a final checkpoint."""
+    def _out_of_time(self, deadline: float | None) -> bool:
+        """Whether the wall-clock ``deadline`` passed on any rank (all ranks agree)."""
+        if deadline is None:
+            return False
+        late = torch.tensor(float(time.monotonic() > deadline), device=self.device)
+        return bool(self._reduce(late).item() > 0)
+
+    def train(self, steps: int | None = None, time_limit: float | None = None) -> dict[str, float]:
+        """Train until ``steps`` generator steps are done (default config.steps) or
+        ``time_limit`` seconds have passed, with logs, samples and checkpoints at their
+        intervals and a final checkpoint (so a time-limited run resumes where it stopped)."""
         cfg = self.config
+        deadline = None if time_limit is None else time.monotonic() + time_limit
         target = cfg.steps if steps is None else steps
         bar = None
         if self.progress and self.is_main:
@@ -422,7 +431,7 @@ class Trainer:
         saved_at = None
         self.warm_up()
         try:
-            while self.step < target:
+            while self.step < target and not self._out_of_time(deadline):
                 terms = self.train_step()
                 self._accumulate(terms)
                 if bar is not None:
