@@ -11,6 +11,7 @@ grid shows the pipeline, not edits.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -18,17 +19,38 @@ import torch
 
 from .engine import BackendUnavailable, Engine
 from .reference import BridgeGAN, BridgeGANConfig
-from .reference.checkpoint import load_checkpoint
+from .reference.checkpoint import load_checkpoint, save_checkpoint
 from .reference.data import procedural_batch, save_grid
 
 SHIPPED = Path(__file__).parent / "assets" / "default"
+
+
+def ship(checkpoint: str | Path, report: dict, training: dict, dest: str | Path = SHIPPED) -> Path:
+    """Write ``checkpoint`` as a shipped model folder: fp16 weights, config.json, its eval
+    numbers (eval.json) and how it was trained (training.json: the exact commands)."""
+    model = load_checkpoint(checkpoint)
+    extra = {
+        "eval.json": lambda p: p.write_text(json.dumps(report, indent=2) + "\n"),
+        "training.json": lambda p: p.write_text(json.dumps(training, indent=2) + "\n"),
+    }
+    return save_checkpoint(dest, model, dtype=torch.float16, extra=extra)
+
+
+def _summary(folder: Path) -> str:
+    """One line of the shipped model's eval numbers, when it has them."""
+    path = folder / "eval.json"
+    if not path.is_file():
+        return ""
+    r = json.loads(path.read_text())
+    return (f"; eval: label edit accuracy {r['label_edit_accuracy']:.1%}, preservation "
+            f"{r['label_preservation']:.1%}, reconstruction PSNR {r['reconstruction_psnr_db']:.1f} dB")
 
 
 def load_model(checkpoint: str | None) -> tuple[BridgeGAN, str]:
     if checkpoint:
         return load_checkpoint(checkpoint), f"checkpoint {checkpoint}"
     if (SHIPPED / "config.json").is_file():
-        return load_checkpoint(SHIPPED), f"the shipped model ({SHIPPED})"
+        return load_checkpoint(SHIPPED), f"the shipped model ({SHIPPED}{_summary(SHIPPED)})"
     from .reference.data import PROCEDURAL_ATTRIBUTES
 
     torch.manual_seed(0)

@@ -15,6 +15,7 @@ from PIL import Image
 
 from bridgegan.cli import main
 from bridgegan.reference import BridgeGAN, save_checkpoint
+from bridgegan.reference.checkpoint import read_tensors
 from conftest import randomize, small_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,3 +112,19 @@ def test_gpu_check_dry_run(tmp_path):
     assert {"bench.csv", "bench.png", "kernels.csv", "gpu_check.log"} <= {
         p.name for p in tmp_path.iterdir()}
     assert report["engine"] and report["parity_backends"]
+
+
+@pytest.mark.slow
+def test_gpu_train_default_dry_run(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_train_default.py"),
+                           str(tmp_path), "--dry-run"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    shipped = tmp_path / "default"
+    assert {"config.json", "model.safetensors", "eval.json", "training.json"} <= {
+        p.name for p in shipped.iterdir()}
+    assert all(t.dtype == torch.float16 for t in read_tensors(shipped / "model.safetensors").values()
+               if t.is_floating_point())
+    training = json.loads((shipped / "training.json").read_text())
+    assert training["commands"][1].startswith("bridgegan train ") and training["checkpoint_step"] == 3
+    assert json.loads((shipped / "eval.json").read_text())["sources"] == 8
+    assert Image.open(tmp_path / "demo_grid.png").size[0] > 28 * 32
