@@ -349,7 +349,8 @@ class Trainer:
 
     def warm_up(self) -> dict[str, float]:
         """Run the remaining ``d_attr_warmup`` updates (before the first generator step);
-        logs their mean terms to metrics.jsonl with step 0."""
+        logs their mean terms to metrics.jsonl with step 0 every ``log_every`` updates and
+        at the end."""
         todo = self.config.d_attr_warmup - self.warmup_done if self.step == 0 else 0
         if todo <= 0:
             return {}
@@ -359,9 +360,12 @@ class Trainer:
 
             bar = tqdm(total=todo, desc="D attribute warm-up", unit="step", dynamic_ncols=True)
         try:
-            for _ in range(todo):
+            every = self.config.log_every
+            for i in range(todo):
                 self._accumulate(self._d_attr_step())
                 self.warmup_done += 1
+                if every and self.warmup_done % every == 0 and i < todo - 1:
+                    self.log()
                 if bar is not None:
                     bar.update(1)
         finally:
