@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Train, judge and package the default 64x64 model on a lent GPU, in one call.
 
-    python benchmarks/gpu_train_default.py OUTDIR [--minutes 8]   on a CUDA machine
+    python benchmarks/gpu_train_default.py OUTDIR [--minutes 7]   on a CUDA machine
     python benchmarks/gpu_train_default.py OUTDIR --dry-run        tiny sizes on the CPU (CI)
 
 Stages (each a `bridgegan` command, recorded verbatim in OUTDIR/default/training.json):
@@ -26,10 +26,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-# The 64 px preset (paper widths) with the paper's batch and n_d, bf16 autocast.
+# The 64 px preset (paper widths) with the paper's batch and n_d, bf16 autocast, and the two
+# departures the CPU runs showed necessary (docs/TRAINING.md): D's attribute head warmed up
+# on real images and kept useful by a larger weight of its loss.
 RECIPE = ["--data", "synthetic", "--resolution", "64", "--batch", "60", "--n-d", "5",
-          "--d-attr-warmup", "500", "--amp", "bf16", "--workers", "4", "--ema", "0.999",
-          "--ckpt-every", "500", "--sample-every", "500", "--log-every", "50"]
+          "--d-attr-warmup", "2000", "--w-d-attr", "10", "--amp", "bf16", "--workers", "4",
+          "--ema", "0.999", "--ckpt-every", "500", "--sample-every", "500", "--log-every", "50"]
 DRY = ["--data", "synthetic:64", "--resolution", "32", "--g-width", "8", "--e-width", "4",
        "--latent-channels", "8", "--spade-hidden", "8", "--mapping-channels", "16",
        "--d-width", "4", "--batch", "8", "--n-d", "1", "--d-attr-warmup", "2", "--workers", "0",
@@ -84,7 +86,9 @@ def _device_name(device: str) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("out", type=Path, help="output folder")
-    p.add_argument("--minutes", type=float, default=8.0, help="training time (default: 8)")
+    p.add_argument("--minutes", type=float, default=7.0,
+                   help="training time (default: 7, so that the whole call fits the device "
+                        "tool's 10-minute limit)")
     p.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU")
     args = p.parse_args()
     shipped = run(args.out, 0.05 if args.dry_run else args.minutes, args.dry_run)
