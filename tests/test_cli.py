@@ -39,6 +39,26 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert np.asarray(im).std() > 10  # not a blank image
 
 
+def test_demo_loads_the_shipped_model_with_its_numbers(tmp_path, monkeypatch, capsys):
+    from bridgegan import demo
+    from bridgegan.reference.data import PROCEDURAL_ATTRIBUTES
+
+    torch.manual_seed(0)
+    m = randomize(BridgeGAN(small_config(32, attributes=PROCEDURAL_ATTRIBUTES))).eval()
+    save_checkpoint(tmp_path / "ck", m)
+    report = {"label_edit_accuracy": 0.5, "label_preservation": 0.9, "reconstruction_psnr_db": 20.0}
+    shipped = demo.ship(tmp_path / "ck", report, {"commands": ["bridgegan train"]},
+                        tmp_path / "default")
+    weights = read_tensors(shipped / "model.safetensors")
+    assert {t.dtype for t in weights.values() if t.is_floating_point()} == {torch.float16}
+    monkeypatch.setattr(demo, "SHIPPED", shipped)
+    assert main(["demo", "--out", str(tmp_path / "out"), "--samples", "1", "--no-bench"]) == 0
+    out = capsys.readouterr().out
+    assert "the shipped model" in out and "UNTRAINED" not in out
+    assert "edit accuracy 50.0%" in out and "PSNR 20.0 dB" in out
+    assert Image.open(tmp_path / "out" / "demo_grid.png").size[1] > 4 * 32
+
+
 def test_translate_writes_results_and_grid(tmp_path, capsys):
     torch.manual_seed(0)
     m = randomize(BridgeGAN(small_config(32))).eval()
