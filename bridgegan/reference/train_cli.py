@@ -92,7 +92,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "'off' = fresh N(0,1) noise (default: official)")
     g.add_argument("--d-attr-warmup", type=int, default=None,
                    help="updates of D on the real-image attribute loss alone before the first "
-                        "generator step; not in the paper, helps small batches (default: 0)")
+                        "generator step; not in the paper: at small batches the head otherwise stays "
+                        "at chance (default: 0)")
     g.add_argument("--seed", type=int, default=None,
                    help="seed of the initialisation, data order and all per-step draws (default: 0)")
 
