@@ -330,21 +330,21 @@ class Trainer:
                                   p["noise"], p["alpha"], self._refine())
             loss, terms = self.d_objective(p["x"], p["y"], fakes, p["gp_eps"],
                                            gp_scale=self.scaler_d.get_scale())
+        self._update_d(loss)
+        return terms
+
+    def _update_d(self, loss: torch.Tensor) -> None:
         self.opt_d.zero_grad(set_to_none=True)
         self.scaler_d.scale(loss).backward()
         self.scaler_d.step(self.opt_d)
         self.scaler_d.update()
-        return terms
 
     def _d_attr_step(self) -> dict[str, torch.Tensor]:
         """One warm-up update of D on BCE(D_cls(X_s), y_s) alone."""
         p = self._local(self._next_batch(), self._draws(0))
         with self._autocast():
             loss, terms = self.d_objective(p["x"], p["y"], ())
-        self.opt_d.zero_grad(set_to_none=True)
-        self.scaler_d.scale(loss).backward()
-        self.scaler_d.step(self.opt_d)
-        self.scaler_d.update()
+        self._update_d(loss)
         return terms
 
     def warm_up(self) -> dict[str, float]:
@@ -415,8 +415,10 @@ class Trainer:
         """Whether the wall-clock ``deadline`` passed on any rank (all ranks agree)."""
         if deadline is None:
             return False
-        late = torch.tensor(float(time.monotonic() > deadline), device=self.device)
-        return bool(self._reduce(late).item() > 0)
+        late = time.monotonic() > deadline
+        if not self.dist.enabled:
+            return late
+        return bool(self._reduce(torch.tensor(float(late), device=self.device)).item() > 0)
 
     def train(self, steps: int | None = None, time_limit: float | None = None) -> dict[str, float]:
         """Train until ``steps`` generator steps are done (default config.steps) or
