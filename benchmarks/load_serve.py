@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 
-DTYPES = {"TYPE_FP32": ("FP32", np.float32), "TYPE_BOOL": ("BOOL", np.bool_)}
 
 
 def model_inputs(http: str, model: str) -> list[dict]:

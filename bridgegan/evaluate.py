@@ -60,8 +60,9 @@ def _scores(pred: torch.Tensor, target: torch.Tensor, changed: torch.Tensor,
 
 def _targets(labels: torch.Tensor, attrs, i: int, values: torch.Tensor) -> torch.Tensor:
     """Each row of ``labels`` with attribute i set to ``values[row]``, conflict rules applied."""
-    return torch.cat([apply_edits(labels[k:k + 1], attrs, {attrs[i]: int(values[k])})
-                      for k in range(labels.shape[0])])
+    on = apply_edits(labels, attrs, {attrs[i]: 1})
+    off = apply_edits(labels, attrs, {attrs[i]: 0})
+    return torch.where(values.bool().unsqueeze(1), on, off)
 
 
 @torch.no_grad()

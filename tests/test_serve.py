@@ -346,7 +346,7 @@ def test_bounded_load(pytriton_server):
         result = load.run_load(pytriton_server.http, pytriton_server.grpc, protocol=protocol,
                                concurrency=4, max_requests=24, duration=60)
         assert result["errors"] == 0, result["first_error"]
-        assert result["requests"] == 24 and result["p99_ms"] >= result["p50_ms"] > 0
+        assert result["requests"] == 24
 
 
 def bundled_tritonserver_problem() -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from . import tensorrt_build
 from .onnx_export import GRAPHS, OPSET, PRECISIONS
 
 
@@ -65,7 +66,7 @@ def register(sub) -> None:
                                             "graph; needs TensorRT 10 and a CUDA device")
     t.add_argument("onnx", help="an ONNX file from `bridgegan export onnx` (float32 variant)")
     t.add_argument("out", help="plan file to write (the sidecar is OUT.json)")
-    t.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp16")
+    t.add_argument("--precision", choices=tensorrt_build.PRECISIONS, default="fp16")
     t.add_argument("--min-batch", type=int, default=1)
     t.add_argument("--opt-batch", type=int, default=8)
     t.add_argument("--max-batch", type=int, default=64)
