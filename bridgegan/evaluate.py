@@ -9,6 +9,15 @@ For label-based and reference-based translation of held-out sources:
   under different noise.
 Edits are single-attribute flips (label-based) and single attributes copied from a
 reference whose label differs (reference-based), with the conflict rules applied.
+
+On data that can render the true edit (the procedural faces: ``render_labels``), two more
+numbers that a model cannot get by fooling the classifier:
+- renderer edit accuracy per attribute: the classifier on the true edits themselves. An
+  attribute whose true flips it finds >= SHOWN_THRESHOLD of the time is "shown"; the
+  ``*_edit_accuracy_shown`` numbers average the model's edit accuracy over those.
+- true-change score: 1 - sum|D_model - D_true| / sum|D_true| over all edited images, with
+  D_true = true edit - source and D_model = output - the model's own reconstruction
+  (1: the true change, 0: no change; reconstruction error does not count).
 """
 from __future__ import annotations
 
@@ -18,6 +27,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from collections.abc import Callable
 
 from .reference.attributes import apply_edits
 from .reference.classifier import AttributeClassifier, train_classifier
@@ -50,6 +61,12 @@ def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 1.5)
     return s.flatten(1).mean(1)
 
 
+SHOWN_THRESHOLD = 0.9  # renderer edit accuracy above which an attribute counts as shown
+
+# truth(rows, target): the sources at ``rows`` drawn with ``target`` labels (true edits).
+Truth = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
 def _scores(pred: torch.Tensor, target: torch.Tensor, changed: torch.Tensor,
             src_pred: torch.Tensor) -> tuple[float, float, int, int]:
     """(edit hits, kept hits, edited count, kept count) for one batch of edits."""
@@ -68,9 +85,11 @@ def _targets(labels: torch.Tensor, attrs, i: int, values: torch.Tensor) -> torch
 @torch.no_grad()
 def evaluate(engine, classifier: AttributeClassifier, images: torch.Tensor, labels: torch.Tensor,
              diversity_samples: int = 4, seed: int = 0, strength: float = 1.5,
-             progress: bool = True) -> dict:
+             progress: bool = True, truth: Truth | None = None) -> dict:
     """Metrics of ``engine`` (a bridgegan.engine.Engine) on sources ``images`` with true
-    ``labels``; the reference of each source is the next source (rolled by one)."""
+    ``labels``; the reference of each source is the next source (rolled by one).
+    ``truth`` (optional) renders true edits: it adds the renderer edit accuracy, the
+    accuracy over shown attributes and the true-change score."""
     from tqdm import tqdm
 
     attrs = engine.attributes
@@ -84,7 +103,9 @@ def evaluate(engine, classifier: AttributeClassifier, images: torch.Tensor, labe
     src_pred = classifier.predict(images)
     refs, ref_labels = images.roll(1, 0), labels.roll(1, 0)
     totals = {m: [0, 0, 0, 0] for m in ("label", "reference")}
-    per_attr = {m: torch.zeros(a, 2) for m in ("label", "reference")}
+    per_attr = {m: torch.zeros(a, 2) for m in ("label", "reference", "renderer")}
+    change = {m: torch.zeros(2, dtype=torch.float64) for m in ("label", "reference")}
+    rec = engine.reconstruct(images, seed=seed).cpu()
     for i in tqdm(range(a), desc="eval", disable=not progress):
         # label-based: flip attribute i of every source
         target = _targets(labels, attrs, i, 1 - labels[:, i])
@@ -98,13 +119,22 @@ def evaluate(engine, classifier: AttributeClassifier, images: torch.Tensor, labe
                                              reference_labels=target, strength=strength)
             runs.append(("reference", idx, target, out))
         for mode, rows, target, out in runs:
-            pred = classifier.predict(out.cpu())
+            out = out.cpu()
+            pred = classifier.predict(out)
             changed = target != labels[rows]
             hits = _scores(pred, target, changed, src_pred[rows])
             totals[mode] = [x + y for x, y in zip(totals[mode], hits)]
             per_attr[mode][i] += torch.tensor([(pred[:, i] == target[:, i]).sum().item(),
                                                len(rows)], dtype=torch.float)
-    rec = engine.reconstruct(images, seed=seed).cpu()
+            if truth is None:
+                continue
+            true = truth(rows, target)
+            d_true = (true - images[rows]).double()
+            change[mode] += torch.tensor([((out - rec[rows]).double() - d_true).abs().sum(),
+                                          d_true.abs().sum()])
+            if mode == "label":
+                per_attr["renderer"][i] += torch.tensor(
+                    [(classifier.predict(true)[:, i] == target[:, i]).sum().item(), len(rows)])
     div = []
     for k in range(n):
         i = k % a
@@ -121,6 +151,16 @@ def evaluate(engine, classifier: AttributeClassifier, images: torch.Tensor, labe
         report[f"{mode}_preservation"] = round(kh / max(kc, 1), 4)
         report[f"{mode}_edit_accuracy_per_attribute"] = {
             attrs[i]: round(h / c, 4) if c else None for i, (h, c) in enumerate(per_attr[mode].tolist())}
+    if truth is not None:
+        shown = [i for i, (h, c) in enumerate(per_attr["renderer"].tolist()) if h >= SHOWN_THRESHOLD * c]
+        report["renderer_edit_accuracy_per_attribute"] = {
+            attrs[i]: round(h / c, 4) for i, (h, c) in enumerate(per_attr["renderer"].tolist())}
+        report["shown_attributes"] = [attrs[i] for i in shown]
+        for mode in ("label", "reference"):
+            hits, count = per_attr[mode][shown].sum(0).tolist() if shown else (0.0, 0.0)
+            report[f"{mode}_edit_accuracy_shown"] = round(hits / max(count, 1), 4)
+            err, size = change[mode].tolist()
+            report[f"{mode}_true_change"] = round(1 - err / max(size, 1e-12), 4)
     report["reconstruction_psnr_db"] = round(psnr(rec, images).mean().item(), 2)
     report["reconstruction_ssim"] = round(ssim(rec, images).mean().item(), 4)
     report["diversity_l1"] = round(sum(div) / len(div), 4) if div else math.nan
@@ -129,24 +169,37 @@ def evaluate(engine, classifier: AttributeClassifier, images: torch.Tensor, labe
 
 def format_report(report: dict) -> str:
     rows = [("edit accuracy", "label_edit_accuracy", "reference_edit_accuracy"),
-            ("preservation", "label_preservation", "reference_preservation")]
+            ("edit accuracy, shown", "label_edit_accuracy_shown", "reference_edit_accuracy_shown"),
+            ("preservation", "label_preservation", "reference_preservation"),
+            ("true-change score", "label_true_change", "reference_true_change")]
     lines = [f"{'metric':22s} {'label-based':>12s} {'reference':>12s}"]
     for title, lk, rk in rows:
-        lines.append(f"{title:22s} {report[lk]:>12.1%} {report[rk]:>12.1%}")
+        if lk in report:
+            fmt = ".3f" if "change" in lk else ".1%"
+            lines.append(f"{title:22s} {report[lk]:>12{fmt}} {report[rk]:>12{fmt}}")
     lines.append(f"{'reconstruction PSNR':22s} {report['reconstruction_psnr_db']:>10.2f} dB")
     lines.append(f"{'reconstruction SSIM':22s} {report['reconstruction_ssim']:>12.4f}")
     lines.append(f"{'diversity (L1)':22s} {report['diversity_l1']:>12.4f}")
     lines.append(f"{'classifier on sources':22s} {report['classifier_accuracy_on_sources']:>12.1%}")
+    if "shown_attributes" in report:
+        lines.append(f"shown attributes ({len(report['shown_attributes'])}, the classifier finds "
+                     f">= {SHOWN_THRESHOLD:.0%} of their true flips): "
+                     + ", ".join(report["shown_attributes"]))
     return "\n".join(lines)
 
 
 def _sources(data: str, size: int, attributes, split: str, n: int, seed: int):
+    """The first ``n`` items (images, labels) and the true-edit renderer when the data has one."""
     from .reference.data import make_dataset
 
     ds = make_dataset(data, size, attributes, split=split, **({"seed": seed} if data.startswith("synthetic") else {}))
     n = min(n, len(ds))
     xs, ys = zip(*(ds[i] for i in range(n)))
-    return torch.stack(xs), torch.stack(ys)
+    truth = None
+    if callable(getattr(ds, "render_labels", None)):
+        def truth(rows, target):
+            return torch.stack([ds.render_labels(int(r), t) for r, t in zip(rows.tolist(), target)])
+    return torch.stack(xs), torch.stack(ys), truth
 
 
 def run_train_classifier(args) -> int:
@@ -175,9 +228,9 @@ def run_eval(args) -> int:
 
     eng = Engine.from_checkpoint(args.checkpoint, backend=args.backend, device=args.device)
     clf = AttributeClassifier.load(args.classifier)
-    x, y = _sources(args.data, eng.config.image_size, list(eng.attributes), args.split, args.n,
-                    args.seed)
-    report = evaluate(eng, clf, x, y, seed=args.seed)
+    x, y, truth = _sources(args.data, eng.config.image_size, list(eng.attributes), args.split,
+                           args.n, args.seed)
+    report = evaluate(eng, clf, x, y, seed=args.seed, truth=truth)
     report.update(checkpoint=str(args.checkpoint), data=args.data, split=args.split)
     print(format_report(report))
     if args.json:

@@ -143,6 +143,14 @@ def test_procedural_edits_are_local():
         assert torch.equal(xe[:, :4, :4], x0[:, :4, :4]), name
 
 
+def test_render_labels_draws_an_item_with_another_items_labels():
+    ds = ProceduralFaces(size=32, count=6, seed=2, attributes=("Male", "Smiling", "Eyeglasses"))
+    assert torch.equal(ds.render_labels(4, ds.labels[4]), ds[4][0])  # own labels: the item
+    for j in range(6):
+        want = dict(zip(ds.attributes, (int(v) for v in ds.labels[j])))
+        assert torch.equal(ds.render_labels(4, ds.labels[j]), ds.render(4, want)[0])
+
+
 def test_procedural_unknown_attribute():
     with pytest.raises(ValueError, match="supported attributes are"):
         ProceduralFaces(size=64, count=2, attributes=["Wearing_Hat"])

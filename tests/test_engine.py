@@ -115,6 +115,40 @@ def test_named_targets_and_reference_attributes(model):
     assert (only_male - want).abs().max() <= ATOL
 
 
+@pytest.mark.parametrize("backend", ["torch", "reference"])
+def test_region_edits_stay_inside_the_mask(model, backend):
+    """A mask of ones is the plain edit, zeros the reconstruction; a half mask changes
+    pixels inside more than outside (an untrained model's convolutions reach far across
+    the border; the shipped model's ratio is asserted in test_shipped_model.py)."""
+    cfg = model.config
+    s = cfg.image_size
+    eng = Engine(model, backend=backend)
+    x, r, ys = images(3, s, 21), images(3, s, 22), labels(3, cfg.n_attrs, 21)
+    target = 1 - ys
+    edit = eng.translate(x, target, source=ys, seed=4)
+    rec = eng.reconstruct(x, seed=4)
+    assert torch.allclose(eng.translate(x, target, source=ys, seed=4, region=torch.ones(s, s)),
+                          edit, atol=ATOL)
+    assert torch.allclose(eng.translate(x, target, source=ys, seed=4, region=torch.zeros(s, s)),
+                          rec, atol=ATOL)
+    left = torch.zeros(s, s)
+    left[:, : s // 2] = 1
+    out = eng.translate(x, target, source=ys, seed=4, region=left)
+    change = (out - rec).abs().mean(1)
+    inside, outside = change[:, :, : s // 2].mean(), change[:, :, s // 2:].mean()
+    assert inside > 1.2 * outside, (inside, outside)
+    ref = eng.translate_reference(x, r, source=ys, reference_labels=target, region=left[None])
+    ref_rec = eng.translate_reference(x, r, source=ys, reference_labels=ys)
+    ref_change = (ref - ref_rec).abs().mean(1)
+    assert ref_change[:, :, : s // 2].mean() > 1.2 * ref_change[:, :, s // 2:].mean()
+    rows = eng.interpolate(x, r, target, alphas=[1.0], source=ys, seed=4, region=left)
+    assert torch.allclose(rows[0], out, atol=ATOL)
+    with pytest.raises(ValueError, match="region must be a mask of shape"):
+        eng.translate(x, target, source=ys, region=torch.ones(s // 2, s // 2))
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        eng.translate(x, target, source=ys, region=2 * left)
+
+
 def test_edit_strip_cache_equals_uncached(model):
     cfg = model.config
     eng = Engine(model)

@@ -10,6 +10,7 @@ import torch
 from bridgegan.engine import Engine
 from bridgegan.evaluate import evaluate, psnr, ssim
 from bridgegan.reference import BridgeGAN
+from bridgegan.reference.attributes import apply_edits
 from bridgegan.reference.classifier import AttributeClassifier, train_classifier
 from bridgegan.reference.data import PROCEDURAL_ATTRIBUTES, make_dataset, procedural_batch
 from conftest import small_config
@@ -81,3 +82,39 @@ def test_evaluate_a_model_through_the_engine(classifier):
     with pytest.raises(ValueError, match="classifier attributes"):
         evaluate(Engine(BridgeGAN(small_config(32)).eval()), classifier, x, y[:, :6],
                  progress=False)
+
+
+class Oracle(Identity):
+    """An 'engine' whose label and reference edits are the renderer's true edits."""
+
+    def __init__(self, dataset, sources):
+        self.dataset, self.sources = dataset, sources
+
+    def _truth(self, images, target):
+        rows = [int((self.sources == im).flatten(1).all(1).nonzero()[0]) for im in images]
+        return torch.stack([self.dataset.render_labels(i, t) for i, t in zip(rows, target)])
+
+    def translate(self, images, target, source=None, strength=1.5, seed=None):
+        if isinstance(target, dict):
+            target = apply_edits(source, self.attributes, target)
+        return self._truth(images, target)
+
+    def translate_reference(self, images, refs, source=None, reference_labels=None, strength=1.5):
+        return self._truth(images, reference_labels)
+
+
+def test_true_change_score_and_shown_attributes(classifier):
+    ds = make_dataset("synthetic:10", 32, split="test", seed=5)
+    x, y = torch.stack([ds[i][0] for i in range(10)]), ds.labels
+    def truth(rows, target):
+        return torch.stack([ds.render_labels(int(r), t) for r, t in zip(rows.tolist(), target)])
+    none = evaluate(Identity(), classifier, x, y, progress=False, truth=truth)
+    true = evaluate(Oracle(ds, x), classifier, x, y, progress=False, truth=truth)
+    assert none["label_true_change"] == 0.0 and none["reference_true_change"] == 0.0
+    assert true["label_true_change"] == 1.0 and true["reference_true_change"] == 1.0
+    # the oracle's outputs are the true edits: its accuracy is the renderer's, per attribute
+    assert (true["label_edit_accuracy_per_attribute"]
+            == true["renderer_edit_accuracy_per_attribute"])
+    shown = true["shown_attributes"]
+    assert all(true["renderer_edit_accuracy_per_attribute"][n] >= 0.9 for n in shown)
+    assert true["label_edit_accuracy_shown"] >= 0.9 or not shown

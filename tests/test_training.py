@@ -59,6 +59,7 @@ def test_one_step_updates_every_parameter_and_only_the_references_memory_rows(fa
     before = {k: v.detach().clone() for k, v in t.model.named_parameters()}
     ema_before = {k: v.detach().clone() for k, v in t.ema.generator.named_parameters()}
     table = t.memory.table.clone()
+    decay = t.ema_decay()
     terms = t.train_step()
     for net in ("generator", "encoder", "mapping", "discriminator"):
         params = [(k, v) for k, v in t.model.named_parameters() if k.startswith(net + ".")]
@@ -68,7 +69,7 @@ def test_one_step_updates_every_parameter_and_only_the_references_memory_rows(fa
     # EMA moved towards the new weights, by (1 - decay) of the step
     for k, v in t.ema.generator.named_parameters():
         raw = dict(t.model.generator.named_parameters())[k]
-        assert torch.allclose(v, ema_before[k] + 0.001 * (raw - ema_before[k]), atol=1e-7)
+        assert torch.allclose(v, ema_before[k] + (1 - decay) * (raw - ema_before[k]), atol=1e-7)
     # the memory rows written are exactly the generator batch's references (the whole
     # batch: the permutation is a bijection); the D batches' rows are not written
     changed = (t.memory.table != table).any(1).nonzero().flatten()
@@ -79,6 +80,51 @@ def test_one_step_updates_every_parameter_and_only_the_references_memory_rows(fa
     assert all(torch.isfinite(v) for v in terms.values())
     assert {"d/adv", "d/gp", "d/attr", "g/adv", "g/attr", "g/rec", "g/latent", "g/cycle",
             "g/mode_seeking", "g/total"} <= set(terms)
+
+
+def test_ema_decay_warms_up_to_the_configured_value(faces):
+    t = Trainer(tiny(faces), train_config(ema=0.999), faces, progress=False)
+    decays = []
+    for step in (0, 10, 100, 20_000):
+        t.step = step
+        decays.append(t.ema_decay())
+    assert decays[0] == pytest.approx(0.1) and decays[1] == pytest.approx(11 / 20)
+    assert decays == sorted(decays) and decays[-1] == 0.999
+
+
+def test_paired_loss_trains_towards_the_rendered_true_edit(faces):
+    """With the paired weight on, the generator step sees each source drawn with its
+    target labels: the rendered targets are those of the procedural renderer, and the
+    paired term is the L1 of the three fakes to them."""
+    cfg = train_config(n_d=0, ema=0.0, noise_memory="off",
+                       weights={"adv": 0.0, "attr": 0.0, "paired": 100.0})
+    t = Trainer(tiny(faces), cfg, faces, progress=False)
+    idx = torch.tensor([3, 5])
+    target = faces.labels[[7, 9]]
+    truth = t._true_edits(idx, target)
+    for k, (i, y) in enumerate(zip(idx.tolist(), target)):
+        full = {n: int(v) for n, v in zip(faces.attributes, y.tolist())}
+        assert torch.equal(truth[k], faces.render(i, full)[0])
+    d_before = [p.detach().clone() for p in t.model.discriminator.parameters()]
+    terms = [t.train_step() for _ in range(3)]
+    assert all(0 < s["g/paired"].item() < 2 for s in terms)
+    assert all(s["g/adv"].item() == 0 for s in terms)  # the critic is not run
+    assert all(torch.equal(a, b) for a, b in zip(d_before, t.model.discriminator.parameters()))
+
+
+def test_paired_loss_needs_data_that_renders_the_true_edit(faces):
+    class NoRender(torch.utils.data.Dataset):
+        attributes = faces.attributes
+
+        def __len__(self):
+            return len(faces)
+
+        def __getitem__(self, i):
+            return faces[i]
+
+    cfg = train_config(weights={"paired": 1.0})
+    with pytest.raises(ValueError, match="render the true edit"):
+        Trainer(tiny(faces), cfg, NoRender(), progress=False)
 
 
 def test_reconstruction_loss_decreases_on_procedural_faces():

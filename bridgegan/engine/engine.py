@@ -167,6 +167,23 @@ class Engine:
             raise ValueError("noise contains NaN or Inf")
         return noise.to(self.device)
 
+    def _region(self, region, n: int) -> torch.Tensor | None:
+        """A region mask (S, S), (1 or N, S, S) or (1 or N, 1, S, S) in [0, 1] at image size,
+        averaged down to the latent code's size: (N, 1, S/2, S/2)."""
+        if region is None:
+            return None
+        s = self.config.image_size
+        m = torch.as_tensor(region, dtype=torch.float32).cpu()
+        m = m.reshape(1, 1, s, s) if m.shape == (s, s) else m
+        m = m.unsqueeze(1) if m.dim() == 3 else m
+        if m.dim() != 4 or m.shape[1:] != (1, s, s) or m.shape[0] not in (1, n):
+            raise ValueError(f"region must be a mask of shape ({s}, {s}), (N, {s}, {s}) or "
+                             f"(N, 1, {s}, {s}) with N 1 or {n}; got {tuple(m.shape)}")
+        if not torch.isfinite(m).all() or m.min() < 0 or m.max() > 1:
+            raise ValueError("region values must be finite and in [0, 1] (1: edit, 0: keep)")
+        half = self.config.latent_size
+        return torch.nn.functional.adaptive_avg_pool2d(m, half).expand(n, -1, -1, -1).to(self.device)
+
     def _reference_batches(self, references, n: int) -> torch.Tensor:
         """(K, N, 3, S, S): K reference batches, each of N or 1 (broadcast) images."""
         several = isinstance(references, (list, tuple)) and references and all(
@@ -192,26 +209,40 @@ class Engine:
         target = self.stages.encode(refs.flatten(0, 1), d.repeat(k, 1)).unflatten(0, (k, n))
         return target.mean(0) + self.stages.encode(x, -d)
 
-    def _label_program(self, x, d, r):
-        return self.stages.decode(self.stages.trunk(x), self._label_code(x, d, r))
+    @staticmethod
+    def _in_region(code, rec_code, m):
+        """The edited code inside the region mask ``m``, the reconstruction code outside."""
+        return code if m is None else m * code + (1 - m) * rec_code
 
-    def _reference_program(self, x, refs, d):
-        return self.stages.decode(self.stages.trunk(x), self._reference_code(x, refs, d))
+    def _label_program(self, x, d, r, m=None):
+        s = self._label_code(x, d, r)
+        if m is not None:
+            s = self._in_region(s, self._label_code(x, torch.zeros_like(d), r), m)
+        return self.stages.decode(self.stages.trunk(x), s)
+
+    def _reference_program(self, x, refs, d, m=None):
+        s = self._reference_code(x, refs, d)
+        if m is not None:
+            s = self._in_region(s, self._reference_code(x, refs, torch.zeros_like(d)), m)
+        return self.stages.decode(self.stages.trunk(x), s)
 
     def _run(self, fn, *args) -> torch.Tensor:
         with torch.inference_mode():
-            return fn(*(self._cast(a) for a in args)).float()
+            return fn(*(self._cast(a) for a in args if a is not None)).float()
 
     # ----- API -----------------------------------------------------------------------
     @_serialised
     def translate(self, images: Images, target, noise=None, strength: float = DEFAULT_STRENGTH,
-                  source=None, seed: int | None = None) -> torch.Tensor:
+                  source=None, seed: int | None = None, region=None) -> torch.Tensor:
         """Label-based translation. ``target``: labels (N, A) / (A,) or a dict name -> 0/1
-        applied to the source labels with the conflict rules."""
+        applied to the source labels with the conflict rules. ``region``: a mask at image
+        size in [0, 1] (soft edges allowed); the edit applies inside it, the
+        reconstruction outside (the latent code is spatial, so the two are mixed there)."""
         x = self.load_images(images)
         y_s = self._source(x, source)
         d = strength * (self._target(y_s, target) - y_s)
-        return self._run(self._label, x, d, self._noise(x.shape[0], noise, seed))
+        n = x.shape[0]
+        return self._run(self._label, x, d, self._noise(n, noise, seed), self._region(region, n))
 
     @_serialised
     def reconstruct(self, images: Images, noise=None, seed: int | None = None) -> torch.Tensor:
@@ -222,15 +253,17 @@ class Engine:
     @_serialised
     def translate_reference(self, images: Images, references, attributes: Sequence[str] | None = None,
                             source=None, reference_labels=None,
-                            strength: float = DEFAULT_STRENGTH) -> torch.Tensor:
+                            strength: float = DEFAULT_STRENGTH, region=None) -> torch.Tensor:
         """Reference-based translation: the target takes ``attributes`` (default: all) from
         the references' labels (given, or from the attribute head). ``references`` is one
-        batch of N or 1 images, or a list of such batches averaged in the latent code."""
+        batch of N or 1 images, or a list of such batches averaged in the latent code.
+        ``region``: as in ``translate``."""
         x = self.load_images(images)
         refs = self._reference_batches(references, x.shape[0])
         y_s = self._source(x, source)
         y_t = self._reference_target(y_s, refs, attributes, reference_labels)
-        return self._run(self._reference, x, refs, strength * (y_t - y_s))
+        return self._run(self._reference, x, refs, strength * (y_t - y_s),
+                         self._region(region, x.shape[0]))
 
     def _reference_target(self, y_s, refs, attributes, reference_labels) -> torch.Tensor:
         if reference_labels is None:
@@ -248,9 +281,10 @@ class Engine:
     @_serialised
     def interpolate(self, images: Images, references, target, alphas: Sequence[float],
                     noise=None, seed: int | None = None, level: str = "latent", source=None,
-                    strength: float = DEFAULT_STRENGTH) -> torch.Tensor:
+                    strength: float = DEFAULT_STRENGTH, region=None) -> torch.Tensor:
         """(len(alphas), N, 3, S, S): alpha = 1 is label-based, 0 reference-based.
-        level "latent" blends the codes, "spade" blends every SPADE layer's output."""
+        level "latent" blends the codes, "spade" blends every SPADE layer's output.
+        ``region``: as in ``translate``, applied to both codes."""
         if level not in ("latent", "spade"):
             raise ValueError(f"level must be 'latent' or 'spade', got {level!r}")
         x = self.load_images(images)
@@ -258,11 +292,16 @@ class Engine:
         y_s = self._source(x, source)
         d = strength * (self._target(y_s, target) - y_s)
         r = self._noise(x.shape[0], noise, seed)
+        m = self._region(region, x.shape[0])
         st = self.stages
         with torch.inference_mode():
             xc, dc, rc, refc = (self._cast(t) for t in (x, d, r, refs))
             h = st.trunk(xc)
             s_rand, s_ref = self._label_code(xc, dc, rc), self._reference_code(xc, refc, dc)
+            if m is not None:
+                mc, zero = self._cast(m), torch.zeros_like(dc)
+                s_rand = self._in_region(s_rand, self._label_code(xc, zero, rc), mc)
+                s_ref = self._in_region(s_ref, self._reference_code(xc, refc, zero), mc)
             outs = []
             for a in alphas:
                 s = (a * s_rand + (1 - a) * s_ref if level == "latent"

@@ -43,6 +43,7 @@ class LossWeights:
     mode_seeking: float = 0.005  # mode seeking with fresh r1
     gp: float = 10.0            # gradient penalty in the discriminator loss
     d_attr: float = 1.0         # attribute BCE on real images in the discriminator loss
+    paired: float = 0.0         # not in the paper: L1 of the fakes to the true edit (see below)
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -201,6 +202,11 @@ class GeneratorObjective(nn.Module):
 
     forward returns (loss, terms, r): r is the noise actually used for X_l (the refined
     memory noise when ``refine`` is given), to be written back into the noise memory.
+
+    ``x_true`` (optional, not in the paper): each source rendered with its target labels,
+    for data that can render the true edit (the procedural faces). With ``weights.paired``
+    > 0 the loss adds paired * mean over X_l, X_ref, X_int of L1(fake, x_true). The critic
+    is not run when the adversarial and attribute weights are both 0.
     """
 
     def __init__(self, generator: nn.Module, encoder: nn.Module, mapping: nn.Module,
@@ -214,7 +220,7 @@ class GeneratorObjective(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor, xr: torch.Tensor, yr: torch.Tensor,
                 noise: torch.Tensor, r1: torch.Tensor, alpha: torch.Tensor,
                 critic: nn.Module, refine: Refine | None = None,
-                reduce: Reduce = _identity
+                reduce: Reduce = _identity, x_true: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         G, E, M, w = self.generator, self.encoder, self.mapping, self.weights
         n = x.shape[0]
@@ -234,9 +240,18 @@ class GeneratorObjective(nn.Module):
         out = G.decode(h.repeat(6, 1, 1, 1), torch.cat([s_rand, s_ref, s_int, s_rec_l, s_rec_r, s_1]))
         x_l, x_ref, x_int, x_rec_l, x_rec_r, x_1 = out.split(n)
 
-        adv, cls = critic(torch.cat([x_l, x_ref, x_int]))
-        loss_adv = -f32(adv).mean()
-        loss_attr = bce(cls, yr.repeat(3, 1))
+        fakes = torch.cat([x_l, x_ref, x_int])
+        if w.adv or w.attr:
+            adv, cls = critic(fakes)
+            loss_adv, loss_attr = -f32(adv).mean(), bce(cls, yr.repeat(3, 1))
+        else:
+            loss_adv = loss_attr = fakes.new_zeros((), dtype=torch.float32)
+        if w.paired:
+            if x_true is None:
+                raise ValueError("the paired loss weight is > 0 but no x_true (true edits) was given")
+            loss_paired = l1(fakes, x_true.repeat(3, 1, 1, 1))
+        else:
+            loss_paired = loss_adv.new_zeros(())
         loss_rec = (l1(x, x_rec_l) + l1(x, x_rec_r)) / 2
         loss_latent = l1(s_rand, s_ref)
         o = cycle_sign(y, d)
@@ -246,9 +261,10 @@ class GeneratorObjective(nn.Module):
         loss_cycle = (l1(s_rand, c_l + s_s) + l1(s_ref, c_ref + s_s) + l1(c_l_o, c_s_o)) / 3
         loss_ms = mode_seeking(r1, r, x_1, x_l, reduce)
         loss = (w.adv * loss_adv + w.attr * loss_attr + w.rec * loss_rec
-                + w.latent * loss_latent + w.cycle * loss_cycle + w.mode_seeking * loss_ms)
+                + w.latent * loss_latent + w.cycle * loss_cycle + w.mode_seeking * loss_ms
+                + w.paired * loss_paired)
         terms = {
-            "g/adv": loss_adv, "g/attr": loss_attr, "g/rec": loss_rec,
+            "g/adv": loss_adv, "g/attr": loss_attr, "g/rec": loss_rec, "g/paired": loss_paired,
             "g/latent": loss_latent, "g/cycle": loss_cycle, "g/mode_seeking": loss_ms,
             "g/total": loss, "noise/r_mean": f32(r).mean(),
             "noise/r_abs_mean": f32(r).abs().mean(),

@@ -41,6 +41,8 @@ _WEIGHT_OPTIONS = {
     "w_ms": ("mode_seeking", "mode seeking (default 0.005)"),
     "w_gp": ("gp", "WGAN-GP gradient penalty (default 10)"),
     "w_d_attr": ("d_attr", "discriminator attribute BCE on real images (default 1)"),
+    "w_paired": ("paired", "not in the paper: L1 of the three fakes to the true edit, for data "
+                           "that renders it (--data synthetic) (default 0)"),
 }
 
 

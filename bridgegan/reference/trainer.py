@@ -173,6 +173,10 @@ class Trainer:
         if len(dataset) < config.batch:
             raise ValueError(f"the dataset has {len(dataset)} items, fewer than one batch "
                              f"({config.batch})")
+        if config.weights.paired and not callable(getattr(dataset, "render_labels", None)):
+            raise ValueError("the paired loss needs data that can render the true edit "
+                             "(render_labels: the procedural faces, --data synthetic); "
+                             f"{type(dataset).__name__} cannot")
         if config.amp == "fp16" and self.device.type != "cuda":
             raise ValueError("amp fp16 needs a CUDA device (bf16 or none work on the CPU)")
 
@@ -304,7 +308,8 @@ class Trainer:
         lo = self.dist.rank * self.local_batch
         sl = slice(lo, lo + self.local_batch)
         ref = draws["perm"][sl]
-        out = dict(x=x_all[sl], y=y_all[sl], xr=x_all[ref], yr=y_all[ref], ref_index=idx_all[ref],
+        out = dict(x=x_all[sl], y=y_all[sl], index=idx_all[sl], xr=x_all[ref], yr=y_all[ref],
+                   ref_index=idx_all[ref],
                    r1=draws["r1"][sl], alpha=draws["alpha"][sl], gp_eps=draws["gp_eps"][:, sl])
         out["noise"] = self.memory.lookup(out["ref_index"]) if self.memory.enabled else draws["noise"][sl]
         return out
@@ -381,7 +386,8 @@ class Trainer:
             with self._autocast():
                 loss, terms, r = self.g_objective(
                     p["x"], p["y"], p["xr"], p["yr"], p["noise"], p["r1"], p["alpha"],
-                    critic=D, refine=self._refine(), reduce=self._reduce)
+                    critic=D, refine=self._refine(), reduce=self._reduce,
+                    x_true=self._true_edits(p["index"], p["yr"]))
             self.opt_g.zero_grad(set_to_none=True)
             self.scaler_g.scale(loss).backward()
             self.scaler_g.step(self.opt_g)
@@ -393,11 +399,23 @@ class Trainer:
                               all_gather_cat(r.to(self.dtype), self.dist))
         return terms
 
+    def _true_edits(self, index: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
+        """Each source rendered with its target labels, for the paired loss (else None)."""
+        if not self.config.weights.paired:
+            return None
+        images = [self.dataset.render_labels(int(i), t) for i, t in zip(index.tolist(), target.cpu())]
+        return torch.stack(images).to(self.device, self.dtype)
+
+    def ema_decay(self) -> float:
+        """The EMA decay at this step: min(ema, (1 + step) / (10 + step)), so that early
+        weights are not dominated by the initial ones (0.999^750 is still 0.47)."""
+        return min(self.config.ema, (1 + self.step) / (10 + self.step))
+
     @torch.no_grad()
     def _update_ema(self) -> None:
         if self.ema is not None:
             torch._foreach_lerp_(self.ema_params, [p.detach() for p in self.gen_params],
-                                 1.0 - self.config.ema)
+                                 1.0 - self.ema_decay())
 
     def train_step(self) -> dict[str, torch.Tensor]:
         """n_d discriminator updates, one generator update, the EMA update. Returns the

@@ -543,6 +543,15 @@ class ProceduralFaces(Dataset):
         img = render_face(full, u[_N_LABEL_U:], self.size)
         return _to_tensor(img), torch.from_numpy(full[self._cols].copy())
 
+    def render_labels(self, index: int, labels: torch.Tensor) -> torch.Tensor:
+        """Item ``index`` drawn with ``labels`` (A,) over ``self.attributes`` (0/1, e.g. another
+        item's labels) instead of its own, with every nuisance factor unchanged: the true
+        result of translating the item to those labels (the trainer's paired target)."""
+        u = self._uniforms(self._index(index))
+        full = _labels_from_uniforms(u)
+        full[self._cols] = (torch.as_tensor(labels, dtype=torch.float32).cpu().numpy() > 0.5)
+        return _to_tensor(render_face(full, u[_N_LABEL_U:], self.size))
+
 
 def procedural_batch(
     n: int,
