@@ -58,10 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="checkpoint folder (default: the shipped model)")
     p.add_argument("--input", nargs="+", help="source images (default: procedural faces)")
     p.add_argument("--out", default="bridgegan-demo", help="output folder (default: %(default)s)")
-    p.add_argument("--samples", type=int, default=3, help="noise samples per source")
+    p.add_argument("--samples", type=int, default=3, help="noise samples per source (default: 3)")
+    p.add_argument("--rows", type=int, default=4, help="procedural source faces, one row each "
+                                                      "(default: 4)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--no-bench", action="store_true", help="skip the throughput line")
+    p.add_argument("--bench", action="store_true", help="also print the throughput of the "
+                                                       "backends that run here")
     p.set_defaults(func=_lazy(".demo", "run"))
 
     p = sub.add_parser("translate", help="edit images by attribute (label-based) and/or copy "

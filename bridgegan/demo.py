@@ -20,7 +20,8 @@ import torch
 from .engine import BackendUnavailable, Engine
 from .reference import BridgeGAN, BridgeGANConfig
 from .reference.checkpoint import load_checkpoint, save_checkpoint
-from .reference.data import procedural_batch, save_grid
+from .reference.data import procedural_batch, save_png
+from .reference.data.grid import captioned_grid
 
 SHIPPED = Path(__file__).parent / "assets" / "default"
 
@@ -84,8 +85,57 @@ def throughput(model: BridgeGAN, device: str, batch: int = 8, calls: int = 3) ->
     return out
 
 
+def _caption(edit: str) -> str:
+    """'Name=1' -> '+Name', 'Name=0' -> '-Name', underscores as spaces (for wrapping)."""
+    name, _, value = edit.partition("=")
+    return ("+" if value == "1" else "-") + name.replace("_", " ")
+
+
+def _region_edit(labels: torch.Tensor, attributes: list[str]) -> dict[str, int]:
+    """The demo's spatial edit: blond hair (black when already blond), or the first
+    attribute flipped when the model has no Blond_Hair."""
+    if "Blond_Hair" in attributes:
+        blond = labels[attributes.index("Blond_Hair")] > 0.5
+        return {"Black_Hair" if blond else "Blond_Hair": 1}
+    return {attributes[0]: 1 - int(labels[0])}
+
+
+def demo_rows(eng: Engine, sources: torch.Tensor, labels: torch.Tensor, samples: int,
+              seed: int) -> tuple[list[torch.Tensor], list[list[str]]]:
+    """One row per source: source, reconstruction, every flip, noise samples, reference
+    and reference edit, a region edit (left half) and label-to-reference interpolation."""
+    attrs = list(eng.attributes)
+    size = eng.config.image_size
+    left = torch.zeros(size, size)
+    left[:, : size // 2] = 1
+    references, ref_labels = torch.roll(sources, 1, dims=0), torch.roll(labels, 1, dims=0)
+    rows, captions = [], []
+    for i in range(sources.shape[0]):
+        x, r = sources[i:i + 1], references[i:i + 1]
+        y, y_r = labels[i:i + 1], ref_labels[i:i + 1]
+        strip = eng.edit_strip(x, samples=samples, seed=seed + i, source=y)
+        ref_edit = eng.translate_reference(x, r, source=y, reference_labels=y_r)
+        edit = _region_edit(y[0], attrs)
+        region_caption = _caption("{}={}".format(*next(iter(edit.items())))) + ", left half only"
+        region = eng.translate(x, edit, source=y, seed=seed + i, region=left)
+        alphas = (0.0, 0.5, 1.0)
+        inter = eng.interpolate(x, r, y_r, alphas=list(alphas), seed=seed + i, source=y)[:, 0]
+        rows.append(torch.cat([x.to(strip.images), strip.images, r.to(strip.images), ref_edit,
+                               region, inter]).cpu())
+        flips = [_caption(c) for c in strip.captions[1:1 + len(attrs)]]
+        noise = [f"noise {k + 1}: " + _caption(c.split(": ")[1]) for k, c in
+                 enumerate(strip.captions[1 + len(attrs):])]
+        ends = {0.0: " (reference)", 1.0: " (labels)"}
+        captions.append(["source", "reconstruction", *flips, *noise, "reference",
+                         "reference edit (all its labels)", region_caption,
+                         *(f"interpolation a={a:g}{ends.get(a, '')}" for a in alphas)])
+    return rows, captions
+
+
 def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
+    if args.samples < 0:
+        raise ValueError(f"--samples must be >= 0, got {args.samples}")
     model, what = load_model(args.checkpoint)
     print(f"model: {what}")
     cfg = model.config
@@ -94,29 +144,17 @@ def run(args: argparse.Namespace) -> int:
         sources = eng.load_images(args.input)
         labels = eng.classify(sources)  # the attribute head's estimate
     else:  # procedural faces come with their true labels
-        sources, labels = procedural_batch(4, cfg.image_size, seed=args.seed + 1000,
+        sources, labels = procedural_batch(args.rows, cfg.image_size, seed=args.seed + 1000,
                                            attributes=cfg.attributes)
-    references, ref_labels = torch.roll(sources, 1, dims=0), torch.roll(labels, 1, dims=0)
-    rows = []
-    for i in range(sources.shape[0]):
-        x, r = sources[i:i + 1], references[i:i + 1]
-        y, y_r = labels[i:i + 1], ref_labels[i:i + 1]
-        strip = eng.edit_strip(x, samples=args.samples, seed=args.seed + i, source=y)
-        ref_edit = eng.translate_reference(x, r, source=y, reference_labels=y_r)
-        inter = eng.interpolate(x, r, y_r, alphas=[0.0, 0.5, 1.0], seed=args.seed + i,
-                                source=y)[:, 0]
-        rows.append(torch.cat([x.to(strip.images), strip.images, r.to(strip.images), ref_edit,
-                               inter]))
-    ncol = rows[0].shape[0]
-    out = Path(args.out)
-    path = out / "demo_grid.png"
-    save_grid(torch.cat(rows).cpu(), path, nrow=ncol)
-    captions = (["source"] + strip.captions + ["reference", "reference edit"]
-                + [f"interp a={a}" for a in (0.0, 0.5, 1.0)])
-    (out / "demo_grid.txt").write_text("columns: " + " | ".join(captions) + "\n")
-    print(f"wrote {path} ({sources.shape[0]} rows x {ncol} columns; column captions in "
-          f"{out / 'demo_grid.txt'})")
-    if not args.no_bench:
+    rows, captions = demo_rows(eng, sources, labels.cpu(), args.samples, args.seed)
+    path = Path(args.out) / "demo_grid.png"
+    title = (f"bridgegan demo: {what.split(' (')[0]}, {cfg.image_size} px, edit strength 1.5, "
+             f"seed {args.seed}; columns: source, reconstruction, each attribute flipped, noise "
+             f"samples, reference, reference edit, region edit, interpolation")
+    save_png(captioned_grid(rows, captions, title=title, scale=max(1, -(-96 // cfg.image_size))),
+             path)
+    print(f"wrote {path} ({len(rows)} rows x {len(rows[0])} columns, captions in the image)")
+    if args.bench:
         for line in throughput(model, args.device):
             print("throughput " + line)
     print(f"done in {time.perf_counter() - t0:.1f} s")

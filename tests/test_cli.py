@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from bridgegan.cli import main
+from bridgegan.engine import Engine
 from bridgegan.reference import BridgeGAN, save_checkpoint
 from bridgegan.reference.checkpoint import read_tensors
 from conftest import randomize, small_config
@@ -29,14 +30,33 @@ def test_help_lists_the_commands(capsys):
 
 
 def test_demo_end_to_end(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path), "--samples", "2"]) == 0
+    assert main(["demo", "--out", str(tmp_path), "--samples", "2", "--bench"]) == 0
     out = capsys.readouterr().out
     grid = tmp_path / "demo_grid.png"
     assert str(grid) in out and "images/s" in out
     im = Image.open(grid)
-    cols = (tmp_path / "demo_grid.txt").read_text().count("|") + 1
-    assert im.size[0] > cols * 64 and im.size[1] > 4 * 64  # 4 rows of 64 px tiles
+    assert im.size[0] > 28 * 64 and im.size[1] > 4 * 64  # 4 rows of 28 captioned tiles
     assert np.asarray(im).std() > 10  # not a blank image
+    assert main(["demo", "--out", str(tmp_path), "--samples", "-1"]) == 2
+    assert "--samples must be >= 0" in capsys.readouterr().err
+
+
+def test_demo_captions_belong_to_their_own_row():
+    """Each row's flip captions follow that row's source labels (+ when it lacks the
+    attribute), and every image has its caption."""
+    from bridgegan.demo import demo_rows
+    from bridgegan.reference.data import PROCEDURAL_ATTRIBUTES, procedural_batch
+
+    torch.manual_seed(0)
+    eng = Engine(BridgeGAN(small_config(32, attributes=PROCEDURAL_ATTRIBUTES)).eval())
+    x, y = procedural_batch(3, 32, seed=7)
+    rows, captions = demo_rows(eng, x, y, samples=1, seed=0)
+    assert [len(r) for r in rows] == [len(c) for c in captions]
+    male = PROCEDURAL_ATTRIBUTES.index("Male")
+    assert set(y[:, male].tolist()) == {0.0, 1.0}  # rows differ, so their captions must
+    for row_labels, caps in zip(y, captions):
+        want = "-Male" if row_labels[male] else "+Male"
+        assert caps[2 + male] == want
 
 
 def test_demo_loads_the_shipped_model_with_its_numbers(tmp_path, monkeypatch, capsys):
@@ -52,7 +72,7 @@ def test_demo_loads_the_shipped_model_with_its_numbers(tmp_path, monkeypatch, ca
     weights = read_tensors(shipped / "model.safetensors")
     assert {t.dtype for t in weights.values() if t.is_floating_point()} == {torch.float16}
     monkeypatch.setattr(demo, "SHIPPED", shipped)
-    assert main(["demo", "--out", str(tmp_path / "out"), "--samples", "1", "--no-bench"]) == 0
+    assert main(["demo", "--out", str(tmp_path / "out"), "--samples", "1"]) == 0
     out = capsys.readouterr().out
     assert "the shipped model" in out and "UNTRAINED" not in out
     assert "edit accuracy 50.0%" in out and "PSNR 20.0 dB" in out

@@ -1,14 +1,15 @@
-"""Write a PNG grid of [-1, 1] images (numpy + Pillow), atomically."""
+"""Write a PNG grid of [-1, 1] images (numpy + Pillow), atomically, with or without captions."""
 from __future__ import annotations
 
 import math
 import os
 import tempfile
+import textwrap
 from collections.abc import Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from .image import tensor_to_uint8
 
@@ -88,3 +89,34 @@ def save_grid(
     grid = make_grid(images, nrow=nrow, padding=padding, pad_value=pad_value)
     save_png(grid, path)
     return grid.shape[1], grid.shape[0]
+
+
+def captioned_grid(rows: Sequence[torch.Tensor], captions: Sequence[Sequence[str]],
+                   title: str = "", scale: int = 1, font_size: int = 11,
+                   lines: int = 3) -> np.ndarray:
+    """Rows of images (K_i, 3, H, W) in [-1, 1], each cell with its own caption drawn under
+    it (wrapped to the cell width, at most ``lines`` lines), an optional title line on top.
+    Cells are enlarged ``scale`` times (nearest neighbour). Returns uint8 (H', W', 3)."""
+    if len(rows) != len(captions) or any(len(r) != len(c) for r, c in zip(rows, captions)):
+        raise ValueError("captioned_grid: one caption per image in every row")
+    font = ImageFont.load_default(size=font_size)
+    pad, line_h = 4, font_size + 2
+    cells = [[np.kron(tensor_to_uint8(im), np.ones((scale, scale, 1), np.uint8)) for im in r]
+             for r in rows]
+    h, w = cells[0][0].shape[:2]
+    ncol = max(len(r) for r in rows)
+    top = line_h + 2 * pad if title else pad
+    row_h = h + lines * line_h + pad
+    canvas = Image.new("RGB", (pad + ncol * (w + pad), top + len(rows) * row_h), "white")
+    draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.text((pad, pad), title, fill="black", font=font)
+    chars = max(4, int(w / (font.getlength("x") or 6)))
+    for r, (row, caps) in enumerate(zip(cells, captions)):
+        y = top + r * row_h
+        for c, (cell, cap) in enumerate(zip(row, caps)):
+            x = pad + c * (w + pad)
+            canvas.paste(Image.fromarray(cell), (x, y))
+            for k, text in enumerate(textwrap.wrap(cap, chars)[:lines]):
+                draw.text((x, y + h + k * line_h), text, fill="black", font=font)
+    return np.asarray(canvas)
