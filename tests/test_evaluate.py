@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bridgegan.engine import Engine
-from bridgegan.evaluate import evaluate, psnr, ssim
+from bridgegan.evaluate import TARGETS, evaluate, missed_targets, psnr, ssim
 from bridgegan.reference import BridgeGAN
 from bridgegan.reference.attributes import apply_edits
 from bridgegan.reference.classifier import AttributeClassifier, train_classifier
@@ -118,3 +118,12 @@ def test_true_change_score_and_shown_attributes(classifier):
     shown = true["shown_attributes"]
     assert all(true["renderer_edit_accuracy_per_attribute"][n] >= 0.9 for n in shown)
     assert true["label_edit_accuracy_shown"] >= 0.9 or not shown
+
+
+def test_missed_targets_names_each_shortfall():
+    good = {k: v + 0.01 for k, v in TARGETS.items()}
+    assert missed_targets(good) == []
+    bad = dict(good, reconstruction_psnr_db=21.5, diversity_l1=0.0)
+    missed = missed_targets(bad)
+    assert len(missed) == 2 and "reconstruction_psnr_db 21.5 < 28.0" in missed
+    assert len(missed_targets({})) == len(TARGETS)
