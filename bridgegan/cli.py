@@ -36,6 +36,17 @@ def _parity(args: argparse.Namespace) -> int:
     return status
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1, refused with the value given otherwise."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
+
+
 def _lazy(module: str, func: str):
     def run(args: argparse.Namespace) -> int:
         import importlib
@@ -76,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", nargs="+", help="reference image(s), averaged in the latent code")
     p.add_argument("--attributes", help="comma list of attributes taken from the references "
                                         "(default: all)")
-    p.add_argument("--samples", type=int, default=1, help="noise samples per label edit")
+    p.add_argument("--samples", type=_positive_int, default=1,
+                   help="noise samples per label edit (>= 1)")
     p.add_argument("--strength", type=float, default=1.5, help="edit strength (d scale)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backend", default="torch",
@@ -140,7 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="synthetic", help="synthetic[:COUNT], celeba:PATH or folder:PATH")
     p.add_argument("--split", default="test", help="dataset split of the sources (default: test)")
     p.add_argument("--n", type=int, default=200, help="number of source images (default: 200)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the noise draws")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the noise draws and of the procedural faces (use one that "
+                        "training never saw)")
+    p.add_argument("--strength", type=float, default=1.5,
+                   help="edit strength, the scale of d (default: 1.5, the official test's)")
     p.add_argument("--backend", default="torch", help="engine backend (default: torch)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     p.add_argument("--json", help="also write the metrics here")

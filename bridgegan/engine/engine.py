@@ -5,11 +5,14 @@ policy) and come out as float32 tensors (N, 3, S, S) in [-1, 1] on the engine's 
 Source labels come from the caller or, when not given, from the discriminator's
 attribute head (a logit above 0 means the attribute is present). Noise is drawn on the CPU
 from ``seed`` so that one seed gives the same images on every backend and device.
+Bad arguments (labels other than 0/1; a strength, noise, alpha or seed that is not a
+number or out of range) raise a ValueError naming the argument and what is accepted.
 """
 from __future__ import annotations
 
 import copy
 import functools
+import numbers
 import threading
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
@@ -27,6 +30,13 @@ from .backends import BACKENDS, build_stages
 from .cudagraphs import CudaGraphed
 from .graph import Rewrites
 from .io import Images, as_batch
+
+# Largest |strength| and |alpha|: both scale an edit; the model is trained at 1 and tested
+# at 1.5, and far beyond the edits saturate (unbounded, 1e38 overflows to NaN images).
+MAX_SCALE = 10.0
+# Largest |noise|: draws are standard normal, so this is far outside anything drawn while
+# keeping the latent codes finite.
+MAX_NOISE = 1e4
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
           "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
@@ -53,6 +63,48 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; accepted: auto, {', '.join(DTYPES)}")
     return DTYPES[dtype]
+
+
+def _number(value, what: str, bound: float) -> float:
+    """``value`` as a float, refused unless a finite number within [-bound, bound]."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        x = float("nan")
+    if isinstance(value, (str, bytes, bool)) or not abs(x) <= bound:  # NaN fails too
+        raise ValueError(f"{what} must be a finite number in [-{bound:g}, {bound:g}], "
+                         f"got {value!r}")
+    return x
+
+
+def _alphas(alphas) -> list[float]:
+    """Interpolation weights: a non-empty sequence of numbers, each checked."""
+    try:
+        values = list(alphas)
+    except TypeError:
+        values = []
+    if not values or isinstance(alphas, (str, bytes)):
+        raise ValueError(f"alphas must be a non-empty list of numbers (1: label-based, "
+                         f"0: reference-based), got {alphas!r}")
+    return [_number(a, "each alpha", MAX_SCALE) for a in values]
+
+
+def _seed(seed) -> int | None:
+    """None, or a seed torch.Generator takes: an unsigned 64-bit integer."""
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2 ** 64:
+        raise ValueError(f"seed must be None or an integer in [0, 2**64), got {seed!r}")
+    return int(seed)
+
+
+def _as_tensor(value, what: str) -> torch.Tensor:
+    """``value`` (a tensor, array or nested list of numbers) as float32 on the CPU."""
+    try:
+        return torch.as_tensor(value, dtype=torch.float32).cpu()
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ValueError(f"{what} must be a tensor, array or nested list of numbers, got "
+                         f"{type(value).__name__} ({exc})") from None
 
 
 def _serialised(method):
@@ -133,16 +185,17 @@ class Engine:
         return self._source(self.load_images(images), None)
 
     def _labels(self, labels, n: int, what: str) -> torch.Tensor:
-        labels = torch.as_tensor(labels, dtype=torch.float32, device=self.device)
+        labels = _as_tensor(labels, what)
         if labels.dim() == 1:
             labels = labels.expand(n, -1)
         a = self.config.n_attrs
         if labels.shape != (n, a):
             raise ValueError(f"{what} must have shape ({n}, {a}) or ({a},) for the attributes "
                              f"{', '.join(self.attributes)}; got {tuple(labels.shape)}")
-        if not torch.isfinite(labels).all():
-            raise ValueError(f"{what} contain NaN or Inf")
-        return labels
+        bad = labels[(labels != 0) & (labels != 1)]  # NaN included
+        if bad.numel():
+            raise ValueError(f"{what} must be 0 (absent) or 1 (present), got {bad[0].item()}")
+        return labels.to(self.device)
 
     def _source(self, x: torch.Tensor, source) -> torch.Tensor:
         if source is None:
@@ -156,16 +209,23 @@ class Engine:
         return self._labels(target, source.shape[0], "target labels")
 
     def _noise(self, n: int, noise, seed: int | None) -> torch.Tensor:
+        seed = _seed(seed)
         if noise is None:
             gen = torch.Generator().manual_seed(seed) if seed is not None else None
             noise = torch.randn(n, self.config.noise_dim, generator=gen)
-        noise = torch.as_tensor(noise, dtype=torch.float32)
+        noise = _as_tensor(noise, "noise")
         if noise.shape != (n, self.config.noise_dim):
             raise ValueError(f"noise must have shape ({n}, {self.config.noise_dim}), "
                              f"got {tuple(noise.shape)}")
-        if not torch.isfinite(noise).all():
-            raise ValueError("noise contains NaN or Inf")
+        if not noise.abs().le(MAX_NOISE).all():  # NaN fails too
+            raise ValueError(f"noise must be finite with |values| <= {MAX_NOISE:g} (draws are "
+                             f"standard normal), got |max| {noise.abs().max().item():g}")
         return noise.to(self.device)
+
+    @staticmethod
+    def _difference(y_s: torch.Tensor, y_t: torch.Tensor, strength) -> torch.Tensor:
+        """d = strength * (y_t - y_s), the strength checked."""
+        return _number(strength, "strength", MAX_SCALE) * (y_t - y_s)
 
     def _region(self, region, n: int) -> torch.Tensor | None:
         """A region mask (S, S), (1 or N, S, S) or (1 or N, 1, S, S) in [0, 1] at image size,
@@ -173,7 +233,7 @@ class Engine:
         if region is None:
             return None
         s = self.config.image_size
-        m = torch.as_tensor(region, dtype=torch.float32).cpu()
+        m = _as_tensor(region, "region")
         m = m.reshape(1, 1, s, s) if m.shape == (s, s) else m
         m = m.unsqueeze(1) if m.dim() == 3 else m
         if m.dim() != 4 or m.shape[1:] != (1, s, s) or m.shape[0] not in (1, n):
@@ -240,7 +300,7 @@ class Engine:
         reconstruction outside (the latent code is spatial, so the two are mixed there)."""
         x = self.load_images(images)
         y_s = self._source(x, source)
-        d = strength * (self._target(y_s, target) - y_s)
+        d = self._difference(y_s, self._target(y_s, target), strength)
         n = x.shape[0]
         return self._run(self._label, x, d, self._noise(n, noise, seed), self._region(region, n))
 
@@ -262,7 +322,7 @@ class Engine:
         refs = self._reference_batches(references, x.shape[0])
         y_s = self._source(x, source)
         y_t = self._reference_target(y_s, refs, attributes, reference_labels)
-        return self._run(self._reference, x, refs, strength * (y_t - y_s),
+        return self._run(self._reference, x, refs, self._difference(y_s, y_t, strength),
                          self._region(region, x.shape[0]))
 
     def _reference_target(self, y_s, refs, attributes, reference_labels) -> torch.Tensor:
@@ -272,6 +332,9 @@ class Engine:
             y_r = self._labels(reference_labels, y_s.shape[0], "reference labels")
         if attributes is None:
             return y_r
+        if isinstance(attributes, str) or not isinstance(attributes, Sequence):
+            raise ValueError(f"attributes must be a list of attribute names (of "
+                             f"{', '.join(self.attributes)}), got {attributes!r}")
         check_names(list(attributes), self.attributes)
         index = [self.attributes.index(n) for n in attributes]
         y_t = y_s.clone()
@@ -287,10 +350,11 @@ class Engine:
         ``region``: as in ``translate``, applied to both codes."""
         if level not in ("latent", "spade"):
             raise ValueError(f"level must be 'latent' or 'spade', got {level!r}")
+        alphas = _alphas(alphas)
         x = self.load_images(images)
         refs = self._reference_batches(references, x.shape[0])
         y_s = self._source(x, source)
-        d = strength * (self._target(y_s, target) - y_s)
+        d = self._difference(y_s, self._target(y_s, target), strength)
         r = self._noise(x.shape[0], noise, seed)
         m = self._region(region, x.shape[0])
         st = self.stages
@@ -316,6 +380,8 @@ class Engine:
         """Reconstruction, every single-attribute flip (conflict rules applied), and
         ``samples`` noise samples of ``sample_target`` (default: the first flip), for one
         source image. With ``cache`` the source-only trunk runs once for the whole strip."""
+        if isinstance(samples, bool) or not isinstance(samples, numbers.Integral) or samples < 0:
+            raise ValueError(f"samples must be an integer >= 0, got {samples!r}")
         x = self.load_images(image)
         if x.shape[0] != 1:
             raise ValueError(f"edit_strip takes one image, got {x.shape[0]}")
@@ -328,7 +394,7 @@ class Engine:
         captions += [f"sample {i + 1}: " + ",".join(f"{n}={v}" for n, v in sample_target.items())
                      for i in range(samples)]
         y_t = torch.cat(targets)
-        d = strength * (y_t - y_s)
+        d = self._difference(y_s, y_t, strength)
         k = y_t.shape[0]
         r = self._noise(k, None, seed)
         st = self.stages

@@ -8,7 +8,10 @@ Policy, documented in the README:
   S; another size is refused (resizing a caller's tensor silently would hide bugs); one
   channel is replicated to RGB and four channels (RGBA, alpha in [-1, 1]) are composited
   on white.
-- Empty batches and NaN / Inf values are refused.
+- Empty batches and NaN / Inf values are refused, and so are empty images and images
+  above ``image.MAX_IMAGE_PIXELS`` (files: from the header, before decoding). Paths are
+  str or os.PathLike naming regular files (not bytes, folders, devices or pipes).
+- A list may mix tensors, PIL images and paths; each item is checked on its own.
 """
 from __future__ import annotations
 
@@ -47,38 +50,56 @@ def _fix_channels(x: torch.Tensor, what: str) -> torch.Tensor:
     raise ValueError(f"{what}: expected 1 (grey), 3 (RGB) or 4 (RGBA) channels, got {c}")
 
 
-def as_batch(images: Images, size: int, what: str = "images") -> torch.Tensor:
-    """A float32 (N, 3, size, size) CPU-or-device tensor in [-1, 1], checked."""
-    if isinstance(images, torch.Tensor):
-        x = images
-        if x.dim() == 3:
-            x = x.unsqueeze(0)
-        if x.dim() != 4:
-            raise ValueError(f"{what}: expected a tensor (N, C, H, W) or (C, H, W), "
-                             f"got shape {tuple(images.shape)}")
-        if not x.is_floating_point():
-            raise ValueError(f"{what}: expected a floating-point tensor in [-1, 1], got {x.dtype}")
-    else:
-        items = [images] if isinstance(images, (Image.Image, str, os.PathLike)) else list(images)
-        if items and all(isinstance(i, torch.Tensor) for i in items):
-            return as_batch(torch.cat([i if i.dim() == 4 else i[None] for i in items]), size, what)
-        tensors = []
-        for item in items:
-            if isinstance(item, (str, os.PathLike)):
-                item = image.open_rgb(item)
-            if not isinstance(item, Image.Image):
-                raise ValueError(f"{what}: expected tensors, PIL images or file paths, "
-                                 f"got {type(item).__name__}")
-            tensors.append(pil_to_tensor(item, size))
-        x = torch.stack(tensors) if tensors else torch.empty(0, 3, size, size)
-    if x.shape[0] == 0:
-        raise ValueError(f"{what}: empty batch; at least one image is needed")
+def _items(images: Images, what: str) -> list:
+    """The images a caller passed as a list: one image, or a sequence of them."""
+    if isinstance(images, (Image.Image, str, os.PathLike)):
+        return [images]
+    if isinstance(images, Sequence) and not isinstance(images, (bytes, bytearray)):
+        return list(images)
+    raise ValueError(f"{what}: expected a tensor, a PIL image, a file path (str or "
+                     f"os.PathLike) or a list of them, got {type(images).__name__}")
+
+
+def _tensor(x: torch.Tensor, size: int, what: str) -> torch.Tensor:
+    """A caller's tensor (N, C, S, S) or (C, S, S) as float32 (N, 3, S, S), shape checked."""
+    if x.dim() == 3:
+        x = x.unsqueeze(0)
+    if x.dim() != 4:
+        raise ValueError(f"{what}: expected a tensor (N, C, H, W) or (C, H, W), "
+                         f"got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"{what}: expected a floating-point tensor in [-1, 1], got {x.dtype}")
     if x.shape[-2:] != (size, size):
         raise ValueError(
             f"{what}: tensors must be {size}x{size} (the model's size), got "
             f"{x.shape[-2]}x{x.shape[-1]}; pass PIL images or files to have them centre-cropped "
             f"and resized, or resize the tensors yourself")
-    x = _fix_channels(x.float(), what)
+    return _fix_channels(x.float(), what)
+
+
+def _item(item, size: int, what: str) -> torch.Tensor:
+    """One list item (a tensor, a PIL image or a file path) as a float32 (K, 3, S, S)."""
+    if isinstance(item, torch.Tensor):
+        return _tensor(item, size, what)
+    if isinstance(item, (str, os.PathLike)):
+        item = image.open_rgb(item)
+    elif isinstance(item, Image.Image):
+        image.check_image_size(item.size, what)
+    else:
+        raise ValueError(f"{what}: expected a tensor, a PIL image or a file path (str or "
+                         f"os.PathLike), got {type(item).__name__}")
+    return pil_to_tensor(item, size)[None]
+
+
+def as_batch(images: Images, size: int, what: str = "images") -> torch.Tensor:
+    """A float32 (N, 3, size, size) CPU-or-device tensor in [-1, 1], checked."""
+    if isinstance(images, torch.Tensor):
+        x = _tensor(images, size, what)
+    else:
+        parts = [_item(item, size, f"{what}[{k}]") for k, item in enumerate(_items(images, what))]
+        x = torch.cat(parts) if parts else torch.empty(0, 3, size, size)
+    if x.shape[0] == 0:
+        raise ValueError(f"{what}: empty batch; at least one image is needed")
     if not torch.isfinite(x).all():
         raise ValueError(f"{what}: contain NaN or Inf values")
     lo, hi = x.min().item(), x.max().item()

@@ -49,6 +49,9 @@ def resolve_attributes(spec: str | Sequence[str]) -> tuple[str, ...]:
         if spec in PRESETS:
             return PRESETS[spec]
         spec = [s.strip() for s in spec.split(",") if s.strip()]
+    if not isinstance(spec, Sequence) or isinstance(spec, (bytes, bytearray)):
+        raise ValueError(f"attributes must be a preset name, a comma-separated string or a "
+                         f"list of names, got {type(spec).__name__}")
     names = tuple(spec)
     unknown = [n for n in names if n not in CELEBA_ATTRIBUTES]
     if unknown:
@@ -73,6 +76,14 @@ def check_names(names: Sequence[str], attributes: Sequence[str]) -> None:
         )
 
 
+def _as_float(value) -> float | None:
+    """float(value), or None when ``value`` is not a number."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
 def apply_edits(
     labels: torch.Tensor, attributes: Sequence[str], edits: Mapping[str, float | int | bool]
 ) -> torch.Tensor:
@@ -89,7 +100,7 @@ def apply_edits(
             f"labels must have shape (N, {len(attributes)}), got {tuple(labels.shape)}"
         )
     for name, value in edits.items():
-        if float(value) not in (0.0, 1.0):
+        if isinstance(value, (str, bytes)) or _as_float(value) not in (0.0, 1.0):
             raise ValueError(f"target for {name!r} must be 0 or 1, got {value!r}")
     out = labels.clone()
     index = {n: i for i, n in enumerate(attributes)}

@@ -2,8 +2,8 @@
 
 Writes are atomic at the folder level: everything is written and fsynced into a sibling
 temporary folder which then replaces the target, so a killed run leaves either the old
-checkpoint or the new one, never a mix. Loading checks the config and every tensor name
-and shape, and names each mismatch.
+checkpoint or the new one, never a mix. Loading checks the config and every tensor name,
+shape and value (NaN or Inf weights are refused), and names each mismatch.
 """
 from __future__ import annotations
 
@@ -122,7 +122,8 @@ def _list(names: list[str], limit: int = 8) -> str:
 
 
 def load_state(model: torch.nn.Module, tensors: Mapping[str, torch.Tensor], source: str) -> None:
-    """Copy ``tensors`` into ``model`` after checking names and shapes; name every mismatch."""
+    """Copy ``tensors`` into ``model`` after checking names, shapes and values (finite);
+    name every mismatch."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
@@ -139,6 +140,12 @@ def load_state(model: torch.nn.Module, tensors: Mapping[str, torch.Tensor], sour
         problems.append(f"{len(shapes)} shape mismatch(es): {_list(shapes)}")
     if problems:
         raise CheckpointError(f"{source} does not match the model: " + "; ".join(problems))
+    damaged = sorted(k for k in expected
+                     if tensors[k].is_floating_point() and not torch.isfinite(tensors[k]).all())
+    if damaged:
+        raise CheckpointError(f"{source} holds NaN or Inf values in {len(damaged)} tensor(s): "
+                              f"{_list(damaged)}; weights must be finite (a diverged run or a "
+                              f"damaged file: use an earlier checkpoint)")
     with torch.no_grad():
         for k, v in expected.items():
             v.copy_(tensors[k])

@@ -9,6 +9,28 @@ from typing import Any
 
 from .attributes import DEFAULT_ATTRIBUTES, resolve_attributes
 
+# Upper bounds, far above the paper's sizes (128 px, at most 256 channels, 3 blocks): a
+# mistyped config is refused before anything is allocated (g_width 1e6 asks for terabytes).
+MAX_IMAGE_SIZE = 1024
+MAX_CHANNELS = 512  # every layer's channels, derived widths (g_width * 2**g_downs) included
+MAX_DOWNS = MAX_IMAGE_SIZE.bit_length() - 1  # log2(MAX_IMAGE_SIZE)
+MAX_E_BLOCKS = 16
+# Weights of each of D's two head convolutions: (d_width * 2**d_downs)**2 channels times
+# a kernel of (image_size / 2**d_downs)**2, so (d_width * image_size)**2. 512 px at the
+# paper's d_width fits.
+MAX_HEAD_WEIGHTS = 2 ** 26
+# Integer fields and their accepted [low, high] ranges (the downs are further bounded by
+# the image size and MAX_CHANNELS).
+INT_RANGES = {
+    "image_size": (16, MAX_IMAGE_SIZE), "g_width": (1, MAX_CHANNELS),
+    "g_downs": (1, MAX_DOWNS), "e_width": (1, MAX_CHANNELS // 2),
+    "e_blocks": (0, MAX_E_BLOCKS), "latent_channels": (1, MAX_CHANNELS),
+    "spade_hidden": (1, MAX_CHANNELS), "mapping_channels": (1, MAX_CHANNELS),
+    "noise_dim": (1, MAX_CHANNELS), "d_width": (1, MAX_CHANNELS),
+    "d_downs": (1, MAX_DOWNS),
+}
+MAX_EPS = 0.1  # the norms' epsilon: a small positive number
+
 
 @dataclass(frozen=True)
 class BridgeGANConfig:
@@ -36,23 +58,36 @@ class BridgeGANConfig:
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
+        """Check every field's type and range, naming the field, before anything is built."""
         object.__setattr__(self, "attributes", resolve_attributes(self.attributes))
-        positive = ("image_size", "g_width", "g_downs", "e_width", "latent_channels",
-                    "spade_hidden", "mapping_channels", "noise_dim", "d_width", "d_downs")
-        for name in positive:
+        for name, (low, high) in INT_RANGES.items():
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"config.{name} must be a positive integer, got {value!r}")
-        if self.e_blocks < 0:
-            raise ValueError(f"config.e_blocks must be >= 0, got {self.e_blocks}")
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+                raise ValueError(f"config.{name} must be an integer in [{low}, {high}], "
+                                 f"got {value!r}")
+        eps = self.eps
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps <= MAX_EPS:
+            raise ValueError(f"config.eps must be a number in (0, {MAX_EPS}], got {eps!r}")
+        if not isinstance(self.extra, dict):
+            raise ValueError(f"config.extra must be an object (dict), got {self.extra!r}")
         size = self.image_size
-        if size < 16 or size & (size - 1):
-            raise ValueError(f"config.image_size must be a power of two >= 16, got {size}")
-        if size % (2 ** self.g_downs) or size % (2 ** self.d_downs) or size // 2 < 4:
+        if size & (size - 1):
+            raise ValueError(f"config.image_size must be a power of two, got {size}")
+        if size % (2 ** self.g_downs) or size % (2 ** self.d_downs):
             raise ValueError(
                 f"image_size {size} must be divisible by 2**g_downs ({2 ** self.g_downs}) "
                 f"and 2**d_downs ({2 ** self.d_downs})"
             )
+        for what, channels in (("g_width * 2**g_downs", self.g_channels()[-1]),
+                               ("d_width * 2**d_downs", self.d_width * 2 ** self.d_downs)):
+            if channels > MAX_CHANNELS:
+                raise ValueError(f"config: {what} = {channels} channels; accepted: at most "
+                                 f"{MAX_CHANNELS}")
+        head = (self.d_width * size) ** 2
+        if head > MAX_HEAD_WEIGHTS:
+            raise ValueError(f"config: D's head convolutions would hold (d_width * image_size)**2 "
+                             f"= {head:,} weights each; accepted: at most {MAX_HEAD_WEIGHTS:,} "
+                             f"(lower d_width)")
 
     # ----- derived sizes -------------------------------------------------------------
     @property
@@ -104,13 +139,12 @@ class BridgeGANConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "BridgeGANConfig":
+        if not isinstance(data, dict):
+            raise ValueError(f"config must be an object (dict) of fields, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(str(k) for k in set(data) - known)
         if unknown:
             raise ValueError(f"unknown config field(s) {unknown}; known fields: {sorted(known)}")
-        data = dict(data)
-        if "attributes" in data:
-            data["attributes"] = tuple(data["attributes"])
         return cls(**data)
 
     @classmethod
@@ -119,8 +153,9 @@ class BridgeGANConfig:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ValueError(f"config is not valid JSON: {exc}") from None
-        if not isinstance(data, dict):
-            raise ValueError("config JSON must be an object")
+        except RecursionError:
+            raise ValueError("config JSON is nested too deeply; a config is an object of "
+                             "numbers, strings and one list of attribute names") from None
         return cls.from_dict(data)
 
     def differences(self, other: "BridgeGANConfig") -> list[str]:

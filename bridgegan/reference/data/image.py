@@ -18,6 +18,16 @@ CELEBA_CROP_BOX = (3, 26, 3 + 170, 26 + 170)  # (left, top, right, bottom) for P
 
 SPLIT_NAMES = ("train", "val", "test", "all")
 
+# Images above this many pixels are refused before decoding (a 140 KB PNG can hold a
+# 12000x12000 image): decoding one then takes at most ~200 MB (RGBA bytes), and a 50-megapixel
+# camera photo still loads.
+MAX_IMAGE_PIXELS = 50_000_000
+
+
+class MissingImageError(FileNotFoundError, ValueError):
+    """An image file that does not exist: a FileNotFoundError that callers catching bad
+    input (ValueError) catch too."""
+
 
 def check_size_and_split(size: int, split: str) -> None:
     """The arguments every image-file dataset takes: a positive image size and a split."""
@@ -39,15 +49,41 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
+def check_image_size(size: tuple[int, int], what: str = "image") -> None:
+    """Refuse empty images and images above MAX_IMAGE_PIXELS; ``size`` is (W, H)."""
+    w, h = size
+    if w < 1 or h < 1 or w * h > MAX_IMAGE_PIXELS:
+        raise ValueError(f"{what} is {w}x{h} pixels; accepted: non-empty images of at most "
+                         f"{MAX_IMAGE_PIXELS:,} pixels")
+
+
+def _image_path(path) -> str:
+    """``path`` (str or os.PathLike) as a str naming an existing regular file. Devices,
+    pipes and folders are refused without being read (/dev/zero would never end)."""
+    text = os.fspath(path) if isinstance(path, os.PathLike) else path
+    if not isinstance(text, str):
+        raise ValueError(f"an image path must be a str or os.PathLike naming a file, "
+                         f"got {type(text).__name__} {text!r}")
+    if not os.path.exists(text):
+        raise MissingImageError(f"image file not found: {text}")
+    if not os.path.isfile(text):
+        raise ValueError(f"{text} is not a regular file (a folder, device or pipe); "
+                         f"accepted: image files")
+    return text
+
+
 def open_rgb(path: str | os.PathLike) -> Image.Image:
-    """Open an image file as RGB (see ``to_rgb``), with a clear error naming the file."""
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"image file not found: {path}")
+    """Open an image file as RGB (see ``to_rgb``), with a clear error naming the file. The
+    size is checked from the header, before the pixels are decoded."""
+    path = _image_path(path)
     try:
         with Image.open(path) as im:
+            check_image_size(im.size)
             im.load()
             return to_rgb(im)
+    except Image.DecompressionBombError as exc:  # PIL's own cap, above ours: checked in open
+        raise ValueError(f"image file {path} is too large ({exc}); accepted: images of at "
+                         f"most {MAX_IMAGE_PIXELS:,} pixels") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ValueError(f"cannot read image file {path}: {exc}") from exc
 

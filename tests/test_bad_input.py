@@ -1,0 +1,533 @@
+"""Bad input to the Engine API, image files, configs, checkpoints and `translate` is refused
+with a ValueError naming the problem and what is accepted: never NaN images, never a raw
+torch / Python error. Two seeded fuzz tests (hypothesis, 150 cases each) check that every
+input either works or raises a ValueError with a message."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+import threading
+import zlib
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from bridgegan.cli import main
+from bridgegan.engine import Engine
+from bridgegan.reference import BridgeGAN, BridgeGANConfig, CheckpointError, save_checkpoint
+from bridgegan.reference.checkpoint import WEIGHTS_FILE, load_checkpoint
+from bridgegan.reference.data import image
+from conftest import SMALL_ATTRS, images, labels, randomize, small_config
+
+S = 32
+N_ATTRS = len(SMALL_ATTRS)
+FUZZ = settings(max_examples=150, deadline=None, derandomize=True, database=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return randomize(BridgeGAN(small_config(S))).eval()
+
+
+@pytest.fixture(scope="module")
+def eng(model):
+    return Engine(model)
+
+
+def png_header(w: int, h: int) -> bytes:
+    """A PNG holding only its header (size w x h) and an empty IDAT: cheap to write at any
+    size, and decoding it would fail, so a refusal from it happened before decoding."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"") + chunk(b"IEND", b"")
+
+
+# ----- Engine API --------------------------------------------------------------------
+def calls(eng, x, **kw):
+    """Each API method that takes ``kw``, on a valid batch ``x``."""
+    out = {"translate": lambda: eng.translate(x, {"Male": 1}, **kw),
+           "interpolate": lambda: eng.interpolate(x, x, {"Male": 1}, [0.5], **kw)}
+    if "seed" not in kw and "noise" not in kw:
+        out["translate_reference"] = lambda: eng.translate_reference(x, x, **kw)
+    return out
+
+
+@pytest.mark.parametrize("strength", [math.nan, math.inf, -math.inf, 3e38, 11, "1.5", None, True])
+def test_strength_must_be_a_finite_number(eng, strength):
+    x = images(2, S)
+    for name, call in calls(eng, x, strength=strength).items():
+        with pytest.raises(ValueError, match=r"strength must be a finite number in \[-10, 10\]"):
+            call()
+    with pytest.raises(ValueError, match="strength must be a finite number"):
+        eng.edit_strip(x[:1], samples=1, strength=strength)
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, 3e38, -2e4])
+def test_noise_must_be_finite_and_bounded(eng, value):
+    x = images(2, S)
+    noise = torch.zeros(2, 8)
+    noise[1, 3] = value
+    for call in calls(eng, x, noise=noise).values():
+        with pytest.raises(ValueError, match=r"noise must be finite with \|values\| <= 10000"):
+            call()
+    with pytest.raises(ValueError, match="noise must be a tensor, array or nested list of numbers"):
+        eng.translate(x, {"Male": 1}, noise="abc")
+    assert torch.isfinite(eng.translate(x, {"Male": 1}, noise=torch.full((2, 8), -1e4))).all()
+
+
+@pytest.mark.parametrize("value", [7.0, -1.0, 1e30, 0.5, math.nan])
+def test_labels_must_be_0_or_1(eng, value):
+    x = images(2, S)
+    bad = labels(2, N_ATTRS)
+    bad[1, 2] = value
+    message = r"labels must be 0 \(absent\) or 1 \(present\), got "
+    with pytest.raises(ValueError, match="target " + message):
+        eng.translate(x, bad, seed=0)
+    with pytest.raises(ValueError, match="source " + message):
+        eng.translate(x, {"Male": 1}, source=bad, seed=0)
+    with pytest.raises(ValueError, match="reference " + message):
+        eng.translate_reference(x, x, reference_labels=bad)
+    with pytest.raises(ValueError, match="target labels must be 0"):
+        eng.interpolate(x, x, bad, [0.5], seed=0)
+    with pytest.raises(ValueError, match="target for 'Male' must be 0 or 1"):
+        eng.translate(x, {"Male": value})
+
+
+@pytest.mark.parametrize("target", [None, "Male", {"Male": None}, {"Male": "1"}, [[0, 1], [1]]])
+def test_targets_of_the_wrong_type(eng, target):
+    with pytest.raises(ValueError, match="target"):
+        eng.translate(images(2, S), target, seed=0)
+
+
+@pytest.mark.parametrize("alphas, message", [
+    ([], "alphas must be a non-empty list of numbers"),
+    (3, "alphas must be a non-empty list of numbers"),
+    ("ab", "alphas must be a non-empty list of numbers"),
+    ([0.5, math.nan], r"each alpha must be a finite number in \[-10, 10\], got nan"),
+    ([math.inf], "each alpha must be a finite number"),
+    ([1e30], "each alpha must be a finite number"),
+])
+def test_interpolation_alphas(eng, alphas, message):
+    x = images(2, S)
+    with pytest.raises(ValueError, match=message):
+        eng.interpolate(x, x, {"Male": 1}, alphas, seed=0)
+
+
+def test_interpolation_alphas_may_be_a_tensor(eng):
+    x = images(2, S)
+    out = eng.interpolate(x, x, {"Male": 1}, torch.tensor([0.0, 1.0]), seed=0)
+    assert out.shape == (2, 2, 3, S, S) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("seed", [2 ** 70, 2 ** 64, -1, 1.5, "3", True])
+def test_seed_must_be_a_64_bit_unsigned_integer(eng, seed):
+    x = images(1, S)
+    with pytest.raises(ValueError, match=r"seed must be None or an integer in \[0, 2\*\*64\)"):
+        eng.translate(x, {"Male": 1}, seed=seed)
+    with pytest.raises(ValueError, match="seed must be None or an integer"):
+        eng.edit_strip(x, samples=1, seed=seed)
+    assert eng.reconstruct(x, seed=2 ** 64 - 1).shape == (1, 3, S, S)
+
+
+def test_edit_strip_samples(eng):
+    with pytest.raises(ValueError, match="samples must be an integer >= 0, got -2"):
+        eng.edit_strip(images(1, S), samples=-2)
+
+
+def test_a_list_of_mixed_items_is_checked_item_by_item(eng, tmp_path):
+    a, b = images(1, S), images(1, 2 * S)
+    with pytest.raises(ValueError, match=rf"images\[1\]: tensors must be {S}x{S}"):
+        eng.translate([a, b], {"Male": 1})
+    with pytest.raises(ValueError, match=r"references\[1\]: tensors must be"):
+        eng.translate_reference(a, [a[0], b[0]])
+    path = tmp_path / "face.png"
+    Image.new("RGB", (40, 50), (200, 150, 120)).save(path)
+    grey = Image.new("L", (20, 20), 90)
+    out = eng.translate([a[0], a[:, :1], grey, path], {"Male": 1}, seed=0)
+    assert out.shape == (4, 3, S, S)
+
+
+@pytest.mark.parametrize("images_arg, message", [
+    (b"face.png", r"images: expected a tensor, a PIL image, a file path \(str or os.PathLike\)"),
+    ([b"face.png"], r"images\[0\]: expected a tensor, a PIL image or a file path \(str or "
+                    r"os.PathLike\), got bytes"),
+    (None, "images: expected a tensor, a PIL image, a file path"),
+    (5, "got int"),
+    ([[images(1, S)]], r"images\[0\]: expected .* got list"),
+])
+def test_images_of_the_wrong_type(eng, images_arg, message):
+    with pytest.raises(ValueError, match=message):
+        eng.translate(images_arg, {"Male": 1})
+
+
+def refused_without_hanging(fn, seconds: float = 20.0) -> Exception:
+    """The exception ``fn`` raises, asserting it returns at all (reading a device or a pipe
+    would never end)."""
+    result = []
+
+    def run():
+        try:
+            fn()
+        except Exception as exc:  # noqa: BLE001 - handed back to the test
+            result.append(exc)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(seconds)
+    assert result, "the call did not return (or raised nothing)"
+    return result[0]
+
+
+def test_non_regular_files_are_not_read(eng, tmp_path):
+    zero = tmp_path / "zero.png"
+    zero.symlink_to("/dev/zero")
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    folder = tmp_path / "folder.png"
+    folder.mkdir()
+    for path in (zero, fifo, folder):
+        exc = refused_without_hanging(lambda: eng.translate([path], {"Male": 1}))
+        assert isinstance(exc, ValueError)
+        assert f"{path} is not a regular file" in str(exc) and "accepted: image files" in str(exc)
+
+
+def test_a_missing_file_is_a_value_error_too(eng, tmp_path):
+    with pytest.raises(FileNotFoundError, match="image file not found: .*nope.png") as info:
+        eng.translate([tmp_path / "nope.png"], {"Male": 1})
+    assert isinstance(info.value, ValueError)
+
+
+# ----- images --------------------------------------------------------------------------
+@pytest.mark.parametrize("w, h", [(9000, 9000), (20000, 20000), (60_000_000, 1)])
+def test_huge_images_are_refused_from_the_header(eng, tmp_path, w, h):
+    path = tmp_path / "huge.png"
+    path.write_bytes(png_header(w, h))
+    with pytest.raises(ValueError, match=r"image file .*huge.png.*accepted: .*at most "
+                                         r"50,000,000 pixels"):
+        eng.translate([path], {"Male": 1})
+
+
+def test_pixel_cap_applies_before_decoding(monkeypatch, tmp_path):
+    path = tmp_path / "small.png"
+    Image.new("RGB", (20, 20)).save(path)
+    monkeypatch.setattr(image, "MAX_IMAGE_PIXELS", 399)
+
+    def no_decoding(self):
+        raise AssertionError("decoded an image above the cap")
+
+    monkeypatch.setattr(Image.Image, "load", no_decoding)
+    monkeypatch.setattr("PIL.ImageFile.ImageFile.load", no_decoding)
+    with pytest.raises(ValueError, match="image is 20x20 pixels; accepted: non-empty images of "
+                                         "at most 399 pixels"):
+        image.open_rgb(path)
+
+
+@pytest.mark.parametrize("size", [(0, 0), (0, 10), (10, 0)])
+def test_empty_pil_images_are_refused(eng, size):
+    with pytest.raises(ValueError, match=rf"images\[0\] is {size[0]}x{size[1]} pixels; accepted: "
+                                         "non-empty images"):
+        eng.translate(Image.new("RGB", size), {"Male": 1})
+
+
+# ----- configs -------------------------------------------------------------------------
+@pytest.mark.parametrize("field, value, message", [
+    ("e_blocks", 1.5, r"config.e_blocks must be an integer in \[0, 16\], got 1.5"),
+    ("eps", "x", r"config.eps must be a number in \(0, 0.1\], got 'x'"),
+    ("eps", math.nan, "config.eps must be a number"),
+    ("eps", 0, "config.eps must be a number"),
+    ("g_width", 1e6, r"config.g_width must be an integer in \[1, 512\], got 1000000.0"),
+    ("g_width", 10 ** 6, r"config.g_width must be an integer in \[1, 512\]"),
+    ("image_size", 4096, r"config.image_size must be an integer in \[16, 1024\]"),
+    ("image_size", True, "config.image_size must be an integer"),
+    ("g_downs", 10 ** 9, r"config.g_downs must be an integer in \[1, 10\]"),
+    ("noise_dim", None, "config.noise_dim must be an integer"),
+    ("g_width", 128, r"g_width \* 2\*\*g_downs = 1024 channels; accepted: at most 512"),
+    ("d_width", 128, r"d_width \* 2\*\*d_downs = 1024 channels; accepted: at most 512"),
+    ("extra", [1], r"config.extra must be an object \(dict\)"),
+    ("attributes", 5, "attributes must be a preset name, a comma-separated string or a list"),
+    ("attributes", [["Male"]], "unknown attribute name"),
+])
+def test_config_fields_of_the_wrong_type_or_size(field, value, message):
+    data = small_config(S).to_dict()
+    data[field] = value
+    with pytest.raises(ValueError, match=message):
+        BridgeGANConfig.from_dict(data)
+    with pytest.raises(ValueError, match=message):
+        BridgeGANConfig.from_json(json.dumps(data))
+
+
+def test_discriminator_head_is_bounded():
+    with pytest.raises(ValueError, match=r"D's head convolutions would hold \(d_width \* "
+                                         r"image_size\)\*\*2 = 268,435,456 weights each"):
+        BridgeGANConfig(image_size=1024, d_width=16, d_downs=5)
+    assert BridgeGANConfig(image_size=512).d_head_kernel == 32  # the paper's widths at 512 px
+
+
+def test_deeply_nested_or_non_object_config_json():
+    deep = '{"extra": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    with pytest.raises(ValueError, match="config JSON is nested too deeply"):
+        BridgeGANConfig.from_json(deep)
+    for text in ("[1]", "3", '"x"', "null"):
+        with pytest.raises(ValueError, match=r"config must be an object \(dict\) of fields"):
+            BridgeGANConfig.from_json(text)
+    with pytest.raises(ValueError, match="unknown config field"):
+        BridgeGANConfig.from_dict({1: 2, "image_size": 64})
+
+
+def test_checkpoint_config_names_the_field(model, tmp_path):
+    save_checkpoint(tmp_path / "ck", model)
+    cfg = tmp_path / "ck" / "config.json"
+    cfg.write_text(cfg.read_text().replace('"g_width": 8', '"g_width": 1e6'))
+    with pytest.raises(CheckpointError, match="config.g_width must be an integer"):
+        load_checkpoint(tmp_path / "ck")
+
+
+# ----- checkpoints ---------------------------------------------------------------------
+@pytest.mark.parametrize("value", [math.nan, math.inf])
+def test_non_finite_weights_are_refused_with_their_name(model, tmp_path, value):
+    save_checkpoint(tmp_path / "ck", model)
+    weights = tmp_path / "ck" / WEIGHTS_FILE
+    tensors = load_file(weights)
+    name = sorted(k for k in tensors if k.startswith("generator.up"))[0]
+    tensors[name].view(-1)[0] = value
+    save_file(tensors, weights)
+    with pytest.raises(CheckpointError, match=rf"holds NaN or Inf values in 1 tensor\(s\): "
+                                              rf"{name}; weights must be finite"):
+        Engine.from_checkpoint(tmp_path / "ck")
+
+
+# ----- translate CLI -------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def cli_files(model, tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    save_checkpoint(root / "ck", model)
+    Image.new("RGB", (40, 40), (180, 140, 120)).save(root / "face.png")
+    return root
+
+
+def translate_args(root, out: str, *extra) -> list[str]:
+    return ["translate", "--checkpoint", str(root / "ck"), "--input", str(root / "face.png"),
+            "--set", "Male=1", "--out", str(root / out), *extra]
+
+
+def test_translate_strength_nan_names_the_strength(cli_files, capsys):
+    assert main(translate_args(cli_files, "out-nan", "--strength", "nan")) == 2
+    err = capsys.readouterr().err
+    assert "strength must be a finite number in [-10, 10], got nan" in err
+    assert "images contain NaN" not in err
+
+
+@pytest.mark.parametrize("samples", ["-2", "0", "two"])
+def test_translate_samples_must_be_positive(cli_files, capsys, samples):
+    with pytest.raises(SystemExit) as info:
+        main(translate_args(cli_files, f"out{samples}", "--samples", samples))
+    assert info.value.code == 2
+    assert f"argument --samples: must be an integer >= 1, got '{samples}'" in capsys.readouterr().err
+    assert not (cli_files / f"out{samples}").exists()
+
+
+# ----- fuzz ----------------------------------------------------------------------------
+FUZZ_VALUES = [0.0, 1.0, 0.5, -1.0, 7.0, 1e30, 3e38, math.nan, math.inf, -math.inf]
+JUNK = st.sampled_from([None, "abc", b"abc", 3, [None], {"a": 1}])
+ANY_NUMBER = st.floats(allow_nan=True, allow_infinity=True) | st.integers(-2 ** 70, 2 ** 70)
+
+
+@st.composite
+def fuzz_tensors(draw, shapes):
+    """A tensor of one of ``shapes``: random in [-1, 1], or filled with one fuzz value."""
+    shape = draw(st.sampled_from(shapes))
+    if draw(st.booleans()):
+        g = torch.Generator().manual_seed(draw(st.integers(0, 99)))
+        return torch.rand(shape, generator=g) * 2 - 1
+    return torch.full(shape, draw(st.sampled_from(FUZZ_VALUES)))
+
+
+def good_images(n, paths):
+    """n valid images: a tensor, a list of tensors, PIL images or files."""
+    face = Image.new("RGB", (45, 38), (200, 150, 120))
+    return st.integers(0, 9).flatmap(lambda seed: st.sampled_from([
+        images(n, S, seed), list(images(n, S, seed)), [face] * n, [paths[0]] * n,
+        images(n, S, seed)[:, :1], [images(1, S, seed)] * n]))
+
+
+def bad_images(n, paths):
+    good = images(n, S)
+    sizes = st.tuples(st.integers(0, 70), st.integers(0, 70))
+    modes = st.sampled_from(["L", "P", "RGBA", "LA", "1", "I", "F", "CMYK"])
+    return st.one_of(
+        st.sampled_from([good[0, 0], good * 3, good[:0], images(n, S // 2), good.to(torch.int64),
+                         [good, images(1, S // 2)], torch.full((n, 3, S, S), math.nan),
+                         good[:, :2], *paths[1:]]),
+        sizes.map(lambda wh: Image.new("RGB", wh)),
+        modes.map(lambda mode: Image.new(mode, (33, 21))),
+        JUNK)
+
+
+def good_labels(n):
+    return st.integers(0, 9).flatmap(lambda seed: st.sampled_from(
+        [labels(n, N_ATTRS, seed), labels(1, N_ATTRS, seed)[0].tolist()]))
+
+
+def bad_labels(n):
+    return st.one_of(fuzz_tensors([(n, N_ATTRS), (N_ATTRS,), (n, 3), (n,), ()]), JUNK,
+                     st.just([[0, 1], [1]]))
+
+
+def edits():
+    return st.dictionaries(st.sampled_from(SMALL_ATTRS), st.sampled_from([0, 1, True, 0.0]),
+                           max_size=3)
+
+
+def bad_edits():
+    return st.dictionaries(st.sampled_from(SMALL_ATTRS + ("Blue_Hair", "")),
+                           st.sampled_from([0.5, 7, math.nan, None, "1", [1]]), min_size=1,
+                           max_size=2)
+
+
+def arguments(n, paths):
+    """name -> (good values, bad values) for every Engine argument."""
+    finite = st.floats(-10, 10)
+    g = torch.Generator().manual_seed(n)
+    return {
+        "images": (good_images(n, paths), bad_images(n, paths)),
+        "references": (good_images(n, paths) | good_images(1, paths), bad_images(n, paths)),
+        "target": (edits() | good_labels(n), bad_edits() | bad_labels(n)),
+        "source": (st.none() | good_labels(n), bad_labels(n)),
+        "reference_labels": (st.none() | good_labels(n), bad_labels(n)),
+        "noise": (st.none() | st.just(torch.randn(n, 8, generator=g)) | st.just(torch.full((n, 8), -1e4)),
+                  fuzz_tensors([(n, 8), (1, 8), (n, 4)]) | JUNK),
+        "seed": (st.none() | st.integers(0, 2 ** 64 - 1), ANY_NUMBER | JUNK),
+        "strength": (finite, ANY_NUMBER | JUNK),
+        "region": (st.none() | st.just(torch.rand(S, S, generator=g)) | st.just(torch.ones(n, 1, S, S)),
+                   fuzz_tensors([(S, S), (n, 1, S, S), (S // 2, S // 2)]) | JUNK),
+        "attributes": (st.sampled_from([None, ["Male"], ["Young", "Bangs"], []]),
+                       st.sampled_from([["Blue_Hair"], "Male", 5])),
+        "alphas": (st.lists(finite, min_size=1, max_size=3),
+                   st.lists(ANY_NUMBER, max_size=3) | st.sampled_from(["ab", 3, []])),
+        "level": (st.sampled_from(["latent", "spade"]), st.sampled_from(["pixel", None])),
+    }
+
+
+METHODS = {
+    "translate": ("images", "target", "noise", "seed", "strength", "source", "region"),
+    "reconstruct": ("images", "noise", "seed"),
+    "translate_reference": ("images", "references", "attributes", "source", "reference_labels",
+                            "strength", "region"),
+    "interpolate": ("images", "references", "target", "alphas", "noise", "seed", "level",
+                    "source", "strength", "region"),
+}
+
+
+@st.composite
+def engine_calls(draw, paths):
+    """(method, kwargs): every argument good, one argument bad, or each either way."""
+    method = draw(st.sampled_from(sorted(METHODS)))
+    names = METHODS[method]
+    args = arguments(draw(st.integers(1, 2)), paths)
+    mode = draw(st.sampled_from(["good", "one bad", "any"]))
+    bad = draw(st.sampled_from(names)) if mode == "one bad" else None
+    return method, {name: draw(args[name][1] if name == bad else
+                               args[name][0] | args[name][1] if mode == "any" else args[name][0])
+                    for name in names}
+
+
+@pytest.fixture(scope="module")
+def fuzz_paths(tmp_path_factory):
+    """A good image file first, then bad ones."""
+    root = tmp_path_factory.mktemp("fuzz")
+    Image.new("RGB", (48, 40), (200, 150, 120)).save(root / "face.png")
+    (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    (root / "huge.png").write_bytes(png_header(9000, 9000))
+    (root / "zero.png").symlink_to("/dev/zero")
+    return [root / "face.png", str(root / "broken.png"), root / "huge.png", root / "zero.png",
+            root / "missing.png", root, bytes(root / "face.png")]
+
+
+FUZZ_COUNTS = {"engine": [0, 0], "config": [0, 0]}  # cases tried, cases that worked
+
+
+def test_fuzz_engine_api(eng, fuzz_paths):
+    """Every call works (finite images of the right shape) or raises a ValueError with a
+    message; any other exception fails the test."""
+
+    @FUZZ
+    @given(engine_calls(fuzz_paths))
+    def check(call):
+        method, kw = call
+        FUZZ_COUNTS["engine"][0] += 1
+        try:
+            out = getattr(eng, method)(**kw)
+        except ValueError as exc:
+            assert str(exc).strip(), f"{type(exc).__name__} without a message"
+            return
+        FUZZ_COUNTS["engine"][1] += 1
+        n = eng.load_images(kw["images"]).shape[0]
+        lead = (len(list(kw["alphas"])), n) if method == "interpolate" else (n,)
+        assert out.shape == (*lead, 3, S, S) and torch.isfinite(out).all()
+
+    check()
+    tried, worked = FUZZ_COUNTS["engine"]
+    print(f"engine fuzz: {tried} cases, {worked} worked, {tried - worked} refused")
+    assert tried >= 150 and 0 < worked < tried
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-2 ** 70, 2 ** 70)
+    | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
+                                                               max_size=3),
+    max_leaves=8)
+FIELD_VALUES = {
+    "image_size": st.sampled_from([16, 32, 64, 100, 1024, 2048, 0, -32, 32.0]),
+    "attributes": st.sampled_from(["stargan", "Male,Young", "", "Male,Male", ["Male"], [], 5]),
+    "eps": st.sampled_from([1e-5, 0.1, 0.2, 0, -1e-5, math.nan, "x", True]),
+    "e_blocks": st.integers(-2, 20) | st.just(1.5),
+    "g_downs": st.integers(-1, 12), "d_downs": st.integers(-1, 12),
+}
+
+
+@st.composite
+def config_dicts(draw):
+    data = small_config(S).to_dict() if draw(st.booleans()) else {}
+    for name in draw(st.lists(st.sampled_from(sorted(data or small_config(S).to_dict()) + ["widht"]),
+                              max_size=3)):
+        if name in FIELD_VALUES and draw(st.booleans()):
+            data[name] = draw(FIELD_VALUES[name])
+        else:
+            data[name] = draw(st.integers(0, 600) | JSON)
+    return data
+
+
+def test_fuzz_config_loader():
+    """Every dict / JSON text gives a config that round-trips, or a ValueError with a
+    message."""
+
+    @FUZZ
+    @given(st.one_of(config_dicts(), JSON),
+           st.sampled_from(["dict", "json", "json-prefix"]))
+    def check(data, how):
+        FUZZ_COUNTS["config"][0] += 1
+        text = json.dumps(data)
+        try:
+            cfg = (BridgeGANConfig.from_dict(data) if how == "dict"
+                   else BridgeGANConfig.from_json(text if how == "json" else text[:len(text) // 2]))
+        except ValueError as exc:
+            assert str(exc).strip()
+            return
+        FUZZ_COUNTS["config"][1] += 1
+        assert BridgeGANConfig.from_json(cfg.to_json()) == cfg
+
+    check()
+    tried, worked = FUZZ_COUNTS["config"]
+    print(f"config fuzz: {tried} cases, {worked} worked, {tried - worked} refused")
+    assert tried >= 150 and 0 < worked < tried
