@@ -7,6 +7,7 @@ Straight_Hair and Wavy_Hair are exclusive.
 """
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -49,9 +50,10 @@ def resolve_attributes(spec: str | Sequence[str]) -> tuple[str, ...]:
         if spec in PRESETS:
             return PRESETS[spec]
         spec = [s.strip() for s in spec.split(",") if s.strip()]
-    if not isinstance(spec, Sequence) or isinstance(spec, (bytes, bytearray)):
+    if (not isinstance(spec, Sequence) or isinstance(spec, (bytes, bytearray))
+            or not all(isinstance(n, str) for n in spec)):
         raise ValueError(f"attributes must be a preset name, a comma-separated string or a "
-                         f"list of names, got {type(spec).__name__}")
+                         f"list of names (strings), got {reprlib.repr(spec)}")
     names = tuple(spec)
     unknown = [n for n in names if n not in CELEBA_ATTRIBUTES]
     if unknown:

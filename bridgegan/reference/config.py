@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import reprlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,18 @@ INT_RANGES = {
     "d_downs": (1, MAX_DOWNS),
 }
 MAX_EPS = 0.1  # the norms' epsilon: a small positive number
+MAX_EXTRA_DEPTH = 32  # lists / objects nested in config.extra (deeper ones fail to save)
+
+
+def _nesting(value, limit: int) -> int:
+    """How deeply lists and dicts nest in ``value`` (0: a scalar), counted without
+    recursion and only up to ``limit`` + 1."""
+    depth, level = 0, [value]
+    while depth <= limit and any(isinstance(v, (dict, list)) for v in level):
+        depth += 1
+        level = [c for v in level if isinstance(v, (dict, list))
+                 for c in (v.values() if isinstance(v, dict) else v)]
+    return depth
 
 
 @dataclass(frozen=True)
@@ -64,12 +77,15 @@ class BridgeGANConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
                 raise ValueError(f"config.{name} must be an integer in [{low}, {high}], "
-                                 f"got {value!r}")
+                                 f"got {reprlib.repr(value)}")
         eps = self.eps
         if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps <= MAX_EPS:
-            raise ValueError(f"config.eps must be a number in (0, {MAX_EPS}], got {eps!r}")
-        if not isinstance(self.extra, dict):
-            raise ValueError(f"config.extra must be an object (dict), got {self.extra!r}")
+            raise ValueError(f"config.eps must be a number in (0, {MAX_EPS}], "
+                             f"got {reprlib.repr(eps)}")
+        extra = self.extra
+        if not isinstance(extra, dict) or _nesting(extra, MAX_EXTRA_DEPTH) > MAX_EXTRA_DEPTH:
+            raise ValueError(f"config.extra must be an object (dict) nested at most "
+                             f"{MAX_EXTRA_DEPTH} deep, got {reprlib.repr(extra)}")
         size = self.image_size
         if size & (size - 1):
             raise ValueError(f"config.image_size must be a power of two, got {size}")
@@ -140,7 +156,8 @@ class BridgeGANConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "BridgeGANConfig":
         if not isinstance(data, dict):
-            raise ValueError(f"config must be an object (dict) of fields, got {type(data).__name__}")
+            raise ValueError(f"config must be an object (dict) of fields, "
+                             f"got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(str(k) for k in set(data) - known)
         if unknown:
