@@ -240,8 +240,9 @@ def run_eval(args) -> int:
     clf = AttributeClassifier.load(args.classifier)
     x, y, truth = _sources(args.data, eng.config.image_size, list(eng.attributes), args.split,
                            args.n, args.seed)
-    report = evaluate(eng, clf, x, y, seed=args.seed, truth=truth)
-    report.update(checkpoint=str(args.checkpoint), data=args.data, split=args.split)
+    report = evaluate(eng, clf, x, y, seed=args.seed, strength=args.strength, truth=truth)
+    report.update(checkpoint=str(args.checkpoint), data=args.data, split=args.split,
+                  seed=args.seed, strength=args.strength)
     print(format_report(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))

@@ -4,7 +4,6 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-import textwrap
 from collections.abc import Sequence
 
 import numpy as np
@@ -111,12 +110,26 @@ def captioned_grid(rows: Sequence[torch.Tensor], captions: Sequence[Sequence[str
     draw = ImageDraw.Draw(canvas)
     if title:
         draw.text((pad, pad), title, fill="black", font=font)
-    chars = max(4, int(w / (font.getlength("x") or 6)))
     for r, (row, caps) in enumerate(zip(cells, captions)):
         y = top + r * row_h
         for c, (cell, cap) in enumerate(zip(row, caps)):
             x = pad + c * (w + pad)
             canvas.paste(Image.fromarray(cell), (x, y))
-            for k, text in enumerate(textwrap.wrap(cap, chars)[:lines]):
+            for k, text in enumerate(_wrap(cap, font, w)[:lines]):
                 draw.text((x, y + h + k * line_h), text, fill="black", font=font)
     return np.asarray(canvas)
+
+
+def _wrap(text: str, font, width: int) -> list[str]:
+    """Greedy word wrap to ``width`` pixels (a word longer than a line is cut)."""
+    lines: list[str] = []
+    for word in text.split():
+        while font.getlength(word) > width and len(word) > 1:
+            cut = next(k for k in range(len(word), 0, -1) if font.getlength(word[:k]) <= width)
+            lines.append(word[:max(cut, 1)])
+            word = word[max(cut, 1):]
+        if lines and font.getlength(lines[-1] + " " + word) <= width:
+            lines[-1] += " " + word
+        else:
+            lines.append(word)
+    return lines
