@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from . import threads
+
 
 def _info(args: argparse.Namespace) -> int:
     from .reference import BridgeGAN, BridgeGANConfig
@@ -76,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--bench", action="store_true", help="also print the throughput of the "
                                                        "backends that run here")
+    threads.add_option(p)
     p.set_defaults(func=_lazy(".demo", "run"))
 
     p = sub.add_parser("translate", help="edit images by attribute (label-based) and/or copy "
@@ -96,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", help="float32, fp16, bf16 or auto")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--out", required=True, help="output folder")
+    threads.add_option(p)
     p.set_defaults(func=_lazy(".engine.commands", "translate"))
 
     p = sub.add_parser("bench", help="throughput / latency matrix of backend x dtype x batch x "
@@ -112,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--min-seconds", type=float, default=0.0, help="time each row at least this long")
     p.add_argument("--out", default="bench-results", help="output folder (default: %(default)s)")
+    threads.add_option(p)
     p.set_defaults(func=_lazy(".engine.commands", "bench"))
 
     p = sub.add_parser("parity", help="check kernels (--ops) and backends (--backends) against "
@@ -143,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="initialisation and data seed")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     p.add_argument("--out", required=True, help="output folder")
+    threads.add_option(p)
     p.set_defaults(func=_lazy(".evaluate", "run_train_classifier"))
 
     p = sub.add_parser("eval", help="edit accuracy, preservation, reconstruction PSNR / SSIM "
@@ -160,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="torch", help="engine backend (default: torch)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     p.add_argument("--json", help="also write the metrics here")
+    threads.add_option(p)
     p.set_defaults(func=_lazy(".evaluate", "run_eval"))
 
     from .engine.export.cli import register as register_export
@@ -182,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    if hasattr(args, "threads"):
+        threads.apply(args.threads)
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:

@@ -28,6 +28,15 @@ def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _temporary_export_cache(tmp_path_factory):
+    """ONNX exports (and anything else cached) go to a folder of this test session, never
+    to the user's ~/.cache/bridgegan; subprocesses inherit it."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BRIDGEGAN_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _warm_up_convolutions():
     """With several threads, oneDNN's first convolution calls in a process can differ from
     later identical calls in the last bits; tests that compare runs bit for bit must not

@@ -523,3 +523,35 @@ def test_parity_cli_quick(capsys):
     text = capsys.readouterr().out
     assert "PASS" in text and "FAIL" not in text
     assert ("triton/" in text) == triton_interpreted()
+
+
+@requires_triton
+def test_triton_engine_from_eight_threads_gets_the_serial_results():
+    """The interpreter patches module-wide state during each kernel run: the engine's calls
+    on the triton backend take turns, so 8 threads get what 8 serial calls got."""
+    import threading
+
+    from conftest import images, randomize, small_config
+
+    from bridgegan.engine import Engine
+    from bridgegan.reference import BridgeGAN
+
+    torch.manual_seed(0)
+    eng = Engine(randomize(BridgeGAN(small_config(16, g_downs=2, d_downs=2))).eval(), "triton")
+    xs = [images(1, 16, i) for i in range(8)]
+    serial = [eng.translate(x, {"Male": 1}, seed=i) for i, x in enumerate(xs)]
+    results, errors = {}, []
+
+    def work(i):
+        try:
+            results[i] = eng.translate(xs[i], {"Male": 1}, seed=i)
+        except Exception as exc:  # collected: a thread's exception would not fail the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:2]
+    assert all(torch.equal(results[i], serial[i]) for i in range(8))

@@ -19,6 +19,7 @@ from typing import Callable
 
 import torch
 
+from ..kernels.norm_act import triton_interpreted
 from ..reference.layers import LatentMix
 from ..reference.model import BridgeGAN
 from .graph import InferenceGraph, Rewrites
@@ -38,7 +39,8 @@ class Stages:
     encode: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     map: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     decode: Callable[[torch.Tensor, torch.Tensor | LatentMix], torch.Tensor]
-    stateful: bool = False  # shared state between calls (compiled code): serialise calls
+    stateful: bool = False  # shared state between calls (compiled code, the Triton
+    # interpreter): the engine serialises calls
 
 
 def check_backend(backend: str, device: torch.device) -> None:
@@ -89,7 +91,10 @@ def build_stages(model: BridgeGAN, backend: str, rewrites: Rewrites, dtype: torc
     graph = InferenceGraph(model, rewrites, impl=impl).to(device=device, dtype=dtype,
                                                           memory_format=fmt).eval()
     if backend != "compile":
-        return Stages(graph.trunk, graph.encode, graph.map, graph.decode)
+        # the Triton interpreter patches module-wide state during each kernel run: calls
+        # from several threads fail unless they take turns
+        return Stages(graph.trunk, graph.encode, graph.map, graph.decode,
+                      stateful=impl == "triton" and triton_interpreted())
     # CUDA graphs come from the engine's own capture (CudaGraphed), which graphs the whole
     # program; inductor's cudagraph trees would graph each stage and recycle its outputs.
     mode = "max-autotune-no-cudagraphs" if device.type == "cuda" else None

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from ..files import check_writable_folder
 from ..reference.data.grid import save_grid
 from ..reference.data.image import open_rgb
 from .io import tensor_to_pil
@@ -28,6 +29,7 @@ def translate(args: argparse.Namespace) -> int:
     edits = parse_sets(args.set or [])
     if not edits and not args.reference:
         raise ValueError("nothing to do: give --set NAME=0|1 (label-based) and/or --reference")
+    check_writable_folder(args.out)
     eng = Engine.from_checkpoint(args.checkpoint, backend=args.backend, dtype=args.dtype,
                                  device=args.device)
     sources = [open_rgb(p) for p in args.input]
@@ -59,6 +61,7 @@ def translate(args: argparse.Namespace) -> int:
 def bench(args: argparse.Namespace) -> int:
     from .bench import Variant, format_table, run_matrix, write_results
 
+    check_writable_folder(args.out)
     variants = [Variant.parse(v) for v in args.variants.split(",")]
     rows, peaks = run_matrix(
         variants, [int(b) for b in args.batches.split(",")],

@@ -1,16 +1,15 @@
 """Checkpoints: a folder holding ``config.json`` and ``model.safetensors`` (no pickles).
 
-Writes are atomic at the folder level: everything is written and fsynced into a sibling
-temporary folder which then replaces the target, so a killed run leaves either the old
-checkpoint or the new one, never a mix. Loading checks the config and every tensor name,
-shape and value (NaN or Inf weights are refused), and names each mismatch.
+Writes are atomic at the folder level (``files.write_folder_atomic``): everything is
+written and fsynced into a sibling temporary folder which then replaces the target, so a
+killed run leaves either the old checkpoint or the new one, never a mix. Loading checks
+the config and every tensor name, shape and value (NaN or Inf weights are refused), and
+names each mismatch.
 """
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from ..files import write_folder_atomic
 from .config import BridgeGANConfig
 from .model import BridgeGAN
 
@@ -28,43 +28,6 @@ FORMAT = "bridgegan-checkpoint/1"
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, corrupt, or does not match the expected model."""
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def write_folder_atomic(path: str | os.PathLike, writers: Mapping[str, Callable[[Path], None]]) -> Path:
-    """Create folder ``path`` holding one file per ``writers`` entry (name -> fn(file_path)).
-
-    The files are written into a temporary sibling folder first; the old folder, if any,
-    is swapped out only once every file is complete on disk.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
-        for name, write in writers.items():
-            write(tmp / name)
-            _fsync_file(tmp / name)
-        old = None
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
-            os.replace(path, old / "ckpt")
-        try:
-            os.replace(tmp, path)
-        except BaseException:
-            if old is not None:  # put the old checkpoint back
-                os.replace(old / "ckpt", path)
-                old.rmdir()
-            raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
 
 
 def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module,

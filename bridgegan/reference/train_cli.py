@@ -13,6 +13,8 @@ import os
 import sys
 from pathlib import Path
 
+from .. import threads
+from ..files import check_writable_folder
 from .noise_memory import MODES as NOISE_MODES
 
 # Options that define the architecture (None = not given).
@@ -137,6 +139,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(slow; e.g. checking DDP against one process) (default: float32)")
     g.add_argument("--backend", choices=("nccl", "gloo"), default=None,
                    help="torch.distributed backend under torchrun (default: nccl on cuda, gloo on cpu)")
+    threads.add_option(g)
     g.add_argument("--deterministic", action="store_true",
                    help="torch.use_deterministic_algorithms(True) (bit-reproducible runs and "
                         "resumes; slower on GPU)")
@@ -214,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
 
     from . import distributed
     from .checkpoint import CheckpointError, read_config
-    from .trainer import STATE_JSON, Trainer, latest_checkpoint
+    from .trainer import STATE_JSON, Trainer, latest_checkpoint, read_train_state
 
     if args.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -226,6 +229,8 @@ def run(args: argparse.Namespace) -> int:
     info = distributed.init_from_env(args.device, args.backend)
     try:
         out = Path(args.out)
+        for folder in (out, out / "checkpoints", out / "samples"):  # before any work
+            check_writable_folder(folder, "output folder")
         resume = None
         if args.resume == "auto":
             resume = latest_checkpoint(out)
@@ -237,7 +242,7 @@ def run(args: argparse.Namespace) -> int:
         base_train, ckpt_cfg = None, None
         if resume is not None:
             ckpt_cfg = read_config(resume)
-            base_train = json.loads((resume / STATE_JSON).read_text())["train_config"]
+            base_train = read_train_state(resume)["train_config"]
         if ckpt_cfg is not None and not _arch_given(args):
             model_cfg = ckpt_cfg
         else:
@@ -287,7 +292,9 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bridgegan train", description=__doc__.splitlines()[0])
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    threads.apply(args.threads)
+    return run(args)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .checkpoint import CheckpointError
+
 
 def flatten_optimizer(opt: torch.optim.Optimizer, prefix: str
                       ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -33,14 +35,24 @@ def flatten_optimizer(opt: torch.optim.Optimizer, prefix: str
 
 
 def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
-                      meta: dict[str, Any], prefix: str) -> None:
+                      meta: dict[str, Any], prefix: str, source: str = "training state") -> None:
+    """Load the state written by ``flatten_optimizer``; a CheckpointError naming ``source``
+    when tensors are missing or do not fit the parameters (found now, not at the first
+    step)."""
+    params = [p for group in opt.param_groups for p in group["params"]]
     state: dict[int, dict[str, Any]] = {}
     for key in meta["tensor_keys"]:
         name = f"{prefix}.{key}"
         if name not in tensors:
-            raise ValueError(f"training state lacks optimiser tensor {name}")
+            raise CheckpointError(f"{source} lacks optimiser tensor {name}")
         _, idx, field = key.split(".", 2)
-        state.setdefault(int(idx), {})[field] = tensors[name]
+        value, idx = tensors[name], int(idx)
+        if idx >= len(params) or (value.dim() and value.shape != params[idx].shape):
+            want = tuple(params[idx].shape) if idx < len(params) else "no parameter"
+            raise CheckpointError(f"{source}: optimiser tensor {name} has shape "
+                                  f"{tuple(value.shape)}, the model's parameter {want}: the "
+                                  f"state of another model")
+        state.setdefault(idx, {})[field] = value
     for idx, values in meta["scalars"].items():
         state.setdefault(int(idx), {}).update(values)
     groups = []
@@ -49,7 +61,11 @@ def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tenso
         if isinstance(g.get("betas"), list):
             g["betas"] = tuple(g["betas"])
         groups.append(g)
-    opt.load_state_dict({"state": state, "param_groups": groups})
+    try:
+        opt.load_state_dict({"state": state, "param_groups": groups})
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{source}: the {prefix} optimiser state does not fit the "
+                              f"model: {exc}") from None
 
 
 def capture_rng() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

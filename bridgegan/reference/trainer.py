@@ -8,7 +8,7 @@ n_d + 1 batches. All per-step randomness comes from generators seeded by
 what makes a resumed run bit-identical to an uninterrupted one and a DDP run equal to one
 process on the same global batch.
 
-Checkpoint folder (written atomically, see checkpoint.write_folder_atomic):
+Checkpoint folder (written atomically, see files.write_folder_atomic):
 
     config.json               the model configuration
     model.safetensors         the weights for inference (float32): EMA G/E/M with the raw D
@@ -40,6 +40,7 @@ from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..files import remove_stale, write_file_atomic
 from .attributes import apply_edits
 from .checkpoint import (CONFIG_FILE, CheckpointError, load_state, read_config, read_tensors,
                          save_checkpoint)
@@ -148,6 +149,52 @@ def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
     return max(found)[1] if found else None
 
 
+_STATE_KEYS = ("step", "batches", "dataset_size", "train_config", "opt_g", "opt_d")
+_OPT_KEYS = ("param_groups", "scalars", "tensor_keys")
+
+
+def read_train_state(path: str | os.PathLike) -> dict[str, Any]:
+    """The checked ``train_state.json`` of checkpoint folder ``path``: a CheckpointError
+    naming the file and what is wrong (not a training checkpoint, corrupt JSON, another
+    format, missing entries) otherwise."""
+    json_path = Path(path) / STATE_JSON
+    if not json_path.is_file():
+        raise CheckpointError(f"{path} holds no training state ({STATE_JSON}); it is an "
+                              f"inference checkpoint (or no checkpoint) and cannot be resumed")
+    try:
+        meta = json.loads(json_path.read_text())
+    except (ValueError, OSError) as exc:
+        raise CheckpointError(f"{json_path} is corrupt (truncated or not JSON): {exc}") from None
+    if not isinstance(meta, dict) or meta.get("format") != STATE_FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise CheckpointError(f"{json_path}: unknown format {found!r}, expected {STATE_FORMAT!r}")
+    missing = [k for k in _STATE_KEYS if k not in meta]
+    missing += [f"{k}.{f}" for k in ("opt_g", "opt_d") if isinstance(meta.get(k), dict)
+                for f in _OPT_KEYS if f not in meta[k]]
+    missing += [k for k in ("opt_g", "opt_d") if k in meta and not isinstance(meta[k], dict)]
+    if missing:
+        raise CheckpointError(f"{json_path} lacks or has damaged entries {missing}: a damaged "
+                              f"training state; resume from another checkpoint")
+    return meta
+
+
+def drop_metrics_after(out_dir: str | os.PathLike, step: int) -> None:
+    """Rewrite ``metrics.jsonl`` (atomically) without the records past ``step``: a resumed
+    run logs those steps again. Lines cut short by a kill go too."""
+    path = Path(out_dir) / METRICS_FILE
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines(keepends=True):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("step", 0) <= step:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    write_file_atomic(path, "".join(kept).encode())
+
+
 class Trainer:
     """Trains a BridgeGAN on ``dataset`` (items (image, labels)); see the module doc.
 
@@ -226,6 +273,8 @@ class Trainer:
         self._acc_n = 0
         self._log_t0 = time.perf_counter()
         self._log_step0 = 0
+        if self.is_main and self.out_dir is not None:  # leftovers of killed checkpoint writes
+            remove_stale(self.out_dir / "checkpoints")
 
     # ----- setup -----------------------------------------------------------------------
     def _pick_device(self, name: str) -> torch.device:
@@ -609,23 +658,14 @@ class Trainer:
             shutil.rmtree(p, ignore_errors=True)
 
     def load(self, path: str | os.PathLike, restore_rng_states: bool = True) -> None:
-        """Restore a checkpoint written by ``save`` so that training continues exactly."""
+        """Restore a checkpoint written by ``save`` so that training continues exactly;
+        metrics.jsonl loses the records past its step (logged again from there)."""
         path = Path(path)
         config = read_config(path)
         diffs = self.model_config.differences(config)
         if diffs:
             raise CheckpointError(f"checkpoint {path} has another model configuration: " + "; ".join(diffs))
-        json_path = path / STATE_JSON
-        if not json_path.is_file():
-            raise CheckpointError(f"{path} holds no training state ({STATE_JSON}); it is an "
-                                  f"inference checkpoint and cannot be resumed")
-        try:
-            meta = json.loads(json_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise CheckpointError(f"{json_path} is corrupt: {exc}") from None
-        if meta.get("format") != STATE_FORMAT:
-            raise CheckpointError(f"{json_path}: unknown format {meta.get('format')!r}, "
-                                  f"expected {STATE_FORMAT!r}")
+        meta = read_train_state(path)
         if meta["dataset_size"] != len(self.dataset):
             raise CheckpointError(
                 f"checkpoint {path} was trained on a dataset of {meta['dataset_size']} items, this "
@@ -652,8 +692,9 @@ class Trainer:
                 with torch.no_grad():
                     for e, p in zip(self.ema_params, self.gen_params):
                         e.copy_(p)
-        restore_optimizer(self.opt_g, tensors, meta["opt_g"], "opt_g")
-        restore_optimizer(self.opt_d, tensors, meta["opt_d"], "opt_d")
+        source = str(path / STATE_TENSORS)
+        restore_optimizer(self.opt_g, tensors, meta["opt_g"], "opt_g", source)
+        restore_optimizer(self.opt_d, tensors, meta["opt_d"], "opt_d", source)
         for opt in (self.opt_g, self.opt_d):  # allow a changed learning rate on resume
             for group in opt.param_groups:
                 group["lr"] = self.config.lr
@@ -670,3 +711,5 @@ class Trainer:
         self._loader_iter = None
         if restore_rng_states:
             restore_rng(tensors, meta.get("rng", {}))
+        if self.is_main and self.out_dir is not None:
+            drop_metrics_after(self.out_dir, self.step)

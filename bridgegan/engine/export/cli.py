@@ -9,9 +9,12 @@ from .onnx_export import GRAPHS, OPSET, PRECISIONS
 
 
 def _onnx(args: argparse.Namespace) -> int:
+    from ...files import check_writable_folder
     from ...reference.config import BridgeGANConfig
-    from .onnx_export import export_onnx
+    from .onnx_export import export_onnx, require_onnx
 
+    require_onnx("bridgegan export onnx")
+    check_writable_folder(args.out, "export folder", replaced=True)
     expected = None
     if args.expect_config:
         with open(args.expect_config) as f:
@@ -35,8 +38,12 @@ def _tensorrt(args: argparse.Namespace) -> int:
 
 
 def _triton(args: argparse.Namespace) -> int:
+    from ...files import check_writable_folder
+    from .onnx_export import require_onnx
     from .triton_repo import write_triton_repo
 
+    require_onnx("bridgegan export triton-repo")
+    check_writable_folder(args.dir, "model repository folder")
     folders = write_triton_repo(args.checkpoint, args.dir, args.plan or (), args.precision,
                                 args.onnx_dir, args.max_batch, args.preferred_batch,
                                 args.queue_delay_us)

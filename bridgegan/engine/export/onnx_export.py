@@ -29,20 +29,24 @@ statistics are float32 in both: the reference path upcasts, giving InstanceNorma
 nodes on float32 tensors (TensorRT builds pin them to float32).
 
 Folder. An export folder holds the ``.onnx`` files and ``manifest.json`` (format, config,
-attributes, versions, opset, rewrites, every graph's inputs and outputs, and a key: a
-hash over the weights and export settings). Each file's metadata also carries the config
-JSON, the attribute names and the package version. A folder belongs to one model:
-exporting another configuration or other weights into it is refused (a cache never
-silently serves another model). Files are written atomically; missing graphs are added.
+attributes, versions, opset, rewrites, every graph's inputs and outputs and each file's
+sha256, and a key: a hash over the weights and export settings). Each file's metadata
+also carries the config JSON, the attribute names and the package version. A folder
+belongs to one model: exporting another configuration or other weights into it is
+refused, and so is a graph file whose hash is not the manifest's (a cache never silently
+serves another model). The folder is written as a whole, atomically (a kill mid-export
+leaves the previous folder or none); adding missing graphs rewrites it the same way,
+under a lock file so that processes filling one cache wait for one another.
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import io
 import json
 import os
-import tempfile
+import shutil
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -52,6 +56,7 @@ import torch
 from torch.onnx import symbolic_helper
 
 from ... import __version__
+from ...files import locked, write_folder_atomic
 from ...reference.checkpoint import CheckpointError, load_checkpoint
 from ...reference.config import BridgeGANConfig
 from ...reference.layers import LatentMix
@@ -85,7 +90,8 @@ _GRAPHS: dict[str, tuple[tuple[str, ...], str, Callable]] = {
 
 
 class OnnxFileError(ValueError):
-    """A file is missing, is not an ONNX model, or cannot be loaded."""
+    """A file is missing, is not an ONNX model, cannot be loaded, or is not the file its
+    export folder's manifest names."""
 
 
 def file_name(graph: str, precision: str) -> str:
@@ -255,22 +261,6 @@ def load_onnx(path: str | os.PathLike):
     return model
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def export_key(model: BridgeGAN, rewrites: Rewrites, opset: int) -> str:
     """sha256 over the G / E / M tensors and the export settings."""
     settings = {"config": {k: v for k, v in model.config.to_dict().items() if k != "extra"},
@@ -314,13 +304,90 @@ def _check_same_model(manifest: dict, folder: Path, config: BridgeGANConfig, key
                               f"settings (rewrites, opset); remove it or use another folder")
 
 
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _missing(out: Path, config: BridgeGANConfig, key: str, graphs: list[str],
+             precisions: list[str]) -> tuple[dict | None, list[tuple[str, str]]]:
+    """The manifest of ``out`` (None: no export there yet) and the (graph, precision)
+    pairs it lacks. Every file it has is checked against its sha256 in the manifest; a
+    file listed without a hash (an export from before hashes) counts as missing."""
+    manifest = read_manifest(out)
+    if manifest is None:
+        if out.is_dir() and any(out.iterdir()):
+            raise CheckpointError(f"{out} is not empty and holds no {MANIFEST}: not an ONNX "
+                                  f"export folder; give a new or empty folder")
+        return None, [(g, p) for p in precisions for g in graphs]
+    _check_same_model(manifest, out, config, key)
+    missing = []
+    for precision in precisions:
+        for g in graphs:
+            entry = manifest["graphs"].get(g, {})
+            name, digest = (entry.get(k, {}).get(precision) for k in ("files", "sha256"))
+            if name is None or digest is None or not (out / name).is_file():
+                missing.append((g, precision))
+            elif _sha256((out / name).read_bytes()) != digest:
+                raise OnnxFileError(
+                    f"{out / name} does not match its sha256 in {out / MANIFEST}: it is not the "
+                    f"graph this export wrote (a file of another export copied in, or damaged); "
+                    f"remove {out} to export again")
+    return manifest, missing
+
+
+def _new_manifest(model: BridgeGAN, key: str, rewrites: Rewrites, opset: int) -> dict:
+    cfg = model.config
+    return {"format": FORMAT, "key": key, "bridgegan_version": __version__,
+            "torch_version": torch.__version__, "opset": opset, "rewrites": rewrites.enabled(),
+            "attributes": list(cfg.attributes), "config": cfg.to_dict(), "graphs": {}}
+
+
+def _link(src: Path):
+    """A folder writer placing ``src`` (a hard link, a copy across file systems)."""
+    def write(path: Path) -> None:
+        try:
+            os.link(src, path)
+        except OSError:
+            shutil.copyfile(src, path)
+    return write
+
+
+def _write_export(out: Path, manifest: dict, missing: list[tuple[str, str]], model: BridgeGAN,
+                  rewrites: Rewrites, opset: int) -> None:
+    """Export the ``missing`` graphs and replace folder ``out`` by one holding its files,
+    the new ones and the updated manifest (atomically: a kill leaves the old folder)."""
+    kept = {f: _link(out / f) for entry in manifest["graphs"].values()
+            for f in entry.get("files", {}).values() if (out / f).is_file()}
+    written = {}
+    for precision in dict.fromkeys(p for _, p in missing):
+        graph = InferenceGraph(model, rewrites).to("cpu", PRECISIONS[precision]).eval()
+        for name in (g for g, p in missing if p == precision):
+            onnx_model = export_graph(graph, name, opset)
+            data = onnx_model.SerializeToString()
+            entry = manifest["graphs"].setdefault(name, io_spec(onnx_model))
+            entry.setdefault("files", {})[precision] = file_name(name, precision)
+            entry.setdefault("sha256", {})[precision] = _sha256(data)
+            written[file_name(name, precision)] = lambda p, data=data: p.write_bytes(data)
+    text = json.dumps(manifest, indent=2) + "\n"
+    write_folder_atomic(out, {**kept, **written, MANIFEST: lambda p: p.write_text(text)})
+
+
+def require_onnx(what: str) -> None:
+    """Raise BackendUnavailable naming the extra when onnx is not installed."""
+    if importlib.util.find_spec("onnx") is None:
+        raise BackendUnavailable(f"{what} needs onnx: pip install 'bridgegan[onnx]'")
+
+
 def export_model(model: BridgeGAN, out: str | os.PathLike | None = None,
                  graphs: Iterable[str] = GRAPHS, precisions: Iterable[str] = tuple(PRECISIONS),
                  rewrites: Rewrites | None = None, opset: int = OPSET) -> Path:
     """Export into folder ``out`` the ``graphs`` x ``precisions`` it lacks and return it.
 
     ``out`` None: the cache folder named by the model's export key (``default_onnx_dir``).
-    A folder holding another model's export, or files but no manifest, is refused.
+    A folder holding another model's export, files but no manifest, or a graph file whose
+    sha256 differs from the manifest's is refused. Processes exporting into one folder
+    wait for one another (a lock file beside it); a complete folder needs no lock (it may
+    be read-only).
     """
     graphs, precisions = list(graphs), list(precisions)
     for kind, given, known in (("graph", graphs, GRAPHS), ("precision", precisions, PRECISIONS)):
@@ -330,33 +397,14 @@ def export_model(model: BridgeGAN, out: str | os.PathLike | None = None,
     rewrites = rewrites or Rewrites()
     key = export_key(model, rewrites, opset)
     out = Path(out) if out is not None else default_onnx_dir(key)
-    manifest = read_manifest(out)
-    changed = manifest is None
-    if manifest is None:
-        if out.is_dir() and any(out.iterdir()):
-            raise CheckpointError(f"{out} is not empty and holds no {MANIFEST}: not an ONNX "
-                                  f"export folder; give a new or empty folder")
-        cfg = model.config
-        manifest = {"format": FORMAT, "key": key, "bridgegan_version": __version__,
-                    "torch_version": torch.__version__, "opset": opset,
-                    "rewrites": rewrites.enabled(), "attributes": list(cfg.attributes),
-                    "config": cfg.to_dict(), "graphs": {}}
-    else:
-        _check_same_model(manifest, out, model.config, key)
-    out.mkdir(parents=True, exist_ok=True)
-    for precision in precisions:
-        todo = [g for g in graphs if not (out / file_name(g, precision)).is_file()]
-        if not todo:
-            continue
-        graph = InferenceGraph(model, rewrites).to("cpu", PRECISIONS[precision]).eval()
-        for name in todo:
-            onnx_model = export_graph(graph, name, opset)
-            write_atomic(out / file_name(name, precision), onnx_model.SerializeToString())
-            entry = manifest["graphs"].setdefault(name, io_spec(onnx_model))
-            entry.setdefault("files", {})[precision] = file_name(name, precision)
-            changed = True
-    if changed:
-        write_atomic(out / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+    if not _missing(out, model.config, key, graphs, precisions)[1]:
+        return out
+    require_onnx("ONNX export")
+    with locked(out):  # another process may have exported meanwhile: look again
+        manifest, missing = _missing(out, model.config, key, graphs, precisions)
+        if missing:
+            manifest = manifest or _new_manifest(model, key, rewrites, opset)
+            _write_export(out, manifest, missing, model, rewrites, opset)
     return out
 
 

@@ -29,8 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ... import __version__
+from ...files import write_file_atomic
 from ..backends import BackendUnavailable
-from .onnx_export import io_spec, load_onnx, write_atomic
+from .onnx_export import io_spec, load_onnx
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 TRT_EXTRA = "pip install 'bridgegan[tensorrt]'"
@@ -169,9 +170,9 @@ def build_plan(cfg: TrtBuildConfig, plan: str | os.PathLike,
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise RuntimeError(f"TensorRT could not build a plan from {cfg.onnx} (see its log)")
-    write_atomic(plan, bytes(serialized))
-    write_atomic(cache_file, bytes(config.get_timing_cache().serialize()))
+    write_file_atomic(plan, bytes(serialized))
+    write_file_atomic(cache_file, bytes(config.get_timing_cache().serialize()))
     sidecar = {**device_info(trt), **cfg.to_dict(), "bridgegan_version": __version__,
                "onnx_sha256": hashlib.sha256(Path(cfg.onnx).read_bytes()).hexdigest()}
-    write_atomic(sidecar_path(plan), (json.dumps(sidecar, indent=2) + "\n").encode())
+    write_file_atomic(sidecar_path(plan), (json.dumps(sidecar, indent=2) + "\n").encode())
     return plan

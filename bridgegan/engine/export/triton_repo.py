@@ -22,7 +22,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ... import __version__
-from ...reference.checkpoint import load_checkpoint, write_folder_atomic
+from ...files import write_folder_atomic
+from ...reference.checkpoint import load_checkpoint
 from ...reference.config import BridgeGANConfig
 from .onnx_export import PROGRAMS, export_model, file_name, read_manifest
 from .trt_runtime import read_sidecar
@@ -66,10 +67,7 @@ def _plans_by_graph(plans: Iterable[str | os.PathLike], manifest: dict) -> dict[
 
 
 def _bytes(data: bytes):
-    def write(path: Path) -> None:
-        path.parent.mkdir(exist_ok=True)
-        path.write_bytes(data)
-    return write
+    return lambda path: path.write_bytes(data)
 
 
 def write_triton_repo(checkpoint: str | os.PathLike, out: str | os.PathLike,

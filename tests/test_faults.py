@@ -1,0 +1,344 @@
+"""Faults: kills mid-write (ONNX exports, checkpoints), processes sharing an export cache,
+files of another model, corrupt training state, unwritable outputs, file modes, resumed
+metrics. Kills and concurrency use real subprocesses on real files."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from bridgegan.cli import main
+from bridgegan.files import remove_stale, write_folder_atomic
+from bridgegan.reference import BridgeGAN, CheckpointError, save_checkpoint
+from bridgegan.reference.data import make_dataset
+from bridgegan.reference.trainer import (METRICS_FILE, STATE_JSON, STATE_TENSORS, TrainConfig,
+                                         Trainer, latest_checkpoint)
+from conftest import images, randomize, small_config
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = dict(os.environ, OMP_NUM_THREADS="1",
+           PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]))
+# a python prelude for child processes: die by SIGKILL once a path matching KILL_AT is
+# fsynced inside an atomic write (the file complete, its folder not yet in place)
+KILLER = textwrap.dedent("""
+    import os, signal, sys
+    import bridgegan.files as files
+    real = files._fsync
+    def fsync(path):
+        real(path)
+        if os.environ["KILL_AT"] in str(path):
+            os.kill(os.getpid(), signal.SIGKILL)
+    files._fsync = fsync
+""")
+
+
+def python(code: str, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], env={**ENV, **(env or {})},
+                          capture_output=True, text=True, **kw)
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if ".tmp-" in p.name or ".old-" in p.name)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    torch.manual_seed(5)
+    return save_checkpoint(tmp_path_factory.mktemp("ck") / "ck",
+                           randomize(BridgeGAN(small_config(32)), seed=5).eval())
+
+
+# ----------------------------------------------------------------------------- atomic writes
+
+def test_a_kill_between_moving_the_old_folder_aside_and_the_new_one_in_is_undone(tmp_path):
+    target = write_folder_atomic(tmp_path / "model", {"a.txt": lambda p: p.write_text("old")})
+    code = KILLER.replace('if os.environ["KILL_AT"] in str(path):', "if False:") + textwrap.dedent(f"""
+        real_replace = os.replace
+        def replace(src, dst):
+            real_replace(src, dst)
+            if ".old-" in str(dst):  # the old folder is aside, the new one not yet in
+                os.kill(os.getpid(), signal.SIGKILL)
+        os.replace = replace
+        files.write_folder_atomic({str(target)!r}, {{"a.txt": lambda p: p.write_text("new")}})
+    """)
+    assert python(code).returncode == -signal.SIGKILL
+    assert not target.exists() and len(leftovers(tmp_path)) == 2
+    # the next process puts the old folder back and removes the rest
+    assert python(f"import bridgegan.files as f; f.remove_stale({str(tmp_path)!r})").returncode == 0
+    assert (target / "a.txt").read_text() == "old" and leftovers(tmp_path) == []
+
+
+def test_leftovers_of_this_process_or_other_names_are_kept(tmp_path):
+    (tmp_path / ".step-00000002.tmp-1-ab").mkdir()  # newer than this process: maybe in use
+    old = tmp_path / ".step-00000004.tmp-1-cd"
+    old.mkdir()
+    os.utime(old, (0, 0))
+    assert remove_stale(tmp_path, "step-00000002") == []
+    assert remove_stale(tmp_path) == [old] and leftovers(tmp_path) == [".step-00000002.tmp-1-ab"]
+
+
+def test_written_files_and_folders_respect_the_umask(ckpt, tmp_path):
+    old = os.umask(0o022)
+    try:
+        saved = save_checkpoint(tmp_path / "ck", BridgeGAN(small_config(32)))
+        from bridgegan.engine.export.triton_repo import write_triton_repo
+
+        pytest.importorskip("onnx")
+        repo = write_triton_repo(ckpt, tmp_path / "repo", onnx_dir=tmp_path / "onnx")[0]
+    finally:
+        os.umask(old)
+    for root in (saved, repo, tmp_path / "onnx"):
+        for p in [root, *root.rglob("*")]:
+            mode = stat.S_IMODE(p.stat().st_mode)
+            assert mode == (0o755 if p.is_dir() else 0o644), (p, oct(mode))
+
+
+# ----------------------------------------------------------------------------- ONNX export cache
+
+def _translate_with_ort(ckpt: Path, cache: Path) -> str:
+    """Child code: an onnxruntime engine on the default cache; prints the output's sum."""
+    return textwrap.dedent(f"""
+        from bridgegan.engine import Engine
+        from conftest import images
+        eng = Engine.from_checkpoint({str(ckpt)!r}, backend="onnxruntime")
+        print(repr(eng.translate(images(2, 32, 1), {{"Male": 1}}, seed=0).double().sum().item()))
+    """)
+
+
+def test_kill_mid_export_leaves_nothing_that_later_engines_refuse(ckpt, tmp_path):
+    pytest.importorskip("onnxruntime")
+    env = {"BRIDGEGAN_CACHE": str(tmp_path), "KILL_AT": ".tmp-"}
+    killed = python(KILLER + _translate_with_ort(ckpt, tmp_path), env)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    onnx_root = tmp_path / "onnx"
+    assert [p.name for p in onnx_root.iterdir() if not p.name.startswith(".")] == []
+    assert leftovers(onnx_root)  # the half-written folder, under a temporary name
+    first = python(_translate_with_ort(ckpt, tmp_path), {"BRIDGEGAN_CACHE": str(tmp_path)})
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = python(_translate_with_ort(ckpt, tmp_path), {"BRIDGEGAN_CACHE": str(tmp_path)})
+    assert again.returncode == 0 and again.stdout == first.stdout
+    assert leftovers(onnx_root) == []
+
+
+def test_concurrent_first_uses_wait_for_one_another(ckpt, tmp_path):
+    pytest.importorskip("onnxruntime")
+    env = {**ENV, "BRIDGEGAN_CACHE": str(tmp_path)}
+    procs = [subprocess.Popen([sys.executable, "-c", _translate_with_ort(ckpt, tmp_path)],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    results = [p.communicate() + (p.returncode,) for p in procs]
+    assert [rc for _, _, rc in results] == [0, 0, 0], [err[-2000:] for _, err, _ in results]
+    assert len({out for out, _, _ in results}) == 1
+    folders = [p for p in (tmp_path / "onnx").iterdir() if not p.name.startswith(".")]
+    assert len(folders) == 1 and leftovers(tmp_path / "onnx") == []
+
+
+def test_graph_files_of_another_export_are_refused(ckpt, tmp_path):
+    pytest.importorskip("onnx")
+    from bridgegan.engine.export.onnx_export import OnnxFileError, export_model, export_onnx
+
+    mine = export_onnx(ckpt, tmp_path / "mine", graphs=["trunk"], precisions=["fp32"])
+    other = export_model(randomize(BridgeGAN(small_config(32)), seed=7), tmp_path / "other",
+                         ["trunk"], ["fp32"])
+    shutil.copy(other / "trunk.onnx", mine / "trunk.onnx")
+    with pytest.raises(OnnxFileError, match=r"trunk.onnx does not match its sha256 in .*"
+                                            r"manifest.json.*remove"):
+        export_onnx(ckpt, mine, graphs=["trunk"], precisions=["fp32"])
+
+
+def test_an_export_without_hashes_is_exported_again(ckpt, tmp_path):
+    pytest.importorskip("onnx")
+    from bridgegan.engine.export.onnx_export import export_onnx
+
+    out = export_onnx(ckpt, tmp_path / "x", graphs=["trunk", "map"], precisions=["fp32"])
+    manifest = json.loads((out / "manifest.json").read_text())
+    digest = manifest["graphs"]["map"]["sha256"]["fp32"]
+    del manifest["graphs"]["trunk"]["sha256"]  # as written before files had hashes
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    export_onnx(ckpt, out, graphs=["trunk", "map"], precisions=["fp32"])
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert set(manifest["graphs"]["trunk"]["sha256"]) == {"fp32"}
+    assert manifest["graphs"]["map"]["sha256"]["fp32"] == digest
+
+
+def test_export_onnx_without_the_extra_names_it(ckpt, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "onnx", None)  # as if not installed
+    out = tmp_path / "new" / "export"
+    assert main(["export", "onnx", str(ckpt), str(out)]) == 2
+    assert "pip install 'bridgegan[onnx]'" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- unwritable outputs
+
+@pytest.fixture
+def read_only(tmp_path):
+    """A folder nobody may write, root included (chattr +i where chmod does not stop root)."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    immutable = False
+    if os.access(folder, os.W_OK):
+        immutable = subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0
+        if not immutable:
+            pytest.skip("cannot make a folder read-only for this user")
+    yield folder
+    if immutable:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+    folder.chmod(0o755)
+
+
+@pytest.mark.parametrize("command", [
+    ["train", "--data", "synthetic:8", "--resolution", "16", "--out", "{out}"],
+    ["translate", "--checkpoint", "{ckpt}", "--input", "x.png", "--set", "Male=1", "--out", "{out}"],
+    ["export", "onnx", "{ckpt}", "{out}"],
+])
+@pytest.mark.parametrize("where", ["read-only", "file", "read-only checkpoints"])
+def test_unwritable_out_is_refused_before_any_work(command, where, ckpt, read_only, tmp_path,
+                                                   capsys):
+    if where == "read-only checkpoints" and command[0] != "train":
+        pytest.skip("only training writes a checkpoints folder")
+    pytest.importorskip("onnx")
+    out = {"read-only": read_only / "out", "file": tmp_path / "file.txt",
+           "read-only checkpoints": read_only.parent / "run"}[where]
+    (tmp_path / "file.txt").write_text("a file")
+    if where == "read-only checkpoints":  # the run folder is writable, its checkpoints not
+        out.mkdir()
+        (out / "checkpoints").symlink_to(read_only)
+    argv = [a.format(out=out, ckpt=ckpt) for a in command]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert str(out) in err and ("not writable" in err or "is a file, not a folder" in err), err
+    assert not list(tmp_path.glob("**/samples"))
+
+
+# ----------------------------------------------------------------------------- training
+
+SIZE = 32
+TRAIN_ARGS = ["--data", "synthetic:16", "--resolution", str(SIZE), "--g-width", "8",
+              "--e-width", "4", "--e-blocks", "1", "--latent-channels", "8", "--spade-hidden",
+              "16", "--mapping-channels", "16", "--noise-dim", "8", "--d-width", "4",
+              "--d-downs", "3", "--batch", "8", "--n-d", "1", "--workers", "0",
+              "--sample-every", "0", "--log-every", "1", "--ckpt-every", "2", "--steps", "6",
+              "--no-progress", "--threads", "1"]
+
+
+def test_kill_mid_checkpoint_then_resume(tmp_path):
+    """A kill while step 4's checkpoint is written: the resumed run (a new process) starts
+    from step 2, removes the half-written folder, and metrics.jsonl has each step once."""
+    run = ["from bridgegan.cli import main", f"raise SystemExit(main(['train', *{TRAIN_ARGS!r}, "
+           f"'--out', {str(tmp_path)!r}, '--resume', 'auto']))"]
+    killed = python(KILLER + "\n".join(run), {"KILL_AT": ".step-00000004.tmp-"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    ckpts = tmp_path / "checkpoints"
+    assert latest_checkpoint(tmp_path).name == "step-00000002"
+    assert any(n.startswith(".step-00000004.tmp-") for n in leftovers(ckpts))
+    steps = [json.loads(line)["step"] for line in (tmp_path / METRICS_FILE).read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+    resumed = python("\n".join(run))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stderr and leftovers(ckpts) == []
+    steps = [json.loads(line)["step"] for line in (tmp_path / METRICS_FILE).read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A training checkpoint of 1 step and what it takes to resume it."""
+    data = make_dataset("synthetic:16", SIZE)
+    cfg = small_config(SIZE, attributes=data.attributes)
+    tc = TrainConfig(batch=8, n_d=1, steps=1, workers=0, log_every=0, sample_every=0,
+                     ckpt_every=0)
+    t = Trainer(cfg, tc, data, out_dir=tmp_path_factory.mktemp("run"), progress=False)
+    t.train()
+    return latest_checkpoint(t.out_dir), cfg, tc, data
+
+
+def _damaged(trained, tmp_path, damage):
+    src, cfg, tc, data = trained
+    ck = Path(shutil.copytree(src, tmp_path / src.name))
+    damage(ck)
+    return lambda: Trainer(cfg, tc, data, progress=False).load(ck), ck
+
+
+def _edit_state(fn):
+    def damage(ck):
+        meta = json.loads((ck / STATE_JSON).read_text())
+        (ck / STATE_JSON).write_text(json.dumps(fn(meta)))
+    return damage
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda ck: (ck / STATE_JSON).write_text("{}"), r"unknown format None"),
+    (_edit_state(lambda m: {k: v for k, v in m.items() if k != "opt_g"}),
+     r"lacks or has damaged entries \['opt_g'\]"),
+    (_edit_state(lambda m: {**m, "opt_d": {"param_groups": []}}),
+     r"lacks or has damaged entries \['opt_d.scalars', 'opt_d.tensor_keys'\]"),
+    (lambda ck: (ck / STATE_JSON).write_text((ck / STATE_JSON).read_text()[:100]),
+     r"train_state.json is corrupt \(truncated or not JSON\)"),
+])
+def test_corrupt_training_state_is_named(trained, tmp_path, damage, message):
+    load, ck = _damaged(trained, tmp_path, damage)
+    with pytest.raises(CheckpointError, match=message) as exc:
+        load()
+    assert str(ck / STATE_JSON) in str(exc.value)
+
+
+def test_optimiser_state_of_the_wrong_shape_fails_at_load(trained, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    def damage(ck):
+        tensors = load_file(ck / STATE_TENSORS)
+        name = next(k for k in sorted(tensors) if k.startswith("opt_g.") and tensors[k].dim() > 1)
+        tensors[name] = torch.zeros(tensors[name].shape[0] + 1, *tensors[name].shape[1:])
+        save_file(tensors, ck / STATE_TENSORS)
+
+    load, ck = _damaged(trained, tmp_path, damage)
+    with pytest.raises(CheckpointError, match=r"train_state.safetensors: optimiser tensor "
+                                              r"opt_g.state.\d+.exp_avg\w* has shape"):
+        load()
+
+
+def test_resume_from_the_cli_names_a_truncated_state(trained, tmp_path, capsys):
+    _, ck = _damaged(trained, tmp_path,
+                     lambda ck: (ck / STATE_JSON).write_text('{"format": "bridgegan-tr'))
+    assert main(["train", *TRAIN_ARGS, "--out", str(tmp_path / "run"), "--resume", str(ck)]) == 2
+    assert f"{ck / STATE_JSON} is corrupt" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- threads
+
+def test_threads_option_sets_torch_threads(tmp_path):
+    code = textwrap.dedent(f"""
+        import torch
+        from bridgegan.cli import main
+        main(['bench', '--threads', '3', '--variants', 'torch:float32', '--batches', '1',
+              '--resolutions', '64', '--workloads', 'translate', '--reps', '1', '--warmup', '0',
+              '--out', {str(tmp_path)!r}])
+        print('threads', torch.get_num_threads())
+    """)
+    proc = python(code)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().endswith("threads 3")
+
+
+def test_default_threads_leave_out_the_busy_cores(monkeypatch):
+    from bridgegan import threads
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.setattr(os, "getloadavg", lambda: (2.6, 0.0, 0.0))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    assert threads.default_threads() == 1
+    monkeypatch.setattr(os, "getloadavg", lambda: (9.0, 0.0, 0.0))
+    assert threads.default_threads() == 1
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.2, 0.0, 0.0))
+    assert threads.default_threads() == 4
