@@ -238,3 +238,29 @@ def test_objectives_match_the_spec_formulas():
     assert d_terms["d/attr"].item() == pytest.approx(bce(cls_r, y).item(), rel=1e-5)
     assert d_terms["d/gp"].item() == pytest.approx(gp.item(), rel=1e-4)
     assert d_loss.item() == pytest.approx((-wd + 10 * gp + bce(cls_r, y)).item(), rel=1e-4, abs=1e-6)
+
+
+def test_paired_terms_measure_the_fakes_against_the_true_edit():
+    """g/paired is the L1 of the three fakes to x_true; g/paired_edit the same over the
+    pixels where x_true differs from the source; both enter the loss with their weights."""
+    torch.manual_seed(0)
+    cfg = small_config()
+    model = randomize(BridgeGAN(cfg))
+    G, E, M, D = model.generator, model.encoder, model.mapping, model.discriminator
+    inp = _objective_inputs(cfg, seed=3)
+    x = inp["x"]
+    x_true = x.clone()
+    x_true[:, :, 4:12, 8:20] = images(4, cfg.image_size, 7)[:, :, 4:12, 8:20]  # the "edit"
+    w = LossWeights(adv=0.0, attr=0.0, paired=3.0, paired_edit=2.0)
+    base = LossWeights(adv=0.0, attr=0.0)
+    loss, terms, _ = GeneratorObjective(G, E, M, w)(**inp, critic=D, x_true=x_true)
+    loss0, _, _ = GeneratorObjective(G, E, M, base)(**inp, critic=D)
+    fakes = make_fakes(G, E, M, x, inp["y"], inp["xr"], inp["yr"], inp["noise"], inp["alpha"])[0]
+    err = (torch.cat(fakes) - x_true.repeat(3, 1, 1, 1)).abs()
+    mask = ((x_true - x).abs().amax(1, keepdim=True) > 0.05).repeat(3, 3, 1, 1)
+    assert terms["g/paired"].item() == pytest.approx(err.mean().item(), rel=1e-4)
+    assert terms["g/paired_edit"].item() == pytest.approx(err[mask].mean().item(), rel=1e-4)
+    assert loss.item() == pytest.approx(
+        loss0.item() + 3 * err.mean().item() + 2 * err[mask].mean().item(), rel=1e-4)
+    with pytest.raises(ValueError, match="no x_true"):
+        GeneratorObjective(G, E, M, w)(**inp, critic=D)

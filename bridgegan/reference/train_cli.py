@@ -45,6 +45,8 @@ _WEIGHT_OPTIONS = {
     "w_d_attr": ("d_attr", "discriminator attribute BCE on real images (default 1)"),
     "w_paired": ("paired", "not in the paper: L1 of the three fakes to the true edit, for data "
                            "that renders it (--data synthetic) (default 0)"),
+    "w_paired_edit": ("paired_edit", "not in the paper: the same L1 over only the pixels the "
+                                     "true edit changes (default 0)"),
 }
 
 

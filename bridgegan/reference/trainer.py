@@ -220,7 +220,8 @@ class Trainer:
         if len(dataset) < config.batch:
             raise ValueError(f"the dataset has {len(dataset)} items, fewer than one batch "
                              f"({config.batch})")
-        if config.weights.paired and not callable(getattr(dataset, "render_labels", None)):
+        paired = config.weights.paired or config.weights.paired_edit
+        if paired and not callable(getattr(dataset, "render_labels", None)):
             raise ValueError("the paired loss needs data that can render the true edit "
                              "(render_labels: the procedural faces, --data synthetic); "
                              f"{type(dataset).__name__} cannot")
@@ -450,7 +451,7 @@ class Trainer:
 
     def _true_edits(self, index: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
         """Each source rendered with its target labels, for the paired loss (else None)."""
-        if not self.config.weights.paired:
+        if not (self.config.weights.paired or self.config.weights.paired_edit):
             return None
         images = [self.dataset.render_labels(int(i), t) for i, t in zip(index.tolist(), target.cpu())]
         return torch.stack(images).to(self.device, self.dtype)
