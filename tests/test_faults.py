@@ -22,7 +22,7 @@ from bridgegan.reference import BridgeGAN, CheckpointError, save_checkpoint
 from bridgegan.reference.data import make_dataset
 from bridgegan.reference.trainer import (METRICS_FILE, STATE_JSON, STATE_TENSORS, TrainConfig,
                                          Trainer, latest_checkpoint)
-from conftest import images, randomize, small_config
+from conftest import randomize, small_config
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, OMP_NUM_THREADS="1",
