@@ -11,7 +11,11 @@ set) with the checkpoint, or seeded weights of the preset configuration, and sto
 afterwards. Each of --concurrency client threads sends single-image requests (its own
 client, random inputs: images in [-1, 1], 0/1 labels, N(0, 1) noise; optional inputs
 omitted) until --requests have been sent or --duration seconds have passed, whichever
-comes first. Only loopback / the given address is contacted. Needs bridgegan[serve].
+comes first. With --hostile F, that share of the client threads sends invalid requests
+instead, cycling through HOSTILE_KINDS (NaN image, wrong shape, an oversize declaration,
+garbage bytes): each must be refused with its own error while the valid requests are
+served. Without --url the server's peak memory (RSS of its process tree, sampled every
+50 ms) is reported. Only loopback / the given address is contacted. Needs bridgegan[serve].
 """
 from __future__ import annotations
 
@@ -23,12 +27,14 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 
-
+HOSTILE_KINDS = ("nan", "shape", "oversize", "garbage")
+OVERSIZE = [16, 3, 8192, 8192]  # declared, not sent: 12.9 GB as float32
 
 def model_inputs(http: str, model: str) -> list[dict]:
     """The required inputs of ``model`` from the server's model configuration."""
@@ -59,10 +65,63 @@ def random_inputs(ports: list[dict], rows: int, rng: np.random.Generator) -> dic
     return out
 
 
+def infer_inputs(mod, arrays: dict[str, np.ndarray]) -> list:
+    """tritonclient InferInputs (module ``mod``: http or grpc) holding ``arrays``."""
+    inputs = []
+    for name, a in arrays.items():
+        dtype = "BOOL" if a.dtype == np.bool_ else "FP32"
+        inputs.append(mod.InferInput(name, list(a.shape), dtype))
+        inputs[-1].set_data_from_numpy(a)
+    return inputs
+
+
+def send_hostile(kind: str, client, mod, url: str, model: str, ports: list[dict],
+                 rng: np.random.Generator) -> str:
+    """Send one invalid request of ``kind`` (HOSTILE_KINDS); the error it got, or
+    "accepted" if the server answered it with a result."""
+    arrays = random_inputs(ports, 1, rng)
+    if kind in ("nan", "shape"):
+        arrays["image"] = (np.full_like(arrays["image"], np.nan) if kind == "nan"
+                           else arrays["image"][..., :-1, :-1].copy())
+        try:
+            client.infer(model, infer_inputs(mod, arrays))
+            return "accepted"
+        except Exception as exc:
+            return str(exc)
+    body = rng.bytes(200)
+    if kind == "oversize":
+        body = json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": OVERSIZE,
+                                       "data": [0.0]}]}).encode()
+    if mod.__name__.endswith("http"):
+        request = urllib.request.Request(f"http://{url}/v2/models/{model}/infer", data=body)
+        try:
+            with urllib.request.urlopen(request, timeout=60):
+                return "accepted"
+        except urllib.error.HTTPError as exc:
+            return f"[{exc.code}] {exc.read().decode(errors='replace')}"
+        except OSError as exc:
+            return str(exc)
+    import grpc
+    from tritonclient.grpc import service_pb2
+
+    if kind == "oversize":
+        request = service_pb2.ModelInferRequest(model_name=model, raw_input_contents=[b"\0" * 4])
+        request.inputs.add(name="image", datatype="FP32", shape=OVERSIZE)
+        body = request.SerializeToString()
+    with grpc.insecure_channel(url) as channel:
+        try:
+            channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")(body, timeout=60)
+            return "accepted"
+        except grpc.RpcError as exc:
+            return f"[{exc.code().name}] {exc.details()}"
+
+
 def run_load(http: str, grpc: str, model: str = "translate_label", protocol: str = "http",
              concurrency: int = 8, max_requests: int = 400, duration: float = 30.0,
-             rows: int = 1, seed: int = 0) -> dict:
-    """Send the bounded load; returns the counts, rates and latency percentiles."""
+             rows: int = 1, seed: int = 0, hostile: float = 0.0) -> dict:
+    """Send the bounded load (``hostile``: the share of client threads sending invalid
+    requests); returns the counts, rates, latency percentiles of the valid requests and
+    the invalid requests' outcomes by kind."""
     import tritonclient.grpc as grpcclient
     import tritonclient.http as httpclient
 
@@ -71,36 +130,45 @@ def run_load(http: str, grpc: str, model: str = "translate_label", protocol: str
     before = stats(http, model)
     latencies: list[float] = []
     errors: list[str] = []
+    refused = {kind: [] for kind in HOSTILE_KINDS}
     lock = threading.Lock()
     sent = [0]
     deadline = time.monotonic() + duration
+    n_hostile = round(concurrency * hostile)
+
+    def valid(client, rng) -> None:
+        inputs = infer_inputs(mod, random_inputs(ports, rows, rng))
+        t0 = time.perf_counter()
+        try:
+            client.infer(model, inputs)
+            ok = True
+        except Exception as exc:  # counted, the load goes on
+            ok, msg = False, str(exc)
+        dt = time.perf_counter() - t0
+        with lock:
+            if ok:
+                latencies.append(dt)
+            else:
+                errors.append(msg)
 
     def worker(k: int) -> None:
         rng = np.random.default_rng(seed + k)
         client = mod.InferenceServerClient(url)
         try:
-            while time.monotonic() < deadline:
+            for i in range(sys.maxsize):
+                if time.monotonic() >= deadline:
+                    return
+                if k < n_hostile:
+                    kind = HOSTILE_KINDS[(i + k) % len(HOSTILE_KINDS)]
+                    outcome = send_hostile(kind, client, mod, url, model, ports, rng)
+                    with lock:
+                        refused[kind].append(outcome)
+                    continue
                 with lock:
                     if sent[0] >= max_requests:
                         return
                     sent[0] += 1
-                inputs = []
-                for name, a in random_inputs(ports, rows, rng).items():
-                    dtype = "BOOL" if a.dtype == np.bool_ else "FP32"
-                    inputs.append(mod.InferInput(name, list(a.shape), dtype))
-                    inputs[-1].set_data_from_numpy(a)
-                t0 = time.perf_counter()
-                try:
-                    client.infer(model, inputs)
-                    ok = True
-                except Exception as exc:  # counted, the load goes on
-                    ok, msg = False, str(exc)
-                dt = time.perf_counter() - t0
-                with lock:
-                    if ok:
-                        latencies.append(dt)
-                    else:
-                        errors.append(msg)
+                valid(client, rng)
         finally:
             client.close()
 
@@ -115,13 +183,39 @@ def run_load(http: str, grpc: str, model: str = "translate_label", protocol: str
     done = len(latencies) + len(errors)
     ms = np.array(latencies) * 1e3 if latencies else np.array([np.nan])
     executions = after[1] - before[1]
+    hostile_out = {kind: {"sent": len(v), "accepted": v.count("accepted"),
+                          "first_error": next((e for e in v if e != "accepted"), None)}
+                   for kind, v in refused.items() if v}
     return {"model": model, "protocol": protocol, "concurrency": concurrency, "rows": rows,
-            "requests": done, "errors": len(errors), "first_error": errors[0] if errors else None,
+            "hostile_clients": n_hostile, "hostile": hostile_out,
+            "requests": done, "served": len(latencies), "errors": len(errors),
+            "first_error": errors[0] if errors else None,
             "seconds": round(seconds, 2), "requests_per_s": round(done / seconds, 2),
             "images_per_s": round(done * rows / seconds, 2),
             "p50_ms": round(float(np.percentile(ms, 50)), 1),
             "p99_ms": round(float(np.percentile(ms, 99)), 1),
             "mean_batch": round((after[0] - before[0]) / executions, 2) if executions else None}
+
+
+class PeakMemory:
+    """Samples the RSS of a ServerProcess's tree every 50 ms while entered; ``bytes``: the
+    highest sample."""
+
+    def __init__(self, server):
+        self.server, self.bytes, self.done = server, server.rss(), threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.done.wait(0.05):
+            self.bytes = max(self.bytes, self.server.rss())
+
+    def __enter__(self) -> "PeakMemory":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.done.set()
+        self.thread.join()
 
 
 def _checkpoint(args, tmp: str) -> str:
@@ -151,10 +245,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", type=int, default=1, help="images per request")
     p.add_argument("--max-batch", type=int, default=64)
     p.add_argument("--max-queue-delay-us", type=int, default=2000)
+    p.add_argument("--hostile", type=float, default=0.0,
+                   help="share of the client threads sending invalid requests (0..1)")
     p.add_argument("--json", help="also write the result here")
     args = p.parse_args(argv)
     load = dict(model=args.model, protocol=args.protocol, concurrency=args.concurrency,
-                max_requests=args.requests, duration=args.duration, rows=args.rows)
+                max_requests=args.requests, duration=args.duration, rows=args.rows,
+                hostile=args.hostile)
     server = {"omp_threads": os.environ.get("OMP_NUM_THREADS", "1")}
     if args.url:
         result = run_load(args.url, args.grpc_url or args.url, **load)
@@ -168,8 +265,10 @@ def main(argv: list[str] | None = None) -> int:
                           "--exit-timeout-secs", "10"]
             with ServerProcess(serve_args, Path(tmp) / "serve.log") as srv:
                 run_load(srv.http, srv.grpc, **{**load, "max_requests": 2 * args.concurrency,
-                                                 "duration": 60.0})  # warm-up
-                result = run_load(srv.http, srv.grpc, **load)
+                                                 "duration": 60.0, "hostile": 0.0})  # warm-up
+                with PeakMemory(srv) as peak:
+                    result = run_load(srv.http, srv.grpc, **load)
+                server["peak_rss_mb"] = round(peak.bytes / 2**20)
         server.update(checkpoint=args.checkpoint or f"seeded preset {args.resolution}",
                       max_batch=args.max_batch, max_queue_delay_us=args.max_queue_delay_us)
     result.update(server=server, machine=f"{platform.processor() or platform.machine()}, "
@@ -177,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(result, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    return 0 if result["errors"] == 0 else 1
+    accepted = sum(h["accepted"] for h in result["hostile"].values())
+    return 0 if result["errors"] == 0 and accepted == 0 else 1
 
 
 if __name__ == "__main__":

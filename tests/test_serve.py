@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import types
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -320,28 +321,37 @@ def test_bad_requests_get_clear_errors(pytriton_server, engine, protocol):
     x, t = images(1, 32, 9), labels(1, 6, 9)
     nan = x.clone()
     nan[0, 0, 0, 0] = float("nan")
-    bad = [({"image": x[..., :16, :16], "target": t}, "unexpected shape for input 'image'"),
-           ({"image": x, "target": torch.ones(1, 7)}, "unexpected shape for input 'target'"),
+    bad = [({"image": x[..., :16, :16], "target": t},
+            "input 'image' must have shape [N, 3, 32, 32] with 1 <= N <= 8, got [1, 3, 16, 16]"),
+           ({"image": x, "target": torch.ones(1, 7)}, "input 'target' must have shape [N, 6]"),
            ({"image": nan, "target": t}, "image: contain NaN or Inf values"),
            ({"image": 3 * x, "target": t}, "values must lie in [-1, 1]"),
+           ({"image": x, "target": 0.5 * t}, "'target' must hold 0 (absent) or 1 (present)"),
            ({"image": x.expand(9, -1, -1, -1), "target": t.expand(9, -1)},
-            "batch-size must be <= 8"),
-           ({"image": x}, "missing required input(s) ['target']")]
+            "with 1 <= N <= 8, got [9, 3, 32, 32]"),
+           ({"image": x}, "missing input(s) target")]
     good = {"image": x, "target": t, "noise": noise(1, 9)}
     want = engine.translate(x, t, noise=noise(1, 9))
     for inputs, message in bad:
         with pytest.raises(InferenceServerException) as err:
             infer(pytriton_server, protocol, "translate_label", inputs)
         assert message in str(err.value), str(err.value)
+        assert "Traceback" not in str(err.value) and ".py" not in str(err.value)
         assert close(infer(pytriton_server, protocol, "translate_label", good), want)
 
 
-@needs_serve
-def test_bounded_load(pytriton_server):
+def load_module():
+    """benchmarks/load_serve.py as a module."""
     spec = importlib.util.spec_from_file_location(
         "load_serve", Path(__file__).parents[1] / "benchmarks" / "load_serve.py")
     load = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(load)
+    return load
+
+
+@needs_serve
+def test_bounded_load(pytriton_server):
+    load = load_module()
     for protocol in ("http", "grpc"):
         result = load.run_load(pytriton_server.http, pytriton_server.grpc, protocol=protocol,
                                concurrency=4, max_requests=24, duration=60)
@@ -382,21 +392,152 @@ def test_plain_tritonserver_on_the_python_backend_repository(ckpt, engine, tmp_p
                 assert close(infer(server, protocol, name, inputs), want), (protocol, name)
         delta = concurrent_vs_serial(server, engine)
         assert delta["executions"] < 12 and delta["batched"], delta
-        # the python backend answers each request alone: a bad one among good ones
-        x, t = images(6, 32, 11), labels(6, 6, 11)
-        x[3, 0, 0, 0] = float("nan")
-        start = threading.Barrier(6)
+        for protocol in ("http", "grpc"):
+            invalid_batched_with_valid(server, engine, protocol)
+        hostile_requests_refused(server)
+        restricted_endpoints_off(server)
 
-        def send(i):
-            start.wait()
-            try:
-                return infer(server, "http", "translate_label",
-                             {"image": x[i:i + 1], "target": t[i:i + 1], "noise": noise(1, i)})
-            except InferenceServerException as exc:
-                return exc
 
-        with ThreadPoolExecutor(6) as pool:
-            got = list(pool.map(send, range(6)))
-        assert "[400] translate_label: invalid input: image: contain NaN" in str(got[3])
-        for i in (0, 1, 2, 4, 5):
-            assert close(got[i], engine.translate(x[i:i + 1], t[i:i + 1], noise=noise(1, i)))
+# ------------------------------------------------------------------- hostile traffic
+
+MEMORY_BOUND = 64 * 2**20  # growth of the server tree's RSS allowed while refusing
+SHUTDOWN_BOUND = 10.0  # seconds from SIGTERM under load to exit
+
+
+def invalid_batched_with_valid(server, engine, protocol: str) -> None:
+    """Six single-image requests at once, the 4th with a NaN and the 5th with labels of
+    0.5: those two get their own errors, the others the engine's results."""
+    from tritonclient.utils import InferenceServerException
+
+    x, t = images(6, 32, 11), labels(6, 6, 11)
+    x[3, 0, 0, 0] = float("nan")
+    t[4, 0] = 0.5
+    start = threading.Barrier(6)
+
+    def send(i):
+        start.wait()
+        try:
+            return infer(server, protocol, "translate_label",
+                         {"image": x[i:i + 1], "target": t[i:i + 1], "noise": noise(1, i)})
+        except InferenceServerException as exc:
+            return exc
+
+    with ThreadPoolExecutor(6) as pool:
+        got = list(pool.map(send, range(6)))
+    assert "translate_label: invalid input: image: contain NaN" in str(got[3]), got[3]
+    assert "'target' must hold 0 (absent) or 1 (present)" in str(got[4]), got[4]
+    for i in (0, 1, 2, 5):
+        assert close(got[i], engine.translate(x[i:i + 1], t[i:i + 1], noise=noise(1, i))), got[i]
+
+
+@needs_serve
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_invalid_requests_fail_alone_in_their_batch(pytriton_server, engine, protocol):
+    invalid_batched_with_valid(pytriton_server, engine, protocol)
+
+
+def hostile_requests_refused(server) -> None:
+    """Each hostile kind of load_serve, over HTTP and gRPC, plus a body declared 10 GB long
+    and a gRPC message over the limit: refused with a message naming the problem (no
+    traceback, no path) while the server tree's RSS grows by less than MEMORY_BOUND."""
+    import socket
+
+    import grpc
+    from tritonclient.grpc import service_pb2
+
+    load = load_module()
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+
+    expected = {"nan": "contain NaN or Inf", "shape": "must have shape [N, 3, 32, 32]",
+                "oversize": "with 1 <= N <= 8, got [16, 3, 8192, 8192]",
+                "garbage": "must be a JSON inference request|not a ModelInferRequest|unknown"}
+    ports = load.model_inputs(server.http, "translate_label")
+    rng = np.random.default_rng(0)
+    base = server.rss()
+    with load.PeakMemory(server) as peak:
+        for mod, url in ((httpclient, server.http), (grpcclient, server.grpc)):
+            client = mod.InferenceServerClient(url)
+            for kind in load.HOSTILE_KINDS:
+                got = load.send_hostile(kind, client, mod, url, "translate_label", ports, rng)
+                assert any(e in got for e in expected[kind].split("|")), (kind, got)
+                assert "Traceback" not in got and ".py" not in got, got
+            client.close()
+        with socket.create_connection(("127.0.0.1", server.http_port)) as sock:
+            sock.sendall(b"POST /v2/models/translate_label/infer HTTP/1.1\r\nHost: x\r\n"
+                         b"Content-Length: 10000000000\r\n\r\n{")
+            assert sock.recv(200).startswith(b"HTTP/1.1 413")
+        big = service_pb2.ModelInferRequest(model_name="translate_label",
+                                            raw_input_contents=[bytes(2**22)])
+        big.inputs.add(name="image", datatype="FP32", shape=[1, 3, 32, 32])
+        with grpc.insecure_channel(server.grpc) as channel, pytest.raises(grpc.RpcError) as err:
+            channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")(
+                big.SerializeToString(), timeout=60)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert peak.bytes - base < MEMORY_BOUND, (base, peak.bytes)
+
+
+def restricted_endpoints_off(server) -> None:
+    """No access token on any command line of the server's tree; logging refused by the
+    front (HTTP and gRPC) and by tritonserver's private port itself."""
+    import urllib.error
+    import urllib.request
+
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    cmdlines = [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in server.pids()]
+    assert not any(b"token" in c for c in cmdlines)
+    triton = next(c for c in cmdlines if c.split(b"\0")[0].endswith(b"/tritonserver"))
+    private = int(re.search(rb"--http-port[=\0](\d+)", triton).group(1))
+    for url in (f"http://{server.http}/v2/logging", f"http://127.0.0.1:{private}/v2/logging"):
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(url, timeout=10)
+        assert err.value.code == 403, url
+    client = grpcclient.InferenceServerClient(server.grpc)
+    with pytest.raises(InferenceServerException, match="logging, trace, shared memory and model "
+                                                       "control are off"):
+        client.get_log_settings()
+    client.close()
+
+
+@needs_serve
+def test_hostile_requests_refused_with_bounded_memory(pytriton_server):
+    hostile_requests_refused(pytriton_server)
+    restricted_endpoints_off(pytriton_server)
+
+
+@needs_serve
+def test_shutdown_under_load_and_busy_port(ckpt, tmp_path):
+    import signal
+    import socket
+
+    from bridgegan.serve.process import ServerProcess
+
+    load = load_module()
+    shm = set(Path("/dev/shm").iterdir())
+    with ServerProcess(["--checkpoint", str(ckpt), "--max-batch", "8", "--max-queue-delay-us",
+                        "20000", "--exit-timeout-secs", "10"], tmp_path / "serve.log") as server:
+        loader = threading.Thread(target=load.run_load, args=(server.http, server.grpc),
+                                  kwargs=dict(concurrency=4, max_requests=10**6, duration=15,
+                                              hostile=0.5))
+        loader.start()
+        time.sleep(4)
+        t0 = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        server.proc.wait(timeout=60)
+        seconds = time.monotonic() - t0
+        loader.join()
+    assert seconds < SHUTDOWN_BOUND, (seconds, server.log_tail())
+    assert "Exit timeout expired" not in server.log_tail(20000)
+    assert set(Path("/dev/shm").iterdir()) <= shm, set(Path("/dev/shm").iterdir()) - shm
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        t0 = time.monotonic()
+        out = subprocess.run([sys.executable, "-m", "bridgegan.cli", "serve", "--checkpoint",
+                              str(ckpt), "--http-port", str(port)], capture_output=True,
+                             text=True, timeout=120)
+    assert out.returncode == 2 and f"--http-port {port} (Address already in use)" in out.stderr
+    assert time.monotonic() - t0 < 30, out.stderr

@@ -6,6 +6,13 @@ import argparse
 
 
 def _serve(args: argparse.Namespace) -> int:
+    if not args.write_repository:
+        from .process import ports_in_use
+
+        busy = ports_in_use(args.host, {"--http-port": args.http_port, "--grpc-port":
+                                        args.grpc_port, "--metrics-port": args.metrics_port})
+        if busy:
+            raise RuntimeError(busy)
     if args.repository:
         from .repo_python import run_tritonserver
 

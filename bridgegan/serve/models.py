@@ -15,9 +15,9 @@ Every input and output is batch-first (the batch dimension is not listed here):
 - output of each: ``output`` (3, S, S) float32 in [-1, 1].
 
 A batch mixes requests freely: rows that differ in ``strength`` or ``attributes`` run as
-separate engine calls. Each request is checked on its own (the engine's image checks,
-finite labels and noise); a bad request yields a ``ValueError`` in its slot and the others
-still run.
+separate engine calls. Each request is checked on its own (``check_request``: the engine's
+image checks, 0 / 1 labels, finite noise and strength); a bad request yields a
+``ValueError`` in its slot and the others still run.
 """
 from __future__ import annotations
 
@@ -27,11 +27,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..engine.io import as_batch
 from ..reference.config import BridgeGANConfig
 from ..reference.model import DEFAULT_STRENGTH
 
 MODELS = ("translate_label", "translate_reference", "reconstruct")
 IMAGE_INPUTS = ("image", "reference")  # checked by the engine: NaN / Inf, range [-1, 1]
+LABEL_INPUTS = ("target", "source")  # 0 / 1, as the engine requires
 NUMPY_TYPES = {"FP32": np.float32, "BOOL": np.bool_}
 
 
@@ -69,38 +71,47 @@ def model_specs(config: BridgeGANConfig) -> dict[str, ModelSpec]:
     }
 
 
-def _prepare(engine, spec: ModelSpec, request: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
-    """One request's inputs as CPU tensors, checked, with the optional ones filled in."""
+def check_request(spec: ModelSpec, request: Mapping[str, np.ndarray]) -> int:
+    """Check one request of ``spec`` on its own (inputs known and present, shapes, the
+    engine's image checks, finite values, 0 / 1 labels) before it joins a batch; returns
+    its number of rows. Raises ValueError naming the input and what is accepted."""
     ports = {p.name: p for p in spec.inputs}
     unknown = set(request) - set(ports)
     if unknown:
         raise ValueError(f"unknown input(s) {', '.join(sorted(unknown))}; {spec.name} takes "
                          f"{', '.join(ports)}")
     n = None
-    out = {}
     for port in spec.inputs:
-        value = request.get(port.name)
-        if value is None:
+        if request.get(port.name) is None:
             if not port.optional:
                 raise ValueError(f"missing input {port.name!r}")
             continue
-        value = np.asarray(value)
+        value = np.asarray(request[port.name])
         if value.ndim != len(port.shape) + 1 or value.shape[1:] != port.shape:
             raise ValueError(f"input {port.name!r} must have shape (N, "
                              f"{', '.join(map(str, port.shape))}), got {value.shape}")
         n = value.shape[0] if n is None else n
         if value.shape[0] != n:
             raise ValueError(f"input {port.name!r} has {value.shape[0]} rows, the others {n}")
-        if port.dtype == "BOOL":
-            out[port.name] = torch.tensor(value.astype(bool))
-            continue
-        t = torch.tensor(value, dtype=torch.float32)
         if port.name in IMAGE_INPUTS:
-            out[port.name] = engine.load_images(t, port.name).cpu()
-        elif not torch.isfinite(t).all():
+            as_batch(torch.tensor(value, dtype=torch.float32), port.shape[-1], port.name)
+        elif port.dtype != "BOOL" and not np.isfinite(value).all():
             raise ValueError(f"input {port.name!r} contains NaN or Inf")
-        else:
-            out[port.name] = t
+        elif port.name in LABEL_INPUTS and not np.isin(value, (0, 1)).all():
+            raise ValueError(f"input {port.name!r} must hold 0 (absent) or 1 (present)")
+    return n
+
+
+def _prepare(engine, spec: ModelSpec, request: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """One request's inputs as CPU tensors, checked, with the optional ones filled in."""
+    n = check_request(spec, request)
+    out = {}
+    for port in spec.inputs:
+        if request.get(port.name) is not None:
+            value = np.asarray(request[port.name])
+            out[port.name] = (torch.tensor(value.astype(bool)) if port.dtype == "BOOL"
+                              else torch.tensor(value, dtype=torch.float32))
+    ports = {p.name for p in spec.inputs}
     a = engine.config.n_attrs
     if "noise" in ports and "noise" not in out:
         out["noise"] = torch.randn(n, engine.config.noise_dim)

@@ -27,6 +27,35 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
+def ports_in_use(host: str, ports: dict[str, int]) -> str | None:
+    """Which of ``ports`` (flag: port) something already listens on at ``host``, as an
+    error message, or None: checked before starting, so a busy port is reported at once."""
+    busy = []
+    for flag, port in ports.items():
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is not busy
+            try:
+                s.bind((host, port))
+            except OSError as exc:
+                busy.append(f"{flag} {port} ({exc.strerror})")
+    return (f"cannot listen on {host}: {', '.join(busy)}; stop what holds the port or choose "
+            f"another" if busy else None)
+
+
+def wait_ready(http: str, models, proc: subprocess.Popen, timeout: float = 180.0) -> None:
+    """Wait until tritonserver at ``http`` and each of ``models`` answer ready; a
+    RuntimeError if ``proc`` exits or ``timeout`` s pass first."""
+    urls = [f"http://{http}/v2/health/ready"] + [f"http://{http}/v2/models/{m}/ready"
+                                                 for m in models]
+    deadline = time.monotonic() + timeout
+    while not all(_ready(u) for u in urls):
+        status = proc.poll()
+        if status is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"exited with status {status}" if status is not None
+                               else f"was not ready within {timeout:.0f} s")
+        time.sleep(0.5)
+
+
 def _ready(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=2) as r:
@@ -58,6 +87,28 @@ class ServerProcess:
     def grpc(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
 
+    def pids(self) -> list[int]:
+        """The processes of the server's session (it, tritonserver, the python stubs)."""
+        out = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if self.proc is not None and int(fields[3]) == self.proc.pid:  # session id
+                out.append(int(stat.parent.name))
+        return out
+
+    def rss(self) -> int:
+        """Resident memory of the server's process tree now, in bytes."""
+        total = 0
+        for pid in self.pids():
+            try:
+                total += int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+            except OSError:
+                continue
+        return total * os.sysconf("SC_PAGE_SIZE")
+
     def log_tail(self, chars: int = 3000) -> str:
         return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
 
@@ -66,18 +117,12 @@ class ServerProcess:
             self.proc = subprocess.Popen([sys.executable, "-m", "bridgegan.cli", *self.args],
                                          stdout=out, stderr=subprocess.STDOUT, env=self.env,
                                          start_new_session=True)
-        urls = [f"http://{self.http}/v2/health/ready"] + [
-            f"http://{self.http}/v2/models/{m}/ready" for m in self.models]
-        deadline = time.monotonic() + self.timeout
-        while not all(_ready(u) for u in urls):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                status = self.proc.poll()
-                what = (f"exited with status {status}" if status is not None
-                        else f"was not ready within {self.timeout:.0f} s")
-                self.__exit__()
-                raise RuntimeError(f"bridgegan {' '.join(self.args)} {what}; log tail:\n"
-                                   f"{self.log_tail()}")
-            time.sleep(0.5)
+        try:
+            wait_ready(self.http, self.models, self.proc, self.timeout)
+        except RuntimeError as exc:
+            self.__exit__()
+            raise RuntimeError(f"bridgegan {' '.join(self.args)} {exc}; log tail:\n"
+                               f"{self.log_tail()}") from None
         return self
 
     def __exit__(self, *exc) -> None:

@@ -132,15 +132,16 @@ class TritonPythonModel:
 
 
 def tritonserver_command(repository: str | os.PathLike, workdir: str | os.PathLike,
-                         host: str = "127.0.0.1", http_port: int = 8000, grpc_port: int = 8001,
-                         metrics_port: int = 8002, exit_timeout_secs: int = 30
-                         ) -> tuple[list[str], dict]:
+                         http_port: int = 8000, grpc_port: int = 8001,
+                         metrics_host: str = "127.0.0.1", metrics_port: int = 8002,
+                         exit_timeout_secs: int = 30) -> tuple[list[str], dict]:
     """argv and environment that run PyTriton's bundled tritonserver, plain, on a model
-    repository: a backend directory under ``workdir`` holding the python backend and the
-    stub for this Python version, this interpreter's libpython first on the library path
-    and its bin folder first on PATH (the stub's Python finds this environment's
-    packages through it)."""
-    from .server import import_pytriton, prefer_own_libpython
+    repository: HTTP and gRPC on loopback (the front's private ports), logging, trace,
+    shared memory and model control off (``server.restricted_off``), a backend directory
+    under ``workdir`` holding the python backend and the stub for this Python version, this
+    interpreter's libpython first on the library path and its bin folder first on PATH
+    (the stub's Python finds this environment's packages through it)."""
+    from .server import import_pytriton, prefer_own_libpython, restricted_off
 
     import_pytriton()
     from pytriton.utils.distribution import get_libs_path, get_root_module_path, get_stub_path
@@ -157,22 +158,47 @@ def tritonserver_command(repository: str | os.PathLike, workdir: str | os.PathLi
     env["LD_LIBRARY_PATH"] += ":" + str(get_libs_path())
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
     argv = [str(dist / "bin" / "tritonserver"), f"--model-repository={repository}",
-            f"--backend-directory={backend.parent}", f"--http-address={host}",
-            f"--http-port={http_port}", f"--grpc-address={host}", f"--grpc-port={grpc_port}",
-            f"--metrics-address={host}", f"--metrics-port={metrics_port}",
-            f"--exit-timeout-secs={exit_timeout_secs}"]
+            f"--backend-directory={backend.parent}", "--http-address=127.0.0.1",
+            f"--http-port={http_port}", "--grpc-address=127.0.0.1", f"--grpc-port={grpc_port}",
+            f"--metrics-address={metrics_host}", f"--metrics-port={metrics_port}",
+            f"--exit-timeout-secs={exit_timeout_secs}",
+            f"--http-restricted-api={restricted_off()}",
+            f"--grpc-restricted-protocol={restricted_off()}"]
     return argv, env
 
 
-def run_tritonserver(repository: str | os.PathLike, **kw) -> int:
-    """Run the bundled tritonserver on ``repository`` until it exits; its exit status."""
+def run_tritonserver(repository: str | os.PathLike, host: str = "127.0.0.1",
+                     http_port: int = 8000, grpc_port: int = 8001, metrics_port: int = 8002,
+                     exit_timeout_secs: int = 30) -> int:
+    """Run the bundled tritonserver on ``repository`` behind the front (``front``) on
+    ``host``'s ports until SIGINT / SIGTERM or its exit; its exit status."""
+    import shlex
     import signal
     import subprocess
 
+    from .front import Front, fetch_specs
+    from .process import free_ports, wait_ready
+
+    private_http, private_grpc = free_ports(2)
+    private = f"127.0.0.1:{private_http}"
     with tempfile.TemporaryDirectory(prefix="bridgegan-tritonserver-") as workdir:
-        argv, env = tritonserver_command(repository, workdir, **kw)
-        print(" ".join(argv), flush=True)
+        argv, env = tritonserver_command(repository, workdir, private_http, private_grpc, host,
+                                         metrics_port, exit_timeout_secs)
+        print(shlex.join(argv), flush=True)
         proc = subprocess.Popen(argv, env=env)
-        for sig in (signal.SIGINT, signal.SIGTERM):  # the server shuts down itself
-            signal.signal(sig, lambda s, _: proc.send_signal(s))
-        return proc.wait()
+        try:
+            wait_ready(private, MODELS, proc)
+            with Front(fetch_specs(private), private, f"127.0.0.1:{private_grpc}", host,
+                       http_port, grpc_port) as front:
+                def stop(sig, _):  # no new requests, then the server shuts down itself
+                    front.close()
+                    proc.send_signal(signal.SIGINT)
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    signal.signal(sig, stop)
+                print(f"serving {', '.join(MODELS)} of {repository} on http://{host}:{http_port}"
+                      f" and grpc {host}:{grpc_port}", flush=True)
+                return proc.wait()
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+                proc.wait()

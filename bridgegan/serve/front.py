@@ -1,0 +1,360 @@
+"""The front that clients talk to: HTTP and gRPC on the public ports, tritonserver behind it
+on private loopback ports (PyTriton's in ``bridgegan serve``, the plain one in
+``--repository`` mode).
+
+Tritonserver 2.51 has no request size limits and, for an HTTP JSON request, allocates the
+size its shapes declare before checking them against the model; PyTriton answers a batch
+with one error. So the front checks each request on its own before it can join a batch:
+
+- size: an HTTP body or gRPC message larger than ``--max-batch`` rows of the largest model
+  (binary: 4 bytes a value, JSON: ``JSON_BYTES_PER_VALUE``) is refused from its declared
+  length (HTTP 413, gRPC RESOURCE_EXHAUSTED) before it is read;
+- declarations: known model and inputs, data types, shapes (N, <dims of the model
+  configuration>) with 1 <= N <= max batch, checked before any tensor is decoded;
+- values: ``models.check_request`` (the engine's image checks, 0 / 1 labels, finite values).
+
+An invalid request gets its own error (HTTP 400 / gRPC INVALID_ARGUMENT) and never reaches
+tritonserver, so the valid requests it would have been batched with run. Only inference,
+health, metadata, model configuration and statistics are forwarded: logging, trace, shared
+memory and model control are off. A server-side failure reaches the client as one line
+without traceback or paths; the log keeps the detail.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import threading
+import urllib.request
+from collections.abc import Mapping
+
+import numpy as np
+
+from .models import MODELS, NUMPY_TYPES, ModelSpec, Port, check_request
+
+LOG = logging.getLogger("bridgegan.serve")
+JSON_BYTES_PER_VALUE = 32  # a float32 written by json.dumps: up to 24 characters and ", "
+HEADER_BYTES = 64 * 1024  # JSON header of a binary request, names and parameters
+GRACE_S = 2.0  # on shutdown, how long requests in flight may take to finish
+GRPC_SERVICE = "/inference.GRPCInferenceService/"
+GRPC_FORWARDED = ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata",
+                  "ModelConfig", "ModelStatistics", "ModelInfer")
+HTTP_FORWARDED_GET = re.compile(
+    r"/v2(/health/(live|ready)|/models/[\w.-]+(/versions/\d+)?(/ready|/config|/stats)?)?")
+HTTP_INFER = re.compile(r"/v2/models/([\w.-]+)(/versions/\d+)?/infer")
+OFF = ("not served: this server answers inference, health, metadata, model configuration and "
+       "statistics; logging, trace, shared memory and model control are off")
+
+
+class RequestError(ValueError):
+    """A request refused by the front, with the HTTP status it gets."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+def model_spec(config: Mapping) -> tuple[ModelSpec, int]:
+    """(spec, max batch) of a model from tritonserver's JSON model configuration."""
+    def ports(items):
+        return tuple(Port(p["name"], p["data_type"].removeprefix("TYPE_"),
+                          tuple(int(d) for d in p["dims"]), bool(p.get("optional")))
+                     for p in items)
+    return (ModelSpec(config["name"], ports(config["input"]), ports(config["output"])),
+            int(config["max_batch_size"]))
+
+
+def fetch_specs(http: str, models=MODELS) -> dict[str, tuple[ModelSpec, int]]:
+    """The served models' specs and max batch, read from tritonserver at ``http``."""
+    out = {}
+    for name in models:
+        with urllib.request.urlopen(f"http://{http}/v2/models/{name}/config", timeout=10) as r:
+            out[name] = model_spec(json.load(r))
+    return out
+
+
+def row_values(spec: ModelSpec) -> int:
+    """Values in one row of all of ``spec``'s inputs."""
+    return sum(int(np.prod(p.shape)) for p in spec.inputs)
+
+
+def check_declared(spec: ModelSpec, max_batch: int, declared: list[tuple[str, str, list]]) -> int:
+    """Check (name, data type, shape) of each input as declared, before any data is decoded;
+    returns the number of rows."""
+    ports = {p.name: p for p in spec.inputs}
+    names = [name for name, _, _ in declared]
+    if len(set(names)) != len(names):
+        raise RequestError(f"an input is given twice: {', '.join(names)}")
+    rows = set()
+    for name, dtype, shape in declared:
+        port = ports.get(name)
+        if port is None:
+            raise RequestError(f"unknown input {name!r}; {spec.name} takes {', '.join(ports)}")
+        if dtype != port.dtype:
+            raise RequestError(f"input {name!r} must have data type {port.dtype}, got {dtype}")
+        if (len(shape) != len(port.shape) + 1 or tuple(shape[1:]) != port.shape
+                or not 1 <= shape[0] <= max_batch):
+            raise RequestError(f"input {name!r} must have shape [N, "
+                               f"{', '.join(map(str, port.shape))}] with 1 <= N <= {max_batch}, "
+                               f"got {list(shape)}")
+        rows.add(shape[0])
+    missing = [p.name for p in spec.inputs if not p.optional and p.name not in names]
+    if missing:
+        raise RequestError(f"missing input(s) {', '.join(missing)}")
+    if len(rows) > 1:
+        raise RequestError(f"inputs have different numbers of rows: {sorted(rows)}")
+    return rows.pop()
+
+
+def _array(name: str, dtype: str, shape: list, values) -> np.ndarray:
+    """``values`` (bytes or a list) as an array of ``shape``, or a RequestError."""
+    try:
+        a = (np.frombuffer(values, NUMPY_TYPES[dtype]) if isinstance(values, bytes)
+             else np.asarray(values, NUMPY_TYPES[dtype]))
+    except (ValueError, TypeError):
+        raise RequestError(f"input {name!r}: data must be {dtype} values") from None
+    if a.size != int(np.prod(shape)):
+        raise RequestError(f"input {name!r}: {a.size} values given for shape {list(shape)}")
+    return a.reshape(shape)
+
+
+def http_arrays(spec: ModelSpec, max_batch: int, body: bytes,
+                header_length: int | None) -> dict[str, np.ndarray]:
+    """The input arrays of an HTTP inference request (JSON, or the binary extension with
+    a JSON header of ``header_length`` bytes), declarations checked first."""
+    try:
+        head = json.loads(body if header_length is None else body[:header_length])
+        inputs = head["inputs"]
+        declared = [(i["name"], i["datatype"], list(i["shape"])) for i in inputs]
+        check_declared(spec, max_batch, declared)
+    except (ValueError, KeyError, TypeError) as exc:
+        if isinstance(exc, RequestError):
+            raise
+        raise RequestError("the request must be a JSON inference request: {\"inputs\": "
+                           "[{\"name\", \"datatype\", \"shape\", \"data\"}]}") from None
+    arrays, offset = {}, header_length or 0
+    for i, (name, dtype, shape) in zip(inputs, declared):
+        params = i.get("parameters") or {}
+        if "shared_memory_region" in params:
+            raise RequestError(f"input {name!r}: shared memory is off; send the data")
+        size = params.get("binary_data_size")
+        if size is None:
+            arrays[name] = _array(name, dtype, shape, i.get("data"))
+            continue
+        if header_length is None or not isinstance(size, int) or offset + size > len(body):
+            raise RequestError(f"input {name!r}: binary_data_size {size} does not match the body")
+        arrays[name] = _array(name, dtype, shape, body[offset:offset + size])
+        offset += size
+    if header_length is not None and offset != len(body):
+        raise RequestError(f"the body has {len(body) - offset} bytes after the binary inputs")
+    return arrays
+
+
+def grpc_arrays(spec: ModelSpec, max_batch: int, request) -> dict[str, np.ndarray]:
+    """The input arrays of a gRPC ModelInferRequest, declarations checked first."""
+    declared = [(i.name, i.datatype, list(i.shape)) for i in request.inputs]
+    check_declared(spec, max_batch, declared)
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(declared):
+        raise RequestError(f"{len(raw)} raw_input_contents for {len(declared)} inputs")
+    arrays = {}
+    for k, (i, (name, dtype, shape)) in enumerate(zip(request.inputs, declared)):
+        if "shared_memory_region" in i.parameters:
+            raise RequestError(f"input {name!r}: shared memory is off; send the data")
+        values = (raw[k] if raw else i.contents.bool_contents if dtype == "BOOL"
+                  else i.contents.fp32_contents)
+        arrays[name] = _array(name, dtype, shape, values)
+    return arrays
+
+
+def checked(spec: ModelSpec, arrays: dict[str, np.ndarray]) -> None:
+    """``models.check_request`` with its message as a RequestError naming the model."""
+    try:
+        check_request(spec, arrays)
+    except ValueError as exc:
+        raise RequestError(f"{spec.name}: invalid input: {exc}") from None
+
+
+def server_failure(what: str, detail: str) -> str:
+    """Log a server-side failure in full; the one line the client gets instead."""
+    LOG.error("%s failed: %s", what, detail)
+    return f"{what}: the server failed on this request (its log has the detail)"
+
+
+class Front:
+    """HTTP and gRPC on ``host``'s public ports in front of tritonserver on ``private_http``
+    / ``private_grpc``; runs its own event loop in a thread. A context manager."""
+
+    def __init__(self, specs: dict[str, tuple[ModelSpec, int]], private_http: str,
+                 private_grpc: str, host: str, http_port: int, grpc_port: int):
+        self.specs, self.private_http, self.private_grpc = specs, private_http, private_grpc
+        self.host, self.http_port, self.grpc_port = host, http_port, grpc_port
+        self.max_batch = max(b for _, b in specs.values())
+        values = self.max_batch * max(row_values(s) for s, _ in specs.values())
+        self.binary_limit = HEADER_BYTES + 4 * values
+        self.json_limit = HEADER_BYTES + JSON_BYTES_PER_VALUE * values
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="front", daemon=True)
+
+    def __enter__(self) -> "Front":
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(timeout=60)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop taking requests, let those in flight finish for up to GRACE_S, stop."""
+        if self.thread.is_alive():
+            asyncio.run_coroutine_threadsafe(self._stop(), self.loop).result(timeout=60)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(timeout=10)
+
+    async def _start(self) -> None:
+        import aiohttp
+        import grpc
+        from aiohttp import web
+
+        self.session = aiohttp.ClientSession(f"http://{self.private_http}")
+        app = web.Application(client_max_size=self.json_limit)
+        app.router.add_route("*", "/{path:.*}", self._http)
+        self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=GRACE_S)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, self.host, self.http_port).start()
+        unlimited = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
+        self.channel = grpc.aio.insecure_channel(self.private_grpc, options=unlimited)
+        self.grpc = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", self.binary_limit),
+            ("grpc.max_send_message_length", -1), ("grpc.so_reuseport", 0)])
+        self.grpc.add_generic_rpc_handlers([_GrpcHandler(self)])
+        self.grpc.add_insecure_port(f"{self.host}:{self.grpc_port}")
+        await self.grpc.start()
+
+    async def _stop(self) -> None:
+        await asyncio.gather(self.grpc.stop(GRACE_S), self.runner.shutdown())
+        await self.runner.cleanup()
+        await self.session.close()
+        await self.channel.close()
+
+    # ------------------------------------------------------------------------- HTTP
+
+    async def _http(self, request):
+        from aiohttp import web
+
+        path = request.path
+        infer = HTTP_INFER.fullmatch(path)
+        try:
+            if request.method == "POST" and infer:
+                return await self._http_infer(request, infer.group(1))
+            if request.method == "GET" and HTTP_FORWARDED_GET.fullmatch(path):
+                return await self._forward(request, b"")
+            raise RequestError(f"{request.method} {path} is {OFF}", 403)
+        except RequestError as exc:
+            return web.json_response({"error": str(exc)}, status=exc.status)
+
+    async def _http_infer(self, request, model: str):
+        if model not in self.specs:
+            raise RequestError(f"unknown model {model!r}; served: {', '.join(self.specs)}", 404)
+        if request.headers.get("Content-Encoding", "identity") != "identity":
+            raise RequestError("compressed request bodies are not accepted", 415)
+        header = request.headers.get("Inference-Header-Content-Length")
+        try:
+            header_length = None if header is None else int(header)
+        except ValueError:
+            raise RequestError(f"Inference-Header-Content-Length must be an integer, got "
+                               f"{header[:20]!r}") from None
+        if header_length is not None and not 0 < header_length <= HEADER_BYTES:
+            raise RequestError(f"Inference-Header-Content-Length must be 1..{HEADER_BYTES}", 413)
+        limit = self.json_limit if header_length is None else self.binary_limit
+        body = await _read_body(request, limit)
+        spec, max_batch = self.specs[model]
+        checked(spec, http_arrays(spec, max_batch, body, header_length))
+        return await self._forward(request, body)
+
+    async def _forward(self, request, body: bytes):
+        from aiohttp import ClientError, web
+
+        keep = ("Content-Type", "Inference-Header-Content-Length")
+        headers = {k: request.headers[k] for k in keep if k in request.headers}
+        try:
+            async with self.session.request(request.method, request.rel_url, data=body or None,
+                                            headers=headers) as r:
+                data = await r.read()
+                status, out = r.status, {k: r.headers[k] for k in keep if k in r.headers}
+        except (ClientError, OSError) as exc:
+            raise RequestError(server_failure(request.path, repr(exc)), 503) from None
+        if status >= 500:
+            raise RequestError(server_failure(request.path, data.decode(errors="replace")), status)
+        return web.Response(body=data, status=status, headers=out)
+
+    # ------------------------------------------------------------------------- gRPC
+
+    async def grpc_call(self, method: str, payload: bytes, context):
+        import grpc
+        from tritonclient.grpc import service_pb2
+
+        name = method.removeprefix(GRPC_SERVICE)
+        if not method.startswith(GRPC_SERVICE) or name not in GRPC_FORWARDED:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{method} is {OFF}")
+        if name == "ModelInfer":
+            try:
+                request = _parse(service_pb2.ModelInferRequest, payload)
+                if request.model_name not in self.specs:
+                    raise RequestError(f"unknown model {request.model_name!r}; served: "
+                                       f"{', '.join(self.specs)}", 404)
+                spec, max_batch = self.specs[request.model_name]
+                checked(spec, grpc_arrays(spec, max_batch, request))
+            except RequestError as exc:
+                code = grpc.StatusCode.NOT_FOUND if exc.status == 404 else \
+                    grpc.StatusCode.INVALID_ARGUMENT
+                await context.abort(code, str(exc))
+        call = self.channel.unary_unary(method)
+        try:
+            return await call(payload)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN,
+                              grpc.StatusCode.UNAVAILABLE):
+                await context.abort(exc.code(), server_failure(name, exc.details() or ""))
+            await context.abort(exc.code(), exc.details() or exc.code().name)
+
+
+class _GrpcHandler:
+    """grpc generic handler: every method goes to ``Front.grpc_call`` as raw bytes."""
+
+    def __init__(self, front: Front):
+        self.front = front
+
+    def service(self, details):
+        import grpc
+
+        async def call(payload, context):
+            return await self.front.grpc_call(details.method, payload, context)
+        return grpc.unary_unary_rpc_method_handler(call)
+
+
+def _parse(message_class, payload: bytes):
+    """``payload`` as a protobuf message, or a RequestError."""
+    from google.protobuf.message import DecodeError
+
+    try:
+        return message_class.FromString(payload)
+    except DecodeError:
+        raise RequestError(f"the message is not a {message_class.__name__}") from None
+
+
+async def _read_body(request, limit: int) -> bytes:
+    """The request body, refused with 413 when its declared or actual length passes
+    ``limit`` (nothing past the limit is read)."""
+    too_big = RequestError(f"request body larger than {limit} bytes, the limit for --max-batch "
+                           f"rows of the largest model", 413)
+    if request.content_length is not None and request.content_length > limit:
+        raise too_big
+    chunks, size = [], 0
+    while chunk := await request.content.read(min(1 << 20, limit + 1 - size)):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            raise too_big
+    return b"".join(chunks)
