@@ -60,7 +60,7 @@ def serve(engine, host: str = "127.0.0.1", http_port: int = 8000, grpc_port: int
     """Serve ``engine`` until SIGINT / SIGTERM: tritonserver (PyTriton) on private loopback
     ports behind the front (``front``) on ``host``'s ports (loopback by default); metrics
     on ``host``. No access token: logging, trace, shared memory and model control are off
-    (``private_triton_args``), the models load from PyTriton's local model store."""
+    (``_private_triton``), the models load from PyTriton's local model store."""
     import_pytriton()
     from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
     from pytriton.triton import Triton, TritonConfig, TritonLifecyclePolicy, TritonSecurityConfig
