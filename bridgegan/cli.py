@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from . import threads
+from .argtypes import positive_int
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -36,17 +37,6 @@ def _parity(args: argparse.Namespace) -> int:
 
         status |= backends_main(args)
     return status
-
-
-def _positive_int(text: str) -> int:
-    """argparse type: an integer >= 1, refused with the value given otherwise."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
-    return value
 
 
 def _lazy(module: str, func: str):
@@ -90,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", nargs="+", help="reference image(s), averaged in the latent code")
     p.add_argument("--attributes", help="comma list of attributes taken from the references "
                                         "(default: all)")
-    p.add_argument("--samples", type=_positive_int, default=1,
+    p.add_argument("--samples", type=positive_int, default=1,
                    help="noise samples per label edit (>= 1)")
     p.add_argument("--strength", type=float, default=1.5, help="edit strength (d scale)")
     p.add_argument("--seed", type=int, default=0)

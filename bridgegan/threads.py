@@ -12,12 +12,12 @@ from __future__ import annotations
 import argparse
 import os
 
+from .argtypes import positive_int
+
 
 def add_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """Add ``--threads N`` to a command's options."""
-    from .cli import _positive_int
-
-    parser.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+    parser.add_argument("--threads", type=positive_int, default=None, metavar="N",
                         help="CPU threads for torch (default: the idle cores, from the load "
                              "average; OMP_NUM_THREADS when set)")
 
