@@ -38,13 +38,21 @@ def ship(checkpoint: str | Path, report: dict, training: dict, dest: str | Path 
 
 
 def _summary(folder: Path) -> str:
-    """One line of the shipped model's eval numbers, when it has them."""
+    """The shipped model's eval numbers in a few words, and the targets it misses."""
     path = folder / "eval.json"
     if not path.is_file():
         return ""
+    from .evaluate import missed_targets
+
     r = json.loads(path.read_text())
-    return (f"; eval: label edit accuracy {r['label_edit_accuracy']:.1%}, preservation "
-            f"{r['label_preservation']:.1%}, reconstruction PSNR {r['reconstruction_psnr_db']:.1f} dB")
+    shown = r.get("label_edit_accuracy_shown", r["label_edit_accuracy"])
+    line = (f"; eval on {r.get('sources', '?')} held-out faces: label edit accuracy "
+            f"{shown:.1%}, preservation {r['label_preservation']:.1%}, reconstruction PSNR "
+            f"{r['reconstruction_psnr_db']:.1f} dB")
+    if "label_true_change" in r:
+        line += f", true-change score {r['label_true_change']:.2f}"
+    missed = missed_targets(r)
+    return line + (f"; INTERIM model, misses the targets: {'; '.join(missed)}" if missed else "")
 
 
 def load_model(checkpoint: str | None) -> tuple[BridgeGAN, str]:

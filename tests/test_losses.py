@@ -176,7 +176,8 @@ def test_loss_weights_validation_and_round_trip():
     w = LossWeights(rec=3.0)
     assert LossWeights.from_dict(w.to_dict()) == w
     assert LossWeights().to_dict() == dict(adv=1.0, attr=10.0, rec=100.0, latent=50.0, cycle=50.0,
-                                           mode_seeking=0.005, gp=10.0, d_attr=1.0)
+                                           mode_seeking=0.005, gp=10.0, d_attr=1.0,
+                                           paired=0.0, paired_edit=0.0)  # off: not the paper's
     with pytest.raises(ValueError, match="rec"):
         LossWeights(rec=-1.0)
     with pytest.raises(ValueError, match="unknown loss weight"):
