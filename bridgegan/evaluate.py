@@ -16,8 +16,10 @@ numbers that a model cannot get by fooling the classifier:
   attribute whose true flips it finds >= SHOWN_THRESHOLD of the time is "shown"; the
   ``*_edit_accuracy_shown`` numbers average the model's edit accuracy over those.
 - true-change score: 1 - sum|D_model - D_true| / sum|D_true| over all edited images, with
-  D_true = true edit - source and D_model = output - the model's own reconstruction
-  (1: the true change, 0: no change; reconstruction error does not count).
+  D_true = true edit - source and D_model = output - the model's own reconstruction in the
+  same mode with d = 0 (label-based: the same noise; reference-based: the same reference),
+  so 1 is the true change, 0 no change, and neither reconstruction error nor the noise
+  counts.
 """
 from __future__ import annotations
 
@@ -120,15 +122,17 @@ def evaluate(engine, classifier: AttributeClassifier, images: torch.Tensor, labe
         # label-based: flip attribute i of every source
         target = _targets(labels, attrs, i, 1 - labels[:, i])
         out = engine.translate(images, target, source=labels, strength=strength, seed=seed + i)
-        runs = [("label", torch.arange(n), target, out)]
+        runs = [("label", torch.arange(n), target, out,
+                 lambda: engine.reconstruct(images, seed=seed + i))]
         # reference-based: take attribute i from references whose label differs
         idx = (ref_labels[:, i] != labels[:, i]).nonzero().squeeze(1)
         if idx.numel():
             target = _targets(labels[idx], attrs, i, ref_labels[idx, i])
             out = engine.translate_reference(images[idx], refs[idx], source=labels[idx],
                                              reference_labels=target, strength=strength)
-            runs.append(("reference", idx, target, out))
-        for mode, rows, target, out in runs:
+            runs.append(("reference", idx, target, out, lambda: engine.translate_reference(
+                images[idx], refs[idx], source=labels[idx], reference_labels=labels[idx])))
+        for mode, rows, target, out, own_reconstruction in runs:
             out = out.cpu()
             pred = classifier.predict(out)
             changed = target != labels[rows]
@@ -140,8 +144,8 @@ def evaluate(engine, classifier: AttributeClassifier, images: torch.Tensor, labe
                 continue
             true = truth(rows, target)
             d_true = (true - images[rows]).double()
-            change[mode] += torch.tensor([((out - rec[rows]).double() - d_true).abs().sum(),
-                                          d_true.abs().sum()])
+            d_model = (out - own_reconstruction().cpu()).double()  # same noise / reference, d = 0
+            change[mode] += torch.tensor([(d_model - d_true).abs().sum(), d_true.abs().sum()])
             if mode == "label":
                 per_attr["renderer"][i] += torch.tensor(
                     [(classifier.predict(true)[:, i] == target[:, i]).sum().item(), len(rows)])

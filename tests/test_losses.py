@@ -242,8 +242,9 @@ def test_objectives_match_the_spec_formulas():
 
 
 def test_paired_terms_measure_the_fakes_against_the_true_edit():
-    """g/paired is the L1 of the three fakes to x_true; g/paired_edit the same over the
-    pixels where x_true differs from the source; both enter the loss with their weights."""
+    """g/paired is the L1 of the three fakes to x_true; g/paired_edit the mean over images
+    of the same over the pixels where x_true differs from the source (images without an
+    edit left out); both enter the loss with their weights."""
     torch.manual_seed(0)
     cfg = small_config()
     model = randomize(BridgeGAN(cfg))
@@ -251,7 +252,8 @@ def test_paired_terms_measure_the_fakes_against_the_true_edit():
     inp = _objective_inputs(cfg, seed=3)
     x = inp["x"]
     x_true = x.clone()
-    x_true[:, :, 4:12, 8:20] = images(4, cfg.image_size, 7)[:, :, 4:12, 8:20]  # the "edit"
+    x_true[:3, :, 4:12, 8:20] = images(3, cfg.image_size, 7)[:, :, 4:12, 8:20]  # the "edits"
+    x_true[1, :, 20:22, 2:4] = -x[1, :, 20:22, 2:4]  # of different sizes; image 3 has none
     w = LossWeights(adv=0.0, attr=0.0, paired=3.0, paired_edit=2.0)
     base = LossWeights(adv=0.0, attr=0.0)
     loss, terms, _ = GeneratorObjective(G, E, M, w)(**inp, critic=D, x_true=x_true)
@@ -259,9 +261,12 @@ def test_paired_terms_measure_the_fakes_against_the_true_edit():
     fakes = make_fakes(G, E, M, x, inp["y"], inp["xr"], inp["yr"], inp["noise"], inp["alpha"])[0]
     err = (torch.cat(fakes) - x_true.repeat(3, 1, 1, 1)).abs()
     mask = ((x_true - x).abs().amax(1, keepdim=True) > 0.05).repeat(3, 3, 1, 1)
+    edited = [k for k in range(12) if mask[k].any()]
+    assert len(edited) == 9  # the three fakes of the three edited images
+    edit = sum(err[k][mask[k]].mean() for k in edited) / len(edited)
     assert terms["g/paired"].item() == pytest.approx(err.mean().item(), rel=1e-4)
-    assert terms["g/paired_edit"].item() == pytest.approx(err[mask].mean().item(), rel=1e-4)
+    assert terms["g/paired_edit"].item() == pytest.approx(edit.item(), rel=1e-4)
     assert loss.item() == pytest.approx(
-        loss0.item() + 3 * err.mean().item() + 2 * err[mask].mean().item(), rel=1e-4)
+        loss0.item() + 3 * err.mean().item() + 2 * edit.item(), rel=1e-4)
     with pytest.raises(ValueError, match="no x_true"):
         GeneratorObjective(G, E, M, w)(**inp, critic=D)

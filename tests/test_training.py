@@ -112,6 +112,33 @@ def test_paired_loss_trains_towards_the_rendered_true_edit(faces):
     assert all(torch.equal(a, b) for a, b in zip(d_before, t.model.discriminator.parameters()))
 
 
+def test_single_edits_take_one_attribute_from_the_reference(faces):
+    """With single_edits 1 each target is its source with one attribute set to the
+    reference's value (the conflict rules may clear others); with 0 it is the reference's
+    labels, as in the paper; the draws are those of the step (resume stays exact)."""
+    from bridgegan.reference.attributes import apply_edits
+
+    t = Trainer(tiny(faces), train_config(single_edits=1.0), faces, progress=False)
+    names = t.model_config.attributes
+    batch, draws = t._next_batch(), t._draws(0)
+    p = t._local(batch, draws)
+    y, yr_full = p["y"], batch[1][draws["perm"]]
+    singles = 0
+    for k in range(len(y)):
+        differ = (y[k] != yr_full[k]).nonzero().flatten().tolist()
+        if not differ:
+            assert torch.equal(p["yr"][k], y[k])
+            continue
+        taken = [j for j in differ if p["yr"][k, j] == yr_full[k, j]]
+        assert any(torch.equal(p["yr"][k], apply_edits(y[k:k + 1], names, {names[j]: int(yr_full[k, j])})[0])
+                   for j in taken)
+        singles += 1
+    assert singles >= 4
+    assert torch.equal(t._local(batch, draws)["yr"], p["yr"])  # same draws, same targets
+    t0 = Trainer(tiny(faces), train_config(), faces, progress=False)
+    assert torch.equal(t0._local(batch, draws)["yr"], yr_full)
+
+
 def test_paired_loss_needs_data_that_renders_the_true_edit(faces):
     class NoRender(torch.utils.data.Dataset):
         attributes = faces.attributes

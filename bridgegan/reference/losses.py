@@ -45,7 +45,7 @@ class LossWeights:
     gp: float = 10.0            # gradient penalty in the discriminator loss
     d_attr: float = 1.0         # attribute BCE on real images in the discriminator loss
     paired: float = 0.0         # not in the paper: L1 of the fakes to the true edit (see below)
-    paired_edit: float = 0.0    # not in the paper: the same L1 over the pixels the edit changes
+    paired_edit: float = 0.0    # not in the paper: that L1 over the pixels each edit changes
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -208,9 +208,10 @@ class GeneratorObjective(nn.Module):
     ``x_true`` (optional, not in the paper): each source rendered with its target labels,
     for data that can render the true edit (the procedural faces). With ``weights.paired``
     > 0 the loss adds paired * mean over X_l, X_ref, X_int of L1(fake, x_true), and
-    paired_edit * the same mean over only the pixels where x_true differs from X_s (by more
-    than EDIT_THRESHOLD in some channel): small edits (a moustache, glasses) cover a few
-    percent of the image and would otherwise hardly weigh. The critic is not run when the
+    paired_edit * the mean over images of that L1 over only the pixels where x_true differs
+    from X_s (by more than EDIT_THRESHOLD in some channel; images without such pixels left
+    out): every edit counts alike, whatever its size, while small edits (a moustache,
+    glasses) cover a few pixels and would otherwise hardly weigh. The critic is not run when the
     adversarial and attribute weights are both 0.
     """
 
@@ -259,8 +260,10 @@ class GeneratorObjective(nn.Module):
             err = (f32(fakes) - f32(x_true).repeat(3, 1, 1, 1)).abs()
             loss_paired = err.mean()
             changed = (f32(x_true) - f32(x)).abs().amax(1, keepdim=True) > EDIT_THRESHOLD
-            changed = changed.repeat(3, err.shape[1], 1, 1)
-            loss_paired_edit = (err * changed).sum() / changed.sum().clamp_min(1)
+            changed = changed.repeat(3, err.shape[1], 1, 1).flatten(1)
+            count = changed.sum(1)
+            per_image = (err.flatten(1) * changed).sum(1) / count.clamp_min(1)
+            loss_paired_edit = per_image.sum() / (count > 0).sum().clamp_min(1)
         loss_rec = (l1(x, x_rec_l) + l1(x, x_rec_r)) / 2
         loss_latent = l1(s_rand, s_ref)
         o = cycle_sign(y, d)

@@ -33,7 +33,7 @@ _ARCH_OPTIONS = {
 # TrainConfig fields settable from the command line: option dest -> field.
 _TRAIN_OPTIONS = ("batch", "n_d", "steps", "lr", "beta1", "beta2", "noise_memory", "ema",
                   "seed", "ckpt_every", "sample_every", "log_every", "keep_checkpoints",
-                  "n_samples", "sample_edits", "d_attr_warmup")
+                  "n_samples", "sample_edits", "d_attr_warmup", "single_edits")
 _WEIGHT_OPTIONS = {
     "w_adv": ("adv", "generator adversarial term (default 1)"),
     "w_attr": ("attr", "generator attribute BCE on the fakes (default 10)"),
@@ -100,6 +100,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="updates of D on the real-image attribute loss alone before the first "
                         "generator step; not in the paper: at small batches the head otherwise stays "
                         "at chance (default: 0)")
+    g.add_argument("--single-edits", type=float, default=None,
+                   help="share of the samples whose target takes one attribute from the "
+                        "reference instead of all its labels, as single edits are used at "
+                        "inference; not in the paper (default: 0)")
     g.add_argument("--seed", type=int, default=None,
                    help="seed of the initialisation, data order and all per-step draws (default: 0)")
 

@@ -95,6 +95,7 @@ class TrainConfig:
     n_samples: int = 8
     sample_edits: int = 4
     d_attr_warmup: int = 0
+    single_edits: float = 0.0
 
     def __post_init__(self) -> None:
         if isinstance(self.weights, dict):
@@ -114,6 +115,8 @@ class TrainConfig:
             v = getattr(self, name)
             if not (0 <= v < 1):
                 raise ValueError(f"{name} must be in [0, 1), got {v!r}")
+        if not (isinstance(self.single_edits, (int, float)) and 0 <= self.single_edits <= 1):
+            raise ValueError(f"single_edits must be a share in [0, 1], got {self.single_edits!r}")
         if self.noise_memory not in NOISE_MODES:
             raise ValueError(f"noise_memory must be one of {NOISE_MODES}, got {self.noise_memory!r}")
         if self.amp not in AMP_MODES:
@@ -348,6 +351,8 @@ class Trainer:
             "noise": torch.randn(B, nd, generator=g),
             "r1": torch.randn(B, nd, generator=g),
             "gp_eps": torch.rand(3, B, generator=g),
+            "single": torch.rand(B, generator=g),
+            "pick": torch.rand(B, generator=g),
         }
         return {k: v.to(self.device, dtype=self.dtype) if v.is_floating_point() else v.to(self.device)
                 for k, v in draws.items()}
@@ -358,10 +363,28 @@ class Trainer:
         lo = self.dist.rank * self.local_batch
         sl = slice(lo, lo + self.local_batch)
         ref = draws["perm"][sl]
-        out = dict(x=x_all[sl], y=y_all[sl], index=idx_all[sl], xr=x_all[ref], yr=y_all[ref],
+        yr = self._single_edits(y_all[sl], y_all[ref], draws["single"][sl], draws["pick"][sl])
+        out = dict(x=x_all[sl], y=y_all[sl], index=idx_all[sl], xr=x_all[ref], yr=yr,
                    ref_index=idx_all[ref],
                    r1=draws["r1"][sl], alpha=draws["alpha"][sl], gp_eps=draws["gp_eps"][:, sl])
         out["noise"] = self.memory.lookup(out["ref_index"]) if self.memory.enabled else draws["noise"][sl]
+        return out
+
+    def _single_edits(self, y: torch.Tensor, yr: torch.Tensor, single: torch.Tensor,
+                      pick: torch.Tensor) -> torch.Tensor:
+        """The targets: the reference's labels, or for a share ``single_edits`` of the
+        samples (draw ``single`` below it) the source's labels with one attribute taken from
+        the reference (chosen by ``pick`` among those that differ; conflict rules applied),
+        as single-attribute edits are used at inference."""
+        share = self.config.single_edits
+        if not share:
+            return yr
+        names, out = self.model_config.attributes, yr.clone()
+        for k in (single < share).nonzero().flatten().tolist():
+            differ = (y[k] != yr[k]).nonzero().flatten()
+            if differ.numel():
+                j = int(differ[min(int(pick[k] * differ.numel()), differ.numel() - 1)])
+                out[k] = apply_edits(y[k:k + 1].cpu(), names, {names[j]: int(yr[k, j])})[0]
         return out
 
     def _refine(self):
