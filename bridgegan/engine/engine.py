@@ -229,7 +229,7 @@ class Engine:
 
     def _region(self, region, n: int) -> torch.Tensor | None:
         """A region mask (S, S), (1 or N, S, S) or (1 or N, 1, S, S) in [0, 1] at image size,
-        averaged down to the latent code's size: (N, 1, S/2, S/2)."""
+        as (N, 1, S, S)."""
         if region is None:
             return None
         s = self.config.image_size
@@ -241,8 +241,7 @@ class Engine:
                              f"(N, 1, {s}, {s}) with N 1 or {n}; got {tuple(m.shape)}")
         if not torch.isfinite(m).all() or m.min() < 0 or m.max() > 1:
             raise ValueError("region values must be finite and in [0, 1] (1: edit, 0: keep)")
-        half = self.config.latent_size
-        return torch.nn.functional.adaptive_avg_pool2d(m, half).expand(n, -1, -1, -1).to(self.device)
+        return m.expand(n, -1, -1, -1).to(self.device)
 
     def _reference_batches(self, references, n: int) -> torch.Tensor:
         """(K, N, 3, S, S): K reference batches, each of N or 1 (broadcast) images."""
@@ -269,22 +268,27 @@ class Engine:
         target = self.stages.encode(refs.flatten(0, 1), d.repeat(k, 1)).unflatten(0, (k, n))
         return target.mean(0) + self.stages.encode(x, -d)
 
-    @staticmethod
-    def _in_region(code, rec_code, m):
-        """The edited code inside the region mask ``m``, the reconstruction code outside."""
-        return code if m is None else m * code + (1 - m) * rec_code
+    def _in_region(self, h, code, rec_code, m):
+        """An edit confined to the region mask ``m`` (N, 1, S, S): decoded from the edited
+        code inside the mask and the reconstruction's (d = 0) outside, mixed at the code's
+        size (S is spatial), then composited over the reconstruction's pixels with ``m``:
+        the generator's 4x4 and 8x8 layers would otherwise carry the edit across the
+        border (about half of it, in the shipped 32 px model)."""
+        m_code = torch.nn.functional.avg_pool2d(m, m.shape[-1] // code.shape[-1])
+        edit = self.stages.decode(h, m_code * code + (1 - m_code) * rec_code)
+        return m * edit + (1 - m) * self.stages.decode(h, rec_code)
 
     def _label_program(self, x, d, r, m=None):
-        s = self._label_code(x, d, r)
-        if m is not None:
-            s = self._in_region(s, self._label_code(x, torch.zeros_like(d), r), m)
-        return self.stages.decode(self.stages.trunk(x), s)
+        h, s = self.stages.trunk(x), self._label_code(x, d, r)
+        if m is None:
+            return self.stages.decode(h, s)
+        return self._in_region(h, s, self._label_code(x, torch.zeros_like(d), r), m)
 
     def _reference_program(self, x, refs, d, m=None):
-        s = self._reference_code(x, refs, d)
-        if m is not None:
-            s = self._in_region(s, self._reference_code(x, refs, torch.zeros_like(d)), m)
-        return self.stages.decode(self.stages.trunk(x), s)
+        h, s = self.stages.trunk(x), self._reference_code(x, refs, d)
+        if m is None:
+            return self.stages.decode(h, s)
+        return self._in_region(h, s, self._reference_code(x, refs, torch.zeros_like(d)), m)
 
     def _run(self, fn, *args) -> torch.Tensor:
         with torch.inference_mode():
@@ -296,8 +300,9 @@ class Engine:
                   source=None, seed: int | None = None, region=None) -> torch.Tensor:
         """Label-based translation. ``target``: labels (N, A) / (A,) or a dict name -> 0/1
         applied to the source labels with the conflict rules. ``region``: a mask at image
-        size in [0, 1] (soft edges allowed); the edit applies inside it, the
-        reconstruction outside (the latent code is spatial, so the two are mixed there)."""
+        size in [0, 1] (soft edges allowed) that confines the edit: the edited and the
+        reconstruction's latent codes are mixed by it (S is spatial) and the result is
+        composited over the reconstruction by it, so pixels outside stay reconstructed."""
         x = self.load_images(images)
         y_s = self._source(x, source)
         d = self._difference(y_s, self._target(y_s, target), strength)
@@ -347,9 +352,11 @@ class Engine:
                     strength: float = DEFAULT_STRENGTH, region=None) -> torch.Tensor:
         """(len(alphas), N, 3, S, S): alpha = 1 is label-based, 0 reference-based.
         level "latent" blends the codes, "spade" blends every SPADE layer's output.
-        ``region``: as in ``translate``, applied to both codes."""
+        ``region``: as in ``translate``, on the blended codes (level "latent" only)."""
         if level not in ("latent", "spade"):
             raise ValueError(f"level must be 'latent' or 'spade', got {level!r}")
+        if region is not None and level != "latent":
+            raise ValueError("a region confines latent-level interpolation: use level='latent'")
         alphas = _alphas(alphas)
         x = self.load_images(images)
         refs = self._reference_batches(references, x.shape[0])
@@ -363,14 +370,17 @@ class Engine:
             h = st.trunk(xc)
             s_rand, s_ref = self._label_code(xc, dc, rc), self._reference_code(xc, refc, dc)
             if m is not None:
-                mc, zero = self._cast(m), torch.zeros_like(dc)
-                s_rand = self._in_region(s_rand, self._label_code(xc, zero, rc), mc)
-                s_ref = self._in_region(s_ref, self._reference_code(xc, refc, zero), mc)
+                zero = torch.zeros_like(dc)
+                rec_rand, rec_ref = self._label_code(xc, zero, rc), self._reference_code(xc, refc, zero)
             outs = []
             for a in alphas:
-                s = (a * s_rand + (1 - a) * s_ref if level == "latent"
-                     else LatentMix((s_rand, s_ref), (a, 1 - a)))
-                outs.append(st.decode(h, s).float())
+                if m is not None:  # the blended code, confined (level "latent")
+                    out = self._in_region(h, a * s_rand + (1 - a) * s_ref,
+                                          a * rec_rand + (1 - a) * rec_ref, self._cast(m))
+                else:
+                    out = st.decode(h, a * s_rand + (1 - a) * s_ref if level == "latent"
+                                    else LatentMix((s_rand, s_ref), (a, 1 - a)))
+                outs.append(out.float())
         return torch.stack(outs)
 
     @_serialised
