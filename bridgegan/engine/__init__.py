@@ -1,6 +1,13 @@
-"""Inference engine: the rewritten generator on several backends, behind a batched API."""
-from .backends import BACKENDS, BackendUnavailable
-from .engine import EditStrip, Engine
-from .graph import InferenceGraph, Rewrites
+"""Inference engine: the rewritten generator on several backends, behind a batched API.
 
-__all__ = ["Engine", "EditStrip", "InferenceGraph", "Rewrites", "BACKENDS", "BackendUnavailable"]
+The names below are imported on first use (PEP 562), so that the command line reads
+``backend_names`` and ``export.names`` without importing torch."""
+from ..lazy import lazy_exports
+
+_EXPORTS = {
+    ".backends": ("BackendUnavailable",),
+    ".backend_names": ("BACKENDS",),
+    ".engine": ("EditStrip", "Engine"),
+    ".graph": ("InferenceGraph", "Rewrites"),
+}
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -22,9 +22,8 @@ import torch
 from ..kernels.norm_act import triton_interpreted
 from ..reference.layers import LatentMix
 from ..reference.model import BridgeGAN
+from .backend_names import BACKENDS
 from .graph import InferenceGraph, Rewrites
-
-BACKENDS = ("reference", "torch", "triton", "compile", "onnxruntime", "tensorrt")
 
 
 class BackendUnavailable(RuntimeError):

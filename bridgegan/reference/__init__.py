@@ -1,11 +1,14 @@
-"""The PyTorch reference BridgeGAN: the oracle every optimised path is checked against."""
-from .attributes import CELEBA_ATTRIBUTES, DEFAULT_ATTRIBUTES, PRESETS, apply_edits
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .config import BridgeGANConfig
-from .layers import LatentMix
-from .model import BridgeGAN
+"""The PyTorch reference BridgeGAN: the oracle every optimised path is checked against.
 
-__all__ = [
-    "BridgeGAN", "BridgeGANConfig", "LatentMix", "CELEBA_ATTRIBUTES", "DEFAULT_ATTRIBUTES",
-    "PRESETS", "apply_edits", "save_checkpoint", "load_checkpoint", "CheckpointError",
-]
+The names below are imported on first use (PEP 562), so that importing a torch-free
+submodule (e.g. ``train_cli`` to build the command line) imports no torch."""
+from ..lazy import lazy_exports
+
+_EXPORTS = {
+    ".attributes": ("CELEBA_ATTRIBUTES", "DEFAULT_ATTRIBUTES", "PRESETS", "apply_edits"),
+    ".checkpoint": ("CheckpointError", "load_checkpoint", "save_checkpoint"),
+    ".config": ("BridgeGANConfig",),
+    ".layers": ("LatentMix",),
+    ".model": ("BridgeGAN",),
+}
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

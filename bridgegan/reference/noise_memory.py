@@ -23,8 +23,7 @@ import torch
 from torch import nn
 
 from .losses import f32
-
-MODES = ("off", "official", "descent")
+from .noise_modes import MODES
 STEP_NORMALISED = 0.9
 STEP_RAW = 5.0
 CLIP = 1.0

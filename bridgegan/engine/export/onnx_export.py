@@ -63,13 +63,10 @@ from ...reference.layers import LatentMix
 from ...reference.model import BridgeGAN
 from ..backends import BackendUnavailable, Stages
 from ..graph import InferenceGraph, Rewrites
+from .names import GRAPHS, ONNX_PRECISIONS, OPSET, PROGRAMS, STAGES
 
-OPSET = 17
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
+PRECISIONS = {name: getattr(torch, dtype) for name, dtype in ONNX_PRECISIONS.items()}
 PRECISION_OF = {v: k for k, v in PRECISIONS.items()}
-PROGRAMS = ("translate_label", "translate_reference")
-STAGES = ("trunk", "encode", "map", "decode", "decode_mix")
-GRAPHS = PROGRAMS + STAGES
 MANIFEST = "manifest.json"
 FORMAT = "bridgegan-onnx/1"
 

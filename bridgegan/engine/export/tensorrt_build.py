@@ -31,9 +31,9 @@ from pathlib import Path
 from ... import __version__
 from ...files import write_file_atomic
 from ..backends import BackendUnavailable
+from .names import TENSORRT_PRECISIONS as PRECISIONS
 from .onnx_export import io_spec, load_onnx
 
-PRECISIONS = ("fp32", "fp16", "bf16")
 TRT_EXTRA = "pip install 'bridgegan[tensorrt]'"
 TIMING_CACHE = "timing.cache"
 

@@ -1,0 +1,10 @@
+"""What can be exported: the ONNX graphs, opset and precisions, the TensorRT plan
+precisions. Torch-free, so that `bridgegan export --help` lists them without importing
+the exporters."""
+
+OPSET = 17
+PROGRAMS = ("translate_label", "translate_reference")
+STAGES = ("trunk", "encode", "map", "decode", "decode_mix")
+GRAPHS = PROGRAMS + STAGES
+ONNX_PRECISIONS = {"fp32": "float32", "fp16": "float16"}  # name -> torch dtype name
+TENSORRT_PRECISIONS = ("fp32", "fp16", "bf16")
