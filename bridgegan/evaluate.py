@@ -204,9 +204,9 @@ def format_report(report: dict) -> str:
 
 def _sources(data: str, size: int, attributes, split: str, n: int, seed: int):
     """The first ``n`` items (images, labels) and the true-edit renderer when the data has one."""
-    from .reference.data import make_dataset
+    from .reference.data import dataset_options, make_dataset
 
-    ds = make_dataset(data, size, attributes, split=split, **({"seed": seed} if data.startswith("synthetic") else {}))
+    ds = make_dataset(data, size, attributes, split=split, **dataset_options(data, seed=seed))
     n = min(n, len(ds))
     xs, ys = zip(*(ds[i] for i in range(n)))
     truth = None
@@ -220,9 +220,9 @@ def run_train_classifier(args) -> int:
     """`bridgegan train-classifier`."""
     import json
 
-    from .reference.data import make_dataset
+    from .reference.data import dataset_options, make_dataset
 
-    kw = {"seed": args.seed} if args.data.startswith("synthetic") else {}
+    kw = dataset_options(args.data, seed=args.seed)
     train = make_dataset(args.data, args.resolution, args.attributes, split="train", **kw)
     val = make_dataset(args.data, args.resolution, args.attributes, split="val", **kw)
     model, report = train_classifier(train, val, steps=args.steps, batch=args.batch, lr=args.lr,

@@ -15,7 +15,9 @@ from bridgegan.reference.data import (
     PROCEDURAL_ATTRIBUTES,
     CelebA,
     ImageFolderDataset,
+    SPEC_FORMS,
     ProceduralFaces,
+    dataset_options,
     make_dataset,
     procedural_batch,
     save_grid,
@@ -432,6 +434,15 @@ def test_make_dataset(celeba_root, folder_root):
     for bad in ("imagenet", "synthetic:abc", "synthetic:0", "celeba:", "celeba", "folder", ""):
         with pytest.raises(ValueError, match="accepted forms: synthetic, synthetic:COUNT"):
             make_dataset(bad, 64)
+
+
+def test_dataset_options_are_those_of_the_kind(celeba_root, folder_root):
+    assert dataset_options("synthetic:8", seed=3, split_mode="index") == {"seed": 3}
+    assert dataset_options(f"celeba:{celeba_root[0]}", seed=3, split_mode="index") == {
+        "split_mode": "index"}
+    assert dataset_options(f"folder:{folder_root}", seed=3, split_mode="index") == {}
+    with pytest.raises(ValueError, match="accepted forms: " + ", ".join(SPEC_FORMS)):
+        dataset_options("imagenet", seed=3)
 
 
 def test_save_grid(tmp_path):
