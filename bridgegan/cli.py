@@ -1,63 +1,36 @@
-"""The `bridgegan` command. Each subcommand's work lives in the module named for it;
-this file only parses arguments and dispatches (imports stay lazy so --help is fast)."""
+"""The `bridgegan` command: one table, COMMANDS, of each command's name, help, the
+function adding its options and the "module:function" that runs it. Building the parser
+imports no torch (`--help` stays fast): the option functions live in torch-free modules,
+and a command's module is imported when it runs. A new command is one row in COMMANDS."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from . import threads
 from .argtypes import positive_int
+from .engine import backend_names
+from .engine.export import cli as export_cli
+from .reference import train_cli
+from .reference.data import registry as data_registry
+from .serve import cli as serve_cli
 
 
-def _info(args: argparse.Namespace) -> int:
-    from .reference import BridgeGAN, BridgeGANConfig
-    from .reference.checkpoint import read_config
+@dataclass(frozen=True)
+class Command:
+    """``options`` adds the command's options to its parser; ``run`` names the function
+    ("module:function", module relative to this package) called with the parsed args."""
 
-    cfg = read_config(args.checkpoint) if args.checkpoint else BridgeGANConfig.preset(args.resolution)
-    model = BridgeGAN(cfg)
-    print(cfg.to_json())
-    for name in ("generator", "encoder", "mapping", "discriminator"):
-        n = sum(p.numel() for p in getattr(model, name).parameters())
-        print(f"{name:14s} {n:>12,d} parameters")
-    return 0
+    name: str
+    help: str
+    options: Callable[[argparse.ArgumentParser], None]
+    run: str
 
 
-def _parity(args: argparse.Namespace) -> int:
-    if not (args.ops or args.backends):
-        args.ops = args.backends = True
-    status = 0
-    if args.ops:
-        from .kernels.parity import main as ops_main
-
-        argv = (["--device", args.device] if args.device else [])
-        argv += ["--json", args.json + ".ops.json"] if args.json else []
-        status |= ops_main(argv)
-    if args.backends:
-        from .engine.parity import main as backends_main
-
-        status |= backends_main(args)
-    return status
-
-
-def _lazy(module: str, func: str):
-    def run(args: argparse.Namespace) -> int:
-        import importlib
-
-        return getattr(importlib.import_module(module, __package__), func)(args)
-
-    return run
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="bridgegan",
-        description="BridgeGAN multi-attribute face editing: reference model, fused kernels, "
-                    "inference engine.",
-    )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    p = sub.add_parser("demo", help="the main job: translate procedural faces with the shipped "
-                                    "model and write one grid PNG")
+def _demo_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", help="checkpoint folder (default: the shipped model)")
     p.add_argument("--input", nargs="+", help="source images (default: procedural faces)")
     p.add_argument("--out", default="bridgegan-demo", help="output folder (default: %(default)s)")
@@ -69,10 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bench", action="store_true", help="also print the throughput of the "
                                                        "backends that run here")
     threads.add_option(p)
-    p.set_defaults(func=_lazy(".demo", "run"))
 
-    p = sub.add_parser("translate", help="edit images by attribute (label-based) and/or copy "
-                                         "attributes from reference images")
+
+def _translate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="checkpoint folder")
     p.add_argument("--input", nargs="+", required=True, help="source image files")
     p.add_argument("--set", action="append", metavar="NAME=0|1",
@@ -84,16 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="noise samples per label edit (>= 1)")
     p.add_argument("--strength", type=float, default=1.5, help="edit strength (d scale)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--backend", default="torch",
-                   help="reference, torch, triton, compile (default: %(default)s)")
+    backend_names.add_option(p)
     p.add_argument("--dtype", default="float32", help="float32, fp16, bf16 or auto")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--out", required=True, help="output folder")
     threads.add_option(p)
-    p.set_defaults(func=_lazy(".engine.commands", "translate"))
 
-    p = sub.add_parser("bench", help="throughput / latency matrix of backend x dtype x batch x "
-                                     "resolution x workload; CSV, JSON and a PNG plot")
+
+def _bench_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variants", default="reference:float32,torch:float32,torch:bf16:cl",
                    help="comma list of backend:dtype[:cl][:graphs] (default: %(default)s)")
     p.add_argument("--batches", default="1,8", help="comma list (default: %(default)s)")
@@ -107,10 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-seconds", type=float, default=0.0, help="time each row at least this long")
     p.add_argument("--out", default="bench-results", help="output folder (default: %(default)s)")
     threads.add_option(p)
-    p.set_defaults(func=_lazy(".engine.commands", "bench"))
 
-    p = sub.add_parser("parity", help="check kernels (--ops) and backends (--backends) against "
-                                      "a float64 reference; exit status 1 when any fails")
+
+def _parity_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ops", action="store_true", help="the fused SPADE / instance-norm kernels")
     p.add_argument("--backends", action="store_true", help="every available engine backend")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
@@ -118,17 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="backend parity model size (default: the paper's 128)")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--json", help="write rows to this path (.ops.json for the kernels)")
-    p.set_defaults(func=_parity)
 
-    p = sub.add_parser("train", help="train BridgeGAN (procedural faces, CelebA or a folder)")
-    from .reference.train_cli import add_arguments
 
-    add_arguments(p)
-    p.set_defaults(func=_lazy(".reference.train_cli", "run"))
-
-    p = sub.add_parser("train-classifier", help="train the attribute classifier that `eval` "
-                                                "uses to judge edits")
-    p.add_argument("--data", default="synthetic", help="synthetic[:COUNT], celeba:PATH or folder:PATH")
+def _classifier_options(p: argparse.ArgumentParser) -> None:
+    data_registry.add_option(p, "images and labels to learn")
     p.add_argument("--attributes", default=None, help="preset or comma list (default: the dataset's)")
     p.add_argument("--resolution", type=int, default=64, help="image size (default: 64)")
     p.add_argument("--steps", type=int, default=1500, help="Adam steps (default: 1500)")
@@ -139,13 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     p.add_argument("--out", required=True, help="output folder")
     threads.add_option(p)
-    p.set_defaults(func=_lazy(".evaluate", "run_train_classifier"))
 
-    p = sub.add_parser("eval", help="edit accuracy, preservation, reconstruction PSNR / SSIM "
-                                    "and diversity of a checkpoint")
+
+def _eval_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="checkpoint folder to judge")
     p.add_argument("--classifier", required=True, help="folder written by train-classifier")
-    p.add_argument("--data", default="synthetic", help="synthetic[:COUNT], celeba:PATH or folder:PATH")
+    data_registry.add_option(p, "source images")
     p.add_argument("--split", default="test", help="dataset split of the sources (default: test)")
     p.add_argument("--n", type=int, default=200, help="number of source images (default: 200)")
     p.add_argument("--seed", type=int, default=0,
@@ -153,36 +114,72 @@ def build_parser() -> argparse.ArgumentParser:
                         "training never saw)")
     p.add_argument("--strength", type=float, default=1.5,
                    help="edit strength, the scale of d (default: 1.5, the official test's)")
-    p.add_argument("--backend", default="torch", help="engine backend (default: torch)")
+    backend_names.add_option(p)
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     p.add_argument("--json", help="also write the metrics here")
     threads.add_option(p)
-    p.set_defaults(func=_lazy(".evaluate", "run_eval"))
 
-    from .engine.export.cli import register as register_export
 
-    register_export(sub)
-    from .serve.cli import register as register_serve
-
-    register_serve(sub)
-
-    p = sub.add_parser("info", help="print a configuration and its parameter counts")
+def _info_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", help="checkpoint folder (default: the paper configuration)")
     p.add_argument("--resolution", type=int, default=128, choices=(64, 128, 256))
-    p.set_defaults(func=_info)
+
+
+COMMANDS = (
+    Command("demo", "the main job: translate procedural faces with the shipped model and "
+                    "write one grid PNG", _demo_options, ".demo:run"),
+    Command("translate", "edit images by attribute (label-based) and/or copy attributes from "
+                         "reference images", _translate_options, ".engine.commands:translate"),
+    Command("bench", "throughput / latency matrix of backend x dtype x batch x resolution x "
+                     "workload; CSV, JSON and a PNG plot", _bench_options,
+            ".engine.commands:bench"),
+    Command("parity", "check kernels (--ops) and backends (--backends) against a float64 "
+                      "reference; exit status 1 when any fails", _parity_options, ".parity:run"),
+    Command("train", "train BridgeGAN (procedural faces, CelebA or a folder)",
+            train_cli.add_arguments, ".reference.train_cli:run"),
+    Command("train-classifier", "train the attribute classifier that `eval` uses to judge "
+                                "edits", _classifier_options, ".evaluate:run_train_classifier"),
+    Command("eval", "edit accuracy, preservation, reconstruction PSNR / SSIM and diversity of "
+                    "a checkpoint", _eval_options, ".evaluate:run_eval"),
+    Command("export", "export ONNX graphs, build TensorRT plans, write a Triton Inference "
+                      "Server model repository", export_cli.add_arguments,
+            ".engine.export.cli:run"),
+    Command("serve", "serve the engine on Triton Inference Server (PyTriton, dynamic "
+                     "batching), or write / serve a python-backend model repository; needs "
+                     "bridgegan[serve]", serve_cli.add_arguments, ".serve.cli:run"),
+    Command("info", "print a configuration and its parameter counts", _info_options,
+            ".reference.info:run"),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bridgegan",
+        description="BridgeGAN multi-attribute face editing: reference model, fused kernels, "
+                    "inference engine.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for command in COMMANDS:
+        command.options(sub.add_parser(command.name, help=command.help))
     return parser
+
+
+def _run(name: str, args: argparse.Namespace) -> int:
+    """Import the module of command ``name`` and run it."""
+    module, _, func = next(c.run for c in COMMANDS if c.name == name).partition(":")
+    return getattr(importlib.import_module(module, __package__), func)(args)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
+    if args.command is None:
         parser.print_help()
         return 0
     if hasattr(args, "threads"):
         threads.apply(args.threads)
     try:
-        return int(args.func(args) or 0)
+        return int(_run(args.command, args) or 0)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"bridgegan {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -29,6 +29,43 @@ def test_help_lists_the_commands(capsys):
         assert cmd in out
 
 
+def test_help_imports_no_torch():
+    """Building the parser and every command's --help (export's targets too) import no
+    torch; in a fresh interpreter, so that other tests' imports do not count."""
+    code = """if True:
+        import argparse, contextlib, io, sys
+        from bridgegan.cli import build_parser, main
+
+        def commands(parser, argv=()):
+            yield list(argv)
+            for action in parser._actions:
+                if isinstance(action, argparse._SubParsersAction):
+                    for name, sub in action.choices.items():
+                        yield from commands(sub, (*argv, name))
+
+        assert "torch" not in sys.modules
+        for argv in commands(build_parser()):
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+                main([*argv, "--help"])
+            assert "torch" not in sys.modules, argv
+        print(len(list(commands(build_parser()))))
+    """
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert int(out.stdout) > 10  # the top level, each command, each export target
+
+
+def test_engine_backend_option_lists_every_backend(capsys):
+    from bridgegan.engine import BACKENDS
+
+    for command in ("translate", "eval", "serve"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        out = " ".join(capsys.readouterr().out.split())
+        assert all(name in out for name in BACKENDS), command
+
+
 def test_demo_end_to_end(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path), "--samples", "2", "--bench"]) == 0
     out = capsys.readouterr().out

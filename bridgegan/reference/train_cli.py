@@ -15,7 +15,8 @@ from pathlib import Path
 
 from .. import threads
 from ..files import check_writable_folder
-from .noise_memory import MODES as NOISE_MODES
+from .data import registry as data_registry
+from .noise_modes import MODES as NOISE_MODES
 
 # Options that define the architecture (None = not given).
 _ARCH_OPTIONS = {
@@ -53,10 +54,7 @@ _WEIGHT_OPTIONS = {
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Add the training options to ``p``."""
     g = p.add_argument_group("data")
-    g.add_argument("--data", default="synthetic",
-                   help="training data: 'synthetic' or 'synthetic:COUNT' (procedural faces), "
-                        "'celeba:PATH' (CelebA in its original layout), 'folder:PATH' "
-                        "(PATH/attributes.csv + images) (default: synthetic)")
+    data_registry.add_option(g, "training data")
     g.add_argument("--attributes", default=None,
                    help="attribute preset (bridgegan, stargan, attgan) or comma-separated "
                         "CelebA names (default: the dataset's default list)")
@@ -143,7 +141,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                    help="training precision: float32, or float64 for numerical reference runs "
                         "(slow; e.g. checking DDP against one process) (default: float32)")
-    g.add_argument("--backend", choices=("nccl", "gloo"), default=None,
+    g.add_argument("--dist-backend", choices=("nccl", "gloo"), default=None,
                    help="torch.distributed backend under torchrun (default: nccl on cuda, gloo on cpu)")
     threads.add_option(g)
     g.add_argument("--deterministic", action="store_true",
@@ -203,9 +201,9 @@ def _train_config(args: argparse.Namespace, base: dict | None):
 
 
 def _make_datasets(args, size: int, attributes):
-    from .data import make_dataset
+    from .data import dataset_options, make_dataset
 
-    kw = {"split_mode": args.split_mode} if args.data.strip().lower().startswith("celeba") else {}
+    kw = dataset_options(args.data, split_mode=args.split_mode)
     train = make_dataset(args.data, size, attributes, split="train", **kw)
     samples = None
     try:
@@ -223,6 +221,7 @@ def run(args: argparse.Namespace) -> int:
 
     from . import distributed
     from .checkpoint import CheckpointError, read_config
+    from .info import parameter_counts
     from .trainer import STATE_JSON, Trainer, latest_checkpoint, read_train_state
 
     if args.deterministic:
@@ -232,7 +231,7 @@ def run(args: argparse.Namespace) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda but CUDA is not available", file=sys.stderr)
         return 2
-    info = distributed.init_from_env(args.device, args.backend)
+    info = distributed.init_from_env(args.device, args.dist_backend)
     try:
         out = Path(args.out)
         for folder in (out, out / "checkpoints", out / "samples"):  # before any work
@@ -271,8 +270,7 @@ def run(args: argparse.Namespace) -> int:
         if resume is not None:
             trainer.load(resume)
         if info.is_main:
-            n = {k: sum(p.numel() for p in getattr(trainer.model, k).parameters())
-                 for k in ("generator", "encoder", "mapping", "discriminator")}
+            n = parameter_counts(trainer.model)
             where = f"{info.world_size} processes" if info.enabled else "1 process"
             print(f"bridgegan train: {len(train_set)} images ({args.data}), "
                   f"{model_cfg.image_size}px, {model_cfg.n_attrs} attributes, {where} on "

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from ..engine import backend_names
 
-def _serve(args: argparse.Namespace) -> int:
+
+def run(args: argparse.Namespace) -> int:
+    """Serve, write or run a model repository, as the options say."""
     if not args.write_repository:
         from .process import ports_in_use
 
@@ -44,13 +47,10 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub) -> None:
-    """Add the `serve` command to an argparse subparsers object."""
-    p = sub.add_parser("serve", help="serve the engine on Triton Inference Server (PyTriton, "
-                                     "dynamic batching), or write / serve a python-backend "
-                                     "model repository; needs bridgegan[serve]")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Add the serving options to ``p``."""
     p.add_argument("--checkpoint", help="checkpoint folder to serve")
-    p.add_argument("--backend", default="torch", help="engine backend (default: %(default)s)")
+    backend_names.add_option(p)
     p.add_argument("--dtype", default="float32", help="float32, fp16, bf16 or auto")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--max-batch", type=int, default=64, help="largest batch Triton forms and "
@@ -71,4 +71,3 @@ def register(sub) -> None:
                         "exit (--device cuda: GPU instances)")
     p.add_argument("--repository", metavar="DIR",
                    help="run PyTriton's bundled tritonserver, plain, on this model repository")
-    p.set_defaults(func=_serve)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import tensorrt_build
-from .onnx_export import GRAPHS, OPSET, PRECISIONS
+from .names import GRAPHS, ONNX_PRECISIONS, OPSET, TENSORRT_PRECISIONS
 
 
 def _onnx(args: argparse.Namespace) -> int:
@@ -52,34 +51,38 @@ def _triton(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub) -> None:
-    """Add the `export` command and its targets to an argparse subparsers object."""
-    p = sub.add_parser("export", help="export ONNX graphs, build TensorRT plans, write a "
-                                      "Triton Inference Server model repository")
+def run(args: argparse.Namespace) -> int:
+    """Export to the target given on the command line."""
+    return args.target_func(args)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Add the export targets and their options to ``p``."""
     targets = p.add_subparsers(dest="target", metavar="TARGET", required=True)
 
     t = targets.add_parser("onnx", help="the inference graph as ONNX (whole programs and "
                                         "stages, fp32 and fp16) plus manifest.json")
     t.add_argument("checkpoint", help="checkpoint folder")
     t.add_argument("out", help="export folder (new, empty, or an export of this checkpoint)")
-    t.add_argument("--precision", nargs="+", choices=list(PRECISIONS), default=list(PRECISIONS))
+    t.add_argument("--precision", nargs="+", choices=list(ONNX_PRECISIONS),
+                   default=list(ONNX_PRECISIONS))
     t.add_argument("--graphs", nargs="+", choices=GRAPHS, default=list(GRAPHS))
     t.add_argument("--opset", type=int, default=OPSET, help="%(default)s or newer")
     t.add_argument("--expect-config", metavar="CONFIG_JSON",
                    help="refuse a checkpoint whose configuration differs from this config.json")
-    t.set_defaults(func=_onnx)
+    t.set_defaults(target_func=_onnx)
 
     t = targets.add_parser("tensorrt", help="a TensorRT plan (+ JSON sidecar) from an ONNX "
                                             "graph; needs TensorRT 10 and a CUDA device")
     t.add_argument("onnx", help="an ONNX file from `bridgegan export onnx` (float32 variant)")
     t.add_argument("out", help="plan file to write (the sidecar is OUT.json)")
-    t.add_argument("--precision", choices=tensorrt_build.PRECISIONS, default="fp16")
+    t.add_argument("--precision", choices=TENSORRT_PRECISIONS, default="fp16")
     t.add_argument("--min-batch", type=int, default=1)
     t.add_argument("--opt-batch", type=int, default=8)
     t.add_argument("--max-batch", type=int, default=64)
     t.add_argument("--workspace-gb", type=float, default=4.0)
     t.add_argument("--timing-cache", help="timing cache file (default: timing.cache beside OUT)")
-    t.set_defaults(func=_tensorrt)
+    t.set_defaults(target_func=_tensorrt)
 
     t = targets.add_parser("triton-repo", help="a Triton model repository serving "
                                                "translate_label and translate_reference")
@@ -87,11 +90,11 @@ def register(sub) -> None:
     t.add_argument("dir", help="model repository folder")
     t.add_argument("--plan", action="append", help="a TensorRT plan replacing the ONNX model of "
                                                    "the graph its sidecar names (repeatable)")
-    t.add_argument("--precision", choices=list(PRECISIONS), default="fp32",
+    t.add_argument("--precision", choices=list(ONNX_PRECISIONS), default="fp32",
                    help="ONNX variant to serve (default: %(default)s)")
     t.add_argument("--onnx-dir", help="export folder to take the graphs from or export into "
                                       "(default: the export cache)")
     t.add_argument("--max-batch", type=int, default=64)
     t.add_argument("--preferred-batch", type=int, nargs="+", default=[4, 8, 16, 32])
     t.add_argument("--queue-delay-us", type=int, default=1000)
-    t.set_defaults(func=_triton)
+    t.set_defaults(target_func=_triton)

@@ -1,0 +1,23 @@
+"""`bridgegan parity`: the fused kernels' check (``kernels.parity``) and the engine
+backends' check (``engine.parity``), one exit status (1 when any row fails)."""
+from __future__ import annotations
+
+import argparse
+
+
+def run(args: argparse.Namespace) -> int:
+    """Both checks, or those ``args.ops`` / ``args.backends`` select."""
+    if not (args.ops or args.backends):
+        args.ops = args.backends = True
+    status = 0
+    if args.ops:
+        from .kernels.parity import main as ops_main
+
+        argv = (["--device", args.device] if args.device else [])
+        argv += ["--json", args.json + ".ops.json"] if args.json else []
+        status |= ops_main(argv)
+    if args.backends:
+        from .engine.parity import main as backends_main
+
+        status |= backends_main(args)
+    return status
