@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from bridgegan.reference import load_checkpoint
-from bridgegan.reference.checkpoint import read_tensors
+from bridgegan.reference.checkpoint import read_config, read_tensors
 from bridgegan.reference.data import make_dataset
 from bridgegan.reference.train_data import ResumableBatchSampler, epoch_order
 from bridgegan.reference.trainer import (STATE_JSON, STATE_TENSORS, TrainConfig, Trainer,
@@ -152,6 +152,39 @@ def test_paired_loss_needs_data_that_renders_the_true_edit(faces):
     cfg = train_config(weights={"paired": 1.0})
     with pytest.raises(ValueError, match="render the true edit"):
         Trainer(tiny(faces), cfg, NoRender(), progress=False)
+
+
+def test_init_from_starts_from_the_weights_of_an_fp16_inference_checkpoint(tmp_path):
+    """--init-from: the run starts at step 0 from a checkpoint's weights (raw and EMA), with
+    the architecture read from it; with --resume auto finding a checkpoint it is ignored."""
+    from bridgegan.cli import main
+    from bridgegan.reference import load_checkpoint, save_checkpoint
+
+    args = ["train", "--data", "synthetic:24", "--batch", "8", "--n-d", "1", "--workers", "0",
+            "--log-every", "0", "--sample-every", "0", "--ckpt-every", "0", "--no-progress",
+            "--d-attr-warmup", "0"]
+    first = tmp_path / "first"
+    assert main([*args, "--resolution", "32", "--g-width", "8", "--e-width", "4",
+                 "--e-blocks", "1", "--latent-channels", "8", "--spade-hidden", "16",
+                 "--mapping-channels", "16", "--noise-dim", "8", "--d-width", "4",
+                 "--d-downs", "3", "--steps", "2", "--out", str(first)]) == 0
+    shipped = save_checkpoint(tmp_path / "shipped", load_checkpoint(latest_checkpoint(first)),
+                              dtype=torch.float16)
+    second = tmp_path / "second"
+    t = Trainer(read_config(shipped), train_config(), make_dataset("synthetic:24", SIZE),
+                progress=False)
+    t.init_weights(shipped)
+    want = load_checkpoint(shipped)
+    assert t.step == 0 and all(torch.equal(a, b) for a, b in zip(
+        t.model.state_dict().values(), want.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(t.ema.generator.parameters(),
+                                                 want.generator.parameters()))
+    assert main([*args, "--init-from", str(shipped), "--steps", "1", "--out", str(second)]) == 0
+    assert json.loads((latest_checkpoint(second) / STATE_JSON).read_text())["step"] == 1
+    assert main([*args, "--init-from", str(tmp_path / "missing"), "--resume", "auto",
+                 "--steps", "2", "--out", str(second)]) == 0  # resumed: init ignored
+    assert main([*args, "--init-from", str(shipped), "--resume", str(latest_checkpoint(second)),
+                 "--steps", "3", "--out", str(second)]) == 2
 
 
 def test_reconstruction_loss_decreases_on_procedural_faces():

@@ -115,6 +115,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--resume", default=None,
                    help="checkpoint folder to resume from, or 'auto' for the latest checkpoint "
                         "under --out (starts fresh when there is none)")
+    g.add_argument("--init-from", default=None, metavar="CKPT",
+                   help="start from the weights of this checkpoint folder (an inference "
+                        "checkpoint, e.g. bridgegan/assets/default, will do) with fresh "
+                        "optimisers at step 0; ignored when --resume auto finds a checkpoint")
     g.add_argument("--ckpt-every", type=int, default=None,
                    help="checkpoint every N generator steps, 0 = only at the end (default: 1000)")
     g.add_argument("--keep-checkpoints", type=int, default=None,
@@ -244,10 +248,16 @@ def run(args: argparse.Namespace) -> int:
             if not (resume / STATE_JSON).is_file():
                 raise CheckpointError(f"--resume {resume}: no training checkpoint there "
                                       f"(expected {STATE_JSON})")
+        if args.init_from and args.resume and args.resume != "auto":
+            raise ValueError("give --resume (continue a run) or --init-from (start from "
+                             "weights), not both")
+        init = Path(args.init_from) if args.init_from and resume is None else None
         base_train, ckpt_cfg = None, None
         if resume is not None:
             ckpt_cfg = read_config(resume)
             base_train = read_train_state(resume)["train_config"]
+        elif init is not None:
+            ckpt_cfg = read_config(init)
         if ckpt_cfg is not None and not _arch_given(args):
             model_cfg = ckpt_cfg
         else:
@@ -269,6 +279,8 @@ def run(args: argparse.Namespace) -> int:
                           sample_set=sample_set, progress=not args.no_progress)
         if resume is not None:
             trainer.load(resume)
+        elif init is not None:
+            trainer.init_weights(init)
         if info.is_main:
             n = parameter_counts(trainer.model)
             where = f"{info.world_size} processes" if info.enabled else "1 process"
@@ -278,6 +290,8 @@ def run(args: argparse.Namespace) -> int:
                   f"M {n['mapping']:,} D {n['discriminator']:,}", file=sys.stderr)
             if resume is not None:
                 print(f"resumed from {resume} at step {trainer.step}", file=sys.stderr)
+            elif init is not None:
+                print(f"started from the weights of {init}", file=sys.stderr)
             out.mkdir(parents=True, exist_ok=True)
             (out / "run.json").write_text(json.dumps(
                 {"argv": sys.argv, "model_config": model_cfg.to_dict(),

@@ -42,8 +42,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..files import remove_stale, write_file_atomic
 from .attributes import apply_edits
-from .checkpoint import (CONFIG_FILE, CheckpointError, load_state, read_config, read_tensors,
-                         save_checkpoint)
+from .checkpoint import (CONFIG_FILE, CheckpointError, load_checkpoint, load_state, read_config,
+                         read_tensors, save_checkpoint)
 from .config import BridgeGANConfig
 from .distributed import DistInfo, all_gather_cat, all_reduce_mean, current
 from .losses import DiscriminatorObjective, GeneratorObjective, LossWeights, make_fakes
@@ -680,6 +680,17 @@ class Trainer:
         found = sorted((int(m.group(1)), p) for p in root.iterdir() if (m := _CKPT_RE.match(p.name)))
         for _, p in found[:-keep]:
             shutil.rmtree(p, ignore_errors=True)
+
+    def init_weights(self, path: str | os.PathLike) -> None:
+        """Start from the weights of checkpoint folder ``path`` (its model.safetensors: G/E/M,
+        the EMA ones for a trained checkpoint, and D), raw and EMA alike; the optimisers,
+        the noise memory and the step start afresh (fine-tuning, or continuing a shipped
+        model whose training state is gone)."""
+        source = load_checkpoint(path, expected_config=self.model_config)
+        self.model.load_state_dict(source.state_dict())
+        if self.ema is not None:
+            for name in ("generator", "encoder", "mapping"):
+                getattr(self.ema, name).load_state_dict(getattr(self.model, name).state_dict())
 
     def load(self, path: str | os.PathLike, restore_rng_states: bool = True) -> None:
         """Restore a checkpoint written by ``save`` so that training continues exactly;
