@@ -1,12 +1,13 @@
 """`bridgegan demo`: the main job on the embedded default, in one command.
 
-Loads the shipped model (``bridgegan/assets/default``) or a given checkpoint, makes source
-and reference faces from the procedural set (or takes ``--input`` images), and writes one
-grid PNG. Each row is one source: the source, its reconstruction, every attribute flipped,
-noise samples, the reference-based edit with the reference beside it, and a row of
-label-to-reference interpolation. Then it prints the throughput of the backends that run
-here. When no trained model is shipped it says so and uses seeded untrained weights, so the
-grid shows the pipeline, not edits.
+Loads the shipped model (``bridgegan/assets/default``, with its eval numbers and the
+targets it misses) or a given checkpoint, makes source and reference faces from the
+procedural set (or takes ``--input`` images), and writes one grid PNG with a caption under
+every image. Each row is one source: the source, its reconstruction, every attribute
+flipped, noise samples, the reference-based edit with the reference beside it, a region
+edit (hair colour on the left half only) and label-to-reference interpolation. ``--bench``
+also prints the throughput of the backends that run here. Without a shipped model it says
+so and uses seeded untrained weights, so the grid shows the pipeline, not edits.
 """
 from __future__ import annotations
 
