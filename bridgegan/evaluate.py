@@ -25,12 +25,11 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
-from collections.abc import Callable
 
 from .reference.attributes import apply_edits
 from .reference.classifier import AttributeClassifier, train_classifier
@@ -74,6 +73,7 @@ def missed_targets(report: dict) -> list[str]:
     """The TARGETS a report misses, as 'key value < minimum' strings (empty: all met)."""
     return [f"{k} {report.get(k)} < {v}" for k, v in TARGETS.items()
             if not (report.get(k) is not None and report[k] >= v)]
+
 
 # truth(rows, target): the sources at ``rows`` drawn with ``target`` labels (true edits).
 Truth = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
