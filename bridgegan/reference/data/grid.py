@@ -1,15 +1,16 @@
 """Write a PNG grid of [-1, 1] images (numpy + Pillow), atomically, with or without captions."""
 from __future__ import annotations
 
+import io
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from ...files import write_file_atomic
 from .image import tensor_to_uint8
 
 
@@ -52,24 +53,12 @@ def make_grid(
 
 
 def save_png(array: np.ndarray, path: str | os.PathLike) -> None:
-    """Write a uint8 (H, W, 3) array as PNG via a temporary file and os.replace."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(array).save(f, format="PNG", optimize=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """Write a uint8 (H, W, 3) array as PNG, atomically (``files.write_file_atomic``);
+    parent folders are created."""
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG", optimize=True)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    write_file_atomic(path, buf.getvalue())
 
 
 def save_grid(
