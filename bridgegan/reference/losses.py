@@ -211,8 +211,8 @@ class GeneratorObjective(nn.Module):
     paired_edit * the mean over images of that L1 over only the pixels where x_true differs
     from X_s (by more than EDIT_THRESHOLD in some channel; images without such pixels left
     out): every edit counts alike, whatever its size, while small edits (a moustache,
-    glasses) cover a few pixels and would otherwise hardly weigh. The critic is not run when the
-    adversarial and attribute weights are both 0.
+    glasses) cover a few pixels and would otherwise hardly weigh. Under DDP that mean is
+    per process. The critic is not run when the adversarial and attribute weights are 0.
     """
 
     def __init__(self, generator: nn.Module, encoder: nn.Module, mapping: nn.Module,

@@ -379,13 +379,14 @@ class Trainer:
         share = self.config.single_edits
         if not share:
             return yr
-        names, out = self.model_config.attributes, yr.clone()
-        for k in (single < share).nonzero().flatten().tolist():
-            differ = (y[k] != yr[k]).nonzero().flatten()
+        names = self.model_config.attributes
+        y_c, out, pick = y.cpu(), yr.cpu().clone(), pick.cpu()  # one transfer, not one a row
+        for k in (single.cpu() < share).nonzero().flatten().tolist():
+            differ = (y_c[k] != out[k]).nonzero().flatten()
             if differ.numel():
                 j = int(differ[min(int(pick[k] * differ.numel()), differ.numel() - 1)])
-                out[k] = apply_edits(y[k:k + 1].cpu(), names, {names[j]: int(yr[k, j])})[0]
-        return out
+                out[k] = apply_edits(y_c[k:k + 1], names, {names[j]: int(out[k, j])})[0]
+        return out.to(yr)
 
     def _refine(self):
         if not self.memory.enabled:
