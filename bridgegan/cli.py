@@ -144,8 +144,8 @@ COMMANDS = (
     Command("export", "export ONNX graphs, build TensorRT plans, write a Triton Inference "
                       "Server model repository", export_cli.add_arguments,
             ".engine.export.cli:run"),
-    Command("serve", "serve the engine on Triton Inference Server (PyTriton, dynamic "
-                     "batching), or write / serve a python-backend model repository; needs "
+    Command("serve", "serve the engine on Triton Inference Server (dynamic batching, a "
+                     "checking front), or write / serve a python-backend model repository; needs "
                      "bridgegan[serve]", serve_cli.add_arguments, ".serve.cli:run"),
     Command("info", "print a configuration and its parameter counts", _info_options,
             ".reference.info:run"),

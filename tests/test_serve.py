@@ -1,7 +1,8 @@
 """Serving: the batch runner against the engine (in process), the python-backend model
 repository (files, and its model class on a stand-in of Triton's module), then for real on
-loopback: `bridgegan serve` (PyTriton) over HTTP and gRPC, dynamic batching, bad requests,
-a bounded load, and a plain tritonserver on the python-backend repository.
+loopback: `bridgegan serve --checkpoint` over HTTP and gRPC, dynamic batching, bad
+requests, a bounded load, hostile traffic, shutdown, and `serve --repository` on a
+repository written before.
 
 The server tests need the serve extra (nvidia-pytriton, tritonclient; numpy<2), which CI's
 environment does not install: they skip there, naming the missing package."""
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import subprocess
 import sys
@@ -264,7 +266,7 @@ def server_stats(server, model: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def pytriton_server(ckpt, tmp_path_factory):
+def served(ckpt, tmp_path_factory):
     from bridgegan.serve.process import ServerProcess
 
     log = tmp_path_factory.mktemp("serve") / "serve.log"
@@ -275,9 +277,9 @@ def pytriton_server(ckpt, tmp_path_factory):
 
 @needs_serve
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
-def test_served_outputs_are_the_engines(pytriton_server, engine, protocol):
+def test_served_outputs_are_the_engines(served, engine, protocol):
     for name, inputs, want in cases(engine):
-        assert close(infer(pytriton_server, protocol, name, inputs), want), name
+        assert close(infer(served, protocol, name, inputs), want), name
 
 
 def concurrent_vs_serial(server, engine, n: int = 12) -> dict:
@@ -307,15 +309,15 @@ def concurrent_vs_serial(server, engine, n: int = 12) -> dict:
 
 
 @needs_serve
-def test_dynamic_batching(pytriton_server, engine):
-    delta = concurrent_vs_serial(pytriton_server, engine)
+def test_dynamic_batching(served, engine):
+    delta = concurrent_vs_serial(served, engine)
     assert delta["inferences"] == 12
     assert delta["executions"] < 12 and delta["batched"], delta  # batches of 2+ images ran
 
 
 @needs_serve
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
-def test_bad_requests_get_clear_errors(pytriton_server, engine, protocol):
+def test_bad_requests_get_clear_errors(served, engine, protocol):
     from tritonclient.utils import InferenceServerException
 
     x, t = images(1, 32, 9), labels(1, 6, 9)
@@ -334,10 +336,10 @@ def test_bad_requests_get_clear_errors(pytriton_server, engine, protocol):
     want = engine.translate(x, t, noise=noise(1, 9))
     for inputs, message in bad:
         with pytest.raises(InferenceServerException) as err:
-            infer(pytriton_server, protocol, "translate_label", inputs)
+            infer(served, protocol, "translate_label", inputs)
         assert message in str(err.value), str(err.value)
         assert "Traceback" not in str(err.value) and ".py" not in str(err.value)
-        assert close(infer(pytriton_server, protocol, "translate_label", good), want)
+        assert close(infer(served, protocol, "translate_label", good), want)
 
 
 def load_module():
@@ -350,10 +352,10 @@ def load_module():
 
 
 @needs_serve
-def test_bounded_load(pytriton_server):
+def test_bounded_load(served):
     load = load_module()
     for protocol in ("http", "grpc"):
-        result = load.run_load(pytriton_server.http, pytriton_server.grpc, protocol=protocol,
+        result = load.run_load(served.http, served.grpc, protocol=protocol,
                                concurrency=4, max_requests=24, duration=60)
         assert result["errors"] == 0, result["first_error"]
         assert result["requests"] == 24
@@ -361,7 +363,7 @@ def test_bounded_load(pytriton_server):
 
 def bundled_tritonserver_problem() -> str | None:
     """Why PyTriton's bundled tritonserver cannot start here, or None."""
-    from bridgegan.serve.repo_python import tritonserver_command
+    from bridgegan.serve.server import tritonserver_command
 
     with tempfile.TemporaryDirectory() as tmp:
         argv, env = tritonserver_command(tmp, tmp)
@@ -390,11 +392,6 @@ def test_plain_tritonserver_on_the_python_backend_repository(ckpt, engine, tmp_p
         for protocol in ("http", "grpc"):
             for name, inputs, want in cases(engine):
                 assert close(infer(server, protocol, name, inputs), want), (protocol, name)
-        delta = concurrent_vs_serial(server, engine)
-        assert delta["executions"] < 12 and delta["batched"], delta
-        for protocol in ("http", "grpc"):
-            invalid_batched_with_valid(server, engine, protocol)
-        hostile_requests_refused(server)
         restricted_endpoints_off(server)
 
 
@@ -432,8 +429,8 @@ def invalid_batched_with_valid(server, engine, protocol: str) -> None:
 
 @needs_serve
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
-def test_invalid_requests_fail_alone_in_their_batch(pytriton_server, engine, protocol):
-    invalid_batched_with_valid(pytriton_server, engine, protocol)
+def test_invalid_requests_fail_alone_in_their_batch(served, engine, protocol):
+    invalid_batched_with_valid(served, engine, protocol)
 
 
 def hostile_requests_refused(server) -> None:
@@ -477,23 +474,46 @@ def hostile_requests_refused(server) -> None:
     assert peak.bytes - base < MEMORY_BOUND, (base, peak.bytes)
 
 
-def restricted_endpoints_off(server) -> None:
-    """No access token on any command line of the server's tree; logging refused by the
-    front (HTTP and gRPC) and by tritonserver's private port itself."""
-    import urllib.error
-    import urllib.request
+def listening_tcp_ports(pid: int) -> set[int]:
+    """TCP ports that process ``pid`` listens on (its socket inodes in /proc/net/tcp*)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            link = os.readlink(fd)
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            inodes.add(link[8:-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
 
+
+def restricted_endpoints_off(server) -> None:
+    """No access token on any command line of the server's tree; tritonserver listens on
+    no TCP port but metrics, its unix sockets lie in a folder only this user can enter;
+    logging refused by the front (HTTP and gRPC) and by tritonserver's private socket."""
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
-    cmdlines = [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in server.pids()]
-    assert not any(b"token" in c for c in cmdlines)
-    triton = next(c for c in cmdlines if c.split(b"\0")[0].endswith(b"/tritonserver"))
-    private = int(re.search(rb"--http-port[=\0](\d+)", triton).group(1))
-    for url in (f"http://{server.http}/v2/logging", f"http://127.0.0.1:{private}/v2/logging"):
-        with pytest.raises(urllib.error.HTTPError) as err:
-            urllib.request.urlopen(url, timeout=10)
-        assert err.value.code == 403, url
+    from bridgegan.serve.process import http_get
+
+    pids = server.pids()
+    cmdlines = {pid: Path(f"/proc/{pid}/cmdline").read_bytes() for pid in pids}
+    assert not any(b"token" in c for c in cmdlines.values())
+    pid, triton = next((p, c) for p, c in cmdlines.items()
+                       if c.split(b"\0")[0].endswith(b"/tritonserver"))
+    assert listening_tcp_ports(pid) == {server.metrics_port}
+    private = Path(re.search(rb"--http-address=unix:([^\0]+)", triton).group(1).decode())
+    assert b"--grpc-address=unix:" + bytes(private.parent) in triton
+    info = private.parent.stat()
+    assert info.st_uid == os.getuid() and info.st_mode & 0o777 == 0o700, oct(info.st_mode)
+    for address in (server.http, private):
+        assert http_get(address, "/v2/logging")[0] == 403, address
     client = grpcclient.InferenceServerClient(server.grpc)
     with pytest.raises(InferenceServerException, match="logging, trace, shared memory and model "
                                                        "control are off"):
@@ -502,9 +522,9 @@ def restricted_endpoints_off(server) -> None:
 
 
 @needs_serve
-def test_hostile_requests_refused_with_bounded_memory(pytriton_server):
-    hostile_requests_refused(pytriton_server)
-    restricted_endpoints_off(pytriton_server)
+def test_hostile_requests_refused_with_bounded_memory(served):
+    hostile_requests_refused(served)
+    restricted_endpoints_off(served)
 
 
 @needs_serve

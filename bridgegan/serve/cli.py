@@ -1,5 +1,6 @@
-"""`bridgegan serve`: argument parsing; the work lives in ``server`` (PyTriton) and
-``repo_python`` (python-backend model repository), imported when the command runs."""
+"""`bridgegan serve`: argument parsing; the work lives in ``server`` (tritonserver behind
+the front) and ``repo_python`` (the python-backend model repository it serves), imported
+when the command runs."""
 from __future__ import annotations
 
 import argparse
@@ -16,35 +17,33 @@ def run(args: argparse.Namespace) -> int:
                                         args.grpc_port, "--metrics-port": args.metrics_port})
         if busy:
             raise RuntimeError(busy)
+    ports = dict(host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
+                 metrics_port=args.metrics_port, exit_timeout_secs=args.exit_timeout_secs)
     if args.repository:
-        from .repo_python import run_tritonserver
+        from .server import run_tritonserver
 
-        return run_tritonserver(args.repository, host=args.host, http_port=args.http_port,
-                                grpc_port=args.grpc_port, metrics_port=args.metrics_port,
-                                exit_timeout_secs=args.exit_timeout_secs)
+        return run_tritonserver(args.repository, **ports)
     if args.max_batch < 1:
         raise ValueError(f"--max-batch must be at least 1, got {args.max_batch}")
     if not args.checkpoint:
         raise ValueError("give --checkpoint CKPT (serve it, or write a model repository "
                          "with --write-repository) or --repository DIR")
-    if args.write_repository:
-        from .repo_python import write_python_repo
+    from .repo_python import write_python_repo
+    from .server import import_pytriton, serve_checkpoint
 
-        folders = write_python_repo(args.checkpoint, args.write_repository, args.max_batch,
-                                    args.max_queue_delay_us, args.device, args.backend,
-                                    args.dtype)
+    engine = (args.max_batch, args.max_queue_delay_us, args.device, args.backend, args.dtype)
+    if args.write_repository:
+        folders = write_python_repo(args.checkpoint, args.write_repository, *engine)
         print(f"wrote {', '.join(f.name for f in folders)} to {args.write_repository}; serve "
               f"with: tritonserver --model-repository {args.write_repository}")
         return 0
-    from ..engine import Engine
-    from .server import import_pytriton, serve
+    import torch
 
-    import_pytriton()  # before loading the model: a missing extra fails fast
-    engine = Engine.from_checkpoint(args.checkpoint, backend=args.backend, dtype=args.dtype,
-                                    device=args.device)
-    serve(engine, args.host, args.http_port, args.grpc_port, args.metrics_port, args.max_batch,
-          args.max_queue_delay_us, args.exit_timeout_secs)
-    return 0
+    from ..engine.backends import check_backend
+
+    import_pytriton()  # before writing anything: a missing extra fails fast
+    check_backend(args.backend, torch.device(args.device))  # the stubs would fail later
+    return serve_checkpoint(args.checkpoint, *engine, **ports)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -70,4 +69,5 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="write a python-backend model repository of --checkpoint to DIR and "
                         "exit (--device cuda: GPU instances)")
     p.add_argument("--repository", metavar="DIR",
-                   help="run PyTriton's bundled tritonserver, plain, on this model repository")
+                   help="serve this python-backend model repository (written by "
+                        "--write-repository) instead of --checkpoint")

@@ -1,10 +1,9 @@
 """The front that clients talk to: HTTP and gRPC on the public ports, tritonserver behind it
-on private loopback ports (PyTriton's in ``bridgegan serve``, the plain one in
-``--repository`` mode).
+on private unix sockets (``server``).
 
 Tritonserver 2.51 has no request size limits and, for an HTTP JSON request, allocates the
-size its shapes declare before checking them against the model; PyTriton answers a batch
-with one error. So the front checks each request on its own before it can join a batch:
+size its shapes declare before checking them against the model. So the front checks each
+request on its own before it reaches tritonserver:
 
 - size: an HTTP body or gRPC message larger than ``--max-batch`` rows of the largest model
   (binary: 4 bytes a value, JSON: ``JSON_BYTES_PER_VALUE``) is refused from its declared
@@ -24,14 +23,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import re
 import threading
-import urllib.request
 from collections.abc import Mapping
 
 import numpy as np
 
 from .models import MODELS, NUMPY_TYPES, ModelSpec, Port, check_request
+from .process import http_get
 
 LOG = logging.getLogger("bridgegan.serve")
 JSON_BYTES_PER_VALUE = 32  # a float32 written by json.dumps: up to 24 characters and ", "
@@ -65,12 +65,14 @@ def model_spec(config: Mapping) -> tuple[ModelSpec, int]:
             int(config["max_batch_size"]))
 
 
-def fetch_specs(http: str, models=MODELS) -> dict[str, tuple[ModelSpec, int]]:
-    """The served models' specs and max batch, read from tritonserver at ``http``."""
+def fetch_specs(http: os.PathLike, models=MODELS) -> dict[str, tuple[ModelSpec, int]]:
+    """The served models' specs and max batch, read from tritonserver's HTTP socket."""
     out = {}
     for name in models:
-        with urllib.request.urlopen(f"http://{http}/v2/models/{name}/config", timeout=10) as r:
-            out[name] = model_spec(json.load(r))
+        status, body = http_get(http, f"/v2/models/{name}/config")
+        if status != 200:
+            raise RuntimeError(f"tritonserver has no configuration of {name!r} ({status})")
+        out[name] = model_spec(json.loads(body))
     return out
 
 
@@ -183,10 +185,11 @@ def server_failure(what: str, detail: str) -> str:
 
 
 class Front:
-    """HTTP and gRPC on ``host``'s public ports in front of tritonserver on ``private_http``
-    / ``private_grpc``; runs its own event loop in a thread. A context manager."""
+    """HTTP and gRPC on ``host``'s public ports in front of tritonserver's private
+    ``private_http`` socket and ``private_grpc`` target (``server.private_sockets``); runs
+    its own event loop in a thread. A context manager."""
 
-    def __init__(self, specs: dict[str, tuple[ModelSpec, int]], private_http: str,
+    def __init__(self, specs: dict[str, tuple[ModelSpec, int]], private_http: os.PathLike,
                  private_grpc: str, host: str, http_port: int, grpc_port: int):
         self.specs, self.private_http, self.private_grpc = specs, private_http, private_grpc
         self.host, self.http_port, self.grpc_port = host, http_port, grpc_port
@@ -217,7 +220,8 @@ class Front:
         import grpc
         from aiohttp import web
 
-        self.session = aiohttp.ClientSession(f"http://{self.private_http}")
+        self.session = aiohttp.ClientSession(
+            "http://tritonserver", connector=aiohttp.UnixConnector(os.fspath(self.private_http)))
         app = web.Application(client_max_size=self.json_limit)
         app.router.add_route("*", "/{path:.*}", self._http)
         self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=GRACE_S)

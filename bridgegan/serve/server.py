@@ -1,128 +1,49 @@
-"""``bridgegan serve``: the engine behind Triton Inference Server through PyTriton.
+"""``bridgegan serve``: the tritonserver that nvidia-pytriton bundles, run plain on a
+python-backend model repository (``repo_python``), behind the front (``front``).
 
-PyTriton (``pip install 'bridgegan[serve]'``) starts the tritonserver binary it bundles
-and binds one Python function per model (``models.MODELS``) with dynamic batching: Triton
-queues requests up to ``max_queue_delay_us`` and hands the function up to ``max_batch``
-rows at once; requests batch together when they carry the same optional inputs.
-
-Clients reach tritonserver through the front (``front``), which checks each request on
-its own (size, declarations, values) before it can join a batch: PyTriton answers a batch
-with one error, so an invalid request must not get that far.
+``serve --checkpoint`` writes that repository into a private temporary folder first;
+``serve --repository DIR`` runs on one written before. tritonserver listens only on unix
+sockets in a folder of mode 0700, so no other local user can reach it past the front's
+checks (on loopback TCP ports any local user could, with no size limit); its metrics stay
+on ``--host``'s TCP port. The python backend runs the engine in its stub processes and
+answers each request of a batch on its own.
 """
 from __future__ import annotations
 
 import os
+import shlex
 import signal
+import subprocess
+import sys
 import sysconfig
-
-from .models import NUMPY_TYPES, model_specs, run_requests
+import tempfile
+from pathlib import Path
 
 EXTRA_HINT = "pip install 'bridgegan[serve]' (nvidia-pytriton 0.7 needs numpy<2; the extra pins it)"
+HTTP_SOCKET = "http.sock"
+GRPC_SOCKET = "grpc.sock"
+UNIX_PORT = 1  # tritonserver wants a port beside a unix address; gRPC appends ":<port>" to it
+SOCKET_PATH_MAX = 107  # sun_path on Linux, less the terminating NUL
 
 
 def import_pytriton():
-    """The pytriton module, or a RuntimeError naming the extra to install."""
+    """The pytriton module (it bundles tritonserver and the python-backend stubs), or a
+    RuntimeError naming the extra to install."""
     try:
-        import pytriton.triton
+        import pytriton.utils.distribution
     except ImportError as exc:
         raise RuntimeError(f"serving needs nvidia-pytriton ({exc}): {EXTRA_HINT}") from None
     return pytriton
 
 
-def prefer_own_libpython(env: dict | None = None) -> dict:
-    """Put this interpreter's LIBDIR first in LD_LIBRARY_PATH (in ``env``, default
-    os.environ): Triton's python-backend stub links libpython dynamically and would
-    otherwise pick up a system libpython of another patch version."""
-    env = os.environ if env is None else env
+def prefer_own_libpython(env: dict) -> dict:
+    """Put this interpreter's LIBDIR first in ``env``'s LD_LIBRARY_PATH: Triton's
+    python-backend stub links libpython dynamically and would otherwise pick up a system
+    libpython of another patch version."""
     libdir = sysconfig.get_config_var("LIBDIR")
     rest = [p for p in env.get("LD_LIBRARY_PATH", "").split(":") if p and p != libdir]
     env["LD_LIBRARY_PATH"] = ":".join([libdir, *rest])
     return env
-
-
-def infer_function(engine, name: str):
-    """PyTriton infer function of model ``name``: a list of requests in, one output dict
-    per request out. The front checked each request already; one that fails here (sent to
-    the private port directly) fails its batch, as PyTriton answers a batch with one error."""
-    def infer(requests):
-        results = run_requests(engine, name, [r.data for r in requests])
-        bad = [f"request {i + 1} of {len(results)}: {r}" for i, r in enumerate(results)
-               if isinstance(r, Exception)]
-        if bad:
-            raise ValueError(f"{name}: invalid input: {'; '.join(bad)}")
-        return results
-    return infer
-
-
-def serve(engine, host: str = "127.0.0.1", http_port: int = 8000, grpc_port: int = 8001,
-          metrics_port: int = 8002, max_batch: int = 64, max_queue_delay_us: int = 1000,
-          exit_timeout_secs: int = 30) -> None:
-    """Serve ``engine`` until SIGINT / SIGTERM: tritonserver (PyTriton) on private loopback
-    ports behind the front (``front``) on ``host``'s ports (loopback by default); metrics
-    on ``host``. No access token: logging, trace, shared memory and model control are off
-    (``_private_triton``), the models load from PyTriton's local model store."""
-    import_pytriton()
-    from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
-    from pytriton.triton import Triton, TritonConfig, TritonLifecyclePolicy, TritonSecurityConfig
-
-    from .front import Front, fetch_specs
-    from .process import free_ports
-
-    prefer_own_libpython()
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # startup: leave cleanly
-    private_http, private_grpc = free_ports(2)
-    config = TritonConfig(http_address="127.0.0.1", http_port=private_http,
-                          grpc_address="127.0.0.1", grpc_port=private_grpc,
-                          metrics_address=host, metrics_port=metrics_port,
-                          exit_timeout_secs=exit_timeout_secs, strict_readiness=False)
-    batching = ModelConfig(max_batch_size=max_batch, batcher=DynamicBatcher(
-        max_queue_delay_microseconds=max_queue_delay_us))
-
-    def tensors(ports):
-        return [Tensor(name=p.name, dtype=NUMPY_TYPES[p.dtype], shape=p.shape,
-                       optional=p.optional) for p in ports]
-
-    with _private_triton(Triton)(
-            config=config, security_config=TritonSecurityConfig(restricted_endpoints=[]),
-            triton_lifecycle_policy=TritonLifecyclePolicy(launch_triton_on_startup=False,
-                                                          local_model_store=True)) as triton:
-        specs = model_specs(engine.config)
-        for spec in specs.values():
-            triton.bind(model_name=spec.name, infer_func=infer_function(engine, spec.name),
-                        inputs=tensors(spec.inputs), outputs=tensors(spec.outputs),
-                        config=batching, strict=False)
-        triton.run()
-        private = f"127.0.0.1:{private_http}"
-        with Front(fetch_specs(private), private, f"127.0.0.1:{private_grpc}", host,
-                   http_port, grpc_port) as front:
-            stop_on_signals(front)
-            print(f"serving {', '.join(specs)} on http://{host}:{http_port} and grpc "
-                  f"{host}:{grpc_port} (max batch {max_batch}, queue delay "
-                  f"{max_queue_delay_us} us; attributes: {', '.join(engine.attributes)})",
-                  flush=True)
-            triton.serve()
-
-
-def _private_triton(triton_class):
-    """PyTriton's Triton class with logging, trace, shared memory and model control off
-    (``restricted_off``, added to tritonserver's arguments as they are: PyTriton's own
-    option handling splits values at white space) and without its start-up check of the
-    log level, which reads the logging endpoint. Relies on nvidia-pytriton 0.7 internals
-    (``_triton_server_config``, ``_log_level_checker``), hence the pin in the extra."""
-    class NoCheck:
-        def check(self, skip_update: bool = False) -> None:
-            pass
-
-    class Triton(triton_class):
-        def _initialize_server(self) -> None:
-            super()._initialize_server()
-            self._log_level_checker = NoCheck()
-            config, args = self._triton_server_config, self._triton_server_config.to_args_list
-            off = restricted_off()
-            config.to_args_list = lambda: [*args(), "--http-restricted-api", off,
-                                           "--grpc-restricted-protocol", off]
-
-    return Triton
 
 
 def restricted_off() -> str:
@@ -133,12 +54,90 @@ def restricted_off() -> str:
     return "logging,trace,shared-memory,model-repository:disabled\nby-bridgegan=-"
 
 
-def stop_on_signals(front) -> None:
-    """On SIGINT / SIGTERM: close the front (no new requests; those in flight finish), then
-    stop the server (KeyboardInterrupt, which PyTriton's serve loop handles)."""
-    def stop(*_):
-        front.close()
-        raise KeyboardInterrupt
+def private_sockets(folder: str | os.PathLike) -> tuple[Path, str]:
+    """tritonserver's HTTP socket path and gRPC target inside ``folder``."""
+    http, grpc = Path(folder) / HTTP_SOCKET, f"{Path(folder) / GRPC_SOCKET}:{UNIX_PORT}"
+    if len(grpc) > SOCKET_PATH_MAX:
+        raise ValueError(f"the socket path {grpc} is longer than {SOCKET_PATH_MAX} characters; "
+                         "set TMPDIR to a shorter folder")
+    return http, f"unix:{grpc}"
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, stop)
+
+def tritonserver_command(repository: str | os.PathLike, workdir: str | os.PathLike,
+                         metrics_host: str = "127.0.0.1", metrics_port: int = 8002,
+                         exit_timeout_secs: int = 30) -> tuple[list[str], dict]:
+    """argv and environment that run the bundled tritonserver, plain, on a model repository:
+    HTTP and gRPC on unix sockets in ``workdir`` (``private_sockets``), logging, trace,
+    shared memory and model control off (``restricted_off``), a backend directory under
+    ``workdir`` holding the python backend and the stub for this Python version, this
+    interpreter's libpython first on the library path and its bin folder first on PATH
+    (the stub's Python finds this environment's packages through it)."""
+    import_pytriton()
+    from pytriton.utils.distribution import get_libs_path, get_root_module_path, get_stub_path
+
+    dist = get_root_module_path() / "tritonserver"
+    backend = Path(workdir) / "backends" / "python"
+    backend.mkdir(parents=True, exist_ok=True)
+    for target in [*(dist / "backends" / "python").glob("*.*"),
+                   get_stub_path(f"{sys.version_info[0]}.{sys.version_info[1]}")]:
+        link = backend / target.name
+        if not link.exists():
+            link.symlink_to(target)
+    env = prefer_own_libpython(dict(os.environ))
+    env["LD_LIBRARY_PATH"] += ":" + str(get_libs_path())
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    http, grpc = private_sockets(workdir)
+    argv = [str(dist / "bin" / "tritonserver"), f"--model-repository={repository}",
+            f"--backend-directory={backend.parent}", f"--http-address=unix:{http}",
+            f"--http-port={UNIX_PORT}", f"--grpc-address={grpc.rsplit(':', 1)[0]}",
+            f"--grpc-port={UNIX_PORT}", f"--metrics-address={metrics_host}",
+            f"--metrics-port={metrics_port}", f"--exit-timeout-secs={exit_timeout_secs}",
+            f"--http-restricted-api={restricted_off()}",
+            f"--grpc-restricted-protocol={restricted_off()}"]
+    return argv, env
+
+
+def run_tritonserver(repository: str | os.PathLike, host: str = "127.0.0.1",
+                     http_port: int = 8000, grpc_port: int = 8001, metrics_port: int = 8002,
+                     exit_timeout_secs: int = 30) -> int:
+    """Run the bundled tritonserver on ``repository`` behind the front on ``host``'s ports
+    until SIGINT / SIGTERM or its exit; its exit status."""
+    from .front import Front, fetch_specs
+    from .models import MODELS
+    from .process import wait_ready
+
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # startup: leave cleanly
+    with tempfile.TemporaryDirectory(prefix="bridgegan-tritonserver-") as workdir:  # 0700
+        argv, env = tritonserver_command(repository, workdir, host, metrics_port,
+                                         exit_timeout_secs)
+        http, grpc = private_sockets(workdir)
+        print(shlex.join(argv), flush=True)
+        proc = subprocess.Popen(argv, env=env)
+        try:
+            wait_ready(http, MODELS, proc)
+            with Front(fetch_specs(http), http, grpc, host, http_port, grpc_port) as front:
+                def stop(sig, _):  # no new requests, then the server shuts down itself
+                    front.close()
+                    proc.send_signal(signal.SIGINT)
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    signal.signal(sig, stop)
+                print(f"serving {', '.join(MODELS)} of {repository} on http://{host}:{http_port}"
+                      f" and grpc {host}:{grpc_port}", flush=True)
+                return proc.wait()
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+                proc.wait()
+
+
+def serve_checkpoint(checkpoint: str | os.PathLike, max_batch: int, queue_delay_us: int,
+                     device: str, backend: str, dtype: str, **server) -> int:
+    """Write the python-backend repository of ``checkpoint`` into a private temporary
+    folder and run tritonserver on it (``run_tritonserver``'s keyword options)."""
+    from .repo_python import write_python_repo
+
+    with tempfile.TemporaryDirectory(prefix="bridgegan-serve-") as folder:
+        repository = Path(folder) / "models"
+        write_python_repo(checkpoint, repository, max_batch, queue_delay_us, device, backend,
+                          dtype)
+        return run_tritonserver(repository, **server)
