@@ -181,10 +181,10 @@ def run(out_dir, dry_run=False, sweep=False, parity=False, quick=False, dtypes=N
     rows: list[dict] = []
 
     if parity:
-        from bridgegan.kernels.parity import run_parity
+        from bridgegan.kernels.parity import check_ops
 
-        prow = run_parity(device=device, verbose=True, quick=quick or dry_run,
-                          impl="ref" if dry_run else None)
+        prow = check_ops(device=device, verbose=True, quick=quick or dry_run,
+                         impl="ref" if dry_run else None)
         (out / "parity.json").write_text(json.dumps(prow, indent=1))
         print(f"parity: {sum(r['ok'] for r in prow)}/{len(prow)} pass")
 

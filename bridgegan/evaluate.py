@@ -31,14 +31,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .numerics import psnr
 from .reference.attributes import apply_edits
 from .reference.classifier import AttributeClassifier, train_classifier
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per image, for images in [-1, 1] (peak-to-peak 2)."""
-    mse = (a - b).pow(2).flatten(1).mean(1)
-    return 10 * torch.log10(4.0 / mse.clamp_min(1e-12))
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from bridgegan.engine import Engine
-from bridgegan.evaluate import TARGETS, evaluate, missed_targets, psnr, ssim
+from bridgegan.evaluate import TARGETS, evaluate, missed_targets, ssim
+from bridgegan.numerics import psnr
 from bridgegan.reference import BridgeGAN
 from bridgegan.reference.attributes import apply_edits
 from bridgegan.reference.classifier import AttributeClassifier, train_classifier

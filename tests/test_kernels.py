@@ -23,7 +23,10 @@ from bridgegan.kernels import (
     triton_interpreted,
 )
 from bridgegan.kernels import norm_act
-from bridgegan.kernels.parity import compare, main as parity_main
+from bridgegan.kernels.norm_act import ACTS
+from bridgegan.kernels.parity import LAYOUTS, OPS, PARITY_DTYPES, call, make_inputs, reference64
+from bridgegan.kernels.parity import main as parity_main
+from bridgegan.numerics import dtype_name, errors, float64_call, same_nonfinite, tolerance
 
 try:
     import triton  # noqa: F401
@@ -41,65 +44,23 @@ else:
     _SKIP_REASON = ""
 requires_triton = pytest.mark.skipif(bool(_SKIP_REASON), reason=_SKIP_REASON or "n/a")
 
-# Per-dtype tolerances: relative error ||out - ref|| / ||ref|| (design.md) and max abs error
-# (outputs are O(1..8): half an ulp at 8 is 2e-3 in fp16 and 3e-2 in bf16).
-TOL = {
-    torch.float32: dict(rel=1e-5, atol=2e-5),
-    torch.float16: dict(rel=2e-3, atol=1e-2),
-    torch.bfloat16: dict(rel=1e-2, atol=6e-2),
-}
-DTYPES = list(TOL)
-LAYOUTS = ["nchw", "channels_last"]
-ACTS = ["none", "relu", "leaky_relu"]
-OPS = ["spade", "spade2c", "in"]
+SPADE, SPADE2C, IN = OPS  # SPADE2C: spade_modulate with the merged (N, 2C, H, W) gamma
 SPLIT = {"max_fused": 16, "target_programs": 16}  # forces the split (looped) path
 
 
-def _fmt(layout):
-    return torch.channels_last if layout == "channels_last" else torch.contiguous_format
-
-
 def make(op, shape, dtype=torch.float32, layout="nchw", seed=0):
-    """x and the op's other inputs, fresh and seeded."""
-    g = torch.Generator().manual_seed(seed)
-    n, c, h, w = shape
-    fmt = _fmt(layout)
-
-    def rnd(*size, scale=1.0):
-        return (scale * torch.randn(*size, generator=g) + 0.1).to(dtype).contiguous(memory_format=fmt)
-
-    x = rnd(n, c, h, w, scale=2.0)
-    if op == "spade":
-        kw = dict(gamma=rnd(n, c, h, w, scale=0.5), beta=rnd(n, c, h, w, scale=0.5))
-    elif op == "spade2c":
-        kw = dict(gamma=rnd(n, 2 * c, h, w, scale=0.5))
-    else:
-        kw = dict(weight=1 + 0.5 * torch.randn(c, generator=g), bias=0.5 * torch.randn(c, generator=g))
-    return x, kw
-
-
-def call(op, x, kw, **opts):
-    if op.startswith("spade"):
-        return spade_modulate(x, kw["gamma"], kw.get("beta"), **opts)
-    return instance_norm_act(x, kw.get("weight"), kw.get("bias"), **opts)
-
-
-def ref64(op, x, kw, act="none", eps=1e-5, negative_slope=0.2):
-    up = {k: v.double() for k, v in kw.items()}
-    return call(op, x.double(), up, act=act, eps=eps, negative_slope=negative_slope, impl="ref")
+    """x and the op's other inputs, fresh and seeded; off-centre, so that the mean matters."""
+    gen = torch.Generator().manual_seed(seed)
+    return make_inputs(op, shape, dtype, layout, "cpu", gen, x_scale=2.0, shift=0.1)
 
 
 def assert_close(out, ref, dtype):
     """Same NaN/Inf pattern as the reference, and finite values within the dtype's tolerances."""
-    o, r = out.double(), ref.double()
-    assert torch.equal(torch.isnan(o), torch.isnan(r)), "NaN pattern differs from the reference"
-    assert torch.equal(torch.isinf(o), torch.isinf(r)), "Inf pattern differs from the reference"
-    fin = torch.isfinite(r)
-    if fin.any():
-        max_abs, rel = compare(o[fin], r[fin])
-        tol = TOL[dtype]
-        assert max_abs <= tol["atol"], f"max abs err {max_abs:.3e} > {tol['atol']:.0e} ({dtype})"
-        assert rel <= tol["rel"], f"relative err {rel:.3e} > {tol['rel']:.0e} ({dtype})"
+    assert same_nonfinite(out, ref), "NaN/Inf pattern differs from the reference"
+    max_abs, rel = errors(out, ref)
+    tol = tolerance(dtype)
+    assert max_abs <= tol.op_max_abs, f"max abs err {max_abs:.3e} > {tol.op_max_abs:.0e} ({dtype})"
+    assert rel <= tol.op_rel, f"relative err {rel:.3e} > {tol.op_rel:.0e} ({dtype})"
 
 
 def assert_format(out, x, layout):
@@ -131,59 +92,59 @@ def poisoned_alloc(monkeypatch):
 @requires_triton
 @pytest.mark.parametrize("act", ACTS)
 @pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).replace("torch.", ""))
+@pytest.mark.parametrize("dtype", PARITY_DTYPES, ids=dtype_name)
 @pytest.mark.parametrize("op", OPS)
 def test_parity_fused(op, dtype, layout, act, poisoned_alloc):
     x, kw = make(op, (2, 3, 7, 5), dtype, layout, seed=hash((op, act)) % 1000)
     assert plan_launch(2, 3, 35, layout == "channels_last").path == "fused"
     out = call(op, x, kw, act=act, impl="triton")
     assert_format(out, x, layout)
-    assert_close(out, ref64(op, x, kw, act), dtype)
+    assert_close(out, reference64(op, x, kw, act), dtype)
 
 
 @requires_triton
 @pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).replace("torch.", ""))
+@pytest.mark.parametrize("dtype", PARITY_DTYPES, ids=dtype_name)
 @pytest.mark.parametrize("op", OPS)
 def test_parity_split(op, dtype, layout, poisoned_alloc):
     shape = (2, 3, 9, 7)  # 63 pixels: several tiles per chunk, a partial last tile and chunk
     plan = plan_launch(2, 3, 63, layout == "channels_last", SPLIT)
     assert plan.path == "split" and plan.n_chunks > 1 and plan.chunk > plan.block_hw
-    act = ACTS[(OPS.index(op) + DTYPES.index(dtype)) % 3]
+    act = ACTS[(OPS.index(op) + PARITY_DTYPES.index(dtype)) % 3]
     x, kw = make(op, shape, dtype, layout, seed=7)
     out = call(op, x, kw, act=act, impl="triton", config=SPLIT)
     assert_format(out, x, layout)
-    assert_close(out, ref64(op, x, kw, act), dtype)
+    assert_close(out, reference64(op, x, kw, act), dtype)
 
 
 @requires_triton
 def test_parity_split_wide_channels_last():
     # channels_last split path with several channel blocks and a partial one (C=40, block 32).
-    x, kw = make("spade", (1, 40, 6, 6), torch.float16, "channels_last", seed=3)
+    x, kw = make(SPADE, (1, 40, 6, 6), torch.float16, "channels_last", seed=3)
     cfg = {"max_fused": 64, "target_programs": 4}
     plan = plan_launch(1, 40, 36, True, cfg)
     assert plan.path == "split" and plan.block_c == 32 and plan.n_cblocks == 2
-    out = call("spade", x, kw, act="relu", impl="triton", config=cfg)
-    assert_close(out, ref64("spade", x, kw, "relu"), torch.float16)
+    out = call(SPADE, x, kw, act="relu", impl="triton", config=cfg)
+    assert_close(out, reference64(SPADE, x, kw, "relu"), torch.float16)
 
 
 @requires_triton
 @pytest.mark.parametrize("path", ["fused", "split"])
 def test_slope_and_eps_are_used(path):
     cfg = SPLIT if path == "split" else None
-    x, kw = make("spade", (2, 2, 5, 5), seed=11)
+    x, kw = make(SPADE, (2, 2, 5, 5), seed=11)
     opts = dict(act="leaky_relu", negative_slope=0.05, eps=0.5)
-    out = call("spade", x, kw, impl="triton", config=cfg, **opts)
-    assert_close(out, ref64("spade", x, kw, **opts), torch.float32)
+    out = call(SPADE, x, kw, impl="triton", config=cfg, **opts)
+    assert_close(out, reference64(SPADE, x, kw, **opts), torch.float32)
 
 
 def test_reference_matches_torch_ops():
     """The reference is the textbook definition (F.instance_norm, then modulation)."""
-    x, kw = make("spade", (2, 4, 6, 5), torch.float64, seed=5)
+    x, kw = make(SPADE, (2, 4, 6, 5), torch.float64, seed=5)
     want = torch.nn.functional.instance_norm(x, eps=1e-5) * (1 + kw["gamma"]) + kw["beta"]
-    got = call("spade", x, kw, impl="ref")
+    got = call(SPADE, x, kw, impl="ref")
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
-    x, kw = make("in", (2, 4, 6, 5), torch.float64, seed=6)
+    x, kw = make(IN, (2, 4, 6, 5), torch.float64, seed=6)
     w, b = kw["weight"].double(), kw["bias"].double()
     want = torch.nn.functional.leaky_relu(
         torch.nn.functional.instance_norm(x, weight=w, bias=b, eps=1e-5), 0.2)
@@ -192,7 +153,7 @@ def test_reference_matches_torch_ops():
 
 
 def test_merged_gamma_equals_separate():
-    x, kw = make("spade2c", (2, 3, 4, 4), seed=2)
+    x, kw = make(SPADE2C, (2, 3, 4, 4), seed=2)
     g2 = kw["gamma"]
     a = spade_modulate(x, g2, impl="ref")
     b = spade_modulate(x, g2[:, :3], g2[:, 3:], impl="ref")
@@ -218,11 +179,11 @@ EDGE_SHAPES = [
 @pytest.mark.parametrize("shape", EDGE_SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_edge_shapes(shape, layout, path, poisoned_alloc):
     cfg = SPLIT if path == "split" else None
-    for op, dtype in (("spade", torch.float32), ("in", torch.float16), ("spade2c", torch.bfloat16)):
+    for op, dtype in ((SPADE, torch.float32), (IN, torch.float16), (SPADE2C, torch.bfloat16)):
         x, kw = make(op, shape, dtype, layout, seed=sum(shape))
         out = call(op, x, kw, act="leaky_relu", impl="triton", config=cfg)
         assert out.shape == x.shape and out.dtype == dtype
-        assert_close(out, ref64(op, x, kw, "leaky_relu"), dtype)
+        assert_close(out, reference64(op, x, kw, "leaky_relu"), dtype)
 
 
 @requires_triton
@@ -250,21 +211,21 @@ def test_non_contiguous_inputs(path, poisoned_alloc):
         if name != "transposed":
             assert not x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last), name
         kw = dict(gamma=gamma, beta=beta)
-        out = call("spade", x, kw, act="relu", impl="triton", config=cfg)
-        assert_close(out, ref64("spade", x, kw, "relu"), torch.float32)
+        out = call(SPADE, x, kw, act="relu", impl="triton", config=cfg)
+        assert_close(out, reference64(SPADE, x, kw, "relu"), torch.float32)
         assert_format(out, x, layout)
         out = instance_norm_act(x, gamma[0, :, 0, 0], None, act="none", impl="triton", config=cfg)
-        assert_close(out, instance_norm_act(x.double(), gamma[0, :, 0, 0].double(), impl="ref"),
+        assert_close(out, float64_call(instance_norm_act, x, gamma[0, :, 0, 0], impl="ref"),
                      torch.float32)
 
 
 @requires_triton
 def test_maps_in_other_memory_format():
-    x, kw = make("spade", (2, 4, 5, 6), torch.float16, "channels_last", seed=4)
+    x, kw = make(SPADE, (2, 4, 5, 6), torch.float16, "channels_last", seed=4)
     kw = {k: v.contiguous() for k, v in kw.items()}  # gamma/beta NCHW, x channels_last
-    out = call("spade", x, kw, impl="triton")
+    out = call(SPADE, x, kw, impl="triton")
     assert_format(out, x, "channels_last")
-    assert_close(out, ref64("spade", x, kw), torch.float16)
+    assert_close(out, reference64(SPADE, x, kw), torch.float16)
 
 
 @requires_triton
@@ -272,15 +233,15 @@ def test_maps_in_other_memory_format():
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_out_buffer_poisoned(layout, path):
     cfg = SPLIT if path == "split" else None
-    x, kw = make("spade", (2, 3, 7, 5), torch.float16, layout, seed=8)
+    x, kw = make(SPADE, (2, 3, 7, 5), torch.float16, layout, seed=8)
     out = torch.full_like(x, float("nan"))
-    res = call("spade", x, kw, act="relu", impl="triton", out=out, config=cfg)
+    res = call(SPADE, x, kw, act="relu", impl="triton", out=out, config=cfg)
     assert res is out
     assert torch.isfinite(out).all()
-    assert_close(out, ref64("spade", x, kw, "relu"), torch.float16)
+    assert_close(out, reference64(SPADE, x, kw, "relu"), torch.float16)
     # the reference path honours out= too
     out2 = torch.full_like(x, float("nan"))
-    assert call("spade", x, kw, act="relu", impl="ref", out=out2) is out2
+    assert call(SPADE, x, kw, act="relu", impl="ref", out=out2) is out2
     assert torch.isfinite(out2).all()
 
 
@@ -297,25 +258,25 @@ def test_empty_input():
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # numpy, interpreter
 @pytest.mark.parametrize("path", ["fused", "split"])
 @pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).replace("torch.", ""))
+@pytest.mark.parametrize("dtype", PARITY_DTYPES, ids=dtype_name)
 def test_nan_inf_propagate_like_reference(dtype, layout, path):
     cfg = SPLIT if path == "split" else None
-    x, kw = make("spade", (2, 3, 5, 4), dtype, layout, seed=9)
+    x, kw = make(SPADE, (2, 3, 5, 4), dtype, layout, seed=9)
     x[0, 1, 2, 3] = float("nan")      # poisons plane (0, 1)
     x[1, 0, 0, 0] = float("inf")      # poisons plane (1, 0)
     x[1, 2, 4, 1] = float("-inf")     # poisons plane (1, 2)
     kw["gamma"][0, 0, 1, 1] = float("nan")   # one element only
     kw["beta"][1, 1, 3, 2] = float("inf")    # one element only
     for act in ACTS:
-        ref = ref64("spade", x, kw, act)
+        ref = reference64(SPADE, x, kw, act)
         assert torch.isnan(ref[0, 1]).all() and torch.isnan(ref[1, 0]).all()
-        out = call("spade", x, kw, act=act, impl="triton", config=cfg)
+        out = call(SPADE, x, kw, act=act, impl="triton", config=cfg)
         assert_close(out, ref, dtype)
         assert torch.isfinite(out[0, 2]).all()   # untouched planes stay finite
-    xi, kwi = make("in", (2, 3, 5, 4), dtype, layout, seed=10)
+    xi, kwi = make(IN, (2, 3, 5, 4), dtype, layout, seed=10)
     xi[1, 1, 0, 2] = float("nan")
-    out = call("in", xi, kwi, act="relu", impl="triton", config=cfg)
-    assert_close(out, ref64("in", xi, kwi, "relu"), dtype)
+    out = call(IN, xi, kwi, act="relu", impl="triton", config=cfg)
+    assert_close(out, reference64(IN, xi, kwi, "relu"), dtype)
     assert torch.isnan(out[1, 1]).all() and torch.isfinite(out[0]).all()
 
 
@@ -323,20 +284,20 @@ def test_nan_inf_propagate_like_reference(dtype, layout, path):
 
 
 def test_auto_falls_back_with_one_warning():
-    x, kw = make("spade", (1, 2, 3, 3), seed=12)
+    x, kw = make(SPADE, (1, 2, 3, 3), seed=12)
     norm_act._reset_fallback_warning()
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
-        outs = [call("spade", x, kw, impl="auto") for _ in range(3)]
-        outs.append(call("in", x, make("in", (1, 2, 3, 3))[1], impl="auto"))
+        outs = [call(SPADE, x, kw, impl="auto") for _ in range(3)]
+        outs.append(call(IN, x, make(IN, (1, 2, 3, 3))[1], impl="auto"))
     fallback = [w for w in rec if issubclass(w.category, KernelFallbackWarning)]
     assert len(fallback) == 1, [str(w.message) for w in rec]
     msg = str(fallback[0].message)
     assert "reference" in msg and "CUDA" in msg
-    torch.testing.assert_close(outs[0], call("spade", x, kw, impl="ref"), rtol=0, atol=0)
+    torch.testing.assert_close(outs[0], call(SPADE, x, kw, impl="ref"), rtol=0, atol=0)
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
-        call("spade", x, kw, impl="ref")
+        call(SPADE, x, kw, impl="ref")
     assert not [w for w in rec if issubclass(w.category, KernelFallbackWarning)]
 
 
@@ -344,16 +305,16 @@ def test_auto_falls_back_with_one_warning():
 def test_triton_on_cpu_needs_interpreter(monkeypatch):
     tn = norm_act._triton_module()[0]
     monkeypatch.setattr(tn, "is_interpreted", lambda: False)
-    x, kw = make("spade", (1, 2, 3, 3))
+    x, kw = make(SPADE, (1, 2, 3, 3))
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
-        call("spade", x, kw, impl="triton")
+        call(SPADE, x, kw, impl="triton")
 
 
 def test_triton_missing_is_reported(monkeypatch):
     monkeypatch.setattr(norm_act, "_TRITON", (None, "triton does not import (ImportError: x)"))
-    x, kw = make("spade", (1, 2, 3, 3))
+    x, kw = make(SPADE, (1, 2, 3, 3))
     with pytest.raises(RuntimeError, match="triton"):
-        call("spade", x, kw, impl="triton")
+        call(SPADE, x, kw, impl="triton")
 
 
 def _bad_cases():
@@ -440,7 +401,7 @@ def test_triton_grads_match_reference(op, layout):
 
 @requires_triton
 def test_triton_grad_only_for_some_inputs():
-    x, kw = make("spade", (1, 2, 3, 3), seed=16)
+    x, kw = make(SPADE, (1, 2, 3, 3), seed=16)
     g = kw["gamma"].requires_grad_()
     spade_modulate(x, g, kw["beta"], act="relu", impl="triton").sum().backward()
     assert g.grad is not None and x.grad is None
@@ -481,14 +442,14 @@ def test_reference_traces_and_auto_uses_reference_when_tracing():
         def forward(self, x, g):
             return spade_modulate(x, g, act="relu", impl="auto")
 
-    x, kw = make("spade2c", (1, 2, 4, 4), seed=17)
+    x, kw = make(SPADE2C, (1, 2, 4, 4), seed=17)
     norm_act._reset_fallback_warning()
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
         # check_trace=False: the trace checker re-runs forward outside tracing
         traced = torch.jit.trace(M(), (x, kw["gamma"]), check_trace=False)
     assert not [w for w in rec if issubclass(w.category, KernelFallbackWarning)]
-    torch.testing.assert_close(traced(x, kw["gamma"]), call("spade2c", x, kw, act="relu", impl="ref"))
+    torch.testing.assert_close(traced(x, kw["gamma"]), call(SPADE2C, x, kw, act="relu", impl="ref"))
     kinds = {n.kind() for n in traced.graph.nodes()}
     assert not any("triton" in k or "PythonOp" in k for k in kinds), kinds
 
@@ -500,7 +461,7 @@ def test_reference_exports_to_onnx(tmp_path):
         def forward(self, x, g):
             return spade_modulate(x, g, act="leaky_relu", impl="ref")
 
-    x, kw = make("spade2c", (1, 2, 4, 4), seed=18)
+    x, kw = make(SPADE2C, (1, 2, 4, 4), seed=18)
     path = tmp_path / "spade.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

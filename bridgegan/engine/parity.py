@@ -1,37 +1,24 @@
 """`bridgegan parity --backends`: every available backend against a float64 reference.
 
 The reference is the unmodified model in float64 on the same device (weights and inputs
-upcast). float32 rows pass at max abs <= 1e-4 on images (TF32 is switched off while they
-run: it is a 5e-4-class approximation, see design.md); float16 / bfloat16 rows pass at
-PSNR >= 40 dB. NaN never passes. Exit status 1 when any row fails.
+upcast). Each row passes at its dtype's end-to-end image limit in ``numerics.TOLERANCES``
+(float32: max abs; float16 / bfloat16: PSNR), with TF32 switched off while the rows run
+(it is a 5e-4-class approximation, see design.md). NaN never passes. Exit status 1 when
+any row fails.
 """
 from __future__ import annotations
 
 import argparse
 import json
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
-from ..evaluate import psnr
+from ..numerics import errors, float64_call, float64_model, no_tf32, psnr, tolerance
 from ..reference.config import BridgeGANConfig
 from ..reference.model import BridgeGAN
 from .backends import BackendUnavailable
 from .engine import Engine
-
-F32_MAX_ABS = 1e-4
-LOW_PSNR_DB = 40.0
-
-
-@contextmanager
-def no_tf32():
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def default_cases(device: torch.device) -> list[tuple[str, str, bool]]:
@@ -45,8 +32,10 @@ def default_cases(device: torch.device) -> list[tuple[str, str, bool]]:
             ("onnxruntime", "float32", False)]
 
 
-def run_parity(device: str | None = None, config: BridgeGANConfig | None = None, batch: int = 4,
-               cases=None, verbose: bool = True) -> list[dict]:
+def check_backends(device: str | None = None, config: BridgeGANConfig | None = None,
+                   batch: int = 4, cases=None, verbose: bool = True) -> list[dict]:
+    """One row per (backend, dtype, cuda_graphs) case: the engine's label-based translation
+    against the float64 reference model; a backend that cannot run here is a SKIP row."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cfg = config or BridgeGANConfig.paper()
     torch.manual_seed(0)
@@ -55,12 +44,10 @@ def run_parity(device: str | None = None, config: BridgeGANConfig | None = None,
     x = torch.rand(batch, 3, cfg.image_size, cfg.image_size, generator=gen) * 2 - 1
     ys = torch.randint(0, 2, (batch, cfg.n_attrs), generator=gen).float()
     noise = torch.randn(batch, cfg.noise_dim, generator=gen)
-    ref64 = BridgeGAN(cfg).eval()
-    ref64.load_state_dict(model.state_dict())
-    ref64 = ref64.double().to(dev)
+    ref64 = float64_model(model).to(dev)
     with torch.no_grad():
-        want = ref64.translate(x.double().to(dev), ys.double().to(dev), (1 - ys).double().to(dev),
-                               noise=noise.double().to(dev)).cpu()
+        want = float64_call(ref64.translate, x.to(dev), ys.to(dev), (1 - ys).to(dev),
+                            noise=noise.to(dev)).cpu()
     rows = []
     for backend, dtype, graphs in cases or default_cases(dev):
         name = f"{backend}-{dtype}" + ("-graphs" if graphs else "")
@@ -73,18 +60,16 @@ def run_parity(device: str | None = None, config: BridgeGANConfig | None = None,
             continue
         with no_tf32():
             out = eng.translate(x, 1 - ys, noise=noise, source=ys).cpu()
-        max_abs = (out.double() - want).abs().max().item()
-        rel = ((out.double() - want).norm() / want.norm()).item()
+        max_abs, rel = errors(out, want)
         p = psnr(out.double().flatten()[None], want.flatten()[None]).item()
-        fp32 = eng.dtype == torch.float32
-        ok = bool(torch.isfinite(out).all()) and (max_abs <= F32_MAX_ABS if fp32 else p >= LOW_PSNR_DB)
-        limit = f"max abs <= {F32_MAX_ABS:g}" if fp32 else f"PSNR >= {LOW_PSNR_DB:g} dB"
+        tol = tolerance(eng.dtype)
+        ok = bool(torch.isfinite(out).all()) and tol.image_ok(max_abs, p)
         rows.append(dict(case=name, backend=backend, dtype=dtype, cuda_graphs=graphs,
-                         max_abs=max_abs, rel=rel, psnr_db=p, limit=limit,
+                         max_abs=max_abs, rel=rel, psnr_db=p, limit=tol.image_limit,
                          status="PASS" if ok else "FAIL", device=str(dev)))
         if verbose:
             print(f"{name:28s} {'PASS' if ok else 'FAIL'}  max abs {max_abs:.3e}  rel {rel:.3e}  "
-                  f"PSNR {p:6.1f} dB  ({limit})")
+                  f"PSNR {p:6.1f} dB  ({tol.image_limit})")
     return rows
 
 
@@ -93,7 +78,7 @@ def main(args: argparse.Namespace) -> int:
     cfg = BridgeGANConfig.preset(args.resolution) if args.resolution else None
     print(f"backend parity against the float64 reference model "
           f"({(cfg or BridgeGANConfig.paper()).image_size}px, batch {args.batch})")
-    rows = run_parity(args.device, cfg, batch=args.batch)
+    rows = check_backends(args.device, cfg, batch=args.batch)
     if getattr(args, "json", None):
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return int(any(r["status"] == "FAIL" for r in rows))

@@ -6,8 +6,9 @@
 For each row the inputs are drawn fresh (seeded), the op runs in the storage dtype, and
 the float64 reference is computed from the same inputs upcast to float64. Reported: max
 abs error, relative error ||out - ref|| / ||ref||, the tolerance on the relative error
-(design.md: fp32 1e-5, fp16 2e-3, bf16 1e-2) and PASS/FAIL (a NaN/Inf where the
-reference is finite always fails). Exit status 1 when any row fails.
+(design.md's single-op row, ``numerics.TOLERANCES``), the seconds of the call (the first
+one: it includes compiling the kernel) and PASS/FAIL (a NaN/Inf where the reference is
+finite always fails). Exit status 1 when any row fails.
 
 Which implementation is checked: on a CUDA device the Triton kernels; on the CPU the
 Triton kernels in the interpreter when TRITON_INTERPRET=1 is set (before the kernels are
@@ -26,11 +27,11 @@ import warnings
 
 import torch
 
+from ..numerics import SHORT_NAMES, dtype_name, errors, float64_call, same_nonfinite, tolerance
 from . import norm_act
-from .norm_act import _reference, plan_launch
+from .norm_act import plan_launch
 
-TOLERANCES = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
-DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+PARITY_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # storage dtypes checked
 OPS = ("spade_modulate", "spade_modulate[2C]", "instance_norm_act")
 LAYOUTS = ("nchw", "channels_last")
 
@@ -54,50 +55,54 @@ GPU_CASES = [
 ]
 
 
-def _make_inputs(op, shape, dtype, layout, device, gen):
+def make_inputs(op, shape, dtype, layout, device, gen, x_scale=1.0, shift=0.0):
+    """x and the op's other inputs (gamma, beta / weight, bias), drawn from ``gen`` on the
+    device in ``layout``: x ~ x_scale * N(0, 1), maps ~ 0.5 * N(0, 1), each plus ``shift``."""
     n, c, h, w = shape
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
 
     def randn(*size, scale=1.0):  # drawn on the device: fast for the big GPU shapes
-        return (scale * torch.randn(*size, generator=gen, device=device)).to(dtype)
+        t = scale * torch.randn(*size, generator=gen, device=device) + shift
+        return t.to(dtype).contiguous(memory_format=fmt)
 
-    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
-    x = randn(n, c, h, w).contiguous(memory_format=fmt)
-    kw = {}
+    x = randn(n, c, h, w, scale=x_scale)
     if op == "spade_modulate":
-        kw["gamma"] = randn(n, c, h, w, scale=0.5).contiguous(memory_format=fmt)
-        kw["beta"] = randn(n, c, h, w, scale=0.5).contiguous(memory_format=fmt)
+        kw = dict(gamma=randn(n, c, h, w, scale=0.5), beta=randn(n, c, h, w, scale=0.5))
     elif op == "spade_modulate[2C]":
-        kw["gamma"] = randn(n, 2 * c, h, w, scale=0.5).contiguous(memory_format=fmt)
+        kw = dict(gamma=randn(n, 2 * c, h, w, scale=0.5))
     else:
-        kw["weight"] = 1 + 0.5 * torch.randn(c, generator=gen, device=device)
-        kw["bias"] = 0.5 * torch.randn(c, generator=gen, device=device)
+        kw = dict(weight=1 + 0.5 * torch.randn(c, generator=gen, device=device),
+                  bias=0.5 * torch.randn(c, generator=gen, device=device))
     return x, kw
 
 
-def _call(op, x, kw, act, impl, config):
+def call(op, x, kw, **opts):
+    """Run ``op`` (one of OPS) on make_inputs' tensors; ``opts`` go to the kernel function."""
     if op.startswith("spade_modulate"):
-        return norm_act.spade_modulate(x, kw["gamma"], kw.get("beta"), act=act, impl=impl,
-                                       config=config)
-    return norm_act.instance_norm_act(x, kw["weight"], kw["bias"], act=act, impl=impl,
-                                      config=config)
+        return norm_act.spade_modulate(x, kw["gamma"], kw.get("beta"), **opts)
+    return norm_act.instance_norm_act(x, kw.get("weight"), kw.get("bias"), **opts)
 
 
-def _ref64(x, kw, act):
-    up = {k: v.double() for k, v in kw.items()}
-    return _reference(x.double(), up.get("gamma"), up.get("beta"), up.get("weight"),
-                      up.get("bias"), act, 1e-5, 0.2)
+def reference64(op, x, kw, act="none", **opts):
+    """The op's torch reference on the inputs upcast to float64."""
+    return float64_call(call, op, x, kw, act=act, impl="ref", **opts)
 
 
-def compare(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
-    """(max abs error, ||out - ref|| / ||ref||); inf when out is non-finite where ref is not."""
-    o, r = out.double(), ref.double()
-    if bool((~torch.isfinite(o) & torch.isfinite(r)).any()):
-        return float("inf"), float("inf")
-    diff = torch.where(torch.isfinite(r), o - r, torch.zeros_like(r))
-    max_abs = diff.abs().max().item() if diff.numel() else 0.0
-    denom = r[torch.isfinite(r)].norm().item()
-    rel = diff.norm().item() / denom if denom > 0 else diff.norm().item()
-    return max_abs, rel
+def _row(op, dtype, layout, act, shape, impl, path, out, ref, device, seconds, ok=True):
+    """One table row: the errors of ``out`` against ``ref`` and the verdict (``ok`` holds
+    the row's other conditions)."""
+    max_abs, rel = errors(out, ref)
+    tol = tolerance(dtype).op_rel
+    return dict(op=op, dtype=SHORT_NAMES[dtype_name(dtype)], layout=layout,
+                act=act, shape="x".join(map(str, shape)), impl=impl, path=path, max_abs=max_abs,
+                rel_err=rel, tol=tol, ok=bool(ok and rel <= tol), device=str(device),
+                seconds=seconds)
+
+
+def _print_row(row, note=""):
+    print(f"{row['op']:<20} {row['dtype']:<5} {row['layout']:<13} {row['act']:<10} "
+          f"{row['shape']:<18} {row['impl'] + '/' + row['path']:<13} {row['max_abs']:9.2e} "
+          f"{row['rel_err']:9.2e} {row['tol']:7.0e}  {'PASS' if row['ok'] else 'FAIL'}" + note)
 
 
 def _nan_rows(device, impl, gen, verbose):
@@ -105,34 +110,25 @@ def _nan_rows(device, impl, gen, verbose):
     like the reference; checked on both kernel paths."""
     rows = []
     shape = (2, 3, 7, 5)
-    for dtype in TOLERANCES:
+    for dtype in PARITY_DTYPES:
         for layout in LAYOUTS:
             for config in (None, {"max_fused": 16, "target_programs": 16}):
-                x, kw = _make_inputs("spade_modulate", shape, dtype, layout, device, gen)
+                x, kw = make_inputs("spade_modulate", shape, dtype, layout, device, gen)
                 x[0, 1, 2, 3] = float("nan")
                 x[1, 0, 0, 0] = float("inf")
                 kw["gamma"][0, 0, 1, 1] = float("nan")
                 kw["beta"][1, 2, 3, 2] = float("-inf")
                 with warnings.catch_warnings():  # numpy under the interpreter
                     warnings.filterwarnings("ignore", "invalid value encountered", RuntimeWarning)
-                    out = _call("spade_modulate", x, kw, "relu", impl, config)
-                ref = _ref64(x, kw, "relu")
-                same = bool(torch.equal(torch.isnan(out.double()), torch.isnan(ref))
-                            and torch.equal(torch.isinf(out.double()), torch.isinf(ref)))
-                max_abs, rel = compare(out, ref)
-                tol = TOLERANCES[dtype]
-                ok = same and rel <= tol
+                    out = call("spade_modulate", x, kw, act="relu", impl=impl, config=config)
+                ref = reference64("spade_modulate", x, kw, "relu")
+                same = same_nonfinite(out, ref)
                 path = "ref" if impl == "ref" else ("split" if config else "fused")
-                row = dict(op="spade_modulate[nan]", dtype=DTYPE_NAMES[dtype], layout=layout,
-                           act="relu", shape="x".join(map(str, shape)), impl=impl, path=path,
-                           max_abs=max_abs, rel_err=rel, tol=tol, ok=ok, device=str(device),
-                           seconds=0.0)
+                row = _row("spade_modulate[nan]", dtype, layout, "relu", shape, impl, path, out,
+                           ref, device, 0.0, ok=same)
                 rows.append(row)
                 if verbose:
-                    print(f"{row['op']:<20} {row['dtype']:<5} {layout:<13} {'relu':<10} "
-                          f"{row['shape']:<18} {impl + '/' + path:<13} {max_abs:9.2e} {rel:9.2e} "
-                          f"{tol:7.0e}  {'PASS' if ok else 'FAIL'}"
-                          + ("" if same else "  (NaN/Inf pattern differs from the reference)"))
+                    _print_row(row, "" if same else "  (NaN/Inf pattern differs from the reference)")
     return rows
 
 
@@ -147,7 +143,7 @@ def _default_impl(device: torch.device) -> tuple[str, str]:
                    "TRITON_INTERPRET=1 (set before the kernels are first used)")
 
 
-def run_parity(device=None, verbose=True, quick=False, impl=None) -> list[dict]:
+def check_ops(device=None, verbose=True, quick=False, impl=None) -> list[dict]:
     """Run the parity table; returns one dict per row (see the module docstring)."""
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -165,7 +161,7 @@ def run_parity(device=None, verbose=True, quick=False, impl=None) -> list[dict]:
     rows = []
     gen = torch.Generator(device=device).manual_seed(1234)
     acts = norm_act.ACTS
-    dtypes = list(TOLERANCES)
+    dtypes = PARITY_DTYPES
     i = 0
     for k, (shape, config, mode) in enumerate(cases):
         for op in OPS:
@@ -176,31 +172,25 @@ def run_parity(device=None, verbose=True, quick=False, impl=None) -> list[dict]:
                     case_acts = acts if mode == "full" else (acts[i % len(acts)],)
                     i += 1
                     for act in case_acts:
-                        x, kw = _make_inputs(op, shape, dtype, layout, device, gen)
+                        x, kw = make_inputs(op, shape, dtype, layout, device, gen)
                         t0 = time.perf_counter()
-                        out = _call(op, x, kw, act, impl, config)
+                        out = call(op, x, kw, act=act, impl=impl, config=config)
                         if device.type == "cuda":
                             torch.cuda.synchronize(device)
                         secs = time.perf_counter() - t0
-                        max_abs, rel = compare(out, _ref64(x, kw, act))
-                        tol = TOLERANCES[dtype]
-                        ok = rel <= tol and out.dtype == x.dtype and (
-                            out.is_contiguous(memory_format=torch.channels_last)
-                            if layout == "channels_last" else out.is_contiguous())
                         path = "ref"
                         if impl == "triton":
                             n, c, h, w = shape
                             path = plan_launch(n, c, h * w, layout == "channels_last" and c > 1
                                                and h * w > 1, config).path
-                        row = dict(op=op, dtype=DTYPE_NAMES[dtype], layout=layout, act=act,
-                                   shape="x".join(map(str, shape)), impl=impl, path=path,
-                                   max_abs=max_abs, rel_err=rel, tol=tol, ok=bool(ok),
-                                   device=str(device), seconds=secs)
+                        fmt_ok = out.dtype == x.dtype and (
+                            out.is_contiguous(memory_format=torch.channels_last)
+                            if layout == "channels_last" else out.is_contiguous())
+                        row = _row(op, dtype, layout, act, shape, impl, path, out,
+                                   reference64(op, x, kw, act), device, secs, ok=fmt_ok)
                         rows.append(row)
                         if verbose:
-                            print(f"{op:<20} {row['dtype']:<5} {layout:<13} {act:<10} "
-                                  f"{row['shape']:<18} {impl + '/' + path:<13} {max_abs:9.2e} "
-                                  f"{rel:9.2e} {tol:7.0e}  {'PASS' if ok else 'FAIL'}")
+                            _print_row(row)
     rows += _nan_rows(device, impl, gen, verbose)
     if verbose:
         bad = sum(not r["ok"] for r in rows)
@@ -218,7 +208,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = p.parse_args(argv)
     try:
-        rows = run_parity(device=args.device, verbose=True, quick=args.quick, impl=args.impl)
+        rows = check_ops(device=args.device, verbose=True, quick=args.quick, impl=args.impl)
     except (RuntimeError, ValueError) as exc:
         print(f"parity: error: {exc}", file=sys.stderr)
         return 2

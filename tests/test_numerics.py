@@ -1,0 +1,34 @@
+"""The shared numerics: the tolerance table's lookup, the error measures, float64 references."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from bridgegan.numerics import errors, float64_call, float64_model, same_nonfinite, tolerance
+
+
+def test_tolerance_rows_by_dtype_or_name():
+    assert tolerance(torch.float16) is tolerance("fp16") is tolerance("half")
+    assert tolerance("bf16").op_rel == 1e-2 and tolerance(torch.float32).image_max_abs == 1e-4
+    assert tolerance("fp16").image_limit == "PSNR >= 40 dB"
+    assert not tolerance("fp16").image_ok(0.0, math.nan)
+    with pytest.raises(ValueError, match="no tolerance for dtype 'float64'; known: float32"):
+        tolerance(torch.float64)
+
+
+def test_errors_ignore_where_the_reference_is_not_finite():
+    ref = torch.tensor([1.0, float("nan"), 3.0])
+    assert errors(torch.tensor([1.0, float("nan"), 3.5]), ref) == pytest.approx((0.5, 0.5 / math.sqrt(10)))
+    assert errors(torch.tensor([1.0, 0.0, float("inf")]), ref) == (math.inf, math.inf)
+    assert same_nonfinite(torch.tensor([2.0, float("nan"), 0.0]), ref)
+    assert not same_nonfinite(torch.tensor([2.0, float("inf"), 0.0]), ref)
+
+
+def test_float64_references_upcast_floating_tensors_only():
+    lin = torch.nn.Linear(2, 2)
+    x, idx = torch.randn(3, 2), torch.tensor([0, 2])
+    assert float64_call(lambda t, i, d: (t.dtype, i.dtype, d["t"].dtype), x, idx, d={"t": x}) == (
+        torch.float64, torch.int64, torch.float64)
+    assert float64_model(lin).weight.dtype == torch.float64 and lin.weight.dtype == torch.float32
