@@ -18,8 +18,9 @@ Backends per shape:
           PyTorch SPADE layer does)
   ref     the reference path (float32 upcast torch ops; what CPU / ONNX use)
 
-Timing: triton.testing.do_bench (it clears L2 before every call), median with p20/p80,
-and the inputs are rotated over several buffer sets so no call reuses another's data.
+Timing: bridgegan.timing (CUDA events, L2 cleared before every call, >= 100 ms of calls
+after a warm-up, as triton.testing.do_bench does), median with p20/p80, and the inputs
+are rotated over several buffer sets so no call reuses another's data.
 Bytes model: ideal = read x, gamma, beta once + write out once = 4 * N*C*H*W * itemsize;
 GB/s = ideal / time; share = GB/s over a device-to-device copy measured in the same run
 (bytes read + written). Targets: >= 80% of copy bandwidth, >= 2.5x over eager.
@@ -35,7 +36,6 @@ import csv
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,6 +47,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from bridgegan.engine.bench import environment  # noqa: E402
 from bridgegan.kernels import norm_act  # noqa: E402
+from bridgegan.timing import copy_bandwidth, p50_p20_p80, time_calls  # noqa: E402
 
 IMAGE_RES = 128
 BATCH = 64
@@ -82,31 +83,19 @@ def _env():
     return environment(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
 
 
-def _quantiles_cpu(fn, reps):
-    fn()
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        ts.append((time.perf_counter() - t0) * 1e3)
-    ts.sort()
-
-    def q(p):
-        return ts[min(len(ts) - 1, int(round(p * (len(ts) - 1))))]
-
-    return q(0.5), q(0.2), q(0.8)
-
-
-def _timer(device, quick):
+def _timing(device, quick):
+    """time_calls settings. On the GPU about triton.testing.do_bench's budget (a warm-up,
+    then >= 100 ms of calls, 40 ms when quick, the L2 flushed before each); on the CPU a
+    few calls after one warm-up."""
     if device.type == "cuda":
-        import triton.testing
+        return dict(warmup=10 if quick else 25, reps=10, min_seconds=0.04 if quick else 0.1,
+                    flush_l2=True)
+    return dict(warmup=1, reps=3 if quick else 7)
 
-        def timed(fn):
-            res = triton.testing.do_bench(fn, warmup=10 if quick else 25, rep=40 if quick else 100,
-                                          quantiles=[0.5, 0.2, 0.8])
-            return tuple(float(v) for v in res)
-        return timed
-    return lambda fn: _quantiles_cpu(fn, 3 if quick else 7)
+
+def _ms(fn, device, timing):
+    """(p50, p20, p80) milliseconds of ``fn()``."""
+    return tuple(1e3 * t for t in p50_p20_p80(time_calls(fn, device, **timing)))
 
 
 def _rotating(sets):
@@ -120,14 +109,6 @@ def _rotating(sets):
             return fn(*s)
         return call
     return wrap
-
-
-def measure_copy_bandwidth(device, timed, nbytes):
-    src = torch.empty(nbytes // 2, dtype=torch.float16, device=device).normal_()
-    dst = torch.empty_like(src)
-    p50, p20, p80 = timed(lambda: dst.copy_(src))
-    moved = 2 * src.numel() * src.element_size()
-    return {"p50": moved / p50 / 1e6, "p20": moved / p80 / 1e6, "p80": moved / p20 / 1e6}
 
 
 def _eager(x, g, b):
@@ -147,9 +128,9 @@ TUNE = [  # (C, H, layout, configs) compared with --tune, interleaved, each time
 
 def tune(rounds=2):
     """Time launch-config candidates at the shapes listed in TUNE (GPU only)."""
-    import triton.testing
-
-    gen = torch.Generator(device="cuda").manual_seed(0)
+    device = torch.device("cuda")
+    timing = _timing(device, quick=False)
+    gen = torch.Generator(device=device).manual_seed(0)
     for dname in ("fp16", "bf16"):
         for c, h, layout, cfgs in TUNE:
             fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
@@ -161,7 +142,7 @@ def tune(rounds=2):
                 for i, cfg in enumerate(cfgs):
                     fn = rot(lambda x, g, b, cfg=cfg: norm_act.spade_modulate(
                         x, g, b, act="relu", impl="triton", config=cfg or None))
-                    res[i].append(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
+                    res[i].append(_ms(fn, device, timing)[0])
             for i, cfg in enumerate(cfgs):
                 p = norm_act.plan_launch(BATCH, c, h * h, layout == "channels_last", cfg or None)
                 print(f"tune {dname} {layout:<13} C={c:<3} {h:>3}: {str(cfg):<40} "
@@ -188,13 +169,13 @@ def run(out_dir, dry_run=False, sweep=False, parity=False, quick=False, dtypes=N
         (out / "parity.json").write_text(json.dumps(prow, indent=1))
         print(f"parity: {sum(r['ok'] for r in prow)}/{len(prow)} pass")
 
-    timed = _timer(device, quick or dry_run)
-    quick_timed = _timer(device, True)
+    timing, quick_timing = _timing(device, quick or dry_run), _timing(device, True)
     batch = 2 if dry_run else BATCH
     impl = "ref" if dry_run else "triton"
     layers = [((max(1, c // 16), max(2, h // 8)), k) for (c, h), k in _unique_layers()] if dry_run \
         else _unique_layers()
-    copy_bw = measure_copy_bandwidth(device, timed, (1 << 20) * (8 if dry_run else 1024))
+    copy_bw = {k: v / 1e9 for k, v in copy_bandwidth(
+        device, (1 << 20) * (8 if dry_run else 1024), **timing).items()}
     print(f"device {env['device']}: copy bandwidth {copy_bw['p50']:.0f} GB/s (read+write)")
     base = dict(batch=batch, device=env["device"], torch=env["torch"], triton=env["triton"],
                 commit=env["commit"], date=env["date"])
@@ -239,7 +220,8 @@ def run(out_dir, dry_run=False, sweep=False, parity=False, quick=False, dtypes=N
                 for name, (fn, path) in backends.items():
                     with torch.no_grad():
                         try:
-                            times[name] = (quick_timed if name.startswith("triton[") else timed)(fn)
+                            times[name] = _ms(fn, device, quick_timing if name.startswith("triton[")
+                                             else timing)
                         except Exception as exc:  # a sweep variant that does not compile
                             print(f"  {name}: failed: {type(exc).__name__}: {exc}")
                             continue

@@ -15,6 +15,7 @@ from bridgegan.engine import Engine, InferenceGraph
 from bridgegan.engine.bench import environment
 from bridgegan.kernels import spade_modulate
 from bridgegan.reference import BridgeGAN, BridgeGANConfig
+from bridgegan.timing import synchronize
 
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")
@@ -24,8 +25,7 @@ BATCH = 64 if CUDA else 2
 
 
 def _sync():
-    if CUDA:
-        torch.cuda.synchronize()
+    synchronize(DEVICE)
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,6 @@ import os
 import platform
 import resource
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +27,7 @@ import torch
 
 from ..reference.config import BridgeGANConfig
 from ..reference.model import BridgeGAN
+from ..timing import time_calls
 from . import roofline
 from .backends import BackendUnavailable
 from .engine import Engine, resolve_dtype
@@ -81,29 +81,6 @@ def environment(device: torch.device) -> dict:
             else f"{platform.processor() or platform.machine()} x{torch.get_num_threads()} threads")
     return {"device": name, "torch": torch.__version__, "triton": triton_version,
             "commit": commit or "unknown", "date": dt.date.today().isoformat()}
-
-
-def time_call(fn, device: torch.device, warmup: int, reps: int, min_seconds: float = 0.0) -> list[float]:
-    """Latencies in ms of ``fn()`` after ``warmup`` calls (CUDA events on GPU)."""
-    for _ in range(warmup):
-        fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    times: list[float] = []
-    start_all = time.perf_counter()
-    while len(times) < reps or time.perf_counter() - start_all < min_seconds:
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return times
 
 
 def _peak_mb(device: torch.device) -> float:
@@ -188,7 +165,7 @@ def run_matrix(variants: list[Variant], batches: list[int], resolutions: list[in
                     if dev.type == "cuda":
                         torch.cuda.reset_peak_memory_stats(dev)
                     try:
-                        ms = time_call(fn, dev, warmup, reps, min_seconds)
+                        ms = [1e3 * t for t in time_calls(fn, dev, warmup, reps, min_seconds)]
                     except torch.OutOfMemoryError:
                         bar.write(f"skip {v.name} {workload} b{batch}: out of memory")
                         bar.update()

@@ -10,11 +10,10 @@ every weight of G, E and M read once.
 """
 from __future__ import annotations
 
-import time
-
 import torch
 
 from ..reference.config import BridgeGANConfig
+from ..timing import copy_bandwidth, p50_p20_p80, time_calls
 
 
 def _conv(cin: int, cout: int, k: int, size: int) -> int:
@@ -105,34 +104,16 @@ def min_bytes(cfg: BridgeGANConfig, batch: int, itemsize: int, inputs_per_image:
     return batch * (inputs_per_image + 1) * image + weight_bytes(cfg, itemsize)
 
 
-def _median_seconds(fn, device: torch.device, reps: int) -> float:
-    fn()
-    times = []
-    for _ in range(reps):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
-
-
 def measure_peaks(device: torch.device, dtype: torch.dtype, quick: bool = False) -> dict:
-    """Measured matrix-product FLOP/s in ``dtype`` and copy bandwidth (bytes read+written)."""
+    """Measured matrix-product FLOP/s in ``dtype`` and copy bandwidth (bytes read+written),
+    each the median of ``reps`` calls after one warm-up."""
     n = 8192 if device.type == "cuda" and not quick else (512 if quick else 2048)
+    reps = 5 if quick else 10
     gen = torch.Generator(device=device).manual_seed(0)
     a = torch.randn(n, n, device=device, generator=gen).to(dtype)
     b = torch.randn(n, n, device=device, generator=gen).to(dtype)
-    t_mm = _median_seconds(lambda: a @ b, device, 5 if quick else 10)
-    elems = (1 << 28 if device.type == "cuda" else 1 << 25) >> (4 if quick else 0)
-    src = torch.randn(elems, device=device, generator=gen)
-    dst = torch.empty_like(src)
-    t_copy = _median_seconds(lambda: dst.copy_(src), device, 5 if quick else 10)
+    t_mm = p50_p20_p80(time_calls(lambda: a @ b, device, warmup=1, reps=reps))[0]
+    nbytes = (1 << 30 if device.type == "cuda" else 1 << 27) >> (4 if quick else 0)
+    copy = copy_bandwidth(device, nbytes, warmup=1, reps=reps)
     return {"matmul_flops": 2 * n ** 3 / t_mm, "matmul_dtype": str(dtype).replace("torch.", ""),
-            "copy_bytes_per_s": 2 * src.numel() * src.element_size() / t_copy}
+            "copy_bytes_per_s": copy["p50"]}

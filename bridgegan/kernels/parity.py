@@ -22,12 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 import warnings
 
 import torch
 
 from ..numerics import SHORT_NAMES, dtype_name, errors, float64_call, same_nonfinite, tolerance
+from ..timing import time_calls
 from . import norm_act
 from .norm_act import plan_launch
 
@@ -173,11 +173,10 @@ def check_ops(device=None, verbose=True, quick=False, impl=None) -> list[dict]:
                     i += 1
                     for act in case_acts:
                         x, kw = make_inputs(op, shape, dtype, layout, device, gen)
-                        t0 = time.perf_counter()
-                        out = call(op, x, kw, act=act, impl=impl, config=config)
-                        if device.type == "cuda":
-                            torch.cuda.synchronize(device)
-                        secs = time.perf_counter() - t0
+                        outs = []
+                        [secs] = time_calls(lambda: outs.append(call(
+                            op, x, kw, act=act, impl=impl, config=config)), device)
+                        out = outs[0]
                         path = "ref"
                         if impl == "triton":
                             n, c, h, w = shape

@@ -1,0 +1,22 @@
+"""The one timer and the copy-bandwidth probe (CPU path; CUDA events run in the GPU check)."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from bridgegan.timing import copy_bandwidth, p50_p20_p80, time_calls
+
+
+def test_time_calls_counts_warmup_reps_and_min_seconds():
+    calls = []
+    times = time_calls(lambda: calls.append(time.sleep(0.001)), "cpu", warmup=2, reps=3)
+    assert len(times) == 3 and len(calls) == 5 and all(t >= 0.001 for t in times)
+    times = time_calls(lambda: time.sleep(0.001), "cpu", reps=1, min_seconds=0.02)
+    assert len(times) >= 10
+
+
+def test_copy_bandwidth_quantiles_are_ordered():
+    bw = copy_bandwidth("cpu", 1 << 20, warmup=1, reps=5)
+    assert 0 < bw["p20"] <= bw["p50"] <= bw["p80"]
+    assert p50_p20_p80([3.0, 1.0, 2.0]) == pytest.approx((2.0, 1.4, 2.6))
