@@ -305,14 +305,15 @@ def test_threads_get_the_serial_results(model):
 
 def test_stateful_backends_run_one_call_at_a_time(model, monkeypatch):
     """Backends with shared state (compiled code, CUDA graphs) must never see two calls at
-    once; the engine serialises whole calls for them."""
+    once; the engine serialises whole calls for those the registry marks."""
     import time
     from dataclasses import replace
 
-    from bridgegan.engine import engine as engine_module
+    from bridgegan.engine import backends
+    from bridgegan.engine.backends import torch as torch_backend
 
     active, peak = [0], [0]
-    real_build = engine_module.build_stages
+    real_build = torch_backend.build
 
     def build(*args, **kw):
         st = real_build(*args, **kw)
@@ -326,9 +327,11 @@ def test_stateful_backends_run_one_call_at_a_time(model, monkeypatch):
             finally:
                 active[0] -= 1
 
-        return replace(st, trunk=trunk, stateful=True)
+        return replace(st, trunk=trunk)
 
-    monkeypatch.setattr(engine_module, "build_stages", build)
+    monkeypatch.setattr(torch_backend, "build", build)
+    monkeypatch.setitem(backends.REGISTRY, "torch", replace(backends.REGISTRY["torch"],
+                                                            serialised=True))
     eng = Engine(model)
     cfg = model.config
     xs = [images(1, cfg.image_size, 40 + i) for i in range(6)]

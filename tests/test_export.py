@@ -24,9 +24,9 @@ ort = pytest.importorskip("onnxruntime")
 
 from bridgegan.engine.export.onnx_export import (GRAPHS, PROGRAMS, OnnxFileError,  # noqa: E402
                                                  export_model, export_onnx)
-from bridgegan.engine.export.tensorrt_build import build_config, import_tensorrt  # noqa: E402
-from bridgegan.engine.export.trt_runtime import (PlanMismatch, check_sidecar,  # noqa: E402
-                                                 sidecar_problems)
+from bridgegan.engine.export.tensorrt_build import (PlanMismatch, build_config,  # noqa: E402
+                                                    check_sidecar, import_tensorrt,
+                                                    sidecar_problems)
 from bridgegan.engine.export.triton_repo import write_triton_repo  # noqa: E402
 
 ATOL = 1e-4  # design.md: end-to-end float32 images, max abs
@@ -240,7 +240,7 @@ def test_tensorrt_missing_names_the_extra(model, exported, tmp_path, capsys):
                     reason="needs tensorrt (TensorRT 10) and a CUDA device")
 def test_tensorrt_plan_matches_the_reference(model, exported, tmp_path):
     from bridgegan.engine.export.tensorrt_build import build_plan
-    from bridgegan.engine.export.trt_runtime import TrtPlan
+    from bridgegan.engine.backends.tensorrt import TrtPlan
 
     plan = build_plan(build_config(exported / "translate_label.onnx", "fp32", (1, 2, 4)),
                       tmp_path / "label.plan")

@@ -26,7 +26,7 @@ from ..reference.checkpoint import load_checkpoint
 from ..reference.config import BridgeGANConfig
 from ..reference.layers import LatentMix
 from ..reference.model import DEFAULT_STRENGTH, BridgeGAN
-from .backends import BACKENDS, build_stages
+from .backends import REGISTRY, check_backend
 from .cudagraphs import CudaGraphed
 from .graph import Rewrites
 from .io import Images, as_batch
@@ -125,38 +125,42 @@ class EditStrip:
 
 
 class Engine:
+    """``backend``: a name of ``backends.REGISTRY``, or "auto" for the fastest measured
+    backend that runs on ``device`` at ``dtype``; ``self.backend`` is the resolved name."""
+
     def __init__(self, model: BridgeGAN, backend: str = "torch", dtype: str | torch.dtype = "float32",
                  device: str | torch.device = "cpu", channels_last: bool | None = None,
                  cuda_graphs: bool | None = None, rewrites: Rewrites | None = None,
                  onnx_dir: str | Path | None = None):
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown backend {backend!r}; backends are {', '.join(BACKENDS)}")
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("device 'cuda' requested but torch sees no CUDA device")
         self.config: BridgeGANConfig = model.config
-        self.backend = backend
         self.dtype = resolve_dtype(dtype, self.device)
+        spec = check_backend(backend, self.device, self.dtype)
+        self.backend = spec.name
         if channels_last is None:
             channels_last = self.device.type == "cuda" or self.dtype != torch.float32
         self.channels_last = channels_last
         self.rewrites = rewrites or Rewrites()
-        if cuda_graphs and backend in ("onnxruntime", "tensorrt"):
-            raise ValueError(f"cuda_graphs applies to the torch backends, not {backend!r}")
+        if cuda_graphs and not spec.cuda_graphs:
+            capturable = ", ".join(b.name for b in REGISTRY.values() if b.cuda_graphs)
+            raise ValueError(f"cuda_graphs applies to the backends {capturable}, not "
+                             f"{spec.name!r}")
         if cuda_graphs and self.device.type != "cuda":
             raise ValueError("cuda_graphs needs device='cuda'")
         if cuda_graphs is None:
-            cuda_graphs = self.device.type == "cuda" and backend in ("torch", "triton", "compile")
+            cuda_graphs = self.device.type == "cuda" and spec.graphs_by_default
         self.cuda_graphs = cuda_graphs
-        self.stages = build_stages(model, backend, self.rewrites, self.dtype, self.device,
-                                   channels_last, onnx_dir)
+        self.stages = spec.build(model, self.rewrites, self.dtype, self.device, channels_last,
+                                 onnx_dir)
         self.classifier = copy.deepcopy(model.discriminator).to(self.device).float().eval()
         self._label = CudaGraphed(self._label_program) if cuda_graphs else self._label_program
         self._reference = (CudaGraphed(self._reference_program) if cuda_graphs
                            else self._reference_program)
         # Calls that share state (compiled code, CUDA-graph buffers and captures, which must
         # not meet other work on the device) run one at a time, whole.
-        self._lock = threading.RLock() if self.stages.stateful or cuda_graphs else nullcontext()
+        self._lock = threading.RLock() if spec.must_serialise() or cuda_graphs else nullcontext()
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, backend: str = "torch",

@@ -1,4 +1,4 @@
-"""ONNX export of the rewritten inference graph, and the engine's ``onnxruntime`` backend.
+"""ONNX export of the rewritten inference graph.
 
 ``bridgegan export onnx CKPT OUT`` traces the :class:`~bridgegan.engine.graph.InferenceGraph`
 (every rewrite) through the reference ops (``impl="ref"``, never a Triton kernel) with
@@ -14,8 +14,7 @@ Graphs. Whole programs, for deployment (Triton server, TensorRT):
 (N, A) is computed by the caller (labels, attribute conflict rules and the strength stay
 in Python), ``noise`` is (N, noise_dim) N(0, 1). Averaging several references happens in
 the latent code, so it needs the stage graphs, which the engine's ``onnxruntime`` and
-``tensorrt`` backends compose exactly as they compose the torch stages (trunk reuse in
-edit strips, several references, interpolation) with no special case in the engine:
+``tensorrt`` backends run (``engine.backends``):
 
 - ``trunk(image) -> h``, ``encode(image, d) -> s``, ``map(noise, d) -> s``,
   ``decode(h, s) -> output``, and ``decode_mix(h, s, s2, alpha) -> output`` (SPADE-level
@@ -48,7 +47,7 @@ import json
 import os
 import shutil
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -61,9 +60,9 @@ from ...reference.checkpoint import CheckpointError, load_checkpoint
 from ...reference.config import BridgeGANConfig
 from ...reference.layers import LatentMix
 from ...reference.model import BridgeGAN
-from ..backends import BackendUnavailable, Stages
+from ..backends.base import BackendUnavailable
 from ..graph import InferenceGraph, Rewrites
-from .names import GRAPHS, ONNX_PRECISIONS, OPSET, PROGRAMS, STAGES
+from .names import GRAPHS, ONNX_PRECISIONS, OPSET, PROGRAMS
 
 PRECISIONS = {name: getattr(torch, dtype) for name, dtype in ONNX_PRECISIONS.items()}
 PRECISION_OF = {v: k for k, v in PRECISIONS.items()}
@@ -411,67 +410,3 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike,
     """``bridgegan export onnx``: export checkpoint folder ``checkpoint`` into ``out``."""
     return export_model(load_checkpoint(checkpoint, expected_config), out, graphs, precisions,
                         opset=opset)
-
-
-# ----------------------------------------------------------------------------- engine backend
-
-def exported_stages(graphs: Mapping[str, Callable], stateful: bool = False) -> Stages:
-    """Engine stages over the stage graphs; each callable takes the graph's inputs as
-    tensors, in order, and returns its outputs."""
-    def stage(name: str):
-        return lambda *args: graphs[name](*args)[0]
-
-    decode, mix = stage("decode"), stage("decode_mix")
-
-    def decode_any(h: torch.Tensor, s) -> torch.Tensor:
-        if not isinstance(s, LatentMix):
-            return decode(h, s)
-        if len(s.codes) != 2:
-            raise ValueError(f"exported graphs blend two codes (decode_mix), got {len(s.codes)}")
-        a, b = (torch.as_tensor(w, dtype=torch.float32, device=h.device).expand(h.shape[0])
-                for w in s.weights)
-        if not torch.allclose(a + b, torch.ones_like(a)):
-            raise ValueError("exported graphs blend two codes with weights summing to 1")
-        return mix(h, *s.codes, a)
-
-    return Stages(stage("trunk"), stage("encode"), stage("map"), decode_any, stateful)
-
-
-class OrtGraph:
-    """An ONNX file in an onnxruntime session (CPU, or CUDA for a CUDA ``device``), called
-    with torch tensors in the graph's input order; returns float32 tensors on ``device``."""
-
-    def __init__(self, path: str | os.PathLike, device: torch.device):
-        import onnxruntime as ort
-
-        providers = ["CPUExecutionProvider"]
-        if device.type == "cuda":
-            if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise BackendUnavailable("this onnxruntime has no CUDAExecutionProvider: "
-                                         "pip install onnxruntime-gpu, or use device='cpu'")
-            providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
-        options = ort.SessionOptions()
-        # no busy-waiting threads between runs: torch work (D, glue) runs in between
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=providers)
-        except Exception as exc:  # onnxruntime raises its own pybind exception types
-            raise OnnxFileError(f"onnxruntime cannot load {path}: {exc}") from None
-        self.inputs = [i.name for i in self.session.get_inputs()]
-        self.device = device
-
-    def __call__(self, *args: torch.Tensor) -> list[torch.Tensor]:
-        feeds = {n: a.detach().to("cpu", torch.float32).contiguous().numpy()
-                 for n, a in zip(self.inputs, args)}
-        return [torch.from_numpy(o).to(self.device) for o in self.session.run(None, feeds)]
-
-
-def ort_stages(model: BridgeGAN, rewrites: Rewrites, dtype: torch.dtype, device: torch.device,
-               onnx_dir: str | os.PathLike | None = None) -> Stages:
-    """The ``onnxruntime`` backend: the stage graphs of ``model`` (exported into
-    ``onnx_dir``, by default the cache folder of the model's export key) in sessions."""
-    precision = PRECISION_OF.get(dtype)
-    if precision is None:
-        raise ValueError(f"backend 'onnxruntime' runs float32 or float16 graphs, got {dtype}")
-    folder = export_model(model, onnx_dir, STAGES, (precision,), rewrites)
-    return exported_stages({n: OrtGraph(folder / file_name(n, precision), device) for n in STAGES})

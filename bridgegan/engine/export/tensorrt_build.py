@@ -14,7 +14,9 @@ parser with native instance norm, pinned layers get ``precision`` and output typ
 float32, the profile, a timing cache file loaded and saved) and writes the plan with a
 JSON sidecar ``<plan>.json``: TensorRT version, GPU name, compute capability, precision,
 profile, pinned layers, the source graph and its sha256. Plans only run on the GPU and
-TensorRT version they were built with; the runtime (``trt_runtime``) checks the sidecar.
+TensorRT version they were built with: :func:`read_sidecar` and :func:`check_sidecar`
+(:func:`sidecar_problems` is the pure check) tell, for the engine's ``tensorrt`` backend
+(``engine.backends.tensorrt``, which runs plans) and the Triton model repository.
 
 Build from the float32 graphs: the flag chooses the reduced precision, TensorRT picks
 per layer, and the pinned layers stay float32.
@@ -25,17 +27,23 @@ import dataclasses
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from ... import __version__
 from ...files import write_file_atomic
-from ..backends import BackendUnavailable
+from ..backends.base import BackendUnavailable
 from .names import TENSORRT_PRECISIONS as PRECISIONS
 from .onnx_export import io_spec, load_onnx
 
 TRT_EXTRA = "pip install 'bridgegan[tensorrt]'"
 TIMING_CACHE = "timing.cache"
+MATCH_KEYS = ("tensorrt_version", "gpu_name", "compute_capability")
+
+
+class PlanMismatch(RuntimeError):
+    """A plan was built for another GPU or TensorRT version."""
 
 
 @dataclass(frozen=True)
@@ -114,6 +122,31 @@ def device_info(trt) -> dict[str, str]:
 
 def sidecar_path(plan: str | os.PathLike) -> Path:
     return Path(f"{plan}.json")
+
+
+def read_sidecar(plan: str | os.PathLike) -> dict:
+    path = sidecar_path(plan)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise PlanMismatch(f"{plan} has no sidecar {path.name}: build plans with "
+                           f"`bridgegan export tensorrt`") from None
+    except ValueError as exc:
+        raise PlanMismatch(f"{path} is corrupt: {exc}") from None
+
+
+def sidecar_problems(sidecar: Mapping, here: Mapping) -> list[str]:
+    """What differs between the machine a plan was built on and ``here`` (empty: none)."""
+    return [f"{k}: plan {sidecar.get(k)!r}, here {here[k]!r}" for k in MATCH_KEYS
+            if sidecar.get(k) != here[k]]
+
+
+def check_sidecar(sidecar: Mapping, here: Mapping, plan: str | os.PathLike) -> None:
+    problems = sidecar_problems(sidecar, here)
+    if problems:
+        raise PlanMismatch(f"{plan} was built for another GPU or TensorRT version "
+                           f"({'; '.join(problems)}); plans run only where they were built: "
+                           f"rebuild it here with `bridgegan export tensorrt`")
 
 
 def _pin_float32(network, names: tuple[str, ...], trt) -> None:

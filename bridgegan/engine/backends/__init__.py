@@ -1,0 +1,139 @@
+"""Backends: how the engine's stages (trunk, encode, map, decode) are executed.
+
+One module per backend, each with a ``build(model, rewrites, dtype, device,
+channels_last, onnx_dir) -> Stages``, and one table, ``REGISTRY``, saying what each
+needs, how the engine may run it and which module builds it. A new backend is one module
+and one ``Backend`` row. ``backend="auto"`` picks the fastest measured backend that runs
+on the device (``FASTEST``).
+
+This package's ``__init__`` and ``base`` are torch-free (the command line lists the names
+without importing the engine); a backend's module is imported when it is built.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+from importlib.util import find_spec
+from typing import TYPE_CHECKING
+
+from .base import BackendUnavailable, Stages
+
+if TYPE_CHECKING:
+    import torch
+
+AUTO = "auto"
+ALL_DTYPES = ("float32", "float16", "bfloat16")
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One engine backend: what it needs, how the engine may run it, what builds it."""
+
+    name: str
+    summary: str
+    module: str  # the module of this package whose ``build`` returns its Stages
+    packages: tuple[str, ...] = ()  # the import names it needs ...
+    install: str = ""  # ... and how to install them
+    cuda: bool = False  # needs a CUDA device ...
+    triton_kernels: bool = False  # runs Triton kernels: on a CPU only in the interpreter
+    dtypes: tuple[str, ...] = ALL_DTYPES
+    cuda_graphs: bool = False  # the engine may capture its programs in CUDA graphs ...
+    graphs_by_default: bool = False  # ... and does on CUDA unless told not to
+    serialised: bool = False  # calls share state (compiled code, execution contexts)
+
+    def problem(self, device: str | torch.device, dtype: torch.dtype | None = None
+                ) -> Exception | None:
+        """Why this backend cannot run on ``device`` at ``dtype``; None when it can."""
+        if dtype is not None and str(dtype).removeprefix("torch.") not in self.dtypes:
+            return ValueError(f"backend {self.name!r} runs {' or '.join(self.dtypes)}, "
+                              f"got {dtype}")
+        missing = [p for p in self.packages if not installed(p)]
+        if missing:
+            return BackendUnavailable(f"backend {self.name!r} needs "
+                                      f"{' and '.join(self.packages)}: {self.install}")
+        interpreter = self.triton_kernels and os.environ.get("TRITON_INTERPRET") == "1"
+        if self.cuda and device_type(device) != "cuda" and not interpreter:
+            return BackendUnavailable(
+                f"backend {self.name!r} needs a CUDA device (device='cuda')" + (
+                    "; on a CPU it runs only under the Triton interpreter "
+                    "(TRITON_INTERPRET=1, slow, for testing)" if self.triton_kernels else ""))
+        return None
+
+    def must_serialise(self) -> bool:
+        """Whether the engine runs calls one at a time: shared state, or Triton kernels in
+        the interpreter (it patches module-wide state during each kernel run)."""
+        if self.serialised:
+            return True
+        if not self.triton_kernels:
+            return False
+        from ...kernels import triton_interpreted
+
+        return triton_interpreted()
+
+    def build(self, model, rewrites, dtype, device, channels_last: bool,
+              onnx_dir=None) -> Stages:
+        """This backend's stages for ``model`` (see the backend module's ``build``)."""
+        module = importlib.import_module(f".{self.module}", __package__)
+        return module.build(model, rewrites, dtype, device, channels_last, onnx_dir)
+
+
+REGISTRY: dict[str, Backend] = {b.name: b for b in (
+    Backend("reference", "the unmodified model, for comparison", "reference",
+            cuda_graphs=True),
+    Backend("torch", "the rewritten graph in PyTorch ops", "torch", cuda_graphs=True,
+            graphs_by_default=True),
+    Backend("triton", "the rewritten graph with the fused Triton SPADE / instance-norm "
+                      "kernels", "triton", packages=("triton",),
+            install="pip install 'bridgegan[triton]'", cuda=True, triton_kernels=True,
+            cuda_graphs=True, graphs_by_default=True),
+    Backend("compile", "torch.compile of the rewritten graph", "compile", cuda_graphs=True,
+            graphs_by_default=True, serialised=True),
+    Backend("onnxruntime", "the exported ONNX stage graphs in onnxruntime sessions",
+            "onnxruntime", packages=("onnx", "onnxruntime"),
+            install="pip install 'bridgegan[onnx]'", dtypes=("float32", "float16")),
+    Backend("tensorrt", "TensorRT plans built from the exported stage graphs",
+            "tensorrt", packages=("tensorrt",),
+            install="pip install 'bridgegan[tensorrt]' (TensorRT 10, on a CUDA machine)",
+            cuda=True, serialised=True),  # one execution context per plan
+)}
+BACKENDS = tuple(REGISTRY)
+
+# backend="auto": the first of these that runs here. Only measured orders:
+# - cpu: onnxruntime 4.20 img/s against torch 3.30 on the same rewritten graph (batch 8,
+#   128 px, float32, one thread; issue 14); torch 10.3 against reference 7.5 (batch 8,
+#   two threads; benchmarks/RESULTS.md).
+# - cuda: triton fp16 channels_last 5,179 img/s against torch 2,665 at batch 64 (H100,
+#   benchmarks/RESULTS.md; 5,517 with CUDA graphs). tensorrt, compile and onnxruntime
+#   were never measured on a GPU, so auto never picks them there.
+FASTEST = {"cpu": ("onnxruntime", "torch"), "cuda": ("triton", "torch")}
+
+
+def installed(package: str) -> bool:
+    """Whether ``package`` can be imported (found, not imported)."""
+    return find_spec(package) is not None
+
+
+def device_type(device: str | torch.device) -> str:
+    """"cuda" for "cuda", "cuda:1" or torch.device("cuda", 1); likewise other devices."""
+    return str(device).split(":")[0]
+
+
+def check_backend(name: str, device: str | torch.device,
+                  dtype: torch.dtype | None = None) -> Backend:
+    """The checked registry row of backend ``name``; "auto": the fastest one that runs on
+    ``device`` at ``dtype`` (see FASTEST; torch when none of them does). Raises
+    ValueError for an unknown name or a dtype the backend does not run, and
+    BackendUnavailable naming what to install or which device it needs."""
+    if name == AUTO:
+        for candidate in FASTEST.get(device_type(device), ()):
+            if REGISTRY[candidate].problem(device, dtype) is None:
+                return REGISTRY[candidate]
+        name = "torch"
+    if name not in REGISTRY:
+        raise ValueError(f"unknown backend {name!r}; backends are {AUTO}, {', '.join(BACKENDS)}")
+    problem = REGISTRY[name].problem(device, dtype)
+    if problem is not None:
+        raise problem
+    return REGISTRY[name]
+

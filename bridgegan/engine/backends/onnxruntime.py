@@ -1,0 +1,51 @@
+"""``onnxruntime``: the exported ONNX stage graphs in onnxruntime sessions (CPU, or CUDA
+for a CUDA device). The graphs are exported on first use into ``onnx_dir``, by default
+the cache folder of the model's export key (see ``export.onnx_export``)."""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from ..export.names import STAGES
+from ..export.onnx_export import PRECISION_OF, OnnxFileError, export_model, file_name
+from .base import BackendUnavailable, Stages
+from .exported import exported_stages
+
+
+class OrtGraph:
+    """An ONNX file in an onnxruntime session (CPU, or CUDA for a CUDA ``device``), called
+    with torch tensors in the graph's input order; returns float32 tensors on ``device``."""
+
+    def __init__(self, path: str | os.PathLike, device: torch.device):
+        import onnxruntime as ort
+
+        providers = ["CPUExecutionProvider"]
+        if device.type == "cuda":
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise BackendUnavailable("this onnxruntime has no CUDAExecutionProvider: "
+                                         "pip install onnxruntime-gpu, or use device='cpu'")
+            providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
+        options = ort.SessionOptions()
+        # no busy-waiting threads between runs: torch work (D, glue) runs in between
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own pybind exception types
+            raise OnnxFileError(f"onnxruntime cannot load {path}: {exc}") from None
+        self.inputs = [i.name for i in self.session.get_inputs()]
+        self.device = device
+
+    def __call__(self, *args: torch.Tensor) -> list[torch.Tensor]:
+        feeds = {n: a.detach().to("cpu", torch.float32).contiguous().numpy()
+                 for n, a in zip(self.inputs, args)}
+        return [torch.from_numpy(o).to(self.device) for o in self.session.run(None, feeds)]
+
+
+def build(model, rewrites, dtype, device, channels_last=False, onnx_dir=None) -> Stages:
+    """The stage graphs of ``model`` at ``dtype`` (float32 or float16) in sessions;
+    ``channels_last`` does not apply."""
+    precision = PRECISION_OF[dtype]
+    folder = export_model(model, onnx_dir, STAGES, (precision,), rewrites)
+    return exported_stages({n: OrtGraph(folder / file_name(n, precision), device)
+                            for n in STAGES})
