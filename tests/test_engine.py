@@ -192,6 +192,36 @@ def test_same_seed_same_images_on_every_cpu_backend(tmp_path):
         assert (out - outs["reference"]).abs().max() <= ATOL, name
 
 
+def test_auto_picks_the_fastest_installed_backend(model, monkeypatch, tmp_path):
+    """auto: onnxruntime on a CPU when installed (measured faster than torch there), torch
+    when it is not or cannot run the dtype; the outputs are the reference's."""
+    from bridgegan.engine import backends
+
+    have_ort = all(backends.installed(p) for p in ("onnx", "onnxruntime"))
+    cpu = torch.device("cpu")
+    assert backends.check_backend("auto", cpu).name == ("onnxruntime" if have_ort else "torch")
+    assert backends.check_backend("auto", cpu, torch.bfloat16).name == "torch"
+    on_gpu = backends.check_backend("auto", "cuda", torch.float16).name
+    assert on_gpu == ("triton" if backends.installed("triton") else "torch")
+    monkeypatch.setattr(backends, "installed", lambda p: p != "onnxruntime")
+    assert backends.check_backend("auto", cpu).name == "torch"
+    assert Engine(model, backend="auto").backend == "torch"
+    monkeypatch.undo()
+    if not have_ort:
+        pytest.skip("onnxruntime is not installed")
+    eng = Engine(model, backend="auto", onnx_dir=tmp_path / "onnx")
+    assert eng.backend == "onnxruntime"
+    cfg = model.config
+    x, r, ys = images(2, cfg.image_size, 50), images(2, cfg.image_size, 51), labels(2, cfg.n_attrs, 50)
+    noise = torch.randn(2, cfg.noise_dim, generator=torch.Generator().manual_seed(50))
+    with torch.no_grad():
+        lab = model.translate(x, ys, 1 - ys, noise=noise)
+        ref = model.translate_reference(x, r, ys, 1 - ys)
+    assert (eng.translate(x, 1 - ys, noise=noise, source=ys) - lab).abs().max() <= ATOL
+    out = eng.translate_reference(x, r, source=ys, reference_labels=1 - ys)
+    assert (out - ref).abs().max() <= ATOL
+
+
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])
 @pytest.mark.parametrize("size", [32, 64])
 def test_reduced_precision_psnr_against_float32(size, dtype):
