@@ -53,7 +53,7 @@ IMAGE_RES = 128
 BATCH = 64
 # (channels, spatial size) of every SPADE normalisation in G at 128x128, in order.
 GEN_LAYERS = [(256, 16), (256, 16), (256, 16), (128, 32), (128, 32), (64, 64), (64, 64), (32, 128)]
-DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+BENCH_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 LAYOUTS = ("nchw", "channels_last")
 FIELDS = ["what", "backend", "dtype", "layout", "batch", "resolution", "channels", "metric",
           "unit", "p50", "p20", "p80", "path", "ideal_bytes", "device", "torch", "triton",
@@ -131,11 +131,11 @@ def tune(rounds=2):
     device = torch.device("cuda")
     timing = _timing(device, quick=False)
     gen = torch.Generator(device=device).manual_seed(0)
-    for dname in ("fp16", "bf16"):
+    for dname, dtype in BENCH_DTYPES.items():
         for c, h, layout, cfgs in TUNE:
             fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
-            sets = [tuple((s * torch.randn(BATCH, c, h, h, device="cuda", generator=gen)).to(
-                DTYPES[dname]).contiguous(memory_format=fmt) for s in (1.0, 0.5, 0.5)) for _ in range(3)]
+            sets = [tuple((s * torch.randn(BATCH, c, h, h, device=device, generator=gen)).to(
+                dtype).contiguous(memory_format=fmt) for s in (1.0, 0.5, 0.5)) for _ in range(3)]
             rot = _rotating(sets)
             res = {i: [] for i in range(len(cfgs))}
             for _ in range(rounds):
@@ -185,8 +185,8 @@ def run(out_dir, dry_run=False, sweep=False, parity=False, quick=False, dtypes=N
     gen = torch.Generator(device=device).manual_seed(0)
     totals: dict = {}
 
-    for dname in dtypes or DTYPES:
-        dtype = DTYPES[dname]
+    for dname in dtypes or BENCH_DTYPES:
+        dtype = BENCH_DTYPES[dname]
         for layout in layouts or LAYOUTS:
             fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
             for (c, h), count in layers:
@@ -286,7 +286,7 @@ def main(argv=None) -> int:
     p.add_argument("--parity", action="store_true", help="run the kernel parity table first")
     p.add_argument("--quick", action="store_true", help="shorter timing runs")
     p.add_argument("--tune", action="store_true", help="only compare launch-config candidates (TUNE)")
-    p.add_argument("--dtype", choices=sorted(DTYPES), action="append", help="default: fp16 and bf16")
+    p.add_argument("--dtype", choices=sorted(BENCH_DTYPES), action="append", help="default: fp16 and bf16")
     p.add_argument("--layout", choices=LAYOUTS, action="append", help="default: both")
     args = p.parse_args(argv)
     if args.dry_run:
