@@ -129,12 +129,13 @@ def main(argv=None) -> int:
             w = csv.DictWriter(f, fieldnames=list(engine_rows[0]))
             w.writeheader()
             w.writerows(engine_rows)
-        from bridgegan.engine.bench import plot
+        from bridgegan.engine.bench import measured, plot
 
-        for r in engine_rows:
+        rows = measured(engine_rows)
+        for r in rows:
             r["batch"], r["resolution"] = int(r["batch"]), int(r["resolution"])
             r["images_per_s"] = float(r["images_per_s"])
-        plot(engine_rows, out / "bench.png", f"bridgegan gpu_check on {engine_rows[0]['device']}")
+        plot(rows, out / "bench.png", f"bridgegan gpu_check on {engine_rows[0]['device']}")
     if (work / "kernels" / "kernels.csv").is_file():
         shutil.copy(work / "kernels" / "kernels.csv", out / "kernels.csv")
     shutil.rmtree(work, ignore_errors=True)

@@ -9,6 +9,11 @@ measured matrix-product peak). Results go to CSV + JSON, and a PNG plot.
 Workloads: ``translate`` (label-based, the public API on device tensors), ``reference``
 (one reference per source), ``strip`` and ``strip_nocache`` (one source's edit strip with
 and without the trunk cache; its batch is the strip length).
+
+Without a variant list, a device's default table (DEFAULT_VARIANTS) is measured; on the
+CPU it holds the reference, torch, onnxruntime and compile backends side by side. A
+variant that cannot run here (a backend not installed, out of memory) is a ``skipped``
+row whose note says why.
 """
 from __future__ import annotations
 
@@ -29,14 +34,21 @@ from ..reference.config import BridgeGANConfig
 from ..reference.model import BridgeGAN
 from ..timing import time_calls
 from . import roofline
+from .backend_names import BACKENDS
 from .backends import BackendUnavailable
 from .engine import Engine, resolve_dtype
 
 FIELDS = ["what", "backend", "dtype", "batch", "resolution", "metric", "unit", "p50", "p20",
           "p80", "images_per_s", "peak_mem_mb", "vs_reference_fp32", "vs_reference_same_dtype",
-          "roofline_share", "gflop_per_image", "variant", "device", "torch", "triton",
+          "roofline_share", "gflop_per_image", "variant", "note", "device", "torch", "triton",
           "commit", "date"]
 WORKLOADS = ("translate", "reference", "strip", "strip_nocache")
+# The table measured when no variants are given, per device type. CPU: the backends side
+# by side in float32 (issue 14 item 9), then torch in bf16 channels_last (AMX CPUs).
+DEFAULT_VARIANTS = {
+    "cpu": "reference:float32,torch:float32,onnxruntime:float32,compile:float32,torch:bf16:cl",
+    "cuda": "reference:float32,torch:float32,torch:bf16:cl",
+}
 
 
 @dataclass(frozen=True)
@@ -59,7 +71,15 @@ class Variant:
         parts = text.split(":")
         if len(parts) < 2 or any(p not in ("cl", "graphs") for p in parts[2:]):
             raise ValueError(f"variant {text!r}: expected backend:dtype[:cl][:graphs]")
+        if parts[0] not in BACKENDS:
+            raise ValueError(f"variant {text!r}: unknown backend {parts[0]!r}; backends: "
+                             f"{', '.join(BACKENDS)}")
         return cls(parts[0], parts[1], "cl" in parts[2:], "graphs" in parts[2:])
+
+
+def default_variants(device: str | torch.device) -> list[Variant]:
+    """The default table of a device type (DEFAULT_VARIANTS)."""
+    return [Variant.parse(v) for v in DEFAULT_VARIANTS[torch.device(device).type].split(",")]
 
 
 def environment(device: torch.device) -> dict:
@@ -114,15 +134,22 @@ def _flops_per_image(cfg: BridgeGANConfig, workload: str, n: int) -> float:
     return roofline.workload_flops(cfg, workload)
 
 
-def run_matrix(variants: list[Variant], batches: list[int], resolutions: list[int],
+def _skipped(what: str, v: Variant, batch: int | str, res: int, why: str, env: dict) -> dict:
+    """The row of a variant (or one of its workloads) that could not be measured, and why."""
+    return dict(what=what, backend=v.backend, dtype=v.dtype, batch=batch, resolution=res,
+                metric="skipped", variant=v.name, note=why, **env)
+
+
+def run_matrix(variants: list[Variant] | None, batches: list[int], resolutions: list[int],
                workloads: list[str], device: str = "cpu", checkpoint: str | None = None,
                warmup: int = 2, reps: int = 10, min_seconds: float = 0.0, quick_peaks: bool = False,
                config_overrides: dict | None = None, progress: bool = True) -> tuple[list[dict], dict]:
-    """Measure every combination; returns (rows, peaks). Unavailable variants are reported
-    once and skipped."""
+    """Measure every combination (``variants`` None: the device's default table); returns
+    (rows, peaks). A variant that cannot run gives one ``skipped`` row per resolution."""
     from tqdm import tqdm
 
     dev = torch.device(device)
+    variants = variants or default_variants(dev)
     env = environment(dev)
     # roofline against the fastest matrix unit any variant uses (bf16 / fp16 on GPU)
     low = [v.dtype for v in variants if resolve_dtype(v.dtype, dev) != torch.float32]
@@ -150,7 +177,7 @@ def run_matrix(variants: list[Variant], batches: list[int], resolutions: list[in
                 eng = Engine(model, backend=v.backend, dtype=v.dtype, device=dev,
                              channels_last=v.channels_last, cuda_graphs=v.cuda_graphs)
             except (BackendUnavailable, RuntimeError, ValueError) as exc:
-                bar.write(f"skip {v.name}: {exc}")
+                rows.append(_skipped("all", v, "", res, str(exc), env))
                 bar.update(len(workloads) * len(batches))
                 continue
             measured = set()
@@ -167,7 +194,7 @@ def run_matrix(variants: list[Variant], batches: list[int], resolutions: list[in
                     try:
                         ms = [1e3 * t for t in time_calls(fn, dev, warmup, reps, min_seconds)]
                     except torch.OutOfMemoryError:
-                        bar.write(f"skip {v.name} {workload} b{batch}: out of memory")
+                        rows.append(_skipped(workload, v, n, res, "out of memory", env))
                         bar.update()
                         continue
                     p20, p50, p80 = np.percentile(ms, [20, 50, 80])
@@ -186,14 +213,19 @@ def run_matrix(variants: list[Variant], batches: list[int], resolutions: list[in
     return rows, peaks
 
 
+def measured(rows: list[dict]) -> list[dict]:
+    """The rows that hold a measurement (not ``skipped``)."""
+    return [r for r in rows if r["metric"] == "latency"]
+
+
 def _add_ratios(rows: list[dict]) -> None:
     def key(r):
         return (r["what"], r["batch"], r["resolution"])
 
-    ref = {(key(r), r["dtype"]): r["p50"] for r in rows
+    ref = {(key(r), r["dtype"]): r["p50"] for r in measured(rows)
            if r["backend"] == "reference" and not r["variant"].endswith("graphs")}
     fp32 = {"float32", "fp32"}
-    for r in rows:
+    for r in measured(rows):
         base = next((ref[(key(r), d)] for d in fp32 if (key(r), d) in ref), None)
         same = ref.get((key(r), r["dtype"]))
         r["vs_reference_fp32"] = round(base / r["p50"], 3) if base else ""
@@ -220,7 +252,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     groups: dict[tuple, list[dict]] = {}
-    for r in rows:
+    for r in measured(rows):
         groups.setdefault((r["what"], r["resolution"], r["variant"]), []).append(r)
     whats = sorted({(g[0], g[1]) for g in groups})
     fig, axes = plt.subplots(1, len(whats), figsize=(5.5 * len(whats), 4.2), squeeze=False)
@@ -248,8 +280,11 @@ def format_table(rows: list[dict]) -> str:
             f"{'img/s':>9s} {'x ref32':>8s} {'x ref':>7s} {'roof':>6s} {'mem MB':>8s}")
     lines = [head, "-" * len(head)]
     for r in rows:
+        lead = f"{r['what']:14s} {r['variant']:24s} {r['resolution']:>4d} {r['batch']!s:>5s} "
+        if r["metric"] == "skipped":
+            lines.append(f"{lead} skipped: {r['note']}")
+            continue
         lines.append(
-            f"{r['what']:14s} {r['variant']:24s} {r['resolution']:>4d} {r['batch']:>5d} "
-            f"{r['p50']:>9.3f} {r['images_per_s']:>9.1f} {str(r['vs_reference_fp32']):>8s} "
+            f"{lead}{r['p50']:>9.3f} {r['images_per_s']:>9.1f} {str(r['vs_reference_fp32']):>8s} "
             f"{str(r['vs_reference_same_dtype']):>7s} {r['roofline_share']:>6.3f} {r['peak_mem_mb']:>8.0f}")
     return "\n".join(lines)
