@@ -27,11 +27,12 @@ import torch
 
 from bridgegan.cli import main
 from bridgegan.engine import Engine
+from bridgegan.numerics import tolerance
 from bridgegan.reference import BridgeGAN, save_checkpoint
 from bridgegan.serve.models import MODELS, model_specs, run_requests
 from conftest import images, labels, randomize, small_config
 
-ATOL = 1e-4  # design.md: end-to-end float32 images, max abs
+ATOL = tolerance("float32").image_max_abs
 MISSING = [pkg for module, pkg in (("pytriton", "nvidia-pytriton"),
                                    ("tritonclient", "tritonclient"))
            if importlib.util.find_spec(module) is None]
