@@ -21,10 +21,10 @@ from pathlib import Path
 
 import torch
 
+from ..reference import programs
 from ..reference.attributes import apply_edits, check_names
 from ..reference.checkpoint import load_checkpoint
 from ..reference.config import BridgeGANConfig
-from ..reference.layers import LatentMix
 from ..reference.model import DEFAULT_STRENGTH, BridgeGAN
 from .backends import REGISTRY, check_backend
 from .cudagraphs import CudaGraphed
@@ -155,9 +155,11 @@ class Engine:
         self.stages = spec.build(model, self.rewrites, self.dtype, self.device, channels_last,
                                  onnx_dir)
         self.classifier = copy.deepcopy(model.discriminator).to(self.device).float().eval()
-        self._label = CudaGraphed(self._label_program) if cuda_graphs else self._label_program
-        self._reference = (CudaGraphed(self._reference_program) if cuda_graphs
-                           else self._reference_program)
+        # the two programs every call runs: fixed-shape functions of tensors, CUDA-graphed
+        label = functools.partial(programs.translate_label, self.stages)
+        reference = functools.partial(programs.translate_reference, self.stages)
+        self._label = CudaGraphed(label) if cuda_graphs else label
+        self._reference = CudaGraphed(reference) if cuda_graphs else reference
         # Calls that share state (compiled code, CUDA-graph buffers and captures, which must
         # not meet other work on the device) run one at a time, whole.
         self._lock = threading.RLock() if spec.must_serialise() or cuda_graphs else nullcontext()
@@ -182,6 +184,10 @@ class Engine:
     def _cast(self, x: torch.Tensor) -> torch.Tensor:
         fmt = torch.channels_last if self.channels_last and x.dim() == 4 else torch.contiguous_format
         return x.to(device=self.device, dtype=self.dtype).contiguous(memory_format=fmt)
+
+    def _repeat(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """k rows of x's one, laid out as the engine's inputs."""
+        return self._cast(x.expand(k, -1, -1, -1))
 
     @_serialised
     def classify(self, images: Images) -> torch.Tensor:
@@ -261,39 +267,6 @@ class Engine:
             out.append(b.expand(n, -1, -1, -1))
         return torch.stack(out)
 
-    # ----- programs (fixed-shape functions of tensors; CUDA-graphed on GPU) -----------
-    def _label_code(self, x, d, r):
-        """S_rand = M(r, d) + E(x, -d)."""
-        return self.stages.map(r, d) + self.stages.encode(x, -d)
-
-    def _reference_code(self, x, refs, d):
-        """S_ref = mean_k E(refs[k], d) + E(x, -d), the K reference batches in one call."""
-        k, n = refs.shape[:2]
-        target = self.stages.encode(refs.flatten(0, 1), d.repeat(k, 1)).unflatten(0, (k, n))
-        return target.mean(0) + self.stages.encode(x, -d)
-
-    def _in_region(self, h, code, rec_code, m):
-        """An edit confined to the region mask ``m`` (N, 1, S, S): decoded from the edited
-        code inside the mask and the reconstruction's (d = 0) outside, mixed at the code's
-        size (S is spatial), then composited over the reconstruction's pixels with ``m``:
-        the generator's 4x4 and 8x8 layers would otherwise carry the edit across the
-        border (about half of it, in the shipped 32 px model)."""
-        m_code = torch.nn.functional.avg_pool2d(m, m.shape[-1] // code.shape[-1])
-        edit = self.stages.decode(h, m_code * code + (1 - m_code) * rec_code)
-        return m * edit + (1 - m) * self.stages.decode(h, rec_code)
-
-    def _label_program(self, x, d, r, m=None):
-        h, s = self.stages.trunk(x), self._label_code(x, d, r)
-        if m is None:
-            return self.stages.decode(h, s)
-        return self._in_region(h, s, self._label_code(x, torch.zeros_like(d), r), m)
-
-    def _reference_program(self, x, refs, d, m=None):
-        h, s = self.stages.trunk(x), self._reference_code(x, refs, d)
-        if m is None:
-            return self.stages.decode(h, s)
-        return self._in_region(h, s, self._reference_code(x, refs, torch.zeros_like(d)), m)
-
     def _run(self, fn, *args) -> torch.Tensor:
         with torch.inference_mode():
             return fn(*(self._cast(a) for a in args if a is not None)).float()
@@ -357,9 +330,7 @@ class Engine:
         """(len(alphas), N, 3, S, S): alpha = 1 is label-based, 0 reference-based.
         level "latent" blends the codes, "spade" blends every SPADE layer's output.
         ``region``: as in ``translate``, on the blended codes (level "latent" only)."""
-        if level not in ("latent", "spade"):
-            raise ValueError(f"level must be 'latent' or 'spade', got {level!r}")
-        if region is not None and level != "latent":
+        if programs.check_level(level) != "latent" and region is not None:
             raise ValueError("a region confines latent-level interpolation: use level='latent'")
         alphas = _alphas(alphas)
         x = self.load_images(images)
@@ -368,24 +339,10 @@ class Engine:
         d = self._difference(y_s, self._target(y_s, target), strength)
         r = self._noise(x.shape[0], noise, seed)
         m = self._region(region, x.shape[0])
-        st = self.stages
         with torch.inference_mode():
-            xc, dc, rc, refc = (self._cast(t) for t in (x, d, r, refs))
-            h = st.trunk(xc)
-            s_rand, s_ref = self._label_code(xc, dc, rc), self._reference_code(xc, refc, dc)
-            if m is not None:
-                zero = torch.zeros_like(dc)
-                rec_rand, rec_ref = self._label_code(xc, zero, rc), self._reference_code(xc, refc, zero)
-            outs = []
-            for a in alphas:
-                if m is not None:  # the blended code, confined (level "latent")
-                    out = self._in_region(h, a * s_rand + (1 - a) * s_ref,
-                                          a * rec_rand + (1 - a) * rec_ref, self._cast(m))
-                else:
-                    out = st.decode(h, a * s_rand + (1 - a) * s_ref if level == "latent"
-                                    else LatentMix((s_rand, s_ref), (a, 1 - a)))
-                outs.append(out.float())
-        return torch.stack(outs)
+            outs = programs.interpolate(self.stages, *(self._cast(t) for t in (x, refs, d, r)),
+                                        alphas, level, None if m is None else self._cast(m))
+        return torch.stack([o.float() for o in outs])
 
     @_serialised
     def edit_strip(self, image: Images, samples: int = 4, seed: int = 0, source=None,
@@ -411,10 +368,7 @@ class Engine:
         d = self._difference(y_s, y_t, strength)
         k = y_t.shape[0]
         r = self._noise(k, None, seed)
-        st = self.stages
         with torch.inference_mode():
-            xc, dc, rc = self._cast(x), self._cast(d), self._cast(r)
-            xk = self._cast(xc.expand(k, -1, -1, -1))
-            h = self._cast(st.trunk(xc).expand(k, -1, -1, -1)) if cache else st.trunk(xk)
-            out = st.decode(h, self._label_code(xk, dc, rc)).float()
+            out = programs.edit_strip(self.stages, self._cast(x), self._cast(d), self._cast(r),
+                                      cache, self._repeat).float()
         return EditStrip(out, captions)

@@ -1,4 +1,6 @@
 """The BridgeGAN training objective (spec section 5), as plain functions and two modules.
+The latent codes are the programs' (``programs``), their encoder and mapping terms
+computed in batched calls.
 
 ``DiscriminatorObjective`` (holds D) and ``GeneratorObjective`` (holds G, E, M) compute a
 whole loss in their ``forward`` so that each can be wrapped in DistributedDataParallel
@@ -17,6 +19,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .programs import Stages, blend, label_code, reference_code
 
 MODE_SEEKING_EPS = 1e-5
 EDIT_THRESHOLD = 0.05  # a pixel the true edit changes: some channel moves more than this
@@ -184,15 +188,15 @@ def make_fakes(generator: nn.Module, encoder: nn.Module, mapping: nn.Module,
 
     ``noise`` is fresh noise, or the stored r0 of each reference when ``refine`` is given.
     """
+    st = Stages(generator.trunk, encoder, mapping, generator.decode)
     d = yr - y
     with torch.no_grad():
         s_s, e_r = encode_targets(encoder, x, xr, d)
     r = refine(noise, e_r, d, mapping) if refine is not None else noise
     with torch.no_grad():
-        s_rand = mapping(r, d) + s_s
-        s_ref = e_r + s_s
-        a = alpha.to(s_rand.dtype).view(-1, 1, 1, 1)
-        s_int = a * s_rand + (1 - a) * s_ref
+        s_rand = label_code(st, r, d, s_s)
+        s_ref = reference_code(e_r, s_s)
+        s_int = blend(alpha, s_rand, s_ref)
         h = generator.trunk(x)
         n = x.shape[0]
         out = generator.decode(h.repeat(3, 1, 1, 1), torch.cat([s_rand, s_ref, s_int]))
@@ -234,14 +238,13 @@ class GeneratorObjective(nn.Module):
         zero = torch.zeros_like(d)
         s_s, e_r, e_s0, e_r0 = encode_targets(E, x, xr, d, with_zero=True)
         r = refine(noise, e_r.detach(), d, M) if refine is not None else noise.detach()
-        m, m0, m1 = M(torch.cat([r, r, r1]), torch.cat([d, zero, d])).chunk(3)
-        s_rand = m + s_s                               # LEM
-        s_ref = e_r + s_s                              # REM
-        a = alpha.to(s_rand.dtype).view(-1, 1, 1, 1)
-        s_int = a * s_rand + (1 - a) * s_ref
-        s_rec_l = m0 + e_s0                            # reconstruction, label form (d = 0)
-        s_rec_r = e_r0 + e_s0                          # reconstruction, reference form
-        s_1 = m1 + s_s                                 # mode seeking, fresh r1
+        st = Stages(G.trunk, E, M, G.decode)
+        # LEM, its reconstruction (d = 0) and the mode-seeking code (fresh r1): one M call
+        s_rand, s_rec_l, s_1 = label_code(st, torch.cat([r, r, r1]), torch.cat([d, zero, d]),
+                                          torch.cat([s_s, e_s0, s_s])).chunk(3)
+        s_ref = reference_code(e_r, s_s)               # REM
+        s_rec_r = reference_code(e_r0, e_s0)           # its reconstruction (d = 0)
+        s_int = blend(alpha, s_rand, s_ref)
         h = G.trunk(x)
         out = G.decode(h.repeat(6, 1, 1, 1), torch.cat([s_rand, s_ref, s_int, s_rec_l, s_rec_r, s_1]))
         x_l, x_ref, x_int, x_rec_l, x_rec_r, x_1 = out.split(n)
@@ -270,7 +273,9 @@ class GeneratorObjective(nn.Module):
         c_l, c_ref, c_l_o, c_s_o = E(
             torch.cat([x_l.detach(), x_ref.detach(), x_l, x]), torch.cat([d, d, o, o])
         ).chunk(4)
-        loss_cycle = (l1(s_rand, c_l + s_s) + l1(s_ref, c_ref + s_s) + l1(c_l_o, c_s_o)) / 3
+        # each fake, taken as a reference, gives back the code that made it
+        loss_cycle = (l1(s_rand, reference_code(c_l, s_s)) + l1(s_ref, reference_code(c_ref, s_s))
+                      + l1(c_l_o, c_s_o)) / 3
         loss_ms = mode_seeking(r1, r, x_1, x_l, reduce)
         loss = (w.adv * loss_adv + w.attr * loss_attr + w.rec * loss_rec
                 + w.latent * loss_latent + w.cycle * loss_cycle + w.mode_seeking * loss_ms

@@ -1,4 +1,5 @@
-"""BridgeGAN: G, E, M, D and the inference modes of spec section 7.
+"""BridgeGAN: G, E, M, D and the inference modes of spec section 7 (the programs in
+``programs``, over this model's stages).
 
 All image tensors are (N, 3, S, S) in [-1, 1]; labels are (N, A) 0/1 floats in the order
 of ``config.attributes``. A target may be given as a label tensor or as a dict of
@@ -12,10 +13,11 @@ from typing import Union
 import torch
 from torch import nn
 
+from . import programs
 from .attributes import apply_edits
 from .config import BridgeGANConfig
-from .layers import LatentMix
 from .networks import Discriminator, Encoder, Generator, Mapping as MappingNet
+from .programs import Stages
 
 Target = Union[torch.Tensor, Mapping[str, float]]
 References = Union[torch.Tensor, Sequence[torch.Tensor]]
@@ -68,14 +70,8 @@ class BridgeGAN(nn.Module):
                         device=generator.device if generator is not None else device)
         return r.to(device=device, dtype=dtype)
 
-    # ----- latent codes (spec section 4) ---------------------------------------------
-    def label_code(self, x: torch.Tensor, d: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """S_rand = M(r, d) + E(X_s, -d)."""
-        return self.mapping(noise, d) + self.encoder(x, -d)
-
-    def reference_code(self, x: torch.Tensor, references: References,
-                       d: torch.Tensor) -> torch.Tensor:
-        """S_ref = mean_k E(X_r^k, d) + E(X_s, -d); one reference or several averaged."""
+    def stack_references(self, x: torch.Tensor, references: References) -> torch.Tensor:
+        """One checked reference batch (N, 3, S, S), or several stacked (K, N, 3, S, S)."""
         refs = [references] if isinstance(references, torch.Tensor) else list(references)
         if not refs:
             raise ValueError("at least one reference batch is needed")
@@ -86,8 +82,11 @@ class BridgeGAN(nn.Module):
                     f"each reference batch must hold one reference per source image "
                     f"({x.shape[0]}), got {r.shape[0]}"
                 )
-        target = torch.stack([self.encoder(r, d) for r in refs]).mean(0)
-        return target + self.encoder(x, -d)
+        return references if isinstance(references, torch.Tensor) else torch.stack(refs)
+
+    def stages(self) -> Stages:
+        """G's trunk and decode, E and M: what the programs (``programs``) compose."""
+        return Stages(self.generator.trunk, self.encoder, self.mapping, self.generator.decode)
 
     # ----- inference modes (spec section 7) ------------------------------------------
     def translate(self, x: torch.Tensor, source: torch.Tensor, target: Target,
@@ -98,7 +97,7 @@ class BridgeGAN(nn.Module):
         d = self.difference(source, target, strength)
         if noise is None:
             noise = self.sample_noise(x.shape[0], generator, like=x)
-        return self.generator(x, self.label_code(x, d, noise))
+        return programs.translate_label(self.stages(), x, d, noise)
 
     def reconstruct(self, x: torch.Tensor, noise: torch.Tensor | None = None,
                     generator: torch.Generator | None = None) -> torch.Tensor:
@@ -107,7 +106,7 @@ class BridgeGAN(nn.Module):
         d = x.new_zeros(x.shape[0], self.config.n_attrs)
         if noise is None:
             noise = self.sample_noise(x.shape[0], generator, like=x)
-        return self.generator(x, self.label_code(x, d, noise))
+        return programs.translate_label(self.stages(), x, d, noise)
 
     def translate_reference(self, x: torch.Tensor, references: References,
                             source: torch.Tensor, target: Target,
@@ -115,7 +114,8 @@ class BridgeGAN(nn.Module):
         """Reference-based translation; several reference batches are averaged in S."""
         self.check_images(x)
         d = self.difference(source, target, strength)
-        return self.generator(x, self.reference_code(x, references, d))
+        refs = self.stack_references(x, references)
+        return programs.translate_reference(self.stages(), x, refs, d)
 
     def interpolate(self, x: torch.Tensor, references: References, source: torch.Tensor,
                     target: Target, alpha: float | torch.Tensor,
@@ -132,16 +132,10 @@ class BridgeGAN(nn.Module):
         d = self.difference(source, target, strength)
         if noise is None:
             noise = self.sample_noise(x.shape[0], generator, like=x)
-        s_rand = self.label_code(x, d, noise)
-        s_ref = self.reference_code(x, references, d)
         if isinstance(alpha, torch.Tensor):
             alpha = alpha.to(x).view(-1)
-        if level == "latent":
-            a = alpha.view(-1, 1, 1, 1) if isinstance(alpha, torch.Tensor) else alpha
-            return self.generator(x, a * s_rand + (1 - a) * s_ref)
-        if level == "spade":
-            return self.generator(x, LatentMix((s_rand, s_ref), (alpha, 1 - alpha)))
-        raise ValueError(f"level must be 'latent' or 'spade', got {level!r}")
+        refs = self.stack_references(x, references)
+        return programs.interpolate(self.stages(), x, refs, d, noise, [alpha], level)[0]
 
     def classify(self, x: torch.Tensor) -> torch.Tensor:
         """Source labels estimated by D's attribute head (0/1)."""

@@ -17,10 +17,12 @@ from dataclasses import dataclass
 from importlib.util import find_spec
 from typing import TYPE_CHECKING
 
-from .base import BackendUnavailable, Stages
+from .base import BackendUnavailable
 
 if TYPE_CHECKING:
     import torch
+
+    from ...reference.programs import Stages
 
 AUTO = "auto"
 ALL_DTYPES = ("float32", "float16", "bfloat16")

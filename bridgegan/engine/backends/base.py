@@ -1,10 +1,9 @@
-"""What the backend modules share: the stage functions a backend builds, the error it
-raises when it cannot run here, and how a torch backend places its weights. Torch-free
-at import (the registry, which the command line reads, imports it)."""
+"""What the backend modules share: the error a backend raises when it cannot run here,
+and how a torch backend places its weights. (The Stages a backend builds are the
+programs' own, ``reference.programs.Stages``.) Torch-free at import: the registry, which
+the command line reads, imports it."""
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -13,16 +12,6 @@ if TYPE_CHECKING:
 
 class BackendUnavailable(RuntimeError):
     """The requested backend cannot run here; the message says what it needs."""
-
-
-@dataclass(frozen=True)
-class Stages:
-    """The four stage functions the engine composes into its programs."""
-
-    trunk: Callable  # x -> h: source-only, reusable across edits of one source
-    encode: Callable  # (x, d) -> S
-    map: Callable  # (r, d) -> S
-    decode: Callable  # (h, S or LatentMix) -> images
 
 
 def place(module: torch.nn.Module, dtype: torch.dtype, device: torch.device,

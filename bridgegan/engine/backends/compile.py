@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from ...reference.layers import LatentMix
-from .base import Stages
+from ...reference.programs import Stages
 from .torch import rewritten
 
 

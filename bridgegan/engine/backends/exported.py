@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 import torch
 
 from ...reference.layers import LatentMix
-from .base import Stages
+from ...reference.programs import Stages
 
 
 def exported_stages(graphs: Mapping[str, Callable]) -> Stages:

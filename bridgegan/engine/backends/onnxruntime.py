@@ -7,9 +7,10 @@ import os
 
 import torch
 
+from ...reference.programs import Stages
 from ..export.names import STAGES
 from ..export.onnx_export import PRECISION_OF, OnnxFileError, export_model, file_name
-from .base import BackendUnavailable, Stages
+from .base import BackendUnavailable
 from .exported import exported_stages
 
 

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import copy
 
-from .base import Stages, place
+from ...reference.programs import Stages
+from .base import place
 
 
 def build(model, rewrites, dtype, device, channels_last, onnx_dir=None) -> Stages:

@@ -1,8 +1,9 @@
 """``torch``: the rewritten inference graph (``engine.graph``) in PyTorch ops."""
 from __future__ import annotations
 
+from ...reference.programs import Stages
 from ..graph import InferenceGraph
-from .base import Stages, place
+from .base import place
 
 
 def rewritten(model, rewrites, dtype, device, channels_last, impl: str = "ref"

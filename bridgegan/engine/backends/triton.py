@@ -2,7 +2,7 @@
 kernels (CUDA; on a CPU only in the Triton interpreter, for testing)."""
 from __future__ import annotations
 
-from .base import Stages
+from ...reference.programs import Stages
 from .torch import rewritten
 
 

@@ -56,9 +56,9 @@ from torch.onnx import symbolic_helper
 
 from ... import __version__
 from ...files import locked, write_folder_atomic
+from ...reference import programs
 from ...reference.checkpoint import CheckpointError, load_checkpoint
 from ...reference.config import BridgeGANConfig
-from ...reference.layers import LatentMix
 from ...reference.model import BridgeGAN
 from ..backends.base import BackendUnavailable
 from ..graph import InferenceGraph, Rewrites
@@ -71,17 +71,15 @@ FORMAT = "bridgegan-onnx/1"
 
 # graph -> (input names, output name, function of an InferenceGraph and the inputs)
 _GRAPHS: dict[str, tuple[tuple[str, ...], str, Callable]] = {
-    "translate_label": (("image", "d", "noise"), "output",
-                        lambda g, x, d, r: g.decode(g.trunk(x), g.map(r, d) + g.encode(x, -d))),
+    "translate_label": (("image", "d", "noise"), "output", programs.translate_label),
     "translate_reference": (("image", "reference", "d"), "output",
-                            lambda g, x, ref, d: g.decode(g.trunk(x),
-                                                          g.encode(ref, d) + g.encode(x, -d))),
+                            programs.translate_reference),
     "trunk": (("image",), "h", lambda g, x: g.trunk(x)),
     "encode": (("image", "d"), "s", lambda g, x, d: g.encode(x, d)),
     "map": (("noise", "d"), "s", lambda g, r, d: g.map(r, d)),
     "decode": (("h", "s"), "output", lambda g, h, s: g.decode(h, s)),
     "decode_mix": (("h", "s", "s2", "alpha"), "output",
-                   lambda g, h, s, s2, a: g.decode(h, LatentMix((s, s2), (a, 1 - a)))),
+                   lambda g, h, s, s2, a: programs.decode_blend(g, h, s, s2, a, "spade")),
 }
 
 

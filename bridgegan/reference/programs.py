@@ -1,0 +1,159 @@
+"""The inference programs of spec sections 4 and 7, written once over four stages.
+
+A *stages* object has ``trunk(x) -> h`` (source-only, reusable across edits of one
+source), ``encode(x, d) -> S``, ``map(r, d) -> S`` and ``decode(h, S | LatentMix) ->
+images``. The reference networks (``BridgeGAN.stages``), the rewritten graph
+(``engine.graph.InferenceGraph``), every engine backend and the exported stage graphs
+provide them, and the reference model, the engine, the ONNX export and the training
+objective all compose them here:
+
+    S_rand = M(r, d) + E(x, -d)             label-based (d = 0: reconstruction)
+    S_ref  = mean_k E(x_r^k, d) + E(x, -d)  reference-based
+    S_int  = a S_rand + (1 - a) S_ref       interpolation (or blended SPADE modulations)
+
+E(x, -d), the source's part of every code, is an argument of the code functions so that
+it is computed once per source and edit (and, in training, in one batched encoder call
+with the other terms).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .layers import LatentMix
+
+Tensor = torch.Tensor
+LEVELS = ("latent", "spade")  # interpolation: of the codes, or of the SPADE modulations
+
+
+@dataclass(frozen=True)
+class Stages:
+    """The four stage functions the programs compose."""
+
+    trunk: Callable  # x -> h
+    encode: Callable  # (x, d) -> S
+    map: Callable  # (r, d) -> S
+    decode: Callable  # (h, S or LatentMix) -> images
+
+
+# ----- latent codes (spec section 4) --------------------------------------------------
+def source_code(st, x: Tensor, d: Tensor) -> Tensor:
+    """E(x, -d): the source's part of every code of the edit d."""
+    return st.encode(x, -d)
+
+
+def encode_references(st, refs: Tensor, d: Tensor) -> Tensor:
+    """E(x_r, d) of refs (N, 3, S, S), one reference per source; or of refs
+    (K, N, 3, S, S), K per source, in one encoder call: (K, N, ...)."""
+    if refs.dim() == 4:
+        return st.encode(refs, d)
+    k, n = refs.shape[:2]
+    return st.encode(refs.flatten(0, 1), d.repeat(k, 1)).unflatten(0, (k, n))
+
+
+def label_code(st, r: Tensor, d: Tensor, source: Tensor) -> Tensor:
+    """S_rand = M(r, d) + E(x, -d), ``source`` being E(x, -d) (``source_code``)."""
+    return st.map(r, d) + source
+
+
+def reference_code(targets: Tensor, source: Tensor) -> Tensor:
+    """S_ref = mean_k E(x_r^k, d) + E(x, -d), from the references' codes ``targets``
+    (``encode_references``: (N, ...) or (K, N, ...)) and ``source``."""
+    return (targets.mean(0) if targets.dim() == source.dim() + 1 else targets) + source
+
+
+def blend(a, s_rand: Tensor, s_ref: Tensor) -> Tensor:
+    """S_int = a S_rand + (1 - a) S_ref; ``a`` a number or one weight per sample (N,)."""
+    if isinstance(a, Tensor):
+        a = a.to(s_rand).view(-1, 1, 1, 1)
+    return a * s_rand + (1 - a) * s_ref
+
+
+# ----- programs (spec section 7) ------------------------------------------------------
+def in_region(st, h: Tensor, code: Tensor, rec_code: Tensor, m: Tensor) -> Tensor:
+    """An edit confined to the region mask ``m`` (N, 1, S, S): decoded from the edited
+    code inside the mask and the reconstruction's (d = 0) outside, mixed at the code's
+    size (S is spatial), then composited over the reconstruction's pixels with ``m``:
+    the generator's 4x4 and 8x8 layers would otherwise carry the edit across the
+    border (about half of it, in the shipped 32 px model)."""
+    m_code = F.avg_pool2d(m, m.shape[-1] // code.shape[-1])
+    edit = st.decode(h, m_code * code + (1 - m_code) * rec_code)
+    return m * edit + (1 - m) * st.decode(h, rec_code)
+
+
+def translate_label(st, x: Tensor, d: Tensor, r: Tensor, region: Tensor | None = None
+                    ) -> Tensor:
+    """Label-based translation (d = 0: reconstruction), confined to ``region`` if given."""
+    h = st.trunk(x)
+    s = label_code(st, r, d, source_code(st, x, d))
+    if region is None:
+        return st.decode(h, s)
+    zero = torch.zeros_like(d)
+    return in_region(st, h, s, label_code(st, r, zero, source_code(st, x, zero)), region)
+
+
+def translate_reference(st, x: Tensor, refs: Tensor, d: Tensor,
+                        region: Tensor | None = None) -> Tensor:
+    """Reference-based translation (refs: see ``encode_references``), confined to
+    ``region`` if given."""
+    h = st.trunk(x)
+    s = reference_code(encode_references(st, refs, d), source_code(st, x, d))
+    if region is None:
+        return st.decode(h, s)
+    zero = torch.zeros_like(d)
+    rec = reference_code(encode_references(st, refs, zero), source_code(st, x, zero))
+    return in_region(st, h, s, rec, region)
+
+
+def check_level(level: str) -> str:
+    """``level`` of an interpolation, refused unless "latent" or "spade"."""
+    if level not in LEVELS:
+        raise ValueError(f"level must be 'latent' or 'spade', got {level!r}")
+    return level
+
+
+def decode_blend(st, h: Tensor, s_rand: Tensor, s_ref: Tensor, a, level: str = "latent"
+                 ) -> Tensor:
+    """The images between S_rand (a = 1) and S_ref (a = 0): of the blended code (level
+    "latent", the training form) or with every SPADE layer blending its modulations
+    under both codes ("spade", the official test's form)."""
+    if check_level(level) == "latent":
+        return st.decode(h, blend(a, s_rand, s_ref))
+    return st.decode(h, LatentMix((s_rand, s_ref), (a, 1 - a)))
+
+
+def interpolate(st, x: Tensor, refs: Tensor, d: Tensor, r: Tensor, alphas: Sequence,
+                level: str = "latent", region: Tensor | None = None) -> list[Tensor]:
+    """One image batch per alpha between label-based (1) and reference-based (0)
+    translation; the trunk and the codes are computed once. ``region`` confines the
+    blended edit (level "latent")."""
+    check_level(level)
+    h, src = st.trunk(x), source_code(st, x, d)
+    s_rand = label_code(st, r, d, src)
+    s_ref = reference_code(encode_references(st, refs, d), src)
+    if region is None:
+        return [decode_blend(st, h, s_rand, s_ref, a, level) for a in alphas]
+    zero = torch.zeros_like(d)
+    src0 = source_code(st, x, zero)
+    rec_rand = label_code(st, r, zero, src0)
+    rec_ref = reference_code(encode_references(st, refs, zero), src0)
+    return [in_region(st, h, blend(a, s_rand, s_ref), blend(a, rec_rand, rec_ref), region)
+            for a in alphas]
+
+
+def _expand(t: Tensor, k: int) -> Tensor:
+    return t.expand(k, *t.shape[1:])
+
+
+def edit_strip(st, x: Tensor, d: Tensor, r: Tensor, cache: bool = True,
+               repeat: Callable[[Tensor, int], Tensor] = _expand) -> Tensor:
+    """Label-based edits d, r (K rows) of one source x (1, 3, S, S). With ``cache`` the
+    trunk runs once and its output is repeated; ``repeat(t, k)`` makes k rows of one
+    (the engine also lays them out in its memory format)."""
+    k = d.shape[0]
+    xk = repeat(x, k)
+    h = repeat(st.trunk(x), k) if cache else st.trunk(xk)
+    return st.decode(h, label_code(st, r, d, source_code(st, xk, d)))
