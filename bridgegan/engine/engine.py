@@ -155,7 +155,8 @@ class Engine:
         self.stages = spec.build(model, self.rewrites, self.dtype, self.device, channels_last,
                                  onnx_dir)
         self.classifier = copy.deepcopy(model.discriminator).to(self.device).float().eval()
-        # the two programs every call runs: fixed-shape functions of tensors, CUDA-graphed
+        # the two programs most calls run: fixed-shape functions of tensors, CUDA-graphed
+        # when cuda_graphs
         label = functools.partial(programs.translate_label, self.stages)
         reference = functools.partial(programs.translate_reference, self.stages)
         self._label = CudaGraphed(label) if cuda_graphs else label

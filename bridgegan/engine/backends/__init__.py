@@ -1,9 +1,9 @@
 """Backends: how the engine's stages (trunk, encode, map, decode) are executed.
 
-One module per backend, each with a ``build(model, rewrites, dtype, device,
-channels_last, onnx_dir) -> Stages``, and one table, ``REGISTRY``, saying what each
-needs, how the engine may run it and which module builds it. A new backend is one module
-and one ``Backend`` row. ``backend="auto"`` picks the fastest measured backend that runs
+One module per backend, named after it, each with a ``build(model, rewrites, dtype,
+device, channels_last, onnx_dir) -> Stages``, and one table, ``REGISTRY``, saying what
+each needs and how the engine may run it. A new backend is one module and one ``Backend``
+row. ``backend="auto"`` picks the fastest measured backend that runs
 on the device (``FASTEST``).
 
 This package's ``__init__`` and ``base`` are torch-free (the command line lists the names
@@ -32,9 +32,7 @@ ALL_DTYPES = ("float32", "float16", "bfloat16")
 class Backend:
     """One engine backend: what it needs, how the engine may run it, what builds it."""
 
-    name: str
-    summary: str
-    module: str  # the module of this package whose ``build`` returns its Stages
+    name: str  # also the name of its module in this package
     packages: tuple[str, ...] = ()  # the import names it needs ...
     install: str = ""  # ... and how to install them
     cuda: bool = False  # needs a CUDA device ...
@@ -50,8 +48,7 @@ class Backend:
         if dtype is not None and str(dtype).removeprefix("torch.") not in self.dtypes:
             return ValueError(f"backend {self.name!r} runs {' or '.join(self.dtypes)}, "
                               f"got {dtype}")
-        missing = [p for p in self.packages if not installed(p)]
-        if missing:
+        if not all(installed(p) for p in self.packages):
             return BackendUnavailable(f"backend {self.name!r} needs "
                                       f"{' and '.join(self.packages)}: {self.install}")
         interpreter = self.triton_kernels and os.environ.get("TRITON_INTERPRET") == "1"
@@ -76,26 +73,19 @@ class Backend:
     def build(self, model, rewrites, dtype, device, channels_last: bool,
               onnx_dir=None) -> Stages:
         """This backend's stages for ``model`` (see the backend module's ``build``)."""
-        module = importlib.import_module(f".{self.module}", __package__)
+        module = importlib.import_module(f".{self.name}", __package__)
         return module.build(model, rewrites, dtype, device, channels_last, onnx_dir)
 
 
 REGISTRY: dict[str, Backend] = {b.name: b for b in (
-    Backend("reference", "the unmodified model, for comparison", "reference",
-            cuda_graphs=True),
-    Backend("torch", "the rewritten graph in PyTorch ops", "torch", cuda_graphs=True,
-            graphs_by_default=True),
-    Backend("triton", "the rewritten graph with the fused Triton SPADE / instance-norm "
-                      "kernels", "triton", packages=("triton",),
-            install="pip install 'bridgegan[triton]'", cuda=True, triton_kernels=True,
-            cuda_graphs=True, graphs_by_default=True),
-    Backend("compile", "torch.compile of the rewritten graph", "compile", cuda_graphs=True,
-            graphs_by_default=True, serialised=True),
-    Backend("onnxruntime", "the exported ONNX stage graphs in onnxruntime sessions",
-            "onnxruntime", packages=("onnx", "onnxruntime"),
+    Backend("reference", cuda_graphs=True),
+    Backend("torch", cuda_graphs=True, graphs_by_default=True),
+    Backend("triton", packages=("triton",), install="pip install 'bridgegan[triton]'",
+            cuda=True, triton_kernels=True, cuda_graphs=True, graphs_by_default=True),
+    Backend("compile", cuda_graphs=True, graphs_by_default=True, serialised=True),
+    Backend("onnxruntime", packages=("onnx", "onnxruntime"),
             install="pip install 'bridgegan[onnx]'", dtypes=("float32", "float16")),
-    Backend("tensorrt", "TensorRT plans built from the exported stage graphs",
-            "tensorrt", packages=("tensorrt",),
+    Backend("tensorrt", packages=("tensorrt",),
             install="pip install 'bridgegan[tensorrt]' (TensorRT 10, on a CUDA machine)",
             cuda=True, serialised=True),  # one execution context per plan
 )}
