@@ -62,7 +62,7 @@ def bench(args: argparse.Namespace) -> int:
     from .bench import Variant, format_table, run_matrix, write_results
 
     check_writable_folder(args.out)
-    variants = [Variant.parse(v) for v in args.variants.split(",")]
+    variants = [Variant.parse(v) for v in args.variants.split(",")] if args.variants else None
     rows, peaks = run_matrix(
         variants, [int(b) for b in args.batches.split(",")],
         [int(r) for r in args.resolutions.split(",")], args.workloads.split(","),
