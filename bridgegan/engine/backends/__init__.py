@@ -94,7 +94,9 @@ BACKENDS = tuple(REGISTRY)
 # backend="auto": the first of these that runs here. Only measured orders:
 # - cpu: onnxruntime 4.20 img/s against torch 3.30 on the same rewritten graph (batch 8,
 #   128 px, float32, one thread; issue 14); torch 10.3 against reference 7.5 (batch 8,
-#   two threads; benchmarks/RESULTS.md).
+#   two threads; benchmarks/RESULTS.md). Batch-dependent: in one run on the busy 2-core
+#   CPU (2026-12-01, 128 px, one thread) onnxruntime led at batch 8 (3.76 img/s against
+#   torch 2.24, compile 2.74) but not at batch 1 (3.24 against torch 3.64, compile 4.24).
 # - cuda: triton fp16 channels_last 5,179 img/s against torch 2,665 at batch 64 (H100,
 #   benchmarks/RESULTS.md; 5,517 with CUDA graphs). tensorrt, compile and onnxruntime
 #   were never measured on a GPU, so auto never picks them there.
