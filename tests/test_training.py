@@ -13,8 +13,9 @@ from bridgegan.reference import load_checkpoint
 from bridgegan.reference.checkpoint import read_config, read_tensors
 from bridgegan.reference.data import make_dataset
 from bridgegan.reference.train_data import ResumableBatchSampler, epoch_order
-from bridgegan.reference.trainer import (STATE_JSON, STATE_TENSORS, TrainConfig, Trainer,
-                                         latest_checkpoint)
+from bridgegan.reference.train_config import TrainConfig
+from bridgegan.reference.train_state import STATE_JSON, STATE_TENSORS, latest_checkpoint
+from bridgegan.reference.trainer import Trainer
 from conftest import small_config
 
 SIZE = 32
@@ -229,7 +230,7 @@ def test_time_limit_stops_with_a_final_checkpoint(faces, tmp_path):
 
 
 def _state(t: Trainer) -> dict[str, torch.Tensor]:
-    tensors, meta = t.state_tensors()
+    tensors, meta = t.state().tensors_and_meta()
     return {k: v for k, v in tensors.items() if not k.startswith("rng.")}
 
 

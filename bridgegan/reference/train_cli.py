@@ -184,7 +184,7 @@ def _arch_given(args: argparse.Namespace) -> bool:
 
 def _train_config(args: argparse.Namespace, base: dict | None):
     from .losses import LossWeights
-    from .trainer import TrainConfig
+    from .train_config import TrainConfig
 
     data = dict(base) if base else TrainConfig().to_dict()
     for name in _TRAIN_OPTIONS:
@@ -226,7 +226,8 @@ def run(args: argparse.Namespace) -> int:
     from . import distributed
     from .checkpoint import CheckpointError, read_config
     from .info import parameter_counts
-    from .trainer import STATE_JSON, Trainer, latest_checkpoint, read_train_state
+    from .train_state import STATE_JSON, latest_checkpoint, read_train_state
+    from .trainer import Trainer
 
     if args.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")

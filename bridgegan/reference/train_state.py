@@ -1,21 +1,59 @@
-"""Training state as safetensors tensors + JSON scalars (no pickles anywhere).
+"""The training checkpoint and resume format, and the numbered checkpoints of a run folder.
 
-An optimiser's ``state_dict()`` is split into tensors named ``PREFIX.state.<param
-index>.<key>`` and a JSON-able dict holding the param groups and any non-tensor state
-values; ``restore_optimizer`` rebuilds the state dict and loads it. Random number
-generator states: torch CPU (uint8 tensor), CUDA (uint8 tensor per device), NumPy's
-legacy global MT19937 (key array as a tensor, the rest in JSON) and Python's ``random``
-(JSON).
+A run folder (``--out``) holds ``checkpoints/step-NNNNNNNN/`` (the newest
+``keep_checkpoints``), ``samples/step-NNNNNNNN.png`` and ``metrics.jsonl``. A training
+checkpoint folder (written atomically, see files.write_folder_atomic; no pickles):
+
+    config.json               the model configuration
+    model.safetensors         the weights for inference (float32): EMA G/E/M with the raw D
+                              when EMA is on (TrainConfig.ema > 0), otherwise the raw
+                              networks; loadable with checkpoint.load_checkpoint
+    train_state.safetensors   raw.* (all raw networks), ema.* (EMA G/E/M), opt_g.* and
+                              opt_d.* (Adam state), noise_memory, rng.* (torch CPU / CUDA,
+                              NumPy key array)
+    train_state.json          step, data position, train config, optimiser param groups,
+                              GradScaler states, NumPy / Python RNG scalars
+
+With the data order a pure function of (seed, global batch) (train_data.py) and every
+per-step draw seeded by (seed, step, sub-step), this is all a resumed run needs to continue
+bit-identically. An optimiser's ``state_dict()`` is split into tensors named
+``PREFIX.state.<param index>.<key>`` and a JSON-able dict holding the param groups and any
+non-tensor state values. Random number generator states: torch CPU (uint8 tensor), CUDA
+(uint8 tensor per device), NumPy's legacy global MT19937 (key array as a tensor, the rest
+in JSON) and Python's ``random`` (JSON).
 """
 from __future__ import annotations
 
+import json
+import os
 import random
-from typing import Any
+import re
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 
-from .checkpoint import CheckpointError
+from ..files import write_file_atomic
+from .checkpoint import (CheckpointError, load_checkpoint, load_state, read_config, read_tensors,
+                         save_checkpoint)
+from .model import BridgeGAN
+from .noise_memory import NoiseMemory
+from .train_config import TrainConfig
+
+STATE_TENSORS = "train_state.safetensors"
+STATE_JSON = "train_state.json"
+STATE_FORMAT = "bridgegan-train-state/1"
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINTS = "checkpoints"
+_CKPT_RE = re.compile(r"^step-(\d+)$")
+_STATE_KEYS = ("step", "batches", "dataset_size", "train_config", "opt_g", "opt_d")
+_OPT_KEYS = ("param_groups", "scalars", "tensor_keys")
+_EMA_NETS = ("generator", "encoder", "mapping")
 
 
 def flatten_optimizer(opt: torch.optim.Optimizer, prefix: str
@@ -97,3 +135,211 @@ def restore_rng(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     if "python" in meta:
         version, state, gauss = meta["python"]
         random.setstate((version, tuple(state), gauss))
+
+
+# ----- the run folder ------------------------------------------------------------------
+def numbered_checkpoint(out_dir: str | os.PathLike, step: int) -> Path:
+    """Where the checkpoint of ``step`` goes in run folder ``out_dir``."""
+    return Path(out_dir) / CHECKPOINTS / f"step-{step:08d}"
+
+
+def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
+    """The checkpoint folder with the highest step under ``out_dir/checkpoints``."""
+    root = Path(out_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return None
+    found = [(int(m.group(1)), p) for p in root.iterdir()
+             if (m := _CKPT_RE.match(p.name)) and (p / STATE_JSON).is_file()]
+    return max(found)[1] if found else None
+
+
+def prune_checkpoints(out_dir: str | os.PathLike, keep: int) -> None:
+    """Remove all but the ``keep`` newest numbered checkpoints (0 keeps all)."""
+    if not keep:
+        return
+    root = Path(out_dir) / CHECKPOINTS
+    found = sorted((int(m.group(1)), p) for p in root.iterdir() if (m := _CKPT_RE.match(p.name)))
+    for _, p in found[:-keep]:
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def drop_metrics_after(out_dir: str | os.PathLike, step: int) -> None:
+    """Rewrite ``metrics.jsonl`` (atomically) without the records past ``step``: a resumed
+    run logs those steps again. Lines cut short by a kill go too."""
+    path = Path(out_dir) / METRICS_FILE
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines(keepends=True):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("step", 0) <= step:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    write_file_atomic(path, "".join(kept).encode())
+
+
+def read_train_state(path: str | os.PathLike) -> dict[str, Any]:
+    """The checked ``train_state.json`` of checkpoint folder ``path``: a CheckpointError
+    naming the file and what is wrong (not a training checkpoint, corrupt JSON, another
+    format, missing entries) otherwise."""
+    json_path = Path(path) / STATE_JSON
+    if not json_path.is_file():
+        raise CheckpointError(f"{path} holds no training state ({STATE_JSON}); it is an "
+                              f"inference checkpoint (or no checkpoint) and cannot be resumed")
+    try:
+        meta = json.loads(json_path.read_text())
+    except (ValueError, OSError) as exc:
+        raise CheckpointError(f"{json_path} is corrupt (truncated or not JSON): {exc}") from None
+    if not isinstance(meta, dict) or meta.get("format") != STATE_FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise CheckpointError(f"{json_path}: unknown format {found!r}, expected {STATE_FORMAT!r}")
+    missing = [k for k in _STATE_KEYS if k not in meta]
+    missing += [f"{k}.{f}" for k in ("opt_g", "opt_d") if isinstance(meta.get(k), dict)
+                for f in _OPT_KEYS if f not in meta[k]]
+    missing += [k for k in ("opt_g", "opt_d") if k in meta and not isinstance(meta[k], dict)]
+    if missing:
+        raise CheckpointError(f"{json_path} lacks or has damaged entries {missing}: a damaged "
+                              f"training state; resume from another checkpoint")
+    return meta
+
+
+# ----- a run's state -----------------------------------------------------------------
+class Progress(NamedTuple):
+    """How far a run got: generator steps, global batches consumed (where the data order
+    resumes) and discriminator attribute warm-up updates."""
+
+    step: int
+    batches: int
+    warmup_done: int
+
+
+@dataclass(frozen=True)
+class TrainState:
+    """A view of what a training checkpoint holds: the trainer's own networks, optimisers,
+    noise memory and gradient scalers (``restore`` loads into them in place), the facts a
+    resume is checked against, and the progress at the time the view was taken."""
+
+    model: BridgeGAN  # raw G, E, M, D
+    ema: BridgeGAN | None  # EMA G, E, M sharing model's D; None when EMA is off
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    memory: NoiseMemory
+    scaler_g: torch.amp.GradScaler
+    scaler_d: torch.amp.GradScaler
+    config: TrainConfig
+    dataset_size: int
+    world_size: int
+    batches_per_epoch: int
+    progress: Progress
+
+    @property
+    def inference_model(self) -> BridgeGAN:
+        """What model.safetensors holds: the EMA model (raw D) when EMA is on, else the raw
+        model."""
+        return self.ema if self.ema is not None else self.model
+
+    def tensors_and_meta(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """The contents of train_state.safetensors and train_state.json."""
+        tensors: dict[str, torch.Tensor] = {}
+        for k, v in self.model.state_dict().items():
+            tensors[f"raw.{k}"] = v.detach().cpu().contiguous()
+        if self.ema is not None:
+            for name in _EMA_NETS:
+                for k, v in getattr(self.ema, name).state_dict().items():
+                    tensors[f"ema.{name}.{k}"] = v.detach().cpu().contiguous()
+        t_g, meta_g = flatten_optimizer(self.opt_g, "opt_g")
+        t_d, meta_d = flatten_optimizer(self.opt_d, "opt_d")
+        tensors.update(t_g)
+        tensors.update(t_d)
+        tensors.update(self.memory.state_tensors())
+        t_rng, meta_rng = capture_rng()
+        tensors.update(t_rng)
+        step, batches, warmup_done = self.progress
+        meta = {
+            "format": STATE_FORMAT, "step": step, "batches": batches,
+            "warmup_done": warmup_done,
+            "epoch": batches / self.batches_per_epoch, "batches_per_epoch": self.batches_per_epoch,
+            "dataset_size": self.dataset_size, "world_size": self.world_size,
+            "train_config": self.config.to_dict(), "opt_g": meta_g, "opt_d": meta_d,
+            "scaler_g": self.scaler_g.state_dict(), "scaler_d": self.scaler_d.state_dict(),
+            "rng": meta_rng,
+        }
+        return tensors, meta
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the checkpoint folder ``path`` (atomically); returns it."""
+        tensors, meta = self.tensors_and_meta()
+        extra = {
+            STATE_TENSORS: lambda p: save_file(tensors, str(p), metadata={"format": STATE_FORMAT}),
+            STATE_JSON: lambda p: p.write_text(json.dumps(meta, indent=1) + "\n"),
+        }
+        return save_checkpoint(path, self.inference_model, dtype=torch.float32, extra=extra)
+
+    def load_weights(self, path: str | os.PathLike) -> None:
+        """Take the weights of checkpoint folder ``path`` (its model.safetensors) into the
+        raw and EMA networks alike; optimisers and noise memory are left as they are."""
+        source = load_checkpoint(path, expected_config=self.model.config)
+        self.model.load_state_dict(source.state_dict())
+        if self.ema is not None:
+            for name in _EMA_NETS:
+                getattr(self.ema, name).load_state_dict(getattr(self.model, name).state_dict())
+
+    def restore(self, path: str | os.PathLike, restore_rng_states: bool = True) -> Progress:
+        """Load a checkpoint written by ``save`` into these objects, checked against this
+        run (model configuration, dataset size; a warning where the train config changes
+        the course); the learning rate and betas are this run's. Returns its progress."""
+        path = Path(path)
+        diffs = self.model.config.differences(read_config(path))
+        if diffs:
+            raise CheckpointError(f"checkpoint {path} has another model configuration: " + "; ".join(diffs))
+        meta = read_train_state(path)
+        if meta["dataset_size"] != self.dataset_size:
+            raise CheckpointError(
+                f"checkpoint {path} was trained on a dataset of {meta['dataset_size']} items, this "
+                f"dataset has {self.dataset_size}: the data order and noise memory would not match")
+        saved = meta["train_config"]
+        for name in ("batch", "seed", "n_d", "noise_memory"):
+            if saved.get(name) != getattr(self.config, name):
+                warnings.warn(f"resuming with {name}={getattr(self.config, name)!r} but the "
+                              f"checkpoint used {saved.get(name)!r}: the run will not continue "
+                              f"exactly as it would have", stacklevel=3)
+        source = str(path / STATE_TENSORS)
+        tensors = read_tensors(path / STATE_TENSORS)
+        self._restore_networks(tensors, source)
+        restore_optimizer(self.opt_g, tensors, meta["opt_g"], "opt_g", source)
+        restore_optimizer(self.opt_d, tensors, meta["opt_d"], "opt_d", source)
+        for opt in (self.opt_g, self.opt_d):  # allow a changed learning rate on resume
+            for group in opt.param_groups:
+                group["lr"] = self.config.lr
+                group["betas"] = (self.config.beta1, self.config.beta2)
+        if not self.memory.load_state_tensors(tensors):
+            warnings.warn("the checkpoint has no noise memory; starting from a fresh table")
+        if self.scaler_g.is_enabled() and meta.get("scaler_g"):
+            self.scaler_g.load_state_dict(meta["scaler_g"])
+        if self.scaler_d.is_enabled() and meta.get("scaler_d"):
+            self.scaler_d.load_state_dict(meta["scaler_d"])
+        if restore_rng_states:
+            restore_rng(tensors, meta.get("rng", {}))
+        return Progress(int(meta["step"]), int(meta["batches"]), int(meta.get("warmup_done", 0)))
+
+    def _restore_networks(self, tensors: dict[str, torch.Tensor], source: str) -> None:
+        """raw.* into the model; ema.* into the EMA networks (from the raw ones when the
+        checkpoint has none)."""
+        def sub(prefix: str) -> dict[str, torch.Tensor]:
+            return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+        load_state(self.model, sub("raw."), source)
+        if self.ema is None:
+            return
+        if sub("ema."):
+            for name in _EMA_NETS:
+                load_state(getattr(self.ema, name), sub(f"ema.{name}."), source)
+            return
+        warnings.warn("the checkpoint has no EMA weights; EMA restarts from the raw weights")
+        with torch.no_grad():
+            for name in _EMA_NETS:
+                for e, p in zip(getattr(self.ema, name).parameters(),
+                                getattr(self.model, name).parameters()):
+                    e.copy_(p)

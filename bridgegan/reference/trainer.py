@@ -8,194 +8,37 @@ n_d + 1 batches. All per-step randomness comes from generators seeded by
 what makes a resumed run bit-identical to an uninterrupted one and a DDP run equal to one
 process on the same global batch.
 
-Checkpoint folder (written atomically, see files.write_folder_atomic):
-
-    config.json               the model configuration
-    model.safetensors         the weights for inference (float32): EMA G/E/M with the raw D
-                              when EMA is on (TrainConfig.ema > 0), otherwise the raw
-                              networks; loadable with checkpoint.load_checkpoint
-    train_state.safetensors   raw.* (all raw networks), ema.* (EMA G/E/M), opt_g.* and
-                              opt_d.* (Adam state), noise_memory, rng.* (torch CPU / CUDA,
-                              NumPy key array)
-    train_state.json          step, data position, train config, optimiser param groups,
-                              GradScaler states, NumPy / Python RNG scalars
+Checkpoints and what a resume restores: train_state.py; the run configuration:
+train_config.py.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
 import json
-import math
 import os
-import re
-import shutil
 import time
-import warnings
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..files import remove_stale, write_file_atomic
+from ..files import remove_stale
 from .attributes import apply_edits
-from .checkpoint import (CONFIG_FILE, CheckpointError, load_checkpoint, load_state, read_config,
-                         read_tensors, save_checkpoint)
 from .config import BridgeGANConfig
 from .distributed import DistInfo, all_gather_cat, all_reduce_mean, current
-from .losses import DiscriminatorObjective, GeneratorObjective, LossWeights, make_fakes
+from .losses import DiscriminatorObjective, GeneratorObjective, make_fakes
 from .model import BridgeGAN
-from .noise_memory import MODES as NOISE_MODES
 from .noise_memory import NoiseMemory
+from .train_config import TrainConfig
 from .train_data import (STREAM_INIT, STREAM_MEMORY, STREAM_SAMPLES, STREAM_STEP,
                          IndexedDataset, ResumableBatchSampler, derive_seed, generator)
-from .train_state import capture_rng, flatten_optimizer, restore_optimizer, restore_rng
-
-STATE_TENSORS = "train_state.safetensors"
-STATE_JSON = "train_state.json"
-STATE_FORMAT = "bridgegan-train-state/1"
-METRICS_FILE = "metrics.jsonl"
-AMP_MODES = ("none", "bf16", "fp16")
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
-_CKPT_RE = re.compile(r"^step-(\d+)$")
-
-
-@dataclass
-class TrainConfig:
-    """Everything about a training run except the architecture (BridgeGANConfig).
-
-    ``batch`` is the GLOBAL batch (split over the processes of a DDP run); ``steps`` counts
-    generator steps; ``ema`` is the EMA decay (0 disables EMA). ``d_attr_warmup``: updates of
-    D on the real-image attribute loss alone before the first generator step (not in the
-    paper; 0 = off): with a small batch D's attribute head otherwise stays near chance while
-    the latent terms pull E and M towards an input-independent code.
-    """
-
-    batch: int = 60
-    n_d: int = 5
-    steps: int = 50_500
-    lr: float = 2e-4
-    beta1: float = 0.5
-    beta2: float = 0.999
-    weights: LossWeights = field(default_factory=LossWeights)
-    noise_memory: str = "official"
-    ema: float = 0.999
-    seed: int = 0
-    ckpt_every: int = 1000
-    sample_every: int = 500
-    log_every: int = 50
-    keep_checkpoints: int = 3
-    device: str = "cpu"
-    amp: str = "none"
-    dtype: str = "float32"
-    workers: int = 4
-    n_samples: int = 8
-    sample_edits: int = 4
-    d_attr_warmup: int = 0
-    single_edits: float = 0.0
-
-    def __post_init__(self) -> None:
-        if isinstance(self.weights, dict):
-            self.weights = LossWeights.from_dict(self.weights)
-        for name in ("batch", "steps"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        for name in ("n_d", "ckpt_every", "sample_every", "log_every", "keep_checkpoints",
-                     "workers", "n_samples", "sample_edits", "d_attr_warmup"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
-        if not (self.lr > 0):
-            raise ValueError(f"lr must be > 0, got {self.lr!r}")
-        for name in ("beta1", "beta2", "ema"):
-            v = getattr(self, name)
-            if not (0 <= v < 1):
-                raise ValueError(f"{name} must be in [0, 1), got {v!r}")
-        if not (isinstance(self.single_edits, (int, float)) and 0 <= self.single_edits <= 1):
-            raise ValueError(f"single_edits must be a share in [0, 1], got {self.single_edits!r}")
-        if self.noise_memory not in NOISE_MODES:
-            raise ValueError(f"noise_memory must be one of {NOISE_MODES}, got {self.noise_memory!r}")
-        if self.amp not in AMP_MODES:
-            raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
-        if self.dtype == "float64" and self.amp != "none":
-            raise ValueError("amp needs dtype float32 (float64 is for numerical reference runs)")
-        if not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
-            raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["weights"] = self.weights.to_dict()
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown train config field(s) {unknown}; known: {sorted(known)}")
-        return cls(**data)
-
-
-def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
-    """The checkpoint folder with the highest step under ``out_dir/checkpoints``."""
-    root = Path(out_dir) / "checkpoints"
-    if not root.is_dir():
-        return None
-    found = [(int(m.group(1)), p) for p in root.iterdir()
-             if (m := _CKPT_RE.match(p.name)) and (p / STATE_JSON).is_file()]
-    return max(found)[1] if found else None
-
-
-_STATE_KEYS = ("step", "batches", "dataset_size", "train_config", "opt_g", "opt_d")
-_OPT_KEYS = ("param_groups", "scalars", "tensor_keys")
-
-
-def read_train_state(path: str | os.PathLike) -> dict[str, Any]:
-    """The checked ``train_state.json`` of checkpoint folder ``path``: a CheckpointError
-    naming the file and what is wrong (not a training checkpoint, corrupt JSON, another
-    format, missing entries) otherwise."""
-    json_path = Path(path) / STATE_JSON
-    if not json_path.is_file():
-        raise CheckpointError(f"{path} holds no training state ({STATE_JSON}); it is an "
-                              f"inference checkpoint (or no checkpoint) and cannot be resumed")
-    try:
-        meta = json.loads(json_path.read_text())
-    except (ValueError, OSError) as exc:
-        raise CheckpointError(f"{json_path} is corrupt (truncated or not JSON): {exc}") from None
-    if not isinstance(meta, dict) or meta.get("format") != STATE_FORMAT:
-        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
-        raise CheckpointError(f"{json_path}: unknown format {found!r}, expected {STATE_FORMAT!r}")
-    missing = [k for k in _STATE_KEYS if k not in meta]
-    missing += [f"{k}.{f}" for k in ("opt_g", "opt_d") if isinstance(meta.get(k), dict)
-                for f in _OPT_KEYS if f not in meta[k]]
-    missing += [k for k in ("opt_g", "opt_d") if k in meta and not isinstance(meta[k], dict)]
-    if missing:
-        raise CheckpointError(f"{json_path} lacks or has damaged entries {missing}: a damaged "
-                              f"training state; resume from another checkpoint")
-    return meta
-
-
-def drop_metrics_after(out_dir: str | os.PathLike, step: int) -> None:
-    """Rewrite ``metrics.jsonl`` (atomically) without the records past ``step``: a resumed
-    run logs those steps again. Lines cut short by a kill go too."""
-    path = Path(out_dir) / METRICS_FILE
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text().splitlines(keepends=True):
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and record.get("step", 0) <= step:
-            kept.append(line if line.endswith("\n") else line + "\n")
-    write_file_atomic(path, "".join(kept).encode())
+from .train_state import (CHECKPOINTS, METRICS_FILE, Progress, TrainState, drop_metrics_after,
+                          numbered_checkpoint, prune_checkpoints)
+# Re-exported for callers of their old home here (tests/test_faults.py, tests/test_ddp.py,
+# benchmarks/train_default.py); new code imports them from train_state.
+from .train_state import STATE_JSON, STATE_TENSORS, latest_checkpoint  # noqa: F401
 
 
 class Trainer:
@@ -234,7 +77,7 @@ class Trainer:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(config.seed, STREAM_INIT))
             self.model = BridgeGAN(model_config)
-        self.dtype = DTYPES[config.dtype]
+        self.dtype = getattr(torch, config.dtype)
         self.model.to(self.device, self.dtype)
         m = self.model
         self.gen_params = [p for mod in (m.generator, m.encoder, m.mapping) for p in mod.parameters()]
@@ -278,7 +121,7 @@ class Trainer:
         self._log_t0 = time.perf_counter()
         self._log_step0 = 0
         if self.is_main and self.out_dir is not None:  # leftovers of killed checkpoint writes
-            remove_stale(self.out_dir / "checkpoints")
+            remove_stale(self.out_dir / CHECKPOINTS)
 
     # ----- setup -----------------------------------------------------------------------
     def _pick_device(self, name: str) -> torch.device:
@@ -568,7 +411,7 @@ class Trainer:
         now = time.perf_counter()
         dt = now - self._log_t0
         steps = self.step - self._log_step0
-        record: dict[str, Any] = {"step": self.step, "epoch": round(self.epoch, 4),
+        record: dict[str, float] = {"step": self.step, "epoch": round(self.epoch, 4),
                                   "images": self.batches * self.config.batch}
         record.update({k: v for k, v in zip(keys, values)})
         if steps:
@@ -585,7 +428,7 @@ class Trainer:
     # ----- samples ---------------------------------------------------------------------
     def inference_model(self) -> BridgeGAN:
         """The EMA model (raw D) when EMA is on, else the raw model."""
-        return self.ema if self.ema is not None else self.model
+        return self.state().inference_model
 
     @torch.no_grad()
     def sample_rows(self) -> list[torch.Tensor]:
@@ -626,31 +469,12 @@ class Trainer:
         return path
 
     # ----- checkpoints -----------------------------------------------------------------
-    def state_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        tensors: dict[str, torch.Tensor] = {}
-        for k, v in self.model.state_dict().items():
-            tensors[f"raw.{k}"] = v.detach().cpu().contiguous()
-        if self.ema is not None:
-            for name in ("generator", "encoder", "mapping"):
-                for k, v in getattr(self.ema, name).state_dict().items():
-                    tensors[f"ema.{name}.{k}"] = v.detach().cpu().contiguous()
-        t_g, meta_g = flatten_optimizer(self.opt_g, "opt_g")
-        t_d, meta_d = flatten_optimizer(self.opt_d, "opt_d")
-        tensors.update(t_g)
-        tensors.update(t_d)
-        tensors.update(self.memory.state_tensors())
-        t_rng, meta_rng = capture_rng()
-        tensors.update(t_rng)
-        meta = {
-            "format": STATE_FORMAT, "step": self.step, "batches": self.batches,
-            "warmup_done": self.warmup_done,
-            "epoch": self.epoch, "batches_per_epoch": self.sampler.batches_per_epoch,
-            "dataset_size": len(self.dataset), "world_size": self.dist.world_size,
-            "train_config": self.config.to_dict(), "opt_g": meta_g, "opt_d": meta_d,
-            "scaler_g": self.scaler_g.state_dict(), "scaler_d": self.scaler_d.state_dict(),
-            "rng": meta_rng,
-        }
-        return tensors, meta
+    def state(self) -> TrainState:
+        """A view of what a checkpoint of this run holds, at this step."""
+        return TrainState(self.model, self.ema, self.opt_g, self.opt_d, self.memory,
+                          self.scaler_g, self.scaler_d, self.config, len(self.dataset),
+                          self.dist.world_size, self.sampler.batches_per_epoch,
+                          Progress(self.step, self.batches, self.warmup_done))
 
     def save(self, path: str | os.PathLike | None = None) -> Path | None:
         """Write a checkpoint folder (rank 0 only); default out_dir/checkpoints/step-NNNNNNNN.
@@ -662,90 +486,23 @@ class Trainer:
         if path is None:
             if self.out_dir is None:
                 raise ValueError("no checkpoint path given and the trainer has no out_dir")
-            path = self.out_dir / "checkpoints" / f"step-{self.step:08d}"
-        tensors, meta = self.state_tensors()
-        extra = {
-            STATE_TENSORS: lambda p: save_file(tensors, str(p), metadata={"format": STATE_FORMAT}),
-            STATE_JSON: lambda p: p.write_text(json.dumps(meta, indent=1) + "\n"),
-        }
-        path = save_checkpoint(path, self.inference_model(), dtype=torch.float32, extra=extra)
-        if self.out_dir is not None and path.parent == self.out_dir / "checkpoints":
-            self._prune_checkpoints()
+            path = numbered_checkpoint(self.out_dir, self.step)
+        path = self.state().save(path)
+        if self.out_dir is not None and path.parent == self.out_dir / CHECKPOINTS:
+            prune_checkpoints(self.out_dir, self.config.keep_checkpoints)
         return path
-
-    def _prune_checkpoints(self) -> None:
-        keep = self.config.keep_checkpoints
-        if not keep:
-            return
-        root = self.out_dir / "checkpoints"
-        found = sorted((int(m.group(1)), p) for p in root.iterdir() if (m := _CKPT_RE.match(p.name)))
-        for _, p in found[:-keep]:
-            shutil.rmtree(p, ignore_errors=True)
 
     def init_weights(self, path: str | os.PathLike) -> None:
         """Start from the weights of checkpoint folder ``path`` (its model.safetensors: G/E/M,
         the EMA ones for a trained checkpoint, and D), raw and EMA alike; the optimisers,
         the noise memory and the step start afresh (fine-tuning, or continuing a shipped
         model whose training state is gone)."""
-        source = load_checkpoint(path, expected_config=self.model_config)
-        self.model.load_state_dict(source.state_dict())
-        if self.ema is not None:
-            for name in ("generator", "encoder", "mapping"):
-                getattr(self.ema, name).load_state_dict(getattr(self.model, name).state_dict())
+        self.state().load_weights(path)
 
     def load(self, path: str | os.PathLike, restore_rng_states: bool = True) -> None:
         """Restore a checkpoint written by ``save`` so that training continues exactly;
         metrics.jsonl loses the records past its step (logged again from there)."""
-        path = Path(path)
-        config = read_config(path)
-        diffs = self.model_config.differences(config)
-        if diffs:
-            raise CheckpointError(f"checkpoint {path} has another model configuration: " + "; ".join(diffs))
-        meta = read_train_state(path)
-        if meta["dataset_size"] != len(self.dataset):
-            raise CheckpointError(
-                f"checkpoint {path} was trained on a dataset of {meta['dataset_size']} items, this "
-                f"dataset has {len(self.dataset)}: the data order and noise memory would not match")
-        saved = meta["train_config"]
-        for name in ("batch", "seed", "n_d", "noise_memory"):
-            if saved.get(name) != getattr(self.config, name):
-                warnings.warn(f"resuming with {name}={getattr(self.config, name)!r} but the "
-                              f"checkpoint used {saved.get(name)!r}: the run will not continue "
-                              f"exactly as it would have", stacklevel=2)
-        tensors = read_tensors(path / STATE_TENSORS)
-
-        def sub(prefix: str) -> dict[str, torch.Tensor]:
-            return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-
-        load_state(self.model, sub("raw."), str(path / STATE_TENSORS))
-        if self.ema is not None:
-            ema = sub("ema.")
-            if ema:
-                for name in ("generator", "encoder", "mapping"):
-                    load_state(getattr(self.ema, name), sub(f"ema.{name}."), str(path / STATE_TENSORS))
-            else:
-                warnings.warn("the checkpoint has no EMA weights; EMA restarts from the raw weights")
-                with torch.no_grad():
-                    for e, p in zip(self.ema_params, self.gen_params):
-                        e.copy_(p)
-        source = str(path / STATE_TENSORS)
-        restore_optimizer(self.opt_g, tensors, meta["opt_g"], "opt_g", source)
-        restore_optimizer(self.opt_d, tensors, meta["opt_d"], "opt_d", source)
-        for opt in (self.opt_g, self.opt_d):  # allow a changed learning rate on resume
-            for group in opt.param_groups:
-                group["lr"] = self.config.lr
-                group["betas"] = (self.config.beta1, self.config.beta2)
-        if not self.memory.load_state_tensors(tensors):
-            warnings.warn("the checkpoint has no noise memory; starting from a fresh table")
-        if self.scaler_g.is_enabled() and meta.get("scaler_g"):
-            self.scaler_g.load_state_dict(meta["scaler_g"])
-        if self.scaler_d.is_enabled() and meta.get("scaler_d"):
-            self.scaler_d.load_state_dict(meta["scaler_d"])
-        self.step = int(meta["step"])
-        self.batches = int(meta["batches"])
-        self.warmup_done = int(meta.get("warmup_done", 0))
+        self.step, self.batches, self.warmup_done = self.state().restore(path, restore_rng_states)
         self._loader_iter = None
-        if restore_rng_states:
-            restore_rng(tensors, meta.get("rng", {}))
         if self.is_main and self.out_dir is not None:
             drop_metrics_after(self.out_dir, self.step)
