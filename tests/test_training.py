@@ -13,6 +13,7 @@ from bridgegan.reference import load_checkpoint
 from bridgegan.reference.checkpoint import read_config, read_tensors
 from bridgegan.reference.data import make_dataset
 from bridgegan.reference.train_data import ResumableBatchSampler, epoch_order
+from bridgegan.reference.train_modes import AMP_MODES
 from bridgegan.reference.train_config import TrainConfig
 from bridgegan.reference.train_state import STATE_JSON, STATE_TENSORS, latest_checkpoint
 from bridgegan.reference.trainer import Trainer
@@ -378,7 +379,7 @@ def test_cli_trains_and_resumes(tmp_path, capsys):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("amp", ["none", "bf16", "fp16"])
+@pytest.mark.parametrize("amp", AMP_MODES)
 def test_cuda_training_steps(faces, tmp_path, amp):
     t = Trainer(tiny(faces), train_config(steps=2, device="cuda", amp=amp, ckpt_every=2,
                                           sample_every=2), faces, out_dir=tmp_path, progress=False)

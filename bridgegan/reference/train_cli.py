@@ -16,7 +16,9 @@ from pathlib import Path
 from .. import threads
 from ..files import check_writable_folder
 from .data import registry as data_registry
+from .data.split_modes import SPLIT_MODES
 from .noise_modes import MODES as NOISE_MODES
+from .train_modes import AMP_MODES, TRAIN_DTYPES
 
 # Options that define the architecture (None = not given).
 _ARCH_OPTIONS = {
@@ -58,7 +60,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--attributes", default=None,
                    help="attribute preset (bridgegan, stargan, attgan) or comma-separated "
                         "CelebA names (default: the dataset's default list)")
-    g.add_argument("--split-mode", choices=("index", "official"), default="index",
+    g.add_argument("--split-mode", choices=SPLIT_MODES, default="index",
                    help="CelebA split: 'index' = first 182,000 images for training as in the "
                         "official code, 'official' = list_eval_partition.txt (default: index)")
     g.add_argument("--workers", type=int, default=4,
@@ -139,10 +141,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("hardware")
     g.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="cpu or cuda (under torchrun each process takes GPU LOCAL_RANK; default: cpu)")
-    g.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none",
+    g.add_argument("--amp", choices=AMP_MODES, default="none",
                    help="autocast dtype: bf16, fp16 (CUDA only, with gradient scaling) or none; "
                         "the gradient penalty is always computed in float32 (default: none)")
-    g.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+    g.add_argument("--dtype", choices=TRAIN_DTYPES, default="float32",
                    help="training precision: float32, or float64 for numerical reference runs "
                         "(slow; e.g. checking DDP against one process) (default: float32)")
     g.add_argument("--dist-backend", choices=("nccl", "gloo"), default=None,

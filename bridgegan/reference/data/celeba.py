@@ -25,11 +25,11 @@ from torch.utils.data import Dataset
 from ..attributes import CELEBA_ATTRIBUTES, resolve_attributes
 from .image import (CELEBA_CROP_BOX, CELEBA_IMAGE_SIZE, check_size_and_split, open_rgb,
                     pil_to_tensor)
+from .split_modes import SPLIT_MODES
 
 ATTR_FILE = "list_attr_celeba.txt"
 PARTITION_FILE = "list_eval_partition.txt"
 IMAGE_DIR = "img_align_celeba"
-SPLIT_MODES = ("index", "official")
 
 
 class CelebAFormatError(ValueError):
