@@ -165,13 +165,13 @@ def run(out_dir, dry_run=False, sweep=False, parity=False, quick=False, dtypes=N
         from bridgegan.kernels.parity import check_ops
 
         prow = check_ops(device=device, verbose=True, quick=quick or dry_run,
-                         impl="ref" if dry_run else None)
+                         impl="torch" if dry_run else None)
         (out / "parity.json").write_text(json.dumps(prow, indent=1))
         print(f"parity: {sum(r['ok'] for r in prow)}/{len(prow)} pass")
 
     timing, quick_timing = _timing(device, quick or dry_run), _timing(device, True)
     batch = 2 if dry_run else BATCH
-    impl = "ref" if dry_run else "triton"
+    impl = "torch" if dry_run else "triton"
     layers = [((max(1, c // 16), max(2, h // 8)), k) for (c, h), k in _unique_layers()] if dry_run \
         else _unique_layers()
     copy_bw = {k: v / 1e9 for k, v in copy_bandwidth(
@@ -203,10 +203,10 @@ def run(out_dir, dry_run=False, sweep=False, parity=False, quick=False, dtypes=N
                 plan = norm_act.plan_launch(batch, c, h * h, cl)
                 backends = {
                     "triton": (rot(lambda x, g, b: norm_act.spade_modulate(x, g, b, act="relu", impl=impl)),
-                               plan.path if impl == "triton" else "ref"),
+                               plan.path if impl == "triton" else "torch"),
                     "eager": (rot(_eager), "eager"),
-                    "ref": (rot(lambda x, g, b: norm_act.spade_modulate(x, g, b, act="relu", impl="ref")),
-                            "ref"),
+                    "torch": (rot(lambda x, g, b: norm_act.spade_modulate(x, g, b, act="relu", impl="torch")),
+                              "torch"),
                 }
                 if sweep and not dry_run and dname == "fp16":
                     for cfg in SWEEP[layout]:
@@ -238,7 +238,7 @@ def run(out_dir, dry_run=False, sweep=False, parity=False, quick=False, dtypes=N
                         e = times["eager"]
                         rows.append(dict(common, metric="speedup_vs_eager", unit="x",
                                          p50=e[0] / t50, p20=e[1] / t20, p80=e[2] / t80))
-                    if name in ("triton", "eager", "ref"):
+                    if name in ("triton", "eager", "torch"):
                         tot = totals.setdefault((dname, layout, name), [0.0, 0.0, 0.0, 0])
                         for i in range(3):
                             tot[i] += count * times[name][i]

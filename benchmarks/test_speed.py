@@ -20,7 +20,7 @@ from bridgegan.timing import synchronize
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")
 DTYPE = torch.float16 if CUDA else torch.float32
-IMPL = "triton" if CUDA else "ref"
+IMPL = "triton" if CUDA else "torch"
 BATCH = 64 if CUDA else 2
 
 

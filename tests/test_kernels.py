@@ -142,21 +142,21 @@ def test_reference_matches_torch_ops():
     """The reference is the textbook definition (F.instance_norm, then modulation)."""
     x, kw = make(SPADE, (2, 4, 6, 5), torch.float64, seed=5)
     want = torch.nn.functional.instance_norm(x, eps=1e-5) * (1 + kw["gamma"]) + kw["beta"]
-    got = call(SPADE, x, kw, impl="ref")
+    got = call(SPADE, x, kw, impl="torch")
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
     x, kw = make(IN, (2, 4, 6, 5), torch.float64, seed=6)
     w, b = kw["weight"].double(), kw["bias"].double()
     want = torch.nn.functional.leaky_relu(
         torch.nn.functional.instance_norm(x, weight=w, bias=b, eps=1e-5), 0.2)
-    got = instance_norm_act(x, w, b, act="leaky_relu", impl="ref")
+    got = instance_norm_act(x, w, b, act="leaky_relu", impl="torch")
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
 def test_merged_gamma_equals_separate():
     x, kw = make(SPADE2C, (2, 3, 4, 4), seed=2)
     g2 = kw["gamma"]
-    a = spade_modulate(x, g2, impl="ref")
-    b = spade_modulate(x, g2[:, :3], g2[:, 3:], impl="ref")
+    a = spade_modulate(x, g2, impl="torch")
+    b = spade_modulate(x, g2[:, :3], g2[:, 3:], impl="torch")
     torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
@@ -215,7 +215,7 @@ def test_non_contiguous_inputs(path, poisoned_alloc):
         assert_close(out, reference64(SPADE, x, kw, "relu"), torch.float32)
         assert_format(out, x, layout)
         out = instance_norm_act(x, gamma[0, :, 0, 0], None, act="none", impl="triton", config=cfg)
-        assert_close(out, float64_call(instance_norm_act, x, gamma[0, :, 0, 0], impl="ref"),
+        assert_close(out, float64_call(instance_norm_act, x, gamma[0, :, 0, 0], impl="torch"),
                      torch.float32)
 
 
@@ -241,14 +241,14 @@ def test_out_buffer_poisoned(layout, path):
     assert_close(out, reference64(SPADE, x, kw, "relu"), torch.float16)
     # the reference path honours out= too
     out2 = torch.full_like(x, float("nan"))
-    assert call(SPADE, x, kw, act="relu", impl="ref", out=out2) is out2
+    assert call(SPADE, x, kw, act="relu", impl="torch", out=out2) is out2
     assert torch.isfinite(out2).all()
 
 
 def test_empty_input():
     x = torch.randn(0, 3, 4, 4)
-    assert spade_modulate(x, torch.randn(0, 3, 4, 4), impl="ref").shape == x.shape
-    assert instance_norm_act(torch.randn(2, 3, 0, 4), impl="ref").shape == (2, 3, 0, 4)
+    assert spade_modulate(x, torch.randn(0, 3, 4, 4), impl="torch").shape == x.shape
+    assert instance_norm_act(torch.randn(2, 3, 0, 4), impl="torch").shape == (2, 3, 0, 4)
 
 
 # ----------------------------------------------------------------------------- NaN / Inf
@@ -293,11 +293,11 @@ def test_auto_falls_back_with_one_warning():
     fallback = [w for w in rec if issubclass(w.category, KernelFallbackWarning)]
     assert len(fallback) == 1, [str(w.message) for w in rec]
     msg = str(fallback[0].message)
-    assert "reference" in msg and "CUDA" in msg
-    torch.testing.assert_close(outs[0], call(SPADE, x, kw, impl="ref"), rtol=0, atol=0)
+    assert "torch path" in msg and "CUDA" in msg
+    torch.testing.assert_close(outs[0], call(SPADE, x, kw, impl="torch"), rtol=0, atol=0)
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
-        call(SPADE, x, kw, impl="ref")
+        call(SPADE, x, kw, impl="torch")
     assert not [w for w in rec if issubclass(w.category, KernelFallbackWarning)]
 
 
@@ -338,7 +338,7 @@ def _bad_cases():
         "slope_nan": (lambda: i(x, act="leaky_relu", negative_slope=math.nan), "negative_slope"),
         "out_shape": (lambda: s(x, g, out=torch.empty(2, 3, 4, 5)), "out has shape"),
         "out_dtype": (lambda: s(x, g, out=torch.empty(2, 3, 4, 4, dtype=torch.half)), "out has dtype"),
-        "out_with_grad": (lambda: s(x.requires_grad_(), g, impl="ref", out=torch.empty_like(x)),
+        "out_with_grad": (lambda: s(x.requires_grad_(), g, impl="torch", out=torch.empty_like(x)),
                           "autograd"),
         "fp64_triton": (lambda: s(x.double(), g.double(), impl="triton"), "float64"),
     }
@@ -368,11 +368,11 @@ def test_gradcheck_reference(act):
     w = torch.randn(3, dtype=torch.float64, requires_grad=True)
     bias = torch.randn(3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(
-        lambda *t: spade_modulate(*t, act=act, impl="ref"), (x, g, b))
+        lambda *t: spade_modulate(*t, act=act, impl="torch"), (x, g, b))
     assert torch.autograd.gradcheck(
-        lambda *t: spade_modulate(*t, act=act, impl="ref"), (x, g2))
+        lambda *t: spade_modulate(*t, act=act, impl="torch"), (x, g2))
     assert torch.autograd.gradcheck(
-        lambda *t: instance_norm_act(*t, act=act, impl="ref"), (x, w, bias))
+        lambda *t: instance_norm_act(*t, act=act, impl="torch"), (x, w, bias))
 
 
 @requires_triton
@@ -383,18 +383,18 @@ def test_triton_grads_match_reference(op, layout):
     gy = torch.randn(x.shape, generator=torch.Generator().manual_seed(15))
     grads = {}
     outs = {}
-    for impl in ("ref", "triton"):
+    for impl in ("torch", "triton"):
         xs = x.detach().clone().requires_grad_()
         kws = {k: v.detach().clone().requires_grad_() for k, v in kw.items()}
         y = call(op, xs, kws, act="leaky_relu", impl=impl)
         (y * gy).sum().backward()
         outs[impl] = y.detach()
         grads[impl] = [xs.grad] + [kws[k].grad for k in sorted(kws)]
-    assert_close(outs["triton"], outs["ref"].double(), torch.float32)
+    assert_close(outs["triton"], outs["torch"].double(), torch.float32)
     with torch.no_grad():
         plain = call(op, x, kw, act="leaky_relu", impl="triton")
     torch.testing.assert_close(outs["triton"], plain, rtol=0, atol=0)
-    for gt, gr in zip(grads["triton"], grads["ref"]):
+    for gt, gr in zip(grads["triton"], grads["torch"]):
         assert gt is not None
         torch.testing.assert_close(gt, gr, rtol=1e-5, atol=1e-5)
 
@@ -449,7 +449,7 @@ def test_reference_traces_and_auto_uses_reference_when_tracing():
         # check_trace=False: the trace checker re-runs forward outside tracing
         traced = torch.jit.trace(M(), (x, kw["gamma"]), check_trace=False)
     assert not [w for w in rec if issubclass(w.category, KernelFallbackWarning)]
-    torch.testing.assert_close(traced(x, kw["gamma"]), call(SPADE2C, x, kw, act="relu", impl="ref"))
+    torch.testing.assert_close(traced(x, kw["gamma"]), call(SPADE2C, x, kw, act="relu", impl="torch"))
     kinds = {n.kind() for n in traced.graph.nodes()}
     assert not any("triton" in k or "PythonOp" in k for k in kinds), kinds
 
@@ -459,7 +459,7 @@ def test_reference_exports_to_onnx(tmp_path):
 
     class M(torch.nn.Module):
         def forward(self, x, g):
-            return spade_modulate(x, g, act="leaky_relu", impl="ref")
+            return spade_modulate(x, g, act="leaky_relu", impl="torch")
 
     x, kw = make(SPADE2C, (1, 2, 4, 4), seed=18)
     path = tmp_path / "spade.onnx"

@@ -22,7 +22,7 @@ against the reference model):
 
 The graph exposes the stages the engine composes: ``trunk(x)`` (source-only, cacheable
 across edits), ``encode(x, d)``, ``map(r, d)``, ``modulations(S)`` and ``decode(h, S)``.
-``impl`` chooses the SPADE / instance-norm ops: "ref" (torch ops, also what ONNX export
+``impl`` chooses the SPADE / instance-norm ops: "torch" (torch ops, also what ONNX export
 traces) or "triton" (the fused kernels).
 """
 from __future__ import annotations
@@ -155,7 +155,7 @@ class Block(nn.Module):
             return spade_modulate(x, gamma, beta, act=self.act, eps=self.eps, impl=impl)
         return F.leaky_relu(x, self.slope) if self.slope is not None else F.relu(x)
 
-    def forward(self, x: torch.Tensor, mods=(None, None), impl: str = "ref") -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mods=(None, None), impl: str = "torch") -> torch.Tensor:
         h = self._norm_act(x, 1, mods[0], impl)
         if self.resample == "up" and not self.up_inside:
             h = _up(h)
@@ -231,10 +231,10 @@ def _blend(mods_list: list[list], weights) -> list:
 class InferenceGraph(nn.Module):
     """G, E and M of ``model`` rewritten for inference (see the module docstring)."""
 
-    def __init__(self, model: BridgeGAN, rewrites: Rewrites = Rewrites(), impl: str = "ref"):
+    def __init__(self, model: BridgeGAN, rewrites: Rewrites = Rewrites(), impl: str = "torch"):
         super().__init__()
-        if impl not in ("ref", "triton"):
-            raise ValueError(f"impl must be 'ref' or 'triton', got {impl!r}")
+        if impl not in ("torch", "triton"):
+            raise ValueError(f"impl must be 'torch' or 'triton', got {impl!r}")
         self.config, self.rewrites, self.impl = model.config, rewrites, impl
         g, e, m = model.generator, model.encoder, model.mapping
         rw = rewrites

@@ -1,6 +1,6 @@
-"""Fused kernels for the BridgeGAN generator, each with a torch reference path beside it.
+"""Fused kernels for the BridgeGAN generator, each with a plain torch path beside it.
 
-Public ops (one entry point each, ``impl="auto" | "triton" | "ref"``):
+Public ops (one entry point each, ``impl="auto" | "triton" | "torch"``):
 
 * :func:`spade_modulate` -- ``act(instance_norm(x) * (1 + gamma) + beta)``
 * :func:`instance_norm_act` -- ``act(instance_norm(x) * weight + bias)``

@@ -1,6 +1,6 @@
 """Fused instance norm + modulation + activation: SPADE and IN blocks.
 
-Two public ops, each one entry point with a torch reference path beside the Triton path:
+Two public ops, each one entry point with a torch path beside the Triton path:
 
 ``spade_modulate(x, gamma, beta=None, act, eps, negative_slope, impl)``
     ``act(instance_norm(x) * (1 + gamma) + beta)``; gamma/beta are (N, C, H, W) like x,
@@ -13,15 +13,15 @@ instance_norm is without affine parameters, biased variance over H*W per (n, c).
 act is one of "none", "relu", "leaky_relu" (``negative_slope`` for the last).
 
 impl:
-  ``"ref"``    plain torch ops (mean, sub, mul, rsqrt, add, relu/leaky_relu) in float32
+  ``"torch"``  plain torch ops (mean, sub, mul, rsqrt, add, relu/leaky_relu) in float32
                for fp16/bf16/fp32 storage (float64 stays float64), cast back to the input
                dtype. This is the oracle and it is what ONNX export traces.
   ``"triton"`` the fused kernels in :mod:`._triton_norm`; needs a CUDA tensor, or a CPU
                tensor with TRITON_INTERPRET=1 set before this package is imported
                (the CPU interpreter, how CI tests the kernels). fp16/bf16/fp32 only.
-  ``"auto"``   Triton for CUDA tensors when triton imports; otherwise the reference, with
+  ``"auto"``   Triton for CUDA tensors when triton imports; otherwise the torch path, with
                one :class:`KernelFallbackWarning` per process. While tracing / exporting
-               to ONNX it always takes the reference, silently.
+               to ONNX it always takes the torch path, silently.
 
 Numerics: statistics are float32 whatever the storage dtype (mean first, then the mean of
 squared deviations; Chan's formula where a plane is cut into tiles), the output is the
@@ -30,10 +30,10 @@ gives a dense output in the format its strides suggest). NaN/Inf propagate as in
 reference: a NaN or Inf in an (n, c) plane makes that whole output plane NaN.
 
 Autograd: the Triton path is forward-only kernels wrapped in a ``torch.autograd.Function``
-whose backward recomputes the reference math with torch ops (float32 statistics) and
-differentiates it. That keeps the backward exactly the reference's gradient at the cost of
+whose backward recomputes the torch path's math with torch ops (float32 statistics) and
+differentiates it. That keeps the backward exactly the torch path's gradient at the cost of
 one recomputation; this engine is inference-first, so no backward kernels are written.
-The reference path is plain differentiable torch.
+The torch path is plain differentiable torch.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ __all__ = [
 ]
 
 ACTS = ("none", "relu", "leaky_relu")
-IMPLS = ("auto", "triton", "ref")
+IMPLS = ("auto", "triton", "torch")
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 REF_DTYPES = TRITON_DTYPES + (torch.float64,)
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -68,7 +68,7 @@ _INT32_MAX = 2**31 - 1
 
 
 class KernelFallbackWarning(RuntimeWarning):
-    """impl="auto" could not run a Triton kernel and used the torch reference instead."""
+    """impl="auto" could not run a Triton kernel and used the torch path instead."""
 
 
 # ----------------------------------------------------------------------------- triton import
@@ -109,7 +109,7 @@ def _warn_fallback(op: str, reason: str) -> None:
         return
     _FALLBACK_WARNED = True
     warnings.warn(
-        f"bridgegan.kernels.{op}(impl='auto') is using the torch reference path: {reason}. "
+        f"bridgegan.kernels.{op}(impl='auto') is using the torch path: {reason}. "
         "Results are correct but not fused. (Shown once per process.)",
         KernelFallbackWarning,
         stacklevel=4,
@@ -140,7 +140,7 @@ def _check_x(op: str, x) -> None:
         _fail(op, f"x must be 4-D (N, C, H, W), got {x.dim()}-D shape {tuple(x.shape)}")
     if x.dtype not in REF_DTYPES:
         _fail(op, f"x has dtype {_dtype_name(x.dtype)}; accepted: float16, bfloat16, float32 "
-                  "(and float64 on the reference path)")
+                  "(and float64 on the torch path)")
 
 
 def _check_map(op: str, name: str, t, x: torch.Tensor, channels: tuple[int, ...]) -> None:
@@ -186,10 +186,10 @@ def _check_common(op: str, act, eps, negative_slope, impl) -> None:
         _fail(op, f"negative_slope must be a finite number, got {negative_slope!r}")
 
 
-# ----------------------------------------------------------------------------- reference
+# ----------------------------------------------------------------------------- torch path
 
 
-def _reference(x, gamma, beta, weight, bias, act, eps, negative_slope):
+def _torch_ops(x, gamma, beta, weight, bias, act, eps, negative_slope):
     """The oracle: exact torch math, float32 statistics for fp16/bf16, ONNX-traceable.
 
     gamma may be the merged (N, 2C, H, W) tensor when beta is None.
@@ -409,7 +409,7 @@ def _triton_forward(op, x, gamma, beta, weight, bias, act, eps, slope, out, conf
 
 
 class _NormActFunction(torch.autograd.Function):
-    """Triton forward; backward = autograd of the reference math (recomputed)."""
+    """Triton forward; backward = autograd of the torch path's math (recomputed)."""
 
     @staticmethod
     def forward(ctx, x, gamma, beta, weight, bias, spec):
@@ -426,7 +426,7 @@ class _NormActFunction(torch.autograd.Function):
         with torch.enable_grad():
             leaves = [t.detach().requires_grad_(bool(nd)) if t is not None else None
                       for t, nd in zip(saved, needs)]
-            y = _reference(*leaves, act, eps, slope)
+            y = _torch_ops(*leaves, act, eps, slope)
             wrt = [t for t, nd in zip(leaves, needs) if nd and t is not None]
             grads = iter(torch.autograd.grad(y, wrt, grad_out) if wrt else ())
         return (*[next(grads) if (nd and t is not None) else None for t, nd in zip(saved, needs)],
@@ -450,16 +450,16 @@ def _tracing() -> bool:
 
 
 def _choose_impl(op: str, x: torch.Tensor, impl: str) -> str:
-    if impl == "ref":
-        return "ref"
+    if impl == "torch":
+        return "torch"
     per_sample = x[0].numel() if x.shape[0] else 0
     if impl == "triton":
         tn, why = _triton_module()
         if tn is None:
-            raise RuntimeError(f"{op}(impl='triton'): {why}; install triton or use impl='ref'")
+            raise RuntimeError(f"{op}(impl='triton'): {why}; install triton or use impl='torch'")
         if x.dtype not in TRITON_DTYPES:
             _fail(op, f"impl='triton' accepts float16, bfloat16, float32; x is "
-                      f"{_dtype_name(x.dtype)} (use impl='ref' for float64)")
+                      f"{_dtype_name(x.dtype)} (use impl='torch' for float64)")
         if not x.is_cuda and not tn.is_interpreted():
             raise RuntimeError(
                 f"{op}(impl='triton'): x is on {x.device}; the Triton path needs a CUDA tensor, "
@@ -471,7 +471,7 @@ def _choose_impl(op: str, x: torch.Tensor, impl: str) -> str:
         return "triton"
     # auto
     if _tracing():
-        return "ref"
+        return "torch"
     tn, why = _triton_module()
     if not x.is_cuda:
         reason = f"x is on {x.device}, the Triton kernels need a CUDA tensor"
@@ -484,7 +484,7 @@ def _choose_impl(op: str, x: torch.Tensor, impl: str) -> str:
     else:
         return "triton"
     _warn_fallback(op, reason)
-    return "ref"
+    return "torch"
 
 
 def _run(op, x, gamma, beta, weight, bias, act, eps, slope, impl, out, config):
@@ -497,8 +497,8 @@ def _run(op, x, gamma, beta, weight, bias, act, eps, slope, impl, out, config):
     if grad and out is not None:
         _fail(op, "out= does not support autograd; pass out=None when inputs require grad")
     chosen = _choose_impl(op, x, impl)
-    if chosen == "ref":
-        y = _reference(x, gamma, beta, weight, bias, act, eps, slope)
+    if chosen == "torch":
+        y = _torch_ops(x, gamma, beta, weight, bias, act, eps, slope)
         fmt = torch.channels_last if _is_channels_last(x) else torch.contiguous_format
         if not _tracing() and not y.is_contiguous(memory_format=fmt):
             y = y.contiguous(memory_format=fmt)
@@ -520,14 +520,14 @@ def spade_modulate(x, gamma, beta=None, act="none", eps=1e-5, negative_slope=0.2
     """``act(instance_norm(x) * (1 + gamma) + beta)`` (SPADE modulation, fused).
 
     Args:
-        x: (N, C, H, W) float16/bfloat16/float32 (float64 on the reference path), NCHW or
+        x: (N, C, H, W) float16/bfloat16/float32 (float64 on the torch path), NCHW or
             channels_last, any strides.
         gamma: (N, C, H, W) like x; or, with ``beta=None``, (N, 2C, H, W): the output of a
             merged gamma/beta convolution, first C channels gamma, next C beta.
         beta: (N, C, H, W) like x, or None (no shift; or merged into gamma).
         act: "none", "relu" or "leaky_relu" (slope ``negative_slope``).
         eps: added to the variance (biased, over H*W, float32).
-        impl: "auto", "triton" or "ref" (see the module docstring).
+        impl: "auto", "triton" or "torch" (see the module docstring).
         out: optional output tensor (x's shape, dtype, device); written and returned.
         config: launch overrides for the Triton path (see :func:`plan_launch`); tuning and
             tests only.

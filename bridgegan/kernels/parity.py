@@ -12,7 +12,7 @@ finite always fails). Exit status 1 when any row fails.
 
 Which implementation is checked: on a CUDA device the Triton kernels; on the CPU the
 Triton kernels in the interpreter when TRITON_INTERPRET=1 is set (before the kernels are
-first used), otherwise the torch reference path only (said so in the output: the Triton
+first used), otherwise the torch path only (said so in the output: the Triton
 path needs a GPU or TRITON_INTERPRET=1). CPU shapes are tiny (the interpreter is slow);
 GPU shapes are the generator's real SPADE shapes at batch 64.
 """
@@ -85,7 +85,7 @@ def call(op, x, kw, **opts):
 
 def reference64(op, x, kw, act="none", **opts):
     """The op's torch reference on the inputs upcast to float64."""
-    return float64_call(call, op, x, kw, act=act, impl="ref", **opts)
+    return float64_call(call, op, x, kw, act=act, impl="torch", **opts)
 
 
 def _row(op, dtype, layout, act, shape, impl, path, out, ref, device, seconds, ok=True):
@@ -123,7 +123,7 @@ def _nan_rows(device, impl, gen, verbose):
                     out = call("spade_modulate", x, kw, act="relu", impl=impl, config=config)
                 ref = reference64("spade_modulate", x, kw, "relu")
                 same = same_nonfinite(out, ref)
-                path = "ref" if impl == "ref" else ("split" if config else "fused")
+                path = "torch" if impl == "torch" else ("split" if config else "fused")
                 row = _row("spade_modulate[nan]", dtype, layout, "relu", shape, impl, path, out,
                            ref, device, 0.0, ok=same)
                 rows.append(row)
@@ -136,10 +136,10 @@ def _default_impl(device: torch.device) -> tuple[str, str]:
     if device.type == "cuda":
         if norm_act.triton_available():
             return "triton", "Triton kernels on CUDA"
-        return "ref", "triton does not import: checking the torch reference path only"
+        return "torch", "triton does not import: checking the torch path only"
     if norm_act.triton_interpreted():
         return "triton", "Triton kernels in the CPU interpreter (TRITON_INTERPRET=1)"
-    return "ref", ("checking the torch reference path only: the Triton path needs a GPU or "
+    return "torch", ("checking the torch path only: the Triton path needs a GPU or "
                    "TRITON_INTERPRET=1 (set before the kernels are first used)")
 
 
@@ -177,7 +177,7 @@ def check_ops(device=None, verbose=True, quick=False, impl=None) -> list[dict]:
                         [secs] = time_calls(lambda: outs.append(call(
                             op, x, kw, act=act, impl=impl, config=config)), device)
                         out = outs[0]
-                        path = "ref"
+                        path = "torch"
                         if impl == "triton":
                             n, c, h, w = shape
                             path = plan_launch(n, c, h * w, layout == "channels_last" and c > 1
@@ -201,8 +201,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bridgegan.kernels.parity",
                                 description="Check the fused kernels against a float64 reference.")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    p.add_argument("--impl", choices=("triton", "ref"), default=None,
-                   help="implementation to check (default: triton where it can run, else ref)")
+    p.add_argument("--impl", choices=("triton", "torch"), default=None,
+                   help="implementation to check (default: triton where it can run, else torch)")
     p.add_argument("--quick", action="store_true", help="first shape only")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = p.parse_args(argv)

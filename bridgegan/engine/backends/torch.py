@@ -6,10 +6,10 @@ from ..graph import InferenceGraph
 from .base import place
 
 
-def rewritten(model, rewrites, dtype, device, channels_last, impl: str = "ref"
+def rewritten(model, rewrites, dtype, device, channels_last, impl: str = "torch"
               ) -> InferenceGraph:
     """The inference graph of ``model`` with ``rewrites``, its SPADE / instance-norm ops
-    from ``impl`` ("ref": torch ops, "triton": the fused kernels), placed."""
+    from ``impl`` ("torch": torch ops, "triton": the fused kernels), placed."""
     return place(InferenceGraph(model, rewrites, impl=impl), dtype, device, channels_last)
 
 

@@ -1,7 +1,7 @@
 """ONNX export of the rewritten inference graph.
 
 ``bridgegan export onnx CKPT OUT`` traces the :class:`~bridgegan.engine.graph.InferenceGraph`
-(every rewrite) through the reference ops (``impl="ref"``, never a Triton kernel) with
+(every rewrite) through the reference ops (``impl="torch"``, never a Triton kernel) with
 torch's TorchScript exporter (``dynamo=False``), opset 17 or newer, dynamic batch. The
 graphs hold G, E and M only (D never: source labels are the caller's business).
 
@@ -187,13 +187,13 @@ def _finish(model):
 
 
 def export_graph(graph: InferenceGraph, name: str, opset: int = OPSET, batch: int = 2):
-    """Trace graph ``name`` of ``graph`` (float32 or float16, impl "ref", on the CPU) at
+    """Trace graph ``name`` of ``graph`` (float32 or float16, impl "torch", on the CPU) at
     ``batch`` into a checked ``onnx.ModelProto`` whose batch dimension is dynamic."""
     import onnx
 
-    if graph.impl != "ref":
+    if graph.impl != "torch":
         raise ValueError("ONNX export traces the reference ops: build the InferenceGraph "
-                         "with impl='ref' (never a Triton kernel)")
+                         "with impl='torch' (never a Triton kernel)")
     if opset < OPSET:
         raise ValueError(f"opset must be {OPSET} or newer, got {opset}")
     if name not in _GRAPHS:
