@@ -9,7 +9,7 @@ import torch
 
 from ...reference.programs import Stages
 from ..export.names import STAGES
-from ..export.onnx_export import PRECISION_OF, OnnxFileError, export_model, file_name
+from ..export.onnx_export import ONNX_PRECISION_OF, OnnxFileError, export_model, file_name
 from .base import BackendUnavailable
 from .exported import exported_stages
 
@@ -46,7 +46,7 @@ class OrtGraph:
 def build(model, rewrites, dtype, device, channels_last=False, onnx_dir=None) -> Stages:
     """The stage graphs of ``model`` at ``dtype`` (float32 or float16) in sessions;
     ``channels_last`` does not apply."""
-    precision = PRECISION_OF[dtype]
+    precision = ONNX_PRECISION_OF[dtype]
     folder = export_model(model, onnx_dir, STAGES, (precision,), rewrites)
     return exported_stages({n: OrtGraph(folder / file_name(n, precision), device)
                             for n in STAGES})

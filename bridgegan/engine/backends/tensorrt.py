@@ -16,13 +16,13 @@ import torch
 
 from ...reference.programs import Stages
 from ..export.names import STAGES
-from ..export.onnx_export import PRECISION_OF, export_model, file_name
+from ..export.onnx_export import ONNX_PRECISION_OF, export_model, file_name
 from ..export.tensorrt_build import (PlanMismatch, build_config, build_plan, check_sidecar,
                                      device_info, import_tensorrt, read_sidecar,
                                      sidecar_path, sidecar_problems)
 from .exported import exported_stages
 
-PLAN_PRECISION_OF = {**PRECISION_OF, torch.bfloat16: "bf16"}
+PLAN_PRECISION_OF = {**ONNX_PRECISION_OF, torch.bfloat16: "bf16"}
 
 
 class TrtPlan:

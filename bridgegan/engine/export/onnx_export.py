@@ -64,8 +64,8 @@ from ..backends.base import BackendUnavailable
 from ..graph import InferenceGraph, Rewrites
 from .names import GRAPHS, ONNX_PRECISIONS, OPSET, PROGRAMS
 
-PRECISIONS = {name: getattr(torch, dtype) for name, dtype in ONNX_PRECISIONS.items()}
-PRECISION_OF = {v: k for k, v in PRECISIONS.items()}
+ONNX_DTYPES = {name: getattr(torch, dtype) for name, dtype in ONNX_PRECISIONS.items()}
+ONNX_PRECISION_OF = {v: k for k, v in ONNX_DTYPES.items()}
 MANIFEST = "manifest.json"
 FORMAT = "bridgegan-onnx/1"
 
@@ -198,7 +198,7 @@ def export_graph(graph: InferenceGraph, name: str, opset: int = OPSET, batch: in
         raise ValueError(f"opset must be {OPSET} or newer, got {opset}")
     if name not in _GRAPHS:
         raise ValueError(f"unknown graph {name!r}; graphs are {', '.join(GRAPHS)}")
-    precision = PRECISION_OF[next(graph.buffers()).dtype]
+    precision = ONNX_PRECISION_OF[next(graph.buffers()).dtype]
     inputs, output, _ = _GRAPHS[name]
     shapes = _port_shapes(graph.config)
     gen = torch.Generator().manual_seed(0)
@@ -354,7 +354,7 @@ def _write_export(out: Path, manifest: dict, missing: list[tuple[str, str]], mod
             for f in entry.get("files", {}).values() if (out / f).is_file()}
     written = {}
     for precision in dict.fromkeys(p for _, p in missing):
-        graph = InferenceGraph(model, rewrites).to("cpu", PRECISIONS[precision]).eval()
+        graph = InferenceGraph(model, rewrites).to("cpu", ONNX_DTYPES[precision]).eval()
         for name in (g for g, p in missing if p == precision):
             onnx_model = export_graph(graph, name, opset)
             data = onnx_model.SerializeToString()
@@ -373,7 +373,7 @@ def require_onnx(what: str) -> None:
 
 
 def export_model(model: BridgeGAN, out: str | os.PathLike | None = None,
-                 graphs: Iterable[str] = GRAPHS, precisions: Iterable[str] = tuple(PRECISIONS),
+                 graphs: Iterable[str] = GRAPHS, precisions: Iterable[str] = tuple(ONNX_DTYPES),
                  rewrites: Rewrites | None = None, opset: int = OPSET) -> Path:
     """Export into folder ``out`` the ``graphs`` x ``precisions`` it lacks and return it.
 
@@ -384,7 +384,7 @@ def export_model(model: BridgeGAN, out: str | os.PathLike | None = None,
     be read-only).
     """
     graphs, precisions = list(graphs), list(precisions)
-    for kind, given, known in (("graph", graphs, GRAPHS), ("precision", precisions, PRECISIONS)):
+    for kind, given, known in (("graph", graphs, GRAPHS), ("precision", precisions, ONNX_DTYPES)):
         unknown = [g for g in given if g not in known]
         if unknown:
             raise ValueError(f"unknown {kind}(s) {unknown}; accepted: {', '.join(known)}")
@@ -403,7 +403,7 @@ def export_model(model: BridgeGAN, out: str | os.PathLike | None = None,
 
 
 def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike,
-                graphs: Iterable[str] = GRAPHS, precisions: Iterable[str] = tuple(PRECISIONS),
+                graphs: Iterable[str] = GRAPHS, precisions: Iterable[str] = tuple(ONNX_DTYPES),
                 opset: int = OPSET, expected_config: BridgeGANConfig | None = None) -> Path:
     """``bridgegan export onnx``: export checkpoint folder ``checkpoint`` into ``out``."""
     return export_model(load_checkpoint(checkpoint, expected_config), out, graphs, precisions,

@@ -34,7 +34,7 @@ from pathlib import Path
 from ... import __version__
 from ...files import write_file_atomic
 from ..backends.base import BackendUnavailable
-from .names import TENSORRT_PRECISIONS as PRECISIONS
+from .names import TENSORRT_PRECISIONS
 from .onnx_export import io_spec, load_onnx
 
 TRT_EXTRA = "pip install 'bridgegan[tensorrt]'"
@@ -72,8 +72,9 @@ def build_config(onnx_path: str | os.PathLike, precision: str = "fp16",
                  batch: tuple[int, int, int] = (1, 8, 64),
                  workspace_gb: float = 4.0) -> TrtBuildConfig:
     """The build of ``onnx_path`` at ``precision`` over batch sizes (min, opt, max)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision not in TENSORRT_PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(TENSORRT_PRECISIONS)}, "
+                         f"got {precision!r}")
     lo, opt, hi = batch
     if not 1 <= lo <= opt <= hi:
         raise ValueError(f"batch range must satisfy 1 <= min <= opt <= max, got {tuple(batch)}")
