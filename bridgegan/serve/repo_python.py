@@ -24,32 +24,20 @@ import tempfile
 from pathlib import Path
 
 from .. import __version__
+from ..engine.export.pbtxt import INSTANCE_KINDS, model_config
 from ..reference.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_checkpoint, write_folder_atomic
 from .models import MODELS, ModelSpec, model_specs, run_requests
 
 MODEL_PY = "from bridgegan.serve.repo_python import TritonPythonModel  # noqa: F401\n"
-INSTANCE_KINDS = {"cpu": "KIND_CPU", "cuda": "KIND_GPU"}
 
 
 def python_model_config(spec: ModelSpec, max_batch: int, queue_delay_us: int, device: str,
                         backend: str, dtype: str) -> str:
-    """config.pbtxt text of one python-backend model."""
-    def ports(kind: str, items) -> str:
-        body = ",\n".join(
-            f'  {{\n    name: "{p.name}"\n    data_type: TYPE_{p.dtype}\n'
-            f'    dims: [ {", ".join(map(str, p.shape))} ]' +
-            ("\n    optional: true" if p.optional else "") + "\n  }" for p in items)
-        return f"{kind} [\n{body}\n]"
-
-    def parameter(key: str, value: str) -> str:
-        return f'parameters: {{\n  key: "{key}"\n  value: {{ string_value: "{value}" }}\n}}'
-
-    return "\n".join([
-        f'name: "{spec.name}"', 'backend: "python"', f"max_batch_size: {max_batch}",
-        ports("input", spec.inputs), ports("output", spec.outputs),
-        f"dynamic_batching {{\n  max_queue_delay_microseconds: {queue_delay_us}\n}}",
-        f"instance_group [\n  {{\n    count: 1\n    kind: {INSTANCE_KINDS[device]}\n  }}\n]",
-        parameter("engine_backend", backend), parameter("engine_dtype", dtype)]) + "\n"
+    """config.pbtxt text of one python-backend model: one instance on ``device``, the
+    engine's backend and dtype as parameters."""
+    return model_config(spec.name, ("backend", "python"), max_batch, spec.inputs, spec.outputs,
+                        queue_delay_us, device=device,
+                        parameters={"engine_backend": backend, "engine_dtype": dtype})
 
 
 def _link_or_copy(source: Path):

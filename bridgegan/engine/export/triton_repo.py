@@ -26,26 +26,21 @@ from ...files import write_folder_atomic
 from ...reference.checkpoint import load_checkpoint
 from ...reference.config import BridgeGANConfig
 from .onnx_export import PROGRAMS, export_model, file_name, read_manifest
+from .pbtxt import Port, model_config
 from .trt_runtime import read_sidecar
 
-TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16"}
+TRITON_TYPES = {"float32": "FP32", "float16": "FP16"}
 
 
-def model_config(name: str, spec: dict, platform: str, max_batch_size: int,
+def graph_config(name: str, spec: dict, platform: str, max_batch_size: int,
                  preferred: Iterable[int], queue_delay_us: int) -> str:
-    """config.pbtxt text for one model; ``spec`` is ``onnx_export.io_spec`` of its graph."""
-    def ports(kind: str) -> str:
-        items = [f'  {{\n    name: "{p["name"]}"\n    data_type: {TRITON_TYPES[p["dtype"]]}\n'
-                 f'    dims: [ {", ".join(str(d) for d in p["shape"][1:])} ]\n  }}'
-                 for p in spec[kind + "s"]]
-        return f"{kind} [\n" + ",\n".join(items) + "\n]"
+    """config.pbtxt text of one exported graph; ``spec`` is its ``onnx_export.io_spec``."""
+    def ports(kind: str) -> list[Port]:
+        return [Port(p["name"], TRITON_TYPES[p["dtype"]], tuple(p["shape"][1:]))
+                for p in spec[kind]]
 
-    sizes = [str(b) for b in preferred if b <= max_batch_size]
-    batching = ([f"  preferred_batch_size: [ {', '.join(sizes)} ]"] if sizes else []) + [
-        f"  max_queue_delay_microseconds: {queue_delay_us}"]
-    return "\n".join([
-        f'name: "{name}"', f'platform: "{platform}"', f"max_batch_size: {max_batch_size}",
-        ports("input"), ports("output"), "dynamic_batching {", *batching, "}"]) + "\n"
+    return model_config(name, ("platform", platform), max_batch_size, ports("inputs"),
+                        ports("outputs"), queue_delay_us, preferred)
 
 
 def _plans_by_graph(plans: Iterable[str | os.PathLike], manifest: dict) -> dict[str, tuple]:
@@ -92,7 +87,7 @@ def write_triton_repo(checkpoint: str | os.PathLike, out: str | os.PathLike,
             top = max_batch_size
             platform, file = "onnxruntime_onnx", "model.onnx"
             data = (folder / file_name(name, precision)).read_bytes()
-        text = model_config(name, manifest["graphs"][name], platform, top, preferred,
+        text = graph_config(name, manifest["graphs"][name], platform, top, preferred,
                             queue_delay_us)
         meta = {**info, "graph": name, "platform": platform, "bridgegan_version": __version__}
         written.append(write_folder_atomic(Path(out) / name, {

@@ -1,0 +1,57 @@
+"""Triton model configuration text (``config.pbtxt``), written in one place for both model
+repositories: the ONNX / TensorRT one (``triton_repo``) and the python-backend one that
+``bridgegan serve`` runs (``serve.repo_python``). Torch-free.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+INSTANCE_KINDS = {"cpu": "KIND_CPU", "cuda": "KIND_GPU"}
+
+
+@dataclass(frozen=True)
+class Port:
+    """One input or output: Triton data type name ("FP32", "FP16", "BOOL"), shape without
+    the batch dimension, and whether a request may leave it out."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    optional: bool = False
+
+
+def _ports(kind: str, ports: Iterable[Port]) -> str:
+    body = ",\n".join(
+        f'  {{\n    name: "{p.name}"\n    data_type: TYPE_{p.dtype}\n'
+        f'    dims: [ {", ".join(map(str, p.shape))} ]' +
+        ("\n    optional: true" if p.optional else "") + "\n  }" for p in ports)
+    return f"{kind} [\n{body}\n]"
+
+
+def _parameter(key: str, value: str) -> str:
+    return f'parameters: {{\n  key: "{key}"\n  value: {{ string_value: "{value}" }}\n}}'
+
+
+def model_config(name: str, runtime: tuple[str, str], max_batch_size: int,
+                 inputs: Iterable[Port], outputs: Iterable[Port], queue_delay_us: int,
+                 preferred: Iterable[int] = (), device: str | None = None,
+                 parameters: Mapping[str, str] | None = None) -> str:
+    """config.pbtxt text of one model with dynamic batching.
+
+    ``runtime``: ("platform", "onnxruntime_onnx" / "tensorrt_plan") or ("backend",
+    "python"). ``preferred``: preferred batch sizes (those above ``max_batch_size`` are
+    left out). ``device`` ("cpu" or "cuda"): one instance of that kind; None leaves the
+    instances to Triton. ``parameters``: string parameters the model reads.
+    """
+    sizes = [str(b) for b in preferred if b <= max_batch_size]
+    batching = ([f"  preferred_batch_size: [ {', '.join(sizes)} ]"] if sizes else []) + [
+        f"  max_queue_delay_microseconds: {queue_delay_us}"]
+    lines = [f'name: "{name}"', f'{runtime[0]}: "{runtime[1]}"',
+             f"max_batch_size: {max_batch_size}", _ports("input", inputs),
+             _ports("output", outputs), "dynamic_batching {", *batching, "}"]
+    if device is not None:
+        lines.append(f"instance_group [\n  {{\n    count: 1\n    kind: {INSTANCE_KINDS[device]}"
+                     f"\n  }}\n]")
+    lines += [_parameter(k, v) for k, v in (parameters or {}).items()]
+    return "\n".join(lines) + "\n"
