@@ -1,7 +1,7 @@
 """A Triton model repository of python-backend models that load the engine: the same
 models, inputs and outputs as ``bridgegan serve`` (``models``), served by a plain
 ``tritonserver --model-repository DIR`` (NVIDIA's container, or the binary PyTriton
-bundles: ``tritonserver_command``)::
+bundles: ``server.tritonserver_command``)::
 
     DIR/<model>/config.pbtxt       backend "python", inputs / outputs, dynamic batching,
                                    instance group, engine backend and dtype as parameters
@@ -19,8 +19,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
-import tempfile
 from pathlib import Path
 
 from .. import __version__
@@ -42,7 +40,6 @@ def python_model_config(spec: ModelSpec, max_batch: int, queue_delay_us: int, de
 
 def _link_or_copy(source: Path):
     def write(path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.link(source, path)
         except OSError:
@@ -51,10 +48,7 @@ def _link_or_copy(source: Path):
 
 
 def _text(text: str):
-    def write(path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    return write
+    return lambda path: path.write_text(text)
 
 
 def write_python_repo(checkpoint: str | os.PathLike, out: str | os.PathLike,
@@ -117,76 +111,3 @@ class TritonPythonModel:
                 if isinstance(r, Exception) else
                 pb.InferenceResponse([pb.Tensor(k, v) for k, v in r.items()])
                 for r in run_requests(self.engine, self.name, data)]
-
-
-def tritonserver_command(repository: str | os.PathLike, workdir: str | os.PathLike,
-                         http_port: int = 8000, grpc_port: int = 8001,
-                         metrics_host: str = "127.0.0.1", metrics_port: int = 8002,
-                         exit_timeout_secs: int = 30) -> tuple[list[str], dict]:
-    """argv and environment that run PyTriton's bundled tritonserver, plain, on a model
-    repository: HTTP and gRPC on loopback (the front's private ports), logging, trace,
-    shared memory and model control off (``server.restricted_off``), a backend directory
-    under ``workdir`` holding the python backend and the stub for this Python version, this
-    interpreter's libpython first on the library path and its bin folder first on PATH
-    (the stub's Python finds this environment's packages through it)."""
-    from .server import import_pytriton, prefer_own_libpython, restricted_off
-
-    import_pytriton()
-    from pytriton.utils.distribution import get_libs_path, get_root_module_path, get_stub_path
-
-    dist = get_root_module_path() / "tritonserver"
-    backend = Path(workdir) / "backends" / "python"
-    backend.mkdir(parents=True, exist_ok=True)
-    for target in [*(dist / "backends" / "python").glob("*.*"),
-                   get_stub_path(f"{sys.version_info[0]}.{sys.version_info[1]}")]:
-        link = backend / target.name
-        if not link.exists():
-            link.symlink_to(target)
-    env = prefer_own_libpython(dict(os.environ))
-    env["LD_LIBRARY_PATH"] += ":" + str(get_libs_path())
-    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
-    argv = [str(dist / "bin" / "tritonserver"), f"--model-repository={repository}",
-            f"--backend-directory={backend.parent}", "--http-address=127.0.0.1",
-            f"--http-port={http_port}", "--grpc-address=127.0.0.1", f"--grpc-port={grpc_port}",
-            f"--metrics-address={metrics_host}", f"--metrics-port={metrics_port}",
-            f"--exit-timeout-secs={exit_timeout_secs}",
-            f"--http-restricted-api={restricted_off()}",
-            f"--grpc-restricted-protocol={restricted_off()}"]
-    return argv, env
-
-
-def run_tritonserver(repository: str | os.PathLike, host: str = "127.0.0.1",
-                     http_port: int = 8000, grpc_port: int = 8001, metrics_port: int = 8002,
-                     exit_timeout_secs: int = 30) -> int:
-    """Run the bundled tritonserver on ``repository`` behind the front (``front``) on
-    ``host``'s ports until SIGINT / SIGTERM or its exit; its exit status."""
-    import shlex
-    import signal
-    import subprocess
-
-    from .front import Front, fetch_specs
-    from .process import free_ports, wait_ready
-
-    private_http, private_grpc = free_ports(2)
-    private = f"127.0.0.1:{private_http}"
-    with tempfile.TemporaryDirectory(prefix="bridgegan-tritonserver-") as workdir:
-        argv, env = tritonserver_command(repository, workdir, private_http, private_grpc, host,
-                                         metrics_port, exit_timeout_secs)
-        print(shlex.join(argv), flush=True)
-        proc = subprocess.Popen(argv, env=env)
-        try:
-            wait_ready(private, MODELS, proc)
-            with Front(fetch_specs(private), private, f"127.0.0.1:{private_grpc}", host,
-                       http_port, grpc_port) as front:
-                def stop(sig, _):  # no new requests, then the server shuts down itself
-                    front.close()
-                    proc.send_signal(signal.SIGINT)
-                for sig in (signal.SIGINT, signal.SIGTERM):
-                    signal.signal(sig, stop)
-                print(f"serving {', '.join(MODELS)} of {repository} on http://{host}:{http_port}"
-                      f" and grpc {host}:{grpc_port}", flush=True)
-                return proc.wait()
-        finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-                proc.wait()
