@@ -12,11 +12,13 @@ from dataclasses import dataclass
 
 from . import threads
 from .argtypes import positive_int
-from .engine import backend_names
+from .engine import options as engine_options
 from .engine.export import cli as export_cli
 from .reference import train_cli
 from .reference.data import registry as data_registry
 from .serve import cli as serve_cli
+
+PRESET_RESOLUTIONS = (64, 128, 256)  # BridgeGANConfig.preset's (config imports torch)
 
 
 @dataclass(frozen=True)
@@ -56,9 +58,7 @@ def _translate_options(p: argparse.ArgumentParser) -> None:
                    help="noise samples per label edit (>= 1)")
     p.add_argument("--strength", type=float, default=1.5, help="edit strength (d scale)")
     p.add_argument("--seed", type=int, default=0)
-    backend_names.add_option(p)
-    p.add_argument("--dtype", default="float32", help="float32, fp16, bf16 or auto")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    engine_options.add_options(p)
     p.add_argument("--out", required=True, help="output folder")
     threads.add_option(p)
 
@@ -84,7 +84,7 @@ def _parity_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ops", action="store_true", help="the fused SPADE / instance-norm kernels")
     p.add_argument("--backends", action="store_true", help="every available engine backend")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--resolution", type=int, choices=(64, 128, 256), default=None,
+    p.add_argument("--resolution", type=int, choices=PRESET_RESOLUTIONS, default=None,
                    help="backend parity model size (default: the paper's 128)")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--json", help="write rows to this path (.ops.json for the kernels)")
@@ -115,15 +115,14 @@ def _eval_options(p: argparse.ArgumentParser) -> None:
                         "training never saw)")
     p.add_argument("--strength", type=float, default=1.5,
                    help="edit strength, the scale of d (default: 1.5, the official test's)")
-    backend_names.add_option(p)
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    engine_options.add_options(p, dtype=False)
     p.add_argument("--json", help="also write the metrics here")
     threads.add_option(p)
 
 
 def _info_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", help="checkpoint folder (default: the paper configuration)")
-    p.add_argument("--resolution", type=int, default=128, choices=(64, 128, 256))
+    p.add_argument("--resolution", type=int, default=128, choices=PRESET_RESOLUTIONS)
 
 
 COMMANDS = (

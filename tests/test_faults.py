@@ -20,8 +20,10 @@ from bridgegan.cli import main
 from bridgegan.files import remove_stale, write_folder_atomic
 from bridgegan.reference import BridgeGAN, CheckpointError, save_checkpoint
 from bridgegan.reference.data import make_dataset
-from bridgegan.reference.trainer import (METRICS_FILE, STATE_JSON, STATE_TENSORS, TrainConfig,
-                                         Trainer, latest_checkpoint)
+from bridgegan.reference.train_config import TrainConfig
+from bridgegan.reference.train_state import (METRICS_FILE, STATE_JSON, STATE_TENSORS,
+                                             latest_checkpoint)
+from bridgegan.reference.trainer import Trainer
 from conftest import randomize, small_config
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,16 +12,6 @@ import bridgegan
 
 ROOT = Path(bridgegan.__file__).parent
 
-# Known cycles in files another helper owns, each as (an edge of the cycle, whose it is);
-# the test drops these edges. Empty the list as they go; a cycle not listed fails.
-ALLOWED: list[tuple[tuple[str, str], str]] = [
-    # serve/repo_python.py (a function) imports serve/server.py, whose serve_checkpoint
-    # imports repo_python back: serve/ is another helper's (issue 15, "no module imports
-    # another that imports it back, lazily or not").
-    (("bridgegan.serve.repo_python", "bridgegan.serve.server"), "serve/ (issue 15)"),
-]
-
-
 def module_files() -> dict[str, Path]:
     """Dotted module name -> file, for every module of the package."""
     out = {}
@@ -90,10 +80,7 @@ def test_the_graph_is_read_from_the_source():
 
 
 def test_no_import_cycle():
-    graph = import_graph()
-    for (src, dst), _owner in ALLOWED:
-        graph[src].discard(dst)
-    cycle = find_cycle(graph)
+    cycle = find_cycle(import_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 

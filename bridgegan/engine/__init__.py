@@ -1,12 +1,11 @@
 """Inference engine: the rewritten generator on several backends, behind a batched API.
 
 The names below are imported on first use (PEP 562), so that the command line reads
-``backend_names`` and ``export.names`` without importing torch."""
+``options`` and ``export.names`` without importing torch."""
 from ..lazy import lazy_exports
 
 _EXPORTS = {
-    ".backends": ("BackendUnavailable",),
-    ".backend_names": ("BACKENDS",),
+    ".backends": ("BACKENDS", "BackendUnavailable"),
     ".engine": ("EditStrip", "Engine"),
     ".graph": ("InferenceGraph", "Rewrites"),
 }

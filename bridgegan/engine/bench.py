@@ -34,7 +34,7 @@ from ..reference.config import BridgeGANConfig
 from ..reference.model import BridgeGAN
 from ..timing import time_calls
 from . import roofline
-from .backend_names import BACKENDS
+from .backends import BACKENDS
 from .backends import BackendUnavailable
 from .engine import Engine, resolve_dtype
 

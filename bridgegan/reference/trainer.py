@@ -36,9 +36,6 @@ from .train_data import (STREAM_INIT, STREAM_MEMORY, STREAM_SAMPLES, STREAM_STEP
                          IndexedDataset, ResumableBatchSampler, derive_seed, generator)
 from .train_state import (CHECKPOINTS, METRICS_FILE, Progress, TrainState, drop_metrics_after,
                           numbered_checkpoint, prune_checkpoints)
-# Re-exported for callers of their old home here (tests/test_faults.py, tests/test_ddp.py,
-# benchmarks/train_default.py); new code imports them from train_state.
-from .train_state import STATE_JSON, STATE_TENSORS, latest_checkpoint  # noqa: F401
 
 
 class Trainer:

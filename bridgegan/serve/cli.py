@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..engine import backend_names
+from ..engine import options as engine_options
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,9 +49,7 @@ def run(args: argparse.Namespace) -> int:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Add the serving options to ``p``."""
     p.add_argument("--checkpoint", help="checkpoint folder to serve")
-    backend_names.add_option(p)
-    p.add_argument("--dtype", default="float32", help="float32, fp16, bf16 or auto")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    engine_options.add_options(p)
     p.add_argument("--max-batch", type=int, default=64, help="largest batch Triton forms and "
                                                              "accepts (default: %(default)s)")
     p.add_argument("--max-queue-delay-us", type=int, default=1000,

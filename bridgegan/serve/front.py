@@ -30,7 +30,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .models import MODELS, NUMPY_TYPES, ModelSpec, Port, check_request
+from ..engine.export.pbtxt import Port
+from .models import MODELS, NUMPY_TYPES, ModelSpec, check_request
 from .process import http_get
 
 LOG = logging.getLogger("bridgegan.serve")

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..engine.export.pbtxt import Port
 from ..engine.io import as_batch
 from ..reference.config import BridgeGANConfig
 from ..reference.model import DEFAULT_STRENGTH
@@ -35,16 +36,6 @@ MODELS = ("translate_label", "translate_reference", "reconstruct")
 IMAGE_INPUTS = ("image", "reference")  # checked by the engine: NaN / Inf, range [-1, 1]
 LABEL_INPUTS = ("target", "source")  # 0 / 1, as the engine requires
 NUMPY_TYPES = {"FP32": np.float32, "BOOL": np.bool_}
-
-
-@dataclass(frozen=True)
-class Port:
-    """One input or output: Triton data type name, shape without the batch dimension."""
-
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-    optional: bool = False
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ run them are engine backends (``engine.backends.onnxruntime``, ``.tensorrt``).
 
 Modules: ``names`` (what can be exported, torch-free), ``onnx_export`` (graphs, export
 folders), ``tensorrt_build`` (build configuration as data, plan builder, sidecar checks),
-``triton_repo`` (model repository), ``cli`` (`bridgegan export`). Heavy dependencies
+``triton_repo`` (model repository), ``pbtxt`` (config.pbtxt text, also for the
+python-backend repository of ``serve``), ``cli`` (`bridgegan export`). Heavy dependencies
 (onnx, tensorrt) are imported where they are used.
 """

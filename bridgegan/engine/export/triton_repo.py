@@ -27,7 +27,7 @@ from ...reference.checkpoint import load_checkpoint
 from ...reference.config import BridgeGANConfig
 from .onnx_export import PROGRAMS, export_model, file_name, read_manifest
 from .pbtxt import Port, model_config
-from .trt_runtime import read_sidecar
+from .tensorrt_build import read_sidecar
 
 TRITON_TYPES = {"float32": "FP32", "float16": "FP16"}
 
