@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import io
 import json
 import os
 import platform
@@ -30,12 +31,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..files import write_file_atomic
 from ..reference.config import BridgeGANConfig
 from ..reference.model import BridgeGAN
 from ..timing import time_calls
 from . import roofline
-from .backends import BACKENDS
-from .backends import BackendUnavailable
+from .backends import BACKENDS, BackendUnavailable
 from .engine import Engine, resolve_dtype
 
 FIELDS = ["what", "backend", "dtype", "batch", "resolution", "metric", "unit", "p50", "p20",
@@ -269,10 +270,10 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
         ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
-    tmp.replace(path)
+    write_file_atomic(path, buf.getvalue())
 
 
 def format_table(rows: list[dict]) -> str:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .attributes import DEFAULT_ATTRIBUTES, resolve_attributes
+from .records import from_fields
 
 # Upper bounds, far above the paper's sizes (128 px, at most 256 channels, 3 blocks): a
 # mistyped config is refused before anything is allocated (g_width 1e6 asks for terabytes).
@@ -155,14 +156,7 @@ class BridgeGANConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "BridgeGANConfig":
-        if not isinstance(data, dict):
-            raise ValueError(f"config must be an object (dict) of fields, "
-                             f"got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(str(k) for k in set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown config field(s) {unknown}; known fields: {sorted(known)}")
-        return cls(**data)
+        return from_fields(cls, data, "config")
 
     @classmethod
     def from_json(cls, text: str) -> "BridgeGANConfig":

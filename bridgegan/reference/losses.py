@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .programs import Stages, blend, label_code, reference_code
+from .records import from_fields
 
 MODE_SEEKING_EPS = 1e-5
 EDIT_THRESHOLD = 0.05  # a pixel the true edit changes: some channel moves more than this
@@ -62,11 +63,7 @@ class LossWeights:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "LossWeights":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown loss weight(s) {unknown}; known: {sorted(known)}")
-        return cls(**data)
+        return from_fields(cls, data, "loss weight")
 
 
 # ----- small pieces -------------------------------------------------------------------

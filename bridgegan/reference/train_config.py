@@ -3,11 +3,12 @@ checked when built; saved in each training checkpoint (train_state.json) and run
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .losses import LossWeights
 from .noise_modes import MODES as NOISE_MODES
+from .records import from_fields
 from .train_modes import AMP_MODES, TRAIN_DTYPES
 
 
@@ -83,8 +84,4 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown train config field(s) {unknown}; known: {sorted(known)}")
-        return cls(**data)
+        return from_fields(cls, data, "train config")
