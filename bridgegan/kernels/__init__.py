@@ -9,26 +9,5 @@ Public ops (one entry point each, ``impl="auto" | "triton" | "torch"``):
 Importing this package never imports triton; the kernels are loaded on first use.
 """
 
-from .norm_act import (
-    ACTS,
-    IMPLS,
-    KernelFallbackWarning,
-    LaunchPlan,
-    instance_norm_act,
-    plan_launch,
-    spade_modulate,
-    triton_available,
-    triton_interpreted,
-)
-
-__all__ = [
-    "ACTS",
-    "IMPLS",
-    "KernelFallbackWarning",
-    "LaunchPlan",
-    "instance_norm_act",
-    "plan_launch",
-    "spade_modulate",
-    "triton_available",
-    "triton_interpreted",
-]
+from .norm_act import *  # noqa: F401,F403  (its __all__: the public ops and names)
+from .norm_act import __all__  # noqa: F401
