@@ -4,7 +4,9 @@ For label-based and reference-based translation of held-out sources:
 - edit accuracy: the classifier finds each edited attribute at its target;
 - preservation: attributes the edit does not touch (after the conflict rules) keep the
   classifier's verdict on the source;
-- reconstruction PSNR and SSIM at d = 0 (label-based, one noise draw);
+- reconstruction PSNR and SSIM at d = 0 (label-based, one noise draw), and how often the
+  classifier's verdict on the reconstruction agrees with its verdict on the source (per
+  attribute too): what the reconstruction alone keeps, which bounds preservation;
 - diversity: mean pairwise L1 distance (images in [-1, 1]) between outputs of one edit
   under different noise.
 Edits are single-attribute flips (label-based) and single attributes copied from a
@@ -170,6 +172,10 @@ def evaluate(engine, classifier: AttributeClassifier, images: torch.Tensor, labe
             report[f"{mode}_edit_accuracy_shown"] = round(hits / max(count, 1), 4)
             err, size = change[mode].tolist()
             report[f"{mode}_true_change"] = round(1 - err / max(size, 1e-12), 4)
+    agree = (classifier.predict(rec) == src_pred).float()
+    report["reconstruction_agreement"] = round(agree.mean().item(), 4)
+    report["reconstruction_agreement_per_attribute"] = {
+        attrs[i]: round(v, 4) for i, v in enumerate(agree.mean(0).tolist())}
     report["reconstruction_psnr_db"] = round(psnr(rec, images).mean().item(), 2)
     report["reconstruction_ssim"] = round(ssim(rec, images).mean().item(), 4)
     report["diversity_l1"] = round(sum(div) / len(div), 4) if div else math.nan
@@ -188,6 +194,7 @@ def format_report(report: dict) -> str:
             lines.append(f"{title:22s} {report[lk]:>12{fmt}} {report[rk]:>12{fmt}}")
     lines.append(f"{'reconstruction PSNR':22s} {report['reconstruction_psnr_db']:>10.2f} dB")
     lines.append(f"{'reconstruction SSIM':22s} {report['reconstruction_ssim']:>12.4f}")
+    lines.append(f"{'reconstruction agrees':22s} {report['reconstruction_agreement']:>12.1%}")
     lines.append(f"{'diversity (L1)':22s} {report['diversity_l1']:>12.4f}")
     lines.append(f"{'classifier on sources':22s} {report['classifier_accuracy_on_sources']:>12.1%}")
     if "shown_attributes" in report:

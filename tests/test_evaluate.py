@@ -68,6 +68,7 @@ def test_identity_engine_preserves_everything_and_edits_nothing(classifier):
     assert report["label_edit_accuracy"] <= err + 0.15
     assert report["diversity_l1"] == 0.0
     assert report["reconstruction_psnr_db"] > 100 and report["reconstruction_ssim"] > 0.999
+    assert report["reconstruction_agreement"] == 1.0
 
 
 def test_evaluate_a_model_through_the_engine(classifier):
@@ -79,6 +80,11 @@ def test_evaluate_a_model_through_the_engine(classifier):
                 "reference_preservation", "reconstruction_ssim"):
         assert 0.0 <= report[key] <= 1.0, key
     assert report["diversity_l1"] > 0  # noise changes an (untrained) model's output
+    rec = Engine(model).reconstruct(x, seed=0)
+    agree = (classifier.predict(rec) == classifier.predict(x)).float()
+    assert report["reconstruction_agreement"] == round(agree.mean().item(), 4)
+    assert list(report["reconstruction_agreement_per_attribute"].values()) == [
+        round(v, 4) for v in agree.mean(0).tolist()]
     assert set(report["label_edit_accuracy_per_attribute"]) == set(PROCEDURAL_ATTRIBUTES)
     with pytest.raises(ValueError, match="classifier attributes"):
         evaluate(Engine(BridgeGAN(small_config(32)).eval()), classifier, x, y[:, :6],
