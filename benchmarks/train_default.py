@@ -12,12 +12,12 @@ OUTDIR/commands.json (and in the packaged model's training.json):
   2. train: RECIPES[device], resumed from OUTDIR/run when it holds a checkpoint, stopped by
      --time-limit with a final checkpoint (call again to train another stretch)
   3. eval: on 200 held-out faces (test split, data seed 1: never seen in training)
-  4. ship: OUTDIR/default = fp16 weights, config, eval.json, training.json, only when the
-     eval meets evaluate.TARGETS (or with --interim, recorded as missing them); otherwise
-     the missed targets are listed and the exit status is 1
+  4. ship: OUTDIR/default = fp16 weights, config, eval.json, training.json, the judge and
+     MODEL_CARD.md (benchmarks/model_card.py), only when the eval meets evaluate.TARGETS
+     (or with --interim, recorded as missing them); otherwise the missed targets are
+     listed and the exit status is 1
   5. demo: OUTDIR/demo_grid.png from the packaged model
-Shipping it = copying OUTDIR/default to bridgegan/assets/default (its model card,
-MODEL_CARD.md, is written there by hand from training.json and the eval).
+Shipping it = copying OUTDIR/default to bridgegan/assets/default.
 docs/TRAINING.md says why each departure from the paper in the recipes is there.
 """
 from __future__ import annotations
@@ -26,12 +26,15 @@ import argparse
 import json
 import platform
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+import model_card  # noqa: E402  (benchmarks/, this script's folder)
 
 # The departures from the paper (docs/TRAINING.md, "The default model"): paired L1 to the
 # renderer's true edit, over the whole image and over the pixels each edit changes; half
@@ -107,6 +110,8 @@ def run(out: Path, device: str, minutes: float | None, dry: bool, interim: bool 
     shipped = ship(ckpt, report, {"commands": commands, "checkpoint_step": step,
                                   "trained_on": _machine(device), "missed_targets": missed},
                    out / "default")
+    shutil.copytree(judge, shipped / "judge", dirs_exist_ok=True)
+    model_card.main([str(shipped)])
     bridgegan(["demo", "--checkpoint", str(shipped), "--device", device, "--out", str(out)], log)
     print(f"\npackaged model: {shipped}")
     return 0
