@@ -1,8 +1,11 @@
 """The package's shape: no import cycle among bridgegan's modules, lazy (function-level)
 imports included. The graph is read from the source with ``ast``: every ``import`` and
 ``from ... import`` statement anywhere in a module, relative ones resolved; ``from package
-import name`` imports the submodule ``package.name`` when there is one, else ``package``.
-Parent packages, which Python initialises first, are not edges."""
+import name`` imports the submodule ``package.name`` when there is one, the submodule a
+package exports ``name`` from lazily (its ``_EXPORTS``, ``lazy.py``) when it does, else
+``package``. A package's ``__init__`` also imports each submodule it names in a string
+(lazy exports, the backend registry's ``import_module``). Parent packages, which Python
+initialises first, are not edges."""
 from __future__ import annotations
 
 import ast
@@ -11,6 +14,7 @@ from pathlib import Path
 import bridgegan
 
 ROOT = Path(bridgegan.__file__).parent
+
 
 def module_files() -> dict[str, Path]:
     """Dotted module name -> file, for every module of the package."""
@@ -21,9 +25,19 @@ def module_files() -> dict[str, Path]:
     return out
 
 
-def imports_of(name: str, path: Path, modules: set[str]) -> set[str]:
+def lazy_exports(path: Path) -> dict[str, str]:
+    """name -> ".submodule" of a package ``__init__``'s ``_EXPORTS`` table (or {})."""
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "_EXPORTS"
+                                                for t in node.targets):
+            return {n: sub for sub, names in ast.literal_eval(node.value).items() for n in names}
+    return {}
+
+
+def imports_of(name: str, path: Path, files: dict[str, Path]) -> set[str]:
     """The bridgegan modules that module ``name`` (file ``path``) imports."""
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    is_package = path.name == "__init__.py"
+    package = name if is_package else name.rpartition(".")[0]
     found = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
@@ -33,15 +47,20 @@ def imports_of(name: str, path: Path, modules: set[str]) -> set[str]:
             if node.level:  # relative: up level - 1 packages from this one
                 parts = package.split(".")
                 base = ".".join(parts[:len(parts) - node.level + 1] + ([base] if base else []))
-            for alias in node.names:  # a submodule, or a name the module ``base`` defines
+            lazy = lazy_exports(files[base]) if files.get(base, Path()).name == "__init__.py" \
+                else {}
+            for alias in node.names:  # a submodule, a lazy export, or a name ``base`` defines
                 sub = f"{base}.{alias.name}"
-                found.add(sub if sub in modules else base)
-    return {m for m in found if m in modules and m != name}
+                found.add(sub if sub in files else
+                          base + lazy[alias.name] if alias.name in lazy else base)
+        elif is_package and isinstance(node, ast.Constant) and isinstance(node.value, str):
+            found.add(f"{name}.{node.value.lstrip('.')}")
+    return {m for m in found if m in files and m != name}
 
 
 def import_graph() -> dict[str, set[str]]:
     files = module_files()
-    return {name: imports_of(name, path, set(files)) for name, path in files.items()}
+    return {name: imports_of(name, path, files) for name, path in files.items()}
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -77,6 +96,17 @@ def test_the_graph_is_read_from_the_source():
     assert "bridgegan.reference.model" in graph["bridgegan.engine.engine"]
     # a function-level import counts (engine/commands.py imports the engine lazily)
     assert "bridgegan.engine.engine" in graph["bridgegan.engine.commands"]
+    # lazy exports: `from ..engine import Engine` reaches engine/engine.py, and the
+    # registry's import_module reaches each backend's module
+    assert "bridgegan.engine.engine" in graph["bridgegan.evaluate"]
+    assert "bridgegan.engine.backends.onnxruntime" in graph["bridgegan.engine.backends"]
+
+
+def test_a_planted_lazy_cycle_is_found():
+    """The loop issue 15 named (engine/parity -> evaluate -> the engine, lazily) is seen."""
+    graph = import_graph()
+    graph["bridgegan.engine.engine"].add("bridgegan.evaluate")
+    assert find_cycle(graph) is not None
 
 
 def test_no_import_cycle():
