@@ -3,9 +3,10 @@ parity tables.
 
 ``time_calls`` runs ``warmup`` untimed calls, then timed calls until both ``reps`` calls
 and ``min_seconds`` have passed. On a CUDA device each call is timed by CUDA events
-(device time, one sync per call); on the CPU by ``time.perf_counter``. ``flush_l2``
-clears the GPU's L2 cache before each timed call (outside the timed span), so that a
-kernel reads its inputs from memory, as ``triton.testing.do_bench`` does.
+recorded on that device's current stream (device time, one sync per call); on the CPU
+by ``time.perf_counter``. ``flush_l2`` clears the GPU's L2 cache before each timed call
+(outside the timed span), so that a kernel reads its inputs from memory, as
+``triton.testing.do_bench`` does.
 """
 from __future__ import annotations
 
@@ -32,6 +33,9 @@ def time_calls(fn, device, warmup: int = 0, reps: int = 1, min_seconds: float = 
     for _ in range(warmup):
         fn()
     synchronize(device)
+    # the events go on ``device``'s stream, not the current device's (cuda:1 timed while
+    # the current device is 0 would otherwise time an idle stream)
+    stream = torch.cuda.current_stream(device) if cuda else None
     times: list[float] = []
     began = time.perf_counter()
     while len(times) < reps or time.perf_counter() - began < min_seconds:
@@ -39,9 +43,9 @@ def time_calls(fn, device, warmup: int = 0, reps: int = 1, min_seconds: float = 
             flush.zero_()
         if cuda:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
+            start.record(stream)
             fn()
-            end.record()
+            end.record(stream)
             end.synchronize()
             times.append(start.elapsed_time(end) / 1e3)
         else:

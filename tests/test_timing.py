@@ -20,3 +20,30 @@ def test_copy_bandwidth_quantiles_are_ordered():
     bw = copy_bandwidth("cpu", 1 << 20, warmup=1, reps=5)
     assert 0 < bw["p20"] <= bw["p50"] <= bw["p80"]
     assert p50_p20_p80([3.0, 1.0, 2.0]) == pytest.approx((2.0, 1.4, 2.6))
+
+
+def test_cuda_events_are_recorded_on_the_timed_device(monkeypatch):
+    """cuda:1 timed while the current device is 0: both events go on cuda:1's stream
+    (torch.cuda faked, so this runs without a GPU)."""
+    import torch
+
+    recorded = []
+
+    class Event:
+        def __init__(self, enable_timing=False):
+            assert enable_timing
+
+        def record(self, stream=None):
+            recorded.append(stream)
+
+        def synchronize(self):
+            pass
+
+        def elapsed_time(self, other):
+            return 2.0  # ms
+
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: ("stream", str(device)))
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    assert time_calls(lambda: None, "cuda:1", warmup=1, reps=2) == [2e-3, 2e-3]
+    assert recorded == [("stream", "cuda:1")] * 4
