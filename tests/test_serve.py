@@ -166,7 +166,7 @@ def test_python_backend_repository(ckpt, engine, tmp_path):
         assert data.read_bytes() == (ckpt / "model.safetensors").read_bytes()
         weights.append(data.stat().st_ino)
     assert len(set(weights)) == 1  # one copy, hard-linked
-    with pytest.raises(ValueError, match="device must be one of cpu, cuda"):
+    with pytest.raises(ValueError, match="device must be cpu, cuda or cuda:N"):
         from bridgegan.serve.repo_python import write_python_repo
 
         write_python_repo(ckpt, tmp_path / "x", device="tpu")
@@ -218,6 +218,19 @@ def test_python_backend_model_class(ckpt, engine, tmp_path, monkeypatch):
         assert responses[0].error is None and close(responses[0].outputs["output"], want)
         assert responses[1].error.code == pb.TritonError.INVALID_ARG
         assert str(responses[1].error) == f"{name}: invalid input: image: contain NaN or Inf values"
+
+
+@needs_serve
+@pytest.mark.parametrize("options, message", [
+    (["--dtype", "fp8"], "unknown dtype 'fp8'"),
+    (["--device", "tpu"], "device must be cpu, cuda or cuda:N"),
+    (["--backend", "tensorrt"], "backend 'tensorrt' needs"),
+    (["--backend", "onnxruntime", "--dtype", "bf16"], "onnxruntime"),
+] + ([] if torch.cuda.is_available() else [(["--device", "cuda"], "no CUDA device")]))
+def test_bad_engine_options_fail_before_the_server_starts(ckpt, capsys, options, message):
+    assert main(["serve", "--checkpoint", str(ckpt), "--http-port", "0", "--grpc-port", "0",
+                 "--metrics-port", "0", *options]) == 2
+    assert message in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not MISSING, reason="checks the message shown without the serve extra")
@@ -501,7 +514,7 @@ def restricted_endpoints_off(server) -> None:
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
-    from bridgegan.serve.process import http_get
+    from bridgegan.serve.http_client import http_get
 
     pids = server.pids()
     cmdlines = {pid: Path(f"/proc/{pid}/cmdline").read_bytes() for pid in pids}

@@ -37,13 +37,25 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {', '.join(f.name for f in folders)} to {args.write_repository}; serve "
               f"with: tritonserver --model-repository {args.write_repository}")
         return 0
+    import_pytriton()  # before writing anything: a missing extra fails fast
+    check_engine_options(args.backend, args.dtype, args.device)
+    return serve_checkpoint(args.checkpoint, *engine, **ports)
+
+
+def check_engine_options(backend: str, dtype: str, device: str) -> None:
+    """Fail now, with the engine's message, on options the python-backend stubs would
+    fail to load with only after tritonserver has started."""
     import torch
 
     from ..engine.backends import check_backend
+    from ..engine.engine import resolve_dtype
+    from ..engine.export.pbtxt import instance_device
 
-    import_pytriton()  # before writing anything: a missing extra fails fast
-    check_backend(args.backend, torch.device(args.device))  # the stubs would fail later
-    return serve_checkpoint(args.checkpoint, *engine, **ports)
+    instance_device(device)
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"--device {device}: no CUDA device is visible here")
+    check_backend(backend, dev, resolve_dtype(dtype, dev))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

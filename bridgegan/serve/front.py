@@ -32,7 +32,7 @@ import numpy as np
 
 from ..engine.export.pbtxt import Port
 from .models import MODELS, NUMPY_TYPES, ModelSpec, check_request
-from .process import http_get
+from .http_client import http_get
 
 LOG = logging.getLogger("bridgegan.serve")
 JSON_BYTES_PER_VALUE = 32  # a float32 written by json.dumps: up to 24 characters and ", "
@@ -200,6 +200,7 @@ class Front:
         self.json_limit = HEADER_BYTES + JSON_BYTES_PER_VALUE * values
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="front", daemon=True)
+        self.closing = threading.Lock()  # held from the first close on
 
     def __enter__(self) -> "Front":
         self.thread.start()
@@ -210,7 +211,10 @@ class Front:
         self.close()
 
     def close(self) -> None:
-        """Stop taking requests, let those in flight finish for up to GRACE_S, stop."""
+        """Stop taking requests, let those in flight finish for up to GRACE_S, stop. Calls
+        while one is under way (a second signal) return at once."""
+        if not self.closing.acquire(blocking=False):
+            return
         if self.thread.is_alive():
             asyncio.run_coroutine_threadsafe(self._stop(), self.loop).result(timeout=60)
             self.loop.call_soon_threadsafe(self.loop.stop)

@@ -1,7 +1,7 @@
 """A Triton model repository of python-backend models that load the engine: the same
-models, inputs and outputs as ``bridgegan serve`` (``models``), served by a plain
-``tritonserver --model-repository DIR`` (NVIDIA's container, or the binary PyTriton
-bundles: ``server.tritonserver_command``)::
+models, inputs and outputs as ``bridgegan serve`` (``models``), which runs it, served by a
+plain ``tritonserver --model-repository DIR`` (NVIDIA's container, or the binary
+nvidia-pytriton bundles: ``server.tritonserver_command``)::
 
     DIR/<model>/config.pbtxt       backend "python", inputs / outputs, dynamic batching,
                                    instance group, engine backend and dtype as parameters
@@ -11,8 +11,8 @@ bundles: ``server.tritonserver_command``)::
                                    first model's copy where the file system allows)
 
 The server's Python needs this package and torch installed (``pip install bridgegan``).
-Unlike PyTriton, the python backend answers each request of a batch on its own: an
-invalid request gets its error and the rest of its batch runs.
+The python backend answers each request of a batch on its own: an invalid request gets
+its error and the rest of its batch runs.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import shutil
 from pathlib import Path
 
 from .. import __version__
-from ..engine.export.pbtxt import INSTANCE_KINDS, model_config
+from ..engine.export.pbtxt import instance_device, model_config
 from ..reference.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_checkpoint, write_folder_atomic
 from .models import MODELS, ModelSpec, model_specs, run_requests
 
@@ -55,10 +55,9 @@ def write_python_repo(checkpoint: str | os.PathLike, out: str | os.PathLike,
                       max_batch: int = 64, queue_delay_us: int = 1000, device: str = "cpu",
                       backend: str = "torch", dtype: str = "float32") -> list[Path]:
     """Write one python-backend model folder per served model under ``out`` (each replaced
-    atomically). ``device`` "cuda" gives GPU instances; ``backend`` / ``dtype`` are the
-    engine's. Returns the model folders."""
-    if device not in INSTANCE_KINDS:
-        raise ValueError(f"device must be one of {', '.join(INSTANCE_KINDS)}, got {device!r}")
+    atomically). ``device`` "cuda" gives GPU instances ("cuda:N": on GPU N); ``backend`` /
+    ``dtype`` are the engine's. Returns the model folders."""
+    instance_device(device)  # a bad device fails before anything is written
     config = load_checkpoint(checkpoint).config  # checks every tensor before copying
     specs = model_specs(config)
     info = {"config": json.loads(config.to_json()), "attributes": list(config.attributes),

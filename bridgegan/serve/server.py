@@ -104,7 +104,7 @@ def run_tritonserver(repository: str | os.PathLike, host: str = "127.0.0.1",
     until SIGINT / SIGTERM or its exit; its exit status."""
     from .front import Front, fetch_specs
     from .models import MODELS
-    from .process import wait_ready
+    from .http_client import wait_ready
 
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # startup: leave cleanly
     with tempfile.TemporaryDirectory(prefix="bridgegan-tritonserver-") as workdir:  # 0700

@@ -21,6 +21,15 @@ class Port:
     optional: bool = False
 
 
+def instance_device(device: str) -> tuple[str, int | None]:
+    """("cpu" or "cuda", GPU index or None) of "cpu", "cuda" or "cuda:N"; a ValueError
+    naming what is accepted otherwise."""
+    kind, _, index = device.partition(":")
+    if kind not in INSTANCE_KINDS or (index and (kind != "cuda" or not index.isdigit())):
+        raise ValueError(f"device must be cpu, cuda or cuda:N, got {device!r}")
+    return kind, int(index) if index else None
+
+
 def _ports(kind: str, ports: Iterable[Port]) -> str:
     body = ",\n".join(
         f'  {{\n    name: "{p.name}"\n    data_type: TYPE_{p.dtype}\n'
@@ -41,8 +50,9 @@ def model_config(name: str, runtime: tuple[str, str], max_batch_size: int,
 
     ``runtime``: ("platform", "onnxruntime_onnx" / "tensorrt_plan") or ("backend",
     "python"). ``preferred``: preferred batch sizes (those above ``max_batch_size`` are
-    left out). ``device`` ("cpu" or "cuda"): one instance of that kind; None leaves the
-    instances to Triton. ``parameters``: string parameters the model reads.
+    left out). ``device`` ("cpu", "cuda" or "cuda:N"; ``instance_device``): one instance of
+    that kind (on GPU N); None leaves the instances to Triton. ``parameters``: string
+    parameters the model reads.
     """
     sizes = [str(b) for b in preferred if b <= max_batch_size]
     batching = ([f"  preferred_batch_size: [ {', '.join(sizes)} ]"] if sizes else []) + [
@@ -51,7 +61,9 @@ def model_config(name: str, runtime: tuple[str, str], max_batch_size: int,
              f"max_batch_size: {max_batch_size}", _ports("input", inputs),
              _ports("output", outputs), "dynamic_batching {", *batching, "}"]
     if device is not None:
-        lines.append(f"instance_group [\n  {{\n    count: 1\n    kind: {INSTANCE_KINDS[device]}"
-                     f"\n  }}\n]")
+        kind, gpu = instance_device(device)
+        gpus = "" if gpu is None else f"\n    gpus: [ {gpu} ]"
+        lines.append(f"instance_group [\n  {{\n    count: 1\n    kind: {INSTANCE_KINDS[kind]}"
+                     f"{gpus}\n  }}\n]")
     lines += [_parameter(k, v) for k, v in (parameters or {}).items()]
     return "\n".join(lines) + "\n"
