@@ -50,9 +50,16 @@ _ALIASES = {short: name for name, short in SHORT_NAMES.items()} | {"half": "floa
 
 
 def dtype_name(dtype) -> str:
-    """torch's name of a dtype given as a torch dtype or a name (fp16, half, float16...)."""
+    """torch's name of a dtype given as a torch dtype or a name (fp16, half, float16...):
+    the one place where the project's dtype spellings are read."""
     name = str(dtype).removeprefix("torch.")
     return _ALIASES.get(name, name)
+
+
+def dtype_spellings(names) -> list[str]:
+    """Every accepted spelling of the dtypes ``names`` (torch's names): each name followed
+    by its aliases, as error messages list them."""
+    return [s for name in names for s in (name, *(a for a, n in _ALIASES.items() if n == name))]
 
 
 def tolerance(dtype) -> Tolerance:

@@ -223,6 +223,31 @@ def test_auto_picks_the_fastest_installed_backend(model, monkeypatch, tmp_path):
     assert (out - ref).abs().max() <= ATOL
 
 
+def test_dtype_spellings_are_read_alike():
+    """fp16, half, float16 and torch.float16 are one dtype to the backends and the engine
+    (bridgegan.numerics reads the spellings); other dtypes are refused by name."""
+    from bridgegan.engine import backends
+    from bridgegan.engine.engine import resolve_dtype
+
+    cpu = torch.device("cpu")
+    for spelling in ("fp16", "float16", "half", torch.float16):
+        assert backends.check_backend("reference", cpu, spelling).name == "reference"
+        # onnxruntime runs fp16 (installed or not: no dtype complaint)
+        assert not isinstance(backends.REGISTRY["onnxruntime"].problem(cpu, spelling), ValueError)
+        assert resolve_dtype(spelling, cpu) == torch.float16
+    for spelling in ("bf16", "bfloat16", torch.bfloat16):
+        with pytest.raises(ValueError, match="backend 'onnxruntime' runs float32 or float16"):
+            backends.check_backend("onnxruntime", cpu, spelling)
+        assert resolve_dtype(spelling, cpu) == torch.bfloat16
+    assert resolve_dtype("fp32", cpu) == torch.float32
+    with pytest.raises(ValueError, match="unknown dtype 'fp8'; accepted: auto, float32, fp32, "
+                                         "float16, fp16, half, bfloat16, bf16"):
+        resolve_dtype("fp8", cpu)
+    with pytest.raises(ValueError, match="dtype must be float32, float16 or bfloat16, got "
+                                         "torch.float64"):
+        resolve_dtype(torch.float64, cpu)
+
+
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])
 @pytest.mark.parametrize("size", [32, 64])
 def test_reduced_precision_psnr_against_float32(size, dtype):

@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from bridgegan.numerics import errors, float64_call, float64_model, same_nonfinite, tolerance
+from bridgegan.numerics import (dtype_name, dtype_spellings, errors, float64_call, float64_model,
+                                same_nonfinite, tolerance)
 
 
 def test_tolerance_rows_by_dtype_or_name():
@@ -32,3 +33,10 @@ def test_float64_references_upcast_floating_tensors_only():
     assert float64_call(lambda t, i, d: (t.dtype, i.dtype, d["t"].dtype), x, idx, d={"t": x}) == (
         torch.float64, torch.int64, torch.float64)
     assert float64_model(lin).weight.dtype == torch.float64 and lin.weight.dtype == torch.float32
+
+
+def test_dtype_names_and_spellings():
+    assert {dtype_name(d) for d in ("fp16", "half", "float16", torch.float16)} == {"float16"}
+    assert dtype_name(torch.bfloat16) == dtype_name("bf16") == "bfloat16"
+    assert dtype_name("tf32") == "tf32" and dtype_name(torch.float64) == "float64"
+    assert dtype_spellings(("float32", "bfloat16")) == ["float32", "fp32", "bfloat16", "bf16"]

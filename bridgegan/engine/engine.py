@@ -21,12 +21,13 @@ from pathlib import Path
 
 import torch
 
+from ..numerics import dtype_name, dtype_spellings
 from ..reference import programs
 from ..reference.attributes import apply_edits, check_names
 from ..reference.checkpoint import load_checkpoint
 from ..reference.config import BridgeGANConfig
 from ..reference.model import DEFAULT_STRENGTH, BridgeGAN
-from .backends import REGISTRY, check_backend
+from .backends import ALL_DTYPES, REGISTRY, check_backend
 from .cudagraphs import CudaGraphed
 from .graph import Rewrites
 from .io import Images, as_batch
@@ -38,8 +39,6 @@ MAX_SCALE = 10.0
 # keeping the latent codes finite.
 MAX_NOISE = 1e4
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
-          "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
 
 def cpu_has_amx() -> bool:
@@ -53,16 +52,18 @@ def cpu_has_amx() -> bool:
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
     """"auto" means fp16 on CUDA, bf16 on CPUs with AMX, float32 otherwise."""
     if isinstance(dtype, torch.dtype):
-        if dtype not in DTYPES.values():
-            raise ValueError(f"dtype must be float32, float16 or bfloat16, got {dtype}")
+        if dtype_name(dtype) not in ALL_DTYPES:
+            raise ValueError(f"dtype must be {', '.join(ALL_DTYPES[:-1])} or {ALL_DTYPES[-1]}, "
+                             f"got {dtype}")
         return dtype
     if dtype == "auto":
         if device.type == "cuda":
             return torch.float16
         return torch.bfloat16 if cpu_has_amx() else torch.float32
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; accepted: auto, {', '.join(DTYPES)}")
-    return DTYPES[dtype]
+    if not isinstance(dtype, str) or dtype_name(dtype) not in ALL_DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; accepted: auto, "
+                         f"{', '.join(dtype_spellings(ALL_DTYPES))}")
+    return getattr(torch, dtype_name(dtype))
 
 
 def _number(value, what: str, bound: float) -> float:

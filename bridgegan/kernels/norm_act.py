@@ -47,6 +47,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..numerics import dtype_name
+
 __all__ = [
     "ACTS",
     "IMPLS",
@@ -129,17 +131,13 @@ def _fail(op: str, msg: str) -> None:
     raise ValueError(f"{op}: {msg}")
 
 
-def _dtype_name(dt: torch.dtype) -> str:
-    return str(dt).replace("torch.", "")
-
-
 def _check_x(op: str, x) -> None:
     if not isinstance(x, torch.Tensor):
         _fail(op, f"x must be a torch.Tensor of shape (N, C, H, W), got {type(x).__name__}")
     if x.dim() != 4:
         _fail(op, f"x must be 4-D (N, C, H, W), got {x.dim()}-D shape {tuple(x.shape)}")
     if x.dtype not in REF_DTYPES:
-        _fail(op, f"x has dtype {_dtype_name(x.dtype)}; accepted: float16, bfloat16, float32 "
+        _fail(op, f"x has dtype {dtype_name(x.dtype)}; accepted: float16, bfloat16, float32 "
                   "(and float64 on the torch path)")
 
 
@@ -153,7 +151,7 @@ def _check_map(op: str, name: str, t, x: torch.Tensor, channels: tuple[int, ...]
         _fail(op, f"{name} has shape {tuple(t.shape)}; accepted: {want} for x of shape "
                   f"{tuple(x.shape)}")
     if t.dtype != x.dtype:
-        _fail(op, f"{name} has dtype {_dtype_name(t.dtype)} but x is {_dtype_name(x.dtype)}; "
+        _fail(op, f"{name} has dtype {dtype_name(t.dtype)} but x is {dtype_name(x.dtype)}; "
                   "they must match")
     if t.device != x.device:
         _fail(op, f"{name} is on {t.device} but x is on {x.device}; they must match")
@@ -169,7 +167,7 @@ def _check_vec(op: str, name: str, t, x: torch.Tensor) -> None:
         _fail(op, f"{name} has shape {tuple(t.shape)}; accepted: ({x.shape[1]},) (one value "
                   "per channel) or None")
     if not t.is_floating_point():
-        _fail(op, f"{name} has dtype {_dtype_name(t.dtype)}; it must be a floating dtype")
+        _fail(op, f"{name} has dtype {dtype_name(t.dtype)}; it must be a floating dtype")
     if t.device != x.device:
         _fail(op, f"{name} is on {t.device} but x is on {x.device}; they must match")
 
@@ -459,7 +457,7 @@ def _choose_impl(op: str, x: torch.Tensor, impl: str) -> str:
             raise RuntimeError(f"{op}(impl='triton'): {why}; install triton or use impl='torch'")
         if x.dtype not in TRITON_DTYPES:
             _fail(op, f"impl='triton' accepts float16, bfloat16, float32; x is "
-                      f"{_dtype_name(x.dtype)} (use impl='torch' for float64)")
+                      f"{dtype_name(x.dtype)} (use impl='torch' for float64)")
         if not x.is_cuda and not tn.is_interpreted():
             raise RuntimeError(
                 f"{op}(impl='triton'): x is on {x.device}; the Triton path needs a CUDA tensor, "
@@ -478,7 +476,7 @@ def _choose_impl(op: str, x: torch.Tensor, impl: str) -> str:
     elif tn is None:
         reason = why
     elif x.dtype not in TRITON_DTYPES:
-        reason = f"{_dtype_name(x.dtype)} has no Triton kernel (float16/bfloat16/float32 do)"
+        reason = f"{dtype_name(x.dtype)} has no Triton kernel (float16/bfloat16/float32 do)"
     elif per_sample > _INT32_MAX:
         reason = f"{per_sample} elements per sample exceed the kernels' int32 indexing"
     else:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from importlib.util import find_spec
 from typing import TYPE_CHECKING
 
+from ...numerics import dtype_name
 from .base import BackendUnavailable
 
 if TYPE_CHECKING:
@@ -44,8 +45,9 @@ class Backend:
 
     def problem(self, device: str | torch.device, dtype: torch.dtype | None = None
                 ) -> Exception | None:
-        """Why this backend cannot run on ``device`` at ``dtype``; None when it can."""
-        if dtype is not None and str(dtype).removeprefix("torch.") not in self.dtypes:
+        """Why this backend cannot run on ``device`` at ``dtype`` (a torch dtype or a name:
+        float16, fp16, half...); None when it can."""
+        if dtype is not None and dtype_name(dtype) not in self.dtypes:
             return ValueError(f"backend {self.name!r} runs {' or '.join(self.dtypes)}, "
                               f"got {dtype}")
         if not all(installed(p) for p in self.packages):
