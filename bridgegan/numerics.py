@@ -16,6 +16,7 @@ from dataclasses import dataclass
 class Tolerance:
     """What a result computed in one dtype must meet against the float64 reference."""
 
+    dtype: str  # the row's name: torch's dtype name, or tf32
     op_rel: float  # single ops: ||out - ref|| / ||ref|| (design.md)
     image_max_abs: float | None = None  # end-to-end images in [-1, 1]: max abs error (design.md)
     image_min_psnr_db: float | None = None  # end-to-end images: PSNR in dB (design.md)
@@ -24,27 +25,38 @@ class Tolerance:
     # 3.1e-2 in bf16). Larger outputs (the GPU parity shapes) are held to op_rel only.
     op_max_abs: float | None = None
 
+    def _require_image_limit(self) -> None:
+        if self.image_max_abs is None and self.image_min_psnr_db is None:
+            raise ValueError(f"dtype {self.dtype!r} has no end-to-end image limit (design.md "
+                             f"gives it an op limit only, op_rel {self.op_rel:g}); images "
+                             f"have limits in {', '.join(IMAGE_DTYPES)}")
+
     @property
     def image_limit(self) -> str:
-        """The end-to-end image limit in words."""
+        """The end-to-end image limit in words; ValueError for a row without one (tf32)."""
+        self._require_image_limit()
         if self.image_max_abs is not None:
             return f"max abs <= {self.image_max_abs:g}"
         return f"PSNR >= {self.image_min_psnr_db:g} dB"
 
     def image_ok(self, max_abs: float, psnr_db: float) -> bool:
-        """Whether end-to-end images meet the limit (NaN never does)."""
+        """Whether end-to-end images meet the limit (NaN never does); ValueError for a row
+        without one (tf32)."""
+        self._require_image_limit()
         if self.image_max_abs is not None:
             return max_abs <= self.image_max_abs
         return psnr_db >= self.image_min_psnr_db
 
 
 # design.md, "Numerics": keyed by torch's dtype names (tf32: float32 storage, TF32 math).
-TOLERANCES = {
-    "float32": Tolerance(op_rel=1e-5, image_max_abs=1e-4, op_max_abs=2e-5),
-    "tf32": Tolerance(op_rel=5e-4),
-    "float16": Tolerance(op_rel=2e-3, image_min_psnr_db=40.0, op_max_abs=1e-2),
-    "bfloat16": Tolerance(op_rel=1e-2, image_min_psnr_db=40.0, op_max_abs=6e-2),
-}
+TOLERANCES = {t.dtype: t for t in (
+    Tolerance("float32", op_rel=1e-5, image_max_abs=1e-4, op_max_abs=2e-5),
+    Tolerance("tf32", op_rel=5e-4),
+    Tolerance("float16", op_rel=2e-3, image_min_psnr_db=40.0, op_max_abs=1e-2),
+    Tolerance("bfloat16", op_rel=1e-2, image_min_psnr_db=40.0, op_max_abs=6e-2),
+)}
+IMAGE_DTYPES = tuple(name for name, t in TOLERANCES.items()
+                     if t.image_max_abs is not None or t.image_min_psnr_db is not None)
 SHORT_NAMES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}  # as rows print them
 _ALIASES = {short: name for name, short in SHORT_NAMES.items()} | {"half": "float16"}
 

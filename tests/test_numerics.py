@@ -19,6 +19,18 @@ def test_tolerance_rows_by_dtype_or_name():
         tolerance(torch.float64)
 
 
+def test_a_row_without_an_image_limit_says_so():
+    """tf32 has an op limit only: asking for its image limit is a ValueError naming it."""
+    assert tolerance("tf32").op_rel == 5e-4
+    assert tolerance("float32").image_limit == "max abs <= 0.0001"
+    assert tolerance("float32").image_ok(1e-4, math.nan) and not tolerance("float32").image_ok(2e-4, 99.0)
+    with pytest.raises(ValueError, match="dtype 'tf32' has no end-to-end image limit .*float32, "
+                                         "float16, bfloat16"):
+        tolerance("tf32").image_ok(0.0, 99.0)
+    with pytest.raises(ValueError, match="dtype 'tf32' has no end-to-end image limit"):
+        tolerance("tf32").image_limit
+
+
 def test_errors_ignore_where_the_reference_is_not_finite():
     ref = torch.tensor([1.0, float("nan"), 3.0])
     assert errors(torch.tensor([1.0, float("nan"), 3.5]), ref) == pytest.approx((0.5, 0.5 / math.sqrt(10)))
