@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bridgegan.reference.presets import PRESET_RESOLUTIONS
+
 HOSTILE_KINDS = ("nan", "shape", "oversize", "garbage")
 OVERSIZE = [16, 3, 8192, 8192]  # declared, not sent: 12.9 GB as float32
 
@@ -235,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--url", help="HTTP address of a running server (default: start one)")
     p.add_argument("--grpc-url", help="its gRPC address (with --url and --protocol grpc)")
     p.add_argument("--checkpoint", help="checkpoint to serve (default: seeded weights)")
-    p.add_argument("--resolution", type=int, default=128, choices=(64, 128, 256))
+    p.add_argument("--resolution", type=int, default=128, choices=PRESET_RESOLUTIONS)
     p.add_argument("--model", default="translate_label",
                    choices=("translate_label", "translate_reference", "reconstruct"))
     p.add_argument("--protocol", default="http", choices=("http", "grpc"))

@@ -114,10 +114,9 @@ def card(folder: Path) -> str:
             f"--split {report['split']} --seed {report['seed']} --n {report['sources']}`.", ""]
     if agree:
         weak = sorted(agree.items(), key=lambda kv: kv[1])[:3]
-        out += [f"**Limits.** At {config['image_size']} px mouth, smile, age lines, eyebrows "
-                "and facial hair are a few pixels, and the reconstruction alone loses some of "
-                "them: the judge's verdicts on a source and on its reconstruction agree for "
-                f"{report['reconstruction_agreement']:.1%} of the labels ("
+        out += [f"**Limits.** The reconstruction alone loses part of what the judge sees at "
+                f"{config['image_size']} px: its verdicts on a source and on its reconstruction "
+                f"agree for {report['reconstruction_agreement']:.1%} of the labels (least: "
                 + ", ".join(f"{a} {v:.0%}" for a, v in weak)
                 + "), which bounds preservation. Reference-based edits carry part of the "
                 "reference's look beyond the copied attribute.", ""]

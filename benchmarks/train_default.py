@@ -34,8 +34,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import model_card  # noqa: E402  (benchmarks/, this script's folder)
-
 # The departures from the paper (docs/TRAINING.md, "The default model"): paired L1 to the
 # renderer's true edit, over the whole image and over the pixels each edit changes; half
 # the targets single-attribute edits; no critic (n_d 0, adversarial and attribute weights
@@ -111,6 +109,8 @@ def run(out: Path, device: str, minutes: float | None, dry: bool, interim: bool 
                                   "trained_on": _machine(device), "missed_targets": missed},
                    out / "default")
     shutil.copytree(judge, shipped / "judge", dirs_exist_ok=True)
+    import model_card  # benchmarks/, this script's folder
+
     model_card.main([str(shipped)])
     bridgegan(["demo", "--checkpoint", str(shipped), "--device", device, "--out", str(out)], log)
     print(f"\npackaged model: {shipped}")

@@ -15,10 +15,9 @@ from .argtypes import positive_int
 from .engine import options as engine_options
 from .engine.export import cli as export_cli
 from .reference import train_cli
+from .reference.presets import PRESET_RESOLUTIONS
 from .reference.data import registry as data_registry
 from .serve import cli as serve_cli
-
-PRESET_RESOLUTIONS = (64, 128, 256)  # BridgeGANConfig.preset's (config imports torch)
 
 
 @dataclass(frozen=True)

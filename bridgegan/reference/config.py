@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .attributes import DEFAULT_ATTRIBUTES, resolve_attributes
+from .presets import PRESET_RESOLUTIONS
 from .records import from_fields
 
 # Upper bounds, far above the paper's sizes (128 px, at most 256 channels, 3 blocks): a
@@ -138,8 +139,9 @@ class BridgeGANConfig:
     @classmethod
     def preset(cls, resolution: int, **overrides: Any) -> "BridgeGANConfig":
         """Resolution presets 64 / 128 / 256 at the paper widths."""
-        if resolution not in (64, 128, 256):
-            raise ValueError(f"resolution preset must be 64, 128 or 256, got {resolution}")
+        if resolution not in PRESET_RESOLUTIONS:
+            raise ValueError(f"resolution preset must be one of "
+                             f"{', '.join(map(str, PRESET_RESOLUTIONS))}, got {resolution}")
         return cls(image_size=resolution, **overrides)
 
     def replace(self, **changes: Any) -> "BridgeGANConfig":
