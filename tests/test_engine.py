@@ -14,7 +14,7 @@ from PIL import Image
 from bridgegan.engine import BackendUnavailable, Engine, InferenceGraph, Rewrites
 from bridgegan.engine.graph import four_phase_weight
 from bridgegan.numerics import psnr, tolerance
-from bridgegan.reference import BridgeGAN, save_checkpoint
+from bridgegan.reference import BridgeGAN, programs, save_checkpoint
 from conftest import images, labels, randomize, small_config
 
 ATOL = tolerance("float32").image_max_abs
@@ -151,6 +151,9 @@ def test_region_edits_stay_inside_the_mask(model, backend):
         eng.translate(x, target, source=ys, region=2 * left)
     with pytest.raises(ValueError, match="level='latent'"):
         eng.interpolate(x, r, target, alphas=[0.5], source=ys, level="spade", region=left)
+    d, noise = torch.zeros(x.shape[0], cfg.n_attrs), torch.zeros(x.shape[0], cfg.noise_dim)
+    with pytest.raises(ValueError, match="level='latent'"):  # the program itself refuses
+        programs.interpolate(model.stages(), x, r, d, noise, [0.5], "spade", left)
 
 
 def test_edit_strip_cache_equals_uncached(model):

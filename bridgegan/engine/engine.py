@@ -332,8 +332,6 @@ class Engine:
         """(len(alphas), N, 3, S, S): alpha = 1 is label-based, 0 reference-based.
         level "latent" blends the codes, "spade" blends every SPADE layer's output.
         ``region``: as in ``translate``, on the blended codes (level "latent" only)."""
-        if programs.check_level(level) != "latent" and region is not None:
-            raise ValueError("a region confines latent-level interpolation: use level='latent'")
         alphas = _alphas(alphas)
         x = self.load_images(images)
         refs = self._reference_batches(references, x.shape[0])

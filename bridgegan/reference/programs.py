@@ -129,8 +129,9 @@ def interpolate(st, x: Tensor, refs: Tensor, d: Tensor, r: Tensor, alphas: Seque
                 level: str = "latent", region: Tensor | None = None) -> list[Tensor]:
     """One image batch per alpha between label-based (1) and reference-based (0)
     translation; the trunk and the codes are computed once. ``region`` confines the
-    blended edit (level "latent")."""
-    check_level(level)
+    blended edit (level "latent" only: a ValueError with level "spade")."""
+    if check_level(level) != "latent" and region is not None:
+        raise ValueError("a region confines latent-level interpolation: use level='latent'")
     h, src = st.trunk(x), source_code(st, x, d)
     s_rand = label_code(st, r, d, src)
     s_ref = reference_code(encode_references(st, refs, d), src)
