@@ -22,8 +22,9 @@ from conftest import images, labels, randomize, small_config
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from bridgegan.engine.export.onnx_export import (GRAPHS, PROGRAMS, OnnxFileError,  # noqa: E402
-                                                 export_model, export_onnx)
+from bridgegan.engine.export.names import GRAPHS, PROGRAMS  # noqa: E402
+from bridgegan.engine.export.onnx_export import (OnnxFileError, export_model,  # noqa: E402
+                                                 export_onnx)
 from bridgegan.engine.export.tensorrt_build import (PlanMismatch, build_config,  # noqa: E402
                                                     check_sidecar, import_tensorrt,
                                                     sidecar_problems)

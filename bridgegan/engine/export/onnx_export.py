@@ -62,7 +62,7 @@ from ...reference.config import BridgeGANConfig
 from ...reference.model import BridgeGAN
 from ..backends.base import BackendUnavailable
 from ..graph import InferenceGraph, Rewrites
-from .names import GRAPHS, ONNX_PRECISIONS, OPSET, PROGRAMS
+from .names import GRAPHS, ONNX_PRECISIONS, OPSET
 
 ONNX_DTYPES = {name: getattr(torch, dtype) for name, dtype in ONNX_PRECISIONS.items()}
 ONNX_PRECISION_OF = {v: k for k, v in ONNX_DTYPES.items()}

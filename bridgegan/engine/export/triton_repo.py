@@ -25,7 +25,8 @@ from ... import __version__
 from ...files import write_folder_atomic
 from ...reference.checkpoint import load_checkpoint
 from ...reference.config import BridgeGANConfig
-from .onnx_export import PROGRAMS, export_model, file_name, read_manifest
+from .names import PROGRAMS
+from .onnx_export import export_model, file_name, read_manifest
 from .pbtxt import Port, model_config
 from .tensorrt_build import read_sidecar
 
