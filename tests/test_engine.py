@@ -403,3 +403,15 @@ def test_stateful_backends_run_one_call_at_a_time(model, monkeypatch):
         t.join()
     assert peak[0] == 1
     assert all(torch.equal(results[i], serial[i]) for i in range(6))
+
+
+def test_bench_variants_name_their_backend():
+    """A bench row is one named backend: auto is refused with what to write instead."""
+    from bridgegan.engine.bench import Variant
+
+    assert Variant.parse("triton:fp16:cl:graphs") == Variant("triton", "fp16", True, True)
+    with pytest.raises(ValueError, match="'auto' is not a bench variant; name the backend, one "
+                                         "of reference, torch"):
+        Variant.parse("auto:float32")
+    with pytest.raises(ValueError, match="unknown backend 'fast'"):
+        Variant.parse("fast:float32")

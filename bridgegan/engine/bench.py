@@ -36,7 +36,7 @@ from ..reference.config import BridgeGANConfig
 from ..reference.model import BridgeGAN
 from ..timing import time_calls
 from . import roofline
-from .backends import BACKENDS, BackendUnavailable
+from .backends import AUTO, BACKENDS, BackendUnavailable
 from .engine import Engine, resolve_dtype
 
 FIELDS = ["what", "backend", "dtype", "batch", "resolution", "metric", "unit", "p50", "p20",
@@ -72,6 +72,9 @@ class Variant:
         parts = text.split(":")
         if len(parts) < 2 or any(p not in ("cl", "graphs") for p in parts[2:]):
             raise ValueError(f"variant {text!r}: expected backend:dtype[:cl][:graphs]")
+        if parts[0] == AUTO:  # a row is one named backend (auto picks by the device)
+            raise ValueError(f"variant {text!r}: {AUTO!r} is not a bench variant; name the "
+                             f"backend, one of {', '.join(BACKENDS)}")
         if parts[0] not in BACKENDS:
             raise ValueError(f"variant {text!r}: unknown backend {parts[0]!r}; backends: "
                              f"{', '.join(BACKENDS)}")
@@ -181,15 +184,15 @@ def run_matrix(variants: list[Variant] | None, batches: list[int], resolutions: 
                 rows.append(_skipped("all", v, "", res, str(exc), env))
                 bar.update(len(workloads) * len(batches))
                 continue
-            measured = set()
+            sizes_done = set()  # (workload, images per call) already measured
             for workload in workloads:
                 for batch in batches:
                     bar.set_postfix_str(f"{res}px {v.name} {workload} b{batch}")
                     fn, n = _workload_fn(eng, workload, batch, seed=batch)
-                    if (workload, n) in measured:  # strips shorter than 1 + A share one size
+                    if (workload, n) in sizes_done:  # strips shorter than 1 + A share one size
                         bar.update()
                         continue
-                    measured.add((workload, n))
+                    sizes_done.add((workload, n))
                     if dev.type == "cuda":
                         torch.cuda.reset_peak_memory_stats(dev)
                     try:
