@@ -8,10 +8,12 @@ rest, all within five minutes on an H100:
   3. kernel speed (benchmarks/bench_kernels.py): GB/s vs copy bandwidth, vs eager
   4. the engine speed table (bridgegan bench) at 128x128, batch 1, 8, 64, 256
   5. the edit strip with and without the trunk cache
-  6. torch.compile max-autotune at batch 64 (autotuning takes minutes: its own stage,
+  6. where the time goes (benchmarks/profile_engine.py): kernel table, kernels per forward
+     and stage times of the reference and the engine in fp16 at batch 1 and 64
+  7. torch.compile max-autotune at batch 64 (autotuning takes minutes: its own stage,
      last, given what is left of the five minutes, so the rest is in even if it runs out)
 Writes into OUTDIR: gpu_check.json (every stage's rows and status), bench.csv (engine rows),
-bench.png, kernels.csv, gpu_check.log. --dry-run runs the same stages at tiny sizes on the
+bench.png, kernels.csv, profile.csv and profile.md, gpu_check.log. --dry-run runs the same stages at tiny sizes on the
 CPU with no time limits (CI runs it, so the script cannot rot, on machines of any speed).
 A copy of the tree without .git (a lent machine) records the commit given as
 BRIDGEGAN_COMMIT=<hash>.
@@ -63,6 +65,10 @@ def stages(work: Path, dry: bool) -> list[tuple[str, list[str], int]]:
                                "reference:fp16,triton:fp16:cl", "--batches", "22" if dry else "32",
                                "--resolutions", res, "--workloads", "strip,strip_nocache",
                                "--out", str(work / "strip")] + reps, 25),
+        ("profile", [py, str(ROOT / "benchmarks" / "profile_engine.py"), str(work / "profile"),
+                     "--device", dev] + (["--variants", "reference:float32,torch:float32",
+                                          "--batches", "1", "--resolution", "64", "--calls", "1"]
+                                         if dry else ["--resolution", res]), 40),
     ]
     if not dry:  # compile is exercised on the CPU by the engine tests; here it is timed
         out.append(("bench_compile", cli + ["bench", "--device", dev, "--variants",
@@ -136,8 +142,10 @@ def main(argv=None) -> int:
             r["batch"], r["resolution"] = int(r["batch"]), int(r["resolution"])
             r["images_per_s"] = float(r["images_per_s"])
         plot(rows, out / "bench.png", f"bridgegan gpu_check on {engine_rows[0]['device']}")
-    if (work / "kernels" / "kernels.csv").is_file():
-        shutil.copy(work / "kernels" / "kernels.csv", out / "kernels.csv")
+    for src in (work / "kernels" / "kernels.csv", work / "profile" / "profile.csv",
+                work / "profile" / "profile.md"):
+        if src.is_file():
+            shutil.copy(src, out / src.name)
     shutil.rmtree(work, ignore_errors=True)
     print(f"gpu_check finished in {report['seconds']} s: " +
           ", ".join(f"{r['stage']}={r['status']}" for r in results))

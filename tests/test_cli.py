@@ -187,9 +187,17 @@ def test_gpu_check_dry_run(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert [s["status"] for s in report["stages"]] == [0] * len(report["stages"])
-    assert {"bench.csv", "bench.png", "kernels.csv", "gpu_check.log"} <= {
-        p.name for p in tmp_path.iterdir()}
+    assert {"bench.csv", "bench.png", "kernels.csv", "profile.csv", "profile.md",
+            "gpu_check.log"} <= {p.name for p in tmp_path.iterdir()}
     assert report["engine"] and report["parity_backends"]
+    profile = list(csv.DictReader(open(tmp_path / "profile.csv")))
+    for variant in ("reference-float32", "torch-float32"):
+        mine = [r for r in profile if r["variant"] == variant]
+        assert {r["name"] for r in mine if r["kind"] == "stage"} == {"trunk", "encode", "map",
+                                                                     "decode"}
+        kernels = [float(r["share"]) for r in mine if r["kind"] == "kernel"]
+        assert kernels and abs(sum(kernels) - 1) < 1e-6
+        assert any("convolution" in r["name"] for r in mine if r["kind"] == "kernel")
 
 
 @pytest.mark.slow

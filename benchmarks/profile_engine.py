@@ -1,0 +1,154 @@
+#!/usr/bin/env python
+"""Where a translation's time goes: a torch.profiler kernel table per variant and batch,
+the kernels (CUDA) or ops (CPU) per forward, and the time of each engine stage.
+
+    python benchmarks/profile_engine.py OUTDIR [--device cuda] [--batches 1,64] \\
+        [--variants reference:fp16,triton:fp16:cl] [--resolution 128] [--calls 5] [--top 15]
+
+Variants are the bench's (backend:dtype[:cl]; no CUDA graphs, whose replays hide the
+kernels). For each variant and batch: label-based translations of seeded random faces
+(paper widths at --resolution) under torch.profiler, then each stage (trunk, encode, map,
+decode) timed alone with ``bridgegan.timing``. Writes OUTDIR/profile.csv (one row per
+kernel / stage / summary) and OUTDIR/profile.md (the top kernels and the stage times),
+and prints the markdown.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bridgegan.engine import Engine  # noqa: E402
+from bridgegan.engine.bench import Variant  # noqa: E402
+from bridgegan.files import write_file_atomic  # noqa: E402
+from bridgegan.reference import BridgeGAN, BridgeGANConfig  # noqa: E402
+from bridgegan.timing import p50_p20_p80, synchronize, time_calls  # noqa: E402
+
+FIELDS = ("variant", "batch", "kind", "name", "calls_per_forward", "us_per_forward", "share")
+
+
+def _inputs(eng: Engine, batch: int, seed: int = 0):
+    cfg, gen = eng.config, torch.Generator().manual_seed(seed)
+    x = torch.rand(batch, 3, cfg.image_size, cfg.image_size, generator=gen) * 2 - 1
+    ys = torch.randint(0, 2, (batch, cfg.n_attrs), generator=gen).float()
+    return x, ys, torch.randn(batch, cfg.noise_dim, generator=gen)
+
+
+def _self_us(evt, cuda: bool) -> float:
+    """Self time of a profiler average in microseconds: on the device for CUDA kernels,
+    on the CPU for ops."""
+    if cuda:
+        return getattr(evt, "self_device_time_total", None) or evt.self_cuda_time_total
+    return evt.self_cpu_time_total
+
+
+def kernel_rows(eng: Engine, variant: str, batch: int, calls: int) -> list[dict]:
+    """The profiled kernels (CUDA) or ops (CPU) of ``calls`` translations, per forward."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    x, ys, noise = _inputs(eng, batch)
+    cuda = eng.device.type == "cuda"
+    for _ in range(2):  # warm-up: kernels compiled, caches filled
+        eng.translate(x, 1 - ys, noise=noise, source=ys)
+    synchronize(eng.device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        for _ in range(calls):
+            eng.translate(x, 1 - ys, noise=noise, source=ys)
+        synchronize(eng.device)
+    events = [e for e in prof.key_averages()
+              if (e.device_type == DeviceType.CUDA if cuda else e.device_type == DeviceType.CPU)
+              and _self_us(e, cuda) > 0]
+    total = sum(_self_us(e, cuda) for e in events)
+    rows = [dict(variant=variant, batch=batch, kind="kernel", name=e.key,
+                 calls_per_forward=e.count / calls, us_per_forward=_self_us(e, cuda) / calls,
+                 share=_self_us(e, cuda) / total) for e in events]
+    rows.sort(key=lambda r: -r["us_per_forward"])
+    rows.append(dict(variant=variant, batch=batch, kind="summary",
+                     name="kernels per forward" if cuda else "ops per forward (nested included)",
+                     calls_per_forward=sum(e.count for e in events) / calls,
+                     us_per_forward=total / calls, share=1.0))
+    return rows
+
+
+def stage_rows(eng: Engine, variant: str, batch: int, reps: int) -> list[dict]:
+    """p50 time of each stage called alone on the engine's own inputs (a label edit)."""
+    x, ys, noise = _inputs(eng, batch)
+    st = eng.stages
+    xc, d, r = (eng._cast(t) for t in (x, 1 - 2 * ys, noise))
+    with torch.no_grad():
+        h, s = st.trunk(xc), st.encode(xc, -d) + st.map(r, d)
+        calls = {"trunk": lambda: st.trunk(xc), "encode": lambda: st.encode(xc, -d),
+                 "map": lambda: st.map(r, d), "decode": lambda: st.decode(h, s)}
+        times = {k: p50_p20_p80(time_calls(fn, eng.device, warmup=1, reps=reps))[0] * 1e6
+                 for k, fn in calls.items()}
+    total = sum(times.values())
+    return [dict(variant=variant, batch=batch, kind="stage", name=k, calls_per_forward=1,
+                 us_per_forward=v, share=v / total) for k, v in times.items()]
+
+
+def markdown(rows: list[dict], top: int, title: str) -> str:
+    out = [f"# Engine profile: {title}", ""]
+    for key in dict.fromkeys((r["variant"], r["batch"]) for r in rows):
+        mine = [r for r in rows if (r["variant"], r["batch"]) == key]
+        summary = next(r for r in mine if r["kind"] == "summary")
+        stages = ", ".join(f"{r['name']} {r['us_per_forward']:.0f} us" for r in mine
+                           if r["kind"] == "stage")
+        out += [f"## {key[0]}, batch {key[1]}", "",
+                f"{summary['name']}: {summary['calls_per_forward']:.0f}; profiled time per "
+                f"forward {summary['us_per_forward']:.0f} us. Stages alone (p50): {stages}.", "",
+                f"| {summary['name'].split()[0][:-1]} | calls / forward | us / forward | share |",
+                "| --- | ---: | ---: | ---: |"]
+        out += [f"| `{r['name'][:80]}` | {r['calls_per_forward']:.1f} | "
+                f"{r['us_per_forward']:.1f} | {r['share']:.1%} |"
+                for r in [r for r in mine if r["kind"] == "kernel"][:top]]
+        out.append("")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("out", type=Path, help="output folder")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--variants", default="reference:fp16,triton:fp16:cl",
+                   help="comma list of backend:dtype[:cl] (default: %(default)s)")
+    p.add_argument("--batches", default="1,64", help="comma list (default: %(default)s)")
+    p.add_argument("--resolution", type=int, default=128)
+    p.add_argument("--calls", type=int, default=5, help="profiled translations per row")
+    p.add_argument("--top", type=int, default=15, help="kernels listed per table")
+    args = p.parse_args(argv)
+    torch.manual_seed(0)
+    model = BridgeGAN(BridgeGANConfig.preset(args.resolution)).eval()
+    rows = []
+    for text in args.variants.split(","):
+        v = Variant.parse(text)
+        if v.cuda_graphs:
+            raise SystemExit(f"variant {text!r}: profile without :graphs (replays hide kernels)")
+        eng = Engine(model, backend=v.backend, dtype=v.dtype, device=args.device,
+                     channels_last=v.channels_last, cuda_graphs=False)
+        for batch in (int(b) for b in args.batches.split(",")):
+            print(f"profiling {v.name} batch {batch}", file=sys.stderr, flush=True)
+            rows += kernel_rows(eng, v.name, batch, args.calls)
+            rows += stage_rows(eng, v.name, batch, max(args.calls, 3))
+    args.out.mkdir(parents=True, exist_ok=True)
+    with open(args.out / "profile.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    device = (torch.cuda.get_device_name(args.device) if args.device.startswith("cuda")
+              else f"CPU, {torch.get_num_threads()} threads")
+    text = markdown(rows, args.top, f"{device}, {args.resolution}x{args.resolution}, "
+                                    f"torch {torch.__version__}")
+    write_file_atomic(args.out / "profile.md", text.encode())
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
