@@ -5,7 +5,7 @@
     python benchmarks/bench_kernels.py --out DIR --parity   # GPU parity table first
     python benchmarks/bench_kernels.py --out DIR --sweep    # + launch-config sweep, hot shape
     python benchmarks/bench_kernels.py --tune               # compare launch-config candidates
-    python benchmarks/bench_kernels.py --dry-run --out DIR  # CPU, tiny shapes, ref impl (CI)
+    python benchmarks/bench_kernels.py --dry-run --out DIR  # CPU, tiny shapes, torch impl (CI)
 
 The 8 SPADE layers of G at 128x128 (spec section 3) normalise: middle block 256@16x16
 (x2), up block 1 256@16 and 128@32, up block 2 128@32 and 64@64, up block 3 64@64 and
@@ -16,7 +16,8 @@ Backends per shape:
   triton  spade_modulate(x, gamma, beta, act="relu", impl="triton")
   eager   torch.relu(F.instance_norm(x) * (1 + gamma) + beta), same dtype (what a plain
           PyTorch SPADE layer does)
-  ref     the reference path (float32 upcast torch ops; what CPU / ONNX use)
+  torch   spade_modulate(..., impl="torch"): float32 upcast torch ops (what CPU / ONNX
+          use)
 
 Timing: bridgegan.timing (CUDA events, L2 cleared before every call, >= 100 ms of calls
 after a warm-up, as triton.testing.do_bench does), median with p20/p80, and the inputs
@@ -281,7 +282,7 @@ def run(out_dir, dry_run=False, sweep=False, parity=False, quick=False, dtypes=N
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="runs/bench_kernels", help="folder for kernels.json / kernels.csv")
-    p.add_argument("--dry-run", action="store_true", help="CPU, tiny shapes, ref impl (CI smoke run)")
+    p.add_argument("--dry-run", action="store_true", help="CPU, tiny shapes, torch impl (CI smoke run)")
     p.add_argument("--sweep", action="store_true", help="also time launch-config variants (hot shape)")
     p.add_argument("--parity", action="store_true", help="run the kernel parity table first")
     p.add_argument("--quick", action="store_true", help="shorter timing runs")

@@ -2,8 +2,8 @@
 
     python -m pytest benchmarks/test_speed.py --benchmark-only [--benchmark-json out.json]
 
-Runs on CUDA when available (Triton kernels, fp16), else on the CPU (reference ops,
-float32, smaller shapes). Speed is recorded here, never asserted; correctness lives in
+Runs on CUDA when available (Triton kernels, fp16), else on the CPU (the kernels' torch
+ops, impl="torch", float32, smaller shapes). Speed is recorded here, never asserted; correctness lives in
 tests/. Each benchmark carries the device in ``extra_info``.
 """
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """BridgeGAN: label- and reference-based multi-attribute face editing through SPADE.
 
 Subpackages: ``reference`` (the PyTorch model, the oracle), ``kernels`` (Triton SPADE
-kernels with torch reference paths), ``engine`` (optimised inference and export).
+kernels, each with a plain torch path, impl="torch"), ``engine`` (optimised inference
+and export).
 """
 
 __version__ = "0.1.0"

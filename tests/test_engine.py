@@ -361,7 +361,7 @@ def test_threads_get_the_serial_results(model):
         assert torch.equal(results[i], serial[i])
 
 
-def test_stateful_backends_run_one_call_at_a_time(model, monkeypatch):
+def test_serialised_backends_run_one_call_at_a_time(model, monkeypatch):
     """Backends with shared state (compiled code, CUDA graphs) must never see two calls at
     once; the engine serialises whole calls for those the registry marks."""
     import time

@@ -138,8 +138,8 @@ def test_slope_and_eps_are_used(path):
     assert_close(out, reference64(SPADE, x, kw, **opts), torch.float32)
 
 
-def test_reference_matches_torch_ops():
-    """The reference is the textbook definition (F.instance_norm, then modulation)."""
+def test_torch_path_is_the_textbook_definition():
+    """impl="torch" is the textbook definition (F.instance_norm, then modulation)."""
     x, kw = make(SPADE, (2, 4, 6, 5), torch.float64, seed=5)
     want = torch.nn.functional.instance_norm(x, eps=1e-5) * (1 + kw["gamma"]) + kw["beta"]
     got = call(SPADE, x, kw, impl="torch")
@@ -239,7 +239,7 @@ def test_out_buffer_poisoned(layout, path):
     assert res is out
     assert torch.isfinite(out).all()
     assert_close(out, reference64(SPADE, x, kw, "relu"), torch.float16)
-    # the reference path honours out= too
+    # the torch path honours out= too
     out2 = torch.full_like(x, float("nan"))
     assert call(SPADE, x, kw, act="relu", impl="torch", out=out2) is out2
     assert torch.isfinite(out2).all()
@@ -359,7 +359,7 @@ def test_bad_input_is_rejected(case):
 
 
 @pytest.mark.parametrize("act", ["none", "leaky_relu"])
-def test_gradcheck_reference(act):
+def test_gradcheck_torch_path(act):
     torch.manual_seed(13)
     x = torch.randn(2, 3, 3, 4, dtype=torch.float64, requires_grad=True)
     g = (0.5 * torch.randn(2, 3, 3, 4, dtype=torch.float64)).requires_grad_()
@@ -378,7 +378,7 @@ def test_gradcheck_reference(act):
 @requires_triton
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("op", OPS)
-def test_triton_grads_match_reference(op, layout):
+def test_triton_grads_match_the_torch_path(op, layout):
     x, kw = make(op, (2, 3, 5, 4), torch.float32, layout, seed=14)
     gy = torch.randn(x.shape, generator=torch.Generator().manual_seed(15))
     grads = {}
@@ -437,7 +437,7 @@ def test_launch_plans_for_generator_shapes():
 # ----------------------------------------------------------------------------- ONNX / parity CLI
 
 
-def test_reference_traces_and_auto_uses_reference_when_tracing():
+def test_torch_path_traces_and_auto_takes_it_when_tracing():
     class M(torch.nn.Module):
         def forward(self, x, g):
             return spade_modulate(x, g, act="relu", impl="auto")
@@ -454,7 +454,7 @@ def test_reference_traces_and_auto_uses_reference_when_tracing():
     assert not any("triton" in k or "PythonOp" in k for k in kinds), kinds
 
 
-def test_reference_exports_to_onnx(tmp_path):
+def test_torch_path_exports_to_onnx(tmp_path):
     onnx = pytest.importorskip("onnx")
 
     class M(torch.nn.Module):

@@ -26,8 +26,8 @@ impl:
 Numerics: statistics are float32 whatever the storage dtype (mean first, then the mean of
 squared deviations; Chan's formula where a plane is cut into tiles), the output is the
 input dtype and keeps the input's memory format (NCHW or channels_last; a non-dense input
-gives a dense output in the format its strides suggest). NaN/Inf propagate as in the
-reference: a NaN or Inf in an (n, c) plane makes that whole output plane NaN.
+gives a dense output in the format its strides suggest). NaN/Inf propagate as on the
+torch path: a NaN or Inf in an (n, c) plane makes that whole output plane NaN.
 
 Autograd: the Triton path is forward-only kernels wrapped in a ``torch.autograd.Function``
 whose backward recomputes the torch path's math with torch ops (float32 statistics) and
@@ -64,7 +64,7 @@ __all__ = [
 ACTS = ("none", "relu", "leaky_relu")
 IMPLS = ("auto", "triton", "torch")
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-REF_DTYPES = TRITON_DTYPES + (torch.float64,)
+TORCH_DTYPES = TRITON_DTYPES + (torch.float64,)
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 _INT32_MAX = 2**31 - 1
 
@@ -136,7 +136,7 @@ def _check_x(op: str, x) -> None:
         _fail(op, f"x must be a torch.Tensor of shape (N, C, H, W), got {type(x).__name__}")
     if x.dim() != 4:
         _fail(op, f"x must be 4-D (N, C, H, W), got {x.dim()}-D shape {tuple(x.shape)}")
-    if x.dtype not in REF_DTYPES:
+    if x.dtype not in TORCH_DTYPES:
         _fail(op, f"x has dtype {dtype_name(x.dtype)}; accepted: float16, bfloat16, float32 "
                   "(and float64 on the torch path)")
 

@@ -1,7 +1,7 @@
 """ONNX export of the rewritten inference graph.
 
 ``bridgegan export onnx CKPT OUT`` traces the :class:`~bridgegan.engine.graph.InferenceGraph`
-(every rewrite) through the reference ops (``impl="torch"``, never a Triton kernel) with
+(every rewrite) through the torch ops (``impl="torch"``, never a Triton kernel) with
 torch's TorchScript exporter (``dynamo=False``), opset 17 or newer, dynamic batch. The
 graphs hold G, E and M only (D never: source labels are the caller's business).
 
@@ -24,7 +24,7 @@ the latent code, so it needs the stage graphs, which the engine's ``onnxruntime`
 Precision. Each graph comes in ``fp32`` (``<graph>.onnx``) and ``fp16``
 (``<graph>_fp16.onnx``): fp16 weights and activations inside, float32 inputs and outputs
 (casts at the edges), so clients and Triton configs are the same for both. Instance-norm
-statistics are float32 in both: the reference path upcasts, giving InstanceNormalization
+statistics are float32 in both: the torch path upcasts, giving InstanceNormalization
 nodes on float32 tensors (TensorRT builds pin them to float32).
 
 Folder. An export folder holds the ``.onnx`` files and ``manifest.json`` (format, config,
@@ -192,8 +192,8 @@ def export_graph(graph: InferenceGraph, name: str, opset: int = OPSET, batch: in
     import onnx
 
     if graph.impl != "torch":
-        raise ValueError("ONNX export traces the reference ops: build the InferenceGraph "
-                         "with impl='torch' (never a Triton kernel)")
+        raise ValueError("ONNX export traces the torch ops: build the InferenceGraph with "
+                         "impl='torch' (never a Triton kernel)")
     if opset < OPSET:
         raise ValueError(f"opset must be {OPSET} or newer, got {opset}")
     if name not in _GRAPHS:
