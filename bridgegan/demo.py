@@ -6,23 +6,27 @@ procedural set (or takes ``--input`` images), and writes one grid PNG with a cap
 every image. Each row is one source: the source, its reconstruction, every attribute
 flipped, noise samples, the reference-based edit with the reference beside it, a region
 edit (hair colour on the left half only) and label-to-reference interpolation. ``--bench``
-also prints the throughput of the backends that run here. Without a shipped model it says
-so and uses seeded untrained weights, so the grid shows the pipeline, not edits.
+also prints the throughput of the registry's backends that run here. Without a shipped
+model it says so and uses seeded untrained weights, so the grid shows the pipeline, not
+edits.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
 from .engine import BackendUnavailable, Engine
+from .engine.backends import REGISTRY, device_type
 from .reference import BridgeGAN, BridgeGANConfig
 from .reference.checkpoint import load_checkpoint, save_checkpoint
 from .reference.data import procedural_batch, save_png
 from .reference.data.grid import captioned_grid
+from .timing import time_calls
 
 SHIPPED = Path(__file__).parent / "assets" / "default"
 
@@ -69,29 +73,25 @@ def load_model(checkpoint: str | None) -> tuple[BridgeGAN, str]:
                                    "so the grid shows the pipeline, not real edits")
 
 
-def throughput(model: BridgeGAN, device: str, batch: int = 8, calls: int = 3) -> list[str]:
-    """images/s of label-based translation per backend that runs here."""
-    backends = ["reference", "torch"] + (["triton"] if device == "cuda" else [])
+def throughput(model: BridgeGAN, device: str, batch: int = 8, calls: int = 3) -> Iterator[str]:
+    """images/s of label-based translation (float32), one line per backend of the
+    registry that runs here, as each is measured. Triton kernels count only on a CUDA
+    device (the CPU interpreter is for testing, not for speed)."""
     size = model.config.image_size
     x = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
     ys = torch.zeros(batch, model.config.n_attrs)
-    out = []
-    for backend in backends:
-        try:
-            eng = Engine(model, backend=backend, device=device)
-        except BackendUnavailable as exc:
-            out.append(f"{backend}: unavailable ({exc})")
+    for name, spec in REGISTRY.items():
+        if spec.problem(device) is not None or (spec.triton_kernels and
+                                                device_type(device) != "cuda"):
             continue
-        eng.translate(x, 1 - ys, source=ys, seed=0)  # warm-up
-        if device == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for i in range(calls):
-            eng.translate(x, 1 - ys, source=ys, seed=i)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        out.append(f"{backend} fp32: {batch * calls / (time.perf_counter() - t0):.1f} images/s")
-    return out
+        try:
+            eng = Engine(model, backend=name, device=device)
+            times = time_calls(lambda: eng.translate(x, 1 - ys, source=ys, seed=0), eng.device,
+                               warmup=1, reps=calls)
+        except (BackendUnavailable, RuntimeError) as exc:  # e.g. torch.compile without a compiler
+            yield f"{name}: unavailable ({exc})"
+            continue
+        yield f"{name} fp32: {batch * calls / sum(times):.1f} images/s"
 
 
 def _caption(edit: str) -> str:
@@ -165,6 +165,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {path} ({len(rows)} rows x {len(rows[0])} columns, captions in the image)")
     if args.bench:
         for line in throughput(model, args.device):
-            print("throughput " + line)
+            print("throughput " + line, flush=True)
     print(f"done in {time.perf_counter() - t0:.1f} s")
     return 0

@@ -415,3 +415,25 @@ def test_bench_variants_name_their_backend():
         Variant.parse("auto:float32")
     with pytest.raises(ValueError, match="unknown backend 'fast'"):
         Variant.parse("fast:float32")
+
+
+def test_demo_throughput_times_the_registrys_backends(monkeypatch):
+    """`bridgegan demo --bench`: one line per registry backend that runs here (Triton
+    kernels not in the CPU interpreter), timed by bridgegan.timing."""
+    from bridgegan import demo
+    from bridgegan.engine import backends
+
+    keep = ("torch", "triton", "tensorrt")  # not "reference": the list is the registry's
+    monkeypatch.setattr(demo, "REGISTRY", {k: backends.REGISTRY[k] for k in keep})
+    timed = []
+    real = demo.time_calls
+
+    def time_calls(fn, device, **kw):
+        timed.append((str(device), kw))
+        return real(fn, device, **kw)
+
+    monkeypatch.setattr(demo, "time_calls", time_calls)
+    m = BridgeGAN(small_config(32)).eval()
+    lines = list(demo.throughput(m, "cpu", batch=2, calls=2))
+    assert len(lines) == 1 and lines[0].startswith("torch fp32: ") and lines[0].endswith(" images/s")
+    assert timed == [("cpu", {"warmup": 1, "reps": 2})]
