@@ -75,14 +75,15 @@ def load_model(checkpoint: str | None) -> tuple[BridgeGAN, str]:
 
 def throughput(model: BridgeGAN, device: str, batch: int = 8, calls: int = 3) -> Iterator[str]:
     """images/s of label-based translation (float32), one line per backend of the
-    registry that runs here, as each is measured. Triton kernels count only on a CUDA
-    device (the CPU interpreter is for testing, not for speed)."""
+    registry that runs here and builds quickly (not ``slow_build``: a demo does not wait
+    minutes for autotuning or plans), as each is measured. Triton kernels count only on a
+    CUDA device (the CPU interpreter is for testing, not for speed)."""
     size = model.config.image_size
     x = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
     ys = torch.zeros(batch, model.config.n_attrs)
     for name, spec in REGISTRY.items():
-        if spec.problem(device) is not None or (spec.triton_kernels and
-                                                device_type(device) != "cuda"):
+        if spec.slow_build or spec.problem(device) is not None or (
+                spec.triton_kernels and device_type(device) != "cuda"):
             continue
         try:
             eng = Engine(model, backend=name, device=device)

@@ -418,12 +418,13 @@ def test_bench_variants_name_their_backend():
 
 
 def test_demo_throughput_times_the_registrys_backends(monkeypatch):
-    """`bridgegan demo --bench`: one line per registry backend that runs here (Triton
-    kernels not in the CPU interpreter), timed by bridgegan.timing."""
+    """`bridgegan demo --bench`: one line per registry backend that runs here and builds
+    quickly (Triton kernels not in the CPU interpreter, compile not: slow_build), timed by
+    bridgegan.timing."""
     from bridgegan import demo
     from bridgegan.engine import backends
 
-    keep = ("torch", "triton", "tensorrt")  # not "reference": the list is the registry's
+    keep = ("torch", "triton", "compile", "tensorrt")  # not "reference": the registry's list
     monkeypatch.setattr(demo, "REGISTRY", {k: backends.REGISTRY[k] for k in keep})
     timed = []
     real = demo.time_calls

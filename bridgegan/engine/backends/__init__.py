@@ -42,6 +42,7 @@ class Backend:
     cuda_graphs: bool = False  # the engine may capture its programs in CUDA graphs ...
     graphs_by_default: bool = False  # ... and does on CUDA unless told not to
     serialised: bool = False  # calls share state (compiled code, execution contexts)
+    slow_build: bool = False  # first use can take minutes (autotuning, plan builds)
 
     def problem(self, device: str | torch.device, dtype: torch.dtype | None = None
                 ) -> Exception | None:
@@ -84,12 +85,13 @@ REGISTRY: dict[str, Backend] = {b.name: b for b in (
     Backend("torch", cuda_graphs=True, graphs_by_default=True),
     Backend("triton", packages=("triton",), install="pip install 'bridgegan[triton]'",
             cuda=True, triton_kernels=True, cuda_graphs=True, graphs_by_default=True),
-    Backend("compile", cuda_graphs=True, graphs_by_default=True, serialised=True),
+    Backend("compile", cuda_graphs=True, graphs_by_default=True, serialised=True,
+            slow_build=True),  # max-autotune on a GPU
     Backend("onnxruntime", packages=("onnx", "onnxruntime"),
             install="pip install 'bridgegan[onnx]'", dtypes=("float32", "float16")),
     Backend("tensorrt", packages=("tensorrt",),
             install="pip install 'bridgegan[tensorrt]' (TensorRT 10, on a CUDA machine)",
-            cuda=True, serialised=True),  # one execution context per plan
+            cuda=True, serialised=True, slow_build=True),  # one execution context per plan
 )}
 BACKENDS = tuple(REGISTRY)
 
