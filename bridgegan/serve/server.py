@@ -86,10 +86,10 @@ def tritonserver_command(repository: str | os.PathLike, workdir: str | os.PathLi
     env = prefer_own_libpython(dict(os.environ))
     env["LD_LIBRARY_PATH"] += ":" + str(get_libs_path())
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
-    http, grpc = private_sockets(workdir)
+    http, _ = private_sockets(workdir)  # checks the path lengths
     argv = [str(dist / "bin" / "tritonserver"), f"--model-repository={repository}",
             f"--backend-directory={backend.parent}", f"--http-address=unix:{http}",
-            f"--http-port={UNIX_PORT}", f"--grpc-address={grpc.rsplit(':', 1)[0]}",
+            f"--http-port={UNIX_PORT}", f"--grpc-address=unix:{Path(workdir) / GRPC_SOCKET}",
             f"--grpc-port={UNIX_PORT}", f"--metrics-address={metrics_host}",
             f"--metrics-port={metrics_port}", f"--exit-timeout-secs={exit_timeout_secs}",
             f"--http-restricted-api={restricted_off()}",
