@@ -17,6 +17,9 @@ numbers that a model cannot get by fooling the classifier:
 - renderer edit accuracy per attribute: the classifier on the true edits themselves. An
   attribute whose true flips it finds >= SHOWN_THRESHOLD of the time is "shown"; the
   ``*_edit_accuracy_shown`` numbers average the model's edit accuracy over those.
+- renderer preservation: the preservation of the true edits themselves, the ceiling of
+  the model's preservation under this classifier (a true flip can move the classifier's
+  verdict on an attribute it does not touch);
 - true-change score: 1 - sum|D_model - D_true| / sum|D_true| over all edited images, with
   D_true = true edit - source and D_model = output - the model's own reconstruction in the
   same mode with d = 0 (label-based: the same noise; reference-based: the same reference),
@@ -112,6 +115,7 @@ def evaluate(engine, classifier: AttributeClassifier, images: torch.Tensor, labe
     src_pred = classifier.predict(images)
     refs, ref_labels = images.roll(1, 0), labels.roll(1, 0)
     totals = {m: [0, 0, 0, 0] for m in ("label", "reference")}
+    renderer_kept = torch.zeros(2, dtype=torch.float64)  # the true edits' (kept hits, kept)
     per_attr = {m: torch.zeros(a, 2) for m in ("label", "reference", "renderer")}
     change = {m: torch.zeros(2, dtype=torch.float64) for m in ("label", "reference")}
     rec = engine.reconstruct(images, seed=seed).cpu()
@@ -144,8 +148,11 @@ def evaluate(engine, classifier: AttributeClassifier, images: torch.Tensor, labe
             d_model = (out - own_reconstruction().cpu()).double()  # same noise / reference, d = 0
             change[mode] += torch.tensor([(d_model - d_true).abs().sum(), d_true.abs().sum()])
             if mode == "label":
+                true_pred = classifier.predict(true)
                 per_attr["renderer"][i] += torch.tensor(
-                    [(classifier.predict(true)[:, i] == target[:, i]).sum().item(), len(rows)])
+                    [(true_pred[:, i] == target[:, i]).sum().item(), len(rows)])
+                _, kh, _, kc = _scores(true_pred, target, changed, src_pred[rows])
+                renderer_kept += torch.tensor([kh, kc], dtype=torch.float64)
     div = []
     for k in range(n):
         i = k % a
@@ -167,6 +174,8 @@ def evaluate(engine, classifier: AttributeClassifier, images: torch.Tensor, labe
         report["renderer_edit_accuracy_per_attribute"] = {
             attrs[i]: round(h / c, 4) for i, (h, c) in enumerate(per_attr["renderer"].tolist())}
         report["shown_attributes"] = [attrs[i] for i in shown]
+        kh, kc = renderer_kept.tolist()
+        report["renderer_preservation"] = round(kh / max(kc, 1), 4)
         for mode in ("label", "reference"):
             hits, count = per_attr[mode][shown].sum(0).tolist() if shown else (0.0, 0.0)
             report[f"{mode}_edit_accuracy_shown"] = round(hits / max(count, 1), 4)
@@ -197,6 +206,9 @@ def format_report(report: dict) -> str:
     lines.append(f"{'reconstruction agrees':22s} {report['reconstruction_agreement']:>12.1%}")
     lines.append(f"{'diversity (L1)':22s} {report['diversity_l1']:>12.4f}")
     lines.append(f"{'classifier on sources':22s} {report['classifier_accuracy_on_sources']:>12.1%}")
+    if "renderer_preservation" in report:
+        lines.append(f"{'true edits preserve':22s} {report['renderer_preservation']:>12.1%}"
+                     "  (the ceiling of preservation under this classifier)")
     if "shown_attributes" in report:
         lines.append(f"shown attributes ({len(report['shown_attributes'])}, the classifier finds "
                      f">= {SHOWN_THRESHOLD:.0%} of their true flips): "

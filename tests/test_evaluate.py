@@ -122,6 +122,9 @@ def test_true_change_score_and_shown_attributes(classifier):
     # the oracle's outputs are the true edits: its accuracy is the renderer's, per attribute
     assert (true["label_edit_accuracy_per_attribute"]
             == true["renderer_edit_accuracy_per_attribute"])
+    assert true["renderer_preservation"] == true["label_preservation"] < 1.0
+    assert none["renderer_preservation"] == true["renderer_preservation"]
+    assert none["label_preservation"] == 1.0  # no edit keeps every verdict
     shown = true["shown_attributes"]
     assert all(true["renderer_edit_accuracy_per_attribute"][n] >= 0.9 for n in shown)
     assert true["label_edit_accuracy_shown"] >= 0.9 or not shown
