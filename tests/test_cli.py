@@ -161,7 +161,7 @@ def test_bench_writes_rows_with_ratios(tmp_path, monkeypatch):
     # translate at batch 1 and 2; each strip has one size (1 + A, no samples) per variant
     assert len(got) == 2 * (2 + 1 + 1)
     for col in ("what", "backend", "dtype", "batch", "resolution", "metric", "unit", "p50",
-                "p20", "p80", "device", "torch", "triton", "commit", "date"):
+                "p20", "p80", "first_call_s", "device", "torch", "triton", "commit", "date"):
         assert all(r[col] != "" for r in got), col
     for r in got:
         assert float(r["p20"]) <= float(r["p50"]) <= float(r["p80"])
@@ -187,6 +187,7 @@ def test_gpu_check_dry_run(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert [s["status"] for s in report["stages"]] == [0] * len(report["stages"])
+    assert "bench_compile" not in [s["stage"] for s in report["stages"]]  # its own call
     assert {"bench.csv", "bench.png", "kernels.csv", "profile.csv", "profile.md",
             "gpu_check.log"} <= {p.name for p in tmp_path.iterdir()}
     assert report["engine"] and report["parity_backends"]
@@ -198,6 +199,10 @@ def test_gpu_check_dry_run(tmp_path):
         kernels = [float(r["share"]) for r in mine if r["kind"] == "kernel"]
         assert kernels and abs(sum(kernels) - 1) < 1e-6
         assert any("convolution" in r["name"] for r in mine if r["kind"] == "kernel")
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), str(tmp_path),
+                           "--dry-run", "--stages", "bench_compile,profil"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "unknown stage(s) profil; stages: parity_ops" in proc.stderr
 
 
 @pytest.mark.slow

@@ -410,6 +410,11 @@ def test_bench_variants_name_their_backend():
     from bridgegan.engine.bench import Variant
 
     assert Variant.parse("triton:fp16:cl:graphs") == Variant("triton", "fp16", True, True)
+    v = Variant.parse("reference:fp16:heuristics")
+    assert v == Variant("reference", "fp16", heuristics=True)
+    assert v.name == "reference-fp16-heuristics"
+    with pytest.raises(ValueError, match=r"expected backend:dtype\[:cl\]\[:graphs\]\[:heuristics\]"):
+        Variant.parse("torch:fp16:fast")
     with pytest.raises(ValueError, match="'auto' is not a bench variant; name the backend, one "
                                          "of reference, torch"):
         Variant.parse("auto:float32")
@@ -438,3 +443,47 @@ def test_demo_throughput_times_the_registrys_backends(monkeypatch):
     lines = list(demo.throughput(m, "cpu", batch=2, calls=2))
     assert len(lines) == 1 and lines[0].startswith("torch fp32: ") and lines[0].endswith(" images/s")
     assert timed == [("cpu", {"warmup": 1, "reps": 2})]
+
+
+def test_bench_ratios_compare_rows_of_one_cudnn_choice():
+    """A heuristics row is compared with the reference row of the same cuDNN choice."""
+    from bridgegan.engine.bench import _add_ratios
+
+    def row(variant, p50):
+        backend, dtype = variant.split("-")[:2]
+        return dict(what="translate", batch=8, resolution=128, metric="latency",
+                    backend=backend, dtype=dtype, variant=variant, p50=p50)
+
+    rows = [row("reference-fp16", 4.0), row("reference-fp16-heuristics", 6.0),
+            row("triton-fp16-cl-graphs", 2.0), row("triton-fp16-cl-graphs-heuristics", 2.0)]
+    _add_ratios(rows)
+    assert [r["vs_reference_same_dtype"] for r in rows] == [1.0, 1.0, 2.0, 3.0]
+
+
+def test_cudnn_search_is_scoped_and_shared_by_concurrent_calls():
+    """cudnn.benchmark is on while any engine call runs and back to the caller's value
+    after the last one, whichever finishes first; an engine asks for it only on CUDA."""
+    from bridgegan.engine.cudnn_tuning import cudnn_search
+
+    torch.backends.cudnn.benchmark = False
+    inside, go = threading.Event(), threading.Event()
+
+    def other():
+        with cudnn_search():
+            inside.set()
+            go.wait(10)
+
+    t = threading.Thread(target=other)
+    t.start()
+    inside.wait(10)
+    with cudnn_search():
+        assert torch.backends.cudnn.benchmark
+    assert torch.backends.cudnn.benchmark  # the other call still runs
+    go.set()
+    t.join()
+    assert torch.backends.cudnn.benchmark is False
+    torch.manual_seed(0)
+    model = BridgeGAN(small_config()).eval()
+    with pytest.raises(ValueError, match="cudnn_benchmark needs device='cuda'"):
+        Engine(model, cudnn_benchmark=True)
+    assert Engine(model).cudnn_benchmark is False

@@ -3,8 +3,14 @@
 Each variant is timed after warm-up with device-side timing on GPU (CUDA events) and a
 monotonic clock on CPU; rows give p20 / p50 / p80 latency, images per second, peak
 memory, the ratio to the reference model measured in the same run (float32, and the
-same dtype where measured), and the roofline share (reference FLOPs per second over the
-measured matrix-product peak). Results go to CSV + JSON, and a PNG plot.
+same dtype where measured, with the same cuDNN algorithm choice), the roofline share
+(reference FLOPs per second over the measured matrix-product peak), and the wall seconds
+of the first call at that shape (what a user waits for: torch.compile's compilation,
+autotuning, cuDNN's algorithm search, CUDA-graph capture). Results go to CSV + JSON, and
+a PNG plot.
+
+On CUDA the engine runs with cuDNN's algorithm search on (``cudnn_tuning``); a variant
+tagged ``heuristics`` runs with cuDNN's heuristic choice instead, for the A/B.
 
 Workloads: ``translate`` (label-based, the public API on device tensors), ``reference``
 (one reference per source), ``strip`` and ``strip_nocache`` (one source's edit strip with
@@ -25,6 +31,7 @@ import os
 import platform
 import resource
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,14 +41,14 @@ import torch
 from ..files import write_file_atomic
 from ..reference.config import BridgeGANConfig
 from ..reference.model import BridgeGAN
-from ..timing import time_calls
+from ..timing import synchronize, time_calls
 from . import roofline
 from .backends import AUTO, BACKENDS, BackendUnavailable
 from .engine import Engine, resolve_dtype
 
 FIELDS = ["what", "backend", "dtype", "batch", "resolution", "metric", "unit", "p50", "p20",
           "p80", "images_per_s", "peak_mem_mb", "vs_reference_fp32", "vs_reference_same_dtype",
-          "roofline_share", "gflop_per_image", "variant", "note", "device", "torch", "triton",
+          "roofline_share", "gflop_per_image", "first_call_s", "variant", "note", "device", "torch", "triton",
           "commit", "date"]
 WORKLOADS = ("translate", "reference", "strip", "strip_nocache")
 # The table measured when no variants are given, per device type. CPU: the backends side
@@ -58,27 +65,29 @@ class Variant:
     dtype: str
     channels_last: bool = False
     cuda_graphs: bool = False
+    heuristics: bool = False  # cuDNN's heuristic algorithm choice, not its search
+
+    TAGS = ("cl", "graphs", "heuristics")
 
     @property
     def name(self) -> str:
-        tags = [self.backend, self.dtype]
-        tags += ["cl"] if self.channels_last else []
-        tags += ["graphs"] if self.cuda_graphs else []
-        return "-".join(tags)
+        flags = (self.channels_last, self.cuda_graphs, self.heuristics)
+        return "-".join([self.backend, self.dtype] + [t for t, on in zip(self.TAGS, flags) if on])
 
     @classmethod
     def parse(cls, text: str) -> "Variant":
-        """backend:dtype[:cl][:graphs], e.g. triton:fp16:cl:graphs."""
+        """backend:dtype[:cl][:graphs][:heuristics], e.g. triton:fp16:cl:graphs."""
         parts = text.split(":")
-        if len(parts) < 2 or any(p not in ("cl", "graphs") for p in parts[2:]):
-            raise ValueError(f"variant {text!r}: expected backend:dtype[:cl][:graphs]")
+        if len(parts) < 2 or any(p not in cls.TAGS for p in parts[2:]):
+            raise ValueError(f"variant {text!r}: expected backend:dtype[:cl][:graphs]"
+                             "[:heuristics]")
         if parts[0] == AUTO:  # a row is one named backend (auto picks by the device)
             raise ValueError(f"variant {text!r}: {AUTO!r} is not a bench variant; name the "
                              f"backend, one of {', '.join(BACKENDS)}")
         if parts[0] not in BACKENDS:
             raise ValueError(f"variant {text!r}: unknown backend {parts[0]!r}; backends: "
                              f"{', '.join(BACKENDS)}")
-        return cls(parts[0], parts[1], "cl" in parts[2:], "graphs" in parts[2:])
+        return cls(parts[0], parts[1], *(t in parts[2:] for t in cls.TAGS))
 
 
 def default_variants(device: str | torch.device) -> list[Variant]:
@@ -179,7 +188,8 @@ def run_matrix(variants: list[Variant] | None, batches: list[int], resolutions: 
         for v in variants:
             try:
                 eng = Engine(model, backend=v.backend, dtype=v.dtype, device=dev,
-                             channels_last=v.channels_last, cuda_graphs=v.cuda_graphs)
+                             channels_last=v.channels_last, cuda_graphs=v.cuda_graphs,
+                             cudnn_benchmark=False if v.heuristics else None)
             except (BackendUnavailable, RuntimeError, ValueError) as exc:
                 rows.append(_skipped("all", v, "", res, str(exc), env))
                 bar.update(len(workloads) * len(batches))
@@ -196,6 +206,10 @@ def run_matrix(variants: list[Variant] | None, batches: list[int], resolutions: 
                     if dev.type == "cuda":
                         torch.cuda.reset_peak_memory_stats(dev)
                     try:
+                        first = time.perf_counter()
+                        fn()
+                        synchronize(dev)
+                        first = time.perf_counter() - first
                         ms = [1e3 * t for t in time_calls(fn, dev, warmup, reps, min_seconds)]
                     except torch.OutOfMemoryError:
                         rows.append(_skipped(workload, v, n, res, "out of memory", env))
@@ -209,7 +223,8 @@ def run_matrix(variants: list[Variant] | None, batches: list[int], resolutions: 
                         p80=round(p80, 4), images_per_s=round(n / (p50 / 1e3), 2),
                         peak_mem_mb=round(_peak_mb(dev), 1),
                         roofline_share=round(flop * n / (p50 / 1e3) / peaks["matmul_flops"], 4),
-                        gflop_per_image=round(flop / 1e9, 3), variant=v.name, **env))
+                        gflop_per_image=round(flop / 1e9, 3), first_call_s=round(first, 3),
+                        variant=v.name, **env))
                     bar.update()
             del eng
     bar.close()
@@ -223,11 +238,11 @@ def measured(rows: list[dict]) -> list[dict]:
 
 
 def _add_ratios(rows: list[dict]) -> None:
-    def key(r):
-        return (r["what"], r["batch"], r["resolution"])
+    def key(r):  # rows compared: same workload and size, same cuDNN algorithm choice
+        return (r["what"], r["batch"], r["resolution"], r["variant"].endswith("heuristics"))
 
     ref = {(key(r), r["dtype"]): r["p50"] for r in measured(rows)
-           if r["backend"] == "reference" and not r["variant"].endswith("graphs")}
+           if r["backend"] == "reference" and "-graphs" not in r["variant"]}
     fp32 = {"float32", "fp32"}
     for r in measured(rows):
         base = next((ref[(key(r), d)] for d in fp32 if (key(r), d) in ref), None)
@@ -281,7 +296,8 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
 
 def format_table(rows: list[dict]) -> str:
     head = (f"{'what':14s} {'variant':24s} {'res':>4s} {'batch':>5s} {'p50 ms':>9s} "
-            f"{'img/s':>9s} {'x ref32':>8s} {'x ref':>7s} {'roof':>6s} {'mem MB':>8s}")
+            f"{'img/s':>9s} {'x ref32':>8s} {'x ref':>7s} {'roof':>6s} {'mem MB':>8s} "
+            f"{'1st s':>7s}")
     lines = [head, "-" * len(head)]
     for r in rows:
         lead = f"{r['what']:14s} {r['variant']:24s} {r['resolution']:>4d} {r['batch']!s:>5s} "
@@ -290,5 +306,6 @@ def format_table(rows: list[dict]) -> str:
             continue
         lines.append(
             f"{lead}{r['p50']:>9.3f} {r['images_per_s']:>9.1f} {str(r['vs_reference_fp32']):>8s} "
-            f"{str(r['vs_reference_same_dtype']):>7s} {r['roofline_share']:>6.3f} {r['peak_mem_mb']:>8.0f}")
+            f"{str(r['vs_reference_same_dtype']):>7s} {r['roofline_share']:>6.3f} "
+            f"{r['peak_mem_mb']:>8.0f} {r['first_call_s']:>7.2f}")
     return "\n".join(lines)

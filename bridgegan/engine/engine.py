@@ -29,6 +29,7 @@ from ..reference.config import BridgeGANConfig
 from ..reference.model import DEFAULT_STRENGTH, BridgeGAN
 from .backends import ALL_DTYPES, REGISTRY, check_backend
 from .cudagraphs import CudaGraphed
+from .cudnn_tuning import cudnn_search
 from .graph import Rewrites
 from .io import Images, as_batch
 
@@ -109,10 +110,11 @@ def _as_tensor(value, what: str) -> torch.Tensor:
 
 
 def _serialised(method):
-    """Run the whole call under the engine's lock (a no-op for stateless backends)."""
+    """Run the whole call under the engine's lock (a no-op for stateless backends) and,
+    with ``cudnn_benchmark``, inside cuDNN's algorithm search."""
     @functools.wraps(method)
     def call(self, *args, **kwargs):
-        with self._lock:
+        with self._lock, (cudnn_search() if self.cudnn_benchmark else nullcontext()):
             return method(self, *args, **kwargs)
     return call
 
@@ -132,7 +134,7 @@ class Engine:
     def __init__(self, model: BridgeGAN, backend: str = "torch", dtype: str | torch.dtype = "float32",
                  device: str | torch.device = "cpu", channels_last: bool | None = None,
                  cuda_graphs: bool | None = None, rewrites: Rewrites | None = None,
-                 onnx_dir: str | Path | None = None):
+                 onnx_dir: str | Path | None = None, cudnn_benchmark: bool | None = None):
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("device 'cuda' requested but torch sees no CUDA device")
@@ -153,6 +155,12 @@ class Engine:
         if cuda_graphs is None:
             cuda_graphs = self.device.type == "cuda" and spec.graphs_by_default
         self.cuda_graphs = cuda_graphs
+        if cudnn_benchmark and self.device.type != "cuda":
+            raise ValueError("cudnn_benchmark needs device='cuda'")
+        # cuDNN's algorithm search while the engine runs (cudnn_tuning); on by default on
+        # CUDA, where it picks the convolution algorithms its warm-up and captures keep
+        self.cudnn_benchmark = (self.device.type == "cuda" if cudnn_benchmark is None
+                                else cudnn_benchmark)
         self.stages = spec.build(model, self.rewrites, self.dtype, self.device, channels_last,
                                  onnx_dir)
         self.classifier = copy.deepcopy(model.discriminator).to(self.device).float().eval()
