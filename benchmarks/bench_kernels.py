@@ -14,6 +14,10 @@ the 8 layers.
 
 Backends per shape:
   triton  spade_modulate(x, gamma, beta, act="relu", impl="triton")
+  triton+bias
+          the same with bias= the (2C,) gamma/beta convolution bias, added in the kernel
+          (what the engine runs once its convolutions drop their bias): its cost is the
+          difference from the triton row
   eager   torch.relu(F.instance_norm(x) * (1 + gamma) + beta), same dtype (what a plain
           PyTorch SPADE layer does)
   torch   spade_modulate(..., impl="torch"): float32 upcast torch ops (what CPU / ONNX
@@ -112,7 +116,7 @@ def _rotating(sets):
     return wrap
 
 
-def _eager(x, g, b):
+def _eager(x, g, b, _bias):
     return torch.relu(F.instance_norm(x, eps=1e-5) * (1 + g) + b)
 
 
@@ -198,23 +202,27 @@ def run(out_dir, dry_run=False, sweep=False, parity=False, quick=False, dtypes=N
                 def mk(scale):
                     return (scale * torch.randn(batch, c, h, h, device=device, generator=gen)).to(
                         dtype).contiguous(memory_format=fmt)
-                sets = [(mk(1.0), mk(0.5), mk(0.5)) for _ in range(n_sets)]
+                sets = [(mk(1.0), mk(0.5), mk(0.5), (0.5 * torch.randn(
+                    2 * c, device=device, generator=gen)).to(dtype)) for _ in range(n_sets)]
                 rot = _rotating(sets)
                 cl = layout == "channels_last"
                 plan = norm_act.plan_launch(batch, c, h * h, cl)
+                path = plan.path if impl == "triton" else "torch"
                 backends = {
-                    "triton": (rot(lambda x, g, b: norm_act.spade_modulate(x, g, b, act="relu", impl=impl)),
-                               plan.path if impl == "triton" else "torch"),
+                    "triton": (rot(lambda x, g, b, _: norm_act.spade_modulate(
+                        x, g, b, act="relu", impl=impl)), path),
+                    "triton+bias": (rot(lambda x, g, b, mb: norm_act.spade_modulate(
+                        x, g, b, act="relu", impl=impl, bias=mb)), path),
                     "eager": (rot(_eager), "eager"),
-                    "torch": (rot(lambda x, g, b: norm_act.spade_modulate(x, g, b, act="relu", impl="torch")),
-                              "torch"),
+                    "torch": (rot(lambda x, g, b, _: norm_act.spade_modulate(
+                        x, g, b, act="relu", impl="torch")), "torch"),
                 }
                 if sweep and not dry_run and dname == "fp16":
                     for cfg in SWEEP[layout]:
                         tag = ",".join(f"{k}={v}" for k, v in cfg.items())
                         p = norm_act.plan_launch(batch, c, h * h, cl, cfg)
                         backends[f"triton[{tag}]"] = (rot(
-                            lambda x, g, b, cfg=cfg: norm_act.spade_modulate(
+                            lambda x, g, b, _, cfg=cfg: norm_act.spade_modulate(
                                 x, g, b, act="relu", impl="triton", config=cfg)),
                             f"{p.path}:bhw={p.block_hw},bc={p.block_c},w={p.num_warps}")
                 times = {}
@@ -239,16 +247,18 @@ def run(out_dir, dry_run=False, sweep=False, parity=False, quick=False, dtypes=N
                         e = times["eager"]
                         rows.append(dict(common, metric="speedup_vs_eager", unit="x",
                                          p50=e[0] / t50, p20=e[1] / t20, p80=e[2] / t80))
-                    if name in ("triton", "eager", "torch"):
+                    if name in ("triton", "triton+bias", "eager", "torch"):
                         tot = totals.setdefault((dname, layout, name), [0.0, 0.0, 0.0, 0])
                         for i in range(3):
                             tot[i] += count * times[name][i]
                         tot[3] += count * ideal
-                t, e = times.get("triton"), times.get("eager")
+                t, tb, e = times.get("triton"), times.get("triton+bias"), times.get("eager")
                 if t:
                     print(f"{dname} {layout:<13} C={c:<3} {h:>3}x{h:<3} x{count}: triton {t[0]*1e3:8.1f} us "
                           f"({ideal / t[0] / 1e6:6.0f} GB/s, {100 * ideal / t[0] / 1e6 / copy_bw['p50']:5.1f}% "
-                          f"of copy, {backends['triton'][1]})" + (f", eager {e[0]*1e3:8.1f} us, x{e[0] / t[0]:.2f}" if e else ""))
+                          f"of copy, {backends['triton'][1]})"
+                          + (f", +bias {tb[0]*1e3:8.1f} us (x{tb[0] / t[0]:.3f})" if tb else "")
+                          + (f", eager {e[0]*1e3:8.1f} us, x{e[0] / t[0]:.2f}" if e else ""))
                     for name in backends:
                         if name.startswith("triton[") and name in times:
                             print(f"    {name:<44} {times[name][0]*1e3:8.1f} us  {backends[name][1]}")
@@ -269,6 +279,10 @@ def run(out_dir, dry_run=False, sweep=False, parity=False, quick=False, dtypes=N
             if name == "triton":
                 print(f"generator {dname} {layout}: triton {t50:.3f} ms vs eager {e[0]:.3f} ms "
                       f"= x{e[0] / t50:.2f}, {100 * nbytes / t50 / 1e6 / copy_bw['p50']:.1f}% of copy bw")
+            t = totals.get((dname, layout, "triton"))
+            if name == "triton+bias" and t:
+                print(f"generator {dname} {layout}: triton+bias {t50:.3f} ms, {t50 / t[0]:.3f}x "
+                      "the triton time")
 
     (out / "kernels.json").write_text(json.dumps({"env": env, "rows": rows}, indent=1))
     with open(out / "kernels.csv", "w", newline="") as f:

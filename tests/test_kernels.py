@@ -44,7 +44,10 @@ else:
     _SKIP_REASON = ""
 requires_triton = pytest.mark.skipif(bool(_SKIP_REASON), reason=_SKIP_REASON or "n/a")
 
-SPADE, SPADE2C, IN = OPS  # SPADE2C: spade_modulate with the merged (N, 2C, H, W) gamma
+# SPADE2C: spade_modulate with the merged (N, 2C, H, W) gamma; *_B: with the (2C,) bias
+SPADE, SPADE2C, SPADE2C_B, IN = OPS
+SPADE_B = "spade_modulate+bias"  # not in the parity table (the same kernel as SPADE2C_B)
+ALL_OPS = OPS + (SPADE_B,)
 SPLIT = {"max_fused": 16, "target_programs": 16}  # forces the split (looped) path
 
 
@@ -93,9 +96,10 @@ def poisoned_alloc(monkeypatch):
 @pytest.mark.parametrize("act", ACTS)
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", PARITY_DTYPES, ids=dtype_name)
-@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("op", ALL_OPS)
 def test_parity_fused(op, dtype, layout, act, poisoned_alloc):
-    x, kw = make(op, (2, 3, 7, 5), dtype, layout, seed=hash((op, act)) % 1000)
+    seed = 10 * ALL_OPS.index(op) + ACTS.index(act)
+    x, kw = make(op, (2, 3, 7, 5), dtype, layout, seed=seed)
     assert plan_launch(2, 3, 35, layout == "channels_last").path == "fused"
     out = call(op, x, kw, act=act, impl="triton")
     assert_format(out, x, layout)
@@ -105,12 +109,12 @@ def test_parity_fused(op, dtype, layout, act, poisoned_alloc):
 @requires_triton
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", PARITY_DTYPES, ids=dtype_name)
-@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("op", ALL_OPS)
 def test_parity_split(op, dtype, layout, poisoned_alloc):
     shape = (2, 3, 9, 7)  # 63 pixels: several tiles per chunk, a partial last tile and chunk
     plan = plan_launch(2, 3, 63, layout == "channels_last", SPLIT)
     assert plan.path == "split" and plan.n_chunks > 1 and plan.chunk > plan.block_hw
-    act = ACTS[(OPS.index(op) + PARITY_DTYPES.index(dtype)) % 3]
+    act = ACTS[(ALL_OPS.index(op) + PARITY_DTYPES.index(dtype)) % 3]
     x, kw = make(op, shape, dtype, layout, seed=7)
     out = call(op, x, kw, act=act, impl="triton", config=SPLIT)
     assert_format(out, x, layout)
@@ -138,11 +142,28 @@ def test_slope_and_eps_are_used(path):
     assert_close(out, reference64(SPADE, x, kw, **opts), torch.float32)
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", PARITY_DTYPES, ids=dtype_name)
+@pytest.mark.parametrize("op", ALL_OPS)
+def test_parity_torch_path(op, dtype, layout):
+    seed = 10 * ALL_OPS.index(op) + LAYOUTS.index(layout)
+    x, kw = make(op, (2, 5, 7, 3), dtype, layout, seed=seed)
+    out = call(op, x, kw, act="leaky_relu", impl="torch")
+    assert_format(out, x, layout)
+    assert_close(out, reference64(op, x, kw, "leaky_relu"), dtype)
+
+
 def test_torch_path_is_the_textbook_definition():
     """impl="torch" is the textbook definition (F.instance_norm, then modulation)."""
     x, kw = make(SPADE, (2, 4, 6, 5), torch.float64, seed=5)
     want = torch.nn.functional.instance_norm(x, eps=1e-5) * (1 + kw["gamma"]) + kw["beta"]
     got = call(SPADE, x, kw, impl="torch")
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    x, kw = make(SPADE2C_B, (2, 4, 6, 5), torch.float64, seed=4)
+    g, b, gb, bb = kw["gamma"][:, :4], kw["gamma"][:, 4:], kw["bias"][:4], kw["bias"][4:]
+    want = torch.relu(torch.nn.functional.instance_norm(x, eps=1e-5)
+                      * (1 + g + gb[:, None, None]) + b + bb[:, None, None])
+    got = call(SPADE2C_B, x, kw, act="relu", impl="torch")
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
     x, kw = make(IN, (2, 4, 6, 5), torch.float64, seed=6)
     w, b = kw["weight"].double(), kw["bias"].double()
@@ -152,12 +173,45 @@ def test_torch_path_is_the_textbook_definition():
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
-def test_merged_gamma_equals_separate():
-    x, kw = make(SPADE2C, (2, 3, 4, 4), seed=2)
-    g2 = kw["gamma"]
-    a = spade_modulate(x, g2, impl="torch")
-    b = spade_modulate(x, g2[:, :3], g2[:, 3:], impl="torch")
+@pytest.mark.parametrize("op", [SPADE2C, SPADE2C_B])
+def test_merged_gamma_equals_separate(op):
+    x, kw = make(op, (2, 3, 4, 4), seed=2)
+    g2, bias = kw["gamma"], kw.get("bias")
+    a = spade_modulate(x, g2, impl="torch", bias=bias)
+    b = spade_modulate(x, g2[:, :3], g2[:, 3:], impl="torch", bias=bias)
     torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("impl", ["torch", pytest.param("triton", marks=requires_triton)])
+@pytest.mark.parametrize("path", ["fused", "split"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_bias_without_beta_map(layout, path, impl):
+    """gamma of C channels and no beta: bias[C:] is the whole shift."""
+    cfg = SPLIT if path == "split" and impl == "triton" else None
+    x, kw = make(SPADE_B, (2, 3, 7, 5), torch.float16, layout, seed=19)
+    del kw["beta"]
+    out = call(SPADE_B, x, kw, act="leaky_relu", impl=impl, config=cfg)
+    assert_format(out, x, layout)
+    ref = reference64(SPADE_B, x, kw, "leaky_relu")
+    assert_close(out, ref, torch.float16)
+    gamma_bias_only = torch.cat([kw["bias"][:3], torch.zeros(3, dtype=torch.float16)])
+    no_shift = reference64(SPADE_B, x, dict(kw, bias=gamma_bias_only), "leaky_relu")
+    assert errors(ref, no_shift)[0] > 0.1  # the beta half of the bias is applied
+
+
+@requires_triton
+@pytest.mark.parametrize("path", ["fused", "split"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype,bias_dtype", [(torch.bfloat16, torch.float32),
+                                              (torch.float32, torch.float16)], ids=dtype_name)
+def test_bias_in_another_dtype(dtype, bias_dtype, layout, path, poisoned_alloc):
+    """The bias need not be in x's dtype: it is read in float32 either way."""
+    cfg = SPLIT if path == "split" else None
+    x, kw = make(SPADE2C_B, (2, 3, 7, 5), dtype, layout, seed=20)
+    kw["bias"] = kw["bias"].to(bias_dtype)
+    out = call(SPADE2C_B, x, kw, act="relu", impl="triton", config=cfg)
+    assert_format(out, x, layout)
+    assert_close(out, reference64(SPADE2C_B, x, kw, "relu"), dtype)
 
 
 # ----------------------------------------------------------------------------- edge shapes
@@ -179,7 +233,8 @@ EDGE_SHAPES = [
 @pytest.mark.parametrize("shape", EDGE_SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_edge_shapes(shape, layout, path, poisoned_alloc):
     cfg = SPLIT if path == "split" else None
-    for op, dtype in ((SPADE, torch.float32), (IN, torch.float16), (SPADE2C, torch.bfloat16)):
+    for op, dtype in ((SPADE, torch.float32), (IN, torch.float16), (SPADE2C, torch.bfloat16),
+                      (SPADE_B, torch.float16), (SPADE2C_B, torch.float32)):
         x, kw = make(op, shape, dtype, layout, seed=sum(shape))
         out = call(op, x, kw, act="leaky_relu", impl="triton", config=cfg)
         assert out.shape == x.shape and out.dtype == dtype
@@ -341,6 +396,18 @@ def _bad_cases():
         "out_with_grad": (lambda: s(x.requires_grad_(), g, impl="torch", out=torch.empty_like(x)),
                           "autograd"),
         "fp64_triton": (lambda: s(x.double(), g.double(), impl="triton"), "float64"),
+        "bias_per_channel": (lambda: s(x, g, g, bias=torch.ones(3)),
+                             "bias has shape (3,); accepted: (6,) (2C: C gamma biases, then C "
+                             "beta biases) or None"),
+        "bias_merged_2d": (lambda: s(x, torch.randn(2, 6, 4, 4), bias=torch.ones(1, 6)),
+                           "bias has shape (1, 6); accepted: (6,)"),
+        "bias_not_tensor": (lambda: s(x, g, bias=[0.0] * 6),
+                            "bias must be a torch.Tensor of shape (6,) or None, got list"),
+        "bias_dtype": (lambda: s(x, g, g, bias=torch.ones(6, dtype=torch.int32)),
+                       "bias has dtype int32; it must be a floating dtype: float16, bfloat16, "
+                       "float32 or float64"),
+        "bias_device": (lambda: s(x, g, g, bias=torch.ones(6, device="meta")),
+                        "bias is on meta but x is on cpu; they must match"),
     }
 
 
@@ -367,17 +434,22 @@ def test_gradcheck_torch_path(act):
     g2 = (0.5 * torch.randn(2, 6, 3, 4, dtype=torch.float64)).requires_grad_()
     w = torch.randn(3, dtype=torch.float64, requires_grad=True)
     bias = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    mb = torch.randn(6, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(
         lambda *t: spade_modulate(*t, act=act, impl="torch"), (x, g, b))
     assert torch.autograd.gradcheck(
         lambda *t: spade_modulate(*t, act=act, impl="torch"), (x, g2))
+    assert torch.autograd.gradcheck(
+        lambda x, g, b, mb: spade_modulate(x, g, b, act=act, impl="torch", bias=mb), (x, g, b, mb))
+    assert torch.autograd.gradcheck(
+        lambda x, g2, mb: spade_modulate(x, g2, act=act, impl="torch", bias=mb), (x, g2, mb))
     assert torch.autograd.gradcheck(
         lambda *t: instance_norm_act(*t, act=act, impl="torch"), (x, w, bias))
 
 
 @requires_triton
 @pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("op", ALL_OPS)
 def test_triton_grads_match_the_torch_path(op, layout):
     x, kw = make(op, (2, 3, 5, 4), torch.float32, layout, seed=14)
     gy = torch.randn(x.shape, generator=torch.Generator().manual_seed(15))
@@ -454,14 +526,15 @@ def test_torch_path_traces_and_auto_takes_it_when_tracing():
     assert not any("triton" in k or "PythonOp" in k for k in kinds), kinds
 
 
-def test_torch_path_exports_to_onnx(tmp_path):
+@pytest.mark.parametrize("op", [SPADE2C, SPADE2C_B])
+def test_torch_path_exports_to_onnx(tmp_path, op):
     onnx = pytest.importorskip("onnx")
+    x, kw = make(op, (1, 2, 4, 4), seed=18)
 
     class M(torch.nn.Module):
         def forward(self, x, g):
-            return spade_modulate(x, g, act="leaky_relu", impl="torch")
+            return spade_modulate(x, g, act="leaky_relu", impl="torch", bias=kw.get("bias"))
 
-    x, kw = make(SPADE2C, (1, 2, 4, 4), seed=18)
     path = tmp_path / "spade.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -2,7 +2,8 @@
 
 Public ops (one entry point each, ``impl="auto" | "triton" | "torch"``):
 
-* :func:`spade_modulate` -- ``act(instance_norm(x) * (1 + gamma) + beta)``
+* :func:`spade_modulate` --
+  ``act(instance_norm(x) * (1 + gamma + bias[c]) + beta + bias[C + c])``
 * :func:`instance_norm_act` -- ``act(instance_norm(x) * weight + bias)``
 
 ``python -m bridgegan.kernels.parity`` checks them against a float64 reference.

@@ -33,6 +33,11 @@ Statistics are float32 whatever the storage dtype; the output is cast to the out
 pointer's dtype. All arithmetic on masked-off lanes is zeroed before reductions so a NaN
 or Inf in the data propagates exactly like the torch reference (a NaN or Inf in a plane
 makes that plane's mean/variance NaN) and nothing else.
+
+Operands (constexpr ``HAS_*`` flags; an absent one costs nothing): per-pixel maps gamma
+and beta (strided like x), per-channel vectors weight and bias (IN affine) and ``mb``, the
+(2C,) gamma/beta convolution bias (C gamma biases, then C beta biases). Per-channel
+vectors are read once per program, in float32.
 """
 
 from __future__ import annotations
@@ -84,23 +89,39 @@ def _per_c(v, HW_MAJOR: tl.constexpr):
 
 
 @triton.jit
-def _modulate_act(d, rstd, offs_g, offs_b, cols, cmask, mask, g_ptr, b_ptr, w_ptr, bias_ptr,
+def _load_c(ptr, cols, cmask, HAS: tl.constexpr):
+    """A per-channel vector in float32, loaded once per program (0.0 when absent: unused)."""
+    if HAS:
+        v = tl.load(ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+    else:
+        v = 0.0
+    return v
+
+
+@triton.jit
+def _modulate_act(d, rstd, offs_g, offs_b, mask, g_ptr, b_ptr, w, bias, g_bias, b_bias,
                   slope, HAS_G: tl.constexpr, HAS_BETA: tl.constexpr, HAS_W: tl.constexpr,
-                  HAS_BIAS: tl.constexpr, ACT: tl.constexpr, HW_MAJOR: tl.constexpr):
+                  HAS_BIAS: tl.constexpr, HAS_MB: tl.constexpr, ACT: tl.constexpr,
+                  HW_MAJOR: tl.constexpr):
     # Same operation order as the reference: x_hat = (x - mean) * rstd, then
-    # x_hat * (1 + gamma) + beta (SPADE) or x_hat * weight + bias (IN affine).
+    # x_hat * (1 + (gamma + g_bias)) + (beta + b_bias) (SPADE) or x_hat * weight + bias
+    # (IN affine). w, bias, g_bias, b_bias: per-channel vectors from _load_c.
     y = d * _per_c(rstd, HW_MAJOR)
     if HAS_G:
         g = tl.load(g_ptr + offs_g, mask=mask, other=0.0).to(tl.float32)
+        if HAS_MB:
+            g = g + _per_c(g_bias, HW_MAJOR)
         y = y * (1.0 + g)
     if HAS_W:
-        w = tl.load(w_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
         y = y * _per_c(w, HW_MAJOR)
     if HAS_BETA:
         b = tl.load(b_ptr + offs_b, mask=mask, other=0.0).to(tl.float32)
+        if HAS_MB:
+            b = b + _per_c(b_bias, HW_MAJOR)
         y = y + b
+    elif HAS_MB:
+        y = y + _per_c(b_bias, HW_MAJOR)
     if HAS_BIAS:
-        bias = tl.load(bias_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
         y = y + _per_c(bias, HW_MAJOR)
     # `where(y < 0, ...)` keeps NaN as NaN (max(y, 0) may map NaN to 0 on GPU).
     if ACT == 1:
@@ -111,13 +132,13 @@ def _modulate_act(d, rstd, offs_g, offs_b, cols, cmask, mask, g_ptr, b_ptr, w_pt
 
 
 @triton.jit
-def _fused_kernel(x_ptr, g_ptr, b_ptr, w_ptr, bias_ptr, out_ptr,
+def _fused_kernel(x_ptr, g_ptr, b_ptr, w_ptr, bias_ptr, mb_ptr, out_ptr,
                   C, HW, n_cblocks,
                   sxn, sxhw, sxc, sgn, sghw, sgc, sbn, sbhw, sbc, son, sohw, soc,
                   inv_hw, eps, slope,
                   HAS_G: tl.constexpr, HAS_BETA: tl.constexpr, HAS_W: tl.constexpr,
-                  HAS_BIAS: tl.constexpr, ACT: tl.constexpr, HW_MAJOR: tl.constexpr,
-                  BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
+                  HAS_BIAS: tl.constexpr, HAS_MB: tl.constexpr, ACT: tl.constexpr,
+                  HW_MAJOR: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
     pid = tl.program_id(0)
     n = (pid // n_cblocks).to(tl.int64)
     cb = pid % n_cblocks
@@ -132,11 +153,15 @@ def _fused_kernel(x_ptr, g_ptr, b_ptr, w_ptr, bias_ptr, out_ptr,
     d = tl.where(mask, x - _per_c(mean, HW_MAJOR), 0.0)
     var = _sum_hw(d * d, HW_MAJOR) * inv_hw
     rstd = tl.rsqrt(var + eps)
+    w = _load_c(w_ptr, cols, cmask, HAS_W)
+    bias = _load_c(bias_ptr, cols, cmask, HAS_BIAS)
+    g_bias = _load_c(mb_ptr, cols, cmask, HAS_MB)       # mb: (2C,), gamma biases first
+    b_bias = _load_c(mb_ptr + C, cols, cmask, HAS_MB)   # then beta biases
 
     offs_g = n * sgn + _tile(rows, cols, sghw, sgc, HW_MAJOR)
     offs_b = n * sbn + _tile(rows, cols, sbhw, sbc, HW_MAJOR)
-    y = _modulate_act(d, rstd, offs_g, offs_b, cols, cmask, mask, g_ptr, b_ptr, w_ptr,
-                      bias_ptr, slope, HAS_G, HAS_BETA, HAS_W, HAS_BIAS, ACT, HW_MAJOR)
+    y = _modulate_act(d, rstd, offs_g, offs_b, mask, g_ptr, b_ptr, w, bias, g_bias, b_bias,
+                      slope, HAS_G, HAS_BETA, HAS_W, HAS_BIAS, HAS_MB, ACT, HW_MAJOR)
     tl.store(out_ptr + n * son + _tile(rows, cols, sohw, soc, HW_MAJOR),
              y.to(out_ptr.dtype.element_ty), mask=mask)
 
@@ -180,13 +205,14 @@ def _stats_kernel(x_ptr, mean_ptr, m2_ptr,
 
 
 @triton.jit
-def _apply_kernel(x_ptr, g_ptr, b_ptr, w_ptr, bias_ptr, out_ptr, mean_ptr, m2_ptr,
+def _apply_kernel(x_ptr, g_ptr, b_ptr, w_ptr, bias_ptr, mb_ptr, out_ptr, mean_ptr, m2_ptr,
                   C, HW, n_cblocks, CHUNK, n_chunks,
                   sxn, sxhw, sxc, sgn, sghw, sgc, sbn, sbhw, sbc, son, sohw, soc,
                   inv_hw, eps, slope,
                   HAS_G: tl.constexpr, HAS_BETA: tl.constexpr, HAS_W: tl.constexpr,
-                  HAS_BIAS: tl.constexpr, ACT: tl.constexpr, HW_MAJOR: tl.constexpr,
-                  BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr, NCHUNK_P2: tl.constexpr):
+                  HAS_BIAS: tl.constexpr, HAS_MB: tl.constexpr, ACT: tl.constexpr,
+                  HW_MAJOR: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr,
+                  NCHUNK_P2: tl.constexpr):
     pid = tl.program_id(0)
     chunk = tl.program_id(1)
     n = (pid // n_cblocks).to(tl.int64)
@@ -206,6 +232,10 @@ def _apply_kernel(x_ptr, g_ptr, b_ptr, w_ptr, bias_ptr, out_ptr, mean_ptr, m2_pt
     dm = tl.where(pmask, p_mean - mean[None, :], 0.0)
     var = tl.sum(p_m2 + cnt[:, None] * dm * dm, axis=0) * inv_hw
     rstd = tl.rsqrt(var + eps)
+    w = _load_c(w_ptr, cols, cmask, HAS_W)
+    bias = _load_c(bias_ptr, cols, cmask, HAS_BIAS)
+    g_bias = _load_c(mb_ptr, cols, cmask, HAS_MB)       # mb: (2C,), gamma biases first
+    b_bias = _load_c(mb_ptr + C, cols, cmask, HAS_MB)   # then beta biases
 
     start = chunk * CHUNK
     end = tl.minimum(start + CHUNK, HW)
@@ -217,8 +247,8 @@ def _apply_kernel(x_ptr, g_ptr, b_ptr, w_ptr, bias_ptr, out_ptr, mean_ptr, m2_pt
         d = tl.where(mask, x - _per_c(mean, HW_MAJOR), 0.0)
         offs_g = n * sgn + _tile(rows, cols, sghw, sgc, HW_MAJOR)
         offs_b = n * sbn + _tile(rows, cols, sbhw, sbc, HW_MAJOR)
-        y = _modulate_act(d, rstd, offs_g, offs_b, cols, cmask, mask, g_ptr, b_ptr, w_ptr,
-                          bias_ptr, slope, HAS_G, HAS_BETA, HAS_W, HAS_BIAS, ACT, HW_MAJOR)
+        y = _modulate_act(d, rstd, offs_g, offs_b, mask, g_ptr, b_ptr, w, bias, g_bias,
+                          b_bias, slope, HAS_G, HAS_BETA, HAS_W, HAS_BIAS, HAS_MB, ACT, HW_MAJOR)
         tl.store(out_ptr + n * son + _tile(rows, cols, sohw, soc, HW_MAJOR),
                  y.to(out_ptr.dtype.element_ty), mask=mask)
 

@@ -2,10 +2,12 @@
 
 Two public ops, each one entry point with a torch path beside the Triton path:
 
-``spade_modulate(x, gamma, beta=None, act, eps, negative_slope, impl)``
-    ``act(instance_norm(x) * (1 + gamma) + beta)``; gamma/beta are (N, C, H, W) like x,
-    or gamma alone is the (N, 2C, H, W) output of a merged gamma/beta convolution (first
-    C channels gamma, next C beta).
+``spade_modulate(x, gamma, beta=None, act, eps, negative_slope, impl, *, bias=None)``
+    ``act(instance_norm(x) * (1 + gamma + bias[c]) + beta + bias[C + c])``; gamma/beta
+    are (N, C, H, W) like x, or gamma alone is the (N, 2C, H, W) output of a merged
+    gamma/beta convolution (first C channels gamma, next C beta). ``bias`` (2C,) is that
+    convolution's bias (C gamma biases, then C beta biases), added here instead of in a
+    separate pass over the (N, 2C, H, W) output; None adds nothing.
 ``instance_norm_act(x, weight, bias, act, eps, negative_slope, impl)``
     ``act(instance_norm(x) * weight[c] + bias[c])`` (weight/bias may be None).
 
@@ -157,17 +159,21 @@ def _check_map(op: str, name: str, t, x: torch.Tensor, channels: tuple[int, ...]
         _fail(op, f"{name} is on {t.device} but x is on {x.device}; they must match")
 
 
-def _check_vec(op: str, name: str, t, x: torch.Tensor) -> None:
+def _check_vec(op: str, name: str, t, x: torch.Tensor, size: int | None = None,
+               what: str = "one value per channel") -> None:
+    """A per-channel vector or None: 1-D of ``size`` (default C), floating, on x's device."""
     if t is None:
         return
+    size = x.shape[1] if size is None else size
     if not isinstance(t, torch.Tensor):
-        _fail(op, f"{name} must be a torch.Tensor of shape ({x.shape[1]},) or None, "
+        _fail(op, f"{name} must be a torch.Tensor of shape ({size},) or None, "
                   f"got {type(t).__name__}")
-    if t.dim() != 1 or t.shape[0] != x.shape[1]:
-        _fail(op, f"{name} has shape {tuple(t.shape)}; accepted: ({x.shape[1]},) (one value "
-                  "per channel) or None")
-    if not t.is_floating_point():
-        _fail(op, f"{name} has dtype {dtype_name(t.dtype)}; it must be a floating dtype")
+    if t.dim() != 1 or t.shape[0] != size:
+        _fail(op, f"{name} has shape {tuple(t.shape)}; accepted: ({size},) ({what}) or None")
+    if t.dtype not in TORCH_DTYPES:
+        _fail(op, f"{name} has dtype {dtype_name(t.dtype)}; it must be a floating dtype: "
+                  "float16, bfloat16, float32 or float64 (read in float32, or float64 for "
+                  "float64 x)")
     if t.device != x.device:
         _fail(op, f"{name} is on {t.device} but x is on {x.device}; they must match")
 
@@ -187,10 +193,11 @@ def _check_common(op: str, act, eps, negative_slope, impl) -> None:
 # ----------------------------------------------------------------------------- torch path
 
 
-def _torch_ops(x, gamma, beta, weight, bias, act, eps, negative_slope):
+def _torch_ops(x, gamma, beta, weight, bias, mod_bias, act, eps, negative_slope):
     """The oracle: exact torch math, float32 statistics for fp16/bf16, ONNX-traceable.
 
-    gamma may be the merged (N, 2C, H, W) tensor when beta is None.
+    gamma may be the merged (N, 2C, H, W) tensor when beta is None; mod_bias is
+    spade_modulate's (2C,) ``bias`` (C gamma biases, then C beta biases).
     """
     cdt = torch.float32 if x.dtype in _LOW_PRECISION else x.dtype
     # torch's own instance norm: one pass for the statistics and one to normalise
@@ -208,9 +215,15 @@ def _torch_ops(x, gamma, beta, weight, bias, act, eps, negative_slope):
         c = x.shape[1]
         if beta is None and gamma.shape[1] == 2 * c:
             gamma, beta = gamma[:, :c], gamma[:, c:]
-        y = torch.addcmul(y, y, gamma.to(cdt))  # y * (1 + gamma)
-    if beta is not None:
-        y = y + beta.to(cdt)
+        g = gamma.to(cdt)
+        b = None if beta is None else beta.to(cdt)
+        if mod_bias is not None:
+            mb = mod_bias.to(cdt).reshape(1, 2 * c, 1, 1)
+            g = g + mb[:, :c]
+            b = mb[:, c:] if b is None else b + mb[:, c:]
+        y = torch.addcmul(y, y, g)  # y * (1 + gamma + bias[c])
+        if b is not None:
+            y = y + b               # + beta + bias[C + c]
     if act == "relu":
         y = F.relu(y)
     elif act == "leaky_relu":
@@ -349,7 +362,7 @@ def _flattenable(t: torch.Tensor | None, fmt) -> torch.Tensor | None:
     return t.contiguous(memory_format=fmt)
 
 
-def _triton_forward(op, x, gamma, beta, weight, bias, act, eps, slope, out, config):
+def _triton_forward(op, x, gamma, beta, weight, bias, mod_bias, act, eps, slope, out, config):
     tn, why = _triton_module()
     if tn is None:
         raise RuntimeError(f"bridgegan.kernels.{op}(impl='triton'): {why}")
@@ -372,8 +385,8 @@ def _triton_forward(op, x, gamma, beta, weight, bias, act, eps, slope, out, conf
         gamma, beta = same_order(gamma), same_order(beta)
     if out is None:
         out = torch.empty_like(x, memory_format=fmt)
-    weight = weight.contiguous() if weight is not None else None
-    bias = bias.contiguous() if bias is not None else None
+    weight, bias, mod_bias = (t.contiguous() if t is not None else None
+                              for t in (weight, bias, mod_bias))
 
     plan = _cached_plan(n, c, hw, cl) if config is None else plan_launch(n, c, hw, cl, config)
     sx = _hw_strides(x)
@@ -381,8 +394,8 @@ def _triton_forward(op, x, gamma, beta, weight, bias, act, eps, slope, out, conf
     sg = _hw_strides(gamma) if gamma is not None else (0, 0, 0)
     sb = _hw_strides(beta) if beta is not None else (0, 0, 0)
     flags = dict(HAS_G=gamma is not None, HAS_BETA=beta is not None, HAS_W=weight is not None,
-                 HAS_BIAS=bias is not None, ACT=tn.ACT_CODES[act])
-    ptrs = tuple(t if t is not None else x for t in (gamma, beta, weight, bias))
+                 HAS_BIAS=bias is not None, HAS_MB=mod_bias is not None, ACT=tn.ACT_CODES[act])
+    ptrs = tuple(t if t is not None else x for t in (gamma, beta, weight, bias, mod_bias))
     inv_hw = 1.0 / hw
     n_cb = plan.n_cblocks // n
     guard = torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
@@ -410,17 +423,18 @@ class _NormActFunction(torch.autograd.Function):
     """Triton forward; backward = autograd of the torch path's math (recomputed)."""
 
     @staticmethod
-    def forward(ctx, x, gamma, beta, weight, bias, spec):
+    def forward(ctx, x, gamma, beta, weight, bias, mod_bias, spec):
         op, act, eps, slope, config = spec
         ctx.spec = spec
-        ctx.save_for_backward(x, gamma, beta, weight, bias)
-        return _triton_forward(op, x, gamma, beta, weight, bias, act, eps, slope, None, config)
+        ctx.save_for_backward(x, gamma, beta, weight, bias, mod_bias)
+        return _triton_forward(op, x, gamma, beta, weight, bias, mod_bias, act, eps, slope,
+                               None, config)
 
     @staticmethod
     def backward(ctx, grad_out):
         _, act, eps, slope, _ = ctx.spec
         saved = ctx.saved_tensors
-        needs = ctx.needs_input_grad[:5]
+        needs = ctx.needs_input_grad[:6]
         with torch.enable_grad():
             leaves = [t.detach().requires_grad_(bool(nd)) if t is not None else None
                       for t, nd in zip(saved, needs)]
@@ -485,18 +499,18 @@ def _choose_impl(op: str, x: torch.Tensor, impl: str) -> str:
     return "torch"
 
 
-def _run(op, x, gamma, beta, weight, bias, act, eps, slope, impl, out, config):
+def _run(op, x, gamma, beta, weight, bias, mod_bias, act, eps, slope, impl, out, config):
     if out is not None:
         _check_map(op, "out", out, x, (x.shape[1],))
     if x.numel() == 0:
         return out if out is not None else torch.empty_like(x)
-    tensors = (x, gamma, beta, weight, bias)
+    tensors = (x, gamma, beta, weight, bias, mod_bias)
     grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     if grad and out is not None:
         _fail(op, "out= does not support autograd; pass out=None when inputs require grad")
     chosen = _choose_impl(op, x, impl)
     if chosen == "torch":
-        y = _torch_ops(x, gamma, beta, weight, bias, act, eps, slope)
+        y = _torch_ops(*tensors, act, eps, slope)
         fmt = torch.channels_last if _is_channels_last(x) else torch.contiguous_format
         if not _tracing() and not y.is_contiguous(memory_format=fmt):
             y = y.contiguous(memory_format=fmt)
@@ -508,14 +522,14 @@ def _run(op, x, gamma, beta, weight, bias, act, eps, slope, impl, out, config):
         _fail(op, "out must have H and W that flatten into one axis (NCHW or channels_last "
                   f"dense rows); got strides {out.stride()}")
     if grad:
-        return _NormActFunction.apply(x, gamma, beta, weight, bias,
-                                      (op, act, float(eps), float(slope), config))
-    return _triton_forward(op, x, gamma, beta, weight, bias, act, eps, slope, out, config)
+        return _NormActFunction.apply(*tensors, (op, act, float(eps), float(slope), config))
+    return _triton_forward(op, *tensors, act, eps, slope, out, config)
 
 
 def spade_modulate(x, gamma, beta=None, act="none", eps=1e-5, negative_slope=0.2,
-                   impl="auto", *, out=None, config=None):
-    """``act(instance_norm(x) * (1 + gamma) + beta)`` (SPADE modulation, fused).
+                   impl="auto", *, bias=None, out=None, config=None):
+    """``act(instance_norm(x) * (1 + gamma + bias[c]) + beta + bias[C + c])`` (SPADE
+    modulation, fused).
 
     Args:
         x: (N, C, H, W) float16/bfloat16/float32 (float64 on the torch path), NCHW or
@@ -523,6 +537,10 @@ def spade_modulate(x, gamma, beta=None, act="none", eps=1e-5, negative_slope=0.2
         gamma: (N, C, H, W) like x; or, with ``beta=None``, (N, 2C, H, W): the output of a
             merged gamma/beta convolution, first C channels gamma, next C beta.
         beta: (N, C, H, W) like x, or None (no shift; or merged into gamma).
+        bias: (2C,) per-channel biases of the gamma/beta convolution(s), in either form:
+            the first C are added to gamma, the next C to beta (to the shift when there
+            is no beta map). Any float dtype on x's device, read in float32 (float64 for
+            float64 x). None: no bias, at no cost.
         act: "none", "relu" or "leaky_relu" (slope ``negative_slope``).
         eps: added to the variance (biased, over H*W, float32).
         impl: "auto", "triton" or "torch" (see the module docstring).
@@ -541,7 +559,9 @@ def spade_modulate(x, gamma, beta=None, act="none", eps=1e-5, negative_slope=0.2
     else:
         _check_map(op, "gamma", gamma, x, (c,))
         _check_map(op, "beta", beta, x, (c,))
-    return _run(op, x, gamma, beta, None, None, act, eps, negative_slope, impl, out, config)
+    _check_vec(op, "bias", bias, x, 2 * c, "2C: C gamma biases, then C beta biases")
+    return _run(op, x, gamma, beta, None, None, bias, act, eps, negative_slope, impl, out,
+                config)
 
 
 def instance_norm_act(x, weight=None, bias=None, act="none", eps=1e-5, negative_slope=0.2,
@@ -556,4 +576,5 @@ def instance_norm_act(x, weight=None, bias=None, act="none", eps=1e-5, negative_
     _check_x(op, x)
     _check_vec(op, "weight", weight, x)
     _check_vec(op, "bias", bias, x)
-    return _run(op, x, None, None, weight, bias, act, eps, negative_slope, impl, out, config)
+    return _run(op, x, None, None, weight, bias, None, act, eps, negative_slope, impl, out,
+                config)

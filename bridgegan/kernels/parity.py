@@ -32,13 +32,18 @@ from . import norm_act
 from .norm_act import plan_launch
 
 PARITY_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # storage dtypes checked
-OPS = ("spade_modulate", "spade_modulate[2C]", "instance_norm_act")
+# "+bias": with spade_modulate's (2C,) gamma/beta convolution bias, checked here in the merged
+# form the engine runs ("spade_modulate+bias", the separate form, launches the same kernel;
+# make_inputs and call take it too, and the tests check it).
+OPS = ("spade_modulate", "spade_modulate[2C]", "spade_modulate[2C]+bias", "instance_norm_act")
 LAYOUTS = ("nchw", "channels_last")
 
 # (shape, config, mode): "full" = every dtype x layout x activation; "grid" = every dtype x
 # layout, the activation cycling over rows; "light" = both layouts, dtype and activation
 # cycling. Fewer combinations on the odd shapes keep the number of kernel compilations
-# (the cost on a fresh GPU machine, ~0.15 s each) down: GPU parity runs in ~30 s.
+# (the cost on a fresh GPU machine, ~0.15 s each) down: GPU parity runs in ~30 s. "+bias"
+# rows are "light" in every case: the bias is a per-channel add, orthogonal to the dtype
+# and activation code that the unbiased rows cover in full.
 CPU_CASES = [
     ((2, 3, 7, 5), None, "full"),                                       # fused path, odd H*W
     ((2, 4, 9, 9), {"max_fused": 16, "target_programs": 4}, "grid"),    # split path forced
@@ -56,8 +61,9 @@ GPU_CASES = [
 
 
 def make_inputs(op, shape, dtype, layout, device, gen, x_scale=1.0, shift=0.0):
-    """x and the op's other inputs (gamma, beta / weight, bias), drawn from ``gen`` on the
-    device in ``layout``: x ~ x_scale * N(0, 1), maps ~ 0.5 * N(0, 1), each plus ``shift``."""
+    """x and the other inputs of ``op`` (one of OPS, or "spade_modulate+bias"): gamma, beta,
+    bias / weight, bias, drawn from ``gen`` on the device in ``layout``: x ~ x_scale * N(0, 1),
+    maps and spade_modulate's bias (x's dtype) ~ 0.5 * N(0, 1), each plus ``shift``."""
     n, c, h, w = shape
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
 
@@ -66,20 +72,23 @@ def make_inputs(op, shape, dtype, layout, device, gen, x_scale=1.0, shift=0.0):
         return t.to(dtype).contiguous(memory_format=fmt)
 
     x = randn(n, c, h, w, scale=x_scale)
-    if op == "spade_modulate":
-        kw = dict(gamma=randn(n, c, h, w, scale=0.5), beta=randn(n, c, h, w, scale=0.5))
-    elif op == "spade_modulate[2C]":
+    if op.startswith("spade_modulate[2C]"):
         kw = dict(gamma=randn(n, 2 * c, h, w, scale=0.5))
+    elif op.startswith("spade_modulate"):
+        kw = dict(gamma=randn(n, c, h, w, scale=0.5), beta=randn(n, c, h, w, scale=0.5))
     else:
         kw = dict(weight=1 + 0.5 * torch.randn(c, generator=gen, device=device),
                   bias=0.5 * torch.randn(c, generator=gen, device=device))
+    if op.endswith("+bias"):
+        kw["bias"] = (0.5 * torch.randn(2 * c, generator=gen, device=device) + shift).to(dtype)
     return x, kw
 
 
 def call(op, x, kw, **opts):
     """Run ``op`` (one of OPS) on make_inputs' tensors; ``opts`` go to the kernel function."""
     if op.startswith("spade_modulate"):
-        return norm_act.spade_modulate(x, kw["gamma"], kw.get("beta"), **opts)
+        return norm_act.spade_modulate(x, kw["gamma"], kw.get("beta"), bias=kw.get("bias"),
+                                       **opts)
     return norm_act.instance_norm_act(x, kw.get("weight"), kw.get("bias"), **opts)
 
 
@@ -100,7 +109,7 @@ def _row(op, dtype, layout, act, shape, impl, path, out, ref, device, seconds, o
 
 
 def _print_row(row, note=""):
-    print(f"{row['op']:<20} {row['dtype']:<5} {row['layout']:<13} {row['act']:<10} "
+    print(f"{row['op']:<24} {row['dtype']:<5} {row['layout']:<13} {row['act']:<10} "
           f"{row['shape']:<18} {row['impl'] + '/' + row['path']:<13} {row['max_abs']:9.2e} "
           f"{row['rel_err']:9.2e} {row['tol']:7.0e}  {'PASS' if row['ok'] else 'FAIL'}" + note)
 
@@ -156,15 +165,16 @@ def check_ops(device=None, verbose=True, quick=False, impl=None) -> list[dict]:
     if verbose:
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
         print(f"bridgegan kernel parity on {device} ({name}): {note}")
-        print(f"{'op':<20} {'dtype':<5} {'layout':<13} {'act':<10} {'shape':<18} {'impl/path':<13} "
+        print(f"{'op':<24} {'dtype':<5} {'layout':<13} {'act':<10} {'shape':<18} {'impl/path':<13} "
               f"{'max_abs':>9} {'rel_err':>9} {'tol':>7}  result")
     rows = []
     gen = torch.Generator(device=device).manual_seed(1234)
     acts = norm_act.ACTS
     dtypes = PARITY_DTYPES
     i = 0
-    for k, (shape, config, mode) in enumerate(cases):
+    for k, (shape, config, case_mode) in enumerate(cases):
         for op in OPS:
+            mode = "light" if op.endswith("+bias") else case_mode
             for dtype in dtypes:
                 if mode == "light" and dtype != dtypes[(k + OPS.index(op)) % len(dtypes)]:
                     continue
