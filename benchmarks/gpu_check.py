@@ -10,7 +10,9 @@ rest, all within five minutes on an H100:
   5. the edit strip with and without the trunk cache
   6. where the time goes (benchmarks/profile_engine.py): kernel table, kernels per forward
      and stage times of the reference and the engine in fp16 at batch 1 and 64
-  7. torch.compile (max-autotune, under the engine's CUDA graphs) at batch 64: autotuning
+  7. the engine at batch 64 with each graph rewrite of round 2 off in turn (``ablation``:
+     ``-REWRITE`` bench tags), in the call of stage 8
+  8. torch.compile (max-autotune, under the engine's CUDA graphs) at batch 64: autotuning
      takes minutes, so it is not in the default run but asked for in a device call of its
      own (``--stages bench_compile``); inductor's and Triton's caches live in the repo's
      .cache/ (gitignored), which a lent machine's run carries between calls; the row's
@@ -44,7 +46,11 @@ ENGINE_VARIANTS = ("reference:float32,reference:fp16,reference:fp16:heuristics,t
                    "triton:fp16:cl,triton:fp16:cl:graphs,triton:fp16:cl:graphs:heuristics,"
                    "triton:fp16:graphs,triton:bf16:cl,triton:bf16:cl:graphs")
 # triton:fp16:graphs = NCHW (the kernels' best layout)
-OWN_CALL = ("bench_compile",)  # stages run only when named in --stages
+# the engine at batch 64 with each graph rewrite of round 2 off in turn (its A/B)
+ABLATION = ",".join(["triton:fp16:cl:graphs"] + [
+    f"triton:fp16:cl:graphs:-{r}" for r in ("transposed_up", "kernel_bias", "fold_labels",
+                                             "low_res_shortcut")])
+OWN_CALL = ("ablation", "bench_compile")  # stages run only when named in --stages
 CACHE = ROOT / ".cache"  # inductor and Triton caches, carried between device calls
 
 
@@ -78,6 +84,11 @@ def stages(work: Path, dry: bool) -> list[tuple[str, list[str], int]]:
                                           "--batches", "1", "--resolution", "64", "--calls", "1"]
                                          if dry else ["--resolution", res]), 40),
     ]
+    out.append(("ablation", cli + ["bench", "--device", dev, "--variants",
+                                   "torch:float32,torch:float32:-transposed_up" if dry else ABLATION,
+                                   "--batches", "1" if dry else "64", "--resolutions", res,
+                                   "--workloads", "translate", "--out", str(work / "ablation")]
+                + reps, 90))
     compile_variants = "compile:float32" if dry else "triton:fp16:cl:graphs,compile:fp16:cl:graphs"
     out.append(("bench_compile", cli + ["bench", "--device", dev, "--variants", compile_variants,
                                         "--batches", "1" if dry else "64", "--resolutions", res,
@@ -135,7 +146,7 @@ def main(argv=None) -> int:
             print(f"== {name}: status {status} in {time.perf_counter() - t0:.1f} s", flush=True)
             results.append({"stage": name, "status": status, "seconds": round(time.perf_counter() - t0, 1)})
     engine_rows = []
-    for sub in ("engine", "strip", "compile"):
+    for sub in ("engine", "strip", "ablation", "compile"):
         engine_rows += _read_csv(work / sub / "bench.csv")
     report = {"stages": results, "seconds": round(time.perf_counter() - t_all, 1)}
     for key, path in (("parity_ops", work / "parity_ops.json"),

@@ -149,7 +149,8 @@ def test_bench_writes_rows_with_ratios(tmp_path, monkeypatch):
     from bridgegan.engine import bench
 
     rows, peaks = bench.run_matrix(
-        [bench.Variant("reference", "float32"), bench.Variant("torch", "float32")], [1, 2], [64],
+        [bench.Variant("reference", "float32"), bench.Variant("torch", "float32"),
+         bench.Variant.parse("torch:float32:-transposed_up")], [1, 2], [64],
         ["translate", "strip", "strip_nocache"], reps=1, warmup=0, quick_peaks=True,
         config_overrides=dict(attributes=small_config().attributes, g_width=8, e_width=4,
                               latent_channels=8, spade_hidden=16, mapping_channels=16),
@@ -159,7 +160,8 @@ def test_bench_writes_rows_with_ratios(tmp_path, monkeypatch):
     with open(tmp_path / "bench.csv") as f:
         got = list(csv.DictReader(f))
     # translate at batch 1 and 2; each strip has one size (1 + A, no samples) per variant
-    assert len(got) == 2 * (2 + 1 + 1)
+    assert len(got) == 3 * (2 + 1 + 1)
+    assert sum(r["variant"] == "torch-float32-no_transposed_up" for r in got) == 4
     for col in ("what", "backend", "dtype", "batch", "resolution", "metric", "unit", "p50",
                 "p20", "p80", "first_call_s", "device", "torch", "triton", "commit", "date"):
         assert all(r[col] != "" for r in got), col
@@ -187,7 +189,7 @@ def test_gpu_check_dry_run(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert [s["status"] for s in report["stages"]] == [0] * len(report["stages"])
-    assert "bench_compile" not in [s["stage"] for s in report["stages"]]  # its own call
+    assert not {"ablation", "bench_compile"} & {s["stage"] for s in report["stages"]}  # own call
     assert {"bench.csv", "bench.png", "kernels.csv", "profile.csv", "profile.md",
             "gpu_check.log"} <= {p.name for p in tmp_path.iterdir()}
     assert report["engine"] and report["parity_backends"]

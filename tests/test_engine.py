@@ -413,8 +413,14 @@ def test_bench_variants_name_their_backend():
     v = Variant.parse("reference:fp16:heuristics")
     assert v == Variant("reference", "fp16", heuristics=True)
     assert v.name == "reference-fp16-heuristics"
+    v = Variant.parse("triton:fp16:cl:-transposed_up:-kernel_bias")
+    assert v.without == ("transposed_up", "kernel_bias")
+    assert v.name == "triton-fp16-cl-no_transposed_up-no_kernel_bias"
+    assert not v.rewrites.transposed_up and not v.rewrites.kernel_bias and v.rewrites.four_phase
     with pytest.raises(ValueError, match=r"expected backend:dtype\[:cl\]\[:graphs\]\[:heuristics\]"):
         Variant.parse("torch:fp16:fast")
+    with pytest.raises(ValueError, match="unknown rewrite 'fast'; rewrites are merge_gamma_beta"):
+        Variant.parse("torch:fp16:-fast")
     with pytest.raises(ValueError, match="'auto' is not a bench variant; name the backend, one "
                                          "of reference, torch"):
         Variant.parse("auto:float32")

@@ -32,8 +32,8 @@ from bridgegan.engine.export.triton_repo import write_triton_repo  # noqa: E402
 
 ATOL = tolerance("float32").image_max_abs
 # what an exported inference graph may contain: no training-only ops, no control flow
-ALLOWED_OPS = {"Conv", "InstanceNormalization", "Relu", "Tanh", "Gemm", "Add", "Sub", "Mul",
-               "Neg", "AveragePool", "Resize", "Pad", "Split", "Slice", "Gather", "Concat",
+ALLOWED_OPS = {"Conv", "ConvTranspose", "InstanceNormalization", "Relu", "Tanh", "Gemm", "Add",
+               "Sub", "Mul", "Neg", "AveragePool", "Resize", "Pad", "Split", "Slice", "Gather", "Concat",
                "Reshape", "Transpose", "Unsqueeze", "Expand", "Shape", "Constant",
                "ConstantOfShape", "Cast", "Equal", "Where", "Identity"}
 ONNX_TO_TRITON = {onnx.TensorProto.FLOAT: "TYPE_FP32", onnx.TensorProto.FLOAT16: "TYPE_FP16"}
@@ -93,7 +93,9 @@ def test_graphs_hold_the_inference_graph_only(model, exported):
     assert len(ops) < 1500
     graph = InferenceGraph(model)
     blocks = [b for b in graph.modules() if isinstance(b, Block)]
-    assert ops.count("Conv") == sum(isinstance(c, Conv) for c in graph.modules())
+    convs = [c for c in graph.modules() if isinstance(c, Conv)]
+    assert ops.count("Conv") == sum(not c.transposed for c in convs)
+    assert ops.count("ConvTranspose") == sum(c.transposed for c in convs) > 0
     norms = 2 + 2 * sum(b.kind in ("in", "spade") for b in blocks)  # + the heads of E and M
     assert ops.count("InstanceNormalization") == norms
     # the weights are the rewritten G / E / M (plus instance-norm scales), never D

@@ -10,7 +10,8 @@ autotuning, cuDNN's algorithm search, CUDA-graph capture). Results go to CSV + J
 a PNG plot.
 
 On CUDA the engine runs with cuDNN's algorithm search on (``cudnn_tuning``); a variant
-tagged ``heuristics`` runs with cuDNN's heuristic choice instead, for the A/B.
+tagged ``heuristics`` runs with cuDNN's heuristic choice instead, for the A/B; a tag
+``-REWRITE`` turns one of the graph rewrites off (``graph.Rewrites``), for its A/B.
 
 Workloads: ``translate`` (label-based, the public API on device tensors), ``reference``
 (one reference per source), ``strip`` and ``strip_nocache`` (one source's edit strip with
@@ -32,7 +33,7 @@ import platform
 import resource
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,7 @@ from ..timing import synchronize, time_calls
 from . import roofline
 from .backends import AUTO, BACKENDS, BackendUnavailable
 from .engine import Engine, resolve_dtype
+from .graph import Rewrites
 
 FIELDS = ["what", "backend", "dtype", "batch", "resolution", "metric", "unit", "p50", "p20",
           "p80", "images_per_s", "peak_mem_mb", "vs_reference_fp32", "vs_reference_same_dtype",
@@ -66,28 +68,42 @@ class Variant:
     channels_last: bool = False
     cuda_graphs: bool = False
     heuristics: bool = False  # cuDNN's heuristic algorithm choice, not its search
+    without: tuple[str, ...] = ()  # graph rewrites turned off, for an A/B of each
 
     TAGS = ("cl", "graphs", "heuristics")
+    FORM = "backend:dtype[:cl][:graphs][:heuristics][:-REWRITE ...]"
 
     @property
     def name(self) -> str:
         flags = (self.channels_last, self.cuda_graphs, self.heuristics)
-        return "-".join([self.backend, self.dtype] + [t for t, on in zip(self.TAGS, flags) if on])
+        return "-".join([self.backend, self.dtype] + [t for t, on in zip(self.TAGS, flags) if on]
+                        + [f"no_{r}" for r in self.without])
+
+    @property
+    def rewrites(self) -> Rewrites:
+        return Rewrites(**{r: False for r in self.without})
 
     @classmethod
     def parse(cls, text: str) -> "Variant":
-        """backend:dtype[:cl][:graphs][:heuristics], e.g. triton:fp16:cl:graphs."""
+        """backend:dtype[:cl][:graphs][:heuristics][:-REWRITE ...], e.g.
+        triton:fp16:cl:graphs, or triton:fp16:cl:-transposed_up (that rewrite off)."""
         parts = text.split(":")
-        if len(parts) < 2 or any(p not in cls.TAGS for p in parts[2:]):
-            raise ValueError(f"variant {text!r}: expected backend:dtype[:cl][:graphs]"
-                             "[:heuristics]")
+        tags = [p for p in parts[2:] if not p.startswith("-")]
+        without = tuple(p[1:] for p in parts[2:] if p.startswith("-"))
+        if len(parts) < 2 or any(p not in cls.TAGS for p in tags):
+            raise ValueError(f"variant {text!r}: expected {cls.FORM}")
+        names = [f.name for f in fields(Rewrites)]
+        for r in without:
+            if r not in names:
+                raise ValueError(f"variant {text!r}: unknown rewrite {r!r}; rewrites are "
+                                 f"{', '.join(names)}")
         if parts[0] == AUTO:  # a row is one named backend (auto picks by the device)
             raise ValueError(f"variant {text!r}: {AUTO!r} is not a bench variant; name the "
                              f"backend, one of {', '.join(BACKENDS)}")
         if parts[0] not in BACKENDS:
             raise ValueError(f"variant {text!r}: unknown backend {parts[0]!r}; backends: "
                              f"{', '.join(BACKENDS)}")
-        return cls(parts[0], parts[1], *(t in parts[2:] for t in cls.TAGS))
+        return cls(parts[0], parts[1], *(t in tags for t in cls.TAGS), without=without)
 
 
 def default_variants(device: str | torch.device) -> list[Variant]:
@@ -189,7 +205,8 @@ def run_matrix(variants: list[Variant] | None, batches: list[int], resolutions: 
             try:
                 eng = Engine(model, backend=v.backend, dtype=v.dtype, device=dev,
                              channels_last=v.channels_last, cuda_graphs=v.cuda_graphs,
-                             cudnn_benchmark=False if v.heuristics else None)
+                             cudnn_benchmark=False if v.heuristics else None,
+                             rewrites=v.rewrites)
             except (BackendUnavailable, RuntimeError, ValueError) as exc:
                 rows.append(_skipped("all", v, "", res, str(exc), env))
                 bar.update(len(workloads) * len(batches))
@@ -239,7 +256,7 @@ def measured(rows: list[dict]) -> list[dict]:
 
 def _add_ratios(rows: list[dict]) -> None:
     def key(r):  # rows compared: same workload and size, same cuDNN algorithm choice
-        return (r["what"], r["batch"], r["resolution"], r["variant"].endswith("heuristics"))
+        return (r["what"], r["batch"], r["resolution"], "heuristics" in r["variant"].split("-"))
 
     ref = {(key(r), r["dtype"]): r["p50"] for r in measured(rows)
            if r["backend"] == "reference" and "-graphs" not in r["variant"]}

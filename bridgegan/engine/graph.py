@@ -12,10 +12,23 @@ against the reference model):
   convolutions at the low resolution, one per output phase (2.25x fewer FLOPs, and the
   upsampled tensor is never built); used by the up blocks of G and M and by the SPADE
   hidden convolution at the full image size.
+- ``transposed_up``: the same convolutions as one transposed convolution of stride 2
+  with a 4x4 kernel (the four phases' taps interleaved): the same FLOPs, and no padding
+  or reassembly pass (cuDNN, oneDNN, ONNX ConvTranspose and TensorRT run it natively).
+  Where it is on it replaces ``four_phase``; ``Rewrites.only("four_phase")`` selects that.
+- ``fold_labels``: E's stem convolution (1x1) reads the image and A spatially constant
+  label planes; its label part is a per-sample bias d W + b, so the stem convolves the
+  3 image channels only and the tiled (N, A, H, W) labels are never built.
 - ``fold_bias``: the bias of a convolution followed directly by instance normalisation
   cancels in the mean subtraction and is dropped.
+- ``kernel_bias`` (``impl="triton"`` only): the gamma/beta convolutions run without their
+  bias and the fused SPADE kernel adds it as a per-channel vector, so no separate pass
+  over the (N, 2C, H, W) modulation adds it (ATen adds a bias after cuDNN's convolution).
+  On the torch path, which ONNX export traces, the convolution keeps it: oneDNN, ONNX
+  Runtime and TensorRT fuse a convolution's bias themselves.
 - ``low_res_shortcut``: a 1x1 shortcut convolution commutes with nearest upsampling and
-  with 2x2 average pooling, so it runs at the low resolution.
+  with 2x2 average pooling, so it runs at the low resolution; an up block's shortcut is
+  then added to the residual as a broadcast, never upsampled.
 - ``pooled_conv``: a 3x3 convolution followed by 2x2 average pooling (the second
   convolution of every down block) equals one 4x4 convolution of stride 2 (2.25x fewer
   FLOPs, and the full-resolution output is never built).
@@ -44,7 +57,10 @@ class Rewrites:
     merge_gamma_beta: bool = True
     batch_hidden: bool = True
     four_phase: bool = True
+    transposed_up: bool = True
+    fold_labels: bool = True
     fold_bias: bool = True
+    kernel_bias: bool = True
     low_res_shortcut: bool = True
     pooled_conv: bool = True
 
@@ -62,6 +78,12 @@ class Rewrites:
     def enabled(self) -> list[str]:
         return [f.name for f in fields(self) if getattr(self, f.name)]
 
+    @property
+    def up_conv(self) -> str | None:
+        """How a 3x3 convolution after a nearest 2x upsample runs at the low resolution:
+        "transposed", "four_phase", or None (upsample, then convolve)."""
+        return "transposed" if self.transposed_up else "four_phase" if self.four_phase else None
+
 
 def four_phase_weight(w: torch.Tensor) -> torch.Tensor:
     """(O, I, 3, 3) -> (4 O, I, 2, 2): the 2x2 kernel of each output phase (a, b), stacked
@@ -70,6 +92,15 @@ def four_phase_weight(w: torch.Tensor) -> torch.Tensor:
     r = w.new_tensor([[[1, 0, 0], [0, 1, 1]], [[1, 1, 0], [0, 0, 1]]])  # (phase, tap, row)
     k = torch.einsum("apu,bqv,oiuv->aboipq", r, r, w)
     return k.reshape(4 * w.shape[0], w.shape[1], 2, 2)
+
+
+def transposed_up_weight(w: torch.Tensor) -> torch.Tensor:
+    """(O, I, 3, 3) -> (I, O, 4, 4): conv3x3(upsample2(x)) == conv_transpose2d(x, stride 2,
+    padding 1). Its tap p = out + 1 - 2 in is phase a's tap s (``four_phase_weight``) with
+    p = 2 (1 - s) + 1 - a: taps w2, w1 + w2, w0 + w1, w0 per dimension."""
+    o, i = w.shape[:2]
+    k = four_phase_weight(w).view(2, 2, o, i, 2, 2)  # (a, b, O, I, s, t)
+    return k.permute(3, 2, 4, 0, 5, 1).reshape(i, o, 4, 4).flip(2, 3)
 
 
 def pooled_weight(w: torch.Tensor) -> torch.Tensor:
@@ -83,31 +114,36 @@ def pooled_weight(w: torch.Tensor) -> torch.Tensor:
 
 
 class Conv(nn.Module):
-    """A frozen convolution: "same" k x k, four-phase (a 3x3 after a nearest 2x upsample)
-    or pooled (a 3x3 before a 2x2 average pool)."""
+    """A frozen convolution: "same" k x k, a 3x3 after a nearest 2x upsample (four-phase
+    or transposed) or pooled (a 3x3 before a 2x2 average pool)."""
 
     def __init__(self, conv: nn.Conv2d, four_phase: bool = False, bias: bool = True,
                  weight: torch.Tensor | None = None, bias_tensor: torch.Tensor | None = None,
-                 pooled: bool = False):
+                 pooled: bool = False, transposed: bool = False):
         super().__init__()
         w = (conv.weight if weight is None else weight).detach().clone()
         b = (conv.bias if bias_tensor is None else bias_tensor) if bias else None
         b = None if b is None else b.detach().clone()
-        self.four_phase = four_phase
+        self.four_phase, self.transposed = four_phase, transposed
         self.out_channels = w.shape[0]
+        if (four_phase or transposed) and w.shape[-1] != 3:
+            raise ValueError("an up convolution must be 3x3")
+        if transposed:
+            w = transposed_up_weight(w)
         if four_phase:
-            if w.shape[-1] != 3:
-                raise ValueError("four-phase applies to 3x3 convolutions only")
             w = four_phase_weight(w)
             b = None if b is None else b.repeat(4)
-        self.stride = 2 if pooled else 1
+        self.stride = 2 if pooled or transposed else 1
         if pooled:
             w = pooled_weight(w)
-        self.padding = 1 if pooled else (w.shape[-1] // 2 if not four_phase else 0)
+        self.padding = 1 if pooled or transposed else (0 if four_phase else w.shape[-1] // 2)
         self.register_buffer("weight", w)
         self.register_buffer("bias", b)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.transposed:
+            return F.conv_transpose2d(x, self.weight, self.bias, stride=self.stride,
+                                      padding=self.padding)
         if not self.four_phase:
             return F.conv2d(x, self.weight, self.bias, stride=self.stride, padding=self.padding)
         n, _, h, w = x.shape
@@ -124,6 +160,13 @@ def _up(x: torch.Tensor) -> torch.Tensor:
     return F.interpolate(x, scale_factor=2, mode="nearest")
 
 
+def _add_upsampled(h: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
+    """h + _up(low) as one broadcast add: each low-resolution pixel is read for its 2x2
+    output pixels, and the upsampled tensor is never built (either memory format)."""
+    n, c, hl, wl = low.shape  # no shape arithmetic: nothing for an exporter to trace
+    return (h.view(n, c, hl, 2, wl, 2) + low.view(n, c, hl, 1, wl, 1)).reshape(h.shape)
+
+
 class Block(nn.Module):
     """A ResBlk with the rewrites applied. SPADE blocks take their two modulations."""
 
@@ -133,8 +176,9 @@ class Block(nn.Module):
         self.slope = 0.2 if isinstance(blk.act, nn.LeakyReLU) else None
         self.act = "relu" if self.slope is None else "leaky_relu"
         normed = self.kind in ("in", "spade")
-        self.up_inside = self.resample == "up" and rw.four_phase
-        self.conv1 = Conv(blk.conv1, four_phase=self.up_inside,
+        up = rw.up_conv if self.resample == "up" else None
+        self.up_inside = up is not None
+        self.conv1 = Conv(blk.conv1, four_phase=up == "four_phase", transposed=up == "transposed",
                           bias=not (rw.fold_bias and normed))
         self.pool_inside = self.resample == "down" and rw.pooled_conv
         self.conv2 = Conv(blk.conv2, pooled=self.pool_inside)
@@ -151,8 +195,9 @@ class Block(nn.Module):
             return instance_norm_act(x, getattr(self, f"n{i}_weight"), getattr(self, f"n{i}_bias"),
                                      act=self.act, eps=self.eps, impl=impl)
         if self.kind == "spade":
-            gamma, beta = mod if isinstance(mod, tuple) else (mod, None)
-            return spade_modulate(x, gamma, beta, act=self.act, eps=self.eps, impl=impl)
+            gamma, beta, bias = mod
+            return spade_modulate(x, gamma, beta, act=self.act, eps=self.eps, impl=impl,
+                                  bias=bias)
         return F.leaky_relu(x, self.slope) if self.slope is not None else F.relu(x)
 
     def forward(self, x: torch.Tensor, mods=(None, None), impl: str = "torch") -> torch.Tensor:
@@ -168,7 +213,7 @@ class Block(nn.Module):
                 sc = F.avg_pool2d(sc, 2)
             sc = self.shortcut(sc)
             if self.resample == "up":
-                sc = _up(sc)
+                return _add_upsampled(h, sc)
         elif self.shortcut is not None:
             sc = _up(sc) if self.resample == "up" else sc
             sc = self.shortcut(sc)
@@ -178,53 +223,77 @@ class Block(nn.Module):
 
 class SpadeGroup(nn.Module):
     """The SPADE layers that read S at one resolution: hidden convolutions (batched or
-    not) and their gamma/beta convolutions (merged or not)."""
+    not) and their gamma/beta convolutions (merged or not). A layer's modulation is
+    (gamma, beta, bias): beta None when merged into gamma's 2C channels, bias the (2C,)
+    gamma/beta convolution bias when the kernel adds it (``kernel_bias``), else None."""
 
-    def __init__(self, layers: list[SPADE], size: int, latent_size: int, rw: Rewrites):
+    def __init__(self, layers: list[SPADE], size: int, latent_size: int, rw: Rewrites,
+                 kernel_bias: bool = False):
         super().__init__()
         self.size, self.latent_size = size, latent_size
         self.hidden = layers[0].shared.out_channels
-        phase = rw.four_phase and size == 2 * latent_size
-        self.resize = size != latent_size and not phase
+        up = rw.up_conv if size == 2 * latent_size else None
+        self.resize = size != latent_size and up is None
+        form = dict(four_phase=up == "four_phase", transposed=up == "transposed")
         if rw.batch_hidden:
             w = torch.cat([l.shared.weight for l in layers])
             b = torch.cat([l.shared.bias for l in layers])
-            self.shared = nn.ModuleList([Conv(layers[0].shared, phase, weight=w, bias_tensor=b)])
+            self.shared = nn.ModuleList([Conv(layers[0].shared, weight=w, bias_tensor=b, **form)])
         else:
-            self.shared = nn.ModuleList(Conv(l.shared, phase) for l in layers)
-        self.merged = rw.merge_gamma_beta
+            self.shared = nn.ModuleList(Conv(l.shared, **form) for l in layers)
+        self.merged, self.kernel_bias = rw.merge_gamma_beta, kernel_bias
+        conv_bias = not kernel_bias
         if self.merged:
             self.gb = nn.ModuleList(
                 Conv(l.gamma, weight=torch.cat([l.gamma.weight, l.beta.weight]),
-                     bias_tensor=torch.cat([l.gamma.bias, l.beta.bias]))
+                     bias_tensor=torch.cat([l.gamma.bias, l.beta.bias]), bias=conv_bias)
                 for l in layers)
         else:
-            self.gamma = nn.ModuleList(Conv(l.gamma) for l in layers)
-            self.beta = nn.ModuleList(Conv(l.beta) for l in layers)
+            self.gamma = nn.ModuleList(Conv(l.gamma, bias=conv_bias) for l in layers)
+            self.beta = nn.ModuleList(Conv(l.beta, bias=conv_bias) for l in layers)
+        if kernel_bias:
+            for k, l in enumerate(layers):
+                self.register_buffer(f"bias{k}", torch.cat([l.gamma.bias, l.beta.bias]).detach()
+                                     .clone())
 
-    def forward(self, s: torch.Tensor) -> list:
+    def forward(self, s: torch.Tensor) -> list[tuple]:
         if self.resize:
             s = F.interpolate(s, size=(self.size, self.size), mode="nearest")
         hidden = [F.relu(conv(s)) for conv in self.shared]
         if len(hidden) == 1:  # batched (or a single layer): one slice per layer
             hidden = hidden[0].split(self.hidden, dim=1)
         if self.merged:
-            return [gb(h) for gb, h in zip(self.gb, hidden)]
-        return [(g(h), b(h)) for g, b, h in zip(self.gamma, self.beta, hidden)]
+            maps = [(gb(h), None) for gb, h in zip(self.gb, hidden)]
+        else:
+            maps = [(g(h), b(h)) for g, b, h in zip(self.gamma, self.beta, hidden)]
+        return [(g, b, getattr(self, f"bias{k}") if self.kernel_bias else None)
+                for k, (g, b) in enumerate(maps)]
+
+
+def _with_bias(mod: tuple) -> tuple:
+    """A modulation with its kernel bias added into the maps (bias None)."""
+    gamma, beta, bias = mod
+    if bias is None:
+        return mod
+    if beta is None:  # merged: the bias runs over gamma's 2C channels
+        return gamma + bias.view(1, -1, 1, 1).to(gamma.dtype), None, None
+    c = gamma.shape[1]
+    bias = bias.view(1, -1, 1, 1).to(gamma.dtype)
+    return gamma + bias[:, :c], beta + bias[:, c:], None
 
 
 def _blend(mods_list: list[list], weights) -> list:
-    """Blend per-layer modulations (tensors or (gamma, beta) pairs) with weights."""
+    """Blend per-layer modulations (gamma, beta, bias) with weights. A kernel bias is
+    added into the maps first: the weights need not sum to one."""
     def w_of(w, like):
         return w.to(like.dtype).view(-1, 1, 1, 1) if isinstance(w, torch.Tensor) else w
 
     out = []
     for per_code in zip(*mods_list):
-        if isinstance(per_code[0], tuple):
-            out.append(tuple(sum(w_of(w, m[k]) * m[k] for w, m in zip(weights, per_code))
-                             for k in (0, 1)))
-        else:
-            out.append(sum(w_of(w, m) * m for w, m in zip(weights, per_code)))
+        per_code = [_with_bias(m) for m in per_code]
+        out.append(tuple(None if per_code[0][k] is None else
+                         sum(w_of(w, m[k]) * m[k] for w, m in zip(weights, per_code))
+                         for k in (0, 1)) + (None,))
     return out
 
 
@@ -252,7 +321,8 @@ class InferenceGraph(nn.Module):
             layers += [(b.norm1, bottleneck * 2 ** i), (b.norm2, bottleneck * 2 ** (i + 1))]
         sizes = sorted({s for _, s in layers})
         self.groups = nn.ModuleList(
-            SpadeGroup([l for l, s in layers if s == size], size, self.config.latent_size, rw)
+            SpadeGroup([l for l, s in layers if s == size], size, self.config.latent_size, rw,
+                       kernel_bias=rw.kernel_bias and impl == "triton")
             for size in sizes)
         # position of each layer's modulation in the concatenated group outputs
         order = [(sizes.index(s), [l for l, t in layers if t == s].index(l)) for l, s in layers]
@@ -260,7 +330,14 @@ class InferenceGraph(nn.Module):
                    for gi in range(len(sizes))]
         self.layer_index = [offsets[gi] + k for gi, k in order]
         # encoder and mapping
-        self.e_stem = Conv(e.stem)
+        self.fold_labels = rw.fold_labels
+        if self.fold_labels:  # the stem is 1x1: no padding, so the fold is exact everywhere
+            w = e.stem.weight.detach()
+            self.e_stem = Conv(e.stem, weight=w[:, :3], bias=False)
+            self.register_buffer("e_label_weight", w[:, 3:, 0, 0].clone())
+            self.register_buffer("e_label_bias", e.stem.bias.detach().clone())
+        else:
+            self.e_stem = Conv(e.stem)
         self.e_blocks = nn.ModuleList(Block(b, rw) for b in e.blocks)
         self.e_head = _Head(e.head, rw)
         self.register_buffer("m_fc_weight", m.fc.weight.detach().clone())
@@ -277,7 +354,12 @@ class InferenceGraph(nn.Module):
         return self.mid_in(h, impl=self.impl)
 
     def encode(self, x: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-        h = self.e_stem(torch.cat([x, tile_labels(d.to(x.dtype), x.shape[-1])], dim=1))
+        d = d.to(x.dtype)
+        if self.fold_labels:
+            bias = F.linear(d, self.e_label_weight, self.e_label_bias)
+            h = self.e_stem(x).add_(bias[..., None, None])
+        else:
+            h = self.e_stem(torch.cat([x, tile_labels(d, x.shape[-1])], dim=1))
         for blk in self.e_blocks:
             h = blk(h, impl=self.impl)
         return self.e_head(h, self.impl)
