@@ -63,9 +63,10 @@ def _translate_options(p: argparse.ArgumentParser) -> None:
 
 
 def _bench_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--variants", help="comma list of backend:dtype[:cl][:graphs] (default: "
-                   "the device's table; CPU: reference, torch, onnxruntime and compile in "
-                   "float32, then torch:bf16:cl)")
+    p.add_argument("--variants", help="comma list of backend:dtype[:cl][:graphs][:heuristics]"
+                   "[:-REWRITE ...] "
+                   "(default: the device's table; CPU: reference, torch, onnxruntime and "
+                   "compile in float32, then torch:bf16:cl)")
     p.add_argument("--batches", default="1,8", help="comma list (default: %(default)s)")
     p.add_argument("--resolutions", default="128", help="comma list of 64/128/256")
     p.add_argument("--workloads", default="translate,strip,strip_nocache",
@@ -96,6 +97,11 @@ def _classifier_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=1500, help="Adam steps (default: 1500)")
     p.add_argument("--batch", type=int, default=64, help="images per step (default: 64)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 1e-3)")
+    p.add_argument("--width", type=int, default=32, help="base width (default: 32)")
+    p.add_argument("--kernel", type=int, default=4, choices=(3, 4),
+                   help="convolution kernel size (default: 4); a classifier used in training "
+                        "(--feature-classifier) should differ from the judge in kernel, width "
+                        "and --seed")
     p.add_argument("--workers", type=int, default=0, help="data-loader worker processes")
     p.add_argument("--seed", type=int, default=0, help="initialisation and data seed")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")

@@ -240,7 +240,8 @@ def run_train_classifier(args) -> int:
     train = make_dataset(args.data, args.resolution, args.attributes, split="train", **kw)
     val = make_dataset(args.data, args.resolution, args.attributes, split="val", **kw)
     model, report = train_classifier(train, val, steps=args.steps, batch=args.batch, lr=args.lr,
-                                     device=args.device, seed=args.seed, workers=args.workers)
+                                     width=args.width, kernel=args.kernel, device=args.device,
+                                     seed=args.seed, workers=args.workers)
     model.save(args.out)
     (Path(args.out) / "report.json").write_text(json.dumps(report, indent=2))
     print(f"validation accuracy {report['val_accuracy_mean']:.1%} "

@@ -137,3 +137,25 @@ def test_missed_targets_names_each_shortfall():
     missed = missed_targets(bad)
     assert len(missed) == 2 and "reconstruction_psnr_db 21.5 < 28.0" in missed
     assert len(missed_targets({})) == len(TARGETS)
+
+
+def test_classifier_kernel_round_trips_and_older_files_load_as_kernel_4(tmp_path):
+    """A classifier used in training may differ from the judge in kernel size: saved and
+    loaded exactly; a classifier.json written before the option loads with kernel 4."""
+    import json
+
+    torch.manual_seed(2)
+    attrs = ("Male", "Young")
+    clf = AttributeClassifier(attrs, 32, 8, kernel=3)
+    clf.save(tmp_path / "k3")
+    x = torch.rand(3, 3, 32, 32) * 2 - 1
+    loaded = AttributeClassifier.load(tmp_path / "k3")
+    assert loaded.kernel == 3 and torch.equal(loaded(x), clf(x))
+    assert [f.shape[-1] for f in clf.features(x)] == [16, 8, 4, 2]
+    AttributeClassifier(attrs, 32, 8).save(tmp_path / "old")
+    meta = json.loads((tmp_path / "old" / "classifier.json").read_text())
+    del meta["kernel"]
+    (tmp_path / "old" / "classifier.json").write_text(json.dumps(meta))
+    assert AttributeClassifier.load(tmp_path / "old").kernel == 4
+    with pytest.raises(ValueError, match=r"kernel must be one of \(3, 4\), got 5"):
+        AttributeClassifier(attrs, 32, 8, kernel=5)

@@ -177,7 +177,8 @@ def test_loss_weights_validation_and_round_trip():
     assert LossWeights.from_dict(w.to_dict()) == w
     assert LossWeights().to_dict() == dict(adv=1.0, attr=10.0, rec=100.0, latent=50.0, cycle=50.0,
                                            mode_seeking=0.005, gp=10.0, d_attr=1.0,
-                                           paired=0.0, paired_edit=0.0)  # off: not the paper's
+                                           paired=0.0, paired_edit=0.0,
+                                           feature=0.0)  # off: not the paper's
     with pytest.raises(ValueError, match="rec"):
         LossWeights(rec=-1.0)
     with pytest.raises(ValueError, match="unknown loss weight"):
@@ -269,4 +270,53 @@ def test_paired_terms_measure_the_fakes_against_the_true_edit():
     assert loss.item() == pytest.approx(
         loss0.item() + 3 * err.mean().item() + 2 * edit.item(), rel=1e-4)
     with pytest.raises(ValueError, match="no x_true"):
+        GeneratorObjective(G, E, M, w)(**inp, critic=D)
+
+
+def test_feature_term_matches_a_frozen_classifiers_activations():
+    """g/feature: the layer mean of the relative L1 between the classifier's activations of
+    the three fakes and the two reconstructions and those of the true edits and the source;
+    only G, E, M get gradients, the classifier none."""
+    from bridgegan.reference.classifier import AttributeClassifier
+    from bridgegan.reference.losses import feature_match
+
+    torch.manual_seed(0)
+    cfg = small_config()
+    model = randomize(BridgeGAN(cfg))
+    G, E, M, D = model.generator, model.encoder, model.mapping, model.discriminator
+    clf = randomize(AttributeClassifier(cfg.attributes, cfg.image_size, 8, kernel=3), seed=5)
+    clf.requires_grad_(False)
+    inp = _objective_inputs(cfg, seed=4)
+    x = inp["x"]
+    x_true = images(x.shape[0], cfg.image_size, 9)
+    w = LossWeights(adv=0.0, attr=0.0, feature=2.0)
+    base = LossWeights(adv=0.0, attr=0.0)
+    seen = []
+
+    def spy(t):  # the images the term hands to the classifier: targets, then outputs
+        seen.append(t.detach().clone())
+        return clf.features(t)
+
+    loss, terms, _ = GeneratorObjective(G, E, M, w)(**inp, critic=D, x_true=x_true,
+                                                    features=spy)
+    loss0, _, _ = GeneratorObjective(G, E, M, base)(**inp, critic=D)
+    targets, outputs = seen
+    n = x.shape[0]
+    assert torch.equal(targets, torch.cat([x_true.repeat(3, 1, 1, 1), x, x]))
+    fakes = make_fakes(G, E, M, x, inp["y"], inp["xr"], inp["yr"], inp["noise"], inp["alpha"])[0]
+    torch.testing.assert_close(outputs[:3 * n], torch.cat(fakes).detach())
+    rec = loss0.new_tensor(0.0)
+    for k in (3, 4):  # the reconstructions: their L1 to the source is g/rec
+        rec += (outputs[k * n:(k + 1) * n] - x).abs().mean() / 2
+    assert rec.item() == pytest.approx(terms["g/rec"].item(), rel=1e-4)
+    with torch.no_grad():
+        got, want = clf.features(outputs), clf.features(targets)
+    expect = sum((g - t).abs().mean() / t.abs().mean() for g, t in zip(got, want)) / 4
+    assert terms["g/feature"].item() == pytest.approx(expect.item(), rel=1e-4)
+    assert loss.item() == pytest.approx(loss0.item() + 2 * expect.item(), rel=1e-4)
+    assert feature_match(clf.features, x, x).item() == 0
+    loss.backward()
+    assert all(p.grad is None for p in clf.parameters())
+    assert G.to_rgb.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="no features"):
         GeneratorObjective(G, E, M, w)(**inp, critic=D)

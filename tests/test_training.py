@@ -114,6 +114,33 @@ def test_paired_loss_trains_towards_the_rendered_true_edit(faces):
     assert all(torch.equal(a, b) for a, b in zip(d_before, t.model.discriminator.parameters()))
 
 
+def test_feature_loss_trains_with_a_frozen_classifier_from_its_folder(faces, tmp_path):
+    """--w-feature with --feature-classifier: the classifier is loaded from its folder,
+    stays frozen, and g/feature enters the step; a classifier of other attributes or size,
+    or a weight without a folder, is refused with what is wrong."""
+    from bridgegan.reference.classifier import AttributeClassifier
+
+    torch.manual_seed(3)
+    AttributeClassifier(faces.attributes, SIZE, 8, kernel=3).save(tmp_path / "clf")
+    cfg = train_config(n_d=0, ema=0.0, noise_memory="off", feature_classifier=str(tmp_path / "clf"),
+                       weights={"adv": 0.0, "attr": 0.0, "paired": 100.0, "feature": 10.0})
+    t = Trainer(tiny(faces), cfg, faces, progress=False)
+    before = [p.clone() for p in t.feature_net.parameters()]
+    g_before = t.model.generator.to_rgb.weight.detach().clone()
+    terms = [t.train_step() for _ in range(2)]
+    assert all(s["g/feature"].item() > 0 for s in terms)
+    assert all(torch.equal(a, b) for a, b in zip(before, t.feature_net.parameters()))
+    assert not torch.equal(g_before, t.model.generator.to_rgb.weight)
+    AttributeClassifier(faces.attributes[:3], SIZE, 8).save(tmp_path / "other")
+    with pytest.raises(ValueError, match="judges 32 px images of"):
+        Trainer(tiny(faces), train_config(feature_classifier=str(tmp_path / "other"),
+                                          weights={"feature": 1.0}), faces, progress=False)
+    with pytest.raises(ValueError, match="needs both a weight > 0"):
+        train_config(weights={"feature": 1.0})
+    with pytest.raises(ValueError, match="needs both a weight > 0"):
+        train_config(feature_classifier=str(tmp_path / "clf"))
+
+
 def test_single_edits_take_one_attribute_from_the_reference(faces):
     """With single_edits 1 each target is its source with one attribute set to the
     reference's value (the conflict rules may clear others); with 0 it is the reference's

@@ -16,19 +16,33 @@ CONFIG_FILE, WEIGHTS_FILE = "classifier.json", "classifier.safetensors"
 
 
 class AttributeClassifier(nn.Module):
-    """Four stride-2 convolutions, global average pooling, one logit per attribute."""
+    """Four stride-2 convolutions (``kernel`` 4 or 3), global average pooling, one logit
+    per attribute. The kernel and width let a classifier used in training differ in
+    architecture from the one that judges (``bridgegan eval``)."""
 
-    def __init__(self, attributes: tuple[str, ...], image_size: int, width: int = 32):
+    KERNELS = (3, 4)
+
+    def __init__(self, attributes: tuple[str, ...], image_size: int, width: int = 32,
+                 kernel: int = 4):
         super().__init__()
-        self.attributes, self.image_size, self.width = tuple(attributes), image_size, width
+        if kernel not in self.KERNELS:
+            raise ValueError(f"classifier kernel must be one of {self.KERNELS}, got {kernel!r}")
+        self.attributes, self.image_size = tuple(attributes), image_size
+        self.width, self.kernel = width, kernel
         chans = [3, width, 2 * width, 4 * width, 8 * width]
-        self.convs = nn.ModuleList(nn.Conv2d(a, b, 4, 2, 1) for a, b in zip(chans, chans[1:]))
+        self.convs = nn.ModuleList(nn.Conv2d(a, b, kernel, 2, 1) for a, b in zip(chans, chans[1:]))
         self.head = nn.Linear(chans[-1], len(self.attributes))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The activations of the four convolutions (for a feature-matching loss)."""
+        out = []
         for conv in self.convs:
             x = F.leaky_relu(conv(x), 0.2)
-        return self.head(x.mean(dim=(2, 3)))
+            out.append(x)
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x)[-1].mean(dim=(2, 3)))
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, batch: int = 256) -> torch.Tensor:
@@ -40,7 +54,7 @@ class AttributeClassifier(nn.Module):
 
     def save(self, path: str | Path) -> Path:
         meta = {"attributes": list(self.attributes), "image_size": self.image_size,
-                "width": self.width}
+                "width": self.width, "kernel": self.kernel}
         from safetensors.torch import save_file
 
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
@@ -57,14 +71,15 @@ class AttributeClassifier(nn.Module):
         if not (path / CONFIG_FILE).is_file():
             raise CheckpointError(f"no classifier at {path}: expected {CONFIG_FILE} and {WEIGHTS_FILE}")
         meta = json.loads((path / CONFIG_FILE).read_text())
-        model = cls(tuple(meta["attributes"]), meta["image_size"], meta["width"])
+        model = cls(tuple(meta["attributes"]), meta["image_size"], meta["width"],
+                    meta.get("kernel", 4))  # files written before the kernel option: 4
         load_state(model, read_tensors(path / WEIGHTS_FILE), str(path / WEIGHTS_FILE))
         return model.eval()
 
 
 def train_classifier(train_set, val_set, steps: int = 1500, batch: int = 64, lr: float = 1e-3,
                      width: int = 32, device: str = "cpu", seed: int = 0, workers: int = 0,
-                     progress: bool = True) -> tuple[AttributeClassifier, dict]:
+                     progress: bool = True, kernel: int = 4) -> tuple[AttributeClassifier, dict]:
     """Train on ``train_set`` with BCE; returns the classifier and its per-attribute
     validation accuracy on ``val_set``."""
     from torch.utils.data import DataLoader, RandomSampler
@@ -72,7 +87,7 @@ def train_classifier(train_set, val_set, steps: int = 1500, batch: int = 64, lr:
 
     torch.manual_seed(seed)
     image_size = train_set[0][0].shape[-1]
-    model = AttributeClassifier(tuple(train_set.attributes), image_size, width).to(device)
+    model = AttributeClassifier(tuple(train_set.attributes), image_size, width, kernel).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sampler = RandomSampler(train_set, replacement=True, num_samples=steps * batch,
                             generator=torch.Generator().manual_seed(seed))

@@ -51,6 +51,7 @@ class LossWeights:
     d_attr: float = 1.0         # attribute BCE on real images in the discriminator loss
     paired: float = 0.0         # not in the paper: L1 of the fakes to the true edit (see below)
     paired_edit: float = 0.0    # not in the paper: that L1 over the pixels each edit changes
+    feature: float = 0.0        # not in the paper: a frozen classifier's features matched
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -75,6 +76,17 @@ def f32(t: torch.Tensor) -> torch.Tensor:
 def l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Mean absolute difference over all elements (float32 accumulation)."""
     return (f32(a) - f32(b)).abs().mean()
+
+
+def feature_match(features: Callable[[torch.Tensor], list[torch.Tensor]], images: torch.Tensor,
+                  targets: torch.Tensor) -> torch.Tensor:
+    """Mean over the layers of ``features`` (a frozen network) of the L1 between the
+    images' and the targets' activations, relative to the targets' mean magnitude so that
+    every layer weighs alike."""
+    with torch.no_grad():
+        want = features(targets)
+    got = features(images)
+    return sum(l1(g, t) / f32(t).abs().mean().clamp_min(1e-6) for g, t in zip(got, want)) / len(got)
 
 
 def bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -214,6 +226,13 @@ class GeneratorObjective(nn.Module):
     out): every edit counts alike, whatever its size, while small edits (a moustache,
     glasses) cover a few pixels and would otherwise hardly weigh. Under DDP that mean is
     per process. The critic is not run when the adversarial and attribute weights are 0.
+
+    ``features`` (optional, not in the paper): a frozen attribute classifier's activations.
+    With ``weights.feature`` > 0 the loss adds feature * ``feature_match`` of the three fakes
+    to the true edits (when given) and of the two reconstructions to the source: the L1
+    terms weigh a 2-pixel open mouth or a wrinkle as little as its area, while the
+    classifier's features, trained to tell attributes apart, weigh them by what they show.
+    The targets are real images, so matching them cannot be won by fooling the classifier.
     """
 
     def __init__(self, generator: nn.Module, encoder: nn.Module, mapping: nn.Module,
@@ -227,7 +246,8 @@ class GeneratorObjective(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor, xr: torch.Tensor, yr: torch.Tensor,
                 noise: torch.Tensor, r1: torch.Tensor, alpha: torch.Tensor,
                 critic: nn.Module, refine: Refine | None = None,
-                reduce: Reduce = _identity, x_true: torch.Tensor | None = None
+                reduce: Reduce = _identity, x_true: torch.Tensor | None = None,
+                features: Callable[[torch.Tensor], list[torch.Tensor]] | None = None
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         G, E, M, w = self.generator, self.encoder, self.mapping, self.weights
         n = x.shape[0]
@@ -265,6 +285,16 @@ class GeneratorObjective(nn.Module):
             per_image = (err.flatten(1) * changed).sum(1) / count.clamp_min(1)
             loss_paired_edit = per_image.sum() / (count > 0).sum().clamp_min(1)
         loss_rec = (l1(x, x_rec_l) + l1(x, x_rec_r)) / 2
+        loss_feature = loss_adv.new_zeros(())
+        if w.feature:
+            if features is None:
+                raise ValueError("the feature loss weight is > 0 but no features (a frozen "
+                                 "classifier) were given")
+            images, targets = torch.cat([x_rec_l, x_rec_r]), torch.cat([x, x])
+            if x_true is not None:
+                images, targets = torch.cat([fakes, images]), torch.cat([x_true.repeat(3, 1, 1, 1),
+                                                                        targets])
+            loss_feature = feature_match(features, images, targets)
         loss_latent = l1(s_rand, s_ref)
         o = cycle_sign(y, d)
         c_l, c_ref, c_l_o, c_s_o = E(
@@ -276,10 +306,11 @@ class GeneratorObjective(nn.Module):
         loss_ms = mode_seeking(r1, r, x_1, x_l, reduce)
         loss = (w.adv * loss_adv + w.attr * loss_attr + w.rec * loss_rec
                 + w.latent * loss_latent + w.cycle * loss_cycle + w.mode_seeking * loss_ms
-                + w.paired * loss_paired + w.paired_edit * loss_paired_edit)
+                + w.paired * loss_paired + w.paired_edit * loss_paired_edit
+                + w.feature * loss_feature)
         terms = {
             "g/adv": loss_adv, "g/attr": loss_attr, "g/rec": loss_rec, "g/paired": loss_paired,
-            "g/paired_edit": loss_paired_edit,
+            "g/paired_edit": loss_paired_edit, "g/feature": loss_feature,
             "g/latent": loss_latent, "g/cycle": loss_cycle, "g/mode_seeking": loss_ms,
             "g/total": loss, "noise/r_mean": f32(r).mean(),
             "noise/r_abs_mean": f32(r).abs().mean(),

@@ -36,7 +36,8 @@ _ARCH_OPTIONS = {
 # TrainConfig fields settable from the command line: option dest -> field.
 _TRAIN_OPTIONS = ("batch", "n_d", "steps", "lr", "beta1", "beta2", "noise_memory", "ema",
                   "seed", "ckpt_every", "sample_every", "log_every", "keep_checkpoints",
-                  "n_samples", "sample_edits", "d_attr_warmup", "single_edits")
+                  "n_samples", "sample_edits", "d_attr_warmup", "single_edits",
+                  "feature_classifier")
 _WEIGHT_OPTIONS = {
     "w_adv": ("adv", "generator adversarial term (default 1)"),
     "w_attr": ("attr", "generator attribute BCE on the fakes (default 10)"),
@@ -50,6 +51,9 @@ _WEIGHT_OPTIONS = {
                            "that renders it (--data synthetic) (default 0)"),
     "w_paired_edit": ("paired_edit", "not in the paper: the same L1 over only the pixels the "
                                      "true edit changes (default 0)"),
+    "w_feature": ("feature", "not in the paper: the --feature-classifier's activations of the "
+                             "fakes and reconstructions matched to those of the true images "
+                             "(default 0)"),
 }
 
 
@@ -104,6 +108,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="share of the samples whose target takes one attribute from the "
                         "reference instead of all its labels, as single edits are used at "
                         "inference; not in the paper (default: 0)")
+    g.add_argument("--feature-classifier", default=None, metavar="FOLDER",
+                   help="a classifier from `bridgegan train-classifier` whose activations "
+                        "--w-feature matches; not in the paper. Train it with another kernel, "
+                        "width and seed than the classifier that judges the model")
     g.add_argument("--seed", type=int, default=None,
                    help="seed of the initialisation, data order and all per-step draws (default: 0)")
 

@@ -20,7 +20,9 @@ class TrainConfig:
     generator steps; ``ema`` is the EMA decay (0 disables EMA). ``d_attr_warmup``: updates of
     D on the real-image attribute loss alone before the first generator step (not in the
     paper; 0 = off): with a small batch D's attribute head otherwise stays near chance while
-    the latent terms pull E and M towards an input-independent code.
+    the latent terms pull E and M towards an input-independent code. ``feature_classifier``:
+    the folder of the frozen classifier that the ``feature`` loss weight matches (not in
+    the paper; "" = none).
     """
 
     batch: int = 60
@@ -45,6 +47,7 @@ class TrainConfig:
     sample_edits: int = 4
     d_attr_warmup: int = 0
     single_edits: float = 0.0
+    feature_classifier: str = ""
 
     def __post_init__(self) -> None:
         if isinstance(self.weights, dict):
@@ -66,6 +69,10 @@ class TrainConfig:
                 raise ValueError(f"{name} must be in [0, 1), got {v!r}")
         if not (isinstance(self.single_edits, (int, float)) and 0 <= self.single_edits <= 1):
             raise ValueError(f"single_edits must be a share in [0, 1], got {self.single_edits!r}")
+        if bool(self.weights.feature) != bool(self.feature_classifier):
+            raise ValueError("the feature loss needs both a weight > 0 (--w-feature) and a "
+                             "classifier folder (--feature-classifier); got weight "
+                             f"{self.weights.feature} and folder {self.feature_classifier!r}")
         if self.noise_memory not in NOISE_MODES:
             raise ValueError(f"noise_memory must be one of {NOISE_MODES}, got {self.noise_memory!r}")
         if self.amp not in AMP_MODES:

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..files import remove_stale
 from .attributes import apply_edits
+from .classifier import AttributeClassifier
 from .config import BridgeGANConfig
 from .distributed import DistInfo, all_gather_cat, all_reduce_mean, current
 from .losses import DiscriminatorObjective, GeneratorObjective, make_fakes
@@ -93,6 +94,7 @@ class Trainer:
                                   seed=derive_seed(config.seed, STREAM_MEMORY), device=self.device,
                                   dtype=self.dtype)
 
+        self.feature_net = self._feature_net(config, model_config)
         self.g_objective: nn.Module = GeneratorObjective(m.generator, m.encoder, m.mapping, config.weights)
         self.d_objective: nn.Module = DiscriminatorObjective(m.discriminator, config.weights)
         if self.dist.enabled:
@@ -301,7 +303,8 @@ class Trainer:
                 loss, terms, r = self.g_objective(
                     p["x"], p["y"], p["xr"], p["yr"], p["noise"], p["r1"], p["alpha"],
                     critic=D, refine=self._refine(), reduce=self._reduce,
-                    x_true=self._true_edits(p["index"], p["yr"]))
+                    x_true=self._true_edits(p["index"], p["yr"]),
+                    features=None if self.feature_net is None else self.feature_net.features)
             self.opt_g.zero_grad(set_to_none=True)
             self.scaler_g.scale(loss).backward()
             self.scaler_g.step(self.opt_g)
@@ -312,6 +315,18 @@ class Trainer:
             self.memory.write(all_gather_cat(p["ref_index"], self.dist),
                               all_gather_cat(r.to(self.dtype), self.dist))
         return terms
+
+    def _feature_net(self, config: TrainConfig, model_config: BridgeGANConfig):
+        """The frozen classifier of the feature loss (None without it)."""
+        if not config.weights.feature:
+            return None
+        clf = AttributeClassifier.load(config.feature_classifier)
+        if clf.attributes != tuple(model_config.attributes) or clf.image_size != model_config.image_size:
+            raise ValueError(f"the feature classifier {config.feature_classifier} judges "
+                             f"{clf.image_size} px images of {list(clf.attributes)}; the model "
+                             f"makes {model_config.image_size} px images of "
+                             f"{list(model_config.attributes)}")
+        return clf.to(self.device, self.dtype).requires_grad_(False)
 
     def _true_edits(self, index: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
         """Each source rendered with its target labels, for the paired loss (else None)."""
