@@ -5,8 +5,9 @@ the kernels (CUDA) or ops (CPU) per forward, and the time of each engine stage.
     python benchmarks/profile_engine.py OUTDIR [--device cuda] [--batches 1,64] \\
         [--variants reference:fp16,triton:fp16:cl] [--resolution 128] [--calls 5] [--top 15]
 
-Variants are the bench's (backend:dtype[:cl]; no CUDA graphs, whose replays hide the
-kernels). For each variant and batch: label-based translations of seeded random faces
+Variants are the bench's (backend:dtype[:cl][:-REWRITE ...]; no CUDA graphs, whose replays
+hide the kernels). The default profiles the reference, the engine without the rewrites of
+GPU round 2 (issue 14: the "before" table) and the engine. For each variant and batch: label-based translations of seeded random faces
 (paper widths at --resolution) under torch.profiler, then each stage (trunk, encode, map,
 decode) timed alone with ``bridgegan.timing``. Writes OUTDIR/profile.csv (one row per
 kernel / stage / summary) and OUTDIR/profile.md (the top kernels and the stage times),
@@ -29,6 +30,8 @@ from bridgegan.files import write_file_atomic  # noqa: E402
 from bridgegan.reference import BridgeGAN, BridgeGANConfig  # noqa: E402
 from bridgegan.timing import p50_p20_p80, synchronize, time_calls  # noqa: E402
 
+DEFAULT_VARIANTS = ("reference:fp16,triton:fp16:cl:-transposed_up:-kernel_bias:-fold_labels,"
+                    "triton:fp16:cl")
 FIELDS = ("variant", "batch", "kind", "name", "calls_per_forward", "us_per_forward", "share")
 
 
@@ -116,8 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("out", type=Path, help="output folder")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--variants", default="reference:fp16,triton:fp16:cl",
-                   help="comma list of backend:dtype[:cl] (default: %(default)s)")
+    p.add_argument("--variants", default=DEFAULT_VARIANTS,
+                   help="comma list of backend:dtype[:cl][:-REWRITE ...] (default: %(default)s)")
     p.add_argument("--batches", default="1,64", help="comma list (default: %(default)s)")
     p.add_argument("--resolution", type=int, default=128)
     p.add_argument("--calls", type=int, default=5, help="profiled translations per row")
@@ -131,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         if v.cuda_graphs:
             raise SystemExit(f"variant {text!r}: profile without :graphs (replays hide kernels)")
         eng = Engine(model, backend=v.backend, dtype=v.dtype, device=args.device,
-                     channels_last=v.channels_last, cuda_graphs=False)
+                     channels_last=v.channels_last, cuda_graphs=False, rewrites=v.rewrites)
         for batch in (int(b) for b in args.batches.split(",")):
             print(f"profiling {v.name} batch {batch}", file=sys.stderr, flush=True)
             rows += kernel_rows(eng, v.name, batch, args.calls)
