@@ -344,3 +344,21 @@ def test_default_threads_leave_out_the_busy_cores(monkeypatch):
     assert threads.default_threads() == 1
     monkeypatch.setattr(os, "getloadavg", lambda: (0.2, 0.0, 0.0))
     assert threads.default_threads() == 4
+
+
+def test_an_export_of_other_exporter_code_is_not_reused(ckpt, tmp_path, monkeypatch):
+    """The export key covers the code the graphs are traced from: after an upgrade that
+    changes it, the cache folder differs and a given folder is refused, saying why."""
+    pytest.importorskip("onnx")
+    from bridgegan.engine.export import onnx_export
+    from bridgegan.reference import load_checkpoint
+
+    model = load_checkpoint(ckpt)
+    rw = onnx_export.Rewrites()
+    key = onnx_export.export_key(model, rw, onnx_export.OPSET)
+    assert key == onnx_export.export_key(model, rw, onnx_export.OPSET)
+    out = onnx_export.export_onnx(ckpt, tmp_path / "x", graphs=["map"], precisions=["fp32"])
+    monkeypatch.setattr(onnx_export, "_traced_code", lambda: "0" * 64)  # as after an upgrade
+    assert onnx_export.export_key(model, rw, onnx_export.OPSET) != key
+    with pytest.raises(CheckpointError, match="other weights, export settings .* or exporter code"):
+        onnx_export.export_onnx(ckpt, out, graphs=["map"], precisions=["fp32"])

@@ -40,12 +40,14 @@ under a lock file so that processes filling one cache wait for one another.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib.util
 import io
 import json
 import os
 import shutil
+import sys
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -255,10 +257,24 @@ def load_onnx(path: str | os.PathLike):
     return model
 
 
+@functools.cache
+def _traced_code() -> str:
+    """sha256 of the modules the exported graphs are traced from (the rewritten graph, the
+    kernels' torch path, the programs, this exporter): a cached export of older code is
+    not reused after an upgrade that changes what would be traced."""
+    from ...kernels import norm_act
+    from .. import graph
+
+    h = hashlib.sha256()
+    for module in (graph, norm_act, programs, sys.modules[__name__]):
+        h.update(Path(module.__file__).read_bytes())
+    return h.hexdigest()
+
+
 def export_key(model: BridgeGAN, rewrites: Rewrites, opset: int) -> str:
-    """sha256 over the G / E / M tensors and the export settings."""
+    """sha256 over the G / E / M tensors, the export settings and the traced code."""
     settings = {"config": {k: v for k, v in model.config.to_dict().items() if k != "extra"},
-                "rewrites": rewrites.enabled(), "opset": opset}
+                "rewrites": rewrites.enabled(), "opset": opset, "code": _traced_code()}
     h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     for k, v in sorted(model.inference_modules().state_dict().items()):
         h.update(f"{k}:{v.dtype}:{tuple(v.shape)}".encode())
@@ -294,8 +310,10 @@ def _check_same_model(manifest: dict, folder: Path, config: BridgeGANConfig, key
         raise CheckpointError(f"{folder} holds an ONNX export of another configuration (model "
                               f"vs export: {'; '.join(diffs)}); remove it or use another folder")
     if manifest["key"] != key:
-        raise CheckpointError(f"{folder} holds an ONNX export of other weights or export "
-                              f"settings (rewrites, opset); remove it or use another folder")
+        raise CheckpointError(f"{folder} holds an ONNX export of other weights, export "
+                              f"settings (rewrites, opset) or exporter code (bridgegan "
+                              f"{manifest.get('bridgegan_version', '?')}, this is {__version__}); "
+                              f"remove it or use another folder")
 
 
 def _sha256(data: bytes) -> str:
