@@ -25,6 +25,9 @@ DEPARTURES = {
     "--w-paired": "L1 of the fakes to the renderer's true edit",
     "--w-paired-edit": "the same over the pixels each edit changes, averaged per image",
     "--single-edits": "share of targets that take one attribute from the reference",
+    "--w-feature": "a frozen classifier's activations of the fakes and reconstructions "
+                   "matched to the true images' (not the judge: another kernel, width and data "
+                   "seed, its train-classifier command below)",
     "--n-d": "critic updates per generator step (0: no critic)",
     "--w-adv": "adversarial weight",
     "--w-attr": "generator attribute weight",

@@ -7,8 +7,9 @@
 
 Each call runs these stages, each a `bridgegan` command recorded verbatim in
 OUTDIR/commands.json (and in the packaged model's training.json):
-  1. train-classifier: the judge, trained on faces of another seed than the model's
-     (skipped when OUTDIR/judge exists)
+  1. train-classifier: the judge, trained on faces of another seed than the model's, and
+     the critic of the feature term, of another kernel, width and seed than the judge
+     (each skipped when its folder exists)
   2. train: RECIPES[device], resumed from OUTDIR/run when it holds a checkpoint, stopped by
      --time-limit with a final checkpoint (call again to train another stretch)
   3. eval: on 200 held-out faces (test split, data seed 1: never seen in training)
@@ -38,9 +39,11 @@ sys.path.insert(0, str(ROOT))
 # renderer's true edit, over the whole image and over the pixels each edit changes; half
 # the targets single-attribute edits; no critic (n_d 0, adversarial and attribute weights
 # 0); latent and cycle weights 5; lr 1e-3; fresh noise; D's attribute head trained alone
-# first (it estimates the source labels of images given without them).
+# first (it estimates the source labels of images given without them); a frozen
+# classifier's features of the fakes and reconstructions matched to the true images'
+# (--feature-classifier: OUTDIR/critic, added at the call).
 DEPARTURES = ["--n-d", "0", "--w-adv", "0", "--w-attr", "0", "--w-paired", "100",
-              "--w-paired-edit", "100", "--single-edits", "0.5",
+              "--w-paired-edit", "100", "--single-edits", "0.5", "--w-feature", "30",
               "--w-latent", "5", "--w-cycle", "5", "--lr", "1e-3", "--noise-memory", "off",
               "--d-attr-warmup", "3000"]
 RECIPES = {
@@ -63,6 +66,7 @@ RECIPES = {
 JUDGE = {"cpu": ["--data", "synthetic", "--resolution", "32", "--steps", "3000", "--batch", "64"],
          "cuda": ["--data", "synthetic", "--resolution", "64", "--steps", "4000", "--batch", "64", "--workers", "12"],
          "dry": ["--data", "synthetic:64", "--resolution", "32", "--steps", "5", "--batch", "8"]}
+CRITIC = ["--seed", "11", "--kernel", "3", "--width", "16"]  # the judge: seed 7, kernel 4, width 32
 EVAL = ["--split", "test", "--seed", "1"]
 
 
@@ -85,13 +89,14 @@ def run(out: Path, device: str, minutes: float | None, dry: bool, interim: bool 
 
     recipe = "dry" if dry else device
     out.mkdir(parents=True, exist_ok=True)
-    judge, run_dir, log = out / "judge", out / "run", []
-    if not (judge / "classifier.json").is_file():
-        bridgegan(["train-classifier", "--seed", "7", "--device", device,
-                   *JUDGE[recipe], "--out", str(judge)], log)
+    judge, critic, run_dir, log = out / "judge", out / "critic", out / "run", []
+    for folder, options in ((judge, ["--seed", "7"]), (critic, CRITIC)):
+        if not (folder / "classifier.json").is_file():
+            bridgegan(["train-classifier", *options, "--device", device, *JUDGE[recipe],
+                       "--out", str(folder)], log)
     limit = [] if minutes is None else ["--time-limit", str(minutes * 60)]
-    bridgegan(["train", *RECIPES[recipe], "--device", device, "--out", str(run_dir),
-               "--resume", "auto", "--no-progress", *limit], log)
+    bridgegan(["train", *RECIPES[recipe], "--feature-classifier", str(critic), "--device",
+               device, "--out", str(run_dir), "--resume", "auto", "--no-progress", *limit], log)
     ckpt = latest_checkpoint(run_dir)
     eval_json = out / "eval.json"
     bridgegan(["eval", "--checkpoint", str(ckpt), "--classifier", str(judge), "--device", device,

@@ -221,7 +221,11 @@ def test_train_default_dry_run_refuses_to_package_a_model_that_misses_the_target
     report = json.loads((tmp_path / "eval.json").read_text())
     assert report["sources"] == 8 and "label_true_change" in report
     commands = json.loads((tmp_path / "commands.json").read_text())
-    assert [c.split()[1] for c in commands] == ["train-classifier", "train", "eval"]
+    assert [c.split()[1] for c in commands] == ["train-classifier", "train-classifier", "train",
+                                                "eval"]
+    critic = json.loads((tmp_path / "critic" / "classifier.json").read_text())
+    judge = json.loads((tmp_path / "judge" / "classifier.json").read_text())
+    assert (critic["kernel"], critic["width"]) != (judge["kernel"], judge["width"])
     state = json.loads((tmp_path / "run" / "checkpoints" / "step-00000003" / "train_state.json")
                        .read_text())
     assert state["step"] == 3
@@ -230,14 +234,15 @@ def test_train_default_dry_run_refuses_to_package_a_model_that_misses_the_target
     proc = call("--interim")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     commands = json.loads((tmp_path / "commands.json").read_text())
-    assert [c.split()[1] for c in commands] == ["train-classifier", "train", "eval", "train", "eval"]
+    assert [c.split()[1] for c in commands] == ["train-classifier", "train-classifier", "train",
+                                                "eval", "train", "eval"]
     shipped = tmp_path / "default"
     training = json.loads((shipped / "training.json").read_text())
     assert training["checkpoint_step"] == 3 and training["missed_targets"]
     assert (shipped / "judge" / "classifier.safetensors").is_file()
     card = (shipped / "MODEL_CARD.md").read_text()
     assert card.startswith("# Model card") and "INTERIM: it misses" in card
-    assert "`--w-paired 100`" in card and "| Smiling |" in card
+    assert "`--w-paired 100`" in card and "`--w-feature 30`" in card and "| Smiling |" in card
     assert all(t.dtype == torch.float16 for t in read_tensors(shipped / "model.safetensors").values()
                if t.is_floating_point())
     assert Image.open(tmp_path / "demo_grid.png").size[0] > 28 * 32
