@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 # classifier's features of the fakes and reconstructions matched to the true images'
 # (--feature-classifier: OUTDIR/critic, added at the call).
 DEPARTURES = ["--n-d", "0", "--w-adv", "0", "--w-attr", "0", "--w-paired", "100",
-              "--w-paired-edit", "100", "--single-edits", "0.5", "--w-feature", "100",
+              "--w-paired-edit", "100", "--single-edits", "0.5", "--w-feature", "300",
               "--w-latent", "5", "--w-cycle", "5", "--lr", "1e-3", "--noise-memory", "off",
               "--d-attr-warmup", "3000"]
 RECIPES = {

@@ -242,7 +242,7 @@ def test_train_default_dry_run_refuses_to_package_a_model_that_misses_the_target
     assert (shipped / "judge" / "classifier.safetensors").is_file()
     card = (shipped / "MODEL_CARD.md").read_text()
     assert card.startswith("# Model card") and "INTERIM: it misses" in card
-    assert "`--w-paired 100`" in card and "`--w-feature 100`" in card and "| Smiling |" in card
+    assert "`--w-paired 100`" in card and "`--w-feature 300`" in card and "| Smiling |" in card
     assert all(t.dtype == torch.float16 for t in read_tensors(shipped / "model.safetensors").values()
                if t.is_floating_point())
     assert Image.open(tmp_path / "demo_grid.png").size[0] > 28 * 32
