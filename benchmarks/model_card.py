@@ -27,7 +27,7 @@ DEPARTURES = {
     "--single-edits": "share of targets that take one attribute from the reference",
     "--w-feature": "a frozen classifier's activations of the fakes and reconstructions "
                    "matched to the true images' (not the judge: another kernel, width and data "
-                   "seed, its train-classifier command below)",
+                   "seed; see its train-classifier command)",
     "--n-d": "critic updates per generator step (0: no critic)",
     "--w-adv": "adversarial weight",
     "--w-attr": "generator attribute weight",
