@@ -9,8 +9,8 @@ rest, all within five minutes on an H100:
   4. the engine speed table (bridgegan bench) at 128x128, batch 1, 8, 64, 256
   5. the edit strip with and without the trunk cache
   6. where the time goes (benchmarks/profile_engine.py): kernel table, kernels per forward
-     and stage times of the reference, the engine without round 2's rewrites (before) and
-     the engine (after), in fp16 at batch 1 and 64
+     and stage times of the reference, the engine with round 2's switchable rewrites off
+     (before) and the engine (after), in fp16 at batch 1 and 64
   7. the engine at batch 64 with each graph rewrite of round 2 off in turn (``ablation``:
      ``-REWRITE`` bench tags), in the call of stage 8
   8. torch.compile (max-autotune, under the engine's CUDA graphs) at batch 64: autotuning

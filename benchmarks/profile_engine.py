@@ -7,7 +7,8 @@ the kernels (CUDA) or ops (CPU) per forward, and the time of each engine stage.
 
 Variants are the bench's (backend:dtype[:cl][:-REWRITE ...]; no CUDA graphs, whose replays
 hide the kernels). The default profiles the reference, the engine without the rewrites of
-GPU round 2 (issue 14: the "before" table) and the engine. For each variant and batch: label-based translations of seeded random faces
+GPU round 2 that can be turned off (transposed_up, kernel_bias, fold_labels: the "before"
+table; the broadcast shortcut add stays) and the engine. For each variant and batch: label-based translations of seeded random faces
 (paper widths at --resolution) under torch.profiler, then each stage (trunk, encode, map,
 decode) timed alone with ``bridgegan.timing``. Writes OUTDIR/profile.csv (one row per
 kernel / stage / summary) and OUTDIR/profile.md (the top kernels and the stage times),

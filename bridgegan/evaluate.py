@@ -105,12 +105,7 @@ def evaluate(engine, classifier: AttributeClassifier, images: torch.Tensor, labe
     from tqdm import tqdm
 
     attrs = engine.attributes
-    if tuple(classifier.attributes) != tuple(attrs):
-        raise ValueError(f"classifier attributes {classifier.attributes} differ from the "
-                         f"model's {attrs}")
-    if classifier.image_size != engine.config.image_size:
-        raise ValueError(f"the classifier was trained at {classifier.image_size} px, the model "
-                         f"makes {engine.config.image_size} px images: train one at that size")
+    classifier.check_fits(attrs, engine.config.image_size)
     n, a = labels.shape
     src_pred = classifier.predict(images)
     refs, ref_labels = images.roll(1, 0), labels.roll(1, 0)

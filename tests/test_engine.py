@@ -419,6 +419,8 @@ def test_bench_variants_name_their_backend():
     assert not v.rewrites.transposed_up and not v.rewrites.kernel_bias and v.rewrites.four_phase
     with pytest.raises(ValueError, match=r"expected backend:dtype\[:cl\]\[:graphs\]\[:heuristics\]"):
         Variant.parse("torch:fp16:fast")
+    with pytest.raises(ValueError, match="the reference backend runs the unmodified model"):
+        Variant.parse("reference:fp16:-transposed_up")
     with pytest.raises(ValueError, match="unknown rewrite 'fast'; rewrites are merge_gamma_beta"):
         Variant.parse("torch:fp16:-fast")
     with pytest.raises(ValueError, match="'auto' is not a bench variant; name the backend, one "

@@ -157,5 +157,8 @@ def test_classifier_kernel_round_trips_and_older_files_load_as_kernel_4(tmp_path
     del meta["kernel"]
     (tmp_path / "old" / "classifier.json").write_text(json.dumps(meta))
     assert AttributeClassifier.load(tmp_path / "old").kernel == 4
+    loaded.check_fits(attrs, 32)
+    with pytest.raises(ValueError, match="trained at 32 px, the model makes 64 px images"):
+        loaded.check_fits(attrs, 64)
     with pytest.raises(ValueError, match=r"kernel must be one of \(3, 4\), got 5"):
         AttributeClassifier(attrs, 32, 8, kernel=5)

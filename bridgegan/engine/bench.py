@@ -92,6 +92,9 @@ class Variant:
         without = tuple(p[1:] for p in parts[2:] if p.startswith("-"))
         if len(parts) < 2 or any(p not in cls.TAGS for p in tags):
             raise ValueError(f"variant {text!r}: expected {cls.FORM}")
+        if without and parts[0] == "reference":
+            raise ValueError(f"variant {text!r}: the reference backend runs the unmodified "
+                             "model; -REWRITE tags apply to the rewritten graph's backends")
         names = [f.name for f in fields(Rewrites)]
         for r in without:
             if r not in names:

@@ -243,18 +243,18 @@ class SpadeGroup(nn.Module):
             self.shared = nn.ModuleList(Conv(l.shared, **form) for l in layers)
         self.merged, self.kernel_bias = rw.merge_gamma_beta, kernel_bias
         conv_bias = not kernel_bias
+        biases = [torch.cat([l.gamma.bias, l.beta.bias]).detach() for l in layers]  # (2C,) each
         if self.merged:
             self.gb = nn.ModuleList(
-                Conv(l.gamma, weight=torch.cat([l.gamma.weight, l.beta.weight]),
-                     bias_tensor=torch.cat([l.gamma.bias, l.beta.bias]), bias=conv_bias)
-                for l in layers)
+                Conv(l.gamma, weight=torch.cat([l.gamma.weight, l.beta.weight]), bias_tensor=b,
+                     bias=conv_bias)
+                for l, b in zip(layers, biases))
         else:
             self.gamma = nn.ModuleList(Conv(l.gamma, bias=conv_bias) for l in layers)
             self.beta = nn.ModuleList(Conv(l.beta, bias=conv_bias) for l in layers)
         if kernel_bias:
-            for k, l in enumerate(layers):
-                self.register_buffer(f"bias{k}", torch.cat([l.gamma.bias, l.beta.bias]).detach()
-                                     .clone())
+            for k, b in enumerate(biases):
+                self.register_buffer(f"bias{k}", b.clone())
 
     def forward(self, s: torch.Tensor) -> list[tuple]:
         if self.resize:

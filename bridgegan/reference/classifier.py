@@ -33,6 +33,16 @@ class AttributeClassifier(nn.Module):
         self.convs = nn.ModuleList(nn.Conv2d(a, b, kernel, 2, 1) for a, b in zip(chans, chans[1:]))
         self.head = nn.Linear(chans[-1], len(self.attributes))
 
+    def check_fits(self, attributes, image_size: int) -> None:
+        """ValueError unless this classifier judges ``image_size`` px images of ``attributes``
+        (the model's), saying which differs."""
+        if self.attributes != tuple(attributes):
+            raise ValueError(f"classifier attributes {self.attributes} differ from the "
+                             f"model's {tuple(attributes)}")
+        if self.image_size != image_size:
+            raise ValueError(f"the classifier was trained at {self.image_size} px, the model "
+                             f"makes {image_size} px images: train one at that size")
+
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The activations of the four convolutions (for a feature-matching loss)."""
         out = []

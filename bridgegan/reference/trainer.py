@@ -321,11 +321,10 @@ class Trainer:
         if not config.weights.feature:
             return None
         clf = AttributeClassifier.load(config.feature_classifier)
-        if clf.attributes != tuple(model_config.attributes) or clf.image_size != model_config.image_size:
-            raise ValueError(f"the feature classifier {config.feature_classifier} judges "
-                             f"{clf.image_size} px images of {list(clf.attributes)}; the model "
-                             f"makes {model_config.image_size} px images of "
-                             f"{list(model_config.attributes)}")
+        try:
+            clf.check_fits(model_config.attributes, model_config.image_size)
+        except ValueError as exc:
+            raise ValueError(f"--feature-classifier {config.feature_classifier}: {exc}") from None
         return clf.to(self.device, self.dtype).requires_grad_(False)
 
     def _true_edits(self, index: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
