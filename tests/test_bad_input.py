@@ -86,6 +86,31 @@ def test_noise_must_be_finite_and_bounded(eng, value):
     assert torch.isfinite(eng.translate(x, {"Male": 1}, noise=torch.full((2, 8), -1e4))).all()
 
 
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_images_must_be_finite(eng, value):
+    x = images(2, S)
+    x[1, 2, 3, 4] = value
+    with pytest.raises(ValueError, match="images: contain NaN or Inf values"):
+        eng.translate(x, {"Male": 1}, seed=0)
+
+
+@pytest.mark.parametrize("value", [-1.5, 1.01])
+def test_images_must_lie_in_range(eng, value):
+    x = images(2, S)
+    x[0, 0, 0, 0] = value
+    with pytest.raises(ValueError, match=r"images: values must lie in \[-1, 1\], got \[.*\] \(map 0..255"):
+        eng.translate(x, {"Male": 1}, seed=0)
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -0.1, 1.5])
+def test_region_values_must_be_in_0_1(eng, value):
+    x = images(2, S)
+    m = torch.rand(S, S, generator=torch.Generator().manual_seed(3))
+    m[4, 5] = value
+    with pytest.raises(ValueError, match=r"region values must be finite and in \[0, 1\]"):
+        eng.translate(x, {"Male": 1}, seed=0, region=m)
+
+
 @pytest.mark.parametrize("value", [7.0, -1.0, 1e30, 0.5, math.nan])
 def test_labels_must_be_0_or_1(eng, value):
     x = images(2, S)

@@ -31,7 +31,7 @@ from .backends import ALL_DTYPES, REGISTRY, check_backend
 from .cudagraphs import CudaGraphed
 from .cudnn_tuning import cudnn_search
 from .graph import Rewrites
-from .io import Images, as_batch
+from .io import Images, as_batch, value_range
 
 # Largest |strength| and |alpha|: both scale an edit; the model is trained at 1 and tested
 # at 1.5, and far beyond the edits saturate (unbounded, 1e38 overflows to NaN images).
@@ -259,7 +259,8 @@ class Engine:
         if m.dim() != 4 or m.shape[1:] != (1, s, s) or m.shape[0] not in (1, n):
             raise ValueError(f"region must be a mask of shape ({s}, {s}), (N, {s}, {s}) or "
                              f"(N, 1, {s}, {s}) with N 1 or {n}; got {tuple(m.shape)}")
-        if not torch.isfinite(m).all() or m.min() < 0 or m.max() > 1:
+        lo, hi = value_range(m)
+        if not (lo >= 0 and hi <= 1):  # NaN fails too
             raise ValueError("region values must be finite and in [0, 1] (1: edit, 0: keep)")
         return m.expand(n, -1, -1, -1).to(self.device)
 

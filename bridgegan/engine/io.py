@@ -15,6 +15,7 @@ Policy, documented in the README:
 """
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from typing import Union
@@ -36,6 +37,14 @@ def pil_to_input(im: Image.Image, size: int) -> torch.Tensor:
 def tensor_to_pil(x: torch.Tensor) -> Image.Image:
     """(3, S, S) in [-1, 1] -> RGB PIL image."""
     return Image.fromarray(image.tensor_to_uint8(x))
+
+
+def value_range(x: torch.Tensor) -> tuple[float, float]:
+    """(min, max) of ``x`` with one reduction and one host sync (the input checks of a call
+    on device tensors would otherwise wait for the device three times); NaN anywhere makes
+    both NaN."""
+    lo, hi = torch.stack(torch.aminmax(x)).tolist()
+    return lo, hi
 
 
 def _fix_channels(x: torch.Tensor, what: str) -> torch.Tensor:
@@ -100,9 +109,9 @@ def as_batch(images: Images, size: int, what: str = "images") -> torch.Tensor:
         x = torch.cat(parts) if parts else torch.empty(0, 3, size, size)
     if x.shape[0] == 0:
         raise ValueError(f"{what}: empty batch; at least one image is needed")
-    if not torch.isfinite(x).all():
+    lo, hi = value_range(x)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ValueError(f"{what}: contain NaN or Inf values")
-    lo, hi = x.min().item(), x.max().item()
     if lo < -1.001 or hi > 1.001:
         raise ValueError(f"{what}: values must lie in [-1, 1], got [{lo:.3g}, {hi:.3g}] "
                          f"(map 0..255 images with x / 127.5 - 1)")
