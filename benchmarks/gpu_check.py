@@ -6,7 +6,8 @@ rest, all within five minutes on an H100:
   1. kernel parity on the GPU (bridgegan.kernels.parity)
   2. backend parity on the GPU (bridgegan parity --backends), 128x128 paper model
   3. kernel speed (benchmarks/bench_kernels.py): GB/s vs copy bandwidth, vs eager
-  4. the engine speed table (bridgegan bench) at 128x128, batch 1, 8, 64, 256
+  4. the engine speed table (bridgegan bench) at 128x128, batch 1, 8, 64, 256, with the
+     trunk and the latent codes on side streams as an A/B (``streams`` rows)
   5. the edit strip with and without the trunk cache
   6. where the time goes (benchmarks/profile_engine.py): kernel table, kernels per forward
      and stage times of the reference, the engine with round 2's switchable rewrites off
@@ -44,7 +45,8 @@ sys.path.insert(0, str(ROOT))
 
 BUDGET_S = 300  # one run; each stage gets at most what is left
 ENGINE_VARIANTS = ("reference:float32,reference:fp16,reference:fp16:heuristics,torch:fp16:cl,"
-                   "triton:fp16:cl,triton:fp16:cl:graphs,triton:fp16:cl:graphs:heuristics,"
+                   "triton:fp16:cl,triton:fp16:cl:graphs,triton:fp16:cl:graphs:streams,"
+                   "triton:fp16:cl:graphs:heuristics,"
                    "triton:fp16:graphs,triton:bf16:cl,triton:bf16:cl:graphs")
 # triton:fp16:graphs = NCHW (the kernels' best layout)
 # the engine at batch 64 with each graph rewrite of round 2 off in turn (its A/B)

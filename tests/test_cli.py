@@ -181,6 +181,23 @@ def test_parity_backends_passes_on_cpu(tmp_path):
     assert any(r["status"] == "PASS" and r["dtype"] == "float32" for r in rows)
 
 
+def test_gpu_check_plan_parses_on_the_cpu(tmp_path):
+    """The GPU run's bench variants are read here, so that a typo fails in CI and not on a
+    lent machine's one call."""
+    import importlib.util
+
+    from bridgegan.engine.bench import Variant
+
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    plan = gpu_check.stages(tmp_path, dry=False)
+    lists = [cmd[cmd.index("--variants") + 1] for _, cmd, _ in plan if "--variants" in cmd]
+    variants = [Variant.parse(v) for text in lists for v in text.split(",")]
+    assert any(v.streams and v.cuda_graphs for v in variants)
+    assert any(v.without for v in variants) and any(v.backend == "compile" for v in variants)
+
+
 @pytest.mark.slow
 def test_gpu_check_dry_run(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}

@@ -156,6 +156,63 @@ def test_region_edits_stay_inside_the_mask(model, backend):
         programs.interpolate(model.stages(), x, r, d, noise, [0.5], "spade", left)
 
 
+class _Reversed:
+    """Stages that run a program's branches last to first (``programs.branches``)."""
+
+    def __init__(self, stages):
+        self.trunk, self.encode, self.map, self.decode = (
+            stages.trunk, stages.encode, stages.map, stages.decode)
+        self.branch_counts = []
+
+    def concurrent(self, thunks):
+        self.branch_counts.append(len(thunks))
+        return [t() for t in thunks[::-1]][::-1]
+
+
+def test_program_branches_are_independent(model):
+    """The branches the programs hand to ``concurrent`` (the engine's CUDA streams) give the
+    same images in any order: none reads what another one writes."""
+    cfg = model.config
+    x, ys = images(2, cfg.image_size, 5), labels(2, cfg.n_attrs, 5)
+    refs = images(2, cfg.image_size, 6)
+    d = 1.5 * (1 - 2 * ys)
+    r = torch.randn(2, cfg.noise_dim, generator=torch.Generator().manual_seed(5))
+    m = torch.zeros(2, 1, cfg.image_size, cfg.image_size)
+    m[..., : cfg.image_size // 2] = 1
+    st = model.stages()
+    rev = _Reversed(st)
+    with torch.no_grad():
+        for program, args in ((programs.translate_label, (x, d, r)),
+                              (programs.translate_reference, (x, refs, d))):
+            for region in (None, m):
+                assert torch.equal(program(rev, *args, region), program(st, *args, region))
+    assert rev.branch_counts == [2, 3, 2, 3]
+
+
+def test_streams_need_a_cuda_device(model):
+    with pytest.raises(ValueError, match="streams needs device='cuda'"):
+        Engine(model, backend="torch", streams=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("graphs", [False, True], ids=["eager", "graphs"])
+def test_streams_give_the_images_of_one_stream(model, graphs):
+    """The trunk and the codes on side streams (engine.streams), eager and captured in a
+    CUDA graph, give exactly the images of one stream, region edits included."""
+    cfg = model.config
+    x, ys = images(3, cfg.image_size, 7), labels(3, cfg.n_attrs, 7)
+    refs = images(3, cfg.image_size, 8)
+    m = torch.rand(cfg.image_size, cfg.image_size, generator=torch.Generator().manual_seed(7))
+    one, two = (Engine(model, backend="torch", device="cuda", cuda_graphs=graphs, streams=s)
+                for s in (False, True))
+    for region in (None, m):
+        for _ in range(2):  # the second call replays the captured graph
+            a = [e.translate(x, 1 - ys, source=ys, seed=3, region=region) for e in (one, two)]
+            b = [e.translate_reference(x, refs, source=ys, reference_labels=1 - ys,
+                                       region=region) for e in (one, two)]
+            assert torch.equal(*a) and torch.equal(*b)
+
+
 def test_edit_strip_cache_equals_uncached(model):
     cfg = model.config
     eng = Engine(model)
@@ -413,6 +470,8 @@ def test_bench_variants_name_their_backend():
     v = Variant.parse("reference:fp16:heuristics")
     assert v == Variant("reference", "fp16", heuristics=True)
     assert v.name == "reference-fp16-heuristics"
+    v = Variant.parse("triton:fp16:cl:graphs:streams")
+    assert v.streams and v.cuda_graphs and v.name == "triton-fp16-cl-graphs-streams"
     v = Variant.parse("triton:fp16:cl:-transposed_up:-kernel_bias")
     assert v.without == ("transposed_up", "kernel_bias")
     assert v.name == "triton-fp16-cl-no_transposed_up-no_kernel_bias"

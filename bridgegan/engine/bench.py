@@ -11,7 +11,9 @@ a PNG plot.
 
 On CUDA the engine runs with cuDNN's algorithm search on (``cudnn_tuning``); a variant
 tagged ``heuristics`` runs with cuDNN's heuristic choice instead, for the A/B; a tag
-``-REWRITE`` turns one of the graph rewrites off (``graph.Rewrites``), for its A/B.
+``streams`` overlaps the trunk and the latent codes on CUDA side streams
+(``engine.streams``); a tag ``-REWRITE`` turns one of the graph rewrites off
+(``graph.Rewrites``), for its A/B.
 
 Workloads: ``translate`` (label-based, the public API on device tensors), ``reference``
 (one reference per source), ``strip`` and ``strip_nocache`` (one source's edit strip with
@@ -68,14 +70,15 @@ class Variant:
     channels_last: bool = False
     cuda_graphs: bool = False
     heuristics: bool = False  # cuDNN's heuristic algorithm choice, not its search
+    streams: bool = False  # the trunk and the latent codes on CUDA side streams
     without: tuple[str, ...] = ()  # graph rewrites turned off, for an A/B of each
 
-    TAGS = ("cl", "graphs", "heuristics")
-    FORM = "backend:dtype[:cl][:graphs][:heuristics][:-REWRITE ...]"
+    TAGS = ("cl", "graphs", "heuristics", "streams")
+    FORM = "backend:dtype[:cl][:graphs][:heuristics][:streams][:-REWRITE ...]"
 
     @property
     def name(self) -> str:
-        flags = (self.channels_last, self.cuda_graphs, self.heuristics)
+        flags = (self.channels_last, self.cuda_graphs, self.heuristics, self.streams)
         return "-".join([self.backend, self.dtype] + [t for t, on in zip(self.TAGS, flags) if on]
                         + [f"no_{r}" for r in self.without])
 
@@ -85,7 +88,7 @@ class Variant:
 
     @classmethod
     def parse(cls, text: str) -> "Variant":
-        """backend:dtype[:cl][:graphs][:heuristics][:-REWRITE ...], e.g.
+        """backend:dtype[:cl][:graphs][:heuristics][:streams][:-REWRITE ...], e.g.
         triton:fp16:cl:graphs, or triton:fp16:cl:-transposed_up (that rewrite off)."""
         parts = text.split(":")
         tags = [p for p in parts[2:] if not p.startswith("-")]
@@ -208,7 +211,7 @@ def run_matrix(variants: list[Variant] | None, batches: list[int], resolutions: 
             try:
                 eng = Engine(model, backend=v.backend, dtype=v.dtype, device=dev,
                              channels_last=v.channels_last, cuda_graphs=v.cuda_graphs,
-                             cudnn_benchmark=False if v.heuristics else None,
+                             cudnn_benchmark=False if v.heuristics else None, streams=v.streams,
                              rewrites=v.rewrites)
             except (BackendUnavailable, RuntimeError, ValueError) as exc:
                 rows.append(_skipped("all", v, "", res, str(exc), env))

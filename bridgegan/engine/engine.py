@@ -32,6 +32,7 @@ from .cudagraphs import CudaGraphed
 from .cudnn_tuning import cudnn_search
 from .graph import Rewrites
 from .io import Images, as_batch, value_range
+from .streams import Concurrent
 
 # Largest |strength| and |alpha|: both scale an edit; the model is trained at 1 and tested
 # at 1.5, and far beyond the edits saturate (unbounded, 1e38 overflows to NaN images).
@@ -129,12 +130,15 @@ class EditStrip:
 
 class Engine:
     """``backend``: a name of ``backends.REGISTRY``, or "auto" for the fastest measured
-    backend that runs on ``device`` at ``dtype``; ``self.backend`` is the resolved name."""
+    backend that runs on ``device`` at ``dtype``; ``self.backend`` is the resolved name.
+    ``streams`` (CUDA): the generator's trunk and the latent codes overlap on streams of
+    their own (``engine.streams``), for small batches."""
 
     def __init__(self, model: BridgeGAN, backend: str = "torch", dtype: str | torch.dtype = "float32",
                  device: str | torch.device = "cpu", channels_last: bool | None = None,
                  cuda_graphs: bool | None = None, rewrites: Rewrites | None = None,
-                 onnx_dir: str | Path | None = None, cudnn_benchmark: bool | None = None):
+                 onnx_dir: str | Path | None = None, cudnn_benchmark: bool | None = None,
+                 streams: bool = False):
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("device 'cuda' requested but torch sees no CUDA device")
@@ -155,6 +159,13 @@ class Engine:
         if cuda_graphs is None:
             cuda_graphs = self.device.type == "cuda" and spec.graphs_by_default
         self.cuda_graphs = cuda_graphs
+        # the trunk and the latent codes on streams of their own (``streams``): off until
+        # measured on a GPU
+        if streams and not (spec.cuda_graphs and self.device.type == "cuda"):
+            capturable = ", ".join(b.name for b in REGISTRY.values() if b.cuda_graphs)
+            raise ValueError(f"streams needs device='cuda' and one of the backends {capturable} "
+                             f"(got {self.device.type!r}, {spec.name!r})")
+        self.streams = streams
         if cudnn_benchmark and self.device.type != "cuda":
             raise ValueError("cudnn_benchmark needs device='cuda'")
         # cuDNN's algorithm search while the engine runs (cudnn_tuning); on by default on
@@ -166,8 +177,9 @@ class Engine:
         self.classifier = copy.deepcopy(model.discriminator).to(self.device).float().eval()
         # the two programs most calls run: fixed-shape functions of tensors, CUDA-graphed
         # when cuda_graphs
-        label = functools.partial(programs.translate_label, self.stages)
-        reference = functools.partial(programs.translate_reference, self.stages)
+        branched = Concurrent(self.stages, self.device) if streams else self.stages
+        label = functools.partial(programs.translate_label, branched)
+        reference = functools.partial(programs.translate_reference, branched)
         self._label = CudaGraphed(label) if cuda_graphs else label
         self._reference = CudaGraphed(reference) if cuda_graphs else reference
         # Calls that share state (compiled code, CUDA-graph buffers and captures, which must

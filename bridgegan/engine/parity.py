@@ -21,20 +21,21 @@ from .backends import BackendUnavailable
 from .engine import Engine
 
 
-def default_cases(device: torch.device) -> list[tuple[str, str, bool]]:
-    """(backend, dtype, cuda_graphs) rows for a device."""
+def default_cases(device: torch.device) -> list[tuple[str, str, bool, bool]]:
+    """(backend, dtype, cuda_graphs, streams) rows for a device."""
     if device.type == "cuda":
-        return [("torch", "float32", False), ("triton", "float32", False),
-                ("torch", "fp16", True), ("triton", "fp16", False), ("triton", "fp16", True),
-                ("triton", "bf16", True), ("reference", "fp16", False),
-                ("onnxruntime", "float32", False)]
-    return [("torch", "float32", False), ("triton", "float32", False), ("torch", "bf16", False),
-            ("onnxruntime", "float32", False)]
+        return [("torch", "float32", False, False), ("triton", "float32", False, False),
+                ("torch", "fp16", True, False), ("triton", "fp16", False, False),
+                ("triton", "fp16", True, False), ("triton", "fp16", True, True),
+                ("triton", "fp16", False, True), ("triton", "bf16", True, False),
+                ("reference", "fp16", False, False), ("onnxruntime", "float32", False, False)]
+    return [("torch", "float32", False, False), ("triton", "float32", False, False),
+            ("torch", "bf16", False, False), ("onnxruntime", "float32", False, False)]
 
 
 def check_backends(device: str | None = None, config: BridgeGANConfig | None = None,
                    batch: int = 4, cases=None, verbose: bool = True) -> list[dict]:
-    """One row per (backend, dtype, cuda_graphs) case: the engine's label-based translation
+    """One row per (backend, dtype, cuda_graphs, streams) case: the engine's label-based translation
     against the float64 reference model; a backend that cannot run here is a SKIP row."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cfg = config or BridgeGANConfig.paper()
@@ -49,10 +50,11 @@ def check_backends(device: str | None = None, config: BridgeGANConfig | None = N
         want = float64_call(ref64.translate, x.to(dev), ys.to(dev), (1 - ys).to(dev),
                             noise=noise.to(dev)).cpu()
     rows = []
-    for backend, dtype, graphs in cases or default_cases(dev):
-        name = f"{backend}-{dtype}" + ("-graphs" if graphs else "")
+    for backend, dtype, graphs, streams in cases or default_cases(dev):
+        name = f"{backend}-{dtype}" + ("-graphs" if graphs else "") + ("-streams" if streams else "")
         try:
-            eng = Engine(model, backend=backend, dtype=dtype, device=dev, cuda_graphs=graphs)
+            eng = Engine(model, backend=backend, dtype=dtype, device=dev, cuda_graphs=graphs,
+                         streams=streams)
         except BackendUnavailable as exc:
             rows.append(dict(case=name, status="SKIP", reason=str(exc)))
             if verbose:
@@ -64,7 +66,7 @@ def check_backends(device: str | None = None, config: BridgeGANConfig | None = N
         p = psnr(out.double().flatten()[None], want.flatten()[None]).item()
         tol = tolerance(eng.dtype)
         ok = bool(torch.isfinite(out).all()) and tol.image_ok(max_abs, p)
-        rows.append(dict(case=name, backend=backend, dtype=dtype, cuda_graphs=graphs,
+        rows.append(dict(case=name, backend=backend, dtype=dtype, cuda_graphs=graphs, streams=streams,
                          max_abs=max_abs, rel=rel, psnr_db=p, limit=tol.image_limit,
                          status="PASS" if ok else "FAIL", device=str(dev)))
         if verbose:

@@ -13,7 +13,8 @@ objective all compose them here:
 
 E(x, -d), the source's part of every code, is an argument of the code functions so that
 it is computed once per source and edit (and, in training, in one batched encoder call
-with the other terms).
+with the other terms). The trunk and the codes do not depend on each other: the programs
+hand them to ``branches``, which runs them concurrently where the stages object can.
 """
 from __future__ import annotations
 
@@ -73,6 +74,14 @@ def blend(a, s_rand: Tensor, s_ref: Tensor) -> Tensor:
 
 
 # ----- programs (spec section 7) ------------------------------------------------------
+def branches(st, *thunks: Callable[[], Tensor]) -> list[Tensor]:
+    """The results of independent parts of a program: concurrently through
+    ``st.concurrent(thunks)`` where the stages object has it (the engine's CUDA streams,
+    ``engine.streams``), else one after another."""
+    run = getattr(st, "concurrent", None)
+    return run(thunks) if run is not None else [t() for t in thunks]
+
+
 def in_region(st, h: Tensor, code: Tensor, rec_code: Tensor, m: Tensor) -> Tensor:
     """An edit confined to the region mask ``m`` (N, 1, S, S): decoded from the edited
     code inside the mask and the reconstruction's (d = 0) outside, mixed at the code's
@@ -87,24 +96,27 @@ def in_region(st, h: Tensor, code: Tensor, rec_code: Tensor, m: Tensor) -> Tenso
 def translate_label(st, x: Tensor, d: Tensor, r: Tensor, region: Tensor | None = None
                     ) -> Tensor:
     """Label-based translation (d = 0: reconstruction), confined to ``region`` if given."""
-    h = st.trunk(x)
-    s = label_code(st, r, d, source_code(st, x, d))
+    def code(e):
+        return lambda: label_code(st, r, e, source_code(st, x, e))
+
     if region is None:
+        h, s = branches(st, lambda: st.trunk(x), code(d))
         return st.decode(h, s)
-    zero = torch.zeros_like(d)
-    return in_region(st, h, s, label_code(st, r, zero, source_code(st, x, zero)), region)
+    h, s, rec = branches(st, lambda: st.trunk(x), code(d), code(torch.zeros_like(d)))
+    return in_region(st, h, s, rec, region)
 
 
 def translate_reference(st, x: Tensor, refs: Tensor, d: Tensor,
                         region: Tensor | None = None) -> Tensor:
     """Reference-based translation (refs: see ``encode_references``), confined to
     ``region`` if given."""
-    h = st.trunk(x)
-    s = reference_code(encode_references(st, refs, d), source_code(st, x, d))
+    def code(e):
+        return lambda: reference_code(encode_references(st, refs, e), source_code(st, x, e))
+
     if region is None:
+        h, s = branches(st, lambda: st.trunk(x), code(d))
         return st.decode(h, s)
-    zero = torch.zeros_like(d)
-    rec = reference_code(encode_references(st, refs, zero), source_code(st, x, zero))
+    h, s, rec = branches(st, lambda: st.trunk(x), code(d), code(torch.zeros_like(d)))
     return in_region(st, h, s, rec, region)
 
 

@@ -1,0 +1,43 @@
+"""Independent branches of a program on CUDA side streams (issue 14 item 7).
+
+At batch 1 every kernel of the generator's trunk, the encoder and the mapping leaves most
+of the GPU idle, and the three do not depend on each other until the decoder: run on
+streams of their own they overlap. Inside a CUDA-graph capture the fork and the join
+become edges of the graph, so a replay keeps the overlap at no host cost.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+
+class Concurrent:
+    """The four stage functions of ``stages`` plus ``concurrent(thunks)`` for
+    ``programs.branches``: the first thunk on the current stream, each other one on a
+    side stream that first waits for the current one; the current stream then waits for
+    all of them."""
+
+    def __init__(self, stages, device: torch.device, side_streams: int = 2):
+        self.trunk, self.encode, self.map, self.decode = (
+            stages.trunk, stages.encode, stages.map, stages.decode)
+        self.streams = [torch.cuda.Stream(device) for _ in range(side_streams)]
+
+    def concurrent(self, thunks: Sequence[Callable[[], torch.Tensor]]) -> list[torch.Tensor]:
+        if len(thunks) - 1 > len(self.streams):
+            raise ValueError(f"{len(thunks)} branches, but {len(self.streams)} side streams")
+        main = torch.cuda.current_stream()
+        out = [None] * len(thunks)
+        for k, (side, thunk) in enumerate(zip(self.streams, thunks[1:]), 1):
+            side.wait_stream(main)
+            with torch.cuda.stream(side):
+                out[k] = thunk()
+        out[0] = thunks[0]()
+        for side in self.streams[:len(thunks) - 1]:
+            main.wait_stream(side)
+        if not torch.cuda.is_current_stream_capturing():
+            # eager calls (a capture's warm-up): the caching allocator must not hand a
+            # side stream's output to new work before the current stream has read it
+            for t in out[1:]:
+                t.record_stream(main)
+        return out
