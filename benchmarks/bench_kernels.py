@@ -73,7 +73,10 @@ SWEEP = {  # launch-config variants tried with --sweep (fp16 only, every shape)
                       {"path": "split", "split_tile": 2048}, {"path": "split", "split_tile": 8192},
                       {"path": "split", "block_c": 16}, {"path": "split", "num_warps": 4},
                       {"path": "split", "num_warps": 16},
-                      {"max_fused": 32768, "block_c": 8}, {"max_fused": 65536, "block_c": 4}],
+                      {"max_fused": 32768, "block_c": 8}, {"max_fused": 65536, "block_c": 4},
+                      # wider channel rows (128-256 contiguous bytes), issue 14 item 5
+                      {"block_c": 64}, {"block_c": 128}, {"path": "split", "block_c": 64},
+                      {"path": "split", "block_c": 128}],
 }
 
 

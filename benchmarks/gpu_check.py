@@ -5,7 +5,9 @@ Stages, each a subprocess with its own time limit so one failure or stall cannot
 rest, all within five minutes on an H100:
   1. kernel parity on the GPU (bridgegan.kernels.parity)
   2. backend parity on the GPU (bridgegan parity --backends), 128x128 paper model
-  3. kernel speed (benchmarks/bench_kernels.py): GB/s vs copy bandwidth, vs eager
+  3. kernel speed (benchmarks/bench_kernels.py): GB/s vs copy bandwidth, vs eager; then
+     its launch-config sweep in channels_last fp16 (``sweep_kernels``: wider channel
+     tiles among them), the data for the >= 75% of copy bandwidth target
   4. the engine speed table (bridgegan bench) at 128x128, batch 1, 8, 64, 256, with the
      trunk and the latent codes on side streams as an A/B (``streams`` rows)
   5. the edit strip with and without the trunk cache
@@ -74,6 +76,9 @@ def stages(work: Path, dry: bool) -> list[tuple[str, list[str], int]]:
          + (["--resolution", "64", "--batch", "1"] if dry else []), 45),
         ("bench_kernels", [py, str(ROOT / "benchmarks" / "bench_kernels.py"), "--out",
                            str(work / "kernels")] + (["--dry-run"] if dry else ["--quick"]), 40),
+        ("sweep_kernels", [py, str(ROOT / "benchmarks" / "bench_kernels.py"), "--out",
+                           str(work / "sweep"), "--sweep", "--quick", "--dtype", "fp16",
+                           "--layout", "channels_last"] + (["--dry-run"] if dry else []), 60),
         ("bench_engine", cli + ["bench", "--device", dev, "--variants", variants, "--batches",
                                 batches, "--resolutions", res, "--workloads", "translate",
                                 "--out", str(work / "engine")] + reps, 100),
@@ -155,6 +160,7 @@ def main(argv=None) -> int:
     for key, path in (("parity_ops", work / "parity_ops.json"),
                       ("parity_backends", work / "parity_backends.json"),
                       ("kernels", work / "kernels" / "kernels.json"),
+                      ("kernel_sweep", work / "sweep" / "kernels.json"),
                       ("engine_peaks", work / "engine" / "bench.json")):
         if path.is_file():
             data = json.loads(path.read_text())

@@ -133,6 +133,19 @@ def test_parity_split_wide_channels_last():
 
 
 @requires_triton
+@pytest.mark.parametrize("cfg", [{"block_c": 64}, {"block_c": 128},
+                                 {"path": "split", "block_c": 64, "target_programs": 4}],
+                         ids=["fused64", "fused128", "split64"])
+def test_parity_wide_channel_tiles_channels_last(cfg):
+    # the sweep's wider channel rows (bench_kernels SWEEP), a partial block included (C=80)
+    x, kw = make(SPADE, (2, 80, 4, 4), torch.float16, "channels_last", seed=4)
+    plan = plan_launch(2, 80, 16, True, cfg)
+    assert plan.block_c == min(cfg["block_c"], 128) and plan.path == cfg.get("path", "fused")
+    out = call(SPADE, x, kw, act="relu", impl="triton", config=cfg)
+    assert_close(out, reference64(SPADE, x, kw, "relu"), torch.float16)
+
+
+@requires_triton
 @pytest.mark.parametrize("path", ["fused", "split"])
 def test_slope_and_eps_are_used(path):
     cfg = SPLIT if path == "split" else None
