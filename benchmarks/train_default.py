@@ -66,7 +66,11 @@ RECIPES = {
 JUDGE = {"cpu": ["--data", "synthetic", "--resolution", "32", "--steps", "3000", "--batch", "64"],
          "cuda": ["--data", "synthetic", "--resolution", "64", "--steps", "4000", "--batch", "64", "--workers", "12"],
          "dry": ["--data", "synthetic:64", "--resolution", "32", "--steps", "5", "--batch", "8"]}
-CRITIC = ["--seed", "11", "--kernel", "3", "--width", "16"]  # the judge: seed 7, kernel 4, width 32
+# the feature term's critic: seed 11, kernel 3 (the judge: seed 7, kernel 4), width 32 and
+# twice the judge's steps (after JUDGE's options, so its --steps wins)
+CRITIC = {"cpu": ["--seed", "11", "--kernel", "3", "--width", "32", "--steps", "6000"],
+          "cuda": ["--seed", "11", "--kernel", "3", "--width", "32", "--steps", "8000"],
+          "dry": ["--seed", "11", "--kernel", "3", "--width", "8"]}
 EVAL = ["--split", "test", "--seed", "1"]
 
 
@@ -90,9 +94,9 @@ def run(out: Path, device: str, minutes: float | None, dry: bool, interim: bool 
     recipe = "dry" if dry else device
     out.mkdir(parents=True, exist_ok=True)
     judge, critic, run_dir, log = out / "judge", out / "critic", out / "run", []
-    for folder, options in ((judge, ["--seed", "7"]), (critic, CRITIC)):
+    for folder, options in ((judge, ["--seed", "7"]), (critic, CRITIC[recipe])):
         if not (folder / "classifier.json").is_file():
-            bridgegan(["train-classifier", *options, "--device", device, *JUDGE[recipe],
+            bridgegan(["train-classifier", "--device", device, *JUDGE[recipe], *options,
                        "--out", str(folder)], log)
     limit = [] if minutes is None else ["--time-limit", str(minutes * 60)]
     bridgegan(["train", *RECIPES[recipe], "--feature-classifier", str(critic), "--device",
