@@ -3,7 +3,9 @@
 For label-based and reference-based translation of held-out sources:
 - edit accuracy: the classifier finds each edited attribute at its target;
 - preservation: attributes the edit does not touch (after the conflict rules) keep the
-  classifier's verdict on the source;
+  classifier's verdict on the source; with a 95% interval from resampling the sources
+  (the verdicts of one face are not independent, so this, not the verdict count, says
+  how far two models' numbers may differ by chance);
 - reconstruction PSNR and SSIM at d = 0 (label-based, one noise draw), and how often the
   classifier's verdict on the reconstruction agrees with its verdict on the source (per
   attribute too): what the reconstruction alone keeps, which bounds preservation;
@@ -87,6 +89,16 @@ def _scores(pred: torch.Tensor, target: torch.Tensor, changed: torch.Tensor,
     return edit_hits, kept_hits, changed.sum().item(), (~changed).sum().item()
 
 
+def bootstrap_ci(hits: torch.Tensor, counts: torch.Tensor, draws: int = 2000,
+                 seed: int = 0) -> list[float]:
+    """95% interval of sum(hits) / sum(counts) with the rows (sources) resampled."""
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randint(len(hits), (draws, len(hits)), generator=gen)
+    ratios = hits[idx].sum(1) / counts[idx].sum(1).clamp_min(1)
+    lo, hi = torch.quantile(ratios.double(), torch.tensor([0.025, 0.975], dtype=torch.float64))
+    return [round(lo.item(), 4), round(hi.item(), 4)]
+
+
 def _targets(labels: torch.Tensor, attrs, i: int, values: torch.Tensor) -> torch.Tensor:
     """Each row of ``labels`` with attribute i set to ``values[row]``, conflict rules applied."""
     on = apply_edits(labels, attrs, {attrs[i]: 1})
@@ -113,6 +125,7 @@ def evaluate(engine, classifier: AttributeClassifier, images: torch.Tensor, labe
     renderer_kept = torch.zeros(2, dtype=torch.float64)  # the true edits' (kept hits, kept)
     per_attr = {m: torch.zeros(a, 2) for m in ("label", "reference", "renderer")}
     change = {m: torch.zeros(2, dtype=torch.float64) for m in ("label", "reference")}
+    kept = {m: torch.zeros(n, 2, dtype=torch.float64) for m in ("label", "reference")}  # per source
     rec = engine.reconstruct(images, seed=seed).cpu()
     for i in tqdm(range(a), desc="eval", disable=not progress):
         # label-based: flip attribute i of every source
@@ -134,6 +147,8 @@ def evaluate(engine, classifier: AttributeClassifier, images: torch.Tensor, labe
             changed = target != labels[rows]
             hits = _scores(pred, target, changed, src_pred[rows])
             totals[mode] = [x + y for x, y in zip(totals[mode], hits)]
+            kept[mode][rows] += torch.stack([((pred == src_pred[rows]) & ~changed).sum(1),
+                                             (~changed).sum(1)], 1).double()
             per_attr[mode][i] += torch.tensor([(pred[:, i] == target[:, i]).sum().item(),
                                                len(rows)], dtype=torch.float)
             if truth is None:
@@ -162,6 +177,7 @@ def evaluate(engine, classifier: AttributeClassifier, images: torch.Tensor, labe
     for mode, (eh, kh, ec, kc) in totals.items():
         report[f"{mode}_edit_accuracy"] = round(eh / max(ec, 1), 4)
         report[f"{mode}_preservation"] = round(kh / max(kc, 1), 4)
+        report[f"{mode}_preservation_ci95"] = bootstrap_ci(*kept[mode].unbind(1))
         report[f"{mode}_edit_accuracy_per_attribute"] = {
             attrs[i]: round(h / c, 4) if c else None for i, (h, c) in enumerate(per_attr[mode].tolist())}
     if truth is not None:
@@ -196,6 +212,10 @@ def format_report(report: dict) -> str:
         if lk in report:
             fmt = ".3f" if "change" in lk else ".1%"
             lines.append(f"{title:22s} {report[lk]:>12{fmt}} {report[rk]:>12{fmt}}")
+    if "label_preservation_ci95" in report:  # reports written before the interval lack it
+        ci = [f"{lo:.1%}-{hi:.1%}" for lo, hi in (report[f"{m}_preservation_ci95"]
+                                                 for m in ("label", "reference"))]
+        lines.append(f"{'  95% interval':22s} {ci[0]:>12s} {ci[1]:>12s}  (sources resampled)")
     lines.append(f"{'reconstruction PSNR':22s} {report['reconstruction_psnr_db']:>10.2f} dB")
     lines.append(f"{'reconstruction SSIM':22s} {report['reconstruction_ssim']:>12.4f}")
     lines.append(f"{'reconstruction agrees':22s} {report['reconstruction_agreement']:>12.1%}")

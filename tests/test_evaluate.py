@@ -63,6 +63,7 @@ def test_identity_engine_preserves_everything_and_edits_nothing(classifier):
     x, y = procedural_batch(12, 32, seed=3)
     report = evaluate(Identity(), classifier, x, y, progress=False)
     assert report["label_preservation"] == 1.0 and report["reference_preservation"] == 1.0
+    assert report["label_preservation_ci95"] == [1.0, 1.0]
     # unchanged outputs meet a flipped target only where the classifier errs on the source
     err = 1 - report["classifier_accuracy_on_sources"]
     assert report["label_edit_accuracy"] <= err + 0.15
@@ -80,6 +81,9 @@ def test_evaluate_a_model_through_the_engine(classifier):
                 "reference_preservation", "reconstruction_ssim"):
         assert 0.0 <= report[key] <= 1.0, key
     assert report["diversity_l1"] > 0  # noise changes an (untrained) model's output
+    for mode in ("label", "reference"):
+        lo, hi = report[f"{mode}_preservation_ci95"]
+        assert lo <= report[f"{mode}_preservation"] <= hi
     rec = Engine(model).reconstruct(x, seed=0)
     agree = (classifier.predict(rec) == classifier.predict(x)).float()
     assert report["reconstruction_agreement"] == round(agree.mean().item(), 4)
@@ -162,3 +166,17 @@ def test_classifier_kernel_round_trips_and_older_files_load_as_kernel_4(tmp_path
         loaded.check_fits(attrs, 64)
     with pytest.raises(ValueError, match=r"kernel must be one of \(3, 4\), got 5"):
         AttributeClassifier(attrs, 32, 8, kernel=5)
+
+
+def test_bootstrap_interval_resamples_sources():
+    """Sources with 9 of 10 verdicts kept and sources with 5 of 10: the ratio is 0.7 and
+    the interval spans what resampling which faces came in can give."""
+    from bridgegan.evaluate import bootstrap_ci
+
+    hits = torch.tensor([9.0, 5.0] * 50)
+    counts = torch.full((100,), 10.0)
+    lo, hi = bootstrap_ci(hits, counts)
+    assert 0.65 < lo < 0.7 < hi < 0.75
+    lo1, hi1 = bootstrap_ci(hits.repeat(16), counts.repeat(16))  # 16x the sources
+    assert hi1 - lo1 < (hi - lo) / 3
+    assert bootstrap_ci(torch.full((5,), 3.0), torch.full((5,), 3.0)) == [1.0, 1.0]
