@@ -97,8 +97,11 @@ def card(folder: Path) -> str:
             f" / {report['reference_edit_accuracy']:.1%} (over the shown attributes "
             f"{report['label_edit_accuracy_shown']:.1%} / "
             f"{report['reference_edit_accuracy_shown']:.1%}), preservation "
-            f"{report['label_preservation']:.1%} / {report['reference_preservation']:.1%}, "
-            f"true-change score {report['label_true_change']:.3f} / "
+            f"{report['label_preservation']:.1%} / {report['reference_preservation']:.1%}"
+            + (" (95% interval with the faces resampled: {:.1%}-{:.1%} / {:.1%}-{:.1%})".format(
+                *report["label_preservation_ci95"], *report["reference_preservation_ci95"])
+               if "label_preservation_ci95" in report else "")
+            + f", true-change score {report['label_true_change']:.3f} / "
             f"{report['reference_true_change']:.3f}; reconstruction PSNR "
             f"{report['reconstruction_psnr_db']:.2f} dB, SSIM {report['reconstruction_ssim']:.4f};"
             f" diversity (L1) {report['diversity_l1']:.4f}.", "",
