@@ -66,8 +66,8 @@ RECIPES = {
 JUDGE = {"cpu": ["--data", "synthetic", "--resolution", "32", "--steps", "3000", "--batch", "64"],
          "cuda": ["--data", "synthetic", "--resolution", "64", "--steps", "4000", "--batch", "64", "--workers", "12"],
          "dry": ["--data", "synthetic:64", "--resolution", "32", "--steps", "5", "--batch", "8"]}
-# the feature term's critic: seed 11, kernel 3 (the judge: seed 7, kernel 4), width 32 and
-# twice the judge's steps (after JUDGE's options, so its --steps wins)
+# the feature term's critic: seed 11, kernel 3 (the judge: seed 7, kernel 4), width 32 and,
+# on cpu and cuda, twice the judge's steps (after JUDGE's options, so its --steps wins)
 CRITIC = {"cpu": ["--seed", "11", "--kernel", "3", "--width", "32", "--steps", "6000"],
           "cuda": ["--seed", "11", "--kernel", "3", "--width", "32", "--steps", "8000"],
           "dry": ["--seed", "11", "--kernel", "3", "--width", "8"]}

@@ -150,8 +150,9 @@ class Engine:
             channels_last = self.device.type == "cuda" or self.dtype != torch.float32
         self.channels_last = channels_last
         self.rewrites = rewrites or Rewrites()
+        # the backends whose work runs on torch's current CUDA stream (capturable, streamable)
+        capturable = ", ".join(b.name for b in REGISTRY.values() if b.cuda_graphs)
         if cuda_graphs and not spec.cuda_graphs:
-            capturable = ", ".join(b.name for b in REGISTRY.values() if b.cuda_graphs)
             raise ValueError(f"cuda_graphs applies to the backends {capturable}, not "
                              f"{spec.name!r}")
         if cuda_graphs and self.device.type != "cuda":
@@ -162,7 +163,6 @@ class Engine:
         # the trunk and the latent codes on streams of their own (``streams``): off until
         # measured on a GPU
         if streams and not (spec.cuda_graphs and self.device.type == "cuda"):
-            capturable = ", ".join(b.name for b in REGISTRY.values() if b.cuda_graphs)
             raise ValueError(f"streams needs device='cuda' and one of the backends {capturable} "
                              f"(got {self.device.type!r}, {spec.name!r})")
         self.streams = streams
