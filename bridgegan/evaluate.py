@@ -82,11 +82,10 @@ Truth = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def _scores(pred: torch.Tensor, target: torch.Tensor, changed: torch.Tensor,
-            src_pred: torch.Tensor) -> tuple[float, float, int, int]:
-    """(edit hits, kept hits, edited count, kept count) for one batch of edits."""
-    edit_hits = ((pred == target) & changed).sum().item()
-    kept_hits = ((pred == src_pred) & ~changed).sum().item()
-    return edit_hits, kept_hits, changed.sum().item(), (~changed).sum().item()
+            src_pred: torch.Tensor) -> torch.Tensor:
+    """Per source row of one batch of edits: (edit hits, kept hits, edited, kept) counts."""
+    return torch.stack([((pred == target) & changed).sum(1), ((pred == src_pred) & ~changed).sum(1),
+                        changed.sum(1), (~changed).sum(1)], 1).double()
 
 
 def bootstrap_ci(hits: torch.Tensor, counts: torch.Tensor, draws: int = 2000,
@@ -121,11 +120,9 @@ def evaluate(engine, classifier: AttributeClassifier, images: torch.Tensor, labe
     n, a = labels.shape
     src_pred = classifier.predict(images)
     refs, ref_labels = images.roll(1, 0), labels.roll(1, 0)
-    totals = {m: [0, 0, 0, 0] for m in ("label", "reference")}
-    renderer_kept = torch.zeros(2, dtype=torch.float64)  # the true edits' (kept hits, kept)
+    scores = {m: torch.zeros(n, 4, dtype=torch.float64) for m in ("label", "reference", "renderer")}
     per_attr = {m: torch.zeros(a, 2) for m in ("label", "reference", "renderer")}
     change = {m: torch.zeros(2, dtype=torch.float64) for m in ("label", "reference")}
-    kept = {m: torch.zeros(n, 2, dtype=torch.float64) for m in ("label", "reference")}  # per source
     rec = engine.reconstruct(images, seed=seed).cpu()
     for i in tqdm(range(a), desc="eval", disable=not progress):
         # label-based: flip attribute i of every source
@@ -145,10 +142,7 @@ def evaluate(engine, classifier: AttributeClassifier, images: torch.Tensor, labe
             out = out.cpu()
             pred = classifier.predict(out)
             changed = target != labels[rows]
-            hits = _scores(pred, target, changed, src_pred[rows])
-            totals[mode] = [x + y for x, y in zip(totals[mode], hits)]
-            kept[mode][rows] += torch.stack([((pred == src_pred[rows]) & ~changed).sum(1),
-                                             (~changed).sum(1)], 1).double()
+            scores[mode][rows] += _scores(pred, target, changed, src_pred[rows])
             per_attr[mode][i] += torch.tensor([(pred[:, i] == target[:, i]).sum().item(),
                                                len(rows)], dtype=torch.float)
             if truth is None:
@@ -161,8 +155,7 @@ def evaluate(engine, classifier: AttributeClassifier, images: torch.Tensor, labe
                 true_pred = classifier.predict(true)
                 per_attr["renderer"][i] += torch.tensor(
                     [(true_pred[:, i] == target[:, i]).sum().item(), len(rows)])
-                _, kh, _, kc = _scores(true_pred, target, changed, src_pred[rows])
-                renderer_kept += torch.tensor([kh, kc], dtype=torch.float64)
+                scores["renderer"][rows] += _scores(true_pred, target, changed, src_pred[rows])
     div = []
     for k in range(n):
         i = k % a
@@ -174,10 +167,11 @@ def evaluate(engine, classifier: AttributeClassifier, images: torch.Tensor, labe
                 for p, q in itertools.combinations(range(diversity_samples), 2)]
     report = {"sources": n, "classifier_accuracy_on_sources":
               round((src_pred == labels).float().mean().item(), 4)}
-    for mode, (eh, kh, ec, kc) in totals.items():
+    for mode in ("label", "reference"):
+        eh, kh, ec, kc = scores[mode].sum(0).tolist()
         report[f"{mode}_edit_accuracy"] = round(eh / max(ec, 1), 4)
         report[f"{mode}_preservation"] = round(kh / max(kc, 1), 4)
-        report[f"{mode}_preservation_ci95"] = bootstrap_ci(*kept[mode].unbind(1))
+        report[f"{mode}_preservation_ci95"] = bootstrap_ci(scores[mode][:, 1], scores[mode][:, 3])
         report[f"{mode}_edit_accuracy_per_attribute"] = {
             attrs[i]: round(h / c, 4) if c else None for i, (h, c) in enumerate(per_attr[mode].tolist())}
     if truth is not None:
@@ -185,7 +179,7 @@ def evaluate(engine, classifier: AttributeClassifier, images: torch.Tensor, labe
         report["renderer_edit_accuracy_per_attribute"] = {
             attrs[i]: round(h / c, 4) for i, (h, c) in enumerate(per_attr["renderer"].tolist())}
         report["shown_attributes"] = [attrs[i] for i in shown]
-        kh, kc = renderer_kept.tolist()
+        _, kh, _, kc = scores["renderer"].sum(0).tolist()
         report["renderer_preservation"] = round(kh / max(kc, 1), 4)
         for mode in ("label", "reference"):
             hits, count = per_attr[mode][shown].sum(0).tolist() if shown else (0.0, 0.0)
