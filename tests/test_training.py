@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 
 import pytest
 import torch
@@ -92,6 +93,22 @@ def test_ema_decay_warms_up_to_the_configured_value(faces):
         decays.append(t.ema_decay())
     assert decays[0] == pytest.approx(0.1) and decays[1] == pytest.approx(11 / 20)
     assert decays == sorted(decays) and decays[-1] == 0.999
+
+
+def test_cosine_schedule_sets_each_steps_learning_rate_from_the_step_alone(faces, tmp_path):
+    tc = train_config(lr=1e-3, lr_schedule="cosine", steps=4, log_every=1)
+    t = Trainer(tiny(faces), tc, faces, out_dir=tmp_path, progress=False)
+    t.train(3)
+    cosine = [1e-3 * (1 + math.cos(math.pi * s / 4)) / 2 for s in range(5)]
+    # step 3 (the third) ran at the rate of step index 2, for G/E/M and D alike
+    assert {g["lr"] for opt in (t.opt_g, t.opt_d) for g in opt.param_groups} == {5e-4}
+    logged = [json.loads(line)["lr"] for line in (tmp_path / "metrics.jsonl").open()]
+    assert logged == pytest.approx(cosine[1:4])  # each record: the next step's rate
+    t.step = 4
+    assert t.learning_rate() == 0.0
+    t.step = 9  # past --steps (a resume with more steps) the rate stays at 0
+    assert t.learning_rate() == 0.0
+    assert Trainer(tiny(faces), train_config(lr=3e-4), faces, progress=False).learning_rate() == 3e-4
 
 
 def test_paired_loss_trains_towards_the_rendered_true_edit(faces):
@@ -352,6 +369,8 @@ def test_train_config_validation():
         TrainConfig(amp="fp8")
     with pytest.raises(ValueError, match="ema"):
         TrainConfig(ema=1.0)
+    with pytest.raises(ValueError, match="lr_schedule must be one of"):
+        TrainConfig(lr_schedule="step")
     assert TrainConfig.from_dict(TrainConfig(lr=1e-3).to_dict()) == TrainConfig(lr=1e-3)
 
 

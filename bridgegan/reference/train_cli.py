@@ -18,7 +18,7 @@ from ..files import check_writable_folder
 from .data import registry as data_registry
 from .data.split_modes import SPLIT_MODES
 from .noise_modes import MODES as NOISE_MODES
-from .train_modes import AMP_MODES, TRAIN_DTYPES
+from .train_modes import AMP_MODES, LR_SCHEDULES, TRAIN_DTYPES
 
 # Options that define the architecture (None = not given).
 _ARCH_OPTIONS = {
@@ -34,7 +34,7 @@ _ARCH_OPTIONS = {
     "d_downs": "discriminator down blocks (paper 4)",
 }
 # TrainConfig fields settable from the command line: option dest -> field.
-_TRAIN_OPTIONS = ("batch", "n_d", "steps", "lr", "beta1", "beta2", "noise_memory", "ema",
+_TRAIN_OPTIONS = ("batch", "n_d", "steps", "lr", "lr_schedule", "beta1", "beta2", "noise_memory", "ema",
                   "seed", "ckpt_every", "sample_every", "log_every", "keep_checkpoints",
                   "n_samples", "sample_edits", "d_attr_warmup", "single_edits",
                   "feature_classifier")
@@ -91,6 +91,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="total generator steps to reach (also on resume; default: 50500, "
                         "about 100 epochs of CelebA at batch 60)")
     g.add_argument("--lr", type=float, default=None, help="Adam learning rate for G/E/M and D (default: 2e-4)")
+    g.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None,
+                   help="'constant' (the paper) or 'cosine': from --lr at step 0 to 0 at "
+                        "--steps, so set --steps to what the run will reach; not in the paper "
+                        "(default: constant)")
     g.add_argument("--beta1", type=float, default=None, help="Adam beta1 (default: 0.5)")
     g.add_argument("--beta2", type=float, default=None, help="Adam beta2 (default: 0.999)")
     g.add_argument("--ema", type=float, default=None,

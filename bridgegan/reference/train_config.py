@@ -9,7 +9,7 @@ from typing import Any
 from .losses import LossWeights
 from .noise_modes import MODES as NOISE_MODES
 from .records import from_fields
-from .train_modes import AMP_MODES, TRAIN_DTYPES
+from .train_modes import AMP_MODES, LR_SCHEDULES, TRAIN_DTYPES
 
 
 @dataclass
@@ -22,13 +22,15 @@ class TrainConfig:
     paper; 0 = off): with a small batch D's attribute head otherwise stays near chance while
     the latent terms pull E and M towards an input-independent code. ``feature_classifier``:
     the folder of the frozen classifier that the ``feature`` loss weight matches (not in
-    the paper; "" = none).
+    the paper; "" = none). ``lr_schedule``: "constant" (the paper) or "cosine", from ``lr``
+    at step 0 to 0 at ``steps`` (not in the paper: the last points of a long CPU run).
     """
 
     batch: int = 60
     n_d: int = 5
     steps: int = 50_500
     lr: float = 2e-4
+    lr_schedule: str = "constant"
     beta1: float = 0.5
     beta2: float = 0.999
     weights: LossWeights = field(default_factory=LossWeights)
@@ -75,6 +77,8 @@ class TrainConfig:
                              f"{self.weights.feature} and folder {self.feature_classifier!r}")
         if self.noise_memory not in NOISE_MODES:
             raise ValueError(f"noise_memory must be one of {NOISE_MODES}, got {self.noise_memory!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.amp not in AMP_MODES:
             raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
         if self.dtype not in TRAIN_DTYPES:

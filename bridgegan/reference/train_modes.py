@@ -1,4 +1,5 @@
-"""The training precisions: autocast modes (``--amp``) and parameter dtypes (``--dtype``).
+"""The training modes: autocast (``--amp``), parameter dtypes (``--dtype``) and learning-rate
+schedules (``--lr-schedule``).
 
 Torch-free, so that the command line offers them without importing torch; TrainConfig
 checks its fields against the same tuples.
@@ -6,3 +7,4 @@ checks its fields against the same tuples.
 
 AMP_MODES = ("none", "bf16", "fp16")  # fp16: CUDA only, with gradient scaling
 TRAIN_DTYPES = ("float32", "float64")  # float64: numerical reference runs
+LR_SCHEDULES = ("constant", "cosine")  # cosine: from lr at step 0 to 0 at the last step

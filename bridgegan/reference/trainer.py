@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -339,6 +340,15 @@ class Trainer:
         weights are not dominated by the initial ones (0.999^750 is still 0.47)."""
         return min(self.config.ema, (1 + self.step) / (10 + self.step))
 
+    def learning_rate(self) -> float:
+        """The learning rate of the step about to be taken: config.lr, or with the cosine
+        schedule lr * (1 + cos(pi * step / steps)) / 2. A function of the step alone, so
+        that a resumed run continues the schedule exactly."""
+        cfg = self.config
+        if cfg.lr_schedule == "constant":
+            return cfg.lr
+        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(self.step, cfg.steps) / cfg.steps))
+
     @torch.no_grad()
     def _update_ema(self) -> None:
         if self.ema is not None:
@@ -349,6 +359,10 @@ class Trainer:
         """n_d discriminator updates, one generator update, the EMA update. Returns the
         generator terms and the last discriminator terms (detached tensors)."""
         terms: dict[str, torch.Tensor] = {}
+        lr = self.learning_rate()
+        for opt in (self.opt_g, self.opt_d):
+            for group in opt.param_groups:
+                group["lr"] = lr
         for sub in range(self.config.n_d):
             terms.update(self._d_step(sub))
         terms.update(self._g_step(self.config.n_d))
@@ -423,7 +437,8 @@ class Trainer:
         dt = now - self._log_t0
         steps = self.step - self._log_step0
         record: dict[str, float] = {"step": self.step, "epoch": round(self.epoch, 4),
-                                  "images": self.batches * self.config.batch}
+                                  "images": self.batches * self.config.batch,
+                                  "lr": self.learning_rate()}
         record.update({k: v for k, v in zip(keys, values)})
         if steps:
             record["sec_per_step"] = dt / steps
