@@ -34,6 +34,7 @@ DEPARTURES = {
     "--w-latent": "latent similarity weight (paper 50)",
     "--w-cycle": "latent cycle weight (paper 50)",
     "--lr": "Adam learning rate (paper 2e-4)",
+    "--lr-schedule": "the rate over a run (cosine: from --lr to 0 at --steps; paper constant)",
     "--noise-memory": "noise memory (off: fresh noise each step)",
     "--d-attr-warmup": "batches of D's attribute head alone before the first G step",
     "--init-from": "weights of an earlier model, fresh optimisers",
