@@ -106,9 +106,14 @@ def test_cosine_schedule_sets_each_steps_learning_rate_from_the_step_alone(faces
     assert logged == pytest.approx(cosine[1:4])  # each record: the next step's rate
     t.step = 4
     assert t.learning_rate() == 0.0
-    t.step = 9  # past --steps (a resume with more steps) the rate stays at 0
+    t.step = 9  # beyond steps it stays at 0 instead of climbing the cosine again
     assert t.learning_rate() == 0.0
     assert Trainer(tiny(faces), train_config(lr=3e-4), faces, progress=False).learning_rate() == 3e-4
+    # a resume that changes steps would move the rest of the schedule: said, not refused
+    longer = Trainer(tiny(faces), train_config(lr=1e-3, lr_schedule="cosine", steps=8), faces,
+                     progress=False)
+    with pytest.warns(UserWarning, match="resuming with steps=8 but the checkpoint used 4"):
+        longer.load(latest_checkpoint(tmp_path))
 
 
 def test_paired_loss_trains_towards_the_rendered_true_edit(faces):

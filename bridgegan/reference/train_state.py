@@ -300,7 +300,10 @@ class TrainState:
                 f"checkpoint {path} was trained on a dataset of {meta['dataset_size']} items, this "
                 f"dataset has {self.dataset_size}: the data order and noise memory would not match")
         saved = meta["train_config"]
-        for name in ("batch", "seed", "n_d", "noise_memory"):
+        names = ["batch", "seed", "n_d", "noise_memory", "lr_schedule"]
+        if self.config.lr_schedule != "constant":  # the schedule is a function of step / steps
+            names.append("steps")
+        for name in names:
             if saved.get(name) != getattr(self.config, name):
                 warnings.warn(f"resuming with {name}={getattr(self.config, name)!r} but the "
                               f"checkpoint used {saved.get(name)!r}: the run will not continue "
