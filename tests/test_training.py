@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import warnings
 
 import pytest
 import torch
@@ -114,6 +115,14 @@ def test_cosine_schedule_sets_each_steps_learning_rate_from_the_step_alone(faces
                      progress=False)
     with pytest.warns(UserWarning, match="resuming with steps=8 but the checkpoint used 4"):
         longer.load(latest_checkpoint(tmp_path))
+    # a checkpoint written before the option existed ran at a constant rate: no warning
+    ckpt = latest_checkpoint(tmp_path)
+    meta = json.loads((ckpt / STATE_JSON).read_text())
+    del meta["train_config"]["lr_schedule"]
+    (ckpt / STATE_JSON).write_text(json.dumps(meta))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Trainer(tiny(faces), train_config(lr=1e-3, steps=4), faces, progress=False).load(ckpt)
 
 
 def test_paired_loss_trains_towards_the_rendered_true_edit(faces):

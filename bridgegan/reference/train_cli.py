@@ -34,10 +34,10 @@ _ARCH_OPTIONS = {
     "d_downs": "discriminator down blocks (paper 4)",
 }
 # TrainConfig fields settable from the command line: option dest -> field.
-_TRAIN_OPTIONS = ("batch", "n_d", "steps", "lr", "lr_schedule", "beta1", "beta2", "noise_memory", "ema",
-                  "seed", "ckpt_every", "sample_every", "log_every", "keep_checkpoints",
-                  "n_samples", "sample_edits", "d_attr_warmup", "single_edits",
-                  "feature_classifier")
+_TRAIN_OPTIONS = ("batch", "n_d", "steps", "lr", "lr_schedule", "beta1", "beta2",
+                  "noise_memory", "ema", "seed", "ckpt_every", "sample_every", "log_every",
+                  "keep_checkpoints", "n_samples", "sample_edits", "d_attr_warmup",
+                  "single_edits", "feature_classifier")
 _WEIGHT_OPTIONS = {
     "w_adv": ("adv", "generator adversarial term (default 1)"),
     "w_attr": ("attr", "generator attribute BCE on the fakes (default 10)"),

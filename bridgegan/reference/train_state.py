@@ -303,8 +303,8 @@ class TrainState:
         names = ["batch", "seed", "n_d", "noise_memory", "lr_schedule"]
         if self.config.lr_schedule != "constant":  # the schedule is a function of step / steps
             names.append("steps")
-        for name in names:
-            if saved.get(name) != getattr(self.config, name):
+        for name in names:  # a field older checkpoints lack had its default
+            if saved.get(name, getattr(TrainConfig, name)) != getattr(self.config, name):
                 warnings.warn(f"resuming with {name}={getattr(self.config, name)!r} but the "
                               f"checkpoint used {saved.get(name)!r}: the run will not continue "
                               f"exactly as it would have", stacklevel=3)
