@@ -87,7 +87,8 @@ def card(folder: Path) -> str:
             + "; ".join(departures(training["commands"])) + ".", ""]
     out += [f"**Evaluation** (`eval.json`): {report['sources']} held-out faces ({report['split']} "
             f"split, data seed {report['seed']}, never seen in training), edit strength "
-            f"{report['strength']}, judged by `judge/` (an attribute classifier of another "
+            f"{report['strength']} (config.json's `edit_strength`: what the engine uses when "
+            f"a call names none), judged by `judge/` (an attribute classifier of another "
             f"architecture, trained on faces of another data seed: "
             f"{judge['val_accuracy_mean']:.1%} mean validation accuracy).", "",
             "| target | required | measured | |", "| --- | --- | --- | --- |"]

@@ -12,7 +12,8 @@ OUTDIR/commands.json (and in the packaged model's training.json):
      (each skipped when its folder exists)
   2. train: RECIPES[device], resumed from OUTDIR/run when it holds a checkpoint, stopped by
      --time-limit with a final checkpoint (call again to train another stretch)
-  3. eval: on 200 held-out faces (test split, data seed 1: never seen in training)
+  3. eval: on 200 held-out faces (test split, data seed 1: never seen in training), at
+     edit strength 1.0, which the packaged config then names as its default
   4. ship: OUTDIR/default = fp16 weights, config, eval.json, training.json, the judge and
      MODEL_CARD.md (benchmarks/model_card.py), only when the eval meets evaluate.TARGETS
      (or with --interim, recorded as missing them); otherwise the missed targets are
@@ -71,7 +72,10 @@ JUDGE = {"cpu": ["--data", "synthetic", "--resolution", "32", "--steps", "3000",
 CRITIC = {"cpu": ["--seed", "11", "--kernel", "3", "--width", "32", "--steps", "6000"],
           "cuda": ["--seed", "11", "--kernel", "3", "--width", "32", "--steps", "8000"],
           "dry": ["--seed", "11", "--kernel", "3", "--width", "8"]}
-EVAL = ["--split", "test", "--seed", "1"]
+# strength 1.0: the paired terms train the edit at d = y_t - y_s, and there the shipped
+# model's edits come closest to the true ones (docs/TRAINING.md, "The edit strength");
+# ship() makes it the packaged config's edit_strength
+EVAL = ["--split", "test", "--seed", "1", "--strength", "1.0"]
 
 
 def bridgegan(argv: list[str], log: list[str]) -> None:

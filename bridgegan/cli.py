@@ -55,7 +55,9 @@ def _translate_options(p: argparse.ArgumentParser) -> None:
                                         "(default: all)")
     p.add_argument("--samples", type=positive_int, default=1,
                    help="noise samples per label edit (>= 1)")
-    p.add_argument("--strength", type=float, default=1.5, help="edit strength (d scale)")
+    p.add_argument("--strength", type=float,
+                   help="edit strength, the scale of d (default: the model's config "
+                        "edit_strength: 1.5, the official test's, unless it names another)")
     p.add_argument("--seed", type=int, default=0)
     engine_options.add_options(p)
     p.add_argument("--out", required=True, help="output folder")
@@ -118,8 +120,9 @@ def _eval_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the noise draws and of the procedural faces (use one that "
                         "training never saw)")
-    p.add_argument("--strength", type=float, default=1.5,
-                   help="edit strength, the scale of d (default: 1.5, the official test's)")
+    p.add_argument("--strength", type=float,
+                   help="edit strength, the scale of d (default: the model's config "
+                        "edit_strength: 1.5, the official test's, unless it names another)")
     engine_options.add_options(p, dtype=False)
     p.add_argument("--json", help="also write the metrics here")
     threads.add_option(p)

@@ -33,8 +33,11 @@ SHIPPED = Path(__file__).parent / "assets" / "default"
 
 def ship(checkpoint: str | Path, report: dict, training: dict, dest: str | Path = SHIPPED) -> Path:
     """Write ``checkpoint`` as a shipped model folder: fp16 weights, config.json, its eval
-    numbers (eval.json) and how it was trained (training.json: the exact commands)."""
+    numbers (eval.json) and how it was trained (training.json: the exact commands). The
+    config's ``edit_strength`` becomes the strength ``report`` was measured at, so the
+    shipped model edits by default as its numbers say."""
     model = load_checkpoint(checkpoint)
+    model.config = model.config.replace(edit_strength=report["strength"])
     extra = {
         "eval.json": lambda p: p.write_text(json.dumps(report, indent=2) + "\n"),
         "training.json": lambda p: p.write_text(json.dumps(training, indent=2) + "\n"),
@@ -158,9 +161,10 @@ def run(args: argparse.Namespace) -> int:
                                            attributes=cfg.attributes)
     rows, captions = demo_rows(eng, sources, labels.cpu(), args.samples, args.seed)
     path = Path(args.out) / "demo_grid.png"
-    title = (f"bridgegan demo: {what.split(' (')[0]}, {cfg.image_size} px, edit strength 1.5, "
-             f"seed {args.seed}; columns: source, reconstruction, each attribute flipped, noise "
-             f"samples, reference, reference edit, region edit, interpolation")
+    title = (f"bridgegan demo: {what.split(' (')[0]}, {cfg.image_size} px, edit strength "
+             f"{cfg.edit_strength:g}, seed {args.seed}; columns: source, reconstruction, each "
+             f"attribute flipped, noise samples, reference, reference edit, region edit, "
+             f"interpolation")
     save_png(captioned_grid(rows, captions, title=title, scale=max(1, -(-96 // cfg.image_size))),
              path)
     print(f"wrote {path} ({len(rows)} rows x {len(rows[0])} columns, captions in the image)")

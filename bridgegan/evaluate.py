@@ -107,12 +107,13 @@ def _targets(labels: torch.Tensor, attrs, i: int, values: torch.Tensor) -> torch
 
 @torch.no_grad()
 def evaluate(engine, classifier: AttributeClassifier, images: torch.Tensor, labels: torch.Tensor,
-             diversity_samples: int = 4, seed: int = 0, strength: float = 1.5,
+             diversity_samples: int = 4, seed: int = 0, strength: float | None = None,
              progress: bool = True, truth: Truth | None = None) -> dict:
     """Metrics of ``engine`` (a bridgegan.engine.Engine) on sources ``images`` with true
     ``labels``; the reference of each source is the next source (rolled by one).
     ``truth`` (optional) renders true edits: it adds the renderer edit accuracy, the
-    accuracy over shown attributes and the true-change score."""
+    accuracy over shown attributes and the true-change score. ``strength`` None: the
+    model's ``config.edit_strength`` (the report names the one used)."""
     from tqdm import tqdm
 
     attrs = engine.attributes
@@ -165,7 +166,8 @@ def evaluate(engine, classifier: AttributeClassifier, images: torch.Tensor, labe
                                 strength=strength, seed=seed + 1000 + k).cpu()
         div += [(outs[p] - outs[q]).abs().mean().item()
                 for p, q in itertools.combinations(range(diversity_samples), 2)]
-    report = {"sources": n, "classifier_accuracy_on_sources":
+    used = engine.config.edit_strength if strength is None else strength
+    report = {"sources": n, "strength": used, "classifier_accuracy_on_sources":
               round((src_pred == labels).float().mean().item(), 4)}
     for mode in ("label", "reference"):
         eh, kh, ec, kc = scores[mode].sum(0).tolist()
@@ -270,7 +272,7 @@ def run_eval(args) -> int:
                            args.n, args.seed)
     report = evaluate(eng, clf, x, y, seed=args.seed, strength=args.strength, truth=truth)
     report.update(checkpoint=str(args.checkpoint), data=args.data, split=args.split,
-                  seed=args.seed, strength=args.strength)
+                  seed=args.seed)
     print(format_report(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))

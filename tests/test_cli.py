@@ -16,7 +16,7 @@ from PIL import Image
 from bridgegan.cli import main
 from bridgegan.engine import Engine
 from bridgegan.reference import BridgeGAN, save_checkpoint
-from bridgegan.reference.checkpoint import read_tensors
+from bridgegan.reference.checkpoint import read_config, read_tensors
 from conftest import randomize, small_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,9 +103,11 @@ def test_demo_loads_the_shipped_model_with_its_numbers(tmp_path, monkeypatch, ca
     torch.manual_seed(0)
     m = randomize(BridgeGAN(small_config(32, attributes=PROCEDURAL_ATTRIBUTES))).eval()
     save_checkpoint(tmp_path / "ck", m)
-    report = {"label_edit_accuracy": 0.5, "label_preservation": 0.9, "reconstruction_psnr_db": 20.0}
+    report = {"label_edit_accuracy": 0.5, "label_preservation": 0.9, "reconstruction_psnr_db": 20.0,
+              "strength": 1.25}
     shipped = demo.ship(tmp_path / "ck", report, {"commands": ["bridgegan train"]},
                         tmp_path / "default")
+    assert read_config(shipped).edit_strength == 1.25  # edits by default as it was measured
     weights = read_tensors(shipped / "model.safetensors")
     assert {t.dtype for t in weights.values() if t.is_floating_point()} == {torch.float16}
     monkeypatch.setattr(demo, "SHIPPED", shipped)

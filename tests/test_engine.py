@@ -399,6 +399,28 @@ def test_checkpoint_of_another_configuration(model, tmp_path):
         Engine.from_checkpoint(tmp_path / "ck", expected_config=other)
 
 
+def test_edits_without_a_strength_use_the_configs(model, tmp_path):
+    """config.edit_strength is the default of every edit, in the engine, the reference and
+    a saved checkpoint; it is not architecture (the weights load under either value)."""
+    cfg = model.config
+    x, ys = images(2, cfg.image_size, 12), labels(2, cfg.n_attrs, 12)
+    assert cfg.edit_strength == 1.5  # the official test's
+    m = BridgeGAN(cfg.replace(edit_strength=1.0)).eval()
+    m.load_state_dict(model.state_dict())
+    save_checkpoint(tmp_path / "ck", m)
+    eng = Engine.from_checkpoint(tmp_path / "ck", expected_config=cfg)
+    assert eng.config.edit_strength == 1.0
+    default = eng.translate(x, {"Male": 1}, source=ys, seed=3)
+    assert torch.equal(default, eng.translate(x, {"Male": 1}, source=ys, seed=3, strength=1.0))
+    assert not torch.allclose(default, eng.translate(x, {"Male": 1}, source=ys, seed=3,
+                                                     strength=1.5), atol=1e-3)
+    noise = torch.randn(2, cfg.noise_dim, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        want = m.translate(x, ys, {"Male": 1}, noise=noise, strength=1.0)
+        assert torch.equal(m.translate(x, ys, {"Male": 1}, noise=noise), want)
+    assert (eng.translate(x, {"Male": 1}, source=ys, noise=noise) - want).abs().max() <= ATOL
+
+
 def test_threads_get_the_serial_results(model):
     cfg = model.config
     eng = Engine(model)

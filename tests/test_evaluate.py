@@ -35,12 +35,12 @@ class Identity:
     """An 'engine' that returns its sources unchanged (and ignores noise)."""
 
     attributes = PROCEDURAL_ATTRIBUTES
-    config = SimpleNamespace(image_size=32)
+    config = SimpleNamespace(image_size=32, edit_strength=1.5)
 
-    def translate(self, images, target, source=None, strength=1.5, seed=None):
+    def translate(self, images, target, source=None, strength=None, seed=None):
         return images.clone()
 
-    def translate_reference(self, images, refs, source=None, reference_labels=None, strength=1.5):
+    def translate_reference(self, images, refs, source=None, reference_labels=None, strength=None):
         return images.clone()
 
     def reconstruct(self, images, seed=None):
@@ -105,12 +105,12 @@ class Oracle(Identity):
         rows = [int((self.sources == im).flatten(1).all(1).nonzero()[0]) for im in images]
         return torch.stack([self.dataset.render_labels(i, t) for i, t in zip(rows, target)])
 
-    def translate(self, images, target, source=None, strength=1.5, seed=None):
+    def translate(self, images, target, source=None, strength=None, seed=None):
         if isinstance(target, dict):
             target = apply_edits(source, self.attributes, target)
         return self._truth(images, target)
 
-    def translate_reference(self, images, refs, source=None, reference_labels=None, strength=1.5):
+    def translate_reference(self, images, refs, source=None, reference_labels=None, strength=None):
         return self._truth(images, reference_labels)
 
 

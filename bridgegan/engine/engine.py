@@ -5,6 +5,8 @@ policy) and come out as float32 tensors (N, 3, S, S) in [-1, 1] on the engine's 
 Source labels come from the caller or, when not given, from the discriminator's
 attribute head (a logit above 0 means the attribute is present). Noise is drawn on the CPU
 from ``seed`` so that one seed gives the same images on every backend and device.
+Edits without a ``strength`` use the model's ``config.edit_strength`` (the official
+test's 1.5 unless the model's config.json names another operating point).
 Bad arguments (labels other than 0/1; a strength, noise, alpha or seed that is not a
 number or out of range) raise a ValueError naming the argument and what is accepted.
 """
@@ -25,8 +27,8 @@ from ..numerics import dtype_name, dtype_spellings
 from ..reference import programs
 from ..reference.attributes import apply_edits, check_names
 from ..reference.checkpoint import load_checkpoint
-from ..reference.config import BridgeGANConfig
-from ..reference.model import DEFAULT_STRENGTH, BridgeGAN
+from ..reference.config import MAX_SCALE, BridgeGANConfig
+from ..reference.model import BridgeGAN
 from .backends import ALL_DTYPES, REGISTRY, check_backend
 from .cudagraphs import CudaGraphed
 from .cudnn_tuning import cudnn_search
@@ -34,9 +36,6 @@ from .graph import Rewrites
 from .io import Images, as_batch, value_range
 from .streams import Concurrent
 
-# Largest |strength| and |alpha|: both scale an edit; the model is trained at 1 and tested
-# at 1.5, and far beyond the edits saturate (unbounded, 1e38 overflows to NaN images).
-MAX_SCALE = 10.0
 # Largest |noise|: draws are standard normal, so this is far outside anything drawn while
 # keeping the latent codes finite.
 MAX_NOISE = 1e4
@@ -254,9 +253,11 @@ class Engine:
                              f"standard normal), got |max| {noise.abs().max().item():g}")
         return noise.to(self.device)
 
-    @staticmethod
-    def _difference(y_s: torch.Tensor, y_t: torch.Tensor, strength) -> torch.Tensor:
-        """d = strength * (y_t - y_s), the strength checked."""
+    def _difference(self, y_s: torch.Tensor, y_t: torch.Tensor, strength) -> torch.Tensor:
+        """d = strength * (y_t - y_s), the strength checked; None: the config's
+        ``edit_strength`` (the model's operating point)."""
+        if strength is None:
+            strength = self.config.edit_strength
         return _number(strength, "strength", MAX_SCALE) * (y_t - y_s)
 
     def _region(self, region, n: int) -> torch.Tensor | None:
@@ -296,7 +297,7 @@ class Engine:
 
     # ----- API -----------------------------------------------------------------------
     @_serialised
-    def translate(self, images: Images, target, noise=None, strength: float = DEFAULT_STRENGTH,
+    def translate(self, images: Images, target, noise=None, strength: float | None = None,
                   source=None, seed: int | None = None, region=None) -> torch.Tensor:
         """Label-based translation. ``target``: labels (N, A) / (A,) or a dict name -> 0/1
         applied to the source labels with the conflict rules. ``region``: a mask at image
@@ -318,7 +319,7 @@ class Engine:
     @_serialised
     def translate_reference(self, images: Images, references, attributes: Sequence[str] | None = None,
                             source=None, reference_labels=None,
-                            strength: float = DEFAULT_STRENGTH, region=None) -> torch.Tensor:
+                            strength: float | None = None, region=None) -> torch.Tensor:
         """Reference-based translation: the target takes ``attributes`` (default: all) from
         the references' labels (given, or from the attribute head). ``references`` is one
         batch of N or 1 images, or a list of such batches averaged in the latent code.
@@ -349,7 +350,7 @@ class Engine:
     @_serialised
     def interpolate(self, images: Images, references, target, alphas: Sequence[float],
                     noise=None, seed: int | None = None, level: str = "latent", source=None,
-                    strength: float = DEFAULT_STRENGTH, region=None) -> torch.Tensor:
+                    strength: float | None = None, region=None) -> torch.Tensor:
         """(len(alphas), N, 3, S, S): alpha = 1 is label-based, 0 reference-based.
         level "latent" blends the codes, "spade" blends every SPADE layer's output.
         ``region``: as in ``translate``, on the blended codes (level "latent" only)."""
@@ -368,7 +369,7 @@ class Engine:
     @_serialised
     def edit_strip(self, image: Images, samples: int = 4, seed: int = 0, source=None,
                    sample_target: Mapping[str, float] | None = None,
-                   strength: float = DEFAULT_STRENGTH, cache: bool = True) -> EditStrip:
+                   strength: float | None = None, cache: bool = True) -> EditStrip:
         """Reconstruction, every single-attribute flip (conflict rules applied), and
         ``samples`` noise samples of ``sample_target`` (default: the first flip), for one
         source image. With ``cache`` the source-only trunk runs once for the whole strip."""

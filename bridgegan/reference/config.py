@@ -33,6 +33,12 @@ INT_RANGES = {
     "d_downs": (1, MAX_DOWNS),
 }
 MAX_EPS = 0.1  # the norms' epsilon: a small positive number
+# The edit strength scales d = strength * (y_t - y_s) (spec sections 7-8): the model is trained
+# at 1 and the official test uses 1.5; a config may name another default for its model.
+DEFAULT_STRENGTH = 1.5
+# Largest |strength| (and |alpha|, which also scales an edit): far beyond, the edits
+# saturate (unbounded, 1e38 overflows to NaN images).
+MAX_SCALE = 10.0
 MAX_EXTRA_DEPTH = 32  # lists / objects nested in config.extra (deeper ones fail to save)
 
 
@@ -49,7 +55,8 @@ def _nesting(value, limit: int) -> int:
 
 @dataclass(frozen=True)
 class BridgeGANConfig:
-    """Architecture of G, E, M and D (spec sections 2-4). Defaults are the paper's.
+    """Architecture of G, E, M and D (spec sections 2-4) and the default edit strength.
+    Defaults are the paper's.
 
     Widths derive from a base width and the number of resampling blocks:
     G's encoder goes g_width -> g_width * 2**g_downs, the latent is ``latent_channels``
@@ -70,6 +77,10 @@ class BridgeGANConfig:
     d_width: int = 16
     d_downs: int = 4
     eps: float = 1e-5
+    # the strength inference uses when a call names none: an operating point measured on
+    # the trained model (`bridgegan eval --strength`), not architecture, so configs that
+    # differ only here hold interchangeable weights
+    edit_strength: float = field(default=DEFAULT_STRENGTH, compare=False)
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -84,6 +95,11 @@ class BridgeGANConfig:
         if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps <= MAX_EPS:
             raise ValueError(f"config.eps must be a number in (0, {MAX_EPS}], "
                              f"got {reprlib.repr(eps)}")
+        strength = self.edit_strength
+        if (isinstance(strength, bool) or not isinstance(strength, (int, float))
+                or not 0 < strength <= MAX_SCALE):
+            raise ValueError(f"config.edit_strength must be a number in (0, {MAX_SCALE:g}], "
+                             f"got {reprlib.repr(strength)}")
         extra = self.extra
         if not isinstance(extra, dict) or _nesting(extra, MAX_EXTRA_DEPTH) > MAX_EXTRA_DEPTH:
             raise ValueError(f"config.extra must be an object (dict) nested at most "

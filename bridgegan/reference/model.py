@@ -22,8 +22,6 @@ from .programs import Stages
 Target = Union[torch.Tensor, Mapping[str, float]]
 References = Union[torch.Tensor, Sequence[torch.Tensor]]
 
-DEFAULT_STRENGTH = 1.5  # the official test scales d by 1.5 at inference
-
 
 class BridgeGAN(nn.Module):
     def __init__(self, config: BridgeGANConfig | None = None):
@@ -53,13 +51,16 @@ class BridgeGAN(nn.Module):
             )
         return target.to(source)
 
-    def difference(self, source: torch.Tensor, target: Target, strength: float) -> torch.Tensor:
-        """d = strength * (y_t - y_s)."""
+    def difference(self, source: torch.Tensor, target: Target,
+                   strength: float | None = None) -> torch.Tensor:
+        """d = strength * (y_t - y_s); no strength: the config's ``edit_strength``."""
         if source.dim() != 2 or source.shape[1] != self.config.n_attrs:
             raise ValueError(
                 f"source labels must have shape (N, {self.config.n_attrs}), "
                 f"got {tuple(source.shape)}"
             )
+        if strength is None:
+            strength = self.config.edit_strength
         return strength * (self.target_labels(source, target) - source)
 
     def sample_noise(self, n: int, generator: torch.Generator | None = None,
@@ -90,7 +91,7 @@ class BridgeGAN(nn.Module):
 
     # ----- inference modes (spec section 7) ------------------------------------------
     def translate(self, x: torch.Tensor, source: torch.Tensor, target: Target,
-                  noise: torch.Tensor | None = None, strength: float = DEFAULT_STRENGTH,
+                  noise: torch.Tensor | None = None, strength: float | None = None,
                   generator: torch.Generator | None = None) -> torch.Tensor:
         """Label-based translation towards ``target`` with noise r ~ N(0, 1)."""
         self.check_images(x)
@@ -110,7 +111,7 @@ class BridgeGAN(nn.Module):
 
     def translate_reference(self, x: torch.Tensor, references: References,
                             source: torch.Tensor, target: Target,
-                            strength: float = DEFAULT_STRENGTH) -> torch.Tensor:
+                            strength: float | None = None) -> torch.Tensor:
         """Reference-based translation; several reference batches are averaged in S."""
         self.check_images(x)
         d = self.difference(source, target, strength)
@@ -119,7 +120,7 @@ class BridgeGAN(nn.Module):
 
     def interpolate(self, x: torch.Tensor, references: References, source: torch.Tensor,
                     target: Target, alpha: float | torch.Tensor,
-                    noise: torch.Tensor | None = None, strength: float = DEFAULT_STRENGTH,
+                    noise: torch.Tensor | None = None, strength: float | None = None,
                     level: str = "latent",
                     generator: torch.Generator | None = None) -> torch.Tensor:
         """Blend label-based (alpha = 1) and reference-based (alpha = 0) translation.

@@ -7,7 +7,7 @@ Every input and output is batch-first (the batch dimension is not listed here):
 - ``translate_label``: ``image`` (3, S, S) float32 in [-1, 1], ``target`` (A,) target labels;
   optional ``noise`` (noise_dim,) N(0, 1) (drawn by the server when absent), ``source``
   (A,) source labels (the discriminator's attribute head when absent), ``strength`` (1,)
-  (1.5 when absent).
+  (the model's ``config.edit_strength`` when absent).
 - ``translate_reference``: ``image``, ``reference`` (3, S, S): one reference per source;
   optional ``attributes`` (A,) bool: which attributes come from the reference (all when
   absent), ``source``, ``strength``.
@@ -30,7 +30,6 @@ import torch
 from ..engine.export.pbtxt import Port
 from ..engine.io import as_batch
 from ..reference.config import BridgeGANConfig
-from ..reference.model import DEFAULT_STRENGTH
 
 MODELS = ("translate_label", "translate_reference", "reconstruct")
 IMAGE_INPUTS = ("image", "reference")  # checked by the engine: NaN / Inf, range [-1, 1]
@@ -110,7 +109,7 @@ def _prepare(engine, spec: ModelSpec, request: Mapping[str, np.ndarray]) -> dict
         out["has_source"] = torch.full((n,), "source" in out)
         out.setdefault("source", torch.zeros(n, a))
     if "strength" in ports:
-        out.setdefault("strength", torch.full((n, 1), DEFAULT_STRENGTH))
+        out.setdefault("strength", torch.full((n, 1), engine.config.edit_strength))
     if "attributes" in ports:
         out.setdefault("attributes", torch.ones(n, a, dtype=torch.bool))
     return out
