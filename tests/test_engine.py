@@ -401,7 +401,8 @@ def test_checkpoint_of_another_configuration(model, tmp_path):
 
 def test_edits_without_a_strength_use_the_configs(model, tmp_path):
     """config.edit_strength is the default of every edit, in the engine, the reference and
-    a saved checkpoint; it is not architecture (the weights load under either value)."""
+    a saved checkpoint; it is not architecture (the weights load under either value, and
+    share one ONNX export)."""
     cfg = model.config
     x, ys = images(2, cfg.image_size, 12), labels(2, cfg.n_attrs, 12)
     assert cfg.edit_strength == 1.5  # the official test's
@@ -419,6 +420,10 @@ def test_edits_without_a_strength_use_the_configs(model, tmp_path):
         want = m.translate(x, ys, {"Male": 1}, noise=noise, strength=1.0)
         assert torch.equal(m.translate(x, ys, {"Male": 1}, noise=noise), want)
     assert (eng.translate(x, {"Male": 1}, source=ys, noise=noise) - want).abs().max() <= ATOL
+    from bridgegan.engine.export import onnx_export  # the graphs do not depend on it
+
+    assert (onnx_export.export_key(m, Rewrites(), onnx_export.OPSET)
+            == onnx_export.export_key(model, Rewrites(), onnx_export.OPSET))
 
 
 def test_threads_get_the_serial_results(model):

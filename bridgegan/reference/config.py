@@ -187,13 +187,12 @@ class BridgeGANConfig:
                              "numbers, strings and one list of attribute names") from None
         return cls.from_dict(data)
 
+    def architecture(self) -> dict[str, Any]:
+        """The fields that shape the weights and the graphs: all but ``edit_strength`` and
+        ``extra`` (the fields equality compares)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.compare}
+
     def differences(self, other: "BridgeGANConfig") -> list[str]:
-        """Human-readable list of fields that differ (empty when equal)."""
-        out = []
-        for f in dataclasses.fields(self):
-            if not f.compare:
-                continue
-            a, b = getattr(self, f.name), getattr(other, f.name)
-            if a != b:
-                out.append(f"{f.name}: {a!r} != {b!r}")
-        return out
+        """Human-readable list of architecture fields that differ (empty when equal)."""
+        mine, theirs = self.architecture(), other.architecture()
+        return [f"{k}: {mine[k]!r} != {theirs[k]!r}" for k in mine if mine[k] != theirs[k]]

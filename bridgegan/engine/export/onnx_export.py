@@ -273,7 +273,7 @@ def _traced_code() -> str:
 
 def export_key(model: BridgeGAN, rewrites: Rewrites, opset: int) -> str:
     """sha256 over the G / E / M tensors, the export settings and the traced code."""
-    settings = {"config": {k: v for k, v in model.config.to_dict().items() if k != "extra"},
+    settings = {"config": model.config.architecture(),
                 "rewrites": rewrites.enabled(), "opset": opset, "code": _traced_code()}
     h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     for k, v in sorted(model.inference_modules().state_dict().items()):
