@@ -36,6 +36,9 @@ def ship(checkpoint: str | Path, report: dict, training: dict, dest: str | Path 
     numbers (eval.json) and how it was trained (training.json: the exact commands). The
     config's ``edit_strength`` becomes the strength ``report`` was measured at, so the
     shipped model edits by default as its numbers say."""
+    if "strength" not in report:
+        raise ValueError("the eval report names no 'strength' (the edit strength it was measured "
+                         "at): pass the JSON that `bridgegan eval --json` wrote")
     model = load_checkpoint(checkpoint)
     model.config = model.config.replace(edit_strength=report["strength"])
     extra = {
@@ -162,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
     rows, captions = demo_rows(eng, sources, labels.cpu(), args.samples, args.seed)
     path = Path(args.out) / "demo_grid.png"
     title = (f"bridgegan demo: {what.split(' (')[0]}, {cfg.image_size} px, edit strength "
-             f"{cfg.edit_strength:g}, seed {args.seed}; columns: source, reconstruction, each "
+             f"{cfg.edit_strength}, seed {args.seed}; columns: source, reconstruction, each "
              f"attribute flipped, noise samples, reference, reference edit, region edit, "
              f"interpolation")
     save_png(captioned_grid(rows, captions, title=title, scale=max(1, -(-96 // cfg.image_size))),

@@ -203,7 +203,8 @@ def format_report(report: dict) -> str:
             ("edit accuracy, shown", "label_edit_accuracy_shown", "reference_edit_accuracy_shown"),
             ("preservation", "label_preservation", "reference_preservation"),
             ("true-change score", "label_true_change", "reference_true_change")]
-    lines = [f"{'metric':22s} {'label-based':>12s} {'reference':>12s}"]
+    lines = [f"{'metric':22s} {'label-based':>12s} {'reference':>12s}"
+             + (f"  (edit strength {report['strength']})" if "strength" in report else "")]
     for title, lk, rk in rows:
         if lk in report:
             fmt = ".3f" if "change" in lk else ".1%"

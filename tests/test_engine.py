@@ -420,6 +420,18 @@ def test_edits_without_a_strength_use_the_configs(model, tmp_path):
         want = m.translate(x, ys, {"Male": 1}, noise=noise, strength=1.0)
         assert torch.equal(m.translate(x, ys, {"Male": 1}, noise=noise), want)
     assert (eng.translate(x, {"Male": 1}, source=ys, noise=noise) - want).abs().max() <= ATOL
+    r = images(2, cfg.image_size, 13)
+    for call in (lambda **k: eng.translate_reference(x, r, source=ys, **k),
+                 lambda **k: eng.interpolate(x, r, {"Male": 1}, [0.5], source=ys, seed=3, **k),
+                 lambda **k: eng.edit_strip(x[:1], samples=1, source=ys[:1], **k).images):
+        assert torch.equal(call(), call(strength=1.0))
+    from bridgegan.serve.models import run_requests  # a request without a strength
+
+    y_t = m.target_labels(ys, {"Male": 1})
+    served, = run_requests(eng, "translate_label", [
+        {"image": x.numpy(), "target": y_t.numpy(), "noise": noise.numpy(), "source": ys.numpy()}])
+    at_one = eng.translate(x, y_t, source=ys, noise=noise, strength=1.0).numpy()
+    assert np.allclose(served["output"], at_one, atol=1e-6)
     from bridgegan.engine.export import onnx_export  # the graphs do not depend on it
 
     assert (onnx_export.export_key(m, Rewrites(), onnx_export.OPSET)

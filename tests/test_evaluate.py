@@ -62,6 +62,7 @@ def test_psnr_and_ssim():
 def test_identity_engine_preserves_everything_and_edits_nothing(classifier):
     x, y = procedural_batch(12, 32, seed=3)
     report = evaluate(Identity(), classifier, x, y, progress=False)
+    assert report["strength"] == Identity.config.edit_strength  # the engine's default, named
     assert report["label_preservation"] == 1.0 and report["reference_preservation"] == 1.0
     assert report["label_preservation_ci95"] == [1.0, 1.0]
     # unchanged outputs meet a flipped target only where the classifier errs on the source
