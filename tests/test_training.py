@@ -248,6 +248,49 @@ def test_init_from_starts_from_the_weights_of_an_fp16_inference_checkpoint(tmp_p
                  "--steps", "3", "--out", str(second)]) == 2
 
 
+def test_widening_computes_what_the_narrower_model_did(tmp_path, faces):
+    """--init-from CKPT --widen: every width raised at once, the wider model's label-based,
+    reference-based and discriminator outputs equal the checkpoint's; a config that is not
+    a widening is refused naming the field, and the CLI trains a widened model."""
+    from bridgegan.cli import main
+    from bridgegan.reference import BridgeGAN, save_checkpoint
+    from bridgegan.reference.widen import widen_into
+    from conftest import images, labels, randomize
+
+    cfg = tiny(faces)
+    narrow = randomize(BridgeGAN(cfg), seed=4).eval()
+    wide_cfg = cfg.replace(g_width=cfg.g_width + 4, e_width=2 * cfg.e_width,
+                           latent_channels=2 * cfg.latent_channels, spade_hidden=cfg.spade_hidden + 3,
+                           mapping_channels=2 * cfg.mapping_channels, d_width=cfg.d_width + 1)
+    wide = BridgeGAN(wide_cfg).eval()
+    assert widen_into(wide, narrow) > 0
+    x, ys = images(3, SIZE, 4), labels(3, cfg.n_attrs, 4)
+    noise = torch.randn(3, cfg.noise_dim, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        assert torch.equal(wide.translate(x, ys, {"Male": 1}, noise=noise),
+                           narrow.translate(x, ys, {"Male": 1}, noise=noise))
+        assert torch.equal(wide.translate_reference(x, x.flip(0), ys, ys.flip(0)),
+                           narrow.translate_reference(x, x.flip(0), ys, ys.flip(0)))
+        for a, b in zip(wide.discriminator(x), narrow.discriminator(x)):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    for bad, field in ((cfg.replace(e_width=cfg.e_width - 1), "e_width"),
+                       (cfg.replace(noise_dim=cfg.noise_dim + 1), "noise_dim"),
+                       (cfg.replace(e_blocks=cfg.e_blocks + 1), "e_blocks")):
+        with pytest.raises(ValueError, match=f"lowers none; these differ: {field}"):
+            widen_into(BridgeGAN(bad), narrow)
+    save_checkpoint(tmp_path / "narrow", narrow)
+    args = ["train", "--data", "synthetic:24", "--batch", "8", "--n-d", "1", "--workers", "0",
+            "--log-every", "0", "--sample-every", "0", "--ckpt-every", "0", "--no-progress",
+            "--d-attr-warmup", "0", "--steps", "1", "--resolution", "32", "--g-width", "8",
+            "--e-width", "8", "--e-blocks", "1", "--latent-channels", "16", "--spade-hidden",
+            "16", "--mapping-channels", "16", "--noise-dim", "8", "--d-width", "4", "--d-downs",
+            "3", "--init-from", str(tmp_path / "narrow")]
+    assert main([*args, "--out", str(tmp_path / "same")]) == 2  # widths differ: refused
+    assert main([*args[:-2], "--widen", "--out", str(tmp_path / "none")]) == 2  # no --init-from
+    assert main([*args, "--widen", "--out", str(tmp_path / "wide")]) == 0
+    assert read_config(latest_checkpoint(tmp_path / "wide")).latent_channels == 16
+
+
 def test_reconstruction_loss_decreases_on_procedural_faces():
     data = make_dataset("synthetic:64", SIZE)
     t = Trainer(tiny(data), train_config(n_d=1, lr=5e-4, seed=1), data, progress=False)

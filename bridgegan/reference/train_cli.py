@@ -133,6 +133,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="start from the weights of this checkpoint folder (an inference "
                         "checkpoint, e.g. bridgegan/assets/default, will do) with fresh "
                         "optimisers at step 0; ignored when --resume auto finds a checkpoint")
+    g.add_argument("--widen", action="store_true",
+                   help="with --init-from: the model options may widen the checkpoint's "
+                        "(g/e/d width, latent channels, SPADE hidden, mapping channels); its "
+                        "weights fill the leading channels and the new channels' inputs start "
+                        "at zero, so training starts from what the checkpoint computed")
     g.add_argument("--ckpt-every", type=int, default=None,
                    help="checkpoint every N generator steps, 0 = only at the end (default: 1000)")
     g.add_argument("--keep-checkpoints", type=int, default=None,
@@ -242,6 +247,7 @@ def run(args: argparse.Namespace) -> int:
     from .info import parameter_counts
     from .train_state import STATE_JSON, latest_checkpoint, read_train_state
     from .trainer import Trainer
+    from .widen import check_widening
 
     if args.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -280,7 +286,12 @@ def run(args: argparse.Namespace) -> int:
         attrs = args.attributes or (ckpt_cfg.attributes if ckpt_cfg is not None else None)
         train_set, sample_set = _make_datasets(args, model_cfg.image_size, attrs)
         model_cfg = model_cfg.replace(attributes=tuple(train_set.attributes))
-        if ckpt_cfg is not None:
+        if args.widen and init is None:
+            raise ValueError("--widen needs --init-from (a checkpoint to widen), and a run to "
+                             "resume is resumed as it is")
+        if args.widen:
+            check_widening(ckpt_cfg, model_cfg)
+        elif ckpt_cfg is not None:
             diffs = ckpt_cfg.differences(model_cfg)
             if diffs:
                 raise CheckpointError(f"the model options differ from the checkpoint's "
@@ -295,7 +306,7 @@ def run(args: argparse.Namespace) -> int:
         if resume is not None:
             trainer.load(resume)
         elif init is not None:
-            trainer.init_weights(init)
+            trainer.init_weights(init, widen=args.widen)
         if info.is_main:
             n = parameter_counts(trainer.model)
             where = f"{info.world_size} processes" if info.enabled else "1 process"

@@ -44,6 +44,7 @@ from .checkpoint import (CheckpointError, load_checkpoint, load_state, read_conf
 from .model import BridgeGAN
 from .noise_memory import NoiseMemory
 from .train_config import TrainConfig
+from .widen import widen_into
 
 STATE_TENSORS = "train_state.safetensors"
 STATE_JSON = "train_state.json"
@@ -277,11 +278,14 @@ class TrainState:
         }
         return save_checkpoint(path, self.inference_model, dtype=torch.float32, extra=extra)
 
-    def load_weights(self, path: str | os.PathLike) -> None:
+    def load_weights(self, path: str | os.PathLike, widen: bool = False) -> None:
         """Take the weights of checkpoint folder ``path`` (its model.safetensors) into the
-        raw and EMA networks alike; optimisers and noise memory are left as they are."""
-        source = load_checkpoint(path, expected_config=self.model.config)
-        self.model.load_state_dict(source.state_dict())
+        raw and EMA networks alike, of a narrower model with ``widen``; optimisers and
+        noise memory are left as they are."""
+        if widen:
+            widen_into(self.model, load_checkpoint(path))
+        else:
+            self.model.load_state_dict(load_checkpoint(path, self.model.config).state_dict())
         if self.ema is not None:
             for name in _EMA_NETS:
                 getattr(self.ema, name).load_state_dict(getattr(self.model, name).state_dict())

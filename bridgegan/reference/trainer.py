@@ -518,12 +518,13 @@ class Trainer:
             prune_checkpoints(self.out_dir, self.config.keep_checkpoints)
         return path
 
-    def init_weights(self, path: str | os.PathLike) -> None:
+    def init_weights(self, path: str | os.PathLike, widen: bool = False) -> None:
         """Start from the weights of checkpoint folder ``path`` (its model.safetensors: G/E/M,
         the EMA ones for a trained checkpoint, and D), raw and EMA alike; the optimisers,
         the noise memory and the step start afresh (fine-tuning, or continuing a shipped
-        model whose training state is gone)."""
-        self.state().load_weights(path)
+        model whose training state is gone). ``widen``: this model may be a widening of the
+        checkpoint's (``widen.widen_into``)."""
+        self.state().load_weights(path, widen)
 
     def load(self, path: str | os.PathLike, restore_rng_states: bool = True) -> None:
         """Restore a checkpoint written by ``save`` so that training continues exactly;
