@@ -166,8 +166,8 @@ def evaluate(engine, classifier: AttributeClassifier, images: torch.Tensor, labe
                                 strength=strength, seed=seed + 1000 + k).cpu()
         div += [(outs[p] - outs[q]).abs().mean().item()
                 for p, q in itertools.combinations(range(diversity_samples), 2)]
-    used = engine.config.edit_strength if strength is None else strength
-    report = {"sources": n, "strength": used, "classifier_accuracy_on_sources":
+    report = {"sources": n, "strength": engine.config.strength(strength),
+              "classifier_accuracy_on_sources":
               round((src_pred == labels).float().mean().item(), 4)}
     for mode in ("label", "reference"):
         eh, kh, ec, kc = scores[mode].sum(0).tolist()

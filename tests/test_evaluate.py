@@ -2,7 +2,6 @@
 edit accuracy / preservation / diversity on engines whose answers are known."""
 from __future__ import annotations
 
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -35,7 +34,7 @@ class Identity:
     """An 'engine' that returns its sources unchanged (and ignores noise)."""
 
     attributes = PROCEDURAL_ATTRIBUTES
-    config = SimpleNamespace(image_size=32, edit_strength=1.5)
+    config = small_config(32, attributes=PROCEDURAL_ATTRIBUTES)
 
     def translate(self, images, target, source=None, strength=None, seed=None):
         return images.clone()
@@ -62,7 +61,7 @@ def test_psnr_and_ssim():
 def test_identity_engine_preserves_everything_and_edits_nothing(classifier):
     x, y = procedural_batch(12, 32, seed=3)
     report = evaluate(Identity(), classifier, x, y, progress=False)
-    assert report["strength"] == Identity.config.edit_strength  # the engine's default, named
+    assert report["strength"] == Identity.config.edit_strength == 1.5  # the default, named
     assert report["label_preservation"] == 1.0 and report["reference_preservation"] == 1.0
     assert report["label_preservation_ci95"] == [1.0, 1.0]
     # unchanged outputs meet a flipped target only where the classifier errs on the source

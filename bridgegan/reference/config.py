@@ -187,6 +187,10 @@ class BridgeGANConfig:
                              "numbers, strings and one list of attribute names") from None
         return cls.from_dict(data)
 
+    def strength(self, strength: float | None) -> float:
+        """The edit strength of a call: ``strength``, or ``edit_strength`` when it names none."""
+        return self.edit_strength if strength is None else strength
+
     def architecture(self) -> dict[str, Any]:
         """The fields that shape the weights and the graphs: all but ``edit_strength`` and
         ``extra`` (the fields equality compares)."""

@@ -59,9 +59,7 @@ class BridgeGAN(nn.Module):
                 f"source labels must have shape (N, {self.config.n_attrs}), "
                 f"got {tuple(source.shape)}"
             )
-        if strength is None:
-            strength = self.config.edit_strength
-        return strength * (self.target_labels(source, target) - source)
+        return self.config.strength(strength) * (self.target_labels(source, target) - source)
 
     def sample_noise(self, n: int, generator: torch.Generator | None = None,
                      like: torch.Tensor | None = None) -> torch.Tensor:
