@@ -1,6 +1,7 @@
-"""The inference graph's up convolution as one transposed convolution (``transposed_up``)
-and E's label channels folded into a per-sample bias (``fold_labels``): each alone and
-all rewrites together against the float64 reference model, in float32 (NCHW and
+"""The inference graph's up convolution as one transposed convolution (``transposed_up``),
+E's label channels folded into a per-sample bias (``fold_labels``) and the SPADE hidden
+convolution + bias + ReLU as one library call (``fused_relu``): each alone and all
+rewrites together against the float64 reference model, in float32 (NCHW and
 channels_last) and float64, and through the ONNX export run by onnxruntime."""
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from conftest import images, randomize, small_config
 
 FP32 = tolerance("float32")
 REWRITES = {"transposed_up": Rewrites.only("transposed_up"),
-            "fold_labels": Rewrites.only("fold_labels"), "all": Rewrites()}
+            "fold_labels": Rewrites.only("fold_labels"), "fused_relu": Rewrites.only("fused_relu"),
+            "all": Rewrites()}
 FORMATS = {"nchw": torch.contiguous_format, "cl": torch.channels_last}
 
 
@@ -101,7 +103,7 @@ def test_rewrites_match_the_float64_reference(model, rewrite, fmt):
             assert errors(g.encode(xd, d.to(dtype)), want_code)[1] <= op_limit
 
 
-@pytest.mark.parametrize("rewrite", ["transposed_up", "fold_labels"])
+@pytest.mark.parametrize("rewrite", ["transposed_up", "fold_labels", "fused_relu"])
 def test_onnx_export_with_the_rewrite(small_model, rewrite, tmp_path):
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")

@@ -26,6 +26,11 @@ against the reference model):
   over the (N, 2C, H, W) modulation adds it (ATen adds a bias after cuDNN's convolution).
   On the torch path, which ONNX export traces, the convolution keeps it: oneDNN, ONNX
   Runtime and TensorRT fuse a convolution's bias themselves.
+- ``fused_relu``: the SPADE hidden convolution, its bias and its ReLU as one library call
+  (cuDNN's convolution-bias-activation on CUDA, oneDNN's post-op on the CPU:
+  :func:`bridgegan.kernels.conv2d_relu`) instead of a convolution, a bias pass and a ReLU
+  pass over the widest activations of the graph. Under ONNX export and torch.compile the
+  plain ops, which those compilers fuse themselves.
 - ``low_res_shortcut``: a 1x1 shortcut convolution commutes with nearest upsampling and
   with 2x2 average pooling, so it runs at the low resolution; an up block's shortcut is
   then added to the residual as a broadcast, never upsampled.
@@ -46,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..kernels import instance_norm_act, spade_modulate
+from ..kernels import conv2d_relu, instance_norm_act, spade_modulate
 from ..reference.layers import SPADE, InstanceNorm, LatentMix, ResBlk
 from ..reference.model import BridgeGAN
 from ..reference.networks import tile_labels
@@ -61,6 +66,7 @@ class Rewrites:
     fold_labels: bool = True
     fold_bias: bool = True
     kernel_bias: bool = True
+    fused_relu: bool = True
     low_res_shortcut: bool = True
     pooled_conv: bool = True
 
@@ -115,12 +121,14 @@ def pooled_weight(w: torch.Tensor) -> torch.Tensor:
 
 class Conv(nn.Module):
     """A frozen convolution: "same" k x k, a 3x3 after a nearest 2x upsample (four-phase
-    or transposed) or pooled (a 3x3 before a 2x2 average pool)."""
+    or transposed) or pooled (a 3x3 before a 2x2 average pool); ``relu``: followed by a
+    ReLU, fused into the convolution's call (``fused_relu``)."""
 
     def __init__(self, conv: nn.Conv2d, four_phase: bool = False, bias: bool = True,
                  weight: torch.Tensor | None = None, bias_tensor: torch.Tensor | None = None,
-                 pooled: bool = False, transposed: bool = False):
+                 pooled: bool = False, transposed: bool = False, relu: bool = False):
         super().__init__()
+        self.relu = relu
         w = (conv.weight if weight is None else weight).detach().clone()
         b = (conv.bias if bias_tensor is None else bias_tensor) if bias else None
         b = None if b is None else b.detach().clone()
@@ -140,15 +148,20 @@ class Conv(nn.Module):
         self.register_buffer("weight", w)
         self.register_buffer("bias", b)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _conv(self, x: torch.Tensor, stride: int, padding: int) -> torch.Tensor:
+        if self.relu:
+            return conv2d_relu(x, self.weight, self.bias, stride, padding, self.transposed)
         if self.transposed:
-            return F.conv_transpose2d(x, self.weight, self.bias, stride=self.stride,
-                                      padding=self.padding)
+            return F.conv_transpose2d(x, self.weight, self.bias, stride=stride, padding=padding)
+        return F.conv2d(x, self.weight, self.bias, stride=stride, padding=padding)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.four_phase:
-            return F.conv2d(x, self.weight, self.bias, stride=self.stride, padding=self.padding)
+            return self._conv(x, self.stride, self.padding)
         n, _, h, w = x.shape
         o = self.out_channels
-        y = F.conv2d(F.pad(x, (1, 1, 1, 1)), self.weight, self.bias)  # (N, 4 O, H+1, W+1)
+        # (N, 4 O, H+1, W+1); a ReLU commutes with the phases' reassembly
+        y = self._conv(F.pad(x, (1, 1, 1, 1)), 1, 0)
         y = y.permute(0, 2, 3, 1).reshape(n, h + 1, w + 1, 2, 2, o)  # NHWC view when CL
         rows = [torch.stack([y[:, a:a + h, b:b + w, a, b] for b in (0, 1)], dim=3)
                 for a in (0, 1)]  # each (N, H, W, 2, O)
@@ -234,7 +247,8 @@ class SpadeGroup(nn.Module):
         self.hidden = layers[0].shared.out_channels
         up = rw.up_conv if size == 2 * latent_size else None
         self.resize = size != latent_size and up is None
-        form = dict(four_phase=up == "four_phase", transposed=up == "transposed")
+        form = dict(four_phase=up == "four_phase", transposed=up == "transposed",
+                    relu=rw.fused_relu)
         if rw.batch_hidden:
             w = torch.cat([l.shared.weight for l in layers])
             b = torch.cat([l.shared.bias for l in layers])
@@ -259,7 +273,7 @@ class SpadeGroup(nn.Module):
     def forward(self, s: torch.Tensor) -> list[tuple]:
         if self.resize:
             s = F.interpolate(s, size=(self.size, self.size), mode="nearest")
-        hidden = [F.relu(conv(s)) for conv in self.shared]
+        hidden = [conv(s) if conv.relu else F.relu(conv(s)) for conv in self.shared]
         if len(hidden) == 1:  # batched (or a single layer): one slice per layer
             hidden = hidden[0].split(self.hidden, dim=1)
         if self.merged:

@@ -5,10 +5,16 @@ Public ops (one entry point each, ``impl="auto" | "triton" | "torch"``):
 * :func:`spade_modulate` --
   ``act(instance_norm(x) * (1 + gamma + bias[c]) + beta + bias[C + c])``
 * :func:`instance_norm_act` -- ``act(instance_norm(x) * weight + bias)``
+* :func:`conv2d_relu` -- ``relu(conv2d(x, weight) + bias)`` as one cuDNN / oneDNN call
+  (``impl="auto" | "torch"``; no Triton kernel: the libraries' convolutions are faster)
 
-``python -m bridgegan.kernels.parity`` checks them against a float64 reference.
+``python -m bridgegan.kernels.parity`` checks the first two against a float64 reference;
+the engine's parity (``bridgegan parity``) checks all three inside the generator.
 Importing this package never imports triton; the kernels are loaded on first use.
 """
 
-from .norm_act import *  # noqa: F401,F403  (its __all__: the public ops and names)
-from .norm_act import __all__  # noqa: F401
+from . import conv_act, norm_act
+from .conv_act import *  # noqa: F401,F403  (each module's __all__: its public names)
+from .norm_act import *  # noqa: F401,F403
+
+__all__ = [*norm_act.__all__, *conv_act.__all__]

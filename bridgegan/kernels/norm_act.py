@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 
 from ..numerics import dtype_name
+from .dispatch import KernelFallbackWarning, tracing
 
 __all__ = [
     "ACTS",
@@ -69,10 +70,6 @@ TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 TORCH_DTYPES = TRITON_DTYPES + (torch.float64,)
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 _INT32_MAX = 2**31 - 1
-
-
-class KernelFallbackWarning(RuntimeWarning):
-    """impl="auto" could not run a Triton kernel and used the torch path instead."""
 
 
 # ----------------------------------------------------------------------------- triton import
@@ -448,19 +445,6 @@ class _NormActFunction(torch.autograd.Function):
 # ----------------------------------------------------------------------------- dispatch
 
 
-def _tracing() -> bool:
-    if torch.jit.is_tracing() or torch.jit.is_scripting():
-        return True
-    try:
-        if torch.onnx.is_in_onnx_export():
-            return True
-    except Exception:  # pragma: no cover - older/newer onnx module layouts
-        pass
-    compiler = getattr(torch, "compiler", None)
-    is_compiling = getattr(compiler, "is_compiling", None)
-    return bool(is_compiling()) if is_compiling is not None else False
-
-
 def _choose_impl(op: str, x: torch.Tensor, impl: str) -> str:
     if impl == "torch":
         return "torch"
@@ -482,7 +466,7 @@ def _choose_impl(op: str, x: torch.Tensor, impl: str) -> str:
                       f"x has {per_sample}")
         return "triton"
     # auto
-    if _tracing():
+    if tracing():
         return "torch"
     tn, why = _triton_module()
     if not x.is_cuda:
@@ -512,7 +496,7 @@ def _run(op, x, gamma, beta, weight, bias, mod_bias, act, eps, slope, impl, out,
     if chosen == "torch":
         y = _torch_ops(*tensors, act, eps, slope)
         fmt = torch.channels_last if _is_channels_last(x) else torch.contiguous_format
-        if not _tracing() and not y.is_contiguous(memory_format=fmt):
+        if not tracing() and not y.is_contiguous(memory_format=fmt):
             y = y.contiguous(memory_format=fmt)
         if out is not None:
             out.copy_(y)

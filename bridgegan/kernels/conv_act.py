@@ -1,0 +1,95 @@
+"""Convolution + bias + ReLU as one library call (the SPADE hidden convolution).
+
+ATen adds a convolution's bias in a pass of its own over the output after cuDNN, and a
+ReLU is one more; the vendor libraries run both in the convolution's epilogue:
+
+* CUDA: ``torch.cudnn_convolution_relu`` (cuDNN's convolution-bias-activation), plain
+  convolutions only (cuDNN has no fused transposed form), float16 / bfloat16 / float32;
+* CPU: oneDNN's post-op (``mkldnn::_convolution_pointwise`` and its transposed twin),
+  float32 and bfloat16.
+
+``conv2d_relu(x, weight, bias, stride, padding, transposed=False, impl="auto")`` is
+``relu(conv2d(x, weight, bias, stride, padding))`` (``conv_transpose2d`` when
+``transposed``; weights in the layout of the torch op it replaces).
+
+impl:
+  ``"torch"`` the plain torch ops: the oracle, and what ONNX export and torch.compile
+              trace (their compilers fuse the ReLU themselves).
+  ``"auto"``  the fused call where x's device and dtype have one, else the plain ops.
+              Under a tracer, or when autograd records, the plain ops, silently. The first
+              fused call per (device, dtype, form) is a probe: if the library refuses it
+              (a build without the fused engine), one :class:`KernelFallbackWarning`, the
+              plain ops from then on; after a probe that worked, errors propagate.
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+from ..numerics import dtype_name
+from .dispatch import KernelFallbackWarning, tracing
+
+__all__ = ["conv2d_relu"]
+
+IMPLS = ("auto", "torch")
+_CUDA_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_CPU_DTYPES = (torch.bfloat16, torch.float32)
+_PROBED: dict[tuple, bool] = {}  # (device type, dtype, transposed) -> the fused call works
+
+
+def _plain(x, weight, bias, stride: int, padding: int, transposed: bool) -> torch.Tensor:
+    if transposed:
+        return F.relu(F.conv_transpose2d(x, weight, bias, stride=stride, padding=padding))
+    return F.relu(F.conv2d(x, weight, bias, stride=stride, padding=padding))
+
+
+def _fused_call(x, weight, bias, stride: int, padding: int, transposed: bool):
+    """The library call for x's device and dtype, or None where there is none."""
+    s, p, one = [stride] * 2, [padding] * 2, [1, 1]
+    if x.is_cuda:
+        cudnn = torch.backends.cudnn
+        if transposed or x.dtype not in _CUDA_DTYPES or not (cudnn.is_available() and cudnn.enabled):
+            return None
+        return lambda: torch.cudnn_convolution_relu(x, weight, bias, s, p, one, 1)
+    if x.device.type != "cpu" or x.dtype not in _CPU_DTYPES or not torch.backends.mkldnn.is_available():
+        return None
+    ops = torch.ops.mkldnn
+    if transposed:
+        return lambda: ops._convolution_transpose_pointwise(x, weight, bias, p, [0, 0], s, one,
+                                                            1, "relu", [], "")
+    return lambda: ops._convolution_pointwise(x, weight, bias, p, s, one, 1, "relu", [], "")
+
+
+def conv2d_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                stride: int = 1, padding: int = 0, transposed: bool = False,
+                impl: str = "auto") -> torch.Tensor:
+    """``relu(conv2d(x, weight, bias))`` (or ``conv_transpose2d``) as one library call
+    where the device has one; see the module docstring."""
+    if impl not in IMPLS:
+        raise ValueError(f"conv2d_relu: unknown impl {impl!r}; accepted: "
+                         f"{', '.join(repr(i) for i in IMPLS)}")
+    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                           for t in (x, weight, bias))
+    if impl == "torch" or grad or tracing():
+        return _plain(x, weight, bias, stride, padding, transposed)
+    key = (x.device.type, x.dtype, transposed)
+    call = None if _PROBED.get(key) is False else _fused_call(x, weight, bias, stride, padding,
+                                                               transposed)
+    if call is None:
+        return _plain(x, weight, bias, stride, padding, transposed)
+    if key in _PROBED:
+        return call()
+    try:
+        y = call()
+    except (RuntimeError, NotImplementedError) as exc:
+        _PROBED[key] = False
+        form = "transposed convolution" if transposed else "convolution"
+        warnings.warn(f"bridgegan.kernels.conv2d_relu: the fused {form} + bias + ReLU failed "
+                      f"on {x.device.type} in {dtype_name(x.dtype)} ({type(exc).__name__}: "
+                      f"{exc}); using the plain torch ops there from now on.",
+                      KernelFallbackWarning, stacklevel=2)
+        return _plain(x, weight, bias, stride, padding, transposed)
+    _PROBED[key] = True
+    return y

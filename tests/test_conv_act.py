@@ -1,0 +1,114 @@
+"""conv2d_relu: the fused library call (oneDNN on this CPU) against the float64 plain ops,
+in both memory formats and every form the graph uses; the fallback when the library
+refuses; the plain ops under autograd."""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.profiler import ProfilerActivity, profile
+
+from bridgegan.kernels import KernelFallbackWarning, conv2d_relu, conv_act
+from bridgegan.numerics import errors, tolerance
+
+FORMATS = {"nchw": torch.contiguous_format, "cl": torch.channels_last}
+# (form, stride, padding, weight shape): the graph's hidden convolution, its four-phase
+# form (padding outside) and its transposed up form
+FORMS = {"conv3x3": (False, 1, 1, (12, 5, 3, 3)), "phase2x2": (False, 1, 0, (12, 5, 2, 2)),
+         "transposed": (True, 2, 1, (5, 6, 4, 4))}
+needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(),
+                                  reason="this torch build has no oneDNN (mkldnn)")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_probes(monkeypatch):
+    monkeypatch.setattr(conv_act, "_PROBED", {})
+
+
+def operands(form: str, seed: int, bias: bool = True):
+    transposed, stride, padding, wshape = FORMS[form]
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 5, 7, 6, generator=g, dtype=torch.float64)
+    w = torch.randn(*wshape, generator=g, dtype=torch.float64) / 4
+    b = torch.randn(wshape[1] if transposed else wshape[0], generator=g,
+                    dtype=torch.float64) if bias else None
+    return x, w, b, stride, padding, transposed
+
+
+def fused_ops(fn) -> set[str]:
+    """The mkldnn ops that ``fn`` ran."""
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return {e.key for e in prof.key_averages() if e.key.startswith("mkldnn::")}
+
+
+@needs_onednn
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+def test_fused_call_matches_the_float64_ops(form, fmt, dtype, bias):
+    x, w, b, stride, padding, transposed = operands(form, 7 + len(form), bias)
+    with torch.no_grad():
+        want = conv2d_relu(x, w, b, stride, padding, transposed, impl="torch")
+        assert (want == 0).any() and (want > 0).any()  # the ReLU is exercised
+        mf = FORMATS[fmt]
+        args = [t.to(dtype).contiguous(memory_format=mf) if t is not None and t.dim() == 4
+                else None if t is None else t.to(dtype) for t in (x, w, b)]
+        got = conv2d_relu(*args, stride, padding, transposed)
+        assert fused_ops(lambda: conv2d_relu(*args, stride, padding, transposed))
+    assert got.dtype == dtype and got.shape == want.shape
+    assert errors(got, want)[1] <= tolerance(dtype).op_rel
+
+
+@needs_onednn
+def test_a_refused_probe_falls_back_once(monkeypatch):
+    x, w, b, stride, padding, transposed = (t.float() if isinstance(t, torch.Tensor) else t
+                                            for t in operands("conv3x3", 3))
+    calls = []
+
+    def refusing(*args):
+        def call():
+            calls.append(1)
+            raise RuntimeError("CUDNN_STATUS_NOT_SUPPORTED")
+        return call
+
+    monkeypatch.setattr(conv_act, "_fused_call", refusing)
+    with torch.no_grad(), warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        first = conv2d_relu(x, w, b, stride, padding)
+        again = conv2d_relu(x, w, b, stride, padding)
+    assert len(calls) == 1  # not tried again for this device and dtype
+    shown = [w_ for w_ in rec if issubclass(w_.category, KernelFallbackWarning)]
+    assert len(shown) == 1 and "CUDNN_STATUS_NOT_SUPPORTED" in str(shown[0].message)
+    want = F.relu(F.conv2d(x, w, b, padding=padding))
+    assert torch.equal(first, want) and torch.equal(again, want)
+
+
+@needs_onednn
+def test_errors_after_a_working_probe_propagate():
+    x, w, b, stride, padding, _ = (t.float() if isinstance(t, torch.Tensor) else t
+                                   for t in operands("conv3x3", 4))
+    with torch.no_grad():
+        conv2d_relu(x, w, b, stride, padding)
+        with pytest.raises(RuntimeError):
+            conv2d_relu(x[:, :3], w, b, stride, padding)  # 3 input channels for 5
+
+
+def test_autograd_takes_the_plain_ops():
+    """(Under a tracer too: the ONNX export test of ``fused_relu`` in
+    test_graph_rewrites.py.)"""
+    x, w, b, stride, padding, _ = (t.float() if isinstance(t, torch.Tensor) else t
+                                   for t in operands("conv3x3", 5))
+    w.requires_grad_(True)
+    assert not fused_ops(lambda: conv2d_relu(x, w, b, stride, padding).sum().backward())
+    want = torch.autograd.grad(F.relu(F.conv2d(x, w, b, padding=padding)).sum(), w)[0]
+    assert torch.allclose(w.grad, want)
+
+
+def test_unknown_impl_is_refused():
+    x, w, b, stride, padding, _ = operands("conv3x3", 6)
+    with pytest.raises(ValueError, match="unknown impl 'triton'; accepted: 'auto', 'torch'"):
+        conv2d_relu(x, w, b, stride, padding, impl="triton")
