@@ -66,7 +66,7 @@ FIELDS = ["what", "backend", "dtype", "layout", "batch", "resolution", "channels
 SWEEP = {  # launch-config variants tried with --sweep (fp16 only, every shape)
     "nchw": [{"fused_tile": 1024}, {"fused_tile": 2048}, {"fused_tile": 8192},
              {"fused_tile": 16384}, {"num_warps": 2}, {"num_warps": 4}, {"num_warps": 8},
-             {"num_warps": 16}, {"path": "split"}],
+             {"num_warps": 16}, {"path": "split"}, {"path": "split", "stats": "tiles"}],
     "channels_last": [{"fused_tile": 8192}, {"fused_tile": 16384}, {"num_warps": 4},
                       {"num_warps": 8}, {"num_warps": 16}, {"path": "split"},
                       {"path": "split", "target_programs": 2048},
@@ -76,7 +76,9 @@ SWEEP = {  # launch-config variants tried with --sweep (fp16 only, every shape)
                       {"max_fused": 32768, "block_c": 8}, {"max_fused": 65536, "block_c": 4},
                       # wider channel rows (128-256 contiguous bytes), issue 14 item 5
                       {"block_c": 64}, {"block_c": 128}, {"path": "split", "block_c": 64},
-                      {"path": "split", "block_c": 128}],
+                      {"path": "split", "block_c": 128},
+                      # the split path's statistics reduced per tile inside the loop (A/B)
+                      {"path": "split", "stats": "tiles"}],
 }
 
 

@@ -107,18 +107,26 @@ def test_parity_fused(op, dtype, layout, act, poisoned_alloc):
 
 
 @requires_triton
+@pytest.mark.parametrize("stats", ["lanes", "tiles"])
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", PARITY_DTYPES, ids=dtype_name)
 @pytest.mark.parametrize("op", ALL_OPS)
-def test_parity_split(op, dtype, layout, poisoned_alloc):
+def test_parity_split(op, dtype, layout, stats, poisoned_alloc):
     shape = (2, 3, 9, 7)  # 63 pixels: several tiles per chunk, a partial last tile and chunk
-    plan = plan_launch(2, 3, 63, layout == "channels_last", SPLIT)
+    cfg = dict(SPLIT, stats=stats)
+    plan = plan_launch(2, 3, 63, layout == "channels_last", cfg)
     assert plan.path == "split" and plan.n_chunks > 1 and plan.chunk > plan.block_hw
+    assert plan.lanes == (stats == "lanes")
     act = ACTS[(ALL_OPS.index(op) + PARITY_DTYPES.index(dtype)) % 3]
     x, kw = make(op, shape, dtype, layout, seed=7)
-    out = call(op, x, kw, act=act, impl="triton", config=SPLIT)
+    out = call(op, x, kw, act=act, impl="triton", config=cfg)
     assert_format(out, x, layout)
     assert_close(out, reference64(op, x, kw, act), dtype)
+
+
+def test_plan_refuses_unknown_statistics():
+    with pytest.raises(ValueError, match="stats must be 'lanes' or 'tiles', got 'warp'"):
+        plan_launch(2, 3, 63, False, dict(SPLIT, stats="warp"))
 
 
 @requires_triton

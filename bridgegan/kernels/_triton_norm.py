@@ -25,9 +25,12 @@ Kernels:
     budget.
 ``_stats_kernel`` + ``_apply_kernel``
     Split path for large planes: the H*W axis is cut into chunks; the first kernel
-    writes per-chunk (mean, M2) partials (each chunk combines its tiles with Chan's
-    parallel formula, each tile computed two-pass), the second kernel merges the
-    partials of its channels (Chan again) and normalises its chunk. x is read twice.
+    writes per-chunk (mean, M2) partials, the second kernel merges the partials of its
+    channels (Chan's parallel formula) and normalises its chunk. x is read twice. A chunk's
+    partial is built one of two ways (``LANES``): each lane of the tile keeps its own
+    Welford (count, mean, M2) over the loop and the lanes are merged (Chan) in one
+    reduction after it (the default: no cross-warp reduction inside the loop), or each
+    tile is reduced two-pass and merged into the running partial (Chan) per iteration.
 
 Statistics are float32 whatever the storage dtype; the output is cast to the output
 pointer's dtype. All arithmetic on masked-off lanes is zeroed before reductions so a NaN
@@ -167,10 +170,20 @@ def _fused_kernel(x_ptr, g_ptr, b_ptr, w_ptr, bias_ptr, mb_ptr, out_ptr,
 
 
 @triton.jit
+def _chan_merge(mean_a, m2_a, n_a, mean_b, m2_b, n_b):
+    """Chan et al.: (count, mean, M2) of two parts -> of their union (empty parts allowed)."""
+    n = n_a + n_b
+    w_b = tl.where(n > 0, n_b / tl.where(n > 0, n, 1.0), 0.0)
+    delta = mean_b - mean_a
+    return mean_a + delta * w_b, m2_a + m2_b + delta * delta * n_a * w_b, n
+
+
+@triton.jit
 def _stats_kernel(x_ptr, mean_ptr, m2_ptr,
                   C, HW, n_cblocks, CHUNK, n_chunks,
                   sxn, sxhw, sxc,
-                  HW_MAJOR: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
+                  HW_MAJOR: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr,
+                  LANES: tl.constexpr):
     pid = tl.program_id(0)
     chunk = tl.program_id(1)
     n = (pid // n_cblocks).to(tl.int64)
@@ -180,24 +193,42 @@ def _stats_kernel(x_ptr, mean_ptr, m2_ptr,
     start = chunk * CHUNK
     end = tl.minimum(start + CHUNK, HW)
 
-    acc_mean = tl.zeros([BLOCK_C], dtype=tl.float32)
-    acc_m2 = tl.zeros([BLOCK_C], dtype=tl.float32)
-    for off in range(start, end, BLOCK_HW):
-        rows = off + tl.arange(0, BLOCK_HW)
-        rmask = rows < end
-        mask = _tile_mask(rmask, cmask, HW_MAJOR)
-        x = tl.load(x_ptr + n * sxn + _tile(rows, cols, sxhw, sxc, HW_MAJOR),
-                    mask=mask, other=0.0).to(tl.float32)
-        r = tl.sum(tl.where(rmask, 1.0, 0.0), axis=0)          # rows in this tile
-        t_mean = _sum_hw(x, HW_MAJOR) / r
-        d = tl.where(mask, x - _per_c(t_mean, HW_MAJOR), 0.0)
-        t_m2 = _sum_hw(d * d, HW_MAJOR)
-        # Chan et al.: merge (n_a, acc_mean, acc_m2) with (r, t_mean, t_m2).
-        n_a = (off - start) * 1.0
-        n_ab = n_a + r
-        delta = t_mean - acc_mean
-        acc_mean = acc_mean + delta * (r / n_ab)
-        acc_m2 = acc_m2 + t_m2 + delta * delta * (n_a * r / n_ab)
+    if LANES:
+        # per lane: Welford over the loop (masked lanes keep their state); one merge after
+        if HW_MAJOR:
+            l_mean = tl.zeros([BLOCK_C, BLOCK_HW], dtype=tl.float32)
+        else:
+            l_mean = tl.zeros([BLOCK_HW, BLOCK_C], dtype=tl.float32)
+        l_m2 = l_mean
+        l_n = l_mean
+        for off in range(start, end, BLOCK_HW):
+            rows = off + tl.arange(0, BLOCK_HW)
+            mask = _tile_mask(rows < end, cmask, HW_MAJOR)
+            x = tl.load(x_ptr + n * sxn + _tile(rows, cols, sxhw, sxc, HW_MAJOR),
+                        mask=mask, other=0.0).to(tl.float32)
+            l_n = l_n + tl.where(mask, 1.0, 0.0)
+            delta = tl.where(mask, x - l_mean, 0.0)
+            l_mean = l_mean + delta / tl.where(mask, l_n, 1.0)
+            l_m2 = l_m2 + delta * tl.where(mask, x - l_mean, 0.0)
+        if HW_MAJOR:
+            acc_mean, acc_m2, _ = tl.reduce((l_mean, l_m2, l_n), 1, _chan_merge)
+        else:
+            acc_mean, acc_m2, _ = tl.reduce((l_mean, l_m2, l_n), 0, _chan_merge)
+    else:
+        acc_mean = tl.zeros([BLOCK_C], dtype=tl.float32)
+        acc_m2 = tl.zeros([BLOCK_C], dtype=tl.float32)
+        for off in range(start, end, BLOCK_HW):
+            rows = off + tl.arange(0, BLOCK_HW)
+            rmask = rows < end
+            mask = _tile_mask(rmask, cmask, HW_MAJOR)
+            x = tl.load(x_ptr + n * sxn + _tile(rows, cols, sxhw, sxc, HW_MAJOR),
+                        mask=mask, other=0.0).to(tl.float32)
+            r = tl.sum(tl.where(rmask, 1.0, 0.0), axis=0)          # rows in this tile
+            t_mean = _sum_hw(x, HW_MAJOR) / r
+            d = tl.where(mask, x - _per_c(t_mean, HW_MAJOR), 0.0)
+            t_m2 = _sum_hw(d * d, HW_MAJOR)
+            n_a = (off - start) * 1.0
+            acc_mean, acc_m2, _ = _chan_merge(acc_mean, acc_m2, n_a, t_mean, t_m2, r)
 
     poffs = (n * n_chunks + chunk) * C + cols
     tl.store(mean_ptr + poffs, acc_mean, mask=cmask)

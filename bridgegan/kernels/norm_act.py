@@ -260,6 +260,7 @@ class LaunchPlan:
     n_cblocks: int
     chunk: int = 0
     n_chunks: int = 1
+    lanes: bool = True  # split stats: per-lane Welford, one merge after the loop (else per tile)
 
     @property
     def grid(self) -> tuple[int, ...]:
@@ -276,13 +277,17 @@ def plan_launch(n: int, c: int, hw: int, channels_last: bool, config: dict | Non
     ``config`` overrides: ``max_fused`` (largest register tile, elements; a small value
     forces the split path), ``fused_tile`` (packing target for small planes),
     ``split_tile``, ``block_c``, ``num_warps``, ``target_programs``, ``path``
-    ("fused"/"split", to force one when it is legal).
+    ("fused"/"split", to force one when it is legal), ``stats`` (the split path's
+    statistics: "lanes", the default, or "tiles"; see :mod:`._triton_norm`).
     """
     cfg = dict(config or {})
     unknown = set(cfg) - {"max_fused", "fused_tile", "split_tile", "block_c", "num_warps",
-                          "target_programs", "path"}
+                          "target_programs", "path", "stats"}
     if unknown:
         raise ValueError(f"plan_launch: unknown config keys {sorted(unknown)}")
+    stats = cfg.get("stats", "lanes")
+    if stats not in ("lanes", "tiles"):
+        raise ValueError(f"plan_launch: stats must be 'lanes' or 'tiles', got {stats!r}")
     max_fused = int(cfg.get("max_fused", FUSED_MAX_ELEMS))
     fused_tile = int(cfg.get("fused_tile", FUSED_TILE_TARGET))
     split_tile = int(cfg.get("split_tile", SPLIT_TILE))
@@ -316,7 +321,8 @@ def plan_launch(n: int, c: int, hw: int, channels_last: bool, config: dict | Non
     chunk = -(-tiles // n_chunks) * bhw
     n_chunks = -(-hw // chunk)
     nw = int(cfg.get("num_warps", _warps_for(bhw * bc)))
-    return LaunchPlan("split", not channels_last, bhw, bc, nw, n * n_cb, chunk, n_chunks)
+    return LaunchPlan("split", not channels_last, bhw, bc, nw, n * n_cb, chunk, n_chunks,
+                      stats == "lanes")
 
 
 @functools.lru_cache(maxsize=256)
@@ -407,7 +413,8 @@ def _triton_forward(op, x, gamma, beta, weight, bias, mod_bias, act, eps, slope,
             p_m2 = torch.empty_like(p_mean)
             tn._stats_kernel[plan.grid](
                 x, p_mean, p_m2, c, hw, n_cb, plan.chunk, plan.n_chunks, *sx,
-                HW_MAJOR=plan.hw_major, BLOCK_HW=plan.block_hw, BLOCK_C=plan.block_c, num_warps=plan.num_warps)
+                HW_MAJOR=plan.hw_major, BLOCK_HW=plan.block_hw, BLOCK_C=plan.block_c,
+                LANES=plan.lanes, num_warps=plan.num_warps)
             tn._apply_kernel[plan.grid](
                 x, *ptrs, out, p_mean, p_m2, c, hw, n_cb, plan.chunk, plan.n_chunks,
                 *sx, *sg, *sb, *so, inv_hw, float(eps), float(slope), **flags,
