@@ -22,7 +22,7 @@ from bridgegan.kernels import (
     spade_modulate,
     triton_interpreted,
 )
-from bridgegan.kernels import norm_act
+from bridgegan.kernels import dispatch
 from bridgegan.kernels.norm_act import ACTS
 from bridgegan.kernels.parity import LAYOUTS, OPS, PARITY_DTYPES, call, make_inputs, reference64
 from bridgegan.kernels.parity import main as parity_main
@@ -361,7 +361,7 @@ def test_nan_inf_propagate_like_reference(dtype, layout, path):
 
 def test_auto_falls_back_with_one_warning():
     x, kw = make(SPADE, (1, 2, 3, 3), seed=12)
-    norm_act._reset_fallback_warning()
+    dispatch.reset_fallback_warning()
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
         outs = [call(SPADE, x, kw, impl="auto") for _ in range(3)]
@@ -379,7 +379,7 @@ def test_auto_falls_back_with_one_warning():
 
 @requires_triton
 def test_triton_on_cpu_needs_interpreter(monkeypatch):
-    tn = norm_act._triton_module()[0]
+    tn = dispatch.triton_module("norm")[0]
     monkeypatch.setattr(tn, "is_interpreted", lambda: False)
     x, kw = make(SPADE, (1, 2, 3, 3))
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
@@ -387,7 +387,7 @@ def test_triton_on_cpu_needs_interpreter(monkeypatch):
 
 
 def test_triton_missing_is_reported(monkeypatch):
-    monkeypatch.setattr(norm_act, "_TRITON", (None, "triton does not import (ImportError: x)"))
+    monkeypatch.setitem(dispatch._MODULES, "norm", (None, "triton does not import (ImportError: x)"))
     x, kw = make(SPADE, (1, 2, 3, 3))
     with pytest.raises(RuntimeError, match="triton"):
         call(SPADE, x, kw, impl="triton")
@@ -407,7 +407,7 @@ def _bad_cases():
         "beta_shape": (lambda: s(x, g, g[:1]), "beta has shape"),
         "gamma_dtype": (lambda: s(x, g.half()), "gamma has dtype float16 but x is float32"),
         "weight_shape": (lambda: i(x, torch.ones(4)), "weight has shape (4,)"),
-        "bias_dtype": (lambda: i(x, None, torch.ones(3, dtype=torch.long)), "floating dtype"),
+        "in_bias_dtype": (lambda: i(x, None, torch.ones(3, dtype=torch.long)), "floating dtype"),
         "unknown_act": (lambda: s(x, g, act="gelu"), "unknown act 'gelu'"),
         "unknown_impl": (lambda: s(x, g, impl="cuda"), "unknown impl 'cuda'"),
         "eps_negative": (lambda: i(x, eps=-1.0), "eps must be"),
@@ -536,7 +536,7 @@ def test_torch_path_traces_and_auto_takes_it_when_tracing():
             return spade_modulate(x, g, act="relu", impl="auto")
 
     x, kw = make(SPADE2C, (1, 2, 4, 4), seed=17)
-    norm_act._reset_fallback_warning()
+    dispatch.reset_fallback_warning()
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
         # check_trace=False: the trace checker re-runs forward outside tracing

@@ -1,9 +1,19 @@
-"""What every op of this package shares when it picks its fast path: the warning for a
-fallback and the check for a tracer (ONNX export, TorchScript, torch.compile), under which
-ops take their plain torch path so that the exported or compiled graph holds standard ops."""
+"""How every op of this package picks its path: the lazy import of its Triton kernels, the
+choice between them and the plain torch ops (``impl``), the one fallback warning, and the
+check for a tracer (ONNX export, TorchScript, torch.compile), under which ops take their
+plain torch path so that the exported or compiled graph holds standard ops."""
 from __future__ import annotations
 
+import importlib
+import warnings
+
 import torch
+
+from ..numerics import dtype_name
+
+IMPLS = ("auto", "triton", "torch")
+TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+INT32_MAX = 2**31 - 1  # the kernels index one sample with int32 offsets
 
 
 class KernelFallbackWarning(RuntimeWarning):
@@ -22,3 +32,90 @@ def tracing() -> bool:
     compiler = getattr(torch, "compiler", None)
     is_compiling = getattr(compiler, "is_compiling", None)
     return bool(is_compiling()) if is_compiling is not None else False
+
+
+_MODULES: dict[str, tuple] = {}  # kernel module name -> (module or None, reason or None)
+
+
+def triton_module(name: str):
+    """The Triton kernel module ``bridgegan.kernels._triton_<name>``, or (None, why it
+    cannot be used). Imported lazily, once: importing this package never imports triton."""
+    if name not in _MODULES:
+        try:
+            _MODULES[name] = (importlib.import_module(f"._triton_{name}", __package__), None)
+        except Exception as exc:  # ImportError, or a broken triton install
+            _MODULES[name] = (None, f"triton does not import ({type(exc).__name__}: {exc})")
+    return _MODULES[name]
+
+
+def triton_available() -> bool:
+    """Whether the Triton kernels can be imported (says nothing about a GPU)."""
+    return triton_module("norm")[0] is not None
+
+
+def triton_interpreted() -> bool:
+    """Whether the kernels run in the CPU interpreter (TRITON_INTERPRET=1 at import)."""
+    tn = triton_module("norm")[0]
+    return tn is not None and tn.is_interpreted()
+
+
+_FALLBACK_WARNED = False
+
+
+def warn_fallback(op: str, reason: str) -> None:
+    """One KernelFallbackWarning per process, whichever op falls back first."""
+    global _FALLBACK_WARNED
+    if _FALLBACK_WARNED:
+        return
+    _FALLBACK_WARNED = True
+    warnings.warn(
+        f"bridgegan.kernels.{op}(impl='auto') is using the torch path: {reason}. "
+        "Results are correct but not fused. (Shown once per process.)",
+        KernelFallbackWarning,
+        stacklevel=4,
+    )
+
+
+def reset_fallback_warning() -> None:
+    """Forget that the fallback warning was shown (for tests)."""
+    global _FALLBACK_WARNED
+    _FALLBACK_WARNED = False
+
+
+def choose_impl(op: str, x: torch.Tensor, impl: str, kernels: str) -> str:
+    """"triton" or "torch" for a call of ``op`` on x whose kernels are ``_triton_<kernels>``:
+    impl="triton" raises when they cannot run, impl="auto" falls back with the warning."""
+    if impl == "torch":
+        return "torch"
+    per_sample = x[0].numel() if x.shape[0] else 0
+    if impl == "triton":
+        tn, why = triton_module(kernels)
+        if tn is None:
+            raise RuntimeError(f"{op}(impl='triton'): {why}; install triton or use impl='torch'")
+        if x.dtype not in TRITON_DTYPES:
+            raise ValueError(f"{op}: impl='triton' accepts float16, bfloat16, float32; x is "
+                             f"{dtype_name(x.dtype)} (use impl='torch' for float64)")
+        if not x.is_cuda and not tn.is_interpreted():
+            raise RuntimeError(
+                f"{op}(impl='triton'): x is on {x.device}; the Triton path needs a CUDA tensor, "
+                "or TRITON_INTERPRET=1 set in the environment before bridgegan.kernels is "
+                "imported (CPU interpreter, slow; for tests)")
+        if per_sample > INT32_MAX:
+            raise ValueError(f"{op}: impl='triton' supports at most {INT32_MAX} elements per "
+                             f"sample, x has {per_sample}")
+        return "triton"
+    if tracing():
+        return "torch"
+    tn, why = triton_module(kernels)
+    if not x.is_cuda:
+        reason = f"x is on {x.device}, the Triton kernels need a CUDA tensor"
+    elif tn is None:
+        reason = why
+    elif x.dtype not in TRITON_DTYPES:
+        reason = f"{dtype_name(x.dtype)} has no Triton kernel (float16/bfloat16/float32 do)"
+    elif per_sample > INT32_MAX:
+        reason = f"{per_sample} elements per sample exceed the kernels' int32 indexing"
+    else:
+        return "triton"
+    warn_fallback(op, reason)
+    return "torch"

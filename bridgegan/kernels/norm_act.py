@@ -43,14 +43,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from ..numerics import dtype_name
-from .dispatch import KernelFallbackWarning, tracing
+from .dispatch import (IMPLS, TRITON_DTYPES, KernelFallbackWarning, choose_impl, tracing,
+                       triton_available, triton_interpreted, triton_module)
 
 __all__ = [
     "ACTS",
@@ -65,62 +65,8 @@ __all__ = [
 ]
 
 ACTS = ("none", "relu", "leaky_relu")
-IMPLS = ("auto", "triton", "torch")
-TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 TORCH_DTYPES = TRITON_DTYPES + (torch.float64,)
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
-_INT32_MAX = 2**31 - 1
-
-
-# ----------------------------------------------------------------------------- triton import
-
-_TRITON = None  # (module or None, reason or None) once looked up
-
-
-def _triton_module():
-    """The kernel module, or (None, why it cannot be used). Imported lazily, once."""
-    global _TRITON
-    if _TRITON is None:
-        try:
-            from . import _triton_norm as tn
-
-            _TRITON = (tn, None)
-        except Exception as exc:  # ImportError, or a broken triton install
-            _TRITON = (None, f"triton does not import ({type(exc).__name__}: {exc})")
-    return _TRITON
-
-
-def triton_available() -> bool:
-    """Whether the Triton kernels can be imported (says nothing about a GPU)."""
-    return _triton_module()[0] is not None
-
-
-def triton_interpreted() -> bool:
-    """Whether the kernels run in the CPU interpreter (TRITON_INTERPRET=1 at import)."""
-    tn = _triton_module()[0]
-    return tn is not None and tn.is_interpreted()
-
-
-_FALLBACK_WARNED = False
-
-
-def _warn_fallback(op: str, reason: str) -> None:
-    global _FALLBACK_WARNED
-    if _FALLBACK_WARNED:
-        return
-    _FALLBACK_WARNED = True
-    warnings.warn(
-        f"bridgegan.kernels.{op}(impl='auto') is using the torch path: {reason}. "
-        "Results are correct but not fused. (Shown once per process.)",
-        KernelFallbackWarning,
-        stacklevel=4,
-    )
-
-
-def _reset_fallback_warning() -> None:
-    """Forget that the fallback warning was shown (for tests)."""
-    global _FALLBACK_WARNED
-    _FALLBACK_WARNED = False
 
 
 # ----------------------------------------------------------------------------- validation
@@ -366,7 +312,7 @@ def _flattenable(t: torch.Tensor | None, fmt) -> torch.Tensor | None:
 
 
 def _triton_forward(op, x, gamma, beta, weight, bias, mod_bias, act, eps, slope, out, config):
-    tn, why = _triton_module()
+    tn, why = triton_module("norm")
     if tn is None:
         raise RuntimeError(f"bridgegan.kernels.{op}(impl='triton'): {why}")
     n, c, h, w = x.shape
@@ -452,44 +398,6 @@ class _NormActFunction(torch.autograd.Function):
 # ----------------------------------------------------------------------------- dispatch
 
 
-def _choose_impl(op: str, x: torch.Tensor, impl: str) -> str:
-    if impl == "torch":
-        return "torch"
-    per_sample = x[0].numel() if x.shape[0] else 0
-    if impl == "triton":
-        tn, why = _triton_module()
-        if tn is None:
-            raise RuntimeError(f"{op}(impl='triton'): {why}; install triton or use impl='torch'")
-        if x.dtype not in TRITON_DTYPES:
-            _fail(op, f"impl='triton' accepts float16, bfloat16, float32; x is "
-                      f"{dtype_name(x.dtype)} (use impl='torch' for float64)")
-        if not x.is_cuda and not tn.is_interpreted():
-            raise RuntimeError(
-                f"{op}(impl='triton'): x is on {x.device}; the Triton path needs a CUDA tensor, "
-                "or TRITON_INTERPRET=1 set in the environment before bridgegan.kernels is "
-                "imported (CPU interpreter, slow; for tests)")
-        if per_sample > _INT32_MAX:
-            _fail(op, f"impl='triton' supports at most {_INT32_MAX} elements per sample, "
-                      f"x has {per_sample}")
-        return "triton"
-    # auto
-    if tracing():
-        return "torch"
-    tn, why = _triton_module()
-    if not x.is_cuda:
-        reason = f"x is on {x.device}, the Triton kernels need a CUDA tensor"
-    elif tn is None:
-        reason = why
-    elif x.dtype not in TRITON_DTYPES:
-        reason = f"{dtype_name(x.dtype)} has no Triton kernel (float16/bfloat16/float32 do)"
-    elif per_sample > _INT32_MAX:
-        reason = f"{per_sample} elements per sample exceed the kernels' int32 indexing"
-    else:
-        return "triton"
-    _warn_fallback(op, reason)
-    return "torch"
-
-
 def _run(op, x, gamma, beta, weight, bias, mod_bias, act, eps, slope, impl, out, config):
     if out is not None:
         _check_map(op, "out", out, x, (x.shape[1],))
@@ -499,7 +407,7 @@ def _run(op, x, gamma, beta, weight, bias, mod_bias, act, eps, slope, impl, out,
     grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     if grad and out is not None:
         _fail(op, "out= does not support autograd; pass out=None when inputs require grad")
-    chosen = _choose_impl(op, x, impl)
+    chosen = choose_impl(op, x, impl, "norm")
     if chosen == "torch":
         y = _torch_ops(*tensors, act, eps, slope)
         fmt = torch.channels_last if _is_channels_last(x) else torch.contiguous_format
