@@ -54,7 +54,7 @@ ENGINE_VARIANTS = ("reference:float32,reference:fp16,reference:fp16:heuristics,t
 # the engine at batch 64 with each graph rewrite of round 2 off in turn (its A/B)
 ABLATION = ",".join(["triton:fp16:cl:graphs"] + [
     f"triton:fp16:cl:graphs:-{r}" for r in ("transposed_up", "kernel_bias", "fold_labels",
-                                             "fused_relu", "low_res_shortcut")])
+                                             "fused_relu", "fused_tail", "low_res_shortcut")])
 OWN_CALL = ("ablation", "bench_compile")  # stages run only when named in --stages
 CACHE = ROOT / ".cache"  # inductor and Triton caches, carried between device calls
 

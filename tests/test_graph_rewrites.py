@@ -154,3 +154,24 @@ def test_kernel_bias_matches_the_float64_reference(model, merged):
         out = translate(graph_stages(g), x, d, r)
     want = translate(ref, x.double(), d.double(), r.double())
     assert errors(out, want)[0] <= FP32.image_max_abs
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
+                    reason="the Triton kernels on the CPU need TRITON_INTERPRET=1")
+@pytest.mark.parametrize("low_res", [True, False], ids=["broadcast", "full_res_shortcut"])
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_fused_tail_matches_the_float64_reference(model, fmt, low_res):
+    """impl="triton": the last block's sum, ReLU, to_rgb and tanh run as one rgb_tail
+    kernel (its up shortcut at half size, or at full size without ``low_res_shortcut``);
+    the torch path, which ONNX export traces, keeps the plain ops."""
+    cfg = model.config
+    x, d, r = inputs(cfg, 2, 13)
+    rw = Rewrites(low_res_shortcut=low_res)
+    g = InferenceGraph(model, rw, impl="triton").eval().to(memory_format=FORMATS[fmt])
+    assert g.fused_tail and g.up[-1].broadcast_shortcut == low_res
+    assert not InferenceGraph(model, rw).fused_tail
+    assert not InferenceGraph(model, Rewrites(fused_tail=False), impl="triton").fused_tail
+    out = translate(graph_stages(g), x.contiguous(memory_format=FORMATS[fmt]), d, r)
+    want = translate(float64_model(model).stages(), x.double(), d.double(), r.double())
+    assert out.is_contiguous(memory_format=FORMATS[fmt])
+    assert errors(out, want)[0] <= FP32.image_max_abs

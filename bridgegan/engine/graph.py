@@ -31,6 +31,10 @@ against the reference model):
   :func:`bridgegan.kernels.conv2d_relu`) instead of a convolution, a bias pass and a ReLU
   pass over the widest activations of the graph. Under ONNX export and torch.compile the
   plain ops, which those compilers fuse themselves.
+- ``fused_tail`` (``impl="triton"`` only): G's last residual sum (its up shortcut read as
+  a broadcast), the ReLU, the 1x1 to_rgb convolution and tanh in one kernel
+  (:func:`bridgegan.kernels.rgb_tail`): the last block's output is read once, where the
+  plain ops make five passes at the image size.
 - ``low_res_shortcut``: a 1x1 shortcut convolution commutes with nearest upsampling and
   with 2x2 average pooling, so it runs at the low resolution; an up block's shortcut is
   then added to the residual as a broadcast, never upsampled.
@@ -51,7 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..kernels import conv2d_relu, instance_norm_act, spade_modulate
+from ..kernels import conv2d_relu, instance_norm_act, rgb_tail, spade_modulate
 from ..reference.layers import SPADE, InstanceNorm, LatentMix, ResBlk
 from ..reference.model import BridgeGAN
 from ..reference.networks import tile_labels
@@ -67,6 +71,7 @@ class Rewrites:
     fold_bias: bool = True
     kernel_bias: bool = True
     fused_relu: bool = True
+    fused_tail: bool = True
     low_res_shortcut: bool = True
     pooled_conv: bool = True
 
@@ -197,6 +202,9 @@ class Block(nn.Module):
         self.conv2 = Conv(blk.conv2, pooled=self.pool_inside)
         self.shortcut = Conv(blk.shortcut) if blk.shortcut is not None else None
         self.low_res_shortcut = rw.low_res_shortcut
+        # the shortcut comes out at half the residual's size: added as a broadcast
+        self.broadcast_shortcut = (self.resample == "up" and self.low_res_shortcut
+                                   and self.shortcut is not None)
         if self.kind == "in":
             for i, norm in ((1, blk.norm1), (2, blk.norm2)):
                 self.register_buffer(f"n{i}_weight", norm.weight.detach().clone())
@@ -214,6 +222,12 @@ class Block(nn.Module):
         return F.leaky_relu(x, self.slope) if self.slope is not None else F.relu(x)
 
     def forward(self, x: torch.Tensor, mods=(None, None), impl: str = "torch") -> torch.Tensor:
+        h, sc = self.branches(x, mods, impl)
+        return _add_upsampled(h, sc) if self.broadcast_shortcut else h + sc
+
+    def branches(self, x: torch.Tensor, mods=(None, None), impl: str = "torch"):
+        """The residual and the shortcut, not yet added (the shortcut at half size when
+        ``broadcast_shortcut``)."""
         h = self._norm_act(x, 1, mods[0], impl)
         if self.resample == "up" and not self.up_inside:
             h = _up(h)
@@ -225,13 +239,11 @@ class Block(nn.Module):
             if self.resample == "down":
                 sc = F.avg_pool2d(sc, 2)
             sc = self.shortcut(sc)
-            if self.resample == "up":
-                return _add_upsampled(h, sc)
         elif self.shortcut is not None:
             sc = _up(sc) if self.resample == "up" else sc
             sc = self.shortcut(sc)
             sc = F.avg_pool2d(sc, 2) if self.resample == "down" else sc
-        return h + sc
+        return h, sc
 
 
 class SpadeGroup(nn.Module):
@@ -343,6 +355,7 @@ class InferenceGraph(nn.Module):
         offsets = [sum(len([1 for _, t in layers if t == s]) for s in sizes[:gi])
                    for gi in range(len(sizes))]
         self.layer_index = [offsets[gi] + k for gi, k in order]
+        self.fused_tail = rw.fused_tail and impl == "triton" and len(self.up) > 0
         # encoder and mapping
         self.fold_labels = rw.fold_labels
         if self.fold_labels:  # the stem is 1x1: no padding, so the fold is exact everywhere
@@ -395,8 +408,13 @@ class InferenceGraph(nn.Module):
     def decode(self, h: torch.Tensor, s: torch.Tensor | LatentMix) -> torch.Tensor:
         mods = self.modulations(s)
         h = self.mid_spade(h, (mods[0], mods[1]), self.impl)
+        last = len(self.up) - 1
         for i, blk in enumerate(self.up):
-            h = blk(h, (mods[2 + 2 * i], mods[3 + 2 * i]), self.impl)
+            pair = (mods[2 + 2 * i], mods[3 + 2 * i])
+            if i == last and self.fused_tail:
+                h, sc = blk.branches(h, pair, self.impl)
+                return rgb_tail(h, self.to_rgb.weight, self.to_rgb.bias, sc, impl=self.impl)
+            h = blk(h, pair, self.impl)
         return torch.tanh(self.to_rgb(F.relu(h)))
 
     def forward(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:

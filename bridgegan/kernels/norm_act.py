@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from ..numerics import dtype_name
 from .dispatch import (IMPLS, TRITON_DTYPES, KernelFallbackWarning, choose_impl, tracing,
                        triton_available, triton_interpreted, triton_module)
+from .layout import flattenable, hw_strides, is_channels_last
 
 __all__ = [
     "ACTS",
@@ -279,53 +280,21 @@ def _cached_plan(n: int, c: int, hw: int, channels_last: bool) -> LaunchPlan:
 # ----------------------------------------------------------------------------- triton path
 
 
-def _is_channels_last(t: torch.Tensor) -> bool:
-    if t.is_contiguous():
-        return False
-    if t.is_contiguous(memory_format=torch.channels_last):
-        return True
-    _, c, h, w = t.shape
-    if c == 1:
-        return False
-    sc = t.stride(1)
-    spatial = [t.stride(d) for d, size in ((2, h), (3, w)) if size > 1]
-    return all(sc < s for s in spatial)
-
-
-def _hw_strides(t: torch.Tensor):
-    """(s_n, s_hw, s_c) of t viewed as [N][H*W][C], or None if H, W do not flatten."""
-    _, _, h, w = t.shape
-    sn, sc, sh, sw = t.stride()
-    if h == 1:
-        shw = sw
-    elif w == 1 or sh == w * sw:
-        shw = sw if w > 1 else sh
-    else:
-        return None
-    return sn, shw, sc
-
-
-def _flattenable(t: torch.Tensor | None, fmt) -> torch.Tensor | None:
-    if t is None or _hw_strides(t) is not None:
-        return t
-    return t.contiguous(memory_format=fmt)
-
-
 def _triton_forward(op, x, gamma, beta, weight, bias, mod_bias, act, eps, slope, out, config):
     tn, why = triton_module("norm")
     if tn is None:
         raise RuntimeError(f"bridgegan.kernels.{op}(impl='triton'): {why}")
     n, c, h, w = x.shape
     hw = h * w
-    cl = _is_channels_last(x)
+    cl = is_channels_last(x)
     fmt = torch.channels_last if cl else torch.contiguous_format
-    x = _flattenable(x, fmt)
+    x = flattenable(x, fmt)
     def same_order(t):
         # Maps in the other memory format than x are copied into x's, so that every load
         # of a tile walks memory in the same order (correct either way, just slower).
-        if t is not None and hw > 1 and _is_channels_last(t) != cl:
+        if t is not None and hw > 1 and is_channels_last(t) != cl:
             t = t.contiguous(memory_format=fmt)
-        return _flattenable(t, fmt)
+        return flattenable(t, fmt)
 
     if gamma is not None and beta is None and gamma.shape[1] == 2 * c:
         gamma = same_order(gamma)
@@ -338,10 +307,10 @@ def _triton_forward(op, x, gamma, beta, weight, bias, mod_bias, act, eps, slope,
                               for t in (weight, bias, mod_bias))
 
     plan = _cached_plan(n, c, hw, cl) if config is None else plan_launch(n, c, hw, cl, config)
-    sx = _hw_strides(x)
-    so = _hw_strides(out)
-    sg = _hw_strides(gamma) if gamma is not None else (0, 0, 0)
-    sb = _hw_strides(beta) if beta is not None else (0, 0, 0)
+    sx = hw_strides(x)
+    so = hw_strides(out)
+    sg = hw_strides(gamma) if gamma is not None else (0, 0, 0)
+    sb = hw_strides(beta) if beta is not None else (0, 0, 0)
     flags = dict(HAS_G=gamma is not None, HAS_BETA=beta is not None, HAS_W=weight is not None,
                  HAS_BIAS=bias is not None, HAS_MB=mod_bias is not None, ACT=tn.ACT_CODES[act])
     ptrs = tuple(t if t is not None else x for t in (gamma, beta, weight, bias, mod_bias))
@@ -410,14 +379,14 @@ def _run(op, x, gamma, beta, weight, bias, mod_bias, act, eps, slope, impl, out,
     chosen = choose_impl(op, x, impl, "norm")
     if chosen == "torch":
         y = _torch_ops(*tensors, act, eps, slope)
-        fmt = torch.channels_last if _is_channels_last(x) else torch.contiguous_format
+        fmt = torch.channels_last if is_channels_last(x) else torch.contiguous_format
         if not tracing() and not y.is_contiguous(memory_format=fmt):
             y = y.contiguous(memory_format=fmt)
         if out is not None:
             out.copy_(y)
             return out
         return y
-    if out is not None and _hw_strides(out) is None:
+    if out is not None and hw_strides(out) is None:
         _fail(op, "out must have H and W that flatten into one axis (NCHW or channels_last "
                   f"dense rows); got strides {out.stride()}")
     if grad:

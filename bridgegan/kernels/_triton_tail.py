@@ -1,0 +1,69 @@
+"""Triton kernel for the generator's tail (forward only): ``tanh(W relu(h + up(s)) + b)``.
+
+Imports triton at import time; :mod:`bridgegan.kernels.tail` imports it lazily. One
+program per (n, block of pixels) holds all C channels of its pixels (tiles laid out as in
+:mod:`._triton_norm`: the contiguous memory axis last), adds the shortcut (read at half
+resolution when it is the low-resolution shortcut of an up block: pixel (i, j) reads
+(i // 2, j // 2)), applies the ReLU, then for each of the K outputs a dot product over the
+channels, the bias and tanh. h and s are read once; nothing else is written but the
+K-channel output. Arithmetic in float32; NaN/Inf propagate as in the torch ops.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from ._triton_norm import _per_c, _tile, _tile_mask
+
+
+@triton.jit
+def _sum_c(x, HW_MAJOR: tl.constexpr):
+    """Sum a tile over its channel axis -> one value per pixel."""
+    if HW_MAJOR:
+        r = tl.sum(x, axis=0)
+    else:
+        r = tl.sum(x, axis=1)
+    return r
+
+
+@triton.jit
+def _tanh(y):
+    # sign(y) (1 - e) / (1 + e), e = exp(-2|y|) <= 1: no overflow; NaN stays NaN
+    e = tl.exp(-2.0 * tl.abs(y))
+    t = (1.0 - e) / (1.0 + e)
+    return tl.where(y < 0.0, -t, t)
+
+
+@triton.jit
+def _rgb_tail_kernel(h_ptr, s_ptr, w_ptr, b_ptr, out_ptr,
+                     C, HW, W, n_pblocks,
+                     shn, shhw, shc, ssn, ssc, ssh, ssw, son, sohw, soc,
+                     K: tl.constexpr, HAS_S: tl.constexpr, UP: tl.constexpr,
+                     HAS_B: tl.constexpr, HW_MAJOR: tl.constexpr,
+                     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    pid = tl.program_id(0)
+    n = (pid // n_pblocks).to(tl.int64)
+    rows = (pid % n_pblocks) * BLOCK_P + tl.arange(0, BLOCK_P)
+    cols = tl.arange(0, BLOCK_C)
+    rmask = rows < HW
+    cmask = cols < C
+    mask = _tile_mask(rmask, cmask, HW_MAJOR)
+    v = tl.load(h_ptr + n * shn + _tile(rows, cols, shhw, shc, HW_MAJOR),
+                mask=mask, other=0.0).to(tl.float32)
+    if HAS_S:
+        src = (rows // W // UP) * ssh + (rows % W // UP) * ssw  # the shortcut pixel's offset
+        v += tl.load(s_ptr + n * ssn + _tile(src, cols, 1, ssc, HW_MAJOR),
+                     mask=mask, other=0.0).to(tl.float32)
+    v = tl.where(v < 0.0, 0.0, v)  # ReLU that keeps NaN
+    for k in tl.static_range(K):
+        wk = tl.load(w_ptr + k * C + cols, mask=cmask, other=0.0).to(tl.float32)
+        y = _sum_c(v * _per_c(wk, HW_MAJOR), HW_MAJOR)
+        if HAS_B:
+            y += tl.load(b_ptr + k).to(tl.float32)
+        tl.store(out_ptr + n * son + rows * sohw + k * soc,
+                 _tanh(y).to(out_ptr.dtype.element_ty), mask=rmask)
+
+
+def is_interpreted() -> bool:
+    """True when this kernel was defined under TRITON_INTERPRET=1 (CPU interpreter)."""
+    return type(_rgb_tail_kernel).__name__ == "InterpretedFunction"

@@ -1,0 +1,39 @@
+"""Memory layouts as the Triton kernels see them: a 4-D tensor as a strided [N][H*W][C]
+view, one set of kernels for both NCHW and channels_last."""
+from __future__ import annotations
+
+import torch
+
+
+def is_channels_last(t: torch.Tensor) -> bool:
+    """Whether a 4-D tensor's channels are its innermost axis (channels_last, dense or not)."""
+    if t.is_contiguous():
+        return False
+    if t.is_contiguous(memory_format=torch.channels_last):
+        return True
+    _, c, h, w = t.shape
+    if c == 1:
+        return False
+    sc = t.stride(1)
+    spatial = [t.stride(d) for d, size in ((2, h), (3, w)) if size > 1]
+    return all(sc < s for s in spatial)
+
+
+def hw_strides(t: torch.Tensor):
+    """(s_n, s_hw, s_c) of t viewed as [N][H*W][C], or None if H, W do not flatten."""
+    _, _, h, w = t.shape
+    sn, sc, sh, sw = t.stride()
+    if h == 1:
+        shw = sw
+    elif w == 1 or sh == w * sw:
+        shw = sw if w > 1 else sh
+    else:
+        return None
+    return sn, shw, sc
+
+
+def flattenable(t: torch.Tensor | None, fmt) -> torch.Tensor | None:
+    """t, or a dense copy in ``fmt`` where its H and W do not flatten into one axis."""
+    if t is None or hw_strides(t) is not None:
+        return t
+    return t.contiguous(memory_format=fmt)

@@ -1,0 +1,129 @@
+"""The generator's tail in one pass: ``tanh(conv1x1(relu(h + up(shortcut)), weight) + bias)``.
+
+G ends with its last up block's residual sum, a ReLU, the 1x1 ``to_rgb`` convolution and
+tanh. As separate ops that is five passes over the last block's output (the widest
+activations at the image size: broadcast add, ReLU, convolution, its bias, tanh); the
+fused kernel reads h and the shortcut once and writes only the K output channels.
+
+``rgb_tail(h, weight, bias=None, shortcut=None, impl="auto")``
+    h: (N, C, H, W); shortcut: None, (N, C, H, W), or (N, C, H/2, W/2), the
+    low-resolution shortcut of an up block, nearest-upsampled by the broadcast (H, W
+    even); weight: (K, C) or (K, C, 1, 1), K <= 16; bias: (K,) or None.
+
+impl as in :mod:`.norm_act`: "torch" (the plain ops in float32 for fp16/bf16 storage,
+float64 stays float64: the oracle), "triton" (the kernel in :mod:`._triton_tail`: CUDA, or
+the CPU under TRITON_INTERPRET=1), "auto" (Triton for CUDA tensors, else the torch path
+with the one :class:`KernelFallbackWarning`; the torch path under a tracer). The output
+has h's dtype and memory format. The kernel is forward only: while autograd records, the
+torch path runs whatever impl says.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+
+from ..numerics import dtype_name
+from .dispatch import IMPLS, choose_impl, triton_module
+from .layout import flattenable, hw_strides, is_channels_last
+
+__all__ = ["rgb_tail"]
+
+MAX_OUTPUTS = 16  # K: the kernel unrolls one dot product per output channel
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _fail(msg: str) -> None:
+    raise ValueError(f"rgb_tail: {msg}")
+
+
+def _check(h, weight, bias, shortcut, impl) -> None:
+    if impl not in IMPLS:
+        _fail(f"unknown impl {impl!r}; accepted: {', '.join(repr(i) for i in IMPLS)}")
+    if not isinstance(h, torch.Tensor) or h.dim() != 4 or h.dtype not in _FLOATS:
+        what = (f"{h.dim()}-D {dtype_name(h.dtype)}" if isinstance(h, torch.Tensor)
+                else type(h).__name__)
+        _fail(f"h must be a 4-D (N, C, H, W) float16/bfloat16/float32/float64 tensor, got {what}")
+    n, c, hh, ww = h.shape
+    if not isinstance(weight, torch.Tensor) or weight.shape[1:] not in ((c,), (c, 1, 1)) \
+            or not 1 <= weight.shape[0] <= MAX_OUTPUTS:
+        got = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
+        _fail(f"weight has shape {got}; accepted: (K, {c}) or (K, {c}, 1, 1) with "
+              f"1 <= K <= {MAX_OUTPUTS} for h of shape {tuple(h.shape)}")
+    k = weight.shape[0]
+    if bias is not None and (not isinstance(bias, torch.Tensor) or tuple(bias.shape) != (k,)):
+        got = tuple(bias.shape) if isinstance(bias, torch.Tensor) else type(bias).__name__
+        _fail(f"bias has shape {got}; accepted: ({k},) (one per output channel) or None")
+    if shortcut is not None:
+        full, half = (n, c, hh, ww), (n, c, hh // 2, ww // 2)
+        shape = tuple(shortcut.shape) if isinstance(shortcut, torch.Tensor) else None
+        if shape != full and (shape != half or hh % 2 or ww % 2):
+            accepted = f"{full}" + (f" or {half}" if hh % 2 == 0 and ww % 2 == 0 else "")
+            _fail(f"shortcut has shape {shape or type(shortcut).__name__}; accepted: {accepted} "
+                  f"or None for h of shape {tuple(h.shape)}")
+    for name, t in (("weight", weight), ("bias", bias), ("shortcut", shortcut)):
+        if t is None:
+            continue
+        if t.dtype != h.dtype:
+            _fail(f"{name} has dtype {dtype_name(t.dtype)} but h is {dtype_name(h.dtype)}; "
+                  "they must match")
+        if t.device != h.device:
+            _fail(f"{name} is on {t.device} but h is on {h.device}; they must match")
+
+
+def _torch_tail(h, weight, bias, shortcut) -> torch.Tensor:
+    cdt = torch.float64 if h.dtype == torch.float64 else torch.float32
+    v = h.to(cdt)
+    if shortcut is not None:
+        s = shortcut.to(cdt)
+        v = v + (s if s.shape == v.shape else F.interpolate(s, scale_factor=2, mode="nearest"))
+    w = weight.reshape(weight.shape[0], -1, 1, 1).to(cdt)
+    y = torch.tanh(F.conv2d(F.relu(v), w, None if bias is None else bias.to(cdt)))
+    fmt = torch.channels_last if is_channels_last(h) else torch.contiguous_format
+    return y.to(h.dtype).contiguous(memory_format=fmt)
+
+
+def _next_pow2(v: int) -> int:
+    return 1 if v <= 1 else 1 << (v - 1).bit_length()
+
+
+def _triton_tail(h, weight, bias, shortcut) -> torch.Tensor:
+    tn, why = triton_module("tail")
+    if tn is None:
+        raise RuntimeError(f"bridgegan.kernels.rgb_tail(impl='triton'): {why}")
+    n, c, hh, ww = h.shape
+    k = weight.shape[0]
+    fmt = torch.channels_last if is_channels_last(h) else torch.contiguous_format
+    h = flattenable(h, fmt)
+    out = torch.empty((n, k, hh, ww), dtype=h.dtype, device=h.device, memory_format=fmt)
+    block_c = _next_pow2(c)
+    block_p = max(1, min(_next_pow2(hh * ww), 4096 // block_c))
+    n_pb = -(-(hh * ww) // block_p)
+    s = shortcut if shortcut is not None else h
+    weight = weight.reshape(k, c).contiguous()
+    guard = torch.cuda.device(h.device) if h.is_cuda else contextlib.nullcontext()
+    with guard:
+        tn._rgb_tail_kernel[(n * n_pb,)](
+            h, s, weight, bias if bias is not None else weight, out,
+            c, hh * ww, ww, n_pb, *hw_strides(h), *s.stride(), *hw_strides(out),
+            K=k, HAS_S=shortcut is not None,
+            UP=1 if shortcut is None or shortcut.shape[-1] == ww else 2,
+            HAS_B=bias is not None, HW_MAJOR=fmt == torch.contiguous_format,
+            BLOCK_P=block_p, BLOCK_C=block_c, num_warps=4)
+    return out
+
+
+def rgb_tail(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+             shortcut: torch.Tensor | None = None, impl: str = "auto") -> torch.Tensor:
+    """``tanh(conv1x1(relu(h + up(shortcut)), weight) + bias)`` in one pass; see the
+    module docstring."""
+    _check(h, weight, bias, shortcut, impl)
+    if h.numel() == 0:
+        return torch.empty((h.shape[0], weight.shape[0], *h.shape[2:]), dtype=h.dtype,
+                           device=h.device)
+    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                           for t in (h, weight, bias, shortcut))
+    if grad or choose_impl("rgb_tail", h, impl, "tail") == "torch":  # the kernel: forward only
+        return _torch_tail(h, weight, bias, shortcut)
+    return _triton_tail(h, weight, bias, shortcut)
