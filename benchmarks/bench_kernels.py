@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Speed of the fused SPADE kernel at the generator's real shapes (128x128 images, batch 64).
+"""Speed of the fused SPADE kernel at the generator's real shapes (128x128 images, batch 64),
+and of the fused tail (rgb_tail) at G's last layer.
 
     python benchmarks/bench_kernels.py --out DIR            # GPU: fp16+bf16, NCHW+channels_last
     python benchmarks/bench_kernels.py --out DIR --parity   # GPU parity table first
@@ -22,6 +23,10 @@ Backends per shape:
           PyTorch SPADE layer does)
   torch   spade_modulate(..., impl="torch"): float32 upcast torch ops (what CPU / ONNX
           use)
+
+rgb_tail (G's last residual sum, ReLU, to_rgb, tanh; one row per dtype and layout at
+32@128 with its 32@64 shortcut, batch 64): the kernel against the plain ops (broadcast
+add, ReLU, 1x1 convolution, tanh); ideal bytes = read h and the shortcut, write 3 channels.
 
 Timing: bridgegan.timing (CUDA events, L2 cleared before every call, >= 100 ms of calls
 after a warm-up, as triton.testing.do_bench does), median with p20/p80, and the inputs
@@ -51,7 +56,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from bridgegan.engine.bench import environment  # noqa: E402
-from bridgegan.kernels import norm_act  # noqa: E402
+from bridgegan.kernels import norm_act, rgb_tail  # noqa: E402
 from bridgegan.timing import copy_bandwidth, p50_p20_p80, time_calls  # noqa: E402
 
 IMAGE_RES = 128
@@ -158,6 +163,48 @@ def tune(rounds=2):
                 print(f"tune {dname} {layout:<13} C={c:<3} {h:>3}: {str(cfg):<40} "
                       + " ".join(f"{t * 1e3:7.1f}" for t in res[i])
                       + f" us  {p.path}:bhw={p.block_hw},bc={p.block_c},w={p.num_warps}")
+
+
+def _tail_eager(h, weight, bias, s):
+    """G's tail as the plain ops: broadcast add, ReLU, 1x1 convolution (+ bias), tanh."""
+    n, c, hl, wl = s.shape
+    v = (h.view(n, c, hl, 2, wl, 2) + s.view(n, c, hl, 1, wl, 1)).reshape(h.shape)
+    return torch.tanh(F.conv2d(F.relu(v), weight, bias))
+
+
+def _tail_rows(device, batch, impl, dtypes, layouts, timing, copy_bw, base, gen, dry_run):
+    """rgb_tail against the plain ops at G's last layer (32 channels at the image size, its
+    shortcut at half size). Ideal bytes: read h and the shortcut once, write 3 channels."""
+    c, h = (2, 8) if dry_run else (32, IMAGE_RES)
+    rows = []
+    for dname in dtypes:
+        dtype = BENCH_DTYPES[dname]
+        for layout in layouts:
+            fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+            x, sc = (torch.randn(batch, c, size, size, device=device, generator=gen).to(dtype)
+                     .contiguous(memory_format=fmt) for size in (h, h // 2))
+            weight = torch.randn(3, c, 1, 1, device=device, generator=gen).to(dtype) / c ** 0.5
+            bias = torch.randn(3, device=device, generator=gen).to(dtype)
+            ideal = (x.numel() + sc.numel() + batch * 3 * h * h) * x.element_size()
+            times = {name: _ms(fn, device, timing) for name, fn in (
+                ("triton", lambda: rgb_tail(x, weight, bias, sc, impl=impl)),
+                ("eager", lambda: _tail_eager(x, weight, bias, sc)))}
+            common = dict(base, what=f"rgb_tail C={c} {h}x{h}", dtype=dname, layout=layout,
+                          resolution=h, channels=c, path="fused" if impl == "triton" else impl,
+                          ideal_bytes=ideal)
+            for name, (t50, t20, t80) in times.items():
+                rows.append(dict(common, backend=name, metric="time", unit="ms", p50=t50,
+                                 p20=t20, p80=t80))
+                rows.append(dict(common, backend=name, metric="copy_bw_share", unit="%",
+                                 **{k: 100 * ideal / t / 1e6 / copy_bw["p50"]
+                                    for k, t in (("p50", t50), ("p20", t80), ("p80", t20))}))
+            (t50, t20, t80), (e50, e20, e80) = times["triton"], times["eager"]
+            rows.append(dict(common, backend="triton", metric="speedup_vs_eager", unit="x",
+                             p50=e50 / t50, p20=e20 / t20, p80=e80 / t80))
+            print(f"rgb_tail {dname} {layout:<13}: triton {t50 * 1e3:8.1f} us "
+                  f"({100 * ideal / t50 / 1e6 / copy_bw['p50']:5.1f}% of copy), eager "
+                  f"{e50 * 1e3:8.1f} us, x{e50 / t50:.2f}")
+    return rows
 
 
 def run(out_dir, dry_run=False, sweep=False, parity=False, quick=False, dtypes=None, layouts=None):
@@ -289,6 +336,8 @@ def run(out_dir, dry_run=False, sweep=False, parity=False, quick=False, dtypes=N
                 print(f"generator {dname} {layout}: triton+bias {t50:.3f} ms, {t50 / t[0]:.3f}x "
                       "the triton time")
 
+    rows += _tail_rows(device, batch, impl, dtypes or BENCH_DTYPES, layouts or LAYOUTS, timing,
+                       copy_bw, base, gen, dry_run)
     (out / "kernels.json").write_text(json.dumps({"env": env, "rows": rows}, indent=1))
     with open(out / "kernels.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")

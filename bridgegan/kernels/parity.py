@@ -1,4 +1,5 @@
-"""Kernel parity check: every op x dtype x layout x activation against a float64 reference.
+"""Kernel parity check: every op x dtype x layout x activation against a float64 reference
+(and rgb_tail, G's last pass, in every dtype x layout).
 
     python -m bridgegan.kernels.parity [--device cpu|cuda] [--quick] [--json FILE]
     bridgegan parity --ops
@@ -30,6 +31,7 @@ from ..numerics import SHORT_NAMES, dtype_name, errors, float64_call, same_nonfi
 from ..timing import time_calls
 from . import norm_act
 from .norm_act import plan_launch
+from .tail import rgb_tail
 
 PARITY_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # storage dtypes checked
 # "+bias": with spade_modulate's (2C,) gamma/beta convolution bias, checked here in the merged
@@ -141,6 +143,39 @@ def _nan_rows(device, impl, gen, verbose):
     return rows
 
 
+# rgb_tail: (h shape, shortcut): the paper model's last layer at batch 64 on the GPU, an
+# odd size with a full-size shortcut; each in every dtype x layout
+TAIL_CASES = {"cpu": [((2, 5, 6, 10), "half")],
+              "cuda": [((64, 32, 128, 128), "half"), ((3, 5, 7, 9), "full")]}
+
+
+def _tail_rows(device, impl, gen, verbose):
+    """rgb_tail (G's last residual sum, ReLU, to_rgb, tanh) against its float64 torch path."""
+    rows = []
+    for shape, shortcut in TAIL_CASES[device.type if device.type == "cuda" else "cpu"]:
+        n, c, h, w = shape
+        sc_shape = (n, c, h // 2, w // 2) if shortcut == "half" else shape
+        for dtype in PARITY_DTYPES:
+            for layout in LAYOUTS:
+                fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+                x, s = (torch.randn(*t, generator=gen, device=device).to(dtype).contiguous(
+                    memory_format=fmt) for t in (shape, sc_shape))
+                weight = (torch.randn(3, c, 1, 1, generator=gen, device=device) / c ** 0.5).to(dtype)
+                bias = torch.randn(3, generator=gen, device=device).to(dtype)
+                outs = []
+                [secs] = time_calls(lambda: outs.append(rgb_tail(x, weight, bias, s, impl=impl)),
+                                    device)
+                ref = float64_call(rgb_tail, x, weight, bias, s, impl="torch")
+                fmt_ok = outs[0].dtype == dtype and outs[0].is_contiguous(memory_format=fmt)
+                row = _row("rgb_tail", dtype, layout, "tanh", shape, impl,
+                           "fused" if impl == "triton" else "torch", outs[0], ref, device, secs,
+                           ok=fmt_ok and same_nonfinite(outs[0], ref))
+                rows.append(row)
+                if verbose:
+                    _print_row(row)
+    return rows
+
+
 def _default_impl(device: torch.device) -> tuple[str, str]:
     if device.type == "cuda":
         if norm_act.triton_available():
@@ -201,6 +236,7 @@ def check_ops(device=None, verbose=True, quick=False, impl=None) -> list[dict]:
                         if verbose:
                             _print_row(row)
     rows += _nan_rows(device, impl, gen, verbose)
+    rows += _tail_rows(device, impl, gen, verbose)
     if verbose:
         bad = sum(not r["ok"] for r in rows)
         print(f"{len(rows) - bad}/{len(rows)} rows pass" + (f", {bad} FAIL" if bad else ""))
