@@ -78,6 +78,9 @@ def _bench_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--min-seconds", type=float, default=0.0, help="time each row at least this long")
+    p.add_argument("--no-parity", dest="parity", action="store_false",
+                   help="skip the check of each variant against the float64 reference before "
+                        "it is timed (a variant that fails it gets no speed)")
     p.add_argument("--out", default="bench-results", help="output folder (default: %(default)s)")
     threads.add_option(p)
 

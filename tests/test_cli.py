@@ -265,3 +265,25 @@ def test_train_default_dry_run_refuses_to_package_a_model_that_misses_the_target
     assert all(t.dtype == torch.float16 for t in read_tensors(shipped / "model.safetensors").values()
                if t.is_floating_point())
     assert Image.open(tmp_path / "demo_grid.png").size[0] > 28 * 32
+
+
+def test_bench_refuses_speed_for_a_variant_that_fails_parity(monkeypatch):
+    """A rewritten graph that drifts from the reference (here its decoder's output shifted
+    by 0.01) is checked before timing and gets a skipped row that says why, no speed."""
+    from bridgegan.engine import bench
+    from bridgegan.engine.graph import InferenceGraph
+
+    decode = InferenceGraph.decode
+    monkeypatch.setattr(InferenceGraph, "decode", lambda self, h, s: decode(self, h, s) + 0.01)
+    rows, _ = bench.run_matrix(
+        [bench.Variant("reference", "float32"), bench.Variant("torch", "float32")], [2], [64],
+        ["translate"], reps=1, warmup=0, quick_peaks=True,
+        config_overrides=dict(attributes=small_config().attributes, g_width=8, e_width=4,
+                              latent_channels=8, spade_hidden=16, mapping_channels=16),
+        progress=False)
+    ref, torch_rows = ([r for r in rows if r["backend"] == b] for b in ("reference", "torch"))
+    assert [r["metric"] for r in ref] == ["latency"]
+    assert ref[0]["parity"].startswith("max abs") and "(max abs <= 0.0001)" in ref[0]["parity"]
+    assert [r["metric"] for r in torch_rows] == ["skipped"]
+    assert "parity failed against the float64 reference: max abs 1.0e-02" in torch_rows[0]["note"]
+    assert "speed not reported" in torch_rows[0]["note"]

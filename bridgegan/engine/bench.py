@@ -19,6 +19,15 @@ Workloads: ``translate`` (label-based, the public API on device tensors), ``refe
 (one reference per source), ``strip`` and ``strip_nocache`` (one source's edit strip with
 and without the trunk cache; its batch is the strip length).
 
+Parity first: before a variant is timed, its engine translates a seeded batch of faces
+(the smallest batch of the run: a shape it compiles or captures anyway) and the result is
+held to its dtype's image limit against the float64 reference model
+(``engine.parity.compare``, TF32 off: a float32 variant with CUDA graphs or compile keeps,
+at that batch, what it built with TF32 off); a variant that fails gets a ``skipped`` row
+that says so and no speed, and every measured row names its parity in the ``parity``
+column; that call is the translate row's first call (``first_call_s``).
+``parity=False`` skips the check.
+
 Without a variant list, a device's default table (DEFAULT_VARIANTS) is measured; on the
 CPU it holds the reference, torch, onnxruntime and compile backends side by side. A
 variant that cannot run here (a backend not installed, out of memory) is a ``skipped``
@@ -46,14 +55,15 @@ from ..reference.config import BridgeGANConfig
 from ..reference.model import BridgeGAN
 from ..timing import synchronize, time_calls
 from . import roofline
+from .parity import compare, parity_inputs, reference_translation
 from .backends import AUTO, BACKENDS, BackendUnavailable
 from .engine import Engine, resolve_dtype
 from .graph import Rewrites
 
 FIELDS = ["what", "backend", "dtype", "batch", "resolution", "metric", "unit", "p50", "p20",
           "p80", "images_per_s", "peak_mem_mb", "vs_reference_fp32", "vs_reference_same_dtype",
-          "roofline_share", "gflop_per_image", "first_call_s", "variant", "note", "device", "torch", "triton",
-          "commit", "date"]
+          "roofline_share", "gflop_per_image", "first_call_s", "variant", "parity", "note", "device",
+          "torch", "triton", "commit", "date"]
 WORKLOADS = ("translate", "reference", "strip", "strip_nocache")
 # The table measured when no variants are given, per device type. CPU: the backends side
 # by side in float32 (issue 14 item 9), then torch in bf16 channels_last (AMX CPUs).
@@ -178,9 +188,11 @@ def _skipped(what: str, v: Variant, batch: int | str, res: int, why: str, env: d
 def run_matrix(variants: list[Variant] | None, batches: list[int], resolutions: list[int],
                workloads: list[str], device: str = "cpu", checkpoint: str | None = None,
                warmup: int = 2, reps: int = 10, min_seconds: float = 0.0, quick_peaks: bool = False,
-               config_overrides: dict | None = None, progress: bool = True) -> tuple[list[dict], dict]:
+               config_overrides: dict | None = None, progress: bool = True,
+               parity: bool = True) -> tuple[list[dict], dict]:
     """Measure every combination (``variants`` None: the device's default table); returns
-    (rows, peaks). A variant that cannot run gives one ``skipped`` row per resolution."""
+    (rows, peaks). A variant that cannot run, or fails parity, gives one ``skipped`` row
+    per resolution."""
     from tqdm import tqdm
 
     dev = torch.device(device)
@@ -207,12 +219,25 @@ def run_matrix(variants: list[Variant] | None, batches: list[int], resolutions: 
             torch.manual_seed(res)
             model = BridgeGAN(BridgeGANConfig(image_size=res, **(config_overrides or {}))).eval()
         cfg = model.config
+        if parity:
+            inputs = parity_inputs(cfg, min(batches))
+            want = reference_translation(model, dev, inputs)
         for v in variants:
+            verdict = "not checked"
+            first_calls = {}  # (workload, images) -> seconds of a first call made for parity
             try:
                 eng = Engine(model, backend=v.backend, dtype=v.dtype, device=dev,
                              channels_last=v.channels_last, cuda_graphs=v.cuda_graphs,
                              cudnn_benchmark=False if v.heuristics else None, streams=v.streams,
                              rewrites=v.rewrites)
+                if parity:
+                    p = compare(eng, inputs, want)
+                    first_calls[("translate", min(batches))] = p["seconds"]
+                    verdict = (f"max abs {p['max_abs']:.1e}, PSNR {p['psnr_db']:.1f} dB "
+                               f"({p['limit']})")
+                    if not p["ok"]:
+                        raise ValueError(f"parity failed against the float64 reference: "
+                                         f"{verdict}; speed not reported")
             except (BackendUnavailable, RuntimeError, ValueError) as exc:
                 rows.append(_skipped("all", v, "", res, str(exc), env))
                 bar.update(len(workloads) * len(batches))
@@ -229,10 +254,12 @@ def run_matrix(variants: list[Variant] | None, batches: list[int], resolutions: 
                     if dev.type == "cuda":
                         torch.cuda.reset_peak_memory_stats(dev)
                     try:
-                        first = time.perf_counter()
-                        fn()
-                        synchronize(dev)
-                        first = time.perf_counter() - first
+                        first = first_calls.pop((workload, n), None)
+                        if first is None:
+                            first = time.perf_counter()
+                            fn()
+                            synchronize(dev)
+                            first = time.perf_counter() - first
                         ms = [1e3 * t for t in time_calls(fn, dev, warmup, reps, min_seconds)]
                     except torch.OutOfMemoryError:
                         rows.append(_skipped(workload, v, n, res, "out of memory", env))
@@ -247,7 +274,7 @@ def run_matrix(variants: list[Variant] | None, batches: list[int], resolutions: 
                         peak_mem_mb=round(_peak_mb(dev), 1),
                         roofline_share=round(flop * n / (p50 / 1e3) / peaks["matmul_flops"], 4),
                         gflop_per_image=round(flop / 1e9, 3), first_call_s=round(first, 3),
-                        variant=v.name, **env))
+                        variant=v.name, parity=verdict, **env))
                     bar.update()
             del eng
     bar.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 import torch
@@ -33,6 +34,40 @@ def default_cases(device: torch.device) -> list[tuple[str, str, bool, bool]]:
             ("torch", "bf16", False, False), ("onnxruntime", "float32", False, False)]
 
 
+def parity_inputs(cfg: BridgeGANConfig, batch: int, seed: int = 1):
+    """Seeded source images in [-1, 1], their labels and noise (CPU tensors)."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(batch, 3, cfg.image_size, cfg.image_size, generator=gen) * 2 - 1
+    ys = torch.randint(0, 2, (batch, cfg.n_attrs), generator=gen).float()
+    return x, ys, torch.randn(batch, cfg.noise_dim, generator=gen)
+
+
+def reference_translation(model: BridgeGAN, device: torch.device, inputs) -> torch.Tensor:
+    """The float64 reference model's label-based translation of ``inputs`` (every label
+    flipped), computed on ``device``, returned on the CPU."""
+    x, ys, noise = (t.to(device) for t in inputs)
+    ref64 = float64_model(model).to(device)
+    with torch.no_grad():
+        return float64_call(ref64.translate, x, ys, 1 - ys, noise=noise).cpu()
+
+
+def compare(eng: Engine, inputs, want: torch.Tensor) -> dict:
+    """The engine's translation of ``inputs`` against ``want`` at its dtype's image limit
+    (TF32 off while it runs): max_abs, rel, psnr_db, limit, ok (NaN never passes) and the
+    call's wall seconds (the first call at that shape compiles or captures what it needs)."""
+    x, ys, noise = inputs
+    with no_tf32():
+        t0 = time.perf_counter()
+        out = eng.translate(x, 1 - ys, noise=noise, source=ys).cpu()
+        seconds = time.perf_counter() - t0
+    max_abs, rel = errors(out, want)
+    p = psnr(out.double().flatten()[None], want.flatten()[None]).item()
+    tol = tolerance(eng.dtype)
+    ok = bool(torch.isfinite(out).all()) and tol.image_ok(max_abs, p)
+    return dict(max_abs=max_abs, rel=rel, psnr_db=p, limit=tol.image_limit, ok=ok,
+                seconds=seconds)
+
+
 def check_backends(device: str | None = None, config: BridgeGANConfig | None = None,
                    batch: int = 4, cases=None, verbose: bool = True) -> list[dict]:
     """One row per (backend, dtype, cuda_graphs, streams) case: the engine's label-based translation
@@ -41,14 +76,8 @@ def check_backends(device: str | None = None, config: BridgeGANConfig | None = N
     cfg = config or BridgeGANConfig.paper()
     torch.manual_seed(0)
     model = BridgeGAN(cfg).eval()
-    gen = torch.Generator().manual_seed(1)
-    x = torch.rand(batch, 3, cfg.image_size, cfg.image_size, generator=gen) * 2 - 1
-    ys = torch.randint(0, 2, (batch, cfg.n_attrs), generator=gen).float()
-    noise = torch.randn(batch, cfg.noise_dim, generator=gen)
-    ref64 = float64_model(model).to(dev)
-    with torch.no_grad():
-        want = float64_call(ref64.translate, x.to(dev), ys.to(dev), (1 - ys).to(dev),
-                            noise=noise.to(dev)).cpu()
+    inputs = parity_inputs(cfg, batch)
+    want = reference_translation(model, dev, inputs)
     rows = []
     for backend, dtype, graphs, streams in cases or default_cases(dev):
         name = f"{backend}-{dtype}" + ("-graphs" if graphs else "") + ("-streams" if streams else "")
@@ -60,18 +89,13 @@ def check_backends(device: str | None = None, config: BridgeGANConfig | None = N
             if verbose:
                 print(f"{name:28s} SKIP  {exc}")
             continue
-        with no_tf32():
-            out = eng.translate(x, 1 - ys, noise=noise, source=ys).cpu()
-        max_abs, rel = errors(out, want)
-        p = psnr(out.double().flatten()[None], want.flatten()[None]).item()
-        tol = tolerance(eng.dtype)
-        ok = bool(torch.isfinite(out).all()) and tol.image_ok(max_abs, p)
+        v = compare(eng, inputs, want)
         rows.append(dict(case=name, backend=backend, dtype=dtype, cuda_graphs=graphs, streams=streams,
-                         max_abs=max_abs, rel=rel, psnr_db=p, limit=tol.image_limit,
-                         status="PASS" if ok else "FAIL", device=str(dev)))
+                         max_abs=v["max_abs"], rel=v["rel"], psnr_db=v["psnr_db"],
+                         limit=v["limit"], status="PASS" if v["ok"] else "FAIL", device=str(dev)))
         if verbose:
-            print(f"{name:28s} {'PASS' if ok else 'FAIL'}  max abs {max_abs:.3e}  rel {rel:.3e}  "
-                  f"PSNR {p:6.1f} dB  ({tol.image_limit})")
+            print(f"{name:28s} {'PASS' if v['ok'] else 'FAIL'}  max abs {v['max_abs']:.3e}  "
+                  f"rel {v['rel']:.3e}  PSNR {v['psnr_db']:6.1f} dB  ({v['limit']})")
     return rows
 
 
