@@ -51,10 +51,12 @@ ENGINE_VARIANTS = ("reference:float32,reference:fp16,reference:fp16:heuristics,t
                    "triton:fp16:cl:graphs:heuristics,"
                    "triton:fp16:graphs,triton:bf16:cl,triton:bf16:cl:graphs")
 # triton:fp16:graphs = NCHW (the kernels' best layout)
-# the engine at batch 64 with each graph rewrite of round 2 off in turn (its A/B)
+# the engine at batch 64 with each graph rewrite of round 2 off in turn (its A/B), and
+# batch_hidden (its split hidden slices are copied before the gamma/beta convolutions)
 ABLATION = ",".join(["triton:fp16:cl:graphs"] + [
     f"triton:fp16:cl:graphs:-{r}" for r in ("transposed_up", "kernel_bias", "fold_labels",
-                                             "fused_relu", "fused_tail", "low_res_shortcut")])
+                                             "fused_relu", "fused_tail", "low_res_shortcut",
+                                             "batch_hidden")])
 OWN_CALL = ("ablation", "bench_compile")  # stages run only when named in --stages
 CACHE = ROOT / ".cache"  # inductor and Triton caches, carried between device calls
 

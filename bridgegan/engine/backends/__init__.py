@@ -101,6 +101,9 @@ BACKENDS = tuple(REGISTRY)
 #   two threads; benchmarks/RESULTS.md). Batch-dependent: in one run on the busy 2-core
 #   CPU (2026-12-01, 128 px, one thread) onnxruntime led at batch 8 (3.76 img/s against
 #   torch 2.24, compile 2.74) but not at batch 1 (3.24 against torch 3.64, compile 4.24).
+#   On the AMX machine (2026-12-05, two threads, idle): batch 8 onnxruntime 14.0 against
+#   torch 12.1, batch 1 12.9 against 13.0 (compile 16.8 / 18.1 after 30 s of compiling per
+#   shape); with dtype auto (bf16 there) torch runs, 24.4 img/s at batch 8.
 # - cuda: triton fp16 channels_last 5,179 img/s against torch 2,665 at batch 64 (H100,
 #   benchmarks/RESULTS.md; 5,517 with CUDA graphs). tensorrt, compile and onnxruntime
 #   were never measured on a GPU, so auto never picks them there.
