@@ -17,16 +17,6 @@ from ._triton_norm import _per_c, _tile, _tile_mask
 
 
 @triton.jit
-def _sum_c(x, HW_MAJOR: tl.constexpr):
-    """Sum a tile over its channel axis -> one value per pixel."""
-    if HW_MAJOR:
-        r = tl.sum(x, axis=0)
-    else:
-        r = tl.sum(x, axis=1)
-    return r
-
-
-@triton.jit
 def _tanh(y):
     # sign(y) (1 - e) / (1 + e), e = exp(-2|y|) <= 1: no overflow; NaN stays NaN
     e = tl.exp(-2.0 * tl.abs(y))
@@ -57,7 +47,7 @@ def _rgb_tail_kernel(h_ptr, s_ptr, w_ptr, b_ptr, out_ptr,
     v = tl.where(v < 0.0, 0.0, v)  # ReLU that keeps NaN
     for k in tl.static_range(K):
         wk = tl.load(w_ptr + k * C + cols, mask=cmask, other=0.0).to(tl.float32)
-        y = _sum_c(v * _per_c(wk, HW_MAJOR), HW_MAJOR)
+        y = tl.sum(v * _per_c(wk, HW_MAJOR), axis=0 if HW_MAJOR else 1)  # over channels
         if HAS_B:
             y += tl.load(b_ptr + k).to(tl.float32)
         tl.store(out_ptr + n * son + rows * sohw + k * soc,

@@ -1,11 +1,13 @@
 """How every op of this package picks its path: the lazy import of its Triton kernels, the
-choice between them and the plain torch ops (``impl``), the one fallback warning, and the
-check for a tracer (ONNX export, TorchScript, torch.compile), under which ops take their
+choice between them and the plain torch ops (``impl``), the one fallback warning, the
+launches of its kernels, and the check for a tracer (ONNX export, TorchScript, torch.compile), under which ops take their
 plain torch path so that the exported or compiled graph holds standard ops."""
 from __future__ import annotations
 
+import contextlib
 import importlib
 import warnings
+from dataclasses import dataclass, field
 
 import torch
 
@@ -95,7 +97,7 @@ def choose_impl(op: str, x: torch.Tensor, impl: str, kernels: str) -> str:
         if x.dtype not in TRITON_DTYPES:
             raise ValueError(f"{op}: impl='triton' accepts float16, bfloat16, float32; x is "
                              f"{dtype_name(x.dtype)} (use impl='torch' for float64)")
-        if not x.is_cuda and not tn.is_interpreted():
+        if not x.is_cuda and not tn.is_interpreted() and not (x.is_meta and _RECORDED is not None):
             raise RuntimeError(
                 f"{op}(impl='triton'): x is on {x.device}; the Triton path needs a CUDA tensor, "
                 "or TRITON_INTERPRET=1 set in the environment before bridgegan.kernels is "
@@ -119,3 +121,41 @@ def choose_impl(op: str, x: torch.Tensor, impl: str, kernels: str) -> str:
         return "triton"
     warn_fallback(op, reason)
     return "torch"
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One Triton kernel launch: ``kernel[grid](*args, **kwargs)``."""
+
+    kernel: object
+    grid: tuple
+    args: tuple
+    kwargs: dict = field(default_factory=dict)
+
+
+_RECORDED: list[Launch] | None = None  # launches collected by recording(), not run
+
+
+@contextlib.contextmanager
+def recording():
+    """Inside, the ops accept ``meta`` tensors on their Triton path and collect their
+    launches into the list this yields instead of running them: how :mod:`.targets`
+    enumerates what a forward pass launches, to compile it for a GPU that is absent."""
+    global _RECORDED
+    previous, _RECORDED = _RECORDED, []
+    try:
+        yield _RECORDED
+    finally:
+        _RECORDED = previous
+
+
+def run_launches(launches: list[Launch], device: torch.device) -> None:
+    """Launch in order, on ``device`` (the current CUDA device is not assumed); inside
+    ``recording()``, collect them instead."""
+    if _RECORDED is not None:
+        _RECORDED.extend(launches)
+        return
+    guard = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+    with guard:
+        for launch in launches:
+            launch.kernel[launch.grid](*launch.args, **launch.kwargs)

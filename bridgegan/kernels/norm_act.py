@@ -40,7 +40,6 @@ The torch path is plain differentiable torch.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 from dataclasses import dataclass
@@ -49,8 +48,9 @@ import torch
 import torch.nn.functional as F
 
 from ..numerics import dtype_name
-from .dispatch import (IMPLS, TRITON_DTYPES, KernelFallbackWarning, choose_impl, tracing,
-                       triton_available, triton_interpreted, triton_module)
+from .dispatch import (IMPLS, TRITON_DTYPES, KernelFallbackWarning, Launch, choose_impl,
+                       run_launches, tracing, triton_available, triton_interpreted,
+                       triton_module)
 from .layout import flattenable, hw_strides, is_channels_last
 
 __all__ = [
@@ -280,7 +280,9 @@ def _cached_plan(n: int, c: int, hw: int, channels_last: bool) -> LaunchPlan:
 # ----------------------------------------------------------------------------- triton path
 
 
-def _triton_forward(op, x, gamma, beta, weight, bias, mod_bias, act, eps, slope, out, config):
+def triton_launches(op, x, gamma, beta, weight, bias, mod_bias, act, eps, slope, out, config):
+    """The output tensor of a Triton call and the kernel launches that compute it, in
+    order (no kernel runs here: :mod:`.targets` compiles them for a GPU that is absent)."""
     tn, why = triton_module("norm")
     if tn is None:
         raise RuntimeError(f"bridgegan.kernels.{op}(impl='triton'): {why}")
@@ -316,25 +318,28 @@ def _triton_forward(op, x, gamma, beta, weight, bias, mod_bias, act, eps, slope,
     ptrs = tuple(t if t is not None else x for t in (gamma, beta, weight, bias, mod_bias))
     inv_hw = 1.0 / hw
     n_cb = plan.n_cblocks // n
-    guard = torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
-    with guard:
-        if plan.path == "fused":
-            tn._fused_kernel[plan.grid](
-                x, *ptrs, out, c, hw, n_cb, *sx, *sg, *sb, *so,
-                inv_hw, float(eps), float(slope), **flags, HW_MAJOR=plan.hw_major,
-                BLOCK_HW=plan.block_hw, BLOCK_C=plan.block_c, num_warps=plan.num_warps)
-        else:
-            p_mean = torch.empty((n, plan.n_chunks, c), dtype=torch.float32, device=x.device)
-            p_m2 = torch.empty_like(p_mean)
-            tn._stats_kernel[plan.grid](
-                x, p_mean, p_m2, c, hw, n_cb, plan.chunk, plan.n_chunks, *sx,
-                HW_MAJOR=plan.hw_major, BLOCK_HW=plan.block_hw, BLOCK_C=plan.block_c,
-                LANES=plan.lanes, num_warps=plan.num_warps)
-            tn._apply_kernel[plan.grid](
-                x, *ptrs, out, p_mean, p_m2, c, hw, n_cb, plan.chunk, plan.n_chunks,
-                *sx, *sg, *sb, *so, inv_hw, float(eps), float(slope), **flags,
-                HW_MAJOR=plan.hw_major, BLOCK_HW=plan.block_hw, BLOCK_C=plan.block_c,
-                NCHUNK_P2=_next_pow2(plan.n_chunks), num_warps=plan.num_warps)
+    tiles = dict(HW_MAJOR=plan.hw_major, BLOCK_HW=plan.block_hw, BLOCK_C=plan.block_c,
+                 num_warps=plan.num_warps)
+    if plan.path == "fused":
+        return out, [Launch(tn._fused_kernel, plan.grid, (
+            x, *ptrs, out, c, hw, n_cb, *sx, *sg, *sb, *so, inv_hw, float(eps), float(slope)),
+            dict(flags, **tiles))]
+    p_mean = torch.empty((n, plan.n_chunks, c), dtype=torch.float32, device=x.device)
+    p_m2 = torch.empty_like(p_mean)
+    return out, [
+        Launch(tn._stats_kernel, plan.grid, (
+            x, p_mean, p_m2, c, hw, n_cb, plan.chunk, plan.n_chunks, *sx),
+            dict(tiles, LANES=plan.lanes)),
+        Launch(tn._apply_kernel, plan.grid, (
+            x, *ptrs, out, p_mean, p_m2, c, hw, n_cb, plan.chunk, plan.n_chunks,
+            *sx, *sg, *sb, *so, inv_hw, float(eps), float(slope)),
+            dict(flags, **tiles, NCHUNK_P2=_next_pow2(plan.n_chunks)))]
+
+
+def _triton_forward(op, x, gamma, beta, weight, bias, mod_bias, act, eps, slope, out, config):
+    out, launches = triton_launches(op, x, gamma, beta, weight, bias, mod_bias, act, eps,
+                                    slope, out, config)
+    run_launches(launches, x.device)
     return out
 
 

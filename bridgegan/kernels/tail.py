@@ -19,13 +19,11 @@ torch path runs whatever impl says.
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import torch.nn.functional as F
 
 from ..numerics import dtype_name
-from .dispatch import IMPLS, choose_impl, triton_module
+from .dispatch import IMPLS, Launch, choose_impl, run_launches, triton_module
 from .layout import flattenable, hw_strides, is_channels_last
 
 __all__ = ["rgb_tail"]
@@ -88,7 +86,8 @@ def _next_pow2(v: int) -> int:
     return 1 if v <= 1 else 1 << (v - 1).bit_length()
 
 
-def _triton_tail(h, weight, bias, shortcut) -> torch.Tensor:
+def triton_launches(h, weight, bias, shortcut):
+    """The output tensor of a Triton call and its one kernel launch (not run here)."""
     tn, why = triton_module("tail")
     if tn is None:
         raise RuntimeError(f"bridgegan.kernels.rgb_tail(impl='triton'): {why}")
@@ -102,16 +101,13 @@ def _triton_tail(h, weight, bias, shortcut) -> torch.Tensor:
     n_pb = -(-(hh * ww) // block_p)
     s = shortcut if shortcut is not None else h
     weight = weight.reshape(k, c).contiguous()
-    guard = torch.cuda.device(h.device) if h.is_cuda else contextlib.nullcontext()
-    with guard:
-        tn._rgb_tail_kernel[(n * n_pb,)](
-            h, s, weight, bias if bias is not None else weight, out,
-            c, hh * ww, ww, n_pb, *hw_strides(h), *s.stride(), *hw_strides(out),
-            K=k, HAS_S=shortcut is not None,
-            UP=1 if shortcut is None or shortcut.shape[-1] == ww else 2,
-            HAS_B=bias is not None, HW_MAJOR=fmt == torch.contiguous_format,
-            BLOCK_P=block_p, BLOCK_C=block_c, num_warps=4)
-    return out
+    return out, [Launch(tn._rgb_tail_kernel, (n * n_pb,), (
+        h, s, weight, bias if bias is not None else weight, out,
+        c, hh * ww, ww, n_pb, *hw_strides(h), *s.stride(), *hw_strides(out)), dict(
+        K=k, HAS_S=shortcut is not None,
+        UP=1 if shortcut is None or shortcut.shape[-1] == ww else 2,
+        HAS_B=bias is not None, HW_MAJOR=fmt == torch.contiguous_format,
+        BLOCK_P=block_p, BLOCK_C=block_c, num_warps=4))]
 
 
 def rgb_tail(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
@@ -126,4 +122,6 @@ def rgb_tail(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = 
                                            for t in (h, weight, bias, shortcut))
     if grad or choose_impl("rgb_tail", h, impl, "tail") == "torch":  # the kernel: forward only
         return _torch_tail(h, weight, bias, shortcut)
-    return _triton_tail(h, weight, bias, shortcut)
+    out, launches = triton_launches(h, weight, bias, shortcut)
+    run_launches(launches, h.device)
+    return out

@@ -1,0 +1,248 @@
+"""The Triton kernels compiled for a GPU that is not here (default sm_90: H100 / H200).
+
+Triton compiles for a named target without a device. This module runs the engine's
+rewritten graph (``impl="triton"``) on ``meta`` tensors (shapes, dtypes and strides, no
+memory) while :func:`.dispatch.recording` collects every kernel launch the ops would make,
+then compiles each distinct launch with the JIT's own specialisation
+(``JITFunction.warmup``) against a stand-in driver that names the target, down to PTX and
+cubin; cuobjdump (shipped with Triton) reports the registers, spills and shared memory
+that ptxas gave each kernel.
+
+    python -m bridgegan.kernels.targets [--dtypes fp16,bf16] [--layouts cl,nchw] [--arch 90]
+
+prints one row per compiled kernel and exits 1 when a kernel does not compile: CI runs
+it, so that a kernel which would fail on the lent GPU fails here first. ``--markdown FILE``
+writes the table (registers, spills, shared memory and the occupancy they allow) that
+benchmarks/KERNELS.md carries for the paper model. Needs triton
+with its NVIDIA backend, and TRITON_INTERPRET unset (interpreted kernels do not compile).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..files import write_file_atomic
+from ..numerics import SHORT_NAMES, dtype_name
+from .dispatch import Launch, recording, triton_interpreted
+
+LAYOUTS = {"cl": torch.channels_last, "nchw": torch.contiguous_format}
+
+
+class _Offline:
+    """The part of Triton's driver interface that compiling uses: device 0 of ``target``."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def get_current_device(self):
+        return 0
+
+    def get_current_stream(self, device=None):
+        return 0
+
+    def get_current_target(self):
+        return self.target
+
+    def get_active_torch_device(self):
+        return torch.device("meta")
+
+
+@contextlib.contextmanager
+def offline(arch: int = 90, warp_size: int = 32):
+    """Triton compiles for CUDA ``sm_<arch>`` inside, whatever device is here."""
+    from triton.backends.compiler import GPUTarget
+    from triton.runtime import driver
+
+    previous = driver._active  # reset_active() would build the default driver: no GPU, error
+    driver.set_active(_Offline(GPUTarget("cuda", arch, warp_size)))
+    try:
+        yield
+    finally:
+        driver._active = previous
+
+
+def _channels_last(t) -> bool:
+    return (isinstance(t, torch.Tensor) and t.dim() == 4 and not t.is_contiguous()
+            and t.is_contiguous(memory_format=torch.channels_last))
+
+
+class _LayoutAsOnCuda(torch.overrides.TorchFunctionMode):
+    """Meta convolutions and resampling return NCHW whatever their operands; on CUDA a
+    convolution is channels_last when its input or its weight is (cuDNN's rule), and
+    resampling keeps its input's format. This mode does what the GPU does, so that the
+    kernels see the strides they see there."""
+
+    CONVS = (F.conv2d, F.conv_transpose2d)
+    RESAMPLING = (F.interpolate, F.avg_pool2d, F.pad)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        operands = args[:2] if func in self.CONVS else args[:1] if func in self.RESAMPLING else ()
+        if any(_channels_last(t) for t in operands):
+            out = out.contiguous(memory_format=torch.channels_last)
+        return out
+
+
+def engine_launches(model, dtype: torch.dtype, layout: str, batch: int) -> list[tuple[str, Launch]]:
+    """(stage, launch) for every Triton launch of one label-based translation by the
+    engine's graph (impl="triton", every rewrite on), in order."""
+    from ..engine.graph import InferenceGraph
+
+    cfg = model.config
+    fmt = LAYOUTS[layout]
+    graph = InferenceGraph(model, impl="triton").eval().to(device="meta", dtype=dtype,
+                                                             memory_format=fmt)
+    x = torch.empty(batch, 3, cfg.image_size, cfg.image_size, device="meta",
+                    dtype=dtype).contiguous(memory_format=fmt)
+    d = torch.empty(batch, cfg.n_attrs, device="meta", dtype=dtype)
+    r = torch.empty(batch, cfg.noise_dim, device="meta", dtype=dtype)
+    out, values = [], {}
+    with torch.no_grad(), _LayoutAsOnCuda():
+        for stage, call in (("trunk", lambda: graph.trunk(x)), ("encode", lambda: graph.encode(x, d)),
+                            ("map", lambda: graph.map(r, d)),
+                            ("decode", lambda: graph.decode(values["trunk"],
+                                                            values["encode"] + values["map"]))):
+            with recording() as got:
+                values[stage] = call()
+            out += [(stage, launch) for launch in got]
+    return out
+
+
+def _key(launch: Launch) -> tuple:
+    """What the JIT specialises on: the kernel, its constexprs and options, the pointer
+    dtypes and which integer arguments are 1 or multiples of 16."""
+    def spec(v):
+        if isinstance(v, torch.Tensor):
+            return str(v.dtype)
+        if isinstance(v, bool) or not isinstance(v, int):
+            return type(v).__name__
+        return "1" if v == 1 else "D" if v % 16 == 0 else "i"
+    return (launch.kernel.fn.__name__, tuple(spec(a) for a in launch.args),
+            tuple(sorted(launch.kwargs.items())))
+
+
+def resource_usage(compiled) -> dict:
+    """Registers, spill (local) bytes, stack and shared memory of a compiled kernel, as
+    cuobjdump reads them from its cubin; shared also counts what Triton allocates."""
+    import triton
+
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "kernel.cubin"
+        path.write_bytes(compiled.asm["cubin"])
+        text = subprocess.run([str(tool), "--dump-resource-usage", str(path)],
+                              capture_output=True, text=True, check=True).stdout
+    fields = dict(re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", text))
+    return dict(registers=int(fields.get("REG", 0)), spill_bytes=int(fields.get("LOCAL", 0)),
+                stack_bytes=int(fields.get("STACK", 0)),
+                shared_bytes=max(int(fields.get("SHARED", 0)), compiled.metadata.shared),
+                num_warps=compiled.metadata.num_warps)
+
+
+# per SM: 32-bit registers, resident warps, resident blocks, shared memory (bytes)
+SM_LIMITS = {80: (65536, 64, 32, 163 * 1024), 90: (65536, 64, 32, 227 * 1024)}
+
+
+def occupancy(registers: int, num_warps: int, shared_bytes: int, arch: int = 90) -> float:
+    """Resident warps per SM over the most an SM holds, as registers and shared memory
+    allow (registers are allocated per warp in units of 256): an estimate of how much
+    memory traffic a memory-bound kernel keeps in flight."""
+    regs, warps, blocks, shared = SM_LIMITS[arch]
+    per_warp = -(-registers * 32 // 256) * 256
+    fit = min(regs // max(1, per_warp * num_warps), blocks, warps // num_warps,
+              shared // shared_bytes if shared_bytes else blocks)
+    return fit * num_warps / warps
+
+
+def markdown(rows: list[dict], arch: int) -> str:
+    """The table of compile_table's rows, for KERNELS.md."""
+    out = ["| kernel | dtype | layout | launches | first use | regs | spilled B | shared B | "
+           "warps | occupancy | config |", "|---|---|---|---:|---|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        config = ", ".join(c for c in r["config"].split(", ") if not c.startswith("num_warps"))
+        if r["error"]:
+            out.append(f"| {r['kernel']} | {r['dtype']} | {r['layout']} | {len(r['uses'])} | "
+                       f"{r['uses'][0]} | failed: {r['error'][:80]} | | | | | {config} |")
+            continue
+        occ = (f"{occupancy(r['registers'], r['num_warps'], r['shared_bytes'], arch):.0%}"
+               if arch in SM_LIMITS else "-")
+        out.append(f"| {r['kernel']} | {r['dtype']} | {r['layout']} | {len(r['uses'])} | "
+                   f"{r['uses'][0]} | {r['registers']} | {r['spill_bytes']} | "
+                   f"{r['shared_bytes']} | {r['num_warps']} | {occ} | {config} |")
+    return "\n".join(out)
+
+
+def compile_table(model, dtypes, layouts, batch: int = 64, arch: int = 90,
+                  progress: bool = True) -> list[dict]:
+    """One row per distinct kernel specialisation the engine launches: where it runs (the
+    stages and tensor shapes), its launch config and its resource usage on sm_<arch>; a
+    kernel that does not compile is a row with its error."""
+    rows: dict[tuple, dict] = {}
+    with offline(arch):
+        for dtype in dtypes:
+            for layout in layouts:
+                for stage, launch in engine_launches(model, dtype, layout, batch):
+                    key = (layout, *_key(launch))  # rows per layout; Triton caches the rest
+                    shape = "x".join(map(str, launch.args[0].shape))
+                    if key in rows:
+                        rows[key]["uses"].append(f"{stage} {shape}")
+                        continue
+                    row = dict(kernel=launch.kernel.fn.__name__,
+                               dtype=SHORT_NAMES[dtype_name(dtype)], layout=layout,
+                               config=", ".join(f"{k}={v}" for k, v in launch.kwargs.items()
+                                                if k.isupper() or k == "num_warps"),
+                               grid="x".join(map(str, launch.grid)), uses=[f"{stage} {shape}"])
+                    try:
+                        compiled = launch.kernel.warmup(*launch.args, grid=launch.grid,
+                                                        **launch.kwargs)
+                        row.update(resource_usage(compiled), error="")
+                    except Exception as exc:  # the point: report, do not stop at the first
+                        row.update(error=f"{type(exc).__name__}: {str(exc)[:300]}")
+                    rows[key] = row
+                    if progress:
+                        print(f"  {row['kernel']} {row['dtype']} {layout} "
+                              f"{row.get('registers', '-')} regs {row['error']}",
+                              file=sys.stderr, flush=True)
+    return list(rows.values())
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bridgegan.kernels.targets",
+                                description=__doc__.split("\n\n")[0])
+    p.add_argument("--dtypes", default="fp16,bf16", help="comma list (default: %(default)s)")
+    p.add_argument("--layouts", default="cl,nchw", help="comma list of cl, nchw (default: %(default)s)")
+    p.add_argument("--arch", type=int, default=90, help="CUDA compute capability x10 (default: 90)")
+    p.add_argument("--resolution", type=int, default=128, help="paper model preset (default: 128)")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--markdown", type=Path, help="also write the table as markdown here")
+    args = p.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET") == "1" or triton_interpreted():
+        p.error("run with TRITON_INTERPRET unset: interpreted kernels do not compile for a GPU")
+    from ..engine.engine import resolve_dtype
+    from ..reference import BridgeGAN, BridgeGANConfig
+
+    dtypes = [resolve_dtype(d, torch.device("cuda")) for d in args.dtypes.split(",")]
+    model = BridgeGAN(BridgeGANConfig.preset(args.resolution)).eval()
+    rows = compile_table(model, dtypes, args.layouts.split(","), args.batch, args.arch)
+    for r in rows:
+        usage = (f"{r['registers']:>3} regs, {r['spill_bytes']} B spilled, "
+                 f"{r['shared_bytes']} B shared" if not r["error"] else f"FAILED {r['error']}")
+        print(f"{r['kernel']:<18} {r['dtype']:<5} {r['layout']:<5} {usage:<44} {r['config']}")
+    if args.markdown:
+        write_file_atomic(args.markdown, (markdown(rows, args.arch) + "\n").encode())
+    bad = [r for r in rows if r["error"]]
+    print(f"{len(rows) - len(bad)}/{len(rows)} kernel specialisations compile for sm_{args.arch}")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
