@@ -139,8 +139,9 @@ _RECORDED: list[Launch] | None = None  # launches collected by recording(), not 
 @contextlib.contextmanager
 def recording():
     """Inside, the ops accept ``meta`` tensors on their Triton path and collect their
-    launches into the list this yields instead of running them: how :mod:`.targets`
-    enumerates what a forward pass launches, to compile it for a GPU that is absent."""
+    launches into the list this yields instead of running them: how
+    :mod:`bridgegan.engine.targets` enumerates what a forward pass launches, to compile it
+    for a GPU that is absent."""
     global _RECORDED
     previous, _RECORDED = _RECORDED, []
     try:

@@ -282,7 +282,8 @@ def _cached_plan(n: int, c: int, hw: int, channels_last: bool) -> LaunchPlan:
 
 def triton_launches(op, x, gamma, beta, weight, bias, mod_bias, act, eps, slope, out, config):
     """The output tensor of a Triton call and the kernel launches that compute it, in
-    order (no kernel runs here: :mod:`.targets` compiles them for a GPU that is absent)."""
+    order (no kernel runs here: :mod:`bridgegan.engine.targets` compiles them for a GPU
+    that is absent)."""
     tn, why = triton_module("norm")
     if tn is None:
         raise RuntimeError(f"bridgegan.kernels.{op}(impl='triton'): {why}")

@@ -1,5 +1,5 @@
 """Every Triton kernel launch of the engine's graph compiles for sm_90 (H100 / H200) on
-this GPU-less machine: `python -m bridgegan.kernels.targets`, run without the interpreter
+this GPU-less machine: `python -m bridgegan.engine.targets`, run without the interpreter
 (interpreted kernels do not compile), on the paper model at batch 64."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bridgegan.kernels import targets
+from bridgegan.engine import targets
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,7 +34,7 @@ def test_every_engine_kernel_compiles_for_sm90(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.update(TRITON_CACHE_DIR=str(tmp_path / "cache"), TRITON_DEFAULT_FP_FUSION="1",
                PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, "-m", "bridgegan.kernels.targets", "--markdown",
+    proc = subprocess.run([sys.executable, "-m", "bridgegan.engine.targets", "--markdown",
                            str(tmp_path / "table.md")], env=env, capture_output=True,
                           text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

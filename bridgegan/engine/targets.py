@@ -2,13 +2,13 @@
 
 Triton compiles for a named target without a device. This module runs the engine's
 rewritten graph (``impl="triton"``) on ``meta`` tensors (shapes, dtypes and strides, no
-memory) while :func:`.dispatch.recording` collects every kernel launch the ops would make,
+memory) while :func:`bridgegan.kernels.dispatch.recording` collects every kernel launch the ops would make,
 then compiles each distinct launch with the JIT's own specialisation
 (``JITFunction.warmup``) against a stand-in driver that names the target, down to PTX and
 cubin; cuobjdump (shipped with Triton) reports the registers, spills and shared memory
 that ptxas gave each kernel.
 
-    python -m bridgegan.kernels.targets [--dtypes fp16,bf16] [--layouts cl,nchw] [--arch 90]
+    python -m bridgegan.engine.targets [--dtypes fp16,bf16] [--layouts cl,nchw] [--arch 90]
 
 prints one row per compiled kernel and exits 1 when a kernel does not compile: CI runs
 it, so that a kernel which would fail on the lent GPU fails here first. ``--markdown FILE``
@@ -31,8 +31,9 @@ import torch
 import torch.nn.functional as F
 
 from ..files import write_file_atomic
+from ..kernels.dispatch import Launch, recording, triton_interpreted
 from ..numerics import SHORT_NAMES, dtype_name
-from .dispatch import Launch, recording, triton_interpreted
+from .graph import InferenceGraph
 
 LAYOUTS = {"cl": torch.channels_last, "nchw": torch.contiguous_format}
 
@@ -95,8 +96,6 @@ class _LayoutAsOnCuda(torch.overrides.TorchFunctionMode):
 def engine_launches(model, dtype: torch.dtype, layout: str, batch: int) -> list[tuple[str, Launch]]:
     """(stage, launch) for every Triton launch of one label-based translation by the
     engine's graph (impl="triton", every rewrite on), in order."""
-    from ..engine.graph import InferenceGraph
-
     cfg = model.config
     fmt = LAYOUTS[layout]
     graph = InferenceGraph(model, impl="triton").eval().to(device="meta", dtype=dtype,
@@ -216,7 +215,7 @@ def compile_table(model, dtypes, layouts, batch: int = 64, arch: int = 90,
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bridgegan.kernels.targets",
+    p = argparse.ArgumentParser(prog="python -m bridgegan.engine.targets",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--dtypes", default="fp16,bf16", help="comma list (default: %(default)s)")
     p.add_argument("--layouts", default="cl,nchw", help="comma list of cl, nchw (default: %(default)s)")
@@ -227,7 +226,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1" or triton_interpreted():
         p.error("run with TRITON_INTERPRET unset: interpreted kernels do not compile for a GPU")
-    from ..engine.engine import resolve_dtype
+    from .engine import resolve_dtype
     from ..reference import BridgeGAN, BridgeGANConfig
 
     dtypes = [resolve_dtype(d, torch.device("cuda")) for d in args.dtypes.split(",")]
