@@ -72,7 +72,8 @@ def stages(work: Path, dry: bool) -> list[tuple[str, list[str], int]]:
         variants = ENGINE_VARIANTS
     out = [
         ("parity_ops", [py, "-m", "bridgegan.kernels.parity", "--device", dev,
-                        "--json", str(work / "parity_ops.json")] + (["--quick"] if dry else []), 45),
+                        "--json", str(work / "parity_ops.json")] + (["--quick"] if dry else []),
+         70),  # 43 s on the H100 before the rgb_tail rows (12 more compilations)
         ("parity_backends", cli + ["parity", "--backends", "--device", dev, "--json",
                                    str(work / "parity_backends.json")]
          + (["--resolution", "64", "--batch", "1"] if dry else []), 45),
