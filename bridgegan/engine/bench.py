@@ -55,15 +55,15 @@ from ..reference.config import BridgeGANConfig
 from ..reference.model import BridgeGAN
 from ..timing import synchronize, time_calls
 from . import roofline
-from .parity import compare, parity_inputs, reference_translation
 from .backends import AUTO, BACKENDS, BackendUnavailable
 from .engine import Engine, resolve_dtype
 from .graph import Rewrites
+from .parity import compare, parity_inputs, reference_translation
 
 FIELDS = ["what", "backend", "dtype", "batch", "resolution", "metric", "unit", "p50", "p20",
           "p80", "images_per_s", "peak_mem_mb", "vs_reference_fp32", "vs_reference_same_dtype",
-          "roofline_share", "gflop_per_image", "first_call_s", "variant", "parity", "note", "device",
-          "torch", "triton", "commit", "date"]
+          "roofline_share", "gflop_per_image", "first_call_s", "variant", "parity", "note",
+          "device", "torch", "triton", "commit", "date"]
 WORKLOADS = ("translate", "reference", "strip", "strip_nocache")
 # The table measured when no variants are given, per device type. CPU: the backends side
 # by side in float32 (issue 14 item 9), then torch in bf16 channels_last (AMX CPUs).

@@ -50,10 +50,12 @@ def _fused_call(x, weight, bias, stride: int, padding: int, transposed: bool):
     s, p, one = [stride] * 2, [padding] * 2, [1, 1]
     if x.is_cuda:
         cudnn = torch.backends.cudnn
-        if transposed or x.dtype not in _CUDA_DTYPES or not (cudnn.is_available() and cudnn.enabled):
+        usable = cudnn.is_available() and cudnn.enabled
+        if transposed or x.dtype not in _CUDA_DTYPES or not usable:
             return None
         return lambda: torch.cudnn_convolution_relu(x, weight, bias, s, p, one, 1)
-    if x.device.type != "cpu" or x.dtype not in _CPU_DTYPES or not torch.backends.mkldnn.is_available():
+    onednn = torch.backends.mkldnn.is_available()
+    if x.device.type != "cpu" or x.dtype not in _CPU_DTYPES or not onednn:
         return None
     ops = torch.ops.mkldnn
     if transposed:

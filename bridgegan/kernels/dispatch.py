@@ -1,7 +1,8 @@
 """How every op of this package picks its path: the lazy import of its Triton kernels, the
 choice between them and the plain torch ops (``impl``), the one fallback warning, the
-launches of its kernels, and the check for a tracer (ONNX export, TorchScript, torch.compile), under which ops take their
-plain torch path so that the exported or compiled graph holds standard ops."""
+launches of its kernels, and the check for a tracer (ONNX export, TorchScript,
+torch.compile), under which ops take their plain torch path so that the exported or
+compiled graph holds standard ops."""
 from __future__ import annotations
 
 import contextlib

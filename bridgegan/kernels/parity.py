@@ -160,7 +160,8 @@ def _tail_rows(device, impl, gen, verbose):
                 fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
                 x, s = (torch.randn(*t, generator=gen, device=device).to(dtype).contiguous(
                     memory_format=fmt) for t in (shape, sc_shape))
-                weight = (torch.randn(3, c, 1, 1, generator=gen, device=device) / c ** 0.5).to(dtype)
+                weight = torch.randn(3, c, 1, 1, generator=gen, device=device) / c ** 0.5
+                weight = weight.to(dtype)
                 bias = torch.randn(3, generator=gen, device=device).to(dtype)
                 outs = []
                 [secs] = time_calls(lambda: outs.append(rgb_tail(x, weight, bias, s, impl=impl)),
