@@ -55,8 +55,8 @@ ENGINE_VARIANTS = ("reference:float32,reference:fp16,reference:fp16:heuristics,t
 # batch_hidden (its split hidden slices are copied before the gamma/beta convolutions)
 ABLATION = ",".join(["triton:fp16:cl:graphs"] + [
     f"triton:fp16:cl:graphs:-{r}" for r in ("transposed_up", "kernel_bias", "fold_labels",
-                                             "fused_relu", "fused_tail", "low_res_shortcut",
-                                             "batch_hidden")])
+                                             "fused_relu", "fused_tail", "shortcut_bias",
+                                             "low_res_shortcut", "batch_hidden")])
 OWN_CALL = ("ablation", "bench_compile")  # stages run only when named in --stages
 CACHE = ROOT / ".cache"  # inductor and Triton caches, carried between device calls
 

@@ -36,6 +36,11 @@ against the reference model):
   a broadcast), the ReLU, the 1x1 to_rgb convolution and tanh in one kernel
   (:func:`bridgegan.kernels.rgb_tail`): the last block's output is read once, where the
   plain ops make five passes at the image size.
+- ``shortcut_bias``: a block with a learned 1x1 shortcut adds its residual convolution's
+  bias through the shortcut convolution's bias (the two sum per channel, and a bias
+  passes unchanged through pooling and nearest upsampling), so the residual convolution
+  runs without one: on CUDA ATen adds a convolution's bias in a pass of its own over the
+  block's output.
 - ``low_res_shortcut``: a 1x1 shortcut convolution commutes with nearest upsampling and
   with 2x2 average pooling, so it runs at the low resolution; an up block's shortcut is
   then added to the residual as a broadcast, never upsampled.
@@ -73,6 +78,7 @@ class Rewrites:
     kernel_bias: bool = True
     fused_relu: bool = True
     fused_tail: bool = True
+    shortcut_bias: bool = True
     low_res_shortcut: bool = True
     pooled_conv: bool = True
 
@@ -200,8 +206,11 @@ class Block(nn.Module):
         self.conv1 = Conv(blk.conv1, four_phase=up == "four_phase", transposed=up == "transposed",
                           bias=not (rw.fold_bias and normed))
         self.pool_inside = self.resample == "down" and rw.pooled_conv
-        self.conv2 = Conv(blk.conv2, pooled=self.pool_inside)
-        self.shortcut = Conv(blk.shortcut) if blk.shortcut is not None else None
+        # shortcut_bias: the residual's bias rides on the learned shortcut's (they sum)
+        moved = rw.shortcut_bias and blk.shortcut is not None
+        self.conv2 = Conv(blk.conv2, pooled=self.pool_inside, bias=not moved)
+        self.shortcut = None if blk.shortcut is None else Conv(
+            blk.shortcut, bias_tensor=blk.shortcut.bias + blk.conv2.bias if moved else None)
         self.low_res_shortcut = rw.low_res_shortcut
         # the shortcut comes out at half the residual's size: added as a broadcast
         self.broadcast_shortcut = (self.resample == "up" and self.low_res_shortcut
