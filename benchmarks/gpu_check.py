@@ -99,7 +99,8 @@ def stages(work: Path, dry: bool) -> list[tuple[str, list[str], int]]:
                                    "torch:float32,torch:float32:-transposed_up" if dry else ABLATION,
                                    "--batches", "1" if dry else "64", "--resolutions", res,
                                    "--workloads", "translate", "--out", str(work / "ablation")]
-                + reps, 90))
+                # ten variants: five timed calls each keep the stage near a minute
+                + (reps if dry else ["--reps", "5", "--warmup", "1"]), 90))
     compile_variants = "compile:float32" if dry else "triton:fp16:cl:graphs,compile:fp16:cl:graphs"
     out.append(("bench_compile", cli + ["bench", "--device", dev, "--variants", compile_variants,
                                         "--batches", "1" if dry else "64", "--resolutions", res,
