@@ -198,6 +198,13 @@ def test_gpu_check_plan_parses_on_the_cpu(tmp_path):
     variants = [Variant.parse(v) for text in lists for v in text.split(",")]
     assert any(v.streams and v.cuda_graphs for v in variants)
     assert any(v.without for v in variants) and any(v.backend == "compile" for v in variants)
+    # the profile stage's own default list (its "before" and "after" engines)
+    spec = importlib.util.spec_from_file_location("profile_engine",
+                                                  ROOT / "benchmarks" / "profile_engine.py")
+    profile_engine = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(profile_engine)
+    profiled = [Variant.parse(v) for v in profile_engine.DEFAULT_VARIANTS.split(",")]
+    assert any(v.without for v in profiled) and not any(v.cuda_graphs for v in profiled)
 
 
 @pytest.mark.slow
