@@ -68,7 +68,7 @@ def _bench_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variants", help="comma list of backend:dtype[:cl][:graphs][:heuristics]"
                    "[:-REWRITE ...] "
                    "(default: the device's table; CPU: reference, torch, onnxruntime and "
-                   "compile in float32, then torch:bf16:cl)")
+                   "compile in float32, then torch and compile in bf16 channels_last)")
     p.add_argument("--batches", default="1,8", help="comma list (default: %(default)s)")
     p.add_argument("--resolutions", default="128", help="comma list of 64/128/256")
     p.add_argument("--workloads", default="translate,strip,strip_nocache",
