@@ -1,8 +1,10 @@
 """conv2d_relu: the fused library call (oneDNN on this CPU) against the float64 plain ops,
-in both memory formats and every form the graph uses; the fallback when the library
-refuses; the plain ops under autograd."""
+in both memory formats and every form the graph uses; CUDA's transposed form (the
+convolution, then the Triton epilogue) under the interpreter; the fallback when the
+library refuses; the plain ops under autograd."""
 from __future__ import annotations
 
+import os
 import warnings
 
 import pytest
@@ -10,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
-from bridgegan.kernels import KernelFallbackWarning, conv2d_relu, conv_act
-from bridgegan.numerics import errors, tolerance
+from bridgegan.kernels import KernelFallbackWarning, conv2d_relu, conv_act, dispatch
+from bridgegan.numerics import errors, float64_call, tolerance
 
 FORMATS = {"nchw": torch.contiguous_format, "cl": torch.channels_last}
 # (form, stride, padding, weight shape): the graph's hidden convolution, its four-phase
@@ -112,3 +114,41 @@ def test_unknown_impl_is_refused():
     x, w, b, stride, padding, _ = operands("conv3x3", 6)
     with pytest.raises(ValueError, match="unknown impl 'triton'; accepted: 'auto', 'torch'"):
         conv2d_relu(x, w, b, stride, padding, impl="triton")
+
+
+requires_interpreter = pytest.mark.skipif(
+    os.environ.get("TRITON_INTERPRET") != "1" or not dispatch.triton_interpreted(),
+    reason="the Triton kernels on the CPU need triton and TRITON_INTERPRET=1")
+
+
+@requires_interpreter
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16],
+                         ids=["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+def test_transposed_epilogue_matches_the_float64_ops(dtype, fmt, bias):
+    """CUDA's path for the transposed form (cuDNN has no fused one): the convolution
+    without its bias, then the Triton epilogue adds it and applies the ReLU in place."""
+    x, w, b, stride, padding, _ = operands("transposed", 21, bias)
+    mf = FORMATS[fmt]
+    x, w = (t.to(dtype).contiguous(memory_format=mf) for t in (x, w))
+    b = None if b is None else b.to(dtype)
+    with torch.no_grad():
+        want = float64_call(conv2d_relu, x, w, b, stride, padding, transposed=True,
+                            impl="torch")
+        got = conv_act.transposed_then_epilogue(x, w, b, stride, padding)
+    assert got.dtype == dtype and got.is_contiguous(memory_format=mf)
+    assert errors(got, want)[1] <= tolerance(dtype).op_rel
+
+
+def test_meta_recording_takes_the_cuda_forms():
+    """While launches are recorded (compiling the engine's kernels for an absent GPU), a
+    meta tensor takes CUDA's forms: the transposed one records the Triton epilogue."""
+    pytest.importorskip("triton")
+    x = torch.empty(2, 5, 7, 6, device="meta", dtype=torch.float16)
+    w = torch.empty(5, 6, 4, 4, device="meta", dtype=torch.float16)
+    b = torch.empty(6, device="meta", dtype=torch.float16)
+    with dispatch.recording() as got:
+        y = conv2d_relu(x, w, b, 2, 1, transposed=True)
+    assert y.shape == (2, 6, 14, 12) and [launch.kernel.fn.__name__ for launch in got] == [
+        "_bias_relu_kernel"]

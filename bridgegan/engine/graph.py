@@ -30,8 +30,9 @@ against the reference model):
   (cuDNN's convolution-bias-activation on CUDA, oneDNN's post-op on the CPU:
   :func:`bridgegan.kernels.conv2d_relu`) instead of a convolution, a bias pass and a ReLU
   pass over the hidden activations (cuDNN has no fused transposed convolution: on CUDA the
-  transposed one at the image size keeps its two passes). Under ONNX export and
-  torch.compile the plain ops, which those compilers fuse themselves.
+  transposed one at the image size runs without its bias, and a Triton epilogue adds the
+  bias and applies the ReLU in one pass). Under ONNX export and torch.compile the plain
+  ops, which those compilers fuse themselves.
 - ``fused_tail`` (``impl="triton"`` only): G's last residual sum (its up shortcut read as
   a broadcast), the ReLU, the 1x1 to_rgb convolution and tanh in one kernel
   (:func:`bridgegan.kernels.rgb_tail`): the last block's output is read once, where the

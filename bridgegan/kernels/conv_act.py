@@ -3,8 +3,11 @@
 ATen adds a convolution's bias in a pass of its own over the output after cuDNN, and a
 ReLU is one more; the vendor libraries run both in the convolution's epilogue:
 
-* CUDA: ``torch.cudnn_convolution_relu`` (cuDNN's convolution-bias-activation), plain
-  convolutions only (cuDNN has no fused transposed form), float16 / bfloat16 / float32;
+* CUDA: ``torch.cudnn_convolution_relu`` (cuDNN's convolution-bias-activation) for plain
+  convolutions, float16 / bfloat16 / float32; cuDNN has no fused transposed form, so a
+  transposed convolution runs without its bias and a Triton kernel adds the bias and
+  applies the ReLU in place, one pass (:mod:`._triton_conv`; ATen's bias pass and the
+  ReLU's pass otherwise);
 * CPU: oneDNN's post-op (``mkldnn::_convolution_pointwise`` and its transposed twin),
   float32 and bfloat16.
 
@@ -29,7 +32,9 @@ import torch
 import torch.nn.functional as F
 
 from ..numerics import dtype_name
-from .dispatch import KernelFallbackWarning, tracing
+from .dispatch import (KernelFallbackWarning, Launch, recording_launches, run_launches,
+                       tracing, triton_module)
+from .layout import is_channels_last
 
 __all__ = ["conv2d_relu"]
 
@@ -45,13 +50,38 @@ def _plain(x, weight, bias, stride: int, padding: int, transposed: bool) -> torc
     return F.relu(F.conv2d(x, weight, bias, stride=stride, padding=padding))
 
 
+def transposed_then_epilogue(x, weight, bias, stride: int, padding: int) -> torch.Tensor:
+    """``relu(conv_transpose2d(x, weight, bias))`` as the convolution without its bias,
+    then the Triton epilogue (bias + ReLU, in place, one pass); RuntimeError without
+    triton."""
+    tn, why = triton_module("conv")
+    if tn is None:
+        raise RuntimeError(f"conv2d_relu: the transposed epilogue needs triton: {why}")
+    y = F.conv_transpose2d(x, weight, None, stride=stride, padding=padding)
+    if bias is None:
+        return F.relu_(y)
+    n, c, h, w = y.shape
+    cl = is_channels_last(y)
+    y = y.contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+    block = 1024
+    run_launches([Launch(tn._bias_relu_kernel, (-(-y.numel() // block),),
+                         (y, bias.contiguous(), y.numel(), c, h * w),
+                         dict(CHANNELS_LAST=cl, BLOCK=block, num_warps=4))], y.device)
+    return y
+
+
 def _fused_call(x, weight, bias, stride: int, padding: int, transposed: bool):
     """The library call for x's device and dtype, or None where there is none."""
     s, p, one = [stride] * 2, [padding] * 2, [1, 1]
-    if x.is_cuda:
+    if x.is_cuda or (x.is_meta and recording_launches()):
+        if x.dtype not in _CUDA_DTYPES:
+            return None
+        if transposed:
+            if triton_module("conv")[0] is None:
+                return None
+            return lambda: transposed_then_epilogue(x, weight, bias, stride, padding)
         cudnn = torch.backends.cudnn
-        usable = cudnn.is_available() and cudnn.enabled
-        if transposed or x.dtype not in _CUDA_DTYPES or not usable:
+        if x.is_meta or not (cudnn.is_available() and cudnn.enabled):
             return None
         return lambda: torch.cudnn_convolution_relu(x, weight, bias, s, p, one, 1)
     onednn = torch.backends.mkldnn.is_available()

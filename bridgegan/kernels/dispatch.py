@@ -151,6 +151,11 @@ def recording():
         _RECORDED = previous
 
 
+def recording_launches() -> bool:
+    """Whether a ``recording()`` block is collecting launches."""
+    return _RECORDED is not None
+
+
 def run_launches(launches: list[Launch], device: torch.device) -> None:
     """Launch in order, on ``device`` (the current CUDA device is not assumed); inside
     ``recording()``, collect them instead."""

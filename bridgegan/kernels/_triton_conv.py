@@ -1,0 +1,31 @@
+"""Triton kernel for a convolution's epilogue where the library has no fused form: a
+per-channel bias and a ReLU applied in place, one pass (forward only).
+
+Imports triton at import time; :mod:`bridgegan.kernels.conv_act` imports it lazily. The
+tensor is dense, NCHW or channels_last (``CHANNELS_LAST``): element ``i`` is channel
+``(i // HW) % C`` or ``i % C``. Arithmetic in float32; the ReLU keeps NaN.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _bias_relu_kernel(y_ptr, b_ptr, numel, C, HW, CHANNELS_LAST: tl.constexpr,
+                      BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < numel
+    if CHANNELS_LAST:
+        c = offs % C
+    else:
+        c = (offs // HW) % C
+    y = tl.load(y_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    y += tl.load(b_ptr + c, mask=mask, other=0.0).to(tl.float32)
+    y = tl.where(y < 0.0, 0.0, y)
+    tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+def is_interpreted() -> bool:
+    """True when this kernel was defined under TRITON_INTERPRET=1 (CPU interpreter)."""
+    return type(_bias_relu_kernel).__name__ == "InterpretedFunction"
