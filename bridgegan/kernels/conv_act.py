@@ -20,9 +20,10 @@ impl:
               trace (their compilers fuse the ReLU themselves).
   ``"auto"``  the fused call where x's device and dtype have one, else the plain ops.
               Under a tracer, or when autograd records, the plain ops, silently. The first
-              fused call per (device, dtype, form) is a probe: if the library refuses it
-              (a build without the fused engine), one :class:`KernelFallbackWarning`, the
-              plain ops from then on; after a probe that worked, errors propagate.
+              fused call per (device, dtype, form) is a probe: if it fails (a cuDNN build
+              without the fused engine, a Triton that cannot compile the epilogue), one
+              :class:`KernelFallbackWarning`, the plain ops from then on; after a probe
+              that worked, errors propagate.
 """
 from __future__ import annotations
 
@@ -115,7 +116,7 @@ def conv2d_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         return call()
     try:
         y = call()
-    except (RuntimeError, NotImplementedError) as exc:
+    except Exception as exc:  # the probe: cuDNN's RuntimeError, a Triton compile error, ...
         _PROBED[key] = False
         form = "transposed convolution" if transposed else "convolution"
         warnings.warn(f"bridgegan.kernels.conv2d_relu: the fused {form} + bias + ReLU failed "
