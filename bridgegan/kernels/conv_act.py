@@ -23,16 +23,23 @@ impl:
               fused call per (device, dtype, form) is a probe: if it fails (a cuDNN build
               without the fused engine, a Triton that cannot compile the epilogue), one
               :class:`KernelFallbackWarning`, the plain ops from then on; after a probe
-              that worked, errors propagate.
+              that worked, errors propagate. On CUDA each shape then times both forms
+              once (five calls each, outside CUDA-graph capture) and keeps the faster:
+              cuDNN's fused convolution-bias-ReLU has been far slower than the plain
+              convolution for some shapes in channels_last (pytorch#68506). Until a
+              shape is timed, a capture records the plain ops.
 """
 from __future__ import annotations
 
+import functools
+import statistics
 import warnings
 
 import torch
 import torch.nn.functional as F
 
 from ..numerics import dtype_name
+from ..timing import time_calls
 from .dispatch import (KernelFallbackWarning, Launch, recording_launches, run_launches,
                        tracing, triton_module)
 from .layout import is_channels_last
@@ -43,6 +50,7 @@ IMPLS = ("auto", "torch")
 _CUDA_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _CPU_DTYPES = (torch.bfloat16, torch.float32)
 _PROBED: dict[tuple, bool] = {}  # (device type, dtype, transposed) -> the fused call works
+_FASTER: dict[tuple, bool] = {}  # a CUDA call's shapes and strides -> the fused form is faster
 
 
 def _plain(x, weight, bias, stride: int, padding: int, transposed: bool) -> torch.Tensor:
@@ -95,6 +103,23 @@ def _fused_call(x, weight, bias, stride: int, padding: int, transposed: bool):
     return lambda: ops._convolution_pointwise(x, weight, bias, p, s, one, 1, "relu", [], "")
 
 
+def _fused_is_faster(x, weight, stride, padding, transposed, fused, plain) -> bool:
+    """On CUDA, whether the fused form beats the plain ops at this call's shapes: timed once
+    per shape (median of five calls each), never while a CUDA graph is being captured
+    (the plain ops until then). Elsewhere True: the CPU's post-op was measured faster."""
+    if not x.is_cuda:
+        return True
+    shape = (x.device, x.dtype, tuple(x.shape), x.stride(), tuple(weight.shape),
+             weight.stride(), stride, padding, transposed)
+    if shape not in _FASTER:
+        if torch.cuda.is_current_stream_capturing():
+            return False
+        t_fused, t_plain = (statistics.median(time_calls(f, x.device, warmup=1, reps=5))
+                            for f in (fused, plain))
+        _FASTER[shape] = t_fused <= t_plain
+    return _FASTER[shape]
+
+
 def conv2d_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                 stride: int = 1, padding: int = 0, transposed: bool = False,
                 impl: str = "auto") -> torch.Tensor:
@@ -110,10 +135,12 @@ def conv2d_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     key = (x.device.type, x.dtype, transposed)
     call = None if _PROBED.get(key) is False else _fused_call(x, weight, bias, stride, padding,
                                                                transposed)
+    plain = functools.partial(_plain, x, weight, bias, stride, padding, transposed)
     if call is None:
-        return _plain(x, weight, bias, stride, padding, transposed)
+        return plain()
     if key in _PROBED:
-        return call()
+        faster = _fused_is_faster(x, weight, stride, padding, transposed, call, plain)
+        return call() if faster else plain()
     try:
         y = call()
     except Exception as exc:  # the probe: cuDNN's RuntimeError, a Triton compile error, ...
@@ -123,6 +150,6 @@ def conv2d_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
                       f"on {x.device.type} in {dtype_name(x.dtype)} ({type(exc).__name__}: "
                       f"{exc}); using the plain torch ops there from now on.",
                       KernelFallbackWarning, stacklevel=2)
-        return _plain(x, weight, bias, stride, padding, transposed)
+        return plain()
     _PROBED[key] = True
     return y
