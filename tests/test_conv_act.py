@@ -152,3 +152,31 @@ def test_meta_recording_takes_the_cuda_forms():
         y = conv2d_relu(x, w, b, 2, 1, transposed=True)
     assert y.shape == (2, 6, 14, 12) and [launch.kernel.fn.__name__ for launch in got] == [
         "_bias_relu_kernel"]
+
+
+def test_cuda_keeps_the_faster_form_per_shape(monkeypatch):
+    """The decision logic of CUDA's per-shape timing, with the timer and the capture state
+    stood in (no GPU here): the faster form is kept, once per shape; while a graph is
+    captured an untimed shape takes the plain ops."""
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(conv_act, "_FASTER", {})
+    seconds = {"fused": [3.0], "plain": [2.0]}
+    monkeypatch.setattr(conv_act, "time_calls", lambda f, device, warmup, reps: seconds[f()])
+    capturing = [False]
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: capturing[0])
+
+    def tensor(shape):
+        return SimpleNamespace(is_cuda=True, device="cuda:0", dtype=torch.float16, shape=shape,
+                               stride=lambda: (1,) * len(shape))
+
+    w = tensor((4, 3, 3, 3))
+    def faster(x):
+        return conv_act._fused_is_faster(x, w, 1, 1, False, lambda: "fused", lambda: "plain")
+
+    assert faster(tensor((2, 3, 8, 8))) is False  # plain measured faster: kept
+    seconds.update(fused=[1.0])
+    assert faster(tensor((2, 3, 8, 8))) is False  # decided once per shape
+    assert faster(tensor((2, 3, 16, 16))) is True  # a new shape is timed anew
+    capturing[0] = True
+    assert faster(tensor((2, 3, 32, 32))) is False and len(conv_act._FASTER) == 2
