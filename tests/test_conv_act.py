@@ -180,3 +180,27 @@ def test_cuda_keeps_the_faster_form_per_shape(monkeypatch):
     assert faster(tensor((2, 3, 16, 16))) is True  # a new shape is timed anew
     capturing[0] = True
     assert faster(tensor((2, 3, 32, 32))) is False and len(conv_act._FASTER) == 2
+    capturing[0] = False
+
+    def refused():
+        raise RuntimeError("CUDNN_STATUS_NOT_SUPPORTED")
+    with warnings.catch_warnings(record=True) as rec:  # no fused engine for one shape
+        warnings.simplefilter("always")
+        assert conv_act._fused_is_faster(tensor((2, 3, 7, 7)), w, 1, 1, False, refused,
+                                         lambda: "plain") is False
+    assert any("CUDNN_STATUS_NOT_SUPPORTED" in str(r.message) for r in rec)
+
+
+@needs_onednn
+def test_the_fused_relu_maps_nan_to_zero_as_documented():
+    """The library's fused ReLU is max(y, 0): a NaN becomes 0 where the plain ops keep it
+    (the module docstring says so; the engine refuses non-finite inputs upstream)."""
+    x, w, b, stride, padding, _ = (t.float() if isinstance(t, torch.Tensor) else t
+                                   for t in operands("conv3x3", 9))
+    x[0, 0, 3, 3] = float("nan")
+    with torch.no_grad():
+        fused = conv2d_relu(x, w, b, stride, padding)
+        plain = conv2d_relu(x, w, b, stride, padding, impl="torch")
+    nan = torch.isnan(plain)
+    assert nan.any() and not torch.isnan(fused).any()
+    assert errors(fused[~nan], plain[~nan])[1] <= tolerance(torch.float32).op_rel

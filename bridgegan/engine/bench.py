@@ -25,7 +25,8 @@ held to its dtype's image limit against the float64 reference model
 (``engine.parity.compare``, TF32 off: a float32 variant with CUDA graphs or compile keeps,
 at that batch, what it built with TF32 off); a variant that fails gets a ``skipped`` row
 that says so and no speed, and every measured row names its parity in the ``parity``
-column; that call is the translate row's first call (``first_call_s``).
+column; that call is the translate row's first call (``first_call_s``, its copies of
+the CPU inputs to the device and back included).
 ``parity=False`` skips the check.
 
 Without a variant list, a device's default table (DEFAULT_VARIANTS) is measured; on the

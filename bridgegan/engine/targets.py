@@ -118,7 +118,9 @@ def engine_launches(model, dtype: torch.dtype, layout: str, batch: int) -> list[
 
 def _key(launch: Launch) -> tuple:
     """What the JIT specialises on: the kernel, its constexprs and options, the pointer
-    dtypes and which integer arguments are 1 or multiples of 16."""
+    dtypes and which integer arguments are 1 or multiples of 16. (Meta tensors have no
+    address: every pointer counts as 16-byte aligned, as the engine's tensors are; a view
+    that is not would compile a variant this table does not list.)"""
     def spec(v):
         if isinstance(v, torch.Tensor):
             return str(v.dtype)

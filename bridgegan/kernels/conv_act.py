@@ -23,11 +23,17 @@ impl:
               fused call per (device, dtype, form) is a probe: if it fails (a cuDNN build
               without the fused engine, a Triton that cannot compile the epilogue), one
               :class:`KernelFallbackWarning`, the plain ops from then on; after a probe
-              that worked, errors propagate. On CUDA each shape then times both forms
-              once (five calls each, outside CUDA-graph capture) and keeps the faster:
-              cuDNN's fused convolution-bias-ReLU has been far slower than the plain
-              convolution for some shapes in channels_last (pytorch#68506). Until a
-              shape is timed, a capture records the plain ops.
+              that worked, errors propagate. On CUDA each shape (and TF32 setting) then
+              times both forms once (five calls each, outside CUDA-graph capture) and
+              keeps the faster: cuDNN's fused convolution-bias-ReLU has been far slower
+              than the plain convolution for some shapes in channels_last
+              (pytorch#68506); a shape whose fused call fails there takes the plain ops.
+              Until a shape is timed, a capture records the plain ops. With
+              ``cudnn.deterministic`` set, or oneDNN disabled, the plain ops.
+
+NaN: the libraries' fused ReLU is max(y, 0), which maps a NaN to 0, where the plain ops
+(and the Triton epilogue) keep it. The engine refuses non-finite inputs before they
+reach the graph, so a NaN here comes from the weights or from overflow.
 """
 from __future__ import annotations
 
@@ -83,7 +89,7 @@ def _fused_call(x, weight, bias, stride: int, padding: int, transposed: bool):
     """The library call for x's device and dtype, or None where there is none."""
     s, p, one = [stride] * 2, [padding] * 2, [1, 1]
     if x.is_cuda or (x.is_meta and recording_launches()):
-        if x.dtype not in _CUDA_DTYPES:
+        if x.dtype not in _CUDA_DTYPES or torch.backends.cudnn.deterministic:
             return None
         if transposed:
             if triton_module("conv")[0] is None:
@@ -93,7 +99,7 @@ def _fused_call(x, weight, bias, stride: int, padding: int, transposed: bool):
         if x.is_meta or not (cudnn.is_available() and cudnn.enabled):
             return None
         return lambda: torch.cudnn_convolution_relu(x, weight, bias, s, p, one, 1)
-    onednn = torch.backends.mkldnn.is_available()
+    onednn = torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
     if x.device.type != "cpu" or x.dtype not in _CPU_DTYPES or not onednn:
         return None
     ops = torch.ops.mkldnn
@@ -105,17 +111,25 @@ def _fused_call(x, weight, bias, stride: int, padding: int, transposed: bool):
 
 def _fused_is_faster(x, weight, stride, padding, transposed, fused, plain) -> bool:
     """On CUDA, whether the fused form beats the plain ops at this call's shapes: timed once
-    per shape (median of five calls each), never while a CUDA graph is being captured
-    (the plain ops until then). Elsewhere True: the CPU's post-op was measured faster."""
+    per shape and TF32 setting (median of five calls each), never while a CUDA graph is
+    being captured (the plain ops until then); False where the fused call fails. Elsewhere
+    True: the CPU's post-op was measured faster."""
     if not x.is_cuda:
         return True
     shape = (x.device, x.dtype, tuple(x.shape), x.stride(), tuple(weight.shape),
-             weight.stride(), stride, padding, transposed)
+             weight.stride(), stride, padding, transposed, torch.backends.cudnn.allow_tf32)
     if shape not in _FASTER:
         if torch.cuda.is_current_stream_capturing():
             return False
-        t_fused, t_plain = (statistics.median(time_calls(f, x.device, warmup=1, reps=5))
-                            for f in (fused, plain))
+        try:
+            t_fused = statistics.median(time_calls(fused, x.device, warmup=1, reps=5))
+        except Exception as exc:  # no fused engine for this shape: the plain ops there
+            warnings.warn(f"bridgegan.kernels.conv2d_relu: the fused form failed at shape "
+                          f"{tuple(x.shape)} ({type(exc).__name__}: {exc}); using the plain "
+                          "ops for that shape.", KernelFallbackWarning, stacklevel=3)
+            _FASTER[shape] = False
+            return False
+        t_plain = statistics.median(time_calls(plain, x.device, warmup=1, reps=5))
         _FASTER[shape] = t_fused <= t_plain
     return _FASTER[shape]
 

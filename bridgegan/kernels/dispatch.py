@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import threading
 import warnings
 from dataclasses import dataclass, field
 
@@ -98,7 +99,8 @@ def choose_impl(op: str, x: torch.Tensor, impl: str, kernels: str) -> str:
         if x.dtype not in TRITON_DTYPES:
             raise ValueError(f"{op}: impl='triton' accepts float16, bfloat16, float32; x is "
                              f"{dtype_name(x.dtype)} (use impl='torch' for float64)")
-        if not x.is_cuda and not tn.is_interpreted() and not (x.is_meta and _RECORDED is not None):
+        recorded_meta = x.is_meta and recording_launches()
+        if not x.is_cuda and not tn.is_interpreted() and not recorded_meta:
             raise RuntimeError(
                 f"{op}(impl='triton'): x is on {x.device}; the Triton path needs a CUDA tensor, "
                 "or TRITON_INTERPRET=1 set in the environment before bridgegan.kernels is "
@@ -134,33 +136,37 @@ class Launch:
     kwargs: dict = field(default_factory=dict)
 
 
-_RECORDED: list[Launch] | None = None  # launches collected by recording(), not run
+_LOCAL = threading.local()  # .recorded: this thread's launches collected by recording()
+
+
+def _recorded() -> list[Launch] | None:
+    return getattr(_LOCAL, "recorded", None)
 
 
 @contextlib.contextmanager
 def recording():
-    """Inside, the ops accept ``meta`` tensors on their Triton path and collect their
-    launches into the list this yields instead of running them: how
+    """Inside, on this thread, the ops accept ``meta`` tensors on their Triton path and
+    collect their launches into the list this yields instead of running them: how
     :mod:`bridgegan.engine.targets` enumerates what a forward pass launches, to compile it
     for a GPU that is absent."""
-    global _RECORDED
-    previous, _RECORDED = _RECORDED, []
+    previous, _LOCAL.recorded = _recorded(), []
     try:
-        yield _RECORDED
+        yield _LOCAL.recorded
     finally:
-        _RECORDED = previous
+        _LOCAL.recorded = previous
 
 
 def recording_launches() -> bool:
-    """Whether a ``recording()`` block is collecting launches."""
-    return _RECORDED is not None
+    """Whether a ``recording()`` block is collecting this thread's launches."""
+    return _recorded() is not None
 
 
 def run_launches(launches: list[Launch], device: torch.device) -> None:
     """Launch in order, on ``device`` (the current CUDA device is not assumed); inside
     ``recording()``, collect them instead."""
-    if _RECORDED is not None:
-        _RECORDED.extend(launches)
+    recorded = _recorded()
+    if recorded is not None:
+        recorded.extend(launches)
         return
     guard = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
     with guard:

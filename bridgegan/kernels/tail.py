@@ -116,8 +116,9 @@ def rgb_tail(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = 
     module docstring."""
     _check(h, weight, bias, shortcut, impl)
     if h.numel() == 0:
+        fmt = torch.channels_last if is_channels_last(h) else torch.contiguous_format
         return torch.empty((h.shape[0], weight.shape[0], *h.shape[2:]), dtype=h.dtype,
-                           device=h.device)
+                           device=h.device, memory_format=fmt)
     grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad
                                            for t in (h, weight, bias, shortcut))
     if grad or choose_impl("rgb_tail", h, impl, "tail") == "torch":  # the kernel: forward only
