@@ -26,7 +26,7 @@ needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(),
 
 @pytest.fixture(autouse=True)
 def _fresh_probes(monkeypatch):
-    monkeypatch.setattr(conv_act, "_PROBED", {})
+    monkeypatch.setattr(conv_act, "_USE_FUSED", {})
 
 
 def operands(form: str, seed: int, bias: bool = True):
@@ -160,34 +160,34 @@ def test_cuda_keeps_the_faster_form_per_shape(monkeypatch):
     captured an untimed shape takes the plain ops."""
     from types import SimpleNamespace
 
-    monkeypatch.setattr(conv_act, "_FASTER", {})
     seconds = {"fused": [3.0], "plain": [2.0]}
     monkeypatch.setattr(conv_act, "time_calls", lambda f, device, warmup, reps: seconds[f()])
     capturing = [False]
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: capturing[0])
 
     def tensor(shape):
-        return SimpleNamespace(is_cuda=True, device="cuda:0", dtype=torch.float16, shape=shape,
+        return SimpleNamespace(is_cuda=True, is_meta=False, device=torch.device("cuda", 0),
+                               dtype=torch.float16, shape=shape,
                                stride=lambda: (1,) * len(shape))
 
     w = tensor((4, 3, 3, 3))
     def faster(x):
-        return conv_act._fused_is_faster(x, w, 1, 1, False, lambda: "fused", lambda: "plain")
+        return conv_act._use_fused(x, w, 1, 1, False, lambda: "fused", lambda: "plain")
 
     assert faster(tensor((2, 3, 8, 8))) is False  # plain measured faster: kept
     seconds.update(fused=[1.0])
     assert faster(tensor((2, 3, 8, 8))) is False  # decided once per shape
     assert faster(tensor((2, 3, 16, 16))) is True  # a new shape is timed anew
     capturing[0] = True
-    assert faster(tensor((2, 3, 32, 32))) is False and len(conv_act._FASTER) == 2
+    assert faster(tensor((2, 3, 32, 32))) is False and len(conv_act._USE_FUSED) == 2
     capturing[0] = False
 
     def refused():
         raise RuntimeError("CUDNN_STATUS_NOT_SUPPORTED")
     with warnings.catch_warnings(record=True) as rec:  # no fused engine for one shape
         warnings.simplefilter("always")
-        assert conv_act._fused_is_faster(tensor((2, 3, 7, 7)), w, 1, 1, False, refused,
-                                         lambda: "plain") is False
+        assert conv_act._use_fused(tensor((2, 3, 7, 7)), w, 1, 1, False, refused,
+                                   lambda: "plain") is False
     assert any("CUDNN_STATUS_NOT_SUPPORTED" in str(r.message) for r in rec)
 
 

@@ -7,7 +7,8 @@ Public ops (one entry point each, ``impl="auto" | "triton" | "torch"``):
 * :func:`instance_norm_act` -- ``act(instance_norm(x) * weight + bias)``
 * :func:`rgb_tail` -- ``tanh(conv1x1(relu(h + up(shortcut))) + bias)``, G's last pass
 * :func:`conv2d_relu` -- ``relu(conv2d(x, weight) + bias)`` as one cuDNN / oneDNN call
-  (``impl="auto" | "torch"``; no Triton kernel: the libraries' convolutions are faster)
+  (``impl="auto" | "torch"``; the convolution stays the library's, a Triton epilogue
+  carries bias and ReLU only where cuDNN cannot: its transposed convolution)
 
 ``python -m bridgegan.kernels.parity`` checks the first two against a float64 reference;
 the engine's parity (``bridgegan parity``) checks all of them inside the generator.

@@ -19,16 +19,16 @@ impl:
   ``"torch"`` the plain torch ops: the oracle, and what ONNX export and torch.compile
               trace (their compilers fuse the ReLU themselves).
   ``"auto"``  the fused call where x's device and dtype have one, else the plain ops.
-              Under a tracer, or when autograd records, the plain ops, silently. The first
-              fused call per (device, dtype, form) is a probe: if it fails (a cuDNN build
-              without the fused engine, a Triton that cannot compile the epilogue), one
-              :class:`KernelFallbackWarning`, the plain ops from then on; after a probe
-              that worked, errors propagate. On CUDA each shape (and TF32 setting) then
-              times both forms once (five calls each, outside CUDA-graph capture) and
-              keeps the faster: cuDNN's fused convolution-bias-ReLU has been far slower
-              than the plain convolution for some shapes in channels_last
-              (pytorch#68506); a shape whose fused call fails there takes the plain ops.
-              Until a shape is timed, a capture records the plain ops. With
+              Under a tracer, or when autograd records, the plain ops, silently. The
+              fused form is used once decided, per key, and remembered: on CUDA per
+              shape and TF32 setting, by timing both forms (five calls each, outside
+              CUDA-graph capture; a capture records the plain ops until then), since
+              cuDNN's fused convolution-bias-ReLU has been far slower than the plain
+              convolution for some channels_last shapes (pytorch#68506); on the CPU per
+              dtype and form, by one trial call. A fused form that fails its decision
+              (a cuDNN build without the fused engine, a Triton that cannot compile the
+              epilogue) gives one :class:`KernelFallbackWarning` and the plain ops for
+              that key; after a decision for it, errors propagate. With
               ``cudnn.deterministic`` set, or oneDNN disabled, the plain ops.
 
 NaN: the libraries' fused ReLU is max(y, 0), which maps a NaN to 0, where the plain ops
@@ -55,9 +55,7 @@ __all__ = ["conv2d_relu"]
 IMPLS = ("auto", "torch")
 _CUDA_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _CPU_DTYPES = (torch.bfloat16, torch.float32)
-_PROBED: dict[tuple, bool] = {}  # (device type, dtype, transposed) -> the fused call works
-_FASTER: dict[tuple, bool] = {}  # a CUDA call's shapes and strides -> the fused form is faster
-
+_USE_FUSED: dict[tuple, bool] = {}  # decision key (see _use_fused) -> the fused form is used
 
 def _plain(x, weight, bias, stride: int, padding: int, transposed: bool) -> torch.Tensor:
     if transposed:
@@ -109,29 +107,35 @@ def _fused_call(x, weight, bias, stride: int, padding: int, transposed: bool):
     return lambda: ops._convolution_pointwise(x, weight, bias, p, s, one, 1, "relu", [], "")
 
 
-def _fused_is_faster(x, weight, stride, padding, transposed, fused, plain) -> bool:
-    """On CUDA, whether the fused form beats the plain ops at this call's shapes: timed once
-    per shape and TF32 setting (median of five calls each), never while a CUDA graph is
-    being captured (the plain ops until then); False where the fused call fails. Elsewhere
-    True: the CPU's post-op was measured faster."""
-    if not x.is_cuda:
+def _use_fused(x, weight, stride, padding, transposed, fused, plain) -> bool:
+    """Whether this call takes the fused form (the module docstring's decision, made once
+    per key and remembered). Meta tensors, whose launches are only recorded, always do."""
+    if x.is_meta:
         return True
-    shape = (x.device, x.dtype, tuple(x.shape), x.stride(), tuple(weight.shape),
-             weight.stride(), stride, padding, transposed, torch.backends.cudnn.allow_tf32)
-    if shape not in _FASTER:
-        if torch.cuda.is_current_stream_capturing():
+    if x.is_cuda:
+        key = (x.device, x.dtype, tuple(x.shape), x.stride(), tuple(weight.shape),
+               weight.stride(), stride, padding, transposed, torch.backends.cudnn.allow_tf32)
+    else:
+        key = (x.device.type, x.dtype, transposed)
+    if key not in _USE_FUSED:
+        if x.is_cuda and torch.cuda.is_current_stream_capturing():
             return False
         try:
-            t_fused = statistics.median(time_calls(fused, x.device, warmup=1, reps=5))
-        except Exception as exc:  # no fused engine for this shape: the plain ops there
-            warnings.warn(f"bridgegan.kernels.conv2d_relu: the fused form failed at shape "
+            if x.is_cuda:
+                t_fused = statistics.median(time_calls(fused, x.device, warmup=1, reps=5))
+            else:
+                fused()
+        except Exception as exc:  # cuDNN's RuntimeError, a Triton compile error, ...
+            form = "transposed convolution" if transposed else "convolution"
+            warnings.warn(f"bridgegan.kernels.conv2d_relu: the fused {form} + bias + ReLU "
+                          f"failed on {x.device.type} in {dtype_name(x.dtype)} at input shape "
                           f"{tuple(x.shape)} ({type(exc).__name__}: {exc}); using the plain "
-                          "ops for that shape.", KernelFallbackWarning, stacklevel=3)
-            _FASTER[shape] = False
+                          "torch ops there from now on.", KernelFallbackWarning, stacklevel=3)
+            _USE_FUSED[key] = False
             return False
-        t_plain = statistics.median(time_calls(plain, x.device, warmup=1, reps=5))
-        _FASTER[shape] = t_fused <= t_plain
-    return _FASTER[shape]
+        _USE_FUSED[key] = (not x.is_cuda or t_fused <= statistics.median(
+            time_calls(plain, x.device, warmup=1, reps=5)))
+    return _USE_FUSED[key]
 
 
 def conv2d_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
@@ -146,24 +150,8 @@ def conv2d_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
                                            for t in (x, weight, bias))
     if impl == "torch" or grad or tracing():
         return _plain(x, weight, bias, stride, padding, transposed)
-    key = (x.device.type, x.dtype, transposed)
-    call = None if _PROBED.get(key) is False else _fused_call(x, weight, bias, stride, padding,
-                                                               transposed)
+    call = _fused_call(x, weight, bias, stride, padding, transposed)
     plain = functools.partial(_plain, x, weight, bias, stride, padding, transposed)
-    if call is None:
+    if call is None or not _use_fused(x, weight, stride, padding, transposed, call, plain):
         return plain()
-    if key in _PROBED:
-        faster = _fused_is_faster(x, weight, stride, padding, transposed, call, plain)
-        return call() if faster else plain()
-    try:
-        y = call()
-    except Exception as exc:  # the probe: cuDNN's RuntimeError, a Triton compile error, ...
-        _PROBED[key] = False
-        form = "transposed convolution" if transposed else "convolution"
-        warnings.warn(f"bridgegan.kernels.conv2d_relu: the fused {form} + bias + ReLU failed "
-                      f"on {x.device.type} in {dtype_name(x.dtype)} ({type(exc).__name__}: "
-                      f"{exc}); using the plain torch ops there from now on.",
-                      KernelFallbackWarning, stacklevel=2)
-        return plain()
-    _PROBED[key] = True
-    return y
+    return call()

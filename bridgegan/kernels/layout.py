@@ -1,5 +1,6 @@
 """Memory layouts as the Triton kernels see them: a 4-D tensor as a strided [N][H*W][C]
-view, one set of kernels for both NCHW and channels_last."""
+view, one set of kernels for both NCHW and channels_last; and the power-of-two tile sizes
+their launches use."""
 from __future__ import annotations
 
 import torch
@@ -37,3 +38,8 @@ def flattenable(t: torch.Tensor | None, fmt) -> torch.Tensor | None:
     if t is None or hw_strides(t) is not None:
         return t
     return t.contiguous(memory_format=fmt)
+
+
+def next_pow2(v: int) -> int:
+    """The smallest power of two >= v (1 for v <= 1)."""
+    return 1 if v <= 1 else 1 << (v - 1).bit_length()

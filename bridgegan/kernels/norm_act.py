@@ -51,7 +51,7 @@ from ..numerics import dtype_name
 from .dispatch import (IMPLS, TRITON_DTYPES, KernelFallbackWarning, Launch, choose_impl,
                        run_launches, tracing, triton_available, triton_interpreted,
                        triton_module)
-from .layout import flattenable, hw_strides, is_channels_last
+from .layout import flattenable, hw_strides, is_channels_last, next_pow2
 
 __all__ = [
     "ACTS",
@@ -186,10 +186,6 @@ CL_MIN_BLOCK_C = 16          # channels_last: at least this many channels per ro
 CL_SPLIT_BLOCK_C = 32
 
 
-def _next_pow2(v: int) -> int:
-    return 1 if v <= 1 else 1 << (v - 1).bit_length()
-
-
 def _prev_pow2(v: int) -> int:
     return 1 if v <= 1 else 1 << (v.bit_length() - 1)
 
@@ -239,12 +235,12 @@ def plan_launch(n: int, c: int, hw: int, channels_last: bool, config: dict | Non
     fused_tile = int(cfg.get("fused_tile", FUSED_TILE_TARGET))
     split_tile = int(cfg.get("split_tile", SPLIT_TILE))
     target = int(cfg.get("target_programs", SPLIT_TARGET_PROGRAMS))
-    hw_p2, c_p2 = _next_pow2(hw), _next_pow2(c)
+    hw_p2, c_p2 = next_pow2(hw), next_pow2(c)
     # H*W = 1: the channels are the contiguous axis whatever the format: channel tiles.
     channels_last = channels_last or hw == 1
     bc_min = min(c_p2, CL_MIN_BLOCK_C) if channels_last else 1
     if "block_c" in cfg:
-        bc_min = min(c_p2, _next_pow2(int(cfg["block_c"])))
+        bc_min = min(c_p2, next_pow2(int(cfg["block_c"])))
     fused_ok = hw_p2 * bc_min <= max_fused
     path = cfg.get("path", "fused" if fused_ok else "split")
     if path == "fused" and not fused_ok:
@@ -334,7 +330,7 @@ def triton_launches(op, x, gamma, beta, weight, bias, mod_bias, act, eps, slope,
         Launch(tn._apply_kernel, plan.grid, (
             x, *ptrs, out, p_mean, p_m2, c, hw, n_cb, plan.chunk, plan.n_chunks,
             *sx, *sg, *sb, *so, inv_hw, float(eps), float(slope)),
-            dict(flags, **tiles, NCHUNK_P2=_next_pow2(plan.n_chunks)))]
+            dict(flags, **tiles, NCHUNK_P2=next_pow2(plan.n_chunks)))]
 
 
 def _triton_forward(op, x, gamma, beta, weight, bias, mod_bias, act, eps, slope, out, config):

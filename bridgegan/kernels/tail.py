@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from ..numerics import dtype_name
 from .dispatch import IMPLS, Launch, choose_impl, run_launches, triton_module
-from .layout import flattenable, hw_strides, is_channels_last
+from .layout import flattenable, hw_strides, is_channels_last, next_pow2
 
 __all__ = ["rgb_tail"]
 
@@ -82,10 +82,6 @@ def _torch_tail(h, weight, bias, shortcut) -> torch.Tensor:
     return y.to(h.dtype).contiguous(memory_format=fmt)
 
 
-def _next_pow2(v: int) -> int:
-    return 1 if v <= 1 else 1 << (v - 1).bit_length()
-
-
 def triton_launches(h, weight, bias, shortcut):
     """The output tensor of a Triton call and its one kernel launch (not run here)."""
     tn, why = triton_module("tail")
@@ -96,8 +92,8 @@ def triton_launches(h, weight, bias, shortcut):
     fmt = torch.channels_last if is_channels_last(h) else torch.contiguous_format
     h = flattenable(h, fmt)
     out = torch.empty((n, k, hh, ww), dtype=h.dtype, device=h.device, memory_format=fmt)
-    block_c = _next_pow2(c)
-    block_p = max(1, min(_next_pow2(hh * ww), 4096 // block_c))
+    block_c = next_pow2(c)
+    block_p = max(1, min(next_pow2(hh * ww), 4096 // block_c))
     n_pb = -(-(hh * ww) // block_p)
     s = shortcut if shortcut is not None else h
     weight = weight.reshape(k, c).contiguous()
