@@ -71,7 +71,9 @@ FIELDS = ["what", "backend", "dtype", "layout", "batch", "resolution", "channels
 SWEEP = {  # launch-config variants tried with --sweep (fp16 only, every shape)
     "nchw": [{"fused_tile": 1024}, {"fused_tile": 2048}, {"fused_tile": 8192},
              {"fused_tile": 16384}, {"num_warps": 2}, {"num_warps": 4}, {"num_warps": 8},
-             {"num_warps": 16}, {"path": "split"}, {"path": "split", "stats": "tiles"}],
+             {"num_warps": 16}, {"path": "split"}, {"path": "split", "stats": "tiles"},
+             # the statistics unshifted (prices the shift by each plane's first pixel)
+             {"shift": False}, {"path": "split", "shift": False}],
     "channels_last": [{"fused_tile": 8192}, {"fused_tile": 16384}, {"num_warps": 4},
                       {"num_warps": 8}, {"num_warps": 16}, {"path": "split"},
                       {"path": "split", "target_programs": 2048},
@@ -83,7 +85,8 @@ SWEEP = {  # launch-config variants tried with --sweep (fp16 only, every shape)
                       {"block_c": 64}, {"block_c": 128}, {"path": "split", "block_c": 64},
                       {"path": "split", "block_c": 128},
                       # the split path's statistics reduced per tile inside the loop (A/B)
-                      {"path": "split", "stats": "tiles"}],
+                      {"path": "split", "stats": "tiles"},
+                      {"shift": False}, {"path": "split", "shift": False}],
 }
 
 

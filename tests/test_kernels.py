@@ -124,23 +124,76 @@ def test_parity_split(op, dtype, layout, stats, poisoned_alloc):
     assert_close(out, reference64(op, x, kw, act), dtype)
 
 
+def far_from_zero(layout, stds, seed=33):
+    """Planes ``stds`` standard deviations (0.1) off zero, with a spread of one in the
+    reference's relative error."""
+    gen = torch.Generator().manual_seed(seed)
+    x = (0.1 * stds + 0.1 * torch.randn(2, 5, 16, 12, generator=gen)).float()
+    return x.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else x
+
+
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_torch_path_statistics_far_from_zero(layout):
     """The oracle's statistics are two-pass accurate in both layouts: planes 100 standard
     deviations off zero meet the float32 op tolerance. (A sum-of-squares variance, as CPU
     group_norm computes for channels_last, was measured 6e-2 off at this offset and 37 off
     at 10^4 standard deviations.)"""
-    gen = torch.Generator().manual_seed(33)
-    x = (10.0 + 0.1 * torch.randn(2, 5, 16, 12, generator=gen)).float()
-    if layout == "channels_last":
-        x = x.contiguous(memory_format=torch.channels_last)
+    x = far_from_zero(layout, 100)
     out = call(IN, x, {}, act="none", impl="torch")
     assert_close(out, reference64(IN, x, {}, "none"), torch.float32)
+
+
+@requires_triton
+@pytest.mark.parametrize("stds", [1e2, 1e4])
+@pytest.mark.parametrize("path", ["fused", "lanes", "tiles"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_triton_statistics_far_from_zero(layout, path, stds):
+    """The kernels' statistics are shifted by each plane's first pixel: planes 10^2 and
+    10^4 standard deviations off zero meet the float32 op tolerance on every path (the
+    unshifted sums were measured 3e-5 and 4e-3 off; the torch path is 5e-4 off at 10^4)."""
+    x = far_from_zero(layout, stds)
+    cfg = None if path == "fused" else dict(SPLIT, stats=path)
+    assert plan_launch(2, 5, 192, layout == "channels_last", cfg).path == (
+        "fused" if path == "fused" else "split")
+    out = call(IN, x, {}, act="none", impl="triton", config=cfg)
+    ref = reference64(IN, x, {}, "none")
+    assert_close(out, ref, torch.float32)
+    if stds == 1e4:  # the data needs the shift: unshifted, the same path misses the tolerance
+        unshifted = call(IN, x, {}, act="none", impl="triton", config=dict(cfg or {}, shift=False))
+        assert errors(unshifted, ref)[1] > tolerance(torch.float32).op_rel
+
+
+def test_sweep_configs_are_launch_plans():
+    """Every launch config of bench_kernels' GPU sweep is a plan for every swept shape, so
+    that a typo fails here and not in the lent GPU's one call."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_kernels.py"
+    spec = importlib.util.spec_from_file_location("bench_kernels", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    for layout, configs in bench.SWEEP.items():
+        for cfg in configs:
+            for c, h in bench.GEN_LAYERS:
+                plan_launch(bench.BATCH, c, h * h, layout == "channels_last", cfg)
+
+
+@requires_triton
+@pytest.mark.parametrize("path", ["fused", "split"])
+def test_parity_unshifted(path):
+    """The sweep's unshifted statistics (``shift=False``) are correct on ordinary data."""
+    cfg = {"shift": False} if path == "fused" else dict(SPLIT, shift=False)
+    x, kw = make(SPADE2C_B, (2, 3, 9, 7), seed=12)
+    out = call(SPADE2C_B, x, kw, act="relu", impl="triton", config=cfg)
+    assert_close(out, reference64(SPADE2C_B, x, kw, "relu"), torch.float32)
 
 
 def test_plan_refuses_unknown_statistics():
     with pytest.raises(ValueError, match="stats must be 'lanes' or 'tiles', got 'warp'"):
         plan_launch(2, 3, 63, False, dict(SPLIT, stats="warp"))
+    with pytest.raises(ValueError, match="shift must be True or False, got 'no'"):
+        plan_launch(2, 3, 63, False, {"shift": "no"})
 
 
 @requires_triton

@@ -26,7 +26,9 @@ impl:
                to ONNX it always takes the torch path, silently.
 
 Numerics: statistics are float32 whatever the storage dtype (mean first, then the mean of
-squared deviations; Chan's formula where a plane is cut into tiles), the output is the
+squared deviations; Chan's formula where a plane is cut into tiles; the Triton kernels
+also shift each plane by its first pixel, which keeps them at float32 accuracy for planes
+far from zero, where the torch path loses about eps * |mean| / std), the output is the
 input dtype and keeps the input's memory format (NCHW or channels_last; a non-dense input
 gives a dense output in the format its strides suggest). NaN/Inf propagate as on the
 torch path: a NaN or Inf in an (n, c) plane makes that whole output plane NaN.
@@ -204,6 +206,7 @@ class LaunchPlan:
     chunk: int = 0
     n_chunks: int = 1
     lanes: bool = True  # split stats: per-lane Welford, one merge after the loop (else per tile)
+    shift: bool = True  # statistics of x minus each plane's first pixel (see _triton_norm)
 
     @property
     def grid(self) -> tuple[int, ...]:
@@ -221,16 +224,21 @@ def plan_launch(n: int, c: int, hw: int, channels_last: bool, config: dict | Non
     forces the split path), ``fused_tile`` (packing target for small planes),
     ``split_tile``, ``block_c``, ``num_warps``, ``target_programs``, ``path``
     ("fused"/"split", to force one when it is legal), ``stats`` (the split path's
-    statistics: "lanes", the default, or "tiles"; see :mod:`._triton_norm`).
+    statistics: "lanes", the default, or "tiles"; see :mod:`._triton_norm`), ``shift``
+    (False: unshifted statistics, less accurate far from zero; a sweep row that prices
+    the shift).
     """
     cfg = dict(config or {})
     unknown = set(cfg) - {"max_fused", "fused_tile", "split_tile", "block_c", "num_warps",
-                          "target_programs", "path", "stats"}
+                          "target_programs", "path", "stats", "shift"}
     if unknown:
         raise ValueError(f"plan_launch: unknown config keys {sorted(unknown)}")
     stats = cfg.get("stats", "lanes")
     if stats not in ("lanes", "tiles"):
         raise ValueError(f"plan_launch: stats must be 'lanes' or 'tiles', got {stats!r}")
+    shift = cfg.get("shift", True)
+    if not isinstance(shift, bool):
+        raise ValueError(f"plan_launch: shift must be True or False, got {shift!r}")
     max_fused = int(cfg.get("max_fused", FUSED_MAX_ELEMS))
     fused_tile = int(cfg.get("fused_tile", FUSED_TILE_TARGET))
     split_tile = int(cfg.get("split_tile", SPLIT_TILE))
@@ -252,7 +260,7 @@ def plan_launch(n: int, c: int, hw: int, channels_last: bool, config: dict | Non
                 bc *= 2
         n_cb = -(-c // bc)
         nw = int(cfg.get("num_warps", _warps_for(hw_p2 * bc)))
-        return LaunchPlan("fused", not channels_last, hw_p2, bc, nw, n * n_cb)
+        return LaunchPlan("fused", not channels_last, hw_p2, bc, nw, n * n_cb, shift=shift)
     if "block_c" in cfg:
         bc = bc_min
     else:
@@ -265,7 +273,7 @@ def plan_launch(n: int, c: int, hw: int, channels_last: bool, config: dict | Non
     n_chunks = -(-hw // chunk)
     nw = int(cfg.get("num_warps", _warps_for(bhw * bc)))
     return LaunchPlan("split", not channels_last, bhw, bc, nw, n * n_cb, chunk, n_chunks,
-                      stats == "lanes")
+                      stats == "lanes", shift)
 
 
 @functools.lru_cache(maxsize=256)
@@ -316,7 +324,7 @@ def triton_launches(op, x, gamma, beta, weight, bias, mod_bias, act, eps, slope,
     inv_hw = 1.0 / hw
     n_cb = plan.n_cblocks // n
     tiles = dict(HW_MAJOR=plan.hw_major, BLOCK_HW=plan.block_hw, BLOCK_C=plan.block_c,
-                 num_warps=plan.num_warps)
+                 SHIFT=plan.shift, num_warps=plan.num_warps)
     if plan.path == "fused":
         return out, [Launch(tn._fused_kernel, plan.grid, (
             x, *ptrs, out, c, hw, n_cb, *sx, *sg, *sb, *so, inv_hw, float(eps), float(slope)),
