@@ -55,7 +55,8 @@ ENGINE_VARIANTS = ("reference:float32,reference:fp16,reference:fp16:heuristics,t
 # batch_hidden (its split hidden slices are copied before the gamma/beta convolutions)
 ABLATION = ",".join(["triton:fp16:cl:graphs"] + [
     f"triton:fp16:cl:graphs:-{r}" for r in ("transposed_up", "kernel_bias", "fold_labels",
-                                             "fused_relu", "fused_tail", "shortcut_bias",
+                                             "fused_relu", "fused_tail", "fused_residual",
+                                             "shortcut_bias",
                                              "low_res_shortcut", "batch_hidden")])
 OWN_CALL = ("ablation", "bench_compile")  # stages run only when named in --stages
 CACHE = ROOT / ".cache"  # inductor and Triton caches, carried between device calls
@@ -99,8 +100,8 @@ def stages(work: Path, dry: bool) -> list[tuple[str, list[str], int]]:
                                    "torch:float32,torch:float32:-transposed_up" if dry else ABLATION,
                                    "--batches", "1" if dry else "64", "--resolutions", res,
                                    "--workloads", "translate", "--out", str(work / "ablation")]
-                # ten variants: five timed calls each keep the stage near a minute
-                + (reps if dry else ["--reps", "5", "--warmup", "1"]), 90))
+                # eleven variants: five timed calls each keep the stage near a minute
+                + (reps if dry else ["--reps", "5", "--warmup", "1"]), 100))
     compile_variants = "compile:float32" if dry else "triton:fp16:cl:graphs,compile:fp16:cl:graphs"
     out.append(("bench_compile", cli + ["bench", "--device", dev, "--variants", compile_variants,
                                         "--batches", "1" if dry else "64", "--resolutions", res,

@@ -8,8 +8,8 @@ the kernels (CUDA) or ops (CPU) per forward, and the time of each engine stage.
 Variants are the bench's (backend:dtype[:cl][:-REWRITE ...]; no CUDA graphs, whose replays
 hide the kernels). The default profiles the reference, the engine without the rewrites of
 GPU round 2 that can be turned off (transposed_up, kernel_bias, fold_labels, fused_relu,
-fused_tail, shortcut_bias: the "before" table; the broadcast shortcut add and the kernels' own changes
-stay) and the engine. For each variant and batch: label-based translations of seeded
+fused_tail, fused_residual, shortcut_bias: the "before" table; the broadcast shortcut add and
+the kernels' own changes stay) and the engine. For each variant and batch: label-based translations of seeded
 random faces (paper widths at --resolution) under torch.profiler, then each stage (trunk, encode, map,
 decode) timed alone with ``bridgegan.timing``. Writes OUTDIR/profile.csv (one row per
 kernel / stage / summary) and OUTDIR/profile.md (the top kernels and the stage times),
@@ -33,7 +33,7 @@ from bridgegan.reference import BridgeGAN, BridgeGANConfig  # noqa: E402
 from bridgegan.timing import p50_p20_p80, synchronize, time_calls  # noqa: E402
 
 DEFAULT_VARIANTS = ("reference:fp16,triton:fp16:cl:-transposed_up:-kernel_bias:-fold_labels:"
-                    "-fused_relu:-fused_tail:-shortcut_bias,"
+                    "-fused_relu:-fused_tail:-fused_residual:-shortcut_bias,"
                     "triton:fp16:cl")
 FIELDS = ("variant", "batch", "kind", "name", "calls_per_forward", "us_per_forward", "share")
 

@@ -177,3 +177,39 @@ def test_fused_tail_matches_the_float64_reference(small_model, fmt, low_res):
     want = translate(float64_model(model).stages(), x.double(), d.double(), r.double())
     assert out.is_contiguous(memory_format=FORMATS[fmt])
     assert errors(out, want)[0] <= FP32.image_max_abs
+
+
+@pytest.mark.parametrize("layout", ["nchw", "cl"])
+def test_fused_residual_leaves_each_sum_to_the_next_norm(small_model, layout):
+    """impl="triton": every block followed by a normed block hands its branches on, and
+    that block's first norm kernel adds them (a broadcast for an up block's half-size
+    shortcut): one add kernel fewer per hand-over, the same Triton launches otherwise."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from bridgegan.engine.targets import engine_launches
+
+    class Adds(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Adds.count += func is torch.ops.aten.add.Tensor
+            return func(*args, **(kwargs or {}))
+
+    model = small_model
+    g = InferenceGraph(model, impl="triton")
+    handovers = len(g.down) + len(g.up) + len(g.e_blocks) - 1 + len(g.m_blocks) - 1
+    runs = {}
+    for on in (True, False):
+        Adds.count = 0
+        with Adds():
+            launches = engine_launches(model, torch.float16, layout, 2,
+                                       Rewrites(fused_residual=on))
+        runs[on] = (Adds.count, [launch for _, launch in launches])
+    fused = [l for l in runs[True][1] if l.kwargs.get("HAS_RES")]
+    assert len(fused) == handovers > 0
+    assert {l.kwargs["UP"] for l in fused} == {1, 2}  # up blocks' shortcuts: broadcast
+    assert runs[False][0] - runs[True][0] == handovers
+    assert len(runs[True][1]) == len(runs[False][1])
+    assert not any(l.kwargs.get("HAS_RES") for l in runs[False][1])
+    assert not InferenceGraph(model).fused_residual  # the torch path (ONNX) keeps its adds
+

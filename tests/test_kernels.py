@@ -23,6 +23,7 @@ from bridgegan.kernels import (
     triton_interpreted,
 )
 from bridgegan.kernels import dispatch
+from bridgegan.kernels.layout import add_upsampled
 from bridgegan.kernels.norm_act import ACTS
 from bridgegan.kernels.parity import LAYOUTS, OPS, PARITY_DTYPES, call, make_inputs, reference64
 from bridgegan.kernels.parity import main as parity_main
@@ -228,6 +229,100 @@ def test_slope_and_eps_are_used(path):
     opts = dict(act="leaky_relu", negative_slope=0.05, eps=0.5)
     out = call(SPADE, x, kw, impl="triton", config=cfg, **opts)
     assert_close(out, reference64(SPADE, x, kw, **opts), torch.float32)
+
+
+def make_residual(x, half, seed, scale=1.0, shift=0.0):
+    """A residual for x: its size or half of it, in x's dtype and memory format."""
+    gen = torch.Generator().manual_seed(seed)
+    n, c, h, w = x.shape
+    r = shift + scale * torch.randn(n, c, h // 2 if half else h, w // 2 if half else w,
+                                    generator=gen)
+    return r.to(x.dtype).contiguous(
+        memory_format=torch.channels_last if x.stride(1) == 1 else torch.contiguous_format)
+
+
+@requires_triton
+@pytest.mark.parametrize("path", ["fused", "split"])
+@pytest.mark.parametrize("half", [False, True], ids=["same", "half"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", PARITY_DTYPES, ids=dtype_name)
+@pytest.mark.parametrize("op", [SPADE2C_B, IN])
+def test_parity_residual(op, dtype, layout, half, path, poisoned_alloc):
+    """With ``residual``, the kernels normalise x + up(residual) and store that sum: both
+    outputs against float64 (the sum rounded as stored in fp32/fp16; the CPU interpreter
+    rounds bf16 toward zero where the GPU rounds to nearest, so bf16 is held to its op
+    tolerance)."""
+    cfg = SPLIT if path == "split" else None
+    x, kw = make(op, (2, 3, 8, 6), dtype, layout, seed=21)
+    assert plan_launch(2, 3, 48, layout == "channels_last", cfg).path == path
+    r = make_residual(x, half, seed=22)
+    out, total = call(op, x, kw, act="relu", impl="triton", config=cfg, residual=r)
+    want = add_upsampled(x, r)
+    assert_format(out, x, layout)
+    assert_format(total, x, layout)
+    if dtype == torch.bfloat16:
+        assert_close(total, add_upsampled(x.double(), r.double()), dtype)
+    else:
+        assert torch.equal(total, want)
+    assert_close(out, reference64(op, total, kw, "relu"), dtype)
+
+
+@pytest.mark.parametrize("half", [False, True], ids=["same", "half"])
+def test_residual_torch_path(half):
+    """The torch path adds, then normalises; what ONNX export traces."""
+    x, kw = make(SPADE2C_B, (2, 3, 6, 4), seed=23)
+    r = make_residual(x, half, seed=24)
+    out, total = call(SPADE2C_B, x, kw, act="leaky_relu", impl="torch", residual=r)
+    up = r.repeat_interleave(2, 2).repeat_interleave(2, 3) if half else r
+    torch.testing.assert_close(total, x + up, rtol=0, atol=0)
+    torch.testing.assert_close(out, call(SPADE2C_B, x + up, kw, act="leaky_relu", impl="torch"),
+                               rtol=0, atol=0)
+
+
+@requires_triton
+@pytest.mark.parametrize("path", ["fused", "split"])
+def test_residual_statistics_far_from_zero(path):
+    """The shift comes from the sum: x near zero plus a residual 10^4 standard deviations
+    off zero meets the float32 tolerance (a pivot from x alone would not)."""
+    cfg = None if path == "fused" else SPLIT
+    x, _ = make(IN, (2, 3, 8, 6), seed=25)
+    x = 0.1 * x
+    r = make_residual(x, True, seed=26, scale=0.1, shift=1000.0)
+    out, total = call(IN, x, {}, act="none", impl="triton", config=cfg, residual=r)
+    assert_close(out, reference64(IN, total, {}, "none"), torch.float32)
+
+
+@requires_triton
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # numpy, interpreter
+@pytest.mark.parametrize("path", ["fused", "split"])
+def test_residual_nonfinite(path):
+    """A NaN in the residual poisons the planes its pixels reach in the sum, and the
+    pivot (pixel 0) included: the same as the torch path."""
+    cfg = SPLIT if path == "split" else None
+    x, kw = make(IN, (2, 3, 8, 6), seed=27)
+    r = make_residual(x, True, seed=28)
+    r[0, 1, 0, 0] = float("nan")   # the pivot pixel of plane (0, 1)
+    r[1, 2, 3, 2] = float("inf")   # one pixel of plane (1, 2): its 2x2 block in the sum
+    out, total = call(IN, x, kw, act="relu", impl="triton", config=cfg, residual=r)
+    ref_out, ref_total = call(IN, x, kw, act="relu", impl="torch", residual=r)
+    assert same_nonfinite(total, ref_total) and (~torch.isfinite(total)).sum() == 8
+    assert same_nonfinite(out, ref_out) and torch.isnan(out[0, 1]).all()
+
+
+@requires_triton
+def test_residual_autograd_matches_torch_path():
+    """While autograd records, the sum is a torch add and the norm the Triton forward:
+    gradients reach x, the residual and gamma as on the torch path."""
+    grads = {}
+    for impl in ("triton", "torch"):
+        x, kw = make(SPADE2C_B, (2, 3, 6, 4), seed=29)
+        r = make_residual(x, True, seed=30)
+        leaves = [t.requires_grad_() for t in (x, r, kw["gamma"])]
+        out, total = call(SPADE2C_B, x, kw, act="relu", impl=impl, residual=r)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        grads[impl] = [t.grad for t in leaves]
+    for got, want in zip(grads["triton"], grads["torch"]):
+        assert_close(got, want.double(), torch.float32)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -496,6 +591,13 @@ def _bad_cases():
                        "float32 or float64"),
         "bias_device": (lambda: s(x, g, g, bias=torch.ones(6, device="meta")),
                         "bias is on meta but x is on cpu; they must match"),
+        "residual_shape": (lambda: i(x, residual=torch.randn(2, 3, 3, 3)),
+                           "residual has shape (2, 3, 3, 3); accepted: (2, 3, 4, 4) or "
+                           "(2, 3, 2, 2) for x of shape (2, 3, 4, 4)"),
+        "residual_half_of_odd": (lambda: i(x[..., :3], residual=torch.randn(2, 3, 2, 1)),
+                                 "accepted: (2, 3, 4, 3) for x of shape (2, 3, 4, 3)"),
+        "residual_dtype": (lambda: s(x, g, residual=x.half()),
+                           "residual has dtype float16 but x is float32"),
     }
 
 

@@ -37,6 +37,11 @@ against the reference model):
   a broadcast), the ReLU, the 1x1 to_rgb convolution and tanh in one kernel
   (:func:`bridgegan.kernels.rgb_tail`): the last block's output is read once, where the
   plain ops make five passes at the image size.
+- ``fused_residual`` (``impl="triton"`` only): a block's residual sum is left to the next
+  block's first norm kernel, which reads the residual and the shortcut (the half-size
+  shortcut of an up block as a broadcast), stores the sum (the next shortcut's input)
+  and normalises it in the same pass (``residual=`` of :mod:`bridgegan.kernels.norm_act`):
+  no add kernel, and the sum is never re-read for the statistics.
 - ``shortcut_bias``: a block with a learned 1x1 shortcut adds its residual convolution's
   bias through the shortcut convolution's bias (the two sum per channel, and a bias
   passes unchanged through pooling and nearest upsampling), so the residual convolution
@@ -63,6 +68,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..kernels import conv2d_relu, instance_norm_act, rgb_tail, spade_modulate
+from ..kernels.layout import add_upsampled
 from ..reference.layers import SPADE, InstanceNorm, LatentMix, ResBlk
 from ..reference.model import BridgeGAN
 from ..reference.networks import tile_labels
@@ -79,6 +85,7 @@ class Rewrites:
     kernel_bias: bool = True
     fused_relu: bool = True
     fused_tail: bool = True
+    fused_residual: bool = True
     shortcut_bias: bool = True
     low_res_shortcut: bool = True
     pooled_conv: bool = True
@@ -186,13 +193,6 @@ def _up(x: torch.Tensor) -> torch.Tensor:
     return F.interpolate(x, scale_factor=2, mode="nearest")
 
 
-def _add_upsampled(h: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
-    """h + _up(low) as one broadcast add: each low-resolution pixel is read for its 2x2
-    output pixels, and the upsampled tensor is never built (either memory format)."""
-    n, c, hl, wl = low.shape  # no shape arithmetic: nothing for an exporter to trace
-    return (h.view(n, c, hl, 2, wl, 2) + low.view(n, c, hl, 1, wl, 1)).reshape(h.shape)
-
-
 class Block(nn.Module):
     """A ResBlk with the rewrites applied. SPADE blocks take their two modulations."""
 
@@ -201,7 +201,7 @@ class Block(nn.Module):
         self.kind, self.resample = blk.norm_kind, blk.resample
         self.slope = 0.2 if isinstance(blk.act, nn.LeakyReLU) else None
         self.act = "relu" if self.slope is None else "leaky_relu"
-        normed = self.kind in ("in", "spade")
+        self.normed = normed = self.kind in ("in", "spade")
         up = rw.up_conv if self.resample == "up" else None
         self.up_inside = up is not None
         self.conv1 = Conv(blk.conv1, four_phase=up == "four_phase", transposed=up == "transposed",
@@ -222,24 +222,32 @@ class Block(nn.Module):
                 self.register_buffer(f"n{i}_bias", norm.bias.detach().clone())
         self.eps = blk.norm1.eps if normed else 0.0
 
-    def _norm_act(self, x, i: int, mod, impl: str) -> torch.Tensor:
+    def _norm_act(self, x, i: int, mod, impl: str, residual=None):
+        """The i-th norm and activation; with a residual (normed blocks only), of x +
+        up(residual), and then (output, sum)."""
         if self.kind == "in":
             return instance_norm_act(x, getattr(self, f"n{i}_weight"), getattr(self, f"n{i}_bias"),
-                                     act=self.act, eps=self.eps, impl=impl)
+                                     act=self.act, eps=self.eps, impl=impl, residual=residual)
         if self.kind == "spade":
             gamma, beta, bias = mod
             return spade_modulate(x, gamma, beta, act=self.act, eps=self.eps, impl=impl,
-                                  bias=bias)
+                                  bias=bias, residual=residual)
         return F.leaky_relu(x, self.slope) if self.slope is not None else F.relu(x)
 
-    def forward(self, x: torch.Tensor, mods=(None, None), impl: str = "torch") -> torch.Tensor:
+    def forward(self, x, mods=(None, None), impl: str = "torch", pending: bool = False):
+        """The block's output: the sum of its branches, or with ``pending`` the branches
+        themselves, for the next block's first norm to sum (``fused_residual``). x is a
+        tensor or such a pair."""
         h, sc = self.branches(x, mods, impl)
-        return _add_upsampled(h, sc) if self.broadcast_shortcut else h + sc
+        return (h, sc) if pending else add_upsampled(h, sc)
 
-    def branches(self, x: torch.Tensor, mods=(None, None), impl: str = "torch"):
+    def branches(self, x, mods=(None, None), impl: str = "torch"):
         """The residual and the shortcut, not yet added (the shortcut at half size when
-        ``broadcast_shortcut``)."""
-        h = self._norm_act(x, 1, mods[0], impl)
+        ``broadcast_shortcut``). x is a tensor or the previous block's pending pair."""
+        if isinstance(x, tuple):  # the first norm sums the pair: x is the sum from here on
+            h, x = self._norm_act(x[0], 1, mods[0], impl, residual=x[1])
+        else:
+            h = self._norm_act(x, 1, mods[0], impl)
         if self.resample == "up" and not self.up_inside:
             h = _up(h)
         h = self.conv2(self._norm_act(self.conv1(h), 2, mods[1], impl))
@@ -367,6 +375,7 @@ class InferenceGraph(nn.Module):
                    for gi in range(len(sizes))]
         self.layer_index = [offsets[gi] + k for gi, k in order]
         self.fused_tail = rw.fused_tail and impl == "triton" and len(self.up) > 0
+        self.fused_residual = rw.fused_residual and impl == "triton"
         # encoder and mapping
         self.fold_labels = rw.fold_labels
         if self.fold_labels:  # the stem is 1x1: no padding, so the fold is exact everywhere
@@ -385,11 +394,18 @@ class InferenceGraph(nn.Module):
         self.m_head = _Head(m.head, rw)
 
     # ----- stages ------------------------------------------------------------------
+    def _chain(self, blocks, h, mods=None, then=None):
+        """Blocks in a row (``mods``: each one's pair of modulations). With
+        ``fused_residual`` a block's sum is left to the next block's first norm; ``then``:
+        the block that takes the last one's output, if it sums it the same way."""
+        for i, blk in enumerate(blocks):
+            nxt = blocks[i + 1] if i + 1 < len(blocks) else then
+            h = blk(h, (None, None) if mods is None else mods[i], self.impl,
+                    pending=self.fused_residual and nxt is not None and nxt.normed)
+        return h
+
     def trunk(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.stem(x)
-        for blk in self.down:
-            h = blk(h, impl=self.impl)
-        return self.mid_in(h, impl=self.impl)
+        return self._chain([*self.down, self.mid_in], self.stem(x))
 
     def encode(self, x: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
         d = d.to(x.dtype)
@@ -398,16 +414,12 @@ class InferenceGraph(nn.Module):
             h = self.e_stem(x).add_(bias[..., None, None])
         else:
             h = self.e_stem(torch.cat([x, tile_labels(d, x.shape[-1])], dim=1))
-        for blk in self.e_blocks:
-            h = blk(h, impl=self.impl)
-        return self.e_head(h, self.impl)
+        return self.e_head(self._chain(self.e_blocks, h), self.impl)
 
     def map(self, r: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
         z = F.linear(torch.cat([r, d.to(r.dtype)], dim=1), self.m_fc_weight, self.m_fc_bias)
         h = z.view(-1, self.m_start, 4, 4)
-        for blk in self.m_blocks:
-            h = blk(h, impl=self.impl)
-        return self.m_head(h, self.impl)
+        return self.m_head(self._chain(self.m_blocks, h), self.impl)
 
     def modulations(self, s: torch.Tensor | LatentMix) -> list:
         """Every SPADE layer's modulation, in execution order; LatentMix blends them."""
@@ -418,15 +430,13 @@ class InferenceGraph(nn.Module):
 
     def decode(self, h: torch.Tensor, s: torch.Tensor | LatentMix) -> torch.Tensor:
         mods = self.modulations(s)
-        h = self.mid_spade(h, (mods[0], mods[1]), self.impl)
-        last = len(self.up) - 1
-        for i, blk in enumerate(self.up):
-            pair = (mods[2 + 2 * i], mods[3 + 2 * i])
-            if i == last and self.fused_tail:
-                h, sc = blk.branches(h, pair, self.impl)
-                return rgb_tail(h, self.to_rgb.weight, self.to_rgb.bias, sc, impl=self.impl)
-            h = blk(h, pair, self.impl)
-        return torch.tanh(self.to_rgb(F.relu(h)))
+        blocks = [self.mid_spade, *self.up]
+        pairs = [(mods[2 * i], mods[2 * i + 1]) for i in range(len(blocks))]
+        if self.fused_tail:
+            h = self._chain(blocks[:-1], h, pairs[:-1], then=blocks[-1])
+            h, sc = blocks[-1].branches(h, pairs[-1], self.impl)
+            return rgb_tail(h, self.to_rgb.weight, self.to_rgb.bias, sc, impl=self.impl)
+        return torch.tanh(self.to_rgb(F.relu(self._chain(blocks, h, pairs))))
 
     def forward(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         return self.decode(self.trunk(x), s)

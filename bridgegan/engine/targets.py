@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from ..files import write_file_atomic
 from ..kernels.dispatch import Launch, recording, triton_interpreted
 from ..numerics import SHORT_NAMES, dtype_name
-from .graph import InferenceGraph
+from .graph import InferenceGraph, Rewrites
 
 LAYOUTS = {"cl": torch.channels_last, "nchw": torch.contiguous_format}
 
@@ -93,12 +93,13 @@ class _LayoutAsOnCuda(torch.overrides.TorchFunctionMode):
         return out
 
 
-def engine_launches(model, dtype: torch.dtype, layout: str, batch: int) -> list[tuple[str, Launch]]:
+def engine_launches(model, dtype: torch.dtype, layout: str, batch: int,
+                    rewrites: Rewrites = Rewrites()) -> list[tuple[str, Launch]]:
     """(stage, launch) for every Triton launch of one label-based translation by the
-    engine's graph (impl="triton", every rewrite on), in order."""
+    engine's graph (impl="triton", every rewrite on unless ``rewrites`` says), in order."""
     cfg = model.config
     fmt = LAYOUTS[layout]
-    graph = InferenceGraph(model, impl="triton").eval().to(device="meta", dtype=dtype,
+    graph = InferenceGraph(model, rewrites, impl="triton").eval().to(device="meta", dtype=dtype,
                                                              memory_format=fmt)
     x = torch.empty(batch, 3, cfg.image_size, cfg.image_size, device="meta",
                     dtype=dtype).contiguous(memory_format=fmt)

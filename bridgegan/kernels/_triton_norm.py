@@ -100,21 +100,51 @@ def _per_c(v, HW_MAJOR: tl.constexpr):
 
 
 @triton.jit
-def _pivot(x_ptr, cols, cmask, sxc, SHIFT: tl.constexpr):
-    """The shift of a plane's statistics: its first pixel, per channel, in float32 (0.0
-    when not ``SHIFT``). ``x_ptr`` points at the sample."""
+def _up_offsets(rows, cols, W, s_h, s_w, s_c, UP: tl.constexpr, HW_MAJOR: tl.constexpr):
+    """Tile offsets of a tensor read at 1 / UP of the tile's resolution (nearest): pixel
+    ``p`` of a W-wide image reads pixel (p // W // UP, p % W // UP) (strides s_h, s_w)."""
+    return _tile((rows // W // UP) * s_h + (rows % W // UP) * s_w, cols, 1, s_c, HW_MAJOR)
+
+
+@triton.jit
+def _load_tile(x_n, rows, cols, mask, sxhw, sxc, HW_MAJOR: tl.constexpr):
+    """A tile of x in float32 (0.0 on masked-off lanes)."""
+    return tl.load(x_n + _tile(rows, cols, sxhw, sxc, HW_MAJOR), mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _input_tile(x_n, r_n, t_n, rows, cols, mask, sxhw, sxc, W, srh, srw, src, sthw, stc,
+                HAS_RES: tl.constexpr, UP: tl.constexpr, HW_MAJOR: tl.constexpr):
+    """A tile of the normalised input in float32: x, or (``HAS_RES``) the sum x + up(r),
+    which is stored at t in t's dtype and used as stored."""
+    x = _load_tile(x_n, rows, cols, mask, sxhw, sxc, HW_MAJOR)
+    if HAS_RES:
+        r = tl.load(r_n + _up_offsets(rows, cols, W, srh, srw, src, UP, HW_MAJOR), mask=mask,
+                    other=0.0)
+        t = (x + r.to(tl.float32)).to(t_n.dtype.element_ty)
+        tl.store(t_n + _tile(rows, cols, sthw, stc, HW_MAJOR), t, mask=mask)
+        x = t.to(tl.float32)
+    return x
+
+
+@triton.jit
+def _pivot(x_n, r_n, t_n, cols, cmask, sxc, src, HAS_RES: tl.constexpr, SHIFT: tl.constexpr):
+    """The shift of a plane's statistics: its first pixel (of the sum, with a residual),
+    per channel, in float32; 0.0 when not ``SHIFT``."""
     if SHIFT:
-        p = tl.load(x_ptr + cols * sxc, mask=cmask, other=0.0).to(tl.float32)
+        p = tl.load(x_n + cols * sxc, mask=cmask, other=0.0).to(tl.float32)
+        if HAS_RES:
+            r = tl.load(r_n + cols * src, mask=cmask, other=0.0).to(tl.float32)
+            p = (p + r).to(t_n.dtype.element_ty).to(tl.float32)
     else:
         p = tl.zeros_like(cols).to(tl.float32)
     return p
 
 
 @triton.jit
-def _load_shifted(x_n, rows, cols, mask, sxhw, sxc, pivot, HW_MAJOR: tl.constexpr):
-    """A tile of x - pivot in float32, 0.0 on masked-off lanes; ``pivot`` from _pivot."""
-    x = tl.load(x_n + _tile(rows, cols, sxhw, sxc, HW_MAJOR), mask=mask, other=0.0)
-    return tl.where(mask, x.to(tl.float32) - _per_c(pivot, HW_MAJOR), 0.0)
+def _shifted(x, mask, pivot, HW_MAJOR: tl.constexpr):
+    """x - pivot, 0.0 on masked-off lanes; ``pivot`` from _pivot."""
+    return tl.where(mask, x - _per_c(pivot, HW_MAJOR), 0.0)
 
 
 @triton.jit
@@ -169,14 +199,15 @@ def _modulate_act(d, rstd, offs_g, offs_b, mask, g_ptr, b_ptr, w, bias, g_bias, 
 
 
 @triton.jit
-def _fused_kernel(x_ptr, g_ptr, b_ptr, w_ptr, bias_ptr, mb_ptr, out_ptr,
-                  C, HW, n_cblocks,
+def _fused_kernel(x_ptr, g_ptr, b_ptr, w_ptr, bias_ptr, mb_ptr, out_ptr, r_ptr, t_ptr,
+                  C, HW, W, n_cblocks,
                   sxn, sxhw, sxc, sgn, sghw, sgc, sbn, sbhw, sbc, son, sohw, soc,
+                  srn, srh, srw, src, stn, sthw, stc,
                   inv_hw, eps, slope,
                   HAS_G: tl.constexpr, HAS_BETA: tl.constexpr, HAS_W: tl.constexpr,
                   HAS_BIAS: tl.constexpr, HAS_MB: tl.constexpr, ACT: tl.constexpr,
                   HW_MAJOR: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr,
-                  SHIFT: tl.constexpr):
+                  SHIFT: tl.constexpr, HAS_RES: tl.constexpr, UP: tl.constexpr):
     pid = tl.program_id(0)
     n = (pid // n_cblocks).to(tl.int64)
     cb = pid % n_cblocks
@@ -185,9 +216,11 @@ def _fused_kernel(x_ptr, g_ptr, b_ptr, w_ptr, bias_ptr, mb_ptr, out_ptr,
     cmask = cols < C
     mask = _tile_mask(rows < HW, cmask, HW_MAJOR)
 
-    x_n = x_ptr + n * sxn
-    pivot = _pivot(x_n, cols, cmask, sxc, SHIFT)
-    xs = _load_shifted(x_n, rows, cols, mask, sxhw, sxc, pivot, HW_MAJOR)
+    x_n, r_n, t_n = x_ptr + n * sxn, r_ptr + n * srn, t_ptr + n * stn
+    x = _input_tile(x_n, r_n, t_n, rows, cols, mask, sxhw, sxc, W, srh, srw, src, sthw, stc,
+                    HAS_RES, UP, HW_MAJOR)
+    pivot = _pivot(x_n, r_n, t_n, cols, cmask, sxc, src, HAS_RES, SHIFT)
+    xs = _shifted(x, mask, pivot, HW_MAJOR)
     mean = _sum_hw(xs, HW_MAJOR) * inv_hw  # of x - pivot
     d = tl.where(mask, xs - _per_c(mean, HW_MAJOR), 0.0)
     var = _sum_hw(d * d, HW_MAJOR) * inv_hw
@@ -213,11 +246,12 @@ def _chan_merge(mean_a, m2_a, n_a, mean_b, m2_b, n_b):
 
 
 @triton.jit
-def _stats_kernel(x_ptr, mean_ptr, m2_ptr,
-                  C, HW, n_cblocks, CHUNK, n_chunks,
-                  sxn, sxhw, sxc,
+def _stats_kernel(x_ptr, mean_ptr, m2_ptr, r_ptr, t_ptr,
+                  C, HW, W, n_cblocks, CHUNK, n_chunks,
+                  sxn, sxhw, sxc, srn, srh, srw, src, stn, sthw, stc,
                   HW_MAJOR: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr,
-                  SHIFT: tl.constexpr, LANES: tl.constexpr):
+                  SHIFT: tl.constexpr, LANES: tl.constexpr, HAS_RES: tl.constexpr,
+                  UP: tl.constexpr):
     pid = tl.program_id(0)
     chunk = tl.program_id(1)
     n = (pid // n_cblocks).to(tl.int64)
@@ -226,8 +260,8 @@ def _stats_kernel(x_ptr, mean_ptr, m2_ptr,
     cmask = cols < C
     start = chunk * CHUNK
     end = tl.minimum(start + CHUNK, HW)
-    x_n = x_ptr + n * sxn
-    pivot = _pivot(x_n, cols, cmask, sxc, SHIFT)  # the partials are of x - pivot
+    x_n, r_n, t_n = x_ptr + n * sxn, r_ptr + n * srn, t_ptr + n * stn
+    pivot = _pivot(x_n, r_n, t_n, cols, cmask, sxc, src, HAS_RES, SHIFT)  # partials: of x - pivot
 
     if LANES:
         # per lane: Welford over the loop (masked lanes keep their state); one merge after
@@ -240,7 +274,8 @@ def _stats_kernel(x_ptr, mean_ptr, m2_ptr,
         for off in range(start, end, BLOCK_HW):
             rows = off + tl.arange(0, BLOCK_HW)
             mask = _tile_mask(rows < end, cmask, HW_MAJOR)
-            x = _load_shifted(x_n, rows, cols, mask, sxhw, sxc, pivot, HW_MAJOR)
+            x = _shifted(_input_tile(x_n, r_n, t_n, rows, cols, mask, sxhw, sxc, W, srh, srw,
+                                     src, sthw, stc, HAS_RES, UP, HW_MAJOR), mask, pivot, HW_MAJOR)
             l_n = l_n + tl.where(mask, 1.0, 0.0)
             delta = tl.where(mask, x - l_mean, 0.0)
             l_mean = l_mean + delta / tl.where(mask, l_n, 1.0)
@@ -256,7 +291,8 @@ def _stats_kernel(x_ptr, mean_ptr, m2_ptr,
             rows = off + tl.arange(0, BLOCK_HW)
             rmask = rows < end
             mask = _tile_mask(rmask, cmask, HW_MAJOR)
-            x = _load_shifted(x_n, rows, cols, mask, sxhw, sxc, pivot, HW_MAJOR)
+            x = _shifted(_input_tile(x_n, r_n, t_n, rows, cols, mask, sxhw, sxc, W, srh, srw,
+                                     src, sthw, stc, HAS_RES, UP, HW_MAJOR), mask, pivot, HW_MAJOR)
             r = tl.sum(tl.where(rmask, 1.0, 0.0), axis=0)          # rows in this tile
             t_mean = _sum_hw(x, HW_MAJOR) / r
             d = tl.where(mask, x - _per_c(t_mean, HW_MAJOR), 0.0)
@@ -300,14 +336,15 @@ def _apply_kernel(x_ptr, g_ptr, b_ptr, w_ptr, bias_ptr, mb_ptr, out_ptr, mean_pt
     w, bias, g_bias, b_bias = _vectors(w_ptr, bias_ptr, mb_ptr, C, cols, cmask,
                                        HAS_W, HAS_BIAS, HAS_MB)
 
-    x_n = x_ptr + n * sxn
-    pivot = _pivot(x_n, cols, cmask, sxc, SHIFT)
+    x_n = x_ptr + n * sxn  # with a residual, x is the sum the stats kernel stored
+    pivot = _pivot(x_n, x_n, x_n, cols, cmask, sxc, 0, False, SHIFT)
     start = chunk * CHUNK
     end = tl.minimum(start + CHUNK, HW)
     for off in range(start, end, BLOCK_HW):
         rows = off + tl.arange(0, BLOCK_HW)
         mask = _tile_mask(rows < end, cmask, HW_MAJOR)
-        xs = _load_shifted(x_n, rows, cols, mask, sxhw, sxc, pivot, HW_MAJOR)
+        xs = _shifted(_load_tile(x_n, rows, cols, mask, sxhw, sxc, HW_MAJOR), mask, pivot,
+                      HW_MAJOR)
         d = tl.where(mask, xs - _per_c(mean, HW_MAJOR), 0.0)
         offs_g = n * sgn + _tile(rows, cols, sghw, sgc, HW_MAJOR)
         offs_b = n * sbn + _tile(rows, cols, sbhw, sbc, HW_MAJOR)

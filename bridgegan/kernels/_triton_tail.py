@@ -13,7 +13,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._triton_norm import _per_c, _tile, _tile_mask
+from ._triton_norm import _per_c, _tile, _tile_mask, _up_offsets
 
 
 @triton.jit
@@ -41,8 +41,7 @@ def _rgb_tail_kernel(h_ptr, s_ptr, w_ptr, b_ptr, out_ptr,
     v = tl.load(h_ptr + n * shn + _tile(rows, cols, shhw, shc, HW_MAJOR),
                 mask=mask, other=0.0).to(tl.float32)
     if HAS_S:
-        src = (rows // W // UP) * ssh + (rows % W // UP) * ssw  # the shortcut pixel's offset
-        v += tl.load(s_ptr + n * ssn + _tile(src, cols, 1, ssc, HW_MAJOR),
+        v += tl.load(s_ptr + n * ssn + _up_offsets(rows, cols, W, ssh, ssw, ssc, UP, HW_MAJOR),
                      mask=mask, other=0.0).to(tl.float32)
     v = tl.where(v < 0.0, 0.0, v)  # ReLU that keeps NaN
     for k in tl.static_range(K):

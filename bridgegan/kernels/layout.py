@@ -1,6 +1,6 @@
 """Memory layouts as the Triton kernels see them: a 4-D tensor as a strided [N][H*W][C]
-view, one set of kernels for both NCHW and channels_last; and the power-of-two tile sizes
-their launches use."""
+view, one set of kernels for both NCHW and channels_last; the power-of-two tile sizes
+their launches use; and the half-size shortcut of an up block, added as a broadcast."""
 from __future__ import annotations
 
 import torch
@@ -43,3 +43,21 @@ def flattenable(t: torch.Tensor | None, fmt) -> torch.Tensor | None:
 def next_pow2(v: int) -> int:
     """The smallest power of two >= v (1 for v <= 1)."""
     return 1 if v <= 1 else 1 << (v - 1).bit_length()
+
+
+def upsampled_shapes(shape) -> tuple[tuple[int, ...], ...]:
+    """The shapes of a tensor that :func:`add_upsampled` adds to one of ``shape`` (N, C, H,
+    W): the same, or half its H and W where both are even (nearest-upsampled)."""
+    n, c, h, w = shape
+    half = ((n, c, h // 2, w // 2),) if h % 2 == 0 and w % 2 == 0 else ()
+    return (tuple(shape),) + half
+
+
+def add_upsampled(h: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
+    """h + low, with ``low`` nearest-upsampled 2x when it has half h's size, as one
+    broadcast add: each low-resolution pixel is read for its 2x2 output pixels and the
+    upsampled tensor is never built (either memory format)."""
+    if low.shape == h.shape:
+        return h + low
+    n, c, hl, wl = low.shape  # no shape arithmetic: nothing for an exporter to trace
+    return (h.view(n, c, hl, 2, wl, 2) + low.view(n, c, hl, 1, wl, 1)).reshape(h.shape)

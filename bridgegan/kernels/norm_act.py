@@ -11,6 +11,13 @@ Two public ops, each one entry point with a torch path beside the Triton path:
 ``instance_norm_act(x, weight, bias, act, eps, negative_slope, impl)``
     ``act(instance_norm(x) * weight[c] + bias[c])`` (weight/bias may be None).
 
+Both take ``residual=``: the input is then the residual sum ``x + up(residual)`` (the
+residual x's size, or half of it, nearest-upsampled by a broadcast), and the call returns
+``(out, sum)``: the next block's shortcut needs the sum too. The Triton path computes the
+sum in the norm kernel, which stores it (rounded to x's dtype, and normalised as stored),
+so the sum is written once and never re-read for the statistics, and no separate add
+kernel runs; the torch path adds, then normalises.
+
 instance_norm is without affine parameters, biased variance over H*W per (n, c).
 act is one of "none", "relu", "leaky_relu" (``negative_slope`` for the last).
 
@@ -53,7 +60,8 @@ from ..numerics import dtype_name
 from .dispatch import (IMPLS, TRITON_DTYPES, KernelFallbackWarning, Launch, choose_impl,
                        run_launches, tracing, triton_available, triton_interpreted,
                        triton_module)
-from .layout import flattenable, hw_strides, is_channels_last, next_pow2
+from .layout import (add_upsampled, flattenable, hw_strides, is_channels_last, next_pow2,
+                     upsampled_shapes)
 
 __all__ = [
     "ACTS",
@@ -89,15 +97,17 @@ def _check_x(op: str, x) -> None:
                   "(and float64 on the torch path)")
 
 
-def _check_map(op: str, name: str, t, x: torch.Tensor, channels: tuple[int, ...]) -> None:
-    """A spatial tensor (gamma/beta/out): 4-D, x's dtype and device, (N, c, H, W)."""
+def _check_map(op: str, name: str, t, x: torch.Tensor, channels: tuple[int, ...] = (),
+               shapes: tuple[tuple[int, ...], ...] = ()) -> None:
+    """A spatial tensor (gamma/beta/out/residual): x's dtype and device, and (N, c, H, W)
+    for c in ``channels`` or one of ``shapes``."""
     if not isinstance(t, torch.Tensor):
         _fail(op, f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    n, c, h, w = x.shape
-    want = " or ".join(str((n, k, h, w)) for k in channels)
-    if t.dim() != 4 or t.shape[0] != n or t.shape[2:] != x.shape[2:] or t.shape[1] not in channels:
-        _fail(op, f"{name} has shape {tuple(t.shape)}; accepted: {want} for x of shape "
-                  f"{tuple(x.shape)}")
+    n, _, h, w = x.shape
+    shapes = tuple((n, k, h, w) for k in channels) + shapes
+    if tuple(t.shape) not in shapes:
+        _fail(op, f"{name} has shape {tuple(t.shape)}; accepted: "
+                  f"{' or '.join(str(s) for s in shapes)} for x of shape {tuple(x.shape)}")
     if t.dtype != x.dtype:
         _fail(op, f"{name} has dtype {dtype_name(t.dtype)} but x is {dtype_name(x.dtype)}; "
                   "they must match")
@@ -284,10 +294,11 @@ def _cached_plan(n: int, c: int, hw: int, channels_last: bool) -> LaunchPlan:
 # ----------------------------------------------------------------------------- triton path
 
 
-def triton_launches(op, x, gamma, beta, weight, bias, mod_bias, act, eps, slope, out, config):
-    """The output tensor of a Triton call and the kernel launches that compute it, in
-    order (no kernel runs here: :mod:`bridgegan.engine.targets` compiles them for a GPU
-    that is absent)."""
+def triton_launches(op, x, gamma, beta, weight, bias, mod_bias, act, eps, slope, out, config,
+                    residual=None):
+    """The output tensor of a Triton call, the sum x + up(residual) (None without a
+    residual) and the kernel launches that compute them, in order (no kernel runs here:
+    :mod:`bridgegan.engine.targets` compiles them for a GPU that is absent)."""
     tn, why = triton_module("norm")
     if tn is None:
         raise RuntimeError(f"bridgegan.kernels.{op}(impl='triton'): {why}")
@@ -310,6 +321,7 @@ def triton_launches(op, x, gamma, beta, weight, bias, mod_bias, act, eps, slope,
         gamma, beta = same_order(gamma), same_order(beta)
     if out is None:
         out = torch.empty_like(x, memory_format=fmt)
+    total = None if residual is None else torch.empty_like(x, memory_format=fmt)
     weight, bias, mod_bias = (t.contiguous() if t is not None else None
                               for t in (weight, bias, mod_bias))
 
@@ -325,27 +337,33 @@ def triton_launches(op, x, gamma, beta, weight, bias, mod_bias, act, eps, slope,
     n_cb = plan.n_cblocks // n
     tiles = dict(HW_MAJOR=plan.hw_major, BLOCK_HW=plan.block_hw, BLOCK_C=plan.block_c,
                  SHIFT=plan.shift, num_warps=plan.num_warps)
+    # the residual (read at 1 / UP of x's size: (n, h, w, c) strides) and the sum
+    r, t = (x, x) if residual is None else (residual, total)
+    sr = (r.stride(0), r.stride(2), r.stride(3), r.stride(1))
+    st = hw_strides(t)
+    res = dict(HAS_RES=residual is not None, UP=1 if r.shape[-1] == w else 2)
     if plan.path == "fused":
-        return out, [Launch(tn._fused_kernel, plan.grid, (
-            x, *ptrs, out, c, hw, n_cb, *sx, *sg, *sb, *so, inv_hw, float(eps), float(slope)),
-            dict(flags, **tiles))]
+        return out, total, [Launch(tn._fused_kernel, plan.grid, (
+            x, *ptrs, out, r, t, c, hw, w, n_cb, *sx, *sg, *sb, *so, *sr, *st,
+            inv_hw, float(eps), float(slope)), dict(flags, **tiles, **res))]
     p_mean = torch.empty((n, plan.n_chunks, c), dtype=torch.float32, device=x.device)
     p_m2 = torch.empty_like(p_mean)
-    return out, [
+    return out, total, [
         Launch(tn._stats_kernel, plan.grid, (
-            x, p_mean, p_m2, c, hw, n_cb, plan.chunk, plan.n_chunks, *sx),
-            dict(tiles, LANES=plan.lanes)),
-        Launch(tn._apply_kernel, plan.grid, (
-            x, *ptrs, out, p_mean, p_m2, c, hw, n_cb, plan.chunk, plan.n_chunks,
-            *sx, *sg, *sb, *so, inv_hw, float(eps), float(slope)),
+            x, p_mean, p_m2, r, t, c, hw, w, n_cb, plan.chunk, plan.n_chunks, *sx, *sr, *st),
+            dict(tiles, LANES=plan.lanes, **res)),
+        Launch(tn._apply_kernel, plan.grid, (  # x: the sum, where the stats kernel stored it
+            t, *ptrs, out, p_mean, p_m2, c, hw, n_cb, plan.chunk, plan.n_chunks,
+            *st, *sg, *sb, *so, inv_hw, float(eps), float(slope)),
             dict(flags, **tiles, NCHUNK_P2=next_pow2(plan.n_chunks)))]
 
 
-def _triton_forward(op, x, gamma, beta, weight, bias, mod_bias, act, eps, slope, out, config):
-    out, launches = triton_launches(op, x, gamma, beta, weight, bias, mod_bias, act, eps,
-                                    slope, out, config)
+def _triton_forward(op, x, gamma, beta, weight, bias, mod_bias, act, eps, slope, out, config,
+                    residual=None):
+    out, total, launches = triton_launches(op, x, gamma, beta, weight, bias, mod_bias, act,
+                                           eps, slope, out, config, residual)
     run_launches(launches, x.device)
-    return out
+    return out if residual is None else (out, total)
 
 
 class _NormActFunction(torch.autograd.Function):
@@ -377,16 +395,26 @@ class _NormActFunction(torch.autograd.Function):
 # ----------------------------------------------------------------------------- dispatch
 
 
-def _run(op, x, gamma, beta, weight, bias, mod_bias, act, eps, slope, impl, out, config):
+def _run(op, x, gamma, beta, weight, bias, mod_bias, act, eps, slope, impl, out, config,
+         residual=None):
+    """The op on x, or with ``residual`` on the sum x + up(residual): then (out, sum)."""
     if out is not None:
         _check_map(op, "out", out, x, (x.shape[1],))
-    if x.numel() == 0:
-        return out if out is not None else torch.empty_like(x)
+    if residual is not None:
+        _check_map(op, "residual", residual, x, shapes=upsampled_shapes(x.shape))
     tensors = (x, gamma, beta, weight, bias, mod_bias)
-    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in tensors + (residual,))
     if grad and out is not None:
         _fail(op, "out= does not support autograd; pass out=None when inputs require grad")
-    chosen = choose_impl(op, x, impl, "norm")
+    chosen = "torch" if x.numel() == 0 else choose_impl(op, x, impl, "norm")
+    if residual is not None and (chosen == "torch" or grad):
+        # the sum by torch ops (autograd sees it), then the op on it as on any input
+        total = add_upsampled(x, residual)
+        return _run(op, total, gamma, beta, weight, bias, mod_bias, act, eps, slope, impl,
+                    out, config), total
+    if x.numel() == 0:
+        return out if out is not None else torch.empty_like(x)
     if chosen == "torch":
         y = _torch_ops(*tensors, act, eps, slope)
         fmt = torch.channels_last if is_channels_last(x) else torch.contiguous_format
@@ -401,11 +429,11 @@ def _run(op, x, gamma, beta, weight, bias, mod_bias, act, eps, slope, impl, out,
                   f"dense rows); got strides {out.stride()}")
     if grad:
         return _NormActFunction.apply(*tensors, (op, act, float(eps), float(slope), config))
-    return _triton_forward(op, *tensors, act, eps, slope, out, config)
+    return _triton_forward(op, *tensors, act, eps, slope, out, config, residual)
 
 
 def spade_modulate(x, gamma, beta=None, act="none", eps=1e-5, negative_slope=0.2,
-                   impl="auto", *, bias=None, out=None, config=None):
+                   impl="auto", *, bias=None, residual=None, out=None, config=None):
     """``act(instance_norm(x) * (1 + gamma + bias[c]) + beta + bias[C + c])`` (SPADE
     modulation, fused).
 
@@ -422,11 +450,14 @@ def spade_modulate(x, gamma, beta=None, act="none", eps=1e-5, negative_slope=0.2
         act: "none", "relu" or "leaky_relu" (slope ``negative_slope``).
         eps: added to the variance (biased, over H*W, float32).
         impl: "auto", "triton" or "torch" (see the module docstring).
+        residual: None, or (N, C, H, W) like x, or (N, C, H/2, W/2) (nearest-upsampled by
+            a broadcast): the op normalises x + up(residual), a residual block's output
+            (see the module docstring).
         out: optional output tensor (x's shape, dtype, device); written and returned.
         config: launch overrides for the Triton path (see :func:`plan_launch`); tuning and
             tests only.
 
-    Returns the result in x's dtype and memory format.
+    Returns the result in x's dtype and memory format; with a residual, (result, sum).
     """
     op = "spade_modulate"
     _check_common(op, act, eps, negative_slope, impl)
@@ -439,11 +470,11 @@ def spade_modulate(x, gamma, beta=None, act="none", eps=1e-5, negative_slope=0.2
         _check_map(op, "beta", beta, x, (c,))
     _check_vec(op, "bias", bias, x, 2 * c, "2C: C gamma biases, then C beta biases")
     return _run(op, x, gamma, beta, None, None, bias, act, eps, negative_slope, impl, out,
-                config)
+                config, residual)
 
 
 def instance_norm_act(x, weight=None, bias=None, act="none", eps=1e-5, negative_slope=0.2,
-                      impl="auto", *, out=None, config=None):
+                      impl="auto", *, residual=None, out=None, config=None):
     """``act(instance_norm(x) * weight[c] + bias[c])`` (IN block, fused).
 
     weight/bias: (C,) floating tensors on x's device, or None (no scale / no shift).
@@ -455,4 +486,4 @@ def instance_norm_act(x, weight=None, bias=None, act="none", eps=1e-5, negative_
     _check_vec(op, "weight", weight, x)
     _check_vec(op, "bias", bias, x)
     return _run(op, x, None, None, weight, bias, None, act, eps, negative_slope, impl, out,
-                config)
+                config, residual)

@@ -1,5 +1,5 @@
 """Kernel parity check: every op x dtype x layout x activation against a float64 reference
-(and rgb_tail, G's last pass, in every dtype x layout).
+(and, in every dtype x layout, the ops with ``residual=`` and rgb_tail, G's last pass).
 
     python -m bridgegan.kernels.parity [--device cpu|cuda] [--quick] [--json FILE]
     bridgegan parity --ops
@@ -30,6 +30,7 @@ import torch
 from ..numerics import SHORT_NAMES, dtype_name, errors, float64_call, same_nonfinite, tolerance
 from ..timing import time_calls
 from . import norm_act
+from .layout import add_upsampled
 from .norm_act import plan_launch
 from .tail import rgb_tail
 
@@ -143,6 +144,46 @@ def _nan_rows(device, impl, gen, verbose):
     return rows
 
 
+# residual=: (op, x shape, residual size, config): an up block's hand-over to the next
+# block's norm (half-size residual) at the paper model's 64 px layer, and a full-size
+# residual on the split path; each in every dtype x layout
+RESIDUAL_CASES = {
+    "cpu": [("spade_modulate[2C]+bias", (2, 3, 6, 10), "half", None),
+            ("instance_norm_act", (2, 3, 7, 5), "full", {"max_fused": 16, "target_programs": 4})],
+    "cuda": [("spade_modulate[2C]+bias", (64, 64, 64, 64), "half", None),
+             ("instance_norm_act", (3, 5, 7, 5), "full", {"max_fused": 16, "target_programs": 16})]}
+
+
+def _residual_rows(device, impl, gen, verbose):
+    """The ops on x + up(residual) against float64, and the stored sum against its float64
+    value at the same tolerance."""
+    rows = []
+    for op, shape, size, config in RESIDUAL_CASES[device.type if device.type == "cuda" else "cpu"]:
+        n, c, h, w = shape
+        r_shape = (n, c, h // 2, w // 2) if size == "half" else shape
+        for dtype in PARITY_DTYPES:
+            for layout in LAYOUTS:
+                x, kw = make_inputs(op, shape, dtype, layout, device, gen)
+                r = make_inputs(op, r_shape, dtype, layout, device, gen)[0]
+                outs = []
+                [secs] = time_calls(lambda: outs.append(call(
+                    op, x, kw, act="relu", impl=impl, config=config, residual=r)), device)
+                out, total = outs[0]
+                sum_rel = errors(total, add_upsampled(x.double(), r.double()))[1]
+                fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+                ok = (sum_rel <= tolerance(dtype).op_rel and out.dtype == total.dtype == dtype
+                      and out.is_contiguous(memory_format=fmt)
+                      and total.is_contiguous(memory_format=fmt))
+                path = "torch" if impl == "torch" else plan_launch(
+                    n, c, h * w, layout == "channels_last", config).path
+                row = _row(f"{op}+residual[{size}]", dtype, layout, "relu", shape, impl, path,
+                           out, reference64(op, total, kw, "relu"), device, secs, ok=ok)
+                rows.append(row)
+                if verbose:
+                    _print_row(row, "" if ok else f"  (sum rel err {sum_rel:.1e} or format)")
+    return rows
+
+
 # rgb_tail: (h shape, shortcut): the paper model's last layer at batch 64 on the GPU, an
 # odd size with a full-size shortcut; each in every dtype x layout
 TAIL_CASES = {"cpu": [((2, 5, 6, 10), "half")],
@@ -237,6 +278,7 @@ def check_ops(device=None, verbose=True, quick=False, impl=None) -> list[dict]:
                         if verbose:
                             _print_row(row)
     rows += _nan_rows(device, impl, gen, verbose)
+    rows += _residual_rows(device, impl, gen, verbose)
     rows += _tail_rows(device, impl, gen, verbose)
     if verbose:
         bad = sum(not r["ok"] for r in rows)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from ..numerics import dtype_name
 from .dispatch import IMPLS, Launch, choose_impl, run_launches, triton_module
-from .layout import flattenable, hw_strides, is_channels_last, next_pow2
+from .layout import flattenable, hw_strides, is_channels_last, next_pow2, upsampled_shapes
 
 __all__ = ["rgb_tail"]
 
@@ -43,7 +43,7 @@ def _check(h, weight, bias, shortcut, impl) -> None:
         what = (f"{h.dim()}-D {dtype_name(h.dtype)}" if isinstance(h, torch.Tensor)
                 else type(h).__name__)
         _fail(f"h must be a 4-D (N, C, H, W) float16/bfloat16/float32/float64 tensor, got {what}")
-    n, c, hh, ww = h.shape
+    c = h.shape[1]
     if not isinstance(weight, torch.Tensor) or weight.shape[1:] not in ((c,), (c, 1, 1)) \
             or not 1 <= weight.shape[0] <= MAX_OUTPUTS:
         got = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
@@ -54,10 +54,9 @@ def _check(h, weight, bias, shortcut, impl) -> None:
         got = tuple(bias.shape) if isinstance(bias, torch.Tensor) else type(bias).__name__
         _fail(f"bias has shape {got}; accepted: ({k},) (one per output channel) or None")
     if shortcut is not None:
-        full, half = (n, c, hh, ww), (n, c, hh // 2, ww // 2)
         shape = tuple(shortcut.shape) if isinstance(shortcut, torch.Tensor) else None
-        if shape != full and (shape != half or hh % 2 or ww % 2):
-            accepted = f"{full}" + (f" or {half}" if hh % 2 == 0 and ww % 2 == 0 else "")
+        if shape not in upsampled_shapes(h.shape):
+            accepted = " or ".join(str(s) for s in upsampled_shapes(h.shape))
             _fail(f"shortcut has shape {shape or type(shortcut).__name__}; accepted: {accepted} "
                   f"or None for h of shape {tuple(h.shape)}")
     for name, t in (("weight", weight), ("bias", bias), ("shortcut", shortcut)):
