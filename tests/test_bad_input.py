@@ -11,6 +11,7 @@ import struct
 import threading
 import zlib
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -98,8 +99,30 @@ def test_images_must_be_finite(eng, value):
 def test_images_must_lie_in_range(eng, value):
     x = images(2, S)
     x[0, 0, 0, 0] = value
-    with pytest.raises(ValueError, match=r"images: values must lie in \[-1, 1\], got \[.*\] \(map 0..255"):
+    with pytest.raises(ValueError, match=r"images: values must lie in \[-1, 1\] in every channel "
+                                         r"\(RGBA alpha included\), got \[.*\] \(map 0..255"):
         eng.translate(x, {"Male": 1}, seed=0)
+
+
+@pytest.mark.parametrize("alpha", [3.0, 255.0, -1.5, math.nan])
+def test_rgba_alpha_is_checked_before_compositing(eng, alpha):
+    rgba = torch.cat([images(2, S, 4), images(2, S, 5)[:, :1]], 1)  # alpha in [-1, 1]
+    assert eng.reconstruct(rgba, seed=0).shape == (2, 3, S, S)
+    rgba[1, 3, 6, 7] = alpha
+    message = "contain NaN" if math.isnan(alpha) else "values must lie in .* alpha included"
+    with pytest.raises(ValueError, match=f"images: {message}"):
+        eng.reconstruct(rgba, seed=0)
+
+
+@pytest.mark.parametrize("value, message", [
+    (1.5, r"values must lie in \[-1, 1\]"), (math.nan, "contain NaN or Inf")])
+def test_range_errors_name_the_list_item(eng, value, message):
+    x = images(3, S, 8)
+    x[2, 1, 2, 3] = value
+    with pytest.raises(ValueError, match=rf"images\[2\]: {message}"):
+        eng.translate([x[0], x[1], x[2]], {"Male": 1}, seed=0)
+    with pytest.raises(ValueError, match=rf"references\[1\]: {message}"):
+        eng.translate_reference(x[:2], [x[:2], x[1:]])
 
 
 @pytest.mark.parametrize("value", [math.nan, math.inf, -0.1, 1.5])
@@ -127,6 +150,21 @@ def test_labels_must_be_0_or_1(eng, value):
         eng.interpolate(x, x, bad, [0.5], seed=0)
     with pytest.raises(ValueError, match="target for 'Male' must be 0 or 1"):
         eng.translate(x, {"Male": value})
+
+
+@pytest.mark.parametrize("near_one", [
+    lambda y: y.double() * (1 - 1e-8),
+    lambda y: (y.double() * (1 - 1e-8)).numpy(),
+    lambda y: (y.double() * (1 - 1e-8)).tolist()], ids=["float64", "numpy", "list"])
+def test_labels_are_checked_before_the_float32_cast(eng, near_one):
+    x, y = images(2, S, 9), labels(2, N_ATTRS, 9)
+    y[0, 0] = 1
+    with pytest.raises(ValueError, match=r"target labels must be 0 \(absent\) or 1 \(present\), "
+                                         r"got 0\.99999999"):
+        eng.translate(x, near_one(y), source=y, seed=0)
+    exact = eng.translate(x, y, source=y, seed=0)
+    for same in (y.double(), y.bool(), y.long().numpy(), y.tolist()):
+        assert torch.equal(eng.translate(x, same, source=y, seed=0), exact)
 
 
 @pytest.mark.parametrize("target", [None, "Male", {"Male": None}, {"Male": "1"}, [[0, 1], [1]]])
@@ -168,6 +206,31 @@ def test_seed_must_be_a_64_bit_unsigned_integer(eng, seed):
 def test_edit_strip_samples(eng):
     with pytest.raises(ValueError, match="samples must be an integer >= 0, got -2"):
         eng.edit_strip(images(1, S), samples=-2)
+
+
+@pytest.mark.parametrize("sample_target, kind", [
+    (torch.ones(N_ATTRS), "Tensor"), ("Male", "str"), ([("Male", 1)], "list"), (1, "int")])
+def test_edit_strip_sample_target_must_be_a_dict(eng, sample_target, kind):
+    with pytest.raises(ValueError, match=rf"sample_target must be None or a dict attribute name "
+                                         rf"-> 0/1 \(names: Black_Hair, .*\), got {kind}$"):
+        eng.edit_strip(images(1, S, 10), samples=1, sample_target=sample_target)
+    with pytest.raises(ValueError, match="unknown attribute"):
+        eng.edit_strip(images(1, S, 10), samples=0, sample_target={"Nope": 1})
+
+
+def test_float_and_32_bit_integer_images_are_refused(eng, tmp_path):
+    rng = np.random.default_rng(11)
+    grey = rng.random((S, S))
+    accepted = r"accepted: 8-bit images \(modes 1, L, P, RGB, .*\) and 16-bit greyscale \(I;16"
+    for mode, array in (("F", grey.astype(np.float32)), ("I", (grey * 2 ** 20).astype(np.int32))):
+        im = Image.fromarray(array)
+        assert im.mode == mode
+        im.save(tmp_path / f"{mode}.tif")
+        with pytest.raises(ValueError, match=rf"images\[0\] has mode {mode} .*; {accepted}"):
+            eng.translate(im, {"Male": 1}, seed=0)
+        with pytest.raises(ValueError, match=rf"cannot read image file .*{mode}\.tif: image has "
+                                             rf"mode {mode} .*; {accepted}"):
+            eng.translate(tmp_path / f"{mode}.tif", {"Male": 1}, seed=0)
 
 
 def test_a_list_of_mixed_items_is_checked_item_by_item(eng, tmp_path):

@@ -232,6 +232,40 @@ def test_edit_strip_cache_equals_uncached(model):
     assert cached.images[-1].sub(cached.images[-2]).abs().max() > 1e-3  # noise samples differ
 
 
+def test_edit_strip_with_no_edits_samples_the_reconstruction(model):
+    cfg = model.config
+    eng = Engine(model)
+    x, ys = images(1, cfg.image_size, 13), labels(1, cfg.n_attrs, 13)
+    strip = eng.edit_strip(x, samples=2, seed=6, source=ys, sample_target={})
+    k = strip.images.shape[0]
+    assert strip.captions[-2:] == ["sample 1: no edit", "sample 2: no edit"]
+    noise = torch.randn(k, cfg.noise_dim, generator=torch.Generator().manual_seed(6))
+    for row in (k - 2, k - 1):
+        want = eng.reconstruct(x, noise=noise[row:row + 1])
+        assert (strip.images[row:row + 1] - want).abs().max() <= ATOL
+
+
+def test_outputs_are_ordinary_tensors(model):
+    """Results may be changed in place and used with autograd (no inference tensors)."""
+    cfg = model.config
+    eng = Engine(model)
+    x, r = images(2, cfg.image_size, 21), images(2, cfg.image_size, 22)
+    outputs = {"classify": eng.classify(x),
+               "translate": eng.translate(x, {"Male": 1}, seed=1),
+               "reconstruct": eng.reconstruct(x, seed=1),
+               "translate_reference": eng.translate_reference(x, r),
+               "interpolate": eng.interpolate(x, r, {"Male": 1}, [0.5], seed=1),
+               "edit_strip": eng.edit_strip(x[:1], samples=1, seed=1).images}
+    for name, out in outputs.items():
+        assert not out.is_inference() and not out.requires_grad, name
+        out.clamp_(-0.5, 0.5)
+        out[..., 0] = 2.0
+        assert out[..., 0].eq(2.0).all() and out[..., 1:].abs().max() <= 0.5, name
+        w = torch.ones((), requires_grad=True)
+        (w * out).sum().backward()
+        torch.testing.assert_close(w.grad, out.sum(), msg=name)
+
+
 def test_same_seed_same_images_on_every_cpu_backend(tmp_path):
     torch.manual_seed(1)
     m = randomize(BridgeGAN(small_config(32)), seed=1).eval()
@@ -350,6 +384,40 @@ def test_pil_inputs_modes_and_sizes(model):
     t = images(1, cfg.image_size, 16)
     assert torch.equal(eng.translate(t[:, :1], {"Male": 1}, seed=0),
                        eng.translate(t[:, :1].expand(-1, 3, -1, -1), {"Male": 1}, seed=0))
+
+
+def test_16_bit_greyscale_files_are_rescaled_to_8_bits(model, tmp_path):
+    size = model.config.image_size
+    eng = Engine(model)
+    a = np.random.default_rng(7).integers(0, 65536, (size, size), dtype=np.uint16)
+    a[0, :3] = 0, 32768, 65535  # black, mid-grey, white
+    Image.fromarray(a).save(tmp_path / "g16.png")
+    with Image.open(tmp_path / "g16.png") as f:
+        assert f.mode == "I;16"
+    big_endian = Image.frombytes("I;16B", (size, size), a.astype(">u2").tobytes())
+    want = (torch.from_numpy(np.rint(a / 257)).float() / 127.5 - 1).expand(3, -1, -1)
+    for source in (tmp_path / "g16.png", big_endian):
+        got = eng.load_images(source)[0]
+        assert torch.equal(got, want)
+        assert got[0, 0, :3].tolist() == [-1.0, pytest.approx(128 / 127.5 - 1, abs=1e-6), 1.0]
+
+
+def test_exif_orientation_is_applied(model, tmp_path):
+    """A phone JPEG stored landscape with orientation 6 (rotate 90 degrees clockwise) is
+    read upright: its stored left half becomes the top half."""
+    size = model.config.image_size
+    eng = Engine(model)
+    stored = np.zeros((40, 80, 3), np.uint8)
+    stored[:, :40] = 255
+    im = Image.fromarray(stored)
+    exif = im.getexif()
+    exif[0x0112] = 6  # Orientation
+    im.save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    got = eng.load_images(tmp_path / "phone.jpg")[0]
+    rows = got.mean(dim=(0, 2))  # the mean of each row: white on top, black below
+    assert rows[:size // 2 - 1].min() > 0.95 and rows[size // 2 + 1:].max() < -0.95
+    with Image.open(tmp_path / "phone.jpg") as f:
+        assert torch.equal(eng.load_images(f)[0], got)
 
 
 def test_bad_input_is_named(model, tmp_path):

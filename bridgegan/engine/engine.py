@@ -100,21 +100,24 @@ def _seed(seed) -> int | None:
     return int(seed)
 
 
-def _as_tensor(value, what: str) -> torch.Tensor:
-    """``value`` (a tensor, array or nested list of numbers) as float32 on the CPU."""
+def _as_tensor(value, what: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``value`` (a tensor, array or nested list of numbers) as ``dtype`` on the CPU."""
     try:
-        return torch.as_tensor(value, dtype=torch.float32).cpu()
+        return torch.as_tensor(value, dtype=dtype).cpu()
     except (TypeError, ValueError, RuntimeError) as exc:
         raise ValueError(f"{what} must be a tensor, array or nested list of numbers, got "
                          f"{type(value).__name__} ({exc})") from None
 
 
 def _serialised(method):
-    """Run the whole call under the engine's lock (a no-op for stateless backends) and,
-    with ``cudnn_benchmark``, inside cuDNN's algorithm search."""
+    """Run the whole call under the engine's lock (a no-op for stateless backends),
+    without autograd (``no_grad``, not ``inference_mode``: callers get ordinary tensors
+    they may modify in place or feed to autograd) and, with ``cudnn_benchmark``, inside
+    cuDNN's algorithm search."""
     @functools.wraps(method)
     def call(self, *args, **kwargs):
-        with self._lock, (cudnn_search() if self.cudnn_benchmark else nullcontext()):
+        with self._lock, torch.no_grad(), (cudnn_search() if self.cudnn_benchmark
+                                           else nullcontext()):
             return method(self, *args, **kwargs)
     return call
 
@@ -216,7 +219,9 @@ class Engine:
         return self._source(self.load_images(images), None)
 
     def _labels(self, labels, n: int, what: str) -> torch.Tensor:
-        labels = _as_tensor(labels, what)
+        """0/1 labels (N, A) or (A,) as float32 (N, A), checked in float64 before the cast
+        (so that 0.99999999 is not read as 1)."""
+        labels = _as_tensor(labels, what, torch.float64)
         if labels.dim() == 1:
             labels = labels.expand(n, -1)
         a = self.config.n_attrs
@@ -226,12 +231,11 @@ class Engine:
         bad = labels[(labels != 0) & (labels != 1)]  # NaN included
         if bad.numel():
             raise ValueError(f"{what} must be 0 (absent) or 1 (present), got {bad[0].item()}")
-        return labels.to(self.device)
+        return labels.to(self.device, torch.float32)
 
     def _source(self, x: torch.Tensor, source) -> torch.Tensor:
         if source is None:
-            with torch.inference_mode():
-                return (self.classifier(x)[1] > 0).float()
+            return (self.classifier(x)[1] > 0).float()
         return self._labels(source, x.shape[0], "source labels")
 
     def _target(self, source: torch.Tensor, target) -> torch.Tensor:
@@ -280,18 +284,19 @@ class Engine:
         several = isinstance(references, (list, tuple)) and references and all(
             isinstance(r, (list, tuple)) or (isinstance(r, torch.Tensor) and r.dim() == 4)
             for r in references)
-        batches = [self.load_images(r, "references") for r in (references if several else [references])]
+        named = ([(f"references[{k}]", r) for k, r in enumerate(references)] if several
+                 else [("references", references)])
         out = []
-        for b in batches:
+        for what, r in named:
+            b = self.load_images(r, what)
             if b.shape[0] not in (1, n):
-                raise ValueError(f"references: expected 1 or {n} images (one per source), "
+                raise ValueError(f"{what}: expected 1 or {n} images (one per source), "
                                  f"got {b.shape[0]}")
             out.append(b.expand(n, -1, -1, -1))
         return torch.stack(out)
 
     def _run(self, fn, *args) -> torch.Tensor:
-        with torch.inference_mode():
-            return fn(*(self._cast(a) for a in args if a is not None)).float()
+        return fn(*(self._cast(a) for a in args if a is not None)).float()
 
     # ----- API -----------------------------------------------------------------------
     @_serialised
@@ -319,9 +324,15 @@ class Engine:
                             source=None, reference_labels=None,
                             strength: float | None = None, region=None) -> torch.Tensor:
         """Reference-based translation: the target takes ``attributes`` (default: all) from
-        the references' labels (given, or from the attribute head). ``references`` is one
-        batch of N or 1 images, or a list of such batches averaged in the latent code.
-        ``region``: as in ``translate``."""
+        the references' labels (``reference_labels``, or from the attribute head).
+        ``references`` is one batch of N or 1 images (a tensor, or a list of 3-D tensors,
+        PIL images or paths), or a list of K such batches (4-D tensors or lists): K
+        separate references per source, their codes averaged, never joined into one batch.
+        Labels from the attribute head are averaged over the K batches and rounded half to
+        even (two references disagreeing give 0.5, read as 0: absent). ``region``: a mask
+        as in ``translate``, but outside it the pixels are this call's d = 0 translation,
+        which takes the references' style: they depend on the references and differ from
+        ``reconstruct``'s."""
         x = self.load_images(images)
         refs = self._reference_batches(references, x.shape[0])
         y_s = self._source(x, source)
@@ -350,8 +361,10 @@ class Engine:
                     noise=None, seed: int | None = None, level: str = "latent", source=None,
                     strength: float | None = None, region=None) -> torch.Tensor:
         """(len(alphas), N, 3, S, S): alpha = 1 is label-based, 0 reference-based.
-        level "latent" blends the codes, "spade" blends every SPADE layer's output.
-        ``region``: as in ``translate``, on the blended codes (level "latent" only)."""
+        ``references``: as in ``translate_reference``. level "latent" blends the codes,
+        "spade" blends every SPADE layer's output. ``region`` (level "latent" only): a mask
+        as in ``translate`` on the blended codes; outside it the pixels are the same blend
+        at d = 0 (reconstruction and reference-based d = 0 translation)."""
         alphas = _alphas(alphas)
         x = self.load_images(images)
         refs = self._reference_batches(references, x.shape[0])
@@ -359,18 +372,27 @@ class Engine:
         d = self._difference(y_s, self._target(y_s, target), strength)
         r = self._noise(x.shape[0], noise, seed)
         m = self._region(region, x.shape[0])
-        with torch.inference_mode():
-            outs = programs.interpolate(self.stages, *(self._cast(t) for t in (x, refs, d, r)),
-                                        alphas, level, None if m is None else self._cast(m))
+        outs = programs.interpolate(self.stages, *(self._cast(t) for t in (x, refs, d, r)),
+                                    alphas, level, None if m is None else self._cast(m))
         return torch.stack([o.float() for o in outs])
+
+    def _edits(self, sample_target) -> Mapping:
+        """``sample_target`` of ``edit_strip``, refused unless a dict (its names and values
+        are checked where applied)."""
+        if not isinstance(sample_target, Mapping):
+            raise ValueError(f"sample_target must be None or a dict attribute name -> 0/1 "
+                             f"(names: {', '.join(self.attributes)}), got "
+                             f"{type(sample_target).__name__}")
+        return sample_target
 
     @_serialised
     def edit_strip(self, image: Images, samples: int = 4, seed: int = 0, source=None,
                    sample_target: Mapping[str, float] | None = None,
                    strength: float | None = None, cache: bool = True) -> EditStrip:
         """Reconstruction, every single-attribute flip (conflict rules applied), and
-        ``samples`` noise samples of ``sample_target`` (default: the first flip), for one
-        source image. With ``cache`` the source-only trunk runs once for the whole strip."""
+        ``samples`` noise samples of ``sample_target``, a dict name -> 0/1 applied to the
+        source labels (None: the first flip; {}: no edit), for one source image. With
+        ``cache`` the source-only trunk runs once for the whole strip."""
         if isinstance(samples, bool) or not isinstance(samples, numbers.Integral) or samples < 0:
             raise ValueError(f"samples must be an integer >= 0, got {samples!r}")
         x = self.load_images(image)
@@ -378,17 +400,16 @@ class Engine:
             raise ValueError(f"edit_strip takes one image, got {x.shape[0]}")
         y_s = self._source(x, source)
         flips = [{n: 1 - int(y_s[0, i].item())} for i, n in enumerate(self.attributes)]
-        sample_target = sample_target or flips[0]
+        sample_target = flips[0] if sample_target is None else self._edits(sample_target)
         targets = [y_s] + [apply_edits(y_s, self.attributes, f) for f in flips]
         targets += [apply_edits(y_s, self.attributes, sample_target)] * samples
         captions = ["reconstruction"] + [f"{n}={v}" for f in flips for n, v in f.items()]
-        captions += [f"sample {i + 1}: " + ",".join(f"{n}={v}" for n, v in sample_target.items())
-                     for i in range(samples)]
+        edits = ",".join(f"{n}={v}" for n, v in sample_target.items()) or "no edit"
+        captions += [f"sample {i + 1}: {edits}" for i in range(samples)]
         y_t = torch.cat(targets)
         d = self._difference(y_s, y_t, strength)
         k = y_t.shape[0]
         r = self._noise(k, None, seed)
-        with torch.inference_mode():
-            out = programs.edit_strip(self.stages, self._cast(x), self._cast(d), self._cast(r),
-                                      cache, self._repeat).float()
+        out = programs.edit_strip(self.stages, self._cast(x), self._cast(d), self._cast(r),
+                                  cache, self._repeat).float()
         return EditStrip(out, captions)

@@ -1,13 +1,14 @@
 """Turning what callers pass (tensors, PIL images, files) into checked image batches.
 
 Policy, documented in the README:
-- PIL images and files of any size are centre-cropped to a square and resized (bicubic)
-  to the model's size; greyscale and palette images become RGB, RGBA is composited on
-  white.
+- PIL images and files of any size are turned upright (EXIF orientation), centre-cropped
+  to a square and resized (bicubic) to the model's size; greyscale (8- or 16-bit) and
+  palette images become RGB, RGBA is composited on white; 32-bit integer and float
+  images are refused (see ``image.to_rgb``).
 - Tensors are taken as they are: (N, C, S, S) or (C, S, S) in [-1, 1] at the model's size
   S; another size is refused (resizing a caller's tensor silently would hide bugs); one
   channel is replicated to RGB and four channels (RGBA, alpha in [-1, 1]) are composited
-  on white.
+  on white. The range is checked on every channel, alpha included, before compositing.
 - Empty batches and NaN / Inf values are refused, and so are empty images and images
   above ``image.MAX_IMAGE_PIXELS`` (files: from the header, before decoding). Paths are
   str or os.PathLike naming regular files (not bytes, folders, devices or pipes).
@@ -25,13 +26,16 @@ from PIL import Image
 
 from ..reference.data import image
 
+# Largest |value| a tensor image may hold: [-1, 1] with slack for rounding.
+RANGE_LIMIT = 1.001
+
 ImageLike = Union[torch.Tensor, Image.Image, str, os.PathLike]
 Images = Union[ImageLike, Sequence[ImageLike]]
 
 
 def pil_to_input(im: Image.Image, size: int) -> torch.Tensor:
-    """(3, size, size) float32 in [-1, 1]: RGB conversion, centre crop, bicubic resize."""
-    return image.pil_to_tensor(image.resize(image.center_crop_square(image.to_rgb(im)), size))
+    """(3, size, size) float32 in [-1, 1] of an RGB image: centre crop, bicubic resize."""
+    return image.pil_to_tensor(image.resize(image.center_crop_square(im), size))
 
 
 def tensor_to_pil(x: torch.Tensor) -> Image.Image:
@@ -47,16 +51,28 @@ def value_range(x: torch.Tensor) -> tuple[float, float]:
     return lo, hi
 
 
-def _fix_channels(x: torch.Tensor, what: str) -> torch.Tensor:
+def _check_values(x: torch.Tensor, what: str) -> None:
+    """Refuse NaN / Inf and values outside [-1, 1] (a little rounding slack) in any
+    channel, an RGBA alpha included."""
+    lo, hi = value_range(x)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError(f"{what}: contain NaN or Inf values")
+    if lo < -RANGE_LIMIT or hi > RANGE_LIMIT:
+        raise ValueError(f"{what}: values must lie in [-1, 1] in every channel (RGBA alpha "
+                         f"included), got [{lo:.3g}, {hi:.3g}] (map 0..255 images with "
+                         f"x / 127.5 - 1)")
+
+
+def _fix_channels(x: torch.Tensor) -> torch.Tensor:
+    """A checked batch (N, C, S, S), C 1, 3 or 4, as RGB: grey replicated, RGBA
+    composited on white."""
     c = x.shape[1]
-    if c == 3:
-        return x
     if c == 1:
         return x.expand(-1, 3, -1, -1)
     if c == 4:
         alpha = (x[:, 3:4] + 1) / 2
         return x[:, :3] * alpha + (1 - alpha)
-    raise ValueError(f"{what}: expected 1 (grey), 3 (RGB) or 4 (RGBA) channels, got {c}")
+    return x
 
 
 def _items(images: Images, what: str) -> list:
@@ -70,7 +86,8 @@ def _items(images: Images, what: str) -> list:
 
 
 def _tensor(x: torch.Tensor, size: int, what: str) -> torch.Tensor:
-    """A caller's tensor (N, C, S, S) or (C, S, S) as float32 (N, 3, S, S), shape checked."""
+    """A caller's tensor (N, C, S, S) or (C, S, S) as float32 (N, 3, S, S), shape and
+    values checked."""
     if x.dim() == 3:
         x = x.unsqueeze(0)
     if x.dim() != 4:
@@ -83,7 +100,13 @@ def _tensor(x: torch.Tensor, size: int, what: str) -> torch.Tensor:
             f"{what}: tensors must be {size}x{size} (the model's size), got "
             f"{x.shape[-2]}x{x.shape[-1]}; pass PIL images or files to have them centre-cropped "
             f"and resized, or resize the tensors yourself")
-    return _fix_channels(x.float(), what)
+    if x.shape[1] not in (1, 3, 4):
+        raise ValueError(f"{what}: expected 1 (grey), 3 (RGB) or 4 (RGBA) channels, "
+                         f"got {x.shape[1]}")
+    x = x.float()
+    if x.numel():  # an empty batch is refused as a whole, by as_batch
+        _check_values(x, what)
+    return _fix_channels(x)
 
 
 def _item(item, size: int, what: str) -> torch.Tensor:
@@ -94,6 +117,7 @@ def _item(item, size: int, what: str) -> torch.Tensor:
         item = image.open_rgb(item)
     elif isinstance(item, Image.Image):
         image.check_image_size(item.size, what)
+        item = image.to_rgb(item, what)
     else:
         raise ValueError(f"{what}: expected a tensor, a PIL image or a file path (str or "
                          f"os.PathLike), got {type(item).__name__}")
@@ -101,7 +125,8 @@ def _item(item, size: int, what: str) -> torch.Tensor:
 
 
 def as_batch(images: Images, size: int, what: str = "images") -> torch.Tensor:
-    """A float32 (N, 3, size, size) CPU-or-device tensor in [-1, 1], checked."""
+    """A float32 (N, 3, size, size) CPU-or-device tensor in [-1, 1], checked; errors name
+    the list item (``images[k]``) when ``images`` is a list."""
     if isinstance(images, torch.Tensor):
         x = _tensor(images, size, what)
     else:
@@ -109,10 +134,4 @@ def as_batch(images: Images, size: int, what: str = "images") -> torch.Tensor:
         x = torch.cat(parts) if parts else torch.empty(0, 3, size, size)
     if x.shape[0] == 0:
         raise ValueError(f"{what}: empty batch; at least one image is needed")
-    lo, hi = value_range(x)
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        raise ValueError(f"{what}: contain NaN or Inf values")
-    if lo < -1.001 or hi > 1.001:
-        raise ValueError(f"{what}: values must lie in [-1, 1], got [{lo:.3g}, {hi:.3g}] "
-                         f"(map 0..255 images with x / 127.5 - 1)")
     return x.contiguous()

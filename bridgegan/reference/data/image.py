@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 # CelebA aligned images are 178x218 (W x H); the AttGAN/BridgeGAN crop is 170x170 at
 # (top 26, left 3).
@@ -22,6 +22,11 @@ SPLIT_NAMES = ("train", "val", "test", "all")
 # 12000x12000 image): decoding one then takes at most ~200 MB (RGBA bytes), and a 50-megapixel
 # camera photo still loads.
 MAX_IMAGE_PIXELS = 50_000_000
+
+# 16-bit greyscale modes, rescaled to 8 bits (65535 -> 255); 32-bit integer ("I") and
+# float ("F") pixels have no defined range and are refused.
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+UNDEFINED_RANGE_MODES = ("I", "F")
 
 
 class MissingImageError(FileNotFoundError, ValueError):
@@ -37,9 +42,20 @@ def check_size_and_split(size: int, split: str) -> None:
         raise ValueError(f"split must be one of {SPLIT_NAMES}, got {split!r}")
 
 
-def to_rgb(im: Image.Image) -> Image.Image:
-    """RGB copy of a PIL image: greyscale and palette images are converted; images with
-    transparency (RGBA, LA, P with a transparency entry) are composited onto white."""
+def to_rgb(im: Image.Image, what: str = "image") -> Image.Image:
+    """Upright RGB copy of a PIL image: the EXIF orientation is applied; greyscale (8- or
+    16-bit) and palette images are converted; images with transparency (RGBA, LA, P with
+    a transparency entry) are composited onto white; 32-bit integer and float images are
+    refused (a ValueError naming ``what``)."""
+    im = ImageOps.exif_transpose(im)
+    if im.mode in UNDEFINED_RANGE_MODES:
+        raise ValueError(
+            f"{what} has mode {im.mode} (32-bit {'float' if im.mode == 'F' else 'integer'} "
+            f"pixels, of no defined range); accepted: 8-bit images (modes 1, L, P, RGB, RGBA, "
+            f"LA, PA, CMYK, YCbCr, ...) and 16-bit greyscale ({', '.join(SIXTEEN_BIT_MODES)}; "
+            f"Pillow < 10.3 opens 16-bit greyscale PNGs as I: upgrade it)")
+    if im.mode in SIXTEEN_BIT_MODES:
+        im = Image.fromarray(np.rint(np.asarray(im) / 257).astype(np.uint8))
     if im.mode == "P" and "transparency" in im.info:
         im = im.convert("RGBA")
     if im.mode in ("RGBA", "LA", "PA"):
