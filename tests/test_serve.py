@@ -1,18 +1,24 @@
 """Serving: the batch runner against the engine (in process), the python-backend model
-repository (files, and its model class on a stand-in of Triton's module), then for real on
-loopback: `bridgegan serve --checkpoint` over HTTP and gRPC, dynamic batching, bad
-requests, a bounded load, hostile traffic, shutdown, and `serve --repository` on a
-repository written before.
+repository (files, and its model class on a stand-in of Triton's module), the front's
+checks (in process, and over loopback in front of a stand-in of tritonserver: malformed
+JSON, slow clients), then for real on loopback: `bridgegan serve --checkpoint` over HTTP
+and gRPC, dynamic batching, bad requests, a bounded load, hostile traffic, shutdown, and
+`serve --repository` on a repository written before.
 
 The server tests need the serve extra (nvidia-pytriton, tritonclient; numpy<2), which CI's
-environment does not install: they skip there, naming the missing package."""
+environment does not install: they skip there, naming the missing package; the front's
+loopback tests need only aiohttp and grpcio."""
 from __future__ import annotations
 
 import contextlib
+import http.client
+import http.server
 import importlib.util
 import json
 import os
 import re
+import socket
+import socketserver
 import subprocess
 import sys
 import tempfile
@@ -31,7 +37,10 @@ from bridgegan.cli import main
 from bridgegan.engine import Engine
 from bridgegan.numerics import tolerance
 from bridgegan.reference import BridgeGAN, save_checkpoint
+from bridgegan.serve import front as front_module
+from bridgegan.serve.front import RequestError, check, http_arrays
 from bridgegan.serve.models import MODELS, model_specs, run_requests
+from bridgegan.serve.process import free_ports
 from conftest import images, labels, randomize, small_config
 
 ATOL = tolerance("float32").image_max_abs
@@ -40,6 +49,9 @@ MISSING = [pkg for module, pkg in (("pytriton", "nvidia-pytriton"),
            if importlib.util.find_spec(module) is None]
 needs_serve = pytest.mark.skipif(bool(MISSING), reason=f"needs {' and '.join(MISSING)}: pip "
                                  "install 'bridgegan[serve]' (it pins numpy<2)")
+FRONT_MISSING = [m for m in ("aiohttp", "grpc") if importlib.util.find_spec(m) is None]
+needs_front = pytest.mark.skipif(bool(FRONT_MISSING), reason=f"needs {' and '.join(FRONT_MISSING)}"
+                                 ": pip install aiohttp grpcio")
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +138,15 @@ def test_bad_requests_fail_alone(engine):
            ({"image": x}, "missing input 'target'"),
            ({"image": x, "target": t, "seed": t}, "unknown input"),
            ({"image": np.concatenate([x, x]), "target": t}, "'target' has 1 rows, the others 2"),
-           ({"image": x[:0], "target": t[:0]}, "image: empty batch")]
+           ({"image": x[:0], "target": t[:0]}, "image: empty batch"),
+           ({"image": x, "target": t, "noise": np.full((1, 8), 1e6, np.float32)},
+            r"input 'noise' must hold finite values in \[-10000, 10000\], got 1e\+06"),
+           ({"image": x, "target": t, "strength": np.full((1, 1), 11, np.float32)},
+            r"input 'strength' must hold finite values in \[-10, 10\], got 11"),
+           ({"image": x, "target": t, "strength": np.full((1, 1), -1e30, np.float32)},
+            r"input 'strength' must hold finite values in \[-10, 10\], got -1e\+30"),
+           ({"image": x, "target": t, "strength": np.full((1, 1), np.nan, np.float32)},
+            r"input 'strength' must hold finite values in \[-10, 10\], got nan")]
     good = {"image": x, "target": t, "noise": noise(1, 5).numpy()}
     results = run_requests(engine, "translate_label", [good, *(b for b, _ in bad), good])
     for (_, message), got in zip(bad, results[1:-1]):
@@ -134,6 +154,347 @@ def test_bad_requests_fail_alone(engine):
         assert re.search(message, str(got)), (message, got)
     want = engine.translate(torch.from_numpy(x), torch.from_numpy(t), noise=noise(1, 5))
     assert close(results[0]["output"], want) and close(results[-1]["output"], want)
+
+
+class RefusingEngine:
+    """The engine, refusing any translation whose noise holds ``refused`` (ValueError) or
+    ``broken`` (RuntimeError): checks stricter than ``check_request``'s, a server fault."""
+
+    refused, broken = 7.0, 8.0
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+    def translate(self, *args, noise, **kwargs):
+        if (noise == self.refused).any():
+            raise ValueError(f"noise {self.refused:g} refused")
+        if (noise == self.broken).any():
+            raise RuntimeError("broken")
+        return self.engine.translate(*args, noise=noise, **kwargs)
+
+
+def test_a_refused_batch_runs_again_request_by_request(engine):
+    x, t, r = images(3, 32, 6), labels(3, 6, 6), noise(3, 6)
+    requests = [as_numpy({"image": x[i:i + 1], "target": t[i:i + 1], "noise": r[i:i + 1],
+                          "source": t[i:i + 1]}) for i in range(3)]
+    requests[1]["noise"] = np.full((1, 8), RefusingEngine.refused, np.float32)
+    got = run_requests(RefusingEngine(engine), "translate_label", requests)
+    assert isinstance(got[1], ValueError) and str(got[1]) == "noise 7 refused"
+    for i in (0, 2):
+        assert close(got[i]["output"], engine.translate(x[i:i + 1], t[i:i + 1], noise=r[i:i + 1],
+                                                        source=t[i:i + 1]))
+    requests[1]["noise"][:] = RefusingEngine.broken  # not the request's fault: no slot error
+    with pytest.raises(RuntimeError, match="broken"):
+        run_requests(RefusingEngine(engine), "translate_label", requests)
+
+
+# ------------------------------------------------------------------ the front's checks
+
+IMAGE = images(1, 32, 12).flatten().tolist()
+
+
+def json_input(name: str, shape, data, datatype: str = "FP32", **fields) -> dict:
+    return {"name": name, "datatype": datatype, "shape": shape, "data": data, **fields}
+
+
+def label_inputs() -> list[dict]:
+    """A valid translate_label request's inputs, as JSON."""
+    return [json_input("image", [1, 3, 32, 32], IMAGE),
+            json_input("target", [1, 6], [0, 1, 0, 1, 0, 1])]
+
+
+def reference_inputs() -> list[dict]:
+    """A valid translate_reference request's inputs, as JSON."""
+    return [json_input("image", [1, 3, 32, 32], IMAGE),
+            json_input("reference", [1, 3, 32, 32], IMAGE),
+            json_input("attributes", [1, 6], [True, False, True, False, False, False], "BOOL")]
+
+
+def changed(inputs: list[dict], k: int, **fields) -> str:
+    """``inputs`` as a JSON request body, input ``k``'s ``fields`` replaced (None: removed)."""
+    inputs = [dict(i) for i in inputs]
+    inputs[k].update(fields)
+    inputs[k] = {f: v for f, v in inputs[k].items() if v is not None}
+    return json.dumps({"inputs": inputs})
+
+
+def binary_reference(attributes: bytes) -> tuple[bytes, int]:
+    """A translate_reference request in the binary extension: (body, JSON header length)."""
+    image = np.asarray(IMAGE, np.float32).tobytes()
+    head = json.dumps({"inputs": [
+        {"name": n, "datatype": "FP32", "shape": [1, 3, 32, 32],
+         "parameters": {"binary_data_size": len(image)}} for n in ("image", "reference")] + [
+        {"name": "attributes", "datatype": "BOOL", "shape": [1, 6],
+         "parameters": {"binary_data_size": len(attributes)}}]}).encode()
+    return head + image + image + attributes, len(head)
+
+
+def duplicated_shape() -> str:
+    """translate_label with the image's "shape" given twice: first wrong, then right."""
+    image, target = label_inputs()
+    return ('{"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 3, 16, 16], '
+            f'"shape": [1, 3, 32, 32], "data": {json.dumps(image["data"])}}}, '
+            f'{json.dumps(target)}]}}')
+
+
+LABEL, REFERENCE = label_inputs(), reference_inputs()
+OUT_OF_RANGE = [json_input("image", [1, 3, 32, 32], [1e9] * 3072), LABEL[1]]
+MALFORMED = [  # (model, body, JSON header length of a binary request, message)
+    ("translate_label", '{"inputs": %s, "inputs": %s}' % (
+        json.dumps(OUT_OF_RANGE), json.dumps(LABEL)), None,
+     "the JSON repeats the key 'inputs' in an object; give each key once"),
+    ("translate_label", duplicated_shape(), None, "the JSON repeats the key 'shape'"),
+    ("translate_label", changed(LABEL, 0, shape=[1.0, 3, 32, 32]), None,
+     "input 'image': the shape must be a list of integers, got [1.0, 3, 32, 32]"),
+    ("translate_label", changed(LABEL, 0, shape=[1, 3, 32, 32.0]), None,
+     "the shape must be a list of integers, got [1, 3, 32, 32.0]"),
+    ("translate_label", changed(LABEL, 0, shape=[True, 3, 32, 32]), None,
+     "the shape must be a list of integers, got [true, 3, 32, 32]"),
+    ("translate_label", changed(LABEL, 0, shape="1,3,32,32"), None,
+     'the shape must be a list of integers, got "1,3,32,32"'),
+    ("translate_label", changed(LABEL, 0, parameters=[1]), None,
+     "input 'image': \"parameters\" must be a JSON object, got a list"),
+    ("translate_label", changed(LABEL, 0, parameters="x"), None,
+     "input 'image': \"parameters\" must be a JSON object, got a string"),
+    ("translate_label", json.dumps({"inputs": LABEL, "parameters": 3}), None,
+     "the request: \"parameters\" must be a JSON object, got a number"),
+    ("translate_label", changed(LABEL, 0, data=None), None,
+     "input 'image': \"data\" must be a list of numbers (or give \"binary_data_size\"), got null"),
+    ("translate_label", changed(LABEL, 1, data=["1"] * 6), None,
+     "input 'target': \"data\" of a FP32 input must hold JSON numbers (lists of them may nest, "
+     "evenly), got a string"),
+    ("translate_label", changed(LABEL, 1, data=[True] * 6), None,
+     "input 'target': \"data\" of a FP32 input must hold JSON numbers (lists of them may nest, "
+     "evenly), got true / false"),
+    ("translate_label", changed(LABEL, 1, data=[[0, 1, 0], 1, 0, 1]), None,
+     "input 'target': \"data\" of a FP32 input must hold JSON numbers (lists of them may nest, "
+     "evenly), got a list"),
+    ("translate_label", changed(LABEL, 1, data=[10 ** 400] * 6), None,
+     "input 'target': data must be FP32 values (int too large to convert to float)"),
+    ("translate_reference", changed(REFERENCE, 2, data=[0.5, 2, -1, 0, 0, 0]), None,
+     "input 'attributes': \"data\" of a BOOL input must hold JSON true / false (lists of them "
+     "may nest, evenly), got a number"),
+    ("translate_label", json.dumps({"inputs": LABEL}).encode("utf-16"), None,
+     "the request must be a JSON inference request in UTF-8; byte 0 is not UTF-8"),
+    ("translate_label", json.dumps({"inputs": LABEL + [json_input("strength", [1, 1], [1e30])]}),
+     None, "translate_label: invalid input: input 'strength' must hold finite values in "
+           "[-10, 10], got 1e+30"),
+    ("translate_label", json.dumps({"inputs": LABEL + [json_input("noise", [1, 8], [-1e6] * 8)]}),
+     None, "input 'noise' must hold finite values in [-10000, 10000], got -1e+06"),
+    ("translate_label", b"[1]", None, "the request must be a JSON inference request"),
+    ("translate_label", "[" * 100_000 + "]" * 100_000, None,
+     "translate_label: invalid request (RecursionError: maximum recursion depth exceeded"),
+    ("translate_reference", *binary_reference(bytes([0, 2, 0, 255, 0, 0])),
+     "input 'attributes': binary BOOL data must be bytes 0 (false) or 1 (true)"),
+]
+
+
+def as_bytes(body) -> bytes:
+    return body if isinstance(body, bytes) else body.encode()
+
+
+def front_check(config, model: str, body, header_length: int | None = None) -> None:
+    """The front's decoding and checking of one HTTP request body (max batch 8)."""
+    spec = model_specs(config)[model]
+    check(spec, lambda: http_arrays(spec, 8, as_bytes(body), header_length))
+
+
+def test_front_accepts_json_nested_lists_and_binary(engine):
+    front_check(engine.config, "translate_label", json.dumps({"inputs": LABEL}))
+    nested = np.reshape(IMAGE, (1, 3, 32, 32)).tolist()
+    front_check(engine.config, "translate_label", changed(LABEL, 0, data=nested))
+    front_check(engine.config, "translate_reference", json.dumps({"inputs": REFERENCE}))
+    front_check(engine.config, "translate_reference", *binary_reference(bytes([1, 0, 1, 0, 0, 1])))
+    spec = model_specs(engine.config)["translate_reference"]
+    arrays = http_arrays(spec, 8, *binary_reference(bytes([1, 0, 1, 0, 0, 1])))
+    assert arrays["attributes"].tolist() == [[True, False, True, False, False, True]]
+
+
+@pytest.mark.parametrize("name, body, header_length, message", MALFORMED,
+                         ids=[m[3][:40] for m in MALFORMED])
+def test_front_refuses_malformed_requests_with_400(engine, name, body, header_length, message):
+    with pytest.raises(RequestError) as err:
+        front_check(engine.config, name, body, header_length)
+    assert err.value.status == 400 and message in str(err.value), str(err.value)
+
+
+class FakeTriton(http.server.BaseHTTPRequestHandler):
+    """tritonserver's private HTTP socket, stood in for: records each POST body and gives
+    the server's ``reply`` (status, JSON)."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self):
+        self.server.bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
+        status, answer = self.server.reply
+        data = json.dumps(answer).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+READ_TIMEOUT_S = 3.0  # the in-process front's; short, so that the slow-client tests are
+OK_REPLY = (200, {"model_name": "translate_label", "outputs": []})
+
+
+@pytest.fixture(scope="module")
+def front(engine, tmp_path_factory):
+    """The front on a free loopback port (max batch 8, READ_TIMEOUT_S) in front of a
+    FakeTriton, its ``fake`` attribute; ``http``: its "host:port"."""
+    from bridgegan.serve.front import Front
+
+    folder = tmp_path_factory.mktemp("front")
+    fake = socketserver.ThreadingUnixStreamServer(str(folder / "http.sock"), FakeTriton)
+    fake.bodies, fake.reply, fake.daemon_threads = [], OK_REPLY, True
+    threading.Thread(target=fake.serve_forever, daemon=True).start()
+    specs = {name: (spec, 8) for name, spec in model_specs(engine.config).items()}
+    with Front(specs, folder / "http.sock", f"unix:{folder / 'grpc.sock'}", "127.0.0.1",
+               free_ports(1)[0], 0, READ_TIMEOUT_S) as served:
+        served.fake, served.http = fake, f"{served.host}:{served.http_port}"
+        yield served
+    fake.shutdown()
+    fake.server_close()
+
+
+def post(address: str, body, path: str = "/v2/models/translate_label/infer",
+         headers: dict | None = None) -> tuple[int, dict]:
+    """(status, JSON answer) of one POST to the server at ``address`` ("host:port")."""
+    conn = http.client.HTTPConnection(address, timeout=60)
+    try:
+        conn.request("POST", path, body=as_bytes(body), headers=headers or {})
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()
+
+
+@needs_front
+def test_front_over_http_forwards_valid_and_refuses_malformed_requests(front):
+    valid = json.dumps({"inputs": LABEL})
+    front.fake.bodies.clear()
+    assert post(front.http, valid) == OK_REPLY
+    for name, body, header_length, message in MALFORMED:
+        headers = {} if header_length is None else {
+            "Inference-Header-Content-Length": str(header_length)}
+        status, answer = post(front.http, body, f"/v2/models/{name}/infer", headers)
+        assert status == 400 and message in answer["error"], (status, answer)
+    assert front.fake.bodies == [valid.encode()]  # nothing malformed reached it
+
+
+@needs_front
+def test_front_gives_tritonservers_parse_failures_as_400(front):
+    valid = json.dumps({"inputs": LABEL, "id": 3})
+    unparsed = "Unable to parse 'id': attempt to access JSON non-string as string"
+    try:
+        front.fake.reply = (500, {"error": unparsed})
+        assert post(front.http, valid) == (400, {
+            "error": f"/v2/models/translate_label/infer: invalid request: {unparsed}"})
+        front.fake.reply = (500, {"error": "out of memory"})
+        assert post(front.http, valid) == (500, {"error": "/v2/models/translate_label/infer: the "
+                                            "server failed on this request (its log has the "
+                                            "detail)"})
+    finally:
+        front.fake.reply = OK_REPLY
+
+
+def stall(front, head: bytes) -> socket.socket:
+    """A connection to ``front`` that sends ``head`` and then nothing."""
+    sock = socket.create_connection((front.host, front.http_port), timeout=60)
+    sock.sendall(head)
+    return sock
+
+
+def response_on(sock: socket.socket) -> tuple[int, bytes]:
+    """(status, body) of the HTTP response that arrives on ``sock``."""
+    response = http.client.HTTPResponse(sock)
+    response.begin()
+    return response.status, response.read()
+
+
+BODY_HEAD = (b"POST /v2/models/translate_label/infer HTTP/1.1\r\nHost: x\r\n"
+             b"Content-Length: 1000\r\n\r\n{\"inputs\": [")
+
+
+@needs_front
+def test_slow_clients_are_cut_off(front):
+    t0 = time.monotonic()
+    late_body = stall(front, BODY_HEAD)
+    late_header = stall(front, BODY_HEAD[:40])
+    assert post(front.http, json.dumps({"inputs": LABEL})) == OK_REPLY  # served meanwhile
+    assert response_on(late_body) == (408, b'{"error": "the request body did not arrive '
+                                           b'within 3 s (--read-timeout-secs)"}')
+    assert late_header.recv(1000) == b""  # closed without an answer
+    assert time.monotonic() - t0 >= READ_TIMEOUT_S
+    late_body.close()
+    late_header.close()
+
+
+@needs_front
+def test_bodies_wait_for_a_reading_slot_within_their_deadline(front):
+    import asyncio
+
+    async def hold(n):
+        for _ in range(n):
+            await front.reading.acquire()
+
+    async def release(n):
+        for _ in range(n):
+            front.reading.release()
+
+    def on_loop(coroutine):
+        asyncio.run_coroutine_threadsafe(coroutine, front.loop).result(timeout=60)
+
+    body = json.dumps({"inputs": LABEL})
+    on_loop(hold(front_module.MAX_READING))
+    try:
+        status, answer = post(front.http, body)
+    finally:
+        on_loop(release(front_module.MAX_READING))
+    assert status == 408 and "did not arrive within" in answer["error"]
+    assert post(front.http, body) == OK_REPLY
+
+
+@needs_front
+def test_large_bodies_are_checked_off_the_event_loop(front, monkeypatch):
+    from bridgegan.serve.models import check_request
+
+    threads = []
+
+    def recording(spec, arrays):
+        threads.append(threading.current_thread().name)
+        return check_request(spec, arrays)
+
+    monkeypatch.setattr(front_module, "check_request", recording)
+    small, size = binary_reference(bytes([1, 0, 1, 0, 0, 1]))
+    large = json.dumps({"inputs": REFERENCE}).encode()
+    monkeypatch.setattr(front_module, "THREAD_BYTES", len(small))
+    headers = {"Inference-Header-Content-Length": str(size)}
+    assert post(front.http, small, "/v2/models/translate_reference/infer", headers) == OK_REPLY
+    assert post(front.http, large, "/v2/models/translate_reference/infer") == OK_REPLY
+    assert threads[0] == front.thread.name and threads[1] != front.thread.name, threads
+
+
+def test_read_timeout_option_reaches_the_server(monkeypatch, capsys):
+    from bridgegan.serve import server
+
+    calls = []
+    monkeypatch.setattr(server, "run_tritonserver", lambda repo, **kw: calls.append(kw) or 0)
+    ports = [str(p) for p in free_ports(3)]
+    options = ["serve", "--repository", "repo", "--http-port", ports[0], "--grpc-port",
+               ports[1], "--metrics-port", ports[2]]
+    assert main(options) == 0 and calls[-1]["read_timeout_secs"] == server.READ_TIMEOUT_S
+    assert main([*options, "--read-timeout-secs", "5"]) == 0
+    assert calls[-1]["read_timeout_secs"] == 5
+    assert main([*options, "--read-timeout-secs", "0"]) == 2
+    assert "--read-timeout-secs must be positive, got 0" in capsys.readouterr().err
 
 
 def parse_pbtxt_ports(text: str, kind: str) -> list[tuple]:
@@ -408,6 +769,7 @@ def test_plain_tritonserver_on_the_python_backend_repository(ckpt, engine, tmp_p
         for protocol in ("http", "grpc"):
             for name, inputs, want in cases(engine):
                 assert close(infer(server, protocol, name, inputs), want), (protocol, name)
+        invalid_batched_with_valid(server, engine, "http")  # checked by the python backend
         restricted_endpoints_off(server)
 
 
@@ -418,27 +780,34 @@ SHUTDOWN_BOUND = 10.0  # seconds from SIGTERM under load to exit
 
 
 def invalid_batched_with_valid(server, engine, protocol: str) -> None:
-    """Six single-image requests at once, the 4th with a NaN and the 5th with labels of
-    0.5: those two get their own errors, the others the engine's results."""
+    """Eight single-image requests at once, the 4th with a NaN, the 5th with labels of
+    0.5, the 7th with noise and the 8th with a strength out of the engine's bounds: those
+    get their own errors (400), the others the engine's results."""
     from tritonclient.utils import InferenceServerException
 
-    x, t = images(6, 32, 11), labels(6, 6, 11)
+    x, t = images(8, 32, 11), labels(8, 6, 11)
     x[3, 0, 0, 0] = float("nan")
     t[4, 0] = 0.5
-    start = threading.Barrier(6)
+    extra = {6: {"noise": torch.full((1, 8), 1e6)}, 7: {"strength": torch.full((1, 1), 11.0)}}
+    start = threading.Barrier(8)
 
     def send(i):
         start.wait()
         try:
-            return infer(server, protocol, "translate_label",
-                         {"image": x[i:i + 1], "target": t[i:i + 1], "noise": noise(1, i)})
+            return infer(server, protocol, "translate_label", {
+                "image": x[i:i + 1], "target": t[i:i + 1], "noise": noise(1, i),
+                **extra.get(i, {})})
         except InferenceServerException as exc:
             return exc
 
-    with ThreadPoolExecutor(6) as pool:
-        got = list(pool.map(send, range(6)))
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(send, range(8)))
     assert "translate_label: invalid input: image: contain NaN" in str(got[3]), got[3]
     assert "'target' must hold 0 (absent) or 1 (present)" in str(got[4]), got[4]
+    assert "'noise' must hold finite values in [-10000, 10000], got 1e+06" in str(got[6]), got[6]
+    assert "'strength' must hold finite values in [-10, 10], got 11" in str(got[7]), got[7]
+    if protocol == "http":
+        assert all(got[i].status() == "400" for i in (3, 4, 6, 7)), got
     for i in (0, 1, 2, 5):
         assert close(got[i], engine.translate(x[i:i + 1], t[i:i + 1], noise=noise(1, i))), got[i]
 
@@ -447,6 +816,20 @@ def invalid_batched_with_valid(server, engine, protocol: str) -> None:
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_invalid_requests_fail_alone_in_their_batch(served, engine, protocol):
     invalid_batched_with_valid(served, engine, protocol)
+
+
+@needs_serve
+def test_malformed_json_gets_400_from_the_server(served):
+    """The front's JSON checks, and tritonserver's own parse failures, reach clients as 400."""
+    for name, body, header_length, message in MALFORMED[:3]:
+        status, answer = post(served.http, body, f"/v2/models/{name}/infer")
+        assert status == 400 and message in answer["error"], answer
+    for extra, field in [({"id": 3}, "id"), ({"outputs": ["output"]}, "name"),
+                         ({"parameters": {"priority": -1}}, "priority")]:
+        status, answer = post(served.http, json.dumps({"inputs": LABEL, **extra}))
+        assert status == 400 and f"invalid request: Unable to parse '{field}'" in answer["error"]
+    status, answer = post(served.http, json.dumps({"inputs": LABEL}))
+    assert status == 200 and answer["outputs"][0]["shape"] == [1, 3, 32, 32]
 
 
 def hostile_requests_refused(server) -> None:

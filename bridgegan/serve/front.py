@@ -8,25 +8,39 @@ request on its own before it reaches tritonserver:
 - size: an HTTP body or gRPC message larger than ``--max-batch`` rows of the largest model
   (binary: 4 bytes a value, JSON: ``JSON_BYTES_PER_VALUE``) is refused from its declared
   length (HTTP 413, gRPC RESOURCE_EXHAUSTED) before it is read;
+- time: a client has ``--read-timeout-secs`` to send a request's header (else the
+  connection is closed; also how long an idle connection stays open) and as long again
+  for its body (else HTTP 408); at most ``MAX_READING`` bodies are read at once, the
+  others wait within their deadline;
+- JSON: UTF-8, no key repeated in an object (tritonserver would take the first, Python's
+  json the last), ``"parameters"`` objects, integer dimensions, JSON numbers for FP32 and
+  true / false for BOOL ("data" lists may nest); binary BOOL bytes 0 or 1;
 - declarations: known model and inputs, data types, shapes (N, <dims of the model
   configuration>) with 1 <= N <= max batch, checked before any tensor is decoded;
-- values: ``models.check_request`` (the engine's image checks, 0 / 1 labels, finite values).
+- values: ``models.check_request`` (the engine's image checks, 0 / 1 labels, finite values,
+  the engine's bounds on noise and strength).
 
-An invalid request gets its own error (HTTP 400 / gRPC INVALID_ARGUMENT) and never reaches
-tritonserver, so the valid requests it would have been batched with run. Only inference,
-health, metadata, model configuration and statistics are forwarded: logging, trace, shared
-memory and model control are off. A server-side failure reaches the client as one line
-without traceback or paths; the log keeps the detail.
+Bodies larger than ``THREAD_BYTES`` are decoded and checked on a worker thread, so that
+they do not hold up the event loop's other clients. An invalid request gets its own error
+(HTTP 400 / gRPC INVALID_ARGUMENT; any failure while checking it counts as invalid) and
+never reaches tritonserver, so the valid requests it would have been batched with run;
+tritonserver's 500 for a JSON field it cannot parse ("id", "outputs", a parameter) reaches
+the client as the 400 it is. Only inference, health, metadata, model configuration and
+statistics are forwarded: logging, trace, shared memory and model control are off. A
+server-side failure reaches the client as one line without traceback or paths; the log
+keeps the detail.
 """
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import os
 import re
 import threading
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -38,6 +52,12 @@ LOG = logging.getLogger("bridgegan.serve")
 JSON_BYTES_PER_VALUE = 32  # a float32 written by json.dumps: up to 24 characters and ", "
 HEADER_BYTES = 64 * 1024  # JSON header of a binary request, names and parameters
 GRACE_S = 2.0  # on shutdown, how long requests in flight may take to finish
+MAX_READING = 32  # request bodies read at once; bounds the memory slow clients can hold
+THREAD_BYTES = 1 << 20  # bodies larger than this are decoded and checked on a worker thread
+TRITON_UNPARSED = "Unable to parse "  # how tritonserver's 500 on a malformed JSON field begins
+JSON_DATA = {"FP32": ((int, float), "numbers"), "BOOL": ((bool,), "true / false")}
+JSON_NAMES = {str: "a string", bool: "true / false", int: "a number", float: "a number",
+              dict: "an object", list: "a list", type(None): "null"}
 GRPC_SERVICE = "/inference.GRPCInferenceService/"
 GRPC_FORWARDED = ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata",
                   "ModelConfig", "ModelStatistics", "ModelInfer")
@@ -96,6 +116,10 @@ def check_declared(spec: ModelSpec, max_batch: int, declared: list[tuple[str, st
             raise RequestError(f"unknown input {name!r}; {spec.name} takes {', '.join(ports)}")
         if dtype != port.dtype:
             raise RequestError(f"input {name!r} must have data type {port.dtype}, got {dtype}")
+        if not (isinstance(shape, list)
+                and all(isinstance(d, int) and not isinstance(d, bool) for d in shape)):
+            raise RequestError(f"input {name!r}: the shape must be a list of integers, got "
+                               f"{json.dumps(shape)[:100]}")
         if (len(shape) != len(port.shape) + 1 or tuple(shape[1:]) != port.shape
                 or not 1 <= shape[0] <= max_batch):
             raise RequestError(f"input {name!r} must have shape [N, "
@@ -110,16 +134,65 @@ def check_declared(spec: ModelSpec, max_batch: int, declared: list[tuple[str, st
     return rows.pop()
 
 
+def _json_values(name: str, dtype: str, data) -> list:
+    """The values of an input's JSON "data": a list (nested lists flattened) of the JSON
+    type ``dtype`` takes (numbers for FP32, true / false for BOOL), or a RequestError."""
+    types, accepted = JSON_DATA[dtype]
+    if not isinstance(data, list):
+        raise RequestError(f'input {name!r}: "data" must be a list of {accepted} (or give '
+                           f'"binary_data_size"), got {JSON_NAMES[type(data)]}')
+    values = data
+    while (kinds := set(map(type, values))) == {list}:
+        values = list(itertools.chain.from_iterable(values))
+    wrong = kinds - set(types)
+    if wrong:
+        raise RequestError(f'input {name!r}: "data" of a {dtype} input must hold JSON '
+                           f'{accepted} (lists of them may nest, evenly), got '
+                           f'{", ".join(sorted({JSON_NAMES[k] for k in wrong}))}')
+    return values
+
+
 def _array(name: str, dtype: str, shape: list, values) -> np.ndarray:
     """``values`` (bytes or a list) as an array of ``shape``, or a RequestError."""
     try:
         a = (np.frombuffer(values, NUMPY_TYPES[dtype]) if isinstance(values, bytes)
              else np.asarray(values, NUMPY_TYPES[dtype]))
-    except (ValueError, TypeError):
-        raise RequestError(f"input {name!r}: data must be {dtype} values") from None
+    except (ValueError, OverflowError) as exc:  # a byte count, a number out of range
+        raise RequestError(f"input {name!r}: data must be {dtype} values ({exc})") from None
+    if dtype == "BOOL" and isinstance(values, bytes) and (a.view(np.uint8) > 1).any():
+        raise RequestError(f"input {name!r}: binary BOOL data must be bytes 0 (false) or 1 "
+                           f"(true)")
     if a.size != int(np.prod(shape)):
         raise RequestError(f"input {name!r}: {a.size} values given for shape {list(shape)}")
     return a.reshape(shape)
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """``json.loads`` object hook: the object, or a RequestError if a key repeats."""
+    obj = dict(pairs)
+    if len(obj) < len(pairs):
+        repeated = next(k for k, n in Counter(k for k, _ in pairs).items() if n > 1)
+        raise RequestError(f"the JSON repeats the key {repeated!r} in an object; give each key "
+                           f"once")
+    return obj
+
+
+def _parameters(owner: Mapping, what: str) -> dict:
+    """``owner``'s "parameters" (none: empty), which must be a JSON object."""
+    params = owner.get("parameters", {})
+    if not isinstance(params, dict):
+        raise RequestError(f'{what}: "parameters" must be a JSON object, got '
+                           f'{JSON_NAMES[type(params)]}')
+    return params
+
+
+def json_head(raw: bytes) -> dict:
+    """The JSON of an HTTP inference request (UTF-8, no key repeated in an object)."""
+    try:
+        return json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys)
+    except UnicodeDecodeError as exc:
+        raise RequestError(f"the request must be a JSON inference request in UTF-8; byte "
+                           f"{exc.start} is not UTF-8") from None
 
 
 def http_arrays(spec: ModelSpec, max_batch: int, body: bytes,
@@ -127,23 +200,25 @@ def http_arrays(spec: ModelSpec, max_batch: int, body: bytes,
     """The input arrays of an HTTP inference request (JSON, or the binary extension with
     a JSON header of ``header_length`` bytes), declarations checked first."""
     try:
-        head = json.loads(body if header_length is None else body[:header_length])
+        head = json_head(body if header_length is None else body[:header_length])
         inputs = head["inputs"]
-        declared = [(i["name"], i["datatype"], list(i["shape"])) for i in inputs]
+        _parameters(head, "the request")
+        declared = [(i["name"], i["datatype"], i["shape"]) for i in inputs]
         check_declared(spec, max_batch, declared)
     except (ValueError, KeyError, TypeError) as exc:
         if isinstance(exc, RequestError):
             raise
         raise RequestError("the request must be a JSON inference request: {\"inputs\": "
-                           "[{\"name\", \"datatype\", \"shape\", \"data\"}]}") from None
+                           "[{\"name\", \"datatype\", \"shape\", \"data\"}]}; "
+                           f"{accepted(spec)}") from None
     arrays, offset = {}, header_length or 0
     for i, (name, dtype, shape) in zip(inputs, declared):
-        params = i.get("parameters") or {}
+        params = _parameters(i, f"input {name!r}")
         if "shared_memory_region" in params:
             raise RequestError(f"input {name!r}: shared memory is off; send the data")
         size = params.get("binary_data_size")
         if size is None:
-            arrays[name] = _array(name, dtype, shape, i.get("data"))
+            arrays[name] = _array(name, dtype, shape, _json_values(name, dtype, i.get("data")))
             continue
         if header_length is None or not isinstance(size, int) or offset + size > len(body):
             raise RequestError(f"input {name!r}: binary_data_size {size} does not match the body")
@@ -171,12 +246,38 @@ def grpc_arrays(spec: ModelSpec, max_batch: int, request) -> dict[str, np.ndarra
     return arrays
 
 
-def checked(spec: ModelSpec, arrays: dict[str, np.ndarray]) -> None:
-    """``models.check_request`` with its message as a RequestError naming the model."""
+def accepted(spec: ModelSpec) -> str:
+    """What ``spec`` takes, for error messages: each input's name, data type and shape."""
+    return f"{spec.name} takes " + ", ".join(
+        f"{p.name} {p.dtype} [N, {', '.join(map(str, p.shape))}]"
+        + (" (optional)" if p.optional else "") for p in spec.inputs)
+
+
+def check(spec: ModelSpec, decode: Callable[[], dict[str, np.ndarray]]) -> None:
+    """Decode a request's arrays (``decode()``) and check them (``models.check_request``).
+    Anything wrong is a RequestError naming the model; a failure the checks did not
+    foresee is the request's too (400, the detail logged), not the server's."""
     try:
-        check_request(spec, arrays)
+        check_request(spec, decode())
+    except RequestError:
+        raise
     except ValueError as exc:
         raise RequestError(f"{spec.name}: invalid input: {exc}") from None
+    except Exception as exc:
+        LOG.warning("%s: request refused: %r", spec.name, exc)
+        raise RequestError(f"{spec.name}: invalid request ({type(exc).__name__}: "
+                           f"{str(exc)[:200]}); {accepted(spec)}") from None
+
+
+def unparsed_request(answer: bytes) -> str | None:
+    """tritonserver's message when its 500 ``answer`` says it could not parse the request's
+    JSON (a field of the wrong type: "id", "outputs", a parameter), the client's error that
+    it reports as its own; else None."""
+    try:
+        message = json.loads(answer)["error"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return message if isinstance(message, str) and message.startswith(TRITON_UNPARSED) else None
 
 
 def server_failure(what: str, detail: str) -> str:
@@ -187,13 +288,16 @@ def server_failure(what: str, detail: str) -> str:
 
 class Front:
     """HTTP and gRPC on ``host``'s public ports in front of tritonserver's private
-    ``private_http`` socket and ``private_grpc`` target (``server.private_sockets``); runs
-    its own event loop in a thread. A context manager."""
+    ``private_http`` socket and ``private_grpc`` target (``server.private_sockets``); an
+    HTTP client has ``read_timeout_s`` for a request's header and as long for its body.
+    Runs its own event loop in a thread. A context manager."""
 
     def __init__(self, specs: dict[str, tuple[ModelSpec, int]], private_http: os.PathLike,
-                 private_grpc: str, host: str, http_port: int, grpc_port: int):
+                 private_grpc: str, host: str, http_port: int, grpc_port: int,
+                 read_timeout_s: float):
         self.specs, self.private_http, self.private_grpc = specs, private_http, private_grpc
         self.host, self.http_port, self.grpc_port = host, http_port, grpc_port
+        self.read_timeout_s = read_timeout_s
         self.max_batch = max(b for _, b in specs.values())
         values = self.max_batch * max(row_values(s) for s, _ in specs.values())
         self.binary_limit = HEADER_BYTES + 4 * values
@@ -227,9 +331,12 @@ class Front:
 
         self.session = aiohttp.ClientSession(
             "http://tritonserver", connector=aiohttp.UnixConnector(os.fspath(self.private_http)))
+        self.reading = asyncio.Semaphore(MAX_READING)
         app = web.Application(client_max_size=self.json_limit)
         app.router.add_route("*", "/{path:.*}", self._http)
-        self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=GRACE_S)
+        # keepalive_timeout: a connection without a whole request header is closed after it
+        self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=GRACE_S,
+                                    keepalive_timeout=self.read_timeout_s)
         await self.runner.setup()
         await web.TCPSite(self.runner, self.host, self.http_port).start()
         unlimited = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
@@ -277,10 +384,30 @@ class Front:
         if header_length is not None and not 0 < header_length <= HEADER_BYTES:
             raise RequestError(f"Inference-Header-Content-Length must be 1..{HEADER_BYTES}", 413)
         limit = self.json_limit if header_length is None else self.binary_limit
-        body = await _read_body(request, limit)
+        body = await self._read(request, limit)
         spec, max_batch = self.specs[model]
-        checked(spec, http_arrays(spec, max_batch, body, header_length))
+        await self._check(spec, len(body), lambda: http_arrays(spec, max_batch, body,
+                                                               header_length))
         return await self._forward(request, body)
+
+    async def _read(self, request, limit: int) -> bytes:
+        """The body (``_read_body``), once one of MAX_READING reading slots is free; a 408
+        RequestError if waiting and reading take more than the read timeout."""
+        try:
+            async with asyncio.timeout(self.read_timeout_s), self.reading:
+                return await _read_body(request, limit)
+        except TimeoutError:
+            raise RequestError(f"the request body did not arrive within "
+                               f"{self.read_timeout_s:g} s (--read-timeout-secs)", 408) from None
+
+    async def _check(self, spec: ModelSpec, size: int,
+                     decode: Callable[[], dict[str, np.ndarray]]) -> None:
+        """``check(spec, decode)`` of a request of ``size`` bytes: on a worker thread when
+        larger than THREAD_BYTES, so that the event loop goes on serving other clients."""
+        if size > THREAD_BYTES:
+            await asyncio.get_running_loop().run_in_executor(None, check, spec, decode)
+        else:
+            check(spec, decode)
 
     async def _forward(self, request, body: bytes):
         from aiohttp import ClientError, web
@@ -294,6 +421,9 @@ class Front:
                 status, out = r.status, {k: r.headers[k] for k in keep if k in r.headers}
         except (ClientError, OSError) as exc:
             raise RequestError(server_failure(request.path, repr(exc)), 503) from None
+        unparsed = unparsed_request(data) if status == 500 else None
+        if unparsed:
+            raise RequestError(f"{request.path}: invalid request: {unparsed}")
         if status >= 500:
             raise RequestError(server_failure(request.path, data.decode(errors="replace")), status)
         return web.Response(body=data, status=status, headers=out)
@@ -314,7 +444,8 @@ class Front:
                     raise RequestError(f"unknown model {request.model_name!r}; served: "
                                        f"{', '.join(self.specs)}", 404)
                 spec, max_batch = self.specs[request.model_name]
-                checked(spec, grpc_arrays(spec, max_batch, request))
+                await self._check(spec, len(payload),
+                                  lambda: grpc_arrays(spec, max_batch, request))
             except RequestError as exc:
                 code = grpc.StatusCode.NOT_FOUND if exc.status == 404 else \
                     grpc.StatusCode.INVALID_ARGUMENT

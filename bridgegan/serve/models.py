@@ -16,8 +16,10 @@ Every input and output is batch-first (the batch dimension is not listed here):
 
 A batch mixes requests freely: rows that differ in ``strength`` or ``attributes`` run as
 separate engine calls. Each request is checked on its own (``check_request``: the engine's
-image checks, 0 / 1 labels, finite noise and strength); a bad request yields a
-``ValueError`` in its slot and the others still run.
+image checks, 0 / 1 labels, noise and strength within the engine's bounds); a bad request
+yields a ``ValueError`` in its slot and the others still run. Should the engine still
+refuse a batch, its requests run again one at a time, so that only the one it refuses
+fails.
 """
 from __future__ import annotations
 
@@ -27,13 +29,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..engine.engine import MAX_NOISE
 from ..engine.export.pbtxt import Port
 from ..engine.io import as_batch
-from ..reference.config import BridgeGANConfig
+from ..reference.config import MAX_SCALE, BridgeGANConfig
 
 MODELS = ("translate_label", "translate_reference", "reconstruct")
 IMAGE_INPUTS = ("image", "reference")  # checked by the engine: NaN / Inf, range [-1, 1]
 LABEL_INPUTS = ("target", "source")  # 0 / 1, as the engine requires
+BOUNDS = {"noise": MAX_NOISE, "strength": MAX_SCALE}  # largest |value| the engine takes
 NUMPY_TYPES = {"FP32": np.float32, "BOOL": np.bool_}
 
 
@@ -63,8 +67,9 @@ def model_specs(config: BridgeGANConfig) -> dict[str, ModelSpec]:
 
 def check_request(spec: ModelSpec, request: Mapping[str, np.ndarray]) -> int:
     """Check one request of ``spec`` on its own (inputs known and present, shapes, the
-    engine's image checks, finite values, 0 / 1 labels) before it joins a batch; returns
-    its number of rows. Raises ValueError naming the input and what is accepted."""
+    engine's image checks, finite values, 0 / 1 labels, the engine's bounds on noise and
+    strength) before it joins a batch; returns its number of rows. Raises ValueError
+    naming the input and what is accepted."""
     ports = {p.name: p for p in spec.inputs}
     unknown = set(request) - set(ports)
     if unknown:
@@ -85,11 +90,21 @@ def check_request(spec: ModelSpec, request: Mapping[str, np.ndarray]) -> int:
             raise ValueError(f"input {port.name!r} has {value.shape[0]} rows, the others {n}")
         if port.name in IMAGE_INPUTS:
             as_batch(torch.tensor(value, dtype=torch.float32), port.shape[-1], port.name)
+        elif port.name in BOUNDS:
+            _check_bound(port.name, value, BOUNDS[port.name])
         elif port.dtype != "BOOL" and not np.isfinite(value).all():
             raise ValueError(f"input {port.name!r} contains NaN or Inf")
         elif port.name in LABEL_INPUTS and not np.isin(value, (0, 1)).all():
             raise ValueError(f"input {port.name!r} must hold 0 (absent) or 1 (present)")
     return n
+
+
+def _check_bound(name: str, value: np.ndarray, bound: float) -> None:
+    """A ValueError unless every value is finite with |value| <= ``bound``."""
+    outside = value[~(np.abs(value) <= bound)]  # NaN is outside too
+    if outside.size:
+        raise ValueError(f"input {name!r} must hold finite values in [-{bound:g}, {bound:g}], "
+                         f"got {outside.flat[0]:g}")
 
 
 def _prepare(engine, spec: ModelSpec, request: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
@@ -165,7 +180,8 @@ _RUN = {"translate_label": _translate_label, "translate_reference": _translate_r
 def run_requests(engine, name: str, requests: Sequence[Mapping[str, np.ndarray]]
                  ) -> list[dict[str, np.ndarray] | ValueError]:
     """Run a batch of requests of model ``name`` in one engine call per distinct
-    strength / attribute mask; each slot holds that request's outputs or its error."""
+    strength / attribute mask; each slot holds that request's outputs or its error. If the
+    engine refuses the batch, its requests run again one at a time (``_run_alone``)."""
     spec = model_specs(engine.config)[name]
     results: list = [None] * len(requests)
     good = []
@@ -175,8 +191,29 @@ def run_requests(engine, name: str, requests: Sequence[Mapping[str, np.ndarray]]
         except ValueError as exc:
             results[i] = exc
     if good:
-        batch = {k: torch.cat([p[k] for _, p in good]) for k in good[0][1]}
-        out = _RUN[name](engine, batch).float().cpu()
-        for (i, p), chunk in zip(good, out.split([len(p["image"]) for _, p in good])):
-            results[i] = {"output": chunk.numpy()}
+        prepared = [p for _, p in good]
+        try:
+            outputs = _run_batch(engine, name, prepared)
+        except Exception:
+            outputs = [_run_alone(engine, name, p) for p in prepared]
+        for (i, _), out in zip(good, outputs):
+            results[i] = out
     return results
+
+
+def _run_batch(engine, name: str, prepared: list[dict[str, torch.Tensor]]
+               ) -> list[dict[str, np.ndarray]]:
+    """The outputs of prepared requests (``_prepare``) of model ``name``, run as one batch."""
+    batch = {k: torch.cat([p[k] for p in prepared]) for k in prepared[0]}
+    out = _RUN[name](engine, batch).float().cpu()
+    return [{"output": chunk.numpy()} for chunk in out.split([len(p["image"]) for p in prepared])]
+
+
+def _run_alone(engine, name: str, prepared: dict[str, torch.Tensor]
+               ) -> dict[str, np.ndarray] | ValueError:
+    """One prepared request run on its own: its outputs, or the ValueError the engine
+    refused it with (any other failure is the server's and propagates)."""
+    try:
+        return _run_batch(engine, name, [prepared])[0]
+    except ValueError as exc:
+        return exc

@@ -24,6 +24,7 @@ HTTP_SOCKET = "http.sock"
 GRPC_SOCKET = "grpc.sock"
 UNIX_PORT = 1  # tritonserver wants a port beside a unix address; gRPC appends ":<port>" to it
 SOCKET_PATH_MAX = 107  # sun_path on Linux, less the terminating NUL
+READ_TIMEOUT_S = 30.0  # default --read-timeout-secs: a client's time for a header, a body
 
 
 def import_pytriton():
@@ -99,8 +100,10 @@ def tritonserver_command(repository: str | os.PathLike, workdir: str | os.PathLi
 
 def run_tritonserver(repository: str | os.PathLike, host: str = "127.0.0.1",
                      http_port: int = 8000, grpc_port: int = 8001, metrics_port: int = 8002,
-                     exit_timeout_secs: int = 30) -> int:
+                     exit_timeout_secs: int = 30, read_timeout_secs: float = READ_TIMEOUT_S
+                     ) -> int:
     """Run the bundled tritonserver on ``repository`` behind the front on ``host``'s ports
+    (HTTP clients get ``read_timeout_secs`` for a request's header, then for its body)
     until SIGINT / SIGTERM or its exit; its exit status."""
     from .front import Front, fetch_specs
     from .models import MODELS
@@ -115,7 +118,8 @@ def run_tritonserver(repository: str | os.PathLike, host: str = "127.0.0.1",
         proc = subprocess.Popen(argv, env=env)
         try:
             wait_ready(http, MODELS, proc)
-            with Front(fetch_specs(http), http, grpc, host, http_port, grpc_port) as front:
+            with Front(fetch_specs(http), http, grpc, host, http_port, grpc_port,
+                       read_timeout_secs) as front:
                 def stop(sig, _):  # no new requests, then the server shuts down itself
                     front.close()
                     proc.send_signal(signal.SIGINT)
