@@ -213,3 +213,17 @@ def test_fused_residual_leaves_each_sum_to_the_next_norm(small_model, layout):
     assert not any(l.kwargs.get("HAS_RES") for l in runs[False][1])
     assert not InferenceGraph(model).fused_residual  # the torch path (ONNX) keeps its adds
 
+
+def test_a_block_without_norm_sums_a_pending_pair_itself():
+    """A block handed its predecessor's branches but with no norm kernel to add them adds
+    them first: the same output as for the summed input."""
+    from bridgegan.engine.graph import Block
+    from bridgegan.reference.layers import ResBlk
+
+    torch.manual_seed(7)
+    blk = Block(ResBlk(4, 4, "none", "lrelu"), Rewrites()).eval()
+    h, sc = torch.randn(2, 4, 6, 6), torch.randn(2, 4, 3, 3)
+    up = sc.repeat_interleave(2, 2).repeat_interleave(2, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(blk((h, sc)), blk(h + up), rtol=0, atol=0)
+

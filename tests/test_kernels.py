@@ -483,6 +483,18 @@ def test_out_buffer_poisoned(layout, path):
     assert torch.isfinite(out2).all()
 
 
+@requires_triton
+@pytest.mark.parametrize("path", ["fused", "split"])
+def test_out_may_be_x(path, poisoned_alloc):
+    """In place (out=x): on the split path the apply kernels overwrite x while others still
+    run, so their pivot comes from the stats kernel, not from x's first pixel."""
+    cfg = SPLIT if path == "split" else None
+    x, kw = make(IN, (2, 3, 8, 6), seed=31)
+    want = reference64(IN, x, kw, "relu")
+    assert call(IN, x, kw, act="relu", impl="triton", out=x, config=cfg) is x
+    assert_close(x, want, torch.float32)
+
+
 def test_empty_input():
     x = torch.randn(0, 3, 4, 4)
     assert spade_modulate(x, torch.randn(0, 3, 4, 4), impl="torch").shape == x.shape

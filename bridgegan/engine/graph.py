@@ -223,8 +223,11 @@ class Block(nn.Module):
         self.eps = blk.norm1.eps if normed else 0.0
 
     def _norm_act(self, x, i: int, mod, impl: str, residual=None):
-        """The i-th norm and activation; with a residual (normed blocks only), of x +
-        up(residual), and then (output, sum)."""
+        """The i-th norm and activation; with a residual, of x + up(residual), and then
+        (output, sum)."""
+        if residual is not None and not self.normed:  # no norm kernel to add it
+            x = add_upsampled(x, residual)
+            return self._norm_act(x, i, mod, impl), x
         if self.kind == "in":
             return instance_norm_act(x, getattr(self, f"n{i}_weight"), getattr(self, f"n{i}_bias"),
                                      act=self.act, eps=self.eps, impl=impl, residual=residual)
@@ -401,7 +404,7 @@ class InferenceGraph(nn.Module):
         for i, blk in enumerate(blocks):
             nxt = blocks[i + 1] if i + 1 < len(blocks) else then
             h = blk(h, (None, None) if mods is None else mods[i], self.impl,
-                    pending=self.fused_residual and nxt is not None and nxt.normed)
+                    pending=self.fused_residual and nxt is not None)
         return h
 
     def trunk(self, x: torch.Tensor) -> torch.Tensor:

@@ -19,21 +19,28 @@ Kernels:
 
 ``_fused_kernel``
     One program per (n, block of channels) holding the whole H*W extent in registers:
-    x is read from memory exactly once, mean and variance are computed two-pass on the
-    registers (mean first, then the mean of squared deviations), then the tile is
-    modulated and written. Used when ``next_pow2(H*W) * BLOCK_C`` fits the register
-    budget.
+    x (and a residual) is read from memory exactly once, mean and variance are computed
+    two-pass on the registers (mean first, then the mean of squared deviations), then the
+    tile is modulated and written. Used when ``next_pow2(H*W) * BLOCK_C`` fits the
+    register budget.
 ``_stats_kernel`` + ``_apply_kernel``
     Split path for large planes: the H*W axis is cut into chunks; the first kernel
-    writes per-chunk (mean, M2) partials, the second kernel merges the partials of its
-    channels (Chan's parallel formula) and normalises its chunk. x is read twice. A chunk's
+    writes per-chunk (mean, M2) partials (and each plane's pivot, below), the second
+    kernel merges the partials of its channels (Chan's parallel formula) and normalises
+    its chunk. x is read twice (the second time, with a residual, as the stored sum). A
+    chunk's
     partial is built one of two ways (``LANES``): each lane of the tile keeps its own
     Welford (count, mean, M2) over the loop and the lanes are merged (Chan) in one
     reduction after it (the default: no cross-warp reduction inside the loop), or each
     tile is reduced two-pass and merged into the running partial (Chan) per iteration.
 
+With a residual (``HAS_RES``: ``r``, read at 1 / ``UP`` of x's size, nearest) the fused
+and stats kernels normalise the sum x + up(r): they store it at ``t`` (its dtype) and use
+it as stored, so the sum is written once and no add kernel runs before them.
+
 Statistics are float32 whatever the storage dtype, and shifted: every kernel subtracts
-the plane's first pixel (per channel, the same pivot in every chunk) before it sums, so
+the plane's first pixel (per channel; the split path's apply kernel reads the pivot the
+stats kernel kept, as x may be overwritten by then when out is x) before it sums, so
 the sums see deviations of the order of the plane's spread, not its distance from zero
 (x - pivot is exact when the two are within a factor of two). Unshifted float32 sums lose
 about eps * |mean| / std of accuracy: 3e-5 at planes 100 standard deviations off zero,
@@ -47,8 +54,8 @@ NaN) and nothing else.
 
 Operands (constexpr ``HAS_*`` flags; an absent one costs nothing): per-pixel maps gamma
 and beta (strided like x), per-channel vectors weight and bias (IN affine) and ``mb``, the
-(2C,) gamma/beta convolution bias (C gamma biases, then C beta biases). Per-channel
-vectors are read once per program, in float32.
+(2C,) gamma/beta convolution bias (C gamma biases, then C beta biases), and the residual
+``r`` with its sum ``t``. Per-channel vectors are read once per program, in float32.
 """
 
 from __future__ import annotations
@@ -246,7 +253,7 @@ def _chan_merge(mean_a, m2_a, n_a, mean_b, m2_b, n_b):
 
 
 @triton.jit
-def _stats_kernel(x_ptr, mean_ptr, m2_ptr, r_ptr, t_ptr,
+def _stats_kernel(x_ptr, mean_ptr, m2_ptr, pivot_ptr, r_ptr, t_ptr,
                   C, HW, W, n_cblocks, CHUNK, n_chunks,
                   sxn, sxhw, sxc, srn, srh, srw, src, stn, sthw, stc,
                   HW_MAJOR: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr,
@@ -303,17 +310,21 @@ def _stats_kernel(x_ptr, mean_ptr, m2_ptr, r_ptr, t_ptr,
     poffs = (n * n_chunks + chunk) * C + cols
     tl.store(mean_ptr + poffs, acc_mean, mask=cmask)
     tl.store(m2_ptr + poffs, acc_m2, mask=cmask)
+    # the apply kernel's pivot: kept here, since its own output may overwrite x (out=x)
+    if chunk == 0:
+        tl.store(pivot_ptr + n * C + cols, pivot, mask=cmask)
 
 
 @triton.jit
 def _apply_kernel(x_ptr, g_ptr, b_ptr, w_ptr, bias_ptr, mb_ptr, out_ptr, mean_ptr, m2_ptr,
+                  pivot_ptr,
                   C, HW, n_cblocks, CHUNK, n_chunks,
                   sxn, sxhw, sxc, sgn, sghw, sgc, sbn, sbhw, sbc, son, sohw, soc,
                   inv_hw, eps, slope,
                   HAS_G: tl.constexpr, HAS_BETA: tl.constexpr, HAS_W: tl.constexpr,
                   HAS_BIAS: tl.constexpr, HAS_MB: tl.constexpr, ACT: tl.constexpr,
                   HW_MAJOR: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr,
-                  SHIFT: tl.constexpr, NCHUNK_P2: tl.constexpr):
+                  NCHUNK_P2: tl.constexpr):
     pid = tl.program_id(0)
     chunk = tl.program_id(1)
     n = (pid // n_cblocks).to(tl.int64)
@@ -337,7 +348,7 @@ def _apply_kernel(x_ptr, g_ptr, b_ptr, w_ptr, bias_ptr, mb_ptr, out_ptr, mean_pt
                                        HAS_W, HAS_BIAS, HAS_MB)
 
     x_n = x_ptr + n * sxn  # with a residual, x is the sum the stats kernel stored
-    pivot = _pivot(x_n, x_n, x_n, cols, cmask, sxc, 0, False, SHIFT)
+    pivot = tl.load(pivot_ptr + n * C + cols, mask=cmask, other=0.0)
     start = chunk * CHUNK
     end = tl.minimum(start + CHUNK, HW)
     for off in range(start, end, BLOCK_HW):

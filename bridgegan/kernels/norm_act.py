@@ -336,7 +336,7 @@ def triton_launches(op, x, gamma, beta, weight, bias, mod_bias, act, eps, slope,
     inv_hw = 1.0 / hw
     n_cb = plan.n_cblocks // n
     tiles = dict(HW_MAJOR=plan.hw_major, BLOCK_HW=plan.block_hw, BLOCK_C=plan.block_c,
-                 SHIFT=plan.shift, num_warps=plan.num_warps)
+                 num_warps=plan.num_warps)
     # the residual (read at 1 / UP of x's size: (n, h, w, c) strides) and the sum
     r, t = (x, x) if residual is None else (residual, total)
     sr = (r.stride(0), r.stride(2), r.stride(3), r.stride(1))
@@ -345,15 +345,16 @@ def triton_launches(op, x, gamma, beta, weight, bias, mod_bias, act, eps, slope,
     if plan.path == "fused":
         return out, total, [Launch(tn._fused_kernel, plan.grid, (
             x, *ptrs, out, r, t, c, hw, w, n_cb, *sx, *sg, *sb, *so, *sr, *st,
-            inv_hw, float(eps), float(slope)), dict(flags, **tiles, **res))]
+            inv_hw, float(eps), float(slope)), dict(flags, **tiles, **res, SHIFT=plan.shift))]
     p_mean = torch.empty((n, plan.n_chunks, c), dtype=torch.float32, device=x.device)
     p_m2 = torch.empty_like(p_mean)
+    pivot = torch.empty((n, c), dtype=torch.float32, device=x.device)
     return out, total, [
         Launch(tn._stats_kernel, plan.grid, (
-            x, p_mean, p_m2, r, t, c, hw, w, n_cb, plan.chunk, plan.n_chunks, *sx, *sr, *st),
-            dict(tiles, LANES=plan.lanes, **res)),
+            x, p_mean, p_m2, pivot, r, t, c, hw, w, n_cb, plan.chunk, plan.n_chunks,
+            *sx, *sr, *st), dict(tiles, LANES=plan.lanes, **res, SHIFT=plan.shift)),
         Launch(tn._apply_kernel, plan.grid, (  # x: the sum, where the stats kernel stored it
-            t, *ptrs, out, p_mean, p_m2, c, hw, n_cb, plan.chunk, plan.n_chunks,
+            t, *ptrs, out, p_mean, p_m2, pivot, c, hw, n_cb, plan.chunk, plan.n_chunks,
             *st, *sg, *sb, *so, inv_hw, float(eps), float(slope)),
             dict(flags, **tiles, NCHUNK_P2=next_pow2(plan.n_chunks)))]
 
