@@ -1,15 +1,54 @@
-"""argparse value types shared by the commands."""
+"""argparse value types shared by the commands: each refuses a bad value with a message
+naming it and what is accepted (argparse then exits with status 2)."""
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 
 
-def positive_int(text: str) -> int:
-    """An integer >= 1, refused with the value given otherwise."""
+def _int_at_least(text: str, low: int) -> int:
+    """``text`` as an integer >= ``low``, refused with the value given otherwise."""
     try:
         value = int(text)
     except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+        value = low - 1
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1."""
+    return _int_at_least(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """An integer >= 0."""
+    return _int_at_least(text, 0)
+
+
+def output_file(text: str) -> str:
+    """A file to write: not a folder, in an existing folder this process can write to;
+    checked before the command does its work."""
+    path = Path(text)
+    folder = path.parent
+    if path.is_dir():
+        problem = "is a folder"
+    elif not folder.is_dir():
+        problem = f"is in {folder}, which is not an existing folder"
+    elif not os.access(folder, os.W_OK | os.X_OK) or (path.exists()
+                                                       and not os.access(path, os.W_OK)):
+        problem = "cannot be written"
+    else:
+        return text
+    raise argparse.ArgumentTypeError(f"{text} {problem}: give a file path in an existing "
+                                     f"folder you can write to")
+
+
+def input_file(text: str) -> str:
+    """An existing file to read (not a folder)."""
+    if not Path(text).is_file():
+        problem = "is a folder" if Path(text).is_dir() else "does not exist"
+        raise argparse.ArgumentTypeError(f"{text} {problem}: give an existing file")
+    return text

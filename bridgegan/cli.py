@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import threads
-from .argtypes import positive_int
+from .argtypes import non_negative_int, output_file, positive_int
 from .engine import options as engine_options
 from .engine.export import cli as export_cli
 from .reference import train_cli
@@ -47,7 +47,9 @@ def _demo_options(p: argparse.ArgumentParser) -> None:
 
 def _translate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="checkpoint folder")
-    p.add_argument("--input", nargs="+", required=True, help="source image files")
+    p.add_argument("--input", nargs="+", required=True,
+                   help="source image files, with distinct file names (the outputs are "
+                        "NAME_editK.png and NAME_reference.png)")
     p.add_argument("--set", action="append", metavar="NAME=0|1",
                    help="target attribute (repeatable); conflict rules apply")
     p.add_argument("--reference", nargs="+", help="reference image(s), averaged in the latent code")
@@ -75,8 +77,10 @@ def _bench_options(p: argparse.ArgumentParser) -> None:
                    help="translate, reference, strip, strip_nocache (default: %(default)s)")
     p.add_argument("--checkpoint", help="time this checkpoint (default: seeded paper-width weights)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--reps", type=int, default=10)
+    p.add_argument("--warmup", type=non_negative_int, default=2,
+                   help="untimed calls before each row (default: %(default)s)")
+    p.add_argument("--reps", type=positive_int, default=10,
+                   help="timed calls per row, >= 1 (default: %(default)s)")
     p.add_argument("--min-seconds", type=float, default=0.0, help="time each row at least this long")
     p.add_argument("--no-parity", dest="parity", action="store_false",
                    help="skip the check of each variant against the float64 reference before "
@@ -91,16 +95,19 @@ def _parity_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--resolution", type=int, choices=PRESET_RESOLUTIONS, default=None,
                    help="backend parity model size (default: the paper's 128)")
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--json", help="write rows to this path (.ops.json for the kernels)")
+    p.add_argument("--batch", type=positive_int, default=4,
+                   help="backend parity batch size (default: %(default)s)")
+    p.add_argument("--json", type=output_file,
+                   help="write rows to this path (.ops.json for the kernels)")
 
 
 def _classifier_options(p: argparse.ArgumentParser) -> None:
     data_registry.add_option(p, "images and labels to learn")
     p.add_argument("--attributes", default=None, help="preset or comma list (default: the dataset's)")
     p.add_argument("--resolution", type=int, default=64, help="image size (default: 64)")
-    p.add_argument("--steps", type=int, default=1500, help="Adam steps (default: 1500)")
-    p.add_argument("--batch", type=int, default=64, help="images per step (default: 64)")
+    p.add_argument("--steps", type=positive_int, default=1500, help="Adam steps (default: 1500)")
+    p.add_argument("--batch", type=positive_int, default=64,
+                   help="images per step (default: 64)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 1e-3)")
     p.add_argument("--width", type=int, default=32, help="base width (default: 32)")
     p.add_argument("--kernel", type=int, default=4, choices=(3, 4),
@@ -119,7 +126,8 @@ def _eval_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--classifier", required=True, help="folder written by train-classifier")
     data_registry.add_option(p, "source images")
     p.add_argument("--split", default="test", help="dataset split of the sources (default: test)")
-    p.add_argument("--n", type=int, default=200, help="number of source images (default: 200)")
+    p.add_argument("--n", type=positive_int, default=200,
+                   help="number of source images (default: 200)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the noise draws and of the procedural faces (use one that "
                         "training never saw)")
@@ -127,7 +135,7 @@ def _eval_options(p: argparse.ArgumentParser) -> None:
                    help="edit strength, the scale of d (default: the model's config "
                         "edit_strength: 1.5, the official test's, unless it names another)")
     engine_options.add_options(p, dtype=False)
-    p.add_argument("--json", help="also write the metrics here")
+    p.add_argument("--json", type=output_file, help="also write the metrics to this file")
     threads.add_option(p)
 
 
@@ -191,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         threads.apply(args.threads)
     try:
         return int(_run(args.command, args) or 0)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+    except (ValueError, OSError, RuntimeError) as exc:
         print(f"bridgegan {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -22,8 +22,9 @@ import torch
 
 from .engine import BackendUnavailable, Engine
 from .engine.backends import REGISTRY, device_type
+from .files import check_writable_folder
 from .reference import BridgeGAN, BridgeGANConfig
-from .reference.checkpoint import load_checkpoint, save_checkpoint
+from .reference.checkpoint import EVAL_FILE, TRAINING_FILE, load_checkpoint, save_checkpoint
 from .reference.data import procedural_batch, save_png
 from .reference.data.grid import captioned_grid
 from .timing import time_calls
@@ -42,15 +43,15 @@ def ship(checkpoint: str | Path, report: dict, training: dict, dest: str | Path 
     model = load_checkpoint(checkpoint)
     model.config = model.config.replace(edit_strength=report["strength"])
     extra = {
-        "eval.json": lambda p: p.write_text(json.dumps(report, indent=2) + "\n"),
-        "training.json": lambda p: p.write_text(json.dumps(training, indent=2) + "\n"),
+        EVAL_FILE: lambda p: p.write_text(json.dumps(report, indent=2) + "\n"),
+        TRAINING_FILE: lambda p: p.write_text(json.dumps(training, indent=2) + "\n"),
     }
     return save_checkpoint(dest, model, dtype=torch.float16, extra=extra)
 
 
 def _summary(folder: Path) -> str:
     """The shipped model's eval numbers in a few words, and the targets it misses."""
-    path = folder / "eval.json"
+    path = folder / EVAL_FILE
     if not path.is_file():
         return ""
     from .evaluate import missed_targets
@@ -152,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     if args.samples < 0:
         raise ValueError(f"--samples must be >= 0, got {args.samples}")
+    check_writable_folder(args.out)
     model, what = load_model(args.checkpoint)
     print(f"model: {what}")
     cfg = model.config

@@ -33,7 +33,6 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -244,18 +243,19 @@ def _sources(data: str, size: int, attributes, split: str, n: int, seed: int):
 
 def run_train_classifier(args) -> int:
     """`bridgegan train-classifier`."""
-    import json
-
+    from .files import check_replaceable, check_writable_folder
+    from .reference.classifier import SAVED_FILES
     from .reference.data import dataset_options, make_dataset
 
+    check_writable_folder(args.out, replaced=True)
+    check_replaceable(args.out, SAVED_FILES)  # before training, not after
     kw = dataset_options(args.data, seed=args.seed)
     train = make_dataset(args.data, args.resolution, args.attributes, split="train", **kw)
     val = make_dataset(args.data, args.resolution, args.attributes, split="val", **kw)
     model, report = train_classifier(train, val, steps=args.steps, batch=args.batch, lr=args.lr,
                                      width=args.width, kernel=args.kernel, device=args.device,
                                      seed=args.seed, workers=args.workers)
-    model.save(args.out)
-    (Path(args.out) / "report.json").write_text(json.dumps(report, indent=2))
+    model.save(args.out, report)
     print(f"validation accuracy {report['val_accuracy_mean']:.1%} "
           f"(worst: {min(report['val_accuracy'].items(), key=lambda kv: kv[1])}); wrote {args.out}")
     return 0
@@ -266,6 +266,7 @@ def run_eval(args) -> int:
     import json
 
     from .engine import Engine
+    from .files import write_file_atomic
 
     eng = Engine.from_checkpoint(args.checkpoint, backend=args.backend, device=args.device)
     clf = AttributeClassifier.load(args.classifier)
@@ -276,6 +277,6 @@ def run_eval(args) -> int:
                   seed=args.seed)
     print(format_report(report))
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2))
+        write_file_atomic(args.json, json.dumps(report, indent=2).encode())
         print(f"wrote {args.json}")
     return 0

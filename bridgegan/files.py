@@ -1,14 +1,24 @@
 """Files that survive a kill: atomic file and folder writes, a lock between processes,
-cleanup of what killed writes leave, and an up-front check that an output folder is
-writable. The one place for these, used by checkpoints, exports and model repositories.
+cleanup of what killed writes leave, and up-front checks that an output folder is
+writable and may be replaced. The one place for these, used by checkpoints, exports and
+model repositories.
+
+Replacing: a folder write replaces an existing folder only when every file in it is one
+the write produces or declares it may replace (an earlier write of the same kind), or
+the folder is empty; anything else there (a file, a link, a folder holding other files)
+is refused with a ValueError naming it, before anything is written and again just
+before the swap, so no write deletes what it did not make.
 
 Modes: files and folders get modes 0o666 / 0o777 trimmed by the umask (typically 0o644 /
 0o755), so a server running as another user can read what was written
-(``tempfile.mkstemp`` / ``mkdtemp`` would give 0o600 / 0o700, and so do some writers).
+(``tempfile.mkstemp`` / ``mkdtemp`` would give 0o600 / 0o700, and so do some writers). A
+file placed as a hard link is never chmodded (that would change the other name's mode
+too): ``link_or_copy`` links only a source already that readable, and copies otherwise.
 
 Names: a write of ``NAME`` works in ``.NAME.tmp-<pid>-<random>`` beside it (and moves an
 old folder aside into ``.NAME.old-<pid>-<random>``); ``remove_stale`` removes such leftovers
-of processes that were killed.
+once the process ``<pid>`` has died (processes writing one folder must share a machine, or
+at least its process ids), never while it runs.
 """
 from __future__ import annotations
 
@@ -18,12 +28,10 @@ import os
 import re
 import secrets
 import shutil
-import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
-_STARTED = time.time()  # leftovers older than this process's start are stale
-_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-[^/]+$")
+_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)-[^/]+$")
 _MOVED = "ckpt"  # the moved-aside folder inside .NAME.old-* (the name it always had)
 
 
@@ -42,6 +50,11 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def _file_mode() -> int:
+    """The mode written files get: 0o666 trimmed by the umask."""
+    return 0o666 & ~_umask()
 
 
 def _fsync(path: Path) -> None:
@@ -71,60 +84,133 @@ def write_file_atomic(path: str | os.PathLike, data: bytes) -> Path:
     return path
 
 
-def write_folder_atomic(path: str | os.PathLike,
-                        writers: Mapping[str, Callable[[Path], None]]) -> Path:
+def link_or_copy(source: str | os.PathLike) -> Callable[[Path], None]:
+    """A folder writer placing ``source``: a hard link (no second copy of big weights)
+    where ``source`` already grants group and others what written files get, else a copy,
+    so placing it never changes the mode of ``source`` nor shows more than it does."""
+    source = Path(source)
+
+    def write(path: Path) -> None:
+        wanted = _file_mode() & 0o077
+        if os.stat(source).st_mode & wanted == wanted:
+            with contextlib.suppress(OSError):  # another file system: copy
+                os.link(source, path)
+                return
+        shutil.copyfile(source, path)
+    return write
+
+
+def check_replaceable(path: str | os.PathLike, names: Iterable[str]) -> Path:
+    """Refuse (ValueError) to replace ``path`` by a folder of the files ``names``
+    (relative paths) unless it does not exist or is a folder whose every file (a link
+    counts as one) is among ``names``: a write never deletes what it did not make. The
+    error names the path, one file in the way and what to do."""
+    path = Path(path)
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        kind = "a symbolic link" if path.is_symlink() else "a file"
+        raise ValueError(f"{path} is {kind}, not a folder this program wrote: writing there "
+                         f"would replace it; choose another path or remove it")
+    if not path.exists():
+        return path
+    files = {Path(n) for n in names}
+    for root, dirs, entries in os.walk(path, onerror=_raise):
+        dirs.sort()
+        links = [d for d in dirs if Path(root, d).is_symlink()]
+        for entry in sorted(entries + links):
+            rel = Path(root, entry).relative_to(path)
+            if rel not in files:
+                raise ValueError(
+                    f"{path} holds {rel}, which is not a file this write produces: a folder "
+                    f"is replaced only when it holds nothing but files of an earlier write "
+                    f"of the same kind ({', '.join(sorted(map(str, files)))}); choose another "
+                    f"path, or move or remove {path / rel}")
+    return path
+
+
+def _raise(error: OSError) -> None:
+    """os.walk's onerror: a folder that cannot be listed is not known to be replaceable."""
+    raise error
+
+
+def write_folder_atomic(path: str | os.PathLike, writers: Mapping[str, Callable[[Path], None]],
+                        replaces: Iterable[str] = ()) -> Path:
     """Create folder ``path`` holding one file per ``writers`` entry (relative name ->
     fn(file_path); sub-folders are created).
 
     The files are written and fsynced into a temporary sibling folder first; the old
-    folder, if any, is swapped out only once every file is complete on disk. Leftovers of
-    killed writes of ``path`` beside it are removed first (``remove_stale``).
+    folder, if any, is swapped out only once every file is complete on disk. An existing
+    ``path`` must pass ``check_replaceable`` for the written names and ``replaces`` (names
+    an earlier write of this kind may hold that this one does not write), checked before
+    writing and again before the swap. Leftovers of killed writes of ``path`` beside it
+    are removed first (``remove_stale``).
     """
     path = Path(path)
+    names = [*writers, *replaces]
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale(path.parent, path.name)
+    check_replaceable(path, names)
     tmp = _temp_name(path, "tmp")
     os.mkdir(tmp, 0o777)
     try:
-        mode = 0o666 & ~_umask()
         for name, write in writers.items():
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             write(tmp / name)
-            os.chmod(tmp / name, mode)  # some writers (safetensors) create files 0o600
+            if os.stat(tmp / name).st_nlink == 1:  # a link shares its mode with its source
+                os.chmod(tmp / name, _file_mode())  # some writers (safetensors) make 0o600
             _fsync(tmp / name)
-        old = None
-        if path.exists():
-            old = _temp_name(path, "old")
-            os.mkdir(old, 0o700)
-            os.replace(path, old / _MOVED)
-        try:
-            os.replace(tmp, path)
-        except BaseException:
-            if old is not None:  # put the old folder back
-                os.replace(old / _MOVED, path)
-                old.rmdir()
-            raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        check_replaceable(path, names)  # something may have been put there meanwhile
+        _swap(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
 
 
+def _swap(tmp: Path, path: Path) -> None:
+    """Put folder ``tmp`` in place of ``path``, the old folder (if any) moved aside first
+    and removed after (put back if the new one cannot go in)."""
+    old = None
+    if path.exists():
+        old = _temp_name(path, "old")
+        os.mkdir(old, 0o700)
+        os.replace(path, old / _MOVED)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        if old is not None:
+            os.replace(old / _MOVED, path)
+            old.rmdir()
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (one of another user counts: PermissionError)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def remove_stale(folder: str | os.PathLike, name: str | None = None) -> list[Path]:
     """Remove the leftovers of killed atomic writes in ``folder`` (of ``name`` only, when
-    given): temporary files and folders older than this process. A folder moved aside
-    whose replacement never arrived is moved back first. Returns what was removed."""
+    given): temporary files and folders whose writing process (the pid in their name) is
+    gone; those of running processes, this one included, are in use and kept. A folder
+    moved aside whose replacement never arrived is moved back first. Returns what was
+    removed."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
     removed = []
     for p in folder.iterdir():
         m = _LEFTOVER.match(p.name)
+        if not m or name not in (None, m.group("name")) or _alive(int(m.group("pid"))):
+            continue
         try:
-            if not m or name not in (None, m.group("name")) or p.lstat().st_mtime >= _STARTED:
-                continue
             target = folder / m.group("name")
             if m.group("kind") == "old" and (p / _MOVED).is_dir() and not target.exists():
                 os.replace(p / _MOVED, target)

@@ -437,6 +437,133 @@ def test_translate_samples_must_be_positive(cli_files, capsys, samples):
     assert not (cli_files / f"out{samples}").exists()
 
 
+def test_translate_refuses_outputs_that_would_overwrite_each_other_or_an_input(cli_files, capsys):
+    """Outputs are named after the input's file name: two inputs sharing one would write
+    the same STEM_edit1.png, and X_edit1.png in --out may be an input itself. Refused
+    before any work; nothing is written or overwritten."""
+    other = cli_files / "b" / "face.png"
+    other.parent.mkdir()
+    Image.new("RGB", (40, 40), (90, 60, 50)).save(other)
+    argv = ["translate", "--checkpoint", str(cli_files / "ck"), "--set", "Male=1"]
+    assert main([*argv, "--input", str(cli_files / "face.png"), str(other),
+                 "--out", str(cli_files / "out-clash")]) == 2
+    err = capsys.readouterr().err
+    assert f"--input {cli_files / 'face.png'} and {other} would both write face_*.png" in err
+    assert not (cli_files / "out-clash").exists()
+    edited = cli_files / "b" / "face_edit1.png"
+    Image.new("RGB", (40, 40), (10, 20, 30)).save(edited)
+    before = edited.read_bytes()
+    assert main([*argv, "--input", str(other), str(edited), "--out", str(other.parent)]) == 2
+    assert f"output {edited} would overwrite an --input" in capsys.readouterr().err
+    assert edited.read_bytes() == before
+
+
+# ----- numbers and paths on the command line -------------------------------------------
+BAD_NUMBERS = [
+    (["bench", "--reps", "0"], "--reps: must be an integer >= 1, got '0'"),
+    (["bench", "--warmup", "-1"], "--warmup: must be an integer >= 0, got '-1'"),
+    (["parity", "--backends", "--batch", "0"], "--batch: must be an integer >= 1, got '0'"),
+    (["eval", "--checkpoint", "ck", "--classifier", "clf", "--n", "0"],
+     "--n: must be an integer >= 1, got '0'"),
+    (["train-classifier", "--out", "clf", "--batch", "0"],
+     "--batch: must be an integer >= 1, got '0'"),
+    (["train-classifier", "--out", "clf", "--steps", "0"],
+     "--steps: must be an integer >= 1, got '0'"),
+    (["export", "triton-repo", "ck", "repo", "--max-batch", "-5"],
+     "--max-batch: must be an integer >= 1, got '-5'"),
+    (["export", "triton-repo", "ck", "repo", "--max-batch", "0"],
+     "--max-batch: must be an integer >= 1, got '0'"),
+    (["export", "triton-repo", "ck", "repo", "--queue-delay-us", "-1"],
+     "--queue-delay-us: must be an integer >= 0, got '-1'"),
+    (["export", "triton-repo", "ck", "repo", "--preferred-batch", "0", "-3"],
+     "--preferred-batch: must be an integer >= 1, got '0'"),
+    (["serve", "--checkpoint", "ck", "--write-repository", "repo", "--max-queue-delay-us", "-7"],
+     "--max-queue-delay-us: must be an integer >= 0, got '-7'"),
+    (["serve", "--checkpoint", "ck", "--write-repository", "repo", "--max-batch", "0"],
+     "--max-batch: must be an integer >= 1, got '0'"),
+]
+
+
+@pytest.mark.parametrize("argv, message", BAD_NUMBERS,
+                         ids=[f"{a[0]}{a[-2]}{a[-1]}" for a, _ in BAD_NUMBERS])
+def test_bad_numbers_are_refused_by_the_parser(tmp_path, monkeypatch, capsys, argv, message):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert f"argument {message}" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_a_zero_queue_delay_is_accepted():
+    from bridgegan.cli import build_parser
+
+    args = build_parser().parse_args(["export", "triton-repo", "ck", "repo", "--queue-delay-us",
+                                      "0", "--max-batch", "1", "--preferred-batch", "1"])
+    assert (args.queue_delay_us, args.max_batch, args.preferred_batch) == (0, 1, [1])
+
+
+def test_preferred_batch_sizes_above_the_max_batch_are_refused(tmp_path, capsys):
+    assert main(["export", "triton-repo", "ck", str(tmp_path / "repo"), "--max-batch", "8",
+                 "--preferred-batch", "4", "16", "32"]) == 2
+    err = capsys.readouterr().err
+    assert "--preferred-batch sizes 16 32 exceed --max-batch 8: give sizes from 1 to 8" in err
+    assert not (tmp_path / "repo").exists()
+
+
+@pytest.mark.parametrize("opset", ["16", "99"])
+def test_export_opset_outside_the_exporters_range_is_one_line(cli_files, tmp_path, capsys,
+                                                              opset):
+    """Checked before tracing: no Torch IR dump before the error."""
+    assert main(["export", "onnx", str(cli_files / "ck"), str(tmp_path / "x"), "--opset",
+                 opset]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bridgegan export: error: --opset must be from 17 to ")
+    assert err.endswith(f"got {opset}\n") and err.count("\n") == 1
+    assert not (tmp_path / "x").exists()
+
+
+def _parse_error(argv: list[str], capsys) -> str:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_output_and_input_paths_are_checked_before_the_work(cli_files, tmp_path, capsys):
+    """A file where an output folder goes, a folder where a file goes: a one-line error
+    with status 2 before anything runs (not a traceback, nor one after a whole eval)."""
+    afile, folder = tmp_path / "afile", tmp_path / "folder"
+    afile.write_text("keep me")
+    folder.mkdir()
+    ck = str(cli_files / "ck")
+    for argv, what in ((["demo", "--out", str(afile)], "--out"),
+                       (["serve", "--checkpoint", ck, "--write-repository", str(afile)],
+                        "--write-repository"),
+                       (["train-classifier", "--data", "synthetic:16", "--steps", "1",
+                         "--out", str(afile)], "--out")):
+        assert main(argv) == 2
+        assert f"error: {what} {afile} is a file, not a folder" in capsys.readouterr().err
+    assert afile.read_text() == "keep me"
+    eval_args = ["eval", "--checkpoint", ck, "--classifier", "none", "--json"]
+    assert f"argument --json: {folder} is a folder: give a file path in an existing folder" \
+        in _parse_error([*eval_args, str(folder)], capsys)
+    assert f"{folder / 'no' / 'r.json'} is in {folder / 'no'}, which is not an existing " \
+        in _parse_error([*eval_args, str(folder / "no" / "r.json")], capsys)
+    assert f"argument --json: {folder} is a folder" in _parse_error(
+        ["parity", "--backends", "--json", str(folder)], capsys)
+    assert f"argument --expect-config: {folder} is a folder: give an existing file" in \
+        _parse_error(["export", "onnx", ck, str(tmp_path / "x"), "--expect-config",
+                      str(folder)], capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "folder"]
+    (folder / "thesis.txt").write_text("years of work")  # a folder the classifier would replace
+    assert main(["train-classifier", "--data", "synthetic:16", "--steps", "1",
+                 "--out", str(folder)]) == 2
+    assert f"{folder} holds thesis.txt, which is not a file this write produces" \
+        in capsys.readouterr().err
+    assert sorted(p.name for p in folder.iterdir()) == ["thesis.txt"]
+
+
 # ----- fuzz ----------------------------------------------------------------------------
 FUZZ_VALUES = [0.0, 1.0, 0.5, -1.0, 7.0, 1e30, 3e38, math.nan, math.inf, -math.inf]
 JUNK = st.sampled_from([None, "abc", b"abc", 3, [None], {"a": 1}])

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from bridgegan.reference import BridgeGAN, CheckpointError, load_checkpoint, save_checkpoint
-from conftest import images, labels, randomize, small_config
+from conftest import images, labels, randomize
 
 
 def outputs(model):
@@ -95,3 +95,54 @@ def test_missing_folder_and_bad_config(tmp_path):
     (tmp_path / "bad" / "config.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="not a valid BridgeGAN config"):
         load_checkpoint(tmp_path / "bad")
+
+
+def test_a_folder_holding_other_files_is_not_replaced(small_model, tmp_path):
+    (tmp_path / "userdir").mkdir()
+    (tmp_path / "userdir" / "thesis.txt").write_text("years of work")
+    (tmp_path / "notes.txt").write_text("notes")
+    with pytest.raises(ValueError, match=r"userdir holds thesis.txt, which is not a file"):
+        save_checkpoint(tmp_path / "userdir", small_model)
+    with pytest.raises(ValueError, match=r"notes.txt is a file, not a folder"):
+        save_checkpoint(tmp_path / "notes.txt", small_model)
+    assert (tmp_path / "userdir" / "thesis.txt").read_text() == "years of work"
+    assert (tmp_path / "notes.txt").read_text() == "notes"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "userdir"]
+
+
+def test_a_training_checkpoint_is_resaved_without_its_training_state(small_model, tmp_path):
+    from bridgegan.reference.train_state import STATE_JSON, STATE_TENSORS
+
+    state = {STATE_JSON: lambda p: p.write_text("{}"),
+             STATE_TENSORS: lambda p: save_file({"x": torch.zeros(1)}, str(p))}
+    save_checkpoint(tmp_path / "ck", small_model, extra=state)
+    save_checkpoint(tmp_path / "ck", small_model, dtype=torch.float16)
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["config.json",
+                                                                  "model.safetensors"]
+
+
+def test_a_classifier_is_saved_again_over_its_earlier_save_and_report(tmp_path):
+    from bridgegan.reference.classifier import REPORT_FILE, AttributeClassifier
+
+    clf = AttributeClassifier(("Male", "Smiling"), 32, 4)
+    out = clf.save(tmp_path / "clf", report={"val_accuracy_mean": 0.5})
+    assert json.loads((out / REPORT_FILE).read_text()) == {"val_accuracy_mean": 0.5}
+    clf.save(out)
+    assert sorted(p.name for p in out.iterdir()) == ["classifier.json", "classifier.safetensors"]
+    (out / "thesis.txt").write_text("years of work")
+    with pytest.raises(ValueError, match=r"clf holds thesis.txt"):
+        clf.save(out)
+    assert (out / "thesis.txt").read_text() == "years of work"
+
+
+@pytest.mark.parametrize("meta", [{}, [], {"attributes": ["Male"], "image_size": "32", "width": 4},
+                                  {"attributes": ["Male"], "image_size": 32, "width": True}])
+def test_a_classifier_config_without_its_fields_is_named(tmp_path, meta):
+    from bridgegan.reference.classifier import CONFIG_FILE, AttributeClassifier
+
+    out = AttributeClassifier(("Male",), 32, 4).save(tmp_path / "clf")
+    (out / CONFIG_FILE).write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"classifier.json lacks valid .*: it must be an "
+                                              r"object with attributes"):
+        AttributeClassifier.load(out)
+

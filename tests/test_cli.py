@@ -78,6 +78,17 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert "--samples must be >= 0" in capsys.readouterr().err
 
 
+def test_an_os_error_is_a_one_line_error_with_status_2(tmp_path, monkeypatch, capsys):
+    """An OSError a command meets (here reading a folder as a file) is reported like the
+    other errors, not as a traceback."""
+    from bridgegan import evaluate
+
+    monkeypatch.setattr(evaluate, "run_eval", lambda args: open(tmp_path).read())
+    assert main(["eval", "--checkpoint", "ck", "--classifier", "clf"]) == 2
+    assert capsys.readouterr().err == (f"bridgegan eval: error: [Errno 21] Is a directory: "
+                                       f"'{tmp_path}'\n")
+
+
 def test_demo_captions_belong_to_their_own_row():
     """Each row's flip captions follow that row's source labels (+ when it lacks the
     attribute), and every image has its caption."""

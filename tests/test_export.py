@@ -322,3 +322,30 @@ def test_triton_model_repository(ckpt, exported, tmp_path):
     (tmp_path / "label.plan.json").write_text(json.dumps({**sidecar, "graph": "trunk"}))
     with pytest.raises(ValueError, match="plan of graph 'trunk'"):
         write_triton_repo(ckpt, repo, plans=[plan], onnx_dir=exported)
+
+
+@pytest.mark.parametrize("other", ["2/model.onnx", "notes.txt"])
+def test_triton_model_folder_holding_other_files_is_refused_before_exporting(ckpt, tmp_path,
+                                                                            other):
+    kept = tmp_path / "repo" / PROGRAMS[-1] / other
+    kept.parent.mkdir(parents=True)
+    kept.write_bytes(b"the user's")
+    with pytest.raises(ValueError, match=rf"{PROGRAMS[-1]} holds {other}, which is not a file"):
+        write_triton_repo(ckpt, tmp_path / "repo", onnx_dir=tmp_path / "onnx")
+    assert not (tmp_path / "onnx").exists()  # refused before the export
+    assert [p.name for p in (tmp_path / "repo").iterdir()] == [PROGRAMS[-1]]
+    assert kept.read_bytes() == b"the user's"
+
+
+def test_a_re_export_carries_tensorrt_plans_over_and_refuses_other_files(ckpt, tmp_path):
+    out = export_onnx(ckpt, tmp_path / "x", graphs=["map"], precisions=["fp32"])
+    built = {"map_fp16.plan": b"engine", "map_fp16.plan.json": b"{}", "timing.cache": b"cache"}
+    for name, data in built.items():  # as the tensorrt backend builds them there
+        (out / name).write_bytes(data)
+    export_onnx(ckpt, out, graphs=["map", "encode"], precisions=["fp32"])
+    assert {n: (out / n).read_bytes() for n in built} == built
+    assert (out / "encode.onnx").is_file()
+    (out / "notes.txt").write_text("user data")
+    with pytest.raises(ValueError, match=r"x holds notes.txt, which is not a file"):
+        export_onnx(ckpt, out, graphs=["map", "encode", "trunk"], precisions=["fp32"])
+    assert (out / "notes.txt").read_text() == "user data" and not (out / "trunk.onnx").exists()

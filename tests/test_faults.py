@@ -79,13 +79,104 @@ def test_a_kill_between_moving_the_old_folder_aside_and_the_new_one_in_is_undone
     assert (target / "a.txt").read_text() == "old" and leftovers(tmp_path) == []
 
 
-def test_leftovers_of_this_process_or_other_names_are_kept(tmp_path):
-    (tmp_path / ".step-00000002.tmp-1-ab").mkdir()  # newer than this process: maybe in use
-    old = tmp_path / ".step-00000004.tmp-1-cd"
+def _dead_pid() -> int:
+    """The process id of a process that has exited (and been waited for)."""
+    return int(python("import os; print(os.getpid())").stdout)
+
+
+def test_leftovers_of_running_processes_or_other_names_are_kept(tmp_path):
+    mine = tmp_path / f".step-00000002.tmp-{os.getpid()}-ab"  # this process: in use
+    old = tmp_path / f".step-00000004.tmp-{_dead_pid()}-cd"
+    mine.mkdir()
     old.mkdir()
-    os.utime(old, (0, 0))
     assert remove_stale(tmp_path, "step-00000002") == []
-    assert remove_stale(tmp_path) == [old] and leftovers(tmp_path) == [".step-00000002.tmp-1-ab"]
+    assert remove_stale(tmp_path, "step-00000006") == []
+    assert remove_stale(tmp_path) == [old] and leftovers(tmp_path) == [mine.name]
+
+
+def test_a_running_writer_keeps_its_temporary_folder(tmp_path):
+    """A process is mid-write: a process started later, removing leftovers and writing the
+    same folder, leaves its temporary folder alone; once it is killed, it is removed."""
+    target = tmp_path / "model"
+    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys
+        from bridgegan.files import write_folder_atomic
+        def held(path):
+            path.write_text("A")
+            print("writing", flush=True)
+            sys.stdin.readline()
+        write_folder_atomic({str(target)!r}, {{"a.txt": held}})
+    """)], env=ENV, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline() == "writing\n"
+        held = leftovers(tmp_path)
+        assert len(held) == 1 and f".tmp-{child.pid}-" in held[0]
+        later = python(f"import bridgegan.files as f; print(f.remove_stale({str(tmp_path)!r})); "
+                       f"f.write_folder_atomic({str(target)!r}, "
+                       f"{{'a.txt': lambda p: p.write_text('B')}})")
+        assert later.returncode == 0 and later.stdout == "[]\n", later.stderr[-2000:]
+        assert leftovers(tmp_path) == held and (target / "a.txt").read_text() == "B"
+    finally:
+        child.kill()
+        child.wait()
+    assert remove_stale(tmp_path) == [tmp_path / held[0]] and leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("other, found", [
+    ("thesis.txt", "thesis.txt"),              # the user's file beside the written ones
+    ("2/model.onnx", "2/model.onnx"),          # an extra version in a model folder
+    ("sub/a.txt/x", "sub/a.txt/x"),            # a folder where a written file goes
+])
+def test_a_folder_holding_other_files_is_refused_and_kept(tmp_path, other, found):
+    target = tmp_path / "out"
+    (target / other).parent.mkdir(parents=True)
+    (target / other).write_text("user data")
+    with pytest.raises(ValueError, match=rf"{target} holds {found}, which is not a file this "
+                                         rf"write produces.*choose another path"):
+        write_folder_atomic(target, {"a.txt": lambda p: p.write_text("new"),
+                                     "sub/a.txt": lambda p: p.write_text("new")})
+    assert (target / other).read_text() == "user data" and leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("kind", ["file", "link"])
+def test_a_file_or_link_at_the_target_is_refused_and_kept(tmp_path, kind):
+    target, notes = tmp_path / "out", tmp_path / "notes.txt"
+    notes.write_text("user data")
+    if kind == "link":
+        (tmp_path / "folder").mkdir()
+        target.symlink_to(tmp_path / "folder")
+    else:
+        target = notes
+    with pytest.raises(ValueError, match=rf"{target} is a (file|symbolic link), not a folder"
+                                         rf".*choose another path or remove it"):
+        write_folder_atomic(target, {"a.txt": lambda p: p.write_text("new")})
+    assert notes.read_text() == "user data" and target.exists()
+    assert kind == "file" or target.is_symlink()
+
+
+def test_an_earlier_write_or_an_empty_folder_is_replaced(tmp_path):
+    target = tmp_path / "out"
+    target.mkdir()
+    write_folder_atomic(target, {"a.txt": lambda p: p.write_text("1"),
+                                 "sub/b.txt": lambda p: p.write_text("1")})
+    with pytest.raises(ValueError, match="holds sub/b.txt"):  # not declared: refused
+        write_folder_atomic(target, {"a.txt": lambda p: p.write_text("2")})
+    write_folder_atomic(target, {"a.txt": lambda p: p.write_text("2")}, replaces=["sub/b.txt"])
+    assert sorted(str(p.relative_to(target)) for p in target.rglob("*")) == ["a.txt"]
+    assert (target / "a.txt").read_text() == "2" and leftovers(tmp_path) == []
+
+
+def test_a_file_put_into_the_folder_during_a_write_is_kept(tmp_path):
+    target = write_folder_atomic(tmp_path / "out", {"a.txt": lambda p: p.write_text("old")})
+
+    def write(path):  # the user saves a file there while the new folder is written
+        (target / "notes.txt").write_text("user data")
+        path.write_text("new")
+
+    with pytest.raises(ValueError, match="holds notes.txt"):
+        write_folder_atomic(target, {"a.txt": write})
+    assert sorted(p.name for p in target.iterdir()) == ["a.txt", "notes.txt"]
+    assert (target / "a.txt").read_text() == "old" and leftovers(tmp_path) == []
 
 
 def test_written_files_and_folders_respect_the_umask(ckpt, tmp_path):
@@ -102,6 +193,44 @@ def test_written_files_and_folders_respect_the_umask(ckpt, tmp_path):
         for p in [root, *root.rglob("*")]:
             mode = stat.S_IMODE(p.stat().st_mode)
             assert mode == (0o755 if p.is_dir() else 0o644), (p, oct(mode))
+
+
+@pytest.mark.parametrize("mode, linked", [(0o600, False), (0o644, True)])
+def test_a_repository_links_a_checkpoint_only_as_readable_as_it_writes(ckpt, tmp_path, mode,
+                                                                       linked):
+    """The user's checkpoint keeps its mode: a private one (0600) is copied into the
+    repository (readable there, 0644), a readable one is hard-linked."""
+    from bridgegan.serve.repo_python import write_python_repo
+
+    source = Path(shutil.copytree(ckpt, tmp_path / "ck"))
+    for f in source.iterdir():
+        f.chmod(mode)
+    old = os.umask(0o022)
+    try:
+        folders = write_python_repo(source, tmp_path / "repo")
+    finally:
+        os.umask(old)
+    for f in source.iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == mode, f
+        for folder in folders:
+            placed = folder / "1" / "checkpoint" / f.name
+            assert placed.read_bytes() == f.read_bytes()
+            assert stat.S_IMODE(placed.stat().st_mode) == 0o644
+            assert os.path.samefile(placed, f) == linked
+
+
+def test_a_repository_model_folder_holding_other_files_is_refused_before_writing(ckpt,
+                                                                                 tmp_path):
+    from bridgegan.serve.models import MODELS
+    from bridgegan.serve.repo_python import write_python_repo
+
+    notes = tmp_path / "repo" / MODELS[-1] / "notes.txt"
+    notes.parent.mkdir(parents=True)
+    notes.write_text("user data")
+    with pytest.raises(ValueError, match=rf"{notes.parent} holds notes.txt"):
+        write_python_repo(ckpt, tmp_path / "repo")
+    assert [p.name for p in (tmp_path / "repo").iterdir()] == [MODELS[-1]]  # none written
+    assert notes.read_text() == "user data"
 
 
 # ----------------------------------------------------------------------------- ONNX export cache

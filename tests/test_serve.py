@@ -756,7 +756,6 @@ def bundled_tritonserver_problem() -> str | None:
 @needs_serve
 def test_plain_tritonserver_on_the_python_backend_repository(ckpt, engine, tmp_path):
     from bridgegan.serve.process import ServerProcess
-    from tritonclient.utils import InferenceServerException
 
     problem = bundled_tritonserver_problem()
     if problem:

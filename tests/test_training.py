@@ -482,6 +482,52 @@ def test_cli_trains_and_resumes(tmp_path, capsys):
     assert "bad dataset spec" in capsys.readouterr().err
 
 
+
+def _checkpoints(out) -> list[str]:
+    return sorted(p.name for p in (out / "checkpoints").iterdir())
+
+
+def test_a_new_run_is_refused_in_an_earlier_runs_folder(tmp_path, capsys):
+    """A run without --resume would prune the earlier run's checkpoints against its own
+    (or its own against them) and mix the metrics: refused up front, nothing changed; a
+    folder holding only metrics.jsonl too."""
+    def run(out, *extra):
+        return _cli(["--data", "synthetic:24", "--batch", "4", "--n-d", "1", "--workers", "0",
+                     "--out", str(out), "--no-progress", "--log-every", "1", "--sample-every",
+                     "0", "--ckpt-every", "1", *TINY_ARCH, *extra])
+
+    out = tmp_path / "run"
+    assert run(out, "--steps", "4", "--keep-checkpoints", "2") == 0
+    assert _checkpoints(out) == ["step-00000003", "step-00000004"]
+    metrics = (out / "metrics.jsonl").read_bytes()
+    capsys.readouterr()
+    assert run(out, "--steps", "2") == 2
+    err = capsys.readouterr().err
+    assert f"--out {out} holds an earlier run ({out / 'checkpoints' / 'step-00000004'}, " \
+           f"{out / 'metrics.jsonl'}): pass --resume auto" in err
+    assert _checkpoints(out) == ["step-00000003", "step-00000004"]
+    assert (out / "metrics.jsonl").read_bytes() == metrics
+    killed = tmp_path / "killed"  # a run killed before its first checkpoint
+    killed.mkdir()
+    (killed / "metrics.jsonl").write_text('{"step": 1}\n')
+    assert run(killed, "--steps", "2") == 2
+    assert f"--out {killed} holds an earlier run" in capsys.readouterr().err
+    assert sorted(p.name for p in killed.iterdir()) == ["metrics.jsonl"]
+
+
+def test_pruning_keeps_the_checkpoint_just_written(tmp_path, capsys):
+    """Resumed from step 3 with step 4 of the abandoned course above it and
+    --keep-checkpoints 1, the run's final checkpoint (step 3) stays and step 4 goes."""
+    out = tmp_path / "run"
+    common = ["--data", "synthetic:24", "--workers", "0", "--out", str(out), "--no-progress",
+              "--sample-every", "0"]
+    assert _cli(common + TINY_ARCH + ["--batch", "4", "--n-d", "1", "--steps", "4",
+                                      "--ckpt-every", "1", "--keep-checkpoints", "2"]) == 0
+    assert _cli(common + ["--resume", str(out / "checkpoints" / "step-00000003"), "--steps",
+                          "3", "--keep-checkpoints", "1"]) == 0
+    assert _checkpoints(out) == ["step-00000003"]
+    assert "done: step 3" in capsys.readouterr().err
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("amp", AMP_MODES)
 def test_cuda_training_steps(faces, tmp_path, amp):

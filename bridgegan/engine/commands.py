@@ -11,6 +11,8 @@ from ..reference.data.grid import save_grid
 from ..reference.data.image import open_rgb
 from .io import tensor_to_pil
 
+GRID = "grid.png"  # translate's grid of every input and output
+
 
 def parse_sets(items: list[str]) -> dict[str, int]:
     """["Blond_Hair=1", "Male=0"] -> {"Blond_Hair": 1, "Male": 0}."""
@@ -23,36 +25,61 @@ def parse_sets(items: list[str]) -> dict[str, int]:
     return out
 
 
+def output_names(inputs: list[str], samples: int, edits: bool, reference: bool,
+                 out: Path) -> list[list[str]]:
+    """The file names ``translate`` writes in ``out`` for each input (``STEM_editK.png``
+    per label-edit sample, then ``STEM_reference.png``; ``GRID`` besides). A ValueError,
+    before any work, when two inputs share a file name (their outputs would overwrite each
+    other) or an output would overwrite an input."""
+    seen: dict[str, str] = {}
+    for p in inputs:
+        stem = Path(p).stem
+        if stem in seen:
+            raise ValueError(f"--input {seen[stem]} and {p} would both write {stem}_*.png in "
+                             f"--out (outputs are named after the input's file name): give "
+                             f"inputs with distinct file names")
+        seen[stem] = p
+    suffixes = [f"_edit{k + 1}" for k in range(samples)] if edits else []
+    suffixes += ["_reference"] if reference else []
+    names = [[f"{stem}{s}.png" for s in suffixes] for stem in seen]
+    sources = {Path(p).resolve() for p in inputs}
+    for name in (GRID, *(n for row in names for n in row)):
+        if (out / name).resolve() in sources:
+            raise ValueError(f"output {out / name} would overwrite an --input: give another "
+                             f"--out")
+    return names
+
+
 def translate(args: argparse.Namespace) -> int:
     from .engine import Engine
 
     edits = parse_sets(args.set or [])
     if not edits and not args.reference:
         raise ValueError("nothing to do: give --set NAME=0|1 (label-based) and/or --reference")
-    check_writable_folder(args.out)
+    out = Path(args.out)
+    names = output_names(args.input, args.samples, bool(edits), bool(args.reference), out)
+    check_writable_folder(out)
     eng = Engine.from_checkpoint(args.checkpoint, backend=args.backend, dtype=args.dtype,
                                  device=args.device)
     sources = [open_rgb(p) for p in args.input]
     x = eng.load_images(sources)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     columns = [x.cpu()]
     if edits:
         for k in range(args.samples):
-            y = eng.translate(x, edits, strength=args.strength, seed=args.seed + k).cpu()
-            columns.append(y)
-            for p, img in zip(args.input, y):
-                tensor_to_pil(img).save(out / f"{Path(p).stem}_edit{k + 1}.png")
+            columns.append(eng.translate(x, edits, strength=args.strength,
+                                         seed=args.seed + k).cpu())
     if args.reference:
         refs = [[open_rgb(r)] for r in args.reference]  # each reference: a batch of 1
         attrs = [a for a in args.attributes.split(",") if a] if args.attributes else None
-        y = eng.translate_reference(x, refs, attributes=attrs, strength=args.strength).cpu()
-        columns.append(y)
-        for p, img in zip(args.input, y):
-            tensor_to_pil(img).save(out / f"{Path(p).stem}_reference.png")
-    grid = torch.stack(columns, dim=1).flatten(0, 1)  # one row per input
-    save_grid(grid, out / "grid.png", nrow=len(columns))
-    print(f"wrote {len(args.input) * (len(columns) - 1)} images and {out / 'grid.png'} "
+        columns.append(eng.translate_reference(x, refs, attributes=attrs,
+                                               strength=args.strength).cpu())
+    grid = torch.stack(columns, dim=1)  # (input, column, C, H, W)
+    out.mkdir(parents=True, exist_ok=True)
+    for row_names, row in zip(names, grid[:, 1:]):
+        for name, img in zip(row_names, row):
+            tensor_to_pil(img).save(out / name)
+    save_grid(grid.flatten(0, 1), out / GRID, nrow=len(columns))
+    print(f"wrote {len(args.input) * (len(columns) - 1)} images and {out / GRID} "
           f"(columns: source" + (f", {args.samples} label edit(s) {edits}" if edits else "")
           + (", reference" if args.reference else "") + ")")
     return 0

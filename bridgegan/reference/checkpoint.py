@@ -2,13 +2,13 @@
 
 Writes are atomic at the folder level (``files.write_folder_atomic``): everything is
 written and fsynced into a sibling temporary folder which then replaces the target, so a
-killed run leaves either the old checkpoint or the new one, never a mix. Loading checks
-the config and every tensor name, shape and value (NaN or Inf weights are refused), and
-names each mismatch.
+killed run leaves either the old checkpoint or the new one, never a mix; a target holding
+anything but checkpoint files is refused, not replaced. Loading checks the config and
+every tensor name, shape and value (NaN or Inf weights are refused), and names each
+mismatch.
 """
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -24,6 +24,12 @@ from .model import BridgeGAN
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 FORMAT = "bridgegan-checkpoint/1"
+STATE_TENSORS, STATE_JSON = "train_state.safetensors", "train_state.json"  # train_state.py
+EVAL_FILE, TRAINING_FILE = "eval.json", "training.json"  # a shipped model's (demo.ship)
+# every file a checkpoint folder may hold. A save replaces an earlier checkpoint whatever
+# subset of these it held, and refuses a folder holding anything else.
+CHECKPOINT_FILES = (CONFIG_FILE, WEIGHTS_FILE, STATE_TENSORS, STATE_JSON, EVAL_FILE,
+                    TRAINING_FILE)
 
 
 class CheckpointError(ValueError):
@@ -36,7 +42,9 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module,
     """Save ``model`` (a BridgeGAN) as config.json + model.safetensors, atomically.
 
     ``dtype`` casts floating tensors (e.g. torch.float16 for a small shipped file);
-    ``extra`` adds more files to the same folder (training state, eval numbers).
+    ``extra`` adds more files to the same folder (training state, eval numbers). An
+    existing ``path`` is replaced only when it holds nothing but ``CHECKPOINT_FILES`` and
+    ``extra``'s files (``files.check_replaceable``).
     """
     config: BridgeGANConfig = model.config
     tensors = {}
@@ -50,7 +58,7 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module,
         WEIGHTS_FILE: lambda p: save_file(tensors, str(p), metadata={"format": FORMAT}),
     }
     writers.update(extra or {})
-    return write_folder_atomic(path, writers)
+    return write_folder_atomic(path, writers, replaces=CHECKPOINT_FILES)
 
 
 def read_config(path: str | os.PathLike) -> BridgeGANConfig:

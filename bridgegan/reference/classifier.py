@@ -13,6 +13,8 @@ from torch import nn
 from .checkpoint import read_tensors, write_folder_atomic
 
 CONFIG_FILE, WEIGHTS_FILE = "classifier.json", "classifier.safetensors"
+REPORT_FILE = "report.json"  # `bridgegan train-classifier` writes its report beside them
+SAVED_FILES = (CONFIG_FILE, WEIGHTS_FILE, REPORT_FILE)  # what a save may replace
 
 
 class AttributeClassifier(nn.Module):
@@ -62,16 +64,20 @@ class AttributeClassifier(nn.Module):
         return torch.cat([(self(x[i:i + batch].to(p)) > 0).float().cpu()
                           for i in range(0, x.shape[0], batch)])
 
-    def save(self, path: str | Path) -> Path:
+    def save(self, path: str | Path, report: dict | None = None) -> Path:
+        """Write folder ``path`` (atomically), with ``report`` (its training report) as
+        REPORT_FILE; an existing one is replaced only when it holds nothing but
+        ``SAVED_FILES`` (an earlier classifier)."""
         meta = {"attributes": list(self.attributes), "image_size": self.image_size,
                 "width": self.width, "kernel": self.kernel}
         from safetensors.torch import save_file
 
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        return write_folder_atomic(path, {
-            CONFIG_FILE: lambda p: p.write_text(json.dumps(meta, indent=2)),
-            WEIGHTS_FILE: lambda p: save_file(tensors, str(p)),
-        })
+        writers = {CONFIG_FILE: lambda p: p.write_text(json.dumps(meta, indent=2)),
+                   WEIGHTS_FILE: lambda p: save_file(tensors, str(p))}
+        if report is not None:
+            writers[REPORT_FILE] = lambda p: p.write_text(json.dumps(report, indent=2))
+        return write_folder_atomic(path, writers, replaces=SAVED_FILES)
 
     @classmethod
     def load(cls, path: str | Path) -> "AttributeClassifier":
@@ -81,6 +87,13 @@ class AttributeClassifier(nn.Module):
         if not (path / CONFIG_FILE).is_file():
             raise CheckpointError(f"no classifier at {path}: expected {CONFIG_FILE} and {WEIGHTS_FILE}")
         meta = json.loads((path / CONFIG_FILE).read_text())
+        fields = {"attributes": list, "image_size": int, "width": int}
+        bad = [k for k, t in fields.items() if not isinstance(meta, dict)
+               or not isinstance(meta.get(k), t) or isinstance(meta.get(k), bool)]
+        if bad:
+            raise CheckpointError(f"{path / CONFIG_FILE} lacks valid {', '.join(bad)}: it must "
+                                  f"be an object with attributes (a list of names), image_size "
+                                  f"and width (integers)")
         model = cls(tuple(meta["attributes"]), meta["image_size"], meta["width"],
                     meta.get("kernel", 4))  # files written before the kernel option: 4
         load_state(model, read_tensors(path / WEIGHTS_FILE), str(path / WEIGHTS_FILE))

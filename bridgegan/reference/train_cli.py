@@ -125,7 +125,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     g = p.add_argument_group("output")
     g.add_argument("--out", default="runs/bridgegan",
-                   help="output folder: checkpoints/, samples/, metrics.jsonl (default: runs/bridgegan)")
+                   help="output folder: checkpoints/, samples/, metrics.jsonl; a run without "
+                        "--resume refuses one holding an earlier run's checkpoints or metrics "
+                        "(default: runs/bridgegan)")
     g.add_argument("--resume", default=None,
                    help="checkpoint folder to resume from, or 'auto' for the latest checkpoint "
                         "under --out (starts fresh when there is none)")
@@ -238,6 +240,18 @@ def _make_datasets(args, size: int, attributes):
     return train, samples
 
 
+def _refuse_earlier_run(out: Path) -> None:
+    """Refuse a fresh run in a run folder holding an earlier run's checkpoints or metrics:
+    its checkpoints would be pruned against the new ones, and its metrics mixed in."""
+    from .train_state import earlier_run
+
+    found = earlier_run(out)
+    if found:
+        raise ValueError(f"--out {out} holds an earlier run ({', '.join(map(str, found))}): "
+                         f"pass --resume auto (or a checkpoint folder) to continue it, or "
+                         f"choose another --out for a new run")
+
+
 def run(args: argparse.Namespace) -> int:
     """Train; returns a process exit status."""
     import torch
@@ -261,6 +275,8 @@ def run(args: argparse.Namespace) -> int:
         out = Path(args.out)
         for folder in (out, out / "checkpoints", out / "samples"):  # before any work
             check_writable_folder(folder, "output folder")
+        if not args.resume:
+            _refuse_earlier_run(out)
         resume = None
         if args.resume == "auto":
             resume = latest_checkpoint(out)
@@ -326,7 +342,7 @@ def run(args: argparse.Namespace) -> int:
         if info.is_main:
             print(f"done: step {trainer.step}, checkpoints in {out / 'checkpoints'}", file=sys.stderr)
         return 0
-    except (ValueError, CheckpointError, FileNotFoundError) as exc:
+    except (ValueError, CheckpointError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:

@@ -39,15 +39,13 @@ import torch
 from safetensors.torch import save_file
 
 from ..files import write_file_atomic
-from .checkpoint import (CheckpointError, load_checkpoint, load_state, read_config, read_tensors,
-                         save_checkpoint)
+from .checkpoint import (STATE_JSON, STATE_TENSORS, CheckpointError, load_checkpoint, load_state,
+                         read_config, read_tensors, save_checkpoint)
 from .model import BridgeGAN
 from .noise_memory import NoiseMemory
 from .train_config import TrainConfig
 from .widen import widen_into
 
-STATE_TENSORS = "train_state.safetensors"
-STATE_JSON = "train_state.json"
 STATE_FORMAT = "bridgegan-train-state/1"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
@@ -144,23 +142,34 @@ def numbered_checkpoint(out_dir: str | os.PathLike, step: int) -> Path:
     return Path(out_dir) / CHECKPOINTS / f"step-{step:08d}"
 
 
-def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
-    """The checkpoint folder with the highest step under ``out_dir/checkpoints``."""
+def _numbered(out_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """(step, folder) of the numbered checkpoints under ``out_dir/checkpoints``, by step."""
     root = Path(out_dir) / CHECKPOINTS
     if not root.is_dir():
-        return None
-    found = [(int(m.group(1)), p) for p in root.iterdir()
-             if (m := _CKPT_RE.match(p.name)) and (p / STATE_JSON).is_file()]
-    return max(found)[1] if found else None
+        return []
+    return sorted((int(m.group(1)), p) for p in root.iterdir() if (m := _CKPT_RE.match(p.name)))
 
 
-def prune_checkpoints(out_dir: str | os.PathLike, keep: int) -> None:
-    """Remove all but the ``keep`` newest numbered checkpoints (0 keeps all)."""
+def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
+    """The checkpoint folder with the highest step under ``out_dir/checkpoints``."""
+    found = [p for _, p in _numbered(out_dir) if (p / STATE_JSON).is_file()]
+    return found[-1] if found else None
+
+
+def earlier_run(out_dir: str | os.PathLike) -> list[Path]:
+    """What a run left in run folder ``out_dir``: its newest numbered checkpoint and
+    ``metrics.jsonl``, those present."""
+    metrics = Path(out_dir) / METRICS_FILE
+    return [p for _, p in _numbered(out_dir)][-1:] + ([metrics] if metrics.exists() else [])
+
+
+def prune_checkpoints(out_dir: str | os.PathLike, keep: int, written: Path) -> None:
+    """Keep ``written`` (the checkpoint just saved) and the ``keep - 1`` highest-step other
+    numbered checkpoints; remove the rest (``keep`` 0 keeps all)."""
     if not keep:
         return
-    root = Path(out_dir) / CHECKPOINTS
-    found = sorted((int(m.group(1)), p) for p in root.iterdir() if (m := _CKPT_RE.match(p.name)))
-    for _, p in found[:-keep]:
+    others = [p for _, p in _numbered(out_dir) if p.name != written.name]
+    for p in others[:max(len(others) - (keep - 1), 0)]:
         shutil.rmtree(p, ignore_errors=True)
 
 

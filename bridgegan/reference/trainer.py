@@ -505,7 +505,8 @@ class Trainer:
     def save(self, path: str | os.PathLike | None = None) -> Path | None:
         """Write a checkpoint folder (rank 0 only); default out_dir/checkpoints/step-NNNNNNNN.
 
-        Older numbered checkpoints beyond ``keep_checkpoints`` are removed.
+        Numbered checkpoints beyond ``keep_checkpoints`` are removed, never the one just
+        written (``prune_checkpoints``).
         """
         if not self.is_main:
             return None
@@ -515,7 +516,7 @@ class Trainer:
             path = numbered_checkpoint(self.out_dir, self.step)
         path = self.state().save(path)
         if self.out_dir is not None and path.parent == self.out_dir / CHECKPOINTS:
-            prune_checkpoints(self.out_dir, self.config.keep_checkpoints)
+            prune_checkpoints(self.out_dir, self.config.keep_checkpoints, path)
         return path
 
     def init_weights(self, path: str | os.PathLike, widen: bool = False) -> None:

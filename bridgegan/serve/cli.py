@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..argtypes import non_negative_int, positive_int
 from ..engine import options as engine_options
 from .server import READ_TIMEOUT_S
 
@@ -28,16 +29,16 @@ def run(args: argparse.Namespace) -> int:
         from .server import run_tritonserver
 
         return run_tritonserver(args.repository, **ports)
-    if args.max_batch < 1:
-        raise ValueError(f"--max-batch must be at least 1, got {args.max_batch}")
     if not args.checkpoint:
         raise ValueError("give --checkpoint CKPT (serve it, or write a model repository "
                          "with --write-repository) or --repository DIR")
+    from ..files import check_writable_folder
     from .repo_python import write_python_repo
     from .server import import_pytriton, serve_checkpoint
 
     engine = (args.max_batch, args.max_queue_delay_us, args.device, args.backend, args.dtype)
     if args.write_repository:
+        check_writable_folder(args.write_repository, "--write-repository")
         folders = write_python_repo(args.checkpoint, args.write_repository, *engine)
         print(f"wrote {', '.join(f.name for f in folders)} to {args.write_repository}; serve "
               f"with: tritonserver --model-repository {args.write_repository}")
@@ -67,10 +68,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """Add the serving options to ``p``."""
     p.add_argument("--checkpoint", help="checkpoint folder to serve")
     engine_options.add_options(p)
-    p.add_argument("--max-batch", type=int, default=64, help="largest batch Triton forms and "
-                                                             "accepts (default: %(default)s)")
-    p.add_argument("--max-queue-delay-us", type=int, default=1000,
-                   help="how long a request may wait for others to batch with "
+    p.add_argument("--max-batch", type=positive_int, default=64,
+                   help="largest batch Triton forms and accepts, >= 1 (default: %(default)s)")
+    p.add_argument("--max-queue-delay-us", type=non_negative_int, default=1000,
+                   help="how long a request may wait for others to batch with, >= 0 "
                         "(default: %(default)s)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default: %(default)s; 0.0.0.0 for every interface)")

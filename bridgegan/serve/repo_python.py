@@ -8,7 +8,9 @@ nvidia-pytriton bundles: ``server.tritonserver_command``)::
     DIR/<model>/bridgegan.json     config and attribute names (for clients)
     DIR/<model>/1/model.py         imports TritonPythonModel from this module
     DIR/<model>/1/checkpoint/      config.json + model.safetensors (hard links to the
-                                   first model's copy where the file system allows)
+                                   first model's copy where the file system allows; that
+                                   one links the checkpoint's files only where they are
+                                   as readable as written files: ``files.link_or_copy``)
 
 The server's Python needs this package and torch installed (``pip install bridgegan``).
 The python backend answers each request of a batch on its own: an invalid request gets
@@ -18,12 +20,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 from .. import __version__
 from ..engine.export.pbtxt import instance_device, model_config
-from ..reference.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_checkpoint, write_folder_atomic
+from ..files import check_replaceable, link_or_copy, write_folder_atomic
+from ..reference.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_checkpoint
 from .models import MODELS, ModelSpec, model_specs, run_requests
 
 MODEL_PY = "from bridgegan.serve.repo_python import TritonPythonModel  # noqa: F401\n"
@@ -38,15 +40,6 @@ def python_model_config(spec: ModelSpec, max_batch: int, queue_delay_us: int, de
                         parameters={"engine_backend": backend, "engine_dtype": dtype})
 
 
-def _link_or_copy(source: Path):
-    def write(path: Path) -> None:
-        try:
-            os.link(source, path)
-        except OSError:
-            shutil.copyfile(source, path)
-    return write
-
-
 def _text(text: str):
     return lambda path: path.write_text(text)
 
@@ -55,26 +48,27 @@ def write_python_repo(checkpoint: str | os.PathLike, out: str | os.PathLike,
                       max_batch: int = 64, queue_delay_us: int = 1000, device: str = "cpu",
                       backend: str = "torch", dtype: str = "float32") -> list[Path]:
     """Write one python-backend model folder per served model under ``out`` (each replaced
-    atomically). ``device`` "cuda" gives GPU instances ("cuda:N": on GPU N); ``backend`` /
-    ``dtype`` are the engine's. Returns the model folders."""
+    atomically; every folder is checked replaceable before any is written). ``device``
+    "cuda" gives GPU instances ("cuda:N": on GPU N); ``backend`` / ``dtype`` are the
+    engine's. Returns the model folders."""
     instance_device(device)  # a bad device fails before anything is written
     config = load_checkpoint(checkpoint).config  # checks every tensor before copying
     specs = model_specs(config)
     info = {"config": json.loads(config.to_json()), "attributes": list(config.attributes),
             "bridgegan_version": __version__}
-    source, written = Path(checkpoint), []
+    folders, source = {}, Path(checkpoint)
     for name in MODELS:
         text = python_model_config(specs[name], max_batch, queue_delay_us, device, backend, dtype)
         meta = {**info, "model": name, "backend": "python",
                 "inputs": [vars(p) for p in specs[name].inputs]}
-        folder = write_folder_atomic(Path(out) / name, {
+        folders[Path(out) / name] = {
             "config.pbtxt": _text(text), "bridgegan.json": _text(json.dumps(meta, indent=2) + "\n"),
             "1/model.py": _text(MODEL_PY),
-            **{f"1/checkpoint/{f}": _link_or_copy(source / f)
-               for f in (CONFIG_FILE, WEIGHTS_FILE)}})
-        written.append(folder)
-        source = folder / "1" / "checkpoint"
-    return written
+            **{f"1/checkpoint/{f}": link_or_copy(source / f) for f in (CONFIG_FILE, WEIGHTS_FILE)}}
+        source = Path(out) / name / "1" / "checkpoint"  # written first: later models link it
+    for folder, writers in folders.items():
+        check_replaceable(folder, writers)
+    return [write_folder_atomic(folder, writers) for folder, writers in folders.items()]
 
 
 class TritonPythonModel:

@@ -4,7 +4,23 @@ from __future__ import annotations
 
 import argparse
 
+from ...argtypes import input_file, non_negative_int, positive_int
 from .names import GRAPHS, ONNX_PRECISIONS, OPSET, TENSORRT_PRECISIONS
+
+PREFERRED_BATCHES = (4, 8, 16, 32)  # triton-repo's default preferred batch sizes
+
+
+def _check_opset(opset: int) -> None:
+    """Refuse, before any tracing, an opset outside OPSET..the newest one torch's
+    TorchScript exporter writes (a private constant: where a torch lacks it, only the
+    lower bound is checked here and the exporter refuses the rest)."""
+    import torch
+    import torch.onnx._constants as constants
+
+    newest = getattr(constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", None)
+    if opset < OPSET or (newest is not None and opset > newest):
+        raise ValueError(f"--opset must be from {OPSET} to {newest or 'the newest'} (the newest "
+                         f"that torch {torch.__version__}'s ONNX exporter writes), got {opset}")
 
 
 def _onnx(args: argparse.Namespace) -> int:
@@ -12,6 +28,7 @@ def _onnx(args: argparse.Namespace) -> int:
     from ...reference.config import BridgeGANConfig
     from .onnx_export import export_onnx, require_onnx
 
+    _check_opset(args.opset)
     require_onnx("bridgegan export onnx")
     check_writable_folder(args.out, "export folder", replaced=True)
     expected = None
@@ -41,11 +58,15 @@ def _triton(args: argparse.Namespace) -> int:
     from .onnx_export import require_onnx
     from .triton_repo import write_triton_repo
 
+    too_large = [b for b in args.preferred_batch or () if b > args.max_batch]
+    if too_large:
+        raise ValueError(f"--preferred-batch sizes {' '.join(map(str, too_large))} exceed "
+                         f"--max-batch {args.max_batch}: give sizes from 1 to {args.max_batch}")
     require_onnx("bridgegan export triton-repo")
     check_writable_folder(args.dir, "model repository folder")
     folders = write_triton_repo(args.checkpoint, args.dir, args.plan or (), args.precision,
-                                args.onnx_dir, args.max_batch, args.preferred_batch,
-                                args.queue_delay_us)
+                                args.onnx_dir, args.max_batch,
+                                args.preferred_batch or PREFERRED_BATCHES, args.queue_delay_us)
     print(f"wrote {', '.join(f.name for f in folders)} to {args.dir}; serve with: "
           f"tritonserver --model-repository {args.dir}")
     return 0
@@ -67,8 +88,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--precision", nargs="+", choices=list(ONNX_PRECISIONS),
                    default=list(ONNX_PRECISIONS))
     t.add_argument("--graphs", nargs="+", choices=GRAPHS, default=list(GRAPHS))
-    t.add_argument("--opset", type=int, default=OPSET, help="%(default)s or newer")
-    t.add_argument("--expect-config", metavar="CONFIG_JSON",
+    t.add_argument("--opset", type=int, default=OPSET,
+                   help="%(default)s up to the newest torch's ONNX exporter writes "
+                        "(default: %(default)s)")
+    t.add_argument("--expect-config", metavar="CONFIG_JSON", type=input_file,
                    help="refuse a checkpoint whose configuration differs from this config.json")
     t.set_defaults(target_func=_onnx)
 
@@ -94,7 +117,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="ONNX variant to serve (default: %(default)s)")
     t.add_argument("--onnx-dir", help="export folder to take the graphs from or export into "
                                       "(default: the export cache)")
-    t.add_argument("--max-batch", type=int, default=64)
-    t.add_argument("--preferred-batch", type=int, nargs="+", default=[4, 8, 16, 32])
-    t.add_argument("--queue-delay-us", type=int, default=1000)
+    t.add_argument("--max-batch", type=positive_int, default=64,
+                   help="largest batch Triton forms and accepts, >= 1 (default: %(default)s; "
+                        "a --plan keeps its profile's)")
+    t.add_argument("--preferred-batch", type=positive_int, nargs="+",
+                   help="batch sizes dynamic batching prefers, each 1 to --max-batch "
+                        f"(default: {' '.join(map(str, PREFERRED_BATCHES))}, those up to "
+                        "--max-batch)")
+    t.add_argument("--queue-delay-us", type=non_negative_int, default=1000,
+                   help="how long a request may wait for others to batch with, >= 0 "
+                        "(default: %(default)s)")
     t.set_defaults(target_func=_triton)

@@ -46,7 +46,6 @@ import importlib.util
 import io
 import json
 import os
-import shutil
 import sys
 import warnings
 from collections.abc import Callable, Iterable
@@ -57,7 +56,7 @@ import torch
 from torch.onnx import symbolic_helper
 
 from ... import __version__
-from ...files import locked, write_folder_atomic
+from ...files import link_or_copy, locked, write_folder_atomic
 from ...reference import programs
 from ...reference.checkpoint import CheckpointError, load_checkpoint
 from ...reference.config import BridgeGANConfig
@@ -354,22 +353,23 @@ def _new_manifest(model: BridgeGAN, key: str, rewrites: Rewrites, opset: int) ->
             "attributes": list(cfg.attributes), "config": cfg.to_dict(), "graphs": {}}
 
 
-def _link(src: Path):
-    """A folder writer placing ``src`` (a hard link, a copy across file systems)."""
-    def write(path: Path) -> None:
-        try:
-            os.link(src, path)
-        except OSError:
-            shutil.copyfile(src, path)
-    return write
+def _carried(out: Path, manifest: dict) -> dict:
+    """Writers carrying export folder ``out``'s files over to its replacement
+    (``files.link_or_copy``): the graphs its manifest lists and the TensorRT plans, their
+    sidecars and the timing cache that the tensorrt backend builds beside them."""
+    from .tensorrt_build import TIMING_CACHE  # it imports this module
+
+    graphs = [f for entry in manifest["graphs"].values() for f in entry.get("files", {}).values()]
+    plans = [p.name for pattern in ("*.plan", "*.plan.json") for p in out.glob(pattern)]
+    return {f: link_or_copy(out / f) for f in [*graphs, *plans, TIMING_CACHE]
+            if (out / f).is_file()}
 
 
 def _write_export(out: Path, manifest: dict, missing: list[tuple[str, str]], model: BridgeGAN,
                   rewrites: Rewrites, opset: int) -> None:
     """Export the ``missing`` graphs and replace folder ``out`` by one holding its files,
     the new ones and the updated manifest (atomically: a kill leaves the old folder)."""
-    kept = {f: _link(out / f) for entry in manifest["graphs"].values()
-            for f in entry.get("files", {}).values() if (out / f).is_file()}
+    kept = _carried(out, manifest)
     written = {}
     for precision in dict.fromkeys(p for _, p in missing):
         graph = InferenceGraph(model, rewrites).to("cpu", ONNX_DTYPES[precision]).eval()

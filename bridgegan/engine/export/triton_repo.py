@@ -12,7 +12,9 @@ outputs with the ONNX graph's names, types and dims without the batch dimension,
 ``max_batch_size`` (the plan profile's max for plans) and dynamic batching (preferred batch
 sizes, queue delay). A plan (``--plan``, repeatable) replaces the ONNX model of the graph
 its sidecar names; it must have been built on the GPU type and TensorRT version the server
-runs. Serve with ``tritonserver --model-repository DIR``.
+runs. Serve with ``tritonserver --model-repository DIR``. A model folder is replaced only
+when it holds nothing but ``MODEL_FILES`` (an earlier export); all are checked before the
+export starts.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ... import __version__
-from ...files import write_folder_atomic
+from ...files import check_replaceable, write_folder_atomic
 from ...reference.checkpoint import load_checkpoint
 from ...reference.config import BridgeGANConfig
 from .names import PROGRAMS
@@ -31,6 +33,9 @@ from .pbtxt import Port, model_config
 from .tensorrt_build import read_sidecar
 
 TRITON_TYPES = {"float32": "FP32", "float16": "FP16"}
+# the files of a model folder: the ONNX model or a plan in version 1 (either may replace
+# the other on a later export)
+MODEL_FILES = ("config.pbtxt", "bridgegan.json", "1/model.onnx", "1/model.plan")
 
 
 def graph_config(name: str, spec: dict, platform: str, max_batch_size: int,
@@ -74,6 +79,8 @@ def write_triton_repo(checkpoint: str | os.PathLike, out: str | os.PathLike,
     """Write one model folder per program graph under ``out`` (each replaced atomically);
     the ONNX graphs come from ``onnx_dir`` (exported there when missing; default: the
     export cache). Returns the model folders."""
+    for name in PROGRAMS:
+        check_replaceable(Path(out) / name, MODEL_FILES)
     model = load_checkpoint(checkpoint, expected_config)
     folder = export_model(model, onnx_dir, PROGRAMS, (precision,))
     manifest = read_manifest(folder)
@@ -93,5 +100,6 @@ def write_triton_repo(checkpoint: str | os.PathLike, out: str | os.PathLike,
         meta = {**info, "graph": name, "platform": platform, "bridgegan_version": __version__}
         written.append(write_folder_atomic(Path(out) / name, {
             "config.pbtxt": _bytes(text.encode()), "bridgegan.json": _bytes(
-                (json.dumps(meta, indent=2) + "\n").encode()), f"1/{file}": _bytes(data)}))
+                (json.dumps(meta, indent=2) + "\n").encode()), f"1/{file}": _bytes(data)},
+            replaces=MODEL_FILES))
     return written
