@@ -8,3 +8,4 @@ STAGES = ("trunk", "encode", "map", "decode", "decode_mix")
 GRAPHS = PROGRAMS + STAGES
 ONNX_PRECISIONS = {"fp32": "float32", "fp16": "float16"}  # name -> torch dtype name
 TENSORRT_PRECISIONS = ("fp32", "fp16", "bf16")
+TIMING_CACHE = "timing.cache"  # the TensorRT timing cache kept beside the plans

@@ -63,7 +63,7 @@ from ...reference.config import BridgeGANConfig
 from ...reference.model import BridgeGAN
 from ..backends.base import BackendUnavailable
 from ..graph import InferenceGraph, Rewrites
-from .names import GRAPHS, ONNX_PRECISIONS, OPSET
+from .names import GRAPHS, ONNX_PRECISIONS, OPSET, TIMING_CACHE
 
 ONNX_DTYPES = {name: getattr(torch, dtype) for name, dtype in ONNX_PRECISIONS.items()}
 ONNX_PRECISION_OF = {v: k for k, v in ONNX_DTYPES.items()}
@@ -357,7 +357,6 @@ def _carried(out: Path, manifest: dict) -> dict:
     """Writers carrying export folder ``out``'s files over to its replacement
     (``files.link_or_copy``): the graphs its manifest lists and the TensorRT plans, their
     sidecars and the timing cache that the tensorrt backend builds beside them."""
-    from .tensorrt_build import TIMING_CACHE  # it imports this module
 
     graphs = [f for entry in manifest["graphs"].values() for f in entry.get("files", {}).values()]
     plans = [p.name for pattern in ("*.plan", "*.plan.json") for p in out.glob(pattern)]

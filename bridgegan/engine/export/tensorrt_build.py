@@ -34,11 +34,10 @@ from pathlib import Path
 from ... import __version__
 from ...files import write_file_atomic
 from ..backends.base import BackendUnavailable
-from .names import TENSORRT_PRECISIONS
+from .names import TENSORRT_PRECISIONS, TIMING_CACHE
 from .onnx_export import io_spec, load_onnx
 
 TRT_EXTRA = "pip install 'bridgegan[tensorrt]'"
-TIMING_CACHE = "timing.cache"
 MATCH_KEYS = ("tensorrt_version", "gpu_name", "compute_capability")
 
 
