@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import sys
 from importlib.util import find_spec
 
 import pytest
@@ -227,6 +228,18 @@ def test_plan_sidecar_check():
         check_sidecar(built, here, "x.plan")
     with pytest.raises(PlanMismatch, match="tensorrt_version: plan '10.3.0', here '10.8.0'"):
         check_sidecar(built, {**built, "tensorrt_version": "10.8.0"}, "x.plan")
+
+
+@pytest.mark.parametrize("version", ["9.3.0", "11.1.0"])
+def test_tensorrt_outside_version_10_is_refused(monkeypatch, version):
+    """9 lacks the API used; 11 removed the reduced-precision flags the fp16 / bf16 plans
+    set: either is refused up front, naming the version and the supported one."""
+    import types
+
+    monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__=version))
+    with pytest.raises(BackendUnavailable, match=rf"TensorRT {version} is not supported; this "
+                                                 rf"build uses the TensorRT 10 API"):
+        import_tensorrt()
 
 
 @pytest.mark.skipif(HAVE_TRT, reason="checks the message shown without tensorrt")

@@ -3,9 +3,11 @@
 The float32 stage graphs are exported (see ``export.onnx_export``) into the export folder
 and one plan per stage is built beside them (``<stage>_<precision>.plan``) on first use,
 or again when its sidecar says it was built for another GPU or TensorRT version.
-:class:`TrtPlan` binds torch tensors by address and enqueues on the current torch stream
-(``execute_async_v3``; no pycuda); it refuses a plan built elsewhere and batches outside
-the plan's optimisation profile.
+:class:`TrtPlan` binds torch tensors by address and enqueues (``execute_async_v3``; no
+pycuda) on a stream of its own, ordered after and before the current torch stream:
+TensorRT synchronises the device around work on the default stream. It refuses a plan
+built elsewhere, batches outside the plan's optimisation profile, and any binding that
+TensorRT does not accept.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from ...reference.programs import Stages
 from ..export.names import STAGES
 from ..export.onnx_export import ONNX_PRECISION_OF, export_model, file_name
 from ..export.tensorrt_build import (PlanMismatch, build_config, build_plan, check_sidecar,
-                                     device_info, import_tensorrt, read_sidecar,
+                                     device_info, import_tensorrt, logger, read_sidecar,
                                      sidecar_path, sidecar_problems)
 from .exported import exported_stages
 
@@ -35,11 +37,11 @@ class TrtPlan:
         self.sidecar = read_sidecar(plan)
         with torch.cuda.device(self.device):
             check_sidecar(self.sidecar, device_info(trt), plan)
-            self.engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(
-                self.path.read_bytes())
+            self.engine = trt.Runtime(logger(trt)).deserialize_cuda_engine(self.path.read_bytes())
             if self.engine is None:
                 raise PlanMismatch(f"TensorRT cannot load {plan} (see its log)")
             self.context = self.engine.create_execution_context()
+            self.stream = torch.cuda.Stream(self.device)
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         is_input = {n: self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
         self.inputs = list(self.sidecar["profile"])  # the ONNX graph's input order
@@ -50,26 +52,43 @@ class TrtPlan:
         self.batch_range = (first[0][0], first[2][0])
 
     def __call__(self, *args: torch.Tensor) -> list[torch.Tensor]:
+        if len(args) != len(self.inputs):
+            raise ValueError(f"{self.path} takes {len(self.inputs)} inputs "
+                             f"({', '.join(self.inputs)}), got {len(args)}")
         lo, hi = self.batch_range
         n = args[0].shape[0]
         if not lo <= n <= hi:
             raise ValueError(f"batch {n} is outside the profile of {self.path} ({lo} to {hi}); "
                              f"rebuild it with --min-batch / --max-batch")
-        ctx, bound = self.context, []
-        for name, a in zip(self.inputs, args):
-            t = a.to(self.device, self.dtypes[name]).contiguous()
-            ctx.set_input_shape(name, tuple(t.shape))
-            ctx.set_tensor_address(name, t.data_ptr())
-            bound.append(t)  # alive until enqueued; the stream orders its reuse
-        outs = []
-        for name in self.outputs:
-            o = torch.empty(tuple(ctx.get_tensor_shape(name)), dtype=self.dtypes[name],
-                            device=self.device)
-            ctx.set_tensor_address(name, o.data_ptr())
-            outs.append(o)
-        if not ctx.execute_async_v3(torch.cuda.current_stream(self.device).cuda_stream):
-            raise RuntimeError(f"TensorRT failed to run {self.path}")
+        with torch.cuda.device(self.device):
+            main = torch.cuda.current_stream()
+            tensors = [a.to(self.device, self.dtypes[name]).contiguous()
+                       for name, a in zip(self.inputs, args)]
+            for name, t in zip(self.inputs, tensors):
+                self._bind(name, t, shape=True)
+            outs = [torch.empty(tuple(self.context.get_tensor_shape(name)),
+                                dtype=self.dtypes[name], device=self.device)
+                    for name in self.outputs]
+            for name, o in zip(self.outputs, outs):
+                self._bind(name, o)
+            self.stream.wait_stream(main)  # the inputs are ready, the outputs allocated
+            if not self.context.execute_async_v3(self.stream.cuda_stream):
+                raise RuntimeError(f"TensorRT failed to run {self.path}")
+            main.wait_stream(self.stream)
+            for t in tensors + outs:  # the allocator must not reuse them before the plan ran
+                t.record_stream(self.stream)
         return outs
+
+    def _bind(self, name: str, t: torch.Tensor, shape: bool = False) -> None:
+        """Bind tensor ``t`` to ``name`` (and its shape, for an input); TensorRT's refusal
+        (a shape outside the profile, an address not 256-byte aligned) is an error, never
+        a run on the previous call's binding."""
+        if shape and not self.context.set_input_shape(name, tuple(t.shape)):
+            raise ValueError(f"{self.path} refuses input {name!r} of shape {tuple(t.shape)}; "
+                             f"its profile: {self.sidecar['profile'][name]}")
+        if not self.context.set_tensor_address(name, t.data_ptr()):
+            raise RuntimeError(f"TensorRT refuses the address of {name!r} for {self.path} "
+                               f"(it needs 256-byte aligned device memory)")
 
 
 def build(model, rewrites, dtype, device, channels_last=False, onnx_dir=None,

@@ -24,6 +24,7 @@ per layer, and the pinned layers stay float32.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -99,16 +100,25 @@ def build_config(onnx_path: str | os.PathLike, precision: str = "fp16",
 
 
 def import_tensorrt():
-    """The tensorrt module (version 10 or newer), or BackendUnavailable naming the extra."""
+    """The tensorrt module (version 10), or BackendUnavailable naming the extra: 9 lacks
+    the API used here, and 11 removed the reduced-precision builder flags (FP16, BF16,
+    OBEY_PRECISION_CONSTRAINTS) and per-layer precision that the fp16 / bf16 plans use."""
     try:
         import tensorrt as trt
     except ImportError:
         raise BackendUnavailable(f"TensorRT is not installed: {TRT_EXTRA} "
                                  f"(TensorRT 10, on a CUDA machine)") from None
-    if int(trt.__version__.split(".")[0]) < 10:
-        raise BackendUnavailable(f"TensorRT {trt.__version__} is too old; this build uses the "
-                                 f"TensorRT 10 API: {TRT_EXTRA}")
+    if int(trt.__version__.split(".")[0]) != 10:
+        raise BackendUnavailable(f"TensorRT {trt.__version__} is not supported; this build uses "
+                                 f"the TensorRT 10 API: {TRT_EXTRA}")
     return trt
+
+
+@functools.cache
+def logger(trt):
+    """The one TensorRT logger of this process (TensorRT warns when builders and runtimes
+    get different ones)."""
+    return trt.Logger(trt.Logger.WARNING)
 
 
 def device_info(trt) -> dict[str, str]:
@@ -178,10 +188,9 @@ def build_plan(cfg: TrtBuildConfig, plan: str | os.PathLike,
     plan = Path(plan)
     plan.parent.mkdir(parents=True, exist_ok=True)
     cache_file = Path(timing_cache) if timing_cache else plan.parent / TIMING_CACHE
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
+    builder = trt.Builder(logger(trt))
     network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
-    parser = trt.OnnxParser(network, logger)
+    parser = trt.OnnxParser(network, logger(trt))
     parser.set_flag(trt.OnnxParserFlag.NATIVE_INSTANCENORM)
     if not parser.parse_from_file(cfg.onnx):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
@@ -198,7 +207,8 @@ def build_plan(cfg: TrtBuildConfig, plan: str | os.PathLike,
         profile.set_shape(name, lo, opt, hi)
     config.add_optimization_profile(profile)
     cache = config.create_timing_cache(cache_file.read_bytes() if cache_file.is_file() else b"")
-    if not config.set_timing_cache(cache, ignore_mismatch=False):  # from another device
+    # a cache from another device or TensorRT version may be refused (None or False)
+    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
         config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
