@@ -3,6 +3,7 @@ fp16 variant), what the graphs hold, the onnxruntime backend, the TensorRT build
 configuration as data, plan sidecar checks, the Triton model repository, bad input."""
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -228,6 +229,28 @@ def test_plan_sidecar_check():
         check_sidecar(built, here, "x.plan")
     with pytest.raises(PlanMismatch, match="tensorrt_version: plan '10.3.0', here '10.8.0'"):
         check_sidecar(built, {**built, "tensorrt_version": "10.8.0"}, "x.plan")
+
+
+def test_a_plan_is_rebuilt_when_its_graph_batch_or_machine_changed(exported, tmp_path):
+    """stale_plan: a plan is reused only for the same source graph (sha256), precision,
+    batch range, GPU and TensorRT version (a re-export keeps the plans beside the graphs)."""
+    from bridgegan.engine.export.tensorrt_build import stale_plan
+
+    onnx = tmp_path / "trunk.onnx"
+    shutil.copyfile(exported / "trunk.onnx", onnx)
+    cfg = build_config(onnx, "fp16", (1, 8, 64))
+    here = {"tensorrt_version": "10.3.0", "gpu_name": "NVIDIA H100", "compute_capability": "9.0"}
+    plan = tmp_path / "trunk_fp16.plan"
+    assert stale_plan(plan, cfg, here)  # none yet
+    plan.write_bytes(b"plan")
+    sidecar = {**here, **cfg.to_dict(), "onnx_sha256": hashlib.sha256(onnx.read_bytes()).hexdigest()}
+    (tmp_path / "trunk_fp16.plan.json").write_text(json.dumps(sidecar))
+    assert not stale_plan(plan, cfg, here)
+    assert stale_plan(plan, build_config(onnx, "fp16", (1, 8, 128)), here)
+    assert stale_plan(plan, build_config(onnx, "bf16", (1, 8, 64)), here)
+    assert stale_plan(plan, cfg, {**here, "tensorrt_version": "10.8.0"})
+    onnx.write_bytes(onnx.read_bytes() + b" ")  # exported again
+    assert stale_plan(plan, cfg, here)
 
 
 @pytest.mark.parametrize("version", ["9.3.0", "11.1.0"])

@@ -2,7 +2,8 @@
 
 The float32 stage graphs are exported (see ``export.onnx_export``) into the export folder
 and one plan per stage is built beside them (``<stage>_<precision>.plan``) on first use,
-or again when its sidecar says it was built for another GPU or TensorRT version.
+or again when its sidecar says it was built for another GPU or TensorRT version, from
+another export of the graph, or for another batch range (``stale_plan``).
 :class:`TrtPlan` binds torch tensors by address and enqueues (``execute_async_v3``; no
 pycuda) on a stream of its own, ordered after and before the current torch stream:
 TensorRT synchronises the device around work on the default stream. It refuses a plan
@@ -21,7 +22,7 @@ from ..export.names import STAGES
 from ..export.onnx_export import ONNX_PRECISION_OF, export_model, file_name
 from ..export.tensorrt_build import (PlanMismatch, build_config, build_plan, check_sidecar,
                                      device_info, import_tensorrt, logger, read_sidecar,
-                                     sidecar_path, sidecar_problems)
+                                     stale_plan)
 from .exported import exported_stages
 
 PLAN_PRECISION_OF = {**ONNX_PRECISION_OF, torch.bfloat16: "bf16"}
@@ -103,8 +104,8 @@ def build(model, rewrites, dtype, device, channels_last=False, onnx_dir=None,
         here = device_info(trt)
         for name in STAGES:
             plan = folder / f"{name}_{precision}.plan"
-            if not sidecar_path(plan).is_file() or not plan.is_file() or sidecar_problems(
-                    read_sidecar(plan), here):
-                build_plan(build_config(folder / file_name(name, "fp32"), precision, batch), plan)
+            cfg = build_config(folder / file_name(name, "fp32"), precision, batch)
+            if stale_plan(plan, cfg, here):
+                build_plan(cfg, plan)
             plans[name] = TrtPlan(plan, device)
     return exported_stages(plans)

@@ -145,6 +145,22 @@ def read_sidecar(plan: str | os.PathLike) -> dict:
         raise PlanMismatch(f"{path} is corrupt: {exc}") from None
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def stale_plan(plan: str | os.PathLike, cfg: TrtBuildConfig, here: Mapping) -> bool:
+    """Whether ``plan`` must be (re)built for ``cfg`` on this machine: missing, or its
+    sidecar names another GPU or TensorRT version, another source graph (the ONNX file
+    was exported again), precision or batch range."""
+    if not Path(plan).is_file() or not sidecar_path(plan).is_file():
+        return True
+    sidecar = read_sidecar(plan)
+    built = (sidecar.get("onnx_sha256"), sidecar.get("precision"), sidecar.get("profile"))
+    wanted = (file_sha256(cfg.onnx), cfg.precision, json.loads(json.dumps(cfg.profile)))
+    return bool(sidecar_problems(sidecar, here)) or built != wanted
+
+
 def sidecar_problems(sidecar: Mapping, here: Mapping) -> list[str]:
     """What differs between the machine a plan was built on and ``here`` (empty: none)."""
     return [f"{k}: plan {sidecar.get(k)!r}, here {here[k]!r}" for k in MATCH_KEYS
@@ -216,6 +232,6 @@ def build_plan(cfg: TrtBuildConfig, plan: str | os.PathLike,
     write_file_atomic(plan, bytes(serialized))
     write_file_atomic(cache_file, bytes(config.get_timing_cache().serialize()))
     sidecar = {**device_info(trt), **cfg.to_dict(), "bridgegan_version": __version__,
-               "onnx_sha256": hashlib.sha256(Path(cfg.onnx).read_bytes()).hexdigest()}
+               "onnx_sha256": file_sha256(cfg.onnx)}
     write_file_atomic(sidecar_path(plan), (json.dumps(sidecar, indent=2) + "\n").encode())
     return plan
