@@ -35,8 +35,14 @@ Bytes model: ideal = read x, gamma, beta once + write out once = 4 * N*C*H*W * i
 GB/s = ideal / time; share = GB/s over a device-to-device copy measured in the same run
 (bytes read + written). Targets: >= 80% of copy bandwidth, >= 2.5x over eager.
 
+Derived rows, said so in their ``note``: a ``speedup_vs_eager`` row's p20 / p80 are the
+eager p20 / p80 over this backend's (ratios of same-named percentiles of two separately
+timed runs, a spread indication, not percentiles of the speed-up; p50 likewise); the
+"generator" rows' p50 / p20 / p80 are the count-weighted sums of the layers' own
+percentiles (an estimate of one pass over the 8 layers, not percentiles measured on one).
+
 Every row: what, backend, dtype, layout, batch, resolution, channels, metric, unit, p50,
-p20, p80, device, torch, triton, commit, date (+ path, ideal_bytes).
+p20, p80, device, torch, triton, commit, date (+ path, ideal_bytes, note).
 """
 
 from __future__ import annotations
@@ -66,8 +72,10 @@ GEN_LAYERS = [(256, 16), (256, 16), (256, 16), (128, 32), (128, 32), (64, 64), (
 BENCH_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 LAYOUTS = ("nchw", "channels_last")
 FIELDS = ["what", "backend", "dtype", "layout", "batch", "resolution", "channels", "metric",
-          "unit", "p50", "p20", "p80", "path", "ideal_bytes", "device", "torch", "triton",
+          "unit", "p50", "p20", "p80", "path", "ideal_bytes", "note", "device", "torch", "triton",
           "commit", "date"]
+RATIO_NOTE = "eager's percentiles over this backend's, not percentiles of the speed-up"
+SUM_NOTE = "the layers' own percentiles summed, not percentiles of one pass"
 SWEEP = {  # launch-config variants tried with --sweep (fp16 only, every shape)
     "nchw": [{"fused_tile": 1024}, {"fused_tile": 2048}, {"fused_tile": 8192},
              {"fused_tile": 16384}, {"num_warps": 2}, {"num_warps": 4}, {"num_warps": 8},
@@ -203,7 +211,7 @@ def _tail_rows(device, batch, impl, dtypes, layouts, timing, copy_bw, base, gen,
                                     for k, t in (("p50", t50), ("p20", t80), ("p80", t20))}))
             (t50, t20, t80), (e50, e20, e80) = times["triton"], times["eager"]
             rows.append(dict(common, backend="triton", metric="speedup_vs_eager", unit="x",
-                             p50=e50 / t50, p20=e20 / t20, p80=e80 / t80))
+                             p50=e50 / t50, p20=e20 / t20, p80=e80 / t80, note=RATIO_NOTE))
             print(f"rgb_tail {dname} {layout:<13}: triton {t50 * 1e3:8.1f} us "
                   f"({100 * ideal / t50 / 1e6 / copy_bw['p50']:5.1f}% of copy), eager "
                   f"{e50 * 1e3:8.1f} us, x{e50 / t50:.2f}")
@@ -301,7 +309,8 @@ def run(out_dir, dry_run=False, sweep=False, parity=False, quick=False, dtypes=N
                     if name != "eager" and "eager" in times:
                         e = times["eager"]
                         rows.append(dict(common, metric="speedup_vs_eager", unit="x",
-                                         p50=e[0] / t50, p20=e[1] / t20, p80=e[2] / t80))
+                                         p50=e[0] / t50, p20=e[1] / t20, p80=e[2] / t80,
+                                         note=RATIO_NOTE))
                     if name in ("triton", "triton+bias", "eager", "torch"):
                         tot = totals.setdefault((dname, layout, name), [0.0, 0.0, 0.0, 0])
                         for i in range(3):
@@ -321,7 +330,7 @@ def run(out_dir, dry_run=False, sweep=False, parity=False, quick=False, dtypes=N
     for (dname, layout, name), (t50, t20, t80, nbytes) in totals.items():
         common = dict(base, what=f"generator SPADE layers ({len(GEN_LAYERS)}, {IMAGE_RES}px)",
                       backend=name, dtype=dname, layout=layout, resolution=IMAGE_RES, channels=0,
-                      path="-", ideal_bytes=nbytes)
+                      path="-", ideal_bytes=nbytes, note=SUM_NOTE)
         rows.append(dict(common, metric="time", unit="ms", p50=t50, p20=t20, p80=t80))
         rows.append(dict(common, metric="copy_bw_share", unit="%",
                          p50=100 * nbytes / t50 / 1e6 / copy_bw["p50"],
@@ -330,7 +339,8 @@ def run(out_dir, dry_run=False, sweep=False, parity=False, quick=False, dtypes=N
         e = totals.get((dname, layout, "eager"))
         if name != "eager" and e:
             rows.append(dict(common, metric="speedup_vs_eager", unit="x",
-                             p50=e[0] / t50, p20=e[1] / t20, p80=e[2] / t80))
+                             p50=e[0] / t50, p20=e[1] / t20, p80=e[2] / t80,
+                             note=f"{SUM_NOTE}; {RATIO_NOTE}"))
             if name == "triton":
                 print(f"generator {dname} {layout}: triton {t50:.3f} ms vs eager {e[0]:.3f} ms "
                       f"= x{e[0] / t50:.2f}, {100 * nbytes / t50 / 1e6 / copy_bw['p50']:.1f}% of copy bw")

@@ -12,8 +12,9 @@ fused_tail, fused_residual, shortcut_bias: the "before" table; the broadcast sho
 the kernels' own changes stay) and the engine. For each variant and batch: label-based translations of seeded
 random faces (paper widths at --resolution) under torch.profiler, then each stage (trunk, encode, map,
 decode) timed alone with ``bridgegan.timing``. Writes OUTDIR/profile.csv (one row per
-kernel / stage / summary) and OUTDIR/profile.md (the top kernels and the stage times),
-and prints the markdown.
+kernel / stage / summary, each with the variant's dtype and the bench's environment
+columns: device, torch, triton, commit, date) and OUTDIR/profile.md (the top kernels and
+the stage times), and prints the markdown.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bridgegan.engine import Engine  # noqa: E402
-from bridgegan.engine.bench import Variant  # noqa: E402
+from bridgegan.engine.bench import Variant, environment  # noqa: E402
 from bridgegan.files import write_file_atomic  # noqa: E402
 from bridgegan.reference import BridgeGAN, BridgeGANConfig  # noqa: E402
 from bridgegan.timing import p50_p20_p80, synchronize, time_calls  # noqa: E402
@@ -35,7 +36,8 @@ from bridgegan.timing import p50_p20_p80, synchronize, time_calls  # noqa: E402
 DEFAULT_VARIANTS = ("reference:fp16,triton:fp16:cl:-transposed_up:-kernel_bias:-fold_labels:"
                     "-fused_relu:-fused_tail:-fused_residual:-shortcut_bias,"
                     "triton:fp16:cl")
-FIELDS = ("variant", "batch", "kind", "name", "calls_per_forward", "us_per_forward", "share")
+FIELDS = ("variant", "batch", "kind", "name", "calls_per_forward", "us_per_forward", "share",
+          "dtype", "device", "torch", "triton", "commit", "date")
 
 
 def _inputs(eng: Engine, batch: int, seed: int = 0):
@@ -131,26 +133,27 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.manual_seed(0)
     model = BridgeGAN(BridgeGANConfig.preset(args.resolution)).eval()
+    device = torch.device(args.device)
+    env = environment(device)
     rows = []
     for text in args.variants.split(","):
         v = Variant.parse(text)
         if v.cuda_graphs:
             raise SystemExit(f"variant {text!r}: profile without :graphs (replays hide kernels)")
-        eng = Engine(model, backend=v.backend, dtype=v.dtype, device=args.device,
+        eng = Engine(model, backend=v.backend, dtype=v.dtype, device=device,
                      channels_last=v.channels_last, cuda_graphs=False, rewrites=v.rewrites)
         for batch in (int(b) for b in args.batches.split(",")):
             print(f"profiling {v.name} batch {batch}", file=sys.stderr, flush=True)
-            rows += kernel_rows(eng, v.name, batch, args.calls)
-            rows += stage_rows(eng, v.name, batch, max(args.calls, 3))
+            rows += [dict(r, dtype=v.resolved_dtype(device), **env) for r in
+                     kernel_rows(eng, v.name, batch, args.calls)
+                     + stage_rows(eng, v.name, batch, max(args.calls, 3))]
     args.out.mkdir(parents=True, exist_ok=True)
     with open(args.out / "profile.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, FIELDS)
         writer.writeheader()
         writer.writerows(rows)
-    device = (torch.cuda.get_device_name(args.device) if args.device.startswith("cuda")
-              else f"CPU, {torch.get_num_threads()} threads")
-    text = markdown(rows, args.top, f"{device}, {args.resolution}x{args.resolution}, "
-                                    f"torch {torch.__version__}")
+    text = markdown(rows, args.top, f"{env['device']}, {args.resolution}x{args.resolution}, "
+                                    f"torch {env['torch']}")
     write_file_atomic(args.out / "profile.md", text.encode())
     print(text)
     return 0

@@ -305,3 +305,113 @@ def test_bench_refuses_speed_for_a_variant_that_fails_parity(monkeypatch):
     assert [r["metric"] for r in torch_rows] == ["skipped"]
     assert "parity failed against the float64 reference: max abs 1.0e-02" in torch_rows[0]["note"]
     assert "speed not reported" in torch_rows[0]["note"]
+
+
+def _bench(variants: str, batches=(1,), **kw):
+    """A quick CPU bench of ``variants`` (the CLI's comma list), label-based, 64 px."""
+    from bridgegan.engine import bench
+
+    return bench.run_matrix(
+        [bench.Variant.parse(v) for v in variants.split(",")], list(batches), [64],
+        ["translate"], reps=1, warmup=0, quick_peaks=True,
+        config_overrides=dict(attributes=small_config().attributes, g_width=8, e_width=4,
+                              latent_channels=8, spade_hidden=16, mapping_channels=16),
+        progress=False, **kw)
+
+
+def test_bench_times_every_row_with_tf32_off(monkeypatch):
+    """Rows are timed with TF32 off, as parity checked them (so a float32 row is float32),
+    and the caller's TF32 settings come back afterwards."""
+    from bridgegan.engine import bench
+
+    def tf32():
+        return torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+
+    flags, real, saved = [], bench.time_calls, tf32()
+
+    def time_calls(*args, **kw):
+        flags.append(tf32())
+        return real(*args, **kw)
+
+    monkeypatch.setattr(bench, "time_calls", time_calls)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        rows, _ = _bench("reference:float32,torch:float32", batches=(1, 2))
+        assert tf32() == (True, True)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+    assert len(bench.measured(rows)) == 4 and flags == [(False, False)] * 4
+
+
+def _failing_at_batch_2(monkeypatch, exc: BaseException) -> None:
+    """The torch variant's calls at batch 2 raise ``exc`` (its parity call, batch 1, runs)."""
+    from bridgegan.engine import bench
+
+    real = bench._workload_fn
+
+    def workload_fn(eng, workload, batch, seed):
+        fn, n = real(eng, workload, batch, seed)
+        if eng.backend != "torch" or batch != 2:
+            return fn, n
+
+        def fail():
+            raise exc
+        return fail, n
+
+    monkeypatch.setattr(bench, "_workload_fn", workload_fn)
+
+
+def _csv_rows(path: Path) -> list[tuple[str, str, str]]:
+    with open(path, newline="") as f:
+        return [(r["variant"], r["batch"], r["metric"]) for r in csv.DictReader(f)]
+
+
+def test_bench_row_that_raises_is_skipped_and_rows_are_written_as_measured(tmp_path, monkeypatch):
+    _failing_at_batch_2(monkeypatch, RuntimeError("kernel launch failed"))
+    rows, _ = _bench("reference:float32,torch:float32", batches=(1, 2), out=tmp_path)
+    got = [(r["variant"], str(r["batch"]), r["metric"]) for r in rows]
+    assert got == [("reference-float32", "1", "latency"), ("reference-float32", "2", "latency"),
+                   ("torch-float32", "1", "latency"), ("torch-float32", "2", "skipped")]
+    assert rows[-1]["note"] == "RuntimeError: kernel launch failed"
+    assert _csv_rows(tmp_path / "bench.csv") == got  # written during the run
+
+
+def test_bench_interrupted_keeps_the_rows_measured_before(tmp_path, monkeypatch):
+    class Killed(BaseException):  # what a stage's time limit does to the process
+        pass
+
+    _failing_at_batch_2(monkeypatch, Killed())
+    with pytest.raises(Killed):
+        _bench("reference:float32,torch:float32", batches=(1, 2), out=tmp_path)
+    assert _csv_rows(tmp_path / "bench.csv") == [
+        ("reference-float32", "1", "latency"), ("reference-float32", "2", "latency"),
+        ("torch-float32", "1", "latency")]
+
+
+def test_bench_rows_store_torchs_dtype_names_and_join_ratios_on_them():
+    """fp32 / bf16 / bfloat16 are stored as float32 / bfloat16, so torch:bf16 is compared
+    with reference:bfloat16; CPU rows leave peak_mem_mb empty (no per-row figure there)."""
+    rows, _ = _bench("reference:fp32,reference:bfloat16,torch:bf16")
+    ref32, ref16, mine = rows
+    assert [r["dtype"] for r in rows] == ["float32", "bfloat16", "bfloat16"]
+    assert mine["vs_reference_same_dtype"] == round(ref16["p50"] / mine["p50"], 3)
+    assert mine["vs_reference_fp32"] == round(ref32["p50"] / mine["p50"], 3)
+    assert [r["peak_mem_mb"] for r in rows] == ["", "", ""]
+
+
+def test_bench_refuses_two_baselines_of_one_dtype():
+    with pytest.raises(ValueError, match="reference-fp16 and reference-float16 are both the "
+                                         "plain reference in float16"):
+        _bench("reference:fp16,reference:fp16:cl,reference:float16")
+
+
+def test_bench_rows_name_the_cpu_model():
+    from bridgegan.engine.bench import environment
+
+    info = Path("/proc/cpuinfo")
+    models = ([line.split(":", 1)[1].strip() for line in info.read_text().splitlines()
+               if line.startswith("model name")] if info.is_file() else [])
+    if not models:
+        pytest.skip("no model name in /proc/cpuinfo here")
+    device = environment(torch.device("cpu"))["device"]
+    assert device == f"{models[0]}, {torch.get_num_threads()} threads"

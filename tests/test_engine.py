@@ -661,3 +661,37 @@ def test_cudnn_search_is_scoped_and_shared_by_concurrent_calls():
     with pytest.raises(ValueError, match="cudnn_benchmark needs device='cuda'"):
         Engine(model, cudnn_benchmark=True)
     assert Engine(model).cudnn_benchmark is False
+
+
+def test_bench_baseline_is_the_plain_reference_whatever_the_order():
+    """A reference variant with a layout or graph tag is measured but is not the baseline."""
+    from bridgegan.engine.bench import _add_ratios
+
+    def row(variant, p50):
+        return dict(what="translate", batch=8, resolution=128, metric="latency",
+                    backend=variant.split("-")[0], dtype="float16", variant=variant, p50=p50)
+
+    for order in (1, -1):
+        rows = [row("reference-fp16", 4.0), row("reference-fp16-cl", 2.0)][::order]
+        rows.append(row("triton-fp16-cl", 1.0))
+        _add_ratios(rows)
+        assert {r["variant"]: r["vs_reference_same_dtype"] for r in rows} == {
+            "reference-fp16": 1.0, "reference-fp16-cl": 2.0, "triton-fp16-cl": 4.0}
+
+
+def test_onnxruntime_sessions_run_on_torchs_thread_count(tmp_path, monkeypatch):
+    """A session's intra-op threads are torch's (what --threads sets) when it is made."""
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper
+
+    from bridgegan.engine.backends.onnxruntime import OrtGraph
+
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in ("x", "y")]
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "id", io[:1], io[1:])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+              tmp_path / "id.onnx")
+    for n in (1, 2):
+        monkeypatch.setattr(torch, "get_num_threads", lambda n=n: n)
+        options = OrtGraph(tmp_path / "id.onnx", torch.device("cpu")).session.get_session_options()
+        assert (options.intra_op_num_threads, options.inter_op_num_threads) == (n, 1)

@@ -9,6 +9,21 @@ of the first call at that shape (what a user waits for: torch.compile's compilat
 autotuning, cuDNN's algorithm search, CUDA-graph capture). Results go to CSV + JSON, and
 a PNG plot.
 
+Columns: ``dtype`` is torch's name of the dtype (``bf16`` and ``bfloat16`` are one dtype,
+``auto`` is resolved), and the ratio columns join on it. Their baseline is the plain
+reference variant of that dtype (no ``cl`` / ``graphs`` / ``streams`` tag); a table with
+two of them for one dtype and cuDNN choice is refused. ``peak_mem_mb``: on CUDA, the peak
+allocated memory over the row's warm-up and timed calls (reset after its first call,
+whose cost is in ``first_call_s``); empty on the CPU, where the only cheap figure
+(ru_maxrss) is the process's running maximum over every row so far, not the row's.
+``device`` names the GPU, or the CPU model and torch's thread count; ``commit`` ends in
+``-dirty`` when the working tree differs from it.
+
+Precision: every variant is built, checked and timed with TF32 off (``numerics.no_tf32``,
+as ``engine.parity`` checks it), so a float32 row is timed in float32, the precision its
+parity certifies, and a float32 variant with CUDA graphs or compile captures or compiles
+every batch with TF32 off.
+
 On CUDA the engine runs with cuDNN's algorithm search on (``cudnn_tuning``); a variant
 tagged ``heuristics`` runs with cuDNN's heuristic choice instead, for the A/B; a tag
 ``streams`` overlaps the trunk and the latent codes on CUDA side streams
@@ -22,27 +37,29 @@ and without the trunk cache; its batch is the strip length).
 Parity first: before a variant is timed, its engine translates a seeded batch of faces
 (the smallest batch of the run: a shape it compiles or captures anyway) and the result is
 held to its dtype's image limit against the float64 reference model
-(``engine.parity.compare``, TF32 off: a float32 variant with CUDA graphs or compile keeps,
-at that batch, what it built with TF32 off); a variant that fails gets a ``skipped`` row
-that says so and no speed, and every measured row names its parity in the ``parity``
-column; that call is the translate row's first call (``first_call_s``, its copies of
-the CPU inputs to the device and back included).
-``parity=False`` skips the check.
+(``engine.parity.compare``); a variant that fails gets a ``skipped`` row that says so and
+no speed, and every measured row names its parity in the ``parity`` column; that call is
+the translate row's first call (``first_call_s``, its copies of the CPU inputs to the
+device and back included). ``parity=False`` skips the check.
 
 Without a variant list, a device's default table (DEFAULT_VARIANTS) is measured; on the
 CPU it holds the reference, torch, onnxruntime and compile backends side by side. A
-variant that cannot run here (a backend not installed, out of memory) is a ``skipped``
-row whose note says why.
+variant or row that cannot run here (a backend not installed, out of memory, any error
+its calls raise) is a ``skipped`` row whose note says why, and the other rows go on.
+Given an output folder (``run_matrix(out=...)``), each row goes to its bench.csv as soon
+as it is measured (header first, flushed), so a run killed part-way keeps what it
+measured; ``write_results`` then writes the final CSV (with the ratio columns) and JSON
+atomically.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import io
 import json
 import os
 import platform
-import resource
 import subprocess
 import time
 from dataclasses import dataclass, fields
@@ -52,6 +69,7 @@ import numpy as np
 import torch
 
 from ..files import write_file_atomic
+from ..numerics import dtype_name, no_tf32
 from ..reference.config import BridgeGANConfig
 from ..reference.model import BridgeGAN
 from ..timing import synchronize, time_calls
@@ -95,6 +113,10 @@ class Variant:
         return "-".join([self.backend, self.dtype] + [t for t, on in zip(self.TAGS, flags) if on]
                         + [f"no_{r}" for r in self.without])
 
+    def resolved_dtype(self, device: torch.device) -> str:
+        """torch's name of the dtype on ``device`` (aliases read, ``auto`` resolved)."""
+        return dtype_name(resolve_dtype(self.dtype, device))
+
     @property
     def rewrites(self) -> Rewrites:
         return Rewrites(**{r: False for r in self.without})
@@ -130,8 +152,20 @@ def default_variants(device: str | torch.device) -> list[Variant]:
     return [Variant.parse(v) for v in DEFAULT_VARIANTS[torch.device(device).type].split(",")]
 
 
+def _cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what ``platform`` knows of it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def environment(device: torch.device) -> dict:
-    """device name and versions carried by every row."""
+    """device name and versions carried by every row; the commit ends in ``-dirty`` when
+    the working tree differs from it."""
     try:
         import triton
 
@@ -140,21 +174,23 @@ def environment(device: torch.device) -> dict:
         triton_version = "absent"
     commit = os.environ.get("BRIDGEGAN_COMMIT", "")  # set where the copy has no .git
     try:
-        commit = commit or subprocess.run(["git", "rev-parse", "--short", "HEAD"],
+        commit = commit or subprocess.run(["git", "describe", "--always", "--dirty"],
                                           capture_output=True, text=True,
                                           cwd=Path(__file__).parent, timeout=5).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         pass
     name = (torch.cuda.get_device_name(device) if device.type == "cuda"
-            else f"{platform.processor() or platform.machine()} x{torch.get_num_threads()} threads")
+            else f"{_cpu_model()}, {torch.get_num_threads()} threads")
     return {"device": name, "torch": torch.__version__, "triton": triton_version,
             "commit": commit or "unknown", "date": dt.date.today().isoformat()}
 
 
-def _peak_mb(device: torch.device) -> float:
+def _peak_mb(device: torch.device) -> float | str:
+    """CUDA: the peak allocated MiB since the last reset. CPU: empty, as the only cheap
+    figure, ru_maxrss, is the process's running maximum over every row so far."""
     if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2 ** 20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS
+        return round(torch.cuda.max_memory_allocated(device) / 2 ** 20, 1)
+    return ""
 
 
 def _workload_fn(eng: Engine, workload: str, batch: int, seed: int):
@@ -182,104 +218,187 @@ def _flops_per_image(cfg: BridgeGANConfig, workload: str, n: int) -> float:
     return roofline.workload_flops(cfg, workload)
 
 
-def _skipped(what: str, v: Variant, batch: int | str, res: int, why: str, env: dict) -> dict:
-    """The row of a variant (or one of its workloads) that could not be measured, and why."""
-    return dict(what=what, backend=v.backend, dtype=v.dtype, batch=batch, resolution=res,
-                metric="skipped", variant=v.name, note=why, **env)
+def _is_baseline(variant: str) -> bool:
+    """Whether a variant (by name) is the plain reference of its dtype, the ratio columns'
+    baseline: no layout, graph or stream tag (``heuristics`` keys its own comparisons)."""
+    backend, _, *tags = variant.split("-")
+    return backend == "reference" and set(tags) <= {"heuristics"}
+
+
+def _check_baselines(variants: list[Variant], dev: torch.device) -> None:
+    """Refuse a table with two baselines for one dtype and cuDNN choice (e.g.
+    reference:fp16 and reference:float16), which would make the ratios ambiguous."""
+    seen: dict[tuple, str] = {}
+    for v in variants:
+        if _is_baseline(v.name):
+            key = (v.resolved_dtype(dev), v.heuristics)
+            if key in seen:
+                raise ValueError(f"variants {seen[key]} and {v.name} are both the plain "
+                                 f"reference in {key[0]}, the baseline of the ratio "
+                                 "columns: keep one")
+            seen[key] = v.name
+
+
+def _why(exc: Exception) -> str:
+    """A skipped row's note: the project's own refusals as they read, others typed."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return "out of memory"
+    if isinstance(exc, (BackendUnavailable, ValueError)):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+@contextlib.contextmanager
+def _streamed(out: str | Path | None):
+    """A function that appends a row to ``out``/bench.csv (the header first) and flushes
+    it, so that an interrupted run keeps every row measured; a no-op without ``out``."""
+    if out is None:
+        yield lambda row: None
+        return
+    Path(out).mkdir(parents=True, exist_ok=True)
+    with open(Path(out) / "bench.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer.writeheader()
+        f.flush()
+
+        def add(row: dict) -> None:
+            writer.writerow(row)
+            f.flush()
+
+        yield add
+
+
+def _model(res: int, checkpoint: str | None, config_overrides: dict | None) -> BridgeGAN:
+    """The checkpoint (which must make ``res`` px images), or seeded weights at ``res``."""
+    if not checkpoint:
+        torch.manual_seed(res)
+        return BridgeGAN(BridgeGANConfig(image_size=res, **(config_overrides or {}))).eval()
+    from ..reference.checkpoint import load_checkpoint
+
+    model = load_checkpoint(checkpoint)
+    if model.config.image_size != res:
+        raise ValueError(f"{checkpoint} makes {model.config.image_size} px images; "
+                         f"--resolutions must be {model.config.image_size}")
+    return model
+
+
+def _engine(model: BridgeGAN, v: Variant, dev: torch.device, case) -> tuple[Engine, str, dict]:
+    """The variant's engine, its parity verdict against ``case`` (inputs, the float64
+    reference's output; None: not checked) and {(workload, images): seconds} of the first
+    call parity made. Raises ValueError when parity fails."""
+    eng = Engine(model, backend=v.backend, dtype=v.dtype, device=dev,
+                 channels_last=v.channels_last, cuda_graphs=v.cuda_graphs,
+                 cudnn_benchmark=False if v.heuristics else None, streams=v.streams,
+                 rewrites=v.rewrites)
+    if case is None:
+        return eng, "not checked", {}
+    inputs, want = case
+    p = compare(eng, inputs, want)
+    verdict = f"max abs {p['max_abs']:.1e}, PSNR {p['psnr_db']:.1f} dB ({p['limit']})"
+    if not p["ok"]:
+        raise ValueError(f"parity failed against the float64 reference: {verdict}; "
+                         "speed not reported")
+    return eng, verdict, {("translate", len(inputs[0])): p["seconds"]}
+
+
+def _measure(fn, dev: torch.device, first: float | None,
+             timer: dict) -> tuple[list[float], float, float | str]:
+    """(milliseconds of each timed call, the first call's seconds, peak MiB) of one row:
+    the first call (unless parity made it: ``first``, its seconds), the CUDA peak reset,
+    then ``time_calls`` (warm-up and timed calls), so the peak is the steady state's."""
+    if first is None:
+        t0 = time.perf_counter()
+        fn()
+        synchronize(dev)
+        first = time.perf_counter() - t0
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    ms = [1e3 * t for t in time_calls(fn, dev, **timer)]
+    return ms, first, _peak_mb(dev)
+
+
+def _latency(ms: list[float], n: int, flop: float, first: float, peak: float | str,
+             peaks: dict) -> dict:
+    """The measured columns of a row whose calls of ``n`` images (``flop`` per image) took
+    ``ms`` milliseconds each."""
+    p20, p50, p80 = np.percentile(ms, [20, 50, 80])
+    per_s = n / (p50 / 1e3)
+    return dict(metric="latency", unit="ms", p50=round(p50, 4), p20=round(p20, 4),
+                p80=round(p80, 4), images_per_s=round(per_s, 2), peak_mem_mb=peak,
+                roofline_share=round(flop * per_s / peaks["matmul_flops"], 4),
+                gflop_per_image=round(flop / 1e9, 3), first_call_s=round(first, 3))
+
+
+def _variant_rows(model: BridgeGAN, v: Variant, dev: torch.device, case, batches: list[int],
+                  workloads: list[str], timer: dict, peaks: dict, env: dict, bar):
+    """The rows of one variant on ``model``: one ``skipped`` row when it cannot be built or
+    fails parity, else one per workload and call size (``skipped`` where its calls raise)."""
+    cfg = model.config
+    base = dict(backend=v.backend, dtype=v.resolved_dtype(dev),
+                resolution=cfg.image_size, variant=v.name, **env)
+    try:
+        eng, verdict, first_calls = _engine(model, v, dev, case)
+    except Exception as exc:
+        bar.update(len(workloads) * len(batches))
+        yield dict(base, what="all", batch="", metric="skipped", note=_why(exc))
+        return
+    sizes_done = set()  # (workload, images per call) already measured
+    for workload in workloads:
+        for batch in batches:
+            bar.set_postfix_str(f"{cfg.image_size}px {v.name} {workload} b{batch}")
+            fn, n = _workload_fn(eng, workload, batch, seed=batch)
+            if (workload, n) not in sizes_done:  # strips shorter than 1 + A share one size
+                sizes_done.add((workload, n))
+                row = dict(base, what=workload, batch=n)
+                try:
+                    ms, first, peak = _measure(fn, dev, first_calls.pop((workload, n), None),
+                                               timer)
+                except Exception as exc:
+                    row.update(metric="skipped", note=_why(exc))
+                else:
+                    row.update(_latency(ms, n, _flops_per_image(cfg, workload, n), first, peak,
+                                        peaks), parity=verdict)
+                yield row
+            bar.update()
 
 
 def run_matrix(variants: list[Variant] | None, batches: list[int], resolutions: list[int],
                workloads: list[str], device: str = "cpu", checkpoint: str | None = None,
                warmup: int = 2, reps: int = 10, min_seconds: float = 0.0, quick_peaks: bool = False,
                config_overrides: dict | None = None, progress: bool = True,
-               parity: bool = True) -> tuple[list[dict], dict]:
+               parity: bool = True, out: str | Path | None = None) -> tuple[list[dict], dict]:
     """Measure every combination (``variants`` None: the device's default table); returns
     (rows, peaks). A variant that cannot run, or fails parity, gives one ``skipped`` row
-    per resolution."""
+    per resolution. ``out``: a folder whose bench.csv gets each row as it is measured
+    (``write_results`` then replaces it with the rows and their ratios)."""
     from tqdm import tqdm
 
     dev = torch.device(device)
     variants = variants or default_variants(dev)
+    _check_baselines(variants, dev)
     env = environment(dev)
     # roofline against the fastest matrix unit any variant uses (bf16 / fp16 on GPU)
     low = [v.dtype for v in variants if resolve_dtype(v.dtype, dev) != torch.float32]
     peak_dtype = resolve_dtype(low[0] if low and dev.type == "cuda" else "float32", dev)
     peaks = roofline.measure_peaks(dev, peak_dtype, quick=quick_peaks)
     peaks.update(env)
+    timer = dict(warmup=warmup, reps=reps, min_seconds=min_seconds)
     rows: list[dict] = []
-    combos = [(r, v) for r in resolutions for v in variants]
-    bar = tqdm(total=len(combos) * len(workloads) * len(batches), disable=not progress,
-               desc="bench", unit="row")
-    for res in resolutions:
-        if checkpoint:
-            from ..reference.checkpoint import load_checkpoint
-
-            model = load_checkpoint(checkpoint)
-            if model.config.image_size != res:
-                raise ValueError(f"{checkpoint} makes {model.config.image_size} px images; "
-                                 f"--resolutions must be {model.config.image_size}")
-        else:
-            torch.manual_seed(res)
-            model = BridgeGAN(BridgeGANConfig(image_size=res, **(config_overrides or {}))).eval()
-        cfg = model.config
-        if parity:
-            inputs = parity_inputs(cfg, min(batches))
-            want = reference_translation(model, dev, inputs)
-        for v in variants:
-            verdict = "not checked"
-            first_calls = {}  # (workload, images) -> seconds of a first call made for parity
-            try:
-                eng = Engine(model, backend=v.backend, dtype=v.dtype, device=dev,
-                             channels_last=v.channels_last, cuda_graphs=v.cuda_graphs,
-                             cudnn_benchmark=False if v.heuristics else None, streams=v.streams,
-                             rewrites=v.rewrites)
-                if parity:
-                    p = compare(eng, inputs, want)
-                    first_calls[("translate", min(batches))] = p["seconds"]
-                    verdict = (f"max abs {p['max_abs']:.1e}, PSNR {p['psnr_db']:.1f} dB "
-                               f"({p['limit']})")
-                    if not p["ok"]:
-                        raise ValueError(f"parity failed against the float64 reference: "
-                                         f"{verdict}; speed not reported")
-            except (BackendUnavailable, RuntimeError, ValueError) as exc:
-                rows.append(_skipped("all", v, "", res, str(exc), env))
-                bar.update(len(workloads) * len(batches))
-                continue
-            sizes_done = set()  # (workload, images per call) already measured
-            for workload in workloads:
-                for batch in batches:
-                    bar.set_postfix_str(f"{res}px {v.name} {workload} b{batch}")
-                    fn, n = _workload_fn(eng, workload, batch, seed=batch)
-                    if (workload, n) in sizes_done:  # strips shorter than 1 + A share one size
-                        bar.update()
-                        continue
-                    sizes_done.add((workload, n))
-                    if dev.type == "cuda":
-                        torch.cuda.reset_peak_memory_stats(dev)
-                    try:
-                        first = first_calls.pop((workload, n), None)
-                        if first is None:
-                            first = time.perf_counter()
-                            fn()
-                            synchronize(dev)
-                            first = time.perf_counter() - first
-                        ms = [1e3 * t for t in time_calls(fn, dev, warmup, reps, min_seconds)]
-                    except torch.OutOfMemoryError:
-                        rows.append(_skipped(workload, v, n, res, "out of memory", env))
-                        bar.update()
-                        continue
-                    p20, p50, p80 = np.percentile(ms, [20, 50, 80])
-                    flop = _flops_per_image(cfg, workload, n)
-                    rows.append(dict(
-                        what=workload, backend=v.backend, dtype=v.dtype, batch=n, resolution=res,
-                        metric="latency", unit="ms", p50=round(p50, 4), p20=round(p20, 4),
-                        p80=round(p80, 4), images_per_s=round(n / (p50 / 1e3), 2),
-                        peak_mem_mb=round(_peak_mb(dev), 1),
-                        roofline_share=round(flop * n / (p50 / 1e3) / peaks["matmul_flops"], 4),
-                        gflop_per_image=round(flop / 1e9, 3), first_call_s=round(first, 3),
-                        variant=v.name, parity=verdict, **env))
-                    bar.update()
-            del eng
+    bar = tqdm(total=len(resolutions) * len(variants) * len(workloads) * len(batches),
+               disable=not progress, desc="bench", unit="row")
+    with _streamed(out) as stream:
+        for res in resolutions:
+            model = _model(res, checkpoint, config_overrides)
+            case = None
+            if parity:
+                inputs = parity_inputs(model.config, min(batches))
+                case = inputs, reference_translation(model, dev, inputs)
+            for v in variants:
+                with no_tf32():  # timed as parity checked it: float32 means float32
+                    for row in _variant_rows(model, v, dev, case, batches, workloads, timer,
+                                             peaks, env, bar):
+                        rows.append(row)
+                        stream(row)
     bar.close()
     _add_ratios(rows)
     return rows, peaks
@@ -291,28 +410,35 @@ def measured(rows: list[dict]) -> list[dict]:
 
 
 def _add_ratios(rows: list[dict]) -> None:
-    def key(r):  # rows compared: same workload and size, same cuDNN algorithm choice
+    """vs_reference_fp32 / vs_reference_same_dtype: the baseline's p50 over the row's, the
+    baseline being the plain reference variant (``_is_baseline``) in float32 / the row's
+    dtype, at the same workload, size and cuDNN algorithm choice."""
+    def key(r):
         return (r["what"], r["batch"], r["resolution"], "heuristics" in r["variant"].split("-"))
 
-    ref = {(key(r), r["dtype"]): r["p50"] for r in measured(rows)
-           if r["backend"] == "reference" and "-graphs" not in r["variant"]}
-    fp32 = {"float32", "fp32"}
+    ref = {(key(r), r["dtype"]): r["p50"] for r in measured(rows) if _is_baseline(r["variant"])}
     for r in measured(rows):
-        base = next((ref[(key(r), d)] for d in fp32 if (key(r), d) in ref), None)
-        same = ref.get((key(r), r["dtype"]))
+        base, same = ref.get((key(r), "float32")), ref.get((key(r), r["dtype"]))
         r["vs_reference_fp32"] = round(base / r["p50"], 3) if base else ""
         r["vs_reference_same_dtype"] = round(same / r["p50"], 3) if same else ""
 
 
+def _csv_text(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
 def write_results(rows: list[dict], peaks: dict, out: str | Path, title: str = "") -> list[Path]:
-    """CSV + JSON + PNG plot of images/s against batch, one line per variant and workload."""
+    """CSV + JSON + PNG plot of images/s against batch, one line per variant and workload,
+    each file written atomically."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "bench.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=FIELDS)
-        w.writeheader()
-        w.writerows({k: r.get(k, "") for k in FIELDS} for r in rows)
-    (out / "bench.json").write_text(json.dumps({"peaks": peaks, "rows": rows}, indent=1))
+    write_file_atomic(out / "bench.csv", _csv_text(rows).encode())
+    write_file_atomic(out / "bench.json", json.dumps({"peaks": peaks, "rows": rows},
+                                                     indent=1).encode())
     plot(rows, out / "bench.png", title or f"bridgegan bench on {peaks.get('device', '?')}")
     return [out / "bench.csv", out / "bench.json", out / "bench.png"]
 
@@ -360,5 +486,5 @@ def format_table(rows: list[dict]) -> str:
         lines.append(
             f"{lead}{r['p50']:>9.3f} {r['images_per_s']:>9.1f} {str(r['vs_reference_fp32']):>8s} "
             f"{str(r['vs_reference_same_dtype']):>7s} {r['roofline_share']:>6.3f} "
-            f"{r['peak_mem_mb']:>8.0f} {r['first_call_s']:>7.2f}")
+            f"{str(r['peak_mem_mb']):>8s} {r['first_call_s']:>7.2f}")
     return "\n".join(lines)

@@ -94,7 +94,7 @@ def bench(args: argparse.Namespace) -> int:
         variants, [int(b) for b in args.batches.split(",")],
         [int(r) for r in args.resolutions.split(",")], args.workloads.split(","),
         device=args.device, checkpoint=args.checkpoint, warmup=args.warmup, reps=args.reps,
-        min_seconds=args.min_seconds, parity=args.parity)
+        min_seconds=args.min_seconds, parity=args.parity, out=args.out)
     print(f"peaks on {peaks['device']}: matmul {peaks['matmul_flops'] / 1e12:.2f} TFLOP/s "
           f"({peaks['matmul_dtype']}), copy {peaks['copy_bytes_per_s'] / 1e9:.1f} GB/s")
     print(format_table(rows))

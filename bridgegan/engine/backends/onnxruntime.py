@@ -28,6 +28,10 @@ class OrtGraph:
                                          "pip install onnxruntime-gpu, or use device='cpu'")
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
         options = ort.SessionOptions()
+        # torch's thread count (``--threads``), read now, so that ORT and torch rows of one
+        # bench run on as many cores; the stage graphs are sequential: one inter-op thread
+        options.intra_op_num_threads = torch.get_num_threads()
+        options.inter_op_num_threads = 1
         # no busy-waiting threads between runs: torch work (D, glue) runs in between
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
