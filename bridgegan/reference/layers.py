@@ -2,7 +2,9 @@
 
 A latent code passed to a SPADE layer is either one tensor S (N, C_s, h, w) or a
 ``LatentMix``: SPADE-output-level interpolation, where every SPADE layer blends the
-modulations computed from several codes (spec section 7, the official test's form).
+modulations computed from several codes (spec section 7: the official test blends SPADE
+outputs; it feeds the mapping output M(r, d) alone as the label code, where this package
+uses the training form M(r, d) + E(X_s, -d) at both levels).
 Because x_hat * (1 + gamma) + beta is affine in (gamma, beta), blending modulations equals
 blending the SPADE outputs at the same input.
 """

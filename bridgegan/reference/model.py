@@ -125,7 +125,8 @@ class BridgeGAN(nn.Module):
 
         level="latent": S_int = a S_rand + (1 - a) S_ref (the training form);
         level="spade": every SPADE layer blends its outputs under S_rand and S_ref (the
-        official test's form).
+        official test's SPADE-level blend; its label code is M(r, d) alone, here S_rand is
+        the training form M(r, d) + E(X_s, -d), as at the latent level).
         """
         self.check_images(x)
         d = self.difference(source, target, strength)

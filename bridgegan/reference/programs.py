@@ -131,7 +131,8 @@ def decode_blend(st, h: Tensor, s_rand: Tensor, s_ref: Tensor, a, level: str = "
                  ) -> Tensor:
     """The images between S_rand (a = 1) and S_ref (a = 0): of the blended code (level
     "latent", the training form) or with every SPADE layer blending its modulations
-    under both codes ("spade", the official test's form)."""
+    under both codes ("spade", the official test's SPADE-level blend, with S_rand in
+    the training form: the official test feeds M(r, d) alone)."""
     if check_level(level) == "latent":
         return st.decode(h, blend(a, s_rand, s_ref))
     return st.decode(h, LatentMix((s_rand, s_ref), (a, 1 - a)))
