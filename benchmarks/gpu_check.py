@@ -158,9 +158,13 @@ def main(argv=None) -> int:
             print(tail[-2500:])
             print(f"== {name}: status {status} in {time.perf_counter() - t0:.1f} s", flush=True)
             results.append({"stage": name, "status": status, "seconds": round(time.perf_counter() - t0, 1)})
+    from bridgegan.engine.bench import PARTIAL_CSV
+
     engine_rows = []
     for sub in ("engine", "strip", "ablation", "compile"):
-        engine_rows += _read_csv(work / sub / "bench.csv")
+        # a stage stopped by its limit leaves the rows it measured in the partial file
+        done = work / sub / "bench.csv"
+        engine_rows += _read_csv(done if done.is_file() else work / sub / PARTIAL_CSV)
     report = {"stages": results, "seconds": round(time.perf_counter() - t_all, 1)}
     for key, path in (("parity_ops", work / "parity_ops.json"),
                       ("parity_backends", work / "parity_backends.json"),

@@ -35,7 +35,8 @@ def _demo_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", help="checkpoint folder (default: the shipped model)")
     p.add_argument("--input", nargs="+", help="source images (default: procedural faces)")
     p.add_argument("--out", default="bridgegan-demo", help="output folder (default: %(default)s)")
-    p.add_argument("--samples", type=int, default=3, help="noise samples per source (default: 3)")
+    p.add_argument("--samples", type=non_negative_int, default=3,
+                   help="noise samples per source (default: 3)")
     p.add_argument("--rows", type=int, default=4, help="procedural source faces, one row each "
                                                       "(default: 4)")
     p.add_argument("--seed", type=int, default=0)

@@ -23,13 +23,17 @@ import torch
 from .engine import BackendUnavailable, Engine
 from .engine.backends import REGISTRY, device_type
 from .files import check_writable_folder
-from .reference import BridgeGAN, BridgeGANConfig
-from .reference.checkpoint import EVAL_FILE, TRAINING_FILE, load_checkpoint, save_checkpoint
+from .reference import BridgeGAN, BridgeGANConfig, classifier
+from .reference.checkpoint import (CONFIG_FILE, EVAL_FILE, TRAINING_FILE, load_checkpoint,
+                                   save_checkpoint)
 from .reference.data import procedural_batch, save_png
 from .reference.data.grid import captioned_grid
 from .timing import time_calls
 
 SHIPPED = Path(__file__).parent / "assets" / "default"
+# what benchmarks/train_default.py adds to a shipped folder after ``ship``: its model card
+# and the judge it was evaluated with (a classifier folder)
+SHIPPED_EXTRAS = ("MODEL_CARD.md", *(f"judge/{f}" for f in classifier.SAVED_FILES))
 
 
 def ship(checkpoint: str | Path, report: dict, training: dict, dest: str | Path = SHIPPED) -> Path:
@@ -46,7 +50,8 @@ def ship(checkpoint: str | Path, report: dict, training: dict, dest: str | Path 
         EVAL_FILE: lambda p: p.write_text(json.dumps(report, indent=2) + "\n"),
         TRAINING_FILE: lambda p: p.write_text(json.dumps(training, indent=2) + "\n"),
     }
-    return save_checkpoint(dest, model, dtype=torch.float16, extra=extra)
+    return save_checkpoint(dest, model, dtype=torch.float16, extra=extra,
+                           replaces=SHIPPED_EXTRAS)
 
 
 def _summary(folder: Path) -> str:
@@ -70,7 +75,7 @@ def _summary(folder: Path) -> str:
 def load_model(checkpoint: str | None) -> tuple[BridgeGAN, str]:
     if checkpoint:
         return load_checkpoint(checkpoint), f"checkpoint {checkpoint}"
-    if (SHIPPED / "config.json").is_file():
+    if (SHIPPED / CONFIG_FILE).is_file():
         return load_checkpoint(SHIPPED), f"the shipped model ({SHIPPED}{_summary(SHIPPED)})"
     from .reference.data import PROCEDURAL_ATTRIBUTES
 
@@ -151,8 +156,6 @@ def demo_rows(eng: Engine, sources: torch.Tensor, labels: torch.Tensor, samples:
 
 def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
-    if args.samples < 0:
-        raise ValueError(f"--samples must be >= 0, got {args.samples}")
     check_writable_folder(args.out)
     model, what = load_model(args.checkpoint)
     print(f"model: {what}")

@@ -454,8 +454,16 @@ def test_translate_refuses_outputs_that_would_overwrite_each_other_or_an_input(c
     Image.new("RGB", (40, 40), (10, 20, 30)).save(edited)
     before = edited.read_bytes()
     assert main([*argv, "--input", str(other), str(edited), "--out", str(other.parent)]) == 2
-    assert f"output {edited} would overwrite an --input" in capsys.readouterr().err
+    assert f"output {edited} would overwrite an --input or --reference" \
+        in capsys.readouterr().err
     assert edited.read_bytes() == before
+    ref = cli_files / "b" / "face_reference.png"  # a reference where an output goes
+    Image.new("RGB", (40, 40), (30, 20, 10)).save(ref)
+    before = ref.read_bytes()
+    assert main(["translate", "--checkpoint", str(cli_files / "ck"), "--input", str(other),
+                 "--reference", str(ref), "--out", str(other.parent)]) == 2
+    assert f"output {ref} would overwrite an --input or --reference" in capsys.readouterr().err
+    assert ref.read_bytes() == before
 
 
 # ----- numbers and paths on the command line -------------------------------------------

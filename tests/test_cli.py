@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from PIL import Image
 
 from bridgegan.cli import main
 from bridgegan.engine import Engine
+from bridgegan.engine.bench import PARTIAL_CSV
 from bridgegan.reference import BridgeGAN, save_checkpoint
 from bridgegan.reference.checkpoint import read_config, read_tensors
 from conftest import randomize, small_config
@@ -74,8 +76,10 @@ def test_demo_end_to_end(tmp_path, capsys):
     im = Image.open(grid)
     assert im.size[0] > 28 * 64 and im.size[1] > 4 * 64  # 4 rows of 28 captioned tiles
     assert np.asarray(im).std() > 10  # not a blank image
-    assert main(["demo", "--out", str(tmp_path), "--samples", "-1"]) == 2
-    assert "--samples must be >= 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main(["demo", "--out", str(tmp_path), "--samples", "-1"])
+    assert exit_.value.code == 2
+    assert "argument --samples: must be an integer >= 0, got '-1'" in capsys.readouterr().err
 
 
 def test_an_os_error_is_a_one_line_error_with_status_2(tmp_path, monkeypatch, capsys):
@@ -128,6 +132,12 @@ def test_demo_loads_the_shipped_model_with_its_numbers(tmp_path, monkeypatch, ca
     assert "edit accuracy 50.0%" in out and "PSNR 20.0 dB" in out
     assert "INTERIM model, misses the targets: label_edit_accuracy_shown" in out
     assert Image.open(tmp_path / "out" / "demo_grid.png").size[1] > 4 * 32
+    # shipped again over a folder as train_default leaves it (a model card and its judge)
+    (shipped / "MODEL_CARD.md").write_text("card")
+    shutil.copytree(ROOT / "bridgegan" / "assets" / "default" / "judge", shipped / "judge")
+    again = demo.ship(tmp_path / "ck", report, {"commands": ["bridgegan train"]}, shipped)
+    assert sorted(p.name for p in again.iterdir()) == [
+        "config.json", "eval.json", "model.safetensors", "training.json"]
 
 
 def test_translate_writes_results_and_grid(tmp_path, capsys):
@@ -373,7 +383,7 @@ def test_bench_row_that_raises_is_skipped_and_rows_are_written_as_measured(tmp_p
     assert got == [("reference-float32", "1", "latency"), ("reference-float32", "2", "latency"),
                    ("torch-float32", "1", "latency"), ("torch-float32", "2", "skipped")]
     assert rows[-1]["note"] == "RuntimeError: kernel launch failed"
-    assert _csv_rows(tmp_path / "bench.csv") == got  # written during the run
+    assert _csv_rows(tmp_path / PARTIAL_CSV) == got  # written during the run
 
 
 def test_bench_interrupted_keeps_the_rows_measured_before(tmp_path, monkeypatch):
@@ -381,9 +391,11 @@ def test_bench_interrupted_keeps_the_rows_measured_before(tmp_path, monkeypatch)
         pass
 
     _failing_at_batch_2(monkeypatch, Killed())
+    (tmp_path / "bench.csv").write_text("the last complete table\n")
     with pytest.raises(Killed):
         _bench("reference:float32,torch:float32", batches=(1, 2), out=tmp_path)
-    assert _csv_rows(tmp_path / "bench.csv") == [
+    assert (tmp_path / "bench.csv").read_text() == "the last complete table\n"  # kept
+    assert _csv_rows(tmp_path / PARTIAL_CSV) == [
         ("reference-float32", "1", "latency"), ("reference-float32", "2", "latency"),
         ("torch-float32", "1", "latency")]
 
@@ -405,13 +417,12 @@ def test_bench_refuses_two_baselines_of_one_dtype():
         _bench("reference:fp16,reference:fp16:cl,reference:float16")
 
 
-def test_bench_rows_name_the_cpu_model():
-    from bridgegan.engine.bench import environment
+def test_bench_rows_name_the_cpu_model(tmp_path, monkeypatch):
+    from bridgegan.engine import bench
 
-    info = Path("/proc/cpuinfo")
-    models = ([line.split(":", 1)[1].strip() for line in info.read_text().splitlines()
-               if line.startswith("model name")] if info.is_file() else [])
-    if not models:
-        pytest.skip("no model name in /proc/cpuinfo here")
-    device = environment(torch.device("cpu"))["device"]
-    assert device == f"{models[0]}, {torch.get_num_threads()} threads"
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\n"
+                    "model name\t: Intel(R) Xeon(R) Platinum 8480+\nflags\t: amx_bf16\n")
+    monkeypatch.setattr(bench, "CPUINFO", info)
+    device = bench.environment(torch.device("cpu"))["device"]
+    assert device == f"Intel(R) Xeon(R) Platinum 8480+, {torch.get_num_threads()} threads"

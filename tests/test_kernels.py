@@ -289,7 +289,11 @@ def test_residual_statistics_far_from_zero(path):
     x = 0.1 * x
     r = make_residual(x, True, seed=26, scale=0.1, shift=1000.0)
     out, total = call(IN, x, {}, act="none", impl="triton", config=cfg, residual=r)
-    assert_close(out, reference64(IN, total, {}, "none"), torch.float32)
+    ref = reference64(IN, total, {}, "none")
+    assert_close(out, ref, torch.float32)
+    unshifted, _ = call(IN, x, {}, act="none", impl="triton", residual=r,
+                        config=dict(cfg or {}, shift=False))  # the data needs the shift
+    assert errors(unshifted, ref)[1] > tolerance(torch.float32).op_rel
 
 
 @requires_triton

@@ -493,8 +493,12 @@ def test_read_timeout_option_reaches_the_server(monkeypatch, capsys):
     assert main(options) == 0 and calls[-1]["read_timeout_secs"] == server.READ_TIMEOUT_S
     assert main([*options, "--read-timeout-secs", "5"]) == 0
     assert calls[-1]["read_timeout_secs"] == 5
-    assert main([*options, "--read-timeout-secs", "0"]) == 2
-    assert "--read-timeout-secs must be positive, got 0" in capsys.readouterr().err
+    for bad in ("0", "-1", "nan", "inf", "soon"):
+        with pytest.raises(SystemExit) as exit_:
+            main([*options, "--read-timeout-secs", bad])
+        assert exit_.value.code == 2
+        assert f"argument --read-timeout-secs: must be a number > 0, got '{bad}'" \
+            in capsys.readouterr().err
 
 
 def parse_pbtxt_ports(text: str, kind: str) -> list[tuple]:

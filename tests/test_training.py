@@ -511,7 +511,8 @@ def test_a_new_run_is_refused_in_an_earlier_runs_folder(tmp_path, capsys):
     killed.mkdir()
     (killed / "metrics.jsonl").write_text('{"step": 1}\n')
     assert run(killed, "--steps", "2") == 2
-    assert f"--out {killed} holds an earlier run" in capsys.readouterr().err
+    assert f"--out {killed} holds {killed / 'metrics.jsonl'} of an earlier run that saved no " \
+           "checkpoint: move or remove it" in capsys.readouterr().err
     assert sorted(p.name for p in killed.iterdir()) == ["metrics.jsonl"]
 
 

@@ -46,10 +46,10 @@ Without a variant list, a device's default table (DEFAULT_VARIANTS) is measured;
 CPU it holds the reference, torch, onnxruntime and compile backends side by side. A
 variant or row that cannot run here (a backend not installed, out of memory, any error
 its calls raise) is a ``skipped`` row whose note says why, and the other rows go on.
-Given an output folder (``run_matrix(out=...)``), each row goes to its bench.csv as soon
-as it is measured (header first, flushed), so a run killed part-way keeps what it
-measured; ``write_results`` then writes the final CSV (with the ratio columns) and JSON
-atomically.
+Given an output folder (``run_matrix(out=...)``), each row goes to its bench.partial.csv as
+soon as it is measured (header first, flushed), so a run killed part-way keeps what it
+measured beside the last complete table; ``write_results`` then writes the final CSV (with
+the ratio columns) and JSON atomically and removes the partial file.
 """
 from __future__ import annotations
 
@@ -79,6 +79,8 @@ from .engine import Engine, resolve_dtype
 from .graph import Rewrites
 from .parity import compare, parity_inputs, reference_translation
 
+CPUINFO = Path("/proc/cpuinfo")  # where the CPU's model name is read (Linux)
+PARTIAL_CSV = "bench.partial.csv"  # the rows of a run in progress (or killed), as measured
 FIELDS = ["what", "backend", "dtype", "batch", "resolution", "metric", "unit", "p50", "p20",
           "p80", "images_per_s", "peak_mem_mb", "vs_reference_fp32", "vs_reference_same_dtype",
           "roofline_share", "gflop_per_image", "first_call_s", "variant", "parity", "note",
@@ -153,9 +155,9 @@ def default_variants(device: str | torch.device) -> list[Variant]:
 
 
 def _cpu_model() -> str:
-    """The CPU's model name (/proc/cpuinfo), else what ``platform`` knows of it."""
+    """The CPU's model name (CPUINFO), else what ``platform`` knows of it."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        for line in CPUINFO.read_text().splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     except OSError:
@@ -250,13 +252,14 @@ def _why(exc: Exception) -> str:
 
 @contextlib.contextmanager
 def _streamed(out: str | Path | None):
-    """A function that appends a row to ``out``/bench.csv (the header first) and flushes
-    it, so that an interrupted run keeps every row measured; a no-op without ``out``."""
+    """A function that appends a row to ``out``/PARTIAL_CSV (the header first) and flushes
+    it, so that an interrupted run keeps every row measured (beside the last complete
+    table, which stays until ``write_results`` replaces it); a no-op without ``out``."""
     if out is None:
         yield lambda row: None
         return
     Path(out).mkdir(parents=True, exist_ok=True)
-    with open(Path(out) / "bench.csv", "w", newline="") as f:
+    with open(Path(out) / PARTIAL_CSV, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=FIELDS)
         writer.writeheader()
         f.flush()
@@ -440,6 +443,7 @@ def write_results(rows: list[dict], peaks: dict, out: str | Path, title: str = "
     write_file_atomic(out / "bench.json", json.dumps({"peaks": peaks, "rows": rows},
                                                      indent=1).encode())
     plot(rows, out / "bench.png", title or f"bridgegan bench on {peaks.get('device', '?')}")
+    (out / PARTIAL_CSV).unlink(missing_ok=True)  # the complete table replaces it
     return [out / "bench.csv", out / "bench.json", out / "bench.png"]
 
 

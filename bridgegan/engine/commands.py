@@ -25,12 +25,13 @@ def parse_sets(items: list[str]) -> dict[str, int]:
     return out
 
 
-def output_names(inputs: list[str], samples: int, edits: bool, reference: bool,
+def output_names(inputs: list[str], samples: int, edits: bool, references: list[str],
                  out: Path) -> list[list[str]]:
     """The file names ``translate`` writes in ``out`` for each input (``STEM_editK.png``
-    per label-edit sample, then ``STEM_reference.png``; ``GRID`` besides). A ValueError,
-    before any work, when two inputs share a file name (their outputs would overwrite each
-    other) or an output would overwrite an input."""
+    per label-edit sample, then ``STEM_reference.png`` when there are ``references``;
+    ``GRID`` besides). A ValueError, before any work, when two inputs share a file name
+    (their outputs would overwrite each other) or an output would overwrite an input or a
+    reference."""
     seen: dict[str, str] = {}
     for p in inputs:
         stem = Path(p).stem
@@ -40,13 +41,13 @@ def output_names(inputs: list[str], samples: int, edits: bool, reference: bool,
                              f"inputs with distinct file names")
         seen[stem] = p
     suffixes = [f"_edit{k + 1}" for k in range(samples)] if edits else []
-    suffixes += ["_reference"] if reference else []
+    suffixes += ["_reference"] if references else []
     names = [[f"{stem}{s}.png" for s in suffixes] for stem in seen]
-    sources = {Path(p).resolve() for p in inputs}
+    given = {Path(p).resolve() for p in [*inputs, *references]}
     for name in (GRID, *(n for row in names for n in row)):
-        if (out / name).resolve() in sources:
-            raise ValueError(f"output {out / name} would overwrite an --input: give another "
-                             f"--out")
+        if (out / name).resolve() in given:
+            raise ValueError(f"output {out / name} would overwrite an --input or --reference: "
+                             f"give another --out")
     return names
 
 
@@ -57,7 +58,7 @@ def translate(args: argparse.Namespace) -> int:
     if not edits and not args.reference:
         raise ValueError("nothing to do: give --set NAME=0|1 (label-based) and/or --reference")
     out = Path(args.out)
-    names = output_names(args.input, args.samples, bool(edits), bool(args.reference), out)
+    names = output_names(args.input, args.samples, bool(edits), args.reference or [], out)
     check_writable_folder(out)
     eng = Engine.from_checkpoint(args.checkpoint, backend=args.backend, dtype=args.dtype,
                                  device=args.device)

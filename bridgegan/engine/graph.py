@@ -397,14 +397,14 @@ class InferenceGraph(nn.Module):
         self.m_head = _Head(m.head, rw)
 
     # ----- stages ------------------------------------------------------------------
-    def _chain(self, blocks, h, mods=None, then=None):
+    def _chain(self, blocks, h, mods=None, pending_last: bool = False):
         """Blocks in a row (``mods``: each one's pair of modulations). With
-        ``fused_residual`` a block's sum is left to the next block's first norm; ``then``:
-        the block that takes the last one's output, if it sums it the same way."""
+        ``fused_residual`` a block's sum is left to the next block's first norm, and the
+        last one's too with ``pending_last`` (a block follows that sums it the same way)."""
         for i, blk in enumerate(blocks):
-            nxt = blocks[i + 1] if i + 1 < len(blocks) else then
+            more = i + 1 < len(blocks) or pending_last
             h = blk(h, (None, None) if mods is None else mods[i], self.impl,
-                    pending=self.fused_residual and nxt is not None)
+                    pending=self.fused_residual and more)
         return h
 
     def trunk(self, x: torch.Tensor) -> torch.Tensor:
@@ -436,7 +436,7 @@ class InferenceGraph(nn.Module):
         blocks = [self.mid_spade, *self.up]
         pairs = [(mods[2 * i], mods[2 * i + 1]) for i in range(len(blocks))]
         if self.fused_tail:
-            h = self._chain(blocks[:-1], h, pairs[:-1], then=blocks[-1])
+            h = self._chain(blocks[:-1], h, pairs[:-1], pending_last=True)
             h, sc = blocks[-1].branches(h, pairs[-1], self.impl)
             return rgb_tail(h, self.to_rgb.weight, self.to_rgb.bias, sc, impl=self.impl)
         return torch.tanh(self.to_rgb(F.relu(self._chain(blocks, h, pairs))))

@@ -10,7 +10,7 @@ mismatch.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import torch
@@ -38,13 +38,15 @@ class CheckpointError(ValueError):
 
 def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module,
                     dtype: torch.dtype | None = None,
-                    extra: Mapping[str, Callable[[Path], None]] | None = None) -> Path:
+                    extra: Mapping[str, Callable[[Path], None]] | None = None,
+                    replaces: Iterable[str] = ()) -> Path:
     """Save ``model`` (a BridgeGAN) as config.json + model.safetensors, atomically.
 
     ``dtype`` casts floating tensors (e.g. torch.float16 for a small shipped file);
     ``extra`` adds more files to the same folder (training state, eval numbers). An
-    existing ``path`` is replaced only when it holds nothing but ``CHECKPOINT_FILES`` and
-    ``extra``'s files (``files.check_replaceable``).
+    existing ``path`` is replaced only when it holds nothing but ``CHECKPOINT_FILES``,
+    ``extra``'s files and ``replaces`` (other files an earlier save of this kind gained,
+    e.g. a shipped model's card; ``files.check_replaceable``).
     """
     config: BridgeGANConfig = model.config
     tensors = {}
@@ -58,7 +60,7 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module,
         WEIGHTS_FILE: lambda p: save_file(tensors, str(p), metadata={"format": FORMAT}),
     }
     writers.update(extra or {})
-    return write_folder_atomic(path, writers, replaces=CHECKPOINT_FILES)
+    return write_folder_atomic(path, writers, replaces=(*CHECKPOINT_FILES, *replaces))
 
 
 def read_config(path: str | os.PathLike) -> BridgeGANConfig:

@@ -243,13 +243,17 @@ def _make_datasets(args, size: int, attributes):
 def _refuse_earlier_run(out: Path) -> None:
     """Refuse a fresh run in a run folder holding an earlier run's checkpoints or metrics:
     its checkpoints would be pruned against the new ones, and its metrics mixed in."""
-    from .train_state import earlier_run
+    from .train_state import METRICS_FILE, earlier_run
 
     found = earlier_run(out)
-    if found:
-        raise ValueError(f"--out {out} holds an earlier run ({', '.join(map(str, found))}): "
-                         f"pass --resume auto (or a checkpoint folder) to continue it, or "
-                         f"choose another --out for a new run")
+    if not found:
+        return
+    if found[0].name == METRICS_FILE:  # no checkpoint: nothing --resume could continue
+        raise ValueError(f"--out {out} holds {found[0]} of an earlier run that saved no "
+                         f"checkpoint: move or remove it, or choose another --out")
+    raise ValueError(f"--out {out} holds an earlier run ({', '.join(map(str, found))}): "
+                     f"pass --resume auto (or a checkpoint folder) to continue it, or "
+                     f"choose another --out for a new run")
 
 
 def run(args: argparse.Namespace) -> int:

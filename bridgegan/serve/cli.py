@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..argtypes import non_negative_int, positive_int
+from ..argtypes import non_negative_int, positive_float, positive_int
 from ..engine import options as engine_options
 from .server import READ_TIMEOUT_S
 
@@ -20,8 +20,6 @@ def run(args: argparse.Namespace) -> int:
                                         args.grpc_port, "--metrics-port": args.metrics_port})
         if busy:
             raise RuntimeError(busy)
-    if not args.read_timeout_secs > 0:
-        raise ValueError(f"--read-timeout-secs must be positive, got {args.read_timeout_secs:g}")
     ports = dict(host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
                  metrics_port=args.metrics_port, exit_timeout_secs=args.exit_timeout_secs,
                  read_timeout_secs=args.read_timeout_secs)
@@ -81,7 +79,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exit-timeout-secs", type=int, default=30,
                    help="how long shutdown waits for in-flight requests, open clients and "
                         "the models to unload (about 3 s; default: %(default)s)")
-    p.add_argument("--read-timeout-secs", type=float, default=READ_TIMEOUT_S,
+    p.add_argument("--read-timeout-secs", type=positive_float, default=READ_TIMEOUT_S,
                    help="how long an HTTP client may take to send a request's header and then "
                         "as long for its body: a late header closes the connection (idle "
                         "connections too), a late body gets 408 (default: %(default)s)")

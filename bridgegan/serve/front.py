@@ -393,10 +393,13 @@ class Front:
     async def _read(self, request, limit: int) -> bytes:
         """The body (``_read_body``), once one of MAX_READING reading slots is free; a 408
         RequestError if waiting and reading take more than the read timeout."""
-        try:
-            async with asyncio.timeout(self.read_timeout_s), self.reading:
+        async def read() -> bytes:
+            async with self.reading:
                 return await _read_body(request, limit)
-        except TimeoutError:
+
+        try:  # asyncio.wait_for, not asyncio.timeout: Python 3.10 is supported
+            return await asyncio.wait_for(read(), self.read_timeout_s)
+        except asyncio.TimeoutError:
             raise RequestError(f"the request body did not arrive within "
                                f"{self.read_timeout_s:g} s (--read-timeout-secs)", 408) from None
 

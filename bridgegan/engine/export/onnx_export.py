@@ -315,7 +315,8 @@ def _check_same_model(manifest: dict, folder: Path, config: BridgeGANConfig, key
                               f"remove it or use another folder")
 
 
-def _sha256(data: bytes) -> str:
+def sha256_hex(data: bytes) -> str:
+    """The sha256 of ``data`` in hex: how the manifest and plan sidecars name a graph."""
     return hashlib.sha256(data).hexdigest()
 
 
@@ -338,7 +339,7 @@ def _missing(out: Path, config: BridgeGANConfig, key: str, graphs: list[str],
             name, digest = (entry.get(k, {}).get(precision) for k in ("files", "sha256"))
             if name is None or digest is None or not (out / name).is_file():
                 missing.append((g, precision))
-            elif _sha256((out / name).read_bytes()) != digest:
+            elif sha256_hex((out / name).read_bytes()) != digest:
                 raise OnnxFileError(
                     f"{out / name} does not match its sha256 in {out / MANIFEST}: it is not the "
                     f"graph this export wrote (a file of another export copied in, or damaged); "
@@ -377,7 +378,7 @@ def _write_export(out: Path, manifest: dict, missing: list[tuple[str, str]], mod
             data = onnx_model.SerializeToString()
             entry = manifest["graphs"].setdefault(name, io_spec(onnx_model))
             entry.setdefault("files", {})[precision] = file_name(name, precision)
-            entry.setdefault("sha256", {})[precision] = _sha256(data)
+            entry.setdefault("sha256", {})[precision] = sha256_hex(data)
             written[file_name(name, precision)] = lambda p, data=data: p.write_bytes(data)
     text = json.dumps(manifest, indent=2) + "\n"
     write_folder_atomic(out, {**kept, **written, MANIFEST: lambda p: p.write_text(text)})

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import json
 import os
 from collections.abc import Mapping
@@ -36,7 +35,7 @@ from ... import __version__
 from ...files import write_file_atomic
 from ..backends.base import BackendUnavailable
 from .names import TENSORRT_PRECISIONS, TIMING_CACHE
-from .onnx_export import io_spec, load_onnx
+from .onnx_export import io_spec, load_onnx, sha256_hex
 
 TRT_EXTRA = "pip install 'bridgegan[tensorrt]'"
 MATCH_KEYS = ("tensorrt_version", "gpu_name", "compute_capability")
@@ -145,10 +144,6 @@ def read_sidecar(plan: str | os.PathLike) -> dict:
         raise PlanMismatch(f"{path} is corrupt: {exc}") from None
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def stale_plan(plan: str | os.PathLike, cfg: TrtBuildConfig, here: Mapping) -> bool:
     """Whether ``plan`` must be (re)built for ``cfg`` on this machine: missing, or its
     sidecar names another GPU or TensorRT version, another source graph (the ONNX file
@@ -157,7 +152,8 @@ def stale_plan(plan: str | os.PathLike, cfg: TrtBuildConfig, here: Mapping) -> b
         return True
     sidecar = read_sidecar(plan)
     built = (sidecar.get("onnx_sha256"), sidecar.get("precision"), sidecar.get("profile"))
-    wanted = (file_sha256(cfg.onnx), cfg.precision, json.loads(json.dumps(cfg.profile)))
+    wanted = (sha256_hex(Path(cfg.onnx).read_bytes()), cfg.precision,
+              json.loads(json.dumps(cfg.profile)))  # tuples as the sidecar's JSON lists
     return bool(sidecar_problems(sidecar, here)) or built != wanted
 
 
@@ -232,6 +228,6 @@ def build_plan(cfg: TrtBuildConfig, plan: str | os.PathLike,
     write_file_atomic(plan, bytes(serialized))
     write_file_atomic(cache_file, bytes(config.get_timing_cache().serialize()))
     sidecar = {**device_info(trt), **cfg.to_dict(), "bridgegan_version": __version__,
-               "onnx_sha256": file_sha256(cfg.onnx)}
+               "onnx_sha256": sha256_hex(Path(cfg.onnx).read_bytes())}
     write_file_atomic(sidecar_path(plan), (json.dumps(sidecar, indent=2) + "\n").encode())
     return plan
