@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ...argtypes import input_file, non_negative_int, positive_int
-from .names import GRAPHS, ONNX_PRECISIONS, OPSET, TENSORRT_PRECISIONS
-
-PREFERRED_BATCHES = (4, 8, 16, 32)  # triton-repo's default preferred batch sizes
+from .names import GRAPHS, ONNX_PRECISIONS, OPSET, PREFERRED_BATCHES, TENSORRT_PRECISIONS
 
 
 def _check_opset(opset: int) -> None:

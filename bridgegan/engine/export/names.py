@@ -9,3 +9,4 @@ GRAPHS = PROGRAMS + STAGES
 ONNX_PRECISIONS = {"fp32": "float32", "fp16": "float16"}  # name -> torch dtype name
 TENSORRT_PRECISIONS = ("fp32", "fp16", "bf16")
 TIMING_CACHE = "timing.cache"  # the TensorRT timing cache kept beside the plans
+PREFERRED_BATCHES = (4, 8, 16, 32)  # a Triton repository's default preferred batch sizes
