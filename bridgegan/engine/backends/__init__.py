@@ -103,7 +103,10 @@ BACKENDS = tuple(REGISTRY)
 #   torch 2.24, compile 2.74) but not at batch 1 (3.24 against torch 3.64, compile 4.24).
 #   On the AMX machine (2026-12-05, two threads, idle): batch 8 onnxruntime 14.0 against
 #   torch 12.1, batch 1 12.9 against 13.0 (compile 16.8 / 18.1 after 30 s of compiling per
-#   shape); with dtype auto (bf16 there) torch runs, 24.4 img/s at batch 8.
+#   shape); with dtype auto (bf16 there) torch runs, 24.4 img/s at batch 8. The one-thread
+#   numbers above let onnxruntime use every core; held to torch's thread count
+#   (2026-12-06, AMX machine, one thread each, batch 8, 128 px) onnxruntime still leads:
+#   8.7 img/s against torch 6.7 (reference 4.9).
 # - cuda: triton fp16 channels_last 5,179 img/s against torch 2,665 at batch 64 (H100,
 #   benchmarks/RESULTS.md; 5,517 with CUDA graphs). tensorrt, compile and onnxruntime
 #   were never measured on a GPU, so auto never picks them there.
