@@ -160,7 +160,7 @@ def test_kernel_bias_matches_the_float64_reference(model, merged):
                     reason="the Triton kernels on the CPU need TRITON_INTERPRET=1")
 @pytest.mark.parametrize("low_res", [True, False], ids=["broadcast", "full_res_shortcut"])
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_fused_tail_matches_the_float64_reference(small_model, fmt, low_res):
+def test_fused_tail_matches_the_float64_reference(small_model, fmt, low_res, monkeypatch):
     """impl="triton": the last block's sum, ReLU, to_rgb and tanh run as one rgb_tail
     kernel (its up shortcut at half size, or at full size without ``low_res_shortcut``);
     the torch path, which ONNX export traces, keeps the plain ops. (32 px: the
@@ -170,10 +170,21 @@ def test_fused_tail_matches_the_float64_reference(small_model, fmt, low_res):
     x, d, r = inputs(cfg, 2, 13)
     rw = Rewrites(low_res_shortcut=low_res)
     g = InferenceGraph(model, rw, impl="triton").eval().to(memory_format=FORMATS[fmt])
-    assert g.fused_tail and g.up[-1].broadcast_shortcut == low_res
+    assert g.fused_tail and g.up[-1].shortcut is not None
     assert not InferenceGraph(model, rw).fused_tail
     assert not InferenceGraph(model, Rewrites(fused_tail=False), impl="triton").fused_tail
+    from bridgegan.engine import graph as graph_module
+
+    shortcuts = []  # the shortcut rgb_tail gets: half size (a broadcast) with low_res
+
+    def rgb_tail(h, weight, bias, sc, **kw):
+        shortcuts.append(sc.shape[-1] * 2 == h.shape[-1])
+        return real_tail(h, weight, bias, sc, **kw)
+
+    real_tail = graph_module.rgb_tail
+    monkeypatch.setattr(graph_module, "rgb_tail", rgb_tail)
     out = translate(graph_stages(g), x.contiguous(memory_format=FORMATS[fmt]), d, r)
+    assert shortcuts == [low_res]
     want = translate(float64_model(model).stages(), x.double(), d.double(), r.double())
     assert out.is_contiguous(memory_format=FORMATS[fmt])
     assert errors(out, want)[0] <= FP32.image_max_abs

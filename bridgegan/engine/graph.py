@@ -213,9 +213,6 @@ class Block(nn.Module):
         self.shortcut = None if blk.shortcut is None else Conv(
             blk.shortcut, bias_tensor=blk.shortcut.bias + blk.conv2.bias if moved else None)
         self.low_res_shortcut = rw.low_res_shortcut
-        # the shortcut comes out at half the residual's size: added as a broadcast
-        self.broadcast_shortcut = (self.resample == "up" and self.low_res_shortcut
-                                   and self.shortcut is not None)
         if self.kind == "in":
             for i, norm in ((1, blk.norm1), (2, blk.norm2)):
                 self.register_buffer(f"n{i}_weight", norm.weight.detach().clone())
@@ -245,8 +242,9 @@ class Block(nn.Module):
         return (h, sc) if pending else add_upsampled(h, sc)
 
     def branches(self, x, mods=(None, None), impl: str = "torch"):
-        """The residual and the shortcut, not yet added (the shortcut at half size when
-        ``broadcast_shortcut``). x is a tensor or the previous block's pending pair."""
+        """The residual and the shortcut, not yet added (the shortcut at half size for an
+        up block's learned shortcut with ``low_res_shortcut``: ``add_upsampled`` adds it as
+        a broadcast). x is a tensor or the previous block's pending pair."""
         if isinstance(x, tuple):  # the first norm sums the pair: x is the sum from here on
             h, x = self._norm_act(x[0], 1, mods[0], impl, residual=x[1])
         else:

@@ -57,6 +57,7 @@ _CUDA_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _CPU_DTYPES = (torch.bfloat16, torch.float32)
 _USE_FUSED: dict[tuple, bool] = {}  # decision key (see _use_fused) -> the fused form is used
 
+
 def _plain(x, weight, bias, stride: int, padding: int, transposed: bool) -> torch.Tensor:
     if transposed:
         return F.relu(F.conv_transpose2d(x, weight, bias, stride=stride, padding=padding))

@@ -20,6 +20,11 @@ def is_channels_last(t: torch.Tensor) -> bool:
     return all(sc < s for s in spatial)
 
 
+def memory_format(t: torch.Tensor) -> torch.memory_format:
+    """The memory format a 4-D tensor's strides follow (see :func:`is_channels_last`)."""
+    return torch.channels_last if is_channels_last(t) else torch.contiguous_format
+
+
 def hw_strides(t: torch.Tensor):
     """(s_n, s_hw, s_c) of t viewed as [N][H*W][C], or None if H, W do not flatten."""
     _, _, h, w = t.shape

@@ -60,8 +60,8 @@ from ..numerics import dtype_name
 from .dispatch import (IMPLS, TRITON_DTYPES, KernelFallbackWarning, Launch, choose_impl,
                        run_launches, tracing, triton_available, triton_interpreted,
                        triton_module)
-from .layout import (add_upsampled, flattenable, hw_strides, is_channels_last, next_pow2,
-                     upsampled_shapes)
+from .layout import (add_upsampled, flattenable, hw_strides, is_channels_last, memory_format,
+                     next_pow2, upsampled_shapes)
 
 __all__ = [
     "ACTS",
@@ -418,7 +418,7 @@ def _run(op, x, gamma, beta, weight, bias, mod_bias, act, eps, slope, impl, out,
         return out if out is not None else torch.empty_like(x)
     if chosen == "torch":
         y = _torch_ops(*tensors, act, eps, slope)
-        fmt = torch.channels_last if is_channels_last(x) else torch.contiguous_format
+        fmt = memory_format(x)
         if not tracing() and not y.is_contiguous(memory_format=fmt):
             y = y.contiguous(memory_format=fmt)
         if out is not None:

@@ -40,6 +40,7 @@ PARITY_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # storage dtypes
 # make_inputs and call take it too, and the tests check it).
 OPS = ("spade_modulate", "spade_modulate[2C]", "spade_modulate[2C]+bias", "instance_norm_act")
 LAYOUTS = ("nchw", "channels_last")
+FORMATS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
 
 # (shape, config, mode): "full" = every dtype x layout x activation; "grid" = every dtype x
 # layout, the activation cycling over rows; "light" = both layouts, dtype and activation
@@ -68,7 +69,7 @@ def make_inputs(op, shape, dtype, layout, device, gen, x_scale=1.0, shift=0.0):
     bias / weight, bias, drawn from ``gen`` on the device in ``layout``: x ~ x_scale * N(0, 1),
     maps and spade_modulate's bias (x's dtype) ~ 0.5 * N(0, 1), each plus ``shift``."""
     n, c, h, w = shape
-    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    fmt = FORMATS[layout]
 
     def randn(*size, scale=1.0):  # drawn on the device: fast for the big GPU shapes
         t = scale * torch.randn(*size, generator=gen, device=device) + shift
@@ -170,7 +171,7 @@ def _residual_rows(device, impl, gen, verbose):
                     op, x, kw, act="relu", impl=impl, config=config, residual=r)), device)
                 out, total = outs[0]
                 sum_rel = errors(total, add_upsampled(x.double(), r.double()))[1]
-                fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+                fmt = FORMATS[layout]
                 ok = (sum_rel <= tolerance(dtype).op_rel and out.dtype == total.dtype == dtype
                       and out.is_contiguous(memory_format=fmt)
                       and total.is_contiguous(memory_format=fmt))
@@ -198,7 +199,7 @@ def _tail_rows(device, impl, gen, verbose):
         sc_shape = (n, c, h // 2, w // 2) if shortcut == "half" else shape
         for dtype in PARITY_DTYPES:
             for layout in LAYOUTS:
-                fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+                fmt = FORMATS[layout]
                 x, s = (torch.randn(*t, generator=gen, device=device).to(dtype).contiguous(
                     memory_format=fmt) for t in (shape, sc_shape))
                 weight = torch.randn(3, c, 1, 1, generator=gen, device=device) / c ** 0.5
@@ -269,9 +270,8 @@ def check_ops(device=None, verbose=True, quick=False, impl=None) -> list[dict]:
                             n, c, h, w = shape
                             path = plan_launch(n, c, h * w, layout == "channels_last" and c > 1
                                                and h * w > 1, config).path
-                        fmt_ok = out.dtype == x.dtype and (
-                            out.is_contiguous(memory_format=torch.channels_last)
-                            if layout == "channels_last" else out.is_contiguous())
+                        fmt_ok = out.dtype == x.dtype and out.is_contiguous(
+                            memory_format=FORMATS[layout])
                         row = _row(op, dtype, layout, act, shape, impl, path, out,
                                    reference64(op, x, kw, act), device, secs, ok=fmt_ok)
                         rows.append(row)

@@ -24,7 +24,8 @@ import torch.nn.functional as F
 
 from ..numerics import dtype_name
 from .dispatch import IMPLS, Launch, choose_impl, run_launches, triton_module
-from .layout import flattenable, hw_strides, is_channels_last, next_pow2, upsampled_shapes
+from .layout import (add_upsampled, flattenable, hw_strides, memory_format, next_pow2,
+                     upsampled_shapes)
 
 __all__ = ["rgb_tail"]
 
@@ -74,11 +75,10 @@ def _torch_tail(h, weight, bias, shortcut) -> torch.Tensor:
     v = h.to(cdt)
     if shortcut is not None:
         s = shortcut.to(cdt)
-        v = v + (s if s.shape == v.shape else F.interpolate(s, scale_factor=2, mode="nearest"))
+        v = add_upsampled(v, s)
     w = weight.reshape(weight.shape[0], -1, 1, 1).to(cdt)
     y = torch.tanh(F.conv2d(F.relu(v), w, None if bias is None else bias.to(cdt)))
-    fmt = torch.channels_last if is_channels_last(h) else torch.contiguous_format
-    return y.to(h.dtype).contiguous(memory_format=fmt)
+    return y.to(h.dtype).contiguous(memory_format=memory_format(h))
 
 
 def triton_launches(h, weight, bias, shortcut):
@@ -88,7 +88,7 @@ def triton_launches(h, weight, bias, shortcut):
         raise RuntimeError(f"bridgegan.kernels.rgb_tail(impl='triton'): {why}")
     n, c, hh, ww = h.shape
     k = weight.shape[0]
-    fmt = torch.channels_last if is_channels_last(h) else torch.contiguous_format
+    fmt = memory_format(h)
     h = flattenable(h, fmt)
     out = torch.empty((n, k, hh, ww), dtype=h.dtype, device=h.device, memory_format=fmt)
     block_c = next_pow2(c)
@@ -111,7 +111,7 @@ def rgb_tail(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = 
     module docstring."""
     _check(h, weight, bias, shortcut, impl)
     if h.numel() == 0:
-        fmt = torch.channels_last if is_channels_last(h) else torch.contiguous_format
+        fmt = memory_format(h)
         return torch.empty((h.shape[0], weight.shape[0], *h.shape[2:]), dtype=h.dtype,
                            device=h.device, memory_format=fmt)
     grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad
