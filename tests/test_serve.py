@@ -140,13 +140,13 @@ def test_bad_requests_fail_alone(engine):
            ({"image": np.concatenate([x, x]), "target": t}, "'target' has 1 rows, the others 2"),
            ({"image": x[:0], "target": t[:0]}, "image: empty batch"),
            ({"image": x, "target": t, "noise": np.full((1, 8), 1e6, np.float32)},
-            r"input 'noise' must hold finite values in \[-10000, 10000\], got 1e\+06"),
+            r"input 'noise' must be finite and within \[-10000, 10000\], got 1e\+06"),
            ({"image": x, "target": t, "strength": np.full((1, 1), 11, np.float32)},
-            r"input 'strength' must hold finite values in \[-10, 10\], got 11"),
+            r"input 'strength' must be finite and within \[-10, 10\], got 11"),
            ({"image": x, "target": t, "strength": np.full((1, 1), -1e30, np.float32)},
-            r"input 'strength' must hold finite values in \[-10, 10\], got -1e\+30"),
+            r"input 'strength' must be finite and within \[-10, 10\], got -1e\+30"),
            ({"image": x, "target": t, "strength": np.full((1, 1), np.nan, np.float32)},
-            r"input 'strength' must hold finite values in \[-10, 10\], got nan")]
+            r"input 'strength' must be finite and within \[-10, 10\], got nan")]
     good = {"image": x, "target": t, "noise": noise(1, 5).numpy()}
     results = run_requests(engine, "translate_label", [good, *(b for b, _ in bad), good])
     for (_, message), got in zip(bad, results[1:-1]):
@@ -280,10 +280,10 @@ MALFORMED = [  # (model, body, JSON header length of a binary request, message)
     ("translate_label", json.dumps({"inputs": LABEL}).encode("utf-16"), None,
      "the request must be a JSON inference request in UTF-8; byte 0 is not UTF-8"),
     ("translate_label", json.dumps({"inputs": LABEL + [json_input("strength", [1, 1], [1e30])]}),
-     None, "translate_label: invalid input: input 'strength' must hold finite values in "
+     None, "translate_label: invalid input: input 'strength' must be finite and within "
            "[-10, 10], got 1e+30"),
     ("translate_label", json.dumps({"inputs": LABEL + [json_input("noise", [1, 8], [-1e6] * 8)]}),
-     None, "input 'noise' must hold finite values in [-10000, 10000], got -1e+06"),
+     None, "input 'noise' must be finite and within [-10000, 10000], got -1e+06"),
     ("translate_label", b"[1]", None, "the request must be a JSON inference request"),
     ("translate_label", "[" * 100_000 + "]" * 100_000, None,
      "translate_label: invalid request (RecursionError: maximum recursion depth exceeded"),
@@ -807,8 +807,8 @@ def invalid_batched_with_valid(server, engine, protocol: str) -> None:
         got = list(pool.map(send, range(8)))
     assert "translate_label: invalid input: image: contain NaN" in str(got[3]), got[3]
     assert "'target' must hold 0 (absent) or 1 (present)" in str(got[4]), got[4]
-    assert "'noise' must hold finite values in [-10000, 10000], got 1e+06" in str(got[6]), got[6]
-    assert "'strength' must hold finite values in [-10, 10], got 11" in str(got[7]), got[7]
+    assert "'noise' must be finite and within [-10000, 10000], got 1e+06" in str(got[6]), got[6]
+    assert "'strength' must be finite and within [-10, 10], got 11" in str(got[7]), got[7]
     if protocol == "http":
         assert all(got[i].status() == "400" for i in (3, 4, 6, 7)), got
     for i in (0, 1, 2, 5):

@@ -21,6 +21,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..numerics import dtype_name, dtype_spellings
@@ -36,10 +37,10 @@ from .graph import Rewrites
 from .io import Images, as_batch, value_range
 from .streams import Concurrent
 
-# Largest |noise|: draws are standard normal, so this is far outside anything drawn while
-# keeping the latent codes finite.
-MAX_NOISE = 1e4
-
+# Largest |value| the engine takes per bounded input. Noise draws are standard normal, so
+# 1e4 is far outside anything drawn while keeping the latent codes finite; strength and
+# alphas scale a label difference as the config's edit strength does.
+BOUNDS = {"noise": 1e4, "strength": MAX_SCALE, "alpha": MAX_SCALE}
 
 
 def cpu_has_amx() -> bool:
@@ -67,15 +68,25 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     return getattr(torch, dtype_name(dtype))
 
 
+def check_bounded(values, what: str, bound: float) -> None:
+    """A ValueError unless every value (a number, array or CPU tensor) is finite with
+    |value| <= ``bound``; the one form of the engine's bounds, which serve checks too."""
+    values = np.asarray(values, dtype=np.float64)
+    outside = values[~(np.abs(values) <= bound)]  # NaN is outside too
+    if outside.size:
+        raise ValueError(f"{what} must be finite and within [-{bound:g}, {bound:g}], "
+                         f"got {outside.flat[0]:g}")
+
+
 def _number(value, what: str, bound: float) -> float:
     """``value`` as a float, refused unless a finite number within [-bound, bound]."""
     try:
-        x = float(value)
+        x = None if isinstance(value, (str, bytes, bool)) else float(value)
     except (TypeError, ValueError):
-        x = float("nan")
-    if isinstance(value, (str, bytes, bool)) or not abs(x) <= bound:  # NaN fails too
-        raise ValueError(f"{what} must be a finite number in [-{bound:g}, {bound:g}], "
-                         f"got {value!r}")
+        x = None
+    if x is None:
+        raise ValueError(f"{what} must be a number, got {value!r}")
+    check_bounded(x, what, bound)
     return x
 
 
@@ -88,7 +99,7 @@ def _alphas(alphas) -> list[float]:
     if not values or isinstance(alphas, (str, bytes)):
         raise ValueError(f"alphas must be a non-empty list of numbers (1: label-based, "
                          f"0: reference-based), got {alphas!r}")
-    return [_number(a, "each alpha", MAX_SCALE) for a in values]
+    return [_number(a, "each alpha", BOUNDS["alpha"]) for a in values]
 
 
 def _seed(seed) -> int | None:
@@ -252,15 +263,13 @@ class Engine:
         if noise.shape != (n, self.config.noise_dim):
             raise ValueError(f"noise must have shape ({n}, {self.config.noise_dim}), "
                              f"got {tuple(noise.shape)}")
-        if not noise.abs().le(MAX_NOISE).all():  # NaN fails too
-            raise ValueError(f"noise must be finite with |values| <= {MAX_NOISE:g} (draws are "
-                             f"standard normal), got |max| {noise.abs().max().item():g}")
+        check_bounded(noise, "noise", BOUNDS["noise"])
         return noise.to(self.device)
 
     def _difference(self, y_s: torch.Tensor, y_t: torch.Tensor, strength) -> torch.Tensor:
         """d = strength * (y_t - y_s), the strength checked; None: the config's
         ``edit_strength`` (the model's operating point)."""
-        return _number(self.config.strength(strength), "strength", MAX_SCALE) * (y_t - y_s)
+        return _number(self.config.strength(strength), "strength", BOUNDS["strength"]) * (y_t - y_s)
 
     def _region(self, region, n: int) -> torch.Tensor | None:
         """A region mask (S, S), (1 or N, S, S) or (1 or N, 1, S, S) in [0, 1] at image size,

@@ -29,15 +29,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..engine.engine import MAX_NOISE
+from ..engine.engine import BOUNDS, check_bounded
 from ..engine.export.pbtxt import Port
 from ..engine.io import as_batch
-from ..reference.config import MAX_SCALE, BridgeGANConfig
+from ..reference.config import BridgeGANConfig
 
 MODELS = ("translate_label", "translate_reference", "reconstruct")
 IMAGE_INPUTS = ("image", "reference")  # checked by the engine: NaN / Inf, range [-1, 1]
 LABEL_INPUTS = ("target", "source")  # 0 / 1, as the engine requires
-BOUNDS = {"noise": MAX_NOISE, "strength": MAX_SCALE}  # largest |value| the engine takes
 NUMPY_TYPES = {"FP32": np.float32, "BOOL": np.bool_}
 
 
@@ -91,20 +90,12 @@ def check_request(spec: ModelSpec, request: Mapping[str, np.ndarray]) -> int:
         if port.name in IMAGE_INPUTS:
             as_batch(torch.tensor(value, dtype=torch.float32), port.shape[-1], port.name)
         elif port.name in BOUNDS:
-            _check_bound(port.name, value, BOUNDS[port.name])
+            check_bounded(value, f"input {port.name!r}", BOUNDS[port.name])
         elif port.dtype != "BOOL" and not np.isfinite(value).all():
             raise ValueError(f"input {port.name!r} contains NaN or Inf")
         elif port.name in LABEL_INPUTS and not np.isin(value, (0, 1)).all():
             raise ValueError(f"input {port.name!r} must hold 0 (absent) or 1 (present)")
     return n
-
-
-def _check_bound(name: str, value: np.ndarray, bound: float) -> None:
-    """A ValueError unless every value is finite with |value| <= ``bound``."""
-    outside = value[~(np.abs(value) <= bound)]  # NaN is outside too
-    if outside.size:
-        raise ValueError(f"input {name!r} must hold finite values in [-{bound:g}, {bound:g}], "
-                         f"got {outside.flat[0]:g}")
 
 
 def _prepare(engine, spec: ModelSpec, request: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
