@@ -19,8 +19,15 @@ Backends per shape:
           the same with bias= the (2C,) gamma/beta convolution bias, added in the kernel
           (what the engine runs once its convolutions drop their bias): its cost is the
           difference from the triton row
+  triton+res
+          spade_modulate(..., residual=r): the previous block's two branches summed by the
+          kernel, which stores the sum and normalises it (``fused_residual``); ideal bytes
+          count the residual read and the sum written (6 tensors' worth), and its
+          speed-up is over eager+res
   eager   torch.relu(F.instance_norm(x) * (1 + gamma) + beta), same dtype (what a plain
           PyTorch SPADE layer does)
+  eager+res
+          s = x + r, then the eager layer on s (the unfused residual hand-over)
   torch   spade_modulate(..., impl="torch"): float32 upcast torch ops (what CPU / ONNX
           use)
 
@@ -137,8 +144,14 @@ def _rotating(sets):
     return wrap
 
 
-def _eager(x, g, b, _bias):
+def _eager(x, g, b, _bias, _residual):
     return torch.relu(F.instance_norm(x, eps=1e-5) * (1 + g) + b)
+
+
+def _eager_res(x, g, b, _bias, r):
+    """A residual block's sum, then the next block's SPADE layer, as the plain ops."""
+    s = x + r
+    return torch.relu(F.instance_norm(s, eps=1e-5) * (1 + g) + b), s
 
 
 TUNE = [  # (C, H, layout, configs) compared with --tune, interleaved, each timed twice
@@ -260,68 +273,80 @@ def run(out_dir, dry_run=False, sweep=False, parity=False, quick=False, dtypes=N
             for (c, h), count in layers:
                 numel = batch * c * h * h
                 ideal = 4 * numel * torch.finfo(dtype).bits // 8
+                ideal_res = ideal // 2 * 3  # + read the residual, write the sum
                 n_sets = max(2, min(6, -(-(3 * 64 << 20) // ideal))) if cuda else 1
 
                 def mk(scale):
                     return (scale * torch.randn(batch, c, h, h, device=device, generator=gen)).to(
                         dtype).contiguous(memory_format=fmt)
                 sets = [(mk(1.0), mk(0.5), mk(0.5), (0.5 * torch.randn(
-                    2 * c, device=device, generator=gen)).to(dtype)) for _ in range(n_sets)]
+                    2 * c, device=device, generator=gen)).to(dtype), mk(1.0))
+                    for _ in range(n_sets)]
                 rot = _rotating(sets)
                 cl = layout == "channels_last"
                 plan = norm_act.plan_launch(batch, c, h * h, cl)
                 path = plan.path if impl == "triton" else "torch"
+                # name: (call, path, ideal bytes, the eager row it is compared with)
                 backends = {
-                    "triton": (rot(lambda x, g, b, _: norm_act.spade_modulate(
-                        x, g, b, act="relu", impl=impl)), path),
-                    "triton+bias": (rot(lambda x, g, b, mb: norm_act.spade_modulate(
-                        x, g, b, act="relu", impl=impl, bias=mb)), path),
-                    "eager": (rot(_eager), "eager"),
-                    "torch": (rot(lambda x, g, b, _: norm_act.spade_modulate(
-                        x, g, b, act="relu", impl="torch")), "torch"),
+                    "triton": (rot(lambda x, g, b, mb, r: norm_act.spade_modulate(
+                        x, g, b, act="relu", impl=impl)), path, ideal, "eager"),
+                    "triton+bias": (rot(lambda x, g, b, mb, r: norm_act.spade_modulate(
+                        x, g, b, act="relu", impl=impl, bias=mb)), path, ideal, "eager"),
+                    "triton+res": (rot(lambda x, g, b, mb, r: norm_act.spade_modulate(
+                        x, g, b, act="relu", impl=impl, residual=r)), path, ideal_res,
+                        "eager+res"),
+                    "eager": (rot(_eager), "eager", ideal, None),
+                    "eager+res": (rot(_eager_res), "eager", ideal_res, None),
+                    "torch": (rot(lambda x, g, b, mb, r: norm_act.spade_modulate(
+                        x, g, b, act="relu", impl="torch")), "torch", ideal, "eager"),
                 }
                 if sweep and not dry_run and dname == "fp16":
                     for cfg in SWEEP[layout]:
                         tag = ",".join(f"{k}={v}" for k, v in cfg.items())
                         p = norm_act.plan_launch(batch, c, h * h, cl, cfg)
                         backends[f"triton[{tag}]"] = (rot(
-                            lambda x, g, b, _, cfg=cfg: norm_act.spade_modulate(
+                            lambda x, g, b, mb, r, cfg=cfg: norm_act.spade_modulate(
                                 x, g, b, act="relu", impl="triton", config=cfg)),
-                            f"{p.path}:bhw={p.block_hw},bc={p.block_c},w={p.num_warps}")
+                            f"{p.path}:bhw={p.block_hw},bc={p.block_c},w={p.num_warps}",
+                            ideal, "eager")
                 times = {}
-                for name, (fn, path) in backends.items():
+                for name, (fn, *_) in backends.items():
                     with torch.no_grad():
                         try:
                             times[name] = _ms(fn, device, quick_timing if name.startswith("triton[")
                                              else timing)
                         except Exception as exc:  # a sweep variant that does not compile
                             print(f"  {name}: failed: {type(exc).__name__}: {exc}")
-                            continue
-                    t50, t20, t80 = times[name]
-                    what = f"spade_modulate C={c} {h}x{h}"
-                    common = dict(base, what=what, backend=name, dtype=dname, layout=layout,
-                                  resolution=h, channels=c, path=path, ideal_bytes=ideal)
-                    bw = {"p50": ideal / t50 / 1e6, "p20": ideal / t80 / 1e6, "p80": ideal / t20 / 1e6}
+                for name, (t50, t20, t80) in times.items():
+                    _, path, nbytes, against = backends[name]
+                    common = dict(base, what=f"spade_modulate C={c} {h}x{h}", backend=name,
+                                  dtype=dname, layout=layout, resolution=h, channels=c,
+                                  path=path, ideal_bytes=nbytes)
+                    bw = {"p50": nbytes / t50 / 1e6, "p20": nbytes / t80 / 1e6,
+                          "p80": nbytes / t20 / 1e6}
                     rows.append(dict(common, metric="time", unit="ms", p50=t50, p20=t20, p80=t80))
                     rows.append(dict(common, metric="bandwidth", unit="GB/s", **bw))
                     rows.append(dict(common, metric="copy_bw_share", unit="%",
                                      **{k: 100 * v / copy_bw["p50"] for k, v in bw.items()}))
-                    if name != "eager" and "eager" in times:
-                        e = times["eager"]
+                    if against in times:
+                        e = times[against]
                         rows.append(dict(common, metric="speedup_vs_eager", unit="x",
                                          p50=e[0] / t50, p20=e[1] / t20, p80=e[2] / t80,
                                          note=RATIO_NOTE))
-                    if name in ("triton", "triton+bias", "eager", "torch"):
+                    if name in ("triton", "triton+bias", "eager", "torch"):  # the 8 layers
                         tot = totals.setdefault((dname, layout, name), [0.0, 0.0, 0.0, 0])
                         for i in range(3):
                             tot[i] += count * times[name][i]
-                        tot[3] += count * ideal
-                t, tb, e = times.get("triton"), times.get("triton+bias"), times.get("eager")
+                        tot[3] += count * nbytes
+                t, tb, tr, e = (times.get(k) for k in ("triton", "triton+bias", "triton+res",
+                                                         "eager"))
                 if t:
                     print(f"{dname} {layout:<13} C={c:<3} {h:>3}x{h:<3} x{count}: triton {t[0]*1e3:8.1f} us "
                           f"({ideal / t[0] / 1e6:6.0f} GB/s, {100 * ideal / t[0] / 1e6 / copy_bw['p50']:5.1f}% "
                           f"of copy, {backends['triton'][1]})"
                           + (f", +bias {tb[0]*1e3:8.1f} us (x{tb[0] / t[0]:.3f})" if tb else "")
+                          + (f", +res {tr[0]*1e3:8.1f} us ({100 * ideal_res / tr[0] / 1e6 / copy_bw['p50']:5.1f}%"
+                             " of copy)" if tr else "")
                           + (f", eager {e[0]*1e3:8.1f} us, x{e[0] / t[0]:.2f}" if e else ""))
                     for name in backends:
                         if name.startswith("triton[") and name in times:

@@ -240,6 +240,14 @@ def test_gpu_check_dry_run(tmp_path):
     assert {"bench.csv", "bench.png", "kernels.csv", "profile.csv", "profile.md",
             "gpu_check.log"} <= {p.name for p in tmp_path.iterdir()}
     assert report["engine"] and report["parity_backends"]
+    kernels = [r for r in csv.DictReader(open(tmp_path / "kernels.csv"))
+               if r["what"].startswith("spade_modulate")]
+    timed = {(r["what"], r["dtype"], r["layout"], r["backend"]) for r in kernels
+             if r["metric"] == "time"}
+    compared = {(r["what"], r["dtype"], r["layout"], r["backend"]) for r in kernels
+                if r["metric"] == "speedup_vs_eager"}
+    assert {k for k in timed if not k[3].startswith("eager")} == compared
+    assert {"triton+res", "eager+res"} <= {k[3] for k in timed}
     profile = list(csv.DictReader(open(tmp_path / "profile.csv")))
     for variant in ("reference-float32", "torch-float32"):
         mine = [r for r in profile if r["variant"] == variant]
