@@ -79,7 +79,8 @@ def stages(work: Path, dry: bool) -> list[tuple[str, list[str], int]]:
                                    str(work / "parity_backends.json")]
          + (["--resolution", "64", "--batch", "1"] if dry else []), 45),
         ("bench_kernels", [py, str(ROOT / "benchmarks" / "bench_kernels.py"), "--out",
-                           str(work / "kernels")] + (["--dry-run"] if dry else ["--quick"]), 40),
+                           str(work / "kernels")] + (["--dry-run"] if dry else ["--quick"]),
+         50),  # 7 s on the H100 before the triton+res / eager+res rows and their compilations
         ("sweep_kernels", [py, str(ROOT / "benchmarks" / "bench_kernels.py"), "--out",
                            str(work / "sweep"), "--sweep", "--quick", "--dtype", "fp16",
                            "--layout", "channels_last"] + (["--dry-run"] if dry else []), 60),
