@@ -30,8 +30,8 @@ Kernels:
     its chunk. x is read twice (the second time, with a residual, as the stored sum). A
     chunk's
     partial is built one of two ways (``LANES``): each lane of the tile keeps its own
-    Welford (count, mean, M2) over the loop and the lanes are merged (Chan) in one
-    reduction after it (the default: no cross-warp reduction inside the loop), or each
+    Welford (mean, M2; its count follows from the iteration and its row) over the loop
+    and the lanes are merged (Chan) in one reduction after it (the default: no cross-warp reduction inside the loop), or each
     tile is reduced two-pass and merged into the running partial (Chan) per iteration.
 
 With a residual (``HAS_RES``: ``r``, read at 1 / ``UP`` of x's size, nearest) the fused
@@ -94,6 +94,16 @@ def _sum_hw(x, HW_MAJOR: tl.constexpr):
     else:
         r = tl.sum(x, axis=0)
     return r
+
+
+@triton.jit
+def _per_hw(v, HW_MAJOR: tl.constexpr):
+    """Broadcast a per-pixel vector over the channel axis of a tile."""
+    if HW_MAJOR:
+        b = v[None, :]
+    else:
+        b = v[:, None]
+    return b
 
 
 @triton.jit
@@ -272,22 +282,28 @@ def _stats_kernel(x_ptr, mean_ptr, m2_ptr, pivot_ptr, r_ptr, t_ptr,
     pivot = _pivot(x_n, r_n, t_n, cols, cmask, sxc, src, HAS_RES, SHIFT)  # partials: of x - pivot
 
     if LANES:
-        # per lane: Welford over the loop (masked lanes keep their state); one merge after
+        # per lane: Welford over the loop (masked lanes keep their state); one merge after.
+        # A lane's pixels are a prefix of the iterations (only the last tile is partial), so
+        # its count is the iteration number while it is valid, and after the loop a
+        # function of its row: no per-lane count is carried through the loop.
         if HW_MAJOR:
             l_mean = tl.zeros([BLOCK_C, BLOCK_HW], dtype=tl.float32)
         else:
             l_mean = tl.zeros([BLOCK_HW, BLOCK_C], dtype=tl.float32)
         l_m2 = l_mean
-        l_n = l_mean
         for off in range(start, end, BLOCK_HW):
             rows = off + tl.arange(0, BLOCK_HW)
             mask = _tile_mask(rows < end, cmask, HW_MAJOR)
             x = _shifted(_input_tile(x_n, r_n, t_n, rows, cols, mask, sxhw, sxc, W, srh, srw,
                                      src, sthw, stc, HAS_RES, UP, HW_MAJOR), mask, pivot, HW_MAJOR)
-            l_n = l_n + tl.where(mask, 1.0, 0.0)
+            k = ((off - start) // BLOCK_HW + 1).to(tl.float32)
             delta = tl.where(mask, x - l_mean, 0.0)
-            l_mean = l_mean + delta / tl.where(mask, l_n, 1.0)
+            l_mean = l_mean + delta / k
             l_m2 = l_m2 + delta * tl.where(mask, x - l_mean, 0.0)
+        lane = tl.arange(0, BLOCK_HW)
+        span = end - start
+        counts = tl.where(lane < span, (span - lane + BLOCK_HW - 1) // BLOCK_HW, 0)
+        l_n = _per_hw(counts.to(tl.float32), HW_MAJOR) + tl.zeros_like(l_mean)
         if HW_MAJOR:
             acc_mean, acc_m2, _ = tl.reduce((l_mean, l_m2, l_n), 1, _chan_merge)
         else:
