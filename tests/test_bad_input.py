@@ -174,9 +174,16 @@ def test_labels_are_checked_before_the_float32_cast(eng, near_one):
         assert torch.equal(eng.translate(x, same, source=y, seed=0), exact)
 
 
-@pytest.mark.parametrize("target", [None, "Male", {"Male": None}, {"Male": "1"}, [[0, 1], [1]]])
-def test_targets_of_the_wrong_type(eng, target):
-    with pytest.raises(ValueError, match="target"):
+LABELS_OF = r"target labels must be a tensor, array or nested list of numbers, got "
+
+
+@pytest.mark.parametrize("target, message", [
+    (None, LABELS_OF + "NoneType"), ("Male", LABELS_OF + "str"),
+    ({"Male": None}, "target for 'Male' must be 0 or 1, got None"),
+    ({"Male": "1"}, "target for 'Male' must be 0 or 1, got '1'"),
+    ([[0, 1], [1]], LABELS_OF + "list")])
+def test_targets_of_the_wrong_type(eng, target, message):
+    with pytest.raises(ValueError, match=message):
         eng.translate(images(2, S), target, seed=0)
 
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from bridgegan.numerics import psnr, tolerance
 from bridgegan.reference import BridgeGAN, CheckpointError, load_checkpoint, save_checkpoint
 from conftest import images, labels, randomize
 
@@ -44,7 +45,7 @@ def test_failed_write_keeps_the_old_checkpoint(small_model, tmp_path):
         path.write_text("partial")
         raise RuntimeError("killed mid-write")
 
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="killed mid-write"):  # boom's, not another failure
         save_checkpoint(tmp_path / "ck", small_model, extra={"z.bin": boom})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
     assert torch.equal(outputs(load_checkpoint(tmp_path / "ck"))[0], outputs(small_model)[0])
@@ -55,7 +56,8 @@ def test_fp16_checkpoint_loads_as_float32(small_model, tmp_path):
     assert load_file(tmp_path / "ck" / "model.safetensors")["generator.stem.weight"].dtype == torch.float16
     loaded = load_checkpoint(tmp_path / "ck")
     assert next(loaded.parameters()).dtype == torch.float32
-    torch.testing.assert_close(outputs(loaded)[0], outputs(small_model)[0], atol=2e-2, rtol=0)
+    got, want = outputs(loaded)[0], outputs(small_model)[0]  # fp16 weights: the fp16 image row
+    assert psnr(got, want).min() >= tolerance("float16").image_min_psnr_db
 
 
 def test_other_configuration_is_named(small_model, tmp_path):

@@ -91,12 +91,18 @@ def test_a_refused_probe_falls_back_once(monkeypatch):
 
 @needs_onednn
 def test_errors_after_a_working_probe_propagate():
+    """The library's error reaches the caller: not swallowed into the plain ops (which
+    raise the same error here, so the raise alone proves nothing), no fallback warning,
+    and the fused form stays in use for the next call."""
     x, w, b, stride, padding, _ = (t.float() if isinstance(t, torch.Tensor) else t
                                    for t in operands("conv3x3", 4))
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
         conv2d_relu(x, w, b, stride, padding)
-        with pytest.raises(RuntimeError):
+        with pytest.raises(RuntimeError, match="to have 5 channels, but got 3 channels"):
             conv2d_relu(x[:, :3], w, b, stride, padding)  # 3 input channels for 5
+        assert fused_ops(lambda: conv2d_relu(x, w, b, stride, padding))  # still fused
+    assert not [r for r in rec if issubclass(r.category, KernelFallbackWarning)]
 
 
 def test_autograd_takes_the_plain_ops():

@@ -190,8 +190,15 @@ def test_files_that_are_not_onnx(exported, ckpt, tmp_path, capsys):
     assert main(["export", "tensorrt", str(bad), str(tmp_path / "m.plan")]) == 2
     assert "model.onnx is not a valid ONNX model" in capsys.readouterr().err
     copy = shutil.copytree(exported, tmp_path / "copy")
-    (copy / "trunk.onnx").write_bytes(b"\x08\x07garbage")
-    with pytest.raises(OnnxFileError, match="trunk.onnx"):
+    garbage = b"\x08\x07garbage"
+    (copy / "trunk.onnx").write_bytes(garbage)
+    with pytest.raises(OnnxFileError, match=r"trunk.onnx does not match its sha256"):
+        Engine.from_checkpoint(ckpt, backend="onnxruntime", onnx_dir=copy)
+    # the manifest vouches for the damaged file (written damaged): onnxruntime's refusal, named
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["graphs"]["trunk"]["sha256"]["fp32"] = hashlib.sha256(garbage).hexdigest()
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(OnnxFileError, match=r"onnxruntime cannot load .*trunk.onnx"):
         Engine.from_checkpoint(ckpt, backend="onnxruntime", onnx_dir=copy)
 
 
