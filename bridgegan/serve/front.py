@@ -122,9 +122,8 @@ def check_declared(spec: ModelSpec, max_batch: int, declared: list[tuple[str, st
                                f"{json.dumps(shape)[:100]}")
         if (len(shape) != len(port.shape) + 1 or tuple(shape[1:]) != port.shape
                 or not 1 <= shape[0] <= max_batch):
-            raise RequestError(f"input {name!r} must have shape [N, "
-                               f"{', '.join(map(str, port.shape))}] with 1 <= N <= {max_batch}, "
-                               f"got {list(shape)}")
+            raise RequestError(f"input {name!r} must have shape {port.batched_shape()} with "
+                               f"1 <= N <= {max_batch}, got {list(shape)}")
         rows.add(shape[0])
     missing = [p.name for p in spec.inputs if not p.optional and p.name not in names]
     if missing:
@@ -249,8 +248,8 @@ def grpc_arrays(spec: ModelSpec, max_batch: int, request) -> dict[str, np.ndarra
 def accepted(spec: ModelSpec) -> str:
     """What ``spec`` takes, for error messages: each input's name, data type and shape."""
     return f"{spec.name} takes " + ", ".join(
-        f"{p.name} {p.dtype} [N, {', '.join(map(str, p.shape))}]"
-        + (" (optional)" if p.optional else "") for p in spec.inputs)
+        f"{p.name} {p.dtype} {p.batched_shape()}" + (" (optional)" if p.optional else "")
+        for p in spec.inputs)
 
 
 def check(spec: ModelSpec, decode: Callable[[], dict[str, np.ndarray]]) -> None:

@@ -20,6 +20,10 @@ class Port:
     shape: tuple[int, ...]
     optional: bool = False
 
+    def batched_shape(self) -> str:
+        """The shape a request declares, for messages: ``[N, d1, d2, ...]``."""
+        return f"[N, {', '.join(map(str, self.shape))}]"
+
 
 def instance_device(device: str) -> tuple[str, int | None]:
     """("cpu" or "cuda", GPU index or None) of "cpu", "cuda" or "cuda:N"; a ValueError
