@@ -22,7 +22,10 @@ rest, all within five minutes on an H100:
      .cache/ (gitignored), which a lent machine's run carries between calls; the row's
      first_call_s is the compile time a user waits for
 The engine rows include an A/B of cuDNN's algorithm search (``heuristics`` rows: off) for
-the reference and the engine, so that the ratio between them stays fair either way.
+the reference and the engine, so that the ratio between them stays fair either way. Those
+rows run in a process of their own (``bench_heuristics``): cuDNN keeps the plan it first
+chose for a convolution in a per-process cache keyed without the search flag, so in
+bench_engine's process they would replay the plans the search rows chose.
 --stages NAME,... runs only those stages. Writes into OUTDIR: gpu_check.json (every stage's rows and status), bench.csv (engine rows),
 bench.png, kernels.csv, profile.csv and profile.md, gpu_check.log. --dry-run runs the same stages at tiny sizes on the
 CPU with no time limits (CI runs it, so the script cannot rot, on machines of any speed).
@@ -46,10 +49,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 BUDGET_S = 300  # one run; each stage gets at most what is left
-ENGINE_VARIANTS = ("reference:float32,reference:fp16,reference:fp16:heuristics,torch:fp16:cl,"
+ENGINE_VARIANTS = ("reference:float32,reference:fp16,torch:fp16:cl,"
                    "triton:fp16:cl,triton:fp16:cl:graphs,triton:fp16:cl:graphs:streams,"
-                   "triton:fp16:cl:graphs:heuristics,"
                    "triton:fp16:graphs,triton:bf16:cl,triton:bf16:cl:graphs")
+# cuDNN's heuristic choice, in a process of its own: cuDNN's plan cache (per process, its
+# key has no benchmark flag) would otherwise hand these rows the search's plans
+HEURISTICS_VARIANTS = "reference:fp16:heuristics,triton:fp16:cl:graphs:heuristics"
 # triton:fp16:graphs = NCHW (the kernels' best layout)
 # the engine at batch 64 with each graph rewrite of round 2 off in turn (its A/B), and
 # batch_hidden (its split hidden slices are copied before the gamma/beta convolutions)
@@ -87,6 +92,11 @@ def stages(work: Path, dry: bool) -> list[tuple[str, list[str], int]]:
         ("bench_engine", cli + ["bench", "--device", dev, "--variants", variants, "--batches",
                                 batches, "--resolutions", res, "--workloads", "translate",
                                 "--out", str(work / "engine")] + reps, 100),
+        ("bench_heuristics", cli + ["bench", "--device", dev, "--variants",
+                                    "reference:float32:heuristics,torch:float32:heuristics"
+                                    if dry else HEURISTICS_VARIANTS, "--batches", batches,
+                                    "--resolutions", res, "--workloads", "translate",
+                                    "--out", str(work / "heuristics")] + reps, 30),
         ("bench_strip", cli + ["bench", "--device", dev, "--variants",
                                "reference:float32,torch:float32" if dry else
                                "reference:fp16,triton:fp16:cl", "--batches", "22" if dry else "32",
@@ -162,7 +172,7 @@ def main(argv=None) -> int:
     from bridgegan.engine.bench import PARTIAL_CSV
 
     engine_rows = []
-    for sub in ("engine", "strip", "ablation", "compile"):
+    for sub in ("engine", "heuristics", "strip", "ablation", "compile"):
         # a stage stopped by its limit leaves the rows it measured in the partial file
         done = work / sub / "bench.csv"
         engine_rows += _read_csv(done if done.is_file() else work / sub / PARTIAL_CSV)

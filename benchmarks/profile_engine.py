@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import sys
 from pathlib import Path
 
@@ -50,8 +51,10 @@ def _inputs(eng: Engine, batch: int, seed: int = 0):
 def _self_us(evt, cuda: bool) -> float:
     """Self time of a profiler average in microseconds: on the device for CUDA kernels,
     on the CPU for ops."""
-    if cuda:
-        return getattr(evt, "self_device_time_total", None) or evt.self_cuda_time_total
+    if cuda:  # self_cuda_time_total: torch before 2.4 (FunctionEventAvg has no such
+        # attribute since); a 0 must not fall through to it
+        us = getattr(evt, "self_device_time_total", None)
+        return evt.self_cuda_time_total if us is None else us
     return evt.self_cpu_time_total
 
 
@@ -135,11 +138,14 @@ def main(argv: list[str] | None = None) -> int:
     model = BridgeGAN(BridgeGANConfig.preset(args.resolution)).eval()
     device = torch.device(args.device)
     env = environment(device)
-    rows = []
-    for text in args.variants.split(","):
-        v = Variant.parse(text)
+    variants = [Variant.parse(text) for text in args.variants.split(",")]
+    for v in variants:
         if v.cuda_graphs:
-            raise SystemExit(f"variant {text!r}: profile without :graphs (replays hide kernels)")
+            raise SystemExit(f"variant {v.name!r}: profile without :graphs (replays hide kernels)")
+    args.out.mkdir(parents=True, exist_ok=True)
+    title = f"{env['device']}, {args.resolution}x{args.resolution}, torch {env['torch']}"
+    rows = []
+    for v in variants:
         eng = Engine(model, backend=v.backend, dtype=v.dtype, device=device,
                      channels_last=v.channels_last, cuda_graphs=False, rewrites=v.rewrites)
         for batch in (int(b) for b in args.batches.split(",")):
@@ -147,15 +153,15 @@ def main(argv: list[str] | None = None) -> int:
             rows += [dict(r, dtype=v.resolved_dtype(device), **env) for r in
                      kernel_rows(eng, v.name, batch, args.calls)
                      + stage_rows(eng, v.name, batch, max(args.calls, 3))]
-    args.out.mkdir(parents=True, exist_ok=True)
-    with open(args.out / "profile.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-    text = markdown(rows, args.top, f"{env['device']}, {args.resolution}x{args.resolution}, "
-                                    f"torch {env['torch']}")
-    write_file_atomic(args.out / "profile.md", text.encode())
-    print(text)
+            # written after every (variant, batch): a run stopped by a time limit keeps
+            # what it profiled
+            buf = io.StringIO()
+            writer = csv.DictWriter(buf, FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+            write_file_atomic(args.out / "profile.csv", buf.getvalue().encode())
+            write_file_atomic(args.out / "profile.md", markdown(rows, args.top, title).encode())
+    print(markdown(rows, args.top, title))
     return 0
 
 

@@ -84,12 +84,20 @@ def check_backends(device: str | None = None, config: BridgeGANConfig | None = N
         try:
             eng = Engine(model, backend=backend, dtype=dtype, device=dev, cuda_graphs=graphs,
                          streams=streams)
+            v = compare(eng, inputs, want)
         except BackendUnavailable as exc:
             rows.append(dict(case=name, status="SKIP", reason=str(exc)))
             if verbose:
                 print(f"{name:28s} SKIP  {exc}")
             continue
-        v = compare(eng, inputs, want)
+        except Exception as exc:  # e.g. a CUDA-graph capture error: this row fails, the
+            # other rows still run and the table is still written
+            reason = f"{type(exc).__name__}: {exc}"
+            rows.append(dict(case=name, backend=backend, dtype=dtype, cuda_graphs=graphs,
+                             streams=streams, status="FAIL", reason=reason, device=str(dev)))
+            if verbose:
+                print(f"{name:28s} FAIL  {reason}")
+            continue
         rows.append(dict(case=name, backend=backend, dtype=dtype, cuda_graphs=graphs, streams=streams,
                          max_abs=v["max_abs"], rel=v["rel"], psnr_db=v["psnr_db"],
                          limit=v["limit"], status="PASS" if v["ok"] else "FAIL", device=str(dev)))
