@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import os
 import sys
@@ -69,6 +70,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from bridgegan.engine.bench import environment  # noqa: E402
+from bridgegan.files import write_file_atomic  # noqa: E402
 from bridgegan.kernels import norm_act, rgb_tail  # noqa: E402
 from bridgegan.timing import copy_bandwidth, p50_p20_p80, time_calls  # noqa: E402
 
@@ -352,6 +354,7 @@ def run(out_dir, dry_run=False, sweep=False, parity=False, quick=False, dtypes=N
                         if name.startswith("triton[") and name in times:
                             print(f"    {name:<44} {times[name][0]*1e3:8.1f} us  {backends[name][1]}")
                 del sets
+                _write(out, env, rows)
     for (dname, layout, name), (t50, t20, t80, nbytes) in totals.items():
         common = dict(base, what=f"generator SPADE layers ({len(GEN_LAYERS)}, {IMAGE_RES}px)",
                       backend=name, dtype=dname, layout=layout, resolution=IMAGE_RES, channels=0,
@@ -376,13 +379,21 @@ def run(out_dir, dry_run=False, sweep=False, parity=False, quick=False, dtypes=N
 
     rows += _tail_rows(device, batch, impl, dtypes or BENCH_DTYPES, layouts or LAYOUTS, timing,
                        copy_bw, base, gen, dry_run)
-    (out / "kernels.json").write_text(json.dumps({"env": env, "rows": rows}, indent=1))
-    with open(out / "kernels.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
+    _write(out, env, rows)
     print(f"wrote {len(rows)} rows to {out / 'kernels.json'} and {out / 'kernels.csv'}")
     return rows
+
+
+def _write(out: Path, env: dict, rows: list[dict]) -> None:
+    """kernels.json and kernels.csv, each replaced atomically: written after every shape
+    too, so that a run stopped by a time limit keeps the rows it measured."""
+    write_file_atomic(out / "kernels.json", json.dumps({"env": env, "rows": rows},
+                                                        indent=1).encode())
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=FIELDS, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    write_file_atomic(out / "kernels.csv", buf.getvalue().encode())
 
 
 def main(argv=None) -> int:

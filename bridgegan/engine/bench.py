@@ -15,7 +15,10 @@ reference variant of that dtype (no ``cl`` / ``graphs`` / ``streams`` tag); a ta
 two of them for one dtype and cuDNN choice is refused. ``peak_mem_mb``: on CUDA, the peak
 allocated memory over the row's warm-up and timed calls (reset after its first call,
 whose cost is in ``first_call_s``); empty on the CPU, where the only cheap figure
-(ru_maxrss) is the process's running maximum over every row so far, not the row's.
+(ru_maxrss) is the process's running maximum over every row so far, not the row's, and
+for CUDA-graph rows, whose activations live in the graph's private pool, allocated once
+at capture: replays allocate nothing, so the figure would be the weights and the static
+inputs and outputs only.
 ``device`` names the GPU, or the CPU model and torch's thread count; ``commit`` ends in
 ``-dirty`` when the working tree differs from it.
 
@@ -359,6 +362,7 @@ def _variant_rows(model: BridgeGAN, v: Variant, dev: torch.device, case, batches
                 except Exception as exc:
                     row.update(metric="skipped", note=_why(exc))
                 else:
+                    peak = "" if v.cuda_graphs else peak  # the graph pool is not counted
                     row.update(_latency(ms, n, _flops_per_image(cfg, workload, n), first, peak,
                                         peaks), parity=verdict)
                 yield row
