@@ -3,6 +3,7 @@ the trunk cache, every backend that runs here, bad input, and concurrent callers
 from __future__ import annotations
 
 import os
+import re
 import threading
 from dataclasses import fields
 
@@ -347,6 +348,44 @@ def test_dtype_spellings_are_read_alike():
         resolve_dtype(torch.float64, cpu)
 
 
+def test_auto_dtype_follows_the_device_and_the_cpus_amx(tmp_path, monkeypatch):
+    """dtype "auto": fp16 on CUDA (whatever the CPU), bf16 on a CPU whose /proc/cpuinfo
+    flags name amx_bf16, float32 on other CPUs (avx512_bf16 is not AMX) and where
+    /proc/cpuinfo cannot be read; an unknown dtype string is refused with the accepted
+    spellings. Nothing runs on the CUDA device: a torch.device is enough."""
+    from bridgegan.engine import engine as engine_module
+    from bridgegan.engine.engine import cpu_has_amx, resolve_dtype
+
+    flags = {"amx": "fpu sse2 avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8",
+             "no_amx": "fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni"}
+    for name, line in flags.items():
+        (tmp_path / name).write_text(f"processor\t: 0\nvendor_id\t: GenuineIntel\n"
+                                     f"flags\t\t: {line}\n\nprocessor\t: 1\nflags\t\t: {line}\n")
+    real_path = engine_module.Path
+
+    def cpuinfo_from(name):  # cpu_has_amx reads Path("/proc/cpuinfo"): give it tmp_path/name
+        monkeypatch.setattr(engine_module, "Path", lambda p: real_path(
+            tmp_path / name if str(p) == "/proc/cpuinfo" else p))
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    want = {"amx": torch.bfloat16, "no_amx": torch.float32, "missing": torch.float32}
+    for name, dtype in want.items():
+        cpuinfo_from(name)
+        assert cpu_has_amx() is (name == "amx"), name
+        assert resolve_dtype("auto", cpu) == dtype, name
+        assert resolve_dtype("auto", cuda) == torch.float16, name
+        assert resolve_dtype("float32", cpu) == torch.float32  # explicit dtypes are kept
+    cpuinfo_from("amx")
+    torch.manual_seed(0)
+    eng = Engine(BridgeGAN(small_config()).eval(), dtype="auto")  # what callers get
+    assert eng.dtype == torch.bfloat16 and eng.channels_last
+    for bad in ("float64", "fp8", "AUTO ", "int8"):
+        with pytest.raises(ValueError, match=re.escape(
+                f"unknown dtype {bad!r}; accepted: auto, float32, fp32, float16, fp16, half, "
+                f"bfloat16, bf16")):
+            resolve_dtype(bad, cpu)
+
+
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])
 @pytest.mark.parametrize("size", [32, 64])
 def test_reduced_precision_psnr_against_float32(size, dtype):
@@ -532,46 +571,99 @@ def test_threads_get_the_serial_results(model):
 
 def test_serialised_backends_run_one_call_at_a_time(model, monkeypatch):
     """Backends with shared state (compiled code, CUDA graphs) must never see two calls at
-    once; the engine serialises whole calls for those the registry marks."""
-    import time
+    once; the engine serialises whole calls for those the registry marks. Without timing:
+    a first call is held inside a stage until a second call has reached the engine's lock;
+    while it is held no other thread can take that lock and the second call has entered
+    no stage; let go, both finish with the serial results. Every stage of every call runs
+    with the lock held (probed from another thread: a free lock would be taken)."""
     from dataclasses import replace
 
     from bridgegan.engine import backends
     from bridgegan.engine.backends import torch as torch_backend
 
-    active, peak = [0], [0]
+    def lock_free(lock) -> bool:
+        """Whether a thread other than the caller can take ``lock`` now (it gives it back)."""
+        got = []
+
+        def probe():
+            got.append(lock.acquire(blocking=False))
+            if got[0]:
+                lock.release()
+
+        t = threading.Thread(target=probe)
+        t.start()
+        t.join(10)
+        assert not t.is_alive()
+        return got[0]
+
+    eng_box, events, unlocked = [], [], []
+    inside, release, held_waited = threading.Event(), threading.Event(), []
     real_build = torch_backend.build
 
     def build(*args, **kw):
         st = real_build(*args, **kw)
 
         def trunk(x):
-            active[0] += 1
-            peak[0] = max(peak[0], active[0])
-            time.sleep(0.02)  # widen the window in which a second call could enter
+            name = threading.current_thread().name
+            events.append(("enter", name))
             try:
+                if lock_free(eng_box[0]._lock.lock):
+                    unlocked.append(name)
+                if name == "first":  # held here until the main thread lets go
+                    inside.set()
+                    held_waited.append(release.wait(10))
                 return st.trunk(x)
             finally:
-                active[0] -= 1
+                events.append(("leave", name))
 
         return replace(st, trunk=trunk)
+
+    class Watched:
+        """The engine's lock, noting which threads have tried to take it."""
+
+        def __init__(self, lock):
+            self.lock, self.tried = lock, {}
+
+        def __enter__(self):
+            self.tried.setdefault(threading.current_thread().name, threading.Event()).set()
+            return self.lock.__enter__()
+
+        def __exit__(self, *exc):
+            return self.lock.__exit__(*exc)
 
     monkeypatch.setattr(torch_backend, "build", build)
     monkeypatch.setitem(backends.REGISTRY, "torch", replace(backends.REGISTRY["torch"],
                                                             serialised=True))
     eng = Engine(model)
+    assert hasattr(eng._lock, "acquire"), f"a serialised backend's engine has no lock: {eng._lock!r}"
+    eng._lock = Watched(eng._lock)
+    eng_box.append(eng)
     cfg = model.config
-    xs = [images(1, cfg.image_size, 40 + i) for i in range(6)]
+    xs = [images(1, cfg.image_size, 40 + i) for i in range(2)]
     serial = [eng.translate(x, {"Male": 1}, seed=i) for i, x in enumerate(xs)]
+    assert unlocked == [] and len(events) == 4
+    events.clear()
+    second_tries = eng._lock.tried.setdefault("second", threading.Event())
     results = {}
-    threads = [threading.Thread(target=lambda i=i: results.__setitem__(
-        i, eng.translate(xs[i], {"Male": 1}, seed=i))) for i in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert peak[0] == 1
-    assert all(torch.equal(results[i], serial[i]) for i in range(6))
+    threads = [threading.Thread(name=name, target=lambda i=i: results.__setitem__(
+        i, eng.translate(xs[i], {"Male": 1}, seed=i))) for i, name in enumerate(("first", "second"))]
+    threads[0].start()
+    try:
+        assert inside.wait(10), "the first call never reached its stage"
+        threads[1].start()
+        assert second_tries.wait(10), "the second call never reached the engine's lock"
+        assert not lock_free(eng._lock.lock)  # the first call holds it: the second must wait
+        assert events == [("enter", "first")]  # and has entered no stage
+    finally:
+        release.set()
+        for t in threads:
+            t.join(60)
+    assert not any(t.is_alive() for t in threads)
+    assert held_waited == [True]
+    assert events == [("enter", "first"), ("leave", "first"), ("enter", "second"),
+                      ("leave", "second")]
+    assert unlocked == []
+    assert all(torch.equal(results[i], serial[i]) for i in range(2))
 
 
 def test_bench_variants_name_their_backend():
@@ -645,21 +737,22 @@ def test_cudnn_search_is_scoped_and_shared_by_concurrent_calls():
     from bridgegan.engine.cudnn_tuning import cudnn_search
 
     torch.backends.cudnn.benchmark = False
-    inside, go = threading.Event(), threading.Event()
+    inside, go, waited = threading.Event(), threading.Event(), []
 
     def other():
         with cudnn_search():
             inside.set()
-            go.wait(10)
+            waited.append(go.wait(10))
 
     t = threading.Thread(target=other)
     t.start()
-    inside.wait(10)
+    assert inside.wait(10), "the other call never entered cudnn_search"
     with cudnn_search():
         assert torch.backends.cudnn.benchmark
     assert torch.backends.cudnn.benchmark  # the other call still runs
     go.set()
-    t.join()
+    t.join(60)
+    assert not t.is_alive() and waited == [True]  # it left only after the checks above
     assert torch.backends.cudnn.benchmark is False
     torch.manual_seed(0)
     model = BridgeGAN(small_config()).eval()

@@ -233,6 +233,94 @@ def test_a_repository_model_folder_holding_other_files_is_refused_before_writing
     assert notes.read_text() == "user data"
 
 
+def _random_bytes(n: int, seed: int) -> bytes:
+    return torch.randint(0, 256, (n,), dtype=torch.uint8,
+                         generator=torch.Generator().manual_seed(seed)).numpy().tobytes()
+
+
+def test_a_file_write_stopped_by_the_file_size_limit_keeps_the_old_file(tmp_path):
+    """write_file_atomic in a process whose file-size limit (RLIMIT_FSIZE) stops its write
+    part way through (EFBIG once the first 64 KiB of 1 MiB are in its temporary file): the
+    old file is byte for byte what it was and no temporary file is left in the folder."""
+    target = tmp_path / "data.bin"
+    old = _random_bytes(4096, 1)
+    target.write_bytes(old)
+    code = textwrap.dedent(f"""
+        import errno, os, resource, signal, sys, torch
+        from bridgegan.files import write_file_atomic
+        real_unlink = os.unlink
+        def unlink(path):  # what the failed write had put in its temporary file
+            print(os.path.basename(path), os.path.getsize(path))
+            real_unlink(path)
+        os.unlink = unlink
+        new = torch.randint(0, 256, (1 << 20,), dtype=torch.uint8,
+                            generator=torch.Generator().manual_seed(2)).numpy().tobytes()
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead
+        resource.setrlimit(resource.RLIMIT_FSIZE,
+                           (1 << 16, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+        try:
+            write_file_atomic({str(target)!r}, new)
+        except OSError as exc:
+            print(errno.errorcode.get(exc.errno))
+    """)
+    out = python(code, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (temporary, size), error = [line.split() for line in out.stdout.splitlines()]
+    assert temporary.startswith(".data.bin.tmp-") and int(size) == 1 << 16, out.stdout
+    assert error == ["EFBIG"]
+    assert target.read_bytes() == old
+    assert sorted(os.listdir(tmp_path)) == ["data.bin"]
+
+
+@pytest.mark.parametrize("fails", ["fsync", "replace", "interrupt"])
+def test_a_failed_file_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkeypatch,
+                                                                        fails):
+    """The new bytes go to .NAME.tmp-<pid>-<random> beside NAME; when the write fails after
+    they are there (fsync or the rename raise; a KeyboardInterrupt too), NAME keeps its old
+    bytes and the temporary file is removed. The next write succeeds and replaces them."""
+    import re
+
+    from bridgegan import files
+    from bridgegan.files import write_file_atomic
+
+    target = tmp_path / "data.bin"
+    old, new = _random_bytes(4096, 3), _random_bytes(3 * 4096 + 17, 4)
+    target.write_bytes(old)
+    (tmp_path / "other.txt").write_text("not this write's")
+    seen = []  # (temporary files beside the target, their bytes) when the failure comes
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def temporaries():
+        return sorted(n for n in os.listdir(tmp_path) if n not in ("data.bin", "other.txt"))
+
+    def fail(*args):
+        seen.append((temporaries(), [(tmp_path / n).read_bytes() for n in temporaries()]))
+        raise KeyboardInterrupt if fails == "interrupt" else OSError(5, "Input/output error")
+
+    def fsync(fd):
+        real_fsync(fd)
+        fail()
+
+    if fails == "replace":
+        monkeypatch.setattr(files.os, "replace", lambda src, dst: fail())
+    else:
+        monkeypatch.setattr(files.os, "fsync", fsync)
+    with pytest.raises(KeyboardInterrupt if fails == "interrupt" else OSError):
+        write_file_atomic(target, new)
+    monkeypatch.setattr(files.os, "fsync", real_fsync)
+    monkeypatch.setattr(files.os, "replace", real_replace)
+    (names, contents), = seen
+    assert len(names) == 1 and re.fullmatch(rf"\.data\.bin\.tmp-{os.getpid()}-[0-9a-f]+",
+                                            names[0]), names
+    assert contents == [new]  # the whole new file was written, to the temporary
+    assert target.read_bytes() == old
+    assert temporaries() == [] and (tmp_path / "other.txt").read_text() == "not this write's"
+    assert write_file_atomic(target, new) == target
+    assert target.read_bytes() == new and temporaries() == []
+    assert write_file_atomic(str(tmp_path / "fresh.bin"), old) == tmp_path / "fresh.bin"
+    assert (tmp_path / "fresh.bin").read_bytes() == old
+
+
 # ----------------------------------------------------------------------------- ONNX export cache
 
 def _translate_with_ort(ckpt: Path, cache: Path) -> str:
@@ -328,17 +416,24 @@ def read_only(tmp_path):
     folder.chmod(0o755)
 
 
-@pytest.mark.parametrize("command", [
-    ["train", "--data", "synthetic:8", "--resolution", "16", "--out", "{out}"],
-    ["translate", "--checkpoint", "{ckpt}", "--input", "x.png", "--set", "Male=1", "--out", "{out}"],
-    ["export", "onnx", "{ckpt}", "{out}"],
+UNWRITABLE_COMMANDS = {
+    "train": ["train", "--data", "synthetic:8", "--resolution", "16", "--out", "{out}"],
+    "translate": ["translate", "--checkpoint", "{ckpt}", "--input", "x.png", "--set", "Male=1",
+                  "--out", "{out}"],
+    "export": ["export", "onnx", "{ckpt}", "{out}"],  # without onnx it stops at the extra
+}
+
+
+@pytest.mark.parametrize("command, where", [
+    *((name, where) for name in UNWRITABLE_COMMANDS for where in ("read-only", "file")),
+    ("train", "read-only checkpoints"),  # only training writes a checkpoints folder
 ])
-@pytest.mark.parametrize("where", ["read-only", "file", "read-only checkpoints"])
 def test_unwritable_out_is_refused_before_any_work(command, where, ckpt, read_only, tmp_path,
                                                    capsys):
-    if where == "read-only checkpoints" and command[0] != "train":
-        pytest.skip("only training writes a checkpoints folder")
-    pytest.importorskip("onnx")
+    if command == "export":
+        pytest.importorskip("onnx", reason="needs onnx (pip install 'bridgegan[onnx]'): without it "
+                            "export onnx stops at the missing extra, before its --out check")
+    command = UNWRITABLE_COMMANDS[command]
     out = {"read-only": read_only / "out", "file": tmp_path / "file.txt",
            "read-only checkpoints": read_only.parent / "run"}[where]
     (tmp_path / "file.txt").write_text("a file")
