@@ -70,8 +70,7 @@ def write_file_atomic(path: str | os.PathLike, data: bytes) -> Path:
     ``os.replace``): readers see the old file or the new one, never a part."""
     path = Path(path)
     tmp = _temp_name(path, "tmp")
-    tmp = path
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
