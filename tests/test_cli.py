@@ -434,3 +434,45 @@ def test_bench_rows_name_the_cpu_model(tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "CPUINFO", info)
     device = bench.environment(torch.device("cpu"))["device"]
     assert device == f"Intel(R) Xeon(R) Platinum 8480+, {torch.get_num_threads()} threads"
+
+
+def _info(argv, capsys) -> tuple[dict, dict[str, int]]:
+    """`bridgegan info ...`'s configuration (the JSON it prints) and parameter counts."""
+    import re
+
+    assert main(["info", *argv]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    counts = [re.fullmatch(r"(\w+) +([\d,]+) parameters", line) for line in lines[-4:]]
+    assert all(counts), lines[-4:]
+    return (json.loads("\n".join(lines[:-4])),
+            {m.group(1): int(m.group(2).replace(",", "")) for m in counts})
+
+
+def test_info_prints_a_checkpoints_configuration_and_parameter_counts(tmp_path, capsys):
+    """`bridgegan info`: the configuration a checkpoint (the shipped model, a small one of
+    other attributes and edit strength) or a preset holds, and each network's parameter
+    count, as the loaded model has them."""
+    from bridgegan.demo import SHIPPED
+    from bridgegan.reference import BridgeGANConfig, load_checkpoint
+
+    def counts(model):
+        return {name: sum(p.numel() for p in getattr(model, name).parameters())
+                for name in ("generator", "encoder", "mapping", "discriminator")}
+
+    torch.manual_seed(9)
+    small = randomize(BridgeGAN(small_config(32, attributes=("Male", "Smiling", "Eyeglasses"),
+                                             edit_strength=1.25, g_width=12)), seed=9)
+    ck = save_checkpoint(tmp_path / "ck", small.eval())
+    for path in (ck, SHIPPED):
+        config, printed = _info(["--checkpoint", str(path)], capsys)
+        model = load_checkpoint(path)
+        assert config == json.loads(model.config.to_json())
+        assert printed == counts(model) and list(printed) == list(counts(model)), path
+    config, printed = _info(["--checkpoint", str(ck)], capsys)
+    assert (config["attributes"], config["edit_strength"], config["g_width"]) == (
+        ["Male", "Smiling", "Eyeglasses"], 1.25, 12)
+    assert printed["generator"] == sum(p.numel() for p in small.generator.parameters())
+    preset = BridgeGANConfig.preset(64)
+    config, printed = _info(["--resolution", "64"], capsys)
+    assert config == json.loads(preset.to_json()) and config["image_size"] == 64
+    assert printed == counts(BridgeGAN(preset))

@@ -635,7 +635,8 @@ def test_serialised_backends_run_one_call_at_a_time(model, monkeypatch):
     monkeypatch.setitem(backends.REGISTRY, "torch", replace(backends.REGISTRY["torch"],
                                                             serialised=True))
     eng = Engine(model)
-    assert hasattr(eng._lock, "acquire"), f"a serialised backend's engine has no lock: {eng._lock!r}"
+    assert hasattr(eng._lock, "acquire"), f"a serialised backend's engine has no lock: " \
+                                          f"{eng._lock!r}"
     eng._lock = Watched(eng._lock)
     eng_box.append(eng)
     cfg = model.config
@@ -646,7 +647,8 @@ def test_serialised_backends_run_one_call_at_a_time(model, monkeypatch):
     second_tries = eng._lock.tried.setdefault("second", threading.Event())
     results = {}
     threads = [threading.Thread(name=name, target=lambda i=i: results.__setitem__(
-        i, eng.translate(xs[i], {"Male": 1}, seed=i))) for i, name in enumerate(("first", "second"))]
+        i, eng.translate(xs[i], {"Male": 1}, seed=i)))
+        for i, name in enumerate(("first", "second"))]
     threads[0].start()
     try:
         assert inside.wait(10), "the first call never reached its stage"
@@ -793,3 +795,38 @@ def test_onnxruntime_sessions_run_on_torchs_thread_count(tmp_path, monkeypatch):
         monkeypatch.setattr(torch, "get_num_threads", lambda n=n: n)
         options = OrtGraph(tmp_path / "id.onnx", torch.device("cpu")).session.get_session_options()
         assert (options.intra_op_num_threads, options.inter_op_num_threads) == (n, 1)
+
+
+def test_bench_refuses_heuristics_beside_searched_rows_on_cuda():
+    """cuDNN's plan cache is per process and its key has no search flag: on CUDA a table
+    mixing :heuristics rows with searched ones would time the search's plans twice."""
+    from bridgegan.engine.bench import Variant, _check_baselines
+
+    mixed = [Variant.parse("reference:fp16"), Variant.parse("reference:fp16:heuristics")]
+    with pytest.raises(ValueError, match="run the :heuristics variants in a bench of their own"):
+        _check_baselines(mixed, torch.device("cuda"))
+    _check_baselines(mixed, torch.device("cpu"))  # no cuDNN: one table is fine
+    _check_baselines(mixed[1:], torch.device("cuda"))
+
+
+def test_a_backend_parity_case_that_raises_is_a_fail_row(monkeypatch):
+    """One case that raises (say a CUDA-graph capture error) is a FAIL row naming the
+    error; the other cases still run and the table is still returned."""
+    from bridgegan.engine import parity
+
+    real = parity.compare
+    calls = []
+
+    def compare(eng, *args, **kw):
+        calls.append(eng.backend)
+        if eng.backend == "torch":
+            raise RuntimeError("capture failed")
+        return real(eng, *args, **kw)
+
+    monkeypatch.setattr(parity, "compare", compare)
+    rows = parity.check_backends("cpu", small_config(32), cases=[
+        ("torch", "float32", False, False), ("reference", "float32", False, False)],
+        verbose=False)
+    assert calls == ["torch", "reference"]
+    assert rows[0]["status"] == "FAIL" and rows[0]["reason"] == "RuntimeError: capture failed"
+    assert rows[1]["status"] == "PASS"

@@ -180,3 +180,55 @@ def test_bootstrap_interval_resamples_sources():
     lo1, hi1 = bootstrap_ci(hits.repeat(16), counts.repeat(16))  # 16x the sources
     assert hi1 - lo1 < (hi - lo) / 3
     assert bootstrap_ci(torch.full((5,), 3.0), torch.full((5,), 3.0)) == [1.0, 1.0]
+
+
+def test_eval_command_prints_the_report_and_writes_its_json(tmp_path, capsys):
+    """`bridgegan eval` on a small checkpoint and a saved classifier: status 0, the report
+    table on stdout, and --json holding every metric of evaluate() on the same sources
+    (the test split of the procedural faces, with their true edits) plus what was judged."""
+    import json
+
+    from bridgegan.cli import main
+    from bridgegan.evaluate import _sources, format_report
+    from bridgegan.reference import save_checkpoint
+    from conftest import randomize
+
+    torch.manual_seed(6)
+    model = randomize(BridgeGAN(small_config(32, attributes=PROCEDURAL_ATTRIBUTES)), seed=6)
+    ck = save_checkpoint(tmp_path / "ck", model.eval())
+    torch.manual_seed(7)
+    AttributeClassifier(PROCEDURAL_ATTRIBUTES, 32, 8).save(tmp_path / "clf")
+    out = tmp_path / "report.json"
+    n, seed = 4, 3
+    threads = torch.get_num_threads()
+    try:
+        assert main(["eval", "--checkpoint", str(ck), "--classifier", str(tmp_path / "clf"),
+                     "--data", "synthetic:16", "--n", str(n), "--seed", str(seed), "--json",
+                     str(out), "--threads", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    stdout = capsys.readouterr().out
+    report = json.loads(out.read_text())
+    # the same evaluation in process: the command judged these sources with these models
+    eng, clf = Engine.from_checkpoint(ck), AttributeClassifier.load(tmp_path / "clf")
+    x, y, truth = _sources("synthetic:16", 32, list(PROCEDURAL_ATTRIBUTES), "test", n, seed)
+    want = evaluate(eng, clf, x, y, seed=seed, progress=False, truth=truth)
+    want.update(checkpoint=str(ck), data="synthetic:16", split="test", seed=seed)
+    assert report == json.loads(json.dumps(want))
+    assert report["sources"] == n and report["strength"] == model.config.edit_strength
+    for key in ("label_edit_accuracy", "label_preservation", "reference_edit_accuracy",
+                "reference_preservation", "reconstruction_ssim", "reconstruction_agreement",
+                "label_true_change", "reference_true_change", "classifier_accuracy_on_sources"):
+        assert isinstance(report[key], float) and report[key] <= 1.0, key
+    assert set(report["label_edit_accuracy_per_attribute"]) == set(PROCEDURAL_ATTRIBUTES)
+    rec = Engine(model).reconstruct(x, seed=seed)
+    assert report["reconstruction_psnr_db"] == round(psnr(rec, x).mean().item(), 2)
+    assert report["diversity_l1"] > 0  # noise changes a randomised model's output
+    assert stdout == f"{format_report(report)}\nwrote {out}\n"
+    lines = {line[:22].strip(): line[22:].split() for line in stdout.splitlines()}
+    assert lines["reconstruction PSNR"] == [f"{report['reconstruction_psnr_db']:.2f}", "dB"]
+    assert lines["diversity (L1)"] == [f"{report['diversity_l1']:.4f}"]
+    assert lines["edit accuracy"] == [f"{report[f'{m}_edit_accuracy']:.1%}"
+                                      for m in ("label", "reference")]
+    assert lines["preservation"] == [f"{report[f'{m}_preservation']:.1%}"
+                                     for m in ("label", "reference")]
