@@ -5,6 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 import warnings
 
 import pytest
@@ -528,6 +533,174 @@ def test_pruning_keeps_the_checkpoint_just_written(tmp_path, capsys):
                           "3", "--keep-checkpoints", "1"]) == 0
     assert _checkpoints(out) == ["step-00000003"]
     assert "done: step 3" in capsys.readouterr().err
+
+def _records(out) -> list[dict]:
+    """metrics.jsonl without its timing fields (they differ between any two runs)."""
+    timing = ("sec_per_step", "images_per_sec")
+    return [{k: v for k, v in json.loads(line).items() if k not in timing}
+            for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("stop", [2, 4])  # before the first record (step 3), and after it
+def test_a_stopped_and_resumed_run_logs_what_an_uninterrupted_one_does(faces, tmp_path, stop):
+    """The loss sums since the last record travel in the checkpoint, and the short record a
+    run writes where it stops is marked partial and dropped on resume: the resumed run's
+    metrics.jsonl equals the uninterrupted run's record for record."""
+    cfg = train_config(steps=6, log_every=3, ckpt_every=2, seed=1)
+    Trainer(tiny(faces), cfg, faces, out_dir=tmp_path / "full", progress=False).train(6)
+    Trainer(tiny(faces), cfg, faces, out_dir=tmp_path / "cut", progress=False).train(stop)
+    last = _records(tmp_path / "cut")[-1]
+    assert last["step"] == stop and last["partial"] is True
+    resumed = Trainer(tiny(faces), cfg, faces, out_dir=tmp_path / "cut", progress=False)
+    resumed.load(latest_checkpoint(tmp_path / "cut"))
+    resumed.train(6)
+    assert _records(tmp_path / "cut") == _records(tmp_path / "full")
+
+
+def test_a_run_killed_after_a_checkpoint_logs_what_an_uninterrupted_one_does(faces, tmp_path):
+    """Killed right after the step-2 checkpoint (no record since step 0): the resumed run's
+    step-3 record still averages steps 1-3."""
+    cfg = train_config(steps=3, log_every=3, ckpt_every=2, seed=1)
+    Trainer(tiny(faces), cfg, faces, out_dir=tmp_path / "full", progress=False).train(3)
+    killed = Trainer(tiny(faces), cfg, faces, out_dir=tmp_path / "cut", progress=False)
+    for _ in range(2):  # train()'s loop up to its checkpoint, then nothing more
+        killed._accumulate(killed.train_step())
+    killed.save()
+    resumed = Trainer(tiny(faces), cfg, faces, out_dir=tmp_path / "cut", progress=False)
+    resumed.load(latest_checkpoint(tmp_path / "cut"))
+    resumed.train(3)
+    assert _records(tmp_path / "cut") == _records(tmp_path / "full")
+
+
+def test_a_stop_during_the_warm_up_checkpoints_it_and_the_resume_is_exact(faces, tmp_path):
+    """A stop (the time limit's or a signal's) in the discriminator's attribute warm-up ends
+    it there with a step-0 checkpoint; resumed, the run ends with the uninterrupted run's
+    weights."""
+    cfg = train_config(steps=1, d_attr_warmup=12, seed=4)
+    t = Trainer(tiny(faces), cfg, faces, out_dir=tmp_path, progress=False)
+    real, calls = t._d_attr_step, []
+
+    def step():  # the stop arrives during the fifth update
+        calls.append(1)
+        if len(calls) == 5:
+            t.request_stop()
+        return real()
+
+    t._d_attr_step = step
+    t.train()
+    assert (t.step, t.warmup_done) == (0, 5)
+    assert latest_checkpoint(tmp_path).name == "step-00000000"
+    resumed = Trainer(tiny(faces), cfg, faces, out_dir=tmp_path, progress=False)
+    resumed.load(latest_checkpoint(tmp_path))
+    assert resumed.warmup_done == 5
+    resumed.train()
+    full = Trainer(tiny(faces), cfg, faces, progress=False)
+    full.train()
+    assert all(torch.equal(v, resumed.model.state_dict()[k])
+               for k, v in full.model.state_dict().items())
+
+
+@pytest.mark.parametrize("field, value", [("lr", "0.0002"), ("beta1", None), ("beta2", "0.9"),
+                                          ("ema", "0.999"), ("seed", "0"), ("device", 0),
+                                          ("noise_memory", ["off"])])
+def test_a_train_config_value_of_the_wrong_type_is_named(field, value):
+    data = TrainConfig().to_dict()
+    data[field] = value
+    with pytest.raises(ValueError, match=f"^{field} must be "):
+        TrainConfig.from_dict(data)
+
+
+def _train_args(out, *extra) -> list[str]:
+    return ["train", "--data", "synthetic:24", "--batch", "4", "--n-d", "1", "--workers", "0",
+            "--threads", "1", "--out", str(out), "--no-progress", "--sample-every", "0",
+            *TINY_ARCH, *extra]
+
+
+def test_resume_auto_without_a_checkpoint_starts_a_fresh_log(tmp_path):
+    """A run killed before its first checkpoint left a log (its last line cut short):
+    --resume auto starts afresh, its log too."""
+    from bridgegan.cli import main
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"step": 1, "g/total": 1.0}\n{"step": 2, "g/total": 2.0}'
+                                       '\n{"step": 3, "g/to')
+    assert main(_train_args(out, "--log-every", "1", "--steps", "2", "--resume", "auto")) == 0
+    assert [r["step"] for r in _records(out)] == [1, 2]
+    assert all("g/total" in r and r["g/total"] not in (1.0, 2.0) for r in _records(out))
+
+
+@pytest.mark.parametrize("sig, workers", [(signal.SIGTERM, "0"), (signal.SIGINT, "1")])
+def test_a_signal_stops_training_with_a_checkpoint(tmp_path, sig, workers):
+    """SIGTERM, or Ctrl-C's SIGINT to the whole process group (data-loader workers too),
+    stops `bridgegan train` after the step under way with a checkpoint of it, exit status
+    128 + the signal, no traceback."""
+    out = tmp_path / "run"
+    args = _train_args(out, "--log-every", "1", "--ckpt-every", "1000", "--steps", "100000")
+    args[args.index("--workers") + 1] = workers
+    p = subprocess.Popen([sys.executable, "-m", "bridgegan.cli", *args], stderr=subprocess.PIPE,
+                         text=True, start_new_session=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    metrics = out / "metrics.jsonl"
+    try:
+        while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+            assert p.poll() is None, p.stderr.read()
+            time.sleep(0.1)
+        os.killpg(p.pid, sig)
+        _, err = p.communicate(timeout=300)  # a hang guard
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    assert "Traceback" not in err and p.returncode == 128 + sig, (p.returncode, err)
+    assert "continue with --resume auto" in err
+    last = max(r["step"] for r in _records(out))
+    assert _checkpoints(out)[-1] == f"step-{last:08d}"
+
+
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_a_corrupt_image_is_one_line_with_or_without_workers(tmp_path, capsys, workers):
+    from bridgegan.cli import main
+
+    root = tmp_path / "faces"
+    root.mkdir()
+    rows = ["filename,Black_Hair,Male"]
+    gen = torch.Generator().manual_seed(5)
+    for i in range(8):
+        pixels = torch.randint(0, 256, (40, 40, 3), dtype=torch.uint8, generator=gen)
+        Image.fromarray(pixels.numpy()).save(root / f"{i}.png")
+        rows.append(f"{i}.png,{i % 2},{(i // 2) % 2}")
+    (root / "attributes.csv").write_text("\n".join(rows) + "\n")
+    (root / "5.png").write_bytes(b"not a png")
+    args = _train_args(tmp_path / "run", "--steps", "4")
+    args[args.index("--data") + 1] = f"folder:{root}"
+    args[args.index("--workers") + 1] = workers
+    assert main(args) == 2
+    err = [line for line in capsys.readouterr().err.splitlines()
+           if not line.startswith("bridgegan train:")]
+    assert len(err) == 1 and err[0].startswith(f"error: cannot read image file {root / '5.png'}"), err
+
+
+def test_a_full_disk_names_the_checkpoint_and_keeps_the_earlier_one(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from bridgegan.cli import main
+    from bridgegan.reference import train_state
+
+    out = tmp_path / "run"
+    args = _train_args(out, "--log-every", "1", "--ckpt-every", "2")
+    assert main(args + ["--steps", "2"]) == 0
+
+    def full(tensors, filename, metadata=None):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(train_state, "save_file", full)
+    capsys.readouterr()
+    assert main(args + ["--steps", "4", "--resume", "auto"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"cannot write the checkpoint {out / 'checkpoints' / 'step-00000004'}" in err, err
+    assert "No space left" in err and "earlier checkpoints are intact" in err
+    assert _checkpoints(out) == ["step-00000002"]
+
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("amp", AMP_MODES)

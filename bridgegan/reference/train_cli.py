@@ -8,9 +8,12 @@ See docs/TRAINING.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from .. import threads
@@ -256,6 +259,33 @@ def _refuse_earlier_run(out: Path) -> None:
                      f"choose another --out for a new run")
 
 
+@contextlib.contextmanager
+def _stop_on_signals(trainer):
+    """SIGTERM (a scheduler's stop, `kill`) and SIGINT (Ctrl-C) stop the run at the end of
+    the step under way with a final checkpoint, as --time-limit does; a second one of
+    either kills at once (the default handlers are back)."""
+    signums = (signal.SIGINT, signal.SIGTERM)
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {s: signal.getsignal(s) for s in signums}
+
+    def handler(signum, frame):
+        for s in signums:
+            signal.signal(s, old[s])
+        print(f"\n{signal.Signals(signum).name}: stopping after this step with a checkpoint "
+              f"(send it again to stop at once)", file=sys.stderr)
+        trainer.request_stop(signum)
+
+    for s in signums:
+        signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s in signums:
+            signal.signal(s, old[s])
+
+
 def run(args: argparse.Namespace) -> int:
     """Train; returns a process exit status."""
     import torch
@@ -263,7 +293,7 @@ def run(args: argparse.Namespace) -> int:
     from . import distributed
     from .checkpoint import CheckpointError, read_config
     from .info import parameter_counts
-    from .train_state import STATE_JSON, latest_checkpoint, read_train_state
+    from .train_state import STATE_JSON, drop_metrics_after, latest_checkpoint, read_train_state
     from .trainer import Trainer
     from .widen import check_widening
 
@@ -316,7 +346,13 @@ def run(args: argparse.Namespace) -> int:
             if diffs:
                 raise CheckpointError(f"the model options differ from the checkpoint's "
                                       f"configuration: {'; '.join(diffs)}")
-        config = _train_config(args, base_train)
+        try:
+            config = _train_config(args, base_train)
+        except ValueError as exc:
+            if base_train is None:
+                raise
+            raise CheckpointError(f"{resume / STATE_JSON}: its train_config with these options: "
+                                  f"{exc}") from None
         device = args.device
         if device == "cuda" and info.enabled:
             device = f"cuda:{info.local_rank}"
@@ -325,8 +361,14 @@ def run(args: argparse.Namespace) -> int:
                           sample_set=sample_set, progress=not args.no_progress)
         if resume is not None:
             trainer.load(resume)
-        elif init is not None:
-            trainer.init_weights(init, widen=args.widen)
+        else:
+            if args.resume == "auto" and info.is_main:
+                # no checkpoint to continue (a run killed before its first one): the run
+                # starts afresh, and so does its log, or the records of the steps it
+                # redoes would follow the killed run's (a line cut short glued to them)
+                drop_metrics_after(out, -1)
+            if init is not None:
+                trainer.init_weights(init, widen=args.widen)
         if info.is_main:
             n = parameter_counts(trainer.model)
             where = f"{info.world_size} processes" if info.enabled else "1 process"
@@ -342,7 +384,14 @@ def run(args: argparse.Namespace) -> int:
             (out / "run.json").write_text(json.dumps(
                 {"argv": sys.argv, "model_config": model_cfg.to_dict(),
                  "train_config": config.to_dict(), "world_size": info.world_size}, indent=1) + "\n")
-        trainer.train(time_limit=args.time_limit)
+        with _stop_on_signals(trainer):
+            trainer.train(time_limit=args.time_limit)
+        if trainer.stop_signal is not None:
+            if info.is_main:
+                print(f"stopped by {signal.Signals(trainer.stop_signal).name} at step "
+                      f"{trainer.step} with a checkpoint in {out / 'checkpoints'}; continue "
+                      f"with --resume auto", file=sys.stderr)
+            return 128 + trainer.stop_signal
         if info.is_main:
             print(f"done: step {trainer.step}, checkpoints in {out / 'checkpoints'}", file=sys.stderr)
         return 0

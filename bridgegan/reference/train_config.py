@@ -63,6 +63,16 @@ class TrainConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
+        for name in ("lr", "beta1", "beta2", "ema", "single_edits"):  # before comparing them
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool):
+                raise ValueError(f"{name} must be a number, got {type(v).__name__} {v!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ValueError(f"seed must be an integer, got {type(self.seed).__name__} {self.seed!r}")
+        for name in ("noise_memory", "lr_schedule", "amp", "dtype", "device", "feature_classifier"):
+            v = getattr(self, name)
+            if not isinstance(v, str):
+                raise ValueError(f"{name} must be a string, got {type(v).__name__} {v!r}")
         if not (self.lr > 0):
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
         for name in ("beta1", "beta2", "ema"):

@@ -175,7 +175,9 @@ def prune_checkpoints(out_dir: str | os.PathLike, keep: int, written: Path) -> N
 
 def drop_metrics_after(out_dir: str | os.PathLike, step: int) -> None:
     """Rewrite ``metrics.jsonl`` (atomically) without the records past ``step``: a resumed
-    run logs those steps again. Lines cut short by a kill go too."""
+    run logs those steps again. Lines cut short by a kill go too, and so do the "partial"
+    records a run writes where it stops between two --log-every steps (the resumed run's
+    next record averages those steps, as an uninterrupted run's does)."""
     path = Path(out_dir) / METRICS_FILE
     if not path.is_file():
         return
@@ -185,7 +187,7 @@ def drop_metrics_after(out_dir: str | os.PathLike, step: int) -> None:
             record = json.loads(line)
         except ValueError:
             continue
-        if isinstance(record, dict) and record.get("step", 0) <= step:
+        if isinstance(record, dict) and record.get("step", 0) <= step and not record.get("partial"):
             kept.append(line if line.endswith("\n") else line + "\n")
     write_file_atomic(path, "".join(kept).encode())
 
@@ -243,6 +245,10 @@ class TrainState:
     world_size: int
     batches_per_epoch: int
     progress: Progress
+    # the loss terms summed since the last metrics.jsonl record ("terms": name -> tensor,
+    # "n": how many), so that a resumed run's next record averages the same steps as an
+    # uninterrupted run's; ``restore`` fills it in place
+    log_acc: dict[str, Any] | None = None
 
     @property
     def inference_model(self) -> BridgeGAN:
@@ -266,6 +272,9 @@ class TrainState:
         tensors.update(self.memory.state_tensors())
         t_rng, meta_rng = capture_rng()
         tensors.update(t_rng)
+        log_acc = self.log_acc or {}
+        for k, v in (log_acc.get("terms") or {}).items():
+            tensors[f"log.{k}"] = v.detach().float().cpu().clone()
         step, batches, warmup_done = self.progress
         meta = {
             "format": STATE_FORMAT, "step": step, "batches": batches,
@@ -274,7 +283,7 @@ class TrainState:
             "dataset_size": self.dataset_size, "world_size": self.world_size,
             "train_config": self.config.to_dict(), "opt_g": meta_g, "opt_d": meta_d,
             "scaler_g": self.scaler_g.state_dict(), "scaler_d": self.scaler_d.state_dict(),
-            "rng": meta_rng,
+            "rng": meta_rng, "log_n": int(log_acc.get("n", 0)),
         }
         return tensors, meta
 
@@ -285,7 +294,12 @@ class TrainState:
             STATE_TENSORS: lambda p: save_file(tensors, str(p), metadata={"format": STATE_FORMAT}),
             STATE_JSON: lambda p: p.write_text(json.dumps(meta, indent=1) + "\n"),
         }
-        return save_checkpoint(path, self.inference_model, dtype=torch.float32, extra=extra)
+        try:
+            return save_checkpoint(path, self.inference_model, dtype=torch.float32, extra=extra)
+        except OSError as exc:  # a full disk, a quota: say which write failed
+            raise OSError(exc.errno, f"cannot write the checkpoint {path}: "
+                                     f"{exc.strerror or exc} (nothing of it was kept; earlier "
+                                     f"checkpoints are intact)") from None
 
     def load_weights(self, path: str | os.PathLike, widen: bool = False) -> None:
         """Take the weights of checkpoint folder ``path`` (its model.safetensors) into the
@@ -338,6 +352,10 @@ class TrainState:
             self.scaler_d.load_state_dict(meta["scaler_d"])
         if restore_rng_states:
             restore_rng(tensors, meta.get("rng", {}))
+        if self.log_acc is not None:  # older checkpoints have none: the next record is shorter
+            self.log_acc.clear()
+            self.log_acc.update(n=int(meta.get("log_n", 0)),
+                                terms={k[4:]: v for k, v in tensors.items() if k.startswith("log.")})
         return Progress(int(meta["step"]), int(meta["batches"]), int(meta.get("warmup_done", 0)))
 
     def _restore_networks(self, tensors: dict[str, torch.Tensor], source: str) -> None:

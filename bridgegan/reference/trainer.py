@@ -18,6 +18,7 @@ import copy
 import json
 import math
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -38,6 +39,13 @@ from .train_data import (STREAM_INIT, STREAM_MEMORY, STREAM_SAMPLES, STREAM_STEP
                          IndexedDataset, ResumableBatchSampler, derive_seed, generator)
 from .train_state import (CHECKPOINTS, METRICS_FILE, Progress, TrainState, drop_metrics_after,
                           numbered_checkpoint, prune_checkpoints)
+
+
+def _worker_ignores_sigint(_worker_id: int) -> None:
+    """Data-loader workers ignore Ctrl-C (SIGINT reaches the whole process group): the
+    main process stops at the end of its step (``Trainer.request_stop``) and still needs
+    the batches of that step."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class Trainer:
@@ -116,6 +124,7 @@ class Trainer:
         self.sampler = ResumableBatchSampler(len(dataset), config.batch, config.seed,
                                              self.dist.rank, self.dist.world_size)
         self._loader_iter = None
+        self.stop_signal: int | None = None  # set by request_stop
         self._acc: dict[str, torch.Tensor] = {}
         self._acc_n = 0
         self._log_t0 = time.perf_counter()
@@ -167,14 +176,18 @@ class Trainer:
         loader = DataLoader(IndexedDataset(self.dataset), batch_sampler=self.sampler,
                             num_workers=self.config.workers,
                             pin_memory=self.device.type == "cuda",
-                            persistent_workers=False)
+                            persistent_workers=False,
+                            worker_init_fn=_worker_ignores_sigint if self.config.workers else None)
         return iter(loader)
 
     def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The next GLOBAL batch (images, labels, dataset indices) on the device."""
         if self._loader_iter is None:
             self._loader_iter = self._loader()
-        x, y, idx = next(self._loader_iter)
+        try:
+            x, y, idx = next(self._loader_iter)
+        except Exception as exc:  # noqa: BLE001 - re-raised, of the same type
+            raise _unwrap_worker_error(exc) from None
         self.batches += 1
         nb = self.device.type == "cuda"
         x = x.to(self.device, non_blocking=nb).to(self.dtype)
@@ -269,10 +282,11 @@ class Trainer:
         self._update_d(loss)
         return terms
 
-    def warm_up(self) -> dict[str, float]:
+    def warm_up(self, deadline: float | None = None) -> dict[str, float]:
         """Run the remaining ``d_attr_warmup`` updates (before the first generator step);
         logs their mean terms to metrics.jsonl with step 0 every ``log_every`` updates and
-        at the end."""
+        at the end. Stops early (no record; ``train`` checkpoints what was done) once the
+        wall-clock ``deadline`` (time.monotonic()) passes."""
         todo = self.config.d_attr_warmup - self.warmup_done if self.step == 0 else 0
         if todo <= 0:
             return {}
@@ -284,6 +298,8 @@ class Trainer:
         try:
             every = self.config.log_every
             for i in range(todo):
+                if self._out_of_time(deadline):
+                    return {}
                 self._accumulate(self._d_attr_step())
                 self.warmup_done += 1
                 if every and self.warmup_done % every == 0 and i < todo - 1:
@@ -371,11 +387,15 @@ class Trainer:
         return terms
 
     # ----- the loop ----------------------------------------------------------------------
+    def request_stop(self, signum: int = signal.SIGTERM) -> None:
+        """Ask ``train`` to stop after the step under way, with its final checkpoint (what
+        `bridgegan train` does on SIGTERM / SIGINT); safe to call from a signal handler."""
+        self.stop_signal = signum
+
     def _out_of_time(self, deadline: float | None) -> bool:
-        """Whether the wall-clock ``deadline`` passed on any rank (all ranks agree)."""
-        if deadline is None:
-            return False
-        late = time.monotonic() > deadline
+        """Whether the wall-clock ``deadline`` passed, or a stop was requested, on any rank
+        (all ranks agree: in a DDP run a signal may reach the ranks at different steps)."""
+        late = self.stop_signal is not None or (deadline is not None and time.monotonic() > deadline)
         if not self.dist.enabled:
             return late
         return bool(self._reduce(torch.tensor(float(late), device=self.device)).item() > 0)
@@ -395,7 +415,7 @@ class Trainer:
         last: dict[str, float] = {}
         self._log_t0, self._log_step0 = time.perf_counter(), self.step
         saved_at = None
-        self.warm_up()
+        self.warm_up(deadline)
         try:
             while self.step < target and not self._out_of_time(deadline):
                 terms = self.train_step()
@@ -415,10 +435,10 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
-        if self._acc_n:
-            last = self.log()
         if self.out_dir is not None and saved_at != self.step:
-            self.save()
+            self.save()  # before the last record: the checkpoint keeps the steps not yet logged
+        if self._acc_n:  # stopped between two --log-every steps (a resume drops this record)
+            last = self.log(partial=True)
         return last
 
     def _accumulate(self, terms: dict[str, torch.Tensor]) -> None:
@@ -427,8 +447,9 @@ class Trainer:
             self._acc[k] = self._acc[k] + v if k in self._acc else v
         self._acc_n += 1
 
-    def log(self) -> dict[str, float]:
-        """Mean of the terms since the last log (over all ranks), appended to metrics.jsonl."""
+    def log(self, partial: bool = False) -> dict[str, float]:
+        """Mean of the terms since the last log (over all ranks), appended to metrics.jsonl.
+        ``partial``: a record where the run stopped, not a --log-every one (marked so)."""
         if not self._acc_n:
             return {}
         keys = sorted(self._acc)
@@ -440,6 +461,8 @@ class Trainer:
                                   "images": self.batches * self.config.batch,
                                   "lr": self.learning_rate()}
         record.update({k: v for k, v in zip(keys, values)})
+        if partial:
+            record["partial"] = True
         if steps:
             record["sec_per_step"] = dt / steps
             record["images_per_sec"] = steps * (self.config.n_d + 1) * self.config.batch / max(dt, 1e-9)
@@ -447,8 +470,12 @@ class Trainer:
         self._log_t0, self._log_step0 = now, self.step
         if self.is_main and self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            with open(self.out_dir / METRICS_FILE, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            try:
+                with open(self.out_dir / METRICS_FILE, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+            except OSError as exc:  # a full disk: a line cut short goes on resume
+                raise OSError(exc.errno, f"cannot append to {self.out_dir / METRICS_FILE}: "
+                                         f"{exc.strerror or exc}") from None
         return record
 
     # ----- samples ---------------------------------------------------------------------
@@ -495,12 +522,31 @@ class Trainer:
         return path
 
     # ----- checkpoints -----------------------------------------------------------------
-    def state(self) -> TrainState:
-        """A view of what a checkpoint of this run holds, at this step."""
+    def state(self, log_acc: dict | None = None) -> TrainState:
+        """A view of what a checkpoint of this run holds, at this step (with ``log_acc``,
+        the terms not yet logged: see ``_log_acc``)."""
         return TrainState(self.model, self.ema, self.opt_g, self.opt_d, self.memory,
                           self.scaler_g, self.scaler_d, self.config, len(self.dataset),
                           self.dist.world_size, self.sampler.batches_per_epoch,
-                          Progress(self.step, self.batches, self.warmup_done))
+                          Progress(self.step, self.batches, self.warmup_done), log_acc)
+
+    def _log_acc(self) -> dict:
+        """The terms summed since the last record, one value per rank (gathered: a
+        collective in a DDP run, where every rank calls ``save``, as ``train`` does)."""
+        keys = sorted(self._acc)
+        if not keys:
+            return {"n": 0, "terms": {}}
+        values = all_gather_cat(torch.stack([self._acc[k] for k in keys]).unsqueeze(0), self.dist)
+        return {"n": self._acc_n, "terms": {k: values[:, j].clone() for j, k in enumerate(keys)}}
+
+    def _restore_log_acc(self, log_acc: dict) -> None:
+        """This rank's sums of a saved ``_log_acc`` (under another world size their mean:
+        the next record then matches to rounding)."""
+        def mine(v: torch.Tensor) -> torch.Tensor:
+            v = v.reshape(-1).to(self.device)
+            return v[self.dist.rank] if v.numel() == self.dist.world_size else v.mean()
+        self._acc = {k: mine(v) for k, v in log_acc["terms"].items()}
+        self._acc_n = log_acc["n"] if self._acc else 0
 
     def save(self, path: str | os.PathLike | None = None) -> Path | None:
         """Write a checkpoint folder (rank 0 only); default out_dir/checkpoints/step-NNNNNNNN.
@@ -508,13 +554,14 @@ class Trainer:
         Numbered checkpoints beyond ``keep_checkpoints`` are removed, never the one just
         written (``prune_checkpoints``).
         """
+        log_acc = self._log_acc()
         if not self.is_main:
             return None
         if path is None:
             if self.out_dir is None:
                 raise ValueError("no checkpoint path given and the trainer has no out_dir")
             path = numbered_checkpoint(self.out_dir, self.step)
-        path = self.state().save(path)
+        path = self.state(log_acc).save(path)
         if self.out_dir is not None and path.parent == self.out_dir / CHECKPOINTS:
             prune_checkpoints(self.out_dir, self.config.keep_checkpoints, path)
         return path
@@ -530,7 +577,27 @@ class Trainer:
     def load(self, path: str | os.PathLike, restore_rng_states: bool = True) -> None:
         """Restore a checkpoint written by ``save`` so that training continues exactly;
         metrics.jsonl loses the records past its step (logged again from there)."""
-        self.step, self.batches, self.warmup_done = self.state().restore(path, restore_rng_states)
+        log_acc: dict = {}
+        self.step, self.batches, self.warmup_done = self.state(log_acc).restore(path, restore_rng_states)
+        self._restore_log_acc(log_acc)
         self._loader_iter = None
         if self.is_main and self.out_dir is not None:
             drop_metrics_after(self.out_dir, self.step)
+
+
+def _unwrap_worker_error(exc: Exception) -> Exception:
+    """An error raised in a data-loader worker reaches the main process as the same type
+    with the worker's whole traceback as its message ("Caught ValueError in DataLoader
+    worker process 0. Original Traceback ..."): the same type with the original one-line
+    message (e.g. "cannot read image file PATH: ..."), as with --workers 0."""
+    text = str(exc)
+    if not (text.startswith("Caught ") and "DataLoader worker process" in text
+            and "Original Traceback" in text):
+        return exc
+    last = text.rstrip().splitlines()[-1]
+    prefix = f"{type(exc).__name__}: "
+    message = last[len(prefix):] if last.startswith(prefix) else last
+    try:
+        return type(exc)(message)
+    except Exception:  # noqa: BLE001 - a type that takes other arguments
+        return RuntimeError(message)
