@@ -257,6 +257,8 @@ def run(out_dir, dry_run=False, sweep=False, parity=False, quick=False, dtypes=N
     impl = "torch" if dry_run else "triton"
     layers = [((max(1, c // 16), max(2, h // 8)), k) for (c, h), k in _unique_layers()] if dry_run \
         else _unique_layers()
+    if sweep:  # the biggest planes first: a sweep stopped by its time limit has timed those
+        layers.sort(key=lambda layer: -layer[0][0] * layer[0][1] ** 2)
     copy_bw = {k: v / 1e9 for k, v in copy_bandwidth(
         device, (1 << 20) * (8 if dry_run else 1024), **timing).items()}
     print(f"device {env['device']}: copy bandwidth {copy_bw['p50']:.0f} GB/s (read+write)")
