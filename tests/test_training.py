@@ -534,6 +534,23 @@ def test_pruning_keeps_the_checkpoint_just_written(tmp_path, capsys):
     assert _checkpoints(out) == ["step-00000003"]
     assert "done: step 3" in capsys.readouterr().err
 
+def test_a_resume_from_an_earlier_checkpoint_drops_the_abandoned_course(tmp_path, capsys):
+    """Resumed from step 3 of a run that reached step 6, with --keep-checkpoints 2: the
+    checkpoints of steps 4-6 it does not redo belong to the abandoned course and go, so
+    that --resume auto continues the new course; its own step 4 and 5 stay."""
+    out = tmp_path / "run"
+    common = ["--data", "synthetic:24", "--workers", "0", "--out", str(out), "--no-progress",
+              "--sample-every", "0", "--log-every", "1"]
+    assert _cli(common + TINY_ARCH + ["--batch", "4", "--n-d", "1", "--steps", "6",
+                                      "--ckpt-every", "1", "--keep-checkpoints", "4"]) == 0
+    assert _checkpoints(out) == [f"step-0000000{i}" for i in (3, 4, 5, 6)]
+    assert _cli(common + ["--resume", str(out / "checkpoints" / "step-00000003"), "--steps",
+                          "5", "--keep-checkpoints", "2"]) == 0
+    assert _checkpoints(out) == ["step-00000004", "step-00000005"]
+    assert latest_checkpoint(out).name == "step-00000005"
+    assert [r["step"] for r in _records(out)] == [1, 2, 3, 4, 5]
+
+
 def _records(out) -> list[dict]:
     """metrics.jsonl without its timing fields (they differ between any two runs)."""
     timing = ("sec_per_step", "images_per_sec")

@@ -164,12 +164,20 @@ def earlier_run(out_dir: str | os.PathLike) -> list[Path]:
 
 
 def prune_checkpoints(out_dir: str | os.PathLike, keep: int, written: Path) -> None:
-    """Keep ``written`` (the checkpoint just saved) and the ``keep - 1`` highest-step other
-    numbered checkpoints; remove the rest (``keep`` 0 keeps all)."""
+    """Keep ``written`` (the checkpoint just saved: the run's latest) and the ``keep - 1``
+    highest-step numbered checkpoints below it; remove the rest (``keep`` 0 keeps them
+    all). Numbered checkpoints above ``written`` always go: they are of a course the run
+    left when it resumed from an earlier checkpoint (its metrics past that step went at
+    the resume), and ``--resume auto`` would otherwise pick them up."""
+    step = int(_CKPT_RE.match(written.name).group(1))
+    numbered = _numbered(out_dir)
+    for s, p in numbered:
+        if s > step:
+            shutil.rmtree(p, ignore_errors=True)
     if not keep:
         return
-    others = [p for _, p in _numbered(out_dir) if p.name != written.name]
-    for p in others[:max(len(others) - (keep - 1), 0)]:
+    older = [p for s, p in numbered if s < step]
+    for p in older[:max(len(older) - (keep - 1), 0)]:
         shutil.rmtree(p, ignore_errors=True)
 
 
