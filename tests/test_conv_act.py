@@ -66,6 +66,26 @@ def test_fused_call_matches_the_float64_ops(form, fmt, dtype, bias):
 
 
 @needs_onednn
+@pytest.mark.parametrize("form", ["conv3x3", "transposed"])
+@pytest.mark.parametrize("view", ["strided", "expanded"])
+def test_bias_views_are_read_by_their_strides(form, view):
+    """A bias that is a view (a slice with a step, one value expanded over the channels)
+    gives the plain ops' result on the fused path too."""
+    x, w, b, stride, padding, transposed = operands(form, 8)
+    x, w = x.float(), w.float()
+    if view == "strided":
+        b = torch.stack([b, -b], 1).flatten().float()[::2]
+    else:
+        b = torch.tensor([0.3]).expand(b.shape[0])
+    with torch.no_grad():
+        want = conv2d_relu(x.double(), w.double(), b.double(), stride, padding, transposed,
+                           impl="torch")
+        got = conv2d_relu(x, w, b, stride, padding, transposed)
+        assert fused_ops(lambda: conv2d_relu(x, w, b, stride, padding, transposed))
+    assert errors(got, want)[1] <= tolerance(torch.float32).op_rel
+
+
+@needs_onednn
 def test_a_refused_probe_falls_back_once(monkeypatch):
     x, w, b, stride, padding, transposed = (t.float() if isinstance(t, torch.Tensor) else t
                                             for t in operands("conv3x3", 3))
@@ -102,6 +122,30 @@ def test_errors_after_a_working_probe_propagate():
         with pytest.raises(RuntimeError, match="to have 5 channels, but got 3 channels"):
             conv2d_relu(x[:, :3], w, b, stride, padding)  # 3 input channels for 5
         assert fused_ops(lambda: conv2d_relu(x, w, b, stride, padding))  # still fused
+    assert not [r for r in rec if issubclass(r.category, KernelFallbackWarning)]
+
+
+@needs_onednn
+@pytest.mark.parametrize("first", ["wrong_channels", "tuple_stride", "unbatched"])
+def test_a_callers_first_call_decides_nothing(first):
+    """The first call of a device and dtype decides for the fused form: a call that fails
+    for the caller's reasons (the plain ops refuse it too) raises the plain ops' error, and
+    calls in the forms only the plain ops take (stride/padding pairs, an unbatched input)
+    run; neither warns nor turns the fused form off for the valid calls after it."""
+    x, w, b, stride, padding, _ = (t.float() if isinstance(t, torch.Tensor) else t
+                                   for t in operands("conv3x3", 9))
+    with torch.no_grad(), warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        if first == "wrong_channels":
+            with pytest.raises(RuntimeError, match="to have 5 channels, but got 3 channels"):
+                conv2d_relu(x[:, :3], w, b, stride, padding)
+        elif first == "tuple_stride":
+            got = conv2d_relu(x, w, b, (stride, stride), (padding, padding))
+            assert torch.allclose(got, F.relu(F.conv2d(x, w, b, padding=padding)), atol=1e-5)
+        else:
+            got = conv2d_relu(x[0], w, b, stride, padding)
+            assert torch.allclose(got, F.relu(F.conv2d(x[0], w, b, padding=padding)), atol=1e-5)
+        assert fused_ops(lambda: conv2d_relu(x, w, b, stride, padding))
     assert not [r for r in rec if issubclass(r.category, KernelFallbackWarning)]
 
 

@@ -231,6 +231,22 @@ def test_slope_and_eps_are_used(path):
     assert_close(out, reference64(SPADE, x, kw, **opts), torch.float32)
 
 
+@requires_triton
+@pytest.mark.parametrize("path", ["fused", "split"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_eps_zero_on_zero_variance_gives_the_shift(layout, path):
+    """eps=0 is accepted: planes of zero variance (a constant plane; every plane when
+    H*W = 1) normalise to 0, as in the reference (torch's instance norm), not to NaN."""
+    cfg = SPLIT if path == "split" else None
+    x, kw = make(SPADE, (2, 3, 5, 7), layout=layout, seed=12)
+    x[0, 1] = 2.0
+    out = call(SPADE, x, kw, eps=0.0, impl="triton", config=cfg)
+    assert_close(out, reference64(SPADE, x, kw, eps=0.0), torch.float32)
+    x, kw = make(IN, (2, 3, 1, 1), layout=layout, seed=13)
+    out = call(IN, x, kw, eps=0.0, impl="triton", config=cfg)
+    assert_close(out, reference64(IN, x, kw, eps=0.0), torch.float32)
+
+
 def make_residual(x, half, seed, scale=1.0, shift=0.0):
     """A residual for x: its size or half of it, in x's dtype and memory format."""
     gen = torch.Generator().manual_seed(seed)
@@ -499,6 +515,30 @@ def test_out_may_be_x(path, poisoned_alloc):
     assert_close(x, want, torch.float32)
 
 
+@pytest.mark.parametrize("impl", ["torch", "triton"])
+def test_out_with_shared_memory_is_refused(impl):
+    """An out= whose elements share memory (expanded) would get several results written
+    to one place: refused on every path (the kernels would return it silently wrong)."""
+    x, kw = make(IN, (2, 3, 4, 4), seed=32)
+    out = torch.empty(1, 3, 4, 4).expand(2, 3, 4, 4)
+    with pytest.raises(ValueError, match="instance_norm_act: out has elements that share memory"):
+        call(IN, x, kw, impl=impl, out=out)
+
+
+@pytest.mark.parametrize("impl", ["torch", "triton"])
+def test_numpy_scalars_for_eps_and_slope(impl):
+    """eps / negative_slope as numpy scalars (float32 is no Python float subclass) are
+    read as the numbers they are."""
+    np = pytest.importorskip("numpy")
+    if impl == "triton" and _SKIP_REASON:
+        pytest.skip(_SKIP_REASON)
+    x, kw = make(IN, (1, 2, 3, 3), seed=25)
+    opts = dict(act="leaky_relu", eps=np.float32(0.5), negative_slope=np.float32(0.05))
+    out = call(IN, x, kw, impl=impl, **opts)
+    assert_close(out, reference64(IN, x, kw, act="leaky_relu", eps=0.5, negative_slope=0.05),
+                 torch.float32)
+
+
 def test_empty_input():
     x = torch.randn(0, 3, 4, 4)
     assert spade_modulate(x, torch.randn(0, 3, 4, 4), impl="torch").shape == x.shape
@@ -556,12 +596,38 @@ def test_auto_falls_back_with_one_warning():
 
 
 @requires_triton
+@pytest.mark.parametrize("residual", [False, True])
+def test_fallback_warning_points_at_the_caller(residual):
+    """The fallback warning is attributed to the line that called the op, not to a line of
+    bridgegan.kernels (filters by module and the printed location then work)."""
+    x, kw = make(IN, (1, 2, 4, 4), seed=24)
+    dispatch.reset_fallback_warning()
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        instance_norm_act(x, kw["weight"], kw["bias"], residual=x if residual else None)
+    shown = [w for w in rec if issubclass(w.category, KernelFallbackWarning)]
+    assert len(shown) == 1 and shown[0].filename == __file__
+
+
 def test_triton_on_cpu_needs_interpreter(monkeypatch):
     tn = dispatch.triton_module("norm")[0]
     monkeypatch.setattr(tn, "is_interpreted", lambda: False)
     x, kw = make(SPADE, (1, 2, 3, 3))
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
         call(SPADE, x, kw, impl="triton")
+
+
+@requires_triton
+def test_triton_on_meta_outside_recording_is_refused_clearly():
+    """The interpreter runs CPU tensors only: a meta tensor (outside engine.targets'
+    recording) gets the device error, not a failure inside the interpreter."""
+    from bridgegan.kernels import rgb_tail
+
+    x = torch.randn(1, 2, 3, 3, device="meta")
+    with pytest.raises(RuntimeError, match="x is on meta; the Triton path needs a CUDA tensor"):
+        instance_norm_act(x, impl="triton")
+    with pytest.raises(RuntimeError, match="x is on meta; the Triton path needs a CUDA tensor"):
+        rgb_tail(x, torch.randn(3, 2, device="meta"), impl="triton")
 
 
 def test_triton_missing_is_reported(monkeypatch):
@@ -680,6 +746,39 @@ def test_triton_grads_match_the_torch_path(op, layout):
 
 
 @requires_triton
+@pytest.mark.parametrize("op", [SPADE2C_B, IN])
+def test_triton_double_backward_matches_the_torch_path(op):
+    """A gradient of a gradient (create_graph=True: gradient penalties, Hessian-vector
+    products) through the Triton path is the torch path's."""
+    x, kw = make(op, (2, 3, 5, 4), torch.float32, seed=22)
+    grads = {}
+    for impl in ("torch", "triton"):
+        xs = x.detach().clone().requires_grad_()
+        kws = {k: v.detach().clone().requires_grad_() for k, v in kw.items()}
+        y = call(op, xs, kws, act="leaky_relu", impl=impl)
+        gx, = torch.autograd.grad(y.square().sum(), xs, create_graph=True)
+        gx.square().sum().backward()
+        grads[impl] = [xs.grad] + [kws[k].grad for k in sorted(kws)]
+    for gt, gr in zip(grads["triton"], grads["torch"]):
+        assert gt is not None
+        assert errors(gt, gr)[1] <= tolerance(torch.float32).op_rel
+
+
+@requires_triton
+def test_triton_grad_with_an_inference_tensor_input():
+    """x made under inference_mode, gamma requiring grad: the torch path's gradient."""
+    x, kw = make(SPADE, (1, 2, 3, 3), seed=23)
+    with torch.inference_mode():
+        x = x.clone()
+    grads = []
+    for impl in ("torch", "triton"):
+        g = kw["gamma"].detach().clone().requires_grad_()
+        spade_modulate(x, g, kw["beta"], act="relu", impl=impl).square().sum().backward()
+        grads.append(g.grad)
+    assert errors(grads[1], grads[0])[1] <= tolerance(torch.float32).op_rel
+
+
+@requires_triton
 def test_triton_grad_only_for_some_inputs():
     x, kw = make(SPADE, (1, 2, 3, 3), seed=16)
     g = kw["gamma"].requires_grad_()
@@ -732,6 +831,27 @@ def test_torch_path_traces_and_auto_takes_it_when_tracing():
     torch.testing.assert_close(traced(x, kw["gamma"]), call(SPADE2C, x, kw, act="relu", impl="torch"))
     kinds = {n.kind() for n in traced.graph.nodes()}
     assert not any("triton" in k or "PythonOp" in k for k in kinds), kinds
+
+
+@pytest.mark.parametrize("op", [SPADE2C, IN, "rgb_tail"])
+def test_triton_impl_traces_the_torch_path(op):
+    """impl="triton" under a tracer records the torch path too (design.md: an export
+    traces the reference, never a kernel), rather than failing inside the launch planner."""
+    from bridgegan.kernels import rgb_tail
+
+    x, kw = make(SPADE2C, (1, 2, 4, 4), seed=19)
+    weight = torch.randn(3, 2, generator=torch.Generator().manual_seed(20))
+    if op == "rgb_tail":
+        fn = lambda x: rgb_tail(x, weight, impl="triton")  # noqa: E731
+        want = lambda x: rgb_tail(x, weight, impl="torch")  # noqa: E731
+    else:
+        fn = lambda x: call(op, x, kw, act="relu", impl="triton")  # noqa: E731
+        want = lambda x: call(op, x, kw, act="relu", impl="torch")  # noqa: E731
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        traced = torch.jit.trace(fn, x, check_trace=False)
+    x2 = make(SPADE2C, (1, 2, 4, 4), seed=21)[0]
+    torch.testing.assert_close(traced(x2), want(x2))
 
 
 @pytest.mark.parametrize("op", [SPADE2C, SPADE2C_B])

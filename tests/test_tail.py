@@ -73,6 +73,48 @@ def test_edge_shapes(shape, k):
         assert_close(out, reference(x, weight, b, s), torch.float32)
 
 
+@pytest.mark.parametrize("impl", ["torch", "triton"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+def test_zero_channels_give_tanh_of_the_bias(impl, bias):
+    """h with no channels: the convolution is 0, each output pixel tanh(bias) (0 without
+    one), never uninitialised memory; and empty batches stay empty."""
+    b = torch.tensor([0.5, -1.0, 2.0]) if bias else None
+    out = rgb_tail(torch.zeros(2, 0, 3, 4), torch.zeros(3, 0), b, impl=impl)
+    want = torch.tanh(b) if bias else torch.zeros(3)
+    assert out.shape == (2, 3, 3, 4)
+    assert torch.equal(out, want.reshape(1, 3, 1, 1).expand(2, 3, 3, 4))
+    assert rgb_tail(torch.zeros(0, 2, 3, 4), torch.ones(3, 2), b, impl=impl).shape == (0, 3, 3, 4)
+
+
+@requires_triton
+@pytest.mark.parametrize("view", ["strided", "expanded"])
+def test_bias_views_are_read_by_their_strides(view):
+    """A bias that is a view (a slice with a step, one value expanded over K) is read by
+    its strides, not as K consecutive values."""
+    x, weight, b, s = operands((2, 5, 6, 8), "half", torch.float32, "nchw", seed=9)
+    g = torch.Generator().manual_seed(10)
+    b = torch.randn(6, generator=g)[::2] if view == "strided" else torch.tensor([0.7]).expand(3)
+    out = rgb_tail(x, weight, b, s, impl="triton")
+    assert_close(out, reference(x, weight, b, s), torch.float32)
+
+
+@requires_triton
+def test_tanh_keeps_float32_accuracy_near_zero():
+    """tanh of pre-activations from 1e-8 to 20 (both signs) each within the float32 op
+    tolerance of float64, relative: outputs near zero keep their accuracy (1 - exp(-2|y|) alone
+    cancels there), and whole outputs of size 1e-5 meet the tolerance."""
+    y = torch.logspace(-8, 1.3, 97).reshape(1, 1, 1, 97)  # h >= 0: the ReLU passes it
+    weight = torch.tensor([[1.0], [-1.0]])
+    out = rgb_tail(y, weight, impl="triton")
+    ref = torch.tanh(y.double() * weight.double().reshape(1, 2, 1, 1))
+    rel = ((out.double() - ref).abs() / ref.abs()).max().item()
+    assert rel <= tolerance(torch.float32).op_rel, rel
+    x, weight, b, s = operands((2, 5, 6, 10), "half", torch.float32, "nchw", seed=11)
+    weight, b = weight * 1e-5, b * 1e-5
+    assert_close(rgb_tail(x, weight, b, s, impl="triton"), reference(x, weight, b, s),
+                 torch.float32)
+
+
 @requires_triton
 def test_nan_poisons_only_its_pixel():
     x, weight, b, s = operands((2, 4, 4, 6), "half", torch.float16, "cl", seed=5)

@@ -166,6 +166,16 @@ def _shifted(x, mask, pivot, HW_MAJOR: tl.constexpr):
 
 
 @triton.jit
+def _rstd(var, eps):
+    """1 / sqrt(var + eps), and 0 where var + eps is 0 (eps=0 on a constant plane, or on
+    a one-pixel one: x - mean is 0 there, and the output is the shift) as in torch's
+    instance norm, where 0 * rsqrt(0) would be NaN; NaN stays NaN."""
+    v = var + eps
+    zero = v == 0.0
+    return tl.where(zero, 0.0, tl.rsqrt(tl.where(zero, 1.0, v)))
+
+
+@triton.jit
 def _vectors(w_ptr, bias_ptr, mb_ptr, C, cols, cmask, HAS_W: tl.constexpr,
              HAS_BIAS: tl.constexpr, HAS_MB: tl.constexpr):
     """IN weight and bias, and the gamma and beta halves of mb (C gamma biases first)."""
@@ -242,7 +252,7 @@ def _fused_kernel(x_ptr, g_ptr, b_ptr, w_ptr, bias_ptr, mb_ptr, out_ptr, r_ptr, 
     mean = _sum_hw(xs, HW_MAJOR) * inv_hw  # of x - pivot
     d = tl.where(mask, xs - _per_c(mean, HW_MAJOR), 0.0)
     var = _sum_hw(d * d, HW_MAJOR) * inv_hw
-    rstd = tl.rsqrt(var + eps)
+    rstd = _rstd(var, eps)
     w, bias, g_bias, b_bias = _vectors(w_ptr, bias_ptr, mb_ptr, C, cols, cmask,
                                        HAS_W, HAS_BIAS, HAS_MB)
 
@@ -360,7 +370,7 @@ def _apply_kernel(x_ptr, g_ptr, b_ptr, w_ptr, bias_ptr, mb_ptr, out_ptr, mean_pt
     mean = tl.sum(cnt[:, None] * p_mean, axis=0) * inv_hw  # of x - pivot
     dm = tl.where(pmask, p_mean - mean[None, :], 0.0)
     var = tl.sum(p_m2 + cnt[:, None] * dm * dm, axis=0) * inv_hw
-    rstd = tl.rsqrt(var + eps)
+    rstd = _rstd(var, eps)
     w, bias, g_bias, b_bias = _vectors(w_ptr, bias_ptr, mb_ptr, C, cols, cmask,
                                        HAS_W, HAS_BIAS, HAS_MB)
 

@@ -84,9 +84,25 @@ def transposed_then_epilogue(x, weight, bias, stride: int, padding: int) -> torc
     return y
 
 
+def _pair_of_ints(v) -> list[int] | None:
+    """An int or a pair of ints (as the torch ops take them) as [a, b]; None for anything
+    else (padding="same", a 1-D input's single int in a tuple, ...)."""
+    if isinstance(v, int) and not isinstance(v, bool):
+        return [v, v]
+    if (isinstance(v, (tuple, list)) and len(v) == 2
+            and all(isinstance(i, int) and not isinstance(i, bool) for i in v)):
+        return list(v)
+    return None
+
+
 def _fused_call(x, weight, bias, stride: int, padding: int, transposed: bool):
-    """The library call for x's device and dtype, or None where there is none."""
-    s, p, one = [stride] * 2, [padding] * 2, [1, 1]
+    """The library call for x's device and dtype, or None where there is none (also for
+    the forms only the plain ops take: an unbatched 3-D x, non-integer stride/padding)."""
+    s, p, one = _pair_of_ints(stride), _pair_of_ints(padding), [1, 1]
+    if x.dim() != 4 or s is None or p is None:
+        return None
+    # oneDNN's post-op convolutions read the bias as dense memory, whatever its strides
+    bias = bias.contiguous() if bias is not None else None
     if x.is_cuda or (x.is_meta and recording_launches()):
         if x.dtype not in _CUDA_DTYPES or torch.backends.cudnn.deterministic:
             return None
@@ -127,6 +143,9 @@ def _use_fused(x, weight, stride, padding, transposed, fused, plain) -> bool:
             else:
                 fused()
         except Exception as exc:  # cuDNN's RuntimeError, a Triton compile error, ...
+            # The caller's mistake (a channel count, a dtype) fails the plain ops as well:
+            # that error is raised, and no decision is recorded for the key.
+            plain()
             form = "transposed convolution" if transposed else "convolution"
             warnings.warn(f"bridgegan.kernels.conv2d_relu: the fused {form} + bias + ReLU "
                           f"failed on {x.device.type} in {dtype_name(x.dtype)} at input shape "

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import sys
 import threading
 import warnings
 from dataclasses import dataclass, field
@@ -72,11 +73,16 @@ def warn_fallback(op: str, reason: str) -> None:
     if _FALLBACK_WARNED:
         return
     _FALLBACK_WARNED = True
+    # attributed to the op's caller: the first frame outside this package, however many
+    # of its frames (op, _run, choose_impl, ...) lie between
+    level, frame = 1, sys._getframe(0)
+    while frame is not None and frame.f_globals.get("__name__", "").startswith(__package__):
+        level, frame = level + 1, frame.f_back
     warnings.warn(
         f"bridgegan.kernels.{op}(impl='auto') is using the torch path: {reason}. "
         "Results are correct but not fused. (Shown once per process.)",
         KernelFallbackWarning,
-        stacklevel=4,
+        stacklevel=level,
     )
 
 
@@ -88,8 +94,10 @@ def reset_fallback_warning() -> None:
 
 def choose_impl(op: str, x: torch.Tensor, impl: str, kernels: str) -> str:
     """"triton" or "torch" for a call of ``op`` on x whose kernels are ``_triton_<kernels>``:
-    impl="triton" raises when they cannot run, impl="auto" falls back with the warning."""
-    if impl == "torch":
+    impl="triton" raises when they cannot run, impl="auto" falls back with the warning.
+    Under a tracer every impl takes the torch path, silently: an exported or compiled graph
+    holds the reference ops, never a kernel launch (which a tracer cannot record)."""
+    if impl == "torch" or tracing():
         return "torch"
     per_sample = x[0].numel() if x.shape[0] else 0
     if impl == "triton":
@@ -100,7 +108,8 @@ def choose_impl(op: str, x: torch.Tensor, impl: str, kernels: str) -> str:
             raise ValueError(f"{op}: impl='triton' accepts float16, bfloat16, float32; x is "
                              f"{dtype_name(x.dtype)} (use impl='torch' for float64)")
         recorded_meta = x.is_meta and recording_launches()
-        if not x.is_cuda and not tn.is_interpreted() and not recorded_meta:
+        interpreted_cpu = tn.is_interpreted() and x.device.type == "cpu"  # no other device
+        if not x.is_cuda and not interpreted_cpu and not recorded_meta:
             raise RuntimeError(
                 f"{op}(impl='triton'): x is on {x.device}; the Triton path needs a CUDA tensor, "
                 "or TRITON_INTERPRET=1 set in the environment before bridgegan.kernels is "
@@ -109,8 +118,6 @@ def choose_impl(op: str, x: torch.Tensor, impl: str, kernels: str) -> str:
             raise ValueError(f"{op}: impl='triton' supports at most {INT32_MAX} elements per "
                              f"sample, x has {per_sample}")
         return "triton"
-    if tracing():
-        return "torch"
     tn, why = triton_module(kernels)
     if not x.is_cuda:
         reason = f"x is on {x.device}, the Triton kernels need a CUDA tensor"

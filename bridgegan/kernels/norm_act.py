@@ -28,6 +28,7 @@ impl:
   ``"triton"`` the fused kernels in :mod:`._triton_norm`; needs a CUDA tensor, or a CPU
                tensor with TRITON_INTERPRET=1 set before this package is imported
                (the CPU interpreter, how CI tests the kernels). fp16/bf16/fp32 only.
+               Under a tracer (ONNX export, TorchScript) the torch path, as for "auto".
   ``"auto"``   Triton for CUDA tensors when triton imports; otherwise the torch path, with
                one :class:`KernelFallbackWarning` per process. While tracing / exporting
                to ONNX it always takes the torch path, silently.
@@ -42,8 +43,9 @@ torch path: a NaN or Inf in an (n, c) plane makes that whole output plane NaN.
 
 Autograd: the Triton path is forward-only kernels wrapped in a ``torch.autograd.Function``
 whose backward recomputes the torch path's math with torch ops (float32 statistics) and
-differentiates it. That keeps the backward exactly the torch path's gradient at the cost of
-one recomputation; this engine is inference-first, so no backward kernels are written.
+differentiates it (differentiably under ``create_graph=True``: double backward works).
+That keeps the backward exactly the torch path's gradient at the cost of one
+recomputation; this engine is inference-first, so no backward kernels are written.
 The torch path is plain differentiable torch.
 """
 
@@ -51,6 +53,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -139,11 +142,14 @@ def _check_common(op: str, act, eps, negative_slope, impl) -> None:
         _fail(op, f"unknown act {act!r}; accepted: {', '.join(repr(a) for a in ACTS)}")
     if impl not in IMPLS:
         _fail(op, f"unknown impl {impl!r}; accepted: {', '.join(repr(i) for i in IMPLS)}")
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
-        _fail(op, f"eps must be a finite number >= 0, got {eps!r}")
-    if (isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float))
+    # numbers.Real: Python and numpy real scalars (numpy.float32 is no float subclass)
+    if (isinstance(eps, bool) or not isinstance(eps, numbers.Real)
+            or not math.isfinite(eps) or eps < 0):
+        _fail(op, f"eps must be a finite real number >= 0, got {eps!r} ({type(eps).__name__})")
+    if (isinstance(negative_slope, bool) or not isinstance(negative_slope, numbers.Real)
             or not math.isfinite(negative_slope)):
-        _fail(op, f"negative_slope must be a finite number, got {negative_slope!r}")
+        _fail(op, f"negative_slope must be a finite real number, got {negative_slope!r} "
+                  f"({type(negative_slope).__name__})")
 
 
 # ----------------------------------------------------------------------------- torch path
@@ -383,6 +389,15 @@ class _NormActFunction(torch.autograd.Function):
         _, act, eps, slope, _ = ctx.spec
         saved = ctx.saved_tensors
         needs = ctx.needs_input_grad[:6]
+        if torch.is_grad_enabled():
+            # create_graph=True (a gradient of this gradient follows): differentiate the
+            # recomputation on the saved inputs themselves, so that the gradients carry
+            # their graph back to the inputs (detached leaves would cut it)
+            wrt = [t for t, nd in zip(saved, needs) if nd and t is not None]
+            y = _torch_ops(*saved, act, eps, slope)
+            grads = iter(torch.autograd.grad(y, wrt, grad_out, create_graph=True))
+            return (*[next(grads) if (nd and t is not None) else None
+                      for t, nd in zip(saved, needs)], None)
         with torch.enable_grad():
             leaves = [t.detach().requires_grad_(bool(nd)) if t is not None else None
                       for t, nd in zip(saved, needs)]
@@ -401,6 +416,10 @@ def _run(op, x, gamma, beta, weight, bias, mod_bias, act, eps, slope, impl, out,
     """The op on x, or with ``residual`` on the sum x + up(residual): then (out, sum)."""
     if out is not None:
         _check_map(op, "out", out, x, (x.shape[1],))
+        if torch._debug_has_internal_overlap(out) == 1:  # 1: yes (2: too hard to tell)
+            _fail(op, f"out has elements that share memory (strides {out.stride()}: an "
+                      "expanded tensor?); pass a tensor whose elements are distinct, such as "
+                      "torch.empty_like(x)")
     if residual is not None:
         _check_map(op, "residual", residual, x, shapes=upsampled_shapes(x.shape))
     tensors = (x, gamma, beta, weight, bias, mod_bias)
@@ -429,6 +448,10 @@ def _run(op, x, gamma, beta, weight, bias, mod_bias, act, eps, slope, impl, out,
         _fail(op, "out must have H and W that flatten into one axis (NCHW or channels_last "
                   f"dense rows); got strides {out.stride()}")
     if grad:
+        # the Function saves its inputs for the backward, which inference tensors refuse
+        # (the torch path saves what its ops need): save normal copies of those
+        tensors = tuple(t.clone() if t is not None and t.is_inference() else t
+                        for t in tensors)
         return _NormActFunction.apply(*tensors, (op, act, float(eps), float(slope), config))
     return _triton_forward(op, *tensors, act, eps, slope, out, config, residual)
 
@@ -470,8 +493,8 @@ def spade_modulate(x, gamma, beta=None, act="none", eps=1e-5, negative_slope=0.2
         _check_map(op, "gamma", gamma, x, (c,))
         _check_map(op, "beta", beta, x, (c,))
     _check_vec(op, "bias", bias, x, 2 * c, "2C: C gamma biases, then C beta biases")
-    return _run(op, x, gamma, beta, None, None, bias, act, eps, negative_slope, impl, out,
-                config, residual)
+    return _run(op, x, gamma, beta, None, None, bias, act, float(eps), float(negative_slope),
+                impl, out, config, residual)
 
 
 def instance_norm_act(x, weight=None, bias=None, act="none", eps=1e-5, negative_slope=0.2,
@@ -486,5 +509,5 @@ def instance_norm_act(x, weight=None, bias=None, act="none", eps=1e-5, negative_
     _check_x(op, x)
     _check_vec(op, "weight", weight, x)
     _check_vec(op, "bias", bias, x)
-    return _run(op, x, None, None, weight, bias, None, act, eps, negative_slope, impl, out,
-                config, residual)
+    return _run(op, x, None, None, weight, bias, None, act, float(eps), float(negative_slope),
+                impl, out, config, residual)

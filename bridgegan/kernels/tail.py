@@ -96,8 +96,9 @@ def triton_launches(h, weight, bias, shortcut):
     n_pb = -(-(hh * ww) // block_p)
     s = shortcut if shortcut is not None else h
     weight = weight.reshape(k, c).contiguous()
+    b = bias.contiguous() if bias is not None else weight  # the kernel reads b_ptr + k
     return out, [Launch(tn._rgb_tail_kernel, (n * n_pb,), (
-        h, s, weight, bias if bias is not None else weight, out,
+        h, s, weight, b, out,
         c, hh * ww, ww, n_pb, *hw_strides(h), *s.stride(), *hw_strides(out)), dict(
         K=k, HAS_S=shortcut is not None,
         UP=1 if shortcut is None or shortcut.shape[-1] == ww else 2,
@@ -112,8 +113,11 @@ def rgb_tail(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = 
     _check(h, weight, bias, shortcut, impl)
     if h.numel() == 0:
         fmt = memory_format(h)
-        return torch.empty((h.shape[0], weight.shape[0], *h.shape[2:]), dtype=h.dtype,
-                           device=h.device, memory_format=fmt)
+        out = torch.empty((h.shape[0], weight.shape[0], *h.shape[2:]), dtype=h.dtype,
+                          device=h.device, memory_format=fmt)
+        # C = 0 leaves N*K*H*W outputs: a convolution over no channels is 0, so tanh(bias)
+        return out.copy_(torch.tanh(bias).reshape(1, -1, 1, 1)) if bias is not None \
+            else out.zero_()
     grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad
                                            for t in (h, weight, bias, shortcut))
     if grad or choose_impl("rgb_tail", h, impl, "tail") == "torch":  # the kernel: forward only
