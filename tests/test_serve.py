@@ -663,6 +663,16 @@ def test_served_outputs_are_the_engines(served, engine, protocol):
         assert close(infer(served, protocol, name, inputs), want), name
 
 
+@needs_serve
+def test_the_server_prints_the_attribute_order(served, model):
+    """Clients' label vectors follow the checkpoint's attribute order: printed at start."""
+    want = f"attributes (label order): {', '.join(model.config.attributes)}"
+    deadline = time.monotonic() + 60  # a hang guard: the line follows readiness
+    while want not in served.log_tail(100_000):
+        assert time.monotonic() < deadline, served.log_tail()
+        time.sleep(0.05)
+
+
 # The batching server's queue delay: a request waits this long for others to fill a batch
 # of --max-batch, so requests sent together are batched however busy the machine is (a
 # hang guard too: a batch that never fills still runs, and the test then fails).

@@ -10,6 +10,7 @@ answers each request of a batch on its own.
 """
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import signal
@@ -126,12 +127,27 @@ def run_tritonserver(repository: str | os.PathLike, host: str = "127.0.0.1",
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     signal.signal(sig, stop)
                 print(f"serving {', '.join(MODELS)} of {repository} on http://{host}:{http_port}"
-                      f" and grpc {host}:{grpc_port}", flush=True)
+                      f" and grpc {host}:{grpc_port}{_attribute_order(repository)}", flush=True)
                 return proc.wait()
         finally:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGINT)
                 proc.wait()
+
+
+def _attribute_order(repository: str | os.PathLike) -> str:
+    """"; attributes (label order): A, B, ..." from a model's bridgegan.json, or "" for a
+    repository without one."""
+    from .models import MODELS
+
+    for model in MODELS:
+        try:
+            meta = json.loads((Path(repository) / model / "bridgegan.json").read_text())
+            names = meta["attributes"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        return f"; attributes (label order): {', '.join(map(str, names))}"
+    return ""
 
 
 def serve_checkpoint(checkpoint: str | os.PathLike, max_batch: int, queue_delay_us: int,
