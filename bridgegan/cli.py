@@ -68,8 +68,7 @@ def _translate_options(p: argparse.ArgumentParser) -> None:
 
 
 def _bench_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--variants", help="comma list of backend:dtype[:cl][:graphs][:heuristics]"
-                   "[:-REWRITE ...] "
+    p.add_argument("--variants", help=f"comma list of {engine_options.VARIANT_FORM} "
                    "(default: the device's table; CPU: reference, torch, onnxruntime and "
                    "compile in float32, then torch and compile in bf16 channels_last)")
     p.add_argument("--batches", default="1,8", help="comma list (default: %(default)s)")

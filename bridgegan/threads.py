@@ -2,7 +2,8 @@
 
 torch's default is one thread per core. When other processes keep cores busy, its
 threads oversubscribe them and wait on one another (training on a 2-core machine next to
-one busy process ran about 30x slower per step with 2 threads than with 1). So the
+one busy process ran 1.3-2x slower per step with 2 threads than with 1, a batch-8
+translation 3.5-7x slower). So the
 default leaves out the cores that are busy: cores available to this process minus the
 1-minute load average, at least 1 and never more than torch's own default. OMP_NUM_THREADS
 set in the environment is taken as given.

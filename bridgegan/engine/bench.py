@@ -80,6 +80,7 @@ from . import roofline
 from .backends import AUTO, BACKENDS, BackendUnavailable
 from .engine import Engine, resolve_dtype
 from .graph import Rewrites
+from .options import VARIANT_FORM, VARIANT_TAGS
 from .parity import compare, parity_inputs, reference_translation
 
 CPUINFO = Path("/proc/cpuinfo")  # where the CPU's model name is read (Linux)
@@ -109,8 +110,7 @@ class Variant:
     streams: bool = False  # the trunk and the latent codes on CUDA side streams
     without: tuple[str, ...] = ()  # graph rewrites turned off, for an A/B of each
 
-    TAGS = ("cl", "graphs", "heuristics", "streams")
-    FORM = "backend:dtype[:cl][:graphs][:heuristics][:streams][:-REWRITE ...]"
+    TAGS, FORM = VARIANT_TAGS, VARIANT_FORM
 
     @property
     def name(self) -> str:

@@ -7,6 +7,10 @@ import argparse
 
 from .backends import AUTO, BACKENDS
 
+# `bridgegan bench --variants`: each variant's tags and form (bench.Variant parses them)
+VARIANT_TAGS = ("cl", "graphs", "heuristics", "streams")
+VARIANT_FORM = f"backend:dtype{''.join(f'[:{t}]' for t in VARIANT_TAGS)}[:-REWRITE ...]"
+
 
 def add_options(parser: argparse.ArgumentParser, dtype: bool = True) -> None:
     """Add ``--backend``, ``--dtype`` (unless ``dtype`` is False) and ``--device``. The
