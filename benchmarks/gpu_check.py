@@ -175,7 +175,11 @@ def main(argv=None) -> int:
     for sub in ("engine", "heuristics", "strip", "ablation", "compile"):
         # a stage stopped by its limit leaves the rows it measured in the partial file
         done = work / sub / "bench.csv"
-        engine_rows += _read_csv(done if done.is_file() else work / sub / PARTIAL_CSV)
+        rows = _read_csv(done if done.is_file() else work / sub / PARTIAL_CSV)
+        # each stage is a run of its own (its own process, warm-up and ratios): its rows
+        # are named by it, or the plot would join a variant's points of several runs
+        engine_rows += [dict(r, variant=f"{sub}: {r['variant']}") if sub != "engine" else r
+                        for r in rows]
     report = {"stages": results, "seconds": round(time.perf_counter() - t_all, 1)}
     for key, path in (("parity_ops", work / "parity_ops.json"),
                       ("parity_backends", work / "parity_backends.json"),

@@ -11,15 +11,26 @@ set) with the checkpoint, or seeded weights of the preset configuration, and sto
 afterwards. Each of --concurrency client threads sends single-image requests (its own
 client, random inputs: images in [-1, 1], 0/1 labels, N(0, 1) noise; optional inputs
 omitted) until --requests have been sent or --duration seconds have passed, whichever
-comes first. With --hostile F, that share of the client threads sends invalid requests
-instead, cycling through HOSTILE_KINDS (NaN image, wrong shape, an oversize declaration,
+comes first. That is a closed loop: a thread sends its next request only when the last one
+is answered, so while the server stalls no request is sent and the stall is counted once
+(coordinated omission); its p50 / p99 are latencies at the rate the server let the clients
+reach. --rate R instead sends on an open-loop schedule, request k due at k / R seconds
+(spread over the threads), and a request's latency counts from when it was due: the time
+it waited for a free thread is queueing a user arriving at R per second would see
+(p50_service_ms / p99_service_ms: from the actual send). With --hostile F, that share of
+the client threads sends invalid requests instead, cycling through HOSTILE_KINDS (NaN image, wrong shape, an oversize declaration,
 garbage bytes): each must be refused with its own error while the valid requests are
-served. Without --url the server's peak memory (RSS of its process tree, sampled every
-50 ms) is reported. Only loopback / the given address is contacted. Needs bridgegan[serve].
+served. Before the measured load, --warmup valid requests (default 2 per client thread)
+go to the server, started here or given by --url, and are not counted: the first calls at a
+batch size compile, capture or search what they need. The JSON names the client's machine
+(``client_machine``; the server's too, ``server_machine``, when this script started it on
+the same machine) and the date, and --json is written atomically. Without --url the
+server's peak memory (RSS of its process tree, sampled every 50 ms) is reported. Only loopback / the given address is contacted. Needs bridgegan[serve].
 """
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import platform
@@ -33,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bridgegan.files import write_file_atomic
 from bridgegan.reference.presets import PRESET_RESOLUTIONS
 
 HOSTILE_KINDS = ("nan", "shape", "oversize", "garbage")
@@ -120,25 +132,31 @@ def send_hostile(kind: str, client, mod, url: str, model: str, ports: list[dict]
 
 def run_load(http: str, grpc: str, model: str = "translate_label", protocol: str = "http",
              concurrency: int = 8, max_requests: int = 400, duration: float = 30.0,
-             rows: int = 1, seed: int = 0, hostile: float = 0.0) -> dict:
+             rows: int = 1, seed: int = 0, hostile: float = 0.0,
+             rate: float | None = None) -> dict:
     """Send the bounded load (``hostile``: the share of client threads sending invalid
-    requests); returns the counts, rates, latency percentiles of the valid requests and
-    the invalid requests' outcomes by kind."""
+    requests; ``rate``: valid requests per second on an open-loop schedule, None: closed
+    loop); returns the counts, rates, latency percentiles of the valid requests (open
+    loop: from each request's due time, so waiting for a free thread counts) and the
+    invalid requests' outcomes by kind."""
+    if rate is not None and not rate > 0:
+        raise ValueError(f"rate must be > 0 requests per second, got {rate!r}")
     import tritonclient.grpc as grpcclient
     import tritonclient.http as httpclient
 
     mod, url = (httpclient, http) if protocol == "http" else (grpcclient, grpc)
     ports = model_inputs(http, model)
     before = stats(http, model)
-    latencies: list[float] = []
+    latencies: list[float] = []  # from the due time (open loop) or the send (closed)
+    service: list[float] = []  # from the send
     errors: list[str] = []
     refused = {kind: [] for kind in HOSTILE_KINDS}
     lock = threading.Lock()
     sent = [0]
-    deadline = time.monotonic() + duration
+    last_valid = [None]  # when the last valid request was answered
     n_hostile = round(concurrency * hostile)
 
-    def valid(client, rng) -> None:
+    def valid(client, rng, due: float | None) -> None:
         inputs = infer_inputs(mod, random_inputs(ports, rows, rng))
         t0 = time.perf_counter()
         try:
@@ -146,10 +164,12 @@ def run_load(http: str, grpc: str, model: str = "translate_label", protocol: str
             ok = True
         except Exception as exc:  # counted, the load goes on
             ok, msg = False, str(exc)
-        dt = time.perf_counter() - t0
+        t1 = time.perf_counter()
         with lock:
+            last_valid[0] = t1 if last_valid[0] is None else max(last_valid[0], t1)
             if ok:
-                latencies.append(dt)
+                latencies.append(t1 - (t0 if due is None else due))
+                service.append(t1 - t0)
             else:
                 errors.append(msg)
 
@@ -158,7 +178,7 @@ def run_load(http: str, grpc: str, model: str = "translate_label", protocol: str
         client = mod.InferenceServerClient(url)
         try:
             for i in range(sys.maxsize):
-                if time.monotonic() >= deadline:
+                if time.perf_counter() - start >= duration:
                     return
                 if k < n_hostile:
                     kind = HOSTILE_KINDS[(i + k) % len(HOSTILE_KINDS)]
@@ -169,33 +189,48 @@ def run_load(http: str, grpc: str, model: str = "translate_label", protocol: str
                 with lock:
                     if sent[0] >= max_requests:
                         return
+                    ticket = sent[0]
                     sent[0] += 1
-                valid(client, rng)
+                due = None
+                if rate is not None:  # open loop: request ``ticket`` is due at ticket / rate
+                    due = start + ticket / rate
+                    if due - start >= duration:
+                        return
+                    time.sleep(max(0.0, due - time.perf_counter()))
+                valid(client, rng, due)
         finally:
             client.close()
 
     threads = [threading.Thread(target=worker, args=(k,)) for k in range(concurrency)]
-    start = time.perf_counter()
+    start = time.perf_counter()  # the workers read it when they run
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    seconds = time.perf_counter() - start
+    # the valid load's span: the hostile threads go on until --duration whatever the
+    # --requests bound, and their time is not the valid requests' time
+    ended = time.perf_counter()
+    seconds = (last_valid[0] if last_valid[0] is not None else ended) - start
     after = stats(http, model)
     done = len(latencies) + len(errors)
     ms = np.array(latencies) * 1e3 if latencies else np.array([np.nan])
+    service_ms = np.array(service) * 1e3 if service else np.array([np.nan])
     executions = after[1] - before[1]
     hostile_out = {kind: {"sent": len(v), "accepted": v.count("accepted"),
                           "first_error": next((e for e in v if e != "accepted"), None)}
                    for kind, v in refused.items() if v}
     return {"model": model, "protocol": protocol, "concurrency": concurrency, "rows": rows,
+            "loop": "closed" if rate is None else f"open, {rate:g} requests/s",
             "hostile_clients": n_hostile, "hostile": hostile_out,
             "requests": done, "served": len(latencies), "errors": len(errors),
             "first_error": errors[0] if errors else None,
-            "seconds": round(seconds, 2), "requests_per_s": round(done / seconds, 2),
-            "images_per_s": round(done * rows / seconds, 2),
+            "seconds": round(seconds, 2), "hostile_seconds": round(ended - start, 2),
+            "requests_per_s": round(done / seconds, 2),
+            "images_per_s": round(len(latencies) * rows / seconds, 2),  # served ones only
             "p50_ms": round(float(np.percentile(ms, 50)), 1),
             "p99_ms": round(float(np.percentile(ms, 99)), 1),
+            "p50_service_ms": round(float(np.percentile(service_ms, 50)), 1),
+            "p99_service_ms": round(float(np.percentile(service_ms, 99)), 1),
             "mean_batch": round((after[0] - before[0]) / executions, 2) if executions else None}
 
 
@@ -244,18 +279,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--requests", type=int, default=400, help="at most this many requests")
     p.add_argument("--duration", type=float, default=30.0, help="at most this many seconds")
+    p.add_argument("--rate", type=float, default=None,
+                   help="valid requests per second on an open-loop schedule, latency counted "
+                        "from each request's due time (default: closed loop)")
     p.add_argument("--rows", type=int, default=1, help="images per request")
     p.add_argument("--max-batch", type=int, default=64)
     p.add_argument("--max-queue-delay-us", type=int, default=2000)
     p.add_argument("--hostile", type=float, default=0.0,
                    help="share of the client threads sending invalid requests (0..1)")
+    p.add_argument("--warmup", type=int, default=None,
+                   help="valid requests sent, not counted, before the load (default: 2 per "
+                        "client thread)")
     p.add_argument("--json", help="also write the result here")
     args = p.parse_args(argv)
+    warmup = 2 * args.concurrency if args.warmup is None else args.warmup
     load = dict(model=args.model, protocol=args.protocol, concurrency=args.concurrency,
                 max_requests=args.requests, duration=args.duration, rows=args.rows,
-                hostile=args.hostile)
+                hostile=args.hostile, rate=args.rate)
+    warm = {**load, "max_requests": warmup, "duration": 60.0, "hostile": 0.0, "rate": None}
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
     server = {"omp_threads": os.environ.get("OMP_NUM_THREADS", "1")}
     if args.url:
+        if warmup:
+            run_load(args.url, args.grpc_url or args.url, **warm)
         result = run_load(args.url, args.grpc_url or args.url, **load)
     else:
         from bridgegan.serve.process import ServerProcess
@@ -266,18 +312,20 @@ def main(argv: list[str] | None = None) -> int:
                           "--max-queue-delay-us", str(args.max_queue_delay_us),
                           "--exit-timeout-secs", "10"]
             with ServerProcess(serve_args, Path(tmp) / "serve.log") as srv:
-                run_load(srv.http, srv.grpc, **{**load, "max_requests": 2 * args.concurrency,
-                                                 "duration": 60.0, "hostile": 0.0})  # warm-up
+                if warmup:
+                    run_load(srv.http, srv.grpc, **warm)
                 with PeakMemory(srv) as peak:
                     result = run_load(srv.http, srv.grpc, **load)
                 server["peak_rss_mb"] = round(peak.bytes / 2**20)
         server.update(checkpoint=args.checkpoint or f"seeded preset {args.resolution}",
-                      max_batch=args.max_batch, max_queue_delay_us=args.max_queue_delay_us)
-    result.update(server=server, machine=f"{platform.processor() or platform.machine()}, "
-                  f"{os.cpu_count()} cores", python=platform.python_version())
+                      max_batch=args.max_batch, max_queue_delay_us=args.max_queue_delay_us,
+                      server_machine=machine)
+    result.update(server=server, warmup_requests=warmup, client_machine=machine,
+                  python=platform.python_version(),
+                  date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
     print(json.dumps(result, indent=2))
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        write_file_atomic(Path(args.json), (json.dumps(result, indent=2) + "\n").encode())
     accepted = sum(h["accepted"] for h in result["hostile"].values())
     return 0 if result["errors"] == 0 and accepted == 0 else 1
 

@@ -11,7 +11,7 @@ GPU round 2 that can be turned off (transposed_up, kernel_bias, fold_labels, fus
 fused_tail, fused_residual, shortcut_bias: the "before" table; the broadcast shortcut add and
 the kernels' own changes stay) and the engine. For each variant and batch: label-based translations of seeded
 random faces (paper widths at --resolution) under torch.profiler, then each stage (trunk, encode, map,
-decode) timed alone with ``bridgegan.timing``. Writes OUTDIR/profile.csv (one row per
+decode) timed alone with ``bridgegan.timing``, TF32 off as in the bench. Writes OUTDIR/profile.csv (one row per
 kernel / stage / summary, each with the variant's dtype and the bench's environment
 columns: device, torch, triton, commit, date) and OUTDIR/profile.md (the top kernels and
 the stage times), and prints the markdown.
@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bridgegan.engine import Engine  # noqa: E402
 from bridgegan.engine.bench import Variant, environment  # noqa: E402
 from bridgegan.files import write_file_atomic  # noqa: E402
+from bridgegan.numerics import no_tf32  # noqa: E402
 from bridgegan.reference import BridgeGAN, BridgeGANConfig  # noqa: E402
 from bridgegan.timing import p50_p20_p80, synchronize, time_calls  # noqa: E402
 
@@ -150,9 +151,10 @@ def main(argv: list[str] | None = None) -> int:
                      channels_last=v.channels_last, cuda_graphs=False, rewrites=v.rewrites)
         for batch in (int(b) for b in args.batches.split(",")):
             print(f"profiling {v.name} batch {batch}", file=sys.stderr, flush=True)
-            rows += [dict(r, dtype=v.resolved_dtype(device), **env) for r in
-                     kernel_rows(eng, v.name, batch, args.calls)
-                     + stage_rows(eng, v.name, batch, max(args.calls, 3))]
+            with no_tf32():  # as the bench times it: a float32 row is float32, not TF32
+                rows += [dict(r, dtype=v.resolved_dtype(device), **env) for r in
+                         kernel_rows(eng, v.name, batch, args.calls)
+                         + stage_rows(eng, v.name, batch, max(args.calls, 3))]
             # written after every (variant, batch): a run stopped by a time limit keeps
             # what it profiled
             buf = io.StringIO()

@@ -476,3 +476,32 @@ def test_info_prints_a_checkpoints_configuration_and_parameter_counts(tmp_path, 
     config, printed = _info(["--resolution", "64"], capsys)
     assert config == json.loads(preset.to_json()) and config["image_size"] == 64
     assert printed == counts(BridgeGAN(preset))
+
+
+def test_profile_engine_profiles_with_tf32_off_as_the_bench_times(tmp_path, monkeypatch):
+    """The bench times every row with TF32 off (numerics.no_tf32); the profile's kernel
+    and stage tables must too, or its float32 rows are TF32 convolutions beside the bench's
+    float32 ones (cuDNN's TF32 is on by default)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("profile_engine",
+                                                  ROOT / "benchmarks" / "profile_engine.py")
+    profile_engine = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(profile_engine)
+    flags = []
+
+    def rows(kind):
+        def fake(eng, variant, batch, calls):
+            flags.append((kind, torch.backends.cudnn.allow_tf32,
+                          torch.backends.cuda.matmul.allow_tf32))
+            return [dict(variant=variant, batch=batch, kind="summary", name="ops per forward",
+                         calls_per_forward=1, us_per_forward=1.0, share=1.0)]
+        return fake
+
+    monkeypatch.setattr(profile_engine, "kernel_rows", rows("kernel"))
+    monkeypatch.setattr(profile_engine, "stage_rows", rows("stage"))
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    assert profile_engine.main([str(tmp_path), "--device", "cpu", "--variants",
+                                "torch:float32", "--batches", "1", "--resolution", "64"]) == 0
+    assert flags == [("kernel", False, False), ("stage", False, False)]
+    assert torch.backends.cudnn.allow_tf32 is True  # the caller's setting back afterwards

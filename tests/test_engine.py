@@ -830,3 +830,46 @@ def test_a_backend_parity_case_that_raises_is_a_fail_row(monkeypatch):
     assert calls == ["torch", "reference"]
     assert rows[0]["status"] == "FAIL" and rows[0]["reason"] == "RuntimeError: capture failed"
     assert rows[1]["status"] == "PASS"
+
+
+def test_bench_roofline_peak_is_the_fastest_dtype_of_the_table_on_any_device():
+    """bf16 rows on a CPU with AMX were shared over the float32 matrix peak (shares of 1.5
+    and 3.8 in the shipped CSVs): the peak is measured in each dtype of the table and the
+    fastest kept, on the CPU as on CUDA."""
+    from bridgegan.engine.bench import Variant, roofline_peaks
+
+    speed = {torch.float32: 1.6e11, torch.bfloat16: 1.25e12, torch.float16: 9e10}
+    measured = []
+
+    def measure(dev, dtype, quick=False):
+        measured.append(dtype)
+        return {"matmul_flops": speed[dtype], "matmul_dtype": str(dtype).replace("torch.", ""),
+                "copy_bytes_per_s": 2e10}
+
+    table = [Variant.parse(v) for v in ("reference:float32", "torch:bf16:cl", "compile:bf16:cl")]
+    for device in ("cpu", "cuda"):
+        measured.clear()
+        peaks = roofline_peaks(table, torch.device(device), measure=measure)
+        assert measured == [torch.float32, torch.bfloat16]
+        assert (peaks["matmul_dtype"], peaks["matmul_flops"]) == ("bfloat16", 1.25e12)
+        assert peaks["matmul_flops_by_dtype"] == {"float32": 1.6e11, "bfloat16": 1.25e12}
+    # a dtype slower than float32 here (bf16 emulated, say) does not lower the peak
+    speed[torch.bfloat16] = 4e10
+    assert roofline_peaks(table, torch.device("cpu"), measure=measure)["matmul_dtype"] == "float32"
+
+
+def test_bench_plot_refuses_one_line_through_rows_of_several_runs(tmp_path):
+    """gpu_check joins the rows of several bench runs (engine, ablation, compile all time
+    triton-fp16-cl-graphs at batch 64): plotted by variant they made one line with three
+    points at batch 64. plot refuses that; rows named apart plot."""
+    from bridgegan.engine.bench import plot
+
+    def row(variant, batch, per_s):
+        return dict(what="translate", resolution=128, variant=variant, batch=batch,
+                    metric="latency", images_per_s=per_s)
+
+    rows = [row("triton-fp16-cl-graphs", b, v) for b, v in ((1, 740.0), (64, 5517.0))]
+    with pytest.raises(ValueError, match="several rows at one batch"):
+        plot(rows + [row("triton-fp16-cl-graphs", 64, 5400.0)], tmp_path / "a.png", "t")
+    plot(rows + [row("ablation: triton-fp16-cl-graphs", 64, 5400.0)], tmp_path / "b.png", "t")
+    assert (tmp_path / "b.png").stat().st_size > 0

@@ -994,3 +994,131 @@ def test_shutdown_under_load_and_busy_port(ckpt, tmp_path):
                               str(ckpt), "--http-port", str(port)], capture_output=True,
                              text=True, timeout=120)
     assert out.returncode == 2 and f"--http-port {port} (Address already in use)" in out.stderr
+
+
+class _FakeLoad:
+    """load_serve.run_load against a stand-in of tritonclient and of the server (no server,
+    no tritonclient), on a virtual clock, so the figures are exact whatever the machine's
+    speed: each client thread has its own time, advanced by what it does (its requests,
+    its sleeps), and the main thread reads the latest of them. Each valid request takes
+    ``service`` seconds (the ``stall_on``-th, 0-based, ``stall`` more: a pause of the
+    server; every ``fail_every``-th fails), each invalid one ``hostile_s``."""
+
+    def __init__(self, monkeypatch, load, service=0.005, stall_on=None, stall=1.0,
+                 fail_every=0, hostile_s=0.001):
+        self.served, self.calls, self.ends = 0, 0, {}
+        self.local, self.lock = threading.local(), threading.Lock()
+        fake = self
+
+        class Client:
+            def __init__(self, url):
+                pass
+
+            def close(self):
+                pass
+
+            def infer(self, model, inputs):
+                with fake.lock:
+                    fake.calls += 1
+                    call = fake.calls
+                fake.advance(service + (stall if call - 1 == stall_on else 0.0))
+                if fail_every and call % fail_every == 0:
+                    raise RuntimeError("refused")
+                with fake.lock:
+                    fake.served += 1
+
+        class InferInput:
+            def __init__(self, name, shape, dtype):
+                pass
+
+            def set_data_from_numpy(self, a):
+                pass
+
+        for name in ("tritonclient", "tritonclient.http", "tritonclient.grpc"):
+            module = types.ModuleType(name)
+            module.InferenceServerClient, module.InferInput = Client, InferInput
+            monkeypatch.setitem(sys.modules, name, module)
+
+        def hostile(*args, **kwargs):
+            fake.advance(hostile_s)
+            return "[400] refused"
+
+        monkeypatch.setattr(load, "time", types.SimpleNamespace(
+            perf_counter=self.now, sleep=lambda s: self.advance(max(0.0, s))))
+        monkeypatch.setattr(load, "model_inputs", lambda http, model: [
+            {"name": "image", "dims": [3, 4, 4], "data_type": "TYPE_FP32"}])
+        monkeypatch.setattr(load, "stats", lambda http, model: (fake.served, fake.served))
+        monkeypatch.setattr(load, "send_hostile", hostile)
+
+    def now(self) -> float:
+        if threading.current_thread() is threading.main_thread():
+            with self.lock:
+                return max(self.ends.values(), default=0.0)
+        return getattr(self.local, "t", 0.0)
+
+    def advance(self, seconds: float) -> None:
+        self.local.t = self.now() + seconds
+        with self.lock:
+            self.ends[threading.get_ident()] = self.local.t
+
+
+def test_load_open_loop_counts_the_wait_of_requests_not_yet_sent(monkeypatch):
+    """A 1 s stall at the 10th of 50 requests: the closed loop stops sending while it lasts
+    and reports a 5 ms median (coordinated omission); on the open-loop schedule (100/s)
+    every request due during the stall is late by up to 1 s and its latency says so."""
+    load = load_module()
+    _FakeLoad(monkeypatch, load, service=0.005, stall_on=9, stall=1.0)
+    closed = load.run_load("x", "x", concurrency=1, max_requests=50, duration=60)
+    assert closed["loop"] == "closed" and closed["served"] == 50
+    assert closed["p50_ms"] == pytest.approx(5.0)
+    _FakeLoad(monkeypatch, load, service=0.005, stall_on=9, stall=1.0)
+    opened = load.run_load("x", "x", concurrency=1, max_requests=50, duration=60, rate=100)
+    assert opened["loop"] == "open, 100 requests/s" and opened["served"] == 50
+    # request k is due at 10 k ms; request 9 (due at 90 ms) answered at 1.095 s, 10 at 1.100 s
+    assert opened["p50_ms"] > 800 and opened["p99_ms"] == pytest.approx(1002.5)
+    assert opened["p50_service_ms"] == pytest.approx(5.0)
+    # without a stall the open loop keeps its schedule: latency is the service time
+    _FakeLoad(monkeypatch, load, service=0.005)
+    calm = load.run_load("x", "x", concurrency=1, max_requests=50, duration=60, rate=100)
+    assert calm["p99_ms"] == pytest.approx(5.0) and calm["seconds"] == pytest.approx(0.495, abs=0.006)
+    with pytest.raises(ValueError, match="rate must be > 0"):
+        load.run_load("x", "x", concurrency=1, rate=0)
+
+
+def test_load_rates_are_the_valid_requests_and_served_images(monkeypatch):
+    """--hostile threads go on until --duration after the valid requests are done: the
+    rates are over the valid requests' span; failed requests are no images served."""
+    load = load_module()
+    _FakeLoad(monkeypatch, load, service=0.005, hostile_s=0.001)
+    r = load.run_load("x", "x", concurrency=2, max_requests=20, duration=5, hostile=0.5)
+    assert r["hostile_clients"] == 1 and r["served"] == 20
+    assert r["seconds"] == pytest.approx(0.1) and r["requests_per_s"] == pytest.approx(200)
+    assert r["hostile_seconds"] == pytest.approx(5.0, abs=0.01)
+    _FakeLoad(monkeypatch, load, service=0.005, fail_every=2)
+    r = load.run_load("x", "x", concurrency=1, max_requests=40, duration=60, rows=4)
+    assert (r["served"], r["errors"], r["seconds"]) == (20, 20, pytest.approx(0.2))
+    assert r["images_per_s"] == pytest.approx(20 * 4 / 0.2)
+
+
+def test_load_against_a_given_server_warms_it_up_and_names_the_client(monkeypatch, tmp_path):
+    """--url: the measured load follows uncounted warm-up requests (the first calls at a
+    batch size compile or capture); the JSON names the client's machine and the date."""
+    load = load_module()
+    calls = []
+
+    def run_load(http, grpc, **kw):
+        calls.append(kw)
+        return {"errors": 0, "hostile": {}}
+
+    monkeypatch.setattr(load, "run_load", run_load)
+    out = tmp_path / "load.json"
+    assert load.main(["--url", "127.0.0.1:1", "--concurrency", "3", "--requests", "50",
+                      "--hostile", "0.5", "--rate", "20", "--json", str(out)]) == 0
+    assert [c["max_requests"] for c in calls] == [6, 50]
+    assert (calls[0]["hostile"], calls[0]["rate"]) == (0.0, None)
+    assert (calls[1]["hostile"], calls[1]["rate"]) == (0.5, 20.0)
+    result = json.loads(out.read_text())
+    assert result["warmup_requests"] == 6 and "client_machine" in result and result["date"]
+    assert "server_machine" not in result["server"]  # another machine, maybe
+    calls.clear()
+    assert load.main(["--url", "127.0.0.1:1", "--warmup", "0"]) == 0 and len(calls) == 1

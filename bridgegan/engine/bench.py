@@ -203,6 +203,8 @@ def _workload_fn(eng: Engine, workload: str, batch: int, seed: int):
     gen = torch.Generator().manual_seed(seed)
     x = (torch.rand(batch, 3, cfg.image_size, cfg.image_size, generator=gen) * 2 - 1).to(eng.device)
     refs = (torch.rand(batch, 3, cfg.image_size, cfg.image_size, generator=gen) * 2 - 1).to(eng.device)
+    # labels and noise in host memory, as callers pass them: the engine checks them there
+    # (a device tensor would be copied back for its checks)
     ys = torch.randint(0, 2, (batch, cfg.n_attrs), generator=gen).float()
     noise = torch.randn(batch, cfg.noise_dim, generator=gen)
     if workload == "translate":
@@ -377,6 +379,20 @@ def _variant_rows(model: BridgeGAN, v: Variant, dev: torch.device, case, batches
             bar.update()
 
 
+def roofline_peaks(variants: list[Variant], dev: torch.device, quick: bool = False,
+                   measure=None) -> dict:
+    """The roofline's peaks: the matrix product measured in each dtype of the table (bf16
+    on a CPU with AMX is several times float32; without it, slower), the fastest one kept
+    (``matmul_dtype``), ``matmul_flops_by_dtype`` beside it. ``measure``: roofline's
+    ``measure_peaks`` (a stand-in in the tests)."""
+    measure = measure or roofline.measure_peaks
+    dtypes = list(dict.fromkeys(resolve_dtype(v.dtype, dev) for v in variants))
+    each = {dtype: measure(dev, dtype, quick=quick) for dtype in dtypes}
+    best = max(each.values(), key=lambda p: p["matmul_flops"])
+    return dict(best, matmul_flops_by_dtype={p["matmul_dtype"]: p["matmul_flops"]
+                                             for p in each.values()})
+
+
 def run_matrix(variants: list[Variant] | None, batches: list[int], resolutions: list[int],
                workloads: list[str], device: str = "cpu", checkpoint: str | None = None,
                warmup: int = 2, reps: int = 10, min_seconds: float = 0.0, quick_peaks: bool = False,
@@ -392,10 +408,7 @@ def run_matrix(variants: list[Variant] | None, batches: list[int], resolutions: 
     variants = variants or default_variants(dev)
     _check_baselines(variants, dev)
     env = environment(dev)
-    # roofline against the fastest matrix unit any variant uses (bf16 / fp16 on GPU)
-    low = [v.dtype for v in variants if resolve_dtype(v.dtype, dev) != torch.float32]
-    peak_dtype = resolve_dtype(low[0] if low and dev.type == "cuda" else "float32", dev)
-    peaks = roofline.measure_peaks(dev, peak_dtype, quick=quick_peaks)
+    peaks = roofline_peaks(variants, dev, quick=quick_peaks)
     peaks.update(env)
     timer = dict(warmup=warmup, reps=reps, min_seconds=min_seconds)
     rows: list[dict] = []
@@ -468,6 +481,12 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     groups: dict[tuple, list[dict]] = {}
     for r in measured(rows):
         groups.setdefault((r["what"], r["resolution"], r["variant"]), []).append(r)
+    for (what, res, variant), rs in groups.items():
+        batches = [r["batch"] for r in rs]
+        if len(set(batches)) < len(batches):  # rows of several runs: one line would mix them
+            raise ValueError(f"{variant} {what} @ {res} px has several rows at one batch "
+                             f"({sorted(batches)}): rows of several runs; name each run's "
+                             "variants apart before plotting them together")
     whats = sorted({(g[0], g[1]) for g in groups})
     fig, axes = plt.subplots(1, len(whats), figsize=(5.5 * len(whats), 4.2), squeeze=False)
     for ax, (what, res) in zip(axes[0], whats):
