@@ -65,9 +65,10 @@ def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 1.5)
 
 SHOWN_THRESHOLD = 0.9  # renderer edit accuracy above which an attribute counts as shown
 # What a shipped default model must reach on 200 held-out procedural faces: key -> minimum
-# (diversity must only be above 0).
+# (diversity only has to be measurably above 0; the true-change score needs data that
+# renders the true edit, as the procedural faces do).
 TARGETS = {"label_edit_accuracy_shown": 0.90, "label_preservation": 0.95,
-           "reconstruction_psnr_db": 28.0, "diversity_l1": 1e-4}
+           "reconstruction_psnr_db": 28.0, "diversity_l1": 1e-4, "label_true_change": 0.5}
 
 
 def missed_targets(report: dict) -> list[str]:
