@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import select
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -200,8 +202,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(_run(args.command, args) or 0)
     except (ValueError, OSError, RuntimeError) as exc:
+        if isinstance(exc, BrokenPipeError) and _stdout_closed():
+            return 0  # the reader left (`bridgegan info | head`): not this command's error
         print(f"bridgegan {args.command}: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _stdout_closed() -> bool:
+    """Whether stdout's reader has gone (its pipe polls as an error); if so stdout is
+    pointed at /dev/null, so that Python's flush at exit does not fail again."""
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+        closed = any(events & select.POLLERR for _, events in poll.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll here, or no real stdout
+        return False
+    if closed:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return closed
 
 
 if __name__ == "__main__":

@@ -505,3 +505,25 @@ def test_profile_engine_profiles_with_tf32_off_as_the_bench_times(tmp_path, monk
                                 "torch:float32", "--batches", "1", "--resolution", "64"]) == 0
     assert flags == [("kernel", False, False), ("stage", False, False)]
     assert torch.backends.cudnn.allow_tf32 is True  # the caller's setting back afterwards
+
+
+def test_a_reader_that_leaves_early_is_not_an_error():
+    """`bridgegan info | head`: stdout's reader is gone before the command writes; it
+    ends with status 0 and no error message. An error of its own still is one."""
+    read, write = os.pipe()
+    os.close(read)  # the reader left before anything was written
+    try:
+        proc = subprocess.run([sys.executable, "-m", "bridgegan.cli", "info"], stdout=write,
+                              stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "bridgegan.cli", "info", "--checkpoint",
+                               "/nonexistent"], stdout=write, stderr=subprocess.PIPE, text=True,
+                              timeout=120)
+    finally:
+        os.close(write)
+    assert proc.returncode == 2 and "error: no checkpoint at /nonexistent" in proc.stderr
