@@ -424,6 +424,30 @@ BODY_HEAD = (b"POST /v2/models/translate_label/infer HTTP/1.1\r\nHost: x\r\n"
 
 
 @needs_front
+def test_slow_grpc_clients_are_cut_off(front):
+    """A gRPC call whose request message has not arrived within the read timeout is ended
+    with DEADLINE_EXCEEDED; one that arrives in time is read and checked."""
+    import grpc
+
+    from bridgegan.serve.front import GRPC_SERVICE
+
+    def late():
+        time.sleep(READ_TIMEOUT_S + 1)
+        yield b"\xff"
+
+    with grpc.insecure_channel(f"{front.host}:{front.grpc_port}") as channel:
+        with pytest.raises(grpc.RpcError) as err:
+            channel.stream_unary(GRPC_SERVICE + "ModelInfer")(late(), timeout=120)
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert err.value.details() == (f"the request message did not arrive within "
+                                       f"{READ_TIMEOUT_S:g} s (--read-timeout-secs)")
+        with pytest.raises(grpc.RpcError) as err:
+            channel.unary_unary(GRPC_SERVICE + "ModelInfer")(b"\xff", timeout=120)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "not a ModelInferRequest" in err.value.details()
+
+
+@needs_front
 def test_slow_clients_are_cut_off(front):
     t0 = time.monotonic()
     late_body = stall(front, BODY_HEAD)

@@ -11,7 +11,9 @@ request on its own before it reaches tritonserver:
 - time: a client has ``--read-timeout-secs`` to send a request's header (else the
   connection is closed; also how long an idle connection stays open) and as long again
   for its body (else HTTP 408); at most ``MAX_READING`` bodies are read at once, the
-  others wait within their deadline;
+  others wait within their deadline; a gRPC call's request message must arrive within it
+  too (else DEADLINE_EXCEEDED: the front reads each call as a stream of one message, as it
+  is on the wire, so that the read can have a deadline);
 - JSON: UTF-8, no key repeated in an object (tritonserver would take the first, Python's
   json the last), ``"parameters"`` objects, integer dimensions, JSON numbers for FP32 and
   true / false for BOOL ("data" lists may nest); binary BOOL bytes 0 or 1;
@@ -288,8 +290,9 @@ def server_failure(what: str, detail: str) -> str:
 class Front:
     """HTTP and gRPC on ``host``'s public ports in front of tritonserver's private
     ``private_http`` socket and ``private_grpc`` target (``server.private_sockets``); an
-    HTTP client has ``read_timeout_s`` for a request's header and as long for its body.
-    Runs its own event loop in a thread. A context manager."""
+    HTTP client has ``read_timeout_s`` for a request's header and as long for its body, a
+    gRPC client as long for its request message. Runs its own event loop in a thread. A
+    context manager; ``grpc_port`` 0 takes a free port (the one bound is read back)."""
 
     def __init__(self, specs: dict[str, tuple[ModelSpec, int]], private_http: os.PathLike,
                  private_grpc: str, host: str, http_port: int, grpc_port: int,
@@ -344,7 +347,7 @@ class Front:
             ("grpc.max_receive_message_length", self.binary_limit),
             ("grpc.max_send_message_length", -1), ("grpc.so_reuseport", 0)])
         self.grpc.add_generic_rpc_handlers([_GrpcHandler(self)])
-        self.grpc.add_insecure_port(f"{self.host}:{self.grpc_port}")
+        self.grpc_port = self.grpc.add_insecure_port(f"{self.host}:{self.grpc_port}")
         await self.grpc.start()
 
     async def _stop(self) -> None:
@@ -432,6 +435,22 @@ class Front:
 
     # ------------------------------------------------------------------------- gRPC
 
+    async def grpc_message(self, requests, context) -> bytes:
+        """A call's request message, read within the read timeout (DEADLINE_EXCEEDED
+        otherwise). A unary call is, on the wire, a stream of one message: read as such,
+        the read can be given a deadline, which a unary handler (called once the message
+        is in) cannot."""
+        import grpc
+
+        try:  # asyncio.wait_for, not asyncio.timeout: Python 3.10 is supported
+            return await asyncio.wait_for(anext(requests), self.read_timeout_s)
+        except asyncio.TimeoutError:
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, (
+                f"the request message did not arrive within {self.read_timeout_s:g} s "
+                "(--read-timeout-secs)"))
+        except StopAsyncIteration:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the call sent no message")
+
     async def grpc_call(self, method: str, payload: bytes, context):
         import grpc
         from tritonclient.grpc import service_pb2
@@ -463,7 +482,8 @@ class Front:
 
 
 class _GrpcHandler:
-    """grpc generic handler: every method goes to ``Front.grpc_call`` as raw bytes."""
+    """grpc generic handler: every method goes to ``Front.grpc_call`` as raw bytes, its
+    message read by ``Front.grpc_message``."""
 
     def __init__(self, front: Front):
         self.front = front
@@ -471,9 +491,10 @@ class _GrpcHandler:
     def service(self, details):
         import grpc
 
-        async def call(payload, context):
+        async def call(requests, context):
+            payload = await self.front.grpc_message(requests, context)
             return await self.front.grpc_call(details.method, payload, context)
-        return grpc.unary_unary_rpc_method_handler(call)
+        return grpc.stream_unary_rpc_method_handler(call)
 
 
 def _parse(message_class, payload: bytes):
