@@ -5,6 +5,7 @@ library refuses; the plain ops under autograd."""
 from __future__ import annotations
 
 import os
+import re
 import warnings
 
 import pytest
@@ -254,3 +255,16 @@ def test_the_fused_relu_maps_nan_to_zero_as_documented():
     nan = torch.isnan(plain)
     assert nan.any() and not torch.isnan(fused).any()
     assert errors(fused[~nan], plain[~nan])[1] <= tolerance(torch.float32).op_rel
+
+
+@pytest.mark.parametrize("impl", ["torch", "auto"])
+def test_mixed_dtypes_are_refused_on_every_path(impl):
+    """x, weight and bias of different dtypes: one clear error whichever path would run
+    (oneDNN's fused call computes them, the plain ops refuse them)."""
+    x, w, b, stride, padding, transposed = operands("conv3x3", 4)
+    x, w, b = x.float(), w.float(), b.float()
+    for args, got in (((x.bfloat16(), w, b), "bfloat16, float32, float32"),
+                      ((x, w, b.bfloat16()), "float32, float32, bfloat16")):
+        with torch.no_grad(), pytest.raises(ValueError, match=re.escape(
+                f"conv2d_relu: x, weight and bias must have one dtype, got {got}")):
+            conv2d_relu(*args, stride, padding, transposed, impl=impl)

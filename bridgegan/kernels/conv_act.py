@@ -166,6 +166,10 @@ def conv2d_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     if impl not in IMPLS:
         raise ValueError(f"conv2d_relu: unknown impl {impl!r}; accepted: "
                          f"{', '.join(repr(i) for i in IMPLS)}")
+    given = [t for t in (x, weight, bias) if t is not None]
+    if len({t.dtype for t in given}) > 1:  # as the plain ops refuse them (oneDNN would not)
+        raise ValueError("conv2d_relu: x, weight and bias must have one dtype, got "
+                         + ", ".join(dtype_name(t.dtype) for t in given))
     grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad
                                            for t in (x, weight, bias))
     if impl == "torch" or grad or tracing():
