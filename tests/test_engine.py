@@ -873,3 +873,21 @@ def test_bench_plot_refuses_one_line_through_rows_of_several_runs(tmp_path):
         plot(rows + [row("triton-fp16-cl-graphs", 64, 5400.0)], tmp_path / "a.png", "t")
     plot(rows + [row("ablation: triton-fp16-cl-graphs", 64, 5400.0)], tmp_path / "b.png", "t")
     assert (tmp_path / "b.png").stat().st_size > 0
+
+
+def test_bench_refuses_repeats_before_timing(monkeypatch):
+    """A variant, batch, resolution or workload given twice would make two rows at one
+    point (the plot refuses them): refused before anything is measured."""
+    from bridgegan.engine import bench
+
+    monkeypatch.setattr(bench, "roofline_peaks", lambda *a, **k: pytest.fail("measured"))
+    for kw, repeated in ((dict(batches=[1, 1]), "batch may be given once; repeated: 1"),
+                         (dict(variants=[bench.Variant.parse("torch:float32")] * 2),
+                          "variant may be given once; repeated: torch-float32"),
+                         (dict(workloads=["translate", "translate"]),
+                          "workload may be given once; repeated: translate")):
+        args = dict(variants=[bench.Variant.parse("torch:float32")], batches=[1],
+                    resolutions=[64], workloads=["translate"])
+        args.update(kw)
+        with pytest.raises(ValueError, match=f"each {repeated}"):
+            bench.run_matrix(**args, progress=False)

@@ -551,6 +551,18 @@ def test_a_resume_from_an_earlier_checkpoint_drops_the_abandoned_course(tmp_path
     assert [r["step"] for r in _records(out)] == [1, 2, 3, 4, 5]
 
 
+def test_a_checkpoint_saved_under_a_name_of_its_own_is_kept_and_prunes_by_count(faces,
+                                                                                 tmp_path):
+    """Trainer.save(out/"checkpoints"/"best"): written and kept; it is no step of the
+    course, so the numbered ones are pruned by --keep-checkpoints alone."""
+    t = Trainer(tiny(faces), train_config(steps=3, ckpt_every=1, keep_checkpoints=2), faces,
+                out_dir=tmp_path, progress=False)
+    t.train(3)
+    assert _checkpoints(tmp_path) == ["step-00000002", "step-00000003"]
+    assert t.save(tmp_path / "checkpoints" / "best").name == "best"
+    assert _checkpoints(tmp_path) == ["best", "step-00000003"]
+
+
 def _records(out) -> list[dict]:
     """metrics.jsonl without its timing fields (they differ between any two runs)."""
     timing = ("sec_per_step", "images_per_sec")

@@ -406,6 +406,14 @@ def run_matrix(variants: list[Variant] | None, batches: list[int], resolutions: 
 
     dev = torch.device(device)
     variants = variants or default_variants(dev)
+    # one row per (variant, batch): plot() refuses a line through two rows at one batch,
+    # so repeats are refused here, before anything is timed
+    names = [v.name for v in variants]
+    for what, seq in (("variant", names), ("batch", batches), ("resolution", resolutions),
+                      ("workload", workloads)):
+        repeated = sorted({str(x) for x in seq if seq.count(x) > 1})
+        if repeated:
+            raise ValueError(f"each {what} may be given once; repeated: {', '.join(repeated)}")
     _check_baselines(variants, dev)
     env = environment(dev)
     peaks = roofline_peaks(variants, dev, quick=quick_peaks)

@@ -168,15 +168,19 @@ def prune_checkpoints(out_dir: str | os.PathLike, keep: int, written: Path) -> N
     highest-step numbered checkpoints below it; remove the rest (``keep`` 0 keeps them
     all). Numbered checkpoints above ``written`` always go: they are of a course the run
     left when it resumed from an earlier checkpoint (its metrics past that step went at
-    the resume), and ``--resume auto`` would otherwise pick them up."""
-    step = int(_CKPT_RE.match(written.name).group(1))
+    the resume), and ``--resume auto`` would otherwise pick them up. A ``written`` with
+    another name (``Trainer.save(out/"checkpoints"/"best")``) is no step of the course:
+    it stays, nothing above anything goes, and ``keep - 1`` numbered ones are kept."""
+    m = _CKPT_RE.match(written.name)
+    step = int(m.group(1)) if m else None
     numbered = _numbered(out_dir)
-    for s, p in numbered:
-        if s > step:
-            shutil.rmtree(p, ignore_errors=True)
+    if step is not None:
+        for s, p in numbered:
+            if s > step:
+                shutil.rmtree(p, ignore_errors=True)
     if not keep:
         return
-    older = [p for s, p in numbered if s < step]
+    older = [p for s, p in numbered if (s < step if step is not None else p != written)]
     for p in older[:max(len(older) - (keep - 1), 0)]:
         shutil.rmtree(p, ignore_errors=True)
 

@@ -398,7 +398,14 @@ class Trainer:
         late = self.stop_signal is not None or (deadline is not None and time.monotonic() > deadline)
         if not self.dist.enabled:
             return late
-        return bool(self._reduce(torch.tensor(float(late), device=self.device)).item() > 0)
+        # each rank's (late, signal number): a stop requested on one rank is every rank's,
+        # so that rank 0 (which prints and sets the exit status) reports it too
+        flags = all_gather_cat(torch.tensor([[float(late), float(self.stop_signal or 0)]],
+                                            device=self.device), self.dist)
+        signum = int(flags[:, 1].max().item())
+        if self.stop_signal is None and signum:
+            self.stop_signal = signum
+        return bool(flags[:, 0].max().item() > 0)
 
     def train(self, steps: int | None = None, time_limit: float | None = None) -> dict[str, float]:
         """Train until ``steps`` generator steps are done (default config.steps) or
@@ -549,7 +556,9 @@ class Trainer:
         self._acc_n = log_acc["n"] if self._acc else 0
 
     def save(self, path: str | os.PathLike | None = None) -> Path | None:
-        """Write a checkpoint folder (rank 0 only); default out_dir/checkpoints/step-NNNNNNNN.
+        """Write a checkpoint folder (rank 0 writes it; in a DDP run every rank must call
+        this, as ``train`` does: the loss sums not yet logged are gathered over the ranks
+        first, a collective); default out_dir/checkpoints/step-NNNNNNNN.
 
         Numbered checkpoints beyond ``keep_checkpoints`` are removed, never the one just
         written (``prune_checkpoints``).
