@@ -671,9 +671,11 @@ def test_a_signal_stops_training_with_a_checkpoint(tmp_path, sig, workers):
                          text=True, start_new_session=True,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + 600  # a hang guard, not a speed limit
     try:
         while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
             assert p.poll() is None, p.stderr.read()
+            assert time.monotonic() < deadline, "no three records in 600 s"
             time.sleep(0.1)
         os.killpg(p.pid, sig)
         _, err = p.communicate(timeout=300)  # a hang guard
