@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import threads
-from .argtypes import non_negative_int, output_file, positive_int
+from .argtypes import non_negative_int, output_file, positive_float, positive_int
 from .engine import options as engine_options
 from .engine.export import cli as export_cli
 from .reference import train_cli
@@ -110,14 +110,17 @@ def _classifier_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=positive_int, default=1500, help="Adam steps (default: 1500)")
     p.add_argument("--batch", type=positive_int, default=64,
                    help="images per step (default: 64)")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 1e-3)")
-    p.add_argument("--width", type=int, default=32, help="base width (default: 32)")
+    p.add_argument("--lr", type=positive_float, default=1e-3,
+                   help="Adam learning rate (default: 1e-3)")
+    p.add_argument("--width", type=positive_int, default=32, help="base width (default: 32)")
     p.add_argument("--kernel", type=int, default=4, choices=(3, 4),
                    help="convolution kernel size (default: 4); a classifier used in training "
                         "(--feature-classifier) should differ from the judge in kernel, width "
                         "and --seed")
-    p.add_argument("--workers", type=int, default=0, help="data-loader worker processes")
-    p.add_argument("--seed", type=int, default=0, help="initialisation and data seed")
+    p.add_argument("--workers", type=non_negative_int, default=0,
+                   help="data-loader worker processes")
+    p.add_argument("--seed", type=non_negative_int, default=0,
+                   help="initialisation and data seed (>= 0)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     p.add_argument("--out", required=True, help="output folder")
     threads.add_option(p)
@@ -130,9 +133,9 @@ def _eval_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="test", help="dataset split of the sources (default: test)")
     p.add_argument("--n", type=positive_int, default=200,
                    help="number of source images (default: 200)")
-    p.add_argument("--seed", type=int, default=0,
-                   help="seed of the noise draws and of the procedural faces (use one that "
-                        "training never saw)")
+    p.add_argument("--seed", type=non_negative_int, default=0,
+                   help="seed of the noise draws and of the procedural faces, >= 0 (use one "
+                        "that training never saw)")
     p.add_argument("--strength", type=float,
                    help="edit strength, the scale of d (default: the model's config "
                         "edit_strength: 1.5, the official test's, unless it names another)")

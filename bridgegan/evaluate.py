@@ -98,6 +98,12 @@ def bootstrap_ci(hits: torch.Tensor, counts: torch.Tensor, draws: int = 2000,
     return [round(lo.item(), 4), round(hi.item(), 4)]
 
 
+def _ratio(hits: float, count: float) -> float | None:
+    """hits / count rounded to 4 places, or None when nothing was counted (a metric with
+    no samples is unknown, not 0 or 1)."""
+    return round(hits / count, 4) if count else None
+
+
 def _targets(labels: torch.Tensor, attrs, i: int, values: torch.Tensor) -> torch.Tensor:
     """Each row of ``labels`` with attribute i set to ``values[row]``, conflict rules applied."""
     on = apply_edits(labels, attrs, {attrs[i]: 1})
@@ -171,9 +177,12 @@ def evaluate(engine, classifier: AttributeClassifier, images: torch.Tensor, labe
               round((src_pred == labels).float().mean().item(), 4)}
     for mode in ("label", "reference"):
         eh, kh, ec, kc = scores[mode].sum(0).tolist()
-        report[f"{mode}_edit_accuracy"] = round(eh / max(ec, 1), 4)
-        report[f"{mode}_preservation"] = round(kh / max(kc, 1), 4)
-        report[f"{mode}_preservation_ci95"] = bootstrap_ci(scores[mode][:, 1], scores[mode][:, 3])
+        # None where no edit of the mode was made (reference-based: no reference whose
+        # label differs, e.g. one source, or sources sharing every label)
+        report[f"{mode}_edit_accuracy"] = _ratio(eh, ec)
+        report[f"{mode}_preservation"] = _ratio(kh, kc)
+        report[f"{mode}_preservation_ci95"] = (
+            bootstrap_ci(scores[mode][:, 1], scores[mode][:, 3]) if kc else None)
         report[f"{mode}_edit_accuracy_per_attribute"] = {
             attrs[i]: round(h / c, 4) if c else None for i, (h, c) in enumerate(per_attr[mode].tolist())}
     if truth is not None:
@@ -182,12 +191,12 @@ def evaluate(engine, classifier: AttributeClassifier, images: torch.Tensor, labe
             attrs[i]: round(h / c, 4) for i, (h, c) in enumerate(per_attr["renderer"].tolist())}
         report["shown_attributes"] = [attrs[i] for i in shown]
         _, kh, _, kc = scores["renderer"].sum(0).tolist()
-        report["renderer_preservation"] = round(kh / max(kc, 1), 4)
+        report["renderer_preservation"] = _ratio(kh, kc)
         for mode in ("label", "reference"):
             hits, count = per_attr[mode][shown].sum(0).tolist() if shown else (0.0, 0.0)
-            report[f"{mode}_edit_accuracy_shown"] = round(hits / max(count, 1), 4)
+            report[f"{mode}_edit_accuracy_shown"] = _ratio(hits, count)
             err, size = change[mode].tolist()
-            report[f"{mode}_true_change"] = round(1 - err / max(size, 1e-12), 4)
+            report[f"{mode}_true_change"] = round(1 - err / size, 4) if size else None
     agree = (classifier.predict(rec) == src_pred).float()
     report["reconstruction_agreement"] = round(agree.mean().item(), 4)
     report["reconstruction_agreement_per_attribute"] = {
@@ -196,6 +205,11 @@ def evaluate(engine, classifier: AttributeClassifier, images: torch.Tensor, labe
     report["reconstruction_ssim"] = round(ssim(rec, images).mean().item(), 4)
     report["diversity_l1"] = round(sum(div) / len(div), 4) if div else math.nan
     return report
+
+
+def _cell(value, fmt: str) -> str:
+    """A report number in ``fmt``, or "n/a" for a metric with no samples (None)."""
+    return "n/a" if value is None else format(value, fmt)
 
 
 def format_report(report: dict) -> str:
@@ -208,10 +222,11 @@ def format_report(report: dict) -> str:
     for title, lk, rk in rows:
         if lk in report:
             fmt = ".3f" if "change" in lk else ".1%"
-            lines.append(f"{title:22s} {report[lk]:>12{fmt}} {report[rk]:>12{fmt}}")
+            lines.append(f"{title:22s} {_cell(report[lk], fmt):>12s} "
+                         f"{_cell(report[rk], fmt):>12s}")
     if "label_preservation_ci95" in report:  # reports written before the interval lack it
-        ci = [f"{lo:.1%}-{hi:.1%}" for lo, hi in (report[f"{m}_preservation_ci95"]
-                                                 for m in ("label", "reference"))]
+        ci = ["n/a" if c is None else f"{c[0]:.1%}-{c[1]:.1%}"
+              for c in (report[f"{m}_preservation_ci95"] for m in ("label", "reference"))]
         lines.append(f"{'  95% interval':22s} {ci[0]:>12s} {ci[1]:>12s}  (sources resampled)")
     lines.append(f"{'reconstruction PSNR':22s} {report['reconstruction_psnr_db']:>10.2f} dB")
     lines.append(f"{'reconstruction SSIM':22s} {report['reconstruction_ssim']:>12.4f}")
@@ -219,7 +234,8 @@ def format_report(report: dict) -> str:
     lines.append(f"{'diversity (L1)':22s} {report['diversity_l1']:>12.4f}")
     lines.append(f"{'classifier on sources':22s} {report['classifier_accuracy_on_sources']:>12.1%}")
     if "renderer_preservation" in report:
-        lines.append(f"{'true edits preserve':22s} {report['renderer_preservation']:>12.1%}"
+        lines.append(f"{'true edits preserve':22s} "
+                     f"{_cell(report['renderer_preservation'], '.1%'):>12s}"
                      "  (the ceiling of preservation under this classifier)")
     if "shown_attributes" in report:
         lines.append(f"shown attributes ({len(report['shown_attributes'])}, the classifier finds "

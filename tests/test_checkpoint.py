@@ -148,3 +148,42 @@ def test_a_classifier_config_without_its_fields_is_named(tmp_path, meta):
                                               r"object with attributes"):
         AttributeClassifier.load(out)
 
+
+
+
+@pytest.mark.parametrize("edit,pattern", [
+    (lambda t: b"{oops", r"classifier.json is not a JSON classifier configuration"),
+    (lambda t: t.replace(b"Male", b"M\xe9le"),  # Latin-1, not UTF-8
+     r"classifier.json is not a JSON classifier configuration"),
+    (lambda t: t.replace(b'"width": 4', b'"width": -1'), r"classifier.json: .*width must be"),
+    (lambda t: t.replace(b'"width": 4', b'"width": 0'), r"classifier.json: .*width must be"),
+    (lambda t: t.replace(b'"image_size": 32', b'"image_size": -5'), r"image size must be"),
+    (lambda t: t.replace(b'"Male"', b'"Mal"'), r"classifier.json: unknown attribute name"),
+    (lambda t: t.replace(b'"Male"', b"7"), r"classifier.json: attributes must be"),
+    (lambda t: t.replace(b'"Smiling"', b'"Male"'), r"classifier.json: attribute list has dup"),
+])
+def test_a_classifier_config_with_bad_values_is_named(tmp_path, edit, pattern):
+    """classifier.json that is not JSON, or whose attributes, width or size could not
+    have been written by save(), fails with the file's name (one CheckpointError), not a
+    bare decoder or torch error, nor loads as a classifier of unknown attributes."""
+    from bridgegan.reference.classifier import CONFIG_FILE, AttributeClassifier
+
+    out = AttributeClassifier(("Male", "Smiling"), 32, 4).save(tmp_path / "clf")
+    (out / CONFIG_FILE).write_bytes(edit((out / CONFIG_FILE).read_bytes()))
+    with pytest.raises(CheckpointError, match=pattern):
+        AttributeClassifier.load(out)
+
+
+def test_a_classifier_too_small_for_its_convolutions_is_refused():
+    """Kernel 4 halves the size four times: under 16 px the last convolution has no
+    input; the constructor says so before any training (kernel 3 takes any size)."""
+    from bridgegan.reference.classifier import AttributeClassifier
+
+    gen = torch.Generator().manual_seed(0)
+    with pytest.raises(ValueError, match=r"image size must be an integer >= 16 \(kernel 4\), "
+                                         r"got 8"):
+        AttributeClassifier(("Male",), 8, 4)
+    x8 = torch.rand(1, 3, 8, 8, generator=gen) * 2 - 1
+    assert AttributeClassifier(("Male",), 8, 4, kernel=3)(x8).shape == (1, 1)
+    x16 = torch.rand(1, 3, 16, 16, generator=gen) * 2 - 1
+    assert AttributeClassifier(("Male",), 16, 4)(x16).shape == (1, 1)

@@ -527,3 +527,37 @@ def test_a_reader_that_leaves_early_is_not_an_error():
     finally:
         os.close(write)
     assert proc.returncode == 2 and "error: no checkpoint at /nonexistent" in proc.stderr
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["train-classifier", "--lr", "inf"], "argument --lr: must be a number > 0, got 'inf'"),
+    (["train-classifier", "--lr", "-0.1"], "argument --lr: must be a number > 0, got '-0.1'"),
+    (["train-classifier", "--width", "0"], "argument --width: must be an integer >= 1, got '0'"),
+    (["train-classifier", "--seed", "-1"], "argument --seed: must be an integer >= 0, got '-1'"),
+    (["train-classifier", "--workers", "-1"],
+     "argument --workers: must be an integer >= 0, got '-1'"),
+    (["eval", "--checkpoint", "ck", "--classifier", "clf", "--seed", "-1"],
+     "argument --seed: must be an integer >= 0, got '-1'"),
+])
+def test_classifier_and_eval_options_are_checked_before_any_work(tmp_path, argv, message,
+                                                                  capsys):
+    """A learning rate of inf trained a classifier of NaN weights that it then saved (and
+    eval could not load); width 0 and a negative seed failed after loading the data, with
+    torch's or numpy's words. Each is now refused by the parser, naming the option."""
+    out = tmp_path / "clf"
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--out", str(out)] if argv[0] == "train-classifier" else argv)
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_diverged_classifier_is_not_saved(tmp_path):
+    """Training that ends with non-finite weights raises (nothing could load them)."""
+    from bridgegan.reference.classifier import train_classifier
+    from bridgegan.reference.data import make_dataset
+
+    train = make_dataset("synthetic:8", 32, "Male,Young", split="train")
+    val = make_dataset("synthetic:4", 32, "Male,Young", split="val")
+    with pytest.raises(ValueError, match="classifier training diverged: NaN or Inf weights"):
+        train_classifier(train, val, steps=2, batch=4, width=4, lr=float("inf"), progress=False)

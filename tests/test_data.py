@@ -164,6 +164,17 @@ def test_procedural_unknown_attribute():
         ProceduralFaces(size=64, count=2)[2]
 
 
+@pytest.mark.parametrize("seed", [-1, 1.5, True, "3", None])
+def test_procedural_bad_seed_is_refused_when_built(seed):
+    """A data seed numpy cannot take (negative), or one that is not an integer, is refused
+    by the constructor with a message naming the seed, not at the first item."""
+    with pytest.raises(ValueError, match=r"seed \(the data seed\) must be an integer >= 0"):
+        ProceduralFaces(size=32, count=2, seed=seed)
+    with pytest.raises(ValueError, match="must be an integer >= 0"):
+        make_dataset("synthetic:2", 32, split="test", seed=seed)
+    assert ProceduralFaces(size=32, count=1, seed=np.int64(3))[0][0].shape == (3, 32, 32)
+
+
 def test_procedural_batch():
     x, y = procedural_batch(5, 64, seed=0, attributes="stargan")
     assert x.shape == (5, 3, 64, 64) and y.shape == (5, 5)
@@ -236,6 +247,18 @@ def test_celeba_official_split(celeba_root):
     CelebA(root, size=32, train_count=8, val_count=2)  # index mode does not need it
 
 
+def test_celeba_partition_duplicate_entry(celeba_root):
+    """A file listed twice in the partition file is refused, not moved to the split of its
+    last line (000001.jpg, training, would also be a test image)."""
+    root, names, _, _ = celeba_root
+    with open(root / "list_eval_partition.txt", "a") as f:
+        f.write(f"{names[0]} 2\n")
+    with pytest.raises(CelebAFormatError,
+                       match=rf"line {N_CELEBA + 1}: duplicate file name '{names[0]}' "
+                             r"\(already on line 1\)"):
+        CelebA(root, size=32, split="test", split_mode="official")
+
+
 def test_celeba_crop_resize(celeba_root):
     root, names, _, _ = celeba_root
     ds = CelebA(root, size=64, split="all")
@@ -273,6 +296,14 @@ def test_celeba_bad_count_line(celeba_root):
     root = celeba_root[0]
     path = _rewrite_attr(root, lambda ls: ls.__setitem__(0, "twelve\n"))
     with pytest.raises(CelebAFormatError, match=r"line 1") as e:
+        CelebA(root, size=32)
+    assert path in str(e.value)
+
+
+def test_celeba_count_line_of_non_ascii_digits(celeba_root):
+    root = celeba_root[0]
+    path = _rewrite_attr(root, lambda ls: ls.__setitem__(0, "\u00b9\u00b2\n"))  # superscript 12
+    with pytest.raises(CelebAFormatError, match=r"line 1: expected the number of images") as e:
         CelebA(root, size=32)
     assert path in str(e.value)
 
@@ -390,6 +421,12 @@ def test_folder_split_column(folder_root):
     ("filename,Smiling,Male\na.png,-1,0\n", r"line 2: value '-1'"),
     ("name,Smiling\na.png,1\n", r"line 1: the first column must be 'filename'"),
     ("filename,Smiling,Cat\na.png,1,0\n", r"line 1: column\(s\) \['Cat'\] are not CelebA"),
+    # one image, two label sets
+    ("filename,Smiling\na.png,1\nb.png,0\na.png,0\n",
+     r"line 4: duplicate filename 'a.png' \(already on line 2\)"),
+    # one image in two splits (train / test leak), spelled two ways
+    ("filename,Smiling,split\na.png,1,train\n./a.png,1,test\n",
+     r"line 3: duplicate filename './a.png' \(already on line 2\)"),
 ])
 def test_folder_malformed(folder_root, body, pattern):
     (folder_root / "attributes.csv").write_text(body)
@@ -431,7 +468,8 @@ def test_make_dataset(celeba_root, folder_root):
     assert isinstance(ds, CelebA) and len(ds) == 2
     ds = make_dataset(f"folder:{folder_root}", 32, "Smiling")
     assert isinstance(ds, ImageFolderDataset) and ds.attributes == ("Smiling",)
-    for bad in ("imagenet", "synthetic:abc", "synthetic:0", "celeba:", "celeba", "folder", ""):
+    for bad in ("imagenet", "synthetic:abc", "synthetic:0", "celeba:", "celeba", "folder", "",
+                "synthetic:\u00b2", "synthetic:\u0663"):  # superscript 2, Arabic-Indic 3
         with pytest.raises(ValueError, match="accepted forms: synthetic, synthetic:COUNT"):
             make_dataset(bad, 64)
 

@@ -232,3 +232,28 @@ def test_eval_command_prints_the_report_and_writes_its_json(tmp_path, capsys):
                                       for m in ("label", "reference")]
     assert lines["preservation"] == [f"{report[f'{m}_preservation']:.1%}"
                                      for m in ("label", "reference")]
+
+
+def test_metrics_without_samples_are_none_not_numbers():
+    """One source is its own reference (the references are the sources rolled by one), so
+    no reference-based edit is made: those metrics are unknown (None, "n/a" in the table),
+    never 0% accuracy and preservation or a perfect true-change score of 1."""
+    from bridgegan.evaluate import format_report
+
+    torch.manual_seed(3)
+    clf = AttributeClassifier(PROCEDURAL_ATTRIBUTES, 32, 8)
+    ds = make_dataset("synthetic:2", 32, split="test", seed=5)
+    x, y = ds[0][0][None], ds.labels[:1]
+
+    def truth(rows, target):
+        return torch.stack([ds.render_labels(int(r), t) for r, t in zip(rows.tolist(), target)])
+
+    report = evaluate(Identity(), clf, x, y, progress=False, truth=truth)
+    for key in ("reference_edit_accuracy", "reference_preservation",
+                "reference_preservation_ci95", "reference_edit_accuracy_shown",
+                "reference_true_change"):
+        assert report[key] is None, key
+    assert all(v is None for v in report["reference_edit_accuracy_per_attribute"].values())
+    assert report["label_true_change"] == 0.0 and report["label_preservation"] == 1.0
+    table = format_report(report)
+    assert "n/a" in table.splitlines()[1]  # edit accuracy, reference column

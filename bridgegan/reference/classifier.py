@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attributes import resolve_attributes
 from .checkpoint import read_tensors, write_folder_atomic
 
 CONFIG_FILE, WEIGHTS_FILE = "classifier.json", "classifier.safetensors"
@@ -29,6 +30,14 @@ class AttributeClassifier(nn.Module):
         super().__init__()
         if kernel not in self.KERNELS:
             raise ValueError(f"classifier kernel must be one of {self.KERNELS}, got {kernel!r}")
+        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+            raise ValueError(f"classifier width must be an integer >= 1, got {width!r}")
+        # four stride-2 convolutions (padding 1): kernel 4 halves the size, so the last one
+        # needs 16 px or more; kernel 3 rounds up and takes any size
+        low = 16 if kernel == 4 else 1
+        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < low:
+            raise ValueError(f"classifier image size must be an integer >= {low} (kernel "
+                             f"{kernel}), got {image_size!r}")
         self.attributes, self.image_size = tuple(attributes), image_size
         self.width, self.kernel = width, kernel
         chans = [3, width, 2 * width, 4 * width, 8 * width]
@@ -86,7 +95,11 @@ class AttributeClassifier(nn.Module):
         path = Path(path)
         if not (path / CONFIG_FILE).is_file():
             raise CheckpointError(f"no classifier at {path}: expected {CONFIG_FILE} and {WEIGHTS_FILE}")
-        meta = json.loads((path / CONFIG_FILE).read_text())
+        try:
+            meta = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
+        except ValueError as exc:  # not JSON, or not UTF-8
+            raise CheckpointError(f"{path / CONFIG_FILE} is not a JSON classifier "
+                                  f"configuration: {exc}") from None
         fields = {"attributes": list, "image_size": int, "width": int}
         bad = [k for k, t in fields.items() if not isinstance(meta, dict)
                or not isinstance(meta.get(k), t) or isinstance(meta.get(k), bool)]
@@ -94,8 +107,11 @@ class AttributeClassifier(nn.Module):
             raise CheckpointError(f"{path / CONFIG_FILE} lacks valid {', '.join(bad)}: it must "
                                   f"be an object with attributes (a list of names), image_size "
                                   f"and width (integers)")
-        model = cls(tuple(meta["attributes"]), meta["image_size"], meta["width"],
-                    meta.get("kernel", 4))  # files written before the kernel option: 4
+        try:
+            model = cls(resolve_attributes(meta["attributes"]), meta["image_size"],
+                        meta["width"], meta.get("kernel", 4))  # written before the option: 4
+        except ValueError as exc:  # names, sizes or kernel out of range
+            raise CheckpointError(f"{path / CONFIG_FILE}: {exc}") from None
         load_state(model, read_tensors(path / WEIGHTS_FILE), str(path / WEIGHTS_FILE))
         return model.eval()
 
@@ -123,6 +139,11 @@ def train_classifier(train_set, val_set, steps: int = 1500, batch: int = 64, lr:
         loss.backward()
         opt.step()
         bar.set_postfix(loss=f"{loss.item():.3f}")
+    bad = [k for k, v in model.state_dict().items() if not torch.isfinite(v).all()]
+    if bad:  # nothing could load it (load_state refuses non-finite weights): do not save it
+        raise ValueError(f"classifier training diverged: NaN or Inf weights in "
+                         f"{', '.join(bad[:4])}{' ...' if len(bad) > 4 else ''} after {steps} "
+                         f"steps at lr {lr}; lower the learning rate")
     xs, ys = zip(*(val_set[i] for i in range(len(val_set))))
     pred = model.predict(torch.stack(xs))
     acc = (pred == torch.stack(ys)).float().mean(0)

@@ -54,7 +54,7 @@ def read_attr_file(path: str) -> tuple[list[str], tuple[str, ...], np.ndarray]:
             f"file has {len(lines)} line(s)"
         )
     first = lines[0].split()
-    if len(first) != 1 or not first[0].isdigit():
+    if len(first) != 1 or not (first[0].isascii() and first[0].isdigit()):  # not "²"
         raise CelebAFormatError(
             f"{path}, line 1: expected the number of images (one integer), got {lines[0]!r}"
         )
@@ -115,6 +115,7 @@ def read_partition_file(path: str) -> dict[str, int]:
             f"use split_mode='index' to slice by position instead)"
         )
     out: dict[str, int] = {}
+    first_line: dict[str, int] = {}
     with open(path, encoding="utf-8", errors="replace") as f:
         for lineno, line in enumerate(f, start=1):
             parts = line.split()
@@ -125,7 +126,13 @@ def read_partition_file(path: str) -> dict[str, int]:
                     f"{path}, line {lineno}: expected 'file split' with split 0, 1 or 2, "
                     f"got {line.strip()!r}"
                 )
+            if parts[0] in out:  # a second entry would move the image to another split
+                raise CelebAFormatError(
+                    f"{path}, line {lineno}: duplicate file name {parts[0]!r} (already on "
+                    f"line {first_line[parts[0]]})"
+                )
             out[parts[0]] = int(parts[1])
+            first_line[parts[0]] = lineno
     return out
 
 

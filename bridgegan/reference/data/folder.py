@@ -6,9 +6,10 @@
                             is looked up in PATH/images/
 
 Attribute columns must carry CelebA names (bridgegan.reference.attributes); the requested
-attributes must all be columns (other columns are ignored). Values are 0 or 1. An
-optional column "split" (train / val / test) assigns rows to splits; without it every
-split (and split="all") holds all rows.
+attributes must all be columns (other columns are ignored). Values are 0 or 1; each image
+is listed once (a second row of one name, a.png or ./a.png, is refused). An optional
+column "split" (train / val / test) assigns rows to splits; without it every split (and
+split="all") holds all rows.
 
 Images of any size and mode are converted to RGB (transparency composited onto white),
 centre-cropped to a square and resized (bicubic) to ``size``, scaled to [-1, 1].
@@ -89,6 +90,7 @@ class ImageFolderDataset(Dataset):
 
         files: list[str] = []
         labels: list[list[float]] = []
+        first_line: dict[str, int] = {}  # normalised file name -> line of its row
         for lineno, row in enumerate(rows[1:], start=2):
             if not row or all(not c.strip() for c in row):
                 continue
@@ -110,6 +112,15 @@ class ImageFolderDataset(Dataset):
                     raise FolderFormatError(
                         f"{csv_path}, line {lineno}: value {c!r} for {header[j]} is not 0 or 1"
                     )
+            # one row per image: a second row would give it two label sets, or put it in
+            # two splits (checked over every row, whichever split is read)
+            key = os.path.normpath(cells[0])
+            if key in first_line:
+                raise FolderFormatError(
+                    f"{csv_path}, line {lineno}: duplicate filename {cells[0]!r} (already on "
+                    f"line {first_line[key]}); list each image once"
+                )
+            first_line[key] = lineno
             if split != "all" and split_idx is not None and cells[split_idx] != split:
                 continue
             files.append(cells[0])

@@ -67,7 +67,9 @@ def _parse(spec: object) -> tuple[str, DatasetKind, str | None]:
     kind = DATASETS[name]
     if kind.counts is None and not arg:
         raise _bad_spec(spec, f"{name} needs a folder: {name}:PATH")
-    if kind.counts is not None and sep and (not arg.isdigit() or int(arg) < 1):
+    # isdigit() alone takes "²" (int() refuses it) and other scripts' digits
+    if kind.counts is not None and sep and (not (arg.isascii() and arg.isdigit())
+                                            or int(arg) < 1):
         raise _bad_spec(spec, f"COUNT {arg!r} is not a positive integer")
     return name, kind, (arg if sep else None)
 

@@ -43,6 +43,7 @@ Render the sample grids with::
 from __future__ import annotations
 
 import argparse
+import numbers
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -141,6 +142,11 @@ class ProceduralFaces(Dataset):
             raise ValueError(f"ProceduralFaces count must be a positive integer, got {count!r}")
         if split not in SPLITS:
             raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
+        # numpy seeds an item's generator with (seed, split, index): a negative seed fails
+        # there (at the first item, naming no seed) and a float would be truncated
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+            raise ValueError(f"ProceduralFaces seed (the data seed) must be an integer >= 0, "
+                             f"got {seed!r}")
         self.size = size
         self.count = count
         self.seed = int(seed)
