@@ -269,7 +269,8 @@ class Engine:
     def _difference(self, y_s: torch.Tensor, y_t: torch.Tensor, strength) -> torch.Tensor:
         """d = strength * (y_t - y_s), the strength checked; None: the config's
         ``edit_strength`` (the model's operating point)."""
-        return _number(self.config.strength(strength), "strength", BOUNDS["strength"]) * (y_t - y_s)
+        scale = _number(self.config.strength(strength), "strength", BOUNDS["strength"])
+        return scale * (y_t - y_s)
 
     def _region(self, region, n: int) -> torch.Tensor | None:
         """A region mask (S, S), (1 or N, S, S) or (1 or N, 1, S, S) in [0, 1] at image size,
