@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bridgegan.evaluate import TARGETS, missed_targets  # noqa: E402
+from bridgegan.evaluate import TARGETS, metric_text, missed_targets  # noqa: E402
 from bridgegan.files import write_file_atomic  # noqa: E402
 
 # training option -> what it departs from in the paper (each is off in the paper preset)
@@ -95,16 +95,19 @@ def card(folder: Path) -> str:
     for key, need in TARGETS.items():
         out.append(f"| `{key}` | >= {need:g} | {report[key]} | "
                    f"{'missed' if any(m.startswith(key + ' ') for m in missed) else 'met'} |")
-    out += ["", f"Label-based / reference-based: edit accuracy {report['label_edit_accuracy']:.1%}"
-            f" / {report['reference_edit_accuracy']:.1%} (over the shown attributes "
-            f"{report['label_edit_accuracy_shown']:.1%} / "
-            f"{report['reference_edit_accuracy_shown']:.1%}), preservation "
-            f"{report['label_preservation']:.1%} / {report['reference_preservation']:.1%}"
-            + (" (95% interval with the faces resampled: {:.1%}-{:.1%} / {:.1%}-{:.1%})".format(
-                *report["label_preservation_ci95"], *report["reference_preservation_ci95"])
+    pct = {k: metric_text(report[k], ".1%") for k in (
+        "label_edit_accuracy", "reference_edit_accuracy", "label_edit_accuracy_shown",
+        "reference_edit_accuracy_shown", "label_preservation", "reference_preservation")}
+    ci = [("n/a" if c is None else f"{c[0]:.1%}-{c[1]:.1%}")
+          for c in (report.get(f"{m}_preservation_ci95") for m in ("label", "reference"))]
+    out += ["", f"Label-based / reference-based: edit accuracy {pct['label_edit_accuracy']}"
+            f" / {pct['reference_edit_accuracy']} (over the shown attributes "
+            f"{pct['label_edit_accuracy_shown']} / {pct['reference_edit_accuracy_shown']}), "
+            f"preservation {pct['label_preservation']} / {pct['reference_preservation']}"
+            + (f" (95% interval with the faces resampled: {ci[0]} / {ci[1]})"
                if "label_preservation_ci95" in report else "")
-            + f", true-change score {report['label_true_change']:.3f} / "
-            f"{report['reference_true_change']:.3f}; reconstruction PSNR "
+            + f", true-change score {metric_text(report['label_true_change'], '.3f')} / "
+            f"{metric_text(report['reference_true_change'], '.3f')}; reconstruction PSNR "
             f"{report['reconstruction_psnr_db']:.2f} dB, SSIM {report['reconstruction_ssim']:.4f};"
             f" diversity (L1) {report['diversity_l1']:.4f}.", "",
             "| attribute | judge on the true flips | label edit accuracy | reference edit "

@@ -59,15 +59,16 @@ def _summary(folder: Path) -> str:
     path = folder / EVAL_FILE
     if not path.is_file():
         return ""
-    from .evaluate import missed_targets
+    from .evaluate import metric_text, missed_targets
 
     r = json.loads(path.read_text())
     shown = r.get("label_edit_accuracy_shown", r["label_edit_accuracy"])
     line = (f"; eval on {r.get('sources', '?')} held-out faces: label edit accuracy "
-            f"{shown:.1%}, preservation {r['label_preservation']:.1%}, reconstruction PSNR "
+            f"{metric_text(shown, '.1%')}, preservation "
+            f"{metric_text(r['label_preservation'], '.1%')}, reconstruction PSNR "
             f"{r['reconstruction_psnr_db']:.1f} dB")
     if "label_true_change" in r:
-        line += f", true-change score {r['label_true_change']:.2f}"
+        line += f", true-change score {metric_text(r['label_true_change'], '.2f')}"
     missed = missed_targets(r)
     return line + (f"; INTERIM model, misses the targets: {'; '.join(missed)}" if missed else "")
 

@@ -207,7 +207,7 @@ def evaluate(engine, classifier: AttributeClassifier, images: torch.Tensor, labe
     return report
 
 
-def _cell(value, fmt: str) -> str:
+def metric_text(value, fmt: str) -> str:
     """A report number in ``fmt``, or "n/a" for a metric with no samples (None)."""
     return "n/a" if value is None else format(value, fmt)
 
@@ -222,8 +222,8 @@ def format_report(report: dict) -> str:
     for title, lk, rk in rows:
         if lk in report:
             fmt = ".3f" if "change" in lk else ".1%"
-            lines.append(f"{title:22s} {_cell(report[lk], fmt):>12s} "
-                         f"{_cell(report[rk], fmt):>12s}")
+            lines.append(f"{title:22s} {metric_text(report[lk], fmt):>12s} "
+                         f"{metric_text(report[rk], fmt):>12s}")
     if "label_preservation_ci95" in report:  # reports written before the interval lack it
         ci = ["n/a" if c is None else f"{c[0]:.1%}-{c[1]:.1%}"
               for c in (report[f"{m}_preservation_ci95"] for m in ("label", "reference"))]
@@ -235,7 +235,7 @@ def format_report(report: dict) -> str:
     lines.append(f"{'classifier on sources':22s} {report['classifier_accuracy_on_sources']:>12.1%}")
     if "renderer_preservation" in report:
         lines.append(f"{'true edits preserve':22s} "
-                     f"{_cell(report['renderer_preservation'], '.1%'):>12s}"
+                     f"{metric_text(report['renderer_preservation'], '.1%'):>12s}"
                      "  (the ceiling of preservation under this classifier)")
     if "shown_attributes" in report:
         lines.append(f"shown attributes ({len(report['shown_attributes'])}, the classifier finds "
