@@ -1030,7 +1030,7 @@ class _FakeLoad:
 
     def __init__(self, monkeypatch, load, service=0.005, stall_on=None, stall=1.0,
                  fail_every=0, hostile_s=0.001):
-        self.served, self.calls, self.ends = 0, 0, {}
+        self.served, self.calls, self.latest = 0, 0, 0.0
         self.local, self.lock = threading.local(), threading.Lock()
         fake = self
 
@@ -1077,13 +1077,13 @@ class _FakeLoad:
     def now(self) -> float:
         if threading.current_thread() is threading.main_thread():
             with self.lock:
-                return max(self.ends.values(), default=0.0)
+                return self.latest
         return getattr(self.local, "t", 0.0)
 
     def advance(self, seconds: float) -> None:
         self.local.t = self.now() + seconds
-        with self.lock:
-            self.ends[threading.get_ident()] = self.local.t
+        with self.lock:  # the latest of all threads' times (not keyed by thread ident:
+            self.latest = max(self.latest, self.local.t)  # a finished thread's is reused)
 
 
 def test_load_open_loop_counts_the_wait_of_requests_not_yet_sent(monkeypatch):
