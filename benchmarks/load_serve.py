@@ -17,15 +17,16 @@ is answered, so while the server stalls no request is sent and the stall is coun
 reach. --rate R instead sends on an open-loop schedule, request k due at k / R seconds
 (spread over the threads), and a request's latency counts from when it was due: the time
 it waited for a free thread is queueing a user arriving at R per second would see
-(p50_service_ms / p99_service_ms: from the actual send). With --hostile F, that share of
-the client threads sends invalid requests instead, cycling through HOSTILE_KINDS (NaN image, wrong shape, an oversize declaration,
-garbage bytes): each must be refused with its own error while the valid requests are
-served. Before the measured load, --warmup valid requests (default 2 per client thread)
-go to the server, started here or given by --url, and are not counted: the first calls at a
-batch size compile, capture or search what they need. The JSON names the client's machine
-(``client_machine``; the server's too, ``server_machine``, when this script started it on
-the same machine) and the date, and --json is written atomically. Without --url the
-server's peak memory (RSS of its process tree, sampled every 50 ms) is reported. Only loopback / the given address is contacted. Needs bridgegan[serve].
+(p50_service_ms / p99_service_ms: from the actual send). With --hostile F, that share of the
+client threads sends invalid requests instead, cycling through HOSTILE_KINDS (NaN image,
+wrong shape, an oversize declaration, garbage bytes): each must be refused with its own
+error while the valid requests are served. Before the measured load, --warmup valid requests
+(default 2 per client thread) go to the server, started here or given by --url, and are not
+counted: the first calls at a batch size compile, capture or search what they need. The JSON
+names the client's machine (``client_machine``; the server's too, ``server_machine``, when
+this script started it on the same machine) and the date, and --json is written atomically.
+Without --url the server's peak memory (RSS of its process tree, sampled every 50 ms) is
+reported. Only loopback / the given address is contacted. Needs bridgegan[serve].
 """
 from __future__ import annotations
 

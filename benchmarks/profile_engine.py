@@ -9,9 +9,10 @@ Variants are the bench's (backend:dtype[:cl][:-REWRITE ...]; no CUDA graphs, who
 hide the kernels). The default profiles the reference, the engine without the rewrites of
 GPU round 2 that can be turned off (transposed_up, kernel_bias, fold_labels, fused_relu,
 fused_tail, fused_residual, shortcut_bias: the "before" table; the broadcast shortcut add and
-the kernels' own changes stay) and the engine. For each variant and batch: label-based translations of seeded
-random faces (paper widths at --resolution) under torch.profiler, then each stage (trunk, encode, map,
-decode) timed alone with ``bridgegan.timing``, TF32 off as in the bench. Writes OUTDIR/profile.csv (one row per
+the kernels' own changes stay) and the engine. For each variant and batch: label-based
+translations of seeded random faces (paper widths at --resolution) under torch.profiler,
+then each stage (trunk, encode, map, decode) timed alone with ``bridgegan.timing``, TF32 off
+as in the bench. Writes OUTDIR/profile.csv (one row per
 kernel / stage / summary, each with the variant's dtype and the bench's environment
 columns: device, torch, triton, commit, date) and OUTDIR/profile.md (the top kernels and
 the stage times), and prints the markdown.

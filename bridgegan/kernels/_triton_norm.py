@@ -28,11 +28,11 @@ Kernels:
     writes per-chunk (mean, M2) partials (and each plane's pivot, below), the second
     kernel merges the partials of its channels (Chan's parallel formula) and normalises
     its chunk. x is read twice (the second time, with a residual, as the stored sum). A
-    chunk's
-    partial is built one of two ways (``LANES``): each lane of the tile keeps its own
-    Welford (mean, M2; its count follows from the iteration and its row) over the loop
-    and the lanes are merged (Chan) in one reduction after it (the default: no cross-warp reduction inside the loop), or each
-    tile is reduced two-pass and merged into the running partial (Chan) per iteration.
+    chunk's partial is built one of two ways (``LANES``): each lane of the tile keeps its
+    own Welford (mean, M2; its count follows from the iteration and its row) over the loop
+    and the lanes are merged (Chan) in one reduction after it (the default: no cross-warp
+    reduction inside the loop), or each tile is reduced two-pass and merged into the running
+    partial (Chan) per iteration.
 
 With a residual (``HAS_RES``: ``r``, read at 1 / ``UP`` of x's size, nearest) the fused
 and stats kernels normalise the sum x + up(r): they store it at ``t`` (its dtype) and use
@@ -116,7 +116,6 @@ def _per_c(v, HW_MAJOR: tl.constexpr):
     return b
 
 
-
 @triton.jit
 def _up_offsets(rows, cols, W, s_h, s_w, s_c, UP: tl.constexpr, HW_MAJOR: tl.constexpr):
     """Tile offsets of a tensor read at 1 / UP of the tile's resolution (nearest): pixel
@@ -127,7 +126,8 @@ def _up_offsets(rows, cols, W, s_h, s_w, s_c, UP: tl.constexpr, HW_MAJOR: tl.con
 @triton.jit
 def _load_tile(x_n, rows, cols, mask, sxhw, sxc, HW_MAJOR: tl.constexpr):
     """A tile of x in float32 (0.0 on masked-off lanes)."""
-    return tl.load(x_n + _tile(rows, cols, sxhw, sxc, HW_MAJOR), mask=mask, other=0.0).to(tl.float32)
+    x = tl.load(x_n + _tile(rows, cols, sxhw, sxc, HW_MAJOR), mask=mask, other=0.0)
+    return x.to(tl.float32)
 
 
 @triton.jit

@@ -68,7 +68,8 @@ class TrainConfig:
             if not isinstance(v, (int, float)) or isinstance(v, bool):
                 raise ValueError(f"{name} must be a number, got {type(v).__name__} {v!r}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise ValueError(f"seed must be an integer, got {type(self.seed).__name__} {self.seed!r}")
+            raise ValueError(f"seed must be an integer, got {type(self.seed).__name__} "
+                             f"{self.seed!r}")
         for name in ("noise_memory", "lr_schedule", "amp", "dtype", "device", "feature_classifier"):
             v = getattr(self, name)
             if not isinstance(v, str):

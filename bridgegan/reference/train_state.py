@@ -367,7 +367,8 @@ class TrainState:
         if self.log_acc is not None:  # older checkpoints have none: the next record is shorter
             self.log_acc.clear()
             self.log_acc.update(n=int(meta.get("log_n", 0)),
-                                terms={k[4:]: v for k, v in tensors.items() if k.startswith("log.")})
+                                terms={k[4:]: v for k, v in tensors.items()
+                                       if k.startswith("log.")})
         return Progress(int(meta["step"]), int(meta["batches"]), int(meta.get("warmup_done", 0)))
 
     def _restore_networks(self, tensors: dict[str, torch.Tensor], source: str) -> None:

@@ -395,7 +395,8 @@ class Trainer:
     def _out_of_time(self, deadline: float | None) -> bool:
         """Whether the wall-clock ``deadline`` passed, or a stop was requested, on any rank
         (all ranks agree: in a DDP run a signal may reach the ranks at different steps)."""
-        late = self.stop_signal is not None or (deadline is not None and time.monotonic() > deadline)
+        late = self.stop_signal is not None or (deadline is not None
+                                                and time.monotonic() > deadline)
         if not self.dist.enabled:
             return late
         # each rank's (late, signal number): a stop requested on one rank is every rank's,
@@ -587,7 +588,8 @@ class Trainer:
         """Restore a checkpoint written by ``save`` so that training continues exactly;
         metrics.jsonl loses the records past its step (logged again from there)."""
         log_acc: dict = {}
-        self.step, self.batches, self.warmup_done = self.state(log_acc).restore(path, restore_rng_states)
+        progress = self.state(log_acc).restore(path, restore_rng_states)
+        self.step, self.batches, self.warmup_done = progress
         self._restore_log_acc(log_acc)
         self._loader_iter = None
         if self.is_main and self.out_dir is not None:
