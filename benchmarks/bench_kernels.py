@@ -72,6 +72,7 @@ import torch.nn.functional as F  # noqa: E402
 from bridgegan.engine.bench import environment  # noqa: E402
 from bridgegan.files import write_file_atomic  # noqa: E402
 from bridgegan.kernels import norm_act, rgb_tail  # noqa: E402
+from bridgegan.kernels.parity import FORMATS, LAYOUTS  # noqa: E402
 from bridgegan.timing import copy_bandwidth, p50_p20_p80, time_calls  # noqa: E402
 
 IMAGE_RES = 128
@@ -79,7 +80,6 @@ BATCH = 64
 # (channels, spatial size) of every SPADE normalisation in G at 128x128, in order.
 GEN_LAYERS = [(256, 16), (256, 16), (256, 16), (128, 32), (128, 32), (64, 64), (64, 64), (32, 128)]
 BENCH_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
-LAYOUTS = ("nchw", "channels_last")
 FIELDS = ["what", "backend", "dtype", "layout", "batch", "resolution", "channels", "metric",
           "unit", "p50", "p20", "p80", "path", "ideal_bytes", "note", "device", "torch", "triton",
           "commit", "date"]
@@ -174,7 +174,7 @@ def tune(rounds=2):
     gen = torch.Generator(device=device).manual_seed(0)
     for dname, dtype in BENCH_DTYPES.items():
         for c, h, layout, cfgs in TUNE:
-            fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+            fmt = FORMATS[layout]
             sets = [tuple((s * torch.randn(BATCH, c, h, h, device=device, generator=gen)).to(
                 dtype).contiguous(memory_format=fmt) for s in (1.0, 0.5, 0.5)) for _ in range(3)]
             rot = _rotating(sets)
@@ -206,7 +206,7 @@ def _tail_rows(device, batch, impl, dtypes, layouts, timing, copy_bw, base, gen,
     for dname in dtypes:
         dtype = BENCH_DTYPES[dname]
         for layout in layouts:
-            fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+            fmt = FORMATS[layout]
             x, sc = (torch.randn(batch, c, size, size, device=device, generator=gen).to(dtype)
                      .contiguous(memory_format=fmt) for size in (h, h // 2))
             weight = torch.randn(3, c, 1, 1, device=device, generator=gen).to(dtype) / c ** 0.5
@@ -273,7 +273,7 @@ def run(out_dir, dry_run=False, sweep=False, parity=False, quick=False, dtypes=N
     for dname in dtypes or BENCH_DTYPES:
         dtype = BENCH_DTYPES[dname]
         for layout in layouts or LAYOUTS:
-            fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+            fmt = FORMATS[layout]
             for (c, h), count in layers:
                 numel = batch * c * h * h
                 ideal = 4 * numel * torch.finfo(dtype).bits // 8

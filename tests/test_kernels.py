@@ -23,7 +23,7 @@ from bridgegan.kernels import (
     triton_interpreted,
 )
 from bridgegan.kernels import dispatch
-from bridgegan.kernels.layout import add_upsampled
+from bridgegan.kernels.layout import add_upsampled, memory_format
 from bridgegan.kernels.norm_act import ACTS
 from bridgegan.kernels.parity import LAYOUTS, OPS, PARITY_DTYPES, call, make_inputs, reference64
 from bridgegan.kernels.parity import main as parity_main
@@ -253,8 +253,7 @@ def make_residual(x, half, seed, scale=1.0, shift=0.0):
     n, c, h, w = x.shape
     r = shift + scale * torch.randn(n, c, h // 2 if half else h, w // 2 if half else w,
                                     generator=gen)
-    return r.to(x.dtype).contiguous(
-        memory_format=torch.channels_last if x.stride(1) == 1 else torch.contiguous_format)
+    return r.to(x.dtype).contiguous(memory_format=memory_format(x))
 
 
 @requires_triton

@@ -431,13 +431,18 @@ def test_slow_grpc_clients_are_cut_off(front):
 
     from bridgegan.serve.front import GRPC_SERVICE
 
-    def late():
-        time.sleep(READ_TIMEOUT_S + 1)
+    answered = threading.Event()
+
+    def late():  # the message follows the server's answer: never within its deadline
+        answered.wait(120)
         yield b"\xff"
 
     with grpc.insecure_channel(f"{front.host}:{front.grpc_port}") as channel:
         with pytest.raises(grpc.RpcError) as err:
-            channel.stream_unary(GRPC_SERVICE + "ModelInfer")(late(), timeout=120)
+            try:
+                channel.stream_unary(GRPC_SERVICE + "ModelInfer")(late(), timeout=120)
+            finally:
+                answered.set()
         assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert err.value.details() == (f"the request message did not arrive within "
                                        f"{READ_TIMEOUT_S:g} s (--read-timeout-secs)")

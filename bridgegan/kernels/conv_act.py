@@ -48,7 +48,7 @@ from ..numerics import dtype_name
 from ..timing import time_calls
 from .dispatch import (KernelFallbackWarning, Launch, recording_launches, run_launches,
                        tracing, triton_module)
-from .layout import is_channels_last
+from .layout import memory_format
 
 __all__ = ["conv2d_relu"]
 
@@ -75,8 +75,9 @@ def transposed_then_epilogue(x, weight, bias, stride: int, padding: int) -> torc
     if bias is None:
         return F.relu_(y)
     n, c, h, w = y.shape
-    cl = is_channels_last(y)
-    y = y.contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+    fmt = memory_format(y)
+    cl = fmt == torch.channels_last
+    y = y.contiguous(memory_format=fmt)
     block = 1024
     run_launches([Launch(tn._bias_relu_kernel, (-(-y.numel() // block),),
                          (y, bias.contiguous(), y.numel(), c, h * w),

@@ -310,8 +310,8 @@ def triton_launches(op, x, gamma, beta, weight, bias, mod_bias, act, eps, slope,
         raise RuntimeError(f"bridgegan.kernels.{op}(impl='triton'): {why}")
     n, c, h, w = x.shape
     hw = h * w
-    cl = is_channels_last(x)
-    fmt = torch.channels_last if cl else torch.contiguous_format
+    fmt = memory_format(x)
+    cl = fmt == torch.channels_last
     x = flattenable(x, fmt)
     def same_order(t):
         # Maps in the other memory format than x are copied into x's, so that every load
