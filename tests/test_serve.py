@@ -453,6 +453,44 @@ def test_slow_grpc_clients_are_cut_off(front):
 
 
 @needs_front
+def test_grpc_calls_past_the_bound_are_refused(engine, tmp_path, monkeypatch):
+    """With MAX_GRPC_CALLS calls held open by clients that send nothing, the next call is
+    refused with RESOURCE_EXHAUSTED; once they end, calls are taken again."""
+    import grpc
+
+    from bridgegan.serve.front import GRPC_SERVICE, Front
+
+    monkeypatch.setattr(front_module, "MAX_GRPC_CALLS", 2)
+    release = threading.Event()
+
+    def held():  # sends its message only when released
+        release.wait(120)
+        yield b"\xff"
+
+    specs = {name: (spec, 8) for name, spec in model_specs(engine.config).items()}
+    with Front(specs, tmp_path / "http.sock", f"unix:{tmp_path / 'grpc.sock'}", "127.0.0.1",
+               free_ports(1)[0], 0, 120.0) as served, \
+            grpc.insecure_channel(f"{served.host}:{served.grpc_port}") as channel:
+        infer = GRPC_SERVICE + "ModelInfer"
+        calls = [channel.stream_unary(infer).future(held(), timeout=120) for _ in range(2)]
+        codes = []
+        try:
+            while grpc.StatusCode.RESOURCE_EXHAUSTED not in codes and len(codes) < 1000:
+                with pytest.raises(grpc.RpcError) as err:  # taken until the two are held
+                    channel.unary_unary(infer)(b"\xff", timeout=120)
+                codes.append(err.value.code())
+        finally:
+            release.set()
+        assert set(codes) <= {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED}
+        assert codes[-1] == grpc.StatusCode.RESOURCE_EXHAUSTED, codes[-3:]
+        for call in calls:
+            assert call.exception(timeout=120).code() == grpc.StatusCode.INVALID_ARGUMENT
+        with pytest.raises(grpc.RpcError) as err:
+            channel.unary_unary(infer)(b"\xff", timeout=120)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@needs_front
 def test_slow_clients_are_cut_off(front):
     t0 = time.monotonic()
     late_body = stall(front, BODY_HEAD)

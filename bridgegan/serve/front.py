@@ -13,7 +13,9 @@ request on its own before it reaches tritonserver:
   for its body (else HTTP 408); at most ``MAX_READING`` bodies are read at once, the
   others wait within their deadline; a gRPC call's request message must arrive within it
   too (else DEADLINE_EXCEEDED: the front reads each call as a stream of one message, as it
-  is on the wire, so that the read can have a deadline);
+  is on the wire, so that the read can have a deadline), and at most ``MAX_GRPC_CALLS``
+  gRPC calls are taken at once (others get RESOURCE_EXHAUSTED: grpc buffers a call's
+  message before the handler sees it, so only a bound on calls bounds that memory);
 - JSON: UTF-8, no key repeated in an object (tritonserver would take the first, Python's
   json the last), ``"parameters"`` objects, integer dimensions, JSON numbers for FP32 and
   true / false for BOOL ("data" lists may nest); binary BOOL bytes 0 or 1;
@@ -55,6 +57,7 @@ JSON_BYTES_PER_VALUE = 32  # a float32 written by json.dumps: up to 24 character
 HEADER_BYTES = 64 * 1024  # JSON header of a binary request, names and parameters
 GRACE_S = 2.0  # on shutdown, how long requests in flight may take to finish
 MAX_READING = 32  # request bodies read at once; bounds the memory slow clients can hold
+MAX_GRPC_CALLS = 4 * MAX_READING  # gRPC calls taken at once, read or in flight
 THREAD_BYTES = 1 << 20  # bodies larger than this are decoded and checked on a worker thread
 TRITON_UNPARSED = "Unable to parse "  # how tritonserver's 500 on a malformed JSON field begins
 JSON_DATA = {"FP32": ((int, float), "numbers"), "BOOL": ((bool,), "true / false")}
@@ -343,7 +346,7 @@ class Front:
         await web.TCPSite(self.runner, self.host, self.http_port).start()
         unlimited = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
         self.channel = grpc.aio.insecure_channel(self.private_grpc, options=unlimited)
-        self.grpc = grpc.aio.server(options=[
+        self.grpc = grpc.aio.server(maximum_concurrent_rpcs=MAX_GRPC_CALLS, options=[
             ("grpc.max_receive_message_length", self.binary_limit),
             ("grpc.max_send_message_length", -1), ("grpc.so_reuseport", 0)])
         self.grpc.add_generic_rpc_handlers([_GrpcHandler(self)])
