@@ -230,7 +230,7 @@ def test_celeba_index_split(celeba_root):
     expect = torch.tensor((values[10:][:, cols] + 1) / 2, dtype=torch.float32)
     assert torch.equal(te.labels, expect)
     assert torch.equal(te[1][1], expect[1])
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(ValueError, match=f"lists {N_CELEBA} images, train_count=12, val_count=0"):
         CelebA(root, split="test", size=32, train_count=12, val_count=0)
 
 
@@ -241,6 +241,11 @@ def test_celeba_official_split(celeba_root):
     assert sets["train"].files == [n for n, s in zip(names, split) if s == 0]
     assert sets["val"].files == [n for n, s in zip(names, split) if s == 1]
     assert sets["test"].files == [n for n, s in zip(names, split) if s == 2]
+    with open(root / "list_eval_partition.txt", "w") as f:  # no test images
+        f.writelines(f"{n} {min(s, 1)}\n" for n, s in zip(names, split))
+    with pytest.raises(ValueError, match=r"split 'test' \(split_mode='official'\) is empty: "
+                                         r".* none has code 2 in list_eval_partition.txt"):
+        CelebA(root, size=32, split="test", split_mode="official")
     os.remove(root / "list_eval_partition.txt")
     with pytest.raises(FileNotFoundError, match="list_eval_partition.txt"):
         CelebA(root, size=32, split_mode="official")
