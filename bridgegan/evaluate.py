@@ -244,11 +244,22 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
+def unsplit_note(data: str, ds, split: str) -> str | None:
+    """A warning when ``ds`` (a folder without a split column) holds all its rows as
+    ``split``, so that a val or test figure on it is measured on training images."""
+    if split == "all" or not getattr(ds, "unsplit", False):
+        return None
+    return (f"note: {data} has no split column, so its {split} split is all its rows, the "
+            f"training images included")
+
+
 def _sources(data: str, size: int, attributes, split: str, n: int, seed: int):
     """The first ``n`` items (images, labels) and the true-edit renderer when the data has one."""
     from .reference.data import dataset_options, make_dataset
 
     ds = make_dataset(data, size, attributes, split=split, **dataset_options(data, seed=seed))
+    if note := unsplit_note(data, ds, split):
+        print(note)
     n = min(n, len(ds))
     xs, ys = zip(*(ds[i] for i in range(n)))
     truth = None
@@ -269,6 +280,8 @@ def run_train_classifier(args) -> int:
     kw = dataset_options(args.data, seed=args.seed)
     train = make_dataset(args.data, args.resolution, args.attributes, split="train", **kw)
     val = make_dataset(args.data, args.resolution, args.attributes, split="val", **kw)
+    if note := unsplit_note(args.data, val, "val"):
+        print(note)
     model, report = train_classifier(train, val, steps=args.steps, batch=args.batch, lr=args.lr,
                                      width=args.width, kernel=args.kernel, device=args.device,
                                      seed=args.seed, workers=args.workers)

@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from bridgegan.cli import main
 from bridgegan.reference.attributes import CELEBA_ATTRIBUTES, HAIR_COLOURS, PRESETS
 from bridgegan.reference.data import (
     PROCEDURAL_ATTRIBUTES,
@@ -418,6 +419,23 @@ def test_folder_split_column(folder_root):
     assert len(ImageFolderDataset(folder_root, size=32, split="train")) == 2
     assert ImageFolderDataset(folder_root, size=32, split="test").files == ["b.png"]
     assert len(ImageFolderDataset(folder_root, size=32)) == 3
+    assert not ImageFolderDataset(folder_root, size=32, split="test").unsplit
+
+
+def test_folder_without_split_column_is_named_in_val_and_test_figures(folder_root, capsys):
+    """Without a split column, val and test are all rows: train-classifier and eval say so."""
+    from bridgegan.evaluate import unsplit_note
+
+    spec = f"folder:{folder_root}"
+    test = ImageFolderDataset(folder_root, size=32, split="test")
+    assert test.unsplit and len(test) == 3
+    assert unsplit_note(spec, test, "test") == (
+        f"note: {spec} has no split column, so its test split is all its rows, the training "
+        f"images included")
+    assert unsplit_note(spec, test, "all") is None
+    assert main(["train-classifier", "--data", spec, "--resolution", "32", "--steps", "1",
+                 "--batch", "2", "--width", "4", "--out", str(folder_root.parent / "clf")]) == 0
+    assert unsplit_note(spec, test, "val") in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("body,pattern", [

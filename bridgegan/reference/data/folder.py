@@ -9,7 +9,7 @@ Attribute columns must carry CelebA names (bridgegan.reference.attributes); the 
 attributes must all be columns (other columns are ignored). Values are 0 or 1; each image
 is listed once (a second row of one name, a.png or ./a.png, is refused). An optional
 column "split" (train / val / test) assigns rows to splits; without it every split (and
-split="all") holds all rows.
+split="all") holds all rows, and the dataset's ``unsplit`` is True.
 
 Images of any size and mode are converted to RGB (transparency composited onto white),
 centre-cropped to a square and resized (bicubic) to ``size``, scaled to [-1, 1].
@@ -87,6 +87,7 @@ class ImageFolderDataset(Dataset):
             )
         col_idx = [header.index(n) for n in self.attributes]
         split_idx = header.index(SPLIT_COLUMN) if SPLIT_COLUMN in header else None
+        self.unsplit = split_idx is None
 
         files: list[str] = []
         labels: list[list[float]] = []
