@@ -800,13 +800,13 @@ def test_onnxruntime_sessions_run_on_torchs_thread_count(tmp_path, monkeypatch):
 def test_bench_refuses_heuristics_beside_searched_rows_on_cuda():
     """cuDNN's plan cache is per process and its key has no search flag: on CUDA a table
     mixing :heuristics rows with searched ones would time the search's plans twice."""
-    from bridgegan.engine.bench import Variant, _check_baselines
+    from bridgegan.engine.bench import Variant, _check_table
 
     mixed = [Variant.parse("reference:fp16"), Variant.parse("reference:fp16:heuristics")]
     with pytest.raises(ValueError, match="run the :heuristics variants in a bench of their own"):
-        _check_baselines(mixed, torch.device("cuda"))
-    _check_baselines(mixed, torch.device("cpu"))  # no cuDNN: one table is fine
-    _check_baselines(mixed[1:], torch.device("cuda"))
+        _check_table(mixed, torch.device("cuda"))
+    _check_table(mixed, torch.device("cpu"))  # no cuDNN: one table is fine
+    _check_table(mixed[1:], torch.device("cuda"))
 
 
 def test_a_backend_parity_case_that_raises_is_a_fail_row(monkeypatch):

@@ -232,7 +232,7 @@ def _is_baseline(variant: str) -> bool:
     return backend == "reference" and set(tags) <= {"heuristics"}
 
 
-def _check_baselines(variants: list[Variant], dev: torch.device) -> None:
+def _check_table(variants: list[Variant], dev: torch.device) -> None:
     """Refuse a table with two baselines for one dtype and cuDNN choice (e.g.
     reference:fp16 and reference:float16), which would make the ratios ambiguous; and on
     CUDA one that mixes ``heuristics`` rows with searched ones: cuDNN keeps the plan it
@@ -414,7 +414,7 @@ def run_matrix(variants: list[Variant] | None, batches: list[int], resolutions: 
         repeated = sorted({str(x) for x in seq if seq.count(x) > 1})
         if repeated:
             raise ValueError(f"each {what} may be given once; repeated: {', '.join(repeated)}")
-    _check_baselines(variants, dev)
+    _check_table(variants, dev)
     env = environment(dev)
     peaks = roofline_peaks(variants, dev, quick=quick_peaks)
     peaks.update(env)
