@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import struct
 import threading
 import zlib
@@ -111,6 +112,20 @@ def test_images_must_lie_in_range(eng, value):
         eng.translate(x, {"Male": 1}, seed=0)
 
 
+@pytest.mark.parametrize("model_arg", ["checkpoints/model", None])
+def test_engine_takes_a_model_and_names_from_checkpoint(model_arg):
+    with pytest.raises(ValueError, match=r"model must be a BridgeGAN .*Engine\.from_checkpoint"):
+        Engine(model_arg)
+
+
+def test_float64_images_beyond_float32_are_out_of_range_not_inf(eng):
+    x = images(2, S).double()
+    x[0, 0, 0, 0] = 1e39  # finite, but inf in float32
+    with pytest.raises(ValueError, match=r"images: values must lie in \[-1, 1\].*got "
+                                         r"\[.*, 1e\+39\]"):
+        eng.translate(x, {"Male": 1}, seed=0)
+
+
 @pytest.mark.parametrize("alpha", [3.0, 255.0, -1.5, math.nan])
 def test_rgba_alpha_is_checked_before_compositing(eng, alpha):
     rgba = torch.cat([images(2, S, 4), images(2, S, 5)[:, :1]], 1)  # alpha in [-1, 1]
@@ -157,6 +172,13 @@ def test_labels_must_be_0_or_1(eng, value):
         eng.interpolate(x, x, bad, [0.5], seed=0)
     with pytest.raises(ValueError, match="target for 'Male' must be 0 or 1"):
         eng.translate(x, {"Male": value})
+
+
+@pytest.mark.parametrize("shape", [(N_ATTRS - 1,), (1, N_ATTRS), (2, N_ATTRS, 1)])
+def test_label_shape_errors_name_the_shape_given(eng, shape):
+    with pytest.raises(ValueError, match=rf"target labels must have shape \(2, {N_ATTRS}\) or "
+                                         rf"\({N_ATTRS},\).*; got {re.escape(str(shape))}$"):
+        eng.translate(images(2, S), torch.ones(shape), seed=0)
 
 
 @pytest.mark.parametrize("near_one", [

@@ -195,6 +195,17 @@ def test_program_branches_are_independent(model):
     assert rev.branch_counts == [2, 3, 2, 3]
 
 
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_cuda_is_the_device_current_when_the_engine_is_made(model):
+    """device="cuda" is the current device at construction, where the weights go, also for
+    calls made while another device is current (another thread's default, device 0)."""
+    with torch.cuda.device(1):
+        eng = Engine(model, device="cuda")
+    assert eng.device == torch.device("cuda", 1)
+    out = eng.translate(images(2, model.config.image_size, 3), {"Male": 1}, seed=1)
+    assert out.device == torch.device("cuda", 1)
+
+
 def test_streams_need_a_cuda_device(model):
     with pytest.raises(ValueError, match="streams needs device='cuda'"):
         Engine(model, backend="torch", streams=True)
@@ -217,6 +228,30 @@ def test_streams_give_the_images_of_one_stream(model, graphs):
             b = [e.translate_reference(x, refs, source=ys, reference_labels=1 - ys,
                                        region=region) for e in (one, two)]
             assert torch.equal(*a) and torch.equal(*b)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_graph_calls_on_two_streams_keep_their_inputs():
+    """A CUDA graph's replays share its input and output buffers: a call queued on another
+    stream (another thread's) must not overwrite them before an earlier call's replay,
+    held up here by a sleep inside the graph, has read its input and its output is copied."""
+    from bridgegan.engine.cudagraphs import CudaGraphed
+
+    def slow_double(x):
+        torch.cuda._sleep(100_000_000)  # tens of milliseconds
+        return 2 * x
+
+    graphed = CudaGraphed(slow_double)
+    a, b = (torch.full((256,), v, device="cuda") for v in (1.0, 3.0))
+    graphed(a)  # the capture
+    torch.cuda.synchronize()
+    first, second = torch.cuda.Stream(), torch.cuda.Stream()
+    with torch.cuda.stream(first):
+        out_a = graphed(a)
+    with torch.cuda.stream(second):
+        out_b = graphed(b)
+    torch.cuda.synchronize()
+    assert out_a.eq(2).all() and out_b.eq(6).all()
 
 
 def test_edit_strip_cache_equals_uncached(model):
@@ -666,6 +701,33 @@ def test_serialised_backends_run_one_call_at_a_time(model, monkeypatch):
                       ("leave", "second")]
     assert unlocked == []
     assert all(torch.equal(results[i], serial[i]) for i in range(2))
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
+                    reason="the Triton interpreter (TRITON_INTERPRET=1)")
+def test_triton_interpreter_runs_one_launch_at_a_time():
+    """The interpreter patches module-wide state during each kernel run: two triton
+    engines (two models, so no engine lock is shared) called from two threads at once get
+    their serial results."""
+    ms = [randomize(BridgeGAN(small_config(32)), seed=s).eval() for s in (0, 1)]
+    engs = [Engine(m, backend="triton") for m in ms]
+    x, ys = images(1, 32, 50), labels(1, ms[0].config.n_attrs, 50)
+    serial = [e.translate(x, {"Male": 1}, source=ys, seed=1) for e in engs]
+    results, errors = {}, []
+
+    def work(i):
+        try:
+            results[i] = [engs[i].translate(x, {"Male": 1}, source=ys, seed=1) for _ in range(2)]
+        except Exception as exc:  # the interpreter's errors, reported below
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert errors == []
+    assert all(torch.equal(out, serial[i]) for i in range(2) for out in results[i])
 
 
 def test_bench_variants_name_their_backend():

@@ -14,14 +14,17 @@ class CudaGraphed:
     Inputs are copied into static buffers and the static output is cloned, so callers
     never see buffers a later replay overwrites. At most ``max_graphs`` signatures are
     kept (least recently used first out), each holding its own memory pool. The lock
-    serialises replays of the shared buffers; callers that also run other CUDA work
-    concurrently must serialise around captures themselves (the Engine does).
+    serialises replays of the shared buffers on the host, and on the device each call waits
+    for the previous one, which may be queued on another stream (another thread's); callers
+    that also run other CUDA work concurrently must serialise around captures themselves
+    (the Engine does).
     """
 
     def __init__(self, fn: Callable[..., torch.Tensor], warmup: int = 2, max_graphs: int = 8):
         self.fn, self.warmup, self.max_graphs = fn, warmup, max_graphs
         self.graphs: OrderedDict[tuple, tuple] = OrderedDict()
         self.lock = threading.Lock()
+        self.done = torch.cuda.Event()  # recorded after the last call's output copy
 
     def _capture(self, args: tuple[torch.Tensor, ...]):
         static = [a.clone() for a in args]
@@ -39,6 +42,8 @@ class CudaGraphed:
     def __call__(self, *args: torch.Tensor) -> torch.Tensor:
         key = tuple((a.shape, a.dtype, a.stride(), a.device) for a in args)
         with self.lock, torch.cuda.device(args[0].device):
+            stream = torch.cuda.current_stream()
+            stream.wait_event(self.done)  # a no-op until first recorded
             if key not in self.graphs:
                 self.graphs[key] = self._capture(args)
                 while len(self.graphs) > self.max_graphs:
@@ -48,4 +53,6 @@ class CudaGraphed:
             for s, a in zip(static, args):
                 s.copy_(a)
             graph.replay()
-            return out.clone()
+            result = out.clone()
+            self.done.record(stream)
+            return result

@@ -152,9 +152,15 @@ class Engine:
                  cuda_graphs: bool | None = None, rewrites: Rewrites | None = None,
                  onnx_dir: str | Path | None = None, cudnn_benchmark: bool | None = None,
                  streams: bool = False):
+        if not isinstance(model, BridgeGAN):
+            raise ValueError(f"model must be a BridgeGAN (for a checkpoint folder: "
+                             f"Engine.from_checkpoint(path)), got {type(model).__name__}")
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("device 'cuda' requested but torch sees no CUDA device")
+        if self.device.type == "cuda" and self.device.index is None:
+            # the device current now, where the weights go: not the one current in a caller
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self.config: BridgeGANConfig = model.config
         self.dtype = resolve_dtype(dtype, self.device)
         spec = check_backend(backend, self.device, self.dtype)
@@ -197,7 +203,7 @@ class Engine:
         self._reference = CudaGraphed(reference) if cuda_graphs else reference
         # Calls that share state (compiled code, CUDA-graph buffers and captures, which must
         # not meet other work on the device) run one at a time, whole.
-        self._lock = threading.RLock() if spec.must_serialise() or cuda_graphs else nullcontext()
+        self._lock = threading.RLock() if spec.serialised or cuda_graphs else nullcontext()
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, backend: str = "torch",
@@ -233,12 +239,13 @@ class Engine:
         """0/1 labels (N, A) or (A,) as float32 (N, A), checked in float64 before the cast
         (so that 0.99999999 is not read as 1)."""
         labels = _as_tensor(labels, what, torch.float64)
+        given = tuple(labels.shape)
         if labels.dim() == 1:
             labels = labels.expand(n, -1)
         a = self.config.n_attrs
         if labels.shape != (n, a):
             raise ValueError(f"{what} must have shape ({n}, {a}) or ({a},) for the attributes "
-                             f"{', '.join(self.attributes)}; got {tuple(labels.shape)}")
+                             f"{', '.join(self.attributes)}; got {given}")
         bad = labels[(labels != 0) & (labels != 1)]  # NaN included
         if bad.numel():
             raise ValueError(f"{what} must be 0 (absent) or 1 (present), got {bad[0].item()}")

@@ -103,10 +103,9 @@ def _tensor(x: torch.Tensor, size: int, what: str) -> torch.Tensor:
     if x.shape[1] not in (1, 3, 4):
         raise ValueError(f"{what}: expected 1 (grey), 3 (RGB) or 4 (RGBA) channels, "
                          f"got {x.shape[1]}")
-    x = x.float()
     if x.numel():  # an empty batch is refused as a whole, by as_batch
-        _check_values(x, what)
-    return _fix_channels(x)
+        _check_values(x, what)  # before the cast: float64 beyond float32's range is no Inf
+    return _fix_channels(x.float())
 
 
 def _item(item, size: int, what: str) -> torch.Tensor:

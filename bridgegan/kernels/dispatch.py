@@ -144,6 +144,8 @@ class Launch:
 
 
 _LOCAL = threading.local()  # .recorded: this thread's launches collected by recording()
+# Triton's interpreter patches module-wide state while a kernel runs: one launch at a time
+_INTERPRETER_LOCK = threading.Lock()
 
 
 def _recorded() -> list[Launch] | None:
@@ -170,12 +172,13 @@ def recording_launches() -> bool:
 
 def run_launches(launches: list[Launch], device: torch.device) -> None:
     """Launch in order, on ``device`` (the current CUDA device is not assumed); inside
-    ``recording()``, collect them instead."""
+    ``recording()``, collect them instead. In the interpreter, one thread's at a time."""
     recorded = _recorded()
     if recorded is not None:
         recorded.extend(launches)
         return
-    guard = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+    guard = torch.cuda.device(device) if device.type == "cuda" else (
+        _INTERPRETER_LOCK if triton_interpreted() else contextlib.nullcontext())
     with guard:
         for launch in launches:
             launch.kernel[launch.grid](*launch.args, **launch.kwargs)

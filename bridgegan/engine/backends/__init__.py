@@ -62,17 +62,6 @@ class Backend:
                     "(TRITON_INTERPRET=1, slow, for testing)" if self.triton_kernels else ""))
         return None
 
-    def must_serialise(self) -> bool:
-        """Whether the engine runs calls one at a time: shared state, or Triton kernels in
-        the interpreter (it patches module-wide state during each kernel run)."""
-        if self.serialised:
-            return True
-        if not self.triton_kernels:
-            return False
-        from ...kernels import triton_interpreted
-
-        return triton_interpreted()
-
     def build(self, model, rewrites, dtype, device, channels_last: bool,
               onnx_dir=None) -> Stages:
         """This backend's stages for ``model`` (see the backend module's ``build``)."""
