@@ -348,7 +348,9 @@ def test_triton_model_repository(ckpt, exported, tmp_path):
     plan = tmp_path / "label.plan"
     plan.write_bytes(b"serialized engine")
     sidecar = {**build_config(exported / "translate_label.onnx", "fp16", (1, 8, 16)).to_dict(),
-               "tensorrt_version": "10.3.0", "gpu_name": "NVIDIA H100", "compute_capability": "9.0"}
+               "tensorrt_version": "10.3.0", "gpu_name": "NVIDIA H100", "compute_capability": "9.0",
+               "onnx_sha256": hashlib.sha256((exported / "translate_label.onnx").read_bytes())
+               .hexdigest()}
     (tmp_path / "label.plan.json").write_text(json.dumps(sidecar))
     write_triton_repo(ckpt, repo, plans=[plan], onnx_dir=exported)
     cfg = parse_config((repo / "translate_label/config.pbtxt").read_text())
@@ -364,6 +366,16 @@ def test_triton_model_repository(ckpt, exported, tmp_path):
         write_triton_repo(ckpt, repo, plans=[plan], onnx_dir=exported)
     (tmp_path / "label.plan.json").write_text(json.dumps({**sidecar, "graph": "trunk"}))
     with pytest.raises(ValueError, match="plan of graph 'trunk'"):
+        write_triton_repo(ckpt, repo, plans=[plan], onnx_dir=exported)
+    # Triton forms batches from 1 up (a lone request, a queue delay that expires): a profile
+    # starting above 1 fails those requests in the tensorrt backend (ValidateDimension)
+    sidecar = {**build_config(exported / "translate_label.onnx", "fp16", (4, 8, 16)).to_dict(),
+               "tensorrt_version": "10.3.0", "gpu_name": "NVIDIA H100", "compute_capability": "9.0",
+               "onnx_sha256": hashlib.sha256((exported / "translate_label.onnx").read_bytes())
+               .hexdigest()}
+    (tmp_path / "label.plan.json").write_text(json.dumps(sidecar))
+    with pytest.raises(ValueError, match=r"built for batches 4 to 16; Triton runs the model on "
+                                         r"any batch from 1 .*--min-batch 1"):
         write_triton_repo(ckpt, repo, plans=[plan], onnx_dir=exported)
 
 
@@ -392,3 +404,49 @@ def test_a_re_export_carries_tensorrt_plans_over_and_refuses_other_files(ckpt, t
     with pytest.raises(ValueError, match=r"x holds notes.txt, which is not a file"):
         export_onnx(ckpt, out, graphs=["map", "encode", "trunk"], precisions=["fp32"])
     assert (out / "notes.txt").read_text() == "user data" and not (out / "trunk.onnx").exists()
+
+
+def test_triton_repository_refuses_a_plan_of_other_weights(model, ckpt, exported, tmp_path):
+    """A plan built from the graph of a model of the same configuration but other weights
+    (its sidecar's onnx_sha256 is not this export's) would serve that other model under
+    this checkpoint's bridgegan.json: refused, naming the graph to build from."""
+    other = export_model(randomize(BridgeGAN(model.config), seed=7).eval(), tmp_path / "other",
+                         ["translate_label"], ["fp32"])
+    plan = tmp_path / "label.plan"
+    plan.write_bytes(b"serialized engine")
+    source = other / "translate_label.onnx"
+    sidecar = {**build_config(source, "fp16", (1, 8, 16)).to_dict(),
+               "tensorrt_version": "10.3.0", "gpu_name": "NVIDIA H100", "compute_capability": "9.0",
+               "onnx_sha256": hashlib.sha256(source.read_bytes()).hexdigest()}
+    (tmp_path / "label.plan.json").write_text(json.dumps(sidecar))
+    with pytest.raises(ValueError, match=r"label.plan was built from .*other.*not from this "
+                                         r"checkpoint's translate_label graph"):
+        write_triton_repo(ckpt, tmp_path / "repo", plans=[plan], onnx_dir=exported)
+    assert not (tmp_path / "repo").exists()
+
+
+@pytest.mark.parametrize("bad", ["inf", "nan", "-1", "0"])
+def test_tensorrt_cli_refuses_a_bad_workspace_or_a_folder_for_the_plan(exported, tmp_path,
+                                                                        capsys, bad):
+    """Refused by the command line before any build, in one line naming what is accepted
+    (--workspace-gb inf was an OverflowError traceback, nan 'cannot convert float NaN to
+    integer', -1 and 0 reached TensorRT's set_memory_pool_limit; a folder OUT failed only
+    after the build)."""
+    onnx_file = str(exported / "trunk.onnx")
+    with pytest.raises(SystemExit) as exit_:
+        main(["export", "tensorrt", onnx_file, str(tmp_path / "t.plan"), "--workspace-gb", bad])
+    assert exit_.value.code == 2
+    assert f"argument --workspace-gb: must be a number > 0, got '{bad}'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main(["export", "tensorrt", onnx_file, str(tmp_path)])
+    assert exit_.value.code == 2
+    assert f"argument out: {tmp_path} is a folder: give a file path" in capsys.readouterr().err
+
+
+def test_tensorrt_build_refuses_the_fp16_onnx_variant(ckpt, tmp_path):
+    """A plan built from the fp16 graph runs fp16 weights and activations whatever its
+    --precision, while its sidecar says "fp32": refused, naming the float32 graph."""
+    out = export_onnx(ckpt, tmp_path / "x", graphs=["trunk"], precisions=["fp16"])
+    with pytest.raises(ValueError, match=r"trunk_fp16.onnx is the fp16 variant of its graph; "
+                                         r"build plans from the float32 graph"):
+        build_config(out / "trunk_fp16.onnx", "fp32")

@@ -606,6 +606,29 @@ def test_python_backend_repository(ckpt, engine, tmp_path):
         write_python_repo(ckpt, tmp_path / "x", device="tpu")
 
 
+def test_python_backend_repository_is_written_again_after_serving(ckpt, tmp_path):
+    """tritonserver's python-backend stub imports DIR/<model>/1/model.py as "1.model", and
+    Python caches its bytecode in 1/__pycache__ (unless PYTHONDONTWRITEBYTECODE is set):
+    writing the repository again replaces that too, and still refuses other files."""
+    import py_compile
+    from importlib.util import cache_from_source
+
+    from bridgegan.serve.repo_python import write_python_repo
+
+    repo = tmp_path / "repo"
+    write_python_repo(ckpt, repo)
+    for name in MODELS:  # as a served repository holds them
+        model_py = repo / name / "1" / "model.py"
+        py_compile.compile(str(model_py), cfile=cache_from_source(str(model_py)), doraise=True)
+    assert len(list(repo.rglob("__pycache__/model.*.pyc"))) == len(MODELS)
+    write_python_repo(ckpt, repo)
+    assert not list(repo.rglob("*.pyc"))
+    (repo / MODELS[0] / "1" / "__pycache__").mkdir()
+    (repo / MODELS[0] / "1" / "__pycache__" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match=r"holds 1/__pycache__/notes.txt, which is not a file"):
+        write_python_repo(ckpt, repo)
+
+
 class FakeTritonUtils(types.ModuleType):
     """The parts of triton_python_backend_utils that the model class uses."""
 

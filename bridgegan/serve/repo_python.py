@@ -66,9 +66,15 @@ def write_python_repo(checkpoint: str | os.PathLike, out: str | os.PathLike,
             "1/model.py": _text(MODEL_PY),
             **{f"1/checkpoint/{f}": link_or_copy(source / f) for f in (CONFIG_FILE, WEIGHTS_FILE)}}
         source = Path(out) / name / "1" / "checkpoint"  # written first: later models link it
+    # the bytecode Python caches beside model.py when tritonserver's stub imports it
+    # ("<version>.model"): a repository that has been served is still one of ours
+    cached = {folder: [str(p.relative_to(folder))
+                       for p in (folder / "1" / "__pycache__").glob("model.*.pyc")]
+              for folder in folders}
     for folder, writers in folders.items():
-        check_replaceable(folder, writers)
-    return [write_folder_atomic(folder, writers) for folder, writers in folders.items()]
+        check_replaceable(folder, [*writers, *cached[folder]])
+    return [write_folder_atomic(folder, writers, replaces=cached[folder])
+            for folder, writers in folders.items()]
 
 
 class TritonPythonModel:

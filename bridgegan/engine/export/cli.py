@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ...argtypes import input_file, non_negative_int, positive_int
+from ...argtypes import (input_file, non_negative_int, output_file, positive_float,
+                         positive_int)
 from .names import GRAPHS, ONNX_PRECISIONS, OPSET, PREFERRED_BATCHES, TENSORRT_PRECISIONS
 
 
@@ -95,13 +96,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     t = targets.add_parser("tensorrt", help="a TensorRT plan (+ JSON sidecar) from an ONNX "
                                             "graph; needs TensorRT 10 and a CUDA device")
-    t.add_argument("onnx", help="an ONNX file from `bridgegan export onnx` (float32 variant)")
-    t.add_argument("out", help="plan file to write (the sidecar is OUT.json)")
+    t.add_argument("onnx", type=input_file,
+                   help="an ONNX file from `bridgegan export onnx` (float32 variant)")
+    t.add_argument("out", type=output_file, help="plan file to write (the sidecar is OUT.json)")
     t.add_argument("--precision", choices=TENSORRT_PRECISIONS, default="fp16")
-    t.add_argument("--min-batch", type=int, default=1)
-    t.add_argument("--opt-batch", type=int, default=8)
-    t.add_argument("--max-batch", type=int, default=64)
-    t.add_argument("--workspace-gb", type=float, default=4.0)
+    t.add_argument("--min-batch", type=positive_int, default=1)
+    t.add_argument("--opt-batch", type=positive_int, default=8)
+    t.add_argument("--max-batch", type=positive_int, default=64)
+    t.add_argument("--workspace-gb", type=positive_float, default=4.0,
+                   help="TensorRT's workspace memory pool limit in GiB, > 0 (default: %(default)s)")
     t.add_argument("--timing-cache", help="timing cache file (default: timing.cache beside OUT)")
     t.set_defaults(target_func=_tensorrt)
 

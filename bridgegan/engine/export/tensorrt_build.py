@@ -78,6 +78,11 @@ def build_config(onnx_path: str | os.PathLike, precision: str = "fp16",
     if not 1 <= lo <= opt <= hi:
         raise ValueError(f"batch range must satisfy 1 <= min <= opt <= max, got {tuple(batch)}")
     model = load_onnx(onnx_path)
+    meta = {p.key: p.value for p in model.metadata_props}
+    if meta.get("bridgegan.precision", "fp32") != "fp32":
+        raise ValueError(f"{onnx_path} is the {meta['bridgegan.precision']} variant of its graph; "
+                         f"build plans from the float32 graph (`bridgegan export onnx "
+                         f"--precision fp32`): --precision chooses the plan's precision")
     profile = {}
     for port in io_spec(model)["inputs"]:
         dims = port["shape"]
@@ -89,7 +94,6 @@ def build_config(onnx_path: str | os.PathLike, precision: str = "fp16",
     reduced = precision != "fp32"
     pinned = tuple(n.name for n in model.graph.node
                    if n.op_type == "InstanceNormalization") if reduced else ()
-    meta = {p.key: p.value for p in model.metadata_props}
     return TrtBuildConfig(
         onnx=str(onnx_path), graph=meta.get("bridgegan.graph", Path(onnx_path).stem),
         precision=precision, profile=profile,

@@ -49,8 +49,11 @@ def graph_config(name: str, spec: dict, platform: str, max_batch_size: int,
                         ports("outputs"), queue_delay_us, preferred)
 
 
-def _plans_by_graph(plans: Iterable[str | os.PathLike], manifest: dict) -> dict[str, tuple]:
-    """graph -> (plan path, max batch), after checking each plan against its graph."""
+def _plans_by_graph(plans: Iterable[str | os.PathLike], manifest: dict,
+                    folder: Path) -> dict[str, tuple]:
+    """graph -> (plan path, max batch), after checking each plan against its graph: the
+    sidecar's source graph must be the float32 graph of this export (same sha256), not a
+    graph of other weights of the same configuration."""
     out = {}
     for plan in plans:
         sidecar = read_sidecar(plan)
@@ -63,7 +66,17 @@ def _plans_by_graph(plans: Iterable[str | os.PathLike], manifest: dict) -> dict[
         if got != want:
             raise ValueError(f"{plan} was built for inputs {got}, the checkpoint's {graph} has "
                              f"{want}: a plan of another configuration")
-        out[graph] = (Path(plan), next(iter(sidecar["profile"].values()))[2][0])
+        source = folder / file_name(graph, "fp32")
+        if sidecar.get("onnx_sha256") != manifest["graphs"][graph]["sha256"]["fp32"]:
+            raise ValueError(f"{plan} was built from {sidecar.get('onnx')!r}, not from this "
+                             f"checkpoint's {graph} graph ({source}; the sha256 differs): a plan "
+                             f"of other weights or of another export; build it from {source}")
+        lo, _, hi = (shape[0] for shape in next(iter(sidecar["profile"].values())))
+        if lo != 1:  # Triton's batches range from 1 to max_batch_size
+            raise ValueError(f"{plan} was built for batches {lo} to {hi}; Triton runs the model "
+                             f"on any batch from 1 to max_batch_size: rebuild it with "
+                             f"`bridgegan export tensorrt ... --min-batch 1`")
+        out[graph] = (Path(plan), hi)
     return out
 
 
@@ -82,9 +95,11 @@ def write_triton_repo(checkpoint: str | os.PathLike, out: str | os.PathLike,
     for name in PROGRAMS:
         check_replaceable(Path(out) / name, MODEL_FILES)
     model = load_checkpoint(checkpoint, expected_config)
-    folder = export_model(model, onnx_dir, PROGRAMS, (precision,))
+    plans = list(plans)  # plans are checked against the float32 graphs they are built from
+    folder = export_model(model, onnx_dir, PROGRAMS,
+                          dict.fromkeys((precision, "fp32") if plans else (precision,)))
     manifest = read_manifest(folder)
-    plans = _plans_by_graph(plans, manifest)
+    plans = _plans_by_graph(plans, manifest, folder)
     info = {k: manifest[k] for k in ("config", "attributes", "opset", "rewrites")}
     written = []
     for name in PROGRAMS:
