@@ -38,7 +38,9 @@ class TrtPlan:
         self.sidecar = read_sidecar(plan)
         with torch.cuda.device(self.device):
             check_sidecar(self.sidecar, device_info(trt), plan)
-            self.engine = trt.Runtime(logger(trt)).deserialize_cuda_engine(self.path.read_bytes())
+            # TensorRT's factories must outlive what they create: the runtime, its engine
+            self.runtime = trt.Runtime(logger(trt))
+            self.engine = self.runtime.deserialize_cuda_engine(self.path.read_bytes())
             if self.engine is None:
                 raise PlanMismatch(f"TensorRT cannot load {plan} (see its log)")
             self.context = self.engine.create_execution_context()
