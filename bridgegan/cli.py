@@ -49,7 +49,8 @@ def _demo_options(p: argparse.ArgumentParser) -> None:
 
 
 def _translate_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="checkpoint folder")
+    p.add_argument("--checkpoint", default=None,
+                   help="checkpoint folder (default: the shipped model, as `demo` uses)")
     p.add_argument("--input", nargs="+", required=True,
                    help="source image files, with distinct file names (the outputs are "
                         "NAME_editK.png and NAME_reference.png)")
@@ -74,7 +75,8 @@ def _bench_options(p: argparse.ArgumentParser) -> None:
                    "(default: the device's table; CPU: reference, torch, onnxruntime and "
                    "compile in float32, then torch and compile in bf16 channels_last)")
     p.add_argument("--batches", default="1,8", help="comma list (default: %(default)s)")
-    p.add_argument("--resolutions", default="128", help="comma list of 64/128/256")
+    p.add_argument("--resolutions", default=None,
+                   help="comma list of 64/128/256 (default: 128, or the --checkpoint's size)")
     p.add_argument("--workloads", default="translate,strip,strip_nocache",
                    help="translate, reference, strip, strip_nocache (default: %(default)s)")
     p.add_argument("--checkpoint", help="time this checkpoint (default: seeded paper-width weights)")
@@ -100,7 +102,8 @@ def _parity_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=positive_int, default=4,
                    help="backend parity batch size (default: %(default)s)")
     p.add_argument("--json", type=output_file,
-                   help="write rows to this path (.ops.json for the kernels)")
+                   help="write rows to this path (with --ops and --backends both: the "
+                        "kernels' rows to PATH.ops.json)")
 
 
 def _classifier_options(p: argparse.ArgumentParser) -> None:

@@ -24,13 +24,12 @@ from .engine import BackendUnavailable, Engine
 from .engine.backends import REGISTRY, device_type
 from .files import check_writable_folder
 from .reference import BridgeGAN, BridgeGANConfig, classifier
-from .reference.checkpoint import (CONFIG_FILE, EVAL_FILE, TRAINING_FILE, load_checkpoint,
-                                   save_checkpoint)
+from .reference.checkpoint import (CONFIG_FILE, EVAL_FILE, SHIPPED, TRAINING_FILE,
+                                   load_checkpoint, save_checkpoint)
 from .reference.data import procedural_batch, save_png
 from .reference.data.grid import captioned_grid
 from .timing import time_calls
 
-SHIPPED = Path(__file__).parent / "assets" / "default"
 # what benchmarks/train_default.py adds to a shipped folder after ``ship``: its model card
 # and the judge it was evaluated with (a classifier folder)
 SHIPPED_EXTRAS = ("MODEL_CARD.md", *(f"judge/{f}" for f in classifier.SAVED_FILES))

@@ -14,7 +14,8 @@ def run(args: argparse.Namespace) -> int:
         from .kernels.parity import main as ops_main
 
         argv = (["--device", args.device] if args.device else [])
-        argv += ["--json", args.json + ".ops.json"] if args.json else []
+        if args.json:  # beside the backends' rows when both run, else the path given
+            argv += ["--json", args.json + ".ops.json" if args.backends else args.json]
         status |= ops_main(argv)
     if args.backends:
         from .engine.parity import main as backends_main

@@ -168,6 +168,67 @@ def test_translate_writes_results_and_grid(tmp_path, capsys):
     assert "Blue_Hair" in err and "Black_Hair" in err and "NAME=0 or NAME=1" in err
 
 
+def test_translate_defaults_to_the_shipped_model_and_checks_its_options(tmp_path, capsys):
+    """Without --checkpoint, translate edits with the shipped model (as demo does);
+    --attributes needs --reference and a name, and --set gives each name once."""
+    from bridgegan.reference.checkpoint import SHIPPED
+
+    face = tmp_path / "face.png"
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (40, 48, 3), dtype=np.uint8)
+                    ).save(face)
+    assert main(["translate", "--input", str(face), "--set", "Smiling=1",
+                 "--out", str(tmp_path / "out")]) == 0
+    size = read_config(SHIPPED).image_size
+    assert Image.open(tmp_path / "out" / "face_edit1.png").size == (size, size)
+    for extra, message in (
+            (["--attributes", "Smiling"], "--attributes names what is taken from the "
+                                          "references: give --reference too"),
+            (["--reference", str(face), "--attributes", " , "], "--attributes is empty"),
+            (["--set", "Smiling=0"], "--set gives Smiling twice")):
+        assert main(["translate", "--input", str(face), "--set", "Smiling=1", *extra,
+                     "--out", str(tmp_path / "x")]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_bench_sizes_from_the_checkpoint_and_checks_before_timing(tmp_path, capsys):
+    """--resolutions defaults to the checkpoint's size (a 32 px checkpoint was refused at
+    the default 128); batches below 1, or CUDA on a machine without it, are refused in one
+    line; a table whose every row is skipped is written without a plot."""
+    save_checkpoint(tmp_path / "ck", randomize(BridgeGAN(small_config(32))).eval())
+    out = tmp_path / "bench"
+    assert main(["bench", "--checkpoint", str(tmp_path / "ck"), "--variants", "torch:float32",
+                 "--batches", "1", "--workloads", "translate", "--reps", "1", "--warmup", "0",
+                 "--out", str(out)]) == 0
+    with open(out / "bench.csv") as f:
+        assert [r["resolution"] for r in csv.DictReader(f)] == ["32"]
+    assert main(["bench", "--batches", "0,1", "--out", str(out)]) == 2
+    assert "--batches must be integers >= 1, got '0,1'" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["bench", "--device", "cuda", "--out", str(out)]) == 2
+        assert "torch sees no CUDA device" in capsys.readouterr().err
+        assert main(["bench", "--checkpoint", str(tmp_path / "ck"), "--variants",
+                     "tensorrt:fp16", "--batches", "1", "--workloads", "translate",
+                     "--out", str(tmp_path / "skipped")]) == 0
+        assert sorted(p.name for p in (tmp_path / "skipped").iterdir()) == ["bench.csv",
+                                                                          "bench.json"]
+
+
+def test_parity_ops_json_goes_to_the_path_given(tmp_path, monkeypatch):
+    """With --ops alone the kernels' rows go to --json itself (they went to PATH.ops.json);
+    with both checks, beside the backends' rows."""
+    from bridgegan.engine import parity as backends
+    from bridgegan.kernels import parity as ops
+
+    argvs = []
+    monkeypatch.setattr(ops, "main", lambda argv: argvs.append(argv) or 0)
+    monkeypatch.setattr(backends, "main", lambda args: 0)
+    path = str(tmp_path / "rows.json")
+    assert main(["parity", "--ops", "--json", path]) == 0
+    assert main(["parity", "--json", path]) == 0
+    assert [a[-1] for a in argvs] == [path, path + ".ops.json"]
+
+
 def test_bench_writes_rows_with_ratios(tmp_path, monkeypatch):
     from bridgegan.engine import bench
 
@@ -411,9 +472,13 @@ def test_bench_interrupted_keeps_the_rows_measured_before(tmp_path, monkeypatch)
 def test_bench_rows_store_torchs_dtype_names_and_join_ratios_on_them():
     """fp32 / bf16 / bfloat16 are stored as float32 / bfloat16, so torch:bf16 is compared
     with reference:bfloat16; CPU rows leave peak_mem_mb empty (no per-row figure there)."""
-    rows, _ = _bench("reference:fp32,reference:bfloat16,torch:bf16")
+    rows, peaks = _bench("reference:fp32,reference:bfloat16,torch:bf16")
     ref32, ref16, mine = rows
     assert [r["dtype"] for r in rows] == ["float32", "bfloat16", "bfloat16"]
+    for r in rows:  # each over its own dtype's peak, whatever else the table holds
+        share = r["gflop_per_image"] * 1e9 * r["images_per_s"] / peaks["matmul_flops_by_dtype"][
+            r["dtype"]]
+        assert r["roofline_share"] == pytest.approx(share, rel=2e-2, abs=1e-4)
     assert mine["vs_reference_same_dtype"] == round(ref16["p50"] / mine["p50"], 3)
     assert mine["vs_reference_fp32"] == round(ref32["p50"] / mine["p50"], 3)
     assert [r["peak_mem_mb"] for r in rows] == ["", "", ""]

@@ -568,6 +568,23 @@ def test_read_timeout_option_reaches_the_server(monkeypatch, capsys):
             in capsys.readouterr().err
 
 
+def test_serve_repository_is_checked_before_tritonserver_starts(tmp_path, capsys):
+    """A folder without the models' configurations is refused before tritonserver starts
+    (it printed its banner, then failed); --repository beside --checkpoint is refused (the
+    checkpoint was ignored)."""
+    from bridgegan.serve import server
+
+    (tmp_path / MODELS[0]).mkdir()
+    (tmp_path / MODELS[0] / "config.pbtxt").write_text("")
+    with pytest.raises(ValueError, match=re.escape(
+            f"{tmp_path} is not a model repository of `bridgegan serve --write-repository` "
+            f"(no {', '.join(MODELS[1:])}/config.pbtxt)")):
+        server.run_tritonserver(tmp_path)
+    assert main(["serve", "--repository", str(tmp_path), "--checkpoint", "ck"]) == 2
+    assert "--repository serves a repository already written: give it alone" \
+        in capsys.readouterr().err
+
+
 def parse_pbtxt_ports(text: str, kind: str) -> list[tuple]:
     block = re.search(kind + r" \[\n(.*?)\n\]", text, re.S).group(1)
     return re.findall(r'name: "(\w+)"\s+data_type: TYPE_(\w+)\s+dims: \[ ([\d, ]*) \]'

@@ -4,10 +4,10 @@ Each variant is timed after warm-up with device-side timing on GPU (CUDA events)
 monotonic clock on CPU; rows give p20 / p50 / p80 latency, images per second, peak
 memory, the ratio to the reference model measured in the same run (float32, and the
 same dtype where measured, with the same cuDNN algorithm choice), the roofline share
-(reference FLOPs per second over the measured matrix-product peak), and the wall seconds
-of the first call at that shape (what a user waits for: torch.compile's compilation,
-autotuning, cuDNN's algorithm search, CUDA-graph capture). Results go to CSV + JSON, and
-a PNG plot.
+(reference FLOPs per second over the matrix-product peak measured in the row's dtype), and
+the wall seconds of the first call at that shape (what a user waits for: torch.compile's
+compilation, autotuning, cuDNN's algorithm search, CUDA-graph capture). Results go to CSV
++ JSON, and a PNG plot.
 
 Columns: ``dtype`` is torch's name of the dtype (``bf16`` and ``bfloat16`` are one dtype,
 ``auto`` is resolved), and the ratio columns join on it. Their baseline is the plain
@@ -78,7 +78,7 @@ from ..reference.model import BridgeGAN
 from ..timing import synchronize, time_calls
 from . import roofline
 from .backends import AUTO, BACKENDS, BackendUnavailable
-from .engine import Engine, resolve_dtype
+from .engine import Engine, engine_device, resolve_dtype
 from .graph import Rewrites
 from .options import VARIANT_FORM, VARIANT_TAGS
 from .parity import compare, parity_inputs, reference_translation
@@ -334,14 +334,15 @@ def _measure(fn, dev: torch.device, first: float | None,
 
 
 def _latency(ms: list[float], n: int, flop: float, first: float, peak: float | str,
-             peaks: dict) -> dict:
+             peak_flops: float) -> dict:
     """The measured columns of a row whose calls of ``n`` images (``flop`` per image) took
-    ``ms`` milliseconds each."""
+    ``ms`` milliseconds each; its roofline share is over ``peak_flops``, the matrix peak in
+    the row's dtype."""
     p20, p50, p80 = np.percentile(ms, [20, 50, 80])
     per_s = n / (p50 / 1e3)
     return dict(metric="latency", unit="ms", p50=round(p50, 4), p20=round(p20, 4),
                 p80=round(p80, 4), images_per_s=round(per_s, 2), peak_mem_mb=peak,
-                roofline_share=round(flop * per_s / peaks["matmul_flops"], 4),
+                roofline_share=round(flop * per_s / peak_flops, 4),
                 gflop_per_image=round(flop / 1e9, 3), first_call_s=round(first, 3))
 
 
@@ -374,17 +375,19 @@ def _variant_rows(model: BridgeGAN, v: Variant, dev: torch.device, case, batches
                 else:
                     peak = "" if v.cuda_graphs else peak  # the graph pool is not counted
                     row.update(_latency(ms, n, _flops_per_image(cfg, workload, n), first, peak,
-                                        peaks), parity=verdict)
+                                        peaks["matmul_flops_by_dtype"][base["dtype"]]),
+                               parity=verdict)
                 yield row
             bar.update()
 
 
 def roofline_peaks(variants: list[Variant], dev: torch.device, quick: bool = False,
                    measure=None) -> dict:
-    """The roofline's peaks: the matrix product measured in each dtype of the table (bf16
-    on a CPU with AMX is several times float32; without it, slower), the fastest one kept
-    (``matmul_dtype``), ``matmul_flops_by_dtype`` beside it. ``measure``: roofline's
-    ``measure_peaks`` (a stand-in in the tests)."""
+    """The roofline's peaks: the matrix product measured in each dtype of the table
+    (``matmul_flops_by_dtype``; a row's share is over its own dtype's, so that it does not
+    depend on the other rows of the table), the fastest one as the headline
+    (``matmul_dtype``; bf16 on a CPU with AMX is several times float32, without it
+    slower). ``measure``: roofline's ``measure_peaks`` (a stand-in in the tests)."""
     measure = measure or roofline.measure_peaks
     dtypes = list(dict.fromkeys(resolve_dtype(v.dtype, dev) for v in variants))
     each = {dtype: measure(dev, dtype, quick=quick) for dtype in dtypes}
@@ -404,7 +407,7 @@ def run_matrix(variants: list[Variant] | None, batches: list[int], resolutions: 
     (``write_results`` then replaces it with the rows and their ratios)."""
     from tqdm import tqdm
 
-    dev = torch.device(device)
+    dev = engine_device(device)
     variants = variants or default_variants(dev)
     # one row per (variant, batch): plot() refuses a line through two rows at one batch,
     # so repeats are refused here, before anything is timed
@@ -475,9 +478,12 @@ def write_results(rows: list[dict], peaks: dict, out: str | Path, title: str = "
     write_file_atomic(out / "bench.csv", _csv_text(rows).encode())
     write_file_atomic(out / "bench.json", json.dumps({"peaks": peaks, "rows": rows},
                                                      indent=1).encode())
-    plot(rows, out / "bench.png", title or f"bridgegan bench on {peaks.get('device', '?')}")
+    files = [out / "bench.csv", out / "bench.json"]
+    if measured(rows):  # a table of skipped rows only has nothing to plot
+        plot(rows, out / "bench.png", title or f"bridgegan bench on {peaks.get('device', '?')}")
+        files.append(out / "bench.png")
     (out / PARTIAL_CSV).unlink(missing_ok=True)  # the complete table replaces it
-    return [out / "bench.csv", out / "bench.json", out / "bench.png"]
+    return files
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:

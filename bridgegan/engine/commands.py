@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from ..files import check_writable_folder
+from ..reference.checkpoint import SHIPPED
 from ..reference.data.grid import save_grid
 from ..reference.data.image import open_rgb
 from .io import tensor_to_pil
@@ -21,6 +22,8 @@ def parse_sets(items: list[str]) -> dict[str, int]:
         name, sep, value = item.partition("=")
         if not sep or value.strip() not in ("0", "1"):
             raise ValueError(f"--set expects NAME=0 or NAME=1, got {item!r}")
+        if name.strip() in out:
+            raise ValueError(f"--set gives {name.strip()} twice; give each attribute once")
         out[name.strip()] = int(value)
     return out
 
@@ -57,11 +60,20 @@ def translate(args: argparse.Namespace) -> int:
     edits = parse_sets(args.set or [])
     if not edits and not args.reference:
         raise ValueError("nothing to do: give --set NAME=0|1 (label-based) and/or --reference")
+    attrs = None
+    if args.attributes is not None:
+        if not args.reference:
+            raise ValueError("--attributes names what is taken from the references: give "
+                             "--reference too")
+        attrs = [a.strip() for a in args.attributes.split(",") if a.strip()]
+        if not attrs:
+            raise ValueError("--attributes is empty: give a comma list of attribute names, "
+                             "or leave it out to take every attribute from the references")
     out = Path(args.out)
     names = output_names(args.input, args.samples, bool(edits), args.reference or [], out)
     check_writable_folder(out)
-    eng = Engine.from_checkpoint(args.checkpoint, backend=args.backend, dtype=args.dtype,
-                                 device=args.device)
+    eng = Engine.from_checkpoint(args.checkpoint or SHIPPED, backend=args.backend,
+                                 dtype=args.dtype, device=args.device)
     sources = [open_rgb(p) for p in args.input]
     x = eng.load_images(sources)
     columns = [x.cpu()]
@@ -71,7 +83,6 @@ def translate(args: argparse.Namespace) -> int:
                                          seed=args.seed + k).cpu())
     if args.reference:
         refs = [[open_rgb(r)] for r in args.reference]  # each reference: a batch of 1
-        attrs = [a for a in args.attributes.split(",") if a] if args.attributes else None
         columns.append(eng.translate_reference(x, refs, attributes=attrs,
                                                strength=args.strength).cpu())
     grid = torch.stack(columns, dim=1)  # (input, column, C, H, W)
@@ -91,9 +102,19 @@ def bench(args: argparse.Namespace) -> int:
 
     check_writable_folder(args.out)
     variants = [Variant.parse(v) for v in args.variants.split(",")] if args.variants else None
+    if args.resolutions:
+        resolutions = [int(r) for r in args.resolutions.split(",")]
+    elif args.checkpoint:
+        from ..reference.checkpoint import read_config
+
+        resolutions = [read_config(args.checkpoint).image_size]
+    else:
+        resolutions = [128]
+    batches = [int(b) for b in args.batches.split(",")]
+    if min(batches) < 1:
+        raise ValueError(f"--batches must be integers >= 1, got {args.batches!r}")
     rows, peaks = run_matrix(
-        variants, [int(b) for b in args.batches.split(",")],
-        [int(r) for r in args.resolutions.split(",")], args.workloads.split(","),
+        variants, batches, resolutions, args.workloads.split(","),
         device=args.device, checkpoint=args.checkpoint, warmup=args.warmup, reps=args.reps,
         min_seconds=args.min_seconds, parity=args.parity, out=args.out)
     print(f"peaks on {peaks['device']}: matmul {peaks['matmul_flops'] / 1e12:.2f} TFLOP/s "

@@ -141,6 +141,18 @@ class EditStrip:
     captions: list[str]
 
 
+
+def engine_device(device: str | torch.device) -> torch.device:
+    """``device`` as an engine runs on it: "cuda" is the GPU current now, where the weights
+    go (not whichever is current in a caller's thread); CUDA that torch cannot see is
+    refused."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' requested but torch sees no CUDA device")
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    return dev
+
 class Engine:
     """``backend``: a name of ``backends.REGISTRY``, or "auto" for the fastest measured
     backend that runs on ``device`` at ``dtype``; ``self.backend`` is the resolved name.
@@ -155,12 +167,7 @@ class Engine:
         if not isinstance(model, BridgeGAN):
             raise ValueError(f"model must be a BridgeGAN (for a checkpoint folder: "
                              f"Engine.from_checkpoint(path)), got {type(model).__name__}")
-        self.device = torch.device(device)
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("device 'cuda' requested but torch sees no CUDA device")
-        if self.device.type == "cuda" and self.device.index is None:
-            # the device current now, where the weights go: not the one current in a caller
-            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.device = engine_device(device)
         self.config: BridgeGANConfig = model.config
         self.dtype = resolve_dtype(dtype, self.device)
         spec = check_backend(backend, self.device, self.dtype)

@@ -24,6 +24,7 @@ from .model import BridgeGAN
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 FORMAT = "bridgegan-checkpoint/1"
+SHIPPED = Path(__file__).resolve().parents[1] / "assets" / "default"  # the packaged model
 STATE_TENSORS, STATE_JSON = "train_state.safetensors", "train_state.json"  # train_state.py
 EVAL_FILE, TRAINING_FILE = "eval.json", "training.json"  # a shipped model's (demo.ship)
 # every file a checkpoint folder may hold. A save replaces an earlier checkpoint whatever

@@ -13,6 +13,9 @@ from .server import READ_TIMEOUT_S
 
 def run(args: argparse.Namespace) -> int:
     """Serve, write or run a model repository, as the options say."""
+    if args.repository and (args.checkpoint or args.write_repository):
+        raise ValueError("--repository serves a repository already written: give it alone, "
+                         "or --checkpoint CKPT (with or without --write-repository DIR)")
     if not args.write_repository:
         from .process import ports_in_use
 

@@ -106,8 +106,13 @@ def run_tritonserver(repository: str | os.PathLike, host: str = "127.0.0.1",
     """Run the bundled tritonserver on ``repository`` behind the front on ``host``'s ports
     (HTTP clients get ``read_timeout_secs`` for a request's header, then for its body)
     until SIGINT / SIGTERM or its exit; its exit status."""
-    from .front import Front, fetch_specs
     from .models import MODELS
+
+    missing = [m for m in MODELS if not (Path(repository) / m / "config.pbtxt").is_file()]
+    if missing:  # tritonserver would start, print its banner and exit 1
+        raise ValueError(f"{repository} is not a model repository of `bridgegan serve "
+                         f"--write-repository` (no {', '.join(missing)}/config.pbtxt)")
+    from .front import Front, fetch_specs
     from .http_client import wait_ready
 
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # startup: leave cleanly
