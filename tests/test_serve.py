@@ -1063,6 +1063,25 @@ def test_hostile_requests_refused_with_bounded_memory(served):
     restricted_endpoints_off(served)
 
 
+def shm_regions(pid: int) -> list[Path]:
+    """The shared-memory regions of the python-backend stubs below process ``pid`` (a stub's
+    second argument names its region), so that other servers on the machine do not count."""
+    children: dict[int, list[int]] = {}
+    for proc in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, IndexError, ValueError):  # gone, or not a process
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(proc.name))
+    regions, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            todo.append(child)
+            with contextlib.suppress(OSError):
+                argv = (Path("/proc") / str(child) / "cmdline").read_bytes().split(b"\0")
+                if argv[0].endswith(b"triton_python_backend_stub"):
+                    regions.append(Path("/dev/shm") / argv[2].decode())
+    return regions
+
+
 @needs_serve
 def test_shutdown_under_load_and_busy_port(ckpt, tmp_path):
     import signal
@@ -1071,7 +1090,6 @@ def test_shutdown_under_load_and_busy_port(ckpt, tmp_path):
     from bridgegan.serve.process import ServerProcess
 
     load = load_module()
-    shm = set(Path("/dev/shm").iterdir())
     with ServerProcess(["--checkpoint", str(ckpt), "--max-batch", "8", "--max-queue-delay-us",
                         "20000", "--exit-timeout-secs", "10"], tmp_path / "serve.log") as server:
         def drive():  # the load's closing stats call finds the server gone, as it should
@@ -1087,12 +1105,14 @@ def test_shutdown_under_load_and_busy_port(ckpt, tmp_path):
         while server_stats(server, "translate_label")["inferences"] == before:
             assert time.monotonic() < deadline and loader.is_alive(), server.log_tail()
             time.sleep(0.1)
+        regions = shm_regions(server.proc.pid)
+        assert len(regions) == len(MODELS) and all(r.exists() for r in regions), regions
         server.proc.send_signal(signal.SIGTERM)
         server.proc.wait(timeout=60)  # a hang guard
         loader.join()
     # a clean exit within --exit-timeout-secs: tritonserver did not have to give up on requests
     assert "Exit timeout expired" not in server.log_tail(20000), server.log_tail()
-    assert set(Path("/dev/shm").iterdir()) <= shm, set(Path("/dev/shm").iterdir()) - shm
+    assert not [r for r in regions if r.exists()]  # its stubs' shared memory is gone
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
