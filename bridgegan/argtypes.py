@@ -28,6 +28,36 @@ def non_negative_int(text: str) -> int:
     return _int_at_least(text, 0)
 
 
+def int_between(low: int, high: int):
+    """The type of an integer in [low, high]."""
+    def parse(text: str) -> int:
+        value = _int_at_least(text, low)
+        if value > high:
+            raise argparse.ArgumentTypeError(f"must be an integer from {low} to {high}, got "
+                                             f"{text!r}")
+        return value
+    return parse
+
+
+def split_device(text: str) -> tuple[str, int | None]:
+    """("cpu" or "cuda", GPU index or None) of "cpu", "cuda" or "cuda:N"; a ValueError
+    naming what is accepted otherwise."""
+    kind, _, index = text.partition(":")
+    if kind not in ("cpu", "cuda") or (index and (kind != "cuda" or not (
+            index.isascii() and index.isdigit()))):
+        raise ValueError(f"device must be cpu, cuda or cuda:N, got {text!r}")
+    return kind, int(index) if index else None
+
+
+def device_spec(text: str) -> str:
+    """A device the commands run on (``split_device``), kept as written."""
+    try:
+        split_device(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def positive_float(text: str) -> float:
     """A finite number > 0."""
     try:

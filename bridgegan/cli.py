@@ -13,7 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import threads
-from .argtypes import non_negative_int, output_file, positive_float, positive_int
+from .argtypes import (device_spec, int_between, non_negative_int, output_file,
+                       positive_float, positive_int)
 from .engine import options as engine_options
 from .engine.export import cli as export_cli
 from .reference import train_cli
@@ -33,16 +34,20 @@ class Command:
     run: str
 
 
+MAX_DEMO_ROWS = 64  # one grid row per face, held in memory until the PNG is written
+
+
 def _demo_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", help="checkpoint folder (default: the shipped model)")
     p.add_argument("--input", nargs="+", help="source images (default: procedural faces)")
     p.add_argument("--out", default="bridgegan-demo", help="output folder (default: %(default)s)")
     p.add_argument("--samples", type=non_negative_int, default=3,
                    help="noise samples per source (default: 3)")
-    p.add_argument("--rows", type=int, default=4, help="procedural source faces, one row each "
-                                                      "(default: 4)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--rows", type=int_between(1, MAX_DEMO_ROWS), default=4,
+                   help=f"procedural source faces, one row each, 1 to {MAX_DEMO_ROWS} "
+                        f"(default: %(default)s)")
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--device", type=device_spec, default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--bench", action="store_true", help="also print the throughput of the "
                                                        "backends that run here")
     threads.add_option(p)
@@ -80,7 +85,7 @@ def _bench_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workloads", default="translate,strip,strip_nocache",
                    help="translate, reference, strip, strip_nocache (default: %(default)s)")
     p.add_argument("--checkpoint", help="time this checkpoint (default: seeded paper-width weights)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--device", type=device_spec, default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--warmup", type=non_negative_int, default=2,
                    help="untimed calls before each row (default: %(default)s)")
     p.add_argument("--reps", type=positive_int, default=10,
@@ -96,7 +101,8 @@ def _bench_options(p: argparse.ArgumentParser) -> None:
 def _parity_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ops", action="store_true", help="the fused SPADE / instance-norm kernels")
     p.add_argument("--backends", action="store_true", help="every available engine backend")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--device", type=device_spec, default=None,
+                   help="cpu or cuda (default: cuda when available)")
     p.add_argument("--resolution", type=int, choices=PRESET_RESOLUTIONS, default=None,
                    help="backend parity model size (default: the paper's 128)")
     p.add_argument("--batch", type=positive_int, default=4,
@@ -124,7 +130,7 @@ def _classifier_options(p: argparse.ArgumentParser) -> None:
                    help="data-loader worker processes")
     p.add_argument("--seed", type=non_negative_int, default=0,
                    help="initialisation and data seed (>= 0)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    p.add_argument("--device", type=device_spec, default="cpu", help="cpu or cuda (default: cpu)")
     p.add_argument("--out", required=True, help="output folder")
     threads.add_option(p)
 

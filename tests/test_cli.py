@@ -595,6 +595,22 @@ def test_a_reader_that_leaves_early_is_not_an_error():
 
 
 @pytest.mark.parametrize("argv,message", [
+    (["translate", "--device", "gpu"], "argument --device: device must be cpu, cuda or cuda:N, "
+                                       "got 'gpu'"),
+    (["serve", "--device", "tpu"], "argument --device: device must be cpu, cuda or cuda:N"),
+    (["parity", "--device", "cuda:x"], "argument --device: device must be cpu, cuda or cuda:N"),
+    (["demo", "--rows", "65"], "argument --rows: must be an integer from 1 to 64, got '65'"),
+    (["demo", "--seed", "-1"], "argument --seed: must be an integer >= 0, got '-1'"),
+])
+def test_device_and_demo_options_are_checked_by_the_parser(argv, message, capsys):
+    """--device gpu reached torch's own message listing every device type it knows; demo's
+    --rows had no bound (a grid of 10^8 rows ran for minutes) and --seed -1 named None."""
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,message", [
     (["train-classifier", "--lr", "inf"], "argument --lr: must be a number > 0, got 'inf'"),
     (["train-classifier", "--lr", "-0.1"], "argument --lr: must be a number > 0, got '-0.1'"),
     (["train-classifier", "--width", "0"], "argument --width: must be an integer >= 1, got '0'"),

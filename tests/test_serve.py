@@ -697,7 +697,6 @@ def test_python_backend_model_class(ckpt, engine, tmp_path, monkeypatch):
 @needs_serve
 @pytest.mark.parametrize("options, message", [
     (["--dtype", "fp8"], "unknown dtype 'fp8'"),
-    (["--device", "tpu"], "device must be cpu, cuda or cuda:N"),
     (["--backend", "tensorrt"], "backend 'tensorrt' needs"),
     (["--backend", "onnxruntime", "--dtype", "bf16"], "onnxruntime"),
 ] + ([] if torch.cuda.is_available() else [(["--device", "cuda"], "no CUDA device")]))

@@ -27,6 +27,7 @@ import warnings
 
 import torch
 
+from ..argtypes import device_spec
 from ..numerics import SHORT_NAMES, dtype_name, errors, float64_call, same_nonfinite, tolerance
 from ..timing import time_calls
 from . import norm_act
@@ -289,7 +290,8 @@ def check_ops(device=None, verbose=True, quick=False, impl=None) -> list[dict]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bridgegan.kernels.parity",
                                 description="Check the fused kernels against a float64 reference.")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--device", type=device_spec, default=None,
+                   help="cpu or cuda (default: cuda if available)")
     p.add_argument("--impl", choices=("triton", "torch"), default=None,
                    help="implementation to check (default: triton where it can run, else torch)")
     p.add_argument("--quick", action="store_true", help="first shape only")

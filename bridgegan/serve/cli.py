@@ -56,9 +56,6 @@ def check_engine_options(backend: str, dtype: str, device: str) -> None:
 
     from ..engine.backends import check_backend
     from ..engine.engine import resolve_dtype
-    from ..engine.export.pbtxt import instance_device
-
-    instance_device(device)
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"--device {device}: no CUDA device is visible here")

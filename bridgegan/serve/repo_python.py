@@ -23,7 +23,8 @@ import os
 from pathlib import Path
 
 from .. import __version__
-from ..engine.export.pbtxt import instance_device, model_config
+from ..argtypes import split_device
+from ..engine.export.pbtxt import model_config
 from ..files import check_replaceable, link_or_copy, write_folder_atomic
 from ..reference.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_checkpoint
 from .models import MODELS, ModelSpec, model_specs, run_requests
@@ -51,7 +52,7 @@ def write_python_repo(checkpoint: str | os.PathLike, out: str | os.PathLike,
     atomically; every folder is checked replaceable before any is written). ``device``
     "cuda" gives GPU instances ("cuda:N": on GPU N); ``backend`` / ``dtype`` are the
     engine's. Returns the model folders."""
-    instance_device(device)  # a bad device fails before anything is written
+    split_device(device)  # a bad device fails before anything is written
     config = load_checkpoint(checkpoint).config  # checks every tensor before copying
     specs = model_specs(config)
     info = {"config": json.loads(config.to_json()), "attributes": list(config.attributes),

@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from ...argtypes import split_device
+
 INSTANCE_KINDS = {"cpu": "KIND_CPU", "cuda": "KIND_GPU"}
 
 
@@ -23,15 +25,6 @@ class Port:
     def batched_shape(self) -> str:
         """The shape a request declares, for messages: ``[N, d1, d2, ...]``."""
         return f"[N, {', '.join(map(str, self.shape))}]"
-
-
-def instance_device(device: str) -> tuple[str, int | None]:
-    """("cpu" or "cuda", GPU index or None) of "cpu", "cuda" or "cuda:N"; a ValueError
-    naming what is accepted otherwise."""
-    kind, _, index = device.partition(":")
-    if kind not in INSTANCE_KINDS or (index and (kind != "cuda" or not index.isdigit())):
-        raise ValueError(f"device must be cpu, cuda or cuda:N, got {device!r}")
-    return kind, int(index) if index else None
 
 
 def _ports(kind: str, ports: Iterable[Port]) -> str:
@@ -54,7 +47,7 @@ def model_config(name: str, runtime: tuple[str, str], max_batch_size: int,
 
     ``runtime``: ("platform", "onnxruntime_onnx" / "tensorrt_plan") or ("backend",
     "python"). ``preferred``: preferred batch sizes (those above ``max_batch_size`` are
-    left out). ``device`` ("cpu", "cuda" or "cuda:N"; ``instance_device``): one instance of
+    left out). ``device`` ("cpu", "cuda" or "cuda:N"; ``argtypes.split_device``): one instance of
     that kind (on GPU N); None leaves the instances to Triton. ``parameters``: string
     parameters the model reads.
     """
@@ -65,7 +58,7 @@ def model_config(name: str, runtime: tuple[str, str], max_batch_size: int,
              f"max_batch_size: {max_batch_size}", _ports("input", inputs),
              _ports("output", outputs), "dynamic_batching {", *batching, "}"]
     if device is not None:
-        kind, gpu = instance_device(device)
+        kind, gpu = split_device(device)
         gpus = "" if gpu is None else f"\n    gpus: [ {gpu} ]"
         lines.append(f"instance_group [\n  {{\n    count: 1\n    kind: {INSTANCE_KINDS[kind]}"
                      f"{gpus}\n  }}\n]")
