@@ -154,8 +154,10 @@ def _eval_options(p: argparse.ArgumentParser) -> None:
 
 
 def _info_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", help="checkpoint folder (default: the paper configuration)")
-    p.add_argument("--resolution", type=int, default=128, choices=PRESET_RESOLUTIONS)
+    which = p.add_mutually_exclusive_group()  # a checkpoint has its own resolution
+    which.add_argument("--checkpoint", help="checkpoint folder (default: the paper configuration)")
+    which.add_argument("--resolution", type=int, default=128, choices=PRESET_RESOLUTIONS,
+                       help="the paper configuration at this resolution (default: %(default)s)")
 
 
 COMMANDS = (

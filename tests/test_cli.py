@@ -601,10 +601,13 @@ def test_a_reader_that_leaves_early_is_not_an_error():
     (["parity", "--device", "cuda:x"], "argument --device: device must be cpu, cuda or cuda:N"),
     (["demo", "--rows", "65"], "argument --rows: must be an integer from 1 to 64, got '65'"),
     (["demo", "--seed", "-1"], "argument --seed: must be an integer >= 0, got '-1'"),
+    (["info", "--checkpoint", "ck", "--resolution", "64"],
+     "argument --resolution: not allowed with argument --checkpoint"),
 ])
-def test_device_and_demo_options_are_checked_by_the_parser(argv, message, capsys):
+def test_device_demo_and_info_options_are_checked_by_the_parser(argv, message, capsys):
     """--device gpu reached torch's own message listing every device type it knows; demo's
-    --rows had no bound (a grid of 10^8 rows ran for minutes) and --seed -1 named None."""
+    --rows had no bound (a grid of 10^8 rows ran for minutes) and --seed -1 named None;
+    info ignored --resolution beside a checkpoint."""
     with pytest.raises(SystemExit) as exit_:
         main(argv)
     assert exit_.value.code == 2 and message in capsys.readouterr().err

@@ -255,5 +255,7 @@ def test_metrics_without_samples_are_none_not_numbers():
         assert report[key] is None, key
     assert all(v is None for v in report["reference_edit_accuracy_per_attribute"].values())
     assert report["label_true_change"] == 0.0 and report["label_preservation"] == 1.0
-    table = format_report(report)
-    assert "n/a" in table.splitlines()[1]  # edit accuracy, reference column
+    table = format_report(report).splitlines()
+    assert "n/a" in table[1]  # edit accuracy, reference column
+    at = next(i for i, line in enumerate(table) if line.startswith("preservation"))
+    assert table[at + 1].startswith("  95% interval")  # the preservation's, beneath it

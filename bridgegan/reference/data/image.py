@@ -5,6 +5,7 @@ Tensors are float32 (3, H, W) in [-1, 1]; arrays are uint8 (H, W, 3).
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 import torch
@@ -93,7 +94,10 @@ def open_rgb(path: str | os.PathLike) -> Image.Image:
     size is checked from the header, before the pixels are decoded."""
     path = _image_path(path)
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():  # PIL warns past its cap; ours, lower, refuses next
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+        with im:
             check_image_size(im.size)
             im.load()
             return to_rgb(im)
