@@ -193,8 +193,9 @@ def test_translate_defaults_to_the_shipped_model_and_checks_its_options(tmp_path
 
 def test_bench_sizes_from_the_checkpoint_and_checks_before_timing(tmp_path, capsys):
     """--resolutions defaults to the checkpoint's size (a 32 px checkpoint was refused at
-    the default 128); batches below 1, or CUDA on a machine without it, are refused in one
-    line; a table whose every row is skipped is written without a plot."""
+    the default 128); batches below 1, unknown workloads, or CUDA on a machine without it,
+    are refused in one line before anything is measured; a table whose every row is
+    skipped is written without a plot."""
     save_checkpoint(tmp_path / "ck", randomize(BridgeGAN(small_config(32))).eval())
     out = tmp_path / "bench"
     assert main(["bench", "--checkpoint", str(tmp_path / "ck"), "--variants", "torch:float32",
@@ -204,6 +205,9 @@ def test_bench_sizes_from_the_checkpoint_and_checks_before_timing(tmp_path, caps
         assert [r["resolution"] for r in csv.DictReader(f)] == ["32"]
     assert main(["bench", "--batches", "0,1", "--out", str(out)]) == 2
     assert "--batches must be integers >= 1, got '0,1'" in capsys.readouterr().err
+    assert main(["bench", "--workloads", "translate,foo", "--out", str(out)]) == 2
+    assert "unknown workload 'foo'; workloads: translate, reference, strip" \
+        in capsys.readouterr().err
     if not torch.cuda.is_available():
         assert main(["bench", "--device", "cuda", "--out", str(out)]) == 2
         assert "torch sees no CUDA device" in capsys.readouterr().err

@@ -211,12 +211,11 @@ def _workload_fn(eng: Engine, workload: str, batch: int, seed: int):
         return lambda: eng.translate(x, 1 - ys, noise=noise, source=ys), batch
     if workload == "reference":
         return lambda: eng.translate_reference(x, refs, source=ys, reference_labels=1 - ys), batch
-    if workload in ("strip", "strip_nocache"):
-        samples = max(batch - 1 - cfg.n_attrs, 0)
-        n = 1 + cfg.n_attrs + samples
-        cache = workload == "strip"
-        return lambda: eng.edit_strip(x[:1], samples=samples, source=ys[:1], cache=cache), n
-    raise ValueError(f"unknown workload {workload!r}; workloads: {', '.join(WORKLOADS)}")
+    # strip or strip_nocache (run_matrix refuses other names)
+    samples = max(batch - 1 - cfg.n_attrs, 0)
+    n = 1 + cfg.n_attrs + samples
+    cache = workload == "strip"
+    return lambda: eng.edit_strip(x[:1], samples=samples, source=ys[:1], cache=cache), n
 
 
 def _flops_per_image(cfg: BridgeGANConfig, workload: str, n: int) -> float:
@@ -411,6 +410,9 @@ def run_matrix(variants: list[Variant] | None, batches: list[int], resolutions: 
     variants = variants or default_variants(dev)
     # one row per (variant, batch): plot() refuses a line through two rows at one batch,
     # so repeats are refused here, before anything is timed
+    unknown = [w for w in workloads if w not in WORKLOADS]
+    if unknown:
+        raise ValueError(f"unknown workload {unknown[0]!r}; workloads: {', '.join(WORKLOADS)}")
     names = [v.name for v in variants]
     for what, seq in (("variant", names), ("batch", batches), ("resolution", resolutions),
                       ("workload", workloads)):
