@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -176,8 +177,10 @@ def test_translate_defaults_to_the_shipped_model_and_checks_its_options(tmp_path
     face = tmp_path / "face.png"
     Image.fromarray(np.random.default_rng(3).integers(0, 256, (40, 48, 3), dtype=np.uint8)
                     ).save(face)
-    assert main(["translate", "--input", str(face), "--set", "Smiling=1",
+    assert main(["translate", "--input", str(face), "--set", "Smiling=1", "--backend", "auto",
                  "--out", str(tmp_path / "out")]) == 0
+    assert re.search(r"; (torch|onnxruntime|compile) backend, float32\)$",
+                     capsys.readouterr().out.strip())  # the one auto chose
     size = read_config(SHIPPED).image_size
     assert Image.open(tmp_path / "out" / "face_edit1.png").size == (size, size)
     for extra, message in (

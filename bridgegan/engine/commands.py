@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from ..files import check_writable_folder
-from ..reference.checkpoint import SHIPPED
+from ..reference.checkpoint import SHIPPED, read_config
 from ..reference.data.grid import save_grid
 from ..reference.data.image import open_rgb
 from .io import tensor_to_pil
@@ -93,7 +93,8 @@ def translate(args: argparse.Namespace) -> int:
     save_grid(grid.flatten(0, 1), out / GRID, nrow=len(columns))
     print(f"wrote {len(args.input) * (len(columns) - 1)} images and {out / GRID} "
           f"(columns: source" + (f", {args.samples} label edit(s) {edits}" if edits else "")
-          + (", reference" if args.reference else "") + ")")
+          + (", reference" if args.reference else "") + f"; {eng.backend} backend, "
+          f"{str(eng.dtype).removeprefix('torch.')})")
     return 0
 
 
@@ -105,8 +106,6 @@ def bench(args: argparse.Namespace) -> int:
     if args.resolutions:
         resolutions = [int(r) for r in args.resolutions.split(",")]
     elif args.checkpoint:
-        from ..reference.checkpoint import read_config
-
         resolutions = [read_config(args.checkpoint).image_size]
     else:
         resolutions = [128]

@@ -37,7 +37,7 @@ def _onnx(args: argparse.Namespace) -> int:
     out = export_onnx(args.checkpoint, args.out, args.graphs, args.precision, args.opset,
                       expected)
     files = sorted(p.name for p in out.iterdir() if p.suffix in (".onnx", ".json"))
-    print(f"wrote {', '.join(files)} to {out}")
+    print(f"{out} holds {', '.join(files)} (graphs already there and current are kept)")
     return 0
 
 
