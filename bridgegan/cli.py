@@ -69,7 +69,8 @@ def _translate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strength", type=float,
                    help="edit strength, the scale of d (default: the model's config "
                         "edit_strength: 1.5, the official test's, unless it names another)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=non_negative_int, default=0,
+                   help="noise seed of the first sample, the next ones +1 (default: 0)")
     engine_options.add_options(p)
     p.add_argument("--out", required=True, help="output folder")
     threads.add_option(p)

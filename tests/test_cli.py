@@ -608,6 +608,7 @@ def test_a_reader_that_leaves_early_is_not_an_error():
     (["parity", "--device", "cuda:x"], "argument --device: device must be cpu, cuda or cuda:N"),
     (["demo", "--rows", "65"], "argument --rows: must be an integer from 1 to 64, got '65'"),
     (["demo", "--seed", "-1"], "argument --seed: must be an integer >= 0, got '-1'"),
+    (["translate", "--seed", "-1"], "argument --seed: must be an integer >= 0, got '-1'"),
     (["info", "--checkpoint", "ck", "--resolution", "64"],
      "argument --resolution: not allowed with argument --checkpoint"),
 ])
