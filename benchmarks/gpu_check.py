@@ -202,7 +202,8 @@ def main(argv=None) -> int:
         for r in rows:
             r["batch"], r["resolution"] = int(r["batch"]), int(r["resolution"])
             r["images_per_s"] = float(r["images_per_s"])
-        plot(rows, out / "bench.png", f"bridgegan gpu_check on {engine_rows[0]['device']}")
+        if rows:  # as write_results: skipped rows only have nothing to plot
+            plot(rows, out / "bench.png", f"bridgegan gpu_check on {engine_rows[0]['device']}")
     for src in (work / "kernels" / "kernels.csv", work / "profile" / "profile.csv",
                 work / "profile" / "profile.md"):
         if src.is_file():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from pathlib import Path
 
 
@@ -31,8 +32,11 @@ def non_negative_int(text: str) -> int:
 def int_between(low: int, high: int):
     """The type of an integer in [low, high]."""
     def parse(text: str) -> int:
-        value = _int_at_least(text, low)
-        if value > high:
+        try:
+            value = _int_at_least(text, low)
+        except argparse.ArgumentTypeError:
+            value = None
+        if value is None or value > high:
             raise argparse.ArgumentTypeError(f"must be an integer from {low} to {high}, got "
                                              f"{text!r}")
         return value
@@ -42,11 +46,11 @@ def int_between(low: int, high: int):
 def split_device(text: str) -> tuple[str, int | None]:
     """("cpu" or "cuda", GPU index or None) of "cpu", "cuda" or "cuda:N"; a ValueError
     naming what is accepted otherwise."""
-    kind, _, index = text.partition(":")
-    if kind not in ("cpu", "cuda") or (index and (kind != "cuda" or not (
-            index.isascii() and index.isdigit()))):
+    # torch.device's own grammar: no empty index ("cuda:"), no leading zero ("cuda:01")
+    match = re.fullmatch(r"(cpu|cuda)(?::(0|[1-9][0-9]*))?", text, re.ASCII)
+    if match is None or (match[1] == "cpu" and match[2] is not None):
         raise ValueError(f"device must be cpu, cuda or cuda:N, got {text!r}")
-    return kind, int(index) if index else None
+    return match[1], None if match[2] is None else int(match[2])
 
 
 def device_spec(text: str) -> str:
@@ -56,6 +60,15 @@ def device_spec(text: str) -> str:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text
+
+
+def positive_int_list(text: str) -> list[int]:
+    """A comma list of integers >= 1 (``1,8,64``)."""
+    try:
+        return [_int_at_least(item, 1) for item in text.split(",")]
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be a comma list of integers >= 1, got "
+                                         f"{text!r}") from None
 
 
 def positive_float(text: str) -> float:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from . import threads
 from .argtypes import (device_spec, int_between, non_negative_int, output_file,
-                       positive_float, positive_int)
+                       positive_float, positive_int, positive_int_list)
 from .engine import options as engine_options
 from .engine.export import cli as export_cli
 from .reference import train_cli
@@ -80,8 +80,9 @@ def _bench_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variants", help=f"comma list of {engine_options.VARIANT_FORM} "
                    "(default: the device's table; CPU: reference, torch, onnxruntime and "
                    "compile in float32, then torch and compile in bf16 channels_last)")
-    p.add_argument("--batches", default="1,8", help="comma list (default: %(default)s)")
-    p.add_argument("--resolutions", default=None,
+    p.add_argument("--batches", type=positive_int_list, default="1,8",
+                   help="comma list of integers >= 1 (default: %(default)s)")
+    p.add_argument("--resolutions", type=positive_int_list, default=None,
                    help="comma list of 64/128/256 (default: 128, or the --checkpoint's size)")
     p.add_argument("--workloads", default="translate,strip,strip_nocache",
                    help="translate, reference, strip, strip_nocache (default: %(default)s)")
@@ -157,8 +158,10 @@ def _eval_options(p: argparse.ArgumentParser) -> None:
 def _info_options(p: argparse.ArgumentParser) -> None:
     which = p.add_mutually_exclusive_group()  # a checkpoint has its own resolution
     which.add_argument("--checkpoint", help="checkpoint folder (default: the paper configuration)")
-    which.add_argument("--resolution", type=int, default=128, choices=PRESET_RESOLUTIONS,
-                       help="the paper configuration at this resolution (default: %(default)s)")
+    # default None: argparse lets a value that *is* the default (a cached small int such
+    # as 128) past the group's check, so 128 is filled in by info.run
+    which.add_argument("--resolution", type=int, default=None, choices=PRESET_RESOLUTIONS,
+                       help="the paper configuration at this resolution (default: 128)")
 
 
 COMMANDS = (

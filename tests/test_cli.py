@@ -206,8 +206,12 @@ def test_bench_sizes_from_the_checkpoint_and_checks_before_timing(tmp_path, caps
                  "--out", str(out)]) == 0
     with open(out / "bench.csv") as f:
         assert [r["resolution"] for r in csv.DictReader(f)] == ["32"]
-    assert main(["bench", "--batches", "0,1", "--out", str(out)]) == 2
-    assert "--batches must be integers >= 1, got '0,1'" in capsys.readouterr().err
+    for bad in ("0,1", "1,x", "1,,8"):  # refused by the parser, naming what it accepts
+        with pytest.raises(SystemExit) as exit_:
+            main(["bench", "--batches", bad, "--out", str(out)])
+        assert exit_.value.code == 2
+        assert (f"argument --batches: must be a comma list of integers >= 1, got {bad!r}"
+                in capsys.readouterr().err)
     assert main(["bench", "--workloads", "translate,foo", "--out", str(out)]) == 2
     assert "unknown workload 'foo'; workloads: translate, reference, strip" \
         in capsys.readouterr().err
@@ -606,10 +610,17 @@ def test_a_reader_that_leaves_early_is_not_an_error():
                                        "got 'gpu'"),
     (["serve", "--device", "tpu"], "argument --device: device must be cpu, cuda or cuda:N"),
     (["parity", "--device", "cuda:x"], "argument --device: device must be cpu, cuda or cuda:N"),
+    (["bench", "--device", "cuda:"], "argument --device: device must be cpu, cuda or cuda:N"),
+    (["demo", "--device", "cpu:"], "argument --device: device must be cpu, cuda or cuda:N"),
+    (["translate", "--device", "cuda:01"], "argument --device: device must be cpu, cuda or "
+                                           "cuda:N"),
+    (["demo", "--rows", "0"], "argument --rows: must be an integer from 1 to 64, got '0'"),
     (["demo", "--rows", "65"], "argument --rows: must be an integer from 1 to 64, got '65'"),
     (["demo", "--seed", "-1"], "argument --seed: must be an integer >= 0, got '-1'"),
     (["translate", "--seed", "-1"], "argument --seed: must be an integer >= 0, got '-1'"),
     (["info", "--checkpoint", "ck", "--resolution", "64"],
+     "argument --resolution: not allowed with argument --checkpoint"),
+    (["info", "--checkpoint", "ck", "--resolution", "128"],  # the default value too
      "argument --resolution: not allowed with argument --checkpoint"),
 ])
 def test_device_demo_and_info_options_are_checked_by_the_parser(argv, message, capsys):

@@ -524,3 +524,16 @@ def test_save_grid(tmp_path):
     with pytest.raises(ValueError, match="NaN"):
         save_grid(torch.full((1, 3, 4, 4), float("nan")), tmp_path / "nan.png")
     assert not (tmp_path / "nan.png").exists()
+
+
+@pytest.mark.parametrize("split_mode", ["official", "index"])
+def test_celeba_without_images_says_so_in_every_split_mode(tmp_path, split_mode):
+    """An attribute file listing no images: every split is empty, a ValueError (split
+    "all" in official mode read the partition code it never set: UnboundLocalError)."""
+    from bridgegan.reference.data.celeba import ATTR_FILE, IMAGE_DIR, PARTITION_FILE
+
+    (tmp_path / IMAGE_DIR).mkdir()
+    (tmp_path / ATTR_FILE).write_text("0\n" + " ".join(CELEBA_ATTRIBUTES) + "\n")
+    (tmp_path / PARTITION_FILE).write_text("")
+    with pytest.raises(ValueError, match=r"split 'all' .* lists 0 images, no image to split"):
+        CelebA(tmp_path, size=32, split="all", split_mode=split_mode)

@@ -699,7 +699,8 @@ def test_python_backend_model_class(ckpt, engine, tmp_path, monkeypatch):
     (["--dtype", "fp8"], "unknown dtype 'fp8'"),
     (["--backend", "tensorrt"], "backend 'tensorrt' needs"),
     (["--backend", "onnxruntime", "--dtype", "bf16"], "onnxruntime"),
-] + ([] if torch.cuda.is_available() else [(["--device", "cuda"], "no CUDA device")]))
+] + ([] if torch.cuda.is_available() else [(["--device", "cuda"],
+                                             "torch sees no CUDA device")]))
 def test_bad_engine_options_fail_before_the_server_starts(ckpt, capsys, options, message):
     assert main(["serve", "--checkpoint", str(ckpt), "--http-port", "0", "--grpc-port", "0",
                  "--metrics-port", "0", *options]) == 2

@@ -104,16 +104,13 @@ def bench(args: argparse.Namespace) -> int:
     check_writable_folder(args.out)
     variants = [Variant.parse(v) for v in args.variants.split(",")] if args.variants else None
     if args.resolutions:
-        resolutions = [int(r) for r in args.resolutions.split(",")]
+        resolutions = args.resolutions
     elif args.checkpoint:
         resolutions = [read_config(args.checkpoint).image_size]
     else:
         resolutions = [128]
-    batches = [int(b) for b in args.batches.split(",")]
-    if min(batches) < 1:
-        raise ValueError(f"--batches must be integers >= 1, got {args.batches!r}")
     rows, peaks = run_matrix(
-        variants, batches, resolutions, args.workloads.split(","),
+        variants, args.batches, resolutions, args.workloads.split(","),
         device=args.device, checkpoint=args.checkpoint, warmup=args.warmup, reps=args.reps,
         min_seconds=args.min_seconds, parity=args.parity, out=args.out)
     print(f"peaks on {peaks['device']}: matmul {peaks['matmul_flops'] / 1e12:.2f} TFLOP/s "

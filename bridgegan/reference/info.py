@@ -18,7 +18,8 @@ def parameter_counts(model: BridgeGAN) -> dict[str, int]:
 def run(args: argparse.Namespace) -> int:
     """Print the configuration of ``args.checkpoint`` (else the ``args.resolution`` preset)
     and its parameter counts."""
-    cfg = read_config(args.checkpoint) if args.checkpoint else BridgeGANConfig.preset(args.resolution)
+    cfg = (read_config(args.checkpoint) if args.checkpoint
+           else BridgeGANConfig.preset(args.resolution or 128))
     print(cfg.to_json())
     for name, n in parameter_counts(BridgeGAN(cfg)).items():
         print(f"{name:14s} {n:>12,d} parameters")

@@ -52,13 +52,10 @@ def run(args: argparse.Namespace) -> int:
 def check_engine_options(backend: str, dtype: str, device: str) -> None:
     """Fail now, with the engine's message, on options the python-backend stubs would
     fail to load with only after tritonserver has started."""
-    import torch
-
     from ..engine.backends import check_backend
-    from ..engine.engine import resolve_dtype
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"--device {device}: no CUDA device is visible here")
+    from ..engine.engine import engine_device, resolve_dtype
+
+    dev = engine_device(device)  # the engine's own refusal of CUDA that torch cannot see
     check_backend(backend, dev, resolve_dtype(dtype, dev))
 
 

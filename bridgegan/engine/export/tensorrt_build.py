@@ -118,7 +118,6 @@ def import_tensorrt():
 
 
 @functools.cache
-@functools.cache
 def logger(trt):
     """The one TensorRT logger of this process (TensorRT warns when builders and runtimes
     get different ones; a logger must outlive every object that uses it)."""

@@ -195,8 +195,12 @@ class CelebA(Dataset):
             code = {"train": 0, "val": 1, "test": 2}[split]
             idx = np.array([i for i, f in enumerate(names) if part[f] == code], dtype=np.int64)
         if len(idx) == 0:
-            why = (f"train_count={train_count}, val_count={val_count}" if split_mode == "index"
-                   else f"none has code {code} in {PARTITION_FILE}")
+            if n == 0 or split == "all":
+                why = "no image to split"
+            elif split_mode == "index":
+                why = f"train_count={train_count}, val_count={val_count}"
+            else:
+                why = f"none has code {code} in {PARTITION_FILE}"
             raise ValueError(f"CelebA split {split!r} (split_mode={split_mode!r}) is empty: "
                              f"{attr_path} lists {n} images, {why}")
         self.files = [names[i] for i in idx]
