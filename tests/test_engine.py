@@ -717,7 +717,7 @@ def test_triton_interpreter_runs_one_launch_at_a_time():
 
     def work(i):
         try:
-            results[i] = [engs[i].translate(x, {"Male": 1}, source=ys, seed=1) for _ in range(2)]
+            results[i] = [engs[i].translate(x, {"Male": 1}, source=ys, seed=1) for _ in range(4)]
         except Exception as exc:  # the interpreter's errors, reported below
             errors.append(repr(exc))
 
