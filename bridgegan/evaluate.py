@@ -224,8 +224,9 @@ def format_report(report: dict) -> str:
             fmt = ".3f" if "change" in lk else ".1%"
             lines.append(f"{title:22s} {metric_text(report[lk], fmt):>12s} "
                          f"{metric_text(report[rk], fmt):>12s}")
-        if title == "preservation" and "label_preservation_ci95" in report:  # older reports
-            ci = ["n/a" if c is None else f"{c[0]:.1%}-{c[1]:.1%}"   # lack the interval
+        # the preservation's interval beneath it (reports written before it lack it)
+        if title == "preservation" and "label_preservation_ci95" in report:
+            ci = ["n/a" if c is None else f"{c[0]:.1%}-{c[1]:.1%}"
                   for c in (report[f"{m}_preservation_ci95"] for m in ("label", "reference"))]
             lines.append(f"{'  95% interval':22s} {ci[0]:>12s} {ci[1]:>12s}  (sources "
                          "resampled)")

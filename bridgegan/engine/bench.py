@@ -408,11 +408,11 @@ def run_matrix(variants: list[Variant] | None, batches: list[int], resolutions: 
 
     dev = engine_device(device)
     variants = variants or default_variants(dev)
-    # one row per (variant, batch): plot() refuses a line through two rows at one batch,
-    # so repeats are refused here, before anything is timed
     unknown = [w for w in workloads if w not in WORKLOADS]
     if unknown:
         raise ValueError(f"unknown workload {unknown[0]!r}; workloads: {', '.join(WORKLOADS)}")
+    # one row per (variant, batch): plot() refuses a line through two rows at one batch,
+    # so repeats are refused here, before anything is timed
     names = [v.name for v in variants]
     for what, seq in (("variant", names), ("batch", batches), ("resolution", resolutions),
                       ("workload", workloads)):

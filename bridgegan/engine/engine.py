@@ -141,7 +141,6 @@ class EditStrip:
     captions: list[str]
 
 
-
 def engine_device(device: str | torch.device) -> torch.device:
     """``device`` as an engine runs on it: "cuda" is the GPU current now, where the weights
     go (not whichever is current in a caller's thread); CUDA that torch cannot see is
@@ -152,6 +151,7 @@ def engine_device(device: str | torch.device) -> torch.device:
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", torch.cuda.current_device())
     return dev
+
 
 class Engine:
     """``backend``: a name of ``backends.REGISTRY``, or "auto" for the fastest measured
