@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bridgegan.reference.attributes import PRESETS, apply_edits, resolve_attributes
+from bridgegan.reference.attributes import PRESETS, apply_edits, resolve_attributes, set_rows
 
 ATTRS = ("Bald", "Bangs", "Black_Hair", "Blond_Hair", "Brown_Hair", "Gray_Hair",
          "Receding_Hairline", "Straight_Hair", "Wavy_Hair", "Male")
@@ -40,6 +40,21 @@ def test_explicit_edits_win_and_clearing_is_not_a_rule():
     assert out["Bald"] == 1 and out["Bangs"] == 1
     out = as_dict(apply_edits(row(Black_Hair=1), ATTRS, {"Black_Hair": 0}))
     assert sum(out[h] for h in ("Black_Hair", "Blond_Hair", "Brown_Hair", "Gray_Hair")) == 0
+
+
+def test_rows_set_to_their_own_values_get_the_rules_row_by_row():
+    """Attributes taken from references differ from row to row: a row taking
+    Black_Hair = 1 loses its Blond_Hair, a row taking Black_Hair = 0 keeps it; with the same
+    values in every row, set_rows is apply_edits."""
+    labels = torch.cat([row(Blond_Hair=1, Bangs=1), row(Blond_Hair=1, Bangs=1)])
+    out = set_rows(labels, ATTRS, ["Black_Hair", "Bald"], torch.tensor([[1.0, 1.0],
+                                                                         [0.0, 0.0]]))
+    assert [as_dict(out[k:k + 1]) for k in range(2)] == [
+        as_dict(row(Black_Hair=1, Bald=1)), as_dict(row(Blond_Hair=1, Bangs=1))]
+    assert torch.equal(labels, torch.cat([row(Blond_Hair=1, Bangs=1)] * 2))  # not modified
+    edits = {"Straight_Hair": 1, "Gray_Hair": 1, "Male": 0}
+    assert torch.equal(set_rows(labels, ATTRS, list(edits), torch.tensor([[1.0, 1.0, 0.0]] * 2)),
+                       apply_edits(labels, ATTRS, edits))
 
 
 def test_input_is_not_modified_and_missing_rule_targets_are_fine():

@@ -122,6 +122,25 @@ def test_named_targets_and_reference_attributes(model):
     assert (only_male - want).abs().max() <= ATOL
 
 
+def test_reference_attributes_apply_the_conflict_rules(model):
+    """A hair colour taken from the reference clears the source's other hair colour, as
+    a dict target does (spec section 1; the official test flips and checks conflicts)."""
+    cfg = model.config
+    eng = Engine(model)
+    names = list(cfg.attributes)
+    x, r = images(1, cfg.image_size, 12), images(1, cfg.image_size, 13)
+    ys = torch.zeros(1, cfg.n_attrs)
+    ys[0, names.index("Blond_Hair")] = 1
+    ry = torch.zeros(1, cfg.n_attrs)
+    ry[0, names.index("Black_Hair")] = 1
+    got = eng.translate_reference(x, r, attributes=["Black_Hair"], source=ys, reference_labels=ry)
+    y_t = eng._target(ys, {"Black_Hair": 1})
+    assert y_t[0, names.index("Blond_Hair")] == 0
+    with torch.no_grad():
+        want = model.translate_reference(x, r, ys, y_t)
+    assert (got - want).abs().max() <= ATOL
+
+
 @pytest.mark.parametrize("backend", ["torch", "reference"])
 def test_region_edits_stay_inside_the_mask(model, backend):
     """A mask of ones is the plain edit, zeros the reconstruction; a half mask leaves the

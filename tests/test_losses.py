@@ -320,3 +320,31 @@ def test_feature_term_matches_a_frozen_classifiers_activations():
     assert G.to_rgb.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="no features"):
         GeneratorObjective(G, E, M, w)(**inp, critic=D)
+
+
+def test_cycle_term_gradients_follow_the_spec_stopgrads():
+    """Cycle: the first two terms re-encode stopgrad(X_l) and stopgrad(X_ref), the third
+    E(X_l, o) keeps X_l's gradient (spec section 5): the gradients of every G, E, M
+    parameter equal those of the term written out with those detaches."""
+    torch.manual_seed(0)
+    cfg = small_config()
+    model = randomize(BridgeGAN(cfg)).double()
+    G, E, M, D = model.generator, model.encoder, model.mapping, model.discriminator
+    inp = {k: v.double() for k, v in _objective_inputs(cfg, seed=5).items()}
+    w = LossWeights(adv=0.0, attr=0.0, rec=0.0, latent=0.0, cycle=1.0, mode_seeking=0.0)
+    params = [p for net in (G, E, M) for p in net.parameters()]
+    loss, _, _ = GeneratorObjective(G, E, M, w)(**inp, critic=D)
+    got = torch.autograd.grad(loss, params, allow_unused=True)
+    x, y, xr, yr, r, alpha = (inp[k] for k in ("x", "y", "xr", "yr", "noise", "alpha"))
+    d = yr - y
+    s_s = E(x, -d)
+    s_rand, s_ref = M(r, d) + s_s, E(xr, d) + s_s
+    x_l, x_ref = G(x, s_rand), G(x, s_ref)
+    o = (1 - d.abs()) * (1 - 2 * y)
+    cyc = (l1(s_rand, E(x_l.detach(), d) + s_s) + l1(s_ref, E(x_ref.detach(), d) + s_s)
+           + l1(E(x_l, o), E(x, o))) / 3
+    want = torch.autograd.grad(cyc, params, allow_unused=True)
+    for p, a, b in zip(params, got, want):
+        a = torch.zeros_like(p) if a is None else a
+        b = torch.zeros_like(p) if b is None else b
+        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-10)

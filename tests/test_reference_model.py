@@ -140,3 +140,99 @@ def test_config_json_round_trip_and_validation():
         BridgeGANConfig(image_size=100)
     with pytest.raises(ValueError, match="valid names are"):
         BridgeGANConfig(attributes=("Young", "Purple_Hair"))
+
+
+# ----- the forward computations of spec sections 2-3, written out from the spec ---------
+def _conv(m: torch.nn.Conv2d, x: torch.Tensor, padding: int) -> torch.Tensor:
+    return torch.nn.functional.conv2d(x, m.weight, m.bias, padding=padding)
+
+
+def _norm(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """Instance norm: statistics over H x W, biased variance."""
+    mean = x.mean((2, 3), keepdim=True)
+    var = ((x - mean) ** 2).mean((2, 3), keepdim=True)
+    return (x - mean) / torch.sqrt(var + eps)
+
+
+def _nearest(s: torch.Tensor, h: int) -> torch.Tensor:
+    """Nearest-neighbour resize to h x h: output pixel i reads input pixel floor(i * in / h)."""
+    idx = torch.arange(h) * s.shape[-1] // h
+    return s[:, :, idx][:, :, :, idx]
+
+
+def _spade(m, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    hidden = torch.relu(_conv(m.shared, _nearest(s, x.shape[-1]), 1))
+    return _norm(x, m.eps) * (1 + _conv(m.gamma, hidden, 1)) + _conv(m.beta, hidden, 1)
+
+
+def _in(m, x: torch.Tensor) -> torch.Tensor:
+    return _norm(x, m.eps) * m.weight.view(1, -1, 1, 1) + m.bias.view(1, -1, 1, 1)
+
+
+def _resblk(blk, x, s, norm: str, act, resample):
+    def nrm(m, t):
+        return {"in": lambda: _in(m, t), "spade": lambda: _spade(m, t, s), "none": lambda: t}[norm]()
+
+    up = lambda t: t.repeat_interleave(2, 2).repeat_interleave(2, 3)  # nearest 2x
+    pool = lambda t: torch.nn.functional.avg_pool2d(t, 2)
+    h = act(nrm(blk.norm1, x))
+    h = _conv(blk.conv1, up(h) if resample == "up" else h, 1)
+    h = _conv(blk.conv2, act(nrm(blk.norm2, h)), 1)
+    sc = up(x) if resample == "up" else x
+    if blk.shortcut is not None:
+        sc = _conv(blk.shortcut, sc, 0)
+    if resample == "down":
+        h, sc = pool(h), pool(sc)
+    return h + sc  # no 1/sqrt(2)
+
+
+def test_networks_compute_the_spec_formulas(small_model):
+    """G, E, M and D against their spec sections 2-3 written out by hand, in float64: the
+    order of norm / activation / resampling / convolution in every block, SPADE's
+    x_hat (1 + gamma) + beta on a nearest-resized S, the ReLU / LeakyReLU(0.2) of each
+    network, the heads and tails."""
+    m = small_model.double()
+    cfg = m.config
+    relu = torch.relu
+    lrelu = lambda t: torch.nn.functional.leaky_relu(t, 0.2)
+    g = torch.Generator().manual_seed(11)
+    x = images(2, cfg.image_size, 11).double()
+    d = torch.tensor([[1.0, -1.0, 0.0, 1.0, 0.0, -1.0], [0.0, 1.0, 1.0, -1.0, 0.0, 0.0]]).double()
+    r = torch.randn(2, cfg.noise_dim, generator=g).double()
+    s = torch.rand(2, cfg.latent_channels, cfg.latent_size, cfg.latent_size, generator=g).double()
+    G, E, M, D = m.generator, m.encoder, m.mapping, m.discriminator
+    with torch.no_grad():
+        h = _conv(G.stem, x, 0)
+        for blk in G.down:
+            h = _resblk(blk, h, None, "in", relu, "down")
+        h = _resblk(G.mid_in, h, None, "in", relu, None)
+        h = _resblk(G.mid_spade, h, s, "spade", relu, None)
+        for blk in G.up:
+            h = _resblk(blk, h, s, "spade", relu, "up")
+        want_g = torch.tanh(_conv(G.to_rgb, relu(h), 0))
+
+        tiled = d[:, :, None, None].expand(-1, -1, cfg.image_size, cfg.image_size)
+        h = _conv(E.stem, torch.cat([x, tiled], 1), 0)
+        h = _resblk(E.blocks[0], h, None, "in", relu, "down")
+        for blk in E.blocks[1:]:
+            h = _resblk(blk, h, None, "in", relu, None)
+        want_e = relu(_in(E.head.norm, _conv(E.head.conv, relu(h), 0)))
+
+        h = torch.nn.functional.linear(torch.cat([r, d], 1), M.fc.weight, M.fc.bias)
+        h = h.view(2, cfg.mapping_channels, 4, 4)  # no activation
+        for blk in M.blocks:
+            h = _resblk(blk, h, None, "in", relu, "up")
+        want_m = relu(_in(M.head.norm, _conv(M.head.conv, relu(h), 0)))
+
+        h = _conv(D.stem, x, 0)
+        for blk in D.blocks:
+            h = _resblk(blk, h, None, "none", lrelu, "down")
+        h = lrelu(h)
+        heads = [torch.nn.functional.linear(lrelu(_conv(conv, h, 0)).flatten(1), fc.weight, fc.bias)
+                 for conv, fc in ((D.adv_conv, D.adv_fc), (D.cls_conv, D.cls_fc))]
+        got = (G(x, s), E(x, d), M(r, d), *D(x))
+    assert len(G.down) == len(G.up) == cfg.g_downs and len(M.blocks) == cfg.mapping_ups
+    for what, a, b in zip("GEMDC", got, (want_g, want_e, want_m, heads[0][:, 0], heads[1])):
+        assert a.shape == b.shape, what
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10, msg=what)
+    assert BridgeGANConfig.paper().eps == 1e-5  # the norms' epsilon (spec sections 2, 8.6)

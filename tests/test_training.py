@@ -69,7 +69,16 @@ def test_one_step_updates_every_parameter_and_only_the_references_memory_rows(fa
     ema_before = {k: v.detach().clone() for k, v in t.ema.generator.named_parameters()}
     table = t.memory.table.clone()
     decay = t.ema_decay()
+    seen, written = [], []
+    local, write = t._local, t.memory.write
+    t._local = lambda *a: seen.append(local(*a)) or seen[-1]
+    t.memory.write = lambda index, rows: written.append(index.clone()) or write(index, rows)
     terms = t.train_step()
+    # the G step's noise is each REFERENCE's stored r0, and the refined noise goes back
+    # into those same rows, in the same order (spec section 5)
+    g_step = seen[-1]
+    assert torch.equal(g_step["noise"], table[g_step["ref_index"]])
+    assert len(written) == 1 and torch.equal(written[0], g_step["ref_index"])
     for net in ("generator", "encoder", "mapping", "discriminator"):
         params = [(k, v) for k, v in t.model.named_parameters() if k.startswith(net + ".")]
         assert params

@@ -26,7 +26,7 @@ import torch
 
 from ..numerics import dtype_name, dtype_spellings
 from ..reference import programs
-from ..reference.attributes import apply_edits, check_names
+from ..reference.attributes import apply_edits, check_names, set_rows
 from ..reference.checkpoint import load_checkpoint
 from ..reference.config import MAX_SCALE, BridgeGANConfig
 from ..reference.model import BridgeGAN
@@ -376,9 +376,7 @@ class Engine:
                              f"{', '.join(self.attributes)}), got {attributes!r}")
         check_names(list(attributes), self.attributes)
         index = [self.attributes.index(n) for n in attributes]
-        y_t = y_s.clone()
-        y_t[:, index] = y_r[:, index]
-        return y_t
+        return set_rows(y_s, self.attributes, list(attributes), y_r[:, index])
 
     @_serialised
     def interpolate(self, images: Images, references, target, alphas: Sequence[float],

@@ -3,7 +3,8 @@
 Labels are 0/1 float tensors of shape (N, n_attrs) in the order of the configuration's
 attribute list. ``apply_edits`` sets named attributes and then applies the rules of the
 spec (section 1): hair colours are exclusive, Bald / Receding_Hairline clear Bangs,
-Straight_Hair and Wavy_Hair are exclusive.
+Straight_Hair and Wavy_Hair are exclusive; ``set_rows`` does the same with values that
+differ from row to row (attributes taken from references).
 """
 from __future__ import annotations
 
@@ -104,21 +105,35 @@ def apply_edits(
     for name, value in edits.items():
         if isinstance(value, (str, bytes)) or _as_float(value) not in (0.0, 1.0):
             raise ValueError(f"target for {name!r} must be 0 or 1, got {value!r}")
-    out = labels.clone()
+    values = torch.tensor([float(v) for v in edits.values()], dtype=labels.dtype,
+                          device=labels.device)
+    return set_rows(labels, attributes, list(edits), values.expand(labels.shape[0], -1))
+
+
+def _cleared_by(name: str) -> list[str]:
+    """The attributes the rules clear when ``name`` is set to 1."""
+    cleared = []
+    if name in HAIR_COLOURS:
+        cleared += [h for h in HAIR_COLOURS if h != name]
+    if name in _CLEARS_BANGS:
+        cleared.append("Bangs")
+    if name in _HAIR_SHAPES:
+        cleared += [h for h in _HAIR_SHAPES if h != name]
+    return cleared
+
+
+def set_rows(labels: torch.Tensor, attributes: Sequence[str], names: Sequence[str],
+             values: torch.Tensor) -> torch.Tensor:
+    """A copy of ``labels`` (N, A) with ``names`` set to ``values`` (N, len(names)) row by
+    row, the rules of ``apply_edits`` applied in each row to the names it sets to 1 (so a
+    hair colour taken from a reference clears the row's other one). Names and 0/1 values
+    are the caller's to check."""
     index = {n: i for i, n in enumerate(attributes)}
-    cleared: set[str] = set()
-    for name, value in edits.items():
-        if float(value) != 1.0:
-            continue
-        if name in HAIR_COLOURS:
-            cleared.update(h for h in HAIR_COLOURS if h != name)
-        if name in _CLEARS_BANGS:
-            cleared.add("Bangs")
-        if name in _HAIR_SHAPES:
-            cleared.update(h for h in _HAIR_SHAPES if h != name)
-    for name in cleared - set(edits):
-        if name in index:
-            out[:, index[name]] = 0
-    for name, value in edits.items():
-        out[:, index[name]] = float(value)
+    out = labels.clone()
+    for j, name in enumerate(names):
+        on = values[:, j] == 1
+        for other in _cleared_by(name):
+            if other in index and other not in names:
+                out[on, index[other]] = 0
+    out[:, [index[n] for n in names]] = values
     return out
