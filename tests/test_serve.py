@@ -38,7 +38,7 @@ from bridgegan.engine import Engine
 from bridgegan.numerics import tolerance
 from bridgegan.reference import BridgeGAN, save_checkpoint
 from bridgegan.serve import front as front_module
-from bridgegan.serve.front import RequestError, check, http_arrays
+from bridgegan.serve.front import RequestError, check, grpc_arrays, http_arrays
 from bridgegan.serve.models import MODELS, model_specs, run_requests
 from bridgegan.serve.process import free_ports
 from conftest import images, labels, randomize, small_config
@@ -452,6 +452,23 @@ def test_slow_grpc_clients_are_cut_off(front):
         assert "not a ModelInferRequest" in err.value.details()
 
 
+def test_grpc_requests_with_many_inputs_are_refused_from_their_count(engine):
+    """A gRPC message can declare an input in two bytes (some 500,000 in the 1 MiB checked on
+    the event loop): it is refused from the count, with a short message, before its inputs
+    are walked and named one by one."""
+    service_pb2 = pytest.importorskip("tritonclient.grpc.service_pb2")
+    request = service_pb2.ModelInferRequest.FromString(
+        service_pb2.ModelInferRequest(model_name="translate_label").SerializeToString()
+        + b"\x2a\x00" * 100_000)  # field 5 (inputs), an empty InferInputTensor, each
+    spec = model_specs(engine.config)["translate_label"]
+    with pytest.raises(RequestError) as err:
+        grpc_arrays(spec, 8, request)
+    assert str(err.value).startswith("100000 inputs given; translate_label takes image FP32"), \
+        str(err.value)[:200]
+    with pytest.raises(RequestError, match="^1000 inputs given; translate_label takes"):
+        http_arrays(spec, 8, json.dumps({"inputs": [{}] * 1000}).encode(), None)
+
+
 @needs_front
 def test_grpc_calls_past_the_bound_are_refused(engine, tmp_path, monkeypatch):
     """With MAX_GRPC_CALLS calls held open by clients that send nothing, the next call is
@@ -490,6 +507,98 @@ def test_grpc_calls_past_the_bound_are_refused(engine, tmp_path, monkeypatch):
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+def h2_frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
+    return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") \
+        + payload
+
+
+def h2_calls_without_window(address: tuple[str, int], method: str, calls: int) -> socket.socket:
+    """A connection that makes ``calls`` gRPC calls of an empty message to ``method`` and
+    grants the server no HTTP/2 window for their answers; it acknowledges the server's
+    SETTINGS and, on a thread, its PINGs (a client that does not is cut off by grpc)."""
+    def literal(name: bytes, value: bytes) -> bytes:  # HPACK: literal, new name, no Huffman
+        return bytes([0, len(name)]) + name + bytes([len(value)]) + value
+
+    headers = b"".join(literal(*h) for h in [
+        (b":method", b"POST"), (b":scheme", b"http"), (b":path", method.encode()),
+        (b":authority", b"x"), (b"content-type", b"application/grpc"), (b"te", b"trailers")])
+    sock = socket.create_connection(address, timeout=60)
+    sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+                 + h2_frame(4, 0, 0, (4).to_bytes(2, "big") + (0).to_bytes(4, "big")))
+    while True:  # the server's SETTINGS
+        head = sock.recv(9, socket.MSG_WAITALL)
+        payload = sock.recv(int.from_bytes(head[:3], "big"), socket.MSG_WAITALL)
+        if head[3] == 4 and not head[4] & 1:
+            break
+    sock.sendall(h2_frame(4, 1, 0) + b"".join(
+        h2_frame(1, 4, 2 * k + 1, headers) + h2_frame(0, 1, 2 * k + 1, bytes(5))
+        for k in range(calls)))
+
+    def answer_pings():
+        try:
+            while head := sock.recv(9, socket.MSG_WAITALL):
+                payload = sock.recv(int.from_bytes(head[:3], "big"), socket.MSG_WAITALL)
+                if head[3] == 6 and not head[4] & 1:
+                    sock.sendall(h2_frame(6, 1, 0, payload))
+        except OSError:  # closed
+            pass
+
+    sock.settimeout(None)
+    threading.Thread(target=answer_pings, daemon=True).start()
+    return sock
+
+
+@needs_front
+def test_grpc_clients_that_do_not_take_their_answers_lose_their_calls(engine, tmp_path,
+                                                                      monkeypatch):
+    """Calls whose answers the client takes no HTTP/2 window for do not keep their
+    MAX_GRPC_CALLS slots for good: the front ends the connection after the read timeout
+    (twice: a grace for calls in flight), and other clients' calls are taken again."""
+    from concurrent.futures import ThreadPoolExecutor as Pool
+
+    import grpc
+
+    from bridgegan.serve.front import GRPC_SERVICE, Front
+
+    class Live(grpc.GenericRpcHandler):  # tritonserver's gRPC socket: answers every call
+        def service(self, details):
+            return grpc.unary_unary_rpc_method_handler(lambda request, context: b"live")
+
+    monkeypatch.setattr(front_module, "MAX_GRPC_CALLS", 2)
+    fake = grpc.server(Pool(2))
+    fake.add_generic_rpc_handlers([Live()])
+    fake.add_insecure_port(f"unix:{tmp_path / 'grpc.sock'}")
+    fake.start()
+    specs = {name: (spec, 8) for name, spec in model_specs(engine.config).items()}
+    live = GRPC_SERVICE + "ServerLive"
+    try:
+        with Front(specs, tmp_path / "http.sock", f"unix:{tmp_path / 'grpc.sock'}",
+                   "127.0.0.1", free_ports(1)[0], 0, 2.0) as served, \
+                grpc.insecure_channel(f"{served.host}:{served.grpc_port}") as channel:
+            held = h2_calls_without_window((served.host, served.grpc_port), live, 2)
+            answers = []  # refused while the two are held, then taken again (before: never)
+            try:
+                for _ in range(600):  # a hang guard: two minutes of probes
+                    try:
+                        answer = channel.unary_unary(live)(b"", timeout=60).decode()
+                    except grpc.RpcError as err:
+                        answer = err.code()
+                    if answers or answer != "live":  # from the first refusal on
+                        answers.append(answer)
+                    if answers and answers[-1] == "live":
+                        break
+                    time.sleep(0.2)
+            finally:
+                held.close()
+            assert answers and answers[0] == grpc.StatusCode.RESOURCE_EXHAUSTED, answers[:3]
+            assert answers[-1] == "live", answers[-3:]
+            # (this channel's own connection ages out too: a call may meet its GOAWAY)
+            assert set(answers[:-1]) <= {grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                         grpc.StatusCode.UNAVAILABLE}
+    finally:
+        fake.stop(None)
+
+
 @needs_front
 def test_slow_clients_are_cut_off(front):
     t0 = time.monotonic()
@@ -502,6 +611,29 @@ def test_slow_clients_are_cut_off(front):
     assert time.monotonic() - t0 >= READ_TIMEOUT_S
     late_body.close()
     late_header.close()
+
+
+@needs_front
+def test_clients_that_do_not_read_their_response_are_cut_off(front):
+    """A client that sends a valid request and never reads its (large) response loses the
+    connection after the read timeout, instead of holding it, and the response, for good."""
+    import select
+
+    body = json.dumps({"inputs": LABEL}).encode()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    try:
+        front.fake.reply = (200, {"outputs": "x" * 32_000_000})  # more than socket buffers
+        sock.connect((front.host, front.http_port))
+        sock.sendall(b"POST /v2/models/translate_label/infer HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        poll = select.poll()
+        poll.register(sock, select.POLLRDHUP)  # the front closed its end (POLLERR, POLLHUP too)
+        assert poll.poll(120_000), "the connection is still open"
+    finally:
+        sock.close()
+        front.fake.reply = OK_REPLY
+    assert post(front.http, body) == OK_REPLY
 
 
 @needs_front

@@ -77,9 +77,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="how long shutdown waits for in-flight requests, open clients and "
                         "the models to unload (about 3 s; default: %(default)s)")
     p.add_argument("--read-timeout-secs", type=positive_float, default=READ_TIMEOUT_S,
-                   help="how long an HTTP client may take to send a request's header and then "
-                        "as long for its body: a late header closes the connection (idle "
-                        "connections too), a late body gets 408 (default: %(default)s)")
+                   help="how long an HTTP client may take to send a request's header, then "
+                        "its body, then to take the response: a late header closes the "
+                        "connection (idle connections too), a late body gets 408, a response "
+                        "not taken resets it; gRPC: the time for a request message, and the "
+                        "age at which connections are renewed (default: %(default)s)")
     p.add_argument("--write-repository", metavar="DIR",
                    help="write a python-backend model repository of --checkpoint to DIR and "
                         "exit (--device cuda: GPU instances)")

@@ -16,6 +16,13 @@ request on its own before it reaches tritonserver:
   is on the wire, so that the read can have a deadline), and at most ``MAX_GRPC_CALLS``
   gRPC calls are taken at once (others get RESOURCE_EXHAUSTED: grpc buffers a call's
   message before the handler sees it, so only a bound on calls bounds that memory);
+  answers too have a deadline: an HTTP response the client has not taken within the read
+  timeout ends its connection (reset), and every gRPC connection is ended (GOAWAY) after
+  the read timeout, its calls in flight given as long again (a call whose answer the
+  client takes no HTTP/2 window for would keep its slot for good: grpc's Python API
+  cannot end one call); clients reconnect by themselves;
+- count: a request declaring more inputs than its model takes is refused before they
+  are walked (a gRPC message declares one in two bytes);
 - JSON: UTF-8, no key repeated in an object (tritonserver would take the first, Python's
   json the last), ``"parameters"`` objects, integer dimensions, JSON numbers for FP32 and
   true / false for BOOL ("data" lists may nest); binary BOOL bytes 0 or 1;
@@ -42,6 +49,8 @@ import json
 import logging
 import os
 import re
+import socket
+import struct
 import threading
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -206,6 +215,7 @@ def http_arrays(spec: ModelSpec, max_batch: int, body: bytes,
     try:
         head = json_head(body if header_length is None else body[:header_length])
         inputs = head["inputs"]
+        check_count(spec, len(inputs))
         _parameters(head, "the request")
         declared = [(i["name"], i["datatype"], i["shape"]) for i in inputs]
         check_declared(spec, max_batch, declared)
@@ -233,8 +243,17 @@ def http_arrays(spec: ModelSpec, max_batch: int, body: bytes,
     return arrays
 
 
+def check_count(spec: ModelSpec, count: int) -> None:
+    """Refuse a request declaring more inputs than ``spec`` has, before they are walked: a
+    gRPC message declares an input in two bytes, and half a million of them would cost a
+    walk (and an error naming each) on the event loop."""
+    if count > len(spec.inputs):
+        raise RequestError(f"{count} inputs given; {accepted(spec)}")
+
+
 def grpc_arrays(spec: ModelSpec, max_batch: int, request) -> dict[str, np.ndarray]:
     """The input arrays of a gRPC ModelInferRequest, declarations checked first."""
+    check_count(spec, len(request.inputs))
     declared = [(i.name, i.datatype, list(i.shape)) for i in request.inputs]
     check_declared(spec, max_batch, declared)
     raw = request.raw_input_contents
@@ -348,7 +367,11 @@ class Front:
         self.channel = grpc.aio.insecure_channel(self.private_grpc, options=unlimited)
         self.grpc = grpc.aio.server(maximum_concurrent_rpcs=MAX_GRPC_CALLS, options=[
             ("grpc.max_receive_message_length", self.binary_limit),
-            ("grpc.max_send_message_length", -1), ("grpc.so_reuseport", 0)])
+            ("grpc.max_send_message_length", -1), ("grpc.so_reuseport", 0),
+            # a call whose answer the client takes no window for keeps its slot until its
+            # connection ends: end each after the read timeout, calls in flight given as long
+            ("grpc.max_connection_age_ms", int(1000 * self.read_timeout_s)),
+            ("grpc.max_connection_age_grace_ms", int(1000 * self.read_timeout_s))])
         self.grpc.add_generic_rpc_handlers([_GrpcHandler(self)])
         self.grpc_port = self.grpc.add_insecure_port(f"{self.host}:{self.grpc_port}")
         await self.grpc.start()
@@ -368,12 +391,34 @@ class Front:
         infer = HTTP_INFER.fullmatch(path)
         try:
             if request.method == "POST" and infer:
-                return await self._http_infer(request, infer.group(1))
-            if request.method == "GET" and HTTP_FORWARDED_GET.fullmatch(path):
-                return await self._forward(request, b"")
-            raise RequestError(f"{request.method} {path} is {OFF}", 403)
+                response = await self._http_infer(request, infer.group(1))
+            elif request.method == "GET" and HTTP_FORWARDED_GET.fullmatch(path):
+                response = await self._forward(request, b"")
+            else:
+                raise RequestError(f"{request.method} {path} is {OFF}", 403)
         except RequestError as exc:
-            return web.json_response({"error": str(exc)}, status=exc.status)
+            response = web.json_response({"error": str(exc)}, status=exc.status)
+        return await self._respond(request, response)
+
+    async def _respond(self, request, response):
+        """Send ``response``; a client that has not taken it within the read timeout (it
+        does not read) loses the connection, which would otherwise hold the response and a
+        file descriptor for as long as the client likes."""
+        async def send():
+            await response.prepare(request)
+            await response.write_eof()
+
+        try:  # asyncio.wait_for, not asyncio.timeout: Python 3.10 is supported
+            await asyncio.wait_for(send(), self.read_timeout_s)
+        except asyncio.TimeoutError:
+            LOG.warning("%s: the client did not take the response within %g s; connection "
+                        "closed", request.path, self.read_timeout_s)
+            transport = request.transport
+            if transport is not None:  # reset: close would still wait for the client to read
+                transport.get_extra_info("socket").setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                transport.abort()
+        return response
 
     async def _http_infer(self, request, model: str):
         if model not in self.specs:
