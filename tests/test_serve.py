@@ -329,6 +329,7 @@ class FakeTriton(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self):
         self.server.bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
+        time.sleep(self.server.delay)
         status, answer = self.server.reply
         data = json.dumps(answer).encode()
         self.send_response(status)
@@ -353,7 +354,7 @@ def front(engine, tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("front")
     fake = socketserver.ThreadingUnixStreamServer(str(folder / "http.sock"), FakeTriton)
-    fake.bodies, fake.reply, fake.daemon_threads = [], OK_REPLY, True
+    fake.bodies, fake.reply, fake.daemon_threads, fake.delay = [], OK_REPLY, True, 0.0
     threading.Thread(target=fake.serve_forever, daemon=True).start()
     specs = {name: (spec, 8) for name, spec in model_specs(engine.config).items()}
     with Front(specs, folder / "http.sock", f"unix:{folder / 'grpc.sock'}", "127.0.0.1",
@@ -634,6 +635,36 @@ def test_clients_that_do_not_read_their_response_are_cut_off(front):
         sock.close()
         front.fake.reply = OK_REPLY
     assert post(front.http, body) == OK_REPLY
+
+
+@needs_front
+def test_clients_that_leave_before_their_answer_are_no_error(front, caplog):
+    """A client that leaves before its answer is written, or in the middle of its body, is
+    let go quietly (as aiohttp does), not logged as an "Error handling request" traceback."""
+    import logging
+
+    body = json.dumps({"inputs": LABEL}).encode()
+    front.fake.delay = 0.5  # the answer comes after the client has gone
+    try:
+        with caplog.at_level(logging.DEBUG):
+            forwarded = len(front.fake.bodies)
+            with socket.create_connection((front.host, front.http_port)) as sock:
+                sock.sendall(b"POST /v2/models/translate_label/infer HTTP/1.1\r\nHost: x\r\n"
+                             b"Content-Length: %d\r\n\r\n" % len(body) + body)
+                deadline = time.monotonic() + 60  # a hang guard
+                while len(front.fake.bodies) == forwarded:  # forwarded: the answer is due
+                    assert time.monotonic() < deadline
+                    time.sleep(0.01)
+            with socket.create_connection((front.host, front.http_port)) as sock:
+                sock.sendall(b"POST /v2/models/translate_label/infer HTTP/1.1\r\nHost: x\r\n"
+                             b"Content-Length: %d\r\n\r\n" % len(body) + body[:10])
+                time.sleep(0.2)  # and leaves in the middle of its body
+            time.sleep(1.0)  # the answer is written (or not) to the closed connection
+            assert post(front.http, body) == OK_REPLY
+    finally:
+        front.fake.delay = 0.0
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], \
+        [r.getMessage() for r in caplog.records]
 
 
 @needs_front

@@ -44,6 +44,7 @@ keeps the detail.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import logging
@@ -410,13 +411,21 @@ class Front:
 
         try:  # asyncio.wait_for, not asyncio.timeout: Python 3.10 is supported
             await asyncio.wait_for(send(), self.read_timeout_s)
+        except ConnectionError:
+            # the client left before or while its answer was written: aiohttp's own
+            # finish_response lets this go silently; raised from here it would be logged
+            # as an "Error handling request" traceback, one per client that leaves
+            pass
         except asyncio.TimeoutError:
             LOG.warning("%s: the client did not take the response within %g s; connection "
                         "closed", request.path, self.read_timeout_s)
             transport = request.transport
             if transport is not None:  # reset: close would still wait for the client to read
-                transport.get_extra_info("socket").setsockopt(
-                    socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock = transport.get_extra_info("socket")
+                if sock is not None:
+                    with contextlib.suppress(OSError):
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                        struct.pack("ii", 1, 0))
                 transport.abort()
         return response
 
@@ -452,6 +461,8 @@ class Front:
         except asyncio.TimeoutError:
             raise RequestError(f"the request body did not arrive within "
                                f"{self.read_timeout_s:g} s (--read-timeout-secs)", 408) from None
+        except ConnectionError:  # the client left mid-body: an answer no one will read
+            raise RequestError("the connection was lost before the body arrived") from None
 
     async def _check(self, spec: ModelSpec, size: int,
                      decode: Callable[[], dict[str, np.ndarray]]) -> None:
