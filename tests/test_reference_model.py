@@ -171,7 +171,8 @@ def _in(m, x: torch.Tensor) -> torch.Tensor:
 
 def _resblk(blk, x, s, norm: str, act, resample):
     def nrm(m, t):
-        return {"in": lambda: _in(m, t), "spade": lambda: _spade(m, t, s), "none": lambda: t}[norm]()
+        return {"in": lambda: _in(m, t), "spade": lambda: _spade(m, t, s),
+                "none": lambda: t}[norm]()
 
     up = lambda t: t.repeat_interleave(2, 2).repeat_interleave(2, 3)  # nearest 2x
     pool = lambda t: torch.nn.functional.avg_pool2d(t, 2)

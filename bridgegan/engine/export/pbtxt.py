@@ -48,8 +48,8 @@ def model_config(name: str, runtime: tuple[str, str], max_batch_size: int,
     ``runtime``: ("platform", "onnxruntime_onnx" / "tensorrt_plan") or ("backend",
     "python"). ``preferred``: preferred batch sizes (those above ``max_batch_size`` are
     left out). ``device`` ("cpu", "cuda" or "cuda:N"; ``argtypes.split_device``): one
-    instance of that kind (on GPU N); None leaves the instances to Triton. ``parameters``: string
-    parameters the model reads.
+    instance of that kind (on GPU N); None leaves the instances to Triton.
+    ``parameters``: string parameters the model reads.
     """
     sizes = [str(b) for b in preferred if b <= max_batch_size]
     batching = ([f"  preferred_batch_size: [ {', '.join(sizes)} ]"] if sizes else []) + [
