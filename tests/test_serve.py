@@ -480,6 +480,14 @@ def test_grpc_calls_past_the_bound_are_refused(engine, tmp_path, monkeypatch):
 
     monkeypatch.setattr(front_module, "MAX_GRPC_CALLS", 2)
     release = threading.Event()
+    entered = threading.Semaphore(0)  # a call has its slot and waits for its message
+    message = Front.grpc_message
+
+    async def counted(self, requests, context):
+        entered.release()
+        return await message(self, requests, context)
+
+    monkeypatch.setattr(Front, "grpc_message", counted)
 
     def held():  # sends its message only when released
         release.wait(120)
@@ -491,6 +499,9 @@ def test_grpc_calls_past_the_bound_are_refused(engine, tmp_path, monkeypatch):
             grpc.insecure_channel(f"{served.host}:{served.grpc_port}") as channel:
         infer = GRPC_SERVICE + "ModelInfer"
         calls = [channel.stream_unary(infer).future(held(), timeout=120) for _ in range(2)]
+        # both held before the first probe: a probe that reached the server between the
+        # two would take the second one's slot (it is refused), and no probe is ever refused
+        assert all(entered.acquire(timeout=60) for _ in calls), [c.done() for c in calls]
         codes = []
         try:
             while grpc.StatusCode.RESOURCE_EXHAUSTED not in codes and len(codes) < 1000:

@@ -216,6 +216,8 @@ def http_arrays(spec: ModelSpec, max_batch: int, body: bytes,
     try:
         head = json_head(body if header_length is None else body[:header_length])
         inputs = head["inputs"]
+        if not isinstance(inputs, list):  # a string or object: not "N inputs given"
+            raise TypeError
         check_count(spec, len(inputs))
         _parameters(head, "the request")
         declared = [(i["name"], i["datatype"], i["shape"]) for i in inputs]
@@ -366,13 +368,14 @@ class Front:
         await web.TCPSite(self.runner, self.host, self.http_port).start()
         unlimited = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
         self.channel = grpc.aio.insecure_channel(self.private_grpc, options=unlimited)
+        # a call whose answer the client takes no window for keeps its slot until its
+        # connection ends: end each after the read timeout, calls in flight given as long
+        # (grpc takes a C int of ms: a read timeout past ~24.8 days would not start)
+        age_ms = min(int(1000 * self.read_timeout_s), 2**31 - 1)
         self.grpc = grpc.aio.server(maximum_concurrent_rpcs=MAX_GRPC_CALLS, options=[
             ("grpc.max_receive_message_length", self.binary_limit),
             ("grpc.max_send_message_length", -1), ("grpc.so_reuseport", 0),
-            # a call whose answer the client takes no window for keeps its slot until its
-            # connection ends: end each after the read timeout, calls in flight given as long
-            ("grpc.max_connection_age_ms", int(1000 * self.read_timeout_s)),
-            ("grpc.max_connection_age_grace_ms", int(1000 * self.read_timeout_s))])
+            ("grpc.max_connection_age_ms", age_ms), ("grpc.max_connection_age_grace_ms", age_ms)])
         self.grpc.add_generic_rpc_handlers([_GrpcHandler(self)])
         self.grpc_port = self.grpc.add_insecure_port(f"{self.host}:{self.grpc_port}")
         await self.grpc.start()
