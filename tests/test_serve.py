@@ -745,7 +745,8 @@ def test_read_timeout_option_reaches_the_server(monkeypatch, capsys):
 def test_serve_repository_is_checked_before_tritonserver_starts(tmp_path, capsys):
     """A folder without the models' configurations is refused before tritonserver starts
     (it printed its banner, then failed); --repository beside --checkpoint is refused (the
-    checkpoint was ignored)."""
+    checkpoint was ignored), and so are engine and batching options that differ from their
+    defaults (ignored too: the repository's config decides)."""
     from bridgegan.serve import server
 
     (tmp_path / MODELS[0]).mkdir()
@@ -757,6 +758,10 @@ def test_serve_repository_is_checked_before_tritonserver_starts(tmp_path, capsys
     assert main(["serve", "--repository", str(tmp_path), "--checkpoint", "ck"]) == 2
     assert "--repository serves a repository already written: give it alone" \
         in capsys.readouterr().err
+    assert main(["serve", "--repository", str(tmp_path), "--device", "cuda", "--dtype", "fp16",
+                 "--max-batch", "64", "--max-queue-delay-us", "5"]) == 2
+    assert ("--dtype, --device, --max-queue-delay-us: the repository's config.pbtxt files "
+            "decide these under --repository") in capsys.readouterr().err
 
 
 def parse_pbtxt_ports(text: str, kind: str) -> list[tuple]:

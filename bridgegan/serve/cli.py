@@ -16,6 +16,10 @@ def run(args: argparse.Namespace) -> int:
     if args.repository and (args.checkpoint or args.write_repository):
         raise ValueError("--repository serves a repository already written: give it alone, "
                          "or --checkpoint CKPT (with or without --write-repository DIR)")
+    if args.repository and (changed := _not_default(args, REPOSITORY_DECIDES)):
+        raise ValueError(f"{', '.join(changed)}: the repository's config.pbtxt files decide "
+                         "these under --repository; write it again with them "
+                         "(--checkpoint CKPT --write-repository DIR)")
     if not args.write_repository:
         from .process import ports_in_use
 
@@ -47,6 +51,19 @@ def run(args: argparse.Namespace) -> int:
     import_pytriton()  # before writing anything: a missing extra fails fast
     check_engine_options(args.backend, args.dtype, args.device)
     return serve_checkpoint(args.checkpoint, *engine, **ports)
+
+
+# the options a written repository fixes (config.pbtxt), which serve --repository cannot change
+REPOSITORY_DECIDES = ("backend", "dtype", "device", "max_batch", "max_queue_delay_us")
+
+
+def _not_default(args: argparse.Namespace, names) -> list[str]:
+    """The options of ``names`` given other values than their defaults, as flags. (A value
+    equal to its default cannot be told from none: argparse fills defaults in.)"""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return ["--" + n.replace("_", "-") for n in names
+            if getattr(args, n) != parser.get_default(n)]
 
 
 def check_engine_options(backend: str, dtype: str, device: str) -> None:
@@ -87,4 +104,5 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "exit (--device cuda: GPU instances)")
     p.add_argument("--repository", metavar="DIR",
                    help="serve this python-backend model repository (written by "
-                        "--write-repository) instead of --checkpoint")
+                        "--write-repository) instead of --checkpoint; its config.pbtxt "
+                        "files decide device, backend, dtype and batching")
