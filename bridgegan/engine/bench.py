@@ -178,12 +178,16 @@ def environment(device: torch.device) -> dict:
     except ImportError:
         triton_version = "absent"
     commit = os.environ.get("BRIDGEGAN_COMMIT", "")  # set where the copy has no .git
-    try:
-        commit = commit or subprocess.run(["git", "describe", "--always", "--dirty"],
-                                          capture_output=True, text=True,
-                                          cwd=Path(__file__).parent, timeout=5).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
+    root = Path(__file__).resolve().parents[2]
+    # only this package's own checkout: an installed copy (site-packages) may sit inside
+    # some other git work tree (a project's .venv), whose commit is not this code's
+    if not commit and (root / ".git").exists() and (root / "pyproject.toml").is_file():
+        try:
+            commit = subprocess.run(["git", "describe", "--always", "--dirty"],
+                                    capture_output=True, text=True,
+                                    cwd=root, timeout=5).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            pass
     name = (torch.cuda.get_device_name(device) if device.type == "cuda"
             else f"{_cpu_model()}, {torch.get_num_threads()} threads")
     return {"device": name, "torch": torch.__version__, "triton": triton_version,
