@@ -247,7 +247,7 @@ def run(out_dir, dry_run=False, sweep=False, parity=False, quick=False, dtypes=N
     if parity:
         from bridgegan.kernels.parity import check_ops
 
-        prow = check_ops(device=device, verbose=True, quick=quick or dry_run,
+        prow = check_ops(device=device, quick=quick or dry_run,
                          impl="torch" if dry_run else None)
         (out / "parity.json").write_text(json.dumps(prow, indent=1))
         print(f"parity: {sum(r['ok'] for r in prow)}/{len(prow)} pass")

@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bridgegan.engine import Engine  # noqa: E402
 from bridgegan.engine.bench import Variant, environment  # noqa: E402
+from bridgegan.engine.parity import parity_inputs  # noqa: E402
 from bridgegan.files import write_file_atomic  # noqa: E402
 from bridgegan.numerics import no_tf32  # noqa: E402
 from bridgegan.reference import BridgeGAN, BridgeGANConfig  # noqa: E402
@@ -41,13 +42,6 @@ DEFAULT_VARIANTS = ("reference:fp16,triton:fp16:cl:-transposed_up:-kernel_bias:-
                     "triton:fp16:cl")
 FIELDS = ("variant", "batch", "kind", "name", "calls_per_forward", "us_per_forward", "share",
           "dtype", "device", "torch", "triton", "commit", "date")
-
-
-def _inputs(eng: Engine, batch: int, seed: int = 0):
-    cfg, gen = eng.config, torch.Generator().manual_seed(seed)
-    x = torch.rand(batch, 3, cfg.image_size, cfg.image_size, generator=gen) * 2 - 1
-    ys = torch.randint(0, 2, (batch, cfg.n_attrs), generator=gen).float()
-    return x, ys, torch.randn(batch, cfg.noise_dim, generator=gen)
 
 
 def _self_us(evt, cuda: bool) -> float:
@@ -65,7 +59,7 @@ def kernel_rows(eng: Engine, variant: str, batch: int, calls: int) -> list[dict]
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
-    x, ys, noise = _inputs(eng, batch)
+    x, ys, noise = parity_inputs(eng.config, batch, seed=0)
     cuda = eng.device.type == "cuda"
     for _ in range(2):  # warm-up: kernels compiled, caches filled
         eng.translate(x, 1 - ys, noise=noise, source=ys)
@@ -92,7 +86,7 @@ def kernel_rows(eng: Engine, variant: str, batch: int, calls: int) -> list[dict]
 
 def stage_rows(eng: Engine, variant: str, batch: int, reps: int) -> list[dict]:
     """p50 time of each stage called alone on the engine's own inputs (a label edit)."""
-    x, ys, noise = _inputs(eng, batch)
+    x, ys, noise = parity_inputs(eng.config, batch, seed=0)
     st = eng.stages
     xc, d, r = (eng._cast(t) for t in (x, 1 - 2 * ys, noise))
     with torch.no_grad():

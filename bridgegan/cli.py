@@ -83,9 +83,10 @@ def _bench_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batches", type=positive_int_list, default="1,8",
                    help="comma list of integers >= 1 (default: %(default)s)")
     p.add_argument("--resolutions", type=positive_int_list, default=None,
-                   help="comma list of 64/128/256 (default: 128, or the --checkpoint's size)")
+                   help=f"comma list of {'/'.join(map(str, PRESET_RESOLUTIONS))} (default: 128, "
+                        "or the --checkpoint's size)")
     p.add_argument("--workloads", default="translate,strip,strip_nocache",
-                   help="translate, reference, strip, strip_nocache (default: %(default)s)")
+                   help=f"{', '.join(engine_options.WORKLOADS)} (default: %(default)s)")
     p.add_argument("--checkpoint", help="time this checkpoint (default: seeded paper-width weights)")
     p.add_argument("--device", type=device_spec, default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--warmup", type=non_negative_int, default=2,

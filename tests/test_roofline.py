@@ -41,9 +41,3 @@ def test_paper_generator_costs_about_18_7_gflop():
     assert round(roofline.encoder_flops(cfg) / 1e9, 2) == 0.94
     assert roofline.strip_flops(cfg, 10, cached=True) < roofline.strip_flops(cfg, 10, cached=False)
 
-
-def test_min_bytes_counts_images_and_weights():
-    cfg = BridgeGANConfig.paper()
-    w = roofline.weight_bytes(cfg, 2)
-    assert w == 2 * (7_219_011 + 71_808 + 121_888)
-    assert roofline.min_bytes(cfg, 4, 2) == w + 4 * 2 * 3 * 128 * 128 * 2

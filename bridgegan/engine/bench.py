@@ -80,7 +80,7 @@ from . import roofline
 from .backends import AUTO, BACKENDS, BackendUnavailable
 from .engine import Engine, engine_device, resolve_dtype
 from .graph import Rewrites
-from .options import VARIANT_FORM, VARIANT_TAGS
+from .options import VARIANT_FORM, VARIANT_TAGS, WORKLOADS
 from .parity import compare, parity_inputs, reference_translation
 
 CPUINFO = Path("/proc/cpuinfo")  # where the CPU's model name is read (Linux)
@@ -89,7 +89,6 @@ FIELDS = ["what", "backend", "dtype", "batch", "resolution", "metric", "unit", "
           "p80", "images_per_s", "peak_mem_mb", "vs_reference_fp32", "vs_reference_same_dtype",
           "roofline_share", "gflop_per_image", "first_call_s", "variant", "parity", "note",
           "device", "torch", "triton", "commit", "date"]
-WORKLOADS = ("translate", "reference", "strip", "strip_nocache")
 # The table measured when no variants are given, per device type. CPU: the backends side
 # by side in float32 (issue 14 item 9), then torch and compile in bf16 channels_last
 # (AMX CPUs: 2.1-2.7x and 5.5-7.2x the reference).

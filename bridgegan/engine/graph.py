@@ -199,7 +199,7 @@ class Block(nn.Module):
     def __init__(self, blk: ResBlk, rw: Rewrites):
         super().__init__()
         self.kind, self.resample = blk.norm_kind, blk.resample
-        self.slope = 0.2 if isinstance(blk.act, nn.LeakyReLU) else None
+        self.slope = blk.act.negative_slope if isinstance(blk.act, nn.LeakyReLU) else None
         self.act = "relu" if self.slope is None else "leaky_relu"
         self.normed = normed = self.kind in ("in", "spade")
         up = rw.up_conv if self.resample == "up" else None

@@ -33,11 +33,6 @@ ImageLike = Union[torch.Tensor, Image.Image, str, os.PathLike]
 Images = Union[ImageLike, Sequence[ImageLike]]
 
 
-def pil_to_input(im: Image.Image, size: int) -> torch.Tensor:
-    """(3, size, size) float32 in [-1, 1] of an RGB image: centre crop, bicubic resize."""
-    return image.pil_to_tensor(image.resize(image.center_crop_square(im), size))
-
-
 def tensor_to_pil(x: torch.Tensor) -> Image.Image:
     """(3, S, S) in [-1, 1] -> RGB PIL image."""
     return Image.fromarray(image.tensor_to_uint8(x))
@@ -120,7 +115,7 @@ def _item(item, size: int, what: str) -> torch.Tensor:
     else:
         raise ValueError(f"{what}: expected a tensor, a PIL image or a file path (str or "
                          f"os.PathLike), got {type(item).__name__}")
-    return pil_to_input(item, size)[None]
+    return image.pil_to_input(item, size)[None]
 
 
 def as_batch(images: Images, size: int, what: str = "images") -> torch.Tensor:

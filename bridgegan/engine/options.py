@@ -11,6 +11,8 @@ from .backends import AUTO, BACKENDS
 # `bridgegan bench --variants`: each variant's tags and form (bench.Variant parses them)
 VARIANT_TAGS = ("cl", "graphs", "heuristics", "streams")
 VARIANT_FORM = f"backend:dtype{''.join(f'[:{t}]' for t in VARIANT_TAGS)}[:-REWRITE ...]"
+# `bridgegan bench --workloads`: what a row times (bench._workload_fn builds each)
+WORKLOADS = ("translate", "reference", "strip", "strip_nocache")
 
 
 def add_options(parser: argparse.ArgumentParser, dtype: bool = True) -> None:

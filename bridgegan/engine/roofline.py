@@ -5,8 +5,6 @@ FLOPs count multiply-adds as 2 and cover convolutions and linear layers of the r
 model (what torch's FLOP counter counts); norms and activations are bytes, not FLOPs.
 The rewritten graph does less than this (four-phase and pooled convolutions,
 low-resolution shortcuts): a row's roofline share is the reference work per second over the peak.
-Minimum bytes per call: the input images read once, the output images written once, and
-every weight of G, E and M read once.
 """
 from __future__ import annotations
 
@@ -68,18 +66,18 @@ def mapping_flops(cfg: BridgeGANConfig) -> int:
     return f + _conv(c, c, 1, cfg.latent_size)
 
 
-def workload_flops(cfg: BridgeGANConfig, workload: str, references: int = 1) -> int:
+def workload_flops(cfg: BridgeGANConfig, workload: str) -> int:
     """Reference FLOPs per output image of a workload.
 
-    translate: trunk + decode + E(x, -d) + M; reference: trunk + decode + (1 + k) E;
-    strip: decode + E + M per image, with the trunk once per strip of
+    translate: trunk + decode + E(x, -d) + M; reference: trunk + decode + 2 E (the source's
+    and one reference's); strip: decode + E + M per image, with the trunk once per strip of
     ``strip_size(cfg, samples)`` images (see ``strip_flops``).
     """
     g = generator_trunk_flops(cfg) + generator_decode_flops(cfg)
     if workload == "translate":
         return g + encoder_flops(cfg) + mapping_flops(cfg)
     if workload == "reference":
-        return g + (1 + references) * encoder_flops(cfg)
+        return g + 2 * encoder_flops(cfg)
     raise ValueError(f"unknown workload {workload!r}; use translate, reference or strip_flops()")
 
 
@@ -88,20 +86,6 @@ def strip_flops(cfg: BridgeGANConfig, images: int, cached: bool) -> int:
     per = generator_decode_flops(cfg) + encoder_flops(cfg) + mapping_flops(cfg)
     trunk = generator_trunk_flops(cfg) * (1 if cached else images)
     return images * per + trunk
-
-
-def weight_bytes(cfg: BridgeGANConfig, itemsize: int) -> int:
-    from ..reference.model import BridgeGAN
-
-    with torch.device("meta"):
-        m = BridgeGAN(cfg)
-    return itemsize * sum(p.numel() for p in m.inference_modules().parameters())
-
-
-def min_bytes(cfg: BridgeGANConfig, batch: int, itemsize: int, inputs_per_image: int = 1) -> int:
-    """Input images read once, output images written once, weights read once."""
-    image = 3 * cfg.image_size ** 2 * itemsize
-    return batch * (inputs_per_image + 1) * image + weight_bytes(cfg, itemsize)
 
 
 def measure_peaks(device: torch.device, dtype: torch.dtype, quick: bool = False) -> dict:

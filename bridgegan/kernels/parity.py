@@ -119,7 +119,7 @@ def _print_row(row, note=""):
           f"{row['rel_err']:9.2e} {row['tol']:7.0e}  {'PASS' if row['ok'] else 'FAIL'}" + note)
 
 
-def _nan_rows(device, impl, gen, verbose):
+def _nan_rows(device, impl, gen):
     """NaN/Inf in x poison exactly their planes, NaN/Inf in gamma/beta their element,
     like the reference; checked on both kernel paths."""
     rows = []
@@ -141,8 +141,7 @@ def _nan_rows(device, impl, gen, verbose):
                 row = _row("spade_modulate[nan]", dtype, layout, "relu", shape, impl, path, out,
                            ref, device, 0.0, ok=same)
                 rows.append(row)
-                if verbose:
-                    _print_row(row, "" if same else "  (NaN/Inf pattern differs from the reference)")
+                _print_row(row, "" if same else "  (NaN/Inf pattern differs from the reference)")
     return rows
 
 
@@ -156,7 +155,7 @@ RESIDUAL_CASES = {
              ("instance_norm_act", (3, 5, 7, 5), "full", {"max_fused": 16, "target_programs": 16})]}
 
 
-def _residual_rows(device, impl, gen, verbose):
+def _residual_rows(device, impl, gen):
     """The ops on x + up(residual) against float64, and the stored sum against its float64
     value at the same tolerance."""
     rows = []
@@ -181,8 +180,7 @@ def _residual_rows(device, impl, gen, verbose):
                 row = _row(f"{op}+residual[{size}]", dtype, layout, "relu", shape, impl, path,
                            out, reference64(op, total, kw, "relu"), device, secs, ok=ok)
                 rows.append(row)
-                if verbose:
-                    _print_row(row, "" if ok else f"  (sum rel err {sum_rel:.1e} or format)")
+                _print_row(row, "" if ok else f"  (sum rel err {sum_rel:.1e} or format)")
     return rows
 
 
@@ -192,7 +190,7 @@ TAIL_CASES = {"cpu": [((2, 5, 6, 10), "half")],
               "cuda": [((64, 32, 128, 128), "half"), ((3, 5, 7, 9), "full")]}
 
 
-def _tail_rows(device, impl, gen, verbose):
+def _tail_rows(device, impl, gen):
     """rgb_tail (G's last residual sum, ReLU, to_rgb, tanh) against its float64 torch path."""
     rows = []
     for shape, shortcut in TAIL_CASES[device.type if device.type == "cuda" else "cpu"]:
@@ -215,8 +213,7 @@ def _tail_rows(device, impl, gen, verbose):
                            "fused" if impl == "triton" else "torch", outs[0], ref, device, secs,
                            ok=fmt_ok and same_nonfinite(outs[0], ref))
                 rows.append(row)
-                if verbose:
-                    _print_row(row)
+                _print_row(row)
     return rows
 
 
@@ -231,7 +228,7 @@ def _default_impl(device: torch.device) -> tuple[str, str]:
                    "TRITON_INTERPRET=1 (set before the kernels are first used)")
 
 
-def check_ops(device=None, verbose=True, quick=False, impl=None) -> list[dict]:
+def check_ops(device=None, quick=False, impl=None) -> list[dict]:
     """Run the parity table; returns one dict per row (see the module docstring)."""
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -241,11 +238,10 @@ def check_ops(device=None, verbose=True, quick=False, impl=None) -> list[dict]:
     cases = GPU_CASES if device.type == "cuda" else CPU_CASES
     if quick:
         cases = cases[:1]
-    if verbose:
-        name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-        print(f"bridgegan kernel parity on {device} ({name}): {note}")
-        print(f"{'op':<24} {'dtype':<5} {'layout':<13} {'act':<10} {'shape':<18} {'impl/path':<13} "
-              f"{'max_abs':>9} {'rel_err':>9} {'tol':>7}  result")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"bridgegan kernel parity on {device} ({name}): {note}")
+    print(f"{'op':<24} {'dtype':<5} {'layout':<13} {'act':<10} {'shape':<18} {'impl/path':<13} "
+          f"{'max_abs':>9} {'rel_err':>9} {'tol':>7}  result")
     rows = []
     gen = torch.Generator(device=device).manual_seed(1234)
     acts = norm_act.ACTS
@@ -276,14 +272,12 @@ def check_ops(device=None, verbose=True, quick=False, impl=None) -> list[dict]:
                         row = _row(op, dtype, layout, act, shape, impl, path, out,
                                    reference64(op, x, kw, act), device, secs, ok=fmt_ok)
                         rows.append(row)
-                        if verbose:
-                            _print_row(row)
-    rows += _nan_rows(device, impl, gen, verbose)
-    rows += _residual_rows(device, impl, gen, verbose)
-    rows += _tail_rows(device, impl, gen, verbose)
-    if verbose:
-        bad = sum(not r["ok"] for r in rows)
-        print(f"{len(rows) - bad}/{len(rows)} rows pass" + (f", {bad} FAIL" if bad else ""))
+                        _print_row(row)
+    rows += _nan_rows(device, impl, gen)
+    rows += _residual_rows(device, impl, gen)
+    rows += _tail_rows(device, impl, gen)
+    bad = sum(not r["ok"] for r in rows)
+    print(f"{len(rows) - bad}/{len(rows)} rows pass" + (f", {bad} FAIL" if bad else ""))
     return rows
 
 
@@ -298,7 +292,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = p.parse_args(argv)
     try:
-        rows = check_ops(device=args.device, verbose=True, quick=args.quick, impl=args.impl)
+        rows = check_ops(device=args.device, quick=args.quick, impl=args.impl)
     except (RuntimeError, ValueError) as exc:
         print(f"parity: error: {exc}", file=sys.stderr)
         return 2

@@ -21,6 +21,7 @@ from ..files import check_writable_folder
 from .data import registry as data_registry
 from .data.split_modes import SPLIT_MODES
 from .noise_modes import MODES as NOISE_MODES
+from .presets import PRESET_RESOLUTIONS
 from .train_modes import AMP_MODES, LR_SCHEDULES, TRAIN_DTYPES
 
 # Options that define the architecture (None = not given).
@@ -75,8 +76,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     g = p.add_argument_group("model")
     g.add_argument("--resolution", type=int, default=None,
-                   help="image size, a power of two >= 16 (default 128; presets 64/128/256 "
-                        "use the paper widths)")
+                   help="image size, a power of two >= 16 (default 128; presets "
+                        f"{'/'.join(map(str, PRESET_RESOLUTIONS))} use the paper widths)")
     g.add_argument("--config", default=None,
                    help="model configuration: a JSON file (e.g. a checkpoint's config.json), a "
                         "checkpoint folder or a JSON string; --resolution and width options "

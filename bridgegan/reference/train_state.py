@@ -325,7 +325,7 @@ class TrainState:
             for name in _EMA_NETS:
                 getattr(self.ema, name).load_state_dict(getattr(self.model, name).state_dict())
 
-    def restore(self, path: str | os.PathLike, restore_rng_states: bool = True) -> Progress:
+    def restore(self, path: str | os.PathLike) -> Progress:
         """Load a checkpoint written by ``save`` into these objects, checked against this
         run (model configuration, dataset size; a warning where the train config changes
         the course); the learning rate and betas are this run's. Returns its progress."""
@@ -362,8 +362,7 @@ class TrainState:
             self.scaler_g.load_state_dict(meta["scaler_g"])
         if self.scaler_d.is_enabled() and meta.get("scaler_d"):
             self.scaler_d.load_state_dict(meta["scaler_d"])
-        if restore_rng_states:
-            restore_rng(tensors, meta.get("rng", {}))
+        restore_rng(tensors, meta.get("rng", {}))
         if self.log_acc is not None:  # older checkpoints have none: the next record is shorter
             self.log_acc.clear()
             self.log_acc.update(n=int(meta.get("log_n", 0)),

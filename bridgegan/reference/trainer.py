@@ -584,11 +584,11 @@ class Trainer:
         checkpoint's (``widen.widen_into``)."""
         self.state().load_weights(path, widen)
 
-    def load(self, path: str | os.PathLike, restore_rng_states: bool = True) -> None:
+    def load(self, path: str | os.PathLike) -> None:
         """Restore a checkpoint written by ``save`` so that training continues exactly;
         metrics.jsonl loses the records past its step (logged again from there)."""
         log_acc: dict = {}
-        progress = self.state(log_acc).restore(path, restore_rng_states)
+        progress = self.state(log_acc).restore(path)
         self.step, self.batches, self.warmup_done = progress
         self._restore_log_acc(log_acc)
         self._loader_iter = None

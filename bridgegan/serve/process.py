@@ -46,13 +46,12 @@ class ServerProcess:
     until every model answers ready, leaving stops it with SIGINT and then kills what is
     left of its process group (python-backend stubs that outlived the server)."""
 
-    def __init__(self, args: list[str], log: str | os.PathLike, models=MODELS,
-                 timeout: float = 180.0, env: dict | None = None):
+    def __init__(self, args: list[str], log: str | os.PathLike):
         self.http_port, self.grpc_port, self.metrics_port = free_ports(3)
         self.args = ["serve", *args, "--http-port", str(self.http_port), "--grpc-port",
                      str(self.grpc_port), "--metrics-port", str(self.metrics_port)]
-        self.log, self.models, self.timeout = Path(log), models, timeout
-        self.env = {"OMP_NUM_THREADS": "1", **os.environ, **(env or {})}
+        self.log = Path(log)
+        self.env = {"OMP_NUM_THREADS": "1", **os.environ}
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -94,7 +93,7 @@ class ServerProcess:
                                          stdout=out, stderr=subprocess.STDOUT, env=self.env,
                                          start_new_session=True)
         try:
-            wait_ready(self.http, self.models, self.proc, self.timeout)
+            wait_ready(self.http, MODELS, self.proc)
         except RuntimeError as exc:
             self.__exit__()
             raise RuntimeError(f"bridgegan {' '.join(self.args)} {exc}; log tail:\n"

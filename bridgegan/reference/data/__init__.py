@@ -16,7 +16,7 @@ _EXPORTS = {
     ".celeba": ("CelebA", "CelebAFormatError"),
     ".folder": ("FolderFormatError", "ImageFolderDataset"),
     ".grid": ("make_grid", "save_grid", "save_png"),
-    ".image": ("load_image", "tensor_to_uint8"),
+    ".image": ("tensor_to_uint8",),
     ".registry": ("DATASETS", "SPEC_FORMS", "dataset_options", "make_dataset"),
     ".synthetic": ("PROCEDURAL_ATTRIBUTES", "ProceduralFaces", "attribute_sweep",
                    "procedural_batch", "render_face"),

@@ -19,12 +19,11 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
 from ..attributes import CELEBA_ATTRIBUTES, resolve_attributes
 from .image import (CELEBA_CROP_BOX, CELEBA_IMAGE_SIZE, check_size_and_split, open_rgb,
-                    pil_to_tensor)
+                    pil_to_tensor, resize)
 from .split_modes import SPLIT_MODES
 
 ATTR_FILE = "list_attr_celeba.txt"
@@ -148,7 +147,6 @@ class CelebA(Dataset):
         split_mode: str = "index",
         train_count: int = 182000,
         val_count: int = 637,
-        check_files: bool = True,
     ) -> None:
         root = os.fspath(root)
         check_size_and_split(size, split)
@@ -207,14 +205,13 @@ class CelebA(Dataset):
         self.labels = torch.from_numpy(
             (values[idx][:, cols].astype(np.float32) + 1.0) / 2.0
         ).reshape(len(idx), len(cols))
-        if check_files:
-            for f in self.files:
-                p = os.path.join(self.image_dir, f)
-                if not os.path.exists(p):
-                    raise FileNotFoundError(
-                        f"CelebA image missing: {p} (listed in {attr_path}; "
-                        f"split={split!r}, split_mode={split_mode!r})"
-                    )
+        for f in self.files:
+            p = os.path.join(self.image_dir, f)
+            if not os.path.exists(p):
+                raise FileNotFoundError(
+                    f"CelebA image missing: {p} (listed in {attr_path}; "
+                    f"split={split!r}, split_mode={split_mode!r})"
+                )
 
     def __len__(self) -> int:
         return len(self.files)
@@ -229,10 +226,7 @@ class CelebA(Dataset):
             raise ValueError(
                 f"{path}: CelebA aligned images are 178x218, got {im.size[0]}x{im.size[1]}"
             )
-        im = im.crop(CELEBA_CROP_BOX)
-        if self.size != 170:
-            im = im.resize((self.size, self.size), Image.BICUBIC)
-        return pil_to_tensor(im), self.labels[index]
+        return pil_to_tensor(resize(im.crop(CELEBA_CROP_BOX), self.size)), self.labels[index]
 
 
 __all__ = ["CelebA", "CelebAFormatError", "read_attr_file", "read_partition_file"]

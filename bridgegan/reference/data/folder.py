@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..attributes import CELEBA_ATTRIBUTES, resolve_attributes
-from .image import center_crop_square, check_size_and_split, open_rgb, pil_to_tensor, resize
+from .image import check_size_and_split, open_rgb, pil_to_input
 
 CSV_NAME = "attributes.csv"
 SPLIT_COLUMN = "split"
@@ -44,7 +44,6 @@ class ImageFolderDataset(Dataset):
         size: int = 128,
         attributes: str | Sequence[str] | None = None,
         split: str = "all",
-        check_files: bool = True,
     ) -> None:
         root = os.fspath(root)
         check_size_and_split(size, split)
@@ -131,11 +130,11 @@ class ImageFolderDataset(Dataset):
         self.files = files
         self.labels = torch.from_numpy(np.array(labels, dtype=np.float32)).reshape(
             len(files), len(self.attributes))
-        self._paths = [self._resolve(f, csv_path, check_files) for f in files]
+        self._paths = [self._resolve(f, csv_path) for f in files]
 
-    def _resolve(self, name: str, csv_path: str, check: bool) -> str:
+    def _resolve(self, name: str, csv_path: str) -> str:
         p = os.path.join(self.root, name)
-        if not check or os.path.exists(p):
+        if os.path.exists(p):
             return p
         alt = os.path.join(self.root, "images", name)
         if os.path.exists(alt):
@@ -149,5 +148,4 @@ class ImageFolderDataset(Dataset):
         return self._paths[index]
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        im = center_crop_square(open_rgb(self._paths[index]))
-        return pil_to_tensor(resize(im, self.size)), self.labels[index]
+        return pil_to_input(open_rgb(self._paths[index]), self.size), self.labels[index]

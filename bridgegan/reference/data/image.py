@@ -123,6 +123,11 @@ def resize(im: Image.Image, size: int) -> Image.Image:
     return im.resize((size, size), Image.BICUBIC)
 
 
+def pil_to_input(im: Image.Image, size: int) -> torch.Tensor:
+    """(3, size, size) float32 in [-1, 1] of an RGB image: centre crop, bicubic resize."""
+    return pil_to_tensor(resize(center_crop_square(im), size))
+
+
 def pil_to_tensor(im: Image.Image) -> torch.Tensor:
     """RGB PIL image -> float32 tensor (3, H, W) in [-1, 1]."""
     arr = np.asarray(im, dtype=np.uint8)
@@ -156,24 +161,3 @@ def tensor_to_uint8(img: torch.Tensor | np.ndarray) -> np.ndarray:
     arr = np.clip((arr + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
     return np.moveaxis(arr, -3, -1)
 
-
-def load_image(path: str | os.PathLike, size: int, crop: str = "center") -> torch.Tensor:
-    """Load any image file as a model input: float32 (3, size, size) in [-1, 1].
-
-    crop="center": the largest centred square, then bicubic resize (any size or mode).
-    crop="celeba": the CelebA 170x170 crop at (top 26, left 3) of a 178x218 aligned
-    image, then bicubic resize; other image sizes are refused.
-    """
-    im = open_rgb(path)
-    if crop == "celeba":
-        if im.size != CELEBA_IMAGE_SIZE:
-            raise ValueError(
-                f"{os.fspath(path)}: CelebA crop needs a 178x218 aligned image, "
-                f"got {im.size[0]}x{im.size[1]}; use crop='center' for other images"
-            )
-        im = im.crop(CELEBA_CROP_BOX)
-    elif crop == "center":
-        im = center_crop_square(im)
-    else:
-        raise ValueError(f"crop must be 'center' or 'celeba', got {crop!r}")
-    return pil_to_tensor(resize(im, size))

@@ -34,9 +34,8 @@ DATASETS: dict[str, DatasetKind] = {
     "synthetic": DatasetKind(".synthetic:ProceduralFaces", "procedural faces", ("count", "seed"),
                              counts={"train": 20000, "val": 2000, "test": 2000}),
     "celeba": DatasetKind(".celeba:CelebA", "CelebA in its original layout under PATH",
-                          ("split_mode", "train_count", "val_count", "check_files")),
-    "folder": DatasetKind(".folder:ImageFolderDataset", "PATH/attributes.csv plus images",
-                          ("check_files",)),
+                          ("split_mode", "train_count", "val_count")),
+    "folder": DatasetKind(".folder:ImageFolderDataset", "PATH/attributes.csv plus images", ()),
 }
 SPEC_FORMS = tuple(form for name, kind in DATASETS.items() for form in kind.forms(name))
 

@@ -53,6 +53,7 @@ from torch.utils.data import Dataset
 from ..attributes import HAIR_COLOURS, apply_edits, resolve_attributes
 from .face_drawing import ATTRIBUTE_INDEX as _INDEX
 from .face_drawing import PARAM_NAMES, PROCEDURAL_ATTRIBUTES, render_face
+from .image import uint8_to_tensor
 
 SPLITS = {"train": 0, "val": 1, "test": 2}
 
@@ -94,11 +95,6 @@ def _labels_from_uniforms(u: np.ndarray) -> np.ndarray:
         "Pale_Skin": u[13] < 0.3,
     }
     return np.array([float(v[n]) for n in PROCEDURAL_ATTRIBUTES], dtype=np.float32)
-
-
-def _to_tensor(arr: np.ndarray) -> torch.Tensor:
-    t = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
-    return t.to(torch.float32).div_(127.5).sub_(1.0)
 
 
 def _check_attributes(attributes) -> tuple[str, ...]:
@@ -188,7 +184,7 @@ class ProceduralFaces(Dataset):
         u = self._uniforms(self._index(index))
         full = _labels_from_uniforms(u)
         img = render_face(full, u[_N_LABEL_U:], self.size)
-        return _to_tensor(img), torch.from_numpy(full[self._cols].copy())
+        return uint8_to_tensor(img), torch.from_numpy(full[self._cols].copy())
 
     def render(
         self, index: int, edits: Mapping[str, float | int | bool] | None = None
@@ -206,7 +202,7 @@ class ProceduralFaces(Dataset):
             t = apply_edits(torch.from_numpy(full)[None], PROCEDURAL_ATTRIBUTES, dict(edits))
             full = t[0].numpy().astype(np.float32)
         img = render_face(full, u[_N_LABEL_U:], self.size)
-        return _to_tensor(img), torch.from_numpy(full[self._cols].copy())
+        return uint8_to_tensor(img), torch.from_numpy(full[self._cols].copy())
 
     def render_labels(self, index: int, labels: torch.Tensor) -> torch.Tensor:
         """Item ``index`` drawn with ``labels`` (A,) over ``self.attributes`` (0/1, e.g. another
@@ -215,7 +211,7 @@ class ProceduralFaces(Dataset):
         u = self._uniforms(self._index(index))
         full = _labels_from_uniforms(u)
         full[self._cols] = (torch.as_tensor(labels, dtype=torch.float32).cpu().numpy() > 0.5)
-        return _to_tensor(render_face(full, u[_N_LABEL_U:], self.size))
+        return uint8_to_tensor(render_face(full, u[_N_LABEL_U:], self.size))
 
 
 def procedural_batch(
