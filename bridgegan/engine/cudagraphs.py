@@ -7,27 +7,54 @@ from typing import Callable
 
 import torch
 
+from ..kernels.layout import memory_format
+
+_CAPTURE_STREAMS: dict[int, torch.cuda.Stream] = {}  # device index -> its capture stream
+_CAPTURE_LOCK = threading.Lock()
+_ONE_CAPTURE = threading.Lock()  # torch: one capture at a time per process (any engine)
+
+
+def capture_stream(device: torch.device) -> torch.cuda.Stream:
+    """One capture stream per device. ``torch.cuda.graph``'s default is one stream per
+    process, made on whichever device was current at the first capture: a capture for
+    another GPU would switch to that device and capture nothing of this one's work."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    with _CAPTURE_LOCK:
+        if index not in _CAPTURE_STREAMS:
+            _CAPTURE_STREAMS[index] = torch.cuda.Stream(torch.device("cuda", index))
+        return _CAPTURE_STREAMS[index]
+
 
 class CudaGraphed:
     """Calls ``fn(*tensors)`` through a CUDA graph captured once per input signature.
 
-    Inputs are copied into static buffers and the static output is cloned, so callers
-    never see buffers a later replay overwrites. At most ``max_graphs`` signatures are
-    kept (least recently used first out), each holding its own memory pool. The lock
-    serialises replays of the shared buffers on the host, and on the device each call waits
-    for the previous one, which may be queued on another stream (another thread's); callers
-    that also run other CUDA work concurrently must serialise around captures themselves
-    (the Engine does).
+    A call's batch is padded to the next power of two (``bucket``): one graph serves every
+    batch size of its bucket, so callers whose batches vary (a server's dynamic batcher
+    forms any size up to its maximum) do not capture a graph per size, each capture costing
+    two warm-up runs and a capture. The padded rows repeat the call's last row, or hold an
+    earlier call's rows of the same bucket, and their outputs are dropped: ``fn`` must treat
+    its samples independently (the engine's programs do: every norm is per sample).
+    ``batch_dims`` names each argument's batch dimension (``fn``'s output has it first).
+
+    Inputs are copied into static buffers and the static output's rows are cloned, so
+    callers never see buffers a later replay overwrites. At most ``max_graphs`` signatures
+    are kept (least recently used first out; eight cover batches 1 to 128), each holding
+    its own memory pool. The lock serialises replays of the shared buffers on the host, and
+    on the device each call waits for the previous one, which may be queued on another
+    stream (another thread's); callers that also run other CUDA work concurrently must
+    serialise around captures themselves (the Engine does).
     """
 
-    def __init__(self, fn: Callable[..., torch.Tensor], warmup: int = 2, max_graphs: int = 8):
-        self.fn, self.warmup, self.max_graphs = fn, warmup, max_graphs
+    def __init__(self, fn: Callable[..., torch.Tensor], batch_dims: tuple[int, ...],
+                 warmup: int = 2, max_graphs: int = 8):
+        self.fn, self.batch_dims = fn, batch_dims
+        self.warmup, self.max_graphs = warmup, max_graphs
         self.graphs: OrderedDict[tuple, tuple] = OrderedDict()
         self.lock = threading.Lock()
         self.done = torch.cuda.Event()  # recorded after the last call's output copy
 
-    def _capture(self, args: tuple[torch.Tensor, ...]):
-        static = [a.clone() for a in args]
+    def _capture(self, args: tuple[torch.Tensor, ...], rows: int):
+        static = [_static(a, dim, rows) for a, dim in zip(args, self.batch_dims)]
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
@@ -35,24 +62,51 @@ class CudaGraphed:
                 self.fn(*static)
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+        with _ONE_CAPTURE, torch.cuda.graph(graph, stream=capture_stream(args[0].device),
+                                            capture_error_mode="thread_local"):
             out = self.fn(*static)
         return graph, static, out
 
     def __call__(self, *args: torch.Tensor) -> torch.Tensor:
-        key = tuple((a.shape, a.dtype, a.stride(), a.device) for a in args)
+        n = args[0].shape[self.batch_dims[0]]
+        rows = bucket(n)
+        key = tuple((_shape(a, dim, rows), a.dtype, _format(a), a.device)
+                    for a, dim in zip(args, self.batch_dims))
         with self.lock, torch.cuda.device(args[0].device):
             stream = torch.cuda.current_stream()
             stream.wait_event(self.done)  # a no-op until first recorded
             if key not in self.graphs:
-                self.graphs[key] = self._capture(args)
+                self.graphs[key] = self._capture(args, rows)
                 while len(self.graphs) > self.max_graphs:
                     self.graphs.popitem(last=False)
             self.graphs.move_to_end(key)
             graph, static, out = self.graphs[key]
-            for s, a in zip(static, args):
-                s.copy_(a)
+            for s, a, dim in zip(static, args, self.batch_dims):
+                s.narrow(dim, 0, n).copy_(a)
             graph.replay()
-            result = out.clone()
+            result = out[:n].clone()
             self.done.record(stream)
             return result
+
+
+def bucket(n: int) -> int:
+    """The batch size a call of ``n`` rows runs at under CUDA graphs: the next power of two."""
+    return 1 << (n - 1).bit_length() if n > 1 else n
+
+
+def _shape(a: torch.Tensor, dim: int, rows: int) -> tuple[int, ...]:
+    return (*a.shape[:dim], rows, *a.shape[dim + 1:])
+
+
+def _format(a: torch.Tensor) -> torch.memory_format:
+    return memory_format(a) if a.dim() == 4 else torch.contiguous_format
+
+
+def _static(a: torch.Tensor, dim: int, rows: int) -> torch.Tensor:
+    """A buffer of ``rows`` along ``dim`` in a's layout: a's rows, then its last repeated."""
+    s = torch.empty(_shape(a, dim, rows), dtype=a.dtype, device=a.device,
+                    memory_format=_format(a))
+    n = a.shape[dim]
+    s.narrow(dim, 0, n).copy_(a)
+    s.narrow(dim, n, rows - n).copy_(a.narrow(dim, n - 1, 1))
+    return s

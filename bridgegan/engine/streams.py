@@ -21,12 +21,18 @@ class Concurrent:
     def __init__(self, stages, device: torch.device, side_streams: int = 2):
         self.trunk, self.encode, self.map, self.decode = (
             stages.trunk, stages.encode, stages.map, stages.decode)
+        self.device = device
         self.streams = [torch.cuda.Stream(device) for _ in range(side_streams)]
 
     def concurrent(self, thunks: Sequence[Callable[[], torch.Tensor]]) -> list[torch.Tensor]:
         if len(thunks) - 1 > len(self.streams):
             raise ValueError(f"{len(thunks)} branches, but {len(self.streams)} side streams")
-        main = torch.cuda.current_stream()
+        # the engine's device, not the caller's current one: the ops on the engine's
+        # tensors run on that device's current stream, which the fork and join must order
+        with torch.cuda.device(self.device):
+            return self._concurrent(thunks, torch.cuda.current_stream(self.device))
+
+    def _concurrent(self, thunks, main) -> list[torch.Tensor]:
         out = [None] * len(thunks)
         for k, (side, thunk) in enumerate(zip(self.streams, thunks[1:]), 1):
             side.wait_stream(main)

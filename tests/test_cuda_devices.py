@@ -1,0 +1,183 @@
+"""Which device's streams the CUDA-only engine code orders and captures on, with
+torch.cuda faked (so this runs without a GPU): an engine on cuda:1 called while the
+caller's current device is 0."""
+from __future__ import annotations
+
+import contextlib
+import functools
+from types import SimpleNamespace
+
+import torch
+
+from bridgegan.engine import Engine, cudagraphs
+from bridgegan.engine.streams import Concurrent
+from bridgegan.numerics import tolerance
+from bridgegan.reference import BridgeGAN, programs
+from conftest import images, labels, randomize, small_config
+
+ATOL = tolerance("float32").image_max_abs
+
+
+class FakeCuda:
+    """Per-device current streams and a current device, as torch.cuda keeps them."""
+
+    def __init__(self, monkeypatch, current_device: int = 0):
+        self.current_device = current_device
+        self.log: list[tuple] = []
+        cuda = self
+
+        class Stream:
+            def __init__(self, device=None, priority=0):
+                d = torch.device(device) if device is not None else None
+                self.index = d.index if d is not None and d.index is not None \
+                    else cuda.current_device
+                self.name = f"side{len(cuda.made)}@{self.index}"
+                cuda.made.append(self)
+
+            def wait_stream(self, other):
+                cuda.log.append(("wait", self.name, other.name))
+
+            def __repr__(self):
+                return self.name
+
+        self.made: list = []
+        self.Stream = Stream
+        self.current = {i: SimpleNamespace(name=f"main@{i}", index=i,
+                                           wait_stream=self._waiter(f"main@{i}"))
+                        for i in (0, 1)}
+
+        @contextlib.contextmanager
+        def device(d):
+            d = torch.device(d) if not isinstance(d, int) else torch.device("cuda", d)
+            index = d.index if d.type == "cuda" and d.index is not None else self.current_device
+            previous, self.current_device = self.current_device, index
+            try:
+                yield
+            finally:
+                self.current_device = previous
+
+        @contextlib.contextmanager
+        def stream(s):
+            previous = self.current[s.index]
+            self.current[s.index] = s
+            try:
+                yield
+            finally:
+                self.current[s.index] = previous
+
+        def current_stream(device=None):
+            d = None if device is None else torch.device(device)
+            index = d.index if d is not None and d.index is not None else self.current_device
+            return self.current[index]
+
+        for name, value in (("Stream", Stream), ("device", device), ("stream", stream),
+                            ("current_stream", current_stream),
+                            ("current_device", lambda: self.current_device),
+                            ("is_current_stream_capturing", lambda: False)):
+            monkeypatch.setattr(torch.cuda, name, value)
+        monkeypatch.setattr(torch.Tensor, "record_stream",
+                            lambda t, s: self.log.append(("record", s.name)))
+
+    def _waiter(self, name):
+        return lambda other: self.log.append(("wait", name, other.name))
+
+
+def test_streams_fork_and_join_the_engine_devices_stream(monkeypatch):
+    cuda = FakeCuda(monkeypatch, current_device=0)
+    stages = SimpleNamespace(trunk=None, encode=None, map=None, decode=None)
+    branched = Concurrent(stages, torch.device("cuda", 1))
+    ran_on = []
+
+    def thunk():
+        ran_on.append(torch.cuda.current_stream(torch.device("cuda", 1)).name)
+        return torch.zeros(1)
+
+    branched.concurrent([thunk, thunk, thunk])
+    sides = [s.name for s in branched.streams]
+    assert sides == ["side0@1", "side1@1"]
+    # each side stream waits for cuda:1's current stream, which then waits for both
+    assert cuda.log[:4] == [("wait", "side0@1", "main@1"), ("wait", "side1@1", "main@1"),
+                            ("wait", "main@1", "side0@1"), ("wait", "main@1", "side1@1")]
+    assert ran_on == ["side0@1", "side1@1", "main@1"]
+    assert cuda.log[4:] == [("record", "main@1")] * 2
+    assert cuda.current_device == 0  # the caller's device is left as it was
+
+
+def test_capture_streams_are_per_device(monkeypatch):
+    FakeCuda(monkeypatch, current_device=0)
+    monkeypatch.setattr(cudagraphs, "_CAPTURE_STREAMS", {})
+    one = cudagraphs.capture_stream(torch.device("cuda", 1))
+    zero = cudagraphs.capture_stream(torch.device("cuda", 0))
+    assert (one.index, zero.index) == (1, 0)
+    assert cudagraphs.capture_stream(torch.device("cuda", 1)) is one
+    assert cudagraphs.capture_stream(torch.device("cuda")) is zero  # the current device
+
+
+class ReplayedGraphs:
+    """torch.cuda.graph and CUDAGraph stand-ins on the CPU: a capture records the call of
+    ``wrap(fn)`` made inside it, and a replay makes that call again into the captured
+    output (what a real replay computes), with FakeCuda's streams and no-op events."""
+
+    def __init__(self, monkeypatch, cuda: FakeCuda):
+        self.capturing, self.streams = None, []
+
+        class Graph:
+            def replay(self):
+                self.call()
+
+        @contextlib.contextmanager
+        def graph(g, pool=None, stream=None, capture_error_mode="global"):
+            self.streams.append(stream)
+            self.capturing = g
+            try:
+                yield
+            finally:
+                self.capturing = None
+
+        self.Graph = Graph
+        monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
+        monkeypatch.setattr(torch.cuda, "graph", graph)
+        monkeypatch.setattr(torch.cuda, "Event", lambda *a, **k: SimpleNamespace(
+            record=lambda stream=None: None))
+        for s in cuda.current.values():
+            s.wait_event = lambda event: None
+        cuda.Stream.wait_event = lambda self, event: None
+        monkeypatch.setattr(cudagraphs, "_CAPTURE_STREAMS", {})
+
+    def wrap(self, fn):
+        def call(*args):
+            out = fn(*args)
+            if self.capturing is not None:
+                self.capturing.call = lambda: out.copy_(fn(*args))
+            return out
+        return call
+
+
+def test_cuda_graphed_serves_a_bucket_of_batch_sizes(monkeypatch):
+    """Batches of 3 and 4 run the engine's programs through one graph captured at 4 on
+    the inputs' device's capture stream, and give what the programs give eagerly: the
+    padded row is dropped, and a later call of 3 does not see an earlier call's 4th row."""
+    cuda = FakeCuda(monkeypatch, current_device=0)
+    fake = ReplayedGraphs(monkeypatch, cuda)
+    cfg = small_config(32)
+    eng = Engine(randomize(BridgeGAN(cfg), seed=30).eval())
+    label = functools.partial(programs.translate_label, eng.stages)
+    reference = functools.partial(programs.translate_reference, eng.stages)
+    graphed_label = cudagraphs.CudaGraphed(fake.wrap(label), (0, 0, 0))
+    graphed_reference = cudagraphs.CudaGraphed(fake.wrap(reference), (0, 1, 0, 0))
+    x, refs = images(5, cfg.image_size, 31), images(10, cfg.image_size, 32)
+    refs = refs.reshape(2, 5, *refs.shape[1:])  # two references per source
+    d = 1 - 2 * labels(5, cfg.n_attrs, 33)
+    r = torch.randn(5, cfg.noise_dim, generator=torch.Generator().manual_seed(34))
+    m = torch.rand(5, 1, cfg.image_size, cfg.image_size,
+                   generator=torch.Generator().manual_seed(35))
+    with torch.no_grad():
+        for rows in (slice(0, 4), slice(1, 4), slice(0, 3), slice(2, 5)):
+            assert (graphed_label(x[rows], d[rows], r[rows])
+                    - label(x[rows], d[rows], r[rows])).abs().max() <= ATOL
+            args = (x[rows], refs[:, rows], d[rows], m[rows])
+            assert (graphed_reference(*args) - reference(*args)).abs().max() <= ATOL
+    assert len(graphed_label.graphs) == len(graphed_reference.graphs) == 1
+    assert [s.index for s in fake.streams] == [0, 0]  # the inputs' (CPU: the current) device
+    assert [cudagraphs.bucket(b) for b in (1, 2, 3, 4, 5, 8, 9, 64, 65)] == \
+        [1, 2, 4, 4, 8, 8, 16, 64, 128]
