@@ -916,3 +916,26 @@ def test_triton_engine_from_eight_threads_gets_the_serial_results():
         t.join()
     assert not errors, errors[:2]
     assert all(torch.equal(results[i], serial[i]) for i in range(8))
+
+
+def test_triton_refuses_samples_past_int32_offsets():
+    """The kernels index a sample with int32 offsets: a sample of x, or of gamma and beta
+    as halves of one (N, 2C, H, W) tensor (channels_last: each spans 2C*H*W), past 2^31 - 1
+    elements is refused before a launch (meta tensors: nothing is allocated)."""
+    pytest.importorskip("triton")
+
+    def meta(*shape, fmt=torch.contiguous_format):
+        return torch.empty(shape, device="meta", dtype=torch.float16, memory_format=fmt)
+
+    c = 3 * 2 ** 13  # C*H*W = 1.5 * 2^30: x fits, the merged gamma/beta do not
+    x = meta(1, c, 256, 256, fmt=torch.channels_last)
+    merged = meta(1, 2 * c, 256, 256, fmt=torch.channels_last)
+    too_wide = "indexes one sample with int32 offsets, at most 2147483647; a sample spans"
+    with dispatch.recording() as got:
+        spade_modulate(x[:, :, :8], merged[:, :c, :8], merged[:, c:, :8], impl="triton")
+        assert len(got) > 0  # smaller planes fit
+        with pytest.raises(ValueError, match=f"spade_modulate: impl='triton' {too_wide} "
+                                             f"{2 * c * 256 * 256 - c}"):
+            spade_modulate(x, merged[:, :c], merged[:, c:], impl="triton")
+        with pytest.raises(ValueError, match=f"instance_norm_act: impl='triton' {too_wide}"):
+            instance_norm_act(meta(1, 2 ** 15, 256, 256), impl="triton")

@@ -92,14 +92,24 @@ def reset_fallback_warning() -> None:
     _FALLBACK_WARNED = False
 
 
-def choose_impl(op: str, x: torch.Tensor, impl: str, kernels: str) -> str:
+def sample_span(t: torch.Tensor | None) -> int:
+    """The elements one sample of a batch-first tensor spans in memory: its largest offset
+    from the sample's first element, plus one (a view of a wider tensor spans more than its
+    own elements: gamma and beta as halves of one (N, 2C, H, W) tensor)."""
+    if t is None or t.dim() == 0 or t.numel() == 0:
+        return 0
+    return 1 + sum((size - 1) * abs(step) for size, step in zip(t.shape[1:], t.stride()[1:]))
+
+
+def choose_impl(op: str, x: torch.Tensor, impl: str, kernels: str, others=()) -> str:
     """"triton" or "torch" for a call of ``op`` on x whose kernels are ``_triton_<kernels>``:
     impl="triton" raises when they cannot run, impl="auto" falls back with the warning.
     Under a tracer every impl takes the torch path, silently: an exported or compiled graph
-    holds the reference ops, never a kernel launch (which a tracer cannot record)."""
+    holds the reference ops, never a kernel launch (which a tracer cannot record). The
+    kernels index a sample of x and of the per-sample tensors ``others`` with int32."""
     if impl == "torch" or tracing():
         return "torch"
-    per_sample = x[0].numel() if x.shape[0] else 0
+    per_sample = max(sample_span(t) for t in (x, *others))
     if impl == "triton":
         tn, why = triton_module(kernels)
         if tn is None:
@@ -115,8 +125,8 @@ def choose_impl(op: str, x: torch.Tensor, impl: str, kernels: str) -> str:
                 "or TRITON_INTERPRET=1 set in the environment before bridgegan.kernels is "
                 "imported (CPU interpreter, slow; for tests)")
         if per_sample > INT32_MAX:
-            raise ValueError(f"{op}: impl='triton' supports at most {INT32_MAX} elements per "
-                             f"sample, x has {per_sample}")
+            raise ValueError(f"{op}: impl='triton' indexes one sample with int32 offsets, at "
+                             f"most {INT32_MAX}; a sample spans {per_sample} elements")
         return "triton"
     tn, why = triton_module(kernels)
     if not x.is_cuda:

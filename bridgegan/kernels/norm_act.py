@@ -427,7 +427,8 @@ def _run(op, x, gamma, beta, weight, bias, mod_bias, act, eps, slope, impl, out,
         t is not None and t.requires_grad for t in tensors + (residual,))
     if grad and out is not None:
         _fail(op, "out= does not support autograd; pass out=None when inputs require grad")
-    chosen = "torch" if x.numel() == 0 else choose_impl(op, x, impl, "norm")
+    chosen = "torch" if x.numel() == 0 else choose_impl(op, x, impl, "norm",
+                                                        (gamma, beta, residual, out))
     if residual is not None and (chosen == "torch" or grad):
         # the sum by torch ops (autograd sees it), then the op on it as on any input
         total = add_upsampled(x, residual)

@@ -120,7 +120,7 @@ def rgb_tail(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = 
             else out.zero_()
     grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad
                                            for t in (h, weight, bias, shortcut))
-    if grad or choose_impl("rgb_tail", h, impl, "tail") == "torch":  # the kernel: forward only
+    if grad or choose_impl("rgb_tail", h, impl, "tail", (shortcut,)) == "torch":  # forward only
         return _torch_tail(h, weight, bias, shortcut)
     out, launches = triton_launches(h, weight, bias, shortcut)
     run_launches(launches, h.device)
