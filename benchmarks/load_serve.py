@@ -45,8 +45,10 @@ from pathlib import Path
 
 import numpy as np
 
+from bridgegan.engine.export.names import MAX_BATCH
 from bridgegan.files import write_file_atomic
 from bridgegan.reference.presets import PRESET_RESOLUTIONS
+from bridgegan.serve.names import MODELS
 
 HOSTILE_KINDS = ("nan", "shape", "oversize", "garbage")
 OVERSIZE = [16, 3, 8192, 8192]  # declared, not sent: 12.9 GB as float32
@@ -131,7 +133,7 @@ def send_hostile(kind: str, client, mod, url: str, model: str, ports: list[dict]
             return f"[{exc.code().name}] {exc.details()}"
 
 
-def run_load(http: str, grpc: str, model: str = "translate_label", protocol: str = "http",
+def run_load(http: str, grpc: str, model: str = MODELS[0], protocol: str = "http",
              concurrency: int = 8, max_requests: int = 400, duration: float = 30.0,
              rows: int = 1, seed: int = 0, hostile: float = 0.0,
              rate: float | None = None) -> dict:
@@ -274,8 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--grpc-url", help="its gRPC address (with --url and --protocol grpc)")
     p.add_argument("--checkpoint", help="checkpoint to serve (default: seeded weights)")
     p.add_argument("--resolution", type=int, default=128, choices=PRESET_RESOLUTIONS)
-    p.add_argument("--model", default="translate_label",
-                   choices=("translate_label", "translate_reference", "reconstruct"))
+    p.add_argument("--model", default=MODELS[0], choices=MODELS)
     p.add_argument("--protocol", default="http", choices=("http", "grpc"))
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--requests", type=int, default=400, help="at most this many requests")
@@ -284,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="valid requests per second on an open-loop schedule, latency counted "
                         "from each request's due time (default: closed loop)")
     p.add_argument("--rows", type=int, default=1, help="images per request")
-    p.add_argument("--max-batch", type=int, default=64)
+    p.add_argument("--max-batch", type=int, default=MAX_BATCH)
     p.add_argument("--max-queue-delay-us", type=int, default=2000)
     p.add_argument("--hostile", type=float, default=0.0,
                    help="share of the client threads sending invalid requests (0..1)")

@@ -1,5 +1,5 @@
 """`bridgegan serve`: argument parsing; the work lives in ``server`` (tritonserver behind
-the front; it imports only the standard library until the command runs) and
+the front; it imports only the standard library and ``names`` until the command runs) and
 ``repo_python`` (the python-backend model repository it serves), imported when the
 command runs."""
 from __future__ import annotations
@@ -8,7 +8,8 @@ import argparse
 
 from ..argtypes import non_negative_int, positive_float, positive_int
 from ..engine import options as engine_options
-from .server import READ_TIMEOUT_S
+from ..engine.export.names import MAX_BATCH, QUEUE_DELAY_US
+from .names import EXIT_TIMEOUT_S, GRPC_PORT, HOST, HTTP_PORT, METRICS_PORT, READ_TIMEOUT_S
 
 
 def run(args: argparse.Namespace) -> int:
@@ -21,7 +22,7 @@ def run(args: argparse.Namespace) -> int:
                          "these under --repository; write it again with them "
                          "(--checkpoint CKPT --write-repository DIR)")
     if not args.write_repository:
-        from .process import ports_in_use
+        from .server import ports_in_use
 
         busy = ports_in_use(args.host, {"--http-port": args.http_port, "--grpc-port":
                                         args.grpc_port, "--metrics-port": args.metrics_port})
@@ -80,17 +81,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """Add the serving options to ``p``."""
     p.add_argument("--checkpoint", help="checkpoint folder to serve")
     engine_options.add_options(p)
-    p.add_argument("--max-batch", type=positive_int, default=64,
+    p.add_argument("--max-batch", type=positive_int, default=MAX_BATCH,
                    help="largest batch Triton forms and accepts, >= 1 (default: %(default)s)")
-    p.add_argument("--max-queue-delay-us", type=non_negative_int, default=1000,
+    p.add_argument("--max-queue-delay-us", type=non_negative_int, default=QUEUE_DELAY_US,
                    help="how long a request may wait for others to batch with, >= 0 "
                         "(default: %(default)s)")
-    p.add_argument("--host", default="127.0.0.1",
+    p.add_argument("--host", default=HOST,
                    help="address to bind (default: %(default)s; 0.0.0.0 for every interface)")
-    p.add_argument("--http-port", type=int, default=8000)
-    p.add_argument("--grpc-port", type=int, default=8001)
-    p.add_argument("--metrics-port", type=int, default=8002)
-    p.add_argument("--exit-timeout-secs", type=int, default=30,
+    p.add_argument("--http-port", type=int, default=HTTP_PORT,
+                   help="the front's HTTP port (default: %(default)s)")
+    p.add_argument("--grpc-port", type=int, default=GRPC_PORT,
+                   help="the front's gRPC port (default: %(default)s)")
+    p.add_argument("--metrics-port", type=int, default=METRICS_PORT,
+                   help="tritonserver's metrics port (default: %(default)s)")
+    p.add_argument("--exit-timeout-secs", type=int, default=EXIT_TIMEOUT_S,
                    help="how long shutdown waits for in-flight requests, open clients and "
                         "the models to unload (about 3 s; default: %(default)s)")
     p.add_argument("--read-timeout-secs", type=positive_float, default=READ_TIMEOUT_S,

@@ -59,8 +59,9 @@ from collections.abc import Callable, Mapping
 import numpy as np
 
 from ..engine.export.pbtxt import Port
-from .models import MODELS, NUMPY_TYPES, ModelSpec, check_request
 from .http_client import http_get
+from .models import NUMPY_TYPES, ModelSpec, check_request
+from .names import MODELS
 
 LOG = logging.getLogger("bridgegan.serve")
 JSON_BYTES_PER_VALUE = 32  # a float32 written by json.dumps: up to 24 characters and ", "

@@ -33,8 +33,8 @@ from ..engine.engine import BOUNDS, check_bounded
 from ..engine.export.pbtxt import Port
 from ..engine.io import as_batch
 from ..reference.config import BridgeGANConfig
+from .names import MODELS
 
-MODELS = ("translate_label", "translate_reference", "reconstruct")
 IMAGE_INPUTS = ("image", "reference")  # checked by the engine: NaN / Inf, range [-1, 1]
 LABEL_INPUTS = ("target", "source")  # 0 / 1, as the engine requires
 NUMPY_TYPES = {"FP32": np.float32, "BOOL": np.bool_}
@@ -48,20 +48,17 @@ class ModelSpec:
 
 
 def model_specs(config: BridgeGANConfig) -> dict[str, ModelSpec]:
-    """The three served models of a configuration, by name."""
+    """The served models of a configuration, by name (``_SERVED``: their inputs)."""
     s, a = config.image_size, config.n_attrs
-    image, out = Port("image", "FP32", (3, s, s)), (Port("output", "FP32", (3, s, s)),)
-    noise = Port("noise", "FP32", (config.noise_dim,), optional=True)
-    source = Port("source", "FP32", (a,), optional=True)
-    strength = Port("strength", "FP32", (1,), optional=True)
-    return {
-        "translate_label": ModelSpec("translate_label", (
-            image, Port("target", "FP32", (a,)), noise, source, strength), out),
-        "translate_reference": ModelSpec("translate_reference", (
-            image, Port("reference", "FP32", (3, s, s)), Port("attributes", "BOOL", (a,), True),
-            source, strength), out),
-        "reconstruct": ModelSpec("reconstruct", (image, noise), out),
-    }
+    ports = {p.name: p for p in (
+        Port("image", "FP32", (3, s, s)), Port("target", "FP32", (a,)),
+        Port("reference", "FP32", (3, s, s)), Port("attributes", "BOOL", (a,), True),
+        Port("noise", "FP32", (config.noise_dim,), optional=True),
+        Port("source", "FP32", (a,), optional=True),
+        Port("strength", "FP32", (1,), optional=True))}
+    out = (Port("output", "FP32", (3, s, s)),)
+    return {name: ModelSpec(name, tuple(ports[p] for p in inputs), out)
+            for name, (inputs, _) in _SERVED.items()}
 
 
 def check_request(spec: ModelSpec, request: Mapping[str, np.ndarray]) -> int:
@@ -164,8 +161,12 @@ def _reconstruct(engine, b):
     return engine.reconstruct(b["image"], noise=b["noise"])
 
 
-_RUN = {"translate_label": _translate_label, "translate_reference": _translate_reference,
-        "reconstruct": _reconstruct}
+# each served model, in MODELS' order: its inputs (``model_specs`` gives their types and
+# shapes) and how a prepared batch of it runs on the engine
+_SERVED = dict(zip(MODELS, (
+    (("image", "target", "noise", "source", "strength"), _translate_label),
+    (("image", "reference", "attributes", "source", "strength"), _translate_reference),
+    (("image", "noise"), _reconstruct)), strict=True))
 
 
 def run_requests(engine, name: str, requests: Sequence[Mapping[str, np.ndarray]]
@@ -196,7 +197,8 @@ def _run_batch(engine, name: str, prepared: list[dict[str, torch.Tensor]]
                ) -> list[dict[str, np.ndarray]]:
     """The outputs of prepared requests (``_prepare``) of model ``name``, run as one batch."""
     batch = {k: torch.cat([p[k] for p in prepared]) for k in prepared[0]}
-    out = _RUN[name](engine, batch).float().cpu()
+    _, run = _SERVED[name]
+    out = run(engine, batch).float().cpu()
     return [{"output": chunk.numpy()} for chunk in out.split([len(p["image"]) for p in prepared])]
 
 

@@ -1,5 +1,5 @@
 """Run `bridgegan serve` as a child process on free loopback ports (tests, the load
-benchmark); free and busy ports."""
+benchmark)."""
 from __future__ import annotations
 
 import os
@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from .http_client import wait_ready
-from .models import MODELS
+from .names import HOST, MODELS
 
 
 def free_ports(n: int) -> list[int]:
@@ -23,21 +23,6 @@ def free_ports(n: int) -> list[int]:
     finally:
         for s in socks:
             s.close()
-
-
-def ports_in_use(host: str, ports: dict[str, int]) -> str | None:
-    """Which of ``ports`` (flag: port) something already listens on at ``host``, as an
-    error message, or None: checked before starting, so a busy port is reported at once."""
-    busy = []
-    for flag, port in ports.items():
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is not busy
-            try:
-                s.bind((host, port))
-            except OSError as exc:
-                busy.append(f"{flag} {port} ({exc.strerror})")
-    return (f"cannot listen on {host}: {', '.join(busy)}; stop what holds the port or choose "
-            f"another" if busy else None)
 
 
 class ServerProcess:
@@ -56,11 +41,11 @@ class ServerProcess:
 
     @property
     def http(self) -> str:
-        return f"127.0.0.1:{self.http_port}"
+        return f"{HOST}:{self.http_port}"
 
     @property
     def grpc(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
+        return f"{HOST}:{self.grpc_port}"
 
     def pids(self) -> list[int]:
         """The processes of the server's session (it, tritonserver, the python stubs)."""

@@ -24,10 +24,12 @@ from pathlib import Path
 
 from .. import __version__
 from ..argtypes import split_device
+from ..engine.export.names import MAX_BATCH, QUEUE_DELAY_US
 from ..engine.export.pbtxt import model_config
 from ..files import check_replaceable, link_or_copy, write_folder_atomic
 from ..reference.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_checkpoint
-from .models import MODELS, ModelSpec, model_specs, run_requests
+from .models import ModelSpec, model_specs, run_requests
+from .names import MODELS
 
 MODEL_PY = "from bridgegan.serve.repo_python import TritonPythonModel  # noqa: F401\n"
 
@@ -46,8 +48,9 @@ def _text(text: str):
 
 
 def write_python_repo(checkpoint: str | os.PathLike, out: str | os.PathLike,
-                      max_batch: int = 64, queue_delay_us: int = 1000, device: str = "cpu",
-                      backend: str = "torch", dtype: str = "float32") -> list[Path]:
+                      max_batch: int = MAX_BATCH, queue_delay_us: int = QUEUE_DELAY_US,
+                      device: str = "cpu", backend: str = "torch", dtype: str = "float32"
+                      ) -> list[Path]:
     """Write one python-backend model folder per served model under ``out`` (each replaced
     atomically; every folder is checked replaceable before any is written). ``device``
     "cuda" gives GPU instances ("cuda:N": on GPU N); ``backend`` / ``dtype`` are the

@@ -14,18 +14,21 @@ import json
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
 import tempfile
 from pathlib import Path
 
+from .names import (EXIT_TIMEOUT_S, GRPC_PORT, HOST, HTTP_PORT, METRICS_PORT, MODELS,
+                    READ_TIMEOUT_S)
+
 EXTRA_HINT = "pip install 'bridgegan[serve]' (nvidia-pytriton 0.7 needs numpy<2; the extra pins it)"
 HTTP_SOCKET = "http.sock"
 GRPC_SOCKET = "grpc.sock"
 UNIX_PORT = 1  # tritonserver wants a port beside a unix address; gRPC appends ":<port>" to it
 SOCKET_PATH_MAX = 107  # sun_path on Linux, less the terminating NUL
-READ_TIMEOUT_S = 30.0  # default --read-timeout-secs: a client's time for a header, a body
 
 
 def import_pytriton():
@@ -65,9 +68,24 @@ def private_sockets(folder: str | os.PathLike) -> tuple[Path, str]:
     return http, f"unix:{grpc}"
 
 
+def ports_in_use(host: str, ports: dict[str, int]) -> str | None:
+    """Which of ``ports`` (flag: port) something already listens on at ``host``, as an
+    error message, or None: checked before starting, so a busy port is reported at once."""
+    busy = []
+    for flag, port in ports.items():
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is not busy
+            try:
+                s.bind((host, port))
+            except OSError as exc:
+                busy.append(f"{flag} {port} ({exc.strerror})")
+    return (f"cannot listen on {host}: {', '.join(busy)}; stop what holds the port or choose "
+            f"another" if busy else None)
+
+
 def tritonserver_command(repository: str | os.PathLike, workdir: str | os.PathLike,
-                         metrics_host: str = "127.0.0.1", metrics_port: int = 8002,
-                         exit_timeout_secs: int = 30) -> tuple[list[str], dict]:
+                         metrics_host: str = HOST, metrics_port: int = METRICS_PORT,
+                         exit_timeout_secs: int = EXIT_TIMEOUT_S) -> tuple[list[str], dict]:
     """argv and environment that run the bundled tritonserver, plain, on a model repository:
     HTTP and gRPC on unix sockets in ``workdir`` (``private_sockets``), logging, trace,
     shared memory and model control off (``restricted_off``), a backend directory under
@@ -99,15 +117,13 @@ def tritonserver_command(repository: str | os.PathLike, workdir: str | os.PathLi
     return argv, env
 
 
-def run_tritonserver(repository: str | os.PathLike, host: str = "127.0.0.1",
-                     http_port: int = 8000, grpc_port: int = 8001, metrics_port: int = 8002,
-                     exit_timeout_secs: int = 30, read_timeout_secs: float = READ_TIMEOUT_S
-                     ) -> int:
+def run_tritonserver(repository: str | os.PathLike, host: str = HOST,
+                     http_port: int = HTTP_PORT, grpc_port: int = GRPC_PORT,
+                     metrics_port: int = METRICS_PORT, exit_timeout_secs: int = EXIT_TIMEOUT_S,
+                     read_timeout_secs: float = READ_TIMEOUT_S) -> int:
     """Run the bundled tritonserver on ``repository`` behind the front on ``host``'s ports
     (HTTP clients get ``read_timeout_secs`` for a request's header, then for its body)
     until SIGINT / SIGTERM or its exit; its exit status."""
-    from .models import MODELS
-
     missing = [m for m in MODELS if not (Path(repository) / m / "config.pbtxt").is_file()]
     if missing:  # tritonserver would start, print its banner and exit 1
         raise ValueError(f"{repository} is not a model repository of `bridgegan serve "
@@ -143,8 +159,6 @@ def run_tritonserver(repository: str | os.PathLike, host: str = "127.0.0.1",
 def _attribute_order(repository: str | os.PathLike) -> str:
     """"; attributes (label order): A, B, ..." from a model's bridgegan.json, or "" for a
     repository without one."""
-    from .models import MODELS
-
     for model in MODELS:
         try:
             meta = json.loads((Path(repository) / model / "bridgegan.json").read_text())

@@ -6,7 +6,8 @@ import argparse
 
 from ...argtypes import (input_file, non_negative_int, output_file, positive_float,
                          positive_int)
-from .names import GRAPHS, ONNX_PRECISIONS, OPSET, PREFERRED_BATCHES, TENSORRT_PRECISIONS
+from .names import (GRAPHS, MAX_BATCH, ONNX_PRECISIONS, OPSET, PREFERRED_BATCHES, QUEUE_DELAY_US,
+                    TENSORRT_PRECISIONS)
 
 
 def _check_opset(opset: int) -> None:
@@ -102,7 +103,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--precision", choices=TENSORRT_PRECISIONS, default="fp16")
     t.add_argument("--min-batch", type=positive_int, default=1)
     t.add_argument("--opt-batch", type=positive_int, default=8)
-    t.add_argument("--max-batch", type=positive_int, default=64)
+    t.add_argument("--max-batch", type=positive_int, default=MAX_BATCH)
     t.add_argument("--workspace-gb", type=positive_float, default=4.0,
                    help="TensorRT's workspace memory pool limit in GiB, > 0 (default: %(default)s)")
     t.add_argument("--timing-cache", help="timing cache file (default: timing.cache beside OUT)")
@@ -118,14 +119,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="ONNX variant to serve (default: %(default)s)")
     t.add_argument("--onnx-dir", help="export folder to take the graphs from or export into "
                                       "(default: the export cache)")
-    t.add_argument("--max-batch", type=positive_int, default=64,
+    t.add_argument("--max-batch", type=positive_int, default=MAX_BATCH,
                    help="largest batch Triton forms and accepts, >= 1 (default: %(default)s; "
                         "a --plan keeps its profile's)")
     t.add_argument("--preferred-batch", type=positive_int, nargs="+",
                    help="batch sizes dynamic batching prefers, each 1 to --max-batch "
                         f"(default: {' '.join(map(str, PREFERRED_BATCHES))}, those up to "
                         "--max-batch)")
-    t.add_argument("--queue-delay-us", type=non_negative_int, default=1000,
+    t.add_argument("--queue-delay-us", type=non_negative_int, default=QUEUE_DELAY_US,
                    help="how long a request may wait for others to batch with, >= 0 "
                         "(default: %(default)s)")
     t.set_defaults(target_func=_triton)

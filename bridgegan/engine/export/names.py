@@ -1,6 +1,7 @@
 """What can be exported: the ONNX graphs, opset and precisions, the TensorRT plan
-precisions. Torch-free, so that `bridgegan export --help` lists them without importing
-the exporters."""
+precisions, a Triton repository's batching defaults (``serve``'s python-backend one too).
+Torch-free, so that `bridgegan export --help` and `bridgegan serve --help` list them
+without importing the exporters."""
 
 OPSET = 17
 PROGRAMS = ("translate_label", "translate_reference")
@@ -10,3 +11,5 @@ ONNX_PRECISIONS = {"fp32": "float32", "fp16": "float16"}  # name -> torch dtype 
 TENSORRT_PRECISIONS = ("fp32", "fp16", "bf16")
 TIMING_CACHE = "timing.cache"  # the TensorRT timing cache kept beside the plans
 PREFERRED_BATCHES = (4, 8, 16, 32)  # a Triton repository's default preferred batch sizes
+MAX_BATCH = 64  # its default max_batch_size (and a TensorRT plan's default profile max)
+QUEUE_DELAY_US = 1000  # its default dynamic batching queue delay

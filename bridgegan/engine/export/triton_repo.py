@@ -27,7 +27,7 @@ from ... import __version__
 from ...files import check_replaceable, write_folder_atomic
 from ...reference.checkpoint import load_checkpoint
 from ...reference.config import BridgeGANConfig
-from .names import PREFERRED_BATCHES, PROGRAMS
+from .names import MAX_BATCH, PREFERRED_BATCHES, PROGRAMS, QUEUE_DELAY_US
 from .onnx_export import export_model, file_name, read_manifest
 from .pbtxt import Port, model_config
 from .tensorrt_build import read_sidecar
@@ -86,8 +86,9 @@ def _bytes(data: bytes):
 
 def write_triton_repo(checkpoint: str | os.PathLike, out: str | os.PathLike,
                       plans: Iterable[str | os.PathLike] = (), precision: str = "fp32",
-                      onnx_dir: str | os.PathLike | None = None, max_batch_size: int = 64,
-                      preferred: Iterable[int] = PREFERRED_BATCHES, queue_delay_us: int = 1000,
+                      onnx_dir: str | os.PathLike | None = None,
+                      max_batch_size: int = MAX_BATCH, preferred: Iterable[int] = PREFERRED_BATCHES,
+                      queue_delay_us: int = QUEUE_DELAY_US,
                       expected_config: BridgeGANConfig | None = None) -> list[Path]:
     """Write one model folder per program graph under ``out`` (each replaced atomically);
     the ONNX graphs come from ``onnx_dir`` (exported there when missing; default: the

@@ -1,0 +1,11 @@
+"""What `bridgegan serve` serves and its defaults: the models' names, the address, ports
+and timeouts. Torch-free and import-free, so that ``--help``, ``server`` (the standard
+library until the command runs) and the load benchmark read them without the engine."""
+
+MODELS = ("translate_label", "translate_reference", "reconstruct")
+HOST = "127.0.0.1"
+HTTP_PORT = 8000
+GRPC_PORT = 8001
+METRICS_PORT = 8002
+EXIT_TIMEOUT_S = 30  # default --exit-timeout-secs: shutdown's wait for in-flight requests
+READ_TIMEOUT_S = 30.0  # default --read-timeout-secs: a client's time for a header, a body
