@@ -4,11 +4,13 @@ imports included. The graph is read from the source with ``ast``: every ``import
 import name`` imports the submodule ``package.name`` when there is one, the submodule a
 package exports ``name`` from lazily (its ``_EXPORTS``, ``lazy.py``) when it does, else
 ``package``. A package's ``__init__`` also imports each submodule it names in a string
-(lazy exports, the backend registry's ``import_module``). Parent packages, which Python
-initialises first, are not edges."""
+(lazy exports, the backend registry's ``import_module``), and a module holding a string
+``".module:attr"`` imports that module (the command table's runners, the dataset
+registry's classes). Parent packages, which Python initialises first, are not edges."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import bridgegan
@@ -53,8 +55,13 @@ def imports_of(name: str, path: Path, files: dict[str, Path]) -> set[str]:
                 sub = f"{base}.{alias.name}"
                 found.add(sub if sub in files else
                           base + lazy[alias.name] if alias.name in lazy else base)
-        elif is_package and isinstance(node, ast.Constant) and isinstance(node.value, str):
-            found.add(f"{name}.{node.value.lstrip('.')}")
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            if is_package:
+                found.add(f"{name}.{node.value.lstrip('.')}")
+            target = re.fullmatch(r"(\.+)([\w.]+):\w+", node.value)  # a registry's ".mod:attr"
+            if target:
+                parts = package.split(".")
+                found.add(".".join(parts[:len(parts) - len(target[1]) + 1] + [target[2]]))
     return {m for m in found if m in files and m != name}
 
 
@@ -100,6 +107,9 @@ def test_the_graph_is_read_from_the_source():
     # registry's import_module reaches each backend's module
     assert "bridgegan.engine.engine" in graph["bridgegan.evaluate"]
     assert "bridgegan.engine.backends.onnxruntime" in graph["bridgegan.engine.backends"]
+    # ".module:attr" strings: the command table's runners, the dataset registry's classes
+    assert "bridgegan.engine.commands" in graph["bridgegan.cli"]
+    assert "bridgegan.reference.data.celeba" in graph["bridgegan.reference.data.registry"]
 
 
 def test_a_planted_lazy_cycle_is_found():

@@ -36,6 +36,7 @@ from ..numerics import SHORT_NAMES, dtype_name
 from .graph import InferenceGraph, Rewrites
 
 LAYOUTS = {"cl": torch.channels_last, "nchw": torch.contiguous_format}
+ARCH = 90  # the default target: sm_90 (H100, H200)
 
 
 class _Offline:
@@ -58,7 +59,7 @@ class _Offline:
 
 
 @contextlib.contextmanager
-def offline(arch: int = 90, warp_size: int = 32):
+def offline(arch: int = ARCH, warp_size: int = 32):
     """Triton compiles for CUDA ``sm_<arch>`` inside, whatever device is here."""
     from triton.backends.compiler import GPUTarget
     from triton.runtime import driver
@@ -154,7 +155,7 @@ def resource_usage(compiled) -> dict:
 SM_LIMITS = {80: (65536, 64, 32, 163 * 1024), 90: (65536, 64, 32, 227 * 1024)}
 
 
-def occupancy(registers: int, num_warps: int, shared_bytes: int, arch: int = 90) -> float:
+def occupancy(registers: int, num_warps: int, shared_bytes: int, arch: int = ARCH) -> float:
     """Resident warps per SM over the most an SM holds, as registers and shared memory
     allow (registers are allocated per warp in units of 256): an estimate of how much
     memory traffic a memory-bound kernel keeps in flight."""
@@ -183,7 +184,7 @@ def markdown(rows: list[dict], arch: int) -> str:
     return "\n".join(out)
 
 
-def compile_table(model, dtypes, layouts, batch: int = 64, arch: int = 90,
+def compile_table(model, dtypes, layouts, batch: int = 64, arch: int = ARCH,
                   progress: bool = True) -> list[dict]:
     """One row per distinct kernel specialisation the engine launches: where it runs (the
     stages and tensor shapes), its launch config and its resource usage on sm_<arch>; a
@@ -222,7 +223,8 @@ def main(argv=None) -> int:
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--dtypes", default="fp16,bf16", help="comma list (default: %(default)s)")
     p.add_argument("--layouts", default="cl,nchw", help="comma list of cl, nchw (default: %(default)s)")
-    p.add_argument("--arch", type=int, default=90, help="CUDA compute capability x10 (default: 90)")
+    p.add_argument("--arch", type=int, default=ARCH,
+                   help="CUDA compute capability x10 (default: %(default)s)")
     p.add_argument("--resolution", type=int, default=128, help="paper model preset (default: 128)")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--markdown", type=Path, help="also write the table as markdown here")

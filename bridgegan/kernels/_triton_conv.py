@@ -24,8 +24,3 @@ def _bias_relu_kernel(y_ptr, b_ptr, numel, C, HW, CHANNELS_LAST: tl.constexpr,
     y += tl.load(b_ptr + c, mask=mask, other=0.0).to(tl.float32)
     y = tl.where(y < 0.0, 0.0, y)
     tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
-
-
-def is_interpreted() -> bool:
-    """True when this kernel was defined under TRITON_INTERPRET=1 (CPU interpreter)."""
-    return type(_bias_relu_kernel).__name__ == "InterpretedFunction"

@@ -390,8 +390,3 @@ def _apply_kernel(x_ptr, g_ptr, b_ptr, w_ptr, bias_ptr, mb_ptr, out_ptr, mean_pt
                           b_bias, slope, HAS_G, HAS_BETA, HAS_W, HAS_BIAS, HAS_MB, ACT, HW_MAJOR)
         tl.store(out_ptr + n * son + _tile(rows, cols, sohw, soc, HW_MAJOR),
                  y.to(out_ptr.dtype.element_ty), mask=mask)
-
-
-def is_interpreted() -> bool:
-    """True when these kernels were defined under TRITON_INTERPRET=1 (CPU interpreter)."""
-    return type(_fused_kernel).__name__ == "InterpretedFunction"

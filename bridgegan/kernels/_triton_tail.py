@@ -59,8 +59,3 @@ def _rgb_tail_kernel(h_ptr, s_ptr, w_ptr, b_ptr, out_ptr,
             y += tl.load(b_ptr + k).to(tl.float32)
         tl.store(out_ptr + n * son + rows * sohw + k * soc,
                  _tanh(y).to(out_ptr.dtype.element_ty), mask=rmask)
-
-
-def is_interpreted() -> bool:
-    """True when this kernel was defined under TRITON_INTERPRET=1 (CPU interpreter)."""
-    return type(_rgb_tail_kernel).__name__ == "InterpretedFunction"

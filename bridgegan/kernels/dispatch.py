@@ -6,6 +6,7 @@ compiled graph holds standard ops."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import sys
 import threading
@@ -58,10 +59,17 @@ def triton_available() -> bool:
     return triton_module("norm")[0] is not None
 
 
+@functools.cache
+def _interpreted(module) -> bool:
+    """Whether a kernel module's kernels were defined under TRITON_INTERPRET=1 (the CPU
+    interpreter: triton.jit reads the variable when it decorates them)."""
+    return any(type(v).__name__ == "InterpretedFunction" for v in vars(module).values())
+
+
 def triton_interpreted() -> bool:
     """Whether the kernels run in the CPU interpreter (TRITON_INTERPRET=1 at import)."""
     tn = triton_module("norm")[0]
-    return tn is not None and tn.is_interpreted()
+    return tn is not None and _interpreted(tn)
 
 
 _FALLBACK_WARNED = False
@@ -118,7 +126,7 @@ def choose_impl(op: str, x: torch.Tensor, impl: str, kernels: str, others=()) ->
             raise ValueError(f"{op}: impl='triton' accepts float16, bfloat16, float32; x is "
                              f"{dtype_name(x.dtype)} (use impl='torch' for float64)")
         recorded_meta = x.is_meta and recording_launches()
-        interpreted_cpu = tn.is_interpreted() and x.device.type == "cpu"  # no other device
+        interpreted_cpu = _interpreted(tn) and x.device.type == "cpu"  # no other device
         if not x.is_cuda and not interpreted_cpu and not recorded_meta:
             raise RuntimeError(
                 f"{op}(impl='triton'): x is on {x.device}; the Triton path needs a CUDA tensor, "
