@@ -17,7 +17,7 @@ from .argtypes import (device_spec, int_between, non_negative_int, output_file,
                        positive_float, positive_int, positive_int_list)
 from .engine import options as engine_options
 from .engine.export import cli as export_cli
-from .reference import train_cli
+from .reference import classifier_defaults, train_cli
 from .reference.presets import PRESET_RESOLUTIONS
 from .reference.data import registry as data_registry
 from .serve import cli as serve_cli
@@ -118,17 +118,20 @@ def _parity_options(p: argparse.ArgumentParser) -> None:
 def _classifier_options(p: argparse.ArgumentParser) -> None:
     data_registry.add_option(p, "images and labels to learn")
     p.add_argument("--attributes", default=None, help="preset or comma list (default: the dataset's)")
-    p.add_argument("--resolution", type=int, default=64, help="image size (default: 64)")
-    p.add_argument("--steps", type=positive_int, default=1500, help="Adam steps (default: 1500)")
-    p.add_argument("--batch", type=positive_int, default=64,
-                   help="images per step (default: 64)")
-    p.add_argument("--lr", type=positive_float, default=1e-3,
-                   help="Adam learning rate (default: 1e-3)")
-    p.add_argument("--width", type=positive_int, default=32, help="base width (default: 32)")
-    p.add_argument("--kernel", type=int, default=4, choices=(3, 4),
-                   help="convolution kernel size (default: 4); a classifier used in training "
-                        "(--feature-classifier) should differ from the judge in kernel, width "
-                        "and --seed")
+    p.add_argument("--resolution", type=int, default=64, help="image size (default: %(default)s)")
+    p.add_argument("--steps", type=positive_int, default=classifier_defaults.STEPS,
+                   help="Adam steps (default: %(default)s)")
+    p.add_argument("--batch", type=positive_int, default=classifier_defaults.BATCH,
+                   help="images per step (default: %(default)s)")
+    p.add_argument("--lr", type=positive_float, default=classifier_defaults.LR,
+                   help="Adam learning rate (default: %(default)s)")
+    p.add_argument("--width", type=positive_int, default=classifier_defaults.WIDTH,
+                   help="base width (default: %(default)s)")
+    p.add_argument("--kernel", type=int, default=classifier_defaults.KERNEL,
+                   choices=classifier_defaults.KERNELS,
+                   help="convolution kernel size (default: %(default)s); a classifier used in "
+                        "training (--feature-classifier) should differ from the judge in "
+                        "kernel, width and --seed")
     p.add_argument("--workers", type=non_negative_int, default=0,
                    help="data-loader worker processes")
     p.add_argument("--seed", type=non_negative_int, default=0,

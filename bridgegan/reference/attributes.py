@@ -4,14 +4,17 @@ Labels are 0/1 float tensors of shape (N, n_attrs) in the order of the configura
 attribute list. ``apply_edits`` sets named attributes and then applies the rules of the
 spec (section 1): hair colours are exclusive, Bald / Receding_Hairline clear Bangs,
 Straight_Hair and Wavy_Hair are exclusive; ``set_rows`` does the same with values that
-differ from row to row (attributes taken from references).
+differ from row to row (attributes taken from references). Torch-free at import (the
+functions use their tensors' methods), so that the configuration is too.
 """
 from __future__ import annotations
 
 import reprlib
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 CELEBA_ATTRIBUTES: tuple[str, ...] = (
     "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald",
@@ -105,8 +108,7 @@ def apply_edits(
     for name, value in edits.items():
         if isinstance(value, (str, bytes)) or _as_float(value) not in (0.0, 1.0):
             raise ValueError(f"target for {name!r} must be 0 or 1, got {value!r}")
-    values = torch.tensor([float(v) for v in edits.values()], dtype=labels.dtype,
-                          device=labels.device)
+    values = labels.new_tensor([float(v) for v in edits.values()])
     return set_rows(labels, attributes, list(edits), values.expand(labels.shape[0], -1))
 
 

@@ -12,6 +12,7 @@ from torch import nn
 
 from .attributes import resolve_attributes
 from .checkpoint import read_tensors, write_folder_atomic
+from .classifier_defaults import BATCH, KERNEL, KERNELS, LR, STEPS, WIDTH
 
 CONFIG_FILE, WEIGHTS_FILE = "classifier.json", "classifier.safetensors"
 REPORT_FILE = "report.json"  # `bridgegan train-classifier` writes its report beside them
@@ -19,17 +20,15 @@ SAVED_FILES = (CONFIG_FILE, WEIGHTS_FILE, REPORT_FILE)  # what a save may replac
 
 
 class AttributeClassifier(nn.Module):
-    """Four stride-2 convolutions (``kernel`` 4 or 3), global average pooling, one logit
-    per attribute. The kernel and width let a classifier used in training differ in
+    """Four stride-2 convolutions (``kernel`` one of KERNELS), global average pooling, one
+    logit per attribute. The kernel and width let a classifier used in training differ in
     architecture from the one that judges (``bridgegan eval``)."""
 
-    KERNELS = (3, 4)
-
-    def __init__(self, attributes: tuple[str, ...], image_size: int, width: int = 32,
-                 kernel: int = 4):
+    def __init__(self, attributes: tuple[str, ...], image_size: int, width: int = WIDTH,
+                 kernel: int = KERNEL):
         super().__init__()
-        if kernel not in self.KERNELS:
-            raise ValueError(f"classifier kernel must be one of {self.KERNELS}, got {kernel!r}")
+        if kernel not in KERNELS:
+            raise ValueError(f"classifier kernel must be one of {KERNELS}, got {kernel!r}")
         if isinstance(width, bool) or not isinstance(width, int) or width < 1:
             raise ValueError(f"classifier width must be an integer >= 1, got {width!r}")
         # four stride-2 convolutions (padding 1): kernel 4 halves the size, so the last one
@@ -116,9 +115,10 @@ class AttributeClassifier(nn.Module):
         return model.eval()
 
 
-def train_classifier(train_set, val_set, steps: int = 1500, batch: int = 64, lr: float = 1e-3,
-                     width: int = 32, device: str = "cpu", seed: int = 0, workers: int = 0,
-                     progress: bool = True, kernel: int = 4) -> tuple[AttributeClassifier, dict]:
+def train_classifier(train_set, val_set, steps: int = STEPS, batch: int = BATCH, lr: float = LR,
+                     width: int = WIDTH, device: str = "cpu", seed: int = 0, workers: int = 0,
+                     progress: bool = True,
+                     kernel: int = KERNEL) -> tuple[AttributeClassifier, dict]:
     """Train on ``train_set`` with BCE; returns the classifier and its per-attribute
     validation accuracy on ``val_set``."""
     from torch.utils.data import DataLoader, RandomSampler

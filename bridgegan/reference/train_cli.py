@@ -14,50 +14,52 @@ import os
 import signal
 import sys
 import threading
+from dataclasses import fields
 from pathlib import Path
 
 from .. import threads
 from ..files import check_writable_folder
+from .config import INT_RANGES, BridgeGANConfig
 from .data import registry as data_registry
 from .data.split_modes import SPLIT_MODES
+from .loss_weights import LossWeights
 from .noise_modes import MODES as NOISE_MODES
 from .presets import PRESET_RESOLUTIONS
+from .train_config import TrainConfig
 from .train_modes import AMP_MODES, LR_SCHEDULES, TRAIN_DTYPES
 
-# Options that define the architecture (None = not given).
+# Options that define the architecture (None = not given): BridgeGANConfig field -> help,
+# to which the field's default (the paper's) is added.
 _ARCH_OPTIONS = {
-    "g_width": "generator base width (paper 32)",
-    "g_downs": "generator down/up blocks (paper 3)",
-    "e_width": "encoder base width (paper 16)",
-    "e_blocks": "encoder middle blocks (paper 3)",
-    "latent_channels": "channels of the latent code S (paper 32)",
-    "spade_hidden": "SPADE hidden channels (paper 128)",
-    "mapping_channels": "channels of the mapping net's 4x4 start (paper 64)",
-    "noise_dim": "noise vector size (paper 16)",
-    "d_width": "discriminator base width (paper 16)",
-    "d_downs": "discriminator down blocks (paper 4)",
+    "g_width": "generator base width",
+    "g_downs": "generator down/up blocks",
+    "e_width": "encoder base width",
+    "e_blocks": "encoder middle blocks",
+    "latent_channels": "channels of the latent code S",
+    "spade_hidden": "SPADE hidden channels",
+    "mapping_channels": "channels of the mapping net's 4x4 start",
+    "noise_dim": "noise vector size",
+    "d_width": "discriminator base width",
+    "d_downs": "discriminator down blocks",
 }
-# TrainConfig fields settable from the command line: option dest -> field.
-_TRAIN_OPTIONS = ("batch", "n_d", "steps", "lr", "lr_schedule", "beta1", "beta2",
-                  "noise_memory", "ema", "seed", "ckpt_every", "sample_every", "log_every",
-                  "keep_checkpoints", "n_samples", "sample_edits", "d_attr_warmup",
-                  "single_edits", "feature_classifier")
+# TrainConfig fields set from the option of the same name; all but the loss weights.
+_TRAIN_OPTIONS = tuple(f.name for f in fields(TrainConfig) if f.name != "weights")
+# LossWeights field -> (option, help), to which the field's default is added.
 _WEIGHT_OPTIONS = {
-    "w_adv": ("adv", "generator adversarial term (default 1)"),
-    "w_attr": ("attr", "generator attribute BCE on the fakes (default 10)"),
-    "w_rec": ("rec", "reconstruction L1 (default 100)"),
-    "w_latent": ("latent", "latent similarity L1(S_rand, S_ref) (default 50)"),
-    "w_cycle": ("cycle", "latent cycle terms (default 50)"),
-    "w_ms": ("mode_seeking", "mode seeking (default 0.005)"),
-    "w_gp": ("gp", "WGAN-GP gradient penalty (default 10)"),
-    "w_d_attr": ("d_attr", "discriminator attribute BCE on real images (default 1)"),
-    "w_paired": ("paired", "not in the paper: L1 of the three fakes to the true edit, for data "
-                           "that renders it (--data synthetic) (default 0)"),
-    "w_paired_edit": ("paired_edit", "not in the paper: the same L1 over only the pixels the "
-                                     "true edit changes (default 0)"),
-    "w_feature": ("feature", "not in the paper: the --feature-classifier's activations of the "
-                             "fakes and reconstructions matched to those of the true images "
-                             "(default 0)"),
+    "adv": ("w_adv", "generator adversarial term"),
+    "attr": ("w_attr", "generator attribute BCE on the fakes"),
+    "rec": ("w_rec", "reconstruction L1"),
+    "latent": ("w_latent", "latent similarity L1(S_rand, S_ref)"),
+    "cycle": ("w_cycle", "latent cycle terms"),
+    "mode_seeking": ("w_ms", "mode seeking"),
+    "gp": ("w_gp", "WGAN-GP gradient penalty"),
+    "d_attr": ("w_d_attr", "discriminator attribute BCE on real images"),
+    "paired": ("w_paired", "not in the paper: L1 of the three fakes to the true edit, for "
+                           "data that renders it (--data synthetic)"),
+    "paired_edit": ("w_paired_edit", "not in the paper: the same L1 over only the pixels the "
+                                     "true edit changes"),
+    "feature": ("w_feature", "not in the paper: the --feature-classifier's activations of the "
+                             "fakes and reconstructions matched to those of the true images"),
 }
 
 
@@ -70,68 +72,78 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "CelebA names (default: the dataset's default list)")
     g.add_argument("--split-mode", choices=SPLIT_MODES, default="index",
                    help="CelebA split: 'index' = first 182,000 images for training as in the "
-                        "official code, 'official' = list_eval_partition.txt (default: index)")
-    g.add_argument("--workers", type=int, default=4,
-                   help="DataLoader worker processes per training process (default: 4)")
+                        "official code, 'official' = list_eval_partition.txt (default: %(default)s)")
+    g.add_argument("--workers", type=int, default=TrainConfig.workers,
+                   help="DataLoader worker processes per training process (default: %(default)s)")
 
     g = p.add_argument_group("model")
     g.add_argument("--resolution", type=int, default=None,
-                   help="image size, a power of two >= 16 (default 128; presets "
+                   help=f"image size, a power of two >= {INT_RANGES['image_size'][0]} (default "
+                        f"{BridgeGANConfig.image_size}; presets "
                         f"{'/'.join(map(str, PRESET_RESOLUTIONS))} use the paper widths)")
     g.add_argument("--config", default=None,
                    help="model configuration: a JSON file (e.g. a checkpoint's config.json), a "
                         "checkpoint folder or a JSON string; --resolution and width options "
                         "override its fields")
     for name, text in _ARCH_OPTIONS.items():
-        g.add_argument("--" + name.replace("_", "-"), type=int, default=None, help=text)
+        g.add_argument("--" + name.replace("_", "-"), type=int, default=None,
+                       help=f"{text} (paper {getattr(BridgeGANConfig, name)})")
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch", type=int, default=None,
-                   help="GLOBAL batch size, split evenly over the processes (default: 60)")
+                   help="GLOBAL batch size, split evenly over the processes (default: "
+                        f"{TrainConfig.batch})")
     g.add_argument("--n-d", type=int, default=None,
                    help="discriminator steps per generator step, each on a fresh batch "
-                        "(default: 5)")
+                        f"(default: {TrainConfig.n_d})")
     g.add_argument("--steps", type=int, default=None,
-                   help="total generator steps to reach (also on resume; default: 50500, "
-                        "about 100 epochs of CelebA at batch 60)")
-    g.add_argument("--lr", type=float, default=None, help="Adam learning rate for G/E/M and D (default: 2e-4)")
+                   help="total generator steps to reach (also on resume; default: "
+                        f"{TrainConfig.steps}, about 100 epochs of CelebA at batch "
+                        f"{TrainConfig.batch})")
+    g.add_argument("--lr", type=float, default=None,
+                   help=f"Adam learning rate for G/E/M and D (default: {TrainConfig.lr:g})")
     g.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None,
                    help="'constant' (the paper) or 'cosine': from --lr at step 0 to 0 at "
                         "--steps, so set --steps to what the run will reach; not in the paper "
-                        "(default: constant)")
-    g.add_argument("--beta1", type=float, default=None, help="Adam beta1 (default: 0.5)")
-    g.add_argument("--beta2", type=float, default=None, help="Adam beta2 (default: 0.999)")
+                        f"(default: {TrainConfig.lr_schedule})")
+    g.add_argument("--beta1", type=float, default=None,
+                   help=f"Adam beta1 (default: {TrainConfig.beta1:g})")
+    g.add_argument("--beta2", type=float, default=None,
+                   help=f"Adam beta2 (default: {TrainConfig.beta2:g})")
     g.add_argument("--ema", type=float, default=None,
                    help="EMA decay of G/E/M used for samples and model.safetensors; 0 turns "
-                        "EMA off (default: 0.999)")
+                        f"EMA off (default: {TrainConfig.ema:g})")
     g.add_argument("--noise-memory", choices=NOISE_MODES, default=None,
                    help="LEM noise: 'official' = per-image memory refined by the official "
                         "(ascent) step, 'descent' = the same with the step sign flipped, "
-                        "'off' = fresh N(0,1) noise (default: official)")
+                        f"'off' = fresh N(0,1) noise (default: {TrainConfig.noise_memory})")
     g.add_argument("--d-attr-warmup", type=int, default=None,
                    help="updates of D on the real-image attribute loss alone before the first "
-                        "generator step; not in the paper: at small batches the head otherwise stays "
-                        "at chance (default: 0)")
+                        "generator step; not in the paper: at small batches the head otherwise "
+                        f"stays at chance (default: {TrainConfig.d_attr_warmup})")
     g.add_argument("--single-edits", type=float, default=None,
                    help="share of the samples whose target takes one attribute from the "
                         "reference instead of all its labels, as single edits are used at "
-                        "inference; not in the paper (default: 0)")
+                        f"inference; not in the paper (default: {TrainConfig.single_edits:g})")
     g.add_argument("--feature-classifier", default=None, metavar="FOLDER",
                    help="a classifier from `bridgegan train-classifier` whose activations "
                         "--w-feature matches; not in the paper. Train it with another kernel, "
                         "width and seed than the classifier that judges the model")
     g.add_argument("--seed", type=int, default=None,
-                   help="seed of the initialisation, data order and all per-step draws (default: 0)")
+                   help="seed of the initialisation, data order and all per-step draws "
+                        f"(default: {TrainConfig.seed})")
 
     g = p.add_argument_group("loss weights")
-    for name, (_, text) in _WEIGHT_OPTIONS.items():
-        g.add_argument("--" + name.replace("_", "-"), type=float, default=None, help=text)
+    for f in fields(LossWeights):
+        option, text = _WEIGHT_OPTIONS[f.name]
+        g.add_argument("--" + option.replace("_", "-"), type=float, default=None,
+                       help=f"{text} (default {f.default:g})")
 
     g = p.add_argument_group("output")
     g.add_argument("--out", default="runs/bridgegan",
                    help="output folder: checkpoints/, samples/, metrics.jsonl; a run without "
                         "--resume refuses one holding an earlier run's checkpoints or metrics "
-                        "(default: runs/bridgegan)")
+                        "(default: %(default)s)")
     g.add_argument("--resume", default=None,
                    help="checkpoint folder to resume from, or 'auto' for the latest checkpoint "
                         "under --out (starts fresh when there is none)")
@@ -145,31 +157,38 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "weights fill the leading channels and the new channels' inputs start "
                         "at zero, so training starts from what the checkpoint computed")
     g.add_argument("--ckpt-every", type=int, default=None,
-                   help="checkpoint every N generator steps, 0 = only at the end (default: 1000)")
+                   help="checkpoint every N generator steps, 0 = only at the end (default: "
+                        f"{TrainConfig.ckpt_every})")
     g.add_argument("--keep-checkpoints", type=int, default=None,
-                   help="numbered checkpoints to keep, 0 = all (default: 3)")
+                   help="numbered checkpoints to keep, 0 = all (default: "
+                        f"{TrainConfig.keep_checkpoints})")
     g.add_argument("--sample-every", type=int, default=None,
-                   help="write a sample grid every N generator steps, 0 = never (default: 500)")
+                   help="write a sample grid every N generator steps, 0 = never (default: "
+                        f"{TrainConfig.sample_every})")
     g.add_argument("--n-samples", type=int, default=None,
-                   help="images (columns) in the sample grids (default: 8)")
+                   help=f"images (columns) in the sample grids (default: {TrainConfig.n_samples})")
     g.add_argument("--sample-edits", type=int, default=None,
-                   help="attributes flipped in the sample grids, one row each (default: 4)")
+                   help="attributes flipped in the sample grids, one row each (default: "
+                        f"{TrainConfig.sample_edits})")
     g.add_argument("--log-every", type=int, default=None,
-                   help="append averaged losses to metrics.jsonl every N steps (default: 50)")
+                   help="append averaged losses to metrics.jsonl every N steps (default: "
+                        f"{TrainConfig.log_every})")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.add_argument("--time-limit", type=float, default=None,
                    help="stop after this many seconds of training (warm-up included) with a "
                         "final checkpoint; resume with --resume auto (default: none)")
 
     g = p.add_argument_group("hardware")
-    g.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                   help="cpu or cuda (under torchrun each process takes GPU LOCAL_RANK; default: cpu)")
-    g.add_argument("--amp", choices=AMP_MODES, default="none",
+    g.add_argument("--device", choices=("cpu", "cuda"), default=TrainConfig.device,
+                   help="cpu or cuda (under torchrun each process takes GPU LOCAL_RANK; "
+                        "default: %(default)s)")
+    g.add_argument("--amp", choices=AMP_MODES, default=TrainConfig.amp,
                    help="autocast dtype: bf16, fp16 (CUDA only, with gradient scaling) or none; "
-                        "the gradient penalty is always computed in float32 (default: none)")
-    g.add_argument("--dtype", choices=TRAIN_DTYPES, default="float32",
+                        "the gradient penalty is always computed in float32 (default: "
+                        "%(default)s)")
+    g.add_argument("--dtype", choices=TRAIN_DTYPES, default=TrainConfig.dtype,
                    help="training precision: float32, or float64 for numerical reference runs "
-                        "(slow; e.g. checking DDP against one process) (default: float32)")
+                        "(slow; e.g. checking DDP against one process) (default: %(default)s)")
     g.add_argument("--dist-backend", choices=("nccl", "gloo"), default=None,
                    help="torch.distributed backend under torchrun (default: nccl on cuda, gloo on cpu)")
     threads.add_option(g)
@@ -181,7 +200,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _base_config(args: argparse.Namespace):
     """The configuration from --config / --resolution / width options (default attributes)."""
     from .checkpoint import read_config
-    from .config import BridgeGANConfig
 
     if args.config:
         text = args.config
@@ -195,7 +213,7 @@ def _base_config(args: argparse.Namespace):
                 text = Path(text).read_text()
             cfg = BridgeGANConfig.from_json(text)
     else:
-        cfg = BridgeGANConfig(image_size=args.resolution or 128)
+        cfg = BridgeGANConfig()  # --resolution, when given, replaces the size below
     changes = {k: getattr(args, k) for k in _ARCH_OPTIONS if getattr(args, k) is not None}
     if args.resolution is not None:
         changes["image_size"] = args.resolution
@@ -208,24 +226,17 @@ def _arch_given(args: argparse.Namespace) -> bool:
 
 
 def _train_config(args: argparse.Namespace, base: dict | None):
-    from .losses import LossWeights
-    from .train_config import TrainConfig
-
     data = dict(base) if base else TrainConfig().to_dict()
     for name in _TRAIN_OPTIONS:
         v = getattr(args, name)
         if v is not None:
             data[name] = v
     weights = dict(data.get("weights") or LossWeights().to_dict())
-    for opt, (field_name, _) in _WEIGHT_OPTIONS.items():
-        v = getattr(args, opt)
+    for f in fields(LossWeights):
+        v = getattr(args, _WEIGHT_OPTIONS[f.name][0])
         if v is not None:
-            weights[field_name] = v
+            weights[f.name] = v
     data["weights"] = weights
-    data["device"] = args.device
-    data["amp"] = args.amp
-    data["dtype"] = args.dtype
-    data["workers"] = args.workers
     return TrainConfig.from_dict(data)
 
 

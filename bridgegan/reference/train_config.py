@@ -6,7 +6,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .losses import LossWeights
+from .loss_weights import LossWeights
 from .noise_modes import MODES as NOISE_MODES
 from .records import from_fields
 from .train_modes import AMP_MODES, LR_SCHEDULES, TRAIN_DTYPES
