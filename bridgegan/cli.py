@@ -70,7 +70,8 @@ def _translate_options(p: argparse.ArgumentParser) -> None:
                    help="edit strength, the scale of d (default: the model's config "
                         "edit_strength: 1.5, the official test's, unless it names another)")
     p.add_argument("--seed", type=non_negative_int, default=0,
-                   help="noise seed of the first sample, the next ones +1 (default: 0)")
+                   help="noise seed of the first sample, the next ones +1 (default: 0); "
+                        "every input gets the noise it would get translated alone")
     engine_options.add_options(p)
     p.add_argument("--out", required=True, help="output folder")
     threads.add_option(p)

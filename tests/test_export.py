@@ -450,3 +450,30 @@ def test_tensorrt_build_refuses_the_fp16_onnx_variant(ckpt, tmp_path):
     with pytest.raises(ValueError, match=r"trunk_fp16.onnx is the fp16 variant of its graph; "
                                          r"build plans from the float32 graph"):
         build_config(out / "trunk_fp16.onnx", "fp32")
+
+
+@pytest.mark.parametrize("changed", ["kernels/layout.py", "kernels/conv_act.py",
+                                     "reference/layers.py", "engine/graph.py"])
+def test_export_key_covers_the_code_the_graphs_are_traced_from(model, monkeypatch, changed):
+    """A cached export is keyed by the code it was traced from: changing any module whose
+    torch ops the tracer records (add_upsampled in kernels/layout.py, conv2d_relu's plain
+    path, the reference layers) makes a new key, so the engine's onnxruntime backend never
+    serves a graph of older code beside the torch backend's new results."""
+    from pathlib import Path
+
+    from bridgegan.engine.export import onnx_export
+    from bridgegan.engine.graph import Rewrites
+
+    rewrites = Rewrites()
+    onnx_export._traced_code.cache_clear()
+    before = onnx_export.export_key(model, rewrites, 17)
+    target = Path(onnx_export.__file__).parents[2] / changed
+    read = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes",
+                        lambda p: read(p) + (b"\n# changed" if p == target else b""))
+    onnx_export._traced_code.cache_clear()
+    try:
+        assert onnx_export.export_key(model, rewrites, 17) != before, changed
+    finally:
+        monkeypatch.undo()
+        onnx_export._traced_code.cache_clear()

@@ -78,9 +78,10 @@ def translate(args: argparse.Namespace) -> int:
     x = eng.load_images(sources)
     columns = [x.cpu()]
     if edits:
-        for k in range(args.samples):
+        for k in range(args.samples):  # each input's noise from the seed alone: its results
+            # do not depend on the other inputs (as if translated on its own)
             columns.append(eng.translate(x, edits, strength=args.strength,
-                                         seed=args.seed + k).cpu())
+                                         seed=[args.seed + k] * len(x)).cpu())
     if args.reference:
         refs = [[open_rgb(r)] for r in args.reference]  # each reference: a batch of 1
         columns.append(eng.translate_reference(x, refs, attributes=attrs,

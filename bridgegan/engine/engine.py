@@ -4,7 +4,10 @@ Images go in as tensors in [-1, 1] or PIL images / files (see ``io`` for the siz
 policy) and come out as float32 tensors (N, 3, S, S) in [-1, 1] on the engine's device.
 Source labels come from the caller or, when not given, from the discriminator's
 attribute head (a logit above 0 means the attribute is present). Noise is drawn on the CPU
-from ``seed`` so that one seed gives the same images on every backend and device.
+from ``seed`` so that one seed gives the same images on every backend and device. An integer
+seed draws the whole batch's noise at once, so an image's noise depends on the batch size
+and its position; a list of N seeds draws each image's noise from its own seed, as that
+image translated alone with that seed gets it (results independent of the batch).
 Edits without a ``strength`` use the model's ``config.edit_strength`` (the official
 test's 1.5 unless the model's config.json names another operating point).
 Bad arguments (labels other than 0/1; a strength, noise, alpha or seed that is not a
@@ -109,6 +112,27 @@ def _seed(seed) -> int | None:
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2 ** 64:
         raise ValueError(f"seed must be None or an integer in [0, 2**64), got {seed!r}")
     return int(seed)
+
+
+def _seeds(seed, n: int) -> int | list[int] | None:
+    """``_seed``, or a list / tuple of ``n`` such seeds: one per image."""
+    if not isinstance(seed, (list, tuple)):
+        return _seed(seed)
+    if len(seed) != n:
+        raise ValueError(f"seed: a list of seeds needs one per image ({n}), got {len(seed)}")
+    return [_seed(s) for s in seed]
+
+
+def _draw_noise(n: int, dim: int, seed) -> torch.Tensor:
+    """(n, dim) N(0, 1) on the CPU: from the global generator (seed None), one draw of the
+    whole batch from an integer seed, or row i alone from seed[i] (a list: the row an image
+    translated alone with that seed gets, whatever the batch)."""
+    seed = _seeds(seed, n)
+    if isinstance(seed, list):
+        return torch.cat([torch.randn(1, dim, generator=torch.Generator().manual_seed(s))
+                          for s in seed]) if seed else torch.empty(0, dim)
+    gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    return torch.randn(n, dim, generator=gen)
 
 
 def _as_tensor(value, what: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -269,11 +293,10 @@ class Engine:
             return apply_edits(source, self.attributes, target)
         return self._labels(target, source.shape[0], "target labels")
 
-    def _noise(self, n: int, noise, seed: int | None) -> torch.Tensor:
-        seed = _seed(seed)
+    def _noise(self, n: int, noise, seed) -> torch.Tensor:
+        seed = _seeds(seed, n)  # checked even beside given noise
         if noise is None:
-            gen = torch.Generator().manual_seed(seed) if seed is not None else None
-            noise = torch.randn(n, self.config.noise_dim, generator=gen)
+            noise = _draw_noise(n, self.config.noise_dim, seed)
         noise = _as_tensor(noise, "noise")
         if noise.shape != (n, self.config.noise_dim):
             raise ValueError(f"noise must have shape ({n}, {self.config.noise_dim}), "
@@ -326,7 +349,8 @@ class Engine:
     # ----- API -----------------------------------------------------------------------
     @_serialised
     def translate(self, images: Images, target, noise=None, strength: float | None = None,
-                  source=None, seed: int | None = None, region=None) -> torch.Tensor:
+                  source=None, seed: int | Sequence[int] | None = None, region=None
+                  ) -> torch.Tensor:
         """Label-based translation. ``target``: labels (N, A) / (A,) or a dict name -> 0/1
         applied to the source labels with the conflict rules. ``region``: a mask at image
         size in [0, 1] (soft edges allowed) that confines the edit: the edited and the
@@ -339,7 +363,8 @@ class Engine:
         return self._run(self._label, x, d, self._noise(n, noise, seed), self._region(region, n))
 
     @_serialised
-    def reconstruct(self, images: Images, noise=None, seed: int | None = None) -> torch.Tensor:
+    def reconstruct(self, images: Images, noise=None, seed: int | Sequence[int] | None = None
+                    ) -> torch.Tensor:
         x = self.load_images(images)
         d = x.new_zeros(x.shape[0], self.config.n_attrs)
         return self._run(self._label, x, d, self._noise(x.shape[0], noise, seed))
@@ -381,8 +406,8 @@ class Engine:
 
     @_serialised
     def interpolate(self, images: Images, references, target, alphas: Sequence[float],
-                    noise=None, seed: int | None = None, level: str = "latent", source=None,
-                    strength: float | None = None, region=None) -> torch.Tensor:
+                    noise=None, seed: int | Sequence[int] | None = None, level: str = "latent",
+                    source=None, strength: float | None = None, region=None) -> torch.Tensor:
         """(len(alphas), N, 3, S, S): alpha = 1 is label-based, 0 reference-based.
         ``references``: as in ``translate_reference``. level "latent" blends the codes,
         "spade" blends every SPADE layer's output. ``region`` (level "latent" only): a mask

@@ -256,17 +256,27 @@ def load_onnx(path: str | os.PathLike):
     return model
 
 
-@functools.cache
-def _traced_code() -> str:
-    """sha256 of the modules the exported graphs are traced from (the rewritten graph, the
-    kernels' torch path, the programs, this exporter): a cached export of older code is
-    not reused after an upgrade that changes what would be traced."""
-    from ...kernels import norm_act
+def traced_files() -> list[Path]:
+    """The source files the exported graphs are traced from: the rewritten graph, every
+    kernel module (their torch paths: norms, convolution + ReLU, layouts such as
+    ``add_upsampled``), the reference layers and networks the graph reads, the programs
+    and this exporter."""
+    from ... import kernels
+    from ...reference import layers, networks
     from .. import graph
 
+    files = sorted(Path(kernels.__file__).parent.glob("*.py"))
+    return files + [Path(m.__file__) for m in (graph, layers, networks, programs,
+                                               sys.modules[__name__])]
+
+
+@functools.cache
+def _traced_code() -> str:
+    """sha256 of ``traced_files``: a cached export of older code is not reused after an
+    upgrade that changes what would be traced."""
     h = hashlib.sha256()
-    for module in (graph, norm_act, programs, sys.modules[__name__]):
-        h.update(Path(module.__file__).read_bytes())
+    for path in traced_files():
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
     return h.hexdigest()
 
 
