@@ -689,3 +689,43 @@ def test_translate_gives_each_input_the_result_it_gets_alone(tmp_path):
     for a, b in zip(alone, together):
         assert np.abs(a - b).max() <= 1  # float rounding at most: one 8-bit step
     assert np.abs(alone[0] - alone[1]).max() > 1  # the samples differ
+
+
+def test_training_docs_state_the_options_defaults():
+    """docs/TRAINING.md's option table states the defaults that `bridgegan train` has (the
+    parser's, or the configuration's where the parser keeps None for "not given")."""
+    import argparse
+
+    from bridgegan.reference import train_cli
+
+    parser = argparse.ArgumentParser()
+    train_cli.add_arguments(parser)
+    actions = {s: a for a in parser._actions for s in a.option_strings}
+
+    def stated(action) -> str:
+        if action.default not in (None, False):
+            return str(action.default)
+        found = (re.search(r"\bdefault:? ([^);,\s]+)", action.help or "")
+                 or re.search(r"\(paper ([^);,\s]+)", action.help or ""))
+        return found[1] if found else ""
+
+    def same(doc: str, code: str) -> bool:
+        try:
+            return float(doc) == float(code)
+        except ValueError:
+            return doc == code
+
+    docs = (Path(__file__).parents[1] / "docs" / "TRAINING.md").read_text()
+    table = docs.split("\n## Options\n")[1].split("\n## ")[0]
+    rows = re.findall(r"^\| (`--.*?) \| (.*?) \|", table, re.M)
+    checked = 0
+    for cell, default in rows:
+        options = re.findall(r"--[\w-]+", cell)
+        values = [v.strip("` ") for v in default.split(", ")]
+        values = values if len(values) == len(options) else values[:1] * len(options)
+        for option, value in zip(options, values):
+            assert option in actions, f"docs/TRAINING.md names {option}, which train lacks"
+            if value and " " not in value and value not in ("paper", "off"):
+                assert same(value, stated(actions[option])), (option, value)
+                checked += 1
+    assert checked >= 30
