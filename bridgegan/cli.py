@@ -18,7 +18,7 @@ from .argtypes import (device_spec, int_between, non_negative_int, output_file,
 from .engine import options as engine_options
 from .engine.export import cli as export_cli
 from .reference import classifier_defaults, train_cli
-from .reference.presets import PRESET_RESOLUTIONS
+from .reference.presets import PAPER_RESOLUTION, PRESET_RESOLUTIONS
 from .reference.data import registry as data_registry
 from .serve import cli as serve_cli
 
@@ -84,8 +84,8 @@ def _bench_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batches", type=positive_int_list, default="1,8",
                    help="comma list of integers >= 1 (default: %(default)s)")
     p.add_argument("--resolutions", type=positive_int_list, default=None,
-                   help=f"comma list of {'/'.join(map(str, PRESET_RESOLUTIONS))} (default: 128, "
-                        "or the --checkpoint's size)")
+                   help=f"comma list of {'/'.join(map(str, PRESET_RESOLUTIONS))} (default: "
+                        f"{PAPER_RESOLUTION}, or the --checkpoint's size)")
     p.add_argument("--workloads", default="translate,strip,strip_nocache",
                    help=f"{', '.join(engine_options.WORKLOADS)} (default: %(default)s)")
     p.add_argument("--checkpoint", help="time this checkpoint (default: seeded paper-width weights)")
@@ -108,7 +108,7 @@ def _parity_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", type=device_spec, default=None,
                    help="cpu or cuda (default: cuda when available)")
     p.add_argument("--resolution", type=int, choices=PRESET_RESOLUTIONS, default=None,
-                   help="backend parity model size (default: the paper's 128)")
+                   help=f"backend parity model size (default: the paper's {PAPER_RESOLUTION})")
     p.add_argument("--batch", type=positive_int, default=4,
                    help="backend parity batch size (default: %(default)s)")
     p.add_argument("--json", type=output_file,
@@ -166,7 +166,8 @@ def _info_options(p: argparse.ArgumentParser) -> None:
     # default None: argparse lets a value that *is* the default (a cached small int such
     # as 128) past the group's check, so 128 is filled in by info.run
     which.add_argument("--resolution", type=int, default=None, choices=PRESET_RESOLUTIONS,
-                       help="the paper configuration at this resolution (default: 128)")
+                       help="the paper configuration at this resolution (default: "
+                            f"{PAPER_RESOLUTION})")
 
 
 COMMANDS = (

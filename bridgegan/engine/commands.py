@@ -10,6 +10,7 @@ from ..files import check_writable_folder
 from ..reference.checkpoint import SHIPPED, read_config
 from ..reference.data.grid import save_grid
 from ..reference.data.image import open_rgb
+from ..reference.presets import PAPER_RESOLUTION
 from .io import tensor_to_pil
 
 GRID = "grid.png"  # translate's grid of every input and output
@@ -109,7 +110,7 @@ def bench(args: argparse.Namespace) -> int:
     elif args.checkpoint:
         resolutions = [read_config(args.checkpoint).image_size]
     else:
-        resolutions = [128]
+        resolutions = [PAPER_RESOLUTION]
     rows, peaks = run_matrix(
         variants, args.batches, resolutions, args.workloads.split(","),
         device=args.device, checkpoint=args.checkpoint, warmup=args.warmup, reps=args.reps,

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from ..files import write_file_atomic
 from ..kernels.dispatch import Launch, recording, triton_interpreted
 from ..numerics import SHORT_NAMES, dtype_name
+from ..reference.presets import PAPER_RESOLUTION
 from .graph import InferenceGraph, Rewrites
 
 LAYOUTS = {"cl": torch.channels_last, "nchw": torch.contiguous_format}
@@ -225,7 +226,8 @@ def main(argv=None) -> int:
     p.add_argument("--layouts", default="cl,nchw", help="comma list of cl, nchw (default: %(default)s)")
     p.add_argument("--arch", type=int, default=ARCH,
                    help="CUDA compute capability x10 (default: %(default)s)")
-    p.add_argument("--resolution", type=int, default=128, help="paper model preset (default: 128)")
+    p.add_argument("--resolution", type=int, default=PAPER_RESOLUTION,
+                   help="paper model preset (default: %(default)s)")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--markdown", type=Path, help="also write the table as markdown here")
     args = p.parse_args(argv)

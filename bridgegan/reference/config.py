@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .attributes import DEFAULT_ATTRIBUTES, resolve_attributes
-from .presets import PRESET_RESOLUTIONS
+from .presets import PAPER_RESOLUTION, PRESET_RESOLUTIONS
 from .records import from_fields
 
 # Upper bounds, far above the paper's sizes (128 px, at most 256 channels, 3 blocks): a
@@ -64,7 +64,7 @@ class BridgeGANConfig:
     d_width * 2**d_downs.
     """
 
-    image_size: int = 128
+    image_size: int = PAPER_RESOLUTION
     attributes: tuple[str, ...] = DEFAULT_ATTRIBUTES
     g_width: int = 32
     g_downs: int = 3

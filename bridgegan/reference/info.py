@@ -6,6 +6,7 @@ import argparse
 from .checkpoint import read_config
 from .config import BridgeGANConfig
 from .model import BridgeGAN
+from .presets import PAPER_RESOLUTION
 
 NETWORKS = ("generator", "encoder", "mapping", "discriminator")
 
@@ -19,7 +20,7 @@ def run(args: argparse.Namespace) -> int:
     """Print the configuration of ``args.checkpoint`` (else the ``args.resolution`` preset)
     and its parameter counts."""
     cfg = (read_config(args.checkpoint) if args.checkpoint
-           else BridgeGANConfig.preset(args.resolution or 128))
+           else BridgeGANConfig.preset(args.resolution or PAPER_RESOLUTION))
     print(cfg.to_json())
     for name, n in parameter_counts(BridgeGAN(cfg)).items():
         print(f"{name:14s} {n:>12,d} parameters")

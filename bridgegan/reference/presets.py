@@ -2,3 +2,4 @@
 that the command line offers them without importing the model."""
 
 PRESET_RESOLUTIONS = (64, 128, 256)
+PAPER_RESOLUTION = 128  # the paper's, every command's default
