@@ -21,7 +21,7 @@ from .. import threads
 from ..files import check_writable_folder
 from .config import INT_RANGES, BridgeGANConfig
 from .data import registry as data_registry
-from .data.split_modes import SPLIT_MODES
+from .data.split_modes import INDEX_TRAIN, SPLIT_MODES
 from .loss_weights import LossWeights
 from .noise_modes import MODES as NOISE_MODES
 from .presets import PRESET_RESOLUTIONS
@@ -71,8 +71,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="attribute preset (bridgegan, stargan, attgan) or comma-separated "
                         "CelebA names (default: the dataset's default list)")
     g.add_argument("--split-mode", choices=SPLIT_MODES, default="index",
-                   help="CelebA split: 'index' = first 182,000 images for training as in the "
-                        "official code, 'official' = list_eval_partition.txt (default: %(default)s)")
+                   help=f"CelebA split: 'index' = first {INDEX_TRAIN:,} images for training as "
+                        "in the official code, 'official' = list_eval_partition.txt (default: "
+                        "%(default)s)")
     g.add_argument("--workers", type=int, default=TrainConfig.workers,
                    help="DataLoader worker processes per training process (default: %(default)s)")
 

@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 from ..attributes import CELEBA_ATTRIBUTES, resolve_attributes
 from .image import (CELEBA_CROP_BOX, CELEBA_IMAGE_SIZE, check_size_and_split, open_rgb,
                     pil_to_tensor, resize)
-from .split_modes import SPLIT_MODES
+from .split_modes import INDEX_TRAIN, INDEX_VAL, SPLIT_MODES
 
 ATTR_FILE = "list_attr_celeba.txt"
 PARTITION_FILE = "list_eval_partition.txt"
@@ -145,8 +145,8 @@ class CelebA(Dataset):
         attributes: str | Sequence[str] | None = "bridgegan",
         split: str = "train",
         split_mode: str = "index",
-        train_count: int = 182000,
-        val_count: int = 637,
+        train_count: int = INDEX_TRAIN,
+        val_count: int = INDEX_VAL,
     ) -> None:
         root = os.fspath(root)
         check_size_and_split(size, split)
