@@ -1015,5 +1015,7 @@ def test_a_list_of_seeds_gives_each_image_its_own_noise_whatever_the_batch():
     assert (eng.translate(x, {"Male": 1}, source=ys, seed=7)[0] - alone[0]).abs().max() > 1e-3
     with pytest.raises(ValueError, match=r"a list of seeds needs one per image \(4\), got 3"):
         eng.translate(x, {"Male": 1}, source=ys, seed=[1, 2, 3])
-    with pytest.raises(ValueError, match="seed must be None or an integer"):
-        eng.translate(x, {"Male": 1}, source=ys, seed=[1, 2, -3, 4])
+    for bad in (-3, None, 1.0, "7"):
+        with pytest.raises(ValueError, match=re.escape(
+                f"seed: each seed of a list must be an integer in [0, 2**64), got {bad!r}")):
+            eng.translate(x, {"Male": 1}, source=ys, seed=[1, 2, bad, 4])

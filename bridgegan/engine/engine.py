@@ -105,29 +105,33 @@ def _alphas(alphas) -> list[float]:
     return [_number(a, "each alpha", BOUNDS["alpha"]) for a in values]
 
 
-def _seed(seed) -> int | None:
-    """None, or a seed torch.Generator takes: an unsigned 64-bit integer."""
-    if seed is None:
-        return None
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2 ** 64:
-        raise ValueError(f"seed must be None or an integer in [0, 2**64), got {seed!r}")
-    return int(seed)
+def _is_seed(seed) -> bool:
+    """Whether ``seed`` is one torch.Generator takes: an unsigned 64-bit integer."""
+    return (isinstance(seed, numbers.Integral) and not isinstance(seed, bool)
+            and 0 <= seed < 2 ** 64)
 
 
 def _seeds(seed, n: int) -> int | list[int] | None:
-    """``_seed``, or a list / tuple of ``n`` such seeds: one per image."""
-    if not isinstance(seed, (list, tuple)):
-        return _seed(seed)
-    if len(seed) != n:
-        raise ValueError(f"seed: a list of seeds needs one per image ({n}), got {len(seed)}")
-    return [_seed(s) for s in seed]
+    """None, a seed, or a list / tuple of ``n`` seeds (one per image), checked."""
+    if isinstance(seed, (list, tuple)):
+        if len(seed) != n:
+            raise ValueError(f"seed: a list of seeds needs one per image ({n}), got {len(seed)}")
+        bad = [s for s in seed if not _is_seed(s)]
+        if bad:
+            raise ValueError(f"seed: each seed of a list must be an integer in [0, 2**64), "
+                             f"got {bad[0]!r}")
+        return [int(s) for s in seed]
+    if seed is not None and not _is_seed(seed):
+        raise ValueError(f"seed must be None or an integer in [0, 2**64) (or a list of one "
+                         f"per image), got {seed!r}")
+    return None if seed is None else int(seed)
 
 
-def _draw_noise(n: int, dim: int, seed) -> torch.Tensor:
-    """(n, dim) N(0, 1) on the CPU: from the global generator (seed None), one draw of the
-    whole batch from an integer seed, or row i alone from seed[i] (a list: the row an image
-    translated alone with that seed gets, whatever the batch)."""
-    seed = _seeds(seed, n)
+def _draw_noise(n: int, dim: int, seed: int | list[int] | None) -> torch.Tensor:
+    """(n, dim) N(0, 1) on the CPU from a checked seed (``_seeds``): from the global
+    generator (None), one draw of the whole batch (an integer), or row i alone from
+    seed[i] (a list: the row an image translated alone with that seed gets, whatever the
+    batch)."""
     if isinstance(seed, list):
         return torch.cat([torch.randn(1, dim, generator=torch.Generator().manual_seed(s))
                           for s in seed]) if seed else torch.empty(0, dim)
