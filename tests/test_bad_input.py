@@ -532,6 +532,12 @@ BAD_NUMBERS = [
      "--max-queue-delay-us: must be an integer >= 0, got '-7'"),
     (["serve", "--checkpoint", "ck", "--write-repository", "repo", "--max-batch", "0"],
      "--max-batch: must be an integer >= 1, got '0'"),
+    (["serve", "--checkpoint", "ck", "--http-port", "-1"],  # was bind()'s OverflowError
+     "--http-port: must be an integer from 1 to 65535, got '-1'"),
+    (["serve", "--checkpoint", "ck", "--metrics-port", "65536"],
+     "--metrics-port: must be an integer from 1 to 65535, got '65536'"),
+    (["serve", "--checkpoint", "ck", "--exit-timeout-secs", "-5"],
+     "--exit-timeout-secs: must be an integer >= 0, got '-5'"),
 ]
 
 

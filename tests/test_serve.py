@@ -762,6 +762,8 @@ def test_serve_repository_is_checked_before_tritonserver_starts(tmp_path, capsys
                  "--max-batch", "64", "--max-queue-delay-us", "5"]) == 2
     assert ("--dtype, --device, --max-queue-delay-us: the repository's config.pbtxt files "
             "decide these under --repository") in capsys.readouterr().err
+    assert main(["serve", "--repository", str(tmp_path), "--dtype", "fp32"]) == 2
+    assert "decide these under --repository" not in capsys.readouterr().err  # float32's name
 
 
 def parse_pbtxt_ports(text: str, kind: str) -> list[tuple]:
@@ -881,8 +883,9 @@ def test_python_backend_model_class(ckpt, engine, tmp_path, monkeypatch):
 ] + ([] if torch.cuda.is_available() else [(["--device", "cuda"],
                                              "torch sees no CUDA device")]))
 def test_bad_engine_options_fail_before_the_server_starts(ckpt, capsys, options, message):
-    assert main(["serve", "--checkpoint", str(ckpt), "--http-port", "0", "--grpc-port", "0",
-                 "--metrics-port", "0", *options]) == 2
+    ports = [str(p) for p in free_ports(3)]
+    assert main(["serve", "--checkpoint", str(ckpt), "--http-port", ports[0], "--grpc-port",
+                 ports[1], "--metrics-port", ports[2], *options]) == 2
     assert message in capsys.readouterr().err
 
 

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import argparse
 
-from ..argtypes import non_negative_int, positive_float, positive_int
+from ..argtypes import int_between, non_negative_int, positive_float, positive_int
 from ..engine import options as engine_options
 from ..engine.export.names import MAX_BATCH, QUEUE_DELAY_US
 from .names import EXIT_TIMEOUT_S, GRPC_PORT, HOST, HTTP_PORT, METRICS_PORT, READ_TIMEOUT_S
+
+PORT = int_between(1, 65535)  # a TCP port to listen on
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,12 +61,19 @@ REPOSITORY_DECIDES = ("backend", "dtype", "device", "max_batch", "max_queue_dela
 
 
 def _not_default(args: argparse.Namespace, names) -> list[str]:
-    """The options of ``names`` given other values than their defaults, as flags. (A value
-    equal to its default cannot be told from none: argparse fills defaults in.)"""
+    """The options of ``names`` given other values than their defaults, as flags (dtypes
+    by name: fp32 is float32). A value equal to its default cannot be told from none:
+    argparse fills defaults in."""
+    from ..numerics import dtype_name
+
     parser = argparse.ArgumentParser()
     add_arguments(parser)
+
+    def value(name, v):
+        return dtype_name(v) if name == "dtype" else v
+
     return ["--" + n.replace("_", "-") for n in names
-            if getattr(args, n) != parser.get_default(n)]
+            if value(n, getattr(args, n)) != value(n, parser.get_default(n))]
 
 
 def check_engine_options(backend: str, dtype: str, device: str) -> None:
@@ -88,13 +97,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(default: %(default)s)")
     p.add_argument("--host", default=HOST,
                    help="address to bind (default: %(default)s; 0.0.0.0 for every interface)")
-    p.add_argument("--http-port", type=int, default=HTTP_PORT,
+    p.add_argument("--http-port", type=PORT, default=HTTP_PORT,
                    help="the front's HTTP port (default: %(default)s)")
-    p.add_argument("--grpc-port", type=int, default=GRPC_PORT,
+    p.add_argument("--grpc-port", type=PORT, default=GRPC_PORT,
                    help="the front's gRPC port (default: %(default)s)")
-    p.add_argument("--metrics-port", type=int, default=METRICS_PORT,
+    p.add_argument("--metrics-port", type=PORT, default=METRICS_PORT,
                    help="tritonserver's metrics port (default: %(default)s)")
-    p.add_argument("--exit-timeout-secs", type=int, default=EXIT_TIMEOUT_S,
+    p.add_argument("--exit-timeout-secs", type=non_negative_int, default=EXIT_TIMEOUT_S,
                    help="how long shutdown waits for in-flight requests, open clients and "
                         "the models to unload (about 3 s; default: %(default)s)")
     p.add_argument("--read-timeout-secs", type=positive_float, default=READ_TIMEOUT_S,
