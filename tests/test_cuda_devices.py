@@ -154,8 +154,9 @@ class ReplayedGraphs:
 
 
 def test_cuda_graphed_serves_a_bucket_of_batch_sizes(monkeypatch):
-    """Batches of 3 and 4 run the engine's programs through one graph captured at 4 on
-    the inputs' device's capture stream, and give what the programs give eagerly: the
+    """Batches of 3 and 4 run the engine's programs (with the engine's batch dimensions)
+    through one graph captured at 4 on the capture stream of the engine's GPU (cuda:1,
+    the caller's current device being 0), and give what the programs give eagerly: the
     padded row is dropped, and a later call of 3 does not see an earlier call's 4th row."""
     cuda = FakeCuda(monkeypatch, current_device=0)
     fake = ReplayedGraphs(monkeypatch, cuda)
@@ -163,8 +164,10 @@ def test_cuda_graphed_serves_a_bucket_of_batch_sizes(monkeypatch):
     eng = Engine(randomize(BridgeGAN(cfg), seed=30).eval())
     label = functools.partial(programs.translate_label, eng.stages)
     reference = functools.partial(programs.translate_reference, eng.stages)
-    graphed_label = cudagraphs.CudaGraphed(fake.wrap(label), (0, 0, 0))
-    graphed_reference = cudagraphs.CudaGraphed(fake.wrap(reference), (0, 1, 0, 0))
+    gpu = torch.device("cuda", 1)
+    graphed_label = cudagraphs.CudaGraphed(fake.wrap(label), programs.LABEL_BATCH_DIMS, gpu)
+    graphed_reference = cudagraphs.CudaGraphed(fake.wrap(reference),
+                                               programs.REFERENCE_BATCH_DIMS, gpu)
     x, refs = images(5, cfg.image_size, 31), images(10, cfg.image_size, 32)
     refs = refs.reshape(2, 5, *refs.shape[1:])  # two references per source
     d = 1 - 2 * labels(5, cfg.n_attrs, 33)
@@ -178,6 +181,7 @@ def test_cuda_graphed_serves_a_bucket_of_batch_sizes(monkeypatch):
             args = (x[rows], refs[:, rows], d[rows], m[rows])
             assert (graphed_reference(*args) - reference(*args)).abs().max() <= ATOL
     assert len(graphed_label.graphs) == len(graphed_reference.graphs) == 1
-    assert [s.index for s in fake.streams] == [0, 0]  # the inputs' (CPU: the current) device
-    assert [cudagraphs.bucket(b) for b in (1, 2, 3, 4, 5, 8, 9, 64, 65)] == \
-        [1, 2, 4, 4, 8, 8, 16, 64, 128]
+    assert [s.index for s in fake.streams] == [1, 1] and cuda.current_device == 0
+    sizes = (1, 2, 3, 4, 5, 8, 9, 33, 64, 65, 128, 129, 256)
+    assert [cudagraphs.bucket(b) for b in sizes] == [1, 2, 4, 4, 8, 8, 16, 64, 64, 128,
+                                                     128, 192, 256]

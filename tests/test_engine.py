@@ -260,7 +260,7 @@ def test_graph_calls_on_two_streams_keep_their_inputs():
         torch.cuda._sleep(100_000_000)  # tens of milliseconds
         return 2 * x
 
-    graphed = CudaGraphed(slow_double, (0,))
+    graphed = CudaGraphed(slow_double, (0,), torch.device("cuda", torch.cuda.current_device()))
     a, b = (torch.full((256,), v, device="cuda") for v in (1.0, 3.0))
     graphed(a)  # the capture
     torch.cuda.synchronize()

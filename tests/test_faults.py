@@ -221,7 +221,7 @@ def test_a_repository_links_a_checkpoint_only_as_readable_as_it_writes(ckpt, tmp
 
 def test_a_repository_model_folder_holding_other_files_is_refused_before_writing(ckpt,
                                                                                  tmp_path):
-    from bridgegan.serve.models import MODELS
+    from bridgegan.serve.names import MODELS
     from bridgegan.serve.repo_python import write_python_repo
 
     notes = tmp_path / "repo" / MODELS[-1] / "notes.txt"

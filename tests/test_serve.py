@@ -39,7 +39,8 @@ from bridgegan.numerics import tolerance
 from bridgegan.reference import BridgeGAN, save_checkpoint
 from bridgegan.serve import front as front_module
 from bridgegan.serve.front import RequestError, check, grpc_arrays, http_arrays
-from bridgegan.serve.models import MODELS, model_specs, run_requests
+from bridgegan.serve.models import model_specs, run_requests
+from bridgegan.serve.names import MODELS
 from bridgegan.serve.process import free_ports
 from conftest import images, labels, randomize, small_config
 
@@ -106,6 +107,7 @@ def as_numpy(inputs: dict) -> dict[str, np.ndarray]:
 # ----------------------------------------------------------------------------- in process
 
 def test_batches_of_requests_match_the_engine(engine):
+    assert tuple(model_specs(engine.config)) == MODELS  # the served table names each model
     for name, inputs, want in cases(engine):
         got = run_requests(engine, name, [as_numpy(inputs)])[0]["output"]
         assert close(got, want), name

@@ -7,47 +7,50 @@ from typing import Callable
 
 import torch
 
-from ..kernels.layout import memory_format
+from ..kernels.layout import memory_format, next_pow2
 
 _CAPTURE_STREAMS: dict[int, torch.cuda.Stream] = {}  # device index -> its capture stream
-_CAPTURE_LOCK = threading.Lock()
 _ONE_CAPTURE = threading.Lock()  # torch: one capture at a time per process (any engine)
+POW2_UP_TO = 64  # batches up to this run at the next power of two, larger ones at its multiple
 
 
 def capture_stream(device: torch.device) -> torch.cuda.Stream:
-    """One capture stream per device. ``torch.cuda.graph``'s default is one stream per
-    process, made on whichever device was current at the first capture: a capture for
-    another GPU would switch to that device and capture nothing of this one's work."""
+    """One capture stream per device (taken under ``_ONE_CAPTURE``). ``torch.cuda.graph``'s
+    default is one stream per process, made on whichever device was current at the first
+    capture: a capture for another GPU would switch to that device and capture nothing of
+    this one's work."""
     index = device.index if device.index is not None else torch.cuda.current_device()
-    with _CAPTURE_LOCK:
-        if index not in _CAPTURE_STREAMS:
-            _CAPTURE_STREAMS[index] = torch.cuda.Stream(torch.device("cuda", index))
-        return _CAPTURE_STREAMS[index]
+    if index not in _CAPTURE_STREAMS:
+        _CAPTURE_STREAMS[index] = torch.cuda.Stream(torch.device("cuda", index))
+    return _CAPTURE_STREAMS[index]
 
 
 class CudaGraphed:
     """Calls ``fn(*tensors)`` through a CUDA graph captured once per input signature.
 
-    A call's batch is padded to the next power of two (``bucket``): one graph serves every
-    batch size of its bucket, so callers whose batches vary (a server's dynamic batcher
-    forms any size up to its maximum) do not capture a graph per size, each capture costing
-    two warm-up runs and a capture. The padded rows repeat the call's last row, or hold an
-    earlier call's rows of the same bucket, and their outputs are dropped: ``fn`` must treat
-    its samples independently (the engine's programs do: every norm is per sample).
-    ``batch_dims`` names each argument's batch dimension (``fn``'s output has it first).
+    A call's batch is padded to its bucket (``bucket``: the next power of two up to 64, the
+    next multiple of 64 above): one graph serves every batch size of its bucket, so callers
+    whose batches vary (a server's dynamic batcher forms any size up to its maximum) do not
+    capture a graph per size, each capture costing two warm-up runs and a capture. The
+    padded rows repeat the call's last row, or hold an earlier call's rows of the same
+    bucket, and their outputs are dropped: ``fn`` must treat its samples independently (the
+    engine's programs do: every norm is per sample). ``batch_dims`` names each argument's
+    batch dimension (``fn``'s output has it first); ``device`` is the GPU the arguments are
+    on.
 
     Inputs are copied into static buffers and the static output's rows are cloned, so
     callers never see buffers a later replay overwrites. At most ``max_graphs`` signatures
-    are kept (least recently used first out; eight cover batches 1 to 128), each holding
-    its own memory pool. The lock serialises replays of the shared buffers on the host, and
+    are kept (least recently used first out: seven cover batches 1 to 64 of one kind of
+    call; a call with a region, or with another number of references, is another kind),
+    each holding its own memory pool. The lock serialises replays of the shared buffers on the host, and
     on the device each call waits for the previous one, which may be queued on another
     stream (another thread's); callers that also run other CUDA work concurrently must
     serialise around captures themselves (the Engine does).
     """
 
     def __init__(self, fn: Callable[..., torch.Tensor], batch_dims: tuple[int, ...],
-                 warmup: int = 2, max_graphs: int = 8):
-        self.fn, self.batch_dims = fn, batch_dims
+                 device: torch.device, warmup: int = 2, max_graphs: int = 8):
+        self.fn, self.batch_dims, self.device = fn, batch_dims, device
         self.warmup, self.max_graphs = warmup, max_graphs
         self.graphs: OrderedDict[tuple, tuple] = OrderedDict()
         self.lock = threading.Lock()
@@ -62,7 +65,7 @@ class CudaGraphed:
                 self.fn(*static)
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with _ONE_CAPTURE, torch.cuda.graph(graph, stream=capture_stream(args[0].device),
+        with _ONE_CAPTURE, torch.cuda.graph(graph, stream=capture_stream(self.device),
                                             capture_error_mode="thread_local"):
             out = self.fn(*static)
         return graph, static, out
@@ -70,9 +73,9 @@ class CudaGraphed:
     def __call__(self, *args: torch.Tensor) -> torch.Tensor:
         n = args[0].shape[self.batch_dims[0]]
         rows = bucket(n)
-        key = tuple((_shape(a, dim, rows), a.dtype, _format(a), a.device)
+        key = tuple((_shape(a, dim, rows), a.dtype, _format(a))
                     for a, dim in zip(args, self.batch_dims))
-        with self.lock, torch.cuda.device(args[0].device):
+        with self.lock, torch.cuda.device(self.device):
             stream = torch.cuda.current_stream()
             stream.wait_event(self.done)  # a no-op until first recorded
             if key not in self.graphs:
@@ -90,8 +93,10 @@ class CudaGraphed:
 
 
 def bucket(n: int) -> int:
-    """The batch size a call of ``n`` rows runs at under CUDA graphs: the next power of two."""
-    return 1 << (n - 1).bit_length() if n > 1 else n
+    """The batch size a call of ``n`` rows runs at under CUDA graphs: the next power of two
+    up to ``POW2_UP_TO``, above it the next multiple of it (at most 63 padded rows, where
+    a power of two would nearly double a large batch's work and memory)."""
+    return next_pow2(n) if n <= POW2_UP_TO else -(-n // POW2_UP_TO) * POW2_UP_TO
 
 
 def _shape(a: torch.Tensor, dim: int, rows: int) -> tuple[int, ...]:

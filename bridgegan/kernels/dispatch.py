@@ -101,12 +101,15 @@ def reset_fallback_warning() -> None:
 
 
 def sample_span(t: torch.Tensor | None) -> int:
-    """The elements one sample of a batch-first tensor spans in memory: its largest offset
-    from the sample's first element, plus one (a view of a wider tensor spans more than its
-    own elements: gamma and beta as halves of one (N, 2C, H, W) tensor)."""
-    if t is None or t.dim() == 0 or t.numel() == 0:
+    """The elements one sample of a 4-D tensor (N, C, H, W) spans in memory: its largest
+    offset from the sample's first element, plus one (a view of a wider tensor spans more
+    than its own elements: gamma and beta as halves of one (N, 2C, H, W) tensor). Written
+    out, not looped: it runs at every kernel call."""
+    if t is None or t.numel() == 0:
         return 0
-    return 1 + sum((size - 1) * abs(step) for size, step in zip(t.shape[1:], t.stride()[1:]))
+    _, c, h, w = t.shape
+    _, sc, sh, sw = t.stride()
+    return 1 + (c - 1) * abs(sc) + (h - 1) * abs(sh) + (w - 1) * abs(sw)
 
 
 def choose_impl(op: str, x: torch.Tensor, impl: str, kernels: str, others=()) -> str:
@@ -114,10 +117,10 @@ def choose_impl(op: str, x: torch.Tensor, impl: str, kernels: str, others=()) ->
     impl="triton" raises when they cannot run, impl="auto" falls back with the warning.
     Under a tracer every impl takes the torch path, silently: an exported or compiled graph
     holds the reference ops, never a kernel launch (which a tracer cannot record). The
-    kernels index a sample of x and of the per-sample tensors ``others`` with int32."""
+    kernels index a sample of x and of the 4-D tensors ``others`` with int32."""
     if impl == "torch" or tracing():
         return "torch"
-    per_sample = max(sample_span(t) for t in (x, *others))
+    per_sample = max(map(sample_span, (x, *others)))
     if impl == "triton":
         tn, why = triton_module(kernels)
         if tn is None:

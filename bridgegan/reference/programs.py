@@ -106,6 +106,9 @@ def translate_label(st, x: Tensor, d: Tensor, r: Tensor, region: Tensor | None =
     return in_region(st, h, s, rec, region)
 
 
+LABEL_BATCH_DIMS = (0, 0, 0, 0)  # translate_label's x, d, r, region
+
+
 def translate_reference(st, x: Tensor, refs: Tensor, d: Tensor,
                         region: Tensor | None = None) -> Tensor:
     """Reference-based translation (refs: see ``encode_references``), confined to
@@ -118,6 +121,9 @@ def translate_reference(st, x: Tensor, refs: Tensor, d: Tensor,
         return st.decode(h, s)
     h, s, rec = branches(st, lambda: st.trunk(x), code(d), code(torch.zeros_like(d)))
     return in_region(st, h, s, rec, region)
+
+
+REFERENCE_BATCH_DIMS = (0, 1, 0, 0)  # translate_reference's x, refs (K, N, ...), d, region
 
 
 def check_level(level: str) -> str:

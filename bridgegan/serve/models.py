@@ -33,7 +33,6 @@ from ..engine.engine import BOUNDS, check_bounded
 from ..engine.export.pbtxt import Port
 from ..engine.io import as_batch
 from ..reference.config import BridgeGANConfig
-from .names import MODELS
 
 IMAGE_INPUTS = ("image", "reference")  # checked by the engine: NaN / Inf, range [-1, 1]
 LABEL_INPUTS = ("target", "source")  # 0 / 1, as the engine requires
@@ -161,12 +160,14 @@ def _reconstruct(engine, b):
     return engine.reconstruct(b["image"], noise=b["noise"])
 
 
-# each served model, in MODELS' order: its inputs (``model_specs`` gives their types and
-# shapes) and how a prepared batch of it runs on the engine
-_SERVED = dict(zip(MODELS, (
-    (("image", "target", "noise", "source", "strength"), _translate_label),
-    (("image", "reference", "attributes", "source", "strength"), _translate_reference),
-    (("image", "noise"), _reconstruct)), strict=True))
+# each served model (names.MODELS, a test checks): its inputs (``model_specs`` gives their
+# types and shapes) and how a prepared batch of it runs on the engine
+_SERVED = {
+    "translate_label": (("image", "target", "noise", "source", "strength"), _translate_label),
+    "translate_reference": (("image", "reference", "attributes", "source", "strength"),
+                            _translate_reference),
+    "reconstruct": (("image", "noise"), _reconstruct),
+}
 
 
 def run_requests(engine, name: str, requests: Sequence[Mapping[str, np.ndarray]]
