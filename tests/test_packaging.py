@@ -42,15 +42,23 @@ def test_package_data_covers_every_data_file():
 
 
 def test_sdist_carries_what_the_tests_use(tmp_path):
-    """Builds the sdist (setuptools' sdist command, a few seconds, no network) from a copy
-    of the tree (sdist writes its release folder beside setup.py) and looks for conftest.py
-    and every benchmarks/ file a test names."""
-    pytest.importorskip("setuptools")
+    """Builds the sdist (setuptools' PEP 517 hook, a few seconds, no network) from a copy of
+    what it is made of (it writes its release folder beside setup.py) and looks for
+    conftest.py and every benchmarks/ file a test names."""
+    setuptools = pytest.importorskip("setuptools")
+    if int(setuptools.__version__.split(".")[0]) < 77:
+        pytest.skip(f"needs setuptools >= 77 (the build requirement), found "
+                    f"{setuptools.__version__}")
     src = tmp_path / "src"
-    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
-        ".*", "*.egg-info", "__pycache__", "build", "dist"))
-    proc = subprocess.run([sys.executable, "setup.py", "-q", "sdist", "-d", str(tmp_path),
-                           "--formats=gztar"],
+    src.mkdir()
+    for name in ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "LICENSE"):
+        if (ROOT / name).is_file():
+            shutil.copy2(ROOT / name, src / name)
+    for name in ("bridgegan", "tests", "benchmarks", "docs"):
+        shutil.copytree(ROOT / name, src / name,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", ".*"))
+    proc = subprocess.run([sys.executable, "-c", "import sys; from setuptools import build_meta; "
+                           "build_meta.build_sdist(sys.argv[1])", str(tmp_path)],
                           cwd=src, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     (sdist,) = tmp_path.glob("bridgegan-*.tar.gz")
