@@ -42,10 +42,10 @@ class CudaGraphed:
     callers never see buffers a later replay overwrites. At most ``max_graphs`` signatures
     are kept (least recently used first out: seven cover batches 1 to 64 of one kind of
     call; a call with a region, or with another number of references, is another kind),
-    each holding its own memory pool. The lock serialises replays of the shared buffers on the host, and
-    on the device each call waits for the previous one, which may be queued on another
-    stream (another thread's); callers that also run other CUDA work concurrently must
-    serialise around captures themselves (the Engine does).
+    each holding its own memory pool. The lock serialises replays of the shared buffers on
+    the host, and on the device each call waits for the previous one, which may be queued
+    on another stream (another thread's); callers that also run other CUDA work
+    concurrently must serialise around captures themselves (the Engine does).
     """
 
     def __init__(self, fn: Callable[..., torch.Tensor], batch_dims: tuple[int, ...],
