@@ -4,7 +4,8 @@
 Stages, each a subprocess with its own time limit so one failure or stall cannot sink the
 rest, all within five minutes on an H100:
   1. kernel parity on the GPU (bridgegan.kernels.parity)
-  2. backend parity on the GPU (bridgegan parity --backends), 128x128 paper model
+  2. backend parity on the GPU (bridgegan parity --backends), 128x128 paper model, batch 3
+     (the CUDA-graph rows padded to their bucket of 4)
   3. kernel speed (benchmarks/bench_kernels.py): GB/s vs copy bandwidth, vs eager; then
      its launch-config sweep in channels_last fp16 (``sweep_kernels``: wider channel
      tiles among them), the data for the >= 75% of copy bandwidth target
@@ -82,7 +83,8 @@ def stages(work: Path, dry: bool) -> list[tuple[str, list[str], int]]:
          70),  # 43 s on the H100 before the rgb_tail rows (12 more compilations)
         ("parity_backends", cli + ["parity", "--backends", "--device", dev, "--json",
                                    str(work / "parity_backends.json")]
-         + (["--resolution", "64", "--batch", "1"] if dry else []), 45),
+         # batch 3: the CUDA-graph rows run padded to their bucket of 4
+         + (["--resolution", "64", "--batch", "1"] if dry else ["--batch", "3"]), 45),
         ("bench_kernels", [py, str(ROOT / "benchmarks" / "bench_kernels.py"), "--out",
                            str(work / "kernels")] + (["--dry-run"] if dry else ["--quick"]),
          50),  # 7 s on the H100 before the triton+res / eager+res rows and their compilations
