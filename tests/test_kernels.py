@@ -151,7 +151,8 @@ def test_torch_path_statistics_far_from_zero(layout):
 def test_triton_statistics_far_from_zero(layout, path, stds):
     """The kernels' statistics are shifted by each plane's first pixel: planes 10^2 and
     10^4 standard deviations off zero meet the float32 op tolerance on every path (the
-    unshifted sums were measured 3e-5 and 4e-3 off; the torch path is 5e-4 off at 10^4)."""
+    unshifted sums were measured 3e-5 and 4e-3 off; the torch path, before it was
+    shifted too, 5e-4 off at 10^4)."""
     x = far_from_zero(layout, stds)
     cfg = None if path == "fused" else dict(SPLIT, stats=path)
     assert plan_launch(2, 5, 192, layout == "channels_last", cfg).path == (

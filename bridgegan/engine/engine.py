@@ -12,6 +12,10 @@ Edits without a ``strength`` use the model's ``config.edit_strength`` (the offic
 test's 1.5 unless the model's config.json names another operating point).
 Bad arguments (labels other than 0/1; a strength, noise, alpha or seed that is not a
 number or out of range) raise a ValueError naming the argument and what is accepted.
+Weights are checked when an engine is made (finite, and finite once cast to its dtype:
+``check_weights``), and every result before it is returned (``check_output``: one
+reduction per call): NaN or Inf raise a NonFiniteOutputError (a ValueError) instead of
+reaching the caller.
 """
 from __future__ import annotations
 
@@ -79,6 +83,48 @@ def check_bounded(values, what: str, bound: float) -> None:
     if outside.size:
         raise ValueError(f"{what} must be finite and within [-{bound:g}, {bound:g}], "
                          f"got {outside.flat[0]:g}")
+
+
+class NonFiniteOutputError(ValueError):
+    """The model computed NaN or Inf for a call whose inputs were all valid: its
+    activations overflowed the engine's dtype (fp16: |x| > 65504) or its weights are
+    unsound. A ValueError, as the engine's other refusals are (``serve`` answers the
+    request with it and runs the rest of its batch)."""
+
+
+def check_weights(model: BridgeGAN, dtype: torch.dtype) -> None:
+    """A ValueError naming every tensor of the networks the engine runs (G, E, M: cast to
+    ``dtype``; D: kept in float32) that is not finite or, cast, would not be: |value|
+    above the dtype's largest finite value becomes Inf (fp16: 65504). Once per engine."""
+    limits = {"generator": dtype, "encoder": dtype, "mapping": dtype,
+              "discriminator": torch.float32}
+    bad = []
+    for name, t in model.state_dict().items():
+        if not t.is_floating_point() or t.numel() == 0:
+            continue
+        big = torch.finfo(limits.get(name.split(".")[0], torch.float32)).max
+        peak = t.detach().abs().max().item()
+        if not peak <= big:  # NaN too
+            bad.append(f"{name} (max |value| {peak:g})")
+    if bad:
+        shown = ", ".join(bad[:8]) + (f" ... and {len(bad) - 8} more" if len(bad) > 8 else "")
+        raise ValueError(f"the model's weights are not finite in {dtype_name(dtype)} (largest "
+                         f"finite value {torch.finfo(dtype).max:g}): {shown}; use a dtype that "
+                         f"holds them (float32) or a sound checkpoint")
+
+
+def check_output(out: torch.Tensor, dtype: torch.dtype, backend: str) -> torch.Tensor:
+    """``out`` unless it holds NaN or Inf (one reduction and one host sync per call):
+    then a NonFiniteOutputError, so that no NaN image reaches a caller, a file or a
+    client silently."""
+    if not bool(torch.isfinite(out).all()):
+        bad = int((~torch.isfinite(out)).sum())
+        raise NonFiniteOutputError(
+            f"the model computed NaN or Inf in {bad} of {out.numel()} output values "
+            f"({backend} backend, {dtype_name(dtype)}) from valid inputs: its activations "
+            f"overflowed {dtype_name(dtype)} (largest finite value {torch.finfo(dtype).max:g}) "
+            f"or its weights are unsound; float32 has the widest range of the exact dtypes")
+    return out
 
 
 def _number(value, what: str, bound: float) -> float:
@@ -200,6 +246,7 @@ class Engine:
         self.dtype = resolve_dtype(dtype, self.device)
         spec = check_backend(backend, self.device, self.dtype)
         self.backend = spec.name
+        check_weights(model, self.dtype)
         if channels_last is None:
             channels_last = self.device.type == "cuda" or self.dtype != torch.float32
         self.channels_last = channels_last
@@ -348,8 +395,11 @@ class Engine:
             out.append(b.expand(n, -1, -1, -1))
         return torch.stack(out)
 
+    def _checked(self, out: torch.Tensor) -> torch.Tensor:
+        return check_output(out, self.dtype, self.backend)
+
     def _run(self, fn, *args) -> torch.Tensor:
-        return fn(*(self._cast(a) for a in args if a is not None)).float()
+        return self._checked(fn(*(self._cast(a) for a in args if a is not None)).float())
 
     # ----- API -----------------------------------------------------------------------
     @_serialised
@@ -427,7 +477,7 @@ class Engine:
         m = self._region(region, x.shape[0])
         outs = programs.interpolate(self.stages, *(self._cast(t) for t in (x, refs, d, r)),
                                     alphas, level, None if m is None else self._cast(m))
-        return torch.stack([o.float() for o in outs])
+        return self._checked(torch.stack([o.float() for o in outs]))
 
     def _edits(self, sample_target) -> Mapping:
         """``sample_target`` of ``edit_strip``, refused unless a dict (its names and values
@@ -463,6 +513,6 @@ class Engine:
         d = self._difference(y_s, y_t, strength)
         k = y_t.shape[0]
         r = self._noise(k, None, seed)
-        out = programs.edit_strip(self.stages, self._cast(x), self._cast(d), self._cast(r),
-                                  cache, self._repeat).float()
+        out = self._checked(programs.edit_strip(self.stages, self._cast(x), self._cast(d),
+                                                self._cast(r), cache, self._repeat).float())
         return EditStrip(out, captions)

@@ -34,9 +34,10 @@ impl:
                to ONNX it always takes the torch path, silently.
 
 Numerics: statistics are float32 whatever the storage dtype (mean first, then the mean of
-squared deviations; Chan's formula where a plane is cut into tiles; the Triton kernels
-also shift each plane by its first pixel, which keeps them at float32 accuracy for planes
-far from zero, where the torch path loses about eps * |mean| / std), the output is the
+squared deviations; Chan's formula where a plane is cut into tiles), of each plane shifted
+by its first pixel on both paths, which keeps them at float32 accuracy for planes far from
+zero (unshifted sums lose about eps * |mean| / std) and gives constant planes exactly 0
+(unshifted, the rounding of their float32 mean times 1 / sqrt(eps)), the output is the
 input dtype and keeps the input's memory format (NCHW or channels_last; a non-dense input
 gives a dense output in the format its strides suggest). NaN/Inf propagate as on the
 torch path: a NaN or Inf in an (n, c) plane makes that whole output plane NaN.
@@ -163,13 +164,21 @@ def _torch_ops(x, gamma, beta, weight, bias, mod_bias, act, eps, negative_slope)
     """
     cdt = torch.float32 if x.dtype in _LOW_PRECISION else x.dtype
     # torch's own instance norm: one pass for the statistics and one to normalise
-    # (and an InstanceNormalization node in ONNX), on the float32 upcast.
-    xf = x.to(cdt)
+    # (and an InstanceNormalization node in ONNX), on the float32 upcast of x minus each
+    # plane's first pixel, as the Triton kernels shift it: exact (instance norm does not
+    # see a per-plane shift; x - pivot is exact within a factor of two of the pivot), and
+    # it keeps the statistics at float32 accuracy for planes far from zero and makes
+    # constant planes exactly 0, where the unshifted float32 mean's rounding, scaled by
+    # 1 / sqrt(eps), gave up to |x| * 2e-5 (torch) and |x| * 6e-5 (onnxruntime, whose
+    # E[x^2] - E[x]^2 variance cancels) instead of 0. For fp16 / bf16 the shift is part
+    # of the upcast (one kernel); for float32 it is one more elementwise pass.
     w = None if weight is None else weight.to(cdt)
     b = None if bias is None else bias.to(cdt)
     if x.shape[-2] * x.shape[-1] > 1:
+        xf = x - x[:, :, :1, :1].to(cdt)
         y = F.instance_norm(xf, weight=w, bias=b, eps=eps)
     else:  # torch refuses one-pixel planes; x - mean is 0 there (NaN for NaN / Inf)
+        xf = x.to(cdt)
         y = xf - xf
         y = y if w is None else y * w.reshape(1, -1, 1, 1)
         y = y if b is None else y + b.reshape(1, -1, 1, 1)
