@@ -57,7 +57,7 @@ class CudaGraphed:
         self.done = torch.cuda.Event()  # recorded after the last call's output copy
 
     def _capture(self, args: tuple[torch.Tensor, ...], rows: int):
-        static = [_static(a, dim, rows) for a, dim in zip(args, self.batch_dims)]
+        static = [pad_rows(a, dim, rows) for a, dim in zip(args, self.batch_dims)]
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
@@ -107,7 +107,7 @@ def _format(a: torch.Tensor) -> torch.memory_format:
     return memory_format(a) if a.dim() == 4 else torch.contiguous_format
 
 
-def _static(a: torch.Tensor, dim: int, rows: int) -> torch.Tensor:
+def pad_rows(a: torch.Tensor, dim: int, rows: int) -> torch.Tensor:
     """A buffer of ``rows`` along ``dim`` in a's layout: a's rows, then its last repeated."""
     s = torch.empty(_shape(a, dim, rows), dtype=a.dtype, device=a.device,
                     memory_format=_format(a))

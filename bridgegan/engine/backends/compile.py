@@ -1,13 +1,33 @@
 """``compile``: torch.compile of the rewritten inference graph, one compiled function per
 stage (fixed shapes). Compiled code is shared state: the registry has the engine run
-calls one at a time."""
+calls one at a time.
+
+Each stage runs at its batch's bucket (``cudagraphs.bucket``: the next power of two up to
+64, then the next multiple of 64), the padded rows' outputs dropped, as CUDA graphs run:
+compiled with fixed shapes, every distinct batch size would otherwise be compiled anew
+(tens of seconds on a CPU, minutes of autotuning on a GPU), and torch stops compiling a
+function after ``torch._dynamo.config.recompile_limit`` (8) shapes, process-wide, running
+every later shape uncompiled for good. Batches of 1 to 64 take at most seven shapes."""
 from __future__ import annotations
 
 import torch
 
 from ...reference.layers import LatentMix
 from ...reference.programs import Stages
+from ..cudagraphs import bucket, pad_rows
 from .torch import rewritten
+
+
+def padded(fn):
+    """``fn`` of batch-first tensors called at the batch's bucket (each argument's rows,
+    then its last row repeated), returning the first rows of its batch-first output."""
+    def call(*args):
+        n = args[0].shape[0]
+        rows = bucket(n)
+        if n == 0 or rows == n:
+            return fn(*args)
+        return fn(*(pad_rows(a, 0, rows) for a in args))[:n]
+    return call
 
 
 def build(model, rewrites, dtype, device, channels_last, onnx_dir=None) -> Stages:
@@ -17,7 +37,7 @@ def build(model, rewrites, dtype, device, channels_last, onnx_dir=None) -> Stage
     mode = "max-autotune-no-cudagraphs" if torch.device(device).type == "cuda" else None
 
     def compiled(fn):
-        return torch.compile(fn, mode=mode, dynamic=False)
+        return padded(torch.compile(fn, mode=mode, dynamic=False))
 
     decode_c = compiled(graph.decode)
 

@@ -1,0 +1,47 @@
+"""The compile backend compiles a bounded number of shapes however batch sizes vary."""
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import torch
+
+from bridgegan.engine import Engine
+from bridgegan.numerics import tolerance
+
+from conftest import images
+
+
+@pytest.fixture
+def counted_compile(monkeypatch):
+    """torch.compile with a backend that counts each stage's compilations and runs the
+    captured graph as it is (no C++ compiler, seconds instead of minutes); dynamo's caches
+    emptied before and after, since they live on the stage functions' code objects."""
+    real = torch.compile
+    compiled = Counter()
+
+    def counting(fn, mode=None, dynamic=None):
+        def backend(gm, example_inputs):
+            compiled[fn.__name__] += 1
+            return gm.forward
+        return real(fn, backend=backend, dynamic=dynamic)
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(torch, "compile", counting)
+    yield compiled
+    torch._dynamo.reset()
+
+
+def test_varying_batch_sizes_compile_one_shape_per_bucket(small_model, counted_compile):
+    """Batches of 5 to 8 rows share bucket 8: each stage is compiled once, not once per
+    size (torch stops compiling a function after 8 shapes, process-wide, and runs every
+    later shape uncompiled), and the padded rows do not reach the results."""
+    eng = Engine(small_model, backend="compile")
+    ref = Engine(small_model, backend="torch")
+    for n in (5, 6, 7, 8):
+        x = images(n, 32, seed=n)
+        got = eng.translate(x, {"Male": 1}, seed=n)
+        assert got.shape == (n, 3, 32, 32)
+        torch.testing.assert_close(got, ref.translate(x, {"Male": 1}, seed=n),
+                                   atol=tolerance("float32").image_max_abs, rtol=0)
+    assert dict(counted_compile) == {"trunk": 1, "encode": 1, "map": 1, "decode": 1}
