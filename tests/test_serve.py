@@ -34,7 +34,7 @@ import pytest
 import torch
 
 from bridgegan.cli import main
-from bridgegan.engine import Engine
+from bridgegan.engine import Engine, NonFiniteOutputError
 from bridgegan.numerics import tolerance
 from bridgegan.reference import BridgeGAN, save_checkpoint
 from bridgegan.serve import front as front_module
@@ -833,7 +833,7 @@ class FakeTritonUtils(types.ModuleType):
     """The parts of triton_python_backend_utils that the model class uses."""
 
     class TritonError(Exception):
-        INVALID_ARG = 3
+        INTERNAL, INVALID_ARG = 1, 3
 
         def __init__(self, message, code=None):
             super().__init__(message)
@@ -875,6 +875,14 @@ def test_python_backend_model_class(ckpt, engine, tmp_path, monkeypatch):
         assert responses[0].error is None and close(responses[0].outputs["output"], want)
         assert responses[1].error.code == pb.TritonError.INVALID_ARG
         assert str(responses[1].error) == f"{name}: invalid input: image: contain NaN or Inf values"
+    # NaN / Inf computed from valid inputs (weights that overflow the dtype) are the server's
+    def overflowed(out):
+        raise NonFiniteOutputError("the model computed NaN or Inf")
+
+    monkeypatch.setattr(m.engine, "_checked", overflowed)
+    responses = m.execute([{k: pb.Tensor(k, v) for k, v in as_numpy(inputs).items()}])
+    assert responses[0].error.code == pb.TritonError.INTERNAL
+    assert str(responses[0].error) == f"{name}: the model computed NaN or Inf"
 
 
 @needs_serve

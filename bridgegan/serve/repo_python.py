@@ -109,8 +109,16 @@ class TritonPythonModel:
         for request in requests:
             tensors = {n: pb.get_input_tensor_by_name(request, n) for n in self.inputs}
             data.append({n: t.as_numpy() for n, t in tensors.items() if t is not None})
-        return [pb.InferenceResponse(error=pb.TritonError(f"{self.name}: invalid input: {r}",
-                                                          pb.TritonError.INVALID_ARG))
-                if isinstance(r, Exception) else
+        return [pb.InferenceResponse(error=self._error(r)) if isinstance(r, Exception) else
                 pb.InferenceResponse([pb.Tensor(k, v) for k, v in r.items()])
                 for r in run_requests(self.engine, self.name, data)]
+
+    def _error(self, exc: Exception):
+        """A refused request's error: the client's (INVALID_ARG), or, where the model
+        computed NaN / Inf from valid inputs, the server's (INTERNAL: HTTP 500)."""
+        from ..engine import NonFiniteOutputError
+
+        if isinstance(exc, NonFiniteOutputError):
+            return self.pb.TritonError(f"{self.name}: {exc}", self.pb.TritonError.INTERNAL)
+        return self.pb.TritonError(f"{self.name}: invalid input: {exc}",
+                                   self.pb.TritonError.INVALID_ARG)

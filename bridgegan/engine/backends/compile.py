@@ -7,7 +7,9 @@ Each stage runs at its batch's bucket (``cudagraphs.bucket``: the next power of 
 compiled with fixed shapes, every distinct batch size would otherwise be compiled anew
 (tens of seconds on a CPU, minutes of autotuning on a GPU), and torch stops compiling a
 function after ``torch._dynamo.config.recompile_limit`` (8) shapes, process-wide, running
-every later shape uncompiled for good. Batches of 1 to 64 take at most seven shapes."""
+every later shape uncompiled for good (the limit counts every engine's shapes: the
+stages are the same functions). Batches of 1 to 64 take at most seven shapes per engine
+configuration."""
 from __future__ import annotations
 
 import torch
@@ -18,10 +20,13 @@ from ..cudagraphs import bucket, pad_rows
 from .torch import rewritten
 
 
-def padded(fn):
+def padded(fn, fmt: torch.memory_format):
     """``fn`` of batch-first tensors called at the batch's bucket (each argument's rows,
-    then its last row repeated), returning the first rows of its batch-first output."""
+    then its last row repeated), returning the first rows of its batch-first output; 4-D
+    arguments in the engine's memory format ``fmt`` (the references' images arrive
+    flattened from a 5-D batch, NCHW: another layout would be another compiled shape)."""
     def call(*args):
+        args = [a.contiguous(memory_format=fmt) if a.dim() == 4 else a for a in args]
         n = args[0].shape[0]
         rows = bucket(n)
         if n == 0 or rows == n:
@@ -36,8 +41,10 @@ def build(model, rewrites, dtype, device, channels_last, onnx_dir=None) -> Stage
     # program; inductor's cudagraph trees would graph each stage and recycle its outputs.
     mode = "max-autotune-no-cudagraphs" if torch.device(device).type == "cuda" else None
 
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+
     def compiled(fn):
-        return padded(torch.compile(fn, mode=mode, dynamic=False))
+        return padded(torch.compile(fn, mode=mode, dynamic=False), fmt)
 
     decode_c = compiled(graph.decode)
 
