@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from ..files import check_writable_folder
+from ..numerics import dtype_name
 from ..reference.checkpoint import SHIPPED, read_config
 from ..reference.data.grid import save_grid
 from ..reference.data.image import open_rgb
@@ -96,7 +97,7 @@ def translate(args: argparse.Namespace) -> int:
     print(f"wrote {len(args.input) * (len(columns) - 1)} images and {out / GRID} "
           f"(columns: source" + (f", {args.samples} label edit(s) {edits}" if edits else "")
           + (", reference" if args.reference else "") + f"; {eng.backend} backend, "
-          f"{str(eng.dtype).removeprefix('torch.')})")
+          f"{dtype_name(eng.dtype)})")
     return 0
 
 
