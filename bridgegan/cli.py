@@ -170,6 +170,11 @@ def _info_options(p: argparse.ArgumentParser) -> None:
                             f"{PAPER_RESOLUTION})")
 
 
+def _cache_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prune", metavar="DAYS", type=non_negative_int,
+                   help="remove the exports not used for DAYS days (0: all); without it, list")
+
+
 COMMANDS = (
     Command("demo", "the main job: translate procedural faces with the shipped model and "
                     "write one grid PNG", _demo_options, ".demo:run"),
@@ -192,6 +197,8 @@ COMMANDS = (
     Command("serve", "serve the engine on Triton Inference Server (dynamic batching, a "
                      "checking front), or write / serve a python-backend model repository; needs "
                      "bridgegan[serve]", serve_cli.add_arguments, ".serve.cli:run"),
+    Command("cache", "list the exports the onnxruntime and tensorrt backends cached, or "
+                     "remove those not used lately", _cache_options, ".engine.export.cache:run"),
     Command("info", "print a configuration and its parameter counts", _info_options,
             ".reference.info:run"),
 )

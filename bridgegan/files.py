@@ -1,5 +1,5 @@
 """Files that survive a kill: atomic file and folder writes, a lock between processes,
-cleanup of what killed writes leave, and up-front checks that an output folder is
+cleanup of what killed writes leave, whole-folder removal, and up-front checks that an output folder is
 writable and may be replaced. The one place for these, used by checkpoints, exports and
 model repositories.
 
@@ -183,6 +183,15 @@ def _swap(tmp: Path, path: Path) -> None:
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_folder(path: str | os.PathLike) -> None:
+    """Remove folder ``path`` as a whole: renamed aside first (no reader finds a part of
+    it), then deleted; a kill mid-way leaves a leftover ``remove_stale`` deletes."""
+    path = Path(path)
+    aside = _temp_name(path, "tmp")
+    os.replace(path, aside)
+    shutil.rmtree(aside)
 
 
 def _alive(pid: int) -> bool:

@@ -291,11 +291,17 @@ def export_key(model: BridgeGAN, rewrites: Rewrites, opset: int) -> str:
     return h.hexdigest()
 
 
-def default_onnx_dir(key: str) -> Path:
-    """$BRIDGEGAN_CACHE (default ~/.cache/bridgegan, or under $XDG_CACHE_HOME) /onnx/<key>."""
+def cache_folder() -> Path:
+    """$BRIDGEGAN_CACHE (default ~/.cache/bridgegan, or under $XDG_CACHE_HOME) /onnx: the
+    exported backends' exports, one folder per key (``bridgegan cache`` lists and prunes)."""
     root = os.environ.get("BRIDGEGAN_CACHE") or (
         Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bridgegan")
-    return Path(root) / "onnx" / key[:16]
+    return Path(root) / "onnx"
+
+
+def default_onnx_dir(key: str) -> Path:
+    """The cache folder of export key ``key``."""
+    return cache_folder() / key[:16]
 
 
 def read_manifest(folder: str | os.PathLike) -> dict | None:
@@ -405,7 +411,8 @@ def export_model(model: BridgeGAN, out: str | os.PathLike | None = None,
                  rewrites: Rewrites | None = None, opset: int = OPSET) -> Path:
     """Export into folder ``out`` the ``graphs`` x ``precisions`` it lacks and return it.
 
-    ``out`` None: the cache folder named by the model's export key (``default_onnx_dir``).
+    ``out`` None: the cache folder named by the model's export key (``default_onnx_dir``),
+    whose manifest's mtime records this use.
     A folder holding another model's export, files but no manifest, or a graph file whose
     sha256 differs from the manifest's is refused. Processes exporting into one folder
     wait for one another (a lock file beside it); a complete folder needs no lock (it may
@@ -418,8 +425,12 @@ def export_model(model: BridgeGAN, out: str | os.PathLike | None = None,
             raise ValueError(f"unknown {kind}(s) {unknown}; accepted: {', '.join(known)}")
     rewrites = rewrites or Rewrites()
     key = export_key(model, rewrites, opset)
-    out = Path(out) if out is not None else default_onnx_dir(key)
+    cached = out is None
+    out = default_onnx_dir(key) if cached else Path(out)
     if not _missing(out, model.config, key, graphs, precisions)[1]:
+        if cached:  # its last use, which `bridgegan cache --prune` reads
+            with contextlib.suppress(OSError):  # a read-only cache stays usable
+                os.utime(out / MANIFEST)
         return out
     require_onnx("ONNX export")
     with locked(out):  # another process may have exported meanwhile: look again

@@ -1,0 +1,106 @@
+"""`bridgegan cache`: the export cache's entries, and removing those not used lately.
+
+The exported backends (onnxruntime, tensorrt) export a model on first use into
+``<cache>/onnx/<key>/`` (``onnx_export.default_onnx_dir``): one folder per distinct
+checkpoint, export settings and bridgegan version, its ONNX graphs and the TensorRT plans
+built beside them. Nothing removes them on its own (a folder may be in use by a running
+process), so a machine evaluating many checkpoints gathers them; this command lists them
+with their size and last use (the manifest's mtime, touched by each use) and removes
+those unused for a number of days.
+
+A removal takes the folder's export lock (an export filling it finishes first), moves it
+aside as a whole, then deletes it: no process sees a part of an export, and a kill leaves
+a leftover that the next write or listing removes (``files.remove_stale``). A process
+already running from an export keeps the graphs it loaded; one that is about to load a
+removed folder's file fails with FileNotFoundError, so prune between runs.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ...files import locked, remove_folder, remove_stale
+from ...reference.checkpoint import CheckpointError
+from .onnx_export import MANIFEST, cache_folder, read_manifest
+
+DAY_S = 86400
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One export folder of the cache; ``about`` describes its model and contents."""
+
+    path: Path
+    size: int
+    last_used: float  # seconds since the epoch
+    about: str
+
+
+def _describe(path: Path) -> str:
+    try:
+        manifest = read_manifest(path)
+    except CheckpointError as exc:
+        return f"unreadable ({exc})"
+    if manifest is None:
+        return f"no {MANIFEST}"
+    config = manifest.get("config", {})
+    onnx = sum(len(g.get("files", {})) for g in manifest.get("graphs", {}).values())
+    plans = len(list(path.glob("*.plan")))
+    return (f"bridgegan {manifest.get('bridgegan_version', '?')}, "
+            f"{config.get('image_size', '?')} px, {onnx} ONNX files, {plans} TensorRT plans")
+
+
+def _last_used(path: Path) -> float:
+    stamp = path / MANIFEST
+    return (stamp if stamp.is_file() else path).stat().st_mtime
+
+
+def entries(root: Path | None = None) -> list[Entry]:
+    """The export folders under ``root`` (default: the cache's), least recently used first;
+    leftovers of killed writes are removed first."""
+    root = root or cache_folder()
+    if not root.is_dir():
+        return []
+    remove_stale(root)
+    found = []
+    for path in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        found.append(Entry(path, size, _last_used(path), _describe(path)))
+    return sorted(found, key=lambda e: e.last_used)
+
+
+def prune(days: float, root: Path | None = None, now: float | None = None) -> list[Entry]:
+    """Remove the export folders under ``root`` not used for ``days`` days (0: all);
+    returns them."""
+    cutoff = (time.time() if now is None else now) - days * DAY_S
+    removed = []
+    for entry in entries(root):
+        if entry.last_used > cutoff:
+            continue
+        with locked(entry.path):  # then look again: removed or used meanwhile?
+            if entry.path.is_dir() and _last_used(entry.path) <= cutoff:
+                remove_folder(entry.path)
+                removed.append(entry)
+    return removed
+
+
+def _mb(size: int) -> str:
+    return f"{size / 2**20:.1f} MB"
+
+
+def run(args: argparse.Namespace) -> int:
+    """List the cache's exports, or remove those unused for ``--prune`` days."""
+    root = cache_folder()
+    if args.prune is not None:
+        removed = prune(args.prune, root)
+        print(f"removed {len(removed)} export(s) not used for {args.prune} day(s) from {root}, "
+              f"{_mb(sum(e.size for e in removed))}")
+    found = entries(root)
+    print(f"{root}: {len(found)} export(s), {_mb(sum(e.size for e in found))}")
+    for e in found:
+        used = datetime.datetime.fromtimestamp(e.last_used).strftime("%Y-%m-%d %H:%M")
+        print(f"  {e.path.name}  {_mb(e.size):>9}  last used {used}  {e.about}")
+    return 0

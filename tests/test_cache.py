@@ -1,0 +1,88 @@
+"""`bridgegan cache`: real exports in a temporary cache, listed, used and pruned."""
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+import torch
+
+from bridgegan.cli import main
+from bridgegan.engine.export import cache
+from bridgegan.engine.export.onnx_export import MANIFEST, cache_folder, export_model
+from bridgegan.files import locked
+from bridgegan.reference.model import BridgeGAN
+
+from conftest import randomize, small_config
+
+pytest.importorskip("onnx", reason="the export cache is filled by ONNX exports: onnx is missing")
+
+
+def _export(seed: int):
+    """One small model's `map` graph into the cache (the backends' first use)."""
+    torch.manual_seed(seed)
+    return export_model(randomize(BridgeGAN(small_config(16)), seed).eval(),
+                        graphs=("map",), precisions=("fp32",))
+
+
+@pytest.fixture
+def two_exports(tmp_path, monkeypatch):
+    """Two exports, the first last used ten days ago."""
+    monkeypatch.setenv("BRIDGEGAN_CACHE", str(tmp_path))
+    old, new = _export(1), _export(2)
+    ten_days_ago = time.time() - 10 * cache.DAY_S
+    os.utime(old / MANIFEST, (ten_days_ago, ten_days_ago))
+    return old, new
+
+
+def test_listing_names_each_export_with_its_size_and_last_use(two_exports, capsys):
+    old, new = two_exports
+    assert main(["cache"]) == 0
+    out = capsys.readouterr().out
+    assert f"{cache_folder()}: 2 export(s)" in out
+    lines = [line for line in out.splitlines() if line.startswith("  ")]
+    assert [line.split()[0] for line in lines] == [old.name, new.name]  # least recent first
+    assert all("16 px, 1 ONNX files, 0 TensorRT plans" in line for line in lines)
+    size = sum(f.stat().st_size for f in old.iterdir())
+    assert cache.entries()[0].size == size and f"{size / 2**20:.1f} MB" in lines[0]
+
+
+def test_prune_removes_only_exports_unused_for_the_days_given(two_exports, capsys):
+    old, new = two_exports
+    new_files = {f.name: f.read_bytes() for f in new.iterdir()}
+    assert main(["cache", "--prune", "7"]) == 0
+    assert "removed 1 export(s)" in capsys.readouterr().out
+    assert not old.exists() and {f.name: f.read_bytes() for f in new.iterdir()} == new_files
+    assert [p.name for p in cache_folder().iterdir() if not p.name.startswith(".")] == [new.name]
+    assert main(["cache", "--prune", "0"]) == 0 and not new.exists()
+
+
+def test_a_use_counts_as_recent(two_exports):
+    """A cache hit (the exported backends' every engine) touches the manifest, so an
+    export in use is not pruned."""
+    old, _ = two_exports
+    assert _export(1) == old
+    assert cache.prune(7) == [] and old.is_dir()
+
+
+def test_prune_waits_for_an_export_filling_the_folder(two_exports):
+    """A removal takes the folder's export lock: an export in progress finishes first,
+    and an export done meanwhile keeps its folder (its use is then recent)."""
+    old, _ = two_exports
+    result = []
+    with locked(old):
+        worker = threading.Thread(target=lambda: result.append(cache.prune(7)))
+        worker.start()
+        worker.join(0.5)
+        assert worker.is_alive() and old.is_dir()  # waits on the lock
+        os.utime(old / MANIFEST)  # what the export holding the lock does
+    worker.join(60)
+    assert result == [[]] and old.is_dir()
+
+
+def test_leftovers_of_a_killed_removal_are_cleaned_up(two_exports):
+    old, _ = two_exports
+    aside = old.parent / f".{old.name}.tmp-999999999-dead"
+    os.replace(old, aside)  # a removal killed after its rename (pid 999999999: gone)
+    assert [e.path for e in cache.entries()] == [two_exports[1]] and not aside.exists()
