@@ -185,3 +185,18 @@ def test_cuda_graphed_serves_a_bucket_of_batch_sizes(monkeypatch):
     sizes = (1, 2, 3, 4, 5, 8, 9, 33, 64, 65, 128, 129, 256)
     assert [cudagraphs.bucket(b) for b in sizes] == [1, 2, 4, 4, 8, 8, 16, 64, 64, 128,
                                                      128, 192, 256]
+
+
+def test_cuda_graphed_copies_its_output_out_as_the_dtype_asked(monkeypatch):
+    """A bfloat16 program's rows come out as float32 (the engine's results) in the one
+    copy that frees them from the static buffer, equal to the eager cast."""
+    cuda = FakeCuda(monkeypatch, current_device=0)
+    fake = ReplayedGraphs(monkeypatch, cuda)
+    def half(x):
+        return (x * 1.5).to(torch.bfloat16)
+    graphed = cudagraphs.CudaGraphed(fake.wrap(half), (0,), torch.device("cuda", 0),
+                                     out_dtype=torch.float32)
+    x = torch.randn(3, 5, generator=torch.Generator().manual_seed(36))
+    out = graphed(x)
+    assert out.dtype == torch.float32 and torch.equal(out, half(x).float())
+    assert graphed.graphs[next(iter(graphed.graphs))][2].dtype == torch.bfloat16

@@ -281,10 +281,11 @@ class Engine:
         branched = Concurrent(self.stages, self.device) if streams else self.stages
         label = functools.partial(programs.translate_label, branched)
         reference = functools.partial(programs.translate_reference, branched)
-        self._label = (CudaGraphed(label, programs.LABEL_BATCH_DIMS, self.device)
-                       if cuda_graphs else label)
-        self._reference = (CudaGraphed(reference, programs.REFERENCE_BATCH_DIMS, self.device)
-                           if cuda_graphs else reference)
+        # (results are returned in float32: the graphs copy them out as that)
+        self._label = (CudaGraphed(label, programs.LABEL_BATCH_DIMS, self.device,
+                                   out_dtype=torch.float32) if cuda_graphs else label)
+        self._reference = (CudaGraphed(reference, programs.REFERENCE_BATCH_DIMS, self.device,
+                                       out_dtype=torch.float32) if cuda_graphs else reference)
         # Calls that share state (compiled code, CUDA-graph buffers and captures, which must
         # not meet other work on the device) run one at a time, whole.
         self._lock = threading.RLock() if spec.serialised or cuda_graphs else nullcontext()
