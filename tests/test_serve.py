@@ -39,7 +39,7 @@ from bridgegan.numerics import tolerance
 from bridgegan.reference import BridgeGAN, save_checkpoint
 from bridgegan.serve import front as front_module
 from bridgegan.serve.front import RequestError, check, grpc_arrays, http_arrays
-from bridgegan.serve.models import model_specs, run_requests
+from bridgegan.serve.models import NUMPY_TYPES, model_specs, run_requests
 from bridgegan.serve.names import MODELS
 from bridgegan.serve.process import free_ports
 from conftest import images, labels, randomize, small_config
@@ -79,6 +79,9 @@ def close(got: np.ndarray, want: torch.Tensor) -> bool:
     return got.shape == tuple(want.shape) and np.abs(got - want.numpy()).max() <= ATOL
 
 
+SEEDS = np.array([[7], [0], [2 ** 64 - 1]], np.uint64)  # one per row, the extremes included
+
+
 def cases(engine) -> list[tuple[str, dict, torch.Tensor]]:
     """(model, request inputs, the engine's own output) for every model and input mix."""
     x, ref, ys, yt = images(3, 32, 1), images(3, 32, 2), labels(3, 6, 1), labels(3, 6, 2)
@@ -97,6 +100,9 @@ def cases(engine) -> list[tuple[str, dict, torch.Tensor]]:
                                  "strength": torch.full((3, 1), 2.0)},
          engine.translate_reference(x, ref, attributes=["Blond_Hair", "Male"], strength=2.0)),
         ("reconstruct", {"image": x, "noise": r}, engine.reconstruct(x, noise=r)),
+        ("translate_label", {"image": x, "target": yt, "seed": SEEDS, "source": ys},
+         engine.translate(x, yt, seed=SEEDS[:, 0].tolist(), source=ys)),
+        ("reconstruct", {"image": x, "seed": SEEDS}, engine.reconstruct(x, seed=SEEDS[:, 0].tolist())),
     ]
 
 
@@ -125,6 +131,12 @@ def test_batches_of_requests_match_the_engine(engine):
     refs = [as_numpy(c[1]) for c in cases(engine) if c[0] == "translate_reference"]
     got = run_requests(engine, "translate_reference", refs)
     assert all(close(g["output"], c[2]) for g, c in zip(got, cases(engine)[2:4]))
+    # seeded rows give what they give alone, in whatever batch and position
+    seeded = as_numpy(cases(engine)[5][1])
+    rows = [{k: v[i:i + 1] for k, v in seeded.items()} for i in (2, 0, 1)]
+    got = run_requests(engine, "translate_label", [rows[0], as_numpy(label), *rows[1:]])
+    assert [close(g["output"], cases(engine)[5][2][i:i + 1])
+            for g, i in zip(got[:1] + got[2:], (2, 0, 1))] == [True] * 3
 
 
 def test_bad_requests_fail_alone(engine):
@@ -138,7 +150,13 @@ def test_bad_requests_fail_alone(engine):
             r"'target' must have shape \(N, 6\)"),
            ({"image": x[:, :, :16, :16], "target": t}, r"'image' must have shape \(N, 3, 32, 32\)"),
            ({"image": x}, "missing input 'target'"),
-           ({"image": x, "target": t, "seed": t}, "unknown input"),
+           ({"image": x, "target": t, "region": t}, "unknown input"),
+           ({"image": x, "target": t, "seed": np.full((1, 1), -1)},
+            r"input 'seed' must hold integers in \[0, 2\*\*64\), got int64 \[-1\]"),
+           ({"image": x, "target": t, "seed": np.full((1, 1), 3.0)},
+            r"input 'seed' must hold integers in \[0, 2\*\*64\), got float64"),
+           ({"image": x, "target": t, "seed": SEEDS[:1], "noise": noise(1, 5).numpy()},
+            "give noise or seed, not both"),
            ({"image": np.concatenate([x, x]), "target": t}, "'target' has 1 rows, the others 2"),
            ({"image": x[:0], "target": t[:0]}, "image: empty batch"),
            ({"image": x, "target": t, "noise": np.full((1, 8), 1e6, np.float32)},
@@ -286,6 +304,19 @@ MALFORMED = [  # (model, body, JSON header length of a binary request, message)
            "[-10, 10], got 1e+30"),
     ("translate_label", json.dumps({"inputs": LABEL + [json_input("noise", [1, 8], [-1e6] * 8)]}),
      None, "input 'noise' must be finite and within [-10000, 10000], got -1e+06"),
+    ("translate_label", json.dumps({"inputs": LABEL + [json_input("seed", [1, 1], [-1],
+                                                                  "UINT64")]}),
+     None, "input 'seed': UINT64 values must lie in [0, 2**64), got -1"),
+    ("translate_label", json.dumps({"inputs": LABEL + [json_input("seed", [1, 1], [2 ** 64],
+                                                                  "UINT64")]}),
+     None, f"input 'seed': UINT64 values must lie in [0, 2**64), got {2 ** 64}"),
+    ("translate_label", json.dumps({"inputs": LABEL + [json_input("seed", [1, 1], [1.5],
+                                                                  "UINT64")]}),
+     None, "input 'seed': \"data\" of a UINT64 input must hold JSON integers (lists of them "
+           "may nest, evenly), got a number"),
+    ("translate_label", json.dumps({"inputs": LABEL + [json_input("seed", [1, 1], [1], "UINT64"),
+                                                       json_input("noise", [1, 8], [0] * 8)]}),
+     None, "translate_label: invalid input: give noise or seed, not both"),
     ("translate_label", b"[1]", None, "the request must be a JSON inference request"),
     ("translate_label", "[" * 100_000 + "]" * 100_000, None,
      "translate_label: invalid request (RecursionError: maximum recursion depth exceeded"),
@@ -313,6 +344,9 @@ def test_front_accepts_json_nested_lists_and_binary(engine):
     spec = model_specs(engine.config)["translate_reference"]
     arrays = http_arrays(spec, 8, *binary_reference(bytes([1, 0, 1, 0, 0, 1])))
     assert arrays["attributes"].tolist() == [[True, False, True, False, False, True]]
+    spec = model_specs(engine.config)["translate_label"]
+    seed = json.dumps({"inputs": LABEL + [json_input("seed", [1, 1], [2 ** 64 - 1], "UINT64")]})
+    assert http_arrays(spec, 8, seed.encode(), None)["seed"].tolist() == [[2 ** 64 - 1]]
 
 
 @pytest.mark.parametrize("name, body, header_length, message", MALFORMED,
@@ -470,6 +504,21 @@ def test_grpc_requests_with_many_inputs_are_refused_from_their_count(engine):
         str(err.value)[:200]
     with pytest.raises(RequestError, match="^1000 inputs given; translate_label takes"):
         http_arrays(spec, 8, json.dumps({"inputs": [{}] * 1000}).encode(), None)
+
+
+def test_grpc_typed_contents_of_each_data_type_are_read(engine):
+    """Inputs sent in the typed contents fields (not raw bytes): each data type's own."""
+    service_pb2 = pytest.importorskip("tritonclient.grpc.service_pb2")
+    request = service_pb2.ModelInferRequest(model_name="translate_label")
+    values = {"image": ("FP32", [1, 3, 32, 32], "fp32_contents", IMAGE),
+              "target": ("FP32", [1, 6], "fp32_contents", [0, 1, 0, 1, 1, 0]),
+              "seed": ("UINT64", [1, 1], "uint64_contents", [2 ** 64 - 1])}
+    for name, (dtype, shape, field, data) in values.items():
+        i = request.inputs.add(name=name, datatype=dtype, shape=shape)
+        getattr(i.contents, field).extend(data)
+    arrays = grpc_arrays(model_specs(engine.config)["translate_label"], 8, request)
+    assert {k: a.reshape(-1).tolist() for k, a in arrays.items()} == {
+        k: list(np.asarray(v[3], NUMPY_TYPES[v[0]])) for k, v in values.items()}
 
 
 @needs_front

@@ -173,7 +173,7 @@ def _seeds(seed, n: int) -> int | list[int] | None:
     return None if seed is None else int(seed)
 
 
-def _draw_noise(n: int, dim: int, seed: int | list[int] | None) -> torch.Tensor:
+def draw_noise(n: int, dim: int, seed: int | list[int] | None) -> torch.Tensor:
     """(n, dim) N(0, 1) on the CPU from a checked seed (``_seeds``): from the global
     generator (None), one draw of the whole batch (an integer), or row i alone from
     seed[i] (a list: the row an image translated alone with that seed gets, whatever the
@@ -349,7 +349,7 @@ class Engine:
     def _noise(self, n: int, noise, seed) -> torch.Tensor:
         seed = _seeds(seed, n)  # checked even beside given noise
         if noise is None:
-            noise = _draw_noise(n, self.config.noise_dim, seed)
+            noise = draw_noise(n, self.config.noise_dim, seed)
         noise = _as_tensor(noise, "noise")
         if noise.shape != (n, self.config.noise_dim):
             raise ValueError(f"noise must have shape ({n}, {self.config.noise_dim}), "

@@ -6,7 +6,7 @@ size its shapes declare before checking them against the model. So the front che
 request on its own before it reaches tritonserver:
 
 - size: an HTTP body or gRPC message larger than ``--max-batch`` rows of the largest model
-  (binary: 4 bytes a value, JSON: ``JSON_BYTES_PER_VALUE``) is refused from its declared
+  (binary: each value's size, JSON: ``JSON_BYTES_PER_VALUE``) is refused from its declared
   length (HTTP 413, gRPC RESOURCE_EXHAUSTED) before it is read;
 - time: a client has ``--read-timeout-secs`` to send a request's header (else the
   connection is closed; also how long an idle connection stays open) and as long again
@@ -24,8 +24,9 @@ request on its own before it reaches tritonserver:
 - count: a request declaring more inputs than its model takes is refused before they
   are walked (a gRPC message declares one in two bytes);
 - JSON: UTF-8, no key repeated in an object (tritonserver would take the first, Python's
-  json the last), ``"parameters"`` objects, integer dimensions, JSON numbers for FP32 and
-  true / false for BOOL ("data" lists may nest); binary BOOL bytes 0 or 1;
+  json the last), ``"parameters"`` objects, integer dimensions, JSON numbers for FP32,
+  integers for UINT64 and true / false for BOOL ("data" lists may nest); binary BOOL
+  bytes 0 or 1;
 - declarations: known model and inputs, data types, shapes (N, <dims of the model
   configuration>) with 1 <= N <= max batch, checked before any tensor is decoded;
 - values: ``models.check_request`` (the engine's image checks, 0 / 1 labels, finite values,
@@ -71,7 +72,9 @@ MAX_READING = 32  # request bodies read at once; bounds the memory slow clients 
 MAX_GRPC_CALLS = 4 * MAX_READING  # gRPC calls taken at once, read or in flight
 THREAD_BYTES = 1 << 20  # bodies larger than this are decoded and checked on a worker thread
 TRITON_UNPARSED = "Unable to parse "  # how tritonserver's 500 on a malformed JSON field begins
-JSON_DATA = {"FP32": ((int, float), "numbers"), "BOOL": ((bool,), "true / false")}
+JSON_DATA = {"FP32": ((int, float), "numbers"), "BOOL": ((bool,), "true / false"),
+             "UINT64": ((int,), "integers")}
+GRPC_CONTENTS = {"FP32": "fp32_contents", "BOOL": "bool_contents", "UINT64": "uint64_contents"}
 JSON_NAMES = {str: "a string", bool: "true / false", int: "a number", float: "a number",
               dict: "an object", list: "a list", type(None): "null"}
 GRPC_SERVICE = "/inference.GRPCInferenceService/"
@@ -118,6 +121,12 @@ def row_values(spec: ModelSpec) -> int:
     return sum(int(np.prod(p.shape)) for p in spec.inputs)
 
 
+def row_bytes(spec: ModelSpec) -> int:
+    """Bytes in one binary row of all of ``spec``'s inputs."""
+    return sum(int(np.prod(p.shape)) * np.dtype(NUMPY_TYPES[p.dtype]).itemsize
+               for p in spec.inputs)
+
+
 def check_declared(spec: ModelSpec, max_batch: int, declared: list[tuple[str, str, list]]) -> int:
     """Check (name, data type, shape) of each input as declared, before any data is decoded;
     returns the number of rows."""
@@ -151,7 +160,7 @@ def check_declared(spec: ModelSpec, max_batch: int, declared: list[tuple[str, st
 
 def _json_values(name: str, dtype: str, data) -> list:
     """The values of an input's JSON "data": a list (nested lists flattened) of the JSON
-    type ``dtype`` takes (numbers for FP32, true / false for BOOL), or a RequestError."""
+    type ``dtype`` takes (``JSON_DATA``), or a RequestError."""
     types, accepted = JSON_DATA[dtype]
     if not isinstance(data, list):
         raise RequestError(f'input {name!r}: "data" must be a list of {accepted} (or give '
@@ -164,6 +173,10 @@ def _json_values(name: str, dtype: str, data) -> list:
         raise RequestError(f'input {name!r}: "data" of a {dtype} input must hold JSON '
                            f'{accepted} (lists of them may nest, evenly), got '
                            f'{", ".join(sorted({JSON_NAMES[k] for k in wrong}))}')
+    if dtype == "UINT64":  # numpy would wrap a negative one around
+        bad = next((v for v in values if not 0 <= v < 2 ** 64), None)
+        if bad is not None:
+            raise RequestError(f"input {name!r}: UINT64 values must lie in [0, 2**64), got {bad}")
     return values
 
 
@@ -267,8 +280,7 @@ def grpc_arrays(spec: ModelSpec, max_batch: int, request) -> dict[str, np.ndarra
     for k, (i, (name, dtype, shape)) in enumerate(zip(request.inputs, declared)):
         if "shared_memory_region" in i.parameters:
             raise RequestError(f"input {name!r}: shared memory is off; send the data")
-        values = (raw[k] if raw else i.contents.bool_contents if dtype == "BOOL"
-                  else i.contents.fp32_contents)
+        values = raw[k] if raw else getattr(i.contents, GRPC_CONTENTS[dtype])
         arrays[name] = _array(name, dtype, shape, values)
     return arrays
 
@@ -327,9 +339,10 @@ class Front:
         self.host, self.http_port, self.grpc_port = host, http_port, grpc_port
         self.read_timeout_s = read_timeout_s
         self.max_batch = max(b for _, b in specs.values())
-        values = self.max_batch * max(row_values(s) for s, _ in specs.values())
-        self.binary_limit = HEADER_BYTES + 4 * values
-        self.json_limit = HEADER_BYTES + JSON_BYTES_PER_VALUE * values
+        self.binary_limit = HEADER_BYTES + self.max_batch * max(
+            row_bytes(s) for s, _ in specs.values())
+        self.json_limit = HEADER_BYTES + JSON_BYTES_PER_VALUE * self.max_batch * max(
+            row_values(s) for s, _ in specs.values())
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="front", daemon=True)
         self.closing = threading.Lock()  # held from the first close on

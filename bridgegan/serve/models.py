@@ -5,13 +5,15 @@ engine. Shared by the python-backend model repository (``repo_python``) and the 
 Every input and output is batch-first (the batch dimension is not listed here):
 
 - ``translate_label``: ``image`` (3, S, S) float32 in [-1, 1], ``target`` (A,) target labels;
-  optional ``noise`` (noise_dim,) N(0, 1) (drawn by the server when absent), ``source``
+  optional ``noise`` (noise_dim,) N(0, 1) or ``seed`` (1,) uint64 (one per row: the noise
+  ``Engine.translate(seed=[...])`` draws, so a row's result does not depend on its batch;
+  neither: drawn from the server's generator), ``source``
   (A,) source labels (the discriminator's attribute head when absent), ``strength`` (1,)
   (the model's ``config.edit_strength`` when absent).
 - ``translate_reference``: ``image``, ``reference`` (3, S, S): one reference per source;
   optional ``attributes`` (A,) bool: which attributes come from the reference (all when
   absent), ``source``, ``strength``.
-- ``reconstruct``: ``image``; optional ``noise``.
+- ``reconstruct``: ``image``; optional ``noise`` or ``seed``.
 - output of each: ``output`` (3, S, S) float32 in [-1, 1].
 
 A batch mixes requests freely: rows that differ in ``strength`` or ``attributes`` run as
@@ -29,14 +31,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..engine.engine import BOUNDS, check_bounded
+from ..engine.engine import BOUNDS, check_bounded, draw_noise
 from ..engine.export.pbtxt import Port
 from ..engine.io import as_batch
 from ..reference.config import BridgeGANConfig
 
 IMAGE_INPUTS = ("image", "reference")  # checked by the engine: NaN / Inf, range [-1, 1]
 LABEL_INPUTS = ("target", "source")  # 0 / 1, as the engine requires
-NUMPY_TYPES = {"FP32": np.float32, "BOOL": np.bool_}
+NUMPY_TYPES = {"FP32": np.float32, "BOOL": np.bool_, "UINT64": np.uint64}
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,7 @@ def model_specs(config: BridgeGANConfig) -> dict[str, ModelSpec]:
         Port("image", "FP32", (3, s, s)), Port("target", "FP32", (a,)),
         Port("reference", "FP32", (3, s, s)), Port("attributes", "BOOL", (a,), True),
         Port("noise", "FP32", (config.noise_dim,), optional=True),
+        Port("seed", "UINT64", (1,), optional=True),
         Port("source", "FP32", (a,), optional=True),
         Port("strength", "FP32", (1,), optional=True))}
     out = (Port("output", "FP32", (3, s, s)),)
@@ -63,13 +66,15 @@ def model_specs(config: BridgeGANConfig) -> dict[str, ModelSpec]:
 def check_request(spec: ModelSpec, request: Mapping[str, np.ndarray]) -> int:
     """Check one request of ``spec`` on its own (inputs known and present, shapes, the
     engine's image checks, finite values, 0 / 1 labels, the engine's bounds on noise and
-    strength) before it joins a batch; returns its number of rows. Raises ValueError
-    naming the input and what is accepted."""
+    strength, seeds in [0, 2**64), not both noise and seed) before it joins a batch;
+    returns its number of rows. Raises ValueError naming the input and what is accepted."""
     ports = {p.name: p for p in spec.inputs}
     unknown = set(request) - set(ports)
     if unknown:
         raise ValueError(f"unknown input(s) {', '.join(sorted(unknown))}; {spec.name} takes "
                          f"{', '.join(ports)}")
+    if request.get("noise") is not None and request.get("seed") is not None:
+        raise ValueError("give noise or seed, not both (a seed draws the noise)")
     n = None
     for port in spec.inputs:
         if request.get(port.name) is None:
@@ -85,6 +90,10 @@ def check_request(spec: ModelSpec, request: Mapping[str, np.ndarray]) -> int:
             raise ValueError(f"input {port.name!r} has {value.shape[0]} rows, the others {n}")
         if port.name in IMAGE_INPUTS:
             as_batch(torch.tensor(value, dtype=torch.float32), port.shape[-1], port.name)
+        elif port.name == "seed":
+            if value.dtype.kind not in "ui" or (value < 0).any():
+                raise ValueError(f"input 'seed' must hold integers in [0, 2**64), got "
+                                 f"{value.dtype} {value.reshape(-1)[:4].tolist()}")
         elif port.name in BOUNDS:
             check_bounded(value, f"input {port.name!r}", BOUNDS[port.name])
         elif port.dtype != "BOOL" and not np.isfinite(value).all():
@@ -99,14 +108,16 @@ def _prepare(engine, spec: ModelSpec, request: Mapping[str, np.ndarray]) -> dict
     n = check_request(spec, request)
     out = {}
     for port in spec.inputs:
-        if request.get(port.name) is not None:
+        if request.get(port.name) is not None and port.name != "seed":
             value = np.asarray(request[port.name])
             out[port.name] = (torch.tensor(value.astype(bool)) if port.dtype == "BOOL"
                               else torch.tensor(value, dtype=torch.float32))
     ports = {p.name for p in spec.inputs}
     a = engine.config.n_attrs
     if "noise" in ports and "noise" not in out:
-        out["noise"] = torch.randn(n, engine.config.noise_dim)
+        seed = request.get("seed")
+        out["noise"] = draw_noise(n, engine.config.noise_dim, None if seed is None else
+                                  [int(s) for s in np.asarray(seed).reshape(-1)])
     if "source" in ports:
         out["has_source"] = torch.full((n,), "source" in out)
         out.setdefault("source", torch.zeros(n, a))
@@ -163,10 +174,11 @@ def _reconstruct(engine, b):
 # each served model (names.MODELS, a test checks): its inputs (``model_specs`` gives their
 # types and shapes) and how a prepared batch of it runs on the engine
 _SERVED = {
-    "translate_label": (("image", "target", "noise", "source", "strength"), _translate_label),
+    "translate_label": (("image", "target", "noise", "source", "strength", "seed"),
+                        _translate_label),
     "translate_reference": (("image", "reference", "attributes", "source", "strength"),
                             _translate_reference),
-    "reconstruct": (("image", "noise"), _reconstruct),
+    "reconstruct": (("image", "noise", "seed"), _reconstruct),
 }
 
 
