@@ -250,9 +250,21 @@ def test_a_plan_is_rebuilt_when_its_graph_batch_or_machine_changed(exported, tmp
     plan = tmp_path / "trunk_fp16.plan"
     assert stale_plan(plan, cfg, here)  # none yet
     plan.write_bytes(b"plan")
-    sidecar = {**here, **cfg.to_dict(), "onnx_sha256": hashlib.sha256(onnx.read_bytes()).hexdigest()}
+    sidecar = {**here, **cfg.to_dict(),
+               "onnx_sha256": hashlib.sha256(onnx.read_bytes()).hexdigest(),
+               "plan_sha256": hashlib.sha256(b"plan").hexdigest()}
     (tmp_path / "trunk_fp16.plan.json").write_text(json.dumps(sidecar))
     assert not stale_plan(plan, cfg, here)
+    # the sidecar vouches for its own plan only: one written over it (a build killed before
+    # its sidecar, a plan copied in) is rebuilt, and so is one whose sidecar has no hash
+    plan.write_bytes(b"another plan")
+    assert stale_plan(plan, cfg, here)
+    plan.write_bytes(b"plan")
+    del sidecar["plan_sha256"]
+    (tmp_path / "trunk_fp16.plan.json").write_text(json.dumps(sidecar))
+    assert stale_plan(plan, cfg, here)
+    sidecar["plan_sha256"] = hashlib.sha256(b"plan").hexdigest()
+    (tmp_path / "trunk_fp16.plan.json").write_text(json.dumps(sidecar))
     assert stale_plan(plan, build_config(onnx, "fp16", (1, 8, 128)), here)
     assert stale_plan(plan, build_config(onnx, "bf16", (1, 8, 64)), here)
     assert stale_plan(plan, cfg, {**here, "tensorrt_version": "10.8.0"})
@@ -423,6 +435,63 @@ def test_triton_repository_refuses_a_plan_of_other_weights(model, ckpt, exported
                                          r"checkpoint's translate_label graph"):
         write_triton_repo(ckpt, tmp_path / "repo", plans=[plan], onnx_dir=exported)
     assert not (tmp_path / "repo").exists()
+
+
+def test_triton_repository_refuses_a_plan_its_sidecar_was_not_written_with(ckpt, exported,
+                                                                           tmp_path):
+    """The sidecar names the plan it was written with (plan_sha256): a plan rebuilt or
+    copied over it, with the old sidecar left beside it, is refused."""
+    plan = tmp_path / "label.plan"
+    plan.write_bytes(b"another engine")
+    source = exported / "translate_label.onnx"
+    sidecar = {**build_config(source, "fp16", (1, 8, 16)).to_dict(),
+               "tensorrt_version": "10.3.0", "gpu_name": "NVIDIA H100", "compute_capability": "9.0",
+               "onnx_sha256": hashlib.sha256(source.read_bytes()).hexdigest(),
+               "plan_sha256": hashlib.sha256(b"serialized engine").hexdigest()}
+    (tmp_path / "label.plan.json").write_text(json.dumps(sidecar))
+    with pytest.raises(ValueError, match=r"label.plan is not the plan its sidecar "
+                                         r"label.plan.json was written with"):
+        write_triton_repo(ckpt, tmp_path / "repo", plans=[plan], onnx_dir=exported)
+    plan.write_bytes(b"serialized engine")
+    write_triton_repo(ckpt, tmp_path / "repo", plans=[plan], onnx_dir=exported)
+    assert (tmp_path / "repo/translate_label/1/model.plan").read_bytes() == b"serialized engine"
+
+
+def test_tensorrt_plan_runs_a_batch_larger_than_its_profile_in_slices():
+    """The engine's stages see K * N rows (K references per source: one encoder call) and
+    edit strips 1 + A + samples rows, which may pass the profile's max (64 by default, and
+    the engine cannot choose another): a plan runs them in slices of its max, as every
+    other backend runs them whole. Views at an address TensorRT refuses (it needs 256-byte
+    alignment; a slice of rows is such a view) are copied before binding."""
+    from bridgegan.engine.backends.tensorrt import TrtPlan, aligned
+
+    plan = object.__new__(TrtPlan)  # no TensorRT here: the batch logic, before any binding
+    plan.path, plan.inputs, plan.batch_range = "s.plan", ["h", "s"], (1, 64)
+    seen = []
+
+    def run(h, s):
+        seen.append(h.shape[0])
+        assert h.shape[0] == s.shape[0] <= 64
+        return [h * 2 + s.sum(1, keepdim=True)]
+
+    plan._run = run
+    g = torch.Generator().manual_seed(11)
+    h, s = torch.randn(150, 3, generator=g), torch.randn(150, 5, generator=g)
+    (out,) = plan(h, s)
+    assert seen == [64, 64, 22] and torch.equal(out, h * 2 + s.sum(1, keepdim=True))
+    assert plan(h[:7], s[:7])[0].shape == (7, 3) and seen[-1] == 7
+    with pytest.raises(ValueError, match=r"must share their first \(batch\) dimension"):
+        plan(h, s[:10])
+
+    buf = torch.randn(2048, generator=g)
+    start = (-buf.data_ptr() % 256) // 4  # an address TensorRT takes (CUDA's allocator
+    rows = buf[start:start + 9 * 18].view(9, 18)  # gives 512-byte aligned blocks)
+    assert rows.data_ptr() % 256 == 0 and aligned(rows) is rows
+    view = rows[1:]  # 72-byte rows: contiguous, but not at an address TensorRT takes
+    assert view.is_contiguous() and view.data_ptr() % 256
+    copy = aligned(view)
+    assert copy.untyped_storage().data_ptr() != rows.untyped_storage().data_ptr()
+    assert copy.storage_offset() == 0 and torch.equal(copy, view)
 
 
 @pytest.mark.parametrize("bad", ["inf", "nan", "-1", "0"])

@@ -6,9 +6,12 @@ or again when its sidecar says it was built for another GPU or TensorRT version,
 another export of the graph, or for another batch range (``stale_plan``).
 :class:`TrtPlan` binds torch tensors by address and enqueues (``execute_async_v3``; no
 pycuda) on a stream of its own, ordered after and before the current torch stream:
-TensorRT synchronises the device around work on the default stream. It refuses a plan
-built elsewhere, batches outside the plan's optimisation profile, and any binding that
-TensorRT does not accept.
+TensorRT synchronises the device around work on the default stream. A batch larger than
+the plan's profile runs in slices of the profile's max (the engine's stages see K * N rows
+for K references per source); an input that is a view not 256-byte aligned (a slice of a
+larger tensor) is copied first: TensorRT requires that alignment of every I/O address. It
+refuses a plan built elsewhere, batches below the plan's optimisation profile, and any
+binding that TensorRT does not accept.
 """
 from __future__ import annotations
 
@@ -21,11 +24,27 @@ from ...reference.programs import Stages
 from ..export.names import STAGES
 from ..export.onnx_export import ONNX_PRECISION_OF, export_model, file_name
 from ..export.tensorrt_build import (PlanMismatch, build_config, build_plan, check_sidecar,
-                                     device_info, import_tensorrt, logger, read_sidecar,
-                                     stale_plan)
+                                     device_info, import_tensorrt, logger, plan_problem,
+                                     read_sidecar, stale_plan)
 from .exported import exported_stages
 
 PLAN_PRECISION_OF = {**ONNX_PRECISION_OF, torch.bfloat16: "bf16"}
+ALIGNMENT = 256  # bytes: IExecutionContext.set_tensor_address needs it for every I/O address
+
+
+def aligned(t: torch.Tensor) -> torch.Tensor:
+    """``t``, or a contiguous copy of it when its address is not ``ALIGNMENT``-aligned."""
+    return t if t.data_ptr() % ALIGNMENT == 0 else t.clone(memory_format=torch.contiguous_format)
+
+
+def in_slices(call, args: tuple[torch.Tensor, ...], most: int) -> list[torch.Tensor]:
+    """``call(*args)`` over slices of at most ``most`` rows of the batch dimension (every
+    argument's first), its outputs concatenated back."""
+    n = args[0].shape[0]
+    if n <= most:
+        return call(*args)
+    parts = [call(*(a[i:i + most] for a in args)) for i in range(0, n, most)]
+    return [torch.cat(outs) for outs in zip(*parts)]
 
 
 class TrtPlan:
@@ -40,7 +59,11 @@ class TrtPlan:
             check_sidecar(self.sidecar, device_info(trt), plan)
             # TensorRT's factories must outlive what they create: the runtime, its engine
             self.runtime = trt.Runtime(logger(trt))
-            self.engine = self.runtime.deserialize_cuda_engine(self.path.read_bytes())
+            data = self.path.read_bytes()
+            problem = plan_problem(self.sidecar, data, plan)
+            if problem:
+                raise PlanMismatch(problem)
+            self.engine = self.runtime.deserialize_cuda_engine(data)
             if self.engine is None:
                 raise PlanMismatch(f"TensorRT cannot load {plan} (see its log)")
             self.context = self.engine.create_execution_context()
@@ -49,8 +72,15 @@ class TrtPlan:
         is_input = {n: self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
         self.inputs = list(self.sidecar["profile"])  # the ONNX graph's input order
         self.outputs = [n for n in names if not is_input[n]]
-        types = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16}
-        self.dtypes = {n: types[self.engine.get_tensor_dtype(n)] for n in names}
+        types = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16,
+                 trt.DataType.BF16: torch.bfloat16}
+        self.dtypes = {}
+        for n in names:
+            dtype = self.engine.get_tensor_dtype(n)
+            if dtype not in types:
+                raise PlanMismatch(f"{plan}: tensor {n!r} has TensorRT type {dtype}; the "
+                                   f"exported graphs have float inputs and outputs")
+            self.dtypes[n] = types[dtype]
         first = self.sidecar["profile"][self.inputs[0]]
         self.batch_range = (first[0][0], first[2][0])
 
@@ -58,6 +88,13 @@ class TrtPlan:
         if len(args) != len(self.inputs):
             raise ValueError(f"{self.path} takes {len(self.inputs)} inputs "
                              f"({', '.join(self.inputs)}), got {len(args)}")
+        n = args[0].shape[0]
+        if any(a.shape[0] != n for a in args):
+            raise ValueError(f"{self.path}: the inputs must share their first (batch) "
+                             f"dimension, got shapes {[tuple(a.shape) for a in args]}")
+        return in_slices(self._run, args, self.batch_range[1])
+
+    def _run(self, *args: torch.Tensor) -> list[torch.Tensor]:
         lo, hi = self.batch_range
         n = args[0].shape[0]
         if not lo <= n <= hi:
@@ -65,7 +102,7 @@ class TrtPlan:
                              f"rebuild it with --min-batch / --max-batch")
         with torch.cuda.device(self.device):
             main = torch.cuda.current_stream()
-            tensors = [a.to(self.device, self.dtypes[name]).contiguous()
+            tensors = [aligned(a.to(self.device, self.dtypes[name]).contiguous())
                        for name, a in zip(self.inputs, args)]
             for name, t in zip(self.inputs, tensors):
                 self._bind(name, t, shape=True)

@@ -13,7 +13,9 @@ file with the ``onnx`` package, so tests check it without TensorRT:
 parser with native instance norm, pinned layers get ``precision`` and output types
 float32, the profile, a timing cache file loaded and saved) and writes the plan with a
 JSON sidecar ``<plan>.json``: TensorRT version, GPU name, compute capability, precision,
-profile, pinned layers, the source graph and its sha256. Plans only run on the GPU and
+profile, pinned layers, the source graph and its sha256, and the plan's own sha256 (a
+sidecar vouches only for the plan it was written with: not for a plan copied over it, nor
+one a build wrote before it was killed). Plans only run on the GPU and
 TensorRT version they were built with: :func:`read_sidecar` and :func:`check_sidecar`
 (:func:`sidecar_problems` is the pure check) tell, for the engine's ``tensorrt`` backend
 (``engine.backends.tensorrt``, which runs plans) and the Triton model repository.
@@ -155,10 +157,22 @@ def stale_plan(plan: str | os.PathLike, cfg: TrtBuildConfig, here: Mapping) -> b
     if not Path(plan).is_file() or not sidecar_path(plan).is_file():
         return True
     sidecar = read_sidecar(plan)
-    built = (sidecar.get("onnx_sha256"), sidecar.get("precision"), sidecar.get("profile"))
+    built = (sidecar.get("onnx_sha256"), sidecar.get("precision"), sidecar.get("profile"),
+             sidecar.get("plan_sha256"))
     wanted = (sha256_hex(Path(cfg.onnx).read_bytes()), cfg.precision,
-              json.loads(json.dumps(cfg.profile)))  # tuples as the sidecar's JSON lists
+              json.loads(json.dumps(cfg.profile)),  # tuples as the sidecar's JSON lists
+              sha256_hex(Path(plan).read_bytes()))
     return bool(sidecar_problems(sidecar, here)) or built != wanted
+
+
+def plan_problem(sidecar: Mapping, data: bytes, plan: str | os.PathLike) -> str | None:
+    """Why ``sidecar`` does not describe plan bytes ``data`` (None: it does, or it is a
+    sidecar from before plan hashes)."""
+    want = sidecar.get("plan_sha256")
+    if want is not None and want != sha256_hex(data):
+        return (f"{plan} is not the plan its sidecar {sidecar_path(plan).name} was written "
+                f"with (the sha256 differs): rebuild it with `bridgegan export tensorrt`")
+    return None
 
 
 def sidecar_problems(sidecar: Mapping, here: Mapping) -> list[str]:
@@ -229,9 +243,12 @@ def build_plan(cfg: TrtBuildConfig, plan: str | os.PathLike,
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise RuntimeError(f"TensorRT could not build a plan from {cfg.onnx} (see its log)")
-    write_file_atomic(plan, bytes(serialized))
+    data = bytes(serialized)
+    sidecar_path(plan).unlink(missing_ok=True)  # never beside a plan it was not written for
+    write_file_atomic(plan, data)
     write_file_atomic(cache_file, bytes(config.get_timing_cache().serialize()))
     sidecar = {**device_info(trt), **cfg.to_dict(), "bridgegan_version": __version__,
-               "onnx_sha256": sha256_hex(Path(cfg.onnx).read_bytes())}
+               "onnx_sha256": sha256_hex(Path(cfg.onnx).read_bytes()),
+               "plan_sha256": sha256_hex(data)}
     write_file_atomic(sidecar_path(plan), (json.dumps(sidecar, indent=2) + "\n").encode())
     return plan

@@ -30,7 +30,7 @@ from ...reference.config import BridgeGANConfig
 from .names import MAX_BATCH, PREFERRED_BATCHES, PROGRAMS, QUEUE_DELAY_US
 from .onnx_export import export_model, file_name, read_manifest
 from .pbtxt import Port, model_config
-from .tensorrt_build import read_sidecar
+from .tensorrt_build import plan_problem, read_sidecar
 
 TRITON_TYPES = {"float32": "FP32", "float16": "FP16"}
 # the files of a model folder: the ONNX model or a plan in version 1 (either may replace
@@ -71,6 +71,9 @@ def _plans_by_graph(plans: Iterable[str | os.PathLike], manifest: dict,
             raise ValueError(f"{plan} was built from {sidecar.get('onnx')!r}, not from this "
                              f"checkpoint's {graph} graph ({source}; the sha256 differs): a plan "
                              f"of other weights or of another export; build it from {source}")
+        problem = plan_problem(sidecar, Path(plan).read_bytes(), plan)
+        if problem:
+            raise ValueError(problem)
         lo, _, hi = (shape[0] for shape in next(iter(sidecar["profile"].values())))
         if lo != 1:  # Triton's batches range from 1 to max_batch_size
             raise ValueError(f"{plan} was built for batches {lo} to {hi}; Triton runs the model "
