@@ -455,6 +455,12 @@ def test_triton_repository_refuses_a_plan_its_sidecar_was_not_written_with(ckpt,
     plan.write_bytes(b"serialized engine")
     write_triton_repo(ckpt, tmp_path / "repo", plans=[plan], onnx_dir=exported)
     assert (tmp_path / "repo/translate_label/1/model.plan").read_bytes() == b"serialized engine"
+    (tmp_path / "label2.plan").write_bytes(b"serialized engine")  # a second plan of one graph
+    (tmp_path / "label2.plan.json").write_text(json.dumps(sidecar))
+    with pytest.raises(ValueError, match=r"label.plan and .*label2.plan are both plans of "
+                                         r"translate_label: give one plan per graph"):
+        write_triton_repo(ckpt, tmp_path / "repo", plans=[plan, tmp_path / "label2.plan"],
+                          onnx_dir=exported)
 
 
 def test_tensorrt_plan_runs_a_batch_larger_than_its_profile_in_slices():

@@ -67,6 +67,9 @@ class TrtPlan:
             if self.engine is None:
                 raise PlanMismatch(f"TensorRT cannot load {plan} (see its log)")
             self.context = self.engine.create_execution_context()
+            if self.context is None:
+                raise RuntimeError(f"TensorRT could not create an execution context for "
+                                   f"{plan} (see its log; device memory for its activations?)")
             self.stream = torch.cuda.Stream(self.device)
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         is_input = {n: self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}

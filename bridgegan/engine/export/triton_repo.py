@@ -61,6 +61,9 @@ def _plans_by_graph(plans: Iterable[str | os.PathLike], manifest: dict,
         if graph not in PROGRAMS:
             raise ValueError(f"{plan} is a plan of graph {graph!r}; the repository serves "
                              f"{', '.join(PROGRAMS)}")
+        if graph in out:
+            raise ValueError(f"{out[graph][0]} and {plan} are both plans of {graph}: give one "
+                             f"plan per graph")
         want = {p["name"]: p["shape"][1:] for p in manifest["graphs"][graph]["inputs"]}
         got = {k: list(v[0][1:]) for k, v in sidecar["profile"].items()}
         if got != want:
