@@ -27,7 +27,7 @@ import warnings
 
 import torch
 
-from ..argtypes import device_spec
+from ..argtypes import device_spec, output_file
 from ..numerics import SHORT_NAMES, dtype_name, errors, float64_call, same_nonfinite, tolerance
 from ..timing import time_calls
 from . import norm_act
@@ -289,7 +289,8 @@ def main(argv=None) -> int:
     p.add_argument("--impl", choices=("triton", "torch"), default=None,
                    help="implementation to check (default: triton where it can run, else torch)")
     p.add_argument("--quick", action="store_true", help="first shape only")
-    p.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    p.add_argument("--json", default=None, type=output_file,
+                   help="also write the rows to this JSON file (in an existing folder)")
     args = p.parse_args(argv)
     try:
         rows = check_ops(device=args.device, quick=args.quick, impl=args.impl)
