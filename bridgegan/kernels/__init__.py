@@ -10,7 +10,7 @@ Public ops (one entry point each, ``impl="auto" | "triton" | "torch"``):
   (``impl="auto" | "torch"``; the convolution stays the library's, a Triton epilogue
   carries bias and ReLU only where cuDNN cannot: its transposed convolution)
 
-``python -m bridgegan.kernels.parity`` checks the first two against a float64 reference;
+``python -m bridgegan.kernels.parity`` checks the first three against a float64 reference;
 the engine's parity (``bridgegan parity``) checks all of them inside the generator.
 Importing this package never imports triton; the kernels are loaded on first use.
 """
