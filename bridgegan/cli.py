@@ -72,6 +72,11 @@ def _translate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=non_negative_int, default=0,
                    help="noise seed of the first sample, the next ones +1 (default: 0); "
                         "every input gets the noise it would get translated alone")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="inputs per engine call, loaded and written as they go (default: "
+                        + ", ".join(f"{n} on {d}" for d, n in
+                                    engine_options.TRANSLATE_BATCH.items())
+                        + "); results do not depend on it")
     engine_options.add_options(p)
     p.add_argument("--out", required=True, help="output folder")
     threads.add_option(p)

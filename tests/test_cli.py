@@ -691,6 +691,41 @@ def test_translate_gives_each_input_the_result_it_gets_alone(tmp_path):
     assert np.abs(alone[0] - alone[1]).max() > 1  # the samples differ
 
 
+def test_translate_runs_in_batches_with_the_results_of_one(tmp_path, monkeypatch, capsys):
+    """--batch-size: inputs are loaded, translated and written a batch at a time, with the
+    results of one call (per-image seeds); every input is checked before any work (a bad
+    fourth file writes nothing); the grid shows the first GRID_ROWS inputs."""
+    from bridgegan.engine import commands
+
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "ck", randomize(BridgeGAN(small_config(32))).eval())
+    rng = np.random.default_rng(2)
+    paths = []
+    for i in range(5):
+        paths.append(str(tmp_path / f"face{i}.png"))
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(paths[-1])
+
+    def run(out, inputs, *extra):
+        return main(["translate", "--checkpoint", str(tmp_path / "ck"), "--input", *inputs,
+                     "--set", "Male=1", "--reference", paths[0], "--out", str(tmp_path / out),
+                     "--threads", "1", *extra])
+
+    def outputs(out):
+        return {p.name: np.asarray(Image.open(p), dtype=int)
+                for p in sorted((tmp_path / out).glob("face*.png"))}
+
+    monkeypatch.setattr(commands, "GRID_ROWS", 3)
+    assert run("one", paths) == 0 and run("batches", paths, "--batch-size", "2") == 0
+    one, batches = outputs("one"), outputs("batches")
+    assert len(one) == 10 and one.keys() == batches.keys()
+    assert max(np.abs(one[k] - batches[k]).max() for k in one) <= 1  # float rounding at most
+    assert "the first 3 inputs" in capsys.readouterr().out
+    assert Image.open(tmp_path / "batches" / "grid.png").size[1] < 4 * 32  # 3 rows
+    (tmp_path / "notes.png").write_text("not an image")
+    assert run("bad", [*paths[:3], str(tmp_path / "notes.png")], "--batch-size", "1") == 2
+    assert "notes.png" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
 def test_training_docs_state_the_options_defaults():
     """docs/TRAINING.md's option table states the defaults that `bridgegan train` has (the
     parser's, or the configuration's where the parser keeps None for "not given")."""

@@ -5,16 +5,19 @@ import argparse
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from ..files import check_writable_folder
 from ..numerics import dtype_name
 from ..reference.checkpoint import SHIPPED, read_config
 from ..reference.data.grid import save_grid
-from ..reference.data.image import open_rgb
+from ..reference.data.image import check_image_file, open_rgb
 from ..reference.presets import PAPER_RESOLUTION
 from .io import tensor_to_pil
+from .options import TRANSLATE_BATCH
 
-GRID = "grid.png"  # translate's grid of every input and output
+GRID = "grid.png"  # translate's grid of the inputs and their outputs
+GRID_ROWS = 64  # inputs shown in the grid (one row each); every output is written
 
 
 def parse_sets(items: list[str]) -> dict[str, int]:
@@ -74,29 +77,39 @@ def translate(args: argparse.Namespace) -> int:
     out = Path(args.out)
     names = output_names(args.input, args.samples, bool(edits), args.reference or [], out)
     check_writable_folder(out)
+    for path in [*args.input, *(args.reference or [])]:  # before any work
+        check_image_file(path)
     eng = Engine.from_checkpoint(args.checkpoint or SHIPPED, backend=args.backend,
                                  dtype=args.dtype, device=args.device)
-    sources = [open_rgb(p) for p in args.input]
-    x = eng.load_images(sources)
-    columns = [x.cpu()]
-    if edits:
-        for k in range(args.samples):  # each input's noise from the seed alone: its results
-            # do not depend on the other inputs (as if translated on its own)
+    refs = [[open_rgb(r)] for r in args.reference or []]  # each reference: a batch of 1
+    batch = args.batch_size or TRANSLATE_BATCH[eng.device.type]
+    grid_rows = []
+    bar = tqdm(total=len(args.input), desc="translate", unit="image",
+               disable=len(args.input) <= batch)
+    for start in range(0, len(args.input), batch):
+        x = eng.load_images([open_rgb(p) for p in args.input[start:start + batch]])
+        columns = [x.cpu()]
+        for k in range(args.samples if edits else 0):  # each input's noise from the seed
+            # alone: its results do not depend on the other inputs (or on --batch-size)
             columns.append(eng.translate(x, edits, strength=args.strength,
                                          seed=[args.seed + k] * len(x)).cpu())
-    if args.reference:
-        refs = [[open_rgb(r)] for r in args.reference]  # each reference: a batch of 1
-        columns.append(eng.translate_reference(x, refs, attributes=attrs,
-                                               strength=args.strength).cpu())
-    grid = torch.stack(columns, dim=1)  # (input, column, C, H, W)
-    out.mkdir(parents=True, exist_ok=True)
-    for row_names, row in zip(names, grid[:, 1:]):
-        for name, img in zip(row_names, row):
-            tensor_to_pil(img).save(out / name)
-    save_grid(grid.flatten(0, 1), out / GRID, nrow=len(columns))
-    print(f"wrote {len(args.input) * (len(columns) - 1)} images and {out / GRID} "
+        if refs:
+            columns.append(eng.translate_reference(x, refs, attributes=attrs,
+                                                   strength=args.strength).cpu())
+        rows = torch.stack(columns, dim=1)  # (input, column, C, H, W)
+        out.mkdir(parents=True, exist_ok=True)
+        for row_names, row in zip(names[start:start + batch], rows[:, 1:]):
+            for name, img in zip(row_names, row):
+                tensor_to_pil(img).save(out / name)
+        grid_rows.append(rows[:max(0, GRID_ROWS - start)])
+        bar.update(len(x))
+    bar.close()
+    grid = torch.cat(grid_rows)
+    save_grid(grid.flatten(0, 1), out / GRID, nrow=grid.shape[1])
+    shown = "" if len(args.input) <= GRID_ROWS else f", the first {GRID_ROWS} inputs"
+    print(f"wrote {len(args.input) * (grid.shape[1] - 1)} images and {out / GRID} "
           f"(columns: source" + (f", {args.samples} label edit(s) {edits}" if edits else "")
-          + (", reference" if args.reference else "") + f"; {eng.backend} backend, "
+          + (", reference" if args.reference else "") + f"{shown}; {eng.backend} backend, "
           f"{dtype_name(eng.dtype)})")
     return 0
 

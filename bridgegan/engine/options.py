@@ -13,6 +13,8 @@ VARIANT_TAGS = ("cl", "graphs", "heuristics", "streams")
 VARIANT_FORM = f"backend:dtype{''.join(f'[:{t}]' for t in VARIANT_TAGS)}[:-REWRITE ...]"
 # `bridgegan bench --workloads`: what a row times (bench._workload_fn builds each)
 WORKLOADS = ("translate", "reference", "strip", "strip_nocache")
+# `bridgegan translate --batch-size`'s default: images per engine call, by device type
+TRANSLATE_BATCH = {"cpu": 8, "cuda": 64}
 
 
 def add_options(parser: argparse.ArgumentParser, dtype: bool = True) -> None:

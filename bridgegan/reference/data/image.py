@@ -4,8 +4,10 @@ Tensors are float32 (3, H, W) in [-1, 1]; arrays are uint8 (H, W, 3).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -89,23 +91,38 @@ def _image_path(path) -> str:
     return text
 
 
-def open_rgb(path: str | os.PathLike) -> Image.Image:
-    """Open an image file as RGB (see ``to_rgb``), with a clear error naming the file. The
-    size is checked from the header, before the pixels are decoded."""
-    path = _image_path(path)
+@contextlib.contextmanager
+def _opened(path: str) -> Iterator[Image.Image]:
+    """Image file ``path`` opened (its header read, its size checked, nothing decoded);
+    every failure, now or while the caller decodes it, a ValueError naming the file."""
     try:
         with warnings.catch_warnings():  # PIL warns past its cap; ours, lower, refuses next
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(path)
         with im:
             check_image_size(im.size)
-            im.load()
-            return to_rgb(im)
+            yield im
     except Image.DecompressionBombError as exc:  # PIL's own cap, above ours: checked in open
         raise ValueError(f"image file {path} is too large ({exc}); accepted: images of at "
                          f"most {MAX_IMAGE_PIXELS:,} pixels") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ValueError(f"cannot read image file {path}: {exc}") from exc
+
+
+def check_image_file(path: str | os.PathLike) -> None:
+    """Refuse (ValueError) what ``open_rgb`` would refuse from the file's header alone: a
+    missing file, not an image, too large. Cheap (nothing is decoded): for checking many
+    inputs before work starts; damage past the header shows only when it is decoded."""
+    with _opened(_image_path(path)):
+        pass
+
+
+def open_rgb(path: str | os.PathLike) -> Image.Image:
+    """Open an image file as RGB (see ``to_rgb``), with a clear error naming the file. The
+    size is checked from the header, before the pixels are decoded."""
+    with _opened(_image_path(path)) as im:
+        im.load()
+        return to_rgb(im)
 
 
 def center_crop_square(im: Image.Image) -> Image.Image:
