@@ -200,3 +200,19 @@ def test_cuda_graphed_copies_its_output_out_as_the_dtype_asked(monkeypatch):
     out = graphed(x)
     assert out.dtype == torch.float32 and torch.equal(out, half(x).float())
     assert graphed.graphs[next(iter(graphed.graphs))][2].dtype == torch.bfloat16
+
+
+def test_cuda_graphed_runs_a_call_above_its_largest_graph_as_several(monkeypatch):
+    """A call of more rows than ``max_rows`` runs as calls of at most that many (10 rows at
+    4: 4, 4, 2), each through its bucket's graph, with the eager result; the graphs hold
+    at most ``max_rows`` rows (a huge batch would otherwise capture a huge graph)."""
+    cuda = FakeCuda(monkeypatch, current_device=0)
+    fake = ReplayedGraphs(monkeypatch, cuda)
+    def scaled(x, r):
+        return x * 2 + r.sum(-1)[:, None]
+    graphed = cudagraphs.CudaGraphed(fake.wrap(scaled), (0, 0), torch.device("cuda", 0),
+                                     max_rows=4)
+    g = torch.Generator().manual_seed(37)
+    x, r = torch.randn(10, 5, generator=g), torch.randn(10, 3, generator=g)
+    assert torch.equal(graphed(x, r), scaled(x, r))
+    assert sorted(key[0][0][0] for key in graphed.graphs) == [2, 4]

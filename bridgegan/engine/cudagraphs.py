@@ -12,6 +12,7 @@ from ..kernels.layout import memory_format, next_pow2
 _CAPTURE_STREAMS: dict[int, torch.cuda.Stream] = {}  # device index -> its capture stream
 _ONE_CAPTURE = threading.Lock()  # torch: one capture at a time per process (any engine)
 POW2_UP_TO = 64  # batches up to this run at the next power of two, larger ones at its multiple
+MAX_ROWS = 256  # the largest graph's batch: larger calls run as several replays
 
 
 def capture_stream(device: torch.device) -> torch.cuda.Stream:
@@ -36,7 +37,9 @@ class CudaGraphed:
     bucket, and their outputs are dropped: ``fn`` must treat its samples independently (the
     engine's programs do: every norm is per sample). ``batch_dims`` names each argument's
     batch dimension (``fn``'s output has it first); ``device`` is the GPU the arguments are
-    on.
+    on. A call of more than ``max_rows`` rows runs as several calls of at most that many
+    (a batch of 10,000 would otherwise capture a graph of 10,048 rows and keep its memory
+    pool).
 
     Inputs are copied into static buffers and the static output's rows are copied out (as
     ``out_dtype``, default fn's: one copy where a clone then a cast would be two), so
@@ -51,9 +54,9 @@ class CudaGraphed:
 
     def __init__(self, fn: Callable[..., torch.Tensor], batch_dims: tuple[int, ...],
                  device: torch.device, warmup: int = 2, max_graphs: int = 8,
-                 out_dtype: torch.dtype | None = None):
+                 out_dtype: torch.dtype | None = None, max_rows: int = MAX_ROWS):
         self.fn, self.batch_dims, self.device, self.out_dtype = fn, batch_dims, device, out_dtype
-        self.warmup, self.max_graphs = warmup, max_graphs
+        self.warmup, self.max_graphs, self.max_rows = warmup, max_graphs, max_rows
         self.graphs: OrderedDict[tuple, tuple] = OrderedDict()
         self.lock = threading.Lock()
         self.done = torch.cuda.Event()  # recorded after the last call's output copy
@@ -74,6 +77,10 @@ class CudaGraphed:
 
     def __call__(self, *args: torch.Tensor) -> torch.Tensor:
         n = args[0].shape[self.batch_dims[0]]
+        if n > self.max_rows:
+            return torch.cat([self(*(a.narrow(dim, i, min(self.max_rows, n - i))
+                                     for a, dim in zip(args, self.batch_dims)))
+                              for i in range(0, n, self.max_rows)])
         rows = bucket(n)
         key = tuple((_shape(a, dim, rows), a.dtype, _format(a))
                     for a, dim in zip(args, self.batch_dims))
