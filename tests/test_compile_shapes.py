@@ -52,3 +52,18 @@ def test_varying_batch_sizes_compile_one_shape_per_bucket(small_model, counted_c
         torch.testing.assert_close(eng.translate_reference(x, refs),
                                    ref.translate_reference(x, refs), atol=atol, rtol=0)
     assert dict(counted_compile) == {"trunk": 1, "encode": 1, "map": 1, "decode": 1}
+
+
+def test_batches_above_64_run_in_calls_of_64(small_model, counted_compile):
+    """A batch of 150 runs each stage as 64 + 64 + 22 (bucket 32): two shapes, not a
+    150-row one; every size above 64 reuses them (no shape per multiple of 64 that would
+    pass torch's limit of 8)."""
+    eng = Engine(small_model, backend="compile")
+    ref = Engine(small_model, backend="torch")
+    x = images(150, 32, seed=3)
+    torch.testing.assert_close(eng.translate(x, {"Male": 1}, seed=4),
+                               ref.translate(x, {"Male": 1}, seed=4),
+                               atol=tolerance("float32").image_max_abs, rtol=0)
+    assert dict(counted_compile) == {"trunk": 2, "encode": 2, "map": 2, "decode": 2}
+    eng.translate(images(192, 32, seed=5), {"Male": 1}, seed=6)
+    assert dict(counted_compile) == {"trunk": 2, "encode": 2, "map": 2, "decode": 2}
