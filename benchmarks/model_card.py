@@ -129,9 +129,10 @@ def card(folder: Path) -> str:
                 f"{config['image_size']} px: its verdicts on a source and on its reconstruction "
                 f"agree for {report['reconstruction_agreement']:.1%} of the labels (least: "
                 + ", ".join(f"{a} {v:.0%}" for a, v in weak)
-                + "), which bounds preservation"
+                + "), a guide to the preservation an edit can reach"
                 + (f"; the renderer's own true edits keep {report['renderer_preservation']:.1%}"
-                   " of the untouched verdicts, the ceiling of preservation under this judge"
+                   " of the untouched verdicts, what a perfect editor gets under this judge (not"
+                   " an upper bound: a model that edits less keeps more)"
                    if "renderer_preservation" in report else "")
                 + ". Reference-based edits carry part of the reference's look beyond the "
                 "copied attribute.", ""]

@@ -8,7 +8,8 @@ For label-based and reference-based translation of held-out sources:
   how far two models' numbers may differ by chance);
 - reconstruction PSNR and SSIM at d = 0 (label-based, one noise draw), and how often the
   classifier's verdict on the reconstruction agrees with its verdict on the source (per
-  attribute too): what the reconstruction alone keeps, which bounds preservation;
+  attribute too): what the reconstruction alone keeps, a guide to (not a bound on) the
+  preservation an edit can reach;
 - diversity: mean pairwise L1 distance (images in [-1, 1]) between outputs of one edit
   under different noise.
 Edits are single-attribute flips (label-based) and single attributes copied from a
@@ -19,9 +20,9 @@ numbers that a model cannot get by fooling the classifier:
 - renderer edit accuracy per attribute: the classifier on the true edits themselves. An
   attribute whose true flips it finds >= SHOWN_THRESHOLD of the time is "shown"; the
   ``*_edit_accuracy_shown`` numbers average the model's edit accuracy over those.
-- renderer preservation: the preservation of the true edits themselves, the ceiling of
-  the model's preservation under this classifier (a true flip can move the classifier's
-  verdict on an attribute it does not touch);
+- renderer preservation: the preservation of the true edits themselves, what a perfect
+  editor gets under this classifier (a true flip can move the classifier's verdict on an
+  attribute it does not touch); not an upper bound: a model that edits less keeps more;
 - true-change score: 1 - sum|D_model - D_true| / sum|D_true| over all edited images, with
   D_true = true edit - source and D_model = output - the model's own reconstruction in the
   same mode with d = 0 (label-based: the same noise; reference-based: the same reference),
@@ -43,9 +44,12 @@ from .reference.classifier import AttributeClassifier, train_classifier
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    """Per-image SSIM (Wang et al. 2004: Gaussian window, K1 0.01, K2 0.03) on images in
-    [-1, 1] mapped to [0, 1], averaged over channels."""
-    a, b = (a + 1) / 2, (b + 1) / 2
+    """Per-image SSIM (Wang et al. 2004: Gaussian window, K1 0.01, K2 0.03, windows inside
+    the image only) on images in [-1, 1] mapped to [0, 1] (L = 1), averaged over channels
+    and windows. Computed in float64 (the variances are differences of blurred squares,
+    which lose ~1e-5 in float32), returned in the inputs' dtype."""
+    dtype = a.dtype
+    a, b = (a.double() + 1) / 2, (b.double() + 1) / 2
     c = a.shape[1]
     t = torch.arange(window, dtype=a.dtype) - window // 2
     g = torch.exp(-t ** 2 / (2 * sigma ** 2))
@@ -60,7 +64,7 @@ def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 1.5)
     cov = blur(a * b) - mu_a * mu_b
     c1, c2 = 0.01 ** 2, 0.03 ** 2
     s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
-    return s.flatten(1).mean(1)
+    return s.flatten(1).mean(1).to(dtype)
 
 
 SHOWN_THRESHOLD = 0.9  # renderer edit accuracy above which an attribute counts as shown
@@ -116,7 +120,8 @@ def evaluate(engine, classifier: AttributeClassifier, images: torch.Tensor, labe
              diversity_samples: int = 4, seed: int = 0, strength: float | None = None,
              progress: bool = True, truth: Truth | None = None) -> dict:
     """Metrics of ``engine`` (a bridgegan.engine.Engine) on sources ``images`` with true
-    ``labels``; the reference of each source is the next source (rolled by one).
+    ``labels``; the reference of each source is the previous source (the sources rolled
+    by one: source k's is source k - 1, source 0's the last).
     ``truth`` (optional) renders true edits: it adds the renderer edit accuracy, the
     accuracy over shown attributes and the true-change score. ``strength`` None: the
     model's ``config.edit_strength`` (the report names the one used)."""
@@ -238,7 +243,7 @@ def format_report(report: dict) -> str:
     if "renderer_preservation" in report:
         lines.append(f"{'true edits preserve':22s} "
                      f"{metric_text(report['renderer_preservation'], '.1%'):>12s}"
-                     "  (the ceiling of preservation under this classifier)")
+                     "  (a perfect editor's preservation under this classifier)")
     if "shown_attributes" in report:
         lines.append(f"shown attributes ({len(report['shown_attributes'])}, the classifier finds "
                      f">= {SHOWN_THRESHOLD:.0%} of their true flips): "

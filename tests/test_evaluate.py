@@ -134,6 +134,63 @@ def test_true_change_score_and_shown_attributes(classifier):
     assert true["label_edit_accuracy_shown"] >= 0.9 or not shown
 
 
+def _ssim_wang2004(x, y):
+    """SSIM written from Wang et al. 2004 directly (numpy, float64), an independent check:
+    for every 11x11 window inside the image, Gaussian weights w (sigma 1.5, sum 1),
+    mu = sum w x, sigma^2 = sum w (x - mu)^2, sigma_xy = sum w (x - mu_x)(y - mu_y),
+    C1 = (0.01 L)^2, C2 = (0.03 L)^2 with L = 1 on [0, 1]; mean over windows, then
+    channels. x, y: (C, H, W) in [-1, 1]."""
+    import numpy as np
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    r = np.arange(11) - 5.0
+    w = np.exp(-(r[:, None] ** 2 + r[None, :] ** 2) / (2 * 1.5 ** 2))
+    w /= w.sum()
+    c1, c2, out = 0.01 ** 2, 0.03 ** 2, []
+    for xc, yc in zip((np.asarray(x, np.float64) + 1) / 2, (np.asarray(y, np.float64) + 1) / 2):
+        wx, wy = sliding_window_view(xc, (11, 11)), sliding_window_view(yc, (11, 11))
+        mx, my = (wx * w).sum((-2, -1)), (wy * w).sum((-2, -1))
+        dx, dy = wx - mx[..., None, None], wy - my[..., None, None]
+        vx, vy = (w * dx * dx).sum((-2, -1)), (w * dy * dy).sum((-2, -1))
+        cxy = (w * dx * dy).sum((-2, -1))
+        out.append((((2 * mx * my + c1) * (2 * cxy + c2))
+                    / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))).mean())
+    return float(np.mean(out))
+
+
+def test_ssim_matches_wang_2004_on_random_and_structured_images():
+    """ssim against the paper's formula computed independently, on seeded random and
+    structured images (gradients, a disk, a checkerboard, constants), in float64 and in
+    float32 (the evaluation's dtype: float32 inputs must not cost precision), and one value
+    by hand: constant images, where SSIM is the luminance term alone."""
+    g = torch.Generator().manual_seed(0)
+    s = 32
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, s), torch.linspace(0, 1, s), indexing="ij")
+    rand = torch.rand(3, s, s, generator=g) * 2 - 1
+    grad = torch.stack([xx, yy, xx * yy]) * 2 - 1
+    disk = torch.where((xx - .5) ** 2 + (yy - .5) ** 2 < .1, 0.8, -0.6).expand(3, -1, -1)
+    check = (((xx * 8).floor() + (yy * 8).floor()) % 2 * 2 - 1).expand(3, -1, -1)
+
+    def noise(t, k):
+        return (t + k * torch.randn(t.shape, generator=g)).clamp(-1, 1)
+
+    pairs = [(rand, noise(rand, 0.1)), (rand, torch.rand(3, s, s, generator=g) * 2 - 1),
+             (grad, (grad * 0.9 + 0.05)), (disk, noise(disk, 0.05)),
+             (check, check.roll(1, 2)), (grad, noise(grad, 0.02))]
+    a = torch.stack([p for p, _ in pairs]).double()
+    b = torch.stack([q for _, q in pairs]).double()
+    want = torch.tensor([_ssim_wang2004(p, q) for p, q in zip(a, b)], dtype=torch.float64)
+    assert torch.allclose(ssim(a, b), want, rtol=0, atol=1e-12)
+    a32, b32 = a.float(), b.float()  # exactly representable: the same images in float32
+    want32 = torch.tensor([_ssim_wang2004(p, q) for p, q in zip(a32, b32)], dtype=torch.float64)
+    got32 = ssim(a32, b32)
+    assert got32.dtype == torch.float32
+    assert torch.allclose(got32.double(), want32, rtol=0, atol=1e-6), (got32.double() - want32)
+    # constants 0.1 and 0.15 on [0, 1]: (2 * 0.1 * 0.15 + C1) / (0.1^2 + 0.15^2 + C1)
+    c = torch.full((1, 3, s, s), -0.8, dtype=torch.float64)
+    assert ssim(c, c + 0.1).item() == pytest.approx(0.0301 / 0.0326, abs=1e-12)
+
+
 def test_missed_targets_names_each_shortfall():
     good = {k: v + 0.01 for k, v in TARGETS.items()}
     assert missed_targets(good) == []
