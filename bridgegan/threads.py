@@ -23,13 +23,22 @@ def add_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> Non
                              "average; OMP_NUM_THREADS when set)")
 
 
+def cores() -> int:
+    """The cores this process may use."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return n or 1
+
+
+def load_average() -> float:
+    """The 1-minute load average: runnable processes, on average (0 where unknown)."""
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+
+
 def default_threads() -> int:
     """Idle cores: the cores this process may use minus the 1-minute load average."""
     import torch
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    busy = round(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
-    return max(1, min(torch.get_num_threads(), (cores or 1) - busy))
+    return max(1, min(torch.get_num_threads(), cores() - round(load_average())))
 
 
 def apply(threads: int | None) -> int:

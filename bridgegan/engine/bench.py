@@ -71,6 +71,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import threads
 from ..files import write_file_atomic
 from ..numerics import dtype_name, no_tf32
 from ..reference.config import BridgeGANConfig
@@ -423,6 +424,7 @@ def run_matrix(variants: list[Variant] | None, batches: list[int], resolutions: 
         if repeated:
             raise ValueError(f"each {what} may be given once; repeated: {', '.join(repeated)}")
     _check_table(variants, dev)
+    load = {"load_1min_at_start": round(threads.load_average(), 2), "cores": threads.cores()}
     env = environment(dev)
     peaks = roofline_peaks(variants, dev, quick=quick_peaks)
     peaks.update(env)
@@ -444,6 +446,7 @@ def run_matrix(variants: list[Variant] | None, batches: list[int], resolutions: 
                         rows.append(row)
                         stream(row)
     bar.close()
+    peaks.update(load)
     _add_ratios(rows)
     return rows, peaks
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import torch
@@ -17,6 +18,7 @@ from .io import tensor_to_pil
 from .options import TRANSLATE_BATCH
 
 GRID = "grid.png"  # translate's grid of the inputs and their outputs
+BUSY_LOAD = 0.5  # `bench` warns when the 1-minute load average was this high at its start
 GRID_ROWS = 64  # inputs shown in the grid (one row each); every output is written
 
 
@@ -131,6 +133,11 @@ def bench(args: argparse.Namespace) -> int:
         min_seconds=args.min_seconds, parity=args.parity, out=args.out)
     print(f"peaks on {peaks['device']}: matmul {peaks['matmul_flops'] / 1e12:.2f} TFLOP/s "
           f"({peaks['matmul_dtype']}), copy {peaks['copy_bytes_per_s'] / 1e9:.1f} GB/s")
+    if peaks["load_1min_at_start"] >= BUSY_LOAD:
+        print(f"bridgegan bench: warning: the 1-minute load average was "
+              f"{peaks['load_1min_at_start']:g} at the start ({peaks['cores']} cores): other "
+              f"work shared the machine, so compare this run's rows with one another (as "
+              f"ratios), not with other runs", file=sys.stderr)
     print(format_table(rows))
     files = write_results(rows, peaks, args.out)
     print("wrote " + ", ".join(str(f) for f in files))
