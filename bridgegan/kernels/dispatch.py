@@ -27,17 +27,21 @@ class KernelFallbackWarning(RuntimeWarning):
 
 
 def tracing() -> bool:
-    """Whether a tracer, TorchScript or torch.compile is recording the current call."""
+    """Whether a tracer, TorchScript or torch.compile is recording the current call, in
+    this thread. Only per-thread state is read: torch.compiler.is_compiling() and
+    torch.onnx.is_in_onnx_export() are process-wide flags, True in every thread while
+    any thread compiles (tens of seconds) or exports, which would send other threads'
+    engine calls down the plain path (other rounding; on a GPU no kernels, and CUDA
+    graphs captured then keep the plain ops). TorchScript's tracer (what
+    torch.onnx.export(dynamo=False) runs) and scripting are per thread; TorchDynamo
+    folds ``is_dynamo_compiling()`` to True in the code it traces (False when run
+    eagerly); a fake-tensor trace (non-strict torch.export) holds a TracingContext,
+    per thread."""
     if torch.jit.is_tracing() or torch.jit.is_scripting():
         return True
-    try:
-        if torch.onnx.is_in_onnx_export():
-            return True
-    except Exception:  # pragma: no cover - older/newer onnx module layouts
-        pass
-    compiler = getattr(torch, "compiler", None)
-    is_compiling = getattr(compiler, "is_compiling", None)
-    return bool(is_compiling()) if is_compiling is not None else False
+    if torch.compiler.is_dynamo_compiling():
+        return True
+    return torch._guards.TracingContext.try_get() is not None
 
 
 _MODULES: dict[str, tuple] = {}  # kernel module name -> (module or None, reason or None)

@@ -47,6 +47,7 @@ import io
 import json
 import os
 import sys
+import threading
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -131,12 +132,20 @@ def _instance_norm(g, x, weight, bias, running_mean, running_var, use_input_stat
     return g.op("InstanceNormalization", x, weight, bias, epsilon_f=eps)
 
 
+# torch's TorchScript exporter keeps process-wide state (GLOBALS.in_onnx_export, which
+# it asserts, and the symbolic registry), as does warnings.catch_warnings: one export at
+# a time per process (two threads building onnxruntime engines of two models at once
+# failed; the export folder's file lock orders processes, and threads only per folder).
+_EXPORT_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def _exporting(opset: int):
     """The instance-norm symbolic registered, exporter chatter silenced (tracer warnings
     about Python branches on shapes: those depend only on the fixed non-batch sizes or
-    are input checks; the legacy-exporter notice; constant-folding notes)."""
-    with warnings.catch_warnings():
+    are input checks; the legacy-exporter notice; constant-folding notes); one export
+    at a time in this process (``_EXPORT_LOCK``)."""
+    with _EXPORT_LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.register_custom_op_symbolic("aten::instance_norm", _instance_norm, opset)
         try:
