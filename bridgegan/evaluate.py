@@ -47,8 +47,8 @@ def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 1.5)
     """Per-image SSIM (Wang et al. 2004: Gaussian window, K1 0.01, K2 0.03, windows inside
     the image only) on images in [-1, 1] mapped to [0, 1] (L = 1), averaged over channels
     and windows. Computed in float64 (the variances are differences of blurred squares,
-    which lose ~1e-5 in float32), returned in the inputs' dtype."""
-    dtype = a.dtype
+    which lose ~1e-5 in float32), returned in float32 or the inputs' wider dtype."""
+    dtype = torch.promote_types(a.dtype, torch.float32)
     a, b = (a.double() + 1) / 2, (b.double() + 1) / 2
     c = a.shape[1]
     t = torch.arange(window, dtype=a.dtype) - window // 2

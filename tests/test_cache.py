@@ -86,3 +86,25 @@ def test_leftovers_of_a_killed_removal_are_cleaned_up(two_exports):
     aside = old.parent / f".{old.name}.tmp-999999999-dead"
     os.replace(old, aside)  # a removal killed after its rename (pid 999999999: gone)
     assert [e.path for e in cache.entries()] == [two_exports[1]] and not aside.exists()
+
+
+def test_listing_skips_a_folder_removed_meanwhile_and_lists_a_read_only_cache(two_exports,
+                                                                               monkeypatch):
+    """Another prune (or an export's swap) may move a folder between the listing's look at
+    the cache and its walk of that folder; a read-only cache cannot lose its leftovers but
+    is still listed."""
+    old, new = two_exports
+    last_used = cache._last_used
+
+    def removed_first(path):
+        if path == old:
+            os.replace(old, old.parent / f".{old.name}.tmp-999999999-gone")
+        return last_used(path)
+
+    monkeypatch.setattr(cache, "_last_used", removed_first)
+
+    def read_only(*_):
+        raise PermissionError("read-only file system")
+
+    monkeypatch.setattr(cache, "remove_stale", read_only)
+    assert [e.path for e in cache.entries()] == [new]

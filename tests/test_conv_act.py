@@ -208,8 +208,7 @@ def test_meta_recording_takes_the_cuda_forms():
 def test_cuda_keeps_the_faster_form_per_shape(monkeypatch):
     """The decision logic of CUDA's per-shape timing, with the timer and the capture state
     stood in (no GPU here): the faster form is kept, once per shape and batch class (the
-    next power of two, one class above 64); while a graph is captured an untimed shape
-    takes the plain ops."""
+    next power of two); while a graph is captured an untimed shape takes the plain ops."""
     from types import SimpleNamespace
 
     seconds = {"fused": [3.0], "plain": [2.0]}
@@ -233,8 +232,8 @@ def test_cuda_keeps_the_faster_form_per_shape(monkeypatch):
     assert faster(tensor((3, 3, 8, 8))) is True  # a new batch class too (4)
     seconds.update(fused=[3.0])
     assert faster(tensor((4, 3, 8, 8))) is True  # the same class: no timing
-    assert faster(tensor((65, 3, 8, 8))) is False and faster(tensor((1000, 3, 8, 8))) is False
-    assert len(conv_act._USE_FUSED) == 4  # 2 and 4 rows at 8x8, 2 at 16x16, above 64 at 8x8
+    assert faster(tensor((65, 3, 8, 8))) is False and faster(tensor((100, 3, 8, 8))) is False
+    assert len(conv_act._USE_FUSED) == 4  # 2, 4 and 128 rows at 8x8, 2 at 16x16
     seconds.update(fused=[1.0])
     capturing[0] = True
     assert faster(tensor((2, 3, 32, 32))) is False and len(conv_act._USE_FUSED) == 4

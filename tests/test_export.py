@@ -463,12 +463,13 @@ def test_triton_repository_refuses_a_plan_its_sidecar_was_not_written_with(ckpt,
                           onnx_dir=exported)
 
 
-def test_tensorrt_plan_runs_a_batch_larger_than_its_profile_in_slices():
+def test_tensorrt_plan_runs_any_batch_size_within_its_profile():
     """The engine's stages see K * N rows (K references per source: one encoder call) and
     edit strips 1 + A + samples rows, which may pass the profile's max (64 by default, and
-    the engine cannot choose another): a plan runs them in slices of its max, as every
-    other backend runs them whole. Views at an address TensorRT refuses (it needs 256-byte
-    alignment; a slice of rows is such a view) are copied before binding."""
+    the engine cannot choose another): a plan runs them in chunks of its max, as every
+    other backend runs them whole, and a batch (or last chunk) below the profile's least
+    padded up to it. Views at an address TensorRT refuses (it needs 256-byte alignment; a
+    slice of rows is such a view) are copied before binding."""
     from bridgegan.engine.backends.tensorrt import TrtPlan, aligned
 
     plan = object.__new__(TrtPlan)  # no TensorRT here: the batch logic, before any binding
@@ -480,12 +481,15 @@ def test_tensorrt_plan_runs_a_batch_larger_than_its_profile_in_slices():
         assert h.shape[0] == s.shape[0] <= 64
         return [h * 2 + s.sum(1, keepdim=True)]
 
-    plan._run = run
+    plan._enqueue = run
     g = torch.Generator().manual_seed(11)
     h, s = torch.randn(150, 3, generator=g), torch.randn(150, 5, generator=g)
     (out,) = plan(h, s)
     assert seen == [64, 64, 22] and torch.equal(out, h * 2 + s.sum(1, keepdim=True))
     assert plan(h[:7], s[:7])[0].shape == (7, 3) and seen[-1] == 7
+    plan.batch_range = (8, 64)  # a hand-built plan's least batch: 70 rows as 64 + 6 (-> 8)
+    (out,) = plan(h[:70], s[:70])
+    assert seen[-2:] == [64, 8] and torch.equal(out, (h * 2 + s.sum(1, keepdim=True))[:70])
     with pytest.raises(ValueError, match=r"must share their first \(batch\) dimension"):
         plan(h, s[:10])
 
@@ -498,6 +502,56 @@ def test_tensorrt_plan_runs_a_batch_larger_than_its_profile_in_slices():
     copy = aligned(view)
     assert copy.untyped_storage().data_ptr() != rows.untyped_storage().data_ptr()
     assert copy.storage_offset() == 0 and torch.equal(copy, view)
+
+
+def test_tensorrt_backend_builds_a_stale_plan_under_the_export_folders_lock(tmp_path,
+                                                                            monkeypatch):
+    """A plan is built holding the export folder's lock, and only if it is still stale once
+    the lock is held: two processes' first use build it once (neither loads a plan the other
+    replaces, whose sidecar then names other bytes), and `bridgegan cache --prune`, which
+    takes that lock, waits for the build. A fresh plan is loaded without the lock."""
+    import contextlib
+    import fcntl
+    import os
+
+    from bridgegan.engine.backends import tensorrt as trt_backend
+    from bridgegan.engine.export.names import STAGES
+
+    folder = tmp_path / "export"
+    folder.mkdir()
+    built, checks = [], []
+
+    def lock_held() -> bool:
+        fd = os.open(tmp_path / ".export.lock", os.O_RDWR | os.O_CREAT)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+
+    def stale(plan, cfg, here):  # stale before the lock; the trunk is built meanwhile
+        checks.append((plan.name, lock_held()))
+        return not plan.name.startswith(("map", "decode_mix")) and not (
+            plan.name.startswith("trunk") and lock_held())
+
+    def build(cfg, plan):
+        assert lock_held()
+        built.append(plan.name)
+
+    for name, value in {"import_tensorrt": lambda: None, "device_info": lambda trt: {},
+                        "export_model": lambda *a: folder, "build_config": lambda *a: None,
+                        "stale_plan": stale, "build_plan": build,
+                        "TrtPlan": lambda plan, device: plan.name,
+                        "exported_stages": lambda plans: plans}.items():
+        monkeypatch.setattr(trt_backend, name, value)
+    monkeypatch.setattr(torch.cuda, "device", lambda d: contextlib.nullcontext())
+    plans = trt_backend.build(None, None, torch.float16, "cuda:0")
+    assert list(plans) == list(STAGES)
+    assert built == ["encode_fp16.plan", "decode_fp16.plan"]
+    assert [c for c in checks if c[0].startswith(("map", "trunk"))] == [
+        ("trunk_fp16.plan", False), ("trunk_fp16.plan", True), ("map_fp16.plan", False)]
 
 
 @pytest.mark.parametrize("bad", ["inf", "nan", "-1", "0"])

@@ -424,6 +424,8 @@ def run_matrix(variants: list[Variant] | None, batches: list[int], resolutions: 
         if repeated:
             raise ValueError(f"each {what} may be given once; repeated: {', '.join(repeated)}")
     _check_table(variants, dev)
+    # the machine's load, for whoever reads the numbers: a 1-minute average, so the start's
+    # still holds the minute before (a previous run's), the end's this run's own threads
     load = {"load_1min_at_start": round(threads.load_average(), 2), "cores": threads.cores()}
     env = environment(dev)
     peaks = roofline_peaks(variants, dev, quick=quick_peaks)
@@ -446,7 +448,7 @@ def run_matrix(variants: list[Variant] | None, batches: list[int], resolutions: 
                         rows.append(row)
                         stream(row)
     bar.close()
-    peaks.update(load)
+    peaks.update(load, load_1min_at_end=round(threads.load_average(), 2))
     _add_ratios(rows)
     return rows, peaks
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
@@ -18,7 +17,6 @@ from .io import tensor_to_pil
 from .options import TRANSLATE_BATCH
 
 GRID = "grid.png"  # translate's grid of the inputs and their outputs
-BUSY_LOAD = 0.5  # `bench` warns when the 1-minute load average was this high at its start
 GRID_ROWS = 64  # inputs shown in the grid (one row each); every output is written
 
 
@@ -83,7 +81,7 @@ def translate(args: argparse.Namespace) -> int:
         check_image_file(path)
     eng = Engine.from_checkpoint(args.checkpoint or SHIPPED, backend=args.backend,
                                  dtype=args.dtype, device=args.device)
-    refs = [[open_rgb(r)] for r in args.reference or []]  # each reference: a batch of 1
+    refs = [eng.load_images([open_rgb(r)]) for r in args.reference or []]  # a batch of 1 each
     batch = args.batch_size or TRANSLATE_BATCH[eng.device.type]
     grid_rows = []
     bar = tqdm(total=len(args.input), desc="translate", unit="image",
@@ -103,7 +101,8 @@ def translate(args: argparse.Namespace) -> int:
         for row_names, row in zip(names[start:start + batch], rows[:, 1:]):
             for name, img in zip(row_names, row):
                 tensor_to_pil(img).save(out / name)
-        grid_rows.append(rows[:max(0, GRID_ROWS - start)])
+        if start < GRID_ROWS:  # a copy: a view (even of no rows) keeps the whole batch
+            grid_rows.append(rows[:GRID_ROWS - start].clone())
         bar.update(len(x))
     bar.close()
     grid = torch.cat(grid_rows)
@@ -133,11 +132,7 @@ def bench(args: argparse.Namespace) -> int:
         min_seconds=args.min_seconds, parity=args.parity, out=args.out)
     print(f"peaks on {peaks['device']}: matmul {peaks['matmul_flops'] / 1e12:.2f} TFLOP/s "
           f"({peaks['matmul_dtype']}), copy {peaks['copy_bytes_per_s'] / 1e9:.1f} GB/s")
-    if peaks["load_1min_at_start"] >= BUSY_LOAD:
-        print(f"bridgegan bench: warning: the 1-minute load average was "
-              f"{peaks['load_1min_at_start']:g} at the start ({peaks['cores']} cores): other "
-              f"work shared the machine, so compare this run's rows with one another (as "
-              f"ratios), not with other runs", file=sys.stderr)
+
     print(format_table(rows))
     files = write_results(rows, peaks, args.out)
     print("wrote " + ", ".join(str(f) for f in files))

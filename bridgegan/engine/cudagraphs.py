@@ -78,9 +78,7 @@ class CudaGraphed:
     def __call__(self, *args: torch.Tensor) -> torch.Tensor:
         n = args[0].shape[self.batch_dims[0]]
         if n > self.max_rows:
-            return torch.cat([self(*(a.narrow(dim, i, min(self.max_rows, n - i))
-                                     for a, dim in zip(args, self.batch_dims)))
-                              for i in range(0, n, self.max_rows)])
+            return in_chunks(self, args, self.max_rows, self.batch_dims)
         rows = bucket(n)
         key = tuple((_shape(a, dim, rows), a.dtype, _format(a))
                     for a, dim in zip(args, self.batch_dims))
@@ -106,6 +104,27 @@ def bucket(n: int) -> int:
     up to ``POW2_UP_TO``, above it the next multiple of it (at most 63 padded rows, where
     a power of two would nearly double a large batch's work and memory)."""
     return next_pow2(n) if n <= POW2_UP_TO else -(-n // POW2_UP_TO) * POW2_UP_TO
+
+
+def in_chunks(fn: Callable, args, most: int, batch_dims: tuple[int, ...] | None = None):
+    """``fn(*args)`` over chunks of at most ``most`` rows along each argument's batch
+    dimension (``batch_dims``; default: every argument's first), the chunks' outputs (a
+    tensor or a list of tensors, batch first) copied into one buffer each as they come:
+    peak memory is the result and one chunk's output, not twice the result."""
+    dims = batch_dims or (0,) * len(args)
+    n = args[0].shape[dims[0]]
+    if n <= most:
+        return fn(*args)
+    outs = None
+    for i in range(0, n, most):
+        got = fn(*(a.narrow(d, i, min(most, n - i)) for a, d in zip(args, dims)))
+        parts = [got] if isinstance(got, torch.Tensor) else got
+        if outs is None:
+            outs = [torch.empty((n, *p.shape[1:]), dtype=p.dtype, device=p.device,
+                                memory_format=_format(p)) for p in parts]
+        for out, p in zip(outs, parts):
+            out[i:i + len(p)].copy_(p)
+    return outs[0] if isinstance(got, torch.Tensor) else outs
 
 
 def _shape(a: torch.Tensor, dim: int, rows: int) -> tuple[int, ...]:

@@ -21,8 +21,7 @@ impl:
   ``"auto"``  the fused call where x's device and dtype have one, else the plain ops.
               Under a tracer, or when autograd records, the plain ops, silently. The
               fused form is used once decided, per key, and remembered: on CUDA per
-              shape (the batch by its class: the next power of two, all batches above
-              64 as one) and TF32 setting, by timing both forms (five calls each, outside
+              shape (the batch by its class: the next power of two) and TF32 setting, by timing both forms (five calls each, outside
               CUDA-graph capture; a capture records the plain ops until then), since
               cuDNN's fused convolution-bias-ReLU has been far slower than the plain
               convolution for some channels_last shapes (pytorch#68506); on the CPU per
@@ -57,7 +56,6 @@ IMPLS = ("auto", "torch")
 _CUDA_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _CPU_DTYPES = (torch.bfloat16, torch.float32)
 _USE_FUSED: dict[tuple, bool] = {}  # decision key (see _use_fused) -> the fused form is used
-BATCH_CLASSES_UP_TO = 64  # CUDA decisions per power-of-two batch class, one above this
 
 
 def _plain(x, weight, bias, stride: int, padding: int, transposed: bool) -> torch.Tensor:
@@ -130,15 +128,15 @@ def _fused_call(x, weight, bias, stride: int, padding: int, transposed: bool):
 def _use_fused(x, weight, stride, padding, transposed, fused, plain) -> bool:
     """Whether this call takes the fused form (the module docstring's decision, made once
     per key and remembered). Meta tensors, whose launches are only recorded, always do.
-    The CUDA key holds the batch's class, not its size: a process called at every batch
-    size (uncaptured calls, a server's varying batches) times each layer shape a bounded
-    number of times, the faster form being a matter of the layer, not of a batch's last
-    rows."""
+    The CUDA key holds the batch's power-of-two class, not its size: a process called at
+    every batch size (uncaptured calls, a server's varying batches) times each layer shape
+    once per class (a logarithmic number), the faster form being a matter of the layer and
+    the batch's magnitude, not of its last rows; a form that only fails at huge sizes
+    (32-bit indexing) is met by a timing of its own class."""
     if x.is_meta:
         return True
     if x.is_cuda:
-        batch = min(next_pow2(x.shape[0]), BATCH_CLASSES_UP_TO)
-        key = (x.device, x.dtype, batch, tuple(x.shape[1:]), x.stride(), tuple(weight.shape),
+        key = (x.device, x.dtype, next_pow2(x.shape[0]), tuple(x.shape[1:]), x.stride(), tuple(weight.shape),
                weight.stride(), tuple(_pair_of_ints(stride)), tuple(_pair_of_ints(padding)),
                transposed, torch.backends.cudnn.allow_tf32)
     else:

@@ -7,11 +7,11 @@ another export of the graph, or for another batch range (``stale_plan``).
 :class:`TrtPlan` binds torch tensors by address and enqueues (``execute_async_v3``; no
 pycuda) on a stream of its own, ordered after and before the current torch stream:
 TensorRT synchronises the device around work on the default stream. A batch larger than
-the plan's profile runs in slices of the profile's max (the engine's stages see K * N rows
-for K references per source); an input that is a view not 256-byte aligned (a slice of a
-larger tensor) is copied first: TensorRT requires that alignment of every I/O address. It
-refuses a plan built elsewhere, batches below the plan's optimisation profile, and any
-binding that TensorRT does not accept.
+the plan's profile runs in chunks of the profile's max (the engine's stages see K * N rows
+for K references per source), one below its least is padded up to it; an input that is a
+view not 256-byte aligned (a slice of a larger tensor) is copied first: TensorRT requires
+that alignment of every I/O address. It refuses a plan built elsewhere and any binding
+that TensorRT does not accept.
 """
 from __future__ import annotations
 
@@ -20,7 +20,9 @@ from pathlib import Path
 
 import torch
 
+from ...files import locked
 from ...reference.programs import Stages
+from ..cudagraphs import in_chunks, pad_rows
 from ..export.names import STAGES
 from ..export.onnx_export import ONNX_PRECISION_OF, export_model, file_name
 from ..export.tensorrt_build import (PlanMismatch, build_config, build_plan, check_sidecar,
@@ -35,16 +37,6 @@ ALIGNMENT = 256  # bytes: IExecutionContext.set_tensor_address needs it for ever
 def aligned(t: torch.Tensor) -> torch.Tensor:
     """``t``, or a contiguous copy of it when its address is not ``ALIGNMENT``-aligned."""
     return t if t.data_ptr() % ALIGNMENT == 0 else t.clone(memory_format=torch.contiguous_format)
-
-
-def in_slices(call, args: tuple[torch.Tensor, ...], most: int) -> list[torch.Tensor]:
-    """``call(*args)`` over slices of at most ``most`` rows of the batch dimension (every
-    argument's first), its outputs concatenated back."""
-    n = args[0].shape[0]
-    if n <= most:
-        return call(*args)
-    parts = [call(*(a[i:i + most] for a in args)) for i in range(0, n, most)]
-    return [torch.cat(outs) for outs in zip(*parts)]
 
 
 class TrtPlan:
@@ -95,14 +87,17 @@ class TrtPlan:
         if any(a.shape[0] != n for a in args):
             raise ValueError(f"{self.path}: the inputs must share their first (batch) "
                              f"dimension, got shapes {[tuple(a.shape) for a in args]}")
-        return in_slices(self._run, args, self.batch_range[1])
+        return in_chunks(self._run, args, self.batch_range[1])
 
     def _run(self, *args: torch.Tensor) -> list[torch.Tensor]:
-        lo, hi = self.batch_range
-        n = args[0].shape[0]
-        if not lo <= n <= hi:
-            raise ValueError(f"batch {n} is outside the profile of {self.path} ({lo} to {hi}); "
-                             f"rebuild it with --min-batch / --max-batch")
+        """A batch within the profile's max; one below its least padded up to it, the
+        extra rows dropped."""
+        lo, n = self.batch_range[0], args[0].shape[0]
+        if n < lo:
+            return [o[:n] for o in self._enqueue(*(pad_rows(a, 0, lo) for a in args))]
+        return self._enqueue(*args)
+
+    def _enqueue(self, *args: torch.Tensor) -> list[torch.Tensor]:
         with torch.cuda.device(self.device):
             main = torch.cuda.current_stream()
             tensors = [aligned(a.to(self.device, self.dtypes[name]).contiguous())
@@ -148,6 +143,16 @@ def build(model, rewrites, dtype, device, channels_last=False, onnx_dir=None,
             plan = folder / f"{name}_{precision}.plan"
             cfg = build_config(folder / file_name(name, "fp32"), precision, batch)
             if stale_plan(plan, cfg, here):
-                build_plan(cfg, plan)
+                # under the export folder's lock (no lock for a fresh plan: the cache may be
+                # read-only): two processes' first use build it once, neither loads a plan
+                # the other is replacing (a sidecar written for other bytes), and `bridgegan
+                # cache --prune` waits for the build
+                with locked(folder):
+                    if not folder.is_dir():
+                        raise FileNotFoundError(f"{folder} was removed while this engine "
+                                                f"was built (`bridgegan cache --prune`?): "
+                                                f"run again")
+                    if stale_plan(plan, cfg, here):
+                        build_plan(cfg, plan)
             plans[name] = TrtPlan(plan, device)
     return exported_stages(plans)

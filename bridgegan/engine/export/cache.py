@@ -17,6 +17,7 @@ removed folder's file fails with FileNotFoundError, so prune between runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import time
 from dataclasses import dataclass
@@ -64,12 +65,25 @@ def entries(root: Path | None = None) -> list[Entry]:
     root = root or cache_folder()
     if not root.is_dir():
         return []
-    remove_stale(root)
+    with contextlib.suppress(OSError):  # a read-only cache is still listed
+        remove_stale(root)
     found = []
     for path in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-        found.append(Entry(path, size, _last_used(path), _describe(path)))
+        try:
+            found.append(Entry(path, _size(path), _last_used(path), _describe(path)))
+        except FileNotFoundError:  # moved meanwhile: another prune, an export's swap
+            continue
     return sorted(found, key=lambda e: e.last_used)
+
+
+def _size(path: Path) -> int:
+    """Bytes in the files under ``path``; a file removed while it is walked counts 0."""
+    total = 0
+    for f in path.rglob("*"):
+        with contextlib.suppress(FileNotFoundError):
+            if f.is_file():
+                total += f.stat().st_size
+    return total
 
 
 def prune(days: float, root: Path | None = None, now: float | None = None) -> list[Entry]:
