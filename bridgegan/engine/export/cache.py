@@ -8,9 +8,10 @@ process), so a machine evaluating many checkpoints gathers them; this command li
 with their size and last use (the manifest's mtime, touched by each use) and removes
 those unused for a number of days.
 
-A removal takes the folder's export lock (an export filling it finishes first), moves it
-aside as a whole, then deletes it: no process sees a part of an export, and a kill leaves
-a leftover that the next write or listing removes (``files.remove_stale``). A process
+A removal takes the folder's export lock (an export or a TensorRT plan build filling it
+finishes first), moves it aside as a whole, then deletes it: no process sees a part of an
+export, and a kill leaves a leftover that the next write or listing removes
+(``files.remove_stale``). A process
 already running from an export keeps the graphs it loaded; one that is about to load a
 removed folder's file fails with FileNotFoundError, so prune between runs.
 """
