@@ -87,10 +87,10 @@ def _size(path: Path) -> int:
     return total
 
 
-def prune(days: float, root: Path | None = None, now: float | None = None) -> list[Entry]:
+def prune(days: float, root: Path | None = None) -> list[Entry]:
     """Remove the export folders under ``root`` not used for ``days`` days (0: all);
     returns them."""
-    cutoff = (time.time() if now is None else now) - days * DAY_S
+    cutoff = time.time() - days * DAY_S
     removed = []
     for entry in entries(root):
         if entry.last_used > cutoff:
