@@ -197,9 +197,9 @@ def test_translate_defaults_to_the_shipped_model_and_checks_its_options(tmp_path
 def test_bench_sizes_from_the_checkpoint_and_checks_before_timing(tmp_path, capsys,
                                                                    monkeypatch):
     """--resolutions defaults to the checkpoint's size (a 32 px checkpoint was refused at
-    the default 128); the load average at the start and end is recorded; batches below 1, unknown workloads, or CUDA on a machine
-    without it, are refused in one line before anything is measured; a table whose every
-    row is skipped is written without a plot."""
+    the default 128); the load average at the start and end is recorded; batches below 1,
+    unknown workloads, or CUDA on a machine without it, are refused in one line before
+    anything is measured; a table whose every row is skipped is written without a plot."""
     from bridgegan import threads
 
     monkeypatch.setattr(threads, "load_average", lambda: 1.25)  # another job running

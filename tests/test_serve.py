@@ -102,7 +102,8 @@ def cases(engine) -> list[tuple[str, dict, torch.Tensor]]:
         ("reconstruct", {"image": x, "noise": r}, engine.reconstruct(x, noise=r)),
         ("translate_label", {"image": x, "target": yt, "seed": SEEDS, "source": ys},
          engine.translate(x, yt, seed=SEEDS[:, 0].tolist(), source=ys)),
-        ("reconstruct", {"image": x, "seed": SEEDS}, engine.reconstruct(x, seed=SEEDS[:, 0].tolist())),
+        ("reconstruct", {"image": x, "seed": SEEDS},
+         engine.reconstruct(x, seed=SEEDS[:, 0].tolist())),
     ]
 
 

@@ -21,9 +21,9 @@ impl:
   ``"auto"``  the fused call where x's device and dtype have one, else the plain ops.
               Under a tracer, or when autograd records, the plain ops, silently. The
               fused form is used once decided, per key, and remembered: on CUDA per
-              shape (the batch by its class: the next power of two) and TF32 setting, by timing both forms (five calls each, outside
-              CUDA-graph capture; a capture records the plain ops until then), since
-              cuDNN's fused convolution-bias-ReLU has been far slower than the plain
+              shape (the batch by its class: the next power of two) and TF32
+              setting, by timing both forms (five calls each, outside CUDA-graph
+              capture; a capture records the plain ops until then), since cuDNN's fused convolution-bias-ReLU has been far slower than the plain
               convolution for some channels_last shapes (pytorch#68506); on the CPU per
               dtype and form, by one trial call. A fused form that fails its decision
               (a cuDNN build without the fused engine, a Triton that cannot compile the
@@ -136,8 +136,8 @@ def _use_fused(x, weight, stride, padding, transposed, fused, plain) -> bool:
     if x.is_meta:
         return True
     if x.is_cuda:
-        key = (x.device, x.dtype, next_pow2(x.shape[0]), tuple(x.shape[1:]), x.stride(), tuple(weight.shape),
-               weight.stride(), tuple(_pair_of_ints(stride)), tuple(_pair_of_ints(padding)),
+        key = (x.device, x.dtype, next_pow2(x.shape[0]), tuple(x.shape[1:]), x.stride(),
+               tuple(weight.shape), weight.stride(), tuple(_pair_of_ints(stride)), tuple(_pair_of_ints(padding)),
                transposed, torch.backends.cudnn.allow_tf32)
     else:
         key = (x.device.type, x.dtype, transposed)
