@@ -23,7 +23,8 @@ impl:
               fused form is used once decided, per key, and remembered: on CUDA per
               shape (the batch by its class: the next power of two) and TF32
               setting, by timing both forms (five calls each, outside CUDA-graph
-              capture; a capture records the plain ops until then), since cuDNN's fused convolution-bias-ReLU has been far slower than the plain
+              capture; a capture records the plain ops until then), since cuDNN's
+              fused convolution-bias-ReLU has been far slower than the plain
               convolution for some channels_last shapes (pytorch#68506); on the CPU per
               dtype and form, by one trial call. A fused form that fails its decision
               (a cuDNN build without the fused engine, a Triton that cannot compile the
