@@ -138,8 +138,8 @@ def _use_fused(x, weight, stride, padding, transposed, fused, plain) -> bool:
         return True
     if x.is_cuda:
         key = (x.device, x.dtype, next_pow2(x.shape[0]), tuple(x.shape[1:]), x.stride(),
-               tuple(weight.shape), weight.stride(), tuple(_pair_of_ints(stride)), tuple(_pair_of_ints(padding)),
-               transposed, torch.backends.cudnn.allow_tf32)
+               tuple(weight.shape), weight.stride(), tuple(_pair_of_ints(stride)),
+               tuple(_pair_of_ints(padding)), transposed, torch.backends.cudnn.allow_tf32)
     else:
         key = (x.device.type, x.dtype, transposed)
     if key not in _USE_FUSED:
