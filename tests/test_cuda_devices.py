@@ -202,17 +202,17 @@ def test_cuda_graphed_copies_its_output_out_as_the_dtype_asked(monkeypatch):
     assert graphed.graphs[next(iter(graphed.graphs))][2].dtype == torch.bfloat16
 
 
-def test_cuda_graphed_runs_a_call_above_its_largest_graph_as_several(monkeypatch):
-    """A call of more rows than ``max_rows`` runs as calls of at most that many (10 rows at
-    4: 4, 4, 2), each through its bucket's graph, with the eager result; the graphs hold
-    at most ``max_rows`` rows (a huge batch would otherwise capture a huge graph)."""
+def test_chunked_cuda_graphs_run_a_large_call_as_several(monkeypatch):
+    """Chunked (as the Engine wraps its graphs), a call of more rows than ``most`` runs as
+    calls of at most that many (10 rows at 4: 4, 4, 2), each through its bucket's graph,
+    with the eager result; the graphs hold at most ``most`` rows (a huge batch would
+    otherwise capture a huge graph)."""
     cuda = FakeCuda(monkeypatch, current_device=0)
     fake = ReplayedGraphs(monkeypatch, cuda)
     def scaled(x, r):
         return x * 2 + r.sum(-1)[:, None]
-    graphed = cudagraphs.CudaGraphed(fake.wrap(scaled), (0, 0), torch.device("cuda", 0),
-                                     max_rows=4)
+    graphed = cudagraphs.CudaGraphed(fake.wrap(scaled), (0, 0), torch.device("cuda", 0))
     g = torch.Generator().manual_seed(37)
     x, r = torch.randn(10, 5, generator=g), torch.randn(10, 3, generator=g)
-    assert torch.equal(graphed(x, r), scaled(x, r))
+    assert torch.equal(cudagraphs.chunked(graphed, (0, 0), most=4)(x, r), scaled(x, r))
     assert sorted(key[0][0][0] for key in graphed.graphs) == [2, 4]

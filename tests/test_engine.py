@@ -1019,3 +1019,30 @@ def test_a_list_of_seeds_gives_each_image_its_own_noise_whatever_the_batch():
         with pytest.raises(ValueError, match=re.escape(
                 f"seed: each seed of a list must be an integer in [0, 2**64), got {bad!r}")):
             eng.translate(x, {"Male": 1}, source=ys, seed=[1, 2, bad, 4])
+
+
+def test_large_calls_run_in_chunks_of_max_rows(model, monkeypatch):
+    """A call above cudagraphs.MAX_ROWS images runs its program (and the attribute head
+    that estimates source labels) in chunks of at most that many: memory, and on CUDA the
+    largest graph, stay bounded; the images are those of separate calls."""
+    from bridgegan.engine.cudagraphs import MAX_ROWS
+
+    seen = []
+    real = programs.translate_label
+
+    def recorded(stages, x, *rest):
+        seen.append(x.shape[0])
+        return real(stages, x, *rest)
+
+    monkeypatch.setattr(programs, "translate_label", recorded)
+    eng = Engine(model)
+    heads = []
+    head = eng.classifier
+    eng.classifier = lambda rows: heads.append(len(rows)) or head(rows)
+    n = MAX_ROWS + 3
+    x = images(n, model.config.image_size, seed=40)
+    seeds = list(range(n))
+    got = eng.translate(x, {"Male": 1}, seed=seeds)
+    assert seen == [MAX_ROWS, 3] and heads == [MAX_ROWS, 3]
+    tail = eng.translate(x[MAX_ROWS:], {"Male": 1}, seed=seeds[MAX_ROWS:])
+    assert torch.equal(got[MAX_ROWS:], tail)

@@ -12,7 +12,7 @@ from ..kernels.layout import memory_format, next_pow2
 _CAPTURE_STREAMS: dict[int, torch.cuda.Stream] = {}  # device index -> its capture stream
 _ONE_CAPTURE = threading.Lock()  # torch: one capture at a time per process (any engine)
 POW2_UP_TO = 64  # batches up to this run at the next power of two, larger ones at its multiple
-MAX_ROWS = 256  # the largest graph's batch: larger calls run as several replays
+MAX_ROWS = 256  # the most rows one engine program call runs; larger ones run in chunks
 
 
 def capture_stream(device: torch.device) -> torch.cuda.Stream:
@@ -37,9 +37,8 @@ class CudaGraphed:
     bucket, and their outputs are dropped: ``fn`` must treat its samples independently (the
     engine's programs do: every norm is per sample). ``batch_dims`` names each argument's
     batch dimension (``fn``'s output has it first); ``device`` is the GPU the arguments are
-    on. A call of more than ``max_rows`` rows runs as several calls of at most that many
-    (a batch of 10,000 would otherwise capture a graph of 10,048 rows and keep its memory
-    pool).
+    on. Callers bound the batch (the Engine: ``chunked`` at ``MAX_ROWS``; a batch of 10,000
+    would capture a graph of 10,048 rows and keep its memory pool).
 
     Inputs are copied into static buffers and the static output's rows are copied out (as
     ``out_dtype``, default fn's: one copy where a clone then a cast would be two), so
@@ -54,9 +53,9 @@ class CudaGraphed:
 
     def __init__(self, fn: Callable[..., torch.Tensor], batch_dims: tuple[int, ...],
                  device: torch.device, warmup: int = 2, max_graphs: int = 8,
-                 out_dtype: torch.dtype | None = None, max_rows: int = MAX_ROWS):
+                 out_dtype: torch.dtype | None = None):
         self.fn, self.batch_dims, self.device, self.out_dtype = fn, batch_dims, device, out_dtype
-        self.warmup, self.max_graphs, self.max_rows = warmup, max_graphs, max_rows
+        self.warmup, self.max_graphs = warmup, max_graphs
         self.graphs: OrderedDict[tuple, tuple] = OrderedDict()
         self.lock = threading.Lock()
         self.done = torch.cuda.Event()  # recorded after the last call's output copy
@@ -77,8 +76,6 @@ class CudaGraphed:
 
     def __call__(self, *args: torch.Tensor) -> torch.Tensor:
         n = args[0].shape[self.batch_dims[0]]
-        if n > self.max_rows:
-            return in_chunks(self, args, self.max_rows, self.batch_dims)
         rows = bucket(n)
         key = tuple((_shape(a, dim, rows), a.dtype, _format(a))
                     for a, dim in zip(args, self.batch_dims))
@@ -125,6 +122,11 @@ def in_chunks(fn: Callable, args, most: int, batch_dims: tuple[int, ...] | None 
         for out, p in zip(outs, parts):
             out[i:i + len(p)].copy_(p)
     return outs[0] if isinstance(got, torch.Tensor) else outs
+
+
+def chunked(fn: Callable, batch_dims: tuple[int, ...], most: int = MAX_ROWS) -> Callable:
+    """``fn`` run in chunks of at most ``most`` rows (``in_chunks``)."""
+    return lambda *args: in_chunks(fn, args, most, batch_dims)
 
 
 def _shape(a: torch.Tensor, dim: int, rows: int) -> tuple[int, ...]:

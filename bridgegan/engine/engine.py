@@ -38,7 +38,7 @@ from ..reference.checkpoint import load_checkpoint
 from ..reference.config import MAX_SCALE, BridgeGANConfig
 from ..reference.model import BridgeGAN
 from .backends import ALL_DTYPES, REGISTRY, check_backend
-from .cudagraphs import CudaGraphed
+from .cudagraphs import MAX_ROWS, CudaGraphed, chunked, in_chunks
 from .cudnn_tuning import cudnn_search
 from .graph import Rewrites
 from .io import Images, as_batch, value_range
@@ -277,15 +277,17 @@ class Engine:
                                  onnx_dir)
         self.classifier = copy.deepcopy(model.discriminator).to(self.device).float().eval()
         # the two programs most calls run: fixed-shape functions of tensors, CUDA-graphed
-        # when cuda_graphs
+        # when cuda_graphs (results are returned in float32: the graphs copy them out as
+        # that), at most MAX_ROWS rows at a time (memory, and the largest graph, bounded)
         branched = Concurrent(self.stages, self.device) if streams else self.stages
-        label = functools.partial(programs.translate_label, branched)
-        reference = functools.partial(programs.translate_reference, branched)
-        # (results are returned in float32: the graphs copy them out as that)
-        self._label = (CudaGraphed(label, programs.LABEL_BATCH_DIMS, self.device,
-                                   out_dtype=torch.float32) if cuda_graphs else label)
-        self._reference = (CudaGraphed(reference, programs.REFERENCE_BATCH_DIMS, self.device,
-                                       out_dtype=torch.float32) if cuda_graphs else reference)
+
+        def program(fn, dims):
+            fn = functools.partial(fn, branched)
+            if cuda_graphs:
+                fn = CudaGraphed(fn, dims, self.device, out_dtype=torch.float32)
+            return chunked(fn, dims)
+        self._label = program(programs.translate_label, programs.LABEL_BATCH_DIMS)
+        self._reference = program(programs.translate_reference, programs.REFERENCE_BATCH_DIMS)
         # Calls that share state (compiled code, CUDA-graph buffers and captures, which must
         # not meet other work on the device) run one at a time, whole.
         self._lock = threading.RLock() if spec.serialised or cuda_graphs else nullcontext()
@@ -338,7 +340,8 @@ class Engine:
 
     def _source(self, x: torch.Tensor, source) -> torch.Tensor:
         if source is None:
-            return (self.classifier(x)[1] > 0).float()
+            logits = in_chunks(lambda rows: self.classifier(rows)[1], (x,), MAX_ROWS)
+            return (logits > 0).float()
         return self._labels(source, x.shape[0], "source labels")
 
     def _target(self, source: torch.Tensor, target) -> torch.Tensor:
