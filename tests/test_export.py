@@ -147,6 +147,20 @@ def test_fp16_variant_from_the_cli(tmp_path):
     assert torch.isfinite(got).all() and psnr(got, want).min() >= tolerance("fp16").image_min_psnr_db
 
 
+def test_export_cli_says_which_graphs_it_wrote_and_which_it_kept(tmp_path, capsys):
+    """A fresh folder: every graph written, none 'kept'; a second export into it adds the
+    new graph and names the one already there."""
+    save_checkpoint(tmp_path / "ck", BridgeGAN(small_config(32)).eval())
+    out = tmp_path / "out"
+    args = ["export", "onnx", str(tmp_path / "ck"), str(out), "--graphs"]
+    assert main([*args, "map"]) == 0
+    said = capsys.readouterr().out
+    assert "wrote map.onnx, map_fp16.onnx and manifest.json" in said and "kept" not in said
+    assert main([*args, "map", "encode", "--precision", "fp32"]) == 0
+    said = capsys.readouterr().out
+    assert "wrote encode.onnx and manifest.json; kept map.onnx, map_fp16.onnx" in said
+
+
 def test_engine_onnxruntime_backend(model, ckpt, exported):
     eng = Engine.from_checkpoint(ckpt, backend="onnxruntime", onnx_dir=exported)
     want = Engine(model, backend="reference")

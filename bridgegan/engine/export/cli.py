@@ -3,6 +3,7 @@ the modules named for each target (imported when the command runs)."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ...argtypes import (input_file, non_negative_int, output_file, positive_float,
                          positive_int)
@@ -26,7 +27,7 @@ def _check_opset(opset: int) -> None:
 def _onnx(args: argparse.Namespace) -> int:
     from ...files import check_writable_folder
     from ...reference.config import BridgeGANConfig
-    from .onnx_export import export_onnx, require_onnx
+    from .onnx_export import export_onnx, require_onnx, sha256_hex
 
     _check_opset(args.opset)
     require_onnx("bridgegan export onnx")
@@ -35,10 +36,17 @@ def _onnx(args: argparse.Namespace) -> int:
     if args.expect_config:
         with open(args.expect_config) as f:
             expected = BridgeGANConfig.from_json(f.read())
+    def graphs(folder: Path) -> dict[str, str]:
+        return {p.name: sha256_hex(p.read_bytes()) for p in sorted(folder.glob("*.onnx"))}
+
+    before = graphs(Path(args.out))
     out = export_onnx(args.checkpoint, args.out, args.graphs, args.precision, args.opset,
                       expected)
-    files = sorted(p.name for p in out.iterdir() if p.suffix in (".onnx", ".json"))
-    print(f"{out} holds {', '.join(files)} (graphs already there and current are kept)")
+    after = graphs(out)
+    kept = [g for g, digest in after.items() if before.get(g) == digest]
+    wrote = [g for g in after if g not in kept]
+    print(f"{out}: wrote {', '.join(wrote) or 'no graph'} and manifest.json"
+          + (f"; kept {', '.join(kept)} (already there and current)" if kept else ""))
     return 0
 
 
