@@ -22,6 +22,8 @@ rest, all within five minutes on an H100:
      own (``--stages bench_compile``); inductor's and Triton's caches live in the repo's
      .cache/ (gitignored), which a lent machine's run carries between calls; the row's
      first_call_s is the compile time a user waits for
+  9. the test suite's GPU-only tests (``gpu_tests``: pytest, the cells CPU runs skip for
+     want of a GPU), asked for like stage 8
 The engine rows include an A/B of cuDNN's algorithm search (``heuristics`` rows: off) for
 the reference and the engine, so that the ratio between them stays fair either way. Those
 rows run in a process of their own (``bench_heuristics``): cuDNN keeps the plan it first
@@ -64,7 +66,11 @@ ABLATION = ",".join(["triton:fp16:cl:graphs"] + [
                                              "fused_relu", "fused_tail", "fused_residual",
                                              "shortcut_bias",
                                              "low_res_shortcut", "batch_hidden")])
-OWN_CALL = ("ablation", "bench_compile")  # stages run only when named in --stages
+OWN_CALL = ("ablation", "bench_compile", "gpu_tests")  # run only when named in --stages
+# the suite's tests that only a GPU runs (CPU runs skip them, naming the GPU): every API
+# call against float64 on CUDA, CUDA graphs and streams, the engine's GPU paths
+GPU_TESTS = ["tests/test_parity_matrix.py", "tests/test_cuda_devices.py", "tests/test_engine.py",
+             "tests/test_kernels.py", "tests/test_tail.py", "tests/test_training.py"]
 CACHE = ROOT / ".cache"  # inductor and Triton caches, carried between device calls
 
 
@@ -115,6 +121,11 @@ def stages(work: Path, dry: bool) -> list[tuple[str, list[str], int]]:
                                    "--workloads", "translate", "--out", str(work / "ablation")]
                 # eleven variants: five timed calls each keep the stage near a minute
                 + (reps if dry else ["--reps", "5", "--warmup", "1"]), 100))
+    # -k: the GPU cells by name (every GPU-only test names cuda, graph or gpu); a CPU run
+    # collects and skips them
+    out.append(("gpu_tests", [py, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
+                              "-k", "cuda or graph or gpu", *(str(ROOT / t) for t in GPU_TESTS)],
+                240))
     compile_variants = "compile:float32" if dry else "triton:fp16:cl:graphs,compile:fp16:cl:graphs"
     out.append(("bench_compile", cli + ["bench", "--device", dev, "--variants", compile_variants,
                                         "--batches", "1" if dry else "64", "--resolutions", res,

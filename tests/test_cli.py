@@ -315,7 +315,8 @@ def test_gpu_check_dry_run(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert [s["status"] for s in report["stages"]] == [0] * len(report["stages"])
-    assert not {"ablation", "bench_compile"} & {s["stage"] for s in report["stages"]}  # own call
+    assert not {"ablation", "bench_compile", "gpu_tests"} & {  # their own call
+        s["stage"] for s in report["stages"]}
     assert {"bench.csv", "bench.png", "kernels.csv", "profile.csv", "profile.md",
             "gpu_check.log"} <= {p.name for p in tmp_path.iterdir()}
     assert report["engine"] and report["parity_backends"]
