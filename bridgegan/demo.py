@@ -175,7 +175,8 @@ def run(args: argparse.Namespace) -> int:
              f"interpolation")
     save_png(captioned_grid(rows, captions, title=title, scale=max(1, -(-96 // cfg.image_size))),
              path)
-    print(f"wrote {path} ({len(rows)} rows x {len(rows[0])} columns, captions in the image)")
+    print(f"wrote {path} ({len(rows)} row{'s' * (len(rows) != 1)} x {len(rows[0])} columns, "
+          f"captions in the image)")
     if args.bench:
         for line in throughput(model, args.device):
             print("throughput " + line, flush=True)
