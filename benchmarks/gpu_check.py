@@ -16,7 +16,7 @@ rest, all within five minutes on an H100:
      and stage times of the reference, the engine with round 2's switchable rewrites off
      (before) and the engine (after), in fp16 at batch 1 and 64
   7. the engine at batch 64 with each graph rewrite of round 2 off in turn (``ablation``:
-     ``-REWRITE`` bench tags), in the call of stage 8
+     ``-REWRITE`` bench tags), in a device call of its own (``--stages ablation``)
   8. torch.compile (max-autotune, under the engine's CUDA graphs) at batch 64: autotuning
      takes minutes, so it is not in the default run but asked for in a device call of its
      own (``--stages bench_compile``); inductor's and Triton's caches live in the repo's
@@ -68,9 +68,13 @@ ABLATION = ",".join(["triton:fp16:cl:graphs"] + [
                                              "low_res_shortcut", "batch_hidden")])
 OWN_CALL = ("ablation", "bench_compile", "gpu_tests")  # run only when named in --stages
 # the suite's tests that only a GPU runs (CPU runs skip them, naming the GPU): every API
-# call against float64 on CUDA, CUDA graphs and streams, the engine's GPU paths
+# call against float64 on CUDA, CUDA graphs and streams, the engine's GPU paths, TensorRT.
+# Not test_kernels.py / test_tail.py: they hold no GPU test, and test_kernels.py sets
+# TRITON_INTERPRET=1 when collected, so every Triton kernel the process then imports would
+# run in the interpreter (CUDA-graph captures of it fail).
 GPU_TESTS = ["tests/test_parity_matrix.py", "tests/test_cuda_devices.py", "tests/test_engine.py",
-             "tests/test_kernels.py", "tests/test_tail.py", "tests/test_training.py"]
+             "tests/test_training.py",
+             "tests/test_export.py::test_tensorrt_plan_matches_the_reference"]
 CACHE = ROOT / ".cache"  # inductor and Triton caches, carried between device calls
 
 
@@ -121,10 +125,11 @@ def stages(work: Path, dry: bool) -> list[tuple[str, list[str], int]]:
                                    "--workloads", "translate", "--out", str(work / "ablation")]
                 # eleven variants: five timed calls each keep the stage near a minute
                 + (reps if dry else ["--reps", "5", "--warmup", "1"]), 100))
-    # -k: the GPU cells by name (every GPU-only test names cuda, graph or gpu); a CPU run
-    # collects and skips them
+    # -k: the GPU cells by name or parameter id (cuda, graph, gpu, streams, tensorrt); a
+    # CPU run collects and skips them
     out.append(("gpu_tests", [py, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
-                              "-k", "cuda or graph or gpu", *(str(ROOT / t) for t in GPU_TESTS)],
+                              "-k", "cuda or graph or gpu or streams or tensorrt",
+                              *(str(ROOT / t) for t in GPU_TESTS)],
                 240))
     compile_variants = "compile:float32" if dry else "triton:fp16:cl:graphs,compile:fp16:cl:graphs"
     out.append(("bench_compile", cli + ["bench", "--device", dev, "--variants", compile_variants,

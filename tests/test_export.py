@@ -159,6 +159,9 @@ def test_export_cli_says_which_graphs_it_wrote_and_which_it_kept(tmp_path, capsy
     assert main([*args, "map", "encode", "--precision", "fp32"]) == 0
     said = capsys.readouterr().out
     assert "wrote encode.onnx and manifest.json; kept map.onnx, map_fp16.onnx" in said
+    assert main([*args, "map", "--precision", "fp32"]) == 0  # nothing missing
+    said = capsys.readouterr().out
+    assert "nothing to write; encode.onnx, map.onnx, map_fp16.onnx already there" in said
 
 
 def test_engine_onnxruntime_backend(model, ckpt, exported):

@@ -285,7 +285,7 @@ class Engine:
             fn = functools.partial(fn, branched)
             if cuda_graphs:
                 fn = CudaGraphed(fn, dims, self.device, out_dtype=torch.float32)
-            return chunked(fn, dims)
+            return chunked(fn, dims, MAX_ROWS)
         self._label = program(programs.translate_label, programs.LABEL_BATCH_DIMS)
         self._reference = program(programs.translate_reference, programs.REFERENCE_BATCH_DIMS)
         # Calls that share state (compiled code, CUDA-graph buffers and captures, which must
@@ -479,8 +479,11 @@ class Engine:
         d = self._difference(y_s, self._target(y_s, target), strength)
         r = self._noise(x.shape[0], noise, seed)
         m = self._region(region, x.shape[0])
-        outs = programs.interpolate(self.stages, *(self._cast(t) for t in (x, refs, d, r)),
-                                    alphas, level, None if m is None else self._cast(m))
+
+        def blend(x, refs, d, r, m=None):
+            return programs.interpolate(self.stages, x, refs, d, r, alphas, level, m)
+        args = [self._cast(t) for t in (x, refs, d, r, m) if t is not None]
+        outs = in_chunks(blend, args, MAX_ROWS, (0, 1, 0, 0, 0))
         return self._checked(torch.stack([o.float() for o in outs]))
 
     def _edits(self, sample_target) -> Mapping:

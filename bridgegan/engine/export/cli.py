@@ -27,7 +27,7 @@ def _check_opset(opset: int) -> None:
 def _onnx(args: argparse.Namespace) -> int:
     from ...files import check_writable_folder
     from ...reference.config import BridgeGANConfig
-    from .onnx_export import export_onnx, require_onnx, sha256_hex
+    from .onnx_export import export_onnx, read_manifest, require_onnx
 
     _check_opset(args.opset)
     require_onnx("bridgegan export onnx")
@@ -36,17 +36,26 @@ def _onnx(args: argparse.Namespace) -> int:
     if args.expect_config:
         with open(args.expect_config) as f:
             expected = BridgeGANConfig.from_json(f.read())
-    def graphs(folder: Path) -> dict[str, str]:
-        return {p.name: sha256_hex(p.read_bytes()) for p in sorted(folder.glob("*.onnx"))}
 
-    before = graphs(Path(args.out))
+    def graphs(folder) -> dict[str, str]:
+        """file -> sha256 of the graphs ``folder``'s manifest lists (hashed by the export,
+        which checks every file against it) and the folder holds."""
+        manifest = read_manifest(folder) or {"graphs": {}}
+        return {name: entry["sha256"][p] for entry in manifest["graphs"].values()
+                for p, name in entry.get("files", {}).items()
+                if p in entry.get("sha256", {}) and (Path(folder) / name).is_file()}
+
+    before = graphs(args.out)
     out = export_onnx(args.checkpoint, args.out, args.graphs, args.precision, args.opset,
                       expected)
     after = graphs(out)
-    kept = [g for g, digest in after.items() if before.get(g) == digest]
-    wrote = [g for g in after if g not in kept]
-    print(f"{out}: wrote {', '.join(wrote) or 'no graph'} and manifest.json"
-          + (f"; kept {', '.join(kept)} (already there and current)" if kept else ""))
+    kept = [g for g, digest in sorted(after.items()) if before.get(g) == digest]
+    wrote = [g for g in sorted(after) if g not in kept]
+    if not wrote:  # nothing missing: export_onnx wrote nothing, the manifest included
+        print(f"{out}: nothing to write; {', '.join(kept)} already there and current")
+    else:
+        print(f"{out}: wrote {', '.join(wrote)} and manifest.json"
+              + (f"; kept {', '.join(kept)} (already there and current)" if kept else ""))
     return 0
 
 
