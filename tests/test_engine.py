@@ -1067,3 +1067,26 @@ def test_chunks_split_k_references_along_the_source_batch(model, monkeypatch):
         assert torch.equal(mixed[:, rows], eng.interpolate(
             x[rows], [r1[rows], r2[rows]], {"Male": 1}, [0.5], source=ys[rows],
             seed=list(range(5))[rows]))
+
+
+def test_edit_strip_rows_run_in_chunks(model, monkeypatch):
+    """A strip longer than MAX_ROWS rows (here 3) runs in chunks, the source's trunk once
+    per chunk: the rows equal the whole strip's in one call."""
+    from bridgegan.engine import engine as engine_module
+
+    eng = Engine(model)
+    x = images(1, model.config.image_size, seed=53)
+    whole = eng.edit_strip(x, samples=3, seed=4)
+    monkeypatch.setattr(engine_module, "MAX_ROWS", 3)  # read per call
+    seen = []
+    real = programs.edit_strip
+    def recorded(stages, x, d, *rest):
+        seen.append(len(d))
+        return real(stages, x, d, *rest)
+
+    monkeypatch.setattr(programs, "edit_strip", recorded)
+    parts = eng.edit_strip(x, samples=3, seed=4)
+    k = len(whole.captions)
+    assert seen == [3] * (k // 3) + ([k % 3] if k % 3 else [])
+    assert parts.captions == whole.captions
+    torch.testing.assert_close(parts.images, whole.images, atol=ATOL, rtol=0)

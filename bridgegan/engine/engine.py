@@ -520,6 +520,9 @@ class Engine:
         d = self._difference(y_s, y_t, strength)
         k = y_t.shape[0]
         r = self._noise(k, None, seed)
-        out = self._checked(programs.edit_strip(self.stages, self._cast(x), self._cast(d),
-                                                self._cast(r), cache, self._repeat).float())
+        xc = self._cast(x)  # the strip's rows in chunks of MAX_ROWS (the trunk once each)
+
+        def strip(d, r):
+            return programs.edit_strip(self.stages, xc, d, r, cache, self._repeat)
+        out = self._checked(in_chunks(strip, (self._cast(d), self._cast(r)), MAX_ROWS).float())
         return EditStrip(out, captions)
