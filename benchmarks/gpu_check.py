@@ -67,13 +67,10 @@ ABLATION = ",".join(["triton:fp16:cl:graphs"] + [
                                              "shortcut_bias",
                                              "low_res_shortcut", "batch_hidden")])
 OWN_CALL = ("ablation", "bench_compile", "gpu_tests")  # run only when named in --stages
-# the suite's tests that only a GPU runs (CPU runs skip them, naming the GPU): every API
-# call against float64 on CUDA, CUDA graphs and streams, the engine's GPU paths, TensorRT.
-# Not test_kernels.py / test_tail.py: they hold no GPU test, and test_kernels.py sets
-# TRITON_INTERPRET=1 when collected, so every Triton kernel the process then imports would
-# run in the interpreter (CUDA-graph captures of it fail).
-GPU_TESTS = ["tests/test_parity_matrix.py", "tests/test_cuda_devices.py", "tests/test_engine.py",
-             "tests/test_training.py",
+# the files holding the suite's tests marked gpu (CPU runs skip them, naming the GPU):
+# every API call against float64 on CUDA, CUDA graphs and streams, the engine's GPU paths,
+# TensorRT (only its test from test_export.py, whose module needs onnx)
+GPU_TESTS = ["tests/test_parity_matrix.py", "tests/test_engine.py", "tests/test_training.py",
              "tests/test_export.py::test_tensorrt_plan_matches_the_reference"]
 CACHE = ROOT / ".cache"  # inductor and Triton caches, carried between device calls
 
@@ -125,12 +122,9 @@ def stages(work: Path, dry: bool) -> list[tuple[str, list[str], int]]:
                                    "--workloads", "translate", "--out", str(work / "ablation")]
                 # eleven variants: five timed calls each keep the stage near a minute
                 + (reps if dry else ["--reps", "5", "--warmup", "1"]), 100))
-    # -k: the GPU cells by name or parameter id (cuda, graph, gpu, streams, tensorrt); a
-    # CPU run collects and skips them
+    # -m gpu: the tests marked so (a CPU run collects and skips them)
     out.append(("gpu_tests", [py, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
-                              "-k", "cuda or graph or gpu or streams or tensorrt",
-                              *(str(ROOT / t) for t in GPU_TESTS)],
-                240))
+                              "-m", "gpu", *(str(ROOT / t) for t in GPU_TESTS)], 240))
     compile_variants = "compile:float32" if dry else "triton:fp16:cl:graphs,compile:fp16:cl:graphs"
     out.append(("bench_compile", cli + ["bench", "--device", dev, "--variants", compile_variants,
                                         "--batches", "1" if dry else "64", "--resolutions", res,

@@ -305,6 +305,15 @@ def test_gpu_check_plan_parses_on_the_cpu(tmp_path):
     spec.loader.exec_module(profile_engine)
     profiled = [Variant.parse(v) for v in profile_engine.DEFAULT_VARIANTS.split(",")]
     assert any(v.without for v in profiled) and not any(v.cuda_graphs for v in profiled)
+    # every test skipped for want of a GPU is marked gpu, in a file the gpu_tests stage runs
+    listed = {t.split("::")[0] for t in gpu_check.GPU_TESTS}
+    for path in sorted((ROOT / "tests").glob("test_*.py")):
+        lines = path.read_text().splitlines()
+        for i, line in enumerate(lines):
+            if re.match(r"@pytest\.mark\.skipif\(.*cuda\.(is_available|device_count)", line):
+                where = f"{path.name}:{i + 1}"
+                assert lines[i - 1] == "@pytest.mark.gpu", f"{where} is not marked gpu"
+                assert f"tests/{path.name}" in listed, f"{where}: gpu_check.GPU_TESTS lacks it"
 
 
 @pytest.mark.slow

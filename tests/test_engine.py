@@ -214,6 +214,7 @@ def test_program_branches_are_independent(model):
     assert rev.branch_counts == [2, 3, 2, 3]
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
 def test_cuda_is_the_device_current_when_the_engine_is_made(model):
     """device="cuda" is the current device at construction, where the weights go, also for
@@ -230,6 +231,7 @@ def test_streams_need_a_cuda_device(model):
         Engine(model, backend="torch", streams=True)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("graphs", [False, True], ids=["eager", "graphs"])
 def test_streams_give_the_images_of_one_stream(model, graphs):
@@ -249,6 +251,7 @@ def test_streams_give_the_images_of_one_stream(model, graphs):
             assert torch.equal(*a) and torch.equal(*b)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_graph_calls_on_two_streams_keep_their_inputs():
     """A CUDA graph's replays share its input and output buffers: a call queued on another
@@ -273,6 +276,7 @@ def test_graph_calls_on_two_streams_keep_their_inputs():
     assert out_a.eq(2).all() and out_b.eq(6).all()
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_graphs_serve_every_batch_size_of_their_bucket(model):
     """Batches of 3 and 4 replay one graph captured at 4 (the padded rows dropped), as

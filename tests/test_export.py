@@ -311,6 +311,7 @@ def test_tensorrt_missing_names_the_extra(model, exported, tmp_path, capsys):
     assert "bridgegan[tensorrt]" in capsys.readouterr().err
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not (HAVE_TRT and torch.cuda.is_available()),
                     reason="needs tensorrt (TensorRT 10) and a CUDA device")
 def test_tensorrt_plan_matches_the_reference(model, exported, tmp_path):

@@ -194,6 +194,7 @@ def test_triton_interpreted_calls_match_float64(dtype, channels_last):
     run_calls(Engine(m, backend="triton", dtype=dtype, channels_last=channels_last), m)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("streams", [False, True], ids=["nostreams", "streams"])
 @pytest.mark.parametrize("graphs", [False, True], ids=["eager", "graphs"])
@@ -236,6 +237,7 @@ def test_compile_float32_calls_match_float64(randomized):
         torch._dynamo.reset()
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not (find_spec("tensorrt") and torch.cuda.is_available()),
                     reason="the tensorrt backend needs tensorrt (TensorRT 10) and a CUDA device")
 @pytest.mark.parametrize("dtype", ["float32", "fp16", "bf16"])

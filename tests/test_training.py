@@ -742,6 +742,7 @@ def test_a_full_disk_names_the_checkpoint_and_keeps_the_earlier_one(tmp_path, ca
     assert _checkpoints(out) == ["step-00000002"]
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("amp", AMP_MODES)
 def test_cuda_training_steps(faces, tmp_path, amp):
