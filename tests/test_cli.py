@@ -708,19 +708,24 @@ def test_translate_gives_each_input_the_result_it_gets_alone(tmp_path):
     assert np.abs(alone[0] - alone[1]).max() > 1  # the samples differ
 
 
+def checkpoint_and_faces(tmp_path, n: int, seed: int) -> list[str]:
+    """A small seeded checkpoint in tmp_path/ck and ``n`` random 32 px faces (their paths)."""
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "ck", randomize(BridgeGAN(small_config(32))).eval())
+    rng = np.random.default_rng(seed)
+    paths = [str(tmp_path / f"face{i}.png") for i in range(n)]
+    for p in paths:
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(p)
+    return paths
+
+
 def test_translate_runs_in_batches_with_the_results_of_one(tmp_path, monkeypatch, capsys):
     """--batch-size: inputs are loaded, translated and written a batch at a time, with the
     results of one call (per-image seeds); every input is checked before any work (a bad
     fourth file writes nothing); the grid shows the first GRID_ROWS inputs."""
     from bridgegan.engine import commands
 
-    torch.manual_seed(0)
-    save_checkpoint(tmp_path / "ck", randomize(BridgeGAN(small_config(32))).eval())
-    rng = np.random.default_rng(2)
-    paths = []
-    for i in range(5):
-        paths.append(str(tmp_path / f"face{i}.png"))
-        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(paths[-1])
+    paths = checkpoint_and_faces(tmp_path, 5, seed=2)
 
     def run(out, inputs, *extra):
         return main(["translate", "--checkpoint", str(tmp_path / "ck"), "--input", *inputs,
@@ -751,13 +756,7 @@ def test_translate_keeps_only_the_grids_rows_of_past_batches(tmp_path, monkeypat
 
     from bridgegan.engine import commands
 
-    torch.manual_seed(0)
-    save_checkpoint(tmp_path / "ck", randomize(BridgeGAN(small_config(32))).eval())
-    rng = np.random.default_rng(3)
-    paths = []
-    for i in range(5):
-        paths.append(str(tmp_path / f"face{i}.png"))
-        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(paths[-1])
+    paths = checkpoint_and_faces(tmp_path, 5, seed=3)
     batches, stack = [], torch.stack
 
     def stacked(tensors, dim=0):  # each batch's (input, column, C, H, W) rows
