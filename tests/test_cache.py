@@ -108,3 +108,16 @@ def test_listing_skips_a_folder_removed_meanwhile_and_lists_a_read_only_cache(tw
 
     monkeypatch.setattr(cache, "remove_stale", read_only)
     assert [e.path for e in cache.entries()] == [new]
+
+
+def test_a_link_in_the_cache_is_neither_listed_nor_followed(two_exports, tmp_path):
+    """A link to a folder elsewhere is no export of the cache: pruning everything leaves
+    it and what it points to alone."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text("not the cache's")
+    (cache_folder() / "linked").symlink_to(elsewhere)
+    assert [e.path.name for e in cache.entries()] == [p.name for p in two_exports]
+    assert len(cache.prune(0)) == 2
+    assert (elsewhere / "keep.txt").read_text() == "not the cache's"
+    assert (cache_folder() / "linked").is_symlink()

@@ -69,7 +69,8 @@ def entries(root: Path | None = None) -> list[Entry]:
     with contextlib.suppress(OSError):  # a read-only cache is still listed
         remove_stale(root)
     found = []
-    for path in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    for path in sorted(p for p in root.iterdir()  # links are not exports: never followed
+                       if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")):
         try:
             found.append(Entry(path, _size(path), _last_used(path), _describe(path)))
         except FileNotFoundError:  # moved meanwhile: another prune, an export's swap
