@@ -121,3 +121,11 @@ def test_a_link_in_the_cache_is_neither_listed_nor_followed(two_exports, tmp_pat
     assert len(cache.prune(0)) == 2
     assert (elsewhere / "keep.txt").read_text() == "not the cache's"
     assert (cache_folder() / "linked").is_symlink()
+
+
+def test_the_cache_folder_expands_a_home_tilde(monkeypatch, tmp_path):
+    """$BRIDGEGAN_CACHE given as ~/... (a service's environment file, not a shell) is the
+    home folder's, not a folder named "~" in the working directory."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("BRIDGEGAN_CACHE", "~/models-cache")
+    assert cache_folder() == tmp_path / "models-cache" / "onnx"

@@ -305,7 +305,7 @@ def cache_folder() -> Path:
     exported backends' exports, one folder per key (``bridgegan cache`` lists and prunes)."""
     root = os.environ.get("BRIDGEGAN_CACHE") or (
         Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bridgegan")
-    return Path(root) / "onnx"
+    return Path(root).expanduser() / "onnx"
 
 
 def default_onnx_dir(key: str) -> Path:
