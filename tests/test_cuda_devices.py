@@ -119,7 +119,7 @@ class ReplayedGraphs:
     output (what a real replay computes), with FakeCuda's streams and no-op events."""
 
     def __init__(self, monkeypatch, cuda: FakeCuda):
-        self.capturing, self.streams = None, []
+        self.capturing, self.streams, self.pools = None, [], []
 
         class Graph:
             def replay(self):
@@ -128,6 +128,7 @@ class ReplayedGraphs:
         @contextlib.contextmanager
         def graph(g, pool=None, stream=None, capture_error_mode="global"):
             self.streams.append(stream)
+            self.pools.append(pool)
             self.capturing = g
             try:
                 yield
@@ -137,6 +138,7 @@ class ReplayedGraphs:
         self.Graph = Graph
         monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
         monkeypatch.setattr(torch.cuda, "graph", graph)
+        monkeypatch.setattr(torch.cuda, "graph_pool_handle", object)
         monkeypatch.setattr(torch.cuda, "Event", lambda *a, **k: SimpleNamespace(
             record=lambda stream=None: None))
         for s in cuda.current.values():
@@ -216,3 +218,23 @@ def test_chunked_cuda_graphs_run_a_large_call_as_several(monkeypatch):
     x, r = torch.randn(10, 5, generator=g), torch.randn(10, 3, generator=g)
     assert torch.equal(cudagraphs.chunked(graphed, (0, 0), most=4)(x, r), scaled(x, r))
     assert sorted(key[0][0][0] for key in graphed.graphs) == [2, 4]
+
+
+def test_cuda_graphs_of_every_bucket_with_and_without_region_stay_captured(monkeypatch):
+    """A server's mix (every batch size up to MAX_ROWS, with a region and without) captures
+    each bucket of each kind once and replays it after (with 8 graphs kept, most calls of
+    such a mix captured anew); every capture shares one memory pool."""
+    cuda = FakeCuda(monkeypatch, current_device=0)
+    fake = ReplayedGraphs(monkeypatch, cuda)
+    def scaled(x, region=None):
+        return x * 2 if region is None else x * region
+    graphed = cudagraphs.CudaGraphed(fake.wrap(scaled), (0, 0), torch.device("cuda", 0))
+    x = torch.randn(cudagraphs.MAX_ROWS, 3, generator=torch.Generator().manual_seed(38))
+    sizes = [*range(1, 9), 64, 65, 200, cudagraphs.MAX_ROWS]
+    for _ in range(2):
+        for n in sizes:
+            assert torch.equal(graphed(x[:n]), x[:n] * 2)
+            assert torch.equal(graphed(x[:n], x[:n]), x[:n] ** 2)
+    kinds = 2 * len({cudagraphs.bucket(n) for n in sizes})
+    assert len(fake.pools) == len(graphed.graphs) == kinds  # no capture in the second round
+    assert fake.pools[0] is not None and all(p is fake.pools[0] for p in fake.pools)

@@ -278,6 +278,27 @@ def test_graph_calls_on_two_streams_keep_their_inputs():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_graphs_sharing_a_memory_pool_keep_each_calls_result():
+    """Graphs of three buckets, with and without a second input, share one memory pool
+    (a later capture may put its intermediates on an earlier graph's output): calls
+    alternating between them each give what the function gives eagerly."""
+    from bridgegan.engine.cudagraphs import CudaGraphed
+
+    def work(x, m=None):
+        h = torch.tanh(x @ x.transpose(1, 2)).exp()  # intermediates of the graph's own
+        return h.sum(-1) if m is None else (h * m[:, None]).sum(-1)
+
+    graphed = CudaGraphed(work, (0, 0), torch.device("cuda", torch.cuda.current_device()))
+    g = torch.Generator(device="cuda").manual_seed(39)
+    calls = [(torch.randn(n, 32, 16, generator=g, device="cuda"),) for n in (3, 20, 100)]
+    calls += [(x, torch.rand(x.shape[0], 32, generator=g, device="cuda")) for (x,) in calls]
+    for args in calls * 2 + calls[::-1]:
+        assert torch.allclose(graphed(*args), work(*args), rtol=1e-5, atol=1e-5)
+    assert len(graphed.graphs) == 6
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_graphs_serve_every_batch_size_of_their_bucket(model):
     """Batches of 3 and 4 replay one graph captured at 4 (the padded rows dropped), as
     eager calls compute them; a call of 3 after one of 4 is not given the 4's last row."""

@@ -43,22 +43,27 @@ class CudaGraphed:
     Inputs are copied into static buffers and the static output's rows are copied out (as
     ``out_dtype``, default fn's: one copy where a clone then a cast would be two), so
     callers never see buffers a later replay overwrites. At most ``max_graphs`` signatures
-    are kept (least recently used first out: seven cover batches 1 to 64 of one kind of
-    call; a call with a region, or with another number of references, is another kind),
-    each holding its own memory pool. The lock serialises replays of the shared buffers on
-    the host, and on the device each call waits for the previous one, which may be queued
-    on another stream (another thread's); callers that also run other CUDA work
+    are kept, least recently used first out; the default keeps every bucket up to
+    ``MAX_ROWS`` of two kinds of call (with a region and without: a server mixing them
+    would otherwise capture anew on most calls). The graphs share one memory pool, so they
+    hold about what the largest needs, not the sum: one graph's intermediates may land on
+    another's static output, which is safe because replays never overlap and each call's
+    rows are copied out before the next replay. The lock serialises replays of the shared
+    buffers on the host, and on the device each call waits for the previous one, which may
+    be queued on another stream (another thread's); callers that also run other CUDA work
     concurrently must serialise around captures themselves (the Engine does).
     """
 
     def __init__(self, fn: Callable[..., torch.Tensor], batch_dims: tuple[int, ...],
-                 device: torch.device, warmup: int = 2, max_graphs: int = 8,
+                 device: torch.device, warmup: int = 2, max_graphs: int | None = None,
                  out_dtype: torch.dtype | None = None):
         self.fn, self.batch_dims, self.device, self.out_dtype = fn, batch_dims, device, out_dtype
-        self.warmup, self.max_graphs = warmup, max_graphs
+        self.warmup = warmup
+        self.max_graphs = max_graphs or 2 * len({bucket(n) for n in range(1, MAX_ROWS + 1)})
         self.graphs: OrderedDict[tuple, tuple] = OrderedDict()
         self.lock = threading.Lock()
         self.done = torch.cuda.Event()  # recorded after the last call's output copy
+        self.pool = None  # the graphs' shared memory pool, made at the first capture
 
     def _capture(self, args: tuple[torch.Tensor, ...], rows: int):
         static = [pad_rows(a, dim, rows) for a, dim in zip(args, self.batch_dims)]
@@ -69,7 +74,10 @@ class CudaGraphed:
                 self.fn(*static)
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with _ONE_CAPTURE, torch.cuda.graph(graph, stream=capture_stream(self.device),
+        if self.pool is None:
+            self.pool = torch.cuda.graph_pool_handle()
+        with _ONE_CAPTURE, torch.cuda.graph(graph, pool=self.pool,
+                                            stream=capture_stream(self.device),
                                             capture_error_mode="thread_local"):
             out = self.fn(*static)
         return graph, static, out
