@@ -2,7 +2,7 @@
 
 Subpackages: ``reference`` (the PyTorch model, the oracle), ``kernels`` (Triton SPADE
 kernels, each with a plain torch path, impl="torch"), ``engine`` (optimised inference
-and export).
+and export), ``serve`` (`bridgegan serve`, on Triton Inference Server).
 """
 
 __version__ = "0.1.0"

@@ -109,7 +109,9 @@ def _bench_options(p: argparse.ArgumentParser) -> None:
 
 def _parity_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ops", action="store_true", help="the fused SPADE / instance-norm kernels")
-    p.add_argument("--backends", action="store_true", help="every available engine backend")
+    p.add_argument("--backends", action="store_true",
+                   help="the engine backends of the device's parity table (not compile or "
+                        "tensorrt; `bench` checks every variant it times)")
     p.add_argument("--device", type=device_spec, default=None,
                    help="cpu or cuda (default: cuda when available)")
     p.add_argument("--resolution", type=int, choices=PRESET_RESOLUTIONS, default=None,

@@ -1,4 +1,6 @@
-"""`bridgegan parity --backends`: every available backend against a float64 reference.
+"""`bridgegan parity --backends`: the engine's backends against a float64 reference, in the
+cases of ``default_cases`` (never compile or tensorrt: `bridgegan bench` checks every
+variant it times).
 
 The reference is the unmodified model in float64 on the same device (weights and inputs
 upcast). Each row passes at its dtype's end-to-end image limit in ``numerics.TOLERANCES``

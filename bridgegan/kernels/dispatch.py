@@ -19,6 +19,7 @@ from ..numerics import dtype_name
 
 IMPLS = ("auto", "triton", "torch")
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+TORCH_DTYPES = TRITON_DTYPES + (torch.float64,)  # the torch paths also take float64
 INT32_MAX = 2**31 - 1  # the kernels index one sample with int32 offsets
 
 

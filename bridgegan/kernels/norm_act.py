@@ -61,7 +61,7 @@ import torch
 import torch.nn.functional as F
 
 from ..numerics import dtype_name
-from .dispatch import (IMPLS, TRITON_DTYPES, KernelFallbackWarning, Launch, choose_impl,
+from .dispatch import (IMPLS, TORCH_DTYPES, KernelFallbackWarning, Launch, choose_impl,
                        run_launches, tracing, triton_available, triton_interpreted,
                        triton_module)
 from .layout import (add_upsampled, flattenable, hw_strides, is_channels_last, memory_format,
@@ -80,7 +80,6 @@ __all__ = [
 ]
 
 ACTS = ("none", "relu", "leaky_relu")
-TORCH_DTYPES = TRITON_DTYPES + (torch.float64,)
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 

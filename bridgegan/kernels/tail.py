@@ -23,14 +23,13 @@ import torch
 import torch.nn.functional as F
 
 from ..numerics import dtype_name
-from .dispatch import IMPLS, Launch, choose_impl, run_launches, triton_module
+from .dispatch import IMPLS, TORCH_DTYPES, Launch, choose_impl, run_launches, triton_module
 from .layout import (add_upsampled, flattenable, hw_strides, memory_format, next_pow2,
                      upsampled_shapes)
 
 __all__ = ["rgb_tail"]
 
 MAX_OUTPUTS = 16  # K: the kernel unrolls one dot product per output channel
-_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def _fail(msg: str) -> None:
@@ -40,7 +39,7 @@ def _fail(msg: str) -> None:
 def _check(h, weight, bias, shortcut, impl) -> None:
     if impl not in IMPLS:
         _fail(f"unknown impl {impl!r}; accepted: {', '.join(repr(i) for i in IMPLS)}")
-    if not isinstance(h, torch.Tensor) or h.dim() != 4 or h.dtype not in _FLOATS:
+    if not isinstance(h, torch.Tensor) or h.dim() != 4 or h.dtype not in TORCH_DTYPES:
         what = (f"{h.dim()}-D {dtype_name(h.dtype)}" if isinstance(h, torch.Tensor)
                 else type(h).__name__)
         _fail(f"h must be a 4-D (N, C, H, W) float16/bfloat16/float32/float64 tensor, got {what}")

@@ -85,7 +85,3 @@ def all_reduce_mean(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t / info.world_size
 
-
-def barrier(info: DistInfo) -> None:
-    if info.enabled:
-        dist.barrier()

@@ -25,9 +25,9 @@ from ...reference.programs import Stages
 from ..cudagraphs import in_chunks, pad_rows
 from ..export.names import STAGES
 from ..export.onnx_export import ONNX_PRECISION_OF, export_model, file_name
-from ..export.tensorrt_build import (PlanMismatch, build_config, build_plan, check_sidecar,
-                                     device_info, import_tensorrt, logger, plan_problem,
-                                     read_sidecar, stale_plan)
+from ..export.tensorrt_build import (PlanMismatch, batch_range, build_config, build_plan,
+                                     check_sidecar, device_info, import_tensorrt, logger,
+                                     plan_problem, read_sidecar, stale_plan)
 from .exported import exported_stages
 
 PLAN_PRECISION_OF = {**ONNX_PRECISION_OF, torch.bfloat16: "bf16"}
@@ -76,8 +76,7 @@ class TrtPlan:
                 raise PlanMismatch(f"{plan}: tensor {n!r} has TensorRT type {dtype}; the "
                                    f"exported graphs have float inputs and outputs")
             self.dtypes[n] = types[dtype]
-        first = self.sidecar["profile"][self.inputs[0]]
-        self.batch_range = (first[0][0], first[2][0])
+        self.batch_range = batch_range(self.sidecar["profile"])
 
     def __call__(self, *args: torch.Tensor) -> list[torch.Tensor]:
         if len(args) != len(self.inputs):
@@ -129,9 +128,8 @@ class TrtPlan:
                                f"(it needs 256-byte aligned device memory)")
 
 
-def build(model, rewrites, dtype, device, channels_last=False, onnx_dir=None,
-          batch: tuple[int, int, int] = (1, 8, 64)) -> Stages:
-    """One plan per stage graph over batch sizes ``batch`` (min, opt, max), built on
+def build(model, rewrites, dtype, device, channels_last=False, onnx_dir=None) -> Stages:
+    """One plan per stage graph over the default batch profile (``PLAN_BATCHES``), built on
     first use; ``channels_last`` does not apply."""
     trt = import_tensorrt()
     precision = PLAN_PRECISION_OF[dtype]
@@ -141,7 +139,7 @@ def build(model, rewrites, dtype, device, channels_last=False, onnx_dir=None,
         here = device_info(trt)
         for name in STAGES:
             plan = folder / f"{name}_{precision}.plan"
-            cfg = build_config(folder / file_name(name, "fp32"), precision, batch)
+            cfg = build_config(folder / file_name(name, "fp32"), precision)
             if stale_plan(plan, cfg, here):
                 # under the export folder's lock (no lock for a fresh plan: the cache may be
                 # read-only): two processes' first use build it once, neither loads a plan

@@ -6,5 +6,6 @@ Modules: ``names`` (what can be exported, a Triton repository's batching default
 torch-free), ``onnx_export`` (graphs, export folders), ``tensorrt_build`` (build
 configuration as data, plan builder, sidecar checks), ``triton_repo`` (model repository),
 ``pbtxt`` (config.pbtxt text, also for the python-backend repository of ``serve``), ``cli``
-(`bridgegan export`). Heavy dependencies (onnx, tensorrt) are imported where they are used.
+(`bridgegan export`), ``cache`` (`bridgegan cache`: the export cache's folders). Heavy
+dependencies (onnx, tensorrt) are imported where they are used.
 """

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from ...argtypes import (input_file, non_negative_int, output_file, positive_float,
                          positive_int)
-from .names import (GRAPHS, MAX_BATCH, ONNX_PRECISIONS, OPSET, PREFERRED_BATCHES, QUEUE_DELAY_US,
-                    TENSORRT_PRECISIONS)
+from .names import (GRAPHS, MAX_BATCH, ONNX_PRECISIONS, OPSET, PLAN_BATCHES, PREFERRED_BATCHES,
+                    QUEUE_DELAY_US, TENSORRT_PRECISIONS, WORKSPACE_GB)
 
 
 def _check_opset(opset: int) -> None:
@@ -118,10 +118,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="an ONNX file from `bridgegan export onnx` (float32 variant)")
     t.add_argument("out", type=output_file, help="plan file to write (the sidecar is OUT.json)")
     t.add_argument("--precision", choices=TENSORRT_PRECISIONS, default="fp16")
-    t.add_argument("--min-batch", type=positive_int, default=1)
-    t.add_argument("--opt-batch", type=positive_int, default=8)
-    t.add_argument("--max-batch", type=positive_int, default=MAX_BATCH)
-    t.add_argument("--workspace-gb", type=positive_float, default=4.0,
+    for bound, default in zip(("min", "opt", "max"), PLAN_BATCHES):
+        t.add_argument(f"--{bound}-batch", type=positive_int, default=default)
+    t.add_argument("--workspace-gb", type=positive_float, default=WORKSPACE_GB,
                    help="TensorRT's workspace memory pool limit in GiB, > 0 (default: %(default)s)")
     t.add_argument("--timing-cache", help="timing cache file (default: timing.cache beside OUT)")
     t.set_defaults(target_func=_tensorrt)

@@ -36,7 +36,7 @@ from pathlib import Path
 from ... import __version__
 from ...files import write_file_atomic
 from ..backends.base import BackendUnavailable
-from .names import TENSORRT_PRECISIONS, TIMING_CACHE
+from .names import PLAN_BATCHES, TENSORRT_PRECISIONS, TIMING_CACHE, WORKSPACE_GB
 from .onnx_export import io_spec, load_onnx, sha256_hex
 
 TRT_EXTRA = "pip install 'bridgegan[tensorrt]'"
@@ -62,16 +62,21 @@ class TrtBuildConfig:
 
     @property
     def batch_range(self) -> tuple[int, int]:
-        shapes = next(iter(self.profile.values()))
-        return shapes[0][0], shapes[2][0]
+        return batch_range(self.profile)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
+def batch_range(profile: Mapping) -> tuple[int, int]:
+    """(least, largest) batch of an optimisation profile (a build's, or a sidecar's)."""
+    shapes = next(iter(profile.values()))
+    return shapes[0][0], shapes[2][0]
+
+
 def build_config(onnx_path: str | os.PathLike, precision: str = "fp16",
-                 batch: tuple[int, int, int] = (1, 8, 64),
-                 workspace_gb: float = 4.0) -> TrtBuildConfig:
+                 batch: tuple[int, int, int] = PLAN_BATCHES,
+                 workspace_gb: float = WORKSPACE_GB) -> TrtBuildConfig:
     """The build of ``onnx_path`` at ``precision`` over batch sizes (min, opt, max)."""
     if precision not in TENSORRT_PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(TENSORRT_PRECISIONS)}, "

@@ -30,7 +30,7 @@ from ...reference.config import BridgeGANConfig
 from .names import MAX_BATCH, PREFERRED_BATCHES, PROGRAMS, QUEUE_DELAY_US
 from .onnx_export import export_model, file_name, read_manifest
 from .pbtxt import Port, model_config
-from .tensorrt_build import plan_problem, read_sidecar
+from .tensorrt_build import batch_range, plan_problem, read_sidecar
 
 TRITON_TYPES = {"float32": "FP32", "float16": "FP16"}
 # the files of a model folder: the ONNX model or a plan in version 1 (either may replace
@@ -77,7 +77,7 @@ def _plans_by_graph(plans: Iterable[str | os.PathLike], manifest: dict,
         problem = plan_problem(sidecar, Path(plan).read_bytes(), plan)
         if problem:
             raise ValueError(problem)
-        lo, _, hi = (shape[0] for shape in next(iter(sidecar["profile"].values())))
+        lo, hi = batch_range(sidecar["profile"])
         if lo != 1:  # Triton's batches range from 1 to max_batch_size
             raise ValueError(f"{plan} was built for batches {lo} to {hi}; Triton runs the model "
                              f"on any batch from 1 to max_batch_size: rebuild it with "
