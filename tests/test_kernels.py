@@ -16,6 +16,7 @@ from bridgegan.kernels import (
     KernelFallbackWarning,
     instance_norm_act,
     plan_launch,
+    rgb_tail,
     spade_modulate,
     triton_interpreted,
 )
@@ -512,6 +513,51 @@ def test_out_may_be_x(path, poisoned_alloc):
     assert_close(x, want, torch.float32)
 
 
+@requires_triton
+@pytest.mark.parametrize("path", ["fused", "split"])
+def test_out_overlapping_an_input_gets_the_reference(path, poisoned_alloc):
+    """An out= that overlaps an input other than as its exact alias (x shifted by one
+    plane, the other half of a merged gamma, a residual's memory) is read after the kernels
+    wrote it: the result is computed apart and copied in, as on the torch path. (64x64
+    planes: one program per plane on the fused path, so the interpreter's programs, run
+    in order, see each other's writes as a GPU's would.)"""
+    cfg = SPLIT if path == "split" else None
+    shape = (2, 3, 64, 64) if path == "fused" else (2, 3, 7, 5)
+    n, c, h, w = shape
+    assert plan_launch(n, c, h * w, False, cfg).path == path
+    g = torch.Generator().manual_seed(34)
+    buf = torch.randn(n, c + 1, h, w, generator=g)
+    x, out = buf[:, :c], buf[:, 1:]
+    want = float64_call(instance_norm_act, x, act="relu", impl="torch")
+    assert instance_norm_act(x, act="relu", impl="triton", out=out, config=cfg) is out
+    assert_close(out, want, torch.float32)
+    x = torch.randn(shape, generator=g)
+    gamma = 0.5 * torch.randn(n, 2 * c, h, w, generator=g)
+    want = reference64(SPADE2C, x, {"gamma": gamma})
+    out = gamma[:, 1:c + 1]  # straddles the gamma and beta halves
+    assert spade_modulate(x, gamma, impl="triton", out=out, config=cfg) is out
+    assert_close(out, want, torch.float32)
+    x = torch.randn(shape, generator=g)
+    buf = torch.randn(n, c + 1, h, w, generator=g)
+    r, out = buf[:, 1:], buf[:, :c]
+    want_total = x.double() + r.double()
+    want = float64_call(instance_norm_act, want_total, impl="torch")
+    got, total = instance_norm_act(x, impl="triton", residual=r, out=out, config=cfg)
+    assert got is out
+    assert_close(total, want_total, torch.float32)
+    assert_close(out, want, torch.float32)
+
+
+@requires_triton
+def test_out_whose_hw_do_not_flatten_is_written():
+    """out= with a spatial crop's strides (H and W do not flatten) is written, as on the
+    torch path, not refused."""
+    x, kw = make(SPADE2C, (2, 3, 5, 7), seed=35)
+    out = torch.full((2, 3, 5, 9), float("nan"))[..., :7]
+    assert call(SPADE2C, x, kw, impl="triton", out=out) is out
+    assert_close(out, reference64(SPADE2C, x, kw), torch.float32)
+
+
 @pytest.mark.parametrize("impl", ["torch", "triton"])
 def test_out_with_shared_memory_is_refused(impl):
     """An out= whose elements share memory (expanded) would get several results written
@@ -936,3 +982,8 @@ def test_triton_refuses_samples_past_int32_offsets():
             spade_modulate(x, merged[:, :c], merged[:, c:], impl="triton")
         with pytest.raises(ValueError, match=f"instance_norm_act: impl='triton' {too_wide}"):
             instance_norm_act(meta(1, 2 ** 15, 256, 256), impl="triton")
+        # an expanded x spans one plane, but its output (and the sum) are dense
+        with pytest.raises(ValueError, match=f"instance_norm_act: impl='triton' {too_wide}"):
+            instance_norm_act(meta(1, 1, 256, 256).expand(1, 2 ** 15, 256, 256), impl="triton")
+        with pytest.raises(ValueError, match="rgb_tail: impl='triton' indexes one sample"):
+            rgb_tail(meta(1, 1, 2 ** 14, 2 ** 13), meta(16, 1), impl="triton")

@@ -117,15 +117,18 @@ def sample_span(t: torch.Tensor | None) -> int:
     return 1 + (c - 1) * abs(sc) + (h - 1) * abs(sh) + (w - 1) * abs(sw)
 
 
-def choose_impl(op: str, x: torch.Tensor, impl: str, kernels: str, others=()) -> str:
+def choose_impl(op: str, x: torch.Tensor, impl: str, kernels: str, others=(),
+                dense: int = 0) -> str:
     """"triton" or "torch" for a call of ``op`` on x whose kernels are ``_triton_<kernels>``:
     impl="triton" raises when they cannot run, impl="auto" falls back with the warning.
     Under a tracer every impl takes the torch path, silently: an exported or compiled graph
     holds the reference ops, never a kernel launch (which a tracer cannot record). The
-    kernels index a sample of x and of the 4-D tensors ``others`` with int32."""
+    kernels index a sample of x and of the 4-D tensors ``others`` with int32, and of the
+    dense tensors they allocate (outputs, dense copies): ``dense`` elements per sample (an
+    expanded x spans little memory, but its output is dense)."""
     if impl == "torch" or tracing():
         return "torch"
-    per_sample = max(map(sample_span, (x, *others)))
+    per_sample = max(dense, *map(sample_span, (x, *others)))
     if impl == "triton":
         tn, why = triton_module(kernels)
         if tn is None:

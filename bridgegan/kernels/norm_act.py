@@ -419,6 +419,39 @@ class _NormActFunction(torch.autograd.Function):
 # ----------------------------------------------------------------------------- dispatch
 
 
+def _dense_per_sample(x: torch.Tensor, gamma) -> int:
+    """Elements per sample of the dense tensors the Triton path may allocate: its output
+    (and residual sum) in x's shape, and dense copies of the maps (the merged gamma: 2C)."""
+    return max(math.prod(t.shape[1:]) for t in (x, gamma) if t is not None)
+
+
+def _byte_range(t: torch.Tensor) -> tuple[int, int]:
+    """The bytes [start, end) a (non-empty) tensor's elements lie in."""
+    start = t.data_ptr()
+    span = 1 + sum((size - 1) * abs(stride) for size, stride in zip(t.shape, t.stride()))
+    return start, start + span * t.element_size()
+
+
+def _unsafe_out(out: torch.Tensor, inputs) -> bool:
+    """Whether ``out`` may share memory with one of ``inputs`` (None skipped) other than as
+    its exact alias (same first element, shape and strides: each element is then read by
+    the program that writes it, before it writes it). Conservative: intersecting byte
+    ranges count as shared (interleaved views get a copy they did not need)."""
+    if out.numel() == 0 or out.is_meta:
+        return False
+    o0, o1 = _byte_range(out)
+    for t in inputs:
+        if t is None or t.numel() == 0 or t.device != out.device:
+            continue
+        if (t.data_ptr() == out.data_ptr() and t.shape == out.shape
+                and t.stride() == out.stride()):
+            continue
+        t0, t1 = _byte_range(t)
+        if t0 < o1 and o0 < t1:
+            return True
+    return False
+
+
 def _run(op, x, gamma, beta, weight, bias, mod_bias, act, eps, slope, impl, out, config,
          residual=None):
     """The op on x, or with ``residual`` on the sum x + up(residual): then (out, sum)."""
@@ -436,7 +469,8 @@ def _run(op, x, gamma, beta, weight, bias, mod_bias, act, eps, slope, impl, out,
     if grad and out is not None:
         _fail(op, "out= does not support autograd; pass out=None when inputs require grad")
     chosen = "torch" if x.numel() == 0 else choose_impl(op, x, impl, "norm",
-                                                        (gamma, beta, residual, out))
+                                                        (gamma, beta, residual, out),
+                                                        dense=_dense_per_sample(x, gamma))
     if residual is not None and (chosen == "torch" or grad):
         # the sum by torch ops (autograd sees it), then the op on it as on any input
         total = add_upsampled(x, residual)
@@ -453,9 +487,17 @@ def _run(op, x, gamma, beta, weight, bias, mod_bias, act, eps, slope, impl, out,
             out.copy_(y)
             return out
         return y
-    if out is not None and hw_strides(out) is None:
-        _fail(op, "out must have H and W that flatten into one axis (NCHW or channels_last "
-                  f"dense rows); got strides {out.stride()}")
+    if out is not None and (hw_strides(out) is None or _unsafe_out(
+            out, (x, gamma, beta, residual))):
+        # The kernels write out tile by tile while other programs (and, on the split path,
+        # other launches) still read their inputs: an out that overlaps an input other
+        # than as its exact alias would be read after it was written. Such an out, and
+        # one whose H and W do not flatten, gets a fresh result copied in (as the torch
+        # path does).
+        res = _run(op, x, gamma, beta, weight, bias, mod_bias, act, eps, slope, impl, None,
+                   config, residual)
+        out.copy_(res if residual is None else res[0])
+        return out if residual is None else (out, res[1])
     if grad:
         # the Function saves its inputs for the backward, which inference tensors refuse
         # (the torch path saves what its ops need): save normal copies of those

@@ -119,8 +119,10 @@ def rgb_tail(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = 
             else out.zero_()
     grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad
                                            for t in (h, weight, bias, shortcut))
-    if grad or choose_impl("rgb_tail", h, impl, "tail", (shortcut,)) == "torch":  # forward only
-        return _torch_tail(h, weight, bias, shortcut)
+    # dense: h's dense copy when its H and W do not flatten, and the (N, K, H, W) output
+    dense = max(h.shape[1], weight.shape[0]) * h.shape[2] * h.shape[3]
+    if grad or choose_impl("rgb_tail", h, impl, "tail", (shortcut,), dense) == "torch":
+        return _torch_tail(h, weight, bias, shortcut)  # forward only
     out, launches = triton_launches(h, weight, bias, shortcut)
     run_launches(launches, h.device)
     return out
