@@ -319,6 +319,9 @@ MALFORMED = [  # (model, body, JSON header length of a binary request, message)
                                                        json_input("noise", [1, 8], [0] * 8)]}),
      None, "translate_label: invalid input: give noise or seed, not both"),
     ("translate_label", b"[1]", None, "the request must be a JSON inference request"),
+    ("translate_label", json.dumps({"inputs": LABEL,
+                                    "parameters": {f"k{i}": i for i in range(65)}}), None,
+     'the request: at most 64 "parameters", got 65'),
     ("translate_label", "[" * 100_000 + "]" * 100_000, None,
      "translate_label: invalid request (RecursionError: maximum recursion depth exceeded"),
     ("translate_reference", *binary_reference(bytes([0, 2, 0, 255, 0, 0])),
@@ -348,6 +351,23 @@ def test_front_accepts_json_nested_lists_and_binary(engine):
     spec = model_specs(engine.config)["translate_label"]
     seed = json.dumps({"inputs": LABEL + [json_input("seed", [1, 1], [2 ** 64 - 1], "UINT64")]})
     assert http_arrays(spec, 8, seed.encode(), None)["seed"].tolist() == [[2 ** 64 - 1]]
+
+
+def test_json_of_many_small_items_is_refused_before_it_is_parsed(engine, monkeypatch):
+    """A body of empty lists ("[],": 3 bytes, some 64 for Python) within the size limit is
+    refused from its count of commas and brackets, unparsed; the most nested request of
+    max batch rows is not."""
+    monkeypatch.setattr(front_module, "json_head", lambda raw: pytest.fail("parsed"))
+    spec = model_specs(engine.config)["translate_label"]
+    body = b'{"inputs": [' + b"[]," * 200_000 + b"[]]}"
+    with pytest.raises(RequestError, match=r"^the JSON holds 400003 items .*, more than 8 rows "
+                                           r"of translate_label's inputs take") as err:
+        http_arrays(spec, 8, body, None)
+    assert err.value.status == 413
+    monkeypatch.undo()
+    nested = [json_input(p.name, [8, *p.shape], np.zeros((8, *p.shape)).tolist())
+              for p in spec.inputs if p.name != "seed"]
+    front_check(engine.config, "translate_label", json.dumps({"inputs": nested}))
 
 
 @pytest.mark.parametrize("name, body, header_length, message", MALFORMED,
@@ -731,28 +751,53 @@ def test_clients_that_leave_before_their_answer_are_no_error(front, caplog):
 
 
 @needs_front
-def test_bodies_wait_for_a_reading_slot_within_their_deadline(front):
+def test_bodies_wait_for_reading_budget_within_their_deadline(front):
     import asyncio
 
     async def hold(n):
-        for _ in range(n):
-            await front.reading.acquire()
+        await front.reading.take(n)
 
     async def release(n):
-        for _ in range(n):
-            front.reading.release()
+        front.reading.give(n)
 
     def on_loop(coroutine):
         asyncio.run_coroutine_threadsafe(coroutine, front.loop).result(timeout=60)
 
     body = json.dumps({"inputs": LABEL})
-    on_loop(hold(front_module.MAX_READING))
+    budget = front_module.MAX_READING * front.json_limit
+    on_loop(hold(budget))
     try:
         status, answer = post(front.http, body)
     finally:
-        on_loop(release(front_module.MAX_READING))
+        on_loop(release(budget))
     assert status == 408 and "did not arrive within" in answer["error"]
     assert post(front.http, body) == OK_REPLY
+
+
+@needs_front
+def test_clients_that_send_no_body_hold_up_no_other(front, monkeypatch):
+    """More than MAX_READING connections that send a request's header and the start of its
+    body, then nothing for as long as the read timeout lets them, do not hold up another
+    client's body: a reader holds only the bytes it has received (before: one of
+    MAX_READING slots each, and the other client waited for the read timeout)."""
+    from bridgegan.serve.front import Front
+
+    monkeypatch.setattr(front, "read_timeout_s", 120.0)  # longer than post's hang guard
+    entered = threading.Semaphore(0)  # a connection is reading its body
+    read = Front._read
+
+    async def counted(self, request, limit):
+        entered.release()
+        return await read(self, request, limit)
+
+    monkeypatch.setattr(Front, "_read", counted)
+    idle = [stall(front, BODY_HEAD) for _ in range(front_module.MAX_READING + 1)]
+    try:
+        assert all(entered.acquire(timeout=60) for _ in idle)
+        assert post(front.http, json.dumps({"inputs": LABEL})) == OK_REPLY
+    finally:
+        for sock in idle:
+            sock.close()
 
 
 @needs_front

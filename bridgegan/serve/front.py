@@ -10,23 +10,26 @@ request on its own before it reaches tritonserver:
   length (HTTP 413, gRPC RESOURCE_EXHAUSTED) before it is read;
 - time: a client has ``--read-timeout-secs`` to send a request's header (else the
   connection is closed; also how long an idle connection stays open) and as long again
-  for its body (else HTTP 408); at most ``MAX_READING`` bodies are read at once, the
-  others wait within their deadline; a gRPC call's request message must arrive within it
-  too (else DEADLINE_EXCEEDED: the front reads each call as a stream of one message, as it
-  is on the wire, so that the read can have a deadline), and at most ``MAX_GRPC_CALLS``
-  gRPC calls are taken at once (others get RESOURCE_EXHAUSTED: grpc buffers a call's
-  message before the handler sees it, so only a bound on calls bounds that memory);
-  answers too have a deadline: an HTTP response the client has not taken within the read
-  timeout ends its connection (reset), and every gRPC connection is ended (GOAWAY) after
-  the read timeout, its calls in flight given as long again (a call whose answer the
-  client takes no HTTP/2 window for would keep its slot for good: grpc's Python API
-  cannot end one call); clients reconnect by themselves;
+  for its body (else HTTP 408); bodies being read hold at most ``MAX_READING`` bodies of
+  the largest size at once, counted in the bytes received (a client that sends nothing
+  holds nothing), the others wait within their deadline; a gRPC call's request message
+  must arrive within it too (else DEADLINE_EXCEEDED: the front reads each call as a
+  stream of one message, as it is on the wire, so that the read can have a deadline),
+  and at most ``MAX_GRPC_CALLS`` gRPC calls are taken at once (others get
+  RESOURCE_EXHAUSTED: grpc buffers a call's message before the handler sees it, so only
+  a bound on calls bounds that memory); answers too have a deadline: an HTTP response
+  the client has not taken within the read timeout ends its connection (reset), and
+  every gRPC connection is ended (GOAWAY) after the read timeout, its calls in flight
+  given as long again (a call whose answer the client takes no HTTP/2 window for would
+  keep its slot for good: grpc's Python API cannot end one call); clients reconnect by
+  themselves;
 - count: a request declaring more inputs than its model takes is refused before they
   are walked (a gRPC message declares one in two bytes);
-- JSON: UTF-8, no key repeated in an object (tritonserver would take the first, Python's
-  json the last), ``"parameters"`` objects, integer dimensions, JSON numbers for FP32,
-  integers for UINT64 and true / false for BOOL ("data" lists may nest); binary BOOL
-  bytes 0 or 1;
+- JSON: no more items than max batch rows take (``check_json_items``, before it is
+  parsed), UTF-8, no key repeated in an object (tritonserver would take the first,
+  Python's json the last), ``"parameters"`` objects of at most ``MAX_PARAMETERS`` keys,
+  integer dimensions, JSON numbers for FP32, integers for UINT64 and true / false for
+  BOOL ("data" lists may nest); binary BOOL bytes 0 or 1;
 - declarations: known model and inputs, data types, shapes (N, <dims of the model
   configuration>) with 1 <= N <= max batch, checked before any tensor is decoded;
 - values: ``models.check_request`` (the engine's image checks, 0 / 1 labels, finite values,
@@ -55,7 +58,7 @@ import socket
 import struct
 import threading
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 import numpy as np
 
@@ -68,9 +71,11 @@ LOG = logging.getLogger("bridgegan.serve")
 JSON_BYTES_PER_VALUE = 32  # a float32 written by json.dumps: up to 24 characters and ", "
 HEADER_BYTES = 64 * 1024  # JSON header of a binary request, names and parameters
 GRACE_S = 2.0  # on shutdown, how long requests in flight may take to finish
-MAX_READING = 32  # request bodies read at once; bounds the memory slow clients can hold
+MAX_READING = 32  # largest request bodies read at once; bounds the memory slow clients can hold
 MAX_GRPC_CALLS = 4 * MAX_READING  # gRPC calls taken at once, read or in flight
 THREAD_BYTES = 1 << 20  # bodies larger than this are decoded and checked on a worker thread
+MAX_PARAMETERS = 64  # keys of a "parameters" object: tritonserver parses a request's in
+# time quadratic in their number (60,000 took it 4.5 s of a core)
 TRITON_UNPARSED = "Unable to parse "  # how tritonserver's 500 on a malformed JSON field begins
 JSON_DATA = {"FP32": ((int, float), "numbers"), "BOOL": ((bool,), "true / false"),
              "UINT64": ((int,), "integers")}
@@ -211,6 +216,8 @@ def _parameters(owner: Mapping, what: str) -> dict:
     if not isinstance(params, dict):
         raise RequestError(f'{what}: "parameters" must be a JSON object, got '
                            f'{JSON_NAMES[type(params)]}')
+    if len(params) > MAX_PARAMETERS:
+        raise RequestError(f'{what}: at most {MAX_PARAMETERS} "parameters", got {len(params)}')
     return params
 
 
@@ -223,10 +230,25 @@ def json_head(raw: bytes) -> dict:
                            f"{exc.start} is not UTF-8") from None
 
 
+def check_json_items(spec: ModelSpec, max_batch: int, raw: bytes) -> None:
+    """Refuse JSON with more items (commas and opening brackets, counted before it is
+    parsed) than ``max_batch`` rows of ``spec``'s inputs take, and HEADER_BYTES more: a
+    "data" list of V values has V - 1 commas and, for these models' shapes, at most V + 1
+    lists however it nests. An empty list costs Python some 64 bytes: a body of "[],"
+    within the size limit would build objects of 20 times its size."""
+    items = raw.count(b",") + raw.count(b"[") + raw.count(b"{")
+    most = 2 * max_batch * row_values(spec) + HEADER_BYTES
+    if items > most:
+        raise RequestError(f"the JSON holds {items} items (commas and brackets), more than "
+                           f"{max_batch} rows of {spec.name}'s inputs take ({most})", 413)
+
+
 def http_arrays(spec: ModelSpec, max_batch: int, body: bytes,
                 header_length: int | None) -> dict[str, np.ndarray]:
     """The input arrays of an HTTP inference request (JSON, or the binary extension with
     a JSON header of ``header_length`` bytes), declarations checked first."""
+    if header_length is None:
+        check_json_items(spec, max_batch, body)
     try:
         head = json_head(body if header_length is None else body[:header_length])
         inputs = head["inputs"]
@@ -372,7 +394,7 @@ class Front:
 
         self.session = aiohttp.ClientSession(
             "http://tritonserver", connector=aiohttp.UnixConnector(os.fspath(self.private_http)))
-        self.reading = asyncio.Semaphore(MAX_READING)
+        self.reading = _Budget(MAX_READING * self.json_limit)
         app = web.Application(client_max_size=self.json_limit)
         app.router.add_route("*", "/{path:.*}", self._http)
         # keepalive_timeout: a connection without a whole request header is closed after it
@@ -467,11 +489,20 @@ class Front:
         return await self._forward(request, body)
 
     async def _read(self, request, limit: int) -> bytes:
-        """The body (``_read_body``), once one of MAX_READING reading slots is free; a 408
-        RequestError if waiting and reading take more than the read timeout."""
+        """The body (``_read_body``), its bytes taken from the reading budget as they
+        arrive; a 408 RequestError if waiting and reading take more than the read timeout."""
+        taken = 0
+
+        async def take(n: int) -> None:
+            nonlocal taken
+            await self.reading.take(n)
+            taken += n
+
         async def read() -> bytes:
-            async with self.reading:
-                return await _read_body(request, limit)
+            try:
+                return await _read_body(request, limit, take)
+            finally:
+                self.reading.give(taken)
 
         try:  # asyncio.wait_for, not asyncio.timeout: Python 3.10 is supported
             return await asyncio.wait_for(read(), self.read_timeout_s)
@@ -500,7 +531,7 @@ class Front:
                                             headers=headers) as r:
                 data = await r.read()
                 status, out = r.status, {k: r.headers[k] for k in keep if k in r.headers}
-        except (ClientError, OSError) as exc:
+        except (ClientError, OSError, asyncio.TimeoutError) as exc:  # the last: Python 3.10
             raise RequestError(server_failure(request.path, repr(exc)), 503) from None
         unparsed = unparsed_request(data) if status == 500 else None
         if unparsed:
@@ -583,15 +614,34 @@ def _parse(message_class, payload: bytes):
         raise RequestError(f"the message is not a {message_class.__name__}") from None
 
 
-async def _read_body(request, limit: int) -> bytes:
-    """The request body, refused with 413 when its declared or actual length passes
-    ``limit`` (nothing past the limit is read)."""
+class _Budget:
+    """Bytes that readers take (waiting while too few are free) and give back; on the
+    event loop."""
+
+    def __init__(self, size: int):
+        self.free, self.given = size, asyncio.Event()
+
+    async def take(self, n: int) -> None:
+        while self.free < n:
+            self.given.clear()
+            await self.given.wait()
+        self.free -= n
+
+    def give(self, n: int) -> None:
+        self.free += n
+        self.given.set()
+
+
+async def _read_body(request, limit: int, take: Callable[[int], Awaitable[None]]) -> bytes:
+    """The request body, each chunk's size passed to ``take`` once received; refused with
+    413 when its declared or actual length passes ``limit`` (nothing past it is read)."""
     too_big = RequestError(f"request body larger than {limit} bytes, the limit for --max-batch "
                            f"rows of the largest model", 413)
     if request.content_length is not None and request.content_length > limit:
         raise too_big
     chunks, size = [], 0
     while chunk := await request.content.read(min(1 << 20, limit + 1 - size)):
+        await take(len(chunk))
         chunks.append(chunk)
         size += len(chunk)
         if size > limit:
