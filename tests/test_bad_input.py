@@ -538,6 +538,11 @@ BAD_NUMBERS = [
      "--metrics-port: must be an integer from 1 to 65535, got '65536'"),
     (["serve", "--checkpoint", "ck", "--exit-timeout-secs", "-5"],
      "--exit-timeout-secs: must be an integer >= 0, got '-5'"),
+    # NaN was no limit at all (a comparison with NaN is False); --data: fail fast if taken
+    (["train", "--data", "nowhere:x", "--time-limit", "nan"],
+     "--time-limit: must be a number > 0, got 'nan'"),
+    (["train", "--data", "nowhere:x", "--time-limit", "-5"],
+     "--time-limit: must be a number > 0, got '-5'"),
 ]
 
 

@@ -477,6 +477,33 @@ def test_kill_mid_checkpoint_then_resume(tmp_path):
     assert steps == [1, 2, 3, 4, 5, 6]
 
 
+def test_a_kill_while_pruning_leaves_no_checkpoint_part_that_resume_auto_picks(tmp_path,
+                                                                              monkeypatch):
+    """A removal stopped after its first file (a kill while a resumed run drops the
+    abandoned course above its checkpoint, or prunes an old one) leaves nothing that
+    --resume auto takes for a checkpoint: the folder goes aside first."""
+    from bridgegan.reference.train_state import prune_checkpoints
+
+    ckpts = tmp_path / "checkpoints"
+    for step in (1, 2, 4):
+        (ckpts / f"step-{step:08d}").mkdir(parents=True)
+        for name in ("config.json", "model.safetensors", STATE_TENSORS, STATE_JSON):
+            (ckpts / f"step-{step:08d}" / name).write_text("x")
+
+    def killed(path, *args, **kwargs):  # deletes one file, then the process dies
+        (Path(path) / STATE_TENSORS).unlink()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shutil, "rmtree", killed)
+    with pytest.raises(KeyboardInterrupt):
+        prune_checkpoints(tmp_path, 1, ckpts / "step-00000002")  # step 4 is of a left course
+    assert latest_checkpoint(tmp_path).name == "step-00000002"
+    with pytest.raises(KeyboardInterrupt):
+        prune_checkpoints(tmp_path, 1, ckpts / "step-00000002")  # step 1 is beyond keep
+    assert sorted(p.name for p in ckpts.iterdir() if not p.name.startswith(".")) == [
+        "step-00000002"]
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A training checkpoint of 1 step and what it takes to resume it."""

@@ -1,6 +1,8 @@
 """Loss pieces of spec section 5 against analytic values and hand-written formulas."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -181,6 +183,8 @@ def test_loss_weights_validation_and_round_trip():
                                            feature=0.0)  # off: not the paper's
     with pytest.raises(ValueError, match="rec"):
         LossWeights(rec=-1.0)
+    with pytest.raises(ValueError, match="loss weight gp must be a finite number >= 0, got inf"):
+        LossWeights(gp=math.inf)
     with pytest.raises(ValueError, match="unknown loss weight"):
         LossWeights.from_dict({"recon": 1.0})
 

@@ -376,6 +376,42 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(faces, tmp_path, determ
     assert any(k.startswith("opt_g.") for k in a) and any(k.startswith("opt_d.") for k in a)
 
 
+def test_resume_restores_the_global_rng_state_of_an_uninterrupted_run(faces, tmp_path):
+    """The global torch RNG state a checkpoint holds is the uninterrupted run's: training
+    draws nothing from it (the DataLoader took its workers' base seed from it, one draw
+    more on each resume)."""
+    cfg, tc = tiny(faces), train_config(steps=3, seed=3)
+    torch.manual_seed(0)
+    full = Trainer(cfg, tc, faces, progress=False)
+    full.train(3)
+    want = full.state().tensors_and_meta()[0]["rng.torch_cpu"]  # the global state, now
+    torch.manual_seed(0)
+    first = Trainer(cfg, tc, faces, out_dir=tmp_path, progress=False)
+    first.train(2)
+    torch.manual_seed(1)  # a new process: another global state until the checkpoint's
+    resumed = Trainer(cfg, tc, faces, out_dir=tmp_path, progress=False)
+    resumed.load(latest_checkpoint(tmp_path))
+    resumed.train(3)
+    assert torch.equal(resumed.state().tensors_and_meta()[0]["rng.torch_cpu"], want)
+
+
+def test_a_diverged_run_is_not_checkpointed_and_keeps_the_earlier_ones(faces, tmp_path):
+    """NaN weights: no checkpoint (a resume would refuse it, and it would prune the good
+    ones), a message naming the step and the latest good checkpoint, which still resumes."""
+    t = Trainer(tiny(faces), train_config(steps=4, ckpt_every=1, keep_checkpoints=1), faces,
+                out_dir=tmp_path, progress=False)
+    t.train(2)
+    assert _checkpoints(tmp_path) == ["step-00000002"]
+    with torch.no_grad():
+        next(t.model.generator.parameters()).view(-1)[0] = math.nan  # the step diverged
+    with pytest.raises(ValueError, match=r"diverged: NaN or Inf in \d+ tensor\(s\) at step 3 "
+                                         r"\(raw\..*no checkpoint written.*"
+                                         r"step-00000002; resume from it"):
+        t.train(4)
+    assert _checkpoints(tmp_path) == ["step-00000002"]
+    Trainer(tiny(faces), train_config(), faces, progress=False).load(latest_checkpoint(tmp_path))
+
+
 def test_checkpoint_folder_contents(faces, tmp_path):
     t = Trainer(tiny(faces), train_config(steps=2, ckpt_every=1, keep_checkpoints=1, log_every=1,
                                           sample_every=2), faces, out_dir=tmp_path, progress=False)
@@ -434,6 +470,9 @@ def test_sampler_order_sharding_and_resume():
 
 
 def test_train_config_validation():
+    for lr in (math.inf, math.nan, 0.0):  # an infinite rate makes every weight NaN
+        with pytest.raises(ValueError, match="lr must be a finite number > 0"):
+            TrainConfig(lr=lr)
     with pytest.raises(ValueError, match="noise_memory"):
         TrainConfig(noise_memory="ascent")
     with pytest.raises(ValueError, match="amp"):

@@ -2,6 +2,7 @@
 so that the command line states their defaults without importing torch."""
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -27,8 +28,8 @@ class LossWeights:
     def __post_init__(self) -> None:
         for f in fields(self):
             v = getattr(self, f.name)
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or v != v or v < 0:
-                raise ValueError(f"loss weight {f.name} must be a number >= 0, got {v!r}")
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v < math.inf:
+                raise ValueError(f"loss weight {f.name} must be a finite number >= 0, got {v!r}")
 
     def to_dict(self) -> dict[str, float]:
         return {k: float(v) for k, v in asdict(self).items()}

@@ -18,6 +18,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from .. import threads
+from ..argtypes import positive_float
 from ..files import check_writable_folder
 from .config import INT_RANGES, BridgeGANConfig
 from .data import registry as data_registry
@@ -175,7 +176,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="append averaged losses to metrics.jsonl every N steps (default: "
                         f"{TrainConfig.log_every})")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
-    g.add_argument("--time-limit", type=float, default=None,
+    g.add_argument("--time-limit", type=positive_float, default=None,
                    help="stop after this many seconds of training (warm-up included) with a "
                         "final checkpoint; resume with --resume auto (default: none)")
 

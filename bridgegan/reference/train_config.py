@@ -2,6 +2,7 @@
 checked when built; saved in each training checkpoint (train_state.json) and run.json."""
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -74,8 +75,8 @@ class TrainConfig:
             v = getattr(self, name)
             if not isinstance(v, str):
                 raise ValueError(f"{name} must be a string, got {type(v).__name__} {v!r}")
-        if not (self.lr > 0):
-            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        if not (0 < self.lr < math.inf):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
         for name in ("beta1", "beta2", "ema"):
             v = getattr(self, name)
             if not (0 <= v < 1):

@@ -18,6 +18,7 @@ from torch.utils.data import Dataset, Sampler
 
 # Keys that separate the random streams derived from the run seed.
 STREAM_DATA, STREAM_STEP, STREAM_MEMORY, STREAM_SAMPLES, STREAM_INIT = 1, 2, 3, 4, 5
+STREAM_LOADER = 6  # the DataLoader's worker base seed, per resume position (trainer._loader)
 
 
 def derive_seed(seed: int, *keys: int) -> int:

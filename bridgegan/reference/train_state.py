@@ -24,11 +24,11 @@ in JSON) and Python's ``random`` (JSON).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import re
-import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from ..files import write_file_atomic
+from ..files import remove_folder, write_file_atomic
 from .checkpoint import (STATE_JSON, STATE_TENSORS, CheckpointError, load_checkpoint, load_state,
                          read_config, read_tensors, save_checkpoint)
 from .model import BridgeGAN
@@ -170,19 +170,26 @@ def prune_checkpoints(out_dir: str | os.PathLike, keep: int, written: Path) -> N
     left when it resumed from an earlier checkpoint (its metrics past that step went at
     the resume), and ``--resume auto`` would otherwise pick them up. A ``written`` with
     another name (``Trainer.save(out/"checkpoints"/"best")``) is no step of the course:
-    it stays, nothing above anything goes, and ``keep - 1`` numbered ones are kept."""
+    it stays, nothing above anything goes, and ``keep - 1`` numbered ones are kept.
+    Each goes as a whole (``files.remove_folder``): a kill mid-removal leaves no part of a
+    checkpoint that ``--resume auto`` would pick (a leftover the next run removes)."""
     m = _CKPT_RE.match(written.name)
     step = int(m.group(1)) if m else None
     numbered = _numbered(out_dir)
     if step is not None:
         for s, p in numbered:
             if s > step:
-                shutil.rmtree(p, ignore_errors=True)
+                _remove(p)
     if not keep:
         return
     older = [p for s, p in numbered if (s < step if step is not None else p != written)]
     for p in older[:max(len(older) - (keep - 1), 0)]:
-        shutil.rmtree(p, ignore_errors=True)
+        _remove(p)
+
+
+def _remove(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        remove_folder(folder)
 
 
 def drop_metrics_after(out_dir: str | os.PathLike, step: int) -> None:

@@ -35,10 +35,10 @@ from .losses import DiscriminatorObjective, GeneratorObjective, make_fakes
 from .model import BridgeGAN
 from .noise_memory import NoiseMemory
 from .train_config import TrainConfig
-from .train_data import (STREAM_INIT, STREAM_MEMORY, STREAM_SAMPLES, STREAM_STEP,
+from .train_data import (STREAM_INIT, STREAM_LOADER, STREAM_MEMORY, STREAM_SAMPLES, STREAM_STEP,
                          IndexedDataset, ResumableBatchSampler, derive_seed, generator)
 from .train_state import (CHECKPOINTS, METRICS_FILE, Progress, TrainState, drop_metrics_after,
-                          numbered_checkpoint, prune_checkpoints)
+                          latest_checkpoint, numbered_checkpoint, prune_checkpoints)
 
 
 def _worker_ignores_sigint(_worker_id: int) -> None:
@@ -173,7 +173,10 @@ class Trainer:
     # ----- data and random draws ---------------------------------------------------------
     def _loader(self):
         self.sampler.start = self.batches
+        # its own generator for the workers' base seed, which the DataLoader would otherwise
+        # draw from the global torch RNG (saved in checkpoints): one draw more on a resume
         loader = DataLoader(IndexedDataset(self.dataset), batch_sampler=self.sampler,
+                            generator=generator(self.config.seed, STREAM_LOADER, self.batches),
                             num_workers=self.config.workers,
                             pin_memory=self.device.type == "cuda",
                             persistent_workers=False,
@@ -562,8 +565,10 @@ class Trainer:
         first, a collective); default out_dir/checkpoints/step-NNNNNNNN.
 
         Numbered checkpoints beyond ``keep_checkpoints`` are removed, never the one just
-        written (``prune_checkpoints``).
+        written (``prune_checkpoints``). A diverged run (NaN or Inf weights) is not saved: a
+        ValueError says so, and the earlier checkpoints stay (``_check_finite``).
         """
+        self._check_finite()
         log_acc = self._log_acc()
         if not self.is_main:
             return None
@@ -575,6 +580,28 @@ class Trainer:
         if self.out_dir is not None and path.parent == self.out_dir / CHECKPOINTS:
             prune_checkpoints(self.out_dir, self.config.keep_checkpoints, path)
         return path
+
+    def _check_finite(self) -> None:
+        """Refuse (ValueError) to checkpoint NaN or Inf weights or noise memory: a resume
+        refuses them, and the checkpoint would prune the earlier, good ones. Every rank of a
+        DDP run holds the same weights, so every rank refuses alike."""
+        tensors = {f"raw.{k}": v for k, v in self.model.state_dict().items()}
+        if self.ema is not None:
+            tensors.update({f"ema.{name}.{k}": v for name in ("generator", "encoder", "mapping")
+                            for k, v in getattr(self.ema, name).state_dict().items()})
+        if self.memory.table is not None:
+            tensors["noise_memory"] = self.memory.table
+        names = [k for k, v in tensors.items() if v.is_floating_point()]
+        finite = torch.stack([torch.isfinite(tensors[k]).all() for k in names]).tolist()
+        bad = [k for k, ok in zip(names, finite) if not ok]
+        if not bad:
+            return
+        last = latest_checkpoint(self.out_dir) if self.out_dir is not None else None
+        listed = ", ".join(bad[:4]) + (f" ... and {len(bad) - 4} more" if len(bad) > 4 else "")
+        raise ValueError(
+            f"the run diverged: NaN or Inf in {len(bad)} tensor(s) at step {self.step} "
+            f"({listed}); no checkpoint written, the earlier ones are kept"
+            + (f" (the latest: {last}; resume from it with a lower --lr)" if last else ""))
 
     def init_weights(self, path: str | os.PathLike, widen: bool = False) -> None:
         """Start from the weights of checkpoint folder ``path`` (its model.safetensors: G/E/M,
