@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import warnings
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -344,6 +345,35 @@ def test_time_limit_stops_with_a_final_checkpoint(faces, tmp_path):
     t.train(steps=100_000, time_limit=1.0)
     assert t.step < 100_000
     assert latest_checkpoint(tmp_path).name == f"step-{t.step:08d}"
+
+
+def test_time_limit_leaves_room_for_the_next_step_and_the_final_checkpoint(faces, tmp_path,
+                                                                          monkeypatch):
+    """On a clock where a step takes 10 s and a checkpoint 5 s (every 3 steps), a 100 s
+    limit stops at step 8 (step 9 and its checkpoint would end at 105 s) and the final
+    checkpoint ends within the limit (before: step 9 and its checkpoint, ending at 105 s)."""
+    from bridgegan.reference import trainer as trainer_module
+
+    clock = [0.0]
+    monkeypatch.setattr(trainer_module, "time", SimpleNamespace(
+        monotonic=lambda: clock[0], perf_counter=time.perf_counter))
+    t = Trainer(tiny(faces), train_config(ckpt_every=3), faces, out_dir=tmp_path,
+                progress=False)
+    step, save = t.train_step, t.save
+
+    def slow_step():
+        clock[0] += 10
+        return step()
+
+    def slow_save(*args, **kwargs):
+        clock[0] += 5
+        return save(*args, **kwargs)
+
+    monkeypatch.setattr(t, "train_step", slow_step)
+    monkeypatch.setattr(t, "save", slow_save)
+    t.train(steps=100, time_limit=100.0)
+    assert t.step == 8 and clock[0] == 95.0
+    assert latest_checkpoint(tmp_path).name == "step-00000008"
 
 
 def _state(t: Trainer) -> dict[str, torch.Tensor]:

@@ -177,8 +177,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"{TrainConfig.log_every})")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.add_argument("--time-limit", type=positive_float, default=None,
-                   help="stop after this many seconds of training (warm-up included) with a "
-                        "final checkpoint; resume with --resume auto (default: none)")
+                   help="stop with a final checkpoint within this many seconds of training "
+                        "(warm-up included; judged by the longest step so far); resume with "
+                        "--resume auto (default: none)")
 
     g = p.add_argument_group("hardware")
     g.add_argument("--device", choices=("cpu", "cuda"), default=TrainConfig.device,
@@ -276,8 +277,8 @@ def _refuse_earlier_run(out: Path) -> None:
 @contextlib.contextmanager
 def _stop_on_signals(trainer):
     """SIGTERM (a scheduler's stop, `kill`) and SIGINT (Ctrl-C) stop the run at the end of
-    the step under way with a final checkpoint, as --time-limit does; a second one of
-    either kills at once (the default handlers are back)."""
+    the step under way with a final checkpoint; a second one of either kills at once (the
+    default handlers are back)."""
     signums = (signal.SIGINT, signal.SIGTERM)
     if threading.current_thread() is not threading.main_thread():
         yield

@@ -288,8 +288,9 @@ class Trainer:
     def warm_up(self, deadline: float | None = None) -> dict[str, float]:
         """Run the remaining ``d_attr_warmup`` updates (before the first generator step);
         logs their mean terms to metrics.jsonl with step 0 every ``log_every`` updates and
-        at the end. Stops early (no record; ``train`` checkpoints what was done) once the
-        wall-clock ``deadline`` (time.monotonic()) passes."""
+        at the end. Stops early (no record; ``train`` checkpoints what was done) where the
+        next update would pass the wall-clock ``deadline`` (time.monotonic()), judged by
+        the longest one so far."""
         todo = self.config.d_attr_warmup - self.warmup_done if self.step == 0 else 0
         if todo <= 0:
             return {}
@@ -299,11 +300,13 @@ class Trainer:
 
             bar = tqdm(total=todo, desc="D attribute warm-up", unit="step", dynamic_ncols=True)
         try:
-            every = self.config.log_every
+            every, longest = self.config.log_every, 0.0
             for i in range(todo):
-                if self._out_of_time(deadline):
+                if self._out_of_time(deadline, longest):
                     return {}
+                t0 = time.monotonic()
                 self._accumulate(self._d_attr_step())
+                longest = max(longest, time.monotonic() - t0)
                 self.warmup_done += 1
                 if every and self.warmup_done % every == 0 and i < todo - 1:
                     self.log()
@@ -395,11 +398,13 @@ class Trainer:
         `bridgegan train` does on SIGTERM / SIGINT); safe to call from a signal handler."""
         self.stop_signal = signum
 
-    def _out_of_time(self, deadline: float | None) -> bool:
-        """Whether the wall-clock ``deadline`` passed, or a stop was requested, on any rank
-        (all ranks agree: in a DDP run a signal may reach the ranks at different steps)."""
+    def _out_of_time(self, deadline: float | None, margin: float = 0.0) -> bool:
+        """Whether the wall-clock ``deadline`` is less than ``margin`` seconds away (what the
+        caller's next step and final checkpoint may take), or a stop was requested, on any
+        rank (all ranks agree: in a DDP run a signal may reach the ranks at different
+        steps)."""
         late = self.stop_signal is not None or (deadline is not None
-                                                and time.monotonic() > deadline)
+                                                and time.monotonic() + margin > deadline)
         if not self.dist.enabled:
             return late
         # each rank's (late, signal number): a stop requested on one rank is every rank's,
@@ -413,8 +418,11 @@ class Trainer:
 
     def train(self, steps: int | None = None, time_limit: float | None = None) -> dict[str, float]:
         """Train until ``steps`` generator steps are done (default config.steps) or
-        ``time_limit`` seconds have passed, with logs, samples and checkpoints at their
-        intervals and a final checkpoint (so a time-limited run resumes where it stopped)."""
+        ``time_limit`` seconds would pass, with logs, samples and checkpoints at their
+        intervals and a final checkpoint (so a time-limited run resumes where it stopped).
+        The run stops where its next step and the final checkpoint would pass the limit,
+        judged by the longest step so far (with what it wrote) and the last checkpoint's
+        time: it ends within the limit when steps take about as long as those before."""
         cfg = self.config
         deadline = None if time_limit is None else time.monotonic() + time_limit
         target = cfg.steps if steps is None else steps
@@ -425,10 +433,11 @@ class Trainer:
             bar = tqdm(total=target, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
         last: dict[str, float] = {}
         self._log_t0, self._log_step0 = time.perf_counter(), self.step
-        saved_at = None
+        saved_at, longest, save_s = None, 0.0, 0.0  # the longest step, the last save's time
         self.warm_up(deadline)
         try:
-            while self.step < target and not self._out_of_time(deadline):
+            while self.step < target and not self._out_of_time(deadline, longest + save_s):
+                t0 = time.monotonic()
                 terms = self.train_step()
                 self._accumulate(terms)
                 if bar is not None:
@@ -441,8 +450,10 @@ class Trainer:
                 if cfg.sample_every and self.step % cfg.sample_every == 0:
                     self.save_samples()
                 if cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
+                    t1 = time.monotonic()
                     self.save()
-                    saved_at = self.step
+                    saved_at, save_s = self.step, time.monotonic() - t1
+                longest = max(longest, time.monotonic() - t0)
         finally:
             if bar is not None:
                 bar.close()
