@@ -104,7 +104,7 @@ def throughput(model: BridgeGAN, device: str, batch: int = 8, calls: int = 3) ->
         except (BackendUnavailable, RuntimeError) as exc:  # e.g. torch.compile without a compiler
             yield f"{name}: unavailable ({exc})"
             continue
-        yield f"{name} fp32: {batch * calls / sum(times):.1f} images/s"
+        yield f"{name} fp32: {batch * len(times) / sum(times):.1f} images/s"
 
 
 def _caption(edit: str) -> str:

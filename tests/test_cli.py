@@ -526,7 +526,73 @@ def test_bench_rows_name_the_cpu_model(tmp_path, monkeypatch):
                     "model name\t: Intel(R) Xeon(R) Platinum 8480+\nflags\t: amx_bf16\n")
     monkeypatch.setattr(bench, "CPUINFO", info)
     device = bench.environment(torch.device("cpu"))["device"]
-    assert device == f"Intel(R) Xeon(R) Platinum 8480+, {torch.get_num_threads()} threads"
+    assert device == (f"Intel(R) Xeon(R) Platinum 8480+ [amx_bf16], "
+                      f"{torch.get_num_threads()} threads")
+
+
+def test_bench_rows_tell_apart_cpus_of_one_name_by_their_matrix_extensions(tmp_path,
+                                                                           monkeypatch):
+    """Virtual machines name most CPUs "Intel(R) Xeon(R) Processor": with and without AMX
+    (bf16 7x apart) the rows must still say which machine they came from."""
+    from bridgegan.engine import bench
+
+    names = []
+    for flags in ("fpu avx2 avx512f", "fpu avx2 avx512f avx512_bf16 amx_tile amx_bf16", "fpu"):
+        info = tmp_path / "cpuinfo"
+        info.write_text(f"model name\t: Intel(R) Xeon(R) Processor\nflags\t\t: {flags}\n")
+        monkeypatch.setattr(bench, "CPUINFO", info)
+        names.append(bench.environment(torch.device("cpu"))["device"].rsplit(",", 1)[0])
+    assert names == ["Intel(R) Xeon(R) Processor [avx2 avx512f]",
+                     "Intel(R) Xeon(R) Processor [avx2 avx512f avx512_bf16 amx_bf16]",
+                     "Intel(R) Xeon(R) Processor"]
+
+
+def test_bench_parity_column_names_the_call_it_checked(tmp_path):
+    """Parity runs one call (translate at the smallest batch): rows of another workload or
+    batch say so instead of reading as checked themselves; each row counts its samples and
+    bench.json keeps the timer's settings."""
+    from bridgegan.engine import bench
+
+    rows, peaks = bench.run_matrix(
+        [bench.Variant("torch", "float32")], [1, 2], [64], ["translate", "strip"], reps=2,
+        warmup=0, quick_peaks=True,
+        config_overrides=dict(attributes=small_config().attributes, g_width=8, e_width=4,
+                              latent_channels=8, spade_hidden=16, mapping_channels=16),
+        progress=False)
+    got = {(r["what"], r["batch"]): r for r in bench.measured(rows)}
+    assert set(got) == {("translate", 1), ("translate", 2), ("strip", 1 + len(
+        small_config().attributes))}
+    checked = got.pop(("translate", 1))["parity"]
+    assert checked.startswith("max abs") and "checked on" not in checked
+    for r in got.values():
+        assert r["parity"] == f"{checked}; checked on translate at batch 1, not this call"
+    assert all(r["samples"] == 2 for r in bench.measured(rows))
+    assert peaks["timer"] == dict(warmup=0, reps=2, min_seconds=0.0)
+    bench.write_results(rows, peaks, tmp_path)
+    with open(tmp_path / "bench.csv") as f:
+        assert all(r["samples"] == "2" for r in csv.DictReader(f))
+
+
+def test_bench_measures_the_roofline_peaks_with_tf32_off(monkeypatch):
+    """The float32 matrix peak is float32's, as the rows are timed: with TF32 on in the
+    caller it would be TF32's (about 8x on an H100) and every float32 share 8x too low."""
+    from bridgegan.engine import bench
+
+    flags = []
+
+    def measure(device, dtype, quick=False):
+        flags.append((torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32))
+        return {"matmul_flops": 1e12, "matmul_dtype": str(dtype).replace("torch.", ""),
+                "copy_bytes_per_s": 1e10}
+
+    monkeypatch.setattr(bench.roofline, "measure_peaks", measure)
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        _bench("torch:float32")
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+    assert flags == [(False, False)]
 
 
 def _info(argv, capsys) -> tuple[dict, dict[str, int]]:

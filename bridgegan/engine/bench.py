@@ -19,8 +19,10 @@ whose cost is in ``first_call_s``); empty on the CPU, where the only cheap figur
 for CUDA-graph rows, whose activations live in the graph's private pool, allocated once
 at capture: replays allocate nothing, so the figure would be the weights and the static
 inputs and outputs only.
-``device`` names the GPU, or the CPU model and torch's thread count; ``commit`` ends in
-``-dirty`` when the working tree differs from it.
+``device`` names the GPU, or the CPU model with its matrix ISA extensions (CPU_FLAGS) and
+torch's thread count; ``commit`` ends in ``-dirty`` when the working tree differs from it.
+``samples``: the timed calls the row's percentiles come from (bench.json's ``timer`` holds
+the warm-up, reps and min_seconds asked for).
 
 Precision: every variant is built, checked and timed with TF32 off (``numerics.no_tf32``,
 as ``engine.parity`` checks it), so a float32 row is timed in float32, the precision its
@@ -41,7 +43,8 @@ Parity first: before a variant is timed, its engine translates a seeded batch of
 (the smallest batch of the run: a shape it compiles or captures anyway) and the result is
 held to its dtype's image limit against the float64 reference model
 (``engine.parity.compare``); a variant that fails gets a ``skipped`` row that says so and
-no speed, and every measured row names its parity in the ``parity`` column; that call is
+no speed, and every measured row names its parity in the ``parity`` column (a row of
+another workload or size says which call the verdict was made on); that call is
 the translate row's first call (``first_call_s``, its copies of the CPU inputs to the
 device and back included). ``parity=False`` skips the check.
 
@@ -87,8 +90,8 @@ from .parity import compare, parity_inputs, reference_translation
 CPUINFO = Path("/proc/cpuinfo")  # where the CPU's model name is read (Linux)
 PARTIAL_CSV = "bench.partial.csv"  # the rows of a run in progress (or killed), as measured
 FIELDS = ["what", "backend", "dtype", "batch", "resolution", "metric", "unit", "p50", "p20",
-          "p80", "images_per_s", "peak_mem_mb", "vs_reference_fp32", "vs_reference_same_dtype",
-          "roofline_share", "gflop_per_image", "first_call_s", "variant", "parity", "note",
+          "p80", "samples", "images_per_s", "peak_mem_mb", "vs_reference_fp32",
+          "vs_reference_same_dtype", "roofline_share", "gflop_per_image", "first_call_s", "variant", "parity", "note",
           "device", "torch", "triton", "commit", "date"]
 # The table measured when no variants are given, per device type. CPU: the backends side
 # by side in float32 (issue 14 item 9), then torch and compile in bf16 channels_last
@@ -157,15 +160,27 @@ def default_variants(device: str | torch.device) -> list[Variant]:
     return [Variant.parse(v) for v in DEFAULT_VARIANTS[torch.device(device).type].split(",")]
 
 
+# the ISA extensions that decide a CPU's matrix speed by dtype (bf16 on AMX is several
+# times float32, without AMX / AVX512-BF16 emulated and slower): virtual machines often
+# name every CPU "Intel(R) Xeon(R) Processor", so the model name alone cannot tell them apart
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_fp16")
+
+
 def _cpu_model() -> str:
-    """The CPU's model name (CPUINFO), else what ``platform`` knows of it."""
+    """The CPU's model name (CPUINFO) and its CPU_FLAGS, else what ``platform`` knows."""
+    model, flags = None, []
     try:
         for line in CPUINFO.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model is None:
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                have = set(value.split())
+                flags = [f for f in CPU_FLAGS if f in have]
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    model = model or platform.processor() or platform.machine()
+    return f"{model} [{' '.join(flags)}]" if flags else model
 
 
 def environment(device: torch.device) -> dict:
@@ -320,6 +335,15 @@ def _engine(model: BridgeGAN, v: Variant, dev: torch.device, case) -> tuple[Engi
     return eng, verdict, {("translate", len(inputs[0])): p["seconds"]}
 
 
+def _row_parity(verdict: str, checked: tuple[str, int] | None, call: tuple[str, int]) -> str:
+    """The ``parity`` column of a row: the verdict as it is for the call parity made; for
+    any other workload or size (another program, graph bucket or compiled shape) the
+    verdict says which call it was made on, so that it does not read as this row's."""
+    if checked is None or call == checked:
+        return verdict
+    return f"{verdict}; checked on {checked[0]} at batch {checked[1]}, not this call"
+
+
 def _measure(fn, dev: torch.device, first: float | None,
              timer: dict) -> tuple[list[float], float, float | str]:
     """(milliseconds of each timed call, the first call's seconds, peak MiB) of one row:
@@ -344,7 +368,8 @@ def _latency(ms: list[float], n: int, flop: float, first: float, peak: float | s
     p20, p50, p80 = np.percentile(ms, [20, 50, 80])
     per_s = n / (p50 / 1e3)
     return dict(metric="latency", unit="ms", p50=round(p50, 4), p20=round(p20, 4),
-                p80=round(p80, 4), images_per_s=round(per_s, 2), peak_mem_mb=peak,
+                p80=round(p80, 4), samples=len(ms), images_per_s=round(per_s, 2),
+                peak_mem_mb=peak,
                 roofline_share=round(flop * per_s / peak_flops, 4),
                 gflop_per_image=round(flop / 1e9, 3), first_call_s=round(first, 3))
 
@@ -362,6 +387,7 @@ def _variant_rows(model: BridgeGAN, v: Variant, dev: torch.device, case, batches
         bar.update(len(workloads) * len(batches))
         yield dict(base, what="all", batch="", metric="skipped", note=_why(exc))
         return
+    checked = next(iter(first_calls), None)  # the (workload, images) call parity made
     sizes_done = set()  # (workload, images per call) already measured
     for workload in workloads:
         for batch in batches:
@@ -379,7 +405,7 @@ def _variant_rows(model: BridgeGAN, v: Variant, dev: torch.device, case, batches
                     peak = "" if v.cuda_graphs else peak  # the graph pool is not counted
                     row.update(_latency(ms, n, _flops_per_image(cfg, workload, n), first, peak,
                                         peaks["matmul_flops_by_dtype"][base["dtype"]]),
-                               parity=verdict)
+                               parity=_row_parity(verdict, checked, (workload, n)))
                 yield row
             bar.update()
 
@@ -428,9 +454,11 @@ def run_matrix(variants: list[Variant] | None, batches: list[int], resolutions: 
     # still holds the minute before (a previous run's), the end's this run's own threads
     load = {"load_1min_at_start": round(threads.load_average(), 2), "cores": threads.cores()}
     env = environment(dev)
-    peaks = roofline_peaks(variants, dev, quick=quick_peaks)
+    with no_tf32():  # the float32 peak in float32, as the rows are timed (not TF32's)
+        peaks = roofline_peaks(variants, dev, quick=quick_peaks)
     peaks.update(env)
     timer = dict(warmup=warmup, reps=reps, min_seconds=min_seconds)
+    peaks["timer"] = dict(timer)  # how many calls each row's percentiles come from
     rows: list[dict] = []
     bar = tqdm(total=len(resolutions) * len(variants) * len(workloads) * len(batches),
                disable=not progress, desc="bench", unit="row")
