@@ -750,26 +750,52 @@ def test_clients_that_leave_before_their_answer_are_no_error(front, caplog):
         [r.getMessage() for r in caplog.records]
 
 
+def test_readers_holding_parts_of_the_budget_do_not_wait_for_one_another():
+    """Two bodies each holding part of the budget and needing more (a burst of large
+    bodies): the older one overdraws and finishes, then the other takes what it gave back;
+    neither waits for the other until its deadline."""
+    import asyncio
+
+    from bridgegan.serve.front import _Budget
+
+    async def run():
+        budget, order = _Budget(10), []
+        first, second = budget.enter(), budget.enter()
+        await budget.take(first, 6)
+        await budget.take(second, 4)
+
+        async def finish(ticket, n):
+            await budget.take(ticket, n)
+            order.append(ticket)
+            budget.leave(ticket)
+
+        await asyncio.wait_for(asyncio.gather(finish(second, 5), finish(first, 5)), 60)
+        return order, budget.free
+
+    assert asyncio.run(run()) == ([0, 1], 10)
+
+
 @needs_front
 def test_bodies_wait_for_reading_budget_within_their_deadline(front):
     import asyncio
 
-    async def hold(n):
-        await front.reading.take(n)
+    async def hold(n):  # an older reader holding the whole budget
+        ticket = front.reading.enter()
+        await front.reading.take(ticket, n)
+        return ticket
 
-    async def release(n):
-        front.reading.give(n)
+    async def release(ticket):
+        front.reading.leave(ticket)
 
     def on_loop(coroutine):
-        asyncio.run_coroutine_threadsafe(coroutine, front.loop).result(timeout=60)
+        return asyncio.run_coroutine_threadsafe(coroutine, front.loop).result(timeout=60)
 
     body = json.dumps({"inputs": LABEL})
-    budget = front_module.MAX_READING * front.json_limit
-    on_loop(hold(budget))
+    ticket = on_loop(hold(front_module.MAX_READING * front.json_limit))
     try:
         status, answer = post(front.http, body)
     finally:
-        on_loop(release(budget))
+        on_loop(release(ticket))
     assert status == 408 and "did not arrive within" in answer["error"]
     assert post(front.http, body) == OK_REPLY
 

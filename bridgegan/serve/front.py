@@ -12,7 +12,8 @@ request on its own before it reaches tritonserver:
   connection is closed; also how long an idle connection stays open) and as long again
   for its body (else HTTP 408); bodies being read hold at most ``MAX_READING`` bodies of
   the largest size at once, counted in the bytes received (a client that sends nothing
-  holds nothing), the others wait within their deadline; a gRPC call's request message
+  holds nothing; the oldest reader never waits, ``_Budget``), the others wait within
+  their deadline; a gRPC call's request message
   must arrive within it too (else DEADLINE_EXCEEDED: the front reads each call as a
   stream of one message, as it is on the wire, so that the read can have a deadline),
   and at most ``MAX_GRPC_CALLS`` gRPC calls are taken at once (others get
@@ -491,18 +492,12 @@ class Front:
     async def _read(self, request, limit: int) -> bytes:
         """The body (``_read_body``), its bytes taken from the reading budget as they
         arrive; a 408 RequestError if waiting and reading take more than the read timeout."""
-        taken = 0
-
-        async def take(n: int) -> None:
-            nonlocal taken
-            await self.reading.take(n)
-            taken += n
-
         async def read() -> bytes:
+            reader = self.reading.enter()
             try:
-                return await _read_body(request, limit, take)
+                return await _read_body(request, limit, lambda n: self.reading.take(reader, n))
             finally:
-                self.reading.give(taken)
+                self.reading.leave(reader)
 
         try:  # asyncio.wait_for, not asyncio.timeout: Python 3.10 is supported
             return await asyncio.wait_for(read(), self.read_timeout_s)
@@ -615,20 +610,32 @@ def _parse(message_class, payload: bytes):
 
 
 class _Budget:
-    """Bytes that readers take (waiting while too few are free) and give back; on the
-    event loop."""
+    """Bytes that body readers take as their bodies arrive, waiting while too few are free,
+    and give back when done; on the event loop. The reader that began first never waits
+    (it may overdraw by one body): readers each holding part of the budget and waiting for
+    more would otherwise wait for one another until their deadlines (a burst of large
+    bodies would all end in 408)."""
 
     def __init__(self, size: int):
         self.free, self.given = size, asyncio.Event()
+        self.readers: dict[int, int] = {}  # each reader's bytes taken, oldest first
+        self.tickets = itertools.count()
 
-    async def take(self, n: int) -> None:
-        while self.free < n:
+    def enter(self) -> int:
+        """A new reader's ticket."""
+        ticket = next(self.tickets)
+        self.readers[ticket] = 0
+        return ticket
+
+    async def take(self, ticket: int, n: int) -> None:
+        while self.free < n and next(iter(self.readers)) != ticket:
             self.given.clear()
             await self.given.wait()
         self.free -= n
+        self.readers[ticket] += n
 
-    def give(self, n: int) -> None:
-        self.free += n
+    def leave(self, ticket: int) -> None:
+        self.free += self.readers.pop(ticket)
         self.given.set()
 
 
