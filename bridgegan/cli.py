@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import threads
-from .argtypes import (device_spec, int_between, non_negative_int, output_file,
-                       positive_float, positive_int, positive_int_list)
+from .argtypes import (device_spec, int_between, non_negative_float, non_negative_int,
+                       output_file, positive_float, positive_int, positive_int_list)
 from .engine import options as engine_options
 from .engine.export import cli as export_cli
 from .reference import classifier_defaults, train_cli
@@ -35,18 +35,24 @@ class Command:
 
 
 MAX_DEMO_ROWS = 64  # one grid row per face, held in memory until the PNG is written
+MAX_SAMPLES = 64  # noise samples per edit: grid columns (demo), files per input (translate)
+MAX_SEED = 2 ** 64 - 1  # torch.Generator's seeds: unsigned 64-bit
+DEMO_MAX_SEED = 2 ** 63  # the demo draws from its seed plus offsets: room below MAX_SEED
+MAX_PRUNE_DAYS = 1_000_000  # cache --prune: days * 86400 s stays a float
 
 
 def _demo_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", help="checkpoint folder (default: the shipped model)")
     p.add_argument("--input", nargs="+", help="source images (default: procedural faces)")
     p.add_argument("--out", default="bridgegan-demo", help="output folder (default: %(default)s)")
-    p.add_argument("--samples", type=non_negative_int, default=3,
-                   help="noise samples per source (default: 3)")
+    p.add_argument("--samples", type=int_between(0, MAX_SAMPLES), default=3,
+                   help=f"noise samples per source, 0 to {MAX_SAMPLES} (default: 3)")
     p.add_argument("--rows", type=int_between(1, MAX_DEMO_ROWS), default=4,
                    help=f"procedural source faces, one row each, 1 to {MAX_DEMO_ROWS} "
                         f"(default: %(default)s)")
-    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--seed", type=int_between(0, DEMO_MAX_SEED), default=0,
+                   help=f"seed of the faces and the noise, 0 to {DEMO_MAX_SEED} "
+                        "(default: 0)")
     p.add_argument("--device", type=device_spec, default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--bench", action="store_true", help="also print the throughput of the "
                                                        "backends that run here")
@@ -64,12 +70,12 @@ def _translate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reference", nargs="+", help="reference image(s), averaged in the latent code")
     p.add_argument("--attributes", help="comma list of attributes taken from the references "
                                         "(default: all)")
-    p.add_argument("--samples", type=positive_int, default=1,
-                   help="noise samples per label edit (>= 1)")
+    p.add_argument("--samples", type=int_between(1, MAX_SAMPLES), default=1,
+                   help=f"noise samples per label edit, 1 to {MAX_SAMPLES}")
     p.add_argument("--strength", type=float,
                    help="edit strength, the scale of d (default: the model's config "
                         "edit_strength: 1.5, the official test's, unless it names another)")
-    p.add_argument("--seed", type=non_negative_int, default=0,
+    p.add_argument("--seed", type=int_between(0, MAX_SEED), default=0,
                    help="noise seed of the first sample, the next ones +1 (default: 0); "
                         "every input gets the noise it would get translated alone")
     p.add_argument("--batch-size", type=positive_int, default=None,
@@ -99,7 +105,8 @@ def _bench_options(p: argparse.ArgumentParser) -> None:
                    help="untimed calls before each row (default: %(default)s)")
     p.add_argument("--reps", type=positive_int, default=10,
                    help="timed calls per row, >= 1 (default: %(default)s)")
-    p.add_argument("--min-seconds", type=float, default=0.0, help="time each row at least this long")
+    p.add_argument("--min-seconds", type=non_negative_float, default=0.0,
+                   help="time each row at least this many seconds (a finite number >= 0)")
     p.add_argument("--no-parity", dest="parity", action="store_false",
                    help="skip the check of each variant against the float64 reference before "
                         "it is timed (a variant that fails it gets no speed)")
@@ -178,8 +185,9 @@ def _info_options(p: argparse.ArgumentParser) -> None:
 
 
 def _cache_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--prune", metavar="DAYS", type=non_negative_int,
-                   help="remove the exports not used for DAYS days (0: all); without it, list")
+    p.add_argument("--prune", metavar="DAYS", type=int_between(0, MAX_PRUNE_DAYS),
+                   help="remove the exports not used for DAYS days (0: all; at most "
+                        f"{MAX_PRUNE_DAYS}); without it, list")
 
 
 COMMANDS = (

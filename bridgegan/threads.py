@@ -13,14 +13,18 @@ from __future__ import annotations
 import argparse
 import os
 
-from .argtypes import positive_int
+from .argtypes import int_between
+
+# --threads' bound: more threads than this would only oversubscribe any machine, and
+# torch.set_num_threads overflows at 2**31 (a traceback before the command ran)
+MAX_THREADS = 1024
 
 
 def add_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """Add ``--threads N`` to a command's options."""
-    parser.add_argument("--threads", type=positive_int, default=None, metavar="N",
-                        help="CPU threads for torch (default: the idle cores, from the load "
-                             "average; OMP_NUM_THREADS when set)")
+    parser.add_argument("--threads", type=int_between(1, MAX_THREADS), default=None, metavar="N",
+                        help=f"CPU threads for torch, 1 to {MAX_THREADS} (default: the idle "
+                             "cores, from the load average; OMP_NUM_THREADS when set)")
 
 
 def cores() -> int:

@@ -471,12 +471,12 @@ def test_translate_strength_nan_names_the_strength(cli_files, capsys):
 
 
 @pytest.mark.parametrize("samples", ["-2", "0", "two"])
-def test_translate_samples_must_be_positive(cli_files, capsys, samples):
+def test_translate_samples_must_be_from_1_to_64(cli_files, capsys, samples):
     with pytest.raises(SystemExit) as info:
         main(translate_args(cli_files, f"out{samples}", "--samples", samples))
     assert info.value.code == 2
     err = capsys.readouterr().err
-    assert f"argument --samples: must be an integer >= 1, got '{samples}'" in err
+    assert f"argument --samples: must be an integer from 1 to 64, got '{samples}'" in err
     assert not (cli_files / f"out{samples}").exists()
 
 
@@ -821,3 +821,141 @@ def test_fuzz_config_loader():
     tried, worked = FUZZ_COUNTS["config"]
     print(f"config fuzz: {tried} cases, {worked} worked, {tried - worked} refused")
     assert tried >= 150 and 0 < worked < tried
+
+
+# ----- found by fuzzing: raw errors, unbounded options, half-written outputs -------------
+def test_meta_and_sparse_image_tensors_are_refused(eng):
+    """aminmax of a meta / sparse tensor raised torch's NotImplementedError."""
+    x = images(2, S)
+    for bad, kind in ((x.to("meta"), "meta"), (x.to_sparse(), "torch.sparse_coo")):
+        with pytest.raises(ValueError, match=rf"images: expected a dense tensor holding values, "
+                                             rf"got a {kind} tensor"):
+            eng.translate(bad, {"Male": 1}, seed=0)
+    with pytest.raises(ValueError, match=r"images\[1\]: expected a dense tensor"):
+        eng.translate([x[0], x[1].to("meta")], {"Male": 1}, seed=0)
+
+
+def test_integers_beyond_a_float_are_refused_as_numbers(eng):
+    """float(10**400) raised OverflowError, past every `except (TypeError, ValueError)`."""
+    x, huge = images(2, S), 10 ** 400
+    with pytest.raises(ValueError, match="strength must be a number, got 1000"):
+        eng.translate(x, {"Male": 1}, seed=0, strength=huge)
+    with pytest.raises(ValueError, match="each alpha must be a number, got 1000"):
+        eng.interpolate(x, x, {"Male": 1}, [0.5, huge], seed=0)
+    with pytest.raises(ValueError, match="target for 'Male' must be 0 or 1, got 1000"):
+        eng.translate(x, {"Male": huge}, seed=0)
+    with pytest.raises(ValueError, match="target labels must be a tensor, array or nested list"):
+        eng.translate(x, [huge] * N_ATTRS, seed=0)
+
+
+def test_a_pil_image_whose_pixels_do_not_decode(eng, tmp_path):
+    """Image.open is lazy: a truncated file's PIL image raised OSError inside the call."""
+    path = tmp_path / "face.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40, 3), np.uint8)).save(path)
+    path.write_bytes(path.read_bytes()[:300])
+    with Image.open(path) as im:
+        with pytest.raises(ValueError, match=r"images\[0\]: the PIL image's pixels cannot be "
+                                             r"read \(image file is truncated"):
+            eng.translate(im, {"Male": 1}, seed=0)
+
+
+@pytest.mark.parametrize("device", ["gpu", "meta", "mps", None, "cuda:x"])
+def test_engine_device_must_be_cpu_or_cuda(model, device):
+    """"gpu" reached torch's list of every device type; "meta" made an engine whose every
+    call failed with a torch error."""
+    with pytest.raises(ValueError, match=rf"device must be cpu, cuda or cuda:N \(or a torch."
+                                         rf"device of those\), got {re.escape(repr(device))}"):
+        Engine(model, device=device)
+
+
+CAPPED = [
+    (["translate", "--input", "f.png", "--set", "Male=1", "--out", "o", "--threads",
+      "3000000000"], "--threads: must be an integer from 1 to 1024, got '3000000000'"),
+    (["translate", "--input", "f.png", "--set", "Male=1", "--out", "o", "--samples", "65"],
+     "--samples: must be an integer from 1 to 64, got '65'"),
+    (["translate", "--input", "f.png", "--set", "Male=1", "--out", "o", "--seed",
+      str(2 ** 64)], f"--seed: must be an integer from 0 to {2 ** 64 - 1}, got '{2 ** 64}'"),
+    (["demo", "--samples", str(10 ** 23)], "--samples: must be an integer from 0 to 64"),
+    (["demo", "--seed", str(2 ** 64 - 1)], f"--seed: must be an integer from 0 to {2 ** 63}"),
+    (["cache", "--prune", str(10 ** 400)], "--prune: must be an integer from 0 to 1000000"),
+    (["bench", "--min-seconds", "inf"], "--min-seconds: must be a finite number >= 0, got 'inf'"),
+    (["bench", "--min-seconds", "nan"], "--min-seconds: must be a finite number >= 0, got 'nan'"),
+    (["bench", "--min-seconds", "-1"], "--min-seconds: must be a finite number >= 0, got '-1'"),
+]
+
+
+@pytest.mark.parametrize("argv, message", CAPPED, ids=[f"{a[0]}{a[-2]}" for a, _ in CAPPED])
+def test_unbounded_numbers_are_capped_by_the_parser(tmp_path, monkeypatch, capsys, argv,
+                                                    message):
+    """--threads 3000000000 was a traceback (torch.set_num_threads overflowed), translate
+    --samples 10**23 ran out of memory naming its outputs and demo --samples 10**23 was
+    an OverflowError traceback, --seed 2**64 failed after loading the model, --prune
+    10**400 an OverflowError traceback, bench --min-seconds inf timed one row forever."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert f"argument {message}" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_translate_seeds_past_2_64_are_refused_naming_the_options(cli_files, capsys):
+    assert main(translate_args(cli_files, "out-seed", "--seed", str(2 ** 64 - 1),
+                               "--samples", "2")) == 2
+    err = capsys.readouterr().err
+    assert (f"--seed {2 ** 64 - 1} with --samples 2 draws seeds up to {2 ** 64}; seeds must be "
+            f"below 2**64: give --seed <= {2 ** 64 - 2}") in err
+    assert not (cli_files / "out-seed").exists()
+
+
+def test_bench_refuses_a_resolution_before_writing_anything(cli_files, tmp_path, capsys):
+    """The check ran at the resolution's turn, after the partial CSV was created."""
+    for extra, message in ((["--checkpoint", str(cli_files / "ck"), "--resolutions", "64"],
+                            f"makes {S} px images; --resolutions must be {S}"),
+                           (["--resolutions", "7"], "config.image_size must be an integer")):
+        out = tmp_path / "bench"
+        assert main(["bench", *extra, "--variants", "torch:float32", "--batches", "1",
+                     "--workloads", "translate", "--out", str(out)]) == 2
+        assert message in capsys.readouterr().err
+        assert not out.exists()
+
+
+def test_translate_never_leaves_a_part_of_an_output(cli_files, tmp_path):
+    """With the file size limited (RLIMIT_FSIZE; Python ignores SIGXFSZ, so a write gets
+    EFBIG), translate fails while writing an output: an earlier run's file there is kept
+    whole, not replaced by the part written (PIL wrote into the output itself)."""
+    import resource
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    out.mkdir()
+    old = out / "face_edit1.png"
+    old.write_bytes(b"an earlier run's result")
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (400, 400))
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "bridgegan.cli", "translate", "--checkpoint",
+         str(cli_files / "ck"), "--input", str(cli_files / "face.png"), "--set", "Male=1",
+         "--out", str(out), "--threads", "1"],
+        preexec_fn=limit, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert "File too large" in proc.stderr and "Traceback" not in proc.stderr
+    assert old.read_bytes() == b"an earlier run's result"
+    assert sorted(p.name for p in out.iterdir()) == ["face_edit1.png"]  # no temporary left
+
+
+def test_noise_and_seed_together_are_refused(eng):
+    """The seed was checked, then silently ignored for the noise given (serve refuses the
+    pair too)."""
+    x = images(2, S)
+    noise = torch.randn(2, eng.config.noise_dim, generator=torch.Generator().manual_seed(5))
+    for call in (lambda **kw: eng.translate(x, {"Male": 1}, **kw),
+                 lambda **kw: eng.reconstruct(x, **kw),
+                 lambda **kw: eng.interpolate(x, x, {"Male": 1}, [0.5], **kw)):
+        with pytest.raises(ValueError, match=r"give noise or seed, not both"):
+            call(noise=noise, seed=0)
+        with pytest.raises(ValueError, match=r"give noise or seed, not both"):
+            call(noise=noise, seed=[1, 2])

@@ -80,7 +80,8 @@ def test_demo_end_to_end(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["demo", "--out", str(tmp_path), "--samples", "-1"])
     assert exit_.value.code == 2
-    assert "argument --samples: must be an integer >= 0, got '-1'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "argument --samples: must be an integer from 0 to 64, got '-1'" in err
 
 
 def test_an_os_error_is_a_one_line_error_with_status_2(tmp_path, monkeypatch, capsys):
@@ -699,8 +700,10 @@ def test_a_reader_that_leaves_early_is_not_an_error():
                                            "cuda:N"),
     (["demo", "--rows", "0"], "argument --rows: must be an integer from 1 to 64, got '0'"),
     (["demo", "--rows", "65"], "argument --rows: must be an integer from 1 to 64, got '65'"),
-    (["demo", "--seed", "-1"], "argument --seed: must be an integer >= 0, got '-1'"),
-    (["translate", "--seed", "-1"], "argument --seed: must be an integer >= 0, got '-1'"),
+    (["demo", "--seed", "-1"], f"argument --seed: must be an integer from 0 to {2 ** 63}, "
+                               "got '-1'"),
+    (["translate", "--seed", "-1"], f"argument --seed: must be an integer from 0 to "
+                                    f"{2 ** 64 - 1}, got '-1'"),
     (["info", "--checkpoint", "ck", "--resolution", "64"],
      "argument --resolution: not allowed with argument --checkpoint"),
     (["info", "--checkpoint", "ck", "--resolution", "128"],  # the default value too

@@ -91,8 +91,8 @@ CPUINFO = Path("/proc/cpuinfo")  # where the CPU's model name is read (Linux)
 PARTIAL_CSV = "bench.partial.csv"  # the rows of a run in progress (or killed), as measured
 FIELDS = ["what", "backend", "dtype", "batch", "resolution", "metric", "unit", "p50", "p20",
           "p80", "samples", "images_per_s", "peak_mem_mb", "vs_reference_fp32",
-          "vs_reference_same_dtype", "roofline_share", "gflop_per_image", "first_call_s", "variant", "parity", "note",
-          "device", "torch", "triton", "commit", "date"]
+          "vs_reference_same_dtype", "roofline_share", "gflop_per_image", "first_call_s",
+          "variant", "parity", "note", "device", "torch", "triton", "commit", "date"]
 # The table measured when no variants are given, per device type. CPU: the backends side
 # by side in float32 (issue 14 item 9), then torch and compile in bf16 channels_last
 # (AMX CPUs: 2.1-2.7x and 5.5-7.2x the reference).
@@ -302,6 +302,22 @@ def _streamed(out: str | Path | None):
         yield add
 
 
+def _check_resolutions(resolutions: list[int], checkpoint: str | None,
+                       config_overrides: dict | None) -> None:
+    """Refuse, before anything is measured or written (``out``'s partial CSV), a resolution
+    the checkpoint does not make or no configuration takes (what ``_model`` would refuse
+    at that resolution's turn)."""
+    if checkpoint:
+        from ..reference.checkpoint import read_config
+
+        size = read_config(checkpoint).image_size
+        if any(res != size for res in resolutions):
+            raise ValueError(f"{checkpoint} makes {size} px images; --resolutions must be {size}")
+        return
+    for res in resolutions:
+        BridgeGANConfig(image_size=res, **(config_overrides or {}))
+
+
 def _model(res: int, checkpoint: str | None, config_overrides: dict | None) -> BridgeGAN:
     """The checkpoint (which must make ``res`` px images), or seeded weights at ``res``."""
     if not checkpoint:
@@ -450,6 +466,7 @@ def run_matrix(variants: list[Variant] | None, batches: list[int], resolutions: 
         if repeated:
             raise ValueError(f"each {what} may be given once; repeated: {', '.join(repeated)}")
     _check_table(variants, dev)
+    _check_resolutions(resolutions, checkpoint, config_overrides)
     # the machine's load, for whoever reads the numbers: a 1-minute average, so the start's
     # still holds the minute before (a previous run's), the end's this run's own threads
     load = {"load_1min_at_start": round(threads.load_average(), 2), "cores": threads.cores()}

@@ -5,12 +5,13 @@ import argparse
 from pathlib import Path
 
 import torch
+import numpy as np
 from tqdm import tqdm
 
 from ..files import check_writable_folder
 from ..numerics import dtype_name
 from ..reference.checkpoint import SHIPPED, read_config
-from ..reference.data.grid import save_grid
+from ..reference.data.grid import save_grid, save_png
 from ..reference.data.image import check_image_file, open_rgb
 from ..reference.presets import PAPER_RESOLUTION
 from .io import tensor_to_pil
@@ -74,6 +75,11 @@ def translate(args: argparse.Namespace) -> int:
         if not attrs:
             raise ValueError("--attributes is empty: give a comma list of attribute names, "
                              "or leave it out to take every attribute from the references")
+    last_seed = args.seed + (args.samples - 1 if edits else 0)
+    if last_seed >= 2 ** 64:
+        raise ValueError(f"--seed {args.seed} with --samples {args.samples} draws seeds up to "
+                         f"{last_seed}; seeds must be below 2**64: give --seed <= "
+                         f"{2 ** 64 - args.samples}")
     out = Path(args.out)
     names = output_names(args.input, args.samples, bool(edits), args.reference or [], out)
     check_writable_folder(out)
@@ -99,8 +105,8 @@ def translate(args: argparse.Namespace) -> int:
         rows = torch.stack(columns, dim=1)  # (input, column, C, H, W)
         out.mkdir(parents=True, exist_ok=True)
         for row_names, row in zip(names[start:start + batch], rows[:, 1:]):
-            for name, img in zip(row_names, row):
-                tensor_to_pil(img).save(out / name)
+            for name, img in zip(row_names, row):  # atomic: an earlier run's file is
+                save_png(np.asarray(tensor_to_pil(img)), out / name)  # replaced whole or kept
         if start < GRID_ROWS:  # a copy: a view (even of no rows) keeps the whole batch
             grid_rows.append(rows[:GRID_ROWS - start].clone())
         bar.update(len(x))

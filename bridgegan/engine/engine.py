@@ -131,7 +131,7 @@ def _number(value, what: str, bound: float) -> float:
     """``value`` as a float, refused unless a finite number within [-bound, bound]."""
     try:
         x = None if isinstance(value, (str, bytes, bool)) else float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # 10**400: no float holds it
         x = None
     if x is None:
         raise ValueError(f"{what} must be a number, got {value!r}")
@@ -189,7 +189,7 @@ def _as_tensor(value, what: str, dtype: torch.dtype = torch.float32) -> torch.Te
     """``value`` (a tensor, array or nested list of numbers) as ``dtype`` on the CPU."""
     try:
         return torch.as_tensor(value, dtype=dtype).cpu()
-    except (TypeError, ValueError, RuntimeError) as exc:
+    except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
         raise ValueError(f"{what} must be a tensor, array or nested list of numbers, got "
                          f"{type(value).__name__} ({exc})") from None
 
@@ -219,7 +219,13 @@ def engine_device(device: str | torch.device) -> torch.device:
     """``device`` as an engine runs on it: "cuda" is the GPU current now, where the weights
     go (not whichever is current in a caller's thread); CUDA that torch cannot see is
     refused."""
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be cpu, cuda or cuda:N (or a torch.device of those), "
+                         f"got {device!r}")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device 'cuda' requested but torch sees no CUDA device")
     if dev.type == "cuda" and dev.index is None:
@@ -350,7 +356,9 @@ class Engine:
         return self._labels(target, source.shape[0], "target labels")
 
     def _noise(self, n: int, noise, seed) -> torch.Tensor:
-        seed = _seeds(seed, n)  # checked even beside given noise
+        if noise is not None and seed is not None:  # a seed would be silently ignored
+            raise ValueError("give noise or seed, not both (a seed draws the noise)")
+        seed = _seeds(seed, n)
         if noise is None:
             noise = draw_noise(n, self.config.noise_dim, seed)
         noise = _as_tensor(noise, "noise")

@@ -83,6 +83,10 @@ def _items(images: Images, what: str) -> list:
 def _tensor(x: torch.Tensor, size: int, what: str) -> torch.Tensor:
     """A caller's tensor (N, C, S, S) or (C, S, S) as float32 (N, 3, S, S), shape and
     values checked."""
+    if x.layout != torch.strided or x.device.type == "meta":
+        raise ValueError(f"{what}: expected a dense tensor holding values, got a "
+                         f"{'meta' if x.device.type == 'meta' else str(x.layout)} tensor "
+                         f"(make it dense with .to_dense(), give it data)")
     if x.dim() == 3:
         x = x.unsqueeze(0)
     if x.dim() != 4:
@@ -111,7 +115,11 @@ def _item(item, size: int, what: str) -> torch.Tensor:
         item = image.open_rgb(item)
     elif isinstance(item, Image.Image):
         image.check_image_size(item.size, what)
-        item = image.to_rgb(item, what)
+        try:  # a lazily opened image decodes here: a truncated file fails now
+            item = image.to_rgb(item, what)
+        except (OSError, SyntaxError) as exc:
+            raise ValueError(f"{what}: the PIL image's pixels cannot be read ({exc}); "
+                             f"accepted: images that decode (a complete file)") from exc
     else:
         raise ValueError(f"{what}: expected a tensor, a PIL image or a file path (str or "
                          f"os.PathLike), got {type(item).__name__}")

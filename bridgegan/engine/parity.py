@@ -13,10 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 import torch
 
+from ..files import write_file_atomic
 from ..numerics import errors, float64_call, float64_model, no_tf32, psnr, tolerance
 from ..reference.config import BridgeGANConfig
 from ..reference.model import BridgeGAN
@@ -116,5 +116,5 @@ def main(args: argparse.Namespace) -> int:
           f"({(cfg or BridgeGANConfig.paper()).image_size}px, batch {args.batch})")
     rows = check_backends(args.device, cfg, batch=args.batch)
     if getattr(args, "json", None):
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+        write_file_atomic(args.json, json.dumps(rows, indent=1).encode())
     return int(any(r["status"] == "FAIL" for r in rows))

@@ -28,6 +28,7 @@ import warnings
 import torch
 
 from ..argtypes import device_spec, output_file
+from ..files import write_file_atomic
 from ..numerics import SHORT_NAMES, dtype_name, errors, float64_call, same_nonfinite, tolerance
 from ..timing import time_calls
 from . import norm_act
@@ -298,8 +299,7 @@ def main(argv=None) -> int:
         print(f"parity: error: {exc}", file=sys.stderr)
         return 2
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+        write_file_atomic(args.json, json.dumps(rows, indent=1).encode())
     return 0 if all(r["ok"] for r in rows) else 1
 
 

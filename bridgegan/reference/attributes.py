@@ -86,7 +86,7 @@ def _as_float(value) -> float | None:
     """float(value), or None when ``value`` is not a number."""
     try:
         return float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
 
 
