@@ -347,33 +347,50 @@ def test_time_limit_stops_with_a_final_checkpoint(faces, tmp_path):
     assert latest_checkpoint(tmp_path).name == f"step-{t.step:08d}"
 
 
-def test_time_limit_leaves_room_for_the_next_step_and_the_final_checkpoint(faces, tmp_path,
-                                                                          monkeypatch):
-    """On a clock where a step takes 10 s and a checkpoint 5 s (every 3 steps), a 100 s
-    limit stops at step 8 (step 9 and its checkpoint would end at 105 s) and the final
-    checkpoint ends within the limit (before: step 9 and its checkpoint, ending at 105 s)."""
+def _slow_clock(t: Trainer, monkeypatch, **seconds) -> list[float]:
+    """A stand-in clock for the trainer module that advances ``seconds[name]`` whenever
+    ``t.<name>`` runs (train_step, save, _d_attr_step), and only then."""
     from bridgegan.reference import trainer as trainer_module
 
     clock = [0.0]
     monkeypatch.setattr(trainer_module, "time", SimpleNamespace(
         monotonic=lambda: clock[0], perf_counter=time.perf_counter))
+    for name, dt in seconds.items():
+        def slow(*args, _run=getattr(t, name), _dt=dt, **kwargs):
+            clock[0] += _dt
+            return _run(*args, **kwargs)
+        monkeypatch.setattr(t, name, slow)
+    return clock
+
+
+def test_time_limit_leaves_room_for_the_next_step_and_the_final_checkpoint(faces, tmp_path,
+                                                                          monkeypatch):
+    """A step takes 10 s, a checkpoint 30 s (every 3 steps): a 100 s limit runs step 4
+    (ending at 70 s), stops there (step 5 and a checkpoint would end at 110 s) and ends its
+    final checkpoint at 100 s (without a margin: step 6 and its checkpoint, ending at 120 s;
+    with the checkpoint counted in the step too: step 3, at 60 s)."""
     t = Trainer(tiny(faces), train_config(ckpt_every=3), faces, out_dir=tmp_path,
                 progress=False)
-    step, save = t.train_step, t.save
-
-    def slow_step():
-        clock[0] += 10
-        return step()
-
-    def slow_save(*args, **kwargs):
-        clock[0] += 5
-        return save(*args, **kwargs)
-
-    monkeypatch.setattr(t, "train_step", slow_step)
-    monkeypatch.setattr(t, "save", slow_save)
+    clock = _slow_clock(t, monkeypatch, train_step=10, save=30)
     t.train(steps=100, time_limit=100.0)
-    assert t.step == 8 and clock[0] == 95.0
-    assert latest_checkpoint(tmp_path).name == "step-00000008"
+    assert t.step == 4 and clock[0] == 100.0
+    assert latest_checkpoint(tmp_path).name == "step-00000004"
+
+
+def test_a_warm_up_stopped_by_the_time_limit_ends_the_run(faces, tmp_path, monkeypatch):
+    """Warm-up updates of 10 s and a 55 s limit: five updates, then the run stops with no
+    generator step (which would leave the warm-up never completed) and resumes it."""
+    t = Trainer(tiny(faces), train_config(d_attr_warmup=10), faces, out_dir=tmp_path,
+                progress=False)
+    clock = _slow_clock(t, monkeypatch, _d_attr_step=10, train_step=10)
+    t.train(steps=100, time_limit=55.0)
+    assert (t.step, t.warmup_done, clock[0]) == (0, 5, 50.0)
+    resumed = Trainer(tiny(faces), train_config(d_attr_warmup=10), faces, progress=False)
+    resumed.load(latest_checkpoint(tmp_path))
+    assert resumed.warmup_done == 5
+    for bad in (math.nan, math.inf, 0.0, -1.0):
+        with pytest.raises(ValueError, match="time_limit must be a finite number of seconds"):
+            resumed.train(steps=1, time_limit=bad)
 
 
 def _state(t: Trainer) -> dict[str, torch.Tensor]:

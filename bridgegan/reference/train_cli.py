@@ -178,8 +178,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.add_argument("--time-limit", type=positive_float, default=None,
                    help="stop with a final checkpoint within this many seconds of training "
-                        "(warm-up included; judged by the longest step so far); resume with "
-                        "--resume auto (default: none)")
+                        "(warm-up included; judged by the longest step and checkpoint so "
+                        "far); resume with --resume auto (default: none)")
 
     g = p.add_argument_group("hardware")
     g.add_argument("--device", choices=("cpu", "cuda"), default=TrainConfig.device,

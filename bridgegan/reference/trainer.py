@@ -421,9 +421,13 @@ class Trainer:
         ``time_limit`` seconds would pass, with logs, samples and checkpoints at their
         intervals and a final checkpoint (so a time-limited run resumes where it stopped).
         The run stops where its next step and the final checkpoint would pass the limit,
-        judged by the longest step so far (with what it wrote) and the last checkpoint's
-        time: it ends within the limit when steps take about as long as those before."""
+        judged by the longest step so far (with its logs and samples) and the last
+        checkpoint's time in this run (none until one is written): it ends within the limit
+        when steps and checkpoints take about as long as those before."""
         cfg = self.config
+        if time_limit is not None and not 0 < time_limit < math.inf:
+            raise ValueError(f"time_limit must be a finite number of seconds > 0 (or None), "
+                             f"got {time_limit!r}")
         deadline = None if time_limit is None else time.monotonic() + time_limit
         target = cfg.steps if steps is None else steps
         bar = None
@@ -435,8 +439,12 @@ class Trainer:
         self._log_t0, self._log_step0 = time.perf_counter(), self.step
         saved_at, longest, save_s = None, 0.0, 0.0  # the longest step, the last save's time
         self.warm_up(deadline)
+        # a warm-up stopped by the limit or a signal ends the run: after a generator step it
+        # would never be completed (a resume warms up only at step 0)
+        warming = self.step == 0 and self.warmup_done < cfg.d_attr_warmup
         try:
-            while self.step < target and not self._out_of_time(deadline, longest + save_s):
+            while (not warming and self.step < target
+                   and not self._out_of_time(deadline, longest + save_s)):
                 t0 = time.monotonic()
                 terms = self.train_step()
                 self._accumulate(terms)
@@ -449,11 +457,11 @@ class Trainer:
                                          ("d/adv", "g/adv", "g/rec") if k in last})
                 if cfg.sample_every and self.step % cfg.sample_every == 0:
                     self.save_samples()
+                longest = max(longest, time.monotonic() - t0)  # the checkpoint apart
                 if cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
                     t1 = time.monotonic()
                     self.save()
                     saved_at, save_s = self.step, time.monotonic() - t1
-                longest = max(longest, time.monotonic() - t0)
         finally:
             if bar is not None:
                 bar.close()
