@@ -140,6 +140,39 @@ def test_batches_of_requests_match_the_engine(engine):
             for g, i in zip(got[:1] + got[2:], (2, 0, 1))] == [True] * 3
 
 
+def test_head_labels_do_not_depend_on_the_batch(engine):
+    """A request without source labels gets the attribute head's labels its rows get
+    alone, whatever its batch mates: a row whose logit is a rounding away from 0 (bisected
+    between two images, random or flat, the head labels differently) keeps its label and
+    its result in batches of 2 to 9, in the engine and served (the batch's float32
+    rounding once flipped it: 0.25 apart)."""
+    x = torch.cat([images(16, 32, 11), *(torch.full((1, 3, 32, 32), v) for v in (-1, 0, 1))])
+    with torch.no_grad():
+        logits = engine.classifier(x)[1]
+    k = next(k for k in range(logits.shape[1])
+             if (logits[:, k] > 0).any() and (logits[:, k] <= 0).any())
+    a, b = int((logits[:, k] > 0).nonzero()[0]), int((logits[:, k] <= 0).nonzero()[0])
+
+    def row(t):
+        return ((1 - t) * x[a] + t * x[b])[None]
+
+    lo, hi = 0.0, 1.0
+    for _ in range(64):
+        mid = (lo + hi) / 2
+        with torch.no_grad():
+            lo, hi = (mid, hi) if engine.classifier(row(mid))[1][0, k] > 0 else (lo, mid)
+    target, r = torch.ones(1, 6), torch.zeros(1, 8)
+    for edge in (row(lo), row(hi)):
+        want_labels, want = engine.classify(edge), engine.translate(edge, target, noise=r)
+        request = as_numpy({"image": edge, "target": target, "noise": r})
+        for n in range(1, 9):
+            assert torch.equal(engine.classify(torch.cat([x[:n], edge]))[-1:], want_labels), n
+            mates = [as_numpy({"image": x[i:i + 1], "target": target, "noise": r})
+                     for i in range(n)]
+            got = run_requests(engine, "translate_label", [*mates, request])[-1]["output"]
+            assert close(got, want), n
+
+
 def test_bad_requests_fail_alone(engine):
     x, t = images(1, 32, 5).numpy(), labels(1, 6, 5).numpy()
     nan = x.copy()

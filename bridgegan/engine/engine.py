@@ -3,11 +3,13 @@
 Images go in as tensors in [-1, 1] or PIL images / files (see ``io`` for the size and mode
 policy) and come out as float32 tensors (N, 3, S, S) in [-1, 1] on the engine's device.
 Source labels come from the caller or, when not given, from the discriminator's
-attribute head (a logit above 0 means the attribute is present). Noise is drawn on the CPU
-from ``seed`` so that one seed gives the same images on every backend and device. An integer
-seed draws the whole batch's noise at once, so an image's noise depends on the batch size
-and its position; a list of N seeds draws each image's noise from its own seed, as that
-image translated alone with that seed gets it (results independent of the batch).
+attribute head (a logit above 0 means the attribute is present; each image's labels are
+the ones it gets alone, whatever its batch: ``Engine._head_labels``). Noise is drawn on
+the CPU from ``seed`` so that one seed gives the same images on every backend and device.
+An integer seed draws the whole batch's noise at once, so an image's noise depends on the
+batch size and its position; a list of N seeds draws each image's noise from its own
+seed, as that image translated alone with that seed gets it (results independent of the
+batch); noise and seed are not given together.
 Edits without a ``strength`` use the model's ``config.edit_strength`` (the official
 test's 1.5 unless the model's config.json names another operating point).
 Bad arguments (labels other than 0/1; a strength, noise, alpha or seed that is not a
@@ -48,6 +50,13 @@ from .streams import Concurrent
 # 1e4 is far outside anything drawn while keeping the latent codes finite; strength and
 # alphas scale a label difference as the config's edit strength does.
 BOUNDS = {"noise": 1e4, "strength": MAX_SCALE, "alpha": MAX_SCALE}
+
+# Attribute-head logits within this of 0 are computed again from their row alone
+# (``Engine._head_labels``): far above the float32 difference between a row's logits in a
+# batch and alone (1e-5 measured on the CPU; on CUDA, with cuDNN's TF32 convolutions,
+# not measured), a few percent of the rows of the default model's faces (median |logit|
+# about 7).
+LABEL_MARGIN = 1e-2
 
 
 def cpu_has_amx() -> bool:
@@ -346,9 +355,20 @@ class Engine:
 
     def _source(self, x: torch.Tensor, source) -> torch.Tensor:
         if source is None:
-            logits = in_chunks(lambda rows: self.classifier(rows)[1], (x,), MAX_ROWS)
-            return (logits > 0).float()
+            return self._head_labels(x)
         return self._labels(source, x.shape[0], "source labels")
+
+    def _head_labels(self, x: torch.Tensor) -> torch.Tensor:
+        """The attribute head's labels (logit > 0), each row's the label that row gets
+        alone: a batch's float32 rounding differs from a single row's (about 1e-5 here),
+        which would tip a logit that close to 0 and flip a whole attribute of the result
+        with the row's batch mates (serve's dynamic batching) or chunking. So the batch runs
+        at once and the rows with a logit within LABEL_MARGIN of 0 run again alone."""
+        logits = in_chunks(lambda rows: self.classifier(rows)[1], (x,), MAX_ROWS)
+        if x.shape[0] > 1:
+            for i in (logits.abs() < LABEL_MARGIN).any(1).nonzero().flatten().tolist():
+                logits[i] = self.classifier(x[i:i + 1])[1][0]
+        return (logits > 0).float()
 
     def _target(self, source: torch.Tensor, target) -> torch.Tensor:
         if isinstance(target, Mapping):
