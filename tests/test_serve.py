@@ -355,6 +355,9 @@ MALFORMED = [  # (model, body, JSON header length of a binary request, message)
     ("translate_label", json.dumps({"inputs": LABEL,
                                     "parameters": {f"k{i}": i for i in range(65)}}), None,
      'the request: at most 64 "parameters", got 65'),
+    ("translate_label", json.dumps({"inputs": LABEL, "outputs": [
+        {"name": "output", "parameters": {f"k{i}": i for i in range(65)}}]}), None,
+     'output 0: at most 64 "parameters", got 65'),
     ("translate_label", "[" * 100_000 + "]" * 100_000, None,
      "translate_label: invalid request (RecursionError: maximum recursion depth exceeded"),
     ("translate_reference", *binary_reference(bytes([0, 2, 0, 255, 0, 0])),
@@ -785,36 +788,39 @@ def test_clients_that_leave_before_their_answer_are_no_error(front, caplog):
 
 def test_readers_holding_parts_of_the_budget_do_not_wait_for_one_another():
     """Two bodies each holding part of the budget and needing more (a burst of large
-    bodies): the older one overdraws and finishes, then the other takes what it gave back;
-    neither waits for the other until its deadline."""
+    bodies), behind an older connection that sends nothing: one overdraws and finishes,
+    then the other takes what it gave back; neither waits for the other until its
+    deadline, and the silent one holds nothing."""
     import asyncio
 
     from bridgegan.serve.front import _Budget
 
     async def run():
-        budget, order = _Budget(10), []
-        first, second = budget.enter(), budget.enter()
+        budget, done = _Budget(10), []
+        silent, first, second = budget.enter(), budget.enter(), budget.enter()
         await budget.take(first, 6)
         await budget.take(second, 4)
 
         async def finish(ticket, n):
             await budget.take(ticket, n)
-            order.append(ticket)
+            done.append(ticket)
             budget.leave(ticket)
 
-        await asyncio.wait_for(asyncio.gather(finish(second, 5), finish(first, 5)), 60)
-        return order, budget.free
+        await asyncio.wait_for(asyncio.gather(finish(first, 5), finish(second, 5)), 60)
+        budget.leave(silent)
+        return sorted(done), budget.free
 
-    assert asyncio.run(run()) == ([0, 1], 10)
+    assert asyncio.run(run()) == ([1, 2], 10)
 
 
 @needs_front
 def test_bodies_wait_for_reading_budget_within_their_deadline(front):
     import asyncio
 
-    async def hold(n):  # an older reader holding the whole budget
+    async def hold(n):  # a reader holding the whole budget, and the right to go over it
         ticket = front.reading.enter()
         await front.reading.take(ticket, n)
+        await front.reading.take(ticket, 1)
         return ticket
 
     async def release(ticket):

@@ -12,10 +12,10 @@ request on its own before it reaches tritonserver:
   connection is closed; also how long an idle connection stays open) and as long again
   for its body (else HTTP 408); bodies being read hold at most ``MAX_READING`` bodies of
   the largest size at once, counted in the bytes received (a client that sends nothing
-  holds nothing; the oldest reader never waits, ``_Budget``), the others wait within
-  their deadline; a gRPC call's request message
-  must arrive within it too (else DEADLINE_EXCEEDED: the front reads each call as a
-  stream of one message, as it is on the wire, so that the read can have a deadline),
+  holds nothing; one reader at a time may go a body over, ``_Budget``), the others wait
+  within their deadline; a gRPC call's request message must arrive within it too (else
+  DEADLINE_EXCEEDED: the front reads each call as a stream of one message, as it is on
+  the wire, so that the read can have a deadline),
   and at most ``MAX_GRPC_CALLS`` gRPC calls are taken at once (others get
   RESOURCE_EXHAUSTED: grpc buffers a call's message before the handler sees it, so only
   a bound on calls bounds that memory); answers too have a deadline: an HTTP response
@@ -257,6 +257,10 @@ def http_arrays(spec: ModelSpec, max_batch: int, body: bytes,
             raise TypeError
         check_count(spec, len(inputs))
         _parameters(head, "the request")
+        outputs = head.get("outputs")  # of another type: tritonserver's 400
+        for k, o in enumerate(outputs if isinstance(outputs, list) else []):
+            if isinstance(o, dict):
+                _parameters(o, f"output {k}")
         declared = [(i["name"], i["datatype"], i["shape"]) for i in inputs]
         check_declared(spec, max_batch, declared)
     except (ValueError, KeyError, TypeError) as exc:
@@ -611,15 +615,17 @@ def _parse(message_class, payload: bytes):
 
 class _Budget:
     """Bytes that body readers take as their bodies arrive, waiting while too few are free,
-    and give back when done; on the event loop. The reader that began first never waits
-    (it may overdraw by one body): readers each holding part of the budget and waiting for
-    more would otherwise wait for one another until their deadlines (a burst of large
-    bodies would all end in 408)."""
+    and give back when done; on the event loop. One reader at a time may overdraw (by at
+    most its body): the first to find the budget short, until it leaves. Readers each
+    holding part of the budget and waiting for more would otherwise wait for one another
+    until their deadlines (a burst of large bodies would all end in 408); the right goes to
+    a reader with bytes in hand, never to a connection that sends nothing."""
 
     def __init__(self, size: int):
         self.free, self.given = size, asyncio.Event()
-        self.readers: dict[int, int] = {}  # each reader's bytes taken, oldest first
+        self.readers: dict[int, int] = {}  # each reader's bytes taken
         self.tickets = itertools.count()
+        self.overdrawing: int | None = None  # the reader that may overdraw
 
     def enter(self) -> int:
         """A new reader's ticket."""
@@ -628,7 +634,11 @@ class _Budget:
         return ticket
 
     async def take(self, ticket: int, n: int) -> None:
-        while self.free < n and next(iter(self.readers)) != ticket:
+        while self.free < n:
+            if self.overdrawing is None:
+                self.overdrawing = ticket
+            if self.overdrawing == ticket:
+                break
             self.given.clear()
             await self.given.wait()
         self.free -= n
@@ -636,6 +646,8 @@ class _Budget:
 
     def leave(self, ticket: int) -> None:
         self.free += self.readers.pop(ticket)
+        if self.overdrawing == ticket:
+            self.overdrawing = None
         self.given.set()
 
 
@@ -648,9 +660,9 @@ async def _read_body(request, limit: int, take: Callable[[int], Awaitable[None]]
         raise too_big
     chunks, size = [], 0
     while chunk := await request.content.read(min(1 << 20, limit + 1 - size)):
-        await take(len(chunk))
-        chunks.append(chunk)
         size += len(chunk)
         if size > limit:
             raise too_big
+        await take(len(chunk))
+        chunks.append(chunk)
     return b"".join(chunks)
