@@ -36,8 +36,7 @@ class Command:
 
 MAX_DEMO_ROWS = 64  # one grid row per face, held in memory until the PNG is written
 MAX_SAMPLES = 64  # noise samples per edit: grid columns (demo), files per input (translate)
-MAX_SEED = 2 ** 64 - 1  # torch.Generator's seeds: unsigned 64-bit
-DEMO_MAX_SEED = 2 ** 63  # the demo draws from its seed plus offsets: room below MAX_SEED
+DEMO_MAX_SEED = 2 ** 63  # the demo draws from its seed plus offsets: room below SEEDS
 MAX_PRUNE_DAYS = 1_000_000  # cache --prune: days * 86400 s stays a float
 
 
@@ -75,7 +74,7 @@ def _translate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strength", type=float,
                    help="edit strength, the scale of d (default: the model's config "
                         "edit_strength: 1.5, the official test's, unless it names another)")
-    p.add_argument("--seed", type=int_between(0, MAX_SEED), default=0,
+    p.add_argument("--seed", type=int_between(0, engine_options.SEEDS - 1), default=0,
                    help="noise seed of the first sample, the next ones +1 (default: 0); "
                         "every input gets the noise it would get translated alone")
     p.add_argument("--batch-size", type=positive_int, default=None,

@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from ..files import check_writable_folder
@@ -15,7 +15,7 @@ from ..reference.data.grid import save_grid, save_png
 from ..reference.data.image import check_image_file, open_rgb
 from ..reference.presets import PAPER_RESOLUTION
 from .io import tensor_to_pil
-from .options import TRANSLATE_BATCH
+from .options import SEEDS, TRANSLATE_BATCH
 
 GRID = "grid.png"  # translate's grid of the inputs and their outputs
 GRID_ROWS = 64  # inputs shown in the grid (one row each); every output is written
@@ -76,10 +76,10 @@ def translate(args: argparse.Namespace) -> int:
             raise ValueError("--attributes is empty: give a comma list of attribute names, "
                              "or leave it out to take every attribute from the references")
     last_seed = args.seed + (args.samples - 1 if edits else 0)
-    if last_seed >= 2 ** 64:
+    if last_seed >= SEEDS:
         raise ValueError(f"--seed {args.seed} with --samples {args.samples} draws seeds up to "
                          f"{last_seed}; seeds must be below 2**64: give --seed <= "
-                         f"{2 ** 64 - args.samples}")
+                         f"{SEEDS - args.samples}")
     out = Path(args.out)
     names = output_names(args.input, args.samples, bool(edits), args.reference or [], out)
     check_writable_folder(out)

@@ -44,6 +44,7 @@ from .cudagraphs import MAX_ROWS, CudaGraphed, chunked, in_chunks
 from .cudnn_tuning import cudnn_search
 from .graph import Rewrites
 from .io import Images, as_batch, value_range
+from .options import SEEDS
 from .streams import Concurrent
 
 # Largest |value| the engine takes per bounded input. Noise draws are standard normal, so
@@ -163,7 +164,7 @@ def _alphas(alphas) -> list[float]:
 def _is_seed(seed) -> bool:
     """Whether ``seed`` is one torch.Generator takes: an unsigned 64-bit integer."""
     return (isinstance(seed, numbers.Integral) and not isinstance(seed, bool)
-            and 0 <= seed < 2 ** 64)
+            and 0 <= seed < SEEDS)
 
 
 def _seeds(seed, n: int) -> int | list[int] | None:

@@ -15,6 +15,7 @@ VARIANT_FORM = f"backend:dtype{''.join(f'[:{t}]' for t in VARIANT_TAGS)}[:-REWRI
 WORKLOADS = ("translate", "reference", "strip", "strip_nocache")
 # `bridgegan translate --batch-size`'s default: images per engine call, by device type
 TRANSLATE_BATCH = {"cpu": 8, "cuda": 64}
+SEEDS = 2 ** 64  # noise seeds are integers in [0, SEEDS): torch.Generator's 64 bits
 
 
 def add_options(parser: argparse.ArgumentParser, dtype: bool = True) -> None:
