@@ -305,8 +305,7 @@ def _streamed(out: str | Path | None):
 def _check_resolutions(resolutions: list[int], checkpoint: str | None,
                        config_overrides: dict | None) -> None:
     """Refuse, before anything is measured or written (``out``'s partial CSV), a resolution
-    the checkpoint does not make or no configuration takes (what ``_model`` would refuse
-    at that resolution's turn)."""
+    the checkpoint does not make or no configuration takes."""
     if checkpoint:
         from ..reference.checkpoint import read_config
 
@@ -319,17 +318,14 @@ def _check_resolutions(resolutions: list[int], checkpoint: str | None,
 
 
 def _model(res: int, checkpoint: str | None, config_overrides: dict | None) -> BridgeGAN:
-    """The checkpoint (which must make ``res`` px images), or seeded weights at ``res``."""
+    """The checkpoint (``_check_resolutions``: it makes ``res`` px images), or seeded
+    weights at ``res``."""
     if not checkpoint:
         torch.manual_seed(res)
         return BridgeGAN(BridgeGANConfig(image_size=res, **(config_overrides or {}))).eval()
     from ..reference.checkpoint import load_checkpoint
 
-    model = load_checkpoint(checkpoint)
-    if model.config.image_size != res:
-        raise ValueError(f"{checkpoint} makes {model.config.image_size} px images; "
-                         f"--resolutions must be {model.config.image_size}")
-    return model
+    return load_checkpoint(checkpoint)
 
 
 def _engine(model: BridgeGAN, v: Variant, dev: torch.device, case) -> tuple[Engine, str, dict]:

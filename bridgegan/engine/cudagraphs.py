@@ -38,17 +38,18 @@ class CudaGraphed:
     engine's programs do: every norm is per sample). ``batch_dims`` names each argument's
     batch dimension (``fn``'s output has it first); ``device`` is the GPU the arguments are
     on. Callers bound the batch (the Engine: ``chunked`` at ``MAX_ROWS``; a batch of 10,000
-    would capture a graph of 10,048 rows and keep its memory pool).
+    would capture a graph of 10,048 rows and keep its activations).
 
     Inputs are copied into static buffers and the static output's rows are copied out (as
     ``out_dtype``, default fn's: one copy where a clone then a cast would be two), so
     callers never see buffers a later replay overwrites. At most ``max_graphs`` signatures
     are kept, least recently used first out; the default keeps every bucket up to
     ``MAX_ROWS`` of two kinds of call (with a region and without: a server mixing them
-    would otherwise capture anew on most calls). The graphs share one memory pool, so they
-    hold about what the largest needs, not the sum: one graph's intermediates may land on
-    another's static output, which is safe because replays never overlap and each call's
-    rows are copied out before the next replay. The lock serialises replays of the shared
+    would otherwise capture anew on most calls). The graphs share one memory pool, so
+    their intermediates take about what the largest graph's need, not the sum (each keeps
+    its own static inputs and output: the sum of its buckets' rows of those): one graph's
+    intermediates may land on another's static output, which is safe because replays never
+    overlap and each call's rows are copied out before the next replay. The lock serialises replays of the shared
     buffers on the host, and on the device each call waits for the previous one, which may
     be queued on another stream (another thread's); callers that also run other CUDA work
     concurrently must serialise around captures themselves (the Engine does).

@@ -488,7 +488,7 @@ def _run(op, x, gamma, beta, weight, bias, mod_bias, act, eps, slope, impl, out,
             return out
         return y
     if out is not None and (hw_strides(out) is None or _unsafe_out(
-            out, (x, gamma, beta, residual))):
+            out, (x, gamma, beta, residual, weight, bias, mod_bias))):
         # The kernels write out tile by tile while other programs (and, on the split path,
         # other launches) still read their inputs: an out that overlaps an input other
         # than as its exact alias would be read after it was written. Such an out, and
