@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .. import threads
 from ..argtypes import positive_float
-from ..files import check_writable_folder
+from ..files import check_writable_folder, write_file_atomic
 from .config import INT_RANGES, BridgeGANConfig
 from .data import registry as data_registry
 from .data.split_modes import INDEX_TRAIN, SPLIT_MODES
@@ -396,9 +396,10 @@ def run(args: argparse.Namespace) -> int:
             elif init is not None:
                 print(f"started from the weights of {init}", file=sys.stderr)
             out.mkdir(parents=True, exist_ok=True)
-            (out / "run.json").write_text(json.dumps(
+            write_file_atomic(out / "run.json", (json.dumps(
                 {"argv": sys.argv, "model_config": model_cfg.to_dict(),
-                 "train_config": config.to_dict(), "world_size": info.world_size}, indent=1) + "\n")
+                 "train_config": config.to_dict(), "world_size": info.world_size},
+                indent=1) + "\n").encode())
         with _stop_on_signals(trainer):
             trainer.train(time_limit=args.time_limit)
         if trainer.stop_signal is not None:
