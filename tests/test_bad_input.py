@@ -959,3 +959,18 @@ def test_noise_and_seed_together_are_refused(eng):
             call(noise=noise, seed=0)
         with pytest.raises(ValueError, match=r"give noise or seed, not both"):
             call(noise=noise, seed=[1, 2])
+
+
+def test_flags_must_be_booleans_and_labels_real(model, eng):
+    """channels_last="no" (truthy) was taken as True, and complex labels lost their
+    imaginary parts with only a torch warning."""
+    for name in ("channels_last", "cuda_graphs", "cudnn_benchmark", "streams"):
+        with pytest.raises(ValueError, match=rf"{name} must be True, False or None, got 'no'"):
+            Engine(model, **{name: "no"})
+    x = images(1, S)
+    with pytest.raises(ValueError, match=r"cache must be True, False or None, got 'no'"):
+        eng.edit_strip(x, cache="no")
+    with pytest.raises(ValueError, match=r"target labels must hold real numbers, got complex64"):
+        eng.translate(x, torch.ones(1, N_ATTRS, dtype=torch.complex64), seed=0)
+    with pytest.raises(ValueError, match=r"noise must hold real numbers, got complex128"):
+        eng.reconstruct(x, noise=np.ones((1, eng.config.noise_dim), dtype=complex))

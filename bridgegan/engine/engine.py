@@ -196,12 +196,24 @@ def draw_noise(n: int, dim: int, seed: int | list[int] | None) -> torch.Tensor:
 
 
 def _as_tensor(value, what: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """``value`` (a tensor, array or nested list of numbers) as ``dtype`` on the CPU."""
-    try:
-        return torch.as_tensor(value, dtype=dtype).cpu()
+    """``value`` (a tensor, array or nested list of real numbers) as ``dtype`` on the CPU."""
+    try:  # a list in ``dtype`` at once (as float32 first, 1 - 1e-8 would read as 1)
+        t = torch.as_tensor(value, dtype=None if isinstance(value, (torch.Tensor, np.ndarray))
+                            else dtype)
     except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
         raise ValueError(f"{what} must be a tensor, array or nested list of numbers, got "
                          f"{type(value).__name__} ({exc})") from None
+    if t.is_complex():  # a cast would drop the imaginary parts with only a warning
+        raise ValueError(f"{what} must hold real numbers, got {dtype_name(t.dtype)}")
+    return t.to(dtype).cpu()
+
+
+def _flag(value, what: str) -> bool | None:
+    """``value`` (None, or a bool: numpy's too), refused otherwise: a string such as "no"
+    would be taken as true."""
+    if value is not None and not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{what} must be True, False or None, got {value!r}")
+    return None if value is None else bool(value)
 
 
 def _serialised(method):
@@ -258,6 +270,10 @@ class Engine:
             raise ValueError(f"model must be a BridgeGAN (for a checkpoint folder: "
                              f"Engine.from_checkpoint(path)), got {type(model).__name__}")
         self.device = engine_device(device)
+        channels_last, cuda_graphs = (_flag(channels_last, "channels_last"),
+                                      _flag(cuda_graphs, "cuda_graphs"))
+        cudnn_benchmark, streams = (_flag(cudnn_benchmark, "cudnn_benchmark"),
+                                    bool(_flag(streams, "streams")))
         self.config: BridgeGANConfig = model.config
         self.dtype = resolve_dtype(dtype, self.device)
         spec = check_backend(backend, self.device, self.dtype)
@@ -534,6 +550,8 @@ class Engine:
         ``cache`` the source-only trunk runs once for the whole strip."""
         if isinstance(samples, bool) or not isinstance(samples, numbers.Integral) or samples < 0:
             raise ValueError(f"samples must be an integer >= 0, got {samples!r}")
+        if _flag(cache, "cache") is None:
+            raise ValueError("cache must be True or False, got None")
         x = self.load_images(image)
         if x.shape[0] != 1:
             raise ValueError(f"edit_strip takes one image, got {x.shape[0]}")
