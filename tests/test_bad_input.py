@@ -968,9 +968,12 @@ def test_flags_must_be_booleans_and_labels_real(model, eng):
         with pytest.raises(ValueError, match=rf"{name} must be True, False or None, got 'no'"):
             Engine(model, **{name: "no"})
     x = images(1, S)
-    with pytest.raises(ValueError, match=r"cache must be True, False or None, got 'no'"):
-        eng.edit_strip(x, cache="no")
+    for cache in ("no", None):
+        with pytest.raises(ValueError, match=rf"cache must be True or False, got {cache!r}"):
+            eng.edit_strip(x, cache=cache)
     with pytest.raises(ValueError, match=r"target labels must hold real numbers, got complex64"):
         eng.translate(x, torch.ones(1, N_ATTRS, dtype=torch.complex64), seed=0)
     with pytest.raises(ValueError, match=r"noise must hold real numbers, got complex128"):
         eng.reconstruct(x, noise=np.ones((1, eng.config.noise_dim), dtype=complex))
+    with pytest.raises(ValueError, match=r"target labels must hold real numbers, got complex"):
+        eng.translate(x, [[np.complex128(1)] * N_ATTRS], seed=0)  # list(array) gives these

@@ -279,6 +279,24 @@ def test_graph_calls_on_two_streams_keep_their_inputs():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_head_logits_in_a_batch_and_alone_agree_far_inside_the_label_margin():
+    """The attribute head on CUDA as an engine runs it (float32; cuDNN's TF32 as torch
+    leaves it): a row's logits in batches of 2 to 64 and alone differ by far less than
+    LABEL_MARGIN, which ``Engine._head_labels`` relies on (1e-5 on the CPU)."""
+    from bridgegan.engine.engine import LABEL_MARGIN
+    from bridgegan.reference.checkpoint import SHIPPED
+
+    eng = Engine.from_checkpoint(SHIPPED, device="cuda")
+    x = images(64, eng.config.image_size, 40).cuda()
+    with torch.no_grad():
+        alone = torch.cat([eng.classifier(x[i:i + 1])[1] for i in range(len(x))])
+        gaps = {n: (eng.classifier(x[:n])[1] - alone[:n]).abs().max().item()
+                for n in (2, 8, 33, 64)}
+    assert max(gaps.values()) < LABEL_MARGIN / 10, gaps
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_graphs_sharing_a_memory_pool_keep_each_calls_result():
     """Graphs of three buckets, with and without a second input, share one memory pool
     (a later capture may put its intermediates on an earlier graph's output): calls

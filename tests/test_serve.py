@@ -787,30 +787,39 @@ def test_clients_that_leave_before_their_answer_are_no_error(front, caplog):
 
 
 def test_readers_holding_parts_of_the_budget_do_not_wait_for_one_another():
-    """Two bodies each holding part of the budget and needing more (a burst of large
-    bodies), behind an older connection that sends nothing: one overdraws and finishes,
-    then the other takes what it gave back; neither waits for the other until its
-    deadline, and the silent one holds nothing."""
+    """Bodies each holding part of the budget and needing more (a burst of large bodies),
+    behind an older connection that sends nothing: the first to find it short overdraws;
+    the other waits until it leaves, then takes what it gave back; a waiting reader
+    cancelled (its deadline) leaves nothing held. Stepped with sleep(0), no timing."""
     import asyncio
 
     from bridgegan.serve.front import _Budget
 
+    async def steps(n=10):
+        for _ in range(n):
+            await asyncio.sleep(0)
+
     async def run():
-        budget, done = _Budget(10), []
-        silent, first, second = budget.enter(), budget.enter(), budget.enter()
+        budget = _Budget(10)
+        silent, first, second, third = (budget.enter() for _ in range(4))
         await budget.take(first, 6)
         await budget.take(second, 4)
-
-        async def finish(ticket, n):
-            await budget.take(ticket, n)
-            done.append(ticket)
-            budget.leave(ticket)
-
-        await asyncio.wait_for(asyncio.gather(finish(first, 5), finish(second, 5)), 60)
+        await asyncio.wait_for(budget.take(first, 5), 60)  # short: first overdraws
+        waiting = asyncio.ensure_future(budget.take(second, 5))
+        cancelled = asyncio.ensure_future(asyncio.wait_for(budget.take(third, 1), 60))
+        await steps()
+        assert not waiting.done() and not cancelled.done() and budget.free == -5
+        cancelled.cancel()
+        await steps()
+        budget.leave(third)  # its reader's finally
+        budget.leave(first)
+        await asyncio.wait_for(waiting, 60)
+        assert budget.overdrawing is None and budget.free == 10 - 4 - 5  # no need to
+        budget.leave(second)
         budget.leave(silent)
-        return sorted(done), budget.free
+        return budget.free, budget.overdrawing, budget.readers
 
-    assert asyncio.run(run()) == ([1, 2], 10)
+    assert asyncio.run(run()) == (10, None, {})
 
 
 @needs_front

@@ -388,7 +388,7 @@ def test_a_warm_up_stopped_by_the_time_limit_ends_the_run(faces, tmp_path, monke
     resumed = Trainer(tiny(faces), train_config(d_attr_warmup=10), faces, progress=False)
     resumed.load(latest_checkpoint(tmp_path))
     assert resumed.warmup_done == 5
-    for bad in (math.nan, math.inf, 0.0, -1.0):
+    for bad in (math.nan, math.inf, 0.0, -1.0, "5", True):
         with pytest.raises(ValueError, match="time_limit must be a finite number of seconds"):
             resumed.train(steps=1, time_limit=bad)
 

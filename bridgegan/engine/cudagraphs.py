@@ -49,10 +49,11 @@ class CudaGraphed:
     their intermediates take about what the largest graph's need, not the sum (each keeps
     its own static inputs and output: the sum of its buckets' rows of those): one graph's
     intermediates may land on another's static output, which is safe because replays never
-    overlap and each call's rows are copied out before the next replay. The lock serialises replays of the shared
-    buffers on the host, and on the device each call waits for the previous one, which may
-    be queued on another stream (another thread's); callers that also run other CUDA work
-    concurrently must serialise around captures themselves (the Engine does).
+    overlap and each call's rows are copied out before the next replay. The lock
+    serialises replays of the shared buffers on the host, and on the device each call
+    waits for the previous one, which may be queued on another stream (another thread's);
+    callers that also run other CUDA work concurrently must serialise around captures
+    themselves (the Engine does).
     """
 
     def __init__(self, fn: Callable[..., torch.Tensor], batch_dims: tuple[int, ...],

@@ -54,9 +54,8 @@ BOUNDS = {"noise": 1e4, "strength": MAX_SCALE, "alpha": MAX_SCALE}
 
 # Attribute-head logits within this of 0 are computed again from their row alone
 # (``Engine._head_labels``): far above the float32 difference between a row's logits in a
-# batch and alone (1e-5 measured on the CPU; on CUDA, with cuDNN's TF32 convolutions,
-# not measured), a few percent of the rows of the default model's faces (median |logit|
-# about 7).
+# batch and alone on the CPU (1e-5 measured); on CUDA, with cuDNN's TF32 convolutions,
+# not measured yet (a `gpu` test does). 5-8% of the shipped model's face rows.
 LABEL_MARGIN = 1e-2
 
 
@@ -197,9 +196,8 @@ def draw_noise(n: int, dim: int, seed: int | list[int] | None) -> torch.Tensor:
 
 def _as_tensor(value, what: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """``value`` (a tensor, array or nested list of real numbers) as ``dtype`` on the CPU."""
-    try:  # a list in ``dtype`` at once (as float32 first, 1 - 1e-8 would read as 1)
-        t = torch.as_tensor(value, dtype=None if isinstance(value, (torch.Tensor, np.ndarray))
-                            else dtype)
+    try:  # numpy keeps a list's precision (float32 would read 1 - 1e-8 as 1) and its complex
+        t = torch.as_tensor(value if isinstance(value, torch.Tensor) else np.asarray(value))
     except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
         raise ValueError(f"{what} must be a tensor, array or nested list of numbers, got "
                          f"{type(value).__name__} ({exc})") from None
@@ -208,11 +206,12 @@ def _as_tensor(value, what: str, dtype: torch.dtype = torch.float32) -> torch.Te
     return t.to(dtype).cpu()
 
 
-def _flag(value, what: str) -> bool | None:
-    """``value`` (None, or a bool: numpy's too), refused otherwise: a string such as "no"
-    would be taken as true."""
-    if value is not None and not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{what} must be True, False or None, got {value!r}")
+def _flag(value, what: str, optional: bool = True) -> bool | None:
+    """``value`` (a bool, numpy's too, or None where ``optional``), refused otherwise: a
+    string such as "no" would be taken as true."""
+    if not isinstance(value, (bool, np.bool_)) and not (optional and value is None):
+        accepted = "True, False or None" if optional else "True or False"
+        raise ValueError(f"{what} must be {accepted}, got {value!r}")
     return None if value is None else bool(value)
 
 
@@ -550,8 +549,7 @@ class Engine:
         ``cache`` the source-only trunk runs once for the whole strip."""
         if isinstance(samples, bool) or not isinstance(samples, numbers.Integral) or samples < 0:
             raise ValueError(f"samples must be an integer >= 0, got {samples!r}")
-        if _flag(cache, "cache") is None:
-            raise ValueError("cache must be True or False, got None")
+        _flag(cache, "cache", optional=False)
         x = self.load_images(image)
         if x.shape[0] != 1:
             raise ValueError(f"edit_strip takes one image, got {x.shape[0]}")

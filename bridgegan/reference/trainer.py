@@ -17,6 +17,7 @@ import contextlib
 import copy
 import json
 import math
+import numbers
 import os
 import signal
 import time
@@ -425,7 +426,8 @@ class Trainer:
         checkpoint's time in this run (none until one is written): it ends within the limit
         when steps and checkpoints take about as long as those before."""
         cfg = self.config
-        if time_limit is not None and not 0 < time_limit < math.inf:
+        if time_limit is not None and (isinstance(time_limit, bool) or not isinstance(
+                time_limit, numbers.Real) or not 0 < time_limit < math.inf):
             raise ValueError(f"time_limit must be a finite number of seconds > 0 (or None), "
                              f"got {time_limit!r}")
         deadline = None if time_limit is None else time.monotonic() + time_limit
