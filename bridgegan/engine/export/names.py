@@ -12,6 +12,6 @@ TENSORRT_PRECISIONS = ("fp32", "fp16", "bf16")
 TIMING_CACHE = "timing.cache"  # the TensorRT timing cache kept beside the plans
 PREFERRED_BATCHES = (4, 8, 16, 32)  # a Triton repository's default preferred batch sizes
 MAX_BATCH = 64  # its default max_batch_size (and a TensorRT plan's default profile max)
+QUEUE_DELAY_US = 1000  # its default dynamic batching queue delay
 PLAN_BATCHES = (1, 8, MAX_BATCH)  # a TensorRT plan's default profile: (min, opt, max) batch
 WORKSPACE_GB = 4.0  # a TensorRT build's default workspace memory pool limit
-QUEUE_DELAY_US = 1000  # its default dynamic batching queue delay
