@@ -646,6 +646,24 @@ def test_a_resume_from_an_earlier_checkpoint_drops_the_abandoned_course(tmp_path
     assert [r["step"] for r in _records(out)] == [1, 2, 3, 4, 5]
 
 
+def test_a_resume_drops_the_abandoned_course_before_its_first_checkpoint(faces, tmp_path):
+    """Loading step 2 of a run that reached step 4 drops steps 3 and 4 with their metrics
+    records at once: killed before its first checkpoint (or between writing it and
+    pruning), the run's --resume auto took the abandoned course up again, its records
+    already gone."""
+    t = Trainer(tiny(faces), train_config(steps=4, ckpt_every=1, keep_checkpoints=0,
+                                          log_every=1), faces, out_dir=tmp_path, progress=False)
+    t.train(4)
+    assert _checkpoints(tmp_path) == [f"step-0000000{i}" for i in (1, 2, 3, 4)]
+    resumed = Trainer(tiny(faces), train_config(steps=4, ckpt_every=1, keep_checkpoints=0,
+                                                log_every=1), faces, out_dir=tmp_path,
+                      progress=False)
+    resumed.load(tmp_path / "checkpoints" / "step-00000002")  # then killed
+    assert _checkpoints(tmp_path) == ["step-00000001", "step-00000002"]
+    assert latest_checkpoint(tmp_path).name == "step-00000002"
+    assert [r["step"] for r in _records(tmp_path)] == [1, 2]
+
+
 def test_a_checkpoint_saved_under_a_name_of_its_own_is_kept_and_prunes_by_count(faces,
                                                                                  tmp_path):
     """Trainer.save(out/"checkpoints"/"best"): written and kept; it is no step of the

@@ -175,16 +175,23 @@ def prune_checkpoints(out_dir: str | os.PathLike, keep: int, written: Path) -> N
     checkpoint that ``--resume auto`` would pick (a leftover the next run removes)."""
     m = _CKPT_RE.match(written.name)
     step = int(m.group(1)) if m else None
-    numbered = _numbered(out_dir)
     if step is not None:
-        for s, p in numbered:
-            if s > step:
-                _remove(p)
+        drop_checkpoints_after(out_dir, step)
+    numbered = _numbered(out_dir)
     if not keep:
         return
     older = [p for s, p in numbered if (s < step if step is not None else p != written)]
     for p in older[:max(len(older) - (keep - 1), 0)]:
         _remove(p)
+
+
+def drop_checkpoints_after(out_dir: str | os.PathLike, step: int) -> None:
+    """Remove the numbered checkpoints past ``step``: a run resumed from an earlier one
+    left their course (as ``drop_metrics_after`` drops its records), and ``--resume auto``
+    would otherwise take it up again after a kill before the run's next checkpoint."""
+    for s, p in _numbered(out_dir):
+        if s > step:
+            _remove(p)
 
 
 def _remove(folder: Path) -> None:

@@ -38,8 +38,9 @@ from .noise_memory import NoiseMemory
 from .train_config import TrainConfig
 from .train_data import (STREAM_INIT, STREAM_LOADER, STREAM_MEMORY, STREAM_SAMPLES, STREAM_STEP,
                          IndexedDataset, ResumableBatchSampler, derive_seed, generator)
-from .train_state import (CHECKPOINTS, METRICS_FILE, Progress, TrainState, drop_metrics_after,
-                          latest_checkpoint, numbered_checkpoint, prune_checkpoints)
+from .train_state import (CHECKPOINTS, METRICS_FILE, Progress, TrainState,
+                          drop_checkpoints_after, drop_metrics_after, latest_checkpoint,
+                          numbered_checkpoint, prune_checkpoints)
 
 
 def _worker_ignores_sigint(_worker_id: int) -> None:
@@ -634,7 +635,8 @@ class Trainer:
 
     def load(self, path: str | os.PathLike) -> None:
         """Restore a checkpoint written by ``save`` so that training continues exactly;
-        metrics.jsonl loses the records past its step (logged again from there)."""
+        metrics.jsonl loses the records past its step (logged again from there), and
+        out_dir the numbered checkpoints past it (the course the run leaves)."""
         log_acc: dict = {}
         progress = self.state(log_acc).restore(path)
         self.step, self.batches, self.warmup_done = progress
@@ -642,6 +644,7 @@ class Trainer:
         self._loader_iter = None
         if self.is_main and self.out_dir is not None:
             drop_metrics_after(self.out_dir, self.step)
+            drop_checkpoints_after(self.out_dir, self.step)
 
 
 def _unwrap_worker_error(exc: Exception) -> Exception:
