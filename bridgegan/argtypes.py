@@ -71,26 +71,27 @@ def positive_int_list(text: str) -> list[int]:
                                          f"{text!r}") from None
 
 
-def positive_float(text: str) -> float:
-    """A finite number > 0."""
+def _finite_float(text: str, low: float, inclusive: bool) -> float:
+    """``text`` as a finite number above ``low`` (or equal to it, where ``inclusive``),
+    refused with the value given otherwise."""
     try:
         value = float(text)
     except ValueError:
         value = float("nan")
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
+    if not (low <= value if inclusive else low < value) or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number {'>=' if inclusive else '>'} "
+                                         f"{low:g}, got {text!r}")
     return value
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0."""
+    return _finite_float(text, 0, inclusive=False)
 
 
 def non_negative_float(text: str) -> float:
     """A finite number >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
-    return value
+    return _finite_float(text, 0, inclusive=True)
 
 
 def output_file(text: str) -> str:

@@ -1,7 +1,7 @@
 """Files that survive a kill: atomic file and folder writes, a lock between processes,
 cleanup of what killed writes leave, whole-folder removal, and up-front checks that an
-output folder is writable and may be replaced. The one place for these, used by checkpoints, exports and
-model repositories.
+output folder is writable and may be replaced. The one place for these, used by
+checkpoints, exports and model repositories.
 
 Replacing: a folder write replaces an existing folder only when every file in it is one
 the write produces or declares it may replace (an earlier write of the same kind), or

@@ -540,9 +540,9 @@ BAD_NUMBERS = [
      "--exit-timeout-secs: must be an integer >= 0, got '-5'"),
     # NaN was no limit at all (a comparison with NaN is False); --data: fail fast if taken
     (["train", "--data", "nowhere:x", "--time-limit", "nan"],
-     "--time-limit: must be a number > 0, got 'nan'"),
+     "--time-limit: must be a finite number > 0, got 'nan'"),
     (["train", "--data", "nowhere:x", "--time-limit", "-5"],
-     "--time-limit: must be a number > 0, got '-5'"),
+     "--time-limit: must be a finite number > 0, got '-5'"),
 ]
 
 
@@ -964,9 +964,12 @@ def test_noise_and_seed_together_are_refused(eng):
 def test_flags_must_be_booleans_and_labels_real(model, eng):
     """channels_last="no" (truthy) was taken as True, and complex labels lost their
     imaginary parts with only a torch warning."""
-    for name in ("channels_last", "cuda_graphs", "cudnn_benchmark", "streams"):
+    for name in ("channels_last", "cuda_graphs", "cudnn_benchmark"):
         with pytest.raises(ValueError, match=rf"{name} must be True, False or None, got 'no'"):
             Engine(model, **{name: "no"})
+    for bad in ("no", None):
+        with pytest.raises(ValueError, match=rf"streams must be True or False, got {bad!r}"):
+            Engine(model, streams=bad)
     x = images(1, S)
     for cache in ("no", None):
         with pytest.raises(ValueError, match=rf"cache must be True or False, got {cache!r}"):

@@ -521,11 +521,12 @@ def test_bench_refuses_two_baselines_of_one_dtype():
 
 def test_bench_rows_name_the_cpu_model(tmp_path, monkeypatch):
     from bridgegan.engine import bench
+    from bridgegan.engine import engine as engine_module
 
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\n"
                     "model name\t: Intel(R) Xeon(R) Platinum 8480+\nflags\t: amx_bf16\n")
-    monkeypatch.setattr(bench, "CPUINFO", info)
+    monkeypatch.setattr(engine_module, "CPUINFO", info)
     device = bench.environment(torch.device("cpu"))["device"]
     assert device == (f"Intel(R) Xeon(R) Platinum 8480+ [amx_bf16], "
                       f"{torch.get_num_threads()} threads")
@@ -536,12 +537,13 @@ def test_bench_rows_tell_apart_cpus_of_one_name_by_their_matrix_extensions(tmp_p
     """Virtual machines name most CPUs "Intel(R) Xeon(R) Processor": with and without AMX
     (bf16 7x apart) the rows must still say which machine they came from."""
     from bridgegan.engine import bench
+    from bridgegan.engine import engine as engine_module
 
     names = []
     for flags in ("fpu avx2 avx512f", "fpu avx2 avx512f avx512_bf16 amx_tile amx_bf16", "fpu"):
         info = tmp_path / "cpuinfo"
         info.write_text(f"model name\t: Intel(R) Xeon(R) Processor\nflags\t\t: {flags}\n")
-        monkeypatch.setattr(bench, "CPUINFO", info)
+        monkeypatch.setattr(engine_module, "CPUINFO", info)
         names.append(bench.environment(torch.device("cpu"))["device"].rsplit(",", 1)[0])
     assert names == ["Intel(R) Xeon(R) Processor [avx2 avx512f]",
                      "Intel(R) Xeon(R) Processor [avx2 avx512f avx512_bf16 amx_bf16]",
@@ -719,8 +721,8 @@ def test_device_demo_and_info_options_are_checked_by_the_parser(argv, message, c
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["train-classifier", "--lr", "inf"], "argument --lr: must be a number > 0, got 'inf'"),
-    (["train-classifier", "--lr", "-0.1"], "argument --lr: must be a number > 0, got '-0.1'"),
+    (["train-classifier", "--lr", "inf"], "argument --lr: must be a finite number > 0, got 'inf'"),
+    (["train-classifier", "--lr", "-0.1"], "argument --lr: must be a finite number > 0, got '-0.1'"),
     (["train-classifier", "--width", "0"], "argument --width: must be an integer >= 1, got '0'"),
     (["train-classifier", "--seed", "-1"], "argument --seed: must be an integer >= 0, got '-1'"),
     (["train-classifier", "--workers", "-1"],

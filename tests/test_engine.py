@@ -475,11 +475,8 @@ def test_auto_dtype_follows_the_device_and_the_cpus_amx(tmp_path, monkeypatch):
     for name, line in flags.items():
         (tmp_path / name).write_text(f"processor\t: 0\nvendor_id\t: GenuineIntel\n"
                                      f"flags\t\t: {line}\n\nprocessor\t: 1\nflags\t\t: {line}\n")
-    real_path = engine_module.Path
-
-    def cpuinfo_from(name):  # cpu_has_amx reads Path("/proc/cpuinfo"): give it tmp_path/name
-        monkeypatch.setattr(engine_module, "Path", lambda p: real_path(
-            tmp_path / name if str(p) == "/proc/cpuinfo" else p))
+    def cpuinfo_from(name):  # cpu_has_amx reads engine.CPUINFO: give it tmp_path/name
+        monkeypatch.setattr(engine_module, "CPUINFO", tmp_path / name)
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     want = {"amx": torch.bfloat16, "no_amx": torch.float32, "missing": torch.float32}

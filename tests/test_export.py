@@ -583,7 +583,7 @@ def test_tensorrt_cli_refuses_a_bad_workspace_or_a_folder_for_the_plan(exported,
     with pytest.raises(SystemExit) as exit_:
         main(["export", "tensorrt", onnx_file, str(tmp_path / "t.plan"), "--workspace-gb", bad])
     assert exit_.value.code == 2
-    assert f"argument --workspace-gb: must be a number > 0, got '{bad}'" in capsys.readouterr().err
+    assert f"argument --workspace-gb: must be a finite number > 0, got '{bad}'" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_:
         main(["export", "tensorrt", onnx_file, str(tmp_path)])
     assert exit_.value.code == 2

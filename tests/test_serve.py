@@ -909,7 +909,7 @@ def test_read_timeout_option_reaches_the_server(monkeypatch, capsys):
         with pytest.raises(SystemExit) as exit_:
             main([*options, "--read-timeout-secs", bad])
         assert exit_.value.code == 2
-        assert f"argument --read-timeout-secs: must be a number > 0, got '{bad}'" \
+        assert f"argument --read-timeout-secs: must be a finite number > 0, got '{bad}'" \
             in capsys.readouterr().err
 
 

@@ -82,12 +82,11 @@ from ..reference.model import BridgeGAN
 from ..timing import synchronize, time_calls
 from . import roofline
 from .backends import AUTO, BACKENDS, BackendUnavailable
-from .engine import Engine, engine_device, resolve_dtype
+from .engine import Engine, cpu_info, engine_device, resolve_dtype
 from .graph import Rewrites
 from .options import VARIANT_FORM, VARIANT_TAGS, WORKLOADS
 from .parity import compare, parity_inputs, reference_translation
 
-CPUINFO = Path("/proc/cpuinfo")  # where the CPU's model name is read (Linux)
 PARTIAL_CSV = "bench.partial.csv"  # the rows of a run in progress (or killed), as measured
 FIELDS = ["what", "backend", "dtype", "batch", "resolution", "metric", "unit", "p50", "p20",
           "p80", "samples", "images_per_s", "peak_mem_mb", "vs_reference_fp32",
@@ -167,18 +166,10 @@ CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_f
 
 
 def _cpu_model() -> str:
-    """The CPU's model name (CPUINFO) and its CPU_FLAGS, else what ``platform`` knows."""
-    model, flags = None, []
-    try:
-        for line in CPUINFO.read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and model is None:
-                model = value.strip()
-            elif key.strip() == "flags" and not flags:
-                have = set(value.split())
-                flags = [f for f in CPU_FLAGS if f in have]
-    except OSError:
-        pass
+    """The CPU's model name and its CPU_FLAGS (``engine.cpu_info``), else what ``platform``
+    knows."""
+    model, have = cpu_info()
+    flags = [f for f in CPU_FLAGS if f in have]
     model = model or platform.processor() or platform.machine()
     return f"{model} [{' '.join(flags)}]" if flags else model
 

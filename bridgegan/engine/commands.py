@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -12,9 +11,8 @@ from ..files import check_writable_folder
 from ..numerics import dtype_name
 from ..reference.checkpoint import SHIPPED, read_config
 from ..reference.data.grid import save_grid, save_png
-from ..reference.data.image import check_image_file, open_rgb
+from ..reference.data.image import check_image_file, open_rgb, tensor_to_uint8
 from ..reference.presets import PAPER_RESOLUTION
-from .io import tensor_to_pil
 from .options import SEEDS, TRANSLATE_BATCH
 
 GRID = "grid.png"  # translate's grid of the inputs and their outputs
@@ -103,10 +101,9 @@ def translate(args: argparse.Namespace) -> int:
             columns.append(eng.translate_reference(x, refs, attributes=attrs,
                                                    strength=args.strength).cpu())
         rows = torch.stack(columns, dim=1)  # (input, column, C, H, W)
-        out.mkdir(parents=True, exist_ok=True)
         for row_names, row in zip(names[start:start + batch], rows[:, 1:]):
             for name, img in zip(row_names, row):  # atomic: an earlier run's file is
-                save_png(np.asarray(tensor_to_pil(img)), out / name)  # replaced whole or kept
+                save_png(tensor_to_uint8(img), out / name)  # replaced whole or kept
         if start < GRID_ROWS:  # a copy: a view (even of no rows) keeps the whole batch
             grid_rows.append(rows[:GRID_ROWS - start].clone())
         bar.update(len(x))
@@ -138,7 +135,6 @@ def bench(args: argparse.Namespace) -> int:
         min_seconds=args.min_seconds, parity=args.parity, out=args.out)
     print(f"peaks on {peaks['device']}: matmul {peaks['matmul_flops'] / 1e12:.2f} TFLOP/s "
           f"({peaks['matmul_dtype']}), copy {peaks['copy_bytes_per_s'] / 1e9:.1f} GB/s")
-
     print(format_table(rows))
     files = write_results(rows, peaks, args.out)
     print("wrote " + ", ".join(str(f) for f in files))

@@ -59,12 +59,28 @@ BOUNDS = {"noise": 1e4, "strength": MAX_SCALE, "alpha": MAX_SCALE}
 LABEL_MARGIN = 1e-2
 
 
-def cpu_has_amx() -> bool:
-    """True when this CPU has AMX bf16 tiles (Linux /proc/cpuinfo)."""
+CPUINFO = Path("/proc/cpuinfo")  # where the CPU's model name and flags are read (Linux)
+
+
+def cpu_info() -> tuple[str | None, frozenset[str]]:
+    """(model name, flags) of this machine's CPU from CPUINFO; (None, no flags) where it
+    cannot be read."""
+    model, flags = None, frozenset()
     try:
-        return "amx_bf16" in Path("/proc/cpuinfo").read_text()
+        for line in CPUINFO.read_text().splitlines():
+            key, _, value = (part.strip() for part in line.partition(":"))
+            if key == "model name" and model is None:
+                model = value
+            elif key == "flags" and not flags:
+                flags = frozenset(value.split())
     except OSError:
-        return False
+        pass
+    return model, flags
+
+
+def cpu_has_amx() -> bool:
+    """True when this CPU has AMX bf16 tiles."""
+    return "amx_bf16" in cpu_info()[1]
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
@@ -272,7 +288,7 @@ class Engine:
         channels_last, cuda_graphs = (_flag(channels_last, "channels_last"),
                                       _flag(cuda_graphs, "cuda_graphs"))
         cudnn_benchmark, streams = (_flag(cudnn_benchmark, "cudnn_benchmark"),
-                                    bool(_flag(streams, "streams")))
+                                    _flag(streams, "streams", optional=False))
         self.config: BridgeGANConfig = model.config
         self.dtype = resolve_dtype(dtype, self.device)
         spec = check_backend(backend, self.device, self.dtype)

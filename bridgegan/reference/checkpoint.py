@@ -90,9 +90,15 @@ def read_tensors(file: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{file} is corrupt or truncated: {exc}") from None
 
 
-def _list(names: list[str], limit: int = 8) -> str:
+def listed(names: list[str], limit: int = 8) -> str:
+    """The first ``limit`` names, and how many more."""
     more = f" ... and {len(names) - limit} more" if len(names) > limit else ""
     return ", ".join(names[:limit]) + more
+
+
+def nonfinite(tensors: Mapping[str, torch.Tensor]) -> list[str]:
+    """The names of the floating-point ``tensors`` that hold NaN or Inf, in their order."""
+    return [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
 
 
 def load_state(model: torch.nn.Module, tensors: Mapping[str, torch.Tensor], source: str) -> None:
@@ -107,18 +113,17 @@ def load_state(model: torch.nn.Module, tensors: Mapping[str, torch.Tensor], sour
     )
     problems = []
     if missing:
-        problems.append(f"{len(missing)} missing tensor(s): {_list(missing)}")
+        problems.append(f"{len(missing)} missing tensor(s): {listed(missing)}")
     if unexpected:
-        problems.append(f"{len(unexpected)} unexpected tensor(s): {_list(unexpected)}")
+        problems.append(f"{len(unexpected)} unexpected tensor(s): {listed(unexpected)}")
     if shapes:
-        problems.append(f"{len(shapes)} shape mismatch(es): {_list(shapes)}")
+        problems.append(f"{len(shapes)} shape mismatch(es): {listed(shapes)}")
     if problems:
         raise CheckpointError(f"{source} does not match the model: " + "; ".join(problems))
-    damaged = sorted(k for k in expected
-                     if tensors[k].is_floating_point() and not torch.isfinite(tensors[k]).all())
+    damaged = sorted(nonfinite({k: tensors[k] for k in expected}))
     if damaged:
         raise CheckpointError(f"{source} holds NaN or Inf values in {len(damaged)} tensor(s): "
-                              f"{_list(damaged)}; weights must be finite (a diverged run or a "
+                              f"{listed(damaged)}; weights must be finite (a diverged run or a "
                               f"damaged file: use an earlier checkpoint)")
     with torch.no_grad():
         for k, v in expected.items():

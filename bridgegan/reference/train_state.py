@@ -167,8 +167,9 @@ def prune_checkpoints(out_dir: str | os.PathLike, keep: int, written: Path) -> N
     """Keep ``written`` (the checkpoint just saved: the run's latest) and the ``keep - 1``
     highest-step numbered checkpoints below it; remove the rest (``keep`` 0 keeps them
     all). Numbered checkpoints above ``written`` always go: they are of a course the run
-    left when it resumed from an earlier checkpoint (its metrics past that step went at
-    the resume), and ``--resume auto`` would otherwise pick them up. A ``written`` with
+    left when it resumed from an earlier checkpoint (``Trainer.load`` drops them, and the
+    metrics past that step, as it resumes; here for a save without a load), and
+    ``--resume auto`` would otherwise pick them up. A ``written`` with
     another name (``Trainer.save(out/"checkpoints"/"best")``) is no step of the course:
     it stays, nothing above anything goes, and ``keep - 1`` numbered ones are kept.
     Each goes as a whole (``files.remove_folder``): a kill mid-removal leaves no part of a
@@ -282,15 +283,19 @@ class TrainState:
         model."""
         return self.ema if self.ema is not None else self.model
 
-    def tensors_and_meta(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """The contents of train_state.safetensors and train_state.json."""
-        tensors: dict[str, torch.Tensor] = {}
-        for k, v in self.model.state_dict().items():
-            tensors[f"raw.{k}"] = v.detach().cpu().contiguous()
+    def network_tensors(self) -> dict[str, torch.Tensor]:
+        """The raw model's tensors ("raw.*") and the EMA networks' ("ema.<net>.*"), where
+        they live."""
+        tensors = {f"raw.{k}": v for k, v in self.model.state_dict().items()}
         if self.ema is not None:
             for name in _EMA_NETS:
-                for k, v in getattr(self.ema, name).state_dict().items():
-                    tensors[f"ema.{name}.{k}"] = v.detach().cpu().contiguous()
+                tensors.update({f"ema.{name}.{k}": v
+                                for k, v in getattr(self.ema, name).state_dict().items()})
+        return tensors
+
+    def tensors_and_meta(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """The contents of train_state.safetensors and train_state.json."""
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.network_tensors().items()}
         t_g, meta_g = flatten_optimizer(self.opt_g, "opt_g")
         t_d, meta_d = flatten_optimizer(self.opt_d, "opt_d")
         tensors.update(t_g)

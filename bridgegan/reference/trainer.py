@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..files import remove_stale
 from .attributes import apply_edits
+from .checkpoint import listed, nonfinite
 from .classifier import AttributeClassifier
 from .config import BridgeGANConfig
 from .distributed import DistInfo, all_gather_cat, all_reduce_mean, current
@@ -607,22 +608,16 @@ class Trainer:
         """Refuse (ValueError) to checkpoint NaN or Inf weights or noise memory: a resume
         refuses them, and the checkpoint would prune the earlier, good ones. Every rank of a
         DDP run holds the same weights, so every rank refuses alike."""
-        tensors = {f"raw.{k}": v for k, v in self.model.state_dict().items()}
-        if self.ema is not None:
-            tensors.update({f"ema.{name}.{k}": v for name in ("generator", "encoder", "mapping")
-                            for k, v in getattr(self.ema, name).state_dict().items()})
+        tensors = self.state().network_tensors()
         if self.memory.table is not None:
             tensors["noise_memory"] = self.memory.table
-        names = [k for k, v in tensors.items() if v.is_floating_point()]
-        finite = torch.stack([torch.isfinite(tensors[k]).all() for k in names]).tolist()
-        bad = [k for k, ok in zip(names, finite) if not ok]
+        bad = nonfinite(tensors)
         if not bad:
             return
         last = latest_checkpoint(self.out_dir) if self.out_dir is not None else None
-        listed = ", ".join(bad[:4]) + (f" ... and {len(bad) - 4} more" if len(bad) > 4 else "")
         raise ValueError(
             f"the run diverged: NaN or Inf in {len(bad)} tensor(s) at step {self.step} "
-            f"({listed}); no checkpoint written, the earlier ones are kept"
+            f"({listed(bad, 4)}); no checkpoint written, the earlier ones are kept"
             + (f" (the latest: {last}; resume from it with a lower --lr)" if last else ""))
 
     def init_weights(self, path: str | os.PathLike, widen: bool = False) -> None:

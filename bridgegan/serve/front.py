@@ -15,15 +15,14 @@ request on its own before it reaches tritonserver:
   holds nothing; one reader at a time may go a body over, ``_Budget``), the others wait
   within their deadline; a gRPC call's request message must arrive within it too (else
   DEADLINE_EXCEEDED: the front reads each call as a stream of one message, as it is on
-  the wire, so that the read can have a deadline),
-  and at most ``MAX_GRPC_CALLS`` gRPC calls are taken at once (others get
-  RESOURCE_EXHAUSTED: grpc buffers a call's message before the handler sees it, so only
-  a bound on calls bounds that memory); answers too have a deadline: an HTTP response
-  the client has not taken within the read timeout ends its connection (reset), and
-  every gRPC connection is ended (GOAWAY) after the read timeout, its calls in flight
-  given as long again (a call whose answer the client takes no HTTP/2 window for would
-  keep its slot for good: grpc's Python API cannot end one call); clients reconnect by
-  themselves;
+  the wire, so that the read can have a deadline), and at most ``MAX_GRPC_CALLS`` gRPC
+  calls are taken at once (others get RESOURCE_EXHAUSTED: grpc buffers a call's message
+  before the handler sees it, so only a bound on calls bounds that memory); answers too
+  have a deadline: an HTTP response the client has not taken within the read timeout
+  ends its connection (reset), and every gRPC connection is ended (GOAWAY) after the
+  read timeout, its calls in flight given as long again (a call whose answer the client
+  takes no HTTP/2 window for would keep its slot for good: grpc's Python API cannot end
+  one call); clients reconnect by themselves;
 - count: a request declaring more inputs than its model takes is refused before they
   are walked (a gRPC message declares one in two bytes);
 - JSON: no more items than max batch rows take (``check_json_items``, before it is
