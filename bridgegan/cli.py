@@ -35,7 +35,6 @@ class Command:
 
 
 MAX_DEMO_ROWS = 64  # one grid row per face, held in memory until the PNG is written
-MAX_SAMPLES = 64  # noise samples per edit: grid columns (demo), files per input (translate)
 DEMO_MAX_SEED = 2 ** 63  # the demo draws from its seed plus offsets: room below SEEDS
 MAX_PRUNE_DAYS = 1_000_000  # cache --prune: days * 86400 s stays a float
 
@@ -44,8 +43,9 @@ def _demo_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", help="checkpoint folder (default: the shipped model)")
     p.add_argument("--input", nargs="+", help="source images (default: procedural faces)")
     p.add_argument("--out", default="bridgegan-demo", help="output folder (default: %(default)s)")
-    p.add_argument("--samples", type=int_between(0, MAX_SAMPLES), default=3,
-                   help=f"noise samples per source, 0 to {MAX_SAMPLES} (default: 3)")
+    p.add_argument("--samples", type=int_between(0, engine_options.MAX_SAMPLES), default=3,
+                   help=f"noise samples per source, 0 to {engine_options.MAX_SAMPLES} "
+                        f"(default: 3)")
     p.add_argument("--rows", type=int_between(1, MAX_DEMO_ROWS), default=4,
                    help=f"procedural source faces, one row each, 1 to {MAX_DEMO_ROWS} "
                         f"(default: %(default)s)")
@@ -69,8 +69,8 @@ def _translate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reference", nargs="+", help="reference image(s), averaged in the latent code")
     p.add_argument("--attributes", help="comma list of attributes taken from the references "
                                         "(default: all)")
-    p.add_argument("--samples", type=int_between(1, MAX_SAMPLES), default=1,
-                   help=f"noise samples per label edit, 1 to {MAX_SAMPLES}")
+    p.add_argument("--samples", type=int_between(1, engine_options.MAX_SAMPLES), default=1,
+                   help=f"noise samples per label edit, 1 to {engine_options.MAX_SAMPLES}")
     p.add_argument("--strength", type=float,
                    help="edit strength, the scale of d (default: the model's config "
                         "edit_strength: 1.5, the official test's, unless it names another)")

@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from bridgegan.cli import main
 from bridgegan.engine import Engine
+from bridgegan.engine.options import MAX_SAMPLES
 from bridgegan.reference import BridgeGAN, BridgeGANConfig, CheckpointError, save_checkpoint
 from bridgegan.reference.checkpoint import WEIGHTS_FILE, load_checkpoint
 from bridgegan.reference.data import image
@@ -241,9 +242,17 @@ def test_seed_must_be_a_64_bit_unsigned_integer(eng, seed):
     assert eng.reconstruct(x, seed=2 ** 64 - 1).shape == (1, 3, S, S)
 
 
-def test_edit_strip_samples(eng):
-    with pytest.raises(ValueError, match="samples must be an integer >= 0, got -2"):
-        eng.edit_strip(images(1, S), samples=-2)
+@pytest.mark.parametrize("samples", [-2, MAX_SAMPLES + 1, 10 ** 23, 2.0])
+def test_edit_strip_samples(eng, samples):
+    with pytest.raises(ValueError, match=rf"samples must be an integer from 0 to {MAX_SAMPLES}, "
+                                         rf"got {samples!r}"):
+        eng.edit_strip(images(1, S), samples=samples)
+
+
+def test_edit_strip_takes_one_seed(eng):
+    with pytest.raises(ValueError, match=r"seed must be None or an integer in \[0, 2\*\*64\), "
+                                         r"got \[1, 2\]"):
+        eng.edit_strip(images(1, S), samples=0, seed=[1, 2])
 
 
 @pytest.mark.parametrize("sample_target, kind", [
@@ -908,14 +917,21 @@ def test_translate_seeds_past_2_64_are_refused_naming_the_options(cli_files, cap
     assert not (cli_files / "out-seed").exists()
 
 
-def test_bench_refuses_a_resolution_before_writing_anything(cli_files, tmp_path, capsys):
-    """The check ran at the resolution's turn, after the partial CSV was created."""
-    for extra, message in ((["--checkpoint", str(cli_files / "ck"), "--resolutions", "64"],
-                            f"makes {S} px images; --resolutions must be {S}"),
-                           (["--resolutions", "7"], "config.image_size must be an integer")):
+def test_bench_refuses_a_shape_before_writing_anything(cli_files, tmp_path, capsys):
+    """The resolution check ran at the resolution's turn, after the partial CSV was
+    created; a strip past MAX_SAMPLES samples failed in its row."""
+    longest = 1 + N_ATTRS + MAX_SAMPLES
+    ck = ["--checkpoint", str(cli_files / "ck")]
+    for extra, message in (
+            ([*ck, "--resolutions", "64"], f"makes {S} px images; --resolutions must be {S}"),
+            (["--resolutions", "7"], "config.image_size must be an integer"),
+            ([*ck, "--resolutions", str(S), "--batches", f"1,{longest + 1}",
+              "--workloads", "translate,strip"],
+             f"a strip's batch is its length: at most {longest} (reconstruction, {N_ATTRS} "
+             f"flips, {MAX_SAMPLES} samples), got {longest + 1}")):
         out = tmp_path / "bench"
-        assert main(["bench", *extra, "--variants", "torch:float32", "--batches", "1",
-                     "--workloads", "translate", "--out", str(out)]) == 2
+        assert main(["bench", "--variants", "torch:float32", "--batches", "1",
+                     "--workloads", "translate", *extra, "--out", str(out)]) == 2
         assert message in capsys.readouterr().err
         assert not out.exists()
 

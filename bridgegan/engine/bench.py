@@ -84,7 +84,7 @@ from . import roofline
 from .backends import AUTO, BACKENDS, BackendUnavailable
 from .engine import Engine, cpu_info, engine_device, resolve_dtype
 from .graph import Rewrites
-from .options import VARIANT_FORM, VARIANT_TAGS, WORKLOADS
+from .options import MAX_SAMPLES, VARIANT_FORM, VARIANT_TAGS, WORKLOADS
 from .parity import compare, parity_inputs, reference_translation
 
 PARTIAL_CSV = "bench.partial.csv"  # the rows of a run in progress (or killed), as measured
@@ -293,23 +293,30 @@ def _streamed(out: str | Path | None):
         yield add
 
 
-def _check_resolutions(resolutions: list[int], checkpoint: str | None,
-                       config_overrides: dict | None) -> None:
+def _check_shapes(resolutions: list[int], batches: list[int], workloads: list[str],
+                  checkpoint: str | None, config_overrides: dict | None) -> None:
     """Refuse, before anything is measured or written (``out``'s partial CSV), a resolution
-    the checkpoint does not make or no configuration takes."""
+    the checkpoint does not make or no configuration takes, and a strip longer than its
+    reconstruction, flips and MAX_SAMPLES samples."""
     if checkpoint:
         from ..reference.checkpoint import read_config
 
-        size = read_config(checkpoint).image_size
-        if any(res != size for res in resolutions):
-            raise ValueError(f"{checkpoint} makes {size} px images; --resolutions must be {size}")
-        return
-    for res in resolutions:
-        BridgeGANConfig(image_size=res, **(config_overrides or {}))
+        config = read_config(checkpoint)
+        if any(res != config.image_size for res in resolutions):
+            raise ValueError(f"{checkpoint} makes {config.image_size} px images; "
+                             f"--resolutions must be {config.image_size}")
+    else:
+        configs = [BridgeGANConfig(image_size=res, **(config_overrides or {}))
+                   for res in resolutions]  # each checked; they differ only in size
+        config = configs[0]
+    longest = 1 + config.n_attrs + MAX_SAMPLES
+    if any(w.startswith("strip") for w in workloads) and max(batches) > longest:
+        raise ValueError(f"a strip's batch is its length: at most {longest} (reconstruction, "
+                         f"{config.n_attrs} flips, {MAX_SAMPLES} samples), got {max(batches)}")
 
 
 def _model(res: int, checkpoint: str | None, config_overrides: dict | None) -> BridgeGAN:
-    """The checkpoint (``_check_resolutions``: it makes ``res`` px images), or seeded
+    """The checkpoint (``_check_shapes``: it makes ``res`` px images), or seeded
     weights at ``res``."""
     if not checkpoint:
         torch.manual_seed(res)
@@ -453,7 +460,7 @@ def run_matrix(variants: list[Variant] | None, batches: list[int], resolutions: 
         if repeated:
             raise ValueError(f"each {what} may be given once; repeated: {', '.join(repeated)}")
     _check_table(variants, dev)
-    _check_resolutions(resolutions, checkpoint, config_overrides)
+    _check_shapes(resolutions, batches, workloads, checkpoint, config_overrides)
     # the machine's load, for whoever reads the numbers: a 1-minute average, so the start's
     # still holds the minute before (a previous run's), the end's this run's own threads
     load = {"load_1min_at_start": round(threads.load_average(), 2), "cores": threads.cores()}

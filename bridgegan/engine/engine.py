@@ -44,7 +44,7 @@ from .cudagraphs import MAX_ROWS, CudaGraphed, chunked, in_chunks
 from .cudnn_tuning import cudnn_search
 from .graph import Rewrites
 from .io import Images, as_batch, value_range
-from .options import SEEDS
+from .options import MAX_SAMPLES, SEEDS
 from .streams import Concurrent
 
 # Largest |value| the engine takes per bounded input. Noise draws are standard normal, so
@@ -560,11 +560,16 @@ class Engine:
                    sample_target: Mapping[str, float] | None = None,
                    strength: float | None = None, cache: bool = True) -> EditStrip:
         """Reconstruction, every single-attribute flip (conflict rules applied), and
-        ``samples`` noise samples of ``sample_target``, a dict name -> 0/1 applied to the
-        source labels (None: the first flip; {}: no edit), for one source image. With
-        ``cache`` the source-only trunk runs once for the whole strip."""
-        if isinstance(samples, bool) or not isinstance(samples, numbers.Integral) or samples < 0:
-            raise ValueError(f"samples must be an integer >= 0, got {samples!r}")
+        ``samples`` (at most MAX_SAMPLES) noise samples of ``sample_target``, a dict name ->
+        0/1 applied to the source labels (None: the first flip; {}: no edit), for one source
+        image; the strip's noise is one draw from ``seed``. With ``cache`` the source-only
+        trunk runs once for the whole strip."""
+        if (isinstance(samples, bool) or not isinstance(samples, numbers.Integral)
+                or not 0 <= samples <= MAX_SAMPLES):
+            raise ValueError(f"samples must be an integer from 0 to {MAX_SAMPLES}, "
+                             f"got {samples!r}")
+        if seed is not None and not _is_seed(seed):  # one draw for the strip: no list
+            raise ValueError(f"seed must be None or an integer in [0, 2**64), got {seed!r}")
         _flag(cache, "cache", optional=False)
         x = self.load_images(image)
         if x.shape[0] != 1:
