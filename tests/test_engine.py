@@ -557,6 +557,29 @@ def test_16_bit_greyscale_files_are_rescaled_to_8_bits(model, tmp_path):
         assert got[0, 0, :3].tolist() == [-1.0, pytest.approx(128 / 127.5 - 1, abs=1e-6), 1.0]
 
 
+@pytest.mark.parametrize("mode", ["L", "RGB", "P"])
+def test_a_transparent_colour_is_composited_on_white(model, tmp_path, mode):
+    """PNG's tRNS chunk (one colour or palette entry made transparent, outside an alpha
+    channel) reads as white there, as transparent RGBA does; it was read as the colour
+    itself. Premultiplied RGBa too."""
+    size = model.config.image_size
+    eng = Engine(model)
+    rng = np.random.default_rng(9)
+    a = rng.integers(1, 256, (size, size, 3 if mode == "RGB" else 1), dtype=np.uint8)
+    a[: size // 2] = 0  # the transparent value (colour 0 or palette entry 0): the top half
+    im = Image.fromarray(a if mode == "RGB" else a[..., 0], "L" if mode == "P" else mode)
+    if mode == "P":
+        im = im.convert("P")  # indices as they are, Pillow's default palette
+    im.save(tmp_path / "t.png", transparency=(0, 0, 0) if mode == "RGB" else 0)
+    got = eng.load_images(tmp_path / "t.png")[0]
+    assert (got[:, : size // 2] == 1).all()  # white
+    opaque = eng.load_images(im.convert("RGB"))[0]
+    assert torch.equal(got[:, size // 2:], opaque[:, size // 2:])
+    alpha = np.where(a[..., :1] == 0, 0, 255).astype(np.uint8)
+    rgba = Image.fromarray(np.dstack([np.asarray(im.convert("RGB")), alpha]), "RGBA")
+    assert torch.equal(eng.load_images(rgba.convert("RGBa"))[0], got)
+
+
 def test_exif_orientation_is_applied(model, tmp_path):
     """A phone JPEG stored landscape with orientation 6 (rotate 90 degrees clockwise) is
     read upright: its stored left half becomes the top half."""

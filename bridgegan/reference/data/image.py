@@ -47,9 +47,9 @@ def check_size_and_split(size: int, split: str) -> None:
 
 def to_rgb(im: Image.Image, what: str = "image") -> Image.Image:
     """Upright RGB copy of a PIL image: the EXIF orientation is applied; greyscale (8- or
-    16-bit) and palette images are converted; images with transparency (RGBA, LA, P with
-    a transparency entry) are composited onto white; 32-bit integer and float images are
-    refused (a ValueError naming ``what``)."""
+    16-bit) and palette images are converted; images with transparency (alpha modes, and
+    P, L or RGB with a transparent colour: PNG's tRNS) are composited onto white; 32-bit
+    integer and float images are refused (a ValueError naming ``what``)."""
     im = ImageOps.exif_transpose(im)
     if im.mode in UNDEFINED_RANGE_MODES:
         raise ValueError(
@@ -59,9 +59,9 @@ def to_rgb(im: Image.Image, what: str = "image") -> Image.Image:
             f"Pillow < 10.3 opens 16-bit greyscale PNGs as I: upgrade it)")
     if im.mode in SIXTEEN_BIT_MODES:
         im = Image.fromarray(np.rint(np.asarray(im) / 257).astype(np.uint8))
-    if im.mode == "P" and "transparency" in im.info:
+    if im.mode in ("P", "L", "RGB") and "transparency" in im.info:
         im = im.convert("RGBA")
-    if im.mode in ("RGBA", "LA", "PA"):
+    if im.mode in ("RGBA", "RGBa", "LA", "PA"):
         im = im.convert("RGBA")
         white = Image.new("RGBA", im.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, im).convert("RGB")
