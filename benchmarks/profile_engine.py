@@ -33,7 +33,7 @@ from bridgegan.engine import Engine  # noqa: E402
 from bridgegan.engine.bench import Variant, environment  # noqa: E402
 from bridgegan.engine.parity import parity_inputs  # noqa: E402
 from bridgegan.files import write_file_atomic  # noqa: E402
-from bridgegan.numerics import no_tf32  # noqa: E402
+from bridgegan.torch_flags import no_tf32  # noqa: E402
 from bridgegan.reference import BridgeGAN, BridgeGANConfig  # noqa: E402
 from bridgegan.timing import p50_p20_p80, synchronize, time_calls  # noqa: E402
 

@@ -8,7 +8,6 @@ so that any module can read the table.
 from __future__ import annotations
 
 import copy
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 
@@ -106,20 +105,6 @@ def float64_call(fn, *args, **kwargs):
 def float64_model(module):
     """A float64 copy of a module (weights and buffers upcast); the original is untouched."""
     return copy.deepcopy(module).double()
-
-
-@contextmanager
-def no_tf32():
-    """float32 matrix products and convolutions in full float32 while the block runs (TF32
-    is a 5e-4-class approximation: design.md's tf32 row, not float32's)."""
-    import torch
-
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 # ----------------------------------------------------------------------------- error measures

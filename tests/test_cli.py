@@ -641,7 +641,7 @@ def test_info_prints_a_checkpoints_configuration_and_parameter_counts(tmp_path, 
 
 
 def test_profile_engine_profiles_with_tf32_off_as_the_bench_times(tmp_path, monkeypatch):
-    """The bench times every row with TF32 off (numerics.no_tf32); the profile's kernel
+    """The bench times every row with TF32 off (torch_flags.no_tf32); the profile's kernel
     and stage tables must too, or its float32 rows are TF32 convolutions beside the bench's
     float32 ones (cuDNN's TF32 is on by default)."""
     import importlib.util

@@ -17,6 +17,7 @@ from bridgegan.engine.backends import BACKENDS
 from bridgegan.engine.graph import four_phase_weight
 from bridgegan.numerics import errors, float64_call, psnr, tolerance
 from bridgegan.reference import BridgeGAN, programs, save_checkpoint
+from bridgegan.torch_flags import cudnn_search, no_tf32
 from conftest import images, labels, randomize, small_config
 
 ATOL = tolerance("float32").image_max_abs
@@ -280,15 +281,15 @@ def test_graph_calls_on_two_streams_keep_their_inputs():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_head_logits_in_a_batch_and_alone_agree_far_inside_the_label_margin():
-    """The attribute head on CUDA as an engine runs it (float32; cuDNN's TF32 as torch
-    leaves it): a row's logits in batches of 2 to 64 and alone differ by far less than
-    LABEL_MARGIN, which ``Engine._head_labels`` relies on (1e-5 on the CPU)."""
+    """The attribute head on CUDA as an engine runs it (float32, TF32 off): a row's logits
+    in batches of 2 to 64 and alone differ by far less than LABEL_MARGIN, which
+    ``Engine._head_labels`` relies on (1e-5 on the CPU)."""
     from bridgegan.engine.engine import LABEL_MARGIN
     from bridgegan.reference.checkpoint import SHIPPED
 
     eng = Engine.from_checkpoint(SHIPPED, device="cuda")
     x = images(64, eng.config.image_size, 40).cuda()
-    with torch.no_grad():
+    with torch.no_grad(), no_tf32():
         alone = torch.cat([eng.classifier(x[i:i + 1])[1] for i in range(len(x))])
         gaps = {n: (eng.classifier(x[:n])[1] - alone[:n]).abs().max().item()
                 for n in (2, 8, 33, 64)}
@@ -894,29 +895,75 @@ def test_bench_ratios_compare_rows_of_one_cudnn_choice():
     assert [r["vs_reference_same_dtype"] for r in rows] == [1.0, 1.0, 2.0, 3.0]
 
 
-def test_cudnn_search_is_scoped_and_shared_by_concurrent_calls():
-    """cudnn.benchmark is on while any engine call runs and back to the caller's value
-    after the last one, whichever finishes first; an engine asks for it only on CUDA."""
-    from bridgegan.engine.cudnn_tuning import cudnn_search
+def _tf32_flags():
+    return torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
 
+
+@pytest.fixture
+def flags_outside():
+    """TF32 on and cuDNN's search off before the test, torch's values back after it."""
+    saved = torch.backends.cudnn.benchmark, _tf32_flags()
     torch.backends.cudnn.benchmark = False
-    inside, go, waited = threading.Event(), threading.Event(), []
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    yield
+    torch.backends.cudnn.benchmark, tf32 = saved
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+
+
+@pytest.mark.parametrize("scope, read, outside, inside", [
+    (cudnn_search, lambda: torch.backends.cudnn.benchmark, False, True),
+    (no_tf32, _tf32_flags, (True, True), (False, False))])
+@pytest.mark.parametrize("order", ["nested", "overlapping"])
+def test_flag_scopes_are_shared_by_concurrent_calls(flags_outside, scope, read, outside,
+                                                   inside, order):
+    """Process-wide flags are set while any scope runs and back to the caller's values after
+    the last one, whichever finishes first. A plain save-and-restore, closed out of order
+    ("overlapping": the first to open closes first), turned TF32 back on under the other
+    call and then left it off for good."""
+    inside_other, go, waited = threading.Event(), threading.Event(), []
 
     def other():
-        with cudnn_search():
-            inside.set()
+        with scope():
+            inside_other.set()
             waited.append(go.wait(10))
 
-    t = threading.Thread(target=other)
-    t.start()
-    assert inside.wait(10), "the other call never entered cudnn_search"
-    with cudnn_search():
-        assert torch.backends.cudnn.benchmark
-    assert torch.backends.cudnn.benchmark  # the other call still runs
+    mine = scope()
+    try:
+        if order == "overlapping":
+            mine.__enter__()
+        t = threading.Thread(target=other)
+        t.start()
+        assert inside_other.wait(10), "the other call never entered its scope"
+        if order == "nested":
+            mine.__enter__()
+        assert read() == inside
+    finally:
+        mine.__exit__(None, None, None)
+    assert read() == inside  # the other call still runs
     go.set()
     t.join(60)
     assert not t.is_alive() and waited == [True]  # it left only after the checks above
-    assert torch.backends.cudnn.benchmark is False
+    assert read() == outside
+
+
+def test_engine_calls_run_with_tf32_off_on_cuda_only(flags_outside):
+    """float32 on CUDA is float32 (cuDNN's default is TF32 convolutions), the attribute
+    head included; a CPU engine leaves the flags alone. cudnn_benchmark only on CUDA."""
+    from bridgegan.engine.engine import _serialised
+
+    class Calls:
+        _lock, cudnn_benchmark = threading.Lock(), False
+
+        def __init__(self, device):
+            self.device = torch.device(device)
+
+        @_serialised
+        def flags(self):
+            return _tf32_flags()
+
+    assert Calls("cuda:1").flags() == (False, False)
+    assert Calls("cpu").flags() == (True, True)
+    assert _tf32_flags() == (True, True)
     torch.manual_seed(0)
     model = BridgeGAN(small_config()).eval()
     with pytest.raises(ValueError, match="cudnn_benchmark needs device='cuda'"):
@@ -956,6 +1003,29 @@ def test_onnxruntime_sessions_run_on_torchs_thread_count(tmp_path, monkeypatch):
         monkeypatch.setattr(torch, "get_num_threads", lambda n=n: n)
         options = OrtGraph(tmp_path / "id.onnx", torch.device("cpu")).session.get_session_options()
         assert (options.intra_op_num_threads, options.inter_op_num_threads) == (n, 1)
+
+
+def test_onnxruntime_cuda_sessions_run_float32_without_tf32(tmp_path, monkeypatch):
+    """ORT's CUDA provider runs float32 convolutions in TF32 unless told (use_tf32 0), as
+    the engine's torch backends do not (onnxruntime faked: no CUDA build here)."""
+    ort = pytest.importorskip("onnxruntime")
+    from bridgegan.engine.backends.onnxruntime import OrtGraph
+
+    made = []
+
+    class Session:
+        def __init__(self, path, options, providers):
+            made.append(providers)
+
+        def get_inputs(self):
+            return []
+
+    monkeypatch.setattr(ort, "get_available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "InferenceSession", Session)
+    OrtGraph(tmp_path / "g.onnx", torch.device("cuda", 1))
+    assert made == [[("CUDAExecutionProvider", {"device_id": 1, "use_tf32": 0}),
+                     "CPUExecutionProvider"]]
 
 
 def test_bench_refuses_heuristics_beside_searched_rows_on_cuda():

@@ -18,7 +18,8 @@ import torch
 
 from bridgegan.engine import BackendUnavailable, Engine
 from bridgegan.engine.engine import draw_noise
-from bridgegan.numerics import errors, float64_model, no_tf32, psnr, tolerance, upcast
+from bridgegan.numerics import errors, float64_model, psnr, tolerance, upcast
+from bridgegan.torch_flags import no_tf32
 from bridgegan.reference import BridgeGAN, programs
 from bridgegan.reference.attributes import apply_edits
 from conftest import images, labels, randomize, small_config

@@ -24,12 +24,12 @@ torch's thread count; ``commit`` ends in ``-dirty`` when the working tree differ
 ``samples``: the timed calls the row's percentiles come from (bench.json's ``timer`` holds
 the warm-up, reps and min_seconds asked for).
 
-Precision: every variant is built, checked and timed with TF32 off (``numerics.no_tf32``,
+Precision: every variant is built, checked and timed with TF32 off (``torch_flags.no_tf32``,
 as ``engine.parity`` checks it), so a float32 row is timed in float32, the precision its
 parity certifies, and a float32 variant with CUDA graphs or compile captures or compiles
 every batch with TF32 off.
 
-On CUDA the engine runs with cuDNN's algorithm search on (``cudnn_tuning``); a variant
+On CUDA the engine runs with cuDNN's algorithm search on (``torch_flags``); a variant
 tagged ``heuristics`` runs with cuDNN's heuristic choice instead, for the A/B; a tag
 ``streams`` overlaps the trunk and the latent codes on CUDA side streams
 (``engine.streams``); a tag ``-REWRITE`` turns one of the graph rewrites off
@@ -76,7 +76,8 @@ import torch
 
 from .. import threads
 from ..files import write_file_atomic
-from ..numerics import dtype_name, no_tf32
+from ..numerics import dtype_name
+from ..torch_flags import no_tf32
 from ..reference.config import BridgeGANConfig
 from ..reference.model import BridgeGAN
 from ..timing import synchronize, time_calls

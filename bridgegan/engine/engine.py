@@ -39,9 +39,9 @@ from ..reference.attributes import apply_edits, check_names, set_rows
 from ..reference.checkpoint import load_checkpoint
 from ..reference.config import MAX_SCALE, BridgeGANConfig
 from ..reference.model import BridgeGAN
+from ..torch_flags import cudnn_search, no_tf32
 from .backends import ALL_DTYPES, REGISTRY, check_backend
 from .cudagraphs import MAX_ROWS, CudaGraphed, chunked, in_chunks
-from .cudnn_tuning import cudnn_search
 from .graph import Rewrites
 from .io import Images, as_batch, value_range
 from .options import MAX_SAMPLES, SEEDS
@@ -54,7 +54,7 @@ BOUNDS = {"noise": 1e4, "strength": MAX_SCALE, "alpha": MAX_SCALE}
 
 # Attribute-head logits within this of 0 are computed again from their row alone
 # (``Engine._head_labels``): far above the float32 difference between a row's logits in a
-# batch and alone on the CPU (1e-5 measured); on CUDA, with cuDNN's TF32 convolutions,
+# batch and alone on the CPU (1e-5 measured); on CUDA (the head in float32, TF32 off)
 # not measured yet (a `gpu` test does). 5-8% of the shipped model's face rows.
 LABEL_MARGIN = 1e-2
 
@@ -234,12 +234,15 @@ def _flag(value, what: str, optional: bool = True) -> bool | None:
 def _serialised(method):
     """Run the whole call under the engine's lock (a no-op for stateless backends),
     without autograd (``no_grad``, not ``inference_mode``: callers get ordinary tensors
-    they may modify in place or feed to autograd) and, with ``cudnn_benchmark``, inside
-    cuDNN's algorithm search."""
+    they may modify in place or feed to autograd), with ``cudnn_benchmark`` inside cuDNN's
+    algorithm search, and on CUDA with TF32 off: float32 means float32 (the tolerance its
+    parity is held to; the attribute head is float32 in every dtype), not cuDNN's default
+    TF32 convolutions."""
     @functools.wraps(method)
     def call(self, *args, **kwargs):
-        with self._lock, torch.no_grad(), (cudnn_search() if self.cudnn_benchmark
-                                           else nullcontext()):
+        with (self._lock, torch.no_grad(),
+              cudnn_search() if self.cudnn_benchmark else nullcontext(),
+              no_tf32() if self.device.type == "cuda" else nullcontext()):
             return method(self, *args, **kwargs)
     return call
 
@@ -316,7 +319,7 @@ class Engine:
         self.streams = streams
         if cudnn_benchmark and self.device.type != "cuda":
             raise ValueError("cudnn_benchmark needs device='cuda'")
-        # cuDNN's algorithm search while the engine runs (cudnn_tuning); on by default on
+        # cuDNN's algorithm search while the engine runs (torch_flags); on by default on
         # CUDA, where it picks the convolution algorithms its warm-up and captures keep
         self.cudnn_benchmark = (self.device.type == "cuda" if cudnn_benchmark is None
                                 else cudnn_benchmark)

@@ -17,7 +17,8 @@ import time
 import torch
 
 from ..files import write_file_atomic
-from ..numerics import errors, float64_call, float64_model, no_tf32, psnr, tolerance
+from ..numerics import errors, float64_call, float64_model, psnr, tolerance
+from ..torch_flags import no_tf32
 from ..reference.config import BridgeGANConfig
 from ..reference.model import BridgeGAN
 from .backends import BackendUnavailable

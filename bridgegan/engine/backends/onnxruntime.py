@@ -26,7 +26,10 @@ class OrtGraph:
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise BackendUnavailable("this onnxruntime has no CUDAExecutionProvider: "
                                          "pip install onnxruntime-gpu, or use device='cpu'")
-            providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
+            # use_tf32 0: float32 graphs' convolutions in float32, not TF32 (ORT's default
+            # on CUDA, as cuDNN's), as the engine's torch backends run them
+            providers.insert(0, ("CUDAExecutionProvider",
+                                 {"device_id": device.index or 0, "use_tf32": 0}))
         options = ort.SessionOptions()
         # torch's thread count (``--threads``), read now, so that ORT and torch rows of one
         # bench run on as many cores; the stage graphs are sequential: one inter-op thread
