@@ -22,8 +22,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..attributes import CELEBA_ATTRIBUTES, resolve_attributes
-from .image import (CELEBA_CROP_BOX, CELEBA_IMAGE_SIZE, check_size_and_split, open_rgb,
-                    pil_to_tensor, resize)
+from .image import CELEBA_IMAGE_SIZE, check_size_and_split, open_rgb, pil_to_input
 from .split_modes import INDEX_TRAIN, INDEX_VAL, SPLIT_MODES
 
 ATTR_FILE = "list_attr_celeba.txt"
@@ -226,7 +225,7 @@ class CelebA(Dataset):
             raise ValueError(
                 f"{path}: CelebA aligned images are 178x218, got {im.size[0]}x{im.size[1]}"
             )
-        return pil_to_tensor(resize(im.crop(CELEBA_CROP_BOX), self.size)), self.labels[index]
+        return pil_to_input(im, self.size), self.labels[index]
 
 
 __all__ = ["CelebA", "CelebAFormatError", "read_attr_file", "read_partition_file"]

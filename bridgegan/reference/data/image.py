@@ -125,9 +125,14 @@ def open_rgb(path: str | os.PathLike) -> Image.Image:
         return to_rgb(im)
 
 
-def center_crop_square(im: Image.Image) -> Image.Image:
-    """Crop the largest centred square."""
+def face_square(im: Image.Image) -> Image.Image:
+    """The square a face is read from: an aligned CelebA image (178x218) is cropped where
+    the CelebA dataset crops it for training (170x170 at left 3, top 26), so that a model
+    trained on CelebA sees its faces at their size and place; any other image, the largest
+    centred square."""
     w, h = im.size
+    if (w, h) == CELEBA_IMAGE_SIZE:
+        return im.crop(CELEBA_CROP_BOX)
     s = min(w, h)
     left, top = (w - s) // 2, (h - s) // 2
     return im.crop((left, top, left + s, top + s))
@@ -141,8 +146,9 @@ def resize(im: Image.Image, size: int) -> Image.Image:
 
 
 def pil_to_input(im: Image.Image, size: int) -> torch.Tensor:
-    """(3, size, size) float32 in [-1, 1] of an RGB image: centre crop, bicubic resize."""
-    return pil_to_tensor(resize(center_crop_square(im), size))
+    """(3, size, size) float32 in [-1, 1] of an RGB image: ``face_square``, bicubic
+    resize."""
+    return pil_to_tensor(resize(face_square(im), size))
 
 
 def pil_to_tensor(im: Image.Image) -> torch.Tensor:
