@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bridgegan.evaluate import TARGETS, metric_text, missed_targets  # noqa: E402
 from bridgegan.files import write_file_atomic  # noqa: E402
 
-# training option -> what it departs from in the paper (each is off in the paper preset)
+# training option -> what it departs from in the paper (each off unless given)
 DEPARTURES = {
     "--w-paired": "L1 of the fakes to the renderer's true edit",
     "--w-paired-edit": "the same over the pixels each edit changes, averaged per image",
@@ -82,8 +82,9 @@ def card(folder: Path) -> str:
            if "wall_minutes" in training else "") + ". "
         + training.get("history", "") + " The exact commands:", ""]
     out += [f"    {c}" for c in training["commands"]]
-    out += ["", "Departures from the paper (each an option of `bridgegan train`, off in the "
-            "paper preset; docs/TRAINING.md has the measurement behind each): "
+    out += ["", "Departures from the paper (each an option of `bridgegan train` given above, "
+            "besides the EMA generator, on by default; docs/TRAINING.md has the measurement "
+            "behind each): "
             + "; ".join(departures(training["commands"])) + ".", ""]
     out += [f"**Evaluation** (`eval.json`): {report['sources']} held-out faces ({report['split']} "
             f"split, data seed {report['seed']}, never seen in training), edit strength "
