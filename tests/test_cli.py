@@ -793,10 +793,15 @@ def checkpoint_and_faces(tmp_path, n: int, seed: int) -> list[str]:
 def test_translate_runs_in_batches_with_the_results_of_one(tmp_path, monkeypatch, capsys):
     """--batch-size: inputs are loaded, translated and written a batch at a time, with the
     results of one call (per-image seeds); every input is checked before any work (a bad
-    fourth file writes nothing); the grid shows the first GRID_ROWS inputs."""
-    from bridgegan.engine import commands
+    fourth file writes nothing); the grid shows the first GRID_ROWS inputs. The attribute
+    head labels each batch once for all its columns (it ran once per column) and the one
+    reference once (it ran on a copy per input)."""
+    from bridgegan.engine import Engine, commands
 
     paths = checkpoint_and_faces(tmp_path, 5, seed=2)
+    labelled, head = [], Engine._head_labels
+    monkeypatch.setattr(Engine, "_head_labels",
+                        lambda self, x: labelled.append(len(x)) or head(self, x))
 
     def run(out, inputs, *extra):
         return main(["translate", "--checkpoint", str(tmp_path / "ck"), "--input", *inputs,
@@ -809,6 +814,7 @@ def test_translate_runs_in_batches_with_the_results_of_one(tmp_path, monkeypatch
 
     monkeypatch.setattr(commands, "GRID_ROWS", 3)
     assert run("one", paths) == 0 and run("batches", paths, "--batch-size", "2") == 0
+    assert labelled == [5, 1, 2, 1, 2, 1, 1, 1]  # per batch: its inputs, the reference
     one, batches = outputs("one"), outputs("batches")
     assert len(one) == 10 and one.keys() == batches.keys()
     assert max(np.abs(one[k] - batches[k]).max() for k in one) <= 1  # float rounding at most

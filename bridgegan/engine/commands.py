@@ -92,13 +92,14 @@ def translate(args: argparse.Namespace) -> int:
                disable=len(args.input) <= batch)
     for start in range(0, len(args.input), batch):
         x = eng.load_images([open_rgb(p) for p in args.input[start:start + batch]])
+        ys = eng.classify(x)  # once for every column (each input's as it gets it alone)
         columns = [x.cpu()]
         for k in range(args.samples if edits else 0):  # each input's noise from the seed
             # alone: its results do not depend on the other inputs (or on --batch-size)
-            columns.append(eng.translate(x, edits, strength=args.strength,
+            columns.append(eng.translate(x, edits, strength=args.strength, source=ys,
                                          seed=[args.seed + k] * len(x)).cpu())
         if refs:
-            columns.append(eng.translate_reference(x, refs, attributes=attrs,
+            columns.append(eng.translate_reference(x, refs, attributes=attrs, source=ys,
                                                    strength=args.strength).cpu())
         rows = torch.stack(columns, dim=1)  # (input, column, C, H, W)
         for row_names, row in zip(names[start:start + batch], rows[:, 1:]):

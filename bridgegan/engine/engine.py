@@ -446,8 +446,8 @@ class Engine:
             raise ValueError("region values must be finite and in [0, 1] (1: edit, 0: keep)")
         return m.expand(n, -1, -1, -1).to(self.device)
 
-    def _reference_batches(self, references, n: int) -> torch.Tensor:
-        """(K, N, 3, S, S): K reference batches, each of N or 1 (broadcast) images."""
+    def _reference_batches(self, references, n: int) -> list[torch.Tensor]:
+        """K reference batches, each of N or 1 images (``_broadcast`` to N by the caller)."""
         several = isinstance(references, (list, tuple)) and references and all(
             isinstance(r, (list, tuple)) or (isinstance(r, torch.Tensor) and r.dim() == 4)
             for r in references)
@@ -459,8 +459,13 @@ class Engine:
             if b.shape[0] not in (1, n):
                 raise ValueError(f"{what}: expected 1 or {n} images (one per source), "
                                  f"got {b.shape[0]}")
-            out.append(b.expand(n, -1, -1, -1))
-        return torch.stack(out)
+            out.append(b)
+        return out
+
+    @staticmethod
+    def _broadcast(batches: list[torch.Tensor], n: int) -> torch.Tensor:
+        """(K, N, 3, S, S) of K reference batches of N or 1 images."""
+        return torch.stack([b.expand(n, -1, -1, -1) for b in batches])
 
     def _checked(self, out: torch.Tensor) -> torch.Tensor:
         return check_output(out, self.dtype, self.backend)
@@ -506,15 +511,16 @@ class Engine:
         which takes the references' style: they depend on the references and differ from
         ``reconstruct``'s."""
         x = self.load_images(images)
-        refs = self._reference_batches(references, x.shape[0])
+        batches = self._reference_batches(references, x.shape[0])
         y_s = self._source(x, source)
-        y_t = self._reference_target(y_s, refs, attributes, reference_labels)
-        return self._run(self._reference, x, refs, self._difference(y_s, y_t, strength),
-                         self._region(region, x.shape[0]))
+        y_t = self._reference_target(y_s, batches, attributes, reference_labels)
+        return self._run(self._reference, x, self._broadcast(batches, x.shape[0]),
+                         self._difference(y_s, y_t, strength), self._region(region, x.shape[0]))
 
-    def _reference_target(self, y_s, refs, attributes, reference_labels) -> torch.Tensor:
-        if reference_labels is None:
-            y_r = torch.stack([self._source(r, None) for r in refs]).mean(0).round()
+    def _reference_target(self, y_s, batches, attributes, reference_labels) -> torch.Tensor:
+        if reference_labels is None:  # a batch of one reference labelled once, not per source
+            y_r = torch.stack([self._source(r, None).expand(y_s.shape[0], -1)
+                               for r in batches]).mean(0).round()
         else:
             y_r = self._labels(reference_labels, y_s.shape[0], "reference labels")
         if attributes is None:
@@ -537,7 +543,7 @@ class Engine:
         at d = 0 (reconstruction and reference-based d = 0 translation)."""
         alphas = _alphas(alphas)
         x = self.load_images(images)
-        refs = self._reference_batches(references, x.shape[0])
+        refs = self._broadcast(self._reference_batches(references, x.shape[0]), x.shape[0])
         y_s = self._source(x, source)
         d = self._difference(y_s, self._target(y_s, target), strength)
         r = self._noise(x.shape[0], noise, seed)
