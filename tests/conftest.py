@@ -49,6 +49,21 @@ def _warm_up_convolutions():
 
 
 @pytest.fixture
+def poisoned_alloc(monkeypatch):
+    """torch.empty / empty_like return NaN-filled buffers: a kernel that forgets to write
+    an element (an output, or the norm's split-path partial statistics) shows up as NaN."""
+    real_empty, real_empty_like = torch.empty, torch.empty_like
+
+    def poison(t):
+        if t.is_floating_point():
+            t.fill_(float("nan"))
+        return t
+
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: poison(real_empty(*a, **k)))
+    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: poison(real_empty_like(*a, **k)))
+
+
+@pytest.fixture
 def small_model() -> BridgeGAN:
     torch.manual_seed(0)
     return randomize(BridgeGAN(small_config())).eval()

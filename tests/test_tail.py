@@ -1,6 +1,7 @@
 """rgb_tail (G's last residual sum, ReLU, to_rgb and tanh in one kernel) against the float64
 torch path: every storage dtype, both memory formats, the shortcut at full and at half
-resolution and none, odd sizes; NaN propagation; bad input; the fallback and autograd."""
+resolution and none, odd sizes (outputs allocated NaN-filled: an element the kernel
+forgets shows); NaN propagation; bad input; the fallback and autograd."""
 from __future__ import annotations
 
 import os
@@ -53,7 +54,7 @@ def assert_close(out, ref, dtype):
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("shortcut", SHORTCUTS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_name)
-def test_kernel_matches_the_float64_ops(dtype, shortcut, fmt):
+def test_kernel_matches_the_float64_ops(dtype, shortcut, fmt, poisoned_alloc):
     x, weight, b, s = operands((2, 5, 6, 10), shortcut, dtype, fmt, seed=len(shortcut))
     out = rgb_tail(x, weight, b, s, impl="triton")
     assert out.shape == (2, 3, 6, 10) and out.dtype == dtype
@@ -65,7 +66,7 @@ def test_kernel_matches_the_float64_ops(dtype, shortcut, fmt):
 @requires_triton
 @pytest.mark.parametrize("shape,k", [((1, 1, 1, 1), 1), ((3, 40, 7, 9), 4), ((1, 3, 2, 2), 16)],
                          ids=["1x1x1x1", "odd", "k16"])
-def test_edge_shapes(shape, k):
+def test_edge_shapes(shape, k, poisoned_alloc):
     shortcut = "half" if shape[2] % 2 == 0 and shape[3] % 2 == 0 else "full"
     for fmt in FORMATS:
         x, weight, b, s = operands(shape, shortcut, torch.float32, fmt, k=k, seed=k, bias=k != 4)
@@ -75,7 +76,7 @@ def test_edge_shapes(shape, k):
 
 @pytest.mark.parametrize("impl", ["torch", "triton"])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
-def test_zero_channels_give_tanh_of_the_bias(impl, bias):
+def test_zero_channels_give_tanh_of_the_bias(impl, bias, poisoned_alloc):
     """h with no channels: the convolution is 0, each output pixel tanh(bias) (0 without
     one), never uninitialised memory; and empty batches stay empty."""
     b = torch.tensor([0.5, -1.0, 2.0]) if bias else None
@@ -88,7 +89,7 @@ def test_zero_channels_give_tanh_of_the_bias(impl, bias):
 
 @requires_triton
 @pytest.mark.parametrize("view", ["strided", "expanded"])
-def test_bias_views_are_read_by_their_strides(view):
+def test_bias_views_are_read_by_their_strides(view, poisoned_alloc):
     """A bias that is a view (a slice with a step, one value expanded over K) is read by
     its strides, not as K consecutive values."""
     x, weight, b, s = operands((2, 5, 6, 8), "half", torch.float32, "nchw", seed=9)
