@@ -1,5 +1,5 @@
-"""Bounded load test of `bridgegan serve`: requests per second, p50 / p99 latency, errors,
-and the batch sizes the server formed.
+"""Bounded load test of `bridgegan serve`: requests per second, p20 / p50 / p80 / p99
+latency, errors, and the batch sizes the server formed.
 
     python benchmarks/load_serve.py [--checkpoint CKPT | --resolution 128] \\
         [--model translate_label] [--protocol http|grpc] [--concurrency 8] \\
@@ -24,7 +24,9 @@ error while the valid requests are served. Before the measured load, --warmup va
 (default 2 per client thread) go to the server, started here or given by --url, and are not
 counted: the first calls at a batch size compile, capture or search what they need. The JSON
 names the client's machine (``client_machine``; the server's too, ``server_machine``, when
-this script started it on the same machine) and the date, and --json is written atomically.
+this script started it on the same machine, with its backend, dtype, device and
+resolution), the date, this checkout's commit and the torch / triton versions, and --json
+is written atomically.
 Without --url the server's peak memory (RSS of its process tree, sampled every 50 ms) is
 reported. Only loopback / the given address is contacted. Needs bridgegan[serve].
 """
@@ -230,8 +232,7 @@ def run_load(http: str, grpc: str, model: str = MODELS[0], protocol: str = "http
             "seconds": round(seconds, 2), "hostile_seconds": round(ended - start, 2),
             "requests_per_s": round(done / seconds, 2),
             "images_per_s": round(len(latencies) * rows / seconds, 2),  # served ones only
-            "p50_ms": round(float(np.percentile(ms, 50)), 1),
-            "p99_ms": round(float(np.percentile(ms, 99)), 1),
+            **{f"p{q}_ms": round(float(np.percentile(ms, q)), 1) for q in (20, 50, 80, 99)},
             "p50_service_ms": round(float(np.percentile(service_ms, 50)), 1),
             "p99_service_ms": round(float(np.percentile(service_ms, 99)), 1),
             "mean_batch": round((after[0] - before[0]) / executions, 2) if executions else None}
@@ -308,8 +309,16 @@ def main(argv: list[str] | None = None) -> int:
     else:
         from bridgegan.serve.process import ServerProcess
 
+        from bridgegan.reference.checkpoint import read_config
+        from bridgegan.serve.cli import add_arguments
+
+        serve_parser = argparse.ArgumentParser()
+        add_arguments(serve_parser)
+        defaults = serve_parser.parse_args([])  # what the server runs with: its defaults
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = _checkpoint(args, tmp)
+            server.update(resolution=read_config(ckpt).image_size, backend=defaults.backend,
+                          dtype=defaults.dtype, device=defaults.device)
             serve_args = ["--checkpoint", ckpt, "--max-batch", str(args.max_batch),
                           "--max-queue-delay-us", str(args.max_queue_delay_us),
                           "--exit-timeout-secs", "10"]
@@ -322,8 +331,14 @@ def main(argv: list[str] | None = None) -> int:
         server.update(checkpoint=args.checkpoint or f"seeded preset {args.resolution}",
                       max_batch=args.max_batch, max_queue_delay_us=args.max_queue_delay_us,
                       server_machine=machine)
+    import torch
+
+    from bridgegan.engine.bench import environment
+
+    env = environment(torch.device("cpu"))  # this checkout's commit and versions
     result.update(server=server, warmup_requests=warmup, client_machine=machine,
                   python=platform.python_version(),
+                  **{k: env[k] for k in ("torch", "triton", "commit")},
                   date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
     print(json.dumps(result, indent=2))
     if args.json:

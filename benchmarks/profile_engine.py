@@ -13,8 +13,9 @@ the kernels' own changes stay) and the engine. For each variant and batch: label
 translations of seeded random faces (paper widths at --resolution) under torch.profiler,
 then each stage (trunk, encode, map, decode) timed alone with ``bridgegan.timing``, TF32 off
 as in the bench. Writes OUTDIR/profile.csv (one row per
-kernel / stage / summary, each with the variant's dtype and the bench's environment
-columns: device, torch, triton, commit, date) and OUTDIR/profile.md (the top kernels and
+kernel / stage / summary, each with the variant's backend and dtype, the batch and
+resolution, and the bench's environment columns: device, torch, triton, commit, date;
+stages with their p20 and p80) and OUTDIR/profile.md (the top kernels and
 the stage times), and prints the markdown.
 """
 from __future__ import annotations
@@ -40,8 +41,10 @@ from bridgegan.timing import p50_p20_p80, synchronize, time_calls  # noqa: E402
 DEFAULT_VARIANTS = ("reference:fp16,triton:fp16:cl:-transposed_up:-kernel_bias:-fold_labels:"
                     "-fused_relu:-fused_tail:-fused_residual:-shortcut_bias,"
                     "triton:fp16:cl")
-FIELDS = ("variant", "batch", "kind", "name", "calls_per_forward", "us_per_forward", "share",
-          "dtype", "device", "torch", "triton", "commit", "date")
+# us_per_forward: a kernel's profiled time, a stage's p50 (with its p20 and p80)
+FIELDS = ("variant", "backend", "dtype", "batch", "resolution", "kind", "name",
+          "calls_per_forward", "us_per_forward", "p20_us", "p80_us", "share",
+          "device", "torch", "triton", "commit", "date")
 
 
 def _self_us(evt, cuda: bool) -> float:
@@ -85,7 +88,8 @@ def kernel_rows(eng: Engine, variant: str, batch: int, calls: int) -> list[dict]
 
 
 def stage_rows(eng: Engine, variant: str, batch: int, reps: int) -> list[dict]:
-    """p50 time of each stage called alone on the engine's own inputs (a label edit)."""
+    """p50 (p20, p80) time of each stage called alone on the engine's own inputs (a label
+    edit)."""
     x, ys, noise = parity_inputs(eng.config, batch, seed=0)
     st = eng.stages
     xc, d, r = (eng._cast(t) for t in (x, 1 - 2 * ys, noise))
@@ -93,11 +97,13 @@ def stage_rows(eng: Engine, variant: str, batch: int, reps: int) -> list[dict]:
         h, s = st.trunk(xc), st.encode(xc, -d) + st.map(r, d)
         calls = {"trunk": lambda: st.trunk(xc), "encode": lambda: st.encode(xc, -d),
                  "map": lambda: st.map(r, d), "decode": lambda: st.decode(h, s)}
-        times = {k: p50_p20_p80(time_calls(fn, eng.device, warmup=1, reps=reps))[0] * 1e6
+        times = {k: [t * 1e6 for t in p50_p20_p80(time_calls(fn, eng.device, warmup=1,
+                                                              reps=reps))]
                  for k, fn in calls.items()}
-    total = sum(times.values())
+    total = sum(p50 for p50, _, _ in times.values())
     return [dict(variant=variant, batch=batch, kind="stage", name=k, calls_per_forward=1,
-                 us_per_forward=v, share=v / total) for k, v in times.items()]
+                 us_per_forward=p50, p20_us=p20, p80_us=p80, share=p50 / total)
+            for k, (p50, p20, p80) in times.items()]
 
 
 def markdown(rows: list[dict], top: int, title: str) -> str:
@@ -147,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         for batch in (int(b) for b in args.batches.split(",")):
             print(f"profiling {v.name} batch {batch}", file=sys.stderr, flush=True)
             with no_tf32():  # as the bench times it: a float32 row is float32, not TF32
-                rows += [dict(r, dtype=v.resolved_dtype(device), **env) for r in
+                rows += [dict(r, backend=v.backend, dtype=v.resolved_dtype(device),
+                              resolution=args.resolution, **env) for r in
                          kernel_rows(eng, v.name, batch, args.calls)
                          + stage_rows(eng, v.name, batch, max(args.calls, 3))]
             # written after every (variant, batch): a run stopped by a time limit keeps

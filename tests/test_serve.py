@@ -1236,6 +1236,7 @@ def test_bounded_load(served):
                                concurrency=4, max_requests=24, duration=60)
         assert result["errors"] == 0, result["first_error"]
         assert result["requests"] == 24
+        assert result["p20_ms"] <= result["p50_ms"] <= result["p80_ms"] <= result["p99_ms"]
 
 
 def bundled_tritonserver_problem() -> str | None:
@@ -1607,6 +1608,7 @@ def test_load_against_a_given_server_warms_it_up_and_names_the_client(monkeypatc
     assert (calls[1]["hostile"], calls[1]["rate"]) == (0.5, 20.0)
     result = json.loads(out.read_text())
     assert result["warmup_requests"] == 6 and "client_machine" in result and result["date"]
+    assert result["torch"] == torch.__version__ and result["commit"]  # the code measured
     assert "server_machine" not in result["server"]  # another machine, maybe
     calls.clear()
     assert load.main(["--url", "127.0.0.1:1", "--warmup", "0"]) == 0 and len(calls) == 1
