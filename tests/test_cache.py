@@ -1,7 +1,11 @@
 """`bridgegan cache`: real exports in a temporary cache, listed, used and pruned."""
 from __future__ import annotations
 
+import json
 import os
+import re
+import subprocess
+import sys
 import threading
 import time
 
@@ -9,9 +13,10 @@ import pytest
 import torch
 
 from bridgegan.cli import main
-from bridgegan.engine.export import cache
+from bridgegan.engine.export import cache, onnx_export
 from bridgegan.engine.export.onnx_export import MANIFEST, cache_folder, export_model
 from bridgegan.files import locked
+from bridgegan.reference.checkpoint import CheckpointError
 from bridgegan.reference.model import BridgeGAN
 
 from conftest import randomize, small_config
@@ -129,3 +134,109 @@ def test_the_cache_folder_expands_a_home_tilde(monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("BRIDGEGAN_CACHE", "~/models-cache")
     assert cache_folder() == tmp_path / "models-cache" / "onnx"
+
+
+# ----------------------------------------------------------------------------- damaged caches
+
+def _dead_pid() -> int:
+    """The process id of a process that has exited (and been waited for)."""
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    return int(proc.stdout)
+
+
+def _export_precisions(precisions, seed: int = 1):
+    torch.manual_seed(seed)
+    return export_model(randomize(BridgeGAN(small_config(16)), seed).eval(),
+                        graphs=("map",), precisions=precisions)
+
+
+def test_a_swap_killed_midway_is_undone_before_another_precision_is_added(tmp_path, monkeypatch):
+    """A process adding the fp16 graphs was killed between moving the fp32 folder aside and
+    moving the new one in: the next export puts the fp32 folder back and adds to it (it
+    refused the folder put back, "holds map.onnx, which is not a file this write
+    produces")."""
+    monkeypatch.setenv("BRIDGEGAN_CACHE", str(tmp_path))
+    folder = _export_precisions(("fp32",))
+    fp32 = (folder / "map.onnx").read_bytes()
+    dead = _dead_pid()
+    aside = folder.parent / f".{folder.name}.old-{dead}-0a1b2c3d"
+    aside.mkdir()
+    os.replace(folder, aside / "ckpt")  # what files._swap does first
+    (folder.parent / f".{folder.name}.tmp-{dead}-4e5f6a7b").mkdir()  # the new folder, unplaced
+    assert _export_precisions(("fp16",)) == folder  # an fp16 engine's first use
+    assert (folder / "map.onnx").read_bytes() == fp32 and (folder / "map_fp16.onnx").is_file()
+    assert [p.name for p in folder.parent.iterdir() if ".tmp-" in p.name or ".old-" in p.name] == []
+
+
+def test_leftovers_of_a_killed_plan_build_do_not_block_adding_graphs(tmp_path, monkeypatch):
+    """A TensorRT plan build writes beside the graphs (write_file_atomic); killed, it leaves
+    .NAME.tmp-PID-* inside the export folder, which the next replacement of the folder
+    refused for good ("holds .map_fp16.plan.tmp-..., which is not a file this write
+    produces"): an onnxruntime fp16 engine of that model could never be built."""
+    monkeypatch.setenv("BRIDGEGAN_CACHE", str(tmp_path))
+    folder = _export_precisions(("fp32",))
+    dead = _dead_pid()
+    for name in ("map_fp16.plan", "timing.cache"):
+        (folder / f".{name}.tmp-{dead}-0a1b2c3d").write_bytes(b"half written")
+    assert _export_precisions(("fp16",)) == folder
+    assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", "map.onnx",
+                                                        "map_fp16.onnx"]
+
+
+def _damage(manifest: dict, how: str) -> None:
+    entry = manifest["graphs"]["map"]
+    if how in ("key", "config", "graphs"):
+        del manifest[how]
+    elif how == "graphs list":
+        manifest["graphs"] = list(manifest["graphs"])
+    elif how == "graph null":
+        manifest["graphs"]["map"] = None
+    elif how == "files list":
+        entry["files"] = list(entry["files"].values())
+    elif how == "config null":
+        manifest["config"] = None
+    elif how == "config invalid":
+        manifest["config"]["image_size"] = "large"
+    elif how == "file outside":
+        entry["files"]["fp32"] = "../../elsewhere/map.onnx"
+
+
+@pytest.mark.parametrize("how", ["key", "config", "graphs", "graphs list", "graph null",
+                                 "files list", "config null", "config invalid", "file outside"])
+def test_a_malformed_manifest_is_named_and_still_listed_and_pruned(tmp_path, monkeypatch, how):
+    """A manifest of the right format with a field missing or of the wrong type: the export
+    (an engine's first use) says the manifest is corrupt, naming it (it raised KeyError,
+    AttributeError or the config's ValueError), and `bridgegan cache` lists it as
+    unreadable and prunes it (one such folder made the listing, and so every prune, fail
+    with AttributeError)."""
+    monkeypatch.setenv("BRIDGEGAN_CACHE", str(tmp_path))
+    folder = _export_precisions(("fp32",))
+    path = folder / MANIFEST
+    manifest = json.loads(path.read_text())
+    _damage(manifest, how)
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match=rf"{re.escape(str(path))} is corrupt"):
+        _export_precisions(("fp32",))
+    entry, = cache.entries()
+    assert entry.path == folder
+    if how != "config invalid":  # its fields' values are the model's check, not the listing's
+        assert entry.about.startswith(f"unreadable ({path} is corrupt")
+    assert main(["cache"]) == 0
+    assert [e.path for e in cache.prune(0)] == [folder] and not folder.exists()
+
+
+def test_a_cache_root_that_is_a_file_is_refused_before_exporting(tmp_path, monkeypatch):
+    """$BRIDGEGAN_CACHE naming a file: a ValueError naming the cache and the file, before
+    any graph is traced (it was a bare NotADirectoryError from making the lock file)."""
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setenv("BRIDGEGAN_CACHE", str(tmp_path / "file"))
+
+    def traced(*_):
+        raise AssertionError("exported before the cache folder was checked")
+
+    monkeypatch.setattr(onnx_export, "export_graph", traced)
+    with pytest.raises(ValueError, match=r"export cache \(\$BRIDGEGAN_CACHE\) folder .* cannot "
+                                         rf"be created: {re.escape(str(tmp_path / 'file'))} is a "
+                                         r"file, not a folder"):
+        _export_precisions(("fp32",))

@@ -1044,6 +1044,51 @@ def test_onnxruntime_cuda_sessions_run_float32_without_tf32(tmp_path, monkeypatc
                      "CPUExecutionProvider"]]
 
 
+def test_an_onnxruntime_failure_while_running_is_a_runtime_error_naming_the_graph(tmp_path):
+    """onnxruntime's own exceptions (Fail: out of memory in its arena, InvalidArgument) are
+    no RuntimeError: the commands printed a traceback instead of their error line; torch's
+    failures of the same kind are RuntimeErrors."""
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper
+
+    from bridgegan.engine.backends.onnxruntime import OrtGraph
+
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in ("x", "y")]
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "id", io[:1], io[1:])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+              tmp_path / "id.onnx")
+    session = OrtGraph(tmp_path / "id.onnx", torch.device("cpu"))
+    assert session(torch.ones(1))[0].tolist() == [1.0]
+    with pytest.raises(RuntimeError, match=r"onnxruntime failed to run id\.onnx \(.*\): .*"
+                                           r"INVALID_ARGUMENT"):
+        session(torch.ones(2, 3))  # a rank the graph does not take
+
+
+def test_auto_dtype_is_one_the_named_backend_runs(monkeypatch, tmp_path):
+    """dtype="auto" on a CPU with AMX is bf16, which onnxruntime does not run: an explicit
+    backend="onnxruntime" got "runs float32 or float16, got torch.bfloat16" (and `serve
+    --backend onnxruntime --dtype auto` refused to start); it runs float32."""
+    from importlib.util import find_spec
+
+    from bridgegan.engine import engine as engine_module
+    from bridgegan.serve.cli import check_engine_options
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(engine_module, "cpu_has_amx", lambda: True)
+    model = BridgeGAN(small_config()).eval()
+    if all(find_spec(p) for p in ("onnx", "onnxruntime")):
+        check_engine_options("onnxruntime", "auto", "cpu")
+        eng = Engine(model, backend="onnxruntime", dtype="auto", onnx_dir=tmp_path / "onnx")
+        assert eng.dtype == torch.float32
+    assert Engine(model, backend="torch", dtype="auto").dtype == torch.bfloat16
+    assert engine_module.backend_dtype("onnxruntime", "auto", cpu) == torch.float32
+    assert engine_module.backend_dtype("auto", "auto", cpu) == torch.bfloat16  # auto: torch
+    assert engine_module.backend_dtype("onnxruntime", "fp16", cpu) == torch.float16
+    with pytest.raises(ValueError, match="backend 'onnxruntime' runs float32 or float16"):
+        Engine(model, backend="onnxruntime", dtype="bf16")
+
+
 def test_bench_refuses_heuristics_beside_searched_rows_on_cuda():
     """cuDNN's plan cache is per process and its key has no search flag: on CUDA a table
     mixing :heuristics rows with searched ones would time the search's plans twice."""

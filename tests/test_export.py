@@ -289,6 +289,31 @@ def test_a_plan_is_rebuilt_when_its_graph_batch_or_machine_changed(exported, tmp
     assert stale_plan(plan, cfg, here)
 
 
+@pytest.mark.parametrize("damage", ["truncated", "a list"])
+def test_a_damaged_plan_sidecar_means_a_rebuild(exported, tmp_path, damage):
+    """A sidecar that is not a JSON object vouches for nothing: the tensorrt backend builds
+    the plan again (stale_plan raised PlanMismatch, "is corrupt", failing the engine for
+    good on the cache's folder, or AttributeError for a JSON list); a plan loaded on its
+    own is refused, naming the sidecar."""
+    from bridgegan.engine.export.tensorrt_build import read_sidecar, stale_plan
+
+    onnx_file = tmp_path / "trunk.onnx"
+    shutil.copyfile(exported / "trunk.onnx", onnx_file)
+    cfg = build_config(onnx_file, "fp16", (1, 8, 64))
+    here = {"tensorrt_version": "10.3.0", "gpu_name": "NVIDIA H100", "compute_capability": "9.0"}
+    plan = tmp_path / "trunk_fp16.plan"
+    plan.write_bytes(b"plan")
+    sidecar = {**here, **cfg.to_dict(),
+               "onnx_sha256": hashlib.sha256(onnx_file.read_bytes()).hexdigest(),
+               "plan_sha256": hashlib.sha256(b"plan").hexdigest()}
+    text = json.dumps(sidecar)
+    (tmp_path / "trunk_fp16.plan.json").write_text(
+        text[: len(text) // 2] if damage == "truncated" else json.dumps([sidecar]))
+    assert stale_plan(plan, cfg, here)
+    with pytest.raises(PlanMismatch, match=r"trunk_fp16\.plan\.json is corrupt"):
+        read_sidecar(plan)
+
+
 @pytest.mark.parametrize("version", ["9.3.0", "11.1.0"])
 def test_tensorrt_outside_version_10_is_refused(monkeypatch, version):
     """9 lacks the API used; 11 removed the reduced-precision flags the fp16 / bf16 plans

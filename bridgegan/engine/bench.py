@@ -83,7 +83,7 @@ from ..reference.model import BridgeGAN
 from ..timing import synchronize, time_calls
 from . import roofline
 from .backends import AUTO, BACKENDS, BackendUnavailable
-from .engine import Engine, cpu_info, engine_device, resolve_dtype
+from .engine import Engine, backend_dtype, cpu_info, engine_device
 from .graph import Rewrites
 from .options import MAX_SAMPLES, VARIANT_FORM, VARIANT_TAGS, WORKLOADS
 from .parity import compare, parity_inputs, reference_translation
@@ -123,7 +123,7 @@ class Variant:
 
     def resolved_dtype(self, device: torch.device) -> str:
         """torch's name of the dtype on ``device`` (aliases read, ``auto`` resolved)."""
-        return dtype_name(resolve_dtype(self.dtype, device))
+        return dtype_name(backend_dtype(self.backend, self.dtype, device))
 
     @property
     def rewrites(self) -> Rewrites:
@@ -429,7 +429,7 @@ def roofline_peaks(variants: list[Variant], dev: torch.device, quick: bool = Fal
     (``matmul_dtype``; bf16 on a CPU with AMX is several times float32, without it
     slower). ``measure``: roofline's ``measure_peaks`` (a stand-in in the tests)."""
     measure = measure or roofline.measure_peaks
-    dtypes = list(dict.fromkeys(resolve_dtype(v.dtype, dev) for v in variants))
+    dtypes = list(dict.fromkeys(backend_dtype(v.backend, v.dtype, dev) for v in variants))
     each = {dtype: measure(dev, dtype, quick=quick) for dtype in dtypes}
     best = max(each.values(), key=lambda p: p["matmul_flops"])
     return dict(best, matmul_flops_by_dtype={p["matmul_dtype"]: p["matmul_flops"]

@@ -83,8 +83,10 @@ def cpu_has_amx() -> bool:
     return "amx_bf16" in cpu_info()[1]
 
 
-def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
-    """"auto" means fp16 on CUDA, bf16 on CPUs with AMX, float32 otherwise."""
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device,
+                  runs: Sequence[str] = ALL_DTYPES) -> torch.dtype:
+    """"auto" means fp16 on CUDA, bf16 on CPUs with AMX, float32 otherwise, or float32
+    where that is not among the dtypes a backend ``runs`` (onnxruntime: no bf16)."""
     if isinstance(dtype, torch.dtype):
         if dtype_name(dtype) not in ALL_DTYPES:
             raise ValueError(f"dtype must be {', '.join(ALL_DTYPES[:-1])} or {ALL_DTYPES[-1]}, "
@@ -92,12 +94,21 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
         return dtype
     if dtype == "auto":
         if device.type == "cuda":
-            return torch.float16
-        return torch.bfloat16 if cpu_has_amx() else torch.float32
+            picked = torch.float16
+        else:
+            picked = torch.bfloat16 if cpu_has_amx() else torch.float32
+        return picked if dtype_name(picked) in runs else torch.float32
     if not isinstance(dtype, str) or dtype_name(dtype) not in ALL_DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; accepted: auto, "
                          f"{', '.join(dtype_spellings(ALL_DTYPES))}")
     return getattr(torch, dtype_name(dtype))
+
+
+def backend_dtype(backend: str, dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """``resolve_dtype`` for backend ``backend`` (a name, or "auto"): "auto" never picks a
+    dtype the named backend does not run."""
+    named = REGISTRY.get(backend) if isinstance(backend, str) else None
+    return resolve_dtype(dtype, device, named.dtypes if named else ALL_DTYPES)
 
 
 def check_bounded(values, what: str, bound: float) -> None:
@@ -293,7 +304,7 @@ class Engine:
         cudnn_benchmark, streams = (_flag(cudnn_benchmark, "cudnn_benchmark"),
                                     _flag(streams, "streams", optional=False))
         self.config: BridgeGANConfig = model.config
-        self.dtype = resolve_dtype(dtype, self.device)
+        self.dtype = backend_dtype(backend, dtype, self.device)
         spec = check_backend(backend, self.device, self.dtype)
         self.backend = spec.name
         check_weights(model, self.dtype)

@@ -4,6 +4,7 @@ the cache folder of the model's export key (see ``export.onnx_export``)."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 
@@ -42,12 +43,17 @@ class OrtGraph:
         except Exception as exc:  # onnxruntime raises its own pybind exception types
             raise OnnxFileError(f"onnxruntime cannot load {path}: {exc}") from None
         self.inputs = [i.name for i in self.session.get_inputs()]
-        self.device = device
+        self.device, self.path = device, Path(path)
 
     def __call__(self, *args: torch.Tensor) -> list[torch.Tensor]:
         feeds = {n: a.detach().to("cpu", torch.float32).contiguous().numpy()
                  for n, a in zip(self.inputs, args)}
-        return [torch.from_numpy(o).to(self.device) for o in self.session.run(None, feeds)]
+        try:
+            outputs = self.session.run(None, feeds)
+        except Exception as exc:  # its own pybind types (Fail: out of memory...), no RuntimeError
+            raise RuntimeError(f"onnxruntime failed to run {self.path.name} "
+                               f"({self.path.parent}): {exc}") from None
+        return [torch.from_numpy(o).to(self.device) for o in outputs]
 
 
 def build(model, rewrites, dtype, device, channels_last=False, onnx_dir=None) -> Stages:

@@ -57,7 +57,8 @@ import torch
 from torch.onnx import symbolic_helper
 
 from ... import __version__
-from ...files import link_or_copy, locked, write_folder_atomic
+from ...files import (check_writable_folder, link_or_copy, locked, remove_stale,
+                      write_folder_atomic)
 from ...reference import programs
 from ...reference.checkpoint import CheckpointError, load_checkpoint
 from ...reference.config import BridgeGANConfig
@@ -325,11 +326,44 @@ def read_manifest(folder: str | os.PathLike) -> dict | None:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a bridgegan ONNX export manifest "
                               f"(format {FORMAT!r} expected)")
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise CheckpointError(f"{path} is corrupt: {problem}")
     return manifest
 
 
+def _manifest_problem(manifest: dict) -> str | None:
+    """What is malformed in a manifest of the right format (None: nothing): the fields
+    the export, the backends and `bridgegan cache` read, each of its type, and file names
+    that are names in the folder (no path)."""
+    if not isinstance(manifest.get("key"), str):
+        return "no export key"
+    if not isinstance(manifest.get("config"), dict):
+        return "no config object"
+    graphs = manifest.get("graphs")
+    if not isinstance(graphs, dict):
+        return "no graphs object"
+    for name, entry in graphs.items():
+        if not isinstance(entry, dict):
+            return f"graph {name!r} is not an object"
+        for field in ("files", "sha256"):
+            values = entry.get(field, {})
+            if not isinstance(values, dict) or not all(isinstance(v, str)
+                                                        for v in values.values()):
+                return f"graph {name!r}: {field} is not an object of strings"
+        bad = [f for f in entry.get("files", {}).values()
+               if f in ("", ".", "..") or Path(f).name != f]
+        if bad:
+            return f"graph {name!r} names a file outside its folder: {bad[0]!r}"
+    return None
+
+
 def _check_same_model(manifest: dict, folder: Path, config: BridgeGANConfig, key: str) -> None:
-    diffs = config.differences(BridgeGANConfig.from_dict(manifest["config"]))
+    try:
+        exported = BridgeGANConfig.from_dict(manifest["config"])
+    except ValueError as exc:
+        raise CheckpointError(f"{folder / MANIFEST} is corrupt: {exc}") from None
+    diffs = config.differences(exported)
     if diffs:
         raise CheckpointError(f"{folder} holds an ONNX export of another configuration (model "
                               f"vs export: {'; '.join(diffs)}); remove it or use another folder")
@@ -442,7 +476,14 @@ def export_model(model: BridgeGAN, out: str | os.PathLike | None = None,
                 os.utime(out / MANIFEST)
         return out
     require_onnx("ONNX export")
+    check_writable_folder(out, "the export cache ($BRIDGEGAN_CACHE) folder" if cached
+                          else "the ONNX export folder", replaced=True)
     with locked(out):  # another process may have exported meanwhile: look again
+        # leftovers of killed writes first: a folder a killed swap moved aside comes back
+        # (else it counts as missing and is then in the way), and temporary files inside
+        # it (a TensorRT plan build's) would block the replacement of the folder
+        remove_stale(out.parent, out.name)
+        remove_stale(out)
         manifest, missing = _missing(out, model.config, key, graphs, precisions)
         if missing:
             manifest = manifest or _new_manifest(model, key, rewrites, opset)

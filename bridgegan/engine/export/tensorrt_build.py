@@ -147,21 +147,27 @@ def sidecar_path(plan: str | os.PathLike) -> Path:
 def read_sidecar(plan: str | os.PathLike) -> dict:
     path = sidecar_path(plan)
     try:
-        return json.loads(path.read_text())
+        sidecar = json.loads(path.read_text())
     except FileNotFoundError:
         raise PlanMismatch(f"{plan} has no sidecar {path.name}: build plans with "
                            f"`bridgegan export tensorrt`") from None
     except ValueError as exc:
         raise PlanMismatch(f"{path} is corrupt: {exc}") from None
+    if not isinstance(sidecar, dict):
+        raise PlanMismatch(f"{path} is corrupt: not a JSON object")
+    return sidecar
 
 
 def stale_plan(plan: str | os.PathLike, cfg: TrtBuildConfig, here: Mapping) -> bool:
     """Whether ``plan`` must be (re)built for ``cfg`` on this machine: missing, or its
     sidecar names another GPU or TensorRT version, another source graph (the ONNX file
-    was exported again), precision or batch range."""
+    was exported again), precision or batch range, or it is unreadable."""
     if not Path(plan).is_file() or not sidecar_path(plan).is_file():
         return True
-    sidecar = read_sidecar(plan)
+    try:
+        sidecar = read_sidecar(plan)
+    except PlanMismatch:  # a damaged sidecar vouches for nothing: build the plan again
+        return True
     built = (sidecar.get("onnx_sha256"), sidecar.get("precision"), sidecar.get("profile"),
              sidecar.get("plan_sha256"))
     wanted = (sha256_hex(Path(cfg.onnx).read_bytes()), cfg.precision,
