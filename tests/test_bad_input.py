@@ -249,6 +249,19 @@ def test_edit_strip_samples(eng, samples):
         eng.edit_strip(images(1, S), samples=samples)
 
 
+@pytest.mark.parametrize("backend", ["torch", "reference", "compile"])
+def test_an_export_folder_for_a_backend_that_exports_nothing_is_refused(model, tmp_path,
+                                                                         backend):
+    """onnx_dir was ignored without a word by the backends that run no ONNX graphs (a
+    caller meaning onnxruntime got torch's results and an empty folder); backend="auto"
+    may pick one that exports, so it takes the folder."""
+    with pytest.raises(ValueError, match=rf"onnx_dir is the export folder of the backends "
+                                         rf"that run ONNX graphs \(onnxruntime, tensorrt\); "
+                                         rf"backend '{backend}' runs none"):
+        Engine(model, backend=backend, onnx_dir=tmp_path / "onnx")
+    assert not (tmp_path / "onnx").exists()
+
+
 def test_edit_strip_takes_one_seed(eng):
     with pytest.raises(ValueError, match=r"seed must be None or an integer in \[0, 2\*\*64\), "
                                          r"got \[1, 2\]"):

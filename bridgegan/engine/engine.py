@@ -40,7 +40,7 @@ from ..reference.checkpoint import load_checkpoint
 from ..reference.config import MAX_SCALE, BridgeGANConfig
 from ..reference.model import BridgeGAN
 from ..torch_flags import cudnn_search, no_tf32
-from .backends import ALL_DTYPES, REGISTRY, check_backend
+from .backends import ALL_DTYPES, AUTO, REGISTRY, check_backend
 from .cudagraphs import MAX_ROWS, CudaGraphed, chunked, in_chunks
 from .graph import Rewrites
 from .io import Images, as_batch, value_range
@@ -306,6 +306,10 @@ class Engine:
         self.config: BridgeGANConfig = model.config
         self.dtype = backend_dtype(backend, dtype, self.device)
         spec = check_backend(backend, self.device, self.dtype)
+        if onnx_dir is not None and not spec.exported and backend != AUTO:  # auto may pick one
+            exporters = ", ".join(b.name for b in REGISTRY.values() if b.exported)
+            raise ValueError(f"onnx_dir is the export folder of the backends that run ONNX "
+                             f"graphs ({exporters}); backend {spec.name!r} runs none")
         self.backend = spec.name
         check_weights(model, self.dtype)
         if channels_last is None:

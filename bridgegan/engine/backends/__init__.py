@@ -43,6 +43,7 @@ class Backend:
     graphs_by_default: bool = False  # ... and does on CUDA unless told not to
     serialised: bool = False  # calls share state (compiled code, execution contexts)
     slow_build: bool = False  # first use can take minutes (autotuning, plan builds)
+    exported: bool = False  # runs the ONNX graphs exported into ``onnx_dir``
 
     def problem(self, device: str | torch.device, dtype: torch.dtype | None = None
                 ) -> Exception | None:
@@ -77,10 +78,12 @@ REGISTRY: dict[str, Backend] = {b.name: b for b in (
     Backend("compile", cuda_graphs=True, graphs_by_default=True, serialised=True,
             slow_build=True),  # max-autotune on a GPU
     Backend("onnxruntime", packages=("onnx", "onnxruntime"),
-            install="pip install 'bridgegan[onnx]'", dtypes=("float32", "float16")),
+            install="pip install 'bridgegan[onnx]'", dtypes=("float32", "float16"),
+            exported=True),
     Backend("tensorrt", packages=("tensorrt",),
             install="pip install 'bridgegan[tensorrt]' (TensorRT 10, on a CUDA machine)",
-            cuda=True, serialised=True, slow_build=True),  # one execution context per plan
+            cuda=True, serialised=True, slow_build=True,  # one execution context per plan
+            exported=True),
 )}
 BACKENDS = tuple(REGISTRY)
 
