@@ -233,19 +233,55 @@ def remove_stale(folder: str | os.PathLike, name: str | None = None) -> list[Pat
     return removed
 
 
+def lock_file(path: str | os.PathLike) -> Path:
+    """The lock file of ``path`` that ``locked`` takes: ``.NAME.lock`` beside it."""
+    path = Path(path)
+    return path.parent / f".{path.name}.lock"
+
+
 @contextlib.contextmanager
 def locked(path: str | os.PathLike) -> Iterator[None]:
-    """Hold an exclusive lock on ``path``'s lock file (``.NAME.lock`` beside it) for the
-    duration: processes doing the same first-time work wait for one another. The kernel
-    drops the lock when its holder dies, so a kill never leaves it held."""
+    """Hold an exclusive lock on ``path``'s lock file (``lock_file``) for the duration:
+    processes doing the same first-time work wait for one another. The kernel drops the
+    lock when its holder dies, so a kill never leaves it held. A lock file removed
+    (``remove_lock``) while a process waited for it is not the lock any more: the waiter
+    then locks the file now there, made anew if need be."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path.parent / f".{path.name}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+    lock = lock_file(path)
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if _is_file(fd, lock):
+                break
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)  # removed while we waited: lock the one there now
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def _is_file(fd: int, path: Path) -> bool:
+    """Whether open file ``fd`` is the file at ``path`` now (not one removed since)."""
+    try:
+        there = os.stat(path)
+    except FileNotFoundError:
+        return False
+    here = os.fstat(fd)
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+
+
+def remove_lock(path: str | os.PathLike) -> None:
+    """Remove ``path``'s lock file, from inside ``locked(path)`` once ``path`` is gone (a
+    removed folder's lock file would otherwise stay for good: one per folder ever
+    locked). Those waiting for it then lock a new one; the caller must do nothing more
+    that needs the lock."""
+    with contextlib.suppress(FileNotFoundError):
+        lock_file(path).unlink()
 
 
 def check_writable_folder(path: str | os.PathLike, what: str = "--out",

@@ -1,6 +1,7 @@
 """`bridgegan cache`: real exports in a temporary cache, listed, used and pruned."""
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -12,10 +13,11 @@ import time
 import pytest
 import torch
 
+from bridgegan import files
 from bridgegan.cli import main
 from bridgegan.engine.export import cache, onnx_export
 from bridgegan.engine.export.onnx_export import MANIFEST, cache_folder, export_model
-from bridgegan.files import locked
+from bridgegan.files import lock_file, locked, remove_lock
 from bridgegan.reference.checkpoint import CheckpointError
 from bridgegan.reference.model import BridgeGAN
 
@@ -69,6 +71,60 @@ def test_a_use_counts_as_recent(two_exports):
     old, _ = two_exports
     assert _export(1) == old
     assert cache.prune(7) == [] and old.is_dir()
+
+
+def test_prune_leaves_no_lock_files_behind(two_exports):
+    """An export's lock file goes with its folder, and so do those of folders already
+    gone (an earlier version left one empty file per export ever made, for good)."""
+    old, new = two_exports
+    root = cache_folder()
+    orphan = root / "0123456789abcdef"  # removed by hand, or by a version that kept locks
+    lock_file(orphan).touch()
+    assert {p.name for p in root.glob(".*.lock")} == {
+        f".{old.name}.lock", f".{new.name}.lock", f".{orphan.name}.lock"}
+    assert [e.path for e in cache.prune(7)] == [old]
+    assert [p.name for p in root.glob(".*.lock")] == [f".{new.name}.lock"]  # in use: kept
+    assert [e.path for e in cache.prune(0)] == [new]
+    assert list(root.iterdir()) == []
+    assert _export(2) == new and new.is_dir()  # exported again, with a lock file anew
+
+
+def test_a_lock_file_removed_while_waited_for_is_locked_anew(tmp_path, monkeypatch):
+    """A process waiting for a lock whose file its holder removes (``remove_lock``) takes
+    the file there now, so that it excludes those who come later: locking the removed
+    file would lock nothing anyone else can see."""
+    target = tmp_path / "export"
+    waiting, inside, release = threading.Event(), threading.Event(), threading.Event()
+    flock = fcntl.flock
+
+    def flock_opened(fd, op):  # the waiter has the lock file open: it waits on that one
+        if threading.current_thread() is not threading.main_thread():
+            waiting.set()
+        return flock(fd, op)
+
+    monkeypatch.setattr(files.fcntl, "flock", flock_opened)
+
+    def waiter():
+        with locked(target):
+            inside.set()
+            release.wait(60)
+
+    with locked(target):
+        worker = threading.Thread(target=waiter)
+        worker.start()
+        waiting.wait(60)
+        remove_lock(target)
+    try:
+        assert inside.wait(60)
+        fd = os.open(lock_file(target), os.O_RDWR)  # the waiter's lock is this file's
+        try:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)
+    finally:
+        release.set()
+        worker.join(60)
 
 
 def test_prune_waits_for_an_export_filling_the_folder(two_exports):

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...files import locked, remove_folder, remove_stale
+from ...files import locked, remove_folder, remove_lock, remove_stale
 from ...reference.checkpoint import CheckpointError
 from .onnx_export import MANIFEST, cache_folder, read_manifest
 
@@ -89,8 +89,10 @@ def _size(path: Path) -> int:
 
 
 def prune(days: float, root: Path | None = None) -> list[Entry]:
-    """Remove the export folders under ``root`` not used for ``days`` days (0: all);
-    returns them."""
+    """Remove the export folders under ``root`` not used for ``days`` days (0: all), each
+    with its lock file, and the lock files of folders gone (removed by hand, or by a
+    version that left them: one empty file per export ever made); returns the folders."""
+    root = root or cache_folder()
     cutoff = time.time() - days * DAY_S
     removed = []
     for entry in entries(root):
@@ -99,8 +101,21 @@ def prune(days: float, root: Path | None = None) -> list[Entry]:
         with locked(entry.path):  # then look again: removed or used meanwhile?
             if entry.path.is_dir() and _last_used(entry.path) <= cutoff:
                 remove_folder(entry.path)
+                remove_lock(entry.path)
                 removed.append(entry)
+    for lock in _orphan_locks(root):
+        with locked(lock):  # an export filling it finishes first (and keeps it)
+            if not lock.exists():
+                remove_lock(lock)
     return removed
+
+
+def _orphan_locks(root: Path) -> list[Path]:
+    """The folders under ``root`` that have a lock file (``.NAME.lock``) but do not exist."""
+    if not root.is_dir():
+        return []
+    names = [p.name[1:-len(".lock")] for p in root.glob(".*.lock")]
+    return [root / n for n in names if n and not n.startswith(".") and not (root / n).exists()]
 
 
 def _mb(size: int) -> str:
