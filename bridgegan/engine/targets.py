@@ -13,25 +13,31 @@ that ptxas gave each kernel.
 prints one row per compiled kernel and exits 1 when a kernel does not compile: CI runs
 it, so that a kernel which would fail on the lent GPU fails here first. ``--markdown FILE``
 writes the table (registers, spills, shared memory and the occupancy they allow) that
-benchmarks/KERNELS.md carries for the paper model. Needs triton
-with its NVIDIA backend, and TRITON_INTERPRET unset (interpreted kernels do not compile).
+benchmarks/KERNELS.md carries for the paper model. ``--launchers`` compiles instead the
+extreme configurations the ops' launchers choose for any model (:func:`launcher_launches`).
+Needs triton with its NVIDIA backend, and TRITON_INTERPRET unset (interpreted kernels do
+not compile).
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import re
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from ..files import write_file_atomic
+from ..kernels import conv_act, norm_act, tail
 from ..kernels.dispatch import Launch, recording, triton_interpreted
+from ..kernels.layout import next_pow2
 from ..numerics import SHORT_NAMES, dtype_name
 from ..reference.presets import PAPER_RESOLUTION
 from .graph import InferenceGraph, Rewrites
@@ -135,8 +141,13 @@ def _key(launch: Launch) -> tuple:
 
 
 def resource_usage(compiled) -> dict:
-    """Registers, spill (local) bytes, stack and shared memory of a compiled kernel, as
-    cuobjdump reads them from its cubin; shared also counts what Triton allocates."""
+    """Registers, spilled bytes, stack and shared memory of a compiled kernel, as cuobjdump
+    reads them from its cubin; shared also counts what Triton allocates. ptxas spills to
+    the thread's stack frame (STACK; LOCAL counts .local arrays, which Triton does not
+    emit, and is 0 whatever spills), and a Triton kernel has no other use for one: no
+    calls, no dynamically indexed arrays. So the stack frame is the spill space (ptxas -v
+    on the same PTX with Triton's options: "192 bytes stack frame, 208 bytes spill
+    stores" for a kernel whose LOCAL is 0)."""
     import triton
 
     tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
@@ -146,8 +157,9 @@ def resource_usage(compiled) -> dict:
         text = subprocess.run([str(tool), "--dump-resource-usage", str(path)],
                               capture_output=True, text=True, check=True).stdout
     fields = dict(re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", text))
-    return dict(registers=int(fields.get("REG", 0)), spill_bytes=int(fields.get("LOCAL", 0)),
-                stack_bytes=int(fields.get("STACK", 0)),
+    stack = int(fields.get("STACK", 0))
+    return dict(registers=int(fields.get("REG", 0)),
+                spill_bytes=stack + int(fields.get("LOCAL", 0)), stack_bytes=stack,
                 shared_bytes=max(int(fields.get("SHARED", 0)), compiled.metadata.shared),
                 num_warps=compiled.metadata.num_warps)
 
@@ -190,33 +202,116 @@ def compile_table(model, dtypes, layouts, batch: int = 64, arch: int = ARCH,
     """One row per distinct kernel specialisation the engine launches: where it runs (the
     stages and tensor shapes), its launch config and its resource usage on sm_<arch>; a
     kernel that does not compile is a row with its error."""
-    rows: dict[tuple, dict] = {}
-    with offline(arch):
+    def launches():
         for dtype in dtypes:
             for layout in layouts:
                 for stage, launch in engine_launches(model, dtype, layout, batch):
-                    key = (layout, *_key(launch))  # rows per layout; Triton caches the rest
                     shape = "x".join(map(str, launch.args[0].shape))
-                    if key in rows:
-                        rows[key]["uses"].append(f"{stage} {shape}")
-                        continue
-                    row = dict(kernel=launch.kernel.fn.__name__,
-                               dtype=SHORT_NAMES[dtype_name(dtype)], layout=layout,
-                               config=", ".join(f"{k}={v}" for k, v in launch.kwargs.items()
-                                                if k.isupper() or k == "num_warps"),
-                               grid="x".join(map(str, launch.grid)), uses=[f"{stage} {shape}"])
-                    try:
-                        compiled = launch.kernel.warmup(*launch.args, grid=launch.grid,
-                                                        **launch.kwargs)
-                        row.update(resource_usage(compiled), error="")
-                    except Exception as exc:  # the point: report, do not stop at the first
-                        row.update(error=f"{type(exc).__name__}: {str(exc)[:300]}")
-                    rows[key] = row
-                    if progress:
-                        print(f"  {row['kernel']} {row['dtype']} {layout} "
-                              f"{row.get('registers', '-')} regs {row['error']}",
-                              file=sys.stderr, flush=True)
+                    yield dtype, layout, f"{stage} {shape}", launch
+    return compile_rows(launches(), arch, progress)
+
+
+def compile_rows(launches, arch: int = ARCH, progress: bool = True) -> list[dict]:
+    """compile_table's rows for ``(dtype, layout, use, launch)``: one per distinct
+    specialisation (its uses listed), with the seconds its compilation took."""
+    rows: dict[tuple, dict] = {}
+    with offline(arch):
+        for dtype, layout, use, launch in launches:
+            key = (layout, *_key(launch))  # rows per layout; Triton caches the rest
+            if key in rows:
+                rows[key]["uses"].append(use)
+                continue
+            row = dict(kernel=launch.kernel.fn.__name__,
+                       dtype=SHORT_NAMES[dtype_name(dtype)], layout=layout,
+                       config=", ".join(f"{k}={v}" for k, v in launch.kwargs.items()
+                                        if k.isupper() or k == "num_warps"),
+                       grid="x".join(map(str, launch.grid)), uses=[use])
+            start = time.perf_counter()
+            try:
+                compiled = launch.kernel.warmup(*launch.args, grid=launch.grid, **launch.kwargs)
+                row.update(resource_usage(compiled), error="")
+            except Exception as exc:  # the point: report, do not stop at the first
+                row.update(error=f"{type(exc).__name__}: {str(exc)[:300]}")
+            row["seconds"] = time.perf_counter() - start
+            rows[key] = row
+            if progress:
+                print(f"  {row['kernel']} {row['dtype']} {layout} "
+                      f"{row.get('registers', '-')} regs {row['seconds']:.1f} s {row['error']}",
+                      file=sys.stderr, flush=True)
     return list(rows.values())
+
+
+def _norm_extremes(layout: str) -> list[tuple[str, int, int]]:
+    """(what, C, H) of the norm plans launcher_launches compiles for ``layout``: over batch 1
+    (the most chunks), C and H = W powers of two up to where plan_launch's tiles and chunks
+    stop changing, per path the plan with the most tile elements per thread, the one with
+    the fewest and (split) the one whose apply kernel merges the most partials per thread;
+    ties to the smallest shape."""
+    pow2 = [1 << k for k in range(24)]
+    sizes = [(c, h) for c in pow2 if c <= norm_act.FUSED_TILE_TARGET
+             for h in pow2 if h * h <= norm_act.MAX_CHUNKS * norm_act.SPLIT_TILE
+             and (layout == "nchw" or c > 1)]  # one channel is NCHW whatever the strides
+    picks: dict[tuple, tuple] = {}
+    for c, h in sizes:
+        plan = norm_act.plan_launch(1, c, h * h, layout == "cl")
+        threads = 32 * plan.num_warps
+        tile = plan.block_hw * plan.block_c / threads
+        scores = {"most": tile, "fewest": -tile}
+        if plan.path == "split":
+            scores["partials"] = next_pow2(plan.n_chunks) * plan.block_c / threads
+        for what, score in scores.items():
+            best = picks.get((plan.path, what))
+            if best is None or score > best[0]:
+                picks[(plan.path, what)] = (score, c, h)
+    return [(f"{path} {what}", c, h) for (path, what), (_, c, h) in sorted(picks.items())]
+
+
+def launcher_launches(dtypes, layouts) -> list[tuple]:
+    """(dtype, layout, use, launch) for the extremes of what the ops' launchers choose,
+    whatever the model, each with every operand its kernel takes: spade_modulate (gamma,
+    beta, the (2C,) bias, a half-size residual, leaky ReLU) at each of _norm_extremes'
+    plans, the split ones in both statistics; rgb_tail at two channels and one output, and
+    at the widest channels its full tile holds (TILE) with MAX_OUTPUTS outputs, with a
+    half-size shortcut; the transposed convolution's epilogue."""
+    def meta(shape, dtype, layout="nchw"):
+        return torch.empty(shape, device="meta", dtype=dtype).contiguous(
+            memory_format=LAYOUTS[layout])
+
+    def spade(dtype, layout, c, h, stats):
+        x = meta((1, c, h, h), dtype, layout)
+        res = meta((1, c, h // 2, h // 2), dtype, layout) if h > 1 else None
+        return norm_act.spade_modulate(
+            x, meta(x.shape, dtype, layout), meta(x.shape, dtype, layout), act="leaky_relu",
+            impl="triton", bias=meta((2 * c,), dtype), residual=res, config=dict(stats=stats))
+
+    def rgb(dtype, layout, c, k, h):
+        return tail.rgb_tail(meta((1, c, h, h), dtype, layout), meta((k, c), dtype),
+                             meta((k,), dtype), meta((1, c, h // 2, h // 2), dtype, layout),
+                             impl="triton")
+
+    def epilogue(dtype, layout, c=16):
+        return conv_act.conv2d_relu(meta((1, c, 8, 8), dtype, layout), meta((c, c, 4, 4), dtype),
+                                    meta((c,), dtype), stride=2, padding=1, transposed=True)
+
+    calls = []  # (dtype, layout, use, call)
+    for layout in layouts:
+        for dtype in dtypes:
+            for what, c, h in _norm_extremes(layout):
+                for stats in ("lanes", "tiles") if what.startswith("split") else ("lanes",):
+                    calls.append((dtype, layout, f"{what} {stats} 1x{c}x{h}x{h}",
+                                  functools.partial(spade, dtype, layout, c, h, stats)))
+            for c, k in ((2, 1), (tail.TILE, tail.MAX_OUTPUTS)):
+                calls.append((dtype, layout, f"rgb_tail K={k} 1x{c}x8x8",
+                              functools.partial(rgb, dtype, layout, c, k, 8)))
+            calls.append((dtype, layout, "conv_transpose2d 1x16x8x8",
+                          functools.partial(epilogue, dtype, layout)))
+    out = []
+    with torch.no_grad(), _LayoutAsOnCuda():
+        for dtype, layout, use, call in calls:
+            with recording() as got:
+                call()
+            out += [(dtype, layout, use, launch) for launch in got]
+    return out
 
 
 def main(argv=None) -> int:
@@ -230,6 +325,9 @@ def main(argv=None) -> int:
                    help="paper model preset (default: %(default)s)")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--markdown", type=Path, help="also write the table as markdown here")
+    p.add_argument("--launchers", action="store_true",
+                   help="compile the launchers' extreme configurations (launcher_launches), "
+                        "not the model's graph")
     args = p.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1" or triton_interpreted():
         p.error("run with TRITON_INTERPRET unset: interpreted kernels do not compile for a GPU")
@@ -237,12 +335,17 @@ def main(argv=None) -> int:
     from ..reference import BridgeGAN, BridgeGANConfig
 
     dtypes = [resolve_dtype(d, torch.device("cuda")) for d in args.dtypes.split(",")]
-    model = BridgeGAN(BridgeGANConfig.preset(args.resolution)).eval()
-    rows = compile_table(model, dtypes, args.layouts.split(","), args.batch, args.arch)
+    layouts = args.layouts.split(",")
+    if args.launchers:
+        rows = compile_rows(launcher_launches(dtypes, layouts), args.arch)
+    else:
+        model = BridgeGAN(BridgeGANConfig.preset(args.resolution)).eval()
+        rows = compile_table(model, dtypes, layouts, args.batch, args.arch)
     for r in rows:
         usage = (f"{r['registers']:>3} regs, {r['spill_bytes']} B spilled, "
                  f"{r['shared_bytes']} B shared" if not r["error"] else f"FAILED {r['error']}")
-        print(f"{r['kernel']:<18} {r['dtype']:<5} {r['layout']:<5} {usage:<44} {r['config']}")
+        print(f"{r['kernel']:<18} {r['dtype']:<5} {r['layout']:<5} {usage:<44} "
+              f"{r['seconds']:4.1f} s  {r['config']}")
     if args.markdown:
         write_file_atomic(args.markdown, (markdown(rows, args.arch) + "\n").encode())
     bad = [r for r in rows if r["error"]]

@@ -56,6 +56,7 @@ __all__ = ["conv2d_relu"]
 IMPLS = ("auto", "torch")
 _CUDA_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _CPU_DTYPES = (torch.bfloat16, torch.float32)
+EPILOGUE_BLOCK = 1024  # elements per program of the transposed convolution's epilogue
 _USE_FUSED: dict[tuple, bool] = {}  # decision key (see _use_fused) -> the fused form is used
 
 
@@ -79,7 +80,7 @@ def transposed_then_epilogue(x, weight, bias, stride: int, padding: int) -> torc
     fmt = memory_format(y)
     cl = fmt == torch.channels_last
     y = y.contiguous(memory_format=fmt)
-    block = 1024
+    block = EPILOGUE_BLOCK
     run_launches([Launch(tn._bias_relu_kernel, (-(-y.numel() // block),),
                          (y, bias.contiguous(), y.numel(), c, h * w),
                          dict(CHANNELS_LAST=cl, BLOCK=block, num_warps=4))], y.device)

@@ -30,6 +30,7 @@ from .layout import (add_upsampled, flattenable, hw_strides, memory_format, next
 __all__ = ["rgb_tail"]
 
 MAX_OUTPUTS = 16  # K: the kernel unrolls one dot product per output channel
+TILE = 4096  # a program's pixels x channels (one row of next_pow2(C) channels when C is wider)
 
 
 def _fail(msg: str) -> None:
@@ -91,7 +92,7 @@ def triton_launches(h, weight, bias, shortcut):
     h = flattenable(h, fmt)
     out = torch.empty((n, k, hh, ww), dtype=h.dtype, device=h.device, memory_format=fmt)
     block_c = next_pow2(c)
-    block_p = max(1, min(next_pow2(hh * ww), 4096 // block_c))
+    block_p = max(1, min(next_pow2(hh * ww), TILE // block_c))
     n_pb = -(-(hh * ww) // block_p)
     s = shortcut if shortcut is not None else h
     weight = weight.reshape(k, c).contiguous()
