@@ -17,11 +17,11 @@ import torch
 
 
 class ScopedFlags:
-    """Flags ``write(inside)`` while any scope is open; ``read()``'s value before the
-    first scope written back after the last."""
+    """Flags ``write(inside(saved))`` while any scope is open, where ``saved`` is ``read()``'s
+    value before the first scope, written back after the last."""
 
     def __init__(self, read: Callable[[], tuple], write: Callable[[tuple], None],
-                 inside: tuple):
+                 inside: Callable[[tuple], tuple]):
         self._read, self._write, self._inside = read, write, inside
         self._lock = threading.Lock()
         self._depth = 0
@@ -32,7 +32,7 @@ class ScopedFlags:
         with self._lock:
             if self._depth == 0:
                 self._saved = self._read()
-                self._write(self._inside)
+                self._write(self._inside(self._saved))
             self._depth += 1
         try:
             yield
@@ -43,12 +43,32 @@ class ScopedFlags:
                     self._write(self._saved)
 
 
-def _tf32() -> tuple[bool, bool]:
-    return torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+def tf32_state() -> tuple:
+    """TF32's settings for float32 matrix products and cuDNN convolutions, as the API the
+    process set them with reads them: ("legacy", allow_tf32 of each), or, once a program
+    set torch's newer per-backend ``fp32_precision`` (torch >= 2.9; the legacy flags then
+    raise when read), ("precision", each one's precision)."""
+    backends = torch.backends
+    try:
+        return "legacy", backends.cuda.matmul.allow_tf32, backends.cudnn.allow_tf32
+    except RuntimeError:  # "a mix of the legacy and new APIs": the new one is in use
+        return ("precision", backends.cuda.matmul.fp32_precision,
+                backends.cudnn.conv.fp32_precision)
 
 
-def _set_tf32(values: tuple[bool, bool]) -> None:
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = values
+def _set_tf32(state: tuple) -> None:
+    api, matmul, conv = state
+    backends = torch.backends
+    if api == "legacy":
+        backends.cuda.matmul.allow_tf32, backends.cudnn.allow_tf32 = matmul, conv
+    else:
+        backends.cuda.matmul.fp32_precision, backends.cudnn.conv.fp32_precision = matmul, conv
+
+
+def _off(state: tuple) -> tuple:
+    """TF32 off, in the API ``state`` was read with (the other would raise, or switch the
+    process's later readers over)."""
+    return (state[0], False, False) if state[0] == "legacy" else (state[0], "ieee", "ieee")
 
 
 def _set_benchmark(values: tuple[bool]) -> None:
@@ -57,11 +77,11 @@ def _set_benchmark(values: tuple[bool]) -> None:
 
 # float32 matrix products and convolutions in full float32 (TF32, cuDNN's default for
 # convolutions, is a 5e-4-class approximation: design.md's tf32 row, not float32's)
-no_tf32 = ScopedFlags(_tf32, _set_tf32, (False, False)).scope
+no_tf32 = ScopedFlags(tf32_state, _set_tf32, _off).scope
 
 # cuDNN's algorithm search: the first convolution of each shape times cuDNN's algorithms
 # and keeps the fastest (off, cuDNN picks by heuristics). An engine turns it on for its
 # calls, warm-up and CUDA-graph capture included: a graph keeps the algorithms chosen
 # while it was captured.
 cudnn_search = ScopedFlags(lambda: (torch.backends.cudnn.benchmark,), _set_benchmark,
-                           (True,)).scope
+                           lambda _: (True,)).scope

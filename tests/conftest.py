@@ -1,6 +1,9 @@
 """Shared fixtures: small seeded configurations and models."""
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -67,6 +70,13 @@ def poisoned_alloc(monkeypatch):
 def small_model() -> BridgeGAN:
     torch.manual_seed(0)
     return randomize(BridgeGAN(small_config())).eval()
+
+
+def dead_pid() -> int:
+    """The process id of a process that has exited (and been waited for)."""
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    return int(proc.stdout)
 
 
 def images(n: int, size: int, seed: int = 0, dtype=torch.float32) -> torch.Tensor:

@@ -5,8 +5,6 @@ import fcntl
 import json
 import os
 import re
-import subprocess
-import sys
 import threading
 import time
 
@@ -21,7 +19,7 @@ from bridgegan.files import lock_file, locked, remove_lock
 from bridgegan.reference.checkpoint import CheckpointError
 from bridgegan.reference.model import BridgeGAN
 
-from conftest import randomize, small_config
+from conftest import dead_pid, randomize, small_config
 
 pytest.importorskip("onnx", reason="the export cache is filled by ONNX exports: onnx is missing")
 
@@ -194,13 +192,6 @@ def test_the_cache_folder_expands_a_home_tilde(monkeypatch, tmp_path):
 
 # ----------------------------------------------------------------------------- damaged caches
 
-def _dead_pid() -> int:
-    """The process id of a process that has exited (and been waited for)."""
-    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
-    return int(proc.stdout)
-
-
 def _export_precisions(precisions, seed: int = 1):
     torch.manual_seed(seed)
     return export_model(randomize(BridgeGAN(small_config(16)), seed).eval(),
@@ -215,7 +206,7 @@ def test_a_swap_killed_midway_is_undone_before_another_precision_is_added(tmp_pa
     monkeypatch.setenv("BRIDGEGAN_CACHE", str(tmp_path))
     folder = _export_precisions(("fp32",))
     fp32 = (folder / "map.onnx").read_bytes()
-    dead = _dead_pid()
+    dead = dead_pid()
     aside = folder.parent / f".{folder.name}.old-{dead}-0a1b2c3d"
     aside.mkdir()
     os.replace(folder, aside / "ckpt")  # what files._swap does first
@@ -232,7 +223,7 @@ def test_leftovers_of_a_killed_plan_build_do_not_block_adding_graphs(tmp_path, m
     produces"): an onnxruntime fp16 engine of that model could never be built."""
     monkeypatch.setenv("BRIDGEGAN_CACHE", str(tmp_path))
     folder = _export_precisions(("fp32",))
-    dead = _dead_pid()
+    dead = dead_pid()
     for name in ("map_fp16.plan", "timing.cache"):
         (folder / f".{name}.tmp-{dead}-0a1b2c3d").write_bytes(b"half written")
     assert _export_precisions(("fp16",)) == folder

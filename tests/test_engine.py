@@ -17,7 +17,7 @@ from bridgegan.engine.backends import BACKENDS, REGISTRY
 from bridgegan.engine.graph import four_phase_weight
 from bridgegan.numerics import errors, float64_call, psnr, tolerance
 from bridgegan.reference import BridgeGAN, programs, save_checkpoint
-from bridgegan.torch_flags import cudnn_search, no_tf32
+from bridgegan.torch_flags import cudnn_search, no_tf32, tf32_state
 from conftest import images, labels, randomize, small_config
 
 ATOL = tolerance("float32").image_max_abs
@@ -911,31 +911,44 @@ def test_bench_ratios_compare_rows_of_one_cudnn_choice():
     assert [r["vs_reference_same_dtype"] for r in rows] == [1.0, 1.0, 2.0, 3.0]
 
 
-def _tf32_flags():
-    return torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+NEW_TF32_API = hasattr(torch.backends.cudnn, "conv")  # torch >= 2.9: fp32_precision
 
 
-@pytest.fixture
-def flags_outside():
-    """TF32 on and cuDNN's search off before the test, torch's values back after it."""
-    saved = torch.backends.cudnn.benchmark, _tf32_flags()
+@pytest.fixture(params=["legacy", "precision"] if NEW_TF32_API else ["legacy"])
+def flags_outside(request):
+    """TF32 on and cuDNN's search off before the test, set with torch's legacy flags or
+    (torch >= 2.9) its per-backend precisions, after which the legacy flags raise when
+    read; torch's legacy values (and API) back after it."""
+    saved = torch.backends.cudnn.benchmark, tf32_state()
     torch.backends.cudnn.benchmark = False
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    yield
-    torch.backends.cudnn.benchmark, tf32 = saved
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+    if request.param == "precision":  # per operation, as torch's notes show it
+        torch.backends.cuda.matmul.fp32_precision = "tf32"
+        torch.backends.cudnn.conv.fp32_precision = "tf32"
+        torch.backends.cudnn.rnn.fp32_precision = "ieee"
+        assert tf32_state() == ("precision", "tf32", "tf32")
+    yield request.param
+    torch.backends.cudnn.benchmark, (_, matmul, conv) = saved
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, conv
+
+
+TF32 = {"legacy": (True, True), "precision": ("tf32", "tf32")}
+TF32_OFF = {"legacy": (False, False), "precision": ("ieee", "ieee")}
 
 
 @pytest.mark.parametrize("scope, read, outside, inside", [
-    (cudnn_search, lambda: torch.backends.cudnn.benchmark, False, True),
-    (no_tf32, _tf32_flags, (True, True), (False, False))])
+    (cudnn_search, lambda: torch.backends.cudnn.benchmark, lambda _: False, lambda _: True),
+    (no_tf32, tf32_state, lambda api: (api, *TF32[api]), lambda api: (api, *TF32_OFF[api]))])
 @pytest.mark.parametrize("order", ["nested", "overlapping"])
 def test_flag_scopes_are_shared_by_concurrent_calls(flags_outside, scope, read, outside,
                                                    inside, order):
     """Process-wide flags are set while any scope runs and back to the caller's values after
     the last one, whichever finishes first. A plain save-and-restore, closed out of order
     ("overlapping": the first to open closes first), turned TF32 back on under the other
-    call and then left it off for good."""
+    call and then left it off for good. Set with torch's per-backend precisions, the legacy
+    flags raised when read."""
+    api = flags_outside
+    outside, inside = outside(api), inside(api)
     inside_other, go, waited = threading.Event(), threading.Event(), []
 
     def other():
@@ -975,11 +988,11 @@ def test_engine_calls_run_with_tf32_off_on_cuda_only(flags_outside):
 
         @_serialised
         def flags(self):
-            return _tf32_flags()
+            return tf32_state()
 
-    assert Calls("cuda:1").flags() == (False, False)
-    assert Calls("cpu").flags() == (True, True)
-    assert _tf32_flags() == (True, True)
+    api = flags_outside
+    assert Calls("cuda:1").flags() == (api, *TF32_OFF[api])
+    assert Calls("cpu").flags() == tf32_state() == (api, *TF32[api])
     torch.manual_seed(0)
     model = BridgeGAN(small_config()).eval()
     with pytest.raises(ValueError, match="cudnn_benchmark needs device='cuda'"):

@@ -1485,6 +1485,38 @@ def test_shutdown_under_load_and_busy_port(ckpt, tmp_path):
     assert out.returncode == 2 and f"--http-port {port} (Address already in use)" in out.stderr
 
 
+@needs_serve
+def test_a_killed_front_takes_tritonserver_and_its_stubs_with_it(ckpt, tmp_path):
+    """SIGKILL of the front (an out-of-memory kill) runs no cleanup: tritonserver and its
+    stubs ran on, orphaned, holding their memory for good. The kernel now sends tritonserver
+    SIGTERM (PR_SET_PDEATHSIG): it shuts down, its stubs and their shared memory with it;
+    the next start removes the folders the killed server left."""
+    import signal
+
+    from bridgegan.serve import server as serve_server
+    from bridgegan.serve.process import ServerProcess
+
+    with ServerProcess(["--checkpoint", str(ckpt)], tmp_path / "serve.log") as server:
+        front = server.proc.pid
+        regions = shm_regions(front)
+        assert len(regions) == len(MODELS) and all(r.exists() for r in regions), regions
+        assert all(r.name.startswith(f"{serve_server.SHM_PREFIX}{front}_") for r in regions)
+        left = [p for p in Path(tempfile.gettempdir()).iterdir()
+                if p.name.startswith((f"{serve_server.REPOSITORY_PREFIX}{front}-",
+                                      f"{serve_server.WORKDIR_PREFIX}{front}-"))]
+        assert len(left) == 2, left
+        os.kill(front, signal.SIGKILL)
+        server.proc.wait(timeout=60)
+        deadline = time.monotonic() + 120  # a hang guard, not a speed limit
+        while server.pids():
+            assert time.monotonic() < deadline, f"still running: {server.pids()}"
+            time.sleep(0.2)
+    assert not [r for r in regions if r.exists()]
+    assert all(p.exists() for p in left)  # a SIGKILL ran no cleanup ...
+    serve_server._remove_orphans()  # ... which the next start does first
+    assert not [p for p in left if p.exists()]
+
+
 class _FakeLoad:
     """load_serve.run_load against a stand-in of tritonclient and of the server (no server,
     no tritonclient), on a virtual clock, so the figures are exact whatever the machine's
