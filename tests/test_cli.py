@@ -576,6 +576,22 @@ def test_bench_parity_column_names_the_call_it_checked(tmp_path):
         assert all(r["samples"] == "2" for r in csv.DictReader(f))
 
 
+def test_bench_strips_run_from_the_flips_alone_to_max_samples():
+    """A strip's batch is its length, clamped to what edit_strip makes (the reconstruction
+    and the flips, up to MAX_SAMPLES samples more): a --batches list past it still runs
+    (its strip rows once, at the longest length), and edit_strip is never asked for more."""
+    from bridgegan.engine import Engine, bench
+    from bridgegan.engine.options import MAX_SAMPLES
+
+    torch.manual_seed(0)
+    eng = Engine(BridgeGAN(small_config()).eval())
+    a = eng.config.n_attrs
+    lengths = {batch: bench._workload_fn(eng, "strip", batch, seed=0)[1]
+               for batch in (1, a + 3, a + 1 + MAX_SAMPLES, 1000)}
+    assert lengths == {1: 1 + a, a + 3: a + 3, a + 1 + MAX_SAMPLES: a + 1 + MAX_SAMPLES,
+                       1000: a + 1 + MAX_SAMPLES}
+
+
 def test_bench_measures_the_roofline_peaks_with_tf32_off(monkeypatch):
     """The float32 matrix peak is float32's, as the rows are timed: with TF32 on in the
     caller it would be TF32's (about 8x on an H100) and every float32 share 8x too low."""

@@ -77,10 +77,10 @@ import torch
 from .. import threads
 from ..files import write_file_atomic
 from ..numerics import dtype_name
-from ..torch_flags import no_tf32
 from ..reference.config import BridgeGANConfig
 from ..reference.model import BridgeGAN
 from ..timing import synchronize, time_calls
+from ..torch_flags import no_tf32
 from . import roofline
 from .backends import AUTO, BACKENDS, BackendUnavailable
 from .engine import Engine, backend_dtype, cpu_info, engine_device
@@ -222,8 +222,9 @@ def _workload_fn(eng: Engine, workload: str, batch: int, seed: int):
         return lambda: eng.translate(x, 1 - ys, noise=noise, source=ys), batch
     if workload == "reference":
         return lambda: eng.translate_reference(x, refs, source=ys, reference_labels=1 - ys), batch
-    # strip or strip_nocache (run_matrix refuses other names)
-    samples = max(batch - 1 - cfg.n_attrs, 0)
+    # strip or strip_nocache (run_matrix refuses other names): the batch is the strip's
+    # length, from the reconstruction and the flips alone to MAX_SAMPLES samples more
+    samples = min(max(batch - 1 - cfg.n_attrs, 0), MAX_SAMPLES)
     n = 1 + cfg.n_attrs + samples
     cache = workload == "strip"
     return lambda: eng.edit_strip(x[:1], samples=samples, source=ys[:1], cache=cache), n
@@ -294,30 +295,23 @@ def _streamed(out: str | Path | None):
         yield add
 
 
-def _check_shapes(resolutions: list[int], batches: list[int], workloads: list[str],
-                  checkpoint: str | None, config_overrides: dict | None) -> None:
+def _check_resolutions(resolutions: list[int], checkpoint: str | None,
+                       config_overrides: dict | None) -> None:
     """Refuse, before anything is measured or written (``out``'s partial CSV), a resolution
-    the checkpoint does not make or no configuration takes, and a strip longer than its
-    reconstruction, flips and MAX_SAMPLES samples."""
+    the checkpoint does not make or no configuration takes."""
     if checkpoint:
         from ..reference.checkpoint import read_config
 
-        config = read_config(checkpoint)
-        if any(res != config.image_size for res in resolutions):
-            raise ValueError(f"{checkpoint} makes {config.image_size} px images; "
-                             f"--resolutions must be {config.image_size}")
-    else:
-        configs = [BridgeGANConfig(image_size=res, **(config_overrides or {}))
-                   for res in resolutions]  # each checked; they differ only in size
-        config = configs[0]
-    longest = 1 + config.n_attrs + MAX_SAMPLES
-    if any(w.startswith("strip") for w in workloads) and max(batches) > longest:
-        raise ValueError(f"a strip's batch is its length: at most {longest} (reconstruction, "
-                         f"{config.n_attrs} flips, {MAX_SAMPLES} samples), got {max(batches)}")
+        size = read_config(checkpoint).image_size
+        if any(res != size for res in resolutions):
+            raise ValueError(f"{checkpoint} makes {size} px images; --resolutions must be {size}")
+        return
+    for res in resolutions:
+        BridgeGANConfig(image_size=res, **(config_overrides or {}))
 
 
 def _model(res: int, checkpoint: str | None, config_overrides: dict | None) -> BridgeGAN:
-    """The checkpoint (``_check_shapes``: it makes ``res`` px images), or seeded
+    """The checkpoint (``_check_resolutions``: it makes ``res`` px images), or seeded
     weights at ``res``."""
     if not checkpoint:
         torch.manual_seed(res)
@@ -404,7 +398,7 @@ def _variant_rows(model: BridgeGAN, v: Variant, dev: torch.device, case, batches
         for batch in batches:
             bar.set_postfix_str(f"{cfg.image_size}px {v.name} {workload} b{batch}")
             fn, n = _workload_fn(eng, workload, batch, seed=batch)
-            if (workload, n) not in sizes_done:  # strips shorter than 1 + A share one size
+            if (workload, n) not in sizes_done:  # strips clamped to one length share it
                 sizes_done.add((workload, n))
                 row = dict(base, what=workload, batch=n)
                 try:
@@ -461,7 +455,7 @@ def run_matrix(variants: list[Variant] | None, batches: list[int], resolutions: 
         if repeated:
             raise ValueError(f"each {what} may be given once; repeated: {', '.join(repeated)}")
     _check_table(variants, dev)
-    _check_shapes(resolutions, batches, workloads, checkpoint, config_overrides)
+    _check_resolutions(resolutions, checkpoint, config_overrides)
     # the machine's load, for whoever reads the numbers: a 1-minute average, so the start's
     # still holds the minute before (a previous run's), the end's this run's own threads
     load = {"load_1min_at_start": round(threads.load_average(), 2), "cores": threads.cores()}
