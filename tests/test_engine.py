@@ -581,6 +581,25 @@ def test_a_transparent_colour_is_composited_on_white(model, tmp_path, mode):
     assert torch.equal(eng.load_images(rgba.convert("RGBa"))[0], got)
 
 
+@pytest.mark.parametrize("mode", ["1", "I;16"])
+def test_a_transparent_value_in_1_and_16_bit_pngs_is_white(model, tmp_path, mode):
+    """tRNS of a 1-bit or 16-bit greyscale PNG (the value compared before 16 bits are
+    rescaled to 8): read as its grey, not white, while the other modes' was white."""
+    size = model.config.image_size
+    a = np.random.default_rng(14).integers(1, 2 if mode == "1" else 65536, (size, size))
+    a[: size // 2] = 0
+    im = (Image.fromarray(a.astype(bool)) if mode == "1"
+          else Image.fromarray(a.astype(np.uint16)))
+    im.save(tmp_path / "t.png", transparency=0)
+    with Image.open(tmp_path / "t.png") as f:
+        assert f.mode == mode and f.info["transparency"] == 0
+    got = Engine(model).load_images(tmp_path / "t.png")[0]
+    assert (got[:, : size // 2] == 1).all()
+    grey = a[size // 2:] * 255 if mode == "1" else np.rint(a[size // 2:] / 257)  # 8 bits
+    want = torch.from_numpy(grey).float() / 127.5 - 1
+    assert torch.equal(got[:, size // 2:], want.expand(3, -1, -1))
+
+
 def test_an_aligned_celeba_image_is_cropped_as_celeba_trains(model, tmp_path):
     """A 178x218 aligned CelebA image is read from the spec's 170x170 crop at (top 26,
     left 3), as the CelebA dataset reads it for training: the centre square (178x178 at

@@ -1,10 +1,11 @@
 """Turning what callers pass (tensors, PIL images, files) into checked image batches.
 
 Policy, documented in the README:
-- PIL images and files of any size are turned upright (EXIF orientation), centre-cropped
-  to a square and resized (bicubic) to the model's size; greyscale (8- or 16-bit) and
-  palette images become RGB, RGBA is composited on white; 32-bit integer and float
-  images are refused (see ``image.to_rgb``).
+- PIL images and files of any size are turned upright (EXIF orientation), cropped to a
+  square (``image.face_square``: centred, or CelebA's face crop of an aligned 178x218
+  image) and resized (bicubic) to the model's size; greyscale (8- or 16-bit) and palette
+  images become RGB, transparency (alpha, or a PNG's transparent colour) is composited on
+  white; 32-bit integer and float images are refused (see ``image.to_rgb``).
 - Tensors are taken as they are: (N, C, S, S) or (C, S, S) in [-1, 1] at the model's size
   S; another size is refused (resizing a caller's tensor silently would hide bugs); one
   channel is replicated to RGB and four channels (RGBA, alpha in [-1, 1]) are composited

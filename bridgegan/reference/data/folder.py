@@ -12,7 +12,8 @@ column "split" (train / val / test) assigns rows to splits; without it every spl
 split="all") holds all rows, and the dataset's ``unsplit`` is True.
 
 Images of any size and mode are converted to RGB (transparency composited onto white),
-centre-cropped to a square and resized (bicubic) to ``size``, scaled to [-1, 1].
+cropped to a square (``image.face_square``: centred, or CelebA's face crop of an aligned
+178x218 image) and resized (bicubic) to ``size``, scaled to [-1, 1].
 """
 from __future__ import annotations
 

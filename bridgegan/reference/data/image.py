@@ -48,7 +48,7 @@ def check_size_and_split(size: int, split: str) -> None:
 def to_rgb(im: Image.Image, what: str = "image") -> Image.Image:
     """Upright RGB copy of a PIL image: the EXIF orientation is applied; greyscale (8- or
     16-bit) and palette images are converted; images with transparency (alpha modes, and
-    P, L or RGB with a transparent colour: PNG's tRNS) are composited onto white; 32-bit
+    a transparent colour, PNG's tRNS, in the others) are composited onto white; 32-bit
     integer and float images are refused (a ValueError naming ``what``)."""
     im = ImageOps.exif_transpose(im)
     if im.mode in UNDEFINED_RANGE_MODES:
@@ -58,8 +58,12 @@ def to_rgb(im: Image.Image, what: str = "image") -> Image.Image:
             f"LA, PA, CMYK, YCbCr, ...) and 16-bit greyscale ({', '.join(SIXTEEN_BIT_MODES)}; "
             f"Pillow < 10.3 opens 16-bit greyscale PNGs as I: upgrade it)")
     if im.mode in SIXTEEN_BIT_MODES:
-        im = Image.fromarray(np.rint(np.asarray(im) / 257).astype(np.uint8))
-    if im.mode in ("P", "L", "RGB") and "transparency" in im.info:
+        a = np.asarray(im)
+        grey = Image.fromarray(np.rint(a / 257).astype(np.uint8))
+        key = im.info.get("transparency")  # one 16-bit value, compared before the rescale
+        im = grey if not isinstance(key, int) else Image.merge(
+            "LA", (grey, Image.fromarray(np.where(a == key, 0, 255).astype(np.uint8))))
+    if im.mode in ("1", "P", "L", "RGB") and "transparency" in im.info:
         im = im.convert("RGBA")
     if im.mode in ("RGBA", "RGBa", "LA", "PA"):
         im = im.convert("RGBA")
