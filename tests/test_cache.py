@@ -233,8 +233,10 @@ def test_leftovers_of_a_killed_plan_build_do_not_block_adding_graphs(tmp_path, m
 
 def _damage(manifest: dict, how: str) -> None:
     entry = manifest["graphs"]["map"]
-    if how in ("key", "config", "graphs"):
+    if how in ("key", "config", "graphs", "opset"):
         del manifest[how]
+    elif how == "inputs null":
+        entry["inputs"] = None
     elif how == "graphs list":
         manifest["graphs"] = list(manifest["graphs"])
     elif how == "graph null":
@@ -249,8 +251,9 @@ def _damage(manifest: dict, how: str) -> None:
         entry["files"]["fp32"] = "../../elsewhere/map.onnx"
 
 
-@pytest.mark.parametrize("how", ["key", "config", "graphs", "graphs list", "graph null",
-                                 "files list", "config null", "config invalid", "file outside"])
+@pytest.mark.parametrize("how", ["key", "config", "graphs", "opset", "inputs null",
+                                 "graphs list", "graph null", "files list", "config null",
+                                 "config invalid", "file outside"])
 def test_a_malformed_manifest_is_named_and_still_listed_and_pruned(tmp_path, monkeypatch, how):
     """A manifest of the right format with a field missing or of the wrong type: the export
     (an engine's first use) says the manifest is corrupt, naming it (it raised KeyError,

@@ -1074,6 +1074,11 @@ def test_onnxruntime_cuda_sessions_run_float32_without_tf32(tmp_path, monkeypatc
     OrtGraph(tmp_path / "g.onnx", torch.device("cuda", 1))
     assert made == [[("CUDAExecutionProvider", {"device_id": 1, "use_tf32": 0}),
                      "CPUExecutionProvider"]]
+    monkeypatch.setattr(ort, "__version__", "1.17.3")  # a GPU build before the option
+    with pytest.raises(BackendUnavailable, match=r"onnxruntime 1\.17\.3 runs float32 "
+                                                 r"convolutions on CUDA in TF32 only: pip "
+                                                 r"install 'onnxruntime-gpu>=1\.18'"):
+        OrtGraph(tmp_path / "g.onnx", torch.device("cuda", 1))
 
 
 def test_an_onnxruntime_failure_while_running_is_a_runtime_error_naming_the_graph(tmp_path):

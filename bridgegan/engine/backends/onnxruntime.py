@@ -15,6 +15,9 @@ from .base import BackendUnavailable
 from .exported import exported_stages
 
 
+CUDA_MIN_VERSION = (1, 18)  # the CUDA provider's use_tf32 option
+
+
 class OrtGraph:
     """An ONNX file in an onnxruntime session (CPU, or CUDA for a CUDA ``device``), called
     with torch tensors in the graph's input order; returns float32 tensors on ``device``."""
@@ -28,7 +31,13 @@ class OrtGraph:
                 raise BackendUnavailable("this onnxruntime has no CUDAExecutionProvider: "
                                          "pip install onnxruntime-gpu, or use device='cpu'")
             # use_tf32 0: float32 graphs' convolutions in float32, not TF32 (ORT's default
-            # on CUDA, as cuDNN's), as the engine's torch backends run them
+            # on CUDA, as cuDNN's), as the engine's torch backends run them; the option is
+            # 1.18's (the extra's floor binds the CPU package only, not onnxruntime-gpu)
+            if tuple(int(p) for p in ort.__version__.split(".")[:2]) < CUDA_MIN_VERSION:
+                raise BackendUnavailable(
+                    f"onnxruntime {ort.__version__} runs float32 convolutions on CUDA in "
+                    f"TF32 only: pip install 'onnxruntime-gpu>="
+                    f"{'.'.join(map(str, CUDA_MIN_VERSION))}', or use device='cpu'")
             providers.insert(0, ("CUDAExecutionProvider",
                                  {"device_id": device.index or 0, "use_tf32": 0}))
         options = ort.SessionOptions()

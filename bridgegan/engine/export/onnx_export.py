@@ -328,18 +328,19 @@ def read_manifest(folder: str | os.PathLike) -> dict | None:
                               f"(format {FORMAT!r} expected)")
     problem = _manifest_problem(manifest)
     if problem:
-        raise CheckpointError(f"{path} is corrupt: {problem}")
+        raise CheckpointError(f"{path} is corrupt: {problem}; remove {path.parent} (in the "
+                              f"cache: `bridgegan cache --prune 0`) to export again")
     return manifest
 
 
 def _manifest_problem(manifest: dict) -> str | None:
     """What is malformed in a manifest of the right format (None: nothing): the fields
-    the export, the backends and `bridgegan cache` read, each of its type, and file names
-    that are names in the folder (no path)."""
-    if not isinstance(manifest.get("key"), str):
-        return "no export key"
-    if not isinstance(manifest.get("config"), dict):
-        return "no config object"
+    the export, the backends, triton-repo and `bridgegan cache` read, each of its type,
+    and file names that are names in the folder (no path)."""
+    for field, kind in (("key", str), ("config", dict), ("opset", int), ("rewrites", list),
+                        ("attributes", list)):
+        if not isinstance(manifest.get(field), kind):
+            return f"no {field} ({kind.__name__})"
     graphs = manifest.get("graphs")
     if not isinstance(graphs, dict):
         return "no graphs object"
@@ -351,6 +352,12 @@ def _manifest_problem(manifest: dict) -> str | None:
             if not isinstance(values, dict) or not all(isinstance(v, str)
                                                         for v in values.values()):
                 return f"graph {name!r}: {field} is not an object of strings"
+        for field in ("inputs", "outputs"):
+            specs = entry.get(field)
+            if not isinstance(specs, list) or not all(
+                    isinstance(t, dict) and isinstance(t.get("name"), str)
+                    and isinstance(t.get("shape"), list) for t in specs):
+                return f"graph {name!r}: {field} is not a list of tensors (name, shape)"
         bad = [f for f in entry.get("files", {}).values()
                if f in ("", ".", "..") or Path(f).name != f]
         if bad:
