@@ -291,11 +291,17 @@ def locked(path: str | os.PathLike) -> Iterator[None]:
 def _is_file(fd: int, path: Path) -> bool:
     """Whether open file ``fd`` is the file at ``path`` now (not one removed since)."""
     try:
-        there = os.stat(path)
+        return os.path.samestat(os.fstat(fd), os.stat(path))
     except FileNotFoundError:
         return False
-    here = os.fstat(fd)
-    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+
+
+def locked_paths(folder: str | os.PathLike) -> list[Path]:
+    """The paths in ``folder`` that have a lock file (``lock_file``'s inverse), whether
+    or not they exist."""
+    folder = Path(folder)
+    names = [p.name[1:-len(".lock")] for p in folder.glob(".*.lock")] if folder.is_dir() else []
+    return [folder / n for n in names if n and not n.startswith(".")]
 
 
 def remove_lock(path: str | os.PathLike) -> None:

@@ -141,8 +141,8 @@ def _key(launch: Launch) -> tuple:
 
 
 def resource_usage(compiled) -> dict:
-    """Registers, spilled bytes, stack and shared memory of a compiled kernel, as cuobjdump
-    reads them from its cubin; shared also counts what Triton allocates. ptxas spills to
+    """Registers, spilled bytes and shared memory of a compiled kernel, as cuobjdump reads
+    them from its cubin; shared also counts what Triton allocates. ptxas spills to
     the thread's stack frame (STACK; LOCAL counts .local arrays, which Triton does not
     emit, and is 0 whatever spills), and a Triton kernel has no other use for one: no
     calls, no dynamically indexed arrays. So the stack frame is the spill space (ptxas -v
@@ -156,10 +156,8 @@ def resource_usage(compiled) -> dict:
         path.write_bytes(compiled.asm["cubin"])
         text = subprocess.run([str(tool), "--dump-resource-usage", str(path)],
                               capture_output=True, text=True, check=True).stdout
-    fields = dict(re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", text))
-    stack = int(fields.get("STACK", 0))
-    return dict(registers=int(fields.get("REG", 0)),
-                spill_bytes=stack + int(fields.get("LOCAL", 0)), stack_bytes=stack,
+    fields = dict(re.findall(r"\b(REG|STACK|SHARED):(\d+)", text))
+    return dict(registers=int(fields.get("REG", 0)), spill_bytes=int(fields.get("STACK", 0)),
                 shared_bytes=max(int(fields.get("SHARED", 0)), compiled.metadata.shared),
                 num_warps=compiled.metadata.num_warps)
 

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...files import locked, remove_folder, remove_lock, remove_stale
+from ...files import locked, locked_paths, remove_folder, remove_lock, remove_stale
 from ...reference.checkpoint import CheckpointError
 from .onnx_export import MANIFEST, cache_folder, read_manifest
 
@@ -103,19 +103,12 @@ def prune(days: float, root: Path | None = None) -> list[Entry]:
                 remove_folder(entry.path)
                 remove_lock(entry.path)
                 removed.append(entry)
-    for lock in _orphan_locks(root):
-        with locked(lock):  # an export filling it finishes first (and keeps it)
-            if not lock.exists():
-                remove_lock(lock)
+    for folder in locked_paths(root):  # lock files of folders gone
+        if not folder.exists():
+            with locked(folder):  # an export filling it finishes first (and keeps it)
+                if not folder.exists():
+                    remove_lock(folder)
     return removed
-
-
-def _orphan_locks(root: Path) -> list[Path]:
-    """The folders under ``root`` that have a lock file (``.NAME.lock``) but do not exist."""
-    if not root.is_dir():
-        return []
-    names = [p.name[1:-len(".lock")] for p in root.glob(".*.lock")]
-    return [root / n for n in names if n and not n.startswith(".") and not (root / n).exists()]
 
 
 def _mb(size: int) -> str:
