@@ -1035,18 +1035,23 @@ def test_bench_baseline_is_the_plain_reference_whatever_the_order():
             "reference-fp16": 1.0, "reference-fp16-cl": 2.0, "triton-fp16-cl": 4.0}
 
 
-def test_onnxruntime_sessions_run_on_torchs_thread_count(tmp_path, monkeypatch):
-    """A session's intra-op threads are torch's (what --threads sets) when it is made."""
+def identity_onnx(path) -> None:
+    """A one-node ONNX graph y = x (x: float32 of shape (1,)) at ``path``; skips without
+    onnx and onnxruntime."""
     onnx = pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
     from onnx import TensorProto, helper
 
-    from bridgegan.engine.backends.onnxruntime import OrtGraph
-
     io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in ("x", "y")]
     graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "id", io[:1], io[1:])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
-              tmp_path / "id.onnx")
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def test_onnxruntime_sessions_run_on_torchs_thread_count(tmp_path, monkeypatch):
+    """A session's intra-op threads are torch's (what --threads sets) when it is made."""
+    from bridgegan.engine.backends.onnxruntime import OrtGraph
+
+    identity_onnx(tmp_path / "id.onnx")
     for n in (1, 2):
         monkeypatch.setattr(torch, "get_num_threads", lambda n=n: n)
         options = OrtGraph(tmp_path / "id.onnx", torch.device("cpu")).session.get_session_options()
@@ -1085,16 +1090,9 @@ def test_an_onnxruntime_failure_while_running_is_a_runtime_error_naming_the_grap
     """onnxruntime's own exceptions (Fail: out of memory in its arena, InvalidArgument) are
     no RuntimeError: the commands printed a traceback instead of their error line; torch's
     failures of the same kind are RuntimeErrors."""
-    onnx = pytest.importorskip("onnx")
-    pytest.importorskip("onnxruntime")
-    from onnx import TensorProto, helper
-
     from bridgegan.engine.backends.onnxruntime import OrtGraph
 
-    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in ("x", "y")]
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "id", io[:1], io[1:])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
-              tmp_path / "id.onnx")
+    identity_onnx(tmp_path / "id.onnx")
     session = OrtGraph(tmp_path / "id.onnx", torch.device("cpu"))
     assert session(torch.ones(1))[0].tolist() == [1.0]
     with pytest.raises(RuntimeError, match=r"onnxruntime failed to run id\.onnx \(.*\): .*"
