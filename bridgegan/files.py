@@ -200,32 +200,9 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
+    except (PermissionError, OverflowError):  # another user's; no pid a process can have
         return True
     return True
-
-
-def remove_orphans(folder: str | os.PathLike, prefix: str) -> list[Path]:
-    """Remove the files and folders in ``folder`` named ``<prefix><pid>-...`` or
-    ``<prefix><pid>_...`` whose process ``pid`` is gone: a process's private working files
-    left by a kill that ran no cleanup. Those of running processes, and what this user may
-    not remove, are kept. Returns what was removed."""
-    pattern = re.compile(re.escape(prefix) + r"(?P<pid>\d+)[-_]")
-    folder = Path(folder)
-    removed = []
-    for p in folder.iterdir() if folder.is_dir() else ():
-        m = pattern.match(p.name)
-        if not m or _alive(int(m.group("pid"))):
-            continue
-        try:
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p)
-            else:
-                p.unlink()
-        except OSError:  # another user's (a sticky temp folder), or removed meanwhile
-            continue
-        removed.append(p)
-    return removed
 
 
 def remove_stale(folder: str | os.PathLike, name: str | None = None) -> list[Path]:

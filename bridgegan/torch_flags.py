@@ -56,13 +56,26 @@ def tf32_state() -> tuple:
                 backends.cudnn.conv.fp32_precision)
 
 
+def tf32_key() -> object:
+    """cuDNN's TF32 setting for convolutions, read cheaply in either API (a cache key):
+    the per-backend precision where torch has one (the legacy flag writes it too), else
+    the legacy flag. ``tf32_state`` raises and catches inside the newer API's scope."""
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    return conv.fp32_precision if conv is not None else torch.backends.cudnn.allow_tf32
+
+
 def _set_tf32(state: tuple) -> None:
-    api, matmul, conv = state
+    """Write ``state`` (``tf32_state``'s form) in its API, only the flags that change: a
+    legacy write also rewrites torch's per-backend precisions (matmul's "none" became
+    "ieee" for good, hiding a later global TF32 setting)."""
+    api, *values = state
     backends = torch.backends
-    if api == "legacy":
-        backends.cuda.matmul.allow_tf32, backends.cudnn.allow_tf32 = matmul, conv
-    else:
-        backends.cuda.matmul.fp32_precision, backends.cudnn.conv.fp32_precision = matmul, conv
+    knobs = ([(backends.cuda.matmul, "allow_tf32"), (backends.cudnn, "allow_tf32")]
+             if api == "legacy" else
+             [(backends.cuda.matmul, "fp32_precision"), (backends.cudnn.conv, "fp32_precision")])
+    for (owner, name), value in zip(knobs, values):
+        if getattr(owner, name) != value:
+            setattr(owner, name, value)
 
 
 def _off(state: tuple) -> tuple:

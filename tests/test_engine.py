@@ -939,16 +939,18 @@ def flags_outside(request):
     (torch >= 2.9) its per-backend precisions, after which the legacy flags raise when
     read; torch's legacy values (and API) back after it."""
     saved = torch.backends.cudnn.benchmark, tf32_state()
-    torch.backends.cudnn.benchmark = False
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    if request.param == "precision":  # per operation, as torch's notes show it
-        torch.backends.cuda.matmul.fp32_precision = "tf32"
-        torch.backends.cudnn.conv.fp32_precision = "tf32"
-        torch.backends.cudnn.rnn.fp32_precision = "ieee"
-        assert tf32_state() == ("precision", "tf32", "tf32")
-    yield request.param
-    torch.backends.cudnn.benchmark, (_, matmul, conv) = saved
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, conv
+    try:
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        if request.param == "precision":  # per operation, as torch's notes show it
+            torch.backends.cuda.matmul.fp32_precision = "tf32"
+            torch.backends.cudnn.conv.fp32_precision = "tf32"
+            torch.backends.cudnn.rnn.fp32_precision = "ieee"
+            assert tf32_state() == ("precision", "tf32", "tf32")
+        yield request.param
+    finally:  # the legacy setters put the process back in the legacy API
+        torch.backends.cudnn.benchmark, (_, matmul, conv) = saved
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, conv
 
 
 TF32 = {"legacy": (True, True), "precision": ("tf32", "tf32")}
@@ -1012,6 +1014,8 @@ def test_engine_calls_run_with_tf32_off_on_cuda_only(flags_outside):
     api = flags_outside
     assert Calls("cuda:1").flags() == (api, *TF32_OFF[api])
     assert Calls("cpu").flags() == tf32_state() == (api, *TF32[api])
+    if NEW_TF32_API:  # a call wrote back only what it changed: matmul's precision untouched
+        assert torch.backends.cuda.matmul.fp32_precision == "tf32"
     torch.manual_seed(0)
     model = BridgeGAN(small_config()).eval()
     with pytest.raises(ValueError, match="cudnn_benchmark needs device='cuda'"):

@@ -82,30 +82,12 @@ def test_a_kill_between_moving_the_old_folder_aside_and_the_new_one_in_is_undone
 def test_leftovers_of_running_processes_or_other_names_are_kept(tmp_path):
     mine = tmp_path / f".step-00000002.tmp-{os.getpid()}-ab"  # this process: in use
     old = tmp_path / f".step-00000004.tmp-{dead_pid()}-cd"
-    mine.mkdir()
-    old.mkdir()
+    huge = tmp_path / f".step-00000008.tmp-{2 ** 70}-ef"  # no pid: kept (OverflowError)
+    for p in (mine, old, huge):
+        p.mkdir()
     assert remove_stale(tmp_path, "step-00000002") == []
     assert remove_stale(tmp_path, "step-00000006") == []
-    assert remove_stale(tmp_path) == [old] and leftovers(tmp_path) == [mine.name]
-
-
-def test_orphans_of_dead_processes_are_removed_and_the_rest_kept(tmp_path):
-    """remove_orphans (`serve`'s private folders and shared memory, named with the pid of
-    the server that made them): a dead process's folder and file go; this process's, other
-    prefixes and names with no pid stay."""
-    from bridgegan.files import remove_orphans
-
-    dead = dead_pid()
-    gone = [tmp_path / f"bridgegan-serve-{dead}-x1", tmp_path / f"bridgegan_serve_{dead}_uuid"]
-    kept = [tmp_path / f"bridgegan-serve-{os.getpid()}-x2", tmp_path / f"other-{dead}-x3",
-            tmp_path / "bridgegan-serve-notapid-x4"]
-    for p in gone[:1] + kept:
-        (p / "models").mkdir(parents=True)
-    gone[1].write_bytes(b"a stub's region")
-    assert sorted(remove_orphans(tmp_path, "bridgegan-serve-")
-                  + remove_orphans(tmp_path, "bridgegan_serve_")) == sorted(gone)
-    assert sorted(tmp_path.iterdir()) == sorted(kept)
-    assert remove_orphans(tmp_path / "missing", "bridgegan-serve-") == []
+    assert remove_stale(tmp_path) == [old] and leftovers(tmp_path) == [mine.name, huge.name]
 
 
 def test_a_running_writer_keeps_its_temporary_folder(tmp_path):

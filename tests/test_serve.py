@@ -17,6 +17,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import socket
 import socketserver
 import subprocess
@@ -1489,8 +1490,8 @@ def test_shutdown_under_load_and_busy_port(ckpt, tmp_path):
 def test_a_killed_front_takes_tritonserver_and_its_stubs_with_it(ckpt, tmp_path):
     """SIGKILL of the front (an out-of-memory kill) runs no cleanup: tritonserver and its
     stubs ran on, orphaned, holding their memory for good. The kernel now sends tritonserver
-    SIGTERM (PR_SET_PDEATHSIG): it shuts down, its stubs and their shared memory with it;
-    the next start removes the folders the killed server left."""
+    SIGTERM (PR_SET_PDEATHSIG): it shuts down, its stubs and their shared memory with it.
+    What stays (the private folders) is named with the killed front's pid."""
     import signal
 
     from bridgegan.serve import server as serve_server
@@ -1512,9 +1513,8 @@ def test_a_killed_front_takes_tritonserver_and_its_stubs_with_it(ckpt, tmp_path)
             assert time.monotonic() < deadline, f"still running: {server.pids()}"
             time.sleep(0.2)
     assert not [r for r in regions if r.exists()]
-    assert all(p.exists() for p in left)  # a SIGKILL ran no cleanup ...
-    serve_server._remove_orphans()  # ... which the next start does first
-    assert not [p for p in left if p.exists()]
+    for folder in left:  # a SIGKILL ran no cleanup: this test's own, removed here
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 class _FakeLoad:

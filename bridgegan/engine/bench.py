@@ -37,7 +37,8 @@ tagged ``heuristics`` runs with cuDNN's heuristic choice instead, for the A/B; a
 
 Workloads: ``translate`` (label-based, the public API on device tensors), ``reference``
 (one reference per source), ``strip`` and ``strip_nocache`` (one source's edit strip with
-and without the trunk cache; its batch is the strip length).
+and without the trunk cache; its batch is the strip length, clamped to what edit_strip
+makes: the reconstruction and the flips, up to MAX_SAMPLES samples more).
 
 Parity first: before a variant is timed, its engine translates a seeded batch of faces
 (the smallest batch of the run: a shape it compiles or captures anyway) and the result is
@@ -212,12 +213,14 @@ def _peak_mb(device: torch.device) -> float | str:
 def _workload_fn(eng: Engine, workload: str, batch: int, seed: int):
     cfg = eng.config
     gen = torch.Generator().manual_seed(seed)
-    x = (torch.rand(batch, 3, cfg.image_size, cfg.image_size, generator=gen) * 2 - 1).to(eng.device)
-    refs = (torch.rand(batch, 3, cfg.image_size, cfg.image_size, generator=gen) * 2 - 1).to(eng.device)
+    rows = batch if workload in ("translate", "reference") else 1  # a strip: one source
+    shape = (rows, 3, cfg.image_size, cfg.image_size)
+    x = (torch.rand(shape, generator=gen) * 2 - 1).to(eng.device)
+    refs = (torch.rand(shape, generator=gen) * 2 - 1).to(eng.device)
     # labels and noise in host memory, as callers pass them: the engine checks them there
     # (a device tensor would be copied back for its checks)
-    ys = torch.randint(0, 2, (batch, cfg.n_attrs), generator=gen).float()
-    noise = torch.randn(batch, cfg.noise_dim, generator=gen)
+    ys = torch.randint(0, 2, (rows, cfg.n_attrs), generator=gen).float()
+    noise = torch.randn(rows, cfg.noise_dim, generator=gen)
     if workload == "translate":
         return lambda: eng.translate(x, 1 - ys, noise=noise, source=ys), batch
     if workload == "reference":

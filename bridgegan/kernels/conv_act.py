@@ -47,7 +47,7 @@ import torch.nn.functional as F
 
 from ..numerics import dtype_name
 from ..timing import time_calls
-from ..torch_flags import tf32_state
+from ..torch_flags import tf32_key
 from .dispatch import (KernelFallbackWarning, Launch, recording_launches, run_launches,
                        tracing, triton_module)
 from .layout import memory_format, next_pow2
@@ -141,7 +141,7 @@ def _use_fused(x, weight, stride, padding, transposed, fused, plain) -> bool:
     if x.is_cuda:
         key = (x.device, x.dtype, next_pow2(x.shape[0]), tuple(x.shape[1:]), x.stride(),
                tuple(weight.shape), weight.stride(), tuple(_pair_of_ints(stride)),
-               tuple(_pair_of_ints(padding)), transposed, tf32_state())
+               tuple(_pair_of_ints(padding)), transposed, tf32_key())
     else:
         key = (x.device.type, x.dtype, transposed)
     if key not in _USE_FUSED:

@@ -21,18 +21,16 @@ import sysconfig
 import tempfile
 from pathlib import Path
 
-from ..files import remove_orphans
 from .names import (EXIT_TIMEOUT_S, GRPC_PORT, HOST, HTTP_PORT, METRICS_PORT, MODELS,
                     READ_TIMEOUT_S)
 
 EXTRA_HINT = "pip install 'bridgegan[serve]' (nvidia-pytriton 0.7 needs numpy<2; the extra pins it)"
-# the private things a server makes, named with its (the front's) pid, so that a later
-# start removes those of a server killed before its cleanup ran (``_remove_orphans``):
-# the repository and socket folders in the temp folder, the stubs' shared memory
+# the private folders a server makes in the temp folder (its repository and sockets) and
+# its stubs' shared-memory regions, named with the front's pid: what a server killed
+# outright leaves (a SIGKILL runs no cleanup) says whose it was
 REPOSITORY_PREFIX = "bridgegan-serve-"
 WORKDIR_PREFIX = "bridgegan-tritonserver-"
 SHM_PREFIX = "bridgegan_serve_"
-SHM_FOLDER = Path("/dev/shm")
 PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
 HTTP_SOCKET = "http.sock"
 GRPC_SOCKET = "grpc.sock"
@@ -132,15 +130,6 @@ def _private_folder(prefix: str) -> tempfile.TemporaryDirectory:
     return tempfile.TemporaryDirectory(prefix=f"{prefix}{os.getpid()}-")
 
 
-def _remove_orphans() -> list[Path]:
-    """Remove what servers killed before their cleanup ran (a SIGKILL, an out-of-memory
-    kill) left: their repository and socket folders (3.9 MB for the shipped model) and
-    their stubs' shared memory (1 MB a stub), each named with a pid that is gone."""
-    return (remove_orphans(tempfile.gettempdir(), REPOSITORY_PREFIX)
-            + remove_orphans(tempfile.gettempdir(), WORKDIR_PREFIX)
-            + remove_orphans(SHM_FOLDER, SHM_PREFIX))
-
-
 def _die_with_this_process():
     """A ``preexec_fn`` that has the kernel send the child SIGTERM when this process dies,
     however it dies: a front killed with SIGKILL left tritonserver and its stubs (about
@@ -150,12 +139,17 @@ def _die_with_this_process():
         return None
     import ctypes
 
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here: the child only calls
+    prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
     parent = os.getpid()
 
     def arm() -> None:  # in the child, between fork and exec
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        # the front's Python handler would only note a SIGTERM that came before the exec
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0):
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
         if os.getppid() != parent:  # the front died before the signal was armed
-            os.kill(os.getpid(), signal.SIGTERM)
+            os._exit(1)
     return arm
 
 
@@ -174,7 +168,6 @@ def run_tritonserver(repository: str | os.PathLike, host: str = HOST,
     from .http_client import wait_ready
 
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # startup: leave cleanly
-    _remove_orphans()
     with _private_folder(WORKDIR_PREFIX) as workdir:  # 0700
         argv, env = tritonserver_command(repository, workdir, host, metrics_port,
                                          exit_timeout_secs)
@@ -218,7 +211,6 @@ def serve_checkpoint(checkpoint: str | os.PathLike, max_batch: int, queue_delay_
     folder and run tritonserver on it (``run_tritonserver``'s keyword options)."""
     from .repo_python import write_python_repo
 
-    _remove_orphans()
     with _private_folder(REPOSITORY_PREFIX) as folder:
         repository = Path(folder) / "models"
         write_python_repo(checkpoint, repository, max_batch, queue_delay_us, device, backend,

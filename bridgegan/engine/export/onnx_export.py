@@ -322,14 +322,15 @@ def read_manifest(folder: str | os.PathLike) -> dict | None:
     try:
         manifest = json.loads(path.read_text())
     except (ValueError, OSError) as exc:
-        raise CheckpointError(f"{path} is corrupt: {exc}") from None
+        raise CheckpointError(f"{path} is corrupt: {exc}; remove {path.parent} to export "
+                              f"again") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a bridgegan ONNX export manifest "
                               f"(format {FORMAT!r} expected)")
     problem = _manifest_problem(manifest)
     if problem:
-        raise CheckpointError(f"{path} is corrupt: {problem}; remove {path.parent} (in the "
-                              f"cache: `bridgegan cache --prune 0`) to export again")
+        raise CheckpointError(f"{path} is corrupt: {problem}; remove {path.parent} to "
+                              f"export again")
     return manifest
 
 
