@@ -1052,7 +1052,8 @@ def identity_onnx(path) -> None:
 
 
 def test_onnxruntime_sessions_run_on_torchs_thread_count(tmp_path, monkeypatch):
-    """A session's intra-op threads are torch's (what --threads sets) when it is made."""
+    """A session's intra-op threads are torch's (what --threads sets) when it is made; no
+    CPU memory arena (it kept the largest call's memory for good)."""
     from bridgegan.engine.backends.onnxruntime import OrtGraph
 
     identity_onnx(tmp_path / "id.onnx")
@@ -1060,6 +1061,7 @@ def test_onnxruntime_sessions_run_on_torchs_thread_count(tmp_path, monkeypatch):
         monkeypatch.setattr(torch, "get_num_threads", lambda n=n: n)
         options = OrtGraph(tmp_path / "id.onnx", torch.device("cpu")).session.get_session_options()
         assert (options.intra_op_num_threads, options.inter_op_num_threads) == (n, 1)
+        assert options.enable_cpu_mem_arena is False
 
 
 def test_onnxruntime_cuda_sessions_run_float32_without_tf32(tmp_path, monkeypatch):

@@ -98,7 +98,8 @@ BACKENDS = tuple(REGISTRY)
 #   shape); with dtype auto (bf16 there) torch runs, 24.4 img/s at batch 8. The one-thread
 #   numbers above let onnxruntime use every core; held to torch's thread count
 #   (2026-12-06, AMX machine, one thread each, batch 8, 128 px) onnxruntime still leads:
-#   8.7 img/s against torch 6.7 (reference 4.9).
+#   8.7 img/s against torch 6.7 (reference 4.9). These onnxruntime rows ran with its CPU
+#   memory arena, now off (onnxruntime.py): 4-5% slower at batch 8, still ahead.
 # - cuda: triton fp16 channels_last 5,179 img/s against torch 2,665 at batch 64 (H100,
 #   benchmarks/RESULTS.md; 5,517 with CUDA graphs). tensorrt, compile and onnxruntime
 #   were never measured on a GPU, so auto never picks them there.
