@@ -83,10 +83,8 @@ def cpu_has_amx() -> bool:
     return "amx_bf16" in cpu_info()[1]
 
 
-def resolve_dtype(dtype: str | torch.dtype, device: torch.device,
-                  runs: Sequence[str] = ALL_DTYPES) -> torch.dtype:
-    """"auto" means fp16 on CUDA, bf16 on CPUs with AMX, float32 otherwise, or float32
-    where that is not among the dtypes a backend ``runs`` (onnxruntime: no bf16)."""
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """"auto" means fp16 on CUDA, bf16 on CPUs with AMX, float32 otherwise."""
     if isinstance(dtype, torch.dtype):
         if dtype_name(dtype) not in ALL_DTYPES:
             raise ValueError(f"dtype must be {', '.join(ALL_DTYPES[:-1])} or {ALL_DTYPES[-1]}, "
@@ -94,10 +92,8 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device,
         return dtype
     if dtype == "auto":
         if device.type == "cuda":
-            picked = torch.float16
-        else:
-            picked = torch.bfloat16 if cpu_has_amx() else torch.float32
-        return picked if dtype_name(picked) in runs else torch.float32
+            return torch.float16
+        return torch.bfloat16 if cpu_has_amx() else torch.float32
     if not isinstance(dtype, str) or dtype_name(dtype) not in ALL_DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; accepted: auto, "
                          f"{', '.join(dtype_spellings(ALL_DTYPES))}")
@@ -106,9 +102,12 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device,
 
 def backend_dtype(backend: str, dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
     """``resolve_dtype`` for backend ``backend`` (a name, or "auto"): "auto" never picks a
-    dtype the named backend does not run."""
+    dtype the named backend does not run (onnxruntime: no bf16), float32 instead."""
+    picked = resolve_dtype(dtype, device)
     named = REGISTRY.get(backend) if isinstance(backend, str) else None
-    return resolve_dtype(dtype, device, named.dtypes if named else ALL_DTYPES)
+    if dtype == "auto" and named and dtype_name(picked) not in named.dtypes:
+        return torch.float32
+    return picked
 
 
 def check_bounded(values, what: str, bound: float) -> None:
