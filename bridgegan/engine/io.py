@@ -34,11 +34,6 @@ ImageLike = Union[torch.Tensor, Image.Image, str, os.PathLike]
 Images = Union[ImageLike, Sequence[ImageLike]]
 
 
-def tensor_to_pil(x: torch.Tensor) -> Image.Image:
-    """(3, S, S) in [-1, 1] -> RGB PIL image."""
-    return Image.fromarray(image.tensor_to_uint8(x))
-
-
 def value_range(x: torch.Tensor) -> tuple[float, float]:
     """(min, max) of ``x`` with one reduction and one host sync (the input checks of a call
     on device tensors would otherwise wait for the device three times); NaN anywhere makes
