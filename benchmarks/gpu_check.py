@@ -11,7 +11,7 @@ rest, all within five minutes on an H100:
      tiles among them), the data for the >= 75% of copy bandwidth target
   4. the engine speed table (bridgegan bench) at 128x128, batch 1, 8, 64, 256, with the
      trunk and the latent codes on side streams as an A/B (``streams`` rows)
-  5. the edit strip with and without the trunk cache
+  5. the edit strip with and without the trunk cache, and noise samples (the trunk once per source)
   6. where the time goes (benchmarks/profile_engine.py): kernel table, kernels per forward
      and stage times of the reference, the engine with round 2's switchable rewrites off
      (before) and the engine (after), in fp16 at batch 1 and 64
@@ -109,7 +109,7 @@ def stages(work: Path, dry: bool) -> list[tuple[str, list[str], int]]:
         ("bench_strip", cli + ["bench", "--device", dev, "--variants",
                                "reference:float32,torch:float32" if dry else
                                "reference:fp16,triton:fp16:cl", "--batches", "22" if dry else "32",
-                               "--resolutions", res, "--workloads", "strip,strip_nocache",
+                               "--resolutions", res, "--workloads", "strip,strip_nocache,samples",
                                "--out", str(work / "strip")] + reps, 25),
         ("profile", [py, str(ROOT / "benchmarks" / "profile_engine.py"), str(work / "profile"),
                      "--device", dev] + (["--variants", "reference:float32,torch:float32",

@@ -82,6 +82,8 @@ def test_strength_must_be_a_finite_number(eng, strength, message):
             call()
     with pytest.raises(ValueError, match=message):
         eng.edit_strip(x[:1], samples=1, strength=strength)
+    with pytest.raises(ValueError, match=message):
+        eng.translate_samples(x, {"Male": 1}, 2, strength=strength)
 
 
 @pytest.mark.parametrize("value", [math.nan, math.inf, 3e38, -2e4])
@@ -242,11 +244,28 @@ def test_seed_must_be_a_64_bit_unsigned_integer(eng, seed):
     assert eng.reconstruct(x, seed=2 ** 64 - 1).shape == (1, 3, S, S)
 
 
-@pytest.mark.parametrize("samples", [-2, MAX_SAMPLES + 1, 10 ** 23, 2.0])
-def test_edit_strip_samples(eng, samples):
+@pytest.mark.parametrize("samples", [-2, MAX_SAMPLES + 1, 10 ** 23, 2.0, True])
+def test_sample_counts(eng, samples):
     with pytest.raises(ValueError, match=rf"samples must be an integer from 0 to {MAX_SAMPLES}, "
                                          rf"got {samples!r}"):
         eng.edit_strip(images(1, S), samples=samples)
+    with pytest.raises(ValueError, match=rf"samples must be an integer from 1 to {MAX_SAMPLES}, "
+                                         rf"got {samples!r}"):
+        eng.translate_samples(images(1, S), {"Male": 1}, samples)
+    with pytest.raises(ValueError, match=rf"from 1 to {MAX_SAMPLES}, got 0"):
+        eng.translate_samples(images(1, S), {"Male": 1}, 0)
+
+
+def test_translate_samples_takes_one_seed_whose_samples_stay_below_2_64(eng):
+    x = images(1, S)
+    with pytest.raises(ValueError, match=r"seed must be None or an integer in \[0, 2\*\*64\), "
+                                         r"got \[1, 2\]"):
+        eng.translate_samples(x, {"Male": 1}, 2, seed=[1, 2])
+    with pytest.raises(ValueError, match=rf"seed {2 ** 64 - 2} with 3 samples draws seeds up to "
+                                         rf"{2 ** 64}; seeds must be below 2\*\*64: give seed <= "
+                                         rf"{2 ** 64 - 3}"):
+        eng.translate_samples(x, {"Male": 1}, 3, seed=2 ** 64 - 2)
+    assert eng.translate_samples(x, {"Male": 1}, 3, seed=2 ** 64 - 3).shape == (1, 3, 3, S, S)
 
 
 @pytest.mark.parametrize("backend", ["torch", "reference", "compile"])
@@ -727,6 +746,7 @@ def arguments(n, paths):
         "alphas": (st.lists(finite, min_size=1, max_size=3),
                    st.lists(ANY_NUMBER, max_size=3) | st.sampled_from(["ab", 3, []])),
         "level": (st.sampled_from(["latent", "spade"]), st.sampled_from(["pixel", None])),
+        "samples": (st.integers(1, 3), st.sampled_from([0, -1, MAX_SAMPLES + 1, 2.0, True, "2"])),
     }
 
 
@@ -737,6 +757,7 @@ METHODS = {
                             "strength", "region"),
     "interpolate": ("images", "references", "target", "alphas", "noise", "seed", "level",
                     "source", "strength", "region"),
+    "translate_samples": ("images", "target", "samples", "seed", "strength", "source"),
 }
 
 
@@ -784,7 +805,8 @@ def test_fuzz_engine_api(eng, fuzz_paths):
             return
         FUZZ_COUNTS["engine"][1] += 1
         n = eng.load_images(kw["images"]).shape[0]
-        lead = (len(list(kw["alphas"])), n) if method == "interpolate" else (n,)
+        lead = ((len(list(kw["alphas"])), n) if method == "interpolate"
+                else (n, kw["samples"]) if method == "translate_samples" else (n,))
         assert out.shape == (*lead, 3, S, S) and torch.isfinite(out).all()
 
     check()
@@ -925,7 +947,7 @@ def test_translate_seeds_past_2_64_are_refused_naming_the_options(cli_files, cap
     assert main(translate_args(cli_files, "out-seed", "--seed", str(2 ** 64 - 1),
                                "--samples", "2")) == 2
     err = capsys.readouterr().err
-    assert (f"--seed {2 ** 64 - 1} with --samples 2 draws seeds up to {2 ** 64}; seeds must be "
+    assert (f"--seed {2 ** 64 - 1} with 2 samples draws seeds up to {2 ** 64}; seeds must be "
             f"below 2**64: give --seed <= {2 ** 64 - 2}") in err
     assert not (cli_files / "out-seed").exists()
 

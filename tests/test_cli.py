@@ -18,6 +18,7 @@ from PIL import Image
 from bridgegan.cli import main
 from bridgegan.engine import Engine
 from bridgegan.engine.bench import PARTIAL_CSV
+from bridgegan.engine.options import BENCH_SAMPLES
 from bridgegan.reference import BridgeGAN, save_checkpoint
 from bridgegan.reference.checkpoint import read_config, read_tensors
 from conftest import randomize, small_config
@@ -221,7 +222,7 @@ def test_bench_sizes_from_the_checkpoint_and_checks_before_timing(tmp_path, caps
         assert (f"argument --batches: must be a comma list of integers >= 1, got {bad!r}"
                 in capsys.readouterr().err)
     assert main(["bench", "--workloads", "translate,foo", "--out", str(out)]) == 2
-    assert "unknown workload 'foo'; workloads: translate, reference, strip" \
+    assert "unknown workload 'foo'; workloads: translate, reference, samples, strip" \
         in capsys.readouterr().err
     if not torch.cuda.is_available():
         assert main(["bench", "--device", "cuda", "--out", str(out)]) == 2
@@ -254,7 +255,7 @@ def test_bench_writes_rows_with_ratios(tmp_path, monkeypatch):
     rows, peaks = bench.run_matrix(
         [bench.Variant("reference", "float32"), bench.Variant("torch", "float32"),
          bench.Variant.parse("torch:float32:-transposed_up")], [1, 2], [64],
-        ["translate", "strip", "strip_nocache"], reps=1, warmup=0, quick_peaks=True,
+        ["translate", "strip", "strip_nocache", "samples"], reps=1, warmup=0, quick_peaks=True,
         config_overrides=dict(attributes=small_config().attributes, g_width=8, e_width=4,
                               latent_channels=8, spade_hidden=16, mapping_channels=16),
         progress=False)
@@ -262,9 +263,11 @@ def test_bench_writes_rows_with_ratios(tmp_path, monkeypatch):
     assert [f.name for f in files] == ["bench.csv", "bench.json", "bench.png"]
     with open(tmp_path / "bench.csv") as f:
         got = list(csv.DictReader(f))
-    # translate at batch 1 and 2; each strip has one size (1 + A, no samples) per variant
-    assert len(got) == 3 * (2 + 1 + 1)
-    assert sum(r["variant"] == "torch-float32-no_transposed_up" for r in got) == 4
+    # translate at batch 1 and 2; each strip has one size (1 + A, no samples) per variant,
+    # as has samples (one source's BENCH_SAMPLES)
+    assert len(got) == 3 * (2 + 1 + 1 + 1)
+    assert sum(r["variant"] == "torch-float32-no_transposed_up" for r in got) == 5
+    assert {r["batch"] for r in got if r["what"] == "samples"} == {str(BENCH_SAMPLES)}
     for col in ("what", "backend", "dtype", "batch", "resolution", "metric", "unit", "p50",
                 "p20", "p80", "first_call_s", "device", "torch", "triton", "commit", "date"):
         assert all(r[col] != "" for r in got), col
@@ -850,10 +853,10 @@ def test_translate_keeps_only_the_grids_rows_of_past_batches(tmp_path, monkeypat
     from bridgegan.engine import commands
 
     paths = checkpoint_and_faces(tmp_path, 5, seed=3)
-    batches, stack = [], torch.stack
+    batches, cat = [], torch.cat
 
-    def stacked(tensors, dim=0):  # each batch's (input, column, C, H, W) rows
-        out = stack(tensors, dim=dim)
+    def joined(tensors, dim=0):  # each batch's (input, column, C, H, W) rows
+        out = cat(tensors, dim=dim)
         if dim == 1 and out.dim() == 5:
             batches.append(weakref.ref(out))
         return out
@@ -864,7 +867,7 @@ def test_translate_keeps_only_the_grids_rows_of_past_batches(tmp_path, monkeypat
         gc.collect()
         alive.append(sum(r() is not None for r in batches))
 
-    monkeypatch.setattr(torch, "stack", stacked)
+    monkeypatch.setattr(torch, "cat", joined)
     monkeypatch.setattr(commands, "save_grid", save_grid)
     monkeypatch.setattr(commands, "GRID_ROWS", 2)
     assert main(["translate", "--checkpoint", str(tmp_path / "ck"), "--input", *paths,

@@ -156,10 +156,11 @@ class ReplayedGraphs:
 
 
 def test_cuda_graphed_serves_a_bucket_of_batch_sizes(monkeypatch):
-    """Batches of 3 and 4 run the engine's programs (with the engine's batch dimensions)
-    through one graph captured at 4 on the capture stream of the engine's GPU (cuda:1,
-    the caller's current device being 0), and give what the programs give eagerly: the
-    padded row is dropped, and a later call of 3 does not see an earlier call's 4th row."""
+    """Batches of 3 and 4 run the engine's programs (with the engine's batch dimensions;
+    three noise samples per source in translate_samples) through one graph captured at 4
+    on the capture stream of the engine's GPU (cuda:1, the caller's current device being
+    0), and give what the programs give eagerly: the padded row is dropped, and a later
+    call of 3 does not see an earlier call's 4th row."""
     cuda = FakeCuda(monkeypatch, current_device=0)
     fake = ReplayedGraphs(monkeypatch, cuda)
     cfg = small_config(32)
@@ -170,10 +171,14 @@ def test_cuda_graphed_serves_a_bucket_of_batch_sizes(monkeypatch):
     graphed_label = cudagraphs.CudaGraphed(fake.wrap(label), programs.LABEL_BATCH_DIMS, gpu)
     graphed_reference = cudagraphs.CudaGraphed(fake.wrap(reference),
                                                programs.REFERENCE_BATCH_DIMS, gpu)
+    samples = functools.partial(programs.translate_samples, eng.stages, repeat=eng._repeat)
+    graphed_samples = cudagraphs.CudaGraphed(fake.wrap(samples), programs.SAMPLES_BATCH_DIMS,
+                                             gpu)
     x, refs = images(5, cfg.image_size, 31), images(10, cfg.image_size, 32)
     refs = refs.reshape(2, 5, *refs.shape[1:])  # two references per source
     d = 1 - 2 * labels(5, cfg.n_attrs, 33)
     r = torch.randn(5, cfg.noise_dim, generator=torch.Generator().manual_seed(34))
+    r3 = torch.randn(5, 3, cfg.noise_dim, generator=torch.Generator().manual_seed(36))
     m = torch.rand(5, 1, cfg.image_size, cfg.image_size,
                    generator=torch.Generator().manual_seed(35))
     with torch.no_grad():
@@ -182,8 +187,11 @@ def test_cuda_graphed_serves_a_bucket_of_batch_sizes(monkeypatch):
                     - label(x[rows], d[rows], r[rows])).abs().max() <= ATOL
             args = (x[rows], refs[:, rows], d[rows], m[rows])
             assert (graphed_reference(*args) - reference(*args)).abs().max() <= ATOL
+            args = (x[rows], d[rows], r3[rows])
+            assert (graphed_samples(*args) - samples(*args)).abs().max() <= ATOL
     assert len(graphed_label.graphs) == len(graphed_reference.graphs) == 1
-    assert [s.index for s in fake.streams] == [1, 1] and cuda.current_device == 0
+    assert len(graphed_samples.graphs) == 1
+    assert [s.index for s in fake.streams] == [1, 1, 1] and cuda.current_device == 0
     sizes = (1, 2, 3, 4, 5, 8, 9, 33, 64, 65, 128, 129, 256)
     assert [cudagraphs.bucket(b) for b in sizes] == [1, 2, 4, 4, 8, 8, 16, 64, 64, 128,
                                                      128, 192, 256]
@@ -205,7 +213,7 @@ def test_cuda_graphed_copies_its_output_out_as_the_dtype_asked(monkeypatch):
 
 
 def test_chunked_cuda_graphs_run_a_large_call_as_several(monkeypatch):
-    """Chunked (as the Engine wraps its graphs), a call of more rows than ``most`` runs as
+    """In chunks (as the Engine runs its graphs), a call of more rows than ``most`` runs as
     calls of at most that many (10 rows at 4: 4, 4, 2), each through its bucket's graph,
     with the eager result; the graphs hold at most ``most`` rows (a huge batch would
     otherwise capture a huge graph)."""
@@ -216,7 +224,7 @@ def test_chunked_cuda_graphs_run_a_large_call_as_several(monkeypatch):
     graphed = cudagraphs.CudaGraphed(fake.wrap(scaled), (0, 0), torch.device("cuda", 0))
     g = torch.Generator().manual_seed(37)
     x, r = torch.randn(10, 5, generator=g), torch.randn(10, 3, generator=g)
-    assert torch.equal(cudagraphs.chunked(graphed, (0, 0), most=4)(x, r), scaled(x, r))
+    assert torch.equal(cudagraphs.in_chunks(graphed, (x, r), 4, (0, 0)), scaled(x, r))
     assert sorted(key[0][0][0] for key in graphed.graphs) == [2, 4]
 
 

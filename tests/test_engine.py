@@ -330,7 +330,7 @@ def test_graphs_serve_every_batch_size_of_their_bucket(model):
         a, b = (e.translate(x[rows], 1 - ys[rows], source=ys[rows], seed=5)
                 for e in (graphed, eager))
         assert (a - b).abs().max() <= ATOL
-    assert len(graphed._label.graphs) == 1
+    assert len(graphed._label.fn.graphs) == 1
 
 
 def test_edit_strip_cache_equals_uncached(model):
@@ -375,7 +375,8 @@ def test_outputs_are_ordinary_tensors(model):
                "reconstruct": eng.reconstruct(x, seed=1),
                "translate_reference": eng.translate_reference(x, r),
                "interpolate": eng.interpolate(x, r, {"Male": 1}, [0.5], seed=1),
-               "edit_strip": eng.edit_strip(x[:1], samples=1, seed=1).images}
+               "edit_strip": eng.edit_strip(x[:1], samples=1, seed=1).images,
+               "translate_samples": eng.translate_samples(x, {"Male": 1}, 2, seed=1)}
     for name, out in outputs.items():
         assert not out.is_inference() and not out.requires_grad, name
         out.clamp_(-0.5, 0.5)
@@ -1304,6 +1305,46 @@ def test_chunks_split_k_references_along_the_source_batch(model, monkeypatch):
         assert torch.equal(mixed[:, rows], eng.interpolate(
             x[rows], [r1[rows], r2[rows]], {"Male": 1}, [0.5], source=ys[rows],
             seed=list(range(5))[rows]))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_translate_samples_are_the_translations_of_their_seeds(model, channels_last):
+    """Sample k of image i is image i translated alone with seed + k (the trunk and the
+    source code computed once, the samples decoded as one batch: rounding apart)."""
+    cfg = model.config
+    eng = Engine(model, channels_last=channels_last)
+    x, ys = images(3, cfg.image_size, 14), labels(3, cfg.n_attrs, 14)
+    out = eng.translate_samples(x, 1 - ys, 3, seed=8, source=ys, strength=1.5)
+    assert out.shape == (3, 3, 3, cfg.image_size, cfg.image_size)
+    for i in range(3):
+        for k in range(3):
+            one = eng.translate(x[i:i + 1], 1 - ys[i:i + 1], seed=8 + k, source=ys[i:i + 1],
+                                strength=1.5)
+            assert (out[i, k] - one[0]).abs().max() <= ATOL, (i, k)
+    assert out[:, 0].sub(out[:, 1]).abs().max() > 1e-3  # the samples differ
+
+
+def test_translate_samples_run_in_chunks_of_at_most_max_rows_decoded(model, monkeypatch):
+    """With K samples a chunk holds MAX_ROWS // K sources (at least one), so a call decodes
+    at most MAX_ROWS rows at once; the result is the whole call's."""
+    from bridgegan.engine import engine as engine_module
+
+    eng = Engine(model)
+    x = images(5, model.config.image_size, seed=54)
+    whole = eng.translate_samples(x, {"Male": 1}, 3, seed=4)
+    seen = []
+    real = programs.translate_samples
+    def recorded(stages, x, d, r, **kw):
+        seen.append(tuple(r.shape[:2]))
+        return real(stages, x, d, r, **kw)
+
+    monkeypatch.setattr(programs, "translate_samples", recorded)
+    for most, chunks in ((7, [(2, 3), (2, 3), (1, 3)]), (2, [(1, 3)] * 5)):
+        monkeypatch.setattr(engine_module, "MAX_ROWS", most)  # read per call
+        seen.clear()
+        parts = Engine(model).translate_samples(x, {"Male": 1}, 3, seed=4)
+        assert seen == chunks
+        torch.testing.assert_close(parts, whole, atol=ATOL, rtol=0)
 
 
 def test_edit_strip_rows_run_in_chunks(model, monkeypatch):

@@ -173,7 +173,8 @@ def test_engine_onnxruntime_backend(model, ckpt, exported):
                lambda e: e.translate_reference(x, [r, r2], source=ys, reference_labels=1 - ys),
                lambda e: e.interpolate(x, r, {"Young": 1}, [0.25, 1.0], level="spade", seed=4,
                                        source=ys),
-               lambda e: e.edit_strip(x[:1], samples=2, seed=5, source=ys[:1]).images):
+               lambda e: e.edit_strip(x[:1], samples=2, seed=5, source=ys[:1]).images,
+               lambda e: e.translate_samples(x, {"Male": 1}, 2, seed=6, source=ys)):
         assert (fn(eng) - fn(want)).abs().max() <= ATOL
 
 

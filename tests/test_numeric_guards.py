@@ -66,6 +66,7 @@ def test_results_that_overflow_the_dtype_raise_instead_of_returning_nan():
         "interpolate": lambda: eng.interpolate(x, x.flip(0), {"Male": 1}, [0, 1], seed=0,
                                                source=SOURCE),
         "edit_strip": lambda: eng.edit_strip(x[:1], samples=1, source=SOURCE),
+        "translate_samples": lambda: eng.translate_samples(x, {"Male": 1}, 2, source=SOURCE),
     }
     for name, call in calls.items():
         with pytest.raises(NonFiniteOutputError, match=r"NaN or Inf .*float16"):

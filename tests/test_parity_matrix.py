@@ -1,13 +1,13 @@
 """Engine API calls x backend x dtype x layout against the float64 reference programs, for
 the cells no other test compares: region edits, K > 1 references, latent-level
-interpolation between the endpoints, SPADE-level interpolation and edit strips, on every
-backend and dtype that runs on a CPU (design.md's image limits: float32 max abs 1e-4,
-fp16 / bf16 PSNR >= 40 dB).
+interpolation between the endpoints, SPADE-level interpolation, noise samples and edit
+strips, on every backend and dtype that runs on a CPU (design.md's image limits: float32
+max abs 1e-4, fp16 / bf16 PSNR >= 40 dB).
 
 The reference is ``programs`` over the float64 copy of the model's own networks
 (``float64_model(model).stages()``), not the engine's graph: a backend's stages, its
 dtype casts, its memory layout and the engine's handling of masks, several references,
-blends and the strip's reused trunk are what is checked."""
+blends and the reused trunk of strips and samples are what is checked."""
 from __future__ import annotations
 
 import os
@@ -95,6 +95,11 @@ def calls(eng: Engine, model: BridgeGAN, n: int = 2, seed: int = 0):
            eng.interpolate(x, r1, yt, alphas, noise=noise, level="spade", **kw),
            torch.stack(reference64(model, programs.interpolate, x, r1, d, noise, alphas,
                                    "spade")))
+    samples = draw_noise(2, cfg.noise_dim, [9 + seed, 10 + seed])  # sample k from seed + k
+    yield ("translate_samples K=2",
+           eng.translate_samples(x, yt, 2, seed=9 + seed, **kw),
+           reference64(model, programs.translate_samples, x, d,
+                       samples[None].expand(n, -1, -1)))
     # edit strip: the reconstruction, every single flip and two samples of the first flip
     y0 = ys[:1]
     flips = [{name: 1 - int(y0[0, i])} for i, name in enumerate(cfg.attributes)]

@@ -6,7 +6,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from bridgegan.engine import roofline
-from bridgegan.reference import BridgeGAN, BridgeGANConfig
+from bridgegan.reference import BridgeGAN, BridgeGANConfig, programs
 from conftest import small_config
 
 
@@ -32,6 +32,9 @@ def test_flops_match_torch_counter(cfg):
     assert counted(lambda: m.mapping(r, d)) == roofline.mapping_flops(cfg)
     assert counted(lambda: m.translate(x, torch.zeros(1, cfg.n_attrs), d, noise=r)) == \
         roofline.workload_flops(cfg, "translate")
+    x2, d2, r3 = x.expand(2, -1, -1, -1), d.expand(2, -1), torch.randn(2, 3, cfg.noise_dim)
+    assert counted(lambda: programs.translate_samples(m.stages(), x2, d2, r3)) == \
+        roofline.samples_flops(cfg, 2, 3)
 
 
 def test_paper_generator_costs_about_18_7_gflop():

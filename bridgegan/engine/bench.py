@@ -36,9 +36,12 @@ tagged ``heuristics`` runs with cuDNN's heuristic choice instead, for the A/B; a
 (``graph.Rewrites``), for its A/B.
 
 Workloads: ``translate`` (label-based, the public API on device tensors), ``reference``
-(one reference per source), ``strip`` and ``strip_nocache`` (one source's edit strip with
-and without the trunk cache; its batch is the strip length, clamped to what edit_strip
-makes: the reconstruction and the flips, up to MAX_SAMPLES samples more).
+(one reference per source), ``samples`` (BENCH_SAMPLES noise samples of each source's
+label edit, ``translate_samples``: the trunk once per source; its batch is the images per
+call, batch // BENCH_SAMPLES sources, at least one), ``strip`` and ``strip_nocache`` (one
+source's edit strip with and without the trunk cache; its batch is the strip length,
+clamped to what edit_strip makes: the reconstruction and the flips, up to MAX_SAMPLES
+samples more).
 
 Parity first: before a variant is timed, its engine translates a seeded batch of faces
 (the smallest batch of the run: a shape it compiles or captures anyway) and the result is
@@ -86,7 +89,7 @@ from . import roofline
 from .backends import AUTO, BACKENDS, BackendUnavailable
 from .engine import Engine, backend_dtype, cpu_info, engine_device
 from .graph import Rewrites
-from .options import MAX_SAMPLES, VARIANT_FORM, VARIANT_TAGS, WORKLOADS
+from .options import BENCH_SAMPLES, MAX_SAMPLES, VARIANT_FORM, VARIANT_TAGS, WORKLOADS
 from .parity import compare, parity_inputs, reference_translation
 
 PARTIAL_CSV = "bench.partial.csv"  # the rows of a run in progress (or killed), as measured
@@ -213,7 +216,9 @@ def _peak_mb(device: torch.device) -> float | str:
 def _workload_fn(eng: Engine, workload: str, batch: int, seed: int):
     cfg = eng.config
     gen = torch.Generator().manual_seed(seed)
-    rows = batch if workload in ("translate", "reference") else 1  # a strip: one source
+    rows = (batch if workload in ("translate", "reference")
+            else max(1, batch // BENCH_SAMPLES) if workload == "samples"
+            else 1)  # a strip: one source
     shape = (rows, 3, cfg.image_size, cfg.image_size)
     x = (torch.rand(shape, generator=gen) * 2 - 1).to(eng.device)
     refs = (torch.rand(shape, generator=gen) * 2 - 1).to(eng.device)
@@ -225,6 +230,9 @@ def _workload_fn(eng: Engine, workload: str, batch: int, seed: int):
         return lambda: eng.translate(x, 1 - ys, noise=noise, source=ys), batch
     if workload == "reference":
         return lambda: eng.translate_reference(x, refs, source=ys, reference_labels=1 - ys), batch
+    if workload == "samples":
+        return (lambda: eng.translate_samples(x, 1 - ys, BENCH_SAMPLES, source=ys),
+                rows * BENCH_SAMPLES)
     # strip or strip_nocache (run_matrix refuses other names): the batch is the strip's
     # length, from the reconstruction and the flips alone to MAX_SAMPLES samples more
     samples = min(max(batch - 1 - cfg.n_attrs, 0), MAX_SAMPLES)
@@ -236,6 +244,8 @@ def _workload_fn(eng: Engine, workload: str, batch: int, seed: int):
 def _flops_per_image(cfg: BridgeGANConfig, workload: str, n: int) -> float:
     if workload.startswith("strip"):
         return roofline.strip_flops(cfg, n, cached=True) / n  # useful work
+    if workload == "samples":
+        return roofline.samples_flops(cfg, n // BENCH_SAMPLES, BENCH_SAMPLES) / n
     return roofline.workload_flops(cfg, workload)
 
 

@@ -13,7 +13,7 @@ from ..reference.checkpoint import SHIPPED, read_config
 from ..reference.data.grid import save_grid, save_png
 from ..reference.data.image import check_image_file, open_rgb, tensor_to_uint8
 from ..reference.presets import PAPER_RESOLUTION
-from .options import SEEDS, TRANSLATE_BATCH
+from .options import TRANSLATE_BATCH, check_sample_seeds
 
 GRID = "grid.png"  # translate's grid of the inputs and their outputs
 GRID_ROWS = 64  # inputs shown in the grid (one row each); every output is written
@@ -73,11 +73,8 @@ def translate(args: argparse.Namespace) -> int:
         if not attrs:
             raise ValueError("--attributes is empty: give a comma list of attribute names, "
                              "or leave it out to take every attribute from the references")
-    last_seed = args.seed + (args.samples - 1 if edits else 0)
-    if last_seed >= SEEDS:
-        raise ValueError(f"--seed {args.seed} with --samples {args.samples} draws seeds up to "
-                         f"{last_seed}; seeds must be below 2**64: give --seed <= "
-                         f"{SEEDS - args.samples}")
+    if edits:
+        check_sample_seeds(args.seed, args.samples, "--seed")
     out = Path(args.out)
     names = output_names(args.input, args.samples, bool(edits), args.reference or [], out)
     check_writable_folder(out)
@@ -93,15 +90,15 @@ def translate(args: argparse.Namespace) -> int:
     for start in range(0, len(args.input), batch):
         x = eng.load_images([open_rgb(p) for p in args.input[start:start + batch]])
         ys = eng.classify(x)  # once for every column (each input's as it gets it alone)
-        columns = [x.cpu()]
-        for k in range(args.samples if edits else 0):  # each input's noise from the seed
-            # alone: its results do not depend on the other inputs (or on --batch-size)
-            columns.append(eng.translate(x, edits, strength=args.strength, source=ys,
-                                         seed=[args.seed + k] * len(x)).cpu())
+        columns = [x.cpu()[:, None]]
+        if edits:  # sample k's noise from seed + k alone: an input's results do not depend
+            # on the other inputs (or on --batch-size)
+            columns.append(eng.translate_samples(x, edits, args.samples, seed=args.seed,
+                                                 strength=args.strength, source=ys).cpu())
         if refs:
             columns.append(eng.translate_reference(x, refs, attributes=attrs, source=ys,
-                                                   strength=args.strength).cpu())
-        rows = torch.stack(columns, dim=1)  # (input, column, C, H, W)
+                                                   strength=args.strength).cpu()[:, None])
+        rows = torch.cat(columns, dim=1)  # (input, column, C, H, W)
         for row_names, row in zip(names[start:start + batch], rows[:, 1:]):
             for name, img in zip(row_names, row):  # atomic: an earlier run's file is
                 save_png(tensor_to_uint8(img), out / name)  # replaced whole or kept

@@ -37,8 +37,8 @@ class CudaGraphed:
     bucket, and their outputs are dropped: ``fn`` must treat its samples independently (the
     engine's programs do: every norm is per sample). ``batch_dims`` names each argument's
     batch dimension (``fn``'s output has it first); ``device`` is the GPU the arguments are
-    on. Callers bound the batch (the Engine: ``chunked`` at ``MAX_ROWS``; a batch of 10,000
-    would capture a graph of 10,048 rows and keep its activations).
+    on. Callers bound the batch (the Engine: ``in_chunks`` of at most ``MAX_ROWS`` rows; a
+    batch of 10,000 would capture a graph of 10,048 rows and keep its activations).
 
     Inputs are copied into static buffers and the static output's rows are copied out (as
     ``out_dtype``, default fn's: one copy where a clone then a cast would be two), so
@@ -132,11 +132,6 @@ def in_chunks(fn: Callable, args, most: int, batch_dims: tuple[int, ...] | None 
         for out, p in zip(outs, parts):
             out[i:i + len(p)].copy_(p)
     return outs[0] if isinstance(got, torch.Tensor) else outs
-
-
-def chunked(fn: Callable, batch_dims: tuple[int, ...], most: int = MAX_ROWS) -> Callable:
-    """``fn`` run in chunks of at most ``most`` rows (``in_chunks``)."""
-    return lambda *args: in_chunks(fn, args, most, batch_dims)
 
 
 def _shape(a: torch.Tensor, dim: int, rows: int) -> tuple[int, ...]:

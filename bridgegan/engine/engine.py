@@ -25,7 +25,7 @@ import copy
 import functools
 import numbers
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,10 +41,10 @@ from ..reference.config import MAX_SCALE, BridgeGANConfig
 from ..reference.model import BridgeGAN
 from ..torch_flags import cudnn_search, no_tf32
 from .backends import ALL_DTYPES, AUTO, REGISTRY, check_backend
-from .cudagraphs import MAX_ROWS, CudaGraphed, chunked, in_chunks
+from .cudagraphs import MAX_ROWS, CudaGraphed, in_chunks
 from .graph import Rewrites
 from .io import Images, as_batch, value_range
-from .options import MAX_SAMPLES, SEEDS
+from .options import MAX_SAMPLES, SEEDS, check_sample_seeds
 from .streams import Concurrent
 
 # Largest |value| the engine takes per bounded input. Noise draws are standard normal, so
@@ -186,6 +186,15 @@ def _alphas(alphas) -> list[float]:
     return [_number(a, "each alpha", BOUNDS["alpha"]) for a in values]
 
 
+def _samples(samples, least: int) -> int:
+    """A count of noise samples, from ``least`` to MAX_SAMPLES, checked."""
+    if (isinstance(samples, bool) or not isinstance(samples, numbers.Integral)
+            or not least <= samples <= MAX_SAMPLES):
+        raise ValueError(f"samples must be an integer from {least} to {MAX_SAMPLES}, "
+                         f"got {samples!r}")
+    return int(samples)
+
+
 def _is_seed(seed) -> bool:
     """Whether ``seed`` is one torch.Generator takes: an unsigned 64-bit integer."""
     return (isinstance(seed, numbers.Integral) and not isinstance(seed, bool)
@@ -255,6 +264,15 @@ def _serialised(method):
               no_tf32() if self.device.type == "cuda" else nullcontext()):
             return method(self, *args, **kwargs)
     return call
+
+
+@dataclass(frozen=True)
+class Program:
+    """A program of ``programs`` bound to an engine's stages (``fn``: CUDA-graphed or
+    not) and its arguments' batch dimensions."""
+
+    fn: Callable
+    dims: tuple[int, ...]
 
 
 @dataclass
@@ -340,18 +358,21 @@ class Engine:
         self.stages = spec.build(model, self.rewrites, self.dtype, self.device, channels_last,
                                  onnx_dir)
         self.classifier = copy.deepcopy(model.discriminator).to(self.device).float().eval()
-        # the two programs most calls run: fixed-shape functions of tensors, CUDA-graphed
-        # when cuda_graphs (results are returned in float32: the graphs copy them out as
-        # that), at most MAX_ROWS rows at a time (memory, and the largest graph, bounded)
+        # the programs most calls run: fixed-shape functions of tensors, CUDA-graphed when
+        # cuda_graphs (results are returned in float32: the graphs copy them out as that),
+        # called by ``_run`` (at most MAX_ROWS rows at a time: memory, and the largest
+        # graph, bounded)
         branched = Concurrent(self.stages, self.device) if streams else self.stages
 
-        def program(fn, dims):
-            fn = functools.partial(fn, branched)
+        def program(fn, dims, **options):
+            fn = functools.partial(fn, branched, **options)
             if cuda_graphs:
                 fn = CudaGraphed(fn, dims, self.device, out_dtype=torch.float32)
-            return chunked(fn, dims, MAX_ROWS)
+            return Program(fn, dims)
         self._label = program(programs.translate_label, programs.LABEL_BATCH_DIMS)
         self._reference = program(programs.translate_reference, programs.REFERENCE_BATCH_DIMS)
+        self._samples = program(programs.translate_samples, programs.SAMPLES_BATCH_DIMS,
+                                repeat=self._repeat)
         # Calls that share state (compiled code, CUDA-graph buffers and captures, which must
         # not meet other work on the device) run one at a time, whole.
         self._lock = threading.RLock() if spec.serialised or cuda_graphs else nullcontext()
@@ -373,13 +394,20 @@ class Engine:
         """Checked float32 batch (N, 3, S, S) on the engine's device (policy: ``io``)."""
         return as_batch(images, self.config.image_size, what).to(self.device)
 
+    def _format(self, x: torch.Tensor) -> torch.memory_format:
+        """The memory format of the engine's inputs of x's rank."""
+        four_d = self.channels_last and x.dim() == 4
+        return torch.channels_last if four_d else torch.contiguous_format
+
     def _cast(self, x: torch.Tensor) -> torch.Tensor:
-        fmt = torch.channels_last if self.channels_last and x.dim() == 4 else torch.contiguous_format
-        return x.to(device=self.device, dtype=self.dtype).contiguous(memory_format=fmt)
+        return x.to(device=self.device, dtype=self.dtype).contiguous(memory_format=self._format(x))
 
     def _repeat(self, x: torch.Tensor, k: int) -> torch.Tensor:
-        """k rows of x's one, laid out as the engine's inputs."""
-        return self._cast(x.expand(k, -1, -1, -1))
+        """``programs.interleave`` in one copy, laid out as the engine's inputs."""
+        out = torch.empty((x.shape[0] * k, *x.shape[1:]), dtype=self.dtype, device=self.device,
+                          memory_format=self._format(x))
+        out.unflatten(0, (x.shape[0], k)).copy_(x.unsqueeze(1))
+        return out
 
     @_serialised
     def classify(self, images: Images) -> torch.Tensor:
@@ -484,8 +512,11 @@ class Engine:
     def _checked(self, out: torch.Tensor) -> torch.Tensor:
         return check_output(out, self.dtype, self.backend)
 
-    def _run(self, fn, *args) -> torch.Tensor:
-        return self._checked(fn(*(self._cast(a) for a in args if a is not None)).float())
+    def _run(self, program: Program, *args, rows: int | None = None) -> torch.Tensor:
+        """``program`` over the given args (None: left out), in chunks of ``rows`` (default
+        MAX_ROWS) along their batch dimensions."""
+        args = [self._cast(a) for a in args if a is not None]
+        return self._checked(in_chunks(program.fn, args, rows or MAX_ROWS, program.dims).float())
 
     # ----- API -----------------------------------------------------------------------
     @_serialised
@@ -502,6 +533,29 @@ class Engine:
         d = self._difference(y_s, self._target(y_s, target), strength)
         n = x.shape[0]
         return self._run(self._label, x, d, self._noise(n, noise, seed), self._region(region, n))
+
+    @_serialised
+    def translate_samples(self, images: Images, target, samples: int, seed: int | None = 0,
+                          strength: float | None = None, source=None) -> torch.Tensor:
+        """``samples`` (1 to MAX_SAMPLES) noise samples of the label-based translation of
+        each image to ``target`` (as in ``translate``): (N, samples, 3, S, S). Sample k's
+        noise is drawn from ``seed + k`` alone and is the same for every image, so sample
+        k of image i is ``translate(images[i:i + 1], target, seed=seed + k)`` whatever the
+        batch (None: from torch's global generator). The trunk and the source's code run
+        once per image, not once per sample."""
+        samples = _samples(samples, 1)
+        if seed is not None:
+            if not _is_seed(seed):  # one seed for the call: no list
+                raise ValueError(f"seed must be None or an integer in [0, 2**64), got {seed!r}")
+            check_sample_seeds(seed, samples)
+        x = self.load_images(images)
+        y_s = self._source(x, source)
+        d = self._difference(y_s, self._target(y_s, target), strength)
+        seeds = None if seed is None else [seed + k for k in range(samples)]
+        r = draw_noise(samples, self.config.noise_dim, seeds)
+        n = x.shape[0]  # chunks of at most MAX_ROWS decoded rows, N K in all
+        return self._run(self._samples, x, d, r[None].expand(n, -1, -1),
+                         rows=max(1, MAX_ROWS // samples))
 
     @_serialised
     def reconstruct(self, images: Images, noise=None, seed: int | Sequence[int] | None = None
@@ -587,10 +641,7 @@ class Engine:
         0/1 applied to the source labels (None: the first flip; {}: no edit), for one source
         image; the strip's noise is one draw from ``seed``. With ``cache`` the source-only
         trunk runs once for the whole strip."""
-        if (isinstance(samples, bool) or not isinstance(samples, numbers.Integral)
-                or not 0 <= samples <= MAX_SAMPLES):
-            raise ValueError(f"samples must be an integer from 0 to {MAX_SAMPLES}, "
-                             f"got {samples!r}")
+        samples = _samples(samples, 0)
         if seed is not None and not _is_seed(seed):  # one draw for the strip: no list
             raise ValueError(f"seed must be None or an integer in [0, 2**64), got {seed!r}")
         _flag(cache, "cache", optional=False)

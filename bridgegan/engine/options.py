@@ -12,13 +12,23 @@ from .backends import AUTO, BACKENDS
 VARIANT_TAGS = ("cl", "graphs", "heuristics", "streams")
 VARIANT_FORM = f"backend:dtype{''.join(f'[:{t}]' for t in VARIANT_TAGS)}[:-REWRITE ...]"
 # `bridgegan bench --workloads`: what a row times (bench._workload_fn builds each)
-WORKLOADS = ("translate", "reference", "strip", "strip_nocache")
+WORKLOADS = ("translate", "reference", "samples", "strip", "strip_nocache")
 # `bridgegan translate --batch-size`'s default: images per engine call, by device type
 TRANSLATE_BATCH = {"cpu": 8, "cuda": 64}
 SEEDS = 2 ** 64  # noise seeds are integers in [0, SEEDS): torch.Generator's 64 bits
 # noise samples per edit: a strip's sample rows (Engine.edit_strip, the demo's grid
 # columns) and `bridgegan translate`'s files per input
 MAX_SAMPLES = 64
+BENCH_SAMPLES = 4  # the samples workload's noise samples per source
+
+
+def check_sample_seeds(seed: int, samples: int, what: str = "seed") -> None:
+    """Refuse a ``seed`` whose ``samples`` noise samples (seeds seed .. seed + samples - 1)
+    would pass the last seed; ``what`` names the seed in the message."""
+    last = seed + samples - 1
+    if last >= SEEDS:
+        raise ValueError(f"{what} {seed} with {samples} samples draws seeds up to {last}; "
+                         f"seeds must be below 2**64: give {what} <= {SEEDS - samples}")
 
 
 def add_options(parser: argparse.ArgumentParser, dtype: bool = True) -> None:

@@ -88,6 +88,14 @@ def strip_flops(cfg: BridgeGANConfig, images: int, cached: bool) -> int:
     return images * per + trunk
 
 
+def samples_flops(cfg: BridgeGANConfig, sources: int, samples: int) -> int:
+    """FLOPs of ``samples`` noise samples of each of ``sources`` sources
+    (``Engine.translate_samples``): the trunk and E(x, -d) once per source, M and the
+    decode once per image."""
+    per = generator_decode_flops(cfg) + mapping_flops(cfg)
+    return sources * (generator_trunk_flops(cfg) + encoder_flops(cfg) + samples * per)
+
+
 def measure_peaks(device: torch.device, dtype: torch.dtype, quick: bool = False) -> dict:
     """Measured matrix-product FLOP/s in ``dtype`` and copy bandwidth (bytes read+written),
     each the median of ``reps`` calls after one warm-up."""

@@ -164,15 +164,30 @@ def interpolate(st, x: Tensor, refs: Tensor, d: Tensor, r: Tensor, alphas: Seque
             for a in alphas]
 
 
-def _expand(t: Tensor, k: int) -> Tensor:
-    return t.expand(k, *t.shape[1:])
+def interleave(t: Tensor, k: int) -> Tensor:
+    """Each of t's rows k times, a row's copies adjacent (rows i * k .. i * k + k - 1)."""
+    return t.unsqueeze(1).expand(-1, k, *t.shape[1:]).flatten(0, 1)
+
+
+def translate_samples(st, x: Tensor, d: Tensor, r: Tensor,
+                      repeat: Callable[[Tensor, int], Tensor] = interleave) -> Tensor:
+    """K noise samples r (N, K, noise) of the label-based edits d of sources x:
+    (N, K, 3, S, S). The trunk and E(x, -d) run once per source; the samples' codes
+    and decodes run as one batch of N K rows. ``repeat`` as in ``edit_strip``."""
+    n, k = r.shape[:2]
+    h, src = branches(st, lambda: st.trunk(x), lambda: source_code(st, x, d))
+    s = label_code(st, r.flatten(0, 1), repeat(d, k), repeat(src, k))
+    return st.decode(repeat(h, k), s).unflatten(0, (n, k))
+
+
+SAMPLES_BATCH_DIMS = (0, 0, 0)  # translate_samples's x, d, r (N, K, noise)
 
 
 def edit_strip(st, x: Tensor, d: Tensor, r: Tensor, cache: bool = True,
-               repeat: Callable[[Tensor, int], Tensor] = _expand) -> Tensor:
+               repeat: Callable[[Tensor, int], Tensor] = interleave) -> Tensor:
     """Label-based edits d, r (K rows) of one source x (1, 3, S, S). With ``cache`` the
-    trunk runs once and its output is repeated; ``repeat(t, k)`` makes k rows of one
-    (the engine also lays them out in its memory format)."""
+    trunk runs once and its output is repeated; ``repeat(t, k)`` makes k copies of each
+    row, adjacent (``interleave``; the engine also lays them out in its memory format)."""
     k = d.shape[0]
     xk = repeat(x, k)
     h = repeat(st.trunk(x), k) if cache else st.trunk(xk)
