@@ -1093,6 +1093,21 @@ def test_onnxruntime_cuda_sessions_run_float32_without_tf32(tmp_path, monkeypatc
         OrtGraph(tmp_path / "g.onnx", torch.device("cuda", 1))
 
 
+def test_onnxruntime_without_cuda_is_refused_before_the_export(model, tmp_path, monkeypatch):
+    """device='cuda' with an onnxruntime that has no CUDA provider (the CPU package) is
+    refused before the graphs are exported, not after (a minute at the paper model)."""
+    ort = pytest.importorskip("onnxruntime")
+    from bridgegan.engine.backends import onnxruntime as ort_backend
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+
+    with pytest.raises(BackendUnavailable, match="no CUDAExecutionProvider: pip install "
+                                                 "onnxruntime-gpu"):
+        ort_backend.build(model, Rewrites(), torch.float32, torch.device("cuda", 0),
+                          onnx_dir=tmp_path / "onnx")
+    assert not (tmp_path / "onnx").exists()
+
+
 def test_an_onnxruntime_failure_while_running_is_a_runtime_error_naming_the_graph(tmp_path):
     """onnxruntime's own exceptions (Fail: out of memory in its arena, InvalidArgument) are
     no RuntimeError: the commands printed a traceback instead of their error line; torch's

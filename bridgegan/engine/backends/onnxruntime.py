@@ -18,6 +18,29 @@ from .exported import exported_stages
 CUDA_MIN_VERSION = (1, 18)  # the CUDA provider's use_tf32 option
 
 
+def session_providers(device: torch.device) -> list:
+    """The execution providers of a session on ``device``; BackendUnavailable where this
+    onnxruntime cannot run one there."""
+    import onnxruntime as ort
+
+    providers = ["CPUExecutionProvider"]
+    if device.type == "cuda":
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise BackendUnavailable("this onnxruntime has no CUDAExecutionProvider: "
+                                     "pip install onnxruntime-gpu, or use device='cpu'")
+        # use_tf32 0: float32 graphs' convolutions in float32, not TF32 (ORT's default on
+        # CUDA, as cuDNN's), as the engine's torch backends run them; the option is 1.18's
+        # (the extra's floor binds the CPU package only, not onnxruntime-gpu)
+        if tuple(int(p) for p in ort.__version__.split(".")[:2]) < CUDA_MIN_VERSION:
+            raise BackendUnavailable(
+                f"onnxruntime {ort.__version__} runs float32 convolutions on CUDA in "
+                f"TF32 only: pip install 'onnxruntime-gpu>="
+                f"{'.'.join(map(str, CUDA_MIN_VERSION))}', or use device='cpu'")
+        providers.insert(0, ("CUDAExecutionProvider",
+                             {"device_id": device.index or 0, "use_tf32": 0}))
+    return providers
+
+
 class OrtGraph:
     """An ONNX file in an onnxruntime session (CPU, or CUDA for a CUDA ``device``), called
     with torch tensors in the graph's input order; returns float32 tensors on ``device``."""
@@ -25,21 +48,7 @@ class OrtGraph:
     def __init__(self, path: str | os.PathLike, device: torch.device):
         import onnxruntime as ort
 
-        providers = ["CPUExecutionProvider"]
-        if device.type == "cuda":
-            if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise BackendUnavailable("this onnxruntime has no CUDAExecutionProvider: "
-                                         "pip install onnxruntime-gpu, or use device='cpu'")
-            # use_tf32 0: float32 graphs' convolutions in float32, not TF32 (ORT's default
-            # on CUDA, as cuDNN's), as the engine's torch backends run them; the option is
-            # 1.18's (the extra's floor binds the CPU package only, not onnxruntime-gpu)
-            if tuple(int(p) for p in ort.__version__.split(".")[:2]) < CUDA_MIN_VERSION:
-                raise BackendUnavailable(
-                    f"onnxruntime {ort.__version__} runs float32 convolutions on CUDA in "
-                    f"TF32 only: pip install 'onnxruntime-gpu>="
-                    f"{'.'.join(map(str, CUDA_MIN_VERSION))}', or use device='cpu'")
-            providers.insert(0, ("CUDAExecutionProvider",
-                                 {"device_id": device.index or 0, "use_tf32": 0}))
+        providers = session_providers(device)
         options = ort.SessionOptions()
         # torch's thread count (``--threads``), read now, so that ORT and torch rows of one
         # bench run on as many cores; the stage graphs are sequential: one inter-op thread
@@ -74,6 +83,7 @@ def build(model, rewrites, dtype, device, channels_last=False, onnx_dir=None) ->
     """The stage graphs of ``model`` at ``dtype`` (float32 or float16) in sessions;
     ``channels_last`` does not apply."""
     precision = ONNX_PRECISION_OF[dtype]
+    session_providers(device)  # refused before the export, not after it
     folder = export_model(model, onnx_dir, STAGES, (precision,), rewrites)
     return exported_stages({n: OrtGraph(folder / file_name(n, precision), device)
                             for n in STAGES})
