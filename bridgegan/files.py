@@ -3,6 +3,10 @@ cleanup of what killed writes leave, whole-folder removal, and up-front checks t
 output folder is writable and may be replaced. The one place for these, used by
 checkpoints, exports and model repositories.
 
+Durability: a write returns once its files, the folders holding their names and the
+rename that put it in place are fsynced, so what a write returned survives a power loss
+too (a checkpoint the trainer pruned older ones after is on disk).
+
 Replacing: a folder write replaces an existing folder only when every file in it is one
 the write produces or declares it may replace (an earlier write of the same kind), or
 the folder is empty; anything else there (a file, a link, a folder holding other files)
@@ -58,6 +62,8 @@ def _file_mode() -> int:
 
 
 def _fsync(path: Path) -> None:
+    """fsync a file, or a folder (its entries: a rename or a new name in it is on disk
+    only once its folder is, ext4 and xfs included)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -81,6 +87,7 @@ def write_file_atomic(path: str | os.PathLike, data: bytes) -> Path:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    _fsync(path.parent)  # the rename itself on disk
     return path
 
 
@@ -158,11 +165,14 @@ def write_folder_atomic(path: str | os.PathLike, writers: Mapping[str, Callable[
             if os.stat(tmp / name).st_nlink == 1:  # a link shares its mode with its source
                 os.chmod(tmp / name, _file_mode())  # some writers (safetensors) make 0o600
             _fsync(tmp / name)
+        for folder in sorted({(tmp / n).parent for n in writers}, reverse=True):
+            _fsync(folder)  # the files' names, sub-folders first
         check_replaceable(path, names)  # something may have been put there meanwhile
         _swap(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _fsync(path.parent)  # the swap itself on disk
     return path
 
 

@@ -162,6 +162,32 @@ def test_an_earlier_write_or_an_empty_folder_is_replaced(tmp_path):
     assert (target / "a.txt").read_text() == "2" and leftovers(tmp_path) == []
 
 
+def test_writes_are_on_disk_renames_included(tmp_path, monkeypatch):
+    """A rename is durable only once its folder is fsynced: each file, then the temporary
+    folder's entries (sub-folders first), then the parent after the swap (the new folder
+    in place by then); a file write fsyncs the parent after its rename."""
+    import bridgegan.files as files
+
+    synced, real = [], files._fsync
+    target = tmp_path / "out" / "a.txt"
+
+    def fsync(path):  # what was fsynced, and whether the write's result was in place
+        real(path)
+        synced.append((path.relative_to(tmp_path).as_posix(), target.exists()))
+
+    monkeypatch.setattr(files, "_fsync", fsync)
+    write_folder_atomic(tmp_path / "out", {"a.txt": lambda p: p.write_text("1"),
+                                           "sub/b.txt": lambda p: p.write_text("2")})
+    tmp = synced[0][0].split("/")[0]
+    assert tmp.startswith(".out.tmp-")
+    assert synced == [(f"{tmp}/a.txt", False), (f"{tmp}/sub/b.txt", False),
+                      (f"{tmp}/sub", False), (tmp, False), (".", True)]
+    synced.clear()
+    target = tmp_path / "out" / "c.txt"
+    files.write_file_atomic(target, b"3")
+    assert synced == [("out", True)] and target.read_bytes() == b"3"
+
+
 def test_a_file_put_into_the_folder_during_a_write_is_kept(tmp_path):
     target = write_folder_atomic(tmp_path / "out", {"a.txt": lambda p: p.write_text("old")})
 
