@@ -190,6 +190,14 @@ def test_the_cache_folder_expands_a_home_tilde(monkeypatch, tmp_path):
     assert cache_folder() == tmp_path / "models-cache" / "onnx"
 
 
+def test_a_relative_cache_folder_is_made_absolute(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("BRIDGEGAN_CACHE", "models-cache")
+    folder = cache_folder()
+    monkeypatch.chdir("/")
+    assert folder.is_absolute() and folder.resolve() == (tmp_path / "models-cache" / "onnx").resolve()
+
+
 # ----------------------------------------------------------------------------- damaged caches
 
 def _export_precisions(precisions, seed: int = 1):

@@ -303,10 +303,12 @@ def export_key(model: BridgeGAN, rewrites: Rewrites, opset: int) -> str:
 
 def cache_folder() -> Path:
     """$BRIDGEGAN_CACHE (default ~/.cache/bridgegan, or under $XDG_CACHE_HOME) /onnx: the
-    exported backends' exports, one folder per key (``bridgegan cache`` lists and prunes)."""
+    exported backends' exports, one folder per key (``bridgegan cache`` lists and prunes).
+    Absolute: a relative one is the working directory's now, not wherever a process that
+    keeps the path (an engine's export folder) has moved to since."""
     root = os.environ.get("BRIDGEGAN_CACHE") or (
         Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bridgegan")
-    return Path(root).expanduser() / "onnx"
+    return Path(root).expanduser().absolute() / "onnx"
 
 
 def default_onnx_dir(key: str) -> Path:
