@@ -584,7 +584,8 @@ def test_tensorrt_backend_builds_a_stale_plan_under_the_export_folders_lock(tmp_
         assert lock_held()
         built.append(plan.name)
 
-    for name, value in {"import_tensorrt": lambda: None, "device_info": lambda trt: {},
+    here = {"gpu_name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
+    for name, value in {"import_tensorrt": lambda: None, "device_info": lambda trt: here,
                         "export_model": lambda *a: folder, "build_config": lambda *a: None,
                         "stale_plan": stale, "build_plan": build,
                         "TrtPlan": lambda plan, device: plan.name,
@@ -593,9 +594,11 @@ def test_tensorrt_backend_builds_a_stale_plan_under_the_export_folders_lock(tmp_
     monkeypatch.setattr(torch.cuda, "device", lambda d: contextlib.nullcontext())
     plans = trt_backend.build(None, None, torch.float16, "cuda:0")
     assert list(plans) == list(STAGES)
-    assert built == ["encode_fp16.plan", "decode_fp16.plan"]
+    gpu = "nvidia-h100-80gb-hbm3-sm90"  # plans of GPUs of two kinds sharing a cache apart
+    assert built == [f"encode_fp16_{gpu}.plan", f"decode_fp16_{gpu}.plan"]
     assert [c for c in checks if c[0].startswith(("map", "trunk"))] == [
-        ("trunk_fp16.plan", False), ("trunk_fp16.plan", True), ("map_fp16.plan", False)]
+        (f"trunk_fp16_{gpu}.plan", False), (f"trunk_fp16_{gpu}.plan", True),
+        (f"map_fp16_{gpu}.plan", False)]
 
 
 @pytest.mark.parametrize("bad", ["inf", "nan", "-1", "0"])

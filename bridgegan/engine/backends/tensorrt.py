@@ -1,9 +1,10 @@
 """``tensorrt``: TensorRT plans of the exported stage graphs, run with torch CUDA tensors.
 
 The float32 stage graphs are exported (see ``export.onnx_export``) into the export folder
-and one plan per stage is built beside them (``<stage>_<precision>.plan``) on first use,
-or again when its sidecar says it was built for another GPU or TensorRT version, from
-another export of the graph, or for another batch range (``stale_plan``).
+and one plan per stage and GPU kind is built beside them (``<stage>_<precision>_<gpu>.plan``,
+``plan_name``) on first use, or again when its sidecar says it was built for another GPU
+or TensorRT version, from another export of the graph, or for another batch range
+(``stale_plan``).
 :class:`TrtPlan` binds torch tensors by address and enqueues (``execute_async_v3``; no
 pycuda) on a stream of its own, ordered after and before the current torch stream:
 TensorRT synchronises the device around work on the default stream. A batch larger than
@@ -27,7 +28,7 @@ from ..export.names import STAGES
 from ..export.onnx_export import ONNX_PRECISION_OF, export_model, file_name
 from ..export.tensorrt_build import (PlanMismatch, batch_range, build_config, build_plan,
                                      check_sidecar, device_info, import_tensorrt, logger,
-                                     plan_problem, read_sidecar, stale_plan)
+                                     plan_name, plan_problem, read_sidecar, stale_plan)
 from .exported import exported_stages
 
 PLAN_PRECISION_OF = {**ONNX_PRECISION_OF, torch.bfloat16: "bf16"}
@@ -138,7 +139,7 @@ def build(model, rewrites, dtype, device, channels_last=False, onnx_dir=None) ->
     with torch.cuda.device(device):
         here = device_info(trt)
         for name in STAGES:
-            plan = folder / f"{name}_{precision}.plan"
+            plan = folder / plan_name(name, precision, here)
             cfg = build_config(folder / file_name(name, "fp32"), precision)
             if stale_plan(plan, cfg, here):
                 # under the export folder's lock (no lock for a fresh plan: the cache may be

@@ -29,6 +29,7 @@ import dataclasses
 import functools
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,6 +139,15 @@ def device_info(trt) -> dict[str, str]:
     major, minor = torch.cuda.get_device_capability()
     return {"tensorrt_version": trt.__version__, "gpu_name": torch.cuda.get_device_name(),
             "compute_capability": f"{major}.{minor}"}
+
+
+def plan_name(stage: str, precision: str, here: Mapping) -> str:
+    """The file name of a stage's plan built on the GPU ``here`` (``device_info``): its
+    name and compute capability in it, so that GPUs of two kinds sharing one cache folder
+    keep a plan each instead of rebuilding each other's (a new TensorRT version rebuilds
+    in place: the sidecar tells)."""
+    gpu = re.sub(r"[^a-z0-9]+", "-", here["gpu_name"].lower()).strip("-")
+    return f"{stage}_{precision}_{gpu}-sm{here['compute_capability'].replace('.', '')}.plan"
 
 
 def sidecar_path(plan: str | os.PathLike) -> Path:
