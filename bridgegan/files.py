@@ -19,15 +19,20 @@ Modes: files and folders get modes 0o666 / 0o777 trimmed by the umask (typically
 file placed as a hard link is never chmodded (that would change the other name's mode
 too): ``link_or_copy`` links only a source already that readable, and copies otherwise.
 
-Names: a write of ``NAME`` works in ``.NAME.tmp-<pid>-<random>`` beside it (and moves an
-old folder aside into ``.NAME.old-<pid>-<random>``); ``remove_stale`` removes such leftovers
+Names: a write of ``NAME`` works in ``.NAME.tmp-<pid>-<random>`` beside it, and puts it in
+place of an old folder by exchanging the two (Linux's renameat2; the old folder is then
+removed from the temporary name) or, where the system cannot, by moving the old folder
+aside into ``.NAME.old-<pid>-<random>`` first; ``remove_stale`` removes such leftovers
 once the process ``<pid>`` has died (processes writing one folder must share a machine, or
 at least its process ids), never while it runs.
 """
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import fcntl
+import functools
 import os
 import re
 import secrets
@@ -176,9 +181,44 @@ def write_folder_atomic(path: str | os.PathLike, writers: Mapping[str, Callable[
     return path
 
 
+@functools.cache
+def _renameat2():
+    """The C library's renameat2 (glibc's from 2.28), None where it has none."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2  # <fcntl.h>, <linux/fs.h>
+_NO_EXCHANGE = {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP}  # the kernel or file system
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap paths ``a`` and ``b`` in one step (Linux's renameat2 RENAME_EXCHANGE): no
+    instant without ``b``. False where the C library, kernel or file system lacks it."""
+    fn = _renameat2()
+    if fn is None:
+        return False
+    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in _NO_EXCHANGE:
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
 def _swap(tmp: Path, path: Path) -> None:
-    """Put folder ``tmp`` in place of ``path``, the old folder (if any) moved aside first
-    and removed after (put back if the new one cannot go in)."""
+    """Put folder ``tmp`` in place of ``path``: exchanged in one step where the system can
+    (a reader loading ``path``'s files meanwhile finds them, the old ones or the new), the
+    old folder then removed from ``tmp``'s name; else the old folder (if any) moved aside
+    first and removed after (put back if the new one cannot go in)."""
+    if path.exists() and _exchange(tmp, path):
+        shutil.rmtree(tmp, ignore_errors=True)  # a kill here leaves it to remove_stale
+        return
     old = None
     if path.exists():
         old = _temp_name(path, "old")

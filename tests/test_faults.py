@@ -62,8 +62,11 @@ def ckpt(tmp_path_factory):
 # ----------------------------------------------------------------------------- atomic writes
 
 def test_a_kill_between_moving_the_old_folder_aside_and_the_new_one_in_is_undone(tmp_path):
+    """Where the system cannot exchange two paths in one step, the old folder is moved
+    aside first: a kill before the new one is in is undone by the next process."""
     target = write_folder_atomic(tmp_path / "model", {"a.txt": lambda p: p.write_text("old")})
     code = KILLER.replace('if os.environ["KILL_AT"] in str(path):', "if False:") + textwrap.dedent(f"""
+        files._exchange = lambda a, b: False
         real_replace = os.replace
         def replace(src, dst):
             real_replace(src, dst)
@@ -77,6 +80,44 @@ def test_a_kill_between_moving_the_old_folder_aside_and_the_new_one_in_is_undone
     # the next process puts the old folder back and removes the rest
     assert python(f"import bridgegan.files as f; f.remove_stale({str(tmp_path)!r})").returncode == 0
     assert (target / "a.txt").read_text() == "old" and leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("exchange", [True, False])
+def test_a_replaced_folder_is_there_at_every_instant(tmp_path, monkeypatch, exchange):
+    """Readers (an engine loading an export folder's graphs while another process adds to
+    it) find the folder, old or new, at every instant of a replacement where the system
+    exchanges paths in one step (Linux's renameat2); without it there is a gap, and the
+    replacement still works."""
+    import threading
+
+    import bridgegan.files as files
+
+    if exchange and files._renameat2() is None:
+        pytest.skip("needs renameat2 (glibc >= 2.28)")
+    if not exchange:
+        monkeypatch.setattr(files, "_renameat2", lambda: None)
+    target = write_folder_atomic(tmp_path / "model", {"a.txt": lambda p: p.write_text("0")})
+    done, missing, seen = threading.Event(), [], set()
+
+    def read():
+        while not done.is_set():
+            try:
+                seen.add((target / "a.txt").read_text())
+            except FileNotFoundError:
+                missing.append(1)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for i in range(1, 200):
+            write_folder_atomic(target, {"a.txt": lambda p, i=i: p.write_text(str(i))})
+    finally:
+        done.set()
+        reader.join()
+    assert (target / "a.txt").read_text() == "199" and leftovers(tmp_path) == []
+    assert len(seen) > 1  # the reader ran during the replacements
+    if exchange:
+        assert not missing
 
 
 def test_leftovers_of_running_processes_or_other_names_are_kept(tmp_path):
