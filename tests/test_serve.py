@@ -17,9 +17,9 @@ import importlib.util
 import json
 import os
 import re
-import shutil
 import socket
 import socketserver
+import stat
 import subprocess
 import sys
 import tempfile
@@ -1491,7 +1491,8 @@ def test_a_killed_front_takes_tritonserver_and_its_stubs_with_it(ckpt, tmp_path)
     """SIGKILL of the front (an out-of-memory kill) runs no cleanup: tritonserver and its
     stubs ran on, orphaned, holding their memory for good. The kernel now sends tritonserver
     SIGTERM (PR_SET_PDEATHSIG): it shuts down, its stubs and their shared memory with it.
-    What stays (the private folders) is named with the killed front's pid."""
+    What stays (the private folders, named with the killed front's pid) is kept while
+    tritonserver runs (it holds their locks too) and swept once it has gone."""
     import signal
 
     from bridgegan.serve import server as serve_server
@@ -1500,21 +1501,86 @@ def test_a_killed_front_takes_tritonserver_and_its_stubs_with_it(ckpt, tmp_path)
     with ServerProcess(["--checkpoint", str(ckpt)], tmp_path / "serve.log") as server:
         front = server.proc.pid
         regions = shm_regions(front)
-        assert len(regions) == len(MODELS) and all(r.exists() for r in regions), regions
-        assert all(r.name.startswith(f"{serve_server.SHM_PREFIX}{front}_") for r in regions)
-        left = [p for p in Path(tempfile.gettempdir()).iterdir()
-                if p.name.startswith((f"{serve_server.REPOSITORY_PREFIX}{front}-",
-                                      f"{serve_server.WORKDIR_PREFIX}{front}-"))]
+        left = sorted(p for p in Path(tempfile.gettempdir()).iterdir()
+                      if p.name.startswith((f"{serve_server.REPOSITORY_PREFIX}{front}-",
+                                            f"{serve_server.WORKDIR_PREFIX}{front}-")))
         assert len(left) == 2, left
+        workdir = next(p for p in left if p.name.startswith(serve_server.WORKDIR_PREFIX))
+        assert len(regions) == len(MODELS) and all(r.exists() for r in regions), regions
+        assert all(r.name.startswith(serve_server.shm_prefix(workdir)) for r in regions)
         os.kill(front, signal.SIGKILL)
         server.proc.wait(timeout=60)
+        assert not set(left) & set(serve_server.sweep_leftovers())  # tritonserver holds them
         deadline = time.monotonic() + 120  # a hang guard, not a speed limit
         while server.pids():
             assert time.monotonic() < deadline, f"still running: {server.pids()}"
             time.sleep(0.2)
     assert not [r for r in regions if r.exists()]
-    for folder in left:  # a SIGKILL ran no cleanup: this test's own, removed here
-        shutil.rmtree(folder, ignore_errors=True)
+    assert set(left) <= set(serve_server.sweep_leftovers())
+    assert not [p for p in left if p.exists()]
+
+
+def test_a_sweep_removes_only_unheld_leftovers_of_this_user(tmp_path):
+    """A private folder whose lock nobody holds goes, with its stubs' shared memory; one
+    whose lock is held (a running server, or the tritonserver of a killed front), one
+    without a lock file (another version's, or being made), a file or link of the name,
+    and other names stay."""
+    import fcntl
+
+    from bridgegan.serve import server as serve_server
+
+    temp, shm = tmp_path / "tmp", tmp_path / "shm"
+    temp.mkdir(), shm.mkdir()
+
+    def private(name: str, alive: bool = True) -> Path:
+        folder = temp / name
+        (folder / "models").mkdir(parents=True)
+        if alive:
+            (folder / serve_server.ALIVE).touch()
+        return folder
+
+    dead = private(f"{serve_server.WORKDIR_PREFIX}123-abcdefgh")
+    dead_repo = private(f"{serve_server.REPOSITORY_PREFIX}123-ijklmnop")
+    running = private(f"{serve_server.WORKDIR_PREFIX}456-qrstuvwx")
+    unknown = private(f"{serve_server.REPOSITORY_PREFIX}789-yzabcdef", alive=False)
+    (temp / f"{serve_server.WORKDIR_PREFIX}1-file").write_text("x")
+    (temp / f"{serve_server.WORKDIR_PREFIX}2-link").symlink_to(running)
+    other = private("someone-elses-123")
+    regions = {f: shm / f"{serve_server.shm_prefix(f)}stub0" for f in (dead, running)}
+    for region in regions.values():
+        region.write_bytes(b"x")
+    fd = os.open(running / serve_server.ALIVE, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)  # another open file's lock: a running server's
+        assert serve_server.sweep_leftovers(temp, shm) == [dead_repo, dead]
+    finally:
+        os.close(fd)
+    assert not dead.exists() and not dead_repo.exists() and not regions[dead].exists()
+    assert all(p.exists() for p in (running, unknown, other, regions[running]))
+    assert (temp / f"{serve_server.WORKDIR_PREFIX}1-file").is_file()
+    assert (temp / f"{serve_server.WORKDIR_PREFIX}2-link").is_symlink()
+    assert serve_server.sweep_leftovers(temp, shm) == [running]  # its server gone
+
+
+def test_a_private_folder_is_locked_while_in_use_and_removed_after(tmp_path, monkeypatch):
+    """The lock file is locked before it takes its name; it is held (and listed for the
+    tritonserver child) while the folder is in use; the folder goes before the lock."""
+    import fcntl
+
+    from bridgegan.serve import server as serve_server
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with serve_server._private_folder(serve_server.WORKDIR_PREFIX) as folder:
+        folder = Path(folder)
+        assert folder.name.startswith(f"{serve_server.WORKDIR_PREFIX}{os.getpid()}-")
+        assert sorted(p.name for p in folder.iterdir()) == [serve_server.ALIVE]
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700 and len(serve_server._HELD) == 1
+        assert serve_server.sweep_leftovers(tmp_path, tmp_path) == []
+        fd = os.open(folder / serve_server.ALIVE, os.O_RDONLY)
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.close(fd)
+    assert not folder.exists() and not serve_server._HELD
 
 
 class _FakeLoad:

@@ -2,7 +2,11 @@
 python-backend model repository (``repo_python``), behind the front (``front``).
 
 ``serve --checkpoint`` writes that repository into a private temporary folder first;
-``serve --repository DIR`` runs on one written before. tritonserver listens only on unix
+``serve --repository DIR`` runs on one written before. Each private folder holds a lock
+file (``ALIVE``) that the front and tritonserver hold while they run: a server killed
+outright (SIGKILL runs no cleanup) leaves its folders and, if tritonserver itself was
+killed, its stubs' shared memory; the next start removes those whose lock nobody holds
+(``sweep_leftovers``), whatever PID namespace they were made in. tritonserver listens only on unix
 sockets in a folder of mode 0700, so no other local user can reach it past the front's
 checks (on loopback TCP ports any local user could, with no size limit); its metrics stay
 on ``--host``'s TCP port. The python backend runs the engine in its stub processes and
@@ -10,27 +14,35 @@ answers each request of a batch on its own.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shlex
+import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import sysconfig
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from .names import (EXIT_TIMEOUT_S, GRPC_PORT, HOST, HTTP_PORT, METRICS_PORT, MODELS,
                     READ_TIMEOUT_S)
 
 EXTRA_HINT = "pip install 'bridgegan[serve]' (nvidia-pytriton 0.7 needs numpy<2; the extra pins it)"
-# the private folders a server makes in the temp folder (its repository and sockets) and
-# its stubs' shared-memory regions, named with the front's pid: what a server killed
-# outright leaves (a SIGKILL runs no cleanup) says whose it was
+# the private folders a server makes in the temp folder (its repository and sockets),
+# named with the front's pid, and its stubs' shared-memory regions, named after the
+# folder of its sockets (``shm_prefix``)
 REPOSITORY_PREFIX = "bridgegan-serve-"
 WORKDIR_PREFIX = "bridgegan-tritonserver-"
 SHM_PREFIX = "bridgegan_serve_"
+SHM_ROOT = Path("/dev/shm")
+ALIVE = ".alive"  # a private folder's lock file, held (flock) while its server runs
+_HELD: set[int] = set()  # this process's ALIVE locks, passed on to tritonserver
 PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
 HTTP_SOCKET = "http.sock"
 GRPC_SOCKET = "grpc.sock"
@@ -121,13 +133,72 @@ def tritonserver_command(repository: str | os.PathLike, workdir: str | os.PathLi
             f"--metrics-port={metrics_port}", f"--exit-timeout-secs={exit_timeout_secs}",
             f"--http-restricted-api={restricted_off()}",
             f"--grpc-restricted-protocol={restricted_off()}",
-            f"--backend-config=python,shm-region-prefix-name={SHM_PREFIX}{os.getpid()}_"]
+            f"--backend-config=python,shm-region-prefix-name={shm_prefix(workdir)}"]
     return argv, env
 
 
-def _private_folder(prefix: str) -> tempfile.TemporaryDirectory:
-    """A private (0700) temporary folder named with this process's pid."""
-    return tempfile.TemporaryDirectory(prefix=f"{prefix}{os.getpid()}-")
+def shm_prefix(workdir: str | os.PathLike) -> str:
+    """The prefix of the shared-memory regions of the stubs of the tritonserver whose
+    sockets are in ``workdir``: its folder's unique part (front's pid, random)."""
+    return f"{SHM_PREFIX}{Path(workdir).name.removeprefix(WORKDIR_PREFIX)}_"
+
+
+@contextlib.contextmanager
+def _private_folder(prefix: str) -> Iterator[str]:
+    """A private (0700) temporary folder named with this process's pid, its ALIVE lock
+    held by this process and the tritonserver it starts (``_HELD``) until the folder is
+    removed. The lock file is locked before it takes its name: a sweep never finds it
+    unlocked while its server starts."""
+    folder = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-"))
+    fd = None
+    try:
+        fd = os.open(folder / f"{ALIVE}.new", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.rename(folder / f"{ALIVE}.new", folder / ALIVE)
+        _HELD.add(fd)
+        yield str(folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)  # under the lock: no sweep meets a part
+        if fd is not None:
+            _HELD.discard(fd)
+            os.close(fd)
+
+
+def _unheld(folder: Path) -> bool:
+    """Whether ``folder`` is this user's private folder whose ALIVE lock nobody holds
+    (locked here, so no server can take it meanwhile; it is removed right after). A
+    folder without one (another version's, or another user's) is not known dead."""
+    try:
+        st = os.lstat(folder)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+            return False
+        fd = os.open(folder / ALIVE, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def sweep_leftovers(temp: str | os.PathLike | None = None,
+                    shm: str | os.PathLike = SHM_ROOT) -> list[Path]:
+    """Remove what servers killed outright left: their private folders in ``temp``
+    (default: the temp folder) whose ALIVE lock no process holds, and the shared-memory
+    regions in ``shm`` named after them. Returns the folders removed."""
+    removed = []
+    for folder in sorted(Path(temp or tempfile.gettempdir()).iterdir()):
+        if folder.name.startswith((REPOSITORY_PREFIX, WORKDIR_PREFIX)) and _unheld(folder):
+            if folder.name.startswith(WORKDIR_PREFIX):
+                for region in Path(shm).glob(f"{shm_prefix(folder)}*"):
+                    with contextlib.suppress(OSError):
+                        region.unlink()
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
 
 
 def _die_with_this_process():
@@ -168,12 +239,17 @@ def run_tritonserver(repository: str | os.PathLike, host: str = HOST,
     from .http_client import wait_ready
 
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # startup: leave cleanly
+    swept = sweep_leftovers()
+    if swept:
+        print(f"removed what {len(swept)} server(s) killed outright left: "
+              f"{', '.join(map(str, swept))}", flush=True)
     with _private_folder(WORKDIR_PREFIX) as workdir:  # 0700
         argv, env = tritonserver_command(repository, workdir, host, metrics_port,
                                          exit_timeout_secs)
         http, grpc = private_sockets(workdir)
         print(shlex.join(argv), flush=True)
-        proc = subprocess.Popen(argv, env=env, preexec_fn=_die_with_this_process())
+        proc = subprocess.Popen(argv, env=env, preexec_fn=_die_with_this_process(),
+                                pass_fds=sorted(_HELD))  # the locks: alive while it runs
         try:
             wait_ready(http, MODELS, proc)
             with Front(fetch_specs(http), http, grpc, host, http_port, grpc_port,
