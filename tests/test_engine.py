@@ -1303,17 +1303,24 @@ def test_large_calls_run_in_chunks_of_max_rows(model, monkeypatch):
 
 def test_chunks_split_k_references_along_the_source_batch(model, monkeypatch):
     """translate_reference's references (K, N, ...) are chunked along N, as are
-    interpolate's: a call of 5 sources in chunks of 2 (2, 2, 1) gives each chunk the
-    images of a separate call of its sources with their K references."""
+    interpolate's, MAX_ROWS // K sources at a time (at most MAX_ROWS references encoded
+    at once, whatever K): a call of 5 sources with K = 2 at MAX_ROWS 4 runs in chunks of
+    2 (2, 2, 1), each giving the images of a separate call of its sources."""
     from bridgegan.engine import engine as engine_module
 
-    monkeypatch.setattr(engine_module, "MAX_ROWS", 2)  # read when the engine is made
+    seen = []
+    for name in ("translate_reference", "interpolate"):
+        real = getattr(programs, name)
+        monkeypatch.setattr(programs, name, lambda st, x, refs, *a, real=real, **k: (
+            seen.append(tuple(refs.shape[:2])), real(st, x, refs, *a, **k))[1])
+    monkeypatch.setattr(engine_module, "MAX_ROWS", 4)  # read per call
     cfg = model.config
     eng = Engine(model)
     x, r1, r2 = (images(5, cfg.image_size, seed=s) for s in (50, 51, 52))
     ys, yr = labels(5, cfg.n_attrs, 50), labels(5, cfg.n_attrs, 51)
     got = eng.translate_reference(x, [r1, r2], source=ys, reference_labels=yr)
     mixed = eng.interpolate(x, [r1, r2], {"Male": 1}, [0.5], source=ys, seed=list(range(5)))
+    assert seen == [(2, 2), (2, 2), (2, 1)] * 2
     for rows in (slice(2, 4), slice(4, 5)):
         assert torch.equal(got[rows], eng.translate_reference(
             x[rows], [r1[rows], r2[rows]], source=ys[rows], reference_labels=yr[rows]))

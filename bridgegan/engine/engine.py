@@ -195,6 +195,13 @@ def _samples(samples, least: int) -> int:
     return int(samples)
 
 
+def _sources_per_chunk(k: int) -> int:
+    """Sources per program call when each has ``k`` images of its own (references to
+    encode, samples to decode): at most MAX_ROWS images at once (at least one source), so
+    memory, and on CUDA a graph's buffers, stay bounded whatever ``k``."""
+    return max(1, MAX_ROWS // k)
+
+
 def _is_seed(seed) -> bool:
     """Whether ``seed`` is one torch.Generator takes: an unsigned 64-bit integer."""
     return (isinstance(seed, numbers.Integral) and not isinstance(seed, bool)
@@ -553,9 +560,9 @@ class Engine:
         d = self._difference(y_s, self._target(y_s, target), strength)
         seeds = None if seed is None else [seed + k for k in range(samples)]
         r = draw_noise(samples, self.config.noise_dim, seeds)
-        n = x.shape[0]  # chunks of at most MAX_ROWS decoded rows, N K in all
+        n = x.shape[0]
         return self._run(self._samples, x, d, r[None].expand(n, -1, -1),
-                         rows=max(1, MAX_ROWS // samples))
+                         rows=_sources_per_chunk(samples))
 
     @_serialised
     def reconstruct(self, images: Images, noise=None, seed: int | Sequence[int] | None = None
@@ -583,7 +590,8 @@ class Engine:
         y_s = self._source(x, source)
         y_t = self._reference_target(y_s, batches, attributes, reference_labels)
         return self._run(self._reference, x, self._broadcast(batches, x.shape[0]),
-                         self._difference(y_s, y_t, strength), self._region(region, x.shape[0]))
+                         self._difference(y_s, y_t, strength), self._region(region, x.shape[0]),
+                         rows=_sources_per_chunk(len(batches)))
 
     def _reference_target(self, y_s, batches, attributes, reference_labels) -> torch.Tensor:
         if reference_labels is None:  # a batch of one reference labelled once, not per source
@@ -620,7 +628,7 @@ class Engine:
         def blend(x, refs, d, r, m=None):
             return programs.interpolate(self.stages, x, refs, d, r, alphas, level, m)
         args = [self._cast(t) for t in (x, refs, d, r, m) if t is not None]
-        outs = in_chunks(blend, args, MAX_ROWS, (0, 1, 0, 0, 0))
+        outs = in_chunks(blend, args, _sources_per_chunk(len(refs)), (0, 1, 0, 0, 0))
         return self._checked(torch.stack([o.float() for o in outs]))
 
     def _edits(self, sample_target) -> Mapping:
