@@ -445,8 +445,8 @@ def test_resume_restores_the_global_rng_state_of_an_uninterrupted_run(faces, tmp
 def test_a_diverged_run_is_not_checkpointed_and_keeps_the_earlier_ones(faces, tmp_path):
     """NaN weights: no checkpoint (a resume would refuse it, and it would prune the good
     ones), a message naming the step and the latest good checkpoint, which still resumes."""
-    t = Trainer(tiny(faces), train_config(steps=4, ckpt_every=1, keep_checkpoints=1), faces,
-                out_dir=tmp_path, progress=False)
+    t = Trainer(tiny(faces), train_config(steps=4, ckpt_every=1, keep_checkpoints=1,
+                                          log_every=1), faces, out_dir=tmp_path, progress=False)
     t.train(2)
     assert _checkpoints(tmp_path) == ["step-00000002"]
     with torch.no_grad():
@@ -456,6 +456,13 @@ def test_a_diverged_run_is_not_checkpointed_and_keeps_the_earlier_ones(faces, tm
                                          r"step-00000002; resume from it"):
         t.train(4)
     assert _checkpoints(tmp_path) == ["step-00000002"]
+    # metrics.jsonl stays strict JSON (no bare NaN tokens): the diverged losses as strings
+    def refuse(token):
+        raise ValueError(f"bare {token} in metrics.jsonl")
+    records = [json.loads(line, parse_constant=refuse)
+               for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3]
+    assert "NaN" in records[2].values() and math.isnan(float(records[2]["g/rec"]))
     Trainer(tiny(faces), train_config(), faces, progress=False).load(latest_checkpoint(tmp_path))
 
 

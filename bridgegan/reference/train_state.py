@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import random
 import re
@@ -198,6 +199,15 @@ def drop_checkpoints_after(out_dir: str | os.PathLike, step: int) -> None:
 def _remove(folder: Path) -> None:
     with contextlib.suppress(OSError):
         remove_folder(folder)
+
+
+def metrics_line(record: dict) -> str:
+    """``record`` as one line of strict JSON for ``metrics.jsonl``: a non-finite value (a
+    diverged loss) as the string "NaN", "Infinity" or "-Infinity" (``float`` reads them
+    back), not the bare tokens Python writes, which jq and JavaScript refuse."""
+    def strict(v):
+        return json.dumps(v) if isinstance(v, float) and not math.isfinite(v) else v
+    return json.dumps({k: strict(v) for k, v in record.items()}, allow_nan=False) + "\n"
 
 
 def drop_metrics_after(out_dir: str | os.PathLike, step: int) -> None:

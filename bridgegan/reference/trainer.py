@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import math
 import numbers
 import os
@@ -41,7 +40,7 @@ from .train_data import (STREAM_INIT, STREAM_LOADER, STREAM_MEMORY, STREAM_SAMPL
                          IndexedDataset, ResumableBatchSampler, derive_seed, generator)
 from .train_state import (CHECKPOINTS, METRICS_FILE, Progress, TrainState,
                           drop_checkpoints_after, drop_metrics_after, latest_checkpoint,
-                          numbered_checkpoint, prune_checkpoints)
+                          metrics_line, numbered_checkpoint, prune_checkpoints)
 
 
 def _worker_ignores_sigint(_worker_id: int) -> None:
@@ -506,7 +505,7 @@ class Trainer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             try:
                 with open(self.out_dir / METRICS_FILE, "a") as f:
-                    f.write(json.dumps(record) + "\n")
+                    f.write(metrics_line(record))
             except OSError as exc:  # a full disk: a line cut short goes on resume
                 raise OSError(exc.errno, f"cannot append to {self.out_dir / METRICS_FILE}: "
                                          f"{exc.strerror or exc}") from None
