@@ -485,6 +485,34 @@ def test_front_over_http_forwards_valid_and_refuses_malformed_requests(front):
 
 
 @needs_front
+def test_a_binary_request_may_send_some_inputs_as_json(front):
+    """tritonclient sends an input set with binary_data=False inside the JSON part of a
+    binary request: a batch of images there passes 64 KiB (413 before), up to a JSON
+    request's size; the JSON part's items are bounded as a JSON request's are."""
+    n = 4
+    image = np.asarray(IMAGE, np.float32).reshape(1, 3, 32, 32).repeat(n, 0)
+    attributes = bytes([1, 0, 1, 0, 0, 1] * n)
+    head = json.dumps({"inputs": [
+        {"name": name, "datatype": "FP32", "shape": [n, 3, 32, 32], "data": image.tolist()}
+        for name in ("image", "reference")] + [
+        {"name": "attributes", "datatype": "BOOL", "shape": [n, 6],
+         "parameters": {"binary_data_size": len(attributes)}}]}).encode()
+    assert front_module.HEADER_BYTES < len(head) <= front.json_limit
+    path = "/v2/models/translate_reference/infer"
+    front.fake.bodies.clear()
+    headers = {"Inference-Header-Content-Length": str(len(head))}
+    assert post(front.http, head + attributes, path, headers) == OK_REPLY
+    assert front.fake.bodies == [head + attributes]
+    bomb = b'{"inputs": [' + b"[]," * (front.json_limit // 3 - 8) + b"[]]}"
+    status, answer = post(front.http, bomb, path,
+                          {"Inference-Header-Content-Length": str(len(bomb))})
+    assert status == 413 and "items (commas and brackets)" in answer["error"], answer
+    status, answer = post(front.http, bomb, path, {
+        "Inference-Header-Content-Length": str(front.json_limit + 1)})
+    assert status == 413 and f"must be 1..{front.json_limit}" in answer["error"], answer
+
+
+@needs_front
 def test_front_gives_tritonservers_parse_failures_as_400(front):
     valid = json.dumps({"inputs": LABEL, "id": 3})
     unparsed = "Unable to parse 'id': attempt to access JSON non-string as string"
@@ -840,7 +868,7 @@ def test_bodies_wait_for_reading_budget_within_their_deadline(front):
         return asyncio.run_coroutine_threadsafe(coroutine, front.loop).result(timeout=60)
 
     body = json.dumps({"inputs": LABEL})
-    ticket = on_loop(hold(front_module.MAX_READING * front.json_limit))
+    ticket = on_loop(hold(front_module.MAX_READING * front.mixed_limit))
     try:
         status, answer = post(front.http, body)
     finally:

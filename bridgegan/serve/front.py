@@ -6,7 +6,8 @@ size its shapes declare before checking them against the model. So the front che
 request on its own before it reaches tritonserver:
 
 - size: an HTTP body or gRPC message larger than ``--max-batch`` rows of the largest model
-  (binary: each value's size, JSON: ``JSON_BYTES_PER_VALUE``) is refused from its declared
+  (binary: each value's size, JSON: ``JSON_BYTES_PER_VALUE``; a binary request's JSON part
+  may carry some inputs' data, up to a JSON request's size) is refused from its declared
   length (HTTP 413, gRPC RESOURCE_EXHAUSTED) before it is read;
 - time: a client has ``--read-timeout-secs`` to send a request's header (else the
   connection is closed; also how long an idle connection stays open) and as long again
@@ -247,8 +248,7 @@ def http_arrays(spec: ModelSpec, max_batch: int, body: bytes,
                 header_length: int | None) -> dict[str, np.ndarray]:
     """The input arrays of an HTTP inference request (JSON, or the binary extension with
     a JSON header of ``header_length`` bytes), declarations checked first."""
-    if header_length is None:
-        check_json_items(spec, max_batch, body)
+    check_json_items(spec, max_batch, body if header_length is None else body[:header_length])
     try:
         head = json_head(body if header_length is None else body[:header_length])
         inputs = head["inputs"]
@@ -369,6 +369,8 @@ class Front:
             row_bytes(s) for s, _ in specs.values())
         self.json_limit = HEADER_BYTES + JSON_BYTES_PER_VALUE * self.max_batch * max(
             row_values(s) for s, _ in specs.values())
+        # a binary request: a JSON part of up to json_limit, binary data of up to a batch
+        self.mixed_limit = self.json_limit + self.binary_limit - HEADER_BYTES
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="front", daemon=True)
         self.closing = threading.Lock()  # held from the first close on
@@ -398,8 +400,8 @@ class Front:
 
         self.session = aiohttp.ClientSession(
             "http://tritonserver", connector=aiohttp.UnixConnector(os.fspath(self.private_http)))
-        self.reading = _Budget(MAX_READING * self.json_limit)
-        app = web.Application(client_max_size=self.json_limit)
+        self.reading = _Budget(MAX_READING * self.mixed_limit)
+        app = web.Application(client_max_size=self.mixed_limit)
         app.router.add_route("*", "/{path:.*}", self._http)
         # keepalive_timeout: a connection without a whole request header is closed after it
         self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=GRACE_S,
@@ -483,9 +485,12 @@ class Front:
         except ValueError:
             raise RequestError(f"Inference-Header-Content-Length must be an integer, got "
                                f"{header[:20]!r}") from None
-        if header_length is not None and not 0 < header_length <= HEADER_BYTES:
-            raise RequestError(f"Inference-Header-Content-Length must be 1..{HEADER_BYTES}", 413)
-        limit = self.json_limit if header_length is None else self.binary_limit
+        # the JSON part of a binary request may hold some inputs' data (a client sending
+        # the others binary): up to a JSON request's size
+        if header_length is not None and not 0 < header_length <= self.json_limit:
+            raise RequestError(f"Inference-Header-Content-Length must be 1..{self.json_limit}",
+                               413)
+        limit = self.json_limit if header_length is None else self.mixed_limit
         body = await self._read(request, limit)
         spec, max_batch = self.specs[model]
         await self._check(spec, len(body), lambda: http_arrays(spec, max_batch, body,
