@@ -1329,6 +1329,29 @@ def test_chunks_split_k_references_along_the_source_batch(model, monkeypatch):
             seed=list(range(5))[rows]))
 
 
+def test_chunks_of_k_images_per_source_hold_at_most_max_rows_under_cuda_graphs():
+    """A chunk of sources with K images each is a graph bucket's size (85 sources at K = 3
+    ran padded to 128: 384 rows), so it runs at most MAX_ROWS rows, padding included."""
+    from bridgegan.engine import engine as engine_module
+    from bridgegan.engine.cudagraphs import MAX_ROWS, bucket
+
+    for k in range(1, 65):
+        sources = engine_module._sources_per_chunk(k)
+        assert bucket(sources) == sources and sources * k <= MAX_ROWS
+        assert bucket(sources + 1) * k > MAX_ROWS  # the next bucket would not fit
+
+
+def test_repeat_keeps_the_dtype_and_layout_it_is_given():
+    """The trunk's output and the source code are repeated as the stage gave them (an
+    exported backend's float32 is not rounded to the engine's dtype between its stages)."""
+    x = torch.randn(2, 3, 4, 5, generator=torch.Generator().manual_seed(3))
+    for t in (x, x.contiguous(memory_format=torch.channels_last), x.half(), x[:, :, 0]):
+        out = Engine._repeat(t, 3)
+        assert out.dtype == t.dtype and torch.equal(out, t.repeat_interleave(3, 0))
+        if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last):
+            assert out.is_contiguous(memory_format=torch.channels_last)
+
+
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_translate_samples_are_the_translations_of_their_seeds(model, channels_last):
     """Sample k of image i is image i translated alone with seed + k (the trunk and the

@@ -106,6 +106,11 @@ class CudaGraphed:
             return result
 
 
+def bucket_floor(n: int) -> int:
+    """The largest batch size ``bucket`` keeps (no padded rows) not above ``n`` >= 1."""
+    return 1 << (n.bit_length() - 1) if n < POW2_UP_TO else n // POW2_UP_TO * POW2_UP_TO
+
+
 def bucket(n: int) -> int:
     """The batch size a call of ``n`` rows runs at under CUDA graphs: the next power of two
     up to ``POW2_UP_TO``, above it the next multiple of it (at most 63 padded rows, where

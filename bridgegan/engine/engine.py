@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..kernels.layout import memory_format
 from ..numerics import dtype_name, dtype_spellings
 from ..reference import programs
 from ..reference.attributes import apply_edits, check_names, set_rows
@@ -41,7 +42,7 @@ from ..reference.config import MAX_SCALE, BridgeGANConfig
 from ..reference.model import BridgeGAN
 from ..torch_flags import cudnn_search, no_tf32
 from .backends import ALL_DTYPES, AUTO, REGISTRY, check_backend
-from .cudagraphs import MAX_ROWS, CudaGraphed, in_chunks
+from .cudagraphs import MAX_ROWS, CudaGraphed, bucket_floor, in_chunks
 from .graph import Rewrites
 from .io import Images, as_batch, value_range
 from .options import MAX_SAMPLES, SEEDS, check_sample_seeds
@@ -198,14 +199,22 @@ def _samples(samples, least: int) -> int:
 def _sources_per_chunk(k: int) -> int:
     """Sources per program call when each has ``k`` images of its own (references to
     encode, samples to decode): at most MAX_ROWS images at once (at least one source), so
-    memory, and on CUDA a graph's buffers, stay bounded whatever ``k``."""
-    return max(1, MAX_ROWS // k)
+    memory, and on CUDA a graph's buffers, stay bounded whatever ``k``; a graph bucket's
+    size, so that a full chunk runs no padded rows (85 sources would run as 128)."""
+    return bucket_floor(max(1, MAX_ROWS // k))
 
 
 def _is_seed(seed) -> bool:
     """Whether ``seed`` is one torch.Generator takes: an unsigned 64-bit integer."""
     return (isinstance(seed, numbers.Integral) and not isinstance(seed, bool)
             and 0 <= seed < SEEDS)
+
+
+def _one_seed(seed) -> int | None:
+    """None or one seed (no list: a call whose noise is one draw), checked."""
+    if seed is not None and not _is_seed(seed):
+        raise ValueError(f"seed must be None or an integer in [0, 2**64), got {seed!r}")
+    return seed
 
 
 def _seeds(seed, n: int) -> int | list[int] | None:
@@ -401,18 +410,17 @@ class Engine:
         """Checked float32 batch (N, 3, S, S) on the engine's device (policy: ``io``)."""
         return as_batch(images, self.config.image_size, what).to(self.device)
 
-    def _format(self, x: torch.Tensor) -> torch.memory_format:
-        """The memory format of the engine's inputs of x's rank."""
-        four_d = self.channels_last and x.dim() == 4
-        return torch.channels_last if four_d else torch.contiguous_format
-
     def _cast(self, x: torch.Tensor) -> torch.Tensor:
-        return x.to(device=self.device, dtype=self.dtype).contiguous(memory_format=self._format(x))
+        fmt = torch.channels_last if self.channels_last and x.dim() == 4 else torch.contiguous_format
+        return x.to(device=self.device, dtype=self.dtype).contiguous(memory_format=fmt)
 
-    def _repeat(self, x: torch.Tensor, k: int) -> torch.Tensor:
-        """``programs.interleave`` in one copy, laid out as the engine's inputs."""
-        out = torch.empty((x.shape[0] * k, *x.shape[1:]), dtype=self.dtype, device=self.device,
-                          memory_format=self._format(x))
+    @staticmethod
+    def _repeat(x: torch.Tensor, k: int) -> torch.Tensor:
+        """``programs.interleave`` in one copy, in x's dtype and memory format (a stage's
+        output as it is: an exported backend's float32, a torch backend's layout)."""
+        fmt = memory_format(x) if x.dim() == 4 else torch.contiguous_format
+        out = torch.empty((x.shape[0] * k, *x.shape[1:]), dtype=x.dtype, device=x.device,
+                          memory_format=fmt)
         out.unflatten(0, (x.shape[0], k)).copy_(x.unsqueeze(1))
         return out
 
@@ -551,9 +559,7 @@ class Engine:
         batch (None: from torch's global generator). The trunk and the source's code run
         once per image, not once per sample."""
         samples = _samples(samples, 1)
-        if seed is not None:
-            if not _is_seed(seed):  # one seed for the call: no list
-                raise ValueError(f"seed must be None or an integer in [0, 2**64), got {seed!r}")
+        if _one_seed(seed) is not None:
             check_sample_seeds(seed, samples)
         x = self.load_images(images)
         y_s = self._source(x, source)
@@ -650,8 +656,7 @@ class Engine:
         image; the strip's noise is one draw from ``seed``. With ``cache`` the source-only
         trunk runs once for the whole strip."""
         samples = _samples(samples, 0)
-        if seed is not None and not _is_seed(seed):  # one draw for the strip: no list
-            raise ValueError(f"seed must be None or an integer in [0, 2**64), got {seed!r}")
+        _one_seed(seed)  # one draw for the strip: no list
         _flag(cache, "cache", optional=False)
         x = self.load_images(image)
         if x.shape[0] != 1:
