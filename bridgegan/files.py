@@ -67,13 +67,22 @@ def _file_mode() -> int:
 
 
 def _fsync(path: Path) -> None:
-    """fsync a file, or a folder (its entries: a rename or a new name in it is on disk
-    only once its folder is, ext4 and xfs included)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _fsync_folder(path: Path) -> None:
+    """fsync a folder's entries (a rename or a new name in it is on disk only once its
+    folder is, ext4 and xfs included); file systems that cannot (some FUSE and network
+    mounts refuse with EINVAL) are let be: the write itself is done."""
+    try:
+        _fsync(path)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF):
+            raise
 
 
 def write_file_atomic(path: str | os.PathLike, data: bytes) -> Path:
@@ -92,7 +101,7 @@ def write_file_atomic(path: str | os.PathLike, data: bytes) -> Path:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    _fsync(path.parent)  # the rename itself on disk
+    _fsync_folder(path.parent)  # the rename itself on disk
     return path
 
 
@@ -170,14 +179,15 @@ def write_folder_atomic(path: str | os.PathLike, writers: Mapping[str, Callable[
             if os.stat(tmp / name).st_nlink == 1:  # a link shares its mode with its source
                 os.chmod(tmp / name, _file_mode())  # some writers (safetensors) make 0o600
             _fsync(tmp / name)
-        for folder in sorted({(tmp / n).parent for n in writers}, reverse=True):
-            _fsync(folder)  # the files' names, sub-folders first
+        folders = {tmp, *(p for n in writers for p in (tmp / n).parents if tmp in p.parents)}
+        for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+            _fsync_folder(folder)  # every name written, the deepest folders first
         check_replaceable(path, names)  # something may have been put there meanwhile
         _swap(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _fsync(path.parent)  # the swap itself on disk
+    _fsync_folder(path.parent)  # the swap itself on disk
     return path
 
 

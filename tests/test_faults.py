@@ -227,6 +227,35 @@ def test_writes_are_on_disk_renames_included(tmp_path, monkeypatch):
     target = tmp_path / "out" / "c.txt"
     files.write_file_atomic(target, b"3")
     assert synced == [("out", True)] and target.read_bytes() == b"3"
+    synced.clear()  # files only in sub-folders: every folder up to the temporary one
+    target = tmp_path / "deep" / "x" / "y" / "c.txt"
+    write_folder_atomic(tmp_path / "deep", {"x/y/c.txt": lambda p: p.write_text("4")})
+    tmp = synced[0][0].split("/")[0]
+    assert synced == [(f"{tmp}/x/y/c.txt", False), (f"{tmp}/x/y", False), (f"{tmp}/x", False),
+                      (tmp, False), (".", True)]
+
+
+def test_a_file_system_that_cannot_fsync_folders_keeps_the_write(tmp_path, monkeypatch):
+    """Some FUSE and network mounts refuse fsync on a folder (EINVAL): the write is done and
+    stays done; any other failure is raised."""
+    import errno
+
+    import bridgegan.files as files
+
+    real = files._fsync
+
+    def fsync(path, error=errno.EINVAL):
+        if path.is_dir():
+            raise OSError(error, os.strerror(error))
+        real(path)
+
+    monkeypatch.setattr(files, "_fsync", fsync)
+    write_folder_atomic(tmp_path / "out", {"a.txt": lambda p: p.write_text("1")})
+    files.write_file_atomic(tmp_path / "b.txt", b"2")
+    assert (tmp_path / "out" / "a.txt").read_text() == "1" and (tmp_path / "b.txt").exists()
+    monkeypatch.setattr(files, "_fsync", lambda path: fsync(path, errno.EIO))
+    with pytest.raises(OSError, match="Input/output error"):
+        files.write_file_atomic(tmp_path / "c.txt", b"3")
 
 
 def test_a_file_put_into_the_folder_during_a_write_is_kept(tmp_path):
