@@ -232,7 +232,7 @@ def test_leftovers_of_a_killed_plan_build_do_not_block_adding_graphs(tmp_path, m
     monkeypatch.setenv("BRIDGEGAN_CACHE", str(tmp_path))
     folder = _export_precisions(("fp32",))
     dead = dead_pid()
-    for name in ("map_fp16.plan", "timing.cache"):
+    for name in ("map_fp16_nvidia-h100-sm90.plan", "timing_nvidia-h100-sm90.cache"):
         (folder / f".{name}.tmp-{dead}-0a1b2c3d").write_bytes(b"half written")
     assert _export_precisions(("fp16",)) == folder
     assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", "map.onnx",

@@ -348,7 +348,7 @@ def test_tensorrt_plan_matches_the_reference(model, exported, tmp_path):
                       tmp_path / "label.plan")
     sidecar = json.loads((tmp_path / "label.plan.json").read_text())
     assert sidecar["gpu_name"] == torch.cuda.get_device_name()
-    assert (tmp_path / "timing.cache").is_file()
+    assert len(list(tmp_path.glob("timing_*-sm*.cache"))) == 1
     x, ys = images(3, 32, 70), labels(3, 6, 70)
     d, noise = 1.5 * (1 - 2 * ys), torch.randn(3, 8, generator=torch.Generator().manual_seed(7))
     with torch.no_grad():
@@ -450,7 +450,9 @@ def test_triton_model_folder_holding_other_files_is_refused_before_exporting(ckp
 
 def test_a_re_export_carries_tensorrt_plans_over_and_refuses_other_files(ckpt, tmp_path):
     out = export_onnx(ckpt, tmp_path / "x", graphs=["map"], precisions=["fp32"])
-    built = {"map_fp16.plan": b"engine", "map_fp16.plan.json": b"{}", "timing.cache": b"cache"}
+    built = {"map_fp16_nvidia-h100-sm90.plan": b"engine", "map_fp16_nvidia-h100-sm90.plan.json":
+             b"{}", "timing_nvidia-h100-sm90.cache": b"cache", "timing_nvidia-a100-sm80.cache":
+             b"another GPU kind's"}
     for name, data in built.items():  # as the tensorrt backend builds them there
         (out / name).write_bytes(data)
     export_onnx(ckpt, out, graphs=["map", "encode"], precisions=["fp32"])

@@ -426,12 +426,12 @@ def _new_manifest(model: BridgeGAN, key: str, rewrites: Rewrites, opset: int) ->
 def _carried(out: Path, manifest: dict) -> dict:
     """Writers carrying export folder ``out``'s files over to its replacement
     (``files.link_or_copy``): the graphs its manifest lists and the TensorRT plans, their
-    sidecars and the timing cache that the tensorrt backend builds beside them."""
+    sidecars and the timing caches that the tensorrt backend builds beside them."""
 
     graphs = [f for entry in manifest["graphs"].values() for f in entry.get("files", {}).values()]
-    plans = [p.name for pattern in ("*.plan", "*.plan.json") for p in out.glob(pattern)]
-    return {f: link_or_copy(out / f) for f in [*graphs, *plans, TIMING_CACHE]
-            if (out / f).is_file()}
+    plans = [p.name for pattern in ("*.plan", "*.plan.json", TIMING_CACHE.format(gpu="*"))
+             for p in out.glob(pattern)]
+    return {f: link_or_copy(out / f) for f in [*graphs, *plans] if (out / f).is_file()}
 
 
 def _write_export(out: Path, manifest: dict, missing: list[tuple[str, str]], model: BridgeGAN,

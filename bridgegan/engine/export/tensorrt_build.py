@@ -141,13 +141,18 @@ def device_info(trt) -> dict[str, str]:
             "compute_capability": f"{major}.{minor}"}
 
 
-def plan_name(stage: str, precision: str, here: Mapping) -> str:
-    """The file name of a stage's plan built on the GPU ``here`` (``device_info``): its
-    name and compute capability in it, so that GPUs of two kinds sharing one cache folder
-    keep a plan each instead of rebuilding each other's (a new TensorRT version rebuilds
-    in place: the sidecar tells)."""
+def gpu_kind(here: Mapping) -> str:
+    """The GPU ``here`` (``device_info``) in file names: its name and compute capability,
+    so that GPUs of two kinds sharing one cache folder keep plans and timing caches each
+    instead of rebuilding each other's (a new TensorRT version rebuilds in place: the
+    sidecar tells)."""
     gpu = re.sub(r"[^a-z0-9]+", "-", here["gpu_name"].lower()).strip("-")
-    return f"{stage}_{precision}_{gpu}-sm{here['compute_capability'].replace('.', '')}.plan"
+    return f"{gpu}-sm{here['compute_capability'].replace('.', '')}"
+
+
+def plan_name(stage: str, precision: str, here: Mapping) -> str:
+    """The file name of a stage's plan built on the GPU ``here``."""
+    return f"{stage}_{precision}_{gpu_kind(here)}.plan"
 
 
 def sidecar_path(plan: str | os.PathLike) -> Path:
@@ -229,8 +234,8 @@ def _pin_float32(network, names: tuple[str, ...], trt) -> None:
 
 def build_plan(cfg: TrtBuildConfig, plan: str | os.PathLike,
                timing_cache: str | os.PathLike | None = None) -> Path:
-    """Build ``cfg`` into ``plan`` (+ sidecar); ``timing_cache`` (default: timing.cache
-    beside the plan) is loaded when present and saved after the build."""
+    """Build ``cfg`` into ``plan`` (+ sidecar); ``timing_cache`` (default: this GPU kind's,
+    TIMING_CACHE beside the plan) is loaded when present and saved after the build."""
     trt = import_tensorrt()
     import torch
 
@@ -238,7 +243,9 @@ def build_plan(cfg: TrtBuildConfig, plan: str | os.PathLike,
         raise BackendUnavailable("building a TensorRT plan needs a CUDA device")
     plan = Path(plan)
     plan.parent.mkdir(parents=True, exist_ok=True)
-    cache_file = Path(timing_cache) if timing_cache else plan.parent / TIMING_CACHE
+    here = device_info(trt)
+    cache_file = (Path(timing_cache) if timing_cache
+                  else plan.parent / TIMING_CACHE.format(gpu=gpu_kind(here)))
     builder = trt.Builder(logger(trt))
     network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
     parser = trt.OnnxParser(network, logger(trt))
@@ -268,7 +275,7 @@ def build_plan(cfg: TrtBuildConfig, plan: str | os.PathLike,
     sidecar_path(plan).unlink(missing_ok=True)  # never beside a plan it was not written for
     write_file_atomic(plan, data)
     write_file_atomic(cache_file, bytes(config.get_timing_cache().serialize()))
-    sidecar = {**device_info(trt), **cfg.to_dict(), "bridgegan_version": __version__,
+    sidecar = {**here, **cfg.to_dict(), "bridgegan_version": __version__,
                "onnx_sha256": sha256_hex(Path(cfg.onnx).read_bytes()),
                "plan_sha256": sha256_hex(data)}
     write_file_atomic(sidecar_path(plan), (json.dumps(sidecar, indent=2) + "\n").encode())
