@@ -190,12 +190,18 @@ def test_the_cache_folder_expands_a_home_tilde(monkeypatch, tmp_path):
     assert cache_folder() == tmp_path / "models-cache" / "onnx"
 
 
-def test_a_relative_cache_folder_is_made_absolute(monkeypatch, tmp_path):
+def test_a_relative_export_folder_is_made_absolute(monkeypatch, tmp_path):
+    """A relative $BRIDGEGAN_CACHE or export folder is the working directory's when the
+    export is made: the path returned (which an engine keeps) does not move with it."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("BRIDGEGAN_CACHE", "models-cache")
-    folder = cache_folder()
+    cached = _export_precisions(("fp32",))
+    torch.manual_seed(1)
+    model = randomize(BridgeGAN(small_config(16)), 1).eval()
+    given = export_model(model, "exports", ["map"], ["fp32"])
     monkeypatch.chdir("/")
-    assert folder.is_absolute() and folder.resolve() == (tmp_path / "models-cache" / "onnx").resolve()
+    assert cached.is_absolute() and cached.parent == (tmp_path / "models-cache" / "onnx").resolve()
+    assert given == (tmp_path / "exports").resolve() and (given / "map.onnx").is_file()
 
 
 # ----------------------------------------------------------------------------- damaged caches

@@ -303,12 +303,10 @@ def export_key(model: BridgeGAN, rewrites: Rewrites, opset: int) -> str:
 
 def cache_folder() -> Path:
     """$BRIDGEGAN_CACHE (default ~/.cache/bridgegan, or under $XDG_CACHE_HOME) /onnx: the
-    exported backends' exports, one folder per key (``bridgegan cache`` lists and prunes).
-    Absolute: a relative one is the working directory's now, not wherever a process that
-    keeps the path (an engine's export folder) has moved to since."""
+    exported backends' exports, one folder per key (``bridgegan cache`` lists and prunes)."""
     root = os.environ.get("BRIDGEGAN_CACHE") or (
         Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bridgegan")
-    return Path(root).expanduser().absolute() / "onnx"
+    return Path(root).expanduser() / "onnx"
 
 
 def default_onnx_dir(key: str) -> Path:
@@ -479,7 +477,9 @@ def export_model(model: BridgeGAN, out: str | os.PathLike | None = None,
     rewrites = rewrites or Rewrites()
     key = export_key(model, rewrites, opset)
     cached = out is None
-    out = default_onnx_dir(key) if cached else Path(out)
+    # absolute: a relative folder is the working directory's now, not wherever the process
+    # keeping the path (an engine loading plans later) has moved to since
+    out = (default_onnx_dir(key) if cached else Path(out)).absolute()
     if not _missing(out, model.config, key, graphs, precisions)[1]:
         if cached:  # its last use, which `bridgegan cache --prune` reads
             with contextlib.suppress(OSError):  # a read-only cache stays usable
