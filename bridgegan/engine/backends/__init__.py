@@ -100,8 +100,8 @@ BACKENDS = tuple(REGISTRY)
 #   (2026-12-06, AMX machine, one thread each, batch 8, 128 px) onnxruntime still leads:
 #   8.7 img/s against torch 6.7 (reference 4.9). These onnxruntime rows ran with its CPU
 #   memory arena, now off (onnxruntime.py); measured again without it (2026-12-06, three
-#   runs, 128 px): ahead or tied, 1.05-1.10x at two threads but 0.98x once at batch 8,
-#   1.19-1.39x at one thread.
+#   runs, 128 px, ratios of p50 latencies): ahead or tied, 1.04-1.10x at two threads but
+#   0.98x once at batch 8, 1.18-1.40x at one thread.
 # - cuda: triton fp16 channels_last 5,179 img/s against torch 2,665 at batch 64 (H100,
 #   benchmarks/RESULTS.md; 5,517 with CUDA graphs). tensorrt, compile and onnxruntime
 #   were never measured on a GPU, so auto never picks them there.
