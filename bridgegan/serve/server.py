@@ -6,7 +6,8 @@ python-backend model repository (``repo_python``), behind the front (``front``).
 file (``ALIVE``) that the front and tritonserver hold while they run: a server killed
 outright (SIGKILL runs no cleanup) leaves its folders and, if tritonserver itself was
 killed, its stubs' shared memory; the next start removes those whose lock nobody holds
-(``sweep_leftovers``), whatever PID namespace they were made in. tritonserver listens only on unix
+(``sweep_leftovers``), whatever PID namespace they were made in (sharing this temp folder
+and /dev/shm, under this user id). tritonserver listens only on unix
 sockets in a folder of mode 0700, so no other local user can reach it past the front's
 checks (on loopback TCP ports any local user could, with no size limit); its metrics stay
 on ``--host``'s TCP port. The python backend runs the engine in its stub processes and
@@ -165,9 +166,9 @@ def _private_folder(prefix: str) -> Iterator[str]:
 
 
 def _unheld(folder: Path) -> bool:
-    """Whether ``folder`` is this user's private folder whose ALIVE lock nobody holds
-    (locked here, so no server can take it meanwhile; it is removed right after). A
-    folder without one (another version's, or another user's) is not known dead."""
+    """Whether ``folder`` is this user's private folder whose ALIVE lock nobody holds (no
+    server takes a dead one up again: every server makes a folder of a new name). A
+    folder without one (another version's, or being made) is not known dead."""
     try:
         st = os.lstat(folder)
         if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
