@@ -226,7 +226,7 @@ def compile_rows(launches, arch: int = ARCH, progress: bool = True) -> list[dict
                        grid="x".join(map(str, launch.grid)), uses=[use])
             start = time.perf_counter()
             try:
-                compiled = launch.kernel.warmup(*launch.args, grid=launch.grid, **launch.kwargs)
+                compiled = launch.warmup()
                 row.update(resource_usage(compiled), error="")
             except Exception as exc:  # the point: report, do not stop at the first
                 row.update(error=f"{type(exc).__name__}: {str(exc)[:300]}")
