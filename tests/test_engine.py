@@ -612,7 +612,7 @@ def test_an_aligned_celeba_image_is_cropped_as_celeba_trains(model, tmp_path):
     for (w, h), box in (((178, 218), (3, 26, 173, 196)), ((177, 218), (0, 20, 177, 197))):
         a = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
         Image.fromarray(a).save(tmp_path / "face.png")
-        want = np.asarray(Image.fromarray(a).crop(box).resize((size, size), Image.BICUBIC))
+        want = np.array(Image.fromarray(a).crop(box).resize((size, size), Image.BICUBIC))
         got = eng.load_images(tmp_path / "face.png")[0]
         assert torch.equal(got, torch.from_numpy(want).permute(2, 0, 1).float() / 127.5 - 1)
 
