@@ -69,8 +69,10 @@ ABLATION = ",".join(["triton:fp16:cl:graphs"] + [
 OWN_CALL = ("ablation", "bench_compile", "gpu_tests")  # run only when named in --stages
 # the files holding the suite's tests marked gpu (CPU runs skip them, naming the GPU):
 # every API call against float64 on CUDA, CUDA graphs and streams, the engine's GPU paths,
-# TensorRT (only its test from test_export.py, whose module needs onnx)
+# cuDNN's fused convolution over poisoned memory, TensorRT (only its test from
+# test_export.py, whose module needs onnx)
 GPU_TESTS = ["tests/test_parity_matrix.py", "tests/test_engine.py", "tests/test_training.py",
+             "tests/test_conv_act.py",
              "tests/test_export.py::test_tensorrt_plan_matches_the_reference"]
 CACHE = ROOT / ".cache"  # inductor and Triton caches, carried between device calls
 

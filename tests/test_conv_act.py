@@ -212,7 +212,9 @@ def test_cuda_keeps_the_faster_form_per_shape(monkeypatch):
     from types import SimpleNamespace
 
     seconds = {"fused": [3.0], "plain": [2.0]}
-    monkeypatch.setattr(conv_act, "time_calls", lambda f, device, warmup, reps: seconds[f()])
+    out = {"fused": torch.ones(3), "plain": torch.ones(3)}  # the two forms agree
+    monkeypatch.setattr(conv_act, "time_calls", lambda f, device, warmup, reps: seconds[
+        "fused" if f() is out["fused"] else "plain"])
     capturing = [False]
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: capturing[0])
 
@@ -223,7 +225,7 @@ def test_cuda_keeps_the_faster_form_per_shape(monkeypatch):
 
     w = tensor((4, 3, 3, 3))
     def faster(x):
-        return conv_act._use_fused(x, w, 1, 1, False, lambda: "fused", lambda: "plain")
+        return conv_act._use_fused(x, w, 1, 1, False, lambda: out["fused"], lambda: out["plain"])
 
     assert faster(tensor((2, 3, 8, 8))) is False  # plain measured faster: kept
     seconds.update(fused=[1.0])
@@ -244,8 +246,35 @@ def test_cuda_keeps_the_faster_form_per_shape(monkeypatch):
     with warnings.catch_warnings(record=True) as rec:  # no fused engine for one shape
         warnings.simplefilter("always")
         assert conv_act._use_fused(tensor((2, 3, 7, 7)), w, 1, 1, False, refused,
-                                   lambda: "plain") is False
+                                   lambda: out["plain"]) is False
     assert any("CUDNN_STATUS_NOT_SUPPORTED" in str(r.message) for r in rec)
+
+
+@needs_onednn
+@pytest.mark.parametrize("wrong", ["garbage", "nan"])
+def test_a_fused_form_that_differs_from_the_plain_ops_is_dropped(monkeypatch, wrong):
+    """The first call of a key compares the fused form's output with the plain ops': one
+    that differs (a library reading memory it should not: NaN its ReLU turns into 0, or
+    any garbage) is dropped for the plain ops with a warning, before it returns anything;
+    finite agreement within twice the op tolerance keeps it (the float64 test above)."""
+    x, w, b, stride, padding, _ = (t.float() if isinstance(t, torch.Tensor) else t
+                                   for t in operands("conv3x3", 12))
+    want = F.relu(F.conv2d(x, w, b, padding=padding))
+    bad = want.clone()
+    if wrong == "garbage":
+        bad[0, 0] += 1.0
+    else:
+        bad[bad > 0.5] = 0.0  # where stale NaN bits met the fused ReLU
+    calls = []
+    monkeypatch.setattr(conv_act, "_fused_call",
+                        lambda *a: lambda: calls.append(1) or bad.clone())
+    with torch.no_grad(), warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        first, again = (conv2d_relu(x, w, b, stride, padding) for _ in range(2))
+    assert torch.equal(first, want) and torch.equal(again, want) and len(calls) == 1
+    shown = [r for r in rec if issubclass(r.category, KernelFallbackWarning)]
+    assert len(shown) == 1 and "differs from the plain ops (relative error" in str(
+        shown[0].message)
 
 
 @needs_onednn
@@ -274,3 +303,30 @@ def test_mixed_dtypes_are_refused_on_every_path(impl):
         with torch.no_grad(), pytest.raises(ValueError, match=re.escape(
                 f"conv2d_relu: x, weight and bias must have one dtype, got {got}")):
             conv2d_relu(*args, stride, padding, transposed, impl=impl)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32],
+                         ids=["fp16", "bf16", "fp32"])
+def test_cudnns_fused_form_ignores_what_its_output_memory_held(dtype):
+    """torch.cudnn_convolution_relu hands cuDNN its fresh output as the z operand (alpha
+    0). Were z read, NaN left in that memory would come out as 0 through the ReLU: finite,
+    wrong, and past every output check. A NaN-filled tensor of the output's size, freed
+    just before, is the block the caching allocator gives the output."""
+    from bridgegan.torch_flags import no_tf32
+
+    g = torch.Generator(device="cuda").manual_seed(21)
+    cl = torch.channels_last
+    x = torch.randn(8, 64, 32, 32, device="cuda", generator=g).to(dtype).contiguous(
+        memory_format=cl)
+    w = (torch.randn(128, 64, 3, 3, device="cuda", generator=g) / 24).to(dtype).contiguous(
+        memory_format=cl)
+    b = torch.randn(128, device="cuda", generator=g).to(dtype)
+    with torch.no_grad(), no_tf32():
+        want = F.relu(F.conv2d(x.double(), w.double(), b.double(), padding=1))
+        for _ in range(3):
+            torch.full((8, 128, 32, 32), float("nan"), device="cuda", dtype=dtype)  # freed
+            got = torch.cudnn_convolution_relu(x, w, b, [1, 1], [1, 1], [1, 1], 1)
+            assert torch.isfinite(got).all()
+            assert errors(got, want)[1] <= tolerance(dtype).op_rel

@@ -28,8 +28,9 @@ impl:
               convolution for some channels_last shapes (pytorch#68506); on the CPU per
               dtype and form, by one trial call. A fused form that fails its decision
               (a cuDNN build without the fused engine, a Triton that cannot compile the
-              epilogue) gives one :class:`KernelFallbackWarning` and the plain ops for
-              that key; after a decision for it, errors propagate. With
+              epilogue) or whose first output differs from the plain ops' (``_differs``)
+              gives one :class:`KernelFallbackWarning` and the plain ops for that key;
+              after a decision for it, errors propagate. With
               ``cudnn.deterministic`` set, or oneDNN disabled, the plain ops.
 
 NaN: the libraries' fused ReLU is max(y, 0), which maps a NaN to 0, where the plain ops
@@ -45,7 +46,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from ..numerics import dtype_name
+from ..numerics import dtype_name, errors, tolerance
 from ..timing import time_calls
 from ..torch_flags import tf32_key
 from .dispatch import (KernelFallbackWarning, Launch, recording_launches, run_launches,
@@ -128,6 +129,16 @@ def _fused_call(x, weight, bias, stride: int, padding: int, transposed: bool):
     return lambda: ops._convolution_pointwise(x, weight, bias, p, s, one, 1, "relu", [], "")
 
 
+def _differs(got: torch.Tensor, want: torch.Tensor) -> float | None:
+    """The fused form's relative error against the plain ops' where theirs is finite (the
+    library's ReLU maps NaN to 0), or None within twice the dtype's op tolerance (TF32's
+    at least: one op rounded two ways). A library that reads memory it should not, or a
+    wrong engine for one shape, lands far beyond."""
+    rel = errors(got, want)[1]
+    limit = 2 * max(tolerance(want.dtype).op_rel, tolerance("tf32").op_rel)
+    return None if rel <= limit else rel
+
+
 def _use_fused(x, weight, stride, padding, transposed, fused, plain) -> bool:
     """Whether this call takes the fused form (the module docstring's decision, made once
     per key and remembered). Meta tensors, whose launches are only recorded, always do.
@@ -148,23 +159,27 @@ def _use_fused(x, weight, stride, padding, transposed, fused, plain) -> bool:
         if x.is_cuda and torch.cuda.is_current_stream_capturing():
             return False
         try:
-            if x.is_cuda:
-                t_fused = statistics.median(time_calls(fused, x.device, warmup=1, reps=5))
-            else:
-                fused()
+            got = fused()
+            failure = None
         except Exception as exc:  # cuDNN's RuntimeError, a Triton compile error, ...
-            # The caller's mistake (a channel count, a dtype) fails the plain ops as well:
-            # that error is raised, and no decision is recorded for the key.
-            plain()
+            failure = f"failed ({type(exc).__name__}: {exc})"
+        # The caller's mistake (a channel count, a dtype) fails the plain ops as well:
+        # that error is raised, and no decision is recorded for the key.
+        want = plain()
+        if failure is None and (rel := _differs(got, want)) is not None:
+            failure = (f"differs from the plain ops (relative error {rel:.1e} where they are "
+                       f"finite)")
+        if failure is not None:
             form = "transposed convolution" if transposed else "convolution"
             warnings.warn(f"bridgegan.kernels.conv2d_relu: the fused {form} + bias + ReLU "
-                          f"failed on {x.device.type} in {dtype_name(x.dtype)} at input shape "
-                          f"{tuple(x.shape)} ({type(exc).__name__}: {exc}); using the plain "
-                          "torch ops there from now on.", KernelFallbackWarning, stacklevel=3)
+                          f"{failure} on {x.device.type} in {dtype_name(x.dtype)} at input "
+                          f"shape {tuple(x.shape)}; using the plain torch ops there from now "
+                          "on.", KernelFallbackWarning, stacklevel=3)
             _USE_FUSED[key] = False
             return False
-        _USE_FUSED[key] = (not x.is_cuda or t_fused <= statistics.median(
-            time_calls(plain, x.device, warmup=1, reps=5)))
+        _USE_FUSED[key] = not x.is_cuda or statistics.median(
+            time_calls(fused, x.device, warmup=1, reps=5)) <= statistics.median(
+            time_calls(plain, x.device, warmup=1, reps=5))
     return _USE_FUSED[key]
 
 
