@@ -7,6 +7,7 @@ import contextlib
 import functools
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 from bridgegan.engine import Engine, cudagraphs
@@ -70,8 +71,11 @@ class FakeCuda:
             index = d.index if d is not None and d.index is not None else self.current_device
             return self.current[index]
 
+        def set_stream(s):
+            self.current[s.index] = s
+
         for name, value in (("Stream", Stream), ("device", device), ("stream", stream),
-                            ("current_stream", current_stream),
+                            ("current_stream", current_stream), ("set_stream", set_stream),
                             ("current_device", lambda: self.current_device),
                             ("is_current_stream_capturing", lambda: False)):
             monkeypatch.setattr(torch.cuda, name, value)
@@ -195,6 +199,46 @@ def test_cuda_graphed_serves_a_bucket_of_batch_sizes(monkeypatch):
     sizes = (1, 2, 3, 4, 5, 8, 9, 33, 64, 65, 128, 129, 256)
     assert [cudagraphs.bucket(b) for b in sizes] == [1, 2, 4, 4, 8, 8, 16, 64, 64, 128,
                                                      128, 192, 256]
+
+
+def test_a_failed_capture_restores_the_callers_stream_and_is_not_retried(monkeypatch):
+    """A capture that fails (an allocation or a cuDNN plan search inside it) ends with
+    torch.cuda.graph's capture stream still current; the caller's stream is put back and
+    the error names the remedy. Later calls of that signature fail at once, with no warm-up
+    or capture again; other signatures still capture."""
+    cuda = FakeCuda(monkeypatch, current_device=0)
+    fake = ReplayedGraphs(monkeypatch, cuda)
+    fail_at = {4}
+
+    @contextlib.contextmanager
+    def graph(g, pool=None, stream=None, capture_error_mode="global"):
+        cuda.current[stream.index] = stream  # what torch.cuda.graph's stream context does
+        fake.capturing = g
+        yield
+        fake.capturing = None
+        if rows[-1] in fail_at:  # capture_end raised: the stream context is not left
+            raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+        cuda.current[stream.index] = main
+
+    monkeypatch.setattr(torch.cuda, "graph", graph)
+    rows = []
+
+    def double(x):
+        rows.append(len(x))
+        return x * 2
+
+    gpu = torch.device("cuda", 1)
+    main = cuda.current[1]
+    graphed = cudagraphs.CudaGraphed(fake.wrap(double), (0,), gpu)
+    x = torch.randn(4, 3, generator=torch.Generator().manual_seed(40))
+    for _ in range(2):
+        with pytest.raises(RuntimeError, match=r"capturing the CUDA graph of a batch of 4 rows "
+                                               r"failed \(RuntimeError: CUDA error: .*\); "
+                                               r"calls of this size .*cuda_graphs=False"):
+            graphed(x[:3])
+        assert cuda.current[1] is main and cuda.current_device == 0
+    assert rows == [4, 4, 4]  # two warm-ups and one capture, once
+    assert torch.equal(graphed(x[:2]), x[:2] * 2) and len(graphed.graphs) == 1
 
 
 def test_cuda_graphed_copies_its_output_out_as_the_dtype_asked(monkeypatch):

@@ -53,7 +53,9 @@ class CudaGraphed:
     serialises replays of the shared buffers on the host, and on the device each call
     waits for the previous one, which may be queued on another stream (another thread's);
     callers that also run other CUDA work concurrently must serialise around captures
-    themselves (the Engine does).
+    themselves (the Engine does). A capture that fails (an allocation or a cuDNN plan
+    search inside it) raises a RuntimeError naming ``cuda_graphs=False``, with the caller's
+    stream put back, and its signature is not captured again (later calls raise at once).
     """
 
     def __init__(self, fn: Callable[..., torch.Tensor], batch_dims: tuple[int, ...],
@@ -66,6 +68,7 @@ class CudaGraphed:
         self.lock = threading.Lock()
         self.done = torch.cuda.Event()  # recorded after the last call's output copy
         self.pool = None  # the graphs' shared memory pool, made at the first capture
+        self.failed: dict[tuple, str] = {}  # signatures whose capture failed: why
 
     def _capture(self, args: tuple[torch.Tensor, ...], rows: int):
         static = [pad_rows(a, dim, rows) for a, dim in zip(args, self.batch_dims)]
@@ -92,8 +95,20 @@ class CudaGraphed:
         with self.lock, torch.cuda.device(self.device):
             stream = torch.cuda.current_stream()
             stream.wait_event(self.done)  # a no-op until first recorded
+            if key in self.failed:  # not tried again: a failed capture may leave CUDA state
+                raise RuntimeError(self.failed[key])  # (its pool, its stream) behind
             if key not in self.graphs:
-                self.graphs[key] = self._capture(args, rows)
+                try:
+                    self.graphs[key] = self._capture(args, rows)
+                except Exception as exc:
+                    # torch.cuda.graph leaves its capture stream current when ending the
+                    # capture fails: the caller's is put back
+                    torch.cuda.set_stream(stream)
+                    self.failed[key] = (
+                        f"capturing the CUDA graph of a batch of {rows} rows failed "
+                        f"({type(exc).__name__}: {exc}); calls of this size cannot run "
+                        f"under CUDA graphs here: make the engine with cuda_graphs=False")
+                    raise RuntimeError(self.failed[key]) from exc
                 while len(self.graphs) > self.max_graphs:
                     self.graphs.popitem(last=False)
             self.graphs.move_to_end(key)
