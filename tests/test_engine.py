@@ -238,7 +238,8 @@ def test_streams_need_a_cuda_device(model):
 @pytest.mark.parametrize("graphs", [False, True], ids=["eager", "graphs"])
 def test_streams_give_the_images_of_one_stream(model, graphs):
     """The trunk and the codes on side streams (engine.streams), eager and captured in a
-    CUDA graph, give exactly the images of one stream, region edits included."""
+    CUDA graph, give the images of one stream, region edits included (to float rounding:
+    cuDNN's algorithm search may pick a non-deterministic one, which adds atomically)."""
     cfg = model.config
     x, ys = images(3, cfg.image_size, 7), labels(3, cfg.n_attrs, 7)
     refs = images(3, cfg.image_size, 8)
@@ -250,7 +251,7 @@ def test_streams_give_the_images_of_one_stream(model, graphs):
             a = [e.translate(x, 1 - ys, source=ys, seed=3, region=region) for e in (one, two)]
             b = [e.translate_reference(x, refs, source=ys, reference_labels=1 - ys,
                                        region=region) for e in (one, two)]
-            assert torch.equal(*a) and torch.equal(*b)
+            assert (a[0] - a[1]).abs().max() <= ATOL and (b[0] - b[1]).abs().max() <= ATOL
 
 
 @pytest.mark.gpu
