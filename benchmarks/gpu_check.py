@@ -27,8 +27,9 @@ rest, all within five minutes on an H100:
 The engine rows include an A/B of cuDNN's algorithm search (``heuristics`` rows: off) for
 the reference and the engine, so that the ratio between them stays fair either way. Those
 rows run in a process of their own (``bench_heuristics``): cuDNN keeps the plan it first
-chose for a convolution in a per-process cache keyed without the search flag, so in
-bench_engine's process they would replay the plans the search rows chose.
+chose for a convolution in a cache (one per thread; bench runs its rows on one) keyed
+without the search flag, so in bench_engine's process they would replay the plans the
+search rows chose.
 --stages NAME,... runs only those stages. Writes into OUTDIR: gpu_check.json (every stage's rows and status), bench.csv (engine rows),
 bench.png, kernels.csv, profile.csv and profile.md, gpu_check.log. --dry-run runs the same stages at tiny sizes on the
 CPU with no time limits (CI runs it, so the script cannot rot, on machines of any speed).
@@ -55,8 +56,9 @@ BUDGET_S = 300  # one run; each stage gets at most what is left
 ENGINE_VARIANTS = ("reference:float32,reference:fp16,torch:fp16:cl,"
                    "triton:fp16:cl,triton:fp16:cl:graphs,triton:fp16:cl:graphs:streams,"
                    "triton:fp16:graphs,triton:bf16:cl,triton:bf16:cl:graphs")
-# cuDNN's heuristic choice, in a process of its own: cuDNN's plan cache (per process, its
-# key has no benchmark flag) would otherwise hand these rows the search's plans
+# cuDNN's heuristic choice, in a process of its own: cuDNN's plan cache (per thread, and
+# bench's rows share one; its key has no benchmark flag) would otherwise hand these rows
+# the search's plans
 HEURISTICS_VARIANTS = "reference:fp16:heuristics,triton:fp16:cl:graphs:heuristics"
 # triton:fp16:graphs = NCHW (the kernels' best layout)
 # the engine at batch 64 with each graph rewrite of round 2 off in turn (its A/B), and

@@ -107,6 +107,23 @@ def test_streams_fork_and_join_the_engine_devices_stream(monkeypatch):
     assert cuda.current_device == 0  # the caller's device is left as it was
 
 
+def test_streams_are_joined_when_a_branch_raises(monkeypatch):
+    """A branch that raises (an out-of-memory error) still has the current stream wait for
+    the side streams already forked: their kernels may read inputs whose memory the
+    current stream frees next."""
+    cuda = FakeCuda(monkeypatch, current_device=0)
+    stages = SimpleNamespace(trunk=None, encode=None, map=None, decode=None)
+    branched = Concurrent(stages, torch.device("cuda", 1))
+
+    def failing():
+        raise RuntimeError("CUDA out of memory")
+
+    with pytest.raises(RuntimeError, match="out of memory"):
+        branched.concurrent([lambda: torch.zeros(1), lambda: torch.zeros(1), failing])
+    assert cuda.log == [("wait", "side0@1", "main@1"), ("wait", "side1@1", "main@1"),
+                        ("wait", "main@1", "side0@1"), ("wait", "main@1", "side1@1")]
+
+
 def test_capture_streams_are_per_device(monkeypatch):
     FakeCuda(monkeypatch, current_device=0)
     monkeypatch.setattr(cudagraphs, "_CAPTURE_STREAMS", {})

@@ -1148,7 +1148,7 @@ def test_auto_dtype_is_one_the_named_backend_runs(monkeypatch, tmp_path):
 
 
 def test_bench_refuses_heuristics_beside_searched_rows_on_cuda():
-    """cuDNN's plan cache is per process and its key has no search flag: on CUDA a table
+    """cuDNN's plan cache (per thread) has no search flag in its key: on CUDA a table
     mixing :heuristics rows with searched ones would time the search's plans twice."""
     from bridgegan.engine.bench import Variant, _check_table
 

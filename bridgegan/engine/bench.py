@@ -262,13 +262,14 @@ def _check_table(variants: list[Variant], dev: torch.device) -> None:
     """Refuse a table with two baselines for one dtype and cuDNN choice (e.g.
     reference:fp16 and reference:float16), which would make the ratios ambiguous; and on
     CUDA one that mixes ``heuristics`` rows with searched ones: cuDNN keeps the plan it
-    first chose for a convolution in a per-process cache whose key has no search flag,
-    so the later rows would run the earlier rows' plans."""
+    first chose for a convolution in a cache (PyTorch's, one per thread: bench's rows run
+    on one) whose key has no search flag, so the later rows would run the earlier rows'
+    plans."""
     kinds = {v.heuristics for v in variants}
     if dev.type == "cuda" and len(kinds) > 1:
         raise ValueError("run the :heuristics variants in a bench of their own: cuDNN's plan "
-                         "cache is per process, so beside searched variants they would run "
-                         "the plans the search chose")
+                         "cache has no search flag in its key, so beside searched variants "
+                         "they would run the plans the search chose")
     seen: dict[tuple, str] = {}
     for v in variants:
         if _is_baseline(v.name):

@@ -34,13 +34,17 @@ class Concurrent:
 
     def _concurrent(self, thunks, main) -> list[torch.Tensor]:
         out = [None] * len(thunks)
-        for k, (side, thunk) in enumerate(zip(self.streams, thunks[1:]), 1):
-            side.wait_stream(main)
-            with torch.cuda.stream(side):
-                out[k] = thunk()
-        out[0] = thunks[0]()
-        for side in self.streams[:len(thunks) - 1]:
-            main.wait_stream(side)
+        forked = []
+        try:
+            for k, (side, thunk) in enumerate(zip(self.streams, thunks[1:]), 1):
+                side.wait_stream(main)
+                forked.append(side)
+                with torch.cuda.stream(side):
+                    out[k] = thunk()
+            out[0] = thunks[0]()
+        finally:  # joined on errors too: the inputs' memory is the current stream's to
+            for side in forked:  # free, and side-stream kernels may still read it
+                main.wait_stream(side)
         if not torch.cuda.is_current_stream_capturing():
             # eager calls (a capture's warm-up): the caching allocator must not hand a
             # side stream's output to new work before the current stream has read it
