@@ -258,6 +258,32 @@ def test_a_failed_capture_restores_the_callers_stream_and_is_not_retried(monkeyp
     assert torch.equal(graphed(x[:2]), x[:2] * 2) and len(graphed.graphs) == 1
 
 
+def test_functions_given_one_graph_memory_share_its_pool_and_replays(monkeypatch):
+    """An Engine's programs share one GraphMemory: their graphs are captured into one pool
+    (intermediates of about the largest graph's size, not one pool per program) and their
+    replays are serialised by one lock and one event; calls alternating between them each
+    give what their function gives eagerly."""
+    cuda = FakeCuda(monkeypatch, current_device=0)
+    fake = ReplayedGraphs(monkeypatch, cuda)
+    gpu = torch.device("cuda", 1)
+    memory = cudagraphs.GraphMemory()
+
+    def double(x):
+        return x * 2
+
+    def square(x):
+        return x * x
+
+    graphed = [cudagraphs.CudaGraphed(fake.wrap(f), (0,), gpu, memory=memory)
+               for f in (double, square)]
+    x = torch.randn(6, 3, generator=torch.Generator().manual_seed(41))
+    for rows in (slice(0, 3), slice(1, 5), slice(2, 4)) * 2:
+        assert torch.equal(graphed[0](x[rows]), x[rows] * 2)
+        assert torch.equal(graphed[1](x[rows]), x[rows] ** 2)
+    assert len(fake.pools) == 4 and all(p is fake.pools[0] is memory.pool for p in fake.pools)
+    assert graphed[0].memory is graphed[1].memory
+
+
 def test_cuda_graphed_copies_its_output_out_as_the_dtype_asked(monkeypatch):
     """A bfloat16 program's rows come out as float32 (the engine's results) in the one
     copy that frees them from the static buffer, equal to the eager cast."""

@@ -26,6 +26,19 @@ def capture_stream(device: torch.device) -> torch.cuda.Stream:
     return _CAPTURE_STREAMS[index]
 
 
+class GraphMemory:
+    """What CUDA graphs sharing one memory pool share: the pool (made at the first
+    capture), the lock that serialises their replays on the host, and the event each
+    replay waits for on the device (recorded after the last call's output copy, which may
+    be queued on another stream, another thread's): their replays never overlap, so one
+    graph's intermediates may land on another's buffers. An Engine's programs share one."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.done = torch.cuda.Event()
+        self.pool = None
+
+
 class CudaGraphed:
     """Calls ``fn(*tensors)`` through a CUDA graph captured once per input signature.
 
@@ -45,29 +58,26 @@ class CudaGraphed:
     callers never see buffers a later replay overwrites. At most ``max_graphs`` signatures
     are kept, least recently used first out; the default keeps every bucket up to
     ``MAX_ROWS`` of two kinds of call (with a region and without: a server mixing them
-    would otherwise capture anew on most calls). The graphs share one memory pool, so
-    their intermediates take about what the largest graph's need, not the sum (each keeps
-    its own static inputs and output: the sum of its buckets' rows of those): one graph's
+    would otherwise capture anew on most calls). The graphs share one memory pool
+    (``memory``, a ``GraphMemory``: given, with other CudaGraphed functions too), so their
+    intermediates take about what the largest graph's need, not the sum (each keeps its
+    own static inputs and output: the sum of its buckets' rows of those): one graph's
     intermediates may land on another's static output, which is safe because replays never
-    overlap and each call's rows are copied out before the next replay. The lock
-    serialises replays of the shared buffers on the host, and on the device each call
-    waits for the previous one, which may be queued on another stream (another thread's);
-    callers that also run other CUDA work concurrently must serialise around captures
-    themselves (the Engine does). A capture that fails (an allocation or a cuDNN plan
+    overlap and each call's rows are copied out before the next replay. Callers that also
+    run other CUDA work concurrently must serialise around captures themselves (the Engine
+    does). A capture that fails (an allocation or a cuDNN plan
     search inside it) raises a RuntimeError naming ``cuda_graphs=False``, with the caller's
     stream put back, and its signature is not captured again (later calls raise at once).
     """
 
     def __init__(self, fn: Callable[..., torch.Tensor], batch_dims: tuple[int, ...],
                  device: torch.device, warmup: int = 2, max_graphs: int | None = None,
-                 out_dtype: torch.dtype | None = None):
+                 out_dtype: torch.dtype | None = None, memory: GraphMemory | None = None):
         self.fn, self.batch_dims, self.device, self.out_dtype = fn, batch_dims, device, out_dtype
         self.warmup = warmup
         self.max_graphs = max_graphs or 2 * len({bucket(n) for n in range(1, MAX_ROWS + 1)})
         self.graphs: OrderedDict[tuple, tuple] = OrderedDict()
-        self.lock = threading.Lock()
-        self.done = torch.cuda.Event()  # recorded after the last call's output copy
-        self.pool = None  # the graphs' shared memory pool, made at the first capture
+        self.memory = memory or GraphMemory()
         self.failed: dict[tuple, str] = {}  # signatures whose capture failed: why
 
     def _capture(self, args: tuple[torch.Tensor, ...], rows: int):
@@ -79,9 +89,9 @@ class CudaGraphed:
                 self.fn(*static)
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        if self.pool is None:
-            self.pool = torch.cuda.graph_pool_handle()
-        with _ONE_CAPTURE, torch.cuda.graph(graph, pool=self.pool,
+        if self.memory.pool is None:
+            self.memory.pool = torch.cuda.graph_pool_handle()
+        with _ONE_CAPTURE, torch.cuda.graph(graph, pool=self.memory.pool,
                                             stream=capture_stream(self.device),
                                             capture_error_mode="thread_local"):
             out = self.fn(*static)
@@ -92,9 +102,9 @@ class CudaGraphed:
         rows = bucket(n)
         key = tuple((_shape(a, dim, rows), a.dtype, _format(a))
                     for a, dim in zip(args, self.batch_dims))
-        with self.lock, torch.cuda.device(self.device):
+        with self.memory.lock, torch.cuda.device(self.device):
             stream = torch.cuda.current_stream()
-            stream.wait_event(self.done)  # a no-op until first recorded
+            stream.wait_event(self.memory.done)  # a no-op until first recorded
             if key in self.failed:  # not tried again: a failed capture may leave CUDA state
                 raise RuntimeError(self.failed[key])  # (its pool, its stream) behind
             if key not in self.graphs:
@@ -117,7 +127,7 @@ class CudaGraphed:
                 s.narrow(dim, 0, n).copy_(a)
             graph.replay()
             result = out[:n].to(self.out_dtype or out.dtype, copy=True)
-            self.done.record(stream)
+            self.memory.done.record(stream)
             return result
 
 

@@ -42,7 +42,7 @@ from ..reference.config import MAX_SCALE, BridgeGANConfig
 from ..reference.model import BridgeGAN
 from ..torch_flags import cudnn_search, no_tf32
 from .backends import ALL_DTYPES, AUTO, REGISTRY, check_backend
-from .cudagraphs import MAX_ROWS, CudaGraphed, bucket_floor, in_chunks
+from .cudagraphs import MAX_ROWS, CudaGraphed, GraphMemory, bucket_floor, in_chunks
 from .graph import Rewrites
 from .io import Images, as_batch, value_range
 from .options import MAX_SAMPLES, SEEDS, check_sample_seeds
@@ -379,11 +379,12 @@ class Engine:
         # called by ``_run`` (at most MAX_ROWS rows at a time: memory, and the largest
         # graph, bounded)
         branched = Concurrent(self.stages, self.device) if streams else self.stages
+        memory = GraphMemory() if cuda_graphs else None  # one pool for all the programs
 
         def program(fn, dims, **options):
             fn = functools.partial(fn, branched, **options)
             if cuda_graphs:
-                fn = CudaGraphed(fn, dims, self.device, out_dtype=torch.float32)
+                fn = CudaGraphed(fn, dims, self.device, out_dtype=torch.float32, memory=memory)
             return Program(fn, dims)
         self._label = program(programs.translate_label, programs.LABEL_BATCH_DIMS)
         self._reference = program(programs.translate_reference, programs.REFERENCE_BATCH_DIMS)
