@@ -1,6 +1,6 @@
-"""Files that survive a kill: atomic file and folder writes, a lock between processes,
-cleanup of what killed writes leave, whole-folder removal, and up-front checks that an
-output folder is writable and may be replaced. The one place for these, used by
+"""Files that survive a kill: atomic file and folder writes, a lock between processes (and
+whether one is held), cleanup of what killed writes leave, whole-folder removal, and
+up-front checks that an output folder is writable and may be replaced. The one place for these, used by
 checkpoints, exports and model repositories.
 
 Durability: a write returns once its files, the folders holding their names and the
@@ -323,6 +323,19 @@ def locked(path: str | os.PathLike) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def held(lock: str | os.PathLike) -> bool:
+    """Whether a process holds a lock (``flock``) on the existing file ``lock``: it is
+    tried and, when free, dropped at once. OSError when the file cannot be opened."""
+    fd = os.open(lock, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
 
 
 def _is_file(fd: int, path: Path) -> bool:

@@ -31,6 +31,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from ..files import held
 from .names import (EXIT_TIMEOUT_S, GRPC_PORT, HOST, HTTP_PORT, METRICS_PORT, MODELS,
                     READ_TIMEOUT_S)
 
@@ -171,18 +172,10 @@ def _unheld(folder: Path) -> bool:
     folder without one (another version's, or being made) is not known dead."""
     try:
         st = os.lstat(folder)
-        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
-            return False
-        fd = os.open(folder / ALIVE, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        return (stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid()
+                and not held(folder / ALIVE))
     except OSError:
         return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)
 
 
 def sweep_leftovers(temp: str | os.PathLike | None = None,
