@@ -8,6 +8,7 @@ so that any module can read the table.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 
 
@@ -110,18 +111,33 @@ def float64_model(module):
 # ----------------------------------------------------------------------------- error measures
 
 
+ERROR_SLICE = 1 << 22  # elements compared at once by ``errors``
+
+
 def errors(out, ref) -> tuple[float, float]:
     """(max abs error, ||out - ref|| / ||ref||) in float64 over the places where ``ref`` is
-    finite; (inf, inf) when ``out`` is not finite where ``ref`` is."""
-    o, r = out.double(), ref.double()
-    finite = r.isfinite()
-    if bool((~o.isfinite() & finite).any()):
-        return float("inf"), float("inf")
-    diff = (o - r).where(finite, 0.0)
-    max_abs = diff.abs().max().item() if diff.numel() else 0.0
-    denom = r[finite].norm().item()
-    rel = diff.norm().item() / denom if denom > 0 else diff.norm().item()
-    return max_abs, rel
+    finite; (inf, inf) when ``out`` is not finite where ``ref`` is. Tensors of one shape
+    are compared in slices of about ERROR_SLICE elements along their first dimension: the
+    float64 temporaries of a whole GPU layer's output (2**29 elements) would need some 20
+    times its memory at once."""
+    if out.dim() and out.shape == ref.shape:
+        rows = max(1, ERROR_SLICE // max(1, math.prod(out.shape[1:])))
+        parts = zip(out.split(rows), ref.split(rows))
+    else:  # scalars, and shapes that broadcast
+        parts = [(out, ref)]
+    max_abs, diff_sq, ref_sq = 0.0, 0.0, 0.0
+    for o, r in parts:
+        o, r = o.double(), r.double()
+        finite = r.isfinite()
+        if bool((~o.isfinite() & finite).any()):
+            return float("inf"), float("inf")
+        diff = (o - r).where(finite, 0.0)
+        if diff.numel():
+            max_abs = max(max_abs, diff.abs().max().item())
+        diff_sq += diff.square().sum().item()
+        ref_sq += r.where(finite, 0.0).square().sum().item()
+    denom = math.sqrt(ref_sq)
+    return max_abs, math.sqrt(diff_sq) / denom if denom > 0 else math.sqrt(diff_sq)
 
 
 def same_nonfinite(out, ref) -> bool:

@@ -307,14 +307,18 @@ def test_mixed_dtypes_are_refused_on_every_path(impl):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("search", [False, True], ids=["heuristics", "search"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32],
                          ids=["fp16", "bf16", "fp32"])
-def test_cudnns_fused_form_ignores_what_its_output_memory_held(dtype):
+def test_cudnns_fused_form_ignores_what_its_output_memory_held(dtype, search):
     """torch.cudnn_convolution_relu hands cuDNN its fresh output as the z operand (alpha
     0). Were z read, NaN left in that memory would come out as 0 through the ReLU: finite,
     wrong, and past every output check. A NaN-filled tensor of the output's size, freed
-    just before, is the block the caching allocator gives the output."""
-    from bridgegan.torch_flags import no_tf32
+    just before, is the block the caching allocator gives the output (checked); with
+    cuDNN's heuristic plan and with its search's, as the engine runs."""
+    import contextlib
+
+    from bridgegan.torch_flags import cudnn_search, no_tf32
 
     g = torch.Generator(device="cuda").manual_seed(21)
     cl = torch.channels_last
@@ -323,10 +327,15 @@ def test_cudnns_fused_form_ignores_what_its_output_memory_held(dtype):
     w = (torch.randn(128, 64, 3, 3, device="cuda", generator=g) / 24).to(dtype).contiguous(
         memory_format=cl)
     b = torch.randn(128, device="cuda", generator=g).to(dtype)
-    with torch.no_grad(), no_tf32():
+    with (torch.no_grad(), no_tf32(),
+          cudnn_search() if search else contextlib.nullcontext()):
         want = F.relu(F.conv2d(x.double(), w.double(), b.double(), padding=1))
+        torch.cudnn_convolution_relu(x, w, b, [1, 1], [1, 1], [1, 1], 1)  # plan chosen
         for _ in range(3):
-            torch.full((8, 128, 32, 32), float("nan"), device="cuda", dtype=dtype)  # freed
+            poison = torch.full((8, 128, 32, 32), float("nan"), device="cuda", dtype=dtype)
+            block = poison.data_ptr()
+            del poison
             got = torch.cudnn_convolution_relu(x, w, b, [1, 1], [1, 1], [1, 1], 1)
+            assert got.data_ptr() == block  # the output sits on the NaN
             assert torch.isfinite(got).all()
             assert errors(got, want)[1] <= tolerance(dtype).op_rel

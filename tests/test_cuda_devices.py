@@ -219,13 +219,14 @@ def test_cuda_graphed_serves_a_bucket_of_batch_sizes(monkeypatch):
 
 
 def test_a_failed_capture_restores_the_callers_stream_and_is_not_retried(monkeypatch):
-    """A capture that fails (an allocation or a cuDNN plan search inside it) ends with
-    torch.cuda.graph's capture stream still current; the caller's stream is put back and
-    the error names the remedy. Later calls of that signature fail at once, with no warm-up
-    or capture again; other signatures still capture."""
+    """A capture that fails (a cuDNN plan search inside it) ends with torch.cuda.graph's
+    capture stream still current; the caller's stream is put back and the error names the
+    remedy. Later calls of that signature fail at once, with no warm-up or capture again;
+    other signatures still capture. Running out of memory, in a warm-up or in the
+    capture, raises as it is and is tried again by the next call."""
     cuda = FakeCuda(monkeypatch, current_device=0)
     fake = ReplayedGraphs(monkeypatch, cuda)
-    fail_at = {4}
+    fail_at = {4: RuntimeError("CUDA error: operation not permitted when stream is capturing")}
 
     @contextlib.contextmanager
     def graph(g, pool=None, stream=None, capture_error_mode="global"):
@@ -234,14 +235,16 @@ def test_a_failed_capture_restores_the_callers_stream_and_is_not_retried(monkeyp
         yield
         fake.capturing = None
         if rows[-1] in fail_at:  # capture_end raised: the stream context is not left
-            raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+            raise fail_at.pop(rows[-1])
         cuda.current[stream.index] = main
 
     monkeypatch.setattr(torch.cuda, "graph", graph)
-    rows = []
+    rows, warmup_oom = [], []
 
     def double(x):
         rows.append(len(x))
+        if warmup_oom:
+            raise warmup_oom.pop()
         return x * 2
 
     gpu = torch.device("cuda", 1)
@@ -249,13 +252,25 @@ def test_a_failed_capture_restores_the_callers_stream_and_is_not_retried(monkeyp
     graphed = cudagraphs.CudaGraphed(fake.wrap(double), (0,), gpu)
     x = torch.randn(4, 3, generator=torch.Generator().manual_seed(40))
     for _ in range(2):
-        with pytest.raises(RuntimeError, match=r"capturing the CUDA graph of a batch of 4 rows "
-                                               r"failed \(RuntimeError: CUDA error: .*\); "
-                                               r"calls of this size .*cuda_graphs=False"):
+        with pytest.raises(RuntimeError, match=r"capturing the CUDA graph for these calls \(a "
+                                               r"batch of 4 rows with these shapes and dtypes\)"
+                                               r" failed \(RuntimeError: CUDA error: .*\); "
+                                               r"such calls .*cuda_graphs=False"):
             graphed(x[:3])
         assert cuda.current[1] is main and cuda.current_device == 0
     assert rows == [4, 4, 4]  # two warm-ups and one capture, once
     assert torch.equal(graphed(x[:2]), x[:2] * 2) and len(graphed.graphs) == 1
+    oom = torch.cuda.OutOfMemoryError("CUDA out of memory")
+    warmup_oom.append(oom)
+    with pytest.raises(torch.cuda.OutOfMemoryError):  # in a warm-up: as it is
+        graphed(x[:1])
+    y = torch.randn(6, 3, generator=torch.Generator().manual_seed(42))
+    fail_at[8] = oom
+    with pytest.raises(torch.cuda.OutOfMemoryError):  # in the capture: as it is
+        graphed(y)
+    assert cuda.current[1] is main and len(graphed.failed) == 1  # the first failure only
+    assert torch.equal(graphed(x[:1]), x[:1] * 2)  # tried again, and captured
+    assert torch.equal(graphed(y), y * 2) and len(graphed.graphs) == 3
 
 
 def test_functions_given_one_graph_memory_share_its_pool_and_replays(monkeypatch):

@@ -39,6 +39,26 @@ def test_errors_ignore_where_the_reference_is_not_finite():
     assert not same_nonfinite(torch.tensor([2.0, float("inf"), 0.0]), ref)
 
 
+def test_errors_in_slices_are_the_errors_of_the_whole(monkeypatch):
+    """errors() compares tensors of one shape slice by slice along the first dimension
+    (bounded float64 temporaries): the max abs error, the relative error and a non-finite
+    output where the reference is finite (in any slice) come out as over the whole."""
+    from bridgegan import numerics
+
+    g = torch.Generator().manual_seed(43)
+    ref = torch.randn(9, 7, 5, generator=g)
+    out = ref + 1e-3 * torch.randn(9, 7, 5, generator=g)
+    ref[4, 2, 1] = math.nan
+    whole = errors(out, ref)
+    monkeypatch.setattr(numerics, "ERROR_SLICE", 70)  # two rows a slice: five slices
+    assert errors(out, ref) == pytest.approx(whole, rel=1e-12)
+    diff = (out.double() - ref.double()).nan_to_num(0.0)
+    assert whole[0] == diff.abs().max().item()
+    assert whole[1] == pytest.approx(diff.norm().item() / ref.double().nan_to_num(0.0).norm().item())
+    out[8, 6, 4] = math.inf  # in the last slice
+    assert errors(out, ref) == (math.inf, math.inf)
+
+
 def test_float64_references_upcast_floating_tensors_only():
     lin = torch.nn.Linear(2, 2)
     x, idx = torch.randn(3, 2), torch.tensor([0, 2])

@@ -65,9 +65,10 @@ class CudaGraphed:
     intermediates may land on another's static output, which is safe because replays never
     overlap and each call's rows are copied out before the next replay. Callers that also
     run other CUDA work concurrently must serialise around captures themselves (the Engine
-    does). A capture that fails (an allocation or a cuDNN plan
-    search inside it) raises a RuntimeError naming ``cuda_graphs=False``, with the caller's
-    stream put back, and its signature is not captured again (later calls raise at once).
+    does). A capture that fails (a cuDNN plan search inside it) raises a RuntimeError
+    naming ``cuda_graphs=False``, with the caller's stream put back, and its signature is
+    not captured again (later calls raise at once); running out of memory, in a warm-up or
+    the capture, raises as it is and is not recorded (a later call may have the memory).
     """
 
     def __init__(self, fn: Callable[..., torch.Tensor], batch_dims: tuple[int, ...],
@@ -80,21 +81,37 @@ class CudaGraphed:
         self.memory = memory or GraphMemory()
         self.failed: dict[tuple, str] = {}  # signatures whose capture failed: why
 
-    def _capture(self, args: tuple[torch.Tensor, ...], rows: int):
+    def _capture(self, key: tuple, args: tuple[torch.Tensor, ...], rows: int):
+        """Warm up on a side stream (errors, an out-of-memory one included, propagate as
+        they are), then capture. A failed capture puts the caller's stream back
+        (torch.cuda.graph leaves its capture stream current when ending the capture
+        fails) and, unless memory ran out, records ``key`` as failed for good: such a
+        capture may leave CUDA state behind, and every retry would warm up again."""
         static = [pad_rows(a, dim, rows) for a, dim in zip(args, self.batch_dims)]
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
+        caller = torch.cuda.current_stream()
+        side = torch.cuda.Stream()
+        side.wait_stream(caller)
+        with torch.cuda.stream(side):
             for _ in range(self.warmup):
                 self.fn(*static)
-        torch.cuda.current_stream().wait_stream(stream)
+        caller.wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         if self.memory.pool is None:
             self.memory.pool = torch.cuda.graph_pool_handle()
-        with _ONE_CAPTURE, torch.cuda.graph(graph, pool=self.memory.pool,
-                                            stream=capture_stream(self.device),
-                                            capture_error_mode="thread_local"):
-            out = self.fn(*static)
+        try:
+            with _ONE_CAPTURE, torch.cuda.graph(graph, pool=self.memory.pool,
+                                                stream=capture_stream(self.device),
+                                                capture_error_mode="thread_local"):
+                out = self.fn(*static)
+        except BaseException as exc:
+            torch.cuda.set_stream(caller)
+            if not isinstance(exc, Exception) or isinstance(exc, torch.cuda.OutOfMemoryError):
+                raise
+            self.failed[key] = (
+                f"capturing the CUDA graph for these calls (a batch of {rows} rows with these "
+                f"shapes and dtypes) failed ({type(exc).__name__}: {exc}); such calls cannot "
+                f"run under CUDA graphs here: make the engine with cuda_graphs=False")
+            raise RuntimeError(self.failed[key]) from exc
         return graph, static, out
 
     def __call__(self, *args: torch.Tensor) -> torch.Tensor:
@@ -105,20 +122,10 @@ class CudaGraphed:
         with self.memory.lock, torch.cuda.device(self.device):
             stream = torch.cuda.current_stream()
             stream.wait_event(self.memory.done)  # a no-op until first recorded
-            if key in self.failed:  # not tried again: a failed capture may leave CUDA state
-                raise RuntimeError(self.failed[key])  # (its pool, its stream) behind
+            if key in self.failed:  # not tried again (``_capture``)
+                raise RuntimeError(self.failed[key])
             if key not in self.graphs:
-                try:
-                    self.graphs[key] = self._capture(args, rows)
-                except Exception as exc:
-                    # torch.cuda.graph leaves its capture stream current when ending the
-                    # capture fails: the caller's is put back
-                    torch.cuda.set_stream(stream)
-                    self.failed[key] = (
-                        f"capturing the CUDA graph of a batch of {rows} rows failed "
-                        f"({type(exc).__name__}: {exc}); calls of this size cannot run "
-                        f"under CUDA graphs here: make the engine with cuda_graphs=False")
-                    raise RuntimeError(self.failed[key]) from exc
+                self.graphs[key] = self._capture(key, args, rows)
                 while len(self.graphs) > self.max_graphs:
                     self.graphs.popitem(last=False)
             self.graphs.move_to_end(key)

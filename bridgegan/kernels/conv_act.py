@@ -28,7 +28,7 @@ impl:
               convolution for some channels_last shapes (pytorch#68506); on the CPU per
               dtype and form, by one trial call. A fused form that fails its decision
               (a cuDNN build without the fused engine, a Triton that cannot compile the
-              epilogue) or whose first output differs from the plain ops' (``_differs``)
+              epilogue) or whose first output differs from the plain ops' (``_first_call``)
               gives one :class:`KernelFallbackWarning` and the plain ops for that key;
               after a decision for it, errors propagate. With
               ``cudnn.deterministic`` set, or oneDNN disabled, the plain ops.
@@ -129,14 +129,25 @@ def _fused_call(x, weight, bias, stride: int, padding: int, transposed: bool):
     return lambda: ops._convolution_pointwise(x, weight, bias, p, s, one, 1, "relu", [], "")
 
 
-def _differs(got: torch.Tensor, want: torch.Tensor) -> float | None:
-    """The fused form's relative error against the plain ops' where theirs is finite (the
-    library's ReLU maps NaN to 0), or None within twice the dtype's op tolerance (TF32's
-    at least: one op rounded two ways). A library that reads memory it should not, or a
-    wrong engine for one shape, lands far beyond."""
+def _first_call(fused, plain) -> str | None:
+    """Why the fused form cannot be used, from one call of each form (None: it can): it
+    fails, or its output differs from the plain ops' by more than twice the dtype's op
+    tolerance (TF32's at least: one op rounded two ways) where theirs is finite (the
+    library's ReLU maps NaN to 0). A library that reads memory it should not, or a wrong
+    engine for one shape, lands far beyond. The plain ops' own error (the caller's
+    mistake: a channel count, a dtype) is raised."""
+    try:
+        got = fused()
+    except Exception as exc:  # cuDNN's RuntimeError, a Triton compile error, ...
+        plain()
+        return f"failed ({type(exc).__name__}: {exc})"
+    want = plain()
+    if got.shape != want.shape:
+        return f"gave shape {tuple(got.shape)} where the plain ops give {tuple(want.shape)}"
     rel = errors(got, want)[1]
-    limit = 2 * max(tolerance(want.dtype).op_rel, tolerance("tf32").op_rel)
-    return None if rel <= limit else rel
+    if rel <= 2 * max(tolerance(want.dtype).op_rel, tolerance("tf32").op_rel):
+        return None
+    return f"differs from the plain ops (relative error {rel:.1e} where they are finite)"
 
 
 def _use_fused(x, weight, stride, padding, transposed, fused, plain) -> bool:
@@ -158,17 +169,7 @@ def _use_fused(x, weight, stride, padding, transposed, fused, plain) -> bool:
     if key not in _USE_FUSED:
         if x.is_cuda and torch.cuda.is_current_stream_capturing():
             return False
-        try:
-            got = fused()
-            failure = None
-        except Exception as exc:  # cuDNN's RuntimeError, a Triton compile error, ...
-            failure = f"failed ({type(exc).__name__}: {exc})"
-        # The caller's mistake (a channel count, a dtype) fails the plain ops as well:
-        # that error is raised, and no decision is recorded for the key.
-        want = plain()
-        if failure is None and (rel := _differs(got, want)) is not None:
-            failure = (f"differs from the plain ops (relative error {rel:.1e} where they are "
-                       f"finite)")
+        failure = _first_call(fused, plain)  # raises the caller's mistakes: no decision
         if failure is not None:
             form = "transposed convolution" if transposed else "convolution"
             warnings.warn(f"bridgegan.kernels.conv2d_relu: the fused {form} + bias + ReLU "
