@@ -277,24 +277,28 @@ def test_functions_given_one_graph_memory_share_its_pool_and_replays(monkeypatch
     """An Engine's programs share one GraphMemory: their graphs are captured into one pool
     (intermediates of about the largest graph's size, not one pool per program) and their
     replays are serialised by one lock and one event; calls alternating between them each
-    give what their function gives eagerly."""
+    give what their function gives eagerly, their results copied out before the other's
+    replay overwrites the shared memory."""
     cuda = FakeCuda(monkeypatch, current_device=0)
     fake = ReplayedGraphs(monkeypatch, cuda)
     gpu = torch.device("cuda", 1)
     memory = cudagraphs.GraphMemory()
 
-    def double(x):
-        return x * 2
+    def scribbled(fn):  # a replay's intermediates land on every graph's buffers (one pool)
+        def run(x):
+            for g in graphed:
+                for _, _, out in g.graphs.values():
+                    out.fill_(float("nan"))
+            return fn(x)
+        return run
 
-    def square(x):
-        return x * x
-
-    graphed = [cudagraphs.CudaGraphed(fake.wrap(f), (0,), gpu, memory=memory)
-               for f in (double, square)]
+    graphed = [cudagraphs.CudaGraphed(fake.wrap(scribbled(f)), (0,), gpu, memory=memory)
+               for f in (lambda x: x * 2, lambda x: x * x)]
     x = torch.randn(6, 3, generator=torch.Generator().manual_seed(41))
     for rows in (slice(0, 3), slice(1, 5), slice(2, 4)) * 2:
-        assert torch.equal(graphed[0](x[rows]), x[rows] * 2)
-        assert torch.equal(graphed[1](x[rows]), x[rows] ** 2)
+        doubled = graphed[0](x[rows])
+        squared = graphed[1](x[rows])  # its replay scribbles on the first one's buffers
+        assert torch.equal(doubled, x[rows] * 2) and torch.equal(squared, x[rows] ** 2)
     assert len(fake.pools) == 4 and all(p is fake.pools[0] is memory.pool for p in fake.pools)
     assert graphed[0].memory is graphed[1].memory
 
