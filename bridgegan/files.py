@@ -1,7 +1,7 @@
 """Files that survive a kill: atomic file and folder writes, a lock between processes (and
 whether one is held), cleanup of what killed writes leave, whole-folder removal, and
-up-front checks that an output folder is writable and may be replaced. The one place for these, used by
-checkpoints, exports and model repositories.
+up-front checks that an output folder is writable and may be replaced. The one place for
+these, used by checkpoints, exports and model repositories.
 
 Durability: a write returns once its files, the folders holding their names and the
 rename that put it in place are fsynced, so what a write returned survives a power loss
