@@ -248,9 +248,10 @@ def http_arrays(spec: ModelSpec, max_batch: int, body: bytes,
                 header_length: int | None) -> dict[str, np.ndarray]:
     """The input arrays of an HTTP inference request (JSON, or the binary extension with
     a JSON header of ``header_length`` bytes), declarations checked first."""
-    check_json_items(spec, max_batch, body if header_length is None else body[:header_length])
+    head_bytes = body if header_length is None else body[:header_length]  # one copy
+    check_json_items(spec, max_batch, head_bytes)
     try:
-        head = json_head(body if header_length is None else body[:header_length])
+        head = json_head(head_bytes)
         inputs = head["inputs"]
         if not isinstance(inputs, list):  # a string or object: not "N inputs given"
             raise TypeError

@@ -122,7 +122,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         t.add_argument(f"--{bound}-batch", type=positive_int, default=default)
     t.add_argument("--workspace-gb", type=positive_float, default=WORKSPACE_GB,
                    help="TensorRT's workspace memory pool limit in GiB, > 0 (default: %(default)s)")
-    t.add_argument("--timing-cache", help="timing cache file (default: timing_<GPU kind>.cache beside OUT)")
+    t.add_argument("--timing-cache",
+                   help="timing cache file (default: timing_<GPU kind>.cache beside OUT)")
     t.set_defaults(target_func=_tensorrt)
 
     t = targets.add_parser("triton-repo", help="a Triton model repository serving "
