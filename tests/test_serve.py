@@ -607,6 +607,29 @@ def test_grpc_typed_contents_of_each_data_type_are_read(engine):
         k: list(np.asarray(v[3], NUMPY_TYPES[v[0]])) for k, v in values.items()}
 
 
+def held_grpc_calls(monkeypatch):
+    """(release, entered, held): ``held()`` is a call's request stream that sends its one
+    (invalid) message once ``release`` is set; ``entered`` counts the calls that have a
+    slot in the front and wait for their message."""
+    from bridgegan.serve.front import Front
+
+    release = threading.Event()
+    entered = threading.Semaphore(0)
+    message = Front.grpc_message
+
+    async def counted(self, requests, context):
+        entered.release()
+        return await message(self, requests, context)
+
+    monkeypatch.setattr(Front, "grpc_message", counted)
+
+    def held():
+        release.wait(120)
+        yield b"\xff"
+
+    return release, entered, held
+
+
 @needs_front
 def test_grpc_calls_past_the_bound_are_refused(engine, tmp_path, monkeypatch):
     """With MAX_GRPC_CALLS calls held open by clients that send nothing, the next call is
@@ -616,20 +639,7 @@ def test_grpc_calls_past_the_bound_are_refused(engine, tmp_path, monkeypatch):
     from bridgegan.serve.front import GRPC_SERVICE, Front
 
     monkeypatch.setattr(front_module, "MAX_GRPC_CALLS", 2)
-    release = threading.Event()
-    entered = threading.Semaphore(0)  # a call has its slot and waits for its message
-    message = Front.grpc_message
-
-    async def counted(self, requests, context):
-        entered.release()
-        return await message(self, requests, context)
-
-    monkeypatch.setattr(Front, "grpc_message", counted)
-
-    def held():  # sends its message only when released
-        release.wait(120)
-        yield b"\xff"
-
+    release, entered, held = held_grpc_calls(monkeypatch)
     specs = {name: (spec, 8) for name, spec in model_specs(engine.config).items()}
     with Front(specs, tmp_path / "http.sock", f"unix:{tmp_path / 'grpc.sock'}", "127.0.0.1",
                free_ports(1)[0], 0, 120.0) as served, \
@@ -654,6 +664,40 @@ def test_grpc_calls_past_the_bound_are_refused(engine, tmp_path, monkeypatch):
         with pytest.raises(grpc.RpcError) as err:
             channel.unary_unary(infer)(b"\xff", timeout=120)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@needs_front
+def test_one_grpc_connection_holds_at_most_its_share_of_the_calls(engine, tmp_path,
+                                                                   monkeypatch):
+    """A channel with more calls open than MAX_GRPC_STREAMS holds only that many of the
+    MAX_GRPC_CALLS slots (its client queues the rest: HTTP/2's stream limit), so another
+    connection's call is taken, not refused; the queued calls run once the first end."""
+    import grpc
+
+    from bridgegan.serve.front import GRPC_SERVICE, Front
+
+    monkeypatch.setattr(front_module, "MAX_GRPC_CALLS", 4)
+    monkeypatch.setattr(front_module, "MAX_GRPC_STREAMS", 2)
+    release, entered, held = held_grpc_calls(monkeypatch)
+    specs = {name: (spec, 8) for name, spec in model_specs(engine.config).items()}
+    infer = GRPC_SERVICE + "ModelInfer"
+    with Front(specs, tmp_path / "http.sock", f"unix:{tmp_path / 'grpc.sock'}", "127.0.0.1",
+               free_ports(1)[0], 0, 120.0) as served, \
+            grpc.insecure_channel(f"{served.host}:{served.grpc_port}") as busy, \
+            grpc.insecure_channel(f"{served.host}:{served.grpc_port}",  # own connection
+                                  options=[("grpc.use_local_subchannel_pool", 1)]) as other:
+        calls = [busy.stream_unary(infer).future(held(), timeout=120) for _ in range(4)]
+        try:
+            assert all(entered.acquire(timeout=60) for _ in range(2))
+            with pytest.raises(grpc.RpcError) as err:  # before: RESOURCE_EXHAUSTED
+                other.unary_unary(infer)(b"\xff", timeout=120)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+            assert entered.acquire(timeout=60)  # the probe's own entry
+            assert not entered.acquire(timeout=0)  # two of busy's calls still wait
+        finally:
+            release.set()
+        for call in calls:
+            assert call.exception(timeout=120).code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def h2_frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:

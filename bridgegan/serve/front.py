@@ -18,7 +18,10 @@ request on its own before it reaches tritonserver:
   DEADLINE_EXCEEDED: the front reads each call as a stream of one message, as it is on
   the wire, so that the read can have a deadline), and at most ``MAX_GRPC_CALLS`` gRPC
   calls are taken at once (others get RESOURCE_EXHAUSTED: grpc buffers a call's message
-  before the handler sees it, so only a bound on calls bounds that memory); answers too
+  before the handler sees it, so only a bound on calls bounds that memory), at most
+  ``MAX_GRPC_STREAMS`` of them from one connection (HTTP/2's concurrent stream limit: a
+  grpc client queues its further calls until one ends, so that one busy or stalled
+  connection cannot take every slot); answers too
   have a deadline: an HTTP response the client has not taken within the read timeout
   ends its connection (reset), and every gRPC connection is ended (GOAWAY) after the
   read timeout, its calls in flight given as long again (a call whose answer the client
@@ -74,6 +77,10 @@ HEADER_BYTES = 64 * 1024  # JSON header of a binary request, names and parameter
 GRACE_S = 2.0  # on shutdown, how long requests in flight may take to finish
 MAX_READING = 32  # largest request bodies read at once; bounds the memory slow clients can hold
 MAX_GRPC_CALLS = 4 * MAX_READING  # gRPC calls taken at once, read or in flight
+# of those, one connection's (more wait at its client): half, so that one stalled client
+# leaves half to the others, and one process's calls (grpc channels to one address share a
+# connection) can still fill the default max batch with single-image requests
+MAX_GRPC_STREAMS = MAX_GRPC_CALLS // 2
 THREAD_BYTES = 1 << 20  # bodies larger than this are decoded and checked on a worker thread
 MAX_PARAMETERS = 64  # keys of a "parameters" object: tritonserver parses a request's in
 # time quadratic in their number (60,000 took it 4.5 s of a core)
@@ -418,7 +425,8 @@ class Front:
         self.grpc = grpc.aio.server(maximum_concurrent_rpcs=MAX_GRPC_CALLS, options=[
             ("grpc.max_receive_message_length", self.binary_limit),
             ("grpc.max_send_message_length", -1), ("grpc.so_reuseport", 0),
-            ("grpc.max_connection_age_ms", age_ms), ("grpc.max_connection_age_grace_ms", age_ms)])
+            ("grpc.max_connection_age_ms", age_ms), ("grpc.max_connection_age_grace_ms", age_ms),
+            ("grpc.max_concurrent_streams", MAX_GRPC_STREAMS)])
         self.grpc.add_generic_rpc_handlers([_GrpcHandler(self)])
         self.grpc_port = self.grpc.add_insecure_port(f"{self.host}:{self.grpc_port}")
         await self.grpc.start()
