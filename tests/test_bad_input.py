@@ -903,6 +903,99 @@ def test_a_pil_image_whose_pixels_do_not_decode(eng, tmp_path):
             eng.translate(im, {"Male": 1}, seed=0)
 
 
+def test_a_pil_image_closed_before_its_pixels_are_read(eng, tmp_path):
+    """Used after its ``with Image.open(...)`` block a PIL image raised a bare
+    AssertionError; after ``.close()``, a ValueError not naming the item."""
+    path = tmp_path / "face.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (40, 40, 3), np.uint8)).save(path)
+    with Image.open(path) as unread:
+        pass
+    closed = Image.open(path)
+    closed.load()
+    closed.close()
+    for im in (unread, closed):
+        with pytest.raises(ValueError, match=r"images\[1\]: the PIL image's pixels cannot be "
+                                             r"read \(.+\); accepted: .* read before it is closed"):
+            eng.translate([path, im], {"Male": 1}, seed=0)
+
+
+def test_channels_last_and_grey_batch_tensors_get_a_hint(eng):
+    x = images(2, S)
+    with pytest.raises(ValueError, match=r"shape \(32, 32, 3\) is channels-last \(H, W, C\); "
+                                         r"expected \(C, H, W\) images: use \.permute\(2, 0, 1\)"):
+        eng.translate(x[0].permute(1, 2, 0), {"Male": 1}, seed=0)
+    with pytest.raises(ValueError, match=r"shape \(2, 32, 32, 3\) is channels-last .*"
+                                         r"\.permute\(0, 3, 1, 2\)"):
+        eng.translate(x.permute(0, 2, 3, 1), {"Male": 1}, seed=0)
+    with pytest.raises(ValueError, match=r"got 2 \(a 3-D tensor is one image, \(C, H, W\); a "
+                                         r"batch of grey images is \(N, 1, H, W\)\)"):
+        eng.translate(x[:, 0], {"Male": 1}, seed=0)
+    assert eng.translate(x[:, :1], {"Male": 1}, seed=0).shape == (2, 3, S, S)
+
+
+def test_images_in_0_1_are_warned_about(eng):
+    """torchvision's ToTensor gives [0, 1], inside the accepted range: read as washed out."""
+    x = images(2, S)
+    with pytest.warns(UserWarning, match=r"without a negative value: .* map images in "
+                                         r"\[0, 1\] with x \* 2 - 1"):
+        eng.translate((x + 1) / 2, {"Male": 1}, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        eng.translate(x, {"Male": 1}, seed=0)
+
+
+def test_numpy_images_get_the_conversion_named(eng):
+    array = np.random.default_rng(2).integers(0, 255, (S, S, 3), np.uint8)
+    for given, what in ((array, "images"), ([array], r"images\[0\]")):
+        with pytest.raises(ValueError, match=rf"{what}: expected a tensor, .* got ndarray; for a "
+                                             r"numpy image .* PIL\.Image\.fromarray\(a\)"):
+            eng.translate(given, {"Male": 1}, seed=0)
+    out = eng.translate(torch.from_numpy(array).permute(2, 0, 1) / 127.5 - 1, {"Male": 1},
+                        seed=0)
+    assert torch.equal(out, eng.translate(Image.fromarray(array), {"Male": 1}, seed=0))
+
+
+def test_numpy_views_are_read_as_the_values_they_show(eng):
+    """A flipped view (negative strides) was refused as not an array of numbers, and a
+    read-only one (np.broadcast_to) made torch warn."""
+    x = images(2, S)
+    m = np.random.default_rng(3).random((S, S))
+    want = eng.translate(x, {"Male": 1}, seed=0, region=np.ascontiguousarray(m[:, ::-1]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for view in (m[:, ::-1], np.broadcast_to(m[:, ::-1].copy(), (2, S, S))):
+            assert torch.equal(eng.translate(x, {"Male": 1}, seed=0, region=view), want)
+
+
+def test_region_range_error_says_what_it_got(eng):
+    x = images(2, S)
+    mask = np.zeros((S, S))
+    mask[:, : S // 2] = 255
+    with pytest.raises(ValueError, match=r"in \[0, 1\] \(1: edit, 0: keep\), got \[0, 255\] "
+                                         r"\(a 0\.\.255 mask: divide it by 255\)"):
+        eng.translate(x, {"Male": 1}, seed=0, region=mask)
+
+
+def test_one_image_references_as_many_as_the_sources_are_ambiguous(eng):
+    """``images`` reads a list of one-image tensors as one batch; ``references`` read it as
+    K references for every source and averaged them (0.88 off for a caller who meant one
+    per source). Refused, naming both spellings; each works."""
+    x, r = images(2, S), images(2, S, seed=4)
+    with pytest.raises(ValueError, match=r"a list of 2 one-image tensors for 2 sources is "
+                                         r"ambiguous: .*torch\.cat\(references\).*"
+                                         r"\[\[r\] for r in references\]"):
+        eng.translate_reference(x, [r[:1], r[1:]])
+    with pytest.raises(ValueError, match="ambiguous"):
+        eng.interpolate(x, [r[:1], r[1:]], {"Male": 1}, [0.5], seed=0)
+    per_source = eng.translate_reference(x, r)
+    assert torch.equal(eng.translate_reference(x, [r[0], r[1]]), per_source)
+    shared = eng.translate_reference(x, [[r[:1]], [r[1:]]])
+    assert torch.equal(shared, eng.translate_reference(x, [r[:1].expand(2, -1, -1, -1),
+                                                           r[1:].expand(2, -1, -1, -1)]))
+    assert not torch.allclose(shared, per_source)
+    assert eng.translate_reference(x[:1], [r[:1], r[1:]]).shape == (1, 3, S, S)  # K = 2
+
+
 @pytest.mark.parametrize("device", ["gpu", "meta", "mps", None, "cuda:x"])
 def test_engine_device_must_be_cpu_or_cuda(model, device):
     """"gpu" reached torch's list of every device type; "meta" made an engine whose every

@@ -82,7 +82,8 @@ def translate(args: argparse.Namespace) -> int:
         check_image_file(path)
     eng = Engine.from_checkpoint(args.checkpoint or SHIPPED, backend=args.backend,
                                  dtype=args.dtype, device=args.device)
-    refs = [eng.load_images([open_rgb(r)]) for r in args.reference or []]  # a batch of 1 each
+    # K references shared by every input: a list of batches of one image each
+    refs = [[eng.load_images([open_rgb(r)])] for r in args.reference or []]
     batch = args.batch_size or TRANSLATE_BATCH[eng.device.type]
     grid_rows = []
     bar = tqdm(total=len(args.input), desc="translate", unit="image",

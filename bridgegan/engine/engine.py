@@ -247,8 +247,9 @@ def draw_noise(n: int, dim: int, seed: int | list[int] | None) -> torch.Tensor:
 
 def _as_tensor(value, what: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """``value`` (a tensor, array or nested list of real numbers) as ``dtype`` on the CPU."""
-    try:  # numpy keeps a list's precision (float32 would read 1 - 1e-8 as 1) and its complex
-        t = torch.as_tensor(value if isinstance(value, torch.Tensor) else np.asarray(value))
+    try:  # numpy keeps a list's precision (float32 would read 1 - 1e-8 as 1) and its complex;
+        # a copy: torch takes no array of negative strides (np.flip) and warns on read-only
+        t = torch.as_tensor(value if isinstance(value, torch.Tensor) else np.array(value))
     except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
         raise ValueError(f"{what} must be a tensor, array or nested list of numbers, got "
                          f"{type(value).__name__} ({exc})") from None
@@ -501,7 +502,9 @@ class Engine:
                              f"(N, 1, {s}, {s}) with N 1 or {n}; got {tuple(m.shape)}")
         lo, hi = value_range(m)
         if not (lo >= 0 and hi <= 1):  # NaN fails too
-            raise ValueError("region values must be finite and in [0, 1] (1: edit, 0: keep)")
+            raise ValueError(f"region values must be finite and in [0, 1] (1: edit, 0: keep), "
+                             f"got [{lo:g}, {hi:g}]" + (" (a 0..255 mask: divide it by 255)"
+                                                        if 1 < hi <= 255 and lo >= 0 else ""))
         return m.expand(n, -1, -1, -1).to(self.device)
 
     def _reference_batches(self, references, n: int) -> list[torch.Tensor]:
@@ -509,6 +512,13 @@ class Engine:
         several = isinstance(references, (list, tuple)) and references and all(
             isinstance(r, (list, tuple)) or (isinstance(r, torch.Tensor) and r.dim() == 4)
             for r in references)
+        if several and len(references) == n > 1 and all(
+                isinstance(r, torch.Tensor) and r.shape[0] == 1 for r in references):
+            raise ValueError(  # ``images`` would read this list as one batch
+                f"references: a list of {n} one-image tensors for {n} sources is ambiguous: "
+                f"for one reference per source pass one batch (torch.cat(references), or 3-D "
+                f"tensors); for {n} references each shared by every source (their codes "
+                f"averaged) pass a list of lists ([[r] for r in references])")
         named = ([(f"references[{k}]", r) for k, r in enumerate(references)] if several
                  else [("references", references)])
         out = []
@@ -586,7 +596,8 @@ class Engine:
         the references' labels (``reference_labels``, or from the attribute head).
         ``references`` is one batch of N or 1 images (a tensor, or a list of 3-D tensors,
         PIL images or paths), or a list of K such batches (4-D tensors or lists): K
-        separate references per source, their codes averaged, never joined into one batch.
+        separate references per source, their codes averaged, never joined into one batch
+        (N one-image 4-D tensors for N > 1 sources are refused as ambiguous).
         Labels from the attribute head are averaged over the K batches and rounded half to
         even (two references disagreeing give 0.5, read as 0: absent). ``region``: a mask
         as in ``translate``, but outside it the pixels are this call's d = 0 translation,

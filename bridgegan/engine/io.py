@@ -9,7 +9,8 @@ Policy, documented in the README:
 - Tensors are taken as they are: (N, C, S, S) or (C, S, S) in [-1, 1] at the model's size
   S; another size is refused (resizing a caller's tensor silently would hide bugs); one
   channel is replicated to RGB and four channels (RGBA, alpha in [-1, 1]) are composited
-  on white. The range is checked on every channel, alpha included, before compositing.
+  on white. The range is checked on every channel, alpha included, before compositing;
+  a batch without a negative value is warned about (images in [0, 1]).
 - Empty batches and NaN / Inf values are refused, and so are empty images and images
   above ``image.MAX_IMAGE_PIXELS`` (files: from the header, before decoding). Paths are
   str or os.PathLike naming regular files (not bytes, folders, devices or pipes).
@@ -19,9 +20,11 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from typing import Union
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -29,6 +32,10 @@ from ..reference.data import image
 
 # Largest |value| a tensor image may hold: [-1, 1] with slack for rounding.
 RANGE_LIMIT = 1.001
+
+NUMPY_HINT = ("; for a numpy image (H, W, C) of uint8 pass PIL.Image.fromarray(a) (RGB "
+              "order: OpenCV's BGR is a[..., ::-1]) or torch.from_numpy(a).permute(2, 0, 1) "
+              "/ 127.5 - 1")
 
 ImageLike = Union[torch.Tensor, Image.Image, str, os.PathLike]
 Images = Union[ImageLike, Sequence[ImageLike]]
@@ -44,7 +51,8 @@ def value_range(x: torch.Tensor) -> tuple[float, float]:
 
 def _check_values(x: torch.Tensor, what: str) -> None:
     """Refuse NaN / Inf and values outside [-1, 1] (a little rounding slack) in any
-    channel, an RGBA alpha included."""
+    channel, an RGBA alpha included; warn when none is negative: images in [0, 1]
+    (torchvision's ``ToTensor``) lie inside [-1, 1] and would be read as washed out."""
     lo, hi = value_range(x)
     if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ValueError(f"{what}: contain NaN or Inf values")
@@ -52,6 +60,9 @@ def _check_values(x: torch.Tensor, what: str) -> None:
         raise ValueError(f"{what}: values must lie in [-1, 1] in every channel (RGBA alpha "
                          f"included), got [{lo:.3g}, {hi:.3g}] (map 0..255 images with "
                          f"x / 127.5 - 1)")
+    if lo >= 0:  # one message for every call: the default filter shows it once
+        warnings.warn("image tensors without a negative value: the engine reads [-1, 1] "
+                      "(-1 black, 0 mid-grey); map images in [0, 1] with x * 2 - 1")
 
 
 def _fix_channels(x: torch.Tensor) -> torch.Tensor:
@@ -73,7 +84,8 @@ def _items(images: Images, what: str) -> list:
     if isinstance(images, Sequence) and not isinstance(images, (bytes, bytearray)):
         return list(images)
     raise ValueError(f"{what}: expected a tensor, a PIL image, a file path (str or "
-                     f"os.PathLike) or a list of them, got {type(images).__name__}")
+                     f"os.PathLike) or a list of them, got {type(images).__name__}"
+                     + (NUMPY_HINT if isinstance(images, np.ndarray) else ""))
 
 
 def _tensor(x: torch.Tensor, size: int, what: str) -> torch.Tensor:
@@ -83,21 +95,27 @@ def _tensor(x: torch.Tensor, size: int, what: str) -> torch.Tensor:
         raise ValueError(f"{what}: expected a dense tensor holding values, got a "
                          f"{'meta' if x.device.type == 'meta' else str(x.layout)} tensor "
                          f"(make it dense with .to_dense(), give it data)")
-    if x.dim() == 3:
+    one = x.dim() == 3
+    if one:
         x = x.unsqueeze(0)
     if x.dim() != 4:
         raise ValueError(f"{what}: expected a tensor (N, C, H, W) or (C, H, W), "
                          f"got shape {tuple(x.shape)}")
     if not x.is_floating_point():
         raise ValueError(f"{what}: expected a floating-point tensor in [-1, 1], got {x.dtype}")
+    if x.shape[1:3] == (size, size) and x.shape[3] in (1, 3, 4):
+        order = "2, 0, 1" if one else "0, 3, 1, 2"
+        raise ValueError(f"{what}: shape {tuple(x.shape[int(one):])} is channels-last (H, W, "
+                         f"C); expected (C, H, W) images: use .permute({order})")
     if x.shape[-2:] != (size, size):
         raise ValueError(
             f"{what}: tensors must be {size}x{size} (the model's size), got "
             f"{x.shape[-2]}x{x.shape[-1]}; pass PIL images or files to have them centre-cropped "
             f"and resized, or resize the tensors yourself")
     if x.shape[1] not in (1, 3, 4):
-        raise ValueError(f"{what}: expected 1 (grey), 3 (RGB) or 4 (RGBA) channels, "
-                         f"got {x.shape[1]}")
+        raise ValueError(f"{what}: expected 1 (grey), 3 (RGB) or 4 (RGBA) channels, got "
+                         f"{x.shape[1]}" + (" (a 3-D tensor is one image, (C, H, W); a batch of "
+                                           "grey images is (N, 1, H, W))" if one else ""))
     if x.numel():  # an empty batch is refused as a whole, by as_batch
         _check_values(x, what)  # before the cast: float64 beyond float32's range is no Inf
     return _fix_channels(x.float())
@@ -111,14 +129,19 @@ def _item(item, size: int, what: str) -> torch.Tensor:
         item = image.open_rgb(item)
     elif isinstance(item, Image.Image):
         image.check_image_size(item.size, what)
-        try:  # a lazily opened image decodes here: a truncated file fails now
-            item = image.to_rgb(item, what)
-        except (OSError, SyntaxError) as exc:
-            raise ValueError(f"{what}: the PIL image's pixels cannot be read ({exc}); "
-                             f"accepted: images that decode (a complete file)") from exc
+        try:  # a lazily opened image decodes here: a truncated or closed file fails now
+            item.load()
+        except (OSError, SyntaxError, ValueError, AssertionError) as exc:
+            why = str(exc) or "its file is closed"  # Pillow's bare AssertionError
+            raise ValueError(f"{what}: the PIL image's pixels cannot be read ({why}); "
+                             f"accepted: images that decode (a complete file, read before it "
+                             f"is closed: pass the path, or call .load() inside `with "
+                             f"Image.open(...)`)") from exc
+        item = image.to_rgb(item, what)
     else:
         raise ValueError(f"{what}: expected a tensor, a PIL image or a file path (str or "
-                         f"os.PathLike), got {type(item).__name__}")
+                         f"os.PathLike), got {type(item).__name__}"
+                         + (NUMPY_HINT if isinstance(item, np.ndarray) else ""))
     return image.pil_to_input(item, size)[None]
 
 
