@@ -11,17 +11,19 @@ request on its own before it reaches tritonserver:
   length (HTTP 413, gRPC RESOURCE_EXHAUSTED) before it is read;
 - time: a client has ``--read-timeout-secs`` to send a request's header (else the
   connection is closed; also how long an idle connection stays open) and as long again
-  for its body (else HTTP 408); bodies being read hold at most ``MAX_READING`` bodies of
-  the largest size at once, counted in the bytes received (a client that sends nothing
-  holds nothing; one reader at a time may go a body over, ``_Budget``), the others wait
-  within their deadline; a gRPC call's request message must arrive within it too (else
+  for its body (else HTTP 408);
+- memory: HTTP requests hold at most ``MAX_READING`` bodies of the largest size at once,
+  counted in the bytes received, from the first until the answer is sent (a client that
+  sends nothing holds nothing; one reader at a time may go a body over, ``_Budget``);
+  others wait within their read deadline (HTTP 503 past it, and at once when
+  ``MAX_WAITING`` already wait, each holding a chunk it has received); a connection is
+  not read from while its request is checked, forwarded and answered (bytes a client
+  sends after its request wait in the kernel's socket buffer, not the front's memory);
+  a gRPC call's request message must arrive within the read timeout too (else
   DEADLINE_EXCEEDED: the front reads each call as a stream of one message, as it is on
   the wire, so that the read can have a deadline), and at most ``MAX_GRPC_CALLS`` gRPC
   calls are taken at once (others get RESOURCE_EXHAUSTED: grpc buffers a call's message
-  before the handler sees it, so only a bound on calls bounds that memory), at most
-  ``MAX_GRPC_STREAMS`` of them from one connection (HTTP/2's concurrent stream limit: a
-  grpc client queues its further calls until one ends, so that one busy or stalled
-  connection cannot take every slot); answers too
+  before the handler sees it, so only a bound on calls bounds that memory); answers too
   have a deadline: an HTTP response the client has not taken within the read timeout
   ends its connection (reset), and every gRPC connection is ended (GOAWAY) after the
   read timeout, its calls in flight given as long again (a call whose answer the client
@@ -39,15 +41,15 @@ request on its own before it reaches tritonserver:
 - values: ``models.check_request`` (the engine's image checks, 0 / 1 labels, finite values,
   the engine's bounds on noise and strength).
 
-Bodies larger than ``THREAD_BYTES`` are decoded and checked on a worker thread, so that
-they do not hold up the event loop's other clients. An invalid request gets its own error
-(HTTP 400 / gRPC INVALID_ARGUMENT; any failure while checking it counts as invalid) and
-never reaches tritonserver, so the valid requests it would have been batched with run;
-tritonserver's 500 for a JSON field it cannot parse ("id", "outputs", a parameter) reaches
-the client as the 400 it is. Only inference, health, metadata, model configuration and
-statistics are forwarded: logging, trace, shared memory and model control are off. A
-server-side failure reaches the client as one line without traceback or paths; the log
-keeps the detail.
+Bodies larger than ``THREAD_BYTES`` are parsed (gRPC), decoded and checked on a worker
+thread, so that they do not hold up the event loop's other clients. An invalid request
+gets its own error (HTTP 400 / gRPC INVALID_ARGUMENT; any failure while checking it counts
+as invalid) and never reaches tritonserver, so the valid requests it would have been
+batched with run; tritonserver's 500 for a JSON field it cannot parse or set ("id",
+"outputs", a parameter, an output's "classification") reaches the client as the 400 it
+is. Only inference, health, metadata, model configuration and statistics are forwarded:
+logging, trace, shared memory and model control are off. A server-side failure reaches
+the client as one line without traceback or paths; the log keeps the detail.
 """
 from __future__ import annotations
 
@@ -63,6 +65,7 @@ import struct
 import threading
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
+from typing import TypeVar
 
 import numpy as np
 
@@ -72,19 +75,19 @@ from .models import NUMPY_TYPES, ModelSpec, check_request
 from .names import MODELS
 
 LOG = logging.getLogger("bridgegan.serve")
+T = TypeVar("T")
 JSON_BYTES_PER_VALUE = 32  # a float32 written by json.dumps: up to 24 characters and ", "
 HEADER_BYTES = 64 * 1024  # JSON header of a binary request, names and parameters
 GRACE_S = 2.0  # on shutdown, how long requests in flight may take to finish
-MAX_READING = 32  # largest request bodies read at once; bounds the memory slow clients can hold
+MAX_READING = 32  # largest request bodies held at once (read, checked, forwarded, answered)
+MAX_WAITING = 4 * MAX_READING  # readers waiting for budget, each holding up to READ_CHUNK
+READ_CHUNK = 1 << 18  # bytes read from a body at once (asyncio reads 256 KiB per call)
 MAX_GRPC_CALLS = 4 * MAX_READING  # gRPC calls taken at once, read or in flight
-# of those, one connection's (more wait at its client): half, so that one stalled client
-# leaves half to the others, and one process's calls (grpc channels to one address share a
-# connection) can still fill the default max batch with single-image requests
-MAX_GRPC_STREAMS = MAX_GRPC_CALLS // 2
-THREAD_BYTES = 1 << 20  # bodies larger than this are decoded and checked on a worker thread
+THREAD_BYTES = 1 << 20  # bodies larger than this are parsed and checked on a worker thread
 MAX_PARAMETERS = 64  # keys of a "parameters" object: tritonserver parses a request's in
 # time quadratic in their number (60,000 took it 4.5 s of a core)
-TRITON_UNPARSED = "Unable to parse "  # how tritonserver's 500 on a malformed JSON field begins
+# how tritonserver's 500 on a malformed JSON field begins ("set": an output's parameter)
+TRITON_UNPARSED = ("Unable to parse ", "Unable to set ")
 JSON_DATA = {"FP32": ((int, float), "numbers"), "BOOL": ((bool,), "true / false"),
              "UINT64": ((int,), "integers")}
 GRPC_CONTENTS = {"FP32": "fp32_contents", "BOOL": "bool_contents", "UINT64": "uint64_contents"}
@@ -96,6 +99,7 @@ GRPC_FORWARDED = ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "
 HTTP_FORWARDED_GET = re.compile(
     r"/v2(/health/(live|ready)|/models/[\w.-]+(/versions/\d+)?(/ready|/config|/stats)?)?")
 HTTP_INFER = re.compile(r"/v2/models/([\w.-]+)(/versions/\d+)?/infer")
+BUSY = "the server is busy with other requests' bodies; try again later"
 OFF = ("not served: this server answers inference, health, metadata, model configuration and "
        "statistics; logging, trace, shared memory and model control are off")
 
@@ -303,8 +307,12 @@ def check_count(spec: ModelSpec, count: int) -> None:
 
 
 def grpc_arrays(spec: ModelSpec, max_batch: int, request) -> dict[str, np.ndarray]:
-    """The input arrays of a gRPC ModelInferRequest, declarations checked first."""
+    """The input arrays of a gRPC ModelInferRequest, declarations checked first (and no
+    more requested outputs than the model has: tritonserver would take each)."""
     check_count(spec, len(request.inputs))
+    if len(request.outputs) > len(spec.outputs):
+        raise RequestError(f"{len(request.outputs)} outputs requested; {spec.name} has "
+                           f"{', '.join(p.name for p in spec.outputs)}")
     declared = [(i.name, i.datatype, list(i.shape)) for i in request.inputs]
     check_declared(spec, max_batch, declared)
     raw = request.raw_input_contents
@@ -408,7 +416,7 @@ class Front:
 
         self.session = aiohttp.ClientSession(
             "http://tritonserver", connector=aiohttp.UnixConnector(os.fspath(self.private_http)))
-        self.reading = _Budget(MAX_READING * self.mixed_limit)
+        self.reading = _Budget(MAX_READING * self.mixed_limit, MAX_WAITING)
         app = web.Application(client_max_size=self.mixed_limit)
         app.router.add_route("*", "/{path:.*}", self._http)
         # keepalive_timeout: a connection without a whole request header is closed after it
@@ -425,8 +433,7 @@ class Front:
         self.grpc = grpc.aio.server(maximum_concurrent_rpcs=MAX_GRPC_CALLS, options=[
             ("grpc.max_receive_message_length", self.binary_limit),
             ("grpc.max_send_message_length", -1), ("grpc.so_reuseport", 0),
-            ("grpc.max_connection_age_ms", age_ms), ("grpc.max_connection_age_grace_ms", age_ms),
-            ("grpc.max_concurrent_streams", MAX_GRPC_STREAMS)])
+            ("grpc.max_connection_age_ms", age_ms), ("grpc.max_connection_age_grace_ms", age_ms)])
         self.grpc.add_generic_rpc_handlers([_GrpcHandler(self)])
         self.grpc_port = self.grpc.add_insecure_port(f"{self.host}:{self.grpc_port}")
         await self.grpc.start()
@@ -444,16 +451,22 @@ class Front:
 
         path = request.path
         infer = HTTP_INFER.fullmatch(path)
+        reader = self.reading.enter()  # the body's bytes, held until the answer is sent
         try:
-            if request.method == "POST" and infer:
-                response = await self._http_infer(request, infer.group(1))
-            elif request.method == "GET" and HTTP_FORWARDED_GET.fullmatch(path):
-                response = await self._forward(request, b"")
-            else:
-                raise RequestError(f"{request.method} {path} is {OFF}", 403)
-        except RequestError as exc:
-            response = web.json_response({"error": str(exc)}, status=exc.status)
-        return await self._respond(request, response)
+            try:
+                if request.method == "POST" and infer:
+                    response = await self._http_infer(request, infer.group(1), reader)
+                elif request.method == "GET" and HTTP_FORWARDED_GET.fullmatch(path):
+                    _hold_connection(request)
+                    response = await self._forward(request, b"")
+                else:
+                    raise RequestError(f"{request.method} {path} is {OFF}", 403)
+            except RequestError as exc:
+                response = web.json_response({"error": str(exc)}, status=exc.status)
+            return await self._respond(request, response)
+        finally:
+            self.reading.leave(reader)
+            _release_connection(request)  # for the next request on it
 
     async def _respond(self, request, response):
         """Send ``response``; a client that has not taken it within the read timeout (it
@@ -483,7 +496,7 @@ class Front:
                 transport.abort()
         return response
 
-    async def _http_infer(self, request, model: str):
+    async def _http_infer(self, request, model: str, reader: int):
         if model not in self.specs:
             raise RequestError(f"unknown model {model!r}; served: {', '.join(self.specs)}", 404)
         if request.headers.get("Content-Encoding", "identity") != "identity":
@@ -500,38 +513,39 @@ class Front:
             raise RequestError(f"Inference-Header-Content-Length must be 1..{self.json_limit}",
                                413)
         limit = self.json_limit if header_length is None else self.mixed_limit
-        body = await self._read(request, limit)
+        body = await self._read(request, limit, reader)
         spec, max_batch = self.specs[model]
-        await self._check(spec, len(body), lambda: http_arrays(spec, max_batch, body,
-                                                               header_length))
+        await self._off_loop_if_large(len(body), lambda: check(
+            spec, lambda: http_arrays(spec, max_batch, body, header_length)))
         return await self._forward(request, body)
 
-    async def _read(self, request, limit: int) -> bytes:
-        """The body (``_read_body``), its bytes taken from the reading budget as they
-        arrive; a 408 RequestError if waiting and reading take more than the read timeout."""
-        async def read() -> bytes:
-            reader = self.reading.enter()
-            try:
-                return await _read_body(request, limit, lambda n: self.reading.take(reader, n))
-            finally:
-                self.reading.leave(reader)
-
+    async def _read(self, request, limit: int, reader: int) -> bytes:
+        """The body (``_read_body``), its bytes taken from the reading budget by ``reader``
+        as they arrive; then the connection is not read from until the answer is sent. A
+        RequestError if reading takes more than the read timeout: 408, or 503 where the
+        reader was waiting for budget (the server is busy, not the client slow)."""
         try:  # asyncio.wait_for, not asyncio.timeout: Python 3.10 is supported
-            return await asyncio.wait_for(read(), self.read_timeout_s)
+            body = await asyncio.wait_for(
+                _read_body(request, limit, lambda n: self.reading.take(reader, n)),
+                self.read_timeout_s)
         except asyncio.TimeoutError:
+            if reader in self.reading.waiting:
+                raise RequestError(f"{BUSY}: no request body budget freed within "
+                                   f"{self.read_timeout_s:g} s", 503) from None
             raise RequestError(f"the request body did not arrive within "
                                f"{self.read_timeout_s:g} s (--read-timeout-secs)", 408) from None
         except ConnectionError:  # the client left mid-body: an answer no one will read
             raise RequestError("the connection was lost before the body arrived") from None
+        _hold_connection(request)
+        return body
 
-    async def _check(self, spec: ModelSpec, size: int,
-                     decode: Callable[[], dict[str, np.ndarray]]) -> None:
-        """``check(spec, decode)`` of a request of ``size`` bytes: on a worker thread when
-        larger than THREAD_BYTES, so that the event loop goes on serving other clients."""
+    @staticmethod
+    async def _off_loop_if_large(size: int, work: Callable[[], T]) -> T:
+        """``work()`` on a request of ``size`` bytes: on a worker thread when larger than
+        THREAD_BYTES, so that the event loop goes on serving other clients."""
         if size > THREAD_BYTES:
-            await asyncio.get_running_loop().run_in_executor(None, check, spec, decode)
-        else:
-            check(spec, decode)
+            return await asyncio.get_running_loop().run_in_executor(None, work)
+        return work()
 
     async def _forward(self, request, body: bytes):
         from aiohttp import ClientError, web
@@ -579,13 +593,14 @@ class Front:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{method} is {OFF}")
         if name == "ModelInfer":
             try:
-                request = _parse(service_pb2.ModelInferRequest, payload)
+                request = await self._off_loop_if_large(
+                    len(payload), lambda: _parse(service_pb2.ModelInferRequest, payload))
                 if request.model_name not in self.specs:
                     raise RequestError(f"unknown model {request.model_name!r}; served: "
                                        f"{', '.join(self.specs)}", 404)
                 spec, max_batch = self.specs[request.model_name]
-                await self._check(spec, len(payload),
-                                  lambda: grpc_arrays(spec, max_batch, request))
+                await self._off_loop_if_large(len(payload), lambda: check(
+                    spec, lambda: grpc_arrays(spec, max_batch, request)))
             except RequestError as exc:
                 code = grpc.StatusCode.NOT_FOUND if exc.status == 404 else \
                     grpc.StatusCode.INVALID_ARGUMENT
@@ -616,6 +631,24 @@ class _GrpcHandler:
         return grpc.stream_unary_rpc_method_handler(call)
 
 
+def _hold_connection(request) -> None:
+    """Stop reading ``request``'s connection (its body is in) until ``_release_connection``:
+    bytes a client sends after its request then wait in the kernel's socket buffer, which
+    is bounded, not in aiohttp's queue of parsed messages (up to 32 per connection, each
+    holding the bytes it was parsed from)."""
+    if request.transport is not None:
+        request.transport.pause_reading()
+
+
+def _release_connection(request) -> None:
+    """Read the connection again, unless aiohttp holds it paused itself (its message queue
+    or a body's buffer full: it resumes reading as it drains them)."""
+    protocol, transport = request.protocol, request.transport
+    if transport is not None and not (getattr(protocol, "_buffer_paused", False)
+                                      or getattr(protocol, "_reading_paused", False)):
+        transport.resume_reading()
+
+
 def _parse(message_class, payload: bytes):
     """``payload`` as a protobuf message, or a RequestError."""
     from google.protobuf.message import DecodeError
@@ -632,11 +665,14 @@ class _Budget:
     most its body): the first to find the budget short, until it leaves. Readers each
     holding part of the budget and waiting for more would otherwise wait for one another
     until their deadlines (a burst of large bodies would all end in 408); the right goes to
-    a reader with bytes in hand, never to a connection that sends nothing."""
+    a reader with bytes in hand, never to a connection that sends nothing. At most
+    ``max_waiting`` readers wait (each holds the chunk it could not yet take); more are
+    refused (HTTP 503)."""
 
-    def __init__(self, size: int):
-        self.free, self.given = size, asyncio.Event()
+    def __init__(self, size: int, max_waiting: int):
+        self.free, self.given, self.max_waiting = size, asyncio.Event(), max_waiting
         self.readers: dict[int, int] = {}  # each reader's bytes taken
+        self.waiting: set[int] = set()  # readers waiting (or that timed out waiting)
         self.tickets = itertools.count()
         self.overdrawing: int | None = None  # the reader that may overdraw
 
@@ -652,12 +688,18 @@ class _Budget:
                 self.overdrawing = ticket
             if self.overdrawing == ticket:
                 break
+            if ticket not in self.waiting and len(self.waiting) >= self.max_waiting:
+                raise RequestError(f"{BUSY}: {self.max_waiting} request bodies already wait "
+                                   f"for budget", 503)
+            self.waiting.add(ticket)
             self.given.clear()
             await self.given.wait()
+        self.waiting.discard(ticket)
         self.free -= n
         self.readers[ticket] += n
 
     def leave(self, ticket: int) -> None:
+        self.waiting.discard(ticket)
         self.free += self.readers.pop(ticket)
         if self.overdrawing == ticket:
             self.overdrawing = None
@@ -672,7 +714,7 @@ async def _read_body(request, limit: int, take: Callable[[int], Awaitable[None]]
     if request.content_length is not None and request.content_length > limit:
         raise too_big
     chunks, size = [], 0
-    while chunk := await request.content.read(min(1 << 20, limit + 1 - size)):
+    while chunk := await request.content.read(min(READ_CHUNK, limit + 1 - size)):
         size += len(chunk)
         if size > limit:
             raise too_big
