@@ -49,9 +49,9 @@ def value_range(x: torch.Tensor) -> tuple[float, float]:
     return lo, hi
 
 
-def _check_values(x: torch.Tensor, what: str) -> None:
+def _check_values(x: torch.Tensor, what: str, warn: bool) -> None:
     """Refuse NaN / Inf and values outside [-1, 1] (a little rounding slack) in any
-    channel, an RGBA alpha included; warn when none is negative: images in [0, 1]
+    channel, an RGBA alpha included; ``warn`` when none is negative: images in [0, 1]
     (torchvision's ``ToTensor``) lie inside [-1, 1] and would be read as washed out."""
     lo, hi = value_range(x)
     if not (math.isfinite(lo) and math.isfinite(hi)):
@@ -60,7 +60,7 @@ def _check_values(x: torch.Tensor, what: str) -> None:
         raise ValueError(f"{what}: values must lie in [-1, 1] in every channel (RGBA alpha "
                          f"included), got [{lo:.3g}, {hi:.3g}] (map 0..255 images with "
                          f"x / 127.5 - 1)")
-    if lo >= 0:  # one message for every call: the default filter shows it once
+    if warn and lo >= 0:  # one message for every call: the default filter shows it once
         warnings.warn("image tensors without a negative value: the engine reads [-1, 1] "
                       "(-1 black, 0 mid-grey); map images in [0, 1] with x * 2 - 1")
 
@@ -88,9 +88,9 @@ def _items(images: Images, what: str) -> list:
                      + (NUMPY_HINT if isinstance(images, np.ndarray) else ""))
 
 
-def _tensor(x: torch.Tensor, size: int, what: str) -> torch.Tensor:
+def _tensor(x: torch.Tensor, size: int, what: str, warn: bool) -> torch.Tensor:
     """A caller's tensor (N, C, S, S) or (C, S, S) as float32 (N, 3, S, S), shape and
-    values checked."""
+    values checked (``warn``: see ``_check_values``)."""
     if x.layout != torch.strided or x.device.type == "meta":
         raise ValueError(f"{what}: expected a dense tensor holding values, got a "
                          f"{'meta' if x.device.type == 'meta' else str(x.layout)} tensor "
@@ -117,14 +117,14 @@ def _tensor(x: torch.Tensor, size: int, what: str) -> torch.Tensor:
                          f"{x.shape[1]}" + (" (a 3-D tensor is one image, (C, H, W); a batch of "
                                            "grey images is (N, 1, H, W))" if one else ""))
     if x.numel():  # an empty batch is refused as a whole, by as_batch
-        _check_values(x, what)  # before the cast: float64 beyond float32's range is no Inf
+        _check_values(x, what, warn)  # before the cast: float64 beyond float32's range is no Inf
     return _fix_channels(x.float())
 
 
-def _item(item, size: int, what: str) -> torch.Tensor:
+def _item(item, size: int, what: str, warn: bool) -> torch.Tensor:
     """One list item (a tensor, a PIL image or a file path) as a float32 (K, 3, S, S)."""
     if isinstance(item, torch.Tensor):
-        return _tensor(item, size, what)
+        return _tensor(item, size, what, warn)
     if isinstance(item, (str, os.PathLike)):
         item = image.open_rgb(item)
     elif isinstance(item, Image.Image):
@@ -145,13 +145,16 @@ def _item(item, size: int, what: str) -> torch.Tensor:
     return image.pil_to_input(item, size)[None]
 
 
-def as_batch(images: Images, size: int, what: str = "images") -> torch.Tensor:
+def as_batch(images: Images, size: int, what: str = "images", warn: bool = True
+             ) -> torch.Tensor:
     """A float32 (N, 3, size, size) CPU-or-device tensor in [-1, 1], checked; errors name
-    the list item (``images[k]``) when ``images`` is a list."""
+    the list item (``images[k]``) when ``images`` is a list. ``warn``: about tensors that
+    look like [0, 1] images (a hint for Python callers, not for a server's clients)."""
     if isinstance(images, torch.Tensor):
-        x = _tensor(images, size, what)
+        x = _tensor(images, size, what, warn)
     else:
-        parts = [_item(item, size, f"{what}[{k}]") for k, item in enumerate(_items(images, what))]
+        parts = [_item(item, size, f"{what}[{k}]", warn)
+                 for k, item in enumerate(_items(images, what))]
         x = torch.cat(parts) if parts else torch.empty(0, 3, size, size)
     if x.shape[0] == 0:
         raise ValueError(f"{what}: empty batch; at least one image is needed")

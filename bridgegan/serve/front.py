@@ -87,7 +87,7 @@ THREAD_BYTES = 1 << 20  # bodies larger than this are parsed and checked on a wo
 MAX_PARAMETERS = 64  # keys of a "parameters" object: tritonserver parses a request's in
 # time quadratic in their number (60,000 took it 4.5 s of a core)
 # how tritonserver's 500 on a malformed JSON field begins ("set": an output's parameter)
-TRITON_UNPARSED = ("Unable to parse ", "Unable to set ")
+TRITON_UNPARSED = ("Unable to parse '", "Unable to set '")
 JSON_DATA = {"FP32": ((int, float), "numbers"), "BOOL": ((bool,), "true / false"),
              "UINT64": ((int,), "integers")}
 GRPC_CONTENTS = {"FP32": "fp32_contents", "BOOL": "bool_contents", "UINT64": "uint64_contents"}
@@ -451,11 +451,12 @@ class Front:
 
         path = request.path
         infer = HTTP_INFER.fullmatch(path)
-        reader = self.reading.enter()  # the body's bytes, held until the answer is sent
+        budget = self.reading  # its ticket: the body's bytes, held until the answer is sent
+        reader = budget.enter()
         try:
             try:
                 if request.method == "POST" and infer:
-                    response = await self._http_infer(request, infer.group(1), reader)
+                    response = await self._http_infer(request, infer.group(1), budget, reader)
                 elif request.method == "GET" and HTTP_FORWARDED_GET.fullmatch(path):
                     _hold_connection(request)
                     response = await self._forward(request, b"")
@@ -465,7 +466,7 @@ class Front:
                 response = web.json_response({"error": str(exc)}, status=exc.status)
             return await self._respond(request, response)
         finally:
-            self.reading.leave(reader)
+            budget.leave(reader)
             _release_connection(request)  # for the next request on it
 
     async def _respond(self, request, response):
@@ -496,7 +497,7 @@ class Front:
                 transport.abort()
         return response
 
-    async def _http_infer(self, request, model: str, reader: int):
+    async def _http_infer(self, request, model: str, budget: _Budget, reader: int):
         if model not in self.specs:
             raise RequestError(f"unknown model {model!r}; served: {', '.join(self.specs)}", 404)
         if request.headers.get("Content-Encoding", "identity") != "identity":
@@ -513,29 +514,30 @@ class Front:
             raise RequestError(f"Inference-Header-Content-Length must be 1..{self.json_limit}",
                                413)
         limit = self.json_limit if header_length is None else self.mixed_limit
-        body = await self._read(request, limit, reader)
+        body = await self._read(request, limit, budget, reader)
         spec, max_batch = self.specs[model]
         await self._off_loop_if_large(len(body), lambda: check(
             spec, lambda: http_arrays(spec, max_batch, body, header_length)))
         return await self._forward(request, body)
 
-    async def _read(self, request, limit: int, reader: int) -> bytes:
-        """The body (``_read_body``), its bytes taken from the reading budget by ``reader``
-        as they arrive; then the connection is not read from until the answer is sent. A
+    async def _read(self, request, limit: int, budget: _Budget, reader: int) -> bytes:
+        """The body (``_read_body``), its bytes taken from ``budget`` by ``reader`` as they
+        arrive; then the connection is not read from until the answer is sent. A
         RequestError if reading takes more than the read timeout: 408, or 503 where the
         reader was waiting for budget (the server is busy, not the client slow)."""
         try:  # asyncio.wait_for, not asyncio.timeout: Python 3.10 is supported
             body = await asyncio.wait_for(
-                _read_body(request, limit, lambda n: self.reading.take(reader, n)),
+                _read_body(request, limit, lambda n: budget.take(reader, n)),
                 self.read_timeout_s)
         except asyncio.TimeoutError:
-            if reader in self.reading.waiting:
+            if reader in budget.waiting:
                 raise RequestError(f"{BUSY}: no request body budget freed within "
                                    f"{self.read_timeout_s:g} s", 503) from None
             raise RequestError(f"the request body did not arrive within "
                                f"{self.read_timeout_s:g} s (--read-timeout-secs)", 408) from None
         except ConnectionError:  # the client left mid-body: an answer no one will read
             raise RequestError("the connection was lost before the body arrived") from None
+        budget.read(reader)
         _hold_connection(request)
         return body
 
@@ -661,16 +663,19 @@ def _parse(message_class, payload: bytes):
 
 class _Budget:
     """Bytes that body readers take as their bodies arrive, waiting while too few are free,
-    and give back when done; on the event loop. One reader at a time may overdraw (by at
-    most its body): the first to find the budget short, until it leaves. Readers each
-    holding part of the budget and waiting for more would otherwise wait for one another
-    until their deadlines (a burst of large bodies would all end in 408); the right goes to
-    a reader with bytes in hand, never to a connection that sends nothing. At most
-    ``max_waiting`` readers wait (each holds the chunk it could not yet take); more are
-    refused (HTTP 503)."""
+    and give back when their request is done; on the event loop. One reader at a time may
+    overdraw (by at most its body): the first to find the budget short, until its body is
+    in (``read``), while less than the budget's size is overdrawn. Readers each holding part
+    of the budget and waiting for more would otherwise wait for one another until their
+    deadlines (a burst of large bodies would all end in 408); the right goes to a reader
+    with bytes in hand, never to a connection that sends nothing, and passes on when its
+    body is in, not when its answer is sent (one request at a time would reach
+    tritonserver). In use at most: twice the size and one body. At most ``max_waiting``
+    readers wait (each holds the chunk it could not yet take); more are refused (503)."""
 
     def __init__(self, size: int, max_waiting: int):
-        self.free, self.given, self.max_waiting = size, asyncio.Event(), max_waiting
+        self.size, self.max_waiting = size, max_waiting
+        self.free, self.given = size, asyncio.Event()
         self.readers: dict[int, int] = {}  # each reader's bytes taken
         self.waiting: set[int] = set()  # readers waiting (or that timed out waiting)
         self.tickets = itertools.count()
@@ -684,7 +689,7 @@ class _Budget:
 
     async def take(self, ticket: int, n: int) -> None:
         while self.free < n:
-            if self.overdrawing is None:
+            if self.overdrawing is None and self.free - n >= -self.size:
                 self.overdrawing = ticket
             if self.overdrawing == ticket:
                 break
@@ -697,6 +702,12 @@ class _Budget:
         self.waiting.discard(ticket)
         self.free -= n
         self.readers[ticket] += n
+
+    def read(self, ticket: int) -> None:
+        """The reader's body is in: it keeps its bytes, not the right to overdraw."""
+        if self.overdrawing == ticket:
+            self.overdrawing = None
+            self.given.set()
 
     def leave(self, ticket: int) -> None:
         self.waiting.discard(ticket)

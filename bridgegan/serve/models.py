@@ -89,7 +89,8 @@ def check_request(spec: ModelSpec, request: Mapping[str, np.ndarray]) -> int:
         if value.shape[0] != n:
             raise ValueError(f"input {port.name!r} has {value.shape[0]} rows, the others {n}")
         if port.name in IMAGE_INPUTS:
-            as_batch(torch.tensor(value, dtype=torch.float32), port.shape[-1], port.name)
+            as_batch(torch.tensor(value, dtype=torch.float32), port.shape[-1], port.name,
+                     warn=False)
         elif port.name == "seed":
             if value.dtype.kind not in "ui" or (value < 0).any():
                 raise ValueError(f"input 'seed' must hold integers in [0, 2**64), got "
