@@ -12,9 +12,10 @@ request on its own before it reaches tritonserver:
 - time: a client has ``--read-timeout-secs`` to send a request's header (else the
   connection is closed; also how long an idle connection stays open) and as long again
   for its body (else HTTP 408);
-- memory: HTTP requests hold at most ``MAX_READING`` bodies of the largest size at once,
-  counted in the bytes received, from the first until the answer is sent (a client that
-  sends nothing holds nothing; one reader at a time may go a body over, ``_Budget``);
+- memory: HTTP requests hold ``MAX_READING`` bodies of the largest size at once, counted
+  in the bytes received, from the first until the answer is sent (a client that sends
+  nothing holds nothing; one reader at a time may go a body over, up to twice the budget
+  in all, ``_Budget``);
   others wait within their read deadline (HTTP 503 past it, and at once when
   ``MAX_WAITING`` already wait, each holding a chunk it has received); a connection is
   not read from while its request is checked, forwarded and answered (bytes a client
