@@ -877,6 +877,27 @@ def test_readers_holding_parts_of_the_budget_do_not_wait_for_one_another():
     assert asyncio.run(run()) == (10, None, {})
 
 
+def test_the_reading_budget_is_capped_in_bytes(engine):
+    """MAX_READING bodies of the largest size, but at most READING_BYTES where those are
+    large (the paper model at 128 px, max batch 64: 32 JSON bodies of 0.23 GB were a
+    7.3 GB budget), and two bodies at least."""
+    from bridgegan.reference import BridgeGANConfig
+    from bridgegan.serve.front import MAX_READING, READING_BYTES, Front
+
+    def budget(config, max_batch):
+        specs = {name: (spec, max_batch) for name, spec in model_specs(config).items()}
+        front = Front(specs, "http.sock", "unix:grpc.sock", "127.0.0.1", 0, 0, 1.0)
+        front.loop.close()  # never started
+        return front.reading_bytes, front.mixed_limit
+
+    reading, body = budget(engine.config, 8)
+    assert reading == MAX_READING * body < READING_BYTES
+    reading, body = budget(BridgeGANConfig(), 64)
+    assert reading == READING_BYTES and MAX_READING * body > 7e9
+    reading, body = budget(BridgeGANConfig(), 1024)
+    assert reading == 2 * body > READING_BYTES
+
+
 def test_the_right_to_overdraw_passes_on_once_a_body_is_in():
     """Bodies are held until their answer is sent, but the right to overdraw passes on when
     the overdrawing reader's body is in (held until its answer, it let one request at a
@@ -933,7 +954,7 @@ def test_bodies_wait_for_reading_budget_within_their_deadline(front):
         return asyncio.run_coroutine_threadsafe(coroutine, front.loop).result(timeout=60)
 
     body = json.dumps({"inputs": LABEL})
-    ticket = on_loop(hold(front_module.MAX_READING * front.mixed_limit))
+    ticket = on_loop(hold(front.reading_bytes))
     try:
         status, answer = post(front.http, body)
     finally:

@@ -12,10 +12,11 @@ request on its own before it reaches tritonserver:
 - time: a client has ``--read-timeout-secs`` to send a request's header (else the
   connection is closed; also how long an idle connection stays open) and as long again
   for its body (else HTTP 408);
-- memory: HTTP requests hold ``MAX_READING`` bodies of the largest size at once, counted
-  in the bytes received, from the first until the answer is sent (a client that sends
-  nothing holds nothing; one reader at a time may go a body over, up to twice the budget
-  in all, ``_Budget``);
+- memory: HTTP requests hold ``MAX_READING`` bodies of the largest size at once (at most
+  ``READING_BYTES``, two bodies at least: the paper model's 128 px JSON bodies at max
+  batch 64 are 0.2 GB each), counted in the bytes received, from the first until the
+  answer is sent (a client that sends nothing holds nothing; one reader at a time may go
+  a body over, up to twice the budget in all, ``_Budget``);
   others wait within their read deadline (HTTP 503 past it, and at once when
   ``MAX_WAITING`` already wait, each holding a chunk it has received); a connection is
   not read from while its request is checked, forwarded and answered (bytes a client
@@ -81,6 +82,7 @@ JSON_BYTES_PER_VALUE = 32  # a float32 written by json.dumps: up to 24 character
 HEADER_BYTES = 64 * 1024  # JSON header of a binary request, names and parameters
 GRACE_S = 2.0  # on shutdown, how long requests in flight may take to finish
 MAX_READING = 32  # largest request bodies held at once (read, checked, forwarded, answered)
+READING_BYTES = 1 << 30  # but no more bytes than this where they are larger (two at least)
 MAX_WAITING = 4 * MAX_READING  # readers waiting for budget, each holding up to READ_CHUNK
 READ_CHUNK = 1 << 18  # bytes read from a body at once (asyncio reads 256 KiB per call)
 MAX_GRPC_CALLS = 4 * MAX_READING  # gRPC calls taken at once, read or in flight
@@ -388,6 +390,8 @@ class Front:
             row_values(s) for s, _ in specs.values())
         # a binary request: a JSON part of up to json_limit, binary data of up to a batch
         self.mixed_limit = self.json_limit + self.binary_limit - HEADER_BYTES
+        self.reading_bytes = min(MAX_READING * self.mixed_limit,
+                                 max(READING_BYTES, 2 * self.mixed_limit))
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="front", daemon=True)
         self.closing = threading.Lock()  # held from the first close on
@@ -417,7 +421,7 @@ class Front:
 
         self.session = aiohttp.ClientSession(
             "http://tritonserver", connector=aiohttp.UnixConnector(os.fspath(self.private_http)))
-        self.reading = _Budget(MAX_READING * self.mixed_limit, MAX_WAITING)
+        self.reading = _Budget(self.reading_bytes, MAX_WAITING)
         app = web.Application(client_max_size=self.mixed_limit)
         app.router.add_route("*", "/{path:.*}", self._http)
         # keepalive_timeout: a connection without a whole request header is closed after it
