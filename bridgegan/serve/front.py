@@ -16,12 +16,11 @@ request on its own before it reaches tritonserver:
   ``READING_BYTES``, two bodies at least: the paper model's 128 px JSON bodies at max
   batch 64 are 0.2 GB each), counted in the bytes received, from the first until the
   answer is sent (a client that sends nothing holds nothing; one reader at a time may go
-  a body over, up to twice the budget in all, ``_Budget``);
-  others wait within their read deadline (HTTP 503 past it, and at once when
-  ``MAX_WAITING`` already wait, each holding a chunk it has received); a connection is
-  not read from while its request is checked, forwarded and answered (bytes a client
-  sends after its request wait in the kernel's socket buffer, not the front's memory);
-  a gRPC call's request message must arrive within the read timeout too (else
+  a body over, up to twice the budget in all, ``_Budget``); others wait within their
+  read deadline (HTTP 503 past it, and at once when ``MAX_WAITING`` already wait, each
+  holding a chunk it has received); a connection is not read from while its request is
+  checked, forwarded and answered (bytes a client sends after its request wait in the
+  kernel's socket buffer, not the front's memory); a gRPC call's request message must arrive within the read timeout too (else
   DEADLINE_EXCEEDED: the front reads each call as a stream of one message, as it is on
   the wire, so that the read can have a deadline), and at most ``MAX_GRPC_CALLS`` gRPC
   calls are taken at once (others get RESOURCE_EXHAUSTED: grpc buffers a call's message
