@@ -31,6 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bridgegan.engine import Engine  # noqa: E402
+from bridgegan.engine.backends.base import BackendUnavailable  # noqa: E402
 from bridgegan.engine.bench import Variant, environment  # noqa: E402
 from bridgegan.engine.parity import parity_inputs  # noqa: E402
 from bridgegan.files import write_file_atomic  # noqa: E402
@@ -141,15 +142,20 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     env = environment(device)
     variants = [Variant.parse(text) for text in args.variants.split(",")]
+    engines = []  # all built first: a backend this device lacks fails before any profiling
     for v in variants:
         if v.cuda_graphs:
             raise SystemExit(f"variant {v.name!r}: profile without :graphs (replays hide kernels)")
+        try:
+            engines.append(Engine(model, backend=v.backend, dtype=v.dtype, device=device,
+                                  channels_last=v.channels_last, cuda_graphs=False,
+                                  rewrites=v.rewrites))
+        except (ValueError, BackendUnavailable) as exc:
+            raise SystemExit(f"profile_engine: variant {v.name!r}: {exc}") from None
     args.out.mkdir(parents=True, exist_ok=True)
     title = f"{env['device']}, {args.resolution}x{args.resolution}, torch {env['torch']}"
     rows = []
-    for v in variants:
-        eng = Engine(model, backend=v.backend, dtype=v.dtype, device=device,
-                     channels_last=v.channels_last, cuda_graphs=False, rewrites=v.rewrites)
+    for v, eng in zip(variants, engines):
         for batch in (int(b) for b in args.batches.split(",")):
             print(f"profiling {v.name} batch {batch}", file=sys.stderr, flush=True)
             with no_tf32():  # as the bench times it: a float32 row is float32, not TF32

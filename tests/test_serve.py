@@ -1112,7 +1112,8 @@ def test_serve_repository_is_checked_before_tritonserver_starts(tmp_path, capsys
     (tmp_path / MODELS[0] / "config.pbtxt").write_text("")
     with pytest.raises(ValueError, match=re.escape(
             f"{tmp_path} is not a model repository of `bridgegan serve --write-repository` "
-            f"(no {', '.join(MODELS[1:])}/config.pbtxt)")):
+            f"(no {', '.join(MODELS[1:])}/config.pbtxt); one of `bridgegan export triton-repo` "
+            f"(ONNX / TensorRT models) runs in NVIDIA's Triton container")):
         server.run_tritonserver(tmp_path)
     assert main(["serve", "--repository", str(tmp_path), "--checkpoint", "ck"]) == 2
     assert "--repository serves a repository already written: give it alone" \
@@ -1131,10 +1132,11 @@ def parse_pbtxt_ports(text: str, kind: str) -> list[tuple]:
                       r'(\s+optional: true)?', block)
 
 
-def test_python_backend_repository(ckpt, engine, tmp_path):
+def test_python_backend_repository(ckpt, engine, tmp_path, capsys):
     repo = tmp_path / "repo"
     assert main(["serve", "--checkpoint", str(ckpt), "--write-repository", str(repo),
                  "--max-batch", "16", "--max-queue-delay-us", "500"]) == 0
+    assert f"serve with: bridgegan serve --repository {repo}" in capsys.readouterr().out
     assert sorted(p.name for p in repo.iterdir()) == sorted(MODELS)
     specs = model_specs(engine.config)
     weights = []

@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         check_writable_folder(args.write_repository, "--write-repository")
         folders = write_python_repo(args.checkpoint, args.write_repository, *engine)
         print(f"wrote {', '.join(f.name for f in folders)} to {args.write_repository}; serve "
-              f"with: tritonserver --model-repository {args.write_repository}")
+              f"with: bridgegan serve --repository {args.write_repository}")
         return 0
     import_pytriton()  # before writing anything: a missing extra fails fast
     check_engine_options(args.backend, args.dtype, args.device)

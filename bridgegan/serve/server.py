@@ -228,7 +228,9 @@ def run_tritonserver(repository: str | os.PathLike, host: str = HOST,
     missing = [m for m in MODELS if not (Path(repository) / m / "config.pbtxt").is_file()]
     if missing:  # tritonserver would start, print its banner and exit 1
         raise ValueError(f"{repository} is not a model repository of `bridgegan serve "
-                         f"--write-repository` (no {', '.join(missing)}/config.pbtxt)")
+                         f"--write-repository` (no {', '.join(missing)}/config.pbtxt); one of "
+                         f"`bridgegan export triton-repo` (ONNX / TensorRT models) runs in "
+                         f"NVIDIA's Triton container")
     from .front import Front, fetch_specs
     from .http_client import wait_ready
 
