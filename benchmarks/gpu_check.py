@@ -151,25 +151,32 @@ def main(argv=None) -> int:
     p.add_argument("--stages", help="comma-separated stage names to run (default: all but "
                    f"{', '.join(OWN_CALL)})")
     args = p.parse_args(argv)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="gpu_check-"))
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               PYTHONUNBUFFERED="1", TORCHINDUCTOR_CACHE_DIR=str(CACHE / "inductor"),
-               TRITON_CACHE_DIR=str(CACHE / "triton"))
-    plan = stages(work, args.dry_run)
-    names = [name for name, _, _ in plan]
+    names = [name for name, _, _ in stages(Path("work"), args.dry_run)]
     wanted = args.stages.split(",") if args.stages else [n for n in names if n not in OWN_CALL]
     unknown = sorted(set(wanted) - set(names))
     if unknown:
         p.error(f"unknown stage(s) {', '.join(unknown)}; stages: {', '.join(names)}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="gpu_check-"))
+    try:
+        return _run(stages(work, args.dry_run), wanted, work, out, args.dry_run)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _run(plan, wanted: list[str], work: Path, out: Path, dry_run: bool) -> int:
+    """Run the wanted stages of plan in work and gather their results into out."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               PYTHONUNBUFFERED="1", TORCHINDUCTOR_CACHE_DIR=str(CACHE / "inductor"),
+               TRITON_CACHE_DIR=str(CACHE / "triton"))
     env.pop("TRITON_INTERPRET", None)
     results, t_all = [], time.perf_counter()
     with open(out / "gpu_check.log", "w") as log:
         for name, cmd, limit in (s for s in plan if s[0] in wanted):
             t0 = time.perf_counter()
             # the limits are for the GPU: a dry run's speed is the CI machine's business
-            limit = None if args.dry_run else int(min(limit, max(30, BUDGET_S - (t0 - t_all))))
+            limit = None if dry_run else int(min(limit, max(30, BUDGET_S - (t0 - t_all))))
             print(f"== {name} (limit {limit or 'none'} s)", flush=True)
             log.write(f"== {name}: {' '.join(cmd)}\n")
             log.flush()
@@ -224,7 +231,6 @@ def main(argv=None) -> int:
                 work / "profile" / "profile.md"):
         if src.is_file():
             shutil.copy(src, out / src.name)
-    shutil.rmtree(work, ignore_errors=True)
     print(f"gpu_check finished in {report['seconds']} s: " +
           ", ".join(f"{r['stage']}={r['status']}" for r in results))
     return int(any(r["status"] != 0 for r in results))

@@ -34,8 +34,10 @@ def _train_one_and_two(tmp_path, extra):
     one, two = tmp_path / "one", tmp_path / "two"
     _run([sys.executable, "-m", "bridgegan.reference.train_cli", *ARGS, *extra, "--out", str(one)],
          tmp_path, "single process")
+    # --log-dir: torchrun's default is a torchelastic_* folder in /tmp that nothing removes
     proc = _run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                 "--nproc_per_node", "2", "-m", "bridgegan.reference.train_cli", *ARGS, *extra,
+                 "--nproc_per_node", "2", "--log-dir", str(tmp_path / "torchrun"),
+                 "-m", "bridgegan.reference.train_cli", *ARGS, *extra,
                  "--out", str(two)], tmp_path, "torchrun")
     assert "2 processes" in proc.stderr
     return one, two
