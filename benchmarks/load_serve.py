@@ -287,7 +287,9 @@ def main(argv: list[str] | None = None) -> int:
                         "from each request's due time (default: closed loop)")
     p.add_argument("--rows", type=int, default=1, help="images per request")
     p.add_argument("--max-batch", type=int, default=MAX_BATCH)
-    p.add_argument("--max-queue-delay-us", type=int, default=2000)
+    p.add_argument("--max-queue-delay-us", type=int, default=2000,
+                   help="the started server's batching delay (default 2000, as in the recorded "
+                        "runs; `bridgegan serve`'s own default is 1000)")
     p.add_argument("--hostile", type=float, default=0.0,
                    help="share of the client threads sending invalid requests (0..1)")
     p.add_argument("--warmup", type=int, default=None,

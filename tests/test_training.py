@@ -826,9 +826,9 @@ def test_a_corrupt_image_is_one_line_with_or_without_workers(tmp_path, capsys, w
     args[args.index("--data") + 1] = f"folder:{root}"
     args[args.index("--workers") + 1] = workers
     assert main(args) == 2
-    err = [line for line in capsys.readouterr().err.splitlines()
-           if not line.startswith("bridgegan train:")]
-    assert len(err) == 1 and err[0].startswith(f"error: cannot read image file {root / '5.png'}"), err
+    err = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(err) == 1 and err[0].startswith(
+        f"bridgegan train: error: cannot read image file {root / '5.png'}"), err
 
 
 def test_a_full_disk_names_the_checkpoint_and_keeps_the_earlier_one(tmp_path, capsys, monkeypatch):

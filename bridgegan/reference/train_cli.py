@@ -317,7 +317,7 @@ def run(args: argparse.Namespace) -> int:
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
     if args.device == "cuda" and not torch.cuda.is_available():
-        print("error: --device cuda but CUDA is not available", file=sys.stderr)
+        print("bridgegan train: error: --device cuda but CUDA is not available", file=sys.stderr)
         return 2
     info = distributed.init_from_env(args.device, args.dist_backend)
     try:
@@ -412,7 +412,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"done: step {trainer.step}, checkpoints in {out / 'checkpoints'}", file=sys.stderr)
         return 0
     except (ValueError, CheckpointError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"bridgegan train: error: {exc}", file=sys.stderr)
         return 2
     finally:
         distributed.shutdown()
