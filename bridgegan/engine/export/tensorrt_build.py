@@ -30,6 +30,7 @@ import functools
 import json
 import os
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -263,7 +264,9 @@ def build_plan(cfg: TrtBuildConfig, plan: str | os.PathLike,
     profile = builder.create_optimization_profile()
     for name, (lo, opt, hi) in cfg.profile.items():
         profile.set_shape(name, lo, opt, hi)
-    config.add_optimization_profile(profile)
+    if config.add_optimization_profile(profile) < 0:
+        raise RuntimeError(f"TensorRT refused the optimisation profile {cfg.profile} of "
+                           f"{cfg.onnx} (see its log)")
     cache = config.create_timing_cache(cache_file.read_bytes() if cache_file.is_file() else b"")
     # a cache from another device or TensorRT version may be refused (None or False)
     if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
@@ -274,9 +277,13 @@ def build_plan(cfg: TrtBuildConfig, plan: str | os.PathLike,
     data = bytes(serialized)
     sidecar_path(plan).unlink(missing_ok=True)  # never beside a plan it was not written for
     write_file_atomic(plan, data)
-    write_file_atomic(cache_file, bytes(config.get_timing_cache().serialize()))
     sidecar = {**here, **cfg.to_dict(), "bridgegan_version": __version__,
                "onnx_sha256": sha256_hex(Path(cfg.onnx).read_bytes()),
                "plan_sha256": sha256_hex(data)}
     write_file_atomic(sidecar_path(plan), (json.dumps(sidecar, indent=2) + "\n").encode())
+    try:  # the plan stands without it: a cache that cannot be saved only slows the next build
+        write_file_atomic(cache_file, bytes(config.get_timing_cache().serialize()))
+    except OSError as exc:
+        warnings.warn(f"the TensorRT timing cache {cache_file} was not saved ({exc}); the "
+                      f"plan {plan} was built")
     return plan
