@@ -93,6 +93,7 @@ def test_graphs_hold_the_inference_graph_only(model, exported):
     ops = [n.op_type for n in m.graph.node]
     assert set(ops) <= ALLOWED_OPS, set(ops) - ALLOWED_OPS
     assert len(ops) < 1500
+    assert "Cast" not in ops  # all float32: torch's traced x.to(x.dtype) Casts are dropped
     graph = InferenceGraph(model)
     blocks = [b for b in graph.modules() if isinstance(b, Block)]
     convs = [c for c in graph.modules() if isinstance(c, Conv)]
@@ -136,9 +137,11 @@ def test_fp16_variant_from_the_cli(tmp_path):
     convs = [n for n in g.graph.node if n.op_type == "Conv"]
     assert all(kinds[n.input[1]] == onnx.TensorProto.FLOAT16 for n in convs)
     types = {v.name: v.type.tensor_type.elem_type
-             for v in onnx.shape_inference.infer_shapes(g).graph.value_info}
+             for v in [*graph_inputs(g), *onnx.shape_inference.infer_shapes(g).graph.value_info]}
     norms = [n for n in g.graph.node if n.op_type == "InstanceNormalization"]  # float32 stats
     assert norms and all(types[n.output[0]] == onnx.TensorProto.FLOAT for n in norms)
+    casts = [n for n in g.graph.node if n.op_type == "Cast"]
+    assert casts and all(types[n.input[0]] != n.attribute[0].i for n in casts)  # each converts
     x, ys = images(3, 32, 50), labels(3, 6, 50)
     d, noise = 1.5 * (1 - 2 * ys), torch.randn(3, 8, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():

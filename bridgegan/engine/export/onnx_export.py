@@ -155,16 +155,40 @@ def _exporting(opset: int):
             torch.onnx.unregister_custom_op_symbolic("aten::instance_norm", opset)
 
 
+def _drop_identity_casts(graph, types: dict) -> None:
+    """Remove the Cast nodes whose input already has their type: torch's tracer records
+    ``x.to(x.dtype)``, a no-op in torch, as a Cast (18 of them in the float32 trunk), and
+    TensorRT keeps a Cast layer's type even in a reduced-precision plan."""
+    outputs = {o.name for o in graph.output}
+    kept = outputs | {i.name for i in graph.input}
+    for node in list(graph.node):
+        src, dst = node.input[0] if node.input else "", node.output[0]
+        if node.op_type != "Cast" or src not in types or types[src].elem_type != next(
+                a.i for a in node.attribute if a.name == "to"):
+            continue
+        if dst in outputs and src in kept:
+            continue  # an output read straight from an input or another output: keep it
+        old, new = (src, dst) if dst in outputs else (dst, src)
+        graph.node.remove(node)
+        for other in graph.node:
+            for ports in (other.input, other.output):
+                for k, name in enumerate(ports):
+                    if name == old:
+                        ports[k] = new
+
+
 def _finish(model):
     """Resolve every non-batch dimension (ONNX shape inference with data propagation),
-    turn ConstantOfShape instance-norm scales / shifts into initializers and drop the
-    nodes that computed them."""
+    turn ConstantOfShape instance-norm scales / shifts into initializers, drop the nodes
+    that computed them and the Casts that change nothing."""
     import onnx
     from onnx import numpy_helper
 
     model = onnx.shape_inference.infer_shapes(model, data_prop=True)
     graph = model.graph
-    types = {v.name: v.type.tensor_type for v in graph.value_info}
+    types = {v.name: v.type.tensor_type
+             for v in (*graph.input, *graph.value_info, *graph.output)}
+    _drop_identity_casts(graph, types)
     producers = {out: node for node in graph.node for out in node.output}
     for node in graph.node:
         if node.op_type != "InstanceNormalization":
