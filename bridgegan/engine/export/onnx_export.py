@@ -158,7 +158,8 @@ def _exporting(opset: int):
 def _drop_identity_casts(graph, types: dict) -> None:
     """Remove the Cast nodes whose input already has their type: torch's tracer records
     ``x.to(x.dtype)``, a no-op in torch, as a Cast (18 of them in the float32 trunk), and
-    TensorRT keeps a Cast layer's type even in a reduced-precision plan."""
+    TensorRT, whose fp16 plans are built from the float32 graphs, gives a Cast layer's
+    output its ``toType`` (float32) where the plan would otherwise choose fp16."""
     outputs = {o.name for o in graph.output}
     kept = outputs | {i.name for i in graph.input}
     for node in list(graph.node):
