@@ -36,10 +36,10 @@ def counted_compile(monkeypatch):
 def test_varying_batch_sizes_compile_one_shape_per_bucket(small_model, counted_compile,
                                                           channels_last):
     """Batches of 5 to 8 rows share bucket 8: each stage is compiled once, not once per
-    size (torch stops compiling a function after 8 shapes, process-wide, and runs every
-    later shape uncompiled), reference-based calls included (their references reach the
-    encoder flattened from a 5-D batch: in another layout they were another shape), and
-    the padded rows do not reach the results."""
+    size (torch stops compiling a stage after 8 shapes, and runs every later shape
+    uncompiled), reference-based calls included (their references reach the encoder
+    flattened from a 5-D batch: in another layout they were another shape), and the
+    padded rows do not reach the results."""
     eng = Engine(small_model, backend="compile", channels_last=channels_last)
     ref = Engine(small_model, backend="torch")
     atol = tolerance("float32").image_max_abs
@@ -67,3 +67,14 @@ def test_batches_above_64_run_in_calls_of_64(small_model, counted_compile):
     assert dict(counted_compile) == {"trunk": 2, "encode": 2, "map": 2, "decode": 2}
     eng.translate(images(192, 32, seed=5), {"Male": 1}, seed=6)
     assert dict(counted_compile) == {"trunk": 2, "encode": 2, "map": 2, "decode": 2}
+
+
+def test_each_engine_compiles_its_own_shapes(small_model, counted_compile):
+    """torch stops compiling a function after 8 shapes, counted per code object: two
+    engines of one process, five batch buckets each, have every shape compiled (with the
+    stages' code shared, the second engine's last two ran uncompiled: 8 in all, not 10)."""
+    for channels_last in (False, True):
+        eng = Engine(small_model, backend="compile", channels_last=channels_last)
+        for n in (1, 2, 3, 5, 9):  # buckets 1, 2, 4, 8, 16
+            eng.translate(images(n, 32, seed=n), {"Male": 1}, seed=n)
+    assert dict(counted_compile) == {"trunk": 10, "encode": 10, "map": 10, "decode": 10}

@@ -6,14 +6,18 @@ Each stage runs at its batch's bucket (``cudagraphs.bucket``: the next power of 
 64, then the next multiple of 64), the padded rows' outputs dropped, as CUDA graphs run:
 compiled with fixed shapes, every distinct batch size would otherwise be compiled anew
 (tens of seconds on a CPU, minutes of autotuning on a GPU), and torch stops compiling a
-function after ``torch._dynamo.config.recompile_limit`` (8) shapes, process-wide, running
-every later shape uncompiled for good (the limit counts every engine's shapes: the
-stages are the same functions). So a stage runs a batch above 64 rows as several of at
-most 64: every batch size takes at most seven shapes per engine configuration. The price
+function after ``torch._dynamo.config.recompile_limit`` (8) shapes, running every later
+shape uncompiled for good. torch counts them per code object, so each engine's stages
+get code objects of their own (``_own_code``): shared, two engines' shapes counted
+together and the second engine's later batch sizes ran uncompiled. A stage runs a batch
+above 64 rows as several of at most 64: every batch size takes at most seven shapes per
+engine. The price
 is what a larger batch would have gained (on the H100, 2026-11-26, the triton backend did
 7-13% more images/s at batch 256 than at 64; compile itself not measured there), against
 an uncompiled path for good."""
 from __future__ import annotations
+
+import types
 
 import torch
 
@@ -41,6 +45,15 @@ def padded(fn, fmt: torch.memory_format):
     return call
 
 
+def _own_code(method):
+    """``method`` (bound) as a function with a copy of its code object: dynamo keeps its
+    compiled entries, and counts them against the recompile limit, per code object."""
+    f = method.__func__
+    fn = types.FunctionType(f.__code__.replace(), f.__globals__, f.__name__, f.__defaults__,
+                            f.__closure__)
+    return types.MethodType(fn, method.__self__)
+
+
 def build(model, rewrites, dtype, device, channels_last, onnx_dir=None) -> Stages:
     graph = rewritten(model, rewrites, dtype, device, channels_last)
     # CUDA graphs come from the engine's own capture (CudaGraphed), which graphs the whole
@@ -50,7 +63,7 @@ def build(model, rewrites, dtype, device, channels_last, onnx_dir=None) -> Stage
     fmt = torch.channels_last if channels_last else torch.contiguous_format
 
     def compiled(fn):
-        return padded(torch.compile(fn, mode=mode, dynamic=False), fmt)
+        return padded(torch.compile(_own_code(fn), mode=mode, dynamic=False), fmt)
 
     decode_c = compiled(graph.decode)
 
