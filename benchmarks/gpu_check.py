@@ -30,9 +30,12 @@ rows run in a process of their own (``bench_heuristics``): cuDNN keeps the plan 
 chose for a convolution in a cache (one per thread; bench runs its rows on one) keyed
 without the search flag, so in bench_engine's process they would replay the plans the
 search rows chose.
---stages NAME,... runs only those stages. Writes into OUTDIR: gpu_check.json (every stage's rows and status), bench.csv (engine rows),
-bench.png, kernels.csv, profile.csv and profile.md, gpu_check.log. --dry-run runs the same stages at tiny sizes on the
-CPU with no time limits (CI runs it, so the script cannot rot, on machines of any speed).
+--stages NAME,... runs only those stages. Writes into OUTDIR, anew after each stage (a run
+stopped by the device's limit keeps what its finished stages measured): gpu_check.json
+(every stage's rows and status), bench.csv (engine rows), bench.png, kernels.csv,
+profile.csv and profile.md; gpu_check.log as the stages print. --dry-run runs the same
+stages at tiny sizes on the CPU with no time limits (CI runs it, so the script cannot rot,
+on machines of any speed).
 A copy of the tree without .git (a lent machine) records the commit given as
 BRIDGEGAN_COMMIT=<hash>.
 """
@@ -40,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import os
 import shutil
@@ -166,13 +170,16 @@ def main(argv=None) -> int:
 
 
 def _run(plan, wanted: list[str], work: Path, out: Path, dry_run: bool) -> int:
-    """Run the wanted stages of plan in work and gather their results into out."""
+    """Run the wanted stages of plan in work, gathering the results into out after each
+    stage (a run stopped by the device's limit keeps what its finished stages measured)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
                PYTHONUNBUFFERED="1", TORCHINDUCTOR_CACHE_DIR=str(CACHE / "inductor"),
                TRITON_CACHE_DIR=str(CACHE / "triton"))
     env.pop("TRITON_INTERPRET", None)
     results, t_all = [], time.perf_counter()
-    with open(out / "gpu_check.log", "w") as log:
+    log_path = out / "gpu_check.log"
+    log_path.write_text("")
+    with open(log_path, "a") as log:  # appended to by the stages themselves, as they print
         for name, cmd, limit in (s for s in plan if s[0] in wanted):
             t0 = time.perf_counter()
             # the limits are for the GPU: a dry run's speed is the CI machine's business
@@ -180,19 +187,33 @@ def _run(plan, wanted: list[str], work: Path, out: Path, dry_run: bool) -> int:
             print(f"== {name} (limit {limit or 'none'} s)", flush=True)
             log.write(f"== {name}: {' '.join(cmd)}\n")
             log.flush()
+            start = log_path.stat().st_size
             try:
-                proc = subprocess.run(cmd, cwd=ROOT, env=env, timeout=limit, text=True,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-                status, text = proc.returncode, proc.stdout
-            except subprocess.TimeoutExpired as exc:
-                status, text = "timeout", (exc.stdout or b"").decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
-            log.write(text + f"\n== {name}: status {status}, {time.perf_counter() - t0:.1f} s\n")
+                status = subprocess.run(cmd, cwd=ROOT, env=env, timeout=limit, stdout=log,
+                                        stderr=subprocess.STDOUT).returncode
+            except subprocess.TimeoutExpired:
+                status = "timeout"
+            with open(log_path, "rb") as f:
+                f.seek(start)
+                text = f.read().decode(errors="replace")
+            seconds = round(time.perf_counter() - t0, 1)
+            log.write(f"\n== {name}: status {status}, {seconds} s\n")
             log.flush()
             tail = "\n".join(l for l in text.splitlines() if "it/s]" not in l and "row/s" not in l)
             print(tail[-2500:])
-            print(f"== {name}: status {status} in {time.perf_counter() - t0:.1f} s", flush=True)
-            results.append({"stage": name, "status": status, "seconds": round(time.perf_counter() - t0, 1)})
-    from bridgegan.engine.bench import PARTIAL_CSV
+            print(f"== {name}: status {status} in {seconds} s", flush=True)
+            results.append({"stage": name, "status": status, "seconds": seconds})
+            _gather(results, work, out, round(time.perf_counter() - t_all, 1))
+    print(f"gpu_check finished in {round(time.perf_counter() - t_all, 1)} s: " +
+          ", ".join(f"{r['stage']}={r['status']}" for r in results))
+    return int(any(r["status"] != 0 for r in results))
+
+
+def _gather(results: list[dict], work: Path, out: Path, seconds: float) -> None:
+    """The stages' results so far into out: gpu_check.json, bench.csv and .png, kernels.csv,
+    profile.csv and .md (a lent machine returns at most eight files, two folders deep)."""
+    from bridgegan.engine.bench import PARTIAL_CSV, measured, plot
+    from bridgegan.files import write_file_atomic
 
     engine_rows = []
     for sub in ("engine", "heuristics", "strip", "ablation", "compile"):
@@ -203,7 +224,7 @@ def _run(plan, wanted: list[str], work: Path, out: Path, dry_run: bool) -> int:
         # are named by it, or the plot would join a variant's points of several runs
         engine_rows += [dict(r, variant=f"{sub}: {r['variant']}") if sub != "engine" else r
                         for r in rows]
-    report = {"stages": results, "seconds": round(time.perf_counter() - t_all, 1)}
+    report = {"stages": results, "seconds": seconds}
     for key, path in (("parity_ops", work / "parity_ops.json"),
                       ("parity_backends", work / "parity_backends.json"),
                       ("kernels", work / "kernels" / "kernels.json"),
@@ -213,27 +234,21 @@ def _run(plan, wanted: list[str], work: Path, out: Path, dry_run: bool) -> int:
             data = json.loads(path.read_text())
             report[key] = data.get("peaks", data) if key == "engine_peaks" else data
     report["engine"] = engine_rows
-    (out / "gpu_check.json").write_text(json.dumps(report, indent=1, default=str))
+    write_file_atomic(out / "gpu_check.json", json.dumps(report, indent=1, default=str).encode())
     if engine_rows:
-        with open(out / "bench.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(engine_rows[0]))
-            w.writeheader()
-            w.writerows(engine_rows)
-        from bridgegan.engine.bench import measured, plot
-
-        rows = measured(engine_rows)
-        for r in rows:
-            r["batch"], r["resolution"] = int(r["batch"]), int(r["resolution"])
-            r["images_per_s"] = float(r["images_per_s"])
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(engine_rows[0]))
+        w.writeheader()
+        w.writerows(engine_rows)
+        write_file_atomic(out / "bench.csv", buf.getvalue().encode())
+        rows = [dict(r, batch=int(r["batch"]), resolution=int(r["resolution"]),
+                     images_per_s=float(r["images_per_s"])) for r in measured(engine_rows)]
         if rows:  # as write_results: skipped rows only have nothing to plot
             plot(rows, out / "bench.png", f"bridgegan gpu_check on {engine_rows[0]['device']}")
     for src in (work / "kernels" / "kernels.csv", work / "profile" / "profile.csv",
                 work / "profile" / "profile.md"):
         if src.is_file():
             shutil.copy(src, out / src.name)
-    print(f"gpu_check finished in {report['seconds']} s: " +
-          ", ".join(f"{r['stage']}={r['status']}" for r in results))
-    return int(any(r["status"] != 0 for r in results))
 
 
 if __name__ == "__main__":

@@ -287,27 +287,29 @@ def test_parity_backends_passes_on_cpu(tmp_path):
     assert any(r["status"] == "PASS" and r["dtype"] == "float32" for r in rows)
 
 
+def _script(name: str):
+    """benchmarks/NAME.py as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_gpu_check_plan_parses_on_the_cpu(tmp_path):
     """The GPU run's bench variants are read here, so that a typo fails in CI and not on a
     lent machine's one call."""
-    import importlib.util
-
     from bridgegan.engine.bench import Variant
 
-    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
-    gpu_check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu_check)
+    gpu_check = _script("gpu_check")
     plan = gpu_check.stages(tmp_path, dry=False)
     lists = [cmd[cmd.index("--variants") + 1] for _, cmd, _ in plan if "--variants" in cmd]
     variants = [Variant.parse(v) for text in lists for v in text.split(",")]
     assert any(v.streams and v.cuda_graphs for v in variants)
     assert any(v.without for v in variants) and any(v.backend == "compile" for v in variants)
     # the profile stage's own default list (its "before" and "after" engines)
-    spec = importlib.util.spec_from_file_location("profile_engine",
-                                                  ROOT / "benchmarks" / "profile_engine.py")
-    profile_engine = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(profile_engine)
-    profiled = [Variant.parse(v) for v in profile_engine.DEFAULT_VARIANTS.split(",")]
+    profiled = [Variant.parse(v) for v in _script("profile_engine").DEFAULT_VARIANTS.split(",")]
     assert any(v.without for v in profiled) and not any(v.cuda_graphs for v in profiled)
     # every test skipped for want of a GPU is marked gpu, in a file the gpu_tests stage runs
     listed = {t.split("::")[0] for t in gpu_check.GPU_TESTS}
@@ -318,6 +320,26 @@ def test_gpu_check_plan_parses_on_the_cpu(tmp_path):
                 where = f"{path.name}:{i + 1}"
                 assert lines[i - 1] == "@pytest.mark.gpu", f"{where} is not marked gpu"
                 assert f"tests/{path.name}" in listed, f"{where}: gpu_check.GPU_TESTS lacks it"
+
+
+def test_gpu_check_reports_after_each_stage(tmp_path):
+    """A lent machine's call may be stopped at its limit, and only OUTDIR comes back: each
+    stage's report is written before the next starts, the stages print into the log as
+    they run, and a stage past its limit is stopped and reported."""
+    gpu_check = _script("gpu_check")
+    out, work = tmp_path / "out", tmp_path / "work"
+    out.mkdir(), work.mkdir()
+    report = out / "gpu_check.json"
+    check = (f"import json, sys; r = json.load(open({str(report)!r})); "
+             f"sys.exit([s['stage'] for s in r['stages']] != ['one'])")
+    plan = [("one", [sys.executable, "-c", "print('stage one was here')"], 30),
+            ("two", [sys.executable, "-c", check], 30),
+            ("slow", [sys.executable, "-c", "import time; time.sleep(600)"], 2)]
+    assert gpu_check._run(plan, ["one", "two", "slow"], work, out, dry_run=False) == 1
+    stages = json.loads(report.read_text())["stages"]
+    assert [(s["stage"], s["status"]) for s in stages] == [("one", 0), ("two", 0),
+                                                           ("slow", "timeout")]
+    assert "stage one was here" in (out / "gpu_check.log").read_text()
 
 
 @pytest.mark.slow
