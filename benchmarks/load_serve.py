@@ -302,8 +302,10 @@ def main(argv: list[str] | None = None) -> int:
                 max_requests=args.requests, duration=args.duration, rows=args.rows,
                 hostile=args.hostile, rate=args.rate)
     warm = {**load, "max_requests": warmup, "duration": 60.0, "hostile": 0.0, "rate": None}
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
-    server = {"omp_threads": os.environ.get("OMP_NUM_THREADS", "1")}
+    from bridgegan.engine.bench import cpu_model
+
+    machine = f"{cpu_model()}, {os.cpu_count()} cores"
+    server = {}  # what this script knows of the server: only of one it starts
     if args.url:
         if warmup:
             run_load(args.url, args.grpc_url or args.url, **warm)
@@ -330,7 +332,8 @@ def main(argv: list[str] | None = None) -> int:
                 with PeakMemory(srv) as peak:
                     result = run_load(srv.http, srv.grpc, **load)
                 server["peak_rss_mb"] = round(peak.bytes / 2**20)
-        server.update(checkpoint=args.checkpoint or f"seeded preset {args.resolution}",
+        server.update(omp_threads=os.environ.get("OMP_NUM_THREADS", "1"),
+                      checkpoint=args.checkpoint or f"seeded preset {args.resolution}",
                       max_batch=args.max_batch, max_queue_delay_us=args.max_queue_delay_us,
                       server_machine=machine)
     import torch

@@ -199,7 +199,8 @@ def test_translate_defaults_to_the_shipped_model_and_checks_its_options(tmp_path
 def test_bench_sizes_from_the_checkpoint_and_checks_before_timing(tmp_path, capsys,
                                                                    monkeypatch):
     """--resolutions defaults to the checkpoint's size (a 32 px checkpoint was refused at
-    the default 128); the load average at the start and end is recorded; batches below 1,
+    the default 128); the load average at the start and end is recorded, and the versions
+    of the libraries the rows ran on besides torch and triton; batches below 1,
     unknown workloads, or CUDA on a machine without it, are refused in one line before
     anything is measured; a table whose every row is skipped is written without a plot."""
     from bridgegan import threads
@@ -207,14 +208,18 @@ def test_bench_sizes_from_the_checkpoint_and_checks_before_timing(tmp_path, caps
     monkeypatch.setattr(threads, "load_average", lambda: 1.25)  # another job running
     save_checkpoint(tmp_path / "ck", randomize(BridgeGAN(small_config(32))).eval())
     out = tmp_path / "bench"
-    assert main(["bench", "--checkpoint", str(tmp_path / "ck"), "--variants", "torch:float32",
-                 "--batches", "1", "--workloads", "translate", "--reps", "1", "--warmup", "0",
-                 "--out", str(out), "--threads", "1"]) == 0
+    assert main(["bench", "--checkpoint", str(tmp_path / "ck"), "--variants",
+                 "torch:float32,onnxruntime:float32", "--batches", "1", "--workloads",
+                 "translate", "--reps", "1", "--warmup", "0", "--out", str(out),
+                 "--threads", "1"]) == 0
     with open(out / "bench.csv") as f:
-        assert [r["resolution"] for r in csv.DictReader(f)] == ["32"]
+        assert [r["resolution"] for r in csv.DictReader(f)] == ["32", "32"]
     peaks = json.loads((out / "bench.json").read_text())["peaks"]
     assert peaks["load_1min_at_start"] == peaks["load_1min_at_end"] == 1.25
     assert peaks["cores"] >= 1
+    import onnxruntime
+
+    assert peaks["libraries"] == {"onnxruntime": onnxruntime.__version__}
     for bad in ("0,1", "1,x", "1,,8"):  # refused by the parser, naming what it accepts
         with pytest.raises(SystemExit) as exit_:
             main(["bench", "--batches", bad, "--out", str(out)])

@@ -71,6 +71,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -170,7 +171,7 @@ def default_variants(device: str | torch.device) -> list[Variant]:
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_fp16")
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     """The CPU's model name and its CPU_FLAGS (``engine.cpu_info``), else what ``platform``
     knows."""
     model, have = cpu_info()
@@ -200,9 +201,19 @@ def environment(device: torch.device) -> dict:
         except (OSError, subprocess.SubprocessError):
             pass
     name = (torch.cuda.get_device_name(device) if device.type == "cuda"
-            else f"{_cpu_model()}, {torch.get_num_threads()} threads")
+            else f"{cpu_model()}, {torch.get_num_threads()} threads")
     return {"device": name, "torch": torch.__version__, "triton": triton_version,
             "commit": commit or "unknown", "date": dt.date.today().isoformat()}
+
+
+def libraries(device: torch.device) -> dict:
+    """Versions of the libraries the rows ran on besides torch and triton: onnxruntime and
+    TensorRT where loaded by then, CUDA and cuDNN on a GPU."""
+    found = {name: sys.modules[name].__version__ for name in ("onnxruntime", "tensorrt")
+             if name in sys.modules}
+    if device.type == "cuda":
+        found.update(cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
+    return found
 
 
 def _peak_mb(device: torch.device) -> float | str:
@@ -498,7 +509,8 @@ def run_matrix(variants: list[Variant] | None, batches: list[int], resolutions: 
                         rows.append(row)
                         stream(row)
     bar.close()
-    peaks.update(load, load_1min_at_end=round(threads.load_average(), 2))
+    peaks.update(load, load_1min_at_end=round(threads.load_average(), 2),
+                 libraries=libraries(dev))
     _add_ratios(rows)
     return rows, peaks
 
