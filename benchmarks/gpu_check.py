@@ -21,7 +21,8 @@ rest, all within five minutes on an H100:
      takes minutes, so it is not in the default run but asked for in a device call of its
      own (``--stages bench_compile``); inductor's and Triton's caches live in the repo's
      .cache/ (gitignored), which a lent machine's run carries between calls; the row's
-     first_call_s is the compile time a user waits for
+     first_call_s is the compile time with the caches the earlier calls left (a user's
+     first run compiles from scratch)
   9. the test suite's GPU-only tests (``gpu_tests``: pytest, the cells CPU runs skip for
      want of a GPU), asked for like stage 8
 The engine rows include an A/B of cuDNN's algorithm search (``heuristics`` rows: off) for

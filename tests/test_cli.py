@@ -274,7 +274,8 @@ def test_bench_writes_rows_with_ratios(tmp_path, monkeypatch):
     assert sum(r["variant"] == "torch-float32-no_transposed_up" for r in got) == 5
     assert {r["batch"] for r in got if r["what"] == "samples"} == {str(BENCH_SAMPLES)}
     for col in ("what", "backend", "dtype", "batch", "resolution", "metric", "unit", "p50",
-                "p20", "p80", "first_call_s", "device", "torch", "triton", "commit", "date"):
+                "p20", "p80", "first_call_s", "build_s", "device", "torch", "triton", "commit",
+                "date"):
         assert all(r[col] != "" for r in got), col
     for r in got:
         assert float(r["p20"]) <= float(r["p50"]) <= float(r["p80"])

@@ -6,8 +6,10 @@ memory, the ratio to the reference model measured in the same run (float32, and 
 same dtype where measured, with the same cuDNN algorithm choice), the roofline share
 (reference FLOPs per second over the matrix-product peak measured in the row's dtype), and
 the wall seconds of the first call at that shape (what a user waits for: torch.compile's
-compilation, autotuning, cuDNN's algorithm search, CUDA-graph capture). Results go to CSV
-+ JSON, and a PNG plot.
+compilation, autotuning, cuDNN's algorithm search, CUDA-graph capture) and of building the
+variant's engine (``build_s``: the graph rewrite, an ONNX export, a TensorRT plan), both
+with whatever caches the machine holds (inductor's, Triton's, the ONNX and plan caches: a
+first run on a machine waits longer). Results go to CSV + JSON, and a PNG plot.
 
 Columns: ``dtype`` is torch's name of the dtype (``bf16`` and ``bfloat16`` are one dtype,
 ``auto`` is resolved), and the ratio columns join on it. Their baseline is the plain
@@ -97,7 +99,7 @@ PARTIAL_CSV = "bench.partial.csv"  # the rows of a run in progress (or killed), 
 FIELDS = ["what", "backend", "dtype", "batch", "resolution", "metric", "unit", "p50", "p20",
           "p80", "samples", "images_per_s", "peak_mem_mb", "vs_reference_fp32",
           "vs_reference_same_dtype", "roofline_share", "gflop_per_image", "first_call_s",
-          "variant", "parity", "note", "device", "torch", "triton", "commit", "date"]
+          "build_s", "variant", "parity", "note", "device", "torch", "triton", "commit", "date"]
 # The table measured when no variants are given, per device type. CPU: the backends side
 # by side in float32 (issue 14 item 9), then torch and compile in bf16 channels_last
 # (AMX CPUs: 2.1-2.7x and 5.5-7.2x the reference).
@@ -348,23 +350,28 @@ def _model(res: int, checkpoint: str | None, config_overrides: dict | None) -> B
     return load_checkpoint(checkpoint)
 
 
-def _engine(model: BridgeGAN, v: Variant, dev: torch.device, case) -> tuple[Engine, str, dict]:
-    """The variant's engine, its parity verdict against ``case`` (inputs, the float64
-    reference's output; None: not checked) and {(workload, images): seconds} of the first
-    call parity made. Raises ValueError when parity fails."""
+def _engine(model: BridgeGAN, v: Variant, dev: torch.device,
+            case) -> tuple[Engine, float, str, dict]:
+    """The variant's engine, the seconds it took to build, its parity verdict against
+    ``case`` (inputs, the float64 reference's output; None: not checked) and
+    {(workload, images): seconds} of the first call parity made. Raises ValueError when
+    parity fails."""
+    t0 = time.perf_counter()
     eng = Engine(model, backend=v.backend, dtype=v.dtype, device=dev,
                  channels_last=v.channels_last, cuda_graphs=v.cuda_graphs,
                  cudnn_benchmark=False if v.heuristics else None, streams=v.streams,
                  rewrites=v.rewrites)
+    synchronize(dev)
+    built = round(time.perf_counter() - t0, 3)
     if case is None:
-        return eng, "not checked", {}
+        return eng, built, "not checked", {}
     inputs, want = case
     p = compare(eng, inputs, want)
     verdict = f"max abs {p['max_abs']:.1e}, PSNR {p['psnr_db']:.1f} dB ({p['limit']})"
     if not p["ok"]:
         raise ValueError(f"parity failed against the float64 reference: {verdict}; "
                          "speed not reported")
-    return eng, verdict, {("translate", len(inputs[0])): p["seconds"]}
+    return eng, built, verdict, {("translate", len(inputs[0])): p["seconds"]}
 
 
 def _row_parity(verdict: str, checked: tuple[str, int] | None, call: tuple[str, int]) -> str:
@@ -414,7 +421,7 @@ def _variant_rows(model: BridgeGAN, v: Variant, dev: torch.device, case, batches
     base = dict(backend=v.backend, dtype=v.resolved_dtype(dev),
                 resolution=cfg.image_size, variant=v.name, **env)
     try:
-        eng, verdict, first_calls = _engine(model, v, dev, case)
+        eng, built, verdict, first_calls = _engine(model, v, dev, case)
     except Exception as exc:
         bar.update(len(workloads) * len(batches))
         yield dict(base, what="all", batch="", metric="skipped", note=_why(exc))
@@ -427,7 +434,7 @@ def _variant_rows(model: BridgeGAN, v: Variant, dev: torch.device, case, batches
             fn, n = _workload_fn(eng, workload, batch, seed=batch)
             if (workload, n) not in sizes_done:  # strips clamped to one length share it
                 sizes_done.add((workload, n))
-                row = dict(base, what=workload, batch=n)
+                row = dict(base, what=workload, batch=n, build_s=built)
                 try:
                     ms, first, peak = _measure(fn, dev, first_calls.pop((workload, n), None),
                                                timer)
