@@ -251,8 +251,12 @@ def run(out_dir, dry_run=False, sweep=False, parity=False, quick=False, dtypes=N
 
         prow = check_ops(device=device, quick=quick or dry_run,
                          impl="torch" if dry_run else None)
-        (out / "parity.json").write_text(json.dumps(prow, indent=1))
+        write_file_atomic(out / "parity.json", json.dumps(prow, indent=1).encode())
         print(f"parity: {sum(r['ok'] for r in prow)}/{len(prow)} pass")
+        failed = sorted({f"{r['op']} {r['dtype']} {r['layout']}" for r in prow if not r["ok"]})
+        if failed:  # as the engine's bench: no speed for kernels that fail parity
+            raise SystemExit(f"bench_kernels: parity failed for {', '.join(failed)} (see "
+                             f"{out / 'parity.json'}); no speed reported")
 
     timing, quick_timing = _timing(device, quick or dry_run), _timing(device, True)
     batch = 2 if dry_run else BATCH

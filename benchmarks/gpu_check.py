@@ -91,7 +91,9 @@ def stages(work: Path, dry: bool) -> list[tuple[str, list[str], int]]:
         dev, res, batches, reps = "cpu", "64", "1,2", ["--reps", "1", "--warmup", "0"]
         variants = "reference:float32,torch:float32,torch:bf16:cl"
     else:
-        dev, res, batches, reps = "cuda", "128", "1,8,64,256", ["--reps", "10", "--warmup", "2"]
+        # at least 0.2 s of timed calls a row (batch 1 under CUDA graphs: ~200 calls)
+        dev, res, batches, reps = "cuda", "128", "1,8,64,256", ["--reps", "10", "--warmup", "2",
+                                                                "--min-seconds", "0.2"]
         variants = ENGINE_VARIANTS
     out = [
         ("parity_ops", [py, "-m", "bridgegan.kernels.parity", "--device", dev,

@@ -148,9 +148,8 @@ def test_triton_statistics_far_from_zero(layout, path, stds):
         assert errors(unshifted, ref)[1] > tolerance(torch.float32).op_rel
 
 
-def test_sweep_configs_are_launch_plans():
-    """Every launch config of bench_kernels' GPU sweep is a plan for every swept shape, so
-    that a typo fails here and not in the lent GPU's one call."""
+def _bench_kernels():
+    """benchmarks/bench_kernels.py as a module."""
     import importlib.util
     from pathlib import Path
 
@@ -158,10 +157,32 @@ def test_sweep_configs_are_launch_plans():
     spec = importlib.util.spec_from_file_location("bench_kernels", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_sweep_configs_are_launch_plans():
+    """Every launch config of bench_kernels' GPU sweep is a plan for every swept shape, so
+    that a typo fails here and not in the lent GPU's one call."""
+    bench = _bench_kernels()
     for layout, configs in bench.SWEEP.items():
         for cfg in configs:
             for c, h in bench.GEN_LAYERS:
                 plan_launch(bench.BATCH, c, h * h, layout == "channels_last", cfg)
+
+
+def test_bench_kernels_reports_no_speed_after_failed_parity(tmp_path, monkeypatch):
+    """bench_kernels --parity: a kernel that fails its parity row stops the run before
+    anything is timed, naming it (its speed was reported beside a pass count)."""
+    from bridgegan.kernels import parity
+
+    bench = _bench_kernels()
+    rows = [dict(op="spade_modulate", dtype="fp16", layout="nchw", ok=True),
+            dict(op="instance_norm_act", dtype="bf16", layout="channels_last", ok=False)]
+    monkeypatch.setattr(parity, "check_ops", lambda **kw: rows)
+    with pytest.raises(SystemExit, match=r"parity failed for instance_norm_act bf16 "
+                                         r"channels_last \(see .*\); no speed reported"):
+        bench.run(tmp_path, dry_run=True, parity=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["parity.json"]
 
 
 @requires_triton
