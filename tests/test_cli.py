@@ -308,10 +308,14 @@ def test_gpu_check_plan_parses_on_the_cpu(tmp_path):
     lent machine's one call."""
     from bridgegan.engine.bench import Variant
 
+    from bridgegan.engine import bench
+
     gpu_check = _script("gpu_check")
     plan = gpu_check.stages(tmp_path, dry=False)
     lists = [cmd[cmd.index("--variants") + 1] for _, cmd, _ in plan if "--variants" in cmd]
     variants = [Variant.parse(v) for text in lists for v in text.split(",")]
+    cuda = torch.device("cuda")  # bench --device cuda's default table: parses and is a table
+    bench._check_table(bench.default_variants(cuda), cuda)
     assert any(v.streams and v.cuda_graphs for v in variants)
     assert any(v.without for v in variants) and any(v.backend == "compile" for v in variants)
     # the profile stage's own default list (its "before" and "after" engines)
