@@ -282,7 +282,16 @@ def test_bench_writes_rows_with_ratios(tmp_path, monkeypatch):
         assert r["vs_reference_fp32"] != ""
         if r["backend"] == "reference":
             assert float(r["vs_reference_fp32"]) == 1.0
-    assert json.loads((tmp_path / "bench.json").read_text())["peaks"]["matmul_flops"] > 0
+    peaks = json.loads((tmp_path / "bench.json").read_text())["peaks"]
+    assert peaks["matmul_flops"] > 0
+    # the baseline timed again after the other variants: the run's drift
+    again = peaks["baseline_again"]
+    assert [(a["variant"], a["batch"]) for a in again] == [("reference-float32", 1),
+                                                           ("reference-float32", 2)]
+    first = {int(r["batch"]): float(r["p50"]) for r in got
+             if r["variant"] == "reference-float32" and r["what"] == "translate"}
+    assert all(a["p50"] == first[a["batch"]] and a["p50_again"] > 0 and
+               a["ratio"] == round(a["p50_again"] / a["p50"], 3) for a in again)
 
 
 def test_parity_backends_passes_on_cpu(tmp_path):
@@ -483,7 +492,8 @@ def test_bench_times_every_row_with_tf32_off(monkeypatch):
         assert tf32() == (True, True)
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
-    assert len(bench.measured(rows)) == 4 and flags == [(False, False)] * 4
+    # four rows, then the baseline's two timed again at the end (``baseline_again``)
+    assert len(bench.measured(rows)) == 4 and flags == [(False, False)] * 6
 
 
 def _failing_at_batch_2(monkeypatch, exc: BaseException) -> None:

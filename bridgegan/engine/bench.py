@@ -9,7 +9,10 @@ the wall seconds of the first call at that shape (what a user waits for: torch.c
 compilation, autotuning, cuDNN's algorithm search, CUDA-graph capture) and of building the
 variant's engine (``build_s``: the graph rewrite, an ONNX export, a TensorRT plan), both
 with whatever caches the machine holds (inductor's, Triton's, the ONNX and plan caches: a
-first run on a machine waits longer). Results go to CSV + JSON, and a PNG plot.
+first run on a machine waits longer). After every variant of a size, the baselines'
+translate rows are timed once more (bench.json's ``baseline_again``: each p50 then and
+again): the run's drift, against which ratios of variants timed minutes apart are read.
+Results go to CSV + JSON, and a PNG plot.
 
 Columns: ``dtype`` is torch's name of the dtype (``bf16`` and ``bfloat16`` are one dtype,
 ``auto`` is resolved), and the ratio columns join on it. Their baseline is the plain
@@ -503,7 +506,8 @@ def run_matrix(variants: list[Variant] | None, batches: list[int], resolutions: 
     timer = dict(warmup=warmup, reps=reps, min_seconds=min_seconds)
     peaks["timer"] = dict(timer)  # how many calls each row's percentiles come from
     rows: list[dict] = []
-    bar = tqdm(total=len(resolutions) * len(variants) * len(workloads) * len(batches),
+    again = sum(_is_baseline(v.name) for v in variants) * ("translate" in workloads)
+    bar = tqdm(total=len(resolutions) * (len(variants) * len(workloads) + again) * len(batches),
                disable=not progress, desc="bench", unit="row")
     with _streamed(out) as stream:
         for res in resolutions:
@@ -518,11 +522,37 @@ def run_matrix(variants: list[Variant] | None, batches: list[int], resolutions: 
                                              peaks, env, bar):
                         rows.append(row)
                         stream(row)
+            peaks.setdefault("baseline_again", []).extend(
+                _baseline_again(model, variants, dev, rows, batches, timer, peaks, env, bar))
     bar.close()
     peaks.update(load, load_1min_at_end=round(threads.load_average(), 2),
                  libraries=libraries(dev))
     _add_ratios(rows)
     return rows, peaks
+
+
+def _baseline_again(model: BridgeGAN, variants: list[Variant], dev: torch.device,
+                    rows: list[dict], batches: list[int], timer: dict, peaks: dict,
+                    env: dict, bar) -> list[dict]:
+    """The baselines' translate rows at ``model``'s size timed once more after every other
+    variant: how far the machine drifted over the run (clocks, heat, other load), the
+    noise against which the ratios between variants timed minutes apart are read."""
+    res = model.config.image_size
+    first = {(r["variant"], r["batch"]): r["p50"] for r in measured(rows)
+             if r["what"] == "translate" and r["resolution"] == res and _is_baseline(r["variant"])}
+    again = []
+    for v in variants:
+        if not any(name == v.name for name, _ in first):
+            continue
+        with no_tf32():
+            for r in _variant_rows(model, v, dev, None, batches, ["translate"], timer, peaks,
+                                   env, bar):
+                key = (r["variant"], r["batch"])
+                if r["metric"] == "latency" and key in first:
+                    again.append(dict(variant=key[0], resolution=res, batch=key[1],
+                                      p50=first[key], p50_again=r["p50"],
+                                      ratio=round(r["p50"] / first[key], 3)))
+    return again
 
 
 def measured(rows: list[dict]) -> list[dict]:

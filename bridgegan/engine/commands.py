@@ -135,6 +135,11 @@ def bench(args: argparse.Namespace) -> int:
     print(f"peaks on {peaks['device']}: matmul {peaks['matmul_flops'] / 1e12:.2f} TFLOP/s "
           f"({peaks['matmul_dtype']}), copy {peaks['copy_bytes_per_s'] / 1e9:.1f} GB/s")
     print(format_table(rows))
+    drift = [r["ratio"] for r in peaks["baseline_again"]]
+    if drift:
+        print(f"the reference timed again at the end: p50 x{min(drift):.2f} to "
+              f"x{max(drift):.2f} its first timing; differences between variants within "
+              f"that drift are not resolved by this run")
     files = write_results(rows, peaks, args.out)
     print("wrote " + ", ".join(str(f) for f in files))
     return 0
