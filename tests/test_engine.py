@@ -1068,11 +1068,12 @@ def test_onnxruntime_sessions_run_on_torchs_thread_count(tmp_path, monkeypatch):
 
 def test_onnxruntime_cuda_sessions_run_float32_without_tf32(tmp_path, monkeypatch):
     """ORT's CUDA provider runs float32 convolutions in TF32 unless told (use_tf32 0), as
-    the engine's torch backends do not (onnxruntime faked: no CUDA build here)."""
+    the engine's torch backends do not; a CUDA provider that failed to load (ORT logs it
+    and runs on the CPU) is refused (onnxruntime faked: no CUDA build here)."""
     ort = pytest.importorskip("onnxruntime")
     from bridgegan.engine.backends.onnxruntime import OrtGraph
 
-    made = []
+    made, loaded = [], ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
     class Session:
         def __init__(self, path, options, providers):
@@ -1081,12 +1082,20 @@ def test_onnxruntime_cuda_sessions_run_float32_without_tf32(tmp_path, monkeypatc
         def get_inputs(self):
             return []
 
+        def get_providers(self):
+            return loaded
+
     monkeypatch.setattr(ort, "get_available_providers",
                         lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     monkeypatch.setattr(ort, "InferenceSession", Session)
     OrtGraph(tmp_path / "g.onnx", torch.device("cuda", 1))
     assert made == [[("CUDAExecutionProvider", {"device_id": 1, "use_tf32": 0}),
                      "CPUExecutionProvider"]]
+    loaded = ["CPUExecutionProvider"]
+    with pytest.raises(BackendUnavailable, match="onnxruntime could not start its "
+                                                 "CUDAExecutionProvider .providers in use: "
+                                                 "CPUExecutionProvider; see its log."):
+        OrtGraph(tmp_path / "g.onnx", torch.device("cuda", 1))
     monkeypatch.setattr(ort, "__version__", "1.17.3")  # a GPU build before the option
     with pytest.raises(BackendUnavailable, match=r"onnxruntime 1\.17\.3 runs float32 "
                                                  r"convolutions on CUDA in TF32 only: pip "

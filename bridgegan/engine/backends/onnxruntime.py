@@ -65,6 +65,13 @@ class OrtGraph:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own pybind exception types
             raise OnnxFileError(f"onnxruntime cannot load {path}: {exc}") from None
+        # a CUDA provider that fails to load (its CUDA or cuDNN libraries missing or of
+        # another major version) is only logged: the session runs on the CPU
+        if device.type == "cuda" and self.session.get_providers()[0] != "CUDAExecutionProvider":
+            raise BackendUnavailable(
+                f"onnxruntime could not start its CUDAExecutionProvider (providers in use: "
+                f"{', '.join(self.session.get_providers())}; see its log): install the "
+                f"onnxruntime-gpu build for this CUDA, or use device='cpu'")
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.device, self.path = device, Path(path)
 
