@@ -4,7 +4,10 @@ parity tables.
 ``time_calls`` runs ``warmup`` untimed calls, then timed calls until both ``reps`` calls
 and ``min_seconds`` have passed. On a CUDA device each call is timed by CUDA events
 recorded on that device's current stream (device time, one sync per call); on the CPU
-by ``time.perf_counter``. ``flush_l2`` clears the GPU's L2 cache before each timed call
+by ``time.perf_counter``. ``queued`` (CUDA): a spin kernel of about a millisecond is
+queued before each timed call, so that the host has queued the whole call by the time the
+device reaches it: the events then time the device's work alone, without the gaps of the
+host's launches (what a CUDA graph's replay runs). ``flush_l2`` clears the GPU's L2 cache before each timed call
 (outside the timed span), so that a kernel reads its inputs from memory, as
 ``triton.testing.do_bench`` does.
 """
@@ -16,6 +19,7 @@ import numpy as np
 import torch
 
 L2_FLUSH_BYTES = 256 << 20  # more than any current GPU's L2 (do_bench's flush size)
+QUEUE_CYCLES = 2_000_000  # ``queued``'s spin: ~1 ms at 2 GHz, far above a few launches
 
 
 def synchronize(device: torch.device) -> None:
@@ -25,7 +29,7 @@ def synchronize(device: torch.device) -> None:
 
 
 def time_calls(fn, device, warmup: int = 0, reps: int = 1, min_seconds: float = 0.0,
-               flush_l2: bool = False) -> list[float]:
+               flush_l2: bool = False, queued: bool = False) -> list[float]:
     """Seconds of each timed call of ``fn()`` (see the module docstring)."""
     device = torch.device(device)
     cuda = device.type == "cuda"
@@ -43,6 +47,9 @@ def time_calls(fn, device, warmup: int = 0, reps: int = 1, min_seconds: float = 
             flush.zero_()
         if cuda:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            if queued:
+                with torch.cuda.stream(stream):
+                    torch.cuda._sleep(QUEUE_CYCLES)
             start.record(stream)
             fn()
             end.record(stream)

@@ -178,9 +178,11 @@ def _use_fused(x, weight, stride, padding, transposed, fused, plain) -> bool:
                           "on.", KernelFallbackWarning, stacklevel=3)
             _USE_FUSED[key] = False
             return False
+        # device time (``queued``): the saved launches of the bias and ReLU passes would
+        # win small shapes by host time alone, which a CUDA graph's replay does not spend
         _USE_FUSED[key] = not x.is_cuda or statistics.median(
-            time_calls(fused, x.device, warmup=1, reps=5)) <= statistics.median(
-            time_calls(plain, x.device, warmup=1, reps=5))
+            time_calls(fused, x.device, warmup=1, reps=5, queued=True)) <= statistics.median(
+            time_calls(plain, x.device, warmup=1, reps=5, queued=True))
     return _USE_FUSED[key]
 
 
