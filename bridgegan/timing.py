@@ -7,9 +7,9 @@ recorded on that device's current stream (device time, one sync per call); on th
 by ``time.perf_counter``. ``queued`` (CUDA): a spin kernel of about a millisecond is
 queued before each timed call, so that the host has queued the whole call by the time the
 device reaches it: the events then time the device's work alone, without the gaps of the
-host's launches (what a CUDA graph's replay runs). ``flush_l2`` clears the GPU's L2 cache before each timed call
-(outside the timed span), so that a kernel reads its inputs from memory, as
-``triton.testing.do_bench`` does.
+host's launches (what a CUDA graph's replay runs). ``flush_l2`` clears the GPU's L2 cache
+before each timed call (outside the timed span), so that a kernel reads its inputs from
+memory, as ``triton.testing.do_bench`` does.
 """
 from __future__ import annotations
 
