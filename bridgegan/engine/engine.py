@@ -428,12 +428,15 @@ class Engine:
 
     @_serialised
     def classify(self, images: Images) -> torch.Tensor:
-        """Source labels (N, A) from the discriminator's attribute head (logit > 0)."""
-        return self._source(self.load_images(images), None)
+        """Source labels (N, A) from the discriminator's attribute head (logit > 0), on the
+        engine's device."""
+        return self._source(self.load_images(images), None).to(self.device)
 
     def _labels(self, labels, n: int, what: str) -> torch.Tensor:
-        """0/1 labels (N, A) or (A,) as float32 (N, A), checked in float64 before the cast
-        (so that 0.99999999 is not read as 1)."""
+        """0/1 labels (N, A) or (A,) as float32 (N, A) in host memory, checked in float64
+        before the cast (so that 0.99999999 is not read as 1). Labels stay on the host
+        until ``d`` is cast for the stages: the edits' rules and an edit strip's flips read
+        them row by row, each read of device memory a sync."""
         labels = _as_tensor(labels, what, torch.float64)
         given = tuple(labels.shape)
         if labels.dim() == 1:
@@ -445,7 +448,7 @@ class Engine:
         bad = labels[(labels != 0) & (labels != 1)]  # NaN included
         if bad.numel():
             raise ValueError(f"{what} must be 0 (absent) or 1 (present), got {bad[0].item()}")
-        return labels.to(self.device, torch.float32)
+        return labels.to("cpu", torch.float32)
 
     def _source(self, x: torch.Tensor, source) -> torch.Tensor:
         if source is None:
@@ -457,12 +460,13 @@ class Engine:
         alone: a batch's float32 rounding differs from a single row's (about 1e-5 here),
         which would tip a logit that close to 0 and flip a whole attribute of the result
         with the row's batch mates (serve's dynamic batching) or chunking. So the batch runs
-        at once and the rows with a logit within LABEL_MARGIN of 0 run again alone."""
+        at once and the rows with a logit within LABEL_MARGIN of 0 run again alone. In host
+        memory, as ``_labels``."""
         logits = in_chunks(lambda rows: self.classifier(rows)[1], (x,), MAX_ROWS)
         if x.shape[0] > 1:
             for i in (logits.abs() < LABEL_MARGIN).any(1).nonzero().flatten().tolist():
                 logits[i] = self.classifier(x[i:i + 1])[1][0]
-        return (logits > 0).float()
+        return (logits > 0).float().cpu()
 
     def _target(self, source: torch.Tensor, target) -> torch.Tensor:
         if isinstance(target, Mapping):
