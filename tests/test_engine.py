@@ -2,6 +2,7 @@
 the trunk cache, every backend that runs here, bad input, and concurrent callers."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import threading
@@ -1168,16 +1169,17 @@ def test_bench_refuses_heuristics_beside_searched_rows_on_cuda():
     _check_table(mixed[1:], torch.device("cuda"))
 
 
-def test_a_backend_parity_case_that_raises_is_a_fail_row(monkeypatch):
+def test_a_backend_parity_case_that_raises_is_a_fail_row(monkeypatch, tmp_path):
     """One case that raises (say a CUDA-graph capture error) is a FAIL row naming the
-    error; the other cases still run and the table is still returned."""
+    error; the other cases still run and the table is still returned; the JSON file holds
+    the rows so far after each row (a stage stopped at its limit keeps them)."""
     from bridgegan.engine import parity
 
     real = parity.compare
-    calls = []
+    calls, path = [], tmp_path / "rows.json"
 
     def compare(eng, *args, **kw):
-        calls.append(eng.backend)
+        calls.append((eng.backend, json.loads(path.read_text()) if path.exists() else None))
         if eng.backend == "torch":
             raise RuntimeError("capture failed")
         return real(eng, *args, **kw)
@@ -1185,8 +1187,9 @@ def test_a_backend_parity_case_that_raises_is_a_fail_row(monkeypatch):
     monkeypatch.setattr(parity, "compare", compare)
     rows = parity.check_backends("cpu", small_config(32), cases=[
         ("torch", "float32", False, False), ("reference", "float32", False, False)],
-        verbose=False)
-    assert calls == ["torch", "reference"]
+        verbose=False, written=path)
+    assert calls == [("torch", None), ("reference", rows[:1])]
+    assert json.loads(path.read_text()) == rows
     assert rows[0]["status"] == "FAIL" and rows[0]["reason"] == "RuntimeError: capture failed"
     assert rows[1]["status"] == "PASS"
 

@@ -72,9 +72,12 @@ def compare(eng: Engine, inputs, want: torch.Tensor) -> dict:
 
 
 def check_backends(device: str | None = None, config: BridgeGANConfig | None = None,
-                   batch: int = 4, cases=None, verbose: bool = True) -> list[dict]:
+                   batch: int = 4, cases=None, verbose: bool = True,
+                   written=None) -> list[dict]:
     """One row per (backend, dtype, cuda_graphs, streams) case: the engine's label-based translation
-    against the float64 reference model; a backend that cannot run here is a SKIP row."""
+    against the float64 reference model; a backend that cannot run here is a SKIP row.
+    ``written``: a path the rows so far are written to (JSON, atomically) after each row,
+    so that a run stopped part-way keeps them."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cfg = config or BridgeGANConfig.paper()
     torch.manual_seed(0)
@@ -82,6 +85,11 @@ def check_backends(device: str | None = None, config: BridgeGANConfig | None = N
     inputs = parity_inputs(cfg, batch)
     want = reference_translation(model, dev, inputs)
     rows = []
+
+    def add(row: dict) -> None:
+        rows.append(row)
+        if written:
+            write_file_atomic(written, json.dumps(rows, indent=1).encode())
     for backend, dtype, graphs, streams in cases or default_cases(dev):
         name = f"{backend}-{dtype}" + ("-graphs" if graphs else "") + ("-streams" if streams else "")
         try:
@@ -89,21 +97,21 @@ def check_backends(device: str | None = None, config: BridgeGANConfig | None = N
                          streams=streams)
             v = compare(eng, inputs, want)
         except BackendUnavailable as exc:
-            rows.append(dict(case=name, status="SKIP", reason=str(exc)))
+            add(dict(case=name, status="SKIP", reason=str(exc)))
             if verbose:
                 print(f"{name:28s} SKIP  {exc}")
             continue
         except Exception as exc:  # e.g. a CUDA-graph capture error: this row fails, the
             # other rows still run and the table is still written
             reason = f"{type(exc).__name__}: {exc}"
-            rows.append(dict(case=name, backend=backend, dtype=dtype, cuda_graphs=graphs,
-                             streams=streams, status="FAIL", reason=reason, device=str(dev)))
+            add(dict(case=name, backend=backend, dtype=dtype, cuda_graphs=graphs,
+                     streams=streams, status="FAIL", reason=reason, device=str(dev)))
             if verbose:
                 print(f"{name:28s} FAIL  {reason}")
             continue
-        rows.append(dict(case=name, backend=backend, dtype=dtype, cuda_graphs=graphs, streams=streams,
-                         max_abs=v["max_abs"], rel=v["rel"], psnr_db=v["psnr_db"],
-                         limit=v["limit"], status="PASS" if v["ok"] else "FAIL", device=str(dev)))
+        add(dict(case=name, backend=backend, dtype=dtype, cuda_graphs=graphs, streams=streams,
+                 max_abs=v["max_abs"], rel=v["rel"], psnr_db=v["psnr_db"],
+                 limit=v["limit"], status="PASS" if v["ok"] else "FAIL", device=str(dev)))
         if verbose:
             print(f"{name:28s} {'PASS' if v['ok'] else 'FAIL'}  max abs {v['max_abs']:.3e}  "
                   f"rel {v['rel']:.3e}  PSNR {v['psnr_db']:6.1f} dB  ({v['limit']})")
@@ -115,7 +123,6 @@ def main(args: argparse.Namespace) -> int:
     cfg = BridgeGANConfig.preset(args.resolution) if args.resolution else None
     print(f"backend parity against the float64 reference model "
           f"({(cfg or BridgeGANConfig.paper()).image_size}px, batch {args.batch})")
-    rows = check_backends(args.device, cfg, batch=args.batch)
-    if getattr(args, "json", None):
-        write_file_atomic(args.json, json.dumps(rows, indent=1).encode())
+    rows = check_backends(args.device, cfg, batch=args.batch,
+                          written=getattr(args, "json", None))
     return int(any(r["status"] == "FAIL" for r in rows))
