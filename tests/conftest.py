@@ -1,8 +1,10 @@
 """Shared fixtures: small seeded configurations and models."""
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +12,15 @@ import torch
 from bridgegan.reference import BridgeGAN, BridgeGANConfig
 
 SMALL_ATTRS = ("Black_Hair", "Blond_Hair", "Brown_Hair", "Male", "Young", "Bangs")
+
+
+def benchmark_script(name: str):
+    """benchmarks/NAME.py as a module (the scripts are not part of the package)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def small_config(size: int = 32, **kw) -> BridgeGANConfig:

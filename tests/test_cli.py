@@ -21,7 +21,7 @@ from bridgegan.engine.bench import PARTIAL_CSV
 from bridgegan.engine.options import BENCH_SAMPLES
 from bridgegan.reference import BridgeGAN, save_checkpoint
 from bridgegan.reference.checkpoint import read_config, read_tensors
-from conftest import randomize, small_config
+from conftest import benchmark_script, randomize, small_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -302,16 +302,6 @@ def test_parity_backends_passes_on_cpu(tmp_path):
     assert any(r["status"] == "PASS" and r["dtype"] == "float32" for r in rows)
 
 
-def _script(name: str):
-    """benchmarks/NAME.py as a module."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_gpu_check_plan_parses_on_the_cpu(tmp_path):
     """The GPU run's bench variants are read here, so that a typo fails in CI and not on a
     lent machine's one call."""
@@ -319,7 +309,7 @@ def test_gpu_check_plan_parses_on_the_cpu(tmp_path):
 
     from bridgegan.engine import bench
 
-    gpu_check = _script("gpu_check")
+    gpu_check = benchmark_script("gpu_check")
     plan = gpu_check.stages(tmp_path, dry=False)
     lists = [cmd[cmd.index("--variants") + 1] for _, cmd, _ in plan if "--variants" in cmd]
     variants = [Variant.parse(v) for text in lists for v in text.split(",")]
@@ -328,7 +318,7 @@ def test_gpu_check_plan_parses_on_the_cpu(tmp_path):
     assert any(v.streams and v.cuda_graphs for v in variants)
     assert any(v.without for v in variants) and any(v.backend == "compile" for v in variants)
     # the profile stage's own default list (its "before" and "after" engines)
-    profiled = [Variant.parse(v) for v in _script("profile_engine").DEFAULT_VARIANTS.split(",")]
+    profiled = [Variant.parse(v) for v in benchmark_script("profile_engine").DEFAULT_VARIANTS.split(",")]
     assert any(v.without for v in profiled) and not any(v.cuda_graphs for v in profiled)
     # every test skipped for want of a GPU is marked gpu, in a file the gpu_tests stage runs
     listed = {t.split("::")[0] for t in gpu_check.GPU_TESTS}
@@ -345,7 +335,7 @@ def test_gpu_check_reports_after_each_stage(tmp_path):
     """A lent machine's call may be stopped at its limit, and only OUTDIR comes back: each
     stage's report is written before the next starts, the stages print into the log as
     they run, and a stage past its limit is stopped and reported."""
-    gpu_check = _script("gpu_check")
+    gpu_check = benchmark_script("gpu_check")
     out, work = tmp_path / "out", tmp_path / "work"
     out.mkdir(), work.mkdir()
     report = out / "gpu_check.json"
@@ -705,12 +695,7 @@ def test_profile_engine_profiles_with_tf32_off_as_the_bench_times(tmp_path, monk
     """The bench times every row with TF32 off (torch_flags.no_tf32); the profile's kernel
     and stage tables must too, or its float32 rows are TF32 convolutions beside the bench's
     float32 ones (cuDNN's TF32 is on by default)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("profile_engine",
-                                                  ROOT / "benchmarks" / "profile_engine.py")
-    profile_engine = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(profile_engine)
+    profile_engine = benchmark_script("profile_engine")
     flags = []
 
     def rows(kind):

@@ -26,6 +26,7 @@ from bridgegan.kernels.norm_act import ACTS
 from bridgegan.kernels.parity import LAYOUTS, OPS, PARITY_DTYPES, call, make_inputs, reference64
 from bridgegan.kernels.parity import main as parity_main
 from bridgegan.numerics import dtype_name, errors, float64_call, same_nonfinite, tolerance
+from conftest import benchmark_script
 
 try:
     import triton  # noqa: F401
@@ -148,22 +149,10 @@ def test_triton_statistics_far_from_zero(layout, path, stds):
         assert errors(unshifted, ref)[1] > tolerance(torch.float32).op_rel
 
 
-def _bench_kernels():
-    """benchmarks/bench_kernels.py as a module."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_kernels.py"
-    spec = importlib.util.spec_from_file_location("bench_kernels", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
-
-
 def test_sweep_configs_are_launch_plans():
     """Every launch config of bench_kernels' GPU sweep is a plan for every swept shape, so
     that a typo fails here and not in the lent GPU's one call."""
-    bench = _bench_kernels()
+    bench = benchmark_script("bench_kernels")
     for layout, configs in bench.SWEEP.items():
         for cfg in configs:
             for c, h in bench.GEN_LAYERS:
@@ -175,7 +164,7 @@ def test_bench_kernels_reports_no_speed_after_failed_parity(tmp_path, monkeypatc
     anything is timed, naming it (its speed was reported beside a pass count)."""
     from bridgegan.kernels import parity
 
-    bench = _bench_kernels()
+    bench = benchmark_script("bench_kernels")
     rows = [dict(op="spade_modulate", dtype="fp16", layout="nchw", ok=True),
             dict(op="instance_norm_act", dtype="bf16", layout="channels_last", ok=False)]
     monkeypatch.setattr(parity, "check_ops", lambda **kw: rows)

@@ -43,7 +43,7 @@ from bridgegan.serve.front import RequestError, check, grpc_arrays, http_arrays
 from bridgegan.serve.models import NUMPY_TYPES, model_specs, run_requests
 from bridgegan.serve.names import MODELS
 from bridgegan.serve.process import free_ports
-from conftest import images, labels, randomize, small_config
+from conftest import benchmark_script, images, labels, randomize, small_config
 
 ATOL = tolerance("float32").image_max_abs
 MISSING = [pkg for module, pkg in (("pytriton", "nvidia-pytriton"),
@@ -1409,18 +1409,9 @@ def test_bad_requests_get_clear_errors(served, engine, protocol):
         assert close(infer(served, protocol, "translate_label", good), want)
 
 
-def load_module():
-    """benchmarks/load_serve.py as a module."""
-    spec = importlib.util.spec_from_file_location(
-        "load_serve", Path(__file__).parents[1] / "benchmarks" / "load_serve.py")
-    load = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(load)
-    return load
-
-
 @needs_serve
 def test_bounded_load(served):
-    load = load_module()
+    load = benchmark_script("load_serve")
     for protocol in ("http", "grpc"):
         result = load.run_load(served.http, served.grpc, protocol=protocol,
                                concurrency=4, max_requests=24, duration=60)
@@ -1532,7 +1523,7 @@ def hostile_requests_refused(server) -> None:
     import grpc
     from tritonclient.grpc import service_pb2
 
-    load = load_module()
+    load = benchmark_script("load_serve")
     import tritonclient.grpc as grpcclient
     import tritonclient.http as httpclient
 
@@ -1643,7 +1634,7 @@ def test_shutdown_under_load_and_busy_port(ckpt, tmp_path):
 
     from bridgegan.serve.process import ServerProcess
 
-    load = load_module()
+    load = benchmark_script("load_serve")
     with ServerProcess(["--checkpoint", str(ckpt), "--max-batch", "8", "--max-queue-delay-us",
                         "20000", "--exit-timeout-secs", "10"], tmp_path / "serve.log") as server:
         def drive():  # the load's closing stats call finds the server gone, as it should
@@ -1844,7 +1835,7 @@ def test_load_open_loop_counts_the_wait_of_requests_not_yet_sent(monkeypatch):
     """A 1 s stall at the 10th of 50 requests: the closed loop stops sending while it lasts
     and reports a 5 ms median (coordinated omission); on the open-loop schedule (100/s)
     every request due during the stall is late by up to 1 s and its latency says so."""
-    load = load_module()
+    load = benchmark_script("load_serve")
     _FakeLoad(monkeypatch, load, service=0.005, stall_on=9, stall=1.0)
     closed = load.run_load("x", "x", concurrency=1, max_requests=50, duration=60)
     assert closed["loop"] == "closed" and closed["served"] == 50
@@ -1866,7 +1857,7 @@ def test_load_open_loop_counts_the_wait_of_requests_not_yet_sent(monkeypatch):
 def test_load_rates_are_the_valid_requests_and_served_images(monkeypatch):
     """--hostile threads go on until --duration after the valid requests are done: the
     rates are over the valid requests' span; failed requests are no images served."""
-    load = load_module()
+    load = benchmark_script("load_serve")
     _FakeLoad(monkeypatch, load, service=0.005, hostile_s=0.001)
     r = load.run_load("x", "x", concurrency=2, max_requests=20, duration=5, hostile=0.5)
     assert r["hostile_clients"] == 1 and r["served"] == 20
@@ -1881,7 +1872,7 @@ def test_load_rates_are_the_valid_requests_and_served_images(monkeypatch):
 def test_load_against_a_given_server_warms_it_up_and_names_the_client(monkeypatch, tmp_path):
     """--url: the measured load follows uncounted warm-up requests (the first calls at a
     batch size compile or capture); the JSON names the client's machine and the date."""
-    load = load_module()
+    load = benchmark_script("load_serve")
     calls = []
 
     def run_load(http, grpc, **kw):
