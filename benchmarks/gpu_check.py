@@ -48,6 +48,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -91,7 +92,8 @@ def stages(work: Path, dry: bool) -> list[tuple[str, list[str], int]]:
         dev, res, batches, reps = "cpu", "64", "1,2", ["--reps", "1", "--warmup", "0"]
         variants = "reference:float32,torch:float32,torch:bf16:cl"
     else:
-        # at least 0.2 s of timed calls a row (batch 1 under CUDA graphs: ~200 calls)
+        # at least 0.2 s of timed calls a row (batch 1 under CUDA graphs: ~150 calls at the
+        # 1.35 ms of results/h100-2026-11-26/bench.csv)
         dev, res, batches, reps = "cuda", "128", "1,8,64,256", ["--reps", "10", "--warmup", "2",
                                                                 "--min-seconds", "0.2"]
         variants = ENGINE_VARIANTS
@@ -116,7 +118,7 @@ def stages(work: Path, dry: bool) -> list[tuple[str, list[str], int]]:
                                     "reference:float32:heuristics,torch:float32:heuristics"
                                     if dry else HEURISTICS_VARIANTS, "--batches", batches,
                                     "--resolutions", res, "--workloads", "translate",
-                                    "--out", str(work / "heuristics")] + reps, 30),
+                                    "--out", str(work / "heuristics")] + reps, 40),
         ("bench_strip", cli + ["bench", "--device", dev, "--variants",
                                "reference:float32,torch:float32" if dry else
                                "reference:fp16,triton:fp16:cl", "--batches", "22" if dry else "32",
@@ -191,10 +193,14 @@ def _run(plan, wanted: list[str], work: Path, out: Path, dry_run: bool) -> int:
             log.write(f"== {name}: {' '.join(cmd)}\n")
             log.flush()
             start = log_path.stat().st_size
+            # a session of its own: a stage past its limit is stopped with its children
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
             try:
-                status = subprocess.run(cmd, cwd=ROOT, env=env, timeout=limit, stdout=log,
-                                        stderr=subprocess.STDOUT).returncode
+                status = proc.wait(timeout=limit)
             except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
                 status = "timeout"
             with open(log_path, "rb") as f:
                 f.seek(start)
@@ -206,7 +212,12 @@ def _run(plan, wanted: list[str], work: Path, out: Path, dry_run: bool) -> int:
             print(tail[-2500:])
             print(f"== {name}: status {status} in {seconds} s", flush=True)
             results.append({"stage": name, "status": status, "seconds": seconds})
-            _gather(results, work, out, round(time.perf_counter() - t_all, 1))
+            try:
+                _gather(results, work, out, round(time.perf_counter() - t_all, 1))
+            except Exception as exc:  # a report that cannot be made must not stop the stages
+                print(f"== gathering the results after {name} failed: {exc!r}", flush=True)
+                results.append({"stage": f"gather after {name}", "status": repr(exc),
+                                "seconds": 0.0})
     print(f"gpu_check finished in {round(time.perf_counter() - t_all, 1)} s: " +
           ", ".join(f"{r['stage']}={r['status']}" for r in results))
     return int(any(r["status"] != 0 for r in results))
