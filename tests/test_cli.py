@@ -313,8 +313,10 @@ def test_gpu_check_plan_parses_on_the_cpu(tmp_path):
     plan = gpu_check.stages(tmp_path, dry=False)
     lists = [cmd[cmd.index("--variants") + 1] for _, cmd, _ in plan if "--variants" in cmd]
     variants = [Variant.parse(v) for text in lists for v in text.split(",")]
-    cuda = torch.device("cuda")  # bench --device cuda's default table: parses and is a table
-    bench._check_table(bench.default_variants(cuda), cuda)
+    cuda = torch.device("cuda")  # bench --device cuda's default table: parses, is a table,
+    table = bench.default_variants(cuda)  # and times what backend="auto" runs there
+    bench._check_table(table, cuda)
+    assert any(v.backend == "triton" and v.cuda_graphs and v.channels_last for v in table)
     assert any(v.streams and v.cuda_graphs for v in variants)
     assert any(v.without for v in variants) and any(v.backend == "compile" for v in variants)
     # the profile stage's own default list (its "before" and "after" engines)

@@ -23,7 +23,9 @@ impl:
               fused form is used once decided, per key, and remembered: on CUDA per
               shape (the batch by its class: the next power of two) and TF32
               setting, by timing both forms (five calls each, outside CUDA-graph
-              capture; a capture records the plain ops until then), since cuDNN's
+              capture; a capture records the plain ops until then; device time, as a
+              graph's replay spends it: the fused form's two saved launches do not
+              count, which an uncaptured small batch would feel), since cuDNN's
               fused convolution-bias-ReLU has been far slower than the plain
               convolution for some channels_last shapes (pytorch#68506); on the CPU per
               dtype and form, by one trial call. A fused form that fails its decision

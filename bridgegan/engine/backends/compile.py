@@ -51,6 +51,7 @@ def _own_code(method):
     f = method.__func__
     fn = types.FunctionType(f.__code__.replace(), f.__globals__, f.__name__, f.__defaults__,
                             f.__closure__)
+    fn.__kwdefaults__ = f.__kwdefaults__
     return types.MethodType(fn, method.__self__)
 
 
