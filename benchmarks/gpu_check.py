@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 import json
 import os
 import shutil
@@ -226,7 +225,7 @@ def _run(plan, wanted: list[str], work: Path, out: Path, dry_run: bool) -> int:
 def _gather(results: list[dict], work: Path, out: Path, seconds: float) -> None:
     """The stages' results so far into out: gpu_check.json, bench.csv and .png, kernels.csv,
     profile.csv and .md (a lent machine returns at most eight files, two folders deep)."""
-    from bridgegan.engine.bench import PARTIAL_CSV, measured, plot
+    from bridgegan.engine.bench import PARTIAL_CSV, csv_text, measured, plot
     from bridgegan.files import write_file_atomic
 
     engine_rows = []
@@ -250,11 +249,7 @@ def _gather(results: list[dict], work: Path, out: Path, seconds: float) -> None:
     report["engine"] = engine_rows
     write_file_atomic(out / "gpu_check.json", json.dumps(report, indent=1, default=str).encode())
     if engine_rows:
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=list(engine_rows[0]))
-        w.writeheader()
-        w.writerows(engine_rows)
-        write_file_atomic(out / "bench.csv", buf.getvalue().encode())
+        write_file_atomic(out / "bench.csv", csv_text(engine_rows).encode())
         rows = [dict(r, batch=int(r["batch"]), resolution=int(r["resolution"]),
                      images_per_s=float(r["images_per_s"])) for r in measured(engine_rows)]
         if rows:  # as write_results: skipped rows only have nothing to plot

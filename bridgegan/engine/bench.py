@@ -574,7 +574,8 @@ def _add_ratios(rows: list[dict]) -> None:
         r["vs_reference_same_dtype"] = round(same / r["p50"], 3) if same else ""
 
 
-def _csv_text(rows: list[dict]) -> str:
+def csv_text(rows: list[dict]) -> str:
+    """``rows`` as bench.csv holds them (FIELDS, in order)."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=FIELDS)
     writer.writeheader()
@@ -587,7 +588,7 @@ def write_results(rows: list[dict], peaks: dict, out: str | Path, title: str = "
     each file written atomically."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    write_file_atomic(out / "bench.csv", _csv_text(rows).encode())
+    write_file_atomic(out / "bench.csv", csv_text(rows).encode())
     write_file_atomic(out / "bench.json", json.dumps({"peaks": peaks, "rows": rows},
                                                      indent=1).encode())
     files = [out / "bench.csv", out / "bench.json"]
