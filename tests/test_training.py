@@ -646,10 +646,24 @@ def test_a_resume_from_an_earlier_checkpoint_drops_the_abandoned_course(tmp_path
     assert _cli(common + TINY_ARCH + ["--batch", "4", "--n-d", "1", "--steps", "6",
                                       "--ckpt-every", "1", "--keep-checkpoints", "4"]) == 0
     assert _checkpoints(out) == [f"step-0000000{i}" for i in (3, 4, 5, 6)]
+    capsys.readouterr()
     assert _cli(common + ["--resume", str(out / "checkpoints" / "step-00000003"), "--steps",
                           "5", "--keep-checkpoints", "2"]) == 0
+    assert ("removed the later checkpoints of the course the run leaves: step-00000004, "
+            "step-00000005, step-00000006") in capsys.readouterr().err  # said, not silent
     assert _checkpoints(out) == ["step-00000004", "step-00000005"]
     assert latest_checkpoint(out).name == "step-00000005"
+    assert [r["step"] for r in _records(out)] == [1, 2, 3, 4, 5]
+    # another run's checkpoint continued into this folder would drop this run's course
+    # (its checkpoints past that step, its metrics past it mixed with the other's)
+    other = tmp_path / "other"
+    elsewhere = [str(other) if a == str(out) else a for a in common]
+    assert _cli(elsewhere + ["--resume", str(out / "checkpoints" / "step-00000004"),
+                             "--steps", "5"]) == 0  # into an empty --out: fine
+    assert _cli(common + ["--resume", str(other / "checkpoints" / "step-00000005"),
+                          "--steps", "6"]) == 2
+    assert (f"--out {out} holds an earlier run" in capsys.readouterr().err)
+    assert _checkpoints(out) == ["step-00000004", "step-00000005"]
     assert [r["step"] for r in _records(out)] == [1, 2, 3, 4, 5]
 
 

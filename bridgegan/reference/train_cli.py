@@ -258,14 +258,21 @@ def _make_datasets(args, size: int, attributes):
     return train, samples
 
 
-def _refuse_earlier_run(out: Path) -> None:
-    """Refuse a fresh run in a run folder holding an earlier run's checkpoints or metrics:
-    its checkpoints would be pruned against the new ones, and its metrics mixed in."""
+def _refuse_earlier_run(out: Path, resume: Path | None = None) -> None:
+    """Refuse a fresh run, or a run resumed from a checkpoint of another folder
+    (``resume``), in a run folder holding an earlier run's checkpoints or metrics: its
+    checkpoints would be pruned against the new ones, and its metrics mixed in."""
     from .train_state import METRICS_FILE, earlier_run
 
     found = earlier_run(out)
     if not found:
         return
+    if resume is not None:
+        raise ValueError(f"--out {out} holds an earlier run ({', '.join(map(str, found))}) "
+                         f"and --resume {resume} is not one of its checkpoints (those are "
+                         f"in {out / 'checkpoints'}): continuing it there would drop that "
+                         f"run's later checkpoints and mix the two runs' metrics; choose "
+                         f"another --out for the continuation")
     if found[0].name == METRICS_FILE:  # no checkpoint: nothing --resume could continue
         raise ValueError(f"--out {out} holds {found[0]} of an earlier run that saved no "
                          f"checkpoint: move or remove it, or choose another --out")
@@ -326,6 +333,9 @@ def run(args: argparse.Namespace) -> int:
             check_writable_folder(folder, "output folder")
         if not args.resume:
             _refuse_earlier_run(out)
+        elif args.resume != "auto" and not Path(args.resume).resolve().is_relative_to(
+                (out / "checkpoints").resolve()):
+            _refuse_earlier_run(out, Path(args.resume))
         resume = None
         if args.resume == "auto":
             resume = latest_checkpoint(out)
@@ -374,8 +384,9 @@ def run(args: argparse.Namespace) -> int:
         config.device = device
         trainer = Trainer(model_cfg, config, train_set, out_dir=out, dist=info,
                           sample_set=sample_set, progress=not args.no_progress)
+        dropped = []
         if resume is not None:
-            trainer.load(resume)
+            dropped = trainer.load(resume)
         else:
             if args.resume == "auto" and info.is_main:
                 # no checkpoint to continue (a run killed before its first one): the run
@@ -393,6 +404,9 @@ def run(args: argparse.Namespace) -> int:
                   f"M {n['mapping']:,} D {n['discriminator']:,}", file=sys.stderr)
             if resume is not None:
                 print(f"resumed from {resume} at step {trainer.step}", file=sys.stderr)
+            if dropped:
+                print(f"removed the later checkpoints of the course the run leaves: "
+                      f"{', '.join(p.name for p in dropped)}", file=sys.stderr)
             elif init is not None:
                 print(f"started from the weights of {init}", file=sys.stderr)
             out.mkdir(parents=True, exist_ok=True)

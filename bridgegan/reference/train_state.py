@@ -187,13 +187,15 @@ def prune_checkpoints(out_dir: str | os.PathLike, keep: int, written: Path) -> N
         _remove(p)
 
 
-def drop_checkpoints_after(out_dir: str | os.PathLike, step: int) -> None:
+def drop_checkpoints_after(out_dir: str | os.PathLike, step: int) -> list[Path]:
     """Remove the numbered checkpoints past ``step``: a run resumed from an earlier one
     left their course (as ``drop_metrics_after`` drops its records), and ``--resume auto``
-    would otherwise take it up again after a kill before the run's next checkpoint."""
-    for s, p in _numbered(out_dir):
-        if s > step:
-            _remove(p)
+    would otherwise take it up again after a kill before the run's next checkpoint.
+    Returns the folders removed."""
+    dropped = [p for s, p in _numbered(out_dir) if s > step]
+    for p in dropped:
+        _remove(p)
+    return dropped
 
 
 def _remove(folder: Path) -> None:

@@ -627,18 +627,19 @@ class Trainer:
         checkpoint's (``widen.widen_into``)."""
         self.state().load_weights(path, widen)
 
-    def load(self, path: str | os.PathLike) -> None:
+    def load(self, path: str | os.PathLike) -> list[Path]:
         """Restore a checkpoint written by ``save`` so that training continues exactly;
         metrics.jsonl loses the records past its step (logged again from there), and
-        out_dir the numbered checkpoints past it (the course the run leaves)."""
+        out_dir the numbered checkpoints past it (the course the run leaves): returned."""
         log_acc: dict = {}
         progress = self.state(log_acc).restore(path)
         self.step, self.batches, self.warmup_done = progress
         self._restore_log_acc(log_acc)
         self._loader_iter = None
-        if self.is_main and self.out_dir is not None:
-            drop_metrics_after(self.out_dir, self.step)
-            drop_checkpoints_after(self.out_dir, self.step)
+        if not (self.is_main and self.out_dir is not None):
+            return []
+        drop_metrics_after(self.out_dir, self.step)
+        return drop_checkpoints_after(self.out_dir, self.step)
 
 
 def _unwrap_worker_error(exc: Exception) -> Exception:
