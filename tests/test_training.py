@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -777,6 +778,24 @@ def _train_args(out, *extra) -> list[str]:
     return ["train", "--data", "synthetic:24", "--batch", "4", "--n-d", "1", "--workers", "0",
             "--threads", "1", "--out", str(out), "--no-progress", "--sample-every", "0",
             *TINY_ARCH, *extra]
+
+
+def test_the_end_of_a_run_says_why_it_ended(tmp_path, capsys):
+    """A run stopped by --time-limit says so and how to continue (it said "done", as a
+    finished run does); a resume past --steps says there was nothing to train."""
+    from bridgegan.cli import main
+
+    assert main(_train_args(tmp_path / "limited", "--steps", "100000", "--time-limit",
+                            "0.5")) == 0
+    err = capsys.readouterr().err
+    assert re.search(r"stopped by --time-limit at step \d+ of 100000 with a checkpoint in "
+                     r".*; continue with --resume auto", err), err
+    out = tmp_path / "run"
+    assert main(_train_args(out, "--steps", "2")) == 0
+    assert f"done: step 2, checkpoints in {out / 'checkpoints'}" in capsys.readouterr().err
+    assert main(_train_args(out, "--steps", "1", "--resume", "auto")) == 0
+    assert ("nothing to train: the checkpoint is at step 2, past --steps 1"
+            in capsys.readouterr().err)
 
 
 def test_resume_auto_without_a_checkpoint_starts_a_fresh_log(tmp_path):

@@ -423,7 +423,15 @@ def run(args: argparse.Namespace) -> int:
                       f"with --resume auto", file=sys.stderr)
             return 128 + trainer.stop_signal
         if info.is_main:
-            print(f"done: step {trainer.step}, checkpoints in {out / 'checkpoints'}", file=sys.stderr)
+            ckpts = out / "checkpoints"
+            if trainer.step < config.steps:  # the time limit ended it
+                print(f"stopped by --time-limit at step {trainer.step} of {config.steps} with "
+                      f"a checkpoint in {ckpts}; continue with --resume auto", file=sys.stderr)
+            elif resume is not None and trainer.step > config.steps:
+                print(f"nothing to train: the checkpoint is at step {trainer.step}, past "
+                      f"--steps {config.steps}; checkpoints in {ckpts}", file=sys.stderr)
+            else:
+                print(f"done: step {trainer.step}, checkpoints in {ckpts}", file=sys.stderr)
         return 0
     except (ValueError, CheckpointError, OSError) as exc:
         print(f"bridgegan train: error: {exc}", file=sys.stderr)
