@@ -862,6 +862,8 @@ def test_a_corrupt_image_is_one_line_with_or_without_workers(tmp_path, capsys, w
     err = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
     assert len(err) == 1 and err[0].startswith(
         f"bridgegan train: error: cannot read image file {root / '5.png'}"), err
+    assert err[0].endswith("replace that file with a readable image of the same name, then "
+                           "continue with --resume auto")  # the data order is the run's
 
 
 def test_a_full_disk_names_the_checkpoint_and_keeps_the_earlier_one(tmp_path, capsys, monkeypatch):

@@ -244,18 +244,18 @@ def _train_config(args: argparse.Namespace, base: dict | None):
 
 
 def _make_datasets(args, size: int, attributes):
+    """The training set and the set the sample grids come from: the validation split, or
+    None where the data has none (an error in its rows, a missing image, is the data's)."""
     from .data import dataset_options, make_dataset
+    from .data.image import EmptySplitError
 
     kw = dataset_options(args.data, split_mode=args.split_mode)
     train = make_dataset(args.data, size, attributes, split="train", **kw)
-    samples = None
     try:
         samples = make_dataset(args.data, size, attributes, split="val", **kw)
-        if len(samples) == 0:
-            samples = None
-    except (ValueError, OSError):
-        samples = None
-    return train, samples
+    except EmptySplitError:
+        return train, None
+    return train, samples if len(samples) else None
 
 
 def _refuse_earlier_run(out: Path, resume: Path | None = None) -> None:

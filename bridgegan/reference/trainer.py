@@ -31,6 +31,7 @@ from .attributes import apply_edits
 from .checkpoint import listed, nonfinite
 from .classifier import AttributeClassifier
 from .config import BridgeGANConfig
+from .data.image import UnreadableImageError
 from .distributed import DistInfo, all_gather_cat, all_reduce_mean, current
 from .losses import DiscriminatorObjective, GeneratorObjective, make_fakes
 from .model import BridgeGAN
@@ -192,7 +193,12 @@ class Trainer:
         try:
             x, y, idx = next(self._loader_iter)
         except Exception as exc:  # noqa: BLE001 - re-raised, of the same type
-            raise _unwrap_worker_error(exc) from None
+            err = _unwrap_worker_error(exc)
+            if isinstance(err, UnreadableImageError):  # a resume would meet it again
+                err = UnreadableImageError(
+                    f"{err}; the run reads its data in a fixed order: replace that file with "
+                    f"a readable image of the same name, then continue with --resume auto")
+            raise err from None
         self.batches += 1
         nb = self.device.type == "cuda"
         x = x.to(self.device, non_blocking=nb).to(self.dtype)
@@ -652,8 +658,12 @@ def _unwrap_worker_error(exc: Exception) -> Exception:
             and "Original Traceback" in text):
         return exc
     last = text.rstrip().splitlines()[-1]
-    prefix = f"{type(exc).__name__}: "
-    message = last[len(prefix):] if last.startswith(prefix) else last
+    kind = type(exc)  # the traceback names builtins bare, other types with their module
+    message = last
+    for prefix in (f"{kind.__module__}.{kind.__qualname__}: ", f"{kind.__name__}: "):
+        if last.startswith(prefix):
+            message = last[len(prefix):]
+            break
     try:
         return type(exc)(message)
     except Exception:  # noqa: BLE001 - a type that takes other arguments

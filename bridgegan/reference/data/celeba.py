@@ -22,7 +22,8 @@ import torch
 from torch.utils.data import Dataset
 
 from ..attributes import CELEBA_ATTRIBUTES, resolve_attributes
-from .image import CELEBA_IMAGE_SIZE, check_size_and_split, open_rgb, pil_to_input
+from .image import (CELEBA_IMAGE_SIZE, EmptySplitError, check_size_and_split, open_rgb,
+                    pil_to_input)
 from .split_modes import INDEX_TRAIN, INDEX_VAL, SPLIT_MODES
 
 ATTR_FILE = "list_attr_celeba.txt"
@@ -198,7 +199,7 @@ class CelebA(Dataset):
                 why = f"train_count={train_count}, val_count={val_count}"
             else:
                 why = f"none has code {code} in {PARTITION_FILE}"
-            raise ValueError(f"CelebA split {split!r} (split_mode={split_mode!r}) is empty: "
+            raise EmptySplitError(f"CelebA split {split!r} (split_mode={split_mode!r}) is empty: "
                              f"{attr_path} lists {n} images, {why}")
         self.files = [names[i] for i in idx]
         self.labels = torch.from_numpy(

@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..attributes import CELEBA_ATTRIBUTES, resolve_attributes
-from .image import check_size_and_split, open_rgb, pil_to_input
+from .image import EmptySplitError, check_size_and_split, open_rgb, pil_to_input
 
 CSV_NAME = "attributes.csv"
 SPLIT_COLUMN = "split"
@@ -127,7 +127,8 @@ class ImageFolderDataset(Dataset):
             files.append(cells[0])
             labels.append([float(cells[j]) for j in col_idx])
         if not files:
-            raise ValueError(f"{csv_path}: no images for split {split!r}")
+            raise EmptySplitError(f"{csv_path}: no images for split {split!r} (its "
+                                  f"\"split\" column holds train / val / test)")
         self.files = files
         self.labels = torch.from_numpy(np.array(labels, dtype=np.float32)).reshape(
             len(files), len(self.attributes))

@@ -37,6 +37,15 @@ class MissingImageError(FileNotFoundError, ValueError):
     input (ValueError) catch too."""
 
 
+class UnreadableImageError(ValueError):
+    """An image file that exists but cannot be decoded (truncated, not an image)."""
+
+
+class EmptySplitError(ValueError):
+    """A dataset's split that lists no image (a folder without ``val`` rows): training
+    takes its samples from the training split then; any other error is the data's."""
+
+
 def check_size_and_split(size: int, split: str) -> None:
     """The arguments every image-file dataset takes: a positive image size and a split."""
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:
@@ -110,7 +119,7 @@ def _opened(path: str) -> Iterator[Image.Image]:
         raise ValueError(f"image file {path} is too large ({exc}); accepted: images of at "
                          f"most {MAX_IMAGE_PIXELS:,} pixels") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ValueError(f"cannot read image file {path}: {exc}") from exc
+        raise UnreadableImageError(f"cannot read image file {path}: {exc}") from exc
 
 
 def check_image_file(path: str | os.PathLike) -> None:
