@@ -131,6 +131,11 @@ def test_cosine_schedule_sets_each_steps_learning_rate_from_the_step_alone(faces
                      progress=False)
     with pytest.warns(UserWarning, match="resuming with steps=8 but the checkpoint used 4"):
         longer.load(latest_checkpoint(tmp_path))
+    # EMA switched off (or its decay changed) drops the accumulated average: said
+    no_ema = Trainer(tiny(faces), train_config(lr=1e-3, lr_schedule="cosine", steps=4, ema=0.0),
+                     faces, progress=False)
+    with pytest.warns(UserWarning, match="resuming with ema=0.0 but the checkpoint used"):
+        no_ema.load(latest_checkpoint(tmp_path))
     # a checkpoint written before the option existed ran at a constant rate: no warning
     ckpt = latest_checkpoint(tmp_path)
     meta = json.loads((ckpt / STATE_JSON).read_text())

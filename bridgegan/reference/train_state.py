@@ -370,7 +370,7 @@ class TrainState:
                 f"checkpoint {path} was trained on a dataset of {meta['dataset_size']} items, this "
                 f"dataset has {self.dataset_size}: the data order and noise memory would not match")
         saved = meta["train_config"]
-        names = ["batch", "seed", "n_d", "noise_memory", "lr_schedule"]
+        names = ["batch", "seed", "n_d", "noise_memory", "lr_schedule", "ema"]
         if self.config.lr_schedule != "constant":  # the schedule is a function of step / steps
             names.append("steps")
         for name in names:  # a field older checkpoints lack had its default
