@@ -404,11 +404,11 @@ def run(args: argparse.Namespace) -> int:
                   f"M {n['mapping']:,} D {n['discriminator']:,}", file=sys.stderr)
             if resume is not None:
                 print(f"resumed from {resume} at step {trainer.step}", file=sys.stderr)
+            elif init is not None:
+                print(f"started from the weights of {init}", file=sys.stderr)
             if dropped:
                 print(f"removed the later checkpoints of the course the run leaves: "
                       f"{', '.join(p.name for p in dropped)}", file=sys.stderr)
-            elif init is not None:
-                print(f"started from the weights of {init}", file=sys.stderr)
             out.mkdir(parents=True, exist_ok=True)
             write_file_atomic(out / "run.json", (json.dumps(
                 {"argv": sys.argv, "model_config": model_cfg.to_dict(),

@@ -199,8 +199,8 @@ class CelebA(Dataset):
                 why = f"train_count={train_count}, val_count={val_count}"
             else:
                 why = f"none has code {code} in {PARTITION_FILE}"
-            raise EmptySplitError(f"CelebA split {split!r} (split_mode={split_mode!r}) is empty: "
-                             f"{attr_path} lists {n} images, {why}")
+            raise EmptySplitError(f"CelebA split {split!r} (split_mode={split_mode!r}) is "
+                                  f"empty: {attr_path} lists {n} images, {why}")
         self.files = [names[i] for i in idx]
         self.labels = torch.from_numpy(
             (values[idx][:, cols].astype(np.float32) + 1.0) / 2.0
