@@ -320,7 +320,8 @@ def test_gpu_check_plan_parses_on_the_cpu(tmp_path):
     assert any(v.streams and v.cuda_graphs for v in variants)
     assert any(v.without for v in variants) and any(v.backend == "compile" for v in variants)
     # the profile stage's own default list (its "before" and "after" engines)
-    profiled = [Variant.parse(v) for v in benchmark_script("profile_engine").DEFAULT_VARIANTS.split(",")]
+    profiled = [Variant.parse(v)
+                for v in benchmark_script("profile_engine").DEFAULT_VARIANTS.split(",")]
     assert any(v.without for v in profiled) and not any(v.cuda_graphs for v in profiled)
     # every test skipped for want of a GPU is marked gpu, in a file the gpu_tests stage runs
     listed = {t.split("::")[0] for t in gpu_check.GPU_TESTS}
