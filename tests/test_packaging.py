@@ -64,8 +64,9 @@ def test_sdist_carries_what_the_tests_use(tmp_path):
     (sdist,) = tmp_path.glob("bridgegan-*.tar.gz")
     with tarfile.open(sdist) as tar:
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
-    named = {m for p in (ROOT / "tests").glob("*.py")
-             for m in re.findall(r'"benchmarks" / "([\w.]+)"', p.read_text())}
+    texts = [p.read_text() for p in (ROOT / "tests").glob("*.py")]
+    named = {m for t in texts for m in re.findall(r'"benchmarks" / "([\w.]+)"', t)} | {
+        f"{m}.py" for t in texts for m in re.findall(r'benchmark_script\("(\w+)"\)', t)}
     assert named, "the pattern no longer finds the benchmarks/ files the tests name"
     wanted = {"tests/conftest.py", *(f"tests/{p.name}" for p in (ROOT / "tests").glob("*.py")),
               *(f"benchmarks/{n}" for n in named),
