@@ -112,6 +112,12 @@ def output_file(text: str) -> str:
                                      f"folder you can write to")
 
 
+def absolute_path(text: str) -> str:
+    """``text`` resolved against the working folder: for a path that a run records and
+    that a later run, started from anywhere, reads again."""
+    return str(Path(text).resolve())
+
+
 def input_file(text: str) -> str:
     """An existing file to read (not a folder)."""
     if not Path(text).is_file():

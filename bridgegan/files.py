@@ -19,6 +19,9 @@ Modes: files and folders get modes 0o666 / 0o777 trimmed by the umask (typically
 file placed as a hard link is never chmodded (that would change the other name's mode
 too): ``link_or_copy`` links only a source already that readable, and copies otherwise.
 
+Digests: ``sha256_hex`` names what a manifest, a plan sidecar or a training run records
+of a file it depends on (so a changed file is noticed).
+
 Names: a write of ``NAME`` works in ``.NAME.tmp-<pid>-<random>`` beside it, and puts it in
 place of an old folder by exchanging the two (Linux's renameat2; the old folder is then
 removed from the temporary name) or, where the system cannot, by moving the old folder
@@ -33,6 +36,7 @@ import ctypes
 import errno
 import fcntl
 import functools
+import hashlib
 import os
 import re
 import secrets
@@ -83,6 +87,11 @@ def _fsync_folder(path: Path) -> None:
     except OSError as exc:
         if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF):
             raise
+
+
+def sha256_hex(data: bytes) -> str:
+    """The sha256 of ``data`` in hex."""
+    return hashlib.sha256(data).hexdigest()
 
 
 def write_file_atomic(path: str | os.PathLike, data: bytes) -> Path:

@@ -596,6 +596,48 @@ def test_cli_trains_and_resumes(tmp_path, capsys):
 
 
 
+def test_a_resume_finds_its_feature_classifier_from_anywhere_and_notices_another(
+        tmp_path, monkeypatch, capsys):
+    """--feature-classifier given relative is recorded absolute (a resume from another
+    working folder finds it) with its weights' sha256: a resume warns where the folder
+    now holds another classifier, and names the way out where it is gone."""
+    from bridgegan.reference.classifier import AttributeClassifier, weights_sha256
+
+    attrs = ("Black_Hair", "Blond_Hair", "Male", "Young")
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    torch.manual_seed(5)
+    AttributeClassifier(attrs, 32, 4, kernel=3).save("clf")
+    out = tmp_path / "run"
+    common = ["--data", "synthetic:24", "--workers", "0", "--out", str(out), "--no-progress",
+              "--sample-every", "0"]
+    assert _cli(common + TINY_ARCH + ["--batch", "4", "--n-d", "1", "--steps", "1",
+                                      "--attributes", ",".join(attrs), "--w-feature", "1",
+                                      "--feature-classifier", "clf"]) == 0
+    meta = json.loads((latest_checkpoint(out) / STATE_JSON).read_text())
+    clf = tmp_path / "work" / "clf"
+    assert meta["train_config"]["feature_classifier"] == str(clf)
+    assert meta["feature_classifier_sha256"] == weights_sha256(clf)
+    monkeypatch.chdir(tmp_path)
+    with warnings.catch_warnings():  # the same classifier: no warning
+        warnings.simplefilter("error")
+        assert _cli(common + ["--resume", "auto", "--steps", "2"]) == 0
+    torch.manual_seed(6)
+    AttributeClassifier(attrs, 32, 4, kernel=3).save(clf)  # replaced under the run
+    with pytest.warns(UserWarning, match=r"the feature classifier .*clf is not the one the "
+                                         r"checkpoint trained with"):
+        assert _cli(common + ["--resume", "auto", "--steps", "3"]) == 0
+    clf.rename(tmp_path / "moved")
+    capsys.readouterr()
+    assert _cli(common + ["--resume", "auto", "--steps", "4"]) == 2
+    err = capsys.readouterr().err
+    assert f"no classifier at {clf}" in err and "pass --feature-classifier FOLDER" in err
+    assert _cli(common + ["--resume", "auto", "--steps", "4",
+                          "--feature-classifier", "moved"]) == 0
+    meta = json.loads((latest_checkpoint(out) / STATE_JSON).read_text())
+    assert meta["train_config"]["feature_classifier"] == str(tmp_path / "moved")
+
+
 def _checkpoints(out) -> list[str]:
     return sorted(p.name for p in (out / "checkpoints").iterdir())
 

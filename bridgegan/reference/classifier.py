@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..files import sha256_hex
 from .attributes import resolve_attributes
 from .checkpoint import read_tensors, write_folder_atomic
 from .classifier_defaults import BATCH, KERNEL, KERNELS, LR, STEPS, WIDTH
@@ -113,6 +114,12 @@ class AttributeClassifier(nn.Module):
             raise CheckpointError(f"{path / CONFIG_FILE}: {exc}") from None
         load_state(model, read_tensors(path / WEIGHTS_FILE), str(path / WEIGHTS_FILE))
         return model.eval()
+
+
+def weights_sha256(path: str | Path) -> str:
+    """The sha256 of the weights in classifier folder ``path``: what a training run that
+    matches its features records, so that its resume notices another classifier there."""
+    return sha256_hex((Path(path) / WEIGHTS_FILE).read_bytes())
 
 
 def train_classifier(train_set, val_set, steps: int = STEPS, batch: int = BATCH, lr: float = LR,

@@ -18,7 +18,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from .. import threads
-from ..argtypes import positive_float
+from ..argtypes import absolute_path, positive_float
 from ..files import check_writable_folder, write_file_atomic
 from .config import INT_RANGES, BridgeGANConfig
 from .data import registry as data_registry
@@ -127,10 +127,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="share of the samples whose target takes one attribute from the "
                         "reference instead of all its labels, as single edits are used at "
                         f"inference; not in the paper (default: {TrainConfig.single_edits:g})")
-    g.add_argument("--feature-classifier", default=None, metavar="FOLDER",
+    g.add_argument("--feature-classifier", type=absolute_path, default=None, metavar="FOLDER",
                    help="a classifier from `bridgegan train-classifier` whose activations "
                         "--w-feature matches; not in the paper. Train it with another kernel, "
-                        "width and seed than the classifier that judges the model")
+                        "width and seed than the classifier that judges the model. The run "
+                        "records its absolute path and its weights' sha256: a resume warns "
+                        "where the folder holds another classifier")
     g.add_argument("--seed", type=int, default=None,
                    help="seed of the initialisation, data order and all per-step draws "
                         f"(default: {TrainConfig.seed})")

@@ -288,6 +288,9 @@ class TrainState:
     # "n": how many), so that a resumed run's next record averages the same steps as an
     # uninterrupted run's; ``restore`` fills it in place
     log_acc: dict[str, Any] | None = None
+    # the sha256 of the feature loss's classifier weights ("" without that loss): a resume
+    # warns where the recorded folder now holds another classifier
+    feature_sha256: str = ""
 
     @property
     def inference_model(self) -> BridgeGAN:
@@ -327,6 +330,7 @@ class TrainState:
             "train_config": self.config.to_dict(), "opt_g": meta_g, "opt_d": meta_d,
             "scaler_g": self.scaler_g.state_dict(), "scaler_d": self.scaler_d.state_dict(),
             "rng": meta_rng, "log_n": int(log_acc.get("n", 0)),
+            "feature_classifier_sha256": self.feature_sha256,
         }
         return tensors, meta
 
@@ -378,6 +382,12 @@ class TrainState:
                 warnings.warn(f"resuming with {name}={getattr(self.config, name)!r} but the "
                               f"checkpoint used {saved.get(name)!r}: the run will not continue "
                               f"exactly as it would have", stacklevel=3)
+        digest = meta.get("feature_classifier_sha256") or ""  # older checkpoints: none
+        if digest and self.feature_sha256 and digest != self.feature_sha256:
+            warnings.warn(f"the feature classifier {self.config.feature_classifier} is not the "
+                          f"one the checkpoint trained with (weights sha256 "
+                          f"{self.feature_sha256[:12]}..., the checkpoint's {digest[:12]}...): "
+                          f"the run will not continue exactly as it would have", stacklevel=3)
         source = str(path / STATE_TENSORS)
         tensors = read_tensors(path / STATE_TENSORS)
         self._restore_networks(tensors, source)

@@ -28,8 +28,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..files import remove_stale
 from .attributes import apply_edits
-from .checkpoint import listed, nonfinite
-from .classifier import AttributeClassifier
+from .checkpoint import CheckpointError, listed, nonfinite
+from .classifier import AttributeClassifier, weights_sha256
 from .config import BridgeGANConfig
 from .data.image import UnreadableImageError
 from .distributed import DistInfo, all_gather_cat, all_reduce_mean, current
@@ -107,6 +107,8 @@ class Trainer:
                                   dtype=self.dtype)
 
         self.feature_net = self._feature_net(config, model_config)
+        self.feature_sha256 = (weights_sha256(config.feature_classifier)
+                               if self.feature_net is not None else "")
         self.g_objective: nn.Module = GeneratorObjective(m.generator, m.encoder, m.mapping, config.weights)
         self.d_objective: nn.Module = DiscriminatorObjective(m.discriminator, config.weights)
         if self.dist.enabled:
@@ -351,7 +353,12 @@ class Trainer:
         """The frozen classifier of the feature loss (None without it)."""
         if not config.weights.feature:
             return None
-        clf = AttributeClassifier.load(config.feature_classifier)
+        try:
+            clf = AttributeClassifier.load(config.feature_classifier)
+        except CheckpointError as exc:  # gone or broken, perhaps moved since the run began
+            raise CheckpointError(f"--feature-classifier: {exc} (a resumed run reads the "
+                                  f"folder it recorded; pass --feature-classifier FOLDER to "
+                                  f"name where it is now)") from None
         try:
             clf.check_fits(model_config.attributes, model_config.image_size)
         except ValueError as exc:
@@ -567,7 +574,8 @@ class Trainer:
         return TrainState(self.model, self.ema, self.opt_g, self.opt_d, self.memory,
                           self.scaler_g, self.scaler_d, self.config, len(self.dataset),
                           self.dist.world_size, self.sampler.batches_per_epoch,
-                          Progress(self.step, self.batches, self.warmup_done), log_acc)
+                          Progress(self.step, self.batches, self.warmup_done), log_acc,
+                          self.feature_sha256)
 
     def _log_acc(self) -> dict:
         """The terms summed since the last record, one value per rank (gathered: a

@@ -57,7 +57,7 @@ import torch
 from torch.onnx import symbolic_helper
 
 from ... import __version__
-from ...files import (check_writable_folder, link_or_copy, locked, remove_stale,
+from ...files import (check_writable_folder, link_or_copy, locked, remove_stale, sha256_hex,
                       write_folder_atomic)
 from ...reference import programs
 from ...reference.checkpoint import CheckpointError, load_checkpoint
@@ -405,11 +405,6 @@ def _check_same_model(manifest: dict, folder: Path, config: BridgeGANConfig, key
                               f"settings (rewrites, opset) or exporter code (bridgegan "
                               f"{manifest.get('bridgegan_version', '?')}, this is {__version__}); "
                               f"remove it or use another folder")
-
-
-def sha256_hex(data: bytes) -> str:
-    """The sha256 of ``data`` in hex: how the manifest and plan sidecars name a graph."""
-    return hashlib.sha256(data).hexdigest()
 
 
 def _missing(out: Path, config: BridgeGANConfig, key: str, graphs: list[str],

@@ -36,10 +36,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ... import __version__
-from ...files import write_file_atomic
+from ...files import sha256_hex, write_file_atomic
 from ..backends.base import BackendUnavailable
 from .names import PLAN_BATCHES, TENSORRT_PRECISIONS, TIMING_CACHE, WORKSPACE_GB
-from .onnx_export import io_spec, load_onnx, sha256_hex
+from .onnx_export import io_spec, load_onnx
 
 TRT_EXTRA = "pip install 'bridgegan[tensorrt]'"
 MATCH_KEYS = ("tensorrt_version", "gpu_name", "compute_capability")
