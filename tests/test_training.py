@@ -185,7 +185,8 @@ def test_feature_loss_trains_with_a_frozen_classifier_from_its_folder(faces, tmp
     assert not torch.equal(g_before, t.model.generator.to_rgb.weight)
     AttributeClassifier(faces.attributes[:3], SIZE, 8).save(tmp_path / "other")
     with pytest.raises(ValueError, match=r"--feature-classifier .*other: classifier attributes "
-                                         r".* differ from the model's"):
+                                         r".* differ from the model's .*: train one with `bridgegan "
+                                         r"train-classifier --attributes Young,Mouth_Slightly_Open,"):
         Trainer(tiny(faces), train_config(feature_classifier=str(tmp_path / "other"),
                                           weights={"feature": 1.0}), faces, progress=False)
     with pytest.raises(ValueError, match="needs both a weight > 0"):
@@ -590,7 +591,19 @@ def test_cli_trains_and_resumes(tmp_path, capsys):
     assert steps == [1, 2, 3]
     # conflicting architecture on resume, and bad input, fail with a message
     assert _cli(common + TINY_ARCH[:2] + ["--resume", "auto", "--steps", "4"]) == 2
-    assert "differ from the checkpoint" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "differ from the checkpoint" in err and "a run resumes as it is" in err
+    ckpt = latest_checkpoint(out)
+    assert _cli(common + ["--init-from", str(ckpt), "--out", str(tmp_path / "b"),
+                          "--attributes", "Male,Young"]) == 2
+    assert "--init-from takes a model of the same attributes" in capsys.readouterr().err
+    (ckpt / STATE_JSON).unlink()  # what an inference checkpoint lacks
+    assert _cli(common + ["--resume", str(ckpt), "--out", str(tmp_path / "c")]) == 2
+    assert f"an inference checkpoint; --init-from {ckpt} starts a run" in capsys.readouterr().err
+    assert _cli(common + TINY_ARCH + ["--resume", "auto", "--out", str(tmp_path / "typo"),
+                                      "--steps", "1"]) == 0
+    assert f"--resume auto: no checkpoint in {tmp_path / 'typo' / 'checkpoints'}; a new run " \
+           "starts" in capsys.readouterr().err
     assert _cli(["--data", "nowhere:x", "--out", str(tmp_path / "x"), "--no-progress"]) == 2
     assert "bad dataset spec" in capsys.readouterr().err
 

@@ -49,7 +49,8 @@ class AttributeClassifier(nn.Module):
         (the model's), saying which differs."""
         if self.attributes != tuple(attributes):
             raise ValueError(f"classifier attributes {self.attributes} differ from the "
-                             f"model's {tuple(attributes)}")
+                             f"model's {tuple(attributes)}: train one with `bridgegan "
+                             f"train-classifier --attributes {','.join(attributes)}`")
         if self.image_size != image_size:
             raise ValueError(f"the classifier was trained at {self.image_size} px, the model "
                              f"makes {image_size} px images: train one at that size")

@@ -245,6 +245,19 @@ def _train_config(args: argparse.Namespace, base: dict | None):
     return TrainConfig.from_dict(data)
 
 
+def _way_out(ckpt_cfg, model_cfg, resuming: bool) -> str:
+    """What to do where the model options differ from a checkpoint's (``resuming`` it, or
+    starting from its weights with --init-from)."""
+    if resuming:
+        return ("; a run resumes as it is: leave out the model options and --attributes, or "
+                "start a new run (another --out) from its weights with --init-from, with "
+                "--widen for wider layers")
+    if ckpt_cfg.attributes != model_cfg.attributes:
+        return ("; --init-from takes a model of the same attributes: leave out --attributes "
+                "(and give data that has the checkpoint's)")
+    return "; leave out the model options to take the checkpoint's, or add --widen for wider layers"
+
+
 def _make_datasets(args, size: int, attributes):
     """The training set and the set the sample grids come from: the validation split, or
     None where the data has none (an error in its rows, a missing image, is the data's)."""
@@ -315,7 +328,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from . import distributed
-    from .checkpoint import CheckpointError, read_config
+    from .checkpoint import CONFIG_FILE, CheckpointError, read_config
     from .info import parameter_counts
     from .train_state import STATE_JSON, drop_metrics_after, latest_checkpoint, read_train_state
     from .trainer import Trainer
@@ -343,9 +356,13 @@ def run(args: argparse.Namespace) -> int:
             resume = latest_checkpoint(out)
         elif args.resume:
             resume = Path(args.resume)
+            if not resume.is_dir():
+                raise CheckpointError(f"--resume {resume}: no such folder")
             if not (resume / STATE_JSON).is_file():
+                hint = (f": an inference checkpoint; --init-from {resume} starts a run from "
+                        f"its weights" if (resume / CONFIG_FILE).is_file() else "")
                 raise CheckpointError(f"--resume {resume}: no training checkpoint there "
-                                      f"(expected {STATE_JSON})")
+                                      f"(expected {STATE_JSON}){hint}")
         if args.init_from and args.resume and args.resume != "auto":
             raise ValueError("give --resume (continue a run) or --init-from (start from "
                              "weights), not both")
@@ -372,7 +389,8 @@ def run(args: argparse.Namespace) -> int:
             diffs = ckpt_cfg.differences(model_cfg)
             if diffs:
                 raise CheckpointError(f"the model options differ from the checkpoint's "
-                                      f"configuration: {'; '.join(diffs)}")
+                                      f"configuration: {'; '.join(diffs)}"
+                                      f"{_way_out(ckpt_cfg, model_cfg, resume is not None)}")
         try:
             config = _train_config(args, base_train)
         except ValueError as exc:
@@ -398,6 +416,9 @@ def run(args: argparse.Namespace) -> int:
             if init is not None:
                 trainer.init_weights(init, widen=args.widen)
         if info.is_main:
+            if args.resume == "auto" and resume is None:
+                print(f"--resume auto: no checkpoint in {out / 'checkpoints'}; a new run starts",
+                      file=sys.stderr)
             n = parameter_counts(trainer.model)
             where = f"{info.world_size} processes" if info.enabled else "1 process"
             print(f"bridgegan train: {len(train_set)} images ({args.data}), "
