@@ -43,12 +43,13 @@ def _train_one_and_two(tmp_path, extra):
     return one, two
 
 
-def _run(cmd, tmp_path, name):
+def _run(cmd, tmp_path, name, ok=True):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env.pop("RANK", None), env.pop("WORLD_SIZE", None)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300,
-                          cwd=tmp_path)
-    assert proc.returncode == 0, f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+                          cwd=tmp_path)  # the timeout: a hang guard
+    assert (proc.returncode == 0) == ok, \
+        f"{name} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     return proc
 
 
@@ -91,3 +92,37 @@ def test_ddp_float32_first_step_losses_match(tmp_path):
     for k in ("d/adv", "d/gp", "d/attr", "g/rec", "g/latent", "g/cycle", "g/mode_seeking",
               "noise/r_mean"):
         assert r1[k] == pytest.approx(r2[k], rel=1e-5, abs=1e-7), k
+
+
+def test_an_unreadable_image_on_one_rank_stops_every_rank_with_a_checkpoint(tmp_path):
+    """The image rank 1 reads in step 3's second batch cannot be decoded: rank 1 names it,
+    rank 0 names rank 1 (it does not wait in a gather), and the checkpoint of step 2 is
+    written by both before they exit."""
+    from PIL import Image
+
+    from bridgegan.reference.train_data import epoch_order
+
+    root = tmp_path / "faces"
+    root.mkdir()
+    gen = torch.Generator().manual_seed(5)
+    rows = ["filename,Black_Hair,Male"]
+    for i in range(48):
+        pixels = torch.randint(0, 256, (32, 32, 3), dtype=torch.uint8, generator=gen)
+        Image.fromarray(pixels.numpy()).save(root / f"{i}.png")
+        rows.append(f"{i}.png,{i % 2},{(i // 2) % 2}")
+    (root / "attributes.csv").write_text("\n".join(rows) + "\n")
+    # batch 8, n_d 1: step 3 reads global batches 4 and 5; rank 1 loads positions 4..7
+    bad = int(epoch_order(48, 7, 0)[5 * 8 + 5])
+    (root / f"{bad}.png").write_bytes(b"not a png")
+    args = list(ARGS)
+    args[args.index("--data") + 1] = f"folder:{root}"
+    args[args.index("--attributes") + 1] = "Black_Hair,Male"
+    out = tmp_path / "run"
+    proc = _run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                 "--nproc_per_node", "2", "--log-dir", str(tmp_path / "torchrun"),
+                 "-m", "bridgegan.reference.train_cli", *args, "--steps", "4",
+                 "--out", str(out)], tmp_path, "torchrun", ok=False)
+    assert f"bridgegan train: error: cannot read image file {root / f'{bad}.png'}" in proc.stderr
+    assert "bridgegan train: error: rank 1 could not read its part of the batch" in proc.stderr
+    assert latest_checkpoint(out).name == "step-00000002"
+    assert json.loads((latest_checkpoint(out) / STATE_JSON).read_text())["batches"] == 4

@@ -24,7 +24,8 @@ from bridgegan.reference.data import make_dataset
 from bridgegan.reference.train_data import ResumableBatchSampler, epoch_order
 from bridgegan.reference.train_modes import AMP_MODES
 from bridgegan.reference.train_config import TrainConfig
-from bridgegan.reference.train_state import STATE_JSON, STATE_TENSORS, latest_checkpoint
+from bridgegan.reference.train_state import (STATE_JSON, STATE_TENSORS, latest_checkpoint,
+                                            read_train_state)
 from bridgegan.reference.trainer import Trainer
 from conftest import small_config
 
@@ -428,6 +429,39 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(faces, tmp_path, determ
     assert not different, different[:10]
     assert any(k.startswith("ema.") for k in a) and "noise_memory" in a
     assert any(k.startswith("opt_g.") for k in a) and any(k.startswith("opt_d.") for k in a)
+
+
+def test_unreadable_data_checkpoints_the_steps_done_and_the_resume_is_exact(
+        faces, tmp_path, monkeypatch, deterministic):
+    """An image that cannot be read in the second batch of step 3 (n_d = 1: two batches a
+    step) stops the run with a checkpoint at step 2, written before any update of step 3;
+    the image mended, a resume ends bit-identical to an uninterrupted run."""
+    from bridgegan.reference.data.image import UnreadableImageError
+
+    cfg, tc = tiny(faces), train_config(n_d=1, steps=4, seed=3, ckpt_every=1000)
+    full = Trainer(cfg, tc, faces, progress=False)
+    full.train(4)
+    reads, broken = [0], [True]
+    read = type(faces).__getitem__
+
+    def flaky(self, i):
+        reads[0] += 1
+        if broken[0] and reads[0] == 5 * tc.batch + 2:  # batch 6 of the run: step 3's second
+            raise UnreadableImageError(f"cannot read image file {i}.png")
+        return read(self, i)
+
+    monkeypatch.setattr(type(faces), "__getitem__", flaky)
+    run = Trainer(cfg, tc, faces, out_dir=tmp_path, progress=False)
+    with pytest.raises(UnreadableImageError, match="cannot read image file .*replace that file"):
+        run.train(4)
+    ckpt = latest_checkpoint(tmp_path)
+    assert ckpt.name == "step-00000002" and read_train_state(ckpt)["batches"] == 4
+    broken[0] = False
+    resumed = Trainer(cfg, tc, faces, out_dir=tmp_path, progress=False)
+    resumed.load(ckpt)
+    resumed.train(4)
+    a, b = _state(full), _state(resumed)
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
 
 
 def test_resume_restores_the_global_rng_state_of_an_uninterrupted_run(faces, tmp_path):

@@ -189,9 +189,11 @@ class Trainer:
         return iter(loader)
 
     def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The next GLOBAL batch (images, labels, dataset indices) on the device."""
+        """The next GLOBAL batch (images, labels, dataset indices) on the device. A batch
+        that cannot be read on one rank raises on every rank (none waits in a gather)."""
         if self._loader_iter is None:
             self._loader_iter = self._loader()
+        err = None
         try:
             x, y, idx = next(self._loader_iter)
         except Exception as exc:  # noqa: BLE001 - re-raised, of the same type
@@ -200,6 +202,13 @@ class Trainer:
                 err = UnreadableImageError(
                     f"{err}; the run reads its data in a fixed order: replace that file with "
                     f"a readable image of the same name, then continue with --resume auto")
+        if self.dist.enabled:
+            failed = all_gather_cat(torch.tensor([[float(err is not None)]], device=self.device),
+                                    self.dist).flatten().nonzero().flatten().tolist()
+            if failed and err is None:
+                err = ValueError(f"rank {failed[0]} could not read its part of the batch "
+                                 f"(its error names the file)")
+        if err is not None:
             raise err from None
         self.batches += 1
         nb = self.device.type == "cuda"
@@ -270,8 +279,8 @@ class Trainer:
         return all_reduce_mean(t, self.dist)
 
     # ----- one step ----------------------------------------------------------------------
-    def _d_step(self, sub: int) -> dict[str, torch.Tensor]:
-        p = self._local(self._next_batch(), self._draws(sub))
+    def _d_step(self, sub: int, batch) -> dict[str, torch.Tensor]:
+        p = self._local(batch, self._draws(sub))
         m = self.model
         with self._autocast():
             fakes, _ = make_fakes(m.generator, m.encoder, m.mapping, p["x"], p["y"], p["xr"], p["yr"],
@@ -327,8 +336,8 @@ class Trainer:
                 bar.close()
         return self.log()
 
-    def _g_step(self, sub: int) -> dict[str, torch.Tensor]:
-        p = self._local(self._next_batch(), self._draws(sub))
+    def _g_step(self, sub: int, batch) -> dict[str, torch.Tensor]:
+        p = self._local(batch, self._draws(sub))
         D = self.model.discriminator
         D.requires_grad_(False)
         try:
@@ -392,17 +401,30 @@ class Trainer:
             torch._foreach_lerp_(self.ema_params, [p.detach() for p in self.gen_params],
                                  1.0 - self.ema_decay())
 
-    def train_step(self) -> dict[str, torch.Tensor]:
-        """n_d discriminator updates, one generator update, the EMA update. Returns the
-        generator terms and the last discriminator terms (detached tensors)."""
+    def read_step(self) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """The n_d + 1 global batches of the next step, read before any update: where one
+        cannot be read the run is left at the step's start (``batches`` too), which
+        ``train`` checkpoints before the error goes on."""
+        start = self.batches
+        try:
+            return [self._next_batch() for _ in range(self.config.n_d + 1)]
+        except Exception:
+            self.batches, self._loader_iter = start, None  # the resume reads the step again
+            raise
+
+    def train_step(self, batches: list | None = None) -> dict[str, torch.Tensor]:
+        """n_d discriminator updates, one generator update, the EMA update, on ``batches``
+        (``read_step``'s; read here when None). Returns the generator terms and the last
+        discriminator terms (detached tensors)."""
+        batches = self.read_step() if batches is None else batches
         terms: dict[str, torch.Tensor] = {}
         lr = self.learning_rate()
         for opt in (self.opt_g, self.opt_d):
             for group in opt.param_groups:
                 group["lr"] = lr
         for sub in range(self.config.n_d):
-            terms.update(self._d_step(sub))
-        terms.update(self._g_step(self.config.n_d))
+            terms.update(self._d_step(sub, batches[sub]))
+        terms.update(self._g_step(self.config.n_d, batches[-1]))
         self._update_ema()
         self.step += 1
         return terms
@@ -438,7 +460,8 @@ class Trainer:
         The run stops where its next step and the final checkpoint would pass the limit,
         judged by the longest step so far (with its logs and samples) and the last
         checkpoint's time in this run (none until one is written): it ends within the limit
-        when steps and checkpoints take about as long as those before."""
+        when steps and checkpoints take about as long as those before. A step whose data
+        cannot be read raises after a checkpoint of the steps done before it."""
         cfg = self.config
         if time_limit is not None and (isinstance(time_limit, bool) or not isinstance(
                 time_limit, numbers.Real) or not 0 < time_limit < math.inf):
@@ -454,6 +477,7 @@ class Trainer:
         last: dict[str, float] = {}
         self._log_t0, self._log_step0 = time.perf_counter(), self.step
         saved_at, longest, save_s = None, 0.0, 0.0  # the longest step, the last save's time
+        begun = self.step
         self.warm_up(deadline)
         # a warm-up stopped by the limit or a signal ends the run: after a generator step it
         # would never be completed (a resume warms up only at step 0)
@@ -462,7 +486,13 @@ class Trainer:
             while (not warming and self.step < target
                    and not self._out_of_time(deadline, longest + save_s)):
                 t0 = time.monotonic()
-                terms = self.train_step()
+                try:
+                    batches = self.read_step()
+                except Exception:  # unreadable data: keep the steps done (on every rank)
+                    if self.out_dir is not None and begun < self.step != saved_at:
+                        self.save()
+                    raise
+                terms = self.train_step(batches)
                 self._accumulate(terms)
                 if bar is not None:
                     bar.update(1)
