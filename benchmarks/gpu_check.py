@@ -88,13 +88,13 @@ def stages(work: Path, dry: bool) -> list[tuple[str, list[str], int]]:
     py = sys.executable
     cli = [py, "-m", "bridgegan.cli"]
     if dry:
-        dev, res, batches, reps = "cpu", "64", "1,2", ["--reps", "1", "--warmup", "0"]
+        dev, res, batches = "cpu", "64", "1,2"
+        reps = ["--reps", "1", "--warmup", "0", "--min-seconds", "0"]
         variants = "reference:float32,torch:float32,torch:bf16:cl"
     else:
-        # at least 0.2 s of timed calls a row (batch 1 under CUDA graphs: ~150 calls at the
-        # 1.35 ms of results/h100-2026-11-26/bench.csv)
-        dev, res, batches, reps = "cuda", "128", "1,8,64,256", ["--reps", "10", "--warmup", "2",
-                                                                "--min-seconds", "0.2"]
+        # bench's default --min-seconds (0.2 s of timed calls a row: batch 1 under CUDA
+        # graphs ~150 calls at the 1.35 ms of results/h100-2026-11-26/bench.csv)
+        dev, res, batches, reps = "cuda", "128", "1,8,64,256", ["--reps", "10", "--warmup", "2"]
         variants = ENGINE_VARIANTS
     out = [
         ("parity_ops", [py, "-m", "bridgegan.kernels.parity", "--device", dev,
