@@ -6,6 +6,7 @@ would then interpret, a GPU machine's GPU tests included), so shapes are tiny. I
 zeros); gamma/beta have a realistic scale (0.5 * randn).
 """
 
+import json
 import math
 import warnings
 
@@ -172,6 +173,24 @@ def test_bench_kernels_reports_no_speed_after_failed_parity(tmp_path, monkeypatc
                                          r"channels_last \(see .*\); no speed reported"):
         bench.run(tmp_path, dry_run=True, parity=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["parity.json"]
+
+
+def test_kernel_parity_json_holds_the_rows_so_far(tmp_path, monkeypatch):
+    """The --json file is written after each row, so that a run stopped part-way (a device
+    call's limit) keeps what it checked: here the residual rows raise after the table and
+    the NaN rows."""
+    from bridgegan.kernels import parity
+
+    def stopped(*args):
+        raise RuntimeError("stopped")
+
+    monkeypatch.setattr(parity, "_residual_rows", stopped)
+    path = tmp_path / "rows.json"
+    with pytest.raises(RuntimeError, match="stopped"):
+        parity.check_ops("cpu", quick=True, impl="torch", written=path)
+    rows = json.loads(path.read_text())
+    assert len(rows) > 2 * len(OPS) and rows[-1]["op"] == "spade_modulate[nan]"
+    assert all(r["ok"] for r in rows)
 
 
 @requires_triton

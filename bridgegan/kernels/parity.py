@@ -229,8 +229,10 @@ def _default_impl(device: torch.device) -> tuple[str, str]:
                    "TRITON_INTERPRET=1 (set before the kernels are first used)")
 
 
-def check_ops(device=None, quick=False, impl=None) -> list[dict]:
-    """Run the parity table; returns one dict per row (see the module docstring)."""
+def check_ops(device=None, quick=False, impl=None, written=None) -> list[dict]:
+    """Run the parity table; returns one dict per row (see the module docstring).
+    ``written``: a path the rows so far are written to (JSON, atomically) after each row
+    of the table and each group of special rows, so that a run stopped part-way keeps them."""
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
@@ -244,6 +246,10 @@ def check_ops(device=None, quick=False, impl=None) -> list[dict]:
     print(f"{'op':<24} {'dtype':<5} {'layout':<13} {'act':<10} {'shape':<18} {'impl/path':<13} "
           f"{'max_abs':>9} {'rel_err':>9} {'tol':>7}  result")
     rows = []
+
+    def save() -> None:
+        if written:
+            write_file_atomic(written, json.dumps(rows, indent=1).encode())
     gen = torch.Generator(device=device).manual_seed(1234)
     acts = norm_act.ACTS
     dtypes = PARITY_DTYPES
@@ -274,9 +280,10 @@ def check_ops(device=None, quick=False, impl=None) -> list[dict]:
                                    reference64(op, x, kw, act), device, secs, ok=fmt_ok)
                         rows.append(row)
                         _print_row(row)
-    rows += _nan_rows(device, impl, gen)
-    rows += _residual_rows(device, impl, gen)
-    rows += _tail_rows(device, impl, gen)
+                        save()
+    for special in (_nan_rows, _residual_rows, _tail_rows):
+        rows += special(device, impl, gen)
+        save()
     bad = sum(not r["ok"] for r in rows)
     print(f"{len(rows) - bad}/{len(rows)} rows pass" + (f", {bad} FAIL" if bad else ""))
     return rows
@@ -294,12 +301,11 @@ def main(argv=None) -> int:
                    help="also write the rows to this JSON file (in an existing folder)")
     args = p.parse_args(argv)
     try:
-        rows = check_ops(device=args.device, quick=args.quick, impl=args.impl)
+        rows = check_ops(device=args.device, quick=args.quick, impl=args.impl,
+                         written=args.json)
     except (RuntimeError, ValueError) as exc:
         print(f"parity: error: {exc}", file=sys.stderr)
         return 2
-    if args.json:
-        write_file_atomic(args.json, json.dumps(rows, indent=1).encode())
     return 0 if all(r["ok"] for r in rows) else 1
 
 
