@@ -880,22 +880,24 @@ def test_readers_holding_parts_of_the_budget_do_not_wait_for_one_another():
 def test_the_reading_budget_is_capped_in_bytes(engine):
     """MAX_READING bodies of the largest size, but at most READING_BYTES where those are
     large (the paper model at 128 px, max batch 64: 32 JSON bodies of 0.23 GB were a
-    7.3 GB budget), and two bodies at least."""
+    7.3 GB budget), and two bodies at least; gRPC calls held at once, MAX_GRPC_CALLS but
+    no more than that budget holds of the largest message (128 of 24 MiB were 3 GB)."""
     from bridgegan.reference import BridgeGANConfig
-    from bridgegan.serve.front import MAX_READING, READING_BYTES, Front
+    from bridgegan.serve.front import MAX_GRPC_CALLS, MAX_READING, READING_BYTES, Front
 
     def budget(config, max_batch):
         specs = {name: (spec, max_batch) for name, spec in model_specs(config).items()}
         front = Front(specs, "http.sock", "unix:grpc.sock", "127.0.0.1", 0, 0, 1.0)
         front.loop.close()  # never started
-        return front.reading_bytes, front.mixed_limit
+        return front.reading_bytes, front.mixed_limit, front.grpc_calls, front.binary_limit
 
-    reading, body = budget(engine.config, 8)
-    assert reading == MAX_READING * body < READING_BYTES
-    reading, body = budget(BridgeGANConfig(), 64)
+    reading, body, calls, message = budget(engine.config, 8)
+    assert reading == MAX_READING * body < READING_BYTES and calls == MAX_GRPC_CALLS
+    reading, body, calls, message = budget(BridgeGANConfig(), 64)
     assert reading == READING_BYTES and MAX_READING * body > 7e9
-    reading, body = budget(BridgeGANConfig(), 1024)
-    assert reading == 2 * body > READING_BYTES
+    assert calls == 42 == READING_BYTES // message
+    reading, body, calls, message = budget(BridgeGANConfig(), 1024)
+    assert reading == 2 * body > READING_BYTES and calls == reading // message >= 2
 
 
 def test_the_right_to_overdraw_passes_on_once_a_body_is_in():

@@ -23,8 +23,9 @@ request on its own before it reaches tritonserver:
   kernel's socket buffer, not the front's memory); a gRPC call's request message must arrive within the read timeout too (else
   DEADLINE_EXCEEDED: the front reads each call as a stream of one message, as it is on
   the wire, so that the read can have a deadline), and at most ``MAX_GRPC_CALLS`` gRPC
-  calls are taken at once (others get RESOURCE_EXHAUSTED: grpc buffers a call's message
-  before the handler sees it, so only a bound on calls bounds that memory); answers too
+  calls are taken at once, and no more than HTTP's byte budget holds of the largest
+  message (others get RESOURCE_EXHAUSTED: grpc buffers a call's message before the
+  handler sees it, so only a bound on calls bounds that memory); answers too
   have a deadline: an HTTP response the client has not taken within the read timeout
   ends its connection (reset), and every gRPC connection is ended (GOAWAY) after the
   read timeout, its calls in flight given as long again (a call whose answer the client
@@ -391,6 +392,9 @@ class Front:
         self.mixed_limit = self.json_limit + self.binary_limit - HEADER_BYTES
         self.reading_bytes = min(MAX_READING * self.mixed_limit,
                                  max(READING_BYTES, 2 * self.mixed_limit))
+        # gRPC calls held at once: the same bytes of messages of the largest size (the
+        # paper model at max batch 64: 42 of 24 MiB)
+        self.grpc_calls = min(MAX_GRPC_CALLS, self.reading_bytes // self.binary_limit)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="front", daemon=True)
         self.closing = threading.Lock()  # held from the first close on
@@ -434,7 +438,7 @@ class Front:
         # connection ends: end each after the read timeout, calls in flight given as long
         # (grpc takes a C int of ms: a read timeout past ~24.8 days would not start)
         age_ms = min(int(1000 * self.read_timeout_s), 2**31 - 1)
-        self.grpc = grpc.aio.server(maximum_concurrent_rpcs=MAX_GRPC_CALLS, options=[
+        self.grpc = grpc.aio.server(maximum_concurrent_rpcs=self.grpc_calls, options=[
             ("grpc.max_receive_message_length", self.binary_limit),
             ("grpc.max_send_message_length", -1), ("grpc.so_reuseport", 0),
             ("grpc.max_connection_age_ms", age_ms), ("grpc.max_connection_age_grace_ms", age_ms)])
