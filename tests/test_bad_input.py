@@ -490,6 +490,40 @@ def test_non_finite_weights_are_refused_with_their_name(model, tmp_path, value):
         Engine.from_checkpoint(tmp_path / "ck")
 
 
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.bool, torch.float8_e4m3fn])
+def test_weights_of_another_dtype_are_refused_with_their_name(model, tmp_path, dtype):
+    """int8 or bool weights of the right shape loaded as garbage; float8 failed in
+    isfinite without naming the file."""
+    save_checkpoint(tmp_path / "ck", model)
+    weights = tmp_path / "ck" / WEIGHTS_FILE
+    tensors = load_file(weights)
+    name = sorted(tensors)[0]
+    tensors[name] = tensors[name].to(dtype)
+    save_file(tensors, weights)
+    with pytest.raises(CheckpointError, match=rf"1 tensor\(s\) of another dtype: {name}: "
+                                              rf"{str(dtype)[6:]} \(accepted for weights: "
+                                              rf"float16, bfloat16, float32, float64\)"):
+        load_checkpoint(tmp_path / "ck")
+
+
+def test_float64_weights_past_float32_are_refused(model, tmp_path):
+    """1e300 in float64 is finite as stored and Inf in the float32 model: refused, as
+    NaN / Inf are (it loaded, and exports and training went on with Inf weights)."""
+    save_checkpoint(tmp_path / "ck", model)
+    weights = tmp_path / "ck" / WEIGHTS_FILE
+    tensors = {k: v.double() for k, v in load_file(weights).items()}
+    save_file(tensors, weights)
+    load_checkpoint(tmp_path / "ck")  # float64 of float32 values: taken
+    name = sorted(tensors)[1]
+    tensors[name] = tensors[name] * 1e300
+    save_file(tensors, weights)
+    with pytest.raises(CheckpointError, match=rf"holds NaN or Inf values in 1 tensor\(s\): "
+                                              rf"{name}; weights must be finite, in the "
+                                              rf"model's dtype too"):
+        load_checkpoint(tmp_path / "ck")
+
+
 # ----- translate CLI -------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def cli_files(model, tmp_path_factory):

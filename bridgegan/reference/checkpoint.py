@@ -106,9 +106,14 @@ def nonfinite(tensors: Mapping[str, torch.Tensor]) -> list[str]:
     return [k for k, ok in zip(names, finite) if not ok]
 
 
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)  # weights stored
+
+
 def load_state(model: torch.nn.Module, tensors: Mapping[str, torch.Tensor], source: str) -> None:
-    """Copy ``tensors`` into ``model`` after checking names, shapes and values (finite);
-    name every mismatch."""
+    """Copy ``tensors`` into ``model`` after checking names, shapes, dtypes (a floating
+    tensor stored in one of FLOAT_DTYPES, any other in the model's dtype) and values
+    (finite once cast to the model's dtype: 1e300 in float64 is Inf in float32); name
+    every mismatch."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
@@ -123,16 +128,25 @@ def load_state(model: torch.nn.Module, tensors: Mapping[str, torch.Tensor], sour
         problems.append(f"{len(unexpected)} unexpected tensor(s): {listed(unexpected)}")
     if shapes:
         problems.append(f"{len(shapes)} shape mismatch(es): {listed(shapes)}")
+    dtypes = sorted(
+        f"{k}: {str(tensors[k].dtype).replace('torch.', '')}" for k in set(expected) & set(tensors)
+        if (tensors[k].dtype not in FLOAT_DTYPES if expected[k].is_floating_point()
+            else tensors[k].dtype != expected[k].dtype))
+    if dtypes:
+        problems.append(f"{len(dtypes)} tensor(s) of another dtype: {listed(dtypes)} (accepted "
+                        f"for weights: float16, bfloat16, float32, float64)")
     if problems:
         raise CheckpointError(f"{source} does not match the model: " + "; ".join(problems))
-    damaged = sorted(nonfinite({k: tensors[k] for k in expected}))
+    cast = {k: tensors[k].to(v.dtype) for k, v in expected.items()}
+    damaged = sorted(nonfinite(cast))
     if damaged:
         raise CheckpointError(f"{source} holds NaN or Inf values in {len(damaged)} tensor(s): "
-                              f"{listed(damaged)}; weights must be finite (a diverged run or a "
-                              f"damaged file: use an earlier checkpoint)")
+                              f"{listed(damaged)}; weights must be finite, in the model's "
+                              f"dtype too (a diverged run or a damaged file: use an earlier "
+                              f"checkpoint)")
     with torch.no_grad():
         for k, v in expected.items():
-            v.copy_(tensors[k])
+            v.copy_(cast[k])
 
 
 def load_checkpoint(path: str | os.PathLike, expected_config: BridgeGANConfig | None = None,
