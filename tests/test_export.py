@@ -388,6 +388,21 @@ def onnx_ports(path) -> tuple[list, list]:
     return [port(v) for v in graph_inputs(g)], [port(v) for v in g.graph.output]
 
 
+@pytest.mark.parametrize("port, problem", [
+    (('image"\n}', "FP32", (3,)), "is not an identifier"),
+    (("image", "FP64", (3,)), "data type 'FP64' is not one of"),
+    (("image", "FP32", ("3 ] } ] #",)), "must be integers >= 1"),
+    (("image", "FP32", (0,)), "must be integers >= 1"),
+    (("image", "FP32", (True,)), "must be integers >= 1")])
+def test_a_port_that_would_not_be_one_in_config_pbtxt_is_refused(port, problem):
+    """config.pbtxt is text: a port name with a quote and line breaks (from a manifest on
+    disk) wrote other settings into it."""
+    from bridgegan.engine.export.pbtxt import Port
+
+    with pytest.raises(ValueError, match=re.escape(problem)):
+        Port(*port)
+
+
 def test_triton_model_repository(ckpt, exported, tmp_path):
     repo = tmp_path / "repo"
     assert main(["export", "triton-repo", str(ckpt), str(repo), "--onnx-dir", str(exported)]) == 0

@@ -8,6 +8,7 @@ PROGRAMS = ("translate_label", "translate_reference")
 STAGES = ("trunk", "encode", "map", "decode", "decode_mix")
 GRAPHS = PROGRAMS + STAGES
 ONNX_PRECISIONS = {"fp32": "float32", "fp16": "float16"}  # name -> torch dtype name
+TRITON_TYPES = {"float32": "FP32", "float16": "FP16"}  # a graph port's numpy dtype -> Triton's
 TENSORRT_PRECISIONS = ("fp32", "fp16", "bf16")
 TIMING_CACHE = "timing_{gpu}.cache"  # a GPU kind's TensorRT timing cache, beside the plans
 PREFERRED_BATCHES = (4, 8, 16, 32)  # a Triton repository's default preferred batch sizes

@@ -65,7 +65,8 @@ from ...reference.config import BridgeGANConfig
 from ...reference.model import BridgeGAN
 from ..backends.base import BackendUnavailable
 from ..graph import InferenceGraph, Rewrites
-from .names import GRAPHS, ONNX_PRECISIONS, OPSET, TIMING_CACHE
+from .names import GRAPHS, ONNX_PRECISIONS, OPSET, TIMING_CACHE, TRITON_TYPES
+from .pbtxt import NAME
 
 ONNX_DTYPES = {name: getattr(torch, dtype) for name, dtype in ONNX_PRECISIONS.items()}
 ONNX_PRECISION_OF = {v: k for k, v in ONNX_DTYPES.items()}
@@ -382,8 +383,12 @@ def _manifest_problem(manifest: dict) -> str | None:
             specs = entry.get(field)
             if not isinstance(specs, list) or not all(
                     isinstance(t, dict) and isinstance(t.get("name"), str)
-                    and isinstance(t.get("shape"), list) for t in specs):
-                return f"graph {name!r}: {field} is not a list of tensors (name, shape)"
+                    and NAME.fullmatch(t["name"]) and t.get("dtype") in TRITON_TYPES
+                    and isinstance(t.get("shape"), list) and all(
+                        (type(d) is int and d >= 1) or (isinstance(d, str) and NAME.fullmatch(d))
+                        for d in t["shape"]) for t in specs):
+                return (f"graph {name!r}: {field} is not a list of tensors (name: an identifier, "
+                        f"dtype: {' or '.join(TRITON_TYPES)}, shape: sizes >= 1 or names)")
         bad = [f for f in entry.get("files", {}).values()
                if f in ("", ".", "..") or Path(f).name != f]
         if bad:

@@ -4,12 +4,15 @@ repositories: the ONNX / TensorRT one (``triton_repo``) and the python-backend o
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from ...argtypes import split_device
 
 INSTANCE_KINDS = {"cpu": "KIND_CPU", "cuda": "KIND_GPU"}
+DATA_TYPES = ("FP32", "FP16", "BF16", "BOOL", "UINT64")  # those the repositories use
+NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # a port's name: written unquoted-safe
 
 
 @dataclass(frozen=True)
@@ -21,6 +24,19 @@ class Port:
     dtype: str
     shape: tuple[int, ...]
     optional: bool = False
+
+    def __post_init__(self):
+        """Refuse what would not be one port in the text (a name with a quote or a line
+        break, a dimension that is not an integer): a port can come from a manifest on disk."""
+        if not (isinstance(self.name, str) and NAME.fullmatch(self.name)):
+            raise ValueError(f"port name {self.name!r} is not an identifier (letters, digits, _)")
+        if self.dtype not in DATA_TYPES:
+            raise ValueError(f"port {self.name}: data type {self.dtype!r} is not one of "
+                             f"{', '.join(DATA_TYPES)}")
+        if not (isinstance(self.shape, tuple)
+                and all(type(d) is int and (d >= 1 or d == -1) for d in self.shape)):
+            raise ValueError(f"port {self.name}: dims {self.shape!r} must be integers >= 1 "
+                             f"(or -1)")
 
     def batched_shape(self) -> str:
         """The shape a request declares, for messages: ``[N, d1, d2, ...]``."""

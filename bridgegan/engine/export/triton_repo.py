@@ -27,12 +27,11 @@ from ... import __version__
 from ...files import check_replaceable, write_folder_atomic
 from ...reference.checkpoint import load_checkpoint
 from ...reference.config import BridgeGANConfig
-from .names import MAX_BATCH, PREFERRED_BATCHES, PROGRAMS, QUEUE_DELAY_US
+from .names import MAX_BATCH, PREFERRED_BATCHES, PROGRAMS, QUEUE_DELAY_US, TRITON_TYPES
 from .onnx_export import export_model, file_name, read_manifest
 from .pbtxt import Port, model_config
 from .tensorrt_build import batch_range, plan_problem, read_sidecar
 
-TRITON_TYPES = {"float32": "FP32", "float16": "FP16"}
 # the files of a model folder: the ONNX model or a plan in version 1 (either may replace
 # the other on a later export)
 MODEL_FILES = ("config.pbtxt", "bridgegan.json", "1/model.onnx", "1/model.plan")
