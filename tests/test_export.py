@@ -152,7 +152,8 @@ def test_fp16_variant_from_the_cli(tmp_path):
 
 def test_export_cli_says_which_graphs_it_wrote_and_which_it_kept(tmp_path, capsys):
     """A fresh folder: every graph written, none 'kept'; a second export into it adds the
-    new graph and names the one already there."""
+    new graph and names the one already there; a symbolic link in it is refused (carried
+    over, its target was copied in)."""
     save_checkpoint(tmp_path / "ck", BridgeGAN(small_config(32)).eval())
     out = tmp_path / "out"
     args = ["export", "onnx", str(tmp_path / "ck"), str(out), "--graphs"]
@@ -165,6 +166,13 @@ def test_export_cli_says_which_graphs_it_wrote_and_which_it_kept(tmp_path, capsy
     assert main([*args, "map", "--precision", "fp32"]) == 0  # nothing missing
     said = capsys.readouterr().out
     assert "nothing to write; encode.onnx, map.onnx, map_fp16.onnx already there" in said
+    secret = tmp_path / "secret"
+    secret.write_text("not the export's")
+    (out / "evil.plan").symlink_to(secret)  # carried over, its target was copied in
+    before = sorted(p.name for p in out.iterdir())
+    assert main([*args, "decode", "--precision", "fp32"]) == 2
+    assert f"{out / 'evil.plan'} is a symbolic link" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == before and (out / "evil.plan").is_symlink()
 
 
 def test_engine_onnxruntime_backend(model, ckpt, exported):

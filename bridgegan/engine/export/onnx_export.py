@@ -454,6 +454,10 @@ def _carried(out: Path, manifest: dict) -> dict:
     graphs = [f for entry in manifest["graphs"].values() for f in entry.get("files", {}).values()]
     plans = [p.name for pattern in ("*.plan", "*.plan.json", TIMING_CACHE.format(gpu="*"))
              for p in out.glob(pattern)]
+    links = [f for f in [*graphs, *plans] if (out / f).is_symlink()]
+    if links:  # never written by an export: carried, a link's target would be copied in
+        raise OnnxFileError(f"{out / links[0]} is a symbolic link: an export folder holds the "
+                            f"files its exports wrote; remove the link (or the folder)")
     return {f: link_or_copy(out / f) for f in [*graphs, *plans] if (out / f).is_file()}
 
 
