@@ -141,8 +141,9 @@ def _classifier_options(p: argparse.ArgumentParser) -> None:
                    help="images per step (default: %(default)s)")
     p.add_argument("--lr", type=positive_float, default=classifier_defaults.LR,
                    help="Adam learning rate (default: %(default)s)")
-    p.add_argument("--width", type=positive_int, default=classifier_defaults.WIDTH,
-                   help="base width (default: %(default)s)")
+    p.add_argument("--width", type=int_between(1, classifier_defaults.MAX_WIDTH),
+                   default=classifier_defaults.WIDTH,
+                   help=f"base width, 1 to {classifier_defaults.MAX_WIDTH} (default: %(default)s)")
     p.add_argument("--kernel", type=int, default=classifier_defaults.KERNEL,
                    choices=classifier_defaults.KERNELS,
                    help="convolution kernel size (default: %(default)s); a classifier used in "

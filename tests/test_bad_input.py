@@ -595,6 +595,8 @@ BAD_NUMBERS = [
      "--batch: must be an integer >= 1, got '0'"),
     (["train-classifier", "--out", "clf", "--steps", "0"],
      "--steps: must be an integer >= 1, got '0'"),
+    (["train-classifier", "--out", "clf", "--width", "65"],
+     "--width: must be an integer from 1 to 64, got '65'"),
     (["export", "triton-repo", "ck", "repo", "--max-batch", "-5"],
      "--max-batch: must be an integer >= 1, got '-5'"),
     (["export", "triton-repo", "ck", "repo", "--max-batch", "0"],

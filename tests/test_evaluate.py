@@ -223,6 +223,17 @@ def test_classifier_kernel_round_trips_and_older_files_load_as_kernel_4(tmp_path
         loaded.check_fits(attrs, 64)
     with pytest.raises(ValueError, match=r"kernel must be one of \(3, 4\), got 5"):
         AttributeClassifier(attrs, 32, 8, kernel=5)
+    # a downloaded classifier.json: a width of 2000 allocated 11 GB before the weights
+    # were read; a kernel of 4.0 passed the check and failed in torch
+    for field, value, problem in (("width", 2000, r"width must be an integer from 1 to 64, "
+                                                  r"got 2000"),
+                                  ("kernel", 4.0, r"kernel must be one of \(3, 4\), got 4.0")):
+        meta = json.loads((tmp_path / "k3" / "classifier.json").read_text())
+        meta[field] = value
+        (tmp_path / "bad").mkdir(exist_ok=True)
+        (tmp_path / "bad" / "classifier.json").write_text(json.dumps(meta))
+        with pytest.raises(ValueError, match=problem):
+            AttributeClassifier.load(tmp_path / "bad")
 
 
 def test_bootstrap_interval_resamples_sources():

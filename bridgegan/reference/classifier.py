@@ -13,7 +13,7 @@ from torch import nn
 from ..files import sha256_hex
 from .attributes import resolve_attributes
 from .checkpoint import read_tensors, write_folder_atomic
-from .classifier_defaults import BATCH, KERNEL, KERNELS, LR, STEPS, WIDTH
+from .classifier_defaults import BATCH, KERNEL, KERNELS, LR, MAX_WIDTH, STEPS, WIDTH
 
 CONFIG_FILE, WEIGHTS_FILE = "classifier.json", "classifier.safetensors"
 REPORT_FILE = "report.json"  # `bridgegan train-classifier` writes its report beside them
@@ -28,10 +28,11 @@ class AttributeClassifier(nn.Module):
     def __init__(self, attributes: tuple[str, ...], image_size: int, width: int = WIDTH,
                  kernel: int = KERNEL):
         super().__init__()
-        if kernel not in KERNELS:
+        if type(kernel) is not int or kernel not in KERNELS:  # 4.0 == 4, but no size
             raise ValueError(f"classifier kernel must be one of {KERNELS}, got {kernel!r}")
-        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
-            raise ValueError(f"classifier width must be an integer >= 1, got {width!r}")
+        if isinstance(width, bool) or not isinstance(width, int) or not 1 <= width <= MAX_WIDTH:
+            raise ValueError(f"classifier width must be an integer from 1 to {MAX_WIDTH}, got "
+                             f"{width!r}")
         # four stride-2 convolutions (padding 1): kernel 4 halves the size, so the last one
         # needs 16 px or more; kernel 3 rounds up and takes any size
         low = 16 if kernel == 4 else 1
