@@ -476,6 +476,42 @@ def test_checkpoint_config_names_the_field(model, tmp_path):
         load_checkpoint(tmp_path / "ck")
 
 
+
+@pytest.mark.parametrize("change, problem", [
+    (lambda t: t.replace('"g_width": 8', '"g_width": 8, "g_width": 512'),
+     "the JSON repeats the key 'g_width' in an object; give each key once"),
+    (lambda t: t.replace('"g_width": 8', '"g_width": 8, ' + ", ".join(
+        f'"k{i}": 1' for i in range(20_000))),
+     "unknown config field(s) k0, k1, k10, k100, k1000, k10000, k10001, k10002 ... and 19992 "
+     "more; known fields: attributes, "),
+    (lambda t: re.sub(r'"attributes": \[[^]]*\]', '"attributes": ' + json.dumps(
+        ["Young"] * 100_000), t), "attribute list has duplicates: ['Young']")])
+def test_a_config_json_of_repeated_keys_or_long_lists_says_so_briefly(model, tmp_path, change,
+                                                                        problem):
+    """A key given twice was taken as the last (tritonserver takes the first); the
+    messages of unknown fields and attribute lists listed them all (a 9 MB line)."""
+    save_checkpoint(tmp_path / "ck", model)
+    cfg = tmp_path / "ck" / "config.json"
+    cfg.write_text(change(cfg.read_text()))
+    with pytest.raises(CheckpointError, match=re.escape(problem)) as err:
+        load_checkpoint(tmp_path / "ck")
+    assert len(str(err.value)) < 1000
+
+def test_a_config_file_past_its_limit_is_refused_before_it_is_parsed(model, tmp_path):
+    """A config.json of 240 MB (a deep empty list in "extra") took 3.6 GB and 28 s to
+    parse; a configuration file is refused past JSON_LIMIT bytes, read no further."""
+    from bridgegan.files import JSON_LIMIT
+
+    save_checkpoint(tmp_path / "ck", model)
+    cfg = tmp_path / "ck" / "config.json"
+    text = cfg.read_text()
+    cfg.write_text(text + " " * (JSON_LIMIT - len(text)))  # at the limit: read
+    load_checkpoint(tmp_path / "ck")
+    cfg.write_text(text + " " * (JSON_LIMIT + 1 - len(text)))
+    with pytest.raises(CheckpointError, match=rf"{re.escape(str(cfg))} is not a valid BridgeGAN "
+                                              rf"config: larger than {JSON_LIMIT:,} bytes"):
+        load_checkpoint(tmp_path / "ck")
+
 # ----- checkpoints ---------------------------------------------------------------------
 @pytest.mark.parametrize("value", [math.nan, math.inf])
 def test_non_finite_weights_are_refused_with_their_name(model, tmp_path, value):

@@ -10,6 +10,7 @@ functions use their tensors' methods), so that the configuration is too.
 from __future__ import annotations
 
 import reprlib
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -62,11 +63,12 @@ def resolve_attributes(spec: str | Sequence[str]) -> tuple[str, ...]:
     unknown = [n for n in names if n not in CELEBA_ATTRIBUTES]
     if unknown:
         raise ValueError(
-            f"unknown attribute name(s) {unknown}; presets are {sorted(PRESETS)}, "
+            f"unknown attribute name(s) {reprlib.repr(unknown)}; presets are {sorted(PRESETS)}, "
             f"valid names are: {', '.join(CELEBA_ATTRIBUTES)}"
         )
     if len(set(names)) != len(names):
-        raise ValueError(f"attribute list has duplicates: {list(names)}")
+        repeated = [n for n, k in Counter(names).items() if k > 1]
+        raise ValueError(f"attribute list has duplicates: {reprlib.repr(repeated)}")
     if not names:
         raise ValueError("attribute list is empty")
     return names

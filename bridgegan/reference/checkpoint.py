@@ -17,9 +17,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from ..files import write_folder_atomic
+from ..files import read_small_text, write_folder_atomic
 from .config import BridgeGANConfig
 from .model import BridgeGAN
+from .records import listed
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -73,7 +74,7 @@ def read_config(path: str | os.PathLike) -> BridgeGANConfig:
             f"no checkpoint at {path}: expected a folder holding {CONFIG_FILE} and {WEIGHTS_FILE}"
         )
     try:
-        return BridgeGANConfig.from_json(cfg_path.read_text())
+        return BridgeGANConfig.from_json(read_small_text(cfg_path))
     except (ValueError, TypeError) as exc:
         raise CheckpointError(f"{cfg_path} is not a valid BridgeGAN config: {exc}") from None
 
@@ -88,12 +89,6 @@ def read_tensors(file: str | os.PathLike) -> dict[str, torch.Tensor]:
             return {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, RuntimeError) as exc:
         raise CheckpointError(f"{file} is corrupt or truncated: {exc}") from None
-
-
-def listed(names: list[str], limit: int = 8) -> str:
-    """The first ``limit`` names, and how many more."""
-    more = f" ... and {len(names) - limit} more" if len(names) > limit else ""
-    return ", ".join(names[:limit]) + more
 
 
 def nonfinite(tensors: Mapping[str, torch.Tensor]) -> list[str]:

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..files import sha256_hex
+from ..files import read_small_text, sha256_hex
 from .attributes import resolve_attributes
 from .checkpoint import read_tensors, write_folder_atomic
 from .classifier_defaults import BATCH, KERNEL, KERNELS, LR, MAX_WIDTH, STEPS, WIDTH
@@ -98,8 +98,8 @@ class AttributeClassifier(nn.Module):
         if not (path / CONFIG_FILE).is_file():
             raise CheckpointError(f"no classifier at {path}: expected {CONFIG_FILE} and {WEIGHTS_FILE}")
         try:
-            meta = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
-        except ValueError as exc:  # not JSON, or not UTF-8
+            meta = json.loads(read_small_text(path / CONFIG_FILE))
+        except ValueError as exc:  # not JSON, not UTF-8, too large
             raise CheckpointError(f"{path / CONFIG_FILE} is not a JSON classifier "
                                   f"configuration: {exc}") from None
         fields = {"attributes": list, "image_size": int, "width": int}

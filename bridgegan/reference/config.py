@@ -10,7 +10,7 @@ from typing import Any
 
 from .attributes import DEFAULT_ATTRIBUTES, resolve_attributes
 from .presets import PAPER_RESOLUTION, PRESET_RESOLUTIONS
-from .records import from_fields
+from .records import from_fields, unique_keys
 
 # Upper bounds, far above the paper's sizes (128 px, at most 256 channels, 3 blocks): a
 # mistyped config is refused before anything is allocated (g_width 1e6 asks for terabytes).
@@ -179,7 +179,7 @@ class BridgeGANConfig:
     @classmethod
     def from_json(cls, text: str) -> "BridgeGANConfig":
         try:
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=unique_keys)
         except json.JSONDecodeError as exc:
             raise ValueError(f"config is not valid JSON: {exc}") from None
         except RecursionError:

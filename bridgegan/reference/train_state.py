@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from ..files import remove_folder, write_file_atomic
+from ..files import JSON_LIMIT, read_small_text, remove_folder, write_file_atomic
 from .checkpoint import (STATE_JSON, STATE_TENSORS, CheckpointError, load_checkpoint, load_state,
                          read_config, read_tensors, save_checkpoint)
 from .model import BridgeGAN
@@ -48,6 +48,7 @@ from .train_config import TrainConfig
 from .widen import widen_into
 
 STATE_FORMAT = "bridgegan-train-state/1"
+STATE_JSON_LIMIT = 16 * JSON_LIMIT  # train_state.json: the optimisers' and RNGs' metadata
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
 _CKPT_RE = re.compile(r"^step-(\d+)$")
@@ -240,7 +241,7 @@ def read_train_state(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{path} holds no training state ({STATE_JSON}); it is an "
                               f"inference checkpoint (or no checkpoint) and cannot be resumed")
     try:
-        meta = json.loads(json_path.read_text())
+        meta = json.loads(read_small_text(json_path, STATE_JSON_LIMIT))
     except (ValueError, OSError) as exc:
         raise CheckpointError(f"{json_path} is corrupt (truncated or not JSON): {exc}") from None
     if not isinstance(meta, dict) or meta.get("format") != STATE_FORMAT:

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..files import remove_stale
 from .attributes import apply_edits
-from .checkpoint import CheckpointError, listed, nonfinite
+from .checkpoint import CheckpointError, nonfinite
 from .classifier import AttributeClassifier, weights_sha256
 from .config import BridgeGANConfig
 from .data.image import UnreadableImageError
@@ -36,6 +36,7 @@ from .distributed import DistInfo, all_gather_cat, all_reduce_mean, current
 from .losses import DiscriminatorObjective, GeneratorObjective, make_fakes
 from .model import BridgeGAN
 from .noise_memory import NoiseMemory
+from .records import listed
 from .train_config import TrainConfig
 from .train_data import (STREAM_INIT, STREAM_LOADER, STREAM_MEMORY, STREAM_SAMPLES, STREAM_STEP,
                          IndexedDataset, ResumableBatchSampler, derive_seed, generator)

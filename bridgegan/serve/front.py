@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import json
 import logging
@@ -65,13 +66,13 @@ import re
 import socket
 import struct
 import threading
-from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
 
 import numpy as np
 
 from ..engine.export.pbtxt import Port
+from ..reference.records import unique_keys
 from .http_client import http_get
 from .models import NUMPY_TYPES, ModelSpec, check_request
 from .names import MODELS
@@ -215,16 +216,6 @@ def _array(name: str, dtype: str, shape: list, values) -> np.ndarray:
     return a.reshape(shape)
 
 
-def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
-    """``json.loads`` object hook: the object, or a RequestError if a key repeats."""
-    obj = dict(pairs)
-    if len(obj) < len(pairs):
-        repeated = next(k for k, n in Counter(k for k, _ in pairs).items() if n > 1)
-        raise RequestError(f"the JSON repeats the key {repeated!r} in an object; give each key "
-                           f"once")
-    return obj
-
-
 def _parameters(owner: Mapping, what: str) -> dict:
     """``owner``'s "parameters" (none: empty), which must be a JSON object."""
     params = owner.get("parameters", {})
@@ -239,7 +230,8 @@ def _parameters(owner: Mapping, what: str) -> dict:
 def json_head(raw: bytes) -> dict:
     """The JSON of an HTTP inference request (UTF-8, no key repeated in an object)."""
     try:
-        return json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys)
+        return json.loads(raw.decode("utf-8"),
+                          object_pairs_hook=functools.partial(unique_keys, error=RequestError))
     except UnicodeDecodeError as exc:
         raise RequestError(f"the request must be a JSON inference request in UTF-8; byte "
                            f"{exc.start} is not UTF-8") from None

@@ -57,8 +57,8 @@ import torch
 from torch.onnx import symbolic_helper
 
 from ... import __version__
-from ...files import (check_writable_folder, link_or_copy, locked, remove_stale, sha256_hex,
-                      write_folder_atomic)
+from ...files import (check_writable_folder, link_or_copy, locked, read_small_text, remove_stale,
+                      sha256_hex, write_folder_atomic)
 from ...reference import programs
 from ...reference.checkpoint import CheckpointError, load_checkpoint
 from ...reference.config import BridgeGANConfig
@@ -346,7 +346,7 @@ def read_manifest(folder: str | os.PathLike) -> dict | None:
     if not path.is_file():
         return None
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(read_small_text(path))
     except (ValueError, OSError) as exc:
         raise CheckpointError(f"{path} is corrupt: {exc}; remove {path.parent} to export "
                               f"again") from None

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ... import __version__
-from ...files import sha256_hex, write_file_atomic
+from ...files import read_small_text, sha256_hex, write_file_atomic
 from ..backends.base import BackendUnavailable
 from .names import PLAN_BATCHES, TENSORRT_PRECISIONS, TIMING_CACHE, WORKSPACE_GB
 from .onnx_export import io_spec, load_onnx
@@ -163,7 +163,7 @@ def sidecar_path(plan: str | os.PathLike) -> Path:
 def read_sidecar(plan: str | os.PathLike) -> dict:
     path = sidecar_path(plan)
     try:
-        sidecar = json.loads(path.read_text())
+        sidecar = json.loads(read_small_text(path))
     except FileNotFoundError:
         raise PlanMismatch(f"{plan} has no sidecar {path.name}: build plans with "
                            f"`bridgegan export tensorrt`") from None
