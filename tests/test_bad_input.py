@@ -415,9 +415,10 @@ def test_empty_pil_images_are_refused(eng, size):
 # ----- configs -------------------------------------------------------------------------
 @pytest.mark.parametrize("field, value, message", [
     ("e_blocks", 1.5, r"config.e_blocks must be an integer in \[0, 16\], got 1.5"),
-    ("eps", "x", r"config.eps must be a number in \(0, 0.1\], got 'x'"),
+    ("eps", "x", r"config.eps must be a number in \[1e-12, 0.1\], got 'x'"),
     ("eps", math.nan, "config.eps must be a number"),
     ("eps", 0, "config.eps must be a number"),
+    ("eps", 1e-100, "config.eps must be a number"),  # 0 in float32: NaN images
     ("g_width", 1e6, r"config.g_width must be an integer in \[1, 512\], got 1000000.0"),
     ("g_width", 10 ** 6, r"config.g_width must be an integer in \[1, 512\]"),
     ("image_size", 4096, r"config.image_size must be an integer in \[16, 1024\]"),

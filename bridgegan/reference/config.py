@@ -32,7 +32,9 @@ INT_RANGES = {
     "noise_dim": (1, MAX_CHANNELS), "d_width": (1, MAX_CHANNELS),
     "d_downs": (1, MAX_DOWNS),
 }
-MAX_EPS = 0.1  # the norms' epsilon: a small positive number
+# the norms' epsilon: a small positive number, a normal float32 well above 0 (1e-100 is 0
+# in float32: a flat plane's 1 / sqrt(0 + eps) is Inf, its normalised values NaN)
+MIN_EPS, MAX_EPS = 1e-12, 0.1
 # The edit strength scales d = strength * (y_t - y_s) (spec sections 7-8): the model is trained
 # at 1 and the official test uses 1.5; a config may name another default for its model.
 DEFAULT_STRENGTH = 1.5
@@ -92,8 +94,9 @@ class BridgeGANConfig:
                 raise ValueError(f"config.{name} must be an integer in [{low}, {high}], "
                                  f"got {reprlib.repr(value)}")
         eps = self.eps
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps <= MAX_EPS:
-            raise ValueError(f"config.eps must be a number in (0, {MAX_EPS}], "
+        if (isinstance(eps, bool) or not isinstance(eps, (int, float))
+                or not MIN_EPS <= eps <= MAX_EPS):
+            raise ValueError(f"config.eps must be a number in [{MIN_EPS:g}, {MAX_EPS:g}], "
                              f"got {reprlib.repr(eps)}")
         strength = self.edit_strength
         if (isinstance(strength, bool) or not isinstance(strength, (int, float))
