@@ -118,4 +118,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repository", metavar="DIR",
                    help="serve this python-backend model repository (written by "
                         "--write-repository) instead of --checkpoint; its config.pbtxt "
-                        "files decide device, backend, dtype and batching")
+                        "files decide device, backend, dtype and batching. tritonserver runs "
+                        "each model's 1/model.py: serve only repositories you trust, as you "
+                        "would run their code")
