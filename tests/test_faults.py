@@ -4,6 +4,7 @@ metrics. Kills and concurrency use real subprocesses on real files."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -637,6 +638,65 @@ def test_corrupt_training_state_is_named(trained, tmp_path, damage, message):
         load()
     assert str(ck / STATE_JSON) in str(exc.value)
 
+
+def _edit_tensors(fn):
+    def damage(ck):
+        from safetensors.torch import load_file, save_file
+
+        save_file(fn(load_file(ck / STATE_TENSORS)), ck / STATE_TENSORS)
+    return damage
+
+
+def _first(tensors, prefix):
+    return next(k for k in sorted(tensors) if k.startswith(prefix) and tensors[k].dim() > 1)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (_edit_state(lambda m: {**m, "step": [1]}), r"lacks or has damaged entries \['step'\]"),
+    (_edit_state(lambda m: {**m, "batches": -5}), r"lacks or has damaged entries \['batches'\]"),
+    (_edit_state(lambda m: {**m, "train_config": 5}),
+     r"lacks or has damaged entries \['train_config'\]"),
+    (_edit_state(lambda m: {**m, "rng": {**m["rng"], "python": 5}}),
+     r"holds a damaged training state \(TypeError"),
+    (_edit_state(lambda m: {**m, "rng": {**m["rng"], "numpy": {"kind": "x"}}}),
+     r"holds a damaged training state \(KeyError"),
+    (_edit_state(lambda m: {**m, "opt_g": {**m["opt_g"], "param_groups": [5]}}),
+     r"holds a damaged training state \(AttributeError"),
+    (_edit_state(lambda m: {**m, "opt_g": {**m["opt_g"], "scalars": [1]}}),
+     r"holds a damaged training state \(AttributeError"),
+    (_edit_tensors(lambda t: {**t, _first(t, "opt_g."): t[_first(t, "opt_g.")] * math.nan}),
+     r"NaN or Inf values in optimiser tensor\(s\) opt_g.state.\d+.exp_avg"),
+    (_edit_tensors(lambda t: {**t, "noise_memory": t["noise_memory"].to(torch.int8)}),
+     r"noise memory in the checkpoint holds torch.int8 values"),
+])
+def test_a_hostile_training_state_is_a_checkpoint_error(trained, tmp_path, damage, message):
+    """What a downloaded train_state.* may hold: each a CheckpointError naming the
+    checkpoint (they were tracebacks, a message without the file, or a run that reported
+    divergence two steps later)."""
+    load, ck = _damaged(trained, tmp_path, damage)
+    with pytest.raises(CheckpointError, match=message) as exc:
+        load()
+    assert str(ck) in str(exc.value)
+
+
+def test_a_resume_runs_under_its_own_optimiser_settings(trained, tmp_path):
+    """The file's param groups could turn on maximize (gradient ascent) or a weight decay;
+    the resumed optimisers keep this run's hyperparameters."""
+    def hostile(m):
+        for opt in ("opt_g", "opt_d"):
+            for g in m[opt]["param_groups"]:
+                g.update(maximize=True, weight_decay=1e6, lr=5.0)
+        return m
+
+    src, cfg, tc, data = trained
+    ck = Path(shutil.copytree(src, tmp_path / src.name))
+    _edit_state(hostile)(ck)
+    t = Trainer(cfg, tc, data, progress=False)
+    t.load(ck)
+    for opt in (t.opt_g, t.opt_d):
+        for g in opt.param_groups:
+            assert not g["maximize"] and g["weight_decay"] == 0 and g["lr"] == tc.lr
+    assert t.opt_g.state  # the per-parameter state was taken
 
 def test_optimiser_state_of_the_wrong_shape_fails_at_load(trained, tmp_path):
     from safetensors.torch import load_file, save_file

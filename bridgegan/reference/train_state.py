@@ -41,8 +41,9 @@ from safetensors.torch import save_file
 
 from ..files import JSON_LIMIT, read_small_text, remove_folder, write_file_atomic
 from .checkpoint import (STATE_JSON, STATE_TENSORS, CheckpointError, load_checkpoint, load_state,
-                         read_config, read_tensors, save_checkpoint)
+                         nonfinite, read_config, read_tensors, save_checkpoint)
 from .model import BridgeGAN
+from .records import listed
 from .noise_memory import NoiseMemory
 from .train_config import TrainConfig
 from .widen import widen_into
@@ -75,10 +76,17 @@ def flatten_optimizer(opt: torch.optim.Optimizer, prefix: str
 
 def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
                       meta: dict[str, Any], prefix: str, source: str = "training state") -> None:
-    """Load the state written by ``flatten_optimizer``; a CheckpointError naming ``source``
-    when tensors are missing or do not fit the parameters (found now, not at the first
-    step)."""
+    """Load the per-parameter state written by ``flatten_optimizer`` under ``opt``'s own
+    hyperparameters (its param groups: the file's could turn on ``maximize`` or a weight
+    decay); a CheckpointError naming ``source`` when tensors are missing, not finite or do
+    not fit the parameters, or the groups do not match (found now, not at the first step)."""
     params = [p for group in opt.param_groups for p in group["params"]]
+    groups = opt.state_dict()["param_groups"]
+    saved = [len(g.get("params", ())) for g in meta["param_groups"]]
+    if saved != [len(g["params"]) for g in groups]:
+        raise CheckpointError(f"{source}: the {prefix} optimiser has param groups of "
+                              f"{saved} parameters, the model's {[len(g['params']) for g in groups]}"
+                              f": the state of another model")
     state: dict[int, dict[str, Any]] = {}
     for key in meta["tensor_keys"]:
         name = f"{prefix}.{key}"
@@ -94,12 +102,11 @@ def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tenso
         state.setdefault(idx, {})[field] = value
     for idx, values in meta["scalars"].items():
         state.setdefault(int(idx), {}).update(values)
-    groups = []
-    for g in meta["param_groups"]:
-        g = dict(g)
-        if isinstance(g.get("betas"), list):
-            g["betas"] = tuple(g["betas"])
-        groups.append(g)
+    damaged = nonfinite({f"{prefix}.state.{i}.{k}": v for i, fields in state.items()
+                         for k, v in fields.items() if isinstance(v, torch.Tensor)})
+    if damaged:
+        raise CheckpointError(f"{source} holds NaN or Inf values in optimiser tensor(s) "
+                              f"{listed(damaged)}: a damaged training state")
     try:
         opt.load_state_dict({"state": state, "param_groups": groups})
     except (ValueError, KeyError, TypeError) as exc:
@@ -250,7 +257,10 @@ def read_train_state(path: str | os.PathLike) -> dict[str, Any]:
     missing = [k for k in _STATE_KEYS if k not in meta]
     missing += [f"{k}.{f}" for k in ("opt_g", "opt_d") if isinstance(meta.get(k), dict)
                 for f in _OPT_KEYS if f not in meta[k]]
-    missing += [k for k in ("opt_g", "opt_d") if k in meta and not isinstance(meta[k], dict)]
+    missing += [k for k in ("opt_g", "opt_d", "train_config") if k in meta
+                and not isinstance(meta[k], dict)]
+    missing += [k for k in ("step", "batches", "warmup_done", "log_n") if k in meta and not (
+        type(meta[k]) is int and meta[k] >= 0)]  # counts; warmup_done, log_n: not in older ones
     if missing:
         raise CheckpointError(f"{json_path} lacks or has damaged entries {missing}: a damaged "
                               f"training state; resume from another checkpoint")
@@ -364,8 +374,18 @@ class TrainState:
     def restore(self, path: str | os.PathLike) -> Progress:
         """Load a checkpoint written by ``save`` into these objects, checked against this
         run (model configuration, dataset size; a warning where the train config changes
-        the course); the learning rate and betas are this run's. Returns its progress."""
-        path = Path(path)
+        the course); the optimisers' hyperparameters are this run's. Returns its progress.
+        Whatever in the files does not fit is a CheckpointError naming the checkpoint."""
+        try:
+            return self._restore(Path(path))
+        except CheckpointError:
+            raise
+        except (TypeError, KeyError, AttributeError, IndexError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"checkpoint {path} holds a damaged training state "
+                                  f"({type(exc).__name__}: {exc}); resume from another "
+                                  f"checkpoint") from None
+
+    def _restore(self, path: Path) -> Progress:
         diffs = self.model.config.differences(read_config(path))
         if diffs:
             raise CheckpointError(f"checkpoint {path} has another model configuration: " + "; ".join(diffs))
@@ -394,10 +414,6 @@ class TrainState:
         self._restore_networks(tensors, source)
         restore_optimizer(self.opt_g, tensors, meta["opt_g"], "opt_g", source)
         restore_optimizer(self.opt_d, tensors, meta["opt_d"], "opt_d", source)
-        for opt in (self.opt_g, self.opt_d):  # allow a changed learning rate on resume
-            for group in opt.param_groups:
-                group["lr"] = self.config.lr
-                group["betas"] = (self.config.beta1, self.config.beta2)
         if not self.memory.load_state_tensors(tensors):
             warnings.warn("the checkpoint has no noise memory; starting from a fresh table")
         if self.scaler_g.is_enabled() and meta.get("scaler_g"):
