@@ -128,8 +128,9 @@ def load_state(model: torch.nn.Module, tensors: Mapping[str, torch.Tensor], sour
         if (tensors[k].dtype not in FLOAT_DTYPES if expected[k].is_floating_point()
             else tensors[k].dtype != expected[k].dtype))
     if dtypes:
+        accepted = ", ".join(str(d).replace("torch.", "") for d in FLOAT_DTYPES)
         problems.append(f"{len(dtypes)} tensor(s) of another dtype: {listed(dtypes)} (accepted "
-                        f"for weights: float16, bfloat16, float32, float64)")
+                        f"for weights: {accepted})")
     if problems:
         raise CheckpointError(f"{source} does not match the model: " + "; ".join(problems))
     cast = {k: tensors[k].to(v.dtype) for k, v in expected.items()}

@@ -43,8 +43,8 @@ from ..files import JSON_LIMIT, read_small_text, remove_folder, write_file_atomi
 from .checkpoint import (STATE_JSON, STATE_TENSORS, CheckpointError, load_checkpoint, load_state,
                          nonfinite, read_config, read_tensors, save_checkpoint)
 from .model import BridgeGAN
-from .records import listed
 from .noise_memory import NoiseMemory
+from .records import listed
 from .train_config import TrainConfig
 from .widen import widen_into
 
@@ -83,10 +83,10 @@ def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tenso
     params = [p for group in opt.param_groups for p in group["params"]]
     groups = opt.state_dict()["param_groups"]
     saved = [len(g.get("params", ())) for g in meta["param_groups"]]
-    if saved != [len(g["params"]) for g in groups]:
-        raise CheckpointError(f"{source}: the {prefix} optimiser has param groups of "
-                              f"{saved} parameters, the model's {[len(g['params']) for g in groups]}"
-                              f": the state of another model")
+    mine = [len(g["params"]) for g in groups]
+    if saved != mine:
+        raise CheckpointError(f"{source}: the {prefix} optimiser has param groups of {saved} "
+                              f"parameters, the model's {mine}: the state of another model")
     state: dict[int, dict[str, Any]] = {}
     for key in meta["tensor_keys"]:
         name = f"{prefix}.{key}"
@@ -378,7 +378,7 @@ class TrainState:
         Whatever in the files does not fit is a CheckpointError naming the checkpoint."""
         try:
             return self._restore(Path(path))
-        except CheckpointError:
+        except (CheckpointError, torch.OutOfMemoryError):
             raise
         except (TypeError, KeyError, AttributeError, IndexError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"checkpoint {path} holds a damaged training state "

@@ -12,7 +12,7 @@ from ...argtypes import split_device
 
 INSTANCE_KINDS = {"cpu": "KIND_CPU", "cuda": "KIND_GPU"}
 DATA_TYPES = ("FP32", "FP16", "BF16", "BOOL", "UINT64")  # those the repositories use
-NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # a port's name: written unquoted-safe
+NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # a port's name: one quoted string in the text
 
 
 @dataclass(frozen=True)
