@@ -112,9 +112,8 @@ def test_a_refused_probe_falls_back_once(monkeypatch):
 
 @needs_onednn
 def test_errors_after_a_working_probe_propagate():
-    """The library's error reaches the caller: not swallowed into the plain ops (which
-    raise the same error here, so the raise alone proves nothing), no fallback warning,
-    and the fused form stays in use for the next call."""
+    """The caller's mistake after the decision raises the plain ops' error, without a
+    fallback warning, and the fused form stays in use for the next call."""
     x, w, b, stride, padding, _ = (t.float() if isinstance(t, torch.Tensor) else t
                                    for t in operands("conv3x3", 4))
     with torch.no_grad(), warnings.catch_warnings(record=True) as rec:
@@ -125,6 +124,61 @@ def test_errors_after_a_working_probe_propagate():
         assert fused_ops(lambda: conv2d_relu(x, w, b, stride, padding))  # still fused
     assert not [r for r in rec if issubclass(r.category, KernelFallbackWarning)]
 
+
+@needs_onednn
+@pytest.mark.parametrize("form", ["conv3x3", "transposed"])
+def test_the_callers_mistakes_after_the_decision_get_torchs_messages(form):
+    """oneDNN's transposed form answered a wrong channel count with "could not create a
+    primitive descriptor"; a bias of another length would be read past its end by CUDA's
+    Triton epilogue: both are the plain ops' errors, on every form."""
+    x, w, b, stride, padding, transposed = (t.float() if isinstance(t, torch.Tensor) else t
+                                            for t in operands(form, 5))
+    with torch.no_grad():
+        conv2d_relu(x, w, b, stride, padding, transposed)  # decides for the fused form
+        with pytest.raises(RuntimeError, match=r"expected (input|weight)\S* .*channels|"
+                                               r"to have 5 channels"):
+            conv2d_relu(x[:, :3], w, b, stride, padding, transposed)
+        for bad in (b[:-1], torch.cat([b, b]), b[None]):
+            with pytest.raises(RuntimeError, match="bias"):
+                conv2d_relu(x, w, bad, stride, padding, transposed)
+
+
+def test_the_transposed_epilogue_path_refuses_a_short_bias(monkeypatch):
+    """The CUDA form's decision key holds x and the weight, not the bias: a later call with
+    a short bias went to the epilogue, which read past it (seen under the interpreter:
+    1e30 from beyond the three values)."""
+    x, w, b, stride, padding, _ = (t.float() if isinstance(t, torch.Tensor) else t
+                                   for t in operands("transposed", 6))
+    reached = []
+    monkeypatch.setattr(conv_act, "_fused_call", lambda *a: reached.append(a) or (lambda: 0))
+    with torch.no_grad(), pytest.raises(RuntimeError, match="bias"):
+        conv2d_relu(x, w, b[:3], stride, padding, transposed=True)
+    assert not reached
+
+
+@needs_onednn
+def test_a_fused_form_failing_after_the_decision_falls_back_for_the_call(monkeypatch):
+    """The CPU decides once per dtype: a later shape the library cannot take (while the
+    plain ops can) gets the plain ops' result and a KernelFallbackWarning, not the
+    library's error."""
+    x, w, b, stride, padding, _ = (t.float() if isinstance(t, torch.Tensor) else t
+                                   for t in operands("conv3x3", 7))
+    real = conv_act._fused_call
+
+    def failing_later(x_, *args):
+        if x_.shape[0] > 2:
+            return lambda: (_ for _ in ()).throw(RuntimeError("could not create a primitive"))
+        return real(x_, *args)
+
+    monkeypatch.setattr(conv_act, "_fused_call", failing_later)
+    with torch.no_grad(), warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        conv2d_relu(x, w, b, stride, padding)  # decides for the fused form
+        big = torch.cat([x, x])
+        got = conv2d_relu(big, w, b, stride, padding)
+    assert torch.equal(got, F.relu(F.conv2d(big, w, b, padding=padding)))
+    shown = [r for r in rec if issubclass(r.category, KernelFallbackWarning)]
+    assert len(shown) == 1 and "could not create a primitive" in str(shown[0].message)
 
 @needs_onednn
 @pytest.mark.parametrize("first", ["wrong_channels", "tuple_stride", "unbatched"])

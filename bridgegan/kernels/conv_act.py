@@ -32,7 +32,11 @@ impl:
               (a cuDNN build without the fused engine, a Triton that cannot compile the
               epilogue) or whose first output differs from the plain ops' (``_first_call``)
               gives one :class:`KernelFallbackWarning` and the plain ops for that key;
-              after a decision for it, errors propagate. With
+              after a decision for it, a call the fused form fails (a shape the CPU's
+              decision never met) runs the plain ops: their error where the call is
+              the caller's mistake, else their result and a KernelFallbackWarning. A
+              bias whose length is not the output channels' goes to the plain ops
+              (their message; CUDA's epilogue would read past it). With
               ``cudnn.deterministic`` set, or oneDNN disabled, the plain ops.
 
 NaN: the libraries' fused ReLU is max(y, 0), which maps a NaN to 0, where the plain ops
@@ -202,10 +206,20 @@ def conv2d_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
                          + ", ".join(dtype_name(t.dtype) for t in given))
     grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad
                                            for t in (x, weight, bias))
-    if impl == "torch" or grad or tracing():
-        return _plain(x, weight, bias, stride, padding, transposed)
-    call = _fused_call(x, weight, bias, stride, padding, transposed)
     plain = functools.partial(_plain, x, weight, bias, stride, padding, transposed)
+    out_channels = weight.shape[1] if transposed and weight.dim() > 1 else weight.shape[0]
+    if (impl == "torch" or grad or tracing()
+            or (bias is not None and tuple(bias.shape) != (out_channels,))):
+        return plain()  # a bias of another length: the plain ops' message (the epilogue
+        # would read past it)
+    call = _fused_call(x, weight, bias, stride, padding, transposed)
     if call is None or not _use_fused(x, weight, stride, padding, transposed, call, plain):
         return plain()
-    return call()
+    try:
+        return call()
+    except RuntimeError as exc:  # decided at another shape (the CPU decides once per dtype)
+        out = plain()  # the caller's mistake raises the plain ops' own message
+        warnings.warn(f"bridgegan.kernels.conv2d_relu: the fused form failed at input shape "
+                      f"{tuple(x.shape)} ({type(exc).__name__}: {exc}); this call took the "
+                      f"plain torch ops", KernelFallbackWarning, stacklevel=2)
+        return out
