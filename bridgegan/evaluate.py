@@ -1,7 +1,9 @@
 """Evaluation of a trained model with the project's attribute classifier.
 
 For label-based and reference-based translation of held-out sources:
-- edit accuracy: the classifier finds each edited attribute at its target;
+- edit accuracy: the classifier finds the edited attribute at its target, pooled over
+  the edits (the attribute asked for: those the conflict rules clear beside it, another
+  hair colour or Bangs, count in neither edit accuracy nor preservation);
 - preservation: attributes the edit does not touch (after the conflict rules) keep the
   classifier's verdict on the source; with a 95% interval from resampling the sources
   (the verdicts of one face are not independent, so this, not the verdict count, says
@@ -19,7 +21,7 @@ On data that can render the true edit (the procedural faces: ``render_labels``),
 numbers that a model cannot get by fooling the classifier:
 - renderer edit accuracy per attribute: the classifier on the true edits themselves. An
   attribute whose true flips it finds >= SHOWN_THRESHOLD of the time is "shown"; the
-  ``*_edit_accuracy_shown`` numbers average the model's edit accuracy over those.
+  ``*_edit_accuracy_shown`` numbers pool the model's edit accuracy over their flips.
 - renderer preservation: the preservation of the true edits themselves, what a perfect
   editor gets under this classifier (a true flip can move the classifier's verdict on an
   attribute it does not touch); not an upper bound: a model that edits less keeps more;
@@ -85,11 +87,10 @@ def missed_targets(report: dict) -> list[str]:
 Truth = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _scores(pred: torch.Tensor, target: torch.Tensor, changed: torch.Tensor,
-            src_pred: torch.Tensor) -> torch.Tensor:
-    """Per source row of one batch of edits: (edit hits, kept hits, edited, kept) counts."""
-    return torch.stack([((pred == target) & changed).sum(1), ((pred == src_pred) & ~changed).sum(1),
-                        changed.sum(1), (~changed).sum(1)], 1).double()
+def _kept(pred: torch.Tensor, changed: torch.Tensor, src_pred: torch.Tensor) -> torch.Tensor:
+    """Per source row of one batch of edits: (kept hits, kept) counts over the attributes
+    the edit does not change."""
+    return torch.stack([((pred == src_pred) & ~changed).sum(1), (~changed).sum(1)], 1).double()
 
 
 def bootstrap_ci(hits: torch.Tensor, counts: torch.Tensor, draws: int = 2000,
@@ -132,7 +133,7 @@ def evaluate(engine, classifier: AttributeClassifier, images: torch.Tensor, labe
     n, a = labels.shape
     src_pred = classifier.predict(images)
     refs, ref_labels = images.roll(1, 0), labels.roll(1, 0)
-    scores = {m: torch.zeros(n, 4, dtype=torch.float64) for m in ("label", "reference", "renderer")}
+    kept = {m: torch.zeros(n, 2, dtype=torch.float64) for m in ("label", "reference", "renderer")}
     per_attr = {m: torch.zeros(a, 2) for m in ("label", "reference", "renderer")}
     change = {m: torch.zeros(2, dtype=torch.float64) for m in ("label", "reference")}
     rec = engine.reconstruct(images, seed=seed).cpu()
@@ -154,7 +155,7 @@ def evaluate(engine, classifier: AttributeClassifier, images: torch.Tensor, labe
             out = out.cpu()
             pred = classifier.predict(out)
             changed = target != labels[rows]
-            scores[mode][rows] += _scores(pred, target, changed, src_pred[rows])
+            kept[mode][rows] += _kept(pred, changed, src_pred[rows])
             per_attr[mode][i] += torch.tensor([(pred[:, i] == target[:, i]).sum().item(),
                                                len(rows)], dtype=torch.float)
             if truth is None:
@@ -167,7 +168,7 @@ def evaluate(engine, classifier: AttributeClassifier, images: torch.Tensor, labe
                 true_pred = classifier.predict(true)
                 per_attr["renderer"][i] += torch.tensor(
                     [(true_pred[:, i] == target[:, i]).sum().item(), len(rows)])
-                scores["renderer"][rows] += _scores(true_pred, target, changed, src_pred[rows])
+                kept["renderer"][rows] += _kept(true_pred, changed, src_pred[rows])
     div = []
     for k in range(n):
         i = k % a
@@ -181,13 +182,13 @@ def evaluate(engine, classifier: AttributeClassifier, images: torch.Tensor, labe
               "classifier_accuracy_on_sources":
               round((src_pred == labels).float().mean().item(), 4)}
     for mode in ("label", "reference"):
-        eh, kh, ec, kc = scores[mode].sum(0).tolist()
+        kh, kc = kept[mode].sum(0).tolist()
         # None where no edit of the mode was made (reference-based: no reference whose
         # label differs, e.g. one source, or sources sharing every label)
-        report[f"{mode}_edit_accuracy"] = _ratio(eh, ec)
+        report[f"{mode}_edit_accuracy"] = _ratio(*per_attr[mode].sum(0).tolist())
         report[f"{mode}_preservation"] = _ratio(kh, kc)
         report[f"{mode}_preservation_ci95"] = (
-            bootstrap_ci(scores[mode][:, 1], scores[mode][:, 3]) if kc else None)
+            bootstrap_ci(kept[mode][:, 0], kept[mode][:, 1]) if kc else None)
         report[f"{mode}_edit_accuracy_per_attribute"] = {
             attrs[i]: round(h / c, 4) if c else None for i, (h, c) in enumerate(per_attr[mode].tolist())}
     if truth is not None:
@@ -195,7 +196,7 @@ def evaluate(engine, classifier: AttributeClassifier, images: torch.Tensor, labe
         report["renderer_edit_accuracy_per_attribute"] = {
             attrs[i]: round(h / c, 4) for i, (h, c) in enumerate(per_attr["renderer"].tolist())}
         report["shown_attributes"] = [attrs[i] for i in shown]
-        _, kh, _, kc = scores["renderer"].sum(0).tolist()
+        kh, kc = kept["renderer"].sum(0).tolist()
         report["renderer_preservation"] = _ratio(kh, kc)
         for mode in ("label", "reference"):
             hits, count = per_attr[mode][shown].sum(0).tolist() if shown else (0.0, 0.0)

@@ -772,7 +772,7 @@ def test_device_demo_and_info_options_are_checked_by_the_parser(argv, message, c
 @pytest.mark.parametrize("argv,message", [
     (["train-classifier", "--lr", "inf"], "argument --lr: must be a finite number > 0, got 'inf'"),
     (["train-classifier", "--lr", "-0.1"], "argument --lr: must be a finite number > 0, got '-0.1'"),
-    (["train-classifier", "--width", "0"], "argument --width: must be an integer >= 1, got '0'"),
+    (["train-classifier", "--width", "0"], "argument --width: must be an integer from 1 to 64, got '0'"),
     (["train-classifier", "--seed", "-1"], "argument --seed: must be an integer >= 0, got '-1'"),
     (["train-classifier", "--workers", "-1"],
      "argument --workers: must be an integer >= 0, got '-1'"),
