@@ -431,14 +431,18 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(faces, tmp_path, determ
     assert any(k.startswith("opt_g.") for k in a) and any(k.startswith("opt_d.") for k in a)
 
 
-def test_unreadable_data_checkpoints_the_steps_done_and_the_resume_is_exact(
-        faces, tmp_path, monkeypatch, deterministic):
-    """An image that cannot be read in the second batch of step 3 (n_d = 1: two batches a
-    step) stops the run with a checkpoint at step 2, written before any update of step 3;
-    the image mended, a resume ends bit-identical to an uninterrupted run."""
+@pytest.mark.parametrize("warmup, bad_batch, progress", [
+    (0, 5, dict(step=2, batches=4, warmup_done=0)),  # step 3's second batch (n_d 1)
+    (6, 3, dict(step=0, batches=3, warmup_done=3))])  # the fourth warm-up update's
+def test_unreadable_data_checkpoints_the_updates_done_and_the_resume_is_exact(
+        faces, tmp_path, monkeypatch, deterministic, warmup, bad_batch, progress):
+    """An image that cannot be read stops the run with a checkpoint of the updates done
+    before it (a step reads all its batches before its first update: the checkpoint is the
+    step's start); the image mended, a resume ends bit-identical to an uninterrupted run."""
     from bridgegan.reference.data.image import UnreadableImageError
 
-    cfg, tc = tiny(faces), train_config(n_d=1, steps=4, seed=3, ckpt_every=1000)
+    cfg = tiny(faces)
+    tc = train_config(n_d=1, steps=4, seed=3, ckpt_every=1000, d_attr_warmup=warmup)
     full = Trainer(cfg, tc, faces, progress=False)
     full.train(4)
     reads, broken = [0], [True]
@@ -446,7 +450,7 @@ def test_unreadable_data_checkpoints_the_steps_done_and_the_resume_is_exact(
 
     def flaky(self, i):
         reads[0] += 1
-        if broken[0] and reads[0] == 5 * tc.batch + 2:  # batch 6 of the run: step 3's second
+        if broken[0] and reads[0] == bad_batch * tc.batch + 2:  # in batch bad_batch (from 0)
             raise UnreadableImageError(f"cannot read image file {i}.png")
         return read(self, i)
 
@@ -455,7 +459,9 @@ def test_unreadable_data_checkpoints_the_steps_done_and_the_resume_is_exact(
     with pytest.raises(UnreadableImageError, match="cannot read image file .*replace that file"):
         run.train(4)
     ckpt = latest_checkpoint(tmp_path)
-    assert ckpt.name == "step-00000002" and read_train_state(ckpt)["batches"] == 4
+    state = read_train_state(ckpt)
+    assert ckpt.name == f"step-{progress['step']:08d}"
+    assert {k: state[k] for k in progress} == progress
     broken[0] = False
     resumed = Trainer(cfg, tc, faces, out_dir=tmp_path, progress=False)
     resumed.load(ckpt)
@@ -838,11 +844,11 @@ def test_a_stop_during_the_warm_up_checkpoints_it_and_the_resume_is_exact(faces,
     t = Trainer(tiny(faces), cfg, faces, out_dir=tmp_path, progress=False)
     real, calls = t._d_attr_step, []
 
-    def step():  # the stop arrives during the fifth update
+    def step(batch):  # the stop arrives during the fifth update
         calls.append(1)
         if len(calls) == 5:
             t.request_stop()
-        return real()
+        return real(batch)
 
     t._d_attr_step = step
     t.train()

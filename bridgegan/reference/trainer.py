@@ -210,6 +210,7 @@ class Trainer:
                 err = ValueError(f"rank {failed[0]} could not read its part of the batch "
                                  f"(its error names the file)")
         if err is not None:
+            self._loader_iter = None  # the next read starts the loader afresh at ``batches``
             raise err from None
         self.batches += 1
         nb = self.device.type == "cuda"
@@ -297,9 +298,9 @@ class Trainer:
         self.scaler_d.step(self.opt_d)
         self.scaler_d.update()
 
-    def _d_attr_step(self) -> dict[str, torch.Tensor]:
-        """One warm-up update of D on BCE(D_cls(X_s), y_s) alone."""
-        p = self._local(self._next_batch(), self._draws(0))
+    def _d_attr_step(self, batch) -> dict[str, torch.Tensor]:
+        """One warm-up update of D on BCE(D_cls(X_s), y_s) alone, on ``batch``."""
+        p = self._local(batch, self._draws(0))
         with self._autocast():
             loss, terms = self.d_objective(p["x"], p["y"], ())
         self._update_d(loss)
@@ -310,7 +311,8 @@ class Trainer:
         logs their mean terms to metrics.jsonl with step 0 every ``log_every`` updates and
         at the end. Stops early (no record; ``train`` checkpoints what was done) where the
         next update would pass the wall-clock ``deadline`` (time.monotonic()), judged by
-        the longest one so far."""
+        the longest one so far; where a batch cannot be read, after a checkpoint of the
+        updates done."""
         todo = self.config.d_attr_warmup - self.warmup_done if self.step == 0 else 0
         if todo <= 0:
             return {}
@@ -325,7 +327,7 @@ class Trainer:
                 if self._out_of_time(deadline, longest):
                     return {}
                 t0 = time.monotonic()
-                self._accumulate(self._d_attr_step())
+                self._accumulate(self._d_attr_step(self._read(self._next_batch, i > 0)))
                 longest = max(longest, time.monotonic() - t0)
                 self.warmup_done += 1
                 if every and self.warmup_done % every == 0 and i < todo - 1:
@@ -410,7 +412,18 @@ class Trainer:
         try:
             return [self._next_batch() for _ in range(self.config.n_d + 1)]
         except Exception:
-            self.batches, self._loader_iter = start, None  # the resume reads the step again
+            self.batches = start  # the resume reads the step again
+            raise
+
+    def _read(self, fetch, progressed: bool):
+        """``fetch()``'s data; where it cannot be read, a checkpoint of the updates this
+        run did (``progressed``) before the error goes on (every rank gets the error, and
+        writes it: a collective). The run is where it was before ``fetch``."""
+        try:
+            return fetch()
+        except Exception:
+            if self.out_dir is not None and progressed:
+                self.save()
             raise
 
     def train_step(self, batches: list | None = None) -> dict[str, torch.Tensor]:
@@ -487,12 +500,7 @@ class Trainer:
             while (not warming and self.step < target
                    and not self._out_of_time(deadline, longest + save_s)):
                 t0 = time.monotonic()
-                try:
-                    batches = self.read_step()
-                except Exception:  # unreadable data: keep the steps done (on every rank)
-                    if self.out_dir is not None and begun < self.step != saved_at:
-                        self.save()
-                    raise
+                batches = self._read(self.read_step, begun < self.step != saved_at)
                 terms = self.train_step(batches)
                 self._accumulate(terms)
                 if bar is not None:
