@@ -114,8 +114,8 @@ def output_file(text: str) -> str:
 
 def absolute_path(text: str) -> str:
     """``text`` resolved against the working folder: for a path that a run records and
-    that a later run, started from anywhere, reads again."""
-    return str(Path(text).resolve())
+    that a later run, started from anywhere, reads again ("" stays "": none)."""
+    return str(Path(text).resolve()) if text else text
 
 
 def input_file(text: str) -> str:

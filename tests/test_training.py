@@ -689,6 +689,10 @@ def test_a_resume_finds_its_feature_classifier_from_anywhere_and_notices_another
                           "--feature-classifier", "moved"]) == 0
     meta = json.loads((latest_checkpoint(out) / STATE_JSON).read_text())
     assert meta["train_config"]["feature_classifier"] == str(tmp_path / "moved")
+    assert _cli(common + ["--resume", "auto", "--steps", "5", "--w-feature", "0",
+                          "--feature-classifier", ""]) == 0  # the term turned off: none
+    meta = json.loads((latest_checkpoint(out) / STATE_JSON).read_text())
+    assert meta["train_config"]["feature_classifier"] == meta["feature_classifier_sha256"] == ""
 
 
 def _checkpoints(out) -> list[str]:
