@@ -204,7 +204,7 @@ def test_single_edits_take_one_attribute_from_the_reference(faces):
 
     t = Trainer(tiny(faces), train_config(single_edits=1.0), faces, progress=False)
     names = t.model_config.attributes
-    batch, draws = t._next_batch(), t._draws(0)
+    batch, draws = t.read_batches(1)[0], t._draws(0)
     p = t._local(batch, draws)
     y, yr_full = p["y"], batch[1][draws["perm"]]
     singles = 0

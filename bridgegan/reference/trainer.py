@@ -131,6 +131,7 @@ class Trainer:
                                              self.dist.rank, self.dist.world_size)
         self._loader_iter = None
         self.stop_signal: int | None = None  # set by request_stop
+        self.unreadable = False  # the last read_batches met data it could not read
         self._acc: dict[str, torch.Tensor] = {}
         self._acc_n = 0
         self._log_t0 = time.perf_counter()
@@ -189,14 +190,19 @@ class Trainer:
                             worker_init_fn=_worker_ignores_sigint if self.config.workers else None)
         return iter(loader)
 
-    def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The next GLOBAL batch (images, labels, dataset indices) on the device. A batch
-        that cannot be read on one rank raises on every rank (none waits in a gather)."""
+    def read_batches(self, n: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """The next ``n`` GLOBAL batches (images, labels, dataset indices) on the device,
+        all read before any is used. Where one cannot be read, on any rank (the ranks agree
+        once: none waits in a gather), the error is raised with the run where it was
+        (``batches``; the loader starts afresh there) and ``unreadable`` set, for ``train``
+        to checkpoint the updates done."""
+        self.unreadable = False
         if self._loader_iter is None:
             self._loader_iter = self._loader()
-        err = None
+        local, err = [], None
         try:
-            x, y, idx = next(self._loader_iter)
+            for _ in range(n):
+                local.append(next(self._loader_iter))
         except Exception as exc:  # noqa: BLE001 - re-raised, of the same type
             err = _unwrap_worker_error(exc)
             if isinstance(err, UnreadableImageError):  # a resume would meet it again
@@ -208,12 +214,17 @@ class Trainer:
                                     self.dist).flatten().nonzero().flatten().tolist()
             if failed and err is None:
                 err = ValueError(f"rank {failed[0]} could not read its part of the batch "
-                                 f"(its error names the file)")
+                                 f"(its error says why)")
         if err is not None:
-            self._loader_iter = None  # the next read starts the loader afresh at ``batches``
+            self._loader_iter, self.unreadable = None, True
             raise err from None
-        self.batches += 1
+        self.batches += n
+        return [self._global(batch) for batch in local]
+
+    def _global(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """This rank's part of a batch on the device, gathered over the ranks."""
         nb = self.device.type == "cuda"
+        x, y, idx = batch
         x = x.to(self.device, non_blocking=nb).to(self.dtype)
         y = y.to(self.device, non_blocking=nb).to(self.dtype)
         idx = idx.to(self.device, non_blocking=nb)
@@ -327,7 +338,7 @@ class Trainer:
                 if self._out_of_time(deadline, longest):
                     return {}
                 t0 = time.monotonic()
-                self._accumulate(self._d_attr_step(self._read(self._next_batch, i > 0)))
+                self._accumulate(self._d_attr_step(self._read(1, i > 0)[0]))
                 longest = max(longest, time.monotonic() - t0)
                 self.warmup_done += 1
                 if every and self.warmup_done % every == 0 and i < todo - 1:
@@ -404,33 +415,23 @@ class Trainer:
             torch._foreach_lerp_(self.ema_params, [p.detach() for p in self.gen_params],
                                  1.0 - self.ema_decay())
 
-    def read_step(self) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """The n_d + 1 global batches of the next step, read before any update: where one
-        cannot be read the run is left at the step's start (``batches`` too), which
-        ``train`` checkpoints before the error goes on."""
-        start = self.batches
+    def _read(self, n: int, progressed: bool):
+        """``read_batches(n)``; where the data cannot be read, a checkpoint of the updates
+        this run did (``progressed``) before the error goes on (every rank gets the error
+        and calls ``save``, a collective)."""
         try:
-            return [self._next_batch() for _ in range(self.config.n_d + 1)]
+            return self.read_batches(n)
         except Exception:
-            self.batches = start  # the resume reads the step again
-            raise
-
-    def _read(self, fetch, progressed: bool):
-        """``fetch()``'s data; where it cannot be read, a checkpoint of the updates this
-        run did (``progressed``) before the error goes on (every rank gets the error, and
-        writes it: a collective). The run is where it was before ``fetch``."""
-        try:
-            return fetch()
-        except Exception:
-            if self.out_dir is not None and progressed:
+            if self.unreadable and self.out_dir is not None and progressed:
                 self.save()
             raise
 
     def train_step(self, batches: list | None = None) -> dict[str, torch.Tensor]:
         """n_d discriminator updates, one generator update, the EMA update, on ``batches``
-        (``read_step``'s; read here when None). Returns the generator terms and the last
-        discriminator terms (detached tensors)."""
-        batches = self.read_step() if batches is None else batches
+        (the step's n_d + 1, ``read_batches``; read here when None: all before the first
+        update, so that a step whose data cannot be read leaves the run at its start).
+        Returns the generator terms and the last discriminator terms (detached tensors)."""
+        batches = self.read_batches(self.config.n_d + 1) if batches is None else batches
         terms: dict[str, torch.Tensor] = {}
         lr = self.learning_rate()
         for opt in (self.opt_g, self.opt_d):
@@ -500,7 +501,7 @@ class Trainer:
             while (not warming and self.step < target
                    and not self._out_of_time(deadline, longest + save_s)):
                 t0 = time.monotonic()
-                batches = self._read(self.read_step, begun < self.step != saved_at)
+                batches = self._read(self.config.n_d + 1, begun < self.step != saved_at)
                 terms = self.train_step(batches)
                 self._accumulate(terms)
                 if bar is not None:
@@ -637,7 +638,8 @@ class Trainer:
     def save(self, path: str | os.PathLike | None = None) -> Path | None:
         """Write a checkpoint folder (rank 0 writes it; in a DDP run every rank must call
         this, as ``train`` does: the loss sums not yet logged are gathered over the ranks
-        first, a collective); default out_dir/checkpoints/step-NNNNNNNN.
+        first, and every rank returns once the folder is in place, or raises where rank 0
+        could not write it: collectives); default out_dir/checkpoints/step-NNNNNNNN.
 
         Numbered checkpoints beyond ``keep_checkpoints`` are removed, never the one just
         written (``prune_checkpoints``). A diverged run (NaN or Inf weights) is not saved: a
@@ -645,8 +647,24 @@ class Trainer:
         """
         self._check_finite()
         log_acc = self._log_acc()
-        if not self.is_main:
-            return None
+        written, err = None, None
+        if self.is_main:
+            try:
+                written = self._write(path, log_acc)
+            except Exception as exc:  # noqa: BLE001 - raised below, once the ranks agree
+                err = exc
+        if self.dist.enabled:  # every rank returns once the checkpoint is in place: a rank
+            # that exits before (a stop, an error) has torchrun kill rank 0 mid-write
+            ok = all_gather_cat(torch.tensor([[float(err is None)]], device=self.device),
+                                self.dist)
+            if err is None and not bool(ok.all()):
+                err = OSError("rank 0 could not write the checkpoint (its error says why)")
+        if err is not None:
+            raise err
+        return written
+
+    def _write(self, path, log_acc: dict) -> Path:
+        """Rank 0's part of ``save``: the folder, then the pruning."""
         if path is None:
             if self.out_dir is None:
                 raise ValueError("no checkpoint path given and the trainer has no out_dir")
