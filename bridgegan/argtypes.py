@@ -113,9 +113,10 @@ def output_file(text: str) -> str:
 
 
 def absolute_path(text: str) -> str:
-    """``text`` resolved against the working folder: for a path that a run records and
-    that a later run, started from anywhere, reads again ("" stays "": none)."""
-    return str(Path(text).resolve()) if text else text
+    """``text`` made absolute against the working folder (links kept as given): for a
+    path that a run records and that a later run, started from anywhere, reads again
+    ("" stays "": none)."""
+    return os.path.abspath(text) if text else text
 
 
 def input_file(text: str) -> str:

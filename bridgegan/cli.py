@@ -104,10 +104,10 @@ def _bench_options(p: argparse.ArgumentParser) -> None:
                    help="untimed calls before each row (default: %(default)s)")
     p.add_argument("--reps", type=positive_int, default=10,
                    help="timed calls per row, >= 1 (default: %(default)s)")
-    p.add_argument("--min-seconds", type=non_negative_float, default=0.2,
+    p.add_argument("--min-seconds", type=non_negative_float,
+                   default=engine_options.BENCH_MIN_SECONDS,
                    help="time each row at least this many seconds, whatever --reps (a finite "
-                        "number >= 0; default: %(default)s: a GPU's batch-1 row of 10 calls "
-                        "would span about 10 ms)")
+                        "number >= 0; default: %(default)s)")
     p.add_argument("--no-parity", dest="parity", action="store_false",
                    help="skip the check of each variant against the float64 reference before "
                         "it is timed (a variant that fails it gets no speed)")

@@ -267,6 +267,8 @@ def _damage(manifest: dict, how: str) -> None:
         entry["inputs"][0]["name"] = 'noise"\n}\n]\nbackend: "python"\ninput [\n{\nname: "x'
     elif how == "dtype unknown":
         entry["inputs"][0]["dtype"] = "float128"
+    elif how == "dtype list":  # unhashable: a TypeError from `in TRITON_TYPES`
+        entry["inputs"][0]["dtype"] = ["float32"]
     elif how == "dim injected":
         entry["inputs"][0]["shape"][-1] = "3 ] } ] #"
 
@@ -274,7 +276,7 @@ def _damage(manifest: dict, how: str) -> None:
 @pytest.mark.parametrize("how", ["key", "config", "graphs", "opset", "inputs null",
                                  "graphs list", "graph null", "files list", "config null",
                                  "config invalid", "file outside", "name injected",
-                                 "dtype unknown", "dim injected"])
+                                 "dtype unknown", "dtype list", "dim injected"])
 def test_a_malformed_manifest_is_named_and_still_listed_and_pruned(tmp_path, monkeypatch, how):
     """A manifest of the right format with a field missing or of the wrong type: the export
     (an engine's first use) says the manifest is corrupt, naming it (it raised KeyError,

@@ -260,7 +260,8 @@ def test_bench_writes_rows_with_ratios(tmp_path, monkeypatch):
     rows, peaks = bench.run_matrix(
         [bench.Variant("reference", "float32"), bench.Variant("torch", "float32"),
          bench.Variant.parse("torch:float32:-transposed_up")], [1, 2], [64],
-        ["translate", "strip", "strip_nocache", "samples"], reps=1, warmup=0, quick_peaks=True,
+        ["translate", "strip", "strip_nocache", "samples"], reps=1, warmup=0, min_seconds=0,
+        quick_peaks=True,
         config_overrides=dict(attributes=small_config().attributes, g_width=8, e_width=4,
                               latent_channels=8, spade_hidden=16, mapping_channels=16),
         progress=False)
@@ -440,7 +441,7 @@ def test_bench_refuses_speed_for_a_variant_that_fails_parity(monkeypatch):
     monkeypatch.setattr(InferenceGraph, "decode", lambda self, h, s: decode(self, h, s) + 0.01)
     rows, _ = bench.run_matrix(
         [bench.Variant("reference", "float32"), bench.Variant("torch", "float32")], [2], [64],
-        ["translate"], reps=1, warmup=0, quick_peaks=True,
+        ["translate"], reps=1, warmup=0, min_seconds=0, quick_peaks=True,
         config_overrides=dict(attributes=small_config().attributes, g_width=8, e_width=4,
                               latent_channels=8, spade_hidden=16, mapping_channels=16),
         progress=False)
@@ -458,7 +459,7 @@ def _bench(variants: str, batches=(1,), **kw):
 
     return bench.run_matrix(
         [bench.Variant.parse(v) for v in variants.split(",")], list(batches), [64],
-        ["translate"], reps=1, warmup=0, quick_peaks=True,
+        ["translate"], reps=1, warmup=0, min_seconds=0, quick_peaks=True,
         config_overrides=dict(attributes=small_config().attributes, g_width=8, e_width=4,
                               latent_channels=8, spade_hidden=16, mapping_channels=16),
         progress=False, **kw)
@@ -596,7 +597,7 @@ def test_bench_parity_column_names_the_call_it_checked(tmp_path):
 
     rows, peaks = bench.run_matrix(
         [bench.Variant("torch", "float32")], [1, 2], [64], ["translate", "strip"], reps=2,
-        warmup=0, quick_peaks=True,
+        warmup=0, min_seconds=0, quick_peaks=True,
         config_overrides=dict(attributes=small_config().attributes, g_width=8, e_width=4,
                               latent_channels=8, spade_hidden=16, mapping_channels=16),
         progress=False)
@@ -608,7 +609,7 @@ def test_bench_parity_column_names_the_call_it_checked(tmp_path):
     for r in got.values():
         assert r["parity"] == f"{checked}; checked on translate at batch 1, not this call"
     assert all(r["samples"] == 2 for r in bench.measured(rows))
-    assert peaks["timer"] == dict(warmup=0, reps=2, min_seconds=0.0)
+    assert peaks["timer"] == dict(warmup=0, reps=2, min_seconds=0)
     bench.write_results(rows, peaks, tmp_path)
     with open(tmp_path / "bench.csv") as f:
         assert all(r["samples"] == "2" for r in csv.DictReader(f))

@@ -684,7 +684,8 @@ def test_a_resume_finds_its_feature_classifier_from_anywhere_and_notices_another
     capsys.readouterr()
     assert _cli(common + ["--resume", "auto", "--steps", "4"]) == 2
     err = capsys.readouterr().err
-    assert f"no classifier at {clf}" in err and "pass --feature-classifier FOLDER" in err
+    assert f"the run's --feature-classifier {clf} holds no classifier" in err
+    assert "pass --feature-classifier FOLDER to name where it is now" in err
     assert _cli(common + ["--resume", "auto", "--steps", "4",
                           "--feature-classifier", "moved"]) == 0
     meta = json.loads((latest_checkpoint(out) / STATE_JSON).read_text())

@@ -95,7 +95,8 @@ from . import roofline
 from .backends import AUTO, BACKENDS, BackendUnavailable
 from .engine import Engine, backend_dtype, cpu_info, engine_device
 from .graph import Rewrites
-from .options import BENCH_SAMPLES, MAX_SAMPLES, VARIANT_FORM, VARIANT_TAGS, WORKLOADS
+from .options import (BENCH_MIN_SECONDS, BENCH_SAMPLES, MAX_SAMPLES, VARIANT_FORM, VARIANT_TAGS,
+                      WORKLOADS)
 from .parity import compare, parity_inputs, reference_translation
 
 PARTIAL_CSV = "bench.partial.csv"  # the rows of a run in progress (or killed), as measured
@@ -472,7 +473,8 @@ def roofline_peaks(variants: list[Variant], dev: torch.device, quick: bool = Fal
 
 def run_matrix(variants: list[Variant] | None, batches: list[int], resolutions: list[int],
                workloads: list[str], device: str = "cpu", checkpoint: str | None = None,
-               warmup: int = 2, reps: int = 10, min_seconds: float = 0.0, quick_peaks: bool = False,
+               warmup: int = 2, reps: int = 10, min_seconds: float = BENCH_MIN_SECONDS,
+               quick_peaks: bool = False,
                config_overrides: dict | None = None, progress: bool = True,
                parity: bool = True, out: str | Path | None = None) -> tuple[list[dict], dict]:
     """Measure every combination (``variants`` None: the device's default table); returns

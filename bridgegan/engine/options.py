@@ -20,6 +20,9 @@ SEEDS = 2 ** 64  # noise seeds are integers in [0, SEEDS): torch.Generator's 64 
 # columns) and `bridgegan translate`'s files per input
 MAX_SAMPLES = 64
 BENCH_SAMPLES = 4  # the samples workload's noise samples per source
+# the least seconds of timed calls a bench row takes, whatever its reps: a GPU's batch-1
+# row of 10 calls spans about 10 ms
+BENCH_MIN_SECONDS = 0.2
 
 
 def check_sample_seeds(seed: int, samples: int, what: str = "seed") -> None:

@@ -34,7 +34,8 @@ impl:
               gives one :class:`KernelFallbackWarning` and the plain ops for that key;
               after a decision for it, a call the fused form fails (a shape the CPU's
               decision never met) runs the plain ops: their error where the call is
-              the caller's mistake, else their result and a KernelFallbackWarning. A
+              the caller's mistake, else their result, one KernelFallbackWarning and
+              the plain ops for that key from then on. A
               bias whose length is not the output channels' goes to the plain ops
               (their message; CUDA's epilogue would read past it). With
               ``cudnn.deterministic`` set, or oneDNN disabled, the plain ops.
@@ -55,8 +56,8 @@ import torch.nn.functional as F
 from ..numerics import dtype_name, errors, tolerance
 from ..timing import time_calls
 from ..torch_flags import tf32_key
-from .dispatch import (KernelFallbackWarning, Launch, recording_launches, run_launches,
-                       tracing, triton_module)
+from .dispatch import (KernelFallbackWarning, Launch, caller_stacklevel, recording_launches,
+                       run_launches, tracing, triton_module)
 from .layout import memory_format, next_pow2
 
 __all__ = ["conv2d_relu"]
@@ -156,6 +157,25 @@ def _first_call(fused, plain) -> str | None:
     return f"differs from the plain ops (relative error {rel:.1e} where they are finite)"
 
 
+def _key(x, weight, stride, padding, transposed) -> tuple:
+    """The decision key of a call (see ``_use_fused``)."""
+    if x.is_cuda:
+        return (x.device, x.dtype, next_pow2(x.shape[0]), tuple(x.shape[1:]), x.stride(),
+                tuple(weight.shape), weight.stride(), tuple(_pair_of_ints(stride)),
+                tuple(_pair_of_ints(padding)), transposed, tf32_key())
+    return (x.device.type, x.dtype, transposed)
+
+
+def _drop(key: tuple, x, transposed: bool, failure: str) -> None:
+    """The plain ops for ``key`` from now on, said once (a KernelFallbackWarning)."""
+    form = "transposed convolution" if transposed else "convolution"
+    warnings.warn(f"bridgegan.kernels.conv2d_relu: the fused {form} + bias + ReLU {failure} "
+                  f"on {x.device.type} in {dtype_name(x.dtype)} at input shape "
+                  f"{tuple(x.shape)}; using the plain torch ops there from now on.",
+                  KernelFallbackWarning, stacklevel=caller_stacklevel())
+    _USE_FUSED[key] = False
+
+
 def _use_fused(x, weight, stride, padding, transposed, fused, plain) -> bool:
     """Whether this call takes the fused form (the module docstring's decision, made once
     per key and remembered). Meta tensors, whose launches are only recorded, always do.
@@ -166,23 +186,13 @@ def _use_fused(x, weight, stride, padding, transposed, fused, plain) -> bool:
     (32-bit indexing) is met by a timing of its own class."""
     if x.is_meta:
         return True
-    if x.is_cuda:
-        key = (x.device, x.dtype, next_pow2(x.shape[0]), tuple(x.shape[1:]), x.stride(),
-               tuple(weight.shape), weight.stride(), tuple(_pair_of_ints(stride)),
-               tuple(_pair_of_ints(padding)), transposed, tf32_key())
-    else:
-        key = (x.device.type, x.dtype, transposed)
+    key = _key(x, weight, stride, padding, transposed)
     if key not in _USE_FUSED:
         if x.is_cuda and torch.cuda.is_current_stream_capturing():
             return False
         failure = _first_call(fused, plain)  # raises the caller's mistakes: no decision
         if failure is not None:
-            form = "transposed convolution" if transposed else "convolution"
-            warnings.warn(f"bridgegan.kernels.conv2d_relu: the fused {form} + bias + ReLU "
-                          f"{failure} on {x.device.type} in {dtype_name(x.dtype)} at input "
-                          f"shape {tuple(x.shape)}; using the plain torch ops there from now "
-                          "on.", KernelFallbackWarning, stacklevel=3)
-            _USE_FUSED[key] = False
+            _drop(key, x, transposed, failure)
             return False
         # device time (``queued``): the saved launches of the bias and ReLU passes would
         # win small shapes by host time alone, which a CUDA graph's replay does not spend
@@ -207,11 +217,8 @@ def conv2d_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad
                                            for t in (x, weight, bias))
     plain = functools.partial(_plain, x, weight, bias, stride, padding, transposed)
-    out_channels = weight.shape[1] if transposed and weight.dim() > 1 else weight.shape[0]
-    if (impl == "torch" or grad or tracing()
-            or (bias is not None and tuple(bias.shape) != (out_channels,))):
-        return plain()  # a bias of another length: the plain ops' message (the epilogue
-        # would read past it)
+    if impl == "torch" or grad or tracing() or not _bias_fits(weight, bias, transposed):
+        return plain()
     call = _fused_call(x, weight, bias, stride, padding, transposed)
     if call is None or not _use_fused(x, weight, stride, padding, transposed, call, plain):
         return plain()
@@ -219,7 +226,17 @@ def conv2d_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         return call()
     except RuntimeError as exc:  # decided at another shape (the CPU decides once per dtype)
         out = plain()  # the caller's mistake raises the plain ops' own message
-        warnings.warn(f"bridgegan.kernels.conv2d_relu: the fused form failed at input shape "
-                      f"{tuple(x.shape)} ({type(exc).__name__}: {exc}); this call took the "
-                      f"plain torch ops", KernelFallbackWarning, stacklevel=2)
+        _drop(_key(x, weight, stride, padding, transposed), x, transposed,
+              f"failed ({type(exc).__name__}: {exc})")
         return out
+
+
+def _bias_fits(weight, bias, transposed: bool) -> bool:
+    """Whether ``bias`` (None: no bias) has one value per output channel: the fused forms
+    read it by channel (CUDA's epilogue would read past a short one), the plain ops refuse
+    other lengths with their own message."""
+    if bias is None:
+        return True
+    if weight.dim() < 2:
+        return False  # the plain ops' message for the weight
+    return tuple(bias.shape) == (weight.shape[1] if transposed else weight.shape[0],)

@@ -80,22 +80,27 @@ def triton_interpreted() -> bool:
 _FALLBACK_WARNED = False
 
 
+def caller_stacklevel() -> int:
+    """The ``stacklevel`` of a warning raised by the calling function that attributes it
+    to the op's caller: the first frame outside this package, however many of its frames
+    (op, _run, choose_impl, ...) lie between."""
+    level, frame = 1, sys._getframe(1)
+    while frame is not None and frame.f_globals.get("__name__", "").startswith(__package__):
+        level, frame = level + 1, frame.f_back
+    return level
+
+
 def warn_fallback(op: str, reason: str) -> None:
     """One KernelFallbackWarning per process, whichever op falls back first."""
     global _FALLBACK_WARNED
     if _FALLBACK_WARNED:
         return
     _FALLBACK_WARNED = True
-    # attributed to the op's caller: the first frame outside this package, however many
-    # of its frames (op, _run, choose_impl, ...) lie between
-    level, frame = 1, sys._getframe(0)
-    while frame is not None and frame.f_globals.get("__name__", "").startswith(__package__):
-        level, frame = level + 1, frame.f_back
     warnings.warn(
         f"bridgegan.kernels.{op}(impl='auto') is using the torch path: {reason}. "
         "Results are correct but not fused. (Shown once per process.)",
         KernelFallbackWarning,
-        stacklevel=level,
+        stacklevel=caller_stacklevel(),
     )
 
 

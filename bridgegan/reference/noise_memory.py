@@ -113,8 +113,9 @@ class NoiseMemory:
                 f"noise memory in the checkpoint has shape {tuple(table.shape)}, expected "
                 f"({self.size}, {self.dim}) (dataset size, noise_dim): another dataset?"
             )
-        if not table.is_floating_point() or not torch.isfinite(table).all():
+        cast = table.to(self.table)  # finite in the run's dtype (float64 1e300 is not)
+        if not table.is_floating_point() or not torch.isfinite(cast).all():
             raise ValueError(f"noise memory in the checkpoint holds {table.dtype} values that "
-                             f"are not all finite floating-point numbers: a damaged state")
-        self.table.copy_(table.to(self.table))
+                             f"are not all finite {self.table.dtype} numbers: a damaged state")
+        self.table.copy_(cast)
         return True

@@ -329,6 +329,7 @@ def run(args: argparse.Namespace) -> int:
 
     from . import distributed
     from .checkpoint import CONFIG_FILE, CheckpointError, read_config
+    from .classifier import CONFIG_FILE as CLASSIFIER_FILE
     from .info import parameter_counts
     from .train_state import STATE_JSON, drop_metrics_after, latest_checkpoint, read_train_state
     from .trainer import Trainer
@@ -398,6 +399,11 @@ def run(args: argparse.Namespace) -> int:
                 raise
             raise CheckpointError(f"{resume / STATE_JSON}: its train_config with these options: "
                                   f"{exc}") from None
+        if (resume is not None and config.feature_classifier and args.feature_classifier is None
+                and not (Path(config.feature_classifier) / CLASSIFIER_FILE).is_file()):
+            raise CheckpointError(f"the run's --feature-classifier {config.feature_classifier} "
+                                  f"holds no classifier (moved or removed since the run began?)"
+                                  f": pass --feature-classifier FOLDER to name where it is now")
         device = args.device
         if device == "cuda" and info.enabled:
             device = f"cuda:{info.local_rank}"

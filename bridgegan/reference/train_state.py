@@ -54,7 +54,14 @@ METRICS_FILE = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
 _CKPT_RE = re.compile(r"^step-(\d+)$")
 _STATE_KEYS = ("step", "batches", "dataset_size", "train_config", "opt_g", "opt_d")
-_OPT_KEYS = ("param_groups", "scalars", "tensor_keys")
+# an optimiser's entries in train_state.json (flatten_optimizer) and what each must be
+_OPT_KEYS = {
+    "param_groups": lambda v: isinstance(v, list) and all(
+        isinstance(g, dict) and isinstance(g.get("params"), list) for g in v),
+    "scalars": lambda v: isinstance(v, dict) and all(
+        str(k).isdigit() and isinstance(s, dict) for k, s in v.items()),
+    "tensor_keys": lambda v: isinstance(v, list) and all(
+        isinstance(t, str) and re.fullmatch(r"state\.\d+\.\w+", t) for t in v)}
 _EMA_NETS = ("generator", "encoder", "mapping")
 
 
@@ -256,9 +263,9 @@ def read_train_state(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{json_path}: unknown format {found!r}, expected {STATE_FORMAT!r}")
     missing = [k for k in _STATE_KEYS if k not in meta]
     missing += [f"{k}.{f}" for k in ("opt_g", "opt_d") if isinstance(meta.get(k), dict)
-                for f in _OPT_KEYS if f not in meta[k]]
-    missing += [k for k in ("opt_g", "opt_d", "train_config") if k in meta
-                and not isinstance(meta[k], dict)]
+                for f in _OPT_KEYS if not _OPT_KEYS[f](meta[k].get(f))]
+    missing += [k for k in ("opt_g", "opt_d", "train_config", "rng", "scaler_g", "scaler_d")
+                if k in meta and not isinstance(meta[k], dict)]
     missing += [k for k in ("step", "batches", "warmup_done", "log_n") if k in meta and not (
         type(meta[k]) is int and meta[k] >= 0)]  # counts; warmup_done, log_n: not in older ones
     if missing:
@@ -375,17 +382,8 @@ class TrainState:
         """Load a checkpoint written by ``save`` into these objects, checked against this
         run (model configuration, dataset size; a warning where the train config changes
         the course); the optimisers' hyperparameters are this run's. Returns its progress.
-        Whatever in the files does not fit is a CheckpointError naming the checkpoint."""
-        try:
-            return self._restore(Path(path))
-        except (CheckpointError, torch.OutOfMemoryError):
-            raise
-        except (TypeError, KeyError, AttributeError, IndexError, ValueError, RuntimeError) as exc:
-            raise CheckpointError(f"checkpoint {path} holds a damaged training state "
-                                  f"({type(exc).__name__}: {exc}); resume from another "
-                                  f"checkpoint") from None
-
-    def _restore(self, path: Path) -> Progress:
+        Whatever in the files does not fit is a CheckpointError naming the file."""
+        path = Path(path)
         diffs = self.model.config.differences(read_config(path))
         if diffs:
             raise CheckpointError(f"checkpoint {path} has another model configuration: " + "; ".join(diffs))
@@ -414,13 +412,20 @@ class TrainState:
         self._restore_networks(tensors, source)
         restore_optimizer(self.opt_g, tensors, meta["opt_g"], "opt_g", source)
         restore_optimizer(self.opt_d, tensors, meta["opt_d"], "opt_d", source)
-        if not self.memory.load_state_tensors(tensors):
-            warnings.warn("the checkpoint has no noise memory; starting from a fresh table")
-        if self.scaler_g.is_enabled() and meta.get("scaler_g"):
-            self.scaler_g.load_state_dict(meta["scaler_g"])
-        if self.scaler_d.is_enabled() and meta.get("scaler_d"):
-            self.scaler_d.load_state_dict(meta["scaler_d"])
-        restore_rng(tensors, meta.get("rng", {}))
+        try:
+            if not self.memory.load_state_tensors(tensors):
+                warnings.warn("the checkpoint has no noise memory; starting from a fresh table")
+        except ValueError as exc:
+            raise CheckpointError(f"{source}: {exc}") from None
+        try:  # entries whose values only these loaders check
+            for name, scaler in (("scaler_g", self.scaler_g), ("scaler_d", self.scaler_d)):
+                if scaler.is_enabled() and meta.get(name):
+                    scaler.load_state_dict(meta[name])
+            restore_rng(tensors, meta.get("rng", {}))
+        except (TypeError, KeyError, AttributeError, IndexError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"{path / STATE_JSON}: its scaler or RNG entries are damaged "
+                                  f"({type(exc).__name__}: {exc}); resume from another "
+                                  f"checkpoint") from None
         if self.log_acc is not None:  # older checkpoints have none: the next record is shorter
             self.log_acc.clear()
             self.log_acc.update(n=int(meta.get("log_n", 0)),

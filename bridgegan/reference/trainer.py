@@ -378,10 +378,8 @@ class Trainer:
             return None
         try:
             clf = AttributeClassifier.load(config.feature_classifier)
-        except CheckpointError as exc:  # gone or broken, perhaps moved since the run began
-            raise CheckpointError(f"--feature-classifier: {exc} (a resumed run reads the "
-                                  f"folder it recorded; pass --feature-classifier FOLDER to "
-                                  f"name where it is now)") from None
+        except CheckpointError as exc:  # none there, or a broken one
+            raise CheckpointError(f"--feature-classifier: {exc}") from None
         try:
             clf.check_fits(model_config.attributes, model_config.image_size)
         except ValueError as exc:

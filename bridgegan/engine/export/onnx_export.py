@@ -383,7 +383,8 @@ def _manifest_problem(manifest: dict) -> str | None:
             specs = entry.get(field)
             if not isinstance(specs, list) or not all(
                     isinstance(t, dict) and isinstance(t.get("name"), str)
-                    and NAME.fullmatch(t["name"]) and t.get("dtype") in TRITON_TYPES
+                    and NAME.fullmatch(t["name"])
+                    and isinstance(t.get("dtype"), str) and t["dtype"] in TRITON_TYPES
                     and isinstance(t.get("shape"), list) and all(
                         (type(d) is int and d >= 1) or (isinstance(d, str) and NAME.fullmatch(d))
                         for d in t["shape"]) for t in specs):
