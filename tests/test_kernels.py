@@ -203,6 +203,23 @@ def test_parity_unshifted(path):
     assert_close(out, reference64(SPADE2C_B, x, kw, "relu"), torch.float32)
 
 
+@requires_triton
+def test_paths_agree_past_float32s_variance():
+    """Planes whose squared deviations overflow float32 (std ~1e19): every path gives what
+    torch's float32 instance norm gives (the variance Inf, the plane's beta); here the
+    split path gave NaN (delta**2 * 0 for an empty part in its merge), so the result hung
+    on which path a shape took. Far past any activation of the model."""
+    g = torch.Generator().manual_seed(0)
+    gamma, beta = (0.5 * torch.randn(1, 2, 8, 8, generator=g)[..., :5, :4] for _ in range(2))
+    x = 1e19 * torch.randn(1, 2, 5, 4, generator=g)
+    want = spade_modulate(x, gamma, beta, impl="torch")
+    with warnings.catch_warnings():  # numpy's overflow warnings under the interpreter
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for config in (None, SPLIT):
+            got = spade_modulate(x, gamma, beta, impl="triton", config=config)
+            assert torch.equal(got, want), config
+
+
 def test_plan_refuses_unknown_statistics():
     with pytest.raises(ValueError, match="stats must be 'lanes' or 'tiles', got 'warp'"):
         plan_launch(2, 3, 63, False, dict(SPLIT, stats="warp"))

@@ -266,11 +266,15 @@ def _fused_kernel(x_ptr, g_ptr, b_ptr, w_ptr, bias_ptr, mb_ptr, out_ptr, r_ptr, 
 
 @triton.jit
 def _chan_merge(mean_a, m2_a, n_a, mean_b, m2_b, n_b):
-    """Chan et al.: (count, mean, M2) of two parts -> of their union (empty parts allowed)."""
+    """Chan et al.: (count, mean, M2) of two parts -> of their union (empty parts allowed:
+    their term is 0, not delta**2 * 0, which is NaN where delta**2 overflows; then M2 is
+    Inf, as the fused path's and torch's float32 variance are)."""
     n = n_a + n_b
     w_b = tl.where(n > 0, n_b / tl.where(n > 0, n, 1.0), 0.0)
     delta = mean_b - mean_a
-    return mean_a + delta * w_b, m2_a + m2_b + delta * delta * n_a * w_b, n
+    between = n_a * w_b
+    return (mean_a + delta * w_b,
+            m2_a + m2_b + tl.where(between > 0, delta * delta * between, 0.0), n)
 
 
 @triton.jit
