@@ -544,6 +544,26 @@ def test_weights_of_another_dtype_are_refused_with_their_name(model, tmp_path, d
         load_checkpoint(tmp_path / "ck")
 
 
+def test_weights_of_another_architecture_are_refused_before_the_model_is_built(
+        model, tmp_path, monkeypatch):
+    """A config.json that the weights do not fit (here a wider generator) is refused from
+    the weights file's header, before the model is allocated (it was built and initialised
+    first: 1.3 GiB and seconds at the largest the bounds allow)."""
+    save_checkpoint(tmp_path / "ck", model)
+    cfg = tmp_path / "ck" / "config.json"
+    cfg.write_text(cfg.read_text().replace('"g_width": 8', '"g_width": 32'))
+    built, init = [], BridgeGAN.__init__
+
+    def recording(self, config):
+        built.append(torch.get_default_device().type)
+        init(self, config)
+
+    monkeypatch.setattr(BridgeGAN, "__init__", recording)
+    with pytest.raises(CheckpointError, match=r"model.safetensors does not match the model: "
+                                              r"\d+ shape mismatch\(es\): generator"):
+        load_checkpoint(tmp_path / "ck")
+    assert built == ["meta"]
+
 def test_float64_weights_past_float32_are_refused(model, tmp_path):
     """1e300 in float64 is finite as stored and Inf in the float32 model: refused, as
     NaN / Inf are (it loaded, and exports and training went on with Inf weights)."""

@@ -79,16 +79,27 @@ def read_config(path: str | os.PathLike) -> BridgeGANConfig:
         raise CheckpointError(f"{cfg_path} is not a valid BridgeGAN config: {exc}") from None
 
 
-def read_tensors(file: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """All tensors of a safetensors file, with a clear error for corrupt or truncated files."""
+def _safetensors(file: str | os.PathLike, read):
+    """``read(f)`` of the opened safetensors file, with a clear error for a missing,
+    corrupt or truncated one."""
     file = Path(file)
     if not file.is_file():
         raise CheckpointError(f"missing checkpoint file {file}")
     try:
         with safe_open(str(file), framework="pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}
+            return read(f)
     except (SafetensorError, OSError, RuntimeError) as exc:
         raise CheckpointError(f"{file} is corrupt or truncated: {exc}") from None
+
+
+def read_tensors(file: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file."""
+    return _safetensors(file, lambda f: {k: f.get_tensor(k) for k in f.keys()})
+
+
+def read_shapes(file: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """Each tensor's shape from a safetensors file's header (no data read)."""
+    return _safetensors(file, lambda f: {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()})
 
 
 def nonfinite(tensors: Mapping[str, torch.Tensor]) -> list[str]:
@@ -104,18 +115,13 @@ def nonfinite(tensors: Mapping[str, torch.Tensor]) -> list[str]:
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)  # weights stored
 
 
-def load_state(model: torch.nn.Module, tensors: Mapping[str, torch.Tensor], source: str) -> None:
-    """Copy ``tensors`` into ``model`` after checking names, shapes, dtypes (a floating
-    tensor stored in one of FLOAT_DTYPES, any other in the model's dtype) and values
-    (finite once cast to the model's dtype: 1e300 in float64 is Inf in float32); name
-    every mismatch."""
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    shapes = sorted(
-        f"{k}: checkpoint {tuple(tensors[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in set(expected) & set(tensors) if tensors[k].shape != expected[k].shape
-    )
+def _mismatches(expected: Mapping[str, tuple], stored: Mapping[str, tuple]) -> list[str]:
+    """What in ``stored`` (name -> shape) does not match ``expected``: missing, unexpected
+    and mis-shaped names, as message parts (empty: it matches)."""
+    missing = sorted(set(expected) - set(stored))
+    unexpected = sorted(set(stored) - set(expected))
+    shapes = sorted(f"{k}: checkpoint {stored[k]} vs model {expected[k]}"
+                    for k in set(expected) & set(stored) if stored[k] != expected[k])
     problems = []
     if missing:
         problems.append(f"{len(missing)} missing tensor(s): {listed(missing)}")
@@ -123,6 +129,17 @@ def load_state(model: torch.nn.Module, tensors: Mapping[str, torch.Tensor], sour
         problems.append(f"{len(unexpected)} unexpected tensor(s): {listed(unexpected)}")
     if shapes:
         problems.append(f"{len(shapes)} shape mismatch(es): {listed(shapes)}")
+    return problems
+
+
+def load_state(model: torch.nn.Module, tensors: Mapping[str, torch.Tensor], source: str) -> None:
+    """Copy ``tensors`` into ``model`` after checking names, shapes, dtypes (a floating
+    tensor stored in one of FLOAT_DTYPES, any other in the model's dtype) and values
+    (finite once cast to the model's dtype: 1e300 in float64 is Inf in float32); name
+    every mismatch."""
+    expected = model.state_dict()
+    problems = _mismatches({k: tuple(v.shape) for k, v in expected.items()},
+                           {k: tuple(v.shape) for k, v in tensors.items()})
     dtypes = sorted(
         f"{k}: {str(tensors[k].dtype).replace('torch.', '')}" for k in set(expected) & set(tensors)
         if (tensors[k].dtype not in FLOAT_DTYPES if expected[k].is_floating_point()
@@ -159,6 +176,13 @@ def load_checkpoint(path: str | os.PathLike, expected_config: BridgeGANConfig | 
             raise CheckpointError(
                 f"checkpoint {path} has another configuration than expected: " + "; ".join(diffs)
             )
+    weights = path / WEIGHTS_FILE
+    with torch.device("meta"):  # the shapes, nothing allocated: a mismatch refused first
+        skeleton = BridgeGAN(config)
+    problems = _mismatches({k: tuple(v.shape) for k, v in skeleton.state_dict().items()},
+                           read_shapes(weights))
+    if problems:
+        raise CheckpointError(f"{weights} does not match the model: " + "; ".join(problems))
     model = BridgeGAN(config)
-    load_state(model, read_tensors(path / WEIGHTS_FILE), str(path / WEIGHTS_FILE))
+    load_state(model, read_tensors(weights), str(weights))
     return model.to(map_location).eval()
