@@ -96,8 +96,8 @@ def test_ddp_float32_first_step_losses_match(tmp_path):
 
 def test_an_unreadable_image_on_one_rank_stops_every_rank_with_a_checkpoint(tmp_path):
     """The image rank 1 reads in step 3's second batch cannot be decoded: rank 1 names it,
-    rank 0 names rank 1 (it does not wait in a gather), and the checkpoint of step 2 is
-    written by both before they exit."""
+    rank 0 names rank 1 (it does not wait in a gather), and rank 0 writes the checkpoint of
+    step 2 while rank 1 waits for it before they exit."""
     from PIL import Image
 
     from bridgegan.reference.train_data import epoch_order
