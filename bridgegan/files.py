@@ -37,6 +37,7 @@ import errno
 import fcntl
 import functools
 import hashlib
+import json
 import os
 import re
 import secrets
@@ -92,6 +93,12 @@ def _fsync_folder(path: Path) -> None:
 def sha256_hex(data: bytes) -> str:
     """The sha256 of ``data`` in hex."""
     return hashlib.sha256(data).hexdigest()
+
+
+def write_json_atomic(path: str | os.PathLike, value) -> Path:
+    """``value`` as indented JSON in ``path``, written as ``write_file_atomic`` writes:
+    for reports rewritten as they grow (a run stopped part-way keeps what it wrote)."""
+    return write_file_atomic(path, json.dumps(value, indent=1).encode())
 
 
 JSON_LIMIT = 1 << 20  # the bytes a configuration file (JSON) that the project reads may hold

@@ -11,12 +11,11 @@ any row fails.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import torch
 
-from ..files import write_file_atomic
+from ..files import write_json_atomic
 from ..numerics import errors, float64_call, float64_model, psnr, tolerance
 from ..torch_flags import no_tf32
 from ..reference.config import BridgeGANConfig
@@ -89,7 +88,7 @@ def check_backends(device: str | None = None, config: BridgeGANConfig | None = N
     def add(row: dict) -> None:
         rows.append(row)
         if written:
-            write_file_atomic(written, json.dumps(rows, indent=1).encode())
+            write_json_atomic(written, rows)
     for backend, dtype, graphs, streams in cases or default_cases(dev):
         name = f"{backend}-{dtype}" + ("-graphs" if graphs else "") + ("-streams" if streams else "")
         try:

@@ -21,14 +21,13 @@ GPU shapes are the generator's real SPADE shapes at batch 64.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import warnings
 
 import torch
 
 from ..argtypes import device_spec, output_file
-from ..files import write_file_atomic
+from ..files import write_json_atomic
 from ..numerics import SHORT_NAMES, dtype_name, errors, float64_call, same_nonfinite, tolerance
 from ..timing import time_calls
 from . import norm_act
@@ -249,7 +248,7 @@ def check_ops(device=None, quick=False, impl=None, written=None) -> list[dict]:
 
     def save() -> None:
         if written:
-            write_file_atomic(written, json.dumps(rows, indent=1).encode())
+            write_json_atomic(written, rows)
     gen = torch.Generator(device=device).manual_seed(1234)
     acts = norm_act.ACTS
     dtypes = PARITY_DTYPES
