@@ -456,6 +456,7 @@ def test_unreadable_data_checkpoints_the_updates_done_and_the_resume_is_exact(
 
     monkeypatch.setattr(type(faces), "__getitem__", flaky)
     run = Trainer(cfg, tc, faces, out_dir=tmp_path, progress=False)
+    reads[0] = 0  # the training reads from here (the sample grids' images are read above)
     with pytest.raises(UnreadableImageError, match="cannot read image file .*replace that file"):
         run.train(4)
     ckpt = latest_checkpoint(tmp_path)
@@ -468,6 +469,39 @@ def test_unreadable_data_checkpoints_the_updates_done_and_the_resume_is_exact(
     resumed.train(4)
     a, b = _state(full), _state(resumed)
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
+
+
+def test_an_unreadable_sample_grid_image_stops_the_run_before_its_first_update(faces, tmp_path):
+    """The sample grids' images are read when the trainer is made: a broken one (here a
+    truncated PNG) is refused then, naming the file, not at the first grid, where the steps
+    since the last checkpoint would be lost."""
+    from PIL import Image
+
+    from bridgegan.reference.data.image import UnreadableImageError, open_rgb
+
+    broken = tmp_path / "val-3.png"
+    Image.new("RGB", (SIZE, SIZE), (200, 30, 90)).save(broken)
+    broken.write_bytes(broken.read_bytes()[:60])
+
+    class Validation(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            if i == 3:
+                open_rgb(broken)
+            return faces[i]
+
+    out = tmp_path / "run"
+    with pytest.raises(UnreadableImageError,
+                       match=r"val-3\.png.*one of the 4 images the sample grids show"):
+        Trainer(tiny(faces), train_config(sample_every=1), faces, out_dir=out,
+                sample_set=Validation(), progress=False)
+    assert not out.exists()
+    t = Trainer(tiny(faces), train_config(n_samples=3, sample_every=1), faces, out_dir=out,
+                sample_set=Validation(), progress=False)
+    t.train(1)
+    assert (out / "samples" / "step-00000001.png").is_file()
 
 
 def test_resume_restores_the_global_rng_state_of_an_uninterrupted_run(faces, tmp_path):
@@ -960,7 +994,8 @@ def test_a_corrupt_image_is_one_line_with_or_without_workers(tmp_path, capsys, w
         rows.append(f"{i}.png,{i % 2},{(i // 2) % 2}")
     (root / "attributes.csv").write_text("\n".join(rows) + "\n")
     (root / "5.png").write_bytes(b"not a png")
-    args = _train_args(tmp_path / "run", "--steps", "4")
+    # the sample grids show the first two (read before training); 5.png is met in training
+    args = _train_args(tmp_path / "run", "--steps", "4", "--n-samples", "2")
     args[args.index("--data") + 1] = f"folder:{root}"
     args[args.index("--workers") + 1] = workers
     assert main(args) == 2

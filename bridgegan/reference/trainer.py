@@ -57,7 +57,7 @@ class Trainer:
 
     ``dist``: the process group view (default: torch.distributed's, one process when not
     initialised). Only rank 0 writes files. ``sample_set``: images for the sample grids
-    (default: the first ``n_samples`` items of ``dataset``).
+    (default: ``dataset``), whose first ``n_samples`` items are read here.
     """
 
     def __init__(self, model_config: BridgeGANConfig, config: TrainConfig, dataset: Dataset,
@@ -69,7 +69,17 @@ class Trainer:
         self.progress = progress
         self.device = self._pick_device(config.device)
         self._check_dataset(dataset, model_config)
-        self.dataset, self.sample_set = dataset, sample_set or dataset
+        self.dataset = dataset
+        # the sample grids' images, read once, here: one that cannot be read stops the run
+        # before its first update, not at its first grid with the steps since the last
+        # checkpoint lost
+        sample_set = sample_set or dataset
+        n = min(max(config.n_samples, 1), len(sample_set))
+        try:
+            self.sample_items = [sample_set[i] for i in range(n)]
+        except UnreadableImageError as exc:
+            raise UnreadableImageError(f"{exc}; it is one of the {n} images the sample grids "
+                                       f"show: replace it with a readable image") from None
         if config.batch % self.dist.world_size:
             raise ValueError(f"the global batch ({config.batch}) must be divisible by the number "
                              f"of processes ({self.dist.world_size})")
@@ -572,10 +582,10 @@ class Trainer:
         """Rows of the sample grid: sources, reconstructions, one label edit per chosen
         attribute (flipped, with the conflict rules), references, reference edits."""
         cfg, mc = self.config, self.model_config
-        n = min(max(cfg.n_samples, 1), len(self.sample_set))
-        items = [self.sample_set[i] for i in range(n)]
-        x = torch.stack([it[0] for it in items]).to(self.device, self.dtype)
-        y = torch.stack([torch.as_tensor(it[1]) for it in items]).to(self.device, self.dtype)
+        n = len(self.sample_items)
+        x = torch.stack([it[0] for it in self.sample_items]).to(self.device, self.dtype)
+        y = torch.stack([torch.as_tensor(it[1]) for it in self.sample_items]).to(self.device,
+                                                                                self.dtype)
         g = generator(cfg.seed, STREAM_SAMPLES)
         noise = torch.randn(n, mc.noise_dim, generator=g).to(self.device, self.dtype)
         model = self.inference_model()
