@@ -132,7 +132,7 @@ def stages(work: Path, dry: bool) -> list[tuple[str, list[str], int]]:
                                    "torch:float32,torch:float32:-transposed_up" if dry else ABLATION,
                                    "--batches", "1" if dry else "64", "--resolutions", res,
                                    "--workloads", "translate", "--out", str(work / "ablation")]
-                # eleven variants: five timed calls each keep the stage near a minute
+                # ten variants, 2 timed calls a round each: the stage near a minute
                 + (reps if dry else ["--reps", "5", "--warmup", "1"]), 100))
     # -m gpu: the tests marked so (a CPU run collects and skips them)
     out.append(("gpu_tests", [py, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",

@@ -101,13 +101,18 @@ def _bench_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", help="time this checkpoint (default: seeded paper-width weights)")
     p.add_argument("--device", type=device_spec, default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--warmup", type=non_negative_int, default=2,
-                   help="untimed calls before each row (default: %(default)s)")
+                   help="untimed calls before each row's first round, one more before each "
+                        "later round where > 0 (default: %(default)s)")
     p.add_argument("--reps", type=positive_int, default=10,
-                   help="timed calls per row, >= 1 (default: %(default)s)")
+                   help="timed calls per row, >= 1, split over the rounds (default: "
+                        "%(default)s)")
     p.add_argument("--min-seconds", type=non_negative_float,
                    default=engine_options.BENCH_MIN_SECONDS,
-                   help="time each row at least this many seconds, whatever --reps (a finite "
-                        "number >= 0; default: %(default)s)")
+                   help="time each row at least this many seconds, whatever --reps, split "
+                        "over the rounds (a finite number >= 0; default: %(default)s)")
+    p.add_argument("--rounds", type=positive_int, default=engine_options.BENCH_ROUNDS,
+                   help="rounds per row, the variants timed in alternation, each round's "
+                        "order rotated (>= 1; default: %(default)s)")
     p.add_argument("--no-parity", dest="parity", action="store_false",
                    help="skip the check of each variant against the float64 reference before "
                         "it is timed (a variant that fails it gets no speed)")

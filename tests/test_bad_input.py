@@ -645,6 +645,7 @@ def test_translate_refuses_outputs_that_would_overwrite_each_other_or_an_input(c
 BAD_NUMBERS = [
     (["bench", "--reps", "0"], "--reps: must be an integer >= 1, got '0'"),
     (["bench", "--warmup", "-1"], "--warmup: must be an integer >= 0, got '-1'"),
+    (["bench", "--rounds", "0"], "--rounds: must be an integer >= 1, got '0'"),
     (["parity", "--backends", "--batch", "0"], "--batch: must be an integer >= 1, got '0'"),
     (["eval", "--checkpoint", "ck", "--classifier", "clf", "--n", "0"],
      "--n: must be an integer >= 1, got '0'"),

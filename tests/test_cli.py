@@ -18,7 +18,7 @@ from PIL import Image
 from bridgegan.cli import main
 from bridgegan.engine import Engine
 from bridgegan.engine.bench import PARTIAL_CSV
-from bridgegan.engine.options import BENCH_SAMPLES
+from bridgegan.engine.options import BENCH_ROUNDS, BENCH_SAMPLES
 from bridgegan.reference import BridgeGAN, save_checkpoint
 from bridgegan.reference.checkpoint import read_config, read_tensors
 from conftest import benchmark_script, randomize, small_config
@@ -285,14 +285,9 @@ def test_bench_writes_rows_with_ratios(tmp_path, monkeypatch):
             assert float(r["vs_reference_fp32"]) == 1.0
     peaks = json.loads((tmp_path / "bench.json").read_text())["peaks"]
     assert peaks["matmul_flops"] > 0
-    # the baseline timed again after the other variants: the run's drift
-    again = peaks["baseline_again"]
-    assert [(a["variant"], a["batch"]) for a in again] == [("reference-float32", 1),
-                                                           ("reference-float32", 2)]
-    first = {int(r["batch"]): float(r["p50"]) for r in got
-             if r["variant"] == "reference-float32" and r["what"] == "translate"}
-    assert all(a["p50"] == first[a["batch"]] and a["p50_again"] > 0 and
-               a["ratio"] == round(a["p50_again"] / a["p50"], 3) for a in again)
+    # timed over the default rounds (one call each here): the round medians' spread
+    assert peaks["timer"]["rounds"] == BENCH_ROUNDS
+    assert all(r["samples"] == str(BENCH_ROUNDS) and float(r["spread"]) >= 1 for r in got)
 
 
 def test_parity_backends_passes_on_cpu(tmp_path):
@@ -457,12 +452,12 @@ def _bench(variants: str, batches=(1,), **kw):
     """A quick CPU bench of ``variants`` (the CLI's comma list), label-based, 64 px."""
     from bridgegan.engine import bench
 
-    return bench.run_matrix(
-        [bench.Variant.parse(v) for v in variants.split(",")], list(batches), [64],
-        ["translate"], reps=1, warmup=0, min_seconds=0, quick_peaks=True,
-        config_overrides=dict(attributes=small_config().attributes, g_width=8, e_width=4,
-                              latent_channels=8, spade_hidden=16, mapping_channels=16),
-        progress=False, **kw)
+    args = dict(reps=1, warmup=0, min_seconds=0, quick_peaks=True, progress=False,
+                config_overrides=dict(attributes=small_config().attributes, g_width=8,
+                                      e_width=4, latent_channels=8, spade_hidden=16,
+                                      mapping_channels=16))
+    return bench.run_matrix([bench.Variant.parse(v) for v in variants.split(",")],
+                            list(batches), [64], ["translate"], **dict(args, **kw))
 
 
 def test_bench_times_every_row_with_tf32_off(monkeypatch):
@@ -486,8 +481,8 @@ def test_bench_times_every_row_with_tf32_off(monkeypatch):
         assert tf32() == (True, True)
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
-    # four rows, then the baseline's two timed again at the end (``baseline_again``)
-    assert len(bench.measured(rows)) == 4 and flags == [(False, False)] * 6
+    # four rows, each over BENCH_ROUNDS rounds
+    assert len(bench.measured(rows)) == 4 and flags == [(False, False)] * 4 * BENCH_ROUNDS
 
 
 def _failing_at_batch_2(monkeypatch, exc: BaseException) -> None:
@@ -517,8 +512,8 @@ def test_bench_row_that_raises_is_skipped_and_rows_are_written_as_measured(tmp_p
     _failing_at_batch_2(monkeypatch, RuntimeError("kernel launch failed"))
     rows, _ = _bench("reference:float32,torch:float32", batches=(1, 2), out=tmp_path)
     got = [(r["variant"], str(r["batch"]), r["metric"]) for r in rows]
-    assert got == [("reference-float32", "1", "latency"), ("reference-float32", "2", "latency"),
-                   ("torch-float32", "1", "latency"), ("torch-float32", "2", "skipped")]
+    assert got == [("reference-float32", "1", "latency"), ("torch-float32", "1", "latency"),
+                   ("reference-float32", "2", "latency"), ("torch-float32", "2", "skipped")]
     assert rows[-1]["note"] == "RuntimeError: kernel launch failed"
     assert _csv_rows(tmp_path / PARTIAL_CSV) == got  # written during the run
 
@@ -533,8 +528,52 @@ def test_bench_interrupted_keeps_the_rows_measured_before(tmp_path, monkeypatch)
         _bench("reference:float32,torch:float32", batches=(1, 2), out=tmp_path)
     assert (tmp_path / "bench.csv").read_text() == "the last complete table\n"  # kept
     assert _csv_rows(tmp_path / PARTIAL_CSV) == [
-        ("reference-float32", "1", "latency"), ("reference-float32", "2", "latency"),
-        ("torch-float32", "1", "latency")]
+        ("reference-float32", "1", "latency"), ("torch-float32", "1", "latency")]
+
+
+def test_bench_times_the_variants_of_a_row_in_alternation(monkeypatch):
+    """Each row's timed calls are split over the rounds, every variant's share in each
+    round, the order rotated round to round (no variant always first, none always after the
+    same one); the warm-up calls before the first round, one before each later one; a
+    variant whose call fails in a round leaves the rotation with a skipped row."""
+    from bridgegan.engine import bench
+
+    order, engines = [], []
+    real_fn, real_time = bench._workload_fn, bench.time_calls
+
+    def workload_fn(eng, workload, batch, seed):
+        fn, n = real_fn(eng, workload, batch, seed)
+        if eng not in engines:
+            engines.append(eng)
+        tag = (engines.index(eng), n)
+
+        def call():
+            if tag == (2, 2) and sum(o[0] == tag for o in order) == 2:
+                raise RuntimeError("failed in its second round")
+            return fn()
+        call.tag = tag
+        return call, n
+
+    def time_calls(fn, dev, **kw):
+        order.append((fn.tag, kw))
+        return real_time(fn, dev, **kw)
+
+    monkeypatch.setattr(bench, "_workload_fn", workload_fn)
+    monkeypatch.setattr(bench, "time_calls", time_calls)
+    rows, peaks = _bench("reference:float32,torch:float32,torch:float32:-transposed_up",
+                         batches=(1, 2), reps=4, warmup=2, rounds=3)
+    first = [(0, 0, 2), (1, 0, 2), (2, 0, 2), (1, 1, 2), (2, 1, 2), (0, 1, 2), (2, 2, 2),
+             (0, 2, 2), (1, 2, 2)]  # (variant, round, reps): ceil(4 / 3) calls a round
+    assert [(t, kw["reps"]) for t, kw in order[:9]] == [((v, 1), r) for v, _, r in first]
+    assert [kw["warmup"] for _, kw in order[:9]] == [2, 2, 2, 1, 1, 1, 1, 1, 1]
+    # batch 2: variant 2 fails in its second round, the others go on in turn
+    assert [t for t, _ in order[9:]] == [(0, 2), (1, 2), (2, 2), (1, 2), (2, 2), (0, 2),
+                                         (0, 2), (1, 2)]
+    got = {(r["variant"], r["batch"]): r for r in rows}
+    assert got["torch-float32-no_transposed_up", 2]["note"] == (
+        "RuntimeError: failed in its second round")
+    assert all(r["samples"] == 6 for r in bench.measured(rows))
+    assert peaks["timer"] == dict(warmup=2, reps=4, min_seconds=0, rounds=3)
 
 
 def test_bench_rows_store_torchs_dtype_names_and_join_ratios_on_them():
@@ -597,7 +636,7 @@ def test_bench_parity_column_names_the_call_it_checked(tmp_path):
 
     rows, peaks = bench.run_matrix(
         [bench.Variant("torch", "float32")], [1, 2], [64], ["translate", "strip"], reps=2,
-        warmup=0, min_seconds=0, quick_peaks=True,
+        warmup=0, min_seconds=0, rounds=1, quick_peaks=True,
         config_overrides=dict(attributes=small_config().attributes, g_width=8, e_width=4,
                               latent_channels=8, spade_hidden=16, mapping_channels=16),
         progress=False)
@@ -609,7 +648,7 @@ def test_bench_parity_column_names_the_call_it_checked(tmp_path):
     for r in got.values():
         assert r["parity"] == f"{checked}; checked on translate at batch 1, not this call"
     assert all(r["samples"] == 2 for r in bench.measured(rows))
-    assert peaks["timer"] == dict(warmup=0, reps=2, min_seconds=0)
+    assert peaks["timer"] == dict(warmup=0, reps=2, min_seconds=0, rounds=1)
     bench.write_results(rows, peaks, tmp_path)
     with open(tmp_path / "bench.csv") as f:
         assert all(r["samples"] == "2" for r in csv.DictReader(f))

@@ -9,25 +9,29 @@ the wall seconds of the first call at that shape (what a user waits for: torch.c
 compilation, autotuning, cuDNN's algorithm search, CUDA-graph capture) and of building the
 variant's engine (``build_s``: the graph rewrite, an ONNX export, a TensorRT plan), both
 with whatever caches the machine holds (inductor's, Triton's, the ONNX and plan caches: a
-first run on a machine waits longer). After every variant of a size, the baselines'
-translate rows are timed once more (bench.json's ``baseline_again``: each p50 then and
-again): the run's drift, against which ratios of variants timed minutes apart are read.
-Results go to CSV + JSON, and a PNG plot.
+first run on a machine waits longer). At each resolution every variant is built and
+checked first; then each workload and call size is one row per variant, timed in
+alternation: ``rounds`` rounds, each variant's share of the timed calls in each, the
+order rotated each round (``_cell_rows``), so that the ratios between variants hold no
+drift of the machine over the run (clocks, heat, other load): ``spread``, a row's
+largest round median over its smallest, is what remains. Results go to CSV + JSON, and a
+PNG plot.
 
 Columns: ``dtype`` is torch's name of the dtype (``bf16`` and ``bfloat16`` are one dtype,
 ``auto`` is resolved), and the ratio columns join on it. Their baseline is the plain
 reference variant of that dtype (no ``cl`` / ``graphs`` / ``streams`` tag); a table with
-two of them for one dtype and cuDNN choice is refused. ``peak_mem_mb``: on CUDA, the peak
-allocated memory over the row's warm-up and timed calls (reset after its first call,
-whose cost is in ``first_call_s``); empty on the CPU, where the only cheap figure
-(ru_maxrss) is the process's running maximum over every row so far, not the row's, and
-for CUDA-graph rows, whose activations live in the graph's private pool, allocated once
-at capture: replays allocate nothing, so the figure would be the weights and the static
-inputs and outputs only.
+two of them for one dtype and cuDNN choice is refused. ``peak_mem_mb``: on CUDA, what the
+variant's build left allocated (weights, rewritten constants) plus the most its warm-up
+and timed calls allocate above what was allocated before them (after its first call,
+whose cost is in ``first_call_s``): the variant's own, though the other variants' engines
+are held beside it; empty on the CPU, where the only cheap figure (ru_maxrss) is the
+process's running maximum, not the row's, and for CUDA-graph rows, whose activations live
+in the graph's private pool, allocated once at capture: replays allocate nothing, so the
+figure would be the weights and the static inputs and outputs only.
 ``device`` names the GPU, or the CPU model with its matrix ISA extensions (CPU_FLAGS) and
 torch's thread count; ``commit`` ends in ``-dirty`` when the working tree differs from it.
-``samples``: the timed calls the row's percentiles come from (bench.json's ``timer`` holds
-the warm-up, reps and min_seconds asked for).
+``samples``: the timed calls the row's percentiles come from, over all its rounds
+(bench.json's ``timer`` holds the warm-up, reps, min_seconds and rounds asked for).
 
 Precision: every variant is built, checked and timed with TF32 off (``torch_flags.no_tf32``,
 as ``engine.parity`` checks it), so a float32 row is timed in float32, the precision its
@@ -60,8 +64,9 @@ device and back included). ``parity=False`` skips the check.
 Without a variant list, a device's default table (DEFAULT_VARIANTS) is measured; on the
 CPU it holds the reference, torch, onnxruntime and compile backends side by side. A
 variant or row that cannot run here (a backend not installed, out of memory, any error
-its calls raise) is a ``skipped`` row whose note says why, and the other rows go on.
-Given an output folder (``run_matrix(out=...)``), each row goes to its bench.partial.csv as
+its calls raise) is a ``skipped`` row whose note says why, and the other rows go on (the
+variants of a resolution are held at once: a table the device's memory cannot hold, run in
+parts). Given an output folder (``run_matrix(out=...)``), each row goes to its bench.partial.csv as
 soon as it is measured (header first, flushed), so a run killed part-way keeps what it
 measured beside the last complete table; ``write_results`` then writes the final CSV (with
 the ratio columns) and JSON atomically and removes the partial file.
@@ -95,13 +100,13 @@ from . import roofline
 from .backends import AUTO, BACKENDS, BackendUnavailable
 from .engine import Engine, backend_dtype, cpu_info, engine_device
 from .graph import Rewrites
-from .options import (BENCH_MIN_SECONDS, BENCH_SAMPLES, MAX_SAMPLES, VARIANT_FORM, VARIANT_TAGS,
-                      WORKLOADS)
+from .options import (BENCH_MIN_SECONDS, BENCH_ROUNDS, BENCH_SAMPLES, MAX_SAMPLES, VARIANT_FORM,
+                      VARIANT_TAGS, WORKLOADS)
 from .parity import compare, parity_inputs, reference_translation
 
 PARTIAL_CSV = "bench.partial.csv"  # the rows of a run in progress (or killed), as measured
 FIELDS = ["what", "backend", "dtype", "batch", "resolution", "metric", "unit", "p50", "p20",
-          "p80", "samples", "images_per_s", "peak_mem_mb", "vs_reference_fp32",
+          "p80", "samples", "spread", "images_per_s", "peak_mem_mb", "vs_reference_fp32",
           "vs_reference_same_dtype", "roofline_share", "gflop_per_image", "first_call_s",
           "build_s", "variant", "parity", "note", "device", "torch", "triton", "commit", "date"]
 # The table measured when no variants are given, per device type. CPU: the backends side
@@ -225,20 +230,37 @@ def libraries(device: torch.device) -> dict:
     return found
 
 
-def _peak_mb(device: torch.device) -> float | str:
-    """CUDA: the peak allocated MiB since the last reset. CPU: empty, as the only cheap
-    figure, ru_maxrss, is the process's running maximum over every row so far."""
-    if device.type == "cuda":
-        return round(torch.cuda.max_memory_allocated(device) / 2 ** 20, 1)
-    return ""
+def _allocated(device: torch.device) -> int:
+    """CUDA: the bytes allocated now (after the queued work); 0 on the CPU."""
+    if device.type != "cuda":
+        return 0
+    synchronize(device)
+    return torch.cuda.memory_allocated(device)
+
+
+def _images(cfg: BridgeGANConfig, workload: str, batch: int) -> int:
+    """The images a ``workload`` call asked for at ``batch`` makes: a samples call makes
+    BENCH_SAMPLES per source; a strip's length is clamped to what edit_strip makes, from
+    the reconstruction and the flips alone to MAX_SAMPLES samples more."""
+    if workload in ("translate", "reference"):
+        return batch
+    if workload == "samples":
+        return max(1, batch // BENCH_SAMPLES) * BENCH_SAMPLES
+    return 1 + cfg.n_attrs + _strip_samples(cfg, batch)
+
+
+def _strip_samples(cfg: BridgeGANConfig, batch: int) -> int:
+    return min(max(batch - 1 - cfg.n_attrs, 0), MAX_SAMPLES)
 
 
 def _workload_fn(eng: Engine, workload: str, batch: int, seed: int):
+    """(a call of ``workload`` at ``batch`` on seeded inputs, the images it makes)."""
     cfg = eng.config
     gen = torch.Generator().manual_seed(seed)
     rows = (batch if workload in ("translate", "reference")
             else max(1, batch // BENCH_SAMPLES) if workload == "samples"
             else 1)  # a strip: one source
+    n = _images(cfg, workload, batch)
     shape = (rows, 3, cfg.image_size, cfg.image_size)
     x = (torch.rand(shape, generator=gen) * 2 - 1).to(eng.device)
     refs = (torch.rand(shape, generator=gen) * 2 - 1).to(eng.device)
@@ -247,19 +269,15 @@ def _workload_fn(eng: Engine, workload: str, batch: int, seed: int):
     ys = torch.randint(0, 2, (rows, cfg.n_attrs), generator=gen).float()
     noise = torch.randn(rows, cfg.noise_dim, generator=gen)
     if workload == "translate":
-        return lambda: eng.translate(x, 1 - ys, noise=noise, source=ys), batch
+        return lambda: eng.translate(x, 1 - ys, noise=noise, source=ys), n
     if workload == "reference":
-        return lambda: eng.translate_reference(x, refs, source=ys, reference_labels=1 - ys), batch
+        return lambda: eng.translate_reference(x, refs, source=ys, reference_labels=1 - ys), n
     if workload == "samples":
         # seed None: one randn for the noise (seeds cost a generator each per call; the
         # translate rows get their noise before the call)
-        return (lambda: eng.translate_samples(x, 1 - ys, BENCH_SAMPLES, seed=None, source=ys),
-                rows * BENCH_SAMPLES)
-    # strip or strip_nocache (run_matrix refuses other names): the batch is the strip's
-    # length, from the reconstruction and the flips alone to MAX_SAMPLES samples more
-    samples = min(max(batch - 1 - cfg.n_attrs, 0), MAX_SAMPLES)
-    n = 1 + cfg.n_attrs + samples
-    cache = workload == "strip"
+        return lambda: eng.translate_samples(x, 1 - ys, BENCH_SAMPLES, seed=None, source=ys), n
+    # strip or strip_nocache (run_matrix refuses other names)
+    samples, cache = _strip_samples(cfg, batch), workload == "strip"
     return lambda: eng.edit_strip(x[:1], samples=samples, source=ys[:1], cache=cache), n
 
 
@@ -357,28 +375,40 @@ def _model(res: int, checkpoint: str | None, config_overrides: dict | None) -> B
     return load_checkpoint(checkpoint)
 
 
-def _engine(model: BridgeGAN, v: Variant, dev: torch.device,
-            case) -> tuple[Engine, float, str, dict]:
-    """The variant's engine, the seconds it took to build, its parity verdict against
-    ``case`` (inputs, the float64 reference's output; None: not checked) and
-    {(workload, images): seconds} of the first call parity made. Raises ValueError when
-    parity fails."""
+@dataclass
+class _Ready:
+    """A variant's engine, built and checked, with what its rows carry."""
+    engine: Engine
+    base: dict  # the columns every row of the variant carries, build_s included
+    verdict: str  # parity's
+    checked: tuple[str, int] | None  # the (workload, images) call parity made
+    first_calls: dict  # {(workload, images): seconds} of the calls parity made
+    resident: int  # CUDA bytes its build left allocated (weights, rewritten constants)
+    cuda_graphs: bool
+
+
+def _ready(model: BridgeGAN, v: Variant, dev: torch.device, case, base: dict) -> _Ready:
+    """The variant's engine, its build timed, checked against ``case`` (inputs, the float64
+    reference's output; None: not checked). Raises ValueError when parity fails."""
+    before = _allocated(dev)
     t0 = time.perf_counter()
     eng = Engine(model, backend=v.backend, dtype=v.dtype, device=dev,
                  channels_last=v.channels_last, cuda_graphs=v.cuda_graphs,
                  cudnn_benchmark=False if v.heuristics else None, streams=v.streams,
                  rewrites=v.rewrites)
     synchronize(dev)
-    built = round(time.perf_counter() - t0, 3)
+    base = dict(base, build_s=round(time.perf_counter() - t0, 3))
+    resident = _allocated(dev) - before
     if case is None:
-        return eng, built, "not checked", {}
+        return _Ready(eng, base, "not checked", None, {}, resident, v.cuda_graphs)
     inputs, want = case
     p = compare(eng, inputs, want)
     verdict = f"max abs {p['max_abs']:.1e}, PSNR {p['psnr_db']:.1f} dB ({p['limit']})"
     if not p["ok"]:
         raise ValueError(f"parity failed against the float64 reference: {verdict}; "
                          "speed not reported")
-    return eng, built, verdict, {("translate", len(inputs[0])): p["seconds"]}
+    call = ("translate", len(inputs[0]))
+    return _Ready(eng, base, verdict, call, {call: p["seconds"]}, resident, v.cuda_graphs)
 
 
 def _row_parity(verdict: str, checked: tuple[str, int] | None, call: tuple[str, int]) -> str:
@@ -390,20 +420,12 @@ def _row_parity(verdict: str, checked: tuple[str, int] | None, call: tuple[str, 
     return f"{verdict}; checked on {checked[0]} at batch {checked[1]}, not this call"
 
 
-def _measure(fn, dev: torch.device, first: float | None,
-             timer: dict) -> tuple[list[float], float, float | str]:
-    """(milliseconds of each timed call, the first call's seconds, peak MiB) of one row:
-    the first call (unless parity made it: ``first``, its seconds), the CUDA peak reset,
-    then ``time_calls`` (warm-up and timed calls), so the peak is the steady state's."""
-    if first is None:
-        t0 = time.perf_counter()
-        fn()
-        synchronize(dev)
-        first = time.perf_counter() - t0
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
-    ms = [1e3 * t for t in time_calls(fn, dev, **timer)]
-    return ms, first, _peak_mb(dev)
+def _first_call(fn, dev: torch.device) -> float:
+    """Seconds of one call of ``fn``, its queued work included."""
+    t0 = time.perf_counter()
+    fn()
+    synchronize(dev)
+    return time.perf_counter() - t0
 
 
 def _latency(ms: list[float], n: int, flop: float, first: float, peak: float | str,
@@ -420,40 +442,57 @@ def _latency(ms: list[float], n: int, flop: float, first: float, peak: float | s
                 gflop_per_image=round(flop / 1e9, 3), first_call_s=round(first, 3))
 
 
-def _variant_rows(model: BridgeGAN, v: Variant, dev: torch.device, case, batches: list[int],
-                  workloads: list[str], timer: dict, peaks: dict, env: dict, bar):
-    """The rows of one variant on ``model``: one ``skipped`` row when it cannot be built or
-    fails parity, else one per workload and call size (``skipped`` where its calls raise)."""
-    cfg = model.config
-    base = dict(backend=v.backend, dtype=v.resolved_dtype(dev),
-                resolution=cfg.image_size, variant=v.name, **env)
-    try:
-        eng, built, verdict, first_calls = _engine(model, v, dev, case)
-    except Exception as exc:
-        bar.update(len(workloads) * len(batches))
-        yield dict(base, what="all", batch="", metric="skipped", note=_why(exc))
-        return
-    checked = next(iter(first_calls), None)  # the (workload, images) call parity made
-    sizes_done = set()  # (workload, images per call) already measured
-    for workload in workloads:
-        for batch in batches:
-            bar.set_postfix_str(f"{cfg.image_size}px {v.name} {workload} b{batch}")
-            fn, n = _workload_fn(eng, workload, batch, seed=batch)
-            if (workload, n) not in sizes_done:  # strips clamped to one length share it
-                sizes_done.add((workload, n))
-                row = dict(base, what=workload, batch=n, build_s=built)
-                try:
-                    ms, first, peak = _measure(fn, dev, first_calls.pop((workload, n), None),
-                                               timer)
-                except Exception as exc:
-                    row.update(metric="skipped", note=_why(exc))
-                else:
-                    peak = "" if v.cuda_graphs else peak  # the graph pool is not counted
-                    row.update(_latency(ms, n, _flops_per_image(cfg, workload, n), first, peak,
-                                        peaks["matmul_flops_by_dtype"][base["dtype"]]),
-                               parity=_row_parity(verdict, checked, (workload, n)))
-                yield row
-            bar.update()
+def _cell_rows(ready: list[_Ready], workload: str, batch: int, dev: torch.device,
+               timer: dict, rounds: int, peaks: dict) -> list[dict]:
+    """One row per ready variant for ``workload`` at ``batch``: each variant's first call
+    (unless parity made it), then ``rounds`` rounds in which every variant, in an order
+    rotated each round, runs its share of the timed calls (``--reps`` and ``--min-seconds``
+    split over the rounds; the warm-up calls before the first round, one more before each
+    later one: the other variants' calls took the caches). The variants of a row are so
+    timed in alternation, seconds apart: their ratios do not hold the machine's drift over
+    a run. A variant whose calls raise gets a ``skipped`` row and leaves the rotation."""
+    cfg = ready[0].engine.config
+    n = _images(cfg, workload, batch)
+    rows = [dict(r.base, what=workload, batch=n) for r in ready]
+    fns, first, ms, extra = {}, {}, {}, {}
+    for i, r in enumerate(ready):
+        try:
+            fns[i], _ = _workload_fn(r.engine, workload, batch, seed=batch)
+            made = r.first_calls.pop((workload, n), None)
+            first[i] = _first_call(fns[i], dev) if made is None else made
+        except Exception as exc:
+            rows[i].update(metric="skipped", note=_why(exc))
+            fns.pop(i, None)
+    share = dict(reps=-(-timer["reps"] // rounds), min_seconds=timer["min_seconds"] / rounds)
+    for k in range(rounds):
+        live = list(fns)
+        turn = k % max(len(live), 1)
+        for i in live[turn:] + live[:turn]:
+            before = _allocated(dev)
+            if dev.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(dev)
+            try:
+                times = time_calls(fns[i], dev, warmup=timer["warmup"] if k == 0
+                                   else min(timer["warmup"], 1), **share)
+            except Exception as exc:
+                rows[i].update(metric="skipped", note=_why(exc))
+                del fns[i]
+                continue
+            if dev.type == "cuda":
+                extra[i] = max(extra.get(i, 0), torch.cuda.max_memory_allocated(dev) - before)
+            ms.setdefault(i, []).append([1e3 * t for t in times])
+    for i in fns:
+        r, medians = ready[i], [float(np.median(m)) for m in ms[i]]
+        # CUDA: the engine's own memory and the most its calls allocate above what was
+        # there before them; not for graph rows, whose activations live in the graph's pool
+        peak = ("" if dev.type != "cuda" or r.cuda_graphs
+                else round((r.resident + extra[i]) / 2 ** 20, 1))
+        rows[i].update(_latency([t for m in ms[i] for t in m], n,
+                                _flops_per_image(cfg, workload, n), first[i], peak,
+                                peaks["matmul_flops_by_dtype"][r.base["dtype"]]),
+                       spread=round(max(medians) / min(medians), 3) if rounds > 1 else "",
+                       parity=_row_parity(r.verdict, r.checked, (workload, n)))
+    return rows
 
 
 def roofline_peaks(variants: list[Variant], dev: torch.device, quick: bool = False,
@@ -474,13 +513,16 @@ def roofline_peaks(variants: list[Variant], dev: torch.device, quick: bool = Fal
 def run_matrix(variants: list[Variant] | None, batches: list[int], resolutions: list[int],
                workloads: list[str], device: str = "cpu", checkpoint: str | None = None,
                warmup: int = 2, reps: int = 10, min_seconds: float = BENCH_MIN_SECONDS,
-               quick_peaks: bool = False,
+               rounds: int = BENCH_ROUNDS, quick_peaks: bool = False,
                config_overrides: dict | None = None, progress: bool = True,
                parity: bool = True, out: str | Path | None = None) -> tuple[list[dict], dict]:
     """Measure every combination (``variants`` None: the device's default table); returns
-    (rows, peaks). A variant that cannot run, or fails parity, gives one ``skipped`` row
-    per resolution. ``out``: a folder whose bench.csv gets each row as it is measured
-    (``write_results`` then replaces it with the rows and their ratios)."""
+    (rows, peaks). At each resolution every variant is built and checked first (held at
+    once: their weights, caches and graph pools), then each workload and size is timed
+    for all of them in alternation, over ``rounds`` rounds (``_cell_rows``). A variant
+    that cannot run, or fails parity, gives one ``skipped`` row per resolution. ``out``: a
+    folder whose bench.partial.csv gets each row as it is measured (``write_results`` then
+    writes the rows and their ratios)."""
     from tqdm import tqdm
 
     dev = engine_device(device)
@@ -488,6 +530,8 @@ def run_matrix(variants: list[Variant] | None, batches: list[int], resolutions: 
     unknown = [w for w in workloads if w not in WORKLOADS]
     if unknown:
         raise ValueError(f"unknown workload {unknown[0]!r}; workloads: {', '.join(WORKLOADS)}")
+    if rounds < 1:
+        raise ValueError(f"rounds must be at least 1, got {rounds}")
     # one row per (variant, batch): plot() refuses a line through two rows at one batch,
     # so repeats are refused here, before anything is timed
     names = [v.name for v in variants]
@@ -506,55 +550,47 @@ def run_matrix(variants: list[Variant] | None, batches: list[int], resolutions: 
         peaks = roofline_peaks(variants, dev, quick=quick_peaks)
     peaks.update(env)
     timer = dict(warmup=warmup, reps=reps, min_seconds=min_seconds)
-    peaks["timer"] = dict(timer)  # how many calls each row's percentiles come from
+    peaks["timer"] = dict(timer, rounds=rounds)  # how each row's timed calls were made
     rows: list[dict] = []
-    again = sum(_is_baseline(v.name) for v in variants) * ("translate" in workloads)
-    bar = tqdm(total=len(resolutions) * (len(variants) * len(workloads) + again) * len(batches),
-               disable=not progress, desc="bench", unit="row")
-    with _streamed(out) as stream:
+    bar = tqdm(total=len(resolutions) * (len(variants) + len(workloads) * len(batches)),
+               disable=not progress, desc="bench", unit="step")
+    # timed as parity checked it: float32 means float32
+    with _streamed(out) as stream, no_tf32():
         for res in resolutions:
             model = _model(res, checkpoint, config_overrides)
             case = None
             if parity:
                 inputs = parity_inputs(model.config, min(batches))
                 case = inputs, reference_translation(model, dev, inputs)
+            ready = []
             for v in variants:
-                with no_tf32():  # timed as parity checked it: float32 means float32
-                    for row in _variant_rows(model, v, dev, case, batches, workloads, timer,
-                                             peaks, env, bar):
-                        rows.append(row)
-                        stream(row)
-            peaks.setdefault("baseline_again", []).extend(
-                _baseline_again(model, variants, dev, rows, batches, timer, peaks, env, bar))
+                bar.set_postfix_str(f"{res}px building {v.name}")
+                base = dict(backend=v.backend, dtype=v.resolved_dtype(dev), resolution=res,
+                            variant=v.name, **env)
+                try:
+                    ready.append(_ready(model, v, dev, case, base))
+                except Exception as exc:
+                    rows.append(dict(base, what="all", batch="", metric="skipped",
+                                     note=_why(exc)))
+                    stream(rows[-1])
+                bar.update()
+            sizes_done = set()  # strips clamped to one length share it
+            for workload in workloads:
+                for batch in batches:
+                    n = _images(model.config, workload, batch)
+                    if ready and (workload, n) not in sizes_done:
+                        sizes_done.add((workload, n))
+                        bar.set_postfix_str(f"{res}px {workload} b{n}")
+                        for row in _cell_rows(ready, workload, batch, dev, timer, rounds, peaks):
+                            rows.append(row)
+                            stream(row)
+                    bar.update()
+            del ready  # this resolution's engines freed before the next one's
     bar.close()
     peaks.update(load, load_1min_at_end=round(threads.load_average(), 2),
                  libraries=libraries(dev))
     _add_ratios(rows)
     return rows, peaks
-
-
-def _baseline_again(model: BridgeGAN, variants: list[Variant], dev: torch.device,
-                    rows: list[dict], batches: list[int], timer: dict, peaks: dict,
-                    env: dict, bar) -> list[dict]:
-    """The baselines' translate rows at ``model``'s size timed once more after every other
-    variant: how far the machine drifted over the run (clocks, heat, other load), the
-    noise against which the ratios between variants timed minutes apart are read."""
-    res = model.config.image_size
-    first = {(r["variant"], r["batch"]): r["p50"] for r in measured(rows)
-             if r["what"] == "translate" and r["resolution"] == res and _is_baseline(r["variant"])}
-    again = []
-    for v in variants:
-        if not any(name == v.name for name, _ in first):
-            continue
-        with no_tf32():
-            for r in _variant_rows(model, v, dev, None, batches, ["translate"], timer, peaks,
-                                   env, bar):
-                key = (r["variant"], r["batch"])
-                if r["metric"] == "latency" and key in first:
-                    again.append(dict(variant=key[0], resolution=res, batch=key[1],
-                                      p50=first[key], p50_again=r["p50"],
-                                      ratio=round(r["p50"] / first[key], 3)))
-    return again
 
 
 def measured(rows: list[dict]) -> list[dict]:

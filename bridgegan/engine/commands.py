@@ -118,7 +118,7 @@ def translate(args: argparse.Namespace) -> int:
 
 
 def bench(args: argparse.Namespace) -> int:
-    from .bench import Variant, format_table, run_matrix, write_results
+    from .bench import Variant, format_table, measured, run_matrix, write_results
 
     check_writable_folder(args.out)
     variants = [Variant.parse(v) for v in args.variants.split(",")] if args.variants else None
@@ -131,15 +131,15 @@ def bench(args: argparse.Namespace) -> int:
     rows, peaks = run_matrix(
         variants, args.batches, resolutions, args.workloads.split(","),
         device=args.device, checkpoint=args.checkpoint, warmup=args.warmup, reps=args.reps,
-        min_seconds=args.min_seconds, parity=args.parity, out=args.out)
+        min_seconds=args.min_seconds, rounds=args.rounds, parity=args.parity, out=args.out)
     print(f"peaks on {peaks['device']}: matmul {peaks['matmul_flops'] / 1e12:.2f} TFLOP/s "
           f"({peaks['matmul_dtype']}), copy {peaks['copy_bytes_per_s'] / 1e9:.1f} GB/s")
     print(format_table(rows))
-    drift = [r["ratio"] for r in peaks["baseline_again"]]
-    if drift:
-        print(f"the reference timed again at the end: p50 x{min(drift):.2f} to "
-              f"x{max(drift):.2f} its first timing; differences between variants within "
-              f"that drift are not resolved by this run")
+    spread = [r["spread"] for r in measured(rows) if r["spread"] != ""]
+    if spread:
+        print(f"the variants of a row were timed in alternation over {args.rounds} rounds; a "
+              f"row's round medians differ by up to x{max(spread):.2f} (its `spread`): "
+              f"differences between variants within that are not resolved by this run")
     files = write_results(rows, peaks, args.out)
     print("wrote " + ", ".join(str(f) for f in files))
     return 0

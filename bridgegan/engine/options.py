@@ -23,6 +23,9 @@ BENCH_SAMPLES = 4  # the samples workload's noise samples per source
 # the least seconds of timed calls a bench row takes, whatever its reps: a GPU's batch-1
 # row of 10 calls spans about 10 ms
 BENCH_MIN_SECONDS = 0.2
+# the rounds over which a bench row's timed calls are split, the variants of a row timed in
+# alternation (bench._cell_rows)
+BENCH_ROUNDS = 3
 
 
 def check_sample_seeds(seed: int, samples: int, what: str = "seed") -> None:
