@@ -46,6 +46,7 @@ import argparse
 import csv
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -82,6 +83,7 @@ GPU_TESTS = ["tests/test_parity_matrix.py", "tests/test_engine.py", "tests/test_
              "tests/test_conv_act.py",
              "tests/test_export.py::test_tensorrt_plan_matches_the_reference"]
 CACHE = ROOT / ".cache"  # inductor and Triton caches, carried between device calls
+PROGRESS = re.compile(r"\|\s*\d+/\d+ \[")  # a tqdm bar's refresh ("| 2/3 [00:01<..."): not printed
 
 
 def stages(work: Path, dry: bool) -> list[tuple[str, list[str], int]]:
@@ -132,7 +134,7 @@ def stages(work: Path, dry: bool) -> list[tuple[str, list[str], int]]:
                                    "torch:float32,torch:float32:-transposed_up" if dry else ABLATION,
                                    "--batches", "1" if dry else "64", "--resolutions", res,
                                    "--workloads", "translate", "--out", str(work / "ablation")]
-                # ten variants, 2 timed calls a round each: the stage near a minute
+                # ten variants, 0.2 s of calls a row each: the stage near a minute
                 + (reps if dry else ["--reps", "5", "--warmup", "1"]), 100))
     # -m gpu: the tests marked so (a CPU run collects and skips them)
     out.append(("gpu_tests", [py, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
@@ -207,7 +209,7 @@ def _run(plan, wanted: list[str], work: Path, out: Path, dry_run: bool) -> int:
             seconds = round(time.perf_counter() - t0, 1)
             log.write(f"\n== {name}: status {status}, {seconds} s\n")
             log.flush()
-            tail = "\n".join(l for l in text.splitlines() if "it/s]" not in l and "row/s" not in l)
+            tail = "\n".join(l for l in text.splitlines() if not PROGRESS.search(l))
             print(tail[-2500:])
             print(f"== {name}: status {status} in {seconds} s", flush=True)
             results.append({"stage": name, "status": status, "seconds": seconds})

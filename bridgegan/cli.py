@@ -104,15 +104,15 @@ def _bench_options(p: argparse.ArgumentParser) -> None:
                    help="untimed calls before each row's first round, one more before each "
                         "later round where > 0 (default: %(default)s)")
     p.add_argument("--reps", type=positive_int, default=10,
-                   help="timed calls per row, >= 1, split over the rounds (default: "
+                   help="timed calls per row, >= 1: ceil(reps / rounds) a round (default: "
                         "%(default)s)")
     p.add_argument("--min-seconds", type=non_negative_float,
                    default=engine_options.BENCH_MIN_SECONDS,
                    help="time each row at least this many seconds, whatever --reps, split "
                         "over the rounds (a finite number >= 0; default: %(default)s)")
     p.add_argument("--rounds", type=positive_int, default=engine_options.BENCH_ROUNDS,
-                   help="rounds per row, the variants timed in alternation, each round's "
-                        "order rotated (>= 1; default: %(default)s)")
+                   help="rounds per row, the variants timed in alternation, the order "
+                        "rotated each round (>= 1; default: %(default)s)")
     p.add_argument("--no-parity", dest="parity", action="store_false",
                    help="skip the check of each variant against the float64 reference before "
                         "it is timed (a variant that fails it gets no speed)")

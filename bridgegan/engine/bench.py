@@ -21,10 +21,10 @@ Columns: ``dtype`` is torch's name of the dtype (``bf16`` and ``bfloat16`` are o
 ``auto`` is resolved), and the ratio columns join on it. Their baseline is the plain
 reference variant of that dtype (no ``cl`` / ``graphs`` / ``streams`` tag); a table with
 two of them for one dtype and cuDNN choice is refused. ``peak_mem_mb``: on CUDA, what the
-variant's build left allocated (weights, rewritten constants) plus the most its warm-up
-and timed calls allocate above what was allocated before them (after its first call,
-whose cost is in ``first_call_s``): the variant's own, though the other variants' engines
-are held beside it; empty on the CPU, where the only cheap figure (ru_maxrss) is the
+variant's build left allocated (weights, rewritten constants), the row's inputs and what
+its first call keeps (that call's own peak is not counted; its time is ``first_call_s``),
+plus the most its warm-up and timed calls allocate above that: the variant's own, though
+the other variants' engines are held beside it; empty on the CPU, where the only cheap figure (ru_maxrss) is the
 process's running maximum, not the row's, and for CUDA-graph rows, whose activations live
 in the graph's private pool, allocated once at capture: replays allocate nothing, so the
 figure would be the weights and the static inputs and outputs only.
@@ -66,9 +66,10 @@ CPU it holds the reference, torch, onnxruntime and compile backends side by side
 variant or row that cannot run here (a backend not installed, out of memory, any error
 its calls raise) is a ``skipped`` row whose note says why, and the other rows go on (the
 variants of a resolution are held at once: a table the device's memory cannot hold, run in
-parts). Given an output folder (``run_matrix(out=...)``), each row goes to its bench.partial.csv as
-soon as it is measured (header first, flushed), so a run killed part-way keeps what it
-measured beside the last complete table; ``write_results`` then writes the final CSV (with
+parts). Given an output folder (``run_matrix(out=...)``), the rows go to its bench.partial.csv as
+soon as they are measured (header first, flushed: a variant skipped at its build at once,
+the others' when their workload and size has been timed for every variant), so a run
+killed part-way keeps what it measured beside the last complete table; ``write_results`` then writes the final CSV (with
 the ratio columns) and JSON atomically and removes the partial file.
 """
 from __future__ import annotations
@@ -238,47 +239,50 @@ def _allocated(device: torch.device) -> int:
     return torch.cuda.memory_allocated(device)
 
 
-def _images(cfg: BridgeGANConfig, workload: str, batch: int) -> int:
-    """The images a ``workload`` call asked for at ``batch`` makes: a samples call makes
-    BENCH_SAMPLES per source; a strip's length is clamped to what edit_strip makes, from
-    the reconstruction and the flips alone to MAX_SAMPLES samples more."""
+def _sources(workload: str, batch: int) -> int:
+    """The source images of a ``workload`` call asked for at ``batch``: a samples call
+    makes BENCH_SAMPLES images of each, a strip is one source's."""
     if workload in ("translate", "reference"):
         return batch
-    if workload == "samples":
-        return max(1, batch // BENCH_SAMPLES) * BENCH_SAMPLES
-    return 1 + cfg.n_attrs + _strip_samples(cfg, batch)
+    return max(1, batch // BENCH_SAMPLES) if workload == "samples" else 1
 
 
 def _strip_samples(cfg: BridgeGANConfig, batch: int) -> int:
+    """A strip's noise samples at ``batch``: its length clamped to what edit_strip makes,
+    from the reconstruction and the flips alone to MAX_SAMPLES samples more."""
     return min(max(batch - 1 - cfg.n_attrs, 0), MAX_SAMPLES)
 
 
+def _images(cfg: BridgeGANConfig, workload: str, batch: int) -> int:
+    """The images a ``workload`` call asked for at ``batch`` makes (a row's batch)."""
+    if workload.startswith("strip"):
+        return 1 + cfg.n_attrs + _strip_samples(cfg, batch)
+    return _sources(workload, batch) * (BENCH_SAMPLES if workload == "samples" else 1)
+
+
 def _workload_fn(eng: Engine, workload: str, batch: int, seed: int):
-    """(a call of ``workload`` at ``batch`` on seeded inputs, the images it makes)."""
+    """A call of ``workload`` at ``batch`` (``_images`` says what it makes) on seeded
+    inputs."""
     cfg = eng.config
     gen = torch.Generator().manual_seed(seed)
-    rows = (batch if workload in ("translate", "reference")
-            else max(1, batch // BENCH_SAMPLES) if workload == "samples"
-            else 1)  # a strip: one source
-    n = _images(cfg, workload, batch)
-    shape = (rows, 3, cfg.image_size, cfg.image_size)
+    shape = (_sources(workload, batch), 3, cfg.image_size, cfg.image_size)
     x = (torch.rand(shape, generator=gen) * 2 - 1).to(eng.device)
     refs = (torch.rand(shape, generator=gen) * 2 - 1).to(eng.device)
     # labels and noise in host memory, as callers pass them: the engine checks them there
     # (a device tensor would be copied back for its checks)
-    ys = torch.randint(0, 2, (rows, cfg.n_attrs), generator=gen).float()
-    noise = torch.randn(rows, cfg.noise_dim, generator=gen)
+    ys = torch.randint(0, 2, (shape[0], cfg.n_attrs), generator=gen).float()
+    noise = torch.randn(shape[0], cfg.noise_dim, generator=gen)
     if workload == "translate":
-        return lambda: eng.translate(x, 1 - ys, noise=noise, source=ys), n
+        return lambda: eng.translate(x, 1 - ys, noise=noise, source=ys)
     if workload == "reference":
-        return lambda: eng.translate_reference(x, refs, source=ys, reference_labels=1 - ys), n
+        return lambda: eng.translate_reference(x, refs, source=ys, reference_labels=1 - ys)
     if workload == "samples":
         # seed None: one randn for the noise (seeds cost a generator each per call; the
         # translate rows get their noise before the call)
-        return lambda: eng.translate_samples(x, 1 - ys, BENCH_SAMPLES, seed=None, source=ys), n
+        return lambda: eng.translate_samples(x, 1 - ys, BENCH_SAMPLES, seed=None, source=ys)
     # strip or strip_nocache (run_matrix refuses other names)
     samples, cache = _strip_samples(cfg, batch), workload == "strip"
-    return lambda: eng.edit_strip(x[:1], samples=samples, source=ys[:1], cache=cache), n
+    return lambda: eng.edit_strip(x[:1], samples=samples, source=ys[:1], cache=cache)
 
 
 def _flops_per_image(cfg: BridgeGANConfig, workload: str, n: int) -> float:
@@ -445,29 +449,34 @@ def _latency(ms: list[float], n: int, flop: float, first: float, peak: float | s
 def _cell_rows(ready: list[_Ready], workload: str, batch: int, dev: torch.device,
                timer: dict, rounds: int, peaks: dict) -> list[dict]:
     """One row per ready variant for ``workload`` at ``batch``: each variant's first call
-    (unless parity made it), then ``rounds`` rounds in which every variant, in an order
-    rotated each round, runs its share of the timed calls (``--reps`` and ``--min-seconds``
-    split over the rounds; the warm-up calls before the first round, one more before each
-    later one: the other variants' calls took the caches). The variants of a row are so
-    timed in alternation, seconds apart: their ratios do not hold the machine's drift over
-    a run. A variant whose calls raise gets a ``skipped`` row and leaves the rotation."""
+    (unless parity made it), then ``rounds`` rounds in which every variant runs its share of
+    the timed calls (ceil(reps / rounds) calls and min_seconds / rounds a round; the warm-up
+    calls before the first round, one more before each later one: the other variants'
+    calls took the caches), the order rotated each round and reversed every other one (no
+    variant always first, and none always after the same one where there are more than
+    two). The variants of a row are so timed in alternation, seconds apart: their ratios
+    do not hold the machine's drift over a run. A variant whose calls raise gets a
+    ``skipped`` row and leaves the rotation."""
     cfg = ready[0].engine.config
     n = _images(cfg, workload, batch)
     rows = [dict(r.base, what=workload, batch=n) for r in ready]
-    fns, first, ms, extra = {}, {}, {}, {}
+    fns, first, held, ms, extra = {}, {}, {}, {}, {}
     for i, r in enumerate(ready):
+        before = _allocated(dev)
         try:
-            fns[i], _ = _workload_fn(r.engine, workload, batch, seed=batch)
+            fns[i] = _workload_fn(r.engine, workload, batch, seed=batch)
             made = r.first_calls.pop((workload, n), None)
             first[i] = _first_call(fns[i], dev) if made is None else made
         except Exception as exc:
             rows[i].update(metric="skipped", note=_why(exc))
             fns.pop(i, None)
+        held[i] = _allocated(dev) - before  # its inputs, and what its first call keeps
     share = dict(reps=-(-timer["reps"] // rounds), min_seconds=timer["min_seconds"] / rounds)
     for k in range(rounds):
         live = list(fns)
         turn = k % max(len(live), 1)
-        for i in live[turn:] + live[:turn]:
+        order = live[turn:] + live[:turn]
+        for i in order[::-1] if k % 2 else order:
             before = _allocated(dev)
             if dev.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(dev)
@@ -483,10 +492,11 @@ def _cell_rows(ready: list[_Ready], workload: str, batch: int, dev: torch.device
             ms.setdefault(i, []).append([1e3 * t for t in times])
     for i in fns:
         r, medians = ready[i], [float(np.median(m)) for m in ms[i]]
-        # CUDA: the engine's own memory and the most its calls allocate above what was
-        # there before them; not for graph rows, whose activations live in the graph's pool
+        # CUDA: the engine's own memory, its inputs and the most its calls allocate above
+        # what was there before them (the other variants' engines are held beside it); not
+        # for graph rows, whose activations live in the graph's pool
         peak = ("" if dev.type != "cuda" or r.cuda_graphs
-                else round((r.resident + extra[i]) / 2 ** 20, 1))
+                else round((r.resident + held[i] + extra[i]) / 2 ** 20, 1))
         rows[i].update(_latency([t for m in ms[i] for t in m], n,
                                 _flops_per_image(cfg, workload, n), first[i], peak,
                                 peaks["matmul_flops_by_dtype"][r.base["dtype"]]),
@@ -521,8 +531,8 @@ def run_matrix(variants: list[Variant] | None, batches: list[int], resolutions: 
     once: their weights, caches and graph pools), then each workload and size is timed
     for all of them in alternation, over ``rounds`` rounds (``_cell_rows``). A variant
     that cannot run, or fails parity, gives one ``skipped`` row per resolution. ``out``: a
-    folder whose bench.partial.csv gets each row as it is measured (``write_results`` then
-    writes the rows and their ratios)."""
+    folder whose bench.partial.csv gets the rows as they are measured (``write_results``
+    then writes the rows and their ratios)."""
     from tqdm import tqdm
 
     dev = engine_device(device)

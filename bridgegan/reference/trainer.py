@@ -57,7 +57,8 @@ class Trainer:
 
     ``dist``: the process group view (default: torch.distributed's, one process when not
     initialised). Only rank 0 writes files. ``sample_set``: images for the sample grids
-    (default: ``dataset``), whose first ``n_samples`` items are read here.
+    (default: the first ``n_samples`` items of ``dataset``), read here where grids are to
+    come (``config.sample_every``).
     """
 
     def __init__(self, model_config: BridgeGANConfig, config: TrainConfig, dataset: Dataset,
@@ -69,17 +70,7 @@ class Trainer:
         self.progress = progress
         self.device = self._pick_device(config.device)
         self._check_dataset(dataset, model_config)
-        self.dataset = dataset
-        # the sample grids' images, read once, here: one that cannot be read stops the run
-        # before its first update, not at its first grid with the steps since the last
-        # checkpoint lost
-        sample_set = sample_set or dataset
-        n = min(max(config.n_samples, 1), len(sample_set))
-        try:
-            self.sample_items = [sample_set[i] for i in range(n)]
-        except UnreadableImageError as exc:
-            raise UnreadableImageError(f"{exc}; it is one of the {n} images the sample grids "
-                                       f"show: replace it with a readable image") from None
+        self.dataset, self.sample_set = dataset, sample_set or dataset
         if config.batch % self.dist.world_size:
             raise ValueError(f"the global batch ({config.batch}) must be divisible by the number "
                              f"of processes ({self.dist.world_size})")
@@ -94,6 +85,14 @@ class Trainer:
                              f"{type(dataset).__name__} cannot")
         if config.amp == "fp16" and self.device.type != "cuda":
             raise ValueError("amp fp16 needs a CUDA device (bf16 or none work on the CPU)")
+        # where grids are to come, their images are read now (on every rank, which all stop
+        # alike; kept by rank 0, which draws them): one that cannot be read stops the run
+        # before its first update, not at its first grid with the steps since the last
+        # checkpoint lost
+        self._sample_items = None
+        if config.sample_every:
+            items = self._read_sample_items()
+            self._sample_items = items if self.is_main else None
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(config.seed, STREAM_INIT))
@@ -577,15 +576,23 @@ class Trainer:
         """The EMA model (raw D) when EMA is on, else the raw model."""
         return self.state().inference_model
 
+    def _read_sample_items(self) -> list:
+        n = min(max(self.config.n_samples, 1), len(self.sample_set))
+        try:
+            return [self.sample_set[i] for i in range(n)]
+        except UnreadableImageError as exc:
+            raise UnreadableImageError(f"{exc}; it is one of the {n} images the sample grids "
+                                       f"show: replace it with a readable image") from None
+
     @torch.no_grad()
     def sample_rows(self) -> list[torch.Tensor]:
         """Rows of the sample grid: sources, reconstructions, one label edit per chosen
         attribute (flipped, with the conflict rules), references, reference edits."""
         cfg, mc = self.config, self.model_config
-        n = len(self.sample_items)
-        x = torch.stack([it[0] for it in self.sample_items]).to(self.device, self.dtype)
-        y = torch.stack([torch.as_tensor(it[1]) for it in self.sample_items]).to(self.device,
-                                                                                self.dtype)
+        items = self._sample_items or self._read_sample_items()
+        n = len(items)
+        x = torch.stack([it[0] for it in items]).to(self.device, self.dtype)
+        y = torch.stack([torch.as_tensor(it[1]) for it in items]).to(self.device, self.dtype)
         g = generator(cfg.seed, STREAM_SAMPLES)
         noise = torch.randn(n, mc.noise_dim, generator=g).to(self.device, self.dtype)
         model = self.inference_model()
