@@ -5,7 +5,9 @@ the engine's calls may run at once on several threads. A ``ScopedFlags`` sets it
 when the first of its scopes opens and puts the caller's values back when the last one
 closes, so overlapping scopes neither unset them under one another nor leave them set
 (a plain save-and-restore, closed out of order, restored the other scope's value for
-good). Other threads see the flags set while any scope is open.
+good). Other threads see the flags set while any scope is open. A flag the program sets
+while a scope is open keeps its new value when the last scope closes (one set to the
+value the scope gave it cannot be told apart, and gets the caller's back).
 """
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ import torch
 
 class ScopedFlags:
     """Flags ``write(inside(saved))`` while any scope is open, where ``saved`` is ``read()``'s
-    value before the first scope, written back after the last."""
+    value before the first scope, written back after the last (each element the program
+    has not changed meanwhile)."""
 
     def __init__(self, read: Callable[[], tuple], write: Callable[[tuple], None],
                  inside: Callable[[tuple], tuple]):
@@ -40,7 +43,9 @@ class ScopedFlags:
             with self._lock:
                 self._depth -= 1
                 if self._depth == 0:
-                    self._write(self._saved)
+                    now, ours = self._read(), self._inside(self._saved)
+                    self._write(tuple(s if n == o else n
+                                      for s, n, o in zip(self._saved, now, ours)))
 
 
 def tf32_state() -> tuple:

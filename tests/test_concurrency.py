@@ -4,6 +4,7 @@ No test here depends on timing: threads are ordered with events."""
 from __future__ import annotations
 
 import threading
+import warnings
 
 import pytest
 import torch
@@ -113,3 +114,133 @@ def test_exports_from_two_threads(monkeypatch, small_model):
     b.join()
     assert not errors, errors
     assert results == {"A": expected, "B": expected}
+
+
+def test_an_export_and_an_image_load_overlapping_in_two_threads_leave_the_warning_filters(
+        tmp_path):
+    """Thread A's ONNX export silences the exporter's chatter and the main thread's image
+    load PIL's size warning; A finishes while the load is open. The filters the program
+    set stay as they were, and while either runs, no filter silences other warnings
+    (warnings.catch_warnings in both left the export's "ignore everything" on for good)."""
+    from PIL import Image
+
+    from bridgegan.engine.export.names import OPSET
+    from bridgegan.reference.data import image
+
+    png = tmp_path / "face.png"
+    Image.new("RGB", (8, 8), (10, 200, 30)).save(png)
+
+    def broad() -> list:  # filters added that would silence a warning of any other kind
+        return [f for f in warnings.filters if f not in before and f[0] == "ignore"
+                and f[1] is None and f[2] in (Warning, UserWarning, DeprecationWarning)]
+
+    with warnings.catch_warnings():  # the test's own (one thread here): put back at the end
+        warnings.simplefilter("default")
+        warnings.filterwarnings("error", message="the program's own")
+        before = list(warnings.filters)
+        inside, may_leave, seen = threading.Event(), threading.Event(), []
+
+        def export():
+            with onnx_export._exporting(OPSET):
+                seen.append(broad())
+                inside.set()
+                may_leave.wait()
+
+        a = threading.Thread(target=export)
+        a.start()
+        inside.wait()
+        with image._opened(str(png)):
+            seen.append(broad())
+            may_leave.set()
+            a.join()
+            seen.append(broad())
+        assert seen == [[], [], []]
+        assert warnings.filters == before
+
+
+def test_a_lazily_opened_image_shared_by_threads_is_decoded_by_one_at_a_time(
+        tmp_path, monkeypatch, small_model):
+    """Pillow decodes a lazily opened image into the object itself, which two threads must
+    not do at once (one shared by a service's workers gave "broken PNG" errors and wrong
+    pixels): the engine's decode of such an image takes turns. The first decode waits up
+    to a second for the second thread to enter one too (a slow machine can only miss an
+    overlap, never invent one); both results are the image's."""
+    from PIL import Image, PngImagePlugin
+
+    path = tmp_path / "ref.png"
+    gen = torch.Generator().manual_seed(4)
+    Image.fromarray(torch.randint(0, 256, (32, 32, 3), dtype=torch.uint8,
+                                  generator=gen).numpy()).save(path)
+    eng = Engine(small_model, backend="torch")
+    want = eng.load_images(Image.open(path))
+    shared = Image.open(path)
+    both, count, active, results = threading.Event(), threading.Lock(), [0, 0], []
+    load = PngImagePlugin.PngImageFile.load
+
+    def watched(self):
+        if self is not shared or self.fp is None:  # decoded: what follows reads no file
+            return load(self)
+        with count:
+            active[0] += 1
+            active[1] = max(active)  # the most decodes under way at once
+            first = active[1] == 1 and not both.is_set()
+            if active[0] == 2:
+                both.set()
+        try:
+            if first:
+                both.wait(1.0)
+            return load(self)
+        finally:
+            with count:
+                active[0] -= 1
+
+    monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", watched)
+
+    def call():
+        results.append(eng.load_images(shared))
+
+    threads = [threading.Thread(target=call) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert active == [0, 1]
+    assert len(results) == 2 and all(torch.equal(r, want) for r in results)
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(),
+                    reason="this torch build has no oneDNN (mkldnn): no fused CPU form to decide on")
+def test_threads_meeting_a_new_convolution_decide_its_path_once(monkeypatch):
+    """conv2d_relu decides per key whether its fused form is used (its first call there; on
+    CUDA a timing of both forms): two threads whose first calls meet one key at once decide
+    it once (on CUDA each would time under the other's load, and the later decision win).
+    The first decision waits up to a second for the other thread to enter one too."""
+    import torch.nn.functional as F
+
+    from bridgegan.kernels import conv_act
+
+    monkeypatch.setattr(conv_act, "_USE_FUSED", {})
+    real, entered, second = conv_act._first_call, [], threading.Event()
+
+    def first_call(fused, plain):
+        entered.append(threading.current_thread().name)
+        if len(entered) == 1:
+            second.wait(1.0)
+        else:
+            second.set()
+        return real(fused, plain)
+
+    monkeypatch.setattr(conv_act, "_first_call", first_call)
+    gen = torch.Generator().manual_seed(6)
+    x, w, b = (torch.randn(shape, generator=gen) for shape in ((2, 8, 12, 12), (16, 8, 3, 3),
+                                                                (16,)))
+    outs = []
+    threads = [threading.Thread(target=lambda: outs.append(conv_act.conv2d_relu(x, w, b, 1, 1)))
+               for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(entered) == 1 and len(conv_act._USE_FUSED) == 1
+    want = F.relu(F.conv2d(x.double(), w.double(), b.double(), 1, 1)).float()
+    assert len(outs) == 2 and all(torch.allclose(o, want, rtol=1e-4, atol=1e-5) for o in outs)

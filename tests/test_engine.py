@@ -999,6 +999,24 @@ def test_flag_scopes_are_shared_by_concurrent_calls(flags_outside, scope, read, 
     assert read() == outside
 
 
+@pytest.mark.parametrize("scope, owner, name", [
+    (cudnn_search, torch.backends.cudnn, "benchmark"),
+    (no_tf32, torch.backends.cuda.matmul, "allow_tf32")])
+def test_a_flag_the_program_sets_inside_a_scope_keeps_its_value(flags_outside, scope, owner,
+                                                                name):
+    """A flag the program sets while a scope is open (cuDNN's search turned off, TF32 on)
+    is the program's after the scope closes; the others get the caller's values back. Both
+    are set here before the scope as the scope sets them, so the plain restore put back
+    the scope's own value and the program's setting was lost for good."""
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    with scope():
+        setattr(owner, name, not getattr(owner, name))
+    assert (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32,
+            torch.backends.cudnn.allow_tf32) == (name != "benchmark", name == "allow_tf32",
+                                                 False)
+
+
 def test_engine_calls_run_with_tf32_off_on_cuda_only(flags_outside):
     """float32 on CUDA is float32 (cuDNN's default is TF32 convolutions), the attribute
     head included; a CPU engine leaves the flags alone. cudnn_benchmark only on CUDA."""

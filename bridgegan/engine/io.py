@@ -18,8 +18,10 @@ Policy, documented in the README:
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import threading
 import warnings
 from collections.abc import Sequence
 from typing import Union
@@ -32,6 +34,10 @@ from ..reference.data import image
 
 # Largest |value| a tensor image may hold: [-1, 1] with slack for rounding.
 RANGE_LIMIT = 1.001
+# Pillow decodes a lazily opened image (its file still open) into the caller's object,
+# which two threads must not do at once: a shared one gave "broken PNG" errors and wrong
+# pixels. Such decodes take turns; decoded images and paths (each call its own) do not.
+_LAZY_DECODE = threading.Lock()
 
 NUMPY_HINT = ("; for a numpy image (H, W, C) of uint8 pass PIL.Image.fromarray(a) (RGB "
               "order: OpenCV's BGR is a[..., ::-1]) or torch.from_numpy(a).permute(2, 0, 1) "
@@ -130,7 +136,9 @@ def _item(item, size: int, what: str, warn: bool) -> torch.Tensor:
     elif isinstance(item, Image.Image):
         image.check_image_size(item.size, what)
         try:  # a lazily opened image decodes here: a truncated or closed file fails now
-            item.load()
+            lazy = getattr(item, "fp", None) is not None
+            with _LAZY_DECODE if lazy else contextlib.nullcontext():
+                item.load()
         except (OSError, SyntaxError, ValueError, AssertionError) as exc:
             why = str(exc) or "its file is closed"  # Pillow's bare AssertionError
             raise ValueError(f"{what}: the PIL image's pixels cannot be read ({why}); "

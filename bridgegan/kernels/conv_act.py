@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import functools
 import statistics
+import threading
 import warnings
 
 import torch
@@ -67,6 +68,9 @@ _CUDA_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _CPU_DTYPES = (torch.bfloat16, torch.float32)
 EPILOGUE_BLOCK = 1024  # elements per program of the transposed convolution's epilogue
 _USE_FUSED: dict[tuple, bool] = {}  # decision key (see _use_fused) -> the fused form is used
+# one decision at a time: threads whose first calls meet one key decide it once, and no
+# timing runs under another's load
+_DECIDING = threading.Lock()
 
 
 def _plain(x, weight, bias, stride: int, padding: int, transposed: bool) -> torch.Tensor:
@@ -187,19 +191,22 @@ def _use_fused(x, weight, stride, padding, transposed, fused, plain) -> bool:
     if x.is_meta:
         return True
     key = _key(x, weight, stride, padding, transposed)
-    if key not in _USE_FUSED:
-        if x.is_cuda and torch.cuda.is_current_stream_capturing():
-            return False
-        failure = _first_call(fused, plain)  # raises the caller's mistakes: no decision
-        if failure is not None:
-            _drop(key, x, transposed, failure)
-            return False
-        # device time (``queued``): the saved launches of the bias and ReLU passes would
-        # win small shapes by host time alone, which a CUDA graph's replay does not spend
-        _USE_FUSED[key] = not x.is_cuda or statistics.median(
-            time_calls(fused, x.device, warmup=1, reps=5, queued=True)) <= statistics.median(
-            time_calls(plain, x.device, warmup=1, reps=5, queued=True))
-    return _USE_FUSED[key]
+    if key in _USE_FUSED:
+        return _USE_FUSED[key]
+    if x.is_cuda and torch.cuda.is_current_stream_capturing():
+        return False
+    with _DECIDING:
+        if key not in _USE_FUSED:  # not decided by a thread it waited for
+            failure = _first_call(fused, plain)  # raises the caller's mistakes: no decision
+            if failure is not None:
+                _drop(key, x, transposed, failure)
+                return False
+            # device time (``queued``): the saved launches of the bias and ReLU passes would
+            # win small shapes by host time alone, which a CUDA graph's replay does not spend
+            _USE_FUSED[key] = not x.is_cuda or statistics.median(
+                time_calls(fused, x.device, warmup=1, reps=5, queued=True)) <= statistics.median(
+                time_calls(plain, x.device, warmup=1, reps=5, queued=True))
+        return _USE_FUSED[key]
 
 
 def conv2d_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,

@@ -78,6 +78,7 @@ def triton_interpreted() -> bool:
 
 
 _FALLBACK_WARNED = False
+_FALLBACK_LOCK = threading.Lock()
 
 
 def caller_stacklevel() -> int:
@@ -91,11 +92,13 @@ def caller_stacklevel() -> int:
 
 
 def warn_fallback(op: str, reason: str) -> None:
-    """One KernelFallbackWarning per process, whichever op falls back first."""
+    """One KernelFallbackWarning per process, whichever op falls back first (in any
+    thread)."""
     global _FALLBACK_WARNED
-    if _FALLBACK_WARNED:
-        return
-    _FALLBACK_WARNED = True
+    with _FALLBACK_LOCK:
+        if _FALLBACK_WARNED:
+            return
+        _FALLBACK_WARNED = True
     warnings.warn(
         f"bridgegan.kernels.{op}(impl='auto') is using the torch path: {reason}. "
         "Results are correct but not fused. (Shown once per process.)",

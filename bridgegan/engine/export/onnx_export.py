@@ -48,7 +48,6 @@ import json
 import os
 import sys
 import threading
-import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -63,6 +62,7 @@ from ...reference import programs
 from ...reference.checkpoint import CheckpointError, load_checkpoint
 from ...reference.config import BridgeGANConfig
 from ...reference.model import BridgeGAN
+from ...warning_filters import Silenced
 from ..backends.base import BackendUnavailable
 from ..graph import InferenceGraph, Rewrites
 from .names import GRAPHS, ONNX_PRECISIONS, OPSET, TIMING_CACHE, TRITON_TYPES
@@ -135,20 +135,24 @@ def _instance_norm(g, x, weight, bias, running_mean, running_var, use_input_stat
 
 
 # torch's TorchScript exporter keeps process-wide state (GLOBALS.in_onnx_export, which
-# it asserts, and the symbolic registry), as does warnings.catch_warnings: one export at
-# a time per process (two threads building onnxruntime engines of two models at once
-# failed; the export folder's file lock orders processes, and threads only per folder).
+# it asserts, and the symbolic registry): one export at a time per process (two threads
+# building onnxruntime engines of two models at once failed; the export folder's file
+# lock orders processes, and threads only per folder).
 _EXPORT_LOCK = threading.Lock()
+# the exporter's chatter: tracer warnings about Python branches on shapes (those depend
+# only on the fixed non-batch sizes or are input checks), the legacy-exporter notices,
+# constant-folding notes
+_CHATTER = Silenced((torch.jit.TracerWarning, ""),
+                    (DeprecationWarning, "You are using the legacy TorchScript-based ONNX export"),
+                    (DeprecationWarning, "The feature will be removed"),
+                    (UserWarning, "Constant folding"))
 
 
 @contextlib.contextmanager
 def _exporting(opset: int):
-    """The instance-norm symbolic registered, exporter chatter silenced (tracer warnings
-    about Python branches on shapes: those depend only on the fixed non-batch sizes or
-    are input checks; the legacy-exporter notice; constant-folding notes); one export
-    at a time in this process (``_EXPORT_LOCK``)."""
-    with _EXPORT_LOCK, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    """The instance-norm symbolic registered, the exporter's chatter silenced
+    (``_CHATTER``); one export at a time in this process (``_EXPORT_LOCK``)."""
+    with _EXPORT_LOCK, _CHATTER():
         torch.onnx.register_custom_op_symbolic("aten::instance_norm", _instance_norm, opset)
         try:
             yield

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import warnings
 from collections.abc import Iterator
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ...warning_filters import Silenced
 
 # CelebA aligned images are 178x218 (W x H); the AttGAN/BridgeGAN crop is 170x170 at
 # (top 26, left 3).
@@ -25,6 +26,8 @@ SPLIT_NAMES = ("train", "val", "test", "all")
 # 12000x12000 image): decoding one then takes at most ~200 MB (RGBA bytes), and a 50-megapixel
 # camera photo still loads.
 MAX_IMAGE_PIXELS = 50_000_000
+# PIL's warning past its own cap (above ours), silenced while a file is opened
+_PIL_CAP = Silenced((Image.DecompressionBombWarning, ""))
 
 # 16-bit greyscale modes, rescaled to 8 bits (65535 -> 255); 32-bit integer ("I") and
 # float ("F") pixels have no defined range and are refused.
@@ -109,8 +112,7 @@ def _opened(path: str) -> Iterator[Image.Image]:
     """Image file ``path`` opened (its header read, its size checked, nothing decoded);
     every failure, now or while the caller decodes it, a ValueError naming the file."""
     try:
-        with warnings.catch_warnings():  # PIL warns past its cap; ours, lower, refuses next
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with _PIL_CAP():  # ours refuses next
             im = Image.open(path)
         with im:
             check_image_size(im.size)
