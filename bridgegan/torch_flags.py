@@ -18,14 +18,20 @@ from contextlib import contextmanager
 import torch
 
 
+def _kept(saved: tuple, now: tuple, ours: tuple) -> tuple:
+    """The flags to leave after the last scope: each the program changed while the scope
+    was open (``now`` is not ``ours``) as it is, the others the caller's (``saved``)."""
+    return tuple(s if n == o else n for s, n, o in zip(saved, now, ours))
+
+
 class ScopedFlags:
     """Flags ``write(inside(saved))`` while any scope is open, where ``saved`` is ``read()``'s
-    value before the first scope, written back after the last (each element the program
-    has not changed meanwhile)."""
+    value before the first scope, and ``write(kept(saved, read(), inside(saved)))`` after
+    the last: the caller's values, but for the flags the program changed meanwhile."""
 
     def __init__(self, read: Callable[[], tuple], write: Callable[[tuple], None],
-                 inside: Callable[[tuple], tuple]):
-        self._read, self._write, self._inside = read, write, inside
+                 inside: Callable[[tuple], tuple], kept: Callable[..., tuple] = _kept):
+        self._read, self._write, self._inside, self._kept = read, write, inside, kept
         self._lock = threading.Lock()
         self._depth = 0
         self._saved: tuple = ()
@@ -43,9 +49,8 @@ class ScopedFlags:
             with self._lock:
                 self._depth -= 1
                 if self._depth == 0:
-                    now, ours = self._read(), self._inside(self._saved)
-                    self._write(tuple(s if n == o else n
-                                      for s, n, o in zip(self._saved, now, ours)))
+                    self._write(self._kept(self._saved, self._read(),
+                                           self._inside(self._saved)))
 
 
 def tf32_state() -> tuple:
@@ -90,13 +95,31 @@ def _off(state: tuple) -> tuple:
     return (state[0], False, False) if state[0] == "legacy" else (state[0], "ieee", "ieee")
 
 
+def _tf32_kept(saved: tuple, now: tuple, ours: tuple) -> tuple:
+    """``_kept`` for TF32 states (``tf32_state``'s form), in the API the process uses now:
+    where the program switched APIs while the scope was open, a setting counts as changed
+    where TF32 went on or off, and the caller's others are written in the new API (the
+    old one's flags raise there, or would switch the process back)."""
+    if now[0] == saved[0]:  # the API the scope read and wrote (``_off`` keeps it)
+        return _kept(saved, now, ours)
+
+    def on(value) -> bool:
+        return value is True or value == "tf32"
+
+    def in_now(value):
+        return on(value) if now[0] == "legacy" else ("tf32" if on(value) else "ieee")
+
+    return (now[0], *(n if on(n) != on(o) else in_now(s)
+                      for s, n, o in zip(saved[1:], now[1:], ours[1:])))
+
+
 def _set_benchmark(values: tuple[bool]) -> None:
     (torch.backends.cudnn.benchmark,) = values
 
 
 # float32 matrix products and convolutions in full float32 (TF32, cuDNN's default for
 # convolutions, is a 5e-4-class approximation: design.md's tf32 row, not float32's)
-no_tf32 = ScopedFlags(tf32_state, _set_tf32, _off).scope
+no_tf32 = ScopedFlags(tf32_state, _set_tf32, _off, _tf32_kept).scope
 
 # cuDNN's algorithm search: the first convolution of each shape times cuDNN's algorithms
 # and keeps the fastest (off, cuDNN picks by heuristics). An engine turns it on for its

@@ -5,13 +5,14 @@ it closes: two threads whose scopes overlap put back each other's copies, which 
 a filter on for good (an ONNX export's "ignore everything" beside an image load in another
 thread did) or drop one the program added meanwhile. A ``Silenced`` instead puts its own
 narrow filters at the front of the list while any of its scopes is open (a count under a
-lock) and takes those entries out by value when the last one closes; other warnings keep
-showing meanwhile, in every thread. Neither edit needs the filters' version bumped: a
-warning an "ignore" filter matches is never cached in a module's registry.
-
-(A ``catch_warnings`` of the caller's own, in another thread, may still copy our entries
-while it is open and put them back when it closes: Python before 3.14 has no per-thread
-filters.)
+lock) and takes those entries out when the last one closes; other warnings keep showing
+meanwhile, in every thread. Its entries equal only themselves, so that a filter of the
+same value the program adds (``filterwarnings`` drops an equal one first) is neither
+taken for ours nor taken out with it; and every copy of them goes when the last scope
+closes (a ``catch_warnings`` of the caller's, open in another thread meanwhile, puts
+back a list that holds one: Python before 3.14 has no per-thread filters). Neither edit
+needs the filters' version bumped: a warning an "ignore" filter matches is never cached
+in a module's registry.
 """
 from __future__ import annotations
 
@@ -22,13 +23,25 @@ import warnings
 from collections.abc import Iterator
 
 
+class _Entry(tuple):
+    """A filter (warnings' 5-tuple) equal only to itself."""
+
+    __hash__ = object.__hash__
+
+    def __eq__(self, other):
+        return self is other
+
+    def __ne__(self, other):
+        return self is not other
+
+
 class Silenced:
     """Filters ignoring each (category, message prefix) given ("" for any message), while
     a ``with silenced():`` scope is open in any thread."""
 
     def __init__(self, *what: tuple[type[Warning], str]):
-        self._entries = [("ignore", re.compile(re.escape(prefix), re.I) if prefix else None,
-                          category, None, 0) for category, prefix in what]
+        self._entries = [_Entry(("ignore", re.compile(re.escape(prefix), re.I) if prefix
+                                 else None, category, None, 0)) for category, prefix in what]
         self._lock = threading.Lock()
         self._open = 0
 
@@ -45,5 +58,5 @@ class Silenced:
                 self._open -= 1
                 if not self._open:
                     for entry in self._entries:
-                        with contextlib.suppress(ValueError):  # a caller reset the filters
-                            warnings.filters.remove(entry)
+                        while entry in warnings.filters:  # every copy (one at a time: a
+                            warnings.filters.remove(entry)  # filter added meanwhile stays)

@@ -25,6 +25,29 @@ def _onnx_globals():
     return GLOBALS
 
 
+class _Probe:
+    """One of the package's locks, saying when a second thread has to wait for it."""
+
+    def __init__(self, lock):
+        self.lock, self.waiting = lock, threading.Event()
+
+    def __enter__(self):
+        if not self.lock.acquire(blocking=False):
+            self.waiting.set()
+            self.lock.acquire()
+
+    def __exit__(self, *exc):
+        self.lock.release()
+
+
+def _hold_until(*events: threading.Event) -> None:
+    """Wait until one of ``events`` is set (a minute at most: a hang guard, not a timing)."""
+    for _ in range(6000):
+        if any(e.wait(0.01) for e in events):
+            return
+    raise AssertionError("the other thread never came")
+
+
 def test_another_threads_compile_or_export_leaves_engine_calls_alone(monkeypatch, small_model):
     """torch.compile and the TorchScript ONNX exporter set process-wide flags for their
     whole length (torch.compiler.is_compiling(), torch.onnx.is_in_onnx_export()); a
@@ -68,29 +91,15 @@ def test_exports_from_two_threads(monkeypatch, small_model):
     graph = InferenceGraph(small_model).eval()
     expected = onnx_export.export_graph(graph, "map").SerializeToString()
 
-    lock = onnx_export._EXPORT_LOCK
-    waiting = threading.Event()  # B blocks on the export lock
-
-    class Probe:
-        """The export lock, saying when a second export has to wait for it."""
-
-        def __enter__(self):
-            if not lock.acquire(blocking=False):
-                waiting.set()
-                lock.acquire()
-
-        def __exit__(self, *exc):
-            lock.release()
-
-    monkeypatch.setattr(onnx_export, "_EXPORT_LOCK", Probe())
+    probe = _Probe(onnx_export._EXPORT_LOCK)  # B blocks on the export lock
+    monkeypatch.setattr(onnx_export, "_EXPORT_LOCK", probe)
     a_inside, b_done = threading.Event(), threading.Event()
     forward = onnx_export._Traced.forward
 
     def held_forward(self, *inputs):
         if threading.current_thread().name == "A" and not a_inside.is_set():
             a_inside.set()
-            while not (waiting.wait(0.01) or b_done.is_set()):
-                pass
+            _hold_until(probe.waiting, b_done)
         return forward(self, *inputs)
 
     monkeypatch.setattr(onnx_export._Traced, "forward", held_forward)
@@ -162,10 +171,11 @@ def test_a_lazily_opened_image_shared_by_threads_is_decoded_by_one_at_a_time(
         tmp_path, monkeypatch, small_model):
     """Pillow decodes a lazily opened image into the object itself, which two threads must
     not do at once (one shared by a service's workers gave "broken PNG" errors and wrong
-    pixels): the engine's decode of such an image takes turns. The first decode waits up
-    to a second for the second thread to enter one too (a slow machine can only miss an
-    overlap, never invent one); both results are the image's."""
+    pixels): the engine's decodes take turns. The first decode is held until the other
+    thread either waits for its turn or decodes too; both results are the image's."""
     from PIL import Image, PngImagePlugin
+
+    from bridgegan.engine import io
 
     path = tmp_path / "ref.png"
     gen = torch.Generator().manual_seed(4)
@@ -174,37 +184,27 @@ def test_a_lazily_opened_image_shared_by_threads_is_decoded_by_one_at_a_time(
     eng = Engine(small_model, backend="torch")
     want = eng.load_images(Image.open(path))
     shared = Image.open(path)
-    both, count, active, results = threading.Event(), threading.Lock(), [0, 0], []
+    probe, overlap, decodes, results = _Probe(io._PIL_FILL), threading.Event(), [], []
+    monkeypatch.setattr(io, "_PIL_FILL", probe)
     load = PngImagePlugin.PngImageFile.load
 
     def watched(self):
-        if self is not shared or self.fp is None:  # decoded: what follows reads no file
-            return load(self)
-        with count:
-            active[0] += 1
-            active[1] = max(active)  # the most decodes under way at once
-            first = active[1] == 1 and not both.is_set()
-            if active[0] == 2:
-                both.set()
-        try:
-            if first:
-                both.wait(1.0)
-            return load(self)
-        finally:
-            with count:
-                active[0] -= 1
+        if self is shared and self.fp is not None:  # a decode (after it, no file is read)
+            decodes.append(threading.current_thread().name)
+            if len(decodes) == 1:
+                _hold_until(probe.waiting, overlap)
+            else:
+                overlap.set()
+        return load(self)
 
     monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", watched)
-
-    def call():
-        results.append(eng.load_images(shared))
-
-    threads = [threading.Thread(target=call) for _ in range(2)]
+    threads = [threading.Thread(target=lambda: results.append(eng.load_images(shared)))
+               for _ in range(2)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert active == [0, 1]
+    assert len(decodes) == 1 and probe.waiting.is_set()
     assert len(results) == 2 and all(torch.equal(r, want) for r in results)
 
 
@@ -214,20 +214,22 @@ def test_threads_meeting_a_new_convolution_decide_its_path_once(monkeypatch):
     """conv2d_relu decides per key whether its fused form is used (its first call there; on
     CUDA a timing of both forms): two threads whose first calls meet one key at once decide
     it once (on CUDA each would time under the other's load, and the later decision win).
-    The first decision waits up to a second for the other thread to enter one too."""
+    The first decision is held until the other thread either waits for it or decides too."""
     import torch.nn.functional as F
 
     from bridgegan.kernels import conv_act
 
     monkeypatch.setattr(conv_act, "_USE_FUSED", {})
-    real, entered, second = conv_act._first_call, [], threading.Event()
+    probe, overlap = _Probe(conv_act._DECIDING), threading.Event()
+    monkeypatch.setattr(conv_act, "_DECIDING", probe)
+    real, entered = conv_act._first_call, []
 
     def first_call(fused, plain):
         entered.append(threading.current_thread().name)
         if len(entered) == 1:
-            second.wait(1.0)
+            _hold_until(probe.waiting, overlap)
         else:
-            second.set()
+            overlap.set()
         return real(fused, plain)
 
     monkeypatch.setattr(conv_act, "_first_call", first_call)
@@ -241,6 +243,6 @@ def test_threads_meeting_a_new_convolution_decide_its_path_once(monkeypatch):
         t.start()
     for t in threads:
         t.join()
-    assert len(entered) == 1 and len(conv_act._USE_FUSED) == 1
+    assert len(entered) == 1 and probe.waiting.is_set() and len(conv_act._USE_FUSED) == 1
     want = F.relu(F.conv2d(x.double(), w.double(), b.double(), 1, 1)).float()
     assert len(outs) == 2 and all(torch.allclose(o, want, rtol=1e-4, atol=1e-5) for o in outs)

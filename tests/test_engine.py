@@ -999,22 +999,45 @@ def test_flag_scopes_are_shared_by_concurrent_calls(flags_outside, scope, read, 
     assert read() == outside
 
 
-@pytest.mark.parametrize("scope, owner, name", [
-    (cudnn_search, torch.backends.cudnn, "benchmark"),
-    (no_tf32, torch.backends.cuda.matmul, "allow_tf32")])
-def test_a_flag_the_program_sets_inside_a_scope_keeps_its_value(flags_outside, scope, owner,
-                                                                name):
-    """A flag the program sets while a scope is open (cuDNN's search turned off, TF32 on)
-    is the program's after the scope closes; the others get the caller's values back. Both
-    are set here before the scope as the scope sets them, so the plain restore put back
-    the scope's own value and the program's setting was lost for good."""
-    torch.backends.cudnn.benchmark = True
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    with scope():
-        setattr(owner, name, not getattr(owner, name))
-    assert (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32,
-            torch.backends.cudnn.allow_tf32) == (name != "benchmark", name == "allow_tf32",
-                                                 False)
+def _set_tf32(api: str, matmul: bool, conv: bool) -> None:
+    """TF32 of matrix products and of convolutions on or off, set in ``api``."""
+    if api == "legacy":
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, conv
+    else:
+        torch.backends.cuda.matmul.fp32_precision = "tf32" if matmul else "ieee"
+        torch.backends.cudnn.conv.fp32_precision = "tf32" if conv else "ieee"
+
+
+def _tf32(api: str, matmul: bool, conv: bool) -> tuple:
+    """``tf32_state``'s reading of those settings in ``api``."""
+    return (api, matmul, conv) if api == "legacy" else (
+        api, *("tf32" if on else "ieee" for on in (matmul, conv)))
+
+
+@pytest.mark.parametrize("case", ["search off", "tf32 on", "tf32 on, other api"])
+def test_a_flag_the_program_sets_inside_a_scope_keeps_its_value(flags_outside, case):
+    """A flag the program sets while a scope is open (cuDNN's search turned off; TF32 of
+    matrix products turned on, in the API the flags were read in or in the other one) is
+    the program's after the scope closes, and the others get the caller's values back, in
+    the API the process then uses. Before the search and TF32 cases the flags are set as
+    the scope sets them, so the plain restore put back the scope's own value and lost the
+    program's; where the program switched APIs, the restore left the convolutions' TF32
+    off for good."""
+    api = flags_outside
+    other = "precision" if api == "legacy" else "legacy"
+    if case == "search off":
+        torch.backends.cudnn.benchmark = True
+        with cudnn_search():
+            torch.backends.cudnn.benchmark = False
+        assert torch.backends.cudnn.benchmark is False
+        return
+    if case == "tf32 on, other api" and not NEW_TF32_API:
+        pytest.skip("this torch has one TF32 API (fp32_precision came in torch 2.9)")
+    outside = case == "tf32 on, other api"  # TF32 on outside: the scope turns it off
+    _set_tf32(api, outside, outside)
+    with no_tf32():
+        _set_tf32(other if outside else api, True, False)
+    assert tf32_state() == (_tf32(other, True, True) if outside else _tf32(api, True, False))
 
 
 def test_engine_calls_run_with_tf32_off_on_cuda_only(flags_outside):

@@ -18,7 +18,6 @@ Policy, documented in the README:
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import threading
@@ -34,10 +33,12 @@ from ..reference.data import image
 
 # Largest |value| a tensor image may hold: [-1, 1] with slack for rounding.
 RANGE_LIMIT = 1.001
-# Pillow decodes a lazily opened image (its file still open) into the caller's object,
-# which two threads must not do at once: a shared one gave "broken PNG" errors and wrong
-# pixels. Such decodes take turns; decoded images and paths (each call its own) do not.
-_LAZY_DECODE = threading.Lock()
+# Pillow fills a PIL image in on first use, into the caller's object: a lazily opened one
+# decodes, and its EXIF is parsed when first read (marked read before it is parsed). Two
+# threads must not do that at once (a shared image gave "broken PNG" errors, wrong pixels,
+# no EXIF rotation): an image's load and EXIF read take turns, after which ``to_rgb``
+# reads what is filled in. Paths are each call's own.
+_PIL_FILL = threading.Lock()
 
 NUMPY_HINT = ("; for a numpy image (H, W, C) of uint8 pass PIL.Image.fromarray(a) (RGB "
               "order: OpenCV's BGR is a[..., ::-1]) or torch.from_numpy(a).permute(2, 0, 1) "
@@ -135,16 +136,16 @@ def _item(item, size: int, what: str, warn: bool) -> torch.Tensor:
         item = image.open_rgb(item)
     elif isinstance(item, Image.Image):
         image.check_image_size(item.size, what)
-        try:  # a lazily opened image decodes here: a truncated or closed file fails now
-            lazy = getattr(item, "fp", None) is not None
-            with _LAZY_DECODE if lazy else contextlib.nullcontext():
+        with _PIL_FILL:
+            try:  # a lazily opened image decodes here: a truncated or closed file fails now
                 item.load()
-        except (OSError, SyntaxError, ValueError, AssertionError) as exc:
-            why = str(exc) or "its file is closed"  # Pillow's bare AssertionError
-            raise ValueError(f"{what}: the PIL image's pixels cannot be read ({why}); "
-                             f"accepted: images that decode (a complete file, read before it "
-                             f"is closed: pass the path, or call .load() inside `with "
-                             f"Image.open(...)`)") from exc
+            except (OSError, SyntaxError, ValueError, AssertionError) as exc:
+                why = str(exc) or "its file is closed"  # Pillow's bare AssertionError
+                raise ValueError(f"{what}: the PIL image's pixels cannot be read ({why}); "
+                                 f"accepted: images that decode (a complete file, read before "
+                                 f"it is closed: pass the path, or call .load() inside `with "
+                                 f"Image.open(...)`)") from exc
+            item.getexif()
         item = image.to_rgb(item, what)
     else:
         raise ValueError(f"{what}: expected a tensor, a PIL image or a file path (str or "
