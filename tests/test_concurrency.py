@@ -208,6 +208,50 @@ def test_a_lazily_opened_image_shared_by_threads_is_decoded_by_one_at_a_time(
     assert len(results) == 2 and all(torch.equal(r, want) for r in results)
 
 
+def test_a_shared_images_exif_is_read_by_one_thread_at_a_time(tmp_path, monkeypatch,
+                                                              small_model):
+    """Pillow parses an image's EXIF into the object when it is first read, marking it read
+    before it is parsed: a second thread reading it meanwhile got none, and its image
+    unrotated. The first parse is held until the other thread either waits for its turn or
+    has its result; both results are the rotated image."""
+    from PIL import Image
+
+    from bridgegan.engine import io
+
+    path = tmp_path / "turned.png"
+    gen = torch.Generator().manual_seed(8)
+    pixels = torch.randint(0, 256, (32, 32, 3), dtype=torch.uint8, generator=gen).numpy()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotated 90 degrees
+    Image.fromarray(pixels).save(path, exif=exif)
+    eng = Engine(small_model, backend="torch")
+    want = eng.load_images(Image.open(path))  # an image of its own
+    assert not torch.equal(want, eng.load_images(Image.fromarray(pixels)))
+    shared = Image.open(path)
+    shared.load()
+    probe, done, parses, results = _Probe(io._PIL_FILL), threading.Event(), [], []
+    monkeypatch.setattr(io, "_PIL_FILL", probe)
+    parse = Image.Exif.load
+
+    def held(self, data):
+        parses.append(threading.current_thread().name)
+        if len(parses) == 1:
+            _hold_until(probe.waiting, done)
+        return parse(self, data)
+
+    def call():
+        results.append(eng.load_images(shared))
+        done.set()
+
+    monkeypatch.setattr(Image.Exif, "load", held)
+    threads = [threading.Thread(target=call) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 2 and all(torch.equal(r, want) for r in results)
+
+
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(),
                     reason="this torch build has no oneDNN (mkldnn): no fused CPU form to decide on")
 def test_threads_meeting_a_new_convolution_decide_its_path_once(monkeypatch):

@@ -69,7 +69,7 @@ _CPU_DTYPES = (torch.bfloat16, torch.float32)
 EPILOGUE_BLOCK = 1024  # elements per program of the transposed convolution's epilogue
 _USE_FUSED: dict[tuple, bool] = {}  # decision key (see _use_fused) -> the fused form is used
 # one decision at a time: threads whose first calls meet one key decide it once, and no
-# timing runs under another's load
+# decision's timing runs beside another's
 _DECIDING = threading.Lock()
 
 
