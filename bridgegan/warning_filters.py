@@ -23,6 +23,11 @@ import warnings
 from collections.abc import Iterator
 
 
+def _prefix(text: str, flags: int = 0) -> re.Pattern | None:
+    """What a filter matches the start of a message or module name with; None: any."""
+    return re.compile(re.escape(text), flags) if text else None
+
+
 class _Entry(tuple):
     """A filter (warnings' 5-tuple) equal only to itself."""
 
@@ -36,12 +41,12 @@ class _Entry(tuple):
 
 
 class Silenced:
-    """Filters ignoring each (category, message prefix) given ("" for any message), while
-    a ``with silenced():`` scope is open in any thread."""
+    """Filters ignoring each (category, message prefix, module prefix) given ("": any
+    message, any module), while a ``with silenced():`` scope is open in any thread."""
 
-    def __init__(self, *what: tuple[type[Warning], str]):
-        self._entries = [_Entry(("ignore", re.compile(re.escape(prefix), re.I) if prefix
-                                 else None, category, None, 0)) for category, prefix in what]
+    def __init__(self, *what: tuple[type[Warning], str, str]):
+        self._entries = [_Entry(("ignore", _prefix(message, re.I), category, _prefix(module),
+                                 0)) for category, message, module in what]
         self._lock = threading.Lock()
         self._open = 0
 

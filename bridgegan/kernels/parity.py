@@ -42,7 +42,7 @@ PARITY_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # storage dtypes
 OPS = ("spade_modulate", "spade_modulate[2C]", "spade_modulate[2C]+bias", "instance_norm_act")
 LAYOUTS = ("nchw", "channels_last")
 # numpy's note on NaN inputs, under the Triton interpreter (the NaN rows' own inputs)
-_NUMPY_NAN = Silenced((RuntimeWarning, "invalid value encountered"))
+_NUMPY_NAN = Silenced((RuntimeWarning, "invalid value encountered", ""))
 FORMATS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
 
 # (shape, config, mode): "full" = every dtype x layout x activation; "grid" = every dtype x

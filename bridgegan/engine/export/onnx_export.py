@@ -142,10 +142,11 @@ _EXPORT_LOCK = threading.Lock()
 # the exporter's chatter: tracer warnings about Python branches on shapes (those depend
 # only on the fixed non-batch sizes or are input checks), the legacy-exporter notices,
 # constant-folding notes
-_CHATTER = Silenced((torch.jit.TracerWarning, ""),
-                    (DeprecationWarning, "You are using the legacy TorchScript-based ONNX export"),
-                    (DeprecationWarning, "The feature will be removed"),
-                    (UserWarning, "Constant folding"))
+_CHATTER = Silenced((torch.jit.TracerWarning, "", ""),
+                    (DeprecationWarning, "You are using the legacy TorchScript-based ONNX export",
+                     __name__),
+                    (DeprecationWarning, "The feature will be removed", "torch.onnx"),
+                    (UserWarning, "Constant folding", "torch.onnx"))
 
 
 @contextlib.contextmanager

@@ -27,7 +27,7 @@ SPLIT_NAMES = ("train", "val", "test", "all")
 # camera photo still loads.
 MAX_IMAGE_PIXELS = 50_000_000
 # PIL's warning past its own cap (above ours), silenced while a file is opened
-_PIL_CAP = Silenced((Image.DecompressionBombWarning, ""))
+_PIL_CAP = Silenced((Image.DecompressionBombWarning, "", ""))
 
 # 16-bit greyscale modes, rescaled to 8 bits (65535 -> 255); 32-bit integer ("I") and
 # float ("F") pixels have no defined range and are refused.
