@@ -211,6 +211,32 @@ def test_bad_requests_fail_alone(engine):
     assert close(results[0]["output"], want) and close(results[-1]["output"], want)
 
 
+def test_a_refused_request_leaves_no_tensor_to_the_cycle_collector(engine):
+    """A refused request's error is kept for its response without its traceback: with it,
+    the batch's tensors (every request's inputs and outputs) stayed alive in a cycle
+    through run_requests' frame until Python's cycle collector ran."""
+    import gc
+
+    x, t = images(2, 32, 7).numpy(), labels(2, 6, 7).numpy()
+
+    def tensors() -> int:
+        return sum(issubclass(type(o), torch.Tensor) for o in gc.get_objects())
+
+    requests = [{"image": x, "target": t, "noise": noise(2, 7).numpy()},
+                {"image": 2 * x, "target": t}]  # refused: out of range
+    run_requests(engine, "translate_label", requests)  # first calls' caches made
+    gc.collect()
+    gc.disable()
+    try:
+        before = tensors()
+        got = run_requests(engine, "translate_label", requests)
+        assert isinstance(got[1], ValueError) and "output" in got[0]
+        del got
+        assert tensors() == before
+    finally:
+        gc.enable()
+
+
 class RefusingEngine:
     """The engine, refusing any translation whose noise holds ``refused`` (ValueError) or
     ``broken`` (RuntimeError): checks stricter than ``check_request``'s, a server fault."""

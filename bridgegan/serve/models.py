@@ -195,7 +195,7 @@ def run_requests(engine, name: str, requests: Sequence[Mapping[str, np.ndarray]]
         try:
             good.append((i, _prepare(engine, spec, request)))
         except ValueError as exc:
-            results[i] = exc
+            results[i] = _detached(exc)
     if good:
         prepared = [p for _, p in good]
         try:
@@ -223,4 +223,12 @@ def _run_alone(engine, name: str, prepared: dict[str, torch.Tensor]
     try:
         return _run_batch(engine, name, [prepared])[0]
     except ValueError as exc:
-        return exc
+        return _detached(exc)
+
+
+def _detached(exc: ValueError) -> ValueError:
+    """``exc`` without its traceback, whose frames hold the batch's tensors: kept in
+    ``run_requests``' results, it made a cycle through that frame (results, the error, its
+    traceback, the frame), so every refused request kept its batch alive until Python's
+    cycle collector ran, rarely with torch loaded."""
+    return exc.with_traceback(None)
