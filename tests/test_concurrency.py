@@ -1,6 +1,8 @@
 """One process, several threads: another thread's torch.compile or ONNX export must not
-change an engine call's path, and exports from two threads must not break each other.
-No test here depends on timing: threads are ordered with events."""
+change an engine call's path, exports from two threads must not break each other, and
+the process's warning filters, a PIL image the threads share and the kernels' first-call
+decisions must come out as one thread at a time would leave them. No test here depends
+on timing: threads are ordered with events."""
 from __future__ import annotations
 
 import threading
