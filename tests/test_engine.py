@@ -1108,6 +1108,39 @@ def test_onnxruntime_sessions_run_on_torchs_thread_count(tmp_path, monkeypatch):
         assert options.enable_cpu_mem_arena is False
 
 
+def test_heap_trimmer_trims_once_resident_memory_grew_past_its_slack():
+    """Without the arena, runs at mixed batch sizes left glibc holding ever more freed
+    heap (a soak's resident memory kept growing): a trim once the resident size is
+    ``slack`` past the last trim's; resident sizes and the trim faked."""
+    from bridgegan.engine.backends.onnxruntime import HeapTrimmer
+
+    resident, trims = iter([500, 300, 350, 450, 320, 400]), []
+    trimmer = HeapTrimmer(slack=100, trim=trims.append, resident=lambda: next(resident))
+    for _ in range(4):
+        trimmer()
+    assert trims == [0, 0] and trimmer.floor == 320  # at 500 (floor 0) and 450 (floor 300)
+    trimmer.trim = None  # no glibc: nothing read (the sizes are used up), nothing called
+    trimmer()
+
+
+def test_onnxruntime_runs_release_freed_memory(tmp_path, monkeypatch):
+    """Every run ends with the trimmer's check; on glibc the trim is found."""
+    import platform
+
+    pytest.importorskip("onnxruntime")
+    from bridgegan.engine.backends import onnxruntime as ort_backend
+
+    identity_onnx(tmp_path / "id.onnx")
+    session = ort_backend.OrtGraph(tmp_path / "id.onnx", torch.device("cpu"))
+    calls = []
+    monkeypatch.setattr(ort_backend, "release_freed_memory", lambda: calls.append(1))
+    session(torch.ones(1))
+    session(torch.ones(1))
+    assert calls == [1, 1]
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert ort_backend.HeapTrimmer().trim is not None
+
+
 def test_onnxruntime_cuda_sessions_run_float32_without_tf32(tmp_path, monkeypatch):
     """ORT's CUDA provider runs float32 convolutions in TF32 unless told (use_tf32 0), as
     the engine's torch backends do not; a CUDA provider that failed to load (ORT logs it

@@ -3,7 +3,9 @@ for a CUDA device). The graphs are exported on first use into ``onnx_dir``, by d
 the cache folder of the model's export key (see ``export.onnx_export``)."""
 from __future__ import annotations
 
+import ctypes
 import os
+import threading
 from pathlib import Path
 
 import torch
@@ -41,6 +43,53 @@ def session_providers(device: torch.device) -> list:
     return providers
 
 
+TRIM_SLACK = 128 << 20  # resident bytes past the last trim's that start the next trim
+
+
+def resident_bytes() -> int:
+    """This process's resident size (Linux's /proc/self/statm)."""
+    with open("/proc/self/statm", "rb") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _glibc_malloc_trim():
+    """glibc's ``malloc_trim``, or None where this process has no glibc (musl, macOS,
+    Windows) or no /proc/self/statm to read its resident size from."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+        resident_bytes()
+    except (OSError, AttributeError, TypeError, ValueError):
+        return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim
+
+
+class HeapTrimmer:
+    """Gives the heap's freed pages back to the system once the process's resident size
+    has grown ``slack`` bytes past what it was after the last trim (see ``OrtGraph``); a
+    no-op without glibc. ``trim`` defaults to glibc's. A thread that meets it while
+    another trims goes on."""
+
+    def __init__(self, slack: int = TRIM_SLACK, trim=None, resident=resident_bytes):
+        self.slack, self.resident = slack, resident
+        self.trim = _glibc_malloc_trim() if trim is None else trim
+        self.floor = 0  # resident bytes after the last trim
+        self.lock = threading.Lock()
+
+    def __call__(self) -> None:
+        if self.trim is None or not self.lock.acquire(blocking=False):
+            return
+        try:
+            if self.resident() > self.floor + self.slack:
+                self.trim(0)
+                self.floor = self.resident()
+        finally:
+            self.lock.release()
+
+
+release_freed_memory = HeapTrimmer()
+
+
 class OrtGraph:
     """An ONNX file in an onnxruntime session (CPU, or CUDA for a CUDA ``device``), called
     with torch tensors in the graph's input order; returns float32 tensors on ``device``."""
@@ -59,7 +108,10 @@ class OrtGraph:
         # no CPU memory arena: it keeps the memory of the largest call for good (paper
         # model, 128 px, one thread, this 2-core CPU, 2026-12-06: 4.2 GB resident after
         # one batch-64 call and 1.1 GB after batch 8, against 0.6-0.7 GB without), for
-        # 4-5% of a batch-8 call's time and 8-12% of a batch-64 call's (two runs each)
+        # 4-5% of a batch-8 call's time and 8-12% of a batch-64 call's (two runs each).
+        # Without it every run mallocs its tensors at batch-dependent sizes, and glibc,
+        # whose mmap threshold rises as mmapped blocks are freed, keeps them in a heap
+        # that fragments: __call__ trims it (release_freed_memory; benchmarks/RESULTS.md)
         options.enable_cpu_mem_arena = False
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
@@ -83,6 +135,7 @@ class OrtGraph:
         except Exception as exc:  # its own pybind types (Fail: out of memory...), no RuntimeError
             raise RuntimeError(f"onnxruntime failed to run {self.path.name} "
                                f"({self.path.parent}): {exc}") from None
+        release_freed_memory()  # see __init__
         return [torch.from_numpy(o).to(self.device) for o in outputs]
 
 
