@@ -1122,6 +1122,13 @@ def test_heap_trimmer_trims_once_resident_memory_grew_past_its_slack():
     trimmer.trim = None  # no glibc: nothing read (the sizes are used up), nothing called
     trimmer()
 
+    def unreadable():
+        raise OSError("no /proc")
+
+    trimmer = HeapTrimmer(slack=100, trim=trims.append, resident=unreadable)
+    trimmer()  # the run goes on; no trim from then on
+    assert trimmer.trim is None and trims == [0, 0]
+
 
 def test_onnxruntime_runs_release_freed_memory(tmp_path, monkeypatch):
     """Every run ends with the trimmer's check; on glibc the trim is found."""
@@ -1138,7 +1145,11 @@ def test_onnxruntime_runs_release_freed_memory(tmp_path, monkeypatch):
     session(torch.ones(1))
     assert calls == [1, 1]
     if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
-        assert ort_backend.HeapTrimmer().trim is not None
+        trimmer = ort_backend.HeapTrimmer(slack=0)  # glibc's trim, called for real
+        trimmer()
+        assert trimmer.trim is not None and trimmer.floor > 0
+    monkeypatch.setattr(ort_backend.ctypes, "CDLL", lambda name: object())  # no malloc_trim
+    assert ort_backend.HeapTrimmer().trim is None
 
 
 def test_onnxruntime_cuda_sessions_run_float32_without_tf32(tmp_path, monkeypatch):

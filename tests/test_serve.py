@@ -223,18 +223,22 @@ def test_a_refused_request_leaves_no_tensor_to_the_cycle_collector(engine):
         return sum(issubclass(type(o), torch.Tensor) for o in gc.get_objects())
 
     requests = [{"image": x, "target": t, "noise": noise(2, 7).numpy()},
-                {"image": 2 * x, "target": t}]  # refused: out of range
-    run_requests(engine, "translate_label", requests)  # first calls' caches made
-    gc.collect()
-    gc.disable()
-    try:
-        before = tensors()
-        got = run_requests(engine, "translate_label", requests)
-        assert isinstance(got[1], ValueError) and "output" in got[0]
-        del got
-        assert tensors() == before
-    finally:
-        gc.enable()
+                {"image": 2 * x, "target": t}]  # refused by its checks: out of range
+    refused = [dict(requests[0], noise=np.full((2, 8), RefusingEngine.refused, np.float32)),
+               requests[0]]  # refused by the engine: the batch runs again one by one
+    for served, batch in ((engine, requests), (RefusingEngine(engine), refused)):
+        run_requests(served, "translate_label", batch)  # first calls' caches made
+        gc.collect()
+        gc.disable()
+        try:
+            before = tensors()
+            got = run_requests(served, "translate_label", batch)
+            assert [type(g) for g in got] == ([dict, ValueError] if served is engine
+                                              else [ValueError, dict])
+            del got
+            assert tensors() == before
+        finally:
+            gc.enable()
 
 
 class RefusingEngine:

@@ -201,6 +201,8 @@ def run_requests(engine, name: str, requests: Sequence[Mapping[str, np.ndarray]]
         try:
             outputs = _run_batch(engine, name, prepared)
         except Exception:
+            outputs = None
+        if outputs is None:  # out of the except: the batch's error is no context of theirs
             outputs = [_run_alone(engine, name, p) for p in prepared]
         for (i, _), out in zip(good, outputs):
             results[i] = out

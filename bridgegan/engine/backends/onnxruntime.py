@@ -83,6 +83,8 @@ class HeapTrimmer:
             if self.resident() > self.floor + self.slack:
                 self.trim(0)
                 self.floor = self.resident()
+        except OSError:  # /proc unreadable now: no more trims, the run's result stands
+            self.trim = None
         finally:
             self.lock.release()
 
@@ -111,7 +113,8 @@ class OrtGraph:
         # 4-5% of a batch-8 call's time and 8-12% of a batch-64 call's (two runs each).
         # Without it every run mallocs its tensors at batch-dependent sizes, and glibc,
         # whose mmap threshold rises as mmapped blocks are freed, keeps them in a heap
-        # that fragments: __call__ trims it (release_freed_memory; benchmarks/RESULTS.md)
+        # that fragments: every session's __call__ (a CUDA one's host copies too) trims it
+        # (release_freed_memory; benchmarks/RESULTS.md)
         options.enable_cpu_mem_arena = False
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
