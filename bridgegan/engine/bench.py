@@ -12,10 +12,10 @@ with whatever caches the machine holds (inductor's, Triton's, the ONNX and plan 
 first run on a machine waits longer). At each resolution every variant is built and
 checked first; then each workload and call size is one row per variant, timed in
 alternation: ``rounds`` rounds, each variant's share of the timed calls in each, the
-order rotated each round (``_cell_rows``), so that the ratios between variants hold no
-drift of the machine over the run (clocks, heat, other load): ``spread``, a row's
-largest round median over its smallest, is what remains. Results go to CSV + JSON, and a
-PNG plot.
+order rotated each round and reversed every other one (``_cell_rows``), so that the
+ratios between variants hold no drift of the machine over the run (clocks, heat, other
+load): ``spread``, a row's largest round median over its smallest, is what remains.
+Results go to CSV + JSON, and a PNG plot.
 
 Columns: ``dtype`` is torch's name of the dtype (``bf16`` and ``bfloat16`` are one dtype,
 ``auto`` is resolved), and the ratio columns join on it. Their baseline is the plain
@@ -24,10 +24,11 @@ two of them for one dtype and cuDNN choice is refused. ``peak_mem_mb``: on CUDA,
 variant's build left allocated (weights, rewritten constants), the row's inputs and what
 its first call keeps (that call's own peak is not counted; its time is ``first_call_s``),
 plus the most its warm-up and timed calls allocate above that: the variant's own, though
-the other variants' engines are held beside it; empty on the CPU, where the only cheap figure (ru_maxrss) is the
-process's running maximum, not the row's, and for CUDA-graph rows, whose activations live
-in the graph's private pool, allocated once at capture: replays allocate nothing, so the
-figure would be the weights and the static inputs and outputs only.
+the other variants' engines are held beside it; empty on the CPU, where the only cheap
+figure (ru_maxrss) is the process's running maximum, not the row's, and for CUDA-graph
+rows, whose activations live in the graph's private pool, allocated once at capture:
+replays allocate nothing, so the figure would be the weights and the static inputs and
+outputs only.
 ``device`` names the GPU, or the CPU model with its matrix ISA extensions (CPU_FLAGS) and
 torch's thread count; ``commit`` ends in ``-dirty`` when the working tree differs from it.
 ``samples``: the timed calls the row's percentiles come from, over all its rounds
@@ -66,11 +67,12 @@ CPU it holds the reference, torch, onnxruntime and compile backends side by side
 variant or row that cannot run here (a backend not installed, out of memory, any error
 its calls raise) is a ``skipped`` row whose note says why, and the other rows go on (the
 variants of a resolution are held at once: a table the device's memory cannot hold, run in
-parts). Given an output folder (``run_matrix(out=...)``), the rows go to its bench.partial.csv as
-soon as they are measured (header first, flushed: a variant skipped at its build at once,
-the others' when their workload and size has been timed for every variant), so a run
-killed part-way keeps what it measured beside the last complete table; ``write_results`` then writes the final CSV (with
-the ratio columns) and JSON atomically and removes the partial file.
+parts). Given an output folder (``run_matrix(out=...)``), the rows go to its
+bench.partial.csv as soon as they are measured (header first, flushed: a variant skipped
+at its build at once, the others' when their workload and size has been timed for every
+variant), so a run killed part-way keeps what it measured beside the last complete table;
+``write_results`` then writes the final CSV (with the ratio columns) and JSON atomically
+and removes the partial file.
 """
 from __future__ import annotations
 
