@@ -18,6 +18,7 @@ from .attributes import apply_edits
 from .config import BridgeGANConfig
 from .networks import Discriminator, Encoder, Generator, Mapping as MappingNet
 from .programs import Stages
+from .train_modes import INIT_SCHEMES
 
 Target = Union[torch.Tensor, Mapping[str, float]]
 References = Union[torch.Tensor, Sequence[torch.Tensor]]
@@ -31,6 +32,19 @@ class BridgeGAN(nn.Module):
         self.encoder = Encoder(self.config)
         self.mapping = MappingNet(self.config)
         self.discriminator = Discriminator(self.config)
+
+    def initialise(self, scheme: str) -> None:
+        """The weights a fresh model starts training from, by ``scheme``
+        (``train_modes.INIT_SCHEMES``): "xavier" draws them as the authors' code does
+        (TensorFlow slim's defaults: every convolution and linear layer Glorot-uniform within
+        sqrt(6 / (fan_in + fan_out)), zero biases); "torch" keeps PyTorch's layer defaults,
+        drawn when the model was built. Instance norms keep scale 1 and shift 0."""
+        if scheme not in INIT_SCHEMES:
+            raise ValueError(f"init must be one of {INIT_SCHEMES}, got {scheme!r}")
+        for layer in self.modules() if scheme == "xavier" else ():
+            if isinstance(layer, (nn.Conv2d, nn.Linear)):
+                nn.init.xavier_uniform_(layer.weight)
+                nn.init.zeros_(layer.bias)
 
     # ----- inputs --------------------------------------------------------------------
     def check_images(self, x: torch.Tensor, what: str = "images") -> None:

@@ -27,7 +27,7 @@ from .loss_weights import LossWeights
 from .noise_modes import MODES as NOISE_MODES
 from .presets import PRESET_RESOLUTIONS
 from .train_config import TrainConfig
-from .train_modes import AMP_MODES, LR_SCHEDULES, TRAIN_DTYPES
+from .train_modes import AMP_MODES, INIT_SCHEMES, LR_SCHEDULES, TRAIN_DTYPES
 
 # Options that define the architecture (None = not given): BridgeGANConfig field -> help,
 # to which the field's default (the paper's) is added.
@@ -136,6 +136,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=None,
                    help="seed of the initialisation, data order and all per-step draws "
                         f"(default: {TrainConfig.seed})")
+    g.add_argument("--init", choices=INIT_SCHEMES, default=None,
+                   help="how a fresh run draws its weights: 'xavier' as the authors' code "
+                        "(Glorot-uniform, zero biases) or 'torch' (PyTorch's layer defaults); "
+                        "--resume and --init-from keep their checkpoint's weights, but for the "
+                        f"channels --widen adds (default: {TrainConfig.init})")
 
     g = p.add_argument_group("loss weights")
     for f in fields(LossWeights):
@@ -232,6 +237,8 @@ def _arch_given(args: argparse.Namespace) -> bool:
 
 def _train_config(args: argparse.Namespace, base: dict | None):
     data = dict(base) if base else TrainConfig().to_dict()
+    if base:
+        data.setdefault("init", "torch")  # runs saved before --init drew PyTorch's defaults
     for name in _TRAIN_OPTIONS:
         v = getattr(args, name)
         if v is not None:

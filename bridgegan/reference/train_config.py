@@ -10,7 +10,7 @@ from typing import Any
 from .loss_weights import LossWeights
 from .noise_modes import MODES as NOISE_MODES
 from .records import from_fields
-from .train_modes import AMP_MODES, LR_SCHEDULES, TRAIN_DTYPES
+from .train_modes import AMP_MODES, INIT_SCHEMES, LR_SCHEDULES, TRAIN_DTYPES
 
 
 @dataclass
@@ -25,6 +25,9 @@ class TrainConfig:
     the folder of the frozen classifier that the ``feature`` loss weight matches (not in
     the paper; "" = none). ``lr_schedule``: "constant" (the paper) or "cosine", from ``lr``
     at step 0 to 0 at ``steps`` (not in the paper: the last points of a long CPU run).
+    ``init``: how a fresh run draws its weights, "xavier" (the authors' code) or "torch"
+    (PyTorch's layer defaults); a resumed run or one started from a checkpoint's weights
+    keeps those, but for the channels a widening adds.
     """
 
     batch: int = 60
@@ -38,6 +41,7 @@ class TrainConfig:
     noise_memory: str = "official"
     ema: float = 0.999
     seed: int = 0
+    init: str = "xavier"
     ckpt_every: int = 1000
     sample_every: int = 500
     log_every: int = 50
@@ -71,7 +75,8 @@ class TrainConfig:
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ValueError(f"seed must be an integer, got {type(self.seed).__name__} "
                              f"{self.seed!r}")
-        for name in ("noise_memory", "lr_schedule", "amp", "dtype", "device", "feature_classifier"):
+        for name in ("noise_memory", "lr_schedule", "init", "amp", "dtype", "device",
+                     "feature_classifier"):
             v = getattr(self, name)
             if not isinstance(v, str):
                 raise ValueError(f"{name} must be a string, got {type(v).__name__} {v!r}")
@@ -91,6 +96,8 @@ class TrainConfig:
             raise ValueError(f"noise_memory must be one of {NOISE_MODES}, got {self.noise_memory!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.init not in INIT_SCHEMES:
+            raise ValueError(f"init must be one of {INIT_SCHEMES}, got {self.init!r}")
         if self.amp not in AMP_MODES:
             raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
         if self.dtype not in TRAIN_DTYPES:

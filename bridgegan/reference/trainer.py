@@ -97,6 +97,7 @@ class Trainer:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(config.seed, STREAM_INIT))
             self.model = BridgeGAN(model_config)
+            self.model.initialise(config.init)
         self.dtype = getattr(torch, config.dtype)
         self.model.to(self.device, self.dtype)
         m = self.model
