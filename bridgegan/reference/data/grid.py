@@ -54,9 +54,10 @@ def make_grid(
 
 def save_png(array: np.ndarray, path: str | os.PathLike) -> None:
     """Write a uint8 (H, W, 3) array as PNG, atomically (``files.write_file_atomic``);
-    parent folders are created."""
+    parent folders are created. At zlib's default level: PIL's ``optimize`` made the demo
+    grid 4% smaller in 9-10x the time (1.6-1.8 s against 0.17 s on a 2-core CPU)."""
     buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG", optimize=True)
+    Image.fromarray(array).save(buf, format="PNG")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     write_file_atomic(path, buf.getvalue())
 
