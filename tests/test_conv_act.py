@@ -158,8 +158,14 @@ def test_the_transposed_epilogue_path_refuses_a_short_bias(monkeypatch):
     assert not reached
 
 
+class OutOfResources(Exception):
+    """As Triton's (a TritonError, not a RuntimeError): a specialisation that cannot compile."""
+
+
 @needs_onednn
-def test_a_fused_form_failing_after_the_decision_falls_back_for_good(monkeypatch):
+@pytest.mark.parametrize("error", [RuntimeError("could not create a primitive"),
+                                   OutOfResources("shared memory, required: 300000")])
+def test_a_fused_form_failing_after_the_decision_falls_back_for_good(monkeypatch, error):
     """The CPU decides once per dtype: a later shape the library cannot take (while the
     plain ops can) gets the plain ops' result and one KernelFallbackWarning, not the
     library's error, and the plain ops from then on (not a failing try on every call)."""
@@ -171,7 +177,7 @@ def test_a_fused_form_failing_after_the_decision_falls_back_for_good(monkeypatch
         if x_.shape[0] > 2:
             def fail():
                 tried.append(1)
-                raise RuntimeError("could not create a primitive")
+                raise error
             return fail
         return real(x_, *args)
 
@@ -185,8 +191,40 @@ def test_a_fused_form_failing_after_the_decision_falls_back_for_good(monkeypatch
     want = F.relu(F.conv2d(big, w, b, padding=padding))
     assert all(torch.equal(g, want) for g in got) and len(tried) == 1
     shown = [r for r in rec if issubclass(r.category, KernelFallbackWarning)]
-    assert len(shown) == 1 and "could not create a primitive" in str(shown[0].message)
+    assert len(shown) == 1 and str(error) in str(shown[0].message)
     assert shown[0].filename == __file__  # attributed to the caller
+
+
+@needs_onednn
+def test_running_out_of_memory_in_the_fused_form_raises_and_keeps_it(monkeypatch):
+    """Memory is not the form's fault: the error reaches the caller as it is (no plain ops
+    run in its place) and the next call tries the fused form again."""
+    x, w, b, stride, padding, _ = (t.float() if isinstance(t, torch.Tensor) else t
+                                   for t in operands("conv3x3", 7))
+    real, short, tried = conv_act._fused_call, [], []
+
+    def short_once(*args):
+        call = real(*args)
+
+        def once():
+            tried.append(1)
+            if short:
+                short.clear()
+                raise torch.OutOfMemoryError("out of memory (test)")
+            return call()
+        return once
+
+    monkeypatch.setattr(conv_act, "_fused_call", short_once)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error", KernelFallbackWarning)
+        conv2d_relu(x, w, b, stride, padding)  # decides for the fused form
+        short.append(1)
+        with pytest.raises(torch.OutOfMemoryError, match="test"):
+            conv2d_relu(x, w, b, stride, padding)
+        tried.clear()
+        got = conv2d_relu(x, w, b, stride, padding)
+    assert tried == [1]  # the fused form again
+    assert torch.allclose(got, F.relu(F.conv2d(x, w, b, padding=padding)), atol=1e-5)
 
 
 def test_autograd_takes_the_plain_ops():

@@ -231,7 +231,10 @@ def conv2d_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         return plain()
     try:
         return call()
-    except RuntimeError as exc:  # decided at another shape (the CPU decides once per dtype)
+    except torch.OutOfMemoryError:
+        raise  # memory, not the form: a later call may have it (as CudaGraphed treats it)
+    except Exception as exc:  # decided at another shape (the CPU decides once per dtype), or
+        # a Triton specialisation that does not compile (OutOfResources, PTXASError)
         out = plain()  # the caller's mistake raises the plain ops' own message
         _drop(_key(x, weight, stride, padding, transposed), x, transposed,
               f"failed ({type(exc).__name__}: {exc})")
