@@ -49,10 +49,9 @@ DEPARTURES = ["--n-d", "0", "--w-adv", "0", "--w-attr", "0", "--w-paired", "100"
               "--d-attr-warmup", "3000"]
 RECIPES = {
     # the shipped model: 32 px, narrow widths, batch 8, one thread (about 0.65 s a step)
-    # (--init torch: PyTorch's layer defaults, which its first stretch was drawn with)
     "cpu": ["--data", "synthetic", "--resolution", "32", "--g-width", "16", "--e-width", "16",
             "--latent-channels", "16", "--spade-hidden", "32", "--mapping-channels", "32",
-            "--noise-dim", "8", "--d-width", "8", "--batch", "8", *DEPARTURES, "--init", "torch",
+            "--noise-dim", "8", "--d-width", "8", "--batch", "8", *DEPARTURES,
             "--steps", "100000", "--workers", "0", "--log-every", "100",
             "--sample-every", "1000", "--ckpt-every", "500"],
     # the 64 px preset (paper widths) at GPU scale; not yet run on a GPU

@@ -224,14 +224,14 @@ def test_single_edits_take_one_attribute_from_the_reference(faces):
     assert torch.equal(t0._local(batch, draws)["yr"], yr_full)
 
 
-def test_a_fresh_run_draws_its_weights_as_the_authors_code(faces):
-    """init "xavier" (the default): every convolution and linear weight Glorot-uniform within
+def test_init_xavier_draws_the_weights_as_the_authors_code(faces):
+    """init "xavier": every convolution and linear weight Glorot-uniform within
     sqrt(6 / (fan_in + fan_out)), every bias 0, the instance norms at scale 1 and shift 0;
-    "torch" keeps PyTorch's defaults (non-zero biases, other bounds). Each run's draw comes
-    from its seed alone."""
-    xavier = Trainer(tiny(faces), train_config(), faces, progress=False).model
-    again = Trainer(tiny(faces), train_config(), faces, progress=False).model
-    built = Trainer(tiny(faces), train_config(init="torch"), faces, progress=False).model
+    "torch" (the default) keeps PyTorch's (non-zero biases, other bounds). Each run's draw
+    comes from its seed alone."""
+    xavier = Trainer(tiny(faces), train_config(init="xavier"), faces, progress=False).model
+    again = Trainer(tiny(faces), train_config(init="xavier"), faces, progress=False).model
+    built = Trainer(tiny(faces), train_config(), faces, progress=False).model
     scaled, torch_biases = [], []
     for layer, same, other in zip(xavier.modules(), again.modules(), built.modules()):
         if isinstance(layer, (torch.nn.Conv2d, torch.nn.Linear)):
@@ -643,7 +643,7 @@ def test_train_config_validation():
         TrainConfig(ema=1.0)
     with pytest.raises(ValueError, match="lr_schedule must be one of"):
         TrainConfig(lr_schedule="step")
-    with pytest.raises(ValueError, match=r"init must be one of \('xavier', 'torch'\), got 'he'"):
+    with pytest.raises(ValueError, match=r"init must be one of \('torch', 'xavier'\), got 'he'"):
         TrainConfig(init="he")
     assert TrainConfig.from_dict(TrainConfig(lr=1e-3).to_dict()) == TrainConfig(lr=1e-3)
 
@@ -684,16 +684,12 @@ def test_cli_trains_and_resumes(tmp_path, capsys):
     assert latest_checkpoint(out).name == "step-00000002"
     meta = json.loads((latest_checkpoint(out) / STATE_JSON).read_text())
     assert meta["train_config"]["weights"]["mode_seeking"] == 0.01
-    assert meta["train_config"]["init"] == "xavier"
-    del meta["train_config"]["init"]  # as runs saved before --init existed: PyTorch's draw
-    (latest_checkpoint(out) / STATE_JSON).write_text(json.dumps(meta))
     # resume: architecture, attributes and weights come from the checkpoint
     assert _cli(["--data", "synthetic:24", "--workers", "0", "--out", str(out), "--no-progress",
                  "--resume", "auto", "--steps", "3"]) == 0
     assert latest_checkpoint(out).name == "step-00000003"
     meta = json.loads((latest_checkpoint(out) / STATE_JSON).read_text())
     assert meta["train_config"]["weights"]["mode_seeking"] == 0.01 and meta["step"] == 3
-    assert meta["train_config"]["init"] == "torch"
     steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3]
     # conflicting architecture on resume, and bad input, fail with a message

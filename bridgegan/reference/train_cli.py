@@ -137,10 +137,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="seed of the initialisation, data order and all per-step draws "
                         f"(default: {TrainConfig.seed})")
     g.add_argument("--init", choices=INIT_SCHEMES, default=None,
-                   help="how a fresh run draws its weights: 'xavier' as the authors' code "
-                        "(Glorot-uniform, zero biases) or 'torch' (PyTorch's layer defaults); "
-                        "--resume and --init-from keep their checkpoint's weights, but for the "
-                        f"channels --widen adds (default: {TrainConfig.init})")
+                   help="how a fresh run draws its weights: 'torch' (PyTorch's layer "
+                        "defaults) or 'xavier' as the authors' code (Glorot-uniform, zero "
+                        "biases; slower here, see docs/TRAINING.md); --resume and --init-from "
+                        "keep their checkpoint's weights, but for the channels --widen adds "
+                        f"(default: {TrainConfig.init})")
 
     g = p.add_argument_group("loss weights")
     for f in fields(LossWeights):
@@ -237,8 +238,6 @@ def _arch_given(args: argparse.Namespace) -> bool:
 
 def _train_config(args: argparse.Namespace, base: dict | None):
     data = dict(base) if base else TrainConfig().to_dict()
-    if base:
-        data.setdefault("init", "torch")  # runs saved before --init drew PyTorch's defaults
     for name in _TRAIN_OPTIONS:
         v = getattr(args, name)
         if v is not None:

@@ -25,9 +25,10 @@ class TrainConfig:
     the folder of the frozen classifier that the ``feature`` loss weight matches (not in
     the paper; "" = none). ``lr_schedule``: "constant" (the paper) or "cosine", from ``lr``
     at step 0 to 0 at ``steps`` (not in the paper: the last points of a long CPU run).
-    ``init``: how a fresh run draws its weights, "xavier" (the authors' code) or "torch"
-    (PyTorch's layer defaults); a resumed run or one started from a checkpoint's weights
-    keeps those, but for the channels a widening adds.
+    ``init``: how a fresh run draws its weights, "torch" (PyTorch's layer defaults: measured
+    better than the authors' on the CPU recipe, docs/TRAINING.md) or "xavier" (the
+    authors' code); a resumed run or one started from a checkpoint's weights keeps those,
+    but for the channels a widening adds.
     """
 
     batch: int = 60
@@ -41,7 +42,7 @@ class TrainConfig:
     noise_memory: str = "official"
     ema: float = 0.999
     seed: int = 0
-    init: str = "xavier"
+    init: str = "torch"
     ckpt_every: int = 1000
     sample_every: int = 500
     log_every: int = 50

@@ -8,6 +8,6 @@ checks its fields against the same tuples.
 AMP_MODES = ("none", "bf16", "fp16")  # fp16: CUDA only, with gradient scaling
 TRAIN_DTYPES = ("float32", "float64")  # float64: numerical reference runs
 LR_SCHEDULES = ("constant", "cosine")  # cosine: from lr at step 0 to 0 at the last step
-# xavier: the authors' code (TensorFlow slim's defaults: Glorot-uniform weights, zero
-# biases); torch: PyTorch's layer defaults
-INIT_SCHEMES = ("xavier", "torch")
+# torch: PyTorch's layer defaults; xavier: the authors' code (TensorFlow slim's defaults:
+# Glorot-uniform weights, zero biases)
+INIT_SCHEMES = ("torch", "xavier")
