@@ -36,10 +36,11 @@ def time_calls(fn, device, warmup: int = 0, reps: int = 1, min_seconds: float = 
     flush = torch.empty(L2_FLUSH_BYTES, dtype=torch.int8, device=device) if flush_l2 and cuda else None
     for _ in range(warmup):
         fn()
-    synchronize(device)
     # the events go on ``device``'s stream, not the current device's (cuda:1 timed while
     # the current device is 0 would otherwise time an idle stream)
     stream = torch.cuda.current_stream(device) if cuda else None
+    if cuda:  # that stream, not the device: a device-wide sync from this thread may break
+        stream.synchronize()  # another thread's CUDA-graph capture (conv2d_relu's timings)
     times: list[float] = []
     began = time.perf_counter()
     while len(times) < reps or time.perf_counter() - began < min_seconds:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 import torch
 
@@ -53,17 +53,33 @@ class ScopedFlags:
                                            self._inside(self._saved)))
 
 
+# oneDNN's matmul precision as ``torch.set_float32_matmul_precision(key)`` leaves it
+_ONEDNN_AFTER = {"highest": "ieee", "high": "tf32", "medium": "bf16"}
+
+
 def tf32_state() -> tuple:
     """TF32's settings for float32 matrix products and cuDNN convolutions, as the API the
-    process set them with reads them: ("legacy", allow_tf32 of each), or, once a program
-    set torch's newer per-backend ``fp32_precision`` (torch >= 2.9; the legacy flags then
-    raise when read), ("precision", each one's precision)."""
+    process set them with reads them: ("legacy", matmul, cuDNN's allow_tf32), or, once a
+    program set torch's newer per-backend ``fp32_precision`` (torch >= 2.9; the legacy
+    reads then raise), ("precision", each one's precision). The legacy matmul setting is
+    the CUDA flag (allow_tf32), or, where ``torch.set_float32_matmul_precision`` set it
+    and oneDNN's with it (torch >= 2.9), that precision ("highest", "high", "medium"),
+    written back the same way: the CUDA flag alone, turned off after
+    ``set_float32_matmul_precision("high")``, left oneDNN's at TF32, a mix that made
+    ``torch.get_float32_matmul_precision`` (inductor calls it) raise inside the scope."""
     backends = torch.backends
     try:
-        return "legacy", backends.cuda.matmul.allow_tf32, backends.cudnn.allow_tf32
+        matmul, conv = backends.cuda.matmul.allow_tf32, backends.cudnn.allow_tf32
     except RuntimeError:  # "a mix of the legacy and new APIs": the new one is in use
         return ("precision", backends.cuda.matmul.fp32_precision,
                 backends.cudnn.conv.fp32_precision)
+    onednn = getattr(backends.mkldnn, "matmul", None)
+    if onednn is not None and onednn.fp32_precision != "none":
+        with suppress(RuntimeError):  # raises in a mix the program made: the CUDA flag
+            precision = torch.get_float32_matmul_precision()
+            if _ONEDNN_AFTER.get(precision) == onednn.fp32_precision:
+                matmul = precision
+    return "legacy", matmul, conv
 
 
 def tf32_key() -> object:
@@ -76,37 +92,44 @@ def tf32_key() -> object:
 
 
 def _set_tf32(state: tuple) -> None:
-    """Write ``state`` (``tf32_state``'s form) in its API, only the flags that change: a
+    """Write ``state`` (``tf32_state``'s form) in its API, only the settings that change: a
     legacy write also rewrites torch's per-backend precisions (matmul's "none" became
     "ieee" for good, hiding a later global TF32 setting)."""
-    api, *values = state
+    api, matmul, conv = state
     backends = torch.backends
-    knobs = ([(backends.cuda.matmul, "allow_tf32"), (backends.cudnn, "allow_tf32")]
-             if api == "legacy" else
-             [(backends.cuda.matmul, "fp32_precision"), (backends.cudnn.conv, "fp32_precision")])
-    for (owner, name), value in zip(knobs, values):
-        if getattr(owner, name) != value:
-            setattr(owner, name, value)
+    if api == "legacy":
+        if isinstance(matmul, str):  # as set_float32_matmul_precision set it
+            torch.set_float32_matmul_precision(matmul)
+        elif backends.cuda.matmul.allow_tf32 != matmul:
+            backends.cuda.matmul.allow_tf32 = matmul
+        if backends.cudnn.allow_tf32 != conv:
+            backends.cudnn.allow_tf32 = conv
+        return
+    for owner, value in ((backends.cuda.matmul, matmul), (backends.cudnn.conv, conv)):
+        if owner.fp32_precision != value:
+            owner.fp32_precision = value
 
 
 def _off(state: tuple) -> tuple:
     """TF32 off, in the API ``state`` was read with (the other would raise, or switch the
     process's later readers over)."""
-    return (state[0], False, False) if state[0] == "legacy" else (state[0], "ieee", "ieee")
+    if state[0] == "legacy":
+        return "legacy", "highest" if isinstance(state[1], str) else False, False
+    return state[0], "ieee", "ieee"
 
 
 def _tf32_kept(saved: tuple, now: tuple, ours: tuple) -> tuple:
-    """``_kept`` for TF32 states (``tf32_state``'s form), in the API the process uses now:
-    where the program switched APIs while the scope was open, a setting counts as changed
-    where TF32 went on or off, and the caller's others are written in the new API (the
-    old one's flags raise there, or would switch the process back)."""
-    if now[0] == saved[0]:  # the API the scope read and wrote (``_off`` keeps it)
-        return _kept(saved, now, ours)
-
+    """``_kept`` for TF32 states (``tf32_state``'s form), by whether TF32 is on: a setting
+    the program turned on or off while the scope was open stays as it is, the others get
+    the caller's values (a legacy matmul setting reads as a flag or as a precision, by how
+    it was set: off is off either way), in the API the process uses now (where the
+    program switched APIs, the old one's flags raise there, or would switch it back)."""
     def on(value) -> bool:
-        return value is True or value == "tf32"
+        return value is True or value in ("tf32", "high", "medium")
 
     def in_now(value):
+        if now[0] == saved[0]:  # the API the scope read and wrote (``_off`` keeps it)
+            return value
         return on(value) if now[0] == "legacy" else ("tf32" if on(value) else "ieee")
 
     return (now[0], *(n if on(n) != on(o) else in_now(s)

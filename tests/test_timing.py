@@ -23,11 +23,25 @@ def test_copy_bandwidth_quantiles_are_ordered():
 
 
 def test_cuda_events_are_recorded_on_the_timed_device(monkeypatch):
-    """cuda:1 timed while the current device is 0: both events go on cuda:1's stream
-    (torch.cuda faked, so this runs without a GPU)."""
+    """cuda:1 timed while the current device is 0: both events go on cuda:1's stream, and
+    the warm-up is waited for on that stream, not by a device-wide sync, which may break
+    another thread's CUDA-graph capture (torch.cuda faked, so this runs without a GPU)."""
     import torch
 
-    recorded = []
+    recorded, synced = [], []
+
+    class Stream:
+        def __init__(self, device):
+            self.device = str(device)
+
+        def __eq__(self, other):
+            return isinstance(other, Stream) and other.device == self.device
+
+        def synchronize(self):
+            synced.append(self.device)
+
+    def device_wide(device=None):
+        raise AssertionError("a device-wide sync")
 
     class Event:
         def __init__(self, enable_timing=False):
@@ -43,7 +57,7 @@ def test_cuda_events_are_recorded_on_the_timed_device(monkeypatch):
             return 2.0  # ms
 
     monkeypatch.setattr(torch.cuda, "Event", Event)
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: ("stream", str(device)))
-    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Stream(device))
+    monkeypatch.setattr(torch.cuda, "synchronize", device_wide)
     assert time_calls(lambda: None, "cuda:1", warmup=1, reps=2) == [2e-3, 2e-3]
-    assert recorded == [("stream", "cuda:1")] * 4
+    assert recorded == [Stream("cuda:1")] * 4 and synced == ["cuda:1"]

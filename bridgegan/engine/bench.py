@@ -22,13 +22,16 @@ Columns: ``dtype`` is torch's name of the dtype (``bf16`` and ``bfloat16`` are o
 reference variant of that dtype (no ``cl`` / ``graphs`` / ``streams`` tag); a table with
 two of them for one dtype and cuDNN choice is refused. ``peak_mem_mb``: on CUDA, what the
 variant's build left allocated (weights, rewritten constants), the row's inputs and what
-its first call keeps (that call's own peak is not counted; its time is ``first_call_s``),
+its first call keeps (that call's own peak is not counted; its time is ``first_call_s``;
+where parity made that call, before the rows, what it kept is not counted either),
 plus the most its warm-up and timed calls allocate above that: the variant's own, though
 the other variants' engines are held beside it; empty on the CPU, where the only cheap
 figure (ru_maxrss) is the process's running maximum, not the row's, and for CUDA-graph
 rows, whose activations live in the graph's private pool, allocated once at capture:
 replays allocate nothing, so the figure would be the weights and the static inputs and
-outputs only.
+outputs only, and for the backends that run exported graphs (onnxruntime, TensorRT), whose
+weights and activations their own allocators hold, out of torch's sight. The row's inputs
+are the workload's only (a reference batch for reference rows alone).
 ``device`` names the GPU, or the CPU model with its matrix ISA extensions (CPU_FLAGS) and
 torch's thread count; ``commit`` ends in ``-dirty`` when the working tree differs from it.
 ``samples``: the timed calls the row's percentiles come from, over all its rounds
@@ -100,7 +103,7 @@ from ..reference.model import BridgeGAN
 from ..timing import synchronize, time_calls
 from ..torch_flags import no_tf32
 from . import roofline
-from .backends import AUTO, BACKENDS, BackendUnavailable
+from .backends import AUTO, BACKENDS, REGISTRY, BackendUnavailable
 from .engine import Engine, backend_dtype, cpu_info, engine_device
 from .graph import Rewrites
 from .options import (BENCH_MIN_SECONDS, BENCH_ROUNDS, BENCH_SAMPLES, MAX_SAMPLES, VARIANT_FORM,
@@ -269,7 +272,7 @@ def _workload_fn(eng: Engine, workload: str, batch: int, seed: int):
     gen = torch.Generator().manual_seed(seed)
     shape = (_sources(workload, batch), 3, cfg.image_size, cfg.image_size)
     x = (torch.rand(shape, generator=gen) * 2 - 1).to(eng.device)
-    refs = (torch.rand(shape, generator=gen) * 2 - 1).to(eng.device)
+    refs = torch.rand(shape, generator=gen) * 2 - 1  # drawn alike for every workload
     # labels and noise in host memory, as callers pass them: the engine checks them there
     # (a device tensor would be copied back for its checks)
     ys = torch.randint(0, 2, (shape[0], cfg.n_attrs), generator=gen).float()
@@ -277,6 +280,7 @@ def _workload_fn(eng: Engine, workload: str, batch: int, seed: int):
     if workload == "translate":
         return lambda: eng.translate(x, 1 - ys, noise=noise, source=ys)
     if workload == "reference":
+        refs = refs.to(eng.device)  # on the device for this workload only: peak memory
         return lambda: eng.translate_reference(x, refs, source=ys, reference_labels=1 - ys)
     if workload == "samples":
         # seed None: one randn for the noise (seeds cost a generator each per call; the
@@ -496,8 +500,9 @@ def _cell_rows(ready: list[_Ready], workload: str, batch: int, dev: torch.device
         r, medians = ready[i], [float(np.median(m)) for m in ms[i]]
         # CUDA: the engine's own memory, its inputs and the most its calls allocate above
         # what was there before them (the other variants' engines are held beside it); not
-        # for graph rows, whose activations live in the graph's pool
-        peak = ("" if dev.type != "cuda" or r.cuda_graphs
+        # for graph rows, whose activations live in the graph's pool, nor for exported
+        # graphs' backends, whose own allocators torch does not see
+        peak = ("" if dev.type != "cuda" or r.cuda_graphs or REGISTRY[r.engine.backend].exported
                 else round((r.resident + held[i] + extra[i]) / 2 ** 20, 1))
         rows[i].update(_latency([t for m in ms[i] for t in m], n,
                                 _flops_per_image(cfg, workload, n), first[i], peak,

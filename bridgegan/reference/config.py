@@ -115,6 +115,10 @@ class BridgeGANConfig:
                 f"image_size {size} must be divisible by 2**g_downs ({2 ** self.g_downs}) "
                 f"and 2**d_downs ({2 ** self.d_downs})"
             )
+        if size >> self.g_downs < 2:  # instance norm of one pixel per channel: no variance
+            raise ValueError(f"image_size {size} with g_downs {self.g_downs} leaves G's middle "
+                             f"blocks at 1x1, where instance norm is undefined; accepted: "
+                             f"g_downs <= {size.bit_length() - 2} at this size")
         for what, channels in (("g_width * 2**g_downs", self.g_channels()[-1]),
                                ("d_width * 2**d_downs", self.d_width * 2 ** self.d_downs)):
             if channels > MAX_CHANNELS:
