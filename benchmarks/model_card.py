@@ -83,7 +83,8 @@ def card(folder: Path) -> str:
         + training.get("history", "") + " The exact commands:", ""]
     out += [f"    {c}" for c in training["commands"]]
     out += ["", "Departures from the paper (each an option of `bridgegan train` given above, "
-            "besides the EMA generator, on by default; docs/TRAINING.md has the measurement "
+            "besides the EMA generator and PyTorch's layer initialisation, on by default; "
+            "docs/TRAINING.md has the measurement "
             "behind each): "
             + "; ".join(departures(training["commands"])) + ".", ""]
     out += [f"**Evaluation** (`eval.json`): {report['sources']} held-out faces ({report['split']} "

@@ -92,14 +92,16 @@ def tf32_key() -> object:
 
 
 def _set_tf32(state: tuple) -> None:
-    """Write ``state`` (``tf32_state``'s form) in its API, only the settings that change: a
-    legacy write also rewrites torch's per-backend precisions (matmul's "none" became
-    "ieee" for good, hiding a later global TF32 setting)."""
+    """Write ``state`` (``tf32_state``'s form) in its API, only the flags that change (a
+    legacy write also rewrites torch's per-backend precisions: matmul's "none" became
+    "ieee" for good, hiding a later global TF32 setting); a matmul precision string goes
+    back through ``set_float32_matmul_precision``, which set it."""
     api, matmul, conv = state
     backends = torch.backends
     if api == "legacy":
         if isinstance(matmul, str):  # as set_float32_matmul_precision set it
-            torch.set_float32_matmul_precision(matmul)
+            if tf32_state()[1] != matmul:
+                torch.set_float32_matmul_precision(matmul)
         elif backends.cuda.matmul.allow_tf32 != matmul:
             backends.cuda.matmul.allow_tf32 = matmul
         if backends.cudnn.allow_tf32 != conv:
@@ -120,10 +122,11 @@ def _off(state: tuple) -> tuple:
 
 def _tf32_kept(saved: tuple, now: tuple, ours: tuple) -> tuple:
     """``_kept`` for TF32 states (``tf32_state``'s form), by whether TF32 is on: a setting
-    the program turned on or off while the scope was open stays as it is, the others get
-    the caller's values (a legacy matmul setting reads as a flag or as a precision, by how
-    it was set: off is off either way), in the API the process uses now (where the
-    program switched APIs, the old one's flags raise there, or would switch it back)."""
+    the program turned on while the scope had it off stays as it is, unless the caller had
+    it on too; the others get the caller's values (a legacy matmul setting reads as a flag
+    or as a precision, by how it was set: off is off either way), in the API the process
+    uses now (where the program switched APIs, the old one's flags raise there, or would
+    switch it back)."""
     def on(value) -> bool:
         return value is True or value in ("tf32", "high", "medium")
 
@@ -132,7 +135,7 @@ def _tf32_kept(saved: tuple, now: tuple, ours: tuple) -> tuple:
             return value
         return on(value) if now[0] == "legacy" else ("tf32" if on(value) else "ieee")
 
-    return (now[0], *(n if on(n) != on(o) else in_now(s)
+    return (now[0], *(n if on(n) not in (on(o), on(s)) else in_now(s)
                       for s, n, o in zip(saved[1:], now[1:], ours[1:])))
 
 

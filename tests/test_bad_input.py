@@ -425,7 +425,8 @@ def test_empty_pil_images_are_refused(eng, size):
     ("image_size", True, "config.image_size must be an integer"),
     ("g_downs", 10 ** 9, r"config.g_downs must be an integer in \[1, 10\]"),
     ("g_downs", 5, r"image_size 32 with g_downs 5 leaves G's middle blocks at 1x1, where "
-                   r"instance norm is undefined; accepted: g_downs <= 4 at this size"),
+                   r"instance norm is degenerate \(its output is its shift\); accepted: "
+                   r"g_downs <= 4 at this size"),
     ("noise_dim", None, "config.noise_dim must be an integer"),
     ("g_width", 128, r"g_width \* 2\*\*g_downs = 1024 channels; accepted: at most 512"),
     ("d_width", 128, r"d_width \* 2\*\*d_downs = 1024 channels; accepted: at most 512"),

@@ -953,7 +953,10 @@ def flags_outside(request):
         yield request.param
     finally:  # the legacy setters put the process back in the legacy API
         torch.backends.cudnn.benchmark, (_, matmul, conv) = saved
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, conv
+        torch.backends.cuda.matmul.allow_tf32 = matmul is True or matmul in ("high", "medium")
+        if isinstance(matmul, str):  # as set_float32_matmul_precision had set it
+            torch.set_float32_matmul_precision(matmul)
+        torch.backends.cudnn.allow_tf32 = conv
 
 
 TF32 = {"legacy": (True, True), "precision": ("tf32", "tf32")}
@@ -1047,7 +1050,8 @@ def test_tf32_off_keeps_torchs_matmul_precision_readable(precision):
     """After ``torch.set_float32_matmul_precision("high")`` (what torch.compile advises),
     turning the CUDA flag alone off left oneDNN's matmul at TF32 and the mix made
     ``torch.get_float32_matmul_precision``, which inductor calls, raise inside the scope
-    (a compile engine on CUDA failed); the caller's precision comes back after it."""
+    (a compile engine on CUDA failed); the caller's precision comes back after it, oneDNN's
+    with it, also where the program turned TF32 on inside."""
     saved = torch.get_float32_matmul_precision()
     try:
         torch.set_float32_matmul_precision(precision)
@@ -1055,6 +1059,9 @@ def test_tf32_off_keeps_torchs_matmul_precision_readable(precision):
             assert torch.get_float32_matmul_precision() == "highest"
             assert torch.backends.cuda.matmul.allow_tf32 is False
         assert torch.get_float32_matmul_precision() == precision
+        assert tf32_state() == ("legacy", precision, True)
+        with no_tf32():  # the program turns TF32 on as the caller had it: the caller's form
+            torch.backends.cuda.matmul.allow_tf32 = True
         assert tf32_state() == ("legacy", precision, True)
     finally:  # the legacy flag's form again: oneDNN's matmul following the global setting
         torch.set_float32_matmul_precision(saved)

@@ -21,8 +21,10 @@ against the reference model):
   3 image channels only and the tiled (N, A, H, W) labels are never built. The bias is
   carried beside the activations, not added to them: E's blocks norm first (their
   instance norms cancel a per-channel constant) and their shortcuts are 1x1 convolutions,
-  pooling or the identity (which map it to another such constant), so it is a float32
-  (N, C) vector until E's head adds it before its ReLU, and the head runs in float32.
+  pooling or the identity (which map it to another such constant), so it is an (N, C)
+  vector, computed in float32 (from coefficients held in the graph's dtype), until E's
+  head adds it before its ReLU, and the head runs in float32 (TensorRT's reduced-precision
+  plans choose the head's precision themselves).
   Added to the stem's output, a constant tens to hundreds of times a channel's spread
   (strength 1.5-3) rounded the image part away in bf16 (the shipped model: 9 of 32 images
   of a three-reference translation at strength 3 below 40 dB).

@@ -117,8 +117,9 @@ class BridgeGANConfig:
             )
         if size >> self.g_downs < 2:  # instance norm of one pixel per channel: no variance
             raise ValueError(f"image_size {size} with g_downs {self.g_downs} leaves G's middle "
-                             f"blocks at 1x1, where instance norm is undefined; accepted: "
-                             f"g_downs <= {size.bit_length() - 2} at this size")
+                             f"blocks at 1x1, where instance norm is degenerate (its output "
+                             f"is its shift); accepted: g_downs <= {size.bit_length() - 2} "
+                             f"at this size")
         for what, channels in (("g_width * 2**g_downs", self.g_channels()[-1]),
                                ("d_width * 2**d_downs", self.d_width * 2 ** self.d_downs)):
             if channels > MAX_CHANNELS:
