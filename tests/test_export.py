@@ -243,16 +243,61 @@ def test_tensorrt_build_configuration_is_data(exported):
     norms = [n.name for n in g.graph.node if n.op_type == "InstanceNormalization"]
     assert len(norms) == len(set(norms)) == 26 and all(norms)
     assert cfg.fp32_layers == tuple(norms)
+    # E's head, from the labels' constant (fold_labels) to its ReLU, in float32 as the
+    # torch engine runs it: the encoder's path from d to the head's output is pinned
+    head = {n.name: n for n in g.graph.node if n.name in cfg.fp32_head}
+    assert {n.op_type for n in head.values()} == {
+        "Gemm", "Unsqueeze", "Add", "Relu", "Conv", "Slice", "Sub"}
+    assert all(n.name.startswith("/e_head/") for n in head.values())
     assert json.loads(json.dumps(cfg.to_dict()))["precision"] == "fp16"
+    reference = build_config(exported / "translate_reference.onnx", "bf16")
+    assert {n.split("/")[1] for n in reference.fp32_head} == {"e_head", "e_head_1"}
     bf16 = build_config(exported / "decode_mix.onnx", "bf16", (2, 2, 8))
     assert set(bf16.flags) == {"BF16", "OBEY_PRECISION_CONSTRAINTS"}
     assert bf16.profile["alpha"] == ((2,), (2,), (8,)) and len(bf16.fp32_layers) == 8
-    fp32 = build_config(exported / "trunk.onnx", "fp32")
-    assert fp32.flags == () and fp32.clear_flags == ("TF32",) and fp32.fp32_layers == ()
+    assert bf16.fp32_head == ()
+    fp32 = build_config(exported / "encode.onnx", "fp32")
+    assert fp32.flags == () and fp32.clear_flags == ("TF32",)
+    assert fp32.fp32_layers == fp32.fp32_head == ()
     with pytest.raises(ValueError, match="precision must be one of fp32, fp16, bf16"):
         build_config(exported / "trunk.onnx", "int8")
     with pytest.raises(ValueError, match="1 <= min <= opt <= max"):
         build_config(exported / "trunk.onnx", "fp16", (4, 2, 8))
+
+
+def test_tensorrt_pins_the_named_nodes_layers_to_float32(exported):
+    """The builder's pinning over a network as the ONNX parser names it (layers after
+    their nodes, a suffix on the second and later): every normalisation layer and every
+    layer of a pinned node gets float32; a network short of normalisation layers is
+    refused."""
+    from types import SimpleNamespace
+
+    from bridgegan.engine.export.tensorrt_build import _pin_float32
+
+    trt = SimpleNamespace(float32="float32",
+                          LayerType=SimpleNamespace(NORMALIZATION="norm", OTHER="other"))
+
+    class Layer:
+        def __init__(self, name, kind="other"):
+            self.name, self.type, self.num_outputs = name, kind, 1
+            self.precision, self.outputs = None, {}
+
+        def set_output_type(self, k, dtype):
+            self.outputs[k] = dtype
+
+    cfg = build_config(exported / "encode.onnx", "fp16")
+    layers = ([Layer(n, "norm") for n in cfg.fp32_layers]
+              + [Layer(n) for n in cfg.fp32_head] + [Layer(cfg.fp32_head[0] + "_0"),
+                                                     Layer("/e_blocks.0/conv1/Conv"),
+                                                     Layer("(Unnamed Layer* 7) [Shuffle]")])
+    network = SimpleNamespace(num_layers=len(layers), get_layer=layers.__getitem__)
+    _pin_float32(network, cfg.fp32_layers, cfg.fp32_head, trt)
+    pinned = [layer for layer in layers if layer.precision == "float32"]
+    assert len(pinned) == len(layers) - 2 and all(p.outputs == {0: "float32"} for p in pinned)
+    network = SimpleNamespace(num_layers=len(layers) - 1, get_layer=layers[1:].__getitem__)
+    with pytest.raises(RuntimeError, match=f"expected {len(cfg.fp32_layers)} instance-norm "
+                                           f"layers.*has {len(cfg.fp32_layers) - 1}"):
+        _pin_float32(network, cfg.fp32_layers, cfg.fp32_head, trt)
 
 
 def test_plan_sidecar_check():

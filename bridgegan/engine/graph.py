@@ -22,9 +22,9 @@ against the reference model):
   carried beside the activations, not added to them: E's blocks norm first (their
   instance norms cancel a per-channel constant) and their shortcuts are 1x1 convolutions,
   pooling or the identity (which map it to another such constant), so it is an (N, C)
-  vector, computed in float32 (from coefficients held in the graph's dtype), until E's
-  head adds it before its ReLU, and the head runs in float32 (TensorRT's reduced-precision
-  plans choose the head's precision themselves).
+  vector, computed in float32 (from coefficients held in the graph's dtype) by E's head,
+  which adds it before its ReLU and runs in float32 (TensorRT's reduced-precision plans
+  pin the head's layers to float32: ``export.tensorrt_build``).
   Added to the stem's output, a constant tens to hundreds of times a channel's spread
   (strength 1.5-3) rounded the image part away in bf16 (the shipped model: 9 of 32 images
   of a three-reference translation at strength 3 below 40 dB).
@@ -398,12 +398,11 @@ class InferenceGraph(nn.Module):
                 if blk.shortcut is not None:
                     sw = blk.shortcut.weight.detach()[:, :, 0, 0].double()
                     lw, lb = sw @ lw, sw @ lb
-            self.register_buffer("e_label_weight", lw.to(w.dtype))
-            self.register_buffer("e_label_bias", lb.to(w.dtype))
+            self.e_head = _Head(e.head, rw, labels=(lw.to(w.dtype), lb.to(w.dtype)))
         else:
             self.e_stem = Conv(e.stem)
+            self.e_head = _Head(e.head, rw)
         self.e_blocks = nn.ModuleList(Block(b, rw) for b in e.blocks)
-        self.e_head = _Head(e.head, rw)
         self.register_buffer("m_fc_weight", m.fc.weight.detach().clone())
         self.register_buffer("m_fc_bias", m.fc.bias.detach().clone())
         self.m_start = m.start_channels
@@ -428,10 +427,8 @@ class InferenceGraph(nn.Module):
         if not self.fold_labels:
             h = self.e_stem(torch.cat([x, tile_labels(d.to(x.dtype), x.shape[-1])], dim=1))
             return self.e_head(self._chain(self.e_blocks, h), self.impl)
-        # the labels' per-sample constant, carried past the blocks (``fold_labels``)
-        wide = torch.promote_types(x.dtype, torch.float32)
-        c = F.linear(d.to(wide), self.e_label_weight.to(wide), self.e_label_bias.to(wide))
-        return self.e_head(self._chain(self.e_blocks, self.e_stem(x)), self.impl, offset=c)
+        # the labels' per-sample constant is added by the head (``fold_labels``)
+        return self.e_head(self._chain(self.e_blocks, self.e_stem(x)), self.impl, labels=d)
 
     def map(self, r: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
         z = F.linear(torch.cat([r, d.to(r.dtype)], dim=1), self.m_fc_weight, self.m_fc_bias)
@@ -460,24 +457,29 @@ class InferenceGraph(nn.Module):
 
 
 class _Head(nn.Module):
-    """ReLU, conv1x1, IN, ReLU (the tail of E and M); the conv bias folds into the IN."""
+    """ReLU, conv1x1, IN, ReLU (the tail of E and M); the conv bias folds into the IN.
+    ``labels``: E's label coefficients (weight (C, A), bias (C,)) under ``fold_labels``."""
 
-    def __init__(self, head, rw: Rewrites):
+    def __init__(self, head, rw: Rewrites, labels: tuple[torch.Tensor, torch.Tensor] | None = None):
         super().__init__()
         norm: InstanceNorm = head.norm
         self.conv = Conv(head.conv, bias=not rw.fold_bias)
         self.register_buffer("weight", norm.weight.detach().clone())
         self.register_buffer("bias", norm.bias.detach().clone())
         self.eps = norm.eps
+        if labels is not None:
+            self.register_buffer("label_weight", labels[0])
+            self.register_buffer("label_bias", labels[1])
 
-    def forward(self, h: torch.Tensor, impl: str, offset: torch.Tensor | None = None
+    def forward(self, h: torch.Tensor, impl: str, labels: torch.Tensor | None = None
                 ) -> torch.Tensor:
-        """``offset``: E's label constant (N, C) in float32 or wider (``fold_labels``):
-        added to h before the ReLU, the head then run in its dtype and cast back."""
-        if offset is None:
+        """``labels``: d (N, A) of E under ``fold_labels``: its constant d W + b is added
+        to h before the ReLU, and the head runs in float32 (or wider) and casts back."""
+        if labels is None:
             return instance_norm_act(self.conv(F.relu(h)), self.weight, self.bias,
                                      act="relu", eps=self.eps, impl=impl)
-        wide = offset.dtype
+        wide = torch.promote_types(h.dtype, torch.float32)
+        offset = F.linear(labels.to(wide), self.label_weight.to(wide), self.label_bias.to(wide))
         u = F.relu(h.to(wide) + offset[..., None, None])
         bias = None if self.conv.bias is None else self.conv.bias.to(wide)
         v = F.conv2d(u, self.conv.weight.to(wide), bias)

@@ -66,7 +66,7 @@ def _tensorrt(args: argparse.Namespace) -> int:
                        args.workspace_gb)
     plan = build_plan(cfg, args.out, args.timing_cache)
     print(f"wrote {plan} ({cfg.precision}, batch {args.min_batch}..{args.max_batch}, "
-          f"{len(cfg.fp32_layers)} layers pinned to float32) and {plan}.json")
+          f"{len(cfg.fp32_layers) + len(cfg.fp32_head)} nodes pinned to float32) and {plan}.json")
     return 0
 
 

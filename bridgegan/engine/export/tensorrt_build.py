@@ -7,11 +7,15 @@ file with the ``onnx`` package, so tests check it without TensorRT:
 - builder flags: ``FP16`` or ``BF16`` with ``OBEY_PRECISION_CONSTRAINTS``; float32 plans
   clear ``TF32`` (they must meet the float32 image tolerance);
 - the layers pinned to float32 in fp16 / bf16 plans: the graph's InstanceNormalization
-  nodes (their statistics overflow in fp16; design.md keeps statistics in float32).
+  nodes (their statistics overflow in fp16; design.md keeps statistics in float32), and
+  E's head, which the torch engine runs in float32 in every dtype (``fold_labels`` adds
+  the labels' constant there, tens to hundreds of times a channel's spread: in bf16 it
+  rounds the image part away).
 
 :func:`build_plan` applies it with the TensorRT 10 Python API (network from the ONNX
 parser with native instance norm, pinned layers get ``precision`` and output types
-float32, the profile, a timing cache file loaded and saved) and writes the plan with a
+float32 (the parser names a node's layers after it), the profile, a timing cache file
+loaded and saved) and writes the plan with a
 JSON sidecar ``<plan>.json``: TensorRT version, GPU name, compute capability, precision,
 profile, pinned layers, the source graph and its sha256, and the plan's own sha256 (a
 sidecar vouches only for the plan it was written with: not for a plan copied over it, nor
@@ -42,6 +46,7 @@ from .names import PLAN_BATCHES, TENSORRT_PRECISIONS, TIMING_CACHE, WORKSPACE_GB
 from .onnx_export import io_spec, load_onnx
 
 TRT_EXTRA = "pip install 'bridgegan[tensorrt]'"
+E_HEAD_SCOPE = re.compile(r"/e_head(_\d+)?/")  # E's head's ONNX scopes (two where E runs twice)
 MATCH_KEYS = ("tensorrt_version", "gpu_name", "compute_capability")
 
 
@@ -59,7 +64,8 @@ class TrtBuildConfig:
     profile: dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
     flags: tuple[str, ...]  # trt.BuilderFlag names to set
     clear_flags: tuple[str, ...]  # ... and to clear
-    fp32_layers: tuple[str, ...]  # ONNX node names pinned to float32
+    fp32_layers: tuple[str, ...]  # ONNX InstanceNormalization node names pinned to float32
+    fp32_head: tuple[str, ...]  # ... and E's head's nodes (but constants)
     workspace_bytes: int
 
     @property
@@ -101,13 +107,15 @@ def build_config(onnx_path: str | os.PathLike, precision: str = "fp16",
                              f"dynamic batch dimension, then fixed sizes (`bridgegan export onnx`)")
         profile[port["name"]] = tuple((b, *dims[1:]) for b in (lo, opt, hi))
     reduced = precision != "fp32"
-    pinned = tuple(n.name for n in model.graph.node
-                   if n.op_type == "InstanceNormalization") if reduced else ()
+    nodes = model.graph.node if reduced else ()
+    norms = tuple(n.name for n in nodes if n.op_type == "InstanceNormalization")
+    head = tuple(n.name for n in nodes if n.op_type not in ("Constant", "InstanceNormalization")
+                 and E_HEAD_SCOPE.match(n.name))
     return TrtBuildConfig(
         onnx=str(onnx_path), graph=meta.get("bridgegan.graph", Path(onnx_path).stem),
         precision=precision, profile=profile,
         flags=(precision.upper(), "OBEY_PRECISION_CONSTRAINTS") if reduced else (),
-        clear_flags=() if reduced else ("TF32",), fp32_layers=pinned,
+        clear_flags=() if reduced else ("TF32",), fp32_layers=norms, fp32_head=head,
         workspace_bytes=int(workspace_gb * 2**30))
 
 
@@ -216,20 +224,23 @@ def check_sidecar(sidecar: Mapping, here: Mapping, plan: str | os.PathLike) -> N
                            f"rebuild it here with `bridgegan export tensorrt`")
 
 
-def _pin_float32(network, names: tuple[str, ...], trt) -> None:
-    """Pin the normalisation layers (and any layer named after a pinned node) to float32."""
-    if not names:
+def _pin_float32(network, norms: tuple[str, ...], others: tuple[str, ...], trt) -> None:
+    """Pin the normalisation layers and the layers of the nodes ``others`` to float32. The
+    ONNX parser names a node's layers after the node (with a suffix ``_0``, ``_1``... on
+    all but the first), so a layer whose name begins with a pinned node's is pinned."""
+    if not norms and not others:
         return
     found = 0
     for i in range(network.num_layers):
         layer = network.get_layer(i)
-        if layer.type == trt.LayerType.NORMALIZATION or layer.name in names:
+        norm = layer.type == trt.LayerType.NORMALIZATION
+        if norm or layer.name.startswith(norms + others):
             layer.precision = trt.float32
             for k in range(layer.num_outputs):
                 layer.set_output_type(k, trt.float32)
-            found += layer.type == trt.LayerType.NORMALIZATION
-    if found < len(names):
-        raise RuntimeError(f"expected {len(names)} instance-norm layers to pin to float32, the "
+            found += norm
+    if found < len(norms):
+        raise RuntimeError(f"expected {len(norms)} instance-norm layers to pin to float32, the "
                            f"parsed network has {found} normalisation layers")
 
 
@@ -260,7 +271,7 @@ def build_plan(cfg: TrtBuildConfig, plan: str | os.PathLike,
         config.set_flag(getattr(trt.BuilderFlag, flag))
     for flag in cfg.clear_flags:
         config.clear_flag(getattr(trt.BuilderFlag, flag))
-    _pin_float32(network, cfg.fp32_layers, trt)
+    _pin_float32(network, cfg.fp32_layers, cfg.fp32_head, trt)
     profile = builder.create_optimization_profile()
     for name, (lo, opt, hi) in cfg.profile.items():
         profile.set_shape(name, lo, opt, hi)
