@@ -28,6 +28,11 @@ KERNELS = ("_fused_kernel", "_stats_kernel", "_apply_kernel", "_rgb_tail_kernel"
 # Whether the split path is faster there is for a GPU to say; until then a spill elsewhere,
 # or more of this one, fails.
 KNOWN_SPILLS = {("_fused_kernel", "cl", "BLOCK_HW=4096, BLOCK_C=4,"): 200}
+# Triton 3.8 (which torch 2.14's CUDA wheels pin: triton~=3.8.0) writes PTX for the fused
+# kernel's widest nchw tile [16384 pixels, 1 channel] with gamma, beta and a residual that
+# ptxas (3.8's 12.9 and 3.9's 13.4 alike) compiles in bfloat16 to an 8 B stack frame (4 B
+# spill stores); 3.9's PTX spills nothing there.
+TRITON_38_SPILLS = {("_fused_kernel", "nchw", "BLOCK_HW=16384, BLOCK_C=1,"): 8}
 COLUMNS = ("kernel", "dtype", "layout", "launches", "first use", "regs", "spilled", "shared",
            "warps", "occupancy", "config")  # of targets.markdown's table
 
@@ -80,8 +85,15 @@ def test_every_engine_kernel_compiles_for_sm90(tmp_path):
             "_rgb_tail_kernel"} <= {r["kernel"] for r in rows}
 
 
+def _known_spills() -> dict:
+    import triton
+
+    older = tuple(int(p) for p in triton.__version__.split(".")[:2]) < (3, 9)
+    return {**KNOWN_SPILLS, **(TRITON_38_SPILLS if older else {})}
+
+
 def _allowed(row: dict) -> int:
-    return max((b for (kernel, layout, config), b in KNOWN_SPILLS.items()
+    return max((b for (kernel, layout, config), b in _known_spills().items()
                 if (row["kernel"], row["layout"]) == (kernel, layout) and config in row["config"]),
                default=0)
 
