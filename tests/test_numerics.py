@@ -19,6 +19,23 @@ def test_tolerance_rows_by_dtype_or_name():
         tolerance(torch.float64)
 
 
+# design.md's starting tolerances ("tighten where the code allows"): op (relative), and
+# end-to-end image (max abs for float32, PSNR in dB against float32 for fp16 / bf16)
+DESIGN_LIMITS = {"float32": (1e-5, 1e-4, None), "tf32": (5e-4, None, None),
+                 "float16": (2e-3, None, 40.0), "bfloat16": (1e-2, None, 40.0)}
+
+
+@pytest.mark.parametrize("name", DESIGN_LIMITS)
+def test_no_tolerance_is_looser_than_design_mds(name):
+    op_rel, image_max_abs, min_psnr = DESIGN_LIMITS[name]
+    t = tolerance(name)
+    assert t.op_rel <= op_rel
+    assert (t.image_max_abs is None) == (image_max_abs is None)
+    assert t.image_max_abs is None or t.image_max_abs <= image_max_abs
+    assert (t.image_min_psnr_db is None) == (min_psnr is None)
+    assert t.image_min_psnr_db is None or t.image_min_psnr_db >= min_psnr
+
+
 def test_a_row_without_an_image_limit_says_so():
     """tf32 has an op limit only: asking for its image limit is a ValueError naming it."""
     assert tolerance("tf32").op_rel == 5e-4
