@@ -770,6 +770,10 @@ def test_grpc_clients_that_do_not_take_their_answers_lose_their_calls(engine, tm
             return grpc.unary_unary_rpc_method_handler(lambda request, context: b"live")
 
     monkeypatch.setattr(front_module, "MAX_GRPC_CALLS", 2)
+    # the held calls keep their slots for twice the read timeout, the window in which the
+    # probes below must meet a refusal: 10 s leaves room for a stalled, loaded machine
+    # (at 2 s a 4 s stall before the first probe saw no refusal)
+    read_timeout = 10.0
     fake = grpc.server(Pool(2))
     fake.add_generic_rpc_handlers([Live()])
     fake.add_insecure_port(f"unix:{tmp_path / 'grpc.sock'}")
@@ -778,7 +782,7 @@ def test_grpc_clients_that_do_not_take_their_answers_lose_their_calls(engine, tm
     live = GRPC_SERVICE + "ServerLive"
     try:
         with Front(specs, tmp_path / "http.sock", f"unix:{tmp_path / 'grpc.sock'}",
-                   "127.0.0.1", free_ports(1)[0], 0, 2.0) as served, \
+                   "127.0.0.1", free_ports(1)[0], 0, read_timeout) as served, \
                 grpc.insecure_channel(f"{served.host}:{served.grpc_port}") as channel:
             held = h2_calls_without_window((served.host, served.grpc_port), live, 2)
             answers = []  # refused while the two are held, then taken again (before: never)
