@@ -37,25 +37,8 @@ COLUMNS = ("kernel", "dtype", "layout", "launches", "first use", "regs", "spille
            "warps", "occupancy", "config")  # of targets.markdown's table
 
 
-def _toolchain_problem() -> str:
-    """Why sm_90 kernels cannot be compiled and measured here, or "": triton with its NVIDIA
-    backend, the ptxas it runs for sm_90 (ptxas-blackwell in triton 3.9) and the cuobjdump
-    targets.resource_usage reads the cubin with."""
-    try:
-        import triton
-        from triton.backends.nvidia.compiler import get_ptxas
-    except Exception as exc:  # pragma: no cover - depends on the environment
-        return f"triton or its NVIDIA backend does not import ({type(exc).__name__}: {exc})"
-    try:
-        get_ptxas(90)
-    except Exception as exc:  # RuntimeError("Cannot find ptxas-blackwell")
-        return f"triton {triton.__version__} finds no ptxas for sm_90 ({exc})"
-    cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
-    return "" if cuobjdump.is_file() else f"triton's NVIDIA backend lacks {cuobjdump}"
-
-
-needs_toolchain = pytest.mark.skipif(bool(_toolchain_problem()),
-                                     reason=_toolchain_problem() or "n/a")
+needs_toolchain = pytest.mark.skipif(bool(targets.toolchain_problem()),
+                                     reason=targets.toolchain_problem() or "n/a")
 
 
 def compiled_table(tmp_path, *args) -> list[dict]:
@@ -115,3 +98,10 @@ def test_occupancy_follows_the_register_rule():
     assert targets.occupancy(87, 16, 1024) == 0.25
     assert targets.occupancy(87, 8, 1024) == 0.25
     assert targets.occupancy(32, 8, 100 * 1024) == 2 * 8 / 64  # two blocks' shared memory
+
+
+def test_a_triton_older_than_the_tool_is_named(monkeypatch):
+    triton = pytest.importorskip("triton")
+    monkeypatch.setattr(triton, "__version__", "3.3.1")
+    assert targets.toolchain_problem() == (
+        "triton 3.3.1 is older than this tool's 3.6: pip install 'triton>=3.6'")

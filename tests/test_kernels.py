@@ -150,6 +150,23 @@ def test_triton_statistics_far_from_zero(layout, path, stds):
         assert errors(unshifted, ref)[1] > tolerance(torch.float32).op_rel
 
 
+def test_kernel_modules_keep_their_annotations_objects():
+    """Triton < 3.2's interpreter (TRITON_INTERPRET=1, as CI runs the kernels) tells
+    tl.constexpr parameters by the annotation object: under postponed annotations (a
+    string "tl.constexpr") every block size became an array there (triton>=3.0 holds)."""
+    import ast
+    from pathlib import Path
+
+    import bridgegan.kernels as kernels
+
+    files = sorted(Path(kernels.__file__).parent.glob("_triton_*.py"))
+    assert len(files) >= 3
+    for f in files:
+        future = [n for n in ast.walk(ast.parse(f.read_text())) if isinstance(n, ast.ImportFrom)
+                  and n.module == "__future__" and any(a.name == "annotations" for a in n.names)]
+        assert not future, f"{f.name} postpones its annotations"
+
+
 def test_sweep_configs_are_launch_plans():
     """Every launch config of bench_kernels' GPU sweep is a plan for every swept shape, so
     that a typo fails here and not in the lent GPU's one call."""

@@ -139,8 +139,11 @@ def _item(item, size: int, what: str, warn: bool) -> torch.Tensor:
         with _PIL_FILL:
             try:  # a lazily opened image decodes here: a truncated or closed file fails now
                 item.load()
-            except (OSError, SyntaxError, ValueError, AssertionError) as exc:
-                why = str(exc) or "its file is closed"  # Pillow's bare AssertionError
+            except (OSError, SyntaxError, ValueError, AssertionError, AttributeError) as exc:
+                # a file closed before the read: Pillow >= 12.1 raises a bare AssertionError,
+                # older Pillow an AttributeError (the image's fp is None)
+                closed = isinstance(exc, AttributeError) or not str(exc)
+                why = "its file is closed" if closed else str(exc)
                 raise ValueError(f"{what}: the PIL image's pixels cannot be read ({why}); "
                                  f"accepted: images that decode (a complete file, read before "
                                  f"it is closed: pass the path, or call .load() inside `with "

@@ -44,6 +44,32 @@ from .graph import InferenceGraph, Rewrites
 
 LAYOUTS = {"cl": torch.channels_last, "nchw": torch.contiguous_format}
 ARCH = 90  # the default target: sm_90 (H100, H200)
+# the stand-in driver and ptxas lookup below follow Triton 3.6's internals (3.3 lacks
+# driver._active, 3.4-3.5's get_ptxas takes no architecture); checked with 3.6 to 3.9
+TRITON_MIN = (3, 6)
+
+
+def toolchain_problem(arch: int = ARCH) -> str:
+    """Why kernels cannot be compiled for ``sm_<arch>`` and measured here, or "": Triton
+    (TRITON_MIN or newer) with its NVIDIA backend, the ptxas it runs for the target
+    (ptxas-blackwell in Triton 3.9) and the cuobjdump :func:`resource_usage` reads the
+    cubin with."""
+    try:
+        import triton
+        from triton.backends.nvidia.compiler import get_ptxas
+    except Exception as exc:  # no triton, or no NVIDIA backend in it
+        return f"triton or its NVIDIA backend does not import ({type(exc).__name__}: {exc})"
+    version = tuple(int(p) for p in re.findall(r"\d+", triton.__version__)[:2])
+    if version < TRITON_MIN:
+        return (f"triton {triton.__version__} is older than this tool's "
+                f"{'.'.join(map(str, TRITON_MIN))}: pip install 'triton>="
+                f"{'.'.join(map(str, TRITON_MIN))}'")
+    try:
+        get_ptxas(arch)
+    except Exception as exc:  # RuntimeError("Cannot find ptxas-blackwell")
+        return f"triton {triton.__version__} finds no ptxas for sm_{arch} ({exc})"
+    cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    return "" if cuobjdump.is_file() else f"triton's NVIDIA backend lacks {cuobjdump}"
 
 
 class _Offline:
@@ -329,6 +355,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1" or triton_interpreted():
         p.error("run with TRITON_INTERPRET unset: interpreted kernels do not compile for a GPU")
+    problem = toolchain_problem(args.arch)
+    if problem:
+        p.error(problem)
     from .engine import resolve_dtype
     from ..reference import BridgeGAN, BridgeGANConfig
 

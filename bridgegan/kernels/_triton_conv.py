@@ -5,7 +5,8 @@ Imports triton at import time; :mod:`bridgegan.kernels.conv_act` imports it lazi
 tensor is dense, NCHW or channels_last (``CHANNELS_LAST``): element ``i`` is channel
 ``(i // HW) % C`` or ``i % C``. Arithmetic in float32; the ReLU keeps NaN.
 """
-from __future__ import annotations
+# no postponed annotations (PEP 563): Triton < 3.2's interpreter tells tl.constexpr
+# parameters by the annotation object, not by the string "tl.constexpr"
 
 import triton
 import triton.language as tl

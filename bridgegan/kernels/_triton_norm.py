@@ -59,7 +59,8 @@ and beta (strided like x), per-channel vectors weight and bias (IN affine) and `
 ``r`` with its sum ``t``. Per-channel vectors are read once per program, in float32.
 """
 
-from __future__ import annotations
+# no postponed annotations (PEP 563): Triton < 3.2's interpreter tells tl.constexpr
+# parameters by the annotation object, not by the string "tl.constexpr"
 
 import triton
 import triton.language as tl

@@ -8,7 +8,8 @@ resolution when it is the low-resolution shortcut of an up block: pixel (i, j) r
 channels, the bias and tanh. h and s are read once; nothing else is written but the
 K-channel output. Arithmetic in float32; NaN/Inf propagate as in the torch ops.
 """
-from __future__ import annotations
+# no postponed annotations (PEP 563): Triton < 3.2's interpreter tells tl.constexpr
+# parameters by the annotation object, not by the string "tl.constexpr"
 
 import triton
 import triton.language as tl
