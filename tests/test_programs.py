@@ -71,7 +71,8 @@ def test_interpolation_blends_the_two_codes(model, spec):
     """S_int = a S_rand + (1 - a) S_ref at the latent level."""
     G, E, M, diff = spec
     cfg = model.config
-    x, ref, ys = images(2, cfg.image_size, 71), images(2, cfg.image_size, 72), labels(2, cfg.n_attrs, 71)
+    x, ref = images(2, cfg.image_size, 71), images(2, cfg.image_size, 72)
+    ys = labels(2, cfg.n_attrs, 71)
     r = noise(2, cfg.noise_dim, 71)
     got = Engine(model).interpolate(x, ref, 1 - ys, [0.3], noise=r, source=ys, strength=STRENGTH)
     d, x, ref, r = diff(ys, 1 - ys), x.double(), ref.double(), r.double()

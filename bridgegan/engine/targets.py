@@ -59,11 +59,10 @@ def toolchain_problem(arch: int = ARCH) -> str:
         from triton.backends.nvidia.compiler import get_ptxas
     except Exception as exc:  # no triton, or no NVIDIA backend in it
         return f"triton or its NVIDIA backend does not import ({type(exc).__name__}: {exc})"
-    version = tuple(int(p) for p in re.findall(r"\d+", triton.__version__)[:2])
-    if version < TRITON_MIN:
-        return (f"triton {triton.__version__} is older than this tool's "
-                f"{'.'.join(map(str, TRITON_MIN))}: pip install 'triton>="
-                f"{'.'.join(map(str, TRITON_MIN))}'")
+    if tuple(int(p) for p in re.findall(r"\d+", triton.__version__)[:2]) < TRITON_MIN:
+        least = ".".join(map(str, TRITON_MIN))
+        return (f"triton {triton.__version__} is older than this tool's {least}: "
+                f"pip install 'triton>={least}'")
     try:
         get_ptxas(arch)
     except Exception as exc:  # RuntimeError("Cannot find ptxas-blackwell")

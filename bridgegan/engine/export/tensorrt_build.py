@@ -14,8 +14,7 @@ file with the ``onnx`` package, so tests check it without TensorRT:
 
 :func:`build_plan` applies it with the TensorRT 10 Python API (network from the ONNX
 parser with native instance norm, pinned layers get ``precision`` and output types
-float32 (the parser names a node's layers after it), the profile, a timing cache file
-loaded and saved) and writes the plan with a
+float32, the profile, a timing cache file loaded and saved) and writes the plan with a
 JSON sidecar ``<plan>.json``: TensorRT version, GPU name, compute capability, precision,
 profile, pinned layers, the source graph and its sha256, and the plan's own sha256 (a
 sidecar vouches only for the plan it was written with: not for a plan copied over it, nor
@@ -226,8 +225,9 @@ def check_sidecar(sidecar: Mapping, here: Mapping, plan: str | os.PathLike) -> N
 
 def _pin_float32(network, norms: tuple[str, ...], others: tuple[str, ...], trt) -> None:
     """Pin the normalisation layers and the layers of the nodes ``others`` to float32. The
-    ONNX parser names a node's layers after the node (with a suffix ``_0``, ``_1``... on
-    all but the first), so a layer whose name begins with a pinned node's is pinned."""
+    ONNX parser names a node's layers after the node (onnx-tensorrt's ``registerLayer``;
+    a name taken already gets a suffix ``_<n>``), so a layer whose name begins with a
+    pinned node's is pinned."""
     if not norms and not others:
         return
     found = 0
