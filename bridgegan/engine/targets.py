@@ -56,13 +56,16 @@ def toolchain_problem(arch: int = ARCH) -> str:
     cubin with."""
     try:
         import triton
-        from triton.backends.nvidia.compiler import get_ptxas
-    except Exception as exc:  # no triton, or no NVIDIA backend in it
-        return f"triton or its NVIDIA backend does not import ({type(exc).__name__}: {exc})"
+    except Exception as exc:
+        return f"triton does not import ({type(exc).__name__}: {exc})"
     if tuple(int(p) for p in re.findall(r"\d+", triton.__version__)[:2]) < TRITON_MIN:
         least = ".".join(map(str, TRITON_MIN))
         return (f"triton {triton.__version__} is older than this tool's {least}: "
                 f"pip install 'triton>={least}'")
+    try:
+        from triton.backends.nvidia.compiler import get_ptxas
+    except Exception as exc:  # a build without its NVIDIA backend
+        return f"triton's NVIDIA backend does not import ({type(exc).__name__}: {exc})"
     try:
         get_ptxas(arch)
     except Exception as exc:  # RuntimeError("Cannot find ptxas-blackwell")
