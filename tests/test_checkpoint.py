@@ -9,7 +9,7 @@ from safetensors.torch import load_file, save_file
 
 from bridgegan.numerics import psnr, tolerance
 from bridgegan.reference import BridgeGAN, CheckpointError, load_checkpoint, save_checkpoint
-from conftest import images, labels, randomize
+from conftest import images, labels, randomize, small_config
 
 
 def outputs(model):
@@ -187,3 +187,22 @@ def test_a_classifier_too_small_for_its_convolutions_is_refused():
     assert AttributeClassifier(("Male",), 8, 4, kernel=3)(x8).shape == (1, 1)
     x16 = torch.rand(1, 3, 16, 16, generator=gen) * 2 - 1
     assert AttributeClassifier(("Male",), 16, 4)(x16).shape == (1, 1)
+
+
+def test_a_tensor_of_the_right_size_but_another_shape_is_named(tmp_path):
+    """Shapes are compared, not sizes: a weight stored transposed (same element count) is
+    a shape mismatch naming it, never a torch error or weights read in the wrong order."""
+    import re
+
+    model = randomize(BridgeGAN(small_config(32)), seed=51).eval()
+    save_checkpoint(tmp_path / "ck", model)
+    weights = tmp_path / "ck" / "model.safetensors"
+    tensors = load_file(weights)
+    name = next(k for k, v in tensors.items() if v.dim() == 4 and v.shape[0] != v.shape[1])
+    tensors[name] = tensors[name].transpose(0, 1).contiguous()
+    save_file(tensors, weights)
+    shape = tuple(tensors[name].shape)
+    want = shape[1::-1] + shape[2:]
+    with pytest.raises(CheckpointError, match=re.escape(
+            f"1 shape mismatch(es): {name}: checkpoint {shape} vs model {want}")):
+        load_checkpoint(tmp_path / "ck")

@@ -553,3 +553,28 @@ def test_celeba_without_images_says_so_in_every_split_mode(tmp_path, split_mode)
     (tmp_path / PARTITION_FILE).write_text("")
     with pytest.raises(ValueError, match=r"split 'all' .* lists 0 images, no image to split"):
         CelebA(tmp_path, size=32, split="all", split_mode=split_mode)
+
+
+def test_celeba_columns_are_read_by_their_header_names(celeba_root):
+    """The header's names say which column is which: a file whose columns come in another
+    order (the 40 names shuffled, each row's values with them) gives the same labels."""
+    root, names, values, _ = celeba_root
+    order = np.random.default_rng(21).permutation(40)
+    path = root / "list_attr_celeba.txt"
+    lines = path.read_text().splitlines()
+    body = [lines[0], " ".join(CELEBA_ATTRIBUTES[j] for j in order)]
+    body += [n + " " + " ".join(str(int(v)) for v in row[order]) for n, row in zip(names, values)]
+    path.write_text("\n".join(body) + "\n")
+    ds = CelebA(root, size=32, attributes="attgan", split="all")
+    cols = [CELEBA_ATTRIBUTES.index(n) for n in ds.attributes]
+    assert torch.equal(ds.labels, torch.tensor((values[:, cols] + 1) / 2, dtype=torch.float32))
+
+
+def test_procedural_bald_faces_have_no_receding_hairline():
+    """Receding_Hairline is drawn among the non-bald only (a fifth of them)."""
+    labels = ProceduralFaces(size=32, count=2000, seed=22).labels
+    col = {n: labels[:, PROCEDURAL_ATTRIBUTES.index(n)] for n in PROCEDURAL_ATTRIBUTES}
+    assert torch.all(col["Bald"] * col["Receding_Hairline"] == 0)
+    assert col["Bald"].sum() > 100
+    rate = col["Receding_Hairline"][col["Bald"] == 0].mean().item()
+    assert abs(rate - 0.2) < 0.03

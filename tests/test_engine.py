@@ -1539,3 +1539,48 @@ def test_edit_strip_rows_run_in_chunks(model, monkeypatch):
     assert seen == [3] * (k // 3) + ([k % 3] if k % 3 else [])
     assert parts.captions == whole.captions
     torch.testing.assert_close(parts.images, whole.images, atol=ATOL, rtol=0)
+
+
+def test_unit_range_images_holding_a_black_pixel_are_warned_about():
+    """torchvision's ToTensor gives 0.0 for black: a [0, 1] batch whose minimum is exactly
+    0 has no negative value and is warned about like any other."""
+    import warnings
+
+    from bridgegan.engine.io import as_batch
+
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(31))
+    x[0, :, :4, :4] = 0.0  # a black corner
+    with pytest.warns(UserWarning, match="without a negative value"):
+        as_batch(x, 16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        as_batch(x * 2 - 1, 16)  # the same images in [-1, 1]: no warning
+
+
+def test_rgba_tensors_are_composited_on_white_by_their_alpha():
+    """alpha in [-1, 1] is opacity (alpha + 1) / 2: half-transparent pixels are half their
+    colour, half white."""
+    from bridgegan.engine.io import as_batch
+
+    g = torch.Generator().manual_seed(32)
+    rgb = torch.rand(3, 3, 8, 8, generator=g) * 2 - 1
+    alpha = torch.rand(3, 1, 8, 8, generator=g) * 2 - 1
+    alpha[0] = 0.0  # exactly half opaque
+    got = as_batch(torch.cat([rgb, alpha], 1), 8)
+    a = (alpha + 1) / 2
+    assert torch.allclose(got, rgb * a + (1 - a), atol=1e-6)
+    assert torch.allclose(got[0], (rgb[0] + 1) / 2, atol=1e-6)
+
+
+def test_latency_row_counts_images_per_second_not_calls():
+    """A call of n images taking p50 ms is n / p50 * 1000 images a second, and its roofline
+    share is flop per image times that over the peak."""
+    from bridgegan.engine.bench import _latency
+
+    ms = list(np.random.default_rng(41).uniform(5.0, 9.0, size=11))
+    n, flop, peak = 6, 3.5e9, 2e12
+    row = _latency(ms, n, flop, 0.25, "", peak)
+    p50 = float(np.median(ms))
+    assert row["p50"] == round(p50, 4) and row["samples"] == 11
+    assert row["images_per_s"] == pytest.approx(n * 1e3 / p50, abs=0.01)
+    assert row["roofline_share"] == pytest.approx(flop * n * 1e3 / p50 / peak, abs=1e-4)

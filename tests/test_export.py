@@ -15,7 +15,7 @@ import torch
 
 from bridgegan import __version__
 from bridgegan.cli import main
-from bridgegan.engine import BackendUnavailable, Engine, InferenceGraph
+from bridgegan.engine import BackendUnavailable, Engine, InferenceGraph, Rewrites
 from bridgegan.engine.graph import Block, Conv
 from bridgegan.numerics import psnr, tolerance
 from bridgegan.reference import BridgeGAN, BridgeGANConfig, CheckpointError, save_checkpoint
@@ -25,8 +25,9 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 from bridgegan.engine.export.names import GRAPHS, PROGRAMS  # noqa: E402
-from bridgegan.engine.export.onnx_export import (OnnxFileError, export_model,  # noqa: E402
-                                                 export_onnx)
+from bridgegan.engine.export.onnx_export import (OPSET, OnnxFileError,  # noqa: E402
+                                                 export_key, export_model, export_onnx,
+                                                 file_name)
 from bridgegan.engine.export.tensorrt_build import (PlanMismatch, build_config,  # noqa: E402
                                                     check_sidecar, import_tensorrt,
                                                     sidecar_problems)
@@ -720,3 +721,22 @@ def test_export_key_covers_the_code_the_graphs_are_traced_from(model, monkeypatc
     finally:
         monkeypatch.undo()
         onnx_export._traced_code.cache_clear()
+
+
+def test_export_key_names_the_rewrites_and_the_opset(model):
+    """An export traced with other rewrites (or opset) is another graph: another key, so
+    the cache never hands it out for these settings."""
+    base = export_key(model, Rewrites(), OPSET)
+    assert export_key(model, Rewrites(), OPSET) == base
+    assert export_key(model, Rewrites(fused_relu=False), OPSET) != base
+    assert export_key(model, Rewrites(), OPSET + 1) != base
+
+
+def test_triton_repository_in_fp16_serves_the_fp16_graphs(ckpt, tmp_path):
+    onnx_dir = tmp_path / "onnx"
+    write_triton_repo(ckpt, tmp_path / "repo", precision="fp16", onnx_dir=onnx_dir)
+    for name in PROGRAMS:
+        served = tmp_path / "repo" / name / "1" / "model.onnx"
+        assert served.read_bytes() == (onnx_dir / file_name(name, "fp16")).read_bytes()
+        props = {p.key: p.value for p in onnx.load(str(served)).metadata_props}
+        assert props["bridgegan.precision"] == "fp16"

@@ -1929,3 +1929,19 @@ def test_load_against_a_given_server_warms_it_up_and_names_the_client(monkeypatc
     assert result["client_machine"].endswith(f"{os.cpu_count()} cores")
     calls.clear()
     assert load.main(["--url", "127.0.0.1:1", "--warmup", "0"]) == 0 and len(calls) == 1
+
+
+@pytest.mark.parametrize("model_name, inputs, k, datatype, data", [
+    ("translate_reference", REFERENCE, 2, "FP32", [1.0, 0, 1, 0, 0, 0]),
+    ("translate_label", LABEL, 1, "UINT64", [0, 1, 0, 1, 0, 1]),
+    ("translate_label", LABEL, 0, "BOOL", [True] * 3072),
+])
+def test_an_input_declared_with_another_data_type_is_refused_by_the_front(
+        engine, model_name, inputs, k, datatype, data):
+    """Values that would pass as the port's type (0 / 1 as BOOL, 0 / 1 as UINT64) are
+    still refused when declared with another type: Triton would get a tensor of a type the
+    model does not take."""
+    want = inputs[k]["datatype"]
+    with pytest.raises(RequestError, match=rf"input '{inputs[k]['name']}' must have data type "
+                                           rf"{want}, got {datatype}"):
+        front_check(engine.config, model_name, changed(inputs, k, datatype=datatype, data=data))
