@@ -71,7 +71,7 @@ def test_every_engine_kernel_compiles_for_sm90(tmp_path):
 def _known_spills() -> dict:
     import triton
 
-    older = tuple(int(p) for p in triton.__version__.split(".")[:2]) < (3, 9)
+    older = targets.triton_version(triton) < (3, 9)
     return {**KNOWN_SPILLS, **(TRITON_38_SPILLS if older else {})}
 
 

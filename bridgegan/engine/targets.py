@@ -49,6 +49,11 @@ ARCH = 90  # the default target: sm_90 (H100, H200)
 TRITON_MIN = (3, 6)
 
 
+def triton_version(triton) -> tuple[int, int]:
+    """(major, minor) of the ``triton`` module."""
+    return tuple(int(p) for p in re.findall(r"\d+", triton.__version__)[:2])
+
+
 def toolchain_problem(arch: int = ARCH) -> str:
     """Why kernels cannot be compiled for ``sm_<arch>`` and measured here, or "": Triton
     (TRITON_MIN or newer) with its NVIDIA backend, the ptxas it runs for the target
@@ -58,7 +63,7 @@ def toolchain_problem(arch: int = ARCH) -> str:
         import triton
     except Exception as exc:
         return f"triton does not import ({type(exc).__name__}: {exc})"
-    if tuple(int(p) for p in re.findall(r"\d+", triton.__version__)[:2]) < TRITON_MIN:
+    if triton_version(triton) < TRITON_MIN:
         least = ".".join(map(str, TRITON_MIN))
         return (f"triton {triton.__version__} is older than this tool's {least}: "
                 f"pip install 'triton>={least}'")
