@@ -126,3 +126,21 @@ def test_an_unreadable_image_on_one_rank_stops_every_rank_with_a_checkpoint(tmp_
     assert "bridgegan train: error: rank 1 could not read its part of the batch" in proc.stderr
     assert latest_checkpoint(out).name == "step-00000002"
     assert json.loads((latest_checkpoint(out) / STATE_JSON).read_text())["batches"] == 4
+
+
+def test_end_process_runs_the_exit_handlers_and_writes_buffered_output(tmp_path):
+    """Each torchrun process leaves through distributed.end_process (no interpreter
+    finalization, during which gloo's worker threads can abort a finished run): the exit
+    handlers still run, output still buffered is written, and the status is the process's."""
+    marker = tmp_path / "handler_ran"
+    code = ("import atexit, pathlib, sys\n"
+            "from bridgegan.reference.distributed import end_process\n"
+            f"atexit.register(pathlib.Path({str(marker)!r}).write_text, 'yes')\n"
+            "sys.stdout.write('buffered')\n"
+            "end_process(3)\n"
+            "print('not reached')\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stdout == "buffered" and marker.read_text() == "yes"

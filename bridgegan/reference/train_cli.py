@@ -330,16 +330,11 @@ def _stop_on_signals(trainer):
 
 
 def run(args: argparse.Namespace) -> int:
-    """Train; returns a process exit status."""
+    """Train; returns a process exit status. A process of a torchrun launch with two or more
+    processes ends here instead, with that status (``distributed.end_process`` says why)."""
     import torch
 
     from . import distributed
-    from .checkpoint import CONFIG_FILE, CheckpointError, read_config
-    from .classifier import CONFIG_FILE as CLASSIFIER_FILE
-    from .info import parameter_counts
-    from .train_state import STATE_JSON, drop_metrics_after, latest_checkpoint, read_train_state
-    from .trainer import Trainer
-    from .widen import check_widening
 
     if args.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -349,6 +344,24 @@ def run(args: argparse.Namespace) -> int:
         print("bridgegan train: error: --device cuda but CUDA is not available", file=sys.stderr)
         return 2
     info = distributed.init_from_env(args.device, args.dist_backend)
+    try:
+        status = _train(args, info)
+    finally:
+        distributed.shutdown()
+    if info.enabled:
+        distributed.end_process(status)
+    return status
+
+
+def _train(args: argparse.Namespace, info) -> int:
+    """`run` within the process group ``info`` (a distributed.DistInfo)."""
+    from .checkpoint import CONFIG_FILE, CheckpointError, read_config
+    from .classifier import CONFIG_FILE as CLASSIFIER_FILE
+    from .info import parameter_counts
+    from .train_state import STATE_JSON, drop_metrics_after, latest_checkpoint, read_train_state
+    from .trainer import Trainer
+    from .widen import check_widening
+
     try:
         out = Path(args.out)
         for folder in (out, out / "checkpoints", out / "samples"):  # before any work
@@ -471,8 +484,6 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, CheckpointError, OSError) as exc:
         print(f"bridgegan train: error: {exc}", file=sys.stderr)
         return 2
-    finally:
-        distributed.shutdown()
 
 
 def main(argv: list[str] | None = None) -> int:
