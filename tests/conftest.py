@@ -83,6 +83,25 @@ def small_model() -> BridgeGAN:
     return randomize(BridgeGAN(small_config())).eval()
 
 
+@pytest.fixture
+def faces_with_a_corrupt_image(tmp_path) -> Path:
+    """A folder dataset (attributes.csv, Black_Hair and Male) of eight seeded 40 px faces
+    whose 5.png cannot be decoded."""
+    from PIL import Image
+
+    root = tmp_path / "faces"
+    root.mkdir()
+    rows = ["filename,Black_Hair,Male"]
+    gen = torch.Generator().manual_seed(5)
+    for i in range(8):
+        pixels = torch.randint(0, 256, (40, 40, 3), dtype=torch.uint8, generator=gen)
+        Image.fromarray(pixels.numpy()).save(root / f"{i}.png")
+        rows.append(f"{i}.png,{i % 2},{(i // 2) % 2}")
+    (root / "attributes.csv").write_text("\n".join(rows) + "\n")
+    (root / "5.png").write_bytes(b"not a png")
+    return root
+
+
 def dead_pid() -> int:
     """The process id of a process that has exited (and been waited for)."""
     proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import multiprocessing
 import os
 import re
 import shutil
@@ -847,6 +848,25 @@ def test_a_diverged_classifier_is_not_saved(tmp_path):
     val = make_dataset("synthetic:4", 32, "Male,Young", split="val")
     with pytest.raises(ValueError, match="classifier training diverged: NaN or Inf weights"):
         train_classifier(train, val, steps=2, batch=4, width=4, lr=float("inf"), progress=False)
+
+
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_train_classifier_names_a_corrupt_image_in_one_line(tmp_path, capsys, workers,
+                                                            faces_with_a_corrupt_image):
+    """With data-loader workers too: a worker's error reaches the main process with the
+    worker's whole traceback as its message; the error shown is its last line, and the
+    workers have stopped when the command returns."""
+    root = faces_with_a_corrupt_image
+    children = set(multiprocessing.active_children())
+    assert main(["train-classifier", "--data", f"folder:{root}", "--resolution", "32",
+                 "--steps", "20", "--batch", "4", "--width", "4", "--workers", workers,
+                 "--out", str(tmp_path / "clf")]) == 2
+    assert set(multiprocessing.active_children()) <= children
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()
+           and not line.startswith(("classifier", "note:"))]
+    assert err == [f"bridgegan train-classifier: error: cannot read image file "
+                   f"{root / '5.png'}: cannot identify image file '{root / '5.png'}'"], err
+    assert not (tmp_path / "clf").exists()
 
 
 def test_translate_gives_each_input_the_result_it_gets_alone(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import os
 import re
 import signal
@@ -1010,23 +1011,19 @@ def test_a_signal_stops_training_with_a_checkpoint(tmp_path, sig, workers):
 
 
 @pytest.mark.parametrize("workers", ["0", "1"])
-def test_a_corrupt_image_is_one_line_with_or_without_workers(tmp_path, capsys, workers):
+def test_a_corrupt_image_is_one_line_with_or_without_workers(tmp_path, capsys, workers,
+                                                             faces_with_a_corrupt_image):
     from bridgegan.cli import main
 
-    root = tmp_path / "faces"
-    root.mkdir()
-    rows = ["filename,Black_Hair,Male"]
-    gen = torch.Generator().manual_seed(5)
-    for i in range(8):
-        pixels = torch.randint(0, 256, (40, 40, 3), dtype=torch.uint8, generator=gen)
-        Image.fromarray(pixels.numpy()).save(root / f"{i}.png")
-        rows.append(f"{i}.png,{i % 2},{(i // 2) % 2}")
-    (root / "attributes.csv").write_text("\n".join(rows) + "\n")
-    (root / "5.png").write_bytes(b"not a png")
+    root = faces_with_a_corrupt_image
     args = _train_args(tmp_path / "run", "--steps", "4")
     args[args.index("--data") + 1] = f"folder:{root}"
     args[args.index("--workers") + 1] = workers
+    children = set(multiprocessing.active_children())
     assert main(args) == 2
+    # the loader's workers stopped with the error (the error's frames held the loader until
+    # exit, whose handlers killed them, each leaving a /tmp/pymp-* folder)
+    assert set(multiprocessing.active_children()) <= children
     err = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
     assert len(err) == 1 and err[0].startswith(
         f"bridgegan train: error: cannot read image file {root / '5.png'}"), err

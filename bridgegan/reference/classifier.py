@@ -14,6 +14,7 @@ from ..files import read_small_text, sha256_hex
 from .attributes import resolve_attributes
 from .checkpoint import read_tensors, write_folder_atomic
 from .classifier_defaults import BATCH, KERNEL, KERNELS, LR, MAX_WIDTH, STEPS, WIDTH
+from .data.loader_errors import worker_error
 
 CONFIG_FILE, WEIGHTS_FILE = "classifier.json", "classifier.safetensors"
 REPORT_FILE = "report.json"  # `bridgegan train-classifier` writes its report beside them
@@ -142,12 +143,18 @@ def train_classifier(train_set, val_set, steps: int = STEPS, batch: int = BATCH,
     loader = DataLoader(train_set, batch_size=batch, sampler=sampler, num_workers=workers)
     t0 = time.perf_counter()
     bar = tqdm(loader, total=steps, desc="classifier", disable=not progress)
-    for x, y in bar:
-        loss = F.binary_cross_entropy_with_logits(model(x.to(device)), y.to(device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        bar.set_postfix(loss=f"{loss.item():.3f}")
+    try:
+        for x, y in bar:
+            loss = F.binary_cross_entropy_with_logits(model(x.to(device)), y.to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    except Exception as exc:  # noqa: BLE001 - re-raised, of the same type
+        err = worker_error(exc)
+        if err is exc:
+            raise
+        raise err from None
     bad = [k for k, v in model.state_dict().items() if not torch.isfinite(v).all()]
     if bad:  # nothing could load it (load_state refuses non-finite weights): do not save it
         raise ValueError(f"classifier training diverged: NaN or Inf weights in "

@@ -32,6 +32,7 @@ from .checkpoint import CheckpointError, nonfinite
 from .classifier import AttributeClassifier, weights_sha256
 from .config import BridgeGANConfig
 from .data.image import UnreadableImageError
+from .data.loader_errors import worker_error
 from .distributed import DistInfo, all_gather_cat, all_reduce_mean, current
 from .losses import DiscriminatorObjective, GeneratorObjective, make_fakes
 from .model import BridgeGAN
@@ -214,7 +215,7 @@ class Trainer:
             for _ in range(n):
                 local.append(next(self._loader_iter))
         except Exception as exc:  # noqa: BLE001 - re-raised, of the same type
-            err = _unwrap_worker_error(exc)
+            err = worker_error(exc)
             if isinstance(err, UnreadableImageError):  # a resume would meet it again
                 err = UnreadableImageError(
                     f"{err}; the run reads its data in a fixed order: replace that file with "
@@ -727,25 +728,3 @@ class Trainer:
             return []
         drop_metrics_after(self.out_dir, self.step)
         return drop_checkpoints_after(self.out_dir, self.step)
-
-
-def _unwrap_worker_error(exc: Exception) -> Exception:
-    """An error raised in a data-loader worker reaches the main process as the same type
-    with the worker's whole traceback as its message ("Caught ValueError in DataLoader
-    worker process 0. Original Traceback ..."): the same type with the original one-line
-    message (e.g. "cannot read image file PATH: ..."), as with --workers 0."""
-    text = str(exc)
-    if not (text.startswith("Caught ") and "DataLoader worker process" in text
-            and "Original Traceback" in text):
-        return exc
-    last = text.rstrip().splitlines()[-1]
-    kind = type(exc)  # the traceback names builtins bare, other types with their module
-    message = last
-    for prefix in (f"{kind.__module__}.{kind.__qualname__}: ", f"{kind.__name__}: "):
-        if last.startswith(prefix):
-            message = last[len(prefix):]
-            break
-    try:
-        return type(exc)(message)
-    except Exception:  # noqa: BLE001 - a type that takes other arguments
-        return RuntimeError(message)
