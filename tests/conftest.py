@@ -1,9 +1,12 @@
 """Shared fixtures: small seeded configurations and models."""
 from __future__ import annotations
 
+import gc
 import importlib.util
+import multiprocessing
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -100,6 +103,25 @@ def faces_with_a_corrupt_image(tmp_path) -> Path:
     (root / "attributes.csv").write_text("\n".join(rows) + "\n")
     (root / "5.png").write_bytes(b"not a png")
     return root
+
+
+def stops_without_gc(call) -> tuple[object, bool]:
+    """``call()``'s result, and whether every child process it started (data-loader workers)
+    has ended when it returns. The garbage collector is off meanwhile: what a reference
+    cycle keeps alive stays, as it may until exit. The wait for an ended child is a hang
+    guard (one that misses torch's 5 s join is terminated, then reaped here)."""
+    before = set(multiprocessing.active_children())
+    gc.disable()
+    try:
+        result = call()
+        deadline = time.monotonic() + 60
+        while set(multiprocessing.active_children()) - before:
+            if time.monotonic() > deadline:
+                return result, False
+            time.sleep(0.05)
+        return result, True
+    finally:
+        gc.enable()
 
 
 def dead_pid() -> int:

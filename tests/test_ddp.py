@@ -118,8 +118,11 @@ def test_an_unreadable_image_on_one_rank_stops_every_rank_with_a_checkpoint(tmp_
     args[args.index("--data") + 1] = f"folder:{root}"
     args[args.index("--attributes") + 1] = "Black_Hair,Male"
     out = tmp_path / "run"
+    # --monitor-interval: torchrun stops the other ranks at its first look after one has
+    # failed (every 0.1 s by default): rank 0, a moment late, would go before it printed
     proc = _run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                  "--nproc_per_node", "2", "--log-dir", str(tmp_path / "torchrun"),
+                 "--monitor-interval", "5",
                  "-m", "bridgegan.reference.train_cli", *args, "--steps", "4",
                  "--out", str(out)], tmp_path, "torchrun", ok=False)
     assert f"bridgegan train: error: cannot read image file {root / f'{bad}.png'}" in proc.stderr

@@ -765,7 +765,7 @@ def test_serialised_backends_run_one_call_at_a_time(model, monkeypatch):
 
         t = threading.Thread(target=probe)
         t.start()
-        t.join(10)
+        t.join(60)
         assert not t.is_alive()
         return got[0]
 
@@ -784,7 +784,7 @@ def test_serialised_backends_run_one_call_at_a_time(model, monkeypatch):
                     unlocked.append(name)
                 if name == "first":  # held here until the main thread lets go
                     inside.set()
-                    held_waited.append(release.wait(10))
+                    held_waited.append(release.wait(60))
                 return st.trunk(x)
             finally:
                 events.append(("leave", name))
@@ -824,9 +824,9 @@ def test_serialised_backends_run_one_call_at_a_time(model, monkeypatch):
         for i, name in enumerate(("first", "second"))]
     threads[0].start()
     try:
-        assert inside.wait(10), "the first call never reached its stage"
+        assert inside.wait(60), "the first call never reached its stage"
         threads[1].start()
-        assert second_tries.wait(10), "the second call never reached the engine's lock"
+        assert second_tries.wait(60), "the second call never reached the engine's lock"
         assert not lock_free(eng._lock.lock)  # the first call holds it: the second must wait
         assert events == [("enter", "first")]  # and has entered no stage
     finally:
@@ -981,7 +981,7 @@ def test_flag_scopes_are_shared_by_concurrent_calls(flags_outside, scope, read, 
     def other():
         with scope():
             inside_other.set()
-            waited.append(go.wait(10))
+            waited.append(go.wait(60))
 
     mine = scope()
     try:
@@ -989,7 +989,7 @@ def test_flag_scopes_are_shared_by_concurrent_calls(flags_outside, scope, read, 
             mine.__enter__()
         t = threading.Thread(target=other)
         t.start()
-        assert inside_other.wait(10), "the other call never entered its scope"
+        assert inside_other.wait(60), "the other call never entered its scope"
         if order == "nested":
             mine.__enter__()
         assert read() == inside

@@ -5,6 +5,7 @@ import time
 
 import pytest
 
+from bridgegan import timing
 from bridgegan.timing import copy_bandwidth, p50_p20_p80, time_calls
 
 
@@ -12,8 +13,18 @@ def test_time_calls_counts_warmup_reps_and_min_seconds():
     calls = []
     times = time_calls(lambda: calls.append(time.sleep(0.001)), "cpu", warmup=2, reps=3)
     assert len(times) == 3 and len(calls) == 5 and all(t >= 0.001 for t in times)
-    times = time_calls(lambda: time.sleep(0.001), "cpu", reps=1, min_seconds=0.02)
-    assert len(times) >= 10
+
+
+def test_time_calls_repeats_until_min_seconds_have_passed(monkeypatch):
+    """On a clock that only the timed call moves (1/1024 s a call, exact in binary), 20/1024 s
+    take exactly 20 calls, however busy the machine is."""
+    now = [0.0]
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: now[0])
+
+    def call():
+        now[0] += 1 / 1024
+
+    assert time_calls(call, "cpu", reps=1, min_seconds=20 / 1024) == [1 / 1024] * 20
 
 
 def test_copy_bandwidth_quantiles_are_ordered():
