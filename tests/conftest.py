@@ -110,7 +110,7 @@ def stops_without_gc(call) -> tuple[object, bool]:
     has ended when it returns. The garbage collector is off meanwhile: what a reference
     cycle keeps alive stays, as it may until exit. The wait for an ended child is a hang
     guard (one that misses torch's 5 s join is terminated, then reaped here)."""
-    before = set(multiprocessing.active_children())
+    before, collecting = set(multiprocessing.active_children()), gc.isenabled()
     gc.disable()
     try:
         result = call()
@@ -121,7 +121,8 @@ def stops_without_gc(call) -> tuple[object, bool]:
             time.sleep(0.05)
         return result, True
     finally:
-        gc.enable()
+        if collecting:
+            gc.enable()
 
 
 def dead_pid() -> int:

@@ -119,7 +119,8 @@ def test_an_unreadable_image_on_one_rank_stops_every_rank_with_a_checkpoint(tmp_
     args[args.index("--attributes") + 1] = "Black_Hair,Male"
     out = tmp_path / "run"
     # --monitor-interval: torchrun stops the other ranks at its first look after one has
-    # failed (every 0.1 s by default): rank 0, a moment late, would go before it printed
+    # failed (every 0.1 s by default); a rank 0 a moment late could go before it printed.
+    # Looking every 5 s makes that unlikely (both ranks print right after one gather)
     proc = _run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                  "--nproc_per_node", "2", "--log-dir", str(tmp_path / "torchrun"),
                  "--monitor-interval", "5",
@@ -147,3 +148,43 @@ def test_end_process_runs_the_exit_handlers_and_writes_buffered_output(tmp_path)
                           timeout=120, env=env)
     assert proc.returncode == 3, proc.stderr
     assert proc.stdout == "buffered" and marker.read_text() == "yes"
+
+
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_a_distributed_run_ends_through_end_process(tmp_path, monkeypatch, capsys, world_size):
+    """With two or more processes `run` ends the process through end_process with its
+    status, an error nothing caught included (its traceback printed, status 1, as Python
+    gives it); one process returns the status or raises, as before."""
+    from bridgegan.reference import distributed, train_cli
+
+    class Ended(Exception):
+        pass
+
+    def end_process(status):
+        raise Ended(status)
+
+    monkeypatch.setattr(distributed, "init_from_env",
+                        lambda *a, **k: distributed.DistInfo(world_size=world_size))
+    monkeypatch.setattr(distributed, "end_process", end_process)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"step": 1}\n')  # an earlier run: refused, status 2
+    argv = [*ARGS, "--out", str(out)]
+    if world_size == 1:
+        assert train_cli.main(argv) == 2
+    else:
+        with pytest.raises(Ended) as ended:
+            train_cli.main(argv)
+        assert ended.value.args == (2,)
+    assert "of an earlier run" in capsys.readouterr().err
+
+    def bug(*args):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(train_cli, "_refuse_earlier_run", bug)
+    with pytest.raises(RuntimeError if world_size == 1 else Ended) as ended:
+        train_cli.main(argv)
+    if world_size == 2:
+        assert ended.value.args == (1,)
+        err = capsys.readouterr().err
+        assert "Traceback (most recent call last)" in err and "RuntimeError: a bug" in err

@@ -1591,6 +1591,14 @@ def hostile_requests_refused(server) -> None:
     assert peak.bytes - base < MEMORY_BOUND, (base, peak.bytes)
 
 
+def process_state(pid: int) -> str | None:
+    """The state letter of process ``pid`` in /proc ("T": stopped), None once it has gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
+
+
 def listening_tcp_ports(pid: int) -> set[int]:
     """TCP ports that process ``pid`` listens on (its socket inodes in /proc/net/tcp*)."""
     inodes = set()
@@ -1734,6 +1742,10 @@ def test_a_killed_front_takes_tritonserver_and_its_stubs_with_it(ckpt, tmp_path)
         for pid in others:
             os.kill(pid, signal.SIGSTOP)
         try:
+            deadline = time.monotonic() + 60  # a hang guard: stopped takes a moment
+            while not all(process_state(pid) in ("T", None) for pid in others):
+                assert time.monotonic() < deadline, [process_state(pid) for pid in others]
+                time.sleep(0.01)
             os.kill(front, signal.SIGKILL)
             server.proc.wait(timeout=60)
             assert not set(left) & set(serve_server.sweep_leftovers())  # tritonserver holds them

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -19,7 +20,7 @@ def test_time_calls_repeats_until_min_seconds_have_passed(monkeypatch):
     """On a clock that only the timed call moves (1/1024 s a call, exact in binary), 20/1024 s
     take exactly 20 calls, however busy the machine is."""
     now = [0.0]
-    monkeypatch.setattr(timing.time, "perf_counter", lambda: now[0])
+    monkeypatch.setattr(timing, "time", SimpleNamespace(perf_counter=lambda: now[0]))
 
     def call():
         now[0] += 1 / 1024

@@ -80,7 +80,8 @@ def end_process(status: int) -> NoReturn:
     work's noexcept destructor: std::terminate, a SIGABRT after a run that finished (about
     1 run in 50 on a 2-core machine). destroy_process_group does not stop those threads
     (DDP's reducer keeps the group alive), and nothing says when they are done. So the exit
-    handlers run here, with the interpreter whole, and the process ends without the rest.
+    handlers run here, with the interpreter whole, and the process ends without the rest
+    (which would also join non-daemon threads: training starts none).
     """
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):

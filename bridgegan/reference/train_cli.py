@@ -14,8 +14,10 @@ import os
 import signal
 import sys
 import threading
+import traceback
 from dataclasses import fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import threads
 from ..argtypes import absolute_path, positive_float
@@ -28,6 +30,9 @@ from .noise_modes import MODES as NOISE_MODES
 from .presets import PRESET_RESOLUTIONS
 from .train_config import TrainConfig
 from .train_modes import AMP_MODES, INIT_SCHEMES, LR_SCHEDULES, TRAIN_DTYPES
+
+if TYPE_CHECKING:
+    from .distributed import DistInfo
 
 # Options that define the architecture (None = not given): BridgeGANConfig field -> help,
 # to which the field's default (the paper's) is added.
@@ -346,6 +351,11 @@ def run(args: argparse.Namespace) -> int:
     info = distributed.init_from_env(args.device, args.dist_backend)
     try:
         status = _train(args, info)
+    except Exception:
+        if not info.enabled:
+            raise
+        traceback.print_exc()  # what Python prints for an error nothing caught, and its status
+        status = 1
     finally:
         distributed.shutdown()
     if info.enabled:
@@ -353,7 +363,7 @@ def run(args: argparse.Namespace) -> int:
     return status
 
 
-def _train(args: argparse.Namespace, info) -> int:
+def _train(args: argparse.Namespace, info: DistInfo) -> int:
     """`run` within the process group ``info`` (a distributed.DistInfo)."""
     from .checkpoint import CONFIG_FILE, CheckpointError, read_config
     from .classifier import CONFIG_FILE as CLASSIFIER_FILE

@@ -5,22 +5,23 @@ import traceback
 
 
 def worker_error(exc: Exception) -> Exception:
-    """The error to raise for ``exc``, caught from a DataLoader's iteration.
+    """Clears the local variables of ``exc``'s traceback, caught from a DataLoader's
+    iteration, and returns the error to raise for it.
 
-    An error raised in a worker reaches the main process as the same type with the worker's
-    whole traceback as its message ("Caught ValueError in DataLoader worker process 0.
-    Original Traceback ..."): this returns the same type with the original one-line message
-    (e.g. "cannot read image file PATH: ..."), as with no workers. It also clears the
-    frames of ``exc``'s traceback: the error is raised from a frame that holds it, a cycle
-    that kept the loader alive until exit, whose handlers then killed its workers (each
-    left a /tmp/pymp-* folder); cleared, the loader goes when dropped and its workers stop.
-    Any other error is returned as it is.
+    The frames are cleared because a worker's error is raised from a frame that holds it, a
+    cycle that kept the loader alive until exit, whose handlers then killed its workers
+    (each left a /tmp/pymp-* folder); cleared, the loader goes when dropped and its
+    workers stop. A worker's error reaches the main process as the same type with the
+    worker's whole traceback as its message ("Caught ValueError in DataLoader worker
+    process 0. Original Traceback ..."): the error returned is of that type with the
+    original one-line message (e.g. "cannot read image file PATH: ..."), as with no
+    workers. Any other error is returned as it is.
     """
+    traceback.clear_frames(exc.__traceback__)
     text = str(exc)
     if not (text.startswith("Caught ") and "DataLoader worker process" in text
             and "Original Traceback" in text):
         return exc
-    traceback.clear_frames(exc.__traceback__)
     last = text.rstrip().splitlines()[-1]
     kind = type(exc)  # the traceback names builtins bare, other types with their module
     message = last
