@@ -169,7 +169,7 @@ def test_a_distributed_run_ends_through_end_process(tmp_path, monkeypatch, capsy
     out = tmp_path / "run"
     out.mkdir()
     (out / "metrics.jsonl").write_text('{"step": 1}\n')  # an earlier run: refused, status 2
-    argv = [*ARGS, "--out", str(out)]
+    argv = [*ARGS, "--threads", "1", "--out", str(out)]
     if world_size == 1:
         assert train_cli.main(argv) == 2
     else:
