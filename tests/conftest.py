@@ -125,6 +125,16 @@ def stops_without_gc(call) -> tuple[object, bool]:
             gc.enable()
 
 
+def read_image(path):
+    """The image file at ``path`` decoded, its file closed (an ``Image.open`` left open
+    holds the file until the image is collected, a ResourceWarning)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.load()
+    return im
+
+
 def dead_pid() -> int:
     """The process id of a process that has exited (and been waited for)."""
     proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],

@@ -21,7 +21,7 @@ from bridgegan.engine.bench import PARTIAL_CSV
 from bridgegan.engine.options import BENCH_ROUNDS, BENCH_SAMPLES
 from bridgegan.reference import BridgeGAN, save_checkpoint
 from bridgegan.reference.checkpoint import read_config, read_tensors
-from conftest import benchmark_script, randomize, small_config, stops_without_gc
+from conftest import benchmark_script, randomize, read_image, small_config, stops_without_gc
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,7 +75,7 @@ def test_demo_end_to_end(tmp_path, capsys):
     out = capsys.readouterr().out
     grid = tmp_path / "demo_grid.png"
     assert str(grid) in out and "images/s" in out
-    im = Image.open(grid)
+    im = read_image(grid)
     assert im.size[0] > 28 * 64 and im.size[1] > 4 * 64  # 4 rows of 28 captioned tiles
     assert np.asarray(im).std() > 10  # not a blank image
     with pytest.raises(SystemExit) as exit_:
@@ -134,7 +134,7 @@ def test_demo_loads_the_shipped_model_with_its_numbers(tmp_path, monkeypatch, ca
     assert "the shipped model" in out and "UNTRAINED" not in out
     assert "edit accuracy 50.0%" in out and "PSNR 20.0 dB" in out
     assert "INTERIM model, misses the targets: label_edit_accuracy_shown" in out
-    assert Image.open(tmp_path / "out" / "demo_grid.png").size[1] > 4 * 32
+    assert read_image(tmp_path / "out" / "demo_grid.png").size[1] > 4 * 32
     # shipped again over a folder as train_default leaves it (a model card and its judge)
     (shipped / "MODEL_CARD.md").write_text("card")
     shutil.copytree(ROOT / "bridgegan" / "assets" / "default" / "judge", shipped / "judge")
@@ -160,8 +160,8 @@ def test_translate_writes_results_and_grid(tmp_path, capsys):
     assert code == 0
     names = sorted(p.name for p in out.iterdir())
     assert "grid.png" in names and "in1_edit2.png" in names and "in2_reference.png" in names
-    assert Image.open(out / "in0_edit1.png").size == (32, 32)
-    assert Image.open(out / "grid.png").size[0] > 4 * 32  # source + 2 edits + reference
+    assert read_image(out / "in0_edit1.png").size == (32, 32)
+    assert read_image(out / "grid.png").size[0] > 4 * 32  # source + 2 edits + reference
     # bad input: an unknown attribute and a malformed --set both fail with status 2
     assert main(["translate", "--checkpoint", str(tmp_path / "ck"), "--input", paths[0],
                  "--set", "Blue_Hair=1", "--out", str(out)]) == 2
@@ -184,7 +184,7 @@ def test_translate_defaults_to_the_shipped_model_and_checks_its_options(tmp_path
     assert re.search(r"; (torch|onnxruntime|compile) backend, float32\)$",
                      capsys.readouterr().out.strip())  # the one auto chose
     size = read_config(SHIPPED).image_size
-    assert Image.open(tmp_path / "out" / "face_edit1.png").size == (size, size)
+    assert read_image(tmp_path / "out" / "face_edit1.png").size == (size, size)
     for extra, message in (
             (["--attributes", "Smiling"], "--attributes names what is taken from the "
                                           "references: give --reference too"),
@@ -423,7 +423,7 @@ def test_train_default_dry_run_refuses_to_package_a_model_that_misses_the_target
     assert "`--w-paired 100`" in card and "`--w-feature 300`" in card and "| Smiling |" in card
     assert all(t.dtype == torch.float16 for t in read_tensors(shipped / "model.safetensors").values()
                if t.is_floating_point())
-    assert Image.open(tmp_path / "demo_grid.png").size[0] > 28 * 32
+    assert read_image(tmp_path / "demo_grid.png").size[0] > 28 * 32
 
 
 def test_bench_refuses_speed_for_a_variant_that_fails_parity(monkeypatch):
@@ -883,7 +883,7 @@ def test_translate_gives_each_input_the_result_it_gets_alone(tmp_path):
         assert main(["translate", "--checkpoint", str(tmp_path / "ck"), "--input", *inputs,
                      "--set", "Male=1", "--samples", "2", "--seed", "5", "--out",
                      str(tmp_path / out), "--threads", "1"]) == 0
-        return [np.asarray(Image.open(tmp_path / out / f"face0_edit{k}.png"), dtype=int)
+        return [np.asarray(read_image(tmp_path / out / f"face0_edit{k}.png"), dtype=int)
                 for k in (1, 2)]
 
     alone, together = edits("alone", paths[:1]), edits("together", [paths[1], paths[0], paths[2]])
@@ -922,7 +922,7 @@ def test_translate_runs_in_batches_with_the_results_of_one(tmp_path, monkeypatch
                      "--threads", "1", *extra])
 
     def outputs(out):
-        return {p.name: np.asarray(Image.open(p), dtype=int)
+        return {p.name: np.asarray(read_image(p), dtype=int)
                 for p in sorted((tmp_path / out).glob("face*.png"))}
 
     monkeypatch.setattr(commands, "GRID_ROWS", 3)
@@ -932,7 +932,7 @@ def test_translate_runs_in_batches_with_the_results_of_one(tmp_path, monkeypatch
     assert len(one) == 10 and one.keys() == batches.keys()
     assert max(np.abs(one[k] - batches[k]).max() for k in one) <= 1  # float rounding at most
     assert "the first 3 inputs" in capsys.readouterr().out
-    assert Image.open(tmp_path / "batches" / "grid.png").size[1] < 4 * 32  # 3 rows
+    assert read_image(tmp_path / "batches" / "grid.png").size[1] < 4 * 32  # 3 rows
     (tmp_path / "notes.png").write_text("not an image")
     assert run("bad", [*paths[:3], str(tmp_path / "notes.png")], "--batch-size", "1") == 2
     assert "notes.png" in capsys.readouterr().err and not (tmp_path / "bad").exists()

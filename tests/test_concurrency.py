@@ -16,7 +16,7 @@ from bridgegan.engine.export import onnx_export
 from bridgegan.engine.graph import InferenceGraph
 from bridgegan.kernels import dispatch
 
-from conftest import images
+from conftest import images, read_image
 
 
 def _onnx_globals():
@@ -184,7 +184,7 @@ def test_a_lazily_opened_image_shared_by_threads_is_decoded_by_one_at_a_time(
     Image.fromarray(torch.randint(0, 256, (32, 32, 3), dtype=torch.uint8,
                                   generator=gen).numpy()).save(path)
     eng = Engine(small_model, backend="torch")
-    want = eng.load_images(Image.open(path))
+    want = eng.load_images(read_image(path))
     shared = Image.open(path)
     probe, overlap, decodes, results = _Probe(io._PIL_FILL), threading.Event(), [], []
     monkeypatch.setattr(io, "_PIL_FILL", probe)
@@ -206,6 +206,7 @@ def test_a_lazily_opened_image_shared_by_threads_is_decoded_by_one_at_a_time(
         t.start()
     for t in threads:
         t.join()
+    shared.close()
     assert len(decodes) == 1 and probe.waiting.is_set()
     assert len(results) == 2 and all(torch.equal(r, want) for r in results)
 
@@ -227,7 +228,7 @@ def test_a_shared_images_exif_is_read_by_one_thread_at_a_time(tmp_path, monkeypa
     exif[0x0112] = 6  # orientation: rotated 90 degrees
     Image.fromarray(pixels).save(path, exif=exif)
     eng = Engine(small_model, backend="torch")
-    want = eng.load_images(Image.open(path))  # an image of its own
+    want = eng.load_images(read_image(path))  # an image of its own
     assert not torch.equal(want, eng.load_images(Image.fromarray(pixels)))
     shared = Image.open(path)
     shared.load()
@@ -251,6 +252,7 @@ def test_a_shared_images_exif_is_read_by_one_thread_at_a_time(tmp_path, monkeypa
         t.start()
     for t in threads:
         t.join()
+    shared.close()
     assert len(results) == 2 and all(torch.equal(r, want) for r in results)
 
 

@@ -16,7 +16,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from PIL import Image
 
 from bridgegan.reference import load_checkpoint
 from bridgegan.reference.layers import InstanceNorm
@@ -28,7 +27,7 @@ from bridgegan.reference.train_config import TrainConfig
 from bridgegan.reference.train_state import (STATE_JSON, STATE_TENSORS, latest_checkpoint,
                                             read_train_state)
 from bridgegan.reference.trainer import Trainer
-from conftest import small_config, stops_without_gc
+from conftest import read_image, small_config, stops_without_gc
 
 SIZE = 32
 
@@ -604,7 +603,7 @@ def test_checkpoint_folder_contents(faces, tmp_path):
     assert [json.loads(x)["step"] for x in lines] == [1, 2]
     assert "g/rec" in json.loads(lines[0]) and "images_per_sec" in json.loads(lines[0])
     # sample grid: 8 columns; rows: source, reconstruction, 4 edits, references, ref edits
-    im = Image.open(tmp_path / "samples" / "step-00000002.png")
+    im = read_image(tmp_path / "samples" / "step-00000002.png")
     assert im.size == (8 * SIZE + 9 * 2, 8 * SIZE + 9 * 2)
 
 
