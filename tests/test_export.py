@@ -17,7 +17,7 @@ from bridgegan import __version__
 from bridgegan.cli import main
 from bridgegan.engine import BackendUnavailable, Engine, InferenceGraph, Rewrites
 from bridgegan.engine.graph import Block, Conv
-from bridgegan.numerics import psnr, tolerance
+from bridgegan.numerics import errors, float64_model, psnr, tolerance
 from bridgegan.reference import BridgeGAN, BridgeGANConfig, CheckpointError, save_checkpoint
 from conftest import images, labels, randomize, small_config
 
@@ -175,6 +175,38 @@ def test_export_cli_says_which_graphs_it_wrote_and_which_it_kept(tmp_path, capsy
     assert main([*args, "decode", "--precision", "fp32"]) == 2
     assert f"{out / 'evil.plan'} is a symbolic link" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == before and (out / "evil.plan").is_symlink()
+
+
+def test_classify_graph_is_ds_attribute_head_in_float32(model, exported, tmp_path):
+    """``classify`` holds D's attribute head (the logits whose signs are the engine's source
+    labels), float32 inside at any precision asked for: an fp16-only export writes it as
+    classify.onnx, float32, beside the fp16 stage graphs."""
+    x = images(3, 32, 70)
+    with torch.no_grad():
+        want = float64_model(model.discriminator).classify(x.double())
+    got = run(exported / "classify.onnx", image=x)
+    assert got.shape == (3, model.config.n_attrs)
+    assert errors(got, want)[1] <= tolerance("float32").op_rel
+    m = onnx.load(str(exported / "classify.onnx"))
+    assert {i.data_type for i in m.graph.initializer} == {onnx.TensorProto.FLOAT}
+    assert not any("encoder" in i.name or "generator" in i.name for i in m.graph.initializer)
+    out = export_model(model, tmp_path / "fp16", ["decode", "classify"], ["fp16"])
+    assert sorted(p.name for p in out.iterdir()) == ["classify.onnx", "decode_fp16.onnx",
+                                                     "manifest.json"]
+    files = json.loads((out / "manifest.json").read_text())["graphs"]["classify"]["files"]
+    assert files == {"fp32": "classify.onnx"}
+    assert torch.equal(run(out / "classify.onnx", image=x), got)
+
+
+def test_engine_onnxruntime_backend_classifies_with_the_exported_head(model, ckpt, exported):
+    """The onnxruntime engine estimates source labels with the exported ``classify`` graph
+    (a session, not torch's D), to the labels and logits of the torch engine's head."""
+    eng = Engine.from_checkpoint(ckpt, backend="onnxruntime", onnx_dir=exported)
+    want = Engine(model, backend="torch")
+    assert not isinstance(eng.classifier, torch.nn.Module)
+    x = images(8, 32, 71)
+    assert errors(eng.classifier(x), want.classifier(x))[1] <= tolerance("float32").op_rel
+    assert torch.equal(eng.classify(x), want.classify(x))
 
 
 def test_engine_onnxruntime_backend(model, ckpt, exported):
@@ -721,6 +753,16 @@ def test_export_key_covers_the_code_the_graphs_are_traced_from(model, monkeypatc
     finally:
         monkeypatch.undo()
         onnx_export._traced_code.cache_clear()
+
+
+def test_export_key_covers_the_attribute_head(model):
+    """The ``classify`` graph holds D: a model whose D alone differs is another export."""
+    other = randomize(BridgeGAN(model.config), seed=2).eval()
+    other.load_state_dict(model.state_dict())
+    assert export_key(other, Rewrites(), OPSET) == export_key(model, Rewrites(), OPSET)
+    with torch.no_grad():
+        other.discriminator.cls_fc.bias.add_(1e-3)
+    assert export_key(other, Rewrites(), OPSET) != export_key(model, Rewrites(), OPSET)
 
 
 def test_export_key_names_the_rewrites_and_the_opset(model):

@@ -66,10 +66,12 @@ against the reference model):
 The graph exposes the stages the engine composes: ``trunk(x)`` (source-only, cacheable
 across edits), ``encode(x, d)``, ``map(r, d)``, ``modulations(S)`` and ``decode(h, S)``.
 ``impl`` chooses the SPADE / instance-norm ops: "torch" (torch ops, also what ONNX export
-traces) or "triton" (the fused kernels).
+traces) or "triton" (the fused kernels). Beside it, ``AttributeHead``: D's attribute head,
+which estimates source labels, alone and in float32.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, fields
 
 import torch
@@ -485,3 +487,19 @@ class _Head(nn.Module):
         v = F.conv2d(u, self.conv.weight.to(wide), bias)
         return instance_norm_act(v, self.weight.to(wide), self.bias.to(wide), act="relu",
                                  eps=self.eps, impl=impl).to(h.dtype)
+
+
+class AttributeHead(nn.Module):
+    """D's attribute head alone: images (N, 3, S, S) -> logits (N, A), in float32 whatever
+    the engine's dtype (source labels are logit > 0, a threshold that reduced precision
+    would tip). The torch backends run it; the ``classify`` graph is exported from it."""
+
+    impl = "torch"  # its ops are torch's (what ONNX export traces)
+
+    def __init__(self, model: BridgeGAN):
+        super().__init__()
+        self.config = model.config
+        self.discriminator = copy.deepcopy(model.discriminator).float().requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.discriminator.classify(x)

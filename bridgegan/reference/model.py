@@ -154,7 +154,7 @@ class BridgeGAN(nn.Module):
     def classify(self, x: torch.Tensor) -> torch.Tensor:
         """Source labels estimated by D's attribute head (0/1)."""
         self.check_images(x)
-        return (self.discriminator(x)[1] > 0).to(x.dtype)
+        return (self.discriminator.classify(x) > 0).to(x.dtype)
 
     def inference_modules(self) -> nn.ModuleDict:
         """The networks inference needs (no D is needed when labels are given)."""

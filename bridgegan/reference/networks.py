@@ -124,10 +124,19 @@ class Discriminator(nn.Module):
         self.cls_conv, self.cls_fc = nn.Conv2d(top, top, k), nn.Linear(top, cfg.n_attrs)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self._trunk(x)
+        adv = self.adv_fc(F.leaky_relu(self.adv_conv(h), 0.2).flatten(1)).squeeze(1)
+        return adv, self._attributes(h)
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        """The attribute logits alone (what inference reads: source labels are logit > 0)."""
+        return self._attributes(self._trunk(x))
+
+    def _trunk(self, x: torch.Tensor) -> torch.Tensor:
         h = self.stem(x)
         for blk in self.blocks:
             h = blk(h)
-        h = F.leaky_relu(h, 0.2)
-        adv = self.adv_fc(F.leaky_relu(self.adv_conv(h), 0.2).flatten(1)).squeeze(1)
-        cls = self.cls_fc(F.leaky_relu(self.cls_conv(h), 0.2).flatten(1))
-        return adv, cls
+        return F.leaky_relu(h, 0.2)
+
+    def _attributes(self, h: torch.Tensor) -> torch.Tensor:
+        return self.cls_fc(F.leaky_relu(self.cls_conv(h), 0.2).flatten(1))

@@ -1,8 +1,10 @@
 """Backends: how the engine's stages (trunk, encode, map, decode) are executed.
 
 One module per backend, named after it, each with a ``build(model, rewrites, dtype,
-device, channels_last, onnx_dir) -> Stages``, and one table, ``REGISTRY``, saying what
-each needs and how the engine may run it. A new backend is one module and one ``Backend``
+device, channels_last, onnx_dir) -> Stages`` (and, where it runs D's attribute head its own
+way, a ``build_classifier(model, rewrites, device, onnx_dir)``; the others run
+``graph.AttributeHead`` in torch), and one table, ``REGISTRY``, saying what each needs and
+how the engine may run it. A new backend is one module and one ``Backend``
 row. ``backend="auto"`` picks the fastest measured backend that runs
 on the device (``FASTEST``).
 
@@ -68,6 +70,16 @@ class Backend:
         """This backend's stages for ``model`` (see the backend module's ``build``)."""
         module = importlib.import_module(f".{self.name}", __package__)
         return module.build(model, rewrites, dtype, device, channels_last, onnx_dir)
+
+    def classifier(self, model, rewrites, device, onnx_dir=None):
+        """D's attribute head on ``device``: images (N, 3, S, S) -> float32 logits (N, A)
+        (the backend module's ``build_classifier``, else ``graph.AttributeHead``)."""
+        module = importlib.import_module(f".{self.name}", __package__)
+        if hasattr(module, "build_classifier"):
+            return module.build_classifier(model, rewrites, device, onnx_dir)
+        from ..graph import AttributeHead
+
+        return AttributeHead(model).to(device).eval()
 
 
 REGISTRY: dict[str, Backend] = {b.name: b for b in (

@@ -6,7 +6,8 @@ without importing the exporters."""
 OPSET = 17
 PROGRAMS = ("translate_label", "translate_reference")
 STAGES = ("trunk", "encode", "map", "decode", "decode_mix")
-GRAPHS = PROGRAMS + STAGES
+HEADS = ("classify",)  # D's attribute head: float32 at every precision
+GRAPHS = PROGRAMS + STAGES + HEADS
 ONNX_PRECISIONS = {"fp32": "float32", "fp16": "float16"}  # name -> torch dtype name
 TRITON_TYPES = {"float32": "FP32", "float16": "FP16"}  # a graph port's numpy dtype -> Triton's
 TENSORRT_PRECISIONS = ("fp32", "fp16", "bf16")

@@ -3,7 +3,7 @@
 ``bridgegan export onnx CKPT OUT`` traces the :class:`~bridgegan.engine.graph.InferenceGraph`
 (every rewrite) through the torch ops (``impl="torch"``, never a Triton kernel) with
 torch's TorchScript exporter (``dynamo=False``), opset 17 or newer, dynamic batch. The
-graphs hold G, E and M only (D never: source labels are the caller's business).
+graphs hold G, E and M; D's attribute head is a graph of its own (``classify``).
 
 Graphs. Whole programs, for deployment (Triton server, TensorRT):
 
@@ -21,9 +21,14 @@ the latent code, so it needs the stage graphs, which the engine's ``onnxruntime`
   interpolation: each SPADE layer blends the modulations of s and s2 with weights alpha
   and 1 - alpha, alpha of shape (N,)).
 
+And ``classify(image) -> logits`` (N, A): D's attribute head (``graph.AttributeHead``),
+whose logits > 0 are the source labels the engine estimates for images given without
+them (what the ``onnxruntime`` backend runs for that).
+
 Precision. Each graph comes in ``fp32`` (``<graph>.onnx``) and ``fp16``
 (``<graph>_fp16.onnx``): fp16 weights and activations inside, float32 inputs and outputs
-(casts at the edges), so clients and Triton configs are the same for both. Instance-norm
+(casts at the edges), so clients and Triton configs are the same for both. ``classify``
+comes in fp32 only, whichever precisions are asked for (labels are thresholds). Instance-norm
 statistics are float32 in both: the torch path upcasts, giving InstanceNormalization
 nodes on float32 tensors (TensorRT builds pin them to float32).
 
@@ -64,8 +69,8 @@ from ...reference.config import BridgeGANConfig
 from ...reference.model import BridgeGAN
 from ...warning_filters import Silenced
 from ..backends.base import BackendUnavailable
-from ..graph import InferenceGraph, Rewrites
-from .names import GRAPHS, ONNX_PRECISIONS, OPSET, TIMING_CACHE, TRITON_TYPES
+from ..graph import AttributeHead, InferenceGraph, Rewrites
+from .names import GRAPHS, HEADS, ONNX_PRECISIONS, OPSET, TIMING_CACHE, TRITON_TYPES
 from .pbtxt import NAME
 
 ONNX_DTYPES = {name: getattr(torch, dtype) for name, dtype in ONNX_PRECISIONS.items()}
@@ -73,7 +78,8 @@ ONNX_PRECISION_OF = {v: k for k, v in ONNX_DTYPES.items()}
 MANIFEST = "manifest.json"
 FORMAT = "bridgegan-onnx/1"
 
-# graph -> (input names, output name, function of an InferenceGraph and the inputs)
+# graph -> (input names, output name, function of the traced module (an InferenceGraph; a
+# head's: an AttributeHead) and the inputs)
 _GRAPHS: dict[str, tuple[tuple[str, ...], str, Callable]] = {
     "translate_label": (("image", "d", "noise"), "output", programs.translate_label),
     "translate_reference": (("image", "reference", "d"), "output",
@@ -84,6 +90,7 @@ _GRAPHS: dict[str, tuple[tuple[str, ...], str, Callable]] = {
     "decode": (("h", "s"), "output", lambda g, h, s: g.decode(h, s)),
     "decode_mix": (("h", "s", "s2", "alpha"), "output",
                    lambda g, h, s, s2, a: programs.decode_blend(g, h, s, s2, a, "spade")),
+    "classify": (("image",), "logits", lambda head, x: head(x)),
 }
 
 
@@ -102,7 +109,20 @@ def _port_shapes(config: BridgeGANConfig) -> dict[str, tuple[int, ...]]:
     latent = (config.latent_channels, half, half)
     return {"image": (3, s, s), "reference": (3, s, s), "d": (config.n_attrs,),
             "noise": (config.noise_dim,), "h": (config.g_channels()[-1], low, low), "s": latent,
-            "s2": latent, "alpha": (), "output": (3, s, s)}
+            "s2": latent, "alpha": (), "output": (3, s, s), "logits": (config.n_attrs,)}
+
+
+def _dtype(module: torch.nn.Module) -> torch.dtype:
+    """The dtype of a traced module's tensors (an InferenceGraph's buffers, a head's
+    parameters)."""
+    return next(iter(module.state_dict().values())).dtype
+
+
+def _graph_precisions(graphs: Iterable[str], precisions: Iterable[str]) -> list[tuple[str, str]]:
+    """The (graph, precision) pairs an export of ``graphs`` at ``precisions`` writes: a
+    head's at fp32 whatever was asked."""
+    return list(dict.fromkeys((g, "fp32" if g in HEADS else p)
+                              for p in precisions for g in graphs))
 
 
 # ----------------------------------------------------------------------------- tracing
@@ -110,10 +130,10 @@ def _port_shapes(config: BridgeGANConfig) -> dict[str, tuple[int, ...]]:
 class _Traced(torch.nn.Module):
     """One graph: float32 inputs cast to the graph's dtype, the output cast to float32."""
 
-    def __init__(self, graph: InferenceGraph, name: str):
+    def __init__(self, graph: InferenceGraph | AttributeHead, name: str):
         super().__init__()
         self.graph, self.fn = graph, _GRAPHS[name][2]
-        self.dtype = next(graph.buffers()).dtype
+        self.dtype = _dtype(graph)
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         return self.fn(self.graph, *(t.to(self.dtype) for t in inputs)).float()
@@ -228,9 +248,11 @@ def _finish(model):
     return model
 
 
-def export_graph(graph: InferenceGraph, name: str, opset: int = OPSET, batch: int = 2):
-    """Trace graph ``name`` of ``graph`` (float32 or float16, impl "torch", on the CPU) at
-    ``batch`` into a checked ``onnx.ModelProto`` whose batch dimension is dynamic."""
+def export_graph(graph: InferenceGraph | AttributeHead, name: str, opset: int = OPSET,
+                 batch: int = 2):
+    """Trace graph ``name`` of ``graph`` (an InferenceGraph, float32 or float16, impl
+    "torch"; for a head an AttributeHead; on the CPU) at ``batch`` into a checked
+    ``onnx.ModelProto`` whose batch dimension is dynamic."""
     import onnx
 
     if graph.impl != "torch":
@@ -240,7 +262,10 @@ def export_graph(graph: InferenceGraph, name: str, opset: int = OPSET, batch: in
         raise ValueError(f"opset must be {OPSET} or newer, got {opset}")
     if name not in _GRAPHS:
         raise ValueError(f"unknown graph {name!r}; graphs are {', '.join(GRAPHS)}")
-    precision = ONNX_PRECISION_OF[next(graph.buffers()).dtype]
+    if (name in HEADS) != isinstance(graph, AttributeHead):
+        raise ValueError(f"graph {name!r} is traced from "
+                         f"{'an AttributeHead' if name in HEADS else 'an InferenceGraph'}")
+    precision = ONNX_PRECISION_OF[_dtype(graph)]
     inputs, output, _ = _GRAPHS[name]
     shapes = _port_shapes(graph.config)
     gen = torch.Generator().manual_seed(0)
@@ -322,11 +347,12 @@ def _traced_code() -> str:
 
 
 def export_key(model: BridgeGAN, rewrites: Rewrites, opset: int) -> str:
-    """sha256 over the G / E / M tensors, the export settings and the traced code."""
+    """sha256 over the G / E / M / D tensors (D: ``classify``), the export settings and
+    the traced code."""
     settings = {"config": model.config.architecture(),
                 "rewrites": rewrites.enabled(), "opset": opset, "code": _traced_code()}
     h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
-    for k, v in sorted(model.inference_modules().state_dict().items()):
+    for k, v in sorted(model.state_dict().items()):
         h.update(f"{k}:{v.dtype}:{tuple(v.shape)}".encode())
         h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
@@ -418,30 +444,29 @@ def _check_same_model(manifest: dict, folder: Path, config: BridgeGANConfig, key
                               f"remove it or use another folder")
 
 
-def _missing(out: Path, config: BridgeGANConfig, key: str, graphs: list[str],
-             precisions: list[str]) -> tuple[dict | None, list[tuple[str, str]]]:
+def _missing(out: Path, config: BridgeGANConfig, key: str, pairs: list[tuple[str, str]]
+             ) -> tuple[dict | None, list[tuple[str, str]]]:
     """The manifest of ``out`` (None: no export there yet) and the (graph, precision)
-    pairs it lacks. Every file it has is checked against its sha256 in the manifest; a
+    ``pairs`` it lacks. Every file it has is checked against its sha256 in the manifest; a
     file listed without a hash (an export from before hashes) counts as missing."""
     manifest = read_manifest(out)
     if manifest is None:
         if out.is_dir() and any(out.iterdir()):
             raise CheckpointError(f"{out} is not empty and holds no {MANIFEST}: not an ONNX "
                                   f"export folder; give a new or empty folder")
-        return None, [(g, p) for p in precisions for g in graphs]
+        return None, pairs
     _check_same_model(manifest, out, config, key)
     missing = []
-    for precision in precisions:
-        for g in graphs:
-            entry = manifest["graphs"].get(g, {})
-            name, digest = (entry.get(k, {}).get(precision) for k in ("files", "sha256"))
-            if name is None or digest is None or not (out / name).is_file():
-                missing.append((g, precision))
-            elif sha256_hex((out / name).read_bytes()) != digest:
-                raise OnnxFileError(
-                    f"{out / name} does not match its sha256 in {out / MANIFEST}: it is not the "
-                    f"graph this export wrote (a file of another export copied in, or damaged); "
-                    f"remove {out} to export again")
+    for g, precision in pairs:
+        entry = manifest["graphs"].get(g, {})
+        name, digest = (entry.get(k, {}).get(precision) for k in ("files", "sha256"))
+        if name is None or digest is None or not (out / name).is_file():
+            missing.append((g, precision))
+        elif sha256_hex((out / name).read_bytes()) != digest:
+            raise OnnxFileError(
+                f"{out / name} does not match its sha256 in {out / MANIFEST}: it is not the "
+                f"graph this export wrote (a file of another export copied in, or damaged); "
+                f"remove {out} to export again")
     return manifest, missing
 
 
@@ -474,9 +499,12 @@ def _write_export(out: Path, manifest: dict, missing: list[tuple[str, str]], mod
     kept = _carried(out, manifest)
     written = {}
     for precision in dict.fromkeys(p for _, p in missing):
-        graph = InferenceGraph(model, rewrites).to("cpu", ONNX_DTYPES[precision]).eval()
-        for name in (g for g, p in missing if p == precision):
-            onnx_model = export_graph(graph, name, opset)
+        names = [g for g, p in missing if p == precision]
+        graph = (InferenceGraph(model, rewrites).to("cpu", ONNX_DTYPES[precision]).eval()
+                 if any(g not in HEADS for g in names) else None)
+        for name in names:
+            traced = AttributeHead(model).eval() if name in HEADS else graph
+            onnx_model = export_graph(traced, name, opset)
             data = onnx_model.SerializeToString()
             entry = manifest["graphs"].setdefault(name, io_spec(onnx_model))
             entry.setdefault("files", {})[precision] = file_name(name, precision)
@@ -495,7 +523,8 @@ def require_onnx(what: str) -> None:
 def export_model(model: BridgeGAN, out: str | os.PathLike | None = None,
                  graphs: Iterable[str] = GRAPHS, precisions: Iterable[str] = tuple(ONNX_DTYPES),
                  rewrites: Rewrites | None = None, opset: int = OPSET) -> Path:
-    """Export into folder ``out`` the ``graphs`` x ``precisions`` it lacks and return it.
+    """Export into folder ``out`` the ``graphs`` x ``precisions`` it lacks (a head at
+    fp32 only: ``_graph_precisions``) and return it.
 
     ``out`` None: the cache folder named by the model's export key (``default_onnx_dir``),
     whose manifest's mtime records this use.
@@ -509,13 +538,14 @@ def export_model(model: BridgeGAN, out: str | os.PathLike | None = None,
         unknown = [g for g in given if g not in known]
         if unknown:
             raise ValueError(f"unknown {kind}(s) {unknown}; accepted: {', '.join(known)}")
+    pairs = _graph_precisions(graphs, precisions)
     rewrites = rewrites or Rewrites()
     key = export_key(model, rewrites, opset)
     cached = out is None
     # absolute: a relative folder is the working directory's now, not wherever the process
     # keeping the path (an engine loading plans later) has moved to since
     out = (default_onnx_dir(key) if cached else Path(out)).absolute()
-    if not _missing(out, model.config, key, graphs, precisions)[1]:
+    if not _missing(out, model.config, key, pairs)[1]:
         if cached:  # its last use, which `bridgegan cache --prune` reads
             with contextlib.suppress(OSError):  # a read-only cache stays usable
                 os.utime(out / MANIFEST)
@@ -529,7 +559,7 @@ def export_model(model: BridgeGAN, out: str | os.PathLike | None = None,
         # it (a TensorRT plan build's) would block the replacement of the folder
         remove_stale(out.parent, out.name)
         remove_stale(out)
-        manifest, missing = _missing(out, model.config, key, graphs, precisions)
+        manifest, missing = _missing(out, model.config, key, pairs)
         if missing:
             manifest = manifest or _new_manifest(model, key, rewrites, opset)
             _write_export(out, manifest, missing, model, rewrites, opset)
