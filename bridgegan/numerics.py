@@ -83,6 +83,21 @@ def tolerance(dtype) -> Tolerance:
     return TOLERANCES[name]
 
 
+def real_value(value) -> float | None:
+    """``value`` as a float where it is one real number (an int, float or bool, Python's or
+    numpy's, a Decimal or Fraction, a one-element real array or tensor); None otherwise:
+    strings, complex numbers (``float`` would drop an imaginary part with a warning at
+    most), tensors that hold no value (meta)."""
+    dtype = getattr(value, "dtype", None)
+    if (isinstance(value, (str, bytes, complex)) or getattr(dtype, "kind", None) == "c"
+            or getattr(dtype, "is_complex", False) is True):  # numpy's dtypes, torch's
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError, OverflowError, RuntimeError, NotImplementedError):
+        return None
+
+
 # ----------------------------------------------------------------------------- float64 references
 
 

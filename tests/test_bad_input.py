@@ -74,6 +74,14 @@ BOUNDED = r"strength must be finite and within \[-10, 10\], got "
     (math.nan, BOUNDED + "nan"), (math.inf, BOUNDED + "inf"), (-math.inf, BOUNDED + "-inf"),
     (3e38, BOUNDED + r"3e\+38"), (11, BOUNDED + "11"),
     ("1.5", "strength must be a number, got '1.5'"), (True, "strength must be a number, got True"),
+    # numpy's complex and bool were read as their real part and as 1 (with a warning at most);
+    # torch's complex and meta tensors raised RuntimeErrors
+    (np.complex128(1 + 5j), r"strength must be a number, got np.complex128\(1\+5j\)|"
+                            r"strength must be a number, got \(1\+5j\)"),
+    (np.bool_(True), "strength must be a number, got (np.)?(True|bool_)"),
+    (torch.tensor(True), r"strength must be a number, got tensor\(True\)"),
+    (torch.tensor(1 + 0j), r"strength must be a number, got tensor\(1\.\+0\.j\)"),
+    (torch.tensor(1.0, device="meta"), "strength must be a number, got tensor"),
 ])
 def test_strength_must_be_a_finite_number(eng, strength, message):
     x = images(2, S)
@@ -207,6 +215,8 @@ LABELS_OF = r"target labels must be a tensor, array or nested list of numbers, g
     (None, LABELS_OF + "NoneType"), ("Male", LABELS_OF + "str"),
     ({"Male": None}, "target for 'Male' must be 0 or 1, got None"),
     ({"Male": "1"}, "target for 'Male' must be 0 or 1, got '1'"),
+    ({"Male": np.complex64(1 + 3j)}, "target for 'Male' must be 0 or 1, got"),
+    ({"Male": torch.tensor(1 + 0j)}, "target for 'Male' must be 0 or 1, got"),
     ([[0, 1], [1]], LABELS_OF + "list")])
 def test_targets_of_the_wrong_type(eng, target, message):
     with pytest.raises(ValueError, match=message):
@@ -221,6 +231,8 @@ def test_targets_of_the_wrong_type(eng, target, message):
     ([math.inf], r"each alpha must be finite and within \[-10, 10\], got inf"),
     ([1e30], r"each alpha must be finite and within \[-10, 10\], got 1e\+30"),
     ([0.5, "0.5"], "each alpha must be a number, got '0.5'"),
+    (np.array([0.5 + 2j]), "each alpha must be a number, got"),
+    ([np.bool_(True)], "each alpha must be a number, got"),
 ])
 def test_interpolation_alphas(eng, alphas, message):
     x = images(2, S)
@@ -266,6 +278,20 @@ def test_translate_samples_takes_one_seed_whose_samples_stay_below_2_64(eng):
                                          rf"{2 ** 64 - 3}"):
         eng.translate_samples(x, {"Male": 1}, 3, seed=2 ** 64 - 2)
     assert eng.translate_samples(x, {"Male": 1}, 3, seed=2 ** 64 - 3).shape == (1, 3, 3, S, S)
+
+
+@pytest.mark.parametrize("kind", [np.int64, np.uint64, np.int8])
+def test_a_numpy_integer_seed_is_its_integer(eng, kind):
+    """translate_samples added k to a numpy seed: np.int64 failed in torch's manual_seed,
+    np.uint64 turned float (numpy 1.x) and np.int8 would wrap."""
+    x = images(2, S, 12)
+    for call in (lambda seed: eng.translate_samples(x, {"Male": 1}, 2, seed=seed),
+                 lambda seed: eng.translate(x, {"Male": 1}, seed=seed),
+                 lambda seed: eng.edit_strip(x[:1], samples=2, seed=seed).images):
+        assert torch.equal(call(kind(127)), call(127))
+    with pytest.raises(ValueError, match=rf"seed {2 ** 64 - 2} with 3 samples draws seeds up "
+                                         rf"to {2 ** 64}"):
+        eng.translate_samples(x, {"Male": 1}, 3, seed=np.uint64(2 ** 64 - 2))
 
 
 @pytest.mark.parametrize("backend", ["torch", "reference", "compile"])
@@ -974,6 +1000,34 @@ def test_meta_and_sparse_image_tensors_are_refused(eng):
             eng.translate(bad, {"Male": 1}, seed=0)
     with pytest.raises(ValueError, match=r"images\[1\]: expected a dense tensor"):
         eng.translate([x[0], x[1].to("meta")], {"Male": 1}, seed=0)
+
+
+def test_tensors_that_hold_no_plain_values_are_refused_for_every_argument(eng):
+    """Labels, noise and regions that were meta, sparse or nested raised torch's
+    NotImplementedError or RuntimeError; float8 and nested images too."""
+    x, y = images(2, S), labels(2, N_ATTRS, 3)
+    dense = {"target labels": lambda t: dict(target=t), "source labels": lambda t: dict(
+        target={"Male": 1}, source=t), "noise": lambda t: dict(target={"Male": 1}, noise=t)}
+    for what, kw in dense.items():
+        value = torch.randn(2, 8) if what == "noise" else y
+        for bad, kind in ((value.to("meta"), "meta"), (value.to_sparse(), "torch.sparse_coo")):
+            with pytest.raises(ValueError, match=rf"{what}: expected a dense tensor holding "
+                                                 rf"values, got a {kind} tensor"):
+                eng.translate(x, seed=None if what == "noise" else 0, **kw(bad))
+    with pytest.raises(ValueError, match="region: expected a dense tensor holding values, got "
+                                         r"a torch.sparse_coo tensor \(make it dense"):
+        eng.translate(x, {"Male": 1}, seed=0, region=torch.rand(S, S).to_sparse())
+    with pytest.raises(ValueError, match=r"reference labels: expected a dense tensor holding "
+                                         r"values, got a meta tensor \(it holds no data\)"):
+        eng.translate_reference(x, x, reference_labels=y.to("meta"))
+    with pytest.raises(ValueError, match=r"images: expected a floating-point tensor in \[-1, 1\] "
+                                         r"\(float16, bfloat16, float32, float64\), got "
+                                         r"torch.float8_e4m3fn"):
+        eng.classify(x.to(torch.float8_e4m3fn))
+    nested = torch.nested.nested_tensor([x[0], x[1]], layout=torch.jagged)
+    with pytest.raises(ValueError, match=r"images: expected a dense tensor holding values, got "
+                                         r"a nested tensor \(torch.stack its parts\)"):
+        eng.classify(nested)
 
 
 def test_integers_beyond_a_float_are_refused_as_numbers(eng):

@@ -584,6 +584,28 @@ def test_a_transparent_colour_is_composited_on_white(model, tmp_path, mode):
     assert torch.equal(eng.load_images(rgba.convert("RGBa"))[0], got)
 
 
+def test_a_palette_with_alpha_and_premultiplied_la_are_composited_on_white(model):
+    """A P image whose palette has alpha (``quantize`` of RGBA; no tRNS in ``info``) read
+    as its opaque colours; an La image (premultiplied) failed in Pillow's conversion."""
+    size = model.config.image_size
+    eng = Engine(model)
+    rng = np.random.default_rng(15)
+    palette = rng.integers(0, 256, (64, 4), dtype=np.uint8)
+    palette[:, 3] = 255
+    palette[0, 3] = 0  # entry 0 transparent
+    index = rng.integers(1, 64, (size, size), dtype=np.uint8)
+    index[: size // 2] = 0  # the top half
+    im = Image.fromarray(index, "P")
+    im.putpalette(palette.tobytes(), rawmode="RGBA")
+    assert im.palette.mode == "RGBA" and "transparency" not in im.info
+    got = eng.load_images(im)[0]
+    assert (got[:, : size // 2] == 1).all()
+    opaque = torch.from_numpy(palette[index[size // 2:], :3]).permute(2, 0, 1) / 127.5 - 1
+    assert torch.equal(got[:, size // 2:], opaque)
+    la = Image.fromarray(np.dstack([index, np.where(index == 0, 0, 255).astype(np.uint8)]), "LA")
+    assert torch.equal(eng.load_images(la.convert("La"))[0], eng.load_images(la)[0])
+
+
 @pytest.mark.parametrize("mode", ["1", "I;16"])
 def test_a_transparent_value_in_1_and_16_bit_pngs_is_white(model, tmp_path, mode):
     """tRNS of a 1-bit or 16-bit greyscale PNG (the value compared before 16 bits are

@@ -21,7 +21,6 @@ reaching the caller.
 """
 from __future__ import annotations
 
-import copy
 import functools
 import numbers
 import threading
@@ -34,7 +33,7 @@ import numpy as np
 import torch
 
 from ..kernels.layout import memory_format
-from ..numerics import dtype_name, dtype_spellings
+from ..numerics import dtype_name, dtype_spellings, real_value
 from ..reference import programs
 from ..reference.attributes import apply_edits, check_names, set_rows
 from ..reference.checkpoint import load_checkpoint
@@ -44,7 +43,7 @@ from ..torch_flags import cudnn_search, no_tf32
 from .backends import ALL_DTYPES, AUTO, REGISTRY, check_backend
 from .cudagraphs import MAX_ROWS, CudaGraphed, GraphMemory, bucket_floor, in_chunks
 from .graph import Rewrites
-from .io import Images, as_batch, value_range
+from .io import Images, as_batch, check_dense, value_range
 from .options import MAX_SAMPLES, SEEDS, check_sample_seeds
 from .streams import Concurrent
 
@@ -164,11 +163,12 @@ def check_output(out: torch.Tensor, dtype: torch.dtype, backend: str) -> torch.T
 
 
 def _number(value, what: str, bound: float) -> float:
-    """``value`` as a float, refused unless a finite number within [-bound, bound]."""
-    try:
-        x = None if isinstance(value, (str, bytes, bool)) else float(value)
-    except (TypeError, ValueError, OverflowError):  # 10**400: no float holds it
-        x = None
+    """``value`` as a float, refused unless a real, finite number (not a boolean) within
+    [-bound, bound]."""
+    dtype = getattr(value, "dtype", None)
+    boolean = (isinstance(value, (bool, np.bool_)) or dtype is torch.bool
+               or getattr(dtype, "kind", None) == "b")
+    x = None if boolean else real_value(value)  # None too for 10**400: no float holds it
     if x is None:
         raise ValueError(f"{what} must be a number, got {value!r}")
     check_bounded(x, what, bound)
@@ -211,10 +211,11 @@ def _is_seed(seed) -> bool:
 
 
 def _one_seed(seed) -> int | None:
-    """None or one seed (no list: a call whose noise is one draw), checked."""
+    """None or one seed (no list: a call whose noise is one draw), checked, as an int (a
+    numpy integer's sums would wrap or turn float)."""
     if seed is not None and not _is_seed(seed):
         raise ValueError(f"seed must be None or an integer in [0, 2**64), got {seed!r}")
-    return seed
+    return None if seed is None else int(seed)
 
 
 def _seeds(seed, n: int) -> int | list[int] | None:
@@ -247,6 +248,8 @@ def draw_noise(n: int, dim: int, seed: int | list[int] | None) -> torch.Tensor:
 
 def _as_tensor(value, what: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """``value`` (a tensor, array or nested list of real numbers) as ``dtype`` on the CPU."""
+    if isinstance(value, torch.Tensor):
+        check_dense(value, what)
     try:  # numpy keeps a list's precision (float32 would read 1 - 1e-8 as 1) and its complex;
         # a copy: torch takes no array of negative strides (np.flip) and warns on read-only
         t = torch.as_tensor(value if isinstance(value, torch.Tensor) else np.array(value))
@@ -374,7 +377,7 @@ class Engine:
                                 else cudnn_benchmark)
         self.stages = spec.build(model, self.rewrites, self.dtype, self.device, channels_last,
                                  onnx_dir)
-        self.classifier = copy.deepcopy(model.discriminator).to(self.device).float().eval()
+        self.classifier = spec.classifier(model, self.rewrites, self.device, onnx_dir)
         # the programs most calls run: fixed-shape functions of tensors, CUDA-graphed when
         # cuda_graphs (results are returned in float32: the graphs copy them out as that),
         # called by ``_run`` (at most MAX_ROWS rows at a time: memory, and the largest
@@ -462,10 +465,10 @@ class Engine:
         with the row's batch mates (serve's dynamic batching) or chunking. So the batch runs
         at once and the rows with a logit within LABEL_MARGIN of 0 run again alone. In host
         memory, as ``_labels``."""
-        logits = in_chunks(lambda rows: self.classifier(rows)[1], (x,), MAX_ROWS)
+        logits = in_chunks(self.classifier, (x,), MAX_ROWS)
         if x.shape[0] > 1:
             for i in (logits.abs() < LABEL_MARGIN).any(1).nonzero().flatten().tolist():
-                logits[i] = self.classifier(x[i:i + 1])[1][0]
+                logits[i] = self.classifier(x[i:i + 1])[0]
         return (logits > 0).float().cpu()
 
     def _target(self, source: torch.Tensor, target) -> torch.Tensor:
@@ -573,8 +576,8 @@ class Engine:
         k of image i is ``translate(images[i:i + 1], target, seed=seed + k)`` whatever the
         batch (None: from torch's global generator). The trunk and the source's code run
         once per image, not once per sample."""
-        samples = _samples(samples, 1)
-        if _one_seed(seed) is not None:
+        samples, seed = _samples(samples, 1), _one_seed(seed)
+        if seed is not None:
             check_sample_seeds(seed, samples)
         x = self.load_images(images)
         y_s = self._source(x, source)

@@ -29,10 +29,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..numerics import dtype_name
 from ..reference.data import image
 
 # Largest |value| a tensor image may hold: [-1, 1] with slack for rounding.
 RANGE_LIMIT = 1.001
+# The dtypes of tensor images (read as float32)
+IMAGE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # Pillow fills a PIL image in on first use, into the caller's object: a lazily opened one
 # decodes, and its EXIF is parsed when first read (marked read before it is parsed). Two
 # threads must not do that at once (a shared image gave "broken PNG" errors, wrong pixels,
@@ -95,21 +98,31 @@ def _items(images: Images, what: str) -> list:
                      + (NUMPY_HINT if isinstance(images, np.ndarray) else ""))
 
 
+def check_dense(x: torch.Tensor, what: str) -> None:
+    """Refuse a tensor that holds no plain values (meta, sparse, nested), naming ``what``:
+    torch's own errors for them (NotImplementedError...) come from deep inside a call."""
+    kind, hint = (("meta", "it holds no data") if x.device.type == "meta" else
+                  ("nested", "torch.stack its parts") if x.is_nested else
+                  (None, None) if x.layout == torch.strided else
+                  (str(x.layout), "make it dense with .to_dense()"))
+    if kind is not None:
+        raise ValueError(f"{what}: expected a dense tensor holding values, got a {kind} "
+                         f"tensor ({hint})")
+
+
 def _tensor(x: torch.Tensor, size: int, what: str, warn: bool) -> torch.Tensor:
     """A caller's tensor (N, C, S, S) or (C, S, S) as float32 (N, 3, S, S), shape and
     values checked (``warn``: see ``_check_values``)."""
-    if x.layout != torch.strided or x.device.type == "meta":
-        raise ValueError(f"{what}: expected a dense tensor holding values, got a "
-                         f"{'meta' if x.device.type == 'meta' else str(x.layout)} tensor "
-                         f"(make it dense with .to_dense(), give it data)")
+    check_dense(x, what)
     one = x.dim() == 3
     if one:
         x = x.unsqueeze(0)
     if x.dim() != 4:
         raise ValueError(f"{what}: expected a tensor (N, C, H, W) or (C, H, W), "
                          f"got shape {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise ValueError(f"{what}: expected a floating-point tensor in [-1, 1], got {x.dtype}")
+    if x.dtype not in IMAGE_DTYPES:  # float8's too: torch has no min / max of them
+        raise ValueError(f"{what}: expected a floating-point tensor in [-1, 1] ("
+                         f"{', '.join(dtype_name(d) for d in IMAGE_DTYPES)}), got {x.dtype}")
     if x.shape[1:3] == (size, size) and x.shape[3] in (1, 3, 4):
         order = "2, 0, 1" if one else "0, 3, 1, 2"
         raise ValueError(f"{what}: shape {tuple(x.shape[int(one):])} is channels-last (H, W, "

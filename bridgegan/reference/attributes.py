@@ -14,6 +14,8 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from ..numerics import real_value
+
 if TYPE_CHECKING:
     import torch
 
@@ -84,14 +86,6 @@ def check_names(names: Sequence[str], attributes: Sequence[str]) -> None:
         )
 
 
-def _as_float(value) -> float | None:
-    """float(value), or None when ``value`` is not a number."""
-    try:
-        return float(value)
-    except (TypeError, ValueError, OverflowError):
-        return None
-
-
 def apply_edits(
     labels: torch.Tensor, attributes: Sequence[str], edits: Mapping[str, float | int | bool]
 ) -> torch.Tensor:
@@ -108,9 +102,9 @@ def apply_edits(
             f"labels must have shape (N, {len(attributes)}), got {tuple(labels.shape)}"
         )
     for name, value in edits.items():
-        if isinstance(value, (str, bytes)) or _as_float(value) not in (0.0, 1.0):
+        if real_value(value) not in (0.0, 1.0):
             raise ValueError(f"target for {name!r} must be 0 or 1, got {value!r}")
-    values = labels.new_tensor([float(v) for v in edits.values()])
+    values = labels.new_tensor([real_value(v) for v in edits.values()])
     return set_rows(labels, attributes, list(edits), values.expand(labels.shape[0], -1))
 
 

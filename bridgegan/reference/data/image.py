@@ -59,9 +59,10 @@ def check_size_and_split(size: int, split: str) -> None:
 
 def to_rgb(im: Image.Image, what: str = "image") -> Image.Image:
     """Upright RGB copy of a PIL image: the EXIF orientation is applied; greyscale (8- or
-    16-bit) and palette images are converted; images with transparency (alpha modes, and
-    a transparent colour, PNG's tRNS, in the others) are composited onto white; 32-bit
-    integer and float images are refused (a ValueError naming ``what``)."""
+    16-bit) and palette images are converted; images with transparency (alpha modes, a
+    palette with alpha, and a transparent colour, PNG's tRNS, in the others) are
+    composited onto white; 32-bit integer and float images are refused (a ValueError
+    naming ``what``)."""
     im = ImageOps.exif_transpose(im)
     if im.mode in UNDEFINED_RANGE_MODES:
         raise ValueError(
@@ -75,12 +76,12 @@ def to_rgb(im: Image.Image, what: str = "image") -> Image.Image:
         key = im.info.get("transparency")  # one 16-bit value, compared before the rescale
         im = grey if not isinstance(key, int) else Image.merge(
             "LA", (grey, Image.fromarray(np.where(a == key, 0, 255).astype(np.uint8))))
-    if im.mode in ("1", "P", "L", "RGB") and "transparency" in im.info:
-        im = im.convert("RGBA")
-    if im.mode in ("RGBA", "RGBa", "LA", "PA"):
-        im = im.convert("RGBA")
+    if im.mode == "La":  # premultiplied alpha, which Pillow converts to LA only
+        im = im.convert("LA")
+    if im.mode in ("RGBA", "RGBa", "LA", "PA") or "transparency" in im.info or (
+            im.mode == "P" and im.palette is not None and im.palette.mode.endswith("A")):
         white = Image.new("RGBA", im.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, im).convert("RGB")
+        return Image.alpha_composite(white, im.convert("RGBA")).convert("RGB")
     return im.convert("RGB")
 
 
