@@ -209,10 +209,12 @@ def test_labels_are_checked_before_the_float32_cast(eng, near_one):
 
 
 LABELS_OF = r"target labels must be a tensor, array or nested list of numbers, got "
+TARGET_OF = (r"target must be a dict attribute name -> 0/1 \(names: Black_Hair, .*\) or "
+             r"target labels \(N, A\) or \(A,\) of 0/1, got ")
 
 
 @pytest.mark.parametrize("target, message", [
-    (None, LABELS_OF + "NoneType"), ("Male", LABELS_OF + "str"),
+    (None, TARGET_OF + "NoneType"), ("Male", TARGET_OF + "str"), ({"Male"}, TARGET_OF + "set"),
     ({"Male": None}, "target for 'Male' must be 0 or 1, got None"),
     ({"Male": "1"}, "target for 'Male' must be 0 or 1, got '1'"),
     ({"Male": np.complex64(1 + 3j)}, "target for 'Male' must be 0 or 1, got"),
@@ -233,6 +235,8 @@ def test_targets_of_the_wrong_type(eng, target, message):
     ([0.5, "0.5"], "each alpha must be a number, got '0.5'"),
     (np.array([0.5 + 2j]), "each alpha must be a number, got"),
     ([np.bool_(True)], "each alpha must be a number, got"),
+    ({0.0, 1.0}, "alphas must be a list of numbers .*, in the order of the results; got a set"),
+    ({1.0: "a"}, "alphas must be a list of numbers .*; got a dict"),
 ])
 def test_interpolation_alphas(eng, alphas, message):
     x = images(2, S)
@@ -1028,6 +1032,65 @@ def test_tensors_that_hold_no_plain_values_are_refused_for_every_argument(eng):
     with pytest.raises(ValueError, match=r"images: expected a dense tensor holding values, got "
                                          r"a nested tensor \(torch.stack its parts\)"):
         eng.classify(nested)
+
+
+def test_engine_arguments_of_the_wrong_type_are_named(model, tmp_path):
+    """Raw TypeErrors and AttributeErrors before; rewrites=0 turned every rewrite on, and
+    Rewrites(fold_bias="no") read "no" as on."""
+    from bridgegan.engine import Rewrites
+
+    for rewrites in ("none", 0, {"fold_bias": False}):
+        with pytest.raises(ValueError, match=r"rewrites must be None \(all\) or a Rewrites"):
+            Engine(model, rewrites=rewrites)
+    with pytest.raises(ValueError, match="Rewrites.fold_bias must be True or False, got 'no'"):
+        Rewrites(fold_bias="no")
+    with pytest.raises(ValueError, match="backend must be a name: auto, reference, torch, .*; "
+                                         "got list"):
+        Engine(model, backend=["torch"])
+    with pytest.raises(ValueError, match=r"onnx_dir must be a folder path \(str or "
+                                         r"os.PathLike\), got int"):
+        Engine(model, backend="onnxruntime", onnx_dir=5)
+    with pytest.raises(ValueError, match=r"a checkpoint is a folder path \(str or "
+                                         r"os.PathLike\), got NoneType"):
+        Engine.from_checkpoint(None)
+    ck = save_checkpoint(tmp_path / "ck", model)
+    with pytest.raises(ValueError, match="expected_config must be a BridgeGANConfig .*, got str"):
+        Engine.from_checkpoint(ck, expected_config="x")
+
+
+def test_reference_counts_name_the_averaging_form(eng):
+    """Two references for one source said "expected 1 or 1 images"; averaging more
+    references per source than one call encodes at once is refused."""
+    from bridgegan.engine.cudagraphs import MAX_ROWS
+
+    x = images(2, S, 20)
+    with pytest.raises(ValueError, match=r"references: expected 1 image \(one per source\), "
+                                         r"got 2; to average several references per source "
+                                         r"pass a list of them"):
+        eng.translate_reference(x[:1], [x[0], x[1]])
+    with pytest.raises(ValueError, match=r"references\[1\]: expected 1 or 2 images \(one per "
+                                         r"source\), got 3$"):
+        eng.translate_reference(x, [x, images(3, S, 21)])
+    with pytest.raises(ValueError, match=rf"references: at most {MAX_ROWS} references per "
+                                         rf"source \(their codes are averaged\), got "
+                                         rf"{MAX_ROWS + 1}"):
+        eng.translate_reference(x[:1], [[x[0]]] * (MAX_ROWS + 1))
+
+
+def test_noise_is_bounded_before_float32_rounds_it(eng):
+    noise = torch.zeros(1, 8, dtype=torch.float64).normal_(generator=torch.Generator().manual_seed(3))
+    noise[0, 2] = 1e39  # inf in float32
+    with pytest.raises(ValueError, match=r"noise must be finite and within \[-10000, 10000\], "
+                                         r"got 1e\+39"):
+        eng.translate(images(1, S), {"Male": 1}, noise=noise)
+
+
+def test_uint8_image_tensors_are_refused_with_the_mapping(eng):
+    pixels = torch.randint(0, 256, (1, 3, S, S), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(4))
+    with pytest.raises(ValueError, match=r"got torch.uint8; for 0..255 pixels: "
+                                         r"x.float\(\) / 127.5 - 1"):
+        eng.classify(pixels)
 
 
 def test_integers_beyond_a_float_are_refused_as_numbers(eng):

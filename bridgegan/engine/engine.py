@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import numbers
+import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
@@ -176,7 +177,11 @@ def _number(value, what: str, bound: float) -> float:
 
 
 def _alphas(alphas) -> list[float]:
-    """Interpolation weights: a non-empty sequence of numbers, each checked."""
+    """Interpolation weights: a non-empty sequence of numbers, each checked (no set or
+    dict: the results follow the alphas' order)."""
+    if isinstance(alphas, (set, frozenset, Mapping)):
+        raise ValueError(f"alphas must be a list of numbers (1: label-based, 0: reference-"
+                         f"based), in the order of the results; got a {type(alphas).__name__}")
     try:
         values = list(alphas)
     except TypeError:
@@ -340,6 +345,12 @@ class Engine:
                                       _flag(cuda_graphs, "cuda_graphs"))
         cudnn_benchmark, streams = (_flag(cudnn_benchmark, "cudnn_benchmark"),
                                     _flag(streams, "streams", optional=False))
+        if rewrites is not None and not isinstance(rewrites, Rewrites):
+            raise ValueError(f"rewrites must be None (all) or a Rewrites (Rewrites.none(), "
+                             f"Rewrites.only(name), Rewrites(name=False)), got {rewrites!r}")
+        if onnx_dir is not None and not isinstance(onnx_dir, (str, os.PathLike)):
+            raise ValueError(f"onnx_dir must be a folder path (str or os.PathLike), got "
+                             f"{type(onnx_dir).__name__}")
         self.config: BridgeGANConfig = model.config
         self.dtype = backend_dtype(backend, dtype, self.device)
         spec = check_backend(backend, self.device, self.dtype)
@@ -474,6 +485,10 @@ class Engine:
     def _target(self, source: torch.Tensor, target) -> torch.Tensor:
         if isinstance(target, Mapping):
             return apply_edits(source, self.attributes, target)
+        if target is None or isinstance(target, (str, bytes, set, frozenset)):
+            raise ValueError(f"target must be a dict attribute name -> 0/1 (names: "
+                             f"{', '.join(self.attributes)}) or target labels (N, A) or (A,) "
+                             f"of 0/1, got {type(target).__name__}")
         return self._labels(target, source.shape[0], "target labels")
 
     def _noise(self, n: int, noise, seed) -> torch.Tensor:
@@ -482,12 +497,12 @@ class Engine:
         seed = _seeds(seed, n)
         if noise is None:
             noise = draw_noise(n, self.config.noise_dim, seed)
-        noise = _as_tensor(noise, "noise")
+        noise = _as_tensor(noise, "noise", torch.float64)  # bounded before float32 rounds
         if noise.shape != (n, self.config.noise_dim):
             raise ValueError(f"noise must have shape ({n}, {self.config.noise_dim}), "
                              f"got {tuple(noise.shape)}")
         check_bounded(noise, "noise", BOUNDS["noise"])
-        return noise.to(self.device)
+        return noise.to(self.device, torch.float32)
 
     def _difference(self, y_s: torch.Tensor, y_t: torch.Tensor, strength) -> torch.Tensor:
         """d = strength * (y_t - y_s), the strength checked; None: the config's
@@ -526,14 +541,20 @@ class Engine:
                 f"for one reference per source pass one batch (torch.cat(references), or 3-D "
                 f"tensors); for {n} references each shared by every source (their codes "
                 f"averaged) pass a list of lists ([[r] for r in references])")
+        if several and len(references) > MAX_ROWS:  # each source's encoded in one call
+            raise ValueError(f"references: at most {MAX_ROWS} references per source (their "
+                             f"codes are averaged), got {len(references)}")
         named = ([(f"references[{k}]", r) for k, r in enumerate(references)] if several
                  else [("references", references)])
         out = []
         for what, r in named:
             b = self.load_images(r, what)
             if b.shape[0] not in (1, n):
-                raise ValueError(f"{what}: expected 1 or {n} images (one per source), "
-                                 f"got {b.shape[0]}")
+                raise ValueError(
+                    f"{what}: expected {'1 image' if n == 1 else f'1 or {n} images'} (one "
+                    f"per source), got {b.shape[0]}" + ("" if several else
+                    "; to average several references per source pass a list of them, "
+                    "each a batch of 1 or N images (a list of lists, or of 4-D tensors)"))
             out.append(b)
         return out
 

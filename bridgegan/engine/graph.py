@@ -101,6 +101,12 @@ class Rewrites:
     low_res_shortcut: bool = True
     pooled_conv: bool = True
 
+    def __post_init__(self):
+        for f in fields(self):  # "no" would read as on
+            if not isinstance(getattr(self, f.name), bool):
+                raise ValueError(f"Rewrites.{f.name} must be True or False, got "
+                                 f"{getattr(self, f.name)!r}")
+
     @classmethod
     def none(cls) -> "Rewrites":
         return cls(**{f.name: False for f in fields(cls)})

@@ -122,7 +122,9 @@ def _tensor(x: torch.Tensor, size: int, what: str, warn: bool) -> torch.Tensor:
                          f"got shape {tuple(x.shape)}")
     if x.dtype not in IMAGE_DTYPES:  # float8's too: torch has no min / max of them
         raise ValueError(f"{what}: expected a floating-point tensor in [-1, 1] ("
-                         f"{', '.join(dtype_name(d) for d in IMAGE_DTYPES)}), got {x.dtype}")
+                         f"{', '.join(dtype_name(d) for d in IMAGE_DTYPES)}), got {x.dtype}"
+                         + ("; for 0..255 pixels: x.float() / 127.5 - 1"
+                            if x.dtype == torch.uint8 else ""))
     if x.shape[1:3] == (size, size) and x.shape[3] in (1, 3, 4):
         order = "2, 0, 1" if one else "0, 3, 1, 2"
         raise ValueError(f"{what}: shape {tuple(x.shape[int(one):])} is channels-last (H, W, "

@@ -168,6 +168,13 @@ def load_checkpoint(path: str | os.PathLike, expected_config: BridgeGANConfig | 
 
     With ``expected_config`` the stored config must equal it; each differing field is named.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise ValueError(f"a checkpoint is a folder path (str or os.PathLike), got "
+                         f"{type(path).__name__}")
+    if expected_config is not None and not isinstance(expected_config, BridgeGANConfig):
+        raise ValueError(f"expected_config must be a BridgeGANConfig (BridgeGANConfig."
+                         f"from_json(text) reads a config.json), got "
+                         f"{type(expected_config).__name__}")
     path = Path(path)
     config = read_config(path)
     if expected_config is not None:

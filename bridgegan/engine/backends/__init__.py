@@ -136,6 +136,9 @@ def check_backend(name: str, device: str | torch.device,
     ``device`` at ``dtype`` (see FASTEST; torch when none of them does). Raises
     ValueError for an unknown name or a dtype the backend does not run, and
     BackendUnavailable naming what to install or which device it needs."""
+    if not isinstance(name, str):
+        raise ValueError(f"backend must be a name: {AUTO}, {', '.join(BACKENDS)}; got "
+                         f"{type(name).__name__}")
     if name == AUTO:
         for candidate in FASTEST.get(device_type(device), ()):
             if REGISTRY[candidate].problem(device, dtype) is None:
