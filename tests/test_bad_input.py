@@ -1077,6 +1077,16 @@ def test_reference_counts_name_the_averaging_form(eng):
         eng.translate_reference(x[:1], [[x[0]]] * (MAX_ROWS + 1))
 
 
+def test_a_nul_in_an_image_path_and_bytes_for_attribute_names_are_named(eng):
+    x = images(1, S, 22)
+    with pytest.raises(ValueError, match=r"an image path cannot hold a NUL character, got "
+                                         r"'face\\x00.png'"):
+        eng.classify("face\0.png")
+    with pytest.raises(ValueError, match=r"attributes must be a list of attribute names \(of "
+                                         r"Black_Hair, .*\), got b'Male'"):
+        eng.translate_reference(x, x, attributes=b"Male")
+
+
 def test_noise_is_bounded_before_float32_rounds_it(eng):
     noise = torch.zeros(1, 8, dtype=torch.float64).normal_(generator=torch.Generator().manual_seed(3))
     noise[0, 2] = 1e39  # inf in float32

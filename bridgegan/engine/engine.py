@@ -647,7 +647,7 @@ class Engine:
             y_r = self._labels(reference_labels, y_s.shape[0], "reference labels")
         if attributes is None:
             return y_r
-        if isinstance(attributes, str) or not isinstance(attributes, Sequence):
+        if isinstance(attributes, (str, bytes)) or not isinstance(attributes, Sequence):
             raise ValueError(f"attributes must be a list of attribute names (of "
                              f"{', '.join(self.attributes)}), got {attributes!r}")
         check_names(list(attributes), self.attributes)

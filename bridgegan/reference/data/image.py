@@ -100,6 +100,8 @@ def _image_path(path) -> str:
     if not isinstance(text, str):
         raise ValueError(f"an image path must be a str or os.PathLike naming a file, "
                          f"got {type(text).__name__} {text!r}")
+    if "\0" in text:  # no file has one: it would be "not found"
+        raise ValueError(f"an image path cannot hold a NUL character, got {text!r}")
     if not os.path.exists(text):
         raise MissingImageError(f"image file not found: {text}")
     if not os.path.isfile(text):
