@@ -361,6 +361,9 @@ def test_edit_strip_with_no_edits_samples_the_reconstruction(model):
     strip = eng.edit_strip(x, samples=2, seed=6, source=ys, sample_target={})
     k = strip.images.shape[0]
     assert strip.captions[-2:] == ["sample 1: no edit", "sample 2: no edit"]
+    named = eng.edit_strip(x, samples=1, seed=6, source=ys, sample_target={
+        cfg.attributes[0]: True, cfg.attributes[1]: np.float32(0.0)})
+    assert named.captions[-1] == f"sample 1: {cfg.attributes[0]}=1,{cfg.attributes[1]}=0"
     noise = torch.randn(k, cfg.noise_dim, generator=torch.Generator().manual_seed(6))
     for row in (k - 2, k - 1):
         want = eng.reconstruct(x, noise=noise[row:row + 1])

@@ -707,7 +707,8 @@ class Engine:
         targets = [y_s] + [apply_edits(y_s, self.attributes, f) for f in flips]
         targets += [apply_edits(y_s, self.attributes, sample_target)] * samples
         captions = ["reconstruction"] + [f"{n}={v}" for f in flips for n, v in f.items()]
-        edits = ",".join(f"{n}={v}" for n, v in sample_target.items()) or "no edit"
+        edits = ",".join(f"{n}={real_value(v):.0f}"  # 0 / 1 however given (checked above)
+                         for n, v in sample_target.items()) or "no edit"
         captions += [f"sample {i + 1}: {edits}" for i in range(samples)]
         y_t = torch.cat(targets)
         d = self._difference(y_s, y_t, strength)
