@@ -1028,25 +1028,35 @@ def test_a_corrupt_image_is_one_line_with_or_without_workers(tmp_path, capsys, w
 
 
 def test_a_full_disk_names_the_checkpoint_and_keeps_the_earlier_one(tmp_path, capsys, monkeypatch):
-    import errno
+    """safetensors reports a full disk as a SafetensorError (not an OSError): the trainer
+    and train-classifier printed its traceback."""
+    from safetensors import SafetensorError
 
     from bridgegan.cli import main
-    from bridgegan.reference import train_state
+    from bridgegan.reference import checkpoint
 
     out = tmp_path / "run"
     args = _train_args(out, "--log-every", "1", "--ckpt-every", "2")
     assert main(args + ["--steps", "2"]) == 0
 
-    def full(tensors, filename, metadata=None):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    def full(tensors, filename, metadata=None):  # what safetensors 0.4-0.6 raise
+        raise SafetensorError("Error while serializing: I/O error: No space left on device "
+                              "(os error 28)")
 
-    monkeypatch.setattr(train_state, "save_file", full)
+    monkeypatch.setattr(checkpoint, "save_file", full)
     capsys.readouterr()
     assert main(args + ["--steps", "4", "--resume", "auto"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert f"cannot write the checkpoint {out / 'checkpoints' / 'step-00000004'}" in err, err
     assert "No space left" in err and "earlier checkpoints are intact" in err
     assert _checkpoints(out) == ["step-00000002"]
+    assert main(["train-classifier", "--data", "synthetic:16", "--steps", "1", "--threads", "1",
+                 "--out", str(tmp_path / "clf")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("bridgegan train-classifier: error: cannot write "
+                          "classifier.safetensors: Error while serializing: I/O error: No "
+                          "space left on device"), err
+    assert not (tmp_path / "clf").exists()
 
 
 @pytest.mark.gpu

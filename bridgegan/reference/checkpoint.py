@@ -38,6 +38,16 @@ class CheckpointError(ValueError):
     """A checkpoint is missing, corrupt, or does not match the expected model."""
 
 
+def write_tensors(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike,
+                  metadata: dict[str, str] | None = None) -> None:
+    """safetensors' ``save_file``, its errors (a full disk, a quota: a SafetensorError,
+    which no caller catching OSError would see) raised as an OSError naming ``path``."""
+    try:
+        save_file(dict(tensors), str(path), metadata=metadata)
+    except SafetensorError as exc:
+        raise OSError(f"cannot write {Path(path).name}: {exc}") from None
+
+
 def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module,
                     dtype: torch.dtype | None = None,
                     extra: Mapping[str, Callable[[Path], None]] | None = None,
@@ -59,7 +69,7 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module,
         tensors[k] = v.contiguous()
     writers = {
         CONFIG_FILE: lambda p: p.write_text(config.to_json() + "\n"),
-        WEIGHTS_FILE: lambda p: save_file(tensors, str(p), metadata={"format": FORMAT}),
+        WEIGHTS_FILE: lambda p: write_tensors(tensors, p, {"format": FORMAT}),
     }
     writers.update(extra or {})
     return write_folder_atomic(path, writers, replaces=(*CHECKPOINT_FILES, *replaces))

@@ -12,7 +12,7 @@ from torch import nn
 
 from ..files import read_small_text, sha256_hex
 from .attributes import resolve_attributes
-from .checkpoint import read_tensors, write_folder_atomic
+from .checkpoint import read_tensors, write_folder_atomic, write_tensors
 from .classifier_defaults import BATCH, KERNEL, KERNELS, LR, MAX_WIDTH, STEPS, WIDTH
 from .data.loader_errors import worker_error
 
@@ -82,11 +82,9 @@ class AttributeClassifier(nn.Module):
         ``SAVED_FILES`` (an earlier classifier)."""
         meta = {"attributes": list(self.attributes), "image_size": self.image_size,
                 "width": self.width, "kernel": self.kernel}
-        from safetensors.torch import save_file
-
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         writers = {CONFIG_FILE: lambda p: p.write_text(json.dumps(meta, indent=2)),
-                   WEIGHTS_FILE: lambda p: save_file(tensors, str(p))}
+                   WEIGHTS_FILE: lambda p: write_tensors(tensors, p)}
         if report is not None:
             writers[REPORT_FILE] = lambda p: p.write_text(json.dumps(report, indent=2))
         return write_folder_atomic(path, writers, replaces=SAVED_FILES)

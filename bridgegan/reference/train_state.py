@@ -37,11 +37,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
 from ..files import JSON_LIMIT, read_small_text, remove_folder, write_file_atomic
 from .checkpoint import (STATE_JSON, STATE_TENSORS, CheckpointError, load_checkpoint, load_state,
-                         nonfinite, read_config, read_tensors, save_checkpoint)
+                         nonfinite, read_config, read_tensors, save_checkpoint,
+                         write_tensors)
 from .model import BridgeGAN
 from .noise_memory import NoiseMemory
 from .records import listed
@@ -356,7 +356,7 @@ class TrainState:
         """Write the checkpoint folder ``path`` (atomically); returns it."""
         tensors, meta = self.tensors_and_meta()
         extra = {
-            STATE_TENSORS: lambda p: save_file(tensors, str(p), metadata={"format": STATE_FORMAT}),
+            STATE_TENSORS: lambda p: write_tensors(tensors, p, {"format": STATE_FORMAT}),
             STATE_JSON: lambda p: p.write_text(json.dumps(meta, indent=1) + "\n"),
         }
         try:
