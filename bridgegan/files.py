@@ -118,14 +118,24 @@ def read_small_text(path: str | os.PathLike, limit: int = JSON_LIMIT) -> str:
 
 def write_file_atomic(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` through a temporary file in the same folder (then
-    ``os.replace``): readers see the old file or the new one, never a part."""
+    ``os.replace``): readers see the old file or the new one, never a part. A link is
+    followed (the file it names is replaced, the link kept) and an existing file keeps its
+    mode; a device or pipe (/dev/null, /dev/stdout) is written to, never replaced."""
     path = Path(path)
+    if path.exists() and not path.is_file() and not path.is_dir():
+        with open(path, "wb") as f:  # a stream: nothing to replace, no part to see
+            f.write(data)
+        return path
+    path = path.resolve() if path.is_symlink() else path
+    mode = path.stat().st_mode & 0o7777 if path.is_file() else None
     tmp = _temp_name(path, "tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
+            if mode is not None:
+                os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:

@@ -414,6 +414,38 @@ def test_a_failed_file_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path
     assert (tmp_path / "fresh.bin").read_bytes() == old
 
 
+def test_a_file_write_follows_links_keeps_modes_and_writes_into_pipes(tmp_path, monkeypatch):
+    """``--json`` named a link, a pipe or (as root) /dev/null: the write replaced it by a
+    regular file (root's /dev/null among them), and a 0o600 file became 0o644. Also what
+    the command line takes up front (``argtypes.output_file``)."""
+    import threading
+
+    from bridgegan.argtypes import output_file
+    from bridgegan.files import write_file_atomic
+
+    real = tmp_path / "real.json"
+    real.write_bytes(b"old")
+    real.chmod(0o600)
+    (tmp_path / "link.json").symlink_to(real)
+    assert output_file(str(tmp_path / "link.json")) == str(tmp_path / "link.json")
+    write_file_atomic(tmp_path / "link.json", b"new")
+    assert (tmp_path / "link.json").is_symlink() and real.read_bytes() == b"new"
+    assert stat.S_IMODE(real.stat().st_mode) == 0o600
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    assert output_file(str(pipe)) == str(pipe)
+    read = []
+    reader = threading.Thread(target=lambda: read.append(pipe.read_bytes()))
+    reader.start()
+    write_file_atomic(pipe, b"through")
+    reader.join(60)
+    assert read == [b"through"] and stat.S_ISFIFO(pipe.stat().st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.json", "pipe", "real.json"]
+    # a user's /dev/null: writable, in a folder that is not
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) == pipe)
+    assert output_file(str(pipe)) == str(pipe)
+
+
 # ----------------------------------------------------------------------------- ONNX export cache
 
 def _translate_with_ort(ckpt: Path, cache: Path) -> str:
