@@ -22,7 +22,7 @@ import torch
 
 from .engine import BackendUnavailable, Engine
 from .engine.backends import REGISTRY, device_type
-from .files import check_writable_folder
+from .files import check_apart, check_writable_folder
 from .reference import BridgeGAN, BridgeGANConfig, classifier
 from .reference.checkpoint import (CONFIG_FILE, EVAL_FILE, SHIPPED, TRAINING_FILE,
                                    load_checkpoint, save_checkpoint)
@@ -157,6 +157,9 @@ def demo_rows(eng: Engine, sources: torch.Tensor, labels: torch.Tensor, samples:
 def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     check_writable_folder(args.out)
+    path = Path(args.out) / "demo_grid.png"
+    check_apart(path, "the grid", [("--checkpoint", args.checkpoint),
+                                   *(("--input", p) for p in args.input or ())])
     model, what = load_model(args.checkpoint)
     print(f"model: {what}")
     cfg = model.config
@@ -168,7 +171,6 @@ def run(args: argparse.Namespace) -> int:
         sources, labels = procedural_batch(args.rows, cfg.image_size, seed=args.seed + 1000,
                                            attributes=cfg.attributes)
     rows, captions = demo_rows(eng, sources, labels.cpu(), args.samples, args.seed)
-    path = Path(args.out) / "demo_grid.png"
     title = (f"bridgegan demo: {what.split(' (')[0]}, {cfg.image_size} px, edit strength "
              f"{cfg.edit_strength}, seed {args.seed}; columns: source, reconstruction, each "
              f"attribute flipped, noise samples, reference, reference edit, region edit, "

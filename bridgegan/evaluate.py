@@ -304,8 +304,11 @@ def run_eval(args) -> int:
     import json
 
     from .engine import Engine
-    from .files import write_file_atomic
+    from .files import check_apart, write_file_atomic
 
+    if args.json:
+        check_apart(args.json, "--json", [("--checkpoint", args.checkpoint),
+                                          ("--classifier", args.classifier)])
     eng = Engine.from_checkpoint(args.checkpoint, backend=args.backend, device=args.device)
     clf = AttributeClassifier.load(args.classifier)
     x, y, truth = _sources(args.data, eng.config.image_size, list(eng.attributes), args.split,

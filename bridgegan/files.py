@@ -404,6 +404,23 @@ def remove_lock(path: str | os.PathLike) -> None:
         lock_file(path).unlink()
 
 
+def check_apart(output: str | os.PathLike, what: str,
+                inputs: Iterable[tuple[str, str | os.PathLike | None]]) -> None:
+    """Refuse (ValueError), before any work, an output ``what`` that is one of ``inputs``
+    ((option, path) pairs; a None path: not given), lies inside one (a checkpoint folder)
+    or holds one: writing it would overwrite or replace what the command reads."""
+    out = Path(output).resolve()
+    for option, given in inputs:
+        if given is None:
+            continue
+        source = Path(given).resolve()
+        relation = ("is" if out == source else "is inside" if source in out.parents
+                    else "holds" if out in source.parents else None)
+        if relation:
+            raise ValueError(f"{what} {output} {relation} {option} {given}: writing it would "
+                             f"overwrite what this command reads; choose another path")
+
+
 def check_writable_folder(path: str | os.PathLike, what: str = "--out",
                           replaced: bool = False) -> Path:
     """Refuse, before any work starts, an output folder that cannot be written: ``path``

@@ -8,10 +8,12 @@ import json
 import math
 import os
 import re
+import shutil
 import struct
 import threading
 import warnings
 import zlib
+from importlib.util import find_spec
 
 import numpy as np
 import pytest
@@ -672,6 +674,42 @@ def test_translate_refuses_outputs_that_would_overwrite_each_other_or_an_input(c
                  "--reference", str(ref), "--out", str(other.parent)]) == 2
     assert f"output {ref} would overwrite an --input or --reference" in capsys.readouterr().err
     assert ref.read_bytes() == before
+
+
+def test_outputs_over_or_inside_what_a_command_reads_are_refused(cli_files, tmp_path, capsys):
+    """`eval --json CKPT/config.json` wrote the report over the checkpoint's config (rc 0, the
+    model broken after), `demo --input DIR/demo_grid.png --out DIR` the grid over its
+    input, `serve --write-repository CKPT` a repository into the model folder; a TensorRT
+    plan could be written over its ONNX file. Each is refused before any work, its input
+    untouched."""
+    pytest.importorskip("onnx")
+    ck = tmp_path / "ck"
+    shutil.copytree(cli_files / "ck", ck)
+    before = {p.name: p.read_bytes() for p in ck.iterdir()}
+    grid = tmp_path / "demo_grid.png"
+    shutil.copy(cli_files / "face.png", grid)
+    onnx_file = tmp_path / "trunk.onnx"
+    onnx_file.write_bytes(b"an ONNX graph's bytes")
+    cases = [
+        (["eval", "--checkpoint", str(ck), "--classifier", "none", "--n", "2", "--json",
+          str(ck / "config.json")], f"--json {ck / 'config.json'} is inside --checkpoint {ck}"),
+        (["demo", "--checkpoint", str(ck), "--input", str(grid), "--out", str(tmp_path)],
+         f"the grid {grid} is --input {grid}"),
+        (["export", "triton-repo", str(ck), str(ck)],
+         f"model repository folder {ck} is checkpoint {ck}"),
+        (["export", "tensorrt", str(onnx_file), str(onnx_file)],
+         f"plan file {onnx_file} is ONNX file {onnx_file}")]
+    if find_spec("pytriton") is not None:
+        cases.append((["serve", "--checkpoint", str(ck), "--write-repository", str(tmp_path)],
+                      f"--write-repository {tmp_path} holds --checkpoint {ck}"))
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        assert f"{message}: writing it would overwrite what this command reads" in \
+            capsys.readouterr().err, argv
+    assert {p.name: p.read_bytes() for p in ck.iterdir()} == before
+    assert grid.read_bytes() == (cli_files / "face.png").read_bytes()
+    assert onnx_file.read_bytes() == b"an ONNX graph's bytes"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck", "demo_grid.png", "trunk.onnx"]
 
 
 # ----- numbers and paths on the command line -------------------------------------------

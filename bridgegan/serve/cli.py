@@ -40,13 +40,15 @@ def run(args: argparse.Namespace) -> int:
     if not args.checkpoint:
         raise ValueError("give --checkpoint CKPT (serve it, or write a model repository "
                          "with --write-repository) or --repository DIR")
-    from ..files import check_writable_folder
+    from ..files import check_apart, check_writable_folder
     from .repo_python import write_python_repo
     from .server import import_pytriton, serve_checkpoint
 
     engine = (args.max_batch, args.max_queue_delay_us, args.device, args.backend, args.dtype)
     if args.write_repository:
         check_writable_folder(args.write_repository, "--write-repository")
+        check_apart(args.write_repository, "--write-repository",
+                    [("--checkpoint", args.checkpoint)])
         folders = write_python_repo(args.checkpoint, args.write_repository, *engine)
         print(f"wrote {', '.join(f.name for f in folders)} to {args.write_repository}; serve "
               f"with: bridgegan serve --repository {args.write_repository}")

@@ -60,8 +60,10 @@ def _onnx(args: argparse.Namespace) -> int:
 
 
 def _tensorrt(args: argparse.Namespace) -> int:
+    from ...files import check_apart
     from .tensorrt_build import build_config, build_plan
 
+    check_apart(args.out, "plan file", [("ONNX file", args.onnx)])
     cfg = build_config(args.onnx, args.precision, (args.min_batch, args.opt_batch, args.max_batch),
                        args.workspace_gb)
     plan = build_plan(cfg, args.out, args.timing_cache)
@@ -71,7 +73,7 @@ def _tensorrt(args: argparse.Namespace) -> int:
 
 
 def _triton(args: argparse.Namespace) -> int:
-    from ...files import check_writable_folder
+    from ...files import check_apart, check_writable_folder
     from .onnx_export import require_onnx
     from .triton_repo import write_triton_repo
 
@@ -81,6 +83,8 @@ def _triton(args: argparse.Namespace) -> int:
                          f"--max-batch {args.max_batch}: give sizes from 1 to {args.max_batch}")
     require_onnx("bridgegan export triton-repo")
     check_writable_folder(args.dir, "model repository folder")
+    check_apart(args.dir, "model repository folder", [("checkpoint", args.checkpoint),
+                                                      ("--onnx-dir", args.onnx_dir)])
     folders = write_triton_repo(args.checkpoint, args.dir, args.plan or (), args.precision,
                                 args.onnx_dir, args.max_batch,
                                 args.preferred_batch or PREFERRED_BATCHES, args.queue_delay_us)
