@@ -8,6 +8,7 @@ import argparse
 import importlib
 import os
 import select
+import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -259,6 +260,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0  # the reader left (`bridgegan info | head`): not this command's error
         print(f"bridgegan {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: a line, not a traceback (writes are atomic)
+        print(f"bridgegan {args.command}: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
 
 
 def _stdout_closed() -> bool:

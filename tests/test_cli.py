@@ -33,6 +33,18 @@ def test_help_lists_the_commands(capsys):
         assert cmd in out
 
 
+def test_ctrl_c_ends_a_command_with_a_line_and_status_130(monkeypatch, capsys):
+    """A KeyboardInterrupt printed its traceback (export, bench...); a command that stops
+    on SIGINT itself (train) is unchanged."""
+    from bridgegan import cli
+
+    def interrupted(name, args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli, "_run", interrupted)
+    assert main(["info"]) == 130
+    assert capsys.readouterr().err == "bridgegan info: interrupted\n"
+
+
 def test_help_imports_no_torch():
     """Building the parser and every command's --help (export's targets too) import no
     torch; in a fresh interpreter, so that other tests' imports do not count."""

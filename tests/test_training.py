@@ -1027,6 +1027,37 @@ def test_a_corrupt_image_is_one_line_with_or_without_workers(tmp_path, capsys, w
                            "continue with --resume auto")  # the data order is the run's
 
 
+def test_files_of_the_users_among_the_checkpoints_are_never_removed(tmp_path, capsys):
+    """A numbered checkpoint folder holding a file of the user's (or a file named like a
+    checkpoint) was removed with it by pruning or a resume's dropped course: refused
+    before a run starts; put there during a run, kept with a warning (its training state
+    removed, so that no resume picks the dropped course)."""
+    from bridgegan.cli import main
+    from bridgegan.reference import train_state
+
+    out = tmp_path / "run"
+    args = _train_args(out, "--ckpt-every", "1", "--keep-checkpoints", "1", "--resume", "auto")
+    notes = out / "checkpoints" / "step-00000002" / "notes.txt"
+    notes.parent.mkdir(parents=True)
+    notes.write_text("mine")
+    assert main(args + ["--steps", "2"]) == 2
+    err = capsys.readouterr().err
+    assert f"{notes.parent} holds notes.txt, which is not a file this write produces" in err
+    notes.parent.rename(tmp_path / "aside")
+    (out / "checkpoints" / "step-00000009").write_text("a file named like a checkpoint")
+    assert main(args + ["--steps", "2"]) == 2
+    assert f"{out / 'checkpoints' / 'step-00000009'} is a file" in capsys.readouterr().err
+    (out / "checkpoints" / "step-00000009").unlink()
+    assert main(args + ["--steps", "2"]) == 0
+    kept = out / "checkpoints" / "step-00000002"
+    (kept / "notes.txt").write_text("mine")  # beside a checkpoint the next one prunes
+    with pytest.warns(UserWarning, match=rf"kept {re.escape(str(kept))} \(the run removes this "
+                                         rf"checkpoint\): .* holds notes.txt"):
+        train_state.prune_checkpoints(out, 1, train_state.numbered_checkpoint(out, 3))
+    assert (kept / "notes.txt").read_text() == "mine"
+    assert train_state.latest_checkpoint(out) is None  # its state gone: no resume picks it
+
+
 def test_a_full_disk_names_the_checkpoint_and_keeps_the_earlier_one(tmp_path, capsys, monkeypatch):
     """safetensors reports a full disk as a SafetensorError (not an OSError): the trainer
     and train-classifier printed its traceback."""

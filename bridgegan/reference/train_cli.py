@@ -368,7 +368,8 @@ def _train(args: argparse.Namespace, info: DistInfo) -> int:
     from .checkpoint import CONFIG_FILE, CheckpointError, read_config
     from .classifier import CONFIG_FILE as CLASSIFIER_FILE
     from .info import parameter_counts
-    from .train_state import STATE_JSON, drop_metrics_after, latest_checkpoint, read_train_state
+    from .train_state import (STATE_JSON, check_checkpoints, drop_metrics_after,
+                              latest_checkpoint, read_train_state)
     from .trainer import Trainer
     from .widen import check_widening
 
@@ -376,6 +377,7 @@ def _train(args: argparse.Namespace, info: DistInfo) -> int:
         out = Path(args.out)
         for folder in (out, out / "checkpoints", out / "samples"):  # before any work
             check_writable_folder(folder, "output folder")
+        check_checkpoints(out)
         if not args.resume:
             _refuse_earlier_run(out)
         elif args.resume != "auto" and not Path(args.resume).resolve().is_relative_to(

@@ -38,10 +38,11 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from ..files import JSON_LIMIT, read_small_text, remove_folder, write_file_atomic
-from .checkpoint import (STATE_JSON, STATE_TENSORS, CheckpointError, load_checkpoint, load_state,
-                         nonfinite, read_config, read_tensors, save_checkpoint,
-                         write_tensors)
+from ..files import (JSON_LIMIT, check_replaceable, read_small_text, remove_folder,
+                     write_file_atomic)
+from .checkpoint import (CHECKPOINT_FILES, STATE_JSON, STATE_TENSORS, CheckpointError,
+                         load_checkpoint, load_state, nonfinite, read_config, read_tensors,
+                         save_checkpoint, write_tensors)
 from .model import BridgeGAN
 from .noise_memory import NoiseMemory
 from .records import listed
@@ -213,7 +214,25 @@ def drop_checkpoints_after(out_dir: str | os.PathLike, step: int) -> list[Path]:
     return dropped
 
 
+def check_checkpoints(out_dir: str | os.PathLike) -> None:
+    """Refuse (ValueError), before a run starts, numbered checkpoints under ``out_dir``
+    that hold anything no checkpoint holds (a file of the user's) or are no folder: the
+    run may replace or remove them (a save, pruning, a resume's dropped course)."""
+    for _, folder in _numbered(out_dir):
+        check_replaceable(folder, CHECKPOINT_FILES)
+
+
 def _remove(folder: Path) -> None:
+    """Remove checkpoint ``folder`` as a whole, unless something no checkpoint holds was
+    put there since the run began (``check_checkpoints``): then its training state goes
+    (no resume picks it) and the rest stays, with a warning."""
+    try:
+        check_replaceable(folder, CHECKPOINT_FILES)
+    except (ValueError, OSError) as exc:
+        with contextlib.suppress(OSError):
+            (folder / STATE_JSON).unlink(missing_ok=True)
+        warnings.warn(f"kept {folder} (the run removes this checkpoint): {exc}", stacklevel=2)
+        return
     with contextlib.suppress(OSError):
         remove_folder(folder)
 
