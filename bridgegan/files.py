@@ -421,6 +421,17 @@ def check_apart(output: str | os.PathLike, what: str,
                              f"overwrite what this command reads; choose another path")
 
 
+def check_file_targets(folder: str | os.PathLike, names: Iterable[str],
+                       what: str = "--out") -> None:
+    """Refuse (ValueError), before any work, a folder (or a link to one) where a command
+    will write the file ``folder / name``: found only when the file is put in place, after
+    the work."""
+    for name in names:
+        if (Path(folder) / name).is_dir():
+            raise ValueError(f"{what} {folder} holds a folder {name} where this command "
+                             f"writes a file: move it, or choose another {what}")
+
+
 def check_writable_folder(path: str | os.PathLike, what: str = "--out",
                           replaced: bool = False) -> Path:
     """Refuse, before any work starts, an output folder that cannot be written: ``path``

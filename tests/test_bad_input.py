@@ -712,6 +712,23 @@ def test_outputs_over_or_inside_what_a_command_reads_are_refused(cli_files, tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck", "demo_grid.png", "trunk.onnx"]
 
 
+def test_a_folder_where_a_command_writes_a_file_is_refused_before_any_work(cli_files, tmp_path,
+                                                                         capsys):
+    """A folder named like an output file (demo_grid.png, grid.png, bench.png, run.json)
+    failed the write after the work, naming a temporary file."""
+    cases = [(["demo", "--checkpoint", str(cli_files / "ck"), "--samples", "0"], "demo_grid.png"),
+             (translate_args(cli_files, "unused")[:-2], "grid.png"),
+             (["bench", "--checkpoint", str(cli_files / "ck"), "--batches", "1"], "bench.png"),
+             (["train", "--data", "synthetic:8", "--steps", "1"], "run.json")]
+    for k, (argv, name) in enumerate(cases):
+        out = tmp_path / str(k)
+        (out / name).mkdir(parents=True)
+        assert main([*argv, "--out", str(out)]) == 2, argv
+        assert f"--out {out} holds a folder {name} where this command writes a file: move it" \
+            in capsys.readouterr().err, argv
+        assert [p.name for p in out.iterdir()] == [name]
+
+
 # ----- numbers and paths on the command line -------------------------------------------
 BAD_NUMBERS = [
     (["bench", "--reps", "0"], "--reps: must be an integer >= 1, got '0'"),

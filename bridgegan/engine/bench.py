@@ -111,6 +111,8 @@ from .options import (BENCH_MIN_SECONDS, BENCH_ROUNDS, BENCH_SAMPLES, MAX_SAMPLE
 from .parity import compare, parity_inputs, reference_translation
 
 PARTIAL_CSV = "bench.partial.csv"  # the rows of a run in progress (or killed), as measured
+RESULT_FILES = ("bench.csv", "bench.json", "bench.png")  # the table, its data, the plot
+BENCH_FILES = (*RESULT_FILES, PARTIAL_CSV)  # what a run writes
 FIELDS = ["what", "backend", "dtype", "batch", "resolution", "metric", "unit", "p50", "p20",
           "p80", "samples", "spread", "images_per_s", "peak_mem_mb", "vs_reference_fp32",
           "vs_reference_same_dtype", "roofline_share", "gflop_per_image", "first_call_s",
@@ -643,13 +645,13 @@ def write_results(rows: list[dict], peaks: dict, out: str | Path, title: str = "
     each file written atomically."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    write_file_atomic(out / "bench.csv", csv_text(rows).encode())
-    write_file_atomic(out / "bench.json", json.dumps({"peaks": peaks, "rows": rows},
-                                                     indent=1).encode())
-    files = [out / "bench.csv", out / "bench.json"]
+    table, data, figure = (out / name for name in RESULT_FILES)
+    write_file_atomic(table, csv_text(rows).encode())
+    write_file_atomic(data, json.dumps({"peaks": peaks, "rows": rows}, indent=1).encode())
+    files = [table, data]
     if measured(rows):  # a table of skipped rows only has nothing to plot
-        plot(rows, out / "bench.png", title or f"bridgegan bench on {peaks.get('device', '?')}")
-        files.append(out / "bench.png")
+        plot(rows, figure, title or f"bridgegan bench on {peaks.get('device', '?')}")
+        files.append(figure)
     (out / PARTIAL_CSV).unlink(missing_ok=True)  # the complete table replaces it
     return files
 

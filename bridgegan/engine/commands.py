@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..files import check_writable_folder
+from ..files import check_file_targets, check_writable_folder
 from ..numerics import dtype_name
 from ..reference.checkpoint import SHIPPED, read_config
 from ..reference.data.grid import save_grid, save_png
@@ -78,6 +78,7 @@ def translate(args: argparse.Namespace) -> int:
     out = Path(args.out)
     names = output_names(args.input, args.samples, bool(edits), args.reference or [], out)
     check_writable_folder(out)
+    check_file_targets(out, [GRID, *(n for row in names for n in row)])
     for path in [*args.input, *(args.reference or [])]:  # before any work
         check_image_file(path)
     eng = Engine.from_checkpoint(args.checkpoint or SHIPPED, backend=args.backend,
@@ -118,9 +119,10 @@ def translate(args: argparse.Namespace) -> int:
 
 
 def bench(args: argparse.Namespace) -> int:
-    from .bench import Variant, format_table, measured, run_matrix, write_results
+    from .bench import BENCH_FILES, Variant, format_table, measured, run_matrix, write_results
 
     check_writable_folder(args.out)
+    check_file_targets(args.out, BENCH_FILES)
     variants = [Variant.parse(v) for v in args.variants.split(",")] if args.variants else None
     if args.resolutions:
         resolutions = args.resolutions

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from .. import threads
 from ..argtypes import absolute_path, positive_float
-from ..files import check_writable_folder, write_file_atomic
+from ..files import check_file_targets, check_writable_folder, write_file_atomic
 from .config import INT_RANGES, BridgeGANConfig
 from .data import registry as data_registry
 from .data.split_modes import INDEX_TRAIN, SPLIT_MODES
@@ -33,6 +33,8 @@ from .train_modes import AMP_MODES, INIT_SCHEMES, LR_SCHEDULES, TRAIN_DTYPES
 
 if TYPE_CHECKING:
     from .distributed import DistInfo
+
+RUN_FILE = "run.json"  # the run's command line and configurations, beside its metrics
 
 # Options that define the architecture (None = not given): BridgeGANConfig field -> help,
 # to which the field's default (the paper's) is added.
@@ -368,7 +370,7 @@ def _train(args: argparse.Namespace, info: DistInfo) -> int:
     from .checkpoint import CONFIG_FILE, CheckpointError, read_config
     from .classifier import CONFIG_FILE as CLASSIFIER_FILE
     from .info import parameter_counts
-    from .train_state import (STATE_JSON, check_checkpoints, drop_metrics_after,
+    from .train_state import (METRICS_FILE, STATE_JSON, check_checkpoints, drop_metrics_after,
                               latest_checkpoint, read_train_state)
     from .trainer import Trainer
     from .widen import check_widening
@@ -377,6 +379,7 @@ def _train(args: argparse.Namespace, info: DistInfo) -> int:
         out = Path(args.out)
         for folder in (out, out / "checkpoints", out / "samples"):  # before any work
             check_writable_folder(folder, "output folder")
+        check_file_targets(out, [RUN_FILE, METRICS_FILE])
         check_checkpoints(out)
         if not args.resume:
             _refuse_earlier_run(out)
@@ -470,7 +473,7 @@ def _train(args: argparse.Namespace, info: DistInfo) -> int:
                 print(f"removed the later checkpoints of the course the run leaves: "
                       f"{', '.join(p.name for p in dropped)}", file=sys.stderr)
             out.mkdir(parents=True, exist_ok=True)
-            write_file_atomic(out / "run.json", (json.dumps(
+            write_file_atomic(out / RUN_FILE, (json.dumps(
                 {"argv": sys.argv, "model_config": model_cfg.to_dict(),
                  "train_config": config.to_dict(), "world_size": info.world_size},
                 indent=1) + "\n").encode())
