@@ -165,8 +165,10 @@ def link_or_copy(source: str | os.PathLike) -> Callable[[Path], None]:
 def check_replaceable(path: str | os.PathLike, names: Iterable[str]) -> Path:
     """Refuse (ValueError) to replace ``path`` by a folder of the files ``names``
     (relative paths) unless it does not exist or is a folder whose every file (a link
-    counts as one) is among ``names``: a write never deletes what it did not make. The
-    error names the path, one file in the way and what to do."""
+    counts as one) is among ``names``: a write never deletes what it did not make; nor a
+    folder this process could not empty (write-protected: the swap would succeed and the
+    old files stay behind under a hidden name). The error names the path, one file in the
+    way and what to do."""
     path = Path(path)
     if path.is_symlink() or (path.exists() and not path.is_dir()):
         kind = "a symbolic link" if path.is_symlink() else "a file"
@@ -176,6 +178,10 @@ def check_replaceable(path: str | os.PathLike, names: Iterable[str]) -> Path:
         return path
     files = {Path(n) for n in names}
     for root, dirs, entries in os.walk(path, onerror=_raise):
+        if not os.access(root, os.W_OK | os.X_OK):
+            raise ValueError(f"{path} cannot be replaced: {root} is write-protected, so its "
+                             f"files could not be removed; make it writable (chmod -R u+w "
+                             f"{path}) or choose another path")
         dirs.sort()
         links = [d for d in dirs if Path(root, d).is_symlink()]
         for entry in sorted(entries + links):
@@ -331,6 +337,10 @@ def remove_stale(folder: str | os.PathLike, name: str | None = None) -> list[Pat
             removed.append(p)
         except FileNotFoundError:  # another process cleaned it up
             continue
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot remove {p}, what an earlier write left: "
+                                     f"{exc.strerror}; remove it (make it writable first)"
+                          ) from None
     return removed
 
 

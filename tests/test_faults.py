@@ -192,6 +192,38 @@ def test_a_file_or_link_at_the_target_is_refused_and_kept(tmp_path, kind):
     assert kind == "file" or target.is_symlink()
 
 
+def test_a_write_protected_folder_is_refused_and_a_leftover_that_stays_is_named(tmp_path,
+                                                                               monkeypatch):
+    """Replacing a write-protected earlier write (chmod -R a-w) swapped it out and left its
+    files behind under a hidden name, which every later write then failed to remove with
+    a bare "Permission denied". (os.access faked: this suite may run as root, whom no mode
+    stops.)"""
+    import shutil as shutil_module
+
+    from bridgegan import files
+
+    target = tmp_path / "out"
+    write_folder_atomic(target, {"a.txt": lambda p: p.write_text("1"),
+                                 "sub/b.txt": lambda p: p.write_text("1")})
+    access = os.access
+    monkeypatch.setattr(files.os, "access",
+                        lambda p, mode: Path(p) != target / "sub" and access(p, mode))
+    with pytest.raises(ValueError, match=rf"{target} cannot be replaced: {target / 'sub'} is "
+                                         rf"write-protected, so its files could not be removed"):
+        write_folder_atomic(target, {"a.txt": lambda p: p.write_text("2")}, replaces=["sub/b.txt"])
+    assert (target / "a.txt").read_text() == "1" and leftovers(tmp_path) == []
+    monkeypatch.undo()
+    stale = tmp_path / f".out.tmp-{dead_pid()}-0000"
+    stale.mkdir()
+
+    def denied(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path / "x"))
+    monkeypatch.setattr(shutil_module, "rmtree", denied)
+    with pytest.raises(OSError, match=rf"cannot remove {stale}, what an earlier write left: "
+                                      rf"Permission denied; remove it"):
+        remove_stale(tmp_path, "out")
+
+
 def test_an_earlier_write_or_an_empty_folder_is_replaced(tmp_path):
     target = tmp_path / "out"
     target.mkdir()
