@@ -313,3 +313,18 @@ def test_a_cache_root_that_is_a_file_is_refused_before_exporting(tmp_path, monke
                                          rf"be created: {re.escape(str(tmp_path / 'file'))} is a "
                                          r"file, not a folder"):
         _export_precisions(("fp32",))
+
+
+def test_the_cache_command_names_a_cache_root_that_is_a_file(tmp_path, monkeypatch, capsys):
+    """`bridgegan cache` (and --prune) listed "0 export(s)" under a $BRIDGEGAN_CACHE naming a
+    file, never saying the setting was wrong."""
+    from bridgegan.cli import main
+
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setenv("BRIDGEGAN_CACHE", str(tmp_path / "file"))
+    for extra in ([], ["--prune", "0"]):
+        assert main(["cache", *extra]) == 2
+        assert (f"the export cache {tmp_path / 'file' / 'onnx'} cannot be a folder: "
+                f"{tmp_path / 'file'} is a file; set BRIDGEGAN_CACHE to a folder") \
+            in capsys.readouterr().err
+    assert (tmp_path / "file").read_text() == "not a folder"

@@ -118,6 +118,10 @@ def _mb(size: int) -> str:
 def run(args: argparse.Namespace) -> int:
     """List the cache's exports, or remove those unused for ``--prune`` days."""
     root = cache_folder()
+    existing = next(p for p in (root, *root.parents) if p.exists())
+    if not existing.is_dir():  # else listed as empty, the setting never named
+        raise ValueError(f"the export cache {root} cannot be a folder: {existing} is a file; "
+                         f"set BRIDGEGAN_CACHE to a folder")
     if args.prune is not None:
         removed = prune(args.prune, root)
         print(f"removed {len(removed)} export(s) not used for {args.prune} day(s) from {root}, "
