@@ -95,14 +95,14 @@ def non_negative_float(text: str) -> float:
 
 
 def output_file(text: str) -> str:
-    """A file to write: not a folder, in an existing folder this process can write to (a
-    link: where the file it names is), or a device or pipe it can write to (/dev/null,
-    /dev/stdout); checked before the command does its work."""
+    """A file to write: not a folder, in an existing folder this process can write to, or
+    what a write goes into (``files.write_file_atomic``): a link, device or pipe this
+    process can write to (/dev/null, /dev/stdout); checked before the command does its
+    work."""
     path = Path(text)
-    if path.exists() and not path.is_file() and not path.is_dir():
+    if path.exists() and not path.is_dir() and (path.is_symlink() or not path.is_file()):
         if os.access(path, os.W_OK):
             return text
-    path = path.resolve() if path.is_symlink() else path
     folder = path.parent
     if path.is_dir():
         problem = "is a folder"

@@ -42,6 +42,7 @@ import os
 import re
 import secrets
 import shutil
+import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
@@ -116,18 +117,40 @@ def read_small_text(path: str | os.PathLike, limit: int = JSON_LIMIT) -> str:
     return data.decode("utf-8")
 
 
+_DESCRIPTOR = re.compile(r"^/(?:dev/fd|proc/self/fd)/(\d+)$")  # a descriptor's own path
+_STANDARD = {"/dev/stdin": 0, "/dev/stdout": 1, "/dev/stderr": 2}
+
+
+def _descriptor(path: Path) -> int | None:
+    """The file descriptor that ``path`` names (/dev/stdout, /dev/fd/N, /proc/self/fd/N):
+    None for any other path."""
+    text = os.path.abspath(path)
+    m = _DESCRIPTOR.match(text)
+    return int(m.group(1)) if m else _STANDARD.get(text)
+
+
 def write_file_atomic(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` through a temporary file in the same folder (then
-    ``os.replace``): readers see the old file or the new one, never a part. A link is
-    followed (the file it names is replaced, the link kept) and an existing file keeps its
-    mode; a device or pipe (/dev/null, /dev/stdout) is written to, never replaced."""
+    ``os.replace``): readers see the old file or the new one, never a part; an existing
+    file keeps its permissions. What is not a plain file is written into, never replaced:
+    a descriptor's path (/dev/stdout: the descriptor itself, so a redirected log is
+    appended to, not truncated), a device or pipe (/dev/null), a link (opened through:
+    the system's rules for links in shared folders apply, and the link stays)."""
     path = Path(path)
-    if path.exists() and not path.is_file() and not path.is_dir():
-        with open(path, "wb") as f:  # a stream: nothing to replace, no part to see
+    fd = _descriptor(path)
+    if fd is not None:
+        for stream in (sys.stdout, sys.stderr):  # what Python buffered goes first
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                stream.flush()
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        return path
+    if path.is_symlink() or (path.exists() and not path.is_file() and not path.is_dir()):
+        with open(path, "wb") as f:
             f.write(data)
         return path
-    path = path.resolve() if path.is_symlink() else path
-    mode = path.stat().st_mode & 0o7777 if path.is_file() else None
+    mode = path.stat().st_mode & 0o777 if path.is_file() else None
     tmp = _temp_name(path, "tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
@@ -135,7 +158,7 @@ def write_file_atomic(path: str | os.PathLike, data: bytes) -> Path:
             f.write(data)
             f.flush()
             if mode is not None:
-                os.fchmod(f.fileno(), mode)
+                os.chmod(tmp, mode)
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:

@@ -446,10 +446,13 @@ def test_a_failed_file_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path
     assert (tmp_path / "fresh.bin").read_bytes() == old
 
 
-def test_a_file_write_follows_links_keeps_modes_and_writes_into_pipes(tmp_path, monkeypatch):
+def test_a_file_write_goes_into_links_pipes_and_descriptors_and_keeps_modes(tmp_path,
+                                                                           monkeypatch):
     """``--json`` named a link, a pipe or (as root) /dev/null: the write replaced it by a
-    regular file (root's /dev/null among them), and a 0o600 file became 0o644. Also what
-    the command line takes up front (``argtypes.output_file``)."""
+    regular file (root's /dev/null among them), and a 0o600 file became 0o644. A link is
+    written through (the system's rules for links in shared folders apply), never
+    resolved and replaced. Also what the command line takes up front
+    (``argtypes.output_file``)."""
     import threading
 
     from bridgegan.argtypes import output_file
@@ -458,6 +461,8 @@ def test_a_file_write_follows_links_keeps_modes_and_writes_into_pipes(tmp_path, 
     real = tmp_path / "real.json"
     real.write_bytes(b"old")
     real.chmod(0o600)
+    write_file_atomic(real, b"newer")
+    assert real.read_bytes() == b"newer" and stat.S_IMODE(real.stat().st_mode) == 0o600
     (tmp_path / "link.json").symlink_to(real)
     assert output_file(str(tmp_path / "link.json")) == str(tmp_path / "link.json")
     write_file_atomic(tmp_path / "link.json", b"new")
@@ -467,7 +472,7 @@ def test_a_file_write_follows_links_keeps_modes_and_writes_into_pipes(tmp_path, 
     os.mkfifo(pipe)
     assert output_file(str(pipe)) == str(pipe)
     read = []
-    reader = threading.Thread(target=lambda: read.append(pipe.read_bytes()))
+    reader = threading.Thread(target=lambda: read.append(pipe.read_bytes()), daemon=True)
     reader.start()
     write_file_atomic(pipe, b"through")
     reader.join(60)
@@ -476,6 +481,21 @@ def test_a_file_write_follows_links_keeps_modes_and_writes_into_pipes(tmp_path, 
     # a user's /dev/null: writable, in a folder that is not
     monkeypatch.setattr(os, "access", lambda path, mode: Path(path) == pipe)
     assert output_file(str(pipe)) == str(pipe)
+
+
+def test_dev_stdout_appends_to_a_redirected_log(tmp_path):
+    """`... --json /dev/stdout >> log`: /dev/stdout led through /proc/self/fd/1 to the log,
+    which was then replaced (its earlier lines and the command's later output lost); it
+    is written through the descriptor, after what Python buffered."""
+    log = tmp_path / "log.txt"
+    log.write_bytes(b"earlier\n")
+    code = ("import sys\nfrom bridgegan.files import write_file_atomic\nprint('before')\n"
+            "write_file_atomic('/dev/stdout', b'{\"json\": 1}\\n')\nprint('after')\n")
+    with open(log, "ab") as out:
+        subprocess.run([sys.executable, "-c", code], stdout=out, check=True, timeout=120,
+                       env={**os.environ, "PYTHONUNBUFFERED": ""})
+    assert log.read_bytes() == b'earlier\nbefore\n{"json": 1}\nafter\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["log.txt"]
 
 
 # ----------------------------------------------------------------------------- ONNX export cache
