@@ -279,5 +279,22 @@ def _stdout_closed() -> bool:
     return closed
 
 
+def entry() -> None:
+    """The ``bridgegan`` command: ``main``'s status as the process's, except that a command
+    Ctrl-C stopped (status 128 + SIGINT: an interruption, or a run that stopped on SIGINT)
+    ends by SIGINT itself, its exit handlers run first: a shell stops a loop or script
+    only for a child that SIGINT ended."""
+    import atexit
+
+    status = main()
+    if status == 128 + signal.SIGINT:
+        atexit._run_exitfuncs()
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+    sys.exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

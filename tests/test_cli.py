@@ -45,6 +45,22 @@ def test_ctrl_c_ends_a_command_with_a_line_and_status_130(monkeypatch, capsys):
     assert capsys.readouterr().err == "bridgegan info: interrupted\n"
 
 
+def test_an_interrupted_command_ends_by_sigint_for_the_shell():
+    """The `bridgegan` command (``cli.entry``) ends an interrupted command by SIGINT after
+    its line and exit handlers: with status 130 a shell loop went on to the next command."""
+    import signal
+
+    code = ("import atexit\nfrom bridgegan import cli\n"
+            "atexit.register(lambda: print('exit handlers ran', flush=True))\n"
+            "def interrupted(name, args):\n    raise KeyboardInterrupt\n"
+            "cli._run = interrupted\nimport sys\nsys.argv = ['bridgegan', 'info']\n"
+            "cli.entry()\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == -signal.SIGINT, done
+    assert done.stderr == "bridgegan info: interrupted\n" and done.stdout == "exit handlers ran\n"
+
+
 def test_help_imports_no_torch():
     """Building the parser and every command's --help (export's targets too) import no
     torch; in a fresh interpreter, so that other tests' imports do not count."""
