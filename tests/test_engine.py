@@ -292,8 +292,8 @@ def test_head_logits_in_a_batch_and_alone_agree_far_inside_the_label_margin():
     eng = Engine.from_checkpoint(SHIPPED, device="cuda")
     x = images(64, eng.config.image_size, 40).cuda()
     with torch.no_grad(), no_tf32():
-        alone = torch.cat([eng.classifier(x[i:i + 1]) for i in range(len(x))])
-        gaps = {n: (eng.classifier(x[:n]) - alone[:n]).abs().max().item()
+        alone = torch.cat([eng.attribute_logits(x[i:i + 1]) for i in range(len(x))])
+        gaps = {n: (eng.attribute_logits(x[:n]) - alone[:n]).abs().max().item()
                 for n in (2, 8, 33, 64)}
     assert max(gaps.values()) < LABEL_MARGIN / 10, gaps
 
@@ -1441,8 +1441,8 @@ def test_large_calls_run_in_chunks_of_max_rows(model, monkeypatch):
     monkeypatch.setattr(programs, "translate_label", recorded)
     eng = Engine(model)
     heads = []
-    head = eng.classifier
-    eng.classifier = lambda rows: heads.append(len(rows)) or head(rows)
+    head = eng.attribute_logits
+    eng.attribute_logits = lambda rows: heads.append(len(rows)) or head(rows)
     n = MAX_ROWS + 3
     x = images(n, model.config.image_size, seed=40)
     seeds = list(range(n))

@@ -203,9 +203,9 @@ def test_engine_onnxruntime_backend_classifies_with_the_exported_head(model, ckp
     (a session, not torch's D), to the labels and logits of the torch engine's head."""
     eng = Engine.from_checkpoint(ckpt, backend="onnxruntime", onnx_dir=exported)
     want = Engine(model, backend="torch")
-    assert not isinstance(eng.classifier, torch.nn.Module)
+    assert not isinstance(eng.attribute_logits, torch.nn.Module)
     x = images(8, 32, 71)
-    assert errors(eng.classifier(x), want.classifier(x))[1] <= tolerance("float32").op_rel
+    assert errors(eng.attribute_logits(x), want.attribute_logits(x))[1] <= tolerance("float32").op_rel
     assert torch.equal(eng.classify(x), want.classify(x))
 
 

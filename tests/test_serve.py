@@ -149,7 +149,7 @@ def test_head_labels_do_not_depend_on_the_batch(engine):
     rounding once flipped it: 0.25 apart)."""
     x = torch.cat([images(16, 32, 11), *(torch.full((1, 3, 32, 32), v) for v in (-1, 0, 1))])
     with torch.no_grad():
-        logits = engine.classifier(x)
+        logits = engine.attribute_logits(x)
     k = next(k for k in range(logits.shape[1])
              if (logits[:, k] > 0).any() and (logits[:, k] <= 0).any())
     a, b = int((logits[:, k] > 0).nonzero()[0]), int((logits[:, k] <= 0).nonzero()[0])
@@ -161,7 +161,7 @@ def test_head_labels_do_not_depend_on_the_batch(engine):
     for _ in range(64):
         mid = (lo + hi) / 2
         with torch.no_grad():
-            lo, hi = (mid, hi) if engine.classifier(row(mid))[0, k] > 0 else (lo, mid)
+            lo, hi = (mid, hi) if engine.attribute_logits(row(mid))[0, k] > 0 else (lo, mid)
     target, r = torch.ones(1, 6), torch.zeros(1, 8)
     for edge in (row(lo), row(hi)):
         want_labels, want = engine.classify(edge), engine.translate(edge, target, noise=r)

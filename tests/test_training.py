@@ -1053,10 +1053,16 @@ def test_files_of_the_users_among_the_checkpoints_are_never_removed(tmp_path, ca
     kept = out / "checkpoints" / "step-00000002"
     (kept / "notes.txt").write_text("mine")  # beside a checkpoint the next one prunes
     with pytest.warns(UserWarning, match=rf"kept {re.escape(str(kept))} \(the run removes this "
-                                         rf"checkpoint\): .* holds notes.txt"):
+                                         rf"checkpoint, its training state removed\): .* "
+                                         rf"holds notes.txt"):
         train_state.prune_checkpoints(out, 1, train_state.numbered_checkpoint(out, 3))
     assert (kept / "notes.txt").read_text() == "mine"
     assert train_state.latest_checkpoint(out) is None  # its state gone: no resume picks it
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once, not at every later save
+        train_state.prune_checkpoints(out, 1, train_state.numbered_checkpoint(out, 4))
+        assert train_state.drop_checkpoints_after(out, 0) == []  # kept: not reported removed
+    assert (kept / "notes.txt").read_text() == "mine"
 
 
 def test_a_full_disk_names_the_checkpoint_and_keeps_the_earlier_one(tmp_path, capsys, monkeypatch):

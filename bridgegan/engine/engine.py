@@ -388,7 +388,8 @@ class Engine:
                                 else cudnn_benchmark)
         self.stages = spec.build(model, self.rewrites, self.dtype, self.device, channels_last,
                                  onnx_dir)
-        self.classifier = spec.classifier(model, self.rewrites, self.device, onnx_dir)
+        # D's attribute head: images -> float32 logits (N, A), whose signs are source labels
+        self.attribute_logits = spec.classifier(model, self.rewrites, self.device, onnx_dir)
         # the programs most calls run: fixed-shape functions of tensors, CUDA-graphed when
         # cuda_graphs (results are returned in float32: the graphs copy them out as that),
         # called by ``_run`` (at most MAX_ROWS rows at a time: memory, and the largest
@@ -476,10 +477,10 @@ class Engine:
         with the row's batch mates (serve's dynamic batching) or chunking. So the batch runs
         at once and the rows with a logit within LABEL_MARGIN of 0 run again alone. In host
         memory, as ``_labels``."""
-        logits = in_chunks(self.classifier, (x,), MAX_ROWS)
+        logits = in_chunks(self.attribute_logits, (x,), MAX_ROWS)
         if x.shape[0] > 1:
             for i in (logits.abs() < LABEL_MARGIN).any(1).nonzero().flatten().tolist():
-                logits[i] = self.classifier(x[i:i + 1])[0]
+                logits[i] = self.attribute_logits(x[i:i + 1])[0]
         return (logits > 0).float().cpu()
 
     def _target(self, source: torch.Tensor, target) -> torch.Tensor:

@@ -208,10 +208,7 @@ def drop_checkpoints_after(out_dir: str | os.PathLike, step: int) -> list[Path]:
     left their course (as ``drop_metrics_after`` drops its records), and ``--resume auto``
     would otherwise take it up again after a kill before the run's next checkpoint.
     Returns the folders removed."""
-    dropped = [p for s, p in _numbered(out_dir) if s > step]
-    for p in dropped:
-        _remove(p)
-    return dropped
+    return [p for s, p in _numbered(out_dir) if s > step and _remove(p)]
 
 
 def check_checkpoints(out_dir: str | os.PathLike) -> None:
@@ -222,19 +219,26 @@ def check_checkpoints(out_dir: str | os.PathLike) -> None:
         check_replaceable(folder, CHECKPOINT_FILES)
 
 
-def _remove(folder: Path) -> None:
+def _remove(folder: Path) -> bool:
     """Remove checkpoint ``folder`` as a whole, unless something no checkpoint holds was
     put there since the run began (``check_checkpoints``): then its training state goes
-    (no resume picks it) and the rest stays, with a warning."""
+    (no resume picks it) and the rest stays, with a warning (once: the state is gone the
+    next time). Returns whether the folder went."""
     try:
         check_replaceable(folder, CHECKPOINT_FILES)
     except (ValueError, OSError) as exc:
-        with contextlib.suppress(OSError):
-            (folder / STATE_JSON).unlink(missing_ok=True)
-        warnings.warn(f"kept {folder} (the run removes this checkpoint): {exc}", stacklevel=2)
-        return
-    with contextlib.suppress(OSError):
+        state = folder / STATE_JSON
+        if state.is_file():
+            with contextlib.suppress(OSError):
+                state.unlink()
+            warnings.warn(f"kept {folder} (the run removes this checkpoint, its training state "
+                          f"removed): {exc}", stacklevel=2)
+        return False
+    try:
         remove_folder(folder)
+    except OSError:
+        return False
+    return True
 
 
 def metrics_line(record: dict) -> str:
