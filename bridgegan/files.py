@@ -465,6 +465,10 @@ def check_file_targets(folder: str | os.PathLike, names: Iterable[str],
                              f"writes a file: move it, or choose another {what}")
 
 
+class NotWritableError(ValueError):
+    """A folder this process may not write in (``check_writable_folder``)."""
+
+
 def check_writable_folder(path: str | os.PathLike, what: str = "--out",
                           replaced: bool = False) -> Path:
     """Refuse, before any work starts, an output folder that cannot be written: ``path``
@@ -482,6 +486,6 @@ def check_writable_folder(path: str | os.PathLike, what: str = "--out",
         raise ValueError(f"{what} {path} cannot be created: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         where = "" if existing == path else f" (it is written in {existing})"
-        raise ValueError(f"{what} {path} is not writable{where}: give a folder you can "
-                         f"write to")
+        raise NotWritableError(f"{what} {path} is not writable{where}: give a folder you "
+                               f"can write to")
     return path

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import sys
 from importlib.util import find_spec
+from pathlib import Path
 
 import pytest
 import torch
@@ -207,6 +209,29 @@ def test_engine_onnxruntime_backend_classifies_with_the_exported_head(model, ckp
     x = images(8, 32, 71)
     assert errors(eng.attribute_logits(x), want.attribute_logits(x))[1] <= tolerance("float32").op_rel
     assert torch.equal(eng.classify(x), want.classify(x))
+
+
+def test_a_read_only_export_without_the_head_falls_back_to_torchs(model, tmp_path,
+                                                                  monkeypatch):
+    """An export folder made with the stage graphs only and then write-protected: the
+    onnxruntime engine runs on it, estimating source labels with torch's head (a warning
+    says so); it failed trying to add classify.onnx."""
+    from bridgegan import files
+    from bridgegan.engine.export.names import STAGES
+    from bridgegan.engine.graph import AttributeHead
+
+    folder = export_model(model, tmp_path / "stages", STAGES, ["fp32"])
+    access = os.access
+    monkeypatch.setattr(files.os, "access", lambda p, mode: Path(p) != tmp_path and
+                        access(p, mode))  # the folder above: where it would be replaced
+    with pytest.warns(UserWarning, match=rf"{re.escape(str(folder))} is not writable .*; it "
+                                         rf"holds no classify.onnx: source labels are "
+                                         rf"estimated by torch's attribute head"):
+        eng = Engine(model, backend="onnxruntime", onnx_dir=folder)
+    assert isinstance(eng.attribute_logits, AttributeHead)
+    x = images(4, 32, 72)
+    assert torch.equal(eng.classify(x), Engine(model, backend="torch").classify(x))
+    assert not (folder / "classify.onnx").exists()
 
 
 def test_engine_onnxruntime_backend(model, ckpt, exported):

@@ -73,10 +73,13 @@ class Backend:
 
     def classifier(self, model, rewrites, device, onnx_dir=None):
         """D's attribute head on ``device``: images (N, 3, S, S) -> float32 logits (N, A)
-        (the backend module's ``build_classifier``, else ``graph.AttributeHead``)."""
+        (the backend module's ``build_classifier`` where it has one and that gives one,
+        else ``graph.AttributeHead``)."""
         module = importlib.import_module(f".{self.name}", __package__)
-        if hasattr(module, "build_classifier"):
-            return module.build_classifier(model, rewrites, device, onnx_dir)
+        build = getattr(module, "build_classifier", None)
+        head = build(model, rewrites, device, onnx_dir) if build else None
+        if head is not None:
+            return head
         from ..graph import AttributeHead
 
         return AttributeHead(model).to(device).eval()
