@@ -441,7 +441,8 @@ def check_apart(output: str | os.PathLike, what: str,
                 inputs: Iterable[tuple[str, str | os.PathLike | None]]) -> None:
     """Refuse (ValueError), before any work, an output ``what`` that is one of ``inputs``
     ((option, path) pairs; a None path: not given), lies inside one (a checkpoint folder)
-    or holds one: writing it would overwrite or replace what the command reads."""
+    or holds one: writing it would overwrite, replace or add to what the command reads.
+    Paths are compared resolved (links followed)."""
     out = Path(output).resolve()
     for option, given in inputs:
         if given is None:
@@ -450,8 +451,9 @@ def check_apart(output: str | os.PathLike, what: str,
         relation = ("is" if out == source else "is inside" if source in out.parents
                     else "holds" if out in source.parents else None)
         if relation:
-            raise ValueError(f"{what} {output} {relation} {option} {given}: writing it would "
-                             f"overwrite what this command reads; choose another path")
+            raise ValueError(f"{what} {output} {relation} {option} {given}: a command writes "
+                             f"nothing over, into or around what it reads; choose another "
+                             f"path")
 
 
 def check_file_targets(folder: str | os.PathLike, names: Iterable[str],

@@ -664,7 +664,7 @@ def test_translate_refuses_outputs_that_would_overwrite_each_other_or_an_input(c
     Image.new("RGB", (40, 40), (10, 20, 30)).save(edited)
     before = edited.read_bytes()
     assert main([*argv, "--input", str(other), str(edited), "--out", str(other.parent)]) == 2
-    assert f"output {edited} would overwrite an --input or --reference" \
+    assert f"output {edited} is --input {edited}: a command writes nothing over" \
         in capsys.readouterr().err
     assert edited.read_bytes() == before
     ref = cli_files / "b" / "face_reference.png"  # a reference where an output goes
@@ -672,7 +672,8 @@ def test_translate_refuses_outputs_that_would_overwrite_each_other_or_an_input(c
     before = ref.read_bytes()
     assert main(["translate", "--checkpoint", str(cli_files / "ck"), "--input", str(other),
                  "--reference", str(ref), "--out", str(other.parent)]) == 2
-    assert f"output {ref} would overwrite an --input or --reference" in capsys.readouterr().err
+    assert f"output {ref} is --reference {ref}: a command writes nothing over" \
+        in capsys.readouterr().err
     assert ref.read_bytes() == before
 
 
@@ -704,7 +705,7 @@ def test_outputs_over_or_inside_what_a_command_reads_are_refused(cli_files, tmp_
                       f"--write-repository {tmp_path} holds --checkpoint {ck}"))
     for argv, message in cases:
         assert main(argv) == 2, argv
-        assert f"{message}: writing it would overwrite what this command reads" in \
+        assert f"{message}: a command writes nothing over, into or around what it reads" in \
             capsys.readouterr().err, argv
     assert {p.name: p.read_bytes() for p in ck.iterdir()} == before
     assert grid.read_bytes() == (cli_files / "face.png").read_bytes()

@@ -753,6 +753,16 @@ def test_tensorrt_build_refuses_the_fp16_onnx_variant(ckpt, tmp_path):
         build_config(out / "trunk_fp16.onnx", "fp32")
 
 
+def test_tensorrt_builds_the_attribute_head_in_fp32_only(exported):
+    """classify's logits are thresholds at 0: an fp16 / bf16 plan (the default precision)
+    would tip labels near 0, so only an fp32 plan of it is built."""
+    for precision in ("fp16", "bf16"):
+        with pytest.raises(ValueError, match=r"classify.onnx is D's attribute head \(classify\)"
+                                             r".*: build it with --precision fp32"):
+            build_config(exported / "classify.onnx", precision)
+    assert build_config(exported / "classify.onnx", "fp32").precision == "fp32"
+
+
 @pytest.mark.parametrize("changed", ["kernels/layout.py", "kernels/conv_act.py",
                                      "reference/layers.py", "engine/graph.py"])
 def test_export_key_covers_the_code_the_graphs_are_traced_from(model, monkeypatch, changed):

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..files import check_file_targets, check_writable_folder
+from ..files import check_apart, check_file_targets, check_writable_folder
 from ..numerics import dtype_name
 from ..reference.checkpoint import SHIPPED, read_config
 from ..reference.data.grid import save_grid, save_png
@@ -50,11 +50,9 @@ def output_names(inputs: list[str], samples: int, edits: bool, references: list[
     suffixes = [f"_edit{k + 1}" for k in range(samples)] if edits else []
     suffixes += ["_reference"] if references else []
     names = [[f"{stem}{s}.png" for s in suffixes] for stem in seen]
-    given = {Path(p).resolve() for p in [*inputs, *references]}
+    given = [*(("--input", p) for p in inputs), *(("--reference", r) for r in references)]
     for name in (GRID, *(n for row in names for n in row)):
-        if (out / name).resolve() in given:
-            raise ValueError(f"output {out / name} would overwrite an --input or --reference: "
-                             f"give another --out")
+        check_apart(out / name, "output", given)
     return names
 
 

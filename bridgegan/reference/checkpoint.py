@@ -9,7 +9,9 @@ mismatch.
 """
 from __future__ import annotations
 
+import errno
 import os
+import re
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
@@ -41,11 +43,14 @@ class CheckpointError(ValueError):
 def write_tensors(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike,
                   metadata: dict[str, str] | None = None) -> None:
     """safetensors' ``save_file``, its errors (a full disk, a quota: a SafetensorError,
-    which no caller catching OSError would see) raised as an OSError naming ``path``."""
+    which no caller catching OSError would see) raised as an OSError naming ``path``, of
+    the system's error number where the message gives one ("os error 28")."""
     try:
         save_file(dict(tensors), str(path), metadata=metadata)
     except SafetensorError as exc:
-        raise OSError(f"cannot write {Path(path).name}: {exc}") from None
+        code = re.search(r"os error (\d+)", str(exc))
+        raise OSError(int(code.group(1)) if code else errno.EIO,
+                      f"cannot write {Path(path).name}: {exc}") from None
 
 
 def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module,

@@ -87,7 +87,11 @@ class AttributeClassifier(nn.Module):
                    WEIGHTS_FILE: lambda p: write_tensors(tensors, p)}
         if report is not None:
             writers[REPORT_FILE] = lambda p: p.write_text(json.dumps(report, indent=2))
-        return write_folder_atomic(path, writers, replaces=SAVED_FILES)
+        try:
+            return write_folder_atomic(path, writers, replaces=SAVED_FILES)
+        except OSError as exc:  # a full disk, a quota: say which write failed
+            raise OSError(exc.errno, f"cannot write the classifier {path}: "
+                                     f"{exc.strerror} (nothing of it was kept)") from None
 
     @classmethod
     def load(cls, path: str | Path) -> "AttributeClassifier":

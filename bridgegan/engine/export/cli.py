@@ -103,7 +103,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     targets = p.add_subparsers(dest="target", metavar="TARGET", required=True)
 
     t = targets.add_parser("onnx", help="the inference graph as ONNX (whole programs and "
-                                        "stages, fp32 and fp16) plus manifest.json")
+                                        "stages, fp32 and fp16; D's attribute head, "
+                                        "classify, in fp32) plus manifest.json")
     t.add_argument("checkpoint", help="checkpoint folder")
     t.add_argument("out", help="export folder (new, empty, or an export of this checkpoint)")
     t.add_argument("--precision", nargs="+", choices=list(ONNX_PRECISIONS),

@@ -41,7 +41,7 @@ from pathlib import Path
 from ... import __version__
 from ...files import read_small_text, sha256_hex, write_file_atomic
 from ..backends.base import BackendUnavailable
-from .names import PLAN_BATCHES, TENSORRT_PRECISIONS, TIMING_CACHE, WORKSPACE_GB
+from .names import HEADS, PLAN_BATCHES, TENSORRT_PRECISIONS, TIMING_CACHE, WORKSPACE_GB
 from .onnx_export import io_spec, load_onnx
 
 TRT_EXTRA = "pip install 'bridgegan[tensorrt]'"
@@ -97,6 +97,10 @@ def build_config(onnx_path: str | os.PathLike, precision: str = "fp16",
         raise ValueError(f"{onnx_path} is the {meta['bridgegan.precision']} variant of its graph; "
                          f"build plans from the float32 graph (`bridgegan export onnx "
                          f"--precision fp32`): --precision chooses the plan's precision")
+    if meta.get("bridgegan.graph") in HEADS and precision != "fp32":
+        raise ValueError(f"{onnx_path} is D's attribute head ({meta['bridgegan.graph']}), "
+                         f"whose labels are thresholds at 0 that reduced precision would tip: "
+                         f"build it with --precision fp32")
     profile = {}
     for port in io_spec(model)["inputs"]:
         dims = port["shape"]
