@@ -282,14 +282,24 @@ def test_graph_calls_on_two_streams_keep_their_inputs():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_head_logits_in_a_batch_and_alone_agree_far_inside_the_label_margin():
-    """The attribute head on CUDA as an engine runs it (float32, TF32 off): a row's logits
-    in batches of 2 to 64 and alone differ by far less than LABEL_MARGIN, which
-    ``Engine._head_labels`` relies on (1e-5 on the CPU)."""
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_head_logits_in_a_batch_and_alone_agree_far_inside_the_label_margin(backend):
+    """The attribute head on CUDA as an engine runs it (torch's, or onnxruntime's classify
+    graph; float32, TF32 off): a row's logits in batches of 2 to 64 and alone differ by
+    far less than LABEL_MARGIN, which ``Engine._head_labels`` relies on (1e-5 on the
+    CPU)."""
     from bridgegan.engine.engine import LABEL_MARGIN
     from bridgegan.reference.checkpoint import SHIPPED
 
-    eng = Engine.from_checkpoint(SHIPPED, device="cuda")
+    problem = REGISTRY[backend].problem("cuda")
+    if problem is None and backend == "onnxruntime":
+        import onnxruntime
+
+        if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+            problem = "onnxruntime has no CUDAExecutionProvider (onnxruntime-gpu)"
+    if problem is not None:
+        pytest.skip(f"backend {backend} cannot run on CUDA here: {problem}")
+    eng = Engine.from_checkpoint(SHIPPED, backend=backend, device="cuda")
     x = images(64, eng.config.image_size, 40).cuda()
     with torch.no_grad(), no_tf32():
         alone = torch.cat([eng.attribute_logits(x[i:i + 1]) for i in range(len(x))])
