@@ -235,30 +235,52 @@ def write_folder_atomic(path: str | os.PathLike, writers: Mapping[str, Callable[
     writing and again before the swap. Leftovers of killed writes of ``path`` beside it
     are removed first (``remove_stale``).
     """
-    path = Path(path)
-    names = [*writers, *replaces]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale(path.parent, path.name)
-    check_replaceable(path, names)
-    tmp = _temp_name(path, "tmp")
-    os.mkdir(tmp, 0o777)
+    return write_folders_atomic({path: (writers, replaces)})[0]
+
+
+def write_folders_atomic(folders: Mapping[str | os.PathLike,
+                                          tuple[Mapping[str, Callable[[Path], None]],
+                                                Iterable[str]]]) -> list[Path]:
+    """Folders that belong together (a model repository's models), each path -> (writers,
+    replaces) written as ``write_folder_atomic`` writes one, in order, and every one
+    written and fsynced before the first is swapped in: a failure while writing (a full
+    disk) leaves them all as they were, not some new and some old. (Only a failure among
+    the swaps, renames, could leave the earlier ones new.) Returns the paths."""
+    staged: list[tuple[Path, Path, list[str]]] = []
     try:
-        for name, write in writers.items():
-            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-            write(tmp / name)
-            if os.stat(tmp / name).st_nlink == 1:  # a link shares its mode with its source
-                os.chmod(tmp / name, _file_mode())  # some writers (safetensors) make 0o600
-            _fsync(tmp / name)
-        folders = {tmp, *(p for n in writers for p in (tmp / n).parents if tmp in p.parents)}
-        for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
-            _fsync_folder(folder)  # every name written, the deepest folders first
-        check_replaceable(path, names)  # something may have been put there meanwhile
-        _swap(tmp, path)
+        for path, (writers, replaces) in folders.items():
+            path = Path(path)
+            names = [*writers, *replaces]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            remove_stale(path.parent, path.name)
+            check_replaceable(path, names)
+            tmp = _temp_name(path, "tmp")
+            os.mkdir(tmp, 0o777)
+            staged.append((path, tmp, names))
+            _fill(tmp, writers)
+        for path, tmp, names in staged:
+            check_replaceable(path, names)  # something may have been put there meanwhile
+            _swap(tmp, path)
+            _fsync_folder(path.parent)  # the swap itself on disk
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        for _, tmp, _ in staged:  # those swapped in are gone from their temporary names
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _fsync_folder(path.parent)  # the swap itself on disk
-    return path
+    return [path for path, _, _ in staged]
+
+
+def _fill(tmp: Path, writers: Mapping[str, Callable[[Path], None]]) -> None:
+    """Write every file of ``writers`` into folder ``tmp`` and fsync them and their
+    folders."""
+    for name, write in writers.items():
+        (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+        write(tmp / name)
+        if os.stat(tmp / name).st_nlink == 1:  # a link shares its mode with its source
+            os.chmod(tmp / name, _file_mode())  # some writers (safetensors) make 0o600
+        _fsync(tmp / name)
+    folders = {tmp, *(p for n in writers for p in (tmp / n).parents if tmp in p.parents)}
+    for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+        _fsync_folder(folder)  # every name written, the deepest folders first
 
 
 @functools.cache

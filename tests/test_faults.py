@@ -224,6 +224,32 @@ def test_a_write_protected_folder_is_refused_and_a_leftover_that_stays_is_named(
         remove_stale(tmp_path, "out")
 
 
+def test_folders_written_together_are_all_written_before_any_is_replaced(tmp_path):
+    """A model repository's models: a full disk while the second was written left the
+    first of the new checkpoint beside the others of the old one. Now nothing is replaced
+    until every folder is on disk; a failure leaves them all old, and no temporaries."""
+    import errno
+
+    from bridgegan.files import write_folders_atomic
+
+    def folders(text, fail=False):
+        def second(p):
+            if fail:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            p.write_text(text)
+        return {tmp_path / "a": ({"x.txt": lambda p: p.write_text(text)}, ()),
+                tmp_path / "b": ({"x.txt": second}, ())}
+
+    assert write_folders_atomic(folders("old")) == [tmp_path / "a", tmp_path / "b"]
+    with pytest.raises(OSError, match="No space left"):
+        write_folders_atomic(folders("new", fail=True))
+    assert [(tmp_path / f / "x.txt").read_text() for f in "ab"] == ["old", "old"]
+    assert leftovers(tmp_path) == []
+    write_folders_atomic(folders("new"))
+    assert [(tmp_path / f / "x.txt").read_text() for f in "ab"] == ["new", "new"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]
+
+
 def test_an_earlier_write_or_an_empty_folder_is_replaced(tmp_path):
     target = tmp_path / "out"
     target.mkdir()
@@ -324,7 +350,8 @@ def test_written_files_and_folders_respect_the_umask(ckpt, tmp_path):
 def test_a_repository_links_a_checkpoint_only_as_readable_as_it_writes(ckpt, tmp_path, mode,
                                                                        linked):
     """The user's checkpoint keeps its mode: a private one (0600) is copied into the
-    repository (readable there, 0644), a readable one is hard-linked."""
+    repository (readable there, 0644), a readable one is hard-linked; the models share
+    one copy (the first model's, linked while every folder is still being written)."""
     from bridgegan.serve.repo_python import write_python_repo
 
     source = Path(shutil.copytree(ckpt, tmp_path / "ck"))
@@ -342,6 +369,7 @@ def test_a_repository_links_a_checkpoint_only_as_readable_as_it_writes(ckpt, tmp
             assert placed.read_bytes() == f.read_bytes()
             assert stat.S_IMODE(placed.stat().st_mode) == 0o644
             assert os.path.samefile(placed, f) == linked
+            assert os.path.samefile(placed, folders[0] / "1" / "checkpoint" / f.name)
 
 
 def test_a_repository_model_folder_holding_other_files_is_refused_before_writing(ckpt,

@@ -26,7 +26,7 @@ from .. import __version__
 from ..argtypes import split_device
 from ..engine.export.names import MAX_BATCH, QUEUE_DELAY_US
 from ..engine.export.pbtxt import model_config
-from ..files import check_replaceable, link_or_copy, write_folder_atomic
+from ..files import check_replaceable, link_or_copy, write_folders_atomic
 from ..reference.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_checkpoint
 from .models import ModelSpec, model_specs, run_requests
 from .names import MODELS
@@ -52,7 +52,8 @@ def write_python_repo(checkpoint: str | os.PathLike, out: str | os.PathLike,
                       device: str = "cpu", backend: str = "torch", dtype: str = "float32"
                       ) -> list[Path]:
     """Write one python-backend model folder per served model under ``out`` (each replaced
-    atomically; every folder is checked replaceable before any is written). ``device``
+    atomically, all written before any goes in: ``files.write_folders_atomic``; every
+    folder is checked replaceable before any is written). ``device``
     "cuda" gives GPU instances ("cuda:N": on GPU N); ``backend`` / ``dtype`` are the
     engine's. Returns the model folders."""
     split_device(device)  # a bad device fails before anything is written
@@ -60,7 +61,16 @@ def write_python_repo(checkpoint: str | os.PathLike, out: str | os.PathLike,
     specs = model_specs(config)
     info = {"config": json.loads(config.to_json()), "attributes": list(config.attributes),
             "bridgegan_version": __version__}
-    folders, source = {}, Path(checkpoint)
+    folders, staged = {}, {}  # staged: where the first model's checkpoint files were written
+
+    def checkpoint_file(name: str):
+        """A writer of checkpoint file ``name``: the first model's from the checkpoint, the
+        others linked to that copy (staged: every folder is written before any goes in)."""
+        def write(path: Path) -> None:
+            link_or_copy(staged.get(name, Path(checkpoint) / name))(path)
+            staged.setdefault(name, path)
+        return write
+
     for name in MODELS:
         text = python_model_config(specs[name], max_batch, queue_delay_us, device, backend, dtype)
         meta = {**info, "model": name, "backend": "python",
@@ -68,8 +78,7 @@ def write_python_repo(checkpoint: str | os.PathLike, out: str | os.PathLike,
         folders[Path(out) / name] = {
             "config.pbtxt": _text(text), "bridgegan.json": _text(json.dumps(meta, indent=2) + "\n"),
             "1/model.py": _text(MODEL_PY),
-            **{f"1/checkpoint/{f}": link_or_copy(source / f) for f in (CONFIG_FILE, WEIGHTS_FILE)}}
-        source = Path(out) / name / "1" / "checkpoint"  # written first: later models link it
+            **{f"1/checkpoint/{f}": checkpoint_file(f) for f in (CONFIG_FILE, WEIGHTS_FILE)}}
     # the bytecode Python caches beside model.py when tritonserver's stub imports it
     # ("<version>.model"): a repository that has been served is still one of ours
     cached = {folder: [str(p.relative_to(folder))
@@ -77,8 +86,8 @@ def write_python_repo(checkpoint: str | os.PathLike, out: str | os.PathLike,
               for folder in folders}
     for folder, writers in folders.items():
         check_replaceable(folder, [*writers, *cached[folder]])
-    return [write_folder_atomic(folder, writers, replaces=cached[folder])
-            for folder, writers in folders.items()]
+    return write_folders_atomic({folder: (writers, cached[folder])
+                                 for folder, writers in folders.items()})
 
 
 class TritonPythonModel:

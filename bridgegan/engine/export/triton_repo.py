@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ... import __version__
-from ...files import check_replaceable, write_folder_atomic
+from ...files import check_replaceable, write_folders_atomic
 from ...reference.checkpoint import load_checkpoint
 from ...reference.config import BridgeGANConfig
 from .names import MAX_BATCH, PREFERRED_BATCHES, PROGRAMS, QUEUE_DELAY_US, TRITON_TYPES
@@ -95,7 +95,8 @@ def write_triton_repo(checkpoint: str | os.PathLike, out: str | os.PathLike,
                       max_batch_size: int = MAX_BATCH, preferred: Iterable[int] = PREFERRED_BATCHES,
                       queue_delay_us: int = QUEUE_DELAY_US,
                       expected_config: BridgeGANConfig | None = None) -> list[Path]:
-    """Write one model folder per program graph under ``out`` (each replaced atomically);
+    """Write one model folder per program graph under ``out`` (each replaced atomically,
+    all written before any goes in: ``files.write_folders_atomic``);
     the ONNX graphs come from ``onnx_dir`` (exported there when missing; default: the
     export cache). Returns the model folders."""
     for name in PROGRAMS:
@@ -107,7 +108,7 @@ def write_triton_repo(checkpoint: str | os.PathLike, out: str | os.PathLike,
     manifest = read_manifest(folder)
     plans = _plans_by_graph(plans, manifest, folder)
     info = {k: manifest[k] for k in ("config", "attributes", "opset", "rewrites")}
-    written = []
+    folders = {}
     for name in PROGRAMS:
         if name in plans:
             plan, top = plans[name]
@@ -119,8 +120,8 @@ def write_triton_repo(checkpoint: str | os.PathLike, out: str | os.PathLike,
         text = graph_config(name, manifest["graphs"][name], platform, top, preferred,
                             queue_delay_us)
         meta = {**info, "graph": name, "platform": platform, "bridgegan_version": __version__}
-        written.append(write_folder_atomic(Path(out) / name, {
+        folders[Path(out) / name] = ({
             "config.pbtxt": _bytes(text.encode()), "bridgegan.json": _bytes(
                 (json.dumps(meta, indent=2) + "\n").encode()), f"1/{file}": _bytes(data)},
-            replaces=MODEL_FILES))
-    return written
+            MODEL_FILES)
+    return write_folders_atomic(folders)
