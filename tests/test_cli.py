@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -555,8 +556,16 @@ def test_bench_interrupted_keeps_the_rows_measured_before(tmp_path, monkeypatch)
     with pytest.raises(Killed):
         _bench("reference:float32,torch:float32", batches=(1, 2), out=tmp_path)
     assert (tmp_path / "bench.csv").read_text() == "the last complete table\n"  # kept
-    assert _csv_rows(tmp_path / PARTIAL_CSV) == [
-        ("reference-float32", "1", "latency"), ("torch-float32", "1", "latency")]
+    measured = [("reference-float32", "1", "latency"), ("torch-float32", "1", "latency")]
+    assert _csv_rows(tmp_path / PARTIAL_CSV) == measured
+    # the next run moves the interrupted run's rows aside (it truncated them), named by
+    # their last write
+    stamp = time.strftime("%Y%m%d-%H%M%S",
+                          time.localtime((tmp_path / PARTIAL_CSV).stat().st_mtime))
+    monkeypatch.undo()
+    _bench("torch:float32", batches=(1,), out=tmp_path)
+    assert _csv_rows(tmp_path / f"bench.partial-{stamp}.csv") == measured
+    assert _csv_rows(tmp_path / PARTIAL_CSV) == [("torch-float32", "1", "latency")]
 
 
 def test_bench_times_the_variants_of_a_row_in_alternation(monkeypatch):

@@ -344,12 +344,19 @@ def _why(exc: Exception) -> str:
 def _streamed(out: str | Path | None):
     """A function that appends a row to ``out``/PARTIAL_CSV (the header first) and flushes
     it, so that an interrupted run keeps every row measured (beside the last complete
-    table, which stays until ``write_results`` replaces it); a no-op without ``out``."""
+    table, which stays until ``write_results`` replaces it); a no-op without ``out``. An
+    interrupted run's rows found there are moved aside first (``partial_aside``), not
+    truncated."""
     if out is None:
         yield lambda row: None
         return
     Path(out).mkdir(parents=True, exist_ok=True)
-    with open(Path(out) / PARTIAL_CSV, "w", newline="") as f:
+    partial = Path(out) / PARTIAL_CSV
+    if partial.is_file():
+        aside = partial_aside(partial)
+        os.replace(partial, aside)
+        print(f"bench: kept an interrupted run's rows in {aside}", file=sys.stderr)
+    with open(partial, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=FIELDS)
         writer.writeheader()
         f.flush()
@@ -359,6 +366,18 @@ def _streamed(out: str | Path | None):
             f.flush()
 
         yield add
+
+
+def partial_aside(partial: Path) -> Path:
+    """Where an interrupted run's PARTIAL_CSV goes when another run starts: named after
+    its last write (``bench.partial-YYYYMMDD-HHMMSS.csv``; a second one of that second
+    gets a counter)."""
+    stamp = dt.datetime.fromtimestamp(partial.stat().st_mtime).strftime("%Y%m%d-%H%M%S")
+    aside, k = partial.with_name(f"{partial.stem}-{stamp}.csv"), 1
+    while aside.exists():
+        k += 1
+        aside = partial.with_name(f"{partial.stem}-{stamp}-{k}.csv")
+    return aside
 
 
 def _check_resolutions(resolutions: list[int], checkpoint: str | None,
