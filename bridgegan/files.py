@@ -396,12 +396,13 @@ def lock_file(path: str | os.PathLike) -> Path:
 
 
 @contextlib.contextmanager
-def locked(path: str | os.PathLike) -> Iterator[None]:
+def locked(path: str | os.PathLike, remove: bool = False) -> Iterator[None]:
     """Hold an exclusive lock on ``path``'s lock file (``lock_file``) for the duration:
     processes doing the same first-time work wait for one another. The kernel drops the
     lock when its holder dies, so a kill never leaves it held. A lock file removed
     (``remove_lock``) while a process waited for it is not the lock any more: the waiter
-    then locks the file now there, made anew if need be."""
+    then locks the file now there, made anew if need be. ``remove``: the lock file goes
+    as the lock is released (beside a folder the user named: no ``.NAME.lock`` left)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = lock_file(path)
@@ -418,6 +419,8 @@ def locked(path: str | os.PathLike) -> Iterator[None]:
     try:
         yield
     finally:
+        if remove:
+            remove_lock(path)  # still held: a waiter then locks a new file
         os.close(fd)  # releases the lock
 
 
@@ -451,10 +454,10 @@ def locked_paths(folder: str | os.PathLike) -> list[Path]:
 
 
 def remove_lock(path: str | os.PathLike) -> None:
-    """Remove ``path``'s lock file, from inside ``locked(path)`` once ``path`` is gone (a
-    removed folder's lock file would otherwise stay for good: one per folder ever
-    locked). Those waiting for it then lock a new one; the caller must do nothing more
-    that needs the lock."""
+    """Remove ``path``'s lock file, from inside ``locked(path)`` (once ``path`` is gone: a
+    removed folder's lock file would otherwise stay for good, one per folder ever locked;
+    or as the lock is released: ``locked``'s ``remove``). Those waiting for it then lock a
+    new one; the caller must do nothing more that needs the lock."""
     with contextlib.suppress(FileNotFoundError):
         lock_file(path).unlink()
 

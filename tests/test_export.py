@@ -753,6 +753,17 @@ def test_tensorrt_build_refuses_the_fp16_onnx_variant(ckpt, tmp_path):
         build_config(out / "trunk_fp16.onnx", "fp32")
 
 
+def test_an_export_into_a_named_folder_leaves_no_lock_file_beside_it(model, tmp_path):
+    """`.NAME.lock` stayed beside every export folder a user named, a refused one's too
+    (the cache's go with their folders, when pruned)."""
+    export_model(model, tmp_path / "x", ["trunk"], ["fp32"])
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(ValueError, match="is a symbolic link"):
+        export_model(model, tmp_path / "link", ["trunk"], ["fp32"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere", "link", "x"]
+
+
 def test_tensorrt_builds_the_attribute_head_in_fp32_only(exported):
     """classify's logits are thresholds at 0: an fp16 / bf16 plan (the default precision)
     would tip labels near 0, so only an fp32 plan of it is built."""

@@ -553,7 +553,9 @@ def export_model(model: BridgeGAN, out: str | os.PathLike | None = None,
     require_onnx("ONNX export")
     check_writable_folder(out, "the export cache ($BRIDGEGAN_CACHE) folder" if cached
                           else "the ONNX export folder", replaced=True)
-    with locked(out):  # another process may have exported meanwhile: look again
+    # another process may have exported meanwhile: look again. A folder the caller named
+    # keeps no lock file beside it; the cache's go with their folders (``cache.prune``)
+    with locked(out, remove=not cached):
         # leftovers of killed writes first: a folder a killed swap moved aside comes back
         # (else it counts as missing and is then in the way), and temporary files inside
         # it (a TensorRT plan build's) would block the replacement of the folder
