@@ -135,8 +135,17 @@ def write_file_atomic(path: str | os.PathLike, data: bytes) -> Path:
     file keeps its permissions. What is not a plain file is written into, never replaced:
     a descriptor's path (/dev/stdout: the descriptor itself, so a redirected log is
     appended to, not truncated), a device or pipe (/dev/null), a link (opened through:
-    the system's rules for links in shared folders apply, and the link stays)."""
+    the system's rules for links in shared folders apply, and the link stays). An OSError
+    names ``path`` (a full disk's "No space left on device" names no file)."""
     path = Path(path)
+    try:
+        return _write_file(path, data)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def _write_file(path: Path, data: bytes) -> Path:
+    """``write_file_atomic``'s write."""
     fd = _descriptor(path)
     if fd is not None:
         for stream in (sys.stdout, sys.stderr):  # what Python buffered goes first

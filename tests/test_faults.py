@@ -458,8 +458,10 @@ def test_a_failed_file_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path
         monkeypatch.setattr(files.os, "replace", lambda src, dst: fail())
     else:
         monkeypatch.setattr(files.os, "fsync", fsync)
-    with pytest.raises(KeyboardInterrupt if fails == "interrupt" else OSError):
+    with pytest.raises(KeyboardInterrupt if fails == "interrupt" else OSError) as failed:
         write_file_atomic(target, new)
+    if fails != "interrupt":  # the error names the file (a full disk's text names none)
+        assert str(failed.value) == f"[Errno 5] cannot write {target}: Input/output error"
     monkeypatch.setattr(files.os, "fsync", real_fsync)
     monkeypatch.setattr(files.os, "replace", real_replace)
     (names, contents), = seen
