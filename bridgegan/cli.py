@@ -284,13 +284,11 @@ def entry() -> None:
     Ctrl-C stopped (status 128 + SIGINT: an interruption, or a run that stopped on SIGINT)
     ends by SIGINT itself, its exit handlers run first: a shell stops a loop or script
     only for a child that SIGINT ended."""
-    import atexit
+    from .exits import finish
 
     status = main()
     if status == 128 + signal.SIGINT:
-        atexit._run_exitfuncs()
-        for stream in (sys.stdout, sys.stderr):
-            stream.flush()
+        finish()
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGINT)
     sys.exit(status)

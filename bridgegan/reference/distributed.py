@@ -8,16 +8,15 @@ DistributedDataParallel's gradient average then equals the one-process gradient.
 """
 from __future__ import annotations
 
-import atexit
-import contextlib
 import datetime
 import os
-import sys
 from dataclasses import dataclass
 from typing import NoReturn
 
 import torch
 import torch.distributed as dist
+
+from ..exits import finish
 
 
 @dataclass(frozen=True)
@@ -83,10 +82,7 @@ def end_process(status: int) -> NoReturn:
     handlers run here, with the interpreter whole, and the process ends without the rest
     (which would also join non-daemon threads: training starts none).
     """
-    atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):  # a reader gone, a stream closed
-            stream.flush()
+    finish()
     os._exit(status)
 
 
