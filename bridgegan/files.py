@@ -471,23 +471,25 @@ def remove_lock(path: str | os.PathLike) -> None:
         lock_file(path).unlink()
 
 
-def check_apart(output: str | os.PathLike, what: str,
+def check_apart(outputs: str | os.PathLike | Iterable[str | os.PathLike], what: str,
                 inputs: Iterable[tuple[str, str | os.PathLike | None]]) -> None:
-    """Refuse (ValueError), before any work, an output ``what`` that is one of ``inputs``
-    ((option, path) pairs; a None path: not given), lies inside one (a checkpoint folder)
-    or holds one: writing it would overwrite, replace or add to what the command reads.
-    Paths are compared resolved (links followed)."""
-    out = Path(output).resolve()
-    for option, given in inputs:
-        if given is None:
-            continue
-        source = Path(given).resolve()
-        relation = ("is" if out == source else "is inside" if source in out.parents
-                    else "holds" if out in source.parents else None)
-        if relation:
-            raise ValueError(f"{what} {output} {relation} {option} {given}: a command writes "
-                             f"nothing over, into or around what it reads; choose another "
-                             f"path")
+    """Refuse (ValueError), before any work, an output ``what`` (a path, or several: each
+    resolved once, so a translation of many inputs checks in linear time) that is one of
+    ``inputs`` ((option, path) pairs; a None path: not given), lies inside one (a
+    checkpoint folder) or holds one: writing it would overwrite, replace or add to what
+    the command reads. Paths are compared resolved (links followed)."""
+    if isinstance(outputs, (str, os.PathLike)):
+        outputs = [outputs]
+    outs = {Path(o).resolve(): o for o in outputs}
+    ins = {Path(g).resolve(): (option, g) for option, g in inputs if g is not None}
+    found = [("is", o, out) for out, o in outs.items() if out in ins]
+    found += [("is inside", o, p) for out, o in outs.items() for p in out.parents if p in ins]
+    found += [("holds", outs[p], source) for source in ins for p in source.parents if p in outs]
+    if found:
+        relation, output, source = found[0]
+        option, given = ins[source]
+        raise ValueError(f"{what} {output} {relation} {option} {given}: a command writes "
+                         f"nothing over, into or around what it reads; choose another path")
 
 
 def check_file_targets(folder: str | os.PathLike, names: Iterable[str],

@@ -50,9 +50,8 @@ def output_names(inputs: list[str], samples: int, edits: bool, references: list[
     suffixes = [f"_edit{k + 1}" for k in range(samples)] if edits else []
     suffixes += ["_reference"] if references else []
     names = [[f"{stem}{s}.png" for s in suffixes] for stem in seen]
-    given = [*(("--input", p) for p in inputs), *(("--reference", r) for r in references)]
-    for name in (GRID, *(n for row in names for n in row)):
-        check_apart(out / name, "output", given)
+    check_apart([out / n for n in (GRID, *(n for row in names for n in row))], "output",
+                [*(("--input", p) for p in inputs), *(("--reference", r) for r in references)])
     return names
 
 
