@@ -7,6 +7,8 @@ import os
 import re
 from pathlib import Path
 
+from .files import check_name_fits
+
 
 def _int_at_least(text: str, low: int) -> int:
     """``text`` as an integer >= ``low``, refused with the value given otherwise."""
@@ -112,6 +114,10 @@ def output_file(text: str) -> str:
                                                        and not os.access(path, os.W_OK)):
         problem = "cannot be written"
     else:
+        try:
+            check_name_fits(path)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
         return text
     raise argparse.ArgumentTypeError(f"{text} {problem}: give a file path in an existing "
                                      f"folder you can write to")

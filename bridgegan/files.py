@@ -501,6 +501,28 @@ def check_file_targets(folder: str | os.PathLike, names: Iterable[str],
         if (Path(folder) / name).is_dir():
             raise ValueError(f"{what} {folder} holds a folder {name} where this command "
                              f"writes a file: move it, or choose another {what}")
+        check_name_fits(Path(folder) / name, what)
+
+
+def check_name_fits(path: str | os.PathLike, what: str = "") -> None:
+    """Refuse (ValueError), before any work, a file or folder name too long for its file
+    system once a write works in its temporary name (``_temp_name``, a few bytes longer):
+    it would fail only as the result is put in place, after the work."""
+    path = Path(path)
+    folder = path.parent
+    while not folder.is_dir() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        limit = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255  # every common file system's
+    longest = len(os.fsencode(_temp_name(path, "tmp").name))
+    if longest > limit:
+        extra = longest - len(os.fsencode(path.name))
+        raise ValueError(f"{what} {path}".lstrip() + f": the name is too long for its "
+                         f"file system ({limit} bytes a name, and a write goes through a "
+                         f"temporary name {extra} bytes longer): give a name of at most "
+                         f"{limit - extra} bytes")
 
 
 class NotWritableError(ValueError):
@@ -526,4 +548,6 @@ def check_writable_folder(path: str | os.PathLike, what: str = "--out",
         where = "" if existing == path else f" (it is written in {existing})"
         raise NotWritableError(f"{what} {path} is not writable{where}: give a folder you "
                                f"can write to")
+    if replaced:
+        check_name_fits(path, what)
     return path

@@ -730,6 +730,29 @@ def test_a_folder_where_a_command_writes_a_file_is_refused_before_any_work(cli_f
         assert [p.name for p in out.iterdir()] == [name]
 
 
+def test_a_name_too_long_once_written_through_its_temporary_name_is_refused_before_any_work(
+        cli_files, tmp_path, capsys):
+    """An output name within a few bytes of the file system's limit failed as the file was
+    put in place, after the work, naming its temporary file (``.NAME.tmp-PID-XXXX``)."""
+    long_input = tmp_path / ("f" * 240 + ".png")  # its output: STEM_edit1.png, 249 bytes
+    shutil.copy(cli_files / "face.png", long_input)
+    cases = [(["translate", "--checkpoint", str(cli_files / "ck"), "--input", str(long_input),
+               "--set", "Male=1", "--out", str(tmp_path / "out")], "_edit1.png"),
+             (["eval", "--checkpoint", str(cli_files / "ck"), "--classifier", "unused",
+               "--json", str(tmp_path / ("e" * 250 + ".json"))], "e.json"),
+             (["export", "onnx", str(cli_files / "ck"), str(tmp_path / ("x" * 250))], "x")]
+    for argv, ending in cases:
+        try:
+            status = main(argv)
+        except SystemExit as exc:  # argparse's refusal (--json is an output_file)
+            status = exc.code
+        assert status == 2, argv
+        err = capsys.readouterr().err
+        assert f"{ending}: the name is too long for its file system (255 bytes a name, and a " \
+            "write goes through a temporary name" in err, argv
+    assert sorted(p.name for p in tmp_path.iterdir()) == [long_input.name]
+
+
 # ----- numbers and paths on the command line -------------------------------------------
 BAD_NUMBERS = [
     (["bench", "--reps", "0"], "--reps: must be an integer >= 1, got '0'"),
