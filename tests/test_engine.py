@@ -539,6 +539,22 @@ def test_source_labels_default_to_the_attribute_head(model):
                        eng.translate(x, {"Young": 1}, seed=2, source=ys))
 
 
+def test_torchs_head_runs_channels_last_on_a_cpu_to_a_float64_d(model):
+    """The torch backends' attribute head keeps its weights channels_last on a CPU (faster
+    there), its logits still D's: within float32's op tolerance of D in float64."""
+    from bridgegan.numerics import float64_model
+
+    eng = Engine(model, backend="torch")
+    weights = [p for p in eng.attribute_logits.parameters() if p.dim() == 4]
+    assert weights and all(p.is_contiguous(memory_format=torch.channels_last) for p in weights)
+    x = images(8, model.config.image_size, 16)
+    with torch.no_grad():
+        want = float64_model(model.discriminator).classify(x.double())
+        got = eng.attribute_logits(x)
+    assert got.dtype == torch.float32
+    assert errors(got, want)[1] <= tolerance("float32").op_rel
+
+
 def test_pil_inputs_modes_and_sizes(model):
     cfg = model.config
     eng = Engine(model)

@@ -20,7 +20,7 @@ from importlib.util import find_spec
 from typing import TYPE_CHECKING
 
 from ...numerics import dtype_name
-from .base import BackendUnavailable
+from .base import BackendUnavailable, place
 
 if TYPE_CHECKING:
     import torch
@@ -74,15 +74,21 @@ class Backend:
     def classifier(self, model, rewrites, device, onnx_dir=None):
         """D's attribute head on ``device``: images (N, 3, S, S) -> float32 logits (N, A)
         (the backend module's ``build_classifier`` where it has one and that gives one,
-        else ``graph.AttributeHead``)."""
+        else ``graph.AttributeHead``, its weights channels_last on a CPU: ``Engine.classify``
+        1.1x as fast at batch 1 and 1.3x at batch 8 at 32 px, 1.3-1.4x at 128 px, one
+        thread, this workplace's 2-core CPU, 2026-12-07; a GPU's layout is left as it was,
+        unmeasured)."""
         module = importlib.import_module(f".{self.name}", __package__)
         build = getattr(module, "build_classifier", None)
         head = build(model, rewrites, device, onnx_dir) if build else None
         if head is not None:
             return head
+        import torch
+
         from ..graph import AttributeHead
 
-        return AttributeHead(model).to(device).eval()
+        return place(AttributeHead(model), torch.float32, device,
+                     channels_last=device_type(device) == "cpu")
 
 
 REGISTRY: dict[str, Backend] = {b.name: b for b in (
