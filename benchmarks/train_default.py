@@ -91,7 +91,7 @@ def bridgegan(argv: list[str], log: list[str]) -> None:
 
 
 def run(out: Path, device: str, minutes: float | None, dry: bool, interim: bool = False) -> int:
-    from bridgegan.demo import ship
+    from bridgegan.reference.shipping import ship
     from bridgegan.evaluate import missed_targets
     from bridgegan.reference.train_state import latest_checkpoint
 

@@ -804,6 +804,31 @@ def test_bad_numbers_are_refused_by_the_parser(tmp_path, monkeypatch, capsys, ar
     assert not list(tmp_path.iterdir())  # nothing written
 
 
+def test_train_takes_a_gpu_index_and_names_the_devices_it_cannot_use(tmp_path, monkeypatch,
+                                                                    capsys):
+    """train took only cpu or cuda (every other command takes cuda:N); a device it cannot
+    use is one line, before any work, from the check the Trainer makes too."""
+    from bridgegan.reference.trainer import device_problem
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["train", "--data", "synthetic:8", "--device", "cuda:1"]) == 2
+    assert "bridgegan train: error: --device cuda:1: torch sees no CUDA device" in \
+        capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--data", "synthetic:8", "--device", "mps"])
+    assert "argument --device: device must be cpu, cuda or cuda:N, got 'mps'" in \
+        capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert device_problem("cuda:1", distributed=False) is None
+    assert device_problem("cuda:2", False) == "torch sees 2 CUDA device(s): cuda:0 to cuda:1"
+    assert device_problem("cuda:0", True) == ("under torchrun each process takes GPU "
+                                              "LOCAL_RANK: give cuda")
+    assert device_problem("cuda", True) is None and device_problem("cpu", True) is None
+
+
 def test_a_zero_queue_delay_is_accepted():
     from bridgegan.cli import build_parser
 
@@ -1123,6 +1148,12 @@ def test_engine_arguments_of_the_wrong_type_are_named(model, tmp_path):
             Engine(model, rewrites=rewrites)
     with pytest.raises(ValueError, match="Rewrites.fold_bias must be True or False, got 'no'"):
         Rewrites(fold_bias="no")
+    with pytest.raises(ValueError, match="unknown rewrite 'fast'; rewrites are merge_gamma_beta"):
+        Rewrites.without("fast")
+    with pytest.raises(ValueError, match=r"backend 'reference' runs the unmodified model: "
+                                         r"rewrites apply to the backends of the rewritten "
+                                         r"graph \(torch, triton"):
+        Engine(model, backend="reference", rewrites=Rewrites.none())  # was silently ignored
     with pytest.raises(ValueError, match="backend must be a name: auto, reference, torch, .*; "
                                          "got list"):
         Engine(model, backend=["torch"])

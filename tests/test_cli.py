@@ -146,14 +146,15 @@ def test_demo_captions_belong_to_their_own_row():
 def test_demo_loads_the_shipped_model_with_its_numbers(tmp_path, monkeypatch, capsys):
     from bridgegan import demo
     from bridgegan.reference.data import PROCEDURAL_ATTRIBUTES
+    from bridgegan.reference.shipping import ship
 
     torch.manual_seed(0)
     m = randomize(BridgeGAN(small_config(32, attributes=PROCEDURAL_ATTRIBUTES))).eval()
     save_checkpoint(tmp_path / "ck", m)
     report = {"label_edit_accuracy": 0.5, "label_preservation": 0.9, "reconstruction_psnr_db": 20.0,
               "strength": 1.25}
-    shipped = demo.ship(tmp_path / "ck", report, {"commands": ["bridgegan train"]},
-                        tmp_path / "default")
+    shipped = ship(tmp_path / "ck", report, {"commands": ["bridgegan train"]},
+                   tmp_path / "default")
     assert read_config(shipped).edit_strength == 1.25  # edits by default as it was measured
     weights = read_tensors(shipped / "model.safetensors")
     assert {t.dtype for t in weights.values() if t.is_floating_point()} == {torch.float16}
@@ -167,7 +168,7 @@ def test_demo_loads_the_shipped_model_with_its_numbers(tmp_path, monkeypatch, ca
     # shipped again over a folder as train_default leaves it (a model card and its judge)
     (shipped / "MODEL_CARD.md").write_text("card")
     shutil.copytree(ROOT / "bridgegan" / "assets" / "default" / "judge", shipped / "judge")
-    again = demo.ship(tmp_path / "ck", report, {"commands": ["bridgegan train"]}, shipped)
+    again = ship(tmp_path / "ck", report, {"commands": ["bridgegan train"]}, shipped)
     assert sorted(p.name for p in again.iterdir()) == [
         "config.json", "eval.json", "model.safetensors", "training.json"]
 

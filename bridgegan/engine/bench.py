@@ -89,7 +89,7 @@ import platform
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -100,7 +100,7 @@ from ..files import write_file_atomic
 from ..numerics import dtype_name
 from ..reference.config import BridgeGANConfig
 from ..reference.model import BridgeGAN
-from ..timing import synchronize, time_calls
+from ..timing import p50_p20_p80, synchronize, time_calls
 from ..torch_flags import no_tf32
 from . import roofline
 from .backends import AUTO, BACKENDS, REGISTRY, BackendUnavailable
@@ -154,7 +154,7 @@ class Variant:
 
     @property
     def rewrites(self) -> Rewrites:
-        return Rewrites(**{r: False for r in self.without})
+        return Rewrites.without(*self.without)
 
     @classmethod
     def parse(cls, text: str) -> "Variant":
@@ -165,20 +165,19 @@ class Variant:
         without = tuple(p[1:] for p in parts[2:] if p.startswith("-"))
         if len(parts) < 2 or any(p not in cls.TAGS for p in tags):
             raise ValueError(f"variant {text!r}: expected {cls.FORM}")
-        if without and parts[0] == "reference":
-            raise ValueError(f"variant {text!r}: the reference backend runs the unmodified "
-                             "model; -REWRITE tags apply to the rewritten graph's backends")
-        names = [f.name for f in fields(Rewrites)]
-        for r in without:
-            if r not in names:
-                raise ValueError(f"variant {text!r}: unknown rewrite {r!r}; rewrites are "
-                                 f"{', '.join(names)}")
         if parts[0] == AUTO:  # a row is one named backend (auto picks by the device)
             raise ValueError(f"variant {text!r}: {AUTO!r} is not a bench variant; name the "
                              f"backend, one of {', '.join(BACKENDS)}")
         if parts[0] not in BACKENDS:
             raise ValueError(f"variant {text!r}: unknown backend {parts[0]!r}; backends: "
                              f"{', '.join(BACKENDS)}")
+        if without and not REGISTRY[parts[0]].rewritten:
+            raise ValueError(f"variant {text!r}: the {parts[0]} backend runs the unmodified "
+                             "model; -REWRITE tags apply to the rewritten graph's backends")
+        try:
+            Rewrites.without(*without)
+        except ValueError as exc:
+            raise ValueError(f"variant {text!r}: {exc}") from None
         return cls(parts[0], parts[1], *(t in tags for t in cls.TAGS), without=without)
 
 
@@ -291,14 +290,6 @@ def _workload_fn(eng: Engine, workload: str, batch: int, seed: int):
     # strip or strip_nocache (run_matrix refuses other names)
     samples, cache = _strip_samples(cfg, batch), workload == "strip"
     return lambda: eng.edit_strip(x[:1], samples=samples, source=ys[:1], cache=cache)
-
-
-def _flops_per_image(cfg: BridgeGANConfig, workload: str, n: int) -> float:
-    if workload.startswith("strip"):
-        return roofline.strip_flops(cfg, n, cached=True) / n  # useful work
-    if workload == "samples":
-        return roofline.samples_flops(cfg, n // BENCH_SAMPLES, BENCH_SAMPLES) / n
-    return roofline.workload_flops(cfg, workload)
 
 
 def _is_baseline(variant: str) -> bool:
@@ -464,7 +455,7 @@ def _latency(ms: list[float], n: int, flop: float, first: float, peak: float | s
     """The measured columns of a row whose calls of ``n`` images (``flop`` per image) took
     ``ms`` milliseconds each; its roofline share is over ``peak_flops``, the matrix peak in
     the row's dtype."""
-    p20, p50, p80 = np.percentile(ms, [20, 50, 80])
+    p50, p20, p80 = p50_p20_p80(ms)
     per_s = n / (p50 / 1e3)
     return dict(metric="latency", unit="ms", p50=round(p50, 4), p20=round(p20, 4),
                 p80=round(p80, 4), samples=len(ms), images_per_s=round(per_s, 2),
@@ -525,8 +516,8 @@ def _cell_rows(ready: list[_Ready], workload: str, batch: int, dev: torch.device
         # graphs' backends, whose own allocators torch does not see
         peak = ("" if dev.type != "cuda" or r.cuda_graphs or REGISTRY[r.engine.backend].exported
                 else round((r.resident + held[i] + extra[i]) / 2 ** 20, 1))
-        rows[i].update(_latency([t for m in ms[i] for t in m], n,
-                                _flops_per_image(cfg, workload, n), first[i], peak,
+        flops = roofline.workload_flops(cfg, workload, n, BENCH_SAMPLES)
+        rows[i].update(_latency([t for m in ms[i] for t in m], n, flops, first[i], peak,
                                 peaks["matmul_flops_by_dtype"][r.base["dtype"]]),
                        spread=round(max(medians) / min(medians), 3) if rounds > 1 else "",
                        parity=_row_parity(r.verdict, r.checked, (workload, n)))

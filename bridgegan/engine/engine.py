@@ -40,6 +40,7 @@ from ..reference.attributes import apply_edits, check_names, set_rows
 from ..reference.checkpoint import load_checkpoint
 from ..reference.config import MAX_SCALE, BridgeGANConfig
 from ..reference.model import BridgeGAN
+from ..reference.records import listed
 from ..torch_flags import cudnn_search, no_tf32
 from .backends import ALL_DTYPES, AUTO, REGISTRY, check_backend
 from .cudagraphs import MAX_ROWS, CudaGraphed, GraphMemory, bucket_floor, in_chunks
@@ -143,10 +144,9 @@ def check_weights(model: BridgeGAN, dtype: torch.dtype) -> None:
         if not peak <= big:  # NaN too
             bad.append(f"{name} (max |value| {peak:g})")
     if bad:
-        shown = ", ".join(bad[:8]) + (f" ... and {len(bad) - 8} more" if len(bad) > 8 else "")
         raise ValueError(f"the model's weights are not finite in {dtype_name(dtype)} (largest "
-                         f"finite value {torch.finfo(dtype).max:g}): {shown}; use a dtype that "
-                         f"holds them (float32) or a sound checkpoint")
+                         f"finite value {torch.finfo(dtype).max:g}): {listed(bad)}; use a "
+                         f"dtype that holds them (float32) or a sound checkpoint")
 
 
 def check_output(out: torch.Tensor, dtype: torch.dtype, backend: str) -> torch.Tensor:
@@ -358,6 +358,10 @@ class Engine:
             exporters = ", ".join(b.name for b in REGISTRY.values() if b.exported)
             raise ValueError(f"onnx_dir is the export folder of the backends that run ONNX "
                              f"graphs ({exporters}); backend {spec.name!r} runs none")
+        if rewrites not in (None, Rewrites()) and not spec.rewritten:
+            rewritten = ", ".join(b.name for b in REGISTRY.values() if b.rewritten)
+            raise ValueError(f"backend {spec.name!r} runs the unmodified model: rewrites apply "
+                             f"to the backends of the rewritten graph ({rewritten})")
         self.backend = spec.name
         check_weights(model, self.dtype)
         if channels_last is None:

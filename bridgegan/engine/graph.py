@@ -113,10 +113,21 @@ class Rewrites:
 
     @classmethod
     def only(cls, name: str) -> "Rewrites":
-        names = [f.name for f in fields(cls)]
-        if name not in names:
-            raise ValueError(f"unknown rewrite {name!r}; rewrites are {names}")
-        return cls(**{n: n == name for n in names})
+        cls._check_names([name])
+        return cls(**{f.name: f.name == name for f in fields(cls)})
+
+    @classmethod
+    def without(cls, *names: str) -> "Rewrites":
+        """Every rewrite but ``names``."""
+        cls._check_names(names)
+        return cls(**{n: False for n in names})
+
+    @classmethod
+    def _check_names(cls, names) -> None:
+        known = [f.name for f in fields(cls)]
+        for name in names:
+            if name not in known:
+                raise ValueError(f"unknown rewrite {name!r}; rewrites are {', '.join(known)}")
 
     def enabled(self) -> list[str]:
         return [f.name for f in fields(self) if getattr(self, f.name)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from ..numerics import dtype_name
 from ..reference.config import BridgeGANConfig
 from ..timing import copy_bandwidth, p50_p20_p80, time_calls
 
@@ -66,19 +67,27 @@ def mapping_flops(cfg: BridgeGANConfig) -> int:
     return f + _conv(c, c, 1, cfg.latent_size)
 
 
-def workload_flops(cfg: BridgeGANConfig, workload: str) -> int:
-    """Reference FLOPs per output image of a workload.
+def workload_flops(cfg: BridgeGANConfig, workload: str, images: int = 1,
+                   samples: int = 1) -> float:
+    """Reference FLOPs per output image of a bench workload (``options.WORKLOADS``) of
+    ``images`` outputs.
 
     translate: trunk + decode + E(x, -d) + M; reference: trunk + decode + 2 E (the source's
-    and one reference's); strip: decode + E + M per image, with the trunk once per strip of
-    ``strip_size(cfg, samples)`` images (see ``strip_flops``).
+    and one reference's); samples: ``samples`` outputs per source (``samples_flops``);
+    strip and strip_nocache: one edit strip of ``images`` outputs, counted with the trunk
+    once (the useful work, ``strip_flops``).
     """
     g = generator_trunk_flops(cfg) + generator_decode_flops(cfg)
     if workload == "translate":
         return g + encoder_flops(cfg) + mapping_flops(cfg)
     if workload == "reference":
         return g + 2 * encoder_flops(cfg)
-    raise ValueError(f"unknown workload {workload!r}; use translate, reference or strip_flops()")
+    if workload == "samples":
+        return samples_flops(cfg, images // samples, samples) / images
+    if workload in ("strip", "strip_nocache"):
+        return strip_flops(cfg, images, cached=True) / images
+    raise ValueError(f"unknown workload {workload!r}; accepted: translate, reference, "
+                     f"samples, strip, strip_nocache")
 
 
 def strip_flops(cfg: BridgeGANConfig, images: int, cached: bool) -> int:
@@ -107,5 +116,5 @@ def measure_peaks(device: torch.device, dtype: torch.dtype, quick: bool = False)
     t_mm = p50_p20_p80(time_calls(lambda: a @ b, device, warmup=1, reps=reps))[0]
     nbytes = (1 << 30 if device.type == "cuda" else 1 << 27) >> (4 if quick else 0)
     copy = copy_bandwidth(device, nbytes, warmup=1, reps=reps)
-    return {"matmul_flops": 2 * n ** 3 / t_mm, "matmul_dtype": str(dtype).replace("torch.", ""),
+    return {"matmul_flops": 2 * n ** 3 / t_mm, "matmul_dtype": dtype_name(dtype),
             "copy_bytes_per_s": copy["p50"]}

@@ -57,8 +57,8 @@ import torch.nn.functional as F
 from ..numerics import dtype_name, errors, tolerance
 from ..timing import time_calls
 from ..torch_flags import tf32_key
-from .dispatch import (KernelFallbackWarning, Launch, caller_stacklevel, recording_launches,
-                       run_launches, tracing, triton_module)
+from .dispatch import (KernelFallbackWarning, Launch, caller_stacklevel, check_impl,
+                       recording_launches, run_launches, tracing, triton_module)
 from .layout import memory_format, next_pow2
 
 __all__ = ["conv2d_relu"]
@@ -214,9 +214,7 @@ def conv2d_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
                 impl: str = "auto") -> torch.Tensor:
     """``relu(conv2d(x, weight, bias))`` (or ``conv_transpose2d``) as one library call
     where the device has one; see the module docstring."""
-    if impl not in IMPLS:
-        raise ValueError(f"conv2d_relu: unknown impl {impl!r}; accepted: "
-                         f"{', '.join(repr(i) for i in IMPLS)}")
+    check_impl("conv2d_relu", impl, IMPLS)
     given = [t for t in (x, weight, bias) if t is not None]
     if len({t.dtype for t in given}) > 1:  # as the plain ops refuse them (oneDNN would not)
         raise ValueError("conv2d_relu: x, weight and bias must have one dtype, got "

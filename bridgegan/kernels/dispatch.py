@@ -12,6 +12,7 @@ import sys
 import threading
 import warnings
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 import torch
 
@@ -21,6 +22,26 @@ IMPLS = ("auto", "triton", "torch")
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 TORCH_DTYPES = TRITON_DTYPES + (torch.float64,)  # the torch paths also take float64
 INT32_MAX = 2**31 - 1  # the kernels index one sample with int32 offsets
+
+
+def fail(op: str, msg: str) -> NoReturn:
+    """An op's refusal of its arguments: a ValueError naming the op."""
+    raise ValueError(f"{op}: {msg}")
+
+
+def check_impl(op: str, impl, impls: tuple[str, ...] = IMPLS) -> None:
+    if impl not in impls:
+        fail(op, f"unknown impl {impl!r}; accepted: {', '.join(repr(i) for i in impls)}")
+
+
+def check_like(op: str, name: str, t: torch.Tensor, ref: torch.Tensor, ref_name: str,
+               dtype: bool = True) -> None:
+    """Tensor ``name`` on ``ref``'s device and (where ``dtype``) of its dtype."""
+    if dtype and t.dtype != ref.dtype:
+        fail(op, f"{name} has dtype {dtype_name(t.dtype)} but {ref_name} is "
+                 f"{dtype_name(ref.dtype)}; they must match")
+    if t.device != ref.device:
+        fail(op, f"{name} is on {t.device} but {ref_name} is on {ref.device}; they must match")
 
 
 class KernelFallbackWarning(RuntimeWarning):

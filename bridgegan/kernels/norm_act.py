@@ -61,9 +61,9 @@ import torch
 import torch.nn.functional as F
 
 from ..numerics import dtype_name
-from .dispatch import (IMPLS, TORCH_DTYPES, KernelFallbackWarning, Launch, choose_impl,
-                       run_launches, tracing, triton_available, triton_interpreted,
-                       triton_module)
+from .dispatch import (IMPLS, TORCH_DTYPES, KernelFallbackWarning, Launch, check_impl,
+                       check_like, choose_impl, fail, run_launches, tracing, triton_available,
+                       triton_interpreted, triton_module)
 from .layout import (add_upsampled, flattenable, hw_strides, is_channels_last, memory_format,
                      next_pow2, upsampled_shapes)
 
@@ -86,18 +86,14 @@ _LOW_PRECISION = (torch.float16, torch.bfloat16)
 # ----------------------------------------------------------------------------- validation
 
 
-def _fail(op: str, msg: str) -> None:
-    raise ValueError(f"{op}: {msg}")
-
-
 def _check_x(op: str, x) -> None:
     if not isinstance(x, torch.Tensor):
-        _fail(op, f"x must be a torch.Tensor of shape (N, C, H, W), got {type(x).__name__}")
+        fail(op, f"x must be a torch.Tensor of shape (N, C, H, W), got {type(x).__name__}")
     if x.dim() != 4:
-        _fail(op, f"x must be 4-D (N, C, H, W), got {x.dim()}-D shape {tuple(x.shape)}")
+        fail(op, f"x must be 4-D (N, C, H, W), got {x.dim()}-D shape {tuple(x.shape)}")
     if x.dtype not in TORCH_DTYPES:
-        _fail(op, f"x has dtype {dtype_name(x.dtype)}; accepted: float16, bfloat16, float32 "
-                  "(and float64 on the torch path)")
+        fail(op, f"x has dtype {dtype_name(x.dtype)}; accepted: float16, bfloat16, float32 "
+                 "(and float64 on the torch path)")
 
 
 def _check_map(op: str, name: str, t, x: torch.Tensor, channels: tuple[int, ...] = (),
@@ -105,17 +101,13 @@ def _check_map(op: str, name: str, t, x: torch.Tensor, channels: tuple[int, ...]
     """A spatial tensor (gamma/beta/out/residual): x's dtype and device, and (N, c, H, W)
     for c in ``channels`` or one of ``shapes``."""
     if not isinstance(t, torch.Tensor):
-        _fail(op, f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        fail(op, f"{name} must be a torch.Tensor, got {type(t).__name__}")
     n, _, h, w = x.shape
     shapes = tuple((n, k, h, w) for k in channels) + shapes
     if tuple(t.shape) not in shapes:
-        _fail(op, f"{name} has shape {tuple(t.shape)}; accepted: "
-                  f"{' or '.join(str(s) for s in shapes)} for x of shape {tuple(x.shape)}")
-    if t.dtype != x.dtype:
-        _fail(op, f"{name} has dtype {dtype_name(t.dtype)} but x is {dtype_name(x.dtype)}; "
-                  "they must match")
-    if t.device != x.device:
-        _fail(op, f"{name} is on {t.device} but x is on {x.device}; they must match")
+        fail(op, f"{name} has shape {tuple(t.shape)}; accepted: "
+                 f"{' or '.join(str(s) for s in shapes)} for x of shape {tuple(x.shape)}")
+    check_like(op, name, t, x, "x")
 
 
 def _check_vec(op: str, name: str, t, x: torch.Tensor, size: int | None = None,
@@ -125,31 +117,29 @@ def _check_vec(op: str, name: str, t, x: torch.Tensor, size: int | None = None,
         return
     size = x.shape[1] if size is None else size
     if not isinstance(t, torch.Tensor):
-        _fail(op, f"{name} must be a torch.Tensor of shape ({size},) or None, "
-                  f"got {type(t).__name__}")
+        fail(op, f"{name} must be a torch.Tensor of shape ({size},) or None, "
+                 f"got {type(t).__name__}")
     if t.dim() != 1 or t.shape[0] != size:
-        _fail(op, f"{name} has shape {tuple(t.shape)}; accepted: ({size},) ({what}) or None")
+        fail(op, f"{name} has shape {tuple(t.shape)}; accepted: ({size},) ({what}) or None")
     if t.dtype not in TORCH_DTYPES:
-        _fail(op, f"{name} has dtype {dtype_name(t.dtype)}; it must be a floating dtype: "
-                  "float16, bfloat16, float32 or float64 (read in float32, or float64 for "
-                  "float64 x)")
-    if t.device != x.device:
-        _fail(op, f"{name} is on {t.device} but x is on {x.device}; they must match")
+        fail(op, f"{name} has dtype {dtype_name(t.dtype)}; it must be a floating dtype: "
+                 "float16, bfloat16, float32 or float64 (read in float32, or float64 for "
+                 "float64 x)")
+    check_like(op, name, t, x, "x", dtype=False)
 
 
 def _check_common(op: str, act, eps, negative_slope, impl) -> None:
     if act not in ACTS:
-        _fail(op, f"unknown act {act!r}; accepted: {', '.join(repr(a) for a in ACTS)}")
-    if impl not in IMPLS:
-        _fail(op, f"unknown impl {impl!r}; accepted: {', '.join(repr(i) for i in IMPLS)}")
+        fail(op, f"unknown act {act!r}; accepted: {', '.join(repr(a) for a in ACTS)}")
+    check_impl(op, impl)
     # numbers.Real: Python and numpy real scalars (numpy.float32 is no float subclass)
     if (isinstance(eps, bool) or not isinstance(eps, numbers.Real)
             or not math.isfinite(eps) or eps < 0):
-        _fail(op, f"eps must be a finite real number >= 0, got {eps!r} ({type(eps).__name__})")
+        fail(op, f"eps must be a finite real number >= 0, got {eps!r} ({type(eps).__name__})")
     if (isinstance(negative_slope, bool) or not isinstance(negative_slope, numbers.Real)
             or not math.isfinite(negative_slope)):
-        _fail(op, f"negative_slope must be a finite real number, got {negative_slope!r} "
-                  f"({type(negative_slope).__name__})")
+        fail(op, f"negative_slope must be a finite real number, got {negative_slope!r} "
+                 f"({type(negative_slope).__name__})")
 
 
 # ----------------------------------------------------------------------------- torch path
@@ -458,16 +448,16 @@ def _run(op, x, gamma, beta, weight, bias, mod_bias, act, eps, slope, impl, out,
     if out is not None:
         _check_map(op, "out", out, x, (x.shape[1],))
         if torch._debug_has_internal_overlap(out) == 1:  # 1: yes (2: too hard to tell)
-            _fail(op, f"out has elements that share memory (strides {out.stride()}: an "
-                      "expanded tensor?); pass a tensor whose elements are distinct, such as "
-                      "torch.empty_like(x)")
+            fail(op, f"out has elements that share memory (strides {out.stride()}: an "
+                     "expanded tensor?); pass a tensor whose elements are distinct, such as "
+                     "torch.empty_like(x)")
     if residual is not None:
         _check_map(op, "residual", residual, x, shapes=upsampled_shapes(x.shape))
     tensors = (x, gamma, beta, weight, bias, mod_bias)
     grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in tensors + (residual,))
     if grad and out is not None:
-        _fail(op, "out= does not support autograd; pass out=None when inputs require grad")
+        fail(op, "out= does not support autograd; pass out=None when inputs require grad")
     chosen = "torch" if x.numel() == 0 else choose_impl(op, x, impl, "norm",
                                                         (gamma, beta, residual, out),
                                                         dense=_dense_per_sample(x, gamma))

@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from ..numerics import dtype_name
-from .dispatch import IMPLS, TORCH_DTYPES, Launch, choose_impl, run_launches, triton_module
+from .dispatch import (TORCH_DTYPES, Launch, check_impl, check_like, choose_impl, fail,
+                       run_launches, triton_module)
 from .layout import (add_upsampled, flattenable, hw_strides, memory_format, next_pow2,
                      upsampled_shapes)
 
@@ -33,41 +34,33 @@ MAX_OUTPUTS = 16  # K: the kernel unrolls one dot product per output channel
 TILE = 4096  # a program's pixels x channels (one row of next_pow2(C) channels when C is wider)
 
 
-def _fail(msg: str) -> None:
-    raise ValueError(f"rgb_tail: {msg}")
-
-
 def _check(h, weight, bias, shortcut, impl) -> None:
-    if impl not in IMPLS:
-        _fail(f"unknown impl {impl!r}; accepted: {', '.join(repr(i) for i in IMPLS)}")
+    check_impl("rgb_tail", impl)
     if not isinstance(h, torch.Tensor) or h.dim() != 4 or h.dtype not in TORCH_DTYPES:
         what = (f"{h.dim()}-D {dtype_name(h.dtype)}" if isinstance(h, torch.Tensor)
                 else type(h).__name__)
-        _fail(f"h must be a 4-D (N, C, H, W) float16/bfloat16/float32/float64 tensor, got {what}")
+        fail("rgb_tail", f"h must be a 4-D (N, C, H, W) float16/bfloat16/float32/float64 "
+                         f"tensor, got {what}")
     c = h.shape[1]
     if not isinstance(weight, torch.Tensor) or weight.shape[1:] not in ((c,), (c, 1, 1)) \
             or not 1 <= weight.shape[0] <= MAX_OUTPUTS:
         got = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
-        _fail(f"weight has shape {got}; accepted: (K, {c}) or (K, {c}, 1, 1) with "
-              f"1 <= K <= {MAX_OUTPUTS} for h of shape {tuple(h.shape)}")
+        fail("rgb_tail", f"weight has shape {got}; accepted: (K, {c}) or (K, {c}, 1, 1) "
+                         f"with 1 <= K <= {MAX_OUTPUTS} for h of shape {tuple(h.shape)}")
     k = weight.shape[0]
     if bias is not None and (not isinstance(bias, torch.Tensor) or tuple(bias.shape) != (k,)):
         got = tuple(bias.shape) if isinstance(bias, torch.Tensor) else type(bias).__name__
-        _fail(f"bias has shape {got}; accepted: ({k},) (one per output channel) or None")
+        fail("rgb_tail", f"bias has shape {got}; accepted: ({k},) (one per output channel) "
+                         f"or None")
     if shortcut is not None:
         shape = tuple(shortcut.shape) if isinstance(shortcut, torch.Tensor) else None
         if shape not in upsampled_shapes(h.shape):
             accepted = " or ".join(str(s) for s in upsampled_shapes(h.shape))
-            _fail(f"shortcut has shape {shape or type(shortcut).__name__}; accepted: {accepted} "
-                  f"or None for h of shape {tuple(h.shape)}")
+            fail("rgb_tail", f"shortcut has shape {shape or type(shortcut).__name__}; "
+                             f"accepted: {accepted} or None for h of shape {tuple(h.shape)}")
     for name, t in (("weight", weight), ("bias", bias), ("shortcut", shortcut)):
-        if t is None:
-            continue
-        if t.dtype != h.dtype:
-            _fail(f"{name} has dtype {dtype_name(t.dtype)} but h is {dtype_name(h.dtype)}; "
-                  "they must match")
-        if t.device != h.device:
-            _fail(f"{name} is on {t.device} but h is on {h.device}; they must match")
+        if t is not None:
+            check_like("rgb_tail", name, t, h, "h")
 
 
 def _torch_tail(h, weight, bias, shortcut) -> torch.Tensor:

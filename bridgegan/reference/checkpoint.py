@@ -20,6 +20,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ..files import read_small_text, write_folder_atomic
+from ..numerics import dtype_name
 from .config import BridgeGANConfig
 from .model import BridgeGAN
 from .records import listed
@@ -29,7 +30,7 @@ WEIGHTS_FILE = "model.safetensors"
 FORMAT = "bridgegan-checkpoint/1"
 SHIPPED = Path(__file__).resolve().parents[1] / "assets" / "default"  # the packaged model
 STATE_TENSORS, STATE_JSON = "train_state.safetensors", "train_state.json"  # train_state.py
-EVAL_FILE, TRAINING_FILE = "eval.json", "training.json"  # a shipped model's (demo.ship)
+EVAL_FILE, TRAINING_FILE = "eval.json", "training.json"  # a shipped model's (shipping.ship)
 # every file a checkpoint folder may hold. A save replaces an earlier checkpoint whatever
 # subset of these it held, and refuses a folder holding anything else.
 CHECKPOINT_FILES = (CONFIG_FILE, WEIGHTS_FILE, STATE_TENSORS, STATE_JSON, EVAL_FILE,
@@ -156,11 +157,11 @@ def load_state(model: torch.nn.Module, tensors: Mapping[str, torch.Tensor], sour
     problems = _mismatches({k: tuple(v.shape) for k, v in expected.items()},
                            {k: tuple(v.shape) for k, v in tensors.items()})
     dtypes = sorted(
-        f"{k}: {str(tensors[k].dtype).replace('torch.', '')}" for k in set(expected) & set(tensors)
+        f"{k}: {dtype_name(tensors[k].dtype)}" for k in set(expected) & set(tensors)
         if (tensors[k].dtype not in FLOAT_DTYPES if expected[k].is_floating_point()
             else tensors[k].dtype != expected[k].dtype))
     if dtypes:
-        accepted = ", ".join(str(d).replace("torch.", "") for d in FLOAT_DTYPES)
+        accepted = ", ".join(dtype_name(d) for d in FLOAT_DTYPES)
         problems.append(f"{len(dtypes)} tensor(s) of another dtype: {listed(dtypes)} (accepted "
                         f"for weights: {accepted})")
     if problems:

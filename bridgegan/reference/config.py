@@ -83,6 +83,8 @@ class BridgeGANConfig:
     # the trained model (`bridgegan eval --strength`), not architecture, so configs that
     # differ only here hold interchangeable weights
     edit_strength: float = field(default=DEFAULT_STRENGTH, compare=False)
+    # a user's own notes kept with the model (JSON; saved and read with config.json, never
+    # read by bridgegan, no part of the architecture)
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:

@@ -34,8 +34,10 @@ class DistInfo:
         return self.rank == 0
 
 
-def launched_by_torchrun() -> bool:
-    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+def launched_several() -> bool:
+    """Whether this process is one of two or more that torchrun launched (env RANK,
+    WORLD_SIZE)."""
+    return "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", 1)) > 1
 
 
 def current() -> DistInfo:
@@ -53,7 +55,7 @@ def init_from_env(device: str = "cpu", backend: str | None = None,
     backend: "nccl" for CUDA, "gloo" for CPU unless given. On CUDA each process uses GPU
     LOCAL_RANK. Returns DistInfo() (one process) when not launched by torchrun.
     """
-    if not launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) <= 1:
+    if not launched_several():
         return current()
     if not dist.is_initialized():
         if backend is None:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import threads
-from ..argtypes import absolute_path, positive_float
+from ..argtypes import absolute_path, device_spec, positive_float
 from ..files import check_file_targets, check_writable_folder, write_file_atomic
 from .config import INT_RANGES, BridgeGANConfig
 from .data import registry as data_registry
@@ -197,9 +197,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "far); resume with --resume auto (default: none)")
 
     g = p.add_argument_group("hardware")
-    g.add_argument("--device", choices=("cpu", "cuda"), default=TrainConfig.device,
-                   help="cpu or cuda (under torchrun each process takes GPU LOCAL_RANK; "
-                        "default: %(default)s)")
+    g.add_argument("--device", type=device_spec, default=TrainConfig.device,
+                   help="cpu, cuda or cuda:N (under torchrun give cuda: each process takes "
+                        "GPU LOCAL_RANK; default: %(default)s)")
     g.add_argument("--amp", choices=AMP_MODES, default=TrainConfig.amp,
                    help="autocast dtype: bf16, fp16 (CUDA only, with gradient scaling) or none; "
                         "the gradient penalty is always computed in float32 (default: "
@@ -342,13 +342,15 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from . import distributed
+    from .trainer import device_problem
 
     if args.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print("bridgegan train: error: --device cuda but CUDA is not available", file=sys.stderr)
+    problem = device_problem(args.device, distributed.launched_several())
+    if problem:
+        print(f"bridgegan train: error: --device {args.device}: {problem}", file=sys.stderr)
         return 2
     info = distributed.init_from_env(args.device, args.dist_backend)
     try:
@@ -438,10 +440,7 @@ def _train(args: argparse.Namespace, info: DistInfo) -> int:
             raise CheckpointError(f"the run's --feature-classifier {config.feature_classifier} "
                                   f"holds no classifier (moved or removed since the run began?)"
                                   f": pass --feature-classifier FOLDER to name where it is now")
-        device = args.device
-        if device == "cuda" and info.enabled:
-            device = f"cuda:{info.local_rank}"
-        config.device = device
+        config.device = args.device
         trainer = Trainer(model_cfg, config, train_set, out_dir=out, dist=info,
                           sample_set=sample_set, progress=not args.no_progress)
         dropped = []
@@ -463,7 +462,7 @@ def _train(args: argparse.Namespace, info: DistInfo) -> int:
             where = f"{info.world_size} processes" if info.enabled else "1 process"
             print(f"bridgegan train: {len(train_set)} images ({args.data}), "
                   f"{model_cfg.image_size}px, {model_cfg.n_attrs} attributes, {where} on "
-                  f"{device}, amp {config.amp}; params G {n['generator']:,} E {n['encoder']:,} "
+                  f"{trainer.device}, amp {config.amp}; params G {n['generator']:,} E {n['encoder']:,} "
                   f"M {n['mapping']:,} D {n['discriminator']:,}", file=sys.stderr)
             if resume is not None:
                 print(f"resumed from {resume} at step {trainer.step}", file=sys.stderr)

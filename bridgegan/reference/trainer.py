@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..argtypes import split_device
 from ..files import remove_stale
 from .attributes import apply_edits
 from .checkpoint import CheckpointError, nonfinite
@@ -51,6 +52,25 @@ def _worker_ignores_sigint(_worker_id: int) -> None:
     main process stops at the end of its step (``Trainer.request_stop``) and still needs
     the batches of that step."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def device_problem(name: str, distributed: bool) -> str | None:
+    """Why training cannot run on device ``name`` (one process of several, where
+    ``distributed``); None when it can."""
+    try:
+        kind, index = split_device(name)
+    except ValueError as exc:
+        return str(exc)
+    if kind == "cpu":
+        return None
+    if not torch.cuda.is_available():
+        return "torch sees no CUDA device"
+    if index is not None and distributed:
+        return "under torchrun each process takes GPU LOCAL_RANK: give cuda"
+    count = torch.cuda.device_count()
+    if index is not None and index >= count:
+        return f"torch sees {count} CUDA device(s): cuda:0 to cuda:{count - 1}"
+    return None
 
 
 class Trainer:
@@ -152,12 +172,14 @@ class Trainer:
 
     # ----- setup -----------------------------------------------------------------------
     def _pick_device(self, name: str) -> torch.device:
-        if name.startswith("cuda"):
-            if not torch.cuda.is_available():
-                raise RuntimeError("device 'cuda' requested but CUDA is not available")
-            if name == "cuda":
-                return torch.device("cuda", self.dist.local_rank if self.dist.enabled
-                                    else torch.cuda.current_device())
+        """``name`` ("cpu", "cuda", "cuda:N") as training runs on it: "cuda" is GPU
+        LOCAL_RANK under torchrun, else the current GPU."""
+        problem = device_problem(name, self.dist.enabled)
+        if problem:
+            raise ValueError(f"device {name!r}: {problem}")
+        if name == "cuda":
+            return torch.device("cuda", self.dist.local_rank if self.dist.enabled
+                                else torch.cuda.current_device())
         return torch.device(name)
 
     @staticmethod

@@ -46,6 +46,7 @@ class Backend:
     serialised: bool = False  # calls share state (compiled code, execution contexts)
     slow_build: bool = False  # first use can take minutes (autotuning, plan builds)
     exported: bool = False  # runs the ONNX graphs exported into ``onnx_dir``
+    rewritten: bool = True  # runs the rewritten graph, whose rewrites ``rewrites`` choose
 
     def problem(self, device: str | torch.device, dtype: torch.dtype | None = None
                 ) -> Exception | None:
@@ -92,7 +93,7 @@ class Backend:
 
 
 REGISTRY: dict[str, Backend] = {b.name: b for b in (
-    Backend("reference", cuda_graphs=True),
+    Backend("reference", cuda_graphs=True, rewritten=False),
     Backend("torch", cuda_graphs=True, graphs_by_default=True),
     Backend("triton", packages=("triton",), install="pip install 'bridgegan[triton]'",
             cuda=True, triton_kernels=True, cuda_graphs=True, graphs_by_default=True),
