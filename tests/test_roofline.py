@@ -33,8 +33,11 @@ def test_flops_match_torch_counter(cfg):
     assert counted(lambda: m.translate(x, torch.zeros(1, cfg.n_attrs), d, noise=r)) == \
         roofline.workload_flops(cfg, "translate")
     x2, d2, r3 = x.expand(2, -1, -1, -1), d.expand(2, -1), torch.randn(2, 3, cfg.noise_dim)
-    assert counted(lambda: programs.translate_samples(m.stages(), x2, d2, r3)) == \
-        roofline.samples_flops(cfg, 2, 3)
+    samples = counted(lambda: programs.translate_samples(m.stages(), x2, d2, r3))
+    assert samples == roofline.samples_flops(cfg, 2, 3)
+    assert roofline.workload_flops(cfg, "samples", 6, 3) == pytest.approx(samples / 6)
+    with pytest.raises(ValueError, match="unknown workload 'edit'; accepted: translate"):
+        roofline.workload_flops(cfg, "edit")
 
 
 def test_paper_generator_costs_about_18_7_gflop():
@@ -43,4 +46,7 @@ def test_paper_generator_costs_about_18_7_gflop():
     assert round(g / 1e9, 1) == 18.7
     assert round(roofline.encoder_flops(cfg) / 1e9, 2) == 0.94
     assert roofline.strip_flops(cfg, 10, cached=True) < roofline.strip_flops(cfg, 10, cached=False)
+    for strip in ("strip", "strip_nocache"):  # the useful work: the trunk once a strip
+        assert roofline.workload_flops(cfg, strip, 10) * 10 == pytest.approx(
+            roofline.strip_flops(cfg, 10, cached=True))
 
