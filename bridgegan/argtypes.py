@@ -64,6 +64,14 @@ def device_spec(text: str) -> str:
     return text
 
 
+def add_device(parser, default: str | None = "cpu", note: str = "") -> None:
+    """The ``--device`` option of a command (``device_spec``); ``default`` None: CUDA where
+    torch sees it (the command resolves it); ``note``: what the command adds."""
+    shown = "cuda when available, else cpu" if default is None else "%(default)s"
+    parser.add_argument("--device", type=device_spec, default=default,
+                        help=f"cpu, cuda or cuda:N{note} (default: {shown})")
+
+
 def positive_int_list(text: str) -> list[int]:
     """A comma list of integers >= 1 (``1,8,64``)."""
     try:

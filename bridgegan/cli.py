@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import threads
-from .argtypes import (device_spec, int_between, non_negative_float, non_negative_int,
+from .argtypes import (add_device, int_between, non_negative_float, non_negative_int,
                        output_file, positive_float, positive_int, positive_int_list)
 from .engine import options as engine_options
 from .engine.export import cli as export_cli
@@ -38,7 +38,8 @@ class Command:
 MAX_DEMO_ROWS = 64  # one grid row per face, held in memory until the PNG is written
 DEMO_MAX_SEED = 2 ** 63  # the demo draws from its seed plus offsets: room below SEEDS
 MAX_PRUNE_DAYS = 1_000_000  # cache --prune: days * 86400 s stays a float
-
+STRENGTH_HELP = ("edit strength, the scale of d (default: the model's config edit_strength: "
+                 "1.5, the official test's, unless it names another)")
 
 def _demo_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", help="checkpoint folder (default: the shipped model)")
@@ -53,7 +54,7 @@ def _demo_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int_between(0, DEMO_MAX_SEED), default=0,
                    help=f"seed of the faces and the noise, 0 to {DEMO_MAX_SEED} "
                         "(default: 0)")
-    p.add_argument("--device", type=device_spec, default="cpu", help="cpu, cuda or cuda:N")
+    add_device(p)
     p.add_argument("--bench", action="store_true", help="also print the throughput of the "
                                                        "backends that run here")
     threads.add_option(p)
@@ -72,9 +73,7 @@ def _translate_options(p: argparse.ArgumentParser) -> None:
                                         "(default: all)")
     p.add_argument("--samples", type=int_between(1, engine_options.MAX_SAMPLES), default=1,
                    help=f"noise samples per label edit, 1 to {engine_options.MAX_SAMPLES}")
-    p.add_argument("--strength", type=float,
-                   help="edit strength, the scale of d (default: the model's config "
-                        "edit_strength: 1.5, the official test's, unless it names another)")
+    p.add_argument("--strength", type=float, help=STRENGTH_HELP)
     p.add_argument("--seed", type=int_between(0, engine_options.SEEDS - 1), default=0,
                    help="noise seed of the first sample, the next ones +1 (default: 0); "
                         "every input gets the noise it would get translated alone")
@@ -100,7 +99,7 @@ def _bench_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workloads", default="translate,strip,strip_nocache",
                    help=f"{', '.join(engine_options.WORKLOADS)} (default: %(default)s)")
     p.add_argument("--checkpoint", help="time this checkpoint (default: seeded paper-width weights)")
-    p.add_argument("--device", type=device_spec, default="cpu", help="cpu, cuda or cuda:N")
+    add_device(p)
     p.add_argument("--warmup", type=non_negative_int, default=2,
                    help="untimed calls before each row's first round, one more before each "
                         "later round where > 0 (default: %(default)s)")
@@ -126,8 +125,7 @@ def _parity_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backends", action="store_true",
                    help="the engine backends of the device's parity table (not compile or "
                         "tensorrt; `bench` checks every variant it times)")
-    p.add_argument("--device", type=device_spec, default=None,
-                   help="cpu or cuda (default: cuda when available)")
+    add_device(p, default=None)
     p.add_argument("--resolution", type=int, choices=PRESET_RESOLUTIONS, default=None,
                    help=f"backend parity model size (default: the paper's {PAPER_RESOLUTION})")
     p.add_argument("--batch", type=positive_int, default=4,
@@ -159,7 +157,7 @@ def _classifier_options(p: argparse.ArgumentParser) -> None:
                    help="data-loader worker processes")
     p.add_argument("--seed", type=non_negative_int, default=0,
                    help="initialisation and data seed (>= 0)")
-    p.add_argument("--device", type=device_spec, default="cpu", help="cpu or cuda (default: cpu)")
+    add_device(p)
     p.add_argument("--out", required=True, help="output folder")
     threads.add_option(p)
 
@@ -174,9 +172,7 @@ def _eval_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=non_negative_int, default=0,
                    help="seed of the noise draws and of the procedural faces, >= 0 (use one "
                         "that training never saw)")
-    p.add_argument("--strength", type=float,
-                   help="edit strength, the scale of d (default: the model's config "
-                        "edit_strength: 1.5, the official test's, unless it names another)")
+    p.add_argument("--strength", type=float, help=STRENGTH_HELP)
     engine_options.add_options(p, dtype=False)
     p.add_argument("--json", type=output_file, help="also write the metrics to this file")
     threads.add_option(p)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..argtypes import device_spec
+from ..argtypes import add_device
 from .backends import AUTO, BACKENDS
 
 # `bridgegan bench --variants`: each variant's tags and form (bench.Variant parses them)
@@ -51,5 +51,4 @@ def add_options(parser: argparse.ArgumentParser, dtype: bool = True) -> None:
     if dtype:
         parser.add_argument("--dtype", default="float32",
                             help="float32, fp16, bf16 or auto (default: %(default)s)")
-    parser.add_argument("--device", type=device_spec, default="cpu",
-                        help="cpu, cuda or cuda:N (default: %(default)s)")
+    add_device(parser)

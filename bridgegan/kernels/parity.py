@@ -25,7 +25,7 @@ import sys
 
 import torch
 
-from ..argtypes import device_spec, output_file
+from ..argtypes import add_device, output_file
 from ..files import write_json_atomic
 from ..numerics import SHORT_NAMES, dtype_name, errors, float64_call, same_nonfinite, tolerance
 from ..timing import time_calls
@@ -292,8 +292,7 @@ def check_ops(device=None, quick=False, impl=None, written=None) -> list[dict]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bridgegan.kernels.parity",
                                 description="Check the fused kernels against a float64 reference.")
-    p.add_argument("--device", type=device_spec, default=None,
-                   help="cpu or cuda (default: cuda if available)")
+    add_device(p, default=None)
     p.add_argument("--impl", choices=("triton", "torch"), default=None,
                    help="implementation to check (default: triton where it can run, else torch)")
     p.add_argument("--quick", action="store_true", help="first shape only")

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import threads
-from ..argtypes import absolute_path, device_spec, positive_float
+from ..argtypes import absolute_path, add_device, positive_float
 from ..files import check_file_targets, check_writable_folder, write_file_atomic
 from .config import INT_RANGES, BridgeGANConfig
 from .data import registry as data_registry
@@ -197,9 +197,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "far); resume with --resume auto (default: none)")
 
     g = p.add_argument_group("hardware")
-    g.add_argument("--device", type=device_spec, default=TrainConfig.device,
-                   help="cpu, cuda or cuda:N (under torchrun give cuda: each process takes "
-                        "GPU LOCAL_RANK; default: %(default)s)")
+    add_device(g, TrainConfig.device, note=" (under torchrun give cuda: each process takes "
+                                          "GPU LOCAL_RANK)")
     g.add_argument("--amp", choices=AMP_MODES, default=TrainConfig.amp,
                    help="autocast dtype: bf16, fp16 (CUDA only, with gradient scaling) or none; "
                         "the gradient penalty is always computed in float32 (default: "
