@@ -29,7 +29,7 @@ class Tolerance:
         if self.image_max_abs is None and self.image_min_psnr_db is None:
             raise ValueError(f"dtype {self.dtype!r} has no end-to-end image limit (design.md "
                              f"gives it an op limit only, op_rel {self.op_rel:g}); images "
-                             f"have limits in {', '.join(IMAGE_DTYPES)}")
+                             f"have limits in {', '.join(IMAGE_LIMIT_DTYPES)}")
 
     @property
     def image_limit(self) -> str:
@@ -55,8 +55,8 @@ TOLERANCES = {t.dtype: t for t in (
     Tolerance("float16", op_rel=2e-3, image_min_psnr_db=40.0, op_max_abs=1e-2),
     Tolerance("bfloat16", op_rel=1e-2, image_min_psnr_db=40.0, op_max_abs=6e-2),
 )}
-IMAGE_DTYPES = tuple(name for name, t in TOLERANCES.items()
-                     if t.image_max_abs is not None or t.image_min_psnr_db is not None)
+IMAGE_LIMIT_DTYPES = tuple(name for name, t in TOLERANCES.items()  # with an end-to-end image limit
+                           if t.image_max_abs is not None or t.image_min_psnr_db is not None)
 SHORT_NAMES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}  # as rows print them
 _ALIASES = {short: name for name, short in SHORT_NAMES.items()} | {"half": "float16"}
 
