@@ -145,8 +145,9 @@ def build(model, rewrites, dtype, device, channels_last=False, onnx_dir=None) ->
                 # under the export folder's lock (no lock for a fresh plan: the cache may be
                 # read-only): two processes' first use build it once, neither loads a plan
                 # the other is replacing (a sidecar written for other bytes), and `bridgegan
-                # cache --prune` waits for the build
-                with locked(folder):
+                # cache --prune` waits for the build; as ``export_model``, a folder the
+                # caller named keeps no lock file beside it
+                with locked(folder, remove=onnx_dir is not None):
                     if not folder.is_dir():
                         raise FileNotFoundError(f"{folder} was removed while this engine "
                                                 f"was built (`bridgegan cache --prune`?): "
