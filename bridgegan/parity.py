@@ -13,9 +13,10 @@ def run(args: argparse.Namespace) -> int:
     if args.ops:
         from .kernels.parity import main as ops_main
 
-        argv = (["--device", args.device] if args.device else [])
+        # OPTION=VALUE: a value starting with "-" is no option of its own there
+        argv = [f"--device={args.device}"] if args.device else []
         if args.json:  # beside the backends' rows when both run, else the path given
-            argv += ["--json", args.json + ".ops.json" if args.backends else args.json]
+            argv += [f"--json={args.json + '.ops.json' if args.backends else args.json}"]
         status |= ops_main(argv)
     if args.backends:
         from .engine.parity import main as backends_main
