@@ -328,3 +328,34 @@ def test_the_cache_command_names_a_cache_root_that_is_a_file(tmp_path, monkeypat
                 f"{tmp_path / 'file'} is a file; set BRIDGEGAN_CACHE to a folder") \
             in capsys.readouterr().err
     assert (tmp_path / "file").read_text() == "not a folder"
+
+
+def test_a_read_only_cache_is_not_pruned_and_says_why(two_exports, monkeypatch, capsys):
+    """--prune in a cache this user may not write failed on a lock file with a bare
+    "[Errno 13] Permission denied"; now named before anything is tried."""
+    access = os.access
+    monkeypatch.setattr(cache.os, "access", lambda p, mode: p != cache_folder() and
+                        access(p, mode))
+    assert main(["cache", "--prune", "0"]) == 2
+    assert (f"--prune: the export cache {cache_folder()} is not writable by this user: nothing "
+            f"removed") in capsys.readouterr().err
+    assert all(p.is_dir() for p in two_exports)
+
+
+def test_a_file_where_a_cache_entry_goes_is_named_as_the_caches(tmp_path, monkeypatch):
+    """A file at the cache folder of a model's key: told to remove it or change the cache
+    (it was told "give a folder", which the user never named)."""
+    from bridgegan.engine import Rewrites
+
+    monkeypatch.setenv("BRIDGEGAN_CACHE", str(tmp_path))
+    torch.manual_seed(3)
+    model = randomize(BridgeGAN(small_config(16)), 3).eval()
+    entry = onnx_export.default_onnx_dir(onnx_export.export_key(model, Rewrites(),
+                                                                onnx_export.OPSET))
+    entry.parent.mkdir(parents=True)
+    entry.write_text("in the way")
+    with pytest.raises(ValueError, match=rf"the export cache's entry {re.escape(str(entry))} "
+                                         r"is a file, not a folder: remove it \(the cache "
+                                         r"holds folders only\) or set BRIDGEGAN_CACHE"):
+        export_model(model, graphs=("map",), precisions=("fp32",))
+    assert entry.read_text() == "in the way"

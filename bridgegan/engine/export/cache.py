@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,6 +124,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"the export cache {root} cannot be a folder: {existing} is a file; "
                          f"set BRIDGEGAN_CACHE to a folder")
     if args.prune is not None:
+        if root.is_dir() and not os.access(root, os.W_OK | os.X_OK):
+            raise ValueError(f"--prune: the export cache {root} is not writable by this user: "
+                             f"nothing removed (prune it as its owner, or set BRIDGEGAN_CACHE "
+                             f"to a cache of your own)")
         removed = prune(args.prune, root)
         print(f"removed {len(removed)} export(s) not used for {args.prune} day(s) from {root}, "
               f"{_mb(sum(e.size for e in removed))}")

@@ -551,6 +551,10 @@ def export_model(model: BridgeGAN, out: str | os.PathLike | None = None,
                 os.utime(out / MANIFEST)
         return out
     require_onnx("ONNX export")
+    if cached and out.exists() and not out.is_dir():  # no folder the user named
+        raise ValueError(f"the export cache's entry {out} is a file, not a folder: remove it "
+                         f"(the cache holds folders only) or set BRIDGEGAN_CACHE to another "
+                         f"folder")
     check_writable_folder(out, "the export cache ($BRIDGEGAN_CACHE) folder" if cached
                           else "the ONNX export folder", replaced=True)
     # another process may have exported meanwhile: look again. A folder the caller named
