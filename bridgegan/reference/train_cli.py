@@ -366,13 +366,83 @@ def run(args: argparse.Namespace) -> int:
     return status
 
 
+def _start(args: argparse.Namespace, out: Path) -> tuple[Path | None, Path | None]:
+    """The training checkpoint a run resumes (``--resume``) and the weights it starts from
+    (``--init-from``), checked before any work; None where there is none."""
+    from .checkpoint import CONFIG_FILE, CheckpointError
+    from .train_state import STATE_JSON, latest_checkpoint
+
+    if not args.resume:
+        _refuse_earlier_run(out)
+    elif args.resume != "auto" and not Path(args.resume).resolve().is_relative_to(
+            (out / "checkpoints").resolve()):
+        _refuse_earlier_run(out, Path(args.resume))
+    resume = None
+    if args.resume == "auto":
+        resume = latest_checkpoint(out)
+    elif args.resume:
+        resume = Path(args.resume)
+        if not resume.is_dir():
+            raise CheckpointError(f"--resume {resume}: no such folder")
+        if not (resume / STATE_JSON).is_file():
+            hint = (f": an inference checkpoint; --init-from {resume} starts a run from "
+                    f"its weights" if (resume / CONFIG_FILE).is_file() else "")
+            raise CheckpointError(f"--resume {resume}: no training checkpoint there "
+                                  f"(expected {STATE_JSON}){hint}")
+    if args.init_from and args.resume and args.resume != "auto":
+        raise ValueError("give --resume (continue a run) or --init-from (start from "
+                         "weights), not both")
+    return resume, Path(args.init_from) if args.init_from and resume is None else None
+
+
+def _announce(args: argparse.Namespace, info: DistInfo, out: Path, trainer, config,
+              n_images: int, resume: Path | None, init: Path | None, dropped: list) -> None:
+    """Rank 0's opening lines (what runs where, from what) and the run's RUN_FILE."""
+    from .info import parameter_counts
+
+    if args.resume == "auto" and resume is None:
+        print(f"--resume auto: no checkpoint in {out / 'checkpoints'}; a new run starts",
+              file=sys.stderr)
+    model_cfg = trainer.model.config
+    n = parameter_counts(trainer.model)
+    where = f"{info.world_size} processes" if info.enabled else "1 process"
+    print(f"bridgegan train: {n_images} images ({args.data}), {model_cfg.image_size}px, "
+          f"{model_cfg.n_attrs} attributes, {where} on {trainer.device}, amp {config.amp}; "
+          f"params G {n['generator']:,} E {n['encoder']:,} M {n['mapping']:,} "
+          f"D {n['discriminator']:,}", file=sys.stderr)
+    if resume is not None:
+        print(f"resumed from {resume} at step {trainer.step}", file=sys.stderr)
+    elif init is not None:
+        print(f"started from the weights of {init}", file=sys.stderr)
+    if dropped:
+        print(f"removed the later checkpoints of the course the run leaves: "
+              f"{', '.join(p.name for p in dropped)}", file=sys.stderr)
+    out.mkdir(parents=True, exist_ok=True)
+    write_file_atomic(out / RUN_FILE, (json.dumps(
+        {"argv": sys.argv, "model_config": model_cfg.to_dict(),
+         "train_config": config.to_dict(), "world_size": info.world_size},
+        indent=1) + "\n").encode())
+
+
+def _report_end(trainer, steps: int, out: Path, resumed: bool) -> None:
+    """Rank 0's closing line: why the run ended and where its checkpoints are."""
+    ckpts = out / "checkpoints"
+    if trainer.step < steps:  # the time limit ended it
+        print(f"stopped by --time-limit at step {trainer.step} of {steps} with a checkpoint "
+              f"in {ckpts}; continue with --resume auto", file=sys.stderr)
+    elif resumed and trainer.step > steps:
+        print(f"nothing to train: the checkpoint is at step {trainer.step}, past --steps "
+              f"{steps}; checkpoints in {ckpts}", file=sys.stderr)
+    else:
+        print(f"done: step {trainer.step}, checkpoints in {ckpts}", file=sys.stderr)
+
+
 def _train(args: argparse.Namespace, info: DistInfo) -> int:
     """`run` within the process group ``info`` (a distributed.DistInfo)."""
-    from .checkpoint import CONFIG_FILE, CheckpointError, read_config
+    from .checkpoint import CheckpointError, read_config
     from .classifier import CONFIG_FILE as CLASSIFIER_FILE
-    from .info import parameter_counts
     from .train_state import (METRICS_FILE, STATE_JSON, check_checkpoints, drop_metrics_after,
-                              latest_checkpoint, read_train_state)
+                              read_train_state)
     from .trainer import Trainer
     from .widen import check_widening
 
@@ -382,27 +452,7 @@ def _train(args: argparse.Namespace, info: DistInfo) -> int:
             check_writable_folder(folder, "output folder")
         check_file_targets(out, [RUN_FILE, METRICS_FILE])
         check_checkpoints(out)
-        if not args.resume:
-            _refuse_earlier_run(out)
-        elif args.resume != "auto" and not Path(args.resume).resolve().is_relative_to(
-                (out / "checkpoints").resolve()):
-            _refuse_earlier_run(out, Path(args.resume))
-        resume = None
-        if args.resume == "auto":
-            resume = latest_checkpoint(out)
-        elif args.resume:
-            resume = Path(args.resume)
-            if not resume.is_dir():
-                raise CheckpointError(f"--resume {resume}: no such folder")
-            if not (resume / STATE_JSON).is_file():
-                hint = (f": an inference checkpoint; --init-from {resume} starts a run from "
-                        f"its weights" if (resume / CONFIG_FILE).is_file() else "")
-                raise CheckpointError(f"--resume {resume}: no training checkpoint there "
-                                      f"(expected {STATE_JSON}){hint}")
-        if args.init_from and args.resume and args.resume != "auto":
-            raise ValueError("give --resume (continue a run) or --init-from (start from "
-                             "weights), not both")
-        init = Path(args.init_from) if args.init_from and resume is None else None
+        resume, init = _start(args, out)
         base_train, ckpt_cfg = None, None
         if resume is not None:
             ckpt_cfg = read_config(resume)
@@ -454,27 +504,7 @@ def _train(args: argparse.Namespace, info: DistInfo) -> int:
             if init is not None:
                 trainer.init_weights(init, widen=args.widen)
         if info.is_main:
-            if args.resume == "auto" and resume is None:
-                print(f"--resume auto: no checkpoint in {out / 'checkpoints'}; a new run starts",
-                      file=sys.stderr)
-            n = parameter_counts(trainer.model)
-            where = f"{info.world_size} processes" if info.enabled else "1 process"
-            print(f"bridgegan train: {len(train_set)} images ({args.data}), "
-                  f"{model_cfg.image_size}px, {model_cfg.n_attrs} attributes, {where} on "
-                  f"{trainer.device}, amp {config.amp}; params G {n['generator']:,} E {n['encoder']:,} "
-                  f"M {n['mapping']:,} D {n['discriminator']:,}", file=sys.stderr)
-            if resume is not None:
-                print(f"resumed from {resume} at step {trainer.step}", file=sys.stderr)
-            elif init is not None:
-                print(f"started from the weights of {init}", file=sys.stderr)
-            if dropped:
-                print(f"removed the later checkpoints of the course the run leaves: "
-                      f"{', '.join(p.name for p in dropped)}", file=sys.stderr)
-            out.mkdir(parents=True, exist_ok=True)
-            write_file_atomic(out / RUN_FILE, (json.dumps(
-                {"argv": sys.argv, "model_config": model_cfg.to_dict(),
-                 "train_config": config.to_dict(), "world_size": info.world_size},
-                indent=1) + "\n").encode())
+            _announce(args, info, out, trainer, config, len(train_set), resume, init, dropped)
         with _stop_on_signals(trainer):
             trainer.train(time_limit=args.time_limit)
         if trainer.stop_signal is not None:
@@ -484,15 +514,7 @@ def _train(args: argparse.Namespace, info: DistInfo) -> int:
                       f"with --resume auto", file=sys.stderr)
             return 128 + trainer.stop_signal
         if info.is_main:
-            ckpts = out / "checkpoints"
-            if trainer.step < config.steps:  # the time limit ended it
-                print(f"stopped by --time-limit at step {trainer.step} of {config.steps} with "
-                      f"a checkpoint in {ckpts}; continue with --resume auto", file=sys.stderr)
-            elif resume is not None and trainer.step > config.steps:
-                print(f"nothing to train: the checkpoint is at step {trainer.step}, past "
-                      f"--steps {config.steps}; checkpoints in {ckpts}", file=sys.stderr)
-            else:
-                print(f"done: step {trainer.step}, checkpoints in {ckpts}", file=sys.stderr)
+            _report_end(trainer, config.steps, out, resume is not None)
         return 0
     except (ValueError, CheckpointError, OSError) as exc:
         print(f"bridgegan train: error: {exc}", file=sys.stderr)
