@@ -504,12 +504,15 @@ def front(engine, tmp_path_factory):
 
 
 def post(address: str, body, path: str = "/v2/models/translate_label/infer",
-         headers: dict | None = None) -> tuple[int, dict]:
-    """(status, JSON answer) of one POST to the server at ``address`` ("host:port")."""
+         headers: dict | None = None, answer_headers: dict | None = None) -> tuple[int, dict]:
+    """(status, JSON answer) of one POST to the server at ``address`` ("host:port"); the
+    answer's headers go into ``answer_headers`` where given."""
     conn = http.client.HTTPConnection(address, timeout=60)
     try:
         conn.request("POST", path, body=as_bytes(body), headers=headers or {})
         response = conn.getresponse()
+        if answer_headers is not None:
+            answer_headers.update(response.getheaders())
         return response.status, json.loads(response.read())
     finally:
         conn.close()
@@ -663,6 +666,10 @@ def test_grpc_typed_contents_of_each_data_type_are_read(engine):
         k: list(np.asarray(v[3], NUMPY_TYPES[v[0]])) for k, v in values.items()}
 
 
+OWN = [("grpc.use_local_subchannel_pool", 1)]  # a channel's own connection (not one shared
+# with the process's other channels to that address)
+
+
 @needs_front
 def test_grpc_calls_past_the_bound_are_refused(engine, tmp_path, monkeypatch):
     """With MAX_GRPC_CALLS calls held open by clients that send nothing, the next call is
@@ -689,9 +696,12 @@ def test_grpc_calls_past_the_bound_are_refused(engine, tmp_path, monkeypatch):
     specs = {name: (spec, 8) for name, spec in model_specs(engine.config).items()}
     with Front(specs, tmp_path / "http.sock", f"unix:{tmp_path / 'grpc.sock'}", "127.0.0.1",
                free_ports(1)[0], 0, 120.0) as served, \
-            grpc.insecure_channel(f"{served.host}:{served.grpc_port}") as channel:
+            contextlib.ExitStack() as channels:
+        address = f"{served.host}:{served.grpc_port}"
+        channel, *holders = (channels.enter_context(grpc.insecure_channel(address, OWN))
+                             for _ in range(3))  # one call a connection takes at most here
         infer = GRPC_SERVICE + "ModelInfer"
-        calls = [channel.stream_unary(infer).future(held(), timeout=120) for _ in range(2)]
+        calls = [h.stream_unary(infer).future(held(), timeout=120) for h in holders]
         # both held before the first probe: a probe that reached the server between the
         # two would take the second one's slot (it is refused), and no probe is ever refused
         assert all(entered.acquire(timeout=60) for _ in calls), [c.done() for c in calls]
@@ -710,6 +720,50 @@ def test_grpc_calls_past_the_bound_are_refused(engine, tmp_path, monkeypatch):
         with pytest.raises(grpc.RpcError) as err:
             channel.unary_unary(infer)(b"\xff", timeout=120)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@needs_front
+def test_one_grpc_connection_takes_at_most_a_quarter_of_the_calls(engine, tmp_path,
+                                                                  monkeypatch):
+    """One connection holding calls that send nothing took every call slot: every other
+    client got RESOURCE_EXHAUSTED until the read timeout. A connection takes a quarter of
+    them at most (its further calls wait in its client); the others' calls are taken."""
+    import grpc
+
+    from bridgegan.serve.front import GRPC_SERVICE, Front
+
+    monkeypatch.setattr(front_module, "MAX_GRPC_CALLS", 4)
+    release = threading.Event()
+    entered = threading.Semaphore(0)
+    message = Front.grpc_message
+
+    async def counted(self, requests, context):
+        entered.release()
+        return await message(self, requests, context)
+
+    monkeypatch.setattr(Front, "grpc_message", counted)
+
+    def held():
+        release.wait(120)
+        yield b"\xff"
+
+    specs = {name: (spec, 8) for name, spec in model_specs(engine.config).items()}
+    with Front(specs, tmp_path / "http.sock", f"unix:{tmp_path / 'grpc.sock'}", "127.0.0.1",
+               free_ports(1)[0], 0, 120.0) as served, \
+            grpc.insecure_channel(f"{served.host}:{served.grpc_port}", OWN) as greedy, \
+            grpc.insecure_channel(f"{served.host}:{served.grpc_port}", OWN) as other:
+        infer = GRPC_SERVICE + "ModelInfer"
+        calls = [greedy.stream_unary(infer).future(held(), timeout=120) for _ in range(4)]
+        try:
+            assert entered.acquire(timeout=60)
+            assert not entered.acquire(timeout=2)  # its other three wait in its client
+            with pytest.raises(grpc.RpcError) as err:
+                other.unary_unary(infer)(b"\xff", timeout=120)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # taken, and read
+        finally:
+            release.set()
+        for call in calls:
+            assert call.exception(timeout=120).code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def h2_frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
@@ -784,7 +838,9 @@ def test_grpc_clients_that_do_not_take_their_answers_lose_their_calls(engine, tm
         with Front(specs, tmp_path / "http.sock", f"unix:{tmp_path / 'grpc.sock'}",
                    "127.0.0.1", free_ports(1)[0], 0, read_timeout) as served, \
                 grpc.insecure_channel(f"{served.host}:{served.grpc_port}") as channel:
-            held = h2_calls_without_window((served.host, served.grpc_port), live, 2)
+            # one call on each of two connections (a connection takes a quarter at most)
+            held = [h2_calls_without_window((served.host, served.grpc_port), live, 1)
+                    for _ in range(2)]
             answers = []  # refused while the two are held, then taken again (before: never)
             try:
                 for _ in range(600):  # a hang guard: two minutes of probes
@@ -798,7 +854,8 @@ def test_grpc_clients_that_do_not_take_their_answers_lose_their_calls(engine, tm
                         break
                     time.sleep(0.2)
             finally:
-                held.close()
+                for sock in held:
+                    sock.close()
             assert answers and answers[0] == grpc.StatusCode.RESOURCE_EXHAUSTED, answers[:3]
             assert answers[-1] == "live", answers[-3:]
             # (this channel's own connection ages out too: a call may meet its GOAWAY)
@@ -991,13 +1048,95 @@ def test_bodies_wait_for_reading_budget_within_their_deadline(front):
 
     body = json.dumps({"inputs": LABEL})
     ticket = on_loop(hold(front.reading_bytes))
+    headers = {}
     try:
-        status, answer = post(front.http, body)
+        status, answer = post(front.http, body, answer_headers=headers)
     finally:
         on_loop(release(ticket))
     assert status == 503 and answer["error"] == (
         f"{front_module.BUSY}: no request body budget freed within {READ_TIMEOUT_S:g} s")
+    assert headers["Retry-After"] == str(front_module.RETRY_AFTER_S)
     assert post(front.http, body) == OK_REPLY
+
+
+@needs_front
+def test_tritonservers_full_queue_is_busy_not_a_failure(front):
+    """tritonserver's 503 for a model queue at its max_queue_size was "the server failed on
+    this request" (logged as an error): the client is told to retry."""
+    headers = {}
+    try:
+        front.fake.reply = (503, {"error": "Exceeds maximum queue size"})
+        status, answer = post(front.http, json.dumps({"inputs": LABEL}), answer_headers=headers)
+    finally:
+        front.fake.reply = OK_REPLY
+    assert status == 503 and answer["error"] == (
+        f"{front_module.BUSY}: tritonserver's queue of translate_label is full")
+    assert headers["Retry-After"] == str(front_module.RETRY_AFTER_S)
+
+
+@needs_front
+def test_chunked_inference_bodies_and_many_header_fields_are_refused(front):
+    """A chunked body was parsed chunk by chunk (1-byte chunks: 0.7 s of the event loop per
+    MB) and a header of 128 fields of 8 KiB held 1 MB a connection: 411, and 400."""
+    front.fake.bodies.clear()
+    sock = stall(front, b"POST /v2/models/translate_label/infer HTTP/1.1\r\nHost: x\r\n"
+                        b"Transfer-Encoding: chunked\r\n\r\n" + b"1\r\n{\r\n" * 100)
+    with sock:
+        status, body = response_on(sock)
+    assert status == 411 and b"needs a Content-Length" in body
+    fields = b"".join(b"X-%d: 1\r\n" % i for i in range(front_module.MAX_HEADERS + 1))
+    with stall(front, b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\n" + fields + b"\r\n") \
+            as sock:
+        assert response_on(sock)[0] == 400
+    assert front.fake.bodies == []
+
+
+@needs_front
+def test_a_request_whose_client_left_is_not_forwarded(front, monkeypatch):
+    """A client that closed its connection while its request was checked: tritonserver
+    computed it all the same (it does not drop an HTTP request whose client left)."""
+    checking, closed = threading.Event(), threading.Event()
+    check = front_module.check
+
+    def slow_check(*args):
+        checking.set()
+        closed.wait(60)
+        return check(*args)
+
+    monkeypatch.setattr(front_module, "check", slow_check)
+    front.fake.bodies.clear()
+    sock = send_request(front, json.dumps({"inputs": LABEL}).encode())
+    assert checking.wait(60)
+    sock.close()
+    closed.set()
+    monkeypatch.undo()
+    assert post(front.http, json.dumps({"inputs": LABEL})) == OK_REPLY  # served after it
+    assert front.fake.bodies == [json.dumps({"inputs": LABEL}).encode()]  # this one only
+
+
+@needs_front
+def test_connections_past_the_cap_are_closed_as_they_open(engine, tmp_path, monkeypatch):
+    """Each open connection holds memory and a descriptor: past MAX_CONNECTIONS one more is
+    closed at once; once one closes, another is taken."""
+    from bridgegan.serve.front import Front
+
+    monkeypatch.setattr(front_module, "MAX_CONNECTIONS", 2)
+    specs = {name: (spec, 8) for name, spec in model_specs(engine.config).items()}
+    with Front(specs, tmp_path / "http.sock", f"unix:{tmp_path / 'grpc.sock'}", "127.0.0.1",
+               free_ports(1)[0], 0, 60.0) as served:
+        address = (served.host, served.http_port)
+        held = [socket.create_connection(address, timeout=60) for _ in range(2)]
+        wait_for(lambda: len(served.runner.server.connections) == 2, "two connections")
+        with socket.create_connection(address, timeout=60) as extra:
+            extra.sendall(b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\n\r\n")
+            with contextlib.suppress(ConnectionResetError):
+                assert extra.recv(100) == b""  # closed unanswered
+        held.pop().close()
+        wait_for(lambda: len(served.runner.server.connections) == 1, "one connection")
+        with socket.create_connection(address, timeout=60) as sock:
+            sock.sendall(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+            assert response_on(sock)[0] == 403  # taken: answered
+        held.pop().close()
 
 
 def send_request(front, body: bytes) -> socket.socket:

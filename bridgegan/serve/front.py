@@ -31,6 +31,15 @@ request on its own before it reaches tritonserver:
   read timeout, its calls in flight given as long again (a call whose answer the client
   takes no HTTP/2 window for would keep its slot for good: grpc's Python API cannot end
   one call); clients reconnect by themselves;
+- connections: at most ``MAX_CONNECTIONS`` HTTP connections (one more is closed as it
+  opens), ``MAX_HEADERS`` header fields a request; an inference body needs a
+  Content-Length (411: a chunked body is parsed chunk by chunk), and a compressed one is
+  refused (415) without being inflated; a refused body still arriving is read for
+  ``LINGER_S`` only; one gRPC connection takes a quarter of the gRPC calls at most (its
+  further calls wait in its client);
+- busy: a 503 (no budget, tritonserver's model queue full) carries Retry-After; a request
+  whose client has left by the time it was checked is not forwarded (tritonserver would
+  compute an HTTP request whose client has gone);
 - count: a request declaring more inputs than its model takes is refused before they
   are walked (a gRPC message declares one in two bytes);
 - JSON: no more items than max batch rows take (``check_json_items``, before it is
@@ -81,7 +90,12 @@ LOG = logging.getLogger("bridgegan.serve")
 T = TypeVar("T")
 JSON_BYTES_PER_VALUE = 32  # a float32 written by json.dumps: up to 24 characters and ", "
 HEADER_BYTES = 64 * 1024  # JSON header of a binary request, names and parameters
-GRACE_S = 2.0  # on shutdown, how long requests in flight may take to finish
+MAX_CONNECTIONS = 1024  # HTTP connections open at once; one more is closed as it opens
+MAX_HEADERS = 32  # header fields of an HTTP request (aiohttp's default, 128 of up to 8 KiB
+# each, let a connection that never ends its header hold 1.8 MB; Triton's clients send < 10)
+LINGER_S = 1.0  # how long a refused body still arriving is read (and discarded) after the
+# answer, so that its client gets the answer, not a reset (aiohttp's default: 10 s)
+RETRY_AFTER_S = 1  # Retry-After of a 503: busy, or tritonserver's queue full
 MAX_READING = 32  # largest request bodies held at once (read, checked, forwarded, answered)
 READING_BYTES = 1 << 30  # but no more bytes than this where they are larger (two at least)
 MAX_WAITING = 4 * MAX_READING  # readers waiting for budget, each holding up to READ_CHUNK
@@ -356,6 +370,12 @@ def unparsed_request(answer: bytes) -> str | None:
     return message if isinstance(message, str) and message.startswith(TRITON_UNPARSED) else None
 
 
+def queue_full(body: bytes) -> bool:
+    """Whether tritonserver's error ``body`` is its refusal of a request its model's queue
+    has no room for (``max_queue_size``): the server is busy, not failing."""
+    return b"Exceeds maximum queue size" in body
+
+
 def server_failure(what: str, detail: str) -> str:
     """Log a server-side failure in full; the one line the client gets instead."""
     LOG.error("%s failed: %s", what, detail)
@@ -366,15 +386,16 @@ class Front:
     """HTTP and gRPC on ``host``'s public ports in front of tritonserver's private
     ``private_http`` socket and ``private_grpc`` target (``server.private_sockets``); an
     HTTP client has ``read_timeout_s`` for a request's header and as long for its body, a
-    gRPC client as long for its request message. Runs its own event loop in a thread. A
-    context manager; ``grpc_port`` 0 takes a free port (the one bound is read back)."""
+    gRPC client as long for its request message; on close, requests in flight have
+    ``grace_s`` to finish. Runs its own event loop in a thread. A context manager;
+    ``grpc_port`` 0 takes a free port (the one bound is read back)."""
 
     def __init__(self, specs: dict[str, tuple[ModelSpec, int]], private_http: os.PathLike,
                  private_grpc: str, host: str, http_port: int, grpc_port: int,
-                 read_timeout_s: float):
+                 read_timeout_s: float, grace_s: float = 2.0):
         self.specs, self.private_http, self.private_grpc = specs, private_http, private_grpc
         self.host, self.http_port, self.grpc_port = host, http_port, grpc_port
-        self.read_timeout_s = read_timeout_s
+        self.read_timeout_s, self.grace_s = read_timeout_s, grace_s
         self.max_batch = max(b for _, b in specs.values())
         self.binary_limit = HEADER_BYTES + self.max_batch * max(
             row_bytes(s) for s, _ in specs.values())
@@ -400,8 +421,8 @@ class Front:
         self.close()
 
     def close(self) -> None:
-        """Stop taking requests, let those in flight finish for up to GRACE_S, stop. Calls
-        while one is under way (a second signal) return at once."""
+        """Stop taking requests, let those in flight finish for up to ``grace_s``, stop.
+        Calls while one is under way (a second signal) return at once."""
         if not self.closing.acquire(blocking=False):
             return
         if self.thread.is_alive():
@@ -414,15 +435,23 @@ class Front:
         import grpc
         from aiohttp import web
 
+        # no total timeout (aiohttp's default: 300 s, after which a request still queued in
+        # tritonserver read as a server failure): a request takes as long as tritonserver
+        # takes, bounded by its queue (``pbtxt``'s max queue size) and the front's budgets
         self.session = aiohttp.ClientSession(
-            "http://tritonserver", connector=aiohttp.UnixConnector(os.fspath(self.private_http)))
+            "http://tritonserver", connector=aiohttp.UnixConnector(os.fspath(self.private_http)),
+            timeout=aiohttp.ClientTimeout(total=None))
         self.reading = _Budget(self.reading_bytes, MAX_WAITING)
         app = web.Application(client_max_size=self.mixed_limit)
         app.router.add_route("*", "/{path:.*}", self._http)
-        # keepalive_timeout: a connection without a whole request header is closed after it
-        self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=GRACE_S,
-                                    keepalive_timeout=self.read_timeout_s)
+        # keepalive_timeout: a connection without a whole request header is closed after it;
+        # auto_decompress off: a compressed body is refused (415), never inflated
+        self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=self.grace_s,
+                                    keepalive_timeout=self.read_timeout_s,
+                                    max_headers=MAX_HEADERS, auto_decompress=False,
+                                    lingering_time=LINGER_S)
         await self.runner.setup()
+        _cap_connections(self.runner.server, MAX_CONNECTIONS)
         await web.TCPSite(self.runner, self.host, self.http_port).start()
         unlimited = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
         self.channel = grpc.aio.insecure_channel(self.private_grpc, options=unlimited)
@@ -430,7 +459,9 @@ class Front:
         # connection ends: end each after the read timeout, calls in flight given as long
         # (grpc takes a C int of ms: a read timeout past ~24.8 days would not start)
         age_ms = min(int(1000 * self.read_timeout_s), 2**31 - 1)
+        # max_concurrent_streams: one connection takes at most a quarter of the calls
         self.grpc = grpc.aio.server(maximum_concurrent_rpcs=self.grpc_calls, options=[
+            ("grpc.max_concurrent_streams", max(1, self.grpc_calls // 4)),
             ("grpc.max_receive_message_length", self.binary_limit),
             ("grpc.max_send_message_length", -1), ("grpc.so_reuseport", 0),
             ("grpc.max_connection_age_ms", age_ms), ("grpc.max_connection_age_grace_ms", age_ms)])
@@ -439,7 +470,7 @@ class Front:
         await self.grpc.start()
 
     async def _stop(self) -> None:
-        await asyncio.gather(self.grpc.stop(GRACE_S), self.runner.shutdown())
+        await asyncio.gather(self.grpc.stop(self.grace_s), self.runner.shutdown())
         await self.runner.cleanup()
         await self.session.close()
         await self.channel.close()
@@ -463,7 +494,9 @@ class Front:
                 else:
                     raise RequestError(f"{request.method} {path} is {OFF}", 403)
             except RequestError as exc:
-                response = web.json_response({"error": str(exc)}, status=exc.status)
+                retry = {"Retry-After": str(RETRY_AFTER_S)} if exc.status == 503 else None
+                response = web.json_response({"error": str(exc)}, status=exc.status,
+                                             headers=retry)
             return await self._respond(request, response)
         finally:
             budget.leave(reader)
@@ -502,6 +535,9 @@ class Front:
             raise RequestError(f"unknown model {model!r}; served: {', '.join(self.specs)}", 404)
         if request.headers.get("Content-Encoding", "identity") != "identity":
             raise RequestError("compressed request bodies are not accepted", 415)
+        if request.content_length is None:  # chunked: parsed chunk by chunk, 1 byte each
+            raise RequestError("an inference request needs a Content-Length (chunked bodies "
+                               "are not accepted)", 411)
         header = request.headers.get("Inference-Header-Content-Length")
         try:
             header_length = None if header is None else int(header)
@@ -552,6 +588,9 @@ class Front:
     async def _forward(self, request, body: bytes):
         from aiohttp import ClientError, web
 
+        if _client_left(request):  # tritonserver would compute it for no one (it does not
+            # drop an HTTP request whose client has left)
+            raise RequestError("the client left before its request was forwarded")
         keep = ("Content-Type", "Inference-Header-Content-Length")
         headers = {k: request.headers[k] for k in keep if k in request.headers}
         try:
@@ -564,6 +603,9 @@ class Front:
         unparsed = unparsed_request(data) if status == 500 else None
         if unparsed:
             raise RequestError(f"{request.path}: invalid request: {unparsed}")
+        if status == 503 and queue_full(data):
+            raise RequestError(f"{BUSY}: tritonserver's queue of {request.path.split('/')[3]} "
+                               f"is full", 503)
         if status >= 500:
             raise RequestError(server_failure(request.path, data.decode(errors="replace")), status)
         return web.Response(body=data, status=status, headers=out)
@@ -611,6 +653,9 @@ class Front:
         try:
             return await call(payload)
         except grpc.aio.AioRpcError as exc:
+            if queue_full((exc.details() or "").encode()):
+                await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                    f"{BUSY}: tritonserver's queue of the model is full")
             if exc.code() in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN,
                               grpc.StatusCode.UNAVAILABLE):
                 await context.abort(exc.code(), server_failure(name, exc.details() or ""))
@@ -631,6 +676,37 @@ class _GrpcHandler:
             payload = await self.front.grpc_message(requests, context)
             return await self.front.grpc_call(details.method, payload, context)
         return grpc.stream_unary_rpc_method_handler(call)
+
+
+def _cap_connections(server, most: int) -> None:
+    """Close each connection to aiohttp's ``server`` that opens while ``most`` are open:
+    each holds memory (its buffers, a header being read) and a file descriptor."""
+    made = server.connection_made
+
+    def connection_made(handler, transport) -> None:
+        made(handler, transport)
+        if len(server.connections) > most:
+            LOG.warning("%d HTTP connections are open: one more closed", most)
+            transport.abort()
+    server.connection_made = connection_made
+
+
+def _client_left(request) -> bool:
+    """Whether ``request``'s client has closed its connection: looked at in the socket
+    (the front does not read a connection while its request is served, so the event loop
+    does not see the close), by a peek at a duplicate descriptor (asyncio's own socket
+    object takes no reads)."""
+    transport = request.transport
+    sock = None if transport is None else transport.get_extra_info("socket")
+    if sock is None:
+        return transport is None or transport.is_closing()
+    try:
+        with socket.socket(fileno=os.dup(sock.fileno())) as peek:
+            return peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:  # open, nothing sent since the request
+        return False
+    except OSError:  # reset
+        return True
 
 
 def _hold_connection(request) -> None:

@@ -248,8 +248,10 @@ def run_tritonserver(repository: str | os.PathLike, host: str = HOST,
                                 pass_fds=sorted(_HELD))  # the locks: alive while it runs
         try:
             wait_ready(http, MODELS, proc)
+            # requests in flight at a signal are answered within the exit timeout, then
+            # tritonserver gets its own
             with Front(fetch_specs(http), http, grpc, host, http_port, grpc_port,
-                       read_timeout_secs) as front:
+                       read_timeout_secs, grace_s=exit_timeout_secs) as front:
                 def stop(sig, _):  # no new requests, then the server shuts down itself
                     front.close()
                     proc.send_signal(signal.SIGINT)
