@@ -87,12 +87,14 @@ from .models import NUMPY_TYPES, ModelSpec, check_request
 from .names import MODELS
 
 LOG = logging.getLogger("bridgegan.serve")
+HTTP_LOG = logging.getLogger("bridgegan.serve.http")  # aiohttp's server, filtered: _ClientErrors
 T = TypeVar("T")
 JSON_BYTES_PER_VALUE = 32  # a float32 written by json.dumps: up to 24 characters and ", "
 HEADER_BYTES = 64 * 1024  # JSON header of a binary request, names and parameters
 MAX_CONNECTIONS = 1024  # HTTP connections open at once; one more is closed as it opens
-MAX_HEADERS = 32  # header fields of an HTTP request (aiohttp's default, 128 of up to 8 KiB
-# each, let a connection that never ends its header hold 1.8 MB; Triton's clients send < 10)
+MAX_HEADERS = 32  # header fields of an HTTP request, each line at most HEADER_LINE bytes
+HEADER_LINE = 4096  # (aiohttp's defaults, 128 fields of 8 KiB, let a connection that never
+# ends its header hold 1.8 MB, 0.5 MB at 32 such fields; Triton's clients send < 10 short ones)
 LINGER_S = 1.0  # how long a refused body still arriving is read (and discarded) after the
 # answer, so that its client gets the answer, not a reset (aiohttp's default: 10 s)
 RETRY_AFTER_S = 1  # Retry-After of a 503: busy, or tritonserver's queue full
@@ -448,8 +450,9 @@ class Front:
         # auto_decompress off: a compressed body is refused (415), never inflated
         self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=self.grace_s,
                                     keepalive_timeout=self.read_timeout_s,
-                                    max_headers=MAX_HEADERS, auto_decompress=False,
-                                    lingering_time=LINGER_S)
+                                    max_headers=MAX_HEADERS, max_field_size=HEADER_LINE,
+                                    max_line_size=HEADER_LINE, auto_decompress=False,
+                                    lingering_time=LINGER_S, logger=HTTP_LOG)
         await self.runner.setup()
         _cap_connections(self.runner.server, MAX_CONNECTIONS)
         await web.TCPSite(self.runner, self.host, self.http_port).start()
@@ -676,6 +679,20 @@ class _GrpcHandler:
             payload = await self.front.grpc_message(requests, context)
             return await self.front.grpc_call(details.method, payload, context)
         return grpc.stream_unary_rpc_method_handler(call)
+
+
+class _ClientErrors(logging.Filter):
+    """Drops aiohttp's log record of a malformed request (too many header fields, a line
+    too long: an HttpProcessingError, its traceback at ERROR): its client gets the 400,
+    and a client could otherwise fill the server's log at will."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from aiohttp.http_exceptions import HttpProcessingError
+
+        return not (record.exc_info and isinstance(record.exc_info[1], HttpProcessingError))
+
+
+HTTP_LOG.addFilter(_ClientErrors())
 
 
 def _cap_connections(server, most: int) -> None:
