@@ -486,6 +486,7 @@ def parse_config(text: str) -> dict:
             "preferred": [int(v) for v in re.search(r"preferred_batch_size: \[([\d, ]*)\]",
                                                     text).group(1).replace(",", " ").split()],
             "delay": int(re.search(r"max_queue_delay_microseconds: (\d+)", text).group(1)),
+            "queue": int((re.search(r"max_queue_size: (\d+)", text) or [0, 0])[1]),
             "input": ports("input"), "output": ports("output")}
 
 
@@ -528,8 +529,13 @@ def test_triton_model_repository(ckpt, exported, tmp_path):
         assert (cfg["name"], cfg["platform"]) == (name, "onnxruntime_onnx")
         assert cfg["max_batch_size"] == 64
         assert cfg["preferred"] == [4, 8, 16, 32] and cfg["delay"] == 1000
+        assert cfg["queue"] == 0  # no bound unless asked
         assert (cfg["input"], cfg["output"]) == onnx_ports(folder / "1/model.onnx")
         assert json.loads((folder / "bridgegan.json").read_text())["attributes"][0] == "Black_Hair"
+    assert main(["export", "triton-repo", str(ckpt), str(repo), "--onnx-dir", str(exported),
+                 "--max-queue-size", "16"]) == 0
+    assert {parse_config((repo / n / "config.pbtxt").read_text())["queue"] for n in PROGRAMS} \
+        == {16}
     # a plan replaces the ONNX model of the graph its sidecar names (sidecar as data here)
     plan = tmp_path / "label.plan"
     plan.write_bytes(b"serialized engine")

@@ -1564,6 +1564,38 @@ def test_dynamic_batching(batching_server, engine):
 
 
 @needs_serve
+def test_a_full_model_queue_refuses_at_once_as_busy(ckpt, engine, tmp_path):
+    """--max-queue-size 1: of two requests sent together, the queue holds one (the batcher
+    waits up to its delay for more), the other is refused at once as busy, over HTTP or
+    gRPC; tritonserver's words for it are what the front maps (``front.queue_full``)."""
+    from tritonclient.utils import InferenceServerException
+
+    from bridgegan.serve.process import ServerProcess
+
+    x, yt, r = images(2, 32, 8), labels(2, 6, 8), noise(2, 8)
+    one = [{"image": x[i:i + 1], "target": yt[i:i + 1], "noise": r[i:i + 1]} for i in range(2)]
+    with ServerProcess(["--checkpoint", str(ckpt), "--max-batch", "8", "--max-queue-delay-us",
+                        "10000000", "--max-queue-size", "1", "--exit-timeout-secs", "10"],
+                       tmp_path / "serve.log") as server:
+        start = threading.Barrier(2)
+
+        def send(i):
+            start.wait(60)
+            try:
+                return infer(server, ("http", "grpc")[i], "translate_label", one[i])
+            except InferenceServerException as exc:
+                return exc
+
+        with ThreadPoolExecutor(2) as pool:
+            got = list(pool.map(send, range(2)))
+    refused = [g for g in got if isinstance(g, InferenceServerException)]
+    assert len(refused) == 1, got
+    assert "the server is busy" in str(refused[0]) and "queue of" in str(refused[0]), refused
+    i = next(k for k, g in enumerate(got) if not isinstance(g, InferenceServerException))
+    assert close(got[i], engine.translate(x[i:i + 1], yt[i:i + 1], noise=r[i:i + 1]))
+
+
+@needs_serve
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_bad_requests_get_clear_errors(served, engine, protocol):
     from tritonclient.utils import InferenceServerException

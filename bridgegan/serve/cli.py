@@ -8,6 +8,7 @@ import argparse
 
 from ..argtypes import int_between, non_negative_int, positive_float, positive_int
 from ..engine import options as engine_options
+from ..engine.export.cli import add_queue_size
 from ..engine.export.names import MAX_BATCH, QUEUE_DELAY_US
 from .names import EXIT_TIMEOUT_S, GRPC_PORT, HOST, HTTP_PORT, METRICS_PORT, READ_TIMEOUT_S
 
@@ -44,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
     from .repo_python import write_python_repo
     from .server import import_pytriton, serve_checkpoint
 
-    engine = (args.max_batch, args.max_queue_delay_us, args.device, args.backend, args.dtype)
+    engine = (args.max_batch, args.max_queue_delay_us, args.device, args.backend, args.dtype,
+              args.max_queue_size)
     if args.write_repository:
         check_writable_folder(args.write_repository, "--write-repository")
         check_apart(args.write_repository, "--write-repository",
@@ -59,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 # the options a written repository fixes (config.pbtxt), which serve --repository cannot change
-REPOSITORY_DECIDES = ("backend", "dtype", "device", "max_batch", "max_queue_delay_us")
+REPOSITORY_DECIDES = ("backend", "dtype", "device", "max_batch", "max_queue_delay_us",
+                      "max_queue_size")
 
 
 def _not_default(args: argparse.Namespace, names) -> list[str]:
@@ -97,6 +100,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-queue-delay-us", type=non_negative_int, default=QUEUE_DELAY_US,
                    help="how long a request may wait for others to batch with, >= 0 "
                         "(default: %(default)s)")
+    add_queue_size(p)
     p.add_argument("--host", default=HOST,
                    help="address to bind (default: %(default)s; 0.0.0.0 for every interface)")
     p.add_argument("--http-port", type=PORT, default=HTTP_PORT,

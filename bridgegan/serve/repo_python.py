@@ -35,12 +35,13 @@ MODEL_PY = "from bridgegan.serve.repo_python import TritonPythonModel  # noqa: F
 
 
 def python_model_config(spec: ModelSpec, max_batch: int, queue_delay_us: int, device: str,
-                        backend: str, dtype: str) -> str:
+                        backend: str, dtype: str, max_queue_size: int = 0) -> str:
     """config.pbtxt text of one python-backend model: one instance on ``device``, the
     engine's backend and dtype as parameters."""
     return model_config(spec.name, ("backend", "python"), max_batch, spec.inputs, spec.outputs,
                         queue_delay_us, device=device,
-                        parameters={"engine_backend": backend, "engine_dtype": dtype})
+                        parameters={"engine_backend": backend, "engine_dtype": dtype},
+                        max_queue_size=max_queue_size)
 
 
 def _text(text: str):
@@ -49,13 +50,13 @@ def _text(text: str):
 
 def write_python_repo(checkpoint: str | os.PathLike, out: str | os.PathLike,
                       max_batch: int = MAX_BATCH, queue_delay_us: int = QUEUE_DELAY_US,
-                      device: str = "cpu", backend: str = "torch", dtype: str = "float32"
-                      ) -> list[Path]:
+                      device: str = "cpu", backend: str = "torch", dtype: str = "float32",
+                      max_queue_size: int = 0) -> list[Path]:
     """Write one python-backend model folder per served model under ``out`` (each replaced
     atomically, all written before any goes in: ``files.write_folders_atomic``; every
     folder is checked replaceable before any is written). ``device``
     "cuda" gives GPU instances ("cuda:N": on GPU N); ``backend`` / ``dtype`` are the
-    engine's. Returns the model folders."""
+    engine's; ``max_queue_size``: ``pbtxt.model_config``'s. Returns the model folders."""
     split_device(device)  # a bad device fails before anything is written
     config = load_checkpoint(checkpoint).config  # checks every tensor before copying
     specs = model_specs(config)
@@ -72,7 +73,8 @@ def write_python_repo(checkpoint: str | os.PathLike, out: str | os.PathLike,
         return write
 
     for name in MODELS:
-        text = python_model_config(specs[name], max_batch, queue_delay_us, device, backend, dtype)
+        text = python_model_config(specs[name], max_batch, queue_delay_us, device, backend, dtype,
+                                   max_queue_size)
         meta = {**info, "model": name, "backend": "python",
                 "inputs": [vars(p) for p in specs[name].inputs]}
         folders[Path(out) / name] = {

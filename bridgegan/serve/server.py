@@ -280,7 +280,8 @@ def _attribute_order(repository: str | os.PathLike) -> str:
 
 
 def serve_checkpoint(checkpoint: str | os.PathLike, max_batch: int, queue_delay_us: int,
-                     device: str, backend: str, dtype: str, **server) -> int:
+                     device: str, backend: str, dtype: str, max_queue_size: int = 0,
+                     **server) -> int:
     """Write the python-backend repository of ``checkpoint`` into a private temporary
     folder and run tritonserver on it (``run_tritonserver``'s keyword options)."""
     from .repo_python import write_python_repo
@@ -288,5 +289,5 @@ def serve_checkpoint(checkpoint: str | os.PathLike, max_batch: int, queue_delay_
     with _private_folder(REPOSITORY_PREFIX) as folder:
         repository = Path(folder) / "models"
         write_python_repo(checkpoint, repository, max_batch, queue_delay_us, device, backend,
-                          dtype)
+                          dtype, max_queue_size)
         return run_tritonserver(repository, **server)

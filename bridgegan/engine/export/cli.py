@@ -87,7 +87,8 @@ def _triton(args: argparse.Namespace) -> int:
                                                       ("--onnx-dir", args.onnx_dir)])
     folders = write_triton_repo(args.checkpoint, args.dir, args.plan or (), args.precision,
                                 args.onnx_dir, args.max_batch,
-                                args.preferred_batch or PREFERRED_BATCHES, args.queue_delay_us)
+                                args.preferred_batch or PREFERRED_BATCHES, args.queue_delay_us,
+                                max_queue_size=args.max_queue_size)
     print(f"wrote {', '.join(f.name for f in folders)} to {args.dir}; serve with: "
           f"tritonserver --model-repository {args.dir}")
     return 0
@@ -96,6 +97,14 @@ def _triton(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     """Export to the target given on the command line."""
     return args.target_func(args)
+
+
+def add_queue_size(p: argparse.ArgumentParser) -> None:
+    """``--max-queue-size``: of a Triton model repository's models (export, serve)."""
+    p.add_argument("--max-queue-size", type=non_negative_int, default=0,
+                   help="requests a model's queue holds; more are refused at once (HTTP 503 "
+                        "with Retry-After, gRPC UNAVAILABLE) instead of waiting behind them; "
+                        "0: no bound (default)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -151,4 +160,5 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--queue-delay-us", type=non_negative_int, default=QUEUE_DELAY_US,
                    help="how long a request may wait for others to batch with, >= 0 "
                         "(default: %(default)s)")
+    add_queue_size(t)
     t.set_defaults(target_func=_triton)

@@ -58,18 +58,21 @@ def _parameter(key: str, value: str) -> str:
 def model_config(name: str, runtime: tuple[str, str], max_batch_size: int,
                  inputs: Iterable[Port], outputs: Iterable[Port], queue_delay_us: int,
                  preferred: Iterable[int] = (), device: str | None = None,
-                 parameters: Mapping[str, str] | None = None) -> str:
+                 parameters: Mapping[str, str] | None = None, max_queue_size: int = 0) -> str:
     """config.pbtxt text of one model with dynamic batching.
 
     ``runtime``: ("platform", "onnxruntime_onnx" / "tensorrt_plan") or ("backend",
     "python"). ``preferred``: preferred batch sizes (those above ``max_batch_size`` are
     left out). ``device`` ("cpu", "cuda" or "cuda:N"; ``argtypes.split_device``): one
     instance of that kind (on GPU N); None leaves the instances to Triton.
-    ``parameters``: string parameters the model reads.
+    ``parameters``: string parameters the model reads. ``max_queue_size``: requests the
+    model's queue holds, more refused at once ("Exceeds maximum queue size"); 0: no bound.
     """
     sizes = [str(b) for b in preferred if b <= max_batch_size]
     batching = ([f"  preferred_batch_size: [ {', '.join(sizes)} ]"] if sizes else []) + [
-        f"  max_queue_delay_microseconds: {queue_delay_us}"]
+        f"  max_queue_delay_microseconds: {queue_delay_us}"] + (
+        [f"  default_queue_policy {{\n    max_queue_size: {max_queue_size}\n  }}"]
+        if max_queue_size else [])
     lines = [f'name: "{name}"', f'{runtime[0]}: "{runtime[1]}"',
              f"max_batch_size: {max_batch_size}", _ports("input", inputs),
              _ports("output", outputs), "dynamic_batching {", *batching, "}"]

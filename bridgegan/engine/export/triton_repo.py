@@ -38,14 +38,15 @@ MODEL_FILES = ("config.pbtxt", "bridgegan.json", "1/model.onnx", "1/model.plan")
 
 
 def graph_config(name: str, spec: dict, platform: str, max_batch_size: int,
-                 preferred: Iterable[int], queue_delay_us: int) -> str:
+                 preferred: Iterable[int], queue_delay_us: int, max_queue_size: int = 0) -> str:
     """config.pbtxt text of one exported graph; ``spec`` is its ``onnx_export.io_spec``."""
     def ports(kind: str) -> list[Port]:
         return [Port(p["name"], TRITON_TYPES[p["dtype"]], tuple(p["shape"][1:]))
                 for p in spec[kind]]
 
     return model_config(name, ("platform", platform), max_batch_size, ports("inputs"),
-                        ports("outputs"), queue_delay_us, preferred)
+                        ports("outputs"), queue_delay_us, preferred,
+                        max_queue_size=max_queue_size)
 
 
 def _plans_by_graph(plans: Iterable[str | os.PathLike], manifest: dict,
@@ -94,7 +95,8 @@ def write_triton_repo(checkpoint: str | os.PathLike, out: str | os.PathLike,
                       onnx_dir: str | os.PathLike | None = None,
                       max_batch_size: int = MAX_BATCH, preferred: Iterable[int] = PREFERRED_BATCHES,
                       queue_delay_us: int = QUEUE_DELAY_US,
-                      expected_config: BridgeGANConfig | None = None) -> list[Path]:
+                      expected_config: BridgeGANConfig | None = None,
+                      max_queue_size: int = 0) -> list[Path]:
     """Write one model folder per program graph under ``out`` (each replaced atomically,
     all written before any goes in: ``files.write_folders_atomic``);
     the ONNX graphs come from ``onnx_dir`` (exported there when missing; default: the
@@ -118,7 +120,7 @@ def write_triton_repo(checkpoint: str | os.PathLike, out: str | os.PathLike,
             platform, file = "onnxruntime_onnx", "model.onnx"
             data = (folder / file_name(name, precision)).read_bytes()
         text = graph_config(name, manifest["graphs"][name], platform, top, preferred,
-                            queue_delay_us)
+                            queue_delay_us, max_queue_size)
         meta = {**info, "graph": name, "platform": platform, "bridgegan_version": __version__}
         folders[Path(out) / name] = ({
             "config.pbtxt": _bytes(text.encode()), "bridgegan.json": _bytes(
