@@ -712,7 +712,8 @@ def _client_left(request) -> bool:
     """Whether ``request``'s client has closed its connection: looked at in the socket
     (the front does not read a connection while its request is served, so the event loop
     does not see the close), by a peek at a duplicate descriptor (asyncio's own socket
-    object takes no reads)."""
+    object takes no reads). A client that shut down only its sending side counts as gone
+    too (the socket cannot tell; HTTP/1.1 clients keep both sides open)."""
     transport = request.transport
     sock = None if transport is None else transport.get_extra_info("socket")
     if sock is None:
