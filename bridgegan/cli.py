@@ -38,6 +38,7 @@ class Command:
 MAX_DEMO_ROWS = 64  # one grid row per face, held in memory until the PNG is written
 DEMO_MAX_SEED = 2 ** 63  # the demo draws from its seed plus offsets: room below SEEDS
 MAX_PRUNE_DAYS = 1_000_000  # cache --prune: days * 86400 s stays a float
+
 STRENGTH_HELP = ("edit strength, the scale of d (default: the model's config edit_strength: "
                  "1.5, the official test's, unless it names another)")
 

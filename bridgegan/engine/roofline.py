@@ -79,9 +79,9 @@ def workload_flops(cfg: BridgeGANConfig, workload: str, images: int = 1,
     """
     g = generator_trunk_flops(cfg) + generator_decode_flops(cfg)
     if workload == "translate":
-        return g + encoder_flops(cfg) + mapping_flops(cfg)
+        return float(g + encoder_flops(cfg) + mapping_flops(cfg))
     if workload == "reference":
-        return g + 2 * encoder_flops(cfg)
+        return float(g + 2 * encoder_flops(cfg))
     if workload == "samples":
         return samples_flops(cfg, images // samples, samples) / images
     if workload in ("strip", "strip_nocache"):

@@ -57,7 +57,7 @@ import torch.nn.functional as F
 from ..numerics import dtype_name, errors, tolerance
 from ..timing import time_calls
 from ..torch_flags import tf32_key
-from .dispatch import (KernelFallbackWarning, Launch, caller_stacklevel, check_impl,
+from .dispatch import (KernelFallbackWarning, Launch, caller_stacklevel, check_impl, fail,
                        recording_launches, run_launches, tracing, triton_module)
 from .layout import memory_format, next_pow2
 
@@ -217,8 +217,8 @@ def conv2d_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     check_impl("conv2d_relu", impl, IMPLS)
     given = [t for t in (x, weight, bias) if t is not None]
     if len({t.dtype for t in given}) > 1:  # as the plain ops refuse them (oneDNN would not)
-        raise ValueError("conv2d_relu: x, weight and bias must have one dtype, got "
-                         + ", ".join(dtype_name(t.dtype) for t in given))
+        fail("conv2d_relu", "x, weight and bias must have one dtype, got "
+             + ", ".join(dtype_name(t.dtype) for t in given))
     grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad
                                            for t in (x, weight, bias))
     plain = functools.partial(_plain, x, weight, bias, stride, padding, transposed)

@@ -163,8 +163,8 @@ def choose_impl(op: str, x: torch.Tensor, impl: str, kernels: str, others=(),
         if tn is None:
             raise RuntimeError(f"{op}(impl='triton'): {why}; install triton or use impl='torch'")
         if x.dtype not in TRITON_DTYPES:
-            raise ValueError(f"{op}: impl='triton' accepts float16, bfloat16, float32; x is "
-                             f"{dtype_name(x.dtype)} (use impl='torch' for float64)")
+            fail(op, f"impl='triton' accepts float16, bfloat16, float32; x is "
+                     f"{dtype_name(x.dtype)} (use impl='torch' for float64)")
         recorded_meta = x.is_meta and recording_launches()
         interpreted_cpu = _interpreted(tn) and x.device.type == "cpu"  # no other device
         if not x.is_cuda and not interpreted_cpu and not recorded_meta:
@@ -173,8 +173,8 @@ def choose_impl(op: str, x: torch.Tensor, impl: str, kernels: str, others=(),
                 "or TRITON_INTERPRET=1 set in the environment before bridgegan.kernels is "
                 "imported (CPU interpreter, slow; for tests)")
         if per_sample > INT32_MAX:
-            raise ValueError(f"{op}: impl='triton' indexes one sample with int32 offsets, at "
-                             f"most {INT32_MAX}; a sample spans {per_sample} elements")
+            fail(op, f"impl='triton' indexes one sample with int32 offsets, at most "
+                     f"{INT32_MAX}; a sample spans {per_sample} elements")
         return "triton"
     tn, why = triton_module(kernels)
     if not x.is_cuda:

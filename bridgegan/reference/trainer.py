@@ -173,14 +173,17 @@ class Trainer:
     # ----- setup -----------------------------------------------------------------------
     def _pick_device(self, name: str) -> torch.device:
         """``name`` ("cpu", "cuda", "cuda:N") as training runs on it: "cuda" is GPU
-        LOCAL_RANK under torchrun, else the current GPU."""
+        LOCAL_RANK under torchrun, else the current GPU; "cuda:N" becomes the current GPU."""
         problem = device_problem(name, self.dist.enabled)
         if problem:
             raise ValueError(f"device {name!r}: {problem}")
         if name == "cuda":
             return torch.device("cuda", self.dist.local_rank if self.dist.enabled
                                 else torch.cuda.current_device())
-        return torch.device(name)
+        device = torch.device(name)
+        if device.type == "cuda":  # what torch puts on "the" GPU (pinned batches, caches)
+            torch.cuda.set_device(device)  # goes to the one training runs on, not GPU 0
+        return device
 
     @staticmethod
     def _check_dataset(dataset: Dataset, cfg: BridgeGANConfig) -> None:

@@ -31,12 +31,13 @@ request on its own before it reaches tritonserver:
   read timeout, its calls in flight given as long again (a call whose answer the client
   takes no HTTP/2 window for would keep its slot for good: grpc's Python API cannot end
   one call); clients reconnect by themselves;
-- connections: at most ``MAX_CONNECTIONS`` HTTP connections (one more is closed as it
-  opens), ``MAX_HEADERS`` header fields a request; an inference body needs a
+- connections: at most ``MAX_CONNECTIONS`` HTTP connections (fewer where the process's
+  descriptors would not hold them: ``connection_cap``; one more is closed as it opens),
+  ``MAX_HEADERS`` header fields of ``HEADER_LINE`` bytes a request, and a malformed
+  request's traceback is not logged (``_ClientErrors``); an inference body needs a
   Content-Length (411: a chunked body is parsed chunk by chunk), and a compressed one is
   refused (415) without being inflated; a refused body still arriving is read for
-  ``LINGER_S`` only; one gRPC connection takes a quarter of the gRPC calls at most (its
-  further calls wait in its client);
+  ``LINGER_S`` only;
 - busy: a 503 (no budget, tritonserver's model queue full) carries Retry-After; a request
   whose client has left by the time it was checked is not forwarded (tritonserver would
   compute an HTTP request whose client has gone);
@@ -70,11 +71,15 @@ import functools
 import itertools
 import json
 import logging
+import math
 import os
 import re
+import resource
+import select
 import socket
 import struct
 import threading
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
 
@@ -92,6 +97,7 @@ T = TypeVar("T")
 JSON_BYTES_PER_VALUE = 32  # a float32 written by json.dumps: up to 24 characters and ", "
 HEADER_BYTES = 64 * 1024  # JSON header of a binary request, names and parameters
 MAX_CONNECTIONS = 1024  # HTTP connections open at once; one more is closed as it opens
+FD_RESERVE = 256  # descriptors kept for all else (``connection_cap``)
 MAX_HEADERS = 32  # header fields of an HTTP request, each line at most HEADER_LINE bytes
 HEADER_LINE = 4096  # (aiohttp's defaults, 128 fields of 8 KiB, let a connection that never
 # ends its header hold 1.8 MB, 0.5 MB at 32 such fields; Triton's clients send < 10 short ones)
@@ -378,6 +384,11 @@ def queue_full(body: bytes) -> bool:
     return b"Exceeds maximum queue size" in body
 
 
+def queue_busy(model: str) -> str:
+    """The client's message for ``queue_full``."""
+    return f"the server is busy: the queue of {model} is full (--max-queue-size); try again later"
+
+
 def server_failure(what: str, detail: str) -> str:
     """Log a server-side failure in full; the one line the client gets instead."""
     LOG.error("%s failed: %s", what, detail)
@@ -428,7 +439,9 @@ class Front:
         if not self.closing.acquire(blocking=False):
             return
         if self.thread.is_alive():
-            asyncio.run_coroutine_threadsafe(self._stop(), self.loop).result(timeout=60)
+            # the drains' own deadline is grace_s: this one only guards against a hang
+            asyncio.run_coroutine_threadsafe(self._stop(), self.loop).result(
+                timeout=self.grace_s + 60)
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(timeout=10)
 
@@ -439,10 +452,11 @@ class Front:
 
         # no total timeout (aiohttp's default: 300 s, after which a request still queued in
         # tritonserver read as a server failure): a request takes as long as tritonserver
-        # takes, bounded by its queue (``pbtxt``'s max queue size) and the front's budgets
+        # takes to answer it; the front's budgets bound how many wait there (and
+        # --max-queue-size, where given, how many its queues hold)
         self.session = aiohttp.ClientSession(
             "http://tritonserver", connector=aiohttp.UnixConnector(os.fspath(self.private_http)),
-            timeout=aiohttp.ClientTimeout(total=None))
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=30))
         self.reading = _Budget(self.reading_bytes, MAX_WAITING)
         app = web.Application(client_max_size=self.mixed_limit)
         app.router.add_route("*", "/{path:.*}", self._http)
@@ -454,7 +468,7 @@ class Front:
                                     max_line_size=HEADER_LINE, auto_decompress=False,
                                     lingering_time=LINGER_S, logger=HTTP_LOG)
         await self.runner.setup()
-        _cap_connections(self.runner.server, MAX_CONNECTIONS)
+        _cap_connections(self.runner.server, connection_cap())
         await web.TCPSite(self.runner, self.host, self.http_port).start()
         unlimited = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
         self.channel = grpc.aio.insecure_channel(self.private_grpc, options=unlimited)
@@ -462,9 +476,7 @@ class Front:
         # connection ends: end each after the read timeout, calls in flight given as long
         # (grpc takes a C int of ms: a read timeout past ~24.8 days would not start)
         age_ms = min(int(1000 * self.read_timeout_s), 2**31 - 1)
-        # max_concurrent_streams: one connection takes at most a quarter of the calls
         self.grpc = grpc.aio.server(maximum_concurrent_rpcs=self.grpc_calls, options=[
-            ("grpc.max_concurrent_streams", max(1, self.grpc_calls // 4)),
             ("grpc.max_receive_message_length", self.binary_limit),
             ("grpc.max_send_message_length", -1), ("grpc.so_reuseport", 0),
             ("grpc.max_connection_age_ms", age_ms), ("grpc.max_connection_age_grace_ms", age_ms)])
@@ -473,8 +485,9 @@ class Front:
         await self.grpc.start()
 
     async def _stop(self) -> None:
-        await asyncio.gather(self.grpc.stop(self.grace_s), self.runner.shutdown())
-        await self.runner.cleanup()
+        """Both protocols stop taking connections at once, then drain together within
+        ``grace_s`` (aiohttp's cleanup stops listening first; its shutdown alone does not)."""
+        await asyncio.gather(self.grpc.stop(self.grace_s), self.runner.cleanup())
         await self.session.close()
         await self.channel.close()
 
@@ -607,8 +620,8 @@ class Front:
         if unparsed:
             raise RequestError(f"{request.path}: invalid request: {unparsed}")
         if status == 503 and queue_full(data):
-            raise RequestError(f"{BUSY}: tritonserver's queue of {request.path.split('/')[3]} "
-                               f"is full", 503)
+            infer = HTTP_INFER.fullmatch(request.path)
+            raise RequestError(queue_busy(infer.group(1) if infer else request.path), 503)
         if status >= 500:
             raise RequestError(server_failure(request.path, data.decode(errors="replace")), status)
         return web.Response(body=data, status=status, headers=out)
@@ -656,9 +669,8 @@ class Front:
         try:
             return await call(payload)
         except grpc.aio.AioRpcError as exc:
-            if queue_full((exc.details() or "").encode()):
-                await context.abort(grpc.StatusCode.UNAVAILABLE,
-                                    f"{BUSY}: tritonserver's queue of the model is full")
+            if name == "ModelInfer" and queue_full((exc.details() or "").encode()):
+                await context.abort(grpc.StatusCode.UNAVAILABLE, queue_busy(request.model_name))
             if exc.code() in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN,
                               grpc.StatusCode.UNAVAILABLE):
                 await context.abort(exc.code(), server_failure(name, exc.details() or ""))
@@ -695,36 +707,56 @@ class _ClientErrors(logging.Filter):
 HTTP_LOG.addFilter(_ClientErrors())
 
 
+def connection_cap() -> int:
+    """MAX_CONNECTIONS, or fewer where this process's descriptors would not hold them
+    beside FD_RESERVE others (gRPC's, tritonserver's sockets, files): the soft limit is
+    raised to the hard one first. Past the descriptors, asyncio's accept fails in a loop,
+    logging each failure, and the cap never takes effect."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = MAX_CONNECTIONS + FD_RESERVE
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        soft = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return MAX_CONNECTIONS if soft == resource.RLIM_INFINITY else max(
+        1, min(MAX_CONNECTIONS, soft - FD_RESERVE))
+
+
 def _cap_connections(server, most: int) -> None:
     """Close each connection to aiohttp's ``server`` that opens while ``most`` are open:
-    each holds memory (its buffers, a header being read) and a file descriptor."""
+    each holds memory (its buffers, a header being read) and a file descriptor. Logged
+    once a minute at most (a client could otherwise fill the log)."""
     made = server.connection_made
+    closed = {"count": 0, "logged": -math.inf}
 
     def connection_made(handler, transport) -> None:
         made(handler, transport)
         if len(server.connections) > most:
-            LOG.warning("%d HTTP connections are open: one more closed", most)
             transport.abort()
+            closed["count"] += 1
+            now = time.monotonic()
+            if now - closed["logged"] >= 60:
+                LOG.warning("%d HTTP connections open: %d more closed as they opened since "
+                            "the last such line", most, closed["count"])
+                closed.update(count=0, logged=now)
     server.connection_made = connection_made
 
 
 def _client_left(request) -> bool:
     """Whether ``request``'s client has closed its connection: looked at in the socket
     (the front does not read a connection while its request is served, so the event loop
-    does not see the close), by a peek at a duplicate descriptor (asyncio's own socket
-    object takes no reads). A client that shut down only its sending side counts as gone
-    too (the socket cannot tell; HTTP/1.1 clients keep both sides open)."""
+    does not see the close), by a poll of its descriptor for the peer's hang-up (Linux's
+    POLLRDHUP; elsewhere only a reset or a full hang-up). A client that shut down only its
+    sending side counts as gone too (HTTP/1.1 clients keep both sides open)."""
     transport = request.transport
     sock = None if transport is None else transport.get_extra_info("socket")
     if sock is None:
         return transport is None or transport.is_closing()
-    try:
-        with socket.socket(fileno=os.dup(sock.fileno())) as peek:
-            return peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-    except BlockingIOError:  # open, nothing sent since the request
-        return False
-    except OSError:  # reset
-        return True
+    gone = select.POLLHUP | select.POLLERR | getattr(select, "POLLRDHUP", 0)
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN | gone)
+    return any(events & gone for _, events in poller.poll(0))
 
 
 def _hold_connection(request) -> None:

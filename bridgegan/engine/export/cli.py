@@ -102,9 +102,9 @@ def run(args: argparse.Namespace) -> int:
 def add_queue_size(p: argparse.ArgumentParser) -> None:
     """``--max-queue-size``: of a Triton model repository's models (export, serve)."""
     p.add_argument("--max-queue-size", type=non_negative_int, default=0,
-                   help="requests a model's queue holds; more are refused at once (HTTP 503 "
-                        "with Retry-After, gRPC UNAVAILABLE) instead of waiting behind them; "
-                        "0: no bound (default)")
+                   help="requests a model's queue holds; more are refused at once instead "
+                        "of waiting behind them (`bridgegan serve` answers them HTTP 503 with "
+                        "Retry-After, gRPC UNAVAILABLE); 0: no bound (default)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
