@@ -1094,7 +1094,8 @@ def test_a_signal_stops_both_protocols_at_once_and_answers_requests_in_flight(en
                                                                               monkeypatch):
     """close(): the HTTP port took new connections for as long as gRPC calls drained (then
     drained again), and the drain was 2 s whatever --exit-timeout-secs said: both stop
-    listening at once, and a request in flight is answered within ``grace_s``."""
+    listening at once, a body still being sent is refused (503), and a request in hand is
+    answered within ``grace_s``."""
     import grpc
 
     from bridgegan.serve.front import GRPC_SERVICE, Front
@@ -1126,6 +1127,8 @@ def test_a_signal_stops_both_protocols_at_once_and_answers_requests_in_flight(en
             assert entered.wait(60)
             sock = send_request(served, json.dumps({"inputs": LABEL}).encode())
             wait_for(lambda: fake.bodies, "the request forwarded")
+            slow = stall(served, BODY_HEAD)  # a body still being sent: it would hold the drain
+            wait_for(lambda: len(served.reading.readers) == 2, "the slow body being read")
             closer.start()
 
             def refused() -> bool:
@@ -1137,6 +1140,9 @@ def test_a_signal_stops_both_protocols_at_once_and_answers_requests_in_flight(en
 
             wait_for(refused, "the HTTP port closed")
             assert not call.done()  # while the gRPC call still drains (before: after it)
+            with slow:
+                status, body = response_on(slow)
+            assert (status, json.loads(body)) == (503, {"error": front_module.STOPPING})
             fake.gate.set()
             with sock:
                 status, body = response_on(sock)

@@ -104,6 +104,8 @@ HEADER_LINE = 4096  # (aiohttp's defaults, 128 fields of 8 KiB, let a connection
 LINGER_S = 1.0  # how long a refused body still arriving is read (and discarded) after the
 # answer, so that its client gets the answer, not a reset (aiohttp's default: 10 s)
 RETRY_AFTER_S = 1  # Retry-After of a 503: busy, or tritonserver's queue full
+CLOSE_S = 1.0  # on close, how long aiohttp waits for its handlers once ours are done
+STOPPING = "the server is shutting down; try again later"
 MAX_READING = 32  # largest request bodies held at once (read, checked, forwarded, answered)
 READING_BYTES = 1 << 30  # but no more bytes than this where they are larger (two at least)
 MAX_WAITING = 4 * MAX_READING  # readers waiting for budget, each holding up to READ_CHUNK
@@ -454,6 +456,7 @@ class Front:
         # tritonserver read as a server failure): a request takes as long as tritonserver
         # takes to answer it; the front's budgets bound how many wait there (and
         # --max-queue-size, where given, how many its queues hold)
+        self.stopping = asyncio.Event()  # set by _stop: reads wait no longer
         self.session = aiohttp.ClientSession(
             "http://tritonserver", connector=aiohttp.UnixConnector(os.fspath(self.private_http)),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=30))
@@ -462,7 +465,7 @@ class Front:
         app.router.add_route("*", "/{path:.*}", self._http)
         # keepalive_timeout: a connection without a whole request header is closed after it;
         # auto_decompress off: a compressed body is refused (415), never inflated
-        self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=self.grace_s,
+        self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=CLOSE_S,
                                     keepalive_timeout=self.read_timeout_s,
                                     max_headers=MAX_HEADERS, max_field_size=HEADER_LINE,
                                     max_line_size=HEADER_LINE, auto_decompress=False,
@@ -485,11 +488,25 @@ class Front:
         await self.grpc.start()
 
     async def _stop(self) -> None:
-        """Both protocols stop taking connections at once, then drain together within
-        ``grace_s`` (aiohttp's cleanup stops listening first; its shutdown alone does not)."""
-        await asyncio.gather(self.grpc.stop(self.grace_s), self.runner.cleanup())
+        """Both protocols stop taking connections at once; HTTP requests still being sent,
+        or sent after, are refused (503: a client sending slowly would hold the drain);
+        those in hand, and gRPC calls, drain together within ``grace_s``. Then aiohttp
+        closes what is left (its own drain waited out its whole timeout now and then for
+        an idle keep-alive connection)."""
+        self.stopping.set()
+        for site in list(self.runner.sites):
+            await site.stop()
+        await asyncio.gather(self.grpc.stop(self.grace_s), self._http_drained())
+        await self.runner.cleanup()
         await self.session.close()
         await self.channel.close()
+
+    async def _http_drained(self) -> None:
+        """Until no HTTP request is in hand (each holds a reader of the budget from its
+        start to its answer), ``grace_s`` at most."""
+        deadline = asyncio.get_running_loop().time() + self.grace_s
+        while self.reading.readers and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
 
     # ------------------------------------------------------------------------- HTTP
 
@@ -502,6 +519,8 @@ class Front:
         reader = budget.enter()
         try:
             try:
+                if self.stopping.is_set():  # a kept-alive connection's next request
+                    raise RequestError(STOPPING, 503)
                 if request.method == "POST" and infer:
                     response = await self._http_infer(request, infer.group(1), budget, reader)
                 elif request.method == "GET" and HTTP_FORWARDED_GET.fullmatch(path):
@@ -577,10 +596,11 @@ class Front:
         arrive; then the connection is not read from until the answer is sent. A
         RequestError if reading takes more than the read timeout: 408, or 503 where the
         reader was waiting for budget (the server is busy, not the client slow)."""
-        try:  # asyncio.wait_for, not asyncio.timeout: Python 3.10 is supported
-            body = await asyncio.wait_for(
-                _read_body(request, limit, lambda n: budget.take(reader, n)),
-                self.read_timeout_s)
+        try:
+            body = await _unless(self.stopping, _read_body(
+                request, limit, lambda n: budget.take(reader, n)), self.read_timeout_s)
+        except _Stopped:
+            raise RequestError(STOPPING, 503) from None
         except asyncio.TimeoutError:
             if reader in budget.waiting:
                 raise RequestError(f"{BUSY}: no request body budget freed within "
@@ -757,6 +777,29 @@ def _client_left(request) -> bool:
     poller = select.poll()
     poller.register(sock.fileno(), select.POLLIN | gone)
     return any(events & gone for _, events in poller.poll(0))
+
+
+class _Stopped(Exception):
+    """The front began to close while a read waited (``_unless``)."""
+
+
+async def _unless(stopping: asyncio.Event, awaitable, timeout: float):
+    """``awaitable``'s result within ``timeout`` (asyncio.TimeoutError past it), or
+    _Stopped once ``stopping`` is set; ``awaitable`` is cancelled either way."""
+    work = asyncio.ensure_future(awaitable)
+    stop = asyncio.ensure_future(stopping.wait())
+    try:
+        done, _ = await asyncio.wait({work, stop}, timeout=timeout,
+                                     return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stop.cancel()
+        if not work.done():
+            work.cancel()
+    if work in done:
+        return work.result()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await work  # its cancellation (a budget wait, a socket read) done before going on
+    raise _Stopped() if stop in done else asyncio.TimeoutError()
 
 
 def _hold_connection(request) -> None:
