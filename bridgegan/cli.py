@@ -42,6 +42,7 @@ MAX_PRUNE_DAYS = 1_000_000  # cache --prune: days * 86400 s stays a float
 STRENGTH_HELP = ("edit strength, the scale of d (default: the model's config edit_strength: "
                  "1.5, the official test's, unless it names another)")
 
+
 def _demo_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", help="checkpoint folder (default: the shipped model)")
     p.add_argument("--input", nargs="+", help="source images (default: procedural faces)")
