@@ -6,6 +6,7 @@ import torch
 
 from bridgegan.numerics import errors, tolerance
 from bridgegan.reference import BridgeGAN, BridgeGANConfig
+from bridgegan.reference.layers import ResBlk
 from conftest import images, labels, small_config
 
 
@@ -237,3 +238,11 @@ def test_networks_compute_the_spec_formulas(small_model):
         assert a.shape == b.shape, what
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10, msg=what)
     assert BridgeGANConfig.paper().eps == 1e-5  # the norms' epsilon (spec sections 2, 8.6)
+
+
+@pytest.mark.parametrize("norm", ["in", "spade"])
+def test_normed_block_needs_the_configs_eps(norm):
+    """A norm's epsilon is the config's, never a default of its own."""
+    with pytest.raises(ValueError, match="needs eps"):
+        ResBlk(4, 4, norm, "relu", latent_channels=2, spade_hidden=4)
+    ResBlk(4, 4, norm, "relu", latent_channels=2, spade_hidden=4, eps=1e-3)

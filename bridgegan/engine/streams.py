@@ -18,11 +18,13 @@ class Concurrent:
     side stream that first waits for the current one; the current stream then waits for
     all of them."""
 
-    def __init__(self, stages, device: torch.device, side_streams: int = 2):
+    SIDE_STREAMS = 2  # programs.branches' calls fork three branches at most
+
+    def __init__(self, stages, device: torch.device):
         self.trunk, self.encode, self.map, self.decode = (
             stages.trunk, stages.encode, stages.map, stages.decode)
         self.device = device
-        self.streams = [torch.cuda.Stream(device) for _ in range(side_streams)]
+        self.streams = [torch.cuda.Stream(device) for _ in range(self.SIDE_STREAMS)]
 
     def concurrent(self, thunks: Sequence[Callable[[], torch.Tensor]]) -> list[torch.Tensor]:
         if len(thunks) - 1 > len(self.streams):

@@ -201,6 +201,11 @@ class BridgeGANConfig:
         """The edit strength of a call: ``strength``, or ``edit_strength`` when it names none."""
         return self.edit_strength if strength is None else strength
 
+    def difference(self, y_s, y_t, strength: float | None = None):
+        """The label difference the generator is conditioned on: d = strength * (y_t - y_s)
+        (spec sections 7-8), ``strength`` as in :meth:`strength`."""
+        return self.strength(strength) * (y_t - y_s)
+
     def architecture(self) -> dict[str, Any]:
         """The fields that shape the weights and the graphs: all but ``edit_strength`` and
         ``extra`` (the fields equality compares)."""

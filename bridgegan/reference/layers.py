@@ -43,7 +43,7 @@ def make_act(kind: str) -> nn.Module:
 class InstanceNorm(nn.Module):
     """Instance norm over H x W, biased variance, learnable per-channel scale and shift."""
 
-    def __init__(self, channels: int, eps: float = 1e-5):
+    def __init__(self, channels: int, eps: float):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(channels))
@@ -56,7 +56,7 @@ class InstanceNorm(nn.Module):
 class SPADE(nn.Module):
     """x_hat * (1 + gamma(S')) + beta(S'), S' = nearest-resized S (spec section 2)."""
 
-    def __init__(self, channels: int, latent_channels: int, hidden: int, eps: float = 1e-5):
+    def __init__(self, channels: int, latent_channels: int, hidden: int, eps: float):
         super().__init__()
         self.eps = eps
         self.shared = nn.Conv2d(latent_channels, hidden, 3, padding=1)
@@ -84,7 +84,8 @@ class SPADE(nn.Module):
 
 class ResBlk(nn.Module):
     """Pre-activation residual block; ``norm`` in {"in", "spade", "none"}, ``resample`` in
-    {None, "up", "down"}. Output = residual + shortcut, no scaling."""
+    {None, "up", "down"}; ``eps`` is the norms' epsilon (the config's, unused without a
+    norm). Output = residual + shortcut, no scaling."""
 
     def __init__(
         self,
@@ -95,7 +96,7 @@ class ResBlk(nn.Module):
         resample: str | None = None,
         latent_channels: int = 0,
         spade_hidden: int = 0,
-        eps: float = 1e-5,
+        eps: float | None = None,
     ):
         super().__init__()
         if resample not in (None, "up", "down"):
@@ -110,7 +111,9 @@ class ResBlk(nn.Module):
         self.shortcut = nn.Conv2d(in_c, out_c, 1) if learned else None
 
     @staticmethod
-    def _norm(kind: str, c: int, latent_c: int, hidden: int, eps: float) -> nn.Module:
+    def _norm(kind: str, c: int, latent_c: int, hidden: int, eps: float | None) -> nn.Module:
+        if kind in ("in", "spade") and eps is None:
+            raise ValueError(f"norm {kind!r} needs eps (the config's)")
         if kind == "in":
             return InstanceNorm(c, eps)
         if kind == "spade":
