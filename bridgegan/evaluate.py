@@ -116,6 +116,76 @@ def _targets(labels: torch.Tensor, attrs, i: int, values: torch.Tensor) -> torch
     return torch.where(values.bool().unsqueeze(1), on, off)
 
 
+MODES = ("label", "reference", "renderer")  # the model's two modes; the true edits
+
+
+class _Tally:
+    """An evaluation's counts per mode: preservation (kept hits, kept) per source row,
+    edit accuracy (hits, edits) per attribute, and the true-change score's (error, size)."""
+
+    def __init__(self, n: int, a: int):
+        self.kept = {m: torch.zeros(n, 2, dtype=torch.float64) for m in MODES}
+        self.per_attr = {m: torch.zeros(a, 2) for m in MODES}
+        self.change = {m: torch.zeros(2, dtype=torch.float64) for m in MODES[:2]}
+
+    def add(self, mode: str, i: int, rows: torch.Tensor, target: torch.Tensor,
+            pred: torch.Tensor, changed: torch.Tensor, src_pred: torch.Tensor) -> None:
+        """One batch of edits of attribute i to ``target`` at source ``rows``, judged
+        ``pred``."""
+        self.kept[mode][rows] += _kept(pred, changed, src_pred[rows])
+        self.per_attr[mode][i] += torch.tensor([(pred[:, i] == target[:, i]).sum().item(),
+                                                len(rows)], dtype=torch.float)
+
+    def add_change(self, mode: str, d_model: torch.Tensor, d_true: torch.Tensor) -> None:
+        """The model's change against the true one over a batch of edits."""
+        self.change[mode] += torch.tensor([(d_model - d_true).abs().sum(), d_true.abs().sum()])
+
+    def report(self, attrs, truth: bool) -> dict:
+        """The modes' part of the report (``truth``: the renderer's numbers too)."""
+        report = {}
+        for mode in MODES[:2]:
+            kh, kc = self.kept[mode].sum(0).tolist()
+            # None where no edit of the mode was made (reference-based: no reference whose
+            # label differs, e.g. one source, or sources sharing every label)
+            report[f"{mode}_edit_accuracy"] = _ratio(*self.per_attr[mode].sum(0).tolist())
+            report[f"{mode}_preservation"] = _ratio(kh, kc)
+            report[f"{mode}_preservation_ci95"] = (
+                bootstrap_ci(self.kept[mode][:, 0], self.kept[mode][:, 1]) if kc else None)
+            report[f"{mode}_edit_accuracy_per_attribute"] = {
+                attrs[i]: round(h / c, 4) if c else None
+                for i, (h, c) in enumerate(self.per_attr[mode].tolist())}
+        if not truth:
+            return report
+        renderer = self.per_attr["renderer"].tolist()
+        shown = [i for i, (h, c) in enumerate(renderer) if h >= SHOWN_THRESHOLD * c]
+        report["renderer_edit_accuracy_per_attribute"] = {
+            attrs[i]: round(h / c, 4) for i, (h, c) in enumerate(renderer)}
+        report["shown_attributes"] = [attrs[i] for i in shown]
+        report["renderer_preservation"] = _ratio(*self.kept["renderer"].sum(0).tolist())
+        for mode in MODES[:2]:
+            hits, count = self.per_attr[mode][shown].sum(0).tolist() if shown else (0.0, 0.0)
+            report[f"{mode}_edit_accuracy_shown"] = _ratio(hits, count)
+            err, size = self.change[mode].tolist()
+            report[f"{mode}_true_change"] = round(1 - err / size, 4) if size else None
+        return report
+
+
+def _diversity(engine, images: torch.Tensor, labels: torch.Tensor, samples: int, seed: int,
+               strength: float | None) -> float:
+    """Mean L1 between ``samples`` outputs of one edit under different noise: source k's
+    attribute k mod A flipped."""
+    attrs, div = engine.attributes, []
+    for k in range(len(images)):
+        i = k % len(attrs)
+        edit = {attrs[i]: 1 - int(labels[k, i])}
+        outs = engine.translate(images[k:k + 1].expand(samples, -1, -1, -1), edit,
+                                source=labels[k:k + 1].expand(samples, -1),
+                                strength=strength, seed=seed + 1000 + k).cpu()
+        div += [(outs[p] - outs[q]).abs().mean().item()
+                for p, q in itertools.combinations(range(samples), 2)]
+    return round(sum(div) / len(div), 4) if div else math.nan
+
+
 @torch.no_grad()
 def evaluate(engine, classifier: AttributeClassifier, images: torch.Tensor, labels: torch.Tensor,
              diversity_samples: int = 4, seed: int = 0, strength: float | None = None,
@@ -133,9 +203,7 @@ def evaluate(engine, classifier: AttributeClassifier, images: torch.Tensor, labe
     n, a = labels.shape
     src_pred = classifier.predict(images)
     refs, ref_labels = images.roll(1, 0), labels.roll(1, 0)
-    kept = {m: torch.zeros(n, 2, dtype=torch.float64) for m in ("label", "reference", "renderer")}
-    per_attr = {m: torch.zeros(a, 2) for m in ("label", "reference", "renderer")}
-    change = {m: torch.zeros(2, dtype=torch.float64) for m in ("label", "reference")}
+    tally = _Tally(n, a)
     rec = engine.reconstruct(images, seed=seed).cpu()
     for i in tqdm(range(a), desc="eval", disable=not progress):
         # label-based: flip attribute i of every source
@@ -153,63 +221,29 @@ def evaluate(engine, classifier: AttributeClassifier, images: torch.Tensor, labe
                 images[idx], refs[idx], source=labels[idx], reference_labels=labels[idx])))
         for mode, rows, target, out, own_reconstruction in runs:
             out = out.cpu()
-            pred = classifier.predict(out)
             changed = target != labels[rows]
-            kept[mode][rows] += _kept(pred, changed, src_pred[rows])
-            per_attr[mode][i] += torch.tensor([(pred[:, i] == target[:, i]).sum().item(),
-                                               len(rows)], dtype=torch.float)
+            tally.add(mode, i, rows, target, classifier.predict(out), changed, src_pred)
             if truth is None:
                 continue
             true = truth(rows, target)
             d_true = (true - images[rows]).double()
             d_model = (out - own_reconstruction().cpu()).double()  # same noise / reference, d = 0
-            change[mode] += torch.tensor([(d_model - d_true).abs().sum(), d_true.abs().sum()])
+            tally.add_change(mode, d_model, d_true)
             if mode == "label":
-                true_pred = classifier.predict(true)
-                per_attr["renderer"][i] += torch.tensor(
-                    [(true_pred[:, i] == target[:, i]).sum().item(), len(rows)])
-                kept["renderer"][rows] += _kept(true_pred, changed, src_pred[rows])
-    div = []
-    for k in range(n):
-        i = k % a
-        edit = {attrs[i]: 1 - int(labels[k, i])}
-        outs = engine.translate(images[k:k + 1].expand(diversity_samples, -1, -1, -1), edit,
-                                source=labels[k:k + 1].expand(diversity_samples, -1),
-                                strength=strength, seed=seed + 1000 + k).cpu()
-        div += [(outs[p] - outs[q]).abs().mean().item()
-                for p, q in itertools.combinations(range(diversity_samples), 2)]
+                tally.add("renderer", i, rows, target, classifier.predict(true), changed,
+                          src_pred)
     report = {"sources": n, "strength": engine.config.strength(strength),
               "classifier_accuracy_on_sources":
-              round((src_pred == labels).float().mean().item(), 4)}
-    for mode in ("label", "reference"):
-        kh, kc = kept[mode].sum(0).tolist()
-        # None where no edit of the mode was made (reference-based: no reference whose
-        # label differs, e.g. one source, or sources sharing every label)
-        report[f"{mode}_edit_accuracy"] = _ratio(*per_attr[mode].sum(0).tolist())
-        report[f"{mode}_preservation"] = _ratio(kh, kc)
-        report[f"{mode}_preservation_ci95"] = (
-            bootstrap_ci(kept[mode][:, 0], kept[mode][:, 1]) if kc else None)
-        report[f"{mode}_edit_accuracy_per_attribute"] = {
-            attrs[i]: round(h / c, 4) if c else None for i, (h, c) in enumerate(per_attr[mode].tolist())}
-    if truth is not None:
-        shown = [i for i, (h, c) in enumerate(per_attr["renderer"].tolist()) if h >= SHOWN_THRESHOLD * c]
-        report["renderer_edit_accuracy_per_attribute"] = {
-            attrs[i]: round(h / c, 4) for i, (h, c) in enumerate(per_attr["renderer"].tolist())}
-        report["shown_attributes"] = [attrs[i] for i in shown]
-        kh, kc = kept["renderer"].sum(0).tolist()
-        report["renderer_preservation"] = _ratio(kh, kc)
-        for mode in ("label", "reference"):
-            hits, count = per_attr[mode][shown].sum(0).tolist() if shown else (0.0, 0.0)
-            report[f"{mode}_edit_accuracy_shown"] = _ratio(hits, count)
-            err, size = change[mode].tolist()
-            report[f"{mode}_true_change"] = round(1 - err / size, 4) if size else None
+              round((src_pred == labels).float().mean().item(), 4),
+              **tally.report(attrs, truth is not None)}
     agree = (classifier.predict(rec) == src_pred).float()
     report["reconstruction_agreement"] = round(agree.mean().item(), 4)
     report["reconstruction_agreement_per_attribute"] = {
         attrs[i]: round(v, 4) for i, v in enumerate(agree.mean(0).tolist())}
     report["reconstruction_psnr_db"] = round(psnr(rec, images).mean().item(), 2)
     report["reconstruction_ssim"] = round(ssim(rec, images).mean().item(), 4)
-    report["diversity_l1"] = round(sum(div) / len(div), 4) if div else math.nan
+    report["diversity_l1"] = _diversity(engine, images, labels, diversity_samples, seed,
+                                        strength)
     return report
 
 
