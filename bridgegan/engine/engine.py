@@ -354,38 +354,20 @@ class Engine:
         self.config: BridgeGANConfig = model.config
         self.dtype = backend_dtype(backend, dtype, self.device)
         spec = check_backend(backend, self.device, self.dtype)
-        if onnx_dir is not None and not spec.exported and backend != AUTO:  # auto may pick one
-            exporters = ", ".join(b.name for b in REGISTRY.values() if b.exported)
-            raise ValueError(f"onnx_dir is the export folder of the backends that run ONNX "
-                             f"graphs ({exporters}); backend {spec.name!r} runs none")
-        if rewrites not in (None, Rewrites()) and not spec.rewritten:
-            rewritten = ", ".join(b.name for b in REGISTRY.values() if b.rewritten)
-            raise ValueError(f"backend {spec.name!r} runs the unmodified model: rewrites apply "
-                             f"to the backends of the rewritten graph ({rewritten})")
         self.backend = spec.name
+        self._check_fits(spec, backend == AUTO, rewrites, onnx_dir, cuda_graphs, streams,
+                         cudnn_benchmark)
         check_weights(model, self.dtype)
+        self.rewrites = rewrites or Rewrites()
         if channels_last is None:
             channels_last = self.device.type == "cuda" or self.dtype != torch.float32
         self.channels_last = channels_last
-        self.rewrites = rewrites or Rewrites()
-        # the backends whose work runs on torch's current CUDA stream (capturable, streamable)
-        capturable = ", ".join(b.name for b in REGISTRY.values() if b.cuda_graphs)
-        if cuda_graphs and not spec.cuda_graphs:
-            raise ValueError(f"cuda_graphs applies to the backends {capturable}, not "
-                             f"{spec.name!r}")
-        if cuda_graphs and self.device.type != "cuda":
-            raise ValueError("cuda_graphs needs device='cuda'")
         if cuda_graphs is None:
             cuda_graphs = self.device.type == "cuda" and spec.graphs_by_default
         self.cuda_graphs = cuda_graphs
         # the trunk and the latent codes on streams of their own (``streams``): off until
         # measured on a GPU
-        if streams and not (spec.cuda_graphs and self.device.type == "cuda"):
-            raise ValueError(f"streams needs device='cuda' and one of the backends {capturable} "
-                             f"(got {self.device.type!r}, {spec.name!r})")
         self.streams = streams
-        if cudnn_benchmark and self.device.type != "cuda":
-            raise ValueError("cudnn_benchmark needs device='cuda'")
         # cuDNN's algorithm search while the engine runs (torch_flags); on by default on
         # CUDA, where it picks the convolution algorithms its warm-up and captures keep
         self.cudnn_benchmark = (self.device.type == "cuda" if cudnn_benchmark is None
@@ -394,25 +376,53 @@ class Engine:
                                  onnx_dir)
         # D's attribute head: images -> float32 logits (N, A), whose signs are source labels
         self.attribute_logits = spec.classifier(model, self.rewrites, self.device, onnx_dir)
-        # the programs most calls run: fixed-shape functions of tensors, CUDA-graphed when
-        # cuda_graphs (results are returned in float32: the graphs copy them out as that),
-        # called by ``_run`` (at most MAX_ROWS rows at a time: memory, and the largest
-        # graph, bounded)
-        branched = Concurrent(self.stages, self.device) if streams else self.stages
-        memory = GraphMemory() if cuda_graphs else None  # one pool for all the programs
+        self._build_programs()
+        # Calls that share state (compiled code, CUDA-graph buffers and captures, which must
+        # not meet other work on the device) run one at a time, whole.
+        self._lock = threading.RLock() if spec.serialised or cuda_graphs else nullcontext()
+
+    def _check_fits(self, spec, auto: bool, rewrites, onnx_dir, cuda_graphs, streams,
+                    cudnn_benchmark) -> None:
+        """Refuse the options that backend ``spec`` (``auto``: picked by "auto") or the
+        device cannot take."""
+        if onnx_dir is not None and not spec.exported and not auto:  # auto may pick one
+            exporters = ", ".join(b.name for b in REGISTRY.values() if b.exported)
+            raise ValueError(f"onnx_dir is the export folder of the backends that run ONNX "
+                             f"graphs ({exporters}); backend {spec.name!r} runs none")
+        if rewrites not in (None, Rewrites()) and not spec.rewritten:
+            rewritten = ", ".join(b.name for b in REGISTRY.values() if b.rewritten)
+            raise ValueError(f"backend {spec.name!r} runs the unmodified model: rewrites apply "
+                             f"to the backends of the rewritten graph ({rewritten})")
+        # the backends whose work runs on torch's current CUDA stream (capturable, streamable)
+        capturable = ", ".join(b.name for b in REGISTRY.values() if b.cuda_graphs)
+        if cuda_graphs and not spec.cuda_graphs:
+            raise ValueError(f"cuda_graphs applies to the backends {capturable}, not "
+                             f"{spec.name!r}")
+        if cuda_graphs and self.device.type != "cuda":
+            raise ValueError("cuda_graphs needs device='cuda'")
+        if streams and not (spec.cuda_graphs and self.device.type == "cuda"):
+            raise ValueError(f"streams needs device='cuda' and one of the backends {capturable} "
+                             f"(got {self.device.type!r}, {spec.name!r})")
+        if cudnn_benchmark and self.device.type != "cuda":
+            raise ValueError("cudnn_benchmark needs device='cuda'")
+
+    def _build_programs(self) -> None:
+        """The programs most calls run: fixed-shape functions of tensors, CUDA-graphed when
+        ``cuda_graphs`` (results are returned in float32: the graphs copy them out as that),
+        called by ``_run`` (at most MAX_ROWS rows at a time: memory, and the largest graph,
+        bounded)."""
+        branched = Concurrent(self.stages, self.device) if self.streams else self.stages
+        memory = GraphMemory() if self.cuda_graphs else None  # one pool for all the programs
 
         def program(fn, dims, **options):
             fn = functools.partial(fn, branched, **options)
-            if cuda_graphs:
+            if self.cuda_graphs:
                 fn = CudaGraphed(fn, dims, self.device, out_dtype=torch.float32, memory=memory)
             return Program(fn, dims)
         self._label = program(programs.translate_label, programs.LABEL_BATCH_DIMS)
         self._reference = program(programs.translate_reference, programs.REFERENCE_BATCH_DIMS)
         self._samples = program(programs.translate_samples, programs.SAMPLES_BATCH_DIMS,
                                 repeat=self._repeat)
-        # Calls that share state (compiled code, CUDA-graph buffers and captures, which must
-        # not meet other work on the device) run one at a time, whole.
-        self._lock = threading.RLock() if spec.serialised or cuda_graphs else nullcontext()
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, backend: str = "torch",
