@@ -71,7 +71,7 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from bridgegan.engine.bench import environment  # noqa: E402
+from bridgegan.engine.machine import environment  # noqa: E402
 from bridgegan.files import write_file_atomic  # noqa: E402
 from bridgegan.kernels import norm_act, rgb_tail  # noqa: E402
 from bridgegan.kernels.parity import FORMATS, LAYOUTS  # noqa: E402

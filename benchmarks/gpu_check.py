@@ -227,7 +227,7 @@ def _run(plan, wanted: list[str], work: Path, out: Path, dry_run: bool) -> int:
 def _gather(results: list[dict], work: Path, out: Path, seconds: float) -> None:
     """The stages' results so far into out: gpu_check.json, bench.csv and .png, kernels.csv,
     profile.csv and .md (a lent machine returns at most eight files, two folders deep)."""
-    from bridgegan.engine.bench import PARTIAL_CSV, csv_text, measured, plot
+    from bridgegan.engine.bench_results import PARTIAL_CSV, csv_text, measured, plot
     from bridgegan.files import write_file_atomic
 
     engine_rows = []

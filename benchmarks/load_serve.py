@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
                 max_requests=args.requests, duration=args.duration, rows=args.rows,
                 hostile=args.hostile, rate=args.rate)
     warm = {**load, "max_requests": warmup, "duration": 60.0, "hostile": 0.0, "rate": None}
-    from bridgegan.engine.bench import cpu_model
+    from bridgegan.engine.machine import cpu_model
 
     machine = f"{cpu_model()}, {os.cpu_count()} cores"
     server = {}  # what this script knows of the server: only of one it starts
@@ -338,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
                       server_machine=machine)
     import torch
 
-    from bridgegan.engine.bench import environment
+    from bridgegan.engine.machine import environment
 
     env = environment(torch.device("cpu"))  # this checkout's commit and versions
     result.update(server=server, warmup_requests=warmup, client_machine=machine,

@@ -32,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bridgegan.engine import Engine  # noqa: E402
 from bridgegan.engine.backends.base import BackendUnavailable  # noqa: E402
-from bridgegan.engine.bench import Variant, environment  # noqa: E402
+from bridgegan.engine.bench import Variant  # noqa: E402
+from bridgegan.engine.machine import environment  # noqa: E402
 from bridgegan.engine.parity import parity_inputs  # noqa: E402
 from bridgegan.files import write_file_atomic  # noqa: E402
 from bridgegan.torch_flags import no_tf32  # noqa: E402

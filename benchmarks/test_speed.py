@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from bridgegan.engine import Engine, InferenceGraph
-from bridgegan.engine.bench import environment
+from bridgegan.engine.machine import environment
 from bridgegan.kernels import spade_modulate
 from bridgegan.reference import BridgeGAN, BridgeGANConfig
 from bridgegan.timing import L2_FLUSH_BYTES, synchronize

@@ -18,7 +18,7 @@ from PIL import Image
 
 from bridgegan.cli import main
 from bridgegan.engine import Engine
-from bridgegan.engine.bench import PARTIAL_CSV
+from bridgegan.engine.bench_results import PARTIAL_CSV
 from bridgegan.engine.options import BENCH_ROUNDS, BENCH_SAMPLES
 from bridgegan.reference import BridgeGAN, save_checkpoint
 from bridgegan.reference.checkpoint import read_config, read_tensors
@@ -289,7 +289,7 @@ def test_parity_ops_json_goes_to_the_path_given(tmp_path, monkeypatch):
 
 
 def test_bench_writes_rows_with_ratios(tmp_path, monkeypatch):
-    from bridgegan.engine import bench
+    from bridgegan.engine import bench, bench_results
 
     rows, peaks = bench.run_matrix(
         [bench.Variant("reference", "float32"), bench.Variant("torch", "float32"),
@@ -299,7 +299,7 @@ def test_bench_writes_rows_with_ratios(tmp_path, monkeypatch):
         config_overrides=dict(attributes=small_config().attributes, g_width=8, e_width=4,
                               latent_channels=8, spade_hidden=16, mapping_channels=16),
         progress=False)
-    files = bench.write_results(rows, peaks, tmp_path)
+    files = bench_results.write_results(rows, peaks, tmp_path)
     assert [f.name for f in files] == ["bench.csv", "bench.json", "bench.png"]
     with open(tmp_path / "bench.csv") as f:
         got = list(csv.DictReader(f))
@@ -497,7 +497,7 @@ def _bench(variants: str, batches=(1,), **kw):
 def test_bench_times_every_row_with_tf32_off(monkeypatch):
     """Rows are timed with TF32 off, as parity checked them (so a float32 row is float32),
     and the caller's TF32 settings come back afterwards."""
-    from bridgegan.engine import bench
+    from bridgegan.engine import bench, bench_results
 
     def tf32():
         return torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
@@ -516,7 +516,7 @@ def test_bench_times_every_row_with_tf32_off(monkeypatch):
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
     # four rows, each over BENCH_ROUNDS rounds
-    assert len(bench.measured(rows)) == 4 and flags == [(False, False)] * 4 * BENCH_ROUNDS
+    assert len(bench_results.measured(rows)) == 4 and flags == [(False, False)] * 4 * BENCH_ROUNDS
 
 
 def _failing_at_batch_2(monkeypatch, exc: BaseException) -> None:
@@ -580,7 +580,7 @@ def test_bench_times_the_variants_of_a_row_in_alternation(monkeypatch):
     before each later one; a row pools its rounds' calls, and its spread is its largest
     round median over its smallest; a variant whose call fails in a round leaves the
     rotation with a skipped row."""
-    from bridgegan.engine import bench
+    from bridgegan.engine import bench, bench_results
 
     order, engines = [], []
     real_fn = bench._workload_fn
@@ -616,8 +616,8 @@ def test_bench_times_the_variants_of_a_row_in_alternation(monkeypatch):
     got = {(r["variant"], r["batch"]): r for r in rows}
     assert got["torch-float32-no_transposed_up", 2]["note"] == (
         "RuntimeError: failed in its second round")
-    assert len(bench.measured(rows)) == 5
-    for r in bench.measured(rows):  # calls of 1, 1.001, 2, 2.001, 3, 3.001 ms
+    assert len(bench_results.measured(rows)) == 5
+    for r in bench_results.measured(rows):  # calls of 1, 1.001, 2, 2.001, 3, 3.001 ms
         assert (r["samples"], r["p50"], r["spread"]) == (6, 2.0005, round(3.0005 / 1.0005, 3))
     assert peaks["timer"] == dict(warmup=2, reps=4, min_seconds=0.3, rounds=3)
 
@@ -644,14 +644,14 @@ def test_bench_refuses_two_baselines_of_one_dtype():
 
 
 def test_bench_rows_name_the_cpu_model(tmp_path, monkeypatch):
-    from bridgegan.engine import bench
+    from bridgegan.engine import machine
     from bridgegan.engine import engine as engine_module
 
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\n"
                     "model name\t: Intel(R) Xeon(R) Platinum 8480+\nflags\t: amx_bf16\n")
     monkeypatch.setattr(engine_module, "CPUINFO", info)
-    device = bench.environment(torch.device("cpu"))["device"]
+    device = machine.environment(torch.device("cpu"))["device"]
     assert device == (f"Intel(R) Xeon(R) Platinum 8480+ [amx_bf16], "
                       f"{torch.get_num_threads()} threads")
 
@@ -660,7 +660,7 @@ def test_bench_rows_tell_apart_cpus_of_one_name_by_their_matrix_extensions(tmp_p
                                                                            monkeypatch):
     """Virtual machines name most CPUs "Intel(R) Xeon(R) Processor": with and without AMX
     (bf16 7x apart) the rows must still say which machine they came from."""
-    from bridgegan.engine import bench
+    from bridgegan.engine import machine
     from bridgegan.engine import engine as engine_module
 
     names = []
@@ -668,7 +668,7 @@ def test_bench_rows_tell_apart_cpus_of_one_name_by_their_matrix_extensions(tmp_p
         info = tmp_path / "cpuinfo"
         info.write_text(f"model name\t: Intel(R) Xeon(R) Processor\nflags\t\t: {flags}\n")
         monkeypatch.setattr(engine_module, "CPUINFO", info)
-        names.append(bench.environment(torch.device("cpu"))["device"].rsplit(",", 1)[0])
+        names.append(machine.environment(torch.device("cpu"))["device"].rsplit(",", 1)[0])
     assert names == ["Intel(R) Xeon(R) Processor [avx2 avx512f]",
                      "Intel(R) Xeon(R) Processor [avx2 avx512f avx512_bf16 amx_bf16]",
                      "Intel(R) Xeon(R) Processor"]
@@ -678,7 +678,7 @@ def test_bench_parity_column_names_the_call_it_checked(tmp_path):
     """Parity runs one call (translate at the smallest batch): rows of another workload or
     batch say so instead of reading as checked themselves; each row counts its samples and
     bench.json keeps the timer's settings."""
-    from bridgegan.engine import bench
+    from bridgegan.engine import bench, bench_results
 
     rows, peaks = bench.run_matrix(
         [bench.Variant("torch", "float32")], [1, 2], [64], ["translate", "strip"], reps=2,
@@ -686,16 +686,16 @@ def test_bench_parity_column_names_the_call_it_checked(tmp_path):
         config_overrides=dict(attributes=small_config().attributes, g_width=8, e_width=4,
                               latent_channels=8, spade_hidden=16, mapping_channels=16),
         progress=False)
-    got = {(r["what"], r["batch"]): r for r in bench.measured(rows)}
+    got = {(r["what"], r["batch"]): r for r in bench_results.measured(rows)}
     assert set(got) == {("translate", 1), ("translate", 2), ("strip", 1 + len(
         small_config().attributes))}
     checked = got.pop(("translate", 1))["parity"]
     assert checked.startswith("max abs") and "checked on" not in checked
     for r in got.values():
         assert r["parity"] == f"{checked}; checked on translate at batch 1, not this call"
-    assert all(r["samples"] == 2 for r in bench.measured(rows))
+    assert all(r["samples"] == 2 for r in bench_results.measured(rows))
     assert peaks["timer"] == dict(warmup=0, reps=2, min_seconds=0, rounds=1)
-    bench.write_results(rows, peaks, tmp_path)
+    bench_results.write_results(rows, peaks, tmp_path)
     with open(tmp_path / "bench.csv") as f:
         assert all(r["samples"] == "2" for r in csv.DictReader(f))
 

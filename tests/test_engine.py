@@ -971,7 +971,7 @@ def test_demo_throughput_times_the_registrys_backends(monkeypatch):
 
 def test_bench_ratios_compare_rows_of_one_cudnn_choice():
     """A heuristics row is compared with the reference row of the same cuDNN choice."""
-    from bridgegan.engine.bench import _add_ratios
+    from bridgegan.engine.bench_results import add_ratios
 
     def row(variant, p50):
         backend, dtype = variant.split("-")[:2]
@@ -980,7 +980,7 @@ def test_bench_ratios_compare_rows_of_one_cudnn_choice():
 
     rows = [row("reference-fp16", 4.0), row("reference-fp16-heuristics", 6.0),
             row("triton-fp16-cl-graphs", 2.0), row("triton-fp16-cl-graphs-heuristics", 2.0)]
-    _add_ratios(rows)
+    add_ratios(rows)
     assert [r["vs_reference_same_dtype"] for r in rows] == [1.0, 1.0, 2.0, 3.0]
 
 
@@ -1148,7 +1148,7 @@ def test_engine_calls_run_with_tf32_off_on_cuda_only(flags_outside):
 
 def test_bench_baseline_is_the_plain_reference_whatever_the_order():
     """A reference variant with a layout or graph tag is measured but is not the baseline."""
-    from bridgegan.engine.bench import _add_ratios
+    from bridgegan.engine.bench_results import add_ratios
 
     def row(variant, p50):
         return dict(what="translate", batch=8, resolution=128, metric="latency",
@@ -1157,7 +1157,7 @@ def test_bench_baseline_is_the_plain_reference_whatever_the_order():
     for order in (1, -1):
         rows = [row("reference-fp16", 4.0), row("reference-fp16-cl", 2.0)][::order]
         rows.append(row("triton-fp16-cl", 1.0))
-        _add_ratios(rows)
+        add_ratios(rows)
         assert {r["variant"]: r["vs_reference_same_dtype"] for r in rows} == {
             "reference-fp16": 1.0, "reference-fp16-cl": 2.0, "triton-fp16-cl": 4.0}
 
@@ -1388,7 +1388,7 @@ def test_bench_plot_refuses_one_line_through_rows_of_several_runs(tmp_path):
     """gpu_check joins the rows of several bench runs (engine, ablation, compile all time
     triton-fp16-cl-graphs at batch 64): plotted by variant they made one line with three
     points at batch 64. plot refuses that; rows named apart plot."""
-    from bridgegan.engine.bench import plot
+    from bridgegan.engine.bench_results import plot
 
     def row(variant, batch, per_s):
         return dict(what="translate", resolution=128, variant=variant, batch=batch,

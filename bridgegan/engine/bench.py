@@ -15,7 +15,7 @@ alternation: ``rounds`` rounds, each variant's share of the timed calls in each,
 order rotated each round and reversed every other one (``_cell_rows``), so that the
 ratios between variants hold no drift of the machine over the run (clocks, heat, other
 load): ``spread``, a row's largest round median over its smallest, is what remains.
-Results go to CSV + JSON, and a PNG plot.
+Results go to CSV + JSON, and a PNG plot (``bench_results``).
 
 Columns: ``dtype`` is torch's name of the dtype (``bf16`` and ``bfloat16`` are one dtype,
 ``auto`` is resolved), and the ratio columns join on it. Their baseline is the plain
@@ -32,8 +32,9 @@ replays allocate nothing, so the figure would be the weights and the static inpu
 outputs only, and for the backends that run exported graphs (onnxruntime, TensorRT), whose
 weights and activations their own allocators hold, out of torch's sight. The row's inputs
 are the workload's only (a reference batch for reference rows alone).
-``device`` names the GPU, or the CPU model with its matrix ISA extensions (CPU_FLAGS) and
-torch's thread count; ``commit`` ends in ``-dirty`` when the working tree differs from it.
+``device`` names the GPU, or the CPU model with its matrix ISA extensions
+(``machine.CPU_FLAGS``) and torch's thread count; ``commit`` ends in ``-dirty`` when the
+working tree differs from it.
 ``samples``: the timed calls the row's percentiles come from, over all its rounds
 (bench.json's ``timer`` holds the warm-up, reps, min_seconds and rounds asked for).
 
@@ -74,20 +75,11 @@ parts). Given an output folder (``run_matrix(out=...)``), the rows go to its
 bench.partial.csv as soon as they are measured (header first, flushed: a variant skipped
 at its build at once, the others' when their workload and size has been timed for every
 variant), so a run killed part-way keeps what it measured beside the last complete table;
-``write_results`` then writes the final CSV (with the ratio columns) and JSON atomically
-and removes the partial file.
+``bench_results.write_results`` then writes the final CSV (with the ratio columns) and
+JSON atomically and removes the partial file.
 """
 from __future__ import annotations
 
-import contextlib
-import csv
-import datetime as dt
-import io
-import json
-import os
-import platform
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,7 +88,6 @@ import numpy as np
 import torch
 
 from .. import threads
-from ..files import write_file_atomic
 from ..numerics import dtype_name
 from ..reference.config import BridgeGANConfig
 from ..reference.model import BridgeGAN
@@ -104,19 +95,14 @@ from ..timing import p50_p20_p80, synchronize, time_calls
 from ..torch_flags import no_tf32
 from . import roofline
 from .backends import AUTO, BACKENDS, REGISTRY, BackendUnavailable
-from .engine import Engine, backend_dtype, cpu_info, engine_device
+from .bench_results import add_ratios, is_baseline, streamed
+from .engine import Engine, backend_dtype, engine_device
 from .graph import Rewrites
+from .machine import environment, libraries
 from .options import (BENCH_MIN_SECONDS, BENCH_ROUNDS, BENCH_SAMPLES, MAX_SAMPLES, VARIANT_FORM,
                       VARIANT_TAGS, WORKLOADS)
 from .parity import compare, parity_inputs, reference_translation
 
-PARTIAL_CSV = "bench.partial.csv"  # the rows of a run in progress (or killed), as measured
-RESULT_FILES = ("bench.csv", "bench.json", "bench.png")  # the table, its data, the plot
-BENCH_FILES = (*RESULT_FILES, PARTIAL_CSV)  # what a run writes
-FIELDS = ["what", "backend", "dtype", "batch", "resolution", "metric", "unit", "p50", "p20",
-          "p80", "samples", "spread", "images_per_s", "peak_mem_mb", "vs_reference_fp32",
-          "vs_reference_same_dtype", "roofline_share", "gflop_per_image", "first_call_s",
-          "build_s", "variant", "parity", "note", "device", "torch", "triton", "commit", "date"]
 # The table measured when no variants are given, per device type. CPU: the backends side
 # by side in float32 (issue 14 item 9), then torch and compile in bf16 channels_last
 # (AMX CPUs: 2.1-2.7x and 5.5-7.2x the reference). CUDA: the reference in float32 and
@@ -186,57 +172,6 @@ def default_variants(device: str | torch.device) -> list[Variant]:
     return [Variant.parse(v) for v in DEFAULT_VARIANTS[torch.device(device).type].split(",")]
 
 
-# the ISA extensions that decide a CPU's matrix speed by dtype (bf16 on AMX is several
-# times float32, without AMX / AVX512-BF16 emulated and slower): virtual machines often
-# name every CPU "Intel(R) Xeon(R) Processor", so the model name alone cannot tell them apart
-CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_fp16")
-
-
-def cpu_model() -> str:
-    """The CPU's model name and its CPU_FLAGS (``engine.cpu_info``), else what ``platform``
-    knows."""
-    model, have = cpu_info()
-    flags = [f for f in CPU_FLAGS if f in have]
-    model = model or platform.processor() or platform.machine()
-    return f"{model} [{' '.join(flags)}]" if flags else model
-
-
-def environment(device: torch.device) -> dict:
-    """device name and versions carried by every row; the commit ends in ``-dirty`` when
-    the working tree differs from it."""
-    try:
-        import triton
-
-        triton_version = triton.__version__
-    except ImportError:
-        triton_version = "absent"
-    commit = os.environ.get("BRIDGEGAN_COMMIT", "")  # set where the copy has no .git
-    root = Path(__file__).resolve().parents[2]
-    # only this package's own checkout: an installed copy (site-packages) may sit inside
-    # some other git work tree (a project's .venv), whose commit is not this code's
-    if not commit and (root / ".git").exists() and (root / "pyproject.toml").is_file():
-        try:
-            commit = subprocess.run(["git", "describe", "--always", "--dirty"],
-                                    capture_output=True, text=True,
-                                    cwd=root, timeout=5).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            pass
-    name = (torch.cuda.get_device_name(device) if device.type == "cuda"
-            else f"{cpu_model()}, {torch.get_num_threads()} threads")
-    return {"device": name, "torch": torch.__version__, "triton": triton_version,
-            "commit": commit or "unknown", "date": dt.date.today().isoformat()}
-
-
-def libraries(device: torch.device) -> dict:
-    """Versions of the libraries the rows ran on besides torch and triton: onnxruntime and
-    TensorRT where loaded by then, CUDA and cuDNN on a GPU."""
-    found = {name: sys.modules[name].__version__ for name in ("onnxruntime", "tensorrt")
-             if name in sys.modules}
-    if device.type == "cuda":
-        found.update(cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
-    return found
-
-
 def _allocated(device: torch.device) -> int:
     """CUDA: the bytes allocated now (after the queued work); 0 on the CPU."""
     if device.type != "cuda":
@@ -292,13 +227,6 @@ def _workload_fn(eng: Engine, workload: str, batch: int, seed: int):
     return lambda: eng.edit_strip(x[:1], samples=samples, source=ys[:1], cache=cache)
 
 
-def _is_baseline(variant: str) -> bool:
-    """Whether a variant (by name) is the plain reference of its dtype, the ratio columns'
-    baseline: no layout, graph or stream tag (``heuristics`` keys its own comparisons)."""
-    backend, _, *tags = variant.split("-")
-    return backend == "reference" and set(tags) <= {"heuristics"}
-
-
 def _check_table(variants: list[Variant], dev: torch.device) -> None:
     """Refuse a table with two baselines for one dtype and cuDNN choice (e.g.
     reference:fp16 and reference:float16), which would make the ratios ambiguous; and on
@@ -313,7 +241,7 @@ def _check_table(variants: list[Variant], dev: torch.device) -> None:
                          "they would run the plans the search chose")
     seen: dict[tuple, str] = {}
     for v in variants:
-        if _is_baseline(v.name):
+        if is_baseline(v.name):
             key = (v.resolved_dtype(dev), v.heuristics)
             if key in seen:
                 raise ValueError(f"variants {seen[key]} and {v.name} are both the plain "
@@ -329,46 +257,6 @@ def _why(exc: Exception) -> str:
     if isinstance(exc, (BackendUnavailable, ValueError)):
         return str(exc)
     return f"{type(exc).__name__}: {exc}"
-
-
-@contextlib.contextmanager
-def _streamed(out: str | Path | None):
-    """A function that appends a row to ``out``/PARTIAL_CSV (the header first) and flushes
-    it, so that an interrupted run keeps every row measured (beside the last complete
-    table, which stays until ``write_results`` replaces it); a no-op without ``out``. An
-    interrupted run's rows found there are moved aside first (``partial_aside``), not
-    truncated."""
-    if out is None:
-        yield lambda row: None
-        return
-    Path(out).mkdir(parents=True, exist_ok=True)
-    partial = Path(out) / PARTIAL_CSV
-    if partial.is_file():
-        aside = partial_aside(partial)
-        os.replace(partial, aside)
-        print(f"bench: kept an interrupted run's rows in {aside}", file=sys.stderr)
-    with open(partial, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
-        writer.writeheader()
-        f.flush()
-
-        def add(row: dict) -> None:
-            writer.writerow(row)
-            f.flush()
-
-        yield add
-
-
-def partial_aside(partial: Path) -> Path:
-    """Where an interrupted run's PARTIAL_CSV goes when another run starts: named after
-    its last write (``bench.partial-YYYYMMDD-HHMMSS.csv``; a second one of that second
-    gets a counter)."""
-    stamp = dt.datetime.fromtimestamp(partial.stat().st_mtime).strftime("%Y%m%d-%H%M%S")
-    aside, k = partial.with_name(f"{partial.stem}-{stamp}.csv"), 1
-    while aside.exists():
-        k += 1
-        aside = partial.with_name(f"{partial.stem}-{stamp}-{k}.csv")
-    return aside
 
 
 def _check_resolutions(resolutions: list[int], checkpoint: str | None,
@@ -550,8 +438,8 @@ def run_matrix(variants: list[Variant] | None, batches: list[int], resolutions: 
     once: their weights, caches and graph pools), then each workload and size is timed
     for all of them in alternation, over ``rounds`` rounds (``_cell_rows``). A variant
     that cannot run, or fails parity, gives one ``skipped`` row per resolution. ``out``: a
-    folder whose bench.partial.csv gets the rows as they are measured (``write_results``
-    then writes the rows and their ratios)."""
+    folder whose bench.partial.csv gets the rows as they are measured
+    (``bench_results.write_results`` then writes the rows and their ratios)."""
     from tqdm import tqdm
 
     dev = engine_device(device)
@@ -584,7 +472,7 @@ def run_matrix(variants: list[Variant] | None, batches: list[int], resolutions: 
     bar = tqdm(total=len(resolutions) * (len(variants) + len(workloads) * len(batches)),
                disable=not progress, desc="bench", unit="step")
     # timed as parity checked it: float32 means float32
-    with _streamed(out) as stream, no_tf32():
+    with streamed(out) as stream, no_tf32():
         for res in resolutions:
             model = _model(res, checkpoint, config_overrides)
             case = None
@@ -618,102 +506,5 @@ def run_matrix(variants: list[Variant] | None, batches: list[int], resolutions: 
     bar.close()
     peaks.update(load, load_1min_at_end=round(threads.load_average(), 2),
                  libraries=libraries(dev))
-    _add_ratios(rows)
+    add_ratios(rows)
     return rows, peaks
-
-
-def measured(rows: list[dict]) -> list[dict]:
-    """The rows that hold a measurement (not ``skipped``)."""
-    return [r for r in rows if r["metric"] == "latency"]
-
-
-def _add_ratios(rows: list[dict]) -> None:
-    """vs_reference_fp32 / vs_reference_same_dtype: the baseline's p50 over the row's, the
-    baseline being the plain reference variant (``_is_baseline``) in float32 / the row's
-    dtype, at the same workload, size and cuDNN algorithm choice."""
-    def key(r):
-        return (r["what"], r["batch"], r["resolution"], "heuristics" in r["variant"].split("-"))
-
-    ref = {(key(r), r["dtype"]): r["p50"] for r in measured(rows) if _is_baseline(r["variant"])}
-    for r in measured(rows):
-        base, same = ref.get((key(r), "float32")), ref.get((key(r), r["dtype"]))
-        r["vs_reference_fp32"] = round(base / r["p50"], 3) if base else ""
-        r["vs_reference_same_dtype"] = round(same / r["p50"], 3) if same else ""
-
-
-def csv_text(rows: list[dict]) -> str:
-    """``rows`` as bench.csv holds them (FIELDS, in order)."""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=FIELDS)
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
-
-
-def write_results(rows: list[dict], peaks: dict, out: str | Path, title: str = "") -> list[Path]:
-    """CSV + JSON + PNG plot of images/s against batch, one line per variant and workload,
-    each file written atomically."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    table, data, figure = (out / name for name in RESULT_FILES)
-    write_file_atomic(table, csv_text(rows).encode())
-    write_file_atomic(data, json.dumps({"peaks": peaks, "rows": rows}, indent=1).encode())
-    files = [table, data]
-    if measured(rows):  # a table of skipped rows only has nothing to plot
-        plot(rows, figure, title or f"bridgegan bench on {peaks.get('device', '?')}")
-        files.append(figure)
-    (out / PARTIAL_CSV).unlink(missing_ok=True)  # the complete table replaces it
-    return files
-
-
-def plot(rows: list[dict], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    groups: dict[tuple, list[dict]] = {}
-    for r in measured(rows):
-        groups.setdefault((r["what"], r["resolution"], r["variant"]), []).append(r)
-    for (what, res, variant), rs in groups.items():
-        batches = [r["batch"] for r in rs]
-        if len(set(batches)) < len(batches):  # rows of several runs: one line would mix them
-            raise ValueError(f"{variant} {what} @ {res} px has several rows at one batch "
-                             f"({sorted(batches)}): rows of several runs; name each run's "
-                             "variants apart before plotting them together")
-    whats = sorted({(g[0], g[1]) for g in groups})
-    fig, axes = plt.subplots(1, len(whats), figsize=(5.5 * len(whats), 4.2), squeeze=False)
-    for ax, (what, res) in zip(axes[0], whats):
-        for (w, r_, variant), rs in sorted(groups.items()):
-            if (w, r_) != (what, res):
-                continue
-            rs = sorted(rs, key=lambda r: r["batch"])
-            ax.plot([r["batch"] for r in rs], [r["images_per_s"] for r in rs], marker="o",
-                    label=variant)
-        ax.set(xscale="log", yscale="log", xlabel="batch (images per call)",
-               ylabel="images / s", title=f"{what} @ {res}x{res}")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    write_file_atomic(path, buf.getvalue())
-
-
-def format_table(rows: list[dict]) -> str:
-    head = (f"{'what':14s} {'variant':24s} {'res':>4s} {'batch':>5s} {'p50 ms':>9s} "
-            f"{'img/s':>9s} {'x ref32':>8s} {'x ref':>7s} {'roof':>6s} {'mem MB':>8s} "
-            f"{'1st s':>7s}")
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        lead = f"{r['what']:14s} {r['variant']:24s} {r['resolution']:>4d} {r['batch']!s:>5s} "
-        if r["metric"] == "skipped":
-            lines.append(f"{lead} skipped: {r['note']}")
-            continue
-        lines.append(
-            f"{lead}{r['p50']:>9.3f} {r['images_per_s']:>9.1f} {str(r['vs_reference_fp32']):>8s} "
-            f"{str(r['vs_reference_same_dtype']):>7s} {r['roofline_share']:>6.3f} "
-            f"{str(r['peak_mem_mb']):>8s} {r['first_call_s']:>7.2f}")
-    return "\n".join(lines)

@@ -116,7 +116,8 @@ def translate(args: argparse.Namespace) -> int:
 
 
 def bench(args: argparse.Namespace) -> int:
-    from .bench import BENCH_FILES, Variant, format_table, measured, run_matrix, write_results
+    from .bench import Variant, run_matrix
+    from .bench_results import BENCH_FILES, format_table, measured, write_results
 
     check_writable_folder(args.out)
     check_file_targets(args.out, BENCH_FILES)
