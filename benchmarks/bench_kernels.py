@@ -235,6 +235,106 @@ def _tail_rows(device, batch, impl, dtypes, layouts, timing, copy_bw, base, gen,
     return rows
 
 
+def _parity_gate(out, device, quick, dry_run):
+    """The kernel parity table first, written to parity.json; no speed is reported for
+    kernels that fail it (as the engine's bench)."""
+    from bridgegan.kernels.parity import check_ops
+
+    prow = check_ops(device=device, quick=quick or dry_run, impl="torch" if dry_run else None)
+    write_file_atomic(out / "parity.json", json.dumps(prow, indent=1).encode())
+    print(f"parity: {sum(r['ok'] for r in prow)}/{len(prow)} pass")
+    failed = sorted({f"{r['op']} {r['dtype']} {r['layout']}" for r in prow if not r["ok"]})
+    if failed:
+        raise SystemExit(f"bench_kernels: parity failed for {', '.join(failed)} (see "
+                         f"{out / 'parity.json'}); no speed reported")
+
+
+def _spade_backends(rot, impl, path, ideal, ideal_res, sweep, batch, c, h, cl):
+    """name: (call, path, ideal bytes, the eager row it is compared with) of one SPADE
+    layer; ``sweep``: the SWEEP configurations of its layout too."""
+    backends = {
+        "triton": (rot(lambda x, g, b, mb, r: norm_act.spade_modulate(
+            x, g, b, act="relu", impl=impl)), path, ideal, "eager"),
+        "triton+bias": (rot(lambda x, g, b, mb, r: norm_act.spade_modulate(
+            x, g, b, act="relu", impl=impl, bias=mb)), path, ideal, "eager"),
+        "triton+res": (rot(lambda x, g, b, mb, r: norm_act.spade_modulate(
+            x, g, b, act="relu", impl=impl, residual=r)), path, ideal_res, "eager+res"),
+        "eager": (rot(_eager), "eager", ideal, None),
+        "eager+res": (rot(_eager_res), "eager", ideal_res, None),
+        "torch": (rot(lambda x, g, b, mb, r: norm_act.spade_modulate(
+            x, g, b, act="relu", impl="torch")), "torch", ideal, "eager"),
+    }
+    for cfg in sweep:
+        tag = ",".join(f"{k}={v}" for k, v in cfg.items())
+        p = norm_act.plan_launch(batch, c, h * h, cl, cfg)
+        backends[f"triton[{tag}]"] = (rot(
+            lambda x, g, b, mb, r, cfg=cfg: norm_act.spade_modulate(
+                x, g, b, act="relu", impl="triton", config=cfg)),
+            f"{p.path}:bhw={p.block_hw},bc={p.block_c},w={p.num_warps}", ideal, "eager")
+    return backends
+
+
+def _spade_rows(times, backends, common, copy_bw):
+    """Each timed backend's time, bandwidth, share of copy bandwidth and speed-up rows."""
+    rows = []
+    for name, (t50, t20, t80) in times.items():
+        _, path, nbytes, against = backends[name]
+        row = dict(common, backend=name, path=path, ideal_bytes=nbytes)
+        bw = {"p50": nbytes / t50 / 1e6, "p20": nbytes / t80 / 1e6, "p80": nbytes / t20 / 1e6}
+        rows.append(dict(row, metric="time", unit="ms", p50=t50, p20=t20, p80=t80))
+        rows.append(dict(row, metric="bandwidth", unit="GB/s", **bw))
+        rows.append(dict(row, metric="copy_bw_share", unit="%",
+                         **{k: 100 * v / copy_bw["p50"] for k, v in bw.items()}))
+        if against in times:
+            e = times[against]
+            rows.append(dict(row, metric="speedup_vs_eager", unit="x", p50=e[0] / t50,
+                             p20=e[1] / t20, p80=e[2] / t80, note=RATIO_NOTE))
+    return rows
+
+
+def _print_layer(dname, layout, c, h, count, times, backends, ideal, ideal_res, copy_bw):
+    t, tb, tr, e = (times.get(k) for k in ("triton", "triton+bias", "triton+res", "eager"))
+    if not t:
+        return
+    print(f"{dname} {layout:<13} C={c:<3} {h:>3}x{h:<3} x{count}: triton {t[0]*1e3:8.1f} us "
+          f"({ideal / t[0] / 1e6:6.0f} GB/s, {100 * ideal / t[0] / 1e6 / copy_bw['p50']:5.1f}% "
+          f"of copy, {backends['triton'][1]})"
+          + (f", +bias {tb[0]*1e3:8.1f} us (x{tb[0] / t[0]:.3f})" if tb else "")
+          + (f", +res {tr[0]*1e3:8.1f} us ({100 * ideal_res / tr[0] / 1e6 / copy_bw['p50']:5.1f}%"
+             " of copy)" if tr else "")
+          + (f", eager {e[0]*1e3:8.1f} us, x{e[0] / t[0]:.2f}" if e else ""))
+    for name in backends:
+        if name.startswith("triton[") and name in times:
+            print(f"    {name:<44} {times[name][0]*1e3:8.1f} us  {backends[name][1]}")
+
+
+def _total_rows(totals, base, copy_bw):
+    """The generator's SPADE layers summed (each layer times its count in GEN_LAYERS)."""
+    rows = []
+    for (dname, layout, name), (t50, t20, t80, nbytes) in totals.items():
+        common = dict(base, what=f"generator SPADE layers ({len(GEN_LAYERS)}, {IMAGE_RES}px)",
+                      backend=name, dtype=dname, layout=layout, resolution=IMAGE_RES, channels=0,
+                      path="-", ideal_bytes=nbytes, note=SUM_NOTE)
+        rows.append(dict(common, metric="time", unit="ms", p50=t50, p20=t20, p80=t80))
+        rows.append(dict(common, metric="copy_bw_share", unit="%",
+                         p50=100 * nbytes / t50 / 1e6 / copy_bw["p50"],
+                         p20=100 * nbytes / t80 / 1e6 / copy_bw["p50"],
+                         p80=100 * nbytes / t20 / 1e6 / copy_bw["p50"]))
+        e = totals.get((dname, layout, "eager"))
+        if name != "eager" and e:
+            rows.append(dict(common, metric="speedup_vs_eager", unit="x",
+                             p50=e[0] / t50, p20=e[1] / t20, p80=e[2] / t80,
+                             note=f"{SUM_NOTE}; {RATIO_NOTE}"))
+            if name == "triton":
+                print(f"generator {dname} {layout}: triton {t50:.3f} ms vs eager {e[0]:.3f} ms "
+                      f"= x{e[0] / t50:.2f}, {100 * nbytes / t50 / 1e6 / copy_bw['p50']:.1f}% of copy bw")
+            t = totals.get((dname, layout, "triton"))
+            if name == "triton+bias" and t:
+                print(f"generator {dname} {layout}: triton+bias {t50:.3f} ms, {t50 / t[0]:.3f}x "
+                      "the triton time")
+    return rows
+
+
 def run(out_dir, dry_run=False, sweep=False, parity=False, quick=False, dtypes=None, layouts=None):
     """Run the benchmark; write kernels.json / kernels.csv under out_dir; return the rows."""
     out = Path(out_dir)
@@ -245,18 +345,8 @@ def run(out_dir, dry_run=False, sweep=False, parity=False, quick=False, dtypes=N
         raise SystemExit("bench_kernels: no CUDA device; use --dry-run for the CPU smoke run")
     env = _env()
     rows: list[dict] = []
-
     if parity:
-        from bridgegan.kernels.parity import check_ops
-
-        prow = check_ops(device=device, quick=quick or dry_run,
-                         impl="torch" if dry_run else None)
-        write_file_atomic(out / "parity.json", json.dumps(prow, indent=1).encode())
-        print(f"parity: {sum(r['ok'] for r in prow)}/{len(prow)} pass")
-        failed = sorted({f"{r['op']} {r['dtype']} {r['layout']}" for r in prow if not r["ok"]})
-        if failed:  # as the engine's bench: no speed for kernels that fail parity
-            raise SystemExit(f"bench_kernels: parity failed for {', '.join(failed)} (see "
-                             f"{out / 'parity.json'}); no speed reported")
+        _parity_gate(out, device, quick, dry_run)
 
     timing, quick_timing = _timing(device, quick or dry_run), _timing(device, True)
     batch = 2 if dry_run else BATCH
@@ -292,33 +382,13 @@ def run(out_dir, dry_run=False, sweep=False, parity=False, quick=False, dtypes=N
                 sets = [(mk(1.0), mk(0.5), mk(0.5), (0.5 * torch.randn(
                     2 * c, device=device, generator=gen)).to(dtype), mk(1.0))
                     for _ in range(n_sets)]
-                rot = _rotating(sets)
                 cl = layout == "channels_last"
-                plan = norm_act.plan_launch(batch, c, h * h, cl)
-                path = plan.path if impl == "triton" else "torch"
-                # name: (call, path, ideal bytes, the eager row it is compared with)
-                backends = {
-                    "triton": (rot(lambda x, g, b, mb, r: norm_act.spade_modulate(
-                        x, g, b, act="relu", impl=impl)), path, ideal, "eager"),
-                    "triton+bias": (rot(lambda x, g, b, mb, r: norm_act.spade_modulate(
-                        x, g, b, act="relu", impl=impl, bias=mb)), path, ideal, "eager"),
-                    "triton+res": (rot(lambda x, g, b, mb, r: norm_act.spade_modulate(
-                        x, g, b, act="relu", impl=impl, residual=r)), path, ideal_res,
-                        "eager+res"),
-                    "eager": (rot(_eager), "eager", ideal, None),
-                    "eager+res": (rot(_eager_res), "eager", ideal_res, None),
-                    "torch": (rot(lambda x, g, b, mb, r: norm_act.spade_modulate(
-                        x, g, b, act="relu", impl="torch")), "torch", ideal, "eager"),
-                }
-                if sweep and not dry_run and dname == "fp16":
-                    for cfg in SWEEP[layout]:
-                        tag = ",".join(f"{k}={v}" for k, v in cfg.items())
-                        p = norm_act.plan_launch(batch, c, h * h, cl, cfg)
-                        backends[f"triton[{tag}]"] = (rot(
-                            lambda x, g, b, mb, r, cfg=cfg: norm_act.spade_modulate(
-                                x, g, b, act="relu", impl="triton", config=cfg)),
-                            f"{p.path}:bhw={p.block_hw},bc={p.block_c},w={p.num_warps}",
-                            ideal, "eager")
+                path = norm_act.plan_launch(batch, c, h * h, cl).path if impl == "triton" \
+                    else "torch"
+                backends = _spade_backends(
+                    _rotating(sets), impl, path, ideal, ideal_res,
+                    SWEEP[layout] if sweep and not dry_run and dname == "fp16" else (),
+                    batch, c, h, cl)
                 times = {}
                 for name, (fn, *_) in backends.items():
                     with torch.no_grad():
@@ -327,64 +397,20 @@ def run(out_dir, dry_run=False, sweep=False, parity=False, quick=False, dtypes=N
                                              else timing)
                         except Exception as exc:  # a sweep variant that does not compile
                             print(f"  {name}: failed: {type(exc).__name__}: {exc}")
-                for name, (t50, t20, t80) in times.items():
-                    _, path, nbytes, against = backends[name]
-                    common = dict(base, what=f"spade_modulate C={c} {h}x{h}", backend=name,
-                                  dtype=dname, layout=layout, resolution=h, channels=c,
-                                  path=path, ideal_bytes=nbytes)
-                    bw = {"p50": nbytes / t50 / 1e6, "p20": nbytes / t80 / 1e6,
-                          "p80": nbytes / t20 / 1e6}
-                    rows.append(dict(common, metric="time", unit="ms", p50=t50, p20=t20, p80=t80))
-                    rows.append(dict(common, metric="bandwidth", unit="GB/s", **bw))
-                    rows.append(dict(common, metric="copy_bw_share", unit="%",
-                                     **{k: 100 * v / copy_bw["p50"] for k, v in bw.items()}))
-                    if against in times:
-                        e = times[against]
-                        rows.append(dict(common, metric="speedup_vs_eager", unit="x",
-                                         p50=e[0] / t50, p20=e[1] / t20, p80=e[2] / t80,
-                                         note=RATIO_NOTE))
-                    if name in ("triton", "triton+bias", "eager", "torch"):  # the 8 layers
+                rows += _spade_rows(times, backends, dict(
+                    base, what=f"spade_modulate C={c} {h}x{h}", dtype=dname, layout=layout,
+                    resolution=h, channels=c), copy_bw)
+                for name in ("triton", "triton+bias", "eager", "torch"):  # the 8 layers
+                    if name in times:
                         tot = totals.setdefault((dname, layout, name), [0.0, 0.0, 0.0, 0])
                         for i in range(3):
                             tot[i] += count * times[name][i]
-                        tot[3] += count * nbytes
-                t, tb, tr, e = (times.get(k) for k in ("triton", "triton+bias", "triton+res",
-                                                         "eager"))
-                if t:
-                    print(f"{dname} {layout:<13} C={c:<3} {h:>3}x{h:<3} x{count}: triton {t[0]*1e3:8.1f} us "
-                          f"({ideal / t[0] / 1e6:6.0f} GB/s, {100 * ideal / t[0] / 1e6 / copy_bw['p50']:5.1f}% "
-                          f"of copy, {backends['triton'][1]})"
-                          + (f", +bias {tb[0]*1e3:8.1f} us (x{tb[0] / t[0]:.3f})" if tb else "")
-                          + (f", +res {tr[0]*1e3:8.1f} us ({100 * ideal_res / tr[0] / 1e6 / copy_bw['p50']:5.1f}%"
-                             " of copy)" if tr else "")
-                          + (f", eager {e[0]*1e3:8.1f} us, x{e[0] / t[0]:.2f}" if e else ""))
-                    for name in backends:
-                        if name.startswith("triton[") and name in times:
-                            print(f"    {name:<44} {times[name][0]*1e3:8.1f} us  {backends[name][1]}")
+                        tot[3] += count * backends[name][2]
+                _print_layer(dname, layout, c, h, count, times, backends, ideal, ideal_res,
+                             copy_bw)
                 del sets
                 _write(out, env, rows)
-    for (dname, layout, name), (t50, t20, t80, nbytes) in totals.items():
-        common = dict(base, what=f"generator SPADE layers ({len(GEN_LAYERS)}, {IMAGE_RES}px)",
-                      backend=name, dtype=dname, layout=layout, resolution=IMAGE_RES, channels=0,
-                      path="-", ideal_bytes=nbytes, note=SUM_NOTE)
-        rows.append(dict(common, metric="time", unit="ms", p50=t50, p20=t20, p80=t80))
-        rows.append(dict(common, metric="copy_bw_share", unit="%",
-                         p50=100 * nbytes / t50 / 1e6 / copy_bw["p50"],
-                         p20=100 * nbytes / t80 / 1e6 / copy_bw["p50"],
-                         p80=100 * nbytes / t20 / 1e6 / copy_bw["p50"]))
-        e = totals.get((dname, layout, "eager"))
-        if name != "eager" and e:
-            rows.append(dict(common, metric="speedup_vs_eager", unit="x",
-                             p50=e[0] / t50, p20=e[1] / t20, p80=e[2] / t80,
-                             note=f"{SUM_NOTE}; {RATIO_NOTE}"))
-            if name == "triton":
-                print(f"generator {dname} {layout}: triton {t50:.3f} ms vs eager {e[0]:.3f} ms "
-                      f"= x{e[0] / t50:.2f}, {100 * nbytes / t50 / 1e6 / copy_bw['p50']:.1f}% of copy bw")
-            t = totals.get((dname, layout, "triton"))
-            if name == "triton+bias" and t:
-                print(f"generator {dname} {layout}: triton+bias {t50:.3f} ms, {t50 / t[0]:.3f}x "
-                      "the triton time")
-
+    rows += _total_rows(totals, base, copy_bw)
     rows += _tail_rows(device, batch, impl, dtypes or BENCH_DTYPES, layouts or LAYOUTS, timing,
                        copy_bw, base, gen, dry_run)
     _write(out, env, rows)
