@@ -437,14 +437,60 @@ def _report_end(trainer, steps: int, out: Path, resumed: bool) -> None:
         print(f"done: step {trainer.step}, checkpoints in {ckpts}", file=sys.stderr)
 
 
-def _train(args: argparse.Namespace, info: DistInfo) -> int:
-    """`run` within the process group ``info`` (a distributed.DistInfo)."""
+def _configs(args: argparse.Namespace, resume: Path | None, init: Path | None):
+    """The run's model and training configurations and its datasets: the options over the
+    checkpoint's (``resume``: its model and train_config; ``init``: its model), the model's
+    attributes the data's; a model that differs from the checkpoint's is refused (but for
+    --widen), with the way out."""
     from .checkpoint import CheckpointError, read_config
     from .classifier import CONFIG_FILE as CLASSIFIER_FILE
-    from .train_state import (METRICS_FILE, STATE_JSON, check_checkpoints, drop_metrics_after,
-                              read_train_state)
-    from .trainer import Trainer
+    from .train_state import STATE_JSON, read_train_state
     from .widen import check_widening
+
+    base_train, ckpt_cfg = None, None
+    if resume is not None:
+        ckpt_cfg = read_config(resume)
+        base_train = read_train_state(resume)["train_config"]
+    elif init is not None:
+        ckpt_cfg = read_config(init)
+    if ckpt_cfg is not None and not _arch_given(args):
+        model_cfg = ckpt_cfg
+    else:
+        model_cfg = _base_config(args)
+    attrs = args.attributes or (ckpt_cfg.attributes if ckpt_cfg is not None else None)
+    train_set, sample_set = _make_datasets(args, model_cfg.image_size, attrs)
+    model_cfg = model_cfg.replace(attributes=tuple(train_set.attributes))
+    if args.widen and init is None:
+        raise ValueError("--widen needs --init-from (a checkpoint to widen), and a run to "
+                         "resume is resumed as it is")
+    if args.widen:
+        check_widening(ckpt_cfg, model_cfg)
+    elif ckpt_cfg is not None:
+        diffs = ckpt_cfg.differences(model_cfg)
+        if diffs:
+            raise CheckpointError(f"the model options differ from the checkpoint's "
+                                  f"configuration: {'; '.join(diffs)}"
+                                  f"{_way_out(ckpt_cfg, model_cfg, resume is not None)}")
+    try:
+        config = _train_config(args, base_train)
+    except ValueError as exc:
+        if base_train is None:
+            raise
+        raise CheckpointError(f"{resume / STATE_JSON}: its train_config with these options: "
+                              f"{exc}") from None
+    if (resume is not None and config.feature_classifier and args.feature_classifier is None
+            and not (Path(config.feature_classifier) / CLASSIFIER_FILE).is_file()):
+        raise CheckpointError(f"the run's --feature-classifier {config.feature_classifier} "
+                              f"holds no classifier (moved or removed since the run began?)"
+                              f": pass --feature-classifier FOLDER to name where it is now")
+    return model_cfg, config, train_set, sample_set
+
+
+def _train(args: argparse.Namespace, info: DistInfo) -> int:
+    """`run` within the process group ``info`` (a distributed.DistInfo)."""
+    from .checkpoint import CheckpointError
+    from .train_state import METRICS_FILE, check_checkpoints, drop_metrics_after
+    from .trainer import Trainer
 
     try:
         out = Path(args.out)
@@ -453,42 +499,7 @@ def _train(args: argparse.Namespace, info: DistInfo) -> int:
         check_file_targets(out, [RUN_FILE, METRICS_FILE])
         check_checkpoints(out)
         resume, init = _start(args, out)
-        base_train, ckpt_cfg = None, None
-        if resume is not None:
-            ckpt_cfg = read_config(resume)
-            base_train = read_train_state(resume)["train_config"]
-        elif init is not None:
-            ckpt_cfg = read_config(init)
-        if ckpt_cfg is not None and not _arch_given(args):
-            model_cfg = ckpt_cfg
-        else:
-            model_cfg = _base_config(args)
-        attrs = args.attributes or (ckpt_cfg.attributes if ckpt_cfg is not None else None)
-        train_set, sample_set = _make_datasets(args, model_cfg.image_size, attrs)
-        model_cfg = model_cfg.replace(attributes=tuple(train_set.attributes))
-        if args.widen and init is None:
-            raise ValueError("--widen needs --init-from (a checkpoint to widen), and a run to "
-                             "resume is resumed as it is")
-        if args.widen:
-            check_widening(ckpt_cfg, model_cfg)
-        elif ckpt_cfg is not None:
-            diffs = ckpt_cfg.differences(model_cfg)
-            if diffs:
-                raise CheckpointError(f"the model options differ from the checkpoint's "
-                                      f"configuration: {'; '.join(diffs)}"
-                                      f"{_way_out(ckpt_cfg, model_cfg, resume is not None)}")
-        try:
-            config = _train_config(args, base_train)
-        except ValueError as exc:
-            if base_train is None:
-                raise
-            raise CheckpointError(f"{resume / STATE_JSON}: its train_config with these options: "
-                                  f"{exc}") from None
-        if (resume is not None and config.feature_classifier and args.feature_classifier is None
-                and not (Path(config.feature_classifier) / CLASSIFIER_FILE).is_file()):
-            raise CheckpointError(f"the run's --feature-classifier {config.feature_classifier} "
-                                  f"holds no classifier (moved or removed since the run began?)"
-                                  f": pass --feature-classifier FOLDER to name where it is now")
+        model_cfg, config, train_set, sample_set = _configs(args, resume, init)
         config.device = args.device
         trainer = Trainer(model_cfg, config, train_set, out_dir=out, dist=info,
                           sample_set=sample_set, progress=not args.no_progress)

@@ -91,21 +91,9 @@ class Trainer:
         self.progress = progress
         self.device = self._pick_device(config.device)
         self._check_dataset(dataset, model_config)
+        self._check_run(dataset)
         self.dataset, self.sample_set = dataset, sample_set or dataset
-        if config.batch % self.dist.world_size:
-            raise ValueError(f"the global batch ({config.batch}) must be divisible by the number "
-                             f"of processes ({self.dist.world_size})")
         self.local_batch = config.batch // self.dist.world_size
-        if len(dataset) < config.batch:
-            raise ValueError(f"the dataset has {len(dataset)} items, fewer than one batch "
-                             f"({config.batch})")
-        paired = config.weights.paired or config.weights.paired_edit
-        if paired and not callable(getattr(dataset, "render_labels", None)):
-            raise ValueError("the paired loss needs data that can render the true edit "
-                             "(render_labels: the procedural faces, --data synthetic); "
-                             f"{type(dataset).__name__} cannot")
-        if config.amp == "fp16" and self.device.type != "cuda":
-            raise ValueError("amp fp16 needs a CUDA device (bf16 or none work on the CPU)")
         # where grids are to come, their images are read now (on every rank, which all stop
         # alike; kept by rank 0, which draws them): one that cannot be read stops the run
         # before its first update, not at its first grid with the steps since the last
@@ -115,40 +103,18 @@ class Trainer:
             items = self._read_sample_items()
             self._sample_items = items if self.is_main else None
 
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derive_seed(config.seed, STREAM_INIT))
-            self.model = BridgeGAN(model_config)
-            self.model.initialise(config.init)
-        self.dtype = getattr(torch, config.dtype)
-        self.model.to(self.device, self.dtype)
-        m = self.model
-        self.gen_params = [p for mod in (m.generator, m.encoder, m.mapping) for p in mod.parameters()]
-        self.ema: BridgeGAN | None = None
-        if config.ema > 0:
-            self.ema = copy.deepcopy(m)
-            for name in ("generator", "encoder", "mapping"):
-                getattr(self.ema, name).requires_grad_(False)
-            self.ema.discriminator = m.discriminator  # shared: saved raw with the EMA G/E/M
-            self.ema_params = [p for mod in (self.ema.generator, self.ema.encoder, self.ema.mapping)
-                               for p in mod.parameters()]
+        self._build_models()
         betas = (config.beta1, config.beta2)
         self.opt_g = torch.optim.Adam(self.gen_params, lr=config.lr, betas=betas)
-        self.opt_d = torch.optim.Adam(m.discriminator.parameters(), lr=config.lr, betas=betas)
+        self.opt_d = torch.optim.Adam(self.model.discriminator.parameters(), lr=config.lr,
+                                      betas=betas)
         self.memory = NoiseMemory(len(dataset), model_config.noise_dim, config.noise_memory,
                                   seed=derive_seed(config.seed, STREAM_MEMORY), device=self.device,
                                   dtype=self.dtype)
-
         self.feature_net = self._feature_net(config, model_config)
         self.feature_sha256 = (weights_sha256(config.feature_classifier)
                                if self.feature_net is not None else "")
-        self.g_objective: nn.Module = GeneratorObjective(m.generator, m.encoder, m.mapping, config.weights)
-        self.d_objective: nn.Module = DiscriminatorObjective(m.discriminator, config.weights)
-        if self.dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.g_objective = DDP(self.g_objective, device_ids=ids)
-            self.d_objective = DDP(self.d_objective, device_ids=ids)
+        self._build_objectives()
 
         fp16 = config.amp == "fp16"
         self.scaler_g = torch.amp.GradScaler(self.device.type, enabled=fp16)
@@ -184,6 +150,56 @@ class Trainer:
         if device.type == "cuda":  # what torch puts on "the" GPU (pinned batches, caches)
             torch.cuda.set_device(device)  # goes to the one training runs on, not GPU 0
         return device
+
+    def _check_run(self, dataset: Dataset) -> None:
+        """Refuse a run the processes, the data or the device cannot make."""
+        config = self.config
+        if config.batch % self.dist.world_size:
+            raise ValueError(f"the global batch ({config.batch}) must be divisible by the number "
+                             f"of processes ({self.dist.world_size})")
+        if len(dataset) < config.batch:
+            raise ValueError(f"the dataset has {len(dataset)} items, fewer than one batch "
+                             f"({config.batch})")
+        paired = config.weights.paired or config.weights.paired_edit
+        if paired and not callable(getattr(dataset, "render_labels", None)):
+            raise ValueError("the paired loss needs data that can render the true edit "
+                             "(render_labels: the procedural faces, --data synthetic); "
+                             f"{type(dataset).__name__} cannot")
+        if config.amp == "fp16" and self.device.type != "cuda":
+            raise ValueError("amp fp16 needs a CUDA device (bf16 or none work on the CPU)")
+
+    def _build_models(self) -> None:
+        """The model, initialised from the run's own random stream, on the device in the
+        training dtype; G, E and M's parameters; the EMA copy of G, E and M (sharing D)."""
+        config = self.config
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(config.seed, STREAM_INIT))
+            self.model = BridgeGAN(self.model_config)
+            self.model.initialise(config.init)
+        self.dtype = getattr(torch, config.dtype)
+        self.model.to(self.device, self.dtype)
+        m = self.model
+        self.gen_params = [p for mod in (m.generator, m.encoder, m.mapping) for p in mod.parameters()]
+        self.ema: BridgeGAN | None = None
+        if config.ema > 0:
+            self.ema = copy.deepcopy(m)
+            for name in ("generator", "encoder", "mapping"):
+                getattr(self.ema, name).requires_grad_(False)
+            self.ema.discriminator = m.discriminator  # shared: saved raw with the EMA G/E/M
+            self.ema_params = [p for mod in (self.ema.generator, self.ema.encoder, self.ema.mapping)
+                               for p in mod.parameters()]
+
+    def _build_objectives(self) -> None:
+        """G's and D's losses as modules, wrapped in DDP when several processes train."""
+        m, weights = self.model, self.config.weights
+        self.g_objective: nn.Module = GeneratorObjective(m.generator, m.encoder, m.mapping, weights)
+        self.d_objective: nn.Module = DiscriminatorObjective(m.discriminator, weights)
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.g_objective = DDP(self.g_objective, device_ids=ids)
+            self.d_objective = DDP(self.d_objective, device_ids=ids)
 
     @staticmethod
     def _check_dataset(dataset: Dataset, cfg: BridgeGANConfig) -> None:
