@@ -29,17 +29,16 @@ from .split_modes import INDEX_TRAIN, INDEX_VAL, SPLIT_MODES
 ATTR_FILE = "list_attr_celeba.txt"
 PARTITION_FILE = "list_eval_partition.txt"
 IMAGE_DIR = "img_align_celeba"
+_PARTITION_CODES = {"train": 0, "val": 1, "test": 2}  # list_eval_partition.txt's split codes
 
 
 class CelebAFormatError(ValueError):
     """A CelebA metadata file does not have the expected format."""
 
 
-def read_attr_file(path: str) -> tuple[list[str], tuple[str, ...], np.ndarray]:
-    """Parse list_attr_celeba.txt: (file names, header names, values int8 (N, 40) in {-1, 1}).
-
-    Errors name the file and the 1-based line number.
-    """
+def _attr_lines(path: str) -> list[str]:
+    """The lines of the attribute file, trailing blank lines dropped; at least the count and
+    header lines."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"CelebA attribute file not found: {path}")
     with open(path, encoding="utf-8", errors="replace") as f:
@@ -52,13 +51,22 @@ def read_attr_file(path: str) -> tuple[list[str], tuple[str, ...], np.ndarray]:
             f"{path}: expected a count line and a header line of attribute names, "
             f"file has {len(lines)} line(s)"
         )
-    first = lines[0].split()
+    return lines
+
+
+def _declared_count(path: str, line: str) -> int:
+    """The image count of line 1 (one ASCII integer)."""
+    first = line.split()
     if len(first) != 1 or not (first[0].isascii() and first[0].isdigit()):  # not "²"
         raise CelebAFormatError(
-            f"{path}, line 1: expected the number of images (one integer), got {lines[0]!r}"
+            f"{path}, line 1: expected the number of images (one integer), got {line!r}"
         )
-    declared = int(first[0])
-    header = tuple(lines[1].split())
+    return int(first[0])
+
+
+def _attr_header(path: str, line: str) -> tuple[str, ...]:
+    """The attribute names of line 2: the 40 CelebA names, in any order."""
+    header = tuple(line.split())
     if len(header) != len(CELEBA_ATTRIBUTES) or set(header) != set(CELEBA_ATTRIBUTES):
         missing = [n for n in CELEBA_ATTRIBUTES if n not in header]
         extra = [n for n in header if n not in CELEBA_ATTRIBUTES]
@@ -66,11 +74,19 @@ def read_attr_file(path: str) -> tuple[list[str], tuple[str, ...], np.ndarray]:
             f"{path}, line 2: expected the {len(CELEBA_ATTRIBUTES)} CelebA attribute names, "
             f"got {len(header)} name(s); missing {missing}, unexpected {extra}"
         )
+    return header
+
+
+def _attr_rows(
+    path: str, header: tuple[str, ...], lines: list[str]
+) -> tuple[list[str], np.ndarray]:
+    """File names and int8 values (N, len(header)) of the data lines (from line 3), each
+    checked: a name and one -1 or 1 per attribute."""
     n_attr = len(header)
     names: list[str] = []
     rows: list[str] = []
     ok = {"1", "-1"}
-    for lineno, line in enumerate(lines[2:], start=3):
+    for lineno, line in enumerate(lines, start=3):
         parts = line.split()
         if not parts:
             raise CelebAFormatError(f"{path}, line {lineno}: empty line")
@@ -87,22 +103,38 @@ def read_attr_file(path: str) -> tuple[list[str], tuple[str, ...], np.ndarray]:
             )
         names.append(parts[0])
         rows.append(" ".join(vals))
-    if len(names) != declared:
-        raise CelebAFormatError(
-            f"{path}, line 1: declares {declared} images but the file lists {len(names)}"
-        )
+    # every token was checked above, so the fast text parser cannot misread any
+    if rows:
+        values = np.fromstring(" ".join(rows), dtype=np.int8, sep=" ")
+    else:
+        values = np.zeros(0, dtype=np.int8)
+    return names, values.reshape(len(names), n_attr)
+
+
+def _check_unique(path: str, names: list[str]) -> None:
+    """Refuse a file name listed twice, naming the line of its second entry."""
     if len(set(names)) != len(names):
         seen: set[str] = set()
         for lineno, n in enumerate(names, start=3):
             if n in seen:
                 raise CelebAFormatError(f"{path}, line {lineno}: duplicate file name {n!r}")
             seen.add(n)
-    # every token was checked above, so the fast text parser cannot misread any
-    if rows:
-        values = np.fromstring(" ".join(rows), dtype=np.int8, sep=" ")
-    else:
-        values = np.zeros(0, dtype=np.int8)
-    values = values.reshape(len(names), n_attr)
+
+
+def read_attr_file(path: str) -> tuple[list[str], tuple[str, ...], np.ndarray]:
+    """Parse list_attr_celeba.txt: (file names, header names, values int8 (N, 40) in {-1, 1}).
+
+    Errors name the file and the 1-based line number.
+    """
+    lines = _attr_lines(path)
+    declared = _declared_count(path, lines[0])
+    header = _attr_header(path, lines[1])
+    names, values = _attr_rows(path, header, lines[2:])
+    if len(names) != declared:
+        raise CelebAFormatError(
+            f"{path}, line 1: declares {declared} images but the file lists {len(names)}"
+        )
+    _check_unique(path, names)
     return names, header, values
 
 
@@ -135,6 +167,14 @@ def read_partition_file(path: str) -> dict[str, int]:
     return out
 
 
+def _check_split_options(split_mode: str, train_count: int, val_count: int) -> None:
+    """Refuse an unknown split mode or a negative index-mode count."""
+    if split_mode not in SPLIT_MODES:
+        raise ValueError(f"split_mode must be one of {SPLIT_MODES}, got {split_mode!r}")
+    if train_count < 0 or val_count < 0:
+        raise ValueError("train_count and val_count must be >= 0")
+
+
 class CelebA(Dataset):
     """CelebA aligned faces with binary attribute labels (see the module docstring)."""
 
@@ -150,10 +190,7 @@ class CelebA(Dataset):
     ) -> None:
         root = os.fspath(root)
         check_size_and_split(size, split)
-        if split_mode not in SPLIT_MODES:
-            raise ValueError(f"split_mode must be one of {SPLIT_MODES}, got {split_mode!r}")
-        if train_count < 0 or val_count < 0:
-            raise ValueError("train_count and val_count must be >= 0")
+        _check_split_options(split_mode, train_count, val_count)
         if not os.path.isdir(root):
             raise FileNotFoundError(f"CelebA root folder not found: {root}")
         self.root = root
@@ -170,47 +207,62 @@ class CelebA(Dataset):
         attr_path = os.path.join(root, ATTR_FILE)
         names, header, values = read_attr_file(attr_path)
         cols = [header.index(n) for n in self.attributes]
-
-        n = len(names)
-        if split == "all":
-            idx = np.arange(n)
-        elif split_mode == "index":
-            bounds = {
-                "train": (0, train_count),
-                "val": (train_count, train_count + val_count),
-                "test": (train_count + val_count, n),
-            }[split]
-            idx = np.arange(min(bounds[0], n), min(bounds[1], n))
-        else:
-            part_path = os.path.join(root, PARTITION_FILE)
-            part = read_partition_file(part_path)
-            missing = [f for f in names if f not in part]
-            if missing:
-                raise CelebAFormatError(
-                    f"{part_path}: {len(missing)} image(s) of {attr_path} have no partition "
-                    f"entry, first {missing[0]!r}"
-                )
-            code = {"train": 0, "val": 1, "test": 2}[split]
-            idx = np.array([i for i, f in enumerate(names) if part[f] == code], dtype=np.int64)
-        if len(idx) == 0:
-            if n == 0 or split == "all":
-                why = "no image to split"
-            elif split_mode == "index":
-                why = f"train_count={train_count}, val_count={val_count}"
-            else:
-                why = f"none has code {code} in {PARTITION_FILE}"
-            raise EmptySplitError(f"CelebA split {split!r} (split_mode={split_mode!r}) is "
-                                  f"empty: {attr_path} lists {n} images, {why}")
+        idx = self._split_indices(names, attr_path, train_count, val_count)
         self.files = [names[i] for i in idx]
         self.labels = torch.from_numpy(
             (values[idx][:, cols].astype(np.float32) + 1.0) / 2.0
         ).reshape(len(idx), len(cols))
+        self._check_images(attr_path)
+
+    def _split_indices(
+        self, names: list[str], attr_path: str, train_count: int, val_count: int
+    ) -> np.ndarray:
+        """Rows of the attribute file in this split under this split mode; an empty split is
+        refused, with the reason."""
+        n = len(names)
+        if self.split == "all":
+            idx = np.arange(n)
+        elif self.split_mode == "index":
+            bounds = {
+                "train": (0, train_count),
+                "val": (train_count, train_count + val_count),
+                "test": (train_count + val_count, n),
+            }[self.split]
+            idx = np.arange(min(bounds[0], n), min(bounds[1], n))
+        else:
+            idx = self._official_indices(names, attr_path)
+        if len(idx) == 0:
+            if n == 0 or self.split == "all":
+                why = "no image to split"
+            elif self.split_mode == "index":
+                why = f"train_count={train_count}, val_count={val_count}"
+            else:
+                why = f"none has code {_PARTITION_CODES[self.split]} in {PARTITION_FILE}"
+            raise EmptySplitError(f"CelebA split {self.split!r} (split_mode={self.split_mode!r}) "
+                                  f"is empty: {attr_path} lists {n} images, {why}")
+        return idx
+
+    def _official_indices(self, names: list[str], attr_path: str) -> np.ndarray:
+        """Rows whose partition-file code is this split's; every image needs an entry."""
+        part_path = os.path.join(self.root, PARTITION_FILE)
+        part = read_partition_file(part_path)
+        missing = [f for f in names if f not in part]
+        if missing:
+            raise CelebAFormatError(
+                f"{part_path}: {len(missing)} image(s) of {attr_path} have no partition "
+                f"entry, first {missing[0]!r}"
+            )
+        code = _PARTITION_CODES[self.split]
+        return np.array([i for i, f in enumerate(names) if part[f] == code], dtype=np.int64)
+
+    def _check_images(self, attr_path: str) -> None:
+        """Refuse a listed image of this split that is not in the image folder."""
         for f in self.files:
             p = os.path.join(self.image_dir, f)
             if not os.path.exists(p):
                 raise FileNotFoundError(
                     f"CelebA image missing: {p} (listed in {attr_path}; "
-                    f"split={split!r}, split_mode={split_mode!r})"
+                    f"split={self.split!r}, split_mode={self.split_mode!r})"
                 )
 
     def __len__(self) -> int:
