@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import itertools
 import json
 import os
 import platform
@@ -70,6 +71,8 @@ def stats(http: str, model: str) -> tuple[int, int]:
 
 
 def random_inputs(ports: list[dict], rows: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """``rows`` random values for each of ``ports``: images in [-1, 1], 0/1 labels and
+    booleans, N(0, 1) noise."""
     out = {}
     for p in ports:
         shape = (rows, *map(int, p["dims"]))
@@ -150,92 +153,140 @@ def run_load(http: str, grpc: str, model: str = MODELS[0], protocol: str = "http
     import tritonclient.http as httpclient
 
     mod, url = (httpclient, http) if protocol == "http" else (grpcclient, grpc)
-    ports = model_inputs(http, model)
+    load = _Load(mod, url, model, model_inputs(http, model), rows, max_requests, duration, rate)
     before = stats(http, model)
-    latencies: list[float] = []  # from the due time (open loop) or the send (closed)
-    service: list[float] = []  # from the send
-    errors: list[str] = []
-    refused = {kind: [] for kind in HOSTILE_KINDS}
-    lock = threading.Lock()
-    sent = [0]
-    last_valid = [None]  # when the last valid request was answered
     n_hostile = round(concurrency * hostile)
+    ended = load.run(concurrency, n_hostile, seed)
+    after = stats(http, model)
+    return {"model": model, "protocol": protocol, "concurrency": concurrency, "rows": rows,
+            "loop": "closed" if rate is None else f"open, {rate:g} requests/s",
+            "hostile_clients": n_hostile, "hostile": load.hostile_outcomes(),
+            **load.figures(ended), "mean_batch": _mean_batch(before, after)}
 
-    def valid(client, rng, due: float | None) -> None:
-        inputs = infer_inputs(mod, random_inputs(ports, rows, rng))
-        t0 = time.perf_counter()
-        try:
-            client.infer(model, inputs)
-            ok = True
-        except Exception as exc:  # counted, the load goes on
-            ok, msg = False, str(exc)
-        t1 = time.perf_counter()
-        with lock:
-            last_valid[0] = t1 if last_valid[0] is None else max(last_valid[0], t1)
-            if ok:
-                latencies.append(t1 - (t0 if due is None else due))
-                service.append(t1 - t0)
-            else:
-                errors.append(msg)
 
-    def worker(k: int) -> None:
+class _Load:
+    """One load's client threads and what they record under ``lock``: the valid requests'
+    latencies (from the due time, open loop, or the send, closed), service times (from the
+    send) and errors, when the last valid one was answered, and the invalid ones' outcomes
+    by kind. ``start``: when the threads began, the origin of the open-loop schedule."""
+
+    def __init__(self, mod, url: str, model: str, ports: list[dict], rows: int,
+                 max_requests: int, duration: float, rate: float | None):
+        self.mod, self.url, self.model, self.ports, self.rows = mod, url, model, ports, rows
+        self.max_requests, self.duration, self.rate = max_requests, duration, rate
+        self.lock = threading.Lock()
+        self.latencies: list[float] = []
+        self.service: list[float] = []
+        self.errors: list[str] = []
+        self.refused: dict[str, list[str]] = {kind: [] for kind in HOSTILE_KINDS}
+        self.sent, self.last_valid, self.start = 0, None, 0.0
+
+    def run(self, concurrency: int, n_hostile: int, seed: int) -> float:
+        """Run ``concurrency`` client threads (the first ``n_hostile`` sending invalid
+        requests) until each is done; when the last one ended."""
+        threads = [threading.Thread(target=self._client, args=(k, k < n_hostile, seed))
+                   for k in range(concurrency)]
+        self.start = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return time.perf_counter()
+
+    def _client(self, k: int, hostile: bool, seed: int) -> None:
+        """Client thread ``k``: its own client and random inputs (seed + k), sending until
+        the duration has passed (a valid one: or no request is left to send)."""
         rng = np.random.default_rng(seed + k)
-        client = mod.InferenceServerClient(url)
+        client = self.mod.InferenceServerClient(self.url)
         try:
-            for i in range(sys.maxsize):
-                if time.perf_counter() - start >= duration:
+            for i in itertools.count():
+                if time.perf_counter() - self.start >= self.duration:
                     return
-                if k < n_hostile:
-                    kind = HOSTILE_KINDS[(i + k) % len(HOSTILE_KINDS)]
-                    outcome = send_hostile(kind, client, mod, url, model, ports, rng)
-                    with lock:
-                        refused[kind].append(outcome)
-                    continue
-                with lock:
-                    if sent[0] >= max_requests:
-                        return
-                    ticket = sent[0]
-                    sent[0] += 1
-                due = None
-                if rate is not None:  # open loop: request ``ticket`` is due at ticket / rate
-                    due = start + ticket / rate
-                    if due - start >= duration:
-                        return
-                    time.sleep(max(0.0, due - time.perf_counter()))
-                valid(client, rng, due)
+                if hostile:
+                    self._send_hostile(HOSTILE_KINDS[(i + k) % len(HOSTILE_KINDS)], client, rng)
+                elif not self._valid_turn(client, rng):
+                    return
         finally:
             client.close()
 
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(concurrency)]
-    start = time.perf_counter()  # the workers read it when they run
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    # the valid load's span: the hostile threads go on until --duration whatever the
-    # --requests bound, and their time is not the valid requests' time
-    ended = time.perf_counter()
-    seconds = (last_valid[0] if last_valid[0] is not None else ended) - start
-    after = stats(http, model)
-    done = len(latencies) + len(errors)
-    ms = np.array(latencies) * 1e3 if latencies else np.array([np.nan])
-    service_ms = np.array(service) * 1e3 if service else np.array([np.nan])
+    def _send_hostile(self, kind: str, client, rng: np.random.Generator) -> None:
+        """Send one invalid request of ``kind`` and record its outcome."""
+        outcome = send_hostile(kind, client, self.mod, self.url, self.model, self.ports, rng)
+        with self.lock:
+            self.refused[kind].append(outcome)
+
+    def _valid_turn(self, client, rng: np.random.Generator) -> bool:
+        """Take the next valid request's ticket, wait until it is due (open loop: ticket k
+        at k / rate) and send it; False when the bound, or the schedule past the duration,
+        leaves none to send."""
+        with self.lock:
+            if self.sent >= self.max_requests:
+                return False
+            ticket = self.sent
+            self.sent += 1
+        due = None
+        if self.rate is not None:
+            due = self.start + ticket / self.rate
+            if due - self.start >= self.duration:
+                return False
+            time.sleep(max(0.0, due - time.perf_counter()))
+        self._send_valid(client, rng, due)
+        return True
+
+    def _send_valid(self, client, rng: np.random.Generator, due: float | None) -> None:
+        """Send one valid request and record its latency (from ``due`` when given) and
+        service time, or its error: a failed request is counted, the load goes on."""
+        inputs = infer_inputs(self.mod, random_inputs(self.ports, self.rows, rng))
+        t0 = time.perf_counter()
+        try:
+            client.infer(self.model, inputs)
+            error = None
+        except Exception as exc:
+            error = str(exc)
+        t1 = time.perf_counter()
+        with self.lock:
+            self.last_valid = t1 if self.last_valid is None else max(self.last_valid, t1)
+            if error is None:
+                self.latencies.append(t1 - (t0 if due is None else due))
+                self.service.append(t1 - t0)
+            else:
+                self.errors.append(error)
+
+    def figures(self, ended: float) -> dict:
+        """Counts, rates and latency percentiles of the valid requests. Their span ends at
+        the last valid answer: the hostile threads go on until the duration whatever the
+        request bound, and their time is not the valid requests' time."""
+        seconds = (self.last_valid if self.last_valid is not None else ended) - self.start
+        done, served = len(self.latencies) + len(self.errors), len(self.latencies)
+        p20, p50, p80, p99 = _percentiles_ms(self.latencies, (20, 50, 80, 99))
+        service_p50, service_p99 = _percentiles_ms(self.service, (50, 99))
+        return {"requests": done, "served": served, "errors": len(self.errors),
+                "first_error": self.errors[0] if self.errors else None,
+                "seconds": round(seconds, 2), "hostile_seconds": round(ended - self.start, 2),
+                "requests_per_s": round(done / seconds, 2),
+                "images_per_s": round(served * self.rows / seconds, 2),  # served ones only
+                "p20_ms": p20, "p50_ms": p50, "p80_ms": p80, "p99_ms": p99,
+                "p50_service_ms": service_p50, "p99_service_ms": service_p99}
+
+    def hostile_outcomes(self) -> dict:
+        """Per kind sent: how many, how many the server accepted, the first error."""
+        return {kind: {"sent": len(v), "accepted": v.count("accepted"),
+                       "first_error": next((e for e in v if e != "accepted"), None)}
+                for kind, v in self.refused.items() if v}
+
+
+def _percentiles_ms(seconds: list[float], qs: tuple[int, ...]) -> list[float]:
+    """The ``qs`` percentiles of ``seconds`` in ms, to 0.1 ms; NaN when there are none (no
+    request served)."""
+    ms = np.array(seconds) * 1e3 if seconds else np.array([np.nan])
+    return [round(float(np.percentile(ms, q)), 1) for q in qs]
+
+
+def _mean_batch(before: tuple[int, int], after: tuple[int, int]) -> float | None:
+    """Images per execution between two ``stats`` readings: the batches the server formed
+    (None when it executed nothing)."""
     executions = after[1] - before[1]
-    hostile_out = {kind: {"sent": len(v), "accepted": v.count("accepted"),
-                          "first_error": next((e for e in v if e != "accepted"), None)}
-                   for kind, v in refused.items() if v}
-    return {"model": model, "protocol": protocol, "concurrency": concurrency, "rows": rows,
-            "loop": "closed" if rate is None else f"open, {rate:g} requests/s",
-            "hostile_clients": n_hostile, "hostile": hostile_out,
-            "requests": done, "served": len(latencies), "errors": len(errors),
-            "first_error": errors[0] if errors else None,
-            "seconds": round(seconds, 2), "hostile_seconds": round(ended - start, 2),
-            "requests_per_s": round(done / seconds, 2),
-            "images_per_s": round(len(latencies) * rows / seconds, 2),  # served ones only
-            **{f"p{q}_ms": round(float(np.percentile(ms, q)), 1) for q in (20, 50, 80, 99)},
-            "p50_service_ms": round(float(np.percentile(service_ms, 50)), 1),
-            "p99_service_ms": round(float(np.percentile(service_ms, 99)), 1),
-            "mean_batch": round((after[0] - before[0]) / executions, 2) if executions else None}
+    return round((after[0] - before[0]) / executions, 2) if executions else None
 
 
 class PeakMemory:
@@ -260,6 +311,8 @@ class PeakMemory:
 
 
 def _checkpoint(args, tmp: str) -> str:
+    """--checkpoint, else a checkpoint of seeded weights of the --resolution preset in
+    ``tmp``."""
     if args.checkpoint:
         return args.checkpoint
     import torch
@@ -272,6 +325,28 @@ def _checkpoint(args, tmp: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the load benchmark (see the module docstring); 0 when every valid request was
+    served and every invalid one refused, else 1."""
+    args = _parse_args(argv)
+    load, warm = _loads(args)
+    from bridgegan.engine.machine import cpu_model
+
+    machine = f"{cpu_model()}, {os.cpu_count()} cores"
+    if args.url:
+        grpc = args.grpc_url or args.url
+        _warm_up(args.url, grpc, warm)
+        result = run_load(args.url, grpc, **load)
+        server = {}  # another machine, maybe: nothing is said of it
+    else:
+        result, server = _load_started_server(args, load, warm, machine)
+    _describe(result, server, warm["max_requests"], machine)
+    _report(result, args.json)
+    accepted = sum(h["accepted"] for h in result["hostile"].values())
+    return 0 if result["errors"] == 0 and accepted == 0 else 1
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line (see the module docstring)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--url", help="HTTP address of a running server (default: start one)")
     p.add_argument("--grpc-url", help="its gRPC address (with --url and --protocol grpc)")
@@ -296,60 +371,84 @@ def main(argv: list[str] | None = None) -> int:
                    help="valid requests sent, not counted, before the load (default: 2 per "
                         "client thread)")
     p.add_argument("--json", help="also write the result here")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def _loads(args: argparse.Namespace) -> tuple[dict, dict]:
+    """run_load's keywords for the measured load and for the warm-up before it: --warmup
+    valid requests (default 2 per client thread), closed loop, within 60 s."""
     warmup = 2 * args.concurrency if args.warmup is None else args.warmup
     load = dict(model=args.model, protocol=args.protocol, concurrency=args.concurrency,
                 max_requests=args.requests, duration=args.duration, rows=args.rows,
                 hostile=args.hostile, rate=args.rate)
-    warm = {**load, "max_requests": warmup, "duration": 60.0, "hostile": 0.0, "rate": None}
-    from bridgegan.engine.machine import cpu_model
+    return load, {**load, "max_requests": warmup, "duration": 60.0, "hostile": 0.0, "rate": None}
 
-    machine = f"{cpu_model()}, {os.cpu_count()} cores"
-    server = {}  # what this script knows of the server: only of one it starts
-    if args.url:
-        if warmup:
-            run_load(args.url, args.grpc_url or args.url, **warm)
-        result = run_load(args.url, args.grpc_url or args.url, **load)
-    else:
-        from bridgegan.serve.process import ServerProcess
 
-        from bridgegan.reference.checkpoint import read_config
-        from bridgegan.serve.cli import add_arguments
+def _warm_up(http: str, grpc: str, warm: dict) -> None:
+    """Send the uncounted warm-up (none when it has no requests): the first calls at a
+    batch size compile, capture or search what they need."""
+    if warm["max_requests"]:
+        run_load(http, grpc, **warm)
 
-        serve_parser = argparse.ArgumentParser()
-        add_arguments(serve_parser)
-        defaults = serve_parser.parse_args([])  # what the server runs with: its defaults
-        with tempfile.TemporaryDirectory() as tmp:
-            ckpt = _checkpoint(args, tmp)
-            server.update(resolution=read_config(ckpt).image_size, backend=defaults.backend,
-                          dtype=defaults.dtype, device=defaults.device)
-            serve_args = ["--checkpoint", ckpt, "--max-batch", str(args.max_batch),
-                          "--max-queue-delay-us", str(args.max_queue_delay_us),
-                          "--exit-timeout-secs", "10"]
-            with ServerProcess(serve_args, Path(tmp) / "serve.log") as srv:
-                if warmup:
-                    run_load(srv.http, srv.grpc, **warm)
-                with PeakMemory(srv) as peak:
-                    result = run_load(srv.http, srv.grpc, **load)
-                server["peak_rss_mb"] = round(peak.bytes / 2**20)
-        server.update(omp_threads=os.environ.get("OMP_NUM_THREADS", "1"),
-                      checkpoint=args.checkpoint or f"seeded preset {args.resolution}",
-                      max_batch=args.max_batch, max_queue_delay_us=args.max_queue_delay_us,
-                      server_machine=machine)
+
+def _load_started_server(args: argparse.Namespace, load: dict, warm: dict,
+                         machine: str) -> tuple[dict, dict]:
+    """Start `bridgegan serve` on free loopback ports with the checkpoint (or seeded
+    weights), warm it up and measure the load while sampling its peak memory; the result
+    and what is known of that server (its settings, peak RSS and ``machine``)."""
+    from bridgegan.reference.checkpoint import read_config
+    from bridgegan.serve.process import ServerProcess
+
+    defaults = _serve_defaults()
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = _checkpoint(args, tmp)
+        server = {"resolution": read_config(ckpt).image_size, **defaults}
+        serve_args = ["--checkpoint", ckpt, "--max-batch", str(args.max_batch),
+                      "--max-queue-delay-us", str(args.max_queue_delay_us),
+                      "--exit-timeout-secs", "10"]
+        with ServerProcess(serve_args, Path(tmp) / "serve.log") as srv:
+            _warm_up(srv.http, srv.grpc, warm)
+            with PeakMemory(srv) as peak:
+                result = run_load(srv.http, srv.grpc, **load)
+            server["peak_rss_mb"] = round(peak.bytes / 2**20)
+    server.update(omp_threads=os.environ.get("OMP_NUM_THREADS", "1"),
+                  checkpoint=args.checkpoint or f"seeded preset {args.resolution}",
+                  max_batch=args.max_batch, max_queue_delay_us=args.max_queue_delay_us,
+                  server_machine=machine)
+    return result, server
+
+
+def _serve_defaults() -> dict:
+    """The backend, dtype and device `bridgegan serve` runs with when not told (this
+    script passes none of them)."""
+    from bridgegan.serve.cli import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    defaults = parser.parse_args([])
+    return {"backend": defaults.backend, "dtype": defaults.dtype, "device": defaults.device}
+
+
+def _describe(result: dict, server: dict, warmup: int, machine: str) -> None:
+    """Add to ``result`` what was measured where: the server, the warm-up, the client's
+    machine, this checkout's commit, the python / torch / triton versions and the date."""
     import torch
 
     from bridgegan.engine.machine import environment
 
-    env = environment(torch.device("cpu"))  # this checkout's commit and versions
+    env = environment(torch.device("cpu"))
     result.update(server=server, warmup_requests=warmup, client_machine=machine,
                   python=platform.python_version(),
                   **{k: env[k] for k in ("torch", "triton", "commit")},
                   date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
-    print(json.dumps(result, indent=2))
-    if args.json:
-        write_file_atomic(Path(args.json), (json.dumps(result, indent=2) + "\n").encode())
-    accepted = sum(h["accepted"] for h in result["hostile"].values())
-    return 0 if result["errors"] == 0 and accepted == 0 else 1
+
+
+def _report(result: dict, path: str | None) -> None:
+    """Print ``result`` as JSON and, with ``path`` (--json), write it there atomically."""
+    text = json.dumps(result, indent=2)
+    print(text)
+    if path:
+        write_file_atomic(Path(path), (text + "\n").encode())
 
 
 if __name__ == "__main__":
