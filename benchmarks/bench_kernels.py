@@ -293,6 +293,8 @@ def _spade_rows(times, backends, common, copy_bw):
 
 
 def _print_layer(dname, layout, c, h, count, times, backends, ideal, ideal_res, copy_bw):
+    """One SPADE layer's line: triton's time and share of copy bandwidth, +bias, +res and
+    eager beside it; each sweep configuration's time under it."""
     t, tb, tr, e = (times.get(k) for k in ("triton", "triton+bias", "triton+res", "eager"))
     if not t:
         return
@@ -309,7 +311,8 @@ def _print_layer(dname, layout, c, h, count, times, backends, ideal, ideal_res, 
 
 
 def _total_rows(totals, base, copy_bw):
-    """The generator's SPADE layers summed (each layer times its count in GEN_LAYERS)."""
+    """The generator's SPADE layers summed (each layer times its count in GEN_LAYERS); the
+    triton and triton+bias sums printed against eager's."""
     rows = []
     for (dname, layout, name), (t50, t20, t80, nbytes) in totals.items():
         common = dict(base, what=f"generator SPADE layers ({len(GEN_LAYERS)}, {IMAGE_RES}px)",
@@ -397,9 +400,9 @@ def run(out_dir, dry_run=False, sweep=False, parity=False, quick=False, dtypes=N
                                              else timing)
                         except Exception as exc:  # a sweep variant that does not compile
                             print(f"  {name}: failed: {type(exc).__name__}: {exc}")
-                rows += _spade_rows(times, backends, dict(
-                    base, what=f"spade_modulate C={c} {h}x{h}", dtype=dname, layout=layout,
-                    resolution=h, channels=c), copy_bw)
+                rows += _spade_rows(times, backends, dict(  # backend: its place in a row
+                    base, what=f"spade_modulate C={c} {h}x{h}", backend=None, dtype=dname,
+                    layout=layout, resolution=h, channels=c), copy_bw)
                 for name in ("triton", "triton+bias", "eager", "torch"):  # the 8 layers
                     if name in times:
                         tot = totals.setdefault((dname, layout, name), [0.0, 0.0, 0.0, 0])

@@ -520,10 +520,10 @@ class Engine:
         return noise.to(self.device, torch.float32)
 
     def _difference(self, y_s: torch.Tensor, y_t: torch.Tensor, strength) -> torch.Tensor:
-        """d (``BridgeGANConfig.difference``), the strength checked; None: the config's
+        """d (``BridgeGANConfig.label_difference``), the strength checked; None: the config's
         ``edit_strength`` (the model's operating point)."""
         scale = _number(self.config.strength(strength), "strength", BOUNDS["strength"])
-        return self.config.difference(y_s, y_t, scale)
+        return self.config.label_difference(y_s, y_t, scale)
 
     def _region(self, region, n: int) -> torch.Tensor | None:
         """A region mask (S, S), (1 or N, S, S) or (1 or N, 1, S, S) in [0, 1] at image size,

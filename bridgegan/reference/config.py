@@ -201,7 +201,7 @@ class BridgeGANConfig:
         """The edit strength of a call: ``strength``, or ``edit_strength`` when it names none."""
         return self.edit_strength if strength is None else strength
 
-    def difference(self, y_s, y_t, strength: float | None = None):
+    def label_difference(self, y_s, y_t, strength: float | None = None):
         """The label difference the generator is conditioned on: d = strength * (y_t - y_s)
         (spec sections 7-8), ``strength`` as in :meth:`strength`."""
         return self.strength(strength) * (y_t - y_s)

@@ -67,13 +67,13 @@ class BridgeGAN(nn.Module):
 
     def difference(self, source: torch.Tensor, target: Target,
                    strength: float | None = None) -> torch.Tensor:
-        """d (``BridgeGANConfig.difference``) with the labels' shapes checked."""
+        """d (``BridgeGANConfig.label_difference``) with the labels' shapes checked."""
         if source.dim() != 2 or source.shape[1] != self.config.n_attrs:
             raise ValueError(
                 f"source labels must have shape (N, {self.config.n_attrs}), "
                 f"got {tuple(source.shape)}"
             )
-        return self.config.difference(source, self.target_labels(source, target), strength)
+        return self.config.label_difference(source, self.target_labels(source, target), strength)
 
     def sample_noise(self, n: int, generator: torch.Generator | None = None,
                      like: torch.Tensor | None = None) -> torch.Tensor:
