@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bridgegan.engine import Engine  # noqa: E402
 from bridgegan.engine.backends.base import BackendUnavailable  # noqa: E402
-from bridgegan.engine.bench import Variant  # noqa: E402
+from bridgegan.engine.variants import parse_variants  # noqa: E402
 from bridgegan.engine.machine import environment  # noqa: E402
 from bridgegan.engine.parity import parity_inputs  # noqa: E402
 from bridgegan.files import write_file_atomic  # noqa: E402
@@ -142,15 +142,13 @@ def main(argv: list[str] | None = None) -> int:
     model = BridgeGAN(BridgeGANConfig.preset(args.resolution)).eval()
     device = torch.device(args.device)
     env = environment(device)
-    variants = [Variant.parse(text) for text in args.variants.split(",")]
+    variants = parse_variants(args.variants)
     engines = []  # all built first: a backend this device lacks fails before any profiling
     for v in variants:
         if v.cuda_graphs:
             raise SystemExit(f"variant {v.name!r}: profile without :graphs (replays hide kernels)")
         try:
-            engines.append(Engine(model, backend=v.backend, dtype=v.dtype, device=device,
-                                  channels_last=v.channels_last, cuda_graphs=False,
-                                  rewrites=v.rewrites))
+            engines.append(v.engine(model, device))
         except (ValueError, BackendUnavailable) as exc:
             raise SystemExit(f"profile_engine: variant {v.name!r}: {exc}") from None
     args.out.mkdir(parents=True, exist_ok=True)

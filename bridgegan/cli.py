@@ -127,6 +127,9 @@ def _parity_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backends", action="store_true",
                    help="the engine backends of the device's parity table (not compile or "
                         "tensorrt; `bench` checks every variant it times)")
+    p.add_argument("--variants", help=f"the engine variants --backends checks: comma list of "
+                   f"{engine_options.VARIANT_FORM}, as `bench --variants` (default: the "
+                   "device's parity table)")
     add_device(p, default=None)
     p.add_argument("--resolution", type=int, choices=PRESET_RESOLUTIONS, default=None,
                    help=f"backend parity model size (default: the paper's {PAPER_RESOLUTION})")

@@ -7,6 +7,12 @@ import argparse
 
 def run(args: argparse.Namespace) -> int:
     """Both checks, or those ``args.ops`` / ``args.backends`` select."""
+    if args.variants:  # refused before the kernels' check, not after it
+        if args.ops and not args.backends:
+            raise ValueError("--variants names what --backends checks; --ops checks the kernels")
+        from .engine.variants import parse_variants
+
+        parse_variants(args.variants)
     if not (args.ops or args.backends):
         args.ops = args.backends = True
     status = 0

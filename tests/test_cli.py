@@ -20,6 +20,7 @@ from bridgegan.cli import main
 from bridgegan.engine import Engine
 from bridgegan.engine.bench_results import PARTIAL_CSV
 from bridgegan.engine.options import BENCH_ROUNDS, BENCH_SAMPLES
+from bridgegan.engine.variants import Variant, default_variants, parity_variants
 from bridgegan.reference import BridgeGAN, save_checkpoint
 from bridgegan.reference.checkpoint import read_config, read_tensors
 from conftest import benchmark_script, randomize, read_image, small_config, stops_without_gc
@@ -292,8 +293,8 @@ def test_bench_writes_rows_with_ratios(tmp_path, monkeypatch):
     from bridgegan.engine import bench, bench_results
 
     rows, peaks = bench.run_matrix(
-        [bench.Variant("reference", "float32"), bench.Variant("torch", "float32"),
-         bench.Variant.parse("torch:float32:-transposed_up")], [1, 2], [64],
+        [Variant("reference", "float32"), Variant("torch", "float32"),
+         Variant.parse("torch:float32:-transposed_up")], [1, 2], [64],
         ["translate", "strip", "strip_nocache", "samples"], reps=1, warmup=0, min_seconds=0,
         quick_peaks=True,
         config_overrides=dict(attributes=small_config().attributes, g_width=8, e_width=4,
@@ -330,13 +331,27 @@ def test_parity_backends_passes_on_cpu(tmp_path):
     rows = json.loads((tmp_path / "p.json").read_text())
     assert rc == 0 and rows and all(r["status"] in ("PASS", "SKIP") for r in rows)
     assert any(r["status"] == "PASS" and r["dtype"] == "float32" for r in rows)
+    assert [r["case"] for r in rows] == [v.name for v in parity_variants("cpu")]
+
+
+def test_parity_backends_checks_the_variants_given(tmp_path, capsys):
+    """--variants: bench's variant form, each row named as bench names it; a bad list or
+    --variants with --ops alone refused before the kernels' check runs."""
+    rc = main(["parity", "--backends", "--device", "cpu", "--resolution", "64", "--batch", "1",
+               "--variants", "torch:bf16:cl:-transposed_up", "--json", str(tmp_path / "p.json")])
+    [row] = json.loads((tmp_path / "p.json").read_text())
+    assert rc == 0 and row["case"] == "torch-bf16-cl-no_transposed_up" and row["status"] == "PASS"
+    assert row["channels_last"] is True
+    for argv, why in ((["--variants", "torch:float32:fast"], "expected backend:dtype"),
+                      (["--ops", "--variants", "torch:float32"], "--ops checks the kernels")):
+        assert main(["parity", "--device", "cpu", *argv]) == 2
+        out = capsys.readouterr()
+        assert why in out.err and "kernel" not in out.out  # nothing run
 
 
 def test_gpu_check_plan_parses_on_the_cpu(tmp_path):
     """The GPU run's bench variants are read here, so that a typo fails in CI and not on a
     lent machine's one call."""
-    from bridgegan.engine.bench import Variant
-
     from bridgegan.engine import bench
 
     gpu_check = benchmark_script("gpu_check")
@@ -344,9 +359,12 @@ def test_gpu_check_plan_parses_on_the_cpu(tmp_path):
     lists = [cmd[cmd.index("--variants") + 1] for _, cmd, _ in plan if "--variants" in cmd]
     variants = [Variant.parse(v) for text in lists for v in text.split(",")]
     cuda = torch.device("cuda")  # bench --device cuda's default table: parses, is a table,
-    table = bench.default_variants(cuda)  # and times what backend="auto" runs there
+    table = default_variants(cuda)  # and times what backend="auto" runs there
     bench._check_table(table, cuda)
     assert any(v.backend == "triton" and v.cuda_graphs and v.channels_last for v in table)
+    checked = parity_variants(cuda)  # and the parity table of the GPU run's first stages
+    assert {(v.cuda_graphs, v.streams) for v in checked if v.backend == "triton"} == {
+        (False, False), (True, False), (False, True), (True, True)}
     assert any(v.streams and v.cuda_graphs for v in variants)
     assert any(v.without for v in variants) and any(v.backend == "compile" for v in variants)
     # the profile stage's own default list (its "before" and "after" engines)
@@ -469,7 +487,7 @@ def test_bench_refuses_speed_for_a_variant_that_fails_parity(monkeypatch):
     decode = InferenceGraph.decode
     monkeypatch.setattr(InferenceGraph, "decode", lambda self, h, s: decode(self, h, s) + 0.01)
     rows, _ = bench.run_matrix(
-        [bench.Variant("reference", "float32"), bench.Variant("torch", "float32")], [2], [64],
+        [Variant("reference", "float32"), Variant("torch", "float32")], [2], [64],
         ["translate"], reps=1, warmup=0, min_seconds=0, quick_peaks=True,
         config_overrides=dict(attributes=small_config().attributes, g_width=8, e_width=4,
                               latent_channels=8, spade_hidden=16, mapping_channels=16),
@@ -490,7 +508,7 @@ def _bench(variants: str, batches=(1,), **kw):
                 config_overrides=dict(attributes=small_config().attributes, g_width=8,
                                       e_width=4, latent_channels=8, spade_hidden=16,
                                       mapping_channels=16))
-    return bench.run_matrix([bench.Variant.parse(v) for v in variants.split(",")],
+    return bench.run_matrix([Variant.parse(v) for v in variants.split(",")],
                             list(batches), [64], ["translate"], **dict(args, **kw))
 
 
@@ -681,7 +699,7 @@ def test_bench_parity_column_names_the_call_it_checked(tmp_path):
     from bridgegan.engine import bench, bench_results
 
     rows, peaks = bench.run_matrix(
-        [bench.Variant("torch", "float32")], [1, 2], [64], ["translate", "strip"], reps=2,
+        [Variant("torch", "float32")], [1, 2], [64], ["translate", "strip"], reps=2,
         warmup=0, min_seconds=0, rounds=1, quick_peaks=True,
         config_overrides=dict(attributes=small_config().attributes, g_width=8, e_width=4,
                               latent_channels=8, spade_hidden=16, mapping_channels=16),

@@ -16,6 +16,7 @@ from PIL import Image
 from bridgegan.engine import BackendUnavailable, Engine, InferenceGraph, Rewrites
 from bridgegan.engine.backends import BACKENDS, REGISTRY
 from bridgegan.engine.graph import four_phase_weight
+from bridgegan.engine.variants import Variant, parse_variants
 from bridgegan.numerics import errors, float64_call, psnr, tolerance
 from bridgegan.reference import BridgeGAN, programs, save_checkpoint
 from bridgegan.torch_flags import cudnn_search, no_tf32, tf32_state
@@ -921,7 +922,6 @@ def test_triton_interpreter_runs_one_launch_at_a_time():
 
 def test_bench_variants_name_their_backend():
     """A bench row is one named backend: auto is refused with what to write instead."""
-    from bridgegan.engine.bench import Variant
 
     assert Variant.parse("triton:fp16:cl:graphs") == Variant("triton", "fp16", True, True)
     v = Variant.parse("reference:fp16:heuristics")
@@ -1324,7 +1324,7 @@ def test_auto_dtype_is_one_the_named_backend_runs(monkeypatch, tmp_path):
 def test_bench_refuses_heuristics_beside_searched_rows_on_cuda():
     """cuDNN's plan cache (per thread) has no search flag in its key: on CUDA a table
     mixing :heuristics rows with searched ones would time the search's plans twice."""
-    from bridgegan.engine.bench import Variant, _check_table
+    from bridgegan.engine.bench import _check_table
 
     mixed = [Variant.parse("reference:fp16"), Variant.parse("reference:fp16:heuristics")]
     with pytest.raises(ValueError, match="run the :heuristics variants in a bench of their own"):
@@ -1349,9 +1349,9 @@ def test_a_backend_parity_case_that_raises_is_a_fail_row(monkeypatch, tmp_path):
         return real(eng, *args, **kw)
 
     monkeypatch.setattr(parity, "compare", compare)
-    rows = parity.check_backends("cpu", small_config(32), cases=[
-        ("torch", "float32", False, False), ("reference", "float32", False, False)],
-        verbose=False, written=path)
+    rows = parity.check_backends("cpu", small_config(32),
+                                 variants=parse_variants("torch:float32,reference:float32"),
+                                 verbose=False, written=path)
     assert calls == [("torch", None), ("reference", rows[:1])]
     assert json.loads(path.read_text()) == rows
     assert rows[0]["status"] == "FAIL" and rows[0]["reason"] == "RuntimeError: capture failed"
@@ -1362,7 +1362,7 @@ def test_bench_roofline_peak_is_measured_in_each_dtype_of_the_table_on_any_devic
     """bf16 rows on a CPU with AMX were shared over the float32 matrix peak (shares of 1.5
     and 3.8 in the shipped CSVs): the peak is measured in each dtype of the table (a row's
     share is over its own dtype's) and the fastest is the headline, on the CPU as on CUDA."""
-    from bridgegan.engine.bench import Variant, roofline_peaks
+    from bridgegan.engine.bench import roofline_peaks
 
     speed = {torch.float32: 1.6e11, torch.bfloat16: 1.25e12, torch.float16: 9e10}
     measured = []
@@ -1408,11 +1408,11 @@ def test_bench_refuses_repeats_before_timing(monkeypatch):
 
     monkeypatch.setattr(bench, "roofline_peaks", lambda *a, **k: pytest.fail("measured"))
     for kw, repeated in ((dict(batches=[1, 1]), "batch may be given once; repeated: 1"),
-                         (dict(variants=[bench.Variant.parse("torch:float32")] * 2),
+                         (dict(variants=[Variant.parse("torch:float32")] * 2),
                           "variant may be given once; repeated: torch-float32"),
                          (dict(workloads=["translate", "translate"]),
                           "workload may be given once; repeated: translate")):
-        args = dict(variants=[bench.Variant.parse("torch:float32")], batches=[1],
+        args = dict(variants=[Variant.parse("torch:float32")], batches=[1],
                     resolutions=[64], workloads=["translate"])
         args.update(kw)
         with pytest.raises(ValueError, match=f"each {repeated}"):

@@ -66,7 +66,7 @@ another workload or size says which call the verdict was made on); that call is
 the translate row's first call (``first_call_s``, its copies of the CPU inputs to the
 device and back included). ``parity=False`` skips the check.
 
-Without a variant list, a device's default table (DEFAULT_VARIANTS) is measured; on the
+Without a variant list, a device's default table (``variants.DEFAULT_VARIANTS``) is measured; on the
 CPU it holds the reference, torch, onnxruntime and compile backends side by side. A
 variant or row that cannot run here (a backend not installed, out of memory, any error
 its calls raise) is a ``skipped`` row whose note says why, and the other rows go on (the
@@ -88,89 +88,18 @@ import numpy as np
 import torch
 
 from .. import threads
-from ..numerics import dtype_name
 from ..reference.config import BridgeGANConfig
 from ..reference.model import BridgeGAN
 from ..timing import p50_p20_p80, synchronize, time_calls
 from ..torch_flags import no_tf32
 from . import roofline
-from .backends import AUTO, BACKENDS, REGISTRY, BackendUnavailable
+from .backends import REGISTRY, BackendUnavailable
 from .bench_results import add_ratios, is_baseline, streamed
 from .engine import Engine, backend_dtype, engine_device
-from .graph import Rewrites
 from .machine import environment, libraries
-from .options import (BENCH_MIN_SECONDS, BENCH_ROUNDS, BENCH_SAMPLES, MAX_SAMPLES, VARIANT_FORM,
-                      VARIANT_TAGS, WORKLOADS)
+from .options import BENCH_MIN_SECONDS, BENCH_ROUNDS, BENCH_SAMPLES, MAX_SAMPLES, WORKLOADS
 from .parity import compare, parity_inputs, reference_translation
-
-# The table measured when no variants are given, per device type. CPU: the backends side
-# by side in float32 (issue 14 item 9), then torch and compile in bf16 channels_last
-# (AMX CPUs: 2.1-2.7x and 5.5-7.2x the reference). CUDA: the reference in float32 and
-# fp16, the torch backend, and what backend="auto" runs there (triton, fp16,
-# channels_last, CUDA graphs).
-DEFAULT_VARIANTS = {
-    "cpu": "reference:float32,torch:float32,onnxruntime:float32,compile:float32,torch:bf16:cl,"
-           "compile:bf16:cl",
-    "cuda": "reference:float32,reference:fp16,torch:float32,torch:fp16:cl,"
-            "triton:fp16:cl:graphs",
-}
-
-
-@dataclass(frozen=True)
-class Variant:
-    backend: str
-    dtype: str
-    channels_last: bool = False
-    cuda_graphs: bool = False
-    heuristics: bool = False  # cuDNN's heuristic algorithm choice, not its search
-    streams: bool = False  # the trunk and the latent codes on CUDA side streams
-    without: tuple[str, ...] = ()  # graph rewrites turned off, for an A/B of each
-
-    TAGS, FORM = VARIANT_TAGS, VARIANT_FORM
-
-    @property
-    def name(self) -> str:
-        flags = (self.channels_last, self.cuda_graphs, self.heuristics, self.streams)
-        return "-".join([self.backend, self.dtype] + [t for t, on in zip(self.TAGS, flags) if on]
-                        + [f"no_{r}" for r in self.without])
-
-    def resolved_dtype(self, device: torch.device) -> str:
-        """torch's name of the dtype on ``device`` (aliases read, ``auto`` resolved)."""
-        return dtype_name(backend_dtype(self.backend, self.dtype, device))
-
-    @property
-    def rewrites(self) -> Rewrites:
-        return Rewrites.without(*self.without)
-
-    @classmethod
-    def parse(cls, text: str) -> "Variant":
-        """backend:dtype[:cl][:graphs][:heuristics][:streams][:-REWRITE ...], e.g.
-        triton:fp16:cl:graphs, or triton:fp16:cl:-transposed_up (that rewrite off)."""
-        parts = text.split(":")
-        tags = [p for p in parts[2:] if not p.startswith("-")]
-        without = tuple(p[1:] for p in parts[2:] if p.startswith("-"))
-        if len(parts) < 2 or any(p not in cls.TAGS for p in tags):
-            raise ValueError(f"variant {text!r}: expected {cls.FORM}")
-        if parts[0] == AUTO:  # a row is one named backend (auto picks by the device)
-            raise ValueError(f"variant {text!r}: {AUTO!r} is not a bench variant; name the "
-                             f"backend, one of {', '.join(BACKENDS)}")
-        if parts[0] not in BACKENDS:
-            raise ValueError(f"variant {text!r}: unknown backend {parts[0]!r}; backends: "
-                             f"{', '.join(BACKENDS)}")
-        if without and not REGISTRY[parts[0]].rewritten:
-            raise ValueError(f"variant {text!r}: the {parts[0]} backend runs the unmodified "
-                             "model; -REWRITE tags apply to the rewritten graph's backends")
-        try:
-            Rewrites.without(*without)
-        except ValueError as exc:
-            raise ValueError(f"variant {text!r}: {exc}") from None
-        return cls(parts[0], parts[1], *(t in tags for t in cls.TAGS), without=without)
-
-
-def default_variants(device: str | torch.device) -> list[Variant]:
-    """The default table of a device type (DEFAULT_VARIANTS)."""
-    return [Variant.parse(v) for v in DEFAULT_VARIANTS[torch.device(device).type].split(",")]
-
+from .variants import Variant, default_variants
 
 def _allocated(device: torch.device) -> int:
     """CUDA: the bytes allocated now (after the queued work); 0 on the CPU."""
@@ -302,10 +231,7 @@ def _ready(model: BridgeGAN, v: Variant, dev: torch.device, case, base: dict) ->
     reference's output; None: not checked). Raises ValueError when parity fails."""
     before = _allocated(dev)
     t0 = time.perf_counter()
-    eng = Engine(model, backend=v.backend, dtype=v.dtype, device=dev,
-                 channels_last=v.channels_last, cuda_graphs=v.cuda_graphs,
-                 cudnn_benchmark=False if v.heuristics else None, streams=v.streams,
-                 rewrites=v.rewrites)
+    eng = v.engine(model, dev)
     synchronize(dev)
     base = dict(base, build_s=round(time.perf_counter() - t0, 3))
     resident = _allocated(dev) - before

@@ -116,12 +116,13 @@ def translate(args: argparse.Namespace) -> int:
 
 
 def bench(args: argparse.Namespace) -> int:
-    from .bench import Variant, run_matrix
+    from .bench import run_matrix
+    from .variants import parse_variants
     from .bench_results import BENCH_FILES, format_table, measured, write_results
 
     check_writable_folder(args.out)
     check_file_targets(args.out, BENCH_FILES)
-    variants = [Variant.parse(v) for v in args.variants.split(",")] if args.variants else None
+    variants = parse_variants(args.variants) if args.variants else None
     if args.resolutions:
         resolutions = args.resolutions
     elif args.checkpoint:

@@ -10,7 +10,7 @@ import argparse
 from ..argtypes import add_device
 from .backends import AUTO, BACKENDS
 
-# `bridgegan bench --variants`: each variant's tags and form (bench.Variant parses them)
+# `bridgegan bench --variants`: each variant's tags and form (variants.Variant parses them)
 VARIANT_TAGS = ("cl", "graphs", "heuristics", "streams")
 VARIANT_FORM = f"backend:dtype{''.join(f'[:{t}]' for t in VARIANT_TAGS)}[:-REWRITE ...]"
 # `bridgegan bench --workloads`: what a row times (bench._workload_fn builds each)

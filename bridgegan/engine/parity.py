@@ -1,6 +1,6 @@
 """`bridgegan parity --backends`: the engine's backends against a float64 reference, in the
-cases of ``default_cases`` (never compile or tensorrt: `bridgegan bench` checks every
-variant it times).
+variants of the device's parity table (``variants.PARITY_VARIANTS``: never compile or
+tensorrt, `bridgegan bench` checks every variant it times) or those given.
 
 The reference is the unmodified model in float64 on the same device (weights and inputs
 upcast). Each row passes at its dtype's end-to-end image limit in ``numerics.TOLERANCES``
@@ -22,18 +22,7 @@ from ..reference.config import BridgeGANConfig
 from ..reference.model import BridgeGAN
 from .backends import BackendUnavailable
 from .engine import Engine
-
-
-def default_cases(device: torch.device) -> list[tuple[str, str, bool, bool]]:
-    """(backend, dtype, cuda_graphs, streams) rows for a device."""
-    if device.type == "cuda":
-        return [("torch", "float32", False, False), ("triton", "float32", False, False),
-                ("torch", "fp16", True, False), ("triton", "fp16", False, False),
-                ("triton", "fp16", True, False), ("triton", "fp16", True, True),
-                ("triton", "fp16", False, True), ("triton", "bf16", True, False),
-                ("reference", "fp16", False, False), ("onnxruntime", "float32", False, False)]
-    return [("torch", "float32", False, False), ("triton", "float32", False, False),
-            ("torch", "bf16", False, False), ("onnxruntime", "float32", False, False)]
+from .variants import Variant, parity_variants, parse_variants
 
 
 def parity_inputs(cfg: BridgeGANConfig, batch: int, seed: int = 1):
@@ -72,12 +61,12 @@ def compare(eng: Engine, inputs, want: torch.Tensor) -> dict:
 
 
 def check_backends(device: str | None = None, config: BridgeGANConfig | None = None,
-                   batch: int = 4, cases=None, verbose: bool = True,
+                   batch: int = 4, variants: list[Variant] | None = None, verbose: bool = True,
                    written=None) -> list[dict]:
-    """One row per (backend, dtype, cuda_graphs, streams) case: the engine's label-based translation
-    against the float64 reference model; a backend that cannot run here is a SKIP row.
-    ``written``: a path the rows so far are written to (JSON, atomically) after each row,
-    so that a run stopped part-way keeps them."""
+    """One row per variant (None: the device's parity table): the engine's label-based
+    translation against the float64 reference model; a backend that cannot run here is a
+    SKIP row. ``written``: a path the rows so far are written to (JSON, atomically) after
+    each row, so that a run stopped part-way keeps them."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cfg = config or BridgeGANConfig.paper()
     torch.manual_seed(0)
@@ -90,39 +79,40 @@ def check_backends(device: str | None = None, config: BridgeGANConfig | None = N
         rows.append(row)
         if written:
             write_json_atomic(written, rows)
-    for backend, dtype, graphs, streams in cases or default_cases(dev):
-        name = f"{backend}-{dtype}" + ("-graphs" if graphs else "") + ("-streams" if streams else "")
+    for v in variants or parity_variants(dev):
+        case = dict(case=v.name, backend=v.backend, dtype=v.dtype, channels_last=v.channels_last,
+                    cuda_graphs=v.cuda_graphs, streams=v.streams, device=str(dev))
         try:
-            eng = Engine(model, backend=backend, dtype=dtype, device=dev, cuda_graphs=graphs,
-                         streams=streams)
-            v = compare(eng, inputs, want)
+            result = compare(v.engine(model, dev), inputs, want)
         except BackendUnavailable as exc:
-            add(dict(case=name, status="SKIP", reason=str(exc)))
+            add(dict(case=v.name, status="SKIP", reason=str(exc)))
             if verbose:
-                print(f"{name:28s} SKIP  {exc}")
+                print(f"{v.name:32s} SKIP  {exc}")
             continue
         except Exception as exc:  # e.g. a CUDA-graph capture error: this row fails, the
             # other rows still run and the table is still written
             reason = f"{type(exc).__name__}: {exc}"
-            add(dict(case=name, backend=backend, dtype=dtype, cuda_graphs=graphs,
-                     streams=streams, status="FAIL", reason=reason, device=str(dev)))
+            add(dict(case, status="FAIL", reason=reason))
             if verbose:
-                print(f"{name:28s} FAIL  {reason}")
+                print(f"{v.name:32s} FAIL  {reason}")
             continue
-        add(dict(case=name, backend=backend, dtype=dtype, cuda_graphs=graphs, streams=streams,
-                 max_abs=v["max_abs"], rel=v["rel"], psnr_db=v["psnr_db"],
-                 limit=v["limit"], status="PASS" if v["ok"] else "FAIL", device=str(dev)))
+        add(dict(case, max_abs=result["max_abs"], rel=result["rel"],
+                 psnr_db=result["psnr_db"], limit=result["limit"],
+                 status="PASS" if result["ok"] else "FAIL"))
         if verbose:
-            print(f"{name:28s} {'PASS' if v['ok'] else 'FAIL'}  max abs {v['max_abs']:.3e}  "
-                  f"rel {v['rel']:.3e}  PSNR {v['psnr_db']:6.1f} dB  ({v['limit']})")
+            print(f"{v.name:32s} {'PASS' if result['ok'] else 'FAIL'}  max abs "
+                  f"{result['max_abs']:.3e}  rel {result['rel']:.3e}  PSNR "
+                  f"{result['psnr_db']:6.1f} dB  ({result['limit']})")
     return rows
 
 
 def main(args: argparse.Namespace) -> int:
-    """Entry from the CLI: uses args.device, args.resolution, args.batch, args.json."""
+    """Entry from the CLI: uses args.device, args.variants, args.resolution, args.batch,
+    args.json."""
+    variants = parse_variants(args.variants) if args.variants else None
     cfg = BridgeGANConfig.preset(args.resolution) if args.resolution else None
     print(f"backend parity against the float64 reference model "
           f"({(cfg or BridgeGANConfig.paper()).image_size}px, batch {args.batch})")
-    rows = check_backends(args.device, cfg, batch=args.batch,
+    rows = check_backends(args.device, cfg, batch=args.batch, variants=variants,
                           written=getattr(args, "json", None))
     return int(any(r["status"] == "FAIL" for r in rows))
