@@ -7,11 +7,15 @@ translation 3.5-7x slower). So the
 default leaves out the cores that are busy: cores available to this process minus the
 1-minute load average, at least 1 and never more than torch's own default. OMP_NUM_THREADS
 set in the environment is taken as given.
+
+A process forked from one whose torch has run parallel CPU work (gunicorn --preload, a
+fork Pool) runs torch on one thread (``guard_forks``).
 """
 from __future__ import annotations
 
 import argparse
 import os
+import warnings
 
 from .argtypes import int_between
 
@@ -55,3 +59,44 @@ def apply(threads: int | None) -> int:
     if threads is not None:
         torch.set_num_threads(threads)
     return torch.get_num_threads()
+
+
+_GUARDED: list[bool] = []  # guard_forks' handler, registered once
+_FORKED: list[bool] = []  # in a child it put on one thread, until its first engine call
+
+
+def guard_forks() -> None:
+    """From now on, a child forked from this process runs torch on one thread, and its
+    first engine call warns why (``forked_warning``). torch's CPU thread pool is GNU
+    OpenMP's, which is not fork-safe: a child of a process that has run a parallel op hangs
+    at its first parallel op, every Engine call with more than one thread (torch's
+    DataLoader sets one thread in its workers for the same reason). Called where an Engine
+    is built."""
+    if _GUARDED or not hasattr(os, "register_at_fork"):
+        return
+    import torch
+
+    if "parallel backend: OpenMP" in torch.__config__.parallel_info():
+        os.register_at_fork(after_in_child=_one_thread)
+    _GUARDED.append(True)
+
+
+def _one_thread() -> None:
+    import torch
+
+    if torch.get_num_threads() > 1:
+        torch.set_num_threads(1)
+        _FORKED.append(True)
+
+
+def forked_warning() -> None:
+    """Once in a child that ``guard_forks`` put on one thread: a warning that says why and
+    what gives a worker more threads."""
+    if _FORKED:
+        _FORKED.clear()
+        warnings.warn(
+            "bridgegan: this process was forked from one whose torch ran parallel work on "
+            "the CPU, so torch runs one thread here (more would hang: its OpenMP thread pool "
+            "is not fork-safe); for more threads per worker, build the Engine in each "
+            "worker and run no torch work in the parent before forking", RuntimeWarning,
+            stacklevel=3)

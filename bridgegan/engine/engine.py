@@ -41,6 +41,7 @@ from ..reference.checkpoint import load_checkpoint
 from ..reference.config import MAX_SCALE, BridgeGANConfig
 from ..reference.model import BridgeGAN
 from ..reference.records import listed
+from ..threads import forked_warning, guard_forks
 from ..torch_flags import cudnn_search, no_tf32
 from .backends import ALL_DTYPES, AUTO, REGISTRY, check_backend
 from .cudagraphs import MAX_ROWS, CudaGraphed, GraphMemory, bucket_floor, in_chunks
@@ -284,6 +285,7 @@ def _serialised(method):
     TF32 convolutions."""
     @functools.wraps(method)
     def call(self, *args, **kwargs):
+        forked_warning()  # once, in a forked worker that runs torch on one thread
         with (self._lock, torch.no_grad(),
               cudnn_search() if self.cudnn_benchmark else nullcontext(),
               no_tf32() if self.device.type == "cuda" else nullcontext()):
@@ -340,6 +342,7 @@ class Engine:
         if not isinstance(model, BridgeGAN):
             raise ValueError(f"model must be a BridgeGAN (for a checkpoint folder: "
                              f"Engine.from_checkpoint(path)), got {type(model).__name__}")
+        guard_forks()  # a worker forked from this process must not hang in torch
         self.device = engine_device(device)
         channels_last, cuda_graphs = (_flag(channels_last, "channels_last"),
                                       _flag(cuda_graphs, "cuda_graphs"))
@@ -423,6 +426,19 @@ class Engine:
         self._reference = program(programs.translate_reference, programs.REFERENCE_BATCH_DIMS)
         self._samples = program(programs.translate_samples, programs.SAMPLES_BATCH_DIMS,
                                 repeat=self._repeat)
+
+    def __getstate__(self) -> dict:
+        """Pickling and copying: an engine of the torch or reference backend without CUDA
+        graphs pickles as its graphs and weights; the others hold what cannot leave their
+        process (inference sessions, compiled code, captured graphs, a lock), so they say
+        what to do instead of failing on some object inside."""
+        spec = REGISTRY[self.backend]
+        if spec.exported or spec.serialised or self.cuda_graphs:
+            held = " with CUDA graphs" if self.cuda_graphs else ""
+            raise TypeError(f"an Engine on the {self.backend} backend{held} cannot be pickled "
+                            "or copied; build one in each process that needs it (e.g. "
+                            "Engine.from_checkpoint in a multiprocessing.Pool initializer)")
+        return self.__dict__
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, backend: str = "torch",
