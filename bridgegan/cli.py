@@ -5,11 +5,14 @@ and a command's module is imported when it runs. A new command is one row in COM
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import select
 import signal
 import sys
+import textwrap
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -74,7 +77,8 @@ def _translate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attributes", help="comma list of attributes taken from the references "
                                         "(default: all)")
     p.add_argument("--samples", type=int_between(1, engine_options.MAX_SAMPLES), default=1,
-                   help=f"noise samples per label edit, 1 to {engine_options.MAX_SAMPLES}")
+                   help=f"noise samples per label edit, 1 to {engine_options.MAX_SAMPLES} "
+                        "(default: 1)")
     p.add_argument("--strength", type=float, help=STRENGTH_HELP)
     p.add_argument("--seed", type=int_between(0, engine_options.SEEDS - 1), default=0,
                    help="noise seed of the first sample, the next ones +1 (default: 0); "
@@ -99,7 +103,9 @@ def _bench_options(p: argparse.ArgumentParser) -> None:
                    help=f"comma list of {'/'.join(map(str, PRESET_RESOLUTIONS))} (default: "
                         f"{PAPER_RESOLUTION}, or the --checkpoint's size)")
     p.add_argument("--workloads", default="translate,strip,strip_nocache",
-                   help=f"{', '.join(engine_options.WORKLOADS)} (default: %(default)s)")
+                   help=f"{', '.join(engine_options.WORKLOADS)} (default: %(default)s); a "
+                        "samples row's batch is its images, a strip's its length (clamped to "
+                        "what one source's strip holds)")
     p.add_argument("--checkpoint", help="time this checkpoint (default: seeded paper-width weights)")
     add_device(p)
     p.add_argument("--warmup", type=non_negative_int, default=2,
@@ -228,8 +234,24 @@ COMMANDS = (
 )
 
 
+class _Formatter(argparse.HelpFormatter):
+    """Help wrapped at spaces only: a variant's form or a path is not cut inside."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_long_words=False,
+                             break_on_hyphens=False)
+
+
+class _Parser(argparse.ArgumentParser):
+    """The command's parsers (its subcommands' too: argparse makes them of this class)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="bridgegan",
         description="BridgeGAN multi-attribute face editing: reference model, fused kernels, "
                     "inference engine.",
@@ -246,6 +268,25 @@ def _run(name: str, args: argparse.Namespace) -> int:
     return getattr(importlib.import_module(module, __package__), func)(args)
 
 
+@contextlib.contextmanager
+def _one_line_warnings(command: str):
+    """While ``command`` runs, the package's own warnings read as one line each,
+    ``bridgegan CMD: warning: ...``: Python's form names a file of the install and prints
+    a line of its code, neither the user's. Others keep Python's form."""
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    python_form = warnings.formatwarning
+
+    def form(message, category, filename, lineno, line=None):
+        if os.path.abspath(filename).startswith(package):
+            return f"bridgegan {command}: warning: {message}\n"
+        return python_form(message, category, filename, lineno, line)
+    warnings.formatwarning = form
+    try:
+        yield
+    finally:
+        warnings.formatwarning = python_form
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -254,15 +295,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if hasattr(args, "threads"):
         threads.apply(args.threads)
+    name = " ".join(filter(None, (args.command, getattr(args, "target", None))))  # export X
     try:
-        return int(_run(args.command, args) or 0)
+        with _one_line_warnings(name):
+            return int(_run(args.command, args) or 0)
     except (ValueError, OSError, RuntimeError) as exc:
         if isinstance(exc, BrokenPipeError) and _stdout_closed():
             return 0  # the reader left (`bridgegan info | head`): not this command's error
-        print(f"bridgegan {args.command}: error: {exc}", file=sys.stderr)
+        print(f"bridgegan {name}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C: a line, not a traceback (writes are atomic)
-        print(f"bridgegan {args.command}: interrupted", file=sys.stderr)
+        print(f"bridgegan {name}: interrupted", file=sys.stderr)
         return 128 + signal.SIGINT
 
 

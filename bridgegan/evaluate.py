@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from .numerics import psnr
+from .progress import bar as progress_bar
 from .reference.attributes import apply_edits
 from .reference.classifier import AttributeClassifier, train_classifier
 
@@ -196,8 +197,6 @@ def evaluate(engine, classifier: AttributeClassifier, images: torch.Tensor, labe
     ``truth`` (optional) renders true edits: it adds the renderer edit accuracy, the
     accuracy over shown attributes and the true-change score. ``strength`` None: the
     model's ``config.edit_strength`` (the report names the one used)."""
-    from tqdm import tqdm
-
     attrs = engine.attributes
     classifier.check_fits(attrs, engine.config.image_size)
     n, a = labels.shape
@@ -205,7 +204,7 @@ def evaluate(engine, classifier: AttributeClassifier, images: torch.Tensor, labe
     refs, ref_labels = images.roll(1, 0), labels.roll(1, 0)
     tally = _Tally(n, a)
     rec = engine.reconstruct(images, seed=seed).cpu()
-    for i in tqdm(range(a), desc="eval", disable=not progress):
+    for i in progress_bar(range(a), desc="eval", unit="attribute", show=progress):
         # label-based: flip attribute i of every source
         target = _targets(labels, attrs, i, 1 - labels[:, i])
         out = engine.translate(images, target, source=labels, strength=strength, seed=seed + i)
@@ -266,7 +265,7 @@ def format_report(report: dict) -> str:
                          f"{metric_text(report[rk], fmt):>12s}")
         # the preservation's interval beneath it (reports written before it lack it)
         if title == "preservation" and "label_preservation_ci95" in report:
-            ci = ["n/a" if c is None else f"{c[0]:.1%}-{c[1]:.1%}"
+            ci = ["n/a" if c is None else f"{100 * c[0]:.1f}-{c[1]:.1%}"
                   for c in (report[f"{m}_preservation_ci95"] for m in ("label", "reference"))]
             lines.append(f"{'  95% interval':22s} {ci[0]:>12s} {ci[1]:>12s}  (sources "
                          "resampled)")
@@ -328,8 +327,9 @@ def run_train_classifier(args) -> int:
                                      width=args.width, kernel=args.kernel, device=args.device,
                                      seed=args.seed, workers=args.workers)
     model.save(args.out, report)
-    print(f"validation accuracy {report['val_accuracy_mean']:.1%} "
-          f"(worst: {min(report['val_accuracy'].items(), key=lambda kv: kv[1])}); wrote {args.out}")
+    worst, accuracy = min(report["val_accuracy"].items(), key=lambda kv: kv[1])
+    print(f"validation accuracy {report['val_accuracy_mean']:.1%} (worst: {worst} "
+          f"{accuracy:.1%}); wrote {args.out}")
     return 0
 
 

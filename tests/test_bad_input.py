@@ -852,7 +852,7 @@ def test_export_opset_outside_the_exporters_range_is_one_line(cli_files, tmp_pat
     assert main(["export", "onnx", str(cli_files / "ck"), str(tmp_path / "x"), "--opset",
                  opset]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("bridgegan export: error: --opset must be from 17 to ")
+    assert err.startswith("bridgegan export onnx: error: --opset must be from 17 to ")
     assert err.endswith(f"got {opset}\n") and err.count("\n") == 1
     assert not (tmp_path / "x").exists()
 

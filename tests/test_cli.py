@@ -126,6 +126,28 @@ def test_an_os_error_is_a_one_line_error_with_status_2(tmp_path, monkeypatch, ca
                                        f"'{tmp_path}'\n")
 
 
+def test_a_commands_own_warnings_read_as_one_line(monkeypatch):
+    """The package's warnings during a command: ``bridgegan CMD: warning: ...`` (Python's
+    form named a file of the install and printed a line of its code); others keep Python's
+    form, and the form is restored after the command."""
+    import warnings
+
+    from bridgegan import evaluate
+
+    shown = []
+
+    def run_eval(args):  # how Python's warnings module prints a warning (out of pytest's)
+        shown.extend(warnings.formatwarning("resuming with seed=3", UserWarning, filename, 12)
+                     for filename in (evaluate.__file__, "/elsewhere/lib.py"))
+        return 0
+    monkeypatch.setattr(evaluate, "run_eval", run_eval)
+    python_form = warnings.formatwarning
+    assert main(["eval", "--checkpoint", "ck", "--classifier", "clf"]) == 0
+    assert shown[0] == "bridgegan eval: warning: resuming with seed=3\n"
+    assert shown[1].startswith("/elsewhere/lib.py:12: UserWarning: resuming with seed=3")
+    assert warnings.formatwarning is python_form
+
+
 def test_demo_captions_belong_to_their_own_row():
     """Each row's flip captions follow that row's source labels (+ when it lacks the
     attribute), and every image has its caption."""
@@ -669,9 +691,14 @@ def test_bench_rows_name_the_cpu_model(tmp_path, monkeypatch):
     info.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\n"
                     "model name\t: Intel(R) Xeon(R) Platinum 8480+\nflags\t: amx_bf16\n")
     monkeypatch.setattr(engine_module, "CPUINFO", info)
-    device = machine.environment(torch.device("cpu"))["device"]
-    assert device == (f"Intel(R) Xeon(R) Platinum 8480+ [amx_bf16], "
-                      f"{torch.get_num_threads()} threads")
+    threads = torch.get_num_threads()
+    try:
+        for n, said in ((1, "1 thread"), (2, "2 threads")):
+            torch.set_num_threads(n)
+            device = machine.environment(torch.device("cpu"))["device"]
+            assert device == f"Intel(R) Xeon(R) Platinum 8480+ [amx_bf16], {said}"
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_bench_rows_tell_apart_cpus_of_one_name_by_their_matrix_extensions(tmp_path,

@@ -949,7 +949,8 @@ def _train_args(out, *extra) -> list[str]:
 
 def test_the_end_of_a_run_says_why_it_ended(tmp_path, capsys):
     """A run stopped by --time-limit says so and how to continue (it said "done", as a
-    finished run does); a resume past --steps says there was nothing to train."""
+    finished run does); a resume past --steps says there was nothing to train; each names
+    the last checkpoint."""
     from bridgegan.cli import main
 
     assert main(_train_args(tmp_path / "limited", "--steps", "100000", "--time-limit",
@@ -959,9 +960,10 @@ def test_the_end_of_a_run_says_why_it_ended(tmp_path, capsys):
                      r".*; continue with --resume auto", err), err
     out = tmp_path / "run"
     assert main(_train_args(out, "--steps", "2")) == 0
-    assert f"done: step 2, checkpoints in {out / 'checkpoints'}" in capsys.readouterr().err
+    last = out / "checkpoints" / "step-00000002"  # named: what eval and export take
+    assert f"done: step 2, checkpoint {last}" in capsys.readouterr().err
     assert main(_train_args(out, "--steps", "1", "--resume", "auto")) == 0
-    assert ("nothing to train: the checkpoint is at step 2, past --steps 1"
+    assert (f"nothing to train: the checkpoint is at step 2, past --steps 1: {last}"
             in capsys.readouterr().err)
 
 

@@ -88,6 +88,7 @@ import numpy as np
 import torch
 
 from .. import threads
+from ..progress import bar as progress_bar
 from ..reference.config import BridgeGANConfig
 from ..reference.model import BridgeGAN
 from ..timing import p50_p20_p80, synchronize, time_calls
@@ -366,8 +367,6 @@ def run_matrix(variants: list[Variant] | None, batches: list[int], resolutions: 
     that cannot run, or fails parity, gives one ``skipped`` row per resolution. ``out``: a
     folder whose bench.partial.csv gets the rows as they are measured
     (``bench_results.write_results`` then writes the rows and their ratios)."""
-    from tqdm import tqdm
-
     dev = engine_device(device)
     variants = variants or default_variants(dev)
     unknown = [w for w in workloads if w not in WORKLOADS]
@@ -395,8 +394,8 @@ def run_matrix(variants: list[Variant] | None, batches: list[int], resolutions: 
     timer = dict(warmup=warmup, reps=reps, min_seconds=min_seconds)
     peaks["timer"] = dict(timer, rounds=rounds)  # how each row's timed calls were made
     rows: list[dict] = []
-    bar = tqdm(total=len(resolutions) * (len(variants) + len(workloads) * len(batches)),
-               disable=not progress, desc="bench", unit="step")
+    bar = progress_bar(total=len(resolutions) * (len(variants) + len(workloads) * len(batches)),
+                       show=progress, desc="bench", unit="step")
     # timed as parity checked it: float32 means float32
     with streamed(out) as stream, no_tf32():
         for res in resolutions:

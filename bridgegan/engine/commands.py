@@ -5,8 +5,8 @@ import argparse
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
+from .. import progress
 from ..files import check_apart, check_file_targets, check_writable_folder
 from ..numerics import dtype_name
 from ..reference.checkpoint import SHIPPED, read_config
@@ -84,8 +84,8 @@ def translate(args: argparse.Namespace) -> int:
     refs = [[eng.load_images([open_rgb(r)])] for r in args.reference or []]
     batch = args.batch_size or TRANSLATE_BATCH[eng.device.type]
     grid_rows = []
-    bar = tqdm(total=len(args.input), desc="translate", unit="image",
-               disable=len(args.input) <= batch)
+    bar = progress.bar(total=len(args.input), desc="translate", unit="image",
+                       show=len(args.input) > batch)
     for start in range(0, len(args.input), batch):
         x = eng.load_images([open_rgb(p) for p in args.input[start:start + batch]])
         ys = eng.classify(x)  # once for every column (each input's as it gets it alone)
@@ -108,8 +108,11 @@ def translate(args: argparse.Namespace) -> int:
     grid = torch.cat(grid_rows)
     save_grid(grid.flatten(0, 1), out / GRID, nrow=grid.shape[1])
     shown = "" if len(args.input) <= GRID_ROWS else f", the first {GRID_ROWS} inputs"
-    print(f"wrote {len(args.input) * (grid.shape[1] - 1)} images and {out / GRID} "
-          f"(columns: source" + (f", {args.samples} label edit(s) {edits}" if edits else "")
+    edit = " ".join(f"{k}={v}" for k, v in edits.items())
+    samples = f"{args.samples} noise samples of " if args.samples > 1 else ""
+    written = len(args.input) * (grid.shape[1] - 1)
+    print(f"wrote {written} image{'s' if written > 1 else ''} and {out / GRID} (columns: "
+          f"source" + (f", {samples}the edit {edit}" if edits else "")
           + (", reference" if args.reference else "") + f"{shown}; {eng.backend} backend, "
           f"{dtype_name(eng.dtype)})")
     return 0
@@ -133,8 +136,10 @@ def bench(args: argparse.Namespace) -> int:
         variants, args.batches, resolutions, args.workloads.split(","),
         device=args.device, checkpoint=args.checkpoint, warmup=args.warmup, reps=args.reps,
         min_seconds=args.min_seconds, rounds=args.rounds, parity=args.parity, out=args.out)
-    print(f"peaks on {peaks['device']}: matmul {peaks['matmul_flops'] / 1e12:.2f} TFLOP/s "
-          f"({peaks['matmul_dtype']}), copy {peaks['copy_bytes_per_s'] / 1e9:.1f} GB/s")
+    matmul = ", ".join(f"{flops / 1e12:.2f} TFLOP/s ({dtype})"  # each row's roof is its dtype's
+                       for dtype, flops in peaks["matmul_flops_by_dtype"].items())
+    print(f"peaks on {peaks['device']}: matmul {matmul}, copy "
+          f"{peaks['copy_bytes_per_s'] / 1e9:.1f} GB/s")
     print(format_table(rows))
     spread = [r["spread"] for r in measured(rows) if r["spread"] != ""]
     if spread:

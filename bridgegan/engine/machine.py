@@ -49,8 +49,9 @@ def environment(device: torch.device) -> dict:
                                     cwd=root, timeout=5).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             pass
+    threads = torch.get_num_threads()
     name = (torch.cuda.get_device_name(device) if device.type == "cuda"
-            else f"{cpu_model()}, {torch.get_num_threads()} threads")
+            else f"{cpu_model()}, {threads} thread{'s' if threads > 1 else ''}")
     return {"device": name, "torch": torch.__version__, "triton": triton_version,
             "commit": commit or "unknown", "date": dt.date.today().isoformat()}
 

@@ -115,4 +115,8 @@ def main(args: argparse.Namespace) -> int:
           f"({(cfg or BridgeGANConfig.paper()).image_size}px, batch {args.batch})")
     rows = check_backends(args.device, cfg, batch=args.batch, variants=variants,
                           written=getattr(args, "json", None))
-    return int(any(r["status"] == "FAIL" for r in rows))
+    count = {s: sum(r["status"] == s for r in rows) for s in ("PASS", "FAIL", "SKIP")}
+    print(f"{count['PASS']}/{len(rows)} rows pass" + (f", {count['FAIL']} FAIL" if count["FAIL"]
+                                                      else "")
+          + (f", {count['SKIP']} skipped" if count["SKIP"] else ""))
+    return int(count["FAIL"] > 0)

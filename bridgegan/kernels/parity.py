@@ -116,7 +116,7 @@ def _row(op, dtype, layout, act, shape, impl, path, out, ref, device, seconds, o
 
 
 def _print_row(row, note=""):
-    print(f"{row['op']:<24} {row['dtype']:<5} {row['layout']:<13} {row['act']:<10} "
+    print(f"{row['op']:<38} {row['dtype']:<5} {row['layout']:<13} {row['act']:<10} "
           f"{row['shape']:<18} {row['impl'] + '/' + row['path']:<13} {row['max_abs']:9.2e} "
           f"{row['rel_err']:9.2e} {row['tol']:7.0e}  {'PASS' if row['ok'] else 'FAIL'}" + note)
 
@@ -241,9 +241,9 @@ def check_ops(device=None, quick=False, impl=None, written=None) -> list[dict]:
     cases = GPU_CASES if device.type == "cuda" else CPU_CASES
     if quick:
         cases = cases[:1]
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(f"bridgegan kernel parity on {device} ({name}): {note}")
-    print(f"{'op':<24} {'dtype':<5} {'layout':<13} {'act':<10} {'shape':<18} {'impl/path':<13} "
+    name = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
+    print(f"bridgegan kernel parity on {device}{name}: {note}")
+    print(f"{'op':<38} {'dtype':<5} {'layout':<13} {'act':<10} {'shape':<18} {'impl/path':<13} "
           f"{'max_abs':>9} {'rel_err':>9} {'tol':>7}  result")
     rows = []
 

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..files import read_small_text, sha256_hex
+from ..progress import bar as progress_bar
 from .attributes import resolve_attributes
 from .checkpoint import read_tensors, write_folder_atomic, write_tensors
 from .classifier_defaults import BATCH, KERNEL, KERNELS, LR, MAX_WIDTH, STEPS, WIDTH
@@ -134,7 +135,6 @@ def train_classifier(train_set, val_set, steps: int = STEPS, batch: int = BATCH,
     """Train on ``train_set`` with BCE; returns the classifier and its per-attribute
     validation accuracy on ``val_set``."""
     from torch.utils.data import DataLoader, RandomSampler
-    from tqdm import tqdm
 
     torch.manual_seed(seed)
     image_size = train_set[0][0].shape[-1]
@@ -144,14 +144,14 @@ def train_classifier(train_set, val_set, steps: int = STEPS, batch: int = BATCH,
                             generator=torch.Generator().manual_seed(seed))
     loader = DataLoader(train_set, batch_size=batch, sampler=sampler, num_workers=workers)
     t0 = time.perf_counter()
-    bar = tqdm(loader, total=steps, desc="classifier", disable=not progress)
+    bar = progress_bar(loader, total=steps, desc="classifier", show=progress)
     try:
         for x, y in bar:
             loss = F.binary_cross_entropy_with_logits(model(x.to(device)), y.to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)  # at the bar's pace
     except Exception as exc:  # noqa: BLE001 - re-raised, of the same type
         err = worker_error(exc)
         if err is exc:

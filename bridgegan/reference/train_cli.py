@@ -154,7 +154,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     for f in fields(LossWeights):
         option, text = _WEIGHT_OPTIONS[f.name]
         g.add_argument("--" + option.replace("_", "-"), type=float, default=None,
-                       help=f"{text} (default {f.default:g})")
+                       help=f"{text} (default: {f.default:g})")
 
     g = p.add_argument_group("output")
     g.add_argument("--out", default="runs/bridgegan",
@@ -190,7 +190,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--log-every", type=int, default=None,
                    help="append averaged losses to metrics.jsonl every N steps (default: "
                         f"{TrainConfig.log_every})")
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--no-progress", action="store_true",
+                   help="no progress (on a terminal a bar, else a line per --log-every)")
     g.add_argument("--time-limit", type=positive_float, default=None,
                    help="stop with a final checkpoint within this many seconds of training "
                         "(warm-up included; judged by the longest step and checkpoint so "
@@ -425,16 +426,19 @@ def _announce(args: argparse.Namespace, info: DistInfo, out: Path, trainer, conf
 
 
 def _report_end(trainer, steps: int, out: Path, resumed: bool) -> None:
-    """Rank 0's closing line: why the run ended and where its checkpoints are."""
-    ckpts = out / "checkpoints"
+    """Rank 0's closing line: why the run ended and its last checkpoint (the folder that
+    eval, export and translate's --checkpoint take)."""
+    from .train_state import latest_checkpoint
+
+    last = latest_checkpoint(out)
     if trainer.step < steps:  # the time limit ended it
         print(f"stopped by --time-limit at step {trainer.step} of {steps} with a checkpoint "
-              f"in {ckpts}; continue with --resume auto", file=sys.stderr)
+              f"in {last}; continue with --resume auto", file=sys.stderr)
     elif resumed and trainer.step > steps:
         print(f"nothing to train: the checkpoint is at step {trainer.step}, past --steps "
-              f"{steps}; checkpoints in {ckpts}", file=sys.stderr)
+              f"{steps}: {last}", file=sys.stderr)
     else:
-        print(f"done: step {trainer.step}, checkpoints in {ckpts}", file=sys.stderr)
+        print(f"done: step {trainer.step}, checkpoint {last}", file=sys.stderr)
 
 
 def _configs(args: argparse.Namespace, resume: Path | None, init: Path | None):

@@ -19,6 +19,7 @@ import math
 import numbers
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..argtypes import split_device
 from ..files import remove_stale
+from ..progress import bar as progress_bar, lines as progress_lines
 from .attributes import apply_edits
 from .checkpoint import CheckpointError, nonfinite
 from .classifier import AttributeClassifier, weights_sha256
@@ -46,6 +48,7 @@ from .train_state import (CHECKPOINTS, METRICS_FILE, Progress, TrainState,
                           drop_checkpoints_after, drop_metrics_after, latest_checkpoint,
                           metrics_line, numbered_checkpoint, prune_checkpoints)
 
+SHOWN = {"d/adv": "D adv", "g/adv": "G adv", "g/rec": "rec"}  # the terms progress shows
 
 def _worker_ignores_sigint(_worker_id: int) -> None:
     """Data-loader workers ignore Ctrl-C (SIGINT reaches the whole process group): the
@@ -379,11 +382,7 @@ class Trainer:
         todo = self.config.d_attr_warmup - self.warmup_done if self.step == 0 else 0
         if todo <= 0:
             return {}
-        bar = None
-        if self.progress and self.is_main:
-            from tqdm import tqdm
-
-            bar = tqdm(total=todo, desc="D attribute warm-up", unit="step", dynamic_ncols=True)
+        bar, lines = self._progress(total=todo, desc="D attribute warm-up")
         try:
             every, longest = self.config.log_every, 0.0
             for i in range(todo):
@@ -395,11 +394,12 @@ class Trainer:
                 self.warmup_done += 1
                 if every and self.warmup_done % every == 0 and i < todo - 1:
                     self.log()
-                if bar is not None:
-                    bar.update(1)
+                    if lines:
+                        print(f"D attribute warm-up: {i + 1}/{todo}", file=sys.stderr,
+                              flush=True)
+                bar.update(1)
         finally:
-            if bar is not None:
-                bar.close()
+            bar.close()
         return self.log()
 
     def _g_step(self, sub: int, batch) -> dict[str, torch.Tensor]:
@@ -534,11 +534,6 @@ class Trainer:
                              f"got {time_limit!r}")
         deadline = None if time_limit is None else time.monotonic() + time_limit
         target = cfg.steps if steps is None else steps
-        bar = None
-        if self.progress and self.is_main:
-            from tqdm import tqdm
-
-            bar = tqdm(total=target, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
         last: dict[str, float] = {}
         self._log_t0, self._log_step0 = time.perf_counter(), self.step
         saved_at, longest, save_s = None, 0.0, 0.0  # the longest step, the last save's time
@@ -547,6 +542,7 @@ class Trainer:
         # a warm-up stopped by the limit or a signal ends the run: after a generator step it
         # would never be completed (a resume warms up only at step 0)
         warming = self.step == 0 and self.warmup_done < cfg.d_attr_warmup
+        bar, lines = self._progress(total=target, initial=self.step, desc="train")
         try:
             while (not warming and self.step < target
                    and not self._out_of_time(deadline, longest + save_s)):
@@ -554,13 +550,15 @@ class Trainer:
                 batches = self._read(self.config.n_d + 1, begun < self.step != saved_at)
                 terms = self.train_step(batches)
                 self._accumulate(terms)
-                if bar is not None:
-                    bar.update(1)
+                bar.update(1)
                 if cfg.log_every and self.step % cfg.log_every == 0:
                     last = self.log()
-                    if bar is not None:
-                        bar.set_postfix({k.split("/")[1]: f"{last[k]:.3g}" for k in
-                                         ("d/adv", "g/adv", "g/rec") if k in last})
+                    shown = ", ".join(f"{label} {last[k]:.3g}" for k, label in SHOWN.items()
+                                      if k in last)
+                    bar.set_postfix_str(shown)
+                    if lines:
+                        print(f"train: step {self.step}/{target}: {shown}, "
+                              f"{last['sec_per_step']:.3g} s/step", file=sys.stderr, flush=True)
                 if cfg.sample_every and self.step % cfg.sample_every == 0:
                     self.save_samples()
                 longest = max(longest, time.monotonic() - t0)  # the checkpoint apart
@@ -569,13 +567,19 @@ class Trainer:
                     self.save()
                     saved_at, save_s = self.step, time.monotonic() - t1
         finally:
-            if bar is not None:
-                bar.close()
+            bar.close()
         if self.out_dir is not None and saved_at != self.step:
             self.save()  # before the last record: the checkpoint keeps the steps not yet logged
         if self._acc_n:  # stopped between two --log-every steps (a resume drops this record)
             last = self.log(partial=True)
         return last
+
+    def _progress(self, **kw):
+        """A bar (rank 0, ``progress``, stderr a terminal; else a disabled one) and whether
+        progress is printed as lines instead (stderr a file or a pipe)."""
+        shown = self.progress and self.is_main
+        return (progress_bar(show=shown and not progress_lines(), unit="step",
+                             dynamic_ncols=True, **kw), shown and progress_lines())
 
     def _accumulate(self, terms: dict[str, torch.Tensor]) -> None:
         for k, v in terms.items():

@@ -54,7 +54,7 @@ class Backend:
         float16, fp16, half...); None when it can."""
         if dtype is not None and dtype_name(dtype) not in self.dtypes:
             return ValueError(f"backend {self.name!r} runs {' or '.join(self.dtypes)}, "
-                              f"got {dtype}")
+                              f"got {dtype_name(dtype)}")
         if not all(installed(p) for p in self.packages):
             return BackendUnavailable(f"backend {self.name!r} needs "
                                       f"{' and '.join(self.packages)}: {self.install}")

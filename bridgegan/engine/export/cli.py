@@ -117,8 +117,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("checkpoint", help="checkpoint folder")
     t.add_argument("out", help="export folder (new, empty, or an export of this checkpoint)")
     t.add_argument("--precision", nargs="+", choices=list(ONNX_PRECISIONS),
-                   default=list(ONNX_PRECISIONS))
-    t.add_argument("--graphs", nargs="+", choices=GRAPHS, default=list(GRAPHS))
+                   default=list(ONNX_PRECISIONS), metavar="PRECISION",
+                   help=f"{', '.join(ONNX_PRECISIONS)} (default: all)")
+    t.add_argument("--graphs", nargs="+", choices=GRAPHS, default=list(GRAPHS), metavar="GRAPH",
+                   help=f"{', '.join(GRAPHS)} (default: all)")
     t.add_argument("--opset", type=int, default=OPSET,
                    help="%(default)s up to the newest torch's ONNX exporter writes "
                         "(default: %(default)s)")
@@ -131,9 +133,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("onnx", type=input_file,
                    help="an ONNX file from `bridgegan export onnx` (float32 variant)")
     t.add_argument("out", type=output_file, help="plan file to write (the sidecar is OUT.json)")
-    t.add_argument("--precision", choices=TENSORRT_PRECISIONS, default="fp16")
-    for bound, default in zip(("min", "opt", "max"), PLAN_BATCHES):
-        t.add_argument(f"--{bound}-batch", type=positive_int, default=default)
+    t.add_argument("--precision", choices=TENSORRT_PRECISIONS, default="fp16",
+                   help="the plan's precision (default: %(default)s)")
+    for bound, what, default in zip(("min", "opt", "max"), ("smallest", "tuned-for", "largest"),
+                                    PLAN_BATCHES):
+        t.add_argument(f"--{bound}-batch", type=positive_int, default=default,
+                       help=f"the plan profile's {what} batch (default: %(default)s)")
     t.add_argument("--workspace-gb", type=positive_float, default=WORKSPACE_GB,
                    help="TensorRT's workspace memory pool limit in GiB, > 0 (default: %(default)s)")
     t.add_argument("--timing-cache",
