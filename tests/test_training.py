@@ -947,6 +947,23 @@ def _train_args(out, *extra) -> list[str]:
             *TINY_ARCH, *extra]
 
 
+def test_progress_in_a_log_is_a_line_per_log_step_with_each_term(faces, capsys):
+    """Where stderr is no terminal (here pytest's capture), training writes a plain line
+    per --log-every, not a bar's redraws on one line, and shows D's adversarial term and
+    G's apart (they shared one label, G's hiding D's), beside the warm-up's progress."""
+    t = Trainer(tiny(faces), train_config(n_d=1, steps=4, log_every=2, d_attr_warmup=3),
+                faces)
+    t.train()
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = err.splitlines()
+    assert lines[0] == "D attribute warm-up: 2/3"
+    assert [line.split(":")[1] for line in lines[1:]] == [" step 2/4", " step 4/4"]
+    for line in lines[1:]:
+        assert re.fullmatch(r"train: step \d/4: D adv \S+, G adv \S+, rec \S+, \S+ s/step",
+                            line), line
+
+
 def test_the_end_of_a_run_says_why_it_ended(tmp_path, capsys):
     """A run stopped by --time-limit says so and how to continue (it said "done", as a
     finished run does); a resume past --steps says there was nothing to train; each names
