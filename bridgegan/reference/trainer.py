@@ -50,6 +50,7 @@ from .train_state import (CHECKPOINTS, METRICS_FILE, Progress, TrainState,
 
 SHOWN = {"d/adv": "D adv", "g/adv": "G adv", "g/rec": "rec"}  # the terms progress shows
 
+
 def _worker_ignores_sigint(_worker_id: int) -> None:
     """Data-loader workers ignore Ctrl-C (SIGINT reaches the whole process group): the
     main process stops at the end of its step (``Trainer.request_stop``) and still needs
