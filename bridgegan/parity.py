@@ -13,6 +13,7 @@ def run(args: argparse.Namespace) -> int:
         from .engine.variants import parse_variants
 
         parse_variants(args.variants)
+        args.backends = True  # alone, it asks for those variants only
     if not (args.ops or args.backends):
         args.ops = args.backends = True
     status = 0

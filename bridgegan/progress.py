@@ -18,6 +18,6 @@ def bar(iterable=None, *, show: bool = True, **kw):
     where stderr is no terminal."""
     from tqdm import tqdm
 
-    if show and lines():
-        kw.setdefault("mininterval", LOG_REDRAW_S)
+    if show and lines():  # miniters 1: tqdm's monitor thread would redraw every 10 s
+        kw.update(mininterval=LOG_REDRAW_S, miniters=1)
     return tqdm(iterable, disable=not show, **kw)

@@ -8,8 +8,8 @@ default leaves out the cores that are busy: cores available to this process minu
 1-minute load average, at least 1 and never more than torch's own default. OMP_NUM_THREADS
 set in the environment is taken as given.
 
-A process forked from one whose torch has run parallel CPU work (gunicorn --preload, a
-fork Pool) runs torch on one thread (``guard_forks``).
+A process forked from one that has built an Engine (gunicorn --preload, a fork Pool) runs
+torch on one thread (``guard_forks``).
 """
 from __future__ import annotations
 
@@ -67,11 +67,11 @@ _FORKED: list[bool] = []  # in a child it put on one thread, until its first eng
 
 def guard_forks() -> None:
     """From now on, a child forked from this process runs torch on one thread, and its
-    first engine call warns why (``forked_warning``). torch's CPU thread pool is GNU
-    OpenMP's, which is not fork-safe: a child of a process that has run a parallel op hangs
-    at its first parallel op, every Engine call with more than one thread (torch's
-    DataLoader sets one thread in its workers for the same reason). Called where an Engine
-    is built."""
+    first engine call warns why (``forked_warning``). torch's CPU thread pool is OpenMP's
+    (GNU's in the pip builds), which is not fork-safe: a child of a process that has run a
+    parallel op hangs at its first parallel op, every Engine call with more than one thread
+    (torch's DataLoader sets one thread in its workers for the same reason). Called where an
+    Engine is built or unpickled; a no-op where torch's thread pool is not OpenMP's."""
     if _GUARDED or not hasattr(os, "register_at_fork"):
         return
     import torch
@@ -95,8 +95,9 @@ def forked_warning() -> None:
     if _FORKED:
         _FORKED.clear()
         warnings.warn(
-            "bridgegan: this process was forked from one whose torch ran parallel work on "
-            "the CPU, so torch runs one thread here (more would hang: its OpenMP thread pool "
-            "is not fork-safe); for more threads per worker, build the Engine in each "
-            "worker and run no torch work in the parent before forking", RuntimeWarning,
+            "bridgegan: this process was forked from one that built an Engine, so torch runs "
+            "one thread here (more would hang if the parent's torch had run its OpenMP "
+            "thread pool, which is not fork-safe); for more threads per worker, build the "
+            "Engine in each worker and run no torch work in the parent before forking, then "
+            "torch.set_num_threads in the worker", RuntimeWarning,
             stacklevel=3)

@@ -18,6 +18,7 @@ from PIL import Image
 
 from bridgegan.cli import main
 from bridgegan.engine import Engine
+from bridgegan.engine.engine import backend_dtype, default_channels_last
 from bridgegan.engine.bench_results import PARTIAL_CSV
 from bridgegan.engine.options import BENCH_ROUNDS, BENCH_SAMPLES
 from bridgegan.engine.variants import Variant, default_variants, parity_variants
@@ -146,6 +147,21 @@ def test_a_commands_own_warnings_read_as_one_line(monkeypatch):
     assert shown[0] == "bridgegan eval: warning: resuming with seed=3\n"
     assert shown[1].startswith("/elsewhere/lib.py:12: UserWarning: resuming with seed=3")
     assert warnings.formatwarning is python_form
+
+
+def test_bars_in_a_log_redraw_every_30_seconds_at_most():
+    """Where stderr is no terminal (pytest's capture here), a bar's redraws stay in the
+    file: at most every LOG_REDRAW_S, and no forced redraw by tqdm's monitor thread (it
+    redraws every 10 s when miniters has grown above 1)."""
+    import io
+
+    from bridgegan import progress
+
+    bar = progress.bar(total=10, file=io.StringIO())
+    assert (bar.mininterval, bar.miniters, bar.dynamic_miniters) == (progress.LOG_REDRAW_S, 1,
+                                                                     False)
+    bar.close()
+    assert progress.bar(total=10, show=False).disable
 
 
 def test_demo_captions_belong_to_their_own_row():
@@ -364,8 +380,17 @@ def test_parity_backends_checks_the_variants_given(tmp_path, capsys):
     [row] = json.loads((tmp_path / "p.json").read_text())
     assert rc == 0 and row["case"] == "torch-bf16-cl-no_transposed_up" and row["status"] == "PASS"
     assert row["channels_last"] is True
+    capsys.readouterr()
+    # alone, --variants asks for the backends' check only; a variant this device cannot
+    # build is a SKIP row that says why (not a FAIL: nothing was computed wrong)
+    assert main(["parity", "--device", "cpu", "--resolution", "64", "--batch", "1",
+                 "--variants", "torch:float32:graphs", "--json", str(tmp_path / "q.json")]) == 0
+    [row] = json.loads((tmp_path / "q.json").read_text())
+    assert row["status"] == "SKIP" and "cuda_graphs needs device='cuda'" in row["reason"]
+    assert "kernel" not in capsys.readouterr().out
     for argv, why in ((["--variants", "torch:float32:fast"], "expected backend:dtype"),
-                      (["--ops", "--variants", "torch:float32"], "--ops checks the kernels")):
+                      (["--ops", "--variants", "torch:float32"], "--ops checks the kernels"),
+                      (["--variants", "torch:fp32,torch:fp32"], "repeated: torch-fp32")):
         assert main(["parity", "--device", "cpu", *argv]) == 2
         out = capsys.readouterr()
         assert why in out.err and "kernel" not in out.out  # nothing run
@@ -387,6 +412,10 @@ def test_gpu_check_plan_parses_on_the_cpu(tmp_path):
     checked = parity_variants(cuda)  # and the parity table of the GPU run's first stages
     assert {(v.cuda_graphs, v.streams) for v in checked if v.backend == "triton"} == {
         (False, False), (True, False), (False, True), (True, True)}
+    for device in (cuda, torch.device("cpu")):  # each row in the engine's default layout
+        for v in parity_variants(device):
+            dtype = backend_dtype(v.backend, v.dtype, device)
+            assert v.channels_last == default_channels_last(device, dtype), v.name
     assert any(v.streams and v.cuda_graphs for v in variants)
     assert any(v.without for v in variants) and any(v.backend == "compile" for v in variants)
     # the profile stage's own default list (its "before" and "after" engines)

@@ -73,3 +73,6 @@ def test_engines_pickle_where_they_can_and_say_why_where_they_cannot(small_model
         with pytest.raises(TypeError, match="onnxruntime backend cannot be pickled or copied; "
                                             "build one in each process"):
             copier(held)
+    eng.streams = True  # as on CUDA with streams=True: it holds CUDA streams
+    with pytest.raises(TypeError, match="torch backend with side streams cannot be pickled"):
+        pickle.dumps(eng)

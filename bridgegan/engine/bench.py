@@ -66,8 +66,9 @@ another workload or size says which call the verdict was made on); that call is
 the translate row's first call (``first_call_s``, its copies of the CPU inputs to the
 device and back included). ``parity=False`` skips the check.
 
-Without a variant list, a device's default table (``variants.DEFAULT_VARIANTS``) is measured; on the
-CPU it holds the reference, torch, onnxruntime and compile backends side by side. A
+Without a variant list, a device's default table (``variants.DEFAULT_VARIANTS``) is
+measured; on the CPU it holds the reference, torch, onnxruntime and compile backends side
+by side. A
 variant or row that cannot run here (a backend not installed, out of memory, any error
 its calls raise) is a ``skipped`` row whose note says why, and the other rows go on (the
 variants of a resolution are held at once: a table the device's memory cannot hold, run in
@@ -101,6 +102,7 @@ from .machine import environment, libraries
 from .options import BENCH_MIN_SECONDS, BENCH_ROUNDS, BENCH_SAMPLES, MAX_SAMPLES, WORKLOADS
 from .parity import compare, parity_inputs, reference_translation
 from .variants import Variant, default_variants
+
 
 def _allocated(device: torch.device) -> int:
     """CUDA: the bytes allocated now (after the queued work); 0 on the CPU."""

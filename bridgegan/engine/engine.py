@@ -310,6 +310,13 @@ class EditStrip:
     captions: list[str]
 
 
+def default_channels_last(device: torch.device, dtype: torch.dtype) -> bool:
+    """The layout an engine takes when ``channels_last`` is None: channels_last on CUDA and
+    for the low-precision dtypes on a CPU (oneDNN's bf16 / fp16 kernels), NCHW for float32
+    on a CPU."""
+    return device.type == "cuda" or dtype != torch.float32
+
+
 def engine_device(device: str | torch.device) -> torch.device:
     """``device`` as an engine runs on it: "cuda" is the GPU current now, where the weights
     go (not whichever is current in a caller's thread); CUDA that torch cannot see is
@@ -363,7 +370,7 @@ class Engine:
         check_weights(model, self.dtype)
         self.rewrites = rewrites or Rewrites()
         if channels_last is None:
-            channels_last = self.device.type == "cuda" or self.dtype != torch.float32
+            channels_last = default_channels_last(self.device, self.dtype)
         self.channels_last = channels_last
         if cuda_graphs is None:
             cuda_graphs = self.device.type == "cuda" and spec.graphs_by_default
@@ -428,17 +435,22 @@ class Engine:
                                 repeat=self._repeat)
 
     def __getstate__(self) -> dict:
-        """Pickling and copying: an engine of the torch or reference backend without CUDA
-        graphs pickles as its graphs and weights; the others hold what cannot leave their
-        process (inference sessions, compiled code, captured graphs, a lock), so they say
-        what to do instead of failing on some object inside."""
+        """Pickling and copying: an engine of the reference, torch or triton backend without
+        CUDA graphs or side streams pickles as its graphs and weights; the others hold what
+        cannot leave their process (inference sessions, compiled code, captured graphs, CUDA
+        streams, a lock), so they say what to do instead of failing on some object inside."""
         spec = REGISTRY[self.backend]
-        if spec.exported or spec.serialised or self.cuda_graphs:
-            held = " with CUDA graphs" if self.cuda_graphs else ""
+        if spec.exported or spec.serialised or self.cuda_graphs or self.streams:
+            held = (" with CUDA graphs" if self.cuda_graphs else "") + (
+                " with side streams" if self.streams else "")
             raise TypeError(f"an Engine on the {self.backend} backend{held} cannot be pickled "
                             "or copied; build one in each process that needs it (e.g. "
                             "Engine.from_checkpoint in a multiprocessing.Pool initializer)")
         return self.__dict__
+
+    def __setstate__(self, state: dict) -> None:
+        guard_forks()  # as a built engine does: this process's forks must not hang either
+        self.__dict__.update(state)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, backend: str = "torch",

@@ -64,10 +64,15 @@ def check_backends(device: str | None = None, config: BridgeGANConfig | None = N
                    batch: int = 4, variants: list[Variant] | None = None, verbose: bool = True,
                    written=None) -> list[dict]:
     """One row per variant (None: the device's parity table): the engine's label-based
-    translation against the float64 reference model; a backend that cannot run here is a
-    SKIP row. ``written``: a path the rows so far are written to (JSON, atomically) after
-    each row, so that a run stopped part-way keeps them."""
+    translation against the float64 reference model; a variant that cannot run here (its
+    backend absent, an option this device or dtype does not take) is a SKIP row that says
+    why. ``written``: a path the rows so far are written to (JSON, atomically) after each
+    row, so that a run stopped part-way keeps them."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    variants = variants or parity_variants(dev)
+    repeated = sorted({v.name for v in variants if variants.count(v) > 1})
+    if repeated:
+        raise ValueError(f"each variant may be given once; repeated: {', '.join(repeated)}")
     cfg = config or BridgeGANConfig.paper()
     torch.manual_seed(0)
     model = BridgeGAN(cfg).eval()
@@ -79,22 +84,22 @@ def check_backends(device: str | None = None, config: BridgeGANConfig | None = N
         rows.append(row)
         if written:
             write_json_atomic(written, rows)
-    for v in variants or parity_variants(dev):
+    for v in variants:
         case = dict(case=v.name, backend=v.backend, dtype=v.dtype, channels_last=v.channels_last,
                     cuda_graphs=v.cuda_graphs, streams=v.streams, device=str(dev))
+        eng = None
         try:
-            result = compare(v.engine(model, dev), inputs, want)
-        except BackendUnavailable as exc:
-            add(dict(case=v.name, status="SKIP", reason=str(exc)))
+            eng = v.engine(model, dev)
+            result = compare(eng, inputs, want)
+        except Exception as exc:  # a CUDA-graph capture error, say: this row fails, the
+            # other rows still run and the table is still written; a variant this device
+            # or dtype cannot build is skipped, saying why
+            skip = eng is None and isinstance(exc, (BackendUnavailable, ValueError))
+            status, reason = ("SKIP", str(exc)) if skip else ("FAIL",
+                                                             f"{type(exc).__name__}: {exc}")
+            add(dict(case, status=status, reason=reason))
             if verbose:
-                print(f"{v.name:32s} SKIP  {exc}")
-            continue
-        except Exception as exc:  # e.g. a CUDA-graph capture error: this row fails, the
-            # other rows still run and the table is still written
-            reason = f"{type(exc).__name__}: {exc}"
-            add(dict(case, status="FAIL", reason=reason))
-            if verbose:
-                print(f"{v.name:32s} FAIL  {reason}")
+                print(f"{v.name:32s} {status}  {reason}")
             continue
         add(dict(case, max_abs=result["max_abs"], rel=result["rel"],
                  psnr_db=result["psnr_db"], limit=result["limit"],

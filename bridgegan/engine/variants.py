@@ -26,16 +26,16 @@ DEFAULT_VARIANTS = {
             "triton:fp16:cl:graphs",
 }
 
-# The table `bridgegan parity --backends` checks, per device type: each backend that runs
-# the rewritten graph in float32, the low-precision dtypes as the engine runs them by
-# default (channels_last on CUDA, and bf16 on a CPU), CUDA graphs and side streams in each
-# combination the engine offers; never compile or tensorrt (their builds take minutes:
-# `bridgegan bench` checks every variant it times).
+# The table `bridgegan parity --backends` checks, per device type: the backends in float32,
+# the low-precision dtypes, CUDA graphs and side streams in each combination the engine
+# offers, each row in the layout the engine takes by default (``default_channels_last``:
+# channels_last on CUDA, and for bf16 on a CPU); never compile or tensorrt (their builds
+# take minutes: `bridgegan bench` checks every variant it times).
 PARITY_VARIANTS = {
     "cpu": "torch:float32,triton:float32,torch:bf16:cl,onnxruntime:float32",
     "cuda": "torch:float32:cl,triton:float32:cl,torch:fp16:cl:graphs,triton:fp16:cl,"
             "triton:fp16:cl:graphs,triton:fp16:cl:graphs:streams,triton:fp16:cl:streams,"
-            "triton:bf16:cl:graphs,reference:fp16:cl,onnxruntime:float32",
+            "triton:bf16:cl:graphs,reference:fp16:cl,onnxruntime:float32:cl",
 }
 
 

@@ -191,7 +191,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="append averaged losses to metrics.jsonl every N steps (default: "
                         f"{TrainConfig.log_every})")
     g.add_argument("--no-progress", action="store_true",
-                   help="no progress (on a terminal a bar, else a line per --log-every)")
+                   help="turn progress off (shown by default: a bar on a terminal, else a "
+                        "line per --log-every)")
     g.add_argument("--time-limit", type=positive_float, default=None,
                    help="stop with a final checkpoint within this many seconds of training "
                         "(warm-up included; judged by the longest step and checkpoint so "
