@@ -1,10 +1,12 @@
 """argparse value types shared by the commands: each refuses a bad value with a message
-naming it and what is accepted (argparse then exits with status 2)."""
+naming it and what is accepted (argparse then exits with status 2); and the commands'
+parser class (``Parser``)."""
 from __future__ import annotations
 
 import argparse
 import os
 import re
+import textwrap
 from pathlib import Path
 
 from .files import check_name_fits
@@ -144,3 +146,20 @@ def input_file(text: str) -> str:
         problem = "is a folder" if Path(text).is_dir() else "does not exist"
         raise argparse.ArgumentTypeError(f"{text} {problem}: give an existing file")
     return text
+
+
+class _Formatter(argparse.HelpFormatter):
+    """Help wrapped at spaces only: a variant's form or a path is not cut inside."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_long_words=False,
+                             break_on_hyphens=False)
+
+
+class Parser(argparse.ArgumentParser):
+    """The commands' parsers (their subcommands' too: argparse makes them of this class):
+    help wrapped at spaces only."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)

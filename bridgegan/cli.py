@@ -5,19 +5,16 @@ and a command's module is imported when it runs. A new command is one row in COM
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import os
 import select
 import signal
 import sys
-import textwrap
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import threads
-from .argtypes import (add_device, int_between, non_negative_float, non_negative_int,
+from .argtypes import (Parser, add_device, int_between, non_negative_float, non_negative_int,
                        output_file, positive_float, positive_int, positive_int_list)
 from .engine import options as engine_options
 from .engine.export import cli as export_cli
@@ -25,6 +22,7 @@ from .reference import classifier_defaults, train_cli
 from .reference.presets import PAPER_RESOLUTION, PRESET_RESOLUTIONS
 from .reference.data import registry as data_registry
 from .serve import cli as serve_cli
+from .warning_filters import one_line_warnings
 
 
 @dataclass(frozen=True)
@@ -234,24 +232,8 @@ COMMANDS = (
 )
 
 
-class _Formatter(argparse.HelpFormatter):
-    """Help wrapped at spaces only: a variant's form or a path is not cut inside."""
-
-    def _split_lines(self, text: str, width: int) -> list[str]:
-        return textwrap.wrap(" ".join(text.split()), width, break_long_words=False,
-                             break_on_hyphens=False)
-
-
-class _Parser(argparse.ArgumentParser):
-    """The command's parsers (its subcommands' too: argparse makes them of this class)."""
-
-    def __init__(self, *args, **kwargs):
-        kwargs.setdefault("formatter_class", _Formatter)
-        super().__init__(*args, **kwargs)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = Parser(
         prog="bridgegan",
         description="BridgeGAN multi-attribute face editing: reference model, fused kernels, "
                     "inference engine.",
@@ -268,25 +250,6 @@ def _run(name: str, args: argparse.Namespace) -> int:
     return getattr(importlib.import_module(module, __package__), func)(args)
 
 
-@contextlib.contextmanager
-def _one_line_warnings(command: str):
-    """While ``command`` runs, the package's own warnings read as one line each,
-    ``bridgegan CMD: warning: ...``: Python's form names a file of the install and prints
-    a line of its code, neither the user's. Others keep Python's form."""
-    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
-    python_form = warnings.formatwarning
-
-    def form(message, category, filename, lineno, line=None):
-        if os.path.abspath(filename).startswith(package):
-            return f"bridgegan {command}: warning: {message}\n"
-        return python_form(message, category, filename, lineno, line)
-    warnings.formatwarning = form
-    try:
-        yield
-    finally:
-        warnings.formatwarning = python_form
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -297,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         threads.apply(args.threads)
     name = " ".join(filter(None, (args.command, getattr(args, "target", None))))  # export X
     try:
-        with _one_line_warnings(name):
+        with one_line_warnings(name):
             return int(_run(args.command, args) or 0)
     except (ValueError, OSError, RuntimeError) as exc:
         if isinstance(exc, BrokenPipeError) and _stdout_closed():

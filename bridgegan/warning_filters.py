@@ -13,10 +13,13 @@ closes (a ``catch_warnings`` of the caller's, open in another thread meanwhile, 
 back a list that holds one: Python before 3.14 has no per-thread filters). Neither edit
 needs the filters' version bumped: a warning an "ignore" filter matches is never cached
 in a module's registry.
+
+``one_line_warnings``: while a command runs, the package's own warnings read as one line.
 """
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import threading
 import warnings
@@ -65,3 +68,22 @@ class Silenced:
                     for entry in self._entries:
                         while entry in warnings.filters:  # every copy (one at a time: a
                             warnings.filters.remove(entry)  # filter added meanwhile stays)
+
+
+@contextlib.contextmanager
+def one_line_warnings(command: str):
+    """While ``command`` runs, the package's own warnings read as one line each,
+    ``bridgegan CMD: warning: ...``: Python's form names a file of the install and prints
+    a line of its code, neither the user's. Others keep Python's form."""
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep  # this package's folder
+    python_form = warnings.formatwarning
+
+    def form(message, category, filename, lineno, line=None):
+        if os.path.abspath(filename).startswith(package):
+            return f"bridgegan {command}: warning: {message}\n"
+        return python_form(message, category, filename, lineno, line)
+    warnings.formatwarning = form
+    try:
+        yield
+    finally:
+        warnings.formatwarning = python_form

@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import threads
-from ..argtypes import absolute_path, add_device, positive_float
+from ..argtypes import Parser, absolute_path, add_device, positive_float
 from ..files import check_file_targets, check_writable_folder, write_file_atomic
+from ..warning_filters import one_line_warnings
 from .config import INT_RANGES, BridgeGANConfig
 from .data import registry as data_registry
 from .data.split_modes import INDEX_TRAIN, SPLIT_MODES
@@ -538,11 +539,13 @@ def _train(args: argparse.Namespace, info: DistInfo) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bridgegan train", description=__doc__.splitlines()[0])
+    """`python -m bridgegan.reference.train_cli` (what torchrun runs): `bridgegan train`."""
+    parser = Parser(prog="bridgegan train", description=__doc__.splitlines()[0])
     add_arguments(parser)
     args = parser.parse_args(argv)
     threads.apply(args.threads)
-    return run(args)
+    with one_line_warnings("train"):
+        return run(args)
 
 
 if __name__ == "__main__":
