@@ -379,6 +379,8 @@ def test_parity_backends_checks_the_variants_given(tmp_path, capsys):
                "--variants", "torch:bf16:cl:-transposed_up", "--json", str(tmp_path / "p.json")])
     [row] = json.loads((tmp_path / "p.json").read_text())
     assert rc == 0 and row["case"] == "torch-bf16-cl-no_transposed_up" and row["status"] == "PASS"
+    assert capsys.readouterr().out.splitlines()[-2:] == ["1/1 rows pass",
+                                                          f"wrote {tmp_path / 'p.json'}"]
     assert row["channels_last"] is True
     capsys.readouterr()
     # alone, --variants asks for the backends' check only; a variant this device cannot

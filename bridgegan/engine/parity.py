@@ -124,4 +124,6 @@ def main(args: argparse.Namespace) -> int:
     print(f"{count['PASS']}/{len(rows)} rows pass" + (f", {count['FAIL']} FAIL" if count["FAIL"]
                                                       else "")
           + (f", {count['SKIP']} skipped" if count["SKIP"] else ""))
+    if getattr(args, "json", None):
+        print(f"wrote {args.json}")
     return int(count["FAIL"] > 0)

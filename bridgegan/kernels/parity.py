@@ -305,6 +305,8 @@ def main(argv=None) -> int:
     except (RuntimeError, ValueError) as exc:
         print(f"parity: error: {exc}", file=sys.stderr)
         return 2
+    if args.json:
+        print(f"wrote {args.json}")
     return 0 if all(r["ok"] for r in rows) else 1
 
 
