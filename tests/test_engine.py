@@ -939,7 +939,7 @@ def test_bench_variants_name_their_backend():
         Variant.parse("reference:fp16:-transposed_up")
     with pytest.raises(ValueError, match="unknown rewrite 'fast'; rewrites are merge_gamma_beta"):
         Variant.parse("torch:fp16:-fast")
-    with pytest.raises(ValueError, match="'auto' is not a bench variant; name the backend, one "
+    with pytest.raises(ValueError, match="'auto' is not a variant; name the backend, one "
                                          "of reference, torch"):
         Variant.parse("auto:float32")
     with pytest.raises(ValueError, match="unknown backend 'fast'"):

@@ -101,7 +101,7 @@ from .engine import Engine, backend_dtype, engine_device
 from .machine import environment, libraries
 from .options import BENCH_MIN_SECONDS, BENCH_ROUNDS, BENCH_SAMPLES, MAX_SAMPLES, WORKLOADS
 from .parity import compare, parity_inputs, reference_translation
-from .variants import Variant, default_variants
+from .variants import Variant, check_once, default_variants
 
 
 def _allocated(device: torch.device) -> int:
@@ -378,12 +378,9 @@ def run_matrix(variants: list[Variant] | None, batches: list[int], resolutions: 
         raise ValueError(f"rounds must be at least 1, got {rounds}")
     # one row per (variant, batch): plot() refuses a line through two rows at one batch,
     # so repeats are refused here, before anything is timed
-    names = [v.name for v in variants]
-    for what, seq in (("variant", names), ("batch", batches), ("resolution", resolutions),
-                      ("workload", workloads)):
-        repeated = sorted({str(x) for x in seq if seq.count(x) > 1})
-        if repeated:
-            raise ValueError(f"each {what} may be given once; repeated: {', '.join(repeated)}")
+    for what, seq in (("variant", [v.name for v in variants]), ("batch", batches),
+                      ("resolution", resolutions), ("workload", workloads)):
+        check_once(what, seq)
     _check_table(variants, dev)
     _check_resolutions(resolutions, checkpoint, config_overrides)
     # the machine's load, for whoever reads the numbers: a 1-minute average, so the start's

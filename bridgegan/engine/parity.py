@@ -22,7 +22,7 @@ from ..reference.config import BridgeGANConfig
 from ..reference.model import BridgeGAN
 from .backends import BackendUnavailable
 from .engine import Engine
-from .variants import Variant, parity_variants, parse_variants
+from .variants import Variant, check_once, parity_variants, parse_variants
 
 
 def parity_inputs(cfg: BridgeGANConfig, batch: int, seed: int = 1):
@@ -70,9 +70,7 @@ def check_backends(device: str | None = None, config: BridgeGANConfig | None = N
     row, so that a run stopped part-way keeps them."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     variants = variants or parity_variants(dev)
-    repeated = sorted({v.name for v in variants if variants.count(v) > 1})
-    if repeated:
-        raise ValueError(f"each variant may be given once; repeated: {', '.join(repeated)}")
+    check_once("variant", [v.name for v in variants])
     cfg = config or BridgeGANConfig.paper()
     torch.manual_seed(0)
     model = BridgeGAN(cfg).eval()

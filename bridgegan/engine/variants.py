@@ -78,7 +78,7 @@ class Variant:
         if len(parts) < 2 or any(p not in cls.TAGS for p in tags):
             raise ValueError(f"variant {text!r}: expected {cls.FORM}")
         if parts[0] == AUTO:  # a row is one named backend (auto picks by the device)
-            raise ValueError(f"variant {text!r}: {AUTO!r} is not a bench variant; name the "
+            raise ValueError(f"variant {text!r}: {AUTO!r} is not a variant; name the "
                              f"backend, one of {', '.join(BACKENDS)}")
         if parts[0] not in BACKENDS:
             raise ValueError(f"variant {text!r}: unknown backend {parts[0]!r}; backends: "
@@ -98,6 +98,14 @@ class Variant:
                       channels_last=self.channels_last, cuda_graphs=self.cuda_graphs,
                       cudnn_benchmark=False if self.heuristics else None,
                       streams=self.streams, rewrites=self.rewrites)
+
+
+def check_once(what: str, items) -> None:
+    """Refuse a list (of variants by name, batches...) that gives an item twice: bench and
+    parity make one row of each."""
+    repeated = sorted({str(x) for x in items if items.count(x) > 1})
+    if repeated:
+        raise ValueError(f"each {what} may be given once; repeated: {', '.join(repeated)}")
 
 
 def parse_variants(text: str) -> list[Variant]:
