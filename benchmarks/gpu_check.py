@@ -227,7 +227,7 @@ def _run(plan, wanted: list[str], work: Path, out: Path, dry_run: bool) -> int:
 def _gather(results: list[dict], work: Path, out: Path, seconds: float) -> None:
     """The stages' results so far into out: gpu_check.json, bench.csv and .png, kernels.csv,
     profile.csv and .md (a lent machine returns at most eight files, two folders deep)."""
-    from bridgegan.engine.bench_results import PARTIAL_CSV, csv_text, measured, plot
+    from bridgegan.engine.bench_results import PARTIAL_CSV, csv_text, measured, plot_png
     from bridgegan.files import write_file_atomic
 
     engine_rows = []
@@ -255,7 +255,8 @@ def _gather(results: list[dict], work: Path, out: Path, seconds: float) -> None:
         rows = [dict(r, batch=int(r["batch"]), resolution=int(r["resolution"]),
                      images_per_s=float(r["images_per_s"])) for r in measured(engine_rows)]
         if rows:  # as write_results: skipped rows only have nothing to plot
-            plot(rows, out / "bench.png", f"bridgegan gpu_check on {engine_rows[0]['device']}")
+            write_file_atomic(out / "bench.png", plot_png(
+                rows, f"bridgegan gpu_check on {engine_rows[0]['device']}"))
     for src in (work / "kernels" / "kernels.csv", work / "profile" / "profile.csv",
                 work / "profile" / "profile.md"):
         if src.is_file():

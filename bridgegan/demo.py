@@ -22,7 +22,7 @@ import torch
 
 from .engine import BackendUnavailable, Engine
 from .engine.backends import REGISTRY, device_type
-from .files import check_apart, check_file_targets, check_writable_folder
+from .files import check_apart, check_writable_folder, prepare_file_targets
 from .reference import BridgeGAN, BridgeGANConfig
 from .reference.checkpoint import CONFIG_FILE, EVAL_FILE, SHIPPED, load_checkpoint
 from .reference.data import procedural_batch, save_png
@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     check_writable_folder(args.out)
     path = Path(args.out) / "demo_grid.png"
-    check_file_targets(args.out, [path.name])
+    prepare_file_targets(args.out, [path.name])
     check_apart(path, "the grid", [("--checkpoint", args.checkpoint),
                                    *(("--input", p) for p in args.input or ())])
     model, what = load_model(args.checkpoint)

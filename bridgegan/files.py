@@ -137,15 +137,48 @@ def write_file_atomic(path: str | os.PathLike, data: bytes) -> Path:
     appended to, not truncated), a device or pipe (/dev/null), a link (opened through:
     the system's rules for links in shared folders apply, and the link stays). An OSError
     names ``path`` (a full disk's "No space left on device" names no file)."""
-    path = Path(path)
+    return write_files_atomic({path: data})[0]
+
+
+def write_files_atomic(contents: Mapping[str | os.PathLike, bytes | None]) -> list[Path]:
+    """Files that belong together (a table, its data and its plot; a plan and its
+    sidecar), each written as ``write_file_atomic`` writes one, and none put in place
+    before every one is complete: a failure while writing (a full disk) leaves them all as
+    they were, not some new and some old. A None removes a file the set no longer holds,
+    once the others are in place. Returns the paths."""
+    paths = [Path(p) for p in contents]
+    staged: list[tuple[Path, Path]] = []  # (temporary, path)
     try:
-        return _write_file(path, data)
+        for path, data in zip(paths, contents.values()):
+            tmp = None if data is None else _named(path, _stage, path, data)
+            if tmp is not None:
+                staged.append((tmp, path))
+        for tmp, path in staged:
+            _named(path, os.replace, tmp, path)
+        for path, data in zip(paths, contents.values()):
+            if data is None:
+                _named(path, lambda p: p.unlink(missing_ok=True), path)
+    except BaseException:
+        for tmp, _ in staged:  # those put in place are gone from their temporary names
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        raise
+    for folder in {path.parent for _, path in staged}:
+        _fsync_folder(folder)  # the renames themselves on disk
+    return paths
+
+
+def _named(path: Path, fn: Callable, *args):
+    """``fn(*args)``, an OSError of it raised naming ``path``."""
+    try:
+        return fn(*args)
     except OSError as exc:
         raise OSError(exc.errno, f"cannot write {path}: {exc.strerror or exc}") from None
 
 
-def _write_file(path: Path, data: bytes) -> Path:
-    """``write_file_atomic``'s write."""
+def _stage(path: Path, data: bytes) -> Path | None:
+    """``data`` in a temporary file beside ``path``, complete on disk (None: written into
+    ``path`` itself, which is no plain file; see ``write_file_atomic``)."""
     fd = _descriptor(path)
     if fd is not None:
         for stream in (sys.stdout, sys.stderr):  # what Python buffered goes first
@@ -154,11 +187,11 @@ def _write_file(path: Path, data: bytes) -> Path:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
-        return path
+        return None
     if path.is_symlink() or (path.exists() and not path.is_file() and not path.is_dir()):
         with open(path, "wb") as f:
             f.write(data)
-        return path
+        return None
     mode = path.stat().st_mode & 0o777 if path.is_file() else None
     tmp = _temp_name(path, "tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
@@ -169,13 +202,11 @@ def _write_file(path: Path, data: bytes) -> Path:
             if mode is not None:
                 os.chmod(tmp, mode)
             os.fsync(f.fileno())
-        os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    _fsync_folder(path.parent)  # the rename itself on disk
-    return path
+    return tmp
 
 
 def link_or_copy(source: str | os.PathLike) -> Callable[[Path], None]:
@@ -261,12 +292,12 @@ def write_folders_atomic(folders: Mapping[str | os.PathLike,
             path = Path(path)
             names = [*writers, *replaces]
             path.parent.mkdir(parents=True, exist_ok=True)
-            remove_stale(path.parent, path.name)
+            remove_stale(path.parent, [path.name])
             check_replaceable(path, names)
             tmp = _temp_name(path, "tmp")
             os.mkdir(tmp, 0o777)
             staged.append((path, tmp, names))
-            _fill(tmp, writers)
+            _fill(tmp, writers, path)
         for path, tmp, names in staged:
             check_replaceable(path, names)  # something may have been put there meanwhile
             _swap(tmp, path)
@@ -278,18 +309,24 @@ def write_folders_atomic(folders: Mapping[str | os.PathLike,
     return [path for path, _, _ in staged]
 
 
-def _fill(tmp: Path, writers: Mapping[str, Callable[[Path], None]]) -> None:
+def _fill(tmp: Path, writers: Mapping[str, Callable[[Path], None]], path: Path) -> None:
     """Write every file of ``writers`` into folder ``tmp`` and fsync them and their
-    folders."""
+    folders; an OSError names the file by its place in ``path``, the folder ``tmp``
+    becomes (a full disk's "No space left on device" names no file)."""
     for name, write in writers.items():
-        (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-        write(tmp / name)
-        if os.stat(tmp / name).st_nlink == 1:  # a link shares its mode with its source
-            os.chmod(tmp / name, _file_mode())  # some writers (safetensors) make 0o600
-        _fsync(tmp / name)
+        _named(path / name, _write_into, tmp / name, write)
     folders = {tmp, *(p for n in writers for p in (tmp / n).parents if tmp in p.parents)}
     for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
         _fsync_folder(folder)  # every name written, the deepest folders first
+
+
+def _write_into(file: Path, write: Callable[[Path], None]) -> None:
+    """``write(file)``, the file then given written files' mode and fsynced."""
+    file.parent.mkdir(parents=True, exist_ok=True)
+    write(file)
+    if os.stat(file).st_nlink == 1:  # a link shares its mode with its source
+        os.chmod(file, _file_mode())  # some writers (safetensors) make 0o600
+    _fsync(file)
 
 
 @functools.cache
@@ -366,8 +403,8 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def remove_stale(folder: str | os.PathLike, name: str | None = None) -> list[Path]:
-    """Remove the leftovers of killed atomic writes in ``folder`` (of ``name`` only, when
+def remove_stale(folder: str | os.PathLike, names: Iterable[str] | None = None) -> list[Path]:
+    """Remove the leftovers of killed atomic writes in ``folder`` (of ``names`` only, when
     given): temporary files and folders whose writing process (the pid in their name) is
     gone; those of running processes, this one included, are in use and kept. A folder
     moved aside whose replacement never arrived is moved back first. Returns what was
@@ -375,10 +412,11 @@ def remove_stale(folder: str | os.PathLike, name: str | None = None) -> list[Pat
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    removed = []
+    names, removed = None if names is None else set(names), []
     for p in folder.iterdir():
         m = _LEFTOVER.match(p.name)
-        if not m or name not in (None, m.group("name")) or _alive(int(m.group("pid"))):
+        if not m or (names is not None and m.group("name") not in names) \
+                or _alive(int(m.group("pid"))):
             continue
         try:
             target = folder / m.group("name")
@@ -492,16 +530,19 @@ def check_apart(outputs: str | os.PathLike | Iterable[str | os.PathLike], what: 
                          f"nothing over, into or around what it reads; choose another path")
 
 
-def check_file_targets(folder: str | os.PathLike, names: Iterable[str],
-                       what: str = "--out") -> None:
-    """Refuse (ValueError), before any work, a folder (or a link to one) where a command
-    will write the file ``folder / name``: found only when the file is put in place, after
-    the work."""
+def prepare_file_targets(folder: str | os.PathLike, names: Iterable[str],
+                         what: str = "--out") -> None:
+    """Before any work: refuse (ValueError) a folder (or a link to one) where a command
+    will write the file ``folder / name``, found otherwise only when the file is put in
+    place, after the work; then remove what killed writes of these files left in
+    ``folder`` (``remove_stale``), which nothing else would."""
+    names = list(names)
     for name in names:
         if (Path(folder) / name).is_dir():
             raise ValueError(f"{what} {folder} holds a folder {name} where this command "
                              f"writes a file: move it, or choose another {what}")
         check_name_fits(Path(folder) / name, what)
+    remove_stale(folder, names)
 
 
 def check_name_fits(path: str | os.PathLike, what: str = "") -> None:

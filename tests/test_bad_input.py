@@ -1394,7 +1394,8 @@ def test_bench_refuses_a_resolution_before_writing_anything(cli_files, tmp_path,
 def test_translate_never_leaves_a_part_of_an_output(cli_files, tmp_path):
     """With the file size limited (RLIMIT_FSIZE; Python ignores SIGXFSZ, so a write gets
     EFBIG), translate fails while writing an output: an earlier run's file there is kept
-    whole, not replaced by the part written (PIL wrote into the output itself)."""
+    whole, not replaced by the part written (PIL wrote into the output itself); the earlier
+    run's grid, which showed it, is removed."""
     import resource
     import subprocess
     import sys
@@ -1403,6 +1404,7 @@ def test_translate_never_leaves_a_part_of_an_output(cli_files, tmp_path):
     out.mkdir()
     old = out / "face_edit1.png"
     old.write_bytes(b"an earlier run's result")
+    (out / "grid.png").write_bytes(b"an earlier run's grid")
 
     def limit():
         resource.setrlimit(resource.RLIMIT_FSIZE, (400, 400))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import os
 import shutil
 import signal
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from bridgegan import files
 from bridgegan.cli import main
 from bridgegan.files import remove_stale, write_folder_atomic
 from bridgegan.reference import BridgeGAN, CheckpointError, save_checkpoint
@@ -127,8 +129,8 @@ def test_leftovers_of_running_processes_or_other_names_are_kept(tmp_path):
     huge = tmp_path / f".step-00000008.tmp-{2 ** 70}-ef"  # no pid: kept (OverflowError)
     for p in (mine, old, huge):
         p.mkdir()
-    assert remove_stale(tmp_path, "step-00000002") == []
-    assert remove_stale(tmp_path, "step-00000006") == []
+    assert remove_stale(tmp_path, ["step-00000002"]) == []
+    assert remove_stale(tmp_path, ["step-00000006"]) == []
     assert remove_stale(tmp_path) == [old] and leftovers(tmp_path) == [mine.name, huge.name]
 
 
@@ -200,8 +202,6 @@ def test_a_write_protected_folder_is_refused_and_a_leftover_that_stays_is_named(
     stops.)"""
     import shutil as shutil_module
 
-    from bridgegan import files
-
     target = tmp_path / "out"
     write_folder_atomic(target, {"a.txt": lambda p: p.write_text("1"),
                                  "sub/b.txt": lambda p: p.write_text("1")})
@@ -221,7 +221,7 @@ def test_a_write_protected_folder_is_refused_and_a_leftover_that_stays_is_named(
     monkeypatch.setattr(shutil_module, "rmtree", denied)
     with pytest.raises(OSError, match=rf"cannot remove {stale}, what an earlier write left: "
                                       rf"Permission denied; remove it"):
-        remove_stale(tmp_path, "out")
+        remove_stale(tmp_path, ["out"])
 
 
 def test_folders_written_together_are_all_written_before_any_is_replaced(tmp_path):
@@ -425,15 +425,88 @@ def test_a_file_write_stopped_by_the_file_size_limit_keeps_the_old_file(tmp_path
     assert sorted(os.listdir(tmp_path)) == ["data.bin"]
 
 
+def test_a_folder_write_stopped_by_the_file_size_limit_names_the_file(tmp_path):
+    """A folder write (an export, a model repository) whose file write fails (EFBIG here,
+    ENOSPC alike) said only "[Errno 27] File too large": the error names the file in the
+    folder it was for, and the earlier folder stays as it was."""
+    out = tmp_path / "export"
+    write_folder_atomic(out, {"a.onnx": lambda p: p.write_bytes(b"old a")})
+    code = textwrap.dedent(f"""
+        import resource, signal
+        from bridgegan.files import write_folder_atomic
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead
+        resource.setrlimit(resource.RLIMIT_FSIZE,
+                           (1 << 16, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+        try:
+            write_folder_atomic({str(out)!r}, {{"a.onnx": lambda p: p.write_bytes(b"new a"),
+                                              "b.onnx": lambda p: p.write_bytes(bytes(1 << 20))}})
+        except OSError as exc:
+            print(exc)
+    """)
+    got = python(code, timeout=120)
+    assert got.returncode == 0, got.stderr[-3000:]
+    assert got.stdout.strip() == f"[Errno 27] cannot write {out / 'b.onnx'}: File too large"
+    assert (out / "a.onnx").read_bytes() == b"old a" and sorted(os.listdir(out)) == ["a.onnx"]
+    assert leftovers(tmp_path) == []
+
+
+def test_files_written_together_are_all_old_or_all_new(tmp_path, monkeypatch):
+    """bench's table, data and plot were written one by one: a full disk at the plot left
+    the new table beside the last run's plot. Written together, a failure keeps all three;
+    a table of skipped rows only removes the last run's plot (it showed other rows)."""
+    from bridgegan.engine.bench_results import RESULT_FILES, write_results
+
+    gen = torch.Generator().manual_seed(11)
+
+    def rows(metric="latency"):
+        return [dict(what="translate", resolution=32, variant="torch-float32", batch=b,
+                     metric=metric, images_per_s=float(torch.rand(1, generator=gen)) * 100)
+                for b in (1, 2, 4)]
+
+    assert [p.name for p in write_results(rows(), {"device": "cpu"}, tmp_path)] \
+        == list(RESULT_FILES)
+    old = {n: (tmp_path / n).read_bytes() for n in RESULT_FILES}
+    real, synced = files.os.fsync, []
+
+    def fsync(fd):  # the third file staged (the plot) finds the disk full
+        synced.append(fd)
+        if len(synced) == 3:
+            raise OSError(28, "No space left on device")
+        real(fd)
+
+    monkeypatch.setattr(files.os, "fsync", fsync)
+    with pytest.raises(OSError, match=rf"cannot write {re.escape(str(tmp_path / 'bench.png'))}: "
+                                      r"No space left on device"):
+        write_results(rows(), {"device": "cpu"}, tmp_path)
+    monkeypatch.setattr(files.os, "fsync", real)
+    assert {n: (tmp_path / n).read_bytes() for n in RESULT_FILES} == old
+    assert sorted(os.listdir(tmp_path)) == sorted(RESULT_FILES)  # no temporary left
+    skipped = rows("skipped")
+    assert [p.name for p in write_results(skipped, {}, tmp_path)] == list(RESULT_FILES[:2])
+    assert sorted(os.listdir(tmp_path)) == sorted(RESULT_FILES[:2])
+    assert (tmp_path / "bench.csv").read_bytes() != old["bench.csv"]
+
+
+def test_a_commands_output_folder_loses_what_killed_writes_left(tmp_path):
+    """A killed single-file write (demo's grid, translate's images, bench's tables) leaves
+    .NAME.tmp-<pid>-<random> beside NAME, which nothing removed: a command's first look
+    at its output folder removes those of its own files whose writer is gone."""
+    from bridgegan.files import prepare_file_targets
+
+    dead, alive = dead_pid(), os.getpid()
+    names = [f".grid.png.tmp-{dead}-ab", f".grid.png.tmp-{alive}-cd", f".notes.txt.tmp-{dead}-ef"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"part of a file")
+    prepare_file_targets(tmp_path, ["grid.png", "face_edit1.png"])
+    assert sorted(os.listdir(tmp_path)) == sorted(names[1:])  # another file's or a live one's
+
+
 @pytest.mark.parametrize("fails", ["fsync", "replace", "interrupt"])
 def test_a_failed_file_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkeypatch,
                                                                         fails):
     """The new bytes go to .NAME.tmp-<pid>-<random> beside NAME; when the write fails after
     they are there (fsync or the rename raise; a KeyboardInterrupt too), NAME keeps its old
     bytes and the temporary file is removed. The next write succeeds and replaces them."""
-    import re
-
-    from bridgegan import files
     from bridgegan.files import write_file_atomic
 
     target = tmp_path / "data.bin"

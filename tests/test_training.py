@@ -1104,16 +1104,18 @@ def test_a_full_disk_names_the_checkpoint_and_keeps_the_earlier_one(tmp_path, ca
     capsys.readouterr()
     assert main(args + ["--steps", "4", "--resume", "auto"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert f"[Errno 28] cannot write the checkpoint {out / 'checkpoints' / 'step-00000004'}" \
-        in err, err
-    assert "No space left" in err and "earlier checkpoints are intact" in err
+    step = out / 'checkpoints' / 'step-00000004'
+    assert f"[Errno 28] cannot write {step / 'model.safetensors'}: " in err, err
+    assert "No space left" in err and f"the checkpoint {step} was not written; earlier " \
+        "checkpoints are intact" in err, err
     assert _checkpoints(out) == ["step-00000002"]
     assert main(["train-classifier", "--data", "synthetic:16", "--steps", "1", "--threads", "1",
                  "--out", str(tmp_path / "clf")]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith(f"bridgegan train-classifier: error: [Errno 28] cannot write the "
-                          f"classifier {tmp_path / 'clf'}: cannot write classifier.safetensors: "
-                          f"Error while serializing: I/O error: No space left on device"), err
+    assert err == (f"bridgegan train-classifier: error: [Errno 28] cannot write "
+                   f"{tmp_path / 'clf' / 'classifier.safetensors'}: Error while serializing: "
+                   f"I/O error: No space left on device (os error 28) (the classifier was not "
+                   f"written: {tmp_path / 'clf'} is as it was)"), err
     assert not (tmp_path / "clf").exists()
 
 

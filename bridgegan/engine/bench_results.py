@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from ..files import write_file_atomic
+from ..files import write_files_atomic
 
 PARTIAL_CSV = "bench.partial.csv"  # the rows of a run in progress (or killed), as measured
 RESULT_FILES = ("bench.csv", "bench.json", "bench.png")  # the table, its data, the plot
@@ -101,21 +101,24 @@ def csv_text(rows: list[dict]) -> str:
 
 def write_results(rows: list[dict], peaks: dict, out: str | Path, title: str = "") -> list[Path]:
     """CSV + JSON + PNG plot of images/s against batch, one line per variant and workload,
-    each file written atomically."""
+    written together (``files.write_files_atomic``: a failed write leaves the last run's
+    three as they were). A table of skipped rows only has nothing to plot: the last run's
+    plot is removed. Returns the files written."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     table, data, figure = (out / name for name in RESULT_FILES)
-    write_file_atomic(table, csv_text(rows).encode())
-    write_file_atomic(data, json.dumps({"peaks": peaks, "rows": rows}, indent=1).encode())
-    files = [table, data]
-    if measured(rows):  # a table of skipped rows only has nothing to plot
-        plot(rows, figure, title or f"bridgegan bench on {peaks.get('device', '?')}")
-        files.append(figure)
+    chart = (plot_png(rows, title or f"bridgegan bench on {peaks.get('device', '?')}")
+             if measured(rows) else None)
+    write_files_atomic({table: csv_text(rows).encode(),
+                        data: json.dumps({"peaks": peaks, "rows": rows}, indent=1).encode(),
+                        figure: chart})
     (out / PARTIAL_CSV).unlink(missing_ok=True)  # the complete table replaces it
-    return files
+    return [table, data] + ([figure] if chart is not None else [])
 
 
-def plot(rows: list[dict], path: Path, title: str) -> None:
+def plot_png(rows: list[dict], title: str) -> bytes:
+    """The PNG of images/s against batch, one line per variant and workload, one panel per
+    workload and resolution."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -148,7 +151,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
-    write_file_atomic(path, buf.getvalue())
+    return buf.getvalue()
 
 
 def format_table(rows: list[dict]) -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from .. import progress
-from ..files import check_apart, check_file_targets, check_writable_folder
+from ..files import check_apart, check_writable_folder, prepare_file_targets
 from ..numerics import dtype_name
 from ..reference.checkpoint import SHIPPED, read_config
 from ..reference.data.grid import save_grid, save_png
@@ -75,7 +75,7 @@ def translate(args: argparse.Namespace) -> int:
     out = Path(args.out)
     names = output_names(args.input, args.samples, bool(edits), args.reference or [], out)
     check_writable_folder(out)
-    check_file_targets(out, [GRID, *(n for row in names for n in row)])
+    prepare_file_targets(out, [GRID, *(n for row in names for n in row)])
     for path in [*args.input, *(args.reference or [])]:  # before any work
         check_image_file(path)
     eng = Engine.from_checkpoint(args.checkpoint or SHIPPED, backend=args.backend,
@@ -98,6 +98,10 @@ def translate(args: argparse.Namespace) -> int:
             columns.append(eng.translate_reference(x, refs, attributes=attrs, source=ys,
                                                    strength=args.strength).cpu()[:, None])
         rows = torch.cat(columns, dim=1)  # (input, column, C, H, W)
+        # an earlier run's grid would show results this run replaces (a link stays: the
+        # grid is written through it)
+        if start == 0 and (out / GRID).is_file() and not (out / GRID).is_symlink():
+            (out / GRID).unlink()
         for row_names, row in zip(names[start:start + batch], rows[:, 1:]):
             for name, img in zip(row_names, row):  # atomic: an earlier run's file is
                 save_png(tensor_to_uint8(img), out / name)  # replaced whole or kept
@@ -124,7 +128,7 @@ def bench(args: argparse.Namespace) -> int:
     from .bench_results import BENCH_FILES, format_table, measured, write_results
 
     check_writable_folder(args.out)
-    check_file_targets(args.out, BENCH_FILES)
+    prepare_file_targets(args.out, BENCH_FILES)
     variants = parse_variants(args.variants) if args.variants else None
     if args.resolutions:
         resolutions = args.resolutions

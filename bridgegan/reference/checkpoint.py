@@ -44,14 +44,13 @@ class CheckpointError(ValueError):
 def write_tensors(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike,
                   metadata: dict[str, str] | None = None) -> None:
     """safetensors' ``save_file``, its errors (a full disk, a quota: a SafetensorError,
-    which no caller catching OSError would see) raised as an OSError naming ``path``, of
-    the system's error number where the message gives one ("os error 28")."""
+    which no caller catching OSError would see) raised as an OSError of the system's error
+    number where the message gives one ("os error 28"; the folder write names the file)."""
     try:
         save_file(dict(tensors), str(path), metadata=metadata)
     except SafetensorError as exc:
         code = re.search(r"os error (\d+)", str(exc))
-        raise OSError(int(code.group(1)) if code else errno.EIO,
-                      f"cannot write {Path(path).name}: {exc}") from None
+        raise OSError(int(code.group(1)) if code else errno.EIO, str(exc)) from None
 
 
 def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module,

@@ -90,9 +90,9 @@ class AttributeClassifier(nn.Module):
             writers[REPORT_FILE] = lambda p: p.write_text(json.dumps(report, indent=2))
         try:
             return write_folder_atomic(path, writers, replaces=SAVED_FILES)
-        except OSError as exc:  # a full disk, a quota: say which write failed
-            raise OSError(exc.errno, f"cannot write the classifier {path}: "
-                                     f"{exc.strerror} (nothing of it was kept)") from None
+        except OSError as exc:  # a full disk, a quota (the error names the file)
+            raise OSError(exc.errno, f"{exc.strerror or exc} (the classifier was not "
+                                     f"written: {path} is as it was)") from None
 
     @classmethod
     def load(cls, path: str | Path) -> "AttributeClassifier":

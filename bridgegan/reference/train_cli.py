@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from .. import threads
 from ..argtypes import Parser, absolute_path, add_device, positive_float
-from ..files import check_file_targets, check_writable_folder, write_file_atomic
+from ..files import check_writable_folder, prepare_file_targets, write_file_atomic
 from ..warning_filters import one_line_warnings
 from .config import INT_RANGES, BridgeGANConfig
 from .data import registry as data_registry
@@ -502,7 +502,7 @@ def _train(args: argparse.Namespace, info: DistInfo) -> int:
         out = Path(args.out)
         for folder in (out, out / "checkpoints", out / "samples"):  # before any work
             check_writable_folder(folder, "output folder")
-        check_file_targets(out, [RUN_FILE, METRICS_FILE])
+        prepare_file_targets(out, [RUN_FILE, METRICS_FILE])
         check_checkpoints(out)
         resume, init = _start(args, out)
         model_cfg, config, train_set, sample_set = _configs(args, resume, init)

@@ -384,10 +384,9 @@ class TrainState:
         }
         try:
             return save_checkpoint(path, self.inference_model, dtype=torch.float32, extra=extra)
-        except OSError as exc:  # a full disk, a quota: say which write failed
-            raise OSError(exc.errno, f"cannot write the checkpoint {path}: "
-                                     f"{exc.strerror or exc} (nothing of it was kept; earlier "
-                                     f"checkpoints are intact)") from None
+        except OSError as exc:  # a full disk, a quota (the error names the file)
+            raise OSError(exc.errno, f"{exc.strerror or exc} (the checkpoint {path} was not "
+                                     f"written; earlier checkpoints are intact)") from None
 
     def load_weights(self, path: str | os.PathLike, widen: bool = False) -> None:
         """Take the weights of checkpoint folder ``path`` (its model.safetensors) into the

@@ -563,7 +563,7 @@ def export_model(model: BridgeGAN, out: str | os.PathLike | None = None,
         # leftovers of killed writes first: a folder a killed swap moved aside comes back
         # (else it counts as missing and is then in the way), and temporary files inside
         # it (a TensorRT plan build's) would block the replacement of the folder
-        remove_stale(out.parent, out.name)
+        remove_stale(out.parent, [out.name])
         remove_stale(out)
         manifest, missing = _missing(out, model.config, key, pairs)
         if missing:

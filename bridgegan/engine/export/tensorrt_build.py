@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ... import __version__
-from ...files import read_small_text, sha256_hex, write_file_atomic
+from ...files import read_small_text, sha256_hex, write_file_atomic, write_files_atomic
 from ..backends.base import BackendUnavailable
 from .names import HEADS, PLAN_BATCHES, TENSORRT_PRECISIONS, TIMING_CACHE, WORKSPACE_GB
 from .onnx_export import io_spec, load_onnx
@@ -290,12 +290,13 @@ def build_plan(cfg: TrtBuildConfig, plan: str | os.PathLike,
     if serialized is None:
         raise RuntimeError(f"TensorRT could not build a plan from {cfg.onnx} (see its log)")
     data = bytes(serialized)
-    sidecar_path(plan).unlink(missing_ok=True)  # never beside a plan it was not written for
-    write_file_atomic(plan, data)
     sidecar = {**here, **cfg.to_dict(), "bridgegan_version": __version__,
                "onnx_sha256": sha256_hex(Path(cfg.onnx).read_bytes()),
                "plan_sha256": sha256_hex(data)}
-    write_file_atomic(sidecar_path(plan), (json.dumps(sidecar, indent=2) + "\n").encode())
+    # together: a failed write (a full disk) keeps the old pair; a kill between the two
+    # renames leaves a plan beside a sidecar of another hash, which is built again
+    write_files_atomic({plan: data,
+                        sidecar_path(plan): (json.dumps(sidecar, indent=2) + "\n").encode()})
     try:  # the plan stands without it: a cache that cannot be saved only slows the next build
         write_file_atomic(cache_file, bytes(config.get_timing_cache().serialize()))
     except OSError as exc:
