@@ -228,7 +228,7 @@ def _gather(results: list[dict], work: Path, out: Path, seconds: float) -> None:
     """The stages' results so far into out: gpu_check.json, bench.csv and .png, kernels.csv,
     profile.csv and .md (a lent machine returns at most eight files, two folders deep)."""
     from bridgegan.engine.bench_results import PARTIAL_CSV, csv_text, measured, plot_png
-    from bridgegan.files import write_file_atomic
+    from bridgegan.files import RowsFile, write_file_atomic
 
     engine_rows = []
     for sub in ("engine", "heuristics", "strip", "ablation", "compile"):
@@ -245,6 +245,8 @@ def _gather(results: list[dict], work: Path, out: Path, seconds: float) -> None:
                       ("kernels", work / "kernels" / "kernels.json"),
                       ("kernel_sweep", work / "sweep" / "kernels.json"),
                       ("engine_peaks", work / "engine" / "bench.json")):
+        if not path.is_file() and RowsFile(path).partial.is_file():  # a stage stopped
+            path, key = RowsFile(path).partial, f"{key}_partial"  # part-way: its rows so far
         if path.is_file():
             data = json.loads(path.read_text())
             report[key] = data.get("peaks", data) if key == "engine_peaks" else data

@@ -18,6 +18,7 @@ from .argtypes import (Parser, add_device, int_between, non_negative_float, non_
                        output_file, positive_float, positive_int, positive_int_list)
 from .engine import options as engine_options
 from .engine.export import cli as export_cli
+from .exits import Terminated, finish, terminated_raises
 from .reference import classifier_defaults, train_cli
 from .reference.presets import PAPER_RESOLUTION, PRESET_RESOLUTIONS
 from .reference.data import registry as data_registry
@@ -256,11 +257,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    if hasattr(args, "threads"):
-        threads.apply(args.threads)
     name = " ".join(filter(None, (args.command, getattr(args, "target", None))))  # export X
     try:
-        with one_line_warnings(name):
+        with terminated_raises(), one_line_warnings(name):
+            if hasattr(args, "threads"):
+                threads.apply(args.threads)  # imports torch: a Ctrl-C may come meanwhile
             return int(_run(args.command, args) or 0)
     except (ValueError, OSError, RuntimeError) as exc:
         if isinstance(exc, BrokenPipeError) and _stdout_closed():
@@ -270,6 +271,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C: a line, not a traceback (writes are atomic)
         print(f"bridgegan {name}: interrupted", file=sys.stderr)
         return 128 + signal.SIGINT
+    except Terminated:
+        print(f"bridgegan {name}: terminated (SIGTERM)", file=sys.stderr)
+        return 128 + signal.SIGTERM
 
 
 def _stdout_closed() -> bool:
@@ -291,8 +295,6 @@ def entry() -> None:
     Ctrl-C stopped (status 128 + SIGINT: an interruption, or a run that stopped on SIGINT)
     ends by SIGINT itself, its exit handlers run first: a shell stops a loop or script
     only for a child that SIGINT ended."""
-    from .exits import finish
-
     status = main()
     if status == 128 + signal.SIGINT:
         finish()

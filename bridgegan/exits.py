@@ -1,11 +1,40 @@
 """How a process that does not end through Python's own exit still ends cleanly: its exit
 handlers run and its output is flushed first, with the interpreter whole (a distributed
-run's ``os._exit``, the ``bridgegan`` command's end by SIGINT). Torch-free."""
+run's ``os._exit``, the ``bridgegan`` command's end by SIGINT); and SIGTERM unwinds what is
+under way, as Ctrl-C does. Torch-free."""
 from __future__ import annotations
 
 import atexit
 import contextlib
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+
+
+class Terminated(BaseException):
+    """SIGTERM (a scheduler's stop, `kill`), raised where the main thread is, as Ctrl-C's
+    KeyboardInterrupt is: what is under way unwinds, its ``finally`` and ``except
+    BaseException`` cleanups run (temporary files and locks removed), where Python's
+    default ends the process at once."""
+
+
+@contextlib.contextmanager
+def terminated_raises() -> Iterator[None]:
+    """SIGTERM raises ``Terminated`` inside (in the main thread; elsewhere no handler can
+    be set); the earlier handler is back after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated(signum)
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def finish() -> None:

@@ -96,10 +96,30 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def write_json_atomic(path: str | os.PathLike, value) -> Path:
-    """``value`` as indented JSON in ``path``, written as ``write_file_atomic`` writes:
-    for reports rewritten as they grow (a run stopped part-way keeps what it wrote)."""
-    return write_file_atomic(path, json.dumps(value, indent=1).encode())
+class RowsFile:
+    """A report's rows as JSON: while its run goes on, the rows so far in ``PATH.partial``
+    after each row (``save``), so that a run stopped part-way (a device call's limit,
+    Ctrl-C) keeps what it checked under a name that says it is a part; once the run is
+    complete (``done``), the rows in ``path`` and the partial file removed. ``path`` never
+    holds a part of a run, so whatever reads it (a CI job checking every row passed) never
+    takes a part for the whole; an earlier complete file stays until then. Each write is
+    atomic (``write_file_atomic``). Without ``path`` nothing is written."""
+
+    def __init__(self, path: str | os.PathLike | None):
+        self.path = None if path is None else Path(path)
+
+    @property
+    def partial(self) -> Path | None:
+        return None if self.path is None else self.path.with_name(self.path.name + ".partial")
+
+    def save(self, rows: list) -> None:
+        if self.path is not None:
+            write_file_atomic(self.partial, json.dumps(rows, indent=1).encode())
+
+    def done(self, rows: list) -> None:
+        if self.path is not None:
+            write_file_atomic(self.path, json.dumps(rows, indent=1).encode())
+            self.partial.unlink(missing_ok=True)
 
 
 JSON_LIMIT = 1 << 20  # the bytes a configuration file (JSON) that the project reads may hold

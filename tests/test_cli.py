@@ -48,6 +48,30 @@ def test_ctrl_c_ends_a_command_with_a_line_and_status_130(monkeypatch, capsys):
     assert capsys.readouterr().err == "bridgegan info: interrupted\n"
 
 
+def test_sigterm_unwinds_a_command_and_ends_it_with_a_line_and_status_143(monkeypatch, capsys,
+                                                                         tmp_path):
+    """SIGTERM (a scheduler's stop) ended a command at once, its cleanups not run: a
+    killed write's temporary file and an export's lock file stayed. It now unwinds as
+    Ctrl-C does (``finally`` runs), one line, status 143; the handler is the earlier one
+    after the command."""
+    import signal
+
+    from bridgegan import cli
+
+    before, unwound = signal.getsignal(signal.SIGTERM), []
+
+    def terminated(name, args):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(60)  # the handler's exception ends the sleep
+        finally:
+            unwound.append(name)
+    monkeypatch.setattr(cli, "_run", terminated)
+    assert main(["info"]) == 128 + signal.SIGTERM and unwound == ["info"]
+    assert capsys.readouterr().err == "bridgegan info: terminated (SIGTERM)\n"
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
 def test_an_interrupted_command_ends_by_sigint_for_the_shell():
     """The `bridgegan` command (``cli.entry``) ends an interrupted command by SIGINT after
     its line and exit handlers: with status 130 a shell loop went on to the next command."""
@@ -1085,7 +1109,7 @@ def test_translate_keeps_only_the_grids_rows_of_past_batches(tmp_path, monkeypat
     assert main(["translate", "--checkpoint", str(tmp_path / "ck"), "--input", *paths,
                  "--set", "Male=1", "--out", str(tmp_path / "out"), "--threads", "1",
                  "--batch-size", "1"]) == 0
-    assert len(batches) == 5 and alive == [1]  # the last batch, still in hand
+    assert len(batches) == 5 and alive == [0]  # the grid's rows are copies
 
 
 def test_training_docs_state_the_options_defaults():

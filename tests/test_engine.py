@@ -1336,15 +1336,17 @@ def test_bench_refuses_heuristics_beside_searched_rows_on_cuda():
 
 def test_a_backend_parity_case_that_raises_is_a_fail_row(monkeypatch, tmp_path):
     """One case that raises (say a CUDA-graph capture error) is a FAIL row naming the
-    error; the other cases still run and the table is still returned; the JSON file holds
-    the rows so far after each row (a stage stopped at its limit keeps them)."""
+    error; the other cases still run and the table is still returned; NAME.partial holds
+    the rows so far after each row (a stage stopped at its limit keeps them), NAME the
+    complete table."""
     from bridgegan.engine import parity
 
     real = parity.compare
     calls, path = [], tmp_path / "rows.json"
+    partial = tmp_path / "rows.json.partial"
 
     def compare(eng, *args, **kw):
-        calls.append((eng.backend, json.loads(path.read_text()) if path.exists() else None))
+        calls.append((eng.backend, json.loads(partial.read_text()) if partial.exists() else None))
         if eng.backend == "torch":
             raise RuntimeError("capture failed")
         return real(eng, *args, **kw)
@@ -1354,7 +1356,7 @@ def test_a_backend_parity_case_that_raises_is_a_fail_row(monkeypatch, tmp_path):
                                  variants=parse_variants("torch:float32,reference:float32"),
                                  verbose=False, written=path)
     assert calls == [("torch", None), ("reference", rows[:1])]
-    assert json.loads(path.read_text()) == rows
+    assert json.loads(path.read_text()) == rows and not partial.exists()
     assert rows[0]["status"] == "FAIL" and rows[0]["reason"] == "RuntimeError: capture failed"
     assert rows[1]["status"] == "PASS"
 

@@ -193,9 +193,11 @@ def test_bench_kernels_reports_no_speed_after_failed_parity(tmp_path, monkeypatc
 
 
 def test_kernel_parity_json_holds_the_rows_so_far(tmp_path, monkeypatch):
-    """The --json file is written after each row, so that a run stopped part-way (a device
-    call's limit) keeps what it checked: here the residual rows raise after the table and
-    the NaN rows."""
+    """The rows so far are written to NAME.partial after each row, so that a run stopped
+    part-way (a device call's limit) keeps what it checked: here the residual rows raise
+    after the table and the NaN rows. NAME itself holds only a complete run's (a CI job
+    reading it took a stopped run's all-PASS part for the whole), and an earlier one
+    stays."""
     from bridgegan.kernels import parity
 
     def stopped(*args):
@@ -203,11 +205,16 @@ def test_kernel_parity_json_holds_the_rows_so_far(tmp_path, monkeypatch):
 
     monkeypatch.setattr(parity, "_residual_rows", stopped)
     path = tmp_path / "rows.json"
+    path.write_text("[]")  # an earlier run's
     with pytest.raises(RuntimeError, match="stopped"):
         parity.check_ops("cpu", quick=True, impl="torch", written=path)
-    rows = json.loads(path.read_text())
+    rows = json.loads((tmp_path / "rows.json.partial").read_text())
     assert len(rows) > 2 * len(OPS) and rows[-1]["op"] == "spade_modulate[nan]"
-    assert all(r["ok"] for r in rows)
+    assert all(r["ok"] for r in rows) and path.read_text() == "[]"
+    monkeypatch.undo()
+    done = parity.check_ops("cpu", quick=True, impl="torch", written=path)
+    assert json.loads(path.read_text()) == json.loads(json.dumps(done))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rows.json"]
 
 
 @requires_triton

@@ -998,11 +998,14 @@ def test_resume_auto_without_a_checkpoint_starts_a_fresh_log(tmp_path):
     assert all("g/total" in r and r["g/total"] not in (1.0, 2.0) for r in _records(out))
 
 
-@pytest.mark.parametrize("sig, workers", [(signal.SIGTERM, "0"), (signal.SIGINT, "1")])
+@pytest.mark.parametrize("sig, workers", [(signal.SIGTERM, "0"), (signal.SIGTERM, "1"),
+                                         (signal.SIGINT, "1")])
 def test_a_signal_stops_training_with_a_checkpoint(tmp_path, sig, workers):
-    """SIGTERM, or Ctrl-C's SIGINT to the whole process group (data-loader workers too),
-    stops `bridgegan train` after the step under way with a checkpoint of it, no traceback;
-    exit status 128 + SIGTERM, or the end by SIGINT a shell's loop stops for."""
+    """SIGTERM or Ctrl-C's SIGINT to the whole process group (data-loader workers too: a
+    worker killed by SIGTERM failed the step, and the run ended, status 2, without its
+    checkpoint) stops `bridgegan train` after the step under way with a checkpoint of it,
+    no traceback; exit status 128 + SIGTERM, or the end by SIGINT a shell's loop stops
+    for."""
     out = tmp_path / "run"
     args = _train_args(out, "--log-every", "1", "--ckpt-every", "1000", "--steps", "100000")
     args[args.index("--workers") + 1] = workers

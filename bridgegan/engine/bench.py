@@ -395,8 +395,9 @@ def run_matrix(variants: list[Variant] | None, batches: list[int], resolutions: 
     rows: list[dict] = []
     bar = progress_bar(total=len(resolutions) * (len(variants) + len(workloads) * len(batches)),
                        show=progress, desc="bench", unit="step")
-    # timed as parity checked it: float32 means float32
-    with streamed(out) as stream, no_tf32():
+    # timed as parity checked it: float32 means float32; the bar closed before an error's
+    # line
+    with bar, streamed(out) as stream, no_tf32():
         for res in resolutions:
             model = _model(res, checkpoint, config_overrides)
             case = None
@@ -427,7 +428,6 @@ def run_matrix(variants: list[Variant] | None, batches: list[int], resolutions: 
                             stream(row)
                     bar.update()
             del ready  # this resolution's engines freed before the next one's
-    bar.close()
     peaks.update(load, load_1min_at_end=round(threads.load_average(), 2),
                  libraries=libraries(dev))
     add_ratios(rows)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import torch
@@ -55,6 +56,33 @@ def output_names(inputs: list[str], samples: int, edits: bool, references: list[
     return names
 
 
+def _translate_batch(eng, args: argparse.Namespace, start: int, batch: int,
+                     edits: dict[str, int], attrs: list[str] | None, refs: list,
+                     names: list[list[str]], out: Path) -> list[torch.Tensor]:
+    """Translate and write the inputs ``start`` .. ``start + batch``; their rows of the
+    grid (none past GRID_ROWS)."""
+    x = eng.load_images([open_rgb(p) for p in args.input[start:start + batch]])
+    ys = eng.classify(x)  # once for every column (each input's as it gets it alone)
+    columns = [x.cpu()[:, None]]
+    if edits:  # sample k's noise from seed + k alone: an input's results do not depend on
+        # the other inputs (or on --batch-size)
+        columns.append(eng.translate_samples(x, edits, args.samples, seed=args.seed,
+                                             strength=args.strength, source=ys).cpu())
+    if refs:
+        columns.append(eng.translate_reference(x, refs, attributes=attrs, source=ys,
+                                               strength=args.strength).cpu()[:, None])
+    rows = torch.cat(columns, dim=1)  # (input, column, C, H, W)
+    # an earlier run's grid would show results this run replaces (a link stays: the grid
+    # is written through it)
+    if start == 0 and (out / GRID).is_file() and not (out / GRID).is_symlink():
+        (out / GRID).unlink()
+    for row_names, row in zip(names[start:start + batch], rows[:, 1:]):
+        for name, img in zip(row_names, row):  # atomic: an earlier run's file is replaced
+            save_png(tensor_to_uint8(img), out / name)  # whole or kept
+    # a copy: a view (even of no rows) keeps the whole batch
+    return [rows[:GRID_ROWS - start].clone()] if start < GRID_ROWS else []
+
+
 def translate(args: argparse.Namespace) -> int:
     from .engine import Engine
 
@@ -83,32 +111,20 @@ def translate(args: argparse.Namespace) -> int:
     # K references shared by every input: a list of batches of one image each
     refs = [[eng.load_images([open_rgb(r)])] for r in args.reference or []]
     batch = args.batch_size or TRANSLATE_BATCH[eng.device.type]
-    grid_rows = []
-    bar = progress.bar(total=len(args.input), desc="translate", unit="image",
-                       show=len(args.input) > batch)
-    for start in range(0, len(args.input), batch):
-        x = eng.load_images([open_rgb(p) for p in args.input[start:start + batch]])
-        ys = eng.classify(x)  # once for every column (each input's as it gets it alone)
-        columns = [x.cpu()[:, None]]
-        if edits:  # sample k's noise from seed + k alone: an input's results do not depend
-            # on the other inputs (or on --batch-size)
-            columns.append(eng.translate_samples(x, edits, args.samples, seed=args.seed,
-                                                 strength=args.strength, source=ys).cpu())
-        if refs:
-            columns.append(eng.translate_reference(x, refs, attributes=attrs, source=ys,
-                                                   strength=args.strength).cpu()[:, None])
-        rows = torch.cat(columns, dim=1)  # (input, column, C, H, W)
-        # an earlier run's grid would show results this run replaces (a link stays: the
-        # grid is written through it)
-        if start == 0 and (out / GRID).is_file() and not (out / GRID).is_symlink():
-            (out / GRID).unlink()
-        for row_names, row in zip(names[start:start + batch], rows[:, 1:]):
-            for name, img in zip(row_names, row):  # atomic: an earlier run's file is
-                save_png(tensor_to_uint8(img), out / name)  # replaced whole or kept
-        if start < GRID_ROWS:  # a copy: a view (even of no rows) keeps the whole batch
-            grid_rows.append(rows[:GRID_ROWS - start].clone())
-        bar.update(len(x))
-    bar.close()
+    grid_rows, done = [], 0
+    try:
+        with progress.bar(total=len(args.input), desc="translate", unit="image",
+                          show=len(args.input) > batch) as bar:  # closed before an error's line
+            for start in range(0, len(args.input), batch):
+                grid_rows += _translate_batch(eng, args, start, batch, edits, attrs, refs,
+                                              names, out)
+                bar.update(min(start + batch, len(args.input)) - done)
+                done = bar.n
+    except BaseException:  # an error, Ctrl-C: what the folder holds now
+        if done:
+            print(f"translate: stopped with the results of {done} of {len(args.input)} "
+                  f"inputs written; {out / GRID} is not", file=sys.stderr)
+        raise
     grid = torch.cat(grid_rows)
     save_grid(grid.flatten(0, 1), out / GRID, nrow=grid.shape[1])
     shown = "" if len(args.input) <= GRID_ROWS else f", the first {GRID_ROWS} inputs"

@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from ..files import write_json_atomic
+from ..files import RowsFile
 from ..numerics import errors, float64_call, float64_model, psnr, tolerance
 from ..torch_flags import no_tf32
 from ..reference.config import BridgeGANConfig
@@ -66,8 +66,8 @@ def check_backends(device: str | None = None, config: BridgeGANConfig | None = N
     """One row per variant (None: the device's parity table): the engine's label-based
     translation against the float64 reference model; a variant that cannot run here (its
     backend absent, an option this device or dtype does not take) is a SKIP row that says
-    why. ``written``: a path the rows so far are written to (JSON, atomically) after each
-    row, so that a run stopped part-way keeps them."""
+    why. ``written``: the JSON file of the rows (``files.RowsFile``: the rows so far in
+    ``written.partial`` after each row, ``written`` once all are in)."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     variants = variants or parity_variants(dev)
     check_once("variant", [v.name for v in variants])
@@ -76,12 +76,11 @@ def check_backends(device: str | None = None, config: BridgeGANConfig | None = N
     model = BridgeGAN(cfg).eval()
     inputs = parity_inputs(cfg, batch)
     want = reference_translation(model, dev, inputs)
-    rows = []
+    rows, report = [], RowsFile(written)
 
     def add(row: dict) -> None:
         rows.append(row)
-        if written:
-            write_json_atomic(written, rows)
+        report.save(rows)
     for v in variants:
         case = dict(case=v.name, backend=v.backend, dtype=v.dtype, channels_last=v.channels_last,
                     cuda_graphs=v.cuda_graphs, streams=v.streams, device=str(dev))
@@ -106,6 +105,7 @@ def check_backends(device: str | None = None, config: BridgeGANConfig | None = N
             print(f"{v.name:32s} {'PASS' if result['ok'] else 'FAIL'}  max abs "
                   f"{result['max_abs']:.3e}  rel {result['rel']:.3e}  PSNR "
                   f"{result['psnr_db']:6.1f} dB  ({result['limit']})")
+    report.done(rows)
     return rows
 
 

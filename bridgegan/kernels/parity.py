@@ -26,7 +26,7 @@ import sys
 import torch
 
 from ..argtypes import add_device, output_file
-from ..files import write_json_atomic
+from ..files import RowsFile
 from ..numerics import SHORT_NAMES, dtype_name, errors, float64_call, same_nonfinite, tolerance
 from ..timing import time_calls
 from ..warning_filters import Silenced
@@ -231,8 +231,9 @@ def _default_impl(device: torch.device) -> tuple[str, str]:
 
 def check_ops(device=None, quick=False, impl=None, written=None) -> list[dict]:
     """Run the parity table; returns one dict per row (see the module docstring).
-    ``written``: a path the rows so far are written to (JSON, atomically) after each row
-    of the table and each group of special rows, so that a run stopped part-way keeps them."""
+    ``written``: the JSON file of the rows (``files.RowsFile``: the rows so far in
+    ``written.partial`` after each row of the table and each group of special rows,
+    ``written`` once all are in)."""
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
@@ -245,11 +246,7 @@ def check_ops(device=None, quick=False, impl=None, written=None) -> list[dict]:
     print(f"bridgegan kernel parity on {device}{name}: {note}")
     print(f"{'op':<38} {'dtype':<5} {'layout':<13} {'act':<10} {'shape':<18} {'impl/path':<13} "
           f"{'max_abs':>9} {'rel_err':>9} {'tol':>7}  result")
-    rows = []
-
-    def save() -> None:
-        if written:
-            write_json_atomic(written, rows)
+    rows, report = [], RowsFile(written)
     gen = torch.Generator(device=device).manual_seed(1234)
     acts = norm_act.ACTS
     dtypes = PARITY_DTYPES
@@ -280,10 +277,11 @@ def check_ops(device=None, quick=False, impl=None, written=None) -> list[dict]:
                                    reference64(op, x, kw, act), device, secs, ok=fmt_ok)
                         rows.append(row)
                         _print_row(row)
-                        save()
+                        report.save(rows)
     for special in (_nan_rows, _residual_rows, _tail_rows):
         rows += special(device, impl, gen)
-        save()
+        report.save(rows)
+    report.done(rows)
     bad = sum(not r["ok"] for r in rows)
     print(f"{len(rows) - bad}/{len(rows)} rows pass" + (f", {bad} FAIL" if bad else ""))
     return rows

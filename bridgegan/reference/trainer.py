@@ -51,11 +51,14 @@ from .train_state import (CHECKPOINTS, METRICS_FILE, Progress, TrainState,
 SHOWN = {"d/adv": "D adv", "g/adv": "G adv", "g/rec": "rec"}  # the terms progress shows
 
 
-def _worker_ignores_sigint(_worker_id: int) -> None:
-    """Data-loader workers ignore Ctrl-C (SIGINT reaches the whole process group): the
-    main process stops at the end of its step (``Trainer.request_stop``) and still needs
-    the batches of that step."""
+def _worker_ignores_stops(_worker_id: int) -> None:
+    """Data-loader workers ignore Ctrl-C's SIGINT and SIGTERM, which reach the whole process
+    group (a terminal; a scheduler's `kill -TERM -PGID`): the main process stops at the end
+    of its step (``Trainer.request_stop``) and still needs the batches of that step (a
+    worker that died of it failed the step, and the run ended without its checkpoint). A
+    worker whose main process is gone exits (torch's loader watches it)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def device_problem(name: str, distributed: bool) -> str | None:
@@ -243,7 +246,7 @@ class Trainer:
                             num_workers=self.config.workers,
                             pin_memory=self.device.type == "cuda",
                             persistent_workers=False,
-                            worker_init_fn=_worker_ignores_sigint if self.config.workers else None)
+                            worker_init_fn=_worker_ignores_stops if self.config.workers else None)
         return iter(loader)
 
     def read_batches(self, n: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:

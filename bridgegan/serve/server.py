@@ -224,7 +224,8 @@ def run_tritonserver(repository: str | os.PathLike, host: str = HOST,
                      read_timeout_secs: float = READ_TIMEOUT_S) -> int:
     """Run the bundled tritonserver on ``repository`` behind the front on ``host``'s ports
     (HTTP clients get ``read_timeout_secs`` for a request's header, then for its body)
-    until SIGINT / SIGTERM or its exit; its exit status."""
+    until SIGINT / SIGTERM (status 128 + the signal, as a command a signal stopped) or its
+    exit (its exit status)."""
     missing = [m for m in MODELS if not (Path(repository) / m / "config.pbtxt").is_file()]
     if missing:  # tritonserver would start, print its banner and exit 1
         raise ValueError(f"{repository} is not a model repository of `bridgegan serve "
@@ -234,7 +235,6 @@ def run_tritonserver(repository: str | os.PathLike, host: str = HOST,
     from .front import Front, fetch_specs
     from .http_client import wait_ready
 
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # startup: leave cleanly
     swept = sweep_leftovers()
     if swept:
         print(f"removed what {len(swept)} server(s) killed outright left: "
@@ -252,14 +252,21 @@ def run_tritonserver(repository: str | os.PathLike, host: str = HOST,
             # tritonserver gets its own
             with Front(fetch_specs(http), http, grpc, host, http_port, grpc_port,
                        read_timeout_secs, grace_s=exit_timeout_secs) as front:
+                stopped = []
+
                 def stop(sig, _):  # no new requests, then the server shuts down itself
+                    stopped.append(sig)
                     front.close()
                     proc.send_signal(signal.SIGINT)
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     signal.signal(sig, stop)
                 print(f"serving {', '.join(MODELS)} of {repository} on http://{host}:{http_port}"
                       f" and grpc {host}:{grpc_port}{_attribute_order(repository)}", flush=True)
-                return proc.wait()
+                status = proc.wait()
+                if not stopped:
+                    return status
+                print(f"stopped by {signal.Signals(stopped[0]).name}", flush=True)
+                return 128 + stopped[0]
         finally:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGINT)
