@@ -19,7 +19,7 @@ from PIL import Image
 from bridgegan.cli import main
 from bridgegan.engine import Engine
 from bridgegan.engine.engine import backend_dtype, default_channels_last
-from bridgegan.engine.bench_results import PARTIAL_CSV
+from bridgegan.engine.bench_results import FIELDS, PARTIAL_CSV
 from bridgegan.engine.options import BENCH_ROUNDS, BENCH_SAMPLES
 from bridgegan.engine.variants import Variant, default_variants, parity_variants
 from bridgegan.reference import BridgeGAN, save_checkpoint
@@ -666,6 +666,11 @@ def test_bench_interrupted_keeps_the_rows_measured_before(tmp_path, monkeypatch)
     _bench("torch:float32", batches=(1,), out=tmp_path)
     assert _csv_rows(tmp_path / f"bench.partial-{stamp}.csv") == measured
     assert _csv_rows(tmp_path / PARTIAL_CSV) == [("torch-float32", "1", "latency")]
+    # a run stopped before its first row leaves a header alone: not kept as rows
+    kept = sorted(p.name for p in tmp_path.iterdir())
+    (tmp_path / PARTIAL_CSV).write_text(",".join(FIELDS) + "\n")
+    _bench("torch:float32", batches=(1,), out=tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == kept
 
 
 def test_bench_times_the_variants_of_a_row_in_alternation(monkeypatch):

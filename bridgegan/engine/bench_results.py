@@ -8,6 +8,7 @@ import contextlib
 import csv
 import datetime as dt
 import io
+import itertools
 import json
 import os
 import sys
@@ -30,13 +31,13 @@ def streamed(out: str | Path | None):
     it, so that an interrupted run keeps every row measured (beside the last complete
     table, which stays until ``write_results`` replaces it); a no-op without ``out``. An
     interrupted run's rows found there are moved aside first (``partial_aside``), not
-    truncated."""
+    truncated (a header alone, of a run stopped before its first row, is not kept)."""
     if out is None:
         yield lambda row: None
         return
     Path(out).mkdir(parents=True, exist_ok=True)
     partial = Path(out) / PARTIAL_CSV
-    if partial.is_file():
+    if partial.is_file() and _has_rows(partial):
         aside = partial_aside(partial)
         os.replace(partial, aside)
         print(f"bench: kept an interrupted run's rows in {aside}", file=sys.stderr)
@@ -50,6 +51,12 @@ def streamed(out: str | Path | None):
             f.flush()
 
         yield add
+
+
+def _has_rows(table: Path) -> bool:
+    """Whether CSV file ``table`` holds a line past its header."""
+    with open(table, newline="") as f:
+        return len(list(itertools.islice(f, 2))) > 1
 
 
 def partial_aside(partial: Path) -> Path:
