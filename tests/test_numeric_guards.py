@@ -76,6 +76,24 @@ def test_results_that_overflow_the_dtype_raise_instead_of_returning_nan():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_the_output_check_finds_one_nan_or_inf_and_passes_large_finite_values(dtype):
+    """check_output sums the output (one reduction, no boolean tensor): one NaN or Inf
+    anywhere raises, naming how many; finite values whose sum overflows float32 pass."""
+    from bridgegan.engine.engine import check_output
+
+    gen = torch.Generator().manual_seed(3)
+    out = (torch.rand(4, 3, 8, 8, generator=gen) * 2 - 1).to(dtype)
+    assert check_output(out, dtype, "torch") is out
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        broken = out.clone()
+        broken.view(-1)[int(torch.randint(out.numel(), (1,), generator=gen))] = bad
+        with pytest.raises(NonFiniteOutputError, match=r"NaN or Inf in 1 of 768 output"):
+            check_output(broken, dtype, "torch")
+    big = torch.full((4, 3, 8, 8), torch.finfo(dtype).max, dtype=dtype)
+    assert check_output(big, dtype, "torch") is big  # float32, bfloat16: its sum is Inf
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("value", [3.3, 100.1, -1e4])
 def test_torch_path_normalises_constant_planes_to_exactly_zero(dtype, value):
     """A constant plane's deviations are 0; unshifted, the float32 mean's rounding times

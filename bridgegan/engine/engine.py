@@ -22,6 +22,7 @@ reaching the caller.
 from __future__ import annotations
 
 import functools
+import math
 import numbers
 import os
 import threading
@@ -154,8 +155,12 @@ def check_output(out: torch.Tensor, dtype: torch.dtype, backend: str) -> torch.T
     """``out`` unless it holds NaN or Inf (one reduction and one host sync per call):
     then a NonFiniteOutputError, so that no NaN image reaches a caller, a file or a
     client silently."""
-    if not bool(torch.isfinite(out).all()):
-        bad = int((~torch.isfinite(out)).sum())
+    # a sum is NaN or Inf where any value is (no boolean tensor to fill and reduce); one
+    # that overflowed float32 alone is looked at value by value
+    if math.isfinite(out.sum(dtype=torch.float32).item()):
+        return out
+    bad = int((~torch.isfinite(out)).sum())
+    if bad:
         raise NonFiniteOutputError(
             f"the model computed NaN or Inf in {bad} of {out.numel()} output values "
             f"({backend} backend, {dtype_name(dtype)}) from valid inputs: its activations "
@@ -538,8 +543,8 @@ class Engine:
         if noise is not None and seed is not None:  # a seed would be silently ignored
             raise ValueError("give noise or seed, not both (a seed draws the noise)")
         seed = _seeds(seed, n)
-        if noise is None:
-            noise = draw_noise(n, self.config.noise_dim, seed)
+        if noise is None:  # N(0, 1) draws: finite, and far inside the bound
+            return draw_noise(n, self.config.noise_dim, seed).to(self.device, torch.float32)
         noise = _as_tensor(noise, "noise", torch.float64)  # bounded before float32 rounds
         if noise.shape != (n, self.config.noise_dim):
             raise ValueError(f"noise must have shape ({n}, {self.config.noise_dim}), "
