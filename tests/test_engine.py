@@ -7,6 +7,7 @@ import os
 import re
 import threading
 from dataclasses import fields
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -1207,6 +1208,28 @@ def test_heap_trimmer_trims_once_resident_memory_grew_past_its_slack():
     trimmer = HeapTrimmer(slack=100, trim=trims.append, resident=unreadable)
     trimmer()  # the run goes on; no trim from then on
     assert trimmer.trim is None and trims == [0, 0]
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="needs Linux's /proc")
+def test_resident_size_is_the_reading_processs_own_after_a_fork():
+    """resident_bytes keeps /proc/self/statm open; "self" is the process that opened it,
+    so a forked child must open its own: a child that grows by 64 MB sees it."""
+    from bridgegan.engine.backends.onnxruntime import resident_bytes
+
+    resident_bytes()  # the parent's file, open now
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its growth, then leave without Python's exit
+        before = resident_bytes()
+        grown = bytearray(64 << 20)
+        grown[::4096] = b"\1" * len(grown[::4096])  # every page touched
+        os.write(write, str(resident_bytes() - before).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as f:
+        growth = int(f.read())
+    assert os.waitpid(pid, 0)[1] == 0
+    assert growth >= 60 << 20, growth
 
 
 def test_onnxruntime_runs_release_freed_memory(tmp_path, monkeypatch):
