@@ -292,14 +292,16 @@ def _stdout_closed() -> bool:
 
 def entry() -> None:
     """The ``bridgegan`` command: ``main``'s status as the process's, except that a command
-    Ctrl-C stopped (status 128 + SIGINT: an interruption, or a run that stopped on SIGINT)
-    ends by SIGINT itself, its exit handlers run first: a shell stops a loop or script
-    only for a child that SIGINT ended."""
+    a signal stopped (status 128 + SIGINT or SIGTERM: an interruption, or a run that
+    stopped on the signal) ends by the signal itself, its exit handlers run first: a shell
+    stops a loop or script only for a child that SIGINT ended, and a service manager
+    (systemd) takes an end by SIGTERM, not status 143, for a clean stop."""
     status = main()
-    if status == 128 + signal.SIGINT:
-        finish()
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGINT)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        if status == 128 + sig:
+            finish()
+            signal.signal(sig, signal.SIG_DFL)
+            os.kill(os.getpid(), sig)
     sys.exit(status)
 
 

@@ -97,28 +97,30 @@ def sha256_hex(data: bytes) -> str:
 
 
 class RowsFile:
-    """A report's rows as JSON: while its run goes on, the rows so far in ``PATH.partial``
-    after each row (``save``), so that a run stopped part-way (a device call's limit,
-    Ctrl-C) keeps what it checked under a name that says it is a part; once the run is
-    complete (``done``), the rows in ``path`` and the partial file removed. ``path`` never
-    holds a part of a run, so whatever reads it (a CI job checking every row passed) never
-    takes a part for the whole; an earlier complete file stays until then. Each write is
-    atomic (``write_file_atomic``). Without ``path`` nothing is written."""
+    """A check's rows as JSON in ``path``, which only ever holds one complete run's rows:
+    whatever reads it (a CI job checking that every row passed) never takes a part of a
+    run, nor an earlier run's rows, for this run's. An earlier run's ``path`` is removed as
+    the run starts; the rows so far go to ``PATH.partial`` after each row (``save``), so
+    that a run stopped part-way (a device call's limit, Ctrl-C) keeps what it checked,
+    named as a part; ``done`` writes ``path`` and removes the partial file. A path written
+    into rather than replaced (/dev/stdout, a pipe, a link) gets the rows once, at the end.
+    Writes are atomic (``write_file_atomic``). Without ``path`` nothing is written."""
 
     def __init__(self, path: str | os.PathLike | None):
         self.path = None if path is None else Path(path)
-
-    @property
-    def partial(self) -> Path | None:
-        return None if self.path is None else self.path.with_name(self.path.name + ".partial")
+        self.partial = None
+        if self.path is not None and not _written_into(self.path):
+            self.partial = self.path.with_name(self.path.name + ".partial")
+            self.path.unlink(missing_ok=True)
 
     def save(self, rows: list) -> None:
-        if self.path is not None:
+        if self.partial is not None:
             write_file_atomic(self.partial, json.dumps(rows, indent=1).encode())
 
     def done(self, rows: list) -> None:
         if self.path is not None:
             write_file_atomic(self.path, json.dumps(rows, indent=1).encode())
+        if self.partial is not None:
             self.partial.unlink(missing_ok=True)
 
 
@@ -139,6 +141,13 @@ def read_small_text(path: str | os.PathLike, limit: int = JSON_LIMIT) -> str:
 
 _DESCRIPTOR = re.compile(r"^/(?:dev/fd|proc/self/fd)/(\d+)$")  # a descriptor's own path
 _STANDARD = {"/dev/stdin": 0, "/dev/stdout": 1, "/dev/stderr": 2}
+
+
+def _written_into(path: Path) -> bool:
+    """Whether a write goes into ``path`` rather than replacing it (``write_file_atomic``):
+    a descriptor's path, a link, a device or a pipe."""
+    return _descriptor(path) is not None or path.is_symlink() or (
+        path.exists() and not path.is_file() and not path.is_dir())
 
 
 def _descriptor(path: Path) -> int | None:
@@ -165,7 +174,9 @@ def write_files_atomic(contents: Mapping[str | os.PathLike, bytes | None]) -> li
     sidecar), each written as ``write_file_atomic`` writes one, and none put in place
     before every one is complete: a failure while writing (a full disk) leaves them all as
     they were, not some new and some old. A None removes a file the set no longer holds,
-    once the others are in place. Returns the paths."""
+    once the others are in place. Returns the paths. (A file written into rather than
+    replaced, a link say, is written as the set is staged; and only a failure among the
+    renames could leave the earlier ones new.)"""
     paths = [Path(p) for p in contents]
     staged: list[tuple[Path, Path]] = []  # (temporary, path)
     try:
@@ -189,11 +200,16 @@ def write_files_atomic(contents: Mapping[str | os.PathLike, bytes | None]) -> li
 
 
 def _named(path: Path, fn: Callable, *args):
-    """``fn(*args)``, an OSError of it raised naming ``path``."""
+    """``fn(*args)``, an OSError of it raised naming ``path``, and the file it names where
+    that is neither ``path`` nor a temporary one (a copy's missing source)."""
     try:
         return fn(*args)
     except OSError as exc:
-        raise OSError(exc.errno, f"cannot write {path}: {exc.strerror or exc}") from None
+        about = exc.filename
+        other = about is not None and Path(about) != path and not any(
+            _LEFTOVER.match(part) for part in Path(about).parts)
+        raise OSError(exc.errno, f"cannot write {path}: {exc.strerror or exc}"
+                                 + (f" ({about})" if other else "")) from None
 
 
 def _stage(path: Path, data: bytes) -> Path | None:
@@ -208,7 +224,7 @@ def _stage(path: Path, data: bytes) -> Path | None:
         while view:
             view = view[os.write(fd, view):]
         return None
-    if path.is_symlink() or (path.exists() and not path.is_file() and not path.is_dir()):
+    if _written_into(path):
         with open(path, "wb") as f:
             f.write(data)
         return None
@@ -562,7 +578,9 @@ def prepare_file_targets(folder: str | os.PathLike, names: Iterable[str],
             raise ValueError(f"{what} {folder} holds a folder {name} where this command "
                              f"writes a file: move it, or choose another {what}")
         check_name_fits(Path(folder) / name, what)
-    remove_stale(folder, names)
+    # another user's leftovers (a shared folder's) stay: temporary names never collide
+    with contextlib.suppress(PermissionError):
+        remove_stale(folder, names)
 
 
 def check_name_fits(path: str | os.PathLike, what: str = "") -> None:

@@ -58,34 +58,44 @@ def test_sigterm_unwinds_a_command_and_ends_it_with_a_line_and_status_143(monkey
 
     from bridgegan import cli
 
-    before, unwound = signal.getsignal(signal.SIGTERM), []
+    unhandled, unwound = [], []
 
     def terminated(name, args):
         try:
             os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(60)  # the handler's exception ends the sleep
+            time.sleep(5)  # the handler's exception ends the sleep
         finally:
             unwound.append(name)
     monkeypatch.setattr(cli, "_run", terminated)
-    assert main(["info"]) == 128 + signal.SIGTERM and unwound == ["info"]
+    mine = lambda *_: unhandled.append(1)  # noqa: E731 - what ends pytest otherwise
+    before = signal.signal(signal.SIGTERM, mine)
+    try:
+        assert main(["info"]) == 128 + signal.SIGTERM and unwound == ["info"] and not unhandled
+        assert signal.getsignal(signal.SIGTERM) is mine  # the earlier handler, back
+    finally:
+        signal.signal(signal.SIGTERM, before)
     assert capsys.readouterr().err == "bridgegan info: terminated (SIGTERM)\n"
-    assert signal.getsignal(signal.SIGTERM) is before
 
 
-def test_an_interrupted_command_ends_by_sigint_for_the_shell():
-    """The `bridgegan` command (``cli.entry``) ends an interrupted command by SIGINT after
-    its line and exit handlers: with status 130 a shell loop went on to the next command."""
+@pytest.mark.parametrize("raised, sig, line", [
+    ("KeyboardInterrupt", "SIGINT", "interrupted"),
+    ("cli.Terminated(15)", "SIGTERM", "terminated (SIGTERM)")])
+def test_a_command_a_signal_stopped_ends_by_the_signal(raised, sig, line):
+    """The `bridgegan` command (``cli.entry``) ends a command Ctrl-C or SIGTERM stopped by
+    that signal after its line and exit handlers: with status 130 a shell loop went on to
+    the next command, and systemd takes status 143 for a failure, an end by SIGTERM for a
+    clean stop."""
     import signal
 
     code = ("import atexit\nfrom bridgegan import cli\n"
             "atexit.register(lambda: print('exit handlers ran', flush=True))\n"
-            "def interrupted(name, args):\n    raise KeyboardInterrupt\n"
+            f"def interrupted(name, args):\n    raise {raised}\n"
             "cli._run = interrupted\nimport sys\nsys.argv = ['bridgegan', 'info']\n"
             "cli.entry()\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120)
-    assert done.returncode == -signal.SIGINT, done
-    assert done.stderr == "bridgegan info: interrupted\n" and done.stdout == "exit handlers ran\n"
+    assert done.returncode == -getattr(signal, sig), done
+    assert done.stderr == f"bridgegan info: {line}\n" and done.stdout == "exit handlers ran\n"
 
 
 def test_help_imports_no_torch():
@@ -1048,6 +1058,33 @@ def checkpoint_and_faces(tmp_path, n: int, seed: int) -> list[str]:
     for p in paths:
         Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(p)
     return paths
+
+
+def test_translate_stopped_part_way_says_what_it_wrote(tmp_path, monkeypatch, capsys):
+    """Ctrl-C after the first of three batches: the line says how many inputs' results
+    are in --out (the rest are an earlier run's, or none) and that the grid is not; the
+    earlier run's grid, which showed other results, is gone."""
+    from bridgegan.engine import commands
+
+    paths = checkpoint_and_faces(tmp_path, 3, seed=4)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "grid.png").write_bytes(b"an earlier run's grid")
+    real, calls = commands._translate_batch, []
+
+    def batch(*args):
+        calls.append(1)
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        return real(*args)
+    monkeypatch.setattr(commands, "_translate_batch", batch)
+    assert main(["translate", "--checkpoint", str(tmp_path / "ck"), "--input", *paths,
+                 "--set", "Male=1", "--out", str(out), "--threads", "1",
+                 "--batch-size", "1"]) == 130
+    assert capsys.readouterr().err.splitlines()[-2:] == [
+        f"translate: stopped with the results of 1 of 3 inputs written; {out / 'grid.png'} "
+        f"is not", "bridgegan translate: interrupted"]
+    assert sorted(p.name for p in out.iterdir()) == ["face0_edit1.png"]
 
 
 def test_translate_runs_in_batches_with_the_results_of_one(tmp_path, monkeypatch, capsys):

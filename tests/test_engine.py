@@ -1220,11 +1220,13 @@ def test_resident_size_is_the_reading_processs_own_after_a_fork():
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: report its growth, then leave without Python's exit
-        before = resident_bytes()
-        grown = bytearray(64 << 20)
-        grown[::4096] = b"\1" * len(grown[::4096])  # every page touched
-        os.write(write, str(resident_bytes() - before).encode())
-        os._exit(0)
+        try:
+            before = resident_bytes()
+            grown = bytearray(64 << 20)
+            grown[::4096] = b"\1" * len(grown[::4096])  # every page touched
+            os.write(write, str(resident_bytes() - before).encode())
+        finally:
+            os._exit(0)
     os.close(write)
     with os.fdopen(read) as f:
         growth = int(f.read())

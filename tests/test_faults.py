@@ -450,6 +450,19 @@ def test_a_folder_write_stopped_by_the_file_size_limit_names_the_file(tmp_path):
     assert leftovers(tmp_path) == []
 
 
+def test_a_folder_write_names_a_copys_missing_source_too(tmp_path):
+    """Naming the file a folder write failed on dropped the name of the file it copies
+    from, where that was the one missing."""
+    from bridgegan.files import link_or_copy
+
+    source = tmp_path / "plans" / "trunk.plan"
+    with pytest.raises(FileNotFoundError) as failed:
+        write_folder_atomic(tmp_path / "repo", {"1/model.plan": link_or_copy(source)})
+    assert str(failed.value) == (f"[Errno 2] cannot write {tmp_path / 'repo' / '1/model.plan'}: "
+                                 f"No such file or directory ({source})")
+    assert sorted(os.listdir(tmp_path)) == []
+
+
 def test_files_written_together_are_all_old_or_all_new(tmp_path, monkeypatch):
     """bench's table, data and plot were written one by one: a full disk at the plot left
     the new table beside the last run's plot. Written together, a failure keeps all three;
@@ -485,6 +498,23 @@ def test_files_written_together_are_all_old_or_all_new(tmp_path, monkeypatch):
     assert [p.name for p in write_results(skipped, {}, tmp_path)] == list(RESULT_FILES[:2])
     assert sorted(os.listdir(tmp_path)) == sorted(RESULT_FILES[:2])
     assert (tmp_path / "bench.csv").read_bytes() != old["bench.csv"]
+
+
+def test_rows_written_into_a_link_go_there_once_with_no_partial_file(tmp_path):
+    """parity --json accepts what a write goes into (a link, /dev/stdout): its rows go
+    there once, complete, and no NAME.partial is made beside it (/dev/stdout.partial
+    would be a file in /dev)."""
+    from bridgegan.files import RowsFile
+
+    target, link = tmp_path / "kept" / "rows.json", tmp_path / "rows.json"
+    target.parent.mkdir()
+    link.symlink_to(target)
+    rows = RowsFile(link)
+    rows.save([{"case": "a"}])
+    assert sorted(os.listdir(tmp_path)) == ["kept", "rows.json"] and not target.exists()
+    rows.done([{"case": "a"}, {"case": "b"}])
+    assert link.is_symlink() and json.loads(target.read_text()) == [{"case": "a"}, {"case": "b"}]
+    assert sorted(os.listdir(tmp_path)) == ["kept", "rows.json"]
 
 
 def test_a_commands_output_folder_loses_what_killed_writes_left(tmp_path):

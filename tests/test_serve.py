@@ -1915,9 +1915,8 @@ def test_shutdown_under_load_and_busy_port(ckpt, tmp_path):
         regions = shm_regions(server.proc.pid)
         assert len(regions) == len(MODELS) and all(r.exists() for r in regions), regions
         server.proc.send_signal(signal.SIGTERM)
-        # the status of a command SIGTERM stopped (tritonserver's own, 0, ended shell loops
-        # and supervisors' restart rules on a clean exit)
-        assert server.proc.wait(timeout=60) == 128 + signal.SIGTERM  # wait: a hang guard
+        # ended by SIGTERM, as a command SIGTERM stopped (it exited with tritonserver's 0)
+        assert server.proc.wait(timeout=60) == -signal.SIGTERM  # wait: a hang guard
         loader.join()
     # a clean exit within --exit-timeout-secs: tritonserver did not have to give up on requests
     assert "Exit timeout expired" not in server.log_tail(20000), server.log_tail()

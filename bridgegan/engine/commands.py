@@ -118,8 +118,9 @@ def translate(args: argparse.Namespace) -> int:
             for start in range(0, len(args.input), batch):
                 grid_rows += _translate_batch(eng, args, start, batch, edits, attrs, refs,
                                               names, out)
-                bar.update(min(start + batch, len(args.input)) - done)
-                done = bar.n
+                written = min(start + batch, len(args.input))
+                bar.update(written - done)
+                done = written
     except BaseException:  # an error, Ctrl-C: what the folder holds now
         if done:
             print(f"translate: stopped with the results of {done} of {len(args.input)} "

@@ -224,8 +224,8 @@ def run_tritonserver(repository: str | os.PathLike, host: str = HOST,
                      read_timeout_secs: float = READ_TIMEOUT_S) -> int:
     """Run the bundled tritonserver on ``repository`` behind the front on ``host``'s ports
     (HTTP clients get ``read_timeout_secs`` for a request's header, then for its body)
-    until SIGINT / SIGTERM (status 128 + the signal, as a command a signal stopped) or its
-    exit (its exit status)."""
+    until SIGINT / SIGTERM (status 128 + the signal, as a command a signal stopped, unless
+    tritonserver's own shutdown failed: its status) or its exit (its exit status)."""
     missing = [m for m in MODELS if not (Path(repository) / m / "config.pbtxt").is_file()]
     if missing:  # tritonserver would start, print its banner and exit 1
         raise ValueError(f"{repository} is not a model repository of `bridgegan serve "
@@ -263,7 +263,7 @@ def run_tritonserver(repository: str | os.PathLike, host: str = HOST,
                 print(f"serving {', '.join(MODELS)} of {repository} on http://{host}:{http_port}"
                       f" and grpc {host}:{grpc_port}{_attribute_order(repository)}", flush=True)
                 status = proc.wait()
-                if not stopped:
+                if not stopped or status:
                     return status
                 print(f"stopped by {signal.Signals(stopped[0]).name}", flush=True)
                 return 128 + stopped[0]
