@@ -18,7 +18,7 @@ from .argtypes import (Parser, add_device, int_between, non_negative_float, non_
                        output_file, positive_float, positive_int, positive_int_list)
 from .engine import options as engine_options
 from .engine.export import cli as export_cli
-from .exits import Terminated, finish, terminated_raises
+from .exits import Terminated, finish, signals_deferred, terminated_raises
 from .reference import classifier_defaults, train_cli
 from .reference.presets import PAPER_RESOLUTION, PRESET_RESOLUTIONS
 from .reference.data import registry as data_registry
@@ -246,9 +246,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(name: str, args: argparse.Namespace) -> int:
-    """Import the module of command ``name`` and run it."""
+    """Import the module of command ``name`` (torch with it, and ``--threads`` applied;
+    a Ctrl-C meanwhile acts once they are in: ``signals_deferred``) and run it."""
     module, _, func = next(c.run for c in COMMANDS if c.name == name).partition(":")
-    return getattr(importlib.import_module(module, __package__), func)(args)
+    with signals_deferred():
+        if hasattr(args, "threads"):
+            threads.apply(args.threads)
+        run = getattr(importlib.import_module(module, __package__), func)
+    return run(args)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -260,8 +265,6 @@ def main(argv: list[str] | None = None) -> int:
     name = " ".join(filter(None, (args.command, getattr(args, "target", None))))  # export X
     try:
         with terminated_raises(), one_line_warnings(name):
-            if hasattr(args, "threads"):
-                threads.apply(args.threads)  # imports torch: a Ctrl-C may come meanwhile
             return int(_run(args.command, args) or 0)
     except (ValueError, OSError, RuntimeError) as exc:
         if isinstance(exc, BrokenPipeError) and _stdout_closed():

@@ -20,6 +20,26 @@ class Terminated(BaseException):
 
 
 @contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """SIGINT and SIGTERM that come inside are noted, then raised again as it ends, for
+    the handlers outside to act on: torch's import swallows the KeyboardInterrupt of a
+    Ctrl-C that comes while it runs (about a second), and the command ran to its end."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    signums = (signal.SIGINT, signal.SIGTERM)
+    old = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in signums}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+    if caught:
+        signal.raise_signal(caught[0])
+
+
+@contextlib.contextmanager
 def terminated_raises() -> Iterator[None]:
     """SIGTERM raises ``Terminated`` inside (in the main thread; elsewhere no handler can
     be set); the earlier handler is back after."""

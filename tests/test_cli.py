@@ -77,6 +77,27 @@ def test_sigterm_unwinds_a_command_and_ends_it_with_a_line_and_status_143(monkey
     assert capsys.readouterr().err == "bridgegan info: terminated (SIGTERM)\n"
 
 
+def test_a_signal_during_a_commands_imports_acts_once_they_are_in():
+    """A Ctrl-C while torch imported (a command's first second) was swallowed by the
+    import, and the command ran to its end: signals inside ``signals_deferred`` (the
+    command's imports) are noted and raised again as it ends."""
+    import signal
+
+    from bridgegan.exits import Terminated, signals_deferred, terminated_raises
+
+    went_on = []
+    with pytest.raises(KeyboardInterrupt):
+        with signals_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            went_on.append("SIGINT")
+    with pytest.raises(Terminated), terminated_raises():
+        with signals_deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            went_on.append("SIGTERM")
+    assert went_on == ["SIGINT", "SIGTERM"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 @pytest.mark.parametrize("raised, sig, line", [
     ("KeyboardInterrupt", "SIGINT", "interrupted"),
     ("cli.Terminated(15)", "SIGTERM", "terminated (SIGTERM)")])
