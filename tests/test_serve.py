@@ -17,6 +17,8 @@ import importlib.util
 import json
 import os
 import re
+import shutil
+import signal
 import socket
 import socketserver
 import stat
@@ -1889,7 +1891,6 @@ def shm_regions(pid: int) -> list[Path]:
 
 @needs_serve
 def test_shutdown_under_load_and_busy_port(ckpt, tmp_path):
-    import signal
     import socket
 
     from bridgegan.serve.process import ServerProcess
@@ -1939,7 +1940,6 @@ def test_a_killed_front_takes_tritonserver_and_its_stubs_with_it(ckpt, tmp_path)
     SIGTERM (PR_SET_PDEATHSIG): it shuts down, its stubs and their shared memory with it.
     What stays (the private folders, named with the killed front's pid) is kept while
     tritonserver runs (it holds their locks too) and swept once it has gone."""
-    import signal
 
     from bridgegan.serve import server as serve_server
     from bridgegan.serve.process import ServerProcess
@@ -2020,6 +2020,46 @@ def test_a_sweep_removes_only_unheld_leftovers_of_this_user(tmp_path):
     assert (temp / f"{serve_server.WORKDIR_PREFIX}1-file").is_file()
     assert (temp / f"{serve_server.WORKDIR_PREFIX}2-link").is_symlink()
     assert serve_server.sweep_leftovers(temp, shm) == [running]  # its server gone
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir() or not shutil.which("bash"),
+                    reason="needs Linux's /proc and bash")
+def test_a_sweep_ends_stubs_that_alone_hold_a_dead_servers_lock(tmp_path):
+    """A front killed while its models loaded left the python-backend stubs deadlocked in
+    Triton's shutdown, holding its folder's lock (and ~735 MB) for good, so no sweep
+    removed it: stubs that alone hold a lock are killed and the folder goes. A lock that
+    another process holds too (a running tritonserver or front) keeps all of them."""
+    import fcntl
+
+    from bridgegan.serve import server as serve_server
+
+    temp = tmp_path / "tmp"
+    folder = temp / f"{serve_server.WORKDIR_PREFIX}123-abcdefgh"
+    (folder / "models").mkdir(parents=True)
+    lock = folder / serve_server.ALIVE
+    lock.touch()
+    fd = os.open(lock, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_SH)  # what the front passed on to tritonserver, its stubs
+    stub = subprocess.Popen(["bash", "-c", f"exec -a /opt/tritonserver/backends/python/"
+                                           f"{serve_server.STUB} sleep 300"], pass_fds=[fd])
+    server = subprocess.Popen(["sleep", "300"], pass_fds=[fd])  # tritonserver, say
+    os.close(fd)
+    try:
+        deadline = time.monotonic() + 60  # a hang guard: until bash has become the stub
+        while not serve_server._is_stub(stub.pid):
+            assert time.monotonic() < deadline and stub.poll() is None
+            time.sleep(0.01)
+        assert serve_server.sweep_leftovers(temp, tmp_path) == []  # its server runs
+        assert stub.poll() is None and server.poll() is None
+        server.kill()
+        server.wait()
+        assert serve_server.sweep_leftovers(temp, tmp_path) == [folder]
+        assert stub.wait(timeout=60) == -signal.SIGKILL and not folder.exists()
+    finally:
+        for proc in (stub, server):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
 
 def test_a_private_folder_is_locked_while_in_use_and_removed_after(tmp_path, monkeypatch):

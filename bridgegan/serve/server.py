@@ -28,6 +28,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -166,23 +167,68 @@ def _private_folder(prefix: str) -> Iterator[str]:
             os.close(fd)
 
 
+STUB = "triton_python_backend_stub"  # the python backend's model processes
+STUB_EXIT_S = 10.0  # how long a sweep waits for the stubs it killed to let go of a lock
+
+
 def _unheld(folder: Path) -> bool:
     """Whether ``folder`` is this user's private folder whose ALIVE lock nobody holds (no
-    server takes a dead one up again: every server makes a folder of a new name). A
-    folder without one (another version's, or being made) is not known dead."""
+    server takes a dead one up again: every server makes a folder of a new name), once
+    stubs holding it alone are ended (``_end_orphaned_stubs``). A folder without one
+    (another version's, or being made) is not known dead."""
     try:
         st = os.lstat(folder)
-        return (stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid()
-                and not held(folder / ALIVE))
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+            return False
+        return not held(folder / ALIVE) or _end_orphaned_stubs(folder / ALIVE)
     except OSError:
         return False
+
+
+def _end_orphaned_stubs(lock: Path) -> bool:
+    """Kill (SIGKILL) the processes holding ``lock`` open when every one is a python
+    backend stub of this user: a front killed while its models loaded left them
+    deadlocked in Triton's own shutdown, holding the lock and about 735 MB for good (its
+    tritonserver and the front, which hold the lock while they run, gone). Whether the
+    lock is free then. Linux's /proc; elsewhere nothing is killed."""
+    holders = _holders(lock)
+    if not holders or not all(_is_stub(pid) for pid in holders):
+        return False
+    for pid in holders:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + STUB_EXIT_S
+    while held(lock) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not held(lock)
+
+
+def _holders(path: Path) -> list[int]:
+    """The processes of this user with ``path`` open (Linux's /proc/PID/fd)."""
+    pids = []
+    for fds in Path("/proc").glob("[0-9]*/fd"):
+        with contextlib.suppress(OSError):  # another user's, or gone meanwhile
+            if fds.stat().st_uid == os.getuid() and any(
+                    os.readlink(fd) == str(path) for fd in fds.iterdir()):
+                pids.append(int(fds.parent.name))
+    return pids
+
+
+def _is_stub(pid: int) -> bool:
+    """Whether process ``pid`` runs the python backend's stub (its program name)."""
+    try:
+        program = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+    except OSError:
+        return False
+    return os.path.basename(os.fsdecode(program)) == STUB
 
 
 def sweep_leftovers(temp: str | os.PathLike | None = None,
                     shm: str | os.PathLike = SHM_ROOT) -> list[Path]:
     """Remove what servers killed outright left: their private folders in ``temp``
-    (default: the temp folder) whose ALIVE lock no process holds, and the shared-memory
-    regions in ``shm`` named after them. Returns the folders removed."""
+    (default: the temp folder) whose ALIVE lock no process holds (or python-backend
+    stubs alone, which are ended first), and the shared-memory regions in ``shm`` named
+    after them. Returns the folders removed."""
     removed = []
     for folder in sorted(Path(temp or tempfile.gettempdir()).iterdir()):
         if folder.name.startswith((REPOSITORY_PREFIX, WORKDIR_PREFIX)) and _unheld(folder):
