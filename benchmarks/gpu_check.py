@@ -245,8 +245,8 @@ def _gather(results: list[dict], work: Path, out: Path, seconds: float) -> None:
                       ("kernels", work / "kernels" / "kernels.json"),
                       ("kernel_sweep", work / "sweep" / "kernels.json"),
                       ("engine_peaks", work / "engine" / "bench.json")):
-        if not path.is_file() and RowsFile(path).partial.is_file():  # a stage stopped
-            path, key = RowsFile(path).partial, f"{key}_partial"  # part-way: its rows so far
+        if not path.is_file() and RowsFile.partial_of(path).is_file():  # a stage stopped
+            path, key = RowsFile.partial_of(path), f"{key}_partial"  # part-way: its rows so far
         if path.is_file():
             data = json.loads(path.read_text())
             report[key] = data.get("peaks", data) if key == "engine_peaks" else data

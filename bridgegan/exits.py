@@ -21,22 +21,35 @@ class Terminated(BaseException):
 
 @contextlib.contextmanager
 def signals_deferred() -> Iterator[None]:
-    """SIGINT and SIGTERM that come inside are noted, then raised again as it ends, for
-    the handlers outside to act on: torch's import swallows the KeyboardInterrupt of a
-    Ctrl-C that comes while it runs (about a second), and the command ran to its end."""
+    """SIGINT and SIGTERM that come inside are noted, then raised again as it ends (an
+    error inside too), for the handlers outside to act on: torch's import swallows the
+    KeyboardInterrupt of a Ctrl-C that comes while it runs (about a second), and the
+    command ran to its end. A second signal acts at once (an import that hangs)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     caught: list[int] = []
-    signums = (signal.SIGINT, signal.SIGTERM)
-    old = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in signums}
+    old: dict[int, object] = {}
+
+    def restore() -> None:
+        while old:
+            signal.signal(*old.popitem())
+
+    def note(signum, frame) -> None:
+        caught.append(signum)
+        if len(caught) > 1:
+            restore()
+            signal.raise_signal(signum)
+
     try:
+        for s in (signal.SIGINT, signal.SIGTERM):
+            old[s] = signal.signal(s, note)
         yield
     finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
-    if caught:
-        signal.raise_signal(caught[0])
+        pending = bool(old and caught)  # noted, not yet acted on
+        restore()
+        if pending:
+            signal.raise_signal(caught[0])
 
 
 @contextlib.contextmanager

@@ -102,16 +102,23 @@ class RowsFile:
     run, nor an earlier run's rows, for this run's. An earlier run's ``path`` is removed as
     the run starts; the rows so far go to ``PATH.partial`` after each row (``save``), so
     that a run stopped part-way (a device call's limit, Ctrl-C) keeps what it checked,
-    named as a part; ``done`` writes ``path`` and removes the partial file. A path written
-    into rather than replaced (/dev/stdout, a pipe, a link) gets the rows once, at the end.
-    Writes are atomic (``write_file_atomic``). Without ``path`` nothing is written."""
+    named as a part (an earlier run's partial file goes as the run starts too); ``done``
+    writes ``path`` and removes the partial file. A path written into rather than replaced
+    (/dev/stdout, a pipe, a link) gets the rows once, at the end; the others are written
+    atomically (``write_file_atomic``). Without ``path`` nothing is written."""
 
     def __init__(self, path: str | os.PathLike | None):
         self.path = None if path is None else Path(path)
         self.partial = None
         if self.path is not None and not _written_into(self.path):
-            self.partial = self.path.with_name(self.path.name + ".partial")
+            self.partial = self.partial_of(self.path)
             self.path.unlink(missing_ok=True)
+            self.partial.unlink(missing_ok=True)
+
+    @staticmethod
+    def partial_of(path: str | os.PathLike) -> Path:
+        """Where a run's rows so far go, beside ``path``."""
+        return Path(path).with_name(Path(path).name + ".partial")
 
     def save(self, rows: list) -> None:
         if self.partial is not None:
@@ -206,7 +213,7 @@ def _named(path: Path, fn: Callable, *args):
         return fn(*args)
     except OSError as exc:
         about = exc.filename
-        other = about is not None and Path(about) != path and not any(
+        other = isinstance(about, str) and Path(about) != path and not any(
             _LEFTOVER.match(part) for part in Path(about).parts)
         raise OSError(exc.errno, f"cannot write {path}: {exc.strerror or exc}"
                                  + (f" ({about})" if other else "")) from None
@@ -442,9 +449,10 @@ def _alive(pid: int) -> bool:
 def remove_stale(folder: str | os.PathLike, names: Iterable[str] | None = None) -> list[Path]:
     """Remove the leftovers of killed atomic writes in ``folder`` (of ``names`` only, when
     given): temporary files and folders whose writing process (the pid in their name) is
-    gone; those of running processes, this one included, are in use and kept. A folder
-    moved aside whose replacement never arrived is moved back first. Returns what was
-    removed."""
+    gone; those of running processes, this one included, are in use and kept, and so are
+    another user's (theirs to remove, in a shared folder: temporary names never collide).
+    A folder moved aside whose replacement never arrived is moved back first. Returns what
+    was removed."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
@@ -455,6 +463,8 @@ def remove_stale(folder: str | os.PathLike, names: Iterable[str] | None = None) 
                 or _alive(int(m.group("pid"))):
             continue
         try:
+            if p.lstat().st_uid != os.getuid():
+                continue
             target = folder / m.group("name")
             if m.group("kind") == "old" and (p / _MOVED).is_dir() and not target.exists():
                 os.replace(p / _MOVED, target)
@@ -578,9 +588,7 @@ def prepare_file_targets(folder: str | os.PathLike, names: Iterable[str],
             raise ValueError(f"{what} {folder} holds a folder {name} where this command "
                              f"writes a file: move it, or choose another {what}")
         check_name_fits(Path(folder) / name, what)
-    # another user's leftovers (a shared folder's) stay: temporary names never collide
-    with contextlib.suppress(PermissionError):
-        remove_stale(folder, names)
+    remove_stale(folder, names)
 
 
 def check_name_fits(path: str | os.PathLike, what: str = "") -> None:

@@ -77,24 +77,44 @@ def test_sigterm_unwinds_a_command_and_ends_it_with_a_line_and_status_143(monkey
     assert capsys.readouterr().err == "bridgegan info: terminated (SIGTERM)\n"
 
 
-def test_a_signal_during_a_commands_imports_acts_once_they_are_in():
+def test_a_signal_during_a_commands_imports_acts_once_they_are_in(monkeypatch, capsys):
     """A Ctrl-C while torch imported (a command's first second) was swallowed by the
     import, and the command ran to its end: signals inside ``signals_deferred`` (the
-    command's imports) are noted and raised again as it ends."""
+    command's imports) are noted and raised again as it ends, also after an error there;
+    a second one acts at once."""
+    import importlib
     import signal
+    import types
 
+    from bridgegan import cli
     from bridgegan.exits import Terminated, signals_deferred, terminated_raises
 
+    def swallowing_import(name, package=None):  # as torch's import does
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+        except KeyboardInterrupt:
+            pass
+        return types.SimpleNamespace(run=lambda args: 0)
+    monkeypatch.setattr(cli.importlib, "import_module", swallowing_import)
+    assert main(["info"]) == 130 and capsys.readouterr().err == "bridgegan info: interrupted\n"
+    monkeypatch.setattr(cli.importlib, "import_module", importlib.import_module)
     went_on = []
     with pytest.raises(KeyboardInterrupt):
         with signals_deferred():
             os.kill(os.getpid(), signal.SIGINT)
             went_on.append("SIGINT")
+            raise ValueError("an import failed meanwhile")
     with pytest.raises(Terminated), terminated_raises():
         with signals_deferred():
             os.kill(os.getpid(), signal.SIGTERM)
             went_on.append("SIGTERM")
-    assert went_on == ["SIGINT", "SIGTERM"]
+    with pytest.raises(KeyboardInterrupt), terminated_raises():
+        with signals_deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            went_on.append("first")
+            os.kill(os.getpid(), signal.SIGINT)  # the second: at once
+            went_on.append("not reached")
+    assert went_on == ["SIGINT", "SIGTERM", "first"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 

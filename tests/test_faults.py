@@ -517,6 +517,33 @@ def test_rows_written_into_a_link_go_there_once_with_no_partial_file(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["kept", "rows.json"]
 
 
+def test_a_rows_file_drops_an_earlier_runs_rows_as_a_run_starts(tmp_path):
+    """An earlier run's complete rows (and its partial ones) would pass for this run's
+    if this one stops before its first row."""
+    from bridgegan.files import RowsFile
+
+    path = tmp_path / "rows.json"
+    path.write_text('[{"status": "PASS"}]')
+    RowsFile.partial_of(path).write_text('[{"status": "PASS"}]')
+    RowsFile(path)
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.skipif(not hasattr(os, "getuid") or os.getuid() != 0,
+                    reason="needs root to give a file to another user")
+def test_another_users_leftovers_stay(tmp_path):
+    """In a shared folder (/tmp, sticky) another user's leftover of a dead process cannot
+    be removed: it stopped the command ("cannot remove ..."); it is theirs, and left."""
+    from bridgegan.files import prepare_file_targets
+
+    theirs, mine = (tmp_path / f".grid.png.tmp-{dead_pid()}-{k}" for k in ("ab", "cd"))
+    theirs.write_bytes(b"part")
+    mine.write_bytes(b"part")
+    os.chown(theirs, 65534, 65534)
+    prepare_file_targets(tmp_path, ["grid.png"])
+    assert os.listdir(tmp_path) == [theirs.name]
+
+
 def test_a_commands_output_folder_loses_what_killed_writes_left(tmp_path):
     """A killed single-file write (demo's grid, translate's images, bench's tables) leaves
     .NAME.tmp-<pid>-<random> beside NAME, which nothing removed: a command's first look

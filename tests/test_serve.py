@@ -2028,31 +2028,38 @@ def test_a_sweep_ends_stubs_that_alone_hold_a_dead_servers_lock(tmp_path):
     """A front killed while its models loaded left the python-backend stubs deadlocked in
     Triton's shutdown, holding its folder's lock (and ~735 MB) for good, so no sweep
     removed it: stubs that alone hold a lock are killed and the folder goes. A lock that
-    another process holds too (a running tritonserver or front) keeps all of them."""
+    another process holds too (a running tritonserver), or whose front runs, keeps all."""
     import fcntl
 
     from bridgegan.serve import server as serve_server
+    from conftest import dead_pid
 
     temp = tmp_path / "tmp"
-    folder = temp / f"{serve_server.WORKDIR_PREFIX}123-abcdefgh"
-    (folder / "models").mkdir(parents=True)
-    lock = folder / serve_server.ALIVE
-    lock.touch()
-    fd = os.open(lock, os.O_RDONLY)
-    fcntl.flock(fd, fcntl.LOCK_SH)  # what the front passed on to tritonserver, its stubs
+    folders = [temp / f"{serve_server.WORKDIR_PREFIX}{pid}-abcdefgh"
+               for pid in (dead_pid(), os.getpid())]  # the front gone, the front running
+    fds = []
+    for folder in folders:
+        (folder / "models").mkdir(parents=True)
+        (folder / serve_server.ALIVE).touch()
+        fds.append(os.open(folder / serve_server.ALIVE, os.O_RDONLY))
+        fcntl.flock(fds[-1], fcntl.LOCK_SH)  # what the front passed on to its stubs
     stub = subprocess.Popen(["bash", "-c", f"exec -a /opt/tritonserver/backends/python/"
-                                           f"{serve_server.STUB} sleep 300"], pass_fds=[fd])
-    server = subprocess.Popen(["sleep", "300"], pass_fds=[fd])  # tritonserver, say
-    os.close(fd)
+                                           f"{serve_server.STUB} sleep 300"], pass_fds=fds)
+    server = subprocess.Popen(["sleep", "300"], pass_fds=fds[:1])  # tritonserver, say
+    for fd in fds:
+        os.close(fd)
     try:
         deadline = time.monotonic() + 60  # a hang guard: until bash has become the stub
-        while not serve_server._is_stub(stub.pid):
+        while serve_server._program(stub.pid) != serve_server.STUB:
             assert time.monotonic() < deadline and stub.poll() is None
             time.sleep(0.01)
-        assert serve_server.sweep_leftovers(temp, tmp_path) == []  # its server runs
+        # the first: its server runs; the second: the stub holds it alone, its front runs
+        assert serve_server.sweep_leftovers(temp, tmp_path) == []
         assert stub.poll() is None and server.poll() is None
+        shutil.rmtree(folders[1])  # (its lock is free once the stub is gone)
         server.kill()
         server.wait()
+        folder = folders[0]
         assert serve_server.sweep_leftovers(temp, tmp_path) == [folder]
         assert stub.wait(timeout=60) == -signal.SIGKILL and not folder.exists()
     finally:

@@ -168,6 +168,7 @@ def _private_folder(prefix: str) -> Iterator[str]:
 
 
 STUB = "triton_python_backend_stub"  # the python backend's model processes
+SERVER = "tritonserver"  # their parent while their server runs
 STUB_EXIT_S = 10.0  # how long a sweep waits for the stubs it killed to let go of a lock
 
 
@@ -186,13 +187,20 @@ def _unheld(folder: Path) -> bool:
 
 
 def _end_orphaned_stubs(lock: Path) -> bool:
-    """Kill (SIGKILL) the processes holding ``lock`` open when every one is a python
-    backend stub of this user: a front killed while its models loaded left them
-    deadlocked in Triton's own shutdown, holding the lock and about 735 MB for good (its
-    tritonserver and the front, which hold the lock while they run, gone). Whether the
-    lock is free then. Linux's /proc; elsewhere nothing is killed."""
+    """Kill (SIGKILL) the processes holding ``lock`` open when every one is an orphaned
+    python-backend stub of this user: a front killed while its models loaded left them
+    deadlocked in Triton's own shutdown, holding the lock and about 735 MB for good. Only
+    when the folder's front (the pid in its name) is gone, every holder is a stub, and no
+    stub's parent is a tritonserver (a running server's); a process whose descriptors
+    cannot be read counts as another holder. Whether the lock is free then. Linux's
+    /proc; elsewhere nothing is killed."""
+    front = lock.parent.name.removeprefix(WORKDIR_PREFIX).removeprefix(REPOSITORY_PREFIX)
+    with contextlib.suppress(ValueError, OSError):
+        if Path(f"/proc/{int(front.split('-')[0])}").exists():
+            return False
     holders = _holders(lock)
-    if not holders or not all(_is_stub(pid) for pid in holders):
+    if not holders or not all(_program(pid) == STUB and _program(_parent(pid)) != SERVER
+                              for pid in holders):
         return False
     for pid in holders:
         with contextlib.suppress(ProcessLookupError):
@@ -203,24 +211,44 @@ def _end_orphaned_stubs(lock: Path) -> bool:
     return not held(lock)
 
 
-def _holders(path: Path) -> list[int]:
-    """The processes of this user with ``path`` open (Linux's /proc/PID/fd)."""
+def _holders(path: Path) -> list[int] | None:
+    """The processes of this user with file ``path`` open (Linux's /proc/PID/fd, compared
+    by device and inode); None when a process's descriptors cannot be read (not known)."""
+    want = (os.stat(path).st_dev, os.stat(path).st_ino)
     pids = []
-    for fds in Path("/proc").glob("[0-9]*/fd"):
-        with contextlib.suppress(OSError):  # another user's, or gone meanwhile
-            if fds.stat().st_uid == os.getuid() and any(
-                    os.readlink(fd) == str(path) for fd in fds.iterdir()):
-                pids.append(int(fds.parent.name))
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if proc.stat().st_uid != os.getuid():
+                continue
+            fds = os.listdir(proc / "fd")
+        except FileNotFoundError:  # gone meanwhile
+            continue
+        except OSError:
+            return None
+        for fd in fds:
+            with contextlib.suppress(OSError):  # closed meanwhile: that descriptor only
+                st = os.stat(proc / "fd" / fd)
+                if (st.st_dev, st.st_ino) == want:
+                    pids.append(int(proc.name))
+                    break
     return pids
 
 
-def _is_stub(pid: int) -> bool:
-    """Whether process ``pid`` runs the python backend's stub (its program name)."""
+def _program(pid: int | None) -> str | None:
+    """The file name of the program process ``pid`` runs (its argv[0]), None if unknown."""
     try:
-        program = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+        return os.path.basename(os.fsdecode(
+            Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]))
     except OSError:
-        return False
-    return os.path.basename(os.fsdecode(program)) == STUB
+        return None
+
+
+def _parent(pid: int) -> int | None:
+    """Process ``pid``'s parent, None if unknown."""
+    try:  # /proc/PID/stat: "pid (comm) state ppid ...", comm may hold spaces
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def sweep_leftovers(temp: str | os.PathLike | None = None,
@@ -309,6 +337,8 @@ def run_tritonserver(repository: str | os.PathLike, host: str = HOST,
                 print(f"serving {', '.join(MODELS)} of {repository} on http://{host}:{http_port}"
                       f" and grpc {host}:{grpc_port}{_attribute_order(repository)}", flush=True)
                 status = proc.wait()
+                if status < 0:  # tritonserver killed by a signal: as a shell reports it
+                    status = 128 - status
                 if not stopped or status:
                     return status
                 print(f"stopped by {signal.Signals(stopped[0]).name}", flush=True)
