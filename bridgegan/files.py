@@ -1,7 +1,8 @@
-"""Files that survive a kill: atomic file and folder writes, a lock between processes (and
-whether one is held), cleanup of what killed writes leave, whole-folder removal, and
-up-front checks that an output folder is writable and may be replaced. The one place for
-these, used by checkpoints, exports and model repositories.
+"""Files that survive a kill: atomic file and folder writes (files that belong together
+too, and a check's rows as they come: ``RowsFile``), a lock between processes (and whether
+one is held), cleanup of what killed writes leave, whole-folder removal, and up-front
+checks that an output folder is writable and may be replaced. The one place for these,
+used by checkpoints, exports, model repositories and the commands' outputs.
 
 Durability: a write returns once its files, the folders holding their names and the
 rename that put it in place are fsynced, so what a write returned survives a power loss
