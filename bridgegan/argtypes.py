@@ -115,6 +115,16 @@ def output_file(text: str) -> str:
     if path.exists() and not path.is_dir() and (path.is_symlink() or not path.is_file()):
         if os.access(path, os.W_OK):
             return text
+    if path.is_symlink() and not path.exists():  # a write goes through it, to its target
+        try:
+            path = path.resolve()
+        except (OSError, RuntimeError):  # a loop
+            raise argparse.ArgumentTypeError(f"{text} is a link that leads nowhere (a loop): "
+                                             f"give a file path") from None
+        if not path.parent.is_dir():
+            raise argparse.ArgumentTypeError(f"{text} is a link to {path}, in a folder that "
+                                             f"does not exist: create it, or give another "
+                                             f"path")
     folder = path.parent
     if path.is_dir():
         problem = "is a folder"

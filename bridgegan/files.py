@@ -592,6 +592,18 @@ def prepare_file_targets(folder: str | os.PathLike, names: Iterable[str],
     remove_stale(folder, names)
 
 
+_SHELL_SPECIAL = re.compile(r"[\s'\"$`\\!*?\[\]{}()<>|&;#~]")
+
+
+def shell_unsafe(path: str | os.PathLike) -> str | None:
+    """The first character of ``path`` that a shell command line pasting it unquoted would
+    split at or expand (a space, a quote, $...), or None: tools that build such command
+    lines (Triton's python backend starting its model processes, inductor's C++ builds)
+    break on those paths."""
+    m = _SHELL_SPECIAL.search(os.fspath(path))
+    return m.group() if m else None
+
+
 def check_name_fits(path: str | os.PathLike, what: str = "") -> None:
     """Refuse (ValueError), before any work, a file or folder name too long for its file
     system once a write works in its temporary name (``_temp_name``, a few bytes longer):

@@ -78,3 +78,25 @@ def test_each_engine_compiles_its_own_shapes(small_model, counted_compile):
         for n in (1, 2, 3, 5, 9):  # buckets 1, 2, 4, 8, 16
             eng.translate(images(n, 32, seed=n), {"Male": 1}, seed=n)
     assert dict(counted_compile) == {"trunk": 10, "encode": 10, "map": 10, "decode": 10}
+
+
+def test_a_build_folder_its_compiler_would_split_is_refused_at_build(tmp_path, monkeypatch):
+    """inductor builds C++ under TMPDIR (or TORCHINDUCTOR_CACHE_DIR) and its compiler
+    command line split a path with a space: the first call failed with a 12-line
+    CppCompileError. The engine is refused at build, naming the folder and the fix."""
+    import tempfile
+
+    from bridgegan.engine import BackendUnavailable
+    from bridgegan.reference import BridgeGAN
+
+    from conftest import small_config
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "my temp"))
+    model = BridgeGAN(small_config()).eval()
+    with pytest.raises(BackendUnavailable, match=r"torch.compile builds its C\+\+ in "
+                                                 r"'.*/my temp', which holds ' '.*set TMPDIR"):
+        Engine(model, backend="compile")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "it's"))
+    with pytest.raises(BackendUnavailable, match=r"which holds \"'\""):
+        Engine(model, backend="compile")

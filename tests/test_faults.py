@@ -606,6 +606,27 @@ def test_a_failed_file_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path
     assert (tmp_path / "fresh.bin").read_bytes() == old
 
 
+def test_an_output_file_through_a_dangling_link_is_checked_at_its_target(tmp_path):
+    """``eval --json`` named a link to a file in a missing folder: accepted, the whole
+    evaluation ran, and the write failed; a link to a new file in an existing folder is
+    written through; a loop is refused."""
+    import argparse
+
+    from bridgegan.argtypes import output_file
+
+    (tmp_path / "lost.json").symlink_to(tmp_path / "missing" / "eval.json")
+    with pytest.raises(argparse.ArgumentTypeError, match=r"lost.json is a link to .*missing"
+                                                         r"/eval.json, in a folder that does "
+                                                         r"not exist"):
+        output_file(str(tmp_path / "lost.json"))
+    (tmp_path / "new.json").symlink_to(tmp_path / "eval.json")
+    assert output_file(str(tmp_path / "new.json")) == str(tmp_path / "new.json")
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    with pytest.raises(argparse.ArgumentTypeError, match="a link that leads nowhere"):
+        output_file(str(tmp_path / "a"))
+
+
 def test_a_file_write_goes_into_links_pipes_and_descriptors_and_keeps_modes(tmp_path,
                                                                            monkeypatch):
     """``--json`` named a link, a pipe or (as root) /dev/null: the write replaced it by a

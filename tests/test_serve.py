@@ -2069,6 +2069,49 @@ def test_a_sweep_ends_stubs_that_alone_hold_a_dead_servers_lock(tmp_path):
                 proc.wait()
 
 
+def test_paths_a_shell_would_split_are_refused_before_serving(tmp_path, monkeypatch):
+    """Triton's python backend starts each model through an unquoted shell command line
+    holding the repository and the private folders' paths: a TMPDIR with a space hung the
+    server (models that never started). Refused up front, naming the path; non-ASCII
+    letters pass. The socket path's limit counts bytes (20 CJK letters: 60 bytes)."""
+    from bridgegan.serve import server as serve_server
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "t mp"))
+    with pytest.raises(ValueError, match=r"the temp folder '.*/t mp' holds ' '.*set TMPDIR"):
+        serve_server.check_shell_safe()
+    with pytest.raises(ValueError, match=r"the temp folder"):  # before anything is written
+        serve_server.serve_checkpoint(tmp_path / "ck", 8, 0, "cpu", "torch", "float32")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "é中文"))
+    serve_server.check_shell_safe(tmp_path / "modèles")
+    with pytest.raises(ValueError, match=r"the model repository '.*/\$x' holds '\$'"):
+        serve_server.check_shell_safe(tmp_path / "$x")
+    deep = tmp_path / ("中" * 20)
+    assert len(str(deep / serve_server.GRPC_SOCKET)) < serve_server.SOCKET_PATH_MAX
+    with pytest.raises(ValueError, match=r"longer than 107 bytes"):
+        serve_server.private_sockets(deep)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs Linux's prctl")
+def test_tritonserver_hears_sigint_though_the_fronts_shell_ignored_it():
+    """`bridgegan serve &` in a script starts the front with SIGINT ignored, and tritonserver
+    inherited that: the SIGINT that stops it did nothing, and the front waited for good."""
+    from bridgegan.serve import server as serve_server
+
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        child = subprocess.Popen(["sleep", "60"],
+                                 preexec_fn=serve_server._die_with_this_process())
+    finally:
+        signal.signal(signal.SIGINT, before)
+    try:
+        status = Path(f"/proc/{child.pid}/status").read_text()
+        ignored = int(re.search(r"SigIgn:\s*([0-9a-f]+)", status).group(1), 16)
+        assert not ignored & (1 << (signal.SIGINT - 1))
+    finally:
+        child.kill()
+        child.wait()
+
+
 def test_a_private_folder_is_locked_while_in_use_and_removed_after(tmp_path, monkeypatch):
     """The lock file is locked before it takes its name; it is held (and listed for the
     tritonserver child) while the folder is in use; the folder goes before the lock."""

@@ -5,6 +5,8 @@ command runs."""
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
 
 from ..argtypes import int_between, non_negative_int, positive_float, positive_int
 from ..engine import options as engine_options
@@ -53,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
                     [("--checkpoint", args.checkpoint)])
         folders = write_python_repo(args.checkpoint, args.write_repository, *engine)
         print(f"wrote {', '.join(f.name for f in folders)} to {args.write_repository}; serve "
-              f"with: bridgegan serve --repository {args.write_repository}")
+              f"with: bridgegan serve --repository "
+              f"{shlex.quote(os.path.abspath(args.write_repository))}")
         return 0
     import_pytriton()  # before writing anything: a missing extra fails fast
     check_engine_options(args.backend, args.dtype, args.device)

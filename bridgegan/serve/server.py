@@ -32,7 +32,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..files import held
+from ..files import held, shell_unsafe
 from .names import (EXIT_TIMEOUT_S, GRPC_PORT, HOST, HTTP_PORT, METRICS_PORT, MODELS,
                     READ_TIMEOUT_S)
 
@@ -84,10 +84,27 @@ def restricted_off() -> str:
 def private_sockets(folder: str | os.PathLike) -> tuple[Path, str]:
     """tritonserver's HTTP socket path and gRPC target inside ``folder``."""
     http, grpc = Path(folder) / HTTP_SOCKET, f"{Path(folder) / GRPC_SOCKET}:{UNIX_PORT}"
-    if len(grpc) > SOCKET_PATH_MAX:
-        raise ValueError(f"the socket path {grpc} is longer than {SOCKET_PATH_MAX} characters; "
+    if len(os.fsencode(grpc)) > SOCKET_PATH_MAX:
+        raise ValueError(f"the socket path {grpc} is longer than {SOCKET_PATH_MAX} bytes; "
                          "set TMPDIR to a shorter folder")
     return http, f"unix:{grpc}"
+
+
+def check_shell_safe(repository: str | os.PathLike | None = None) -> None:
+    """Refuse (ValueError) a temp folder (the private folders' place) or model repository
+    whose path a shell would split or expand: Triton's python backend starts each model
+    through an unquoted shell command line holding them, and tritonserver then waits for
+    models that never start."""
+    places = [("the temp folder", tempfile.gettempdir(), "set TMPDIR to a plain path")]
+    if repository is not None:
+        places.append(("the model repository", os.path.abspath(repository), "move it"))
+    for what, path, fix in places:
+        bad = shell_unsafe(path)
+        if bad:
+            raise ValueError(f"{what} {path!r} holds {bad!r}, which Triton's python backend "
+                             f"cannot pass to its model processes (it starts them through a "
+                             f"shell that splits or expands it): {fix} (no spaces, quotes or "
+                             f"shell characters)")
 
 
 def ports_in_use(host: str, ports: dict[str, int]) -> str | None:
@@ -283,8 +300,11 @@ def _die_with_this_process():
     parent = os.getpid()
 
     def arm() -> None:  # in the child, between fork and exec
-        # the front's Python handler would only note a SIGTERM that came before the exec
+        # the front's Python handler would only note a SIGTERM that came before the exec;
+        # a SIGINT the front's shell ignored (`serve &` in a script) would leave
+        # tritonserver deaf to the SIGINT that stops it
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
         if prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0):
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
         if os.getppid() != parent:  # the front died before the signal was armed
@@ -306,6 +326,7 @@ def run_tritonserver(repository: str | os.PathLike, host: str = HOST,
                          f"--write-repository` (no {', '.join(missing)}/config.pbtxt); one of "
                          f"`bridgegan export triton-repo` (ONNX / TensorRT models) runs in "
                          f"NVIDIA's Triton container")
+    check_shell_safe(repository)
     from .front import Front, fetch_specs
     from .http_client import wait_ready
 
@@ -369,6 +390,7 @@ def serve_checkpoint(checkpoint: str | os.PathLike, max_batch: int, queue_delay_
     folder and run tritonserver on it (``run_tritonserver``'s keyword options)."""
     from .repo_python import write_python_repo
 
+    check_shell_safe()  # before anything is written there
     with _private_folder(REPOSITORY_PREFIX) as folder:
         repository = Path(folder) / "models"
         write_python_repo(checkpoint, repository, max_batch, queue_delay_us, device, backend,

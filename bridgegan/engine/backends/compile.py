@@ -17,13 +17,17 @@ is what a larger batch would have gained (on the H100, 2026-11-26, the triton ba
 an uncompiled path for good."""
 from __future__ import annotations
 
+import os
+import tempfile
 import types
 
 import torch
 
+from ...files import shell_unsafe
 from ...reference.layers import LatentMix
 from ...reference.programs import Stages
 from ..cudagraphs import POW2_UP_TO, bucket, in_chunks, pad_rows
+from .base import BackendUnavailable
 from .torch import rewritten
 
 
@@ -55,7 +59,21 @@ def _own_code(method):
     return types.MethodType(fn, method.__self__)
 
 
+def _check_build_folder() -> None:
+    """Refuse (BackendUnavailable) an inductor build folder whose path its C++ compiler
+    call would split (a space or quote in TMPDIR): the first call failed with a 12-line
+    CppCompileError."""
+    folder = os.environ.get("TORCHINDUCTOR_CACHE_DIR") or tempfile.gettempdir()
+    bad = shell_unsafe(folder)
+    if bad:
+        raise BackendUnavailable(
+            f"torch.compile builds its C++ in {folder!r}, which holds {bad!r}: its compiler "
+            f"command line splits such a path; set TMPDIR (or TORCHINDUCTOR_CACHE_DIR) to a "
+            f"path without spaces, quotes or shell characters")
+
+
 def build(model, rewrites, dtype, device, channels_last, onnx_dir=None) -> Stages:
+    _check_build_folder()
     graph = rewritten(model, rewrites, dtype, device, channels_last)
     # CUDA graphs come from the engine's own capture (CudaGraphed), which graphs the whole
     # program; inductor's cudagraph trees would graph each stage and recycle its outputs.

@@ -3,6 +3,8 @@ the modules named for each target (imported when the command runs)."""
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
 from pathlib import Path
 
 from ...argtypes import (input_file, non_negative_int, output_file, positive_float,
@@ -90,7 +92,7 @@ def _triton(args: argparse.Namespace) -> int:
                                 args.preferred_batch or PREFERRED_BATCHES, args.queue_delay_us,
                                 max_queue_size=args.max_queue_size)
     print(f"wrote {', '.join(f.name for f in folders)} to {args.dir}; serve with: "
-          f"tritonserver --model-repository {args.dir}")
+          f"tritonserver --model-repository {shlex.quote(os.path.abspath(args.dir))}")
     return 0
 
 
