@@ -733,7 +733,8 @@ def test_a_folder_where_a_command_writes_a_file_is_refused_before_any_work(cli_f
 def test_a_name_too_long_once_written_through_its_temporary_name_is_refused_before_any_work(
         cli_files, tmp_path, capsys):
     """An output name within a few bytes of the file system's limit failed as the file was
-    put in place, after the work, naming its temporary file (``.NAME.tmp-PID-XXXX``)."""
+    put in place, after the work, naming its temporary file (``.NAME.tmp-PID-XXXX``); an
+    input whose name makes its output's too long is named (it blamed --out)."""
     long_input = tmp_path / ("f" * 240 + ".png")  # its output: STEM_edit1.png, 249 bytes
     shutil.copy(cli_files / "face.png", long_input)
     cases = [(["translate", "--checkpoint", str(cli_files / "ck"), "--input", str(long_input),
@@ -750,6 +751,8 @@ def test_a_name_too_long_once_written_through_its_temporary_name_is_refused_befo
         err = capsys.readouterr().err
         assert f"{ending}: the name is too long for its file system (255 bytes a name, and a " \
             "write goes through a temporary name" in err, argv
+        if argv[0] == "translate":
+            assert f"error: --input {long_input} gives an output, " in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == [long_input.name]
 
 

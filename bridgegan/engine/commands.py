@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from .. import progress
-from ..files import check_apart, check_writable_folder, prepare_file_targets
+from ..files import check_apart, check_name_fits, check_writable_folder, prepare_file_targets
 from ..numerics import dtype_name
 from ..reference.checkpoint import SHIPPED, read_config
 from ..reference.data.grid import save_grid, save_png
@@ -38,8 +38,9 @@ def output_names(inputs: list[str], samples: int, edits: bool, references: list[
     """The file names ``translate`` writes in ``out`` for each input (``STEM_editK.png``
     per label-edit sample, then ``STEM_reference.png`` when there are ``references``;
     ``GRID`` besides). A ValueError, before any work, when two inputs share a file name
-    (their outputs would overwrite each other) or an output would overwrite an input or a
-    reference."""
+    (their outputs would overwrite each other), an output would overwrite an input or a
+    reference, or an input's name makes an output name too long for ``out``'s file
+    system (named as the input's)."""
     seen: dict[str, str] = {}
     for p in inputs:
         stem = Path(p).stem
@@ -51,6 +52,9 @@ def output_names(inputs: list[str], samples: int, edits: bool, references: list[
     suffixes = [f"_edit{k + 1}" for k in range(samples)] if edits else []
     suffixes += ["_reference"] if references else []
     names = [[f"{stem}{s}.png" for s in suffixes] for stem in seen]
+    for p, row in zip(seen.values(), names):
+        if row:  # its longest
+            check_name_fits(out / max(row, key=len), f"--input {p} gives an output,")
     check_apart([out / n for n in (GRID, *(n for row in names for n in row))], "output",
                 [*(("--input", p) for p in inputs), *(("--reference", r) for r in references)])
     return names
