@@ -1030,6 +1030,53 @@ def test_a_signal_stops_training_with_a_checkpoint(tmp_path, sig, workers):
     assert _checkpoints(out)[-1] == f"step-{last:08d}"
 
 
+class _HangsAfterTwo(torch.utils.data.Dataset):
+    """Items 0 and 1, then a ``__getitem__`` that never returns (a hung read)."""
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        while i >= 2:
+            time.sleep(1)
+        return torch.tensor(i)
+
+
+def _sigterm_pending(pid: int) -> bool:
+    """Whether SIGTERM waits in process ``pid``'s shared pending set (/proc)."""
+    status = dict(line.split(":\t", 1) for line in
+                  open(f"/proc/{pid}/status").read().splitlines() if ":\t" in line)
+    return bool(int(status["ShdPnd"], 16) >> (signal.SIGTERM - 1) & 1)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc (Linux)")
+def test_a_data_loader_worker_ignores_others_sigterm_but_not_its_loaders():
+    """A training worker lives through a SIGTERM from another process (a process group's:
+    the run still needs its batches) but ends on its main process's, torch's last resort
+    for a worker hung in ``__getitem__`` as its loader shuts down (ignoring every SIGTERM,
+    such a worker outlived the run)."""
+    from bridgegan.reference.trainer import _worker_ignores_stops
+
+    it = iter(torch.utils.data.DataLoader(_HangsAfterTwo(), num_workers=1,
+                                          worker_init_fn=_worker_ignores_stops))
+    worker = it._workers[0]
+    try:
+        assert next(it).item() == 0
+        subprocess.run([sys.executable, "-c", f"import os; os.kill({worker.pid}, 15)"],
+                       check=True)
+        deadline = time.monotonic() + 60  # a hang guard, not a speed limit
+        while worker.is_alive() and _sigterm_pending(worker.pid):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert worker.is_alive() and next(it).item() == 1
+        it._shutdown_workers()  # the hung worker: 5 s to end, then torch's SIGTERM
+        worker.join(timeout=60)
+        assert worker.exitcode == 0
+    finally:
+        if worker.is_alive():
+            worker.kill()
+
+
 @pytest.mark.parametrize("workers", ["0", "1"])
 def test_a_corrupt_image_is_one_line_with_or_without_workers(tmp_path, capsys, workers,
                                                              faces_with_a_corrupt_image):

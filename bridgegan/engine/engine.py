@@ -523,12 +523,13 @@ class Engine:
         which would tip a logit that close to 0 and flip a whole attribute of the result
         with the row's batch mates (serve's dynamic batching) or chunking. So the batch runs
         at once and the rows with a logit within LABEL_MARGIN of 0 run again alone. In host
-        memory, as ``_labels``."""
-        logits = in_chunks(self.attribute_logits, (x,), MAX_ROWS)
+        memory, as ``_labels``: the logits come to the host in one transfer (a call on
+        device tensors waits for the device once here, not twice)."""
+        logits = in_chunks(self.attribute_logits, (x,), MAX_ROWS).cpu()
         if x.shape[0] > 1:
             for i in (logits.abs() < LABEL_MARGIN).any(1).nonzero().flatten().tolist():
                 logits[i] = self.attribute_logits(x[i:i + 1])[0]
-        return (logits > 0).float().cpu()
+        return (logits > 0).float()
 
     def _target(self, source: torch.Tensor, target) -> torch.Tensor:
         if isinstance(target, Mapping):

@@ -20,6 +20,7 @@ import numbers
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -52,13 +53,26 @@ SHOWN = {"d/adv": "D adv", "g/adv": "G adv", "g/rec": "rec"}  # the terms progre
 
 
 def _worker_ignores_stops(_worker_id: int) -> None:
-    """Data-loader workers ignore Ctrl-C's SIGINT and SIGTERM, which reach the whole process
-    group (a terminal; a scheduler's `kill -TERM -PGID`): the main process stops at the end
-    of its step (``Trainer.request_stop``) and still needs the batches of that step (a
-    worker that died of it failed the step, and the run ended without its checkpoint). A
-    worker whose main process is gone exits (torch's loader watches it)."""
+    """Data-loader workers ignore Ctrl-C's SIGINT and others' SIGTERM, which reach the whole
+    process group (a terminal; a scheduler's `kill -TERM -PGID`): the main process stops at
+    the end of its step (``Trainer.request_stop``) and still needs the batches of that step
+    (a worker that died of it failed the step, and the run ended without its checkpoint).
+    The main process's own SIGTERM (torch's last resort for a worker that does not end when
+    the loader shuts down, one hung in ``__getitem__``) still ends it: SIGTERM is blocked
+    and a thread tells the senders apart (``_end_on_parents_sigterm``). A worker whose main
+    process is gone exits (torch's loader watches it)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # threads started after too
+    threading.Thread(target=_end_on_parents_sigterm, args=(os.getppid(),), daemon=True,
+                     name="sigterm").start()
+
+
+def _end_on_parents_sigterm(parent: int) -> None:
+    """Wait for SIGTERM (blocked); end the process at once when ``parent`` sent it, as
+    torch's own worker handler does (status 0), and go on waiting otherwise."""
+    while signal.sigwaitinfo({signal.SIGTERM}).si_pid != parent:
+        pass
+    os._exit(0)
 
 
 def device_problem(name: str, distributed: bool) -> str | None:
