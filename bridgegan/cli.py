@@ -8,7 +8,6 @@ import argparse
 import importlib
 import os
 import select
-import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from .argtypes import (Parser, add_device, int_between, non_negative_float, non_
                        output_file, positive_float, positive_int, positive_int_list)
 from .engine import options as engine_options
 from .engine.export import cli as export_cli
-from .exits import Terminated, finish, signals_deferred, terminated_raises
+from .exits import end, signals_deferred, stopped_status
 from .reference import classifier_defaults, train_cli
 from .reference.presets import PAPER_RESOLUTION, PRESET_RESOLUTIONS
 from .reference.data import registry as data_registry
@@ -263,20 +262,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     name = " ".join(filter(None, (args.command, getattr(args, "target", None))))  # export X
-    try:
-        with terminated_raises(), one_line_warnings(name):
-            return int(_run(args.command, args) or 0)
-    except (ValueError, OSError, RuntimeError) as exc:
-        if isinstance(exc, BrokenPipeError) and _stdout_closed():
-            return 0  # the reader left (`bridgegan info | head`): not this command's error
-        print(f"bridgegan {name}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:  # Ctrl-C: a line, not a traceback (writes are atomic)
-        print(f"bridgegan {name}: interrupted", file=sys.stderr)
-        return 128 + signal.SIGINT
-    except Terminated:
-        print(f"bridgegan {name}: terminated (SIGTERM)", file=sys.stderr)
-        return 128 + signal.SIGTERM
+
+    def run() -> int:
+        try:
+            with one_line_warnings(name):
+                return int(_run(args.command, args) or 0)
+        except (ValueError, OSError, RuntimeError) as exc:
+            if isinstance(exc, BrokenPipeError) and _stdout_closed():
+                return 0  # the reader left (`bridgegan info | head`): not this command's error
+            print(f"bridgegan {name}: error: {exc}", file=sys.stderr)
+            return 2
+    # a Ctrl-C or SIGTERM: a line, not a traceback (writes are atomic)
+    return stopped_status(f"bridgegan {name}", run)
 
 
 def _stdout_closed() -> bool:
@@ -294,18 +291,9 @@ def _stdout_closed() -> bool:
 
 
 def entry() -> None:
-    """The ``bridgegan`` command: ``main``'s status as the process's, except that a command
-    a signal stopped (status 128 + SIGINT or SIGTERM: an interruption, or a run that
-    stopped on the signal) ends by the signal itself, its exit handlers run first: a shell
-    stops a loop or script only for a child that SIGINT ended, and a service manager
-    (systemd) takes an end by SIGTERM, not status 143, for a clean stop."""
-    status = main()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        if status == 128 + sig:
-            finish()
-            signal.signal(sig, signal.SIG_DFL)
-            os.kill(os.getpid(), sig)
-    sys.exit(status)
+    """The ``bridgegan`` command: ``main``'s status as the process's (``exits.end``: a
+    command a signal stopped ends by that signal)."""
+    end(main())
 
 
 if __name__ == "__main__":

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import NoReturn
 
 
 class Terminated(BaseException):
@@ -68,6 +70,35 @@ def terminated_raises() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, old)
+
+
+def stopped_status(prog: str, run: Callable[[], int]) -> int:
+    """``run()``'s status, SIGTERM raising ``Terminated`` inside; a Ctrl-C or SIGTERM that
+    stops it is one line on stderr ("PROG: interrupted", "PROG: terminated (SIGTERM)"),
+    not a traceback, and status 128 + the signal (``end`` ends the process by it)."""
+    try:
+        with terminated_raises():
+            return run()
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
+    except Terminated:
+        print(f"{prog}: terminated (SIGTERM)", file=sys.stderr)
+        return 128 + signal.SIGTERM
+
+
+def end(status: int) -> NoReturn:
+    """End the process with ``status``, except that a command a signal stopped (status 128
+    + SIGINT or SIGTERM: an interruption, or a run that stopped on the signal) ends by the
+    signal itself, its exit handlers run first: a shell stops a loop or script only for a
+    child that SIGINT ended, and a service manager (systemd) takes an end by SIGTERM, not
+    status 143, for a clean stop."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        if status == 128 + sig:
+            finish()
+            signal.signal(sig, signal.SIG_DFL)
+            os.kill(os.getpid(), sig)
+    sys.exit(status)
 
 
 def finish() -> None:

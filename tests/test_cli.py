@@ -120,7 +120,7 @@ def test_a_signal_during_a_commands_imports_acts_once_they_are_in(monkeypatch, c
 
 @pytest.mark.parametrize("raised, sig, line", [
     ("KeyboardInterrupt", "SIGINT", "interrupted"),
-    ("cli.Terminated(15)", "SIGTERM", "terminated (SIGTERM)")])
+    ("exits.Terminated(15)", "SIGTERM", "terminated (SIGTERM)")])
 def test_a_command_a_signal_stopped_ends_by_the_signal(raised, sig, line):
     """The `bridgegan` command (``cli.entry``) ends a command Ctrl-C or SIGTERM stopped by
     that signal after its line and exit handlers: with status 130 a shell loop went on to
@@ -128,7 +128,7 @@ def test_a_command_a_signal_stopped_ends_by_the_signal(raised, sig, line):
     clean stop."""
     import signal
 
-    code = ("import atexit\nfrom bridgegan import cli\n"
+    code = ("import atexit\nfrom bridgegan import cli, exits\n"
             "atexit.register(lambda: print('exit handlers ran', flush=True))\n"
             f"def interrupted(name, args):\n    raise {raised}\n"
             "cli._run = interrupted\nimport sys\nsys.argv = ['bridgegan', 'info']\n"
@@ -137,6 +137,41 @@ def test_a_command_a_signal_stopped_ends_by_the_signal(raised, sig, line):
                           timeout=120)
     assert done.returncode == -getattr(signal, sig), done
     assert done.stderr == f"bridgegan info: {line}\n" and done.stdout == "exit handlers ran\n"
+
+
+@pytest.mark.parametrize("sig, line", [("SIGINT", "interrupted"),
+                                       ("SIGTERM", "terminated (SIGTERM)")])
+@pytest.mark.parametrize("module, stops, prog, argv", [
+    ("bridgegan.reference.train_cli", "bridgegan.reference.trainer.device_problem",
+     "bridgegan train", ["--data", "synthetic:8", "--out", "{tmp}/run"]),
+    ("bridgegan.kernels.parity", "bridgegan.files.RowsFile", "parity",
+     ["--quick", "--impl", "torch", "--json", "{tmp}/rows.json"])])
+def test_module_entries_stop_on_a_signal_as_the_command_does(tmp_path, module, stops, prog,
+                                                             argv, sig, line):
+    """torchrun's entry (`python -m bridgegan.reference.train_cli`) and `python -m
+    bridgegan.kernels.parity`, stopped by Ctrl-C or SIGTERM as they set up (at ``stops``):
+    one line, their exit handlers, an end by the signal, as the `bridgegan` command (SIGTERM
+    ended them at once, Ctrl-C with a traceback)."""
+    import signal
+
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    code = f"""if True:
+        import atexit, importlib, os, runpy, signal, sys, time
+        owner, _, name = {stops!r}.rpartition(".")
+
+        def stopped(*args, **kwargs):
+            os.kill(os.getpid(), signal.{sig})
+            time.sleep(60)
+        setattr(importlib.import_module(owner), name, stopped)
+        atexit.register(lambda: print("exit handlers ran", flush=True))
+        sys.argv = ["-m", *{argv!r}]
+        runpy.run_module({module!r}, run_name="__main__", alter_sys=True)
+    """
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == -getattr(signal, sig), done
+    assert done.stderr == f"{prog}: {line}\n", done.stderr
+    assert done.stdout.endswith("exit handlers ran\n"), done.stdout
 
 
 def test_help_imports_no_torch():

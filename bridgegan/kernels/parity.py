@@ -26,6 +26,7 @@ import sys
 import torch
 
 from ..argtypes import add_device, output_file
+from ..exits import end, stopped_status
 from ..files import RowsFile
 from ..numerics import SHORT_NAMES, dtype_name, errors, float64_call, same_nonfinite, tolerance
 from ..timing import time_calls
@@ -297,16 +298,19 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=None, type=output_file,
                    help="also write the rows to this JSON file (in an existing folder)")
     args = p.parse_args(argv)
-    try:
-        rows = check_ops(device=args.device, quick=args.quick, impl=args.impl,
-                         written=args.json)
-    except (RuntimeError, ValueError) as exc:
-        print(f"parity: error: {exc}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(f"wrote {args.json}")
-    return 0 if all(r["ok"] for r in rows) else 1
+
+    def check() -> int:
+        try:
+            rows = check_ops(device=args.device, quick=args.quick, impl=args.impl,
+                             written=args.json)
+        except (RuntimeError, ValueError) as exc:
+            print(f"parity: error: {exc}", file=sys.stderr)
+            return 2
+        if args.json:
+            print(f"wrote {args.json}")
+        return 0 if all(r["ok"] for r in rows) else 1
+    return stopped_status("parity", check)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    end(main())

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from .. import threads
 from ..argtypes import Parser, absolute_path, add_device, positive_float
+from ..exits import end, signals_deferred, stopped_status
 from ..files import check_writable_folder, prepare_file_targets, write_file_atomic
 from ..warning_filters import one_line_warnings
 from .config import INT_RANGES, BridgeGANConfig
@@ -539,14 +540,20 @@ def _train(args: argparse.Namespace, info: DistInfo) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m bridgegan.reference.train_cli` (what torchrun runs): `bridgegan train`."""
+    """`python -m bridgegan.reference.train_cli` (what torchrun runs): `bridgegan train`,
+    a Ctrl-C or SIGTERM before the run's own handlers are set (``_stop_on_signals``) one
+    line and status 128 + the signal, as the `bridgegan` command has them."""
     parser = Parser(prog="bridgegan train", description=__doc__.splitlines()[0])
     add_arguments(parser)
     args = parser.parse_args(argv)
-    threads.apply(args.threads)
-    with one_line_warnings("train"):
-        return run(args)
+
+    def train() -> int:
+        with signals_deferred():  # torch's import swallows a Ctrl-C
+            threads.apply(args.threads)
+        with one_line_warnings("train"):
+            return run(args)
+    return stopped_status("bridgegan train", train)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    end(main())
