@@ -202,8 +202,10 @@ def write_files_atomic(contents: Mapping[str | os.PathLike, bytes | None]) -> li
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
         raise
-    for folder in {path.parent for _, path in staged}:
-        _fsync_folder(folder)  # the renames themselves on disk
+    removed = {p.parent for p, data in zip(paths, contents.values())
+               if data is None and p.parent.is_dir()}
+    for folder in {path.parent for _, path in staged} | removed:
+        _fsync_folder(folder)  # the renames and removals themselves on disk
     return paths
 
 
@@ -235,6 +237,9 @@ def _stage(path: Path, data: bytes) -> Path | None:
     if _written_into(path):
         with open(path, "wb") as f:
             f.write(data)
+            f.flush()
+            with contextlib.suppress(OSError):  # a pipe cannot be synced (EINVAL)
+                os.fsync(f.fileno())
         return None
     mode = path.stat().st_mode & 0o777 if path.is_file() else None
     tmp = _temp_name(path, "tmp")
@@ -255,8 +260,9 @@ def _stage(path: Path, data: bytes) -> Path | None:
 
 def link_or_copy(source: str | os.PathLike) -> Callable[[Path], None]:
     """A folder writer placing ``source``: a hard link (no second copy of big weights)
-    where ``source`` already grants group and others what written files get, else a copy,
-    so placing it never changes the mode of ``source`` nor shows more than it does."""
+    where ``source`` already grants group and others what written files get, else a copy
+    with written files' mode (a server running as another user reads it), so placing it
+    never changes the mode of ``source``."""
     source = Path(source)
 
     def write(path: Path) -> None:

@@ -437,6 +437,24 @@ def test_parity_ops_json_goes_to_the_path_given(tmp_path, monkeypatch):
     assert calls == [(None, path), ("cpu", path + ".ops.json"), (None, "-p.json")]
 
 
+@pytest.mark.parametrize("ops, backends, status", [(2, 1, 2), (1, 0, 1), (0, 1, 1), (1, 1, 1)])
+def test_parity_status_is_the_worse_of_the_two_checks(monkeypatch, capsys, ops, backends,
+                                                       status):
+    """`bridgegan parity` exits 1 when a row fails, 2 when a check could not run: the
+    worse of the two checks' statuses (their bits were or-ed: 3 for an error and a FAIL)."""
+    from bridgegan.engine import parity as backends_check
+    from bridgegan.kernels import parity as ops_check
+
+    def check_ops(**kw):
+        if ops == 2:
+            raise RuntimeError("no kernels here")
+        return [{"ok": not ops}]
+
+    monkeypatch.setattr(ops_check, "check_ops", check_ops)
+    monkeypatch.setattr(backends_check, "main", lambda args: backends)
+    assert main(["parity"]) == status
+
+
 def test_bench_writes_rows_with_ratios(tmp_path, monkeypatch):
     from bridgegan.engine import bench, bench_results
 

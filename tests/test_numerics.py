@@ -89,3 +89,21 @@ def test_dtype_names_and_spellings():
     assert dtype_name(torch.bfloat16) == dtype_name("bf16") == "bfloat16"
     assert dtype_name("tf32") == "tf32" and dtype_name(torch.float64) == "float64"
     assert dtype_spellings(("float32", "bfloat16")) == ["float32", "fp32", "bfloat16", "bf16"]
+
+
+def test_real_value_takes_one_value_arrays_without_numpys_deprecation():
+    """A one-value numpy array of any dimensions (a strength from a numpy pipeline) is
+    its number, without numpy's DeprecationWarning (an error under -W error, a TypeError in
+    numpy's future); a string array, a complex one and arrays of several values are None."""
+    import warnings
+
+    import numpy as np
+
+    from bridgegan.numerics import real_value
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = [real_value(v) for v in (np.array([0.5]), np.array([[2]]), np.float32(0.25),
+                                       torch.tensor([[0.75]]), np.array(["1.5"]),
+                                       np.array([1j]), np.array([1.0, 2.0]))]
+    assert got == [0.5, 2.0, 0.25, 0.75, None, None, None]

@@ -342,7 +342,8 @@ def engine_device(device: str | torch.device) -> torch.device:
 
 class Engine:
     """``backend``: a name of ``backends.REGISTRY``, or "auto" for the fastest measured
-    backend that runs on ``device`` at ``dtype``; ``self.backend`` is the resolved name.
+    backend that runs on ``device`` at ``dtype`` (triton on CUDA, onnxruntime on a CPU:
+    ``backends.FASTEST``; else torch); ``self.backend`` is the resolved name.
     ``streams`` (CUDA): the generator's trunk and the latent codes overlap on streams of
     their own (``engine.streams``), for small batches."""
 

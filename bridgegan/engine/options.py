@@ -23,7 +23,7 @@ SEEDS = 2 ** 64  # noise seeds are integers in [0, SEEDS): torch.Generator's 64 
 MAX_SAMPLES = 64
 BENCH_SAMPLES = 4  # the samples workload's noise samples per source
 # the least seconds of timed calls a bench row takes, whatever its reps: a GPU's batch-1
-# row of 10 calls spans about 10 ms
+# row of 10 calls spans about 10 ms with CUDA graphs (H100: 1.35 ms a call)
 BENCH_MIN_SECONDS = 0.2
 # the rounds over which a bench row's timed calls are split, the variants of a row timed in
 # alternation (bench._cell_rows)
@@ -44,9 +44,10 @@ def add_options(parser: argparse.ArgumentParser, dtype: bool = True) -> None:
     backend default is torch, not auto: on a CPU auto picks onnxruntime, which exports the
     graphs into the cache folder on first use (files a default should not write) and made
     `bridgegan demo` slower, 6.3 s with a cold cache and 4.8 s warm against 4.4 s (one
-    thread, 32 px)."""
+    thread, 32 px, this workplace's 2-core CPU, 2026-12-01)."""
     parser.add_argument("--backend", default="torch",
-                        help=f"engine backend: {AUTO} (the fastest measured that runs here), "
+                        help=f"engine backend: {AUTO} (the fastest measured that runs here, else "
+                             f"torch), "
                              f"{', '.join(BACKENDS)} (default: %(default)s)")
     if dtype:
         parser.add_argument("--dtype", default="float32",

@@ -298,19 +298,16 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=None, type=output_file,
                    help="also write the rows to this JSON file (in an existing folder)")
     args = p.parse_args(argv)
-
-    def check() -> int:
-        try:
-            rows = check_ops(device=args.device, quick=args.quick, impl=args.impl,
-                             written=args.json)
-        except (RuntimeError, ValueError) as exc:
-            print(f"parity: error: {exc}", file=sys.stderr)
-            return 2
-        if args.json:
-            print(f"wrote {args.json}")
-        return 0 if all(r["ok"] for r in rows) else 1
-    return stopped_status("parity", check)
+    try:
+        rows = check_ops(device=args.device, quick=args.quick, impl=args.impl,
+                         written=args.json)
+    except (RuntimeError, ValueError) as exc:
+        print(f"parity: error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(f"wrote {args.json}")
+    return 0 if all(r["ok"] for r in rows) else 1
 
 
-if __name__ == "__main__":
-    end(main())
+if __name__ == "__main__":  # a Ctrl-C or SIGTERM: one line, as the bridgegan command
+    end(stopped_status("parity", main))

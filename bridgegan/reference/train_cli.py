@@ -540,20 +540,16 @@ def _train(args: argparse.Namespace, info: DistInfo) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m bridgegan.reference.train_cli` (what torchrun runs): `bridgegan train`,
-    a Ctrl-C or SIGTERM before the run's own handlers are set (``_stop_on_signals``) one
-    line and status 128 + the signal, as the `bridgegan` command has them."""
+    """`python -m bridgegan.reference.train_cli` (what torchrun runs): `bridgegan train`."""
     parser = Parser(prog="bridgegan train", description=__doc__.splitlines()[0])
     add_arguments(parser)
     args = parser.parse_args(argv)
-
-    def train() -> int:
-        with signals_deferred():  # torch's import swallows a Ctrl-C
-            threads.apply(args.threads)
-        with one_line_warnings("train"):
-            return run(args)
-    return stopped_status("bridgegan train", train)
+    with signals_deferred():  # torch's import swallows a Ctrl-C
+        threads.apply(args.threads)
+    with one_line_warnings("train"):
+        return run(args)
 
 
-if __name__ == "__main__":
-    end(main())
+if __name__ == "__main__":  # a Ctrl-C or SIGTERM before the run's own handlers are set
+    # (_stop_on_signals): one line and an end by the signal, as the bridgegan command
+    end(stopped_status("bridgegan train", main))
