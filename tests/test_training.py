@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import warnings
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -1028,6 +1029,27 @@ def test_a_signal_stops_training_with_a_checkpoint(tmp_path, sig, workers):
     assert "continue with --resume auto" in err
     last = max(r["step"] for r in _records(out))
     assert _checkpoints(out)[-1] == f"step-{last:08d}"
+
+
+def test_a_write_protected_log_is_refused_before_training(tmp_path, monkeypatch, capsys):
+    """A resumed run whose metrics.jsonl is write-protected is refused before any step
+    (it failed at the first record, the steps before it lost). (os.access faked too:
+    this suite may run as root, whom no mode stops.)"""
+    from bridgegan.cli import main
+
+    out = tmp_path / "run"
+    out.mkdir()
+    log = out / "metrics.jsonl"
+    log.write_text('{"step": 1}\n')  # a run killed before its first checkpoint
+    log.chmod(0o444)
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: (
+        Path(p) != log or not mode & os.W_OK) and access(p, mode, **kw))
+    assert main(_train_args(out, "--steps", "2", "--resume", "auto")) == 2
+    assert capsys.readouterr().err == (f"bridgegan train: error: {log} is write-protected: the "
+                                       f"run appends its records there; make it writable or "
+                                       f"choose another --out\n")
+    assert log.read_text() == '{"step": 1}\n' and not (out / "checkpoints").exists()
 
 
 class _HangsAfterTwo(torch.utils.data.Dataset):
