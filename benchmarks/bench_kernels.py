@@ -4,7 +4,7 @@ and of the fused tail (rgb_tail) at G's last layer.
 
     python benchmarks/bench_kernels.py --out DIR            # GPU: fp16+bf16, NCHW+channels_last
     python benchmarks/bench_kernels.py --out DIR --parity   # GPU parity table first
-    python benchmarks/bench_kernels.py --out DIR --sweep    # + launch-config sweep, hot shape
+    python benchmarks/bench_kernels.py --out DIR --sweep    # + launch-config sweep, every shape
     python benchmarks/bench_kernels.py --tune               # compare launch-config candidates
     python benchmarks/bench_kernels.py --dry-run --out DIR  # CPU, tiny shapes, torch impl (CI)
 
@@ -17,8 +17,8 @@ Backends per shape:
   triton  spade_modulate(x, gamma, beta, act="relu", impl="triton")
   triton+bias
           the same with bias= the (2C,) gamma/beta convolution bias, added in the kernel
-          (what the engine runs once its convolutions drop their bias): its cost is the
-          difference from the triton row
+          (what the engine runs with impl="triton": its gamma/beta convolutions drop their
+          bias, ``kernel_bias``): its cost is the difference from the triton row
   triton+res
           spade_modulate(..., residual=r): the previous block's two branches summed by the
           kernel, which stores the sum and normalises it (``fused_residual``); ideal bytes
@@ -312,7 +312,7 @@ def _print_layer(dname, layout, c, h, count, times, backends, ideal, ideal_res, 
 
 def _total_rows(totals, base, copy_bw):
     """The generator's SPADE layers summed (each layer times its count in GEN_LAYERS); the
-    triton and triton+bias sums printed against eager's."""
+    triton sum printed against eager's, the triton+bias sum against the triton one."""
     rows = []
     for (dname, layout, name), (t50, t20, t80, nbytes) in totals.items():
         common = dict(base, what=f"generator SPADE layers ({len(GEN_LAYERS)}, {IMAGE_RES}px)",
@@ -437,7 +437,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="runs/bench_kernels", help="folder for kernels.json / kernels.csv")
     p.add_argument("--dry-run", action="store_true", help="CPU, tiny shapes, torch impl (CI smoke run)")
-    p.add_argument("--sweep", action="store_true", help="also time launch-config variants (hot shape)")
+    p.add_argument("--sweep", action="store_true",
+                   help="also time launch-config variants (fp16, every shape, biggest first)")
     p.add_argument("--parity", action="store_true", help="run the kernel parity table first")
     p.add_argument("--quick", action="store_true", help="shorter timing runs")
     p.add_argument("--tune", action="store_true", help="only compare launch-config candidates (TUNE)")

@@ -4,8 +4,9 @@
     python benchmarks/model_card.py bridgegan/assets/default
 
 Reads config.json, eval.json (``bridgegan eval --json``), training.json (``commands``,
-``checkpoint_step``, ``trained_on``, ``missed_targets``; optional ``wall_minutes`` and
-``history``, a paragraph on how the recipe changed between stretches) and judge/report.json.
+``checkpoint_step``, ``trained_on``; optional ``wall_minutes`` and ``history``, a paragraph
+on how the recipe changed between stretches) and judge/report.json. The missed targets are
+computed from eval.json (``evaluate.missed_targets``), not read from training.json.
 The departures from the paper are read off the training commands (``DEPARTURES``).
 """
 from __future__ import annotations
@@ -26,8 +27,8 @@ DEPARTURES = {
     "--w-paired-edit": "the same over the pixels each edit changes, averaged per image",
     "--single-edits": "share of targets that take one attribute from the reference",
     "--w-feature": "a frozen classifier's activations of the fakes and reconstructions "
-                   "matched to the true images' (not the judge: another kernel, width and data "
-                   "seed; see its train-classifier command)",
+                   "matched to the true images' (not the judge: another kernel and seed; see "
+                   "its train-classifier command)",
     "--n-d": "critic updates per generator step (0: no critic)",
     "--w-adv": "adversarial weight",
     "--w-attr": "generator attribute weight",

@@ -10,7 +10,7 @@ hide the kernels). The default profiles the reference, the engine without the re
 GPU round 2 that can be turned off (transposed_up, kernel_bias, fold_labels, fused_relu,
 fused_tail, fused_residual, shortcut_bias: the "before" table; the broadcast shortcut add and
 the kernels' own changes stay) and the engine. For each variant and batch: label-based
-translations of seeded random faces (paper widths at --resolution) under torch.profiler,
+translations of seeded random images (paper widths at --resolution) under torch.profiler,
 then each stage (trunk, encode, map, decode) timed alone with ``bridgegan.timing``, TF32 off
 as in the bench. Writes OUTDIR/profile.csv (one row per
 kernel / stage / summary, each with the variant's backend and dtype, the batch and

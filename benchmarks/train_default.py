@@ -5,11 +5,12 @@
     python benchmarks/train_default.py OUTDIR --device cuda --minutes 7    a lent GPU
     python benchmarks/train_default.py OUTDIR --dry-run                    tiny, on the CPU (CI)
 
-Each call runs these stages, each a `bridgegan` command recorded verbatim in
-OUTDIR/commands.json (and in the packaged model's training.json):
+Each call runs these stages; those of stages 1-3 are `bridgegan` commands recorded verbatim
+in OUTDIR/commands.json (and in the packaged model's training.json), stage 4 is a Python
+call and stage 5's `bridgegan demo` runs after both files are written (recorded in neither):
   1. train-classifier: the judge, trained on faces of another seed than the model's, and
-     the critic of the feature term, of another kernel, width and seed than the judge
-     (each skipped when its folder exists)
+     the critic of the feature term, of another kernel and seed than the judge (each
+     skipped when its folder holds a classifier.json)
   2. train: RECIPES[device], resumed from OUTDIR/run when it holds a checkpoint, stopped by
      --time-limit with a final checkpoint (call again to train another stretch)
   3. eval: on 200 held-out faces (test split, data seed 1: never seen in training), at
@@ -48,7 +49,8 @@ DEPARTURES = ["--n-d", "0", "--w-adv", "0", "--w-attr", "0", "--w-paired", "100"
               "--w-latent", "5", "--w-cycle", "5", "--lr", "1e-3", "--noise-memory", "off",
               "--d-attr-warmup", "3000"]
 RECIPES = {
-    # the shipped model: 32 px, narrow widths, batch 8, one thread (about 0.65 s a step)
+    # the shipped model: 32 px, narrow widths, batch 8, one thread (about 0.65 s a step on
+    # this workplace's 2-core CPU, 2026-12-01)
     "cpu": ["--data", "synthetic", "--resolution", "32", "--g-width", "16", "--e-width", "16",
             "--latent-channels", "16", "--spade-hidden", "32", "--mapping-channels", "32",
             "--noise-dim", "8", "--d-width", "8", "--batch", "8", *DEPARTURES,

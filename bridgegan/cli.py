@@ -58,8 +58,9 @@ def _demo_options(p: argparse.ArgumentParser) -> None:
                    help=f"seed of the faces and the noise, 0 to {DEMO_MAX_SEED} "
                         "(default: 0)")
     add_device(p)
-    p.add_argument("--bench", action="store_true", help="also print the throughput of the "
-                                                       "backends that run here")
+    p.add_argument("--bench", action="store_true",
+                   help="also print the throughput of the backends that run here and build "
+                        "quickly (not compile or tensorrt, whose builds can take minutes)")
     threads.add_option(p)
 
 

@@ -6,7 +6,8 @@ procedural set (or takes ``--input`` images), and writes one grid PNG with a cap
 every image. Each row is one source: the source, its reconstruction, every attribute
 flipped, noise samples, the reference-based edit with the reference beside it, a region
 edit (hair colour on the left half only) and label-to-reference interpolation. ``--bench``
-also prints the throughput of the registry's backends that run here. Without a shipped
+also prints the throughput of the registry's backends that run here and build quickly (not
+the ``slow_build`` ones, compile and tensorrt, even where they run). Without a shipped
 model it says so and uses seeded untrained weights, so the grid shows the pipeline, not
 edits.
 """
@@ -77,7 +78,7 @@ def throughput(model: BridgeGAN, device: str, batch: int = 8, calls: int = 3) ->
             eng = Engine(model, backend=name, device=device)
             times = time_calls(lambda: eng.translate(x, 1 - ys, source=ys, seed=0), eng.device,
                                warmup=1, reps=calls)
-        except (BackendUnavailable, RuntimeError) as exc:  # e.g. torch.compile without a compiler
+        except (BackendUnavailable, RuntimeError) as exc:
             yield f"{name}: unavailable ({exc})"
             continue
         yield f"{name} fp32: {batch * len(times) / sum(times):.1f} images/s"

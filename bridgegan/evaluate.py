@@ -70,7 +70,7 @@ def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 1.5)
     return s.flatten(1).mean(1).to(dtype)
 
 
-SHOWN_THRESHOLD = 0.9  # renderer edit accuracy above which an attribute counts as shown
+SHOWN_THRESHOLD = 0.9  # renderer edit accuracy at or above which an attribute counts as shown
 # What a shipped default model must reach on 200 held-out procedural faces: key -> minimum
 # (diversity only has to be measurably above 0; the true-change score needs data that
 # renders the true edit, as the procedural faces do).

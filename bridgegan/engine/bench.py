@@ -57,8 +57,8 @@ source's edit strip with and without the trunk cache; its batch is the strip len
 clamped to what edit_strip makes: the reconstruction and the flips, up to MAX_SAMPLES
 samples more).
 
-Parity first: before a variant is timed, its engine translates a seeded batch of faces
-(the smallest batch of the run: a shape it compiles or captures anyway) and the result is
+Parity first: before a variant is timed, its engine translates a seeded batch of random
+images (the smallest batch of the run: a shape it compiles or captures anyway) and the result is
 held to its dtype's image limit against the float64 reference model
 (``engine.parity.compare``); a variant that fails gets a ``skipped`` row that says so and
 no speed, and every measured row names its parity in the ``parity`` column (a row of

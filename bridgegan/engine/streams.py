@@ -1,8 +1,10 @@
 """Independent branches of a program on CUDA side streams (issue 14 item 7).
 
 At batch 1 every kernel of the generator's trunk, the encoder and the mapping leaves most
-of the GPU idle, and the three do not depend on each other until the decoder: run on
-streams of their own they overlap. Inside a CUDA-graph capture the fork and the join
+of the GPU idle, and the trunk and the latent code (the encoder, then the mapping, one
+after the other) do not depend on each other until the decoder: the trunk runs on the
+current stream and each code (with a region, the edit's and the reconstruction's) on a
+side stream of its own, and they overlap. Inside a CUDA-graph capture the fork and the join
 become edges of the graph, so a replay keeps the overlap at no host cost.
 """
 from __future__ import annotations

@@ -17,8 +17,8 @@ from .options import VARIANT_FORM, VARIANT_TAGS
 # The table measured when no variants are given, per device type. CPU: the backends side
 # by side in float32 (issue 14 item 9), then torch and compile in bf16 channels_last
 # (AMX CPUs: 2.1-2.7x and 5.5-7.2x the reference). CUDA: the reference in float32 and
-# fp16, the torch backend, and what backend="auto" runs there (triton, fp16,
-# channels_last, CUDA graphs).
+# fp16, the torch backend, and what backend="auto" runs there with dtype="auto" (triton,
+# fp16, channels_last, CUDA graphs; the default dtype is float32).
 DEFAULT_VARIANTS = {
     "cpu": "reference:float32,torch:float32,onnxruntime:float32,compile:float32,torch:bf16:cl,"
            "compile:bf16:cl",

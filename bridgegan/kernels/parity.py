@@ -1,7 +1,8 @@
 """Kernel parity check: every op x dtype x layout x activation against a float64 reference
 (and, in every dtype x layout, the ops with ``residual=`` and rgb_tail, G's last pass).
 
-    python -m bridgegan.kernels.parity [--device cpu|cuda] [--quick] [--json FILE]
+    python -m bridgegan.kernels.parity [--device cpu|cuda] [--impl triton|torch] [--quick] \\
+        [--json FILE]
     bridgegan parity --ops
 
 For each row the inputs are drawn fresh (seeded), the op runs in the storage dtype, and
@@ -49,9 +50,10 @@ FORMATS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last
 # (shape, config, mode): "full" = every dtype x layout x activation; "grid" = every dtype x
 # layout, the activation cycling over rows; "light" = both layouts, dtype and activation
 # cycling. Fewer combinations on the odd shapes keep the number of kernel compilations
-# (the cost on a fresh GPU machine, ~0.15 s each) down: GPU parity runs in ~30 s. "+bias"
-# rows are "light" in every case: the bias is a per-channel add, orthogonal to the dtype
-# and activation code that the unbiased rows cover in full.
+# (the cost on a fresh GPU machine, ~0.15 s each on the H100) down: GPU parity ran in ~30 s
+# there (2026-11-26, before the +bias, residual and tail rows). "+bias" rows are "light" in
+# every case: the bias is a per-channel add, orthogonal to the dtype and activation code
+# that the unbiased rows cover in full.
 CPU_CASES = [
     ((2, 3, 7, 5), None, "full"),                                       # fused path, odd H*W
     ((2, 4, 9, 9), {"max_fused": 16, "target_programs": 4}, "grid"),    # split path forced

@@ -41,7 +41,10 @@ DEFAULT_STRENGTH = 1.5
 # Largest |strength| (and |alpha|, which also scales an edit): far beyond, the edits
 # saturate (unbounded, 1e38 overflows to NaN images).
 MAX_SCALE = 10.0
-MAX_EXTRA_DEPTH = 32  # lists / objects nested in config.extra (deeper ones fail to save)
+# Lists / objects nested in config.extra: a bound this project sets, well below the depth
+# at which saving (json, Python's recursion limit) would fail; a config nested deeper is
+# refused (ValueError) when it is made.
+MAX_EXTRA_DEPTH = 32
 
 
 def _nesting(value, limit: int) -> int:

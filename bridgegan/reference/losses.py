@@ -4,8 +4,9 @@ computed in batched calls.
 
 ``DiscriminatorObjective`` (holds D) and ``GeneratorObjective`` (holds G, E, M) compute a
 whole loss in their ``forward`` so that each can be wrapped in DistributedDataParallel
-and trained with one forward and one backward per step. Both return
-``(loss, terms)`` where ``terms`` maps a name to a detached scalar tensor for logging.
+and trained with one forward and one backward per step. They return
+``(loss, terms)`` (the generator's ``(loss, terms, r)``, r the noise it used) where
+``terms`` maps a name to a detached scalar tensor for logging.
 
 Shapes: images (N, 3, S, S) in [-1, 1]; labels (N, A) 0/1; noise (N, noise_dim).
 Every L1 / BCE term is a mean over all elements, as in the official code.
@@ -188,12 +189,13 @@ class GeneratorObjective(nn.Module):
 
     ``x_true`` (optional, not in the paper): each source rendered with its target labels,
     for data that can render the true edit (the procedural faces). With ``weights.paired``
-    > 0 the loss adds paired * mean over X_l, X_ref, X_int of L1(fake, x_true), and
-    paired_edit * the mean over images of that L1 over only the pixels where x_true differs
-    from X_s (by more than EDIT_THRESHOLD in some channel; images without such pixels left
-    out): every edit counts alike, whatever its size, while small edits (a moustache,
-    glasses) cover a few pixels and would otherwise hardly weigh. Under DDP that mean is
-    per process. The critic is not run when the adversarial and attribute weights are 0.
+    or ``weights.paired_edit`` > 0 (either needs ``x_true``) the loss adds paired * mean
+    over X_l, X_ref, X_int of L1(fake, x_true), and paired_edit * the mean over images of
+    that L1 over only the pixels where x_true differs from X_s (by more than EDIT_THRESHOLD
+    in some channel; images without such pixels left out): every edit counts alike, whatever
+    its size, while small edits (a moustache, glasses) cover a few pixels and would
+    otherwise hardly weigh. Under DDP that mean is per process. The critic is not run when
+    the adversarial and attribute weights are 0.
 
     ``features`` (optional, not in the paper): a frozen attribute classifier's activations.
     With ``weights.feature`` > 0 the loss adds feature * ``feature_match`` of the three fakes

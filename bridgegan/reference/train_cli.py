@@ -315,8 +315,11 @@ def _refuse_earlier_run(out: Path, resume: Path | None = None) -> None:
 @contextlib.contextmanager
 def _stop_on_signals(trainer):
     """SIGTERM (a scheduler's stop, `kill`) and SIGINT (Ctrl-C) stop the run at the end of
-    the step under way with a final checkpoint; a second one of either kills at once (the
-    default handlers are back)."""
+    the step under way with a final checkpoint. The first puts back the handlers in place
+    when the run started, so a second one of either stops at once through them: under
+    `bridgegan train` and `python -m bridgegan.reference.train_cli` (``exits.stopped_status``)
+    it raises KeyboardInterrupt / ``exits.Terminated``, what is under way unwinds, and the
+    command prints one line and ends by the signal (status 130 / 143, ``exits.end``)."""
     signums = (signal.SIGINT, signal.SIGTERM)
     if threading.current_thread() is not threading.main_thread():
         yield

@@ -1,7 +1,7 @@
 """`bridgegan serve`: argument parsing; the work lives in ``server`` (tritonserver behind
-the front; it imports only the standard library and ``names`` until the command runs) and
-``repo_python`` (the python-backend model repository it serves), imported when the
-command runs."""
+the front; it imports only the standard library, ``names`` and the torch-free ``..files``
+until the command runs) and ``repo_python`` (the python-backend model repository it
+serves), imported when the command runs."""
 from __future__ import annotations
 
 import argparse
@@ -113,8 +113,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics-port", type=PORT, default=METRICS_PORT,
                    help="tritonserver's metrics port (default: %(default)s)")
     p.add_argument("--exit-timeout-secs", type=non_negative_int, default=EXIT_TIMEOUT_S,
-                   help="how long shutdown waits for in-flight requests, open clients and "
-                        "the models to unload (about 3 s; default: %(default)s)")
+                   help="how long shutdown waits for in-flight requests and open clients "
+                        "(the front), then again for tritonserver to finish its requests and "
+                        "unload the models: up to about twice this in all "
+                        "(default: %(default)s)")
     p.add_argument("--read-timeout-secs", type=positive_float, default=READ_TIMEOUT_S,
                    help="how long an HTTP client may take to send a request's header, then "
                         "its body, then to take the response: a late header closes the "

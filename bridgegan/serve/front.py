@@ -16,7 +16,7 @@ request on its own before it reaches tritonserver:
   ``READING_BYTES``, two bodies at least: the paper model's 128 px JSON bodies at max
   batch 64 are 0.2 GB each), counted in the bytes received, from the first until the
   answer is sent (a client that sends nothing holds nothing; one reader at a time may go
-  a body over, up to twice the budget in all, ``_Budget``); others wait within their
+  a body over, up to twice the budget and one body in all, ``_Budget``); others wait within their
   read deadline (HTTP 503 past it, and at once when ``MAX_WAITING`` already wait, each
   holding a chunk it has received); a connection is not read from while its request is
   checked, forwarded and answered (bytes a client sends after its request wait in the
@@ -113,7 +113,7 @@ READ_CHUNK = 1 << 18  # bytes read from a body at once (asyncio reads 256 KiB pe
 MAX_GRPC_CALLS = 4 * MAX_READING  # gRPC calls taken at once, read or in flight
 THREAD_BYTES = 1 << 20  # bodies larger than this are parsed and checked on a worker thread
 MAX_PARAMETERS = 64  # keys of a "parameters" object: tritonserver parses a request's in
-# time quadratic in their number (60,000 took it 4.5 s of a core)
+# time quadratic in their number (tens of thousands take it seconds)
 # how tritonserver's 500 on a malformed JSON field begins ("set": an output's parameter)
 TRITON_UNPARSED = ("Unable to parse '", "Unable to set '")
 JSON_DATA = {"FP32": ((int, float), "numbers"), "BOOL": ((bool,), "true / false"),

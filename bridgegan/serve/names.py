@@ -1,6 +1,7 @@
 """What `bridgegan serve` serves and its defaults: the models' names, the address, ports
 and timeouts. Torch-free and import-free, so that ``--help``, ``server`` (the standard
-library until the command runs) and the load benchmark read them without the engine."""
+library and ``..files`` until the command runs) and the load benchmark read them without
+the engine."""
 
 MODELS = ("translate_label", "translate_reference", "reconstruct")
 HOST = "127.0.0.1"

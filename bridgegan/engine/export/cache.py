@@ -2,11 +2,12 @@
 
 The exported backends (onnxruntime, tensorrt) export a model on first use into
 ``<cache>/onnx/<key>/`` (``onnx_export.default_onnx_dir``): one folder per distinct
-checkpoint, export settings and bridgegan version, its ONNX graphs and the TensorRT plans
-built beside them. Nothing removes them on its own (a folder may be in use by a running
-process), so a machine evaluating many checkpoints gathers them; this command lists them
-with their size and last use (the manifest's mtime, touched by each use) and removes
-those unused for a number of days.
+checkpoint, export settings and traced source code (``onnx_export.export_key``; the
+bridgegan version is not in the key), its ONNX graphs and the TensorRT plans built beside
+them. Nothing removes them on its own (a folder may be in use by a running process), so a
+machine evaluating many checkpoints gathers them; this command lists them with their size
+and last use (the manifest's mtime, touched by each use) and removes those unused for a
+number of days.
 
 A removal takes the folder's export lock (an export or a TensorRT plan build filling it
 finishes first), moves it aside as a whole, then deletes it: no process sees a part of an

@@ -4,7 +4,8 @@ One model per whole-program graph (``translate_label``, ``translate_reference``;
 ``onnx_export`` for their inputs)::
 
     DIR/translate_label/config.pbtxt
-    DIR/translate_label/bridgegan.json      config, attributes, versions (for clients)
+    DIR/translate_label/bridgegan.json      config, attributes, opset, rewrites, graph,
+                                            platform, bridgegan_version (for clients)
     DIR/translate_label/1/model.onnx        or 1/model.plan for a TensorRT plan
 
 ``config.pbtxt``: platform ``onnxruntime_onnx`` (``tensorrt_plan`` for a plan), inputs and

@@ -38,7 +38,8 @@ Eyeglasses 0.35; Pale_Skin 0.3; Bushy_Eyebrows 0.3. Labels always match what is 
 Render the sample grids with::
 
     python -m bridgegan.reference.data.synthetic --out docs/procedural_faces.png --size 64 --count 48
-    python -m bridgegan.reference.data.synthetic --attribute-sweep --out docs/procedural_sweep.png
+    python -m bridgegan.reference.data.synthetic --attribute-sweep --count 6 \\
+        --out docs/procedural_sweep.png
 """
 from __future__ import annotations
 
