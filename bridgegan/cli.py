@@ -161,8 +161,8 @@ def _classifier_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kernel", type=int, default=classifier_defaults.KERNEL,
                    choices=classifier_defaults.KERNELS,
                    help="convolution kernel size (default: %(default)s); a classifier used in "
-                        "training (--feature-classifier) should differ from the judge in "
-                        "kernel, width and --seed")
+                        "training (--feature-classifier) should differ from the judge, in "
+                        "kernel and --seed at least")
     p.add_argument("--workers", type=non_negative_int, default=0,
                    help="data-loader worker processes")
     p.add_argument("--seed", type=non_negative_int, default=0,

@@ -138,8 +138,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"inference; not in the paper (default: {TrainConfig.single_edits:g})")
     g.add_argument("--feature-classifier", type=absolute_path, default=None, metavar="FOLDER",
                    help="a classifier from `bridgegan train-classifier` whose activations "
-                        "--w-feature matches; not in the paper. Train it with another kernel, "
-                        "width and seed than the classifier that judges the model. The run "
+                        "--w-feature matches; not in the paper. Train it with another kernel "
+                        "and seed (at least) than the classifier that judges the model. The run "
                         "records its absolute path and its weights' sha256: a resume warns "
                         "where the folder holds another classifier")
     g.add_argument("--seed", type=int, default=None,
