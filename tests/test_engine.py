@@ -356,14 +356,23 @@ def test_edit_strip_cache_equals_uncached(model):
     assert cached.images.shape == (1 + cfg.n_attrs + 3, 3, cfg.image_size, cfg.image_size)
     assert len(cached.captions) == cached.images.shape[0]
     assert (cached.images - plain.images).abs().max() <= ATOL  # batch-size rounding only
-    # the rows are the single translations they claim to be
-    noise = torch.randn(cached.images.shape[0], cfg.noise_dim, generator=torch.Generator().manual_seed(4))
+    # the rows are the single calls they claim to be, with the seeds of their rows (sample
+    # k: seed + 1 + k), whatever the number of samples (the strip was one draw: its rows
+    # changed with --samples, and its reconstruction was not reconstruct(seed=seed)'s)
     flip = ys.clone()
     flip[0, 2] = 1 - flip[0, 2]
-    one = eng.translate(x, flip, noise=noise[3:4], source=ys)
-    assert (cached.images[3:4] - one).abs().max() <= ATOL
-    assert (cached.images[0:1] - eng.reconstruct(x, noise=noise[0:1])).abs().max() <= ATOL
+    assert (cached.images[3:4] - eng.translate(x, flip, seed=4, source=ys)).abs().max() <= ATOL
+    assert (cached.images[0:1] - eng.reconstruct(x, seed=4)).abs().max() <= ATOL
+    first = {cfg.attributes[0]: 1 - int(ys[0, 0])}
+    for k in range(3):
+        one = eng.translate(x, first, seed=5 + k, source=ys)
+        assert (cached.images[1 + cfg.n_attrs + k] - one[0]).abs().max() <= ATOL, k
+    fewer = eng.edit_strip(x, samples=2, seed=4, source=ys)
+    assert (fewer.images - cached.images[:-1]).abs().max() <= ATOL
     assert cached.images[-1].sub(cached.images[-2]).abs().max() > 1e-3  # noise samples differ
+    with pytest.raises(ValueError, match=f"with 3 samples draws seeds up to {2**64}; .* give "
+                                         f"seed <= {2**64 - 4}"):
+        eng.edit_strip(x, samples=3, seed=2**64 - 3, source=ys)
 
 
 def test_edit_strip_with_no_edits_samples_the_reconstruction(model):
@@ -376,9 +385,8 @@ def test_edit_strip_with_no_edits_samples_the_reconstruction(model):
     named = eng.edit_strip(x, samples=1, seed=6, source=ys, sample_target={
         cfg.attributes[0]: True, cfg.attributes[1]: np.float32(0.0)})
     assert named.captions[-1] == f"sample 1: {cfg.attributes[0]}=1,{cfg.attributes[1]}=0"
-    noise = torch.randn(k, cfg.noise_dim, generator=torch.Generator().manual_seed(6))
-    for row in (k - 2, k - 1):
-        want = eng.reconstruct(x, noise=noise[row:row + 1])
+    for row, seed in ((k - 2, 7), (k - 1, 8)):  # sample j: seed + 1 + j
+        want = eng.reconstruct(x, seed=seed)
         assert (strip.images[row:row + 1] - want).abs().max() <= ATOL
 
 

@@ -743,10 +743,15 @@ class Engine:
         """Reconstruction, every single-attribute flip (conflict rules applied), and
         ``samples`` (at most MAX_SAMPLES) noise samples of ``sample_target``, a dict name ->
         0/1 applied to the source labels (None: the first flip; {}: no edit), for one source
-        image; the strip's noise is one draw from ``seed``. With ``cache`` the source-only
-        trunk runs once for the whole strip."""
+        image. The reconstruction and the flips take the noise of ``seed``, sample k that of
+        ``seed + 1 + k``: each row is what ``reconstruct``, ``translate`` and
+        ``translate_samples(..., seed=seed + 1)`` give with those seeds (rounding apart),
+        whatever ``samples`` (None: one draw from torch's generator). With ``cache`` the
+        source-only trunk runs once for the whole strip."""
         samples = _samples(samples, 0)
-        _one_seed(seed)  # one draw for the strip: no list
+        seed = _one_seed(seed)
+        if seed is not None:
+            check_sample_seeds(seed, samples, first=1)
         _flag(cache, "cache", optional=False)
         x = self.load_images(image)
         if x.shape[0] != 1:
@@ -763,7 +768,9 @@ class Engine:
         y_t = torch.cat(targets)
         d = self._difference(y_s, y_t, strength)
         k = y_t.shape[0]
-        r = self._noise(k, None, seed)
+        seeds = None if seed is None else [seed] * (k - samples) + [
+            seed + 1 + j for j in range(samples)]
+        r = self._noise(k, None, seeds)
         xc = self._cast(x)  # the strip's rows in chunks of MAX_ROWS (the trunk once each)
 
         def strip(d, r):
