@@ -127,3 +127,32 @@ def test_no_import_cycle():
 def test_find_cycle_reports_one():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def _resolved(package: str, target: str):
+    """What a registry's ``".module:attr"`` (relative to ``package``) names."""
+    import importlib
+
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module, package), attr)
+
+
+def test_every_registry_row_names_what_exists():
+    """Each command's runner and each dataset kind's class resolve (a typo in a row passed
+    every test and failed only when that command or dataset was used), and the backends'
+    rows and modules match one for one, each module with its ``build``."""
+    from bridgegan import cli
+    from bridgegan.engine import backends
+    from bridgegan.reference.data import registry
+
+    for command in cli.COMMANDS:
+        assert callable(_resolved("bridgegan", command.run)), command.name
+    for name, kind in registry.DATASETS.items():
+        assert isinstance(_resolved("bridgegan.reference.data", kind.target), type), name
+    helpers = {"__init__", "base", "exported"}  # the registry and what backends share
+    modules = {p.stem for p in (ROOT / "engine" / "backends").glob("*.py")} - helpers
+    assert modules == set(backends.REGISTRY), "a backend module without a row, or a row " \
+                                              "without a module"
+    for name, row in backends.REGISTRY.items():
+        assert row.name == name and name.isidentifier(), name  # the name is its module's
+        assert callable(_resolved("bridgegan.engine.backends", f".{name}:build")), name
