@@ -169,6 +169,10 @@ def _classifier_options(p: argparse.ArgumentParser) -> None:
                    help="initialisation and data seed (>= 0)")
     add_device(p)
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--resume", action="store_true",
+                   help=f"continue the run whose state --out holds (kept every "
+                        f"{classifier_defaults.SAVE_EVERY} steps, and when Ctrl-C or SIGTERM "
+                        f"stops the run), with its options")
     threads.add_option(p)
 
 

@@ -311,21 +311,46 @@ def _sources(data: str, size: int, attributes, split: str, n: int, seed: int):
 
 
 def run_train_classifier(args) -> int:
-    """`bridgegan train-classifier`."""
+    """`bridgegan train-classifier`: Ctrl-C or SIGTERM stops it after the step under way
+    with its state in OUT/state (kept every SAVE_EVERY steps too), which ``--resume``
+    continues."""
+    import signal
+    import sys
+    from pathlib import Path
+
+    from .exits import stop_on_signals
     from .files import check_replaceable, check_writable_folder
-    from .reference.classifier import SAVED_FILES
+    from .reference.classifier import (SAVED_FILES, STATE_FILES, STATE_FOLDER, STATE_JSON,
+                                       ClassifierStopped)
     from .reference.data import dataset_options, make_dataset
 
     check_writable_folder(args.out, replaced=True)
-    check_replaceable(args.out, SAVED_FILES)  # before training, not after
+    check_replaceable(args.out, SAVED_FILES + STATE_FILES)  # before training, not after
+    state = Path(args.out) / STATE_FOLDER
+    if args.resume and not (state / STATE_JSON).is_file():
+        raise ValueError(f"--resume: {args.out} holds no interrupted run's state ({state}); "
+                         f"leave out --resume to start a run")
+    if not args.resume and state.exists():
+        raise ValueError(f"--out {args.out} holds an interrupted run's state ({state}): pass "
+                         f"--resume to continue it, or remove {state} to start afresh")
     kw = dataset_options(args.data, seed=args.seed)
     train = make_dataset(args.data, args.resolution, args.attributes, split="train", **kw)
     val = make_dataset(args.data, args.resolution, args.attributes, split="val", **kw)
     if note := unsplit_note(args.data, val, "val"):
         print(note)
-    model, report = train_classifier(train, val, steps=args.steps, batch=args.batch, lr=args.lr,
-                                     width=args.width, kernel=args.kernel, device=args.device,
-                                     seed=args.seed, workers=args.workers)
+    stop: list[int] = []
+    try:
+        with stop_on_signals(stop.append):
+            model, report = train_classifier(
+                train, val, steps=args.steps, batch=args.batch, lr=args.lr, width=args.width,
+                kernel=args.kernel, device=args.device, seed=args.seed, workers=args.workers,
+                state=state, resume=args.resume,
+                settings={"data": args.data},
+                stop=lambda: bool(stop))
+    except ClassifierStopped as exc:
+        print(f"stopped by {signal.Signals(stop[0]).name} at step {exc.step} with its state in "
+              f"{state}; continue with --resume", file=sys.stderr)
+        return 128 + stop[0]
     model.save(args.out, report)
     worst, accuracy = min(report["val_accuracy"].items(), key=lambda kv: kv[1])
     print(f"validation accuracy {report['val_accuracy_mean']:.1%} (worst: {worst} "

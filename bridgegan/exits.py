@@ -1,7 +1,9 @@
 """How a process that does not end through Python's own exit still ends cleanly: its exit
 handlers run and its output is flushed first, with the interpreter whole (a distributed
 run's ``os._exit``, the ``bridgegan`` command's end by SIGINT); and SIGTERM unwinds what is
-under way, as Ctrl-C does. Torch-free."""
+under way, as Ctrl-C does; a long run stops at the end of a step on either, its data
+loader's workers living through them (``stop_on_signals``, ``worker_ignores_stops``).
+Torch-free."""
 from __future__ import annotations
 
 import atexit
@@ -99,6 +101,61 @@ def end(status: int) -> NoReturn:
             signal.signal(sig, signal.SIG_DFL)
             os.kill(os.getpid(), sig)
     sys.exit(status)
+
+
+@contextlib.contextmanager
+def stop_on_signals(request: Callable[[int], None]) -> Iterator[None]:
+    """SIGTERM (a scheduler's stop, `kill`) and SIGINT (Ctrl-C) inside call ``request``
+    with the signal: a long run stops at the end of the step under way, with a checkpoint
+    (in the main thread; elsewhere no handler can be set). The first puts back the handlers
+    from before, so a second one of either stops at once through them: under the
+    `bridgegan` command and the module entries (``stopped_status``) it raises
+    KeyboardInterrupt / ``Terminated``, what is under way unwinds, and the command prints
+    one line and ends by the signal (status 130 / 143, ``end``)."""
+    signums = (signal.SIGINT, signal.SIGTERM)
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {s: signal.getsignal(s) for s in signums}
+
+    def handler(signum, frame):
+        for s in signums:
+            signal.signal(s, old[s])
+        print(f"\n{signal.Signals(signum).name}: stopping after this step with a checkpoint "
+              f"(send it again to stop at once)", file=sys.stderr)
+        request(signum)
+
+    for s in signums:
+        signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s in signums:
+            signal.signal(s, old[s])
+
+
+def worker_ignores_stops(_worker_id: int) -> None:
+    """A data loader's ``worker_init_fn`` for a run under ``stop_on_signals``: workers
+    ignore Ctrl-C's SIGINT and others' SIGTERM, which reach the whole process group (a
+    terminal; a scheduler's `kill -TERM -PGID`): the main process stops at the end of its
+    step and still needs the batches of that step (a worker that died of it failed the
+    step, and the run ended without its checkpoint). The main process's own SIGTERM
+    (torch's last resort for a worker that does not end when the loader shuts down, one
+    hung in ``__getitem__``) still ends it: SIGTERM is blocked and a thread tells the
+    senders apart (``_end_on_parents_sigterm``). A worker whose main process is gone exits
+    (torch's loader watches it)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # threads started after too
+    threading.Thread(target=_end_on_parents_sigterm, args=(os.getppid(),), daemon=True,
+                     name="sigterm").start()
+
+
+def _end_on_parents_sigterm(parent: int) -> None:
+    """Wait for SIGTERM (blocked); end the process at once when ``parent`` sent it, as
+    torch's own worker handler does (status 0), and go on waiting otherwise."""
+    while signal.sigwaitinfo({signal.SIGTERM}).si_pid != parent:
+        pass
+    os._exit(0)
 
 
 def finish() -> None:

@@ -2,6 +2,7 @@
 edit accuracy / preservation / diversity on engines whose answers are known."""
 from __future__ import annotations
 
+import json
 
 import pytest
 import torch
@@ -331,3 +332,73 @@ def test_metrics_without_samples_are_none_not_numbers():
     assert "n/a" in table[1]  # edit accuracy, reference column
     at = next(i for i, line in enumerate(table) if line.startswith("preservation"))
     assert table[at + 1].startswith("  95% interval")  # the preservation's, beneath it
+
+
+def test_an_interrupted_classifier_run_resumes_to_the_uninterrupted_result(tmp_path,
+                                                                             monkeypatch):
+    """A classifier run stopped after a step keeps its state (also every SAVE_EVERY steps)
+    and its resume gives the uninterrupted run's weights and report, bit for bit; a state
+    of other settings is refused, naming them."""
+    from bridgegan.reference import classifier as clf_module
+    from bridgegan.reference.classifier import ClassifierStopped
+
+    monkeypatch.setattr(clf_module, "SAVE_EVERY", 2)
+    train = make_dataset("synthetic:24", 32, "Male,Young,Smiling", split="train")
+    val = make_dataset("synthetic:8", 32, "Male,Young,Smiling", split="val")
+    kw = dict(steps=7, batch=4, width=4, seed=3, progress=False)
+    whole, report = train_classifier(train, val, **kw)
+    state, steps = tmp_path / "state", []
+
+    def stop_at_three() -> bool:
+        steps.append(None)
+        return len(steps) == 3
+    with pytest.raises(ClassifierStopped) as stopped:
+        train_classifier(train, val, state=state, stop=stop_at_three, **kw)
+    assert stopped.value.step == 3 and (state / "state.json").is_file()
+    resumed, again = train_classifier(train, val, state=state, resume=True, **kw)
+    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert again["val_accuracy"] == report["val_accuracy"]
+    with pytest.raises(ValueError, match=r"other settings \(steps 7 there, 8 here\)"):
+        train_classifier(train, val, state=state, resume=True, **{**kw, "steps": 8})
+    kept = tmp_path / "kept"  # a run that is not stopped keeps its state every 2 steps
+    train_classifier(train, val, state=kept, **kw)
+    assert json.loads((kept / "state.json").read_text())["step"] == 6
+
+
+def test_train_classifier_stops_on_ctrl_c_and_resumes(tmp_path, monkeypatch, capsys):
+    """`train-classifier` stopped by Ctrl-C (here at the 13th image read: the third step's
+    last, after the first image's) ends after that step with its state in OUT/state, status 130; `--resume`
+    finishes the run as an uninterrupted one, its state gone. A state is not overwritten
+    by a new run, nor is --resume taken without one."""
+    import os
+    import signal
+
+    from bridgegan.cli import main
+    from bridgegan.reference.data.synthetic import ProceduralFaces
+
+    def run(out, *extra):
+        return main(["train-classifier", "--data", "synthetic:24", "--resolution", "32",
+                     "--attributes", "Male,Young", "--steps", "6", "--batch", "4", "--width",
+                     "4", "--threads", "1", "--out", str(out), *extra])
+
+    assert run(tmp_path / "whole") == 0
+    reads, get = [], ProceduralFaces.__getitem__
+
+    def interrupted(self, i):
+        reads.append(i)
+        if len(reads) == 13:
+            os.kill(os.getpid(), signal.SIGINT)
+        return get(self, i)
+    monkeypatch.setattr(ProceduralFaces, "__getitem__", interrupted)
+    out = tmp_path / "clf"
+    assert run(out) == 128 + signal.SIGINT
+    assert f"stopped by SIGINT at step 3 with its state in {out / 'state'}; continue with " \
+           f"--resume" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert run(out) == 2 and "pass --resume to continue it" in capsys.readouterr().err
+    assert run(tmp_path / "new", "--resume") == 2
+    assert "holds no interrupted run's state" in capsys.readouterr().err
+    assert run(out, "--resume") == 0 and not (out / "state").exists()
+    assert (out / "classifier.safetensors").read_bytes() == \
+        (tmp_path / "whole" / "classifier.safetensors").read_bytes()

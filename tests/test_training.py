@@ -1077,10 +1077,10 @@ def test_a_data_loader_worker_ignores_others_sigterm_but_not_its_loaders():
     the run still needs its batches) but ends on its main process's, torch's last resort
     for a worker hung in ``__getitem__`` as its loader shuts down (ignoring every SIGTERM,
     such a worker outlived the run)."""
-    from bridgegan.reference.trainer import _worker_ignores_stops
+    from bridgegan.exits import worker_ignores_stops
 
     it = iter(torch.utils.data.DataLoader(_HangsAfterTwo(), num_workers=1,
-                                          worker_init_fn=_worker_ignores_stops))
+                                          worker_init_fn=worker_ignores_stops))
     worker = it._workers[0]
     try:
         assert next(it).item() == 0

@@ -4,22 +4,28 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..exits import worker_ignores_stops
 from ..files import read_small_text, sha256_hex
 from ..progress import bar as progress_bar
 from .attributes import resolve_attributes
 from .checkpoint import read_tensors, write_folder_atomic, write_tensors
-from .classifier_defaults import BATCH, KERNEL, KERNELS, LR, MAX_WIDTH, STEPS, WIDTH
+from .classifier_defaults import BATCH, KERNEL, KERNELS, LR, MAX_WIDTH, SAVE_EVERY, STEPS, WIDTH
 from .data.loader_errors import worker_error
 
 CONFIG_FILE, WEIGHTS_FILE = "classifier.json", "classifier.safetensors"
 REPORT_FILE = "report.json"  # `bridgegan train-classifier` writes its report beside them
-SAVED_FILES = (CONFIG_FILE, WEIGHTS_FILE, REPORT_FILE)  # what a save may replace
+# an interrupted run's state, in its --out: weights and Adam's moments, and what it was
+STATE_FOLDER, STATE_JSON, STATE_TENSORS = "state", "state.json", "state.safetensors"
+STATE_FORMAT = "bridgegan-classifier-state-1"
+STATE_FILES = (f"{STATE_FOLDER}/{STATE_JSON}", f"{STATE_FOLDER}/{STATE_TENSORS}")
+SAVED_FILES = (CONFIG_FILE, WEIGHTS_FILE, REPORT_FILE)  # a saved classifier's files
 
 
 class AttributeClassifier(nn.Module):
@@ -80,7 +86,8 @@ class AttributeClassifier(nn.Module):
     def save(self, path: str | Path, report: dict | None = None) -> Path:
         """Write folder ``path`` (atomically), with ``report`` (its training report) as
         REPORT_FILE; an existing one is replaced only when it holds nothing but
-        ``SAVED_FILES`` (an earlier classifier)."""
+        ``SAVED_FILES`` and ``STATE_FILES`` (an earlier classifier, the state of the run
+        this save ends)."""
         meta = {"attributes": list(self.attributes), "image_size": self.image_size,
                 "width": self.width, "kernel": self.kernel}
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
@@ -89,7 +96,7 @@ class AttributeClassifier(nn.Module):
         if report is not None:
             writers[REPORT_FILE] = lambda p: p.write_text(json.dumps(report, indent=2))
         try:
-            return write_folder_atomic(path, writers, replaces=SAVED_FILES)
+            return write_folder_atomic(path, writers, replaces=SAVED_FILES + STATE_FILES)
         except OSError as exc:  # a full disk, a quota (the error names the file)
             raise OSError(exc.errno, f"{exc.strerror or exc} (the classifier was not "
                                      f"written: {path} is as it was)") from None
@@ -128,35 +135,68 @@ def weights_sha256(path: str | Path) -> str:
     return sha256_hex((Path(path) / WEIGHTS_FILE).read_bytes())
 
 
+class ClassifierStopped(Exception):
+    """``train_classifier`` stopped (``stop()``) after ``step`` steps, its state saved."""
+
+    def __init__(self, step: int):
+        super().__init__(f"classifier training stopped at step {step}")
+        self.step = step
+
+
 def train_classifier(train_set, val_set, steps: int = STEPS, batch: int = BATCH, lr: float = LR,
                      width: int = WIDTH, device: str = "cpu", seed: int = 0, workers: int = 0,
-                     progress: bool = True,
-                     kernel: int = KERNEL) -> tuple[AttributeClassifier, dict]:
+                     progress: bool = True, kernel: int = KERNEL,
+                     state: str | Path | None = None, resume: bool = False,
+                     settings: Mapping | None = None,
+                     stop: Callable[[], bool] | None = None) -> tuple[AttributeClassifier, dict]:
     """Train on ``train_set`` with BCE; returns the classifier and its per-attribute
-    validation accuracy on ``val_set``."""
+    validation accuracy on ``val_set``. With ``state`` (a folder) the run keeps its state
+    there every SAVE_EVERY steps and once ``stop()`` turns true after a step (it then raises
+    ClassifierStopped), and with ``resume`` continues the run kept there, which must have
+    had these arguments and ``settings`` (what else the caller's run depends on, the data
+    spec say): the result is the uninterrupted run's."""
     from torch.utils.data import DataLoader, RandomSampler
 
     torch.manual_seed(seed)
     image_size = train_set[0][0].shape[-1]
     model = AttributeClassifier(tuple(train_set.attributes), image_size, width, kernel).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
+    run = {**(settings or {}), "attributes": list(model.attributes), "image_size": image_size,
+           "train_items": len(train_set), "steps": steps, "batch": batch, "lr": lr,
+           "width": width, "kernel": kernel, "seed": seed}
+    start, seconds = _load_state(Path(state), run, model, opt) if resume else (0, 0.0)
     sampler = RandomSampler(train_set, replacement=True, num_samples=steps * batch,
                             generator=torch.Generator().manual_seed(seed))
-    loader = DataLoader(train_set, batch_size=batch, sampler=sampler, num_workers=workers)
+    # the batches of the steps left: a resumed run draws the whole order and skips the rest
+    loader = DataLoader(train_set, batch_size=batch, sampler=list(sampler)[start * batch:],
+                        num_workers=workers,
+                        worker_init_fn=worker_ignores_stops if workers else None)
     t0 = time.perf_counter()
-    bar = progress_bar(loader, total=steps, desc="classifier", show=progress)
+    bar = progress_bar(loader, total=steps, initial=start, desc="classifier", show=progress)
+    step = start
     try:
         for x, y in bar:
             loss = F.binary_cross_entropy_with_logits(model(x.to(device)), y.to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            step += 1
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)  # at the bar's pace
+            stopping = stop is not None and step < steps and stop()
+            if state is not None and step < steps and (stopping or step % SAVE_EVERY == 0):
+                _save_state(Path(state), run, step, seconds + time.perf_counter() - t0,
+                            model, opt)
+            if stopping:
+                break
     except Exception as exc:  # noqa: BLE001 - re-raised, of the same type
         err = worker_error(exc)
         if err is exc:
             raise
         raise err from None
+    finally:
+        bar.close()
+    if step < steps:
+        raise ClassifierStopped(step)
     bad = [k for k, v in model.state_dict().items() if not torch.isfinite(v).all()]
     if bad:  # nothing could load it (load_state refuses non-finite weights): do not save it
         raise ValueError(f"classifier training diverged: NaN or Inf weights in "
@@ -167,5 +207,50 @@ def train_classifier(train_set, val_set, steps: int = STEPS, batch: int = BATCH,
     acc = (pred == torch.stack(ys)).float().mean(0)
     report = {"val_accuracy": {a: round(v, 4) for a, v in zip(model.attributes, acc.tolist())},
               "val_accuracy_mean": round(acc.mean().item(), 4), "steps": steps,
-              "seconds": round(time.perf_counter() - t0, 1)}
+              "seconds": round(seconds + time.perf_counter() - t0, 1)}
     return model.cpu().eval(), report
+
+
+def _save_state(folder: Path, run: dict, step: int, seconds: float, model: nn.Module,
+                opt: torch.optim.Optimizer) -> None:
+    """The run's state after ``step`` steps (weights, Adam's moments), written atomically."""
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    for i, moments in opt.state_dict()["state"].items():
+        tensors.update({f"adam.{i}.{k}": torch.as_tensor(v).detach().cpu().contiguous()
+                        for k, v in moments.items()})
+    meta = {"format": STATE_FORMAT, "run": run, "step": step, "seconds": seconds}
+    write_folder_atomic(folder, {STATE_JSON: lambda p: p.write_text(json.dumps(meta, indent=1)),
+                                 STATE_TENSORS: lambda p: write_tensors(tensors, p)})
+
+
+def _load_state(folder: Path, run: dict, model: nn.Module,
+                opt: torch.optim.Optimizer) -> tuple[int, float]:
+    """Load the state ``_save_state`` kept in ``folder`` into ``model`` and ``opt``, after
+    checking that it is of a run with ``run``'s settings; (its step, its seconds)."""
+    from .checkpoint import CheckpointError, load_state
+
+    path = folder / STATE_JSON
+    try:
+        meta = json.loads(read_small_text(path))
+        kept, step, seconds = meta["run"], meta["step"], float(meta["seconds"])
+        if meta["format"] != STATE_FORMAT or type(step) is not int or not isinstance(kept, dict):
+            raise ValueError("not a classifier training state")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path} is no classifier training state ({exc}): remove "
+                              f"{folder} to start afresh") from None
+    other = [f"{k} {kept.get(k)!r} there, {v!r} here" for k, v in run.items() if kept.get(k) != v]
+    if other or not 0 < step < run["steps"]:
+        raise ValueError(f"{folder} holds the state of a run with other settings "
+                         f"({'; '.join(other) or f'step {step}'}): give that run's options "
+                         f"to continue it, or remove {folder} to start afresh")
+    tensors = read_tensors(folder / STATE_TENSORS)
+    load_state(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")},
+               str(folder / STATE_TENSORS))
+    params = opt.state_dict()["param_groups"][0]["params"]
+    moments = {i: {k.split(".", 2)[2]: v for k, v in tensors.items()
+                   if k.startswith(f"adam.{i}.")} for i in params}
+    if any(set(m) != {"step", "exp_avg", "exp_avg_sq"} for m in moments.values()):
+        raise CheckpointError(f"{folder / STATE_TENSORS} lacks Adam's moments of some weights: "
+                              f"remove {folder} to start afresh")
+    opt.load_state_dict({"state": moments, "param_groups": opt.state_dict()["param_groups"]})
+    return step, seconds

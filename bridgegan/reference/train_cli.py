@@ -8,12 +8,10 @@ See docs/TRAINING.md.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import signal
 import sys
-import threading
 import traceback
 from dataclasses import fields
 from pathlib import Path
@@ -21,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from .. import threads
 from ..argtypes import Parser, absolute_path, add_device, positive_float
-from ..exits import end, signals_deferred, stopped_status
+from ..exits import end, signals_deferred, stop_on_signals, stopped_status
 from ..files import check_writable_folder, prepare_file_targets, write_file_atomic
 from ..warning_filters import one_line_warnings
 from .config import INT_RANGES, BridgeGANConfig
@@ -312,36 +310,6 @@ def _refuse_earlier_run(out: Path, resume: Path | None = None) -> None:
                      f"choose another --out for a new run")
 
 
-@contextlib.contextmanager
-def _stop_on_signals(trainer):
-    """SIGTERM (a scheduler's stop, `kill`) and SIGINT (Ctrl-C) stop the run at the end of
-    the step under way with a final checkpoint. The first puts back the handlers in place
-    when the run started, so a second one of either stops at once through them: under
-    `bridgegan train` and `python -m bridgegan.reference.train_cli` (``exits.stopped_status``)
-    it raises KeyboardInterrupt / ``exits.Terminated``, what is under way unwinds, and the
-    command prints one line and ends by the signal (status 130 / 143, ``exits.end``)."""
-    signums = (signal.SIGINT, signal.SIGTERM)
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = {s: signal.getsignal(s) for s in signums}
-
-    def handler(signum, frame):
-        for s in signums:
-            signal.signal(s, old[s])
-        print(f"\n{signal.Signals(signum).name}: stopping after this step with a checkpoint "
-              f"(send it again to stop at once)", file=sys.stderr)
-        trainer.request_stop(signum)
-
-    for s in signums:
-        signal.signal(s, handler)
-    try:
-        yield
-    finally:
-        for s in signums:
-            signal.signal(s, old[s])
-
-
 def run(args: argparse.Namespace) -> int:
     """Train; returns a process exit status. A process of a torchrun launch with two or more
     processes ends here instead, with that status (``distributed.end_process`` says why)."""
@@ -530,7 +498,7 @@ def _train(args: argparse.Namespace, info: DistInfo) -> int:
                 trainer.init_weights(init, widen=args.widen)
         if info.is_main:
             _announce(args, info, out, trainer, config, len(train_set), resume, init, dropped)
-        with _stop_on_signals(trainer):
+        with stop_on_signals(trainer.request_stop):
             trainer.train(time_limit=args.time_limit)
         if trainer.stop_signal is not None:
             if info.is_main:
@@ -558,5 +526,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # a Ctrl-C or SIGTERM before the run's own handlers are set
-    # (_stop_on_signals): one line and an end by the signal, as the bridgegan command
+    # (exits.stop_on_signals): one line and an end by the signal, as the bridgegan command
     end(stopped_status("bridgegan train", main))

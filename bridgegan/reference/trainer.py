@@ -20,7 +20,6 @@ import numbers
 import os
 import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..argtypes import split_device
+from ..exits import worker_ignores_stops
 from ..files import remove_stale
 from ..progress import bar as progress_bar, lines as progress_lines
 from .attributes import apply_edits
@@ -50,29 +50,6 @@ from .train_state import (CHECKPOINTS, METRICS_FILE, Progress, TrainState,
                           metrics_line, numbered_checkpoint, prune_checkpoints)
 
 SHOWN = {"d/adv": "D adv", "g/adv": "G adv", "g/rec": "rec"}  # the terms progress shows
-
-
-def _worker_ignores_stops(_worker_id: int) -> None:
-    """Data-loader workers ignore Ctrl-C's SIGINT and others' SIGTERM, which reach the whole
-    process group (a terminal; a scheduler's `kill -TERM -PGID`): the main process stops at
-    the end of its step (``Trainer.request_stop``) and still needs the batches of that step
-    (a worker that died of it failed the step, and the run ended without its checkpoint).
-    The main process's own SIGTERM (torch's last resort for a worker that does not end when
-    the loader shuts down, one hung in ``__getitem__``) still ends it: SIGTERM is blocked
-    and a thread tells the senders apart (``_end_on_parents_sigterm``). A worker whose main
-    process is gone exits (torch's loader watches it)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # threads started after too
-    threading.Thread(target=_end_on_parents_sigterm, args=(os.getppid(),), daemon=True,
-                     name="sigterm").start()
-
-
-def _end_on_parents_sigterm(parent: int) -> None:
-    """Wait for SIGTERM (blocked); end the process at once when ``parent`` sent it, as
-    torch's own worker handler does (status 0), and go on waiting otherwise."""
-    while signal.sigwaitinfo({signal.SIGTERM}).si_pid != parent:
-        pass
-    os._exit(0)
 
 
 def device_problem(name: str, distributed: bool) -> str | None:
@@ -260,7 +237,7 @@ class Trainer:
                             num_workers=self.config.workers,
                             pin_memory=self.device.type == "cuda",
                             persistent_workers=False,
-                            worker_init_fn=_worker_ignores_stops if self.config.workers else None)
+                            worker_init_fn=worker_ignores_stops if self.config.workers else None)
         return iter(loader)
 
     def read_batches(self, n: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
