@@ -23,6 +23,7 @@ import torch
 
 from .engine import BackendUnavailable, Engine
 from .engine.backends import REGISTRY, device_type
+from .engine.options import MAX_SAMPLES
 from .files import check_apart, check_writable_folder, prepare_file_targets
 from .reference import BridgeGAN, BridgeGANConfig
 from .reference.checkpoint import CONFIG_FILE, EVAL_FILE, SHIPPED, load_checkpoint
@@ -102,7 +103,9 @@ def _region_edit(labels: torch.Tensor, attributes: list[str]) -> dict[str, int]:
 def demo_rows(eng: Engine, sources: torch.Tensor, labels: torch.Tensor, samples: int,
               seed: int) -> tuple[list[torch.Tensor], list[list[str]]]:
     """One row per source: source, reconstruction, every flip, noise samples, reference
-    and reference edit, a region edit (left half) and label-to-reference interpolation."""
+    and reference edit, a region edit (left half) and label-to-reference interpolation.
+    Row i's noise comes from seed + i * (MAX_SAMPLES + 1), its samples' from the seeds
+    after it (``Engine.edit_strip``): rows share no noise."""
     attrs = list(eng.attributes)
     size = eng.config.image_size
     left = torch.zeros(size, size)
@@ -112,13 +115,14 @@ def demo_rows(eng: Engine, sources: torch.Tensor, labels: torch.Tensor, samples:
     for i in range(sources.shape[0]):
         x, r = sources[i:i + 1], references[i:i + 1]
         y, y_r = labels[i:i + 1], ref_labels[i:i + 1]
-        strip = eng.edit_strip(x, samples=samples, seed=seed + i, source=y)
+        row_seed = seed + i * (MAX_SAMPLES + 1)
+        strip = eng.edit_strip(x, samples=samples, seed=row_seed, source=y)
         ref_edit = eng.translate_reference(x, r, source=y, reference_labels=y_r)
         edit = _region_edit(y[0], attrs)
         region_caption = _caption("{}={}".format(*next(iter(edit.items())))) + ", left half only"
-        region = eng.translate(x, edit, source=y, seed=seed + i, region=left)
+        region = eng.translate(x, edit, source=y, seed=row_seed, region=left)
         alphas = (0.0, 0.5, 1.0)
-        inter = eng.interpolate(x, r, y_r, alphas=list(alphas), seed=seed + i, source=y)[:, 0]
+        inter = eng.interpolate(x, r, y_r, alphas=list(alphas), seed=row_seed, source=y)[:, 0]
         rows.append(torch.cat([x.to(strip.images), strip.images, r.to(strip.images), ref_edit,
                                region, inter]).cpu())
         flips = [_caption(c) for c in strip.captions[1:1 + len(attrs)]]

@@ -142,18 +142,27 @@ def worker_ignores_stops(_worker_id: int) -> None:
     step, and the run ended without its checkpoint). The main process's own SIGTERM
     (torch's last resort for a worker that does not end when the loader shuts down, one
     hung in ``__getitem__``) still ends it: SIGTERM is blocked and a thread tells the
-    senders apart (``_end_on_parents_sigterm``). A worker whose main process is gone exits
-    (torch's loader watches it)."""
+    senders apart (``_end_on_loaders_sigterm``; where the system cannot, macOS, Windows,
+    every SIGTERM is ignored). The loader's process is multiprocessing's parent process, not
+    the operating system's (a forkserver's child, Python 3.14's default on Linux). A worker
+    whose main process is gone exits (torch's loader watches it)."""
+    import multiprocessing
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if not hasattr(signal, "sigwaitinfo"):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        return
+    loader = multiprocessing.parent_process()
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # threads started after too
-    threading.Thread(target=_end_on_parents_sigterm, args=(os.getppid(),), daemon=True,
-                     name="sigterm").start()
+    threading.Thread(target=_end_on_loaders_sigterm, daemon=True, name="sigterm",
+                     args=(os.getppid() if loader is None else loader.pid,)).start()
 
 
-def _end_on_parents_sigterm(parent: int) -> None:
-    """Wait for SIGTERM (blocked); end the process at once when ``parent`` sent it, as
-    torch's own worker handler does (status 0), and go on waiting otherwise."""
-    while signal.sigwaitinfo({signal.SIGTERM}).si_pid != parent:
+def _end_on_loaders_sigterm(loader: int) -> None:
+    """Wait for SIGTERM (blocked); end the process at once when process ``loader`` sent it,
+    as torch's own worker handler does (status 0), and go on waiting otherwise. (The
+    thread needs the GIL once the signal came: a worker hung in C code holding it stays.)"""
+    while signal.sigwaitinfo({signal.SIGTERM}).si_pid != loader:
         pass
     os._exit(0)
 

@@ -194,16 +194,17 @@ def write_files_atomic(contents: Mapping[str | os.PathLike, bytes | None]) -> li
                 staged.append((tmp, path))
         for tmp, path in staged:
             _named(path, os.replace, tmp, path)
+        removed = set()  # the folders of removed files
         for path, data in zip(paths, contents.values()):
             if data is None:
                 _named(path, lambda p: p.unlink(missing_ok=True), path)
+                if path.parent.is_dir():
+                    removed.add(path.parent)
     except BaseException:
         for tmp, _ in staged:  # those put in place are gone from their temporary names
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
         raise
-    removed = {p.parent for p, data in zip(paths, contents.values())
-               if data is None and p.parent.is_dir()}
     for folder in {path.parent for _, path in staged} | removed:
         _fsync_folder(folder)  # the renames and removals themselves on disk
     return paths
@@ -238,8 +239,11 @@ def _stage(path: Path, data: bytes) -> Path | None:
         with open(path, "wb") as f:
             f.write(data)
             f.flush()
-            with contextlib.suppress(OSError):  # a pipe cannot be synced (EINVAL)
+            try:
                 os.fsync(f.fileno())
+            except OSError as exc:  # a pipe or a device cannot be synced: written
+                if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
+                    raise
         return None
     mode = path.stat().st_mode & 0o777 if path.is_file() else None
     tmp = _temp_name(path, "tmp")

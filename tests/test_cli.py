@@ -455,6 +455,22 @@ def test_parity_status_is_the_worse_of_the_two_checks(monkeypatch, capsys, ops, 
     assert main(["parity"]) == status
 
 
+def test_a_ctrl_c_in_the_kernels_check_stops_parity(monkeypatch, capsys):
+    """A Ctrl-C during the kernels' check ends `bridgegan parity` (130), the backends'
+    check not run (the kernels' entry once caught it itself, and parity went on)."""
+    from bridgegan.engine import parity as backends_check
+    from bridgegan.kernels import parity as ops_check
+
+    def interrupted(**kw):
+        raise KeyboardInterrupt
+
+    ran = []
+    monkeypatch.setattr(ops_check, "check_ops", interrupted)
+    monkeypatch.setattr(backends_check, "main", lambda args: ran.append(args) or 0)
+    assert main(["parity"]) == 130 and not ran
+    assert capsys.readouterr().err == "bridgegan parity: interrupted\n"
+
+
 def test_bench_writes_rows_with_ratios(tmp_path, monkeypatch):
     from bridgegan.engine import bench, bench_results
 

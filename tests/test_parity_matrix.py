@@ -107,7 +107,9 @@ def calls(eng: Engine, model: BridgeGAN, n: int = 2, seed: int = 0):
                         + [apply_edits(y0, cfg.attributes, flips[0])] * 2)
     k = targets.shape[0]
     strip_d = STRENGTH * (targets - y0)
-    strip_r = draw_noise(k, cfg.noise_dim, 5 + seed)
+    # the reconstruction and flips: the seed's noise; sample j: seed + 1 + j's
+    strip_r = torch.cat([draw_noise(1, cfg.noise_dim, 5 + seed).expand(k - 2, -1),
+                         draw_noise(2, cfg.noise_dim, [6 + seed, 7 + seed])])
     want = reference64(model, programs.edit_strip, x[:1], strip_d, strip_r, False)
     for cache in (True, False):
         yield (f"edit_strip cache={cache}",

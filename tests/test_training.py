@@ -1072,15 +1072,18 @@ def _sigterm_pending(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc (Linux)")
-def test_a_data_loader_worker_ignores_others_sigterm_but_not_its_loaders():
+@pytest.mark.parametrize("start", ["fork", "forkserver"])
+def test_a_data_loader_worker_ignores_others_sigterm_but_not_its_loaders(start):
     """A training worker lives through a SIGTERM from another process (a process group's:
     the run still needs its batches) but ends on its main process's, torch's last resort
     for a worker hung in ``__getitem__`` as its loader shuts down (ignoring every SIGTERM,
-    such a worker outlived the run)."""
+    such a worker outlived the run); a forkserver's worker too (Python 3.14's default on
+    Linux), whose parent is the forkserver."""
     from bridgegan.exits import worker_ignores_stops
 
     it = iter(torch.utils.data.DataLoader(_HangsAfterTwo(), num_workers=1,
-                                          worker_init_fn=worker_ignores_stops))
+                                          worker_init_fn=worker_ignores_stops,
+                                          multiprocessing_context=start))
     worker = it._workers[0]
     try:
         assert next(it).item() == 0

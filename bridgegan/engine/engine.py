@@ -768,9 +768,9 @@ class Engine:
         y_t = torch.cat(targets)
         d = self._difference(y_s, y_t, strength)
         k = y_t.shape[0]
-        seeds = None if seed is None else [seed] * (k - samples) + [
-            seed + 1 + j for j in range(samples)]
-        r = self._noise(k, None, seeds)
+        r = self._noise(k, None, None) if seed is None else torch.cat([
+            self._noise(1, None, seed).expand(k - samples, -1),
+            self._noise(samples, None, [seed + 1 + j for j in range(samples)])])
         xc = self._cast(x)  # the strip's rows in chunks of MAX_ROWS (the trunk once each)
 
         def strip(d, r):

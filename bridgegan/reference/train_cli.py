@@ -475,12 +475,12 @@ def _train(args: argparse.Namespace, info: DistInfo) -> int:
         for folder in (out, out / "checkpoints", out / "samples"):  # before any work
             check_writable_folder(folder, "output folder")
         prepare_file_targets(out, [RUN_FILE, METRICS_FILE])
+        check_checkpoints(out)
+        resume, init = _start(args, out)
         if (out / METRICS_FILE).is_file() and not os.access(out / METRICS_FILE, os.W_OK):
             # found at the first record otherwise, the steps before it lost
             raise ValueError(f"{out / METRICS_FILE} is write-protected: the run appends its "
                              f"records there; make it writable or choose another --out")
-        check_checkpoints(out)
-        resume, init = _start(args, out)
         model_cfg, config, train_set, sample_set = _configs(args, resume, init)
         config.device = args.device
         trainer = Trainer(model_cfg, config, train_set, out_dir=out, dist=info,
