@@ -172,7 +172,7 @@ def _classifier_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true",
                    help=f"continue the run whose state --out holds (kept every "
                         f"{classifier_defaults.SAVE_EVERY} steps, and when Ctrl-C or SIGTERM "
-                        f"stops the run), with its options")
+                        f"stops the run); give the run's options again")
     threads.add_option(p)
 
 

@@ -319,18 +319,20 @@ def run_train_classifier(args) -> int:
     from pathlib import Path
 
     from .exits import stop_on_signals
-    from .files import check_replaceable, check_writable_folder
+    from .files import check_replaceable, check_writable_folder, remove_stale
     from .reference.classifier import (SAVED_FILES, STATE_FILES, STATE_FOLDER, STATE_JSON,
                                        ClassifierStopped)
     from .reference.data import dataset_options, make_dataset
 
     check_writable_folder(args.out, replaced=True)
+    remove_stale(args.out, [STATE_FOLDER])  # a state write a SIGKILL cut short
     check_replaceable(args.out, SAVED_FILES + STATE_FILES)  # before training, not after
     state = Path(args.out) / STATE_FOLDER
-    if args.resume and not (state / STATE_JSON).is_file():
+    kept = (state / STATE_JSON).is_file()
+    if args.resume and not kept:
         raise ValueError(f"--resume: {args.out} holds no interrupted run's state ({state}); "
                          f"leave out --resume to start a run")
-    if not args.resume and state.exists():
+    if not args.resume and kept:
         raise ValueError(f"--out {args.out} holds an interrupted run's state ({state}): pass "
                          f"--resume to continue it, or remove {state} to start afresh")
     kw = dataset_options(args.data, seed=args.seed)

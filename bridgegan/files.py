@@ -242,7 +242,7 @@ def _stage(path: Path, data: bytes) -> Path | None:
             try:
                 os.fsync(f.fileno())
             except OSError as exc:  # a pipe or a device cannot be synced: written
-                if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
+                if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP, errno.EROFS):
                     raise
         return None
     mode = path.stat().st_mode & 0o777 if path.is_file() else None

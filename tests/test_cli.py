@@ -1105,8 +1105,11 @@ def test_classifier_and_eval_options_are_checked_before_any_work(tmp_path, argv,
     assert not out.exists()
 
 
-def test_a_diverged_classifier_is_not_saved(tmp_path):
-    """Training that ends with non-finite weights raises (nothing could load them)."""
+def test_a_diverged_classifier_is_not_saved(tmp_path, monkeypatch):
+    """Training that ends with non-finite weights raises (nothing could load them); one
+    that keeps its state raises at the first state it would keep, which it does not keep
+    (a resume would refuse it, and a new run, the advice, was refused beside it)."""
+    from bridgegan.reference import classifier
     from bridgegan.reference.classifier import train_classifier
     from bridgegan.reference.data import make_dataset
 
@@ -1114,6 +1117,12 @@ def test_a_diverged_classifier_is_not_saved(tmp_path):
     val = make_dataset("synthetic:4", 32, "Male,Young", split="val")
     with pytest.raises(ValueError, match="classifier training diverged: NaN or Inf weights"):
         train_classifier(train, val, steps=2, batch=4, width=4, lr=float("inf"), progress=False)
+    monkeypatch.setattr(classifier, "SAVE_EVERY", 1)
+    state = tmp_path / "state"
+    with pytest.raises(ValueError, match=rf"after 1 steps .* in a new run \(remove {state}"):
+        train_classifier(train, val, steps=3, batch=4, width=4, lr=float("inf"),
+                         progress=False, state=state)
+    assert not state.exists()
 
 
 @pytest.mark.parametrize("workers", ["0", "1"])

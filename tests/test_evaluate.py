@@ -14,7 +14,7 @@ from bridgegan.reference import BridgeGAN
 from bridgegan.reference.attributes import apply_edits
 from bridgegan.reference.classifier import AttributeClassifier, train_classifier
 from bridgegan.reference.data import PROCEDURAL_ATTRIBUTES, make_dataset, procedural_batch
-from conftest import small_config
+from conftest import dead_pid, small_config
 
 
 @pytest.fixture(scope="module")
@@ -361,16 +361,24 @@ def test_an_interrupted_classifier_run_resumes_to_the_uninterrupted_result(tmp_p
     assert again["val_accuracy"] == report["val_accuracy"]
     with pytest.raises(ValueError, match=r"other settings \(steps 7 there, 8 here\)"):
         train_classifier(train, val, state=state, resume=True, **{**kw, "steps": 8})
+    from bridgegan.reference.checkpoint import CheckpointError, read_tensors, write_tensors
+
+    tensors = read_tensors(state / "state.safetensors")
+    tensors["adam.0.exp_avg"][0] = float("nan")  # a damaged state: named, not a late failure
+    write_tensors(tensors, state / "state.safetensors")
+    with pytest.raises(CheckpointError, match=r"damaged .* non-finite: exp_avg of weight 0\)"):
+        train_classifier(train, val, state=state, resume=True, **kw)
     kept = tmp_path / "kept"  # a run that is not stopped keeps its state every 2 steps
     train_classifier(train, val, state=kept, **kw)
     assert json.loads((kept / "state.json").read_text())["step"] == 6
 
 
 def test_train_classifier_stops_on_ctrl_c_and_resumes(tmp_path, monkeypatch, capsys):
-    """`train-classifier` stopped by Ctrl-C (here at the 13th image read: the third step's
-    last, after the first image's) ends after that step with its state in OUT/state, status 130; `--resume`
-    finishes the run as an uninterrupted one, its state gone. A state is not overwritten
-    by a new run, nor is --resume taken without one."""
+    """`train-classifier` stopped by Ctrl-C (here at the 13th image read: the third
+    step's last, after the first image's) ends after that step with its state in
+    OUT/state, status 130; `--resume` finishes the run as an uninterrupted one, its state
+    gone. A state is not overwritten by a new run, nor is --resume taken without one; a
+    state write a SIGKILL cut short is no obstacle."""
     import os
     import signal
 
@@ -396,6 +404,9 @@ def test_train_classifier_stops_on_ctrl_c_and_resumes(tmp_path, monkeypatch, cap
     assert f"stopped by SIGINT at step 3 with its state in {out / 'state'}; continue with " \
            f"--resume" in capsys.readouterr().err
     monkeypatch.undo()
+    cut = out / f".state.tmp-{dead_pid()}-0a1b2c3d"  # what a killed state write leaves
+    cut.mkdir()
+    (cut / "state.json").write_text("{")
     assert run(out) == 2 and "pass --resume to continue it" in capsys.readouterr().err
     assert run(tmp_path / "new", "--resume") == 2
     assert "holds no interrupted run's state" in capsys.readouterr().err

@@ -15,7 +15,7 @@ from ..exits import worker_ignores_stops
 from ..files import read_small_text, sha256_hex
 from ..progress import bar as progress_bar
 from .attributes import resolve_attributes
-from .checkpoint import read_tensors, write_folder_atomic, write_tensors
+from .checkpoint import nonfinite, read_tensors, write_folder_atomic, write_tensors
 from .classifier_defaults import BATCH, KERNEL, KERNELS, LR, MAX_WIDTH, SAVE_EVERY, STEPS, WIDTH
 from .data.loader_errors import worker_error
 
@@ -184,6 +184,7 @@ def train_classifier(train_set, val_set, steps: int = STEPS, batch: int = BATCH,
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)  # at the bar's pace
             stopping = stop is not None and step < steps and stop()
             if state is not None and step < steps and (stopping or step % SAVE_EVERY == 0):
+                _check_finite(model, step, lr, state)  # no state a resume would refuse
                 _save_state(Path(state), run, step, seconds + time.perf_counter() - t0,
                             model, opt)
             if stopping:
@@ -197,11 +198,7 @@ def train_classifier(train_set, val_set, steps: int = STEPS, batch: int = BATCH,
         bar.close()
     if step < steps:
         raise ClassifierStopped(step)
-    bad = [k for k, v in model.state_dict().items() if not torch.isfinite(v).all()]
-    if bad:  # nothing could load it (load_state refuses non-finite weights): do not save it
-        raise ValueError(f"classifier training diverged: NaN or Inf weights in "
-                         f"{', '.join(bad[:4])}{' ...' if len(bad) > 4 else ''} after {steps} "
-                         f"steps at lr {lr}; lower the learning rate")
+    _check_finite(model, steps, lr, state)  # nothing could load it (load_state refuses it)
     xs, ys = zip(*(val_set[i] for i in range(len(val_set))))
     pred = model.predict(torch.stack(xs))
     acc = (pred == torch.stack(ys)).float().mean(0)
@@ -209,6 +206,18 @@ def train_classifier(train_set, val_set, steps: int = STEPS, batch: int = BATCH,
               "val_accuracy_mean": round(acc.mean().item(), 4), "steps": steps,
               "seconds": round(seconds + time.perf_counter() - t0, 1)}
     return model.cpu().eval(), report
+
+
+def _check_finite(model: nn.Module, step: int, lr: float, state) -> None:
+    """A ValueError where training diverged (NaN or Inf weights after ``step`` steps), which
+    asks for a lower learning rate, and a new run without ``state``'s (a resume diverges
+    alike)."""
+    bad = nonfinite(model.state_dict())
+    if bad:
+        fresh = "" if state is None else f" in a new run (remove {state}: a resume diverges alike)"
+        raise ValueError(f"classifier training diverged: NaN or Inf weights in "
+                         f"{', '.join(bad[:4])}{' ...' if len(bad) > 4 else ''} after {step} "
+                         f"steps at lr {lr}; lower the learning rate{fresh}")
 
 
 def _save_state(folder: Path, run: dict, step: int, seconds: float, model: nn.Module,
@@ -239,18 +248,24 @@ def _load_state(folder: Path, run: dict, model: nn.Module,
         raise CheckpointError(f"{path} is no classifier training state ({exc}): remove "
                               f"{folder} to start afresh") from None
     other = [f"{k} {kept.get(k)!r} there, {v!r} here" for k, v in run.items() if kept.get(k) != v]
-    if other or not 0 < step < run["steps"]:
+    if other:
         raise ValueError(f"{folder} holds the state of a run with other settings "
-                         f"({'; '.join(other) or f'step {step}'}): give that run's options "
-                         f"to continue it, or remove {folder} to start afresh")
+                         f"({'; '.join(other)}): give that run's options again to continue "
+                         f"it, or remove {folder} to start afresh")
     tensors = read_tensors(folder / STATE_TENSORS)
     load_state(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")},
                str(folder / STATE_TENSORS))
-    params = opt.state_dict()["param_groups"][0]["params"]
+    params = dict(enumerate(model.parameters()))  # Adam's indices, in the model's order
     moments = {i: {k.split(".", 2)[2]: v for k, v in tensors.items()
                    if k.startswith(f"adam.{i}.")} for i in params}
-    if any(set(m) != {"step", "exp_avg", "exp_avg_sq"} for m in moments.values()):
-        raise CheckpointError(f"{folder / STATE_TENSORS} lacks Adam's moments of some weights: "
-                              f"remove {folder} to start afresh")
+    wrong = [f"step {step}"] if not 0 < step < run["steps"] else []
+    wrong += [f"Adam's moments of weight {i}" for i, m in moments.items()
+              if set(m) != {"step", "exp_avg", "exp_avg_sq"} or m["step"].numel() != 1
+              or any(m[k].shape != params[i].shape or m[k].dtype != params[i].dtype
+                     for k in ("exp_avg", "exp_avg_sq"))]
+    wrong += nonfinite({f"{k} of weight {i}": v for i, m in moments.items() for k, v in m.items()})
+    if wrong:
+        raise CheckpointError(f"{folder} holds a damaged classifier training state (wrong or "
+                              f"non-finite: {', '.join(wrong[:4])}): remove it to start afresh")
     opt.load_state_dict({"state": moments, "param_groups": opt.state_dict()["param_groups"]})
     return step, seconds
