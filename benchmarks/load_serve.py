@@ -403,9 +403,11 @@ def _load_started_server(args: argparse.Namespace, load: dict, warm: dict,
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = _checkpoint(args, tmp)
         server = {"resolution": read_config(ckpt).image_size, **defaults}
+        # the client threads stand in for many clients from one address: no per-address
+        # share (a server given by --url holds this address to its --max-client-requests)
         serve_args = ["--checkpoint", ckpt, "--max-batch", str(args.max_batch),
                       "--max-queue-delay-us", str(args.max_queue_delay_us),
-                      "--exit-timeout-secs", "10"]
+                      "--exit-timeout-secs", "10", "--max-client-requests", "0"]
         with ServerProcess(serve_args, Path(tmp) / "serve.log") as srv:
             _warm_up(srv.http, srv.grpc, warm)
             with PeakMemory(srv) as peak:

@@ -1081,10 +1081,12 @@ def test_the_connection_cap_stays_below_the_descriptors(monkeypatch):
 
     monkeypatch.setattr(front_module.resource, "getrlimit", lambda kind: limits["now"])
     monkeypatch.setattr(front_module.resource, "setrlimit", setrlimit)
-    reserve, most = front_module.FD_RESERVE, front_module.MAX_CONNECTIONS
+    # gRPC's connections beside the rest
+    reserve = front_module.FD_RESERVE + front_module.GRPC_CONNECTIONS
+    most = front_module.MAX_CONNECTIONS
     for soft, hard, cap, after in [(1024, 1 << 20, most, most + reserve),
                                    (1024, 1024, 1024 - reserve, 1024),
-                                   (200, 300, 300 - reserve, 300), (100, 100, 1, 100),
+                                   (200, 300, 1, 300), (100, 100, 1, 100),
                                    (1 << 20, 1 << 20, most, 1 << 20)]:
         limits["now"] = (soft, hard)
         assert front_module.connection_cap() == cap, (soft, hard)
@@ -1185,9 +1187,100 @@ def test_connections_past_the_cap_are_closed_as_they_open(engine, tmp_path, monk
         held.pop().close()
 
 
-def send_request(front, body: bytes) -> socket.socket:
-    """A connection to ``front`` that has sent one translate_label request of ``body``."""
-    sock = socket.create_connection((front.host, front.http_port), timeout=60)
+@needs_front
+def test_one_client_address_has_its_share_of_requests_and_no_more(front, monkeypatch):
+    """One client address has at most --max-client-requests requests in hand, HTTP and
+    gRPC together: one more is refused at once (HTTP 503 with Retry-After, gRPC
+    RESOURCE_EXHAUSTED, which frees its call slot), while another address is served. (One
+    client's held calls took every gRPC call slot, 2% of others' calls succeeding, and its
+    abandoned HTTP requests queued minutes of work that tritonserver computed for no one.)"""
+    import grpc
+
+    from bridgegan.serve.front import GRPC_SERVICE, _Clients
+
+    body = json.dumps({"inputs": LABEL}).encode()
+    monkeypatch.setattr(front, "clients", _Clients(2))
+    forwarded, held = len(front.fake.bodies), []
+    front.fake.gate.clear()
+    try:
+        held = [send_request(front, body) for _ in range(2)]
+        wait_for(lambda: len(front.fake.bodies) == forwarded + 2, "two forwarded")
+        answer_headers = {}
+        status, answer = post(front.http, body, answer_headers=answer_headers)
+        assert status == 503 and answer["error"].startswith(
+            "2 requests of this client address are in hand"), answer
+        assert answer_headers["Retry-After"] == str(front_module.RETRY_AFTER_S)
+        with grpc.insecure_channel(f"{front.host}:{front.grpc_port}") as channel, \
+                pytest.raises(grpc.RpcError) as err:
+            channel.unary_unary(GRPC_SERVICE + "ModelInfer")(b"\xff", timeout=60)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "client address" in err.value.details()
+        held.append(send_request(front, body, source="127.0.0.2"))  # another address
+        wait_for(lambda: len(front.fake.bodies) == forwarded + 3, "the other one forwarded")
+    finally:
+        front.fake.gate.set()
+    for sock in held:
+        assert response_on(sock)[0] == 200
+        sock.close()
+    wait_for(lambda: not front.clients.held, "every request answered")
+
+
+def test_one_client_address_has_its_share_of_connections(engine, tmp_path):
+    """An address holds at most CLIENT_CONNECTIONS HTTP connections per request it may
+    have in hand; one more is closed as it opens, while another address connects (one
+    client's 1,023 idle connections refused every other client's)."""
+    from bridgegan.serve.front import CLIENT_CONNECTIONS, Front
+
+    specs = {name: (spec, 8) for name, spec in model_specs(engine.config).items()}
+    with Front(specs, tmp_path / "http.sock", f"unix:{tmp_path / 'grpc.sock'}", "127.0.0.1",
+               free_ports(1)[0], 0, 60.0, client_requests=1) as served:
+        address = (served.host, served.http_port)
+        held = [socket.create_connection(address, timeout=60)
+                for _ in range(CLIENT_CONNECTIONS)]
+        wait_for(lambda: len(served.runner.server.connections) == CLIENT_CONNECTIONS,
+                 "the address's connections")
+        with socket.create_connection(address, timeout=60) as extra:
+            extra.sendall(b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\n\r\n")
+            with contextlib.suppress(ConnectionResetError):
+                assert extra.recv(100) == b""  # closed unanswered
+        with socket.create_connection(address, timeout=60,
+                                      source_address=("127.0.0.2", 0)) as sock:
+            sock.sendall(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+            assert response_on(sock)[0] == 403  # taken: answered
+        held.pop().close()
+        wait_for(lambda: served.runner.server.connections and len(
+            served.runner.server.connections) == CLIENT_CONNECTIONS - 1, "one closed")
+        with socket.create_connection(address, timeout=60) as sock:  # its share again
+            sock.sendall(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+            assert response_on(sock)[0] == 403
+        for sock in held:
+            sock.close()
+
+
+def test_grpc_connections_past_their_cap_are_closed(engine, tmp_path, monkeypatch):
+    """gRPC connections are capped too (GRPC_CONNECTIONS, within the descriptors the front
+    keeps): 1,300 silent ones took every descriptor, HTTP's included, and the failed
+    accepts filled the log at 3 MB/s."""
+    from bridgegan.serve.front import Front
+
+    monkeypatch.setattr(front_module, "GRPC_CONNECTIONS", 2)
+    specs = {name: (spec, 8) for name, spec in model_specs(engine.config).items()}
+    with Front(specs, tmp_path / "http.sock", f"unix:{tmp_path / 'grpc.sock'}", "127.0.0.1",
+               free_ports(1)[0], 0, 60.0) as served:
+        socks = [socket.create_connection((served.host, served.grpc_port), timeout=60)
+                 for _ in range(3)]
+        try:
+            assert [bool(s.recv(100)) for s in socks] == [True, True, False]  # SETTINGS
+        finally:
+            for s in socks:
+                s.close()
+
+
+def send_request(front, body: bytes, source: str | None = None) -> socket.socket:
+    """A connection to ``front`` (from address ``source``, where given) that has sent one
+    translate_label request of ``body``."""
+    sock = socket.create_connection((front.host, front.http_port), timeout=60,
+                                    source_address=None if source is None else (source, 0))
     sock.sendall(b"POST /v2/models/translate_label/infer HTTP/1.1\r\nHost: x\r\n"
                  b"Content-Length: %d\r\n\r\n" % len(body) + body)
     return sock
@@ -1262,9 +1355,11 @@ def test_clients_that_send_no_body_hold_up_no_other(front, monkeypatch):
     """More than MAX_READING connections that send a request's header and the start of its
     body, then nothing for as long as the read timeout lets them, do not hold up another
     client's body: a reader holds only the bytes it has received (before: one of
-    MAX_READING slots each, and the other client waited for the read timeout)."""
-    from bridgegan.serve.front import Front
+    MAX_READING slots each, and the other client waited for the read timeout). (Here all
+    from one address: its share of requests lifted.)"""
+    from bridgegan.serve.front import Front, _Clients
 
+    monkeypatch.setattr(front, "clients", _Clients(0))
     monkeypatch.setattr(front, "read_timeout_s", 120.0)  # longer than post's hang guard
     entered = threading.Semaphore(0)  # a connection is reading its body
     read = Front._read

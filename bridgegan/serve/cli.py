@@ -12,7 +12,8 @@ from ..argtypes import int_between, non_negative_int, positive_float, positive_i
 from ..engine import options as engine_options
 from ..engine.export.cli import add_queue_size
 from ..engine.export.names import MAX_BATCH, QUEUE_DELAY_US
-from .names import EXIT_TIMEOUT_S, GRPC_PORT, HOST, HTTP_PORT, METRICS_PORT, READ_TIMEOUT_S
+from .names import (CLIENT_REQUESTS, EXIT_TIMEOUT_S, GRPC_PORT, HOST, HTTP_PORT, METRICS_PORT,
+                    READ_TIMEOUT_S)
 
 PORT = int_between(1, 65535)  # a TCP port to listen on
 
@@ -35,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
             raise RuntimeError(busy)
     ports = dict(host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
                  metrics_port=args.metrics_port, exit_timeout_secs=args.exit_timeout_secs,
-                 read_timeout_secs=args.read_timeout_secs)
+                 read_timeout_secs=args.read_timeout_secs,
+                 max_client_requests=args.max_client_requests)
     if args.repository:
         from .server import run_tritonserver
 
@@ -123,6 +125,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "connection (idle connections too), a late body gets 408, a response "
                         "not taken resets it; gRPC: the time for a request message, and the "
                         "age at which connections are renewed (default: %(default)s)")
+    p.add_argument("--max-client-requests", type=non_negative_int, default=CLIENT_REQUESTS,
+                   help="requests one client address may have in hand at once, HTTP and gRPC "
+                        "together (more are refused: HTTP 503, gRPC RESOURCE_EXHAUSTED), and "
+                        "4 times as many HTTP connections; 0: no limit, for a front behind a "
+                        "proxy, where every client has the proxy's address (limit clients "
+                        "there) (default: %(default)s)")
     p.add_argument("--write-repository", metavar="DIR",
                    help="write a python-backend model repository of --checkpoint to DIR and "
                         "exit (--device cuda: GPU instances)")

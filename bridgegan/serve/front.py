@@ -31,8 +31,16 @@ request on its own before it reaches tritonserver:
   read timeout, its calls in flight given as long again (a call whose answer the client
   takes no HTTP/2 window for would keep its slot for good: grpc's Python API cannot end
   one call); clients reconnect by themselves;
+- one client address: at most ``client_requests`` (--max-client-requests) requests in
+  hand, HTTP and gRPC together, from their start to their answer (one more is refused at
+  once: HTTP 503, gRPC RESOURCE_EXHAUSTED, freeing its call slot) and CLIENT_CONNECTIONS
+  times as many HTTP connections (``_Clients``): one client's idle gRPC calls took every
+  call slot, its idle connections every connection, its stalled bodies the budget, and
+  its abandoned HTTP requests queued minutes of work (0: no limit, for a front behind a
+  proxy, where every client has the proxy's address);
 - connections: at most ``MAX_CONNECTIONS`` HTTP connections (fewer where the process's
-  descriptors would not hold them: ``connection_cap``; one more is closed as it opens),
+  descriptors would not hold them beside GRPC_CONNECTIONS gRPC connections, which are
+  given HANDSHAKE_MS to begin HTTP/2: ``connection_cap``; one more is closed as it opens),
   ``MAX_HEADERS`` header fields of ``HEADER_LINE`` bytes a request, and a malformed
   request's traceback is not logged (``_ClientErrors``); an inference body needs a
   Content-Length (411: a chunked body is parsed chunk by chunk), and a compressed one is
@@ -66,6 +74,7 @@ the client as one line without traceback or paths; the log keeps the detail.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import itertools
@@ -89,7 +98,7 @@ from ..engine.export.pbtxt import Port
 from ..reference.records import unique_keys
 from .http_client import http_get
 from .models import NUMPY_TYPES, ModelSpec, check_request
-from .names import MODELS
+from .names import CLIENT_REQUESTS, MODELS
 
 LOG = logging.getLogger("bridgegan.serve")
 HTTP_LOG = logging.getLogger("bridgegan.serve.http")  # aiohttp's server, filtered: _ClientErrors
@@ -97,7 +106,10 @@ T = TypeVar("T")
 JSON_BYTES_PER_VALUE = 32  # a float32 written by json.dumps: up to 24 characters and ", "
 HEADER_BYTES = 64 * 1024  # JSON header of a binary request, names and parameters
 MAX_CONNECTIONS = 1024  # HTTP connections open at once; one more is closed as it opens
+GRPC_CONNECTIONS = 256  # gRPC connections open at once (grpc refuses more)
+HANDSHAKE_MS = 5000  # a gRPC connection's time to begin HTTP/2 (grpc's default: 120 s)
 FD_RESERVE = 256  # descriptors kept for all else (``connection_cap``)
+CLIENT_CONNECTIONS = 4  # HTTP connections one client address may hold per request in hand
 MAX_HEADERS = 32  # header fields of an HTTP request, each line at most HEADER_LINE bytes
 HEADER_LINE = 4096  # (aiohttp's defaults, 128 fields of 8 KiB, let a connection that never
 # ends its header hold 1.8 MB, 0.5 MB at 32 such fields; Triton's clients send < 10 short ones)
@@ -128,6 +140,8 @@ HTTP_FORWARDED_GET = re.compile(
     r"/v2(/health/(live|ready)|/models/[\w.-]+(/versions/\d+)?(/ready|/config|/stats)?)?")
 HTTP_INFER = re.compile(r"/v2/models/([\w.-]+)(/versions/\d+)?/infer")
 BUSY = "the server is busy with other requests' bodies; try again later"
+CLIENT_BUSY = ("{} requests of this client address are in hand, the most one address may "
+               "have at once (serve --max-client-requests); try again when one is answered")
 OFF = ("not served: this server answers inference, health, metadata, model configuration and "
        "statistics; logging, trace, shared memory and model control are off")
 
@@ -402,13 +416,17 @@ class Front:
     ``private_http`` socket and ``private_grpc`` target (``server.private_sockets``); an
     HTTP client has ``read_timeout_s`` for a request's header and as long for its body, a
     gRPC client as long for its request message; on close, requests in flight have
-    ``grace_s`` to finish. Runs its own event loop in a thread. A context manager;
-    ``grpc_port`` 0 takes a free port (the one bound is read back)."""
+    ``grace_s`` to finish; one client address has at most ``client_requests`` requests in
+    hand and CLIENT_CONNECTIONS times as many HTTP connections (0: no limit). Runs its own
+    event loop in a thread. A context manager; ``grpc_port`` 0 takes a free port (the one
+    bound is read back)."""
 
     def __init__(self, specs: dict[str, tuple[ModelSpec, int]], private_http: os.PathLike,
                  private_grpc: str, host: str, http_port: int, grpc_port: int,
-                 read_timeout_s: float, grace_s: float = 2.0):
+                 read_timeout_s: float, grace_s: float = 2.0,
+                 client_requests: int = CLIENT_REQUESTS):
         self.specs, self.private_http, self.private_grpc = specs, private_http, private_grpc
+        self.clients = _Clients(client_requests)  # requests in hand per client address
         self.host, self.http_port, self.grpc_port = host, http_port, grpc_port
         self.read_timeout_s, self.grace_s = read_timeout_s, grace_s
         self.max_batch = max(b for _, b in specs.values())
@@ -471,7 +489,8 @@ class Front:
                                     max_line_size=HEADER_LINE, auto_decompress=False,
                                     lingering_time=LINGER_S, logger=HTTP_LOG)
         await self.runner.setup()
-        _cap_connections(self.runner.server, connection_cap())
+        _cap_connections(self.runner.server, connection_cap(),
+                         _Clients(CLIENT_CONNECTIONS * self.clients.most))
         await web.TCPSite(self.runner, self.host, self.http_port).start()
         unlimited = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
         self.channel = grpc.aio.insecure_channel(self.private_grpc, options=unlimited)
@@ -482,6 +501,8 @@ class Front:
         self.grpc = grpc.aio.server(maximum_concurrent_rpcs=self.grpc_calls, options=[
             ("grpc.max_receive_message_length", self.binary_limit),
             ("grpc.max_send_message_length", -1), ("grpc.so_reuseport", 0),
+            ("grpc.max_allowed_incoming_connections", GRPC_CONNECTIONS),
+            ("grpc.server_handshake_timeout_ms", HANDSHAKE_MS),
             ("grpc.max_connection_age_ms", age_ms), ("grpc.max_connection_age_grace_ms", age_ms)])
         self.grpc.add_generic_rpc_handlers([_GrpcHandler(self)])
         self.grpc_port = self.grpc.add_insecure_port(f"{self.host}:{self.grpc_port}")
@@ -517,10 +538,13 @@ class Front:
         infer = HTTP_INFER.fullmatch(path)
         budget = self.reading  # its ticket: the body's bytes, held until the answer is sent
         reader = budget.enter()
+        client = request.remote if self.clients.enter(request.remote) else None
         try:
             try:
                 if self.stopping.is_set():  # a kept-alive connection's next request
                     raise RequestError(STOPPING, 503)
+                if client is None:
+                    raise RequestError(CLIENT_BUSY.format(self.clients.most), 503)
                 if request.method == "POST" and infer:
                     response = await self._http_infer(request, infer.group(1), budget, reader)
                 elif request.method == "GET" and HTTP_FORWARDED_GET.fullmatch(path):
@@ -535,6 +559,8 @@ class Front:
             return await self._respond(request, response)
         finally:
             budget.leave(reader)
+            if client is not None:
+                self.clients.leave(client)
             _release_connection(request)  # for the next request on it
 
     async def _respond(self, request, response):
@@ -708,9 +734,24 @@ class _GrpcHandler:
         import grpc
 
         async def call(requests, context):
-            payload = await self.front.grpc_message(requests, context)
-            return await self.front.grpc_call(details.method, payload, context)
+            clients = self.front.clients
+            client = _address(context.peer())
+            if not clients.enter(client):  # at once: its call slot is free again
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                    CLIENT_BUSY.format(clients.most))
+            try:
+                payload = await self.front.grpc_message(requests, context)
+                return await self.front.grpc_call(details.method, payload, context)
+            finally:
+                clients.leave(client)
         return grpc.stream_unary_rpc_method_handler(call)
+
+
+def _address(peer: str) -> str:
+    """The client address of a gRPC peer ("ipv4:127.0.0.1:PORT", "ipv6:[::1]:PORT"), as
+    aiohttp gives an HTTP client's ("127.0.0.1", "::1"): one address, one share."""
+    kind, _, rest = peer.partition(":")
+    return rest.rpartition(":")[0].strip("[]") if kind in ("ipv4", "ipv6") else peer
 
 
 class _ClientErrors(logging.Filter):
@@ -733,34 +774,47 @@ def connection_cap() -> int:
     raised to the hard one first. Past the descriptors, asyncio's accept fails in a loop,
     logging each failure, and the cap never takes effect."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = MAX_CONNECTIONS + FD_RESERVE
+    wanted = MAX_CONNECTIONS + GRPC_CONNECTIONS + FD_RESERVE
     if soft != resource.RLIM_INFINITY and soft < wanted:
         soft = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     return MAX_CONNECTIONS if soft == resource.RLIM_INFINITY else max(
-        1, min(MAX_CONNECTIONS, soft - FD_RESERVE))
+        1, min(MAX_CONNECTIONS, soft - GRPC_CONNECTIONS - FD_RESERVE))
 
 
-def _cap_connections(server, most: int) -> None:
-    """Close each connection to aiohttp's ``server`` that opens while ``most`` are open:
-    each holds memory (its buffers, a header being read) and a file descriptor. Logged
-    once a minute at most (a client could otherwise fill the log)."""
-    made = server.connection_made
+def _cap_connections(server, most: int, clients: _Clients) -> None:
+    """Close each connection to aiohttp's ``server`` that opens while ``most`` are open, or
+    while its client address holds as many as ``clients`` lets one (else one client's idle
+    connections would shut every other out): each holds memory (its buffers, a header
+    being read) and a file descriptor. Logged once a minute at most (a client could
+    otherwise fill the log)."""
+    made, lost = server.connection_made, server.connection_lost
     closed = {"count": 0, "logged": -math.inf}
+    counted: dict = {}  # handler -> its client address, for the connections let in
+
+    def connection_lost(handler, exc=None) -> None:
+        if handler in counted:
+            clients.leave(counted.pop(handler))
+        lost(handler, exc)
 
     def connection_made(handler, transport) -> None:
         made(handler, transport)
-        if len(server.connections) > most:
+        peer = transport.get_extra_info("peername")
+        client = peer[0] if isinstance(peer, tuple) else peer
+        if len(server.connections) <= most and clients.enter(client):
+            counted[handler] = client
+        else:
             transport.abort()
             closed["count"] += 1
             now = time.monotonic()
             if now - closed["logged"] >= 60:
-                LOG.warning("%d HTTP connections open: %d more closed as they opened since "
-                            "the last such line", most, closed["count"])
+                LOG.warning("%d HTTP connections open (or %d of one client address): %d "
+                            "more closed as they opened since the last such line", most,
+                            clients.most, closed["count"])
                 closed.update(count=0, logged=now)
-    server.connection_made = connection_made
+    server.connection_made, server.connection_lost = connection_made, connection_lost
 
 
 def _client_left(request) -> bool:
@@ -828,6 +882,26 @@ def _parse(message_class, payload: bytes):
         return message_class.FromString(payload)
     except DecodeError:
         raise RequestError(f"the message is not a {message_class.__name__}") from None
+
+
+class _Clients:
+    """How many of something (requests in hand, connections) each client address holds, on
+    the event loop; ``enter`` refuses one past ``most`` (0: no limit: a front behind a
+    proxy sees every client at the proxy's address)."""
+
+    def __init__(self, most: int):
+        self.most, self.held = most, collections.Counter()
+
+    def enter(self, client) -> bool:
+        if self.most and self.held[client] >= self.most:
+            return False
+        self.held[client] += 1
+        return True
+
+    def leave(self, client) -> None:
+        self.held[client] -= 1
+        if self.held[client] <= 0:
+            del self.held[client]
 
 
 class _Budget:

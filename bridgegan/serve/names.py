@@ -10,3 +10,6 @@ GRPC_PORT = 8001
 METRICS_PORT = 8002
 EXIT_TIMEOUT_S = 30  # default --exit-timeout-secs: shutdown's wait for in-flight requests
 READ_TIMEOUT_S = 30.0  # default --read-timeout-secs: a client's time for a header, a body
+# default --max-client-requests: the requests one client address may have in hand at once
+# (HTTP and gRPC together; 4x as many HTTP connections); 0: no limit, behind a proxy
+CLIENT_REQUESTS = 16

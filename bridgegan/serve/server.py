@@ -33,8 +33,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..files import held, shell_unsafe
-from .names import (EXIT_TIMEOUT_S, GRPC_PORT, HOST, HTTP_PORT, METRICS_PORT, MODELS,
-                    READ_TIMEOUT_S)
+from .names import (CLIENT_REQUESTS, EXIT_TIMEOUT_S, GRPC_PORT, HOST, HTTP_PORT, METRICS_PORT,
+                    MODELS, READ_TIMEOUT_S)
 
 EXTRA_HINT = "pip install 'bridgegan[serve]' (nvidia-pytriton 0.7 needs numpy<2; the extra pins it)"
 # the private folders a server makes in the temp folder (its repository and sockets),
@@ -315,9 +315,11 @@ def _die_with_this_process():
 def run_tritonserver(repository: str | os.PathLike, host: str = HOST,
                      http_port: int = HTTP_PORT, grpc_port: int = GRPC_PORT,
                      metrics_port: int = METRICS_PORT, exit_timeout_secs: int = EXIT_TIMEOUT_S,
-                     read_timeout_secs: float = READ_TIMEOUT_S) -> int:
+                     read_timeout_secs: float = READ_TIMEOUT_S,
+                     max_client_requests: int = CLIENT_REQUESTS) -> int:
     """Run the bundled tritonserver on ``repository`` behind the front on ``host``'s ports
-    (HTTP clients get ``read_timeout_secs`` for a request's header, then for its body)
+    (HTTP clients get ``read_timeout_secs`` for a request's header, then for its body; a
+    client address has ``max_client_requests`` requests in hand at most, 0: no limit)
     until SIGINT / SIGTERM (status 128 + the signal, as a command a signal stopped, unless
     tritonserver's own shutdown failed: its status) or its exit (its exit status)."""
     missing = [m for m in MODELS if not (Path(repository) / m / "config.pbtxt").is_file()]
@@ -346,7 +348,8 @@ def run_tritonserver(repository: str | os.PathLike, host: str = HOST,
             # requests in flight at a signal are answered within the exit timeout, then
             # tritonserver gets its own
             with Front(fetch_specs(http), http, grpc, host, http_port, grpc_port,
-                       read_timeout_secs, grace_s=exit_timeout_secs) as front:
+                       read_timeout_secs, grace_s=exit_timeout_secs,
+                       client_requests=max_client_requests) as front:
                 stopped = []
 
                 def stop(sig, _):  # no new requests, then the server shuts down itself
