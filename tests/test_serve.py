@@ -1208,13 +1208,13 @@ def test_one_client_address_has_its_share_of_requests_and_no_more(front, monkeyp
         answer_headers = {}
         status, answer = post(front.http, body, answer_headers=answer_headers)
         assert status == 503 and answer["error"].startswith(
-            "2 requests of this client address are in hand"), answer
+            "2 requests of client address 127.0.0.1 are in hand"), answer
         assert answer_headers["Retry-After"] == str(front_module.RETRY_AFTER_S)
         with grpc.insecure_channel(f"{front.host}:{front.grpc_port}") as channel, \
                 pytest.raises(grpc.RpcError) as err:
             channel.unary_unary(GRPC_SERVICE + "ModelInfer")(b"\xff", timeout=60)
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert "client address" in err.value.details()
+        assert "client address 127.0.0.1 " in err.value.details()
         held.append(send_request(front, body, source="127.0.0.2"))  # another address
         wait_for(lambda: len(front.fake.bodies) == forwarded + 3, "the other one forwarded")
     finally:
@@ -1225,10 +1225,15 @@ def test_one_client_address_has_its_share_of_requests_and_no_more(front, monkeyp
     wait_for(lambda: not front.clients.held, "every request answered")
 
 
-def test_one_client_address_has_its_share_of_connections(engine, tmp_path):
+def test_one_client_address_has_its_share_of_connections(engine, tmp_path, caplog):
     """An address holds at most CLIENT_CONNECTIONS HTTP connections per request it may
-    have in hand; one more is closed as it opens, while another address connects (one
-    client's 1,023 idle connections refused every other client's)."""
+    have in hand; one more is closed as it opens, with no traceback in the log (closed
+    before aiohttp's handler started, each logged an AssertionError: 119 MB in 40 s),
+    while another address connects (one client's 1,023 idle connections refused every
+    other client's)."""
+    import asyncio
+    import gc
+
     from bridgegan.serve.front import CLIENT_CONNECTIONS, Front
 
     specs = {name: (spec, 8) for name, spec in model_specs(engine.config).items()}
@@ -1243,6 +1248,9 @@ def test_one_client_address_has_its_share_of_connections(engine, tmp_path):
             extra.sendall(b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\n\r\n")
             with contextlib.suppress(ConnectionResetError):
                 assert extra.recv(100) == b""  # closed unanswered
+        asyncio.run_coroutine_threadsafe(asyncio.sleep(0.1), served.loop).result(60)
+        gc.collect()  # a failed task's traceback is logged as it goes
+        assert not [r for r in caplog.records if r.exc_info or "exception" in r.getMessage()]
         with socket.create_connection(address, timeout=60,
                                       source_address=("127.0.0.2", 0)) as sock:
             sock.sendall(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
