@@ -7,8 +7,10 @@ latency, errors, and the batch sizes the server formed.
     python benchmarks/load_serve.py --url 127.0.0.1:8000 ...   # a server already running
 
 Without --url it starts `bridgegan serve` on free loopback ports (OMP_NUM_THREADS=1 unless
-set) with the checkpoint, or seeded weights of the preset configuration, and stops it
-afterwards. Each of --concurrency client threads sends single-image requests (its own
+set) with the checkpoint, or seeded weights of the preset configuration, and
+`--max-client-requests 0` (the threads stand in for many clients from one address), and
+stops it afterwards; a server given by --url holds this address to its
+--max-client-requests (16 by default: more threads get 503s). Each of --concurrency client threads sends single-image requests (its own
 client, random inputs: images in [-1, 1], 0/1 labels, N(0, 1) noise; optional inputs
 omitted) until --requests have been sent or --duration seconds have passed, whichever
 comes first. That is a closed loop: a thread sends its next request only when the last one
