@@ -373,11 +373,12 @@ def test_an_interrupted_classifier_run_resumes_to_the_uninterrupted_result(tmp_p
     assert json.loads((kept / "state.json").read_text())["step"] == 6
 
 
-def test_train_classifier_stops_on_ctrl_c_and_resumes(tmp_path, monkeypatch, capsys):
-    """`train-classifier` stopped by Ctrl-C (here at the 13th image read: the third
-    step's last, after the first image's) ends after that step with its state in
-    OUT/state, status 130; `--resume` finishes the run as an uninterrupted one, its state
-    gone. A state is not overwritten by a new run, nor is --resume taken without one; a
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_train_classifier_stops_on_a_signal_and_resumes(tmp_path, monkeypatch, capsys, sig):
+    """`train-classifier` stopped by Ctrl-C or SIGTERM (here at the 13th image read: the
+    third step's last, after the first image's) ends after that step with its state in
+    OUT/state, status 128 + the signal; `--resume` finishes the run as an uninterrupted
+    one, its state gone. A state is not overwritten by a new run, nor is --resume taken without one; a
     state write a SIGKILL cut short is no obstacle."""
     import os
     import signal
@@ -396,12 +397,12 @@ def test_train_classifier_stops_on_ctrl_c_and_resumes(tmp_path, monkeypatch, cap
     def interrupted(self, i):
         reads.append(i)
         if len(reads) == 13:
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), getattr(signal, sig))
         return get(self, i)
     monkeypatch.setattr(ProceduralFaces, "__getitem__", interrupted)
     out = tmp_path / "clf"
-    assert run(out) == 128 + signal.SIGINT
-    assert f"stopped by SIGINT at step 3 with its state in {out / 'state'}; continue with " \
+    assert run(out) == 128 + getattr(signal, sig)
+    assert f"stopped by {sig} at step 3 with its state in {out / 'state'}; continue with " \
            f"--resume" in capsys.readouterr().err
     monkeypatch.undo()
     cut = out / f".state.tmp-{dead_pid()}-0a1b2c3d"  # what a killed state write leaves
