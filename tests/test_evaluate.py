@@ -378,8 +378,8 @@ def test_train_classifier_stops_on_a_signal_and_resumes(tmp_path, monkeypatch, c
     """`train-classifier` stopped by Ctrl-C or SIGTERM (here at the 13th image read: the
     third step's last, after the first image's) ends after that step with its state in
     OUT/state, status 128 + the signal; `--resume` finishes the run as an uninterrupted
-    one, its state gone. A state is not overwritten by a new run, nor is --resume taken without one; a
-    state write a SIGKILL cut short is no obstacle."""
+    one, its state gone. A state is not overwritten by a new run, nor is --resume taken
+    without one; a state write a SIGKILL cut short is no obstacle."""
     import os
     import signal
 
