@@ -123,13 +123,17 @@ class RowsFile:
 
     def save(self, rows: list) -> None:
         if self.partial is not None:
-            write_file_atomic(self.partial, json.dumps(rows, indent=1).encode())
+            self._write(self.partial, rows)
 
     def done(self, rows: list) -> None:
         if self.path is not None:
-            write_file_atomic(self.path, json.dumps(rows, indent=1).encode())
+            self._write(self.path, rows)
         if self.partial is not None:
             self.partial.unlink(missing_ok=True)
+
+    @staticmethod
+    def _write(path: Path, rows: list) -> None:
+        write_file_atomic(path, json.dumps(rows, indent=1).encode())
 
 
 JSON_LIMIT = 1 << 20  # the bytes a configuration file (JSON) that the project reads may hold

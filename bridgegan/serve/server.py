@@ -231,7 +231,8 @@ def _end_orphaned_stubs(lock: Path) -> bool:
 def _holders(path: Path) -> list[int] | None:
     """The processes of this user with file ``path`` open (Linux's /proc/PID/fd, compared
     by device and inode); None when a process's descriptors cannot be read (not known)."""
-    want = (os.stat(path).st_dev, os.stat(path).st_ino)
+    target = os.stat(path)
+    want = (target.st_dev, target.st_ino)
     pids = []
     for proc in Path("/proc").glob("[0-9]*"):
         try:
