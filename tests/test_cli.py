@@ -22,6 +22,7 @@ from bridgegan.engine.engine import backend_dtype, default_channels_last
 from bridgegan.engine.bench_results import FIELDS, PARTIAL_CSV
 from bridgegan.engine.options import BENCH_ROUNDS, BENCH_SAMPLES
 from bridgegan.engine.variants import Variant, default_variants, parity_variants
+from bridgegan.kernels.registry import KERNELS
 from bridgegan.reference import BridgeGAN, save_checkpoint
 from bridgegan.reference.checkpoint import read_config, read_tensors
 from conftest import benchmark_script, randomize, read_image, small_config, stops_without_gc
@@ -612,8 +613,10 @@ def test_gpu_check_dry_run(tmp_path):
     assert {"bench.csv", "bench.png", "kernels.csv", "profile.csv", "profile.md",
             "gpu_check.log"} <= {p.name for p in tmp_path.iterdir()}
     assert report["engine"] and report["parity_backends"]
-    kernels = [r for r in csv.DictReader(open(tmp_path / "kernels.csv"))
-               if r["what"].startswith("spade_modulate")]
+    kernel_rows = list(csv.DictReader(open(tmp_path / "kernels.csv")))
+    assert {k.name for k in KERNELS.values() if k.timed} <= {r["what"].split()[0]
+                                                             for r in kernel_rows}
+    kernels = [r for r in kernel_rows if r["what"].startswith("spade_modulate")]
     timed = {(r["what"], r["dtype"], r["layout"], r["backend"]) for r in kernels
              if r["metric"] == "time"}
     compared = {(r["what"], r["dtype"], r["layout"], r["backend"]) for r in kernels

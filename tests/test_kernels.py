@@ -8,6 +8,7 @@ zeros); gamma/beta have a realistic scale (0.5 * randn).
 
 import json
 import math
+import re
 import warnings
 
 import pytest
@@ -26,6 +27,7 @@ from bridgegan.kernels.layout import add_upsampled, memory_format
 from bridgegan.kernels.norm_act import ACTS
 from bridgegan.kernels.parity import LAYOUTS, OPS, PARITY_DTYPES, call, make_inputs, reference64
 from bridgegan.kernels.parity import main as parity_main
+from bridgegan.kernels.registry import KERNELS, OP_PARITY
 from bridgegan.numerics import dtype_name, errors, float64_call, same_nonfinite, tolerance
 from conftest import benchmark_script
 
@@ -977,11 +979,15 @@ def test_torch_path_exports_to_onnx(tmp_path, op):
     assert_close(torch.from_numpy(got), reference64(op, x, kw, "leaky_relu"), torch.float32)
 
 
-def test_parity_cli_quick(capsys):
-    assert parity_main(["--device", "cpu", "--quick"]) == 0
+def test_parity_cli_quick(capsys, tmp_path):
+    """The op table passes, and holds rows of every op whose registry row says it does."""
+    assert parity_main(["--device", "cpu", "--quick", "--json", str(tmp_path / "rows.json")]) == 0
     text = capsys.readouterr().out
     assert "PASS" in text and "FAIL" not in text
     assert ("triton/" in text) == triton_interpreted()
+    checked = {re.match(r"\w+", row["op"]).group()
+               for row in json.loads((tmp_path / "rows.json").read_text())}
+    assert checked == {k.name for k in KERNELS.values() if k.parity == OP_PARITY}
 
 
 @requires_triton

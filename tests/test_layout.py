@@ -158,3 +158,39 @@ def test_every_registry_row_names_what_exists():
     for name, row in backends.REGISTRY.items():
         assert name.isidentifier(), name  # the name is its module's
         assert callable(_resolved("bridgegan.engine.backends", f".{name}:build")), name
+
+
+def test_every_kernel_row_names_what_exists():
+    """Each fused op's row in kernels/registry.py names a function of its op module that
+    bridgegan.kernels exports, whose ``impl`` defaults to the row's first impl and refuses
+    what the row does not list; a Triton module; a parity test file that calls it (the op
+    table's rows: tests/test_kernels.py). Every op module and Triton module of kernels/,
+    and every exported function with an ``impl``, is some row's."""
+    import importlib
+    import inspect
+
+    import pytest
+
+    from bridgegan import kernels
+    from bridgegan.kernels.registry import IMPLS, KERNELS, OP_PARITY
+
+    shared = {"__init__", "registry", "dispatch", "layout", "parity"}  # what the ops share
+    stems = {p.stem for p in (ROOT / "kernels").glob("*.py")} - shared
+    tritons = {s.removeprefix("_triton_") for s in stems if s.startswith("_triton_")}
+    assert stems - {f"_triton_{t}" for t in tritons} == {k.module for k in KERNELS.values()}, \
+        "an op module without a row, or a row without its module"
+    assert tritons == {k.triton for k in KERNELS.values()}, \
+        "a Triton module without a row, or a row without its module"
+    assert {n for n in kernels.__all__ if inspect.isfunction(getattr(kernels, n))
+            and "impl" in inspect.signature(getattr(kernels, n)).parameters} == set(KERNELS)
+    for name, row in KERNELS.items():
+        fn = getattr(importlib.import_module(f"bridgegan.kernels.{row.module}"), name)
+        assert fn.__module__ == f"bridgegan.kernels.{row.module}", name
+        assert name in kernels.__all__ and getattr(kernels, name) is fn, name
+        assert inspect.signature(fn).parameters["impl"].default == row.impls[0] == "auto"
+        assert set(row.impls) <= set(IMPLS), name
+        for impl in set(IMPLS) - set(row.impls):
+            with pytest.raises(ValueError, match=f"^{name}: unknown impl '{impl}'"):
+                fn(*[None] * 2, impl=impl)
+        if row.parity != OP_PARITY:
+            assert name in (ROOT.parent / row.parity).read_text(), name

@@ -63,7 +63,6 @@ from .layout import memory_format, next_pow2
 
 __all__ = ["conv2d_relu"]
 
-IMPLS = ("auto", "torch")
 _CUDA_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _CPU_DTYPES = (torch.bfloat16, torch.float32)
 EPILOGUE_BLOCK = 1024  # elements per program of the transposed convolution's epilogue
@@ -83,7 +82,7 @@ def transposed_then_epilogue(x, weight, bias, stride: int, padding: int) -> torc
     """``relu(conv_transpose2d(x, weight, bias))`` as the convolution without its bias,
     then the Triton epilogue (bias + ReLU, in place, one pass); RuntimeError without
     triton."""
-    tn, why = triton_module("conv")
+    tn, why = triton_module("conv2d_relu")
     if tn is None:
         raise RuntimeError(f"conv2d_relu: the transposed epilogue needs triton: {why}")
     y = F.conv_transpose2d(x, weight, None, stride=stride, padding=padding)
@@ -123,7 +122,7 @@ def _fused_call(x, weight, bias, stride: int, padding: int, transposed: bool):
         if x.dtype not in _CUDA_DTYPES or torch.backends.cudnn.deterministic:
             return None
         if transposed:
-            if triton_module("conv")[0] is None:
+            if triton_module("conv2d_relu")[0] is None:
                 return None
             return lambda: transposed_then_epilogue(x, weight, bias, stride, padding)
         cudnn = torch.backends.cudnn
@@ -214,7 +213,7 @@ def conv2d_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
                 impl: str = "auto") -> torch.Tensor:
     """``relu(conv2d(x, weight, bias))`` (or ``conv_transpose2d``) as one library call
     where the device has one; see the module docstring."""
-    check_impl("conv2d_relu", impl, IMPLS)
+    check_impl("conv2d_relu", impl)
     given = [t for t in (x, weight, bias) if t is not None]
     if len({t.dtype for t in given}) > 1:  # as the plain ops refuse them (oneDNN would not)
         fail("conv2d_relu", "x, weight and bias must have one dtype, got "

@@ -17,8 +17,8 @@ from typing import NoReturn
 import torch
 
 from ..numerics import dtype_name
+from .registry import KERNELS
 
-IMPLS = ("auto", "triton", "torch")
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 TORCH_DTYPES = TRITON_DTYPES + (torch.float64,)  # the torch paths also take float64
 INT32_MAX = 2**31 - 1  # the kernels index one sample with int32 offsets
@@ -29,7 +29,9 @@ def fail(op: str, msg: str) -> NoReturn:
     raise ValueError(f"{op}: {msg}")
 
 
-def check_impl(op: str, impl, impls: tuple[str, ...] = IMPLS) -> None:
+def check_impl(op: str, impl) -> None:
+    """``impl`` one of the values op's row in ``KERNELS`` takes."""
+    impls = KERNELS[op].impls
     if impl not in impls:
         fail(op, f"unknown impl {impl!r}; accepted: {', '.join(repr(i) for i in impls)}")
 
@@ -66,12 +68,14 @@ def tracing() -> bool:
     return torch._guards.TracingContext.try_get() is not None
 
 
-_MODULES: dict[str, tuple] = {}  # kernel module name -> (module or None, reason or None)
+_MODULES: dict[str, tuple] = {}  # Triton module name -> (module or None, reason or None)
 
 
-def triton_module(name: str):
-    """The Triton kernel module ``bridgegan.kernels._triton_<name>``, or (None, why it
-    cannot be used). Imported lazily, once: importing this package never imports triton."""
+def triton_module(op: str):
+    """(op's Triton module, None): ``bridgegan.kernels._triton_<name>`` as op's row in
+    ``KERNELS`` names it, or (None, why it cannot be used). Imported lazily, once:
+    importing this package never imports triton."""
+    name = KERNELS[op].triton
     if name not in _MODULES:
         try:
             _MODULES[name] = (importlib.import_module(f"._triton_{name}", __package__), None)
@@ -81,8 +85,8 @@ def triton_module(name: str):
 
 
 def triton_available() -> bool:
-    """Whether the Triton kernels can be imported (says nothing about a GPU)."""
-    return triton_module("norm")[0] is not None
+    """Whether every op's Triton kernels can be imported (says nothing about a GPU)."""
+    return all(triton_module(op)[0] is not None for op in KERNELS)
 
 
 @functools.cache
@@ -93,8 +97,9 @@ def _interpreted(module) -> bool:
 
 
 def triton_interpreted() -> bool:
-    """Whether the kernels run in the CPU interpreter (TRITON_INTERPRET=1 at import)."""
-    tn = triton_module("norm")[0]
+    """Whether the kernels run in the CPU interpreter (TRITON_INTERPRET=1 at import: the
+    same for every op's, so the first op's tell)."""
+    tn = triton_module(next(iter(KERNELS)))[0]
     return tn is not None and _interpreted(tn)
 
 
@@ -146,9 +151,8 @@ def sample_span(t: torch.Tensor | None) -> int:
     return 1 + (c - 1) * abs(sc) + (h - 1) * abs(sh) + (w - 1) * abs(sw)
 
 
-def choose_impl(op: str, x: torch.Tensor, impl: str, kernels: str, others=(),
-                dense: int = 0) -> str:
-    """"triton" or "torch" for a call of ``op`` on x whose kernels are ``_triton_<kernels>``:
+def choose_impl(op: str, x: torch.Tensor, impl: str, others=(), dense: int = 0) -> str:
+    """"triton" or "torch" for a call of ``op`` on x (its kernels: ``triton_module(op)``):
     impl="triton" raises when they cannot run, impl="auto" falls back with the warning.
     Under a tracer every impl takes the torch path, silently: an exported or compiled graph
     holds the reference ops, never a kernel launch (which a tracer cannot record). The
@@ -159,7 +163,7 @@ def choose_impl(op: str, x: torch.Tensor, impl: str, kernels: str, others=(),
         return "torch"
     per_sample = max(dense, *map(sample_span, (x, *others)))
     if impl == "triton":
-        tn, why = triton_module(kernels)
+        tn, why = triton_module(op)
         if tn is None:
             raise RuntimeError(f"{op}(impl='triton'): {why}; install triton or use impl='torch'")
         if x.dtype not in TRITON_DTYPES:
@@ -176,7 +180,7 @@ def choose_impl(op: str, x: torch.Tensor, impl: str, kernels: str, others=(),
             fail(op, f"impl='triton' indexes one sample with int32 offsets, at most "
                      f"{INT32_MAX}; a sample spans {per_sample} elements")
         return "triton"
-    tn, why = triton_module(kernels)
+    tn, why = triton_module(op)
     if not x.is_cuda:
         reason = f"x is on {x.device}, the Triton kernels need a CUDA tensor"
     elif tn is None:

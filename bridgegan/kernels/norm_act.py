@@ -61,11 +61,12 @@ import torch
 import torch.nn.functional as F
 
 from ..numerics import dtype_name
-from .dispatch import (IMPLS, TORCH_DTYPES, KernelFallbackWarning, Launch, check_impl,
+from .dispatch import (TORCH_DTYPES, KernelFallbackWarning, Launch, check_impl,
                        check_like, choose_impl, fail, run_launches, tracing, triton_available,
                        triton_interpreted, triton_module)
 from .layout import (add_upsampled, flattenable, hw_strides, is_channels_last, memory_format,
                      next_pow2, upsampled_shapes)
+from .registry import IMPLS
 
 __all__ = [
     "ACTS",
@@ -303,7 +304,7 @@ def triton_launches(op, x, gamma, beta, weight, bias, mod_bias, act, eps, slope,
     """The output tensor of a Triton call, the sum x + up(residual) (None without a
     residual) and the kernel launches that compute them, in order (no kernel runs here:
     :mod:`bridgegan.engine.targets` compiles them for a GPU that is absent)."""
-    tn, why = triton_module("norm")
+    tn, why = triton_module(op)
     if tn is None:
         raise RuntimeError(f"bridgegan.kernels.{op}(impl='triton'): {why}")
     n, c, h, w = x.shape
@@ -458,8 +459,7 @@ def _run(op, x, gamma, beta, weight, bias, mod_bias, act, eps, slope, impl, out,
         t is not None and t.requires_grad for t in tensors + (residual,))
     if grad and out is not None:
         fail(op, "out= does not support autograd; pass out=None when inputs require grad")
-    chosen = "torch" if x.numel() == 0 else choose_impl(op, x, impl, "norm",
-                                                        (gamma, beta, residual, out),
+    chosen = "torch" if x.numel() == 0 else choose_impl(op, x, impl, (gamma, beta, residual, out),
                                                         dense=_dense_per_sample(x, gamma))
     if residual is not None and (chosen == "torch" or grad):
         # the sum by torch ops (autograd sees it), then the op on it as on any input

@@ -76,7 +76,7 @@ def _torch_tail(h, weight, bias, shortcut) -> torch.Tensor:
 
 def triton_launches(h, weight, bias, shortcut):
     """The output tensor of a Triton call and its one kernel launch (not run here)."""
-    tn, why = triton_module("tail")
+    tn, why = triton_module("rgb_tail")
     if tn is None:
         raise RuntimeError(f"bridgegan.kernels.rgb_tail(impl='triton'): {why}")
     n, c, hh, ww = h.shape
@@ -115,7 +115,7 @@ def rgb_tail(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = 
                                            for t in (h, weight, bias, shortcut))
     # dense: h's dense copy when its H and W do not flatten, and the (N, K, H, W) output
     dense = max(h.shape[1], weight.shape[0]) * h.shape[2] * h.shape[3]
-    if grad or choose_impl("rgb_tail", h, impl, "tail", (shortcut,), dense) == "torch":
+    if grad or choose_impl("rgb_tail", h, impl, (shortcut,), dense) == "torch":
         return _torch_tail(h, weight, bias, shortcut)  # forward only
     out, launches = triton_launches(h, weight, bias, shortcut)
     run_launches(launches, h.device)
