@@ -40,8 +40,9 @@ from bridgegan.cli import main
 from bridgegan.engine import Engine, NonFiniteOutputError
 from bridgegan.numerics import tolerance
 from bridgegan.reference import BridgeGAN, save_checkpoint
+from bridgegan.serve import client_limits, request_checks
 from bridgegan.serve import front as front_module
-from bridgegan.serve.front import RequestError, check, grpc_arrays, http_arrays
+from bridgegan.serve.request_checks import RequestError, check, grpc_arrays, http_arrays
 from bridgegan.serve.models import NUMPY_TYPES, model_specs, run_requests
 from bridgegan.serve.names import MODELS
 from bridgegan.serve.process import free_ports
@@ -437,7 +438,7 @@ def test_json_of_many_small_items_is_refused_before_it_is_parsed(engine, monkeyp
     """A body of empty lists ("[],": 3 bytes, some 64 for Python) within the size limit is
     refused from its count of commas and brackets, unparsed; the most nested request of
     max batch rows is not."""
-    monkeypatch.setattr(front_module, "json_head", lambda raw: pytest.fail("parsed"))
+    monkeypatch.setattr(request_checks, "json_head", lambda raw: pytest.fail("parsed"))
     spec = model_specs(engine.config)["translate_label"]
     body = b'{"inputs": [' + b"[]," * 200_000 + b"[]]}"
     with pytest.raises(RequestError, match=r"^the JSON holds 400003 items .*, more than 8 rows "
@@ -546,7 +547,7 @@ def test_a_binary_request_may_send_some_inputs_as_json(front):
         for name in ("image", "reference")] + [
         {"name": "attributes", "datatype": "BOOL", "shape": [n, 6],
          "parameters": {"binary_data_size": len(attributes)}}]}).encode()
-    assert front_module.HEADER_BYTES < len(head) <= front.json_limit
+    assert request_checks.HEADER_BYTES < len(head) <= front.json_limit
     path = "/v2/models/translate_reference/infer"
     front.fake.bodies.clear()
     headers = {"Inference-Header-Content-Length": str(len(head))}
@@ -887,14 +888,14 @@ def test_readers_holding_parts_of_the_budget_do_not_wait_for_one_another():
     cancelled (its deadline) leaves nothing held. Stepped with sleep(0), no timing."""
     import asyncio
 
-    from bridgegan.serve.front import _Budget
+    from bridgegan.serve.client_limits import Budget
 
     async def steps(n=10):
         for _ in range(n):
             await asyncio.sleep(0)
 
     async def run():
-        budget = _Budget(10, 2)
+        budget = Budget(10, 2)
         silent, first, second, third = (budget.enter() for _ in range(4))
         await budget.take(first, 6)
         await budget.take(second, 4)
@@ -922,7 +923,8 @@ def test_the_reading_budget_is_capped_in_bytes(engine):
     7.3 GB budget), and two bodies at least; gRPC calls held at once, MAX_GRPC_CALLS but
     no more than that budget holds of the largest message (128 of 24 MiB were 3 GB)."""
     from bridgegan.reference import BridgeGANConfig
-    from bridgegan.serve.front import MAX_GRPC_CALLS, MAX_READING, READING_BYTES, Front
+    from bridgegan.serve.client_limits import MAX_GRPC_CALLS, MAX_READING, READING_BYTES
+    from bridgegan.serve.front import Front
 
     def budget(config, max_batch):
         specs = {name: (spec, max_batch) for name, spec in model_specs(config).items()}
@@ -946,14 +948,14 @@ def test_the_right_to_overdraw_passes_on_once_a_body_is_in():
     forward per service time and 503s); the overdraft stays within the budget's size."""
     import asyncio
 
-    from bridgegan.serve.front import _Budget
+    from bridgegan.serve.client_limits import Budget
 
     async def steps(n=10):
         for _ in range(n):
             await asyncio.sleep(0)
 
     async def run():
-        budget = _Budget(10, 4)
+        budget = Budget(10, 4)
         a, b, c = (budget.enter() for _ in range(3))
         await budget.take(a, 6)
         await budget.take(b, 4)
@@ -1002,7 +1004,7 @@ def test_bodies_wait_for_reading_budget_within_their_deadline(front):
     finally:
         on_loop(release(ticket))
     assert status == 503 and answer["error"] == (
-        f"{front_module.BUSY}: no request body budget freed within {READ_TIMEOUT_S:g} s")
+        f"{client_limits.BUSY}: no request body budget freed within {READ_TIMEOUT_S:g} s")
     assert headers["Retry-After"] == str(front_module.RETRY_AFTER_S)
     assert post(front.http, body) == OK_REPLY
 
@@ -1079,17 +1081,17 @@ def test_the_connection_cap_stays_below_the_descriptors(monkeypatch):
             raise ValueError("not allowed")
         limits["now"] = value
 
-    monkeypatch.setattr(front_module.resource, "getrlimit", lambda kind: limits["now"])
-    monkeypatch.setattr(front_module.resource, "setrlimit", setrlimit)
+    monkeypatch.setattr(client_limits.resource, "getrlimit", lambda kind: limits["now"])
+    monkeypatch.setattr(client_limits.resource, "setrlimit", setrlimit)
     # gRPC's connections beside the rest
-    reserve = front_module.FD_RESERVE + front_module.GRPC_CONNECTIONS
-    most = front_module.MAX_CONNECTIONS
+    reserve = client_limits.FD_RESERVE + client_limits.GRPC_CONNECTIONS
+    most = client_limits.MAX_CONNECTIONS
     for soft, hard, cap, after in [(1024, 1 << 20, most, most + reserve),
                                    (1024, 1024, 1024 - reserve, 1024),
                                    (200, 300, 1, 300), (100, 100, 1, 100),
                                    (1 << 20, 1 << 20, most, 1 << 20)]:
         limits["now"] = (soft, hard)
-        assert front_module.connection_cap() == cap, (soft, hard)
+        assert client_limits.connection_cap() == cap, (soft, hard)
         assert limits["now"] == (after, hard)
 
 
@@ -1168,7 +1170,7 @@ def test_connections_past_the_cap_are_closed_as_they_open(engine, tmp_path, monk
     closed at once; once one closes, another is taken."""
     from bridgegan.serve.front import Front
 
-    monkeypatch.setattr(front_module, "MAX_CONNECTIONS", 2)
+    monkeypatch.setattr(client_limits, "MAX_CONNECTIONS", 2)
     specs = {name: (spec, 8) for name, spec in model_specs(engine.config).items()}
     with Front(specs, tmp_path / "http.sock", f"unix:{tmp_path / 'grpc.sock'}", "127.0.0.1",
                free_ports(1)[0], 0, 60.0) as served:
@@ -1196,10 +1198,11 @@ def test_one_client_address_has_its_share_of_requests_and_no_more(front, monkeyp
     abandoned HTTP requests queued minutes of work that tritonserver computed for no one.)"""
     import grpc
 
-    from bridgegan.serve.front import GRPC_SERVICE, _Clients
+    from bridgegan.serve.client_limits import Clients
+    from bridgegan.serve.front import GRPC_SERVICE
 
     body = json.dumps({"inputs": LABEL}).encode()
-    monkeypatch.setattr(front, "clients", _Clients(2))
+    monkeypatch.setattr(front, "clients", Clients(2))
     forwarded, held = len(front.fake.bodies), []
     front.fake.gate.clear()
     try:
@@ -1234,7 +1237,8 @@ def test_one_client_address_has_its_share_of_connections(engine, tmp_path, caplo
     import asyncio
     import gc
 
-    from bridgegan.serve.front import CLIENT_CONNECTIONS, Front
+    from bridgegan.serve.client_limits import CLIENT_CONNECTIONS
+    from bridgegan.serve.front import Front
 
     specs = {name: (spec, 8) for name, spec in model_specs(engine.config).items()}
     with Front(specs, tmp_path / "http.sock", f"unix:{tmp_path / 'grpc.sock'}", "127.0.0.1",
@@ -1307,11 +1311,11 @@ def test_request_bodies_are_held_in_the_budget_until_answered(front, monkeypatch
     only while its body is read (before, bodies read and waiting to be checked or answered
     were held without bound: 480 clients held +601 MB); readers past MAX_WAITING that
     would wait for budget are refused (503) at once."""
-    from bridgegan.serve.front import _Budget
+    from bridgegan.serve.client_limits import Budget
 
     body = json.dumps({"inputs": LABEL}).encode()
     full = front.reading.free
-    monkeypatch.setattr(front, "reading", _Budget(len(body), 0))
+    monkeypatch.setattr(front, "reading", Budget(len(body), 0))
     front.fake.gate.clear()
     first = second = None
     forwarded = len(front.fake.bodies)
@@ -1323,7 +1327,7 @@ def test_request_bodies_are_held_in_the_budget_until_answered(front, monkeypatch
         wait_for(lambda: len(front.fake.bodies) > forwarded + 1, "forwarded")
         assert front.reading.free == -len(body)
         status, answer = post(front.http, body)  # would wait: none may (MAX_WAITING 0)
-        assert status == 503 and answer["error"].startswith(front_module.BUSY), answer
+        assert status == 503 and answer["error"].startswith(client_limits.BUSY), answer
     finally:
         front.fake.gate.set()
     for sock in (first, second):
@@ -1365,9 +1369,10 @@ def test_clients_that_send_no_body_hold_up_no_other(front, monkeypatch):
     client's body: a reader holds only the bytes it has received (before: one of
     MAX_READING slots each, and the other client waited for the read timeout). (Here all
     from one address: its share of requests lifted.)"""
-    from bridgegan.serve.front import Front, _Clients
+    from bridgegan.serve.client_limits import Clients
+    from bridgegan.serve.front import Front
 
-    monkeypatch.setattr(front, "clients", _Clients(0))
+    monkeypatch.setattr(front, "clients", Clients(0))
     monkeypatch.setattr(front, "read_timeout_s", 120.0)  # longer than post's hang guard
     entered = threading.Semaphore(0)  # a connection is reading its body
     read = Front._read
@@ -1377,7 +1382,7 @@ def test_clients_that_send_no_body_hold_up_no_other(front, monkeypatch):
         return await read(self, *args)
 
     monkeypatch.setattr(Front, "_read", counted)
-    idle = [stall(front, BODY_HEAD) for _ in range(front_module.MAX_READING + 1)]
+    idle = [stall(front, BODY_HEAD) for _ in range(client_limits.MAX_READING + 1)]
     try:
         assert all(entered.acquire(timeout=60) for _ in idle)
         assert post(front.http, json.dumps({"inputs": LABEL})) == OK_REPLY
@@ -1396,7 +1401,7 @@ def test_large_bodies_are_checked_off_the_event_loop(front, monkeypatch):
         threads.append(threading.current_thread().name)
         return check_request(spec, arrays)
 
-    monkeypatch.setattr(front_module, "check_request", recording)
+    monkeypatch.setattr(request_checks, "check_request", recording)
     small, size = binary_reference(bytes([1, 0, 1, 0, 0, 1]))
     large = json.dumps({"inputs": REFERENCE}).encode()
     monkeypatch.setattr(front_module, "THREAD_BYTES", len(small))

@@ -1,6 +1,6 @@
 """The served models: their inputs and outputs, and how one batch of requests runs on the
 engine. Shared by the python-backend model repository (``repo_python``) and the front
-(``front``); imports neither.
+(``front``, ``request_checks``); imports none of them.
 
 Every input and output is batch-first (the batch dimension is not listed here):
 

@@ -330,8 +330,9 @@ def run_tritonserver(repository: str | os.PathLike, host: str = HOST,
                          f"`bridgegan export triton-repo` (ONNX / TensorRT models) runs in "
                          f"NVIDIA's Triton container")
     check_shell_safe(repository)
-    from .front import Front, fetch_specs
+    from .front import Front
     from .http_client import wait_ready
+    from .request_checks import fetch_specs
 
     swept = sweep_leftovers()
     if swept:

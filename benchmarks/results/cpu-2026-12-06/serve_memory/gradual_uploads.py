@@ -54,7 +54,7 @@ head = (b"POST /v2/models/translate_label/infer HTTP/1.1\r\nHost: x\r\n"
         b"Content-Length: %d\r\n\r\n" % len(body))
 with fm.Front(specs, folder / "http.sock", f"unix:{folder / 'grpc.sock'}", "127.0.0.1",
               free_ports(1)[0], 0, 3.0) as front:
-    front.reading = fm._Budget(4 * len(body), fm.MAX_WAITING)
+    front.reading = fm.Budget(4 * len(body), fm.MAX_WAITING)
     codes = []
 
     def client():
