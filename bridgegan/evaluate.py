@@ -36,6 +36,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -316,7 +317,6 @@ def run_train_classifier(args) -> int:
     continues."""
     import signal
     import sys
-    from pathlib import Path
 
     from .exits import stop_on_signals
     from .files import check_replaceable, check_writable_folder, remove_stale
@@ -365,11 +365,12 @@ def run_eval(args) -> int:
     import json
 
     from .engine import Engine
-    from .files import check_apart, write_file_atomic
+    from .files import check_apart, prepare_file_targets, write_file_atomic
 
     if args.json:
         check_apart(args.json, "--json", [("--checkpoint", args.checkpoint),
                                           ("--classifier", args.classifier)])
+        prepare_file_targets(Path(args.json).parent, [Path(args.json).name], "--json")
     eng = Engine.from_checkpoint(args.checkpoint, backend=args.backend, device=args.device)
     clf = AttributeClassifier.load(args.classifier)
     x, y, truth = _sources(args.data, eng.config.image_size, list(eng.attributes), args.split,

@@ -106,7 +106,8 @@ class RowsFile:
     named as a part (an earlier run's partial file goes as the run starts too); ``done``
     writes ``path`` and removes the partial file. A path written into rather than replaced
     (/dev/stdout, a pipe, a link) gets the rows once, at the end; the others are written
-    atomically (``write_file_atomic``). Without ``path`` nothing is written."""
+    atomically (``write_file_atomic``; what killed writes of both left is removed as the
+    run starts). Without ``path`` nothing is written."""
 
     def __init__(self, path: str | os.PathLike | None):
         self.path = None if path is None else Path(path)
@@ -115,6 +116,7 @@ class RowsFile:
             self.partial = self.partial_of(self.path)
             self.path.unlink(missing_ok=True)
             self.partial.unlink(missing_ok=True)
+            remove_stale(self.path.parent, [self.path.name, self.partial.name])
 
     @staticmethod
     def partial_of(path: str | os.PathLike) -> Path:

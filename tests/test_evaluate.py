@@ -264,7 +264,7 @@ def test_eval_command_prints_the_report_and_writes_its_json(tmp_path, capsys):
     from bridgegan.cli import main
     from bridgegan.evaluate import _sources, format_report
     from bridgegan.reference import save_checkpoint
-    from conftest import randomize
+    from conftest import dead_pid, randomize
 
     torch.manual_seed(6)
     model = randomize(BridgeGAN(small_config(32, attributes=PROCEDURAL_ATTRIBUTES)), seed=6)
@@ -272,6 +272,8 @@ def test_eval_command_prints_the_report_and_writes_its_json(tmp_path, capsys):
     torch.manual_seed(7)
     AttributeClassifier(PROCEDURAL_ATTRIBUTES, 32, 8).save(tmp_path / "clf")
     out = tmp_path / "report.json"
+    leftover = tmp_path / f".report.json.tmp-{dead_pid()}-ab"  # a killed run's write
+    leftover.write_text("{")
     n, seed = 4, 3
     threads = torch.get_num_threads()
     try:
@@ -298,6 +300,7 @@ def test_eval_command_prints_the_report_and_writes_its_json(tmp_path, capsys):
     assert report["reconstruction_psnr_db"] == round(psnr(rec, x).mean().item(), 2)
     assert report["diversity_l1"] > 0  # noise changes a randomised model's output
     assert stdout == f"{format_report(report)}\nwrote {out}\n"
+    assert not leftover.exists()
     lines = {line[:22].strip(): line[22:].split() for line in stdout.splitlines()}
     assert lines["reconstruction PSNR"] == [f"{report['reconstruction_psnr_db']:.2f}", "dB"]
     assert lines["diversity (L1)"] == [f"{report['diversity_l1']:.4f}"]

@@ -199,8 +199,10 @@ def test_kernel_parity_json_holds_the_rows_so_far(tmp_path, monkeypatch):
     part-way (a device call's limit) keeps what it checked: here the residual rows raise
     after the table and the NaN rows. NAME itself holds only a complete run's (a CI job
     reading it took a stopped run's all-PASS part for the whole): an earlier run's is
-    removed as the run starts, as it would pass for this run's."""
+    removed as the run starts, as it would pass for this run's, and so is what a killed
+    run's writes of both left."""
     from bridgegan.kernels import parity
+    from conftest import dead_pid
 
     def stopped(*args):
         raise RuntimeError("stopped")
@@ -208,11 +210,14 @@ def test_kernel_parity_json_holds_the_rows_so_far(tmp_path, monkeypatch):
     monkeypatch.setattr(parity, "_residual_rows", stopped)
     path = tmp_path / "rows.json"
     path.write_text("[]")  # an earlier run's
+    for name in ("rows.json", "rows.json.partial"):  # a killed run's writes
+        (tmp_path / f".{name}.tmp-{dead_pid()}-ab").write_text("[")
     with pytest.raises(RuntimeError, match="stopped"):
         parity.check_ops("cpu", quick=True, impl="torch", written=path)
     rows = json.loads((tmp_path / "rows.json.partial").read_text())
     assert len(rows) > 2 * len(OPS) and rows[-1]["op"] == "spade_modulate[nan]"
     assert all(r["ok"] for r in rows) and not path.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rows.json.partial"]
     monkeypatch.undo()
     done = parity.check_ops("cpu", quick=True, impl="torch", written=path)
     assert json.loads(path.read_text()) == json.loads(json.dumps(done))

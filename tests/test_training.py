@@ -25,10 +25,10 @@ from bridgegan.reference.data import make_dataset
 from bridgegan.reference.train_data import ResumableBatchSampler, epoch_order
 from bridgegan.reference.train_modes import AMP_MODES
 from bridgegan.reference.train_config import TrainConfig
-from bridgegan.reference.train_state import (STATE_JSON, STATE_TENSORS, latest_checkpoint,
-                                            read_train_state)
+from bridgegan.reference.train_state import (CHECKPOINTS, SAMPLES, STATE_JSON, STATE_TENSORS,
+                                            latest_checkpoint, read_train_state)
 from bridgegan.reference.trainer import Trainer
-from conftest import read_image, small_config, stops_without_gc
+from conftest import dead_pid, read_image, small_config, stops_without_gc
 
 SIZE = 32
 
@@ -380,6 +380,20 @@ def test_time_limit_stops_with_a_final_checkpoint(faces, tmp_path):
     t.train(steps=100_000, time_limit=1.0)
     assert t.step < 100_000
     assert latest_checkpoint(tmp_path).name == f"step-{t.step:08d}"
+
+
+def test_a_new_run_removes_what_killed_writes_left(faces, tmp_path):
+    """What a killed run's checkpoint and sample-grid writes left (temporary names of a
+    process that is gone) is removed as the next run starts in its folder; a running
+    process's is kept (in use)."""
+    gone = [tmp_path / CHECKPOINTS / f".step-00000002.tmp-{dead_pid()}-ab",
+            tmp_path / SAMPLES / f".step-00000002.png.tmp-{dead_pid()}-cd"]
+    running = tmp_path / SAMPLES / f".step-00000004.png.tmp-{os.getpid()}-ef"
+    for path in gone + [running]:
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"partial")
+    Trainer(tiny(faces), train_config(), faces, out_dir=tmp_path, progress=False)
+    assert [p.exists() for p in gone] == [False, False] and running.exists()
 
 
 def _slow_clock(t: Trainer, monkeypatch, **seconds) -> list[float]:

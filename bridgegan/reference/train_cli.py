@@ -467,12 +467,13 @@ def _configs(args: argparse.Namespace, resume: Path | None, init: Path | None):
 def _train(args: argparse.Namespace, info: DistInfo) -> int:
     """`run` within the process group ``info`` (a distributed.DistInfo)."""
     from .checkpoint import CheckpointError
-    from .train_state import METRICS_FILE, check_checkpoints, drop_metrics_after
+    from .train_state import (CHECKPOINTS, METRICS_FILE, SAMPLES, check_checkpoints,
+                              drop_metrics_after)
     from .trainer import Trainer
 
     try:
         out = Path(args.out)
-        for folder in (out, out / "checkpoints", out / "samples"):  # before any work
+        for folder in (out, out / CHECKPOINTS, out / SAMPLES):  # before any work
             check_writable_folder(folder, "output folder")
         prepare_file_targets(out, [RUN_FILE, METRICS_FILE])
         check_checkpoints(out)

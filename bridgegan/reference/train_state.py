@@ -53,6 +53,7 @@ STATE_FORMAT = "bridgegan-train-state/1"
 STATE_JSON_LIMIT = 16 * JSON_LIMIT  # train_state.json: the optimisers' and RNGs' metadata
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
+SAMPLES = "samples"  # the sample grids, step-NNNNNNNN.png
 _CKPT_RE = re.compile(r"^step-(\d+)$")
 _STATE_KEYS = ("step", "batches", "dataset_size", "train_config", "opt_g", "opt_d")
 # an optimiser's entries in train_state.json (flatten_optimizer) and what each must be

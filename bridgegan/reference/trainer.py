@@ -45,7 +45,7 @@ from .records import listed
 from .train_config import TrainConfig
 from .train_data import (STREAM_INIT, STREAM_LOADER, STREAM_MEMORY, STREAM_SAMPLES, STREAM_STEP,
                          IndexedDataset, ResumableBatchSampler, derive_seed, generator)
-from .train_state import (CHECKPOINTS, METRICS_FILE, Progress, TrainState,
+from .train_state import (CHECKPOINTS, METRICS_FILE, SAMPLES, Progress, TrainState,
                           drop_checkpoints_after, drop_metrics_after, latest_checkpoint,
                           metrics_line, numbered_checkpoint, prune_checkpoints)
 
@@ -131,8 +131,9 @@ class Trainer:
         self._acc_n = 0
         self._log_t0 = time.perf_counter()
         self._log_step0 = 0
-        if self.is_main and self.out_dir is not None:  # leftovers of killed checkpoint writes
-            remove_stale(self.out_dir / CHECKPOINTS)
+        if self.is_main and self.out_dir is not None:  # leftovers of killed writes
+            for folder in (CHECKPOINTS, SAMPLES):
+                remove_stale(self.out_dir / folder)
 
     # ----- setup -----------------------------------------------------------------------
     def _pick_device(self, name: str) -> torch.device:
@@ -659,7 +660,7 @@ class Trainer:
             return None
         from .data import save_grid
 
-        path = Path(path) if path is not None else self.out_dir / "samples" / f"step-{self.step:08d}.png"
+        path = Path(path) if path is not None else self.out_dir / SAMPLES / f"step-{self.step:08d}.png"
         rows = self.sample_rows()
         save_grid(torch.cat(rows).float().clamp(-1, 1).cpu(), path, nrow=rows[0].shape[0])
         return path
