@@ -9,7 +9,7 @@ import re
 import textwrap
 from pathlib import Path
 
-from .files import check_name_fits
+from .path_checks import check_name_fits
 
 
 def _int_at_least(text: str, low: int) -> int:
@@ -99,6 +99,16 @@ def _finite_float(text: str, low: float, inclusive: bool) -> float:
 def positive_float(text: str) -> float:
     """A finite number > 0."""
     return _finite_float(text, 0, inclusive=False)
+
+
+def positive_float_up_to(high: float):
+    """A type: a finite number > 0 and <= ``high``."""
+    def parse(text: str) -> float:
+        value = positive_float(text)
+        if value > high:
+            raise argparse.ArgumentTypeError(f"must be a number > 0 and <= {high:g}, got {text!r}")
+        return value
+    return parse
 
 
 def non_negative_float(text: str) -> float:

@@ -19,6 +19,7 @@ from .engine import options as engine_options
 from .engine.export import cli as export_cli
 from .exits import end, signals_deferred, stopped_status
 from .reference import classifier_defaults, train_cli
+from .reference.config import INT_RANGES
 from .reference.presets import PAPER_RESOLUTION, PRESET_RESOLUTIONS
 from .reference.data import registry as data_registry
 from .serve import cli as serve_cli
@@ -148,7 +149,9 @@ def _parity_options(p: argparse.ArgumentParser) -> None:
 def _classifier_options(p: argparse.ArgumentParser) -> None:
     data_registry.add_option(p, "images and labels to learn")
     p.add_argument("--attributes", default=None, help="preset or comma list (default: the dataset's)")
-    p.add_argument("--resolution", type=int, default=64, help="image size (default: %(default)s)")
+    p.add_argument("--resolution", type=int_between(*INT_RANGES["image_size"]), default=64,
+                   help="image size, that of the models it is to judge: {} to {} "
+                        "(default: %(default)s)".format(*INT_RANGES["image_size"]))
     p.add_argument("--steps", type=positive_int, default=classifier_defaults.STEPS,
                    help="Adam steps (default: %(default)s)")
     p.add_argument("--batch", type=positive_int, default=classifier_defaults.BATCH,

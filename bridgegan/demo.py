@@ -24,7 +24,7 @@ import torch
 from .engine import BackendUnavailable, Engine
 from .engine.backends import REGISTRY, device_type
 from .engine.options import MAX_SAMPLES
-from .files import check_apart, check_writable_folder, prepare_file_targets
+from .path_checks import check_apart, check_writable_folder, prepare_file_targets
 from .reference import BridgeGAN, BridgeGANConfig
 from .reference.checkpoint import CONFIG_FILE, EVAL_FILE, SHIPPED, load_checkpoint
 from .reference.data import procedural_batch, save_png

@@ -318,12 +318,15 @@ def run_train_classifier(args) -> int:
     import signal
     import sys
 
-    from .exits import stop_on_signals
-    from .files import check_replaceable, check_writable_folder, remove_stale
+    from .devices import check_device
+    from .exits import signal_status, stop_on_signals
+    from .files import check_replaceable, remove_stale
+    from .path_checks import check_writable_folder
     from .reference.classifier import (SAVED_FILES, STATE_FILES, STATE_FOLDER, STATE_JSON,
                                        ClassifierStopped)
     from .reference.data import dataset_options, make_dataset
 
+    check_device(args.device)
     check_writable_folder(args.out, replaced=True)
     remove_stale(args.out, [STATE_FOLDER])  # a state write a SIGKILL cut short
     check_replaceable(args.out, SAVED_FILES + STATE_FILES)  # before training, not after
@@ -352,7 +355,7 @@ def run_train_classifier(args) -> int:
     except ClassifierStopped as exc:
         print(f"stopped by {signal.Signals(stop[0]).name} at step {exc.step} with its state in "
               f"{state}; continue with --resume", file=sys.stderr)
-        return 128 + stop[0]
+        return signal_status(stop[0])
     model.save(args.out, report)
     worst, accuracy = min(report["val_accuracy"].items(), key=lambda kv: kv[1])
     print(f"validation accuracy {report['val_accuracy_mean']:.1%} (worst: {worst} "
@@ -365,7 +368,8 @@ def run_eval(args) -> int:
     import json
 
     from .engine import Engine
-    from .files import check_apart, prepare_file_targets, write_file_atomic
+    from .files import write_file_atomic
+    from .path_checks import check_apart, prepare_file_targets
 
     if args.json:
         check_apart(args.json, "--json", [("--checkpoint", args.checkpoint),

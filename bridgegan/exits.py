@@ -74,6 +74,11 @@ def terminated_raises() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
+def signal_status(signum: int) -> int:
+    """The exit status of a command the signal ``signum`` stopped, as a shell reports it."""
+    return 128 + signum
+
+
 def stopped_status(prog: str, run: Callable[[], int]) -> int:
     """``run()``'s status, SIGTERM raising ``Terminated`` inside; a Ctrl-C or SIGTERM that
     stops it is one line on stderr ("PROG: interrupted", "PROG: terminated (SIGTERM)"),
@@ -83,10 +88,10 @@ def stopped_status(prog: str, run: Callable[[], int]) -> int:
             return run()
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
-        return 128 + signal.SIGINT
+        return signal_status(signal.SIGINT)
     except Terminated:
         print(f"{prog}: terminated (SIGTERM)", file=sys.stderr)
-        return 128 + signal.SIGTERM
+        return signal_status(signal.SIGTERM)
 
 
 def end(status: int) -> NoReturn:
@@ -96,7 +101,7 @@ def end(status: int) -> NoReturn:
     child that SIGINT ended, and a service manager (systemd) takes an end by SIGTERM, not
     status 143, for a clean stop."""
     for sig in (signal.SIGINT, signal.SIGTERM):
-        if status == 128 + sig:
+        if status == signal_status(sig):
             finish()
             signal.signal(sig, signal.SIG_DFL)
             os.kill(os.getpid(), sig)

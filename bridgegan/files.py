@@ -1,8 +1,8 @@
 """Files that survive a kill: atomic file and folder writes (files that belong together
-too, and a check's rows as they come: ``RowsFile``), a lock between processes (and whether
-one is held), cleanup of what killed writes leave, whole-folder removal, and up-front
-checks that an output folder is writable and may be replaced. The one place for these,
-used by checkpoints, exports, model repositories and the commands' outputs.
+too, and a check's rows as they come: ``RowsFile``), cleanup of what killed writes leave,
+whole-folder removal, and the check that a folder may be replaced. The one place for
+these, used by checkpoints, exports, model repositories and the commands' outputs (locks
+between processes: ``locks``; checks of output paths before any work: ``path_checks``).
 
 Durability: a write returns once its files, the folders holding their names and the
 rename that put it in place are fsynced, so what a write returned survives a power loss
@@ -35,7 +35,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import fcntl
 import functools
 import hashlib
 import json
@@ -44,14 +43,16 @@ import re
 import secrets
 import shutil
 import sys
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 _LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)-[^/]+$")
 _MOVED = "ckpt"  # the moved-aside folder inside .NAME.old-* (the name it always had)
 
 
-def _temp_name(path: Path, kind: str) -> Path:
+def temp_name(path: Path, kind: str) -> Path:
+    """The temporary name a write of ``path`` works in ("tmp") or moves an old folder to
+    ("old"), beside it (see Names above)."""
     return path.parent / f".{path.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}"
 
 
@@ -252,7 +253,7 @@ def _stage(path: Path, data: bytes) -> Path | None:
                     raise
         return None
     mode = path.stat().st_mode & 0o777 if path.is_file() else None
-    tmp = _temp_name(path, "tmp")
+    tmp = temp_name(path, "tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -354,7 +355,7 @@ def write_folders_atomic(folders: Mapping[str | os.PathLike,
             path.parent.mkdir(parents=True, exist_ok=True)
             remove_stale(path.parent, [path.name])
             check_replaceable(path, names)
-            tmp = _temp_name(path, "tmp")
+            tmp = temp_name(path, "tmp")
             os.mkdir(tmp, 0o777)
             staged.append((path, tmp, names))
             _fill(tmp, writers, path)
@@ -429,7 +430,7 @@ def _swap(tmp: Path, path: Path) -> None:
         return
     old = None
     if path.exists():
-        old = _temp_name(path, "old")
+        old = temp_name(path, "old")
         os.mkdir(old, 0o700)
         os.replace(path, old / _MOVED)
     try:
@@ -447,7 +448,7 @@ def remove_folder(path: str | os.PathLike) -> None:
     """Remove folder ``path`` as a whole: renamed aside first (no reader finds a part of
     it), then deleted; a kill mid-way leaves a leftover ``remove_stale`` deletes."""
     path = Path(path)
-    aside = _temp_name(path, "tmp")
+    aside = temp_name(path, "tmp")
     os.replace(path, aside)
     shutil.rmtree(aside)
 
@@ -497,173 +498,3 @@ def remove_stale(folder: str | os.PathLike, names: Iterable[str] | None = None) 
                                      f"{exc.strerror}; remove it (make it writable first)"
                           ) from None
     return removed
-
-
-def lock_file(path: str | os.PathLike) -> Path:
-    """The lock file of ``path`` that ``locked`` takes: ``.NAME.lock`` beside it."""
-    path = Path(path)
-    return path.parent / f".{path.name}.lock"
-
-
-@contextlib.contextmanager
-def locked(path: str | os.PathLike, remove: bool = False) -> Iterator[None]:
-    """Hold an exclusive lock on ``path``'s lock file (``lock_file``) for the duration:
-    processes doing the same first-time work wait for one another. The kernel drops the
-    lock when its holder dies, so a kill never leaves it held. A lock file removed
-    (``remove_lock``) while a process waited for it is not the lock any more: the waiter
-    then locks the file now there, made anew if need be. ``remove``: the lock file goes
-    as the lock is released (beside a folder the user named: no ``.NAME.lock`` left)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = lock_file(path)
-    while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            if _is_file(fd, lock):
-                break
-        except BaseException:
-            os.close(fd)
-            raise
-        os.close(fd)  # removed while we waited: lock the one there now
-    try:
-        yield
-    finally:
-        if remove:
-            remove_lock(path)  # still held: a waiter then locks a new file
-        os.close(fd)  # releases the lock
-
-
-def held(lock: str | os.PathLike) -> bool:
-    """Whether a process holds a lock (``flock``) on the existing file ``lock``: it is
-    tried and, when free, dropped at once. OSError when the file cannot be opened."""
-    fd = os.open(lock, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-
-
-def _is_file(fd: int, path: Path) -> bool:
-    """Whether open file ``fd`` is the file at ``path`` now (not one removed since)."""
-    try:
-        return os.path.samestat(os.fstat(fd), os.stat(path))
-    except FileNotFoundError:
-        return False
-
-
-def locked_paths(folder: str | os.PathLike) -> list[Path]:
-    """The paths in ``folder`` that have a lock file (``lock_file``'s inverse), whether
-    or not they exist."""
-    folder = Path(folder)
-    names = [p.name[1:-len(".lock")] for p in folder.glob(".*.lock")] if folder.is_dir() else []
-    return [folder / n for n in names if n and not n.startswith(".")]
-
-
-def remove_lock(path: str | os.PathLike) -> None:
-    """Remove ``path``'s lock file, from inside ``locked(path)`` (once ``path`` is gone: a
-    removed folder's lock file would otherwise stay for good, one per folder ever locked;
-    or as the lock is released: ``locked``'s ``remove``). Those waiting for it then lock a
-    new one; the caller must do nothing more that needs the lock."""
-    with contextlib.suppress(FileNotFoundError):
-        lock_file(path).unlink()
-
-
-def check_apart(outputs: str | os.PathLike | Iterable[str | os.PathLike], what: str,
-                inputs: Iterable[tuple[str, str | os.PathLike | None]]) -> None:
-    """Refuse (ValueError), before any work, an output ``what`` (a path, or several: each
-    resolved once, so a translation of many inputs checks in linear time) that is one of
-    ``inputs`` ((option, path) pairs; a None path: not given), lies inside one (a
-    checkpoint folder) or holds one: writing it would overwrite, replace or add to what
-    the command reads. Paths are compared resolved (links followed)."""
-    if isinstance(outputs, (str, os.PathLike)):
-        outputs = [outputs]
-    outs = {Path(o).resolve(): o for o in outputs}
-    ins = {Path(g).resolve(): (option, g) for option, g in inputs if g is not None}
-    found = [("is", o, out) for out, o in outs.items() if out in ins]
-    found += [("is inside", o, p) for out, o in outs.items() for p in out.parents if p in ins]
-    found += [("holds", outs[p], source) for source in ins for p in source.parents if p in outs]
-    if found:
-        relation, output, source = found[0]
-        option, given = ins[source]
-        raise ValueError(f"{what} {output} {relation} {option} {given}: a command writes "
-                         f"nothing over, into or around what it reads; choose another path")
-
-
-def prepare_file_targets(folder: str | os.PathLike, names: Iterable[str],
-                         what: str = "--out") -> None:
-    """Before any work: refuse (ValueError) a folder (or a link to one) where a command
-    will write the file ``folder / name``, found otherwise only when the file is put in
-    place, after the work; then remove what killed writes of these files left in
-    ``folder`` (``remove_stale``), which nothing else would."""
-    names = list(names)
-    for name in names:
-        if (Path(folder) / name).is_dir():
-            raise ValueError(f"{what} {folder} holds a folder {name} where this command "
-                             f"writes a file: move it, or choose another {what}")
-        check_name_fits(Path(folder) / name, what)
-    remove_stale(folder, names)
-
-
-_SHELL_SPECIAL = re.compile(r"[\s'\"$`\\!*?\[\]{}()<>|&;#~]")
-
-
-def shell_unsafe(path: str | os.PathLike) -> str | None:
-    """The first character of ``path`` that a shell command line pasting it unquoted would
-    split at or expand (a space, a quote, $...), or None: tools that build such command
-    lines (Triton's python backend starting its model processes, inductor's C++ builds)
-    break on those paths."""
-    m = _SHELL_SPECIAL.search(os.fspath(path))
-    return m.group() if m else None
-
-
-def check_name_fits(path: str | os.PathLike, what: str = "") -> None:
-    """Refuse (ValueError), before any work, a file or folder name too long for its file
-    system once a write works in its temporary name (``_temp_name``, a few bytes longer):
-    it would fail only as the result is put in place, after the work."""
-    path = Path(path)
-    folder = path.parent
-    while not folder.is_dir() and folder != folder.parent:
-        folder = folder.parent
-    try:
-        limit = os.pathconf(folder, "PC_NAME_MAX")
-    except (OSError, ValueError):
-        limit = 255  # every common file system's
-    longest = len(os.fsencode(_temp_name(path, "tmp").name))
-    if longest > limit:
-        extra = longest - len(os.fsencode(path.name))
-        raise ValueError(f"{what} {path}".lstrip() + f": the name is too long for its "
-                         f"file system ({limit} bytes a name, and a write goes through a "
-                         f"temporary name {extra} bytes longer): give a name of at most "
-                         f"{limit - extra} bytes")
-
-
-class NotWritableError(ValueError):
-    """A folder this process may not write in (``check_writable_folder``)."""
-
-
-def check_writable_folder(path: str | os.PathLike, what: str = "--out",
-                          replaced: bool = False) -> Path:
-    """Refuse, before any work starts, an output folder that cannot be written: ``path``
-    names an existing non-folder, or it (with ``replaced``, a folder written as a whole by
-    ``write_folder_atomic``: the folder above it) is not writable, or, where it does not
-    exist yet, the nearest existing folder above it is not. Creates nothing."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"{what} {path} is a file, not a folder: give a folder (new or "
-                         f"existing) to write into")
-    existing = path.parent if replaced else path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ValueError(f"{what} {path} cannot be created: {existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        where = "" if existing == path else f" (it is written in {existing})"
-        raise NotWritableError(f"{what} {path} is not writable{where}: give a folder you "
-                               f"can write to")
-    if replaced:
-        check_name_fits(path, what)
-    return path

@@ -5,9 +5,15 @@ from __future__ import annotations
 
 import argparse
 
+from .argtypes import output_file
+
 
 def run(args: argparse.Namespace) -> int:
     """Both checks, or those ``args.ops`` / ``args.backends`` select."""
+    if args.device:
+        from .devices import check_device
+
+        check_device(args.device)
     if args.variants:  # refused before the kernels' check, not after it
         if args.ops and not args.backends:
             raise ValueError("--variants names what --backends checks; --ops checks the kernels")
@@ -19,13 +25,16 @@ def run(args: argparse.Namespace) -> int:
         args.ops = args.backends = True
     status = 0
     if args.ops:
-        from .kernels.parity import main as ops_main
+        from .kernels.parity import run_ops
 
-        # OPTION=VALUE: a value starting with "-" is no option of its own there
-        argv = [f"--device={args.device}"] if args.device else []
-        if args.json:  # beside the backends' rows when both run, else the path given
-            argv += [f"--json={args.json + '.ops.json' if args.backends else args.json}"]
-        status = ops_main(argv)
+        # the kernels' rows beside the backends' when both run, else at the path given
+        ops_json = args.json + ".ops.json" if args.json and args.backends else args.json
+        if ops_json and ops_json != args.json:
+            try:
+                output_file(ops_json)
+            except argparse.ArgumentTypeError as exc:
+                raise ValueError(f"--json {args.json}: the kernels' rows go to {exc}") from None
+        status = run_ops(args.device, json=ops_json)
     if args.backends:
         from .engine.parity import main as backends_main
 

@@ -771,23 +771,25 @@ BAD_NUMBERS = [
     (["train-classifier", "--out", "clf", "--width", "65"],
      "--width: must be an integer from 1 to 64, got '65'"),
     (["export", "triton-repo", "ck", "repo", "--max-batch", "-5"],
-     "--max-batch: must be an integer >= 1, got '-5'"),
+     "--max-batch: must be an integer from 1 to 2147483647, got '-5'"),
     (["export", "triton-repo", "ck", "repo", "--max-batch", "0"],
-     "--max-batch: must be an integer >= 1, got '0'"),
-    (["export", "triton-repo", "ck", "repo", "--queue-delay-us", "-1"],
-     "--queue-delay-us: must be an integer >= 0, got '-1'"),
+     "--max-batch: must be an integer from 1 to 2147483647, got '0'"),
+    (["export", "triton-repo", "ck", "repo", "--max-queue-delay-us", "-1"],
+     "--max-queue-delay-us/--queue-delay-us: must be an integer from 0 to 2147483647, got '-1'"),
     (["export", "triton-repo", "ck", "repo", "--preferred-batch", "0", "-3"],
-     "--preferred-batch: must be an integer >= 1, got '0'"),
+     "--preferred-batch: must be an integer from 1 to 2147483647, got '0'"),
     (["serve", "--checkpoint", "ck", "--write-repository", "repo", "--max-queue-delay-us", "-7"],
-     "--max-queue-delay-us: must be an integer >= 0, got '-7'"),
+     "--max-queue-delay-us: must be an integer from 0 to 2147483647, got '-7'"),
     (["serve", "--checkpoint", "ck", "--write-repository", "repo", "--max-batch", "0"],
-     "--max-batch: must be an integer >= 1, got '0'"),
+     "--max-batch: must be an integer from 1 to 2147483647, got '0'"),
     (["serve", "--checkpoint", "ck", "--http-port", "-1"],  # was bind()'s OverflowError
      "--http-port: must be an integer from 1 to 65535, got '-1'"),
     (["serve", "--checkpoint", "ck", "--metrics-port", "65536"],
      "--metrics-port: must be an integer from 1 to 65535, got '65536'"),
     (["serve", "--checkpoint", "ck", "--exit-timeout-secs", "-5"],
-     "--exit-timeout-secs: must be an integer >= 0, got '-5'"),
+     "--exit-timeout-secs: must be an integer from 0 to 2147483647, got '-5'"),
+    (["serve", "--checkpoint", "ck", "--host", " "],  # grpc and tritonserver read no address
+     "--host: give an address: 127.0.0.1, ::1, 0.0.0.0 (every interface)"),
     # NaN was no limit at all (a comparison with NaN is False); --data: fail fast if taken
     (["train", "--data", "nowhere:x", "--time-limit", "nan"],
      "--time-limit: must be a finite number > 0, got 'nan'"),
@@ -811,7 +813,7 @@ def test_train_takes_a_gpu_index_and_names_the_devices_it_cannot_use(tmp_path, m
                                                                     capsys):
     """train took only cpu or cuda (every other command takes cuda:N); a device it cannot
     use is one line, before any work, from the check the Trainer makes too."""
-    from bridgegan.reference.trainer import device_problem
+    from bridgegan.devices import device_problem
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -832,12 +834,30 @@ def test_train_takes_a_gpu_index_and_names_the_devices_it_cannot_use(tmp_path, m
     assert device_problem("cuda", True) is None and device_problem("cpu", True) is None
 
 
-def test_a_zero_queue_delay_is_accepted():
+@pytest.mark.parametrize("argv", [["parity", "--device", "cuda"],
+                                  ["parity", "--ops", "--device", "cuda:1"],
+                                  ["train-classifier", "--out", "clf", "--device", "cuda"]])
+def test_commands_refuse_a_device_torch_cannot_see_in_one_line(tmp_path, monkeypatch, capsys,
+                                                               argv):
+    """parity and train-classifier on CUDA that torch cannot see were an AssertionError
+    traceback ('Torch not compiled with CUDA enabled'), status 1; now the one check the
+    engine and training make (``devices.device_problem``), before any work."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.err == (f"bridgegan {argv[0]}: error: --device {argv[-1]}: torch sees no "
+                            f"CUDA device\n") and "Traceback" not in captured.out
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_zero_queue_delay_is_accepted_under_either_name():
     from bridgegan.cli import build_parser
 
-    args = build_parser().parse_args(["export", "triton-repo", "ck", "repo", "--queue-delay-us",
-                                      "0", "--max-batch", "1", "--preferred-batch", "1"])
-    assert (args.queue_delay_us, args.max_batch, args.preferred_batch) == (0, 1, [1])
+    for name in ("--max-queue-delay-us", "--queue-delay-us"):  # serve's name, export's earlier
+        args = build_parser().parse_args(["export", "triton-repo", "ck", "repo", name, "0",
+                                          "--max-batch", "1", "--preferred-batch", "1"])
+        assert (args.max_queue_delay_us, args.max_batch, args.preferred_batch) == (0, 1, [1])
 
 
 def test_preferred_batch_sizes_above_the_max_batch_are_refused(tmp_path, capsys):
@@ -1355,6 +1375,15 @@ CAPPED = [
     (["bench", "--min-seconds", "inf"], "--min-seconds: must be a finite number >= 0, got 'inf'"),
     (["bench", "--min-seconds", "nan"], "--min-seconds: must be a finite number >= 0, got 'nan'"),
     (["bench", "--min-seconds", "-1"], "--min-seconds: must be a finite number >= 0, got '-1'"),
+    # config.pbtxt holds them in int32 fields: Triton refused the repository written
+    (["export", "triton-repo", "ck", "repo", "--max-queue-size", str(10 ** 20)],
+     f"--max-queue-size: must be an integer from 0 to 2147483647, got '{10 ** 20}'"),
+    (["serve", "--checkpoint", "ck", "--write-repository", "repo", "--max-batch",
+      str(10 ** 12)], f"--max-batch: must be an integer from 1 to 2147483647, got '{10 ** 12}'"),
+    (["serve", "--checkpoint", "ck", "--exit-timeout-secs", str(10 ** 20)],
+     f"--exit-timeout-secs: must be an integer from 0 to 2147483647, got '{10 ** 20}'"),
+    (["train-classifier", "--out", "clf", "--resolution", "100000"],  # ran out of memory
+     "--resolution: must be an integer from 16 to 1024, got '100000'"),
 ]
 
 

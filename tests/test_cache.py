@@ -15,7 +15,7 @@ from bridgegan import files
 from bridgegan.cli import main
 from bridgegan.engine.export import cache, onnx_export
 from bridgegan.engine.export.onnx_export import MANIFEST, cache_folder, export_model
-from bridgegan.files import lock_file, locked, remove_lock
+from bridgegan.locks import lock_file, locked, remove_lock
 from bridgegan.reference.checkpoint import CheckpointError
 from bridgegan.reference.model import BridgeGAN
 

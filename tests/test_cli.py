@@ -143,7 +143,7 @@ def test_a_command_a_signal_stopped_ends_by_the_signal(raised, sig, line):
 @pytest.mark.parametrize("sig, line", [("SIGINT", "interrupted"),
                                        ("SIGTERM", "terminated (SIGTERM)")])
 @pytest.mark.parametrize("module, stops, prog, argv", [
-    ("bridgegan.reference.train_cli", "bridgegan.reference.trainer.device_problem",
+    ("bridgegan.reference.train_cli", "bridgegan.devices.device_problem",
      "bridgegan train", ["--data", "synthetic:8", "--out", "{tmp}/run"]),
     ("bridgegan.kernels.parity", "bridgegan.files.RowsFile", "parity",
      ["--quick", "--impl", "torch", "--json", "{tmp}/rows.json"])])

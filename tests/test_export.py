@@ -696,7 +696,7 @@ def test_tensorrt_backend_builds_a_stale_plan_under_the_export_folders_lock(tmp_
 
     from bridgegan.engine.backends import tensorrt as trt_backend
     from bridgegan.engine.export.names import STAGES
-    from bridgegan.files import held
+    from bridgegan.locks import held
 
     folder = tmp_path / "export"
     folder.mkdir()
@@ -732,18 +732,25 @@ def test_tensorrt_backend_builds_a_stale_plan_under_the_export_folders_lock(tmp_
         (f"map_fp16_{gpu}.plan", False)]
 
 
-@pytest.mark.parametrize("bad", ["inf", "nan", "-1", "0"])
+@pytest.mark.parametrize("bad, accepted", [("inf", "a finite number > 0"),
+                                           ("nan", "a finite number > 0"),
+                                           ("-1", "a finite number > 0"),
+                                           ("0", "a finite number > 0"),
+                                           ("1e300", "a number > 0 and <= 1024")])
 def test_tensorrt_cli_refuses_a_bad_workspace_or_a_folder_for_the_plan(exported, tmp_path,
-                                                                        capsys, bad):
+                                                                        capsys, bad, accepted):
     """Refused by the command line before any build, in one line naming what is accepted
     (--workspace-gb inf was an OverflowError traceback, nan 'cannot convert float NaN to
-    integer', -1 and 0 reached TensorRT's set_memory_pool_limit; a folder OUT failed only
-    after the build)."""
+    integer', 1e300 overflowed as the bytes were counted, -1 and 0 reached TensorRT's
+    set_memory_pool_limit; a folder OUT failed only after the build); build_config refuses
+    the same."""
     onnx_file = str(exported / "trunk.onnx")
     with pytest.raises(SystemExit) as exit_:
         main(["export", "tensorrt", onnx_file, str(tmp_path / "t.plan"), "--workspace-gb", bad])
     assert exit_.value.code == 2
-    assert f"argument --workspace-gb: must be a finite number > 0, got '{bad}'" in capsys.readouterr().err
+    assert f"argument --workspace-gb: must be {accepted}, got '{bad}'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"^--workspace-gb must be above 0 and at most 1024"):
+        build_config(onnx_file, workspace_gb=float(bad))
     with pytest.raises(SystemExit) as exit_:
         main(["export", "tensorrt", onnx_file, str(tmp_path)])
     assert exit_.value.code == 2

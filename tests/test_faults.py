@@ -534,7 +534,7 @@ def test_a_rows_file_drops_an_earlier_runs_rows_as_a_run_starts(tmp_path):
 def test_another_users_leftovers_stay(tmp_path):
     """In a shared folder (/tmp, sticky) another user's leftover of a dead process cannot
     be removed: it stopped the command ("cannot remove ..."); it is theirs, and left."""
-    from bridgegan.files import prepare_file_targets
+    from bridgegan.path_checks import prepare_file_targets
 
     theirs, mine = (tmp_path / f".grid.png.tmp-{dead_pid()}-{k}" for k in ("ab", "cd"))
     theirs.write_bytes(b"part")
@@ -548,7 +548,7 @@ def test_a_commands_output_folder_loses_what_killed_writes_left(tmp_path):
     """A killed single-file write (demo's grid, translate's images, bench's tables) leaves
     .NAME.tmp-<pid>-<random> beside NAME, which nothing removed: a command's first look
     at its output folder removes those of its own files whose writer is gone."""
-    from bridgegan.files import prepare_file_targets
+    from bridgegan.path_checks import prepare_file_targets
 
     dead, alive = dead_pid(), os.getpid()
     names = [f".grid.png.tmp-{dead}-ab", f".grid.png.tmp-{alive}-cd", f".notes.txt.tmp-{dead}-ef"]

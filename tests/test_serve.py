@@ -1164,6 +1164,66 @@ def test_a_signal_stops_both_protocols_at_once_and_answers_requests_in_flight(en
         fake.server_close()
 
 
+def test_what_keeps_the_server_from_listening_is_found_before_it_starts():
+    """One port given to two options, a host that is no address, or one that is not this
+    machine's failed only once tritonserver had loaded the models (9-17 s), or blamed the
+    ports; a busy port names its option."""
+    from bridgegan.serve.server import listen_problem
+
+    free = free_ports(2)
+    assert listen_problem("127.0.0.1", {"--http-port": free[0], "--grpc-port": free[1]}) is None
+    assert listen_problem("127.0.0.1", {"--http-port": free[0], "--grpc-port": free[1],
+                                        "--metrics-port": free[0]}) == (
+        f"--http-port, --metrics-port: {free[0]} each; give each its own port")
+    assert listen_problem("999.1.1.1", {"--http-port": free[0]}).startswith(
+        "--host 999.1.1.1: not an address (")
+    assert listen_problem("192.0.2.1", {"--http-port": free[0]}) == (  # TEST-NET-1: not ours
+        "--host 192.0.2.1: cannot listen there (Cannot assign requested address); give an "
+        "address of this machine (0.0.0.0: every interface)")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", free[1]))
+        busy.listen()
+        assert listen_problem("127.0.0.1", {"--grpc-port": free[1]}) == (
+            f"cannot listen on 127.0.0.1: --grpc-port {free[1]} (Address already in use); stop "
+            f"what holds the port or choose another")
+
+
+def test_a_max_batch_past_grpcs_message_limit_is_refused(engine):
+    """grpc takes its message limit as a C int: a --max-batch whose largest request would
+    pass 2 GiB is refused naming the largest that fits, before the front starts anything."""
+    from bridgegan.serve.front import GRPC_MESSAGE_BYTES, HEADER_BYTES, Front, row_bytes
+
+    specs = model_specs(engine.config)
+    row = max(row_bytes(s) for s in specs.values())
+    most = (GRPC_MESSAGE_BYTES - HEADER_BYTES) // row
+    front = Front({n: (s, most) for n, s in specs.items()}, "http.sock", "unix:grpc.sock",
+                  "127.0.0.1", 0, 0, 1.0)
+    front.loop.close()  # never started
+    with pytest.raises(ValueError, match=rf"^--max-batch {most + 1}: a gRPC request of that "
+                                         rf"many rows would pass gRPC's {GRPC_MESSAGE_BYTES} "
+                                         rf"byte message limit; give at most {most}$"):
+        Front({n: (s, most + 1) for n, s in specs.items()}, "http.sock", "unix:grpc.sock",
+              "127.0.0.1", 0, 0, 1.0)
+
+
+@needs_front
+def test_the_front_listens_on_an_ipv6_host(engine, tmp_path):
+    """--host ::1 bound HTTP but not gRPC ("Failed to bind to address ::1:PORT": grpc takes
+    an IPv6 address in brackets)."""
+    from bridgegan.serve.front import Front
+
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError as exc:
+        pytest.skip(f"needs IPv6 on the loopback interface ({exc.strerror})")
+    specs = {name: (spec, 8) for name, spec in model_specs(engine.config).items()}
+    with Front(specs, tmp_path / "http.sock", f"unix:{tmp_path / 'grpc.sock'}", "::1",
+               free_ports(1)[0], 0, 60.0) as served:
+        for port in (served.http_port, served.grpc_port):
+            socket.create_connection(("::1", port), timeout=60).close()
+
+
 @needs_front
 def test_connections_past_the_cap_are_closed_as_they_open(engine, tmp_path, monkeypatch):
     """Each open connection holds memory and a descriptor: past MAX_CONNECTIONS one more is

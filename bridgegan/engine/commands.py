@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from .. import progress
-from ..files import check_apart, check_name_fits, check_writable_folder, prepare_file_targets
+from ..path_checks import check_apart, check_name_fits, check_writable_folder, prepare_file_targets
 from ..numerics import dtype_name
 from ..reference.checkpoint import SHIPPED, read_config
 from ..reference.data.grid import save_grid, save_png

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..devices import device_problem
 from ..kernels.layout import memory_format
 from ..numerics import dtype_name, dtype_spellings, real_value
 from ..reference import programs
@@ -48,7 +49,7 @@ from .backends import ALL_DTYPES, AUTO, REGISTRY, check_backend
 from .cudagraphs import MAX_ROWS, CudaGraphed, GraphMemory, bucket_floor, in_chunks
 from .graph import Rewrites
 from .io import Images, as_batch, check_dense, value_range
-from .options import MAX_SAMPLES, SEEDS, check_sample_seeds
+from .options import MAX_SAMPLES, NOISE_OR_SEED, SEEDS, check_sample_seeds
 from .streams import Concurrent
 
 # Largest |value| the engine takes per bounded input. Noise draws are standard normal, so
@@ -333,8 +334,9 @@ def engine_device(device: str | torch.device) -> torch.device:
     if dev is None or dev.type not in ("cpu", "cuda"):
         raise ValueError(f"device must be cpu, cuda or cuda:N (or a torch.device of those), "
                          f"got {device!r}")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' requested but torch sees no CUDA device")
+    problem = device_problem(str(dev))
+    if problem:
+        raise RuntimeError(f"device {str(dev)!r} requested but {problem}")
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", torch.cuda.current_device())
     return dev
@@ -543,7 +545,7 @@ class Engine:
 
     def _noise(self, n: int, noise, seed) -> torch.Tensor:
         if noise is not None and seed is not None:  # a seed would be silently ignored
-            raise ValueError("give noise or seed, not both (a seed draws the noise)")
+            raise ValueError(NOISE_OR_SEED)
         seed = _seeds(seed, n)
         if noise is None:  # N(0, 1) draws: finite, and far inside the bound
             return draw_noise(n, self.config.noise_dim, seed).to(self.device, torch.float32)

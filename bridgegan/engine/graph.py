@@ -389,7 +389,7 @@ class InferenceGraph(nn.Module):
         self.up = nn.ModuleList(Block(b, rw) for b in g.up)
         self.to_rgb = Conv(g.to_rgb)
         # SPADE layers in execution order with their resolutions, grouped by resolution
-        bottleneck = self.config.image_size // 2 ** self.config.g_downs
+        bottleneck = self.config.bottleneck_size
         layers = [(g.mid_spade.norm1, bottleneck), (g.mid_spade.norm2, bottleneck)]
         for i, b in enumerate(g.up):
             layers += [(b.norm1, bottleneck * 2 ** i), (b.norm2, bottleneck * 2 ** (i + 1))]

@@ -40,12 +40,12 @@ def generator_trunk_flops(cfg: BridgeGANConfig) -> int:
     f = _conv(3, ch[0], 1, s)
     for i in range(cfg.g_downs):
         f += _resblk(ch[i], ch[i + 1], s // 2 ** i, "down")
-    return f + _resblk(ch[-1], ch[-1], s // 2 ** cfg.g_downs, None)
+    return f + _resblk(ch[-1], ch[-1], cfg.bottleneck_size, None)
 
 
 def generator_decode_flops(cfg: BridgeGANConfig) -> int:
     ch, s = cfg.g_channels(), cfg.image_size
-    b = s // 2 ** cfg.g_downs
+    b = cfg.bottleneck_size
     f = _resblk(ch[-1], ch[-1], b, None, cfg)
     for j, i in enumerate(reversed(range(cfg.g_downs))):
         f += _resblk(ch[i + 1], ch[i], b * 2 ** j, "up", cfg)

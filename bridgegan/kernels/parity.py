@@ -27,6 +27,7 @@ import sys
 import torch
 
 from ..argtypes import add_device, output_file
+from ..devices import check_device
 from ..exits import end, stopped_status
 from ..files import RowsFile
 from ..numerics import SHORT_NAMES, dtype_name, errors, float64_call, same_nonfinite, tolerance
@@ -239,6 +240,7 @@ def check_ops(device=None, quick=False, impl=None, written=None) -> list[dict]:
     ``written`` once all are in)."""
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    check_device(str(device), "device")
     device = torch.device(device)
     chosen, note = _default_impl(device)
     impl = impl or chosen
@@ -301,13 +303,17 @@ def main(argv=None) -> int:
                    help="also write the rows to this JSON file (in an existing folder)")
     args = p.parse_args(argv)
     try:
-        rows = check_ops(device=args.device, quick=args.quick, impl=args.impl,
-                         written=args.json)
+        return run_ops(args.device, args.impl, args.quick, args.json)
     except (RuntimeError, ValueError) as exc:
         print(f"parity: error: {exc}", file=sys.stderr)
         return 2
-    if args.json:
-        print(f"wrote {args.json}")
+
+
+def run_ops(device=None, impl=None, quick=False, json=None) -> int:
+    """The table (``check_ops``) as a command: its status, 1 when a row fails."""
+    rows = check_ops(device=device, quick=quick, impl=impl, written=json)
+    if json:
+        print(f"wrote {json}")
     return 0 if all(r["ok"] for r in rows) else 1
 
 

@@ -152,6 +152,11 @@ class BridgeGANConfig:
         return int(math.log2(self.latent_size // 4))
 
     @property
+    def bottleneck_size(self) -> int:
+        """Spatial size of G's bottleneck, after its g_downs 2x down blocks."""
+        return self.image_size // 2 ** self.g_downs
+
+    @property
     def d_head_kernel(self) -> int:
         return self.image_size // 2 ** self.d_downs
 

@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING
 
 from .. import threads
 from ..argtypes import Parser, absolute_path, add_device, positive_float
-from ..exits import end, signals_deferred, stop_on_signals, stopped_status
-from ..files import check_writable_folder, prepare_file_targets, write_file_atomic
+from ..exits import end, signal_status, signals_deferred, stop_on_signals, stopped_status
+from ..files import write_file_atomic
+from ..path_checks import check_writable_folder, prepare_file_targets
 from ..warning_filters import one_line_warnings
 from .config import INT_RANGES, BridgeGANConfig
 from .data import registry as data_registry
@@ -291,7 +292,7 @@ def _refuse_earlier_run(out: Path, resume: Path | None = None) -> None:
     """Refuse a fresh run, or a run resumed from a checkpoint of another folder
     (``resume``), in a run folder holding an earlier run's checkpoints or metrics: its
     checkpoints would be pruned against the new ones, and its metrics mixed in."""
-    from .train_state import METRICS_FILE, earlier_run
+    from .train_state import CHECKPOINTS, METRICS_FILE, earlier_run
 
     found = earlier_run(out)
     if not found:
@@ -299,7 +300,7 @@ def _refuse_earlier_run(out: Path, resume: Path | None = None) -> None:
     if resume is not None:
         raise ValueError(f"--out {out} holds an earlier run ({', '.join(map(str, found))}) "
                          f"and --resume {resume} is not one of its checkpoints (those are "
-                         f"in {out / 'checkpoints'}): continuing it there would drop that "
+                         f"in {out / CHECKPOINTS}): continuing it there would drop that "
                          f"run's later checkpoints and mix the two runs' metrics; choose "
                          f"another --out for the continuation")
     if found[0].name == METRICS_FILE:  # no checkpoint: nothing --resume could continue
@@ -315,8 +316,8 @@ def run(args: argparse.Namespace) -> int:
     processes ends here instead, with that status (``distributed.end_process`` says why)."""
     import torch
 
+    from ..devices import device_problem
     from . import distributed
-    from .trainer import device_problem
 
     if args.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -345,12 +346,12 @@ def _start(args: argparse.Namespace, out: Path) -> tuple[Path | None, Path | Non
     """The training checkpoint a run resumes (``--resume``) and the weights it starts from
     (``--init-from``), checked before any work; None where there is none."""
     from .checkpoint import CONFIG_FILE, CheckpointError
-    from .train_state import STATE_JSON, latest_checkpoint
+    from .train_state import CHECKPOINTS, STATE_JSON, latest_checkpoint
 
     if not args.resume:
         _refuse_earlier_run(out)
     elif args.resume != "auto" and not Path(args.resume).resolve().is_relative_to(
-            (out / "checkpoints").resolve()):
+            (out / CHECKPOINTS).resolve()):
         _refuse_earlier_run(out, Path(args.resume))
     resume = None
     if args.resume == "auto":
@@ -374,9 +375,10 @@ def _announce(args: argparse.Namespace, info: DistInfo, out: Path, trainer, conf
               n_images: int, resume: Path | None, init: Path | None, dropped: list) -> None:
     """Rank 0's opening lines (what runs where, from what) and the run's RUN_FILE."""
     from .info import parameter_counts
+    from .train_state import CHECKPOINTS
 
     if args.resume == "auto" and resume is None:
-        print(f"--resume auto: no checkpoint in {out / 'checkpoints'}; a new run starts",
+        print(f"--resume auto: no checkpoint in {out / CHECKPOINTS}; a new run starts",
               file=sys.stderr)
     model_cfg = trainer.model.config
     n = parameter_counts(trainer.model)
@@ -504,9 +506,9 @@ def _train(args: argparse.Namespace, info: DistInfo) -> int:
         if trainer.stop_signal is not None:
             if info.is_main:
                 print(f"stopped by {signal.Signals(trainer.stop_signal).name} at step "
-                      f"{trainer.step} with a checkpoint in {out / 'checkpoints'}; continue "
+                      f"{trainer.step} with a checkpoint in {out / CHECKPOINTS}; continue "
                       f"with --resume auto", file=sys.stderr)
-            return 128 + trainer.stop_signal
+            return signal_status(trainer.stop_signal)
         if info.is_main:
             _report_end(trainer, config.steps, out, resume is not None)
         return 0

@@ -38,8 +38,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from ..files import (JSON_LIMIT, check_replaceable, read_small_text, remove_folder,
-                     write_file_atomic)
+from ..files import JSON_LIMIT, check_replaceable, read_small_text, remove_folder, write_file_atomic
 from .checkpoint import (CHECKPOINT_FILES, STATE_JSON, STATE_TENSORS, CheckpointError,
                          load_checkpoint, load_state, nonfinite, read_config, read_tensors,
                          save_checkpoint, write_tensors)

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..argtypes import split_device
+from ..devices import device_problem
 from ..exits import worker_ignores_stops
 from ..files import remove_stale
 from ..progress import bar as progress_bar, lines as progress_lines
@@ -50,25 +50,6 @@ from .train_state import (CHECKPOINTS, METRICS_FILE, SAMPLES, Progress, TrainSta
                           metrics_line, numbered_checkpoint, prune_checkpoints)
 
 SHOWN = {"d/adv": "D adv", "g/adv": "G adv", "g/rec": "rec"}  # the terms progress shows
-
-
-def device_problem(name: str, distributed: bool) -> str | None:
-    """Why training cannot run on device ``name`` (one process of several, where
-    ``distributed``); None when it can."""
-    try:
-        kind, index = split_device(name)
-    except ValueError as exc:
-        return str(exc)
-    if kind == "cpu":
-        return None
-    if not torch.cuda.is_available():
-        return "torch sees no CUDA device"
-    if index is not None and distributed:
-        return "under torchrun each process takes GPU LOCAL_RANK: give cuda"
-    count = torch.cuda.device_count()
-    if index is not None and index >= count:
-        return f"torch sees {count} CUDA device(s): cuda:0 to cuda:{count - 1}"
-    return None
 
 
 class Trainer:

@@ -1,5 +1,5 @@
 """`bridgegan serve`: argument parsing; the work lives in ``server`` (tritonserver behind
-the front; it imports only the standard library, ``names`` and the torch-free ``..files``
+the front; it imports only the standard library and torch-free modules of this package
 until the command runs) and ``repo_python`` (the python-backend model repository it
 serves), imported when the command runs."""
 from __future__ import annotations
@@ -8,14 +8,22 @@ import argparse
 import os
 import shlex
 
-from ..argtypes import int_between, non_negative_int, positive_float, positive_int
+from ..argtypes import int_between, non_negative_int, positive_float
 from ..engine import options as engine_options
-from ..engine.export.cli import add_queue_size
-from ..engine.export.names import MAX_BATCH, QUEUE_DELAY_US
+from ..engine.export.cli import TRITON_BATCH, TRITON_COUNT, add_queue_options
+from ..engine.export.names import MAX_BATCH
 from .names import (CLIENT_REQUESTS, EXIT_TIMEOUT_S, GRPC_PORT, HOST, HTTP_PORT, METRICS_PORT,
                     READ_TIMEOUT_S)
 
 PORT = int_between(1, 65535)  # a TCP port to listen on
+
+
+def _host(text: str) -> str:
+    """An address to listen on, not empty (grpc and tritonserver read "" as no address)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("give an address: 127.0.0.1, ::1, 0.0.0.0 (every "
+                                         "interface)")
+    return text
 
 
 def run(args: argparse.Namespace) -> int:
@@ -28,12 +36,12 @@ def run(args: argparse.Namespace) -> int:
                          "these under --repository; write it again with them "
                          "(--checkpoint CKPT --write-repository DIR)")
     if not args.write_repository:
-        from .server import ports_in_use
+        from .server import listen_problem
 
-        busy = ports_in_use(args.host, {"--http-port": args.http_port, "--grpc-port":
-                                        args.grpc_port, "--metrics-port": args.metrics_port})
-        if busy:
-            raise RuntimeError(busy)
+        problem = listen_problem(args.host, {"--http-port": args.http_port, "--grpc-port":
+                                             args.grpc_port, "--metrics-port": args.metrics_port})
+        if problem:
+            raise RuntimeError(problem)
     ports = dict(host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
                  metrics_port=args.metrics_port, exit_timeout_secs=args.exit_timeout_secs,
                  read_timeout_secs=args.read_timeout_secs,
@@ -45,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.checkpoint:
         raise ValueError("give --checkpoint CKPT (serve it, or write a model repository "
                          "with --write-repository) or --repository DIR")
-    from ..files import check_apart, check_writable_folder
+    from ..path_checks import check_apart, check_writable_folder
     from .repo_python import write_python_repo
     from .server import import_pytriton, serve_checkpoint
 
@@ -100,13 +108,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """Add the serving options to ``p``."""
     p.add_argument("--checkpoint", help="checkpoint folder to serve")
     engine_options.add_options(p)
-    p.add_argument("--max-batch", type=positive_int, default=MAX_BATCH,
+    p.add_argument("--max-batch", type=TRITON_BATCH, default=MAX_BATCH,
                    help="largest batch Triton forms and accepts, >= 1 (default: %(default)s)")
-    p.add_argument("--max-queue-delay-us", type=non_negative_int, default=QUEUE_DELAY_US,
-                   help="how long a request may wait for others to batch with, >= 0 "
-                        "(default: %(default)s)")
-    add_queue_size(p)
-    p.add_argument("--host", default=HOST,
+    add_queue_options(p)
+    p.add_argument("--host", type=_host, default=HOST,
                    help="address to bind (default: %(default)s; 0.0.0.0 for every interface)")
     p.add_argument("--http-port", type=PORT, default=HTTP_PORT,
                    help="the front's HTTP port (default: %(default)s)")
@@ -114,7 +119,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the front's gRPC port (default: %(default)s)")
     p.add_argument("--metrics-port", type=PORT, default=METRICS_PORT,
                    help="tritonserver's metrics port (default: %(default)s)")
-    p.add_argument("--exit-timeout-secs", type=non_negative_int, default=EXIT_TIMEOUT_S,
+    p.add_argument("--exit-timeout-secs", type=TRITON_COUNT, default=EXIT_TIMEOUT_S,
                    help="how long shutdown waits for in-flight requests and open clients "
                         "(the front), then again for tritonserver to finish its requests and "
                         "unload the models: up to about twice this in all "

@@ -88,6 +88,7 @@ THREAD_BYTES = 1 << 20  # bodies larger than this are parsed and checked on a wo
 # how tritonserver's 500 on a malformed JSON field begins ("set": an output's parameter)
 TRITON_UNPARSED = ("Unable to parse '", "Unable to set '")
 GRPC_SERVICE = "/inference.GRPCInferenceService/"
+GRPC_MESSAGE_BYTES = 2**31 - 1  # the largest message grpc takes
 GRPC_FORWARDED = ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata",
                   "ModelConfig", "ModelStatistics", "ModelInfer")
 HTTP_FORWARDED_GET = re.compile(
@@ -144,8 +145,12 @@ class Front:
         self.host, self.http_port, self.grpc_port = host, http_port, grpc_port
         self.read_timeout_s, self.grace_s = read_timeout_s, grace_s
         self.max_batch = max(b for _, b in specs.values())
-        self.binary_limit = HEADER_BYTES + self.max_batch * max(
-            row_bytes(s) for s, _ in specs.values())
+        row = max(row_bytes(s) for s, _ in specs.values())
+        self.binary_limit = HEADER_BYTES + self.max_batch * row
+        if self.binary_limit > GRPC_MESSAGE_BYTES:  # grpc takes the limit as a C int
+            raise ValueError(f"--max-batch {self.max_batch}: a gRPC request of that many rows "
+                             f"would pass gRPC's {GRPC_MESSAGE_BYTES} byte message limit; give "
+                             f"at most {(GRPC_MESSAGE_BYTES - HEADER_BYTES) // row}")
         self.json_limit = HEADER_BYTES + JSON_BYTES_PER_VALUE * self.max_batch * max(
             row_values(s) for s, _ in specs.values())
         # a binary request: a JSON part of up to json_limit, binary data of up to a batch
@@ -219,7 +224,8 @@ class Front:
             ("grpc.server_handshake_timeout_ms", HANDSHAKE_MS),
             ("grpc.max_connection_age_ms", age_ms), ("grpc.max_connection_age_grace_ms", age_ms)])
         self.grpc.add_generic_rpc_handlers([_GrpcHandler(self)])
-        self.grpc_port = self.grpc.add_insecure_port(f"{self.host}:{self.grpc_port}")
+        bound = f"[{self.host}]" if ":" in self.host else self.host  # IPv6: "[::1]:PORT"
+        self.grpc_port = self.grpc.add_insecure_port(f"{bound}:{self.grpc_port}")
         await self.grpc.start()
 
     async def _stop(self) -> None:

@@ -34,6 +34,7 @@ import torch
 from ..engine.engine import BOUNDS, check_bounded, draw_noise
 from ..engine.export.pbtxt import Port
 from ..engine.io import as_batch
+from ..engine.options import NOISE_OR_SEED
 from ..reference.config import BridgeGANConfig
 
 IMAGE_INPUTS = ("image", "reference")  # checked by the engine: NaN / Inf, range [-1, 1]
@@ -74,7 +75,7 @@ def check_request(spec: ModelSpec, request: Mapping[str, np.ndarray]) -> int:
         raise ValueError(f"unknown input(s) {', '.join(sorted(unknown))}; {spec.name} takes "
                          f"{', '.join(ports)}")
     if request.get("noise") is not None and request.get("seed") is not None:
-        raise ValueError("give noise or seed, not both (a seed draws the noise)")
+        raise ValueError(NOISE_OR_SEED)
     n = None
     for port in spec.inputs:
         if request.get(port.name) is None:

@@ -16,6 +16,7 @@ answers each request of a batch on its own.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -32,7 +33,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..files import held, shell_unsafe
+from ..exits import signal_status
+from ..locks import held
+from ..path_checks import shell_unsafe
 from .names import (CLIENT_REQUESTS, EXIT_TIMEOUT_S, GRPC_PORT, HOST, HTTP_PORT, METRICS_PORT,
                     MODELS, READ_TIMEOUT_S)
 
@@ -107,17 +110,30 @@ def check_shell_safe(repository: str | os.PathLike | None = None) -> None:
                              f"shell characters)")
 
 
-def ports_in_use(host: str, ports: dict[str, int]) -> str | None:
-    """Which of ``ports`` (flag: port) something already listens on at ``host``, as an
-    error message, or None: checked before starting, so a busy port is reported at once."""
+def listen_problem(host: str, ports: dict[str, int]) -> str | None:
+    """Why the server could not listen on ``ports`` (flag: port) at ``host``, as an error
+    message, or None: checked before starting (tritonserver and the front would fail to
+    bind only once the models had loaded): one port given twice, a host that is no address
+    of this machine, ports something already listens on."""
+    by_port: dict[int, list[str]] = {}
+    for flag, port in ports.items():
+        by_port.setdefault(port, []).append(flag)
+    for port, flags in by_port.items():
+        if len(flags) > 1:
+            return f"{', '.join(flags)}: {port} each; give each its own port"
     busy = []
     for flag, port in ports.items():
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is not busy
-            try:
+        try:
+            with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT: not busy
                 s.bind((host, port))
-            except OSError as exc:
-                busy.append(f"{flag} {port} ({exc.strerror})")
+        except socket.gaierror as exc:
+            return f"--host {host}: not an address ({exc.strerror})"
+        except OSError as exc:
+            if exc.errno not in (errno.EADDRINUSE, errno.EACCES):
+                return (f"--host {host}: cannot listen there ({exc.strerror}); give an address "
+                        f"of this machine (0.0.0.0: every interface)")
+            busy.append(f"{flag} {port} ({exc.strerror})")
     return (f"cannot listen on {host}: {', '.join(busy)}; stop what holds the port or choose "
             f"another" if busy else None)
 
@@ -364,11 +380,11 @@ def run_tritonserver(repository: str | os.PathLike, host: str = HOST,
                       f" and grpc {host}:{grpc_port}{_attribute_order(repository)}", flush=True)
                 status = proc.wait()
                 if status < 0:  # tritonserver killed by a signal: as a shell reports it
-                    status = 128 - status
+                    status = signal_status(-status)
                 if not stopped or status:
                     return status
                 print(f"stopped by {signal.Signals(stopped[0]).name}", flush=True)
-                return 128 + stopped[0]
+                return signal_status(stopped[0])
         finally:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGINT)

@@ -23,7 +23,7 @@ import types
 
 import torch
 
-from ...files import shell_unsafe
+from ...path_checks import shell_unsafe
 from ...reference.layers import LatentMix
 from ...reference.programs import Stages
 from ..cudagraphs import POW2_UP_TO, bucket, in_chunks, pad_rows

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ...files import NotWritableError
+from ...path_checks import NotWritableError
 from ...reference.programs import Stages
 from ..export.names import HEADS, STAGES
 from ..export.onnx_export import ONNX_PRECISION_OF, OnnxFileError, export_model, file_name

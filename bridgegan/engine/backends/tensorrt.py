@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from ...files import locked
+from ...locks import locked
 from ...reference.programs import Stages
 from ..cudagraphs import in_chunks, pad_rows
 from ..export.names import STAGES

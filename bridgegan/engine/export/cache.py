@@ -26,7 +26,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...files import locked, locked_paths, remove_folder, remove_lock, remove_stale
+from ...files import remove_folder, remove_stale
+from ...locks import locked, locked_paths, remove_lock
 from ...reference.checkpoint import CheckpointError
 from .onnx_export import MANIFEST, cache_folder, read_manifest
 

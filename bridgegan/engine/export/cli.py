@@ -7,10 +7,10 @@ import os
 import shlex
 from pathlib import Path
 
-from ...argtypes import (input_file, non_negative_int, output_file, positive_float,
-                         positive_int)
-from .names import (GRAPHS, MAX_BATCH, ONNX_PRECISIONS, OPSET, PLAN_BATCHES, PREFERRED_BATCHES,
-                    QUEUE_DELAY_US, TENSORRT_PRECISIONS, WORKSPACE_GB)
+from ...argtypes import input_file, int_between, output_file, positive_float_up_to, positive_int
+from .names import (GRAPHS, MAX_BATCH, MAX_WORKSPACE_GB, ONNX_PRECISIONS, OPSET, PLAN_BATCHES,
+                    PREFERRED_BATCHES, QUEUE_DELAY_US, TENSORRT_PRECISIONS, TRITON_INT,
+                    WORKSPACE_GB)
 
 
 def _check_opset(opset: int) -> None:
@@ -27,7 +27,7 @@ def _check_opset(opset: int) -> None:
 
 
 def _onnx(args: argparse.Namespace) -> int:
-    from ...files import check_writable_folder
+    from ...path_checks import check_writable_folder
     from ...reference.config import BridgeGANConfig
     from .onnx_export import export_onnx, read_manifest, require_onnx
 
@@ -62,7 +62,7 @@ def _onnx(args: argparse.Namespace) -> int:
 
 
 def _tensorrt(args: argparse.Namespace) -> int:
-    from ...files import check_apart
+    from ...path_checks import check_apart
     from .tensorrt_build import build_config, build_plan
 
     check_apart(args.out, "plan file", [("ONNX file", args.onnx)])
@@ -75,7 +75,7 @@ def _tensorrt(args: argparse.Namespace) -> int:
 
 
 def _triton(args: argparse.Namespace) -> int:
-    from ...files import check_apart, check_writable_folder
+    from ...path_checks import check_apart, check_writable_folder
     from .onnx_export import require_onnx
     from .triton_repo import write_triton_repo
 
@@ -89,7 +89,7 @@ def _triton(args: argparse.Namespace) -> int:
                                                       ("--onnx-dir", args.onnx_dir)])
     folders = write_triton_repo(args.checkpoint, args.dir, args.plan or (), args.precision,
                                 args.onnx_dir, args.max_batch,
-                                args.preferred_batch or PREFERRED_BATCHES, args.queue_delay_us,
+                                args.preferred_batch or PREFERRED_BATCHES, args.max_queue_delay_us,
                                 max_queue_size=args.max_queue_size)
     print(f"wrote {', '.join(f.name for f in folders)} to {args.dir}; serve with: "
           f"tritonserver --model-repository {shlex.quote(os.path.abspath(args.dir))}")
@@ -101,9 +101,18 @@ def run(args: argparse.Namespace) -> int:
     return args.target_func(args)
 
 
-def add_queue_size(p: argparse.ArgumentParser) -> None:
-    """``--max-queue-size``: of a Triton model repository's models (export, serve)."""
-    p.add_argument("--max-queue-size", type=non_negative_int, default=0,
+# argparse types of a Triton model repository's counts: within its int32 fields
+TRITON_COUNT = int_between(0, TRITON_INT)
+TRITON_BATCH = int_between(1, TRITON_INT)
+
+
+def add_queue_options(p: argparse.ArgumentParser, *aliases: str) -> None:
+    """``--max-queue-delay-us`` (also named ``aliases``) and ``--max-queue-size``: the
+    dynamic batching of a Triton model repository's models (export, serve)."""
+    p.add_argument("--max-queue-delay-us", *aliases, type=TRITON_COUNT,
+                   default=QUEUE_DELAY_US, help="how long a request may wait for others to "
+                                                "batch with, >= 0 (default: %(default)s)")
+    p.add_argument("--max-queue-size", type=TRITON_COUNT, default=0,
                    help="requests a model's queue holds; more are refused at once instead "
                         "of waiting behind them (`bridgegan serve` answers them HTTP 503 with "
                         "Retry-After, gRPC UNAVAILABLE); 0: no bound (default)")
@@ -141,8 +150,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                     PLAN_BATCHES):
         t.add_argument(f"--{bound}-batch", type=positive_int, default=default,
                        help=f"the plan profile's {what} batch (default: %(default)s)")
-    t.add_argument("--workspace-gb", type=positive_float, default=WORKSPACE_GB,
-                   help="TensorRT's workspace memory pool limit in GiB, > 0 (default: %(default)s)")
+    t.add_argument("--workspace-gb", type=positive_float_up_to(MAX_WORKSPACE_GB),
+                   default=WORKSPACE_GB,
+                   help=f"TensorRT's workspace memory pool limit in GiB, > 0 and <= "
+                        f"{MAX_WORKSPACE_GB:g} (default: %(default)s)")
     t.add_argument("--timing-cache",
                    help="timing cache file (default: timing_<GPU kind>.cache beside OUT)")
     t.set_defaults(target_func=_tensorrt)
@@ -157,15 +168,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="ONNX variant to serve (default: %(default)s)")
     t.add_argument("--onnx-dir", help="export folder to take the graphs from or export into "
                                       "(default: the export cache)")
-    t.add_argument("--max-batch", type=positive_int, default=MAX_BATCH,
+    t.add_argument("--max-batch", type=TRITON_BATCH, default=MAX_BATCH,
                    help="largest batch Triton forms and accepts, >= 1 (default: %(default)s; "
                         "a --plan keeps its profile's)")
-    t.add_argument("--preferred-batch", type=positive_int, nargs="+",
+    t.add_argument("--preferred-batch", type=TRITON_BATCH, nargs="+",
                    help="batch sizes dynamic batching prefers, each 1 to --max-batch "
                         f"(default: {' '.join(map(str, PREFERRED_BATCHES))}, those up to "
                         "--max-batch)")
-    t.add_argument("--queue-delay-us", type=non_negative_int, default=QUEUE_DELAY_US,
-                   help="how long a request may wait for others to batch with, >= 0 "
-                        "(default: %(default)s)")
-    add_queue_size(t)
+    add_queue_options(t, "--queue-delay-us")  # this command's earlier name of it
     t.set_defaults(target_func=_triton)

@@ -15,5 +15,9 @@ TIMING_CACHE = "timing_{gpu}.cache"  # a GPU kind's TensorRT timing cache, besid
 PREFERRED_BATCHES = (4, 8, 16, 32)  # a Triton repository's default preferred batch sizes
 MAX_BATCH = 64  # its default max_batch_size (and a TensorRT plan's default profile max)
 QUEUE_DELAY_US = 1000  # its default dynamic batching queue delay
+# the largest value of a config.pbtxt's int32 fields (max_batch_size, max_queue_size,
+# preferred_batch_size) and of tritonserver's --exit-timeout-secs; Triton refuses more
+TRITON_INT = 2**31 - 1
 PLAN_BATCHES = (1, 8, MAX_BATCH)  # a TensorRT plan's default profile: (min, opt, max) batch
 WORKSPACE_GB = 4.0  # a TensorRT build's default workspace memory pool limit
+MAX_WORKSPACE_GB = 1024.0  # and the largest taken: more than any GPU's memory

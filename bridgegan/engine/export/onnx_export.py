@@ -61,8 +61,9 @@ import torch
 from torch.onnx import symbolic_helper
 
 from ... import __version__
-from ...files import (check_writable_folder, link_or_copy, locked, read_small_text, remove_stale,
-                      sha256_hex, write_folder_atomic)
+from ...files import link_or_copy, read_small_text, remove_stale, sha256_hex, write_folder_atomic
+from ...locks import locked
+from ...path_checks import check_writable_folder
 from ...reference import programs
 from ...reference.checkpoint import CheckpointError, load_checkpoint
 from ...reference.config import BridgeGANConfig
@@ -105,7 +106,7 @@ def file_name(graph: str, precision: str) -> str:
 
 def _port_shapes(config: BridgeGANConfig) -> dict[str, tuple[int, ...]]:
     """Each input / output name's shape without the batch dimension."""
-    s, low, half = config.image_size, config.image_size // 2 ** config.g_downs, config.latent_size
+    s, low, half = config.image_size, config.bottleneck_size, config.latent_size
     latent = (config.latent_channels, half, half)
     return {"image": (3, s, s), "reference": (3, s, s), "d": (config.n_attrs,),
             "noise": (config.noise_dim,), "h": (config.g_channels()[-1], low, low), "s": latent,

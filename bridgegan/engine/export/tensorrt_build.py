@@ -41,7 +41,8 @@ from pathlib import Path
 from ... import __version__
 from ...files import read_small_text, sha256_hex, write_file_atomic, write_files_atomic
 from ..backends.base import BackendUnavailable
-from .names import HEADS, PLAN_BATCHES, TENSORRT_PRECISIONS, TIMING_CACHE, WORKSPACE_GB
+from .names import (HEADS, MAX_WORKSPACE_GB, PLAN_BATCHES, TENSORRT_PRECISIONS, TIMING_CACHE,
+                    WORKSPACE_GB)
 from .onnx_export import io_spec, load_onnx
 
 TRT_EXTRA = "pip install 'bridgegan[tensorrt]'"
@@ -88,6 +89,9 @@ def build_config(onnx_path: str | os.PathLike, precision: str = "fp16",
     if precision not in TENSORRT_PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(TENSORRT_PRECISIONS)}, "
                          f"got {precision!r}")
+    if not 0 < workspace_gb <= MAX_WORKSPACE_GB:
+        raise ValueError(f"--workspace-gb must be above 0 and at most {MAX_WORKSPACE_GB}, got "
+                         f"{workspace_gb:g}")
     lo, opt, hi = batch
     if not 1 <= lo <= opt <= hi:
         raise ValueError(f"batch range must satisfy 1 <= min <= opt <= max, got {tuple(batch)}")
