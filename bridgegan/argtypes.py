@@ -47,6 +47,10 @@ def int_between(low: int, high: int):
     return parse
 
 
+SEEDS = 2 ** 64  # seeds are integers in [0, SEEDS): torch.Generator's 64 bits
+SEED = int_between(0, SEEDS - 1)  # a --seed
+
+
 def split_device(text: str) -> tuple[str, int | None]:
     """("cpu" or "cuda", GPU index or None) of "cpu", "cuda" or "cuda:N"; a ValueError
     naming what is accepted otherwise."""

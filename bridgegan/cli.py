@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import threads
-from .argtypes import (Parser, add_device, int_between, non_negative_float, non_negative_int,
+from .argtypes import (SEED, Parser, add_device, int_between, non_negative_float, non_negative_int,
                        output_file, positive_float, positive_int, positive_int_list)
 from .engine import options as engine_options
 from .engine.export import cli as export_cli
@@ -80,7 +80,7 @@ def _translate_options(p: argparse.ArgumentParser) -> None:
                    help=f"noise samples per label edit, 1 to {engine_options.MAX_SAMPLES} "
                         "(default: 1)")
     p.add_argument("--strength", type=float, help=STRENGTH_HELP)
-    p.add_argument("--seed", type=int_between(0, engine_options.SEEDS - 1), default=0,
+    p.add_argument("--seed", type=SEED, default=0,
                    help="noise seed of the first sample, the next ones +1 (default: 0); "
                         "every input gets the noise it would get translated alone")
     p.add_argument("--batch-size", type=positive_int, default=None,
@@ -168,7 +168,7 @@ def _classifier_options(p: argparse.ArgumentParser) -> None:
                         "kernel and --seed at least")
     p.add_argument("--workers", type=non_negative_int, default=0,
                    help="data-loader worker processes")
-    p.add_argument("--seed", type=non_negative_int, default=0,
+    p.add_argument("--seed", type=SEED, default=0,
                    help="initialisation and data seed (>= 0)")
     add_device(p)
     p.add_argument("--out", required=True, help="output folder")
@@ -186,7 +186,7 @@ def _eval_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="test", help="dataset split of the sources (default: test)")
     p.add_argument("--n", type=positive_int, default=200,
                    help="number of source images (default: 200)")
-    p.add_argument("--seed", type=non_negative_int, default=0,
+    p.add_argument("--seed", type=SEED, default=0,
                    help="seed of the noise draws and of the procedural faces, >= 0 (use one "
                         "that training never saw)")
     p.add_argument("--strength", type=float, help=STRENGTH_HELP)

@@ -677,12 +677,37 @@ def test_translate_refuses_outputs_that_would_overwrite_each_other_or_an_input(c
     assert ref.read_bytes() == before
 
 
+def test_a_run_into_a_checkpoint_and_configs_that_are_no_json_are_named(cli_files, tmp_path,
+                                                                      capsys):
+    """`train --out CKPT` wrote a run (checkpoints/, samples/, metrics) into a model's
+    folder; a --config or --expect-config file that is not JSON was "config is not valid
+    JSON" without the file's name."""
+    ck = tmp_path / "ck"
+    shutil.copytree(cli_files / "ck", ck)
+    before = sorted(p.name for p in ck.iterdir())
+    text = tmp_path / "notes.txt"
+    text.write_text("not JSON")
+    cases = [(["train", "--data", "synthetic:8", "--out", str(ck)],
+              f"--out {ck} is a checkpoint folder (config.json): a run writes its own folder"),
+             (["train", "--data", "synthetic:8", "--config", str(text), "--out",
+               str(tmp_path / "run")], f"--config {text}: config is not valid JSON")]
+    if find_spec("onnx") is not None:  # the export needs it first
+        cases.append((["export", "onnx", str(ck), str(tmp_path / "x"), "--expect-config",
+                       str(text)], f"--expect-config {text}: config is not valid JSON"))
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        assert f"error: {message}" in capsys.readouterr().err, argv
+    assert sorted(p.name for p in ck.iterdir()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck", "notes.txt"]
+
+
 def test_outputs_over_or_inside_what_a_command_reads_are_refused(cli_files, tmp_path, capsys):
     """`eval --json CKPT/config.json` wrote the report over the checkpoint's config (rc 0, the
     model broken after), `demo --input DIR/demo_grid.png --out DIR` the grid over its
-    input, `serve --write-repository CKPT` a repository into the model folder; a TensorRT
-    plan could be written over its ONNX file. Each is refused before any work, its input
-    untouched."""
+    input, `serve --write-repository CKPT` a repository into the model folder, `translate
+    --out CKPT` its images and `export onnx CKPT CKPT/sub` an export into it, `train
+    --init-from CKPT --out CKPT/run` a run; a TensorRT plan could be written over its ONNX
+    file. Each is refused before any work, its input untouched."""
     pytest.importorskip("onnx")
     ck = tmp_path / "ck"
     shutil.copytree(cli_files / "ck", ck)
@@ -699,7 +724,13 @@ def test_outputs_over_or_inside_what_a_command_reads_are_refused(cli_files, tmp_
         (["export", "triton-repo", str(ck), str(ck)],
          f"model repository folder {ck} is checkpoint {ck}"),
         (["export", "tensorrt", str(onnx_file), str(onnx_file)],
-         f"plan file {onnx_file} is ONNX file {onnx_file}")]
+         f"plan file {onnx_file} is ONNX file {onnx_file}"),
+        (["translate", "--checkpoint", str(ck), "--input", str(grid), "--set", "Male=1",
+          "--out", str(ck)], f"output {ck / 'grid.png'} is inside --checkpoint {ck}"),
+        (["export", "onnx", str(ck), str(ck / "sub")],
+         f"export folder {ck / 'sub'} is inside checkpoint {ck}"),
+        (["train", "--data", "synthetic:8", "--init-from", str(ck), "--out", str(ck / "run")],
+         f"--out {ck / 'run' / 'run.json'} is inside --init-from {ck}")]
     if find_spec("pytriton") is not None:
         cases.append((["serve", "--checkpoint", str(ck), "--write-repository", str(tmp_path)],
                       f"--write-repository {tmp_path} holds --checkpoint {ck}"))
@@ -1382,6 +1413,11 @@ CAPPED = [
       str(10 ** 12)], f"--max-batch: must be an integer from 1 to 2147483647, got '{10 ** 12}'"),
     (["serve", "--checkpoint", "ck", "--exit-timeout-secs", str(10 ** 20)],
      f"--exit-timeout-secs: must be an integer from 0 to 2147483647, got '{10 ** 20}'"),
+    # 2**64 overflowed in the run ("Overflow when unpacking long long"); train took -1
+    (["train-classifier", "--out", "clf", "--seed", str(2 ** 64)],
+     f"--seed: must be an integer from 0 to {2 ** 64 - 1}, got '{2 ** 64}'"),
+    (["train", "--data", "synthetic:8", "--seed", "-1"],
+     f"--seed: must be an integer from 0 to {2 ** 64 - 1}, got '-1'"),
     (["train-classifier", "--out", "clf", "--resolution", "100000"],  # ran out of memory
      "--resolution: must be an integer from 16 to 1024, got '100000'"),
 ]

@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from bridgegan import files
+from bridgegan import files, locks
 from bridgegan.cli import main
 from bridgegan.engine.export import cache, onnx_export
 from bridgegan.engine.export.onnx_export import MANIFEST, cache_folder, export_model
@@ -100,7 +100,7 @@ def test_a_lock_file_removed_while_waited_for_is_locked_anew(tmp_path, monkeypat
             waiting.set()
         return flock(fd, op)
 
-    monkeypatch.setattr(files.fcntl, "flock", flock_opened)
+    monkeypatch.setattr(locks.fcntl, "flock", flock_opened)
 
     def waiter():
         with locked(target):

@@ -770,6 +770,20 @@ def test_bench_row_that_raises_is_skipped_and_rows_are_written_as_measured(tmp_p
     assert _csv_rows(tmp_path / PARTIAL_CSV) == got  # written during the run
 
 
+def test_bench_refuses_a_damaged_checkpoint_before_writing_anything(tmp_path, capsys):
+    """A truncated checkpoint was refused clearly, but after the output folder and a
+    header-only bench.partial.csv were made and a progress bar shown."""
+    ck = save_checkpoint(tmp_path / "ck", BridgeGAN(small_config(16)))
+    weights = ck / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    assert main(["bench", "--checkpoint", str(ck), "--out", str(tmp_path / "out"),
+                 "--variants", "torch:float32", "--batches", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"bridgegan bench: error: {weights} is corrupt or truncated: Error while " \
+                  f"deserializing header: invalid header length\n"
+    assert not (tmp_path / "out").exists()
+
+
 def test_bench_interrupted_keeps_the_rows_measured_before(tmp_path, monkeypatch):
     class Killed(BaseException):  # what a stage's time limit does to the process
         pass

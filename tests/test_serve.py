@@ -2237,7 +2237,7 @@ def test_a_sweep_ends_stubs_that_alone_hold_a_dead_servers_lock(tmp_path):
                 proc.wait()
 
 
-def test_paths_a_shell_would_split_are_refused_before_serving(tmp_path, monkeypatch):
+def test_paths_a_shell_would_split_are_refused_before_serving(tmp_path, monkeypatch, capsys):
     """Triton's python backend starts each model through an unquoted shell command line
     holding the repository and the private folders' paths: a TMPDIR with a space hung the
     server (models that never started). Refused up front, naming the path; non-ASCII
@@ -2253,6 +2253,13 @@ def test_paths_a_shell_would_split_are_refused_before_serving(tmp_path, monkeypa
     serve_server.check_shell_safe(tmp_path / "modèles")
     with pytest.raises(ValueError, match=r"the model repository '.*/\$x' holds '\$'"):
         serve_server.check_shell_safe(tmp_path / "$x")
+    # a repository written there would be refused when served: refused as it is written,
+    # whatever the temp folder (the serving process may have another TMPDIR)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "t mp"))
+    assert main(["serve", "--checkpoint", str(tmp_path / "ck"), "--write-repository",
+                 str(tmp_path / "sp ace")]) == 2
+    assert "the model repository '" in capsys.readouterr().err
+    assert not (tmp_path / "sp ace").exists()
     deep = tmp_path / ("中" * 20)
     assert len(str(deep / serve_server.GRPC_SOCKET)) < serve_server.SOCKET_PATH_MAX
     with pytest.raises(ValueError, match=r"longer than 107 bytes"):

@@ -90,6 +90,7 @@ import torch
 
 from .. import threads
 from ..progress import bar as progress_bar
+from ..reference.checkpoint import load_checkpoint, read_config
 from ..reference.config import BridgeGANConfig
 from ..reference.model import BridgeGAN
 from ..timing import p50_p20_p80, synchronize, time_calls
@@ -196,8 +197,6 @@ def _check_resolutions(resolutions: list[int], checkpoint: str | None,
     """Refuse, before anything is measured or written (``out``'s partial CSV), a resolution
     the checkpoint does not make or no configuration takes."""
     if checkpoint:
-        from ..reference.checkpoint import read_config
-
         size = read_config(checkpoint).image_size
         if any(res != size for res in resolutions):
             raise ValueError(f"{checkpoint} makes {size} px images; --resolutions must be {size}")
@@ -206,15 +205,13 @@ def _check_resolutions(resolutions: list[int], checkpoint: str | None,
         BridgeGANConfig(image_size=res, **(config_overrides or {}))
 
 
-def _model(res: int, checkpoint: str | None, config_overrides: dict | None) -> BridgeGAN:
-    """The checkpoint (``_check_resolutions``: it makes ``res`` px images), or seeded
-    weights at ``res``."""
-    if not checkpoint:
-        torch.manual_seed(res)
-        return BridgeGAN(BridgeGANConfig(image_size=res, **(config_overrides or {}))).eval()
-    from ..reference.checkpoint import load_checkpoint
-
-    return load_checkpoint(checkpoint)
+def _model(res: int, loaded: BridgeGAN | None, config_overrides: dict | None) -> BridgeGAN:
+    """The checkpoint ``loaded`` (``_check_resolutions``: it makes ``res`` px images), or
+    seeded weights at ``res``."""
+    if loaded is not None:
+        return loaded
+    torch.manual_seed(res)
+    return BridgeGAN(BridgeGANConfig(image_size=res, **(config_overrides or {}))).eval()
 
 
 @dataclass
@@ -383,6 +380,8 @@ def run_matrix(variants: list[Variant] | None, batches: list[int], resolutions: 
         check_once(what, seq)
     _check_table(variants, dev)
     _check_resolutions(resolutions, checkpoint, config_overrides)
+    # a damaged checkpoint refused before any file or progress
+    loaded = load_checkpoint(checkpoint) if checkpoint else None
     # the machine's load, for whoever reads the numbers: a 1-minute average, so the start's
     # still holds the minute before (a previous run's), the end's this run's own threads
     load = {"load_1min_at_start": round(threads.load_average(), 2), "cores": threads.cores()}
@@ -399,7 +398,7 @@ def run_matrix(variants: list[Variant] | None, batches: list[int], resolutions: 
     # line
     with bar, streamed(out) as stream, no_tf32():
         for res in resolutions:
-            model = _model(res, checkpoint, config_overrides)
+            model = _model(res, loaded, config_overrides)
             case = None
             if parity:
                 inputs = parity_inputs(model.config, min(batches))

@@ -29,24 +29,28 @@ FIELDS = ["what", "backend", "dtype", "batch", "resolution", "metric", "unit", "
 def streamed(out: str | Path | None):
     """A function that appends a row to ``out``/PARTIAL_CSV (the header first) and flushes
     it, so that an interrupted run keeps every row measured (beside the last complete
-    table, which stays until ``write_results`` replaces it); a no-op without ``out``. An
-    interrupted run's rows found there are moved aside first (``partial_aside``), not
+    table, which stays until ``write_results`` replaces it); a no-op without ``out``. The
+    file (and ``out``) is made at the first row: a run refused before it leaves nothing.
+    An interrupted run's rows found there are moved aside first (``partial_aside``), not
     truncated (a header alone, of a run stopped before its first row, is not kept)."""
     if out is None:
         yield lambda row: None
         return
-    Path(out).mkdir(parents=True, exist_ok=True)
     partial = Path(out) / PARTIAL_CSV
-    if partial.is_file() and _has_rows(partial):
-        aside = partial_aside(partial)
-        os.replace(partial, aside)
-        print(f"bench: kept an interrupted run's rows in {aside}", file=sys.stderr)
-    with open(partial, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
-        writer.writeheader()
-        f.flush()
+    with contextlib.ExitStack() as files:
+        f = writer = None
 
         def add(row: dict) -> None:
+            nonlocal f, writer
+            if writer is None:
+                Path(out).mkdir(parents=True, exist_ok=True)
+                if partial.is_file() and _has_rows(partial):
+                    aside = partial_aside(partial)
+                    os.replace(partial, aside)
+                    print(f"bench: kept an interrupted run's rows in {aside}", file=sys.stderr)
+                f = files.enter_context(open(partial, "w", newline=""))
+                writer = csv.DictWriter(f, fieldnames=FIELDS)
+                writer.writeheader()
             writer.writerow(row)
             f.flush()
 

@@ -34,13 +34,13 @@ def parse_sets(items: list[str]) -> dict[str, int]:
 
 
 def output_names(inputs: list[str], samples: int, edits: bool, references: list[str],
-                 out: Path) -> list[list[str]]:
+                 out: Path, checkpoint: str | Path = SHIPPED) -> list[list[str]]:
     """The file names ``translate`` writes in ``out`` for each input (``STEM_editK.png``
     per label-edit sample, then ``STEM_reference.png`` when there are ``references``;
     ``GRID`` besides). A ValueError, before any work, when two inputs share a file name
     (their outputs would overwrite each other), an output would overwrite an input or a
-    reference, or an input's name makes an output name too long for ``out``'s file
-    system (named as the input's)."""
+    reference or land in the ``checkpoint`` folder, or an input's name makes an output
+    name too long for ``out``'s file system (named as the input's)."""
     seen: dict[str, str] = {}
     for p in inputs:
         stem = Path(p).stem
@@ -56,7 +56,8 @@ def output_names(inputs: list[str], samples: int, edits: bool, references: list[
         if row:  # its longest
             check_name_fits(out / max(row, key=len), f"--input {p} gives an output,")
     check_apart([out / n for n in (GRID, *(n for row in names for n in row))], "output",
-                [*(("--input", p) for p in inputs), *(("--reference", r) for r in references)])
+                [*(("--input", p) for p in inputs), *(("--reference", r) for r in references),
+                 ("--checkpoint", checkpoint)])
     return names
 
 
@@ -105,7 +106,8 @@ def translate(args: argparse.Namespace) -> int:
     if edits:
         check_sample_seeds(args.seed, args.samples, "--seed")
     out = Path(args.out)
-    names = output_names(args.input, args.samples, bool(edits), args.reference or [], out)
+    names = output_names(args.input, args.samples, bool(edits), args.reference or [], out,
+                         args.checkpoint or SHIPPED)
     check_writable_folder(out)
     prepare_file_targets(out, [GRID, *(n for row in names for n in row)])
     for path in [*args.input, *(args.reference or [])]:  # before any work

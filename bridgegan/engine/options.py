@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..argtypes import add_device
+from ..argtypes import SEEDS, add_device
 from .backends import AUTO, BACKENDS
 
 # `bridgegan bench --variants`: each variant's tags and form (variants.Variant parses them)
@@ -17,7 +17,6 @@ VARIANT_FORM = f"backend:dtype{''.join(f'[:{t}]' for t in VARIANT_TAGS)}[:-REWRI
 WORKLOADS = ("translate", "reference", "samples", "strip", "strip_nocache")
 # `bridgegan translate --batch-size`'s default: images per engine call, by device type
 TRANSLATE_BATCH = {"cpu": 8, "cuda": 64}
-SEEDS = 2 ** 64  # noise seeds are integers in [0, SEEDS): torch.Generator's 64 bits
 NOISE_OR_SEED = "give noise or seed, not both (a seed draws the noise)"  # both given
 # noise samples per edit: a strip's sample rows (Engine.edit_strip, the demo's grid
 # columns) and `bridgegan translate`'s files per input

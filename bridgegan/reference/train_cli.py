@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import threads
-from ..argtypes import Parser, absolute_path, add_device, positive_float
+from ..argtypes import SEED, Parser, absolute_path, add_device, positive_float
 from ..exits import end, signal_status, signals_deferred, stop_on_signals, stopped_status
 from ..files import write_file_atomic
-from ..path_checks import check_writable_folder, prepare_file_targets
+from ..path_checks import check_apart, check_writable_folder, prepare_file_targets
 from ..warning_filters import one_line_warnings
 from .config import INT_RANGES, BridgeGANConfig
 from .data import registry as data_registry
@@ -141,7 +141,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "and seed (at least) than the classifier that judges the model. The run "
                         "records its absolute path and its weights' sha256: a resume warns "
                         "where the folder holds another classifier")
-    g.add_argument("--seed", type=int, default=None,
+    g.add_argument("--seed", type=SEED, default=None,
                    help="seed of the initialisation, data order and all per-step draws "
                         f"(default: {TrainConfig.seed})")
     g.add_argument("--init", choices=INIT_SCHEMES, default=None,
@@ -219,6 +219,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _base_config(args: argparse.Namespace):
     """The configuration from --config / --resolution / width options (default attributes)."""
+    from ..files import read_small_text
     from .checkpoint import read_config
 
     if args.config:
@@ -230,8 +231,12 @@ def _base_config(args: argparse.Namespace):
                 if not Path(text).is_file():
                     raise ValueError(f"--config {text!r} is neither a JSON file, a checkpoint "
                                      f"folder nor a JSON string")
-                text = Path(text).read_text()
-            cfg = BridgeGANConfig.from_json(text)
+                try:
+                    cfg = BridgeGANConfig.from_json(read_small_text(text))
+                except ValueError as exc:
+                    raise ValueError(f"--config {text}: {exc}") from None
+            else:
+                cfg = BridgeGANConfig.from_json(text)
     else:
         cfg = BridgeGANConfig()  # --resolution, when given, replaces the size below
     changes = {k: getattr(args, k) for k in _ARCH_OPTIONS if getattr(args, k) is not None}
@@ -468,7 +473,7 @@ def _configs(args: argparse.Namespace, resume: Path | None, init: Path | None):
 
 def _train(args: argparse.Namespace, info: DistInfo) -> int:
     """`run` within the process group ``info`` (a distributed.DistInfo)."""
-    from .checkpoint import CheckpointError
+    from .checkpoint import CONFIG_FILE, CheckpointError
     from .train_state import (CHECKPOINTS, METRICS_FILE, SAMPLES, check_checkpoints,
                               drop_metrics_after)
     from .trainer import Trainer
@@ -477,6 +482,13 @@ def _train(args: argparse.Namespace, info: DistInfo) -> int:
         out = Path(args.out)
         for folder in (out, out / CHECKPOINTS, out / SAMPLES):  # before any work
             check_writable_folder(folder, "output folder")
+        if (out / CONFIG_FILE).is_file():
+            raise ValueError(f"--out {out} is a checkpoint folder ({CONFIG_FILE}): a run "
+                             f"writes its own folder (checkpoints, samples, metrics); give "
+                             f"another --out")
+        check_apart(out / RUN_FILE, "--out", [  # a run's files in the weights it reads
+            ("--init-from", args.init_from),
+            ("--resume", None if args.resume in (None, "auto") else args.resume)])
         prepare_file_targets(out, [RUN_FILE, METRICS_FILE])
         check_checkpoints(out)
         resume, init = _start(args, out)

@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
                          "with --write-repository) or --repository DIR")
     from ..path_checks import check_apart, check_writable_folder
     from .repo_python import write_python_repo
-    from .server import import_pytriton, serve_checkpoint
+    from .server import check_shell_safe, import_pytriton, serve_checkpoint
 
     engine = (args.max_batch, args.max_queue_delay_us, args.device, args.backend, args.dtype,
               args.max_queue_size)
@@ -63,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
         check_writable_folder(args.write_repository, "--write-repository")
         check_apart(args.write_repository, "--write-repository",
                     [("--checkpoint", args.checkpoint)])
+        check_shell_safe(args.write_repository, temp=False)  # what serve --repository refuses
         folders = write_python_repo(args.checkpoint, args.write_repository, *engine)
         print(f"wrote {', '.join(f.name for f in folders)} to {args.write_repository}; serve "
               f"with: bridgegan serve --repository "

@@ -93,14 +93,17 @@ def private_sockets(folder: str | os.PathLike) -> tuple[Path, str]:
     return http, f"unix:{grpc}"
 
 
-def check_shell_safe(repository: str | os.PathLike | None = None) -> None:
-    """Refuse (ValueError) a temp folder (the private folders' place) or model repository
-    whose path a shell would split or expand: Triton's python backend starts each model
-    through an unquoted shell command line holding them, and tritonserver then waits for
-    models that never start."""
-    places = [("the temp folder", tempfile.gettempdir(), "set TMPDIR to a plain path")]
+def check_shell_safe(repository: str | os.PathLike | None = None, temp: bool = True) -> None:
+    """Refuse (ValueError) a temp folder (the private folders' place; where ``temp``) or
+    model repository whose path a shell would split or expand: Triton's python backend
+    starts each model through an unquoted shell command line holding them, and
+    tritonserver then waits for models that never start."""
+    places = []
+    if temp:
+        places.append(("the temp folder", tempfile.gettempdir(), "set TMPDIR to a plain path"))
     if repository is not None:
-        places.append(("the model repository", os.path.abspath(repository), "move it"))
+        places.append(("the model repository", os.path.abspath(repository),
+                       "give it another path"))
     for what, path, fix in places:
         bad = shell_unsafe(path)
         if bad:

@@ -27,17 +27,22 @@ def _check_opset(opset: int) -> None:
 
 
 def _onnx(args: argparse.Namespace) -> int:
-    from ...path_checks import check_writable_folder
+    from ...files import read_small_text
+    from ...path_checks import check_apart, check_writable_folder
     from ...reference.config import BridgeGANConfig
     from .onnx_export import export_onnx, read_manifest, require_onnx
 
     _check_opset(args.opset)
     require_onnx("bridgegan export onnx")
     check_writable_folder(args.out, "export folder", replaced=True)
+    check_apart(args.out, "export folder", [("checkpoint", args.checkpoint),
+                                            ("--expect-config", args.expect_config)])
     expected = None
     if args.expect_config:
-        with open(args.expect_config) as f:
-            expected = BridgeGANConfig.from_json(f.read())
+        try:
+            expected = BridgeGANConfig.from_json(read_small_text(args.expect_config))
+        except ValueError as exc:
+            raise ValueError(f"--expect-config {args.expect_config}: {exc}") from None
 
     def graphs(folder) -> dict[str, str]:
         """file -> sha256 of the graphs ``folder``'s manifest lists (hashed by the export,
