@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from bridgegan import files, locks
+from bridgegan import locks
 from bridgegan.cli import main
 from bridgegan.engine.export import cache, onnx_export
 from bridgegan.engine.export.onnx_export import MANIFEST, cache_folder, export_model
