@@ -72,7 +72,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from bridgegan.engine.machine import environment  # noqa: E402
-from bridgegan.files import write_file_atomic  # noqa: E402
+from bridgegan.files import write_files_atomic  # noqa: E402
 from bridgegan.kernels import norm_act, rgb_tail  # noqa: E402
 from bridgegan.kernels.parity import FORMATS, LAYOUTS  # noqa: E402
 from bridgegan.timing import copy_bandwidth, p50_p20_p80, time_calls  # noqa: E402
@@ -240,8 +240,8 @@ def _parity_gate(out, device, quick, dry_run):
     kernels that fail it (as the engine's bench)."""
     from bridgegan.kernels.parity import check_ops
 
-    prow = check_ops(device=device, quick=quick or dry_run, impl="torch" if dry_run else None)
-    write_file_atomic(out / "parity.json", json.dumps(prow, indent=1).encode())
+    prow = check_ops(device=device, quick=quick or dry_run, impl="torch" if dry_run else None,
+                     written=out / "parity.json")
     print(f"parity: {sum(r['ok'] for r in prow)}/{len(prow)} pass")
     failed = sorted({f"{r['op']} {r['dtype']} {r['layout']}" for r in prow if not r["ok"]})
     if failed:
@@ -422,15 +422,15 @@ def run(out_dir, dry_run=False, sweep=False, parity=False, quick=False, dtypes=N
 
 
 def _write(out: Path, env: dict, rows: list[dict]) -> None:
-    """kernels.json and kernels.csv, each replaced atomically: written after every shape
-    too, so that a run stopped by a time limit keeps the rows it measured."""
-    write_file_atomic(out / "kernels.json", json.dumps({"env": env, "rows": rows},
-                                                        indent=1).encode())
+    """kernels.json and kernels.csv, replaced together atomically: written after every
+    shape too, so that a run stopped by a time limit keeps the rows it measured."""
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=FIELDS, extrasaction="ignore")
     w.writeheader()
     w.writerows(rows)
-    write_file_atomic(out / "kernels.csv", buf.getvalue().encode())
+    write_files_atomic({out / "kernels.json": json.dumps({"env": env, "rows": rows},
+                                                         indent=1).encode(),
+                        out / "kernels.csv": buf.getvalue().encode()})
 
 
 def main(argv=None) -> int:

@@ -224,7 +224,7 @@ COMMANDS = (
     Command("train", "train BridgeGAN (procedural faces, CelebA or a folder)",
             train_cli.add_arguments, ".reference.train_cli:run"),
     Command("train-classifier", "train the attribute classifier that `eval` uses to judge "
-                                "edits", _classifier_options, ".evaluate:run_train_classifier"),
+                                "edits", _classifier_options, ".reference.classifier_cli:run"),
     Command("eval", "edit accuracy, preservation, reconstruction PSNR / SSIM and diversity of "
                     "a checkpoint", _eval_options, ".evaluate:run_eval"),
     Command("export", "export ONNX graphs, build TensorRT plans, write a Triton Inference "

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from .numerics import psnr
 from .progress import bar as progress_bar
 from .reference.attributes import apply_edits
-from .reference.classifier import AttributeClassifier, train_classifier
+from .reference.classifier import AttributeClassifier
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
@@ -286,81 +286,22 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def unsplit_note(data: str, ds, split: str) -> str | None:
-    """A warning when ``ds`` (a folder without a split column) holds all its rows as
-    ``split``, so that a val or test figure on it is measured on training images."""
-    if split == "all" or not getattr(ds, "unsplit", False):
-        return None
-    return (f"note: {data} has no split column, so its {split} split is all its rows, the "
-            f"training images included")
-
-
 def _sources(data: str, size: int, attributes, split: str, n: int, seed: int):
     """The first ``n`` items (images, labels) and the true-edit renderer when the data has one."""
     from .reference.data import dataset_options, make_dataset
+    from .reference.data.folder import unsplit_note
 
     ds = make_dataset(data, size, attributes, split=split, **dataset_options(data, seed=seed))
     if note := unsplit_note(data, ds, split):
         print(note)
     n = min(n, len(ds))
     xs, ys = zip(*(ds[i] for i in range(n)))
-    truth = None
-    if callable(getattr(ds, "render_labels", None)):
-        def truth(rows, target):
-            return torch.stack([ds.render_labels(int(r), t) for r, t in zip(rows.tolist(), target)])
+    if not callable(getattr(ds, "render_labels", None)):
+        return torch.stack(xs), torch.stack(ys), None
+
+    def truth(rows, target):
+        return torch.stack([ds.render_labels(int(r), t) for r, t in zip(rows.tolist(), target)])
     return torch.stack(xs), torch.stack(ys), truth
-
-
-def run_train_classifier(args) -> int:
-    """`bridgegan train-classifier`: Ctrl-C or SIGTERM stops it after the step under way
-    with its state in OUT/state (kept every SAVE_EVERY steps too), which ``--resume``
-    continues."""
-    import signal
-    import sys
-
-    from .devices import check_device
-    from .exits import signal_status, stop_on_signals
-    from .files import check_replaceable, remove_stale
-    from .path_checks import check_writable_folder
-    from .reference.classifier import (SAVED_FILES, STATE_FILES, STATE_FOLDER, STATE_JSON,
-                                       ClassifierStopped)
-    from .reference.data import dataset_options, make_dataset
-
-    check_device(args.device)
-    check_writable_folder(args.out, replaced=True)
-    remove_stale(args.out, [STATE_FOLDER])  # a state write a SIGKILL cut short
-    check_replaceable(args.out, SAVED_FILES + STATE_FILES)  # before training, not after
-    state = Path(args.out) / STATE_FOLDER
-    kept = (state / STATE_JSON).is_file()
-    if args.resume and not kept:
-        raise ValueError(f"--resume: {args.out} holds no interrupted run's state ({state}); "
-                         f"leave out --resume to start a run")
-    if not args.resume and kept:
-        raise ValueError(f"--out {args.out} holds an interrupted run's state ({state}): pass "
-                         f"--resume to continue it, or remove {state} to start afresh")
-    kw = dataset_options(args.data, seed=args.seed)
-    train = make_dataset(args.data, args.resolution, args.attributes, split="train", **kw)
-    val = make_dataset(args.data, args.resolution, args.attributes, split="val", **kw)
-    if note := unsplit_note(args.data, val, "val"):
-        print(note)
-    stop: list[int] = []
-    try:
-        with stop_on_signals(stop.append):
-            model, report = train_classifier(
-                train, val, steps=args.steps, batch=args.batch, lr=args.lr, width=args.width,
-                kernel=args.kernel, device=args.device, seed=args.seed, workers=args.workers,
-                state=state, resume=args.resume,
-                settings={"data": args.data},
-                stop=lambda: bool(stop))
-    except ClassifierStopped as exc:
-        print(f"stopped by {signal.Signals(stop[0]).name} at step {exc.step} with its state in "
-              f"{state}; continue with --resume", file=sys.stderr)
-        return signal_status(stop[0])
-    model.save(args.out, report)
-    worst, accuracy = min(report["val_accuracy"].items(), key=lambda kv: kv[1])
-    print(f"validation accuracy {report['val_accuracy_mean']:.1%} (worst: {worst} "
-          f"{accuracy:.1%}); wrote {args.out}")
-    return 0
 
 
 def run_eval(args) -> int:

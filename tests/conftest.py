@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from bridgegan.numerics import errors, same_nonfinite, tolerance
 from bridgegan.reference import BridgeGAN, BridgeGANConfig
 
 SMALL_ATTRS = ("Black_Hair", "Blond_Hair", "Brown_Hair", "Male", "Young", "Bangs")
@@ -133,6 +134,16 @@ def read_image(path):
     with Image.open(path) as im:
         im.load()
     return im
+
+
+def assert_close(out, ref, dtype):
+    """One op's result against its float64 reference: the same NaN/Inf pattern, finite
+    values within the dtype's single-op tolerances (``numerics.TOLERANCES``)."""
+    assert same_nonfinite(out, ref), "NaN/Inf pattern differs from the reference"
+    max_abs, rel = errors(out, ref)
+    tol = tolerance(dtype)
+    assert max_abs <= tol.op_max_abs, f"max abs err {max_abs:.3e} > {tol.op_max_abs:.0e} ({dtype})"
+    assert rel <= tol.op_rel, f"relative err {rel:.3e} > {tol.op_rel:.0e} ({dtype})"
 
 
 def dead_pid() -> int:

@@ -18,7 +18,7 @@ from PIL import Image
 
 from bridgegan.cli import main
 from bridgegan.engine import Engine
-from bridgegan.engine.engine import backend_dtype, default_channels_last
+from bridgegan.engine.placement import backend_dtype, default_channels_last
 from bridgegan.engine.bench_results import FIELDS, PARTIAL_CSV
 from bridgegan.engine.options import BENCH_ROUNDS, BENCH_SAMPLES
 from bridgegan.engine.variants import Variant, default_variants, parity_variants
@@ -882,12 +882,11 @@ def test_bench_refuses_two_baselines_of_one_dtype():
 
 def test_bench_rows_name_the_cpu_model(tmp_path, monkeypatch):
     from bridgegan.engine import machine
-    from bridgegan.engine import engine as engine_module
 
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\n"
                     "model name\t: Intel(R) Xeon(R) Platinum 8480+\nflags\t: amx_bf16\n")
-    monkeypatch.setattr(engine_module, "CPUINFO", info)
+    monkeypatch.setattr(machine, "CPUINFO", info)
     threads = torch.get_num_threads()
     try:
         for n, said in ((1, "1 thread"), (2, "2 threads")):
@@ -903,13 +902,12 @@ def test_bench_rows_tell_apart_cpus_of_one_name_by_their_matrix_extensions(tmp_p
     """Virtual machines name most CPUs "Intel(R) Xeon(R) Processor": with and without AMX
     (bf16 7x apart) the rows must still say which machine they came from."""
     from bridgegan.engine import machine
-    from bridgegan.engine import engine as engine_module
 
     names = []
     for flags in ("fpu avx2 avx512f", "fpu avx2 avx512f avx512_bf16 amx_tile amx_bf16", "fpu"):
         info = tmp_path / "cpuinfo"
         info.write_text(f"model name\t: Intel(R) Xeon(R) Processor\nflags\t\t: {flags}\n")
-        monkeypatch.setattr(engine_module, "CPUINFO", info)
+        monkeypatch.setattr(machine, "CPUINFO", info)
         names.append(machine.environment(torch.device("cpu"))["device"].rsplit(",", 1)[0])
     assert names == ["Intel(R) Xeon(R) Processor [avx2 avx512f]",
                      "Intel(R) Xeon(R) Processor [avx2 avx512f avx512_bf16 amx_bf16]",

@@ -425,7 +425,7 @@ def test_folder_split_column(folder_root):
 
 def test_folder_without_split_column_is_named_in_val_and_test_figures(folder_root, capsys):
     """Without a split column, val and test are all rows: train-classifier and eval say so."""
-    from bridgegan.evaluate import unsplit_note
+    from bridgegan.reference.data.folder import unsplit_note
 
     spec = f"folder:{folder_root}"
     test = ImageFolderDataset(folder_root, size=32, split="test")

@@ -470,7 +470,7 @@ def test_dtype_spellings_are_read_alike():
     """fp16, half, float16 and torch.float16 are one dtype to the backends and the engine
     (bridgegan.numerics reads the spellings); other dtypes are refused by name."""
     from bridgegan.engine import backends
-    from bridgegan.engine.engine import resolve_dtype
+    from bridgegan.engine.placement import resolve_dtype
 
     cpu = torch.device("cpu")
     for spelling in ("fp16", "float16", "half", torch.float16):
@@ -496,16 +496,17 @@ def test_auto_dtype_follows_the_device_and_the_cpus_amx(tmp_path, monkeypatch):
     flags name amx_bf16, float32 on other CPUs (avx512_bf16 is not AMX) and where
     /proc/cpuinfo cannot be read; an unknown dtype string is refused with the accepted
     spellings. Nothing runs on the CUDA device: a torch.device is enough."""
-    from bridgegan.engine import engine as engine_module
-    from bridgegan.engine.engine import cpu_has_amx, resolve_dtype
+    from bridgegan.engine import machine
+    from bridgegan.engine.machine import cpu_has_amx
+    from bridgegan.engine.placement import resolve_dtype
 
     flags = {"amx": "fpu sse2 avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8",
              "no_amx": "fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni"}
     for name, line in flags.items():
         (tmp_path / name).write_text(f"processor\t: 0\nvendor_id\t: GenuineIntel\n"
                                      f"flags\t\t: {line}\n\nprocessor\t: 1\nflags\t\t: {line}\n")
-    def cpuinfo_from(name):  # cpu_has_amx reads engine.CPUINFO: give it tmp_path/name
-        monkeypatch.setattr(engine_module, "CPUINFO", tmp_path / name)
+    def cpuinfo_from(name):  # cpu_has_amx reads machine.CPUINFO: give it tmp_path/name
+        monkeypatch.setattr(machine, "CPUINFO", tmp_path / name)
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     want = {"amx": torch.bfloat16, "no_amx": torch.float32, "missing": torch.float32}
@@ -1338,20 +1339,20 @@ def test_auto_dtype_is_one_the_named_backend_runs(monkeypatch, tmp_path):
     --backend onnxruntime --dtype auto` refused to start); it runs float32."""
     from importlib.util import find_spec
 
-    from bridgegan.engine import engine as engine_module
+    from bridgegan.engine import placement
     from bridgegan.serve.cli import check_engine_options
 
     cpu = torch.device("cpu")
-    monkeypatch.setattr(engine_module, "cpu_has_amx", lambda: True)
+    monkeypatch.setattr(placement, "cpu_has_amx", lambda: True)
     model = BridgeGAN(small_config()).eval()
     if all(find_spec(p) for p in ("onnx", "onnxruntime")):
         check_engine_options("onnxruntime", "auto", "cpu")
         eng = Engine(model, backend="onnxruntime", dtype="auto", onnx_dir=tmp_path / "onnx")
         assert eng.dtype == torch.float32
     assert Engine(model, backend="torch", dtype="auto").dtype == torch.bfloat16
-    assert engine_module.backend_dtype("onnxruntime", "auto", cpu) == torch.float32
-    assert engine_module.backend_dtype("auto", "auto", cpu) == torch.bfloat16  # auto: torch
-    assert engine_module.backend_dtype("onnxruntime", "fp16", cpu) == torch.float16
+    assert placement.backend_dtype("onnxruntime", "auto", cpu) == torch.float32
+    assert placement.backend_dtype("auto", "auto", cpu) == torch.bfloat16  # auto: torch
+    assert placement.backend_dtype("onnxruntime", "fp16", cpu) == torch.float16
     with pytest.raises(ValueError, match="backend 'onnxruntime' runs float32 or float16, "
                                          "got bfloat16$"):  # the dtype's name, no torch repr
         Engine(model, backend="onnxruntime", dtype="bf16")

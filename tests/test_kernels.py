@@ -29,7 +29,7 @@ from bridgegan.kernels.parity import LAYOUTS, OPS, PARITY_DTYPES, call, make_inp
 from bridgegan.kernels.parity import main as parity_main
 from bridgegan.kernels.registry import KERNELS, OP_PARITY
 from bridgegan.numerics import dtype_name, errors, float64_call, same_nonfinite, tolerance
-from conftest import benchmark_script
+from conftest import assert_close, benchmark_script
 
 try:
     import triton  # noqa: F401
@@ -58,15 +58,6 @@ def make(op, shape, dtype=torch.float32, layout="nchw", seed=0):
     """x and the op's other inputs, fresh and seeded; off-centre, so that the mean matters."""
     gen = torch.Generator().manual_seed(seed)
     return make_inputs(op, shape, dtype, layout, "cpu", gen, x_scale=2.0, shift=0.1)
-
-
-def assert_close(out, ref, dtype):
-    """Same NaN/Inf pattern as the reference, and finite values within the dtype's tolerances."""
-    assert same_nonfinite(out, ref), "NaN/Inf pattern differs from the reference"
-    max_abs, rel = errors(out, ref)
-    tol = tolerance(dtype)
-    assert max_abs <= tol.op_max_abs, f"max abs err {max_abs:.3e} > {tol.op_max_abs:.0e} ({dtype})"
-    assert rel <= tol.op_rel, f"relative err {rel:.3e} > {tol.op_rel:.0e} ({dtype})"
 
 
 def assert_format(out, x, layout):
@@ -182,12 +173,17 @@ def test_sweep_configs_are_launch_plans():
 def test_bench_kernels_reports_no_speed_after_failed_parity(tmp_path, monkeypatch):
     """bench_kernels --parity: a kernel that fails its parity row stops the run before
     anything is timed, naming it (its speed was reported beside a pass count)."""
+    from bridgegan.files import RowsFile
     from bridgegan.kernels import parity
 
     bench = benchmark_script("bench_kernels")
     rows = [dict(op="spade_modulate", dtype="fp16", layout="nchw", ok=True),
             dict(op="instance_norm_act", dtype="bf16", layout="channels_last", ok=False)]
-    monkeypatch.setattr(parity, "check_ops", lambda **kw: rows)
+    def check_ops(written=None, **kw):  # the table, written as the real one writes it
+        RowsFile(written).done(rows)
+        return rows
+
+    monkeypatch.setattr(parity, "check_ops", check_ops)
     with pytest.raises(SystemExit, match=r"parity failed for instance_norm_act bf16 "
                                          r"channels_last \(see .*\); no speed reported"):
         bench.run(tmp_path, dry_run=True, parity=True)

@@ -79,7 +79,7 @@ def test_results_that_overflow_the_dtype_raise_instead_of_returning_nan():
 def test_the_output_check_finds_one_nan_or_inf_and_passes_large_finite_values(dtype):
     """check_output sums the output (one reduction, no boolean tensor): one NaN or Inf
     anywhere raises, naming how many; finite values whose sum overflows float32 pass."""
-    from bridgegan.engine.engine import check_output
+    from bridgegan.engine.finite import check_output
 
     gen = torch.Generator().manual_seed(3)
     out = (torch.rand(4, 3, 8, 8, generator=gen) * 2 - 1).to(dtype)

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from bridgegan.engine import BackendUnavailable, Engine
-from bridgegan.engine.engine import draw_noise
+from bridgegan.engine.arguments import draw_noise
 from bridgegan.numerics import errors, float64_model, psnr, tolerance, upcast
 from bridgegan.torch_flags import no_tf32
 from bridgegan.reference import BridgeGAN, programs

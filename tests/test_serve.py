@@ -738,7 +738,7 @@ def h2_calls_without_window(address: tuple[str, int], method: str, calls: int) -
                  + h2_frame(4, 0, 0, (4).to_bytes(2, "big") + (0).to_bytes(4, "big")))
     while True:  # the server's SETTINGS
         head = sock.recv(9, socket.MSG_WAITALL)
-        payload = sock.recv(int.from_bytes(head[:3], "big"), socket.MSG_WAITALL)
+        sock.recv(int.from_bytes(head[:3], "big"), socket.MSG_WAITALL)  # its payload, unread
         if head[3] == 4 and not head[4] & 1:
             break
     sock.sendall(h2_frame(4, 1, 0) + b"".join(

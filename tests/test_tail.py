@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from bridgegan.kernels import KernelFallbackWarning, dispatch, rgb_tail
 from bridgegan.numerics import dtype_name, errors, float64_call, same_nonfinite, tolerance
+from conftest import assert_close
 
 requires_triton = pytest.mark.skipif(
     os.environ.get("TRITON_INTERPRET") != "1" or not dispatch.triton_interpreted(),
@@ -41,13 +42,6 @@ def reference(x, weight, b, s):
             x = x + (s if s.shape == x.shape else F.interpolate(s, scale_factor=2))
         return torch.tanh(F.conv2d(F.relu(x), weight, b))
     return float64_call(ops, x, weight, b, s)
-
-
-def assert_close(out, ref, dtype):
-    assert same_nonfinite(out, ref)
-    max_abs, rel = errors(out, ref)
-    tol = tolerance(dtype)
-    assert max_abs <= tol.op_max_abs and rel <= tol.op_rel, (dtype_name(dtype), max_abs, rel)
 
 
 @requires_triton

@@ -6,7 +6,8 @@ from ..lazy import lazy_exports
 
 _EXPORTS = {
     ".backends": ("BACKENDS", "BackendUnavailable"),
-    ".engine": ("EditStrip", "Engine", "NonFiniteOutputError"),
+    ".engine": ("EditStrip", "Engine"),
+    ".finite": ("NonFiniteOutputError",),
     ".graph": ("InferenceGraph", "Rewrites"),
 }
 __getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

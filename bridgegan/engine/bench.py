@@ -98,7 +98,8 @@ from ..torch_flags import no_tf32
 from . import roofline
 from .backends import REGISTRY, BackendUnavailable
 from .bench_results import add_ratios, is_baseline, streamed
-from .engine import Engine, backend_dtype, engine_device
+from .engine import Engine
+from .placement import backend_dtype, engine_device
 from .machine import environment, libraries
 from .options import BENCH_MIN_SECONDS, BENCH_ROUNDS, BENCH_SAMPLES, MAX_SAMPLES, WORKLOADS
 from .parity import compare, parity_inputs, reference_translation

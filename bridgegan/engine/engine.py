@@ -13,17 +13,15 @@ batch); noise and seed are not given together.
 Edits without a ``strength`` use the model's ``config.edit_strength`` (the official
 test's 1.5 unless the model's config.json names another operating point).
 Bad arguments (labels other than 0/1; a strength, noise, alpha or seed that is not a
-number or out of range) raise a ValueError naming the argument and what is accepted.
-Weights are checked when an engine is made (finite, and finite once cast to its dtype:
-``check_weights``), and every result before it is returned (``check_output``: one
-reduction per call): NaN or Inf raise a NonFiniteOutputError (a ValueError) instead of
-reaching the caller.
+number or out of range: ``arguments``) raise a ValueError naming the argument and what is
+accepted. Weights are checked when an engine is made (finite, and finite once cast to its
+dtype), and every result before it is returned (one reduction per call: ``finite``): NaN
+or Inf raise a NonFiniteOutputError (a ValueError) instead of reaching the caller. Its
+device and dtype: ``placement``.
 """
 from __future__ import annotations
 
 import functools
-import math
-import numbers
 import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -31,31 +29,28 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from ..devices import device_problem
 from ..kernels.layout import memory_format
-from ..numerics import dtype_name, dtype_spellings, real_value
+from ..numerics import real_value
 from ..reference import programs
 from ..reference.attributes import apply_edits, check_names, set_rows
 from ..reference.checkpoint import load_checkpoint
-from ..reference.config import MAX_SCALE, BridgeGANConfig
+from ..reference.config import BridgeGANConfig
 from ..reference.model import BridgeGAN
-from ..reference.records import listed
 from ..threads import forked_warning, guard_forks
 from ..torch_flags import cudnn_search, no_tf32
-from .backends import ALL_DTYPES, AUTO, REGISTRY, check_backend
+from .arguments import (BOUNDS, as_alphas, as_flag, as_number, as_samples, as_seed, as_seeds,
+                        as_tensor, check_bounded, draw_noise)
+from .backends import AUTO, REGISTRY, check_backend
 from .cudagraphs import MAX_ROWS, CudaGraphed, GraphMemory, bucket_floor, in_chunks
+from .finite import check_output, check_weights
 from .graph import Rewrites
-from .io import Images, as_batch, check_dense, value_range
-from .options import MAX_SAMPLES, NOISE_OR_SEED, SEEDS, check_sample_seeds
+from .io import Images, as_batch, value_range
+from .options import NOISE_OR_SEED, check_sample_seeds
+from .placement import backend_dtype, default_channels_last, engine_device
 from .streams import Concurrent
 
-# Largest |value| the engine takes per bounded input. Noise draws are standard normal, so
-# 1e4 is far outside anything drawn while keeping the latent codes finite; strength and
-# alphas scale a label difference as the config's edit strength does.
-BOUNDS = {"noise": 1e4, "strength": MAX_SCALE, "alpha": MAX_SCALE}
 
 # Attribute-head logits within this of 0 are computed again from their row alone
 # (``Engine._head_labels``): far above the float32 difference between a row's logits in a
@@ -64,222 +59,12 @@ BOUNDS = {"noise": 1e4, "strength": MAX_SCALE, "alpha": MAX_SCALE}
 LABEL_MARGIN = 1e-2
 
 
-CPUINFO = Path("/proc/cpuinfo")  # where the CPU's model name and flags are read (Linux)
-
-
-def cpu_info() -> tuple[str | None, frozenset[str]]:
-    """(model name, flags) of this machine's CPU from CPUINFO; (None, no flags) where it
-    cannot be read."""
-    model, flags = None, frozenset()
-    try:
-        for line in CPUINFO.read_text().splitlines():
-            key, _, value = (part.strip() for part in line.partition(":"))
-            if key == "model name" and model is None:
-                model = value
-            elif key == "flags" and not flags:
-                flags = frozenset(value.split())
-    except OSError:
-        pass
-    return model, flags
-
-
-def cpu_has_amx() -> bool:
-    """True when this CPU has AMX bf16 tiles."""
-    return "amx_bf16" in cpu_info()[1]
-
-
-def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
-    """"auto" means fp16 on CUDA, bf16 on CPUs with AMX, float32 otherwise."""
-    if isinstance(dtype, torch.dtype):
-        if dtype_name(dtype) not in ALL_DTYPES:
-            raise ValueError(f"dtype must be {', '.join(ALL_DTYPES[:-1])} or {ALL_DTYPES[-1]}, "
-                             f"got {dtype}")
-        return dtype
-    if dtype == "auto":
-        if device.type == "cuda":
-            return torch.float16
-        return torch.bfloat16 if cpu_has_amx() else torch.float32
-    if not isinstance(dtype, str) or dtype_name(dtype) not in ALL_DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; accepted: auto, "
-                         f"{', '.join(dtype_spellings(ALL_DTYPES))}")
-    return getattr(torch, dtype_name(dtype))
-
-
-def backend_dtype(backend: str, dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
-    """``resolve_dtype`` for backend ``backend`` (a name, or "auto"): "auto" never picks a
-    dtype the named backend does not run (onnxruntime: no bf16), float32 instead."""
-    picked = resolve_dtype(dtype, device)
-    named = REGISTRY.get(backend) if isinstance(backend, str) else None
-    if dtype == "auto" and named and dtype_name(picked) not in named.dtypes:
-        return torch.float32
-    return picked
-
-
-def check_bounded(values, what: str, bound: float) -> None:
-    """A ValueError unless every value (a number, array or CPU tensor) is finite with
-    |value| <= ``bound``; the one form of the engine's bounds, which serve checks too."""
-    values = np.asarray(values, dtype=np.float64)
-    outside = values[~(np.abs(values) <= bound)]  # NaN is outside too
-    if outside.size:
-        raise ValueError(f"{what} must be finite and within [-{bound:g}, {bound:g}], "
-                         f"got {outside.flat[0]:g}")
-
-
-class NonFiniteOutputError(ValueError):
-    """The model computed NaN or Inf for a call whose inputs were all valid: its
-    activations overflowed the engine's dtype (fp16: |x| > 65504) or its weights are
-    unsound. A ValueError, as the engine's other refusals are (``serve`` answers the
-    request with it and runs the rest of its batch)."""
-
-
-def check_weights(model: BridgeGAN, dtype: torch.dtype) -> None:
-    """A ValueError naming every tensor of the networks the engine runs (G, E, M: cast to
-    ``dtype``; D: kept in float32) that is not finite or, cast, would not be: |value|
-    above the dtype's largest finite value becomes Inf (fp16: 65504). Once per engine."""
-    limits = {"generator": dtype, "encoder": dtype, "mapping": dtype,
-              "discriminator": torch.float32}
-    bad = []
-    for name, t in model.state_dict().items():
-        if not t.is_floating_point() or t.numel() == 0:
-            continue
-        big = torch.finfo(limits.get(name.split(".")[0], torch.float32)).max
-        peak = t.detach().abs().max().item()
-        if not peak <= big:  # NaN too
-            bad.append(f"{name} (max |value| {peak:g})")
-    if bad:
-        raise ValueError(f"the model's weights are not finite in {dtype_name(dtype)} (largest "
-                         f"finite value {torch.finfo(dtype).max:g}): {listed(bad)}; use a "
-                         f"dtype that holds them (float32) or a sound checkpoint")
-
-
-def check_output(out: torch.Tensor, dtype: torch.dtype, backend: str) -> torch.Tensor:
-    """``out`` unless it holds NaN or Inf (one reduction and one host sync per call):
-    then a NonFiniteOutputError, so that no NaN image reaches a caller, a file or a
-    client silently."""
-    # a sum is NaN or Inf where any value is (no boolean tensor to fill and reduce); one
-    # that overflowed float32 alone is looked at value by value
-    if math.isfinite(out.sum(dtype=torch.float32).item()):
-        return out
-    bad = int((~torch.isfinite(out)).sum())
-    if bad:
-        raise NonFiniteOutputError(
-            f"the model computed NaN or Inf in {bad} of {out.numel()} output values "
-            f"({backend} backend, {dtype_name(dtype)}) from valid inputs: its activations "
-            f"overflowed {dtype_name(dtype)} (largest finite value {torch.finfo(dtype).max:g}) "
-            f"or its weights are unsound; float32 has the widest range of the exact dtypes")
-    return out
-
-
-def _number(value, what: str, bound: float) -> float:
-    """``value`` as a float, refused unless a real, finite number (not a boolean) within
-    [-bound, bound]."""
-    dtype = getattr(value, "dtype", None)
-    boolean = (isinstance(value, (bool, np.bool_)) or dtype is torch.bool
-               or getattr(dtype, "kind", None) == "b")
-    x = None if boolean else real_value(value)  # None too for 10**400: no float holds it
-    if x is None:
-        raise ValueError(f"{what} must be a number, got {value!r}")
-    check_bounded(x, what, bound)
-    return x
-
-
-def _alphas(alphas) -> list[float]:
-    """Interpolation weights: a non-empty sequence of numbers, each checked (no set or
-    dict: the results follow the alphas' order)."""
-    if isinstance(alphas, (set, frozenset, Mapping)):
-        raise ValueError(f"alphas must be a list of numbers (1: label-based, 0: reference-"
-                         f"based), in the order of the results; got a {type(alphas).__name__}")
-    try:
-        values = list(alphas)
-    except TypeError:
-        values = []
-    if not values or isinstance(alphas, (str, bytes)):
-        raise ValueError(f"alphas must be a non-empty list of numbers (1: label-based, "
-                         f"0: reference-based), got {alphas!r}")
-    return [_number(a, "each alpha", BOUNDS["alpha"]) for a in values]
-
-
-def _samples(samples, least: int) -> int:
-    """A count of noise samples, from ``least`` to MAX_SAMPLES, checked."""
-    if (isinstance(samples, bool) or not isinstance(samples, numbers.Integral)
-            or not least <= samples <= MAX_SAMPLES):
-        raise ValueError(f"samples must be an integer from {least} to {MAX_SAMPLES}, "
-                         f"got {samples!r}")
-    return int(samples)
-
-
 def _sources_per_chunk(k: int) -> int:
     """Sources per program call when each has ``k`` images of its own (references to
     encode, samples to decode): at most MAX_ROWS images at once (at least one source), so
     memory, and on CUDA a graph's buffers, stay bounded whatever ``k``; a graph bucket's
     size, so that a full chunk runs no padded rows (85 sources would run as 128)."""
     return bucket_floor(max(1, MAX_ROWS // k))
-
-
-def _is_seed(seed) -> bool:
-    """Whether ``seed`` is one torch.Generator takes: an unsigned 64-bit integer."""
-    return (isinstance(seed, numbers.Integral) and not isinstance(seed, bool)
-            and 0 <= seed < SEEDS)
-
-
-def _one_seed(seed) -> int | None:
-    """None or one seed (no list: a call whose noise is one draw), checked, as an int (a
-    numpy integer's sums would wrap or turn float)."""
-    if seed is not None and not _is_seed(seed):
-        raise ValueError(f"seed must be None or an integer in [0, 2**64), got {seed!r}")
-    return None if seed is None else int(seed)
-
-
-def _seeds(seed, n: int) -> int | list[int] | None:
-    """None, a seed, or a list / tuple of ``n`` seeds (one per image), checked."""
-    if isinstance(seed, (list, tuple)):
-        if len(seed) != n:
-            raise ValueError(f"seed: a list of seeds needs one per image ({n}), got {len(seed)}")
-        bad = [s for s in seed if not _is_seed(s)]
-        if bad:
-            raise ValueError(f"seed: each seed of a list must be an integer in [0, 2**64), "
-                             f"got {bad[0]!r}")
-        return [int(s) for s in seed]
-    if seed is not None and not _is_seed(seed):
-        raise ValueError(f"seed must be None or an integer in [0, 2**64) (or a list of one "
-                         f"per image), got {seed!r}")
-    return None if seed is None else int(seed)
-
-
-def draw_noise(n: int, dim: int, seed: int | list[int] | None) -> torch.Tensor:
-    """(n, dim) N(0, 1) on the CPU from a checked seed (``_seeds``): from the global
-    generator (None), one draw of the whole batch (an integer), or row i alone from
-    seed[i] (a list: the row an image translated alone with that seed gets, whatever the
-    batch)."""
-    if isinstance(seed, list):
-        return torch.cat([torch.randn(1, dim, generator=torch.Generator().manual_seed(s))
-                          for s in seed]) if seed else torch.empty(0, dim)
-    gen = torch.Generator().manual_seed(seed) if seed is not None else None
-    return torch.randn(n, dim, generator=gen)
-
-
-def _as_tensor(value, what: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """``value`` (a tensor, array or nested list of real numbers) as ``dtype`` on the CPU."""
-    if isinstance(value, torch.Tensor):
-        check_dense(value, what)
-    try:  # numpy keeps a list's precision (float32 would read 1 - 1e-8 as 1) and its complex;
-        # a copy: torch takes no array of negative strides (np.flip) and warns on read-only
-        t = torch.as_tensor(value if isinstance(value, torch.Tensor) else np.array(value))
-    except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
-        raise ValueError(f"{what} must be a tensor, array or nested list of numbers, got "
-                         f"{type(value).__name__} ({exc})") from None
-    if t.is_complex():  # a cast would drop the imaginary parts with only a warning
-        raise ValueError(f"{what} must hold real numbers, got {dtype_name(t.dtype)}")
-    return t.to(dtype).cpu()
-
-
-def _flag(value, what: str, optional: bool = True) -> bool | None:
-    """``value`` (a bool, numpy's too, or None where ``optional``), refused otherwise: a
-    string such as "no" would be taken as true."""
-    if not isinstance(value, (bool, np.bool_)) and not (optional and value is None):
-        accepted = "True, False or None" if optional else "True or False"
-        raise ValueError(f"{what} must be {accepted}, got {value!r}")
-    return None if value is None else bool(value)
 
 
 def _serialised(method):
@@ -316,32 +101,6 @@ class EditStrip:
     captions: list[str]
 
 
-def default_channels_last(device: torch.device, dtype: torch.dtype) -> bool:
-    """The layout an engine takes when ``channels_last`` is None: channels_last on CUDA and
-    for the low-precision dtypes on a CPU (oneDNN's bf16 / fp16 kernels), NCHW for float32
-    on a CPU."""
-    return device.type == "cuda" or dtype != torch.float32
-
-
-def engine_device(device: str | torch.device) -> torch.device:
-    """``device`` as an engine runs on it: "cuda" is the GPU current now, where the weights
-    go (not whichever is current in a caller's thread); CUDA that torch cannot see is
-    refused."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        dev = None
-    if dev is None or dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be cpu, cuda or cuda:N (or a torch.device of those), "
-                         f"got {device!r}")
-    problem = device_problem(str(dev))
-    if problem:
-        raise RuntimeError(f"device {str(dev)!r} requested but {problem}")
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", torch.cuda.current_device())
-    return dev
-
-
 class Engine:
     """``backend``: a name of ``backends.REGISTRY``, or "auto" for the fastest measured
     backend that runs on ``device`` at ``dtype`` (triton on CUDA, onnxruntime on a CPU:
@@ -359,10 +118,10 @@ class Engine:
                              f"Engine.from_checkpoint(path)), got {type(model).__name__}")
         guard_forks()  # a worker forked from this process must not hang in torch
         self.device = engine_device(device)
-        channels_last, cuda_graphs = (_flag(channels_last, "channels_last"),
-                                      _flag(cuda_graphs, "cuda_graphs"))
-        cudnn_benchmark, streams = (_flag(cudnn_benchmark, "cudnn_benchmark"),
-                                    _flag(streams, "streams", optional=False))
+        channels_last, cuda_graphs = (as_flag(channels_last, "channels_last"),
+                                      as_flag(cuda_graphs, "cuda_graphs"))
+        cudnn_benchmark, streams = (as_flag(cudnn_benchmark, "cudnn_benchmark"),
+                                    as_flag(streams, "streams", optional=False))
         if rewrites is not None and not isinstance(rewrites, Rewrites):
             raise ValueError(f"rewrites must be None (all) or a Rewrites (Rewrites.none(), "
                              f"Rewrites.only(name), Rewrites(name=False)), got {rewrites!r}")
@@ -502,7 +261,7 @@ class Engine:
         before the cast (so that 0.99999999 is not read as 1). Labels stay on the host
         until ``d`` is cast for the stages: the edits' rules and an edit strip's flips read
         them row by row, each read of device memory a sync."""
-        labels = _as_tensor(labels, what, torch.float64)
+        labels = as_tensor(labels, what, torch.float64)
         given = tuple(labels.shape)
         if labels.dim() == 1:
             labels = labels.expand(n, -1)
@@ -546,10 +305,10 @@ class Engine:
     def _noise(self, n: int, noise, seed) -> torch.Tensor:
         if noise is not None and seed is not None:  # a seed would be silently ignored
             raise ValueError(NOISE_OR_SEED)
-        seed = _seeds(seed, n)
+        seed = as_seeds(seed, n)
         if noise is None:  # N(0, 1) draws: finite, and far inside the bound
             return draw_noise(n, self.config.noise_dim, seed).to(self.device, torch.float32)
-        noise = _as_tensor(noise, "noise", torch.float64)  # bounded before float32 rounds
+        noise = as_tensor(noise, "noise", torch.float64)  # bounded before float32 rounds
         if noise.shape != (n, self.config.noise_dim):
             raise ValueError(f"noise must have shape ({n}, {self.config.noise_dim}), "
                              f"got {tuple(noise.shape)}")
@@ -559,7 +318,7 @@ class Engine:
     def _difference(self, y_s: torch.Tensor, y_t: torch.Tensor, strength) -> torch.Tensor:
         """d (``BridgeGANConfig.label_difference``), the strength checked; None: the config's
         ``edit_strength`` (the model's operating point)."""
-        scale = _number(self.config.strength(strength), "strength", BOUNDS["strength"])
+        scale = as_number(self.config.strength(strength), "strength", BOUNDS["strength"])
         return self.config.label_difference(y_s, y_t, scale)
 
     def _region(self, region, n: int) -> torch.Tensor | None:
@@ -568,7 +327,7 @@ class Engine:
         if region is None:
             return None
         s = self.config.image_size
-        m = _as_tensor(region, "region")
+        m = as_tensor(region, "region")
         m = m.reshape(1, 1, s, s) if m.shape == (s, s) else m
         m = m.unsqueeze(1) if m.dim() == 3 else m
         if m.dim() != 4 or m.shape[1:] != (1, s, s) or m.shape[0] not in (1, n):
@@ -649,7 +408,7 @@ class Engine:
         k of image i is ``translate(images[i:i + 1], target, seed=seed + k)`` whatever the
         batch (None: from torch's global generator). The trunk and the source's code run
         once per image, not once per sample."""
-        samples, seed = _samples(samples, 1), _one_seed(seed)
+        samples, seed = as_samples(samples, 1), as_seed(seed)
         if seed is not None:
             check_sample_seeds(seed, samples)
         x = self.load_images(images)
@@ -715,7 +474,7 @@ class Engine:
         "spade" blends every SPADE layer's output. ``region`` (level "latent" only): a mask
         as in ``translate`` on the blended codes; outside it the pixels are the same blend
         at d = 0 (reconstruction and reference-based d = 0 translation)."""
-        alphas = _alphas(alphas)
+        alphas = as_alphas(alphas)
         x = self.load_images(images)
         refs = self._broadcast(self._reference_batches(references, x.shape[0]), x.shape[0])
         y_s = self._source(x, source)
@@ -750,11 +509,11 @@ class Engine:
         ``translate_samples(..., seed=seed + 1)`` give with those seeds (rounding apart),
         whatever ``samples`` (None: one draw from torch's generator). With ``cache`` the
         source-only trunk runs once for the whole strip."""
-        samples = _samples(samples, 0)
-        seed = _one_seed(seed)
+        samples = as_samples(samples, 0)
+        seed = as_seed(seed)
         if seed is not None:
             check_sample_seeds(seed, samples, first=1)
-        _flag(cache, "cache", optional=False)
+        as_flag(cache, "cache", optional=False)
         x = self.load_images(image)
         if x.shape[0] != 1:
             raise ValueError(f"edit_strip takes one image, got {x.shape[0]}")

@@ -12,7 +12,31 @@ from pathlib import Path
 
 import torch
 
-from .engine import cpu_info
+
+CPUINFO = Path("/proc/cpuinfo")  # where the CPU's model name and flags are read (Linux)
+
+
+def cpu_info() -> tuple[str | None, frozenset[str]]:
+    """(model name, flags) of this machine's CPU from CPUINFO; (None, no flags) where it
+    cannot be read."""
+    model, flags = None, frozenset()
+    try:
+        for line in CPUINFO.read_text().splitlines():
+            key, _, value = (part.strip() for part in line.partition(":"))
+            if key == "model name" and model is None:
+                model = value
+            elif key == "flags" and not flags:
+                flags = frozenset(value.split())
+    except OSError:
+        pass
+    return model, flags
+
+
+def cpu_has_amx() -> bool:
+    """True when this CPU has AMX bf16 tiles."""
+    return "amx_bf16" in cpu_info()[1]
+
+
 
 # the ISA extensions that decide a CPU's matrix speed by dtype (bf16 on AMX is several
 # times float32, without AMX / AVX512-BF16 emulated and slower): virtual machines often
@@ -21,7 +45,7 @@ CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_f
 
 
 def cpu_model() -> str:
-    """The CPU's model name and its CPU_FLAGS (``engine.cpu_info``), else what ``platform``
+    """The CPU's model name and its CPU_FLAGS (``cpu_info``), else what ``platform``
     knows."""
     model, have = cpu_info()
     flags = [f for f in CPU_FLAGS if f in have]

@@ -365,7 +365,7 @@ def main(argv=None) -> int:
     problem = toolchain_problem(args.arch)
     if problem:
         p.error(problem)
-    from .engine import resolve_dtype
+    from .placement import resolve_dtype
     from ..reference import BridgeGAN, BridgeGANConfig
 
     dtypes = [resolve_dtype(d, torch.device("cuda")) for d in args.dtypes.split(",")]

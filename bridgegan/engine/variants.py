@@ -10,7 +10,8 @@ import torch
 from ..numerics import dtype_name
 from ..reference.model import BridgeGAN
 from .backends import AUTO, BACKENDS, REGISTRY
-from .engine import Engine, backend_dtype
+from .engine import Engine
+from .placement import backend_dtype
 from .graph import Rewrites
 from .options import VARIANT_FORM, VARIANT_TAGS
 

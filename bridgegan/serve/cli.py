@@ -99,7 +99,7 @@ def check_engine_options(backend: str, dtype: str, device: str) -> None:
     """Fail now, with the engine's message, on options the python-backend stubs would
     fail to load with only after tritonserver has started."""
     from ..engine.backends import check_backend
-    from ..engine.engine import backend_dtype, engine_device
+    from ..engine.placement import backend_dtype, engine_device
 
     dev = engine_device(device)  # the engine's own refusal of CUDA that torch cannot see
     check_backend(backend, dev, backend_dtype(backend, dtype, dev))

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..engine.engine import BOUNDS, check_bounded, draw_noise
+from ..engine.arguments import BOUNDS, check_bounded, draw_noise
 from ..engine.export.pbtxt import Port
 from ..engine.io import as_batch
 from ..engine.options import NOISE_OR_SEED

@@ -192,3 +192,12 @@ class ImageFolderDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         return pil_to_input(open_rgb(self._paths[index]), self.size), self.labels[index]
+
+
+def unsplit_note(data: str, ds, split: str) -> str | None:
+    """A warning when ``ds`` (a folder without a split column) holds all its rows as
+    ``split``, so that a val or test figure on it is measured on training images."""
+    if split == "all" or not getattr(ds, "unsplit", False):
+        return None
+    return (f"note: {data} has no split column, so its {split} split is all its rows, the "
+            f"training images included")
