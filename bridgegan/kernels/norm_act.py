@@ -35,9 +35,7 @@ impl:
 
 Numerics: statistics are float32 whatever the storage dtype (mean first, then the mean of
 squared deviations; Chan's formula where a plane is cut into tiles), of each plane shifted
-by its first pixel on both paths, which keeps them at float32 accuracy for planes far from
-zero (unshifted sums lose about eps * |mean| / std) and gives constant planes exactly 0
-(unshifted, the rounding of their float32 mean times 1 / sqrt(eps)), the output is the
+by its first pixel on both paths (``_triton_norm`` says why), the output is the
 input dtype and keeps the input's memory format (NCHW or channels_last; a non-dense input
 gives a dense output in the format its strides suggest). NaN/Inf propagate as on the
 torch path: a NaN or Inf in an (n, c) plane makes that whole output plane NaN.
@@ -155,13 +153,11 @@ def _torch_ops(x, gamma, beta, weight, bias, mod_bias, act, eps, negative_slope)
     cdt = torch.float32 if x.dtype in _LOW_PRECISION else x.dtype
     # torch's own instance norm: one pass for the statistics and one to normalise
     # (and an InstanceNormalization node in ONNX), on the float32 upcast of x minus each
-    # plane's first pixel, as the Triton kernels shift it: exact (instance norm does not
-    # see a per-plane shift; x - pivot is exact within a factor of two of the pivot), and
-    # it keeps the statistics at float32 accuracy for planes far from zero and makes
-    # constant planes exactly 0, where the unshifted float32 mean's rounding, scaled by
-    # 1 / sqrt(eps), gave up to |x| * 2e-5 (torch) and |x| * 6e-5 (onnxruntime, whose
-    # E[x^2] - E[x]^2 variance cancels) instead of 0. For fp16 / bf16 the shift is part
-    # of the upcast (one kernel); for float32 it is one more elementwise pass.
+    # plane's first pixel, as the Triton kernels shift it (``_triton_norm`` says why;
+    # instance norm does not see a per-plane shift). It also makes constant planes
+    # exactly 0 (unshifted: up to |x| * 2e-5 in torch and 6e-5 in onnxruntime, whose
+    # E[x^2] - E[x]^2 variance cancels). For fp16 / bf16 the shift is part of the upcast
+    # (one kernel); for float32 it is one more elementwise pass.
     w = None if weight is None else weight.to(cdt)
     b = None if bias is None else bias.to(cdt)
     if x.shape[-2] * x.shape[-1] > 1:

@@ -16,22 +16,17 @@ the bytes of bodies being read, requests in hand per client address), and:
   for its body (else HTTP 408, or 503 where it waited for the body budget); a gRPC call's
   request message must arrive within the read timeout too (else DEADLINE_EXCEEDED: the
   front reads each call as a stream of one message, as it is on the wire, so that the
-  read can have a deadline), and at most ``MAX_GRPC_CALLS`` gRPC calls are taken at once,
-  and no more than HTTP's byte budget holds of the largest message (others get
-  RESOURCE_EXHAUSTED: grpc buffers a call's message before the handler sees it, so only a
-  bound on calls bounds that memory); answers too have a deadline: an HTTP response the
+  read can have a deadline), and no more gRPC calls are taken at once than HTTP's byte
+  budget holds of the largest message (``client_limits``; others get
+  RESOURCE_EXHAUSTED); answers too have a deadline: an HTTP response the
   client has not taken within the read timeout ends its connection (reset), and every
   gRPC connection is ended (GOAWAY) after the read timeout, its calls in flight given as
   long again (a call whose answer the client takes no HTTP/2 window for would keep its
   slot for good: grpc's Python API cannot end one call); clients reconnect by themselves;
 - one client address: its requests in hand (``--max-client-requests``) count HTTP and
   gRPC together, from their start to their answer (one more is refused at once: HTTP 503,
-  gRPC RESOURCE_EXHAUSTED, freeing its call slot): one client's idle gRPC calls took
-  every call slot, its idle connections every connection, its stalled bodies the budget,
-  and its abandoned HTTP requests queued minutes of work;
-- connections: HTTP as ``client_limits`` caps them; gRPC at most GRPC_CONNECTIONS, each
-  given HANDSHAKE_MS to begin HTTP/2; ``MAX_HEADERS`` header fields of ``HEADER_LINE``
-  bytes a request, and a malformed request's traceback is not logged (``_ClientErrors``);
+  gRPC RESOURCE_EXHAUSTED, freeing its call slot);
+- headers: ``MAX_HEADERS`` header fields of ``HEADER_LINE`` bytes a request, and a malformed request's traceback is not logged (``_ClientErrors``);
   an inference body needs a Content-Length (411: a chunked body is parsed chunk by chunk),
   and a compressed one is refused (415) without being inflated; a refused body still
   arriving is read for ``LINGER_S`` only;

@@ -109,26 +109,13 @@ REGISTRY: dict[str, Backend] = {b.name: b for b in (
 )}
 BACKENDS = tuple(REGISTRY)
 
-# backend="auto": the first of these that runs here. Only measured orders:
-# - cpu: onnxruntime 4.20 img/s against torch 3.30 on the same rewritten graph (batch 8,
-#   128 px, float32, one thread; issue 14); torch 10.3 against reference 7.5 (batch 8,
-#   two threads; benchmarks/RESULTS.md). Batch-dependent: in one run on the busy 2-core
-#   CPU (2026-12-01, 128 px, one thread) onnxruntime led at batch 8 (3.76 img/s against
-#   torch 2.24, compile 2.74) but not at batch 1 (3.24 against torch 3.64, compile 4.24).
-#   On the AMX machine (2026-12-05, two threads, idle): batch 8 onnxruntime 14.0 against
-#   torch 12.1, batch 1 12.9 against 13.0 (compile 16.8 / 18.1 after 30 s of compiling per
-#   shape); with dtype auto (bf16 there) torch runs, 24.4 img/s at batch 8. The one-thread
-#   numbers above let onnxruntime use every core; held to torch's thread count
-#   (2026-12-06, AMX machine, one thread each, batch 8, 128 px) onnxruntime still leads:
-#   8.7 img/s against torch 6.7 (reference 4.9). These onnxruntime rows ran with its CPU
-#   memory arena, now off (onnxruntime.py); measured again without it (2026-12-06, three
-#   runs, 128 px, ratios of p50 latencies): ahead or tied, 1.04-1.10x at two threads but
-#   0.98x once at batch 8, 1.18-1.40x at one thread.
-# - cuda: triton fp16 channels_last 5,179 img/s against torch 2,665 at batch 64 (H100,
-#   benchmarks/RESULTS.md; 5,517 with CUDA graphs). tensorrt, compile and onnxruntime
-#   were never measured on a GPU, so auto never picks them there. torch is what runs
-#   where triton cannot (torch's CUDA builds bring it): without CUDA graphs it measured
-#   behind the reference's fp16 eager 3,322 there; with them it was not measured.
+# backend="auto": the first of these that runs here, in orders measured
+# (benchmarks/RESULTS.md): on a CPU onnxruntime ahead of or tied with torch on the same
+# rewritten graph (0.98-1.40x its speed at 128 px, batch 1 and 8, one or two threads,
+# 2026-12-06);
+# on CUDA triton fp16 channels_last ahead of torch (5,179 against 2,665 img/s at batch 64,
+# H100). tensorrt, compile and onnxruntime were never measured on a GPU, so auto never
+# picks them there; torch runs where triton cannot (torch's CUDA builds bring triton).
 FASTEST = {"cpu": ("onnxruntime", "torch"), "cuda": ("triton", "torch")}
 
 
