@@ -95,7 +95,7 @@ def bridgegan(argv: list[str], log: list[str]) -> None:
 def run(out: Path, device: str, minutes: float | None, dry: bool, interim: bool = False) -> int:
     from bridgegan.reference.shipping import ship
     from bridgegan.evaluate import missed_targets
-    from bridgegan.reference.train_state import latest_checkpoint
+    from bridgegan.reference.run_folder import latest_checkpoint
 
     recipe = "dry" if dry else device
     out.mkdir(parents=True, exist_ok=True)

@@ -11,11 +11,12 @@ value the scope gave it cannot be told apart, and gets the caller's back).
 """
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
+from contextlib import suppress
 
 import torch
+
+from .shared_scope import SharedScope
 
 
 def _kept(saved: tuple, now: tuple, ours: tuple) -> tuple:
@@ -24,7 +25,7 @@ def _kept(saved: tuple, now: tuple, ours: tuple) -> tuple:
     return tuple(s if n == o else n for s, n, o in zip(saved, now, ours))
 
 
-class ScopedFlags:
+class ScopedFlags(SharedScope):
     """Flags ``write(inside(saved))`` while any scope is open, where ``saved`` is ``read()``'s
     value before the first scope, and ``write(kept(saved, read(), inside(saved)))`` after
     the last: the caller's values, but for the flags the program changed meanwhile."""
@@ -32,25 +33,15 @@ class ScopedFlags:
     def __init__(self, read: Callable[[], tuple], write: Callable[[tuple], None],
                  inside: Callable[[tuple], tuple], kept: Callable[..., tuple] = _kept):
         self._read, self._write, self._inside, self._kept = read, write, inside, kept
-        self._lock = threading.Lock()
-        self._depth = 0
         self._saved: tuple = ()
+        super().__init__(self._set, self._restore)
 
-    @contextmanager
-    def scope(self) -> Iterator[None]:
-        with self._lock:
-            if self._depth == 0:
-                self._saved = self._read()
-                self._write(self._inside(self._saved))
-            self._depth += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._depth -= 1
-                if self._depth == 0:
-                    self._write(self._kept(self._saved, self._read(),
-                                           self._inside(self._saved)))
+    def _set(self) -> None:
+        self._saved = self._read()
+        self._write(self._inside(self._saved))
+
+    def _restore(self) -> None:
+        self._write(self._kept(self._saved, self._read(), self._inside(self._saved)))
 
 
 # oneDNN's matmul precision as ``torch.set_float32_matmul_precision(key)`` leaves it
@@ -145,11 +136,11 @@ def _set_benchmark(values: tuple[bool]) -> None:
 
 # float32 matrix products and convolutions in full float32 (TF32, cuDNN's default for
 # convolutions, is a 5e-4-class approximation: design.md's tf32 row, not float32's)
-no_tf32 = ScopedFlags(tf32_state, _set_tf32, _off, _tf32_kept).scope
+no_tf32 = ScopedFlags(tf32_state, _set_tf32, _off, _tf32_kept)
 
 # cuDNN's algorithm search: the first convolution of each shape times cuDNN's algorithms
 # and keeps the fastest (off, cuDNN picks by heuristics). An engine turns it on for its
 # calls, warm-up and CUDA-graph capture included: a graph keeps the algorithms chosen
 # while it was captured.
 cudnn_search = ScopedFlags(lambda: (torch.backends.cudnn.benchmark,), _set_benchmark,
-                           lambda _: (True,)).scope
+                           lambda _: (True,))

@@ -21,9 +21,9 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import threading
 import warnings
-from collections.abc import Iterator
+
+from .shared_scope import SharedScope
 
 
 def _prefix(text: str, flags: int = 0) -> re.Pattern | None:
@@ -43,31 +43,22 @@ class _Entry(tuple):
         return self is not other
 
 
-class Silenced:
+class Silenced(SharedScope):
     """Filters ignoring each (category, message prefix, module prefix) given ("": any
     message, any module), while a ``with silenced():`` scope is open in any thread."""
 
     def __init__(self, *what: tuple[type[Warning], str, str]):
         self._entries = [_Entry(("ignore", _prefix(message, re.I), category, _prefix(module),
                                  0)) for category, message, module in what]
-        self._lock = threading.Lock()
-        self._open = 0
+        super().__init__(self._add, self._remove)
 
-    @contextlib.contextmanager
-    def __call__(self) -> Iterator[None]:
-        with self._lock:
-            if not self._open:
-                warnings.filters[:0] = self._entries
-            self._open += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._open -= 1
-                if not self._open:
-                    for entry in self._entries:
-                        while entry in warnings.filters:  # every copy (one at a time: a
-                            warnings.filters.remove(entry)  # filter added meanwhile stays)
+    def _add(self) -> None:
+        warnings.filters[:0] = self._entries
+
+    def _remove(self) -> None:
+        for entry in self._entries:
+            while entry in warnings.filters:  # every copy (one at a time: a filter added
+                warnings.filters.remove(entry)  # meanwhile stays)
 
 
 @contextlib.contextmanager

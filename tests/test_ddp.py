@@ -17,7 +17,8 @@ import torch.distributed as dist
 from bridgegan.reference import BridgeGAN
 from bridgegan.reference.checkpoint import read_config, read_tensors
 from bridgegan.reference.train_data import STREAM_INIT, derive_seed
-from bridgegan.reference.train_state import STATE_JSON, STATE_TENSORS, latest_checkpoint
+from bridgegan.reference.run_folder import latest_checkpoint
+from bridgegan.reference.train_state import STATE_JSON, STATE_TENSORS
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                                 reason="torch.distributed with gloo is not available")

@@ -24,8 +24,8 @@ from bridgegan.files import remove_stale, write_folder_atomic
 from bridgegan.reference import BridgeGAN, CheckpointError, save_checkpoint
 from bridgegan.reference.data import make_dataset
 from bridgegan.reference.train_config import TrainConfig
-from bridgegan.reference.train_state import (METRICS_FILE, STATE_JSON, STATE_TENSORS,
-                                             latest_checkpoint)
+from bridgegan.reference.run_folder import METRICS_FILE, latest_checkpoint
+from bridgegan.reference.train_state import STATE_JSON, STATE_TENSORS
 from bridgegan.reference.trainer import Trainer
 from conftest import dead_pid, randomize, small_config
 
@@ -840,7 +840,7 @@ def test_a_kill_while_pruning_leaves_no_checkpoint_part_that_resume_auto_picks(t
     """A removal stopped after its first file (a kill while a resumed run drops the
     abandoned course above its checkpoint, or prunes an old one) leaves nothing that
     --resume auto takes for a checkpoint: the folder goes aside first."""
-    from bridgegan.reference.train_state import prune_checkpoints
+    from bridgegan.reference.run_folder import prune_checkpoints
 
     ckpts = tmp_path / "checkpoints"
     for step in (1, 2, 4):

@@ -25,8 +25,8 @@ from bridgegan.reference.data import make_dataset
 from bridgegan.reference.train_data import ResumableBatchSampler, epoch_order
 from bridgegan.reference.train_modes import AMP_MODES
 from bridgegan.reference.train_config import TrainConfig
-from bridgegan.reference.train_state import (CHECKPOINTS, SAMPLES, STATE_JSON, STATE_TENSORS,
-                                            latest_checkpoint, read_train_state)
+from bridgegan.reference.run_folder import CHECKPOINTS, SAMPLES, latest_checkpoint
+from bridgegan.reference.train_state import STATE_JSON, STATE_TENSORS, read_train_state
 from bridgegan.reference.trainer import Trainer
 from conftest import dead_pid, read_image, small_config, stops_without_gc
 
@@ -1141,7 +1141,7 @@ def test_files_of_the_users_among_the_checkpoints_are_never_removed(tmp_path, ca
     before a run starts; put there during a run, kept with a warning (its training state
     removed, so that no resume picks the dropped course)."""
     from bridgegan.cli import main
-    from bridgegan.reference import train_state
+    from bridgegan.reference import run_folder
 
     out = tmp_path / "run"
     args = _train_args(out, "--ckpt-every", "1", "--keep-checkpoints", "1", "--resume", "auto")
@@ -1162,13 +1162,13 @@ def test_files_of_the_users_among_the_checkpoints_are_never_removed(tmp_path, ca
     with pytest.warns(UserWarning, match=rf"kept {re.escape(str(kept))} \(the run removes this "
                                          rf"checkpoint, its training state removed\): .* "
                                          rf"holds notes.txt"):
-        train_state.prune_checkpoints(out, 1, train_state.numbered_checkpoint(out, 3))
+        run_folder.prune_checkpoints(out, 1, run_folder.numbered_checkpoint(out, 3))
     assert (kept / "notes.txt").read_text() == "mine"
-    assert train_state.latest_checkpoint(out) is None  # its state gone: no resume picks it
+    assert run_folder.latest_checkpoint(out) is None  # its state gone: no resume picks it
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # warned once, not at every later save
-        train_state.prune_checkpoints(out, 1, train_state.numbered_checkpoint(out, 4))
-        assert train_state.drop_checkpoints_after(out, 0) == []  # kept: not reported removed
+        run_folder.prune_checkpoints(out, 1, run_folder.numbered_checkpoint(out, 4))
+        assert run_folder.drop_checkpoints_after(out, 0) == []  # kept: not reported removed
     assert (kept / "notes.txt").read_text() == "mine"
 
 

@@ -297,7 +297,7 @@ def _refuse_earlier_run(out: Path, resume: Path | None = None) -> None:
     """Refuse a fresh run, or a run resumed from a checkpoint of another folder
     (``resume``), in a run folder holding an earlier run's checkpoints or metrics: its
     checkpoints would be pruned against the new ones, and its metrics mixed in."""
-    from .train_state import CHECKPOINTS, METRICS_FILE, earlier_run
+    from .run_folder import CHECKPOINTS, METRICS_FILE, earlier_run
 
     found = earlier_run(out)
     if not found:
@@ -351,7 +351,8 @@ def _start(args: argparse.Namespace, out: Path) -> tuple[Path | None, Path | Non
     """The training checkpoint a run resumes (``--resume``) and the weights it starts from
     (``--init-from``), checked before any work; None where there is none."""
     from .checkpoint import CONFIG_FILE, CheckpointError
-    from .train_state import CHECKPOINTS, STATE_JSON, latest_checkpoint
+    from .run_folder import CHECKPOINTS, latest_checkpoint
+    from .train_state import STATE_JSON
 
     if not args.resume:
         _refuse_earlier_run(out)
@@ -380,7 +381,7 @@ def _announce(args: argparse.Namespace, info: DistInfo, out: Path, trainer, conf
               n_images: int, resume: Path | None, init: Path | None, dropped: list) -> None:
     """Rank 0's opening lines (what runs where, from what) and the run's RUN_FILE."""
     from .info import parameter_counts
-    from .train_state import CHECKPOINTS
+    from .run_folder import CHECKPOINTS
 
     if args.resume == "auto" and resume is None:
         print(f"--resume auto: no checkpoint in {out / CHECKPOINTS}; a new run starts",
@@ -409,7 +410,7 @@ def _announce(args: argparse.Namespace, info: DistInfo, out: Path, trainer, conf
 def _report_end(trainer, steps: int, out: Path, resumed: bool) -> None:
     """Rank 0's closing line: why the run ended and its last checkpoint (the folder that
     eval, export and translate's --checkpoint take)."""
-    from .train_state import latest_checkpoint
+    from .run_folder import latest_checkpoint
 
     last = latest_checkpoint(out)
     if trainer.step < steps:  # the time limit ended it
@@ -474,8 +475,8 @@ def _configs(args: argparse.Namespace, resume: Path | None, init: Path | None):
 def _train(args: argparse.Namespace, info: DistInfo) -> int:
     """`run` within the process group ``info`` (a distributed.DistInfo)."""
     from .checkpoint import CONFIG_FILE, CheckpointError
-    from .train_state import (CHECKPOINTS, METRICS_FILE, SAMPLES, check_checkpoints,
-                              drop_metrics_after)
+    from .run_folder import (CHECKPOINTS, METRICS_FILE, SAMPLES, check_checkpoints,
+                             drop_metrics_after)
     from .trainer import Trainer
 
     try:

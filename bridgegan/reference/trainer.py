@@ -42,12 +42,13 @@ from .losses import DiscriminatorObjective, GeneratorObjective, make_fakes
 from .model import BridgeGAN
 from .noise_memory import NoiseMemory
 from .records import listed
+from .run_folder import (CHECKPOINTS, METRICS_FILE, SAMPLES, drop_checkpoints_after,
+                         drop_metrics_after, latest_checkpoint, metrics_line, numbered_checkpoint,
+                         prune_checkpoints, sample_grid)
 from .train_config import TrainConfig
 from .train_data import (STREAM_INIT, STREAM_LOADER, STREAM_MEMORY, STREAM_SAMPLES, STREAM_STEP,
                          IndexedDataset, ResumableBatchSampler, derive_seed, generator)
-from .train_state import (CHECKPOINTS, METRICS_FILE, SAMPLES, Progress, TrainState,
-                          drop_checkpoints_after, drop_metrics_after, latest_checkpoint,
-                          metrics_line, numbered_checkpoint, prune_checkpoints)
+from .train_state import Progress, TrainState
 
 SHOWN = {"d/adv": "D adv", "g/adv": "G adv", "g/rec": "rec"}  # the terms progress shows
 
@@ -641,7 +642,7 @@ class Trainer:
             return None
         from .data import save_grid
 
-        path = Path(path) if path is not None else self.out_dir / SAMPLES / f"step-{self.step:08d}.png"
+        path = Path(path) if path is not None else sample_grid(self.out_dir, self.step)
         rows = self.sample_rows()
         save_grid(torch.cat(rows).float().clamp(-1, 1).cpu(), path, nrow=rows[0].shape[0])
         return path
