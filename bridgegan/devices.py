@@ -1,6 +1,6 @@
 """Whether this process can run on a device named ``cpu``, ``cuda`` or ``cuda:N``: the one
-check of a device's availability, made by every command before its work (``cli.main``),
-by the engine and by training."""
+check of a device's availability, made by the engine, by training and by the commands that
+run neither first (parity's kernel table, train-classifier) before their work."""
 from __future__ import annotations
 
 import torch

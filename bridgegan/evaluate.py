@@ -41,6 +41,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .argtypes import SEEDS
 from .numerics import psnr
 from .progress import bar as progress_bar
 from .reference.attributes import apply_edits
@@ -72,6 +73,8 @@ def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 1.5)
 
 
 SHOWN_THRESHOLD = 0.9  # renderer edit accuracy at or above which an attribute counts as shown
+# source k's diversity samples draw seed + DIVERSITY_SEEDS + k (apart from the edits' seed + i)
+DIVERSITY_SEEDS = 1000
 # What a shipped default model must reach on 200 held-out procedural faces: key -> minimum
 # (diversity only has to be measurably above 0; the true-change score needs data that
 # renders the true edit, as the procedural faces do).
@@ -182,7 +185,7 @@ def _diversity(engine, images: torch.Tensor, labels: torch.Tensor, samples: int,
         edit = {attrs[i]: 1 - int(labels[k, i])}
         outs = engine.translate(images[k:k + 1].expand(samples, -1, -1, -1), edit,
                                 source=labels[k:k + 1].expand(samples, -1),
-                                strength=strength, seed=seed + 1000 + k).cpu()
+                                strength=strength, seed=seed + DIVERSITY_SEEDS + k).cpu()
         div += [(outs[p] - outs[q]).abs().mean().item()
                 for p, q in itertools.combinations(range(samples), 2)]
     return round(sum(div) / len(div), 4) if div else math.nan
@@ -312,6 +315,10 @@ def run_eval(args) -> int:
     from .files import write_file_atomic
     from .path_checks import check_apart, prepare_file_targets
 
+    last = args.seed + DIVERSITY_SEEDS + args.n - 1  # the largest seed the run draws
+    if last >= SEEDS:
+        raise ValueError(f"--seed {args.seed} with --n {args.n} draws seeds up to {last}; seeds "
+                         f"must be below 2**64: give --seed <= {SEEDS - DIVERSITY_SEEDS - args.n}")
     if args.json:
         check_apart(args.json, "--json", [("--checkpoint", args.checkpoint),
                                           ("--classifier", args.classifier)])

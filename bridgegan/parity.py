@@ -33,7 +33,8 @@ def run(args: argparse.Namespace) -> int:
             try:
                 output_file(ops_json)
             except argparse.ArgumentTypeError as exc:
-                raise ValueError(f"--json {args.json}: the kernels' rows go to {exc}") from None
+                raise ValueError(f"--json {args.json}: the kernels' rows go beside it, and {exc}"
+                                 ) from None
         status = run_ops(args.device, json=ops_json)
     if args.backends:
         from .engine.parity import main as backends_main

@@ -14,19 +14,22 @@ from .files import temp_name, remove_stale
 
 
 def check_apart(outputs: str | os.PathLike | Iterable[str | os.PathLike], what: str,
-                inputs: Iterable[tuple[str, str | os.PathLike | None]]) -> None:
+                inputs: Iterable[tuple[str, str | os.PathLike | None]],
+                holds: bool = True) -> None:
     """Refuse (ValueError), before any work, an output ``what`` (a path, or several: each
     resolved once, so a translation of many inputs checks in linear time) that is one of
     ``inputs`` ((option, path) pairs; a None path: not given), lies inside one (a
-    checkpoint folder) or holds one: writing it would overwrite, replace or add to what
-    the command reads. Paths are compared resolved (links followed)."""
+    checkpoint folder) or, where ``holds``, holds one (a folder replaced as a whole; one
+    written into may hold what it reads): writing it would overwrite, replace or add to
+    what the command reads. Paths are compared resolved (links followed)."""
     if isinstance(outputs, (str, os.PathLike)):
         outputs = [outputs]
     outs = {Path(o).resolve(): o for o in outputs}
     ins = {Path(g).resolve(): (option, g) for option, g in inputs if g is not None}
     found = [("is", o, out) for out, o in outs.items() if out in ins]
     found += [("is inside", o, p) for out, o in outs.items() for p in out.parents if p in ins]
-    found += [("holds", outs[p], source) for source in ins for p in source.parents if p in outs]
+    found += [("holds", outs[p], source) for source in ins for p in source.parents
+              if p in outs and holds]
     if found:
         relation, output, source = found[0]
         option, given = ins[source]

@@ -688,7 +688,8 @@ def test_a_run_into_a_checkpoint_and_configs_that_are_no_json_are_named(cli_file
     text = tmp_path / "notes.txt"
     text.write_text("not JSON")
     cases = [(["train", "--data", "synthetic:8", "--out", str(ck)],
-              f"--out {ck} is a checkpoint folder (config.json): a run writes its own folder"),
+              f"--out {ck} is a checkpoint folder (config.json, model.safetensors): a run "
+              f"writes its own folder"),
              (["train", "--data", "synthetic:8", "--config", str(text), "--out",
                str(tmp_path / "run")], f"--config {text}: config is not valid JSON")]
     if find_spec("onnx") is not None:  # the export needs it first
@@ -730,7 +731,7 @@ def test_outputs_over_or_inside_what_a_command_reads_are_refused(cli_files, tmp_
         (["export", "onnx", str(ck), str(ck / "sub")],
          f"export folder {ck / 'sub'} is inside checkpoint {ck}"),
         (["train", "--data", "synthetic:8", "--init-from", str(ck), "--out", str(ck / "run")],
-         f"--out {ck / 'run' / 'run.json'} is inside --init-from {ck}")]
+         f"--out {ck / 'run'} is inside --init-from {ck}")]
     if find_spec("pytriton") is not None:
         cases.append((["serve", "--checkpoint", str(ck), "--write-repository", str(tmp_path)],
                       f"--write-repository {tmp_path} holds --checkpoint {ck}"))
@@ -876,10 +877,20 @@ def test_commands_refuse_a_device_torch_cannot_see_in_one_line(tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert main(argv) == 2
-    captured = capsys.readouterr()
-    assert captured.err == (f"bridgegan {argv[0]}: error: --device {argv[-1]}: torch sees no "
-                            f"CUDA device\n") and "Traceback" not in captured.out
+    assert capsys.readouterr().err == (f"bridgegan {argv[0]}: error: --device {argv[-1]}: torch "
+                                       f"sees no CUDA device\n")
     assert not list(tmp_path.iterdir())
+
+
+def test_eval_seeds_past_2_64_are_refused_before_the_model_loads(tmp_path, capsys):
+    """eval draws --seed + DIVERSITY_SEEDS + k for source k: a --seed within 2**64 whose
+    draws pass it failed after the model loaded, naming a seed the user never gave."""
+    last = 2 ** 64 - 1
+    assert main(["eval", "--checkpoint", str(tmp_path / "none"), "--classifier", "none",
+                 "--n", "4", "--seed", str(last)]) == 2
+    assert capsys.readouterr().err == (
+        f"bridgegan eval: error: --seed {last} with --n 4 draws seeds up to {last + 1003}; "
+        f"seeds must be below 2**64: give --seed <= {2 ** 64 - 1004}\n")
 
 
 def test_a_zero_queue_delay_is_accepted_under_either_name():

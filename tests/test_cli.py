@@ -778,9 +778,8 @@ def test_bench_refuses_a_damaged_checkpoint_before_writing_anything(tmp_path, ca
     weights.write_bytes(weights.read_bytes()[:1000])
     assert main(["bench", "--checkpoint", str(ck), "--out", str(tmp_path / "out"),
                  "--variants", "torch:float32", "--batches", "1"]) == 2
-    err = capsys.readouterr().err
-    assert err == f"bridgegan bench: error: {weights} is corrupt or truncated: Error while " \
-                  f"deserializing header: invalid header length\n"
+    err = capsys.readouterr().err  # then safetensors' words, which its versions word apart
+    assert err.startswith(f"bridgegan bench: error: {weights} is corrupt or truncated: ")
     assert not (tmp_path / "out").exists()
 
 
@@ -1101,11 +1100,12 @@ def test_device_demo_and_info_options_are_checked_by_the_parser(argv, message, c
     (["train-classifier", "--lr", "inf"], "argument --lr: must be a finite number > 0, got 'inf'"),
     (["train-classifier", "--lr", "-0.1"], "argument --lr: must be a finite number > 0, got '-0.1'"),
     (["train-classifier", "--width", "0"], "argument --width: must be an integer from 1 to 64, got '0'"),
-    (["train-classifier", "--seed", "-1"], "argument --seed: must be an integer >= 0, got '-1'"),
+    (["train-classifier", "--seed", "-1"],
+     f"argument --seed: must be an integer from 0 to {2 ** 64 - 1}, got '-1'"),
     (["train-classifier", "--workers", "-1"],
      "argument --workers: must be an integer >= 0, got '-1'"),
     (["eval", "--checkpoint", "ck", "--classifier", "clf", "--seed", "-1"],
-     "argument --seed: must be an integer >= 0, got '-1'"),
+     f"argument --seed: must be an integer from 0 to {2 ** 64 - 1}, got '-1'"),
 ])
 def test_classifier_and_eval_options_are_checked_before_any_work(tmp_path, argv, message,
                                                                   capsys):

@@ -11,6 +11,7 @@ loopback tests need only aiohttp and grpcio."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import http.client
 import http.server
 import importlib.util
@@ -1164,7 +1165,7 @@ def test_a_signal_stops_both_protocols_at_once_and_answers_requests_in_flight(en
         fake.server_close()
 
 
-def test_what_keeps_the_server_from_listening_is_found_before_it_starts():
+def test_what_keeps_the_server_from_listening_is_found_before_it_starts(monkeypatch):
     """One port given to two options, a host that is no address, or one that is not this
     machine's failed only once tritonserver had loaded the models (9-17 s), or blamed the
     ports; a busy port names its option."""
@@ -1175,11 +1176,12 @@ def test_what_keeps_the_server_from_listening_is_found_before_it_starts():
     assert listen_problem("127.0.0.1", {"--http-port": free[0], "--grpc-port": free[1],
                                         "--metrics-port": free[0]}) == (
         f"--http-port, --metrics-port: {free[0]} each; give each its own port")
+    # not an address (a resolver that answers every name makes it one, not this machine's)
     assert listen_problem("999.1.1.1", {"--http-port": free[0]}).startswith(
-        "--host 999.1.1.1: not an address (")
-    assert listen_problem("192.0.2.1", {"--http-port": free[0]}) == (  # TEST-NET-1: not ours
-        "--host 192.0.2.1: cannot listen there (Cannot assign requested address); give an "
-        "address of this machine (0.0.0.0: every interface)")
+        ("--host 999.1.1.1: not an address (", "--host 999.1.1.1: cannot listen there ("))
+    problem = listen_problem("192.0.2.1", {"--http-port": free[0]})  # TEST-NET-1: not ours
+    assert problem.startswith("--host 192.0.2.1: cannot listen there (") and problem.endswith(
+        "); give an address of this machine (0.0.0.0: every interface)"), problem
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", free[1]))
         busy.listen()
@@ -1187,11 +1189,21 @@ def test_what_keeps_the_server_from_listening_is_found_before_it_starts():
             f"cannot listen on 127.0.0.1: --grpc-port {free[1]} (Address already in use); stop "
             f"what holds the port or choose another")
 
+    def not_allowed(sock, address):  # a port below 1024 without privileges
+        raise PermissionError(errno.EACCES, "Permission denied")
 
-def test_a_max_batch_past_grpcs_message_limit_is_refused(engine):
-    """grpc takes its message limit as a C int: a --max-batch whose largest request would
-    pass 2 GiB is refused naming the largest that fits, before the front starts anything."""
-    from bridgegan.serve.front import GRPC_MESSAGE_BYTES, HEADER_BYTES, Front, row_bytes
+    monkeypatch.setattr(socket.socket, "bind", not_allowed)
+    assert listen_problem("127.0.0.1", {"--http-port": 80}) == (
+        "--http-port 80: not allowed (Permission denied): ports below 1024 need privileges; "
+        "choose another")
+
+
+def test_a_max_batch_past_grpcs_message_limit_is_refused(engine, ckpt, tmp_path, capsys):
+    """grpc takes its message limit as a C int: a max batch whose largest request would
+    pass 2 GiB is refused naming the largest that fits, before the front starts anything,
+    and `serve --max-batch` before it writes or starts anything."""
+    from bridgegan.serve.front import Front
+    from bridgegan.serve.request_checks import GRPC_MESSAGE_BYTES, HEADER_BYTES, row_bytes
 
     specs = model_specs(engine.config)
     row = max(row_bytes(s) for s in specs.values())
@@ -1199,11 +1211,26 @@ def test_a_max_batch_past_grpcs_message_limit_is_refused(engine):
     front = Front({n: (s, most) for n, s in specs.items()}, "http.sock", "unix:grpc.sock",
                   "127.0.0.1", 0, 0, 1.0)
     front.loop.close()  # never started
-    with pytest.raises(ValueError, match=rf"^--max-batch {most + 1}: a gRPC request of that "
-                                         rf"many rows would pass gRPC's {GRPC_MESSAGE_BYTES} "
-                                         rf"byte message limit; give at most {most}$"):
+    with pytest.raises(ValueError, match=rf"^the models' max_batch_size {most + 1}: a gRPC "
+                                         rf"request of that many rows would pass gRPC's "
+                                         rf"{GRPC_MESSAGE_BYTES} byte message limit; give at "
+                                         rf"most {most}$"):
         Front({n: (s, most + 1) for n, s in specs.items()}, "http.sock", "unix:grpc.sock",
               "127.0.0.1", 0, 0, 1.0)
+    # `serve --checkpoint` refuses it before it writes or starts anything
+    out = tmp_path / "repo"
+    assert main(["serve", "--checkpoint", str(ckpt), "--max-batch", str(most + 1),
+                 "--write-repository", str(out)]) == 2
+    assert f"error: --max-batch {most + 1}: a gRPC request" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def skip_without_ipv6_loopback() -> None:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError as exc:
+        pytest.skip(f"needs IPv6 on the loopback interface ({exc.strerror})")
 
 
 @needs_front
@@ -1212,16 +1239,29 @@ def test_the_front_listens_on_an_ipv6_host(engine, tmp_path):
     an IPv6 address in brackets)."""
     from bridgegan.serve.front import Front
 
-    try:
-        with socket.socket(socket.AF_INET6) as probe:
-            probe.bind(("::1", 0))
-    except OSError as exc:
-        pytest.skip(f"needs IPv6 on the loopback interface ({exc.strerror})")
+    skip_without_ipv6_loopback()
     specs = {name: (spec, 8) for name, spec in model_specs(engine.config).items()}
     with Front(specs, tmp_path / "http.sock", f"unix:{tmp_path / 'grpc.sock'}", "::1",
                free_ports(1)[0], 0, 60.0) as served:
         for port in (served.http_port, served.grpc_port):
             socket.create_connection(("::1", port), timeout=60).close()
+
+
+@needs_serve
+def test_serve_listens_on_an_ipv6_host(ckpt, tmp_path):
+    """`serve --host ::1`: HTTP, gRPC and tritonserver's metrics all on ::1 (tritonserver
+    took a bare "::1" for its metrics, logged it, and bound 255.255.255.255)."""
+    from bridgegan.serve.http_client import http_get
+    from bridgegan.serve.process import ServerProcess
+
+    skip_without_ipv6_loopback()
+    with ServerProcess(["--checkpoint", str(ckpt), "--max-batch", "8"], tmp_path / "log",
+                       host="::1") as server:
+        assert http_get(server.http, "/v2/health/ready")[0] == 200
+        for port in (server.grpc_port, server.metrics_port):
+            socket.create_connection(("::1", port), timeout=60).close()
+        assert f"on http://[::1]:{server.http_port} and grpc [::1]:{server.grpc_port}" in \
+            server.log_tail(), server.log_tail()
 
 
 @needs_front
@@ -1335,7 +1375,8 @@ def test_grpc_connections_past_their_cap_are_closed(engine, tmp_path, monkeypatc
     accepts filled the log at 3 MB/s."""
     from bridgegan.serve.front import Front
 
-    monkeypatch.setattr(front_module, "GRPC_CONNECTIONS", 2)
+    monkeypatch.setattr(front_module, "GRPC_CONNECTIONS", 2)  # grpc's option
+    monkeypatch.setattr(client_limits, "GRPC_CONNECTIONS", 2)  # the descriptors kept for them
     specs = {name: (spec, 8) for name, spec in model_specs(engine.config).items()}
     with Front(specs, tmp_path / "http.sock", f"unix:{tmp_path / 'grpc.sock'}", "127.0.0.1",
                free_ports(1)[0], 0, 60.0) as served:

@@ -272,7 +272,7 @@ class Engine:
         bad = labels[(labels != 0) & (labels != 1)]  # NaN included
         if bad.numel():
             raise ValueError(f"{what} must be 0 (absent) or 1 (present), got {bad[0].item()}")
-        return labels.to(torch.float32)  # on the CPU, as _as_tensor gives it
+        return labels.to(torch.float32)  # on the CPU, as as_tensor gives it
 
     def _source(self, x: torch.Tensor, source) -> torch.Tensor:
         if source is None:

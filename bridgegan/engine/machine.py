@@ -37,7 +37,6 @@ def cpu_has_amx() -> bool:
     return "amx_bf16" in cpu_info()[1]
 
 
-
 # the ISA extensions that decide a CPU's matrix speed by dtype (bf16 on AMX is several
 # times float32, without AMX / AVX512-BF16 emulated and slower): virtual machines often
 # name every CPU "Intel(R) Xeon(R) Processor", so the model name alone cannot tell them apart

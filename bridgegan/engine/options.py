@@ -1,6 +1,6 @@
 """The engine's command-line options (``--backend``, ``--dtype``, ``--device``), written
 once for every command that runs the engine, and the torch-free constants the engine and
-its commands share (seed range and samples bound, bench variants, workloads and timing
+its commands share (samples bound and seed checks, bench variants, workloads and timing
 settings, translate's batch); torch-free, so that the command line lists the backends
 (from the registry, ``backends``) without importing the engine."""
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The fused ops of this package, one ``Kernel`` row each: what the op computes, the op
 module that holds it beside its plain torch path, the Triton module it launches, the
-``impl`` values it takes and what checks it against float64. A new kernel is one row here
-and what the row names; tests/test_layout.py says what a row still lacks. The dispatch
+``impl`` values it takes and what checks it against float64. A new kernel joins with a row
+here; tests/test_layout.py, the parity table's test and the GPU script's dry run say what
+else it still lacks (its parity rows and benchmark are written by hand). The dispatch
 (``dispatch.triton_module``, ``check_impl``) and the package's docstring read the rows.
 
 Torch-free, and imports nothing of this package.

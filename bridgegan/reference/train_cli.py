@@ -474,7 +474,7 @@ def _configs(args: argparse.Namespace, resume: Path | None, init: Path | None):
 
 def _train(args: argparse.Namespace, info: DistInfo) -> int:
     """`run` within the process group ``info`` (a distributed.DistInfo)."""
-    from .checkpoint import CONFIG_FILE, CheckpointError
+    from .checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError
     from .run_folder import (CHECKPOINTS, METRICS_FILE, SAMPLES, check_checkpoints,
                              drop_metrics_after)
     from .trainer import Trainer
@@ -483,13 +483,13 @@ def _train(args: argparse.Namespace, info: DistInfo) -> int:
         out = Path(args.out)
         for folder in (out, out / CHECKPOINTS, out / SAMPLES):  # before any work
             check_writable_folder(folder, "output folder")
-        if (out / CONFIG_FILE).is_file():
-            raise ValueError(f"--out {out} is a checkpoint folder ({CONFIG_FILE}): a run "
-                             f"writes its own folder (checkpoints, samples, metrics); give "
-                             f"another --out")
-        check_apart(out / RUN_FILE, "--out", [  # a run's files in the weights it reads
+        if all((out / name).is_file() for name in (CONFIG_FILE, WEIGHTS_FILE)):
+            raise ValueError(f"--out {out} is a checkpoint folder ({CONFIG_FILE}, "
+                             f"{WEIGHTS_FILE}): a run writes its own folder (checkpoints, "
+                             f"samples, metrics); give another --out")
+        check_apart(out, "--out", [  # a run's files in the weights it reads
             ("--init-from", args.init_from),
-            ("--resume", None if args.resume in (None, "auto") else args.resume)])
+            ("--resume", None if args.resume in (None, "auto") else args.resume)], holds=False)
         prepare_file_targets(out, [RUN_FILE, METRICS_FILE])
         check_checkpoints(out)
         resume, init = _start(args, out)

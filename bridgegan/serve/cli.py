@@ -54,7 +54,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("give --checkpoint CKPT (serve it, or write a model repository "
                          "with --write-repository) or --repository DIR")
     from ..path_checks import check_apart, check_writable_folder
+    from ..reference.checkpoint import read_config
+    from .models import model_specs
     from .repo_python import write_python_repo
+    from .request_checks import binary_limit
     from .server import check_shell_safe, import_pytriton, serve_checkpoint
 
     engine = (args.max_batch, args.max_queue_delay_us, args.device, args.backend, args.dtype,
@@ -64,6 +67,11 @@ def run(args: argparse.Namespace) -> int:
         check_apart(args.write_repository, "--write-repository",
                     [("--checkpoint", args.checkpoint)])
         check_shell_safe(args.write_repository, temp=False)  # what serve --repository refuses
+    # before anything is written or started: the front would refuse it once the models loaded
+    binary_limit({name: (spec, args.max_batch)
+                  for name, spec in model_specs(read_config(args.checkpoint)).items()},
+                 "--max-batch")
+    if args.write_repository:
         folders = write_python_repo(args.checkpoint, args.write_repository, *engine)
         print(f"wrote {', '.join(f.name for f in folders)} to {args.write_repository}; serve "
               f"with: bridgegan serve --repository "

@@ -26,10 +26,11 @@ the bytes of bodies being read, requests in hand per client address), and:
 - one client address: its requests in hand (``--max-client-requests``) count HTTP and
   gRPC together, from their start to their answer (one more is refused at once: HTTP 503,
   gRPC RESOURCE_EXHAUSTED, freeing its call slot);
-- headers: ``MAX_HEADERS`` header fields of ``HEADER_LINE`` bytes a request, and a malformed request's traceback is not logged (``_ClientErrors``);
-  an inference body needs a Content-Length (411: a chunked body is parsed chunk by chunk),
-  and a compressed one is refused (415) without being inflated; a refused body still
-  arriving is read for ``LINGER_S`` only;
+- headers: ``MAX_HEADERS`` header fields of ``HEADER_LINE`` bytes a request, and a
+  malformed request's traceback is not logged (``_ClientErrors``); an inference body
+  needs a Content-Length (411: a chunked body is parsed chunk by chunk), and a compressed
+  one is refused (415) without being inflated; a refused body still arriving is read for
+  ``LINGER_S`` only;
 - busy: a 503 (no budget, tritonserver's model queue full) carries Retry-After; a request
   whose client has left by the time it was checked is not forwarded (tritonserver would
   compute an HTTP request whose client has gone).
@@ -64,9 +65,9 @@ from .client_limits import (BUSY, CLIENT_BUSY, CLIENT_CONNECTIONS, GRPC_CONNECTI
                             READING_BYTES, Budget, Clients, cap_connections, client_address,
                             connection_cap, hold_connection, read_body, release_connection)
 from .models import ModelSpec
-from .names import CLIENT_REQUESTS
-from .request_checks import (HEADER_BYTES, JSON_BYTES_PER_VALUE, RequestError, check,
-                             grpc_arrays, http_arrays, parse_message, row_bytes, row_values)
+from .names import CLIENT_REQUESTS, host_port
+from .request_checks import (HEADER_BYTES, JSON_BYTES_PER_VALUE, RequestError, binary_limit,
+                             check, grpc_arrays, http_arrays, parse_message, row_values)
 
 LOG = logging.getLogger("bridgegan.serve")
 HTTP_LOG = logging.getLogger("bridgegan.serve.http")  # aiohttp's server, filtered: _ClientErrors
@@ -83,7 +84,6 @@ THREAD_BYTES = 1 << 20  # bodies larger than this are parsed and checked on a wo
 # how tritonserver's 500 on a malformed JSON field begins ("set": an output's parameter)
 TRITON_UNPARSED = ("Unable to parse '", "Unable to set '")
 GRPC_SERVICE = "/inference.GRPCInferenceService/"
-GRPC_MESSAGE_BYTES = 2**31 - 1  # the largest message grpc takes
 GRPC_FORWARDED = ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata",
                   "ModelConfig", "ModelStatistics", "ModelInfer")
 HTTP_FORWARDED_GET = re.compile(
@@ -140,12 +140,7 @@ class Front:
         self.host, self.http_port, self.grpc_port = host, http_port, grpc_port
         self.read_timeout_s, self.grace_s = read_timeout_s, grace_s
         self.max_batch = max(b for _, b in specs.values())
-        row = max(row_bytes(s) for s, _ in specs.values())
-        self.binary_limit = HEADER_BYTES + self.max_batch * row
-        if self.binary_limit > GRPC_MESSAGE_BYTES:  # grpc takes the limit as a C int
-            raise ValueError(f"--max-batch {self.max_batch}: a gRPC request of that many rows "
-                             f"would pass gRPC's {GRPC_MESSAGE_BYTES} byte message limit; give "
-                             f"at most {(GRPC_MESSAGE_BYTES - HEADER_BYTES) // row}")
+        self.binary_limit = binary_limit(specs)
         self.json_limit = HEADER_BYTES + JSON_BYTES_PER_VALUE * self.max_batch * max(
             row_values(s) for s, _ in specs.values())
         # a binary request: a JSON part of up to json_limit, binary data of up to a batch
@@ -219,8 +214,7 @@ class Front:
             ("grpc.server_handshake_timeout_ms", HANDSHAKE_MS),
             ("grpc.max_connection_age_ms", age_ms), ("grpc.max_connection_age_grace_ms", age_ms)])
         self.grpc.add_generic_rpc_handlers([_GrpcHandler(self)])
-        bound = f"[{self.host}]" if ":" in self.host else self.host  # IPv6: "[::1]:PORT"
-        self.grpc_port = self.grpc.add_insecure_port(f"{bound}:{self.grpc_port}")
+        self.grpc_port = self.grpc.add_insecure_port(host_port(self.host, self.grpc_port))
         await self.grpc.start()
 
     async def _stop(self) -> None:
@@ -463,8 +457,6 @@ class _GrpcHandler:
         return grpc.stream_unary_rpc_method_handler(call)
 
 
-
-
 class _ClientErrors(logging.Filter):
     """Drops aiohttp's log record of a malformed request (too many header fields, a line
     too long: an HttpProcessingError, its traceback at ERROR): its client gets the 400,
@@ -477,8 +469,6 @@ class _ClientErrors(logging.Filter):
 
 
 HTTP_LOG.addFilter(_ClientErrors())
-
-
 
 
 def _client_left(request) -> bool:

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from .http_client import wait_ready
-from .names import HOST, MODELS
+from .names import HOST, MODELS, host_port
 
 
 def free_ports(n: int) -> list[int]:
@@ -26,26 +26,28 @@ def free_ports(n: int) -> list[int]:
 
 
 class ServerProcess:
-    """``bridgegan serve ARGS`` (``--http-port`` etc. added) in a child process with
-    OMP_NUM_THREADS=1 unless set; output to ``log``. A context manager: entering waits
+    """``bridgegan serve ARGS`` (``--host``, ``--http-port`` etc. added) in a child process
+    with OMP_NUM_THREADS=1 unless set; output to ``log``. A context manager: entering waits
     until every model answers ready, leaving stops it with SIGINT and then kills what is
     left of its process group (python-backend stubs that outlived the server)."""
 
-    def __init__(self, args: list[str], log: str | os.PathLike):
+    def __init__(self, args: list[str], log: str | os.PathLike, host: str = HOST):
+        self.host = host
         self.http_port, self.grpc_port, self.metrics_port = free_ports(3)
-        self.args = ["serve", *args, "--http-port", str(self.http_port), "--grpc-port",
-                     str(self.grpc_port), "--metrics-port", str(self.metrics_port)]
+        self.args = ["serve", *args, "--host", host, "--http-port", str(self.http_port),
+                     "--grpc-port", str(self.grpc_port), "--metrics-port",
+                     str(self.metrics_port)]
         self.log = Path(log)
         self.env = {"OMP_NUM_THREADS": "1", **os.environ}
         self.proc: subprocess.Popen | None = None
 
     @property
     def http(self) -> str:
-        return f"{HOST}:{self.http_port}"
+        return host_port(self.host, self.http_port)
 
     @property
     def grpc(self) -> str:
-        return f"{HOST}:{self.grpc_port}"
+        return host_port(self.host, self.grpc_port)
 
     def pids(self) -> list[int]:
         """The processes of the server's session (it, tritonserver, the python stubs)."""

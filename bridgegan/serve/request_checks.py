@@ -39,6 +39,7 @@ from .names import MODELS
 LOG = logging.getLogger("bridgegan.serve")
 JSON_BYTES_PER_VALUE = 32  # a float32 written by json.dumps: up to 24 characters and ", "
 HEADER_BYTES = 64 * 1024  # JSON header of a binary request, names and parameters
+GRPC_MESSAGE_BYTES = 2**31 - 1  # the largest message grpc takes (a C int)
 MAX_PARAMETERS = 64  # keys of a "parameters" object: tritonserver parses a request's in
 # time quadratic in their number (tens of thousands take it seconds)
 JSON_DATA = {"FP32": ((int, float), "numbers"), "BOOL": ((bool,), "true / false"),
@@ -86,6 +87,21 @@ def row_bytes(spec: ModelSpec) -> int:
     """Bytes in one binary row of all of ``spec``'s inputs."""
     return sum(int(np.prod(p.shape)) * np.dtype(NUMPY_TYPES[p.dtype]).itemsize
                for p in spec.inputs)
+
+
+def binary_limit(specs: Mapping[str, tuple[ModelSpec, int]],
+                 what: str = "the models' max_batch_size") -> int:
+    """Bytes of the largest binary request of ``specs`` (name -> (spec, max batch)): max
+    batch rows of the largest model and HEADER_BYTES; a ValueError naming ``what`` (the
+    max batch's source) where gRPC could not take a message that large."""
+    max_batch = max(b for _, b in specs.values())
+    row = max(row_bytes(s) for s, _ in specs.values())
+    limit = HEADER_BYTES + max_batch * row
+    if limit > GRPC_MESSAGE_BYTES:
+        raise ValueError(f"{what} {max_batch}: a gRPC request of that many rows would pass "
+                         f"gRPC's {GRPC_MESSAGE_BYTES} byte message limit; give at most "
+                         f"{(GRPC_MESSAGE_BYTES - HEADER_BYTES) // row}")
+    return limit
 
 
 def check_declared(spec: ModelSpec, max_batch: int, declared: list[tuple[str, str, list]]) -> int:

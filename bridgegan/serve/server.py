@@ -37,7 +37,7 @@ from ..exits import signal_status
 from ..locks import held
 from ..path_checks import shell_unsafe
 from .names import (CLIENT_REQUESTS, EXIT_TIMEOUT_S, GRPC_PORT, HOST, HTTP_PORT, METRICS_PORT,
-                    MODELS, READ_TIMEOUT_S)
+                    MODELS, READ_TIMEOUT_S, host_port)
 
 EXTRA_HINT = "pip install 'bridgegan[serve]' (nvidia-pytriton 0.7 needs numpy<2; the extra pins it)"
 # the private folders a server makes in the temp folder (its repository and sockets),
@@ -133,7 +133,10 @@ def listen_problem(host: str, ports: dict[str, int]) -> str | None:
         except socket.gaierror as exc:
             return f"--host {host}: not an address ({exc.strerror})"
         except OSError as exc:
-            if exc.errno not in (errno.EADDRINUSE, errno.EACCES):
+            if exc.errno == errno.EACCES:
+                return (f"{flag} {port}: not allowed ({exc.strerror}): ports below 1024 need "
+                        f"privileges; choose another")
+            if exc.errno != errno.EADDRINUSE:
                 return (f"--host {host}: cannot listen there ({exc.strerror}); give an address "
                         f"of this machine (0.0.0.0: every interface)")
             busy.append(f"{flag} {port} ({exc.strerror})")
@@ -168,7 +171,10 @@ def tritonserver_command(repository: str | os.PathLike, workdir: str | os.PathLi
     argv = [str(dist / "bin" / "tritonserver"), f"--model-repository={repository}",
             f"--backend-directory={backend.parent}", f"--http-address=unix:{http}",
             f"--http-port={UNIX_PORT}", f"--grpc-address=unix:{Path(workdir) / GRPC_SOCKET}",
-            f"--grpc-port={UNIX_PORT}", f"--metrics-address={metrics_host}",
+            f"--grpc-port={UNIX_PORT}",
+            # tritonserver reads an IPv6 address only so marked (a bare "::1" it logged, but
+            # bound 255.255.255.255)
+            f"--metrics-address={'ipv6:' if ':' in metrics_host else ''}{metrics_host}",
             f"--metrics-port={metrics_port}", f"--exit-timeout-secs={exit_timeout_secs}",
             f"--http-restricted-api={restricted_off()}",
             f"--grpc-restricted-protocol={restricted_off()}",
@@ -379,8 +385,9 @@ def run_tritonserver(repository: str | os.PathLike, host: str = HOST,
                     proc.send_signal(signal.SIGINT)
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     signal.signal(sig, stop)
-                print(f"serving {', '.join(MODELS)} of {repository} on http://{host}:{http_port}"
-                      f" and grpc {host}:{grpc_port}{_attribute_order(repository)}", flush=True)
+                print(f"serving {', '.join(MODELS)} of {repository} on http://"
+                      f"{host_port(host, http_port)} and grpc {host_port(host, grpc_port)}"
+                      f"{_attribute_order(repository)}", flush=True)
                 status = proc.wait()
                 if status < 0:  # tritonserver killed by a signal: as a shell reports it
                     status = signal_status(-status)
