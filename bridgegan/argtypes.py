@@ -182,8 +182,19 @@ class _Formatter(argparse.HelpFormatter):
 
 class Parser(argparse.ArgumentParser):
     """The commands' parsers (their subcommands' too: argparse makes them of this class):
-    help wrapped at spaces only."""
+    help wrapped at spaces only; an empty value given to any argument refused (``--out ""``
+    wrote into the current folder, ``--variants ""`` ran the default table, ``--checkpoint
+    ""`` loaded the shipped model: an unset shell variable taken for a choice)."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", _Formatter)
         super().__init__(*args, **kwargs)
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        for action in self._actions:
+            value = getattr(namespace, action.dest, None)
+            if value != action.default and "" in (value if isinstance(value, list) else [value]):
+                name = "/".join(action.option_strings) or action.metavar or action.dest
+                self.error(f"argument {name}: empty; give a value")
+        return namespace, extras

@@ -882,6 +882,24 @@ def test_commands_refuse_a_device_torch_cannot_see_in_one_line(tmp_path, monkeyp
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("argv, name", [
+    (["demo", "--out", ""], "--out"),  # wrote into the current folder
+    (["bench", "--variants", ""], "--variants"),  # ran the default table
+    (["demo", "--checkpoint", ""], "--checkpoint"),  # loaded the shipped model
+    (["train", "--data", "synthetic:8", "--attributes", ""], "--attributes"),  # ignored
+    (["export", "onnx", "", "out"], "checkpoint"),
+    (["translate", "--input", "a.png", "", "--set", "Male=1", "--out", "o"], "--input")])
+def test_an_empty_value_is_refused_by_the_parser(tmp_path, monkeypatch, capsys, argv, name):
+    """An empty value (an unset shell variable, say) was taken for a choice: --out "" the
+    current folder, --variants "" the default table, --checkpoint "" the shipped model."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert f"error: argument {name}: empty; give a value" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
 def test_eval_seeds_past_2_64_are_refused_before_the_model_loads(tmp_path, capsys):
     """eval draws --seed + DIVERSITY_SEEDS + k for source k: a --seed within 2**64 whose
     draws pass it failed after the model loaded, naming a seed the user never gave."""
