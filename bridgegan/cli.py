@@ -100,7 +100,8 @@ def _bench_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batches", type=positive_int_list, default="1,8",
                    help="comma list of integers >= 1 (default: %(default)s)")
     p.add_argument("--resolutions", type=positive_int_list, default=None,
-                   help=f"comma list of {'/'.join(map(str, PRESET_RESOLUTIONS))} (default: "
+                   help=f"comma list of image sizes, powers of two (the presets: "
+                        f"{'/'.join(map(str, PRESET_RESOLUTIONS))}; default: "
                         f"{PAPER_RESOLUTION}, or the --checkpoint's size)")
     p.add_argument("--workloads", default="translate,strip,strip_nocache",
                    help=f"{', '.join(engine_options.WORKLOADS)} (default: %(default)s); a "

@@ -900,6 +900,15 @@ def test_an_empty_value_is_refused_by_the_parser(tmp_path, monkeypatch, capsys, 
     assert not list(tmp_path.iterdir())
 
 
+def test_a_bench_resolution_no_model_takes_is_named(tmp_path, capsys):
+    """--resolutions 100 was refused as "config.image_size must be a power of two", which
+    names no option the user gave; nothing is measured or written."""
+    assert main(["bench", "--resolutions", "64,100", "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == ("bridgegan bench: error: resolution 100: "
+                                       "config.image_size must be a power of two, got 100\n")
+    assert not (tmp_path / "out").exists()
+
+
 def test_eval_seeds_past_2_64_are_refused_before_the_model_loads(tmp_path, capsys):
     """eval draws --seed + DIVERSITY_SEEDS + k for source k: a --seed within 2**64 whose
     draws pass it failed after the model loaded, naming a seed the user never gave."""

@@ -203,7 +203,10 @@ def _check_resolutions(resolutions: list[int], checkpoint: str | None,
             raise ValueError(f"{checkpoint} makes {size} px images; --resolutions must be {size}")
         return
     for res in resolutions:
-        BridgeGANConfig(image_size=res, **(config_overrides or {}))
+        try:
+            BridgeGANConfig(image_size=res, **(config_overrides or {}))
+        except ValueError as exc:
+            raise ValueError(f"resolution {res}: {exc}") from None
 
 
 def _model(res: int, loaded: BridgeGAN | None, config_overrides: dict | None) -> BridgeGAN:
