@@ -233,6 +233,23 @@ def _default_impl(device: torch.device) -> tuple[str, str]:
                    "TRITON_INTERPRET=1 (set before the kernels are first used)")
 
 
+def _cases(cases):
+    """(op, shape, config, dtype, layout, act) of each table row, by the cases' modes (the
+    comment above CPU_CASES says what each covers; every "+bias" op's rows are "light")."""
+    acts, dtypes, i = norm_act.ACTS, PARITY_DTYPES, 0
+    for k, (shape, config, case_mode) in enumerate(cases):
+        for op in OPS:
+            mode = "light" if op.endswith("+bias") else case_mode
+            for dtype in dtypes:
+                if mode == "light" and dtype != dtypes[(k + OPS.index(op)) % len(dtypes)]:
+                    continue
+                for layout in LAYOUTS:
+                    case_acts = acts if mode == "full" else (acts[i % len(acts)],)
+                    i += 1
+                    for act in case_acts:
+                        yield op, shape, config, dtype, layout, act
+
+
 def check_ops(device=None, quick=False, impl=None, written=None) -> list[dict]:
     """Run the parity table; returns one dict per row (see the module docstring).
     ``written``: the JSON file of the rows (``files.RowsFile``: the rows so far in
@@ -253,36 +270,23 @@ def check_ops(device=None, quick=False, impl=None, written=None) -> list[dict]:
           f"{'max_abs':>9} {'rel_err':>9} {'tol':>7}  result")
     rows, report = [], RowsFile(written)
     gen = torch.Generator(device=device).manual_seed(1234)
-    acts = norm_act.ACTS
-    dtypes = PARITY_DTYPES
-    i = 0
-    for k, (shape, config, case_mode) in enumerate(cases):
-        for op in OPS:
-            mode = "light" if op.endswith("+bias") else case_mode
-            for dtype in dtypes:
-                if mode == "light" and dtype != dtypes[(k + OPS.index(op)) % len(dtypes)]:
-                    continue
-                for layout in LAYOUTS:
-                    case_acts = acts if mode == "full" else (acts[i % len(acts)],)
-                    i += 1
-                    for act in case_acts:
-                        x, kw = make_inputs(op, shape, dtype, layout, device, gen)
-                        outs = []
-                        [secs] = time_calls(lambda: outs.append(call(
-                            op, x, kw, act=act, impl=impl, config=config)), device)
-                        out = outs[0]
-                        path = "torch"
-                        if impl == "triton":
-                            n, c, h, w = shape
-                            path = plan_launch(n, c, h * w, layout == "channels_last" and c > 1
-                                               and h * w > 1, config).path
-                        fmt_ok = out.dtype == x.dtype and out.is_contiguous(
-                            memory_format=FORMATS[layout])
-                        row = _row(op, dtype, layout, act, shape, impl, path, out,
-                                   reference64(op, x, kw, act), device, secs, ok=fmt_ok)
-                        rows.append(row)
-                        _print_row(row)
-                        report.save(rows)
+    for op, shape, config, dtype, layout, act in _cases(cases):
+        x, kw = make_inputs(op, shape, dtype, layout, device, gen)
+        outs = []
+        [secs] = time_calls(lambda: outs.append(call(op, x, kw, act=act, impl=impl,
+                                                     config=config)), device)
+        out = outs[0]
+        path = "torch"
+        if impl == "triton":
+            n, c, h, w = shape
+            path = plan_launch(n, c, h * w, layout == "channels_last" and c > 1 and h * w > 1,
+                               config).path
+        fmt_ok = out.dtype == x.dtype and out.is_contiguous(memory_format=FORMATS[layout])
+        row = _row(op, dtype, layout, act, shape, impl, path, out, reference64(op, x, kw, act),
+                   device, secs, ok=fmt_ok)
+        rows.append(row)
+        _print_row(row)
+        report.save(rows)
     for special in (_nan_rows, _residual_rows, _tail_rows):
         rows += special(device, impl, gen)
         report.save(rows)
