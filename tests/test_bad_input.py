@@ -882,6 +882,17 @@ def test_commands_refuse_a_device_torch_cannot_see_in_one_line(tmp_path, monkeyp
     assert not list(tmp_path.iterdir())
 
 
+def assert_parser_refuses(argv, message, folder, monkeypatch, capsys) -> None:
+    """``argv`` run in ``folder`` is refused by the parser (status 2) with "argument
+    MESSAGE", writing nothing there."""
+    monkeypatch.chdir(folder)
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert f"argument {message}" in capsys.readouterr().err
+    assert not list(folder.iterdir())
+
+
 @pytest.mark.parametrize("argv, name", [
     (["demo", "--out", ""], "--out"),  # wrote into the current folder
     (["bench", "--variants", ""], "--variants"),  # ran the default table
@@ -892,12 +903,7 @@ def test_commands_refuse_a_device_torch_cannot_see_in_one_line(tmp_path, monkeyp
 def test_an_empty_value_is_refused_by_the_parser(tmp_path, monkeypatch, capsys, argv, name):
     """An empty value (an unset shell variable, say) was taken for a choice: --out "" the
     current folder, --variants "" the default table, --checkpoint "" the shipped model."""
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit) as info:
-        main(argv)
-    assert info.value.code == 2
-    assert f"error: argument {name}: empty; give a value" in capsys.readouterr().err
-    assert not list(tmp_path.iterdir())
+    assert_parser_refuses(argv, f"{name}: empty; give a value", tmp_path, monkeypatch, capsys)
 
 
 def test_a_bench_resolution_no_model_takes_is_named(tmp_path, capsys):
@@ -1468,12 +1474,7 @@ def test_unbounded_numbers_are_capped_by_the_parser(tmp_path, monkeypatch, capsy
     --samples 10**23 ran out of memory naming its outputs and demo --samples 10**23 was
     an OverflowError traceback, --seed 2**64 failed after loading the model, --prune
     10**400 an OverflowError traceback, bench --min-seconds inf timed one row forever."""
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit) as info:
-        main(argv)
-    assert info.value.code == 2
-    assert f"argument {message}" in capsys.readouterr().err
-    assert not list(tmp_path.iterdir())
+    assert_parser_refuses(argv, message, tmp_path, monkeypatch, capsys)
 
 
 def test_translate_seeds_past_2_64_are_refused_naming_the_options(cli_files, capsys):
