@@ -41,7 +41,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .argtypes import SEEDS
 from .numerics import psnr
 from .progress import bar as progress_bar
 from .reference.attributes import apply_edits
@@ -312,13 +311,12 @@ def run_eval(args) -> int:
     import json
 
     from .engine import Engine
+    from .engine.options import check_sample_seeds
     from .files import write_file_atomic
     from .path_checks import check_apart, prepare_file_targets
 
-    last = args.seed + DIVERSITY_SEEDS + args.n - 1  # the largest seed the run draws
-    if last >= SEEDS:
-        raise ValueError(f"--seed {args.seed} with --n {args.n} draws seeds up to {last}; seeds "
-                         f"must be below 2**64: give --seed <= {SEEDS - DIVERSITY_SEEDS - args.n}")
+    # before the model loads: source k's diversity samples draw --seed + DIVERSITY_SEEDS + k
+    check_sample_seeds(args.seed, args.n, "--seed", DIVERSITY_SEEDS, "sources (--n)")
     if args.json:
         check_apart(args.json, "--json", [("--checkpoint", args.checkpoint),
                                           ("--classifier", args.classifier)])

@@ -922,7 +922,8 @@ def test_eval_seeds_past_2_64_are_refused_before_the_model_loads(tmp_path, capsy
     assert main(["eval", "--checkpoint", str(tmp_path / "none"), "--classifier", "none",
                  "--n", "4", "--seed", str(last)]) == 2
     assert capsys.readouterr().err == (
-        f"bridgegan eval: error: --seed {last} with --n 4 draws seeds up to {last + 1003}; "
+        f"bridgegan eval: error: --seed {last} with 4 sources (--n) draws seeds up to "
+        f"{last + 1003}; "
         f"seeds must be below 2**64: give --seed <= {2 ** 64 - 1004}\n")
 
 

@@ -30,12 +30,14 @@ BENCH_MIN_SECONDS = 0.2
 BENCH_ROUNDS = 3
 
 
-def check_sample_seeds(seed: int, samples: int, what: str = "seed", first: int = 0) -> None:
-    """Refuse a ``seed`` whose ``samples`` noise samples (seeds seed + first .. seed + first
-    + samples - 1) would pass the last seed; ``what`` names the seed in the message."""
+def check_sample_seeds(seed: int, samples: int, what: str = "seed", first: int = 0,
+                       counted: str = "samples") -> None:
+    """Refuse a ``seed`` whose ``samples`` noise draws (seeds seed + first .. seed + first
+    + samples - 1) would pass the last seed; ``what`` names the seed in the message,
+    ``counted`` what the draws are of."""
     last = seed + first + samples - 1
     if last >= SEEDS:
-        raise ValueError(f"{what} {seed} with {samples} samples draws seeds up to {last}; "
+        raise ValueError(f"{what} {seed} with {samples} {counted} draws seeds up to {last}; "
                          f"seeds must be below 2**64: give {what} <= {SEEDS - first - samples}")
 
 

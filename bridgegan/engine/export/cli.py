@@ -94,7 +94,8 @@ def _triton(args: argparse.Namespace) -> int:
                                                       ("--onnx-dir", args.onnx_dir)])
     folders = write_triton_repo(args.checkpoint, args.dir, args.plan or (), args.precision,
                                 args.onnx_dir, args.max_batch,
-                                args.preferred_batch or PREFERRED_BATCHES, args.max_queue_delay_us,
+                                args.preferred_batch or PREFERRED_BATCHES,
+                                args.max_queue_delay_us,
                                 max_queue_size=args.max_queue_size)
     print(f"wrote {', '.join(f.name for f in folders)} to {args.dir}; serve with: "
           f"tritonserver --model-repository {shlex.quote(os.path.abspath(args.dir))}")
